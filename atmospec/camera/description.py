@@ -1,0 +1,203 @@
+"""Instrument descriptions: amplifier geometry, placement, gains, read noise, saturation.
+
+An instrument is a data file in ``data/<name>_camera.yaml`` read into a `Camera`. Nothing in
+the pipeline branches on the instrument name: code asks the `Camera` for what it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+import yaml
+
+from atmospec.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class BBox:
+    """A box in 0-based pixel coordinates: ``x0, y0`` lower-left corner, ``nx, ny`` size."""
+
+    x0: int
+    """First column."""
+    y0: int
+    """First row."""
+    nx: int
+    """Number of columns."""
+    ny: int
+    """Number of rows."""
+
+    @classmethod
+    def from_list(cls, box: list[list[int]]) -> BBox:
+        """Build from ``[[x0, y0], [nx, ny]]`` as written in camera files."""
+        (x0, y0), (nx, ny) = box
+        return cls(int(x0), int(y0), int(nx), int(ny))
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """``(rows, columns)`` slices selecting the box in a numpy array."""
+        return slice(self.y0, self.y0 + self.ny), slice(self.x0, self.x0 + self.nx)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Numpy shape ``(ny, nx)``."""
+        return self.ny, self.nx
+
+
+@dataclass(frozen=True)
+class Amplifier:
+    """One readout amplifier ("segment") of a CCD."""
+
+    name: str
+    """Amplifier name as in Rubin's camera geometry, e.g. ``C10``."""
+    extname: str
+    """EXTNAME of its HDU in a raw file, e.g. ``Segment10``."""
+    hdu: int
+    """Index of its HDU in a raw file."""
+    flip_x: bool
+    """Mirror the data section in x when placing it in the assembled image."""
+    flip_y: bool
+    """Mirror the data section in y when placing it in the assembled image."""
+    ix: int
+    """Column of the amp in the assembled grid (units of data-section width)."""
+    iy: int
+    """Row of the amp in the assembled grid (units of data-section height), 0 = bottom."""
+    gain: float
+    """Nominal gain, e⁻/ADU."""
+    read_noise: float
+    """Nominal read noise, e⁻."""
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Everything the pipeline needs to know about one single-CCD camera."""
+
+    name: str
+    """Instrument name, as the header translator reports it (e.g. ``LATISS``)."""
+    detector_serial: str
+    """Serial number of the CCD the nominal values belong to."""
+    pixel_size_mm: float
+    """Physical pixel pitch, mm."""
+    plate_scale: float
+    """Arcseconds per (unbinned) pixel."""
+    raw_bbox: BBox
+    """Full raw segment (all amps have the same layout)."""
+    data_bbox: BBox
+    """Imaging pixels inside a raw segment."""
+    serial_prescan_bbox: BBox
+    """Serial prescan columns inside a raw segment."""
+    serial_overscan_bbox: BBox
+    """Serial overscan columns inside a raw segment."""
+    parallel_overscan_bbox: BBox
+    """Parallel overscan rows inside a raw segment."""
+    saturation_adu: float
+    """Saturation level, ADU above the overscan level."""
+    suspect_adu: float
+    """Level above which pixels are flagged SUSPECT (non-linear regime), ADU."""
+    amplifiers: tuple[Amplifier, ...]
+    """Amplifiers in raw HDU order."""
+
+    @property
+    def n_amps(self) -> int:
+        """Number of amplifiers."""
+        return len(self.amplifiers)
+
+    @property
+    def amp_names(self) -> tuple[str, ...]:
+        """Amplifier names in raw HDU order."""
+        return tuple(a.name for a in self.amplifiers)
+
+    @property
+    def detector_shape(self) -> tuple[int, int]:
+        """Assembled image shape ``(ny, nx)``."""
+        nx = 1 + max(a.ix for a in self.amplifiers)
+        ny = 1 + max(a.iy for a in self.amplifiers)
+        return ny * self.data_bbox.ny, nx * self.data_bbox.nx
+
+    @property
+    def nominal_gains(self) -> np.ndarray:
+        """Nominal gains (e⁻/ADU) in HDU order."""
+        return np.array([a.gain for a in self.amplifiers])
+
+    @property
+    def nominal_read_noise(self) -> np.ndarray:
+        """Nominal read noise (e⁻) in HDU order."""
+        return np.array([a.read_noise for a in self.amplifiers])
+
+    def amp_index(self, name: str) -> int:
+        """Index (HDU order) of the amplifier called ``name``."""
+        try:
+            return self.amp_names.index(name)
+        except ValueError:
+            raise KeyError(f"{self.name} has no amplifier {name!r}") from None
+
+    def amp_slices(self, amp: Amplifier) -> tuple[slice, slice]:
+        """``(rows, columns)`` of the amp's data section in the assembled image."""
+        ny, nx = self.data_bbox.shape
+        return slice(amp.iy * ny, (amp.iy + 1) * ny), slice(amp.ix * nx, (amp.ix + 1) * nx)
+
+    def amp_map(self) -> np.ndarray:
+        """Assembled-image array of amplifier indices (HDU order), for per-amp arithmetic."""
+        out = np.empty(self.detector_shape, dtype=np.int8)
+        for i, amp in enumerate(self.amplifiers):
+            out[self.amp_slices(amp)] = i
+        return out
+
+
+def _camera_from_dict(d: dict) -> Camera:
+    amp = d["amp"]
+    amps = tuple(
+        Amplifier(
+            name=a["name"],
+            extname=a["extname"],
+            hdu=int(a["hdu"]),
+            flip_x=bool(a["flip"][0]),
+            flip_y=bool(a["flip"][1]),
+            ix=int(a["ixy"][0]),
+            iy=int(a["ixy"][1]),
+            gain=float(a["gain"]),
+            read_noise=float(a["read_noise"]),
+        )
+        for a in d["amplifiers"]
+    )
+    return Camera(
+        name=d["name"],
+        detector_serial=d.get("detector_serial", ""),
+        pixel_size_mm=float(d["pixel_size_mm"]),
+        plate_scale=float(d["plate_scale_arcsec_per_pixel"]),
+        raw_bbox=BBox.from_list(amp["raw_bbox"]),
+        data_bbox=BBox.from_list(amp["data_bbox"]),
+        serial_prescan_bbox=BBox.from_list(amp["serial_prescan_bbox"]),
+        serial_overscan_bbox=BBox.from_list(amp["serial_overscan_bbox"]),
+        parallel_overscan_bbox=BBox.from_list(amp["parallel_overscan_bbox"]),
+        saturation_adu=float(amp["saturation_adu"]),
+        suspect_adu=float(amp["suspect_adu"]),
+        amplifiers=amps,
+    )
+
+
+def load_camera(name: str = "latiss") -> Camera:
+    """Load the description ``data/<name>_camera.yaml`` shipped with atmospec.
+
+    Parameters
+    ----------
+    name : str
+        Instrument name, case-insensitive (``latiss``).
+
+    Returns
+    -------
+    Camera
+        The frozen description (cached: the same object on every call).
+    """
+    return _load_camera(name.lower())
+
+
+@cache
+def _load_camera(name: str) -> Camera:
+    fname = f"{name}_camera.yaml"
+    ref = resources.files("atmospec.data") / fname
+    if not ref.is_file():
+        raise BadInputError(name, "unknown instrument (no camera description shipped)")
+    return _camera_from_dict(yaml.safe_load(ref.read_text()))

@@ -1,0 +1,695 @@
+"""Translate raw instrument FITS headers into one typed, instrument-neutral record.
+
+Raw LATISS headers changed a lot between 2018 and today: keywords appeared late, units
+changed (pressure went from hPa to Pa in 2023), some were filled with placeholders (a 1970
+start date, a zero airmass or a zero dark time). Everything downstream reads an
+`ObservationInfo` instead of the header, so those quirks are handled here once.
+
+Each instrument is a subclass of `HeaderTranslator`. The base class owns the generic logic
+(first non-null keyword, float sanitising, time parsing, airmass from altitude, ...) and
+the order in which fields are built; a subclass only sets keyword tuples and overrides the
+few ``to_<field>`` methods where its headers differ. `translate_header` picks the first
+translator in `TRANSLATORS` that claims the header.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import astropy.units as u
+from astropy.io import fits
+from astropy.time import Time
+
+from atmospec.errors import BadInputError
+
+__all__ = [
+    "TRANSLATORS",
+    "HeaderTranslator",
+    "LatissTranslator",
+    "ObservationInfo",
+    "kasten_young_airmass",
+    "translate_header",
+]
+
+#: Disperser (or filter) names meaning "no optical element in the beam".
+_NOT_DISPERSED = frozenset({"empty", "unknown", "none"})
+
+#: Any start time before this is a placeholder, not an observation (LATISS wrote the Unix
+#: epoch, 1970-01-01, in early 2020). 51544.0 is the MJD of 2000-01-01T00:00.
+_EARLIEST_PLAUSIBLE_MJD = 51544.0
+
+#: Above this a "pressure" cannot be in hPa (the record at sea level is ~1084 hPa), so it is
+#: in Pa: since 2023 the LATISS header service writes e.g. 77780.0 for 777.8 hPa.
+_MAX_PRESSURE_HPA = 2000.0
+
+
+@dataclass(frozen=True)
+class ObservationInfo:
+    """Instrument-neutral description of one exposure, built from its primary header.
+
+    Times are in the scale of the header (TAI for LATISS); angles in degrees.
+    """
+
+    instrument: str
+    """Canonical instrument name, e.g. ``"LATISS"``."""
+    obs_id: str
+    """Unique observation identifier, e.g. ``"AT_O_20240624_000106"``."""
+    day_obs: int
+    """Observing day as ``YYYYMMDD`` (the night's local date, not the UTC date)."""
+    seq_num: int
+    """Sequence number of the exposure within ``day_obs``."""
+    image_type: str
+    """Lower-case type: ``"bias"``, ``"dark"``, ``"flat"``, ``"science"``, ``"engtest"``,
+    ``"cwfs"``, ... or ``"unknown"`` when the header does not say."""
+    target_name: str | None
+    """Object name (``OBJECT``), stripped; None when absent or empty."""
+    exposure_time: float | None
+    """Requested exposure time in seconds; None when the header lacks it."""
+    dark_time: float | None
+    """Time the sensor integrated dark current, in seconds (falls back to the exposure time)."""
+    datetime_begin: Time | None
+    """Start of the exposure (TAI for LATISS); None when no usable time is in the header."""
+    physical_filter: str
+    """``"<filter>~<disperser>"``, e.g. ``"SDSSr_65mm~empty"``."""
+    filter: str
+    """Filter name, e.g. ``"SDSSr_65mm"``, ``"empty"`` or ``"unknown"``."""
+    disperser: str
+    """Disperser name, e.g. ``"holo4_003"``, ``"ronchi90lpmm"``, ``"empty"`` or ``"unknown"``."""
+    airmass: float | None
+    """Airmass at the start of the exposure; None when neither given nor computable."""
+    altitude: float | None
+    """Telescope altitude (elevation) at the start, in degrees."""
+    azimuth: float | None
+    """Telescope azimuth at the start, in degrees, wrapped into [0, 360)."""
+    ra: float | None
+    """Right ascension of the pointing, in degrees (commanded, else measured at start)."""
+    dec: float | None
+    """Declination of the pointing, in degrees (commanded, else measured at start)."""
+    rotation_angle: float | None
+    """Sky position angle of the instrument (``ROTPA``), in degrees."""
+    pressure: float | None
+    """Outside air pressure in hPa."""
+    temperature: float | None
+    """Outside air temperature in degrees Celsius."""
+    relative_humidity: float | None
+    """Outside relative humidity in percent."""
+    linspos: float | None
+    """Position of the linear stage carrying the disperser, in mm."""
+    binning: tuple[int, int]
+    """On-chip binning ``(x, y)``; ``(1, 1)`` when the header does not say."""
+    detector_serial: str | None
+    """Detector serial (``LSST_NUM`` for LATISS, e.g. ``"ITL-3800C-068"``); None if empty."""
+
+    @property
+    def is_dispersed(self) -> bool:
+        """True when a disperser (grating, hologram, ronchi) was in the beam.
+
+        Returns
+        -------
+        bool
+            False for ``"empty"``, ``"unknown"`` and ``"none"`` dispersers.
+        """
+        return self.disperser.lower() not in _NOT_DISPERSED
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a JSON-serialisable dictionary.
+
+        Returns
+        -------
+        dict
+            One entry per field. ``datetime_begin`` becomes an ISO-8601 string in its own
+            time scale (TAI for LATISS) or None; ``binning`` becomes a two-element list.
+        """
+        out: dict[str, Any] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, Time):
+                value = value.isot
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[field.name] = value
+        return out
+
+
+def kasten_young_airmass(altitude: float) -> float:
+    """Airmass for an apparent altitude, from Kasten & Young (1989).
+
+    ``X = 1 / (cos z + 0.50572 (96.07995 - z)^-1.6364)`` with the zenith distance ``z`` in
+    degrees (F. Kasten & A. T. Young, "Revised optical air mass tables and approximation
+    formula", Applied Optics 28, 4735, 1989). It matches sec(z) near the zenith and stays
+    finite (~38) at the horizon, unlike the plane-parallel sec(z).
+
+    Parameters
+    ----------
+    altitude : float
+        Altitude above the horizon in degrees, 0 < altitude <= 90.
+
+    Returns
+    -------
+    float
+        Relative air mass (1.0 at the zenith).
+
+    Raises
+    ------
+    ValueError
+        If ``altitude`` is outside (0, 90].
+    """
+    if not 0.0 < altitude <= 90.0:
+        raise ValueError(f"altitude {altitude} deg is outside (0, 90]")
+    zenith = 90.0 - altitude
+    return 1.0 / (math.cos(math.radians(zenith)) + 0.50572 * (96.07995 - zenith) ** -1.6364)
+
+
+class HeaderTranslator(ABC):
+    """Base class turning one instrument's raw primary header into an `ObservationInfo`.
+
+    Subclasses set `name` and `instrument_aliases`, implement the identity methods
+    (`to_obs_id`, `to_day_obs`, `to_seq_num`) and override any other ``to_<field>``
+    method, or keyword tuple, where their headers differ from the defaults below.
+
+    Every ``to_<field>`` method takes the header and returns the value of that field;
+    a method may raise `BadInputError` with a None path, to which `translate` adds the file.
+    """
+
+    name: ClassVar[str] = ""
+    """Canonical instrument name written to `ObservationInfo.instrument`."""
+    instrument_aliases: ClassVar[tuple[str, ...]] = ()
+    """``INSTRUME`` values (compared case-insensitively) this translator claims."""
+    default_time_scale: ClassVar[str] = "utc"
+    """Time scale assumed when ``TIMESYS`` is absent or not an astropy scale."""
+    image_type_aliases: ClassVar[Mapping[str, str]] = MappingProxyType({"object": "science"})
+    """Lower-case header image types renamed to the pipeline vocabulary."""
+    empty_optic_pattern: ClassVar[re.Pattern[str]] = re.compile(r"(?i)^(empty(_\d+)?)?$")
+    """Filter/disperser names meaning an empty slot (an empty string matches too)."""
+
+    image_type_keys: ClassVar[tuple[str, ...]] = ("IMGTYPE", "IMAGETYP")
+    target_name_keys: ClassVar[tuple[str, ...]] = ("OBJECT",)
+    exposure_time_keys: ClassVar[tuple[str, ...]] = ("EXPTIME",)
+    dark_time_keys: ClassVar[tuple[str, ...]] = ("DARKTIME",)
+    # Best first: explicit start of integration, then the generic observation date.
+    datetime_keys: ClassVar[tuple[str, ...]] = ("DATE-BEG", "DATE-OBS")
+    mjd_keys: ClassVar[tuple[str, ...]] = ("MJD-BEG", "MJD-OBS")
+    file_date_keys: ClassVar[tuple[str, ...]] = ("DATE",)
+    filter_keys: ClassVar[tuple[str, ...]] = ("FILTER",)
+    disperser_keys: ClassVar[tuple[str, ...]] = ("GRATING",)
+    airmass_keys: ClassVar[tuple[str, ...]] = ("AIRMASS",)
+    altitude_keys: ClassVar[tuple[str, ...]] = ("ELEVATIO", "ALT")
+    azimuth_keys: ClassVar[tuple[str, ...]] = ("AZIMUTH", "AZ")
+    ra_dec_keys: ClassVar[tuple[str, str]] = ("RA", "DEC")
+    rotation_angle_keys: ClassVar[tuple[str, ...]] = ("ROTPA",)
+    pressure_keys: ClassVar[tuple[str, ...]] = ("PRESSURE",)
+    temperature_keys: ClassVar[tuple[str, ...]] = ("AIRTEMP",)
+    humidity_keys: ClassVar[tuple[str, ...]] = ("HUMIDITY",)
+    linspos_keys: ClassVar[tuple[str, ...]] = ("LINSPOS",)
+    detector_serial_keys: ClassVar[tuple[str, ...]] = ("DETSER",)
+
+    # ------------------------------------------------------------------ entry points
+
+    @classmethod
+    def can_translate(cls, header: Mapping[str, Any]) -> bool:
+        """Tell whether this translator understands ``header``.
+
+        Parameters
+        ----------
+        header : Mapping[str, Any]
+            Raw primary header (an `astropy.io.fits.Header` or a plain mapping).
+
+        Returns
+        -------
+        bool
+            True when ``INSTRUME`` is one of `instrument_aliases` (case-insensitive).
+        """
+        instrument = cls._get(header, "INSTRUME")
+        if not isinstance(instrument, str):
+            return False
+        aliases = {alias.upper() for alias in cls.instrument_aliases}
+        return instrument.strip().upper() in aliases
+
+    def translate(self, header: Mapping[str, Any], filename: str | None = None) -> ObservationInfo:
+        """Build the `ObservationInfo` of one exposure.
+
+        Parameters
+        ----------
+        header : Mapping[str, Any]
+            Raw primary header; values may be None.
+        filename : str, optional
+            File the header came from, only used in error messages.
+
+        Returns
+        -------
+        ObservationInfo
+            The translated record.
+
+        Raises
+        ------
+        BadInputError
+            If the header lacks what identifies the exposure (e.g. no ``OBSID``).
+        """
+        try:
+            ra, dec = self.to_ra_dec(header)
+            filter_name = self.to_filter(header)
+            disperser = self.to_disperser(header)
+            return ObservationInfo(
+                instrument=self.to_instrument(header),
+                obs_id=self.to_obs_id(header),
+                day_obs=self.to_day_obs(header),
+                seq_num=self.to_seq_num(header),
+                image_type=self.to_image_type(header),
+                target_name=self.to_target_name(header),
+                exposure_time=self.to_exposure_time(header),
+                dark_time=self.to_dark_time(header),
+                datetime_begin=self.to_datetime_begin(header),
+                physical_filter=f"{filter_name}~{disperser}",
+                filter=filter_name,
+                disperser=disperser,
+                airmass=self.to_airmass(header),
+                altitude=self.to_altitude(header),
+                azimuth=self.to_azimuth(header),
+                ra=ra,
+                dec=dec,
+                rotation_angle=self.to_rotation_angle(header),
+                pressure=self.to_pressure(header),
+                temperature=self.to_temperature(header),
+                relative_humidity=self.to_relative_humidity(header),
+                linspos=self.to_linspos(header),
+                binning=self.to_binning(header),
+                detector_serial=self.to_detector_serial(header),
+            )
+        except BadInputError as exc:
+            # The to_* methods do not know the file; name it here so the CLI message does.
+            if exc.path is None and filename is not None:
+                raise BadInputError(filename, exc.problem) from exc
+            raise
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _get(header: Mapping[str, Any], *keys: str) -> Any:
+        """Return the value of the first of ``keys`` present with a non-null value.
+
+        Parameters
+        ----------
+        header : Mapping[str, Any]
+            Raw header.
+        *keys : str
+            Keywords to try, best first.
+
+        Returns
+        -------
+        Any
+            The value, or None when every keyword is missing or null.
+        """
+        for key in keys:
+            value = header.get(key)
+            # astropy marks a FITS card without a value with Undefined rather than None.
+            if value is None or isinstance(value, fits.card.Undefined):
+                continue
+            return value
+        return None
+
+    @staticmethod
+    def _as_float(value: Any) -> float | None:
+        """Convert a header value to a finite float, or None (missing, text, NaN, inf)."""
+        # bool is an int subclass, but a True flag is not a measurement.
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return number if math.isfinite(number) else None
+
+    @classmethod
+    def _get_float(cls, header: Mapping[str, Any], *keys: str) -> float | None:
+        """Return the first of ``keys`` that holds a finite number, as a float, or None."""
+        for key in keys:
+            number = cls._as_float(cls._get(header, key))
+            if number is not None:
+                return number
+        return None
+
+    @staticmethod
+    def _as_int(value: Any) -> int | None:
+        """Convert an integral header value (int or digit string) to int, or None."""
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float):
+            return int(value) if value.is_integer() else None
+        text = str(value).strip()
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else None
+
+    @classmethod
+    def _get_str(cls, header: Mapping[str, Any], *keys: str) -> str | None:
+        """Return the first of ``keys`` as a stripped string, or None when missing/empty."""
+        value = cls._get(header, *keys)
+        if value is None:
+            return None
+        text = str(value).strip()
+        return text or None
+
+    @staticmethod
+    def _parse_day_obs(value: Any) -> int | None:
+        """Parse a ``YYYYMMDD`` day (int or string) that is a real calendar date, or None."""
+        if value is None or isinstance(value, bool):
+            return None
+        text = str(value).strip()
+        if not re.fullmatch(r"\d{8}", text):
+            return None
+        try:
+            datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            return None
+        return int(text)
+
+    def _time_scale(self, header: Mapping[str, Any]) -> str:
+        """Time scale of the header's dates: ``TIMESYS`` if astropy knows it, else default."""
+        timesys = self._get_str(header, "TIMESYS")
+        if timesys is not None and timesys.lower() in Time.SCALES:
+            return timesys.lower()
+        return self.default_time_scale
+
+    @staticmethod
+    def _is_plausible(time: Time) -> bool:
+        """Reject placeholder dates (e.g. the Unix epoch) written instead of a real time."""
+        return bool(time.mjd >= _EARLIEST_PLAUSIBLE_MJD)
+
+    def _normalise_optic(self, value: Any) -> str:
+        """Map a filter/disperser header value to ``"unknown"``, ``"empty"`` or its name."""
+        if value is None:
+            return "unknown"
+        name = str(value).strip()
+        if self.empty_optic_pattern.match(name):
+            return "empty"
+        return name
+
+    # ------------------------------------------------------------------ identity
+
+    def to_instrument(self, header: Mapping[str, Any]) -> str:
+        """Canonical instrument name (`name`), whatever alias the header uses."""
+        return self.name
+
+    @abstractmethod
+    def to_obs_id(self, header: Mapping[str, Any]) -> str:
+        """Unique observation identifier; raise `BadInputError` when there is none."""
+
+    @abstractmethod
+    def to_day_obs(self, header: Mapping[str, Any]) -> int:
+        """Observing day ``YYYYMMDD``; raise `BadInputError` when it cannot be found."""
+
+    @abstractmethod
+    def to_seq_num(self, header: Mapping[str, Any]) -> int:
+        """Sequence number within the day; raise `BadInputError` when it cannot be found."""
+
+    # ------------------------------------------------------------------ exposure
+
+    def to_image_type(self, header: Mapping[str, Any]) -> str:
+        """Lower-case image type mapped through `image_type_aliases`; ``"unknown"`` if absent."""
+        raw = self._get_str(header, *self.image_type_keys)
+        if raw is None:
+            return "unknown"
+        kind = raw.lower()
+        return self.image_type_aliases.get(kind, kind)
+
+    def to_target_name(self, header: Mapping[str, Any]) -> str | None:
+        """Target name, stripped; None when absent or blank."""
+        return self._get_str(header, *self.target_name_keys)
+
+    def to_exposure_time(self, header: Mapping[str, Any]) -> float | None:
+        """Exposure time in seconds."""
+        return self._get_float(header, *self.exposure_time_keys)
+
+    def to_dark_time(self, header: Mapping[str, Any]) -> float | None:
+        """Dark time in seconds; the exposure time when the header's value is missing or <= 0.
+
+        A zero dark time is a placeholder (LATISS wrote 0.0 in 2020), never a measurement:
+        the sensor always integrates at least for the exposure time.
+        """
+        dark = self._get_float(header, *self.dark_time_keys)
+        if dark is not None and dark > 0.0:
+            return dark
+        return self.to_exposure_time(header)
+
+    def to_datetime_begin(self, header: Mapping[str, Any]) -> Time | None:
+        """Start of the exposure, in the header's time scale.
+
+        Tries the ISO dates in `datetime_keys`, then the MJDs in `mjd_keys`, keeping the first
+        that parses and is not a placeholder (before 2000). Failing that, the file-write date
+        (`file_date_keys`) minus the exposure time: the file is written right after readout,
+        so this is late by the readout time only (a few seconds).
+        """
+        scale = self._time_scale(header)
+        candidates: list[tuple[str, str]] = [(key, "isot") for key in self.datetime_keys]
+        candidates += [(key, "mjd") for key in self.mjd_keys]
+        for key, fmt in candidates:
+            time = self._parse_time(self._get(header, key), fmt, scale)
+            if time is not None and self._is_plausible(time):
+                return time
+        exposure = self.to_exposure_time(header)
+        for key in self.file_date_keys:
+            written = self._parse_time(self._get(header, key), "isot", scale)
+            if written is not None and exposure is not None and self._is_plausible(written):
+                return written - exposure * u.s
+        return None
+
+    @classmethod
+    def _parse_time(cls, value: Any, fmt: str, scale: str) -> Time | None:
+        """Parse one header time (``"isot"`` string or ``"mjd"`` number), or None if invalid."""
+        if value is None or isinstance(value, bool):
+            return None
+        try:
+            if fmt == "mjd":
+                number = cls._as_float(value)
+                return None if number is None else Time(number, format="mjd", scale=scale)
+            text = str(value).strip()
+            return Time(text, format="isot", scale=scale) if text else None
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------ optics
+
+    def to_filter(self, header: Mapping[str, Any]) -> str:
+        """Filter name, ``"empty"`` for an empty slot, ``"unknown"`` when absent."""
+        return self._normalise_optic(self._get(header, *self.filter_keys))
+
+    def to_disperser(self, header: Mapping[str, Any]) -> str:
+        """Disperser name, ``"empty"`` for an empty slot, ``"unknown"`` when absent."""
+        return self._normalise_optic(self._get(header, *self.disperser_keys))
+
+    def to_linspos(self, header: Mapping[str, Any]) -> float | None:
+        """Linear-stage position in mm."""
+        return self._get_float(header, *self.linspos_keys)
+
+    # ------------------------------------------------------------------ pointing
+
+    def to_altitude(self, header: Mapping[str, Any]) -> float | None:
+        """Telescope altitude at the start, in degrees."""
+        return self._get_float(header, *self.altitude_keys)
+
+    def to_azimuth(self, header: Mapping[str, Any]) -> float | None:
+        """Telescope azimuth at the start, in degrees, wrapped into [0, 360)."""
+        azimuth = self._get_float(header, *self.azimuth_keys)
+        if azimuth is None:
+            return None
+        wrapped = azimuth % 360.0
+        # A tiny negative azimuth rounds to exactly 360.0 under %, outside the promised range.
+        return 0.0 if wrapped >= 360.0 else wrapped
+
+    def to_airmass(self, header: Mapping[str, Any]) -> float | None:
+        """Airmass: the header's when physical (>= 1), else computed from the altitude.
+
+        Headers with the telescope parked or a failed lookup carry 0.0; an airmass below 1
+        cannot happen, so it is recomputed with `kasten_young_airmass` when the altitude
+        is above the horizon, and None otherwise.
+        """
+        airmass = self._get_float(header, *self.airmass_keys)
+        if airmass is not None and airmass >= 1.0:
+            return airmass
+        altitude = self.to_altitude(header)
+        if altitude is not None and 0.0 < altitude <= 90.0:
+            return kasten_young_airmass(altitude)
+        return None
+
+    def to_ra_dec(self, header: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """Right ascension and declination of the pointing, in degrees.
+
+        Uses the keyword pair `ra_dec_keys`; subclasses with a measured fallback override.
+        """
+        ra_key, dec_key = self.ra_dec_keys
+        return self._get_float(header, ra_key), self._get_float(header, dec_key)
+
+    def to_rotation_angle(self, header: Mapping[str, Any]) -> float | None:
+        """Instrument position angle on the sky, in degrees."""
+        return self._get_float(header, *self.rotation_angle_keys)
+
+    # ------------------------------------------------------------------ weather
+
+    def to_pressure(self, header: Mapping[str, Any]) -> float | None:
+        """Outside pressure in hPa (header assumed in hPa)."""
+        return self._get_float(header, *self.pressure_keys)
+
+    def to_temperature(self, header: Mapping[str, Any]) -> float | None:
+        """Outside air temperature in degrees Celsius."""
+        return self._get_float(header, *self.temperature_keys)
+
+    def to_relative_humidity(self, header: Mapping[str, Any]) -> float | None:
+        """Outside relative humidity in percent."""
+        return self._get_float(header, *self.humidity_keys)
+
+    # ------------------------------------------------------------------ detector
+
+    def to_binning(self, header: Mapping[str, Any]) -> tuple[int, int]:
+        """On-chip binning ``(x, y)``: ``BINX``/``BINY``, else ``CCDSUM "x y"``, else (1, 1)."""
+        binx = self._as_int(self._get(header, "BINX"))
+        biny = self._as_int(self._get(header, "BINY"))
+        if binx is not None and biny is not None and binx > 0 and biny > 0:
+            return binx, biny
+        ccdsum = self._get_str(header, "CCDSUM")
+        if ccdsum is not None:
+            parts = ccdsum.split()
+            if len(parts) == 2 and all(part.isdigit() and int(part) > 0 for part in parts):
+                return int(parts[0]), int(parts[1])
+        return 1, 1
+
+    def to_detector_serial(self, header: Mapping[str, Any]) -> str | None:
+        """Detector serial number; None when absent or blank."""
+        return self._get_str(header, *self.detector_serial_keys)
+
+
+class LatissTranslator(HeaderTranslator):
+    """Translator for LATISS, the AuxTel imager/slitless spectrograph (2018 onwards).
+
+    Quirks handled, by header era:
+
+    * 2018 test-stand files call the instrument ``LSST_ATISS``, have no ``TIMESYS``
+      (their times are still TAI), no ``IMGTYPE`` and no filter/grating keywords.
+    * 2020-01 files have a 1970 ``DATE-OBS``/``DATE-BEG``, ``DARKTIME = 0.0``, RA/DEC
+      both 0.0 with the real pointing in RASTART/DECSTART, and a negative azimuth.
+    * 2023+ files give ``PRESSURE`` in Pa instead of hPa.
+    * 2024 darks have ``AMSTART = 0.0`` and RA/DEC 0.0.
+    * ``SHUTTIME`` is ignored: 2022 files hold a bogus 0.03 s.
+    """
+
+    name: ClassVar[str] = "LATISS"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("LATISS", "LSST_ATISS")
+    # Every LATISS time keyword is TAI; the 2018 files just do not say so.
+    default_time_scale: ClassVar[str] = "tai"
+
+    airmass_keys: ClassVar[tuple[str, ...]] = ("AMSTART",)
+    # The 2020 header comments ELSTART as "Telescope zenith distance", but keyword and values
+    # are elevations (in 2021 ELSTART 70.31 comes with AMSTART 1.063 = sec(19.7 deg)):
+    # trust the value, not the comment.
+    altitude_keys: ClassVar[tuple[str, ...]] = ("ELSTART",)
+    azimuth_keys: ClassVar[tuple[str, ...]] = ("AZSTART",)
+    detector_serial_keys: ClassVar[tuple[str, ...]] = ("LSST_NUM",)
+
+    #: ``AT_O_20240624_000106``: telescope code, controller, day_obs, sequence number.
+    _OBSID_PATTERN: ClassVar[re.Pattern[str]] = re.compile(
+        r"^(?P<tel>[A-Z]{2})_(?P<ctrl>[A-Z])_(?P<day>\d{8})_(?P<seq>\d+)$"
+    )
+
+    def _obsid_match(self, header: Mapping[str, Any]) -> re.Match[str] | None:
+        """Match ``OBSID`` against the LATISS naming scheme (None if absent or unusual)."""
+        obs_id = self._get_str(header, "OBSID")
+        return None if obs_id is None else self._OBSID_PATTERN.match(obs_id)
+
+    def to_obs_id(self, header: Mapping[str, Any]) -> str:
+        """``OBSID``; a header without it cannot be indexed, so that is an error."""
+        obs_id = self._get_str(header, "OBSID")
+        if obs_id is None:
+            raise BadInputError(None, "LATISS header has no OBSID keyword")
+        return obs_id
+
+    def to_day_obs(self, header: Mapping[str, Any]) -> int:
+        """``DAYOBS`` (int or string), else the date embedded in ``OBSID``."""
+        day_obs = self._parse_day_obs(self._get(header, "DAYOBS"))
+        if day_obs is None:
+            match = self._obsid_match(header)
+            day_obs = self._parse_day_obs(match["day"]) if match else None
+        if day_obs is None:
+            raise BadInputError(
+                None,
+                f"cannot determine day_obs: DAYOBS={self._get(header, 'DAYOBS')!r}, "
+                f"OBSID={self._get(header, 'OBSID')!r}",
+            )
+        return day_obs
+
+    def to_seq_num(self, header: Mapping[str, Any]) -> int:
+        """``SEQNUM``, else the sequence number at the end of ``OBSID``."""
+        seq_num = self._as_int(self._get(header, "SEQNUM"))
+        if seq_num is None:
+            match = self._obsid_match(header)
+            seq_num = int(match["seq"]) if match else None
+        if seq_num is None:
+            raise BadInputError(
+                None,
+                f"cannot determine seq_num: SEQNUM={self._get(header, 'SEQNUM')!r}, "
+                f"OBSID={self._get(header, 'OBSID')!r}",
+            )
+        return seq_num
+
+    def to_ra_dec(self, header: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """Commanded RA/DEC, replaced by the measured RASTART/DECSTART when unusable.
+
+        RA/DEC are the commanded target (what the observer asked for) and so preferred,
+        but they are missing in some files and both 0.0 when nothing was commanded (2020
+        engineering data, 2024 darks) although the telescope pointing was recorded.
+        """
+        ra, dec = super().to_ra_dec(header)
+        unusable = ra is None or dec is None or (ra == 0.0 and dec == 0.0)
+        if unusable:
+            ra_start = self._get_float(header, "RASTART")
+            dec_start = self._get_float(header, "DECSTART")
+            if ra_start is not None and dec_start is not None:
+                return ra_start, dec_start
+        return ra, dec
+
+    def to_pressure(self, header: Mapping[str, Any]) -> float | None:
+        """``PRESSURE`` in hPa: values above 2000 are in Pa (2023+ headers) and divided by 100."""
+        pressure = super().to_pressure(header)
+        if pressure is not None and pressure > _MAX_PRESSURE_HPA:
+            return pressure / 100.0
+        return pressure
+
+
+#: Translators tried in order by `translate_header`; append new instruments here.
+TRANSLATORS: tuple[type[HeaderTranslator], ...] = (LatissTranslator,)
+
+
+def translate_header(header: Mapping[str, Any], filename: str | None = None) -> ObservationInfo:
+    """Translate a raw primary header with the first translator that accepts it.
+
+    Parameters
+    ----------
+    header : Mapping[str, Any]
+        Raw primary header (`astropy.io.fits.Header` or any mapping; values may be None).
+    filename : str, optional
+        File the header came from, used in error messages.
+
+    Returns
+    -------
+    ObservationInfo
+        The translated record.
+
+    Raises
+    ------
+    BadInputError
+        If no translator in `TRANSLATORS` accepts the header, or the header lacks the
+        keywords identifying the exposure.
+    """
+    for translator in TRANSLATORS:
+        if translator.can_translate(header):
+            return translator().translate(header, filename)
+    instrument = HeaderTranslator._get(header, "INSTRUME")
+    known = ", ".join(alias for cls in TRANSLATORS for alias in cls.instrument_aliases)
+    raise BadInputError(
+        filename, f"unsupported instrument INSTRUME={instrument!r} (known: {known})"
+    )

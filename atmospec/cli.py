@@ -1,0 +1,203 @@
+"""Command-line interface: ``atmospec <command> ...``.
+
+Exit status: 0 success, 2 bad input or usage (one line on stderr naming the file and the
+problem, no traceback), 1 processing failure. With several inputs, a bad one is reported
+and skipped; the others are still processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from atmospec import __version__
+from atmospec.errors import BadInputError
+
+log = logging.getLogger("atmospec")
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _UsageError(Exception):
+    """Raised instead of argparse's own exit so every usage error is one line, status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _add_isr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("isr", help="instrument signature removal of raw LATISS frames")
+    p.add_argument("raw", nargs="+", help="raw multi-extension FITS files")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--steps", help="comma list of ISR steps (default: all that apply); "
+                   "known: overscan,saturation,linearity,gain,crosstalk,assemble,bias,"
+                   "variance,dark,flat,defects,interpolate,cosmic_rays,edge")
+    for kind in ("bias", "dark", "flat", "defects", "ptc", "linearizer", "crosstalk"):
+        p.add_argument(f"--{kind}", help=f"{kind} product file")
+    p.add_argument("--overscan", choices=("median_per_row", "poly", "spline"),
+                   default="median_per_row", help="serial overscan model")
+    p.add_argument("--plots", action="store_true",
+                   help="also write overscan and post-ISR PNG diagnostics")
+    p.set_defaults(func=_cmd_isr)
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="write realistic simulated LATISS raw frames")
+    p.add_argument("what", choices=("night",), help="what to simulate")
+    p.add_argument("--out", required=True, help="output directory for the raw files")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--day-obs", type=int, default=20261123, help="YYYYMMDD of the night")
+    p.add_argument("--n-bias", type=int, default=5)
+    p.add_argument("--n-dark", type=int, default=3)
+    p.add_argument("--n-flat", type=int, default=3, help="flats per filter")
+    p.add_argument("--n-science", type=int, default=4)
+    p.add_argument("--no-compress", action="store_true",
+                   help="write uncompressed FITS (default: lossless RICE tiles)")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="simulate a small night and run ISR on it")
+    p.add_argument("--out", default="atmospec-demo", help="working directory")
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``atmospec`` argument parser."""
+    parser = _Parser(prog="atmospec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"atmospec {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_isr(sub)
+    _add_simulate(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool) -> int:
+    """Process raw files one by one; a bad file is reported and skipped."""
+    from atmospec.camera.description import load_camera
+    from atmospec.isr.runner import load_calibrations, process_raw
+
+    calibs = load_calibrations(files, load_camera("latiss"))
+    status = EXIT_OK
+    for path in raws:
+        t0 = time.perf_counter()
+        try:
+            outputs = process_raw(path, out, config, calibs, files, plots=plots)
+        except BadInputError as exc:
+            print(f"atmospec: {exc}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        except Exception as exc:  # one failed exposure never stops the others
+            log.debug("processing failure", exc_info=True)
+            print(f"atmospec: {path}: processing failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            status = status or EXIT_FAILURE
+            continue
+        print(f"{path} -> {outputs['postisr']} ({time.perf_counter() - t0:.1f} s)")
+    return status
+
+
+def _isr_config(steps: str | None, overscan: str):
+    from atmospec.isr.driver import IsrConfig
+    from atmospec.isr.overscan import OverscanConfig
+
+    step_list = tuple(s.strip() for s in steps.split(",") if s.strip()) if steps else None
+    return IsrConfig(steps=step_list, overscan=OverscanConfig(method=overscan))
+
+
+def _cmd_isr(args: argparse.Namespace) -> int:
+    from atmospec.isr.driver import resolve_steps
+    from atmospec.isr.runner import CalibrationFiles
+
+    files = CalibrationFiles(bias=args.bias, dark=args.dark, flat=args.flat,
+                             defects=args.defects, ptc=args.ptc, linearizer=args.linearizer,
+                             crosstalk=args.crosstalk)
+    config = _isr_config(args.steps, args.overscan)
+    # Check the step list against the given products before touching any file.
+    available = {k for k, v in vars(files).items() if v} | {"crosstalk", "defects"}
+    try:
+        resolve_steps(config.steps, available)
+    except ValueError as exc:
+        raise _UsageError(f"atmospec isr: {exc}") from None
+    return _isr_files(args.raw, args.out, config, files, args.plots)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from atmospec.sim.night import NightConfig, simulate_night
+
+    config = NightConfig(day_obs=args.day_obs, seed=args.seed, n_bias=args.n_bias,
+                         n_dark=args.n_dark, n_flat=args.n_flat, n_science=args.n_science,
+                         compress=not args.no_compress)
+    paths = simulate_night(args.out, config)
+    print(f"wrote {len(paths)} raw files to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import json
+
+    from atmospec.plots.isr import format_amp_stats
+    from atmospec.sim.night import NightConfig, simulate_night
+
+    out = Path(args.out)
+    raw_dir, post_dir = out / "raw", out / "postisr"
+    config = NightConfig(day_obs=20261123, seed=args.seed, n_bias=2, n_dark=1, n_flat=1,
+                         n_science=3)
+    raws = sorted(p for p in raw_dir.glob("AT_*.fits")) if raw_dir.is_dir() else []
+    if not raws:
+        print(f"simulating a small LATISS night in {raw_dir} ...")
+        raws = simulate_night(raw_dir, config)
+    else:
+        print(f"using the {len(raws)} raw files already in {raw_dir}")
+    print(f"running ISR on {len(raws)} frames -> {post_dir}")
+    from atmospec.isr.runner import CalibrationFiles
+
+    status = _isr_files([str(p) for p in raws], str(post_dir), _isr_config(None,
+                        "median_per_row"), CalibrationFiles(), plots=True)
+    stats = sorted(post_dir.glob("*_isrstats.json"))
+    science = [s for s in stats if json.loads(s.read_text()).get("image_type") == "science"]
+    if science:
+        doc = json.loads(science[-1].read_text())
+        print(f"\nper-amp statistics of {doc['obs_id']}:")
+        print(format_amp_stats(doc))
+    print(f"\npost-ISR images, statistics and PNG diagnostics are in {post_dir}")
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except _UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BadInputError as exc:
+        print(f"atmospec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("atmospec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        log.debug("processing failure", exc_info=True)
+        print(f"atmospec: processing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,22 @@
+"""Exceptions shared by the whole pipeline.
+
+`BadInputError` is the one the CLI turns into a one-line message and exit status 2:
+its text always starts with the offending file, then the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class BadInputError(Exception):
+    """Input the pipeline cannot use: message names the file and the problem (CLI exits 2)."""
+
+    def __init__(self, path: str | Path | None, problem: str) -> None:
+        self.path = str(path) if path is not None else None
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class ProcessingError(Exception):
+    """A valid input on which an algorithm failed (CLI exits 1)."""

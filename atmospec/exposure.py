@@ -1,0 +1,225 @@
+"""The one image type of the pipeline: image, mask (named bit planes), variance, metadata.
+
+On disk an `Exposure` uses the layout of Rubin's ExposureF files: the primary HDU holds the
+metadata (every raw primary key is kept), then the extensions ``IMAGE`` (float32),
+``MASK`` (int32, ``MP_<PLANE>`` keys give bit numbers) and ``VARIANCE`` (float32).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from astropy.nddata import CCDData, VarianceUncertainty
+
+from atmospec.errors import BadInputError
+from atmospec.io import add_cards, write_hdul_atomic
+
+#: Rubin's default mask planes and bit numbers.
+DEFAULT_MASK_PLANES: dict[str, int] = {
+    "BAD": 0,
+    "SAT": 1,
+    "INTRP": 2,
+    "CR": 3,
+    "EDGE": 4,
+    "DETECTED": 5,
+    "DETECTED_NEGATIVE": 6,
+    "SUSPECT": 7,
+    "NO_DATA": 8,
+}
+
+
+@dataclass
+class Exposure:
+    """An image with its mask, variance and metadata.
+
+    Arrays are owned (and modified in place) by ISR steps; ``image`` and ``variance`` are
+    float32, ``mask`` is int32 with bits named by ``mask_planes``.
+    """
+
+    image: np.ndarray
+    """Pixel values (electrons after ISR gain; ADU before)."""
+    mask: np.ndarray
+    """Bit mask, int32, same shape as ``image``."""
+    variance: np.ndarray
+    """Per-pixel variance in the square of the image unit."""
+    metadata: fits.Header = field(default_factory=fits.Header)
+    """Header: raw primary keys plus processing keys."""
+    mask_planes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MASK_PLANES))
+    """Plane name to bit number."""
+    unit: str = "electron"
+    """Unit of ``image`` (``electron`` or ``adu``)."""
+
+    def __post_init__(self) -> None:
+        if self.mask.shape != self.image.shape or self.variance.shape != self.image.shape:
+            raise ValueError(
+                f"image {self.image.shape}, mask {self.mask.shape} and variance "
+                f"{self.variance.shape} must have the same shape"
+            )
+
+    @classmethod
+    def from_image(
+        cls, image: np.ndarray, metadata: fits.Header | None = None, unit: str = "electron"
+    ) -> Exposure:
+        """Wrap an image with an empty mask and zero variance."""
+        image = np.asarray(image, dtype=np.float32)
+        return cls(
+            image=image,
+            mask=np.zeros(image.shape, dtype=np.int32),
+            variance=np.zeros(image.shape, dtype=np.float32),
+            metadata=fits.Header() if metadata is None else metadata,
+            unit=unit,
+        )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Image shape ``(ny, nx)``."""
+        return self.image.shape
+
+    def bitmask(self, *planes: str) -> int:
+        """Integer with the bits of ``planes`` set (adds unknown planes to the mask)."""
+        value = 0
+        for name in planes:
+            if name not in self.mask_planes:
+                self.mask_planes[name] = max(self.mask_planes.values(), default=-1) + 1
+            value |= 1 << self.mask_planes[name]
+        return value
+
+    def set_mask(self, plane: str, where: np.ndarray) -> None:
+        """Set ``plane`` on the pixels where ``where`` is true."""
+        self.mask[where] |= np.int32(self.bitmask(plane))
+
+    def get_mask(self, *planes: str) -> np.ndarray:
+        """Boolean array: pixels with any of ``planes`` set."""
+        return (self.mask & self.bitmask(*planes)) != 0
+
+    # --- FITS I/O -------------------------------------------------------------------------
+
+    def to_hdulist(self) -> fits.HDUList:
+        """Build the Rubin-layout HDU list (no file is written)."""
+        primary = fits.PrimaryHDU(header=_clean_primary(self.metadata))
+        image = fits.ImageHDU(self.image.astype(np.float32, copy=False), name="IMAGE")
+        mask = fits.ImageHDU(self.mask.astype(np.int32, copy=False), name="MASK")
+        variance = fits.ImageHDU(self.variance.astype(np.float32, copy=False), name="VARIANCE")
+        for hdu, exttype in ((image, "IMAGE"), (mask, "MASK"), (variance, "VARIANCE")):
+            hdu.header["EXTTYPE"] = exttype
+            hdu.header["INHERIT"] = True
+        image.header["BUNIT"] = self.unit
+        variance.header["BUNIT"] = f"{self.unit}**2"
+        for name, bit in sorted(self.mask_planes.items(), key=lambda kv: kv[1]):
+            mask.header[f"HIERARCH MP_{name}" if len(name) > 5 else f"MP_{name}"] = bit
+        return fits.HDUList([primary, image, mask, variance])
+
+    def write(self, path: str | Path, provenance: Sequence[tuple[str, Any, str]] = ()) -> Path:
+        """Write atomically to ``path`` in the Rubin ExposureF layout.
+
+        Parameters
+        ----------
+        path : path
+            Output file.
+        provenance : sequence of (key, value, comment)
+            Cards added to the primary header (see `atmospec.io.provenance_cards`).
+        """
+        hdul = self.to_hdulist()
+        add_cards(hdul[0].header, provenance)
+        return write_hdul_atomic(hdul, path)
+
+    @classmethod
+    def read(cls, path: str | Path) -> Exposure:
+        """Read an exposure written by `write` (or by Rubin's ExposureF writer).
+
+        Raises
+        ------
+        BadInputError
+            If the file is missing, unreadable or lacks the IMAGE/MASK/VARIANCE extensions.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(path, "no such file")
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                names = [h.name for h in hdul]
+                missing = [n for n in ("IMAGE", "MASK", "VARIANCE") if n not in names]
+                if missing:
+                    raise BadInputError(path, f"not a post-ISR exposure: no {', '.join(missing)} "
+                                              "extension")
+                image = np.asarray(hdul["IMAGE"].data, dtype=np.float32)
+                mask = np.asarray(hdul["MASK"].data, dtype=np.int32)
+                variance = np.asarray(hdul["VARIANCE"].data, dtype=np.float32)
+                planes = {
+                    k[3:]: int(v) for k, v in hdul["MASK"].header.items() if k.startswith("MP_")
+                }
+                unit = str(hdul["IMAGE"].header.get("BUNIT", "electron"))
+                metadata = hdul[0].header.copy()
+        except BadInputError:
+            raise
+        except Exception as exc:  # astropy raises many types for damaged files
+            raise BadInputError(path, f"not a readable FITS file ({exc})") from None
+        if image.ndim != 2 or mask.shape != image.shape or variance.shape != image.shape:
+            raise BadInputError(path, f"IMAGE {image.shape}, MASK {mask.shape} and VARIANCE "
+                                      f"{variance.shape} differ in shape")
+        return cls(image, mask, variance, metadata, planes or dict(DEFAULT_MASK_PLANES), unit)
+
+    # --- astropy interoperability ---------------------------------------------------------
+
+    def to_ccddata(self) -> CCDData:
+        """Convert to `astropy.nddata.CCDData`.
+
+        The integer mask goes to ``flags`` (planes in ``meta['MP_*']``), a boolean ``mask``
+        marks any plane set, and the variance becomes a `VarianceUncertainty`.
+        """
+        meta = self.metadata.copy()
+        for name, bit in self.mask_planes.items():
+            meta[f"HIERARCH MP_{name}"] = bit
+        unit = u.electron if self.unit == "electron" else u.adu
+        return CCDData(
+            self.image,
+            unit=unit,
+            mask=self.mask != 0,
+            flags=self.mask,
+            uncertainty=VarianceUncertainty(self.variance, unit=unit**2),
+            meta=meta,
+        )
+
+    @classmethod
+    def from_ccddata(cls, ccd: CCDData) -> Exposure:
+        """Build from `astropy.nddata.CCDData` (inverse of `to_ccddata`)."""
+        image = np.asarray(ccd.data, dtype=np.float32)
+        meta = fits.Header(ccd.meta) if not isinstance(ccd.meta, fits.Header) else ccd.meta.copy()
+        planes = {k[3:]: int(v) for k, v in meta.items() if k.startswith("MP_")}
+        for k in [k for k in meta if k.startswith("MP_")]:
+            del meta[k]
+        planes = planes or dict(DEFAULT_MASK_PLANES)
+        if ccd.flags is not None:
+            mask = np.asarray(ccd.flags, dtype=np.int32)
+        else:
+            mask = np.zeros(image.shape, dtype=np.int32)
+            if ccd.mask is not None:
+                mask[np.asarray(ccd.mask, dtype=bool)] = 1 << planes["BAD"]
+        if ccd.uncertainty is not None:
+            variance = np.asarray(
+                ccd.uncertainty.represent_as(VarianceUncertainty).array, dtype=np.float32
+            )
+        else:
+            variance = np.zeros(image.shape, dtype=np.float32)
+        unit = "adu" if ccd.unit == u.adu else "electron"
+        return cls(image, mask, variance, meta, planes, unit)
+
+
+_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION",
+               "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "BSCALE", "BZERO", "EXTNAME"}
+
+
+def _clean_primary(header: fits.Header) -> fits.Header:
+    """Copy of ``header`` without the structural keys astropy must write itself."""
+    out = fits.Header()
+    for card in header.cards:
+        if card.keyword in _STRUCTURAL:
+            continue
+        out.append(card)
+    return out

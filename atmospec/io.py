@@ -1,0 +1,106 @@
+"""File-writing helpers shared by every stage: atomic writes and provenance keys."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from astropy.io import fits
+
+import atmospec
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A reader never sees a half-written file and a crash leaves nothing behind: the
+    temporary file is removed if the block raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_hdul_atomic(hdul: fits.HDUList, path: str | Path) -> Path:
+    """Write an HDU list to ``path`` atomically (temporary file + rename)."""
+    with atomic_path(path) as tmp:
+        hdul.writeto(tmp, overwrite=True)
+    return Path(path)
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def provenance_cards(
+    stage: str, inputs: Sequence[str | Path] = (), config: Mapping[str, Any] | Any = None
+) -> list[tuple[str, Any, str]]:
+    """Header cards recording what produced a file.
+
+    Parameters
+    ----------
+    stage : str
+        Producing stage, e.g. ``isr``.
+    inputs : sequence of path
+        Input files (their base names are recorded).
+    config : mapping or dataclass, optional
+        Configuration used; stored as compact JSON split over ``HISTORY`` cards.
+
+    Returns
+    -------
+    list of (key, value, comment)
+        Cards to append to a header (keys starting ``ATM``; ``HISTORY`` for the config).
+    """
+    cards: list[tuple[str, Any, str]] = [
+        ("ATMVERS", atmospec.__version__, "atmospec version"),
+        ("ATMSTAGE", stage, "atmospec stage that wrote this file"),
+        ("ATMDATE", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "UTC write time"),
+    ]
+    for i, p in enumerate(inputs):
+        cards.append((f"ATMIN{i}", Path(p).name[:68], "input file"))
+    if config is not None:
+        text = json.dumps(_jsonable(config), separators=(",", ":"), sort_keys=True)
+        cards.extend(("HISTORY", f"atmospec config: {text[i:i + 50]}", "") for i in
+                     range(0, len(text), 50))
+    return cards
+
+
+def _jsonable(obj: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+def add_cards(header: fits.Header, cards: Sequence[tuple[str, Any, str]]) -> None:
+    """Append cards to ``header`` (HISTORY cards are added, others set)."""
+    for key, value, comment in cards:
+        if key == "HISTORY":
+            header.add_history(value)
+        else:
+            header[key] = (value, comment)

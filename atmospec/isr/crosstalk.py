@@ -1,0 +1,104 @@
+"""Intra-detector crosstalk: removing scaled copies of each amp's signal from the others.
+
+Crosstalk happens in the readout electronics, pixel by pixel in readout order, so it is
+corrected on the raw segments (all in readout orientation) before assembly: no flips needed.
+
+Matrix convention: ``coeffs[target, source]`` is the fraction of the source amp's signal
+that appears in the target amp, both in camera HDU order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from atmospec.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class CrosstalkConfig:
+    """Configuration of the crosstalk correction."""
+
+    matrix_file: str | None = None
+    """ECSV crosstalk product (Rubin CrosstalkCalib layout); ``None``: the shipped LATISS
+    matrix (ITL-3800C-068, DM-37819)."""
+    min_source_level: float = 0.0
+    """Only source pixels above this level (e⁻) contribute (0: all positive signal)."""
+
+
+@dataclass(frozen=True)
+class CrosstalkMatrix:
+    """A crosstalk matrix and its unit."""
+
+    coeffs: np.ndarray
+    """``(n_amps, n_amps)`` fractions, ``[target, source]``, zero diagonal."""
+    units: str
+    """``adu`` (ratios of raw signals) or ``electron``."""
+
+    def in_electrons(self, gains: np.ndarray) -> np.ndarray:
+        """Coefficients for signals already converted to electrons with ``gains`` (e⁻/ADU).
+
+        A ratio of ADU signals becomes ``c * g_target / g_source`` in electrons.
+        """
+        if self.units == "electron":
+            return self.coeffs
+        gains = np.asarray(gains, dtype=float)
+        return self.coeffs * gains[:, None] / gains[None, :]
+
+
+def load_crosstalk(path: str | Path | None = None, n_amps: int = 16) -> CrosstalkMatrix:
+    """Read a crosstalk product (ECSV with ``CT_COEFFS``, as Rubin's CrosstalkCalib writes).
+
+    Parameters
+    ----------
+    path : path, optional
+        File to read; by default the LATISS matrix shipped in ``data/``.
+    n_amps : int
+        Expected number of amplifiers.
+    """
+    if path is None:
+        ref = resources.files("atmospec.data") / "latiss_crosstalk.ecsv"
+        path = Path(str(ref))
+    path = Path(path)
+    try:
+        table = Table.read(path, format="ascii.ecsv")
+        coeffs = np.asarray(table["CT_COEFFS"][0], dtype=float)
+    except Exception as exc:
+        raise BadInputError(path, f"not a crosstalk table ({exc})") from None
+    if coeffs.size != n_amps * n_amps:
+        raise BadInputError(path, f"crosstalk matrix has {coeffs.size} terms, expected "
+                                  f"{n_amps}x{n_amps}")
+    coeffs = coeffs.reshape(n_amps, n_amps)
+    # Rubin's CrosstalkCalib stores coeffs[i][j] as the crosstalk from source amp i into target
+    # amp j; transposed here to the [target, source] order used for the matrix product.
+    coeffs = np.nan_to_num(coeffs.T)
+    np.fill_diagonal(coeffs, 0.0)
+    units = str(table.meta.get("CROSSTALK_RATIOS_UNITS", "adu")).lower()
+    return CrosstalkMatrix(coeffs, "electron" if units.startswith("electron") else "adu")
+
+
+def crosstalk_signal(data: np.ndarray, coeffs: np.ndarray, min_level: float = 0.0) -> np.ndarray:
+    """Crosstalk each amp receives from the others.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        ``(n_amps, ny, nx)`` background-free signal in readout orientation.
+    coeffs : numpy.ndarray
+        ``[target, source]`` matrix in the unit of ``data``.
+    min_level : float
+        Source pixels at or below this level contribute nothing.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps, ny, nx)`` float32 signal to remove from (or add to) each amp.
+    """
+    n = data.shape[0]
+    src = np.ascontiguousarray(data, dtype=np.float32).reshape(n, -1)
+    src = np.where(src > min_level, src, np.float32(0.0))
+    return (coeffs.astype(np.float32) @ src).reshape(data.shape)

@@ -1,0 +1,171 @@
+"""Serial and parallel overscan: the bias level of each amplifier, row by row.
+
+The serial overscan (columns read after each row's data) tracks the bias level of that row,
+including its slow drift during readout; the parallel overscan (rows read after the last
+data row) tracks column-dependent offsets left after the serial correction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.interpolate import make_lsq_spline
+
+from atmospec.camera.description import Camera
+
+
+@dataclass(frozen=True)
+class OverscanConfig:
+    """How the serial and parallel overscan levels are measured and removed."""
+
+    method: Literal["median_per_row", "poly", "spline"] = "median_per_row"
+    """Model of the serial overscan level along the rows: the clipped median of each row
+    (Rubin's MEDIAN_PER_ROW), a polynomial in row number, or a least-squares cubic spline."""
+    skip: tuple[int, int] = (3, 3)
+    """Leading and trailing serial-overscan columns ignored (deferred charge, settling)."""
+    n_sigma: float = 3.0
+    """Pixels further than this many robust sigmas from their row's median are rejected."""
+    poly_order: int = 3
+    """Polynomial order for ``method="poly"``."""
+    spline_knot_spacing: int = 200
+    """Rows between interior spline knots for ``method="spline"``."""
+    parallel: bool = True
+    """Also subtract the parallel overscan level, column by column."""
+    parallel_skip: tuple[int, int] = (3, 3)
+    """Leading and trailing parallel-overscan rows ignored."""
+
+
+def robust_sigma(x: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """Gaussian-equivalent sigma from the median absolute deviation."""
+    med = np.median(x, axis=axis, keepdims=True)
+    return 1.4826 * np.median(np.abs(x - med), axis=axis)
+
+
+def clipped_row_median(overscan: np.ndarray, n_sigma: float) -> np.ndarray:
+    """Median of each row after rejecting outliers (cosmic rays, bleed into the overscan).
+
+    Parameters
+    ----------
+    overscan : numpy.ndarray
+        ``(n_amps, ny, ncols)`` overscan pixels in ADU.
+    n_sigma : float
+        Rejection threshold in robust sigmas of the whole amp's overscan noise.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps, ny)`` level per row.
+    """
+    first = np.median(overscan, axis=2)
+    resid = overscan - first[:, :, None]
+    sigma = robust_sigma(resid, axis=(1, 2))
+    bad = np.abs(resid) > n_sigma * np.maximum(sigma, 1e-6)[:, None, None]
+    if not bad.any():
+        return first
+    rows = bad.any(axis=2)
+    level = first.copy()
+    # Only rows that have an outlier are recomputed: nanmedian is slow on the full array.
+    amp_idx, row_idx = np.nonzero(rows)
+    sub = overscan[amp_idx, row_idx].copy()
+    sub[bad[amp_idx, row_idx]] = np.nan
+    with np.errstate(all="ignore"):
+        clipped = np.nanmedian(sub, axis=1) if sub.size else np.empty(0)
+    ok = np.isfinite(clipped)
+    level[amp_idx[ok], row_idx[ok]] = clipped[ok]
+    return level
+
+
+def _smooth_rows(level: np.ndarray, config: OverscanConfig) -> np.ndarray:
+    """Fit the per-row levels of each amp with a polynomial or a spline."""
+    ny = level.shape[1]
+    rows = np.arange(ny, dtype=float)
+    out = np.empty_like(level)
+    if config.method == "poly":
+        x = (rows - ny / 2) / (ny / 2)  # scaled so high orders stay well conditioned
+        for i in range(level.shape[0]):
+            coeffs = np.polynomial.polynomial.polyfit(x, level[i], config.poly_order)
+            out[i] = np.polynomial.polynomial.polyval(x, coeffs)
+        return out
+    k = 3
+    n_interior = max(int(ny // config.spline_knot_spacing) - 1, 0)
+    interior = np.linspace(0, ny - 1, n_interior + 2)[1:-1]
+    knots = np.concatenate([[rows[0]] * (k + 1), interior, [rows[-1]] * (k + 1)])
+    for i in range(level.shape[0]):
+        out[i] = make_lsq_spline(rows, level[i], knots, k=k)(rows)
+    return out
+
+
+def serial_overscan_level(segments: np.ndarray, camera: Camera,
+                          config: OverscanConfig) -> np.ndarray:
+    """Bias level per row of every amplifier, from the serial overscan, in ADU.
+
+    Parameters
+    ----------
+    segments : numpy.ndarray
+        ``(n_amps, raw_ny, raw_nx)`` raw segments in ADU.
+    camera : Camera
+        Gives the serial-overscan box.
+    config : OverscanConfig
+        Method and rejection.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps, raw_ny)`` level for every raw row (the overscan box covers the data
+        rows; rows beyond it, i.e. the parallel overscan, reuse the last rows' fit).
+    """
+    box = camera.serial_overscan_bbox
+    lo, hi = config.skip
+    cols = slice(box.x0 + lo, box.x0 + box.nx - hi)
+    # The parallel-overscan rows also carry a serial overscan: use every raw row.
+    overscan = segments[:, :, cols]
+    level = clipped_row_median(overscan, config.n_sigma)
+    if config.method != "median_per_row":
+        level = _smooth_rows(level, config)
+    return level.astype(np.float32)
+
+
+def parallel_overscan_level(segments: np.ndarray, camera: Camera,
+                            config: OverscanConfig) -> np.ndarray:
+    """Residual level per data column from the parallel overscan (after serial removal).
+
+    Columns whose level is an outlier (bleed trails reaching the parallel overscan) are
+    replaced by the amp's median level, so a star's charge is never subtracted.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps, data_nx)`` level per data column, ADU.
+    """
+    box = camera.parallel_overscan_bbox
+    lo, hi = config.parallel_skip
+    region = segments[:, box.y0 + lo: box.y0 + box.ny - hi, box.x0: box.x0 + box.nx]
+    level = np.median(region, axis=1)
+    amp_med = np.median(level, axis=1, keepdims=True)
+    sigma = robust_sigma(level, axis=1)[:, None]
+    # The floor keeps a perfectly flat (simulated, noiseless) overscan from flagging columns.
+    bad = np.abs(level - amp_med) > config.n_sigma * np.maximum(sigma, 0.5)
+    return np.where(bad, amp_med, level).astype(np.float32)
+
+
+def subtract_overscan(segments: np.ndarray, camera: Camera,
+                      config: OverscanConfig) -> dict[str, np.ndarray]:
+    """Subtract serial (then optionally parallel) overscan levels in place.
+
+    Returns
+    -------
+    dict
+        ``serial``: ``(n_amps, raw_ny)`` row levels; ``parallel``: ``(n_amps, data_nx)``
+        column levels (zeros when disabled). Both in ADU, kept for diagnostics.
+    """
+    serial = serial_overscan_level(segments, camera, config)
+    segments -= serial[:, :, None]
+    data = camera.data_bbox
+    if config.parallel:
+        parallel = parallel_overscan_level(segments, camera, config)
+        segments[:, :, data.x0: data.x0 + data.nx] -= parallel[:, None, :]
+    else:
+        parallel = np.zeros((segments.shape[0], data.nx), dtype=np.float32)
+    return {"serial": serial, "parallel": parallel}

@@ -1,0 +1,143 @@
+"""Running ISR on raw files: load products once, process each file, write the outputs.
+
+Outputs per raw file, in the output directory:
+``<OBSID>_postisr.fits`` (Rubin ExposureF layout) and ``<OBSID>_isrstats.json`` (per-amp
+figures and overscan profiles, read by the diagnostics in `atmospec.plots`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from atmospec.camera.description import Camera
+from atmospec.camera.raw import RawFrame, read_raw
+from atmospec.io import provenance_cards, write_text_atomic
+from atmospec.isr.calibs import load_calibration
+from atmospec.isr.crosstalk import load_crosstalk
+from atmospec.isr.defects import load_defects
+from atmospec.isr.driver import IsrCalibrations, IsrConfig, IsrResult, run_isr
+from atmospec.isr.gain import load_ptc_gains, nominal_gains
+from atmospec.isr.linearity import load_linearizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationFiles:
+    """Calibration product files for an ISR run (``None``: not used, or the shipped default)."""
+
+    bias: str | None = None
+    """Master bias (Exposure file, e⁻)."""
+    dark: str | None = None
+    """Master dark (Exposure file, e⁻/s)."""
+    flat: str | None = None
+    """Master flat (Exposure file, normalised)."""
+    defects: str | None = None
+    """Defects table; ``None``: the shipped LATISS list."""
+    ptc: str | None = None
+    """PTC table giving gains and read noise; ``None``: nominal values."""
+    linearizer: str | None = None
+    """Linearizer table."""
+    crosstalk: str | None = None
+    """Crosstalk table; ``None``: the shipped LATISS matrix."""
+
+
+def load_calibrations(files: CalibrationFiles, camera: Camera) -> IsrCalibrations:
+    """Read every product once (they are shared by all exposures of a run)."""
+    sources: dict[str, str] = {}
+    gains = load_ptc_gains(files.ptc, camera) if files.ptc else nominal_gains(camera)
+    calibs = IsrCalibrations(
+        gains=gains,
+        crosstalk=load_crosstalk(files.crosstalk, camera.n_amps),
+        defects=load_defects(files.defects),
+        linearizer=load_linearizer(files.linearizer, camera) if files.linearizer else None,
+    )
+    for kind in ("bias", "dark", "flat"):
+        path = getattr(files, kind)
+        if path:
+            setattr(calibs, kind, load_calibration(path, kind, camera))
+            sources[kind] = Path(path).name
+    sources["defects"] = Path(files.defects).name if files.defects else "latiss_defects.ecsv"
+    sources["crosstalk"] = (Path(files.crosstalk).name if files.crosstalk
+                            else "latiss_crosstalk.ecsv")
+    if files.ptc:
+        sources["ptc"] = Path(files.ptc).name
+    if files.linearizer:
+        sources["linearizer"] = Path(files.linearizer).name
+    calibs.sources = sources
+    return calibs
+
+
+def stats_document(raw: RawFrame, result: IsrResult) -> dict:
+    """The JSON-able statistics record of one ISR run."""
+    amps = {}
+    for i, (name, entry) in enumerate(result.amp_stats.items()):
+        entry = dict(entry)
+        if result.overscan:
+            entry["overscan_rows_adu"] = np.round(result.overscan["serial"][i], 3).tolist()
+            entry["overscan_row_step"] = 1
+            entry["parallel_cols_adu"] = np.round(result.overscan["parallel"][i], 3).tolist()
+        amps[name] = entry
+    return {
+        "obs_id": raw.info.obs_id,
+        "raw": raw.path.name,
+        "physical_filter": raw.info.physical_filter,
+        "image_type": raw.info.image_type,
+        "steps": list(result.steps),
+        "unit": result.exposure.unit,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "amps": amps,
+    }
+
+
+def process_raw(path: str | Path, out_dir: str | Path, config: IsrConfig,
+                calibs: IsrCalibrations, files: CalibrationFiles | None = None,
+                plots: bool = False) -> dict[str, Path]:
+    """ISR one raw file and write its outputs.
+
+    Parameters
+    ----------
+    path : path
+        Raw LATISS file.
+    out_dir : path
+        Output directory (created if needed).
+    config : IsrConfig
+        ISR configuration.
+    calibs : IsrCalibrations
+        Products, loaded once by `load_calibrations`.
+    files : CalibrationFiles, optional
+        Their file names, for provenance.
+    plots : bool
+        Also draw the diagnostics (overscan profiles, post-ISR image) as PNG.
+
+    Returns
+    -------
+    dict
+        ``postisr``, ``stats`` (and ``overscan_plot``, ``image_plot``) paths.
+    """
+    out_dir = Path(out_dir)
+    raw = read_raw(path)
+    result = run_isr(raw, config, calibs)
+    obs_id = raw.info.obs_id
+    inputs = [raw.path] + [p for p in (files.__dict__.values() if files else []) if p]
+    out = {
+        "postisr": result.exposure.write(
+            out_dir / f"{obs_id}_postisr.fits",
+            provenance_cards("isr", inputs, {"steps": result.steps, "config": config}),
+        ),
+    }
+    doc = stats_document(raw, result)
+    out["stats"] = write_text_atomic(json.dumps(doc, indent=1), out_dir / f"{obs_id}_isrstats.json")
+    if plots:
+        from atmospec.plots.isr import plot_overscan_profiles, plot_postisr
+
+        if result.overscan:
+            out["overscan_plot"] = plot_overscan_profiles(
+                doc, out_dir / f"{obs_id}_overscan.png", camera=raw.camera)
+        out["image_plot"] = plot_postisr(result.exposure, out_dir / f"{obs_id}_postisr.png")
+    return out

@@ -1,0 +1,1 @@
+"""Instrument tables shipped with atmospec (installed as ``atmospec.data``); see ATTRIBUTION.md."""
