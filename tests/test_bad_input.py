@@ -146,7 +146,7 @@ def test_bad_file_does_not_stop_the_others(tmp_path, template_raw, capsys):
     good = tmp_path / "good.fits"
     shutil.copy(template_raw, good)
     out = tmp_path / "o"
-    status, stdout, err = _run(capsys, "isr", str(bad), str(good), "--out", str(out), *FAST)
+    status, _, err = _run(capsys, "isr", str(bad), str(good), "--out", str(out), *FAST)
     assert status == 2
     _assert_one_line(err, "broken.fits")
     written = _outputs(out)

@@ -67,7 +67,8 @@ def test_from_plain_ccddata():
     data = np.ones((10, 12))
     mask = np.zeros((10, 12), bool)
     mask[2, 3] = True
-    ccd = CCDData(data, unit="adu", mask=mask, uncertainty=StdDevUncertainty(np.full((10, 12), 3.0)))
+    sigma = StdDevUncertainty(np.full((10, 12), 3.0))
+    ccd = CCDData(data, unit="adu", mask=mask, uncertainty=sigma)
     exp = Exposure.from_ccddata(ccd)
     assert exp.unit == "adu"
     assert exp.get_mask("BAD")[2, 3] and exp.get_mask("BAD").sum() == 1
@@ -90,7 +91,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
 def test_read_rejects_non_exposure(tmp_path):
     path = tmp_path / "plain.fits"
     fits.PrimaryHDU(np.zeros((4, 4))).writeto(path)
-    with pytest.raises(BadInputError, match="plain.fits: not a post-ISR exposure"):
+    with pytest.raises(BadInputError, match=r"plain\.fits: not a post-ISR exposure"):
         Exposure.read(path)
     with pytest.raises(BadInputError, match="no such file"):
         Exposure.read(tmp_path / "missing.fits")

@@ -99,6 +99,9 @@ def crosstalk_signal(data: np.ndarray, coeffs: np.ndarray, min_level: float = 0.
         ``(n_amps, ny, nx)`` float32 signal to remove from (or add to) each amp.
     """
     n = data.shape[0]
-    src = np.ascontiguousarray(data, dtype=np.float32).reshape(n, -1)
-    src = np.where(src > min_level, src, np.float32(0.0))
+    src = np.array(data, dtype=np.float32, order="C").reshape(n, -1)  # a private copy
+    if min_level == 0.0:
+        np.maximum(src, np.float32(0.0), out=src)
+    else:
+        src[src <= min_level] = 0.0
     return (coeffs.astype(np.float32) @ src).reshape(data.shape)

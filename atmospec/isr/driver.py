@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,30 @@ class IsrCalibrations:
     """Defect boxes."""
     sources: dict[str, str] = field(default_factory=dict)
     """File name of each product used, by kind (for provenance)."""
+
+    min_flat: float = 0.05
+    """Flat values at or below this are BAD (unilluminated or dead pixels)."""
+
+    @cached_property
+    def bad_pixels(self) -> np.ndarray | None:
+        """Pixels BAD in any product (and where the flat is unusable); computed once per run
+        since the same products serve every exposure."""
+        bad = None
+        for product in (self.bias, self.dark, self.flat):
+            if product is not None:
+                this = product.get_mask("BAD")
+                bad = this if bad is None else bad | this
+        if self.flat is not None:
+            bad = bad | ~(self.flat.image > self.min_flat)
+        return bad if bad is not None and bad.any() else None
+
+    @cached_property
+    def flat_divisor(self) -> np.ndarray | None:
+        """The flat with unusable pixels set to 1, so division needs no mask."""
+        if self.flat is None:
+            return None
+        return np.where(self.flat.image > self.min_flat, self.flat.image,
+                        np.float32(1.0)).astype(np.float32)
 
     def available(self) -> set[str]:
         """Kinds of product present (names as in `resolve_steps`)."""
@@ -234,7 +259,6 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     if "bias" in steps:
         with timer("bias"):
             exposure.image -= calibs.bias.image
-            exposure.mask |= calibs.bias.mask & exposure.bitmask("BAD")
     if "variance" in steps:
         with timer("variance"):
             exposure.variance = variance_plane(exposure.image, camera, gains.read_noise,
@@ -245,14 +269,14 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
             if dark_time is None:
                 raise BadInputError(raw.path, "no DARKTIME or EXPTIME: cannot scale the dark")
             exposure.image -= np.float32(dark_time) * calibs.dark.image
-            exposure.mask |= calibs.dark.mask & exposure.bitmask("BAD")
     if "flat" in steps:
         with timer("flat"):
-            flat = calibs.flat.image
-            bad = ~(flat > 0.05)
-            np.divide(exposure.image, flat, out=exposure.image, where=~bad)
-            exposure.variance /= np.where(bad, 1.0, flat * flat).astype(np.float32)
-            exposure.set_mask("BAD", bad | ((calibs.flat.mask & exposure.bitmask("BAD")) != 0))
+            flat = calibs.flat_divisor
+            exposure.image /= flat
+            exposure.variance /= flat
+            exposure.variance /= flat
+    if any(s in steps for s in ("bias", "dark", "flat")) and calibs.bad_pixels is not None:
+        exposure.set_mask("BAD", calibs.bad_pixels)
     if "defects" in steps:
         with timer("defects"):
             exposure.set_mask("BAD", defect_mask(calibs.defects, exposure.shape))

@@ -80,10 +80,12 @@ def fill_masked(image: np.ndarray, bad: np.ndarray, config: InterpolationConfig)
     numpy.ndarray
         Boolean mask of the filled pixels (all of ``bad``).
     """
-    ny, nx = image.shape
+    nx = image.shape[1]
     filled = np.zeros_like(bad)
     labels, _ = ndimage.label(bad)
     for sl in ndimage.find_objects(labels):
+        if sl[1].stop - sl[1].start > config.max_width and bad[sl].all():
+            continue  # a solid block wider than max_width (dead amp): fallback below
         rows = sl[0]
         cols = slice(max(sl[1].start - 1, 0), min(sl[1].stop + 1, nx))
         filled[rows, cols] |= interpolate_rows(image[rows, cols], bad[rows, cols],

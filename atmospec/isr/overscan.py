@@ -37,6 +37,17 @@ class OverscanConfig:
     """Leading and trailing parallel-overscan rows ignored."""
 
 
+def median_last_axis(x: np.ndarray) -> np.ndarray:
+    """Median along the last axis via `numpy.partition` (several times faster than
+    `numpy.median` on the short overscan rows, same result)."""
+    n = x.shape[-1]
+    k = n // 2
+    if n % 2:
+        return np.partition(x, k, axis=-1)[..., k]
+    part = np.partition(x, (k - 1, k), axis=-1)
+    return 0.5 * (part[..., k - 1] + part[..., k])
+
+
 def robust_sigma(x: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
     """Gaussian-equivalent sigma from the median absolute deviation."""
     med = np.median(x, axis=axis, keepdims=True)
@@ -58,22 +69,25 @@ def clipped_row_median(overscan: np.ndarray, n_sigma: float) -> np.ndarray:
     numpy.ndarray
         ``(n_amps, ny)`` level per row.
     """
-    first = np.median(overscan, axis=2)
+    overscan = np.ascontiguousarray(overscan)
+    first = median_last_axis(overscan)
     resid = overscan - first[:, :, None]
-    sigma = robust_sigma(resid, axis=(1, 2))
+    # One noise level per amp; every 4th row is plenty for a MAD and 4x cheaper.
+    sigma = robust_sigma(resid[:, ::4].reshape(resid.shape[0], -1), axis=1)
     bad = np.abs(resid) > n_sigma * np.maximum(sigma, 1e-6)[:, None, None]
     if not bad.any():
         return first
     rows = bad.any(axis=2)
     level = first.copy()
-    # Only rows that have an outlier are recomputed: nanmedian is slow on the full array.
+    # Only rows with an outlier are recomputed. Rejected pixels take the row's first median
+    # instead of being dropped: the median of the row is then that of its good pixels to
+    # within a small fraction of the noise, and partition stays usable (nanmedian is ~20x
+    # slower). A row rejected entirely keeps its first median.
     amp_idx, row_idx = np.nonzero(rows)
     sub = overscan[amp_idx, row_idx].copy()
-    sub[bad[amp_idx, row_idx]] = np.nan
-    with np.errstate(all="ignore"):
-        clipped = np.nanmedian(sub, axis=1) if sub.size else np.empty(0)
-    ok = np.isfinite(clipped)
-    level[amp_idx[ok], row_idx[ok]] = clipped[ok]
+    sub_bad = bad[amp_idx, row_idx]
+    sub[sub_bad] = np.broadcast_to(first[amp_idx, row_idx][:, None], sub.shape)[sub_bad]
+    level[amp_idx, row_idx] = median_last_axis(sub)
     return level
 
 
@@ -129,15 +143,15 @@ def serial_overscan_level(segments: np.ndarray, camera: Camera,
 
 def parallel_overscan_level(segments: np.ndarray, camera: Camera,
                             config: OverscanConfig) -> np.ndarray:
-    """Residual level per data column from the parallel overscan (after serial removal).
+    """Column structure from the parallel overscan (after serial removal).
 
-    Columns whose level is an outlier (bleed trails reaching the parallel overscan) are
-    replaced by the amp's median level, so a star's charge is never subtracted.
+    Columns whose level is an outlier (bleed trails reaching the parallel overscan) get no
+    correction, so a star's charge is never subtracted.
 
     Returns
     -------
     numpy.ndarray
-        ``(n_amps, data_nx)`` level per data column, ADU.
+        ``(n_amps, data_nx)`` level per data column relative to the amp's mean, ADU.
     """
     box = camera.parallel_overscan_bbox
     lo, hi = config.parallel_skip
@@ -147,7 +161,13 @@ def parallel_overscan_level(segments: np.ndarray, camera: Camera,
     sigma = robust_sigma(level, axis=1)[:, None]
     # The floor keeps a perfectly flat (simulated, noiseless) overscan from flagging columns.
     bad = np.abs(level - amp_med) > config.n_sigma * np.maximum(sigma, 0.5)
-    return np.where(bad, amp_med, level).astype(np.float32)
+    # Only the column structure is kept, with zero mean over the good columns: the amp-wide
+    # offset is the serial overscan's job, and here it would only carry the serial-fit
+    # noise of the few overscan rows into every data row.
+    good = ~bad
+    offset = (np.sum(np.where(good, level, 0.0), axis=1, keepdims=True)
+              / np.maximum(good.sum(axis=1, keepdims=True), 1))
+    return np.where(bad, 0.0, level - offset).astype(np.float32)
 
 
 def subtract_overscan(segments: np.ndarray, camera: Camera,

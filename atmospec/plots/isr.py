@@ -1,0 +1,482 @@
+"""Diagnostics of instrument signature removal: overscan profiles, post-ISR image, amp table.
+
+Everything here reads ISR outputs (the post-ISR `Exposure` and the ``<OBSID>_isrstats.json``
+dictionary written beside it) and never runs an ISR algorithm. Figures are built with
+`matplotlib.figure.Figure` and the Agg canvas, without pyplot, so plotting is safe from worker
+threads and leaves no global figure state behind. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy import units as u
+from astropy.table import MaskedColumn, Table
+from astropy.visualization import ZScaleInterval
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from atmospec.camera.description import Camera, load_camera
+from atmospec.exposure import Exposure
+from atmospec.io import atomic_path, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AMP_STATS_COLUMNS",
+    "amp_stats_table",
+    "format_amp_stats",
+    "plot_overscan_profiles",
+    "plot_postisr",
+    "write_amp_stats",
+]
+
+#: Resolution of every PNG written here.
+DPI = 100
+
+#: Overlay colour of the usual mask planes: saturated primaries that stay visible on a grey
+#: image and differ from each other (Rubin's display defaults reuse green and yellow).
+PLANE_COLORS: dict[str, str] = {
+    "BAD": "#ff2020",
+    "SAT": "#ff30ff",
+    "CR": "#30ff30",
+    "INTRP": "#20c0ff",
+    "EDGE": "#ffd700",
+    "SUSPECT": "#ff8c00",
+    "DETECTED": "#4060ff",
+    "DETECTED_NEGATIVE": "#00ffd0",
+    "NO_DATA": "#a0522d",
+}
+_FALLBACK_COLORS = ("#ffffff", "#8b4513", "#9acd32", "#ff69b4", "#7fffd4", "#d2b48c")
+
+#: Amp-table columns after ``amp``: (stats key, unit or ``"image"`` for the image unit, kind).
+AMP_STATS_COLUMNS: tuple[tuple[str, u.UnitBase | str | None, type], ...] = (
+    ("gain", u.electron / u.adu, float),
+    ("read_noise_e", u.electron, float),
+    ("overscan_level_adu", u.adu, float),
+    ("overscan_noise_e", u.electron, float),
+    ("median", "image", float),
+    ("robust_std", "image", float),
+    ("n_sat", u.pix, int),
+    ("n_bad", u.pix, int),
+    ("n_cr", u.pix, int),
+    ("n_suspect", u.pix, int),
+)
+
+#: Display formats for the terminal table (the ECSV file keeps full precision).
+_TEXT_FORMATS = {
+    "gain": ".3f",
+    "read_noise_e": ".2f",
+    "overscan_level_adu": ".1f",
+    "overscan_noise_e": ".2f",
+    "median": ".2f",
+    "robust_std": ".2f",
+}
+
+_UNIT_LABELS = {"electron": "e⁻", "adu": "ADU"}
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Render ``fig`` to ``path`` atomically as PNG."""
+    path = Path(path)
+    FigureCanvasAgg(fig)  # attach the Agg canvas explicitly: no pyplot, no global backend
+    with atomic_path(path) as tmp:
+        # The temporary name ends in .tmp, so the format cannot be guessed from it.
+        fig.savefig(tmp, format="png", dpi=DPI)
+    log.info("wrote %s", path)
+    return path
+
+
+def _unit_label(unit: str) -> str:
+    """Short axis label for an image unit name."""
+    return _UNIT_LABELS.get(unit.lower(), unit)
+
+
+def _as_float(value: Any) -> float:
+    """JSON number (or null / missing) as a float, NaN when absent."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _amp_order(stats_amps: Mapping[str, Any], camera: Camera) -> list[str]:
+    """Amp names of ``stats_amps`` in camera HDU order, unknown names last (sorted)."""
+    known = [name for name in camera.amp_names if name in stats_amps]
+    extra = sorted(set(stats_amps) - set(camera.amp_names))
+    if extra:
+        log.warning("ISR stats name amps unknown to %s: %s", camera.name, ", ".join(extra))
+    return known + extra
+
+
+def _pad_to_blocks(a: np.ndarray, factor: int, fill: Any) -> np.ndarray:
+    """Pad ``a`` at the top/right with ``fill`` so both sides are multiples of ``factor``."""
+    ny, nx = a.shape
+    pad_y, pad_x = (-ny) % factor, (-nx) % factor
+    if pad_y == 0 and pad_x == 0:
+        return a
+    return np.pad(a, ((0, pad_y), (0, pad_x)), constant_values=fill)
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean of the finite pixels in each ``factor``×``factor`` block (NaN if none are).
+
+    The image is padded rather than cropped so that no edge row or column is dropped; the
+    padding is non-finite and so does not enter the means.
+    """
+    if factor == 1:
+        return np.where(np.isfinite(image), image, np.nan).astype(np.float32)
+    padded = _pad_to_blocks(image.astype(np.float32, copy=False), factor, np.nan)
+    ny, nx = padded.shape[0] // factor, padded.shape[1] // factor
+    blocks = padded.reshape(ny, factor, nx, factor)
+    finite = np.isfinite(blocks)
+    count = finite.sum(axis=(1, 3))
+    total = np.where(finite, blocks, 0).sum(axis=(1, 3), dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    return mean.astype(np.float32)
+
+
+def _block_any(flags: np.ndarray, factor: int) -> np.ndarray:
+    """True for each ``factor``×``factor`` block holding at least one true pixel."""
+    if factor == 1:
+        return flags.astype(bool, copy=False)
+    padded = _pad_to_blocks(flags.astype(bool, copy=False), factor, False)
+    ny, nx = padded.shape[0] // factor, padded.shape[1] // factor
+    return padded.reshape(ny, factor, nx, factor).any(axis=(1, 3))
+
+
+def _display_limits(values: np.ndarray) -> tuple[float, float]:
+    """ZScale limits of the finite ``values``; a usable range even for flat images."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    vmin, vmax = (float(v) for v in ZScaleInterval().get_limits(finite))
+    if not vmax > vmin:
+        # A constant image: centre a unit-wide range on it so the norm is not singular.
+        vmin, vmax = vmin - 0.5, vmin + 0.5
+    return vmin, vmax
+
+
+# ------------------------------------------------------------------------ overscan profiles
+
+
+def plot_overscan_profiles(
+    stats: Mapping[str, Any], path: str | os.PathLike[str], camera: Camera | None = None
+) -> Path:
+    """Plot each amp's serial overscan level along the rows, laid out as on the detector.
+
+    Each panel shows the per-row serial overscan level minus its median against the raw row
+    number, with the median level and the overscan noise in the panel. Panels share their
+    y axis so that an amp with an unusual drift or jump stands out.
+
+    Parameters
+    ----------
+    stats : mapping
+        ISR statistics as loaded from ``<OBSID>_isrstats.json``; per-amp ``overscan_rows_adu``
+        (and ``overscan_row_step``, default 1) are used. Amps without a profile (overscan not
+        applied) get a panel saying so.
+    path : path
+        Output PNG file (written atomically).
+    camera : Camera, optional
+        Camera giving the amp layout; LATISS by default.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    camera = load_camera("latiss") if camera is None else camera
+    amps: Mapping[str, Any] = stats.get("amps", {}) or {}
+    n_cols = 1 + max(a.ix for a in camera.amplifiers)
+    n_rows = 1 + max(a.iy for a in camera.amplifiers)
+
+    fig = Figure(figsize=(16, 6), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
+    for amp in camera.amplifiers:
+        # Row 0 of the subplot grid is the top of the figure, and iy counts from the bottom.
+        ax = axes[n_rows - 1 - amp.iy, amp.ix]
+        _overscan_panel(ax, amp.name, amps.get(amp.name))
+    for ax in axes[-1, :]:
+        ax.set_xlabel("raw row")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("level − median (ADU)")
+    unplaced = sorted(set(amps) - set(camera.amp_names))
+    if unplaced:
+        log.warning("overscan plot: amps unknown to %s not shown: %s", camera.name,
+                    ", ".join(unplaced))
+
+    obs_id = stats.get("obs_id", "unknown exposure")
+    fig.suptitle(f"{obs_id}: serial overscan level per row, minus its median")
+    return _save_png(fig, path)
+
+
+def _overscan_panel(ax: Any, name: str, entry: Mapping[str, Any] | None) -> None:
+    """Draw one amp's overscan profile (or say why there is none) on ``ax``."""
+    ax.tick_params(labelsize=7)
+    if entry is None:
+        ax.set_title(name, fontsize=9)
+        ax.text(0.5, 0.5, "amp not in ISR stats", transform=ax.transAxes, ha="center",
+                va="center", fontsize=8, color="0.4")
+        return
+    level = _as_float(entry.get("overscan_level_adu"))
+    noise_adu = _as_float(entry.get("overscan_noise_adu"))
+    noise_e = _as_float(entry.get("overscan_noise_e"))
+    profile = entry.get("overscan_rows_adu")
+    rows_adu = np.asarray(profile if profile is not None else [], dtype=float)
+    finite = np.isfinite(rows_adu)
+    if not finite.any():
+        ax.set_title(name, fontsize=9)
+        ax.text(0.5, 0.5, "no overscan profile\n(overscan not applied)",
+                transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4")
+        return
+
+    # The recorded per-amp level is the median of this profile, but recompute it so the
+    # curve is centred even if the two ever come from different estimators.
+    median = float(np.median(rows_adu[finite]))
+    step = int(entry.get("overscan_row_step") or 1)
+    rows = np.arange(rows_adu.size) * step
+    ax.plot(rows, rows_adu - median, lw=0.6, color="tab:blue")
+    ax.axhline(0.0, lw=0.5, color="0.5")
+    shown_level = level if math.isfinite(level) else median
+    ax.set_title(f"{name}: median {shown_level:.1f} ADU", fontsize=9)
+    noise = f"σ = {noise_adu:.2f} ADU" if math.isfinite(noise_adu) else "σ = n/a"
+    if math.isfinite(noise_e):
+        noise += f" ({noise_e:.2f} e⁻)"
+    ax.text(0.03, 0.95, noise, transform=ax.transAxes, ha="left", va="top", fontsize=7,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.7})
+
+
+# ------------------------------------------------------------------------------ post-ISR image
+
+
+def plot_postisr(
+    exposure: Exposure,
+    path: str | os.PathLike[str],
+    planes: Sequence[str] = ("BAD", "SAT", "CR", "INTRP", "EDGE", "SUSPECT"),
+    max_size: int = 1024,
+) -> Path:
+    """Show a post-ISR image with its mask planes overlaid.
+
+    The image is block-averaged by the smallest integer factor that brings its long side to
+    at most ``max_size`` pixels, so the PNG stays small whatever the input. A downsampled
+    pixel is coloured for a plane if any full-resolution pixel in its block has that plane;
+    planes earlier in ``planes`` are drawn on top of later ones.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        Post-ISR exposure (read only: unknown planes are not added to its mask).
+    path : path
+        Output PNG file (written atomically).
+    planes : sequence of str
+        Mask planes to overlay, each in its own colour; the legend gives the number of
+        full-resolution pixels flagged in each.
+    max_size : int
+        Largest number of displayed pixels along either axis.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be positive, got {max_size}")
+    ny, nx = exposure.image.shape
+    factor = max(1, math.ceil(max(ny, nx) / max_size))
+    small = _block_mean(exposure.image, factor)
+    vmin, vmax = _display_limits(small)
+    # A downsampled pixel (i, j) covers full-resolution pixels [i*f, (i+1)*f), whose centres
+    # run from i*f to (i+1)*f - 1; with edges at -0.5 the axes read in full-res pixel indices.
+    extent = (-0.5, small.shape[1] * factor - 0.5, -0.5, small.shape[0] * factor - 0.5)
+
+    # Lay the figure out by hand in inches: the axes box follows the image aspect with its
+    # long side fixed, so the PNG is at most 1200×875 px whatever the input, and the
+    # colourbar matches the image height exactly (constrained layout clipped the y label of
+    # a fixed-aspect image placed beside an outside legend).
+    long_in, short_min = 7.5, 2.5
+    ax_w = long_in if nx >= ny else max(long_in * nx / ny, short_min)
+    ax_h = long_in if ny > nx else max(long_in * ny / nx, short_min)
+    left, bottom, top, gap, cb_w, cb_labels, legend_w = 0.9, 0.6, 0.65, 0.15, 0.25, 0.9, 2.3
+    width = left + ax_w + gap + cb_w + cb_labels + legend_w
+    height = bottom + ax_h + top
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((left / width, bottom / height, ax_w / width, ax_h / height))
+    cax = fig.add_axes(((left + ax_w + gap) / width, bottom / height, cb_w / width,
+                        ax_h / height))
+    cmap = colormaps["gray"].with_extremes(bad="#30305a")
+    # aspect="auto" fills the box, whose aspect is the image's except for images more than
+    # 3:1, which are stretched rather than shown as a sliver.
+    im = ax.imshow(small, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, extent=extent,
+                   interpolation="nearest", aspect="auto")
+    cbar = fig.colorbar(im, cax=cax)
+    cbar.set_label(f"signal ({_unit_label(exposure.unit)})")
+
+    handles = []
+    fallback = iter(_FALLBACK_COLORS * (1 + len(planes) // len(_FALLBACK_COLORS)))
+    colors = {p: PLANE_COLORS.get(p) or next(fallback) for p in planes}
+    for plane in reversed(planes):
+        if plane not in exposure.mask_planes:
+            continue
+        flagged = (exposure.mask & (1 << exposure.mask_planes[plane])) != 0
+        n_flagged = int(np.count_nonzero(flagged))
+        if n_flagged:
+            overlay = np.zeros((*small.shape, 4), dtype=np.float32)
+            overlay[_block_any(flagged, factor)] = to_rgba(colors[plane], alpha=0.85)
+            ax.imshow(overlay, origin="lower", extent=extent, interpolation="nearest",
+                      aspect="auto")
+        handles.append(Patch(color=colors[plane], label=f"{plane}: {n_flagged:,} px"))
+    handles.reverse()  # back to the order asked for
+    for plane in planes:
+        if plane not in exposure.mask_planes:
+            handles.append(Patch(facecolor="none", edgecolor="0.5",
+                                 label=f"{plane}: no such plane"))
+    n_nonfinite = int(np.count_nonzero(~np.isfinite(exposure.image)))
+    if n_nonfinite:
+        handles.append(Patch(color="#30305a", label=f"non-finite: {n_nonfinite:,} px"))
+    if handles:
+        fig.legend(handles=handles, loc="upper left", title="mask planes", fontsize=8,
+                   title_fontsize=9, alignment="left",
+                   bbox_to_anchor=((width - legend_w + 0.05) / width, (bottom + ax_h) / height))
+
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
+    ax.set_xlabel("x (pixel)")
+    ax.set_ylabel("y (pixel)")
+    # Left-aligned so a long title over a narrow image runs into the free top margin.
+    ax.set_title(_postisr_title(exposure, factor), fontsize=10, loc="left")
+    return _save_png(fig, path)
+
+
+def _postisr_title(exposure: Exposure, factor: int) -> str:
+    """Two-line title: OBSID and FILTER keys when present, then size and display binning."""
+    meta = exposure.metadata
+    parts = [str(meta["OBSID"]) if meta.get("OBSID") else "post-ISR image"]
+    if meta.get("FILTER"):
+        parts.append(f"filter {meta['FILTER']}")
+    ny, nx = exposure.image.shape
+    size = f"{nx}×{ny} px" + (f", shown as {factor}×{factor} block means" if factor > 1 else "")
+    return " — ".join(parts) + "\n" + size
+
+
+# ---------------------------------------------------------------------------- amp stats table
+
+
+def amp_stats_table(stats: Mapping[str, Any], camera: Camera | None = None) -> Table:
+    """Per-amp ISR statistics as a table, one row per amp in HDU order.
+
+    Parameters
+    ----------
+    stats : mapping
+        ISR statistics as loaded from ``<OBSID>_isrstats.json``.
+    camera : Camera, optional
+        Camera giving the HDU order; LATISS by default. Amps it does not know come last.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``amp`` then those of `AMP_STATS_COLUMNS`, with units (``median`` and
+        ``robust_std`` in ``stats["unit"]``). A value missing from the stats is masked.
+        ``meta`` holds ``obs_id``, ``raw``, ``unit`` and ``steps``.
+    """
+    camera = load_camera("latiss") if camera is None else camera
+    amps: Mapping[str, Any] = stats.get("amps", {}) or {}
+    names = _amp_order(amps, camera)
+    image_unit = _parse_unit(stats.get("unit", "electron"))
+
+    table = Table()
+    table["amp"] = np.array(names, dtype=str)
+    for key, unit, kind in AMP_STATS_COLUMNS:
+        raw = [amps[name].get(key) for name in names]
+        missing = np.array([v is None for v in raw], dtype=bool)
+        if kind is int:
+            data = np.array([0 if v is None else int(v) for v in raw], dtype=np.int64)
+        else:
+            data = np.array([_as_float(v) for v in raw], dtype=np.float64)
+        col_unit = image_unit if unit == "image" else unit
+        if missing.any():
+            table[key] = MaskedColumn(data, mask=missing, unit=col_unit)
+        else:
+            table[key] = data
+            table[key].unit = col_unit
+    table.meta.update({
+        "obs_id": stats.get("obs_id", ""),
+        "raw": stats.get("raw", ""),
+        "unit": stats.get("unit", "electron"),
+        "steps": list(stats.get("steps", [])),
+    })
+    return table
+
+
+def _parse_unit(name: Any) -> u.UnitBase | None:
+    """Astropy unit for the stats' image unit name, None (with a warning) if unknown."""
+    try:
+        return u.Unit(str(name))
+    except ValueError:
+        log.warning("unknown image unit %r in ISR stats; median/robust_std left unitless", name)
+        return None
+
+
+def write_amp_stats(
+    stats: Mapping[str, Any], path: str | os.PathLike[str], camera: Camera | None = None
+) -> Path:
+    """Write `amp_stats_table` as an ECSV file, atomically.
+
+    Parameters
+    ----------
+    stats : mapping
+        ISR statistics as loaded from ``<OBSID>_isrstats.json``.
+    path : path
+        Output ``.ecsv`` file.
+    camera : Camera, optional
+        Camera giving the HDU order; LATISS by default.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    buf = io.StringIO()
+    amp_stats_table(stats, camera).write(buf, format="ascii.ecsv")
+    out = write_text_atomic(buf.getvalue(), path)
+    log.info("wrote %s", out)
+    return out
+
+
+def format_amp_stats(stats: Mapping[str, Any], camera: Camera | None = None) -> str:
+    """Fixed-width text rendering of `amp_stats_table` for a terminal.
+
+    Parameters
+    ----------
+    stats : mapping
+        ISR statistics as loaded from ``<OBSID>_isrstats.json``.
+    camera : Camera, optional
+        Camera giving the HDU order; LATISS by default.
+
+    Returns
+    -------
+    str
+        A title line with the observation id, then the table with a units row, one line
+        per amp, every line the same width (no trailing newline).
+    """
+    table = amp_stats_table(stats, camera)
+    for key, fmt in _TEXT_FORMATS.items():
+        table[key].info.format = fmt
+    lines = table.pformat(max_lines=-1, max_width=-1, show_unit=True)
+    title = f"ISR amp statistics: {stats.get('obs_id', 'unknown exposure')}"
+    return "\n".join([title, *lines])

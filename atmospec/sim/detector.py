@@ -1,0 +1,393 @@
+"""The simulated LATISS electronics: from electrons on the sensor to raw ADU segments.
+
+`expose` applies, in the order they happen in the camera: photon (Poisson) noise on the
+illuminated signal plus dark current, charge deposited by cosmic rays, full-well clipping
+with charge bleeding along the columns, conversion to ADU with each amp's true gain (in
+readout orientation), crosstalk between amps, the bias (a per-amp level with a slow drift
+along rows, seen by the overscan, plus a fixed 2D pattern it does not see) and Gaussian read
+noise, then rounding to integers as the ADC does.
+
+The sensor's fixed properties (true gains, bias levels, bias structure, hot pixels) are drawn
+from ``DetectorSimConfig.sensor_seed``, so that every frame of a night shares them; the
+frame's generator passed to `expose` drives only what changes between frames (noise, bias
+drift).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from atmospec.camera.assembly import assemble, disassemble
+from atmospec.camera.description import Camera, load_camera
+from atmospec.isr.crosstalk import crosstalk_signal, load_crosstalk
+from atmospec.sim.scenes import SENSOR_SEED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DetectorSimConfig:
+    """Physical parameters of the simulated sensor and its electronics."""
+
+    gain_scatter: float = 0.02
+    """Fractional scatter of the true gains around the nominal ones (0: nominal gains)."""
+    bias_level_range: tuple[float, float] = (15_000.0, 25_000.0)
+    """Range (uniform) of the amps' bias levels, ADU."""
+    bias_jitter_adu: float = 1.0
+    """Frame-to-frame scatter of an amp's bias level, ADU."""
+    row_drift_adu: float = 5.0
+    """Amplitude of the slow bias variation along rows (per frame, per amp), ADU. It is the
+    same for every column of a row, overscans included, so overscan subtraction removes it."""
+    fixed_pattern_ramp_adu: float = 4.0
+    """Typical amplitude of the bias ramp at the first rows read out, ADU (not in the serial
+    overscan, identical in every frame: removed only by a master bias)."""
+    fixed_pattern_ramp_rows: float = 12.0
+    """e-folding length of that ramp, rows (it has died out after ~50 rows)."""
+    fixed_pattern_column_adu: float = 1.0
+    """Column-to-column bias offsets (Gaussian sigma), ADU, in the imaging columns only."""
+    dark_current_e_per_s: float = 0.002
+    """Dark current of ordinary pixels, e⁻/s (the ITL sensor at -100 °C)."""
+    hot_pixel_fraction: float = 1.0e-5
+    """Fraction of hot pixels."""
+    hot_pixel_rate_e_per_s: tuple[float, float] = (1.0, 50.0)
+    """Range (log-uniform) of the hot pixels' dark current, e⁻/s."""
+    n_hot_columns: int = 3
+    """Number of hot column segments (one amp's half of a column each)."""
+    hot_column_rate_e_per_s: tuple[float, float] = (0.05, 0.3)
+    """Range of the hot columns' extra dark current, e⁻/s per pixel."""
+    full_well_e: float = 130_000.0
+    """Full-well capacity, e⁻: excess charge bleeds along the column (charge conserved)."""
+    crosstalk: bool = True
+    """Add crosstalk with the shipped LATISS matrix (DM-37819)."""
+    adc_max_adu: int = 2**18 - 1
+    """Largest value the 18-bit ADC can output, ADU."""
+    sensor_seed: int = SENSOR_SEED
+    """Seed of the fixed sensor properties (gains, bias levels and structure, hot pixels)."""
+
+
+@dataclass(frozen=True)
+class SensorModel:
+    """Fixed properties of one simulated sensor (shared by every frame of a night)."""
+
+    gains: np.ndarray
+    """True gains, e⁻/ADU, HDU order."""
+    read_noise_e: np.ndarray
+    """Read noise, e⁻, HDU order (the nominal values)."""
+    bias_levels_adu: np.ndarray
+    """Mean bias level of each amp, ADU, before the per-frame jitter."""
+    fixed_pattern_adu: np.ndarray
+    """``(n_amps, ny, nx)`` raw-segment bias structure, ADU (zero in the serial prescan and
+    overscan)."""
+    fixed_pattern_e: np.ndarray
+    """The data-section part of `fixed_pattern_adu` in e⁻, assembled."""
+    dark_current_e_per_s: np.ndarray
+    """Assembled dark-current map, e⁻/s."""
+
+
+@dataclass
+class ExposureTruth:
+    """What `expose` did, for tests and benchmarks. Arrays may be shared read-only caches."""
+
+    gains: np.ndarray
+    """True gains, e⁻/ADU, HDU order."""
+    read_noise_e: np.ndarray
+    """Read noise, e⁻, HDU order."""
+    read_noise_adu: np.ndarray
+    """Read noise in ADU (``read_noise_e / gains``), HDU order."""
+    bias_levels_adu: np.ndarray
+    """This frame's bias level of each amp, ADU (mean over rows; drift excluded)."""
+    row_drift_adu: np.ndarray
+    """``(n_amps, raw ny)`` zero-mean bias drift along rows, ADU, same in every column."""
+    expected_e: np.ndarray
+    """Noiseless image, e⁻, assembled: signal × illumination + dark current × dark time.
+    Without cosmic rays, bleeding or crosstalk (those are given separately)."""
+    fixed_pattern_e: np.ndarray
+    """Bias structure absent from the serial overscan, converted to e⁻, assembled."""
+    saturated: np.ndarray
+    """bool, assembled: pixels left at full well after bleeding (cores and trails)."""
+    crosstalk_e: np.ndarray | None
+    """Crosstalk each pixel received, e⁻ (its amp's true gain), assembled; None if off."""
+    dark_current_e_per_s: np.ndarray
+    """Dark-current map, e⁻/s, assembled."""
+    exptime: float
+    """Exposure time, s."""
+    darktime: float
+    """Dark time, s."""
+    full_well_e: float
+    """Full-well capacity used, e⁻."""
+    bled_e: float
+    """Charge that was moved by bleeding, e⁻ (0 when nothing saturated)."""
+
+    @property
+    def n_saturated(self) -> int:
+        """Number of saturated (full-well) pixels."""
+        return int(self.saturated.sum())
+
+
+@lru_cache(maxsize=2)
+def sensor_model(config: DetectorSimConfig, camera: Camera) -> SensorModel:
+    """Draw (once, cached) the fixed properties of the sensor from ``config.sensor_seed``.
+
+    Parameters
+    ----------
+    config : DetectorSimConfig
+        Amplitudes and the sensor seed.
+    camera : Camera
+        Geometry and nominal gains / read noise.
+
+    Returns
+    -------
+    SensorModel
+        Read-only arrays.
+    """
+    rng = np.random.default_rng([config.sensor_seed, 2])
+    n = camera.n_amps
+    # Draw everything unconditionally so that changing one amplitude leaves the others alone.
+    gains = camera.nominal_gains * (1.0 + config.gain_scatter * rng.standard_normal(n))
+    bias = rng.uniform(*config.bias_level_range, n)
+
+    raw_ny, raw_nx = camera.raw_bbox.shape
+    data_rows, data_cols = camera.data_bbox.slices
+    ramp_amp = config.fixed_pattern_ramp_adu * rng.uniform(0.5, 1.5, n)
+    rows = np.arange(raw_ny, dtype=np.float32)
+    ramp = ramp_amp[:, None] * np.exp(-rows / config.fixed_pattern_ramp_rows)[None, :]
+    ramp[:, data_rows.stop:] = 0.0  # the ramp belongs to the imaging rows
+    col_off = config.fixed_pattern_column_adu * rng.standard_normal((n, camera.data_bbox.nx))
+    fixed = np.zeros((n, raw_ny, raw_nx), dtype=np.float32)
+    # Column offsets run down the whole column (parallel overscan rows too), the ramp only
+    # over the imaging rows; serial prescan/overscan stay clean, as on the real sensor.
+    fixed[:, :, data_cols] = (ramp[:, :, None] + col_off[:, None, :]).astype(np.float32)
+    data_adu = fixed[(slice(None), *camera.data_bbox.slices)]
+    fixed_e = assemble((data_adu * gains[:, None, None]).astype(np.float32), camera,
+                       trimmed=True)
+
+    shape = camera.detector_shape
+    dark = np.full(shape, config.dark_current_e_per_s, dtype=np.float32)
+    n_hot = round(config.hot_pixel_fraction * dark.size)
+    hot_idx = rng.choice(dark.size, n_hot, replace=False)
+    dark.ravel()[hot_idx] += np.exp(rng.uniform(*np.log(config.hot_pixel_rate_e_per_s),
+                                                n_hot)).astype(np.float32)
+    half = shape[0] // 2
+    for _ in range(config.n_hot_columns):
+        col = int(rng.integers(0, shape[1]))
+        rows = slice(half, None) if rng.integers(0, 2) else slice(0, half)
+        dark[rows, col] += np.float32(rng.uniform(*config.hot_column_rate_e_per_s))
+
+    model = SensorModel(gains, camera.nominal_read_noise.copy(), bias, fixed, fixed_e, dark)
+    for arr in (model.gains, model.read_noise_e, model.bias_levels_adu, fixed, fixed_e, dark):
+        arr.flags.writeable = False
+    return model
+
+
+@lru_cache(maxsize=2)
+def _crosstalk_adu(n_amps: int, gains: tuple[float, ...]) -> np.ndarray:
+    """Shipped LATISS crosstalk matrix as ADU ratios (``[target, source]``)."""
+    matrix = load_crosstalk(n_amps=n_amps)
+    if matrix.units == "adu":
+        return matrix.coeffs
+    # An electron-unit matrix c_e becomes c_e * g_source / g_target between ADU signals.
+    g = np.asarray(gains)
+    return matrix.coeffs * g[None, :] / g[:, None]
+
+
+def bleed(image_e: np.ndarray, full_well_e: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Clip pixels at full well and spread the excess along their column.
+
+    The excess of each saturated run of pixels is shared equally between the two
+    directions of its column and fills the nearest pixels below full well, as charge
+    spilling over the potential barriers between pixels of a CCD column does. Charge
+    reaching the top or bottom edge of the image is lost (it would be clocked away).
+
+    Parameters
+    ----------
+    image_e : numpy.ndarray
+        Assembled image in e⁻ (columns are CCD columns).
+    full_well_e : float
+        Capacity of a pixel, e⁻.
+
+    Returns
+    -------
+    image : numpy.ndarray
+        float32 copy with the charge redistributed.
+    mask : numpy.ndarray
+        bool: pixels at full well.
+    moved : float
+        Total charge moved out of saturated pixels, e⁻.
+    """
+    out = np.array(image_e, dtype=np.float32, copy=True)
+    over = out > full_well_e
+    moved = 0.0
+    for col in np.nonzero(over.any(axis=0))[0]:
+        q = out[:, col].astype(np.float64)
+        moved += _bleed_column(q, full_well_e)
+        out[:, col] = q
+    # Pixels filled by a bleed are at full well up to float32 rounding.
+    mask = out >= np.float32(full_well_e) * np.float32(1.0 - 1e-6)
+    return out, mask, moved
+
+
+def _bleed_column(q: np.ndarray, fw: float) -> float:
+    """Bleed one column in place; return the charge that moved."""
+    sat = q > fw
+    edges = np.diff(np.concatenate([[0], sat.astype(np.int8), [0]]))
+    starts, stops = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    moved = 0.0
+    for a, b in zip(starts, stops, strict=True):
+        excess = float(np.sum(q[a:b] - fw))
+        # An earlier run may already have filled this one: nothing left to push.
+        if excess <= 0.0:
+            continue
+        q[a:b] = np.minimum(q[a:b], fw)
+        moved += excess
+        _fill(q[b:], excess / 2.0, fw)
+        _fill(q[:a][::-1], excess / 2.0, fw)
+    return moved
+
+
+def _fill(q: np.ndarray, amount: float, fw: float) -> None:
+    """Fill ``q`` (a view, in order of distance from the source) up to ``fw`` with charge."""
+    if q.size == 0 or amount <= 0.0:
+        return
+    room = np.clip(fw - q, 0.0, None)
+    cum = np.cumsum(room)
+    k = int(np.searchsorted(cum, amount))
+    if k >= q.size:  # more charge than room: the rest leaves the array
+        q[:] = np.maximum(q, fw)
+        return
+    q[:k] = np.maximum(q[:k], fw)
+    q[k] += amount - (cum[k - 1] if k > 0 else 0.0)
+
+
+def row_drift(n_amps: int, n_rows: int, amplitude: float,
+              rng: np.random.Generator) -> np.ndarray:
+    """Slow zero-mean bias variation along rows: two sinusoids with random periods/phases.
+
+    Parameters
+    ----------
+    n_amps, n_rows : int
+        Output shape.
+    amplitude : float
+        Peak amplitude, ADU.
+    rng : numpy.random.Generator
+        Frame generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps, n_rows)`` float32, ADU, zero mean along rows (so that the overscan
+        median is the bias level).
+    """
+    rows = np.arange(n_rows)[None, :]
+    slow = rng.uniform(1000.0, 4000.0, (n_amps, 1))
+    fast = rng.uniform(100.0, 400.0, (n_amps, 1))
+    ph1, ph2 = rng.uniform(0.0, 2 * np.pi, (2, n_amps, 1))
+    drift = amplitude * (0.7 * np.sin(2 * np.pi * rows / slow + ph1)
+                         + 0.3 * np.sin(2 * np.pi * rows / fast + ph2))
+    drift -= drift.mean(axis=1, keepdims=True)
+    return drift.astype(np.float32)
+
+
+def expose(
+    signal_e: np.ndarray,
+    config: DetectorSimConfig,
+    rng: np.random.Generator,
+    *,
+    exptime: float,
+    darktime: float,
+    illumination: np.ndarray | None = None,
+    deposits_e: np.ndarray | None = None,
+    camera: Camera | None = None,
+) -> tuple[np.ndarray, ExposureTruth]:
+    """Read out a sensor exposed to ``signal_e``.
+
+    Parameters
+    ----------
+    signal_e : numpy.ndarray
+        Noiseless light reaching the sensor, e⁻, assembled orientation
+        (``camera.detector_shape``); zeros for a bias or a dark.
+    config : DetectorSimConfig
+        Sensor and electronics.
+    rng : numpy.random.Generator
+        The frame's generator (noise and bias drift only).
+    exptime : float
+        Exposure time, s (recorded in the truth; the signal already includes it).
+    darktime : float
+        Dark-current integration time, s.
+    illumination : numpy.ndarray, optional
+        Relative flat-field response multiplying ``signal_e`` (not the dark current).
+    deposits_e : numpy.ndarray, optional
+        Charge created in the silicon (cosmic rays), e⁻: added after the Poisson draw, not
+        multiplied by the illumination.
+    camera : Camera, optional
+        Geometry; LATISS by default.
+
+    Returns
+    -------
+    segments : numpy.ndarray
+        ``(n_amps, 2048, 576)`` int32 raw segments in HDU order and readout orientation.
+    truth : ExposureTruth
+        What went in.
+    """
+    camera = camera or load_camera("latiss")
+    if signal_e.shape != camera.detector_shape:
+        raise ValueError(f"signal shape {signal_e.shape} is not {camera.detector_shape}")
+    sensor = sensor_model(config, camera)
+    gains = sensor.gains
+    n = camera.n_amps
+
+    expected = np.asarray(signal_e, dtype=np.float32)
+    if illumination is not None:
+        expected = expected * illumination
+    expected = expected + sensor.dark_current_e_per_s * np.float32(darktime)
+    electrons = rng.poisson(expected).astype(np.float32)
+    if deposits_e is not None:
+        electrons += deposits_e
+    electrons, saturated, moved = bleed(electrons, config.full_well_e)
+    if moved:
+        log.debug("%d pixels at full well, %.3g e- bled", saturated.sum(), moved)
+
+    data_adu = disassemble(electrons, camera)
+    data_adu /= gains.astype(np.float32)[:, None, None]
+    ghost = None
+    if config.crosstalk:
+        ghost = crosstalk_signal(data_adu, _crosstalk_adu(n, tuple(gains)))
+        data_adu += ghost
+
+    raw_ny, raw_nx = camera.raw_bbox.shape
+    bias = sensor.bias_levels_adu + config.bias_jitter_adu * rng.standard_normal(n)
+    drift = row_drift(n, raw_ny, config.row_drift_adu, rng)
+    read_noise_adu = sensor.read_noise_e / gains
+    seg = rng.standard_normal((n, raw_ny, raw_nx), dtype=np.float32)
+    seg *= read_noise_adu.astype(np.float32)[:, None, None]
+    seg += (bias.astype(np.float32)[:, None] + drift)[:, :, None]
+    seg += sensor.fixed_pattern_adu
+    seg[(slice(None), *camera.data_bbox.slices)] += data_adu
+    np.rint(seg, out=seg)
+    np.clip(seg, 0, config.adc_max_adu, out=seg)
+    segments = seg.astype(np.int32)
+
+    crosstalk_e = None
+    if ghost is not None:
+        crosstalk_e = assemble(ghost * gains.astype(np.float32)[:, None, None], camera,
+                               trimmed=True)
+    truth = ExposureTruth(
+        gains=gains,
+        read_noise_e=sensor.read_noise_e,
+        read_noise_adu=read_noise_adu,
+        bias_levels_adu=bias,
+        row_drift_adu=drift,
+        expected_e=expected,
+        fixed_pattern_e=sensor.fixed_pattern_e,
+        saturated=saturated,
+        crosstalk_e=crosstalk_e,
+        dark_current_e_per_s=sensor.dark_current_e_per_s,
+        exptime=float(exptime),
+        darktime=float(darktime),
+        full_well_e=config.full_well_e,
+        bled_e=moved,
+    )
+    return segments, truth

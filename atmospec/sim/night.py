@@ -1,0 +1,427 @@
+"""A simulated LATISS night: biases, darks, flats and star-field images, with truth.
+
+`night_plan` lays the exposures out as an observer would (afternoon biases, darks and
+flats, then science frames through the night at changing airmass); `simulate_exposure`
+builds any of them in memory from the night's seed; `simulate_night` writes them all as
+raw files ``<OBSID>.fits`` with a small JSON truth sidecar ``<OBSID>_truth.json``.
+
+Every frame is reproducible: its noise comes from ``(seed, seq)``, the star field from the
+night's seed and the sensor (gains, bias structure, hot pixels, flat-field pattern) from
+the sensor seed, so truth images never need to be stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+from astropy.table import Table
+from astropy.time import Time
+
+from atmospec.camera.description import load_camera
+from atmospec.camera.translator import kasten_young_airmass
+from atmospec.io import write_text_atomic
+from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose
+from atmospec.sim.rawfile import primary_header, write_raw
+from atmospec.sim.scenes import (
+    CosmicRayConfig,
+    IlluminationConfig,
+    StarFieldConfig,
+    cosmic_rays,
+    draw_star_catalog,
+    filter_qe_scale,
+    illumination,
+    render_stars,
+)
+
+log = logging.getLogger(__name__)
+
+#: Exposure kinds in the order they are taken, with their IMGTYPE.
+KINDS: dict[str, str] = {"bias": "BIAS", "dark": "DARK", "flat": "FLAT", "science": "OBJECT"}
+
+#: Dark time beyond the exposure time, s (shutter and clocking overheads of real headers:
+#: 30.0096 s for a 30 s dark, 30.2407 s for a 30 s science frame).
+_EXTRA_DARK_S = {"bias": 0.0096, "dark": 0.0096, "flat": 0.2407, "science": 0.2407}
+
+#: Time between the end of one exposure and the start of the next, s (readout + setup).
+_OVERHEAD_S = 3.3
+
+#: Filter in which the flat level, sky and star rates of `NightConfig` are given.
+_REFERENCE_FILTER = "SDSSr_65mm"
+
+#: Site latitude / longitude of the Auxiliary Telescope, degrees.
+_LATITUDE = -30.2447889
+_LONGITUDE = -70.7476862
+
+#: Where the telescope parks for calibrations (flat-field screen), degrees.
+_FLAT_POSITION = {"elevation": 38.99, "azimuth": -171.24}
+
+
+@dataclass(frozen=True)
+class NightConfig:
+    """One simulated night of LATISS data."""
+
+    day_obs: int = 20240624
+    """Observing day ``YYYYMMDD`` (the local date of the evening)."""
+    seed: int = 1
+    """Seed of the night: star field and the noise of every frame."""
+    n_bias: int = 5
+    """Number of bias frames."""
+    n_dark: int = 3
+    """Number of dark frames."""
+    dark_exptime: float = 30.0
+    """Dark exposure time, s."""
+    n_flat: int = 3
+    """Number of flats per filter."""
+    flat_filters: tuple[str, ...] = ("SDSSr_65mm",)
+    """Filters in which flats are taken."""
+    flat_exptime: float = 5.0
+    """Flat exposure time, s."""
+    flat_level_e: float = 40_000.0
+    """Flat level in SDSSr, e⁻ per pixel; other filters scale with the band-averaged QE."""
+    n_science: int = 4
+    """Number of science (star-field) frames."""
+    science_filter: str = "SDSSr_65mm"
+    """Filter of the science frames."""
+    science_disperser: str = "empty_1"
+    """Disperser of the science frames (``empty_1``: imaging)."""
+    science_exptime: float = 30.0
+    """Science exposure time, s."""
+    n_stars: tuple[int, int] = (200, 500)
+    """Range of the number of ordinary stars in the field (drawn once per night)."""
+    n_saturated: tuple[int, int] = (2, 3)
+    """Range of the number of saturated stars in the field (drawn once per night)."""
+    seeing_arcsec: tuple[float, float] = (0.95, 1.25)
+    """Range of the seeing FWHM per frame, arcsec (1.1″ = 11.6 px)."""
+    sky_e_per_s: tuple[float, float] = (2.0, 8.0)
+    """Range of the sky level per frame in SDSSr, e⁻/s/px (60–240 e⁻ in 30 s)."""
+    extinction_mag: float = 0.12
+    """Atmospheric extinction of the stars, mag per airmass."""
+    dither_px: float = 5.0
+    """Pointing scatter of the field between science frames, pixels (sigma)."""
+    cr_rate_per_s: float = 7.0
+    """Cosmic-ray events per second of dark time on the whole sensor (~200 in 30 s)."""
+    target: str = "sim_field"
+    """OBJECT of the science frames."""
+    target_dec: float = -30.0
+    """Declination of the science field, degrees (transits near the zenith)."""
+    ha_start_h: float = -2.5
+    """Hour angle of the field at the first science frame, hours."""
+    science_cadence_s: float = 900.0
+    """Time between the starts of consecutive science frames, s."""
+    calib_start_utc: str = "20:00:00"
+    """UTC time of the first bias on ``day_obs`` (afternoon in Chile)."""
+    science_start_utc: str = "00:30:00"
+    """UTC time of the first science frame on the day after ``day_obs``."""
+    compress: bool = True
+    """Write RICE tile-compressed raws (lossless)."""
+    detector: DetectorSimConfig = field(default_factory=DetectorSimConfig)
+    """Sensor and electronics (gains scatter, bias, dark, full well, crosstalk, sensor seed)."""
+    flat_field: IlluminationConfig = field(default_factory=IlluminationConfig)
+    """Vignetting, dust and PRNU."""
+    stars: StarFieldConfig = field(default_factory=StarFieldConfig)
+    """Flux distribution and PSF index of the field (``n_saturated`` is set from above)."""
+    cosmics: CosmicRayConfig = field(default_factory=CosmicRayConfig)
+    """Cosmic-ray physics."""
+
+
+@dataclass(frozen=True)
+class PlannedExposure:
+    """One exposure of the night's plan."""
+
+    day_obs: int
+    """Observing day ``YYYYMMDD``."""
+    seq: int
+    """Sequence number (SEQNUM)."""
+    kind: str
+    """``bias``, ``dark``, ``flat`` or ``science``."""
+    index: int
+    """Index of the exposure among those of its kind (and filter, for flats)."""
+    filter_name: str
+    """FILTER."""
+    disperser: str
+    """GRATING."""
+    exptime: float
+    """Exposure time, s."""
+    darktime: float
+    """Dark time, s."""
+    start: Time
+    """Start of the exposure (TAI)."""
+    airmass: float | None
+    """Airmass at the start (science frames only)."""
+    elevation: float
+    """Telescope elevation, degrees."""
+    azimuth: float
+    """Telescope azimuth, degrees."""
+    ra: float
+    """Commanded RA, degrees (0 for calibrations, as in real headers)."""
+    dec: float
+    """Commanded Dec, degrees (0 for calibrations)."""
+
+    @property
+    def obs_id(self) -> str:
+        """``AT_O_<day_obs>_<seq:06d>``."""
+        return f"AT_O_{self.day_obs}_{self.seq:06d}"
+
+
+@dataclass
+class FrameTruth:
+    """Everything known about one simulated frame (in memory; see `to_json`)."""
+
+    plan: PlannedExposure
+    """Where the frame sits in the night."""
+    seed: int
+    """The night's seed."""
+    sensor_seed: int
+    """Seed of the sensor's fixed properties."""
+    detector: ExposureTruth
+    """Electronics truth (gains, bias, noiseless image, saturation, crosstalk, dark)."""
+    stars: Table | None
+    """Stars on the frame: ``x``, ``y``, ``flux_e``, ``peak_e``, ``saturated``."""
+    cosmic_ray_mask: np.ndarray
+    """bool, assembled: pixels hit by cosmic rays above the mask threshold."""
+    n_cosmic_rays: int
+    """Number of cosmic-ray events."""
+    illumination: np.ndarray | None
+    """Flat-field response applied to the light (None for bias and dark)."""
+    sky_e: float
+    """Sky level, e⁻/px (science)."""
+    flat_level_e: float
+    """Flat level before the flat-field response, e⁻/px (flats)."""
+    fwhm_px: float | None
+    """PSF FWHM, pixels (science)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Small JSON-serialisable summary (the sidecar written next to the raw file)."""
+        camera = load_camera("latiss")
+        det = self.detector
+        stars = None
+        if self.stars is not None:
+            stars = [
+                {"x": round(float(r["x"]), 3), "y": round(float(r["y"]), 3),
+                 "flux_e": round(float(r["flux_e"]), 1), "peak_e": round(float(r["peak_e"]), 1),
+                 "saturated": bool(r["saturated"])}
+                for r in self.stars
+            ]
+        p = self.plan
+        return {
+            "obs_id": p.obs_id,
+            "seq_num": p.seq,
+            "kind": p.kind,
+            "seed": self.seed,
+            "sensor_seed": self.sensor_seed,
+            "filter": p.filter_name,
+            "disperser": p.disperser,
+            "exptime": p.exptime,
+            "darktime": p.darktime,
+            "airmass": p.airmass,
+            "amp_names": list(camera.amp_names),
+            "gains": [float(g) for g in det.gains],
+            "read_noise_e": [float(r) for r in det.read_noise_e],
+            "read_noise_adu": [float(r) for r in det.read_noise_adu],
+            "bias_levels_adu": [float(b) for b in det.bias_levels_adu],
+            "full_well_e": det.full_well_e,
+            "flat_level_e": self.flat_level_e,
+            "sky_e": self.sky_e,
+            "fwhm_px": self.fwhm_px,
+            "n_cosmic_rays": self.n_cosmic_rays,
+            "n_cr_pixels": int(self.cosmic_ray_mask.sum()),
+            "n_saturated_pixels": det.n_saturated,
+            "stars": stars,
+        }
+
+
+def _gmst_deg(time: Time) -> float:
+    """Greenwich mean sidereal time, degrees (IAU 1982 linear term; UT1 ≈ UTC is enough)."""
+    return (280.46061837 + 360.98564736629 * (time.utc.jd - 2451545.0)) % 360.0
+
+
+def _alt_az(ha_deg: float, dec_deg: float) -> tuple[float, float]:
+    """Altitude and azimuth (N through E), degrees, of a source at the site."""
+    ha, dec, lat = map(math.radians, (ha_deg, dec_deg, _LATITUDE))
+    sin_alt = math.sin(lat) * math.sin(dec) + math.cos(lat) * math.cos(dec) * math.cos(ha)
+    alt = math.asin(sin_alt)
+    az = math.atan2(-math.cos(dec) * math.sin(ha),
+                    math.sin(dec) * math.cos(lat) - math.cos(dec) * math.sin(lat) * math.cos(ha))
+    return math.degrees(alt), math.degrees(az) % 360.0
+
+
+def _day_start(day_obs: int, hms: str, next_day: bool) -> Time:
+    day = f"{day_obs // 10000:04d}-{day_obs // 100 % 100:02d}-{day_obs % 100:02d}"
+    t = Time(f"{day}T{hms}", scale="utc")
+    return (t + 1 * u.day if next_day else t).tai
+
+
+def night_plan(config: NightConfig) -> list[PlannedExposure]:
+    """Lay out the night: biases, darks, flats (per filter), then science frames.
+
+    Parameters
+    ----------
+    config : NightConfig
+        The night.
+
+    Returns
+    -------
+    list of PlannedExposure
+        In SEQNUM order, starting at 1.
+    """
+    plan: list[PlannedExposure] = []
+    t = _day_start(config.day_obs, config.calib_start_utc, next_day=False)
+    calibs: list[tuple[str, int, str, float]] = []
+    calibs += [("bias", i, "empty_1", 0.0) for i in range(config.n_bias)]
+    calibs += [("dark", i, "empty_1", config.dark_exptime) for i in range(config.n_dark)]
+    for f in config.flat_filters:
+        calibs += [("flat", i, f, config.flat_exptime) for i in range(config.n_flat)]
+    for kind, index, filt, exptime in calibs:
+        plan.append(PlannedExposure(
+            day_obs=config.day_obs, seq=len(plan) + 1, kind=kind, index=index,
+            filter_name=filt, disperser="empty_1", exptime=exptime,
+            darktime=exptime + _EXTRA_DARK_S[kind], start=t, airmass=None, ra=0.0, dec=0.0,
+            **_FLAT_POSITION))
+        t = t + (exptime + _OVERHEAD_S) * u.s
+
+    t0 = _day_start(config.day_obs, config.science_start_utc, next_day=True)
+    ra = (_gmst_deg(t0) + _LONGITUDE - 15.0 * config.ha_start_h) % 360.0
+    for i in range(config.n_science):
+        t = t0 + i * config.science_cadence_s * u.s
+        ha = (_gmst_deg(t) + _LONGITUDE - ra + 180.0) % 360.0 - 180.0
+        alt, az = _alt_az(ha, config.target_dec)
+        exptime = config.science_exptime
+        plan.append(PlannedExposure(
+            day_obs=config.day_obs, seq=len(plan) + 1, kind="science", index=i,
+            filter_name=config.science_filter, disperser=config.science_disperser, exptime=exptime,
+            darktime=exptime + _EXTRA_DARK_S["science"], start=t,
+            airmass=kasten_young_airmass(alt), elevation=alt, azimuth=az, ra=ra,
+            dec=config.target_dec))
+    return plan
+
+
+def _field_catalog(config: NightConfig, fwhm: float) -> Table:
+    """The night's star field (same stars in every science frame)."""
+    rng = np.random.default_rng([config.seed, 0xF1E1D])
+    n_stars = int(rng.integers(config.n_stars[0], config.n_stars[1] + 1))
+    n_sat = int(rng.integers(config.n_saturated[0], config.n_saturated[1] + 1))
+    cfg = replace(config.stars, n_saturated=n_sat)
+    return draw_star_catalog(load_camera("latiss").detector_shape, n_stars, rng, fwhm=fwhm,
+                             exptime=config.science_exptime, config=cfg)
+
+
+def simulate_exposure(
+    kind: str, config: NightConfig, seq: int
+) -> tuple[np.ndarray, FrameTruth, dict[str, Any]]:
+    """Build one frame of the night in memory.
+
+    Parameters
+    ----------
+    kind : str
+        ``bias``, ``dark``, ``flat`` or ``science`` (``object`` accepted); must match the
+        plan's kind for ``seq``.
+    config : NightConfig
+        The night.
+    seq : int
+        SEQNUM of the frame in `night_plan`.
+
+    Returns
+    -------
+    segments : numpy.ndarray
+        ``(16, 2048, 576)`` int32 raw segments.
+    truth : FrameTruth
+        What was simulated.
+    primary_cards : dict
+        Primary header of the raw file.
+    """
+    kind = "science" if kind.lower() == "object" else kind.lower()
+    by_seq = {p.seq: p for p in night_plan(config)}
+    if seq not in by_seq:
+        raise ValueError(f"no exposure with seq {seq} in this night ({len(by_seq)} planned)")
+    p = by_seq[seq]
+    if p.kind != kind:
+        raise ValueError(f"seq {seq} is a {p.kind}, not a {kind}")
+    camera = load_camera("latiss")
+    shape = camera.detector_shape
+    det = config.detector
+    scene_ss, cr_ss, noise_ss = np.random.SeedSequence([config.seed, seq]).spawn(3)
+    scene_rng = np.random.default_rng(scene_ss)
+
+    qe_ratio = filter_qe_scale(p.filter_name) / filter_qe_scale(_REFERENCE_FILTER)
+    signal = np.zeros(shape, dtype=np.float32)
+    illum = None
+    stars = None
+    sky = flat_level = 0.0
+    fwhm = None
+    if kind in ("flat", "science"):
+        illum = illumination(shape, p.filter_name, config=config.flat_field,
+                             sensor_seed=det.sensor_seed)
+    if kind == "flat":
+        flat_level = config.flat_level_e * qe_ratio
+        signal += np.float32(flat_level)
+    elif kind == "science":
+        nominal = float(np.mean(config.seeing_arcsec)) / camera.plate_scale
+        cat = _field_catalog(config, nominal)
+        fwhm = scene_rng.uniform(*config.seeing_arcsec) / camera.plate_scale
+        dx, dy = scene_rng.normal(0.0, config.dither_px, 2)
+        x = np.asarray(cat["x"]) + dx
+        y = np.asarray(cat["y"]) + dy
+        transmission = 10.0 ** (-0.4 * config.extinction_mag * (p.airmass or 1.0))
+        flux = np.asarray(cat["flux_e_per_s"]) * p.exptime * transmission * qe_ratio
+        signal, peak = render_stars(shape, x, y, flux, fwhm=fwhm, beta=config.stars.beta,
+                                    config=config.stars)
+        sky = scene_rng.uniform(*config.sky_e_per_s) * p.exptime * qe_ratio
+        signal += np.float32(sky)
+        stars = Table({"x": x, "y": y, "flux_e": flux, "peak_e": peak,
+                       "saturated": cat["saturated"]})
+
+    cr_rng = np.random.default_rng(cr_ss)
+    n_cr = int(cr_rng.poisson(config.cr_rate_per_s * p.darktime))
+    deposits, cr_mask = cosmic_rays(shape, n_cr, cr_rng, config.cosmics)
+
+    segments, det_truth = expose(signal, det, np.random.default_rng(noise_ss),
+                                 exptime=p.exptime, darktime=p.darktime, illumination=illum,
+                                 deposits_e=deposits, camera=camera)
+    truth = FrameTruth(plan=p, seed=config.seed, sensor_seed=det.sensor_seed,
+                       detector=det_truth, stars=stars, cosmic_ray_mask=cr_mask,
+                       n_cosmic_rays=n_cr, illumination=illum, sky_e=float(sky),
+                       flat_level_e=float(flat_level), fwhm_px=fwhm)
+    target = config.target if kind == "science" else "FlatField position"
+    cards = primary_header(
+        p.obs_id, KINDS[kind], p.exptime, p.darktime, p.filter_name, p.disperser, p.start,
+        p.airmass, p.ra, p.dec, target, elevation=p.elevation, azimuth=p.azimuth,
+        seed=config.seed,
+    )
+    return segments, truth, cards
+
+
+def simulate_night(out_dir: str | Path, config: NightConfig | None = None) -> list[Path]:
+    """Simulate and write a whole night.
+
+    Parameters
+    ----------
+    out_dir : path
+        Directory for ``<OBSID>.fits`` raws and ``<OBSID>_truth.json`` sidecars (created).
+    config : NightConfig, optional
+        The night; defaults to `NightConfig()`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The raw files, in SEQNUM order.
+    """
+    config = config or NightConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for p in night_plan(config):
+        segments, truth, cards = simulate_exposure(p.kind, config, p.seq)
+        raw = write_raw(out / f"{p.obs_id}.fits", segments, cards, compress=config.compress)
+        write_text_atomic(json.dumps(truth.to_json(), indent=1) + "\n",
+                          out / f"{p.obs_id}_truth.json")
+        log.info("wrote %s (%s, %s, %.1f s) and its truth sidecar", raw, p.kind,
+                 p.filter_name, p.exptime)
+        paths.append(raw)
+    return paths

@@ -1,0 +1,246 @@
+"""Tests for atmospec.plots.isr: overscan profiles, post-ISR image, amp statistics table."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from astropy import units as u
+from astropy.io import fits
+from astropy.table import Table
+from matplotlib.image import imread
+
+from atmospec.camera.description import load_camera
+from atmospec.exposure import Exposure
+from atmospec.plots import isr as pisr
+from atmospec.plots.isr import (
+    amp_stats_table,
+    format_amp_stats,
+    plot_overscan_profiles,
+    plot_postisr,
+    write_amp_stats,
+)
+
+CAMERA = load_camera("latiss")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _stats(unit: str = "electron") -> dict[str, Any]:
+    """ISR statistics shaped like ``<OBSID>_isrstats.json`` (after a JSON round trip)."""
+    rng = np.random.default_rng(12)
+    rows = np.arange(2048)
+    amps = {}
+    for i, name in enumerate(CAMERA.amp_names):
+        level = 20000.0 + 50.0 * i
+        profile = level + 2.0 * np.sin(2 * np.pi * rows / 400.0) + rng.normal(0, 0.3, rows.size)
+        amps[name] = {
+            "gain": 1.0 + 0.01 * i,
+            "read_noise_e": 8.0 + 0.1 * i,
+            "median": 100.0 + i,
+            "robust_std": 10.0 + 0.5 * i,
+            "overscan_level_adu": float(np.median(profile)),
+            "overscan_noise_adu": 7.0 + 0.1 * i,
+            "overscan_noise_e": (7.0 + 0.1 * i) * (1.0 + 0.01 * i),
+            "n_sat": i,
+            "n_bad": 2 * i,
+            "n_cr": 100 + i,
+            "n_suspect": 3 * i,
+            "overscan_rows_adu": profile.tolist(),
+            "overscan_row_step": 1,
+            "parallel_cols_adu": (level + rng.normal(0, 0.3, 509)).tolist(),
+        }
+    stats = {
+        "obs_id": "AT_O_20261123_000012",
+        "raw": "AT_O_20261123_000012.fits",
+        "steps": ["overscan", "gain", "crosstalk"],
+        "unit": unit,
+        "timings_s": {"overscan": 0.05, "gain": 0.01, "crosstalk": 0.1},
+        "amps": amps,
+    }
+    # Go through JSON as the real file does, so types are what a reader really gets.
+    return json.loads(json.dumps(stats))
+
+
+def _exposure(ny: int = 400, nx: int = 500) -> Exposure:
+    rng = np.random.default_rng(3)
+    header = fits.Header()
+    header["OBSID"] = "AT_O_20261123_000012"
+    header["FILTER"] = "SDSSr_65mm"
+    exp = Exposure.from_image(rng.normal(100.0, 5.0, (ny, nx)), header)
+    yy, xx = np.mgrid[:ny, :nx]
+    exp.set_mask("EDGE", (xx < 5) | (xx >= nx - 5) | (yy < 5) | (yy >= ny - 5))
+    exp.set_mask("BAD", (xx == 250) & (yy > 100))
+    exp.set_mask("SAT", (xx - 100) ** 2 + (yy - 300) ** 2 < 8**2)
+    exp.set_mask("CR", (xx == 400) & (yy == 50))
+    exp.set_mask("INTRP", exp.get_mask("BAD", "CR"))
+    return exp
+
+
+def _check_png(path: Path) -> np.ndarray:
+    """Assert ``path`` is a readable PNG with no temporary file left beside it."""
+    assert path.is_file()
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    pixels = imread(path)
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4)
+    assert not list(path.parent.glob("*.tmp")), "temporary file left behind"
+    return pixels
+
+
+# --------------------------------------------------------------------------------- overscan
+
+
+def test_overscan_profiles_png(tmp_path: Path) -> None:
+    out = plot_overscan_profiles(_stats(), tmp_path / "overscan.png")
+    assert out == tmp_path / "overscan.png"
+    pixels = _check_png(out)
+    # 16 x 6 inches at 100 dpi.
+    assert pixels.shape[:2] == (600, 1600)
+
+
+def test_overscan_profiles_without_profiles(tmp_path: Path) -> None:
+    stats = _stats()
+    del stats["amps"]["C03"]["overscan_rows_adu"]
+    del stats["amps"]["C03"]["parallel_cols_adu"]
+    stats["amps"]["C12"]["overscan_rows_adu"] = None
+    stats["amps"]["C12"]["overscan_level_adu"] = math.nan
+    del stats["amps"]["C00"]  # an amp missing altogether gets an explanatory panel
+    stats["amps"]["C11"]["overscan_row_step"] = 4  # a decimated profile
+    stats["amps"]["C11"]["overscan_rows_adu"] = stats["amps"]["C11"]["overscan_rows_adu"][::4]
+    _check_png(plot_overscan_profiles(stats, tmp_path / "overscan.png"))
+
+
+def test_overscan_profiles_no_overscan_at_all(tmp_path: Path) -> None:
+    stats = _stats()
+    for entry in stats["amps"].values():
+        for key in ("overscan_rows_adu", "parallel_cols_adu", "overscan_row_step"):
+            entry.pop(key)
+        entry["overscan_level_adu"] = math.nan
+        entry["overscan_noise_adu"] = math.nan
+    _check_png(plot_overscan_profiles(stats, tmp_path / "sub" / "overscan.png"))
+
+
+# --------------------------------------------------------------------------------- post-ISR
+
+
+def test_postisr_png(tmp_path: Path) -> None:
+    exp = _exposure()
+    planes_before = dict(exp.mask_planes)
+    mask_before = exp.mask.copy()
+    planes = ("BAD", "SAT", "CR", "INTRP", "EDGE", "SUSPECT", "NOT_A_PLANE")
+    out = plot_postisr(exp, tmp_path / "postisr.png", planes=planes)
+    pixels = _check_png(out)
+    assert max(pixels.shape[:2]) < 1400
+    # Plotting reads the exposure only: no plane added, no bit changed.
+    assert exp.mask_planes == planes_before
+    np.testing.assert_array_equal(exp.mask, mask_before)
+
+
+def test_postisr_full_size_is_bounded(tmp_path: Path) -> None:
+    ny, nx = CAMERA.detector_shape
+    exp = Exposure.from_image(np.zeros((ny, nx), dtype=np.float32))
+    exp.set_mask("SAT", np.eye(ny, nx, dtype=bool))
+    pixels = _check_png(plot_postisr(exp, tmp_path / "full.png"))
+    assert max(pixels.shape[:2]) < 1400
+
+
+def test_postisr_tall_and_nonfinite(tmp_path: Path) -> None:
+    exp = _exposure(ny=900, nx=120)
+    exp.image[:30, :30] = np.nan
+    exp.unit = "adu"
+    exp.metadata = fits.Header()  # no OBSID / FILTER
+    pixels = _check_png(plot_postisr(exp, tmp_path / "tall.png", max_size=256))
+    assert max(pixels.shape[:2]) < 1400
+    assert pixels.shape[0] > pixels.shape[1]  # the figure follows the image aspect
+
+
+def test_postisr_rejects_bad_max_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        plot_postisr(_exposure(), tmp_path / "x.png", max_size=0)
+    assert not list(tmp_path.iterdir())
+
+
+def test_block_mean_and_any() -> None:
+    image = np.arange(35, dtype=np.float32).reshape(5, 7)
+    image[0, 0] = np.nan
+    mean = pisr._block_mean(image, 3)
+    assert mean.shape == (2, 3)  # padded, not cropped: the edge pixels are kept
+    np.testing.assert_allclose(mean[0, 0], np.nanmean(image[:3, :3]))
+    np.testing.assert_allclose(mean[1, 2], image[3:5, 6].mean())
+    assert np.isnan(pisr._block_mean(np.full((4, 4), np.nan), 2)).all()
+
+    flags = np.zeros((5, 7), dtype=bool)
+    flags[4, 6] = True
+    flagged = pisr._block_any(flags, 3)
+    assert flagged.shape == (2, 3)
+    assert flagged.sum() == 1 and flagged[1, 2]
+    np.testing.assert_array_equal(pisr._block_any(flags, 1), flags)
+
+
+# ------------------------------------------------------------------------------- amp table
+
+
+def test_amp_stats_table_values_and_units() -> None:
+    stats = _stats()
+    table = amp_stats_table(stats)
+    assert len(table) == 16
+    assert list(table["amp"]) == list(CAMERA.amp_names)
+    assert table.colnames == ["amp"] + [c[0] for c in pisr.AMP_STATS_COLUMNS]
+    for row in table:
+        entry = stats["amps"][row["amp"]]
+        for key, _, _ in pisr.AMP_STATS_COLUMNS:
+            assert row[key] == pytest.approx(entry[key]), (row["amp"], key)
+    assert table["gain"].unit == u.electron / u.adu
+    assert table["read_noise_e"].unit == u.electron
+    assert table["overscan_level_adu"].unit == u.adu
+    assert table["overscan_noise_e"].unit == u.electron
+    assert table["median"].unit == u.electron
+    assert table["robust_std"].unit == u.electron
+    assert table["n_cr"].dtype.kind == "i"
+    assert table.meta["obs_id"] == "AT_O_20261123_000012"
+
+    adu = amp_stats_table(_stats(unit="adu"))
+    assert adu["median"].unit == u.adu and adu["robust_std"].unit == u.adu
+
+
+def test_amp_stats_table_missing_values() -> None:
+    stats = _stats()
+    del stats["amps"]["C05"]["n_cr"]
+    stats["amps"]["C06"]["gain"] = None
+    table = amp_stats_table(stats)
+    row5 = table[list(table["amp"]).index("C05")]
+    row6 = table[list(table["amp"]).index("C06")]
+    assert np.ma.is_masked(row5["n_cr"])
+    assert np.ma.is_masked(row6["gain"])
+    assert row5["gain"] == pytest.approx(stats["amps"]["C05"]["gain"])
+
+
+def test_write_amp_stats_round_trip(tmp_path: Path) -> None:
+    stats = _stats()
+    path = write_amp_stats(stats, tmp_path / "amps.ecsv")
+    assert path == tmp_path / "amps.ecsv"
+    assert not list(tmp_path.glob("*.tmp"))
+    back = Table.read(path, format="ascii.ecsv")
+    table = amp_stats_table(stats)
+    assert back.colnames == table.colnames
+    assert list(back["amp"]) == list(CAMERA.amp_names)
+    for name in table.colnames[1:]:
+        assert back[name].unit == table[name].unit, name
+        np.testing.assert_array_equal(np.asarray(back[name]), np.asarray(table[name]))
+    assert back.meta["steps"] == stats["steps"]
+
+
+def test_format_amp_stats() -> None:
+    stats = copy.deepcopy(_stats())
+    text = format_amp_stats(stats)
+    lines = text.splitlines()
+    assert "AT_O_20261123_000012" in lines[0]
+    body = lines[1:]
+    assert len({len(line) for line in body}) == 1  # fixed width
+    assert len(body) == 3 + 16  # names, units, dashes, one line per amp
+    assert [line.split()[0] for line in body[3:]] == list(CAMERA.amp_names)
+    assert "electron / adu" in body[1]
