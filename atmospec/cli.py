@@ -146,6 +146,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import json
 
+    from astropy.io import fits
+
     from atmospec.plots.isr import format_amp_stats
     from atmospec.sim.night import NightConfig, simulate_night
 
@@ -153,21 +155,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     raw_dir, post_dir = out / "raw", out / "postisr"
     config = NightConfig(day_obs=20261123, seed=args.seed, n_bias=2, n_dark=1, n_flat=1,
                          n_science=3)
-    raws = sorted(p for p in raw_dir.glob("AT_*.fits")) if raw_dir.is_dir() else []
+    raws = sorted(raw_dir.glob("AT_*.fits")) if raw_dir.is_dir() else []
     if not raws:
         print(f"simulating a small LATISS night in {raw_dir} ...")
         raws = simulate_night(raw_dir, config)
     else:
         print(f"using the {len(raws)} raw files already in {raw_dir}")
-    print(f"running ISR on {len(raws)} frames -> {post_dir}")
+    from atmospec.camera.translator import translate_header
     from atmospec.isr.runner import CalibrationFiles
 
-    status = _isr_files([str(p) for p in raws], str(post_dir), _isr_config(None,
-                        "median_per_row"), CalibrationFiles(), plots=True)
+    science = [p for p in raws
+               if translate_header(fits.getheader(p), str(p)).image_type == "science"]
+    print(f"running ISR on the {len(science)} science frames -> {post_dir}")
+    status = _isr_files([str(p) for p in science], str(post_dir),
+                        _isr_config(None, "median_per_row"), CalibrationFiles(), plots=True)
     stats = sorted(post_dir.glob("*_isrstats.json"))
-    science = [s for s in stats if json.loads(s.read_text()).get("image_type") == "science"]
-    if science:
-        doc = json.loads(science[-1].read_text())
+    if stats:
+        doc = json.loads(stats[-1].read_text())
         print(f"\nper-amp statistics of {doc['obs_id']}:")
         print(format_amp_stats(doc))
     print(f"\npost-ISR images, statistics and PNG diagnostics are in {post_dir}")

@@ -92,8 +92,11 @@ def masters(truth_gains) -> Masters:
 def test_overscan_gain_assembly_bias_frame(truth_gains):
     """Bias frame: residual to truth within 0.2 e-, scatter equals the read noise within 5 %."""
     raw, truth = _frame("bias", _seqs("bias")[1])
-    image = _isr(raw, IsrCalibrations(gains=truth_gains), "overscan", "gain").exposure.image
+    result = _isr(raw, IsrCalibrations(gains=truth_gains), "overscan", "gain")
+    image = result.exposure.image
     det = truth.detector
+    noise = [s["overscan_noise_adu"] for s in result.amp_stats.values()]
+    np.testing.assert_allclose(noise, det.read_noise_adu, rtol=0.02)
     resid = image - (det.expected_e + det.fixed_pattern_e)
     good = ~truth.cosmic_ray_mask
     for i, amp in enumerate(CAMERA.amplifiers):

@@ -34,7 +34,12 @@ from atmospec.isr.gain import AmpGains
 from atmospec.isr.interpolate import InterpolationConfig, fill_masked
 from atmospec.isr.linearity import Linearizer
 from atmospec.isr.masking import grow_mask
-from atmospec.isr.overscan import OverscanConfig, robust_sigma, subtract_overscan
+from atmospec.isr.overscan import (
+    OverscanConfig,
+    overscan_noise,
+    robust_sigma,
+    subtract_overscan,
+)
 from atmospec.isr.saturation import SaturationConfig, saturation_masks
 from atmospec.isr.variance import variance_plane
 
@@ -217,15 +222,12 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     gains = calibs.gains
     dsl = (slice(None), *camera.data_bbox.slices)
     overscan: dict[str, np.ndarray] = {}
-    overscan_noise = np.full(camera.n_amps, np.nan)
+    overscan_sigma = np.full(camera.n_amps, np.nan)
 
     if "overscan" in steps:
         with timer("overscan"):
-            box = camera.serial_overscan_bbox
-            lo, hi = config.overscan.skip
             overscan = subtract_overscan(seg, camera, config.overscan)
-            serial = seg[:, : camera.data_bbox.ny, box.x0 + lo: box.x0 + box.nx - hi]
-            overscan_noise = robust_sigma(serial[:, ::4], axis=(1, 2))
+            overscan_sigma = overscan_noise(seg, camera, config.overscan)
     sat_seg = sus_seg = None
     if "saturation" in steps:
         with timer("saturation"):
@@ -300,7 +302,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
         with timer("edge"):
             exposure.set_mask("EDGE", edge_mask(exposure.shape, config.edge.width))
 
-    amp_stats = _amp_stats(exposure, camera, gains, overscan, overscan_noise, electrons)
+    amp_stats = _amp_stats(exposure, camera, gains, overscan, overscan_sigma)
     _record(exposure, steps, gains, amp_stats, calibs)
     log.info("%s: ISR %s in %.2f s", raw.info.obs_id, ",".join(steps),
              sum(timer.timings.values()))
@@ -308,7 +310,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
 
 
 def _amp_stats(exposure: Exposure, camera, gains: AmpGains, overscan: dict[str, np.ndarray],
-               overscan_noise: np.ndarray, electrons: bool) -> dict[str, dict[str, float]]:
+               overscan_noise: np.ndarray) -> dict[str, dict[str, float]]:
     """Per-amp summary numbers (robust statistics on a 1-in-4 pixel subsample)."""
     stats: dict[str, dict[str, float]] = {}
     planes = {p: exposure.bitmask(p) for p in ("SAT", "BAD", "CR", "SUSPECT")}
