@@ -67,6 +67,16 @@ class DetectorSimConfig:
     """Largest value the 18-bit ADC can output, ADU."""
     sensor_seed: int = SENSOR_SEED
     """Seed of the fixed sensor properties (gains, bias levels and structure, hot pixels)."""
+    nonlinearity: float = 0.0
+    """Fractional response deficit at 100 kADU: ADU_out = ADU · (1 − f·ADU/1e5) with
+    f = ``nonlinearity`` × a per-amp factor in [0.8, 1.2] (ITL amps: f ≈ 0.01–0.02)."""
+    cti_serial: float = 0.0
+    """Serial charge-transfer inefficiency per transfer (first order: each pixel leaves
+    ε·n of its charge to the next one read, n its number of transfers)."""
+    cti_parallel: float = 0.0
+    """Parallel charge-transfer inefficiency per transfer (same model along columns)."""
+    cold_pixel_fraction: float = 0.0
+    """Fraction of pixels with a low response to light (0.2–0.7 of normal)."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,12 @@ class SensorModel:
     """The data-section part of `fixed_pattern_adu` in e⁻, assembled."""
     dark_current_e_per_s: np.ndarray
     """Assembled dark-current map, e⁻/s."""
+    hot_pixels: np.ndarray
+    """bool, assembled: hot pixels and hot-column pixels (dark current ≥ 0.05 e⁻/s)."""
+    response: np.ndarray
+    """Assembled relative response to light of each pixel: 1, or 0.2–0.7 for cold pixels."""
+    nonlinearity: np.ndarray
+    """Per-amp fractional response deficit at 100 kADU (HDU order)."""
 
 
 @dataclass
@@ -103,8 +119,9 @@ class ExposureTruth:
     row_drift_adu: np.ndarray
     """``(n_amps, raw ny)`` zero-mean bias drift along rows, ADU, same in every column."""
     expected_e: np.ndarray
-    """Noiseless image, e⁻, assembled: signal × illumination + dark current × dark time.
-    Without cosmic rays, bleeding or crosstalk (those are given separately)."""
+    """Noiseless image, e⁻, assembled: signal × illumination × cold-pixel response + dark
+    current × dark time. Without cosmic rays, bleeding, crosstalk, CTI or non-linearity
+    (those are given separately)."""
     fixed_pattern_e: np.ndarray
     """Bias structure absent from the serial overscan, converted to e⁻, assembled."""
     saturated: np.ndarray
@@ -121,6 +138,16 @@ class ExposureTruth:
     """Full-well capacity used, e⁻."""
     bled_e: float
     """Charge that was moved by bleeding, e⁻ (0 when nothing saturated)."""
+    hot_pixels: np.ndarray | None = None
+    """bool, assembled: hot pixels and hot-column pixels of the sensor."""
+    response: np.ndarray | None = None
+    """Assembled relative response to light (cold pixels < 1)."""
+    nonlinearity: np.ndarray | None = None
+    """Per-amp fractional response deficit at 100 kADU (0 when linear)."""
+    cti_serial: float = 0.0
+    """Serial CTI per transfer."""
+    cti_parallel: float = 0.0
+    """Parallel CTI per transfer."""
 
     @property
     def n_saturated(self) -> int:
@@ -177,10 +204,58 @@ def sensor_model(config: DetectorSimConfig, camera: Camera) -> SensorModel:
         rows = slice(half, None) if rng.integers(0, 2) else slice(0, half)
         dark[rows, col] += np.float32(rng.uniform(*config.hot_column_rate_e_per_s))
 
-    model = SensorModel(gains, camera.nominal_read_noise.copy(), bias, fixed, fixed_e, dark)
-    for arr in (model.gains, model.read_noise_e, model.bias_levels_adu, fixed, fixed_e, dark):
+    # Properties added later draw from their own stream, so the ones above stay as they were.
+    rng2 = np.random.default_rng([config.sensor_seed, 3])
+    nonlin = config.nonlinearity * rng2.uniform(0.8, 1.2, n)
+    response = np.ones(shape, dtype=np.float32)
+    n_cold = round(config.cold_pixel_fraction * response.size)
+    if n_cold:
+        cold_idx = rng2.choice(response.size, n_cold, replace=False)
+        response.ravel()[cold_idx] = rng2.uniform(0.2, 0.7, n_cold).astype(np.float32)
+    hot = dark >= np.float32(config.dark_current_e_per_s + 0.05)
+
+    model = SensorModel(gains, camera.nominal_read_noise.copy(), bias, fixed, fixed_e, dark,
+                        hot, response, nonlin)
+    for arr in (model.gains, model.read_noise_e, model.bias_levels_adu, fixed, fixed_e, dark,
+                hot, response, nonlin):
         arr.flags.writeable = False
     return model
+
+
+def apply_cti(charge: np.ndarray, cti: float, axis: int) -> np.ndarray:
+    """First-order charge-transfer inefficiency along ``axis`` of readout-ordered segments.
+
+    The pixel at index i along ``axis`` is transferred i + 1 times and leaves a fraction
+    ``cti·(i+1)`` of its charge to the pixel read after it (i + 1), as in the EPER picture:
+    the first overscan pixel after a flat of level S receives ``cti·N·S``.
+
+    Parameters
+    ----------
+    charge : numpy.ndarray
+        ``(n_amps, ny, nx)`` charge in readout orientation (index 0 read first).
+    cti : float
+        Inefficiency per transfer.
+    axis : int
+        1 for parallel transfers (rows), 2 for serial transfers (columns).
+
+    Returns
+    -------
+    numpy.ndarray
+        The charge after transfer (a new array; total charge conserved within the array).
+    """
+    if cti <= 0.0:
+        return charge
+    n = charge.shape[axis]
+    shape = [1, 1, 1]
+    shape[axis] = n
+    lost = charge * (np.float32(cti) * np.arange(1, n + 1, dtype=np.float32).reshape(shape))
+    out = charge - lost
+    idx_to = [slice(None)] * 3
+    idx_from = [slice(None)] * 3
+    idx_to[axis] = slice(1, None)
+    idx_from[axis] = slice(0, -1)
+    out[tuple(idx_to)] += lost[tuple(idx_from)]
+    return out
 
 
 @lru_cache(maxsize=2)
@@ -342,6 +417,8 @@ def expose(
     expected = np.asarray(signal_e, dtype=np.float32)
     if illumination is not None:
         expected = expected * illumination
+    if config.cold_pixel_fraction > 0:
+        expected = expected * sensor.response
     expected = expected + sensor.dark_current_e_per_s * np.float32(darktime)
     electrons = rng.poisson(expected).astype(np.float32)
     if deposits_e is not None:
@@ -351,13 +428,25 @@ def expose(
         log.debug("%d pixels at full well, %.3g e- bled", saturated.sum(), moved)
 
     data_adu = disassemble(electrons, camera)
+    raw_ny, raw_nx = camera.raw_bbox.shape
+    cti_trails = None
+    if config.cti_parallel > 0 or config.cti_serial > 0:
+        # Transfers run over the whole segment: deferred charge reaches the overscans (EPER).
+        full = np.zeros((n, raw_ny, raw_nx), dtype=np.float32)
+        full[(slice(None), *camera.data_bbox.slices)] = data_adu
+        full = apply_cti(apply_cti(full, config.cti_parallel, axis=1), config.cti_serial, axis=2)
+        data_adu = np.ascontiguousarray(full[(slice(None), *camera.data_bbox.slices)])
+        full[(slice(None), *camera.data_bbox.slices)] = 0.0
+        cti_trails = full / gains.astype(np.float32)[:, None, None]
     data_adu /= gains.astype(np.float32)[:, None, None]
+    if config.nonlinearity > 0:
+        f = (sensor.nonlinearity / 1e5).astype(np.float32)[:, None, None]
+        data_adu *= 1.0 - f * data_adu
     ghost = None
     if config.crosstalk:
         ghost = crosstalk_signal(data_adu, _crosstalk_adu(n, tuple(gains)))
         data_adu += ghost
 
-    raw_ny, raw_nx = camera.raw_bbox.shape
     bias = sensor.bias_levels_adu + config.bias_jitter_adu * rng.standard_normal(n)
     drift = row_drift(n, raw_ny, config.row_drift_adu, rng)
     read_noise_adu = sensor.read_noise_e / gains
@@ -366,6 +455,8 @@ def expose(
     seg += (bias.astype(np.float32)[:, None] + drift)[:, :, None]
     seg += sensor.fixed_pattern_adu
     seg[(slice(None), *camera.data_bbox.slices)] += data_adu
+    if cti_trails is not None:
+        seg += cti_trails
     np.rint(seg, out=seg)
     np.clip(seg, 0, config.adc_max_adu, out=seg)
     segments = seg.astype(np.int32)
@@ -389,5 +480,10 @@ def expose(
         darktime=float(darktime),
         full_well_e=config.full_well_e,
         bled_e=moved,
+        hot_pixels=sensor.hot_pixels,
+        response=sensor.response,
+        nonlinearity=sensor.nonlinearity if config.nonlinearity > 0 else np.zeros(n),
+        cti_serial=config.cti_serial,
+        cti_parallel=config.cti_parallel,
     )
     return segments, truth
