@@ -1,0 +1,1 @@
+"""Calibration products: combine, bias, dark, flat, defects, PTC, linearity, verification."""
