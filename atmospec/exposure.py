@@ -130,8 +130,17 @@ class Exposure:
         return write_hdul_atomic(hdul, path)
 
     @classmethod
-    def read(cls, path: str | Path) -> Exposure:
+    def read(cls, path: str | Path, *, load_variance: bool = True) -> Exposure:
         """Read an exposure written by `write` (or by Rubin's ExposureF writer).
+
+        Parameters
+        ----------
+        path : path
+            The file.
+        load_variance : bool
+            If false the VARIANCE extension is not read and ``variance`` is a read-only
+            array of zeros that takes no memory (for calibration products, whose variance
+            ISR does not use).
 
         Raises
         ------
@@ -150,7 +159,10 @@ class Exposure:
                                               "extension")
                 image = np.asarray(hdul["IMAGE"].data, dtype=np.float32)
                 mask = np.asarray(hdul["MASK"].data, dtype=np.int32)
-                variance = np.asarray(hdul["VARIANCE"].data, dtype=np.float32)
+                if load_variance:
+                    variance = np.asarray(hdul["VARIANCE"].data, dtype=np.float32)
+                else:
+                    variance = np.broadcast_to(np.float32(0.0), image.shape)
                 planes = {
                     k[3:]: int(v) for k, v in hdul["MASK"].header.items() if k.startswith("MP_")
                 }

@@ -39,7 +39,8 @@ def load_calibration(path: str | Path, kind: str, camera: Camera,
     Returns
     -------
     Exposure
-        Non-finite pixels are set to 0 (1 for a flat) and flagged BAD.
+        Non-finite pixels are set to 0 (1 for a flat) and flagged BAD; ``variance`` is a
+        read-only zero array (not loaded).
 
     Raises
     ------
@@ -49,7 +50,8 @@ def load_calibration(path: str | Path, kind: str, camera: Camera,
     if kind not in CALIB_KINDS:
         raise ValueError(f"unknown calibration kind {kind!r}")
     path = Path(path)
-    calib = Exposure.read(path)
+    # The variance of a master is not used by ISR: not loading it saves 65 MB per product.
+    calib = Exposure.read(path, load_variance=False)
     if calib.shape != camera.detector_shape:
         raise BadInputError(path, f"{kind} has shape {calib.shape}, expected "
                                   f"{camera.detector_shape} for {camera.name}")

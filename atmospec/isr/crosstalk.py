@@ -81,6 +81,31 @@ def load_crosstalk(path: str | Path | None = None, n_amps: int = 16) -> Crosstal
     return CrosstalkMatrix(coeffs, "electron" if units.startswith("electron") else "adu")
 
 
+def subtract_crosstalk(data: np.ndarray, coeffs: np.ndarray, min_level: float = 0.0,
+                       rows_per_chunk: int = 64) -> None:
+    """Remove crosstalk from ``data`` in place, a band of rows at a time.
+
+    The result equals ``data -= crosstalk_signal(data, coeffs, min_level)``; working on
+    bands of rows keeps the temporaries in cache instead of two extra full-frame copies.
+    The source signal is taken from each band before it is corrected, as crosstalk is
+    simultaneous in all amps (every amp reads the same pixel position at the same time).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        ``(n_amps, ny, nx)`` view, modified in place.
+    coeffs : numpy.ndarray
+        ``[target, source]`` matrix in the unit of ``data``.
+    min_level : float
+        Source pixels at or below this level contribute nothing.
+    rows_per_chunk : int
+        Rows per band.
+    """
+    for y0 in range(0, data.shape[1], rows_per_chunk):
+        band = data[:, y0:y0 + rows_per_chunk]
+        band -= crosstalk_signal(band, coeffs, min_level)
+
+
 def crosstalk_signal(data: np.ndarray, coeffs: np.ndarray, min_level: float = 0.0) -> np.ndarray:
     """Crosstalk each amp receives from the others.
 

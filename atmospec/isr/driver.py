@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
+from scipy.linalg.blas import saxpy
 
 from atmospec.camera.assembly import assemble
 from atmospec.camera.raw import RawFrame
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays
-from atmospec.isr.crosstalk import CrosstalkConfig, CrosstalkMatrix, crosstalk_signal
+from atmospec.isr.crosstalk import CrosstalkConfig, CrosstalkMatrix, subtract_crosstalk
 from atmospec.isr.defects import defect_mask
 from atmospec.isr.edge import EdgeConfig, edge_mask
 from atmospec.isr.gain import AmpGains
@@ -246,7 +247,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
         with timer("crosstalk"):
             coeffs = (calibs.crosstalk.in_electrons(gains.gain) if electrons
                       else calibs.crosstalk.coeffs)
-            seg[dsl] -= crosstalk_signal(seg[dsl], coeffs, config.crosstalk.min_source_level)
+            subtract_crosstalk(seg[dsl], coeffs, config.crosstalk.min_source_level)
 
     with timer("assemble"):
         image = assemble(seg, camera)
@@ -270,7 +271,12 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
             dark_time = raw.info.dark_time
             if dark_time is None:
                 raise BadInputError(raw.path, "no DARKTIME or EXPTIME: cannot scale the dark")
-            exposure.image -= np.float32(dark_time) * calibs.dark.image
+            # In place (y += a·x): no full-frame temporary. saxpy copies instead when the
+            # target is not a contiguous float32 array, hence the check.
+            out = saxpy(calibs.dark.image.reshape(-1), exposure.image.reshape(-1),
+                        a=-float(dark_time))
+            if not np.shares_memory(out, exposure.image):
+                exposure.image = out.reshape(exposure.shape)
     if "flat" in steps:
         with timer("flat"):
             flat = calibs.flat_divisor

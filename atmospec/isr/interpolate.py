@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -68,28 +67,36 @@ def interpolate_rows(image: np.ndarray, bad: np.ndarray, max_width: int) -> np.n
     return filled
 
 
+def _column_blocks(bad_cols: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of consecutive columns that hold masked pixels."""
+    edges = np.diff(np.concatenate([[0], bad_cols.view(np.int8), [0]]))
+    return list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0], strict=True))
+
+
 def fill_masked(image: np.ndarray, bad: np.ndarray, config: InterpolationConfig) -> np.ndarray:
     """Interpolate short runs, set long runs to the median of good pixels.
 
-    Each connected masked region is handled in its own bounding box (plus one column on
-    each side for the bracketing good pixels), so the cost follows the masked area, not
-    the frame size.
+    The masked columns fall into blocks (a bleed trail, a bad column, a dead amplifier);
+    each block is processed on its own rows and columns (plus one bracketing column on each
+    side), so the cost follows the masked area rather than the frame size. A solid block
+    wider than ``max_width`` goes straight to the fallback.
 
     Returns
     -------
     numpy.ndarray
         Boolean mask of the filled pixels (all of ``bad``).
     """
-    nx = image.shape[1]
     filled = np.zeros_like(bad)
-    labels, _ = ndimage.label(bad)
-    for sl in ndimage.find_objects(labels):
-        if sl[1].stop - sl[1].start > config.max_width and bad[sl].all():
-            continue  # a solid block wider than max_width (dead amp): fallback below
-        rows = sl[0]
-        cols = slice(max(sl[1].start - 1, 0), min(sl[1].stop + 1, nx))
-        filled[rows, cols] |= interpolate_rows(image[rows, cols], bad[rows, cols],
-                                               config.max_width)
+    nx = image.shape[1]
+    for start, stop in _column_blocks(bad.any(axis=0)):
+        c0, c1 = max(start - 1, 0), min(stop + 1, nx)
+        rows = np.nonzero(bad[:, start:stop].any(axis=1))[0]
+        r0, r1 = rows[0], rows[-1] + 1
+        block = bad[r0:r1, start:stop]
+        if stop - start > config.max_width and block.all():
+            continue  # e.g. a dead amplifier: nothing to interpolate from
+        filled[r0:r1, c0:c1] |= interpolate_rows(image[r0:r1, c0:c1], bad[r0:r1, c0:c1],
+                                                 config.max_width)
     rest = bad & ~filled
     if rest.any():
         good = ~bad[::4, ::4]

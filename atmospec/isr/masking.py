@@ -9,16 +9,18 @@ from scipy import ndimage
 def grow_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     """Dilate a boolean mask by ``radius`` pixels (square footprint).
 
-    Only the bounding boxes of the masked regions are dilated, so a sparse mask on a
-    4k×4k frame costs milliseconds.
+    A sparse mask (saturated stars on a 4k×4k frame) is grown by offsetting the coordinates
+    of its pixels, which costs microseconds per pixel instead of a full-frame filter.
     """
     if radius <= 0 or not mask.any():
         return mask.copy()
-    labels, _ = ndimage.label(mask)
+    ys, xs = np.nonzero(mask)
+    if ys.size * (2 * radius + 1) ** 2 > mask.size // 4:
+        return ndimage.binary_dilation(mask, np.ones((2 * radius + 1,) * 2, bool))
     out = mask.copy()
     ny, nx = mask.shape
-    for sl in ndimage.find_objects(labels):
-        y0, y1 = max(sl[0].start - radius, 0), min(sl[0].stop + radius, ny)
-        x0, x1 = max(sl[1].start - radius, 0), min(sl[1].stop + radius, nx)
-        out[y0:y1, x0:x1] |= ndimage.maximum_filter(mask[y0:y1, x0:x1], size=2 * radius + 1)
+    for dy in range(-radius, radius + 1):
+        yy = np.clip(ys + dy, 0, ny - 1)
+        for dx in range(-radius, radius + 1):
+            out[yy, np.clip(xs + dx, 0, nx - 1)] = True
     return out
