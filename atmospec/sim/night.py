@@ -23,6 +23,7 @@ import astropy.units as u
 import numpy as np
 from astropy.table import Table
 from astropy.time import Time
+from tqdm import tqdm
 
 from atmospec.camera.description import load_camera
 from atmospec.camera.translator import kasten_young_airmass
@@ -416,7 +417,8 @@ def simulate_night(out_dir: str | Path, config: NightConfig | None = None) -> li
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for p in night_plan(config):
+    # disable=None: a bar on a terminal, silence in logs and CI.
+    for p in tqdm(night_plan(config), desc="simulating", unit="frame", disable=None):
         segments, truth, cards = simulate_exposure(p.kind, config, p.seq)
         raw = write_raw(out / f"{p.obs_id}.fits", segments, cards, compress=config.compress)
         write_text_atomic(json.dumps(truth.to_json(), indent=1) + "\n",
