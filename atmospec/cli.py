@@ -40,6 +40,9 @@ def _add_isr(sub: argparse._SubParsersAction) -> None:
                    "variance,dark,flat,defects,interpolate,cosmic_rays,edge")
     for kind in ("bias", "dark", "flat", "defects", "ptc", "linearizer", "crosstalk"):
         p.add_argument(f"--{kind}", help=f"{kind} product file")
+    p.add_argument("--calibs", metavar="REPO",
+                   help="calibration repository: products chosen per exposure by date and "
+                   "filter (explicit product options take precedence)")
     p.add_argument("--overscan", choices=("median_per_row", "poly", "spline"),
                    default="median_per_row", help="serial overscan model")
     p.add_argument("--plots", action="store_true",
@@ -69,6 +72,62 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _add_calib(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calib", help="calibration products: build, verify, register")
+    csub = p.add_subparsers(dest="calib_command", required=True, parser_class=_Parser)
+    r = csub.add_parser("register", help="store a product in a calibration repository")
+    r.add_argument("product", help="product file (bias/dark/flat/defects/ptc/...)")
+    r.add_argument("--repo", required=True, help="calibration repository directory")
+    r.add_argument("--valid-from", help="start of validity (default: the product's CALIBDATE)")
+    r.add_argument("--valid-to", help="end of validity, exclusive (default: open)")
+    r.add_argument("--certify", action="store_true", help="make it the default of its kind")
+    r.set_defaults(func=_cmd_calib_register)
+    ls = csub.add_parser("list", help="list the products of a repository")
+    ls.add_argument("--repo", required=True)
+    ls.add_argument("--kind", help="only this kind")
+    ls.set_defaults(func=_cmd_calib_list)
+    c = csub.add_parser("certify", help="make a registered product the default of its kind")
+    c.add_argument("id", type=int, help="product id (see calib list)")
+    c.add_argument("--repo", required=True)
+    c.set_defaults(func=_cmd_calib_certify)
+
+
+def _cmd_calib_register(args: argparse.Namespace) -> int:
+    from atmospec.cpp.registry import CalibrationRegistry
+
+    rec = CalibrationRegistry(args.repo).register(
+        args.product, valid_from=args.valid_from, valid_to=args.valid_to, certify=args.certify)
+    print(f"registered {args.product} as #{rec.id} ({rec.kind}"
+          f"{', ' + rec.physical_filter if rec.physical_filter else ''}, valid from "
+          f"{rec.valid_from}{', certified' if rec.certified else ''})")
+    return EXIT_OK
+
+
+def _cmd_calib_list(args: argparse.Namespace) -> int:
+    from atmospec.cpp.registry import KINDS, CalibrationRegistry
+
+    if args.kind and args.kind not in KINDS:
+        raise _UsageError(f"atmospec calib list: unknown kind {args.kind!r} "
+                          f"(known: {', '.join(KINDS)})")
+    records = CalibrationRegistry(args.repo, create=False).list(args.kind)
+    print(f"{'id':>4} {'kind':<10} {'filter':<24} {'valid from':<23} {'valid to':<23} "
+          f"{'cert':<4} {'verify':<6} file")
+    for r in records:
+        verdict = {True: "pass", False: "FAIL", None: "-"}[r.verification_passed]
+        print(f"{r.id:>4} {r.kind:<10} {r.physical_filter or '-':<24} {r.valid_from:<23} "
+              f"{r.valid_to or '-':<23} {'yes' if r.certified else '':<4} {verdict:<6} "
+              f"{r.path}")
+    return EXIT_OK
+
+
+def _cmd_calib_certify(args: argparse.Namespace) -> int:
+    from atmospec.cpp.registry import CalibrationRegistry
+
+    rec = CalibrationRegistry(args.repo, create=False).certify(args.id)
+    print(f"#{rec.id} ({rec.kind}) is now the certified default")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``atmospec`` argument parser."""
     parser = _Parser(prog="atmospec", description=__doc__.splitlines()[0])
@@ -77,24 +136,52 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_isr(sub)
+    _add_calib(sub)
     _add_simulate(sub)
     _add_demo(sub)
     return parser
 
 
-def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool) -> int:
-    """Process raw files one by one; a bad file is reported and skipped."""
-    from atmospec.camera.description import load_camera
+def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
+               repo: str | None = None) -> int:
+    """Process raw files one by one; a bad file is reported and skipped.
+
+    Products are loaded once per distinct set of files (with ``repo``, the set chosen for
+    each exposure by the registry: a night usually needs one or two sets).
+    """
+    from dataclasses import fields, replace
+
+    from atmospec.camera.raw import read_raw
+    from atmospec.isr.driver import StepConfigError
     from atmospec.isr.runner import load_calibrations, process_raw
 
-    calibs = load_calibrations(files, load_camera("latiss"))
+    registry = None
+    if repo:
+        from atmospec.cpp.registry import CalibrationRegistry
+
+        registry = CalibrationRegistry(repo, create=False)
+    loaded: dict = {}
     status = EXIT_OK
     for path in raws:
         t0 = time.perf_counter()
         try:
-            outputs = process_raw(path, out, config, calibs, files, plots=plots)
+            raw = read_raw(path)
+            chosen = files
+            if registry is not None:
+                picked = registry.select_all(raw.info)
+                # Products given on the command line win over the registry's choice.
+                chosen = replace(picked, **{f.name: getattr(files, f.name)
+                                            for f in fields(files) if getattr(files, f.name)})
+            key = (raw.camera.name, chosen)
+            if key not in loaded:
+                loaded[key] = load_calibrations(chosen, raw.camera)
+            outputs = process_raw(raw, out, config, loaded[key], chosen, plots=plots)
         except BadInputError as exc:
             print(f"atmospec: {exc}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
+            continue
+        except StepConfigError as exc:  # a step needs a product this exposure has not got
+            print(f"atmospec: {path}: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
             continue
         except Exception as exc:  # one failed exposure never stops the others
@@ -116,20 +203,22 @@ def _isr_config(steps: str | None, overscan: str):
 
 
 def _cmd_isr(args: argparse.Namespace) -> int:
-    from atmospec.isr.driver import resolve_steps
+    from atmospec.isr.driver import StepConfigError, resolve_steps
     from atmospec.isr.runner import CalibrationFiles
 
     files = CalibrationFiles(bias=args.bias, dark=args.dark, flat=args.flat,
                              defects=args.defects, ptc=args.ptc, linearizer=args.linearizer,
                              crosstalk=args.crosstalk)
     config = _isr_config(args.steps, args.overscan)
-    # Check the step list against the given products before touching any file.
-    available = {k for k, v in vars(files).items() if v} | {"crosstalk", "defects"}
-    try:
-        resolve_steps(config.steps, available)
-    except ValueError as exc:
-        raise _UsageError(f"atmospec isr: {exc}") from None
-    return _isr_files(args.raw, args.out, config, files, args.plots)
+    if not args.calibs:
+        # Check the step list against the given products before touching any file (with a
+        # repository the products are known per exposure only).
+        available = {k for k, v in vars(files).items() if v} | {"crosstalk", "defects"}
+        try:
+            resolve_steps(config.steps, available)
+        except StepConfigError as exc:
+            raise _UsageError(f"atmospec isr: {exc}") from None
+    return _isr_files(args.raw, args.out, config, files, args.plots, repo=args.calibs)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

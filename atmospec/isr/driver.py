@@ -52,6 +52,10 @@ STEPS: tuple[str, ...] = (
 )
 """Every ISR step, in the order they are applied."""
 
+class StepConfigError(ValueError):
+    """The requested ISR steps cannot run with the products at hand."""
+
+
 _NEEDS_PRODUCT = {"bias": "bias", "dark": "dark", "flat": "flat", "linearity": "linearizer"}
 _NEEDS_ELECTRONS = ("bias", "dark", "flat")
 
@@ -164,16 +168,16 @@ def resolve_steps(steps: tuple[str, ...] | None, available: set[str]) -> tuple[s
         return tuple(s for s in STEPS if s not in needs or needs[s] in available)
     unknown = set(steps) - set(STEPS)
     if unknown:
-        raise ValueError(f"unknown ISR step(s): {', '.join(sorted(unknown))}; "
+        raise StepConfigError(f"unknown ISR step(s): {', '.join(sorted(unknown))}; "
                          f"known: {', '.join(STEPS)}")
     chosen = tuple(s for s in STEPS if s in steps or s == "assemble")
     for step in chosen:
         if step in needs and needs[step] not in available:
-            raise ValueError(f"step {step!r} needs a {needs[step]} product")
+            raise StepConfigError(f"step {step!r} needs a {needs[step]} product")
     if "saturation" in chosen and "overscan" not in chosen:
-        raise ValueError("step 'saturation' needs 'overscan' (levels are above the bias)")
+        raise StepConfigError("step 'saturation' needs 'overscan' (levels are above the bias)")
     if "gain" not in chosen and any(s in chosen for s in _NEEDS_ELECTRONS):
-        raise ValueError("bias, dark and flat products are in electrons: add step 'gain'")
+        raise StepConfigError("bias, dark and flat products are in electrons: add step 'gain'")
     return chosen
 
 
@@ -211,7 +215,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
 
     Raises
     ------
-    ValueError
+    StepConfigError
         If the requested steps are impossible (missing product, wrong order of units).
     BadInputError
         If the frame lacks what a step needs (e.g. a dark time).

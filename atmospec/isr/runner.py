@@ -95,15 +95,15 @@ def stats_document(raw: RawFrame, result: IsrResult) -> dict:
     }
 
 
-def process_raw(path: str | Path, out_dir: str | Path, config: IsrConfig,
+def process_raw(path: str | Path | RawFrame, out_dir: str | Path, config: IsrConfig,
                 calibs: IsrCalibrations, files: CalibrationFiles | None = None,
                 plots: bool = False) -> dict[str, Path]:
     """ISR one raw file and write its outputs.
 
     Parameters
     ----------
-    path : path
-        Raw LATISS file.
+    path : path or RawFrame
+        Raw LATISS file (or the frame already read from it).
     out_dir : path
         Output directory (created if needed).
     config : IsrConfig
@@ -121,10 +121,10 @@ def process_raw(path: str | Path, out_dir: str | Path, config: IsrConfig,
         ``postisr``, ``stats`` (and ``overscan_plot``, ``image_plot``) paths.
     """
     out_dir = Path(out_dir)
-    raw = read_raw(path)
+    raw = path if isinstance(path, RawFrame) else read_raw(path)
     result = run_isr(raw, config, calibs)
     obs_id = raw.info.obs_id
-    inputs = [raw.path] + [p for p in (files.__dict__.values() if files else []) if p]
+    inputs = [raw.path] + [p for p in (vars(files).values() if files else []) if p]
     out = {
         "postisr": result.exposure.write(
             out_dir / f"{obs_id}_postisr.fits",

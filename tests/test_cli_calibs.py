@@ -1,0 +1,56 @@
+"""ISR with products chosen from a calibration repository (atmospec calib register / isr --calibs)."""
+
+from __future__ import annotations
+
+import numpy as np
+from astropy.io import fits
+
+from atmospec.cli import main
+from atmospec.exposure import Exposure
+
+
+def _bias(path, level, calibdate):
+    hdr = fits.Header({"OBSTYPE": "bias", "INSTRUME": "LATISS", "CALIBDATE": calibdate})
+    return Exposure.from_image(np.full((4000, 4072), level, np.float32), hdr).write(path)
+
+
+def test_isr_picks_bias_by_date(tmp_path, template_raw, capsys):
+    repo = tmp_path / "repo"
+    old = _bias(tmp_path / "bias_old.fits", 5.0, "2018-01-01")
+    new = _bias(tmp_path / "bias_new.fits", 50.0, "2019-01-01")  # after the exposure
+    for product in (old, new):
+        assert main(["calib", "register", str(product), "--repo", str(repo)]) == 0
+    assert main(["calib", "list", "--repo", str(repo), "--kind", "bias"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("bias") >= 2
+
+    steps = "overscan,gain,assemble,bias"
+    assert main(["isr", str(template_raw), "--out", str(tmp_path / "a"), "--steps",
+                 "overscan,gain,assemble"]) == 0
+    assert main(["isr", str(template_raw), "--out", str(tmp_path / "b"), "--steps", steps,
+                 "--calibs", str(repo)]) == 0
+    plain = Exposure.read(tmp_path / "a" / "AT_C_20180920_000065_postisr.fits")
+    with_bias = Exposure.read(tmp_path / "b" / "AT_C_20180920_000065_postisr.fits")
+    # The exposure is of 2018-09-21: the 2018-01-01 bias (5 e-) applies, not the 2019 one.
+    assert np.median(plain.image - with_bias.image) == np.float32(5.0)
+    assert "bias" in with_bias.metadata["HIERARCH ATM CALIB BIAS"]
+
+
+def test_missing_product_in_repo_is_reported(tmp_path, template_raw, capsys):
+    repo = tmp_path / "repo"
+    _bias(tmp_path / "b.fits", 1.0, "2018-01-01")
+    assert main(["calib", "register", str(tmp_path / "b.fits"), "--repo", str(repo)]) == 0
+    capsys.readouterr()
+    status = main(["isr", str(template_raw), "--out", str(tmp_path / "o"), "--steps",
+                   "overscan,gain,flat", "--calibs", str(repo)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert "AT_C_20180920_000065" in err or "raw" in err
+    assert "flat" in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_repo(tmp_path, template_raw, capsys):
+    status = main(["isr", str(template_raw), "--out", str(tmp_path / "o"), "--calibs",
+                   str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert status == 2 and "nowhere" in err and len(err.strip().splitlines()) == 1

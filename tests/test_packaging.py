@@ -1,0 +1,38 @@
+"""Packaging: every subpackage is installed, data files ship, the console script exists."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_subpackage_is_listed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("atmospec", "spectractor_bridge")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
+    assert "atmospec.data" in listed and config["package-dir"]["atmospec.data"] == "data"
+
+
+def test_data_files_are_packaged():
+    from importlib import resources
+
+    data = resources.files("atmospec.data")
+    for name in ("latiss_camera.yaml", "latiss_crosstalk.ecsv", "latiss_defects.ecsv",
+                 "latiss_raw_template.fits.gz", "latiss_sensor_qe.ecsv", "ATTRIBUTION.md"):
+        assert (data / name).is_file(), name
+
+
+def test_python_m_atmospec():
+    out = subprocess.run([sys.executable, "-m", "atmospec", "--version"], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0
+    assert out.stdout.startswith("atmospec ")
