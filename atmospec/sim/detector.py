@@ -327,10 +327,18 @@ def _fill(q: np.ndarray, amount: float, fw: float) -> None:
     """Fill ``q`` (a view, in order of distance from the source) up to ``fw`` with charge."""
     if q.size == 0 or amount <= 0.0:
         return
-    room = np.clip(fw - q, 0.0, None)
-    cum = np.cumsum(room)
+    # Look only as far as needed: most runs are absorbed by their first neighbours, and a
+    # cumulative sum over the whole rest of the column for every run is quadratic.
+    n = 16
+    while True:
+        window = q[:n]
+        room = np.clip(fw - window, 0.0, None)
+        cum = np.cumsum(room)
+        if cum[-1] >= amount or n >= q.size:
+            break
+        n *= 4
     k = int(np.searchsorted(cum, amount))
-    if k >= q.size:  # more charge than room: the rest leaves the array
+    if k >= window.size:  # more charge than room: the rest leaves the array
         q[:] = np.maximum(q, fw)
         return
     q[:k] = np.maximum(q[:k], fw)
