@@ -1,4 +1,4 @@
-"""ISR with products chosen from a calibration repository (atmospec calib register / isr --calibs)."""
+"""ISR with products chosen from a calibration repository (calib register, isr --calibs)."""
 
 from __future__ import annotations
 
