@@ -365,31 +365,72 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """Simulate a small night, build and register its calibrations, ISR its science frames."""
     import json
 
     from astropy.io import fits
 
+    from atmospec.camera.translator import translate_header
+    from atmospec.cpp import masters
+    from atmospec.cpp.ptc import build_ptc
+    from atmospec.cpp.registry import CalibrationRegistry
+    from atmospec.isr.runner import CalibrationFiles
     from atmospec.plots.isr import format_amp_stats
     from atmospec.sim.night import NightConfig, simulate_night
+    from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
 
     out = Path(args.out)
-    raw_dir, post_dir = out / "raw", out / "postisr"
-    config = NightConfig(day_obs=20261123, seed=args.seed, n_bias=2, n_dark=1, n_flat=1,
+    raw_dir, calib_dir, post_dir = out / "raw", out / "calib", out / "postisr"
+    config = NightConfig(day_obs=20261123, seed=args.seed, n_bias=3, n_dark=3, n_flat=3,
                          n_science=3)
     raws = sorted(raw_dir.glob("AT_*.fits")) if raw_dir.is_dir() else []
     if not raws:
-        print(f"simulating a small LATISS night in {raw_dir} ...")
+        print(f"1/4 simulating a small LATISS night in {raw_dir} ...")
         raws = simulate_night(raw_dir, config)
     else:
-        print(f"using the {len(raws)} raw files already in {raw_dir}")
-    from atmospec.camera.translator import translate_header
-    from atmospec.isr.runner import CalibrationFiles
+        print(f"1/4 using the {len(raws)} raw files already in {raw_dir}")
+    pair_dir = raw_dir / "flat_pairs"
+    pairs = sorted(pair_dir.glob("AT_*.fits")) if pair_dir.is_dir() else []
+    if not pairs:
+        print(f"    and 6 flat pairs for a photon-transfer curve in {pair_dir} ...")
+        pairs = write_flat_pairs(pair_dir, PtcSequenceConfig(
+            n_log_levels=5, n_dense_levels=1, min_level_e=1000.0, dense_from_e=115_000.0,
+            max_level_e=115_000.0, day_obs=20261123, first_seq=200,
+            start="2026-11-23T19:00:00.000", seed=args.seed, detector=config.detector))
+    by_type: dict[str, list[Path]] = {}
+    for p in raws:
+        info = translate_header(fits.getheader(p), str(p))
+        by_type.setdefault(info.image_type, []).append(p)
 
-    science = [p for p in raws
-               if translate_header(fits.getheader(p), str(p)).image_type == "science"]
-    print(f"running ISR on the {len(science)} science frames -> {post_dir}")
+    print(f"2/4 building and verifying calibration products in {calib_dir} ...")
+    products = {"ptc": calib_dir / "ptc.fits", "bias": calib_dir / "bias.fits",
+                "dark": calib_dir / "dark.fits", "flat": calib_dir / "flat_SDSSr_65mm.fits"}
+    ptc = str(products["ptc"])
+    if not products["ptc"].exists():
+        build_ptc(pairs, products["ptc"])
+    if not products["bias"].exists():
+        masters.build_bias(by_type["bias"], products["bias"], masters.MasterConfig(ptc=ptc))
+    if not products["dark"].exists():
+        masters.build_dark(by_type["dark"], products["dark"], products["bias"],
+                           masters.DarkConfig(ptc=ptc))
+    if not products["flat"].exists():
+        masters.build_flat(by_type["flat"], products["flat"], products["bias"],
+                           products["dark"], masters.FlatConfig(ptc=ptc))
+    for product in products.values():
+        _print_verification(product)
+
+    repo = out / "repo"
+    registry = CalibrationRegistry(repo)
+    if not registry.list():  # a re-run reuses what the first run registered
+        for product in products.values():
+            registry.register(product, certify=True)
+    print(f"3/4 products registered in {repo} (atmospec calib list --repo {repo})")
+
+    science = by_type.get("science", [])
+    print(f"4/4 running ISR on the {len(science)} science frames -> {post_dir}")
     status = _isr_files([str(p) for p in science], str(post_dir),
-                        _isr_config(None, "median_per_row"), CalibrationFiles(), plots=True)
+                        _isr_config(None, "median_per_row"), CalibrationFiles(), plots=True,
+                        repo=str(repo))
     stats = sorted(post_dir.glob("*_isrstats.json"))
     if stats:
         doc = json.loads(stats[-1].read_text())
