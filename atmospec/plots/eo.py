@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from atmospec.cpp.eo import reference_limits
-from atmospec.io import atomic_path
+from atmospec.plots.common import save_png
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +130,4 @@ def plot_eo_summary(table: Table, path: str | os.PathLike[str]) -> Path:
     source = table.meta.get("GAIN_SOURCE", "")
     fig.suptitle(f"{instrument} electro-optical figures per amplifier (gains: {source}); "
                  "red dashed: reference values, circled: beyond them", fontsize=11)
-    path = Path(path)
-    FigureCanvasAgg(fig)  # the Agg canvas, attached explicitly: no pyplot, no global backend
-    with atomic_path(path) as tmp:
-        # The temporary name ends in .tmp: the format must be given.
-        fig.savefig(tmp, format="png", dpi=DPI)
-    log.info("wrote %s", path)
-    return path
+    return save_png(fig, path, DPI)

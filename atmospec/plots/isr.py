@@ -21,14 +21,14 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 from astropy.visualization import ZScaleInterval
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from atmospec.camera.description import Camera, load_camera
 from atmospec.exposure import Exposure
-from atmospec.io import atomic_path, write_text_atomic
+from atmospec.io import write_text_atomic
+from atmospec.plots.common import save_png
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +87,6 @@ _UNIT_LABELS = {"electron": "e⁻", "adu": "ADU"}
 
 
 # --------------------------------------------------------------------------------- helpers
-
-
-def _save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render ``fig`` to ``path`` atomically as PNG."""
-    path = Path(path)
-    FigureCanvasAgg(fig)  # attach the Agg canvas explicitly: no pyplot, no global backend
-    with atomic_path(path) as tmp:
-        # The temporary name ends in .tmp, so the format cannot be guessed from it.
-        fig.savefig(tmp, format="png", dpi=DPI)
-    log.info("wrote %s", path)
-    return path
 
 
 def _unit_label(unit: str) -> str:
@@ -223,7 +212,7 @@ def plot_overscan_profiles(
 
     obs_id = stats.get("obs_id", "unknown exposure")
     fig.suptitle(f"{obs_id}: serial overscan level per row, minus its median")
-    return _save_png(fig, path)
+    return save_png(fig, path, DPI)
 
 
 def _overscan_panel(ax: Any, name: str, entry: Mapping[str, Any] | None) -> None:
@@ -360,7 +349,7 @@ def plot_postisr(
     ax.set_ylabel("y (pixel)")
     # Left-aligned so a long title over a narrow image runs into the free top margin.
     ax.set_title(_postisr_title(exposure, factor), fontsize=10, loc="left")
-    return _save_png(fig, path)
+    return save_png(fig, path, DPI)
 
 
 def _postisr_title(exposure: Exposure, factor: int) -> str:

@@ -16,12 +16,11 @@ import numpy as np
 from astropy.table import Table
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from atmospec.cpp.linearity import apply_correction
 from atmospec.cpp.ptc import astier_model
-from atmospec.io import atomic_path
+from atmospec.plots.common import save_png
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +31,6 @@ DPI = 100
 
 #: Residuals beyond this (per cent) are drawn at the edge of the residual panel.
 _RESID_CLIP_PCT = 5.0
-
-
-def _save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render ``fig`` to ``path`` atomically as PNG."""
-    path = Path(path)
-    FigureCanvasAgg(fig)  # attach the Agg canvas explicitly: no pyplot, no global backend
-    with atomic_path(path) as tmp:
-        # The temporary name ends in .tmp, so the format cannot be guessed from it.
-        fig.savefig(tmp, format="png", dpi=DPI)
-    log.info("wrote %s", path)
-    return path
 
 
 def _table(table: Table | str | os.PathLike[str]) -> Table:
@@ -154,7 +142,7 @@ def plot_ptc(ptc_table: Table | str | os.PathLike[str], path: str | os.PathLike[
         lo, hi = np.nanmin(used_ratio), np.nanmax(used_ratio)
         pad = 0.3 * (hi - lo) + 0.02 * hi
         ax_ratio.set_ylim(lo - pad, hi + pad)
-    return _save_png(fig, path)
+    return save_png(fig, path, DPI)
 
 
 def plot_linearity(ptc_table: Table | str | os.PathLike[str],
@@ -232,4 +220,4 @@ def plot_linearity(ptc_table: Table | str | os.PathLike[str],
     ax_corr.set_xlabel("mean signal [ADU]")
     for ax in (ax_before, ax_after, ax_corr):
         ax.grid(True, which="both", alpha=0.3)
-    return _save_png(fig, path)
+    return save_png(fig, path, DPI)

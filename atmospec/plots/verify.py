@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from atmospec.io import atomic_path
+from atmospec.plots.common import save_png
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,7 @@ def plot_verification(report: Mapping[str, Any], path: str | os.PathLike[str]) -
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.5 / height, top=1 - 1.0 / height,
                         hspace=0.55)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        # The temporary name ends in .tmp, so the format cannot be guessed from it.
-        fig.savefig(tmp, format="png", dpi=DPI)
-    log.info("wrote %s", path)
-    return path
+    return save_png(fig, path, DPI)
 
 
 def _rows(report: Mapping[str, Any]) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
