@@ -52,7 +52,9 @@ def _add_isr(sub: argparse._SubParsersAction) -> None:
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="write realistic simulated LATISS raw frames")
-    p.add_argument("what", choices=("night",), help="what to simulate")
+    p.add_argument("what", choices=("night", "flat-pairs"),
+                   help="night: biases, darks, flats, star fields; flat-pairs: two flats "
+                   "per level from 100 e- to beyond full well, for a PTC")
     p.add_argument("--out", required=True, help="output directory for the raw files")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--day-obs", type=int, default=20261123, help="YYYYMMDD of the night")
@@ -60,6 +62,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-dark", type=int, default=3)
     p.add_argument("--n-flat", type=int, default=3, help="flats per filter")
     p.add_argument("--n-science", type=int, default=4)
+    p.add_argument("--n-pairs", type=int, default=25,
+                   help="flat-pairs: number of levels (pairs), default 25")
     p.add_argument("--no-compress", action="store_true",
                    help="write uncompressed FITS (default: lossless RICE tiles)")
     p.set_defaults(func=_cmd_simulate)
@@ -356,12 +360,34 @@ def _cmd_isr(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from atmospec.sim.night import NightConfig, simulate_night
 
+    if args.what == "flat-pairs":
+        from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
+
+        dense = PtcSequenceConfig().n_dense_levels
+        if args.n_pairs < dense + 2:
+            raise _UsageError(f"atmospec simulate flat-pairs: --n-pairs must be at least "
+                              f"{dense + 2}")
+        # The default linear grid above 80 ke- steps over the last few per cent below full
+        # well (slow to simulate, and where the turnoff is found anyway); the extra pairs
+        # go to the log-spaced low levels.
+        seq_config = PtcSequenceConfig(n_log_levels=args.n_pairs - dense, day_obs=args.day_obs,
+                                       start=_day_start_iso(args.day_obs), seed=args.seed)
+        paths = write_flat_pairs(args.out, seq_config, compress=not args.no_compress)
+        print(f"wrote {len(paths)} raw flats ({len(paths) // 2} pairs) to {args.out}")
+        return EXIT_OK
+
     config = NightConfig(day_obs=args.day_obs, seed=args.seed, n_bias=args.n_bias,
                          n_dark=args.n_dark, n_flat=args.n_flat, n_science=args.n_science,
                          compress=not args.no_compress)
     paths = simulate_night(args.out, config)
     print(f"wrote {len(paths)} raw files to {args.out}")
     return EXIT_OK
+
+
+def _day_start_iso(day_obs: int) -> str:
+    """ISO time of 19:00 UTC on ``day_obs`` (an afternoon calibration slot)."""
+    d = str(day_obs)
+    return f"{d[:4]}-{d[4:6]}-{d[6:]}T19:00:00.000"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -396,7 +422,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         pairs = write_flat_pairs(pair_dir, PtcSequenceConfig(
             n_log_levels=5, n_dense_levels=1, min_level_e=1000.0, dense_from_e=115_000.0,
             max_level_e=115_000.0, day_obs=20261123, first_seq=200,
-            start="2026-11-23T19:00:00.000", seed=args.seed, detector=config.detector))
+            start=_day_start_iso(20261123), seed=args.seed, detector=config.detector))
     by_type: dict[str, list[Path]] = {}
     for p in raws:
         info = translate_header(fits.getheader(p), str(p))
