@@ -54,3 +54,14 @@ def test_unknown_repo(tmp_path, template_raw, capsys):
                    str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     assert status == 2 and "nowhere" in err and len(err.strip().splitlines()) == 1
+
+
+def test_calib_usage_errors(tmp_path, capsys):
+    assert main(["calib", "defects", "--out", str(tmp_path / "d.ecsv")]) == 2
+    assert "give --dark and/or --flat" in capsys.readouterr().err
+    assert main(["simulate", "flat-pairs", "--out", str(tmp_path), "--n-pairs", "3"]) == 2
+    assert "at least" in capsys.readouterr().err
+    assert main(["calib", "list", "--repo", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "none" in err and len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # nothing written by refused commands
