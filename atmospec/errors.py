@@ -20,3 +20,10 @@ class BadInputError(Exception):
 
 class ProcessingError(Exception):
     """A valid input on which an algorithm failed (CLI exits 1)."""
+
+
+def short_error(exc: BaseException) -> str:
+    """First line of an exception's message (its type name if empty), at most 160 chars:
+    for one-line error reports of third-party failures."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]

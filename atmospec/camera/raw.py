@@ -16,7 +16,7 @@ from astropy.io import fits
 
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.translator import ObservationInfo, translate_header
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, short_error
 
 
 @dataclass
@@ -91,7 +91,7 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
     except BadInputError:
         raise
     except Exception as exc:  # astropy raises many types for damaged files
-        raise BadInputError(path, f"not a readable FITS file ({_short(exc)})") from None
+        raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
     bad = ~np.isfinite(segments)
     if bad.any():
         amps = sorted({camera.amplifiers[i].extname for i in np.nonzero(bad.any(axis=(1, 2)))[0]})
@@ -100,6 +100,6 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
     return RawFrame(path, header, amp_headers, segments, info, camera)
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+def as_raw(item: RawFrame | str | Path, camera: Camera | None = None) -> RawFrame:
+    """``item`` if it is already a `RawFrame`, else the frame read from that file."""
+    return item if isinstance(item, RawFrame) else read_raw(item, camera)

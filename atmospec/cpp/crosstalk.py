@@ -42,10 +42,11 @@ from astropy.table import Table
 from scipy import ndimage
 
 from atmospec.camera.description import Camera, load_camera
-from atmospec.camera.raw import RawFrame, read_raw
+from atmospec.camera.raw import RawFrame, as_raw
 from atmospec.io import write_text_atomic
 from atmospec.isr.crosstalk import CrosstalkMatrix, load_crosstalk
-from atmospec.isr.overscan import OverscanConfig, robust_sigma, subtract_overscan
+from atmospec.isr.overscan import OverscanConfig, subtract_overscan
+from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,6 @@ class CrosstalkMeasurement:
     def matrix(self) -> CrosstalkMatrix:
         """As the matrix type used by ISR."""
         return CrosstalkMatrix(self.coeffs.copy(), self.units)
-
-
-def _as_raw(item: RawFrame | str | Path, camera: Camera) -> RawFrame:
-    return item if isinstance(item, RawFrame) else read_raw(item, camera)
 
 
 def _fill_empty_blocks(grid: np.ndarray, fallback: np.ndarray, max_iter: int = 50) -> np.ndarray:
@@ -353,7 +350,7 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
     n = camera.n_amps
     pooled: dict[tuple[int, int], list[np.ndarray]] = {}
     for item in raws:
-        for pair, r in crosstalk_ratios(_as_raw(item, camera), config).items():
+        for pair, r in crosstalk_ratios(as_raw(item, camera), config).items():
             pooled.setdefault(pair, []).append(r)
     coeffs = np.zeros((n, n))
     errors = np.full((n, n), np.nan)

@@ -44,7 +44,7 @@ from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards, write_text_atomic
 from atmospec.isr.calibs import load_calibration
-from atmospec.isr.overscan import robust_sigma
+from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from atmospec.camera.description import Camera, load_camera
-from atmospec.camera.raw import RawFrame, read_raw
+from atmospec.camera.raw import RawFrame, as_raw
 from atmospec.cpp.defects import DefectMaps, FindDefectsConfig, detect_defects
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
@@ -132,10 +132,6 @@ class EoConfig:
     """Signal range (e⁻) of the PTC ramp points in the linearity fit (capped at the turnoff)."""
     defects: FindDefectsConfig = field(default_factory=FindDefectsConfig)
     """Defect finding on the masters (bright and dark pixel counts)."""
-
-
-def _as_raw(item: RawFrame | str | Path, camera: Camera) -> RawFrame:
-    return item if isinstance(item, RawFrame) else read_raw(item, camera)
 
 
 def read_noise_adu(raw: RawFrame, config: EoConfig | None = None) -> np.ndarray:
@@ -361,11 +357,11 @@ def eo_figures(
         full_well = np.full(n, np.nan)
         linearity = np.full(n, np.nan)
 
-    noise_var = [read_noise_adu(_as_raw(r, camera), config) ** 2 for r in bias_raws]
+    noise_var = [read_noise_adu(as_raw(r, camera), config) ** 2 for r in bias_raws]
     read_noise = (np.sqrt(np.mean(noise_var, axis=0)) * gains.gain if noise_var
                   else np.full(n, np.nan))
 
-    cti = [eper_cti(_as_raw(r, camera), config) for r in flat_raws]
+    cti = [eper_cti(as_raw(r, camera), config) for r in flat_raws]
     if cti:
         cti_serial = np.nanmean([c[0] for c in cti], axis=0)
         cti_parallel = np.nanmean([c[1] for c in cti], axis=0)

@@ -39,7 +39,7 @@ from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import read_raw
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.cpp.combine import CombineConfig, combine_stack, input_median
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, short_error
 from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards
 from atmospec.isr.calibs import load_calibration
@@ -296,7 +296,7 @@ def _check_inputs(kind: str, raws: Sequence[str | Path], config: MasterConfig,
             issues.append((path, "no such file"))
             continue
         except Exception as exc:  # astropy raises many types for damaged files
-            issues.append((path, f"not a readable FITS file ({_short(exc)})"))
+            issues.append((path, f"not a readable FITS file ({short_error(exc)})"))
             continue
         try:
             info = translate_header(header, filename=str(path))
@@ -340,11 +340,6 @@ def _handle_issues(issues: list[tuple[Path, str]], skip_bad: bool) -> None:
         raise BadInputError(path, problem)
     for path, problem in issues:
         log.warning("skipping %s: %s", path, problem)
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
 
 
 def _require_count(kind: str, usable: Sequence[_Input], issues: list[tuple[Path, str]],

@@ -51,6 +51,7 @@ from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import nominal_gains
 from atmospec.isr.overscan import OverscanConfig
+from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def _clipped_mean_var(x: np.ndarray, n_sigma: float, n_iter: int
     sub = np.ascontiguousarray(x[:, ::_SUBSAMPLE], dtype=np.float64)
     centre = np.median(sub, axis=1)
     # Integer-valued, nearly noiseless data can have a MAD of 0: floor the first σ.
-    sigma = np.maximum(1.4826 * np.median(np.abs(sub - centre[:, None]), axis=1), 0.5)
+    sigma = np.maximum(robust_sigma(sub, axis=1), 0.5)
     for _ in range(n_iter):
         keep = np.abs(sub - centre[:, None]) <= n_sigma * sigma[:, None]
         n = np.maximum(keep.sum(axis=1), 2)

@@ -65,6 +65,7 @@ from atmospec.camera.description import Camera, load_camera
 from atmospec.cpp.report import TestResult, VerificationReport
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def _clipped_stats(values: np.ndarray, config: VerifyConfig) -> tuple[float, flo
         return float("nan"), float("nan")
     start = v[::4] if v.size >= 400 else v
     center = float(np.median(start))
-    sigma = 1.4826 * float(np.median(np.abs(start - center)))
+    sigma = float(robust_sigma(start))
     for _ in range(config.clip_iter):
         if not sigma > 0:
             break

@@ -35,14 +35,10 @@ from atmospec.isr.gain import AmpGains
 from atmospec.isr.interpolate import InterpolationConfig, fill_masked
 from atmospec.isr.linearity import Linearizer
 from atmospec.isr.masking import grow_mask
-from atmospec.isr.overscan import (
-    OverscanConfig,
-    overscan_noise,
-    robust_sigma,
-    subtract_overscan,
-)
+from atmospec.isr.overscan import OverscanConfig, overscan_noise, subtract_overscan
 from atmospec.isr.saturation import SaturationConfig, saturation_masks
 from atmospec.isr.variance import variance_plane
+from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
 

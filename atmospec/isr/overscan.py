@@ -14,6 +14,7 @@ import numpy as np
 from scipy.interpolate import make_lsq_spline
 
 from atmospec.camera.description import Camera
+from atmospec.stats import robust_sigma
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,6 @@ def median_last_axis(x: np.ndarray) -> np.ndarray:
         return np.partition(x, k, axis=-1)[..., k]
     part = np.partition(x, (k - 1, k), axis=-1)
     return 0.5 * (part[..., k - 1] + part[..., k])
-
-
-def robust_sigma(x: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
-    """Gaussian-equivalent sigma from the median absolute deviation."""
-    med = np.median(x, axis=axis, keepdims=True)
-    return 1.4826 * np.median(np.abs(x - med), axis=axis)
 
 
 def overscan_noise(segments: np.ndarray, camera: Camera, config: OverscanConfig,
