@@ -16,6 +16,7 @@ from pathlib import Path
 
 from atmospec import __version__
 from atmospec.errors import BadInputError
+from atmospec.isr import STEPS
 
 log = logging.getLogger("atmospec")
 
@@ -36,8 +37,7 @@ def _add_isr(sub: argparse._SubParsersAction) -> None:
     p.add_argument("raw", nargs="+", help="raw multi-extension FITS files")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--steps", help="comma list of ISR steps (default: all that apply); "
-                   "known: overscan,saturation,linearity,gain,crosstalk,assemble,bias,"
-                   "variance,dark,flat,defects,interpolate,cosmic_rays,edge")
+                   f"known, in the order applied: {','.join(STEPS)}")
     for kind in ("bias", "dark", "flat", "defects", "ptc", "linearizer", "crosstalk"):
         p.add_argument(f"--{kind}", help=f"{kind} product file")
     p.add_argument("--calibs", metavar="REPO",

@@ -27,6 +27,7 @@ from atmospec.camera.assembly import assemble
 from atmospec.camera.raw import RawFrame
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.isr import STEPS
 from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays
 from atmospec.isr.crosstalk import CrosstalkConfig, CrosstalkMatrix, subtract_crosstalk
 from atmospec.isr.defects import defect_mask
@@ -42,11 +43,6 @@ from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
 
-STEPS: tuple[str, ...] = (
-    "overscan", "saturation", "linearity", "gain", "crosstalk", "assemble", "bias",
-    "variance", "dark", "flat", "defects", "interpolate", "cosmic_rays", "edge",
-)
-"""Every ISR step, in the order they are applied."""
 
 class StepConfigError(ValueError):
     """The requested ISR steps cannot run with the products at hand."""
