@@ -273,9 +273,96 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_isr(sub)
     _add_calib(sub)
+    _add_detect(sub)
+    _add_night(sub)
     _add_simulate(sub)
     _add_demo(sub)
     return parser
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("detect", help="source catalogue and PSF figures of a post-ISR image")
+    p.add_argument("postisr", help="post-ISR image (atmospec isr output)")
+    p.add_argument("--out", required=True, help="catalogue file (.ecsv)")
+    p.add_argument("--plots", action="store_true",
+                   help="also draw source positions and PSF figures beside the catalogue")
+    p.set_defaults(func=_cmd_detect)
+
+
+def _add_night(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("night", help="reduce a whole night of raw LATISS frames")
+    p.add_argument("rawdir", help="directory of the night's raw files")
+    p.add_argument("--repo", required=True,
+                   help="repository: index, calibration products, outputs (created)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local process pool (default) or an existing Dask cluster")
+    p.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786")
+    p.add_argument("--pipeline", help="pipeline definition (YAML; default pipelines/night.yaml)")
+    p.add_argument("--no-retry", action="store_true",
+                   help="do not re-run tasks that failed in an earlier run")
+    p.add_argument("--no-plots", action="store_true", help="skip the night plots")
+    p.set_defaults(func=_cmd_night)
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from atmospec.characterize.catalog import write_catalog
+    from atmospec.characterize.task import CharacterizeConfig, characterize
+    from atmospec.exposure import Exposure
+    from atmospec.io import provenance_cards
+
+    if not Path(args.postisr).is_file():
+        raise BadInputError(args.postisr, "no such file")
+    exposure = Exposure.read(args.postisr)
+    config = CharacterizeConfig()
+    result = characterize(exposure, config)
+    out = write_catalog(result, args.out,
+                        provenance=provenance_cards("characterize", [args.postisr], config))
+    q = result.quality
+    print(f"wrote {out}: {q.n_sources} sources, FWHM {q.fwhm_arcsec:.2f}\" "
+          f"({q.fwhm_px:.2f} px), ellipticity {q.ellipticity:.3f}, sky {q.sky_e:.1f} e-")
+    if args.plots:
+        from atmospec.plots.characterize import plot_psf_figures, plot_source_positions
+
+        stem = Path(args.out).with_suffix("")
+        for path in (plot_source_positions(result.catalog, f"{stem}_positions.png"),
+                     plot_psf_figures(result.catalog, f"{stem}_psf.png")):
+            print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_night(args: argparse.Namespace) -> int:
+    from atmospec.night.runner import NightRunConfig, run_night
+
+    if args.executor == "dask" and not args.scheduler:
+        raise _UsageError("atmospec night: --executor dask needs --scheduler ADDR")
+    if args.workers is not None and args.workers < 1:
+        raise _UsageError("atmospec night: --workers must be at least 1")
+    config = NightRunConfig(workers=args.workers, executor=args.executor,
+                            scheduler=args.scheduler, pipeline=args.pipeline,
+                            retry_failed=not args.no_retry, plots=not args.no_plots)
+    result = run_night(args.rawdir, args.repo, config)
+    print(night_report_text(result))
+    return EXIT_FAILURE if result.n_failed else EXIT_OK
+
+
+def night_report_text(result) -> str:
+    """The lines ``atmospec night`` prints at the end of a run."""
+    lines = [f"{result.n_exposures} exposures: {result.n_run} processed now, "
+             f"{result.n_skipped} already done, {result.n_failed} with a failure "
+             f"({result.wall_s:.0f} s)"]
+    for product in result.calibrations:
+        lines.append(f"calibration {product.path.name}: {product.status} ({product.detail})")
+    for path, reason in result.rejected:
+        lines.append(f"skipped {path.name}: {reason}")
+    failures = {}
+    for o in result.outcomes:
+        if o.status == "failed" and o.obs_id not in failures:
+            failures[o.obs_id] = f"{o.task}: {o.reason}"
+    lines += [f"failed {obs_id}: {reason}" for obs_id, reason in failures.items()]
+    for key, path in result.summary.items():
+        lines.append(f"{key}: {path}")
+    return "\n".join(lines)
 
 
 def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,

@@ -81,21 +81,21 @@ def provenance_cards(
     for i, p in enumerate(inputs):
         cards.append((f"ATMIN{i}", Path(p).name[:68], "input file"))
     if config is not None:
-        text = json.dumps(_jsonable(config), separators=(",", ":"), sort_keys=True)
+        text = json.dumps(to_jsonable(config), separators=(",", ":"), sort_keys=True)
         cards.extend(("HISTORY", f"atmospec config: {text[i:i + 50]}", "") for i in
                      range(0, len(text), 50))
     return cards
 
 
-def _jsonable(obj: Any) -> Any:
+def to_jsonable(obj: Any) -> Any:
     from dataclasses import asdict, is_dataclass
 
     if is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(asdict(obj))
+        return to_jsonable(asdict(obj))
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, str | int | float | bool) or obj is None:
         return obj
     return str(obj)

@@ -1,9 +1,12 @@
-"""A simulated LATISS night: biases, darks, flats and star-field images, with truth.
+"""A simulated LATISS night: biases, darks, flats, star-field images and dispersed
+exposures of a spectroscopic standard, with truth.
 
 `night_plan` lays the exposures out as an observer would (afternoon biases, darks and
-flats, then science frames through the night at changing airmass); `simulate_exposure`
-builds any of them in memory from the night's seed; `simulate_night` writes them all as
-raw files ``<OBSID>.fits`` with a small JSON truth sidecar ``<OBSID>_truth.json``.
+flats, then science frames through the night at changing airmass, seeing and sky, with a
+dispersed exposure of the standard star every few frames); `simulate_exposure` builds any of
+them in memory from the night's seed; `simulate_night` writes them all as raw files
+``<OBSID>.fits`` with a small JSON truth sidecar ``<OBSID>_truth.json``, plus, on request,
+the damaged files a real night directory collects (truncated, empty, foreign).
 
 Every frame is reproducible: its noise comes from ``(seed, seq)``, the star field from the
 night's seed and the sensor (gains, bias structure, hot pixels, flat-field pattern) from
@@ -27,7 +30,7 @@ from tqdm import tqdm
 
 from atmospec.camera.description import load_camera
 from atmospec.camera.translator import kasten_young_airmass
-from atmospec.io import write_text_atomic
+from atmospec.io import atomic_path, write_text_atomic
 from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose
 from atmospec.sim.rawfile import primary_header, write_raw
 from atmospec.sim.scenes import (
@@ -44,11 +47,13 @@ from atmospec.sim.scenes import (
 log = logging.getLogger(__name__)
 
 #: Exposure kinds in the order they are taken, with their IMGTYPE.
-KINDS: dict[str, str] = {"bias": "BIAS", "dark": "DARK", "flat": "FLAT", "science": "OBJECT"}
+KINDS: dict[str, str] = {"bias": "BIAS", "dark": "DARK", "flat": "FLAT", "science": "OBJECT",
+                         "dispersed": "OBJECT"}
 
 #: Dark time beyond the exposure time, s (shutter and clocking overheads of real headers:
 #: 30.0096 s for a 30 s dark, 30.2407 s for a 30 s science frame).
-_EXTRA_DARK_S = {"bias": 0.0096, "dark": 0.0096, "flat": 0.2407, "science": 0.2407}
+_EXTRA_DARK_S = {"bias": 0.0096, "dark": 0.0096, "flat": 0.2407, "science": 0.2407,
+                 "dispersed": 0.2407}
 
 #: Time between the end of one exposure and the start of the next, s (readout + setup).
 _OVERHEAD_S = 3.3
@@ -99,9 +104,11 @@ class NightConfig:
     n_saturated: tuple[int, int] = (2, 3)
     """Range of the number of saturated stars in the field (drawn once per night)."""
     seeing_arcsec: tuple[float, float] = (0.95, 1.25)
-    """Range of the seeing FWHM per frame, arcsec (1.1″ = 11.6 px)."""
+    """Range of the zenith seeing FWHM, arcsec (1.1″ = 11.6 px): it wanders slowly through
+    the night between these values and grows with airmass as X^0.6."""
     sky_e_per_s: tuple[float, float] = (2.0, 8.0)
-    """Range of the sky level per frame in SDSSr, e⁻/s/px (60–240 e⁻ in 30 s)."""
+    """Range of the sky level in SDSSr, e⁻/s/px (60–240 e⁻ in 30 s): the first frames
+    start near the top (end of twilight) and the sky darkens over the first hours."""
     extinction_mag: float = 0.12
     """Atmospheric extinction of the stars, mag per airmass."""
     dither_px: float = 5.0
@@ -110,6 +117,28 @@ class NightConfig:
     """Cosmic-ray events per second of dark time on the whole sensor (~200 in 30 s)."""
     target: str = "sim_field"
     """OBJECT of the science frames."""
+    n_dispersed: int = 0
+    """Number of dispersed exposures of the spectroscopic standard, interleaved with the
+    science frames (one after every ``dispersed_every`` imaging frames)."""
+    dispersed_every: int = 3
+    """Imaging frames between two dispersed exposures."""
+    dispersed_disperser: str = "holo4_003"
+    """GRATING of the dispersed exposures."""
+    dispersed_filter: str = "empty_1"
+    """FILTER of the dispersed exposures."""
+    dispersed_exptime: float = 20.0
+    """Exposure time of the dispersed exposures, s."""
+    dispersed_target: str = "HD142331"
+    """OBJECT of the dispersed exposures (a CALSPEC standard)."""
+    dispersed_star_e_per_s: float = 4.0e6
+    """Count rate of the standard above the atmosphere over all orders, e⁻/s."""
+    linspos_mm: float = 68.0
+    """LINSPOS of the dispersed exposures, mm (D2CCD = 115 mm + LINSPOS + window)."""
+    pointing_error_px: float = 20.0
+    """Scatter of the standard's position around the nominal zeroth-order position, px."""
+    n_corrupt: int = 0
+    """Damaged files added to the night directory by `simulate_night`, in turn: a truncated
+    raw, an empty file, a FITS file from another instrument."""
     target_dec: float = -30.0
     """Declination of the science field, degrees (transits near the zenith)."""
     ha_start_h: float = -2.5
@@ -141,7 +170,7 @@ class PlannedExposure:
     seq: int
     """Sequence number (SEQNUM)."""
     kind: str
-    """``bias``, ``dark``, ``flat`` or ``science``."""
+    """``bias``, ``dark``, ``flat``, ``science`` or ``dispersed``."""
     index: int
     """Index of the exposure among those of its kind (and filter, for flats)."""
     filter_name: str
@@ -164,6 +193,10 @@ class PlannedExposure:
     """Commanded RA, degrees (0 for calibrations, as in real headers)."""
     dec: float
     """Commanded Dec, degrees (0 for calibrations)."""
+    seeing_arcsec: float | None = None
+    """Seeing FWHM at the exposure's airmass, arcsec (on-sky frames)."""
+    sky_e_per_s: float | None = None
+    """Sky level in SDSSr, e⁻/s/px (on-sky frames)."""
 
     @property
     def obs_id(self) -> str:
@@ -197,6 +230,9 @@ class FrameTruth:
     """Flat level before the flat-field response, e⁻/px (flats)."""
     fwhm_px: float | None
     """PSF FWHM, pixels (science)."""
+    dispersed: dict[str, Any] | None = None
+    """Truth of a dispersed scene (zeroth-order position, orders; see
+    `atmospec.sim.dispersed.render_dispersed`)."""
 
     def to_json(self) -> dict[str, Any]:
         """Small JSON-serialisable summary (the sidecar written next to the raw file)."""
@@ -231,6 +267,7 @@ class FrameTruth:
             "flat_level_e": self.flat_level_e,
             "sky_e": self.sky_e,
             "fwhm_px": self.fwhm_px,
+            "dispersed": self.dispersed,
             "n_cosmic_rays": self.n_cosmic_rays,
             "n_cr_pixels": int(self.cosmic_ray_mask.sum()),
             "n_saturated_pixels": det.n_saturated,
@@ -289,18 +326,51 @@ def night_plan(config: NightConfig) -> list[PlannedExposure]:
 
     t0 = _day_start(config.day_obs, config.science_start_utc, next_day=True)
     ra = (_gmst_deg(t0) + _LONGITUDE - 15.0 * config.ha_start_h) % 360.0
-    for i in range(config.n_science):
+    n_slots = config.n_science + config.n_dispersed
+    seeing, sky = _conditions(config, n_slots)
+    counts = {"science": 0, "dispersed": 0}
+    for i in range(n_slots):
+        every = max(config.dispersed_every, 0)
+        slot_is_dispersed = (counts["dispersed"] < config.n_dispersed
+                             and (counts["science"] >= config.n_science
+                                  or (i + 1) % (every + 1) == 0))
+        kind = "dispersed" if slot_is_dispersed else "science"
         t = t0 + i * config.science_cadence_s * u.s
         ha = (_gmst_deg(t) + _LONGITUDE - ra + 180.0) % 360.0 - 180.0
         alt, az = _alt_az(ha, config.target_dec)
-        exptime = config.science_exptime
+        airmass = kasten_young_airmass(alt)
+        if kind == "dispersed":
+            filt, disp, exptime = (config.dispersed_filter, config.dispersed_disperser,
+                                   config.dispersed_exptime)
+        else:
+            filt, disp, exptime = (config.science_filter, config.science_disperser,
+                                   config.science_exptime)
         plan.append(PlannedExposure(
-            day_obs=config.day_obs, seq=len(plan) + 1, kind="science", index=i,
-            filter_name=config.science_filter, disperser=config.science_disperser, exptime=exptime,
-            darktime=exptime + _EXTRA_DARK_S["science"], start=t,
-            airmass=kasten_young_airmass(alt), elevation=alt, azimuth=az, ra=ra,
-            dec=config.target_dec))
+            day_obs=config.day_obs, seq=len(plan) + 1, kind=kind, index=counts[kind],
+            filter_name=filt, disperser=disp, exptime=exptime,
+            darktime=exptime + _EXTRA_DARK_S[kind], start=t, airmass=airmass,
+            elevation=alt, azimuth=az, ra=ra, dec=config.target_dec,
+            seeing_arcsec=float(seeing[i] * airmass**0.6), sky_e_per_s=float(sky[i])))
+        counts[kind] += 1
     return plan
+
+
+def _conditions(config: NightConfig, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zenith seeing (arcsec) and sky (e⁻/s/px) of each on-sky slot of the night.
+
+    The seeing wanders smoothly (a random-phase sinusoid over ~3 h plus 3 % jitter) inside
+    ``config.seeing_arcsec``; the sky falls from the top of ``config.sky_e_per_s`` (end of
+    twilight) towards the bottom with a 1 h e-folding, plus 5 % jitter.
+    """
+    rng = np.random.default_rng([config.seed, 0x5EE1])
+    lo, hi = config.seeing_arcsec
+    hours = np.arange(n) * config.science_cadence_s / 3600.0
+    phase = rng.uniform(0, 2 * np.pi)
+    wander = 0.5 + 0.4 * np.sin(2 * np.pi * hours / 3.0 + phase)
+    seeing = lo + (hi - lo) * np.clip(wander + rng.normal(0, 0.03, n), 0.0, 1.0)
+    s_lo, s_hi = config.sky_e_per_s
+    sky = (s_lo + (s_hi - s_lo) * np.exp(-hours)) * rng.normal(1.0, 0.05, n).clip(0.85, 1.15)
+    return seeing, sky
 
 
 def _field_catalog(config: NightConfig, fwhm: float) -> Table:
@@ -365,7 +435,7 @@ def simulate_exposure(
     elif kind == "science":
         nominal = float(np.mean(config.seeing_arcsec)) / camera.plate_scale
         cat = _field_catalog(config, nominal)
-        fwhm = scene_rng.uniform(*config.seeing_arcsec) / camera.plate_scale
+        fwhm = float(p.seeing_arcsec) / camera.plate_scale
         dx, dy = scene_rng.normal(0.0, config.dither_px, 2)
         x = np.asarray(cat["x"]) + dx
         y = np.asarray(cat["y"]) + dy
@@ -373,7 +443,7 @@ def simulate_exposure(
         flux = np.asarray(cat["flux_e_per_s"]) * p.exptime * transmission * qe_ratio
         signal, peak = render_stars(shape, x, y, flux, fwhm=fwhm, beta=config.stars.beta,
                                     config=config.stars)
-        sky = scene_rng.uniform(*config.sky_e_per_s) * p.exptime * qe_ratio
+        sky = float(p.sky_e_per_s) * p.exptime * qe_ratio
         signal += np.float32(sky)
         stars = Table({"x": x, "y": y, "flux_e": flux, "peak_e": peak,
                        "saturated": cat["saturated"]})
@@ -426,4 +496,55 @@ def simulate_night(out_dir: str | Path, config: NightConfig | None = None) -> li
         log.info("wrote %s (%s, %s, %.1f s) and its truth sidecar", raw, p.kind,
                  p.filter_name, p.exptime)
         paths.append(raw)
+    paths += write_damaged_files(out, paths, config)
     return paths
+
+
+def write_damaged_files(out_dir: Path, raws: list[Path], config: NightConfig) -> list[Path]:
+    """The damaged files of a real night directory, ``config.n_corrupt`` of them in turn:
+    a raw cut in the middle of its pixel data (an interrupted transfer), an empty file, and
+    a valid FITS file from another instrument (ComCam). They take the SEQNUMs after the
+    night's last exposure.
+
+    Parameters
+    ----------
+    out_dir : pathlib.Path
+        The night directory.
+    raws : list of pathlib.Path
+        The night's raw files (the truncated file is cut from the first on-sky one).
+    config : NightConfig
+        The night (``day_obs``, ``n_corrupt``).
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    from astropy.io import fits
+
+    if config.n_corrupt <= 0:
+        return []
+    source = next((r for r in raws if "_O_" in r.name), raws[-1] if raws else None)
+    seq = max((int(r.stem.split("_")[-1]) for r in raws), default=0)
+    written = []
+    for i in range(config.n_corrupt):
+        seq += 1
+        path = out_dir / f"AT_O_{config.day_obs}_{seq:06d}.fits"
+        kind = ("truncated", "empty", "foreign")[i % 3]
+        if kind == "truncated" and source is not None:
+            data = source.read_bytes()
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data[: len(data) // 2])
+        elif kind == "foreign":
+            path = out_dir / f"CC_O_{config.day_obs}_{seq:06d}.fits"
+            hdu = fits.PrimaryHDU(np.zeros((8, 8), dtype=np.int16))
+            hdu.header["INSTRUME"] = "ComCam"
+            hdu.header["OBSID"] = path.stem
+            with atomic_path(path) as tmp:
+                hdu.writeto(tmp, output_verify="silentfix")
+        else:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"")
+        log.info("wrote a damaged file %s (%s)", path.name, kind)
+        written.append(path)
+    return written

@@ -1,0 +1,1 @@
+"""Night processing: raw index, calibration selection, pipeline runner, summary."""

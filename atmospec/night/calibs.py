@@ -1,0 +1,222 @@
+"""Calibration products of a night: pick the repository's, build what is missing from the
+night's own frames, and say precisely what is still missing.
+
+Products valid for the night's exposures are taken from the calibration registry
+(`atmospec.cpp.registry`): certified first, then by date. A kind of the pipeline's
+``calibrations.build`` list that no product covers is built from the night's raw frames of
+that kind (bias, then dark, then one flat per filter of the night's imaging exposures),
+verified, registered with a validity of the observing night (day_obs 12:00 UTC to the next
+day 12:00 UTC) and certified when its verification passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from atmospec.camera.translator import ObservationInfo
+from atmospec.cpp.registry import CalibrationRegistry
+from atmospec.errors import BadInputError, short_error
+from atmospec.isr.runner import CalibrationFiles
+from atmospec.night.index import NightIndex, RawRecord
+from atmospec.night.pipeline import CalibrationPolicy
+
+log = logging.getLogger(__name__)
+
+#: Which frames need which products (a dark needs a bias; a flat a bias and a dark).
+_NEEDED_BY = {"bias": ("dark", "flat", "science"), "dark": ("flat", "science"),
+              "flat": ("science",)}
+
+#: How to build each kind by hand, for the "missing product" message.
+_HOW_TO = {
+    "bias": "atmospec calib bias BIAS_RAWS... --out bias.fits",
+    "dark": "atmospec calib dark DARK_RAWS... --bias bias.fits --out dark.fits",
+    "flat": "atmospec calib flat FLAT_RAWS... --bias bias.fits --out flat.fits",
+    "defects": "atmospec calib defects --dark dark.fits --flat flat.fits --out defects.ecsv",
+    "ptc": "atmospec calib ptc FLAT_PAIRS... --out ptc.fits",
+    "linearizer": "atmospec calib linearity ptc.fits --out linearizer.fits",
+    "crosstalk": "atmospec calib crosstalk RAWS_WITH_SATURATED_STARS... --out crosstalk.ecsv",
+}
+
+Submit = Callable[..., Future]
+
+
+@dataclass(frozen=True)
+class BuiltProduct:
+    """A product the night runner built (or failed to build)."""
+
+    kind: str
+    """``bias``, ``dark`` or ``flat``."""
+    filter: str | None
+    """Filter of a flat."""
+    path: Path
+    """Product file."""
+    status: str
+    """``registered``, ``certified``, ``reused`` (built by an earlier run) or ``failed``."""
+    detail: str
+    """Registry id and verification verdict, or the reason of the failure."""
+
+
+def night_window(day_obs: int) -> tuple[datetime, datetime]:
+    """Validity of a product built from one night's frames: day_obs 12:00 UTC + 24 h
+    (Rubin's day_obs is the date in UTC−12 h)."""
+    start = datetime.strptime(f"{day_obs:08d}", "%Y%m%d") + timedelta(hours=12)
+    return start, start + timedelta(days=1)
+
+
+def missing_message(kind: str, info: ObservationInfo, repo: Path) -> str:
+    """One line naming a missing product and how to build and register it."""
+    what = f"flat for {info.filter}" if kind == "flat" else kind
+    when = info.datetime_begin.isot[:16] if info.datetime_begin is not None else info.day_obs
+    return (f"missing calibration: no {what} valid at {when} in {repo} "
+            f"(build it: {_HOW_TO[kind]}; then atmospec calib register FILE --repo {repo} "
+            f"--certify)")
+
+
+def calibration_files(registry: CalibrationRegistry, info: ObservationInfo,
+                      require: tuple[str, ...]) -> tuple[CalibrationFiles, str | None]:
+    """Products for one exposure, and the message for a missing required one.
+
+    Parameters
+    ----------
+    registry : CalibrationRegistry
+        The repository's products.
+    info : ObservationInfo
+        The exposure.
+    require : tuple of str
+        Kinds that must be found.
+
+    Returns
+    -------
+    files : CalibrationFiles
+        Chosen products (None where none qualifies).
+    missing : str or None
+        `missing_message` of the first required kind not found.
+    """
+    files = registry.select_all(info)
+    for kind in require:
+        if getattr(files, kind) is None:
+            return files, missing_message(kind, info, registry.repo)
+    return files, None
+
+
+def _uncovered(registry: CalibrationRegistry, kind: str,
+               records: list[RawRecord]) -> list[RawRecord]:
+    return [r for r in records if registry.select(kind, r.info) is None]
+
+
+def _build(kind: str, raws: list[str], out: Path, bias: str | None, dark: str | None,
+           ptc: str | None) -> Path:
+    """Build one master (runs in a worker)."""
+    from atmospec.cpp import masters
+
+    if kind == "bias":
+        return masters.build_bias(raws, out, masters.MasterConfig(ptc=ptc, skip_bad=True))
+    if kind == "dark":
+        return masters.build_dark(raws, out, bias, masters.DarkConfig(ptc=ptc, skip_bad=True))
+    return masters.build_flat(raws, out, bias, dark, masters.FlatConfig(ptc=ptc, skip_bad=True))
+
+
+def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
+                         policy: CalibrationPolicy, submit: Submit,
+                         out_dir: Path) -> list[BuiltProduct]:
+    """Build and register the products the night lacks, in dependency order.
+
+    Parameters
+    ----------
+    index : NightIndex
+        The night's raw files.
+    registry : CalibrationRegistry
+        Repository products (new ones are registered here).
+    policy : CalibrationPolicy
+        Which kinds to build, from how many frames, and whether to certify them.
+    submit : callable
+        ``executor.submit``: builds run on the night's workers (flats of different filters
+        in parallel).
+    out_dir : pathlib.Path
+        Where the built files go before registration (``REPO/calib/night/<day_obs>``).
+
+    Returns
+    -------
+    list of BuiltProduct
+        What was built and registered, or failed (a failure is logged; the exposures that
+        needed the product then fail with a `missing_message`).
+    """
+    by_type: dict[str, list[RawRecord]] = {}
+    for record in index.raws():
+        by_type.setdefault(record.info.image_type, []).append(record)
+    ptc_record = None
+    science = by_type.get("science", [])
+    if science:
+        ptc_record = registry.select("ptc", science[0].info)
+    ptc = str(ptc_record.absolute_path) if ptc_record else None
+    built: list[BuiltProduct] = []
+
+    def product_for(kind: str, records: list[RawRecord]) -> str | None:
+        chosen = {str(rec.absolute_path) for r in records
+                  if (rec := registry.select(kind, r.info)) is not None}
+        return sorted(chosen)[0] if len(chosen) == 1 else None
+
+    for kind in ("bias", "dark", "flat"):
+        if kind not in policy.build:
+            continue
+        users = [r for t in _NEEDED_BY[kind] for r in by_type.get(t, [])
+                 if not (kind == "flat" and t == "science" and r.info.is_dispersed
+                         and registry.select("flat", r.info) is not None)]
+        groups: dict[str | None, list[RawRecord]] = {}
+        for r in _uncovered(registry, kind, users):
+            groups.setdefault(r.info.filter if kind == "flat" else None, []).append(r)
+        futures: list[tuple[str | None, Path, Future]] = []
+        for filt, needing in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            frames = [r for r in by_type.get(kind, [])
+                      if kind != "flat" or (r.info.filter == filt and not r.info.is_dispersed)]
+            what = f"{kind} ({filt})" if filt else kind
+            if len(frames) < policy.min_frames.get(kind, 1):
+                log.warning("%d exposures need a %s: the repository has none valid and the "
+                            "night has %d frames (fewer than %d); not built", len(needing),
+                            what, len(frames), policy.min_frames.get(kind, 1))
+                continue
+            day_obs = frames[0].info.day_obs
+            name = f"{kind}_{filt}.fits" if filt else f"{kind}.fits"
+            out = out_dir / str(day_obs) / name
+            # The frames' own products (the dark uses the bias built from the same night).
+            bias = product_for("bias", frames) if kind != "bias" else None
+            dark = product_for("dark", frames) if kind == "flat" else None
+            if kind != "bias" and bias is None:
+                log.warning("cannot build the %s: no bias valid for its frames", what)
+                built.append(BuiltProduct(kind, filt, out, "failed", "no bias for its frames"))
+                continue
+            log.info("building the %s from %d frames -> %s", what, len(frames), out)
+            futures.append((filt, out, submit(_build, kind, [str(r.path) for r in frames], out,
+                                              bias, dark, ptc)))
+        for filt, out, future in futures:
+            built.append(_register(registry, kind, filt, out, future, policy.certify))
+    return built
+
+
+def _register(registry: CalibrationRegistry, kind: str, filt: str | None, out: Path,
+              future: Future, certify: bool) -> BuiltProduct:
+    try:
+        future.result()
+    except Exception as exc:  # a failed build must not stop the night
+        reason = short_error(exc)
+        log.error("building %s failed: %s", out.name, reason)
+        return BuiltProduct(kind, filt, out, "failed", reason)
+    day_obs = int(out.parent.name)
+    start, end = night_window(day_obs)
+    try:
+        record = registry.register(out, valid_from=start, valid_to=end)
+    except BadInputError as exc:
+        return BuiltProduct(kind, filt, out, "failed", exc.problem)
+    verdict = {None: "not verified", True: "verification passed",
+               False: "verification FAILED: " + ", ".join(record.verification_failures)}[
+        record.verification_passed]
+    status = "registered"
+    if certify and record.verification_passed:
+        registry.certify(record.id)
+        status = "certified"
+    return BuiltProduct(kind, filt, out, status, f"id {record.id}, {verdict}")

@@ -1,0 +1,254 @@
+"""Reduce a whole night: index → calibrations → per-exposure tasks in parallel → summary.
+
+Exposures run as independent jobs (`atmospec.night.tasks.run_job`) on a
+`concurrent.futures` executor: a local process pool by default, or the executor of a
+`dask.distributed` client connected to an existing scheduler. Only this process writes the
+night index, as each job completes, so a run killed at any moment loses at most the jobs in
+flight; every output file is written atomically, and a re-run skips every task recorded
+``done`` whose configuration, inputs and output files are unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from atmospec.cpp.registry import CalibrationRegistry
+from atmospec.errors import BadInputError
+from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
+from atmospec.night.index import NightIndex, RawRecord
+from atmospec.night.pipeline import PipelineDefinition, load_pipeline
+from atmospec.night.tasks import ExposureJob, TaskOutcome, TaskSpec, run_job, task_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NightRunConfig:
+    """How a night is run."""
+
+    workers: int | None = None
+    """Local worker processes; ``None``: all cores (ignored with a Dask scheduler)."""
+    executor: Literal["local", "dask"] = "local"
+    """``local`` process pool or a ``dask`` cluster."""
+    scheduler: str | None = None
+    """Address of the Dask scheduler (``tcp://host:8786``); required with ``dask``."""
+    pipeline: str | None = None
+    """Pipeline definition (YAML); ``None``: the shipped ``pipelines/night.yaml``."""
+    retry_failed: bool = True
+    """Run again the tasks that failed in an earlier run (a fixed input may now pass)."""
+    plots: bool = True
+    """Draw the night summary plots."""
+    progress: bool = True
+    """Progress bars on a terminal."""
+
+
+@dataclass
+class NightResult:
+    """What a night run did."""
+
+    n_exposures: int = 0
+    """Exposures the pipeline applies to."""
+    n_run: int = 0
+    """Exposures with at least one task run this time."""
+    n_skipped: int = 0
+    """Exposures whose tasks were all done already."""
+    n_failed: int = 0
+    """Exposures with a failed task after this run."""
+    rejected: list[tuple[Path, str]] = field(default_factory=list)
+    """Files of the night directory that are not usable raws, with the reason."""
+    calibrations: list[BuiltProduct] = field(default_factory=list)
+    """Products built this run."""
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+    """Task outcomes of this run."""
+    summary: dict[str, Path] = field(default_factory=dict)
+    """Summary table and plot files."""
+    wall_s: float = 0.0
+    """Wall time of the run, s."""
+
+
+def exposure_class(record: RawRecord) -> str | None:
+    """``imaging`` or ``dispersed`` for a science exposure; None for anything else."""
+    if record.info.image_type != "science":
+        return None
+    return "dispersed" if record.info.is_dispersed else "imaging"
+
+
+def exposure_dir(repo: Path, record: RawRecord) -> Path:
+    """Directory of one exposure's outputs: ``REPO/exposures/<day_obs>``."""
+    return repo / "exposures" / str(record.info.day_obs)
+
+
+@contextmanager
+def open_executor(config: NightRunConfig) -> Iterator[Executor]:
+    """The executor of a run (closed on exit).
+
+    Raises
+    ------
+    BadInputError
+        A Dask run without a scheduler address, or a scheduler that cannot be reached.
+    """
+    if config.executor == "dask":
+        if not config.scheduler:
+            raise BadInputError("--scheduler", "a Dask run needs the scheduler address")
+        from distributed import Client
+
+        try:
+            client = Client(config.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise BadInputError(config.scheduler, f"cannot reach the Dask scheduler ({exc})"
+                                ) from None
+        try:
+            log.info("running on the Dask cluster at %s (%d workers)", config.scheduler,
+                     len(client.scheduler_info().get("workers", {})))
+            yield client.get_executor()
+        finally:
+            client.close()
+        return
+    workers = config.workers or os.cpu_count() or 1
+    # spawn: workers start clean (no inherited threads of progress bars, no copied SQLite
+    # handles), at the cost of ~1 s of imports per worker.
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _raw_identity(record: RawRecord) -> dict[str, object]:
+    stat = record.path.stat()
+    return {"raw": record.path.name, "size": stat.st_size, "mtime": stat.st_mtime}
+
+
+def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: PipelineDefinition,
+              repo: Path, retry_failed: bool = True) -> tuple[list[ExposureJob], int]:
+    """The jobs still to run, and how many exposures are already complete.
+
+    A task is skipped when the index records it ``done`` with the same configuration hash
+    (its configuration, raw file, calibration files and upstream hashes) and its outputs
+    still exist; a task whose input task runs again runs again too.
+    """
+    recorded = index.task_map()
+    jobs: list[ExposureJob] = []
+    complete = 0
+    for record in index.raws():
+        cls = exposure_class(record)
+        if cls is None:
+            continue
+        definitions = pipeline.tasks_for(cls)
+        if not definitions:
+            continue
+        files, missing = calibration_files(registry, record.info,
+                                           pipeline.calibrations.require)
+        identity = {**_raw_identity(record), "calibs": vars(files), "missing": missing}
+        hashes: dict[str, str] = {}
+        specs: list[TaskSpec] = []
+        done_outputs: dict[str, dict[str, str]] = {}
+        rerun: set[str] = set()
+        for d in definitions:
+            h = task_hash(d.name, d.config, {**identity,
+                                             "upstream": {n: hashes[n] for n in d.inputs}})
+            hashes[d.name] = h
+            prev = recorded.get((record.obs_id, d.name))
+            up_to_date = (prev is not None and prev.config_hash == h
+                          and (prev.status == "done" or not retry_failed)
+                          and all(Path(p).is_file() for p in prev.outputs.values())
+                          and not rerun.intersection(d.inputs))
+            if up_to_date:
+                done_outputs[d.name] = prev.outputs
+            else:
+                rerun.add(d.name)
+                specs.append(TaskSpec(d.name, d.config, h, d.inputs))
+        if not specs:
+            complete += 1
+            continue
+        jobs.append(ExposureJob(record.obs_id, str(record.path),
+                                str(exposure_dir(repo, record)), tuple(specs), files, missing,
+                                done_outputs))
+    return jobs, complete
+
+
+def run_night(raw_dir: str | Path, repo: str | Path,
+              config: NightRunConfig | None = None) -> NightResult:
+    """Reduce every exposure of a night directory.
+
+    Parameters
+    ----------
+    raw_dir : path
+        Directory of the night's raw LATISS files (other files are indexed as rejected).
+    repo : path
+        Repository: night index, calibration registry, outputs (created if needed).
+    config : NightRunConfig, optional
+        Workers, executor, pipeline.
+
+    Returns
+    -------
+    NightResult
+
+    Raises
+    ------
+    BadInputError
+        ``raw_dir`` is not a directory, a bad pipeline file, an unreachable scheduler.
+    """
+    from tqdm import tqdm
+
+    from atmospec.night.summary import write_summary
+
+    config = config or NightRunConfig()
+    t_start = time.perf_counter()
+    repo = Path(repo)
+    pipeline = load_pipeline(config.pipeline)
+    index = NightIndex(repo)
+    index.index_directory(raw_dir, progress=config.progress)
+    registry = CalibrationRegistry(repo, create=True)
+    result = NightResult(rejected=index.rejected())
+    with open_executor(config) as executor:
+        result.calibrations = prepare_calibrations(index, registry, pipeline.calibrations,
+                                                   executor.submit, repo / "calib" / "night")
+        jobs, result.n_skipped = plan_jobs(index, registry, pipeline, repo,
+                                           config.retry_failed)
+        result.n_exposures = result.n_skipped + len(jobs)
+        log.info("%d exposures: %d to run, %d already done", result.n_exposures, len(jobs),
+                 result.n_skipped)
+        futures: dict[Future, ExposureJob] = {executor.submit(run_job, job): job
+                                              for job in jobs}
+        bar = tqdm(total=len(futures), desc="exposures", unit="exp",
+                   disable=None if config.progress else True)
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                outcomes = future.result()
+            except Exception as exc:  # the worker died (killed, out of memory, crash)
+                outcomes = _lost(job, exc)
+            for o in outcomes:
+                index.record_task(o.obs_id, o.task, status=o.status, config_hash=o.config_hash,
+                                  started=o.started, duration_s=o.duration_s, reason=o.reason,
+                                  outputs=o.outputs, metrics=o.metrics)
+                if o.status == "failed":
+                    log.warning("%s %s failed: %s", o.obs_id, o.task, o.reason)
+            result.outcomes.extend(outcomes)
+            result.n_run += 1
+            bar.update(1)
+        bar.close()
+    failed = {t.obs_id for t in index.tasks() if t.status == "failed"}
+    result.n_failed = len(failed)
+    result.summary = write_summary(index, repo, plots=config.plots)
+    result.wall_s = time.perf_counter() - t_start
+    return result
+
+
+def _lost(job: ExposureJob, exc: BaseException) -> list[TaskOutcome]:
+    from datetime import UTC, datetime
+
+    from atmospec.errors import short_error
+
+    reason = f"worker lost: {type(exc).__name__}: {short_error(exc)}"
+    now = datetime.now(UTC)
+    return [TaskOutcome(job.obs_id, s.name, "failed", reason, s.config_hash, now, 0.0, {}, {})
+            for s in job.tasks]

@@ -1,0 +1,177 @@
+"""The night summary: one row per exposure (time, type, filter/disperser, airmass, image
+quality, status), written as ECSV and Parquet, with its plots.
+
+Built from the night index alone (raw metadata + the figures each task recorded), so it can
+be rebuilt at any time, e.g. while the night is still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+from astropy.table import MaskedColumn, Table
+
+from atmospec.io import atomic_path, provenance_cards
+from atmospec.night.index import NightIndex
+
+log = logging.getLogger(__name__)
+
+SUMMARY_STEM = Path("night") / "summary"
+
+#: Summary columns taken from the characterize task's figures: (column, metric key, unit).
+_QUALITY = (
+    ("fwhm_px", "fwhm_px", u.pix),
+    ("fwhm_arcsec", "fwhm_arcsec", u.arcsec),
+    ("ellipticity", "ellipticity", u.dimensionless_unscaled),
+    ("psf_pa", "position_angle_deg", u.deg),
+    ("sky_e", "sky_e", u.electron),
+    ("sky_e_per_s", "sky_e_per_s", u.electron / u.s),
+    ("n_sources", "n_sources", None),
+    ("n_saturated", "n_saturated", None),
+)
+
+#: Columns from the zeroth-order task: (column, metric key).
+_ZEROTH = (("zeroth_order_x", "zeroth_order_x"), ("zeroth_order_y", "zeroth_order_y"))
+
+
+def _number(value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def summary_table(index: NightIndex) -> Table:
+    """One row per indexed exposure, in (day_obs, seq_num) order.
+
+    Parameters
+    ----------
+    index : NightIndex
+        The night.
+
+    Returns
+    -------
+    astropy.table.Table
+        Columns ``obs_id, day_obs, seq_num, time_begin, mjd, image_type, target, filter,
+        disperser, exptime, airmass``, the image-quality figures (``fwhm_px, fwhm_arcsec,
+        ellipticity, psf_pa, sky_e, sky_e_per_s, n_sources, n_saturated``), the zeroth order
+        of dispersed exposures, ``status`` (``done``, ``failed``, ``pending`` or
+        ``calibration``), ``reason`` and ``duration_s`` (sum of the task times).
+    """
+    tasks: dict[str, list] = {}
+    for t in index.tasks():
+        tasks.setdefault(t.obs_id, []).append(t)
+    rows = []
+    for record in index.raws():
+        info = record.info
+        mine = tasks.get(info.obs_id, [])
+        metrics: dict[str, Any] = {}
+        for t in mine:
+            metrics.update(t.metrics)
+        failed = [t for t in mine if t.status == "failed"]
+        if info.image_type in ("bias", "dark", "flat"):
+            status = "calibration"
+        elif failed:
+            status = "failed"
+        elif mine:
+            status = "done"
+        else:
+            status = "pending"
+        row = {
+            "obs_id": info.obs_id, "day_obs": info.day_obs, "seq_num": info.seq_num,
+            "time_begin": info.datetime_begin.isot if info.datetime_begin is not None else "",
+            "mjd": float(info.datetime_begin.mjd) if info.datetime_begin is not None
+            else math.nan,
+            "image_type": info.image_type, "target": info.target_name or "",
+            "filter": info.filter, "disperser": info.disperser,
+            "exptime": _number(info.exposure_time), "airmass": _number(info.airmass),
+            "status": status,
+            "reason": "; ".join(f"{t.task}: {t.reason}" for t in failed),
+            "duration_s": float(sum(t.duration_s for t in mine)),
+        }
+        for column, key, _ in _QUALITY:
+            row[column] = _number(metrics.get(key))
+        for column, key in _ZEROTH:
+            row[column] = _number(metrics.get(key))
+        rows.append(row)
+    names = (["obs_id", "day_obs", "seq_num", "time_begin", "mjd", "image_type", "target",
+              "filter", "disperser", "exptime", "airmass"]
+             + [c for c, _, _ in _QUALITY] + [c for c, _ in _ZEROTH]
+             + ["status", "reason", "duration_s"])
+    table = Table(rows=[[r[n] for n in names] for r in rows], names=names) if rows else \
+        Table(names=names, dtype=[_dtype(n) for n in names])
+    units = {"exptime": u.s, "mjd": u.day, "duration_s": u.s, "zeroth_order_x": u.pix,
+             "zeroth_order_y": u.pix, **{c: unit for c, _, unit in _QUALITY if unit}}
+    for name, unit in units.items():
+        table[name].unit = unit
+    for name in ("n_sources", "n_saturated"):
+        values = np.asarray(table[name], dtype=float)
+        bad = ~np.isfinite(values)
+        table[name] = MaskedColumn(np.where(bad, 0, values).astype(np.int64), mask=bad,
+                                   name=name)
+    table.meta["TIMESYS"] = "TAI"
+    table.meta["TIMEREF"] = "time_begin and mjd are the exposure starts, TAI"
+    return table
+
+
+def _dtype(name: str) -> type:
+    if name in ("day_obs", "seq_num", "n_sources", "n_saturated"):
+        return np.int64
+    if name in ("obs_id", "time_begin", "image_type", "target", "filter", "disperser",
+                "status", "reason"):
+        return str
+    return np.float64
+
+
+def write_summary(index: NightIndex, repo: str | Path, *, plots: bool = True) -> dict[str, Path]:
+    """Write ``REPO/night/summary.ecsv`` and ``.parquet`` (and the plots).
+
+    Parameters
+    ----------
+    index : NightIndex
+        The night.
+    repo : path
+        Repository.
+    plots : bool
+        Also draw the night plots into ``REPO/night/plots/``.
+
+    Returns
+    -------
+    dict
+        ``ecsv``, ``parquet`` and plot paths.
+    """
+    repo = Path(repo)
+    table = summary_table(index)
+    for key, value, _ in provenance_cards("night_summary"):
+        if key != "HISTORY":
+            table.meta[key] = value
+    stem = repo / SUMMARY_STEM
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    with atomic_path(stem.with_suffix(".ecsv")) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    out["ecsv"] = stem.with_suffix(".ecsv")
+    parquet = table.copy()
+    for name in ("n_sources", "n_saturated"):
+        parquet[name] = parquet[name].filled(-1)
+    with atomic_path(stem.with_suffix(".parquet")) as tmp:
+        parquet.write(tmp, format="parquet", overwrite=True)
+    out["parquet"] = stem.with_suffix(".parquet")
+    if plots:
+        from atmospec.plots.night import plot_night_quality, plot_source_positions
+
+        plot_dir = stem.parent / "plots"
+        out["quality_plot"] = plot_night_quality(table, plot_dir / "image_quality.png")
+        catalogs = [Path(t.outputs["catalog"]) for t in index.tasks()
+                    if t.task == "characterize" and t.status == "done" and "catalog" in
+                    t.outputs]
+        out["positions_plot"] = plot_source_positions(table, catalogs,
+                                                      plot_dir / "source_positions.png")
+    log.info("night summary: %s (%d exposures)", out["ecsv"], len(table))
+    return out

@@ -1,0 +1,292 @@
+"""Per-exposure work of a night: the tasks a pipeline may name, and the job a worker runs.
+
+A job is everything one exposure needs (its raw file, the tasks still to run with their
+configurations, the calibration files chosen for it); `run_job` runs them in order in a
+worker process (local pool or Dask worker), passing the post-ISR exposure in memory from
+task to task, writes every output atomically, and returns one `TaskOutcome` per task. A
+failing task fails with a one-line reason and the tasks reading its output are not run;
+the job itself never raises, so one bad exposure never stops the night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from atmospec.errors import BadInputError, ProcessingError, short_error
+from atmospec.io import provenance_cards, to_jsonable, write_text_atomic
+from atmospec.isr.runner import CalibrationFiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """A task a pipeline can name."""
+
+    config_path: str
+    """``module:Class`` of its frozen configuration dataclass (imported when needed, so the
+    pipeline module loads without importing every stage)."""
+    applies_to: tuple[str, ...]
+    """Default exposure classes."""
+    inputs: tuple[str, ...]
+    """Default input tasks."""
+    run: Callable[..., dict[str, Any]]
+    """``run(context, config) -> metrics``; writes its outputs through the context."""
+
+    @property
+    def config_type(self) -> type:
+        """The configuration class."""
+        module, name = self.config_path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task to run in a job."""
+
+    name: str
+    """Task name."""
+    config: Any
+    """Its configuration."""
+    config_hash: str
+    """Hash of configuration, inputs and upstream hashes (see `task_hash`)."""
+    inputs: tuple[str, ...]
+    """Tasks whose outputs it reads."""
+
+
+@dataclass(frozen=True)
+class ExposureJob:
+    """The work of one exposure, sent to a worker."""
+
+    obs_id: str
+    """Exposure."""
+    raw: str
+    """Raw file."""
+    out_dir: str
+    """Directory of the exposure's outputs."""
+    tasks: tuple[TaskSpec, ...]
+    """Tasks to run, in order."""
+    calibs: CalibrationFiles
+    """Products chosen for the exposure."""
+    missing_calibs: str | None = None
+    """Why the exposure cannot be calibrated (a missing required product), or None."""
+    done_outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Outputs of tasks already done in an earlier run (read instead of recomputed)."""
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What one task did."""
+
+    obs_id: str
+    """Exposure."""
+    task: str
+    """Task name."""
+    status: str
+    """``done`` or ``failed``."""
+    reason: str | None
+    """One-line reason of a failure."""
+    config_hash: str
+    """`TaskSpec.config_hash`."""
+    started: datetime
+    """Start (UTC)."""
+    duration_s: float
+    """Wall time, s."""
+    outputs: dict[str, str]
+    """Files written, by role."""
+    metrics: dict[str, Any]
+    """Figures for the summary; ``timings_s`` holds the stage split."""
+
+
+def task_hash(name: str, config: Any, inputs: dict[str, Any]) -> str:
+    """Stable hash of a task's configuration and inputs (a change re-runs the task).
+
+    Parameters
+    ----------
+    name : str
+        Task name.
+    config : dataclass
+        Its configuration.
+    inputs : dict
+        Anything else the result depends on: raw file identity, calibration files, the
+        hashes of upstream tasks.
+
+    Returns
+    -------
+    str
+        16 hex digits.
+    """
+    text = json.dumps({"task": name, "config": to_jsonable(config), "inputs": to_jsonable(inputs)},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class _Context:
+    """State shared by the tasks of one job inside the worker."""
+
+    def __init__(self, job: ExposureJob) -> None:
+        self.job = job
+        self.out_dir = Path(job.out_dir)
+        self.outputs: dict[str, dict[str, str]] = dict(job.done_outputs)
+        self._exposure = None
+
+    def exposure(self):
+        """The post-ISR exposure: from this job's ISR, else read from the earlier output."""
+        if self._exposure is None:
+            from atmospec.exposure import Exposure
+
+            path = self.outputs.get("isr", {}).get("postisr")
+            if not path:
+                raise ProcessingError(f"{self.job.obs_id}: no post-ISR image to read")
+            self._exposure = Exposure.read(path)
+        return self._exposure
+
+
+@lru_cache(maxsize=4)
+def _calibrations(files: CalibrationFiles):
+    """Products loaded once per worker process and reused by its exposures (a cache, not
+    shared state: the key is the immutable file set)."""
+    from atmospec.camera.description import load_camera
+    from atmospec.isr.runner import load_calibrations
+
+    return load_calibrations(files, load_camera("latiss"))
+
+
+def _run_isr(ctx: _Context, config) -> dict[str, Any]:
+    from atmospec.camera.raw import read_raw
+    from atmospec.isr.driver import run_isr
+    from atmospec.isr.runner import stats_document
+
+    job = ctx.job
+    if job.missing_calibs:
+        raise BadInputError(job.raw, job.missing_calibs)
+    t0 = time.perf_counter()
+    raw = read_raw(job.raw)
+    t_read = time.perf_counter() - t0
+    result = run_isr(raw, config, _calibrations(job.calibs))
+    t0 = time.perf_counter()
+    inputs = [raw.path] + [p for p in vars(job.calibs).values() if p]
+    post = result.exposure.write(
+        ctx.out_dir / f"{job.obs_id}_postisr.fits",
+        provenance_cards("isr", inputs, {"steps": result.steps, "config": config}))
+    stats = write_text_atomic(json.dumps(stats_document(raw, result), indent=1),
+                              ctx.out_dir / f"{job.obs_id}_isrstats.json")
+    t_write = time.perf_counter() - t0
+    ctx._exposure = result.exposure
+    ctx.outputs["isr"] = {"postisr": str(post), "stats": str(stats)}
+    timings = {"read_raw": t_read, **{f"isr.{k}": v for k, v in result.timings.items()},
+               "write_postisr": t_write}
+    return {"steps": list(result.steps), "timings_s": timings}
+
+
+def _run_characterize(ctx: _Context, config) -> dict[str, Any]:
+    from atmospec.characterize.catalog import catalog_name, write_catalog
+    from atmospec.characterize.task import characterize
+
+    job = ctx.job
+    t0 = time.perf_counter()
+    exposure = ctx.exposure()
+    t_read = time.perf_counter() - t0
+    result = characterize(exposure, config)
+    path = write_catalog(result, ctx.out_dir / catalog_name(job.obs_id),
+                         provenance=provenance_cards(
+                             "characterize", [ctx.outputs["isr"]["postisr"]], config))
+    ctx.outputs["characterize"] = {"catalog": str(path)}
+    metrics = dict(result.quality.to_dict())
+    timings = {f"characterize.{k}": v for k, v in result.timings.items()}
+    if t_read > 0.05:
+        timings["read_postisr"] = t_read
+    metrics["timings_s"] = timings
+    return metrics
+
+
+def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
+    from atmospec.camera.description import load_camera
+    from atmospec.camera.translator import translate_header
+    from atmospec.characterize.zeroth_order import (
+        centroid_name,
+        find_zeroth_order,
+        load_spectroscopy_table,
+        write_centroid,
+        zeroth_order_prior,
+    )
+
+    job = ctx.job
+    exposure = ctx.exposure()
+    t0 = time.perf_counter()
+    info = translate_header(exposure.metadata, job.raw)
+    prior = zeroth_order_prior(info, load_camera("latiss"), load_spectroscopy_table())
+    result = find_zeroth_order(exposure, config=config, prior=prior)
+    path = write_centroid(result, ctx.out_dir / centroid_name(job.obs_id),
+                          provenance_cards("zeroth_order", [ctx.outputs["isr"]["postisr"]],
+                                           config))
+    ctx.outputs["zeroth_order"] = {"centroid": str(path)}
+    metrics = {f"zeroth_order_{k}": v for k, v in result.to_dict().items()
+               if isinstance(v, int | float | str | bool) or v is None}
+    metrics["timings_s"] = {"zeroth_order": time.perf_counter() - t0}
+    return metrics
+
+
+#: The tasks a pipeline definition may name.
+TASKS: dict[str, TaskType] = {
+    "isr": TaskType("atmospec.isr.driver:IsrConfig", ("imaging", "dispersed"), (), _run_isr),
+    "characterize": TaskType("atmospec.characterize.task:CharacterizeConfig", ("imaging",),
+                             ("isr",), _run_characterize),
+    "zeroth_order": TaskType("atmospec.characterize.zeroth_order:ZerothOrderConfig",
+                             ("dispersed",), ("isr",), _run_zeroth_order),
+}
+
+
+def run_job(job: ExposureJob) -> list[TaskOutcome]:
+    """Run the tasks of one exposure (in a worker process).
+
+    Parameters
+    ----------
+    job : ExposureJob
+        The exposure's work.
+
+    Returns
+    -------
+    list of TaskOutcome
+        One per task of the job, in order; never raises for a bad exposure.
+    """
+    ctx = _Context(job)
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+    outcomes = []
+    for spec in job.tasks:
+        started = datetime.now(UTC)
+        t0 = time.perf_counter()
+        metrics: dict[str, Any] = {}
+        reason = None
+        upstream = [dep for dep in spec.inputs if dep in failed]
+        if upstream:
+            reason = f"not run: {upstream[0]} failed"
+        else:
+            try:
+                metrics = TASKS[spec.name].run(ctx, spec.config)
+            except (BadInputError, ProcessingError) as exc:
+                reason = short_error(exc)
+            except MemoryError:
+                reason = "out of memory"
+            except Exception as exc:  # a bug or unforeseen data: fail this exposure only
+                reason = f"{type(exc).__name__}: {short_error(exc)}"
+                log.debug("%s %s failed:\n%s", job.obs_id, spec.name, traceback.format_exc())
+        if reason is not None:
+            failed[spec.name] = reason
+        outcomes.append(TaskOutcome(
+            job.obs_id, spec.name, "failed" if reason else "done", reason, spec.config_hash,
+            started, time.perf_counter() - t0,
+            ctx.outputs.get(spec.name, {}) if reason is None else {}, metrics))
+    return outcomes

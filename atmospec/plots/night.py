@@ -1,0 +1,127 @@
+"""Night diagnostics drawn from the night summary table and the exposures' catalogues:
+image quality against time and airmass, and where sources fell on the detector."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+from astropy.time import Time
+from matplotlib.figure import Figure
+
+from atmospec.camera.description import load_camera
+from atmospec.plots.common import config_colour, config_label, save_png
+
+log = logging.getLogger(__name__)
+
+
+def _hours(table: Table) -> tuple[np.ndarray, str]:
+    """Exposure start in hours from the first exposure's UTC midnight, and the axis label."""
+    mjd = np.asarray(table["mjd"], dtype=float)
+    good = np.isfinite(mjd)
+    if not good.any():
+        return mjd, "time (no timestamps)"
+    t0 = Time(np.floor(np.nanmin(Time(mjd[good], format="mjd", scale="tai").utc.mjd)),
+              format="mjd", scale="utc")
+    hours = (Time(np.where(good, mjd, mjd[good][0]), format="mjd", scale="tai").utc.mjd
+             - t0.mjd) * 24.0
+    return np.where(good, hours, np.nan), f"UTC hours since {t0.iso[:10]}"
+
+
+def plot_night_quality(table: Table, path: str | os.PathLike[str]) -> Path:
+    """FWHM, ellipticity and sky against time and airmass, one colour per configuration.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Night summary (`atmospec.night.summary.summary_table`).
+    path : path
+        PNG to write.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    rows = table[(table["status"] == "done") & np.isfinite(np.asarray(table["fwhm_px"],
+                                                                      dtype=float))]
+    hours, time_label = _hours(rows)
+    fig = Figure(figsize=(11, 9), layout="constrained")
+    axes = fig.subplots(3, 2, sharex="col")
+    panels = (("fwhm_arcsec", "PSF FWHM (arcsec)"), ("ellipticity", "PSF ellipticity"),
+              ("sky_e_per_s", "sky (e⁻/s/pixel)"))
+    configs = sorted({(str(f), str(d)) for f, d in zip(rows["filter"], rows["disperser"],
+                                                        strict=True)})
+    for i, (column, label) in enumerate(panels):
+        for filt, disp in configs:
+            sel = (rows["filter"] == filt) & (rows["disperser"] == disp)
+            style = {"color": config_colour(filt, disp), "label": config_label(filt, disp)}
+            y = np.asarray(rows[column], dtype=float)[sel]
+            axes[i, 0].plot(hours[sel], y, "o", ms=4, **style)
+            axes[i, 1].plot(np.asarray(rows["airmass"], dtype=float)[sel], y, "o", ms=4,
+                            **style)
+        axes[i, 0].set_ylabel(label)
+        axes[i, 1].set_ylabel(label)
+    axes[-1, 0].set_xlabel(time_label)
+    axes[-1, 1].set_xlabel("airmass")
+    if configs:
+        axes[0, 1].legend(fontsize="small", title="filter", loc="best")
+    else:
+        axes[0, 0].text(0.5, 0.5, "no characterized exposure", ha="center",
+                        transform=axes[0, 0].transAxes)
+    fig.suptitle(f"Image quality of the night ({len(rows)} exposures)")
+    return save_png(fig, path)
+
+
+def plot_source_positions(table: Table, catalogs: Sequence[str | os.PathLike[str]],
+                          path: str | os.PathLike[str]) -> Path:
+    """Where sources fell on the detector over the night, and the dispersed exposures'
+    zeroth orders.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Night summary (for the zeroth-order positions).
+    catalogs : sequence of path
+        Source catalogues (ECSV with ``xcentroid``, ``ycentroid``).
+    path : path
+        PNG to write.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    ny, nx = load_camera("latiss").detector_shape
+    xs, ys = [], []
+    for cat in catalogs:
+        try:
+            t = Table.read(cat, format="ascii.ecsv")
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s: %s", cat, exc)
+            continue
+        xs.append(np.asarray(t["xcentroid"], dtype=float))
+        ys.append(np.asarray(t["ycentroid"], dtype=float))
+    x = np.concatenate(xs) if xs else np.empty(0)
+    y = np.concatenate(ys) if ys else np.empty(0)
+    fig = Figure(figsize=(7.5, 7), layout="constrained")
+    ax = fig.subplots()
+    if x.size:
+        hb = ax.hexbin(x, y, gridsize=40, extent=(0, nx, 0, ny), mincnt=1, cmap="viridis")
+        fig.colorbar(hb, ax=ax, label="sources per cell (all exposures)")
+    zx = np.asarray(table["zeroth_order_x"], dtype=float)
+    zy = np.asarray(table["zeroth_order_y"], dtype=float)
+    ok = np.isfinite(zx) & np.isfinite(zy)
+    if ok.any():
+        ax.plot(zx[ok], zy[ok], "+", color="red", ms=12, mew=2,
+                label=f"zeroth order ({int(ok.sum())} dispersed exposures)")
+        ax.legend(loc="upper right", fontsize="small")
+    ax.set_xlim(0, nx)
+    ax.set_ylim(0, ny)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (pixel)")
+    ax.set_ylabel("y (pixel)")
+    ax.set_title(f"{x.size} sources from {len(xs)} exposures")
+    return save_png(fig, path)

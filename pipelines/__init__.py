@@ -1,0 +1,1 @@
+"""Pipeline definitions (YAML) shipped with atmospec, installed as ``atmospec.pipelines``."""

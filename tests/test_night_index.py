@@ -1,0 +1,153 @@
+"""Night index (SQLite) and pipeline definitions: indexing real-layout raws, rejecting damaged
+and foreign files, queries, task records, pipeline YAML validation and overrides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from atmospec.errors import BadInputError
+from atmospec.isr.driver import IsrConfig
+from atmospec.night.index import NightIndex, check_raw_file
+from atmospec.night.pipeline import load_pipeline, with_overrides
+from atmospec.sim.night import NightConfig, night_plan, write_damaged_files
+from atmospec.sim.rawfile import primary_header, write_raw
+
+NIGHT = NightConfig(day_obs=20250301, n_bias=2, n_dark=1, n_flat=1, n_science=2,
+                    n_dispersed=1, dispersed_every=1)
+
+
+@pytest.fixture(scope="module")
+def night_dir(tmp_path_factory) -> Path:
+    """Raw files with the night plan's headers (blank pixels: the index reads headers only),
+    plus a truncated, an empty, a foreign and a non-FITS file."""
+    out = tmp_path_factory.mktemp("night")
+    segments = np.zeros((16, 2048, 576), dtype=np.int32)
+    raws = []
+    for p in night_plan(NIGHT):
+        cards = primary_header(p.obs_id, {"science": "OBJECT", "dispersed": "OBJECT"}.get(
+            p.kind, p.kind.upper()), p.exptime, p.darktime, p.filter_name, p.disperser,
+            p.start, p.airmass, p.ra, p.dec, "field", elevation=p.elevation)
+        raws.append(write_raw(out / f"{p.obs_id}.fits", segments, cards, compress=True))
+    write_damaged_files(out, raws, NightConfig(day_obs=NIGHT.day_obs, n_corrupt=3))
+    (out / "notes.fits").write_text("not a FITS file\n")
+    return out
+
+
+def test_index_accepts_raws_and_rejects_damaged_files(night_dir, tmp_path):
+    index = NightIndex(tmp_path / "repo")
+    counts = index.index_directory(night_dir, progress=False)
+    plan = night_plan(NIGHT)
+    assert counts == {"added": len(plan), "unchanged": 0, "rejected": 4}
+    reasons = {p.name: r for p, r in index.rejected()}
+    assert "truncated" in reasons[f"AT_O_{NIGHT.day_obs}_{len(plan) + 1:06d}.fits"]
+    assert reasons[f"AT_O_{NIGHT.day_obs}_{len(plan) + 2:06d}.fits"] == "empty file"
+    assert "ComCam" in reasons[f"CC_O_{NIGHT.day_obs}_{len(plan) + 3:06d}.fits"]
+    assert "not a readable FITS file" in reasons["notes.fits"]
+    # A second pass reads nothing again.
+    assert index.index_directory(night_dir, progress=False) == {
+        "added": 0, "unchanged": len(plan) + 4, "rejected": 0}
+
+
+def test_index_queries(night_dir, tmp_path):
+    index = NightIndex(tmp_path / "repo")
+    index.index_directory(night_dir, progress=False)
+    plan = night_plan(NIGHT)
+    assert [r.info.seq_num for r in index.raws()] == [p.seq for p in plan]
+    assert len(index.raws(image_type="bias")) == NIGHT.n_bias
+    assert len(index.raws(image_type=["bias", "dark"])) == NIGHT.n_bias + NIGHT.n_dark
+    science = index.raws(image_type="science")
+    assert len(science) == NIGHT.n_science + NIGHT.n_dispersed
+    dispersed = index.raws(dispersed=True)
+    assert [r.info.disperser for r in dispersed] == ["holo4_003"]
+    assert len(index.raws(disperser="holo4_003")) == 1
+    assert len(index.raws(filter="SDSSr_65mm", image_type="science")) == NIGHT.n_science
+    # Time window: only the on-sky frames start after the science start time.
+    on_sky = [p for p in plan if p.kind in ("science", "dispersed")]
+    got = index.raws(start=on_sky[0].start, end=on_sky[-1].start)
+    assert [r.info.seq_num for r in got] == [p.seq for p in on_sky[:-1]]
+
+
+def test_index_notices_a_changed_file(night_dir, tmp_path):
+    index = NightIndex(tmp_path / "repo")
+    index.index_directory(night_dir, progress=False)
+    victim = sorted(night_dir.glob("AT_O_*_000001.fits"))[0]
+    copy = tmp_path / "night"
+    copy.mkdir()
+    target = copy / victim.name
+    target.write_bytes(victim.read_bytes()[:100_000])
+    other = NightIndex(tmp_path / "repo2")
+    assert other.index_directory(copy, progress=False)["rejected"] == 1
+    target.write_bytes(victim.read_bytes())
+    os.utime(target, (1e9, 1e9))
+    assert other.index_directory(copy, progress=False)["added"] == 1
+    assert other.rejected() == []
+
+
+def test_check_raw_file_names_the_problem(tmp_path):
+    path = tmp_path / "few.fits"
+    fits.HDUList([fits.PrimaryHDU(header=fits.Header({"INSTRUME": "LATISS"})),
+                  fits.ImageHDU(np.zeros((2, 2)))]).writeto(path)
+    with pytest.raises(BadInputError) as info:
+        check_raw_file(path)
+    assert str(path) in str(info.value)
+
+
+def test_task_records_count_attempts(tmp_path):
+    from datetime import UTC, datetime
+
+    index = NightIndex(tmp_path / "repo")
+    now = datetime.now(UTC)
+    index.record_task("AT_O_1_000001", "isr", status="failed", config_hash="a", started=now,
+                      duration_s=1.0, reason="boom")
+    index.record_task("AT_O_1_000001", "isr", status="done", config_hash="a", started=now,
+                      duration_s=2.0, outputs={"postisr": "x.fits"}, metrics={"fwhm_px": 9.5})
+    (rec,) = index.tasks()
+    assert (rec.status, rec.attempts, rec.reason, rec.metrics) == ("done", 2, None,
+                                                                    {"fwhm_px": 9.5})
+    with pytest.raises(ValueError):
+        index.record_task("x", "isr", status="maybe", config_hash="a", started=now,
+                          duration_s=0.0)
+
+
+def test_default_pipeline_loads():
+    pipeline = load_pipeline()
+    assert [t.name for t in pipeline.tasks] == ["isr", "characterize", "zeroth_order"]
+    assert [t.name for t in pipeline.tasks_for("imaging")] == ["isr", "characterize"]
+    assert [t.name for t in pipeline.tasks_for("dispersed")] == ["isr", "zeroth_order"]
+    assert pipeline.calibrations.require == ("bias", "flat")
+    assert pipeline.tasks[0].config.overscan.method == "median_per_row"
+
+
+def test_overrides_reach_nested_configs():
+    config = with_overrides(IsrConfig(), {"steps": ["overscan", "gain"],
+                                          "cosmic_rays": {"niter": 1}})
+    assert config.steps == ("overscan", "gain")
+    assert config.cosmic_rays.niter == 1
+    with pytest.raises(ValueError, match="cosmic_rays.nitre: unknown option"):
+        with_overrides(IsrConfig(), {"cosmic_rays": {"nitre": 1}})
+    with pytest.raises(ValueError, match="expected an integer"):
+        with_overrides(IsrConfig(), {"cosmic_rays": {"niter": "two"}})
+    with pytest.raises(ValueError, match="is not one of"):
+        with_overrides(IsrConfig(), {"overscan": {"method": "mean"}})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tasks: {isr: {}, detect: {}}", "tasks.detect: unknown task"),
+    ("tasks: {characterize: {inputs: [isr]}}", "isr does not run before characterize"),
+    ("tasks: {isr: {applies_to: [imaging]}, zeroth_order: {}}", "its input isr only on"),
+    ("tasks: {isr: {config: {overscan: {method: mean}}}}", "tasks.isr.config.overscan.method"),
+    ("calibrations: {build: [ptc]}\ntasks: {isr: {}}", "can build only"),
+    ("tasks: [isr]", "needs a 'tasks' mapping"),
+    ("tasks: {isr: {applies_to: [flats]}}", "unknown exposure class"),
+])
+def test_bad_pipeline_files_name_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(BadInputError) as info:
+        load_pipeline(path)
+    assert message in str(info.value) and str(path) in str(info.value)
