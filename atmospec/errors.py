@@ -17,6 +17,11 @@ class BadInputError(Exception):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
 
+    def __reduce__(self) -> tuple:
+        # Worker processes send it back pickled; the default would call __init__ with the
+        # formatted message alone and fail, breaking the whole process pool.
+        return (type(self), (self.path, self.problem))
+
 
 class ProcessingError(Exception):
     """A valid input on which an algorithm failed (CLI exits 1)."""

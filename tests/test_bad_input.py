@@ -161,3 +161,14 @@ def test_usage_errors(argv, capsys):
     status, _, err = _run(capsys, *argv)
     assert status == 2
     _assert_one_line(err, "atmospec")
+
+
+def test_bad_input_error_survives_pickling():
+    """Worker processes return it pickled: path and problem must come back intact."""
+    import pickle
+
+    from atmospec.errors import BadInputError
+
+    err = pickle.loads(pickle.dumps(BadInputError("/x/raw.fits", "truncated")))
+    assert (err.path, err.problem, str(err)) == ("/x/raw.fits", "truncated",
+                                                  "/x/raw.fits: truncated")

@@ -110,15 +110,16 @@ def _uncovered(registry: CalibrationRegistry, kind: str,
 
 
 def _build(kind: str, raws: list[str], out: Path, bias: str | None, dark: str | None,
-           ptc: str | None) -> Path:
-    """Build one master (runs in a worker)."""
+           ptc: str | None, min_inputs: int) -> Path:
+    """Build one master (runs in a worker); unusable frames are left out and logged."""
     from atmospec.cpp import masters
 
+    common = {"ptc": ptc, "skip_bad": True, "min_inputs": min_inputs}
     if kind == "bias":
-        return masters.build_bias(raws, out, masters.MasterConfig(ptc=ptc, skip_bad=True))
+        return masters.build_bias(raws, out, masters.MasterConfig(**common))
     if kind == "dark":
-        return masters.build_dark(raws, out, bias, masters.DarkConfig(ptc=ptc, skip_bad=True))
-    return masters.build_flat(raws, out, bias, dark, masters.FlatConfig(ptc=ptc, skip_bad=True))
+        return masters.build_dark(raws, out, bias, masters.DarkConfig(**common))
+    return masters.build_flat(raws, out, bias, dark, masters.FlatConfig(**common))
 
 
 def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
@@ -192,7 +193,7 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
                 continue
             log.info("building the %s from %d frames -> %s", what, len(frames), out)
             futures.append((filt, out, submit(_build, kind, [str(r.path) for r in frames], out,
-                                              bias, dark, ptc)))
+                                              bias, dark, ptc, policy.min_frames.get(kind, 1))))
         for filt, out, future in futures:
             built.append(_register(registry, kind, filt, out, future, policy.certify))
     return built

@@ -73,6 +73,10 @@ class NightResult:
     """Summary table and plot files."""
     wall_s: float = 0.0
     """Wall time of the run, s."""
+    calibrations_s: float = 0.0
+    """Wall time of the calibration stage (selection and building), s."""
+    exposures_s: float = 0.0
+    """Wall time of the per-exposure stage, s."""
 
 
 def exposure_class(record: RawRecord) -> str | None:
@@ -116,9 +120,16 @@ def open_executor(config: NightRunConfig) -> Iterator[Executor]:
     workers = config.workers or os.cpu_count() or 1
     # spawn: workers start clean (no inherited threads of progress bars, no copied SQLite
     # handles), at the cost of ~1 s of imports per worker.
-    with ProcessPoolExecutor(max_workers=workers,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker,
+                             initargs=(logging.getLogger("atmospec").getEffectiveLevel(),)
+                             ) as pool:
         yield pool
+
+
+def _init_worker(level: int) -> None:
+    """Give a spawned worker the main process's log level and format (it starts bare)."""
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s [worker]: %(message)s")
 
 
 def _raw_identity(record: RawRecord) -> dict[str, object]:
@@ -209,8 +220,11 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     registry = CalibrationRegistry(repo, create=True)
     result = NightResult(rejected=index.rejected())
     with open_executor(config) as executor:
+        t0 = time.perf_counter()
         result.calibrations = prepare_calibrations(index, registry, pipeline.calibrations,
                                                    executor.submit, repo / "calib" / "night")
+        result.calibrations_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         jobs, result.n_skipped = plan_jobs(index, registry, pipeline, repo,
                                            config.retry_failed)
         result.n_exposures = result.n_skipped + len(jobs)
@@ -236,6 +250,7 @@ def run_night(raw_dir: str | Path, repo: str | Path,
             result.n_run += 1
             bar.update(1)
         bar.close()
+        result.exposures_s = time.perf_counter() - t0
     failed = {t.obs_id for t in index.tasks() if t.status == "failed"}
     result.n_failed = len(failed)
     result.summary = write_summary(index, repo, plots=config.plots)

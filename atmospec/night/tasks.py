@@ -213,11 +213,11 @@ def _run_characterize(ctx: _Context, config) -> dict[str, Any]:
 
 def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
     from atmospec.camera.description import load_camera
+    from atmospec.camera.spectro import load_spectro_table
     from atmospec.camera.translator import translate_header
     from atmospec.characterize.zeroth_order import (
         centroid_name,
         find_zeroth_order,
-        load_spectroscopy_table,
         write_centroid,
         zeroth_order_prior,
     )
@@ -226,7 +226,7 @@ def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
     exposure = ctx.exposure()
     t0 = time.perf_counter()
     info = translate_header(exposure.metadata, job.raw)
-    prior = zeroth_order_prior(info, load_camera("latiss"), load_spectroscopy_table())
+    prior = zeroth_order_prior(info, load_camera("latiss"), load_spectro_table("latiss"))
     result = find_zeroth_order(exposure, config=config, prior=prior)
     path = write_centroid(result, ctx.out_dir / centroid_name(job.obs_id),
                           provenance_cards("zeroth_order", [ctx.outputs["isr"]["postisr"]],

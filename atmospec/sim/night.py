@@ -29,9 +29,11 @@ from astropy.time import Time
 from tqdm import tqdm
 
 from atmospec.camera.description import load_camera
+from atmospec.camera.spectro import load_spectro_table
 from atmospec.camera.translator import kasten_young_airmass
-from atmospec.io import atomic_path, write_text_atomic
+from atmospec.io import atomic_path, to_jsonable, write_text_atomic
 from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose
+from atmospec.sim.dispersed import render_dispersed
 from atmospec.sim.rawfile import primary_header, write_raw
 from atmospec.sim.scenes import (
     CosmicRayConfig,
@@ -130,7 +132,7 @@ class NightConfig:
     """Exposure time of the dispersed exposures, s."""
     dispersed_target: str = "HD142331"
     """OBJECT of the dispersed exposures (a CALSPEC standard)."""
-    dispersed_star_e_per_s: float = 4.0e6
+    dispersed_star_e_per_s: float = 1.0e6
     """Count rate of the standard above the atmosphere over all orders, e⁻/s."""
     linspos_mm: float = 68.0
     """LINSPOS of the dispersed exposures, mm (D2CCD = 115 mm + LINSPOS + window)."""
@@ -391,8 +393,8 @@ def simulate_exposure(
     Parameters
     ----------
     kind : str
-        ``bias``, ``dark``, ``flat`` or ``science`` (``object`` accepted); must match the
-        plan's kind for ``seq``.
+        ``bias``, ``dark``, ``flat``, ``science`` or ``dispersed`` (``object`` accepted for
+        either of the last two); must match the plan's kind for ``seq``.
     config : NightConfig
         The night.
     seq : int
@@ -407,7 +409,9 @@ def simulate_exposure(
     primary_cards : dict
         Primary header of the raw file.
     """
-    kind = "science" if kind.lower() == "object" else kind.lower()
+    kind = kind.lower()
+    if kind == "object":  # an OBJECT frame is a science or a dispersed one
+        kind = next((p.kind for p in night_plan(config) if p.seq == seq), "science")
     by_seq = {p.seq: p for p in night_plan(config)}
     if seq not in by_seq:
         raise ValueError(f"no exposure with seq {seq} in this night ({len(by_seq)} planned)")
@@ -426,7 +430,8 @@ def simulate_exposure(
     stars = None
     sky = flat_level = 0.0
     fwhm = None
-    if kind in ("flat", "science"):
+    dispersed = None
+    if kind in ("flat", "science", "dispersed"):
         illum = illumination(shape, p.filter_name, config=config.flat_field,
                              sensor_seed=det.sensor_seed)
     if kind == "flat":
@@ -447,6 +452,17 @@ def simulate_exposure(
         signal += np.float32(sky)
         stars = Table({"x": x, "y": y, "flux_e": flux, "peak_e": peak,
                        "saturated": cat["saturated"]})
+    elif kind == "dispersed":
+        fwhm = float(p.seeing_arcsec) / camera.plate_scale
+        spec = load_spectro_table("latiss").get(p.disperser)
+        x0, y0 = np.asarray(spec.nominal_zeroth_order) + scene_rng.normal(
+            0.0, config.pointing_error_px, 2)
+        transmission = 10.0 ** (-0.4 * config.extinction_mag * (p.airmass or 1.0))
+        signal, dispersed = render_dispersed(
+            shape, float(x0), float(y0), config.dispersed_star_e_per_s * p.exptime * transmission,
+            fwhm, p.disperser, config.linspos_mm, scene_rng)
+        sky = float(p.sky_e_per_s) * p.exptime
+        signal += np.float32(sky)
 
     cr_rng = np.random.default_rng(cr_ss)
     n_cr = int(cr_rng.poisson(config.cr_rate_per_s * p.darktime))
@@ -458,12 +474,14 @@ def simulate_exposure(
     truth = FrameTruth(plan=p, seed=config.seed, sensor_seed=det.sensor_seed,
                        detector=det_truth, stars=stars, cosmic_ray_mask=cr_mask,
                        n_cosmic_rays=n_cr, illumination=illum, sky_e=float(sky),
-                       flat_level_e=float(flat_level), fwhm_px=fwhm)
-    target = config.target if kind == "science" else "FlatField position"
+                       flat_level_e=float(flat_level), fwhm_px=fwhm,
+                       dispersed=to_jsonable(dispersed) if dispersed is not None else None)
+    target = {"science": config.target, "dispersed": config.dispersed_target}.get(
+        kind, "FlatField position")
     cards = primary_header(
         p.obs_id, KINDS[kind], p.exptime, p.darktime, p.filter_name, p.disperser, p.start,
         p.airmass, p.ra, p.dec, target, elevation=p.elevation, azimuth=p.azimuth,
-        seed=config.seed,
+        seed=config.seed, linspos=config.linspos_mm,
     )
     return segments, truth, cards
 

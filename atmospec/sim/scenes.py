@@ -565,7 +565,7 @@ def _illumination(shape: tuple[int, int], filter_name: str, cfg: IlluminationCon
 
 
 @cache
-def _qe_curve() -> tuple[np.ndarray, np.ndarray]:
+def qe_curve() -> tuple[np.ndarray, np.ndarray]:
     """Amp-averaged QE curve of the LATISS sensor: wavelength (nm), efficiency (fraction)."""
     ref = resources.files("atmospec.data") / "latiss_sensor_qe.ecsv"
     table = Table.read(str(ref), format="ascii.ecsv")
@@ -612,6 +612,6 @@ def filter_qe_scale(filter_name: str) -> float:
         between filters.
     """
     lo, hi = filter_band(filter_name)
-    wl, eff = _qe_curve()
+    wl, eff = qe_curve()
     fine = np.linspace(lo, hi, 512)
     return float(np.mean(np.interp(fine, wl, eff)))
