@@ -1,4 +1,30 @@
-"""Cosmic-ray detection and repair with astroscrappy (van Dokkum 2001 L.A.Cosmic)."""
+"""Cosmic-ray detection and repair with astroscrappy (van Dokkum 2001 L.A.Cosmic).
+
+L.A.Cosmic costs ~8 s per iteration on a full 4000×4072 LATISS frame, although cosmic rays
+cover ~2·10⁻⁴ of it. By default (``CosmicRayConfig.blockwise``) a cheap vectorised
+pre-screen finds the pixels that could hold a cosmic ray, groups them into clusters, and
+astroscrappy runs only on each cluster's bounding box grown by a margin wide enough that,
+inside the box's core, its result is the same as on the whole frame.
+
+Why the margin makes the core exact (astroscrappy 1.x, ``sepmed=True``,
+``fsmode="median"``, ``cleantype="meanmask"``): within one iteration the new detections at
+a pixel depend on the current image and noise map within 8 pixels (Laplacian of the 2×
+subsampled image: 1; 7×7 median noise map: 3; Laplacian-to-noise minus its 7×7 median: 6;
+fine structure, a 5×5 median followed by a 9×9 median: 6; two one-pixel growths of the
+detections: 8), and the 5×5 masked-mean repair adds 2, so each iteration reaches 10 pixels
+further. The mask after ``niter`` iterations thus depends on the input within
+``10·niter − 2`` pixels and the repaired image within ``10·niter``: the filters' own edge
+handling (astroscrappy copies border pixels) never reaches a core pixel. The one global
+quantity, the image median used to repair a pixel whose whole 5×5 neighbourhood is masked,
+is a box median instead (repaired value only, on dense masked areas).
+
+Full-frame L.A.Cosmic also flags noise: lone pixels whose Laplacian reaches 4.5σ (~3·10⁻⁵
+of sky pixels, ~500 per frame; more in darks, with hot pixels). The pre-screen keeps a lone
+pixel only at 10σ and otherwise wants a second bright pixel beside it, as a cosmic ray
+spreads its charge over several pixels. The block-wise mask is therefore a subset of the
+full-frame one that holds the same real detections (on simulated frames, every flagged
+pixel within 3 px of a true cosmic ray) and 4–7 times fewer false ones.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +32,10 @@ from dataclasses import dataclass
 
 import astroscrappy
 import numpy as np
+from scipy import ndimage
+
+#: Rows per band of the pre-screen's first stage: its temporaries (~1 MB each) stay in cache.
+_BAND_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -20,8 +50,36 @@ class CosmicRayConfig:
     """Minimum contrast between the Laplacian and the fine structure: larger values keep
     more star cores (LATISS PSFs are well sampled, FWHM ≈ 8–15 px)."""
     niter: int = 2
-    """Detection iterations. Each costs ~5 s on a full LATISS frame; on simulated frames
-    two give a pixel recall of 0.958 against 0.960 for four."""
+    """Detection iterations. Each costs ~8 s on a full LATISS frame (block-wise, the whole
+    step takes ~1 s); on simulated frames two give a pixel recall of 0.958 against 0.960
+    for four. Each iteration widens the margin of the boxes by 10 pixels."""
+    blockwise: bool = True
+    """Run L.A.Cosmic only on boxes around pre-screened candidates (the same result as on
+    the whole frame inside the boxes, ~15–20× faster on LATISS frames); ``False`` runs it
+    on the whole frame (the reference)."""
+    screen_sigma: float = 4.0
+    """Pre-screen, first stage: a pixel is a candidate when its 4-neighbour Laplacian,
+    ``(4·v − Σ neighbours) / 4``, exceeds this many times the noise of the darkest pixel
+    of its 3×3 neighbourhood (Poisson, gain 1, plus read noise). Below ``sigclip``, which
+    thresholds nearly the same ratio, so that every cosmic ray L.A.Cosmic finds passes."""
+    screen_single_sigma: float = 10.0
+    """Pre-screen, second stage: a candidate whose ratio reaches this is kept alone (a
+    cosmic ray whose charge fell in one pixel, a hot pixel). Sky noise does not reach it."""
+    screen_neighbour_sigma: float = 4.0
+    """Pre-screen, second stage: other candidates are kept when one of their 8 neighbours
+    stands this many noise σ above the local background (charge spread over pixels);
+    this rejects the lone 4σ noise pixels that would each cost a box."""
+    screen_halo: int = 4
+    """Pixels around the candidates of a cluster that belong to its box's core, for the
+    faint pixels along a track and its diffusion wings that the detection grows into."""
+    cluster_px: int = 16
+    """Cell size (pixels) of the grid on which candidates are grouped: candidates within
+    three cells of each other along a row or column share a box, four or more cells apart
+    never, so that close neighbours do not each pay for a margin while distant ones do
+    not make a large box."""
+    max_box_fraction: float = 0.5
+    """If the boxes cover more than this fraction of the frame (a crowded field, a frame
+    full of sharp features), run on the whole frame instead: one pass is cheaper."""
 
 
 def find_cosmic_rays(image: np.ndarray, variance_floor: float, exclude: np.ndarray,
@@ -44,6 +102,185 @@ def find_cosmic_rays(image: np.ndarray, variance_floor: float, exclude: np.ndarr
     mask, cleaned : numpy.ndarray
         Boolean cosmic-ray mask and the image with those pixels replaced.
     """
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    exclude = np.ascontiguousarray(exclude, dtype=bool)
+    variance_floor = max(float(variance_floor), 0.0)
+    if not config.blockwise:
+        return _lacosmic(image, exclude, variance_floor, config)
+    boxes = cosmic_ray_boxes(image, variance_floor, exclude, config)
+    area = sum((b[1].stop - b[1].start) * (b[2].stop - b[2].start) for b in boxes)
+    if area > config.max_box_fraction * image.size:
+        return _lacosmic(image, exclude, variance_floor, config)
+    mask = np.zeros(image.shape, dtype=bool)
+    cleaned = image.copy()
+    for core, box_y, box_x in boxes:
+        box = (box_y, box_x)
+        sub_mask, sub_clean = _lacosmic(image[box], exclude[box], variance_floor, config)
+        # Only the core is exact; cores of different boxes may overlap, and agree there.
+        local = (slice(core[0].start - box_y.start, core[0].stop - box_y.start),
+                 slice(core[1].start - box_x.start, core[1].stop - box_x.start))
+        mask[core] |= sub_mask[local]
+        cleaned[core] = np.where(sub_mask[local], sub_clean[local], cleaned[core])
+    return mask, cleaned
+
+
+def margin_px(niter: int) -> int:
+    """Margin (pixels) around a core beyond which L.A.Cosmic cannot change the core.
+
+    Parameters
+    ----------
+    niter : int
+        L.A.Cosmic iterations.
+
+    Returns
+    -------
+    int
+        ``10·niter``: each iteration reaches 10 pixels (see the module docstring).
+    """
+    return 10 * max(int(niter), 1)
+
+
+def screen_candidates(image: np.ndarray, variance_floor: float, exclude: np.ndarray,
+                      config: CosmicRayConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels that may hold a cosmic ray: high recall, low precision (hot pixels and the
+    cores of bright stars pass too; L.A.Cosmic sorts them out).
+
+    Two vectorised stages:
+
+    1. Over the whole frame, the Laplacian ``(4·v − Σ 4 neighbours) / 4`` against the noise
+       ``sqrt(max(min₃ₓ₃, 0) + variance_floor)`` of the darkest pixel around (gain 1): a
+       cosmic ray does not raise it, as its neighbours hold sky; a star core does, which
+       keeps faint stars out. Bands of `_BAND_ROWS` rows keep the temporaries small.
+       The threshold ``config.screen_sigma`` is below L.A.Cosmic's ``sigclip``, whose
+       Laplacian-to-noise ratio is the same quantity up to its noise estimate (a median
+       of the variance over 7×7 pixels) and the clipping of its sub-sampled Laplacian.
+    2. On those candidates only: keep a pixel whose ratio reaches
+       ``config.screen_single_sigma``, or one of whose 8 neighbours also stands
+       ``config.screen_neighbour_sigma`` noise above the local background (median of the
+       16-pixel ring at distance 2). Charge spreads over several pixels in a cosmic ray,
+       while a 4σ fluctuation of the noise is a lone pixel (full-frame L.A.Cosmic flags
+       ~500 of them per frame).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        float32 image in electrons.
+    variance_floor : float
+        Read-noise variance, e⁻².
+    exclude : numpy.ndarray
+        Boolean mask of pixels L.A.Cosmic ignores: never candidates.
+    config : CosmicRayConfig
+        Pre-screen thresholds.
+
+    Returns
+    -------
+    y, x : numpy.ndarray
+        Coordinates of the candidates. The outermost rows and columns are never
+        candidates themselves: a cosmic ray there is found from its pixels further in.
+    """
+    ny, nx = image.shape
+    # Squared comparison: no square root over the frame.
+    scale = np.float32(16.0 * config.screen_sigma**2)
+    floor = np.float32(variance_floor)
+    # Empty starts: frames under 3 rows have no band.
+    found_y, found_x = [np.empty(0, dtype=np.intp)], [np.empty(0, dtype=np.intp)]
+    found_r = [np.empty(0, dtype=np.float32)]
+    rows = _BAND_ROWS
+    for y0 in range(1, ny - 1, rows):
+        y1 = min(y0 + rows, ny - 1)
+        band = image[y0 - 1:y1 + 1]
+        lap = band[1:-1, 1:-1] * np.float32(4.0)
+        lap -= band[:-2, 1:-1]
+        lap -= band[2:, 1:-1]
+        lap -= band[1:-1, :-2]
+        lap -= band[1:-1, 2:]
+        low = np.minimum(band[:-2], band[1:-1])
+        np.minimum(low, band[2:], out=low)
+        var = np.minimum(low[:, :-2], low[:, 1:-1])
+        np.minimum(var, low[:, 2:], out=var)
+        np.maximum(var, 0.0, out=var)
+        var += floor
+        hit = lap > 0.0
+        hit &= np.square(lap) > var * scale
+        ys, xs = np.nonzero(hit)
+        found_y.append(ys + y0)
+        found_x.append(xs + 1)
+        found_r.append(lap[ys, xs] / (4.0 * np.sqrt(var[ys, xs])))
+    ys, xs, ratio = (np.concatenate(a) for a in (found_y, found_x, found_r))
+    keep = ~exclude[ys, xs]
+    ys, xs, ratio = ys[keep], xs[keep], ratio[keep]
+    # Stage 2 in chunks: 25 values per candidate, memory bounded whatever the frame.
+    keep = np.empty(ys.size, dtype=bool)
+    offsets = np.arange(-2, 3)
+    inner = [6, 7, 8, 11, 13, 16, 17, 18]  # 3×3 neighbours in the flattened 5×5 patch
+    ring = [i for i in range(25) if i not in (*inner, 12)]
+    chunk = 65536
+    for i in range(0, ys.size, chunk):
+        y = np.clip(ys[i:i + chunk, None, None] + offsets[None, :, None], 0, ny - 1)
+        x = np.clip(xs[i:i + chunk, None, None] + offsets[None, None, :], 0, nx - 1)
+        patch = image[y, x].reshape(-1, 25)
+        background = np.median(patch[:, ring], axis=1)
+        noise = np.sqrt(np.maximum(background, 0.0) + variance_floor)
+        neighbour = patch[:, inner].max(axis=1) - background
+        keep[i:i + chunk] = ((ratio[i:i + chunk] >= config.screen_single_sigma)
+                             | (neighbour > config.screen_neighbour_sigma * noise))
+    return ys[keep], xs[keep]
+
+
+def cosmic_ray_boxes(image: np.ndarray, variance_floor: float, exclude: np.ndarray,
+                     config: CosmicRayConfig) -> list[tuple[tuple[slice, slice], slice, slice]]:
+    """Boxes on which to run L.A.Cosmic: one per cluster of pre-screen candidates.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        float32 image in electrons.
+    variance_floor : float
+        Read-noise variance, e⁻².
+    exclude : numpy.ndarray
+        Boolean mask of pixels L.A.Cosmic ignores (never candidates).
+    config : CosmicRayConfig
+        Pre-screen and box parameters.
+
+    Returns
+    -------
+    list of (core, box_y, box_x)
+        ``core`` (a pair of slices) is the cluster's bounding box grown by
+        ``config.screen_halo``; ``box_y``, ``box_x`` the core grown by `margin_px`, both
+        clipped to the image.
+    """
+    ny, nx = image.shape
+    ys, xs = screen_candidates(image, variance_floor, exclude, config)
+    if ys.size == 0:
+        return []
+    # Cluster on a coarse grid of cells (small, cheap to label), joining cells one apart.
+    cell = max(int(config.cluster_px), 1)
+    cells = np.zeros((ny // cell + 1, nx // cell + 1), dtype=bool)
+    cells[ys // cell, xs // cell] = True
+    labels, n = ndimage.label(ndimage.binary_dilation(cells, np.ones((3, 3), bool)))
+    which = labels[ys // cell, xs // cell] - 1
+    y_lo = np.full(n, ny)
+    x_lo = np.full(n, nx)
+    y_hi = np.zeros(n, dtype=int)
+    x_hi = np.zeros(n, dtype=int)
+    np.minimum.at(y_lo, which, ys)
+    np.minimum.at(x_lo, which, xs)
+    np.maximum.at(y_hi, which, ys + 1)
+    np.maximum.at(x_hi, which, xs + 1)
+    halo, margin = int(config.screen_halo), margin_px(config.niter)
+    boxes = []
+    for a, b, c, d in zip(y_lo, y_hi, x_lo, x_hi, strict=True):
+        core = (slice(max(a - halo, 0), min(b + halo, ny)),
+                slice(max(c - halo, 0), min(d + halo, nx)))
+        boxes.append((core,
+                      slice(max(core[0].start - margin, 0), min(core[0].stop + margin, ny)),
+                      slice(max(core[1].start - margin, 0), min(core[1].stop + margin, nx))))
+    return boxes
+
+
+def _lacosmic(image: np.ndarray, exclude: np.ndarray, variance_floor: float,
+              config: CosmicRayConfig) -> tuple[np.ndarray, np.ndarray]:
+    """astroscrappy on one contiguous array (whole frame or box)."""
     mask, cleaned = astroscrappy.detect_cosmics(
         np.ascontiguousarray(image, dtype=np.float32),
         inmask=np.ascontiguousarray(exclude, dtype=bool),
@@ -51,7 +288,7 @@ def find_cosmic_rays(image: np.ndarray, variance_floor: float, exclude: np.ndarr
         sigfrac=config.sigfrac,
         objlim=config.objlim,
         gain=1.0,
-        readnoise=float(np.sqrt(max(variance_floor, 0.0))),
+        readnoise=float(np.sqrt(variance_floor)),
         satlevel=np.inf,
         niter=config.niter,
         sepmed=True,

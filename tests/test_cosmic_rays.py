@@ -1,0 +1,228 @@
+"""Block-wise cosmic-ray detection against full-frame L.A.Cosmic and the simulator's truth.
+
+One full-size simulated science frame is processed both ways (the full-frame reference
+takes ~17 s of this file's ~30 s); a dark frame checks recall and false positives alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from scipy import ndimage
+
+from atmospec.camera.description import load_camera
+from atmospec.camera.raw import RawFrame
+from atmospec.camera.translator import translate_header
+from atmospec.isr.cosmic_rays import (
+    CosmicRayConfig,
+    cosmic_ray_boxes,
+    find_cosmic_rays,
+    margin_px,
+    screen_candidates,
+)
+from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
+from atmospec.isr.gain import AmpGains
+from atmospec.sim.night import NightConfig, night_plan, simulate_exposure
+
+CAMERA = load_camera("latiss")
+NIGHT = NightConfig(n_bias=0, n_dark=1, n_flat=0, n_science=1, compress=False)
+PRE_CR = ("overscan", "saturation", "gain")
+BLOCKWISE = CosmicRayConfig()
+FULL_FRAME = CosmicRayConfig(blockwise=False)
+
+
+def _simulate(kind: str):
+    seq = next(p.seq for p in night_plan(NIGHT) if p.kind == kind)
+    segments, truth, cards = simulate_exposure(kind, NIGHT, seq)
+    header = fits.Header(cards)
+    info = translate_header(header)
+    gains = AmpGains(truth.detector.gains, truth.detector.read_noise_e, "truth")
+
+    def isr(*steps):
+        # run_isr works on the segments in place: each run gets its own copy.
+        raw = RawFrame(Path(f"{cards['OBSID']}.fits"), header, [],
+                       segments.astype(np.float32), info, CAMERA)
+        return run_isr(raw, IsrConfig(steps=steps), IsrCalibrations(gains=gains)).exposure
+
+    return isr, truth, gains
+
+
+def _recall_false_pos(cr: np.ndarray, truth) -> tuple[float, float]:
+    """Pixel recall of the truth, and flagged pixels off the truth's 1-pixel halo per pixel
+    (the measures of test_isr_truth.py)."""
+    true_cr = truth.cosmic_ray_mask & ~truth.detector.saturated
+    halo = ndimage.binary_dilation(true_cr, iterations=1)
+    return (cr & true_cr).sum() / true_cr.sum(), (cr & ~halo).sum() / cr.size
+
+
+@pytest.fixture(scope="module")
+def science():
+    """A science frame before the cosmic-ray step, both masks, timings and boxes."""
+    isr, truth, gains = _simulate("science")
+    exposure = isr(*PRE_CR)
+    image = exposure.image
+    rn2 = float(np.median(gains.read_noise) ** 2)
+    exclude = exposure.get_mask("BAD", "SAT", "SUSPECT")
+    block, block_clean = find_cosmic_rays(image, rn2, exclude, BLOCKWISE)
+    full, full_clean = find_cosmic_rays(image, rn2, exclude, FULL_FRAME)
+    boxes = cosmic_ray_boxes(image, rn2, exclude, BLOCKWISE)
+    core = np.zeros(image.shape, bool)
+    for c, _, _ in boxes:
+        core[c] = True
+    return {"isr": isr, "truth": truth, "image": image, "rn2": rn2, "exclude": exclude,
+            "block": block, "block_clean": block_clean, "full": full,
+            "full_clean": full_clean,
+            "boxes": boxes, "core": core}
+
+
+def test_blockwise_equals_full_frame_in_boxes(science):
+    """Inside the processed cores the mask and repaired image are those of the full frame;
+    outside, nothing is flagged: the block-wise mask is a subset of the full-frame one."""
+    s = science
+    core = s["core"]
+    np.testing.assert_array_equal(s["block"][core], s["full"][core])
+    np.testing.assert_array_equal(s["block_clean"][core], s["full_clean"][core])
+    assert not (s["block"] & ~core).any()
+    assert not (s["block"] & ~s["full"]).any()
+    # Outside the CR pixels the image is returned untouched.
+    np.testing.assert_array_equal(s["block_clean"][~s["block"]], s["image"][~s["block"]])
+
+
+def test_blockwise_agrees_on_real_cosmic_rays(science):
+    """≥ 99.5 % agreement on the pixels near true cosmic rays; what the full frame flags
+    beyond is noise (lone pixels at the 4.5σ Laplacian limit), which the block-wise mask
+    drops."""
+    s = science
+    near = ndimage.binary_dilation(s["truth"].cosmic_ray_mask, iterations=3)
+    block, full = s["block"], s["full"]
+    agree = (block & full & near).sum() / ((block | full) & near).sum()
+    overall = (block & full).sum() / (block | full).sum()
+    dropped = full & ~block
+    sizes = np.bincount(ndimage.label(dropped, np.ones((3, 3), bool))[0].ravel())[1:]
+    print(f"CR agreement near truth {agree:.5f}; overall {overall:.3f}: the full frame "
+          f"also flags {dropped.sum()} noise pixels in {sizes.size} groups (largest "
+          f"{sizes.max() if sizes.size else 0} px), {(dropped & near).sum()} near truth")
+    assert agree >= 0.995
+    # The dropped detections are small noise groups, not cosmic-ray tracks.
+    assert sizes.size == 0 or sizes.max() <= 6
+
+
+def test_prescreen_finds_every_detected_cosmic_ray(science):
+    """Every true cosmic ray that full-frame L.A.Cosmic detects has a pre-screen candidate,
+    and all its flagged pixels lie in a processed core."""
+    s = science
+    truth = s["truth"]
+    true_cr = truth.cosmic_ray_mask & ~truth.detector.saturated
+    labels, n = ndimage.label(true_cr, np.ones((3, 3), bool))
+    index = np.arange(1, n + 1)
+    detected = ndimage.maximum(s["full"], labels, index) > 0
+    ys, xs = screen_candidates(s["image"], s["rn2"], s["exclude"], BLOCKWISE)
+    candidates = np.zeros(true_cr.shape, bool)
+    candidates[ys, xs] = True
+    # Candidates may sit on a track's diffusion wing, just off the truth mask.
+    grown = ndimage.grey_dilation(labels, size=(5, 5))
+    screened = np.zeros(n + 1, bool)
+    screened[np.unique(grown[candidates])] = True
+    in_core = ndimage.minimum(s["core"] | ~s["full"], labels, index) > 0
+    print(f"{detected.sum()} of {n} true cosmic rays detected by the full frame; "
+          f"{(detected & screened[1:]).sum()} screened; {ys.size} candidates")
+    assert detected.sum() > 150
+    assert np.all(screened[1:][detected])
+    assert np.all(in_core[detected])
+
+
+def test_recall_and_false_positives_science(science):
+    """Through run_isr: recall ≥ 0.95 and false positives ≤ 1e-4 of the pixels."""
+    exposure = science["isr"](*PRE_CR, "cosmic_rays")
+    recall, false_pos = _recall_false_pos(exposure.get_mask("CR"), science["truth"])
+    full_recall, full_fp = _recall_false_pos(science["full"], science["truth"])
+    print(f"science: CR recall {recall:.4f} (full frame {full_recall:.4f}), false positives "
+          f"{false_pos:.2e} (full frame {full_fp:.2e})")
+    assert recall >= 0.95
+    assert recall == pytest.approx(full_recall, abs=0.002)
+    assert false_pos <= 1e-4
+
+
+def test_star_cores_not_flagged(science):
+    """No unsaturated star with S/N > 50 loses its peak pixel to the CR mask (as with the
+    full-frame run)."""
+    s = science
+    truth = s["truth"]
+    stars = truth.stars
+    npix = np.pi * truth.fwhm_px**2  # aperture of radius one FWHM
+    snr = stars["flux_e"] / np.sqrt(stars["flux_e"] + npix * (truth.sky_e + s["rn2"]))
+    y = np.rint(stars["y"]).astype(int)
+    x = np.rint(stars["x"]).astype(int)
+    ny, nx = s["image"].shape
+    bright = (snr > 50) & ~stars["saturated"] & (y >= 0) & (y < ny) & (x >= 0) & (x < nx)
+    assert bright.sum() > 100
+    assert not s["full"][y[bright], x[bright]].any()
+    assert not s["block"][y[bright], x[bright]].any()
+
+
+def test_boxes_cover_a_small_part_of_the_frame(science):
+    """The work is proportional to the area processed: the boxes (with their margins) cover
+    a small part of the frame. The speed itself is measured in
+    benchmarks/bench_cosmic_rays.py, not here."""
+    s = science
+    area = sum((by.stop - by.start) * (bx.stop - bx.start) for _, by, bx in s["boxes"])
+    fraction = area / s["image"].size
+    print(f"{len(s['boxes'])} boxes, {fraction:.3f} of the frame")
+    assert fraction < 0.12
+
+
+def test_dark_frame():
+    """Dark frame (read noise only, hot pixels): recall, false positives, and the same
+    result as the full frame inside the cores of a crop."""
+    isr, truth, gains = _simulate("dark")
+    exposure = isr(*PRE_CR, "cosmic_rays")
+    recall, false_pos = _recall_false_pos(exposure.get_mask("CR"), truth)
+    print(f"dark: CR recall {recall:.4f}, false positives {false_pos:.2e}")
+    assert recall >= 0.95
+    assert false_pos <= 1e-4
+
+    before = isr(*PRE_CR)
+    crop = np.s_[1000:2024, 1500:2524]
+    image = before.image[crop]
+    exclude = before.get_mask("BAD", "SAT", "SUSPECT")[crop]
+    rn2 = float(np.median(gains.read_noise) ** 2)
+    block, block_clean = find_cosmic_rays(image, rn2, exclude, BLOCKWISE)
+    full, full_clean = find_cosmic_rays(image, rn2, exclude, FULL_FRAME)
+    boxes = cosmic_ray_boxes(image, rn2, exclude, BLOCKWISE)
+    assert len(boxes) > 5
+    for c, _, _ in boxes:
+        np.testing.assert_array_equal(block[c], full[c])
+        np.testing.assert_array_equal(block_clean[c], full_clean[c])
+    assert not (block & ~full).any()
+
+
+def test_small_images_and_fallback():
+    """No candidate: nothing flagged; too many boxes: the whole-frame path; tiny frames."""
+    rng = np.random.default_rng(3)
+    image = (100.0 + rng.normal(0.0, 10.0, (200, 300))).astype(np.float32)
+    exclude = np.zeros(image.shape, bool)
+    mask, cleaned = find_cosmic_rays(image, 81.0, exclude, BLOCKWISE)
+    assert not mask.any()
+    np.testing.assert_array_equal(cleaned, image)
+    assert cleaned.dtype == np.float32
+
+    image[50, 60:80] += 2000.0  # a track
+    image[150, 200] += 3000.0  # a point hit
+    mask, _ = find_cosmic_rays(image, 81.0, exclude, BLOCKWISE)
+    assert mask[50, 60:80].all() and mask[150, 200]
+    # An excluded hit is neither a candidate nor flagged.
+    exclude[150, 199:202] = True
+    mask, _ = find_cosmic_rays(image, 81.0, exclude, BLOCKWISE)
+    assert not mask[150, 200] and mask[50, 60:80].all()
+    full, _ = find_cosmic_rays(image, 81.0, exclude, FULL_FRAME)
+    fallback, _ = find_cosmic_rays(image, 81.0, exclude, CosmicRayConfig(max_box_fraction=0.0))
+    np.testing.assert_array_equal(fallback, full)
+
+    for shape in ((2, 2), (1, 50), (5, 5)):
+        tiny = np.full(shape, 100.0, np.float32)
+        mask, cleaned = find_cosmic_rays(tiny, 81.0, np.zeros(shape, bool), BLOCKWISE)
+        assert mask.shape == shape and not mask.any()
+    assert margin_px(2) == 20 and margin_px(4) == 40
