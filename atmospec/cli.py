@@ -61,7 +61,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-bias", type=int, default=5)
     p.add_argument("--n-dark", type=int, default=3)
     p.add_argument("--n-flat", type=int, default=3, help="flats per filter")
-    p.add_argument("--n-science", type=int, default=4)
+    p.add_argument("--n-science", type=int, default=4, help="imaging frames of a star field")
+    p.add_argument("--n-dispersed", type=int, default=0,
+                   help="dispersed (holo4_003) exposures of a standard star, interleaved")
+    p.add_argument("--n-corrupt", type=int, default=0,
+                   help="damaged files to add (truncated, empty, foreign), default 0")
+    p.add_argument("--flat-filters", default="SDSSr_65mm",
+                   help="comma list of flat filters (add empty_1 for dispersed exposures)")
     p.add_argument("--n-pairs", type=int, default=25,
                    help="flat-pairs: number of levels (pairs), default 25")
     p.add_argument("--no-compress", action="store_true",
@@ -70,7 +76,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="simulate a small night and run ISR on it")
+    p = sub.add_parser("demo", help="simulate a small night and reduce it (atmospec night)")
     p.add_argument("--out", default="atmospec-demo", help="working directory")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=_cmd_demo)
@@ -465,6 +471,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     config = NightConfig(day_obs=args.day_obs, seed=args.seed, n_bias=args.n_bias,
                          n_dark=args.n_dark, n_flat=args.n_flat, n_science=args.n_science,
+                         n_dispersed=args.n_dispersed, n_corrupt=args.n_corrupt,
+                         flat_filters=tuple(f.strip() for f in args.flat_filters.split(",")
+                                            if f.strip()),
                          compress=not args.no_compress)
     paths = simulate_night(args.out, config)
     print(f"wrote {len(paths)} raw files to {args.out}")
@@ -478,79 +487,50 @@ def _day_start_iso(day_obs: int) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """Simulate a small night, build and register its calibrations, ISR its science frames."""
-    import json
-
-    from astropy.io import fits
-
-    from atmospec.camera.translator import translate_header
-    from atmospec.cpp import masters
+    """Simulate a small night, build a PTC, then reduce the whole night with the runner."""
     from atmospec.cpp.ptc import build_ptc
     from atmospec.cpp.registry import CalibrationRegistry
-    from atmospec.isr.runner import CalibrationFiles
-    from atmospec.plots.isr import format_amp_stats
+    from atmospec.night.runner import NightRunConfig, run_night
     from atmospec.sim.night import NightConfig, simulate_night
     from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
 
     out = Path(args.out)
-    raw_dir, calib_dir, post_dir = out / "raw", out / "calib", out / "postisr"
+    raw_dir, repo = out / "raw", out / "repo"
     config = NightConfig(day_obs=20261123, seed=args.seed, n_bias=3, n_dark=3, n_flat=3,
-                         n_science=3)
-    raws = sorted(raw_dir.glob("AT_*.fits")) if raw_dir.is_dir() else []
+                         flat_filters=("SDSSr_65mm", "empty_1"), n_science=4, n_dispersed=2,
+                         n_corrupt=2)
+    raws = sorted(raw_dir.glob("AT_O_*.fits")) if raw_dir.is_dir() else []
     if not raws:
-        print(f"1/4 simulating a small LATISS night in {raw_dir} ...")
-        raws = simulate_night(raw_dir, config)
+        print(f"1/3 simulating a small LATISS night in {raw_dir}: biases, darks, flats, "
+              f"{config.n_science} star fields, {config.n_dispersed} dispersed exposures and "
+              f"{config.n_corrupt} damaged files ...")
+        simulate_night(raw_dir, config)
     else:
-        print(f"1/4 using the {len(raws)} raw files already in {raw_dir}")
-    pair_dir = raw_dir / "flat_pairs"
-    pairs = sorted(pair_dir.glob("AT_*.fits")) if pair_dir.is_dir() else []
-    if not pairs:
-        print(f"    and 6 flat pairs for a photon-transfer curve in {pair_dir} ...")
-        pairs = write_flat_pairs(pair_dir, PtcSequenceConfig(
-            n_log_levels=5, n_dense_levels=1, min_level_e=1000.0, dense_from_e=115_000.0,
-            max_level_e=115_000.0, day_obs=20261123, first_seq=200,
-            start=_day_start_iso(20261123), seed=args.seed, detector=config.detector))
-    by_type: dict[str, list[Path]] = {}
-    for p in raws:
-        info = translate_header(fits.getheader(p), str(p))
-        by_type.setdefault(info.image_type, []).append(p)
-
-    print(f"2/4 building and verifying calibration products in {calib_dir} ...")
-    products = {"ptc": calib_dir / "ptc.fits", "bias": calib_dir / "bias.fits",
-                "dark": calib_dir / "dark.fits", "flat": calib_dir / "flat_SDSSr_65mm.fits"}
-    ptc = str(products["ptc"])
-    if not products["ptc"].exists():
-        build_ptc(pairs, products["ptc"])
-    if not products["bias"].exists():
-        masters.build_bias(by_type["bias"], products["bias"], masters.MasterConfig(ptc=ptc))
-    if not products["dark"].exists():
-        masters.build_dark(by_type["dark"], products["dark"], products["bias"],
-                           masters.DarkConfig(ptc=ptc))
-    if not products["flat"].exists():
-        masters.build_flat(by_type["flat"], products["flat"], products["bias"],
-                           products["dark"], masters.FlatConfig(ptc=ptc))
-    for product in products.values():
-        _print_verification(product)
-
-    repo = out / "repo"
-    registry = CalibrationRegistry(repo)
-    if not registry.list():  # a re-run reuses what the first run registered
-        for product in products.values():
-            registry.register(product, certify=True)
-    print(f"3/4 products registered in {repo} (atmospec calib list --repo {repo})")
-
-    science = by_type.get("science", [])
-    print(f"4/4 running ISR on the {len(science)} science frames -> {post_dir}")
-    status = _isr_files([str(p) for p in science], str(post_dir),
-                        _isr_config(None, "median_per_row"), CalibrationFiles(), plots=True,
-                        repo=str(repo))
-    stats = sorted(post_dir.glob("*_isrstats.json"))
-    if stats:
-        doc = json.loads(stats[-1].read_text())
-        print(f"\nper-amp statistics of {doc['obs_id']}:")
-        print(format_amp_stats(doc))
-    print(f"\npost-ISR images, statistics and PNG diagnostics are in {post_dir}")
-    return status
+        print(f"1/3 using the raw files already in {raw_dir}")
+    pair_dir = out / "flat_pairs"
+    registry = CalibrationRegistry(repo, create=True)
+    if not registry.list("ptc"):
+        print(f"2/3 6 flat pairs in {pair_dir} -> photon-transfer curve (gains, read noise) "
+              f"registered in {repo} ...")
+        pairs = sorted(pair_dir.glob("AT_*.fits")) if pair_dir.is_dir() else []
+        if not pairs:
+            pairs = write_flat_pairs(pair_dir, PtcSequenceConfig(
+                n_log_levels=5, n_dense_levels=1, min_level_e=1000.0,
+                dense_from_e=115_000.0, max_level_e=115_000.0, day_obs=20261123,
+                first_seq=200, start=_day_start_iso(20261123), seed=args.seed,
+                detector=config.detector))
+        ptc = build_ptc(pairs, out / "ptc.fits")
+        _print_verification(ptc)
+        registry.register(ptc, valid_from="2026-11-01", certify=True)
+    else:
+        print(f"2/3 using the PTC already registered in {repo}")
+    print(f"3/3 reducing the night: atmospec night {raw_dir} --repo {repo}")
+    result = run_night(raw_dir, repo, NightRunConfig())
+    print(night_report_text(result))
+    print(f"\nsummary table: {result.summary['ecsv']}\n"
+          f"calibration products: atmospec calib list --repo {repo}\n"
+          f"per-exposure outputs: {repo / 'exposures'}")
+    return EXIT_FAILURE if result.n_failed else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,7 +70,7 @@ def test_overscan_gain_assembly_bias_frame(truth_gains):
 
 
 def test_overscan_gain_assembly_science_frame(truth_gains):
-    """Science frame: on every amp the median residual to truth is within 0.2 e- and the
+    """Science frame: on every amp the mean residual to truth is within 0.2 e- and the
     normalised residual has unit scatter within 5 %."""
     raw, truth = _frame("science", _seqs("science")[0])
     image = _isr(raw, IsrCalibrations(gains=truth_gains), "overscan", "gain").exposure.image
@@ -86,7 +86,10 @@ def test_overscan_gain_assembly_science_frame(truth_gains):
     for amp in CAMERA.amplifiers:
         sl = CAMERA.amp_slices(amp)
         r, n = resid[sl][good[sl]], noise[sl][good[sl]]
-        assert abs(np.median(r)) < 0.2, amp.name
+        # Mean within 5 sigma, not the median: at a sky of ~240 e- the Poisson skew and the
+        # 1 e-/ADU quantisation move the median of a perfect residual by ~0.2 e-.
+        core = np.abs(r / n) < 5
+        assert abs(np.mean(r[core])) < 0.2, amp.name
         assert np.std(r / n) == pytest.approx(1.0, abs=0.05), amp.name
 
 
