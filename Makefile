@@ -1,5 +1,5 @@
 # atmospec: two commands on a fresh machine with Python 3.11 —
-#   make demo   set up, simulate a small LATISS night and run ISR on it
+#   make demo   set up, simulate a small LATISS night and reduce it
 #   make test   set up and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_isr.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -324,15 +324,16 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     result = characterize(exposure, config)
     out = write_catalog(result, args.out,
                         provenance=provenance_cards("characterize", [args.postisr], config))
-    q = result.quality
+    q = result.image_quality
     print(f"wrote {out}: {q.n_sources} sources, FWHM {q.fwhm_arcsec:.2f}\" "
           f"({q.fwhm_px:.2f} px), ellipticity {q.ellipticity:.3f}, sky {q.sky_e:.1f} e-")
     if args.plots:
-        from atmospec.plots.characterize import plot_psf_figures, plot_source_positions
+        from atmospec.plots.characterize import plot_psf, plot_sources
 
         stem = Path(args.out).with_suffix("")
-        for path in (plot_source_positions(result.catalog, f"{stem}_positions.png"),
-                     plot_psf_figures(result.catalog, f"{stem}_psf.png")):
+        shape = exposure.image.shape
+        for path in (plot_sources(result.catalog, f"{stem}_sources.png", shape),
+                     plot_psf(result.catalog, f"{stem}_psf.png", shape)):
             print(f"wrote {path}")
     return EXIT_OK
 

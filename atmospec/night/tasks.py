@@ -203,7 +203,7 @@ def _run_characterize(ctx: _Context, config) -> dict[str, Any]:
                          provenance=provenance_cards(
                              "characterize", [ctx.outputs["isr"]["postisr"]], config))
     ctx.outputs["characterize"] = {"catalog": str(path)}
-    metrics = dict(result.quality.to_dict())
+    metrics = dict(result.image_quality.to_dict())
     timings = {f"characterize.{k}": v for k, v in result.timings.items()}
     if t_read > 0.05:
         timings["read_postisr"] = t_read

@@ -1,0 +1,215 @@
+"""A whole simulated night through ``atmospec night``: calibrations built from the night's
+frames, every exposure processed in parallel, damaged files skipped, a run killed mid-way
+and resumed without redoing finished exposures, and a Dask run, all with identical outputs.
+
+One small night is simulated once (3 biases, 3 darks, 3 flats in each of two filters, 2
+imaging frames, 1 dispersed exposure, 3 damaged files). The uninterrupted run builds the
+calibrations; the killed/resumed run and the Dask run start from a copy of its calibration
+directory (the "certified products in the repository" path) to keep the suite short.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from atmospec.cli import main
+from atmospec.night.index import NightIndex
+from atmospec.night.runner import NightRunConfig, run_night
+from atmospec.sim.night import NightConfig, simulate_night
+
+NIGHT = NightConfig(day_obs=20250301, seed=5, n_bias=3, n_dark=3, n_flat=3,
+                    flat_filters=("SDSSr_65mm", "empty_1"), n_science=2, n_dispersed=1,
+                    dispersed_every=1, n_corrupt=3)
+OUTPUT_GLOBS = ("exposures/*/*_postisr.fits", "exposures/*/*_sources.ecsv",
+                "exposures/*/*_centroid.json")
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("night") / "raw"
+    simulate_night(out, NIGHT)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(raw_dir, tmp_path_factory):
+    """The uninterrupted local run (2 workers), through the CLI."""
+    repo = tmp_path_factory.mktemp("ref") / "repo"
+    status = main(["night", str(raw_dir), "--repo", str(repo), "--workers", "2"])
+    return repo, status
+
+
+def _with_calibs(reference_repo: Path, repo: Path) -> Path:
+    shutil.copytree(reference_repo / "calib", repo / "calib")
+    return repo
+
+
+def _outputs(repo: Path) -> dict[str, Path]:
+    return {p.name: p for g in OUTPUT_GLOBS for p in repo.glob(g)}
+
+
+def _assert_same_outputs(repo_a: Path, repo_b: Path) -> None:
+    a, b = _outputs(repo_a), _outputs(repo_b)
+    assert sorted(a) == sorted(b)
+    for name, path in a.items():
+        other = b[name]
+        if name.endswith(".fits"):
+            with fits.open(path) as ha, fits.open(other) as hb:
+                for x, y in zip(ha, hb, strict=True):
+                    if x.data is not None:
+                        np.testing.assert_array_equal(x.data, y.data, err_msg=name)
+                    keys = {k for k in x.header if k not in ("ATMDATE", "CHECKSUM", "DATASUM")}
+                    assert {k: x.header[k] for k in keys if k != "HISTORY"} == \
+                        {k: y.header[k] for k in keys if k != "HISTORY"}, name
+        elif name.endswith(".ecsv"):
+            ta, tb = Table.read(path), Table.read(other)
+            assert ta.colnames == tb.colnames
+            for col in ta.colnames:
+                np.testing.assert_array_equal(ta[col], tb[col], err_msg=f"{name}:{col}")
+        else:
+            da, db = json.loads(path.read_text()), json.loads(other.read_text())
+            for doc in (da, db):
+                doc.pop("provenance", None)
+            assert da == db, name
+
+
+def test_reference_night(reference, raw_dir):
+    repo, status = reference
+    assert status == 0
+    summary = Table.read(repo / "night" / "summary.ecsv")
+    on_sky = summary[summary["image_type"] == "science"]
+    assert len(on_sky) == NIGHT.n_science + NIGHT.n_dispersed
+    assert set(on_sky["status"]) == {"done"}
+    assert set(summary["status"][summary["image_type"] != "science"]) == {"calibration"}
+    # Damaged files were skipped with their reason.
+    rejected = dict((p.name, r) for p, r in NightIndex(repo).rejected())
+    assert len(rejected) == NIGHT.n_corrupt
+    # Calibrations were built from the night and registered; the flats per filter.
+    calib = sorted(p.name for p in (repo / "calib" / "night" / str(NIGHT.day_obs)).glob(
+        "*.fits"))
+    assert calib == ["bias.fits", "dark.fits", "flat_SDSSr_65mm.fits", "flat_empty.fits"]
+    # Image quality against truth: the FWHM of each imaging frame within 2 %.
+    for row in on_sky[on_sky["disperser"] == "empty"]:
+        truth = json.loads((raw_dir / f"{row['obs_id']}_truth.json").read_text())
+        assert row["fwhm_px"] == pytest.approx(truth["fwhm_px"], rel=0.02)
+        assert row["n_sources"] > 100
+        assert row["sky_e"] == pytest.approx(truth["sky_e"], rel=0.02)
+    # The zeroth order of the dispersed exposure within 0.1 px of truth.
+    row = on_sky[on_sky["disperser"] != "empty"][0]
+    truth = json.loads((raw_dir / f"{row['obs_id']}_truth.json").read_text())["dispersed"]
+    assert abs(row["zeroth_order_x"] - truth["x0"]) < 0.1
+    assert abs(row["zeroth_order_y"] - truth["y0"]) < 0.1
+    # Parquet twin of the summary.
+    import pyarrow.parquet as pq
+
+    parquet = pq.read_table(repo / "night" / "summary.parquet")
+    np.testing.assert_allclose(parquet.column("fwhm_px").to_numpy(), summary["fwhm_px"],
+                               equal_nan=True)
+    assert parquet.column("obs_id").to_pylist() == list(summary["obs_id"])
+    for plot in ("image_quality.png", "source_positions.png"):
+        assert (repo / "night" / "plots" / plot).stat().st_size > 10_000
+
+
+def test_rerun_skips_everything(reference, raw_dir):
+    repo, _ = reference
+    before = {(t.obs_id, t.task): (t.started, t.attempts) for t in NightIndex(repo).tasks()}
+    result = run_night(raw_dir, repo, NightRunConfig(workers=1, plots=False, progress=False))
+    assert result.n_run == 0 and result.n_skipped == NIGHT.n_science + NIGHT.n_dispersed
+    assert result.calibrations == []
+    after = {(t.obs_id, t.task): (t.started, t.attempts) for t in NightIndex(repo).tasks()}
+    assert after == before
+
+
+def test_killed_night_resumes_with_identical_outputs(reference, raw_dir, tmp_path):
+    ref_repo, _ = reference
+    repo = _with_calibs(ref_repo, tmp_path / "repo")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atmospec", "night", str(raw_dir), "--repo", str(repo),
+         "--workers", "1", "--no-plots"], start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    done_before: dict = {}
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if not (repo / "night" / "index.sqlite3").exists():
+                continue
+            done_before = {(t.obs_id, t.task): t.started for t in NightIndex(repo).tasks()
+                           if t.status == "done"}
+            if done_before:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert done_before, "the night finished no task before the deadline"
+    n_total = NIGHT.n_science + NIGHT.n_dispersed
+    finished = {obs for obs, _ in done_before}
+    assert len(finished) < n_total, "killed too late: everything was already done"
+
+    result = run_night(raw_dir, repo, NightRunConfig(workers=2, plots=False, progress=False))
+    tasks = NightIndex(repo).tasks()
+    assert all(t.status == "done" for t in tasks)
+    for t in tasks:
+        if (t.obs_id, t.task) in done_before:  # not redone
+            assert t.started == done_before[(t.obs_id, t.task)] and t.attempts == 1
+    assert result.n_run == n_total - sum(
+        1 for obs in finished
+        if all((obs, t.task) in done_before for t in tasks if t.obs_id == obs))
+    # No temporary file survives the kill.
+    assert not list(repo.rglob("*.tmp"))
+    _assert_same_outputs(ref_repo, repo)
+
+
+def test_dask_run_matches_local_run(reference, raw_dir, tmp_path):
+    from distributed import LocalCluster
+
+    ref_repo, _ = reference
+    repo = _with_calibs(ref_repo, tmp_path / "repo")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        status = main(["night", str(raw_dir), "--repo", str(repo), "--executor", "dask",
+                       "--scheduler", cluster.scheduler_address, "--no-plots"])
+    assert status == 0
+    _assert_same_outputs(ref_repo, repo)
+
+
+def test_missing_calibration_fails_the_exposures_with_a_recipe(raw_dir, tmp_path):
+    """No bias frames, none in the repository: each on-sky exposure fails naming the missing
+    product and how to build it; the night still completes."""
+    only_sky = tmp_path / "raw"
+    only_sky.mkdir()
+    for p in raw_dir.glob("AT_O_*.fits"):
+        header = fits.getheader(p)
+        if header.get("IMGTYPE") == "OBJECT" and header.get("GRATING") == "empty_1":
+            os.link(p, only_sky / p.name)
+    repo = tmp_path / "repo"
+    result = run_night(only_sky, repo, NightRunConfig(workers=1, plots=False,
+                                                      progress=False))
+    assert result.n_failed == NIGHT.n_science
+    reasons = {o.reason for o in result.outcomes if o.task == "isr"}
+    (reason,) = reasons
+    assert "missing calibration: no bias" in reason
+    assert "atmospec calib bias" in reason and "atmospec calib register" in reason
+    summary = Table.read(repo / "night" / "summary.ecsv")
+    assert set(summary["status"]) == {"failed"}
+
+
+def test_night_usage_errors(capsys, tmp_path):
+    assert main(["night", str(tmp_path), "--repo", str(tmp_path / "r"), "--executor",
+                 "dask"]) == 2
+    assert "--scheduler" in capsys.readouterr().err
+    assert main(["night", str(tmp_path / "nope"), "--repo", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "not a directory" in err and "Traceback" not in err
