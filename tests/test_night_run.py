@@ -190,18 +190,21 @@ def test_missing_calibration_fails_the_exposures_with_a_recipe(raw_dir, tmp_path
     product and how to build it; the night still completes."""
     only_sky = tmp_path / "raw"
     only_sky.mkdir()
-    for p in raw_dir.glob("AT_O_*.fits"):
-        header = fits.getheader(p)
-        if header.get("IMGTYPE") == "OBJECT" and header.get("GRATING") == "empty_1":
-            os.link(p, only_sky / p.name)
+    for truth in raw_dir.glob("*_truth.json"):
+        if json.loads(truth.read_text())["kind"] == "science":
+            name = truth.name.replace("_truth.json", ".fits")
+            os.link(raw_dir / name, only_sky / name)
     repo = tmp_path / "repo"
     result = run_night(only_sky, repo, NightRunConfig(workers=1, plots=False,
                                                       progress=False))
     assert result.n_failed == NIGHT.n_science
-    reasons = {o.reason for o in result.outcomes if o.task == "isr"}
-    (reason,) = reasons
-    assert "missing calibration: no bias" in reason
-    assert "atmospec calib bias" in reason and "atmospec calib register" in reason
+    reasons = [o.reason for o in result.outcomes if o.task == "isr"]
+    assert len(reasons) == NIGHT.n_science
+    for reason in reasons:
+        assert "missing calibration: no bias valid at 2025-03-02T" in reason
+        assert "atmospec calib bias" in reason and "atmospec calib register" in reason
+    assert {o.reason for o in result.outcomes if o.task == "characterize"} == {
+        "not run: isr failed"}
     summary = Table.read(repo / "night" / "summary.ecsv")
     assert set(summary["status"]) == {"failed"}
 

@@ -119,12 +119,36 @@ def open_executor(config: NightRunConfig) -> Iterator[Executor]:
         return
     workers = config.workers or os.cpu_count() or 1
     # spawn: workers start clean (no inherited threads of progress bars, no copied SQLite
-    # handles), at the cost of ~1 s of imports per worker.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker,
-                             initargs=(logging.getLogger("atmospec").getEffectiveLevel(),)
-                             ) as pool:
+    # handles), at the cost of ~1 s of imports per worker. They inherit the environment at
+    # start, so the thread limits below reach their BLAS/OpenMP libraries at load.
+    with _worker_environment(WORKER_ENVIRONMENT), ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(logging.getLogger("atmospec").getEffectiveLevel(),)) as pool:
         yield pool
+
+
+#: Environment of local worker processes: one thread each for the numerical libraries, as
+#: Dask's nanny sets for its workers. Parallelism comes from the processes; more threads
+#: would oversubscribe the cores, and a BLAS product summed in a different order by another
+#: thread count changes the last bit of a few pixels, so local and Dask runs would differ.
+WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                      "MKL_NUM_THREADS": "1"}
+
+
+@contextmanager
+def _worker_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes started inside the block."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _init_worker(level: int) -> None:

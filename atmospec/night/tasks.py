@@ -276,7 +276,11 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
         else:
             try:
                 metrics = TASKS[spec.name].run(ctx, spec.config)
-            except (BadInputError, ProcessingError) as exc:
+            except BadInputError as exc:
+                # The raw file is the row's own: name only other files (products, outputs).
+                where = "" if exc.path in (None, job.raw) else f"{exc.path}: "
+                reason = where + " ".join(exc.problem.split())
+            except ProcessingError as exc:
                 reason = short_error(exc)
             except MemoryError:
                 reason = "out of memory"
