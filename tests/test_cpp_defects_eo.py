@@ -60,8 +60,9 @@ NIGHT = NightConfig(n_bias=4, n_dark=7, dark_exptime=1200.0, n_flat=4, flat_leve
                     n_science=1, compress=False, detector=DETECTOR)
 NIGHT_CTI = replace(NIGHT, detector=replace(DETECTOR, cti_serial=CTI, cti_parallel=CTI))
 #: Three fields (night seeds) with many saturated stars, kept away from the edges by less than
-#: the default so that the outer amps get sources too.
-CROSSTALK_NIGHTS = [replace(NIGHT, seed=seed, n_saturated=(24, 24),
+#: the default so that the outer amps get sources too, under a dark sky (2–4 e⁻/s: the ghosts
+#: of 1e-4 couplings are a few e⁻, measured against the sky's noise).
+CROSSTALK_NIGHTS = [replace(NIGHT, seed=seed, n_saturated=(24, 24), sky_e_per_s=(2.0, 4.0),
                             stars=StarFieldConfig(saturated_margin_px=60))
                     for seed in (1, 2, 3)]
 #: Non-linearity (fractional deficit at 100 kADU, the simulator's model) of the odd amps'

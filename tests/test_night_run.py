@@ -216,3 +216,28 @@ def test_night_usage_errors(capsys, tmp_path):
     assert main(["night", str(tmp_path / "nope"), "--repo", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "not a directory" in err and "Traceback" not in err
+
+
+def test_detect_cli_matches_the_night_catalogue(reference, raw_dir, tmp_path, capsys):
+    """`atmospec detect` on a post-ISR image of the night gives the night's catalogue."""
+    repo, _ = reference
+    post = sorted(repo.glob("exposures/*/*_postisr.fits"))
+    imaging = [p for p in post if (p.parent / p.name.replace("_postisr.fits",
+                                                             "_sources.ecsv")).exists()]
+    source = imaging[0]
+    out = tmp_path / "cat.ecsv"
+    assert main(["detect", str(source), "--out", str(out), "--plots"]) == 0
+    assert "sources, FWHM" in capsys.readouterr().out
+    mine = Table.read(out)
+    night = Table.read(source.parent / source.name.replace("_postisr.fits", "_sources.ecsv"))
+    for col in ("xcentroid", "ycentroid", "aperture_flux_0", "psf_fwhm"):
+        np.testing.assert_array_equal(mine[col], night[col])
+    assert mine["xcentroid"].unit == "pix"
+    assert (tmp_path / "cat_sources.png").stat().st_size > 10_000
+    assert (tmp_path / "cat_psf.png").stat().st_size > 10_000
+    # Bad input: a raw file is not a post-ISR image; a missing file.
+    raw = next(raw_dir.glob("AT_O_*_000001.fits"))
+    for bad in (raw, tmp_path / "missing.fits"):
+        assert main(["detect", str(bad), "--out", str(tmp_path / "x.ecsv")]) == 2
+        err = capsys.readouterr().err
+        assert str(bad) in err and "Traceback" not in err and err.count("\n") == 1
