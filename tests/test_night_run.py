@@ -226,12 +226,20 @@ def test_detect_cli_matches_the_night_catalogue(reference, raw_dir, tmp_path, ca
                                                              "_sources.ecsv")).exists()]
     source = imaging[0]
     out = tmp_path / "cat.ecsv"
-    assert main(["detect", str(source), "--out", str(out), "--plots"]) == 0
-    assert "sources, FWHM" in capsys.readouterr().out
+    # In a process with the night workers' thread limits: a BLAS product summed by another
+    # number of threads would change the last bits of the PSF fits.
+    from atmospec.night.runner import WORKER_ENVIRONMENT
+
+    run = subprocess.run([sys.executable, "-m", "atmospec", "detect", str(source), "--out",
+                          str(out), "--plots"], capture_output=True, text=True,
+                         env={**os.environ, **WORKER_ENVIRONMENT}, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "sources, FWHM" in run.stdout
     mine = Table.read(out)
     night = Table.read(source.parent / source.name.replace("_postisr.fits", "_sources.ecsv"))
-    for col in ("xcentroid", "ycentroid", "aperture_flux_0", "psf_fwhm"):
-        np.testing.assert_array_equal(mine[col], night[col])
+    assert mine.colnames == night.colnames
+    for col in mine.colnames:
+        np.testing.assert_array_equal(mine[col], night[col], err_msg=col)
     assert mine["xcentroid"].unit == "pix"
     assert (tmp_path / "cat_sources.png").stat().st_size > 10_000
     assert (tmp_path / "cat_psf.png").stat().st_size > 10_000
