@@ -34,18 +34,13 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from astropy.io import fits  # noqa: E402
-from astropy.table import Table  # noqa: E402
 
 from atmospec.camera.description import load_camera  # noqa: E402
-from atmospec.camera.raw import RawFrame  # noqa: E402
-from atmospec.camera.translator import translate_header  # noqa: E402
 from atmospec.characterize.task import CharacterizeConfig, characterize  # noqa: E402
 from atmospec.exposure import Exposure  # noqa: E402
-from atmospec.isr.crosstalk import load_crosstalk  # noqa: E402
-from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr  # noqa: E402
-from atmospec.isr.gain import load_ptc_gains  # noqa: E402
+from atmospec.isr.driver import IsrConfig, run_isr  # noqa: E402
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure  # noqa: E402
+from atmospec.sim.rawfile import raw_frame  # noqa: E402
 
 
 def prepare(workdir: Path) -> Path:
@@ -58,21 +53,8 @@ def prepare(workdir: Path) -> Path:
     night = NightConfig(n_bias=0, n_dark=0, n_flat=0, n_science=1, compress=False)
     seq = next(p.seq for p in night_plan(night) if p.kind == "science")
     segments, truth, cards = simulate_exposure("science", night, seq)
-    header = fits.Header(cards)
-    raw = RawFrame(Path(f"{cards['OBSID']}.fits"), header, [], segments.astype(np.float32),
-                   translate_header(header), camera)
-    det = truth.detector
-    ptc = workdir / "ptc.fits"
-    Table({"AMP": list(camera.amp_names), "GAIN": det.gains, "READ_NOISE": det.read_noise_e},
-          meta={"INSTRUME": "LATISS"}).write(ptc, overwrite=True)
-
-    def product(a: np.ndarray) -> Exposure:
-        return Exposure.from_image(np.asarray(a, dtype=np.float32))
-
-    calibs = IsrCalibrations(gains=load_ptc_gains(ptc, camera), crosstalk=load_crosstalk(),
-                             bias=product(det.fixed_pattern_e),
-                             dark=product(det.dark_current_e_per_s),
-                             flat=product(truth.illumination))
+    raw = raw_frame(segments, cards, camera)
+    calibs = truth.perfect_calibrations()
     steps = ("overscan", "saturation", "gain", "crosstalk", "bias", "variance", "dark", "flat",
              "edge")
     exposure = run_isr(raw, IsrConfig(steps=steps), calibs).exposure

@@ -25,23 +25,19 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from astropy.io import fits  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from atmospec.camera.description import load_camera  # noqa: E402
-from atmospec.camera.raw import RawFrame  # noqa: E402
-from atmospec.camera.translator import translate_header  # noqa: E402
 from atmospec.isr.cosmic_rays import (  # noqa: E402
     CosmicRayConfig,
     cosmic_ray_boxes,
     find_cosmic_rays,
 )
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr  # noqa: E402
-from atmospec.isr.gain import AmpGains  # noqa: E402
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure  # noqa: E402
+from atmospec.sim.rawfile import raw_frame  # noqa: E402
 
 
 def prepare(kind: str, night: NightConfig):
@@ -49,10 +45,8 @@ def prepare(kind: str, night: NightConfig):
     camera = load_camera("latiss")
     seq = next(p.seq for p in night_plan(night) if p.kind == kind)
     segments, truth, cards = simulate_exposure(kind, night, seq)
-    header = fits.Header(cards)
-    raw = RawFrame(Path(f"{cards['OBSID']}.fits"), header, [], segments.astype(np.float32),
-                   translate_header(header), camera)
-    gains = AmpGains(truth.detector.gains, truth.detector.read_noise_e, "truth")
+    raw = raw_frame(segments, cards, camera)
+    gains = truth.perfect_calibrations().gains
     exposure = run_isr(raw, IsrConfig(steps=("overscan", "saturation", "gain")),
                        IsrCalibrations(gains=gains)).exposure
     rn2 = float(np.median(gains.read_noise) ** 2)

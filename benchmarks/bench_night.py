@@ -80,13 +80,17 @@ def main() -> None:
     print(f"speed-up 2 workers / 1 worker: {rates[2] / rates[1]:.2f}x")
 
     split = stage_split(workdir / "repo_1")
-    total = sum(statistics.mean(v) * len(v) for v in split.values())
+    # A stage's ``total`` is the sum of its own sub-stages: shown apart, not added twice.
+    totals = {k: split.pop(k) for k in [k for k in split if k.endswith(".total")]}
+    total = sum(sum(v) for v in split.values())
     n_exp = results[1].n_run
     print(f"\nper-exposure stage split (1 worker, mean over {n_exp} exposures):")
     for stage, values in sorted(split.items(), key=lambda kv: -sum(kv[1])):
         share = sum(values) / total
         print(f"  {stage:<34} {statistics.mean(values):6.2f} s  x{len(values):<3} "
               f"{100 * share:5.1f} %")
+    for stage, values in totals.items():
+        print(f"  ({stage}: {statistics.mean(values):.2f} s per exposure)")
     per_exp_2 = results[2].exposures_s / max(results[2].n_run, 1)
     projected = 300 * per_exp_2 / 60.0
     print(f"\nprojected 300-exposure night on 2 workers: {projected:.1f} min "

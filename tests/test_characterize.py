@@ -38,13 +38,10 @@ import numpy as np
 import pytest
 from astropy import units as u
 from astropy.io import fits
-from astropy.table import Table
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from atmospec.camera.description import load_camera
-from atmospec.camera.raw import RawFrame
-from atmospec.camera.translator import translate_header
 from atmospec.characterize.catalog import catalog_name, read_catalog, write_catalog
 from atmospec.characterize.task import (
     CharacterizeConfig,
@@ -53,11 +50,10 @@ from atmospec.characterize.task import (
 )
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.isr.crosstalk import load_crosstalk
-from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import load_ptc_gains
+from atmospec.isr.driver import IsrConfig, run_isr
 from atmospec.plots.characterize import plot_psf, plot_sources
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure
+from atmospec.sim.rawfile import raw_frame
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp
 
 CAMERA = load_camera("latiss")
@@ -82,22 +78,8 @@ def _reduce(night: NightConfig, tmp: Path):
     """Simulate the frame, run ISR with perfect calibrations, copy the CR truth mask."""
     seq = next(p.seq for p in night_plan(night) if p.kind == "science")
     segments, truth, cards = simulate_exposure("science", night, seq)
-    header = fits.Header(cards)
-    raw = RawFrame(Path(f"{cards['OBSID']}.fits"), header, [], segments.astype(np.float32),
-                   translate_header(header), CAMERA)
-    det = truth.detector
-    ptc = tmp / "ptc.fits"
-    Table({"AMP": list(CAMERA.amp_names), "GAIN": det.gains, "READ_NOISE": det.read_noise_e},
-          meta={"INSTRUME": "LATISS"}).write(ptc, overwrite=True)
-
-    def product(a: np.ndarray) -> Exposure:
-        return Exposure.from_image(np.asarray(a, dtype=np.float32))
-
-    calibs = IsrCalibrations(gains=load_ptc_gains(ptc, CAMERA), crosstalk=load_crosstalk(),
-                             bias=product(det.fixed_pattern_e),
-                             dark=product(det.dark_current_e_per_s),
-                             flat=product(truth.illumination))
-    exposure = run_isr(raw, IsrConfig(steps=ISR_STEPS), calibs).exposure
+    raw = raw_frame(segments, cards, CAMERA)
+    exposure = run_isr(raw, IsrConfig(steps=ISR_STEPS), truth.perfect_calibrations()).exposure
     exposure.set_mask("CR", truth.cosmic_ray_mask)
     return exposure, truth
 

@@ -6,16 +6,11 @@ takes ~17 s of this file's ~30 s); a dark frame checks recall and false positive
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from astropy.io import fits
 from scipy import ndimage
 
 from atmospec.camera.description import load_camera
-from atmospec.camera.raw import RawFrame
-from atmospec.camera.translator import translate_header
 from atmospec.isr.cosmic_rays import (
     CosmicRayConfig,
     cosmic_ray_boxes,
@@ -24,8 +19,8 @@ from atmospec.isr.cosmic_rays import (
     screen_candidates,
 )
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import AmpGains
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure
+from atmospec.sim.rawfile import raw_frame
 
 CAMERA = load_camera("latiss")
 NIGHT = NightConfig(n_bias=0, n_dark=1, n_flat=0, n_science=1, compress=False)
@@ -37,14 +32,11 @@ FULL_FRAME = CosmicRayConfig(blockwise=False)
 def _simulate(kind: str):
     seq = next(p.seq for p in night_plan(NIGHT) if p.kind == kind)
     segments, truth, cards = simulate_exposure(kind, NIGHT, seq)
-    header = fits.Header(cards)
-    info = translate_header(header)
-    gains = AmpGains(truth.detector.gains, truth.detector.read_noise_e, "truth")
+    gains = truth.perfect_calibrations().gains
 
     def isr(*steps):
         # run_isr works on the segments in place: each run gets its own copy.
-        raw = RawFrame(Path(f"{cards['OBSID']}.fits"), header, [],
-                       segments.astype(np.float32), info, CAMERA)
+        raw = raw_frame(segments, cards, CAMERA)
         return run_isr(raw, IsrConfig(steps=steps), IsrCalibrations(gains=gains)).exposure
 
     return isr, truth, gains

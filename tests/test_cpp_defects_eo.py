@@ -26,7 +26,6 @@ from astropy.table import Table
 
 from atmospec.camera.description import load_camera
 from atmospec.camera.raw import RawFrame
-from atmospec.camera.translator import translate_header
 from atmospec.cpp.crosstalk import (
     CrosstalkMeasurement,
     compare_crosstalk,
@@ -51,6 +50,7 @@ from atmospec.isr.gain import load_ptc_gains
 from atmospec.isr.overscan import robust_sigma
 from atmospec.sim.detector import DetectorSimConfig, SensorModel, sensor_model
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure
+from atmospec.sim.rawfile import raw_frame
 from atmospec.sim.scenes import StarFieldConfig
 
 CAMERA = load_camera("latiss")
@@ -72,9 +72,7 @@ RAMP_NONLINEARITY = 0.02
 
 def _frame(night: NightConfig, kind: str, seq: int) -> RawFrame:
     segments, _, cards = simulate_exposure(kind, night, seq)
-    header = fits.Header(cards)
-    return RawFrame(Path(f"{cards['OBSID']}.fits"), header, [], segments.astype(np.float32),
-                    translate_header(header), CAMERA)
+    return raw_frame(segments, cards, CAMERA)
 
 
 def _seqs(night: NightConfig, kind: str) -> list[int]:

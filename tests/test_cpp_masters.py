@@ -45,6 +45,7 @@ from atmospec.isr.gain import load_ptc_gains
 from atmospec.plots.verify import plot_verification
 from atmospec.sim.detector import DetectorSimConfig, sensor_model
 from atmospec.sim.night import NightConfig, night_plan, simulate_night
+from atmospec.sim.rawfile import raw_frame
 from atmospec.sim.scenes import illumination
 
 CAMERA = load_camera("latiss")
@@ -213,19 +214,14 @@ def test_science_frame_calibrated_with_built_products(master_flat, master_bias, 
                                                      ptc):
     """A science frame of the same sensor, ISR'd with the bias, dark and flat built here,
     equals the true light times the flat normalisation within 0.3 % on every amp."""
-    from astropy.io import fits
     from scipy import ndimage
 
-    from atmospec.camera.raw import RawFrame
-    from atmospec.camera.translator import translate_header
     from atmospec.sim.night import simulate_exposure
 
     night = replace(NIGHT, n_science=1)
     seq = next(p.seq for p in night_plan(night) if p.kind == "science")
     segments, truth, cards = simulate_exposure("science", night, seq)
-    header = fits.Header(cards)
-    raw = RawFrame(Path("science.fits"), header, [], segments.astype(np.float32),
-                   translate_header(header), CAMERA)
+    raw = raw_frame(segments, cards, CAMERA)
     calibs = IsrCalibrations(
         gains=load_ptc_gains(ptc, CAMERA), crosstalk=load_crosstalk(),
         bias=load_calibration(master_bias, "bias", CAMERA),

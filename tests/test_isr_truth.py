@@ -6,21 +6,17 @@ the product builders, in test_cpp_masters.py.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from astropy.io import fits
 from astropy.table import Table
 from scipy import ndimage
 
 from atmospec.camera.description import load_camera
-from atmospec.camera.raw import RawFrame
-from atmospec.camera.translator import translate_header
 from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import AmpGains, load_ptc_gains
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure
+from atmospec.sim.rawfile import raw_frame
 
 CAMERA = load_camera("latiss")
 NIGHT = NightConfig(n_bias=2, n_dark=0, n_flat=0, n_science=1, compress=False)
@@ -28,10 +24,7 @@ NIGHT = NightConfig(n_bias=2, n_dark=0, n_flat=0, n_science=1, compress=False)
 
 def _frame(kind: str, seq: int):
     segments, truth, cards = simulate_exposure(kind, NIGHT, seq)
-    header = fits.Header(cards)
-    raw = RawFrame(Path(f"{cards['OBSID']}.fits"), header, [], segments.astype(np.float32),
-                   translate_header(header), CAMERA)
-    return raw, truth
+    return raw_frame(segments, cards, CAMERA), truth
 
 
 def _seqs(kind: str) -> list[int]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +41,7 @@ from atmospec.sim.dispersed import (
     star_flux_for_zeroth_peak,
     wavelength_from_offset_px,
 )
-from atmospec.sim.rawfile import primary_header
+from atmospec.sim.rawfile import primary_header, raw_frame
 from atmospec.sim.scenes import cosmic_rays, render_stars
 
 CAMERA = load_camera("latiss")
@@ -70,9 +69,7 @@ def _raw(seq: int, disperser: str, x0: float, y0: float, flux: float,
     deposits, _ = cosmic_rays(SHAPE, 200, rng)
     segments, _ = expose(signal + np.float32(SKY_E), DetectorSimConfig(), rng, exptime=30.0,
                          darktime=30.24, deposits_e=deposits, camera=CAMERA)
-    header = _header(seq, disperser)
-    raw = RawFrame(Path(f"{header['OBSID']}.fits"), header, [], segments.astype(np.float32),
-                   translate_header(header), CAMERA)
+    raw = raw_frame(segments, _header(seq, disperser), CAMERA)
     return raw, truth, signal
 
 

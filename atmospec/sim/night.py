@@ -20,7 +20,7 @@ import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import astropy.units as u
 import numpy as np
@@ -45,6 +45,9 @@ from atmospec.sim.scenes import (
     illumination,
     render_stars,
 )
+
+if TYPE_CHECKING:
+    from atmospec.isr.driver import IsrCalibrations
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +238,26 @@ class FrameTruth:
     dispersed: dict[str, Any] | None = None
     """Truth of a dispersed scene (zeroth-order position, orders; see
     `atmospec.sim.dispersed.render_dispersed`)."""
+
+    def perfect_calibrations(self) -> IsrCalibrations:
+        """The products a perfect calibration would give for this frame's sensor: true gains
+        and read noise, the shipped crosstalk matrix (the one simulated), the true bias
+        structure and dark current, and the frame's flat-field response (if it has one)."""
+        from atmospec.exposure import Exposure
+        from atmospec.isr.crosstalk import load_crosstalk
+        from atmospec.isr.driver import IsrCalibrations
+        from atmospec.isr.gain import AmpGains
+
+        def product(a: np.ndarray) -> Exposure:
+            return Exposure.from_image(np.asarray(a, dtype=np.float32))
+
+        det = self.detector
+        return IsrCalibrations(
+            gains=AmpGains(np.asarray(det.gains), np.asarray(det.read_noise_e),
+                           "simulator truth"),
+            crosstalk=load_crosstalk(), bias=product(det.fixed_pattern_e),
+            dark=product(det.dark_current_e_per_s),
+            flat=None if self.illumination is None else product(self.illumination))
 
     def to_json(self) -> dict[str, Any]:
         """Small JSON-serialisable summary (the sidecar written next to the raw file)."""

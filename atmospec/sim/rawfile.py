@@ -22,6 +22,8 @@ from astropy.io import fits
 from astropy.time import Time
 
 from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.raw import RawFrame
+from atmospec.camera.translator import translate_header
 from atmospec.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -291,3 +293,29 @@ def primary_header(
         "SIMSEED": seed,
     }
     return cards
+
+
+def raw_frame(segments: np.ndarray, primary_cards: Mapping[str, Any] | fits.Header,
+              camera: Camera | None = None) -> RawFrame:
+    """The frame `atmospec.camera.raw.read_raw` would return for a file written from
+    ``segments`` and ``primary_cards``, without writing it (tests and benchmarks).
+
+    Parameters
+    ----------
+    segments : numpy.ndarray
+        ``(16, 2048, 576)`` raw segments (copied to float32: ISR works on them in place).
+    primary_cards : Mapping or astropy.io.fits.Header
+        Primary header (e.g. from `primary_header`).
+    camera : Camera, optional
+        Geometry; LATISS by default.
+
+    Returns
+    -------
+    RawFrame
+        Named ``<OBSID>.fits``, with the translated header.
+    """
+    camera = camera or load_camera("latiss")
+    header = (primary_cards if isinstance(primary_cards, fits.Header)
+              else fits.Header(dict(primary_cards)))
+    return RawFrame(Path(f"{header['OBSID']}.fits"), header, [],
+                    np.array(segments, dtype=np.float32), translate_header(header), camera)
