@@ -27,7 +27,9 @@ def test_data_files_are_packaged():
 
     data = resources.files("atmospec.data")
     for name in ("latiss_camera.yaml", "latiss_crosstalk.ecsv", "latiss_defects.ecsv",
-                 "latiss_raw_template.fits.gz", "latiss_sensor_qe.ecsv", "ATTRIBUTION.md"):
+                 "latiss_raw_template.fits.gz", "latiss_sensor_qe.ecsv", "ATTRIBUTION.md",
+                 "latiss_spectroscopy.yaml", "dispersers/holo4_003/transmission.txt",
+                 "dispersers/HoloAmAg/hologram_grooves_per_mm.txt", "instruments/ctio.yaml"):
         assert (data / name).is_file(), name
 
 

@@ -9,7 +9,8 @@ dispersion axis, given by the grating equation as Spectractor writes it::
 
 with N the groove density, D the disperser-CCD distance (``115 mm + LINSPOS`` + the
 disperser's offset) and θ₀ the zeroth order's field angle. `dispersion_offset_px` and
-`wavelength_from_offset_px` are that law and its inverse.
+`wavelength_from_offset_px` are that law and its inverse, delegated to
+`spectractor_bridge.dispersers` (the one implementation of the law in atmospec).
 
 This module is the simple simulator used to test the zeroth-order finder and to give the
 night simulator dispersed frames; the spectroscopic forward model (CALSPEC SED × atmosphere
@@ -46,6 +47,7 @@ import numpy as np
 
 from atmospec.camera.spectro import DisperserSpec, SpectroTable, load_spectro_table
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp, qe_curve
+from spectractor_bridge.dispersers import grating_offset_px, grating_wavelength_nm
 
 __all__ = [
     "DispersedSceneConfig",
@@ -123,7 +125,9 @@ def dispersion_offset_px(
 ) -> np.ndarray:
     """Distance from the zeroth order, along the dispersion axis, where λ lands in ``order``.
 
-    ``sin θ = sin θ₀ + m N λ`` and ``u = D (tan θ − tan θ₀) / pixel`` (Spectractor's law).
+    ``sin θ = sin θ₀ + m N λ`` and ``u = D (tan θ − tan θ₀) / pixel`` (Spectractor's law),
+    computed by `spectractor_bridge.dispersers.grating_offset_px`, the one implementation
+    of the law in atmospec.
 
     Parameters
     ----------
@@ -145,11 +149,7 @@ def dispersion_offset_px(
     numpy.ndarray
         Offsets in pixels (NaN where ``|sin θ| > 1``: the order does not exist).
     """
-    lam_mm = np.asarray(wavelength_nm, dtype=np.float64) * 1e-6
-    sin_t = math.sin(theta0) + order * lines_per_mm * lam_mm
-    with np.errstate(invalid="ignore"):
-        theta = np.arcsin(np.where(np.abs(sin_t) <= 1.0, sin_t, np.nan))
-    return d2ccd_mm * (np.tan(theta) - math.tan(theta0)) / pixel_mm
+    return grating_offset_px(wavelength_nm, order, lines_per_mm, d2ccd_mm, pixel_mm, theta0)
 
 
 def wavelength_from_offset_px(
@@ -160,18 +160,15 @@ def wavelength_from_offset_px(
     pixel_mm: float = 0.010,
     theta0: float = 0.0,
 ) -> np.ndarray:
-    """Inverse of `dispersion_offset_px`: the wavelength (nm) landing at ``offset_px``.
+    """Inverse of `dispersion_offset_px`: the wavelength (nm) landing at ``offset_px``
+    (`spectractor_bridge.dispersers.grating_wavelength_nm`).
 
     Raises
     ------
     ValueError
         For order 0 or a zero groove density (no dispersion).
     """
-    if order == 0 or lines_per_mm == 0:
-        raise ValueError("the zeroth order (or no grating) does not disperse")
-    tan_t = np.asarray(offset_px, dtype=np.float64) * pixel_mm / d2ccd_mm + math.tan(theta0)
-    theta = np.arctan(tan_t)
-    return (np.sin(theta) - math.sin(theta0)) / (order * lines_per_mm) * 1e6
+    return grating_wavelength_nm(offset_px, order, lines_per_mm, d2ccd_mm, pixel_mm, theta0)
 
 
 def zeroth_order_field_angle(
