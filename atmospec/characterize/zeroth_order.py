@@ -123,7 +123,7 @@ def _pointing_offset_px(info: ObservationInfo, camera: Camera, table: SpectroTab
     """Offset (unbinned pixels) of the target from where the pointing puts it, or (0, 0)."""
     if target_radec is None or info.ra is None or info.dec is None:
         return 0.0, 0.0
-    if info.ra == 0.0 and info.dec == 0.0:  # placeholder pointing of calibration-era headers
+    if info.ra == 0.0 and info.dec == 0.0:  # calibration-era headers write RA = Dec = 0
         return 0.0, 0.0
     pa = math.radians(info.rotation_angle or 0.0)
     ra_t, dec_t = target_radec
