@@ -139,18 +139,20 @@ class _Context:
         self.job = job
         self.out_dir = Path(job.out_dir)
         self.outputs: dict[str, dict[str, str]] = dict(job.done_outputs)
-        self._exposure = None
+        self.postisr = None
+        """The post-ISR exposure once this job's ISR ran or it was read (kept in memory for
+        the tasks after ISR: reading 200 MB back would cost ~0.5 s per task)."""
 
     def exposure(self):
         """The post-ISR exposure: from this job's ISR, else read from the earlier output."""
-        if self._exposure is None:
+        if self.postisr is None:
             from atmospec.exposure import Exposure
 
             path = self.outputs.get("isr", {}).get("postisr")
             if not path:
                 raise ProcessingError(f"{self.job.obs_id}: no post-ISR image to read")
-            self._exposure = Exposure.read(path)
-        return self._exposure
+            self.postisr = Exposure.read(path)
+        return self.postisr
 
 
 @lru_cache(maxsize=4)
@@ -183,7 +185,7 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     stats = write_text_atomic(json.dumps(stats_document(raw, result), indent=1),
                               ctx.out_dir / f"{job.obs_id}_isrstats.json")
     t_write = time.perf_counter() - t0
-    ctx._exposure = result.exposure
+    ctx.postisr = result.exposure
     ctx.outputs["isr"] = {"postisr": str(post), "stats": str(stats)}
     timings = {"read_raw": t_read, **{f"isr.{k}": v for k, v in result.timings.items()},
                "write_postisr": t_write}
