@@ -64,6 +64,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-science", type=int, default=4, help="imaging frames of a star field")
     p.add_argument("--n-dispersed", type=int, default=0,
                    help="dispersed (holo4_003) exposures of a standard star, interleaved")
+    p.add_argument("--dispersed-every", type=int, default=3,
+                   help="imaging frames between two dispersed exposures (default 3)")
     p.add_argument("--n-corrupt", type=int, default=0,
                    help="damaged files to add (truncated, empty, foreign), default 0")
     p.add_argument("--flat-filters", default="SDSSr_65mm",
@@ -280,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_isr(sub)
     _add_calib(sub)
     _add_detect(sub)
+    _add_extract(sub)
     _add_night(sub)
     _add_simulate(sub)
     _add_demo(sub)
@@ -293,6 +296,22 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", action="store_true",
                    help="also draw source positions and PSF figures beside the catalogue")
     p.set_defaults(func=_cmd_detect)
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="first-order spectrum of a dispersed exposure")
+    p.add_argument("image", help="post-ISR image, or a raw LATISS file (ISR is run first)")
+    p.add_argument("--target", help="target name (default: the header's OBJECT); a CALSPEC "
+                   "standard")
+    p.add_argument("--disperser", help="disperser (default: the header's GRATING)")
+    p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss")
+    p.add_argument("--xy", help="zeroth-order position X,Y (0-based pixel centres of IMAGE); "
+                   "default: found around the header prior")
+    p.add_argument("--calibs", metavar="REPO", help="with a raw input: calibration repository")
+    p.add_argument("--any-target", action="store_true",
+                   help="accept a target that is not a shipped CALSPEC standard")
+    p.add_argument("--out", required=True, help="spectrum file (Spectractor's FITS layout)")
+    p.set_defaults(func=_cmd_extract)
 
 
 def _add_night(sub: argparse._SubParsersAction) -> None:
@@ -336,6 +355,66 @@ def _cmd_detect(args: argparse.Namespace) -> int:
                      plot_psf(result.catalog, f"{stem}_psf.png", shape)):
             print(f"wrote {path}")
     return EXIT_OK
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from astropy.io import fits
+
+    from atmospec.exposure import Exposure
+    from atmospec.io import provenance_cards
+    from spectractor_bridge.chain import SpectroscopyConfig, process_dispersed
+    from spectractor_bridge.spectrum import write_spectrum
+
+    if args.instrument != "latiss":
+        raise _UsageError("atmospec extract: --instrument ctio is not available yet (the CTIO "
+                          "camera description and raw reading are missing)")
+    xy = None
+    if args.xy:
+        try:
+            x, y = (float(v) for v in args.xy.split(","))
+        except ValueError:
+            raise _UsageError(f"atmospec extract: --xy wants X,Y, got {args.xy!r}") from None
+        xy = (x, y)
+    path = Path(args.image)
+    if not path.is_file():
+        raise BadInputError(path, "no such file")
+    try:
+        with fits.open(path) as hdul:
+            names = {hdu.name for hdu in hdul}
+    except Exception as exc:  # astropy raises many types for damaged files
+        raise BadInputError(path, f"not a readable FITS file ({type(exc).__name__})") from None
+    if "IMAGE" in names:
+        exposure = Exposure.read(path)
+    else:
+        exposure = _isr_in_memory(path, args.calibs)
+    config = SpectroscopyConfig(require_calspec=not args.any_target)
+    spectrum, centroid = process_dispersed(exposure, target=args.target,
+                                           disperser=args.disperser, xy=xy, config=config,
+                                           source=str(path))
+    out = write_spectrum(spectrum, args.out, provenance_cards("extract", [path], config))
+    h = spectrum.header
+    where = (f"found at ({centroid.x:.2f}, {centroid.y:.2f})" if centroid is not None
+             else "given")
+    print(f"wrote {out}: {h['TARGET']} through {h['GRATING']}, zeroth order {where}, "
+          f"{spectrum.n_points} points {spectrum.wavelength[0]:.0f}-"
+          f"{spectrum.wavelength[-1]:.0f} nm, rotation {h['ROTANGLE']:.3f} deg, "
+          f"D2CCD {h['D2CCD']:.2f} mm")
+    return EXIT_OK
+
+
+def _isr_in_memory(path: Path, repo: str | None):
+    """ISR of one raw file with the repository's products (or nominal gains), in memory."""
+    from atmospec.camera.raw import read_raw
+    from atmospec.isr.driver import IsrConfig, run_isr
+    from atmospec.isr.runner import CalibrationFiles, load_calibrations
+
+    raw = read_raw(path)
+    files = CalibrationFiles()
+    if repo:
+        from atmospec.cpp.registry import CalibrationRegistry
+
+        files = CalibrationRegistry(repo, create=False).select_all(raw.info)
+    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera)).exposure
 
 
 def _cmd_night(args: argparse.Namespace) -> int:
@@ -473,6 +552,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     config = NightConfig(day_obs=args.day_obs, seed=args.seed, n_bias=args.n_bias,
                          n_dark=args.n_dark, n_flat=args.n_flat, n_science=args.n_science,
                          n_dispersed=args.n_dispersed, n_corrupt=args.n_corrupt,
+                         dispersed_every=args.dispersed_every,
                          flat_filters=tuple(f.strip() for f in args.flat_filters.split(",")
                                             if f.strip()),
                          compress=not args.no_compress)

@@ -33,7 +33,7 @@ NIGHT = NightConfig(day_obs=20250301, seed=5, n_bias=3, n_dark=3, n_flat=3,
                     flat_filters=("SDSSr_65mm", "empty_1"), n_science=2, n_dispersed=1,
                     dispersed_every=1, n_corrupt=3)
 OUTPUT_GLOBS = ("exposures/*/*_postisr.fits", "exposures/*/*_sources.ecsv",
-                "exposures/*/*_centroid.json")
+                "exposures/*/*_centroid.json", "exposures/*/*_spectrum.fits")
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,15 @@ def test_reference_night(reference, raw_dir):
     truth = json.loads((raw_dir / f"{row['obs_id']}_truth.json").read_text())["dispersed"]
     assert abs(row["zeroth_order_x"] - truth["x0"]) < 0.1
     assert abs(row["zeroth_order_y"] - truth["y0"]) < 0.1
+    # Its first-order spectrum, in Spectractor's layout, on the zeroth order found.
+    from spectractor_bridge.spectrum import read_spectrum
+
+    spectrum = read_spectrum(next(repo.glob(f"exposures/*/{row['obs_id']}_spectrum.fits")))
+    assert spectrum.target == "HD142331" and spectrum.disperser == "holo4_003"
+    assert spectrum.target_xy == pytest.approx((row["zeroth_order_x"], row["zeroth_order_y"]))
+    assert spectrum.wavelength[0] < 400 and spectrum.wavelength[-1] > 1000
+    assert spectrum.d2ccd == pytest.approx(115.0 + NIGHT.linspos_mm + 4.0)
+    assert spectrum.rotation_angle == pytest.approx(truth["tilt_deg"], abs=0.02)
     # Parquet twin of the summary.
     import pyarrow.parquet as pq
 
@@ -249,3 +258,41 @@ def test_detect_cli_matches_the_night_catalogue(reference, raw_dir, tmp_path, ca
         assert main(["detect", str(bad), "--out", str(tmp_path / "x.ecsv")]) == 2
         err = capsys.readouterr().err
         assert str(bad) in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_extract_cli_matches_the_night_spectrum(reference, raw_dir, tmp_path):
+    """`atmospec extract` on the night's dispersed post-ISR image, at the zeroth order the
+    night found, gives the night's spectrum; bad requests exit 2 with one line."""
+    repo, _ = reference
+    (night_spectrum,) = repo.glob("exposures/*/*_spectrum.fits")
+    post = night_spectrum.with_name(night_spectrum.name.replace("_spectrum", "_postisr"))
+    centroid = json.loads(night_spectrum.with_name(
+        night_spectrum.name.replace("_spectrum.fits", "_centroid.json")).read_text())
+    x, y = centroid["centroid"]
+    out = tmp_path / "spec.fits"
+    from atmospec.night.runner import WORKER_ENVIRONMENT
+
+    run = subprocess.run([sys.executable, "-m", "atmospec", "extract", str(post), "--xy",
+                          f"{x!r},{y!r}", "--out", str(out)], capture_output=True, text=True,
+                         env={**os.environ, **WORKER_ENVIRONMENT}, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "HD142331 through holo4_003" in run.stdout
+    from spectractor_bridge.spectrum import read_spectrum
+
+    mine, night = read_spectrum(out), read_spectrum(night_spectrum)
+    np.testing.assert_array_equal(mine.wavelength, night.wavelength)
+    np.testing.assert_array_equal(mine.flux, night.flux)
+    imaging = next(p for p in repo.glob("exposures/*/*_postisr.fits")
+                   if p.with_name(p.name.replace("_postisr.fits", "_sources.ecsv")).exists())
+    for args, message in (
+            ([str(imaging)], "not a dispersed exposure"),
+            ([str(post), "--target", "Vega"], "not a CALSPEC standard"),
+            ([str(post), "--instrument", "ctio"], "not available yet"),
+            ([str(post), "--xy", "12"], "--xy wants X,Y"),
+            ([str(tmp_path / "none.fits")], "no such file")):
+        bad = subprocess.run([sys.executable, "-m", "atmospec", "extract", *args, "--out",
+                              str(tmp_path / "x.fits")], capture_output=True, text=True,
+                             check=False)
+        assert bad.returncode == 2, (args, bad.stderr)
+        assert message in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from atmospec.errors import BadInputError, ProcessingError, short_error
 from atmospec.io import provenance_cards, to_jsonable, write_text_atomic
@@ -240,6 +243,33 @@ def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
     return metrics
 
 
+def _run_extract(ctx: _Context, config) -> dict[str, Any]:
+    from spectractor_bridge.chain import process_dispersed
+    from spectractor_bridge.spectrum import write_spectrum
+
+    job = ctx.job
+    exposure = ctx.exposure()
+    t0 = time.perf_counter()
+    xy = None
+    centroid = ctx.outputs.get("zeroth_order", {}).get("centroid")
+    if centroid:  # the zeroth_order task's answer, not a second search
+        xy = tuple(json.loads(Path(centroid).read_text())["centroid"])
+    spectrum, _ = process_dispersed(exposure, xy=xy, config=config, source=job.raw)
+    path = write_spectrum(spectrum, ctx.out_dir / f"{job.obs_id}_spectrum.fits",
+                          provenance_cards("extract", [ctx.outputs["isr"]["postisr"]], config))
+    ctx.outputs["extract"] = {"spectrum": str(path)}
+    h = spectrum.header
+    metrics = {"spectrum_rotangle_deg": float(h["ROTANGLE"]),
+               "spectrum_d2ccd_mm": float(h["D2CCD"]),
+               "spectrum_n_points": int(spectrum.n_points)}
+    for lam in (450.0, 650.0, 850.0):  # flux at reference wavelengths, for the night plots
+        inside = spectrum.wavelength[0] <= lam <= spectrum.wavelength[-1]
+        metrics[f"spectrum_flux_{lam:.0f}nm"] = (
+            float(np.interp(lam, spectrum.wavelength, spectrum.flux)) if inside else math.nan)
+    metrics["timings_s"] = {"extract": time.perf_counter() - t0}
+    return metrics
+
+
 #: The tasks a pipeline definition may name.
 TASKS: dict[str, TaskType] = {
     "isr": TaskType("atmospec.isr.driver:IsrConfig", ("imaging", "dispersed"), (), _run_isr),
@@ -247,6 +277,8 @@ TASKS: dict[str, TaskType] = {
                              ("isr",), _run_characterize),
     "zeroth_order": TaskType("atmospec.characterize.zeroth_order:ZerothOrderConfig",
                              ("dispersed",), ("isr",), _run_zeroth_order),
+    "extract": TaskType("spectractor_bridge.chain:SpectroscopyConfig", ("dispersed",),
+                        ("isr", "zeroth_order"), _run_extract),
 }
 
 
