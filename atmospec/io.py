@@ -88,8 +88,16 @@ def provenance_cards(
 
 
 def to_jsonable(obj: Any) -> Any:
+    """A JSON-serialisable copy: dataclasses and mappings become dicts, sequences and numpy
+    arrays lists, numpy scalars Python numbers; anything else its ``str``."""
     from dataclasses import asdict, is_dataclass
 
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
     if is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(asdict(obj))
     if isinstance(obj, Mapping):

@@ -12,10 +12,19 @@ disperser's offset) and θ₀ the zeroth order's field angle. `dispersion_offset
 `wavelength_from_offset_px` are that law and its inverse, delegated to
 `spectractor_bridge.dispersers` (the one implementation of the law in atmospec).
 
-This module is the simple simulator used to test the zeroth-order finder and to give the
-night simulator dispersed frames; the spectroscopic forward model (CALSPEC SED × atmosphere
-× throughput, measured order ratios, ADR, chromatic PSF shape) will extend it. What it
-draws, in the assembled (Rubin) orientation, in electrons:
+Two sources of light share one renderer:
+
+* `render_dispersed` (the simple scene used to test the zeroth-order finder and the
+  extraction): a toy SED and constant order fractions, described below;
+* `render_dispersed_exposure` with a `DispersedSpectrumModel`: the physical light of
+  `photons_per_nm`, per order m = 0–3, ``CALSPEC F_λ · λ/hc · area · telescope×QE · filter ·
+  disperser efficiency η_m(λ) · atmosphere(λ) · exptime``, from `spectractor_bridge`
+  (calspec, instrument, dispersers, atmosphere). No disperser ships a zeroth-order table:
+  η₀ is the ``order_fractions[0]`` constant of the spectroscopy YAML. Optional atmospheric
+  differential refraction (`differential_refraction_arcsec`, off by default) moves each
+  wavelength towards the zenith.
+
+What the simple scene draws, in the assembled (Rubin) orientation, in electrons:
 
 * the SED: a blackbody photon spectrum (``temperature_k``) × the LATISS sensor QE × a few
   Gaussian absorption lines, normalised so that ``star_flux_e`` electrons would be
@@ -40,19 +49,34 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
 from atmospec.camera.spectro import DisperserSpec, SpectroTable, load_spectro_table
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp, qe_curve
-from spectractor_bridge.dispersers import grating_offset_px, grating_wavelength_nm
+from spectractor_bridge import atmosphere as _atmosphere
+from spectractor_bridge.calspec import load_sed
+from spectractor_bridge.dispersers import (
+    grating_offset_px,
+    grating_wavelength_nm,
+    known_dispersers,
+    load_disperser,
+)
+from spectractor_bridge.instrument import load_instrument
 
 __all__ = [
     "DispersedSceneConfig",
+    "DispersedSpectrumModel",
+    "differential_refraction_arcsec",
     "dispersion_offset_px",
+    "electrons_per_nm",
+    "model_transmissions",
+    "photons_per_nm",
     "render_dispersed",
+    "render_dispersed_exposure",
     "star_flux_for_zeroth_peak",
     "stellar_sed",
     "wavelength_from_offset_px",
@@ -63,6 +87,10 @@ log = logging.getLogger(__name__)
 
 #: Planck's constant × speed of light / Boltzmann constant, in nm·K (hc/k = 1.4388 cm K).
 _HC_OVER_K_NM_K = 1.438777e7
+#: Planck's constant × speed of light, erg·nm (6.62607015e-27 erg s × 2.99792458e17 nm/s).
+_HC_ERG_NM = 1.98644586e-9
+#: Radians to arcseconds.
+_ARCSEC_PER_RAD = 206264.806
 
 
 @dataclass(frozen=True)
@@ -110,6 +138,9 @@ class DispersedSceneConfig:
     """Instrument whose spectroscopy table gives the dispersers."""
     truth_step_nm: float = 10.0
     """Spacing of the wavelength → position samples recorded in the truth."""
+    truth_spectrum_step_nm: float = 1.0
+    """Spacing of the per-order e⁻/nm and atmosphere samples recorded in the truth of
+    `render_dispersed_exposure` (the model evaluated there, not binned)."""
 
 
 # --------------------------------------------------------------------------- dispersion law
@@ -222,6 +253,169 @@ def _marginal(offset: np.ndarray, fwhm: np.ndarray, beta: float) -> np.ndarray:
     return (1.0 + (offset / alpha) ** 2) ** (0.5 - beta)
 
 
+# --------------------------------------------------------------------------- physical light
+
+
+@dataclass(frozen=True)
+class DispersedSpectrumModel:
+    """The light of one dispersed exposure: which star, through which atmosphere and optics.
+
+    `photons_per_nm` turns it into detected electrons per second and nm in each order;
+    `render_dispersed_exposure` draws them.
+    """
+
+    target: str = "HD142331"
+    """CALSPEC standard (any name `spectractor_bridge.calspec.load_sed` accepts) or SED file."""
+    disperser: str = "holo4_003"
+    """``GRATING`` name; its order efficiencies come from `spectractor_bridge.dispersers`."""
+    exptime_s: float = 30.0
+    """Exposure time, s."""
+    airmass: float = 1.0
+    """Airmass of the line of sight (≥ 1)."""
+    pressure_hpa: float = 743.0
+    """Surface pressure, hPa (Cerro Pachón ~ 731–745 hPa)."""
+    pwv_mm: float = 3.0
+    """Precipitable water vapour, mm (libRadtran scale)."""
+    ozone_du: float = 300.0
+    """Ozone column, Dobson units."""
+    vaod: float = 0.03
+    """Vertical aerosol optical depth at 500 nm."""
+    angstrom: float | None = 1.3
+    """Ångström exponent of the aerosols (None: libRadtran's default aerosol shape)."""
+    filter_name: str = "empty_1"
+    """``FILTER`` name: a filter the instrument has a curve for, or an empty slot (``empty``,
+    ``empty_*``, ``none``, ``""``: transmission 1). Other names raise `BadInputError`."""
+    instrument: str = "latiss"
+    """Instrument: collecting area, throughput, filters, dispersers."""
+    orders: tuple[int, ...] = (0, 1, 2, 3)
+    """Diffraction orders modelled."""
+    zeroth_order_efficiency: float | None = None
+    """Fraction of the light in order 0. None: the ``order_fractions[0]`` constant of
+    ``data/<instrument>_spectroscopy.yaml`` (15 % for holo4_003, 25 % for the Ronchi
+    gratings): no disperser ships a measured zeroth-order table."""
+    adr: bool = False
+    """Draw atmospheric differential refraction (`differential_refraction_arcsec`)."""
+    adr_reference_nm: float = 500.0
+    """Wavelength whose position ADR leaves unchanged (the zeroth order's nominal centre)."""
+    adr_zenith_angle_deg: float = 90.0
+    """Direction of the zenith in the image, degrees counter-clockwise from +x (ADR pushes
+    blue light towards it)."""
+    temperature_c: float = 10.0
+    """Air temperature, °C (ADR only)."""
+
+
+def _disperser_efficiency(model: DispersedSpectrumModel, order: int, lam: np.ndarray,
+                          table: SpectroTable | None = None) -> np.ndarray:
+    """Fraction of the light of wavelength λ sent into ``order`` by the disperser."""
+    table = table or load_spectro_table(model.instrument)
+    spec = table.get(model.disperser)
+    if order == 0:
+        frac = (model.zeroth_order_efficiency if model.zeroth_order_efficiency is not None
+                else spec.order_fraction(0))
+        return np.full(lam.shape, float(frac))
+    if spec.lines_per_mm <= 0 or model.disperser not in known_dispersers(model.instrument):
+        return np.zeros(lam.shape)
+    if order < 0:
+        raise ValueError(f"negative orders are not tabulated (order {order})")
+    return np.asarray(load_disperser(model.disperser, model.instrument)
+                      .order_efficiency(order, lam), dtype=np.float64)
+
+
+def model_transmissions(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
+                        ) -> dict[str, Any]:
+    """Every factor of the detected light at ``wavelength_nm``.
+
+    Parameters
+    ----------
+    model : DispersedSpectrumModel
+        Star, atmosphere, instrument and disperser.
+    wavelength_nm : numpy.ndarray
+        Wavelengths, nm (inside 300–1100 nm, the atmosphere tables).
+
+    Returns
+    -------
+    dict
+        ``sed_photons`` (photons/s/cm²/nm above the atmosphere: F_λ · λ / hc, 0 outside the
+        SED), ``collecting_area_cm2``, ``throughput`` (telescope × QE), ``filter``,
+        ``atmosphere``, ``efficiency`` (order → disperser efficiency array) and
+        ``sed_name``, ``sed_file``.
+    """
+    lam = np.asarray(wavelength_nm, dtype=np.float64)
+    sed = load_sed(model.target)
+    flux = np.nan_to_num(np.asarray(sed.flux_at(lam), dtype=np.float64), nan=0.0)
+    inst = load_instrument(model.instrument)
+    table = load_spectro_table(model.instrument)
+    atm = _atmosphere.transmission(lam, model.airmass, model.pressure_hpa, model.pwv_mm,
+                                   model.ozone_du, model.vaod, model.angstrom)
+    return {
+        "sed_photons": flux * lam / _HC_ERG_NM,
+        "collecting_area_cm2": float(inst.collecting_area_cm2),
+        "throughput": np.asarray(inst.throughput(lam), dtype=np.float64),
+        "filter": np.asarray(inst.filter_transmission(model.filter_name, lam), dtype=np.float64),
+        "atmosphere": np.asarray(atm, dtype=np.float64),
+        "efficiency": {m: _disperser_efficiency(model, m, lam, table) for m in model.orders},
+        "sed_name": sed.name,
+        "sed_file": sed.source_file,
+    }
+
+
+def photons_per_nm(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
+                   ) -> dict[int, np.ndarray]:
+    """Detected electrons per second and nm in each order.
+
+    ``N_m(λ) = F_λ(λ) · λ/(hc) · A · T_tel×QE(λ) · T_filter(λ) · η_m(λ) · T_atm(λ)`` with
+    F_λ the CALSPEC SED (erg/s/cm²/nm), A the collecting area, η_m the disperser's order
+    efficiency (`spectractor_bridge.dispersers.Disperser.order_efficiency` for m = 1–3, the
+    zeroth-order constant for m = 0) and T_atm `spectractor_bridge.atmosphere.transmission`.
+
+    Parameters
+    ----------
+    model : DispersedSpectrumModel
+        Star, atmosphere, instrument and disperser.
+    wavelength_nm : numpy.ndarray
+        Wavelengths, nm.
+
+    Returns
+    -------
+    dict of int to numpy.ndarray
+        Order → e⁻/s/nm at ``wavelength_nm``.
+    """
+    t = model_transmissions(model, wavelength_nm)
+    common = (t["sed_photons"] * t["collecting_area_cm2"] * t["throughput"] * t["filter"]
+              * t["atmosphere"])
+    return {m: common * eff for m, eff in t["efficiency"].items()}
+
+
+def electrons_per_nm(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
+                     ) -> dict[int, np.ndarray]:
+    """`photons_per_nm` × the exposure time: e⁻/nm detected in each order."""
+    return {m: v * model.exptime_s for m, v in photons_per_nm(model, wavelength_nm).items()}
+
+
+def differential_refraction_arcsec(wavelength_nm: np.ndarray, model: DispersedSpectrumModel
+                                   ) -> np.ndarray:
+    """Atmospheric refraction at λ minus that at ``model.adr_reference_nm``, arcsec.
+
+    Refraction ``R(λ) = (n(λ) − 1) tan z`` (plane parallel, ``tan z = √(X² − 1)``) with the
+    refractivity of dry air of Edlén (1953) at 15 °C and 760 mmHg,
+    ``(n − 1)·10⁶ = 64.328 + 29498.1/(146 − σ²) + 255.4/(41 − σ²)`` (σ = 1/λ in µm⁻¹),
+    scaled to pressure P (mmHg) and temperature T (°C) by
+    ``P (1 + (1.049 − 0.0157 T)·10⁻⁶ P) / (720.883 (1 + 0.003661 T))`` (Filippenko 1982,
+    PASP 94, 715; water vapour neglected, a < 1 % change). Positive: towards the zenith.
+    """
+    def refractivity(lam_nm: np.ndarray) -> np.ndarray:
+        s2 = (1e3 / np.asarray(lam_nm, dtype=np.float64)) ** 2
+        n15 = 64.328 + 29498.1 / (146.0 - s2) + 255.4 / (41.0 - s2)
+        p = model.pressure_hpa * 0.750062  # mmHg
+        t = model.temperature_c
+        return 1e-6 * n15 * p * (1.0 + (1.049 - 0.0157 * t) * 1e-6 * p) / (
+            720.883 * (1.0 + 0.003661 * t))
+
+    tan_z = math.sqrt(max(model.airmass**2 - 1.0, 0.0))
+    return _ARCSEC_PER_RAD * tan_z * (refractivity(wavelength_nm)
+                                      - refractivity(np.asarray(model.adr_reference_nm)))
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -296,9 +490,135 @@ def render_dispersed(
     cfg = config or DispersedSceneConfig()
     table = load_spectro_table(cfg.instrument)
     spec = table.get(disperser)
-    d2ccd = table.d2ccd_mm(disperser, linspos_mm)
+    lam, _ = _wavelength_grid(cfg)
+    sed = stellar_sed(lam, cfg)
+    electrons = star_flux_e * sed / sed.sum()  # per wavelength sample, summing to star_flux_e
+    orders = cfg.orders if cfg.orders is not None else tuple(
+        m for m, f in spec.order_fractions if f > 0)
+    fractions = {m: spec.order_fraction(m) for m in orders if spec.order_fraction(m) > 0}
+    per_order = {m: electrons * f for m, f in fractions.items()}
+    return _render_scene(shape, x0, y0, lam, per_order, fractions, float(star_flux_e), fwhm_px,
+                         spec, table.d2ccd_mm(disperser, linspos_mm), rng, cfg, None)
+
+
+def render_dispersed_exposure(
+    shape: tuple[int, int],
+    x0: float,
+    y0: float,
+    fwhm_px: float,
+    linspos_mm: float | None,
+    rng: np.random.Generator,
+    model: DispersedSpectrumModel,
+    *,
+    config: DispersedSceneConfig | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Noiseless image of a CALSPEC star's orders with the physical light of `photons_per_nm`.
+
+    Same drawing as `render_dispersed` (grating law, chromatic Moffat, optional second
+    star), but order m of the wavelength sample λ carries
+    ``electrons_per_nm(model, λ)[m] · Δλ`` electrons, and with ``model.adr`` each λ is moved
+    by `differential_refraction_arcsec` towards ``model.adr_zenith_angle_deg``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape ``(ny, nx)`` (assembled, unbinned).
+    x0, y0 : float
+        Zeroth-order position of the target at ``model.adr_reference_nm``, 0-based pixels.
+    fwhm_px : float
+        PSF FWHM at ``config.reference_wavelength_nm``, pixels.
+    linspos_mm : float or None
+        ``LINSPOS`` of the disperser stage, mm (None: the default distance).
+    rng : numpy.random.Generator
+        Draws the second star's position when it is not given.
+    model : DispersedSpectrumModel
+        Star, atmosphere, instrument, disperser, exposure time and ADR.
+    config : DispersedSceneConfig, optional
+        Wavelength sampling, PSF, orders drawn (None: ``model.orders``), second star. Its
+        SED fields (``temperature_k``, ``absorption_lines``) are not used.
+
+    Returns
+    -------
+    signal : numpy.ndarray
+        float32 image, e⁻.
+    truth : dict
+        The keys of `render_dispersed` (``star_flux_e``: the e⁻ the star would give without
+        disperser over ``config.wavelength_range_nm``; per order ``fraction`` = its e⁻ over
+        that) plus ``spectrum_model`` (the model's fields, ``sed_name``, ``sed_file``) and
+        ``spectrum``: ``wavelength_nm`` (every ``config.truth_spectrum_step_nm``),
+        ``electrons_per_nm`` (order → e⁻/nm there), ``atmosphere_transmission``.
+
+    Raises
+    ------
+    KeyError
+        If the disperser is not in the spectroscopy table.
+    """
+    cfg = config or DispersedSceneConfig()
+    table = load_spectro_table(cfg.instrument)
+    spec = table.get(model.disperser)
+    lam, step = _wavelength_grid(cfg)
+    t = model_transmissions(model, lam)
+    no_disperser = (t["sed_photons"] * t["collecting_area_cm2"] * t["throughput"]
+                    * t["filter"] * t["atmosphere"] * model.exptime_s)
+    reference_e = float(no_disperser.sum() * step)
+    orders = cfg.orders if cfg.orders is not None else model.orders
+    per_order: dict[int, np.ndarray] = {}
+    for m in orders:
+        eff = t["efficiency"][m] if m in t["efficiency"] else _disperser_efficiency(model, m, lam)
+        e = no_disperser * eff * step
+        if e.sum() > 0:
+            per_order[m] = e
+    fractions = {m: float(e.sum() / reference_e) if reference_e > 0 else 0.0
+                 for m, e in per_order.items()}
+    shift = None
+    if model.adr:
+        angle = math.radians(model.adr_zenith_angle_deg)
+        scale = cfg.plate_scale_arcsec
+
+        def shift(wl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            r = differential_refraction_arcsec(wl, model) / scale
+            return r * math.cos(angle), r * math.sin(angle)
+
+    image, truth = _render_scene(shape, x0, y0, lam, per_order, fractions, reference_e,
+                                 fwhm_px, spec, table.d2ccd_mm(model.disperser, linspos_mm),
+                                 rng, cfg, shift)
+    lo, hi = cfg.wavelength_range_nm
+    grid = np.arange(lo, hi + 0.5 * cfg.truth_spectrum_step_nm, cfg.truth_spectrum_step_nm)
+    grid = grid[grid <= hi]
+    epn = electrons_per_nm(model, grid)
+    truth["spectrum_model"] = {**asdict(model), "orders": list(model.orders),
+                               "sed_name": t["sed_name"], "sed_file": t["sed_file"]}
+    truth["spectrum"] = {
+        "wavelength_nm": grid.round(4).tolist(),
+        "electrons_per_nm": {m: epn[m].tolist() for m in model.orders},
+        "atmosphere_transmission": _atmosphere.transmission(
+            grid, model.airmass, model.pressure_hpa, model.pwv_mm, model.ozone_du,
+            model.vaod, model.angstrom).tolist(),
+    }
+    return image, truth
+
+
+def _wavelength_grid(cfg: DispersedSceneConfig) -> tuple[np.ndarray, float]:
+    """Centres of the wavelength samples drawn and their width, nm."""
+    lo, hi = cfg.wavelength_range_nm
+    n = max(round((hi - lo) / cfg.wavelength_step_nm), 2)
+    step = (hi - lo) / n
+    return lo + (np.arange(n) + 0.5) * step, step
+
+
+#: λ (nm) → ADR shift ``(dx, dy)`` in pixels, or None for no shift.
+Shift = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None
+
+
+def _render_scene(shape: tuple[int, int], x0: float, y0: float, lam: np.ndarray,
+                  per_order: dict[int, np.ndarray], fractions: dict[int, float],
+                  reference_e: float, fwhm_px: float, spec: DisperserSpec, d2ccd: float,
+                  rng: np.random.Generator, cfg: DispersedSceneConfig, shift: Shift
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The target and the optional second star (same light scaled by the flux ratio)."""
     image = np.zeros(shape, dtype=np.float32)
-    truth = _render_star(image, x0, y0, star_flux_e, fwhm_px, spec, d2ccd, cfg)
+    truth = _render_star(image, x0, y0, lam, per_order, fractions, reference_e, fwhm_px, spec,
+                         d2ccd, cfg, shift)
     truth["second_star"] = None
     if cfg.second_star_flux_ratio is not None:
         if cfg.second_star_offset_px is not None:
@@ -307,61 +627,60 @@ def render_dispersed(
             r = rng.uniform(*cfg.second_star_distance_px)
             phi = rng.uniform(0.0, 2.0 * math.pi)
             dx, dy = r * math.cos(phi), r * math.sin(phi)
-        flux2 = star_flux_e * cfg.second_star_flux_ratio
-        truth["second_star"] = _render_star(image, x0 + dx, y0 + dy, flux2, fwhm_px, spec,
-                                            d2ccd, cfg)
+        k = cfg.second_star_flux_ratio
+        truth["second_star"] = _render_star(
+            image, x0 + dx, y0 + dy, lam, {m: e * k for m, e in per_order.items()}, fractions,
+            reference_e * k, fwhm_px, spec, d2ccd, cfg, shift)
     truth.update(disperser=spec.name, lines_per_mm=spec.lines_per_mm, d2ccd_mm=d2ccd,
                  direction=list(spec.direction), tilt_deg=spec.tilt_deg, fwhm_px=fwhm_px)
     return image, truth
 
 
-def _render_star(image: np.ndarray, x0: float, y0: float, flux_e: float, fwhm_px: float,
-                 spec: DisperserSpec, d2ccd: float, cfg: DispersedSceneConfig) -> dict[str, Any]:
-    """Add one star's orders to ``image``; return its truth record."""
+def _render_star(image: np.ndarray, x0: float, y0: float, lam: np.ndarray,
+                 per_order: dict[int, np.ndarray], fractions: dict[int, float],
+                 flux_e: float, fwhm_px: float, spec: DisperserSpec, d2ccd: float,
+                 cfg: DispersedSceneConfig, shift: Shift) -> dict[str, Any]:
+    """Add one star's orders (e⁻ per wavelength sample) to ``image``; return its truth."""
     lo, hi = cfg.wavelength_range_nm
-    n = max(round((hi - lo) / cfg.wavelength_step_nm), 2)
-    step = (hi - lo) / n
-    lam = lo + (np.arange(n) + 0.5) * step
-    sed = stellar_sed(lam, cfg)
-    electrons = flux_e * sed / sed.sum()  # per wavelength sample, summing to flux_e
     fwhm = _seeing(lam, fwhm_px, cfg)
     direction = spec.direction
     theta0 = zeroth_order_field_angle(x0, y0, image.shape, direction, cfg.plate_scale_arcsec)
-    orders = cfg.orders if cfg.orders is not None else tuple(
-        m for m, f in spec.order_fractions if f > 0)
+    sx, sy = shift(lam) if shift is not None else (0.0 * lam, 0.0 * lam)
     record: dict[str, Any] = {"x0": float(x0), "y0": float(y0), "star_flux_e": float(flux_e),
                               "theta0_rad": theta0, "orders": {}, "zeroth_order_peak_e": 0.0}
-    for m in orders:
-        frac = spec.order_fraction(m)
-        if frac <= 0:
-            continue
+    for m, electrons in per_order.items():
+        frac = fractions[m]
         if m == 0:
-            on_chip, peak = _render_zeroth(image, x0, y0, electrons * frac, fwhm, cfg)
+            on_chip, peak = _render_zeroth(image, x0, y0, electrons, fwhm, cfg, sx, sy)
             record["zeroth_order_peak_e"] = peak
-            record["orders"][0] = {"fraction": frac, "flux_e": float(flux_e * frac),
+            record["orders"][0] = {"fraction": frac, "flux_e": float(electrons.sum()),
                                    "flux_on_chip_e": on_chip}
             continue
         if spec.lines_per_mm <= 0:
             continue
         u = dispersion_offset_px(lam, m, spec.lines_per_mm, d2ccd, cfg.pixel_size_mm, theta0)
-        xs = x0 + u * direction[0]
-        ys = y0 + u * direction[1]
-        on_chip = _render_trace(image, xs, ys, electrons * frac, fwhm, direction, cfg)
+        xs = x0 + u * direction[0] + sx
+        ys = y0 + u * direction[1] + sy
+        on_chip = _render_trace(image, xs, ys, electrons, fwhm, direction, cfg)
         t_lam = np.arange(lo, hi + 0.5 * cfg.truth_step_nm, cfg.truth_step_nm)
         t_u = dispersion_offset_px(t_lam, m, spec.lines_per_mm, d2ccd, cfg.pixel_size_mm, theta0)
         keep = np.isfinite(t_u)
+        t_lam, t_u = t_lam[keep], t_u[keep]
+        tx, ty = shift(t_lam) if shift is not None else (0.0, 0.0)
         record["orders"][m] = {
-            "fraction": frac, "flux_e": float(flux_e * frac), "flux_on_chip_e": on_chip,
-            "wavelength_nm": t_lam[keep].round(3).tolist(),
-            "x": (x0 + t_u[keep] * direction[0]).round(3).tolist(),
-            "y": (y0 + t_u[keep] * direction[1]).round(3).tolist(),
+            "fraction": frac, "flux_e": float(electrons.sum()), "flux_on_chip_e": on_chip,
+            "wavelength_nm": t_lam.round(3).tolist(),
+            "x": (x0 + t_u * direction[0] + tx).round(3).tolist(),
+            "y": (y0 + t_u * direction[1] + ty).round(3).tolist(),
         }
     return record
 
 
 def _render_zeroth(image: np.ndarray, x0: float, y0: float, electrons: np.ndarray,
-                   fwhm: np.ndarray, cfg: DispersedSceneConfig) -> tuple[float, float]:
-    """Zeroth order: one centred Moffat stamp per wavelength bin (its own seeing)."""
+                   fwhm: np.ndarray, cfg: DispersedSceneConfig, sx: np.ndarray,
+                   sy: np.ndarray) -> tuple[float, float]:
+    """Zeroth order: one Moffat stamp per wavelength bin (its own seeing, its own ADR shift
+    ``(sx, sy)``)."""
     ny, nx = image.shape
     ix, iy = round(x0), round(y0)
     total = float(electrons.sum())
@@ -380,7 +699,9 @@ def _render_zeroth(image: np.ndarray, x0: float, y0: float, electrons: np.ndarra
         if e <= 0:
             continue
         w = float(np.average(fwhm[idx], weights=electrons[idx]))
-        stamp += e * moffat_stamp(x0 - ix, y0 - iy, w, cfg.beta, h)
+        bx = float(np.average(sx[idx], weights=electrons[idx]))
+        by = float(np.average(sy[idx], weights=electrons[idx]))
+        stamp += e * moffat_stamp(x0 - ix + bx, y0 - iy + by, w, cfg.beta, h)
     xa, xb = max(ix - h, 0), min(ix + h + 1, nx)
     ya, yb = max(iy - h, 0), min(iy + h + 1, ny)
     if xa >= xb or ya >= yb:

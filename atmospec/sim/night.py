@@ -33,7 +33,7 @@ from atmospec.camera.spectro import load_spectro_table
 from atmospec.camera.translator import kasten_young_airmass
 from atmospec.io import atomic_path, to_jsonable, write_text_atomic
 from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose
-from atmospec.sim.dispersed import render_dispersed
+from atmospec.sim.dispersed import DispersedSpectrumModel, render_dispersed_exposure
 from atmospec.sim.rawfile import primary_header, write_raw
 from atmospec.sim.scenes import (
     CosmicRayConfig,
@@ -135,8 +135,12 @@ class NightConfig:
     """Exposure time of the dispersed exposures, s."""
     dispersed_target: str = "HD142331"
     """OBJECT of the dispersed exposures (a CALSPEC standard)."""
-    dispersed_star_e_per_s: float = 1.0e6
-    """Count rate of the standard above the atmosphere over all orders, e⁻/s."""
+    dispersed_spectrum: DispersedSpectrumModel = field(
+        default_factory=lambda: DispersedSpectrumModel(pressure_hpa=743.0, pwv_mm=3.0,
+                                                       ozone_du=300.0, vaod=0.03))
+    """Atmosphere and instrument of the dispersed exposures: the CALSPEC SED of
+    ``dispersed_target`` × telescope × QE × disperser efficiency per order × atmosphere
+    (target, disperser, exposure time, airmass and filter are set per frame)."""
     linspos_mm: float = 68.0
     """LINSPOS of the dispersed exposures, mm (D2CCD = 115 mm + LINSPOS + window)."""
     pointing_error_px: float = 20.0
@@ -480,10 +484,12 @@ def simulate_exposure(
         spec = load_spectro_table("latiss").get(p.disperser)
         x0, y0 = np.asarray(spec.nominal_zeroth_order) + scene_rng.normal(
             0.0, config.pointing_error_px, 2)
-        transmission = 10.0 ** (-0.4 * config.extinction_mag * (p.airmass or 1.0))
-        signal, dispersed = render_dispersed(
-            shape, float(x0), float(y0), config.dispersed_star_e_per_s * p.exptime * transmission,
-            fwhm, p.disperser, config.linspos_mm, scene_rng)
+        # The model holds the atmosphere, telescope, QE and disperser efficiencies.
+        model = replace(config.dispersed_spectrum, target=config.dispersed_target,
+                        disperser=p.disperser, exptime_s=p.exptime,
+                        airmass=max(p.airmass or 1.0, 1.0), filter_name=p.filter_name)
+        signal, dispersed = render_dispersed_exposure(
+            shape, float(x0), float(y0), fwhm, config.linspos_mm, scene_rng, model)
         sky = float(p.sky_e_per_s) * p.exptime
         signal += np.float32(sky)
 
