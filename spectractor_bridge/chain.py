@@ -1,6 +1,6 @@
 """The spectroscopy chain of one dispersed exposure, as far as it is built: zeroth order →
 extraction (rotation, background, chromatic PSF, optimal 1D extraction, wavelengths from
-the dispersion law) → `Spectrum`.
+the dispersion law) → order-2 correction → `Spectrum`.
 
 One function, `process_dispersed`, used by ``atmospec extract`` and by the night runner's
 ``extract`` task, so both give the same spectrum for the same post-ISR exposure.
@@ -26,6 +26,7 @@ from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from spectractor_bridge.calspec import resolve_target, shipped_standards
 from spectractor_bridge.extract import ExtractionConfig, extract_spectrum, result_to_spectrum
+from spectractor_bridge.order2 import correct_extraction, with_order2
 from spectractor_bridge.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class SpectroscopyConfig:
     """Finding the target's zeroth order (used when no position is given)."""
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     """Trace, background, PSF and 1D extraction."""
+    order2_correction: bool = True
+    """Remove the second-order light falling on the first order (modelled with the
+    disperser's order-2/order-1 ratio table) and write it as the ``ORDER2`` extension."""
     require_calspec: bool = True
     """Refuse a target that is not a shipped CALSPEC standard (the atmosphere fit needs its
     SED); ``False`` extracts any star and writes its name as given."""
@@ -130,6 +134,8 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         header["AIRMASS"] = (float(info.airmass), "airmass at the start")
     header["LBDA_REF"] = (_reference_wavelength(result), "reference wavelength, nm")
     spectrum = result_to_spectrum(result, header)
+    if config.order2_correction:
+        spectrum = with_order2(spectrum, correct_extraction(result))
     return spectrum, centroid
 
 
