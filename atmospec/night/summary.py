@@ -35,8 +35,14 @@ _QUALITY = (
     ("n_saturated", "n_saturated", None),
 )
 
-#: Columns from the zeroth-order task: (column, metric key).
-_ZEROTH = (("zeroth_order_x", "zeroth_order_x"), ("zeroth_order_y", "zeroth_order_y"))
+#: Columns from the zeroth-order and extract tasks: (column, metric key, unit).
+_SPECTRO = (("zeroth_order_x", "zeroth_order_x", u.pix),
+            ("zeroth_order_y", "zeroth_order_y", u.pix),
+            ("rotation_angle", "spectrum_rotangle_deg", u.deg),
+            ("d2ccd", "spectrum_d2ccd_mm", u.mm),
+            ("flux_450nm", "spectrum_flux_450nm", u.electron / u.nm),
+            ("flux_650nm", "spectrum_flux_650nm", u.electron / u.nm),
+            ("flux_850nm", "spectrum_flux_850nm", u.electron / u.nm))
 
 
 def _number(value: Any) -> float:
@@ -60,8 +66,9 @@ def summary_table(index: NightIndex) -> Table:
     astropy.table.Table
         Columns ``obs_id, day_obs, seq_num, time_begin, mjd, image_type, target, filter,
         disperser, exptime, airmass``, the image-quality figures (``fwhm_px, fwhm_arcsec,
-        ellipticity, psf_pa, sky_e, sky_e_per_s, n_sources, n_saturated``), the zeroth order
-        of dispersed exposures, ``status`` (``done``, ``failed``, ``pending`` or
+        ellipticity, psf_pa, sky_e, sky_e_per_s, n_sources, n_saturated``), for dispersed
+        exposures the zeroth order, the trace's rotation angle, D2CCD and the extracted flux
+        at 450, 650 and 850 nm (e⁻/nm), ``status`` (``done``, ``failed``, ``pending`` or
         ``calibration``), ``reason`` and ``duration_s`` (sum of the task times).
     """
     tasks: dict[str, list] = {}
@@ -97,17 +104,17 @@ def summary_table(index: NightIndex) -> Table:
         }
         for column, key, _ in _QUALITY:
             row[column] = _number(metrics.get(key))
-        for column, key in _ZEROTH:
+        for column, key, _ in _SPECTRO:
             row[column] = _number(metrics.get(key))
         rows.append(row)
     names = (["obs_id", "day_obs", "seq_num", "time_begin", "mjd", "image_type", "target",
               "filter", "disperser", "exptime", "airmass"]
-             + [c for c, _, _ in _QUALITY] + [c for c, _ in _ZEROTH]
+             + [c for c, _, _ in _QUALITY] + [c for c, _, _ in _SPECTRO]
              + ["status", "reason", "duration_s"])
     table = Table(rows=[[r[n] for n in names] for r in rows], names=names) if rows else \
         Table(names=names, dtype=[_dtype(n) for n in names])
-    units = {"exptime": u.s, "mjd": u.day, "duration_s": u.s, "zeroth_order_x": u.pix,
-             "zeroth_order_y": u.pix, **{c: unit for c, _, unit in _QUALITY if unit}}
+    units = {"exptime": u.s, "mjd": u.day, "duration_s": u.s,
+             **{c: unit for c, _, unit in _QUALITY + _SPECTRO if unit}}
     for name, unit in units.items():
         table[name].unit = unit
     for name in ("n_sources", "n_saturated"):
