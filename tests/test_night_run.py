@@ -120,6 +120,11 @@ def test_reference_night(reference, raw_dir):
     assert spectrum.wavelength[0] < 400 and spectrum.wavelength[-1] > 1000
     assert spectrum.d2ccd == pytest.approx(115.0 + NIGHT.linspos_mm + 4.0)
     assert spectrum.rotation_angle == pytest.approx(truth["tilt_deg"], abs=0.02)
+    # The summary carries the spectrum's figures, equal to the file's.
+    assert row["d2ccd"] == pytest.approx(spectrum.d2ccd)
+    assert row["rotation_angle"] == pytest.approx(spectrum.rotation_angle)
+    assert row["flux_650nm"] == pytest.approx(np.interp(650.0, spectrum.wavelength,
+                                                        spectrum.flux))
     # Parquet twin of the summary.
     import pyarrow.parquet as pq
 
