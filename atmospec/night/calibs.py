@@ -156,6 +156,7 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
         ptc_record = registry.select("ptc", science[0].info)
     ptc = str(ptc_record.absolute_path) if ptc_record else None
     built: list[BuiltProduct] = []
+    nominal_warned = False
 
     def product_for(kind: str, records: list[RawRecord]) -> str | None:
         chosen = {str(rec.absolute_path) for r in records
@@ -191,6 +192,14 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
                 log.warning("cannot build the %s: no bias valid for its frames", what)
                 built.append(BuiltProduct(kind, filt, out, "failed", "no bias for its frames"))
                 continue
+            if ptc is None and not nominal_warned:
+                # Said aloud: with nominal gains the verification of the built products flags
+                # amps whose true gain differs by more than 5 %, which looks like a bug.
+                log.warning("no PTC valid for the night in %s: products are built with the "
+                            "nominal gains (register one: atmospec calib ptc PAIRS... --out "
+                            "ptc.fits; atmospec calib register ptc.fits --repo %s --certify)",
+                            registry.repo, registry.repo)
+                nominal_warned = True
             log.info("building the %s from %d frames -> %s", what, len(frames), out)
             futures.append((filt, out, submit(_build, kind, [str(r.path) for r in frames], out,
                                               bias, dark, ptc, policy.min_frames.get(kind, 1))))
