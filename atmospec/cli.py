@@ -300,7 +300,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="first-order spectrum of a dispersed exposure")
-    p.add_argument("image", help="post-ISR image, or a raw LATISS file (ISR is run first)")
+    p.add_argument("image", help="post-ISR image, a raw LATISS file (ISR is run first) or, "
+                   "with --instrument ctio, a reduced CTIO image in ADU")
     p.add_argument("--target", help="target name (default: the header's OBJECT); a CALSPEC "
                    "standard")
     p.add_argument("--disperser", help="disperser (default: the header's GRATING)")
@@ -311,6 +312,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--any-target", action="store_true",
                    help="accept a target that is not a shipped CALSPEC standard")
     p.add_argument("--out", required=True, help="spectrum file (Spectractor's FITS layout)")
+    p.add_argument("--plots", action="store_true",
+                   help="also draw the spectrum diagnostics beside the spectrum file")
     p.set_defaults(func=_cmd_extract)
 
 
@@ -365,9 +368,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from spectractor_bridge.chain import SpectroscopyConfig, process_dispersed
     from spectractor_bridge.spectrum import write_spectrum
 
-    if args.instrument != "latiss":
-        raise _UsageError("atmospec extract: --instrument ctio is not available yet (the CTIO "
-                          "camera description and raw reading are missing)")
     xy = None
     if args.xy:
         try:
@@ -385,13 +385,20 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         raise BadInputError(path, f"not a readable FITS file ({type(exc).__name__})") from None
     if "IMAGE" in names:
         exposure = Exposure.read(path)
-    else:
+    elif args.instrument == "latiss":
         exposure = _isr_in_memory(path, args.calibs)
+    else:
+        exposure = _reduced_image(path, args.instrument)
     config = SpectroscopyConfig(require_calspec=not args.any_target)
     spectrum, centroid = process_dispersed(exposure, target=args.target,
                                            disperser=args.disperser, xy=xy, config=config,
-                                           source=str(path))
+                                           source=str(path), instrument=args.instrument)
     out = write_spectrum(spectrum, args.out, provenance_cards("extract", [path], config))
+    if args.plots:
+        from atmospec.plots.spectro import plot_spectrum_diagnostics
+
+        for png in plot_spectrum_diagnostics(spectrum, out.parent, out.with_suffix("").name):
+            print(f"wrote {png}")
     h = spectrum.header
     where = (f"found at ({centroid.x:.2f}, {centroid.y:.2f})" if centroid is not None
              else "given")
@@ -400,6 +407,34 @@ def _cmd_extract(args: argparse.Namespace) -> int:
           f"{spectrum.wavelength[-1]:.0f} nm, rotation {h['ROTANGLE']:.3f} deg, "
           f"D2CCD {h['D2CCD']:.2f} mm")
     return EXIT_OK
+
+
+def _reduced_image(path: Path, instrument: str):
+    """A reduced single-image FITS file in ADU (as Spectractor's CTIO inputs) as an exposure:
+    electrons with the instrument's gain, Poisson + read-noise variance, NaN pixels masked
+    NO_DATA and pixels at the instrument's saturation masked SAT."""
+    import numpy as np
+    from astropy.io import fits
+
+    from atmospec.exposure import Exposure
+    from spectractor_bridge.instrument import load_instrument
+
+    profile = load_instrument(instrument)
+    with fits.open(path) as hdul:
+        image_hdus = [h for h in hdul if h.data is not None and np.ndim(h.data) == 2]
+        if not image_hdus:
+            raise BadInputError(path, "no 2-D image in the file")
+        data = np.asarray(image_hdus[0].data, dtype=np.float32)
+        header = hdul[0].header.copy()
+    gain = profile.gain_e_per_adu or 1.0
+    exposure = Exposure.from_image(data * gain, metadata=header)
+    finite = np.isfinite(exposure.image)
+    exposure.variance[:] = np.where(finite, np.clip(exposure.image, 0.0, None)
+                                    + (profile.read_noise_e or 0.0) ** 2, np.inf)
+    exposure.set_mask("NO_DATA", ~finite)
+    if profile.max_adu:
+        exposure.set_mask("SAT", finite & (data >= 0.99 * profile.max_adu))
+    return exposure
 
 
 def _isr_in_memory(path: Path, repo: str | None):

@@ -40,7 +40,7 @@ second-order correction (holo4_003's order 2 lands on order 1 above ~700 nm), AD
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ from spectractor_bridge.dispersers import Disperser, load_disperser
 from spectractor_bridge.psf1d import MoffatFit, fit_moffat_batch, moffat1d, moffat1d_fwhm
 from spectractor_bridge.spectrum import Spectrum
 
-__all__ = ["ExtractionConfig", "ExtractionResult", "extract_spectrum", "result_to_spectrum"]
+__all__ = ["ExtractionConfig", "ExtractionResult", "extract_spectrum", "result_to_spectrum",
+           "with_dispersion"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,34 @@ class ExtractionResult:
     """``(x, y)`` of the cutout's first pixel in the image."""
     config: ExtractionConfig = field(repr=False)
     """Settings used."""
+    binning: int = 1
+    """On-chip binning of the image (pixel pitch and plate scale scale with it)."""
+    pixel_shift: float = 0.0
+    """Shift s of the zeroth order along the dispersion axis found by the wavelength
+    calibration, pixels (Spectractor's ``PIXSHIFT``: ``λ = law(u − s)``)."""
+    wavelength_calibrated: bool = False
+    """Whether ``d2ccd_mm`` and ``pixel_shift`` come from a fit on spectral features (True)
+    or are the instrument's prior (False)."""
+    instrument: str = "latiss"
+    """Instrument whose disperser tables were used."""
+    dispersion: Disperser | None = field(default=None, repr=False, compare=False)
+    """The disperser as used (its tables addressed in this image's frame)."""
+
+    @property
+    def distance_px(self) -> np.ndarray:
+        """Distance u of each row's trace point from the measured zeroth order along the
+        fitted dispersion axis, pixels (before the pixel shift)."""
+        t = math.radians(self.angle_deg)
+        return (self.x_trace - self.x0) * math.sin(t) - (self.rows - self.y0) * math.cos(t)
+
+    def law(self, distance_px: np.ndarray, order: int | None = None,
+            disperser: Disperser | None = None) -> np.ndarray:
+        """λ (nm) at distances ``u`` with this result's D2CCD, pixel shift and θ₀."""
+        disp = disperser or self.dispersion or load_disperser(self.disperser, self.instrument)
+        return disp.wavelength_nm(np.asarray(distance_px) - self.pixel_shift,
+                                  self.order if order is None else order, self.d2ccd_mm,
+                                  disp.instrument.pixel_size_mm(self.binning), self.theta0_rad,
+                                  at=(self.x0, self.y0), binning=self.binning)
 
     @property
     def fwhm_px(self) -> np.ndarray:
@@ -242,6 +271,7 @@ def extract_spectrum(
     config: ExtractionConfig | None = None,
     *,
     source: str | Path | None = None,
+    binning: int = 1,
 ) -> ExtractionResult:
     """Extract the first-order spectrum of the star whose zeroth order is at ``(x0, y0)``.
 
@@ -259,6 +289,9 @@ def extract_spectrum(
         Settings.
     source : str or path, optional
         Name used in errors (default: the header's OBSID).
+    binning : int
+        On-chip binning of the image: pixel pitch and plate scale are multiplied by it, the
+        groove and tilt maps are read at the unbinned position.
 
     Returns
     -------
@@ -273,12 +306,13 @@ def extract_spectrum(
     src = _source(exposure, source)
     disp = _disperser(disperser, src)
     ny, nx = exposure.image.shape
-    pixel_mm = disp.instrument.pixel_size_mm()
-    plate = disp.instrument.plate_scale_at()
+    pixel_mm = disp.instrument.pixel_size_mm(binning)
+    plate = disp.instrument.plate_scale_at(binning)
     d2ccd = disp.d2ccd_mm(linspos_mm)
+    at = {"at": (x0, y0), "binning": binning}
 
     # 1. geometry: predicted trace with the prior tilt
-    prior = float(disp.tilt_deg_at(x0, y0))
+    prior = float(disp.tilt_deg_at(x0, y0, binning))
 
     def theta0_for(tilt_deg: float) -> float:
         t = math.radians(tilt_deg)
@@ -286,8 +320,7 @@ def extract_spectrum(
         return math.radians(along * plate / 3600.0)
 
     lam_ends = np.asarray(cfg.wavelength_range_nm, dtype=np.float64)
-    u_ends = disp.offset_px(lam_ends, cfg.order, d2ccd, pixel_mm, theta0_for(prior),
-                            at=(x0, y0))
+    u_ends = disp.offset_px(lam_ends, cfg.order, d2ccd, pixel_mm, theta0_for(prior), **at)
     if not np.all(np.isfinite(u_ends)):
         raise BadInputError(src, f"order {cfg.order} does not exist over "
                                  f"{cfg.wavelength_range_nm} nm for {disp.name}")
@@ -370,12 +403,12 @@ def extract_spectrum(
     t = math.radians(angle)
     theta0 = theta0_for(angle)
     u = (xc - x0) * math.sin(t) - (rows - y0) * math.cos(t)
-    lam = disp.wavelength_nm(u, cfg.order, d2ccd, pixel_mm, theta0, at=(x0, y0))
+    lam = disp.wavelength_nm(u, cfg.order, d2ccd, pixel_mm, theta0, **at)
     dlam = np.abs(np.gradient(lam, rows))
 
     lam_bins = disp.wavelength_nm(
         (pc(brow) - x0) * math.sin(t) - (brow - y0) * math.cos(t), cfg.order, d2ccd,
-        pixel_mm, theta0, at=(x0, y0))
+        pixel_mm, theta0, **at)
     psf_bins = Table({
         "row": brow, "lambdas": lam_bins, "x_c": p[:, 1], "x_c_err": e[:, 1],
         "amplitude": p[:, 0], "amplitude_err": e[:, 0], "gamma": p[:, 2],
@@ -390,7 +423,24 @@ def extract_spectrum(
         gamma=gamma[finite], alpha=alpha[finite], wavelength_nm=lam[finite],
         dlambda_drow=dlam[finite], flux_e=flux[finite], flux_err_e=ferr[finite],
         aperture_flux_e=ap[finite], aperture_err_e=aperr[finite], psf_bins=psf_bins,
-        background=background, cutout_origin=(c_lo, r_lo), config=cfg)
+        background=background, cutout_origin=(c_lo, r_lo), config=cfg, binning=binning,
+        instrument=disp.instrument.name, dispersion=disp)
+
+
+def with_dispersion(result: ExtractionResult, d2ccd_mm: float, pixel_shift: float,
+                    calibrated: bool = True) -> ExtractionResult:
+    """The extraction with another dispersion solution: wavelengths, |dλ/drow| and the
+    PSF bins' wavelengths recomputed with ``D2CCD = d2ccd_mm`` and ``PIXSHIFT =
+    pixel_shift`` (e.g. from `spectractor_bridge.wavelength.calibrate_wavelength`)."""
+    new = replace(result, d2ccd_mm=float(d2ccd_mm), pixel_shift=float(pixel_shift),
+                  wavelength_calibrated=calibrated)
+    lam = new.law(new.distance_px)
+    dlam = np.abs(np.gradient(lam, new.rows))
+    t = math.radians(new.angle_deg)
+    bins = new.psf_bins.copy()
+    xb = np.interp(bins["row"], new.rows, new.x_trace)
+    bins["lambdas"] = new.law((xb - new.x0) * math.sin(t) - (bins["row"] - new.y0) * math.cos(t))
+    return replace(new, wavelength_nm=lam, dlambda_drow=dlam, psf_bins=bins)
 
 
 def _disperser(disperser: str | Disperser | None, src: str | None) -> Disperser:
@@ -487,27 +537,51 @@ def result_to_spectrum(result: ExtractionResult, header: fits.Header | None = No
                        extra: dict[str, Any] | None = None) -> Spectrum:
     """The extraction as a `Spectrum` in e⁻/nm, wavelengths increasing.
 
-    Header keys ``TARGETX/TARGETY`` (zeroth order, unbinned assembled frame), ``ROTANGLE``
-    (fitted tilt, degrees counter-clockwise from −y of the assembled frame), ``ROTAERR``,
-    ``D2CCD``, ``GRATING``, ``SPECORD``, ``THETA0``; ``PSF_TAB`` holds the per-bin Moffat
-    fits with their wavelength (``lambdas``); the covariance is the diagonal one.
+    Header keys ``TARGETX/TARGETY`` (zeroth order as measured, extraction frame unless
+    ``extra`` overrides them), ``ROTANGLE`` (Spectractor's convention: degrees
+    counter-clockwise from the +1 order's direction in Spectractor's frame, i.e. minus our
+    tilt — the frames differ by a reflection), ``ROTAERR``, ``D2CCD``, ``PIXSHIFT``,
+    ``WAVECAL`` (``lines`` or ``prior``), ``GRATING``, ``SPECORD``, ``THETA0``. ``PSF_TAB``
+    has one row per spectrum sample as Spectractor's: ``lambdas``, the trace centre
+    ``x_c, y_c`` in the extraction cutout's pixels (``S_XMIN``/``S_YMIN`` place it), the
+    smoothed ``gamma, alpha, fwhm`` and the optimal ``flux_sum`` (e⁻ per row); the per-bin
+    Moffat fits go to the ``PSF_BINS`` extension. The covariance is the diagonal one.
     """
     order = np.argsort(result.wavelength_nm)
     lam = result.wavelength_nm[order]
     flux = result.flux_per_nm[order]
     err = result.flux_per_nm_err[order]
     hdr = fits.Header() if header is None else header.copy()
-    hdr["TARGETX"] = (result.x0, "zeroth order x (assembled frame, px)")
-    hdr["TARGETY"] = (result.y0, "zeroth order y (assembled frame, px)")
-    hdr["ROTANGLE"] = (result.angle_deg, "trace tilt, deg ccw from -y")
-    hdr["ROTAERR"] = (result.angle_err_deg, "ROTANGLE uncertainty, deg")
-    hdr["D2CCD"] = (result.d2ccd_mm, "disperser-CCD distance, mm")
+    hdr["TARGETX"] = (result.x0, "zeroth order x (px)")
+    hdr["TARGETY"] = (result.y0, "zeroth order y (px)")
+    hdr["ROTANGLE"] = (-result.angle_deg, "[deg] dispersion axis angle (Spectractor frame)")
+    hdr["ROTAERR"] = (result.angle_err_deg, "[deg] ROTANGLE uncertainty")
+    hdr["D2CCD"] = (result.d2ccd_mm, "[mm] disperser-CCD distance")
+    hdr["PIXSHIFT"] = (result.pixel_shift, "[px] zeroth-order shift along the dispersion")
+    hdr["WAVECAL"] = ("lines" if result.wavelength_calibrated else "prior",
+                      "D2CCD/PIXSHIFT fitted on lines or instrument prior")
     hdr["GRATING"] = (result.disperser, "disperser")
     hdr["SPECORD"] = (result.order, "diffraction order extracted")
     hdr["THETA0"] = (result.theta0_rad, "zeroth order field angle, rad")
+    c0, r0 = result.cutout_origin
+    hdr["S_XMIN"] = (c0, "extraction cutout first column (extraction frame)")
+    hdr["S_YMIN"] = (r0, "extraction cutout first row (extraction frame)")
     for key, value in (extra or {}).items():
         hdr[key] = value
-    psf = result.psf_bins.copy()
-    psf.sort("lambdas")
+    psf = Table({
+        "lambdas": lam,
+        "x_c": (result.x_trace - c0)[order],
+        "y_c": (result.rows - r0)[order],
+        "gamma": result.gamma[order],
+        "alpha": result.alpha[order],
+        "fwhm": result.fwhm_px[order],
+        "flux_sum": result.flux_e[order],
+        "flux_err": result.flux_err_e[order],
+    })
+    bins = result.psf_bins.copy()
+    bins.sort("lambdas")
+    bins_hdu = fits.table_to_hdu(bins)
+    bins_hdu.name = "PSF_BINS"
     return Spectrum(wavelength=lam, flux=flux, flux_err=err, flux_unit="electron/nm",
-                    header=hdr, covariance=np.diag(err**2), psf_table=psf)
+                    header=hdr, covariance=np.diag(err**2), psf_table=psf,
+                    extra_hdus=(bins_hdu,))

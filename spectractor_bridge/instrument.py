@@ -115,6 +115,12 @@ class InstrumentProfile:
     disperser_table_frame: str
     """``"transpose_flip"``: disperser tables are in Spectractor's frame, the assembled image
     turned by ``data.T[::-1, ::-1]`` (LATISS); ``"identity"``: the assembled frame (CTIO)."""
+    first_order_direction: str
+    """Direction of the +1 order in the images as read: ``"-y"`` (LATISS assembled frame,
+    what the extraction works in) or ``"+x"`` (CTIO: the image is turned by
+    ``data.T[::-1, ::-1]`` before extraction, Spectractor's own frame)."""
+    typical_fwhm_arcsec: float
+    """Typical seeing FWHM, arcsec: the starting width of the zeroth-order search."""
     throughput_file: str
     """Full-instrument throughput table, relative to ``data/instruments/``."""
     filter_files: Mapping[str, str]
@@ -249,6 +255,8 @@ def _load(name: str) -> InstrumentProfile:
                                            for k, v in (d2.get("offsets_mm") or {}).items()}),
         default_ratio_order_2over1=float(raw["default_ratio_order_2over1"]),
         disperser_table_frame=str(raw["disperser_table_frame"]),
+        first_order_direction=str(raw["first_order_direction"]),
+        typical_fwhm_arcsec=float(raw["typical_fwhm_arcsec"]),
         throughput_file=str(raw["throughput_file"]),
         filter_files=MappingProxyType({str(k): str(v) for k, v in raw["filters"].items()}),
         dispersers=tuple(str(v) for v in raw["dispersers"]),

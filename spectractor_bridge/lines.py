@@ -33,7 +33,9 @@ from importlib import resources
 __all__ = [
     "CALIBRATION_FEATURES",
     "Line",
+    "air_to_vacuum_nm",
     "calibration_lines",
+    "in_vacuum",
     "line_catalog",
     "merge_blend",
 ]
@@ -163,3 +165,17 @@ def calibration_lines(include_water: bool = True, include_hdelta: bool = False
     if include_hdelta:
         out.append(_by_name("HDELTA"))
     return tuple(sorted(out, key=lambda ln: ln.wavelength_nm))
+
+
+def air_to_vacuum_nm(wavelength_air_nm: float) -> float:
+    """Vacuum wavelength of a standard-air wavelength, nm (Ciddor 1996 dispersion of air in
+    the form of Morton 2000, eq. 8; σ from the air wavelength, good to 10⁻⁸ here)."""
+    sigma2 = (1e3 / wavelength_air_nm) ** 2  # (1/µm)²
+    n = 1.0 + 8.34254e-5 + 2.406147e-2 / (130.0 - sigma2) + 1.5998e-4 / (38.9 - sigma2)
+    return float(wavelength_air_nm * n)
+
+
+def in_vacuum(lines: tuple[Line, ...]) -> tuple[Line, ...]:
+    """The lines with their wavelengths moved from air to vacuum (`air_to_vacuum_nm`): the
+    scale of CALSPEC SEDs and of the atmosphere model, on which atmospec's spectra are."""
+    return tuple(replace(ln, wavelength_nm=air_to_vacuum_nm(ln.wavelength_nm)) for ln in lines)

@@ -30,7 +30,6 @@ difference between the orders is ignored (fluxes summed across the trace do not 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,28 +196,34 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
     e⁻/nm, so ``flux_per_nm`` is directly comparable with ``result.flux_per_nm``.
     """
     disp = disperser if isinstance(disperser, Disperser) else load_disperser(
-        disperser or result.disperser)
-    t = math.radians(result.angle_deg)
-    u = ((result.x_trace - result.x0) * math.sin(t)
-         - (result.rows - result.y0) * math.cos(t))
-    pixel_mm = disp.instrument.pixel_size_mm()
+        disperser or result.disperser, result.instrument)
+    # Distances from the zeroth order as the wavelength calibration placed it.
+    u = result.distance_px - result.pixel_shift
+    pixel_mm = disp.instrument.pixel_size_mm(result.binning)
+    at = {"at": (result.x0, result.y0), "binning": result.binning}
     d1 = _abs_derivative(
         lambda d: disp.wavelength_nm(d, result.order, result.d2ccd_mm, pixel_mm,
-                                     result.theta0_rad, at=(result.x0, result.y0)), u)
+                                     result.theta0_rad, **at), u)
     return correct_order2(u, result.flux_per_nm * d1, result.flux_per_nm_err * d1, disp,
-                          result.d2ccd_mm, pixel_mm, result.theta0_rad,
-                          at=(result.x0, result.y0), **kwargs)
+                          result.d2ccd_mm, pixel_mm, result.theta0_rad, **at, **kwargs)
 
 
 def with_order2(spectrum: Spectrum, correction: Order2Correction) -> Spectrum:
-    """``spectrum`` (e⁻/nm, as `result_to_spectrum`) with the corrected flux and the ``ORDER2``
-    extension."""
+    """``spectrum`` (e⁻/nm, as `result_to_spectrum`, same samples as ``correction``) with the
+    corrected flux and the ``ORDER2`` extension; its covariance is kept, with the
+    contamination's error added on the diagonal."""
     from dataclasses import replace
     idx = np.argsort(correction.wavelength_nm)
     flux = correction.flux_per_nm[idx]
     err = correction.flux_per_nm_err[idx]
     hdr = spectrum.header.copy()
     hdr["ORD2CORR"] = (True, "order-2 contamination subtracted")
+    cov = spectrum.covariance
+    if cov is None or cov.shape != (err.size, err.size):
+        cov = np.diag(err**2)
+    else:
+        # The subtraction adds the contamination's (independent) error on the diagonal; the
+        # first-order correlations (e.g. from the 2D forward model) stay.
+        cov = cov + np.diag(np.clip(err**2 - np.diag(cov), 0.0, None))
     return replace(spectrum, wavelength=correction.wavelength_nm[idx], flux=flux, flux_err=err,
-                   covariance=np.diag(err**2), order2=correction.order2_extension(),
-                   header=hdr)
+                   covariance=cov, order2=correction.order2_extension(), header=hdr)

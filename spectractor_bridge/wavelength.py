@@ -19,23 +19,32 @@ window first, then a narrow one) until the solution moves by less than ``tol_px`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 from astropy.table import Table
+from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import least_squares
 
 from spectractor_bridge.dispersers import Disperser
 from spectractor_bridge.lines import Line
 
 __all__ = [
+    "CoarseSearchConfig",
+    "FeatureFitConfig",
     "LineDetectionConfig",
+    "TemplateSolution",
     "WavelengthCalibrationConfig",
     "WavelengthSolution",
+    "absorption_template",
+    "calibrate_on_features",
     "calibrate_wavelength",
     "detect_lines",
+    "measure_feature_shifts",
+    "template_dispersion_solution",
 ]
 
 _FWHM = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -323,8 +332,8 @@ def calibrate_wavelength(distance_px: np.ndarray, flux: np.ndarray, flux_err: np
                          disperser: Disperser, d2ccd_prior_mm: float, pixel_mm: float,
                          theta0: float, lines: Sequence[Line],
                          config: WavelengthCalibrationConfig = WavelengthCalibrationConfig(),
-                         *, at: tuple[float, float] | None = None, binning: int = 1
-                         ) -> WavelengthSolution:
+                         *, at: tuple[float, float] | None = None, binning: int = 1,
+                         start: tuple[float, float] | None = None) -> WavelengthSolution:
     """Fit D2CCD and the zeroth-order pixel shift on absorption lines.
 
     Iterates: (a) wavelengths from the dispersion law with the current (D, s); (b)
@@ -355,6 +364,9 @@ def calibrate_wavelength(distance_px: np.ndarray, flux: np.ndarray, flux_err: np
         Settings.
     at, binning
         Passed to `Disperser.offset_px` / `Disperser.wavelength_nm`.
+    start : tuple of float, optional
+        Starting ``(D2CCD mm, shift px)``, e.g. from `coarse_dispersion_solution`; default
+        the prior distance and no shift. The prior stays centred on ``d2ccd_prior_mm``.
 
     Returns
     -------
@@ -376,7 +388,8 @@ def calibrate_wavelength(distance_px: np.ndarray, flux: np.ndarray, flux_err: np
         return disperser.offset_px(lam, order, 1.0, pixel_mm, theta0, **kw)
 
     sd0 = float(config.d2ccd_prior_sigma_mm)
-    d, s = float(d2ccd_prior_mm), 0.0
+    d, s = (float(d2ccd_prior_mm), 0.0) if start is None else (float(start[0]),
+                                                                  float(start[1]))
     g_range = np.abs(g_of(law(u[[0, -1]], d, s)))
     converged = False
     iterations = 0
@@ -439,3 +452,490 @@ def _is_broad(lines: Sequence[Line], name: str) -> bool:
         if line.name == name:
             return line.width_bounds_nm is not None
     return False
+
+
+# --------------------------------------------------------------------------- coarse search
+
+
+@dataclass(frozen=True)
+class CoarseSearchConfig:
+    """How `template_dispersion_solution` scans the disperser distance and the pixel shift."""
+
+    n_sigma: float = 3.0
+    """Half-range of the D2CCD scan, in prior standard deviations."""
+    shift_range_px: float = 10.0
+    """Half-range of the pixel-shift scan, pixels."""
+    coarse_step_px: float = 2.0
+    """Grid step of the first scan, expressed as the largest position change it causes."""
+    fine_step_px: float = 0.25
+    """Grid step of the second scan around the best coarse node, pixels."""
+    smooth_nm: float = 20.0
+    """Scale of the continuum removed before correlating (Gaussian σ), nm: wider than the
+    features (O₂ A, Balmer cores), narrower than the SED and throughput shapes."""
+    min_snr: float = 5.0
+    """Samples with a lower flux signal-to-noise ratio are ignored."""
+    wavelength_range_nm: tuple[float, float] = (350.0, 1100.0)
+    """Only samples whose prior wavelength lies in this range are matched."""
+    shift_prior_sigma_px: float | None = None
+    """Width of a Gaussian prior on the pixel shift (the measured zeroth order is where the
+    law starts, to its centroid error and ADR), pixels; None: no prior."""
+
+
+def absorption_template(wavelength_nm: np.ndarray, sed_wavelength_nm: np.ndarray | None,
+                        sed_flux: np.ndarray | None, airmass: float, pressure_hpa: float,
+                        resolution_fwhm_nm: float) -> np.ndarray:
+    """Expected spectrum shape for line identification: SED × atmosphere at the resolution.
+
+    Parameters
+    ----------
+    wavelength_nm : numpy.ndarray
+        Regular, increasing grid on which the template is made, nm.
+    sed_wavelength_nm, sed_flux : numpy.ndarray or None
+        The star's SED (its Balmer and metal lines); None: atmosphere only (O₂, H₂O), which
+        is what a non-CALSPEC target gets.
+    airmass, pressure_hpa : float
+        Line of sight; the water, ozone and aerosols are typical values (3 mm, 300 DU, 0.05):
+        the scan only needs where the features are, not their depths.
+    resolution_fwhm_nm : float
+        Instrumental resolution (FWHM), nm; the template is convolved with that Gaussian.
+
+    Returns
+    -------
+    numpy.ndarray
+        Template flux on ``wavelength_nm`` (arbitrary scale).
+    """
+    from spectractor_bridge.atmosphere import transmission
+
+    lam = np.asarray(wavelength_nm, dtype=np.float64)
+    model = transmission(lam, max(float(airmass), 1.0), float(pressure_hpa), 3.0, 300.0, 0.05)
+    if sed_wavelength_nm is not None and sed_flux is not None:
+        sed = np.interp(lam, sed_wavelength_nm, sed_flux, left=np.nan, right=np.nan)
+        fill = np.nanmedian(sed) if np.any(np.isfinite(sed)) else 1.0
+        model = model * np.where(np.isfinite(sed), sed, fill)
+    step = float(np.median(np.diff(lam)))
+    sigma = max(resolution_fwhm_nm, step) / _FWHM / step
+    return gaussian_filter1d(model, sigma, mode="nearest")
+
+
+def _highpass(values: np.ndarray, weight: np.ndarray, sigma_px: float) -> np.ndarray:
+    """``v / smooth(v) − 1`` along the last axis, smoothing with weights (normalised
+    convolution) so masked samples do not drag the continuum."""
+    num = gaussian_filter1d(values * weight, sigma_px, axis=-1, mode="nearest")
+    den = gaussian_filter1d(weight, sigma_px, axis=-1, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cont = num / den
+        return values / cont - 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateSolution:
+    """Result of `template_dispersion_solution`."""
+
+    d2ccd_mm: float
+    """Disperser–CCD distance, mm."""
+    pixel_shift: float
+    """Zeroth-order shift along the dispersion axis, pixels (``λ = law(u − shift; D)``)."""
+    covariance: np.ndarray
+    """2×2 covariance of (D mm, shift px) from the curvature of χ², scaled by the reduced
+    χ² of the feature match when above 1."""
+    chisq_reduced: float
+    """χ² per degree of freedom of the continuum-normalised data against the scaled
+    template features at the solution."""
+    amplitude: float
+    """Scale of the template's features that fits the data's (1: as deep as expected)."""
+    n_samples: int
+    """Samples used."""
+
+    @property
+    def d2ccd_err_mm(self) -> float:
+        """One-sigma error of ``d2ccd_mm``."""
+        return float(np.sqrt(self.covariance[0, 0]))
+
+    @property
+    def pixel_shift_err(self) -> float:
+        """One-sigma error of ``pixel_shift``."""
+        return float(np.sqrt(self.covariance[1, 1]))
+
+
+def template_dispersion_solution(
+    distance_px: np.ndarray,
+    flux: np.ndarray,
+    flux_err: np.ndarray,
+    template_wavelength_nm: np.ndarray,
+    template_flux: np.ndarray,
+    disperser: Disperser,
+    d2ccd_prior_mm: float,
+    d2ccd_sigma_mm: float,
+    pixel_mm: float,
+    theta0: float,
+    config: CoarseSearchConfig = CoarseSearchConfig(),
+    *,
+    order: int = 1,
+    at: tuple[float, float] | None = None,
+    binning: int = 1,
+) -> TemplateSolution:
+    """Fit (D2CCD, pixel shift) by matching the spectrum's features to a physical template.
+
+    Every feature is used at once, with its real shape at the instrument's resolution: the
+    Balmer lines of the CALSPEC SED and the O₂ and H₂O bands of the atmosphere model (whose
+    blends — O₂ A is a doublet, H₂O a band — have no single tabulated centre, which is what
+    limits a line-by-line fit to ~0.3 nm). The continuum-normalised data ``d`` (flux over its
+    weighted Gaussian smoothing, minus 1) are compared with the continuum-normalised
+    template ``m`` evaluated at ``λ = law(u − s; D)``; the template's features are scaled by
+    the amplitude ``a ≥ 0`` that fits best, so the score ``(Σ w d m)² / Σ w m²`` is the χ²
+    improvement over no features, minus the Gaussian prior on D. The pair is found on a
+    grid (steps moving the positions by ``coarse_step_px``, then ``fine_step_px`` around the
+    best node — a line-by-line start can lock onto the wrong dips: a 0.8 mm error of D on
+    the CTIO bench moves the lines by 10 nm) and refined by a Newton step on the local
+    quadratic of χ², whose curvature gives the covariance.
+
+    Parameters
+    ----------
+    distance_px : numpy.ndarray
+        Distance of each sample from the zeroth order along the dispersion axis, pixels,
+        one per detector pixel (monotonic).
+    flux, flux_err : numpy.ndarray
+        The spectrum and its errors at those samples.
+    template_wavelength_nm, template_flux : numpy.ndarray
+        Template (`absorption_template`) on a regular grid covering the spectrum.
+    disperser : Disperser
+        Its law maps distance to wavelength.
+    d2ccd_prior_mm, d2ccd_sigma_mm : float
+        Prior disperser–CCD distance and its standard deviation, mm.
+    pixel_mm, theta0 : float
+        Pixel pitch (mm) and zeroth-order field angle (rad) of the law.
+    config : CoarseSearchConfig
+        Grid settings.
+    order, at, binning
+        Passed to `Disperser.wavelength_nm`.
+
+    Returns
+    -------
+    TemplateSolution
+
+    Raises
+    ------
+    ValueError
+        If the spectrum has too few usable samples or shows no feature of the template.
+    """
+    u = np.asarray(distance_px, dtype=np.float64)
+    f = np.asarray(flux, dtype=np.float64)
+    e = np.asarray(flux_err, dtype=np.float64)
+    ok = np.isfinite(u) & np.isfinite(f) & np.isfinite(e) & (e > 0)
+    ok &= np.where(ok, f, 0.0) > config.min_snr * np.where(ok, e, np.inf)
+    if ok.sum() < 50:
+        raise ValueError(f"wavelength search: {ok.sum()} usable samples, at least 50 needed")
+    kw = {"at": at, "binning": binning}
+    lam0 = disperser.wavelength_nm(u, order, d2ccd_prior_mm, pixel_mm, theta0, **kw)
+    lo, hi = config.wavelength_range_nm
+    ok &= (lam0 >= lo) & (lam0 <= hi)
+    dldu = float(np.nanmedian(np.abs(np.gradient(lam0, u))))
+    sigma_px = config.smooth_nm / dldu
+    w_in = np.where(ok, 1.0, 0.0)
+    fz = np.where(ok, f, 0.0)
+    hd = _highpass(fz, w_in, sigma_px)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cont = fz / (hd + 1.0)
+        w = np.where(ok & np.isfinite(hd), (cont / e) ** 2, 0.0)
+    hd = np.where(w > 0, hd, 0.0)
+    u_max = float(np.nanmax(np.abs(u[ok])))
+    tl = np.asarray(template_wavelength_nm, dtype=np.float64)
+    tf = np.asarray(template_flux, dtype=np.float64)
+
+    def features(d: float, ss: np.ndarray) -> np.ndarray:
+        lam = disperser.wavelength_nm(u[None, :] - ss[:, None], order, float(d), pixel_mm,
+                                      theta0, **kw)
+        m = np.interp(lam, tl, tf, left=np.nan, right=np.nan)
+        # The same samples as the data's continuum: a feature-free edge (the blue cut-off)
+        # must be normalised identically on both sides, or it pulls the scale.
+        valid = np.isfinite(m) & ok[None, :]
+        hm = _highpass(np.where(valid, m, 0.0), valid.astype(float), sigma_px)
+        return np.where(valid & np.isfinite(hm), hm, 0.0)
+
+    def scores(ds: np.ndarray, ss: np.ndarray) -> np.ndarray:
+        out = np.empty((ds.size, ss.size))
+        for k, d in enumerate(ds):
+            hm = features(float(d), ss)
+            num = np.sum(w * hd * hm, axis=1)
+            den = np.sum(w * hm * hm, axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                gain = np.where((num > 0) & (den > 0), num**2 / den, 0.0)
+            out[k] = gain - ((d - d2ccd_prior_mm) / d2ccd_sigma_mm) ** 2
+            if config.shift_prior_sigma_px:
+                out[k] -= (ss / config.shift_prior_sigma_px) ** 2
+        return out
+
+    def grid(centre: float, half: float, step: float) -> np.ndarray:
+        n = max(math.ceil(half / step), 1)
+        return centre + step * np.arange(-n, n + 1)
+
+    d_step = config.coarse_step_px * d2ccd_prior_mm / u_max
+    ds = grid(d2ccd_prior_mm, config.n_sigma * d2ccd_sigma_mm, d_step)
+    ss = grid(0.0, config.shift_range_px, config.coarse_step_px)
+    sc = scores(ds, ss)
+    if not np.any(sc > -np.inf) or np.max(sc) <= -config.n_sigma**2:
+        raise ValueError("wavelength search: no template feature found in the spectrum")
+    k, j = np.unravel_index(int(np.argmax(sc)), sc.shape)
+    fine = config.fine_step_px / config.coarse_step_px
+    hd_step = d_step * fine
+    ds2 = grid(float(ds[k]), 1.5 * d_step, hd_step)
+    ss2 = grid(float(ss[j]), 1.5 * config.coarse_step_px, config.fine_step_px)
+    sc2 = scores(ds2, ss2)
+    k2, j2 = np.unravel_index(int(np.argmax(sc2)), sc2.shape)
+    k2 = int(np.clip(k2, 1, ds2.size - 2))
+    j2 = int(np.clip(j2, 1, ss2.size - 2))
+    # Local quadratic of the score on the 3×3 nodes around the best: Newton step and
+    # curvature (score = const − χ², so the χ² Hessian is minus the score's).
+    z = sc2[k2 - 1:k2 + 2, j2 - 1:j2 + 2]
+    gx = (z[2, 1] - z[0, 1]) / 2.0
+    gy = (z[1, 2] - z[1, 0]) / 2.0
+    hxx = z[2, 1] - 2 * z[1, 1] + z[0, 1]
+    hyy = z[1, 2] - 2 * z[1, 1] + z[1, 0]
+    hxy = (z[2, 2] - z[2, 0] - z[0, 2] + z[0, 0]) / 4.0
+    hess = np.array([[hxx, hxy], [hxy, hyy]])
+    step_units = np.array([hd_step, config.fine_step_px])
+    try:
+        delta = -np.linalg.solve(hess, [gx, gy])
+        # Only a step inside the 3×3 patch of a true maximum is trusted.
+        if not (np.all(np.linalg.eigvalsh(hess) < 0) and np.all(np.abs(delta) <= 1.0)):
+            delta = np.zeros(2)
+        cov = 2.0 * np.linalg.inv(-hess) / np.outer(1.0 / step_units, 1.0 / step_units)
+    except np.linalg.LinAlgError:
+        delta = np.zeros(2)
+        cov = np.full((2, 2), np.nan)
+    d_best = float(ds2[k2] + delta[0] * hd_step)
+    s_best = float(ss2[j2] + delta[1] * config.fine_step_px)
+    hm = features(d_best, np.array([s_best]))[0]
+    amp = float(np.sum(w * hd * hm) / max(np.sum(w * hm * hm), 1e-300))
+    resid = w * (hd - amp * hm) ** 2
+    n_used = int(np.count_nonzero(w))
+    chi2_red = float(np.sum(resid) / max(n_used - 3, 1))
+    if chi2_red > 1.0:
+        cov = cov * chi2_red
+    return TemplateSolution(d2ccd_mm=d_best, pixel_shift=s_best, covariance=cov,
+                            chisq_reduced=chi2_red, amplitude=amp, n_samples=n_used)
+
+
+# --------------------------------------------------------------------------- features
+
+
+@dataclass(frozen=True)
+class FeatureFitConfig:
+    """How `measure_feature_shifts` and `calibrate_on_features` work."""
+
+    half_window_nm: float = 15.0
+    """Half-width of the window fitted around each feature, nm (at least 4 resolution
+    elements are used when the resolution is coarser)."""
+    max_shift_nm: float = 4.0
+    """Shifts scanned, ± nm."""
+    step_nm: float = 0.05
+    """Scan step, nm (the minimum is then refined on a parabola)."""
+    min_depth_snr: float = 5.0
+    """A feature counts only when its template contrast over the window, measured in the
+    data's errors, exceeds this (a feature the data cannot see gives no position)."""
+    clip_sigma: float = 4.0
+    """Leave-one-out rejection of features in the (D2CCD, shift) fit, in standard
+    deviations."""
+    min_features: int = 2
+    """Fewest features kept."""
+    iterations: int = 3
+    """Measure-and-fit iterations."""
+    err_floor_nm: float = 0.05
+    """Added in quadrature to each feature's position error, nm (template systematics)."""
+
+
+def measure_feature_shifts(wavelength_nm: np.ndarray, flux: np.ndarray, flux_err: np.ndarray,
+                           template_wavelength_nm: np.ndarray, template_flux: np.ndarray,
+                           features: Sequence[Line], resolution_fwhm_nm: float,
+                           config: FeatureFitConfig = FeatureFitConfig()) -> Table:
+    """Shift of each feature between the data and the template, window by window.
+
+    Around each feature the data are fitted with ``(a + b (λ − λ₀)) · T(λ − δ)``: the
+    template's own shape (a blend such as O₂ A, a band such as H₂O, a Balmer line with its
+    wings, at the instrument's resolution) moved by δ, times a local linear continuum solved
+    exactly; δ is scanned, the χ² minimum refined on a parabola and its error taken from the
+    curvature (Δχ² = 1), scaled by the window's reduced χ² when above 1. The feature's
+    catalogue wavelength only names the window: no tabulated centre enters the answer.
+
+    Parameters
+    ----------
+    wavelength_nm, flux, flux_err : numpy.ndarray
+        The spectrum on its current wavelength scale.
+    template_wavelength_nm, template_flux : numpy.ndarray
+        Expected spectrum (`absorption_template`) on a regular grid.
+    features : sequence of Line
+        Windows to fit (their wavelength on the template's scale).
+    resolution_fwhm_nm : float
+        Resolution, nm (sets the smallest window).
+    config : FeatureFitConfig
+        Settings.
+
+    Returns
+    -------
+    astropy.table.Table
+        ``LINES`` columns for the features measured: ``Tabulated`` (catalogue), ``Detected``
+        (``Tabulated`` + δ: where the template's feature sits in the data), ``Shift`` (δ),
+        ``Err``, ``FWHM`` (the resolution), ``Amplitude`` (template contrast in the window,
+        relative), ``SNR`` (that contrast over the data's errors), ``Chisq``.
+    """
+    wl = np.asarray(wavelength_nm, dtype=np.float64)
+    fl = np.asarray(flux, dtype=np.float64)
+    er = np.asarray(flux_err, dtype=np.float64)
+    order = np.argsort(wl)
+    wl, fl, er = wl[order], fl[order], er[order]
+    tl = np.asarray(template_wavelength_nm, dtype=np.float64)
+    tf = np.asarray(template_flux, dtype=np.float64)
+    half = max(config.half_window_nm, 4.0 * resolution_fwhm_nm)
+    shifts = np.arange(-config.max_shift_nm, config.max_shift_nm + 0.5 * config.step_nm,
+                       config.step_nm)
+    rows = []
+    for line in features:
+        lam0 = line.wavelength_nm
+        sel = ((np.abs(wl - lam0) <= half) & np.isfinite(fl) & np.isfinite(er) & (er > 0))
+        if sel.sum() < 8 or not (wl[0] <= lam0 - half and lam0 + half <= wl[-1]):
+            continue
+        x, y, w = wl[sel], fl[sel], 1.0 / er[sel]
+        t = np.interp(x[None, :] - shifts[:, None], tl, tf)          # (n_shift, n)
+        design = np.stack([t, t * (x - lam0)], axis=2) * w[None, :, None]
+        normal = np.einsum("snp,snq->spq", design, design)
+        rhs = np.einsum("snp,n->sp", design, y * w)
+        try:
+            theta = np.linalg.solve(normal, rhs[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            continue
+        chi2 = np.sum((y * w - np.einsum("snp,sp->sn", design, theta)) ** 2, axis=1)
+        k = int(np.argmin(chi2))
+        if k == 0 or k == shifts.size - 1:
+            continue  # minimum at the scan's edge: not found
+        c0, c1, c2 = chi2[k - 1], chi2[k], chi2[k + 1]
+        curv = (c0 - 2 * c1 + c2) / config.step_nm**2
+        if not curv > 0:
+            continue
+        delta = shifts[k] - 0.5 * (c2 - c0) / config.step_nm / curv
+        dof = max(x.size - 3, 1)
+        chi2_red = float(c1 / dof)
+        err = math.sqrt(2.0 / curv * max(chi2_red, 1.0))
+        # How visible the feature is: its template contrast against the data's errors.
+        tk = t[k] / np.mean(t[k])
+        contrast = float(np.sqrt(np.sum(((tk - np.polyval(np.polyfit(x, tk, 1), x))
+                                          * y * w) ** 2)))
+        if contrast < config.min_depth_snr:
+            continue
+        rows.append((line.label or line.name, lam0, lam0 + delta, delta, err,
+                     resolution_fwhm_nm, float(np.ptp(tk)), contrast, chi2_red, line.name))
+    table = Table(rows=rows or None, names=LINE_COLUMNS,
+                  dtype=(str, float, float, float, float, float, float, float, float, str))
+    for col in ("Tabulated", "Detected", "Shift", "Err", "FWHM"):
+        table[col].unit = "nm"
+    table["Chisq"].unit = "reduced"
+    return table
+
+
+def calibrate_on_features(distance_px: np.ndarray, flux: np.ndarray, flux_err: np.ndarray,
+                          disperser: Disperser, d2ccd_prior_mm: float, d2ccd_sigma_mm: float,
+                          pixel_mm: float, theta0: float,
+                          template_wavelength_nm: np.ndarray, template_flux: np.ndarray,
+                          features: Sequence[Line], resolution_fwhm_nm: float,
+                          start: tuple[float, float],
+                          config: FeatureFitConfig = FeatureFitConfig(), *, order: int = 1,
+                          at: tuple[float, float] | None = None, binning: int = 1
+                          ) -> WavelengthSolution:
+    """Fit (D2CCD, pixel shift) on the positions of spectral features found by template.
+
+    Iterates: wavelengths from the law with the current (D, s); each feature's shift δ
+    against the template (`measure_feature_shifts`); its detector position ``u_i`` from the
+    law at ``λ_i + δ_i``; then ``u_i = D g(λ_i) + s`` fitted by weighted least squares with
+    the Gaussian prior on D after leave-one-out clipping (a feature the template describes
+    badly — a PWV far from the template's, a peculiar star — is dropped, not averaged in).
+    Errors come from the fit covariance scaled by the reduced χ² when above 1.
+
+    Parameters
+    ----------
+    distance_px, flux, flux_err : numpy.ndarray
+        Distance of each sample from the zeroth order along the dispersion axis (pixels),
+        and the spectrum there.
+    disperser : Disperser
+        Its law.
+    d2ccd_prior_mm, d2ccd_sigma_mm : float
+        Gaussian prior on D, mm.
+    pixel_mm, theta0 : float
+        Law parameters (pixel pitch in mm, zeroth order's field angle in radians).
+    template_wavelength_nm, template_flux : numpy.ndarray
+        Expected spectrum (`absorption_template`).
+    features : sequence of Line
+        Feature windows (e.g. `spectractor_bridge.lines.CALIBRATION_FEATURES` in vacuum).
+    resolution_fwhm_nm : float
+        Resolution, nm.
+    start : tuple of float
+        Starting (D mm, shift px), e.g. `template_dispersion_solution`'s.
+    config : FeatureFitConfig
+        Settings.
+    order, at, binning
+        Passed to the law.
+
+    Returns
+    -------
+    WavelengthSolution
+        ``lines`` holds the features with ``Pixel``, ``Residual``, ``Pull`` and ``Used``.
+
+    Raises
+    ------
+    ValueError
+        If fewer than ``config.min_features`` features are measured.
+    """
+    u = np.asarray(distance_px, dtype=np.float64)
+    kw = {"at": at, "binning": binning}
+
+    def law(dist: np.ndarray, d: float, s: float) -> np.ndarray:
+        return disperser.wavelength_nm(dist - s, order, d, pixel_mm, theta0, **kw)
+
+    def g_of(lam: np.ndarray) -> np.ndarray:
+        return disperser.offset_px(lam, order, 1.0, pixel_mm, theta0, **kw)
+
+    wcfg = WavelengthCalibrationConfig(clip_sigma=config.clip_sigma,
+                                       min_lines=config.min_features)
+    d, s = float(start[0]), float(start[1])
+    det = None
+    for _ in range(max(config.iterations, 1)):
+        det = measure_feature_shifts(law(u, d, s), flux, flux_err, template_wavelength_nm,
+                                     template_flux, features, resolution_fwhm_nm, config)
+        if len(det) < config.min_features:
+            raise ValueError(f"wavelength calibration: {len(det)} feature(s) measured, "
+                             f"{config.min_features} needed")
+        lam_det = np.asarray(det["Detected"], dtype=np.float64)
+        p = g_of(lam_det) * d + s
+        dldu = np.abs(law(p + 0.5, d, s) - law(p - 0.5, d, s))
+        err_nm = np.hypot(np.asarray(det["Err"], dtype=np.float64), config.err_floor_nm)
+        sig = err_nm / dldu
+        g = g_of(np.asarray(det["Tabulated"], dtype=np.float64))
+        used = _clip(g, p, sig, float(d2ccd_prior_mm), d2ccd_sigma_mm, wcfg)
+        theta, cov, chi2 = _wls(g[used], p[used], sig[used], float(d2ccd_prior_mm),
+                                d2ccd_sigma_mm)
+        d, s = float(theta[0]), float(theta[1])
+    assert det is not None
+    ndof = int(used.sum()) - 1
+    if ndof > 0 and chi2 / ndof > 1.0:
+        cov = cov * (chi2 / ndof)
+    wl = law(u, d, s)
+    dd = 1e-3
+    jd = (law(u, d + dd, s) - law(u, d - dd, s)) / (2 * dd)
+    js = law(u, d, s + 0.5) - law(u, d, s - 0.5)
+    wl_err = np.sqrt(jd ** 2 * cov[0, 0] + 2 * jd * js * cov[0, 1] + js ** 2 * cov[1, 1])
+    table = det.copy()
+    detected = law(p, d, s)
+    table["Detected"] = detected
+    table["Shift"] = detected - np.asarray(det["Tabulated"])
+    table["Err"] = err_nm
+    table["Pixel"] = p
+    table["Residual"] = table["Shift"]
+    table["Pull"] = (p - (d * g + s)) / sig
+    table["Used"] = used
+    for col in ("Detected", "Shift", "Err", "Residual"):
+        table[col].unit = "nm"
+    table["Pixel"].unit = "pix"
+    return WavelengthSolution(
+        d2ccd_mm=d, d2ccd_err_mm=float(np.sqrt(cov[0, 0])), pixel_shift=s,
+        pixel_shift_err=float(np.sqrt(cov[1, 1])), covariance=cov, wavelength_nm=wl,
+        wavelength_err_nm=wl_err, lines=table, chisq=chi2, ndof=ndof,
+        n_lines=int(used.sum()), iterations=config.iterations, converged=True,
+        d2ccd_prior_mm=float(d2ccd_prior_mm))

@@ -154,7 +154,9 @@ def test_spectrum_output(results, tmp_path):
     spec = result_to_spectrum(r)
     assert np.all(np.diff(spec.wavelength) > 0)
     assert spec.target_xy == pytest.approx((X0, Y0))
-    assert spec.rotation_angle == pytest.approx(r.angle_deg)
+    # Spectractor's frame is a reflection of ours: its ROTANGLE is minus our tilt.
+    assert spec.rotation_angle == pytest.approx(-r.angle_deg)
+    assert spec.pixshift == 0.0 and spec.header["WAVECAL"] == "prior"
     assert spec.d2ccd == pytest.approx(191.1)
     assert spec.disperser == "holo4_003"
     assert spec.covariance is not None
@@ -163,7 +165,14 @@ def test_spectrum_output(results, tmp_path):
     path = write_spectrum(spec, tmp_path / "spec.fits")
     back = read_spectrum(path)
     assert np.allclose(back.flux, spec.flux)
-    assert len(back.psf_table) == len(r.psf_bins)
+    # PSF_TAB: one row per sample, trace in cutout pixels; the bin fits in PSF_BINS.
+    assert len(back.psf_table) == spec.n_points
+    c0, r0 = r.cutout_origin
+    i = int(np.argmin(np.abs(r.wavelength_nm - 600.0)))
+    row = back.psf_table[int(np.argmin(np.abs(back.psf_table["lambdas"] - 600.0)))]
+    assert (row["x_c"] + c0, row["y_c"] + r0) == pytest.approx((r.x_trace[i], r.rows[i]))
+    bins = [h for h in back.extra_hdus if h.name == "PSF_BINS"][0]
+    assert len(bins.data) == len(r.psf_bins)
 
 
 def test_second_order_contamination_is_present():

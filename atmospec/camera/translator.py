@@ -660,8 +660,66 @@ class LatissTranslator(HeaderTranslator):
         return pressure
 
 
+class CtioTranslator(HeaderTranslator):
+    """Translator for the CTIO 0.9 m Cassegrain imager (``INSTRUME = 'cfccd'``, Tek2K CCD),
+    the bench of Spectractor's 2017 holographic-disperser data.
+
+    Its headers have no observation id or sequence number: the NOAO archive record
+    ``RECID`` (``ct36.20170531.025352``) is the id, its time part the sequence number, and
+    the observing day is the local date at the start of the night (UTC − 12 h, as Rubin's
+    ``day_obs``). The disperser sits in filter wheel 2 (``FILTER2``, also ``GRATING`` once
+    Spectractor has seen the file); ``FILTER1 = 'dia'`` is the open diaphragm. Weather comes
+    as ``OUTPRESS`` (hPa), ``OUTTEMP`` (°C) and ``OUTHUM`` (%). ``OBJECT`` was typed by the
+    observer (``'HD11980'`` for HD111980): Spectractor's ``TARGET`` is preferred when present.
+    """
+
+    name: ClassVar[str] = "CTIO"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("cfccd", "CTIO")
+
+    target_name_keys: ClassVar[tuple[str, ...]] = ("TARGET", "OBJECT")
+    filter_keys: ClassVar[tuple[str, ...]] = ("FILTER1",)
+    disperser_keys: ClassVar[tuple[str, ...]] = ("GRATING", "FILTER2")
+    pressure_keys: ClassVar[tuple[str, ...]] = ("OUTPRESS",)
+    temperature_keys: ClassVar[tuple[str, ...]] = ("OUTTEMP",)
+    humidity_keys: ClassVar[tuple[str, ...]] = ("OUTHUM",)
+    detector_serial_keys: ClassVar[tuple[str, ...]] = ("DETECTOR",)
+    # ALT holds a string such as '-45.84' in the real files: not a usable elevation.
+    altitude_keys: ClassVar[tuple[str, ...]] = ()
+    empty_optic_pattern: ClassVar[re.Pattern[str]] = re.compile(r"(?i)^(dia|empty|open)?$")
+
+    def _record(self, header: Mapping[str, Any]) -> re.Match[str] | None:
+        recid = self._get_str(header, "RECID")
+        return None if recid is None else re.match(
+            r"^(?P<tel>\w+)\.(?P<day>\d{8})\.(?P<time>\d{6})$", recid)
+
+    def to_obs_id(self, header: Mapping[str, Any]) -> str:
+        """``RECID``, else ``OBSID``; an error without either."""
+        obs_id = self._get_str(header, "RECID", "OBSID")
+        if obs_id is None:
+            raise BadInputError(None, "CTIO header has no RECID or OBSID keyword")
+        return obs_id
+
+    def to_day_obs(self, header: Mapping[str, Any]) -> int:
+        """Local date at the start of the night: ``DATE-OBS`` − 12 h."""
+        start = self.to_datetime_begin(header)
+        if start is None:
+            raise BadInputError(None, f"cannot determine day_obs: DATE-OBS="
+                                      f"{self._get(header, 'DATE-OBS')!r}")
+        return int((start - 12 * u.hour).strftime("%Y%m%d"))
+
+    def to_seq_num(self, header: Mapping[str, Any]) -> int:
+        """``SEQNUM``, else the ``hhmmss`` of ``RECID``."""
+        seq_num = self._as_int(self._get(header, "SEQNUM"))
+        if seq_num is None:
+            match = self._record(header)
+            seq_num = int(match["time"]) if match else None
+        if seq_num is None:
+            raise BadInputError(None, "cannot determine seq_num: no SEQNUM and no RECID")
+        return seq_num
+
+
 #: Translators tried in order by `translate_header`; append new instruments here.
-TRANSLATORS: tuple[type[HeaderTranslator], ...] = (LatissTranslator,)
+TRANSLATORS: tuple[type[HeaderTranslator], ...] = (LatissTranslator, CtioTranslator)
 
 
 def translate_header(header: Mapping[str, Any], filename: str | None = None) -> ObservationInfo:
