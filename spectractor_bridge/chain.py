@@ -45,7 +45,7 @@ from spectractor_bridge.extract import (
 from spectractor_bridge.ffm import ForwardModelConfig, ForwardModelResult, fit_forward_model
 from spectractor_bridge.instrument import InstrumentProfile, load_instrument
 from spectractor_bridge.lines import CALIBRATION_FEATURES, in_vacuum
-from spectractor_bridge.order2 import correct_extraction, with_order2
+from spectractor_bridge.order2 import correct_extraction, order2_image, with_order2
 from spectractor_bridge.spectrum import ImageExtension, Spectrogram, Spectrum
 from spectractor_bridge.wavelength import (
     CoarseSearchConfig,
@@ -189,9 +189,15 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     solution = None
     if config.wavelength_calibration:
         result, solution = _calibrate(result, disp, sed, info, profile, config, name)
-    model = covariance = None
+    model = covariance = contamination = None
+    if config.order2_correction:
+        contamination = correct_extraction(result, disp)
     if config.forward_model is not None:
-        model = fit_forward_model(work, result, config.forward_model)
+        # The order-2 light is drawn into the background the 2D model sees: it then fits the
+        # first order alone (its flux and its PSF).
+        seen = result if contamination is None else replace(
+            result, background=result.background + order2_image(result, contamination))
+        model = fit_forward_model(work, seen, config.forward_model)
         result, covariance = _with_forward_model(result, model)
         log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", name,
                  model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
@@ -232,8 +238,8 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         spectrum.header["D2CCDERR"] = (solution.d2ccd_err_mm, "[mm] D2CCD uncertainty")
         spectrum.header["PIXSHERR"] = (solution.pixel_shift_err, "[px] PIXSHIFT uncertainty")
         spectrum = replace(spectrum, lines=solution.lines)
-    if config.order2_correction:
-        spectrum = with_order2(spectrum, correct_extraction(result, disp))
+    if contamination is not None:
+        spectrum = with_order2(spectrum, contamination, subtract=model is None)
     if frame.turned:
         spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result))
     return spectrum, centroid

@@ -30,6 +30,7 @@ difference between the orders is ignored (fluxes summed across the trace do not 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,8 @@ import numpy as np
 from spectractor_bridge.dispersers import Disperser, load_disperser
 from spectractor_bridge.spectrum import ImageExtension, Spectrum
 
-__all__ = ["Order2Correction", "correct_extraction", "correct_order2", "with_order2"]
+__all__ = ["Order2Correction", "correct_extraction", "correct_order2", "order2_image",
+           "with_order2"]
 
 
 @dataclass(frozen=True)
@@ -208,22 +210,86 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
                           result.d2ccd_mm, pixel_mm, result.theta0_rad, **at, **kwargs)
 
 
-def with_order2(spectrum: Spectrum, correction: Order2Correction) -> Spectrum:
+def with_order2(spectrum: Spectrum, correction: Order2Correction,
+                subtract: bool = True) -> Spectrum:
     """``spectrum`` (e⁻/nm, as `result_to_spectrum`, same samples as ``correction``) with the
-    corrected flux and the ``ORDER2`` extension; its covariance is kept, with the
-    contamination's error added on the diagonal."""
+    ``ORDER2`` extension and the contamination's error added on the covariance diagonal.
+
+    ``subtract=True`` replaces the flux by the corrected one (a 1D extraction, which
+    contains the order-2 light); ``False`` keeps the flux (a forward model that already
+    modelled the order-2 light, `order2_image`). The first-order correlations stay.
+    """
     from dataclasses import replace
     idx = np.argsort(correction.wavelength_nm)
-    flux = correction.flux_per_nm[idx]
-    err = correction.flux_per_nm_err[idx]
+    if subtract:
+        flux = correction.flux_per_nm[idx]
+        err = correction.flux_per_nm_err[idx]
+    else:
+        flux = spectrum.flux
+        extra = (correction.order2_err_per_px / correction.dlambda1_du)[idx]
+        err = np.sqrt(spectrum.flux_err**2 + extra**2)
     hdr = spectrum.header.copy()
-    hdr["ORD2CORR"] = (True, "order-2 contamination subtracted")
+    hdr["ORD2CORR"] = (True, "order-2 contamination subtracted" if subtract
+                       else "order-2 light modelled in the 2D fit")
     cov = spectrum.covariance
     if cov is None or cov.shape != (err.size, err.size):
         cov = np.diag(err**2)
     else:
-        # The subtraction adds the contamination's (independent) error on the diagonal; the
-        # first-order correlations (e.g. from the 2D forward model) stay.
+        # The contamination's error is independent of the first-order noise: diagonal.
         cov = cov + np.diag(np.clip(err**2 - np.diag(cov), 0.0, None))
     return replace(spectrum, wavelength=correction.wavelength_nm[idx], flux=flux, flux_err=err,
                    covariance=cov, order2=correction.order2_extension(), header=hdr)
+
+
+def order2_image(result, correction: Order2Correction, support_fwhm: float = 3.0
+                 ) -> np.ndarray:
+    """The second-order light on the extraction cutout, e⁻ per pixel.
+
+    Each row's contamination (``correction``, from `correct_extraction`) is drawn as a
+    normalised circular 2D Moffat centred on the trace (order 2 of λ/2 lands where order 1
+    of λ does) with the PSF of its own wavelength λ₂ — read from the extraction's PSF at the
+    row where the first order has λ₂ — truncated at ``support_fwhm`` FWHM. A forward model
+    given ``background + order2_image`` then fits the first order alone, with the first
+    order's PSF where half of the light is order 2 (holo4_003 and HoloAmAg beyond ~850 nm).
+
+    Parameters
+    ----------
+    result : spectractor_bridge.extract.ExtractionResult
+        The extraction (cutout, trace, PSF per row).
+    correction : Order2Correction
+        `correct_extraction` of that result.
+    support_fwhm : float
+        Radius of the drawn PSF, in FWHM.
+
+    Returns
+    -------
+    numpy.ndarray
+        Image of ``result.background``'s shape.
+    """
+    ny, nx = result.background.shape
+    c0, r0 = result.cutout_origin
+    image = np.zeros((ny, nx))
+    per_row = correction.order2_per_px * result.dlambda_drow / correction.dlambda1_du
+    lam2 = correction.wavelength_order2_nm
+    on = np.isfinite(per_row) & (per_row > 0) & np.isfinite(lam2)
+    if not on.any():
+        return image
+    order = np.argsort(result.wavelength_nm)
+    lam_sorted = result.wavelength_nm[order]
+    gamma = np.interp(lam2[on], lam_sorted, result.gamma[order])
+    beta = np.interp(lam2[on], lam_sorted, result.alpha[order]) + 0.5
+    flux = per_row[on]
+    xc = result.x_trace[on] - c0
+    rc = np.rint(result.rows[on] - r0).astype(int)
+    fwhm = 2.0 * gamma * np.sqrt(2.0 ** (1.0 / beta) - 1.0)
+    radius = max(math.ceil(support_fwhm * float(fwhm.max())), 1)
+    cols = np.arange(nx, dtype=np.float64)
+    norm = flux * (beta - 1.0) / (math.pi * gamma**2)
+    for dy in range(-radius, radius + 1):
+        target = rc + dy
+        ok = (target >= 0) & (target < ny)
+        r2 = (cols[None, :] - xc[ok, None]) ** 2 + float(dy) ** 2
+        stamp = norm[ok, None] * (1.0 + r2 / gamma[ok, None] ** 2) ** (-beta[ok, None])
+        stamp[r2 > (support_fwhm * fwhm[ok, None]) ** 2] = 0.0
+        image[target[ok]] += stamp  # one source per row: the target rows are distinct
+    return image
