@@ -12,8 +12,9 @@ Then, in this process, on one core (thread pools limited to 1 before numpy is im
 
 1. ``process_dispersed`` (the function ``atmospec extract`` and the night runner call)
    followed by ``write_spectrum``, ``--repeat`` times: the median is the total wall time;
-2. the chain's stages one by one, called as ``spectractor_bridge.chain`` calls them, each
-   timed: median over ``--repeat`` runs per stage (`STAGES`: one line per stage);
+2. the chain's own split (``process_dispersed(..., timings=)``: zeroth order, extraction,
+   wavelength calibration, order-2 estimate, 2D forward model, its covariance, spectrum
+   assembly) and the write, median over the runs per stage;
 3. peak memory of one ``process_dispersed`` + write: tracemalloc peak (Python and numpy
    allocations of the chain, the input exposure excluded) and the process's
    ``ru_maxrss`` (everything: interpreter, libraries, the exposure read from disk);
@@ -39,25 +40,16 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
-from atmospec.camera.description import load_camera  # noqa: E402
-from atmospec.camera.spectro import load_spectro_table  # noqa: E402
-from atmospec.camera.translator import translate_header  # noqa: E402
-from atmospec.characterize.zeroth_order import find_zeroth_order, zeroth_order_prior  # noqa: E402
 from atmospec.exposure import Exposure  # noqa: E402
 from spectractor_bridge.chain import (  # noqa: E402
-    _COPIED,
     SpectroscopyConfig,
     process_dispersed,
 )
-from spectractor_bridge.extract import extract_spectrum, result_to_spectrum  # noqa: E402
-from spectractor_bridge.order2 import correct_extraction, with_order2  # noqa: E402
 from spectractor_bridge.spectrum import write_spectrum  # noqa: E402
 
 SHAPE = (4000, 4072)
@@ -113,67 +105,18 @@ def prepare(workdir: Path) -> dict[str, Path]:
     return files
 
 
-# --------------------------------------------------------------------------- stages
+# --------------------------------------------------------------------------- chain
 
 
-def stage_zeroth_order(s: SimpleNamespace) -> None:
-    s.info = translate_header(s.exposure.metadata, s.name)
-    prior = zeroth_order_prior(s.info, load_camera("latiss"), load_spectro_table("latiss"))
-    s.centroid = find_zeroth_order(s.exposure, CONFIG.zeroth_order, prior, source=s.name)
-
-
-def stage_extract(s: SimpleNamespace) -> None:
-    s.result = extract_spectrum(s.exposure, s.centroid.x, s.centroid.y, s.info.disperser,
-                                s.info.linspos, CONFIG.extraction, source=s.name,
-                                binning=s.info.binning[1])
-
-
-def stage_spectrum(s: SimpleNamespace) -> None:
-    header = fits.Header()
-    for key in _COPIED:
-        if key in s.exposure.metadata:
-            header[key] = s.exposure.metadata[key]
-    header["TARGET"] = TARGET
-    s.spectrum = result_to_spectrum(s.result, header)
-
-
-def stage_order2(s: SimpleNamespace) -> None:
-    s.spectrum = with_order2(s.spectrum, correct_extraction(s.result))
-
-
-def stage_write(s: SimpleNamespace) -> None:
-    write_spectrum(s.spectrum, s.out)
-
-
-#: The chain's stages in order, as `spectractor_bridge.chain.process_dispersed` runs them:
-#: one line each. A stage reads and sets attributes of the state (``exposure``, ``name``,
-#: ``out``, then ``info``, ``centroid``, ``result``, ``spectrum``...). To come, e.g.:
-#:   ("wavelength calibration", lambda s: setattr(s, "result", <calibrated result>)),
-#:   ("2D forward model", lambda s: setattr(s, "ffm", fit_forward_model(...))),
-STAGES: tuple[tuple[str, Callable[[SimpleNamespace], None]], ...] = (
-    ("zeroth order", stage_zeroth_order),
-    ("extraction", stage_extract),
-    ("to Spectrum", stage_spectrum),
-    ("order-2 correction", stage_order2),
-    ("write spectrum", stage_write),
-)
-
-
-def run_stages(exposure: Exposure, out: Path) -> dict[str, float]:
-    s = SimpleNamespace(exposure=exposure, name=str(exposure.metadata["OBSID"]), out=out)
-    times = {}
-    for name, stage in STAGES:
-        t = time.perf_counter()
-        stage(s)
-        times[name] = time.perf_counter() - t
-    return times
-
-
-def run_chain(exposure: Exposure, out: Path) -> float:
+def run_chain(exposure: Exposure, out: Path) -> tuple[float, dict[str, float]]:
+    """One ``process_dispersed`` + write: total wall time and the chain's own stage split."""
+    stages: dict[str, float] = {}
     t = time.perf_counter()
-    spectrum, _ = process_dispersed(exposure, config=CONFIG)
+    spectrum, _ = process_dispersed(exposure, config=CONFIG, timings=stages)
+    t_write = time.perf_counter()
     write_spectrum(spectrum, out)
-    return time.perf_counter() - t
+    stages["write"] = time.perf_counter() - t_write
+    return time.perf_counter() - t, stages
 
 
 # --------------------------------------------------------------------------- report
@@ -187,9 +130,9 @@ def maxrss_bytes() -> int:
 def bench(label: str, path: Path, out: Path, repeat: int) -> dict[str, float]:
     exposure = Exposure.read(path)
     size = exposure.image.nbytes + exposure.variance.nbytes + exposure.mask.nbytes
-    total = statistics.median(run_chain(exposure, out) for _ in range(repeat))
-    runs = [run_stages(exposure, out) for _ in range(repeat)]
-    stages = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    runs = [run_chain(exposure, out) for _ in range(repeat)]
+    total = statistics.median(r[0] for r in runs)
+    stages = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
     tracemalloc.start()
     run_chain(exposure, out)
     _, peak = tracemalloc.get_traced_memory()
@@ -202,8 +145,6 @@ def bench(label: str, path: Path, out: Path, repeat: int) -> dict[str, float]:
         print(f"  {name:<20s} {t * 1000:9.1f} ms")
     print(f"  {'sum of stages':<20s} {sum(stages.values()) * 1000:9.1f} ms")
     print(f"  {'process_dispersed+write':<20s} {total * 1000:9.1f} ms (total wall)")
-    print(f"  {'not in STAGES':<20s} {(total - sum(stages.values())) * 1000:9.1f} ms (chain "
-          "steps without a stage line yet, e.g. wavelength calibration)")
     print(f"  memory: tracemalloc peak {peak / 2**20:.0f} MiB (input exposure "
           f"{size / 2**20:.0f} MiB not included), ru_maxrss {rss / 2**20:.0f} MiB "
           "(whole process so far)")

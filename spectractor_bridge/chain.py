@@ -17,6 +17,7 @@ which is minus the tilt measured in ours (the turn is a reflection).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -100,8 +101,9 @@ class SpectroscopyConfig:
 def process_dispersed(exposure: Exposure, *, target: str | None = None,
                       disperser: str | None = None, xy: tuple[float, float] | None = None,
                       config: SpectroscopyConfig | None = None,
-                      source: str | None = None,
-                      instrument: str = "latiss") -> tuple[Spectrum, ZerothOrderResult | None]:
+                      source: str | None = None, instrument: str = "latiss",
+                      timings: dict[str, float] | None = None
+                      ) -> tuple[Spectrum, ZerothOrderResult | None]:
     """Extract the first-order spectrum of the target of a dispersed post-ISR exposure.
 
     Parameters
@@ -123,6 +125,10 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         File name for error messages.
     instrument : str
         ``latiss`` or ``ctio``: detector, disperser tables, frame.
+    timings : dict, optional
+        Filled with the wall time of each stage, seconds (``zeroth_order``, ``extraction``,
+        ``wavelength_calibration``, ``order2``, ``forward_model``, ``covariance``,
+        ``spectrum``).
 
     Returns
     -------
@@ -140,6 +146,7 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         instrument, no star, spectrum off the detector.
     """
     config = config or SpectroscopyConfig()
+    clock = _Clock(timings)
     name = source or str(exposure.metadata.get("OBSID", "exposure"))
     profile = _profile(instrument, name)
     info = translate_header(exposure.metadata, name)
@@ -178,27 +185,34 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     work = frame.exposure(exposure)
     disp = frame.disperser(disp)
     centroid = None
+    clock.lap("setup")
     if xy is None:
         centroid = _find_zeroth_order(work, info, disperser, profile, config, name)
         xy = (centroid.x, centroid.y)
         centroid = replace(centroid, **dict(zip(("x", "y"), frame.to_input(xy), strict=True)))
     else:
         xy = frame.from_input(xy)
+    clock.lap("zeroth_order")
     result = extract_spectrum(work, xy[0], xy[1], disp, info.linspos, config.extraction,
                               source=name, binning=binning)
+    clock.lap("extraction")
     solution = None
     if config.wavelength_calibration:
         result, solution = _calibrate(result, disp, sed, info, profile, config, name)
+    clock.lap("wavelength_calibration")
     model = covariance = contamination = None
     if config.order2_correction:
         contamination = correct_extraction(result, disp)
+    clock.lap("order2")
     if config.forward_model is not None:
         # The order-2 light is drawn into the background the 2D model sees: it then fits the
         # first order alone (its flux and its PSF).
         seen = result if contamination is None else replace(
             result, background=result.background + order2_image(result, contamination))
         model = fit_forward_model(work, seen, config.forward_model)
+        clock.lap("forward_model")
         result, covariance = _with_forward_model(result, model)
+        clock.lap("covariance")
         log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", name,
                  model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
 
@@ -242,7 +256,22 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         spectrum = with_order2(spectrum, contamination, subtract=model is None)
     if frame.turned:
         spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result))
+    clock.lap("spectrum")
     return spectrum, centroid
+
+
+class _Clock:
+    """Wall time between successive `lap` calls, into a caller's dictionary (or nowhere)."""
+
+    def __init__(self, out: dict[str, float] | None) -> None:
+        self.out = out
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.out is not None:
+            self.out[name] = self.out.get(name, 0.0) + now - self.t
+        self.t = now
 
 
 def _with_forward_model(result: ExtractionResult, model: ForwardModelResult
