@@ -118,8 +118,11 @@ def test_reference_night(reference, raw_dir):
     assert spectrum.target == "HD142331" and spectrum.disperser == "holo4_003"
     assert spectrum.target_xy == pytest.approx((row["zeroth_order_x"], row["zeroth_order_y"]))
     assert spectrum.wavelength[0] < 400 and spectrum.wavelength[-1] > 1000
-    assert spectrum.d2ccd == pytest.approx(115.0 + NIGHT.linspos_mm + 4.0)
-    assert spectrum.rotation_angle == pytest.approx(truth["tilt_deg"], abs=0.02)
+    # D2CCD fitted on the spectral features (the header's LINSPOS gives the truth here).
+    assert spectrum.header["WAVECAL"] == "lines"
+    assert spectrum.d2ccd == pytest.approx(115.0 + NIGHT.linspos_mm + 4.0, abs=0.5)
+    # ROTANGLE in Spectractor's frame (a reflection of ours): minus the simulator's tilt.
+    assert spectrum.rotation_angle == pytest.approx(-truth["tilt_deg"], abs=0.02)
     # The summary carries the spectrum's figures, equal to the file's.
     assert row["d2ccd"] == pytest.approx(spectrum.d2ccd)
     assert row["rotation_angle"] == pytest.approx(spectrum.rotation_angle)
@@ -292,7 +295,9 @@ def test_extract_cli_matches_the_night_spectrum(reference, raw_dir, tmp_path):
     for args, message in (
             ([str(imaging)], "not a dispersed exposure"),
             ([str(post), "--target", "Vega"], "not a CALSPEC standard"),
-            ([str(post), "--instrument", "ctio"], "not available yet"),
+            ([str(post), "--instrument", "ctio"], "the header is from LATISS, not ctio"),
+            ([str(post), "--disperser", "holo9_999"], "unknown disperser"),
+            ([str(post), "--xy", "20,20"], "too close to the edge"),
             ([str(post), "--xy", "12"], "--xy wants X,Y"),
             ([str(tmp_path / "none.fits")], "no such file")):
         bad = subprocess.run([sys.executable, "-m", "atmospec", "extract", *args, "--out",

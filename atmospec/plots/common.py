@@ -6,6 +6,8 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+from astropy.visualization import ZScaleInterval
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -57,3 +59,15 @@ def config_label(filter_name: str, disperser: str = "empty") -> str:
     if disperser in ("empty", "unknown", "none", ""):
         return filter_name
     return f"{filter_name}~{disperser}"
+
+
+def zscale_limits(values: np.ndarray) -> tuple[float, float]:
+    """ZScale limits of the finite ``values``; a usable range even for flat images."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    vmin, vmax = (float(v) for v in ZScaleInterval().get_limits(finite))
+    if not vmax > vmin:
+        # A constant image: centre a unit-wide range on it so the norm is not singular.
+        vmin, vmax = vmin - 0.5, vmin + 0.5
+    return vmin, vmax

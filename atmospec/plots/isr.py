@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from astropy import units as u
 from astropy.table import MaskedColumn, Table
-from astropy.visualization import ZScaleInterval
 from matplotlib import colormaps
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
@@ -28,7 +27,7 @@ from matplotlib.patches import Patch
 from atmospec.camera.description import Camera, load_camera
 from atmospec.exposure import Exposure
 from atmospec.io import write_text_atomic
-from atmospec.plots.common import save_png
+from atmospec.plots.common import save_png, zscale_limits
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +147,6 @@ def _block_any(flags: np.ndarray, factor: int) -> np.ndarray:
     padded = _pad_to_blocks(flags.astype(bool, copy=False), factor, False)
     ny, nx = padded.shape[0] // factor, padded.shape[1] // factor
     return padded.reshape(ny, factor, nx, factor).any(axis=(1, 3))
-
-
-def _display_limits(values: np.ndarray) -> tuple[float, float]:
-    """ZScale limits of the finite ``values``; a usable range even for flat images."""
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    vmin, vmax = (float(v) for v in ZScaleInterval().get_limits(finite))
-    if not vmax > vmin:
-        # A constant image: centre a unit-wide range on it so the norm is not singular.
-        vmin, vmax = vmin - 0.5, vmin + 0.5
-    return vmin, vmax
 
 
 # ------------------------------------------------------------------------ overscan profiles
@@ -289,7 +276,7 @@ def plot_postisr(
     ny, nx = exposure.image.shape
     factor = max(1, math.ceil(max(ny, nx) / max_size))
     small = _block_mean(exposure.image, factor)
-    vmin, vmax = _display_limits(small)
+    vmin, vmax = zscale_limits(small)
     # A downsampled pixel (i, j) covers full-resolution pixels [i*f, (i+1)*f), whose centres
     # run from i*f to (i+1)*f - 1; with edges at -0.5 the axes read in full-res pixel indices.
     extent = (-0.5, small.shape[1] * factor - 0.5, -0.5, small.shape[0] * factor - 0.5)

@@ -45,8 +45,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.mathtext import MathTextParser
 
-from atmospec.plots.common import DPI, config_colour, save_png
-from atmospec.plots.isr import _display_limits
+from atmospec.plots.common import DPI, config_colour, save_png, zscale_limits
 from spectractor_bridge.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -224,7 +223,7 @@ def _binning_note(factor: tuple[int, int]) -> str:
 
 def _norm(values: np.ndarray) -> ImageNormalize:
     """Asinh stretch from the ZScale lower limit (sky) to the 99.7th percentile (trace)."""
-    vmin, vmax = _display_limits(values)
+    vmin, vmax = zscale_limits(values)
     finite = values[np.isfinite(values)]
     if finite.size:
         vmax = max(vmax, float(np.percentile(finite, 99.7)))

@@ -1,0 +1,210 @@
+"""Atmosphere fit of one spectrum (spectractor_bridge.atmfit): forward model against the
+simulator, recovery of libRadtran atmospheres from noisy spectra (atmospec's e⁻/nm format
+with a correlated covariance, and Spectractor's erg format with a CTIO header), the real CTIO
+HD111980 spectrum against the libRadtran grid of that exposure, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from atmospec.errors import BadInputError
+from atmospec.sim.dispersed import DispersedSpectrumModel, electrons_per_nm
+from spectractor_bridge.atmfit import (
+    AtmosphereFitConfig,
+    SpectrumForwardModel,
+    fit_atmosphere,
+)
+from spectractor_bridge.atmosphere import transmission
+from spectractor_bridge.calspec import load_sed
+from spectractor_bridge.dispersers import load_disperser
+from spectractor_bridge.instrument import load_instrument
+from spectractor_bridge.spectrum import Spectrum, read_spectrum
+
+DATA = Path(__file__).parent / "data"
+CTIO_REAL = DATA / "spectractor_ctio/reduc_20170530_134_spectrum_v2.4_selfcontained.fits.gz"
+NODES = DATA / "atmosphere/ctio_134_libradtran_nodes.npz"
+GRID_CHI2 = DATA / "atmosphere/ctio_134_grid_chi2.csv"
+SHARED_GRID = (Path(__file__).resolve().parents[2]
+               / "shared/data/spectractor_ctio/reduc_20170530_134_atmsim_libradtran_grid.fits")
+#: Fitted range of the grid comparison: the libRadtran grid covers 350–1099 nm, so the
+#: kernels' margins (shift ≤ 1 nm, resolution ≤ 1.5) keep the samples inside 375–1080 nm.
+GRID_CONFIG = AtmosphereFitConfig(wavelength_range_nm=(375.0, 1080.0), max_shift_nm=1.0,
+                                  resolution_bounds=(0.0, 1.5))
+#: Correlation of neighbouring samples of the synthetic e⁻ spectra (lags 0–4): the
+#: alternating pattern of a 2D forward-model (deconvolved) extraction, as in SPEC_COV files.
+CORRELATION = (1.0, 0.35, -0.25, -0.12, 0.05)
+
+
+# ---------------------------------------------------------------------- synthetic spectra
+def latiss_spectrum(n: int = 2000, airmass: float = 1.131, pressure: float = 784.0,
+                    filter_name: str = "empty_1", target: str = "HD142331") -> Spectrum:
+    """A LATISS holo4_003 spectrum layout in e⁻/nm (flux to be filled), PSF FWHM 4–6 px."""
+    lam = np.linspace(372.0, 1085.0, n)
+    header = fits.Header()
+    for key, value in (("TARGET", target), ("AIRMASS", airmass), ("OUTPRESS", pressure),
+                       ("EXPTIME", 30.0), ("GRATING", "holo4_003"), ("FILTER", filter_name),
+                       ("INSTRMNT", "latiss")):
+        header[key] = value
+    psf = Table({"lambdas": lam[::10], "fwhm": 6.0 - 2.0 * (lam[::10] - 372.0) / 713.0})
+    return Spectrum(wavelength=lam, flux=np.ones(n), flux_err=np.ones(n),
+                    flux_unit="electron/nm", header=header, psf_table=psf)
+
+
+def electron_covariance(expected: np.ndarray, lam: np.ndarray,
+                        background_e: float = 400.0) -> np.ndarray:
+    """Covariance (e⁻/nm)² of a spectrum: Poisson + background per pixel row, correlated
+    between neighbours by `CORRELATION`."""
+    dl = np.abs(np.gradient(lam))
+    sigma = np.sqrt(np.clip(expected * dl, 0.0, None) + background_e) / dl
+    n = lam.size
+    corr = np.zeros((n, n))
+    for lag, rho in enumerate(CORRELATION):
+        corr += np.diag(np.full(n - lag, rho), lag)
+        if lag:
+            corr += np.diag(np.full(n - lag, rho), -lag)
+    return corr * np.outer(sigma, sigma)
+
+
+def libradtran_node(i: int) -> dict:
+    """Node ``i`` of the stored CTIO libRadtran transmissions (X = 1.131, 784 hPa)."""
+    with np.load(NODES) as z:
+        return {"wavelength_nm": z["wavelength_nm"], "transmission": z["transmission"][i],
+                "pwv_mm": float(z["pwv_mm"][i]), "ozone_du": float(z["ozone_du"][i]),
+                "vaod": float(z["vaod"][i]), "airmass": float(z["airmass"]),
+                "pressure_hpa": float(z["pressure_hpa"])}
+
+
+def truth_flux(model: SpectrumForwardModel, node: dict, grey: float = 1.0) -> np.ndarray:
+    """Expected flux at the model's samples with the libRadtran transmission of ``node``."""
+    t = np.interp(model.fine_wavelength, node["wavelength_nm"], node["transmission"])
+    return model.with_transmission(t, grey=grey)
+
+
+def fill(spectrum: Spectrum, model: SpectrumForwardModel, flux: np.ndarray,
+         cov: np.ndarray) -> Spectrum:
+    """``spectrum`` restricted to the model's samples, with this flux and covariance."""
+    idx = model.index
+    header = spectrum.header.copy()
+    return Spectrum(wavelength=spectrum.wavelength[idx], flux=flux,
+                    flux_err=np.sqrt(np.diag(cov)), flux_unit=spectrum.flux_unit,
+                    header=header, covariance=cov, psf_table=spectrum.psf_table)
+
+
+# ---------------------------------------------------------------------- forward model
+@pytest.mark.parametrize("filter_name", ["empty_1", "SDSSg"])
+def test_forward_model_matches_simulator(filter_name: str) -> None:
+    spec = latiss_spectrum(airmass=1.4, pressure=740.0, filter_name=filter_name)
+    model = SpectrumForwardModel(spec)
+    atm = {"pwv_mm": 4.2, "ozone_du": 280.0, "vaod": 0.04, "angstrom": 1.3}
+    sim = DispersedSpectrumModel(target="HD142331", disperser="holo4_003", exptime_s=30.0,
+                                 airmass=1.4, pressure_hpa=740.0, filter_name=filter_name,
+                                 instrument="latiss", orders=(1,), **atm)
+    lam = model.wavelength
+    truth = electrons_per_nm(sim, lam)[1]
+    ours = model.unconvolved(lam, **atm)
+    np.testing.assert_allclose(ours, truth, rtol=1e-6)
+    # Without PSF (resolution 0) the convolved model only smooths over one pixel (~0.36 nm).
+    sharp = model(**atm, resolution=0.0)
+    lit = truth > 1e-3 * truth.max()
+    assert np.median(np.abs(sharp[lit] / truth[lit] - 1.0)) < 2e-3
+
+
+def test_forward_model_spectractor_units() -> None:
+    """Spectractor's flux is e⁻/s/nm × hc/λ / area = F_λ · T_inst · η₁ · T_atm."""
+    spec = read_spectrum(CTIO_REAL)
+    model = SpectrumForwardModel(spec)
+    assert model.instrument == "ctio" and not model.electrons
+    atm = {"pwv_mm": 3.0, "ozone_du": 300.0, "vaod": 0.03, "angstrom": 1.3}
+    # The simulator has no CTIO description: the same product, written out.
+    lam = model.wavelength
+    truth = (load_sed("HD111980").flux_at(lam) * load_instrument("ctio").throughput(lam)
+             * load_disperser("HoloAmAg", "ctio").transmission(lam)
+             * transmission(lam, 1.131, 784.0, **atm))
+    np.testing.assert_allclose(model.unconvolved(lam, **atm), truth, rtol=1e-6)
+    # And it describes the real file to a few per cent over 420–900 nm.
+    ratio = spec.flux[model.index] / model(**atm)
+    mid = (lam > 420) & (lam < 900)
+    assert np.median(np.abs(ratio[mid] - 1.0)) < 0.03
+
+
+# ---------------------------------------------------------------------- recovery
+def _recover(spec: Spectrum, node: dict, n_real: int, seed: int,
+             cov_scale: np.ndarray | None = None, grey: float = 0.93
+             ) -> tuple[np.ndarray, np.ndarray, list]:
+    model = SpectrumForwardModel(spec, wavelength_range_nm=(350.0, 1095.0))
+    expected = truth_flux(model, node, grey=grey)
+    if cov_scale is None:
+        cov = electron_covariance(expected, model.wavelength)
+    else:
+        cov = cov_scale
+    chol = np.linalg.cholesky(cov)
+    rng = np.random.default_rng(seed)
+    names = ("pwv_mm", "ozone_du", "vaod")
+    values, errors, fits_ = [], [], []
+    for _ in range(n_real):
+        noisy = fill(spec, model, expected + chol @ rng.standard_normal(expected.size), cov)
+        fit = fit_atmosphere(noisy, AtmosphereFitConfig(), source="sim")
+        assert fit.success and fit.covariance_used == "full" and not fit.fixed.keys() - {
+            "angstrom"}
+        values.append([fit.values[k] for k in names])
+        errors.append([fit.errors[k] for k in names])
+        fits_.append(fit)
+    return np.array(values), np.array(errors), fits_
+
+
+def test_recovers_libradtran_atmosphere_from_electron_spectra() -> None:
+    node = libradtran_node(0)
+    spec = latiss_spectrum(airmass=node["airmass"], pressure=node["pressure_hpa"])
+    values, errors, fits_ = _recover(spec, node, n_real=20, seed=1)
+    truth = np.array([node["pwv_mm"], node["ozone_du"], node["vaod"]])
+    pulls = (values - truth) / errors
+    mean = values.mean(axis=0)
+    print(f"libRadtran node PWV {truth[0]} mm, O3 {truth[1]} DU, VAOD {truth[2]}: "
+          f"mean fit {mean[0]:.3f} ± {errors[:, 0].mean():.3f} mm, "
+          f"{mean[1]:.1f} ± {errors[:, 1].mean():.1f} DU, "
+          f"{mean[2]:.4f} ± {errors[:, 2].mean():.4f}; pull std "
+          f"{pulls.std(axis=0, ddof=1).round(2)}, pull mean {pulls.mean(axis=0).round(2)}; "
+          f"χ²/ndof median {np.median([f.chi2_ndof for f in fits_]):.3f}, fit time median "
+          f"{np.median([f.fit_time_s for f in fits_]):.3f} s")
+    assert np.all(np.abs(values[:, 0] - truth[0]) < 0.5)
+    assert np.all(np.abs(values[:, 1] - truth[1]) < 30.0)
+    assert np.all(np.abs(values[:, 2] - truth[2]) < 0.01)
+    std = pulls.std(axis=0, ddof=1)
+    assert np.all((std > 0.7) & (std < 1.5)), std
+    d = fits_[0].to_dict()
+    json.dumps(d)
+    assert d["values"]["angstrom"] is None and "angstrom" in d["fixed"]
+    assert len(d["residuals"]["wavelength_nm"]) == d["ndof"] + len(d["free_parameters"])
+
+
+def test_recovers_libradtran_atmosphere_in_spectractor_format() -> None:
+    """A spectrum given as Spectractor writes it: CTIO header, erg/s/cm²/nm, HoloAmAg."""
+    node = libradtran_node(1)
+    real = read_spectrum(CTIO_REAL)
+    model = SpectrumForwardModel(real, wavelength_range_nm=(350.0, 1095.0))
+    expected = truth_flux(model, node, grey=1.05)
+    # The real file's noise level and correlations, on the simulated flux.
+    idx = model.index
+    rel = real.flux_err[idx] / np.abs(real.flux[idx])
+    d_real = np.sqrt(np.diag(real.covariance))[idx]
+    corr = real.covariance[np.ix_(idx, idx)] / np.outer(d_real, d_real)
+    sigma = rel * expected
+    cov = corr * np.outer(sigma, sigma)
+    spec = Spectrum(wavelength=real.wavelength, flux=real.flux, flux_err=real.flux_err,
+                    flux_unit=real.flux_unit, header=real.header, psf_table=real.psf_table)
+    values, errors, _ = _recover(spec, node, n_real=8, seed=2, cov_scale=cov, grey=1.05)
+    truth = np.array([node["pwv_mm"], node["ozone_du"], node["vaod"]])
+    print(f"Spectractor-format, node {truth}: mean fit {values.mean(axis=0).round(4)}, "
+          f"errors {errors.mean(axis=0).round(4)}")
+    assert np.all(np.abs(values[:, 0] - truth[0]) < 0.5)
+    assert np.all(np.abs(values[:, 1] - truth[1]) < 30.0)
+    assert np.all(np.abs(values[:, 2] - truth[2]) < 0.01)
