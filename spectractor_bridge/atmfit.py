@@ -295,7 +295,7 @@ class SpectrumForwardModel:
         m = margin[keep]
         f_lo = float(np.min(self.wavelength - m))
         f_hi = float(np.max(self.wavelength + m))
-        n_fine = int(math.ceil((f_hi - f_lo) / self.fine_step_nm)) + 1
+        n_fine = math.ceil((f_hi - f_lo) / self.fine_step_nm) + 1
         self.fine_wavelength = f_lo + self.fine_step_nm * np.arange(n_fine)
         """Fine grid (cell centres), nm."""
         edges = np.concatenate([self.fine_wavelength - 0.5 * self.fine_step_nm,
@@ -305,12 +305,17 @@ class SpectrumForwardModel:
         """Everything but the atmosphere on the fine grid (SED averaged over each cell)."""
         self.atmosphere = AtmosphereModel(self.fine_wavelength)
         """Atmosphere evaluated on the fine grid."""
-        half = int(math.ceil((4.0 * float(np.max(sig_max[keep])) + self.max_shift_nm)
-                             / self.fine_step_nm)) + 1
+        half = math.ceil((4.0 * float(np.max(sig_max[keep])) + self.max_shift_nm)
+                         / self.fine_step_nm) + 1
         self._k = np.arange(-half, half + 1)
         centre = np.rint((self.wavelength - f_lo) / self.fine_step_nm).astype(np.int64)
-        self._idx = np.clip(centre[:, None] + self._k[None, :], 0, n_fine - 1)
-        self._dl = self.fine_wavelength[self._idx] - self.wavelength[:, None]
+        raw = centre[:, None] + self._k[None, :]
+        self._idx = np.clip(raw, 0, n_fine - 1)
+        # Window positions beyond the fine grid (samples with a narrower margin than the
+        # widest kernel) get no weight, rather than the repeated edge value.
+        self._outside = (raw < 0) | (raw >= n_fine)
+        self._dl = np.where(self._outside, np.inf,
+                            self.fine_wavelength[self._idx] - self.wavelength[:, None])
         self._kernel_key: tuple[float, float] | None = None
         self._kernel: NDArray[np.float64] | None = None
 
@@ -578,19 +583,36 @@ def _whitener(cov: NDArray[np.float64] | None, err: NDArray[np.float64],
     return (lambda r: r * inv), label
 
 
-def _coverage_fixed(lo: float, hi: float, config: AtmosphereFitConfig) -> dict[str, str]:
+def _covers(lit_nm: NDArray[np.float64], w_lo: float, w_hi: float,
+            max_gap_nm: float = 10.0) -> bool:
+    """Whether the lit samples ``lit_nm`` span ``[w_lo, w_hi]`` without a gap > max_gap_nm."""
+    if lit_nm.size < 2 or lit_nm[0] > w_lo or lit_nm[-1] < w_hi:
+        return False
+    inside = lit_nm[(lit_nm >= w_lo - max_gap_nm) & (lit_nm <= w_hi + max_gap_nm)]
+    return inside.size >= 2 and float(np.max(np.diff(inside))) <= max_gap_nm
+
+
+def _coverage_fixed(lo: float, hi: float, lit_nm: NDArray[np.float64],
+                    config: AtmosphereFitConfig) -> dict[str, str]:
     wanted = {"pwv_mm": config.fit_pwv, "ozone_du": config.fit_ozone,
               "vaod": config.fit_vaod, "angstrom": config.fit_angstrom,
               "dlambda_nm": config.fit_shift}
     fixed: dict[str, str] = {}
     for name, fit in wanted.items():
         if not fit:
-            fixed[name] = "fixed by configuration"
+            if name == "angstrom":
+                fixed[name] = ("fixed by configuration" if config.angstrom is not None else
+                               "fixed: libRadtran's default aerosol shape")
+            else:
+                fixed[name] = "fixed by configuration"
             continue
         w_lo, w_hi, what = FEATURE_WINDOWS[name]
         if lo > w_lo or hi < w_hi:
             fixed[name] = (f"fitted range {lo:.0f}-{hi:.0f} nm does not cover {what}: "
                            "fixed at its starting value")
+        elif not _covers(lit_nm, w_lo, w_hi):
+            fixed[name] = (f"no light through the instrument/filter over {what}: fixed at "
+                           "its starting value")
     if not config.fit_resolution:
         fixed["resolution"] = "fixed by configuration"
     return fixed
@@ -649,7 +671,9 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
     whiten, cov_label = _whitener(cov, err, config.use_covariance, source)
     lam = model.wavelength[sel]
     lo, hi = float(lam[0]), float(lam[-1])
-    fixed = _coverage_fixed(lo, hi, config)
+    static = np.interp(lam, model.fine_wavelength, model.static_fine)
+    lit = lam[static > 1e-3 * float(np.max(static))] if np.max(static) > 0 else lam[:0]
+    fixed = _coverage_fixed(lo, hi, lit, config)
 
     fit_ang = config.fit_angstrom and "angstrom" not in fixed
     ang0 = config.angstrom if config.angstrom is not None else 1.3
@@ -662,6 +686,10 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
     if not grey0 > 0:
         grey0 = 1.0
 
+    n_free = 1 + sum(name not in fixed for name in
+                     ("pwv_mm", "ozone_du", "vaod", "angstrom", "dlambda_nm", "resolution"))
+    if sel.size < n_free + 5:
+        raise BadInputError(source, f"only {sel.size} usable samples for {n_free} parameters")
     params = lmfit.Parameters()
     params.add("grey", value=grey0, min=0.0)
     params.add("pwv_mm", value=config.pwv_mm, min=config.pwv_bounds[0],
@@ -695,8 +723,6 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
     values: dict[str, float | None] = {k: float(best[k].value) for k in best}
     if not config.fit_angstrom:
         values["angstrom"] = config.angstrom
-        fixed.setdefault("angstrom", "fixed by configuration" if config.angstrom is not None
-                         else "fixed: libRadtran's default aerosol shape")
     errors: dict[str, float | None] = {k: None for k in best}
     corr = np.full((len(free), len(free)), np.nan)
     if result.covar is not None and len(result.var_names) == len(free):

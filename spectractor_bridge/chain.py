@@ -159,13 +159,13 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     if disperser.lower() in ("empty", "empty_1", "none", "unknown", ""):
         raise BadInputError(name, f"not a dispersed exposure (GRATING={info.disperser}); "
                                   "give --disperser if the header is wrong")
-    if disperser != info.disperser and info.disperser not in ("unknown", ""):
-        log.warning("%s: header GRATING is %s; using %s as asked", name, info.disperser,
-                    disperser)
     try:
         disp = load_disperser(disperser, profile.name)
     except BadInputError as exc:
         raise BadInputError(name, exc.problem) from None
+    if disperser != info.disperser and info.disperser not in ("unknown", ""):
+        log.warning("%s: header GRATING is %s; using %s as asked", name, info.disperser,
+                    disperser)
     target_name = target or info.target_name
     if not target_name:
         raise BadInputError(name, "no target: the header has no OBJECT; give --target")

@@ -163,7 +163,8 @@ def _recover(spec: Spectrum, node: dict, n_real: int, seed: int,
 
 def test_recovers_libradtran_atmosphere_from_electron_spectra() -> None:
     node = libradtran_node(0)
-    spec = latiss_spectrum(airmass=node["airmass"], pressure=node["pressure_hpa"])
+    # 1200 samples (a binned LATISS spectrum): the 20 Cholesky factorisations stay cheap.
+    spec = latiss_spectrum(n=1200, airmass=node["airmass"], pressure=node["pressure_hpa"])
     values, errors, fits_ = _recover(spec, node, n_real=20, seed=1)
     truth = np.array([node["pwv_mm"], node["ozone_du"], node["vaod"]])
     pulls = (values - truth) / errors
@@ -208,3 +209,166 @@ def test_recovers_libradtran_atmosphere_in_spectractor_format() -> None:
     assert np.all(np.abs(values[:, 0] - truth[0]) < 0.5)
     assert np.all(np.abs(values[:, 1] - truth[1]) < 30.0)
     assert np.all(np.abs(values[:, 2] - truth[2]) < 0.01)
+
+
+# ---------------------------------------------------------------------- real CTIO spectrum
+def grid_chi2(spectrum: Spectrum, wavelength_nm: np.ndarray, transmissions: np.ndarray
+              ) -> np.ndarray:
+    """χ² of ``spectrum`` against each libRadtran transmission (rows of ``transmissions`` on
+    ``wavelength_nm``), with the nuisance parameters (grey, shift, resolution) refitted for
+    each: how well each grid node describes the data, with nothing from our atmosphere."""
+    import lmfit
+    from scipy.linalg import cholesky, solve_triangular
+
+    cfg = GRID_CONFIG
+    model = SpectrumForwardModel(spectrum, wavelength_range_nm=cfg.wavelength_range_nm,
+                                 max_shift_nm=cfg.max_shift_nm,
+                                 max_resolution=cfg.resolution_bounds[1])
+    idx = model.index
+    chol = cholesky(spectrum.covariance[np.ix_(idx, idx)], lower=True)
+    data = spectrum.flux[idx]
+    out = []
+    for t in transmissions:
+        t_fine = np.interp(model.fine_wavelength, wavelength_nm, t)
+        p = lmfit.Parameters()
+        p.add("grey", 1.0, min=0.0)
+        p.add("dlambda_nm", 0.0, min=-cfg.max_shift_nm, max=cfg.max_shift_nm)
+        p.add("resolution", 1.0, min=cfg.resolution_bounds[0], max=cfg.resolution_bounds[1])
+
+        def resid(q: lmfit.Parameters, t_fine: np.ndarray = t_fine) -> np.ndarray:
+            v = q.valuesdict()
+            m = model.with_transmission(t_fine, v["grey"], v["dlambda_nm"], v["resolution"])
+            return solve_triangular(chol, data - m, lower=True)
+
+        out.append(float(lmfit.minimize(resid, p, method="leastsq").chisqr))
+    return np.array(out)
+
+
+def grid_region(table: np.ndarray, ndof: int, delta_chi2: float = 7.81
+                ) -> dict[str, tuple[float, float]]:
+    """Best-matching region of the libRadtran grid for the data.
+
+    The nodes compatible with the data at 95 % for 3 parameters (``Δχ² ≤ 7.81``), with the
+    errors inflated so that the best node has χ²/ndof = 1 (the data are not described to
+    their noise: throughput), each extended by half a grid step on both sides (the part of
+    parameter space that node represents best). Returns ``(low, high)`` per parameter.
+    """
+    chi2 = table[:, 3]
+    scale = max(1.0, chi2.min() / ndof)
+    ok = table[chi2 <= chi2.min() + delta_chi2 * scale]
+    region = {}
+    for j, name in enumerate(("vaod", "pwv_mm", "ozone_du")):
+        nodes = np.unique(table[:, j])
+        half = 0.5 * float(np.min(np.diff(nodes)))
+        region[name] = (max(float(nodes[0]), float(ok[:, j].min()) - half),
+                        float(ok[:, j].max()) + half)
+    return region
+
+
+def read_grid_chi2() -> np.ndarray:
+    with GRID_CHI2.open() as f:
+        rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
+    return np.array(rows[1:], dtype=float)
+
+
+@pytest.mark.skipif(not SHARED_GRID.exists(), reason="shared CTIO libRadtran grid absent")
+def test_grid_chi2_table_is_reproducible() -> None:
+    """The stored χ² table is what `grid_chi2` gives on the full libRadtran grid."""
+    data = fits.getdata(SHARED_GRID)
+    chi2 = grid_chi2(read_spectrum(CTIO_REAL), data[0, 4:], data[1:, 4:])
+    stored = read_grid_chi2()
+    np.testing.assert_allclose(stored[:, :3], data[1:, 1:4])
+    np.testing.assert_allclose(stored[:, 3], chi2, rtol=1e-3)
+
+
+def test_real_ctio_spectrum_inside_libradtran_best_region(caplog) -> None:
+    spec = read_spectrum(CTIO_REAL)
+    ndof = SpectrumForwardModel(spec, wavelength_range_nm=GRID_CONFIG.wavelength_range_nm,
+                                max_shift_nm=GRID_CONFIG.max_shift_nm,
+                                max_resolution=GRID_CONFIG.resolution_bounds[1]).index.size - 3
+    region = grid_region(read_grid_chi2(), ndof)
+    with caplog.at_level(logging.INFO):
+        fit = fit_atmosphere(spec, GRID_CONFIG, source=CTIO_REAL.name)
+        default = fit_atmosphere(spec, source=CTIO_REAL.name)
+    v, e = fit.values, fit.errors
+    print(f"CTIO HD111980 (375-1080 nm): PWV {v['pwv_mm']:.2f} ± {e['pwv_mm']:.2f} mm, "
+          f"ozone {v['ozone_du']:.0f} ± {e['ozone_du']:.0f} DU, VAOD {v['vaod']:.4f} ± "
+          f"{e['vaod']:.4f}, grey {v['grey']:.3f}, shift {v['dlambda_nm']:.2f} nm, "
+          f"resolution {v['resolution']:.2f}, χ²/ndof {fit.chi2_ndof:.1f}; default range "
+          f"{default.wavelength_range_nm[0]:.0f}-{default.wavelength_range_nm[1]:.0f} nm: "
+          f"PWV {default.values['pwv_mm']:.2f}, ozone {default.values['ozone_du']:.0f}, "
+          f"VAOD {default.values['vaod']:.4f}; libRadtran grid region {region}")
+    assert fit.success and fit.covariance_used == "full"
+    for name, (lo, hi) in region.items():
+        assert lo <= v[name] <= hi, (name, v[name], lo, hi)
+
+
+def test_plot_atmosphere_fit(tmp_path: Path) -> None:
+    from atmospec.plots.atmosphere import plot_atmosphere_fit
+
+    fit = fit_atmosphere(read_spectrum(CTIO_REAL), source=CTIO_REAL.name)
+    out = plot_atmosphere_fit(fit, tmp_path / "atm.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+# ---------------------------------------------------------------------- bad input
+def test_non_calspec_target_needs_sed(tmp_path: Path) -> None:
+    spec = read_spectrum(CTIO_REAL)
+    header = spec.header.copy()
+    header["TARGET"] = "Vega-like mystery star"
+    other = replace(spec, header=header)
+    with pytest.raises(BadInputError, match=r"not a CALSPEC standard.*SED"):
+        fit_atmosphere(other, source="x.fits")
+    # With the star's SED given as a file the fit runs.
+    from spectractor_bridge.calspec import load_sed as _load
+
+    sed = _load("HD111980")
+    keep = (sed.wavelength_nm > 300) & (sed.wavelength_nm < 1200)
+    path = tmp_path / "sed.txt"
+    np.savetxt(path, np.c_[sed.wavelength_nm[keep], sed.flux[keep]])
+    fit = fit_atmosphere(other, AtmosphereFitConfig(sed_path=str(path)))
+    assert fit.success and fit.info["sed"].endswith("sed.txt")
+
+
+def test_nan_flux(caplog) -> None:
+    spec = read_spectrum(CTIO_REAL)
+    flux = spec.flux.copy()
+    flux[150] = np.nan
+    with caplog.at_level(logging.WARNING):
+        fit = fit_atmosphere(replace(spec, flux=flux), source="one_nan.fits")
+    assert fit.success and fit.info["dropped_samples"] == 1
+    assert "dropping 1 samples" in caplog.text
+    flux[100:200] = np.nan
+    with pytest.raises(BadInputError, match="NaN"):
+        fit_atmosphere(replace(spec, flux=flux), source="many_nan.fits")
+
+
+def test_singular_covariance_falls_back_to_diagonal(caplog) -> None:
+    spec = read_spectrum(CTIO_REAL)
+    cov = spec.covariance.copy()
+    cov[10, :] = cov[:, 10] = 0.0  # not positive definite
+    with caplog.at_level(logging.WARNING):
+        fit = fit_atmosphere(replace(spec, covariance=cov), source="singular.fits")
+    assert fit.covariance_used.startswith("diagonal (") and "positive definite" in caplog.text
+
+
+def test_short_range_fixes_pwv() -> None:
+    spec = read_spectrum(CTIO_REAL)
+    fit = fit_atmosphere(spec, AtmosphereFitConfig(wavelength_range_nm=(400.0, 880.0),
+                                                   pwv_mm=2.0))
+    assert "pwv_mm" in fit.fixed and "H2O" in fit.fixed["pwv_mm"]
+    assert "pwv_mm" not in fit.free_parameters and fit.errors["pwv_mm"] is None
+    assert fit.values["pwv_mm"] == 2.0
+    assert fit.to_dict()["fixed"]["pwv_mm"].startswith("fitted range 4")
+    # Too blue for the ozone band as well.
+    blue = fit_atmosphere(spec, AtmosphereFitConfig(wavelength_range_nm=(660.0, 1080.0)))
+    assert {"ozone_du", "vaod"} <= blue.fixed.keys() and "pwv_mm" in blue.free_parameters
+
+
+def test_filter_blocking_the_water_band_fixes_pwv() -> None:
+    spec = latiss_spectrum(n=800, filter_name="SDSSg")
+    model = SpectrumForwardModel(spec)
+    expected = model(3.0, 300.0, 0.03)
+    err = np.sqrt(np.abs(expected) * 0.6 + 400.0) / 0.9
+    fit = fit_atmosphere(fill(spec, model, expected, np.diag(err**2)))
+    assert "pwv_mm" in fit.fixed and "no light" in fit.fixed["pwv_mm"]
