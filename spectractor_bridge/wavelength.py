@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 from astropy.table import Table
-from scipy.ndimage import gaussian_filter1d
+from scipy.ndimage import gaussian_filter1d, uniform_filter1d
 from scipy.optimize import least_squares
 
 from spectractor_bridge.dispersers import Disperser
@@ -517,11 +517,23 @@ def absorption_template(wavelength_nm: np.ndarray, sed_wavelength_nm: np.ndarray
     return gaussian_filter1d(model, sigma, mode="nearest")
 
 
+def _smooth(values: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Near-Gaussian smoothing of width ``sigma_px`` along the last axis: three box filters
+    (running means, whose cost does not grow with the width, unlike a 8σ Gaussian kernel
+    of hundreds of taps); data and template go through the same filter, so its exact shape
+    does not matter."""
+    width = max(round(math.sqrt(4.0 * sigma_px**2 + 1.0)), 1)
+    out = values
+    for _ in range(3):
+        out = uniform_filter1d(out, width, axis=-1, mode="nearest")
+    return out
+
+
 def _highpass(values: np.ndarray, weight: np.ndarray, sigma_px: float) -> np.ndarray:
     """``v / smooth(v) − 1`` along the last axis, smoothing with weights (normalised
     convolution) so masked samples do not drag the continuum."""
-    num = gaussian_filter1d(values * weight, sigma_px, axis=-1, mode="nearest")
-    den = gaussian_filter1d(weight, sigma_px, axis=-1, mode="nearest")
+    num = _smooth(values * weight, sigma_px)
+    den = _smooth(weight, sigma_px)
     with np.errstate(invalid="ignore", divide="ignore"):
         cont = num / den
         return values / cont - 1.0
