@@ -283,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calib(sub)
     _add_detect(sub)
     _add_extract(sub)
+    _add_fit_atmosphere(sub)
     _add_night(sub)
     _add_simulate(sub)
     _add_demo(sub)
@@ -315,6 +316,53 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", action="store_true",
                    help="also draw the spectrum diagnostics beside the spectrum file")
     p.set_defaults(func=_cmd_extract)
+
+
+def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-atmosphere",
+                       help="fit water vapour, ozone and aerosols on a CALSPEC star's spectrum")
+    p.add_argument("spectrum", help="spectrum file (Spectractor's layout: ours or "
+                   "Spectractor's own)")
+    p.add_argument("--out", required=True, help="fit results (JSON)")
+    p.add_argument("--sed", help="SED file of a non-CALSPEC target (nm, erg/s/cm2/nm)")
+    p.add_argument("--instrument", choices=("latiss", "ctio"),
+                   help="instrument (default: from the spectrum's header)")
+    p.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="wavelength range fitted, nm (default 350 1095)")
+    p.add_argument("--fit-angstrom", action="store_true",
+                   help="also fit the aerosol Angstrom exponent (default: libRadtran's "
+                   "aerosol shape)")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw data, model, residuals and correlations beside the JSON")
+    p.set_defaults(func=_cmd_fit_atmosphere)
+
+
+def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from atmospec.io import write_text_atomic
+    from spectractor_bridge.atmfit import AtmosphereFitConfig, fit_atmosphere
+    from spectractor_bridge.spectrum import read_spectrum
+
+    spectrum = read_spectrum(args.spectrum)
+    config = AtmosphereFitConfig(sed_path=args.sed, instrument=args.instrument,
+                                 fit_angstrom=args.fit_angstrom)
+    if args.range:
+        config = replace(config, wavelength_range_nm=(args.range[0], args.range[1]))
+    fit = fit_atmosphere(spectrum, config, source=str(args.spectrum))
+    out = write_text_atomic(json.dumps(fit.to_dict(), indent=2) + "\n", args.out)
+    v, e = fit.values, fit.errors_scaled
+    print(f"wrote {out}: PWV {v['pwv_mm']:.2f} ± {e['pwv_mm'] or 0:.2f} mm, ozone "
+          f"{v['ozone_du']:.0f} ± {e['ozone_du'] or 0:.0f} DU, VAOD {v['vaod']:.4f} ± "
+          f"{e['vaod'] or 0:.4f}, chi2/ndof {fit.chi2_ndof:.2f}")
+    for name, reason in fit.fixed.items():
+        print(f"  {name} fixed: {reason}")
+    if args.plot:
+        from atmospec.plots.atmosphere import plot_atmosphere_fit
+
+        print(f"wrote {plot_atmosphere_fit(fit, Path(out).with_suffix('.png'))}")
+    return EXIT_OK
 
 
 def _add_night(sub: argparse._SubParsersAction) -> None:

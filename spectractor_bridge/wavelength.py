@@ -421,11 +421,21 @@ def calibrate_wavelength(distance_px: np.ndarray, flux: np.ndarray, flux_err: np
     ndof = int(used.sum()) - 1
     if ndof > 0 and chi2 / ndof > 1.0:
         cov = cov * (chi2 / ndof)
+    return _solution(law, u, d, s, cov, det, p, g, sig, err_nm, used, chi2, ndof, iterations,
+                     converged, float(d2ccd_prior_mm))
+
+
+def _solution(law, u: np.ndarray, d: float, s: float, cov: np.ndarray, det: Table,
+              p: np.ndarray, g: np.ndarray, sig: np.ndarray, err_nm: np.ndarray,
+              used: np.ndarray, chi2: float, ndof: int, iterations: int, converged: bool,
+              d2ccd_prior_mm: float) -> WavelengthSolution:
+    """The `WavelengthSolution` of a (D, s) fit on detected positions ``p`` (pixels) of
+    features tabulated at ``g`` (law offsets for D = 1 mm), with its ``LINES`` table."""
     wl = law(u, d, s)
     # λ error from the covariance: numerical derivatives of the law in (D, s).
     dd = 1e-3
     jd = (law(u, d + dd, s) - law(u, d - dd, s)) / (2 * dd)
-    js = (law(u, d, s + 0.5) - law(u, d, s - 0.5))
+    js = law(u, d, s + 0.5) - law(u, d, s - 0.5)
     wl_err = np.sqrt(jd ** 2 * cov[0, 0] + 2 * jd * js * cov[0, 1] + js ** 2 * cov[1, 1])
     detected = law(p, d, s)
     table = det.copy()
@@ -444,7 +454,7 @@ def calibrate_wavelength(distance_px: np.ndarray, flux: np.ndarray, flux_err: np
         pixel_shift_err=float(np.sqrt(cov[1, 1])), covariance=cov, wavelength_nm=wl,
         wavelength_err_nm=wl_err, lines=table, chisq=chi2, ndof=ndof,
         n_lines=int(used.sum()), iterations=iterations, converged=converged,
-        d2ccd_prior_mm=float(d2ccd_prior_mm))
+        d2ccd_prior_mm=d2ccd_prior_mm)
 
 
 def _is_broad(lines: Sequence[Line], name: str) -> bool:
@@ -928,26 +938,5 @@ def calibrate_on_features(distance_px: np.ndarray, flux: np.ndarray, flux_err: n
     ndof = int(used.sum()) - 1
     if ndof > 0 and chi2 / ndof > 1.0:
         cov = cov * (chi2 / ndof)
-    wl = law(u, d, s)
-    dd = 1e-3
-    jd = (law(u, d + dd, s) - law(u, d - dd, s)) / (2 * dd)
-    js = law(u, d, s + 0.5) - law(u, d, s - 0.5)
-    wl_err = np.sqrt(jd ** 2 * cov[0, 0] + 2 * jd * js * cov[0, 1] + js ** 2 * cov[1, 1])
-    table = det.copy()
-    detected = law(p, d, s)
-    table["Detected"] = detected
-    table["Shift"] = detected - np.asarray(det["Tabulated"])
-    table["Err"] = err_nm
-    table["Pixel"] = p
-    table["Residual"] = table["Shift"]
-    table["Pull"] = (p - (d * g + s)) / sig
-    table["Used"] = used
-    for col in ("Detected", "Shift", "Err", "Residual"):
-        table[col].unit = "nm"
-    table["Pixel"].unit = "pix"
-    return WavelengthSolution(
-        d2ccd_mm=d, d2ccd_err_mm=float(np.sqrt(cov[0, 0])), pixel_shift=s,
-        pixel_shift_err=float(np.sqrt(cov[1, 1])), covariance=cov, wavelength_nm=wl,
-        wavelength_err_nm=wl_err, lines=table, chisq=chi2, ndof=ndof,
-        n_lines=int(used.sum()), iterations=config.iterations, converged=True,
-        d2ccd_prior_mm=float(d2ccd_prior_mm))
+    return _solution(law, u, d, s, cov, det, p, g, sig, err_nm, used, chi2, ndof,
+                     config.iterations, True, float(d2ccd_prior_mm))
