@@ -372,3 +372,33 @@ def test_filter_blocking_the_water_band_fixes_pwv() -> None:
     err = np.sqrt(np.abs(expected) * 0.6 + 400.0) / 0.9
     fit = fit_atmosphere(fill(spec, model, expected, np.diag(err**2)))
     assert "pwv_mm" in fit.fixed and "no light" in fit.fixed["pwv_mm"]
+
+
+def test_cli_fit_atmosphere(tmp_path: Path) -> None:
+    """``atmospec fit-atmosphere`` as a user runs it: JSON equal to the library's fit, the
+    plot, and one line with exit status 2 for a target without SED."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "fit.json"
+    run = subprocess.run([sys.executable, "-m", "atmospec", "fit-atmosphere", str(CTIO_REAL),
+                          "--out", str(out), "--plot"], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    assert "PWV" in run.stdout and out.with_suffix(".png").is_file()
+    saved = json.loads(out.read_text())
+    fit = fit_atmosphere(read_spectrum(CTIO_REAL), source=str(CTIO_REAL))
+    for key in ("pwv_mm", "ozone_du", "vaod"):
+        assert saved["values"][key] == pytest.approx(fit.values[key], rel=1e-6)
+    spec = read_spectrum(CTIO_REAL)
+    header = spec.header.copy()
+    header["TARGET"] = "Vega-like mystery star"
+    from spectractor_bridge.spectrum import write_spectrum
+
+    mystery = write_spectrum(replace(spec, header=header), tmp_path / "mystery.fits")
+    bad = subprocess.run([sys.executable, "-m", "atmospec", "fit-atmosphere", str(mystery),
+                          "--out", str(tmp_path / "x.json")], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "mystery.fits" in bad.stderr and "not a CALSPEC standard" in bad.stderr
+    assert not (tmp_path / "x.json").exists()
