@@ -295,7 +295,8 @@ class SpectrumForwardModel:
         m = margin[keep]
         f_lo = float(np.min(self.wavelength - m))
         f_hi = float(np.max(self.wavelength + m))
-        n_fine = math.ceil((f_hi - f_lo) / self.fine_step_nm) + 1
+        # Floor, not ceil: the grid must not step past the tables' last wavelength.
+        n_fine = math.floor((f_hi - f_lo) / self.fine_step_nm + 1e-9) + 1
         self.fine_wavelength = f_lo + self.fine_step_nm * np.arange(n_fine)
         """Fine grid (cell centres), nm."""
         edges = np.concatenate([self.fine_wavelength - 0.5 * self.fine_step_nm,

@@ -128,6 +128,16 @@ def test_reference_night(reference, raw_dir):
     assert row["rotation_angle"] == pytest.approx(spectrum.rotation_angle)
     assert row["flux_650nm"] == pytest.approx(np.interp(650.0, spectrum.wavelength,
                                                         spectrum.flux))
+    # The atmosphere fitted on that spectrum: the simulated one, within the bounds.
+    model = json.loads((raw_dir / f"{row['obs_id']}_truth.json").read_text())[
+        "dispersed"]["spectrum_model"]
+    assert row["pwv_mm"] == pytest.approx(model["pwv_mm"], abs=0.5)
+    assert row["ozone_du"] == pytest.approx(model["ozone_du"], abs=30.0)
+    assert row["vaod"] == pytest.approx(model["vaod"], abs=0.01)
+    fit = json.loads(next(repo.glob(f"exposures/*/{row['obs_id']}_atmosphere.json"))
+                     .read_text())
+    assert fit["values"]["pwv_mm"] == pytest.approx(row["pwv_mm"])
+    assert (repo / "night" / "plots" / "atmosphere.png").is_file()
     # Parquet twin of the summary.
     import pyarrow.parquet as pq
 

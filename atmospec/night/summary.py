@@ -42,7 +42,14 @@ _SPECTRO = (("zeroth_order_x", "zeroth_order_x", u.pix),
             ("d2ccd", "spectrum_d2ccd_mm", u.mm),
             ("flux_450nm", "spectrum_flux_450nm", u.electron / u.nm),
             ("flux_650nm", "spectrum_flux_650nm", u.electron / u.nm),
-            ("flux_850nm", "spectrum_flux_850nm", u.electron / u.nm))
+            ("flux_850nm", "spectrum_flux_850nm", u.electron / u.nm),
+            ("pwv_mm", "atmosphere_pwv_mm", u.mm),
+            ("pwv_mm_err", "atmosphere_pwv_mm_err", u.mm),
+            ("ozone_du", "atmosphere_ozone_du", None),
+            ("ozone_du_err", "atmosphere_ozone_du_err", None),
+            ("vaod", "atmosphere_vaod", u.dimensionless_unscaled),
+            ("vaod_err", "atmosphere_vaod_err", u.dimensionless_unscaled),
+            ("atmosphere_chi2_ndof", "atmosphere_chi2_ndof", None))
 
 
 def _number(value: Any) -> float:
@@ -67,9 +74,11 @@ def summary_table(index: NightIndex) -> Table:
         Columns ``obs_id, day_obs, seq_num, time_begin, mjd, image_type, target, filter,
         disperser, exptime, airmass``, the image-quality figures (``fwhm_px, fwhm_arcsec,
         ellipticity, psf_pa, sky_e, sky_e_per_s, n_sources, n_saturated``), for dispersed
-        exposures the zeroth order, the trace's rotation angle, D2CCD and the extracted flux
-        at 450, 650 and 850 nm (e⁻/nm), ``status`` (``done``, ``failed``, ``pending`` or
-        ``calibration``), ``reason`` and ``duration_s`` (sum of the task times).
+        exposures the zeroth order, the trace's rotation angle, D2CCD, the extracted flux
+        at 450, 650 and 850 nm (e⁻/nm) and the fitted atmosphere (``pwv_mm, ozone_du,
+        vaod`` with ``*_err``, ``atmosphere_chi2_ndof``), ``status`` (``done``, ``failed``,
+        ``pending`` or ``calibration``), ``reason`` and ``duration_s`` (sum of the task
+        times).
     """
     tasks: dict[str, list] = {}
     for t in index.tasks():
@@ -171,10 +180,15 @@ def write_summary(index: NightIndex, repo: str | Path, *, plots: bool = True) ->
         parquet.write(tmp, format="parquet", overwrite=True)
     out["parquet"] = stem.with_suffix(".parquet")
     if plots:
-        from atmospec.plots.night import plot_night_quality, plot_source_positions
+        from atmospec.plots.night import (
+            plot_atmosphere_series,
+            plot_night_quality,
+            plot_source_positions,
+        )
 
         plot_dir = stem.parent / "plots"
         out["quality_plot"] = plot_night_quality(table, plot_dir / "image_quality.png")
+        out["atmosphere_plot"] = plot_atmosphere_series(table, plot_dir / "atmosphere.png")
         catalogs = [Path(t.outputs["catalog"]) for t in index.tasks()
                     if t.task == "characterize" and t.status == "done" and "catalog" in
                     t.outputs]

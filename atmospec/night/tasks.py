@@ -271,6 +271,29 @@ def _run_extract(ctx: _Context, config) -> dict[str, Any]:
 
 
 #: The tasks a pipeline definition may name.
+def _run_fit_atmosphere(ctx: _Context, config) -> dict[str, Any]:
+    from spectractor_bridge.atmfit import fit_atmosphere
+    from spectractor_bridge.spectrum import read_spectrum
+
+    job = ctx.job
+    t0 = time.perf_counter()
+    spectrum_path = ctx.outputs["extract"]["spectrum"]
+    fit = fit_atmosphere(read_spectrum(spectrum_path), config, source=spectrum_path)
+    path = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
+                             ctx.out_dir / f"{job.obs_id}_atmosphere.json")
+    ctx.outputs["fit_atmosphere"] = {"fit": str(path)}
+    metrics: dict[str, Any] = {"atmosphere_chi2_ndof": float(fit.chi2_ndof)}
+    for key in ("pwv_mm", "ozone_du", "vaod"):
+        metrics[f"atmosphere_{key}"] = _number_or_nan(fit.values.get(key))
+        metrics[f"atmosphere_{key}_err"] = _number_or_nan(fit.errors_scaled.get(key))
+    metrics["timings_s"] = {"fit_atmosphere": time.perf_counter() - t0}
+    return metrics
+
+
+def _number_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 TASKS: dict[str, TaskType] = {
     "isr": TaskType("atmospec.isr.driver:IsrConfig", ("imaging", "dispersed"), (), _run_isr),
     "characterize": TaskType("atmospec.characterize.task:CharacterizeConfig", ("imaging",),
@@ -279,6 +302,8 @@ TASKS: dict[str, TaskType] = {
                              ("dispersed",), ("isr",), _run_zeroth_order),
     "extract": TaskType("spectractor_bridge.chain:SpectroscopyConfig", ("dispersed",),
                         ("isr", "zeroth_order"), _run_extract),
+    "fit_atmosphere": TaskType("spectractor_bridge.atmfit:AtmosphereFitConfig", ("dispersed",),
+                               ("extract",), _run_fit_atmosphere),
 }
 
 

@@ -76,6 +76,53 @@ def plot_night_quality(table: Table, path: str | os.PathLike[str]) -> Path:
     return save_png(fig, path)
 
 
+def plot_atmosphere_series(table: Table, path: str | os.PathLike[str]) -> Path:
+    """PWV, ozone and aerosol optical depth fitted on the night's spectra, against time and
+    airmass, with their errors, one colour per configuration.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Night summary (`atmospec.night.summary.summary_table`) with the ``pwv_mm``,
+        ``ozone_du``, ``vaod`` columns and their ``*_err``.
+    path : path
+        PNG to write.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    rows = table[np.isfinite(np.asarray(table["pwv_mm"], dtype=float))]
+    hours, time_label = _hours(rows)
+    fig = Figure(figsize=(11, 9), layout="constrained")
+    axes = fig.subplots(3, 2, sharex="col")
+    panels = (("pwv_mm", "PWV (mm)"), ("ozone_du", "ozone (DU)"),
+              ("vaod", "aerosol optical depth at 500 nm"))
+    configs = sorted({(str(f), str(d)) for f, d in zip(rows["filter"], rows["disperser"],
+                                                        strict=True)})
+    airmass = np.asarray(rows["airmass"], dtype=float)
+    for i, (column, label) in enumerate(panels):
+        for filt, disp in configs:
+            sel = (rows["filter"] == filt) & (rows["disperser"] == disp)
+            style = {"color": config_colour(filt, disp), "label": config_label(filt, disp),
+                     "fmt": "o", "ms": 4, "capsize": 2}
+            y = np.asarray(rows[column], dtype=float)[sel]
+            err = np.asarray(rows[f"{column}_err"], dtype=float)[sel]
+            axes[i, 0].errorbar(hours[sel], y, yerr=err, **style)
+            axes[i, 1].errorbar(airmass[sel], y, yerr=err, **style)
+        axes[i, 0].set_ylabel(label)
+        axes[i, 1].set_ylabel(label)
+    axes[-1, 0].set_xlabel(time_label)
+    axes[-1, 1].set_xlabel("airmass")
+    if configs:
+        axes[0, 1].legend(fontsize="small", title="filter, disperser", loc="best")
+    else:
+        axes[0, 0].text(0.5, 0.5, "no atmosphere fitted", ha="center",
+                        transform=axes[0, 0].transAxes)
+    fig.suptitle(f"Atmosphere of the night ({len(rows)} spectra)")
+    return save_png(fig, path)
+
+
 def plot_source_positions(table: Table, catalogs: Sequence[str | os.PathLike[str]],
                           path: str | os.PathLike[str]) -> Path:
     """Where sources fell on the detector over the night, and the dispersed exposures'
