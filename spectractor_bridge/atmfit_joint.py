@@ -49,7 +49,8 @@ replaced by its diagonal with a warning), plus Gaussian prior terms. Levenberg�
 the normal equations with **analytic derivatives** and the **block structure**: each exposure's
 parameters touch only its spectrum, so ``JᵀJ`` (``n_free²``, a few hundred) is accumulated
 block by block from ``n_e × (6 + n_c)`` whitened Jacobians, never forming the global Jacobian.
-Parameters are clipped to their bounds. Errors are ``(JᵀJ)⁻¹`` at the solution (unscaled).
+A step that would cross a bound takes the parameter halfway to it (never onto it). Errors
+are ``(JᵀJ)⁻¹`` at the solution (unscaled).
 """
 
 from __future__ import annotations
@@ -293,10 +294,8 @@ class _Whitener:
                     lower[lag, : n - lag] = np.diagonal(cov, -lag)
                 try:
                     self._band = (bw, cholesky_banded(lower, lower=True, check_finite=False))
-                    exact = bw >= _bandwidth(cov != 0)
-                    self.label = ("diagonal" if bw == 0 and exact else "banded" if exact
-                                  else f"banded (|ρ| < {band_tolerance:g} beyond lag {bw} "
-                                       "neglected)")
+                    self.label = (f"banded (lag <= {bw}; |ρ| < {band_tolerance:g} beyond "
+                                  "neglected)" if band_tolerance > 0 else f"banded (lag <= {bw})")
                 except LinAlgError:
                     self._band = None
             if self._band is None:
@@ -721,7 +720,7 @@ def fit_atmosphere_joint(spectra: Sequence[Spectrum], config: JointFitConfig | N
             except LinAlgError:
                 lam *= 10.0
                 continue
-            x_new = np.clip(x + step, lo_b, hi_b)
+            x_new = _interior_step(x, step, lo_b, hi_b)
             chi2_new, _ = chi2_only(x_new)
             if chi2_new <= chi2:
                 accepted = True
@@ -805,6 +804,21 @@ def _bandwidth(nz: NDArray[np.bool_]) -> int:
     first = np.argmax(nz, axis=1)
     last = n - 1 - np.argmax(nz[:, ::-1], axis=1)
     return int(max(np.max((rows - first)[has]), np.max((last - rows)[has])))
+
+
+def _interior_step(x: NDArray[np.float64], step: NDArray[np.float64],
+                   lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``x + step``, except that a parameter whose step would cross a bound goes halfway to it.
+
+    A parameter that only approaches its bound geometrically never sits on it, where some
+    derivatives vanish (water: ``τ_w ∝ PWV^b``, b < 1; resolution: ``σ² = s²ψ² + β²``) and
+    Gauss–Newton could not leave it again.
+    """
+    new = x + step
+    below, above = new < lo, new > hi
+    new[below] = 0.5 * (x[below] + lo[below])
+    new[above] = 0.5 * (x[above] + hi[above])
+    return new
 
 
 def _prior_chi2(x: NDArray[np.float64], priors: list[tuple[int, float, float]]) -> float:

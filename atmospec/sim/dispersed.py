@@ -302,6 +302,23 @@ class DispersedSpectrumModel:
     blue light towards it)."""
     temperature_c: float = 10.0
     """Air temperature, °C (ADR only)."""
+    atmosphere_table: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """``(wavelength nm, transmission)`` used instead of the atmosphere model, e.g. a
+    libRadtran output (linear interpolation, end values held outside the table; ``airmass``,
+    ``pressure_hpa``, ``pwv_mm``, ``ozone_du``, ``vaod`` and ``angstrom`` then do not shape
+    the light, though ``airmass`` and ``pressure_hpa`` still drive ADR); None: the model
+    `spectractor_bridge.atmosphere.transmission`."""
+
+
+def _atmosphere_at(model: DispersedSpectrumModel, lam: np.ndarray) -> np.ndarray:
+    """T_atm at ``lam``: ``model.atmosphere_table`` interpolated, else the atmosphere model."""
+    if model.atmosphere_table is not None:
+        wl, tr = (np.asarray(a, dtype=np.float64) for a in model.atmosphere_table)
+        order = np.argsort(wl)
+        return np.interp(lam, wl[order], tr[order])
+    return np.asarray(_atmosphere.transmission(lam, model.airmass, model.pressure_hpa,
+                                               model.pwv_mm, model.ozone_du, model.vaod,
+                                               model.angstrom), dtype=np.float64)
 
 
 def _disperser_efficiency(model: DispersedSpectrumModel, order: int, lam: np.ndarray,
@@ -345,8 +362,7 @@ def model_transmissions(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
     flux = np.nan_to_num(np.asarray(sed.flux_at(lam), dtype=np.float64), nan=0.0)
     inst = load_instrument(model.instrument)
     table = load_spectro_table(model.instrument)
-    atm = _atmosphere.transmission(lam, model.airmass, model.pressure_hpa, model.pwv_mm,
-                                   model.ozone_du, model.vaod, model.angstrom)
+    atm = _atmosphere_at(model, lam)
     return {
         "sed_photons": flux * lam / _HC_ERG_NM,
         "collecting_area_cm2": float(inst.collecting_area_cm2),
@@ -591,9 +607,7 @@ def render_dispersed_exposure(
     truth["spectrum"] = {
         "wavelength_nm": grid.round(4).tolist(),
         "electrons_per_nm": {m: epn[m].tolist() for m in model.orders},
-        "atmosphere_transmission": _atmosphere.transmission(
-            grid, model.airmass, model.pressure_hpa, model.pwv_mm, model.ozone_du,
-            model.vaod, model.angstrom).tolist(),
+        "atmosphere_transmission": _atmosphere_at(model, grid).tolist(),
     }
     return image, truth
 

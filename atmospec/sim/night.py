@@ -137,8 +137,10 @@ class NightConfig:
     """OBJECT of the dispersed exposures (a CALSPEC standard)."""
     dispersed_spectrum: DispersedSpectrumModel = field(
         default_factory=lambda: DispersedSpectrumModel(pressure_hpa=743.0, pwv_mm=3.0,
-                                                       ozone_du=300.0, vaod=0.03))
-    """Atmosphere and instrument of the dispersed exposures: the CALSPEC SED of
+                                                       ozone_du=300.0, vaod=0.03,
+                                                       angstrom=None))
+    """Atmosphere and instrument of the dispersed exposures (aerosols with libRadtran's
+    default shape, as Spectractor's grids and the atmosphere fit): the CALSPEC SED of
     ``dispersed_target`` × telescope × QE × disperser efficiency per order × atmosphere
     (target, disperser, exposure time, airmass and filter are set per frame)."""
     linspos_mm: float = 68.0
