@@ -58,8 +58,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,7 +83,7 @@ from spectractor_bridge.atmfit import (
     SpectrumForwardModel,
     _coverage_fixed,
 )
-from spectractor_bridge.spectrum import Spectrum
+from spectractor_bridge.spectrum import Spectrum, read_spectrum
 
 __all__ = [
     "EXPOSURE_PARAMETERS",
@@ -470,20 +471,24 @@ def _correction_basis(degree: int, lo: float, hi: float, conditions: list[str],
 
 
 # ---------------------------------------------------------------------- the fit
-def fit_atmosphere_joint(spectra: Sequence[Spectrum], config: JointFitConfig | None = None,
+def fit_atmosphere_joint(spectra: Iterable[Spectrum | str | Path],
+                         config: JointFitConfig | None = None,
                          sources: Sequence[str] | None = None) -> JointAtmosphereFit:
     """Fit the spectra of a night together: shared throughput correction, per-exposure
     atmosphere.
 
     Parameters
     ----------
-    spectra : sequence of Spectrum
+    spectra : iterable of Spectrum, str or Path
         First-order spectra of CALSPEC stars (or of stars with ``config.spectrum.sed_path``;
-        one SED for all) from one instrument and disperser; at least two.
+        one SED for all) from one instrument and disperser, at least two; or their files,
+        read one at a time (`read_spectrum`) and released once their block is set up, so that
+        only the fit's own per-spectrum factors stay in memory (the way to fit a night).
     config : JointFitConfig, optional
         Settings.
     sources : sequence of str, optional
-        Names (files) of the spectra, for messages and the result.
+        Names of the spectra, for messages and the result (default: the file names given, or
+        ``spectrum <i>``).
 
     Returns
     -------
@@ -497,22 +502,23 @@ def fit_atmosphere_joint(spectra: Sequence[Spectrum], config: JointFitConfig | N
     """
     config = config or JointFitConfig()
     cfg = config.spectrum
-    spectra = list(spectra)
-    if not spectra:
+    items = list(spectra)
+    if not items:
         raise BadInputError(_JOINT, "no spectra given")
-    if len(spectra) < 2:
+    if len(items) < 2:
         raise BadInputError(_JOINT, "a joint fit needs at least two spectra (use "
                                     "fit_atmosphere for one)")
     sources = tuple(sources) if sources is not None else tuple(
-        f"spectrum {i}" for i in range(len(spectra)))
-    if len(sources) != len(spectra):
-        raise BadInputError(_JOINT, f"{len(sources)} names for {len(spectra)} spectra")
+        str(item) if isinstance(item, str | Path) else f"spectrum {i}"
+        for i, item in enumerate(items))
+    if len(sources) != len(items):
+        raise BadInputError(_JOINT, f"{len(sources)} names for {len(items)} spectra")
     if cfg.fit_angstrom:
         raise BadInputError(_JOINT, "fit_angstrom is not supported by the joint fit: fix the "
                                     "Ångström exponent (angstrom=...) or use the default shape")
     if config.throughput_degree < 0:
         raise BadInputError(_JOINT, "throughput_degree must be >= 0")
-    n_exp = len(spectra)
+    n_exp = len(items)
     for name, priors in (("vaod_priors", config.vaod_priors),
                          ("ozone_priors", config.ozone_priors)):
         for prior in priors:
@@ -532,8 +538,11 @@ def fit_atmosphere_joint(spectra: Sequence[Spectrum], config: JointFitConfig | N
     fixed_all: list[dict[str, str]] = []
     dropped: list[int] = []
     filters: list[str] = []
+    targets: list[str | None] = []
     first: tuple[str, str, bool, str] | None = None
-    for spec, src in zip(spectra, sources, strict=True):
+    for e, src in enumerate(sources):
+        item = items[e]
+        spec = read_spectrum(item) if isinstance(item, str | Path) else item
         m = SpectrumForwardModel(
             spec, sed_path=cfg.sed_path, instrument=cfg.instrument,
             wavelength_range_nm=cfg.wavelength_range_nm, max_shift_nm=cfg.max_shift_nm,
@@ -580,7 +589,8 @@ def fit_atmosphere_joint(spectra: Sequence[Spectrum], config: JointFitConfig | N
                            config.covariance_band_tolerance)
         del cov
         blocks.append(_Block(m, sel, spec.flux[sub], whiten, None, cfg.angstrom))
-        del m
+        targets.append(spec.target)
+        del m, spec
     assert first is not None
     instrument, disperser = first[0], first[1]
     airmasses = tuple(b.airmass for b in blocks)
@@ -787,7 +797,7 @@ def fit_atmosphere_joint(spectra: Sequence[Spectrum], config: JointFitConfig | N
         message=message, n_iterations=it, nfev=nfev,
         timings={"setup": t_setup, "fit": t_fit, "errors": t_err},
         info={"instrument": instrument, "disperser": disperser, "filters": filters,
-              "targets": [s.target for s in spectra], "dropped_samples": dropped,
+              "targets": targets, "dropped_samples": dropped,
               "n_exposures": n_exp, "n_free": n_free})
     log.info("%s: %d spectra, %d parameters, χ²/ndof %.3f, %d iterations (%s), %.1f s",
              _JOINT, n_exp, n_free, result.chi2_ndof, it, message, t_setup + t_fit + t_err)

@@ -25,7 +25,7 @@ from spectractor_bridge.atmfit_joint import (
     _Whitener,
     fit_atmosphere_joint,
 )
-from spectractor_bridge.spectrum import Spectrum, read_spectrum
+from spectractor_bridge.spectrum import Spectrum, read_spectrum, write_spectrum
 
 CTIO_REAL = (Path(__file__).parent
              / "data/spectractor_ctio/reduc_20170530_134_spectrum_v2.4_selfcontained.fits.gz")
@@ -320,14 +320,21 @@ def test_pulls_over_realisations() -> None:
         assert 0.65 < std < 1.5 and abs(mean) < 0.8, (name, mean, std)
 
 
-def test_without_correction_equals_independent_fits() -> None:
+def test_without_correction_equals_independent_fits(tmp_path: Path) -> None:
     """``throughput_degree=0`` and nothing shared: the joint fit is N independent fits, and
-    gives `fit_atmosphere`'s values and errors."""
+    gives `fit_atmosphere`'s values and errors. Spectra given as files give the same fit."""
     from spectractor_bridge.atmfit import fit_atmosphere
 
     spectra, _ = simulate_night(n_exp=3, seed=8, distortion=False)
     joint = fit_atmosphere_joint(spectra, JointFitConfig(throughput_degree=0))
     assert joint.gauge == () and joint.correction_coefficients.size == 0
+    paths = [write_spectrum(s, tmp_path / f"s{i}.fits") for i, s in enumerate(spectra)]
+    from_files = fit_atmosphere_joint(paths, JointFitConfig(throughput_degree=0))
+    assert from_files.sources == tuple(str(p) for p in paths)
+    for e in range(3):
+        for name in ("pwv_mm", "ozone_du", "vaod"):
+            assert from_files.values[e][name] == pytest.approx(joint.values[e][name],
+                                                               rel=1e-6, abs=1e-9)
     for e, spec in enumerate(spectra):
         single = fit_atmosphere(spec)
         for name in ("pwv_mm", "ozone_du", "vaod", "grey", "dlambda_nm", "resolution"):
