@@ -171,7 +171,7 @@ def test_spectrum_output(results, tmp_path):
     i = int(np.argmin(np.abs(r.wavelength_nm - 600.0)))
     row = back.psf_table[int(np.argmin(np.abs(back.psf_table["lambdas"] - 600.0)))]
     assert (row["x_c"] + c0, row["y_c"] + r0) == pytest.approx((r.x_trace[i], r.rows[i]))
-    bins = [h for h in back.extra_hdus if h.name == "PSF_BINS"][0]
+    bins = next(h for h in back.extra_hdus if h.name == "PSF_BINS")
     assert len(bins.data) == len(r.psf_bins)
 
 
