@@ -321,9 +321,20 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
 def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-atmosphere",
                        help="fit water vapour, ozone and aerosols on a CALSPEC star's spectrum")
-    p.add_argument("spectrum", help="spectrum file (Spectractor's layout: ours or "
-                   "Spectractor's own)")
+    p.add_argument("spectrum", nargs="+", help="spectrum file(s) (Spectractor's layout: ours "
+                   "or Spectractor's own); several with --joint")
     p.add_argument("--out", required=True, help="fit results (JSON)")
+    p.add_argument("--joint", action="store_true",
+                   help="joint fit of several spectra: a shared throughput correction and "
+                   "one atmosphere per exposure")
+    p.add_argument("--share-ozone", action="store_true", help="--joint: one ozone column")
+    p.add_argument("--share-vaod", action="store_true",
+                   help="--joint: one aerosol optical depth (stable aerosols)")
+    p.add_argument("--vaod-prior", nargs=3, type=float, action="append", default=[],
+                   metavar=("INDEX", "VAOD", "SIGMA"),
+                   help="--joint: external VAOD of spectrum INDEX (0-based), repeatable")
+    p.add_argument("--throughput-degree", type=int, default=5,
+                   help="--joint: Legendre degree of the throughput correction")
     p.add_argument("--sed", help="SED file of a non-CALSPEC target (nm, erg/s/cm2/nm)")
     p.add_argument("--instrument", choices=("latiss", "ctio"),
                    help="instrument (default: from the spectrum's header)")
@@ -345,12 +356,16 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
     from spectractor_bridge.atmfit import AtmosphereFitConfig, fit_atmosphere
     from spectractor_bridge.spectrum import read_spectrum
 
-    spectrum = read_spectrum(args.spectrum)
     config = AtmosphereFitConfig(sed_path=args.sed, instrument=args.instrument,
                                  fit_angstrom=args.fit_angstrom)
     if args.range:
         config = replace(config, wavelength_range_nm=(args.range[0], args.range[1]))
-    fit = fit_atmosphere(spectrum, config, source=str(args.spectrum))
+    if args.joint:
+        return _fit_atmosphere_joint(args, config)
+    if len(args.spectrum) > 1:
+        raise _UsageError("atmospec fit-atmosphere: several spectra need --joint")
+    path = args.spectrum[0]
+    fit = fit_atmosphere(read_spectrum(path), config, source=str(path))
     out = write_text_atomic(json.dumps(fit.to_dict(), indent=2) + "\n", args.out)
     v, e = fit.values, fit.errors_scaled
     print(f"wrote {out}: PWV {v['pwv_mm']:.2f} ± {e['pwv_mm'] or 0:.2f} mm, ozone "
@@ -362,6 +377,28 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
         from atmospec.plots.atmosphere import plot_atmosphere_fit
 
         print(f"wrote {plot_atmosphere_fit(fit, Path(out).with_suffix('.png'))}")
+    return EXIT_OK
+
+
+def _fit_atmosphere_joint(args: argparse.Namespace, config) -> int:
+    import json
+
+    from atmospec.io import to_jsonable, write_text_atomic
+    from spectractor_bridge.atmfit_joint import JointFitConfig, fit_atmosphere_joint
+
+    joint = JointFitConfig(spectrum=config, throughput_degree=args.throughput_degree,
+                           share_ozone=args.share_ozone, share_vaod=args.share_vaod,
+                           vaod_priors=tuple((int(i), v, s) for i, v, s in args.vaod_prior))
+    fit = fit_atmosphere_joint(list(args.spectrum), joint,
+                               sources=[str(p) for p in args.spectrum])
+    out = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
+                            args.out)
+    print(f"wrote {out}: {len(args.spectrum)} spectra, chi2/ndof {fit.chi2_ndof:.2f}, "
+          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}")
+    for path, values, errors in zip(args.spectrum, fit.values, fit.errors, strict=True):
+        print(f"  {Path(path).name}: PWV {values['pwv_mm']:.2f} ± {errors['pwv_mm'] or 0:.2f}"
+              f" mm, ozone {values['ozone_du']:.0f} ± {errors['ozone_du'] or 0:.0f} DU, "
+              f"VAOD {values['vaod']:.4f} ± {errors['vaod'] or 0:.4f}")
     return EXIT_OK
 
 

@@ -360,3 +360,35 @@ def test_bad_input(night) -> None:
     cfg = JointFitConfig(spectrum=AtmosphereFitConfig(fit_angstrom=True))
     with pytest.raises(BadInputError, match="fit_angstrom"):
         fit_atmosphere_joint(spectra[:2], cfg)
+
+
+def test_cli_joint(tmp_path) -> None:
+    """``atmospec fit-atmosphere A B --joint`` writes one JSON with both exposures; several
+    spectra without ``--joint`` are a usage error (exit 2)."""
+    import json
+    import subprocess
+    import sys
+    from dataclasses import replace as _replace
+    from pathlib import Path as _Path
+
+    from spectractor_bridge.spectrum import read_spectrum, write_spectrum
+
+    real = (_Path(__file__).parent / "data" / "spectractor_ctio"
+            / "reduc_20170530_134_spectrum_v2.4_selfcontained.fits.gz")
+    spec = read_spectrum(real)
+    header = spec.header.copy()
+    header["AIRMASS"] = 1.6
+    paths = [str(real), str(write_spectrum(_replace(spec, header=header),
+                                           tmp_path / "second.fits"))]
+    out = tmp_path / "joint.json"
+    run = subprocess.run([sys.executable, "-m", "atmospec", "fit-atmosphere", *paths,
+                          "--joint", "--share-ozone", "--out", str(out)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    saved = json.loads(out.read_text())
+    assert len(saved["exposures"]) == 2 and "second.fits" in run.stdout
+    assert saved["exposures"][1]["airmass"] == pytest.approx(1.6)
+    bad = subprocess.run([sys.executable, "-m", "atmospec", "fit-atmosphere", *paths,
+                          "--out", str(tmp_path / "x.json")], capture_output=True,
+                         text=True, check=False)
+    assert bad.returncode == 2 and "need --joint" in bad.stderr
