@@ -39,6 +39,7 @@ from spectractor_bridge.dispersers import Disperser, load_disperser
 from spectractor_bridge.extract import (
     ExtractionConfig,
     ExtractionResult,
+    background_covariance,
     extract_spectrum,
     result_to_spectrum,
     with_dispersion,
@@ -241,8 +242,9 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     if model is not None:
         order = np.argsort(result.wavelength_nm)
         per_nm = 1.0 / result.dlambda_drow[order]
-        spectrum = replace(spectrum, covariance=covariance[np.ix_(order, order)]
-                           * np.outer(per_nm, per_nm))
+        cov = (covariance[np.ix_(order, order)] * np.outer(per_nm, per_nm)
+               + background_covariance(result, order))
+        spectrum = replace(spectrum, covariance=cov, flux_err=np.sqrt(np.diag(cov)))
         spectrum.header["CHI2_FIT"] = (model.chi2_ndof, "2D model reduced chi2")
         spectrum.header["PSF_REG"] = (model.regularisation, "2D model regularisation mu")
         spectrum.header["SPECTYPE"] = ("forward_model", "flux from the 2D forward model")

