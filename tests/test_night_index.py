@@ -117,10 +117,10 @@ def test_task_records_count_attempts(tmp_path):
 def test_default_pipeline_loads():
     pipeline = load_pipeline()
     assert [t.name for t in pipeline.tasks] == ["isr", "characterize", "zeroth_order",
-                                                 "extract"]
+                                                 "extract", "fit_atmosphere"]
     assert [t.name for t in pipeline.tasks_for("imaging")] == ["isr", "characterize"]
     assert [t.name for t in pipeline.tasks_for("dispersed")] == ["isr", "zeroth_order",
-                                                                  "extract"]
+                                                                  "extract", "fit_atmosphere"]
     assert pipeline.calibrations.require == ("bias", "flat")
     assert pipeline.tasks[0].config.overscan.method == "median_per_row"
 
