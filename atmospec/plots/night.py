@@ -48,30 +48,10 @@ def plot_night_quality(table: Table, path: str | os.PathLike[str]) -> Path:
     """
     rows = table[(table["status"] == "done") & np.isfinite(np.asarray(table["fwhm_px"],
                                                                       dtype=float))]
-    hours, time_label = _hours(rows)
-    fig = Figure(figsize=(11, 9), layout="constrained")
-    axes = fig.subplots(3, 2, sharex="col")
     panels = (("fwhm_arcsec", "PSF FWHM (arcsec)"), ("ellipticity", "PSF ellipticity"),
               ("sky_e_per_s", "sky (e⁻/s/pixel)"))
-    configs = sorted({(str(f), str(d)) for f, d in zip(rows["filter"], rows["disperser"],
-                                                        strict=True)})
-    for i, (column, label) in enumerate(panels):
-        for filt, disp in configs:
-            sel = (rows["filter"] == filt) & (rows["disperser"] == disp)
-            style = {"color": config_colour(filt, disp), "label": config_label(filt, disp)}
-            y = np.asarray(rows[column], dtype=float)[sel]
-            axes[i, 0].plot(hours[sel], y, "o", ms=4, **style)
-            axes[i, 1].plot(np.asarray(rows["airmass"], dtype=float)[sel], y, "o", ms=4,
-                            **style)
-        axes[i, 0].set_ylabel(label)
-        axes[i, 1].set_ylabel(label)
-    axes[-1, 0].set_xlabel(time_label)
-    axes[-1, 1].set_xlabel("airmass")
-    if configs:
-        axes[0, 1].legend(fontsize="small", title="filter", loc="best")
-    else:
-        axes[0, 0].text(0.5, 0.5, "no characterized exposure", ha="center",
-                        transform=axes[0, 0].transAxes)
+    fig = _time_airmass_panels(rows, panels, errors=False, legend_title="filter",
+                               empty="no characterized exposure")
     fig.suptitle(f"Image quality of the night ({len(rows)} exposures)")
     return save_png(fig, path)
 
@@ -93,11 +73,21 @@ def plot_atmosphere_series(table: Table, path: str | os.PathLike[str]) -> Path:
     pathlib.Path
     """
     rows = table[np.isfinite(np.asarray(table["pwv_mm"], dtype=float))]
-    hours, time_label = _hours(rows)
-    fig = Figure(figsize=(11, 9), layout="constrained")
-    axes = fig.subplots(3, 2, sharex="col")
     panels = (("pwv_mm", "PWV (mm)"), ("ozone_du", "ozone (DU)"),
               ("vaod", "aerosol optical depth at 500 nm"))
+    fig = _time_airmass_panels(rows, panels, errors=True, legend_title="filter, disperser",
+                               empty="no atmosphere fitted")
+    fig.suptitle(f"Atmosphere of the night ({len(rows)} spectra)")
+    return save_png(fig, path)
+
+
+def _time_airmass_panels(rows: Table, panels: Sequence[tuple[str, str]], *, errors: bool,
+                         legend_title: str, empty: str) -> Figure:
+    """One row of panels per ``(column, label)``: against time (left) and airmass (right),
+    one colour per filter/disperser; ``errors``: ``<column>_err`` as error bars."""
+    hours, time_label = _hours(rows)
+    fig = Figure(figsize=(11, 9), layout="constrained")
+    axes = fig.subplots(len(panels), 2, sharex="col")
     configs = sorted({(str(f), str(d)) for f, d in zip(rows["filter"], rows["disperser"],
                                                         strict=True)})
     airmass = np.asarray(rows["airmass"], dtype=float)
@@ -105,22 +95,21 @@ def plot_atmosphere_series(table: Table, path: str | os.PathLike[str]) -> Path:
         for filt, disp in configs:
             sel = (rows["filter"] == filt) & (rows["disperser"] == disp)
             style = {"color": config_colour(filt, disp), "label": config_label(filt, disp),
-                     "fmt": "o", "ms": 4, "capsize": 2}
+                     "fmt": "o", "ms": 4}
             y = np.asarray(rows[column], dtype=float)[sel]
-            err = np.asarray(rows[f"{column}_err"], dtype=float)[sel]
-            axes[i, 0].errorbar(hours[sel], y, yerr=err, **style)
-            axes[i, 1].errorbar(airmass[sel], y, yerr=err, **style)
+            err = np.asarray(rows[f"{column}_err"], dtype=float)[sel] if errors else None
+            axes[i, 0].errorbar(hours[sel], y, yerr=err, capsize=2 if errors else 0, **style)
+            axes[i, 1].errorbar(airmass[sel], y, yerr=err, capsize=2 if errors else 0,
+                                **style)
         axes[i, 0].set_ylabel(label)
         axes[i, 1].set_ylabel(label)
     axes[-1, 0].set_xlabel(time_label)
     axes[-1, 1].set_xlabel("airmass")
     if configs:
-        axes[0, 1].legend(fontsize="small", title="filter, disperser", loc="best")
+        axes[0, 1].legend(fontsize="small", title=legend_title, loc="best")
     else:
-        axes[0, 0].text(0.5, 0.5, "no atmosphere fitted", ha="center",
-                        transform=axes[0, 0].transAxes)
-    fig.suptitle(f"Atmosphere of the night ({len(rows)} spectra)")
-    return save_png(fig, path)
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", transform=axes[0, 0].transAxes)
+    return fig
 
 
 def plot_source_positions(table: Table, catalogs: Sequence[str | os.PathLike[str]],
