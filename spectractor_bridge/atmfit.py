@@ -86,6 +86,7 @@ __all__ = [
     "AtmosphereFit",
     "AtmosphereFitConfig",
     "SpectrumForwardModel",
+    "coverage_fixed",
     "fit_atmosphere",
 ]
 
@@ -593,8 +594,11 @@ def _covers(lit_nm: NDArray[np.float64], w_lo: float, w_hi: float,
     return inside.size >= 2 and float(np.max(np.diff(inside))) <= max_gap_nm
 
 
-def _coverage_fixed(lo: float, hi: float, lit_nm: NDArray[np.float64],
-                    config: AtmosphereFitConfig) -> dict[str, str]:
+def coverage_fixed(lo: float, hi: float, lit_nm: NDArray[np.float64],
+                   config: AtmosphereFitConfig) -> dict[str, str]:
+    """Parameters to fix because the fitted range ``[lo, hi]`` or the lit samples
+    ``lit_nm`` (light through the filter) do not cover their feature window, with the
+    reason, among those ``config`` asks to fit."""
     wanted = {"pwv_mm": config.fit_pwv, "ozone_du": config.fit_ozone,
               "vaod": config.fit_vaod, "angstrom": config.fit_angstrom,
               "dlambda_nm": config.fit_shift}
@@ -674,7 +678,7 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
     lo, hi = float(lam[0]), float(lam[-1])
     static = np.interp(lam, model.fine_wavelength, model.static_fine)
     lit = lam[static > 1e-3 * float(np.max(static))] if np.max(static) > 0 else lam[:0]
-    fixed = _coverage_fixed(lo, hi, lit, config)
+    fixed = coverage_fixed(lo, hi, lit, config)
 
     fit_ang = config.fit_angstrom and "angstrom" not in fixed
     ang0 = config.angstrom if config.angstrom is not None else 1.3

@@ -81,7 +81,7 @@ from atmospec.errors import BadInputError
 from spectractor_bridge.atmfit import (
     AtmosphereFitConfig,
     SpectrumForwardModel,
-    _coverage_fixed,
+    coverage_fixed,
 )
 from spectractor_bridge.spectrum import Spectrum, read_spectrum
 
@@ -577,7 +577,7 @@ def fit_atmosphere_joint(spectra: Iterable[Spectrum | str | Path],
         lam = m.wavelength[sel]
         static = np.interp(lam, m.fine_wavelength, m.static_fine)
         lit = lam[static > 1e-3 * float(np.max(static))] if np.max(static) > 0 else lam[:0]
-        fixed = _coverage_fixed(float(lam[0]), float(lam[-1]), lit, cfg)
+        fixed = coverage_fixed(float(lam[0]), float(lam[-1]), lit, cfg)
         fixed.pop("angstrom", None)
         fixed_all.append(fixed)
         dropped.append(n_bad)

@@ -59,6 +59,7 @@ __all__ = [
     "ExtractionResult",
     "background_covariance",
     "extract_spectrum",
+    "horne_profile",
     "result_to_spectrum",
     "with_dispersion",
 ]
@@ -542,17 +543,23 @@ def _poly_error_factor(poly: np.polynomial.Polynomial, t: np.ndarray, v: np.ndar
     return np.polynomial.polynomial.polyvander(off + scl * at, deg) @ root
 
 
+def horne_profile(xcols: np.ndarray, xc: np.ndarray, gamma: np.ndarray, alpha: np.ndarray,
+                  half_fwhm: float) -> tuple[np.ndarray, np.ndarray]:
+    """The extraction window (``|x − x_c| ≤ half_fwhm × FWHM``) and the transverse Moffat
+    profile normalised to unit sum over it, per row (rows × columns)."""
+    fwhm = moffat1d_fwhm(gamma, alpha)
+    window = np.abs(xcols[None, :] - xc[:, None]) <= half_fwhm * fwhm[:, None]
+    prof = np.where(window, moffat1d(xcols[None, :], 1.0, xc[:, None], gamma[:, None],
+                                     alpha[:, None]), 0.0)
+    return window, prof / prof.sum(axis=1, keepdims=True)
+
+
 def _horne(sub: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.ndarray,
            xc: np.ndarray, gamma: np.ndarray, alpha: np.ndarray, half_fwhm: float
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Optimal (Horne 1986) and aperture extraction of every row at once; the last array is
     each row's response to a uniform background error (Σ P/V / Σ P²/V, pixels)."""
-    fwhm = moffat1d_fwhm(gamma, alpha)
-    dx = xcols[None, :] - xc[:, None]
-    window = np.abs(dx) <= half_fwhm * fwhm[:, None]
-    prof = np.where(window, moffat1d(xcols[None, :], 1.0, xc[:, None], gamma[:, None],
-                                     alpha[:, None]), 0.0)
-    prof /= prof.sum(axis=1, keepdims=True)
+    window, prof = horne_profile(xcols, xc, gamma, alpha, half_fwhm)
     use = window & good
     with np.errstate(invalid="ignore", divide="ignore"):
         ivar = np.where(use, 1.0 / var, 0.0)

@@ -77,7 +77,7 @@ from scipy.optimize import minimize_scalar
 
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from spectractor_bridge.extract import ExtractionResult
+from spectractor_bridge.extract import ExtractionResult, horne_profile
 from spectractor_bridge.psf1d import moffat1d_fwhm
 
 __all__ = ["ForwardModelConfig", "ForwardModelResult", "fit_forward_model", "moffat2d_fwhm"]
@@ -610,12 +610,8 @@ def _horne_prior(sub: np.ndarray, weight: np.ndarray, result: ExtractionResult,
     xc = np.interp(rows, result.rows, result.x_trace) - c_lo
     gamma = np.interp(rows, result.rows, result.gamma)
     alpha = np.interp(rows, result.rows, result.alpha)
-    fwhm = moffat1d_fwhm(gamma, alpha)
-    x = np.arange(sub.shape[1], dtype=np.float64)[None, :]
-    window = np.abs(x - xc[:, None]) <= result.config.extraction_half_fwhm * fwhm[:, None]
-    prof = np.where(window, (1.0 + ((x - xc[:, None]) / gamma[:, None]) ** 2)
-                    ** (-alpha[:, None]), 0.0)
-    prof /= prof.sum(axis=1, keepdims=True)
+    _, prof = horne_profile(np.arange(sub.shape[1], dtype=np.float64), xc, gamma, alpha,
+                            result.config.extraction_half_fwhm)
     pw = prof * weight
     denom = np.sum(prof * pw, axis=1)
     ok = denom > 0
