@@ -217,21 +217,8 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", name,
                  model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
 
-    header = fits.Header()
-    for key in _COPIED:
-        if key in exposure.metadata:
-            header[key] = exposure.metadata[key]
-    header["TARGET"] = (target_name, "target name")
-    if info.airmass is not None:
-        header["AIRMASS"] = (float(info.airmass), "airmass at the start")
-    if info.pressure is not None:
-        header["OUTPRESS"] = (float(info.pressure), "outside pressure, hPa")
-    if info.temperature is not None:
-        header["OUTTEMP"] = (float(info.temperature), "outside temperature, deg C")
-    header["AIRORVAC"] = ("vac", "wavelengths in vacuum (CALSPEC, atmosphere model)")
-    header["LBDA_REF"] = (_reference_wavelength(result), "reference wavelength, nm")
-    header["REBIN"] = (binning, "binning of the image the spectrum comes from")
-    header["INSTRMNT"] = (profile.name, "atmospec instrument profile")
+    header = _spectrum_header(exposure.metadata, info, target_name, profile, binning,
+                              result)
     tx, ty = frame.to_input((result.x0, result.y0))
     spectrum = result_to_spectrum(result, header, extra={
         "TARGETX": (tx, "zeroth order x (input image, px)"),
@@ -274,6 +261,29 @@ class _Clock:
         if self.out is not None:
             self.out[name] = self.out.get(name, 0.0) + now - self.t
         self.t = now
+
+
+def _spectrum_header(metadata: fits.Header, info: ObservationInfo, target_name: str,
+                     profile: InstrumentProfile, binning: int,
+                     result: ExtractionResult) -> fits.Header:
+    """The exposure's keys Spectractor keeps, and the observing conditions the atmosphere
+    fit reads (airmass, pressure, temperature) from the translated header."""
+    header = fits.Header()
+    for key in _COPIED:
+        if key in metadata:
+            header[key] = metadata[key]
+    header["TARGET"] = (target_name, "target name")
+    if info.airmass is not None:
+        header["AIRMASS"] = (float(info.airmass), "airmass at the start")
+    if info.pressure is not None:
+        header["OUTPRESS"] = (float(info.pressure), "outside pressure, hPa")
+    if info.temperature is not None:
+        header["OUTTEMP"] = (float(info.temperature), "outside temperature, deg C")
+    header["AIRORVAC"] = ("vac", "wavelengths in vacuum (CALSPEC, atmosphere model)")
+    header["LBDA_REF"] = (_reference_wavelength(result), "reference wavelength, nm")
+    header["REBIN"] = (binning, "binning of the image the spectrum comes from")
+    header["INSTRMNT"] = (profile.name, "atmospec instrument profile")
+    return header
 
 
 def _with_forward_model(result: ExtractionResult, model: ForwardModelResult
