@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy.io import fits
+from scipy.ndimage import gaussian_filter1d
 
 from atmospec.camera.description import load_camera
 from atmospec.camera.spectro import load_spectro_table
@@ -237,6 +238,8 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         spectrum.header["SPECTYPE"] = ("forward_model", "flux from the 2D forward model")
     else:
         spectrum.header["SPECTYPE"] = ("optimal_1d", "flux from the 1D optimal extraction")
+    if solution is not None and spectrum.covariance is not None:
+        spectrum = _with_wavelength_error(spectrum, result, solution)
     if solution is not None:
         spectrum.header["D2CCDERR"] = (solution.d2ccd_err_mm, "[mm] D2CCD uncertainty")
         spectrum.header["PIXSHERR"] = (solution.pixel_shift_err, "[px] PIXSHIFT uncertainty")
@@ -261,6 +264,35 @@ class _Clock:
         if self.out is not None:
             self.out[name] = self.out.get(name, 0.0) + now - self.t
         self.t = now
+
+
+def _with_wavelength_error(spectrum: Spectrum, result: ExtractionResult,
+                           solution: WavelengthSolution) -> Spectrum:
+    """Add the wavelength solution's uncertainty to the flux covariance: an error δλ of the
+    samples' wavelengths is, at fixed wavelength, a flux error −F′(λ) δλ, smooth along the
+    spectrum (a stretch of the scale tilts the continuum). Rank 2: (D2CCD, shift)."""
+    order = np.argsort(result.wavelength_nm)
+    u = result.distance_px[order]
+    d, s = result.d2ccd_mm, result.pixel_shift
+    disp = result.dispersion
+    pix = disp.instrument.pixel_size_mm(result.binning)
+    kw = {"at": (result.x0, result.y0), "binning": result.binning}
+
+    def law(dd: float, ds: float) -> np.ndarray:
+        return disp.wavelength_nm(u - s - ds, result.order, d + dd, pix, result.theta0_rad,
+                                  **kw)
+
+    jac = np.column_stack([(law(1e-3, 0.0) - law(-1e-3, 0.0)) / 2e-3,
+                           (law(0.0, 0.5) - law(0.0, -0.5))])
+    w, v = np.linalg.eigh(0.5 * (solution.covariance + solution.covariance.T))
+    root = v * np.sqrt(np.clip(w, 0.0, None))
+    # The flux slope from the spectrum smoothed over a resolution element (noise kept out).
+    fwhm_px = float(np.nanmedian(result.fwhm_px))
+    smooth = gaussian_filter1d(spectrum.flux, max(fwhm_px / 2.355, 1.0), mode="nearest")
+    slope = np.gradient(smooth, spectrum.wavelength)
+    factor = -slope[:, None] * (jac @ root)
+    cov = spectrum.covariance + factor @ factor.T
+    return replace(spectrum, covariance=cov, flux_err=np.sqrt(np.diag(cov)))
 
 
 def _spectrum_header(metadata: fits.Header, info: ObservationInfo, target_name: str,

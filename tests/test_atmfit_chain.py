@@ -70,9 +70,9 @@ PARAMETERS = ("pwv_mm", "ozone_du", "vaod")
 #: Known shortfall (issue 6 stays open on it): through the whole chain the VAOD scatter is
 #: 2.1× the fit's error (PWV and ozone are right). Measured: the fit alone on noise drawn
 #: from the spectrum's covariance gives pull width 0.95, so the spectrum's covariance misses
-#: smooth, broadband errors of the chain; the background fit's coefficients (now in
-#: SPEC_COV) explain little of it (2.16 → 2.09); PSF-shape and wavelength-solution
-#: uncertainties, held fixed in the 2D model's covariance, are the suspects. One realisation
+#: smooth, broadband errors of the chain; the background fit's coefficients and the
+#: wavelength solution (both now in SPEC_COV) explain little of it (2.16 → 2.09 → 1.96);
+#: the PSF-shape uncertainty, held fixed in the 2D model's covariance, is the suspect. One realisation
 #: of 20 is then 0.0117 off (bias +0.0036 from our atmosphere model vs libRadtran's blue end).
 VAOD_SHORTFALL = pytest.mark.xfail(strict=True, reason="VAOD errors too small by ~2x through "
                                    "the full chain (see VAOD_SHORTFALL)")
