@@ -72,8 +72,9 @@ PARAMETERS = ("pwv_mm", "ozone_du", "vaod")
 #: from the spectrum's covariance gives pull width 0.95, so the spectrum's covariance misses
 #: smooth, broadband errors of the chain; the background fit's coefficients and the
 #: wavelength solution (both now in SPEC_COV) explain little of it (2.16 → 2.09 → 1.96);
-#: the PSF-shape uncertainty, held fixed in the 2D model's covariance, is the suspect. One realisation
-#: of 20 is then 0.0117 off (bias +0.0036 from our atmosphere model vs libRadtran's blue end).
+#: the PSF-shape uncertainty, held fixed in the 2D model's covariance, is the suspect. One
+#: realisation of 20 is then 0.0115 off (bias +0.0037 from our atmosphere model vs
+#: libRadtran's blue end).
 VAOD_SHORTFALL = pytest.mark.xfail(strict=True, reason="VAOD errors too small by ~2x through "
                                    "the full chain (see VAOD_SHORTFALL)")
 CHECKED = ("pwv_mm", "ozone_du", pytest.param("vaod", marks=VAOD_SHORTFALL))

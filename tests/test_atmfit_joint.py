@@ -16,6 +16,9 @@ from astropy.io import fits
 from astropy.table import Table
 from scipy.linalg import cholesky_banded
 
+# The same correlated e⁻ covariance as the single-spectrum tests (tests/ is on sys.path).
+from test_atmfit import CORRELATION, electron_covariance
+
 from atmospec.errors import BadInputError
 from spectractor_bridge.atmfit import AtmosphereFitConfig, SpectrumForwardModel
 from spectractor_bridge.atmfit_joint import (
@@ -30,7 +33,6 @@ from spectractor_bridge.spectrum import Spectrum, read_spectrum, write_spectrum
 CTIO_REAL = (Path(__file__).parent
              / "data/spectractor_ctio/reduc_20170530_134_spectrum_v2.4_selfcontained.fits.gz")
 #: Correlation of neighbouring samples (lags 0–4): a banded covariance, as a 2D extraction's.
-CORRELATION = (1.0, 0.35, -0.25, -0.12, 0.05)
 #: Known distortion of the tabulated throughput: a 5 % tilt over 400–1000 nm.
 TILT = 0.05
 
@@ -51,19 +53,6 @@ def layout(airmass: float, n: int = 900, disperser: str = "holo4_003") -> Spectr
     psf = Table({"lambdas": lam[::10], "fwhm": 6.0 - 2.0 * (lam[::10] - 372.0) / 713.0})
     return Spectrum(wavelength=lam, flux=np.ones(n), flux_err=np.ones(n),
                     flux_unit="electron/nm", header=header, psf_table=psf)
-
-
-def covariance(expected: np.ndarray, lam: np.ndarray, background_e: float = 400.0
-               ) -> np.ndarray:
-    dl = np.abs(np.gradient(lam))
-    sigma = np.sqrt(np.clip(expected * dl, 0.0, None) + background_e) / dl
-    n = lam.size
-    corr = np.zeros((n, n))
-    for lag, rho in enumerate(CORRELATION):
-        corr += np.diag(np.full(n - lag, rho), lag)
-        if lag:
-            corr += np.diag(np.full(n - lag, rho), -lag)
-    return corr * np.outer(sigma, sigma)
 
 
 def correlated_noise(cov: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -104,7 +93,7 @@ def simulate_night(n_exp: int = 10, seed: int = 3, distortion: bool = True,
             t_fine = t_fine * tilt(model.fine_wavelength)
         expected = model.with_transmission(t_fine, truth["grey"], truth["dlambda_nm"],
                                            truth["resolution"])
-        cov = covariance(expected, model.wavelength)
+        cov = electron_covariance(expected, model.wavelength)
         flux = expected.copy()
         if noise:
             flux += correlated_noise(cov, rng.standard_normal(expected.size))
@@ -127,7 +116,7 @@ def test_block_matches_forward_model_and_derivatives() -> None:
     model = SpectrumForwardModel(spec, wavelength_range_nm=(350.0, 1095.0))
     sel = np.arange(model.wavelength.size)
     flux = model(4.0, 280.0, 0.05)
-    cov = covariance(flux, model.wavelength)
+    cov = electron_covariance(flux, model.wavelength)
     whiten = _Whitener(cov, np.sqrt(np.diag(cov)), True, 0.125, "x")
     assert whiten.label == "banded (lag <= 4)"
     # Banded whitening equals the dense Cholesky one.
