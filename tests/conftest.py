@@ -1,4 +1,6 @@
-"""Shared fixtures: small valid raw files built from the real LATISS header template."""
+"""Shared fixtures: small valid raw files built from the real LATISS header template, and one
+small simulated night reduced once (``night_raw_dir``, ``night_reference``) for the night-runner
+and report tests."""
 
 from __future__ import annotations
 
@@ -8,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+
+from atmospec.cli import main
+from atmospec.sim.night import NightConfig, simulate_night
 
 DATA = Path(__file__).parent / "data"
 
@@ -30,3 +35,27 @@ def make_template_raw(path: Path, *, seed: int = 0, level: float = 20000.0,
 def template_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A valid (if boring) raw LATISS frame."""
     return make_template_raw(tmp_path_factory.mktemp("raw") / "AT_C_20180920_000065.fits")
+
+
+#: The small night shared by the night-runner and report tests: 3 biases, 3 darks, 3 flats in
+#: each of two filters, 2 imaging frames, 1 dispersed exposure, 3 damaged files.
+NIGHT = NightConfig(day_obs=20250301, seed=5, n_bias=3, n_dark=3, n_flat=3,
+                    flat_filters=("SDSSr_65mm", "empty_1"), n_science=2, n_dispersed=1,
+                    dispersed_every=1, n_corrupt=3)
+
+
+@pytest.fixture(scope="session")
+def night_raw_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The raw files of `NIGHT`."""
+    out = tmp_path_factory.mktemp("night") / "raw"
+    simulate_night(out, NIGHT)
+    return out
+
+
+@pytest.fixture(scope="session")
+def night_reference(night_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> tuple[Path, int]:
+    """The uninterrupted local run (2 workers) of `NIGHT` through the CLI: (repo, status)."""
+    repo = tmp_path_factory.mktemp("ref") / "repo"
+    status = main(["night", str(night_raw_dir), "--repo", str(repo), "--workers", "2"])
+    return repo, status

@@ -23,32 +23,14 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from conftest import NIGHT
 
 from atmospec.cli import main
 from atmospec.night.index import NightIndex
 from atmospec.night.runner import NightRunConfig, run_night
-from atmospec.sim.night import NightConfig, simulate_night
 
-NIGHT = NightConfig(day_obs=20250301, seed=5, n_bias=3, n_dark=3, n_flat=3,
-                    flat_filters=("SDSSr_65mm", "empty_1"), n_science=2, n_dispersed=1,
-                    dispersed_every=1, n_corrupt=3)
 OUTPUT_GLOBS = ("exposures/*/*_postisr.fits", "exposures/*/*_sources.ecsv",
                 "exposures/*/*_centroid.json", "exposures/*/*_spectrum.fits")
-
-
-@pytest.fixture(scope="module")
-def raw_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("night") / "raw"
-    simulate_night(out, NIGHT)
-    return out
-
-
-@pytest.fixture(scope="module")
-def reference(raw_dir, tmp_path_factory):
-    """The uninterrupted local run (2 workers), through the CLI."""
-    repo = tmp_path_factory.mktemp("ref") / "repo"
-    status = main(["night", str(raw_dir), "--repo", str(repo), "--workers", "2"])
-    return repo, status
 
 
 def _with_calibs(reference_repo: Path, repo: Path) -> Path:
@@ -85,8 +67,8 @@ def _assert_same_outputs(repo_a: Path, repo_b: Path) -> None:
             assert da == db, name
 
 
-def test_reference_night(reference, raw_dir):
-    repo, status = reference
+def test_reference_night(night_reference, night_raw_dir):
+    repo, status = night_reference
     assert status == 0
     summary = Table.read(repo / "night" / "summary.ecsv")
     on_sky = summary[summary["image_type"] == "science"]
@@ -102,13 +84,13 @@ def test_reference_night(reference, raw_dir):
     assert calib == ["bias.fits", "dark.fits", "flat_SDSSr_65mm.fits", "flat_empty.fits"]
     # Image quality against truth: the FWHM of each imaging frame within 2 %.
     for row in on_sky[on_sky["disperser"] == "empty"]:
-        truth = json.loads((raw_dir / f"{row['obs_id']}_truth.json").read_text())
+        truth = json.loads((night_raw_dir / f"{row['obs_id']}_truth.json").read_text())
         assert row["fwhm_px"] == pytest.approx(truth["fwhm_px"], rel=0.02)
         assert row["n_sources"] > 100
         assert row["sky_e"] == pytest.approx(truth["sky_e"], rel=0.02)
     # The zeroth order of the dispersed exposure within 0.1 px of truth.
     row = on_sky[on_sky["disperser"] != "empty"][0]
-    truth = json.loads((raw_dir / f"{row['obs_id']}_truth.json").read_text())["dispersed"]
+    truth = json.loads((night_raw_dir / f"{row['obs_id']}_truth.json").read_text())["dispersed"]
     assert abs(row["zeroth_order_x"] - truth["x0"]) < 0.1
     assert abs(row["zeroth_order_y"] - truth["y0"]) < 0.1
     # Its first-order spectrum, in Spectractor's layout, on the zeroth order found.
@@ -129,7 +111,7 @@ def test_reference_night(reference, raw_dir):
     assert row["flux_650nm"] == pytest.approx(np.interp(650.0, spectrum.wavelength,
                                                         spectrum.flux))
     # The atmosphere fitted on that spectrum: the simulated one, within the issue's bounds.
-    model = json.loads((raw_dir / f"{row['obs_id']}_truth.json").read_text())[
+    model = json.loads((night_raw_dir / f"{row['obs_id']}_truth.json").read_text())[
         "dispersed"]["spectrum_model"]
     assert row["pwv_mm"] == pytest.approx(model["pwv_mm"], abs=0.5)
     assert row["ozone_du"] == pytest.approx(model["ozone_du"], abs=30.0)
@@ -149,21 +131,21 @@ def test_reference_night(reference, raw_dir):
         assert (repo / "night" / "plots" / plot).stat().st_size > 10_000
 
 
-def test_rerun_skips_everything(reference, raw_dir):
-    repo, _ = reference
+def test_rerun_skips_everything(night_reference, night_raw_dir):
+    repo, _ = night_reference
     before = {(t.obs_id, t.task): (t.started, t.attempts) for t in NightIndex(repo).tasks()}
-    result = run_night(raw_dir, repo, NightRunConfig(workers=1, plots=False, progress=False))
+    result = run_night(night_raw_dir, repo, NightRunConfig(workers=1, plots=False, progress=False))
     assert result.n_run == 0 and result.n_skipped == NIGHT.n_science + NIGHT.n_dispersed
     assert result.calibrations == []
     after = {(t.obs_id, t.task): (t.started, t.attempts) for t in NightIndex(repo).tasks()}
     assert after == before
 
 
-def test_killed_night_resumes_with_identical_outputs(reference, raw_dir, tmp_path):
-    ref_repo, _ = reference
+def test_killed_night_resumes_with_identical_outputs(night_reference, night_raw_dir, tmp_path):
+    ref_repo, _ = night_reference
     repo = _with_calibs(ref_repo, tmp_path / "repo")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "atmospec", "night", str(raw_dir), "--repo", str(repo),
+        [sys.executable, "-m", "atmospec", "night", str(night_raw_dir), "--repo", str(repo),
          "--workers", "1", "--no-plots"], start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -185,7 +167,7 @@ def test_killed_night_resumes_with_identical_outputs(reference, raw_dir, tmp_pat
     finished = {obs for obs, _ in done_before}
     assert len(finished) < n_total, "killed too late: everything was already done"
 
-    result = run_night(raw_dir, repo, NightRunConfig(workers=2, plots=False, progress=False))
+    result = run_night(night_raw_dir, repo, NightRunConfig(workers=2, plots=False, progress=False))
     tasks = NightIndex(repo).tasks()
     assert all(t.status == "done" for t in tasks)
     for t in tasks:
@@ -199,28 +181,28 @@ def test_killed_night_resumes_with_identical_outputs(reference, raw_dir, tmp_pat
     _assert_same_outputs(ref_repo, repo)
 
 
-def test_dask_run_matches_local_run(reference, raw_dir, tmp_path):
+def test_dask_run_matches_local_run(night_reference, night_raw_dir, tmp_path):
     from distributed import LocalCluster
 
-    ref_repo, _ = reference
+    ref_repo, _ = night_reference
     repo = _with_calibs(ref_repo, tmp_path / "repo")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
-        status = main(["night", str(raw_dir), "--repo", str(repo), "--executor", "dask",
+        status = main(["night", str(night_raw_dir), "--repo", str(repo), "--executor", "dask",
                        "--scheduler", cluster.scheduler_address, "--no-plots"])
     assert status == 0
     _assert_same_outputs(ref_repo, repo)
 
 
-def test_missing_calibration_fails_the_exposures_with_a_recipe(raw_dir, tmp_path):
+def test_missing_calibration_fails_the_exposures_with_a_recipe(night_raw_dir, tmp_path):
     """No bias frames, none in the repository: each on-sky exposure fails naming the missing
     product and how to build it; the night still completes."""
     only_sky = tmp_path / "raw"
     only_sky.mkdir()
-    for truth in raw_dir.glob("*_truth.json"):
+    for truth in night_raw_dir.glob("*_truth.json"):
         if json.loads(truth.read_text())["kind"] == "science":
             name = truth.name.replace("_truth.json", ".fits")
-            os.link(raw_dir / name, only_sky / name)
+            os.link(night_raw_dir / name, only_sky / name)
     repo = tmp_path / "repo"
     result = run_night(only_sky, repo, NightRunConfig(workers=1, plots=False,
                                                       progress=False))
@@ -245,9 +227,9 @@ def test_night_usage_errors(capsys, tmp_path):
     assert "nope" in err and "not a directory" in err and "Traceback" not in err
 
 
-def test_detect_cli_matches_the_night_catalogue(reference, raw_dir, tmp_path, capsys):
+def test_detect_cli_matches_the_night_catalogue(night_reference, night_raw_dir, tmp_path, capsys):
     """`atmospec detect` on a post-ISR image of the night gives the night's catalogue."""
-    repo, _ = reference
+    repo, _ = night_reference
     post = sorted(repo.glob("exposures/*/*_postisr.fits"))
     imaging = [p for p in post if (p.parent / p.name.replace("_postisr.fits",
                                                              "_sources.ecsv")).exists()]
@@ -271,17 +253,17 @@ def test_detect_cli_matches_the_night_catalogue(reference, raw_dir, tmp_path, ca
     assert (tmp_path / "cat_sources.png").stat().st_size > 10_000
     assert (tmp_path / "cat_psf.png").stat().st_size > 10_000
     # Bad input: a raw file is not a post-ISR image; a missing file.
-    raw = next(raw_dir.glob("AT_O_*_000001.fits"))
+    raw = next(night_raw_dir.glob("AT_O_*_000001.fits"))
     for bad in (raw, tmp_path / "missing.fits"):
         assert main(["detect", str(bad), "--out", str(tmp_path / "x.ecsv")]) == 2
         err = capsys.readouterr().err
         assert str(bad) in err and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_extract_cli_matches_the_night_spectrum(reference, raw_dir, tmp_path):
+def test_extract_cli_matches_the_night_spectrum(night_reference, night_raw_dir, tmp_path):
     """`atmospec extract` on the night's dispersed post-ISR image, at the zeroth order the
     night found, gives the night's spectrum; bad requests exit 2 with one line."""
-    repo, _ = reference
+    repo, _ = night_reference
     (night_spectrum,) = repo.glob("exposures/*/*_spectrum.fits")
     post = night_spectrum.with_name(night_spectrum.name.replace("_spectrum", "_postisr"))
     centroid = json.loads(night_spectrum.with_name(
