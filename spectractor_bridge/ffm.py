@@ -180,8 +180,9 @@ class ForwardModelResult:
     """``(x, y)`` of the cutout's first pixel in the image."""
     config: ForwardModelConfig = field(repr=False)
     """Settings used."""
-    _cov_parts: tuple[np.ndarray, np.ndarray] = field(repr=False, compare=False)
-    """``(C, X C)``: `covariance` is their product."""
+    _cov_parts: tuple[np.ndarray, np.ndarray, np.ndarray] = field(repr=False, compare=False)
+    """``(C, X C, L)``: `covariance` is ``C X C + L Lᵀ`` (regularised estimator at fixed
+    shape, plus the PSF-shape uncertainty)."""
 
     @property
     def chi2_ndof(self) -> float:
@@ -212,9 +213,11 @@ class ForwardModelResult:
     def covariance(self) -> np.ndarray:
         """Dense covariance of ``amplitudes``, e⁻² (computed on first access: one
         ``n × n`` matrix product, ~0.5 s for n = 2200 on one core)."""
-        c, xc = self._cov_parts
+        c, xc, shape = self._cov_parts
         cov = c @ xc
-        return 0.5 * (cov + cov.T)
+        cov = 0.5 * (cov + cov.T)
+        cov += shape @ shape.T
+        return cov
 
 
 def moffat2d_fwhm(gamma: np.ndarray | float, beta: np.ndarray | float) -> np.ndarray:
@@ -418,6 +421,7 @@ class _Eval:
     psf: _Psf
     jtj: np.ndarray | None = None
     jtr: np.ndarray | None = None
+    damp: np.ndarray | None = None  # (n, n_theta) (N + μQ)⁻¹ Mᵀ W ∂M/∂θ·A
 
 
 def _shapes(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig
@@ -524,6 +528,7 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     ab = ev.band.copy()
     ab[0] += prob.mu * prob.prior_q
     dA = cho_solve_banded((cholesky_banded(ab, lower=True), True), mtwj)
+    ev.damp = dA
     da = (dA[s] * g.src_ok[:, :, None]).astype(f4)
     jmat -= np.transpose(p, (0, 2, 1)) @ da
     ev.jtj = np.einsum("rki,rk,rkj->ij", jmat, prob.weight, jmat)
@@ -767,6 +772,8 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
     xc_dense = _block_matmul(xd, xs, c_dense)[:n, :n]
     c_dense = c_dense[:n, :n]
     amp_var = np.einsum("ji,ji->i", xc_dense, c_dense)  # diag(C X C), C symmetric
+    shape_part = _shape_covariance_factor(ev, prob, cfg)
+    amp_var += np.einsum("ij,ij->i", shape_part, shape_part)
     timings["covariance"] = time.perf_counter() - tick
 
     model_cut = (_to_cutout(ev.model, grid, n_cols) + result.background).astype(np.float32)
@@ -792,7 +799,29 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
         model=model_cut, residual=resid, outliers=outliers, chi2=ev.chi2, ndof=float(ndof),
         regularisation=float(mu), effective_parameters=float(tau), n_iterations=n_iter,
         n_clip_passes=passes, timings=timings, cutout_origin=(c_lo, r_lo), config=cfg,
-        _cov_parts=(c_dense, xc_dense))
+        _cov_parts=(c_dense, xc_dense, shape_part))
+
+
+def _shape_covariance_factor(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
+                             ) -> np.ndarray:
+    """``L`` with ``L Lᵀ`` the amplitudes' covariance from the PSF-shape uncertainty.
+
+    The amplitudes follow the shape: ``∂Â/∂θ = −(N + μQ)⁻¹ Mᵀ W ∂M/∂θ·A`` (``damp``), and
+    the shape's own covariance is the inverse of Kaufman's Gauss–Newton matrix (the Schur
+    complement of the amplitudes in the joint Fisher matrix). Their product is the
+    second term of the joint fit's amplitude covariance, ``C + D S⁻¹ Dᵀ``: without it a
+    broadband error (a slightly wrong β moves the flux of every row together) is missed.
+    Zero columns when the shapes were not fitted.
+    """
+    if not cfg.fit_shape:
+        return np.zeros((prob.grid.n, 0))
+    if ev.jtj is None or ev.damp is None:
+        _jacobian(ev, prob, cfg)
+    assert ev.jtj is not None and ev.damp is not None
+    # Parameters pinned at a bound have zero columns: the pseudo-inverse leaves them out.
+    w, v = np.linalg.eigh(ev.jtj)
+    keep = w > w.max() * 1e-12
+    return ev.damp @ (v[:, keep] / np.sqrt(w[keep]))
 
 
 def _x_band(band: np.ndarray, prob: _Problem, horne_g: np.ndarray, mu: float) -> np.ndarray:

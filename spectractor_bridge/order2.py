@@ -34,6 +34,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from spectractor_bridge.dispersers import Disperser, load_disperser
 from spectractor_bridge.spectrum import ImageExtension, Spectrum
@@ -71,6 +72,28 @@ class Order2Correction:
     """Its one-sigma error, e⁻ per pixel."""
     iterations: int
     """Fixed-point steps done."""
+    gain: np.ndarray
+    """``r₂₁ J`` at each sample: contamination per nm of λ₁ per e⁻/nm at λ₂ (0 where
+    λ₂ is outside the spectrum)."""
+
+    def operator(self) -> sparse.csr_array:
+        """``K`` (samples × samples, input order): the contamination per nm of λ₁ is
+        ``K F₁`` with F₁ the first-order flux per nm — ``r₂₁ J`` times the linear
+        interpolation of F₁ at λ₂ that `correct_order2` uses (two entries per row)."""
+        lam1 = self.wavelength_nm
+        n = lam1.size
+        order = np.argsort(lam1)
+        ls = lam1[order]
+        on = self.gain > 0
+        x = np.clip(np.where(on, self.wavelength_order2_nm, ls[0]), ls[0], ls[-1])
+        j = np.clip(np.searchsorted(ls, x, side="right") - 1, 0, max(n - 2, 0))
+        span = ls[np.minimum(j + 1, n - 1)] - ls[j]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(span > 0, (x - ls[j]) / span, 0.0)
+        rows = np.repeat(np.flatnonzero(on), 2)
+        cols = np.stack([order[j[on]], order[np.minimum(j[on] + 1, n - 1)]], axis=1).ravel()
+        vals = (self.gain[on, None] * np.stack([1.0 - w[on], w[on]], axis=1)).ravel()
+        return sparse.csr_array((vals, (rows, cols)), shape=(n, n))
 
     @property
     def flux_per_nm(self) -> np.ndarray:
@@ -186,7 +209,8 @@ def correct_order2(
         distance_px=u, wavelength_nm=lam1, wavelength_order2_nm=lam2, ratio_2over1=ratio,
         dlambda1_du=d1, dlambda2_du=d2, observed_per_px=obs,
         order2_per_px=contam_nm * d1, order2_err_per_px=contam_err_nm * d1,
-        flux_per_px=f * d1, flux_err_per_px=corr_err_nm * d1, iterations=n_done)
+        flux_per_px=f * d1, flux_err_per_px=corr_err_nm * d1, iterations=n_done,
+        gain=gain)
 
 
 def correct_extraction(result, disperser: str | Disperser | None = None,
@@ -213,32 +237,58 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
 def with_order2(spectrum: Spectrum, correction: Order2Correction,
                 subtract: bool = True) -> Spectrum:
     """``spectrum`` (e⁻/nm, as `result_to_spectrum`, same samples as ``correction``) with the
-    ``ORDER2`` extension and the contamination's error added on the covariance diagonal.
+    ``ORDER2`` extension and the contamination's error propagated into the covariance.
 
     ``subtract=True`` replaces the flux by the corrected one (a 1D extraction, which
     contains the order-2 light); ``False`` keeps the flux (a forward model that already
-    modelled the order-2 light, `order2_image`). The first-order correlations stay.
+    modelled the order-2 light, `order2_image`).
+
+    The contamination is a linear map ``K`` of the spectrum's own blue part
+    (`Order2Correction.operator`), so its error is not independent of the first-order
+    noise: the corrected flux is ``(I + K)⁻¹ F_obs`` (``subtract=True``) or, for a forward
+    model whose background held ``K F_1D``, ``F − K F_1D`` with the 1D and 2D fluxes of the
+    same photons taken as equally noisy at the scales ``K`` spreads them over (≈ 2 samples).
+    The covariance becomes ``A C Aᵀ`` with ``A = (I + K)⁻¹`` or ``I − K``: besides the
+    contamination's own variance at the red end it carries the negative red–blue
+    correlation that a diagonal term leaves out, which matters for broadband quantities
+    such as the aerosol depth.
     """
     from dataclasses import replace
     idx = np.argsort(correction.wavelength_nm)
+    k = correction.operator()[idx][:, idx]
     if subtract:
         flux = correction.flux_per_nm[idx]
-        err = correction.flux_per_nm_err[idx]
+        a = _inverse_of_identity_plus(k)
     else:
         flux = spectrum.flux
-        extra = (correction.order2_err_per_px / correction.dlambda1_du)[idx]
-        err = np.sqrt(spectrum.flux_err**2 + extra**2)
+        a = sparse.eye_array(idx.size, format="csr") - k
+    cov = spectrum.covariance
+    if cov is None or cov.shape != (idx.size, idx.size):
+        cov = np.diag(np.asarray(spectrum.flux_err, dtype=np.float64) ** 2)
+    # A C Aᵀ with A sparse: two sparse × dense products, O(nnz · N) instead of O(N³)
+    ac = a @ cov
+    cov = (a @ ac.T).T
+    cov = 0.5 * (cov + cov.T)
+    err = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     hdr = spectrum.header.copy()
     hdr["ORD2CORR"] = (True, "order-2 contamination subtracted" if subtract
                        else "order-2 light modelled in the 2D fit")
-    cov = spectrum.covariance
-    if cov is None or cov.shape != (err.size, err.size):
-        cov = np.diag(err**2)
-    else:
-        # The contamination's error is independent of the first-order noise: diagonal.
-        cov = cov + np.diag(np.clip(err**2 - np.diag(cov), 0.0, None))
     return replace(spectrum, wavelength=correction.wavelength_nm[idx], flux=flux, flux_err=err,
                    covariance=cov, order2=correction.order2_extension(), header=hdr)
+
+
+def _inverse_of_identity_plus(k: sparse.csr_array, max_terms: int = 16) -> sparse.csr_array:
+    """``(I + K)⁻¹ = I − K + K² − …`` for a contamination operator: K maps λ to λ/2, so its
+    powers vanish once λ/2ⁿ leaves the spectrum (K² = 0 for 350–1100 nm)."""
+    out = sparse.eye_array(k.shape[0], format="csr")
+    term = out
+    for _ in range(max_terms):
+        term = -(term @ k)
+        term.eliminate_zeros()
+        if term.nnz == 0:
+            return out
+        out = out + term
+    raise ValueError("order-2 operator: the series (I + K)⁻¹ does not terminate")
 
 
 def order2_image(result, correction: Order2Correction, support_fwhm: float = 3.0
