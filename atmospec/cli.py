@@ -285,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract(sub)
     _add_fit_atmosphere(sub)
     _add_night(sub)
+    _add_report(sub)
     _add_simulate(sub)
     _add_demo(sub)
     return parser
@@ -343,6 +344,11 @@ def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fit-angstrom", action="store_true",
                    help="also fit the aerosol Angstrom exponent (default: libRadtran's "
                    "aerosol shape)")
+    p.add_argument("--mode", choices=("1d", "2d", "auto"), default="1d",
+                   help="fit the extracted spectrum (1d, default), the spectrogram's pixels "
+                   "with orders 1 and 2 modelled together (2d; atmospec spectra only), or the "
+                   "spectrum and then the spectrogram if two atmospheric parameters "
+                   "correlate beyond 0.95 (auto)")
     p.add_argument("--plot", action="store_true",
                    help="also draw data, model, residuals and correlations beside the JSON")
     p.set_defaults(func=_cmd_fit_atmosphere)
@@ -365,12 +371,25 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
     if len(args.spectrum) > 1:
         raise _UsageError("atmospec fit-atmosphere: several spectra need --joint")
     path = args.spectrum[0]
-    fit = fit_atmosphere(read_spectrum(path), config, source=str(path))
+    spectrum = read_spectrum(path)
+    if args.mode == "1d":
+        fit = fit_atmosphere(spectrum, config, source=str(path))
+    else:
+        from spectractor_bridge.atmfit2d import (
+            SpectrogramFitConfig,
+            fit_atmosphere_auto,
+            fit_atmosphere_spectrogram,
+        )
+
+        fit2d = fit_atmosphere_spectrogram if args.mode == "2d" else fit_atmosphere_auto
+        fit = fit2d(spectrum, SpectrogramFitConfig(atmosphere=config), source=str(path))
     out = write_text_atomic(json.dumps(fit.to_dict(), indent=2) + "\n", args.out)
     v, e = fit.values, fit.errors_scaled
     print(f"wrote {out}: PWV {v['pwv_mm']:.2f} ± {e['pwv_mm'] or 0:.2f} mm, ozone "
           f"{v['ozone_du']:.0f} ± {e['ozone_du'] or 0:.0f} DU, VAOD {v['vaod']:.4f} ± "
-          f"{e['vaod'] or 0:.4f}, chi2/ndof {fit.chi2_ndof:.2f}")
+          f"{e['vaod'] or 0:.4f}, chi2/ndof {fit.chi2_ndof:.2f}"
+          + (f", order-2 scale {v['order2']:.3f}" if "order2" in v else "")
+          + f" ({fit.info.get('fit', 'spectrum')} fit)")
     for name, reason in fit.fixed.items():
         print(f"  {name} fixed: {reason}")
     if args.plot:
@@ -414,8 +433,22 @@ def _add_night(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline", help="pipeline definition (YAML; default pipelines/night.yaml)")
     p.add_argument("--no-retry", action="store_true",
                    help="do not re-run tasks that failed in an earlier run")
-    p.add_argument("--no-plots", action="store_true", help="skip the night plots")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the night plots and the HTML report")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the HTML report (REPO/report/) at the end")
     p.set_defaults(func=_cmd_night)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="static HTML report of a repository (REPO/report/)")
+    p.add_argument("repo", help="repository reduced by atmospec night")
+    p.add_argument("--out", help="report directory (default: REPO/report)")
+    p.add_argument("--force", action="store_true",
+                   help="redraw every figure, even those whose inputs did not change")
+    p.add_argument("--workers", type=int,
+                   help="processes drawing the exposures' figures (default: all cores)")
+    p.set_defaults(func=_cmd_report)
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
@@ -546,10 +579,22 @@ def _cmd_night(args: argparse.Namespace) -> int:
         raise _UsageError("atmospec night: --workers must be at least 1")
     config = NightRunConfig(workers=args.workers, executor=args.executor,
                             scheduler=args.scheduler, pipeline=args.pipeline,
-                            retry_failed=not args.no_retry, plots=not args.no_plots)
+                            retry_failed=not args.no_retry, plots=not args.no_plots,
+                            report=not args.no_report)
     result = run_night(args.rawdir, args.repo, config)
     print(night_report_text(result))
     return EXIT_FAILURE if result.n_failed else EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from atmospec.report import ReportConfig, build_report
+
+    if args.workers is not None and args.workers < 1:
+        raise _UsageError("atmospec report: --workers must be at least 1")
+    index = build_report(args.repo, ReportConfig(out=args.out, force=args.force,
+                                                 workers=args.workers))
+    print(f"report: {index}")
+    return EXIT_OK
 
 
 def night_report_text(result) -> str:
@@ -731,6 +776,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nsummary table: {result.summary['ecsv']}\n"
           f"calibration products: atmospec calib list --repo {repo}\n"
           f"per-exposure outputs: {repo / 'exposures'}")
+    # Last, so it is what the reader sees: the page to open in a browser.
+    report = result.summary.get("report")
+    print(f"report: {report}" if report else
+          f"report: not written (see the warning above; retry: atmospec report {repo})")
     return EXIT_FAILURE if result.n_failed else EXIT_OK
 
 

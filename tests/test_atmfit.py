@@ -402,3 +402,24 @@ def test_cli_fit_atmosphere(tmp_path: Path) -> None:
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
     assert "mystery.fits" in bad.stderr and "not a CALSPEC standard" in bad.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def test_spectrogram_fit_refuses_spectractor_files(tmp_path: Path) -> None:
+    """``--mode 2d`` on Spectractor's own file (spectrogram in ADU/s, no per-row PSF in
+    electrons): one line, exit status 2; ``--mode auto`` keeps the 1D fit (not degenerate
+    here) and records which fit it is and its largest correlation."""
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "atmospec", "fit-atmosphere", str(CTIO_REAL),
+                          "--out", str(tmp_path / "x.json"), "--mode", "2d"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert CTIO_REAL.name in bad.stderr and "2D fit" in bad.stderr
+    assert not (tmp_path / "x.json").exists()
+    auto = subprocess.run([sys.executable, "-m", "atmospec", "fit-atmosphere", str(CTIO_REAL),
+                           "--out", str(tmp_path / "a.json"), "--mode", "auto"],
+                          capture_output=True, text=True, check=False)
+    assert auto.returncode == 0, auto.stderr
+    saved = json.loads((tmp_path / "a.json").read_text())
+    assert saved["info"]["fit"] == "spectrum" and "degeneracy" in saved["info"]

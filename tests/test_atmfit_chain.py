@@ -47,6 +47,11 @@ from atmospec.sim.dispersed import (
     render_dispersed_exposure,
 )
 from spectractor_bridge.atmfit import AtmosphereFit, fit_atmosphere
+from spectractor_bridge.atmfit2d import (
+    degeneracy,
+    fit_atmosphere_auto,
+    fit_atmosphere_spectrogram,
+)
 from spectractor_bridge.chain import process_dispersed
 
 NODES = Path(__file__).parent / "data" / "atmosphere" / "ctio_134_libradtran_nodes.npz"
@@ -74,6 +79,11 @@ PARAMETERS = ("pwv_mm", "ozone_du", "vaod")
 #: anticorrelation — and the side-band background was ~1.3× noisier than its covariance
 #: said (rows clipped on the sample MAD and weighted by their own scatter). With all four,
 #: the pull width is 1.37 on these 20 realisations and 1.25 on 40.
+#: The spectrogram fit holds the PSF and the side-band background at the spectrum's: its
+#: VAOD error misses both broadband terms (pull width 1.95 here, against 1.37 for the 1D fit
+#: whose spectrum covariance carries them).
+SPECTROGRAM_VAOD_ERRORS = pytest.mark.xfail(
+    strict=True, reason="spectrogram fit: VAOD errors hold the PSF and background fixed")
 TOLERANCE = {"pwv_mm": 0.5, "ozone_du": 30.0, "vaod": 0.01}
 PULL_STD = (0.7, 1.5)
 
@@ -89,6 +99,7 @@ class Truth:
 class Campaign:
     truth: Truth
     fits: list[AtmosphereFit]
+    kind: str = "1d"
 
     def array(self, what: str, parameter: str) -> np.ndarray:
         return np.array([getattr(f, what)[parameter] for f in self.fits], dtype=np.float64)
@@ -150,9 +161,11 @@ def _exposure(binned: np.ndarray, truth: Truth, index: int) -> Exposure:
 
 
 @pytest.fixture(scope="module")
-def campaign(scene: tuple[np.ndarray, Truth]) -> Campaign:
+def campaigns(scene: tuple[np.ndarray, Truth]) -> dict[str, Campaign]:
+    """Each realisation through the chain, then fitted on its spectrum (``1d``) and on its
+    spectrogram (``2d``, `fit_atmosphere_spectrogram`)."""
     binned, truth = scene
-    fits_: list[AtmosphereFit] = []
+    fits_: dict[str, list[AtmosphereFit]] = {"1d": [], "2d": []}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
@@ -163,29 +176,44 @@ def campaign(scene: tuple[np.ndarray, Truth]) -> Campaign:
                 # The fit must see the observing conditions of the header.
                 assert spectrum.header["AIRMASS"] == pytest.approx(truth.airmass)
                 assert spectrum.header["OUTPRESS"] == pytest.approx(truth.pressure_hpa)
-                fits_.append(fit_atmosphere(spectrum))
+                fits_["1d"].append(fit_atmosphere(spectrum))
+                fits_["2d"].append(fit_atmosphere_spectrogram(spectrum))
         finally:
             logging.disable(logging.NOTSET)
-    out = Campaign(truth, fits_)
-    print(f"\nlibRadtran CTIO node {NODE} through process_dispersed + fit_atmosphere, "
-          f"{N_REAL} realisations (2x2 binned {TARGET}, {EXPTIME_S:.0f} s, X = "
-          f"{truth.airmass}, {truth.pressure_hpa} hPa):")
-    for p in PARAMETERS:
-        v = out.array("values", p)
-        print(f"  {p:9s} truth {truth.values[p]:8.4f}  mean {v.mean():8.4f}  bias "
-              f"{v.mean() - truth.values[p]:+8.4f}  scatter {v.std(ddof=1):7.4f}  mean σ "
-              f"{out.array('errors', p).mean():7.4f}  worst |err| "
-              f"{np.abs(v - truth.values[p]).max():7.4f}  pull mean "
-              f"{out.pulls(p).mean():+5.2f}  pull std {out.pulls(p).std(ddof=1):4.2f} "
-              f"(errors_scaled: {out.pulls(p, 'errors_scaled').std(ddof=1):4.2f})")
-    chi2 = np.array([f.chi2_ndof for f in fits_])
-    print(f"  chi2/ndof {chi2.mean():.3f} (min {chi2.min():.3f}, max {chi2.max():.3f})")
+    out = {kind: Campaign(truth, f, kind) for kind, f in fits_.items()}
+    for kind, what in (("1d", "fit_atmosphere"), ("2d", "fit_atmosphere_spectrogram")):
+        _report(out[kind], f"libRadtran CTIO node {NODE} through process_dispersed + {what}, "
+                           f"{N_REAL} realisations (2x2 binned {TARGET}, {EXPTIME_S:.0f} s, "
+                           f"X = {truth.airmass}, {truth.pressure_hpa} hPa):")
     return out
+
+
+def _report(c: Campaign, title: str) -> None:
+    print("\n" + title)
+    for p in PARAMETERS:
+        v = c.array("values", p)
+        print(f"  {p:9s} truth {c.truth.values[p]:8.4f}  mean {v.mean():8.4f}  bias "
+              f"{v.mean() - c.truth.values[p]:+8.4f}  scatter {v.std(ddof=1):7.4f}  mean σ "
+              f"{c.array('errors', p).mean():7.4f}  worst |err| "
+              f"{np.abs(v - c.truth.values[p]).max():7.4f}  pull mean "
+              f"{c.pulls(p).mean():+5.2f}  pull std {c.pulls(p).std(ddof=1):4.2f} "
+              f"(errors_scaled: {c.pulls(p, 'errors_scaled').std(ddof=1):4.2f})")
+    chi2 = np.array([f.chi2_ndof for f in c.fits])
+    print(f"  chi2/ndof {chi2.mean():.3f} (min {chi2.min():.3f}, max {chi2.max():.3f})")
+    if "order2" in c.fits[0].values:
+        a2 = c.array("values", "order2")
+        print(f"  order-2 scale A2 {a2.mean():.4f} ± {a2.std(ddof=1):.4f} (truth 1)")
+
+
+@pytest.fixture(scope="module", params=["1d", "2d"])
+def campaign(request: pytest.FixtureRequest, campaigns: dict[str, Campaign]) -> Campaign:
+    """The 1D and the spectrogram fits, each checked by every test below."""
+    return campaigns[request.param]
 
 
 def test_every_fit_converged(campaign: Campaign) -> None:
     assert all(f.success for f in campaign.fits)
-    assert all(f.covariance_used == "full" for f in campaign.fits)
+    assert all(f.covariance_used in ("full", "pixels (S_ERR)") for f in campaign.fits)
     for f in campaign.fits:
         assert all(f.errors[p] is not None and f.errors[p] > 0 for p in PARAMETERS)
 
@@ -203,7 +231,25 @@ def test_mean_within_tolerance(campaign: Campaign, parameter: str) -> None:
 
 
 @pytest.mark.parametrize("parameter", PARAMETERS)
-def test_pull_std(campaign: Campaign, parameter: str) -> None:
+def test_pull_std(campaign: Campaign, parameter: str, request: pytest.FixtureRequest) -> None:
+    if campaign.kind == "2d" and parameter == "vaod":
+        request.applymarker(SPECTROGRAM_VAOD_ERRORS)
     assert len(campaign.fits) >= 20
     std = float(campaign.pulls(parameter).std(ddof=1))
     assert PULL_STD[0] <= std <= PULL_STD[1], std
+
+
+def test_auto_mode_switches_to_the_spectrogram_when_degenerate(scene) -> None:
+    """`fit_atmosphere_auto` keeps the 1D fit below the correlation threshold and fits the
+    spectrogram above it (thresholds 1 and 0 force each branch on the same spectrum)."""
+    binned, truth = scene
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spectrum, _ = process_dispersed(_exposure(binned, truth, 0))
+    kept = fit_atmosphere_auto(spectrum, max_correlation=1.0)
+    switched = fit_atmosphere_auto(spectrum, max_correlation=0.0)
+    assert kept.info["fit"] == "spectrum" and "order2" not in kept.values
+    assert switched.info["fit"] == "spectrogram"
+    assert switched.values["order2"] == pytest.approx(1.0, abs=0.05)
+    worst, pair = degeneracy(kept)
+    assert switched.info["degeneracy"] == f"{pair} {worst:.3f}" and 0 < worst < 1

@@ -47,6 +47,9 @@ class NightRunConfig:
     """Run again the tasks that failed in an earlier run (a fixed input may now pass)."""
     plots: bool = True
     """Draw the night summary plots."""
+    report: bool = True
+    """Write the HTML report (`atmospec.report.build_report`, ``REPO/report/``) at the end;
+    only with `plots`. A report failure is logged, never fails the night."""
     progress: bool = True
     """Progress bars on a terminal."""
 
@@ -162,12 +165,14 @@ def _raw_identity(record: RawRecord) -> dict[str, object]:
 
 
 def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: PipelineDefinition,
-              repo: Path, retry_failed: bool = True) -> tuple[list[ExposureJob], int]:
+              repo: Path, retry_failed: bool = True, figures_dir: Path | None = None
+              ) -> tuple[list[ExposureJob], int]:
     """The jobs still to run, and how many exposures are already complete.
 
     A task is skipped when the index records it ``done`` with the same configuration hash
     (its configuration, raw file, calibration files and upstream hashes) and its outputs
-    still exist; a task whose input task runs again runs again too.
+    still exist; a task whose input task runs again runs again too. With ``figures_dir``
+    (the report's ``exposures/`` directory) each job also draws its report figures.
     """
     recorded = index.task_map()
     jobs: list[ExposureJob] = []
@@ -205,7 +210,8 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
             continue
         jobs.append(ExposureJob(record.obs_id, str(record.path),
                                 str(exposure_dir(repo, record)), tuple(specs), files, missing,
-                                done_outputs))
+                                done_outputs, None if figures_dir is None else
+                                str(figures_dir / record.obs_id)))
     return jobs, complete
 
 
@@ -249,8 +255,11 @@ def run_night(raw_dir: str | Path, repo: str | Path,
                                                    executor.submit, repo / "calib" / "night")
         result.calibrations_s = time.perf_counter() - t0
         t0 = time.perf_counter()
+        # The report's per-exposure figures are drawn by the workers as each exposure
+        # finishes: the report at the end only lays them out.
+        figures = repo / "report" / "exposures" if config.plots and config.report else None
         jobs, result.n_skipped = plan_jobs(index, registry, pipeline, repo,
-                                           config.retry_failed)
+                                           config.retry_failed, figures)
         result.n_exposures = result.n_skipped + len(jobs)
         log.info("%d exposures: %d to run, %d already done", result.n_exposures, len(jobs),
                  result.n_skipped)
@@ -278,8 +287,28 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     failed = {t.obs_id for t in index.tasks() if t.status == "failed"}
     result.n_failed = len(failed)
     result.summary = write_summary(index, repo, plots=config.plots)
+    if config.plots and config.report:
+        report = _write_report(repo, config)
+        if report is not None:
+            result.summary["report"] = report
     result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def _write_report(repo: Path, config: NightRunConfig) -> Path | None:
+    """The night's HTML report; None (with a warning) when it cannot be written: the
+    reduction is done and recorded, a report problem must not fail it."""
+    from atmospec.errors import short_error
+    from atmospec.report import ReportConfig, build_report
+
+    workers = config.workers if config.executor == "local" else None
+    try:
+        return build_report(repo, ReportConfig(workers=workers))
+    except Exception as exc:
+        log.warning("no HTML report (%s: %s); retry with: atmospec report %s",
+                    type(exc).__name__, short_error(exc), repo)
+        log.debug("report failure", exc_info=True)
+        return None
 
 
 def _lost(job: ExposureJob, exc: BaseException) -> list[TaskOutcome]:

@@ -86,6 +86,9 @@ class ExposureJob:
     """Why the exposure cannot be calibrated (a missing required product), or None."""
     done_outputs: dict[str, dict[str, str]] = field(default_factory=dict)
     """Outputs of tasks already done in an earlier run (read instead of recomputed)."""
+    figure_dir: str | None = None
+    """Where the report's figures of the exposure go, drawn by the worker right after its
+    tasks (`atmospec.report.figures.refresh_figures`); None: not drawn here."""
 
 
 @dataclass(frozen=True)
@@ -216,23 +219,42 @@ def _run_characterize(ctx: _Context, config) -> dict[str, Any]:
     return metrics
 
 
-def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
+def zeroth_order_result(exposure, config, source: str | None = None):
+    """Zeroth order of a dispersed post-ISR exposure, searched around its header prior.
+
+    The ``zeroth_order`` task of the night runner and of the Gen3 path
+    (`atmospec.gen3.tasks`) both call this.
+
+    Parameters
+    ----------
+    exposure : atmospec.exposure.Exposure
+        Post-ISR exposure (its metadata holds the raw header).
+    config : atmospec.characterize.zeroth_order.ZerothOrderConfig
+        Settings.
+    source : str, optional
+        File name for messages.
+
+    Returns
+    -------
+    atmospec.characterize.zeroth_order.ZerothOrderResult
+    """
     from atmospec.camera.description import load_camera
     from atmospec.camera.spectro import load_spectro_table
     from atmospec.camera.translator import translate_header
-    from atmospec.characterize.zeroth_order import (
-        centroid_name,
-        find_zeroth_order,
-        write_centroid,
-        zeroth_order_prior,
-    )
+    from atmospec.characterize.zeroth_order import find_zeroth_order, zeroth_order_prior
+
+    info = translate_header(exposure.metadata, source)
+    prior = zeroth_order_prior(info, load_camera("latiss"), load_spectro_table("latiss"))
+    return find_zeroth_order(exposure, config=config, prior=prior)
+
+
+def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
+    from atmospec.characterize.zeroth_order import centroid_name, write_centroid
 
     job = ctx.job
     exposure = ctx.exposure()
     t0 = time.perf_counter()
-    info = translate_header(exposure.metadata, job.raw)
-    prior = zeroth_order_prior(info, load_camera("latiss"), load_spectro_table("latiss"))
-    result = find_zeroth_order(exposure, config=config, prior=prior)
+    result = zeroth_order_result(exposure, config, job.raw)
     path = write_centroid(result, ctx.out_dir / centroid_name(job.obs_id),
                           provenance_cards("zeroth_order", [ctx.outputs["isr"]["postisr"]],
                                            config))
@@ -352,4 +374,8 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
             job.obs_id, spec.name, "failed" if reason else "done", reason, spec.config_hash,
             started, time.perf_counter() - t0,
             ctx.outputs.get(spec.name, {}) if reason is None else {}, metrics))
+    if job.figure_dir is not None:
+        from atmospec.report.figures import refresh_figures
+
+        refresh_figures(ctx.out_dir, job.obs_id, Path(job.figure_dir))
     return outcomes

@@ -29,7 +29,7 @@ from atmospec.plots.common import save_png
 if TYPE_CHECKING:
     from spectractor_bridge.atmfit import AtmosphereFit
 
-__all__ = ["atmosphere_fit_figure", "plot_atmosphere_fit"]
+__all__ = ["atmosphere_fit_figure", "fit_from_document", "plot_atmosphere_fit"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,51 @@ def _title(fit: AtmosphereFit) -> str:
             f"PWV {fmt('pwv_mm', ' mm', 2)},  O$_3$ {fmt('ozone_du', ' DU', 0)},  "
             f"VAOD {fmt('vaod', '', 4)},  χ²/ndof {fit.chi2_ndof:.2f} ({fit.ndof} dof, "
             f"covariance {fit.covariance_used.split(' ')[0]})")
+
+
+def fit_from_document(doc: dict) -> AtmosphereFit:
+    """An `AtmosphereFit` rebuilt from its JSON form (``AtmosphereFit.to_dict``, the night's
+    ``<OBSID>_atmosphere.json``), for drawing it again without refitting.
+
+    The document holds everything the figure shows: values and errors, correlations, χ²,
+    and the fitted data, errors and model per wavelength (``residuals``). Nulls (non-finite
+    numbers in JSON) come back as NaN in the arrays.
+
+    Parameters
+    ----------
+    doc : dict
+        Parsed ``<OBSID>_atmosphere.json``.
+
+    Returns
+    -------
+    AtmosphereFit
+
+    Raises
+    ------
+    KeyError, TypeError, ValueError
+        A document that is not an atmosphere fit.
+    """
+    from spectractor_bridge.atmfit import AtmosphereFit
+
+    def array(values) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    res = doc["residuals"]
+    corr = doc.get("correlation") or []
+    return AtmosphereFit(
+        values=dict(doc["values"]), errors=dict(doc["errors"]),
+        free_parameters=tuple(doc["free_parameters"]),
+        correlation=np.array([[np.nan if v is None else v for v in row] for row in corr],
+                             dtype=float).reshape(len(corr), -1) if corr else np.zeros((0, 0)),
+        chi2=float(doc["chi2"]) if doc.get("chi2") is not None else np.nan,
+        ndof=int(doc["ndof"]), fixed=dict(doc.get("fixed") or {}),
+        wavelength_range_nm=tuple(doc["wavelength_range_nm"]),
+        wavelength=array(res["wavelength_nm"]), flux=array(res["flux"]),
+        flux_err=array(res["flux_err"]), model=array(res["model"]),
+        flux_unit=str(doc.get("flux_unit", "")), covariance_used=str(doc["covariance_used"]),
+        success=bool(doc["success"]), message=str(doc.get("message", "")),
+        nfev=int(doc.get("nfev", 0)), fit_time_s=float(doc.get("fit_time_s", 0.0)),
+        info=dict(doc.get("info") or {}))
 
 
 def atmosphere_fit_figure(fit: AtmosphereFit) -> Figure:

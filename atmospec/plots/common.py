@@ -1,17 +1,23 @@
-"""What every diagnostic plot shares: writing a figure as a PNG, atomically."""
+"""What every diagnostic plot shares: writing a figure as a PNG, atomically (with, on
+request, a JSON sidecar of the values drawn), one colour per instrument configuration and
+ZScale limits."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from astropy.visualization import ZScaleInterval
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from atmospec.io import atomic_path
+from atmospec.io import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -19,11 +25,24 @@ log = logging.getLogger(__name__)
 DPI = 100
 
 
-def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
+def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI, *,
+             sidecar: bool = False) -> Path:
     """Render ``fig`` to ``path`` as PNG, atomically (temporary file, then rename).
 
     The Agg canvas is attached explicitly: no pyplot and no global backend, so plotting is
     safe in worker processes and threads.
+
+    Parameters
+    ----------
+    fig : Figure
+        The figure.
+    path : path
+        PNG to write.
+    dpi : int
+        Resolution.
+    sidecar : bool
+        Also write ``path`` with the suffix ``.json``: `drawn_data` of the figure, read
+        from its artists after drawing (what a reader of the PNG sees, as numbers).
     """
     path = Path(path)
     FigureCanvasAgg(fig)
@@ -31,7 +50,64 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI) -> Path:
         # The temporary name ends in .tmp, so the format cannot be guessed from it.
         fig.savefig(tmp, format="png", dpi=dpi)
     log.info("wrote %s", path)
+    if sidecar:
+        write_text_atomic(json.dumps(drawn_data(fig), indent=1) + "\n", path.with_suffix(".json"))
     return path
+
+
+def _json_floats(values: np.ndarray) -> list[float | None]:
+    """Floats for strict JSON: NaN and infinities become null."""
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(values, dtype=float)]
+
+
+def drawn_data(fig: Figure) -> dict[str, Any]:
+    """The values a figure drew, panel by panel and series by series.
+
+    Only axes given a ``gid`` (`matplotlib.artist.Artist.set_gid`) are read; their error-bar
+    containers (from ``Axes.errorbar``) and labelled lines are the series, keyed by label.
+    Values come from the artists themselves (``Line2D.get_xydata``, the error bars'
+    segments), so they are what the PNG shows, whatever computed them.
+
+    Parameters
+    ----------
+    fig : Figure
+        A drawn figure.
+
+    Returns
+    -------
+    dict
+        ``{"panels": {gid: {"xlabel", "ylabel", "series": {label: {"x", "y"[, "yerr"]}}}}}``;
+        ``yerr`` is the half-length of each error bar; non-finite values are null.
+    """
+    panels: dict[str, Any] = {}
+    for ax in fig.axes:
+        gid = ax.get_gid()
+        if not gid:
+            continue
+        series: dict[str, Any] = {}
+        in_containers = set()
+        for container in ax.containers:
+            if not isinstance(container, ErrorbarContainer):
+                continue
+            data_line, _, bars = container.lines
+            in_containers.add(data_line)
+            xy = np.asarray(data_line.get_xydata(), dtype=float).reshape(-1, 2)
+            entry: dict[str, Any] = {"x": _json_floats(xy[:, 0]), "y": _json_floats(xy[:, 1])}
+            if bars:
+                # One segment per point; matplotlib leaves it empty where y or the error
+                # is not finite.
+                entry["yerr"] = _json_floats([
+                    abs(seg[1][1] - seg[0][1]) / 2.0 if len(seg) == 2 else math.nan
+                    for seg in bars[0].get_segments()])
+            series[str(container.get_label())] = entry
+        for line in ax.lines:
+            label = str(line.get_label())
+            if line in in_containers or label.startswith("_"):
+                continue
+            xy = np.asarray(line.get_xydata(), dtype=float).reshape(-1, 2)
+            series[label] = {"x": _json_floats(xy[:, 0]), "y": _json_floats(xy[:, 1])}
+        panels[gid] = {"xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(), "series": series}
+    return {"panels": panels}
 
 
 #: Colours of the LATISS filters (and of dispersers, for dispersed exposures), used by every

@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from atmospec.camera.description import Camera, load_camera
-from atmospec.exposure import Exposure
+from atmospec.errors import BadInputError
+from atmospec.exposure import DEFAULT_MASK_PLANES, Exposure
 from atmospec.io import write_text_atomic
 from atmospec.plots.common import save_png, zscale_limits
 
@@ -37,6 +38,7 @@ __all__ = [
     "format_amp_stats",
     "plot_overscan_profiles",
     "plot_postisr",
+    "plot_postisr_thumbnail",
     "write_amp_stats",
 ]
 
@@ -348,6 +350,139 @@ def _postisr_title(exposure: Exposure, factor: int) -> str:
     ny, nx = exposure.image.shape
     size = f"{nx}×{ny} px" + (f", shown as {factor}×{factor} block means" if factor > 1 else "")
     return " — ".join(parts) + "\n" + size
+
+
+def _block_or(mask: np.ndarray, factor: int) -> np.ndarray:
+    """Bitwise OR of the mask bits in each ``factor``×``factor`` block (one pass)."""
+    padded = _pad_to_blocks(np.asarray(mask, dtype=np.int32), factor, 0)
+    ny, nx = padded.shape[0] // factor, padded.shape[1] // factor
+    blocks = padded.reshape(ny, factor, nx, factor)
+    return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
+
+
+def _plane_counts(mask: np.ndarray, planes: Mapping[str, int]) -> dict[str, int]:
+    """Full-resolution pixel count of every plane, from one histogram of the mask values
+    (one pass, rather than one pass per plane)."""
+    flat = np.asarray(mask).reshape(-1)
+    top = int(flat.max(initial=0))
+    if int(flat.min(initial=0)) < 0 or top >= 1 << 16:  # bit 31 or high planes: per plane
+        return {p: int(np.count_nonzero(flat & (1 << b))) for p, b in planes.items()}
+    histogram = np.bincount(flat, minlength=top + 1)
+    values = np.arange(histogram.size)
+    return {p: int(histogram[(values & (1 << b)) != 0].sum()) for p, b in planes.items()}
+
+
+def plot_postisr_thumbnail(
+    postisr: str | os.PathLike[str],
+    path: str | os.PathLike[str],
+    *,
+    sources: tuple[np.ndarray, np.ndarray] | None = None,
+    zeroth_order: tuple[float, float] | None = None,
+    planes: Sequence[str] = ("BAD", "SAT", "CR", "INTRP", "EDGE", "SUSPECT"),
+    max_width: int = 1000,
+) -> Path:
+    """A small view of a post-ISR file with its mask planes and detections overlaid.
+
+    For reports of many exposures: the file's IMAGE and MASK are memory-mapped and each is
+    read once (block mean of the image, bitwise OR of the mask bits per block, one
+    histogram of the mask values for the per-plane counts); the VARIANCE is not read. The
+    PNG is at most ``max_width`` pixels wide. Sources are drawn as open circles, the zeroth
+    order of a dispersed exposure as a cross. ZScale display limits.
+
+    Parameters
+    ----------
+    postisr : path
+        Post-ISR exposure (Rubin ExposureF layout).
+    path : path
+        Output PNG (written atomically).
+    sources : (x, y) arrays, optional
+        Detected sources, full-resolution pixel coordinates (e.g. a catalogue's
+        ``xcentroid``, ``ycentroid``).
+    zeroth_order : (x, y), optional
+        Zeroth-order centroid of a dispersed exposure.
+    planes : sequence of str
+        Mask planes to overlay (earlier ones on top), in `PLANE_COLORS`.
+    max_width : int
+        Largest PNG width, pixels.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    BadInputError
+        The file is missing or has no IMAGE/MASK extension.
+    """
+    from astropy.io import fits
+
+    postisr = Path(postisr)
+    try:
+        with fits.open(postisr, memmap=True) as hdul:
+            image_hdu, mask_hdu = hdul["IMAGE"], hdul["MASK"]
+            ny, nx = image_hdu.shape
+            # The figure is ~9.6 in wide at DPI with the image ~6.6 in of it: no need for
+            # more displayed pixels than the image gets in the PNG.
+            factor = max(1, math.ceil(max(ny, nx) / (0.66 * max_width)))
+            # A factor dividing both sides avoids padding (a copy of the whole plane):
+            # LATISS's 4072×4000 takes 8 where 7 would do.
+            factor = next((f for f in range(factor, factor + 3)
+                           if ny % f == 0 and nx % f == 0), factor)
+            small = _block_mean(image_hdu.data, factor)
+            mask = mask_hdu.data
+            bits = {k[3:]: int(v) for k, v in mask_hdu.header.items() if k.startswith("MP_")}
+            bits = bits or dict(DEFAULT_MASK_PLANES)
+            small_mask = _block_or(mask, factor)
+            counts = _plane_counts(mask, {p: bits[p] for p in planes if p in bits})
+            unit = str(image_hdu.header.get("BUNIT", "electron"))
+            meta = hdul[0].header
+            title = " — ".join(str(v) for v in (meta.get("OBSID"), meta.get("FILTER"),
+                                                 meta.get("GRATING")) if v)
+            del mask
+    except (OSError, KeyError, ValueError) as exc:
+        raise BadInputError(postisr, f"not a readable post-ISR file ({exc})") from None
+    vmin, vmax = zscale_limits(small)
+    extent = (-0.5, small.shape[1] * factor - 0.5, -0.5, small.shape[0] * factor - 0.5)
+
+    width = max_width / DPI
+    fig = Figure(figsize=(width, width * 0.74))
+    ax = fig.add_axes((0.08, 0.08, 0.62, 0.83))
+    cax = fig.add_axes((0.715, 0.08, 0.02, 0.83))
+    cmap = colormaps["gray"].with_extremes(bad="#30305a")
+    im = ax.imshow(small, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, extent=extent,
+                   interpolation="nearest", aspect="auto")
+    fig.colorbar(im, cax=cax).set_label(f"signal ({_unit_label(unit)})")
+    # One RGBA overlay, planes painted last-first so the first listed ends on top.
+    overlay = np.zeros((*small.shape, 4), dtype=np.float32)
+    handles = []
+    for plane in reversed(planes):
+        if plane not in bits:
+            continue
+        color = PLANE_COLORS.get(plane, _FALLBACK_COLORS[0])
+        overlay[(small_mask & (1 << bits[plane])) != 0] = to_rgba(color, alpha=0.85)
+        handles.append(Patch(color=color, label=f"{plane}: {counts.get(plane, 0):,} px"))
+    handles.reverse()
+    if overlay[..., 3].any():
+        ax.imshow(overlay, origin="lower", extent=extent, interpolation="nearest",
+                  aspect="auto")
+    if sources is not None and len(sources[0]):
+        ax.scatter(sources[0], sources[1], s=30, facecolors="none", edgecolors="#30c0ff",
+                   linewidths=0.6, label=f"sources ({len(sources[0])})")
+        handles.append(ax.collections[-1])
+    if zeroth_order is not None and all(np.isfinite(zeroth_order)):
+        (marker,) = ax.plot([zeroth_order[0]], [zeroth_order[1]], "+", color="#ff3030",
+                            ms=16, mew=2, label="zeroth order")
+        handles.append(marker)
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.80, 0.91), fontsize=8,
+               title="overlays", title_fontsize=9, alignment="left", frameon=False)
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
+    ax.set_xlabel("x (pixel)")
+    ax.set_ylabel("y (pixel)")
+    shown = f"{nx}×{ny} px" + (f", {factor}×{factor} block means" if factor > 1 else "")
+    ax.set_title(f"{title or postisr.name}\n{shown}", fontsize=10, loc="left")
+    return save_png(fig, path, DPI)
 
 
 # ---------------------------------------------------------------------------- amp stats table

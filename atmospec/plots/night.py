@@ -1,5 +1,10 @@
 """Night diagnostics drawn from the night summary table and the exposures' catalogues:
-image quality against time and airmass, and where sources fell on the detector."""
+image quality, source counts, spectroscopic figures and the atmosphere against time and
+airmass, and where sources fell on the detector.
+
+The time series take ``sidecar=True`` to write, beside the PNG, the values drawn (read
+back from the figure's artists, `atmospec.plots.common.drawn_data`): panels are keyed
+``<column>/time`` and ``<column>/airmass``, series by `config_label`."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 from astropy.table import Table
 from astropy.time import Time
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from atmospec.camera.description import load_camera
 from atmospec.plots.common import config_colour, config_label, save_png
@@ -32,7 +38,8 @@ def _hours(table: Table) -> tuple[np.ndarray, str]:
     return np.where(good, hours, np.nan), f"UTC hours since {t0.iso[:10]}"
 
 
-def plot_night_quality(table: Table, path: str | os.PathLike[str]) -> Path:
+def plot_night_quality(table: Table, path: str | os.PathLike[str], *,
+                       sidecar: bool = False) -> Path:
     """FWHM, ellipticity and sky against time and airmass, one colour per configuration.
 
     Parameters
@@ -41,6 +48,8 @@ def plot_night_quality(table: Table, path: str | os.PathLike[str]) -> Path:
         Night summary (`atmospec.night.summary.summary_table`).
     path : path
         PNG to write.
+    sidecar : bool
+        Also write the values drawn as JSON beside it (``.json``).
 
     Returns
     -------
@@ -53,10 +62,85 @@ def plot_night_quality(table: Table, path: str | os.PathLike[str]) -> Path:
     fig = _time_airmass_panels(rows, panels, errors=False, legend_title="filter",
                                empty="no characterized exposure")
     fig.suptitle(f"Image quality of the night ({len(rows)} exposures)")
-    return save_png(fig, path)
+    return save_png(fig, path, sidecar=sidecar)
 
 
-def plot_atmosphere_series(table: Table, path: str | os.PathLike[str]) -> Path:
+def _as_float(table: Table, column: str) -> np.ndarray:
+    """A column as floats, NaN where masked (a masked integer count has no value)."""
+    col = table[column]
+    values = np.array(col, dtype=float)
+    mask = getattr(col, "mask", None)
+    if mask is not None:
+        values[np.asarray(mask, dtype=bool)] = np.nan
+    return values
+
+
+def plot_source_counts(table: Table, path: str | os.PathLike[str], *,
+                       sidecar: bool = False) -> Path:
+    """Sources detected and saturated sources per characterized exposure, against time and
+    airmass, one colour per configuration.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Night summary (`atmospec.night.summary.summary_table`).
+    path : path
+        PNG to write.
+    sidecar : bool
+        Also write the values drawn as JSON beside it (``.json``).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    rows = table[(table["status"] == "done") & np.isfinite(_as_float(table, "n_sources"))]
+    rows = Table(rows, copy=True)
+    for column in ("n_sources", "n_saturated"):
+        rows[column] = _as_float(rows, column)  # masked counts drawn as gaps, not zeros
+    panels = (("n_sources", "sources detected (per exposure)"),
+              ("n_saturated", "saturated sources (per exposure)"))
+    fig = _time_airmass_panels(rows, panels, errors=False, legend_title="filter",
+                               empty="no characterized exposure", height=6.5)
+    for ax in fig.axes:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Source counts of the night ({len(rows)} exposures)")
+    return save_png(fig, path, sidecar=sidecar)
+
+
+def plot_spectro_series(table: Table, path: str | os.PathLike[str], *,
+                        sidecar: bool = False) -> Path:
+    """Extracted flux at 450, 650 and 850 nm and the fitted disperser–CCD distance of the
+    night's spectra, against time and airmass, one colour per configuration.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Night summary (`atmospec.night.summary.summary_table`) with ``flux_450nm``,
+        ``flux_650nm``, ``flux_850nm`` (e⁻/nm) and ``d2ccd`` (mm).
+    path : path
+        PNG to write.
+    sidecar : bool
+        Also write the values drawn as JSON beside it (``.json``).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    columns = ("flux_450nm", "flux_650nm", "flux_850nm", "d2ccd")
+    has = np.zeros(len(table), dtype=bool)
+    for column in columns:
+        has |= np.isfinite(_as_float(table, column))
+    rows = table[has]
+    panels = (("flux_450nm", "flux at 450 nm (e⁻/nm)"), ("flux_650nm", "flux at 650 nm (e⁻/nm)"),
+              ("flux_850nm", "flux at 850 nm (e⁻/nm)"), ("d2ccd", "D2CCD (mm)"))
+    fig = _time_airmass_panels(rows, panels, errors=False, legend_title="filter~disperser",
+                               empty="no spectrum extracted")
+    fig.suptitle(f"Spectra of the night ({len(rows)} dispersed exposures)")
+    return save_png(fig, path, sidecar=sidecar)
+
+
+def plot_atmosphere_series(table: Table, path: str | os.PathLike[str], *,
+                           sidecar: bool = False) -> Path:
     """PWV, ozone and aerosol optical depth fitted on the night's spectra, against time and
     airmass, with their errors, one colour per configuration.
 
@@ -67,6 +151,8 @@ def plot_atmosphere_series(table: Table, path: str | os.PathLike[str]) -> Path:
         ``ozone_du``, ``vaod`` columns and their ``*_err``.
     path : path
         PNG to write.
+    sidecar : bool
+        Also write the values drawn as JSON beside it (``.json``).
 
     Returns
     -------
@@ -78,15 +164,18 @@ def plot_atmosphere_series(table: Table, path: str | os.PathLike[str]) -> Path:
     fig = _time_airmass_panels(rows, panels, errors=True, legend_title="filter, disperser",
                                empty="no atmosphere fitted")
     fig.suptitle(f"Atmosphere of the night ({len(rows)} spectra)")
-    return save_png(fig, path)
+    return save_png(fig, path, sidecar=sidecar)
 
 
 def _time_airmass_panels(rows: Table, panels: Sequence[tuple[str, str]], *, errors: bool,
-                         legend_title: str, empty: str) -> Figure:
+                         legend_title: str, empty: str, height: float = 9.0) -> Figure:
     """One row of panels per ``(column, label)``: against time (left) and airmass (right),
-    one colour per filter/disperser; ``errors``: ``<column>_err`` as error bars."""
+    one colour per filter/disperser; ``errors``: ``<column>_err`` as error bars.
+
+    Each axes gets the gid ``<column>/time`` or ``<column>/airmass`` (for
+    `atmospec.plots.common.drawn_data`)."""
     hours, time_label = _hours(rows)
-    fig = Figure(figsize=(11, 9), layout="constrained")
+    fig = Figure(figsize=(11, height), layout="constrained")
     axes = fig.subplots(len(panels), 2, sharex="col")
     configs = sorted({(str(f), str(d)) for f, d in zip(rows["filter"], rows["disperser"],
                                                         strict=True)})
@@ -103,6 +192,8 @@ def _time_airmass_panels(rows: Table, panels: Sequence[tuple[str, str]], *, erro
                                 **style)
         axes[i, 0].set_ylabel(label)
         axes[i, 1].set_ylabel(label)
+        axes[i, 0].set_gid(f"{column}/time")
+        axes[i, 1].set_gid(f"{column}/airmass")
     axes[-1, 0].set_xlabel(time_label)
     axes[-1, 1].set_xlabel("airmass")
     if configs:

@@ -1,0 +1,301 @@
+"""The HTML night report: every exposure reachable from the night page, every relative link
+and image resolving, the observing log's cells and the plotted values equal to the summary
+table, figures cached between runs, and the pages of a failed exposure, an empty night, a
+calibrations-only night and a non-repository.
+
+The reference night (`night_reference` in conftest) already holds ``report/``: ``atmospec
+night`` writes it at the end of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from astropy.time import Time
+
+from atmospec.cli import main
+from atmospec.night.index import NightIndex
+from atmospec.night.summary import write_summary
+from atmospec.plots.common import config_label
+from atmospec.report import ReportConfig, build_report
+from atmospec.report.html import fmt_number
+
+
+class _Page(HTMLParser):
+    """Links, images and table cells of one page."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.srcs: list[str] = []
+        self.tables: dict[str, dict] = {}
+        self._table: str | None = None
+        self._row: list | None = None
+        self._cell: dict | None = None
+        self.feed(path.read_text())
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and "href" in a:
+            self.hrefs.append(a["href"])
+            if self._cell is not None:
+                self._cell["href"] = a["href"]
+        elif tag == "img":
+            self.srcs.append(a["src"])
+        elif tag == "table" and a.get("id"):
+            self._table = a["id"]
+            self.tables[self._table] = {"columns": [], "rows": []}
+        elif tag == "th" and self._table and "data-column" in a:
+            self.tables[self._table]["columns"].append(a["data-column"])
+        elif tag == "tr" and self._table:
+            self._row = []
+        elif tag == "td" and self._row is not None:
+            self._cell = {"value": a.get("data-value"), "text": ""}
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if self._row:
+                self.tables[self._table]["rows"].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+
+def _assert_links_resolve(report: Path) -> None:
+    """Every href/src of every page is relative and names an existing file."""
+    pages = sorted(report.rglob("*.html"))
+    assert pages
+    for page in pages:
+        parsed = _Page(page)
+        for target in parsed.hrefs + parsed.srcs:
+            assert "://" not in target and not target.startswith("/"), (page, target)
+            path = target.split("#")[0]
+            if path:
+                assert (page.parent / path).exists(), (page, target)
+
+
+def test_report_structure(night_reference):
+    repo, _ = night_reference
+    report = repo / "report"
+    index = report / "index.html"
+    assert index.is_file()
+    summary = Table.read(repo / "night" / "summary.ecsv")
+    links = set(_Page(index).hrefs)
+    for obs_id in summary["obs_id"]:
+        assert f"exposures/{obs_id}.html" in links
+        assert (report / "exposures" / f"{obs_id}.html").is_file()
+    _assert_links_resolve(report)
+    # Imaging exposures show their thumbnail and PSF figures; the dispersed one its spectrum
+    # diagnostics and atmosphere fit; the calibration pages their verification figure.
+    for row in summary[summary["status"] == "done"]:
+        srcs = _Page(report / "exposures" / f"{row['obs_id']}.html").srcs
+        wanted = ["postisr.png"] + (["sources.png", "psf.png"] if row["disperser"] == "empty"
+                                    else ["spectrum_spectrum.png", "atmosphere_fit.png"])
+        for name in wanted:
+            assert f"{row['obs_id']}/{name}" in srcs
+    calibs = sorted((report / "calibs").glob("*.html"))
+    assert calibs and all("verify.png" in " ".join(_Page(p).srcs) for p in calibs)
+
+
+def _same(html_value: str, value) -> bool:
+    if value is np.ma.masked:
+        return html_value == ""
+    if isinstance(value, str | np.str_):
+        return html_value == str(value)
+    if isinstance(value, np.integer | int):
+        return int(html_value) == int(value)
+    v = float(value)
+    return (math.isnan(v) and html_value == "nan") or float(html_value) == v
+
+
+def test_report_table_matches_summary(night_reference):
+    repo, _ = night_reference
+    summary = Table.read(repo / "night" / "summary.ecsv")
+    table = _Page(repo / "report" / "index.html").tables["summary"]
+    assert len(table["rows"]) == len(summary)
+    for row, cells in zip(summary, table["rows"], strict=True):
+        for column, cell in zip(table["columns"], cells, strict=True):
+            value = row[column]
+            assert _same(cell["value"], value), (row["obs_id"], column, cell, value)
+            if isinstance(value, float | np.floating):
+                assert cell["text"] in (fmt_number(value, 1), fmt_number(value, 3),
+                                        fmt_number(value, 4)), (column, cell)
+
+
+#: Rows each night figure draws (the rule of its plot function, written out again here).
+def _drawn_rows(summary: Table, figure: str) -> Table:
+    def finite(column):
+        return np.isfinite(_column_floats(summary[column]))
+
+    done = summary["status"] == "done"
+    return summary[{"image_quality": done & finite("fwhm_px"),
+                    "source_counts": done & finite("n_sources"),
+                    "spectra": finite("flux_450nm") | finite("flux_650nm")
+                    | finite("flux_850nm") | finite("d2ccd"),
+                    "atmosphere": finite("pwv_mm")}[figure]]
+
+
+def _column_floats(col) -> np.ndarray:
+    """A summary column as floats, NaN where masked (a missing count)."""
+    values = np.array(col, dtype=float)
+    values[np.asarray(getattr(col, "mask", np.zeros(len(col), bool)), dtype=bool)] = np.nan
+    return values
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def test_plotted_values_equal_summary(night_reference):
+    """The values read back from the drawn figures (sidecars) are the summary's."""
+    repo, _ = night_reference
+    summary = Table.read(repo / "night" / "summary.ecsv")
+    sidecars = {p.stem: json.loads(p.read_text())
+                for p in (repo / "report" / "night").glob("*.json")}
+    assert set(sidecars) == {"image_quality", "source_counts", "spectra", "atmosphere"}
+    n_points = 0
+    for figure, doc in sidecars.items():
+        rows = _drawn_rows(summary, figure)
+        labels = np.array([config_label(f, d) for f, d in zip(rows["filter"], rows["disperser"],
+                                                               strict=True)])
+        time_label = next(p["xlabel"] for p in doc["panels"].values() if p["xlabel"]
+                          .startswith("UTC hours since "))
+        origin = Time(time_label.removeprefix("UTC hours since "), scale="utc").mjd
+        hours = (Time(np.asarray(rows["mjd"], dtype=float), format="mjd", scale="tai").utc.mjd
+                 - origin) * 24.0
+        for gid, panel in doc["panels"].items():
+            column, axis = gid.split("/")
+            assert set(panel["series"]) == set(labels), (figure, gid)
+            for label, drawn in panel["series"].items():
+                sel = labels == label
+                x = hours[sel] if axis == "time" else np.asarray(rows["airmass"])[sel]
+                y = _column_floats(rows[column])[sel]
+                np.testing.assert_allclose(_floats(drawn["x"]), x, rtol=0, atol=1e-9)
+                np.testing.assert_array_equal(_floats(drawn["y"]), y)
+                if f"{column}_err" in rows.colnames and figure == "atmosphere":
+                    err = np.asarray(rows[f"{column}_err"], dtype=float)[sel]
+                    np.testing.assert_allclose(_floats(drawn["yerr"]), err, rtol=1e-9)
+                n_points += len(drawn["y"])
+    assert n_points > 0
+    assert any(_drawn_rows(summary, "atmosphere")["pwv_mm"] > 0)
+
+
+def test_report_figures_are_cached(night_reference):
+    repo, _ = night_reference
+    pngs = sorted((repo / "report" / "exposures").rglob("*.png"))
+    assert pngs
+    before = {p: p.stat().st_mtime_ns for p in pngs}
+    t0 = time.perf_counter()
+    build_report(repo, ReportConfig(workers=1))
+    elapsed = time.perf_counter() - t0
+    assert {p: p.stat().st_mtime_ns for p in pngs} == before
+    assert elapsed < 10.0
+
+
+def _night_copy(reference: Path, repo: Path) -> Path:
+    """A repository sharing the reference's outputs (links), with its own index."""
+    repo.mkdir(parents=True)
+    shutil.copytree(reference / "night", repo / "night", ignore=shutil.ignore_patterns("plots"))
+    shutil.copytree(reference / "calib", repo / "calib", copy_function=os.link)
+    (repo / "exposures").symlink_to(reference / "exposures", target_is_directory=True)
+    return repo
+
+
+def test_failed_exposure_page(night_reference, tmp_path):
+    reference, _ = night_reference
+    repo = _night_copy(reference, tmp_path / "repo")
+    index = NightIndex(repo)
+    victim = next(t for t in index.tasks() if t.task == "characterize")
+    # Recorded as the runner records a failing task (tasks reading its output not run).
+    index.record_task(victim.obs_id, "characterize", status="failed",
+                      config_hash=victim.config_hash, started=_now(), duration_s=0.1,
+                      reason="synthetic failure: no PSF star")
+    write_summary(index, repo, plots=False)
+    page = build_report(repo, ReportConfig(figures=False))
+    text = (page.parent / "exposures" / f"{victim.obs_id}.html").read_text()
+    assert "Failed in task characterize: synthetic failure: no PSF star" in text
+    parsed = _Page(page)
+    failures = parsed.tables["failures"]["rows"]
+    assert [[c["text"] for c in r] for r in failures] == [
+        [victim.obs_id, "characterize", "synthetic failure: no PSF star"]]
+    assert "1 exposure(s) failed" in page.read_text()
+    assert parsed.tables["rejected"]["rows"]  # the damaged raw files, with their reasons
+    _assert_links_resolve(page.parent)
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def test_empty_night(tmp_path):
+    repo = tmp_path / "repo"
+    NightIndex(repo)  # an index with no raw file
+    page = build_report(repo)
+    text = page.read_text()
+    assert "This night has no exposures" in text
+    assert "No exposure failed." in text
+    assert not list((page.parent / "exposures").glob("*.html"))
+    _assert_links_resolve(page.parent)
+
+
+def test_calibrations_only_night(night_reference, tmp_path):
+    reference, _ = night_reference
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    biases = NightIndex(reference).raws(image_type="bias")
+    for record in biases:
+        (raw / record.path.name).symlink_to(record.path)
+    repo = tmp_path / "repo"
+    index = NightIndex(repo)
+    index.index_directory(raw, progress=False)
+    write_summary(index, repo, plots=False)
+    page = build_report(repo)
+    text = page.read_text()
+    assert f"Only calibration frames this night ({len(biases)})" in text
+    assert "No characterized exposure" in text and "No spectrum was extracted" in text
+    for record in biases:
+        exposure = (page.parent / "exposures" / f"{record.obs_id}.html").read_text()
+        assert "Calibration frame (bias)" in exposure
+    _assert_links_resolve(page.parent)
+
+
+@pytest.mark.parametrize("make", ["missing", "plain_dir"])
+def test_report_cli_bad_repo(tmp_path, capsys, make):
+    target = tmp_path / "nope"
+    if make == "plain_dir":
+        target.mkdir()
+    assert main(["report", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(target) in err[0] and "Traceback" not in err[0]
+
+
+def test_calibration_repository_only(night_reference, tmp_path):
+    """A repository with a calibration registry and no night: product pages, said in words."""
+    reference, _ = night_reference
+    repo = tmp_path / "repo"
+    shutil.copytree(reference / "calib", repo / "calib", copy_function=os.link)
+    page = build_report(repo, ReportConfig(figures=False))
+    text = page.read_text()
+    assert "calibration products only" in text
+    parsed = _Page(page)
+    assert len(parsed.tables["calibrations"]["rows"]) == len(list((page.parent / "calibs")
+                                                                  .glob("*.html")))
+    _assert_links_resolve(page.parent)
