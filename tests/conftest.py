@@ -59,3 +59,12 @@ def night_reference(night_raw_dir: Path, tmp_path_factory: pytest.TempPathFactor
     repo = tmp_path_factory.mktemp("ref") / "repo"
     status = main(["night", str(night_raw_dir), "--repo", str(repo), "--workers", "2"])
     return repo, status
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``), keep every test
+    of the shared night on one worker: the session fixtures are per worker, and the night
+    costs minutes."""
+    for item in items:
+        if {"night_reference", "night_raw_dir"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("night"))
