@@ -623,6 +623,33 @@ def coverage_fixed(lo: float, hi: float, lit_nm: NDArray[np.float64],
     return fixed
 
 
+def lmfit_summary(result: lmfit.minimizer.MinimizerResult, config: AtmosphereFitConfig,
+                  source: str) -> tuple[tuple[str, ...], dict[str, float | None],
+                                        dict[str, float | None], NDArray[np.float64]]:
+    """Free parameters, values, 1σ errors (None when fixed or not estimated) and the
+    correlation matrix of the free parameters, from an lmfit result; ``angstrom`` is
+    reported as the configuration's (None: libRadtran's shape) unless it was fitted."""
+    best = result.params
+    free = tuple(name for name in best if best[name].vary)
+    values: dict[str, float | None] = {k: float(best[k].value) for k in best}
+    if not config.fit_angstrom:
+        values["angstrom"] = config.angstrom
+    errors: dict[str, float | None] = {k: None for k in best}
+    corr = np.full((len(free), len(free)), np.nan)
+    if result.covar is not None and len(result.var_names) == len(free):
+        cv = np.asarray(result.covar)
+        sd = np.sqrt(np.clip(np.diag(cv), 0.0, None))
+        for i, name in enumerate(result.var_names):
+            errors[name] = float(sd[i])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = cv / np.outer(sd, sd)
+        order = [result.var_names.index(n) for n in free]
+        corr = corr[np.ix_(order, order)]
+    else:
+        log.warning("%s: lmfit could not estimate the parameter covariance", source)
+    return free, values, errors, corr
+
+
 # ---------------------------------------------------------------------- the fit
 def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None,
                    source: str | None = None) -> AtmosphereFit:
@@ -724,23 +751,7 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
                             max_nfev=config.max_nfev)
     elapsed = time.perf_counter() - t0
     best = result.params
-    free = tuple(name for name in best if best[name].vary)
-    values: dict[str, float | None] = {k: float(best[k].value) for k in best}
-    if not config.fit_angstrom:
-        values["angstrom"] = config.angstrom
-    errors: dict[str, float | None] = {k: None for k in best}
-    corr = np.full((len(free), len(free)), np.nan)
-    if result.covar is not None and len(result.var_names) == len(free):
-        cv = np.asarray(result.covar)
-        sd = np.sqrt(np.clip(np.diag(cv), 0.0, None))
-        for i, name in enumerate(result.var_names):
-            errors[name] = float(sd[i])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = cv / np.outer(sd, sd)
-        order = [result.var_names.index(n) for n in free]
-        corr = corr[np.ix_(order, order)]
-    else:
-        log.warning("%s: lmfit could not estimate the parameter covariance", source)
+    free, values, errors, corr = lmfit_summary(result, config, source)
     best_model = evaluate(best)
     chi2 = float(np.sum(residual(best) ** 2))
     ndof = int(sel.size - len(free))

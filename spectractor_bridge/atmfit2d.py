@@ -51,6 +51,7 @@ from spectractor_bridge.atmfit import (
     AtmosphereFitConfig,
     SpectrumForwardModel,
     coverage_fixed,
+    lmfit_summary,
 )
 from spectractor_bridge.ffm import _make_grid, _psf, _window_model, moffat2d_fwhm
 from spectractor_bridge.spectrum import Spectrum
@@ -297,23 +298,7 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
                             max_nfev=config.max_nfev)
     elapsed = time.perf_counter() - t0
     best = result.params
-    free = tuple(name for name in best if best[name].vary)
-    values: dict[str, float | None] = {k: float(best[k].value) for k in best}
-    if not acfg.fit_angstrom:
-        values["angstrom"] = acfg.angstrom
-    errors: dict[str, float | None] = {k: None for k in best}
-    corr = np.full((len(free), len(free)), np.nan)
-    if result.covar is not None and len(result.var_names) == len(free):
-        cv = np.asarray(result.covar)
-        sd = np.sqrt(np.clip(np.diag(cv), 0.0, None))
-        for i, name in enumerate(result.var_names):
-            errors[name] = float(sd[i])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = cv / np.outer(sd, sd)
-        idx = [result.var_names.index(name) for name in free]
-        corr = corr[np.ix_(idx, idx)]
-    else:
-        log.warning("%s: lmfit could not estimate the parameter covariance", source)
+    free, values, errors, corr = lmfit_summary(result, acfg, source)
     chi2 = float(np.sum(residual(best) ** 2))
     ndof = n_pix - len(free)
 
