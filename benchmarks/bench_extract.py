@@ -18,7 +18,9 @@ Then, in this process, on one core (thread pools limited to 1 before numpy is im
 3. peak memory of one ``process_dispersed`` + write: tracemalloc peak (Python and numpy
    allocations of the chain, the input exposure excluded) and the process's
    ``ru_maxrss`` (everything: interpreter, libraries, the exposure read from disk);
-4. the same on the 2×2-binned frame.
+4. the same on the 2×2-binned frame;
+5. the atmosphere fits of both spectra: on the spectrum (``fit_atmosphere``) and on the
+   spectrogram's pixels (``fit_atmosphere_spectrogram``), goal ≤ 2 s each.
 
 Printed against the goal (≤ 10 s and ≤ 2 GB per exposure) and the Spectractor anchor
 (3 min 50 s – 14 min 50 s per AuxTel exposure at 2×2 binning; 22 min and 6 GB unbinned),
@@ -82,7 +84,7 @@ def simulate(workdir: Path) -> None:
         "OBSID": "AT_O_20261123_000300", "INSTRUME": "LATISS", "DAYOBS": "20261123",
         "SEQNUM": 300, "DATE-OBS": "2026-11-24T03:00:00", "EXPTIME": model.exptime_s,
         "GRATING": "holo4_003", "FILTER": "empty_1", "LINSPOS": 68.0, "OBJECT": TARGET,
-        "AIRMASS": model.airmass,
+        "AIRMASS": model.airmass, "AMSTART": model.airmass,  # LATISS's own key
     })
     exp = Exposure.from_image(image, metadata=header)
     exp.variance[:] = signal + np.float32(81.0)
@@ -182,6 +184,28 @@ def main() -> None:
     print(f"SUMMARY 2x2: {t:.2f} s (goal <= {GOAL_S:.0f} s); Spectractor 2x2 3 min 50 s - "
           f"14 min 50 s: {lo / t:.0f}x - {hi / t:.0f}x faster; ru_maxrss "
           f"{rss / 2**30:.2f} GiB (process high-water mark, includes the unbinned run)")
+    for label in ("1x1", "2x2"):
+        bench_atmosphere_fits(args.workdir / f"spectrum_{label}.fits", label, args.repeat)
+
+
+def bench_atmosphere_fits(path: Path, label: str, repeat: int) -> None:
+    """The atmosphere fits of the spectrum just written: on the spectrum (1D) and on its
+    spectrogram's pixels (2D), median of ``repeat`` runs."""
+    from spectractor_bridge.atmfit import fit_atmosphere
+    from spectractor_bridge.atmfit2d import fit_atmosphere_spectrogram
+    from spectractor_bridge.spectrum import read_spectrum
+
+    spectrum = read_spectrum(path)
+    for name, fit in (("fit_atmosphere (1D)", fit_atmosphere),
+                      ("fit_atmosphere_spectrogram (2D)", fit_atmosphere_spectrogram)):
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            result = fit(spectrum)
+            times.append(time.perf_counter() - t)
+        print(f"SUMMARY {label} {name}: {statistics.median(times):.2f} s (goal <= 2 s), "
+              f"{result.nfev} evaluations, PWV {result.values['pwv_mm']:.2f} mm, VAOD "
+              f"{result.values['vaod']:.4f}")
 
 
 if __name__ == "__main__":
