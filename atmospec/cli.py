@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_simulate(sub)
     _add_demo(sub)
+    from atmospec.gen3.cli import add_bps_parser, add_butler_parser
+
+    add_butler_parser(sub)  # the Gen3 path: its commands say so when the extra is missing
+    add_bps_parser(sub)
     return parser
 
 

@@ -23,7 +23,7 @@ from atmospec.io import atomic_path, provenance_cards
 
 log = logging.getLogger(__name__)
 
-__all__ = ["catalog_name", "read_catalog", "write_catalog"]
+__all__ = ["catalog_name", "catalog_table", "read_catalog", "write_catalog"]
 
 #: Prefix of the HISTORY cards in which `atmospec.io.provenance_cards` stores the config.
 _CONFIG_PREFIX = "atmospec config: "
@@ -62,6 +62,42 @@ def _provenance_meta(cards: Sequence[tuple[str, Any, str]]) -> dict[str, Any]:
     return meta
 
 
+def catalog_table(
+    result_or_table: CharacterizeResult | Table,
+    provenance: Sequence[tuple[str, Any, str]] | None = None,
+    inputs: Sequence[str | Path] = (),
+) -> Table:
+    """The table `write_catalog` writes: the catalogue with its provenance in ``meta``.
+
+    Parameters
+    ----------
+    result_or_table : CharacterizeResult or astropy.table.Table
+        What `atmospec.characterize.task.characterize` returned, or its catalogue.
+    provenance : sequence of (key, value, comment), optional
+        Cards from `atmospec.io.provenance_cards`; by default built here for stage
+        ``characterize`` with ``inputs`` and, for a result, its configuration.
+    inputs : sequence of path
+        Input files recorded when ``provenance`` is not given.
+
+    Returns
+    -------
+    astropy.table.Table
+        A shallow copy (the columns are shared) with ``meta["provenance"]`` set.
+    """
+    if isinstance(result_or_table, CharacterizeResult):
+        table = result_or_table.catalog
+        config = result_or_table.config
+    else:
+        table = result_or_table
+        config = None
+    if provenance is None:
+        provenance = provenance_cards("characterize", inputs, config)
+    out = table.copy(copy_data=False)
+    out.meta = dict(table.meta)
+    out.meta["provenance"] = _provenance_meta(provenance)
+    return out
+
+
 def write_catalog(
     result_or_table: CharacterizeResult | Table,
     path: str | Path,
@@ -87,17 +123,7 @@ def write_catalog(
     pathlib.Path
         ``path``.
     """
-    if isinstance(result_or_table, CharacterizeResult):
-        table = result_or_table.catalog
-        config = result_or_table.config
-    else:
-        table = result_or_table
-        config = None
-    if provenance is None:
-        provenance = provenance_cards("characterize", inputs, config)
-    out = table.copy(copy_data=False)
-    out.meta = dict(table.meta)
-    out.meta["provenance"] = _provenance_meta(provenance)
+    out = catalog_table(result_or_table, provenance, inputs)
     path = Path(path)
     with atomic_path(path) as tmp:
         out.write(tmp, format="ascii.ecsv", overwrite=True)

@@ -61,6 +61,7 @@ __all__ = [
     "ZerothOrderConfig",
     "ZerothOrderResult",
     "centroid_name",
+    "centroid_record",
     "find_zeroth_order",
     "write_centroid",
     "zeroth_order_prior",
@@ -676,6 +677,29 @@ def write_centroid(
     pathlib.Path
         The written file.
     """
+    record = centroid_record(result, provenance)
+    return write_text_atomic(json.dumps(record, indent=1, default=str) + "\n", path)
+
+
+def centroid_record(
+    result: ZerothOrderResult,
+    provenance: Sequence[tuple[str, Any, str]] | Mapping[str, Any] = (),
+) -> dict[str, Any]:
+    """The record `write_centroid` writes (Rubin atmospec's ``atmospecCentroid`` keys).
+
+    Parameters
+    ----------
+    result : ZerothOrderResult
+        What `find_zeroth_order` returned.
+    provenance : sequence of (key, value, comment) or mapping
+        E.g. `atmospec.io.provenance_cards`; HISTORY cards are joined into one string.
+
+    Returns
+    -------
+    dict
+        ``centroid: [x, y]``, ``astrometricMatch: false``, every field of the result and a
+        ``provenance`` object.
+    """
     if isinstance(provenance, Mapping):
         prov = {str(k): v for k, v in provenance.items()}
     else:
@@ -684,6 +708,5 @@ def write_centroid(
         prov.update({key: value for key, value, _ in provenance if key != "HISTORY"})
         if history:
             prov["HISTORY"] = "".join(h.removeprefix("atmospec config: ") for h in history)
-    record = {"centroid": [result.x, result.y], "astrometricMatch": False, **result.to_dict(),
-              "provenance": prov}
-    return write_text_atomic(json.dumps(record, indent=1, default=str) + "\n", path)
+    return {"centroid": [result.x, result.y], "astrometricMatch": False, **result.to_dict(),
+            "provenance": prov}

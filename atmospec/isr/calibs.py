@@ -51,7 +51,39 @@ def load_calibration(path: str | Path, kind: str, camera: Camera,
         raise ValueError(f"unknown calibration kind {kind!r}")
     path = Path(path)
     # The variance of a master is not used by ISR: not loading it saves 65 MB per product.
-    calib = Exposure.read(path, load_variance=False)
+    return check_calibration(Exposure.read(path, load_variance=False), kind, camera, path,
+                             physical_filter)
+
+
+def check_calibration(calib: Exposure, kind: str, camera: Camera, path: str | Path,
+                      physical_filter: str | None = None) -> Exposure:
+    """Check a master calibration already read fits the exposure, as `load_calibration`.
+
+    Parameters
+    ----------
+    calib : Exposure
+        The product (e.g. read by a Butler; modified in place: non-finite pixels).
+    kind : {"bias", "dark", "flat"}
+        Expected product type.
+    camera : Camera
+        Camera of the exposure.
+    path : path
+        Where it came from, for messages.
+    physical_filter : str, optional
+        Filter of the exposure; a flat of another filter is used with a warning.
+
+    Returns
+    -------
+    Exposure
+        ``calib``, non-finite pixels set to 0 (1 for a flat) and flagged BAD.
+
+    Raises
+    ------
+    BadInputError
+        Wrong shape, instrument or product type.
+    """
+    if kind not in CALIB_KINDS:
+        raise ValueError(f"unknown calibration kind {kind!r}")
     if calib.shape != camera.detector_shape:
         raise BadInputError(path, f"{kind} has shape {calib.shape}, expected "
                                   f"{camera.detector_shape} for {camera.name}")

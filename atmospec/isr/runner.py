@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import numpy as np
 
 from atmospec.camera.description import Camera
 from atmospec.camera.raw import RawFrame, read_raw
+from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards, write_text_atomic
-from atmospec.isr.calibs import load_calibration
+from atmospec.isr.calibs import check_calibration, load_calibration
 from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.defects import load_defects
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, IsrResult, run_isr
@@ -47,8 +49,27 @@ class CalibrationFiles:
     """Crosstalk table; ``None``: the shipped LATISS matrix."""
 
 
-def load_calibrations(files: CalibrationFiles, camera: Camera) -> IsrCalibrations:
-    """Read every product once (they are shared by all exposures of a run)."""
+def load_calibrations(files: CalibrationFiles, camera: Camera,
+                      products: Mapping[str, tuple[Exposure, str]] | None = None
+                      ) -> IsrCalibrations:
+    """Read every product once (they are shared by all exposures of a run).
+
+    Parameters
+    ----------
+    files : CalibrationFiles
+        Product files (``None``: not used, or the shipped default).
+    camera : Camera
+        The camera.
+    products : mapping, optional
+        Master ``bias``, ``dark``, ``flat`` already read (e.g. by a Gen3 Butler), each as
+        ``(exposure, source name)``; they are checked as the files are and take the place
+        of the files of the same kind.
+
+    Returns
+    -------
+    IsrCalibrations
+    """
+    products = products or {}
     sources: dict[str, str] = {}
     gains = load_ptc_gains(files.ptc, camera) if files.ptc else nominal_gains(camera)
     calibs = IsrCalibrations(
@@ -59,7 +80,11 @@ def load_calibrations(files: CalibrationFiles, camera: Camera) -> IsrCalibration
     )
     for kind in ("bias", "dark", "flat"):
         path = getattr(files, kind)
-        if path:
+        if kind in products:
+            exposure, source = products[kind]
+            setattr(calibs, kind, check_calibration(exposure, kind, camera, source))
+            sources[kind] = source
+        elif path:
             setattr(calibs, kind, load_calibration(path, kind, camera))
             sources[kind] = Path(path).name
     sources["defects"] = Path(files.defects).name if files.defects else "latiss_defects.ecsv"

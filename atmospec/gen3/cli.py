@@ -1,0 +1,204 @@
+"""``atmospec butler ...`` and ``atmospec bps submit ...``: the Gen3 commands.
+
+Hooked into `atmospec.cli` by two calls, ``add_butler_parser(sub)`` and
+``add_bps_parser(sub)``. This module imports no middleware at import time: the commands call
+`atmospec.gen3.require_gen3` first, so without the ``gen3`` extra they fail with one line
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from atmospec.errors import BadInputError
+
+__all__ = ["add_bps_parser", "add_butler_parser", "bps_environment", "bps_submit"]
+
+
+def add_butler_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``atmospec butler init|ingest|certify``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The subcommands of the ``atmospec`` parser.
+    """
+    p = sub.add_parser("butler", help="Gen3 Butler repository: create, ingest raws, certify "
+                                      "calibrations (needs the [gen3] extra)")
+    bsub = p.add_subparsers(dest="butler_command", required=True, metavar="COMMAND")
+
+    q = bsub.add_parser("init", help="create a Butler repository for LATISS (SQLite registry)")
+    q.add_argument("repo", help="repository directory (created)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="replace an existing butler.yaml (the registry is kept)")
+    q.set_defaults(func=_cmd_init)
+
+    q = bsub.add_parser("ingest", help="ingest raw LATISS files as 'raw' in LATISS/raw/all")
+    q.add_argument("repo", help="repository directory")
+    q.add_argument("raw", nargs="+", help="raw files or directories of raw files")
+    q.add_argument("--transfer", default="auto",
+                   choices=("auto", "direct", "copy", "move", "symlink", "relsymlink",
+                            "hardlink", "link"),
+                   help="how files enter the datastore (default auto: copied in)")
+    q.set_defaults(func=_cmd_ingest)
+
+    q = bsub.add_parser("certify", help="certify calibration products into LATISS/calib "
+                                        "with a validity range")
+    q.add_argument("repo", help="repository directory")
+    q.add_argument("kind", choices=("bias", "dark", "flat", "ptc"), help="product kind")
+    q.add_argument("files", nargs="*",
+                   help="product files to ingest and certify (atmospec calib ... outputs)")
+    q.add_argument("--from-collection", metavar="COLL",
+                   help="certify the products a pipeline wrote to this collection instead "
+                   "(e.g. the -o collection of pipetask run cpBias.yaml)")
+    q.add_argument("--begin", help="start of validity, ISO UTC (default: unbounded)")
+    q.add_argument("--end", help="end of validity, ISO UTC (default: unbounded)")
+    q.add_argument("--collection", default="LATISS/calib",
+                   help="CALIBRATION collection (default LATISS/calib)")
+    q.set_defaults(func=_cmd_certify)
+
+
+def add_bps_parser(sub: argparse._SubParsersAction) -> None:
+    """Add ``atmospec bps submit BPS.yaml [bps options]``.
+
+    Parameters
+    ----------
+    sub : argparse._SubParsersAction
+        The subcommands of the ``atmospec`` parser.
+    """
+    p = sub.add_parser("bps", help="run a pipeline at scale with BPS (needs the [gen3] extra)")
+    bsub = p.add_subparsers(dest="bps_command", required=True, metavar="COMMAND")
+    q = bsub.add_parser(
+        "submit", help="bps submit with CTRL_MPEXEC_DIR and DAF_BUTLER_DIR set to this "
+        "environment (e.g. pipelines/gen3/bps_parsl_local.yaml -b REPO -p PIPELINE ...)")
+    q.add_argument("config", help="BPS submit YAML")
+    q.add_argument("bps_args", nargs=argparse.REMAINDER,
+                   help="further options of 'bps submit' (-b REPO -p PIPELINE -i IN -o OUT "
+                   "-d QUERY ...)")
+    q.set_defaults(func=_cmd_bps_submit)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from atmospec.gen3 import require_gen3
+
+    require_gen3()
+    from atmospec.gen3.repo import init_repo
+
+    path = init_repo(args.repo, overwrite=args.overwrite)
+    print(f"created Butler repository {path} (instrument LATISS, detector 0 RXX_S00)")
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from atmospec.gen3 import require_gen3
+
+    require_gen3()
+    from atmospec.gen3.repo import RAW_COLLECTION, ingest_raws
+
+    result = ingest_raws(args.repo, args.raw, transfer=args.transfer)
+    for path, reason in result.rejected:
+        print(f"atmospec: {path}: {reason}", file=sys.stderr)
+    print(f"ingested {len(result.ingested)} raws into {RAW_COLLECTION} "
+          f"({len(result.skipped)} already there, {len(result.rejected)} rejected)")
+    return 2 if result.rejected else 0
+
+
+def _cmd_certify(args: argparse.Namespace) -> int:
+    from atmospec.gen3 import require_gen3
+
+    require_gen3()
+    from atmospec.gen3.repo import certify_files, certify_run
+
+    if bool(args.files) == bool(args.from_collection):
+        raise BadInputError(None, "give either product FILES or --from-collection COLL")
+    if args.from_collection:
+        refs = certify_run(args.repo, args.from_collection, [args.kind], begin=args.begin,
+                           end=args.end, collection=args.collection)
+    else:
+        refs = certify_files(args.repo, args.kind, args.files, begin=args.begin,
+                             end=args.end, collection=args.collection)
+    span = f"{args.begin or '-inf'} .. {args.end or '+inf'}"
+    print(f"certified {len(refs)} {args.kind} into {args.collection} (valid {span})")
+    return 0
+
+
+def bps_environment(environ: dict[str, str] | None = None,
+                    cwd: str | Path | None = None) -> dict[str, str]:
+    """Environment for ``bps``: ``CTRL_MPEXEC_DIR`` and ``DAF_BUTLER_DIR`` at this prefix.
+
+    BPS runs ``${CTRL_MPEXEC_DIR}/bin/pipetask`` and ``${DAF_BUTLER_DIR}/bin/butler``
+    (the layout of the LSST stack); in a pip-installed environment both scripts are in
+    ``<sys.prefix>/bin``.
+
+    Parameters
+    ----------
+    environ : dict, optional
+        Starting environment (default ``os.environ``).
+    cwd : path, optional
+        Directory BPS will run in (default: the current one). ``PWD`` is set to it: BPS
+        puts its ``submit/`` folder under ``${PWD}``, which a parent process's ``PWD`` would
+        otherwise decide.
+
+    Returns
+    -------
+    dict
+        A copy with both variables set (existing values are kept), ``<prefix>/bin`` first
+        on ``PATH`` and ``PWD`` set.
+    """
+    env = dict(os.environ if environ is None else environ)
+    prefix = sys.prefix
+    env.setdefault("CTRL_MPEXEC_DIR", prefix)
+    env.setdefault("DAF_BUTLER_DIR", prefix)
+    bindir = str(Path(prefix) / "bin")
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["PWD"] = str(Path(cwd if cwd is not None else os.getcwd()).resolve())
+    return env
+
+
+def bps_submit(config: str | Path, bps_args: list[str] | None = None,
+               cwd: str | Path | None = None) -> int:
+    """Run ``bps submit CONFIG [bps_args]`` with `bps_environment`.
+
+    Parameters
+    ----------
+    config : path
+        BPS submit YAML (e.g. ``pipelines/gen3/bps_parsl_local.yaml``).
+    bps_args : list of str, optional
+        Further ``bps submit`` options.
+    cwd : path, optional
+        Working directory (BPS writes ``submit/`` there).
+
+    Returns
+    -------
+    int
+        Exit status of ``bps``.
+
+    Raises
+    ------
+    BadInputError
+        Missing extra, missing config file, or no ``bps``/``pipetask`` in the environment.
+    """
+    from atmospec.gen3 import require_gen3
+
+    require_gen3()
+    if not Path(config).is_file():
+        raise BadInputError(config, "no such BPS config file")
+    env = bps_environment(cwd=cwd)
+    for tool, var in (("pipetask", "CTRL_MPEXEC_DIR"), ("butler", "DAF_BUTLER_DIR")):
+        if not (Path(env[var]) / "bin" / tool).is_file():
+            raise BadInputError(None, f"no {tool} in ${var}/bin ({env[var]}/bin): install "
+                                      "the [gen3] extra in this environment")
+    bps = shutil.which("bps", path=env["PATH"])
+    if bps is None:
+        raise BadInputError(None, "no bps command: pip install 'atmospec[gen3]'")
+    cmd = [bps, "submit", str(config), *(bps_args or [])]
+    return subprocess.run(cmd, env=env, cwd=cwd, check=False).returncode
+
+
+def _cmd_bps_submit(args: argparse.Namespace) -> int:
+    return bps_submit(args.config, args.bps_args)

@@ -1,0 +1,428 @@
+"""Butler repositories for atmospec: create one, ingest LATISS raws, certify calibrations.
+
+Only the generic daf_butler API is used (``Butler.makeRepo``, ``insertDimensionData`` /
+``syncDimensionData``, ``registerDatasetType``, ``Butler.ingest``, ``Registry.certify``); the
+LATISS records come from `atmospec.gen3.instrument`.
+
+Collections:
+
+``LATISS/raw/all``
+    RUN collection of the ingested raws (dataset type ``raw``).
+``LATISS/calib``
+    CALIBRATION collection of certified products (``bias``, ``dark``, ``flat``, ``ptc``),
+    each with its validity range.
+``LATISS/calib/ingest/<kind>``
+    RUN collections holding product files ingested by `certify_files`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from atmospec.errors import BadInputError, short_error
+from atmospec.gen3 import require_gen3
+
+require_gen3()
+
+from lsst.daf.butler import (  # noqa: E402
+    Butler,
+    CollectionType,
+    Config,
+    DatasetRef,
+    DatasetType,
+    FileDataset,
+    Timespan,
+)
+
+from atmospec.gen3.formatters import FORMATTERS, STORAGE_CLASSES  # noqa: E402
+from atmospec.gen3.instrument import (  # noqa: E402
+    DETECTOR_ID,
+    INSTRUMENT,
+    Latiss,
+    day_obs_record,
+    exposure_record,
+    physical_filter_record,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CALIB_COLLECTION",
+    "CALIB_DATASET_TYPES",
+    "RAW_COLLECTION",
+    "IngestResult",
+    "certify_files",
+    "certify_run",
+    "dataset_type",
+    "ingest_raws",
+    "init_repo",
+    "open_butler",
+    "repo_config",
+]
+
+RAW_COLLECTION = f"{INSTRUMENT}/raw/all"
+CALIB_COLLECTION = f"{INSTRUMENT}/calib"
+
+#: Calibration dataset types: name -> (dimensions, storage class).
+CALIB_DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
+    "bias": (("instrument", "detector"), "AtmospecExposure"),
+    "dark": (("instrument", "detector"), "AtmospecExposure"),
+    "flat": (("instrument", "detector", "band"), "AtmospecExposure"),
+    "ptc": (("instrument", "detector"), "AtmospecFitsTable"),
+}
+
+#: File patterns of raws in a directory given to `ingest_raws`.
+RAW_PATTERNS = ("*.fits", "*.fits.gz", "*.fits.fz", "*.fz")
+
+
+def repo_config() -> Config:
+    """The configuration `init_repo` writes: our storage classes and formatters.
+
+    Returns
+    -------
+    lsst.daf.butler.Config
+        ``storageClasses`` and ``datastore.formatters`` sections (SQLite registry and a
+        POSIX datastore in the repository directory are the Butler's defaults).
+    """
+    return Config({"storageClasses": STORAGE_CLASSES,
+                   "datastore": {"formatters": dict(FORMATTERS)}})
+
+
+def open_butler(repo: str | Path, *, writeable: bool = False, **kwargs: Any) -> Butler:
+    """A Butler on an existing repository, with a clear error when there is none.
+
+    Parameters
+    ----------
+    repo : path
+        Repository root (holding ``butler.yaml``).
+    writeable : bool
+        Open for writing.
+    **kwargs
+        Passed to ``Butler.from_config`` (``collections``, ``run``).
+
+    Returns
+    -------
+    lsst.daf.butler.Butler
+
+    Raises
+    ------
+    BadInputError
+        No Butler repository at ``repo``.
+    """
+    if not (Path(repo) / "butler.yaml").is_file():
+        raise BadInputError(repo, "not a Butler repository (no butler.yaml; create one with: "
+                                  f"atmospec butler init {repo})")
+    return Butler.from_config(str(repo), writeable=writeable, **kwargs)
+
+
+def dataset_type(butler: Butler, name: str, dimensions: Iterable[str], storage_class: str,
+                 *, is_calibration: bool = False) -> DatasetType:
+    """Register (or find) a dataset type.
+
+    Parameters
+    ----------
+    butler : lsst.daf.butler.Butler
+        Writeable Butler.
+    name : str
+        Dataset type name.
+    dimensions : iterable of str
+        Its dimensions.
+    storage_class : str
+        Storage class name (`atmospec.gen3.formatters.STORAGE_CLASSES` or the Butler's).
+    is_calibration : bool
+        Whether it may be certified into a CALIBRATION collection.
+
+    Returns
+    -------
+    lsst.daf.butler.DatasetType
+    """
+    dt = DatasetType(name, tuple(dimensions), storage_class, universe=butler.dimensions,
+                     isCalibration=is_calibration)
+    butler.registry.registerDatasetType(dt)
+    return dt
+
+
+def init_repo(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Create a Butler repository for LATISS (SQLite registry, POSIX datastore).
+
+    Writes ``path/butler.yaml`` with atmospec's storage classes and formatters, registers the
+    instrument, its detector and base physical filters (`atmospec.gen3.instrument.Latiss`),
+    the ``raw`` and calibration dataset types, and the ``LATISS/calib`` CALIBRATION
+    collection.
+
+    Parameters
+    ----------
+    path : path
+        Repository root (created).
+    overwrite : bool
+        Replace an existing ``butler.yaml`` (the registry is kept).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    BadInputError
+        A repository already exists at ``path`` (without ``overwrite``).
+    """
+    path = Path(path)
+    if (path / "butler.yaml").exists() and not overwrite:
+        raise BadInputError(path, "a Butler repository already exists here")
+    path.mkdir(parents=True, exist_ok=True)
+    Butler.makeRepo(str(path), config=repo_config(), overwrite=overwrite)
+    butler = Butler.from_config(str(path), writeable=True)
+    try:
+        Latiss().register(butler.registry)
+        raw = Latiss.raw_definition
+        assert raw is not None
+        dataset_type(butler, raw[0], raw[1], raw[2])
+        for name, (dims, storage) in CALIB_DATASET_TYPES.items():
+            dataset_type(butler, name, dims, storage, is_calibration=True)
+        butler.registry.registerCollection(CALIB_COLLECTION, CollectionType.CALIBRATION)
+    finally:
+        butler.close()
+    log.info("created Butler repository %s (instrument %s)", path, INSTRUMENT)
+    return path
+
+
+@dataclass
+class IngestResult:
+    """What `ingest_raws` did."""
+
+    ingested: list[str] = field(default_factory=list)
+    """OBSIDs ingested."""
+    skipped: list[str] = field(default_factory=list)
+    """OBSIDs already in the repository."""
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """Files that are not usable LATISS raws, with the one-line reason."""
+
+
+def _raw_files(paths: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = {f for pattern in RAW_PATTERNS for f in p.glob(pattern)}
+            files.extend(sorted(found))
+        else:
+            files.append(p)
+    return files
+
+
+def ingest_raws(repo: str | Path, paths: Sequence[str | Path], *, transfer: str = "auto",
+                run: str = RAW_COLLECTION) -> IngestResult:
+    """Ingest raw LATISS files as ``raw`` datasets, dimension records from our translator.
+
+    Each file is checked as the native night index checks it
+    (`atmospec.night.index.check_raw_file`) and its primary header translated
+    (`atmospec.camera.translator.translate_header`) into its ``day_obs``, ``group``,
+    ``physical_filter`` and ``exposure`` records; unusable files (empty, truncated, not FITS,
+    not LATISS) are rejected with their reason and the others still ingested. An exposure
+    already in the repository is skipped.
+
+    Parameters
+    ----------
+    repo : path
+        Repository made by `init_repo`.
+    paths : sequence of path
+        Raw files, or directories whose ``*.fits``, ``*.fits.gz``, ``*.fz`` are taken.
+    transfer : str
+        Butler transfer mode: ``auto``, ``direct`` (leave files where they are), ``copy``,
+        ``move``, ``symlink``, ``relsymlink``, ``hardlink``, ``link``.
+    run : str
+        RUN collection (default ``LATISS/raw/all``).
+
+    Returns
+    -------
+    IngestResult
+
+    Raises
+    ------
+    BadInputError
+        No repository at ``repo``.
+    """
+    from atmospec.night.index import check_raw_file
+
+    result = IngestResult()
+    butler = open_butler(repo, writeable=True)
+    try:
+        raw_type = butler.get_dataset_type("raw")
+        registry = butler.registry
+        registry.registerRun(run)
+        datasets: list[FileDataset] = []
+        seen: set[int] = set()
+        for path in _raw_files(paths):
+            try:
+                if not path.is_file():
+                    raise BadInputError(path, "no such file")
+                info = check_raw_file(path)  # the native index's checks
+                if info.instrument != INSTRUMENT:
+                    raise BadInputError(path, f"instrument {info.instrument}, not {INSTRUMENT}")
+                record = exposure_record(info)
+            except BadInputError as exc:
+                log.warning("not ingested: %s", exc)
+                result.rejected.append((str(path), exc.problem))
+                continue
+            data_id = {"instrument": INSTRUMENT, "detector": DETECTOR_ID,
+                       "exposure": record["id"]}
+            if record["id"] in seen or butler.query_datasets(
+                    raw_type, collections=run, data_id=data_id, explain=False):
+                result.skipped.append(info.obs_id)
+                continue
+            seen.add(record["id"])
+            registry.syncDimensionData("day_obs", day_obs_record(info.day_obs))
+            registry.syncDimensionData("group", {"instrument": INSTRUMENT,
+                                                 "name": record["group"]})
+            registry.syncDimensionData("physical_filter",
+                                       physical_filter_record(info.physical_filter))
+            registry.syncDimensionData("exposure", record)
+            datasets.append(FileDataset(
+                path=str(path.absolute()),
+                refs=[DatasetRef(raw_type, data_id, run=run)]))
+            result.ingested.append(info.obs_id)
+        if datasets:
+            butler.ingest(*datasets, transfer=transfer)
+    finally:
+        butler.close()
+    log.info("ingested %d raws into %s (%d already there, %d rejected)",
+             len(result.ingested), run, len(result.skipped), len(result.rejected))
+    return result
+
+
+def _timespan(begin: str | None, end: str | None) -> Timespan:
+    from astropy.time import Time
+
+    return Timespan(Time(begin, scale="utc") if begin else None,
+                    Time(end, scale="utc") if end else None)
+
+
+def _product_data_id(kind: str, path: Path) -> dict[str, Any]:
+    """Data ID of a product file, from its header (``FILTER`` gives a flat's band)."""
+    from astropy.io import fits
+
+    data_id: dict[str, Any] = {"instrument": INSTRUMENT, "detector": DETECTOR_ID}
+    try:
+        header = fits.getheader(path, 0)
+    except Exception as exc:
+        raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
+    if kind in ("bias", "dark", "flat"):
+        obstype = str(header.get("OBSTYPE", kind)).strip().lower()
+        if obstype != kind:
+            raise BadInputError(path, f"product is a {obstype}, not a {kind}")
+    if kind == "flat":
+        physical = str(header.get("FILTER", "")).strip()
+        if not physical or physical.upper() == "NONE":
+            raise BadInputError(path, "flat without a FILTER header key")
+        data_id["band"] = physical_filter_record(physical)["band"]
+    return data_id
+
+
+def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
+                  begin: str | None = None, end: str | None = None,
+                  collection: str = CALIB_COLLECTION, transfer: str = "copy") -> list[DatasetRef]:
+    """Ingest product files (ours: ``atmospec calib ...`` or the night runner's) and certify
+    them into a CALIBRATION collection with a validity range.
+
+    Parameters
+    ----------
+    repo : path
+        Repository.
+    kind : {"bias", "dark", "flat", "ptc"}
+        Product kind (the dataset type).
+    files : sequence of path
+        Product files; a flat's band is the filter of its ``FILTER`` header key.
+    begin, end : str, optional
+        Validity range (ISO times, UTC); None: unbounded on that side.
+    collection : str
+        CALIBRATION collection (default ``LATISS/calib``).
+    transfer : str
+        Butler transfer mode for the files (default ``copy``).
+
+    Returns
+    -------
+    list of lsst.daf.butler.DatasetRef
+        The certified datasets.
+
+    Raises
+    ------
+    BadInputError
+        Unknown kind, unreadable file, a product of another kind.
+    """
+    if kind not in CALIB_DATASET_TYPES:
+        raise BadInputError(None, f"unknown calibration kind {kind!r} "
+                                  f"(known: {', '.join(CALIB_DATASET_TYPES)})")
+    butler = open_butler(repo, writeable=True)
+    try:
+        dt = butler.get_dataset_type(kind)
+        run = f"{collection}/ingest/{kind}"
+        butler.registry.registerRun(run)
+        butler.registry.registerCollection(collection, CollectionType.CALIBRATION)
+        refs: list[DatasetRef] = []
+        datasets = []
+        for f in map(Path, files):
+            if not f.is_file():
+                raise BadInputError(f, "no such file")
+            data_id = _product_data_id(kind, f)
+            if "band" in data_id:
+                physical = f"{data_id['band']}~empty"
+                butler.registry.syncDimensionData("physical_filter",
+                                                  physical_filter_record(physical))
+            ref = DatasetRef(dt, data_id, run=run)
+            datasets.append(FileDataset(path=str(f.absolute()), refs=[ref]))
+            refs.append(ref)
+        butler.ingest(*datasets, transfer=transfer)
+        butler.registry.certify(collection, refs, _timespan(begin, end))
+    finally:
+        butler.close()
+    log.info("certified %d %s into %s", len(refs), kind, collection)
+    return refs
+
+
+def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *,
+                begin: str | None = None, end: str | None = None,
+                collection: str = CALIB_COLLECTION) -> list[DatasetRef]:
+    """Certify products a pipeline wrote (e.g. ``cpBias``'s ``bias``) into a CALIBRATION
+    collection, as ``butler certify-calibrations`` does.
+
+    Parameters
+    ----------
+    repo : path
+        Repository.
+    input_collection : str
+        Collection holding them (the output collection of ``pipetask run``).
+    kinds : sequence of str
+        Dataset types to certify (``bias``, ``dark``, ``flat``, ``ptc``).
+    begin, end : str, optional
+        Validity range (ISO times, UTC); None: unbounded on that side.
+    collection : str
+        CALIBRATION collection (default ``LATISS/calib``).
+
+    Returns
+    -------
+    list of lsst.daf.butler.DatasetRef
+
+    Raises
+    ------
+    BadInputError
+        Nothing of those kinds in ``input_collection``.
+    """
+    butler = open_butler(repo, writeable=True)
+    try:
+        butler.registry.registerCollection(collection, CollectionType.CALIBRATION)
+        refs: list[DatasetRef] = []
+        for kind in kinds:
+            found = butler.query_datasets(kind, collections=input_collection, explain=False,
+                                          find_first=True)
+            if not found:
+                raise BadInputError(input_collection, f"no {kind} dataset in this collection")
+            refs.extend(found)
+        butler.registry.certify(collection, refs, _timespan(begin, end))
+    finally:
+        butler.close()
+    log.info("certified %d datasets of %s into %s", len(refs), input_collection, collection)
+    return refs
