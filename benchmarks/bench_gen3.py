@@ -1,10 +1,12 @@
 """Overhead of the Gen3 path (Butler, pipetask, BPS) over the native night runner.
 
-Run: ``python benchmarks/bench_gen3.py [--workdir DIR] [--science 4] [--dispersed 2] [--bps]``
-(needs the ``gen3`` extra; without it the benchmark says so and exits 0).
+Run: ``python benchmarks/bench_gen3.py [--workdir DIR] [--science 4] [--dispersed 2] [--bps]
+[--imports-only]`` (needs the ``gen3`` extra; without it the benchmark says so and exits 0).
 
 Steps, on one simulated night:
 
+0. the import cost a quantum process pays before its task starts: the wall time of a fresh
+   interpreter importing the middleware and one task class (median of 3), per task;
 1. the native runner with 2 workers (calibrations built from the night, then the
    exposures): the wall time of its exposure stage is the reference;
 2. the same exposures on the Gen3 path: ``atmospec butler init`` + ingest, the native
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -44,18 +47,60 @@ def _timed(cmd: list[str], log: Path, cwd: Path) -> float:
     return time.perf_counter() - t0
 
 
+#: The task classes of the pipelines, as pipetask imports them in a quantum process.
+TASKS = ("CpBiasTask", "CpPtcTask", "IsrTask", "CharacterizeTask", "ZerothOrderTask",
+         "SpectractorTask", "AtmosphereFitTask")
+
+
+def import_costs(repeat: int = 3) -> dict[str, float]:
+    """Wall time of a fresh interpreter importing the middleware and one task class.
+
+    This is what ``pipetask run -j N`` pays per quantum before the task runs (it spawns a new
+    process for each), beyond the executor's own start-up.
+
+    Parameters
+    ----------
+    repeat : int
+        Runs per task; the median is kept.
+
+    Returns
+    -------
+    dict
+        Task class name (and ``"(middleware only)"``) to seconds.
+    """
+    out: dict[str, float] = {}
+    # The first entry is the floor: what any quantum imports whatever its task.
+    codes = {"(middleware only)": "import lsst.pipe.base, lsst.daf.butler"}
+    codes |= {name: f"import lsst.pipe.base; from atmospec.gen3 import tasks; tasks.{name}"
+              for name in TASKS}
+    for name, code in codes.items():
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True)
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/atmospec-bench-gen3")
     parser.add_argument("--science", type=int, default=4, help="imaging frames")
     parser.add_argument("--dispersed", type=int, default=2, help="dispersed exposures")
     parser.add_argument("--bps", action="store_true", help="also time bps submit (Parsl)")
+    parser.add_argument("--imports-only", action="store_true",
+                        help="only the import cost of each task (step 0)")
     args = parser.parse_args()
 
     from atmospec.gen3 import gen3_available
 
     if not gen3_available():
         print("bench_gen3: skipped, needs the [gen3] extra (pip install 'atmospec[gen3]')")
+        return
+    for name, seconds in import_costs().items():
+        print(f"fresh interpreter importing {name}: {seconds:.2f} s")
+    if args.imports_only:
         return
     from atmospec.gen3.repo import certify_files, ingest_raws, init_repo
     from atmospec.night.runner import NightRunConfig, run_night

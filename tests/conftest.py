@@ -61,10 +61,19 @@ def night_reference(night_raw_dir: Path, tmp_path_factory: pytest.TempPathFactor
     return repo, status
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker hook turns the marks into nodeids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``), keep every test
-    of the shared night on one worker: the session fixtures are per worker, and the night
-    costs minutes."""
+    """Under pytest-xdist (``make test`` runs ``-n auto --dist loadgroup``), send whole
+    modules to a worker so each module fixture is built once, and keep every test of the
+    shared night on one worker, sent first (the session fixtures are per worker, and the
+    night's group is the longest unit: started last it would end the run alone)."""
+    night: list[pytest.Item] = []
+    rest: list[pytest.Item] = []
     for item in items:
         if {"night_reference", "night_raw_dir"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("night"))
+            night.append(item)
+        else:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.partition("::")[0]))
+            rest.append(item)
+    items[:] = night + rest

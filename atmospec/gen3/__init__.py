@@ -17,7 +17,8 @@ Modules
 ``repo``
     ``init_repo``, ``ingest_raws``, ``certify_files``, ``certify_run``.
 ``tasks``
-    The PipelineTasks (ISR, characterize, zeroth order, extraction, atmosphere, cpBias).
+    The PipelineTasks (cpBias, cpDark, cpFlat, cpPtc, ISR, characterize, zeroth order,
+    extraction, atmosphere), one submodule each, imported on first use of their names.
 ``cli``
     ``atmospec butler ...`` and ``atmospec bps submit ...``.
 """

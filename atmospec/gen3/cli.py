@@ -50,7 +50,9 @@ def add_butler_parser(sub: argparse._SubParsersAction) -> None:
     q = bsub.add_parser("certify", help="certify calibration products into LATISS/calib "
                                         "with a validity range")
     q.add_argument("repo", help="repository directory")
-    q.add_argument("kind", choices=("bias", "dark", "flat", "ptc"), help="product kind")
+    # The keys of atmospec.gen3.repo.CALIB_DATASET_TYPES (not imported: it needs the extra).
+    q.add_argument("kind", choices=("bias", "dark", "flat", "ptc", "linearizer", "defects",
+                                    "crosstalk"), help="product kind")
     q.add_argument("files", nargs="*",
                    help="product files to ingest and certify (atmospec calib ... outputs)")
     q.add_argument("--from-collection", metavar="COLL",

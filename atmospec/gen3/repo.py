@@ -9,8 +9,8 @@ Collections:
 ``LATISS/raw/all``
     RUN collection of the ingested raws (dataset type ``raw``).
 ``LATISS/calib``
-    CALIBRATION collection of certified products (``bias``, ``dark``, ``flat``, ``ptc``),
-    each with its validity range.
+    CALIBRATION collection of certified products (``bias``, ``dark``, ``flat``, ``ptc``,
+    ``defects``, ``linearizer``, ``crosstalk``), each with its validity range.
 ``LATISS/calib/ingest/<kind>``
     RUN collections holding product files ingested by `certify_files`.
 """
@@ -67,12 +67,17 @@ __all__ = [
 RAW_COLLECTION = f"{INSTRUMENT}/raw/all"
 CALIB_COLLECTION = f"{INSTRUMENT}/calib"
 
-#: Calibration dataset types: name -> (dimensions, storage class).
+#: Calibration dataset types: name -> (dimensions, storage class). The storage class follows
+#: the file format of the product (`atmospec.gen3.formatters`): masters are Exposure files,
+#: the PTC and the linearizer FITS binary tables, defects and crosstalk ECSV tables.
 CALIB_DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "bias": (("instrument", "detector"), "AtmospecExposure"),
     "dark": (("instrument", "detector"), "AtmospecExposure"),
     "flat": (("instrument", "detector", "band"), "AtmospecExposure"),
     "ptc": (("instrument", "detector"), "AtmospecFitsTable"),
+    "linearizer": (("instrument", "detector"), "AtmospecFitsTable"),
+    "defects": (("instrument", "detector"), "AtmospecCatalog"),
+    "crosstalk": (("instrument", "detector"), "AtmospecCatalog"),
 }
 
 #: File patterns of raws in a directory given to `ingest_raws`.
@@ -301,19 +306,56 @@ def _timespan(begin: str | None, end: str | None) -> Timespan:
                     Time(end, scale="utc") if end else None)
 
 
+def _check_table_product(kind: str, path: Path) -> None:
+    """Read a table product with the loader ISR uses for it; a file of another kind fails.
+
+    Raises
+    ------
+    BadInputError
+        ``<file>: not a <kind> product: <the loader's reason>``, on one line.
+    """
+    from atmospec.camera.description import load_camera
+
+    camera = load_camera("latiss")
+    try:
+        if kind == "ptc":
+            from atmospec.isr.gain import load_ptc_gains
+
+            load_ptc_gains(path, camera)
+        elif kind == "linearizer":
+            from atmospec.isr.linearity import load_linearizer
+
+            load_linearizer(path, camera)
+        elif kind == "defects":
+            from atmospec.isr.defects import load_defects
+
+            load_defects(path)
+        elif kind == "crosstalk":
+            from atmospec.isr.crosstalk import load_crosstalk
+
+            load_crosstalk(path, camera.n_amps)
+    except BadInputError as exc:
+        raise BadInputError(path, f"not a {kind} product: {short_error(exc.problem)}") from None
+    except Exception as exc:  # a loader tripping over a foreign file
+        raise BadInputError(path, f"not a {kind} product ({short_error(exc)})") from None
+
+
 def _product_data_id(kind: str, path: Path) -> dict[str, Any]:
-    """Data ID of a product file, from its header (``FILTER`` gives a flat's band)."""
+    """Data ID of a product file, from its header (``FILTER`` gives a flat's band), after
+    checking that the file is a product of that kind."""
     from astropy.io import fits
 
     data_id: dict[str, Any] = {"instrument": INSTRUMENT, "detector": DETECTOR_ID}
+    if kind not in ("bias", "dark", "flat"):
+        _check_table_product(kind, path)
+        return data_id
     try:
         header = fits.getheader(path, 0)
     except Exception as exc:
         raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
-    if kind in ("bias", "dark", "flat"):
-        obstype = str(header.get("OBSTYPE", kind)).strip().lower()
-        if obstype != kind:
-            raise BadInputError(path, f"product is a {obstype}, not a {kind}")
+    obstype = str(header.get("OBSTYPE", kind)).strip().lower()
+    if obstype != kind:
+        raise BadInputError(path, f"product is a {obstype}, not a {kind}")
     if kind == "flat":
         physical = str(header.get("FILTER", "")).strip()
         if not physical or physical.upper() == "NONE":
@@ -332,10 +374,13 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
     ----------
     repo : path
         Repository.
-    kind : {"bias", "dark", "flat", "ptc"}
+    kind : {"bias", "dark", "flat", "ptc", "linearizer", "defects", "crosstalk"}
         Product kind (the dataset type).
     files : sequence of path
-        Product files; a flat's band is the filter of its ``FILTER`` header key.
+        Product files; a flat's band is the filter of its ``FILTER`` header key. Each is
+        checked before anything is ingested: a master by its ``OBSTYPE``, a table product
+        by the loader ISR reads it with (``load_ptc_gains``, ``load_linearizer``,
+        ``load_defects``, ``load_crosstalk``).
     begin, end : str, optional
         Validity range (ISO times, UTC); None: unbounded on that side.
     collection : str
@@ -351,23 +396,31 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
     Raises
     ------
     BadInputError
-        Unknown kind, unreadable file, a product of another kind.
+        Unknown kind, unreadable file, a product of another kind (one line naming the
+        file; nothing is ingested then).
     """
     if kind not in CALIB_DATASET_TYPES:
         raise BadInputError(None, f"unknown calibration kind {kind!r} "
                                   f"(known: {', '.join(CALIB_DATASET_TYPES)})")
+    # Every file is checked before the repository is touched: a wrong one changes nothing.
+    checked: list[tuple[Path, dict[str, Any]]] = []
+    for f in map(Path, files):
+        if not f.is_file():
+            raise BadInputError(f, "no such file")
+        checked.append((f, _product_data_id(kind, f)))
     butler = open_butler(repo, writeable=True)
     try:
-        dt = butler.get_dataset_type(kind)
+        try:
+            dt = butler.get_dataset_type(kind)
+        except Exception:  # MissingDatasetTypeError: a repository from an older atmospec
+            dims, storage = CALIB_DATASET_TYPES[kind]
+            dt = dataset_type(butler, kind, dims, storage, is_calibration=True)
         run = f"{collection}/ingest/{kind}"
         butler.registry.registerRun(run)
         butler.registry.registerCollection(collection, CollectionType.CALIBRATION)
         refs: list[DatasetRef] = []
         datasets = []
-        for f in map(Path, files):
-            if not f.is_file():
-                raise BadInputError(f, "no such file")
-            data_id = _product_data_id(kind, f)
+        for f, data_id in checked:
             if "band" in data_id:
                 physical = f"{data_id['band']}~empty"
                 butler.registry.syncDimensionData("physical_filter",
@@ -396,7 +449,7 @@ def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *
     input_collection : str
         Collection holding them (the output collection of ``pipetask run``).
     kinds : sequence of str
-        Dataset types to certify (``bias``, ``dark``, ``flat``, ``ptc``).
+        Dataset types to certify (``bias``, ``dark``, ``flat``, ``ptc``, ...).
     begin, end : str, optional
         Validity range (ISO times, UTC); None: unbounded on that side.
     collection : str

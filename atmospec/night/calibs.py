@@ -68,13 +68,18 @@ def night_window(day_obs: int) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
-def missing_message(kind: str, info: ObservationInfo, repo: Path) -> str:
-    """One line naming a missing product and how to build and register it."""
+def missing_message(kind: str, info: ObservationInfo, repo: Path | str, *,
+                    register: str | None = None) -> str:
+    """One line naming a missing product and how to build and register it.
+
+    ``register`` replaces the registration hint (default ``atmospec calib register FILE
+    --repo REPO --certify``); the Gen3 tasks give the ``atmospec butler certify`` command.
+    """
     what = f"flat for {info.filter}" if kind == "flat" else kind
     when = info.datetime_begin.isot[:16] if info.datetime_begin is not None else info.day_obs
+    register = register or f"atmospec calib register FILE --repo {repo} --certify"
     return (f"missing calibration: no {what} valid at {when} in {repo} "
-            f"(build it: {_HOW_TO[kind]}; then atmospec calib register FILE --repo {repo} "
-            f"--certify)")
+            f"(build it: {_HOW_TO[kind]}; then {register})")
 
 
 def calibration_files(registry: CalibrationRegistry, info: ObservationInfo,

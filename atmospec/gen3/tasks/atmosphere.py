@@ -1,0 +1,104 @@
+"""Atmosphere fit PipelineTask: PWV, ozone and aerosols of a spectrum
+(`spectractor_bridge.atmfit.fit_atmosphere`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atmospec.gen3 import require_gen3
+
+require_gen3()
+
+import lsst.pipe.base.connectionTypes as cT  # noqa: E402
+from lsst.pipe.base import (  # noqa: E402
+    PipelineTask,
+    PipelineTaskConfig,
+    PipelineTaskConnections,
+    Struct,
+)
+
+from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
+from atmospec.gen3.tasks._base import (  # noqa: E402
+    EXPOSURE_DIMS,
+    applies_to_field,
+    check_applies,
+    obs_id,
+    prune_other_classes,
+)
+from spectractor_bridge.atmfit import AtmosphereFitConfig  # noqa: E402
+
+__all__ = ["AtmosphereFitTask", "AtmosphereFitTaskConfig"]
+
+
+class AtmosphereFitConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
+    """Spectrum in, atmospheric parameters out."""
+
+    spectrum = cT.Input(name="spectractorSpectrum", doc="First-order spectrum.",
+                        storageClass="AtmospecSpectrum", dimensions=EXPOSURE_DIMS)
+    fitParameters = cT.Output(
+        name="spectrumAtmosphereFitParameters",
+        doc="PWV, ozone, aerosols with errors and correlations (JSON).",
+        storageClass="AtmospecRecord", dimensions=EXPOSURE_DIMS)
+
+    def adjust_all_quanta(self, adjuster: Any) -> None:
+        """Leave out the exposures of classes not in ``applies_to``.
+
+        Parameters
+        ----------
+        adjuster : lsst.pipe.base.QuantaAdjuster
+            The graph builder's helper.
+        """
+        prune_other_classes(self, adjuster)
+
+
+class AtmosphereFitTaskConfig(
+        PipelineTaskConfig,
+        config_class_from_dataclass(AtmosphereFitConfig, name="AtmosphereFitPexConfig"),
+        pipelineConnections=AtmosphereFitConnections):
+    """`spectractor_bridge.atmfit.AtmosphereFitConfig` as a pex_config ``Config``."""
+
+    applies_to = applies_to_field(("dispersed",))
+
+
+class AtmosphereFitTask(PipelineTask):
+    """Atmosphere fit of one spectrum: `spectractor_bridge.atmfit.fit_atmosphere`."""
+
+    ConfigClass = AtmosphereFitTaskConfig
+    _DefaultName = "atmosphereFit"
+
+    def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
+        """Fit the atmosphere on one spectrum.
+
+        Parameters
+        ----------
+        butlerQC : lsst.pipe.base.QuantumContext
+            Butler of the quantum.
+        inputRefs, outputRefs : lsst.pipe.base.InputQuantizedConnection
+            Dataset references of the connections.
+        """
+        check_applies(self, butlerQC)
+        spectrum = butlerQC.get(inputRefs.spectrum)
+        source = f"{obs_id(butlerQC.quantum.dataId)}_spectrum"
+        butlerQC.put(self.run(spectrum, source), outputRefs)
+
+    def run(self, spectrum: Any, source: str = "spectractorSpectrum") -> Struct:
+        """Fit PWV, ozone and aerosols.
+
+        Parameters
+        ----------
+        spectrum : spectractor_bridge.spectrum.Spectrum
+            First-order spectrum.
+        source : str
+            Name for messages.
+
+        Returns
+        -------
+        lsst.pipe.base.Struct
+            ``fitParameters`` (dict, as ``<OBSID>_atmosphere.json``).
+        """
+        from atmospec.io import to_jsonable
+        from spectractor_bridge.atmfit import fit_atmosphere
+
+        config: AtmosphereFitConfig = to_dataclass(self.config)
+        fit = fit_atmosphere(spectrum, config, source=source)
+        return Struct(fitParameters=to_jsonable(fit.to_dict()))
