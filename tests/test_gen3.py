@@ -118,6 +118,30 @@ def test_configs_are_generated_from_the_dataclasses() -> None:
     assert to_dataclass(again) == back
 
 
+@NEEDS_GEN3
+def test_init_refuses_an_existing_repository_and_updates_it(tmp_path: Path) -> None:
+    from lsst.daf.butler import Butler
+
+    from atmospec.gen3.repo import CALIB_DATASET_TYPES, init_repo
+
+    repo = init_repo(tmp_path / "repo")
+    with pytest.raises(BadInputError, match="already exists here"):
+        init_repo(repo)
+    with pytest.raises(BadInputError, match="no Butler repository here"):
+        init_repo(tmp_path / "none", update=True)
+    # An older repository without a calibration type gets it back; nothing else changes.
+    with Butler.from_config(str(repo), writeable=True) as butler:
+        butler.registry.removeDatasetType("crosstalk")
+        collections = set(butler.registry.queryCollections())
+    init_repo(repo, update=True)
+    with Butler.from_config(str(repo)) as butler:
+        assert {dt.name for dt in butler.registry.queryDatasetTypes()} >= set(
+            CALIB_DATASET_TYPES)
+        assert set(butler.registry.queryCollections()) == collections
+        assert butler.query_dimension_records("detector", instrument="LATISS")[0].full_name \
+            == "RXX_S00"
+
+
 # --------------------------------------------------------------------------- end to end
 
 

@@ -34,8 +34,9 @@ def add_butler_parser(sub: argparse._SubParsersAction) -> None:
 
     q = bsub.add_parser("init", help="create a Butler repository for LATISS (SQLite registry)")
     q.add_argument("repo", help="repository directory (created)")
-    q.add_argument("--overwrite", action="store_true",
-                   help="replace an existing butler.yaml (the registry is kept)")
+    q.add_argument("--update", action="store_true",
+                   help="on an existing repository: register what this atmospec version adds "
+                        "(dataset types, instrument records), keeping everything else")
     q.set_defaults(func=_cmd_init)
 
     q = bsub.add_parser("ingest", help="ingest raw LATISS files as 'raw' in LATISS/raw/all")
@@ -91,8 +92,9 @@ def _cmd_init(args: argparse.Namespace) -> int:
     require_gen3()
     from atmospec.gen3.repo import init_repo
 
-    path = init_repo(args.repo, overwrite=args.overwrite)
-    print(f"created Butler repository {path} (instrument LATISS, detector 0 RXX_S00)")
+    path = init_repo(args.repo, update=args.update)
+    print(f"{'updated' if args.update else 'created'} Butler repository {path} "
+          "(instrument LATISS, detector 0 RXX_S00)")
     return 0
 
 

@@ -151,7 +151,7 @@ def dataset_type(butler: Butler, name: str, dimensions: Iterable[str], storage_c
     return dt
 
 
-def init_repo(path: str | Path, *, overwrite: bool = False) -> Path:
+def init_repo(path: str | Path, *, update: bool = False) -> Path:
     """Create a Butler repository for LATISS (SQLite registry, POSIX datastore).
 
     Writes ``path/butler.yaml`` with atmospec's storage classes and formatters, registers the
@@ -163,8 +163,10 @@ def init_repo(path: str | Path, *, overwrite: bool = False) -> Path:
     ----------
     path : path
         Repository root (created).
-    overwrite : bool
-        Replace an existing ``butler.yaml`` (the registry is kept).
+    update : bool
+        On an existing repository, keep its configuration and registry and only register
+        what this version of atmospec adds (dataset types, instrument records); all of it is
+        idempotent.
 
     Returns
     -------
@@ -174,13 +176,19 @@ def init_repo(path: str | Path, *, overwrite: bool = False) -> Path:
     Raises
     ------
     BadInputError
-        A repository already exists at ``path`` (without ``overwrite``).
+        A repository already exists at ``path`` (without ``update``), or ``update`` where
+        there is none.
     """
     path = Path(path)
-    if (path / "butler.yaml").exists() and not overwrite:
-        raise BadInputError(path, "a Butler repository already exists here")
-    path.mkdir(parents=True, exist_ok=True)
-    Butler.makeRepo(str(path), config=repo_config(), overwrite=overwrite)
+    exists = (path / "butler.yaml").exists()
+    if exists and not update:
+        raise BadInputError(path, "a Butler repository already exists here (--update "
+                                  "registers what this atmospec adds to it)")
+    if update and not exists:
+        raise BadInputError(path, "no Butler repository here to update")
+    if not exists:
+        path.mkdir(parents=True, exist_ok=True)
+        Butler.makeRepo(str(path), config=repo_config())
     butler = Butler.from_config(str(path), writeable=True)
     try:
         Latiss().register(butler.registry)
@@ -192,7 +200,8 @@ def init_repo(path: str | Path, *, overwrite: bool = False) -> Path:
         butler.registry.registerCollection(CALIB_COLLECTION, CollectionType.CALIBRATION)
     finally:
         butler.close()
-    log.info("created Butler repository %s (instrument %s)", path, INSTRUMENT)
+    log.info("%s Butler repository %s (instrument %s)", "updated" if update else "created",
+             path, INSTRUMENT)
     return path
 
 
