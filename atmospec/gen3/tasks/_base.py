@@ -103,6 +103,21 @@ def prune_other_classes(connections: Any, adjuster: Any) -> None:
             adjuster.remove_quantum(data_id)
 
 
+class PrunedByClass:
+    """Mixin for the connections of a task with ``applies_to``: leaves out, while the graph
+    is built, the quanta of exposures of other classes (`prune_other_classes`)."""
+
+    def adjust_all_quanta(self, adjuster: Any) -> None:
+        """Leave out the exposures of classes not in ``applies_to``.
+
+        Parameters
+        ----------
+        adjuster : lsst.pipe.base.QuantaAdjuster
+            The graph builder's helper.
+        """
+        prune_other_classes(self, adjuster)
+
+
 def check_applies(task: PipelineTask, butlerQC: Any) -> None:
     """Raise ``NoWorkFound`` when the quantum's exposure is not of the task's classes.
 

@@ -20,17 +20,17 @@ from lsst.pipe.base import (  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
+    PrunedByClass,
     applies_to_field,
     check_applies,
     obs_id,
-    prune_other_classes,
 )
 from spectractor_bridge.atmfit import AtmosphereFitConfig  # noqa: E402
 
 __all__ = ["AtmosphereFitTask", "AtmosphereFitTaskConfig"]
 
 
-class AtmosphereFitConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
+class AtmosphereFitConnections(PrunedByClass, PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
     """Spectrum in, atmospheric parameters out."""
 
     spectrum = cT.Input(name="spectractorSpectrum", doc="First-order spectrum.",
@@ -39,16 +39,6 @@ class AtmosphereFitConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS
         name="spectrumAtmosphereFitParameters",
         doc="PWV, ozone, aerosols with errors and correlations (JSON).",
         storageClass="AtmospecRecord", dimensions=EXPOSURE_DIMS)
-
-    def adjust_all_quanta(self, adjuster: Any) -> None:
-        """Leave out the exposures of classes not in ``applies_to``.
-
-        Parameters
-        ----------
-        adjuster : lsst.pipe.base.QuantaAdjuster
-            The graph builder's helper.
-        """
-        prune_other_classes(self, adjuster)
 
 
 class AtmosphereFitTaskConfig(

@@ -21,16 +21,16 @@ from atmospec.characterize.task import CharacterizeConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
+    PrunedByClass,
     applies_to_field,
     check_applies,
     obs_id,
-    prune_other_classes,
 )
 
 __all__ = ["CharacterizeTask", "CharacterizeTaskConfig"]
 
 
-class CharacterizeConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
+class CharacterizeConnections(PrunedByClass, PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
     """Post-ISR exposure in, source catalogue out."""
 
     exposure = cT.Input(name="post_isr_image", doc="Post-ISR imaging exposure.",
@@ -39,16 +39,6 @@ class CharacterizeConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS)
         name="initial_stars_detector",
         doc="Sources with PSF photometry; image quality in the table meta (ECSV).",
         storageClass="AtmospecCatalog", dimensions=EXPOSURE_DIMS)
-
-    def adjust_all_quanta(self, adjuster: Any) -> None:
-        """Leave out the exposures of classes not in ``applies_to``.
-
-        Parameters
-        ----------
-        adjuster : lsst.pipe.base.QuantaAdjuster
-            The graph builder's helper.
-        """
-        prune_other_classes(self, adjuster)
 
 
 class CharacterizeTaskConfig(

@@ -23,11 +23,11 @@ from lsst.pipe.base import (  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
+    PrunedByClass,
     applies_to_field,
     check_applies,
     local_path,
     missing_calibration,
-    prune_other_classes,
     single_ref,
 )
 from atmospec.isr.driver import IsrConfig  # noqa: E402
@@ -51,7 +51,7 @@ def _product(name: str, doc: str, storage: str, dimensions: tuple[str, ...] = _D
                                 minimum=0)
 
 
-class IsrConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
+class IsrConnections(PrunedByClass, PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
     """Raw and calibration products in, post-ISR exposure out."""
 
     ccdExposure = cT.Input(name="raw", doc="Raw exposure.", storageClass="AtmospecRaw",
@@ -73,16 +73,6 @@ class IsrConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
     outputStatistics = cT.Output(
         name="isrStatistics", doc="Per-amp ISR statistics and overscan profiles.",
         storageClass="AtmospecRecord", dimensions=EXPOSURE_DIMS)
-
-    def adjust_all_quanta(self, adjuster: Any) -> None:
-        """Leave out the exposures of classes not in ``applies_to`` (calibration frames).
-
-        Parameters
-        ----------
-        adjuster : lsst.pipe.base.QuantaAdjuster
-            The graph builder's helper.
-        """
-        prune_other_classes(self, adjuster)
 
 
 class IsrTaskConfig(PipelineTaskConfig,

@@ -20,17 +20,17 @@ from lsst.pipe.base import (  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
+    PrunedByClass,
     applies_to_field,
     check_applies,
     obs_id,
-    prune_other_classes,
 )
 from spectractor_bridge.chain import SpectroscopyConfig  # noqa: E402
 
 __all__ = ["SpectractorTask", "SpectractorTaskConfig"]
 
 
-class SpectractorConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
+class SpectractorConnections(PrunedByClass, PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
     """Post-ISR exposure and zeroth order in, first-order spectrum out."""
 
     exposure = cT.Input(name="post_isr_image", doc="Post-ISR dispersed exposure.",
@@ -40,16 +40,6 @@ class SpectractorConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
     spectrum = cT.Output(name="spectractorSpectrum",
                          doc="First-order spectrum in Spectractor's FITS layout.",
                          storageClass="AtmospecSpectrum", dimensions=EXPOSURE_DIMS)
-
-    def adjust_all_quanta(self, adjuster: Any) -> None:
-        """Leave out the exposures of classes not in ``applies_to``.
-
-        Parameters
-        ----------
-        adjuster : lsst.pipe.base.QuantaAdjuster
-            The graph builder's helper.
-        """
-        prune_other_classes(self, adjuster)
 
 
 class SpectractorTaskConfig(

@@ -21,32 +21,22 @@ from atmospec.characterize.zeroth_order import ZerothOrderConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
+    PrunedByClass,
     applies_to_field,
     check_applies,
     obs_id,
-    prune_other_classes,
 )
 
 __all__ = ["ZerothOrderTask", "ZerothOrderTaskConfig"]
 
 
-class ZerothOrderConnections(PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
+class ZerothOrderConnections(PrunedByClass, PipelineTaskConnections, dimensions=EXPOSURE_DIMS):
     """Post-ISR dispersed exposure in, zeroth-order centroid out."""
 
     exposure = cT.Input(name="post_isr_image", doc="Post-ISR dispersed exposure.",
                         storageClass="AtmospecExposure", dimensions=EXPOSURE_DIMS)
     centroid = cT.Output(name="atmospecCentroid", doc="Zeroth-order position (JSON).",
                          storageClass="AtmospecRecord", dimensions=EXPOSURE_DIMS)
-
-    def adjust_all_quanta(self, adjuster: Any) -> None:
-        """Leave out the exposures of classes not in ``applies_to``.
-
-        Parameters
-        ----------
-        adjuster : lsst.pipe.base.QuantaAdjuster
-            The graph builder's helper.
-        """
-        prune_other_classes(self, adjuster)
 
 
 class ZerothOrderTaskConfig(
