@@ -7,9 +7,10 @@ metadata (every raw primary key is kept), then the extensions ``IMAGE`` (float32
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from atmospec.errors import BadInputError
 from atmospec.io import add_cards, write_hdul_atomic
 
 #: Rubin's default mask planes and bit numbers.
-DEFAULT_MASK_PLANES: dict[str, int] = {
+DEFAULT_MASK_PLANES: Mapping[str, int] = MappingProxyType({
     "BAD": 0,
     "SAT": 1,
     "INTRP": 2,
@@ -31,7 +32,7 @@ DEFAULT_MASK_PLANES: dict[str, int] = {
     "DETECTED_NEGATIVE": 6,
     "SUSPECT": 7,
     "NO_DATA": 8,
-}
+})
 
 
 @dataclass
@@ -223,8 +224,8 @@ class Exposure:
         return cls(image, mask, variance, meta, planes, unit)
 
 
-_STRUCTURAL = {"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION",
-               "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "BSCALE", "BZERO", "EXTNAME"}
+_STRUCTURAL = frozenset({"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION",
+               "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "BSCALE", "BZERO", "EXTNAME"})
 
 
 def _clean_primary(header: fits.Header) -> fits.Header:

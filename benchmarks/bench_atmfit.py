@@ -40,12 +40,12 @@ from astropy.io import fits  # noqa: E402
 from astropy.table import Table  # noqa: E402
 from scipy.linalg import cholesky_banded  # noqa: E402
 
-from spectractor_bridge.atmfit import SpectrumForwardModel, fit_atmosphere  # noqa: E402
-from spectractor_bridge.atmfit_joint import (  # noqa: E402
+from atmospec.atmosphere.joint_fit import (  # noqa: E402
     JointFitConfig,
     fit_atmosphere_joint,
 )
-from spectractor_bridge.spectrum import Spectrum  # noqa: E402
+from atmospec.atmosphere.spectrum_fit import SpectrumForwardModel, fit_atmosphere  # noqa: E402
+from atmospec.spectro.spectrum import Spectrum  # noqa: E402
 
 GOAL_SINGLE_S, GOAL_JOINT_S, GOAL_N = 2.0, 60.0, 50
 CORRELATION = (1.0, 0.35, -0.25, -0.12, 0.05)

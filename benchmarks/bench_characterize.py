@@ -6,7 +6,7 @@ Both pipelines run in this process, on one core (thread pools limited to 1 befor
 imported), on the same simulated science frame reduced by ISR with perfect calibrations
 (written once to ``DIR/postisr.fits`` and reused):
 
-* atmospec: `atmospec.characterize.characterize` with its default configuration —
+* atmospec: `atmospec.imaging.characterize` with its default configuration —
   background, detection with deblending, segment properties (Kron fluxes included),
   windowed and PSF-fitted centroids, Moffat PSF fits, joint fits of blends, aperture
   photometry in three radii, flags and the summary;
@@ -36,8 +36,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from atmospec.camera.description import load_camera  # noqa: E402
-from atmospec.characterize.task import CharacterizeConfig, characterize  # noqa: E402
 from atmospec.exposure import Exposure  # noqa: E402
+from atmospec.imaging.characterize import CharacterizeConfig, characterize  # noqa: E402
 from atmospec.isr.driver import IsrConfig, run_isr  # noqa: E402
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure  # noqa: E402
 from atmospec.sim.rawfile import raw_frame  # noqa: E402

@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
 from atmospec.exposure import Exposure  # noqa: E402
-from spectractor_bridge.chain import (  # noqa: E402
+from atmospec.spectro.chain import (  # noqa: E402
     SpectroscopyConfig,
     process_dispersed,
 )
@@ -191,8 +191,8 @@ def main() -> None:
 def bench_atmosphere_fits(path: Path, label: str, repeat: int) -> None:
     """The atmosphere fits of the spectrum just written: on the spectrum (1D) and on its
     spectrogram's pixels (2D), median of ``repeat`` runs."""
-    from spectractor_bridge.atmfit import fit_atmosphere
-    from spectractor_bridge.atmfit2d import fit_atmosphere_spectrogram
+    from atmospec.atmosphere.spectrogram_fit import fit_atmosphere_spectrogram
+    from atmospec.atmosphere.spectrum_fit import fit_atmosphere
     from spectractor_bridge.spectrum import read_spectrum
 
     spectrum = read_spectrum(path)

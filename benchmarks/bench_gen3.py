@@ -117,7 +117,7 @@ def main() -> None:
         shutil.rmtree(work / old, ignore_errors=True)
 
     native = run_night(raw, work / "native",
-                       NightRunConfig(workers=2, plots=False, report=False, progress=False))
+                       NightRunConfig(workers=2, plots=False, figures=False, progress=False))
     n_exp = native.n_exposures
     print(f"native runner, 2 workers: {n_exp} exposures in {native.exposures_s:.1f} s "
           f"(calibrations {native.calibrations_s:.1f} s, total {native.wall_s:.1f} s)")
@@ -158,7 +158,7 @@ def main() -> None:
           f"x{gen3_total / max(native.exposures_s, 1e-9):.2f}")
 
     if args.bps:
-        from atmospec.gen3.cli import bps_environment
+        from atmospec.cli.gen3 import bps_environment
 
         bps_log = work / "bps.log"
         t0 = time.perf_counter()

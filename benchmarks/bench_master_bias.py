@@ -5,7 +5,7 @@ Usage::
     python benchmarks/bench_master_bias.py [--n 20] [--workdir DIR]
 
 Simulates N uncompressed raw biases in ``DIR/raws`` (reused when already there), builds
-the master bias with `atmospec.cpp.masters.build_bias` (read + ISR of each frame to a
+the master bias with `atmospec.calib.masters.build_bias` (read + ISR of each frame to a
 ``.npy``, chunked clipped-mean combination, write, verification and its plot; gains from a
 PTC table holding the simulator's true gains) and prints
 the wall time of each phase, the total and the peak resident memory of the process
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from atmospec.calib.masters import ISR_STEPS, MasterConfig, build_bias
 from atmospec.camera.description import load_camera
 from atmospec.camera.raw import read_raw
-from atmospec.cpp.masters import ISR_STEPS, MasterConfig, build_bias
 from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import nominal_gains
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     phases = _PhaseTimes()
-    logging.getLogger("atmospec.cpp.masters").addHandler(phases)
-    logging.getLogger("atmospec.cpp.masters").setLevel(logging.INFO)
+    logging.getLogger("atmospec.calib.masters").addHandler(phases)
+    logging.getLogger("atmospec.calib.masters").setLevel(logging.INFO)
 
     with tempfile.TemporaryDirectory(prefix="bench_master_bias_") as tmp:
         workdir = args.workdir or Path(tmp)

@@ -32,9 +32,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from astropy.stats import sigma_clipped_stats  # noqa: E402
 
-from atmospec.camera.description import load_camera  # noqa: E402
-from atmospec.camera.raw import read_raw  # noqa: E402
-from atmospec.cpp.ptc import (  # noqa: E402
+from atmospec.calib.ptc import (  # noqa: E402
     PairStats,
     PtcConfig,
     build_ptc,
@@ -48,6 +46,8 @@ from atmospec.cpp.ptc import (  # noqa: E402
     verify_ptc,
     write_ptc,
 )
+from atmospec.camera.description import load_camera  # noqa: E402
+from atmospec.camera.raw import read_raw  # noqa: E402
 from atmospec.sim.detector import sensor_model  # noqa: E402
 from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs  # noqa: E402
 

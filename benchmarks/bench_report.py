@@ -17,7 +17,7 @@ Run: ``python benchmarks/bench_report.py [--workdir DIR] [--source REPO] [--n 30
 Printed: both wall times, the cold cost per exposure (wall and CPU = wall × workers), the
 mix of imaging and dispersed exposures, and whether the warm report meets the 60 s target.
 The warm case is what ``atmospec night`` meets at its end: its workers draw each exposure's
-figures (`atmospec.report.figures.refresh_figures`) as soon as that exposure's tasks are
+figures (`atmospec.plots.exposure.refresh_figures`) as soon as that exposure's tasks are
 done, so the report only lays them out and draws the night-level figures.
 """
 
@@ -61,7 +61,7 @@ def source_night(workdir: Path) -> Path:
                                         flat_filters=("SDSSr_65mm", "empty_1"), n_science=4,
                                         n_dispersed=2))
     print(f"reducing it into {repo} ...", flush=True)
-    run_night(raw, repo, NightRunConfig(report=False, progress=False))
+    run_night(raw, repo, NightRunConfig(figures=False, progress=False))
     return repo
 
 

@@ -1,4 +1,4 @@
-"""CALSPEC standard-star library (spectractor_bridge.calspec), checked against the real
+"""CALSPEC standard-star library (atmospec.spectro.calspec), checked against the real
 shipped CALSPEC files read independently with astropy."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.errors import BadInputError
-from spectractor_bridge.calspec import (
+from atmospec.spectro.calspec import (
     CalspecEntry,
     StellarSED,
     load_sed,

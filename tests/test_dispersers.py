@@ -1,4 +1,4 @@
-"""Dispersers and instrument profiles (spectractor_bridge.dispersers / .instrument)."""
+"""Dispersers and instrument profiles (atmospec.spectro.dispersers / .instrument)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import pytest
 
 from atmospec.camera.description import load_camera
 from atmospec.camera.spectro import load_spectro_table
+from atmospec.camera.spectrograph import load_instrument
 from atmospec.errors import BadInputError
-from spectractor_bridge.dispersers import (
+from atmospec.spectro.dispersers import (
     grating_offset_px,
     grating_wavelength_nm,
     load_disperser,
 )
-from spectractor_bridge.instrument import load_instrument
 
 CTIO_SPECTRUM = Path("/work/shared/data/spectractor_ctio/"
                      "reduc_20170530_134_spectrum_v2.4_selfcontained.fits")

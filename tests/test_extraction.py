@@ -1,4 +1,4 @@
-"""First-order extraction (`spectractor_bridge.extract`) against the simulator's truth.
+"""First-order extraction (`atmospec.spectro.extract`) against the simulator's truth.
 
 Full-size (4000 × 4072) holo4_003 frames: `render_dispersed` (orders 0 and 1 only unless
 said otherwise) + flat sky + Poisson and read noise, wrapped directly as an `Exposure`
@@ -16,13 +16,13 @@ from astropy.io import fits
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.sim.dispersed import DispersedSceneConfig, render_dispersed, stellar_sed
-from spectractor_bridge.extract import (
+from atmospec.spectro.extract import (
     ExtractionConfig,
     ExtractionResult,
     extract_spectrum,
     result_to_spectrum,
 )
-from spectractor_bridge.psf1d import moffat1d_fwhm
+from atmospec.spectro.psf import moffat1d_fwhm
 from spectractor_bridge.spectrum import read_spectrum, write_spectrum
 
 SHAPE = (4000, 4072)

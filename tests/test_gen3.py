@@ -65,7 +65,7 @@ def test_missing_extra_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_cli_without_extra_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from atmospec import cli
-    from atmospec.gen3.cli import add_bps_parser, add_butler_parser
+    from atmospec.cli.gen3 import add_bps_parser, add_butler_parser
 
     _hide_middleware(monkeypatch)
     parser = argparse.ArgumentParser()
@@ -88,11 +88,11 @@ def test_cli_without_extra_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 @NEEDS_GEN3
 def test_configs_are_generated_from_the_dataclasses() -> None:
-    from atmospec.characterize.task import CharacterizeConfig
-    from atmospec.cpp.masters import DarkConfig
+    from atmospec.calib.masters import DarkConfig
     from atmospec.gen3.config import apply_dataclass, config_class_from_dataclass, to_dataclass
+    from atmospec.imaging.characterize import CharacterizeConfig
     from atmospec.isr.driver import IsrConfig
-    from spectractor_bridge.chain import SpectroscopyConfig
+    from atmospec.spectro.chain import SpectroscopyConfig
 
     for dc in (IsrConfig, CharacterizeConfig, SpectroscopyConfig, DarkConfig):
         config = config_class_from_dataclass(dc)()
@@ -174,7 +174,7 @@ def _native(commands: list[list[str]], log: Path) -> subprocess.Popen:
     process started as the native runner starts its workers: one thread per numerical
     library (a BLAS sum in another thread count changes last bits, and pipetask's processes
     run on one thread too)."""
-    from atmospec.night.runner import WORKER_ENVIRONMENT
+    from atmospec.parallel import WORKER_ENVIRONMENT
 
     code = ("import json, sys\nfrom atmospec.cli import main\n"
             "for args in json.loads(sys.argv[1]):\n"
@@ -547,13 +547,13 @@ def test_task_modules_import_only_their_algorithms() -> None:
 def test_bps_parsl_local_matches_native(gen3_repo: dict[str, Any]) -> None:
     """``bps submit`` (Parsl local site) of night.yaml on the imaging and the dispersed
     exposure: every output identical to the native night's (characterization included)."""
-    from atmospec.gen3.cli import bps_submit
+    from atmospec.cli.gen3 import bps_submit
 
     work = gen3_repo["work"]
     log = work / "bps.log"
     with log.open("w") as out:
         status = subprocess.run(
-            [sys.executable, "-c", "import sys; from atmospec.gen3.cli import bps_submit; "
+            [sys.executable, "-c", "import sys; from atmospec.cli.gen3 import bps_submit; "
              "sys.exit(bps_submit(sys.argv[1], sys.argv[2:]))",
              str(PIPELINES / "bps_parsl_local.yaml"), "-b", str(gen3_repo["repo"]),
              "-p", str(PIPELINES / "night.yaml"), "-i", "LATISS/raw/all,LATISS/calib",

@@ -1,7 +1,7 @@
 """ISR on simulated LATISS frames, against the simulator's truth.
 
 The bias, dark and flat steps with products built from simulated frames are tested with
-the product builders, in test_cpp_masters.py.
+the product builders, in test_calib_masters.py.
 """
 
 from __future__ import annotations

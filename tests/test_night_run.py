@@ -83,6 +83,12 @@ def test_reference_night(night_reference, night_raw_dir):
     calib = sorted(p.name for p in (repo / "calib" / "night" / str(NIGHT.day_obs)).glob(
         "*.fits"))
     assert calib == ["bias.fits", "dark.fits", "flat_SDSSr_65mm.fits", "flat_empty.fits"]
+    # Each with its verification report and the figure the night draws of it.
+    built = repo / "calib" / "night" / str(NIGHT.day_obs)
+    for name in calib:
+        stem = name.removesuffix(".fits")
+        assert (built / f"{stem}.verify.json").is_file()
+        assert (built / f"{stem}.verify.png").read_bytes()[:4] == b"\x89PNG"
     # Image quality against truth: the FWHM of each imaging frame within 2 %.
     for row in on_sky[on_sky["disperser"] == "empty"]:
         truth = json.loads((night_raw_dir / f"{row['obs_id']}_truth.json").read_text())
@@ -235,7 +241,7 @@ def test_detect_cli_matches_the_night_catalogue(night_reference, night_raw_dir, 
     out = tmp_path / "cat.ecsv"
     # In a process with the night workers' thread limits: a BLAS product summed by another
     # number of threads would change the last bits of the PSF fits.
-    from atmospec.night.runner import WORKER_ENVIRONMENT
+    from atmospec.parallel import WORKER_ENVIRONMENT
 
     run = subprocess.run([sys.executable, "-m", "atmospec", "detect", str(source), "--out",
                           str(out), "--plots"], capture_output=True, text=True,
@@ -269,7 +275,7 @@ def test_extract_cli_matches_the_night_spectrum(night_reference, night_raw_dir, 
         night_spectrum.name.replace("_spectrum.fits", "_centroid.json")).read_text())
     x, y = centroid["centroid"]
     out = tmp_path / "spec.fits"
-    from atmospec.night.runner import WORKER_ENVIRONMENT
+    from atmospec.parallel import WORKER_ENVIRONMENT
 
     run = subprocess.run([sys.executable, "-m", "atmospec", "extract", str(post), "--xy",
                           f"{x!r},{y!r}", "--out", str(out)], capture_output=True, text=True,

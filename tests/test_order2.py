@@ -1,4 +1,4 @@
-"""Order-2 contamination correction (`spectractor_bridge.order2`) against the simulator.
+"""Order-2 contamination correction (`atmospec.spectro.order2`) against the simulator.
 
 Full-frame (4000 × 4072) holo4_003 exposures of HD142331 drawn by `render_dispersed_exposure`
 (physical model: CALSPEC SED, atmosphere, throughput, disperser tables), with orders 0–2 and,
@@ -21,10 +21,11 @@ from atmospec.sim.dispersed import (
     electrons_per_nm,
     render_dispersed_exposure,
 )
-from spectractor_bridge.dispersers import load_disperser
-from spectractor_bridge.extract import extract_spectrum, result_to_spectrum
-from spectractor_bridge.order2 import correct_extraction, correct_order2, with_order2
-from spectractor_bridge.spectrum import Spectrum, read_spectrum, write_spectrum
+from atmospec.spectro.dispersers import load_disperser
+from atmospec.spectro.extract import extract_spectrum, result_to_spectrum
+from atmospec.spectro.order2 import correct_extraction, correct_order2, with_order2
+from atmospec.spectro.spectrum import Spectrum
+from spectractor_bridge.spectrum import read_spectrum, write_spectrum
 
 SHAPE = (4000, 4072)
 X0, Y0 = 1750.3, 3699.6

@@ -23,7 +23,8 @@ from atmospec.plots.spectro import (
     plot_spectrum_diagnostics,
     plot_wavelength_residuals,
 )
-from spectractor_bridge.spectrum import ImageExtension, Spectrogram, Spectrum, read_spectrum
+from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum
+from spectractor_bridge.spectrum import read_spectrum
 
 CTIO = (Path(__file__).parent / "data" / "spectractor_ctio"
         / "reduc_20170530_134_spectrum_v2.4_selfcontained.fits.gz")

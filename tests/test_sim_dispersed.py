@@ -13,6 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from atmospec.atmosphere.transmission import AtmosphereModel
 from atmospec.sim.dispersed import (
     DispersedSceneConfig,
     DispersedSpectrumModel,
@@ -22,8 +23,7 @@ from atmospec.sim.dispersed import (
     model_transmissions,
     render_dispersed_exposure,
 )
-from spectractor_bridge.atmosphere import AtmosphereModel
-from spectractor_bridge.dispersers import load_disperser
+from atmospec.spectro.dispersers import load_disperser
 
 SHAPE = (4000, 4072)
 X0, Y0 = 1750.0, 3699.0
@@ -100,7 +100,7 @@ def test_first_order_band_flux_equals_model(first_order, model_e):
 def test_photons_per_nm_is_the_product_of_its_factors():
     lam = np.array([450.0, 500.0, 800.0])
     t = model_transmissions(MODEL, lam)
-    from spectractor_bridge.calspec import load_sed
+    from atmospec.spectro.calspec import load_sed
     flux = load_sed("HD142331").flux_at(lam)
     photons = flux * lam / 1.98644586e-9 * t["collecting_area_cm2"]
     eff1 = load_disperser("holo4_003").order_efficiency(1, lam)

@@ -8,7 +8,7 @@ Poisson and read noise, and the exact variance plane. The disperser truly sits a
 ``LINSPOS = 68.6`` mm (D2CCD = 187.6 mm) while the header says ``LINSPOS = 68.0``
 (187.0 mm): the wavelength solution must come from the spectrum's lines, not the header.
 
-Each frame goes through `spectractor_bridge.chain.process_dispersed` exactly as a user's
+Each frame goes through `atmospec.spectro.chain.process_dispersed` exactly as a user's
 ``atmospec extract`` would (no zeroth-order position given). Checked, per frame:
 
 * wavelengths: each sample's wavelength against the simulator's law (true D2CCD, true
@@ -39,7 +39,6 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from atmospec.characterize.zeroth_order import ZerothOrderResult
 from atmospec.exposure import Exposure
 from atmospec.sim.dispersed import (
     DispersedSceneConfig,
@@ -48,10 +47,11 @@ from atmospec.sim.dispersed import (
     render_dispersed_exposure,
     wavelength_from_offset_px,
 )
-from spectractor_bridge.calspec import resolve_target, shipped_standards
-from spectractor_bridge.chain import process_dispersed
-from spectractor_bridge.psf1d import moffat1d_fwhm
-from spectractor_bridge.spectrum import Spectrum
+from atmospec.spectro.calspec import resolve_target, shipped_standards
+from atmospec.spectro.chain import process_dispersed
+from atmospec.spectro.psf import moffat1d_fwhm
+from atmospec.spectro.spectrum import Spectrum
+from atmospec.spectro.zeroth_order import ZerothOrderResult
 
 SHAPE = (4000, 4072)
 DISPERSER = "holo4_003"

@@ -13,14 +13,8 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.errors import BadInputError
-from spectractor_bridge.spectrum import (
-    ImageExtension,
-    Spectrogram,
-    Spectrum,
-    find_line,
-    read_spectrum,
-    write_spectrum,
-)
+from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum, find_line
+from spectractor_bridge.spectrum import read_spectrum, write_spectrum
 
 DATA = Path(__file__).parent / "data" / "spectractor_ctio"
 V24 = DATA / "reduc_20170530_134_spectrum_v2.4_selfcontained.fits.gz"

@@ -7,19 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spectractor_bridge.dispersers import load_disperser
-from spectractor_bridge.lines import (
+from atmospec.spectro.dispersers import load_disperser
+from atmospec.spectro.spectrum import find_line
+from atmospec.spectro.wavelength.calibration import (
+    LineDetectionConfig,
+    calibrate_wavelength,
+    detect_lines,
+)
+from atmospec.spectro.wavelength.lines import (
     CALIBRATION_FEATURES,
     Line,
     calibration_lines,
     line_catalog,
 )
-from spectractor_bridge.spectrum import find_line, read_spectrum
-from spectractor_bridge.wavelength import (
-    LineDetectionConfig,
-    calibrate_wavelength,
-    detect_lines,
-)
+from spectractor_bridge.spectrum import read_spectrum
 
 V24 = (Path(__file__).parent / "data" / "spectractor_ctio"
        / "reduc_20170530_134_spectrum_v2.4_selfcontained.fits.gz")

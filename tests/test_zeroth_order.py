@@ -21,18 +21,12 @@ from atmospec.camera.description import load_camera
 from atmospec.camera.raw import RawFrame
 from atmospec.camera.spectro import load_spectro_table
 from atmospec.camera.translator import translate_header
-from atmospec.characterize.zeroth_order import (
-    ZerothOrderConfig,
-    centroid_name,
-    find_zeroth_order,
-    write_centroid,
-    zeroth_order_prior,
-)
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import nominal_gains
+from atmospec.layout import exposure_file
 from atmospec.sim.detector import DetectorSimConfig, expose
 from atmospec.sim.dispersed import (
     DispersedSceneConfig,
@@ -43,6 +37,12 @@ from atmospec.sim.dispersed import (
 )
 from atmospec.sim.rawfile import primary_header, raw_frame
 from atmospec.sim.scenes import cosmic_rays, render_stars
+from atmospec.spectro.zeroth_order import (
+    ZerothOrderConfig,
+    find_zeroth_order,
+    write_centroid,
+    zeroth_order_prior,
+)
 
 CAMERA = load_camera("latiss")
 TABLE = load_spectro_table("latiss")
@@ -256,8 +256,9 @@ def test_prior_binning_and_pointing_offset():
 def test_write_centroid(holo, tmp_path):
     exposure, _, _ = holo
     result = find_zeroth_order(exposure, prior=(NOMINAL[0] + 106, NOMINAL[1] - 106))
-    assert centroid_name("AT_O_20240624_000101") == "AT_O_20240624_000101_centroid.json"
-    path = write_centroid(result, tmp_path / centroid_name("AT_O_20240624_000101"),
+    path = exposure_file(tmp_path, "AT_O_20240624_000101", "centroid")
+    assert path.name == "AT_O_20240624_000101_centroid.json"
+    path = write_centroid(result, path,
                           provenance_cards("zeroth_order", ["AT_O_20240624_000101.fits"],
                                            ZerothOrderConfig()))
     record = json.loads(path.read_text())

@@ -9,7 +9,7 @@ storage class                Python type                          formatter
 ===========================  ===================================  ========================
 ``AtmospecRaw``              `atmospec.camera.raw.RawFrame`       `RawFormatter` (read)
 ``AtmospecExposure``         `atmospec.exposure.Exposure`         `ExposureFormatter`
-``AtmospecSpectrum``         `spectractor_bridge.spectrum.Spectrum`  `SpectrumFormatter`
+``AtmospecSpectrum``         `atmospec.spectro.spectrum.Spectrum`  `SpectrumFormatter`
 ``AtmospecCatalog``          `astropy.table.Table` (ECSV)         `CatalogFormatter`
 ``AtmospecFitsTable``        `astropy.table.Table` (FITS)         `FitsTableFormatter`
 ``AtmospecRecord``           `dict` (JSON)                        `JsonRecordFormatter`
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from atmospec.gen3 import require_gen3
@@ -46,25 +48,25 @@ __all__ = [
 _HERE = __name__
 
 #: Storage classes (``storageClasses`` section of a repository configuration).
-STORAGE_CLASSES: dict[str, dict[str, Any]] = {
+STORAGE_CLASSES: Mapping[str, dict[str, Any]] = MappingProxyType({
     "AtmospecRaw": {"pytype": "atmospec.camera.raw.RawFrame"},
     "AtmospecExposure": {"pytype": "atmospec.exposure.Exposure",
                          "parameters": ["load_variance"]},
-    "AtmospecSpectrum": {"pytype": "spectractor_bridge.spectrum.Spectrum"},
+    "AtmospecSpectrum": {"pytype": "atmospec.spectro.spectrum.Spectrum"},
     "AtmospecCatalog": {"pytype": "astropy.table.Table"},
     "AtmospecFitsTable": {"pytype": "astropy.table.Table"},
     "AtmospecRecord": {"pytype": "dict"},
-}
+})
 
 #: Storage class to formatter (``datastore.formatters`` section).
-FORMATTERS: dict[str, str] = {
+FORMATTERS: Mapping[str, str] = MappingProxyType({
     "AtmospecRaw": f"{_HERE}.RawFormatter",
     "AtmospecExposure": f"{_HERE}.ExposureFormatter",
     "AtmospecSpectrum": f"{_HERE}.SpectrumFormatter",
     "AtmospecCatalog": f"{_HERE}.CatalogFormatter",
     "AtmospecFitsTable": f"{_HERE}.FitsTableFormatter",
     "AtmospecRecord": f"{_HERE}.JsonRecordFormatter",
-}
+})
 
 
 class RawFormatter(FormatterV2):
@@ -145,7 +147,7 @@ class ExposureFormatter(FormatterV2):
 
 
 class SpectrumFormatter(FormatterV2):
-    """`spectractor_bridge.spectrum.Spectrum` in Spectractor's spectrum FITS layout."""
+    """`atmospec.spectro.spectrum.Spectrum` in Spectractor's spectrum FITS layout."""
 
     supported_extensions = frozenset({".fits"})
     default_extension = ".fits"
@@ -167,7 +169,7 @@ class SpectrumFormatter(FormatterV2):
 
         Returns
         -------
-        spectractor_bridge.spectrum.Spectrum
+        atmospec.spectro.spectrum.Spectrum
         """
         from spectractor_bridge.spectrum import read_spectrum
 
@@ -178,7 +180,7 @@ class SpectrumFormatter(FormatterV2):
 
         Parameters
         ----------
-        in_memory_dataset : spectractor_bridge.spectrum.Spectrum
+        in_memory_dataset : atmospec.spectro.spectrum.Spectrum
             The spectrum.
         uri : lsst.resources.ResourcePath
             Local destination.
@@ -203,7 +205,7 @@ class CatalogFormatter(FormatterV2):
 
     def read_from_local_file(self, path: str, component: str | None = None,
                              expected_size: int = -1) -> Any:
-        """Read the catalogue (`atmospec.characterize.catalog.read_catalog`).
+        """Read the catalogue (`atmospec.imaging.catalog.read_catalog`).
 
         Parameters
         ----------
@@ -218,7 +220,7 @@ class CatalogFormatter(FormatterV2):
         -------
         astropy.table.Table
         """
-        from atmospec.characterize.catalog import read_catalog
+        from atmospec.imaging.catalog import read_catalog
 
         return read_catalog(path)
 

@@ -18,9 +18,10 @@ Collections:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from atmospec.errors import BadInputError, short_error
@@ -70,7 +71,7 @@ CALIB_COLLECTION = f"{INSTRUMENT}/calib"
 #: Calibration dataset types: name -> (dimensions, storage class). The storage class follows
 #: the file format of the product (`atmospec.gen3.formatters`): masters are Exposure files,
 #: the PTC and the linearizer FITS binary tables, defects and crosstalk ECSV tables.
-CALIB_DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
+CALIB_DATASET_TYPES: Mapping[str, tuple[tuple[str, ...], str]] = MappingProxyType({
     "bias": (("instrument", "detector"), "AtmospecExposure"),
     "dark": (("instrument", "detector"), "AtmospecExposure"),
     "flat": (("instrument", "detector", "band"), "AtmospecExposure"),
@@ -78,7 +79,7 @@ CALIB_DATASET_TYPES: dict[str, tuple[tuple[str, ...], str]] = {
     "linearizer": (("instrument", "detector"), "AtmospecFitsTable"),
     "defects": (("instrument", "detector"), "AtmospecCatalog"),
     "crosstalk": (("instrument", "detector"), "AtmospecCatalog"),
-}
+})
 
 #: File patterns of raws in a directory given to `ingest_raws`.
 RAW_PATTERNS = ("*.fits", "*.fits.gz", "*.fits.fz", "*.fz")
@@ -93,7 +94,7 @@ def repo_config() -> Config:
         ``storageClasses`` and ``datastore.formatters`` sections (SQLite registry and a
         POSIX datastore in the repository directory are the Butler's defaults).
     """
-    return Config({"storageClasses": STORAGE_CLASSES,
+    return Config({"storageClasses": {k: dict(v) for k, v in STORAGE_CLASSES.items()},
                    "datastore": {"formatters": dict(FORMATTERS)}})
 
 

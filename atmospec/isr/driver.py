@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,8 @@ class StepConfigError(ValueError):
     """The requested ISR steps cannot run with the products at hand."""
 
 
-_NEEDS_PRODUCT = {"bias": "bias", "dark": "dark", "flat": "flat", "linearity": "linearizer"}
+_NEEDS_PRODUCT = MappingProxyType(
+    {"bias": "bias", "dark": "dark", "flat": "flat", "linearity": "linearizer"})
 _NEEDS_ELECTRONS = ("bias", "dark", "flat")
 
 

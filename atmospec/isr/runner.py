@@ -1,13 +1,10 @@
-"""Running ISR on raw files: load products once, process each file, write the outputs.
-
-Outputs per raw file, in the output directory:
-``<OBSID>_postisr.fits`` (Rubin ExposureF layout) and ``<OBSID>_isrstats.json`` (per-amp
-figures and overscan profiles, read by the diagnostics in `atmospec.plots`).
-"""
+"""What running ISR on raw files needs around the driver: the product files of a run
+(`CalibrationFiles`) loaded once (`load_calibrations`), and the statistics record of each run
+(`stats_document`, written as ``<OBSID>_isrstats.json`` and read by the diagnostics in
+`atmospec.plots`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,13 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from atmospec.camera.description import Camera
-from atmospec.camera.raw import RawFrame, read_raw
+from atmospec.camera.raw import RawFrame
 from atmospec.exposure import Exposure
-from atmospec.io import provenance_cards, write_text_atomic
 from atmospec.isr.calibs import check_calibration, load_calibration
 from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.defects import load_defects
-from atmospec.isr.driver import IsrCalibrations, IsrConfig, IsrResult, run_isr
+from atmospec.isr.driver import IsrCalibrations, IsrResult
 from atmospec.isr.gain import load_ptc_gains, nominal_gains
 from atmospec.isr.linearity import load_linearizer
 
@@ -118,51 +114,3 @@ def stats_document(raw: RawFrame, result: IsrResult) -> dict:
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "amps": amps,
     }
-
-
-def process_raw(path: str | Path | RawFrame, out_dir: str | Path, config: IsrConfig,
-                calibs: IsrCalibrations, files: CalibrationFiles | None = None,
-                plots: bool = False) -> dict[str, Path]:
-    """ISR one raw file and write its outputs.
-
-    Parameters
-    ----------
-    path : path or RawFrame
-        Raw LATISS file (or the frame already read from it).
-    out_dir : path
-        Output directory (created if needed).
-    config : IsrConfig
-        ISR configuration.
-    calibs : IsrCalibrations
-        Products, loaded once by `load_calibrations`.
-    files : CalibrationFiles, optional
-        Their file names, for provenance.
-    plots : bool
-        Also draw the diagnostics (overscan profiles, post-ISR image) as PNG.
-
-    Returns
-    -------
-    dict
-        ``postisr``, ``stats`` (and ``overscan_plot``, ``image_plot``) paths.
-    """
-    out_dir = Path(out_dir)
-    raw = path if isinstance(path, RawFrame) else read_raw(path)
-    result = run_isr(raw, config, calibs)
-    obs_id = raw.info.obs_id
-    inputs = [raw.path] + [p for p in (vars(files).values() if files else []) if p]
-    out = {
-        "postisr": result.exposure.write(
-            out_dir / f"{obs_id}_postisr.fits",
-            provenance_cards("isr", inputs, {"steps": result.steps, "config": config}),
-        ),
-    }
-    doc = stats_document(raw, result)
-    out["stats"] = write_text_atomic(json.dumps(doc, indent=1), out_dir / f"{obs_id}_isrstats.json")
-    if plots:
-        from atmospec.plots.isr import plot_overscan_profiles, plot_postisr
-
-        if result.overscan:
-            out["overscan_plot"] = plot_overscan_profiles(
-                doc, out_dir / f"{obs_id}_overscan.png", camera=raw.camera)
-        out["image_plot"] = plot_postisr(result.exposure, out_dir / f"{obs_id}_postisr.png")
-    return out

@@ -2,7 +2,7 @@
 night's own frames, and say precisely what is still missing.
 
 Products valid for the night's exposures are taken from the calibration registry
-(`atmospec.cpp.registry`): certified first, then by date. A kind of the pipeline's
+(`atmospec.calib.registry`): certified first, then by date. A kind of the pipeline's
 ``calibrations.build`` list that no product covers is built from the night's raw frames of
 that kind (bias, then dark, then one flat per filter of the night's imaging exposures),
 verified, registered with a validity of the observing night (day_obs 12:00 UTC to the next
@@ -17,9 +17,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 
+from atmospec.calib.registry import CalibrationRegistry
+from atmospec.calib.verification import verification_name
 from atmospec.camera.translator import ObservationInfo
-from atmospec.cpp.registry import CalibrationRegistry
 from atmospec.errors import BadInputError, short_error
 from atmospec.isr.runner import CalibrationFiles
 from atmospec.night.index import NightIndex, RawRecord
@@ -28,11 +30,11 @@ from atmospec.night.pipeline import CalibrationPolicy
 log = logging.getLogger(__name__)
 
 #: Which frames need which products (a dark needs a bias; a flat a bias and a dark).
-_NEEDED_BY = {"bias": ("dark", "flat", "science"), "dark": ("flat", "science"),
-              "flat": ("science",)}
+_NEEDED_BY = MappingProxyType({"bias": ("dark", "flat", "science"), "dark": ("flat", "science"),
+              "flat": ("science",)})
 
 #: How to build each kind by hand, for the "missing product" message.
-_HOW_TO = {
+_HOW_TO = MappingProxyType({
     "bias": "atmospec calib bias BIAS_RAWS... --out bias.fits",
     "dark": "atmospec calib dark DARK_RAWS... --bias bias.fits --out dark.fits",
     "flat": "atmospec calib flat FLAT_RAWS... --bias bias.fits --out flat.fits",
@@ -40,7 +42,7 @@ _HOW_TO = {
     "ptc": "atmospec calib ptc FLAT_PAIRS... --out ptc.fits",
     "linearizer": "atmospec calib linearity ptc.fits --out linearizer.fits",
     "crosstalk": "atmospec calib crosstalk RAWS_WITH_SATURATED_STARS... --out crosstalk.ecsv",
-}
+})
 
 Submit = Callable[..., Future]
 
@@ -117,14 +119,20 @@ def _uncovered(registry: CalibrationRegistry, kind: str,
 def _build(kind: str, raws: list[str], out: Path, bias: str | None, dark: str | None,
            ptc: str | None, min_inputs: int) -> Path:
     """Build one master (runs in a worker); unusable frames are left out and logged."""
-    from atmospec.cpp import masters
+    from atmospec.calib import masters
+    from atmospec.plots.verify import plot_verification_file
 
     common = {"ptc": ptc, "skip_bad": True, "min_inputs": min_inputs}
     if kind == "bias":
-        return masters.build_bias(raws, out, masters.MasterConfig(**common))
-    if kind == "dark":
-        return masters.build_dark(raws, out, bias, masters.DarkConfig(**common))
-    return masters.build_flat(raws, out, bias, dark, masters.FlatConfig(**common))
+        path = masters.build_bias(raws, out, masters.MasterConfig(**common))
+    elif kind == "dark":
+        path = masters.build_dark(raws, out, bias, masters.DarkConfig(**common))
+    else:
+        path = masters.build_flat(raws, out, bias, dark, masters.FlatConfig(**common))
+    report = path.with_name(verification_name(path))
+    if report.is_file():
+        plot_verification_file(report)
+    return path
 
 
 def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,

@@ -34,10 +34,10 @@ from astropy.time import Time
 
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, short_error
+from atmospec.layout import INDEX_FILE
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = Path("night") / "index.sqlite3"
 
 #: File names the indexer looks at in a night directory.
 RAW_PATTERNS = ("*.fits", "*.fits.gz", "*.fits.fz", "*.fz")

@@ -11,22 +11,24 @@ flight; every output file is written atomically, and a re-run skips every task r
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from atmospec.cpp.registry import CalibrationRegistry
-from atmospec.errors import BadInputError
+from tqdm import tqdm
+
+from atmospec.calib.registry import CalibrationRegistry
+from atmospec.errors import short_error
+from atmospec.layout import exposure_dir, exposure_figure_dir, night_build_dir, report_dir
 from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
 from atmospec.night.index import NightIndex, RawRecord
 from atmospec.night.pipeline import PipelineDefinition, load_pipeline
+from atmospec.night.summary import write_summary
 from atmospec.night.tasks import ExposureJob, TaskOutcome, TaskSpec, run_job, task_hash
+from atmospec.parallel import open_executor
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +49,10 @@ class NightRunConfig:
     """Run again the tasks that failed in an earlier run (a fixed input may now pass)."""
     plots: bool = True
     """Draw the night summary plots."""
-    report: bool = True
-    """Write the HTML report (`atmospec.report.build_report`, ``REPO/report/``) at the end;
-    only with `plots`. A report failure is logged, never fails the night."""
+    figures: bool = True
+    """Draw each exposure's report figures (`atmospec.plots.exposure`) in the worker as soon
+    as its tasks finish, so that the HTML report written after the night
+    (`atmospec.report.build_report`) only lays them out; only with `plots`."""
     progress: bool = True
     """Progress bars on a terminal."""
 
@@ -89,76 +92,6 @@ def exposure_class(record: RawRecord) -> str | None:
     return "dispersed" if record.info.is_dispersed else "imaging"
 
 
-def exposure_dir(repo: Path, record: RawRecord) -> Path:
-    """Directory of one exposure's outputs: ``REPO/exposures/<day_obs>``."""
-    return repo / "exposures" / str(record.info.day_obs)
-
-
-@contextmanager
-def open_executor(config: NightRunConfig) -> Iterator[Executor]:
-    """The executor of a run (closed on exit).
-
-    Raises
-    ------
-    BadInputError
-        A Dask run without a scheduler address, or a scheduler that cannot be reached.
-    """
-    if config.executor == "dask":
-        if not config.scheduler:
-            raise BadInputError("--scheduler", "a Dask run needs the scheduler address")
-        from distributed import Client
-
-        try:
-            client = Client(config.scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise BadInputError(config.scheduler, f"cannot reach the Dask scheduler ({exc})"
-                                ) from None
-        try:
-            log.info("running on the Dask cluster at %s (%d workers)", config.scheduler,
-                     len(client.scheduler_info().get("workers", {})))
-            yield client.get_executor()
-        finally:
-            client.close()
-        return
-    workers = config.workers or os.cpu_count() or 1
-    # spawn: workers start clean (no inherited threads of progress bars, no copied SQLite
-    # handles), at the cost of ~1 s of imports per worker. They inherit the environment at
-    # start, so the thread limits below reach their BLAS/OpenMP libraries at load.
-    with _worker_environment(WORKER_ENVIRONMENT), ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(logging.getLogger("atmospec").getEffectiveLevel(),)) as pool:
-        yield pool
-
-
-#: Environment of local worker processes: one thread each for the numerical libraries, as
-#: Dask's nanny sets for its workers. Parallelism comes from the processes; more threads
-#: would oversubscribe the cores, and a BLAS product summed in a different order by another
-#: thread count changes the last bit of a few pixels, so local and Dask runs would differ.
-WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                      "MKL_NUM_THREADS": "1"}
-
-
-@contextmanager
-def _worker_environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the processes started inside the block."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def _init_worker(level: int) -> None:
-    """Give a spawned worker the main process's log level and format (it starts bare)."""
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s [worker]: %(message)s")
-
-
 def _raw_identity(record: RawRecord) -> dict[str, object]:
     stat = record.path.stat()
     return {"raw": record.path.name, "size": stat.st_size, "mtime": stat.st_mtime}
@@ -172,7 +105,7 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
     A task is skipped when the index records it ``done`` with the same configuration hash
     (its configuration, raw file, calibration files and upstream hashes) and its outputs
     still exist; a task whose input task runs again runs again too. With ``figures_dir``
-    (the report's ``exposures/`` directory) each job also draws its report figures.
+    (the report's directory) each job also draws its report figures.
     """
     recorded = index.task_map()
     jobs: list[ExposureJob] = []
@@ -208,10 +141,11 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
         if not specs:
             complete += 1
             continue
+        figure_dir = (None if figures_dir is None
+                      else str(exposure_figure_dir(figures_dir, record.obs_id)))
         jobs.append(ExposureJob(record.obs_id, str(record.path),
-                                str(exposure_dir(repo, record)), tuple(specs), files, missing,
-                                done_outputs, None if figures_dir is None else
-                                str(figures_dir / record.obs_id)))
+                                str(exposure_dir(repo, record.info.day_obs)), tuple(specs),
+                                files, missing, done_outputs, figure_dir))
     return jobs, complete
 
 
@@ -237,10 +171,6 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     BadInputError
         ``raw_dir`` is not a directory, a bad pipeline file, an unreachable scheduler.
     """
-    from tqdm import tqdm
-
-    from atmospec.night.summary import write_summary
-
     config = config or NightRunConfig()
     t_start = time.perf_counter()
     repo = Path(repo)
@@ -249,15 +179,15 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     index.index_directory(raw_dir, progress=config.progress)
     registry = CalibrationRegistry(repo, create=True)
     result = NightResult(rejected=index.rejected())
-    with open_executor(config) as executor:
+    with open_executor(config.workers, config.executor, config.scheduler) as executor:
         t0 = time.perf_counter()
         result.calibrations = prepare_calibrations(index, registry, pipeline.calibrations,
-                                                   executor.submit, repo / "calib" / "night")
+                                                   executor.submit, night_build_dir(repo))
         result.calibrations_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         # The report's per-exposure figures are drawn by the workers as each exposure
         # finishes: the report at the end only lays them out.
-        figures = repo / "report" / "exposures" if config.plots and config.report else None
+        figures = report_dir(repo) if config.plots and config.figures else None
         jobs, result.n_skipped = plan_jobs(index, registry, pipeline, repo,
                                            config.retry_failed, figures)
         result.n_exposures = result.n_skipped + len(jobs)
@@ -287,35 +217,11 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     failed = {t.obs_id for t in index.tasks() if t.status == "failed"}
     result.n_failed = len(failed)
     result.summary = write_summary(index, repo, plots=config.plots)
-    if config.plots and config.report:
-        report = _write_report(repo, config)
-        if report is not None:
-            result.summary["report"] = report
     result.wall_s = time.perf_counter() - t_start
     return result
 
 
-def _write_report(repo: Path, config: NightRunConfig) -> Path | None:
-    """The night's HTML report; None (with a warning) when it cannot be written: the
-    reduction is done and recorded, a report problem must not fail it."""
-    from atmospec.errors import short_error
-    from atmospec.report import ReportConfig, build_report
-
-    workers = config.workers if config.executor == "local" else None
-    try:
-        return build_report(repo, ReportConfig(workers=workers))
-    except Exception as exc:
-        log.warning("no HTML report (%s: %s); retry with: atmospec report %s",
-                    type(exc).__name__, short_error(exc), repo)
-        log.debug("report failure", exc_info=True)
-        return None
-
-
 def _lost(job: ExposureJob, exc: BaseException) -> list[TaskOutcome]:
-    from datetime import UTC, datetime
-
-    from atmospec.errors import short_error
-
     reason = f"worker lost: {type(exc).__name__}: {short_error(exc)}"
     now = datetime.now(UTC)
     return [TaskOutcome(job.obs_id, s.name, "failed", reason, s.config_hash, now, 0.0, {}, {})

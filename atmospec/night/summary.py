@@ -17,11 +17,11 @@ import numpy as np
 from astropy.table import MaskedColumn, Table
 
 from atmospec.io import atomic_path, provenance_cards
+from atmospec.layout import SUMMARY_STEM, night_plot_dir
 from atmospec.night.index import NightIndex
 
 log = logging.getLogger(__name__)
 
-SUMMARY_STEM = Path("night") / "summary"
 
 #: Summary columns taken from the characterize task's figures: (column, metric key, unit).
 _QUALITY = (
@@ -186,7 +186,7 @@ def write_summary(index: NightIndex, repo: str | Path, *, plots: bool = True) ->
             plot_source_positions,
         )
 
-        plot_dir = stem.parent / "plots"
+        plot_dir = night_plot_dir(repo)
         out["quality_plot"] = plot_night_quality(table, plot_dir / "image_quality.png")
         out["atmosphere_plot"] = plot_atmosphere_series(table, plot_dir / "atmosphere.png")
         catalogs = [Path(t.outputs["catalog"]) for t in index.tasks()

@@ -17,11 +17,12 @@ import logging
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from atmospec.errors import BadInputError, ProcessingError, short_error
 from atmospec.io import provenance_cards, to_jsonable, write_text_atomic
 from atmospec.isr.runner import CalibrationFiles
+from atmospec.layout import exposure_file
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ class ExposureJob:
     """Outputs of tasks already done in an earlier run (read instead of recomputed)."""
     figure_dir: str | None = None
     """Where the report's figures of the exposure go, drawn by the worker right after its
-    tasks (`atmospec.report.figures.refresh_figures`); None: not drawn here."""
+    tasks (`atmospec.plots.exposure.refresh_figures`); None: not drawn here."""
 
 
 @dataclass(frozen=True)
@@ -186,10 +188,10 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     t0 = time.perf_counter()
     inputs = [raw.path] + [p for p in vars(job.calibs).values() if p]
     post = result.exposure.write(
-        ctx.out_dir / f"{job.obs_id}_postisr.fits",
+        exposure_file(ctx.out_dir, job.obs_id, "postisr"),
         provenance_cards("isr", inputs, {"steps": result.steps, "config": config}))
     stats = write_text_atomic(json.dumps(stats_document(raw, result), indent=1),
-                              ctx.out_dir / f"{job.obs_id}_isrstats.json")
+                              exposure_file(ctx.out_dir, job.obs_id, "isrstats"))
     t_write = time.perf_counter() - t0
     ctx.postisr = result.exposure
     ctx.outputs["isr"] = {"postisr": str(post), "stats": str(stats)}
@@ -199,15 +201,15 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
 
 
 def _run_characterize(ctx: _Context, config) -> dict[str, Any]:
-    from atmospec.characterize.catalog import catalog_name, write_catalog
-    from atmospec.characterize.task import characterize
+    from atmospec.imaging.catalog import write_catalog
+    from atmospec.imaging.characterize import characterize
 
     job = ctx.job
     t0 = time.perf_counter()
     exposure = ctx.exposure()
     t_read = time.perf_counter() - t0
     result = characterize(exposure, config)
-    path = write_catalog(result, ctx.out_dir / catalog_name(job.obs_id),
+    path = write_catalog(result, exposure_file(ctx.out_dir, job.obs_id, "catalog"),
                          provenance=provenance_cards(
                              "characterize", [ctx.outputs["isr"]["postisr"]], config))
     ctx.outputs["characterize"] = {"catalog": str(path)}
@@ -229,19 +231,19 @@ def zeroth_order_result(exposure, config, source: str | None = None):
     ----------
     exposure : atmospec.exposure.Exposure
         Post-ISR exposure (its metadata holds the raw header).
-    config : atmospec.characterize.zeroth_order.ZerothOrderConfig
+    config : atmospec.spectro.zeroth_order.ZerothOrderConfig
         Settings.
     source : str, optional
         File name for messages.
 
     Returns
     -------
-    atmospec.characterize.zeroth_order.ZerothOrderResult
+    atmospec.spectro.zeroth_order.ZerothOrderResult
     """
     from atmospec.camera.description import load_camera
     from atmospec.camera.spectro import load_spectro_table
     from atmospec.camera.translator import translate_header
-    from atmospec.characterize.zeroth_order import find_zeroth_order, zeroth_order_prior
+    from atmospec.spectro.zeroth_order import find_zeroth_order, zeroth_order_prior
 
     info = translate_header(exposure.metadata, source)
     prior = zeroth_order_prior(info, load_camera("latiss"), load_spectro_table("latiss"))
@@ -249,13 +251,13 @@ def zeroth_order_result(exposure, config, source: str | None = None):
 
 
 def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
-    from atmospec.characterize.zeroth_order import centroid_name, write_centroid
+    from atmospec.spectro.zeroth_order import write_centroid
 
     job = ctx.job
     exposure = ctx.exposure()
     t0 = time.perf_counter()
     result = zeroth_order_result(exposure, config, job.raw)
-    path = write_centroid(result, ctx.out_dir / centroid_name(job.obs_id),
+    path = write_centroid(result, exposure_file(ctx.out_dir, job.obs_id, "centroid"),
                           provenance_cards("zeroth_order", [ctx.outputs["isr"]["postisr"]],
                                            config))
     ctx.outputs["zeroth_order"] = {"centroid": str(path)}
@@ -266,7 +268,7 @@ def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:
 
 
 def _run_extract(ctx: _Context, config) -> dict[str, Any]:
-    from spectractor_bridge.chain import process_dispersed
+    from atmospec.spectro.chain import process_dispersed
     from spectractor_bridge.spectrum import write_spectrum
 
     job = ctx.job
@@ -277,7 +279,7 @@ def _run_extract(ctx: _Context, config) -> dict[str, Any]:
     if centroid:  # the zeroth_order task's answer, not a second search
         xy = tuple(json.loads(Path(centroid).read_text())["centroid"])
     spectrum, _ = process_dispersed(exposure, xy=xy, config=config, source=job.raw)
-    path = write_spectrum(spectrum, ctx.out_dir / f"{job.obs_id}_spectrum.fits",
+    path = write_spectrum(spectrum, exposure_file(ctx.out_dir, job.obs_id, "spectrum"),
                           provenance_cards("extract", [ctx.outputs["isr"]["postisr"]], config))
     ctx.outputs["extract"] = {"spectrum": str(path)}
     h = spectrum.header
@@ -294,7 +296,7 @@ def _run_extract(ctx: _Context, config) -> dict[str, Any]:
 
 #: The tasks a pipeline definition may name.
 def _run_fit_atmosphere(ctx: _Context, config) -> dict[str, Any]:
-    from spectractor_bridge.atmfit import fit_atmosphere
+    from atmospec.atmosphere.spectrum_fit import fit_atmosphere
     from spectractor_bridge.spectrum import read_spectrum
 
     job = ctx.job
@@ -302,7 +304,7 @@ def _run_fit_atmosphere(ctx: _Context, config) -> dict[str, Any]:
     spectrum_path = ctx.outputs["extract"]["spectrum"]
     fit = fit_atmosphere(read_spectrum(spectrum_path), config, source=spectrum_path)
     path = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
-                             ctx.out_dir / f"{job.obs_id}_atmosphere.json")
+                             exposure_file(ctx.out_dir, job.obs_id, "atmosphere"))
     ctx.outputs["fit_atmosphere"] = {"fit": str(path)}
     metrics: dict[str, Any] = {"atmosphere_chi2_ndof": float(fit.chi2_ndof)}
     for key in ("pwv_mm", "ozone_du", "vaod"):
@@ -316,17 +318,17 @@ def _number_or_nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-TASKS: dict[str, TaskType] = {
+TASKS: Mapping[str, TaskType] = MappingProxyType({
     "isr": TaskType("atmospec.isr.driver:IsrConfig", ("imaging", "dispersed"), (), _run_isr),
-    "characterize": TaskType("atmospec.characterize.task:CharacterizeConfig", ("imaging",),
+    "characterize": TaskType("atmospec.imaging.characterize:CharacterizeConfig", ("imaging",),
                              ("isr",), _run_characterize),
-    "zeroth_order": TaskType("atmospec.characterize.zeroth_order:ZerothOrderConfig",
+    "zeroth_order": TaskType("atmospec.spectro.zeroth_order:ZerothOrderConfig",
                              ("dispersed",), ("isr",), _run_zeroth_order),
-    "extract": TaskType("spectractor_bridge.chain:SpectroscopyConfig", ("dispersed",),
+    "extract": TaskType("atmospec.spectro.chain:SpectroscopyConfig", ("dispersed",),
                         ("isr", "zeroth_order"), _run_extract),
-    "fit_atmosphere": TaskType("spectractor_bridge.atmfit:AtmosphereFitConfig", ("dispersed",),
-                               ("extract",), _run_fit_atmosphere),
-}
+    "fit_atmosphere": TaskType("atmospec.atmosphere.spectrum_fit:AtmosphereFitConfig",
+                               ("dispersed",), ("extract",), _run_fit_atmosphere),
+})
 
 
 def run_job(job: ExposureJob) -> list[TaskOutcome]:
@@ -375,7 +377,7 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
             started, time.perf_counter() - t0,
             ctx.outputs.get(spec.name, {}) if reason is None else {}, metrics))
     if job.figure_dir is not None:
-        from atmospec.report.figures import refresh_figures
+        from atmospec.plots.exposure import refresh_figures  # matplotlib: only when drawing
 
         refresh_figures(ctx.out_dir, job.obs_id, Path(job.figure_dir))
     return outcomes

@@ -1,4 +1,4 @@
-"""Diagnostics of an atmosphere fit (`spectractor_bridge.atmfit.AtmosphereFit`).
+"""Diagnostics of an atmosphere fit (`atmospec.atmosphere.spectrum_fit.AtmosphereFit`).
 
 `plot_atmosphere_fit` draws, in one figure:
 
@@ -18,6 +18,7 @@ import logging
 import os
 import textwrap
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,7 +28,7 @@ from matplotlib.mathtext import MathTextParser
 from atmospec.plots.common import save_png
 
 if TYPE_CHECKING:
-    from spectractor_bridge.atmfit import AtmosphereFit
+    from atmospec.atmosphere.spectrum_fit import AtmosphereFit
 
 __all__ = ["atmosphere_fit_figure", "fit_from_document", "plot_atmosphere_fit"]
 
@@ -45,10 +46,10 @@ _FEATURES = (
     ("H$_2$O", 925.0, 980.0),
 )
 #: Axis labels of the parameters.
-_LABELS = {
+_LABELS = MappingProxyType({
     "grey": "grey", "pwv_mm": "PWV", "ozone_du": "O$_3$", "vaod": "VAOD",
     "angstrom": "Ångström", "dlambda_nm": "δλ", "resolution": "resolution",
-}
+})
 
 
 def _unit_label(unit: str) -> str:
@@ -108,7 +109,7 @@ def fit_from_document(doc: dict) -> AtmosphereFit:
     KeyError, TypeError, ValueError
         A document that is not an atmosphere fit.
     """
-    from spectractor_bridge.atmfit import AtmosphereFit
+    from atmospec.atmosphere.spectrum_fit import AtmosphereFit
 
     def array(values) -> np.ndarray:
         return np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -137,7 +138,7 @@ def atmosphere_fit_figure(fit: AtmosphereFit) -> Figure:
     Parameters
     ----------
     fit : AtmosphereFit
-        Result of `spectractor_bridge.atmfit.fit_atmosphere`.
+        Result of `atmospec.atmosphere.spectrum_fit.fit_atmosphere`.
 
     Returns
     -------
@@ -214,7 +215,7 @@ def plot_atmosphere_fit(fit: AtmosphereFit, path: str | os.PathLike[str]) -> Pat
     Parameters
     ----------
     fit : AtmosphereFit
-        Result of `spectractor_bridge.atmfit.fit_atmosphere`.
+        Result of `atmospec.atmosphere.spectrum_fit.fit_atmosphere`.
     path : str or path-like
         Output PNG (written atomically).
 

@@ -1,7 +1,7 @@
 """Diagnostics of the imaging characterization, drawn from the source catalogue.
 
-Everything here reads a catalogue written by `atmospec.characterize` (an
-`astropy.table.Table`, in memory or read back with `atmospec.characterize.catalog.read_catalog`)
+Everything here reads a catalogue written by `atmospec.imaging` (an
+`astropy.table.Table`, in memory or read back with `atmospec.imaging.catalog.read_catalog`)
 and never runs a measurement. Figures are built with `matplotlib.figure.Figure` and the Agg
 canvas (no pyplot, no global state) and written atomically by `save_png`.
 

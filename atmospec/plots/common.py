@@ -9,6 +9,7 @@ import logging
 import math
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -112,12 +113,12 @@ def drawn_data(fig: Figure) -> dict[str, Any]:
 
 #: Colours of the LATISS filters (and of dispersers, for dispersed exposures), used by every
 #: plot so one configuration has one colour across the report.
-_CONFIG_COLOURS = {
+_CONFIG_COLOURS = MappingProxyType({
     "SDSSg_65mm": "#2ca02c", "SDSSr_65mm": "#d62728", "SDSSi_65mm": "#8c564b",
     "SDSSz_65mm": "#7f7f7f", "SDSSy_65mm": "#17becf", "BG40_65mm": "#1f77b4",
     "OG550_65mm": "#ff7f0e", "empty": "#000000",
     "holo4_003": "#9467bd", "ronchi170lpmm": "#e377c2", "ronchi90lpmm": "#bcbd22",
-}
+})
 _FALLBACK = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from astropy.table import Table
 from matplotlib.figure import Figure
 
-from atmospec.cpp.eo import reference_limits
+from atmospec.calib.eo import reference_limits
 from atmospec.plots.common import save_png
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def plot_eo_summary(table: Table, path: str | os.PathLike[str]) -> Path:
     Parameters
     ----------
     table : astropy.table.Table
-        Output of `atmospec.cpp.eo.eo_figures` (column ``amp`` and the figure columns; a
+        Output of `atmospec.calib.eo.eo_figures` (column ``amp`` and the figure columns; a
         missing or all-NaN figure gets a "not measured" panel).
     path : path
         Output PNG (written atomically).

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ DPI = 100
 
 #: Overlay colour of the usual mask planes: saturated primaries that stay visible on a grey
 #: image and differ from each other (Rubin's display defaults reuse green and yellow).
-PLANE_COLORS: dict[str, str] = {
+PLANE_COLORS: Mapping[str, str] = MappingProxyType({
     "BAD": "#ff2020",
     "SAT": "#ff30ff",
     "CR": "#30ff30",
@@ -57,7 +58,7 @@ PLANE_COLORS: dict[str, str] = {
     "DETECTED": "#4060ff",
     "DETECTED_NEGATIVE": "#00ffd0",
     "NO_DATA": "#a0522d",
-}
+})
 _FALLBACK_COLORS = ("#ffffff", "#8b4513", "#9acd32", "#ff69b4", "#7fffd4", "#d2b48c")
 
 #: Amp-table columns after ``amp``: (stats key, unit or ``"image"`` for the image unit, kind).
@@ -75,16 +76,16 @@ AMP_STATS_COLUMNS: tuple[tuple[str, u.UnitBase | str | None, type], ...] = (
 )
 
 #: Display formats for the terminal table (the ECSV file keeps full precision).
-_TEXT_FORMATS = {
+_TEXT_FORMATS = MappingProxyType({
     "gain": ".3f",
     "read_noise_e": ".2f",
     "overscan_level_adu": ".1f",
     "overscan_noise_e": ".2f",
     "median": ".2f",
     "robust_std": ".2f",
-}
+})
 
-_UNIT_LABELS = {"electron": "e⁻", "adu": "ADU"}
+_UNIT_LABELS = MappingProxyType({"electron": "e⁻", "adu": "ADU"})
 
 
 # --------------------------------------------------------------------------------- helpers

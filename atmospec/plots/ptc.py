@@ -1,7 +1,7 @@
 """Diagnostics of the photon-transfer curve and of the linearity correction.
 
-Both figures read the products (the PTC table of `atmospec.cpp.ptc`, the linearizer table of
-`atmospec.cpp.linearity`) and never refit anything: the model curves are evaluated from the
+Both figures read the products (the PTC table of `atmospec.calib.ptc`, the linearizer table of
+`atmospec.calib.linearity`) and never refit anything: the model curves are evaluated from the
 stored parameters. Figures are built with `matplotlib.figure.Figure` and the Agg canvas,
 without pyplot, and written atomically as PNG.
 """
@@ -18,8 +18,8 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from atmospec.cpp.linearity import apply_correction
-from atmospec.cpp.ptc import astier_model
+from atmospec.calib.linearity import apply_correction
+from atmospec.calib.ptc import astier_model
 from atmospec.plots.common import save_png
 
 log = logging.getLogger(__name__)

@@ -32,9 +32,10 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -46,7 +47,7 @@ from matplotlib.figure import Figure
 from matplotlib.mathtext import MathTextParser
 
 from atmospec.plots.common import DPI, config_colour, save_png, zscale_limits
-from spectractor_bridge.spectrum import Spectrum
+from atmospec.spectro.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
 
@@ -737,13 +738,13 @@ def plot_spectrum(spectrum: Spectrum, ax: Axes | None = None) -> Figure:
 
 
 #: Figure suffix → function, in the order `plot_spectrum_diagnostics` writes them.
-FIGURES: dict[str, Callable[[Spectrum], Figure]] = {
+FIGURES: Mapping[str, Callable[[Spectrum], Figure]] = MappingProxyType({
     "spectrogram": plot_spectrogram,
     "model": plot_forward_model,
     "psf": plot_psf_vs_wavelength,
     "lines": plot_wavelength_residuals,
     "spectrum": plot_spectrum,
-}
+})
 
 
 def plot_spectrum_diagnostics(spectrum: Spectrum, out_dir: str | os.PathLike[str],

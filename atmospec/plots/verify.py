@@ -8,6 +8,7 @@ threshold as a black tick (both ±threshold for ``|value| <= threshold``). Built
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -73,6 +74,24 @@ def plot_verification(report: Mapping[str, Any], path: str | os.PathLike[str]) -
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.5 / height, top=1 - 1.0 / height,
                         hspace=0.55)
     return save_png(fig, path, DPI)
+
+
+def plot_verification_file(report: str | os.PathLike[str]) -> Path:
+    """Draw ``<stem>.verify.json`` as ``<stem>.verify.png`` beside it.
+
+    Parameters
+    ----------
+    report : path
+        A verification report (`atmospec.calib.verification.VerificationReport.write`).
+
+    Returns
+    -------
+    pathlib.Path
+        The PNG.
+    """
+    report = Path(report)
+    doc = json.loads(report.read_text())
+    return plot_verification(doc, report.with_name(report.name[:-len(".json")] + ".png"))
 
 
 def _rows(report: Mapping[str, Any]) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:

@@ -19,33 +19,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 from astropy.table import Table
 
 import atmospec
+from atmospec import layout
 from atmospec.errors import BadInputError, short_error
 from atmospec.io import write_text_atomic
-from atmospec.report import html as H
-from atmospec.report.figures import (
+from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
+from atmospec.plots.exposure import (
     ExposureFigureJob,
     ExposureOutputs,
-    draw_all,
     exposure_groups,
     is_fresh,
     newer_than,
     read_manifest,
     write_manifest,
 )
+from atmospec.report import html as H
+from atmospec.report.figures import draw_all
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ReportConfig", "build_report"]
 
-INDEX_FILE = Path("night") / "index.sqlite3"
-SUMMARY_FILE = Path("night") / "summary.ecsv"
-REGISTRY_FILE = Path("calib") / "registry.sqlite3"
+SUMMARY_FILE = SUMMARY_STEM.with_suffix(".ecsv")
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class _Product:
     name: str
     """Page name: the stored file's stem (``bias.f2de856ef7b9``)."""
     record: Any
-    """`atmospec.cpp.registry.CalibRecord` (None for an EO table)."""
+    """`atmospec.calib.registry.CalibRecord` (None for an EO table)."""
     path: Path
     """Product file."""
     verification: dict[str, Any] | None
@@ -175,7 +176,7 @@ class _Product:
 
 def _read_products(repo: Path) -> tuple[list[_Product], list[str]]:
     """Registered products (and EO tables under ``REPO/calib``), and problems met."""
-    from atmospec.cpp.registry import CalibrationRegistry
+    from atmospec.calib.registry import CalibrationRegistry
 
     products: list[_Product] = []
     problems: list[str] = []
@@ -195,7 +196,7 @@ def _read_products(repo: Path) -> tuple[list[_Product], list[str]]:
                     problems.append(f"{vpath}: unreadable verification report ({exc})")
             products.append(_Product(Path(rec.path).stem, rec, rec.absolute_path, verification,
                                      vpath, rec.kind))
-    calib_dir = repo / "calib"
+    calib_dir = layout.calib_dir(repo)
     if calib_dir.is_dir():
         for table in sorted(calib_dir.rglob("eo_figures*.ecsv")):
             products.append(_Product(f"eo_{table.parent.name}_{table.stem}", None, table, None,
@@ -343,22 +344,22 @@ def build_report(repo: str | os.PathLike[str], config: ReportConfig | None = Non
     config = config or ReportConfig()
     t0 = time.perf_counter()
     repo = _check_repo(repo)
-    out = Path(config.out) if config.out else repo / "report"
+    out = Path(config.out) if config.out else layout.report_dir(repo)
     night = _read_night(repo)
     products, problems = _read_products(repo)
     night.notes += [("error", p) for p in problems]
     summary = night.summary
 
     # Exposures: outputs, cached figures, what is left to draw.
-    exp_dir = out / "exposures"
+    exp_dir = layout.exposure_figure_dir(out)
     outputs: dict[str, ExposureOutputs] = {}
     manifests: dict[str, dict[str, Any]] = {}
     jobs: list[ExposureFigureJob] = []
     for row in summary:
         obs_id = str(row["obs_id"])
-        outputs[obs_id] = ExposureOutputs.find(repo / "exposures" / str(int(row["day_obs"])),
+        outputs[obs_id] = ExposureOutputs.find(layout.exposure_dir(repo, int(row["day_obs"])),
                                                obs_id)
-        directory = exp_dir / obs_id
+        directory = layout.exposure_figure_dir(out, obs_id)
         # --force forgets the cache records (so every group is drawn again); without
         # figures the records stay, so the pages keep showing the PNGs they name.
         forget = config.force and config.figures
@@ -379,7 +380,7 @@ def build_report(repo: str | os.PathLike[str], config: ReportConfig | None = Non
         manifest.update(drawn.get(obs_id, {}))
         used[obs_id] = _calibs_used(outputs[obs_id], manifest)
         if json.dumps(manifest, sort_keys=True) != before:
-            write_manifest(exp_dir / obs_id, manifest)
+            write_manifest(layout.exposure_figure_dir(out, obs_id), manifest)
 
     night_figures = (_night_figures(summary, night.summary_file, out / "night", config.force)
                      if config.figures else {})
@@ -621,7 +622,7 @@ def _exposure_page(row: Any, night: _Night, outputs: ExposureOutputs,
                      else ""), "\n".join(body), nav=nav)
 
 
-_GROUP_CAPTIONS = {
+_GROUP_CAPTIONS = MappingProxyType({
     "postisr": "Post-ISR image (ZScale, block means) with mask planes, detected sources "
                "(circles) and the zeroth order (cross); click for the full FITS file.",
     "sources.png": "Detected sources on the detector (marker area grows with brightness).",
@@ -633,7 +634,7 @@ _GROUP_CAPTIONS = {
     "spectrum_spectrum.png": "Extracted first-order spectrum with its errors and lines.",
     "atmosphere_fit.png": "Atmosphere fit: data and model, normalised residuals and "
                           "parameter correlations (re-drawn from the stored fit).",
-}
+})
 
 
 def _exposure_figures(obs_id: str, outputs: ExposureOutputs, manifest: dict[str, Any],
@@ -751,7 +752,7 @@ def _night_page(repo: Path, out: Path, night: _Night,
     body.append('<h2 id="quality">Image quality</h2>')
     body += _night_figure_html(figures, out, "quality",
                                "No characterized exposure: no image-quality plot.")
-    positions = repo / "night" / "plots" / "source_positions.png"
+    positions = layout.night_plot_dir(repo) / "source_positions.png"
     if positions.is_file() and "image_quality" in figures:
         body.append(H.figure(_rel(positions, out), "Where sources fell on the detector over "
                              "the night, and the dispersed exposures' zeroth orders (drawn "

@@ -10,7 +10,7 @@ dispersion axis, given by the grating equation as Spectractor writes it::
 with N the groove density, D the disperser-CCD distance (``115 mm + LINSPOS`` + the
 disperser's offset) and θ₀ the zeroth order's field angle. `dispersion_offset_px` and
 `wavelength_from_offset_px` are that law and its inverse, delegated to
-`spectractor_bridge.dispersers` (the one implementation of the law in atmospec).
+`atmospec.spectro.dispersers` (the one implementation of the law in atmospec).
 
 Two sources of light share one renderer:
 
@@ -55,17 +55,17 @@ from typing import Any
 
 import numpy as np
 
+from atmospec.atmosphere import transmission as _atmosphere
 from atmospec.camera.spectro import DisperserSpec, SpectroTable, load_spectro_table
+from atmospec.camera.spectrograph import load_instrument
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp, qe_curve
-from spectractor_bridge import atmosphere as _atmosphere
-from spectractor_bridge.calspec import load_sed
-from spectractor_bridge.dispersers import (
+from atmospec.spectro.calspec import load_sed
+from atmospec.spectro.dispersers import (
     grating_offset_px,
     grating_wavelength_nm,
     known_dispersers,
     load_disperser,
 )
-from spectractor_bridge.instrument import load_instrument
 
 __all__ = [
     "DispersedSceneConfig",
@@ -157,7 +157,7 @@ def dispersion_offset_px(
     """Distance from the zeroth order, along the dispersion axis, where λ lands in ``order``.
 
     ``sin θ = sin θ₀ + m N λ`` and ``u = D (tan θ − tan θ₀) / pixel`` (Spectractor's law),
-    computed by `spectractor_bridge.dispersers.grating_offset_px`, the one implementation
+    computed by `atmospec.spectro.dispersers.grating_offset_px`, the one implementation
     of the law in atmospec.
 
     Parameters
@@ -192,7 +192,7 @@ def wavelength_from_offset_px(
     theta0: float = 0.0,
 ) -> np.ndarray:
     """Inverse of `dispersion_offset_px`: the wavelength (nm) landing at ``offset_px``
-    (`spectractor_bridge.dispersers.grating_wavelength_nm`).
+    (`atmospec.spectro.dispersers.grating_wavelength_nm`).
 
     Raises
     ------
@@ -265,9 +265,9 @@ class DispersedSpectrumModel:
     """
 
     target: str = "HD142331"
-    """CALSPEC standard (any name `spectractor_bridge.calspec.load_sed` accepts) or SED file."""
+    """CALSPEC standard (any name `atmospec.spectro.calspec.load_sed` accepts) or SED file."""
     disperser: str = "holo4_003"
-    """``GRATING`` name; its order efficiencies come from `spectractor_bridge.dispersers`."""
+    """``GRATING`` name; its order efficiencies come from `atmospec.spectro.dispersers`."""
     exptime_s: float = 30.0
     """Exposure time, s."""
     airmass: float = 1.0
@@ -307,7 +307,7 @@ class DispersedSpectrumModel:
     libRadtran output (linear interpolation, end values held outside the table; ``airmass``,
     ``pressure_hpa``, ``pwv_mm``, ``ozone_du``, ``vaod`` and ``angstrom`` then do not shape
     the light, though ``airmass`` and ``pressure_hpa`` still drive ADR); None: the model
-    `spectractor_bridge.atmosphere.transmission`."""
+    `atmospec.atmosphere.transmission.transmission`."""
 
 
 def _atmosphere_at(model: DispersedSpectrumModel, lam: np.ndarray) -> np.ndarray:
@@ -381,8 +381,8 @@ def photons_per_nm(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
 
     ``N_m(λ) = F_λ(λ) · λ/(hc) · A · T_tel×QE(λ) · T_filter(λ) · η_m(λ) · T_atm(λ)`` with
     F_λ the CALSPEC SED (erg/s/cm²/nm), A the collecting area, η_m the disperser's order
-    efficiency (`spectractor_bridge.dispersers.Disperser.order_efficiency` for m = 1–3, the
-    zeroth-order constant for m = 0) and T_atm `spectractor_bridge.atmosphere.transmission`.
+    efficiency (`atmospec.spectro.dispersers.Disperser.order_efficiency` for m = 1–3, the
+    zeroth-order constant for m = 0) and T_atm `atmospec.atmosphere.transmission.transmission`.
 
     Parameters
     ----------

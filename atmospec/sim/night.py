@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import astropy.units as u
@@ -52,13 +54,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Exposure kinds in the order they are taken, with their IMGTYPE.
-KINDS: dict[str, str] = {"bias": "BIAS", "dark": "DARK", "flat": "FLAT", "science": "OBJECT",
-                         "dispersed": "OBJECT"}
+KINDS: Mapping[str, str] = MappingProxyType({
+    "bias": "BIAS", "dark": "DARK", "flat": "FLAT", "science": "OBJECT", "dispersed": "OBJECT"})
 
 #: Dark time beyond the exposure time, s (shutter and clocking overheads of real headers:
 #: 30.0096 s for a 30 s dark, 30.2407 s for a 30 s science frame).
-_EXTRA_DARK_S = {"bias": 0.0096, "dark": 0.0096, "flat": 0.2407, "science": 0.2407,
-                 "dispersed": 0.2407}
+_EXTRA_DARK_S = MappingProxyType({"bias": 0.0096, "dark": 0.0096, "flat": 0.2407, "science": 0.2407,
+                 "dispersed": 0.2407})
 
 #: Time between the end of one exposure and the start of the next, s (readout + setup).
 _OVERHEAD_S = 3.3
@@ -71,7 +73,7 @@ _LATITUDE = -30.2447889
 _LONGITUDE = -70.7476862
 
 #: Where the telescope parks for calibrations (flat-field screen), degrees.
-_FLAT_POSITION = {"elevation": 38.99, "azimuth": -171.24}
+_FLAT_POSITION = MappingProxyType({"elevation": 38.99, "azimuth": -171.24})
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import astropy.units as u
@@ -32,10 +33,10 @@ log = logging.getLogger(__name__)
 _DROPPED_AMP_KEYS = ("AVERAGE", "AVGBIAS", "STDVBIAS", "STDEV", "CHECKSUM", "DATASUM")
 
 #: Site of the Auxiliary Telescope (as in LATISS headers).
-_SITE = {"OBS-LONG": -70.7476862, "OBS-LAT": -30.2447889, "OBS-ELEV": 2663.0}
+_SITE = MappingProxyType({"OBS-LONG": -70.7476862, "OBS-LAT": -30.2447889, "OBS-ELEV": 2663.0})
 
 #: Comments written with the primary cards (values come from `primary_header`).
-_COMMENTS: dict[str, str] = {
+_COMMENTS: Mapping[str, str] = MappingProxyType({
     "INSTRUME": "Instrument",
     "TELESCOP": "Telescope",
     "OBSID": "The image name or obs-id",
@@ -61,7 +62,7 @@ _COMMENTS: dict[str, str] = {
     "HUMIDITY": "Outside relative humidity, %",
     "SIMULATE": "Simulated by atmospec.sim",
     "SIMSEED": "Seed of the simulated frame",
-}
+})
 
 
 @cache

@@ -16,9 +16,11 @@ import logging
 import math
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
+from types import MappingProxyType
 
 import numpy as np
 from astropy.table import Table
@@ -32,7 +34,7 @@ SENSOR_SEED = 20862
 #: Nominal wavelength ranges (nm) of the LATISS filters, for the band-averaged QE. The SDSS
 #: ranges are the filters' nominal half-power bands; "empty" is the useful range of the
 #: unfiltered sensor.
-FILTER_BANDS_NM: dict[str, tuple[float, float]] = {
+FILTER_BANDS_NM: Mapping[str, tuple[float, float]] = MappingProxyType({
     "u": (320.0, 400.0),
     "g": (400.0, 552.0),
     "r": (552.0, 691.0),
@@ -43,7 +45,7 @@ FILTER_BANDS_NM: dict[str, tuple[float, float]] = {
     "BG40": (335.0, 610.0),
     "OG550": (550.0, 1000.0),
     "FELH0600": (600.0, 1000.0),
-}
+})
 
 
 # --------------------------------------------------------------------------- stars

@@ -39,6 +39,7 @@ spectroscopy code).
 from __future__ import annotations
 
 import importlib
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -64,7 +65,7 @@ __all__ = [
 ]
 
 #: Public name -> submodule defining it.
-_WHERE = {
+_WHERE = MappingProxyType({
     "CpBiasTask": "cp", "CpBiasTaskConfig": "cp", "CpDarkTask": "cp", "CpDarkTaskConfig": "cp",
     "CpFlatTask": "cp", "CpFlatTaskConfig": "cp", "CpPtcTask": "ptc", "CpPtcTaskConfig": "ptc",
     "IsrTask": "isr", "IsrTaskConfig": "isr",
@@ -73,7 +74,7 @@ _WHERE = {
     "SpectractorTask": "spectractor", "SpectractorTaskConfig": "spectractor",
     "AtmosphereFitTask": "atmosphere", "AtmosphereFitTaskConfig": "atmosphere",
     "exposure_class": "_base",
-}
+})
 
 
 def __getattr__(name: str) -> Any:

@@ -1,5 +1,5 @@
 """Atmosphere fit PipelineTask: PWV, ozone and aerosols of a spectrum
-(`spectractor_bridge.atmfit.fit_atmosphere`)."""
+(`atmospec.atmosphere.spectrum_fit.fit_atmosphere`)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from lsst.pipe.base import (  # noqa: E402
     Struct,
 )
 
+from atmospec.atmosphere.spectrum_fit import AtmosphereFitConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
@@ -25,7 +26,6 @@ from atmospec.gen3.tasks._base import (  # noqa: E402
     check_applies,
     obs_id,
 )
-from spectractor_bridge.atmfit import AtmosphereFitConfig  # noqa: E402
 
 __all__ = ["AtmosphereFitTask", "AtmosphereFitTaskConfig"]
 
@@ -45,13 +45,13 @@ class AtmosphereFitTaskConfig(
         PipelineTaskConfig,
         config_class_from_dataclass(AtmosphereFitConfig, name="AtmosphereFitPexConfig"),
         pipelineConnections=AtmosphereFitConnections):
-    """`spectractor_bridge.atmfit.AtmosphereFitConfig` as a pex_config ``Config``."""
+    """`atmospec.atmosphere.spectrum_fit.AtmosphereFitConfig` as a pex_config ``Config``."""
 
     applies_to = applies_to_field(("dispersed",))
 
 
 class AtmosphereFitTask(PipelineTask):
-    """Atmosphere fit of one spectrum: `spectractor_bridge.atmfit.fit_atmosphere`."""
+    """Atmosphere fit of one spectrum: `atmospec.atmosphere.spectrum_fit.fit_atmosphere`."""
 
     ConfigClass = AtmosphereFitTaskConfig
     _DefaultName = "atmosphereFit"
@@ -86,8 +86,8 @@ class AtmosphereFitTask(PipelineTask):
         lsst.pipe.base.Struct
             ``fitParameters`` (dict, as ``<OBSID>_atmosphere.json``).
         """
+        from atmospec.atmosphere.spectrum_fit import fit_atmosphere
         from atmospec.io import to_jsonable
-        from spectractor_bridge.atmfit import fit_atmosphere
 
         config: AtmosphereFitConfig = to_dataclass(self.config)
         fit = fit_atmosphere(spectrum, config, source=source)

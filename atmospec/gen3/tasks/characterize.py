@@ -1,5 +1,5 @@
 """Imaging characterization PipelineTask: background, sources, PSF and photometry
-(`atmospec.characterize.task.characterize`)."""
+(`atmospec.imaging.characterize.characterize`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from lsst.pipe.base import (  # noqa: E402
     Struct,
 )
 
-from atmospec.characterize.task import CharacterizeConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
@@ -26,6 +25,7 @@ from atmospec.gen3.tasks._base import (  # noqa: E402
     check_applies,
     obs_id,
 )
+from atmospec.imaging.characterize import CharacterizeConfig  # noqa: E402
 
 __all__ = ["CharacterizeTask", "CharacterizeTaskConfig"]
 
@@ -45,13 +45,13 @@ class CharacterizeTaskConfig(
         PipelineTaskConfig,
         config_class_from_dataclass(CharacterizeConfig, name="CharacterizePexConfig"),
         pipelineConnections=CharacterizeConnections):
-    """`atmospec.characterize.task.CharacterizeConfig` as a pex_config ``Config``."""
+    """`atmospec.imaging.characterize.CharacterizeConfig` as a pex_config ``Config``."""
 
     applies_to = applies_to_field(("imaging",))
 
 
 class CharacterizeTask(PipelineTask):
-    """Background, sources, PSF and photometry: `atmospec.characterize.task.characterize`."""
+    """Background, sources, PSF and photometry: `atmospec.imaging.characterize.characterize`."""
 
     ConfigClass = CharacterizeTaskConfig
     _DefaultName = "characterize"
@@ -86,8 +86,8 @@ class CharacterizeTask(PipelineTask):
         lsst.pipe.base.Struct
             ``sourceCat`` (`astropy.table.Table`).
         """
-        from atmospec.characterize.catalog import catalog_table
-        from atmospec.characterize.task import characterize
+        from atmospec.imaging.catalog import catalog_table
+        from atmospec.imaging.characterize import characterize
         from atmospec.io import provenance_cards
 
         config: CharacterizeConfig = to_dataclass(self.config)

@@ -1,5 +1,5 @@
 """Master bias, dark and flat PipelineTasks (Rubin's cpBias, cpDark, cpFlat): the master
-builders of `atmospec.cpp.masters`, with the certified PTC's gains when one is found, as the
+builders of `atmospec.calib.masters`, with the certified PTC's gains when one is found, as the
 native runner builds its products (`atmospec.night.calibs`)."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from lsst.pipe.base import (  # noqa: E402
     Struct,
 )
 
-from atmospec.cpp.masters import DarkConfig, FlatConfig, MasterConfig  # noqa: E402
+from atmospec.calib.masters import DarkConfig, FlatConfig, MasterConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
@@ -74,17 +74,16 @@ class CpBiasConnections(PipelineTaskConnections, dimensions=("instrument", "dete
 class CpBiasTaskConfig(PipelineTaskConfig,
                        config_class_from_dataclass(MasterConfig, name="MasterPexConfig"),
                        pipelineConnections=CpBiasConnections):
-    """`atmospec.cpp.masters.MasterConfig` as a pex_config ``Config``."""
+    """`atmospec.calib.masters.MasterConfig` as a pex_config ``Config``."""
 
     def setDefaults(self) -> None:
-        """As the night runner builds a bias: skip unusable inputs, no PNG."""
+        """As the night runner builds a bias: skip unusable inputs."""
         super().setDefaults()
         self.skip_bad = True
-        self.plot = False
 
 
 class CpBiasTask(PipelineTask):
-    """Master bias from raw biases: `atmospec.cpp.masters.build_bias` (ISR of each input,
+    """Master bias from raw biases: `atmospec.calib.masters.build_bias` (ISR of each input,
     clipped-mean combination, verification)."""
 
     ConfigClass = CpBiasTaskConfig
@@ -120,7 +119,7 @@ class CpBiasTask(PipelineTask):
         lsst.pipe.base.Struct
             ``outputData`` (`atmospec.exposure.Exposure`), ``verification`` (dict).
         """
-        from atmospec.cpp.masters import build_bias
+        from atmospec.calib.masters import build_bias
 
         config = config or to_dataclass(self.config)
         return build_master("bias", lambda out: build_bias(raw_paths, out, config),
@@ -152,25 +151,24 @@ class CpDarkConnections(PipelineTaskConnections, dimensions=("instrument", "dete
 class CpDarkTaskConfig(PipelineTaskConfig,
                        config_class_from_dataclass(DarkConfig, name="DarkPexConfig"),
                        pipelineConnections=CpDarkConnections):
-    """`atmospec.cpp.masters.DarkConfig` as a pex_config ``Config``."""
+    """`atmospec.calib.masters.DarkConfig` as a pex_config ``Config``."""
 
     def setDefaults(self) -> None:
-        """As the night runner builds a dark: skip unusable inputs, no PNG."""
+        """As the night runner builds a dark: skip unusable inputs."""
         super().setDefaults()
         self.skip_bad = True
         self.min_inputs = 2
-        self.plot = False
 
 
 class CpDarkTask(PipelineTask):
-    """Master dark from raw darks: `atmospec.cpp.masters.build_dark` with the certified
+    """Master dark from raw darks: `atmospec.calib.masters.build_dark` with the certified
     bias (and PTC)."""
 
     ConfigClass = CpDarkTaskConfig
     _DefaultName = "cpDark"
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
-        """Pass the raw, bias and PTC files to `atmospec.cpp.masters.build_dark`.
+        """Pass the raw, bias and PTC files to `atmospec.calib.masters.build_dark`.
 
         Parameters
         ----------
@@ -179,7 +177,7 @@ class CpDarkTask(PipelineTask):
         inputRefs, outputRefs : lsst.pipe.base.InputQuantizedConnection
             Dataset references of the connections.
         """
-        from atmospec.cpp.masters import build_dark
+        from atmospec.calib.masters import build_dark
 
         with ExitStack() as stack:
             raws = sorted(local_paths(stack, butlerQC.get(inputRefs.inputExpHandles)))
@@ -220,25 +218,24 @@ class CpFlatConnections(PipelineTaskConnections,
 class CpFlatTaskConfig(PipelineTaskConfig,
                        config_class_from_dataclass(FlatConfig, name="FlatPexConfig"),
                        pipelineConnections=CpFlatConnections):
-    """`atmospec.cpp.masters.FlatConfig` as a pex_config ``Config``."""
+    """`atmospec.calib.masters.FlatConfig` as a pex_config ``Config``."""
 
     def setDefaults(self) -> None:
-        """As the night runner builds a flat: skip unusable inputs, no PNG."""
+        """As the night runner builds a flat: skip unusable inputs."""
         super().setDefaults()
         self.skip_bad = True
         self.min_inputs = 2
-        self.plot = False
 
 
 class CpFlatTask(PipelineTask):
-    """Master flat of one physical filter: `atmospec.cpp.masters.build_flat` with the
+    """Master flat of one physical filter: `atmospec.calib.masters.build_flat` with the
     certified bias (dark and PTC)."""
 
     ConfigClass = CpFlatTaskConfig
     _DefaultName = "cpFlat"
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
-        """Pass the raw, bias, dark and PTC files to `atmospec.cpp.masters.build_flat`.
+        """Pass the raw, bias, dark and PTC files to `atmospec.calib.masters.build_flat`.
 
         Parameters
         ----------
@@ -247,7 +244,7 @@ class CpFlatTask(PipelineTask):
         inputRefs, outputRefs : lsst.pipe.base.InputQuantizedConnection
             Dataset references of the connections.
         """
-        from atmospec.cpp.masters import build_flat
+        from atmospec.calib.masters import build_flat
 
         with ExitStack() as stack:
             raws = sorted(local_paths(stack, butlerQC.get(inputRefs.inputExpHandles)))

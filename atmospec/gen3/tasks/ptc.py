@@ -1,4 +1,4 @@
-"""Photon-transfer curve PipelineTask (Rubin's cpPtc): `atmospec.cpp.ptc.build_ptc` over the
+"""Photon-transfer curve PipelineTask (Rubin's cpPtc): `atmospec.calib.ptc.build_ptc` over the
 raw flat pairs of the data query, one quantum per detector."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lsst.pipe.base import (  # noqa: E402
     Struct,
 )
 
-from atmospec.cpp.ptc import PtcConfig  # noqa: E402
+from atmospec.calib.ptc import PtcConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import EXPOSURE_DIMS, build_master, local_paths  # noqa: E402
 
@@ -46,7 +46,7 @@ class CpPtcConnections(PipelineTaskConnections, dimensions=("instrument", "detec
 class CpPtcTaskConfig(PipelineTaskConfig,
                       config_class_from_dataclass(PtcConfig, name="PtcPexConfig"),
                       pipelineConnections=CpPtcConnections):
-    """`atmospec.cpp.ptc.PtcConfig` as a pex_config ``Config``, and how inputs are taken."""
+    """`atmospec.calib.ptc.PtcConfig` as a pex_config ``Config``, and how inputs are taken."""
 
     skip_bad = pexConfig.Field[bool](
         doc="Log and leave out unusable inputs (unreadable, not a flat, no partner of the "
@@ -58,7 +58,7 @@ class CpPtcTaskConfig(PipelineTaskConfig,
 
 
 class CpPtcTask(PipelineTask):
-    """PTC from raw flat pairs: `atmospec.cpp.ptc.build_ptc` (per pair: overscan and
+    """PTC from raw flat pairs: `atmospec.calib.ptc.build_ptc` (per pair: overscan and
     crosstalk removal, clipped means and pair-difference variances; per amp: the Astier+19
     fit, read noise from the overscans, turnoff; then the verification)."""
 
@@ -91,10 +91,10 @@ class CpPtcTask(PipelineTask):
         Returns
         -------
         lsst.pipe.base.Struct
-            ``outputData`` (`astropy.table.Table`, the product as `atmospec.cpp.ptc.write_ptc`
+            ``outputData`` (`astropy.table.Table`, the product as `atmospec.calib.ptc.write_ptc`
             writes it) and ``verification`` (dict, ``<stem>.verify.json``).
         """
-        from atmospec.cpp.ptc import build_ptc
+        from atmospec.calib.ptc import build_ptc
 
         config: PtcConfig = to_dataclass(self.config)
         return build_master("ptc", lambda out: build_ptc(raw_paths, out, config,

@@ -1,5 +1,5 @@
 """First-order spectrum PipelineTask of dispersed exposures: extraction, wavelength
-calibration, order 2 and forward model (`spectractor_bridge.chain.process_dispersed`)."""
+calibration, order 2 and forward model (`atmospec.spectro.chain.process_dispersed`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from atmospec.gen3.tasks._base import (  # noqa: E402
     check_applies,
     obs_id,
 )
-from spectractor_bridge.chain import SpectroscopyConfig  # noqa: E402
+from atmospec.spectro.chain import SpectroscopyConfig  # noqa: E402
 
 __all__ = ["SpectractorTask", "SpectractorTaskConfig"]
 
@@ -46,14 +46,14 @@ class SpectractorTaskConfig(
         PipelineTaskConfig,
         config_class_from_dataclass(SpectroscopyConfig, name="SpectroscopyPexConfig"),
         pipelineConnections=SpectractorConnections):
-    """`spectractor_bridge.chain.SpectroscopyConfig` as a pex_config ``Config``."""
+    """`atmospec.spectro.chain.SpectroscopyConfig` as a pex_config ``Config``."""
 
     applies_to = applies_to_field(("dispersed",))
 
 
 class SpectractorTask(PipelineTask):
     """Extraction, wavelength calibration, order 2 and forward model of one dispersed
-    exposure: `spectractor_bridge.chain.process_dispersed` at the given zeroth order."""
+    exposure: `atmospec.spectro.chain.process_dispersed` at the given zeroth order."""
 
     ConfigClass = SpectractorTaskConfig
     _DefaultName = "spectractor"
@@ -93,7 +93,7 @@ class SpectractorTask(PipelineTask):
             header).
         """
         from atmospec.io import add_cards, provenance_cards
-        from spectractor_bridge.chain import process_dispersed
+        from atmospec.spectro.chain import process_dispersed
 
         config: SpectroscopyConfig = to_dataclass(self.config)
         xy = tuple(centroid["centroid"]) if centroid else None

@@ -17,7 +17,6 @@ from lsst.pipe.base import (  # noqa: E402
     Struct,
 )
 
-from atmospec.characterize.zeroth_order import ZerothOrderConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
@@ -26,6 +25,7 @@ from atmospec.gen3.tasks._base import (  # noqa: E402
     check_applies,
     obs_id,
 )
+from atmospec.spectro.zeroth_order import ZerothOrderConfig  # noqa: E402
 
 __all__ = ["ZerothOrderTask", "ZerothOrderTaskConfig"]
 
@@ -43,7 +43,7 @@ class ZerothOrderTaskConfig(
         PipelineTaskConfig,
         config_class_from_dataclass(ZerothOrderConfig, name="ZerothOrderPexConfig"),
         pipelineConnections=ZerothOrderConnections):
-    """`atmospec.characterize.zeroth_order.ZerothOrderConfig` as a pex_config ``Config``."""
+    """`atmospec.spectro.zeroth_order.ZerothOrderConfig` as a pex_config ``Config``."""
 
     applies_to = applies_to_field(("dispersed",))
 
@@ -85,9 +85,9 @@ class ZerothOrderTask(PipelineTask):
         lsst.pipe.base.Struct
             ``centroid`` (dict: the ``atmospecCentroid`` record).
         """
-        from atmospec.characterize.zeroth_order import centroid_record
         from atmospec.io import provenance_cards
         from atmospec.night.tasks import zeroth_order_result
+        from atmospec.spectro.zeroth_order import centroid_record
 
         config: ZerothOrderConfig = to_dataclass(self.config)
         result = zeroth_order_result(exposure, config, source)

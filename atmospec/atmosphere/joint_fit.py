@@ -1,0 +1,846 @@
+"""Joint atmosphere fit of the spectra of a night: shared throughput, per-exposure atmosphere.
+
+As Spectractor's multi-spectra fit: N first-order spectra of CALSPEC stars taken with the same
+instrument and disperser are fitted together, each with its own atmosphere, and all through one
+common correction of the tabulated instrument throughput.
+
+Model
+-----
+Spectrum ``e`` (airmass X_e) is `atmospec.atmosphere.spectrum_fit.SpectrumForwardModel` with the
+throughput multiplied by a correction ``C(λ)`` common to all exposures::
+
+    M_e(λ_i) = g_e · [K_e ⊗ (S_e · C · T_atm(X_e; PWV_e, O3_e, VAOD_e))](λ_i + δλ_e)
+
+with ``S_e`` everything but the atmosphere (`SpectrumForwardModel.static_fine`) and ``K_e``
+the kernel of resolution scale ``s_e``. Per exposure: grey ``g_e``, PWV, ozone, VAOD, shift
+``δλ_e``, resolution ``s_e`` (ozone and/or VAOD optionally shared by the night).
+
+*Throughput correction.* ``ln C(λ) = Σ_j c_j B_j(λ)``, with the ``B_j`` spanning Legendre
+polynomials of degree 0..K in ``x = 2(λ − λ_min)/(λ_max − λ_min) − 1`` (λ_min, λ_max: union
+of the fitted ranges) restricted by linear *gauge* conditions ``⟨q, ln C⟩ = 0`` (inner product:
+mean over a uniform grid of that range):
+
+* ``q = 1`` always: the geometric mean of C over the range is 1. A constant factor of the
+  throughput is exactly the per-exposure grey terms (all ``g_e`` scaled together), so without
+  this condition the problem would have an exact degeneracy.
+* ``q = τ_aer(λ)`` (libRadtran's aerosol shape, or the fixed Ångström law) when VAOD is free per
+  exposure with no prior: ``ln C → ln C − a · τ_aer`` is exactly compensated by
+  ``VAOD_e → VAOD_e + a / X_e`` for every exposure (a per-exposure VAOD absorbs any airmass
+  dependence), so the throughput is *not identifiable* along the aerosol shape from the spectra
+  alone (the grey terms forbid a Langley lever arm). The condition states that the tabulated
+  throughput is right along that direction: any aerosol-shaped error of the throughput then
+  appears as ``a / X_e`` in every VAOD. Break the degeneracy instead with external knowledge
+  (``vaod_priors``: e.g. a photometer's VAOD for one or more exposures) or with one VAOD for
+  the night (``share_vaod``: the airmass lever arm then separates VAOD from throughput).
+* ``q = τ_O3(λ)`` (ozone cross-section, the broad Chappuis band) when ozone is free per exposure
+  with no prior, for the same reason (``O3_e → O3_e + b / X_e``); ``share_ozone`` (ozone is
+  stable over a night) or ``ozone_priors`` remove it.
+
+Water bands are too narrow for a low-order correction, so PWV needs no gauge. The correction
+multiplies the throughput on the fine grid, before the convolution.
+
+Fit
+---
+Least squares of the whitened residuals ``L_e⁻¹ (d_e − M_e)`` (``C_e = L_e L_eᵀ``, Cholesky of
+each spectrum's covariance restricted to its fitted samples; factored as a band matrix when
+its correlations vanish (below ``covariance_band_tolerance``) beyond a short lag, else dense;
+the same fallbacks as `fit_atmosphere`: NaN samples dropped, a non-positive-definite covariance
+replaced by its diagonal with a warning), plus Gaussian prior terms. Levenberg–Marquardt on
+the normal equations with **analytic derivatives** and the **block structure**: each exposure's
+parameters touch only its spectrum, so ``JᵀJ`` (``n_free²``, a few hundred) is accumulated
+block by block from ``n_e × (6 + n_c)`` whitened Jacobians, never forming the global Jacobian.
+A step that would cross a bound takes the parameter halfway to it (never onto it). Errors
+are ``(JᵀJ)⁻¹`` at the solution (unscaled).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.linalg import (
+    LinAlgError,
+    cho_factor,
+    cho_solve,
+    cholesky,
+    cholesky_banded,
+    null_space,
+    solve_banded,
+    solve_triangular,
+)
+from scipy.sparse import csr_matrix
+
+from atmospec.atmosphere.spectrum_fit import (
+    AtmosphereFitConfig,
+    SpectrumForwardModel,
+    coverage_fixed,
+)
+from atmospec.errors import BadInputError
+from atmospec.spectro.spectrum import Spectrum
+
+__all__ = [
+    "EXPOSURE_PARAMETERS",
+    "JointAtmosphereFit",
+    "JointFitConfig",
+    "fit_atmosphere_joint",
+]
+
+log = logging.getLogger(__name__)
+
+#: Per-exposure parameters, in the order of each block's local derivative columns.
+EXPOSURE_PARAMETERS = ("grey", "pwv_mm", "ozone_du", "vaod", "dlambda_nm", "resolution")
+_SHAREABLE = ("ozone_du", "vaod")
+_JOINT = "joint fit"
+#: Offset (nm) given to convolution-window positions outside the fine grid: zero weight.
+_FAR_NM = 1.0e6
+
+
+@dataclass(frozen=True)
+class JointFitConfig:
+    """How `fit_atmosphere_joint` fits the spectra of a night."""
+
+    spectrum: AtmosphereFitConfig = field(default_factory=AtmosphereFitConfig)
+    """Per-spectrum settings (range, SED, instrument, starting values, bounds, which of PWV,
+    ozone, VAOD, shift, resolution are fitted, covariance use, bad-sample tolerance).
+    ``fit_angstrom`` is not supported by the joint fit (the exponent stays fixed)."""
+    throughput_degree: int = 5
+    """Highest Legendre degree K of ``ln C(λ)``; the correction has K + 1 − (number of gauge
+    conditions) free coefficients. 0 disables the correction (a plain simultaneous fit)."""
+    share_ozone: bool = False
+    """One ozone column for the night instead of one per exposure."""
+    share_vaod: bool = False
+    """One VAOD for the night instead of one per exposure."""
+    vaod_priors: tuple[tuple[int, float, float], ...] = ()
+    """Gaussian priors ``(exposure index, VAOD, σ)`` from outside the spectra (photometer);
+    with ``share_vaod`` any index constrains the shared value. Any prior removes the aerosol
+    gauge condition."""
+    ozone_priors: tuple[tuple[int, float, float], ...] = ()
+    """Gaussian priors ``(exposure index, ozone DU, σ)`` (e.g. satellite total ozone); any
+    prior removes the ozone gauge condition."""
+    correction_grid_step_nm: float = 5.0
+    """Step of the wavelength grid on which the correction and its errors are reported."""
+    max_iterations: int = 60
+    """Largest number of Levenberg–Marquardt iterations."""
+    tolerance: float = 1e-3
+    """Convergence: χ² decrease below ``tolerance`` (absolute) or a step below
+    ``tolerance`` standard deviations (``δᵀ JᵀJ δ < tolerance²``)."""
+    banded_covariance_fraction: float = 0.125
+    """A covariance whose band (see `covariance_band_tolerance`) is narrower than this
+    fraction of its size is factored as a band matrix (O(n·b²) time, O(n·b) memory, instead of
+    O(n³) and O(n²)); 0: always dense."""
+    covariance_band_tolerance: float = 1e-6
+    """Correlations ``|ρ_ij|`` below this beyond the last lag that has one above it are
+    neglected (0: only exact zeros), so that a dense covariance whose correlations die out
+    within a few tens of samples is factored as a band. (The real CTIO HD111980 covariance
+    does not qualify: its median |ρ| is 5e-5 at lag 20, but its bluest ~40 samples correlate
+    with each other at ≥ 1e-4 over ~270 samples, so it keeps the dense factor.)"""
+
+
+@dataclass(frozen=True)
+class JointAtmosphereFit:
+    """Result of `fit_atmosphere_joint` (`to_dict` gives a JSON-able summary)."""
+
+    sources: tuple[str, ...]
+    """Name of each exposure (file), in input order."""
+    values: tuple[dict[str, float | None], ...]
+    """Per exposure: ``grey, pwv_mm, ozone_du, vaod, angstrom, dlambda_nm, resolution`` (shared
+    parameters repeated in every exposure; ``angstrom`` None: libRadtran's aerosol shape)."""
+    errors: tuple[dict[str, float | None], ...]
+    """Per exposure: 1σ errors (None for fixed parameters), marginalised over everything else,
+    including the throughput correction."""
+    fixed: tuple[dict[str, str], ...]
+    """Per exposure: fixed parameters and why."""
+    shared: dict[str, tuple[float, float]]
+    """Night-wide parameters (``ozone_du``, ``vaod`` when shared): value and error."""
+    airmass: tuple[float, ...]
+    """Airmass of each exposure."""
+    correction_wavelength_nm: NDArray[np.float64]
+    """Wavelength grid of `correction` (the union of the fitted ranges)."""
+    correction: NDArray[np.float64]
+    """Throughput correction C(λ) (multiplies the tabulated throughput; geometric mean 1)."""
+    correction_err: NDArray[np.float64]
+    """1σ error of `correction`."""
+    correction_coefficients: NDArray[np.float64]
+    """Coefficients of ``ln C`` on `correction_basis`."""
+    correction_covariance: NDArray[np.float64]
+    """Covariance of `correction_coefficients`."""
+    correction_basis: NDArray[np.float64]
+    """Legendre coefficients (degree 0..K in ``x``) of each basis function, shape
+    ``(K + 1, n_coefficients)``: ``ln C(x) = legval(x, correction_basis @ c)``."""
+    correction_range_nm: tuple[float, float]
+    """``(λ_min, λ_max)`` mapped to ``x = −1, 1``."""
+    gauge: tuple[str, ...]
+    """Gauge conditions imposed on ``ln C`` (``mean``, ``aerosol``, ``ozone``)."""
+    chi2: float
+    """Total χ² (data and priors)."""
+    ndof: int
+    """Samples + prior terms − free parameters."""
+    chi2_exposure: tuple[float, ...]
+    """χ² of each spectrum."""
+    n_samples: tuple[int, ...]
+    """Fitted samples of each spectrum."""
+    covariance_used: tuple[str, ...]
+    """Per exposure: ``full``, ``banded``, ``diagonal`` or ``diagonal (reason)``."""
+    parameter_names: tuple[str, ...]
+    """Free parameters (``c0``…, ``ozone_du``/``vaod`` when shared, ``name[e]``)."""
+    parameter_covariance: NDArray[np.float64]
+    """Covariance of the free parameters, in `parameter_names` order."""
+    success: bool
+    """Whether the fit converged."""
+    message: str
+    """Why the iterations stopped."""
+    n_iterations: int
+    """Levenberg–Marquardt iterations."""
+    nfev: int
+    """Model evaluations of the whole set of spectra."""
+    timings: dict[str, float]
+    """Wall time of the stages: ``setup`` (forward models, Cholesky factors), ``fit``,
+    ``errors``, seconds."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Context: instrument, disperser, filters, targets, dropped samples."""
+
+    @property
+    def chi2_ndof(self) -> float:
+        """χ² / ndof (NaN for ndof ≤ 0)."""
+        return self.chi2 / self.ndof if self.ndof > 0 else float("nan")
+
+    def correction_at(self, wavelength_nm: NDArray[np.float64]
+                      ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Correction and its 1σ error at arbitrary wavelengths inside the fitted range."""
+        return _correction_curve(wavelength_nm, self.correction_range_nm,
+                                 self.correction_basis, self.correction_coefficients,
+                                 self.correction_covariance)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dictionary of the whole result."""
+        def num(v: Any) -> Any:
+            if v is None:
+                return None
+            if isinstance(v, float | np.floating):
+                return float(v) if np.isfinite(v) else None
+            return v
+
+        exposures = []
+        for e, src in enumerate(self.sources):
+            exposures.append({
+                "source": src, "airmass": float(self.airmass[e]),
+                "values": {k: num(v) for k, v in self.values[e].items()},
+                "errors": {k: num(v) for k, v in self.errors[e].items()},
+                "fixed": dict(self.fixed[e]), "chi2": num(self.chi2_exposure[e]),
+                "n_samples": int(self.n_samples[e]),
+                "covariance_used": self.covariance_used[e],
+            })
+        return {
+            "exposures": exposures,
+            "shared": {k: {"value": num(v), "error": num(s)}
+                       for k, (v, s) in self.shared.items()},
+            "throughput_correction": {
+                "wavelength_nm": self.correction_wavelength_nm.tolist(),
+                "correction": self.correction.tolist(),
+                "error": self.correction_err.tolist(),
+                "coefficients": self.correction_coefficients.tolist(),
+                "covariance": self.correction_covariance.tolist(),
+                "legendre_basis": self.correction_basis.tolist(),
+                "range_nm": [float(v) for v in self.correction_range_nm],
+                "gauge": list(self.gauge),
+            },
+            "chi2": num(self.chi2), "ndof": int(self.ndof), "chi2_ndof": num(self.chi2_ndof),
+            "success": bool(self.success), "message": self.message,
+            "n_iterations": int(self.n_iterations), "nfev": int(self.nfev),
+            "timings": {k: float(v) for k, v in self.timings.items()},
+            "info": self.info,
+        }
+
+
+# ---------------------------------------------------------------------- whitening
+class _Whitener:
+    """``X ↦ L⁻¹ X`` for a covariance ``L Lᵀ`` (dense, banded or diagonal).
+
+    The covariance is treated as banded beyond the last lag with a correlation
+    ``|ρ_ij| ≥ band_tolerance`` (0: beyond its last non-zero) when that band is narrower than
+    ``band_fraction`` of its size; if the truncated band is not positive definite the dense
+    factor is used, and if that fails the diagonal (with a warning).
+    """
+
+    def __init__(self, cov: NDArray[np.float64] | None, err: NDArray[np.float64],
+                 use_cov: bool, band_fraction: float, source: str,
+                 band_tolerance: float = 0.0) -> None:
+        self._inv: NDArray[np.float64] | None = None
+        self._band: tuple[int, NDArray[np.float64]] | None = None
+        self._chol: NDArray[np.float64] | None = None
+        if cov is None or not use_cov:
+            self.label = "diagonal"
+            self._inv = 1.0 / err
+            return
+        n = cov.shape[0]
+        reason = None
+        if not np.all(np.isfinite(cov)):
+            reason = "covariance has NaN or infinite entries"
+        else:
+            d = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+            if band_tolerance > 0 and np.all(d > 0):
+                bw = _bandwidth(np.abs(cov) >= band_tolerance * np.outer(d, d))
+            else:
+                bw = _bandwidth(cov != 0)
+            if bw < band_fraction * n:
+                lower = np.zeros((bw + 1, n))
+                for lag in range(bw + 1):
+                    lower[lag, : n - lag] = np.diagonal(cov, -lag)
+                try:
+                    self._band = (bw, cholesky_banded(lower, lower=True, check_finite=False))
+                    self.label = (f"banded (lag <= {bw}; |ρ| < {band_tolerance:g} beyond "
+                                  "neglected)" if band_tolerance > 0 else f"banded (lag <= {bw})")
+                except LinAlgError:
+                    self._band = None
+            if self._band is None:
+                try:
+                    self._chol = cholesky(cov, lower=True, check_finite=False)
+                    self.label = "full"
+                except LinAlgError:
+                    reason = "covariance is not positive definite"
+        if reason is not None:
+            log.warning("%s: %s: weighting with flux_err² only", source, reason)
+            self.label = f"diagonal ({reason})"
+            self._band = self._chol = None
+            self._inv = 1.0 / err
+
+    def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
+        if self._inv is not None:
+            return x * (self._inv if x.ndim == 1 else self._inv[:, None])
+        if self._band is not None:
+            bw, ab = self._band
+            return solve_banded((bw, 0), ab, x, check_finite=False)
+        return solve_triangular(self._chol, x, lower=True, check_finite=False)
+
+
+# ---------------------------------------------------------------------- one exposure
+class _Block:
+    """Model, analytic derivatives and whitening of one spectrum of the joint fit."""
+
+    def __init__(self, model: SpectrumForwardModel, sel: NDArray[np.intp],
+                 flux: NDArray[np.float64], whiten: _Whitener,
+                 basis_fine: NDArray[np.float64] | None, angstrom: float | None) -> None:
+        self.static_fine = model.static_fine
+        self.fine_wavelength = model.fine_wavelength
+        self.wavelength = model.wavelength[sel]
+        """Fitted wavelengths, nm."""
+        self.airmass = float(model.airmass)
+        self.flux = flux
+        self.whiten = whiten
+        self.wdata = whiten(flux)
+        self.basis_fine = (basis_fine if basis_fine is not None
+                           else np.zeros((model.fine_wavelength.size, 0)))
+        """``ln C`` basis functions on the fine grid (set by the joint fit)."""
+        x, p = model.airmass, model.pressure_hpa
+        atm = model.atmosphere
+        base = atm.optical_depths(x, p, 0.0, 0.0, 0.0, angstrom)
+        self.tau_fixed = base["rayleigh"] + base["o2"]
+        self.tau_ozone = atm.optical_depths(x, p, 0.0, 1.0, 0.0, angstrom)["ozone"]
+        self.tau_aerosol = atm.optical_depths(x, p, 0.0, 0.0, 1.0, angstrom)["aerosol"]
+        # Water: τ_w = a · (PWV·X)^b; a at PWV·X = 1, b from PWV·X = e.
+        a = atm.optical_depths(x, p, 1.0 / x, 0.0, 0.0, angstrom)["water"]
+        ae = atm.optical_depths(x, p, math.e / x, 0.0, 0.0, angstrom)["water"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.water_b = np.where(a > 0, np.log(np.where(a > 0, ae / a, 1.0)), 0.0)
+        self.water_a = a
+        # Convolution window (as SpectrumForwardModel's): fine samples around each sample.
+        step = model.fine_step_nm
+        fine = model.fine_wavelength
+        lam = self.wavelength
+        half = math.ceil((4.0 * float(np.max(model.sigma_nm(model.max_resolution)))
+                          + model.max_shift_nm) / step) + 1
+        k = np.arange(-half, half + 1)
+        raw = np.rint((lam - fine[0]) / step).astype(np.int64)[:, None] + k[None, :]
+        inside = (raw >= 0) & (raw < fine.size)
+        self._idx = np.clip(raw, 0, fine.size - 1).astype(np.int32)
+        # Window positions beyond the fine grid get an offset so large that their weight
+        # underflows to exactly 0 (and so do their derivative terms, u·w and u²·w).
+        self._dl = np.where(inside, fine[self._idx] - lam[:, None], _FAR_NM)
+        s0 = model.sigma_nm(0.0)[sel]
+        s1 = model.sigma_nm(1.0)[sel]
+        self._box2 = s0 ** 2
+        self._psf2 = np.clip(s1 ** 2 - s0 ** 2, 0.0, None)
+        n, w = self._idx.shape
+        self._indptr = np.arange(0, n * w + 1, w, dtype=np.int32)
+        self._indices = self._idx.ravel()
+        self._n_fine = fine.size
+        self._key: tuple[float, float] | None = None
+        self._kern: tuple[Any, ...] = ()
+
+    @property
+    def n(self) -> int:
+        return self.flux.size
+
+    def _kernel(self, dlambda: float, resolution: float) -> tuple[Any, ...]:
+        """Sparse convolution matrix and the kernel's derivatives in δλ and s."""
+        key = (dlambda, resolution)
+        if key != self._key:
+            sig = np.sqrt(resolution ** 2 * self._psf2 + self._box2)
+            u = (self._dl - dlambda) / sig[:, None]
+            w = np.exp(-0.5 * u * u)
+            w /= w.sum(axis=1, keepdims=True)
+            mat = csr_matrix((w.ravel(), self._indices, self._indptr),
+                             shape=(w.shape[0], self._n_fine), copy=False)
+            self._kern = (mat, w, sig)
+            self._key = key
+        return self._kern
+
+    def model_flux(self, p: dict[str, float], c: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Model (not whitened) at the fitted samples."""
+        fine = self.static_fine * np.exp(self._log_fine(p, c)[0])
+        mat = self._kernel(p["dlambda_nm"], p["resolution"])[0]
+        return p["grey"] * (mat @ fine)
+
+    def _log_fine(self, p: dict[str, float], c: NDArray[np.float64]
+                  ) -> tuple[NDArray[np.float64], NDArray[np.float64] | float, float]:
+        """``ln(C · T_atm)`` on the fine grid, the water optical depth, and the PWV used."""
+        pwv = max(p["pwv_mm"], 0.0)
+        w_col = pwv * self.airmass
+        tau_w = self.water_a * w_col ** self.water_b if w_col > 0 else 0.0 * self.water_a
+        log_corr = self.basis_fine @ c if c.size else 0.0
+        tau = (self.tau_fixed + p["ozone_du"] * self.tau_ozone + p["vaod"] * self.tau_aerosol
+               + tau_w)
+        return log_corr - tau, tau_w, pwv
+
+    def evaluate(self, p: dict[str, float], c: NDArray[np.float64], jac: bool
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64] | None]:
+        """Whitened residuals and (``jac``) whitened derivatives of the model, columns
+        `EXPOSURE_PARAMETERS` then one per correction coefficient."""
+        log_fine, tau_w, pwv = self._log_fine(p, c)
+        fine = self.static_fine * np.exp(log_fine)
+        mat, w, sig = self._kernel(p["dlambda_nm"], p["resolution"])
+        g = p["grey"]
+        if not jac:
+            return self.wdata - self.whiten(g * (mat @ fine)), None
+        dpwv = -self.water_b * tau_w / max(pwv, 1e-6)
+        cols = np.column_stack([fine, fine * dpwv, -fine * self.tau_ozone,
+                                -fine * self.tau_aerosol,
+                                *(fine[:, None] * self.basis_fine).T])
+        conv = mat @ cols
+        base = conv[:, 0]
+        # Kernel derivatives: w ∝ exp(−u²/2), u = (λ_fine − λ_i − δλ)/σ_i, normalised, so
+        # ∂w/∂δλ = w (u − ⟨u⟩_w)/σ and ∂w/∂σ = w (u² − ⟨u²⟩_w)/σ, with ∂σ/∂s = s ψ²/σ.
+        u = (self._dl - p["dlambda_nm"]) / sig[:, None]
+        wg = w * fine[self._idx]
+        wu = w * u
+        d_dl = (np.einsum("ij,ij->i", wg, u) - base * wu.sum(axis=1)) / sig
+        d_s = (np.einsum("ij,ij->i", wg * u, u) - base * np.einsum("ij,ij->i", wu, u)) * (
+            p["resolution"] * self._psf2 / sig ** 2)
+        deriv = np.column_stack([base, g * conv[:, 1], g * conv[:, 2], g * conv[:, 3],
+                                 g * d_dl, g * d_s, g * conv[:, 4:]])
+        resid = self.wdata - self.whiten(g * base)
+        return resid, self.whiten(deriv)
+
+
+# ---------------------------------------------------------------------- basis
+def _correction_basis(degree: int, lo: float, hi: float, conditions: list[str],
+                      angstrom: float | None, n_grid: int = 1024
+                      ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Legendre coefficients of a basis of ``ln C`` satisfying the gauge ``conditions``.
+
+    Returns the ``(degree + 1, m)`` matrix and the gauge shapes sampled on the uniform grid.
+    """
+    lam = np.linspace(lo, hi, n_grid)
+    x = 2.0 * (lam - lo) / (hi - lo) - 1.0
+    vander = np.polynomial.legendre.legvander(x, degree)
+    from atmospec.atmosphere.transmission import AtmosphereModel
+
+    atm = AtmosphereModel(lam)
+    shapes = []
+    for name in conditions:
+        if name == "mean":
+            shapes.append(np.ones(n_grid))
+        elif name == "aerosol":
+            shapes.append(atm.optical_depths(1.0, 1.0, 0.0, 0.0, 1.0, angstrom)["aerosol"])
+        elif name == "ozone":
+            shapes.append(atm.optical_depths(1.0, 1.0, 0.0, 1.0, 0.0, angstrom)["ozone"])
+    q = np.column_stack(shapes)
+    basis = null_space(q.T @ vander / n_grid)
+    # Orthonormal over the grid: the coefficients are comparable in size.
+    design = vander @ basis
+    _, r = np.linalg.qr(design / math.sqrt(n_grid))
+    basis = basis @ np.linalg.inv(r)
+    return basis, q
+
+
+# ---------------------------------------------------------------------- the fit
+def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
+                         config: JointFitConfig | None = None,
+                         sources: Sequence[str] | None = None) -> JointAtmosphereFit:
+    """Fit the spectra of a night together: shared throughput correction, per-exposure
+    atmosphere.
+
+    Parameters
+    ----------
+    spectra : iterable of Spectrum or callable
+        First-order spectra of CALSPEC stars (or of stars with ``config.spectrum.sed_path``;
+        one SED for all) from one instrument and disperser, at least two; or callables
+        returning them (``functools.partial(read_spectrum, path)``), called one at a time and
+        released once their block is set up, so that only the fit's own per-spectrum factors
+        stay in memory (the way to fit a night from files).
+    config : JointFitConfig, optional
+        Settings.
+    sources : sequence of str, optional
+        Names of the spectra, for messages and the result (default: ``spectrum <i>``).
+
+    Returns
+    -------
+    JointAtmosphereFit
+
+    Raises
+    ------
+    BadInputError
+        No or a single spectrum, different instruments or dispersers, a prior on a missing
+        exposure, and any per-spectrum problem `fit_atmosphere` refuses.
+    """
+    config = config or JointFitConfig()
+    cfg = config.spectrum
+    items = list(spectra)
+    if not items:
+        raise BadInputError(_JOINT, "no spectra given")
+    if len(items) < 2:
+        raise BadInputError(_JOINT, "a joint fit needs at least two spectra (use "
+                                    "fit_atmosphere for one)")
+    sources = (tuple(sources) if sources is not None
+               else tuple(f"spectrum {i}" for i in range(len(items))))
+    if len(sources) != len(items):
+        raise BadInputError(_JOINT, f"{len(sources)} names for {len(items)} spectra")
+    if cfg.fit_angstrom:
+        raise BadInputError(_JOINT, "fit_angstrom is not supported by the joint fit: fix the "
+                                    "Ångström exponent (angstrom=...) or use the default shape")
+    if config.throughput_degree < 0:
+        raise BadInputError(_JOINT, "throughput_degree must be >= 0")
+    n_exp = len(items)
+    for name, priors in (("vaod_priors", config.vaod_priors),
+                         ("ozone_priors", config.ozone_priors)):
+        for prior in priors:
+            if len(prior) != 3:
+                raise BadInputError(_JOINT, f"{name}: {prior!r} is not (index, value, σ)")
+            e, sigma = int(prior[0]), float(prior[2])
+            if not 0 <= e < n_exp:
+                raise BadInputError(_JOINT, f"{name} names exposure {e}: only {n_exp} spectra")
+            if not sigma > 0:
+                raise BadInputError(_JOINT, f"{name}[{e}]: σ must be positive")
+
+    t0 = time.perf_counter()
+    # One spectrum at a time: its forward model, samples, fixed parameters, whitening and
+    # block; the block keeps what it needs and the model (with its own convolution windows)
+    # is released before the next one.
+    blocks: list[_Block] = []
+    fixed_all: list[dict[str, str]] = []
+    dropped: list[int] = []
+    filters: list[str] = []
+    targets: list[str | None] = []
+    first: tuple[str, str, bool, str] | None = None
+    for e, src in enumerate(sources):
+        item = items[e]
+        spec = item() if callable(item) else item
+        m = SpectrumForwardModel(
+            spec, sed_path=cfg.sed_path, instrument=cfg.instrument,
+            wavelength_range_nm=cfg.wavelength_range_nm, max_shift_nm=cfg.max_shift_nm,
+            max_resolution=cfg.resolution_bounds[1], fine_step_nm=cfg.fine_step_nm,
+            source=src)
+        if first is None:
+            first = (m.instrument, m.disperser.name, m.electrons, m.flux_unit)
+        elif m.instrument != first[0]:
+            raise BadInputError(src, f"instrument {m.instrument!r} differs from "
+                                     f"{first[0]!r} of {sources[0]}: a joint fit shares one "
+                                     "throughput")
+        elif m.disperser.name.lower() != first[1].lower():
+            raise BadInputError(src, f"disperser {m.disperser.name!r} differs from "
+                                     f"{first[1]!r} of {sources[0]}: a joint fit shares one "
+                                     "disperser and throughput")
+        elif m.electrons != first[2]:
+            raise BadInputError(src, f"flux unit {m.flux_unit!r} differs from "
+                                     f"{first[3]!r} of {sources[0]}")
+        idx = m.index
+        flux, err = spec.flux[idx], spec.flux_err[idx]
+        good = np.isfinite(flux) & np.isfinite(err)
+        n_bad = int((~good).sum())
+        if n_bad > cfg.max_bad_fraction * idx.size:
+            raise BadInputError(src, f"{n_bad} of {idx.size} samples have NaN or infinite "
+                                     "flux or error")
+        if n_bad:
+            log.warning("%s: dropping %d samples with NaN or infinite flux or error", src,
+                        n_bad)
+        if np.any(err[good] <= 0):
+            raise BadInputError(src, "flux errors must be positive")
+        sel = np.flatnonzero(good)
+        lam = m.wavelength[sel]
+        static = np.interp(lam, m.fine_wavelength, m.static_fine)
+        lit = lam[static > 1e-3 * float(np.max(static))] if np.max(static) > 0 else lam[:0]
+        fixed = coverage_fixed(float(lam[0]), float(lam[-1]), lit, cfg)
+        fixed.pop("angstrom", None)
+        fixed_all.append(fixed)
+        dropped.append(n_bad)
+        filters.append(m.filter_name)
+        sub = idx[sel]
+        cov = (spec.covariance[np.ix_(sub, sub)] if spec.covariance is not None else None)
+        whiten = _Whitener(cov, spec.flux_err[sub], cfg.use_covariance,
+                           config.banded_covariance_fraction, src,
+                           config.covariance_band_tolerance)
+        del cov
+        blocks.append(_Block(m, sel, spec.flux[sub], whiten, None, cfg.angstrom))
+        targets.append(spec.target)
+        del m, spec
+    assert first is not None
+    instrument, disperser = first[0], first[1]
+    airmasses = tuple(b.airmass for b in blocks)
+
+    # Throughput correction basis and gauge.
+    lo = min(float(b.wavelength[0]) for b in blocks)
+    hi = max(float(b.wavelength[-1]) for b in blocks)
+    vaod_free = cfg.fit_vaod and any("vaod" not in f for f in fixed_all)
+    ozone_free = cfg.fit_ozone and any("ozone_du" not in f for f in fixed_all)
+    conditions = ["mean"]
+    if vaod_free and not config.share_vaod and not config.vaod_priors:
+        conditions.append("aerosol")
+    if ozone_free and not config.share_ozone and not config.ozone_priors:
+        conditions.append("ozone")
+    degree = config.throughput_degree
+    if degree + 1 <= len(conditions):
+        basis_leg = np.zeros((degree + 1, 0))
+    else:
+        basis_leg, _ = _correction_basis(degree, lo, hi, conditions, cfg.angstrom)
+    n_c = basis_leg.shape[1]
+    for b in blocks:
+        x = 2.0 * (b.fine_wavelength - lo) / (hi - lo) - 1.0
+        b.basis_fine = np.polynomial.legendre.legvander(x, degree) @ basis_leg
+
+    # Parameter table: globals (correction, shared), then per exposure.
+    names: list[str] = []
+    start: list[float] = []
+    lower: list[float] = []
+    upper: list[float] = []
+    index: list[list[int]] = [[-1] * (len(EXPOSURE_PARAMETERS) + n_c) for _ in range(n_exp)]
+
+    def add(name: str, value: float, bounds: tuple[float, float]) -> int:
+        names.append(name)
+        start.append(value)
+        lower.append(bounds[0])
+        upper.append(bounds[1])
+        return len(names) - 1
+
+    for j in range(n_c):
+        k = add(f"c{j}", 0.0, (-np.inf, np.inf))
+        for e in range(n_exp):
+            index[e][len(EXPOSURE_PARAMETERS) + j] = k
+    bounds = {"grey": (0.0, np.inf), "pwv_mm": cfg.pwv_bounds, "ozone_du": cfg.ozone_bounds,
+              "vaod": cfg.vaod_bounds, "dlambda_nm": (-cfg.max_shift_nm, cfg.max_shift_nm),
+              "resolution": cfg.resolution_bounds}
+    starts = {"pwv_mm": cfg.pwv_mm, "ozone_du": cfg.ozone_du, "vaod": cfg.vaod,
+              "dlambda_nm": 0.0, "resolution": 1.0}
+    fit_flags = {"ozone_du": ozone_free, "vaod": vaod_free}
+    shared_names = [n for n, s in (("ozone_du", config.share_ozone),
+                                   ("vaod", config.share_vaod)) if s and fit_flags[n]]
+    for name in shared_names:
+        k = add(name, starts[name], bounds[name])
+        for e in range(n_exp):
+            if name not in fixed_all[e]:
+                index[e][EXPOSURE_PARAMETERS.index(name)] = k
+    constant: list[dict[str, float]] = []
+    for e, b in enumerate(blocks):
+        const = dict(starts)
+        m0 = b.model_flux(dict(starts, grey=1.0), np.zeros(n_c))
+        ratio = b.flux / np.where(m0 > 0, m0, np.nan)
+        grey0 = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else 1.0
+        const["grey"] = grey0 if grey0 > 0 else 1.0
+        for j, name in enumerate(EXPOSURE_PARAMETERS):
+            if name in shared_names or name in fixed_all[e]:
+                continue
+            index[e][j] = add(f"{name}[{e}]", const[name], bounds[name])
+        constant.append(const)
+    x0 = np.array(start)
+    lo_b, hi_b = np.array(lower), np.array(upper)
+    n_free = x0.size
+    # Priors: (parameter index, value, σ).
+    priors: list[tuple[int, float, float]] = []
+    for name, table in (("vaod", config.vaod_priors), ("ozone_du", config.ozone_priors)):
+        for which, value, sigma in table:
+            e = int(which)
+            k = index[e][EXPOSURE_PARAMETERS.index(name)]
+            if k < 0:
+                raise BadInputError(sources[e], f"prior on {name}, which is fixed for it")
+            priors.append((k, float(value), float(sigma)))
+    n_data = sum(b.n for b in blocks)
+    if n_data + len(priors) < n_free + 5:
+        raise BadInputError(_JOINT, f"only {n_data} samples for {n_free} parameters")
+    t_setup = time.perf_counter() - t0
+
+    def params_of(x: NDArray[np.float64], e: int) -> dict[str, float]:
+        p = dict(constant[e])
+        for j, name in enumerate(EXPOSURE_PARAMETERS):
+            k = index[e][j]
+            if k >= 0:
+                p[name] = float(x[k])
+        return p
+
+    nfev = 0
+
+    def chi2_only(x: NDArray[np.float64]) -> tuple[float, list[float]]:
+        nonlocal nfev
+        nfev += 1
+        c = x[:n_c]
+        per = [float(np.sum(b.evaluate(params_of(x, e), c, False)[0] ** 2))
+               for e, b in enumerate(blocks)]
+        return sum(per) + _prior_chi2(x, priors), per
+
+    def normal(x: NDArray[np.float64]) -> tuple[float, NDArray[np.float64],
+                                                NDArray[np.float64]]:
+        nonlocal nfev
+        nfev += 1
+        c = x[:n_c]
+        hess = np.zeros((n_free, n_free))
+        grad = np.zeros(n_free)
+        chi2 = 0.0
+        for e, b in enumerate(blocks):
+            r, jw = b.evaluate(params_of(x, e), c, True)
+            cols = np.array(index[e])
+            use = cols >= 0
+            jw, cols = jw[:, use], cols[use]
+            hess[np.ix_(cols, cols)] += jw.T @ jw
+            grad[cols] += jw.T @ r
+            chi2 += float(r @ r)
+        for k, value, sigma in priors:
+            hess[k, k] += 1.0 / sigma ** 2
+            grad[k] += (value - x[k]) / sigma ** 2
+        chi2 += _prior_chi2(x, priors)
+        return chi2, hess, grad
+
+    t1 = time.perf_counter()
+    x = np.clip(x0, lo_b, hi_b)
+    chi2, hess, grad = normal(x)
+    lam = 1e-3
+    success, message, it = False, "maximum number of iterations reached", 0
+    for _ in range(config.max_iterations):
+        it += 1
+        diag = np.clip(np.diag(hess), 1e-300, None)
+        accepted = False
+        while lam < 1e12:
+            try:
+                step = cho_solve(cho_factor(hess + lam * np.diag(diag)), grad)
+            except LinAlgError:
+                lam *= 10.0
+                continue
+            x_new = _interior_step(x, step, lo_b, hi_b)
+            chi2_new, _ = chi2_only(x_new)
+            if chi2_new <= chi2:
+                accepted = True
+                break
+            lam *= 10.0
+        if not accepted:
+            success, message = True, "no further decrease of χ² (damping exhausted)"
+            break
+        taken = x_new - x
+        size2 = float(taken @ hess @ taken)
+        decrease = chi2 - chi2_new
+        x = x_new
+        chi2, hess, grad = normal(x)
+        lam = max(lam / 10.0, 1e-9)
+        if decrease < config.tolerance or size2 < config.tolerance ** 2:
+            success, message = True, (f"converged: χ² decrease {decrease:.2g}, step "
+                                      f"{math.sqrt(size2):.2g} σ")
+            break
+    t_fit = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    try:
+        pcov = np.linalg.inv(hess)
+        if not np.all(np.isfinite(pcov)) or np.any(np.diag(pcov) < 0):
+            raise LinAlgError("not positive")
+    except LinAlgError:
+        log.warning("%s: singular normal matrix: errors from its pseudo-inverse", _JOINT)
+        pcov = np.linalg.pinv(hess)
+    sd = np.sqrt(np.clip(np.diag(pcov), 0.0, None))
+    _, per_exp = chi2_only(x)
+    grid = np.arange(lo, hi + 0.5 * config.correction_grid_step_nm,
+                     config.correction_grid_step_nm)
+    grid = grid[grid <= hi]
+    corr, corr_err = _correction_curve(grid, (lo, hi), basis_leg, x[:n_c], pcov[:n_c, :n_c])
+    t_err = time.perf_counter() - t2
+
+    values, errors = [], []
+    for e in range(n_exp):
+        p = params_of(x, e)
+        v: dict[str, float | None] = {k: float(p[k]) for k in EXPOSURE_PARAMETERS}
+        v["angstrom"] = cfg.angstrom
+        err: dict[str, float | None] = {k: None for k in EXPOSURE_PARAMETERS}
+        for j, name in enumerate(EXPOSURE_PARAMETERS):
+            k = index[e][j]
+            if k >= 0:
+                err[name] = float(sd[k])
+        err["angstrom"] = None
+        values.append(v)
+        errors.append(err)
+    shared = {name: (float(x[names.index(name)]), float(sd[names.index(name)]))
+              for name in shared_names}
+    result = JointAtmosphereFit(
+        sources=sources, values=tuple(values), errors=tuple(errors),
+        fixed=tuple(fixed_all), shared=shared,
+        airmass=airmasses,
+        correction_wavelength_nm=grid, correction=corr, correction_err=corr_err,
+        correction_coefficients=x[:n_c].copy(), correction_covariance=pcov[:n_c, :n_c].copy(),
+        correction_basis=basis_leg, correction_range_nm=(lo, hi),
+        gauge=tuple(conditions) if n_c else (),
+        chi2=float(chi2), ndof=int(n_data + len(priors) - n_free),
+        chi2_exposure=tuple(per_exp), n_samples=tuple(b.n for b in blocks),
+        covariance_used=tuple(b.whiten.label for b in blocks),
+        parameter_names=tuple(names), parameter_covariance=pcov, success=success,
+        message=message, n_iterations=it, nfev=nfev,
+        timings={"setup": t_setup, "fit": t_fit, "errors": t_err},
+        info={"instrument": instrument, "disperser": disperser, "filters": filters,
+              "targets": targets, "dropped_samples": dropped,
+              "n_exposures": n_exp, "n_free": n_free})
+    log.info("%s: %d spectra, %d parameters, χ²/ndof %.3f, %d iterations (%s), %.1f s",
+             _JOINT, n_exp, n_free, result.chi2_ndof, it, message, t_setup + t_fit + t_err)
+    return result
+
+
+def _bandwidth(nz: NDArray[np.bool_]) -> int:
+    """Largest ``|i − j|`` with ``nz[i, j]`` true (row by row, without index arrays)."""
+    n = nz.shape[0]
+    has = nz.any(axis=1)
+    if not has.any():
+        return 0
+    rows = np.arange(n)
+    first = np.argmax(nz, axis=1)
+    last = n - 1 - np.argmax(nz[:, ::-1], axis=1)
+    return int(max(np.max((rows - first)[has]), np.max((last - rows)[has])))
+
+
+def _interior_step(x: NDArray[np.float64], step: NDArray[np.float64],
+                   lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``x + step``, except that a parameter whose step would cross a bound goes halfway to it.
+
+    A parameter that only approaches its bound geometrically never sits on it, where some
+    derivatives vanish (water: ``τ_w ∝ PWV^b``, b < 1; resolution: ``σ² = s²ψ² + β²``) and
+    Gauss–Newton could not leave it again.
+    """
+    new = x + step
+    below, above = new < lo, new > hi
+    new[below] = 0.5 * (x[below] + lo[below])
+    new[above] = 0.5 * (x[above] + hi[above])
+    return new
+
+
+def _prior_chi2(x: NDArray[np.float64], priors: list[tuple[int, float, float]]) -> float:
+    return float(sum(((x[k] - v) / s) ** 2 for k, v, s in priors))
+
+
+def _correction_curve(wavelength_nm: NDArray[np.float64], range_nm: tuple[float, float],
+                      basis: NDArray[np.float64], coef: NDArray[np.float64],
+                      cov: NDArray[np.float64]
+                      ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """C(λ) = exp(Σ c_j B_j(λ)) and its 1σ error (linear propagation of ``cov``)."""
+    lo, hi = range_nm
+    x = 2.0 * (np.asarray(wavelength_nm, dtype=np.float64) - lo) / (hi - lo) - 1.0
+    design = np.polynomial.legendre.legvander(x, basis.shape[0] - 1) @ basis
+    corr = np.exp(design @ coef)
+    var = np.einsum("ij,jk,ik->i", design, cov, design)
+    return corr, corr * np.sqrt(np.clip(var, 0.0, None))

@@ -1,0 +1,396 @@
+"""Fit the atmosphere on the 2D spectrogram itself (Spectractor's spectrogram fit).
+
+The 1D fit (`atmospec.atmosphere.spectrum_fit`) compares a model with the *extracted* spectrum,
+from which the second order has already been removed with an estimate made from the same
+spectrum's blue half. Where that estimate matters — the red end, where on holo4_003 and
+HoloAmAg half of the light beyond ~850 nm is order 2 — the 1D fit cannot tell an error of
+the order-2 subtraction from water vapour or from the aerosol colour, and its parameters
+become strongly correlated. Here the pixels of the spectrogram are modelled directly from
+the atmosphere, first and second order together:
+
+    D(r, c) = B(r, c) + Σ_i [a₁ᵢ(θ) · P(c − x_cᵢ, r − ρᵢ; γ(λᵢ), β(λᵢ))
+                              + a₂ᵢ(θ) · P(c − x_cᵢ, r − ρᵢ; γ(λᵢ/2), β(λᵢ/2))]
+
+with one source per row ρᵢ of the cutout (wavelength λᵢ), ``B`` the side-band background
+(``S_BGD``), ``P`` the truncated 2D Moffat of the 2D forward model
+(`atmospec.spectro.forward_model`) with the PSF of the spectrum's ``PSF_TAB`` (γ, α = β − ½ and the
+trace centre per sample, as the 2D forward model fitted them), and
+
+* ``a₁ᵢ = A1 ∫ S(λ) T_atm(λ; θ) dλ`` over the row's wavelength interval shifted by δλ — the
+  first-order e⁻ of that row, ``S`` everything but the atmosphere
+  (`SpectrumForwardModel.static_fine`: SED × area × throughput × filter × η₁ × t_exp);
+* ``a₂ᵢ = A2 · r₂₁(λᵢ/2) ∫ S T_atm dλ`` over half the row's interval: the grating
+  equation puts order 2 of λ/2 exactly where order 1 of λ lands, the disperser's
+  order-2/order-1 ratio ``r₂₁`` scales it (as the simulator and Spectractor draw it) and
+  its PSF is the one of its own wavelength λ/2.
+
+Free: PWV, ozone, VAOD (and the Ångström exponent if asked), the grey scale A1, the
+order-2 scale A2 (1 = the disperser table) and the shift δλ; the PSF is held at the
+spectrum's (its uncertainty is not propagated here — the 2D forward model's covariance
+carries it for the 1D fit). Pixels: those of the PSF windows with a finite ``S_ERR`` and,
+when ``S_RES`` is present, a finite residual (the 2D forward model's mask and outliers).
+χ² = Σ (D − M)² / S_ERR²; errors from the Jacobian (lmfit, unscaled). Only spectra written
+by atmospec (``S_DATA`` in electrons) can be fitted: Spectractor's own files keep their
+spectrogram in ADU/s without the PSF of each row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import lmfit
+import numpy as np
+from numpy.typing import NDArray
+
+from atmospec.atmosphere.spectrum_fit import (
+    AtmosphereFit,
+    AtmosphereFitConfig,
+    SpectrumForwardModel,
+    coverage_fixed,
+    lmfit_summary,
+)
+from atmospec.errors import BadInputError
+from atmospec.spectro.forward_model import _make_grid, _psf, _window_model, moffat2d_fwhm
+from atmospec.spectro.spectrum import Spectrum
+
+__all__ = ["SpectrogramFitConfig", "degeneracy", "fit_atmosphere_auto",
+           "fit_atmosphere_spectrogram"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SpectrogramFitConfig:
+    """How `fit_atmosphere_spectrogram` fits a spectrogram."""
+
+    atmosphere: AtmosphereFitConfig = field(default_factory=AtmosphereFitConfig)
+    """Fitted wavelength range, starting values, bounds, SED and which atmospheric
+    parameters are free (``fit_resolution`` is ignored: the PSF sets the resolution)."""
+    fit_order2: bool = True
+    """Fit the order-2 scale A2 (else fixed at 1: the disperser's ratio table)."""
+    order2_bounds: tuple[float, float] = (0.0, 3.0)
+    """Bounds of A2."""
+    support_fwhm: float = 3.0
+    """Radius of the modelled PSF disc, in units of the largest FWHM (as the 2D forward
+    model)."""
+    max_nfev: int = 1000
+    """Largest number of model evaluations of the minimiser."""
+
+
+@dataclass(frozen=True)
+class _Spectrogram:
+    """The cutout turned so that rows run along the dispersion, restricted to the rows of
+    the spectrum's samples, with each row's wavelength, PSF and trace centre."""
+
+    data: NDArray[np.float64]       # (n, n_cols) data − background, e⁻
+    weight: NDArray[np.float64]     # (n, n_cols) 1/σ², 0 where unusable
+    wavelength: NDArray[np.float64]  # (n,) λ of each row, nm
+    edges: NDArray[np.float64]      # (n, 2) the row's wavelength interval, nm
+    x_c: NDArray[np.float64]        # (n,) trace centre, cutout column
+    gamma: NDArray[np.float64]
+    alpha: NDArray[np.float64]
+
+
+def _plane(spectrum: Spectrum, name: str) -> NDArray[np.float64] | None:
+    ext = getattr(spectrum.spectrogram, name, None) if spectrum.spectrogram else None
+    return None if ext is None else np.asarray(ext.data, dtype=np.float64)
+
+
+def _spectrogram(spectrum: Spectrum, source: str) -> _Spectrogram:
+    """Read and orient the spectrogram planes and the per-row PSF of ``spectrum``."""
+    data = _plane(spectrum, "data")
+    err = _plane(spectrum, "err")
+    bkg = _plane(spectrum, "background")
+    res = _plane(spectrum, "residuals")
+    psf = spectrum.psf_table
+    if data is None or err is None or bkg is None:
+        raise BadInputError(source, "no spectrogram (S_DATA, S_ERR, S_BGD) in the spectrum: "
+                                    "the 2D fit needs a spectrum written by atmospec extract")
+    if psf is None or not {"lambdas", "x_c", "y_c", "gamma", "alpha"} <= set(psf.colnames):
+        raise BadInputError(source, "no PSF_TAB with lambdas, x_c, y_c, gamma, alpha: the 2D "
+                                    "fit needs the PSF of every row")
+    unit = str(spectrum.spectrogram.data.header.get("BUNIT", "")).strip().lower()
+    if unit not in ("electron", "e-", "electrons"):
+        raise BadInputError(source, f"S_DATA in {unit or 'unknown units'!r}: the 2D fit "
+                                    "models spectrograms in electrons (atmospec's)")
+    lam = np.asarray(psf["lambdas"], dtype=np.float64)
+    xs = np.asarray(psf["x_c"], dtype=np.float64)
+    ys = np.asarray(psf["y_c"], dtype=np.float64)
+    along_y = np.ptp(ys) >= np.ptp(xs)
+    if not along_y:  # dispersion along x: turn so that rows run along the dispersion
+        data, err, bkg = data.T, err.T, bkg.T
+        res = None if res is None else res.T
+        xs, ys = ys, xs
+    ny = data.shape[0]
+    ok = np.isfinite(lam) & np.isfinite(xs) & np.isfinite(ys) & \
+        np.isfinite(np.asarray(psf["gamma"], dtype=np.float64)) & \
+        np.isfinite(np.asarray(psf["alpha"], dtype=np.float64))
+    rows = np.rint(ys).astype(np.int64)
+    ok &= (rows >= 0) & (rows < ny)
+    if np.count_nonzero(ok) < 20:
+        raise BadInputError(source, "fewer than 20 usable PSF_TAB rows inside the spectrogram")
+    order = np.argsort(rows[ok])
+    r_s = rows[ok][order]
+    if np.any(np.diff(r_s) == 0):
+        raise BadInputError(source, "PSF_TAB has several samples per spectrogram row: the "
+                                    "2D fit needs one sample per row")
+    r_all = np.arange(r_s[0], r_s[-1] + 1)
+
+    def on_rows(col: str | NDArray[np.float64]) -> NDArray[np.float64]:
+        v = np.asarray(psf[col] if isinstance(col, str) else col, dtype=np.float64)
+        return np.interp(r_all, r_s, v[ok][order])
+
+    lam_r = on_rows(lam)
+    if not (np.all(np.diff(lam_r) > 0) or np.all(np.diff(lam_r) < 0)):
+        raise BadInputError(source, "the wavelengths of PSF_TAB are not monotonic along the "
+                                    "spectrogram rows")
+    mid = 0.5 * (lam_r[1:] + lam_r[:-1])
+    lo_edge = np.concatenate([[lam_r[0] - (mid[0] - lam_r[0])], mid])
+    hi_edge = np.concatenate([mid, [lam_r[-1] + (lam_r[-1] - mid[-1])]])
+    edges = np.sort(np.stack([lo_edge, hi_edge], axis=1), axis=1)
+    d = data[r_all]
+    var = err[r_all] ** 2
+    usable = np.isfinite(d) & np.isfinite(var) & (var > 0) & np.isfinite(bkg[r_all])
+    if res is not None:
+        usable &= np.isfinite(res[r_all])
+    weight = np.where(usable, 1.0 / np.where(usable, var, 1.0), 0.0)
+    sub = np.where(usable, d - bkg[r_all], 0.0)
+    return _Spectrogram(sub, weight, lam_r, edges, on_rows(xs), on_rows("gamma"),
+                        on_rows("alpha"))
+
+
+def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig | None = None,
+                               source: str | None = None) -> AtmosphereFit:
+    """Fit PWV, ozone, VAOD, grey, order-2 scale and shift on the spectrogram's pixels.
+
+    Parameters
+    ----------
+    spectrum : Spectrum
+        An atmospec spectrum of a CALSPEC star (or of any star with
+        ``config.atmosphere.sed_path``) with its spectrogram (``S_DATA``, ``S_ERR``,
+        ``S_BGD``, optionally ``S_RES``) and ``PSF_TAB``.
+    config : SpectrogramFitConfig, optional
+        Settings.
+    source : str, optional
+        File name for messages.
+
+    Returns
+    -------
+    AtmosphereFit
+        As `fit_atmosphere`, with ``values["order2"]`` (A2) and without ``resolution``;
+        ``wavelength, flux, flux_err, model`` are per row: the windows' summed data and
+        model (first + second order) in e⁻/nm, for plots; ``info["fit"] = "spectrogram"``.
+
+    Raises
+    ------
+    BadInputError
+        No spectrogram or PSF table, a spectrogram not in electrons, or what
+        `SpectrumForwardModel` refuses.
+    """
+    config = config or SpectrogramFitConfig()
+    acfg = config.atmosphere
+    source = source or "spectrum"
+    geo = _spectrogram(spectrum, source)
+    model = SpectrumForwardModel(spectrum, sed_path=acfg.sed_path, instrument=acfg.instrument,
+                                 wavelength_range_nm=acfg.wavelength_range_nm,
+                                 max_shift_nm=acfg.max_shift_nm, max_resolution=1.0,
+                                 fine_step_nm=acfg.fine_step_nm, source=source)
+    if not model.electrons:
+        raise BadInputError(source, "the 2D fit needs a spectrum in e-/nm (atmospec's)")
+    fine = model.fine_wavelength
+    step = model.fine_step_nm
+    f_lo, f_hi = fine[0] - 0.5 * step, fine[-1] + 0.5 * step
+    # Rows modelled: the first order's interval (at the largest shift) inside the fine grid
+    # and the requested range; order 2 is drawn wherever its interval is inside too.
+    lo_req, hi_req = acfg.wavelength_range_nm
+    margin = acfg.max_shift_nm
+    in1 = (geo.edges[:, 0] - margin >= f_lo) & (geo.edges[:, 1] + margin <= f_hi) & \
+        (geo.wavelength >= lo_req) & (geo.wavelength <= hi_req)
+    if np.count_nonzero(in1) < 20:
+        raise BadInputError(source, "fewer than 20 spectrogram rows inside the model's range")
+    first, last = np.flatnonzero(in1)[[0, -1]]
+    sl = slice(first, last + 1)
+    lam = geo.wavelength[sl]
+    edges = geo.edges[sl]
+    n = lam.size
+    n_cols = geo.data.shape[1]
+    xc, gamma, alpha = geo.x_c[sl], geo.gamma[sl], geo.alpha[sl]
+    beta = alpha + 0.5
+    # PSF of order 2 at each row: the first order's PSF at λ/2 (PSF_TAB in wavelength).
+    lam2 = 0.5 * lam
+    order_l = np.argsort(geo.wavelength)
+    gamma2 = np.interp(lam2, geo.wavelength[order_l], geo.gamma[order_l])
+    beta2 = np.interp(lam2, geo.wavelength[order_l], geo.alpha[order_l]) + 0.5
+    in2 = (0.5 * edges[:, 0] - margin >= f_lo) & (0.5 * edges[:, 1] + margin <= f_hi) & \
+        (lam2 >= geo.wavelength.min())
+    ratio = np.where(in2, np.clip(model.disperser.ratio_order_2over1(
+        np.where(in2, lam2, lam.min())), 0.0, None), 0.0)
+    fwhm_max = float(max(np.max(moffat2d_fwhm(gamma, beta)),
+                         np.max(moffat2d_fwhm(gamma2[in2], beta2[in2])) if in2.any() else 0))
+    radius = max(math.ceil(config.support_fwhm * fwhm_max), 2)
+    grid = _make_grid(n, n_cols, xc, radius)
+    psf1 = _psf(grid, xc, gamma, beta)
+    psf2 = _psf(grid, xc, gamma2, beta2)
+    data_w = grid.gather(geo.data[sl])
+    weight_w = grid.gather(geo.weight[sl])
+    use = weight_w > 0
+    sqrt_w = np.sqrt(weight_w[use])
+    d_use = data_w[use]
+    n_pix = int(use.sum())
+
+    lit = lam[np.interp(lam, fine, model.static_fine) > 1e-3 * float(np.max(model.static_fine))]
+    fixed = coverage_fixed(float(lam.min()), float(lam.max()), np.sort(lit), acfg)
+    fixed.pop("resolution", None)
+    fit_ang = acfg.fit_angstrom and "angstrom" not in fixed
+    ang0 = acfg.angstrom if acfg.angstrom is not None else 1.3
+
+    def row_flux(values: dict[str, float]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """First- and second-order e⁻ of every row."""
+        ang = values["angstrom"] if acfg.fit_angstrom else acfg.angstrom
+        dens = model.static_fine * model.transmission_fine(values["pwv_mm"],
+                                                           values["ozone_du"],
+                                                           values["vaod"], ang)
+        cum = np.concatenate([[0.0], np.cumsum(dens) * step])
+        grid_edges = np.concatenate([fine - 0.5 * step, [fine[-1] + 0.5 * step]])
+        shift = values["dlambda_nm"]
+        c1 = np.interp(edges + shift, grid_edges, cum)
+        c2 = np.interp(0.5 * edges + shift, grid_edges, cum)
+        a1 = values["grey"] * (c1[:, 1] - c1[:, 0])
+        a2 = values["grey"] * values["order2"] * ratio * (c2[:, 1] - c2[:, 0])
+        return a1, a2
+
+    def image(values: dict[str, float]) -> NDArray[np.float64]:
+        a1, a2 = row_flux(values)
+        return _window_model(psf1, a1, grid) + _window_model(psf2, a2, grid)
+
+    start = {"grey": 1.0, "pwv_mm": acfg.pwv_mm, "ozone_du": acfg.ozone_du,
+             "vaod": acfg.vaod, "angstrom": ang0, "dlambda_nm": 0.0, "order2": 1.0}
+    m0 = image(start)[use]
+    grey0 = float(np.sum(m0 * d_use * sqrt_w**2) / max(np.sum(m0 * m0 * sqrt_w**2), 1e-300))
+    params = lmfit.Parameters()
+    params.add("grey", value=grey0 if grey0 > 0 else 1.0, min=0.0)
+    params.add("pwv_mm", value=acfg.pwv_mm, min=acfg.pwv_bounds[0], max=acfg.pwv_bounds[1],
+               vary="pwv_mm" not in fixed)
+    params.add("ozone_du", value=acfg.ozone_du, min=acfg.ozone_bounds[0],
+               max=acfg.ozone_bounds[1], vary="ozone_du" not in fixed)
+    params.add("vaod", value=acfg.vaod, min=acfg.vaod_bounds[0], max=acfg.vaod_bounds[1],
+               vary="vaod" not in fixed)
+    params.add("angstrom", value=ang0, min=acfg.angstrom_bounds[0],
+               max=acfg.angstrom_bounds[1], vary=fit_ang)
+    params.add("dlambda_nm", value=0.0, min=-acfg.max_shift_nm, max=acfg.max_shift_nm,
+               vary="dlambda_nm" not in fixed)
+    has_order2 = bool(np.any(ratio > 0))
+    params.add("order2", value=1.0, min=config.order2_bounds[0], max=config.order2_bounds[1],
+               vary=config.fit_order2 and has_order2)
+    if not has_order2:
+        fixed["order2"] = "no order-2 light inside the modelled rows"
+    elif not config.fit_order2:
+        fixed["order2"] = "fixed by configuration"
+
+    def residual(p: lmfit.Parameters) -> NDArray[np.float64]:
+        return sqrt_w * (d_use - image(p.valuesdict())[use])
+
+    t0 = time.perf_counter()
+    result = lmfit.minimize(residual, params, method="leastsq", scale_covar=False,
+                            max_nfev=config.max_nfev)
+    elapsed = time.perf_counter() - t0
+    best = result.params
+    free, values, errors, corr = lmfit_summary(result, acfg, source)
+    chi2 = float(np.sum(residual(best) ** 2))
+    ndof = n_pix - len(free)
+
+    # Per-row summaries for plots: the windows' data and model, per nm.
+    best_image = image(best.valuesdict())
+    dl = np.abs(edges[:, 1] - edges[:, 0])
+    row_data = np.where(use, data_w, 0.0).sum(axis=1) / dl
+    row_model = np.where(use, best_image, 0.0).sum(axis=1) / dl
+    row_err = np.sqrt(np.where(use, 1.0 / np.where(use, weight_w, 1.0), 0.0).sum(axis=1)) / dl
+    covered = use.sum(axis=1) > 0
+    order = np.argsort(lam[covered])
+    log.info("%s: spectrogram fit PWV %.2f mm, ozone %.0f DU, VAOD %.4f, A2 %.3f, χ²/ndof "
+             "%.3f (%d pixels, %d evaluations, %.2f s)", source, values["pwv_mm"],
+             values["ozone_du"], values["vaod"], values["order2"], chi2 / max(ndof, 1),
+             n_pix, result.nfev, elapsed)
+    info = {
+        "fit": "spectrogram", "source": source, "target": spectrum.target,
+        "sed": model.sed.source_file, "instrument": model.instrument,
+        "disperser": model.disperser.name, "filter": model.filter_name,
+        "airmass": model.airmass, "pressure_hpa": model.pressure_hpa,
+        "exptime_s": model.exptime_s, "n_pixels": n_pix, "n_rows": int(n),
+        "psf_radius_px": int(radius),
+    }
+    return AtmosphereFit(
+        values=values, errors=errors, free_parameters=free, correlation=corr, chi2=chi2,
+        ndof=ndof, fixed=fixed, wavelength_range_nm=(float(lam.min()), float(lam.max())),
+        wavelength=lam[covered][order], flux=row_data[covered][order],
+        flux_err=row_err[covered][order], model=row_model[covered][order],
+        flux_unit=spectrum.flux_unit, covariance_used="pixels (S_ERR)",
+        success=bool(result.success), message=str(result.message), nfev=int(result.nfev),
+        fit_time_s=elapsed, info=info)
+
+
+#: Atmospheric parameters whose mutual correlation decides that a 1D fit is degenerate.
+_ATMOSPHERIC = ("pwv_mm", "ozone_du", "vaod", "angstrom")
+
+
+def degeneracy(fit: AtmosphereFit) -> tuple[float, str]:
+    """Largest |correlation| between two fitted atmospheric parameters, and the pair (1 with
+    ``"no covariance"`` when the fit could not estimate one)."""
+    if not np.all(np.isfinite(fit.correlation)):
+        return 1.0, "no covariance"
+    names = [n for n in fit.free_parameters if n in _ATMOSPHERIC]
+    worst, pair = 0.0, ""
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            r = abs(float(fit.correlation[fit.free_parameters.index(a),
+                                          fit.free_parameters.index(b)]))
+            if r > worst:
+                worst, pair = r, f"{a}/{b}"
+    return worst, pair
+
+
+def fit_atmosphere_auto(spectrum: Spectrum, config: SpectrogramFitConfig | None = None,
+                        source: str | None = None, max_correlation: float = 0.95
+                        ) -> AtmosphereFit:
+    """The 1D fit, replaced by the spectrogram fit when it is degenerate.
+
+    Parameters
+    ----------
+    spectrum : Spectrum
+        The spectrum (with its spectrogram for the fallback).
+    config : SpectrogramFitConfig, optional
+        Settings (``config.atmosphere`` for the 1D fit).
+    source : str, optional
+        File name for messages.
+    max_correlation : float
+        The 1D fit is degenerate when two atmospheric parameters correlate beyond this (or
+        their covariance could not be estimated).
+
+    Returns
+    -------
+    AtmosphereFit
+        ``info["fit"]`` says which (``spectrum`` or ``spectrogram``) and
+        ``info["degeneracy"]`` the 1D fit's largest correlation and its pair.
+    """
+    from atmospec.atmosphere.spectrum_fit import fit_atmosphere
+
+    config = config or SpectrogramFitConfig()
+    source = source or "spectrum"
+    fit = fit_atmosphere(spectrum, config.atmosphere, source=source)
+    worst, pair = degeneracy(fit)
+    note = f"{pair} {worst:.3f}" if pair else "none"
+    if worst <= max_correlation:
+        fit.info.update({"fit": "spectrum", "degeneracy": note})
+        return fit
+    if spectrum.spectrogram is None:
+        log.warning("%s: the 1D fit is degenerate (%s) and the file has no spectrogram to fit",
+                    source, note)
+        fit.info.update({"fit": "spectrum", "degeneracy": note})
+        return fit
+    log.info("%s: the 1D fit is degenerate (%s): fitting the spectrogram", source, note)
+    fit2 = fit_atmosphere_spectrogram(spectrum, config, source=source)
+    fit2.info["degeneracy"] = note
+    return fit2

@@ -1,0 +1,443 @@
+"""Electro-optical figures of the sensor, per amplifier, as the camera team lists them.
+
+One table, one row per amp (HDU order), columns:
+
+================== ========== ==========================================================
+column             unit       how
+================== ========== ==========================================================
+gain               e⁻/ADU     PTC product (``GAIN``), else the camera's nominal gain
+read_noise         e⁻         clipped σ of the overscan-subtracted serial overscan of the
+                              bias frames (RMS over frames) × gain
+full_well          e⁻         PTC ``TURNOFF`` (ADU) × gain; NaN without a PTC
+dark_current       e⁻/s/px    median of the amp in the master dark
+bright_pixels      pix        hot pixels of the master dark outside bright columns
+bright_columns                columns masked whole in the dark
+dark_pixels        pix        cold pixels of the master flat outside dark columns
+dark_columns                  columns masked whole in the flat
+cti_serial                    EPER on flat raws: charge in the first ``eper_columns``
+                              serial-overscan columns / (last data column level × number
+                              of serial transfers of that column)
+cti_parallel                  EPER, the same with the first ``eper_rows`` parallel-overscan
+                              rows and the parallel transfers of the last data row
+linearity_residual %          max |fractional residual| of a straight line fitted to the
+                              PTC ramp (``PTC_MEAN`` vs ``PTC_EXPTIME``); NaN without
+================== ========== ==========================================================
+
+`REFERENCE_LIMITS` holds the values drawn as reference lines in the summary plot.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+from astropy import units as u
+from astropy.table import MaskedColumn, Table
+
+from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
+from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.raw import RawFrame, as_raw
+from atmospec.errors import BadInputError
+from atmospec.exposure import Exposure
+from atmospec.io import write_text_atomic
+from atmospec.isr.gain import AmpGains, load_ptc_gains, nominal_gains
+from atmospec.isr.overscan import (
+    OverscanConfig,
+    overscan_noise,
+    robust_sigma,
+    subtract_overscan,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EO_COLUMNS",
+    "REFERENCE_LIMITS",
+    "EoConfig",
+    "eo_figures",
+    "eper_cti",
+    "read_noise_adu",
+    "reference_limits",
+    "write_eo",
+]
+
+#: Reference limits drawn on the summary plot: column -> (comparison, value, label). They
+#: are the LSST Camera sensor acceptance values as the camera team's eotest reports quote
+#: them (LCA-57 / LCA-128: read noise < 9 e⁻, dark current < 0.2 e⁻/s/px, serial CTI
+#: < 5e-6, parallel CTI < 3e-6, full well > 90 ke⁻, max non-linearity < 2 %), shown for
+#: orientation only: no figure passes or fails here. Defect counts are limited by
+#: `DEFECT_REFERENCE_FRACTION` of an amp's pixels (see `reference_limits`).
+REFERENCE_LIMITS: Mapping[str, tuple[str, float, str]] = MappingProxyType({
+    "read_noise": ("<", 9.0, "reference < 9 e⁻"),
+    "dark_current": ("<", 0.2, "reference < 0.2 e⁻/s"),
+    "cti_serial": ("<", 5.0e-6, "reference < 5e-6"),
+    "cti_parallel": ("<", 3.0e-6, "reference < 3e-6"),
+    "full_well": (">", 90_000.0, "reference > 90 ke⁻"),
+    "linearity_residual": ("<", 2.0, "reference < 2 %"),
+})
+
+#: Reference limit of the bright (and of the dark) defective pixels of an amp, as a fraction
+#: of its pixels (the camera team's "< 0.5 % defective pixels").
+DEFECT_REFERENCE_FRACTION = 0.005
+
+
+def reference_limits(camera: Camera | None = None) -> dict[str, tuple[str, float, str]]:
+    """`REFERENCE_LIMITS` plus the defect-count limits for ``camera``'s amp size."""
+    camera = camera or load_camera("latiss")
+    n_pix = camera.data_bbox.nx * camera.data_bbox.ny
+    label = f"reference < {100 * DEFECT_REFERENCE_FRACTION:g} % of amp"
+    limit = DEFECT_REFERENCE_FRACTION * n_pix
+    return {**REFERENCE_LIMITS, "bright_pixels": ("<", limit, label),
+            "dark_pixels": ("<", limit, label)}
+
+#: Columns of the EO table after ``amp``: (name, unit).
+EO_COLUMNS: tuple[tuple[str, u.UnitBase | None], ...] = (
+    ("gain", u.electron / u.adu),
+    ("read_noise", u.electron),
+    ("full_well", u.electron),
+    ("dark_current", u.electron / u.s),
+    ("bright_pixels", u.pix),
+    ("bright_columns", None),
+    ("dark_pixels", u.pix),
+    ("dark_columns", None),
+    ("cti_serial", None),
+    ("cti_parallel", None),
+    ("linearity_residual", u.percent),
+)
+
+
+@dataclass(frozen=True)
+class EoConfig:
+    """How the electro-optical figures are measured."""
+
+    overscan: OverscanConfig = field(default_factory=OverscanConfig)
+    """Overscan subtraction of the bias frames before their noise is measured."""
+    eper_columns: int = 3
+    """Serial-overscan columns right after the data summed for the serial EPER."""
+    eper_rows: int = 3
+    """Parallel-overscan rows right after the data summed for the parallel EPER."""
+    eper_bias_skip: int = 10
+    """Overscan columns (rows) skipped before the bias level of the EPER is measured, so
+    that no deferred charge enters it."""
+    eper_clip_sigma: float = 5.0
+    """Rows (columns) whose EPER charge or last-pixel level is further than this many robust
+    σ from the median are left out (cosmic rays, defects)."""
+    eper_min_level_adu: float = 1000.0
+    """Flats whose last data pixels are fainter than this (ADU) give no CTI."""
+    linearity_range_e: tuple[float, float] = (1_000.0, 90_000.0)
+    """Signal range (e⁻) of the PTC ramp points in the linearity fit (capped at the turnoff)."""
+    defects: FindDefectsConfig = field(default_factory=FindDefectsConfig)
+    """Defect finding on the masters (bright and dark pixel counts)."""
+
+
+def read_noise_adu(raw: RawFrame, config: EoConfig | None = None) -> np.ndarray:
+    """Read noise of every amp of one bias frame, ADU, from its serial overscan.
+
+    The raw segments are copied, overscan-subtracted row by row, and the clipped standard
+    deviation of the serial overscan is taken (`atmospec.isr.overscan.overscan_noise`).
+    """
+    config = config or EoConfig()
+    segments = np.array(raw.segments, dtype=np.float32, copy=True)
+    subtract_overscan(segments, raw.camera, config.overscan)
+    return overscan_noise(segments, raw.camera, config.overscan)
+
+
+def _clipped_ratio(num: np.ndarray, den: np.ndarray, n_sigma: float) -> np.ndarray:
+    """Per amp (first axis), Σ num / Σ den over the entries where neither is an outlier."""
+    keep = np.ones(num.shape, dtype=bool)
+    for x in (num, den):
+        med = np.median(x, axis=1, keepdims=True)
+        sig = np.maximum(robust_sigma(x, axis=1), 1e-6)[:, None]
+        keep &= np.abs(x - med) <= n_sigma * sig
+    # A frame without light (level ~0) gives inf/NaN here; the caller blanks it.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (num * keep).sum(axis=1) / (den * keep).sum(axis=1)
+
+
+def eper_cti(raw: RawFrame, config: EoConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Serial and parallel CTI of every amp of one flat, by extended pixel edge response.
+
+    With a charge-transfer inefficiency ε per transfer, a pixel transferred n times leaves
+    about ε·n of its charge behind, which is read in the pixels that follow it: the first
+    overscan pixels after a flat of level S hold ε·n·S in all. Hence
+
+        ε = Σ (first overscan pixels − bias) / (n × (last data pixel − bias)),
+
+    with n = number of transfers of the last data pixel (its readout index + 1: 512 serial
+    transfers for LATISS, 3 prescan + 509 data columns; 2000 parallel ones). The bias of
+    each row is the median of the serial overscan beyond ``eper_bias_skip`` columns; for the
+    parallel EPER, the column's level in the parallel overscan beyond ``eper_bias_skip``
+    rows is removed as well (column bias structure runs into those rows).
+
+    Parameters
+    ----------
+    raw : RawFrame
+        A flat-field raw frame (segments in readout orientation, ADU; not modified).
+    config : EoConfig, optional
+        Number of overscan pixels summed, skips and clipping.
+
+    Returns
+    -------
+    serial, parallel : numpy.ndarray
+        ``(n_amps,)`` CTI per transfer (NaN where the flat is too faint).
+    """
+    config = config or EoConfig()
+    camera = raw.camera
+    seg = raw.segments
+    data = camera.data_bbox
+    sov = camera.serial_overscan_bbox
+    pov = camera.parallel_overscan_bbox
+    first_col = data.x0 + data.nx
+    first_row = data.y0 + data.ny
+    if sov.x0 != first_col or pov.y0 != first_row:
+        raise ValueError(f"{camera.name}: EPER needs the overscans right after the data "
+                         f"(serial overscan at column {sov.x0}, data ends at {first_col})")
+
+    bias_cols = seg[:, :, sov.x0 + config.eper_bias_skip: sov.x0 + sov.nx]
+    row_bias = np.median(bias_cols, axis=2)
+    rows = slice(data.y0, data.y0 + data.ny)
+    level_rows = seg[:, rows, first_col - 1] - row_bias[:, rows]
+    trail_rows = (seg[:, rows, first_col: first_col + config.eper_columns]
+                  - row_bias[:, rows, None]).sum(axis=2)
+    serial = _clipped_ratio(trail_rows, level_rows, config.eper_clip_sigma) / first_col
+
+    cols = slice(data.x0, data.x0 + data.nx)
+    sub = seg[:, :, cols] - row_bias[:, :, None]
+    col_bias = np.median(sub[:, pov.y0 + config.eper_bias_skip: pov.y0 + pov.ny], axis=1)
+    level_cols = sub[:, first_row - 1] - col_bias
+    trail_cols = (sub[:, first_row: first_row + config.eper_rows]
+                  - col_bias[:, None, :]).sum(axis=1)
+    parallel = _clipped_ratio(trail_cols, level_cols, config.eper_clip_sigma) / first_row
+
+    faint_s = np.median(level_rows, axis=1) < config.eper_min_level_adu
+    faint_p = np.median(level_cols, axis=1) < config.eper_min_level_adu
+    serial[faint_s] = np.nan
+    parallel[faint_p] = np.nan
+    if faint_s.any() or faint_p.any():
+        log.warning("%s: %d amps too faint for EPER (< %.0f ADU)", raw.path.name,
+                    int((faint_s | faint_p).sum()), config.eper_min_level_adu)
+    return serial, parallel
+
+
+#: Column names (first found wins) of the PTC ramp: mean signal (ADU) and exposure time (s)
+#: of each flat pair, one array per amp row (``PTC_*``: atmospec's PTC product; ``RAW_*``:
+#: Rubin's PtcDataset names, upper-cased).
+_RAMP_MEANS = ("PTC_MEAN", "RAW_MEANS")
+_RAMP_TIMES = ("PTC_EXPTIME", "RAW_EXP_TIMES", "EXP_TIMES")
+
+
+@dataclass(frozen=True)
+class _Ptc:
+    gains: AmpGains
+    turnoff_adu: np.ndarray
+    linearity_pct: np.ndarray
+
+
+def _linearity_residual(times: np.ndarray, means: np.ndarray, lo: float,
+                        hi: float) -> float:
+    """Max |fractional residual| (%) of a line fitted to a ramp between ``lo`` and ``hi``.
+
+    The fit minimises the fractional residuals (weights 1/signal), as the figure of merit
+    is fractional; an intercept absorbs a shutter-timing offset.
+    """
+    ok = np.isfinite(times) & np.isfinite(means) & (means >= lo) & (means <= hi)
+    if ok.sum() < 3:
+        return float("nan")
+    t, m = times[ok], means[ok]
+    design = np.column_stack([t, np.ones_like(t)]) / m[:, None]
+    coef, *_ = np.linalg.lstsq(design, np.ones_like(m), rcond=None)
+    fit = coef[0] * t + coef[1]
+    return float(100.0 * np.max(np.abs(m - fit) / fit))
+
+
+def _read_ptc(path: str | Path, camera: Camera, config: EoConfig) -> _Ptc:
+    """Gains, turnoff and (if the ramp is there) linearity residual from a PTC table."""
+    path = Path(path)
+    gains = load_ptc_gains(path, camera)
+    table = Table.read(path)
+    rows = {str(a).strip(): i for i, a in enumerate(table["AMP"])}
+    idx = [rows[name] for name in camera.amp_names]
+    n = camera.n_amps
+    if "TURNOFF" in table.colnames:
+        turnoff = np.asarray(table["TURNOFF"], dtype=float)[idx]
+    else:
+        log.info("%s: no TURNOFF column: full well left NaN", path.name)
+        turnoff = np.full(n, np.nan)
+    means_col = next((c for c in _RAMP_MEANS if c in table.colnames), None)
+    times_col = next((c for c in _RAMP_TIMES if c in table.colnames), None)
+    linearity = np.full(n, np.nan)
+    if means_col is not None and times_col is not None:
+        lo_e, hi_e = config.linearity_range_e
+        for i, row in enumerate(idx):
+            means = np.asarray(table[means_col][row], dtype=float).ravel()
+            times = np.asarray(table[times_col][row], dtype=float).ravel()
+            if means.shape != times.shape:
+                raise BadInputError(path, f"{means_col} and {times_col} of amp "
+                                          f"{camera.amp_names[i]} differ in length")
+            g = gains.gain[i]
+            hi = hi_e / g if not np.isfinite(turnoff[i]) else min(hi_e / g, turnoff[i])
+            linearity[i] = _linearity_residual(times, means, lo_e / g, hi)
+    else:
+        log.info("%s: no PTC ramp (%s / %s): linearity residual left NaN", path.name,
+                 "|".join(_RAMP_MEANS), "|".join(_RAMP_TIMES))
+    return _Ptc(gains, turnoff, linearity)
+
+
+def _check_master(product: Exposure | None, kind: str, camera: Camera) -> None:
+    if product is None:
+        return
+    if product.shape != camera.detector_shape:
+        raise BadInputError(None, f"master {kind} has shape {product.shape}, expected "
+                                  f"{camera.detector_shape}")
+    obstype = str(product.metadata.get("OBSTYPE", kind)).strip().lower()
+    if obstype != kind:
+        raise BadInputError(None, f"master {kind} is a {obstype}")
+
+
+def eo_figures(
+    bias_raws: Sequence[RawFrame | str | Path],
+    flat_raws: Sequence[RawFrame | str | Path],
+    dark_master: Exposure | None = None,
+    flat_master: Exposure | None = None,
+    ptc: str | Path | None = None,
+    config: EoConfig | None = None,
+    camera: Camera | None = None,
+    defects: DefectMaps | None = None,
+) -> Table:
+    """Measure the camera team's electro-optical figures of every amplifier.
+
+    Parameters
+    ----------
+    bias_raws : sequence of RawFrame or path
+        Bias frames (read noise); may be empty (read noise NaN).
+    flat_raws : sequence of RawFrame or path
+        Flat-field raws (serial and parallel CTI by EPER, averaged over the flats); may be
+        empty (CTI NaN).
+    dark_master : Exposure, optional
+        Master dark in e⁻/s (dark current, bright pixels and columns).
+    flat_master : Exposure, optional
+        Normalised master flat (dark pixels and columns).
+    ptc : path, optional
+        PTC product: FITS table with ``AMP``, ``GAIN``, ``READ_NOISE``, optionally
+        ``TURNOFF`` (ADU) and the ramp arrays ``PTC_MEAN`` (ADU) / ``PTC_EXPTIME`` (s)
+        (``RAW_MEANS`` / ``RAW_EXP_TIMES`` accepted).
+        Without it the nominal gains are used and full well and linearity are NaN.
+    config : EoConfig, optional
+        Measurement settings.
+    camera : Camera, optional
+        Detector layout; LATISS by default.
+    defects : DefectMaps, optional
+        Defects already found in these masters (`atmospec.calib.defects.detect_defects`):
+        reused for the counts instead of searching again.
+
+    Returns
+    -------
+    astropy.table.Table
+        Column ``amp`` then `EO_COLUMNS` (units attached); defect counts are masked when the
+        corresponding master is absent. ``meta`` records the inputs and the reference limits.
+    """
+    config = config or EoConfig()
+    camera = camera or load_camera("latiss")
+    n = camera.n_amps
+    _check_master(dark_master, "dark", camera)
+    _check_master(flat_master, "flat", camera)
+
+    if ptc is not None:
+        ptc_data = _read_ptc(ptc, camera, config)
+        gains = ptc_data.gains
+        full_well = ptc_data.turnoff_adu * gains.gain
+        linearity = ptc_data.linearity_pct
+    else:
+        log.info("no PTC given: nominal gains, full well and linearity left NaN")
+        gains = nominal_gains(camera)
+        full_well = np.full(n, np.nan)
+        linearity = np.full(n, np.nan)
+
+    noise_var = [read_noise_adu(as_raw(r, camera), config) ** 2 for r in bias_raws]
+    read_noise = (np.sqrt(np.mean(noise_var, axis=0)) * gains.gain if noise_var
+                  else np.full(n, np.nan))
+
+    cti = [eper_cti(as_raw(r, camera), config) for r in flat_raws]
+    if cti:
+        cti_serial = np.nanmean([c[0] for c in cti], axis=0)
+        cti_parallel = np.nanmean([c[1] for c in cti], axis=0)
+    else:
+        cti_serial = cti_parallel = np.full(n, np.nan)
+
+    dark_current = np.full(n, np.nan)
+    if dark_master is not None:
+        for i, amp in enumerate(camera.amplifiers):
+            values = dark_master.image[camera.amp_slices(amp)]
+            dark_current[i] = float(np.median(values[np.isfinite(values)]))
+
+    table = Table()
+    table["amp"] = np.array(camera.amp_names, dtype=str)
+    values = {"gain": gains.gain, "read_noise": read_noise, "full_well": full_well,
+              "dark_current": dark_current, "cti_serial": cti_serial,
+              "cti_parallel": cti_parallel, "linearity_residual": linearity}
+    counts: dict[str, np.ndarray] = {}
+    if dark_master is not None or flat_master is not None:
+        maps = defects
+        if maps is None:
+            maps = detect_defects(dark_master, flat_master, config.defects, camera)
+        stats = [maps.amp_stats[name] for name in camera.amp_names]
+        counts = {"bright_pixels": "n_hot", "bright_columns": "n_hot_columns",
+                  "dark_pixels": "n_cold", "dark_columns": "n_cold_columns"}
+        counts = {col: np.array([s[key] for s in stats], dtype=np.int64)
+                  for col, key in counts.items()}
+    for name, unit in EO_COLUMNS:
+        if name in values:
+            table[name] = np.asarray(values[name], dtype=np.float64)
+        else:
+            source = dark_master if name.startswith("bright") else flat_master
+            data = counts.get(name, np.zeros(n, dtype=np.int64))
+            table[name] = MaskedColumn(data, mask=np.full(n, source is None))
+        table[name].unit = unit
+    table.meta.update({
+        "INSTRUME": camera.name,
+        "DETECTOR_SERIAL": camera.detector_serial,
+        "GAIN_SOURCE": gains.source,
+        "N_BIAS": len(bias_raws),
+        "N_FLAT": len(flat_raws),
+        "EPER_COLUMNS": config.eper_columns,
+        "EPER_ROWS": config.eper_rows,
+        "REFERENCE_LIMITS": {k: {"comparison": c, "value": v, "label": lbl}
+                             for k, (c, v, lbl) in reference_limits(camera).items()},
+    })
+    log.info("EO figures: median read noise %.2f e-, dark current %.4f e-/s, serial CTI "
+             "%.2e, parallel CTI %.2e", np.nanmedian(read_noise) if noise_var else np.nan,
+             np.nanmedian(dark_current) if dark_master is not None else np.nan,
+             np.nanmedian(cti_serial) if cti else np.nan,
+             np.nanmedian(cti_parallel) if cti else np.nan)
+    return table
+
+
+def write_eo(table: Table, out_dir: str | Path, stem: str = "eo_figures") -> Path:
+    """Write the EO table as ECSV, atomically (its summary plot is
+    `atmospec.plots.eo.plot_eo_summary`).
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Output of `eo_figures`.
+    out_dir : path
+        Directory (created if needed).
+    stem : str
+        Base name of ``<stem>.ecsv``.
+
+    Returns
+    -------
+    pathlib.Path
+        The ECSV path.
+    """
+    out_dir = Path(out_dir)
+    buf = io.StringIO()
+    table.write(buf, format="ascii.ecsv")
+    ecsv = write_text_atomic(buf.getvalue(), out_dir / f"{stem}.ecsv")
+    log.info("wrote %s", ecsv)
+    return ecsv

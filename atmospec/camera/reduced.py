@@ -1,0 +1,57 @@
+"""Reduced single-image FITS files (one 2-D image in ADU, as Spectractor's CTIO inputs) read
+as an `Exposure`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from atmospec.camera.spectrograph import load_instrument
+from atmospec.errors import BadInputError
+from atmospec.exposure import Exposure
+
+__all__ = ["read_reduced_image"]
+
+
+def read_reduced_image(path: str | Path, instrument: str) -> Exposure:
+    """Read a reduced image in ADU as an exposure in electrons.
+
+    Parameters
+    ----------
+    path : path
+        FITS file; its first 2-D image is used, its primary header is the metadata.
+    instrument : str
+        Instrument profile (`atmospec.camera.spectrograph.load_instrument`): its gain
+        converts ADU to electrons, its read noise enters the variance, its saturation level
+        sets the SAT mask.
+
+    Returns
+    -------
+    Exposure
+        Image in electrons (gain 1 when the profile gives none), Poisson + read-noise
+        variance, NaN pixels masked NO_DATA (infinite variance), pixels at 99 % of the
+        saturation level masked SAT.
+
+    Raises
+    ------
+    BadInputError
+        If the file holds no 2-D image.
+    """
+    profile = load_instrument(instrument)
+    with fits.open(path) as hdul:
+        image_hdus = [h for h in hdul if h.data is not None and np.ndim(h.data) == 2]
+        if not image_hdus:
+            raise BadInputError(path, "no 2-D image in the file")
+        data = np.asarray(image_hdus[0].data, dtype=np.float32)
+        header = hdul[0].header.copy()
+    gain = profile.gain_e_per_adu or 1.0
+    exposure = Exposure.from_image(data * gain, metadata=header)
+    finite = np.isfinite(exposure.image)
+    exposure.variance[:] = np.where(finite, np.clip(exposure.image, 0.0, None)
+                                    + (profile.read_noise_e or 0.0) ** 2, np.inf)
+    exposure.set_mask("NO_DATA", ~finite)
+    if profile.max_adu:
+        exposure.set_mask("SAT", finite & (data >= 0.99 * profile.max_adu))
+    return exposure

@@ -1,0 +1,73 @@
+"""Command-line interface: ``atmospec <command> ...``.
+
+Exit status: 0 success, 2 bad input or usage (one line on stderr naming the file and the
+problem, no traceback), 1 processing failure. With several inputs, a bad one is reported
+and skipped; the others are still processed.
+
+One module per command family (`isr`, `calib`, `imaging`, `spectro`, `night`, `simulate`,
+`gen3`), each with ``add_parsers(sub)``. The commands import the pipeline when they run, not
+when the parser is built, so ``atmospec --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from atmospec import __version__
+from atmospec.cli import calib, gen3, imaging, isr, night, simulate, spectro
+from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, Parser, UsageError
+from atmospec.errors import BadInputError
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("atmospec")
+
+
+def build_parser() -> Parser:
+    """The ``atmospec`` argument parser."""
+    parser = Parser(prog="atmospec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"atmospec {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    isr.add_parsers(sub)
+    calib.add_parsers(sub)
+    imaging.add_parsers(sub)
+    spectro.add_parsers(sub)
+    night.add_parsers(sub)
+    simulate.add_parsers(sub)
+    # The Gen3 path: its commands say so when the extra is missing.
+    gen3.add_butler_parser(sub)
+    gen3.add_bps_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BadInputError as exc:
+        print(f"atmospec: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("atmospec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        log.debug("processing failure", exc_info=True)
+        print(f"atmospec: processing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -1,0 +1,123 @@
+"""``atmospec night`` and ``atmospec report``: a whole night, and its HTML report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
+from atmospec.errors import short_error
+
+if TYPE_CHECKING:
+    from atmospec.night.runner import NightResult
+
+log = logging.getLogger("atmospec")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``atmospec night`` and ``atmospec report``."""
+    _add_night(sub)
+    _add_report(sub)
+
+
+def _add_night(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("night", help="reduce a whole night of raw LATISS frames")
+    p.add_argument("rawdir", help="directory of the night's raw files")
+    p.add_argument("--repo", required=True,
+                   help="repository: index, calibration products, outputs (created)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local process pool (default) or an existing Dask cluster")
+    p.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786")
+    p.add_argument("--pipeline", help="pipeline definition (YAML; default pipelines/night.yaml)")
+    p.add_argument("--no-retry", action="store_true",
+                   help="do not re-run tasks that failed in an earlier run")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the night plots and the HTML report")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the HTML report (REPO/report/) at the end")
+    p.set_defaults(func=_cmd_night)
+
+
+def _cmd_night(args: argparse.Namespace) -> int:
+    from atmospec.night.runner import NightRunConfig, run_night
+
+    if args.executor == "dask" and not args.scheduler:
+        raise UsageError("atmospec night: --executor dask needs --scheduler ADDR")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("atmospec night: --workers must be at least 1")
+    config = NightRunConfig(workers=args.workers, executor=args.executor,
+                            scheduler=args.scheduler, pipeline=args.pipeline,
+                            retry_failed=not args.no_retry, plots=not args.no_plots,
+                            figures=not args.no_report)
+    result = run_night(args.rawdir, args.repo, config)
+    if config.plots and config.figures:
+        write_night_report(Path(args.repo), result,
+                           workers=args.workers if args.executor == "local" else None)
+    print(night_report_text(result))
+    return EXIT_FAILURE if result.n_failed else EXIT_OK
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="static HTML report of a repository (REPO/report/)")
+    p.add_argument("repo", help="repository reduced by atmospec night")
+    p.add_argument("--out", help="report directory (default: REPO/report)")
+    p.add_argument("--force", action="store_true",
+                   help="redraw every figure, even those whose inputs did not change")
+    p.add_argument("--workers", type=int,
+                   help="processes drawing the exposures' figures (default: all cores)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from atmospec.report import ReportConfig, build_report
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError("atmospec report: --workers must be at least 1")
+    index = build_report(args.repo, ReportConfig(out=args.out, force=args.force,
+                                                 workers=args.workers))
+    print(f"report: {index}")
+    return EXIT_OK
+
+
+def write_night_report(repo: Path, result: NightResult, workers: int | None = None
+                       ) -> Path | None:
+    """The HTML report at the end of a night, added to ``result.summary`` as ``report``; None
+    (with a warning) when it cannot be written: the reduction is done and recorded, a report
+    problem must not fail it."""
+    from atmospec.report import ReportConfig, build_report
+
+    t0 = time.perf_counter()
+    try:
+        report = build_report(repo, ReportConfig(workers=workers))
+    except Exception as exc:
+        log.warning("no HTML report (%s: %s); retry with: atmospec report %s",
+                    type(exc).__name__, short_error(exc), repo)
+        log.debug("report failure", exc_info=True)
+        return None
+    finally:
+        result.wall_s += time.perf_counter() - t0
+    result.summary["report"] = report
+    return report
+
+
+def night_report_text(result: NightResult) -> str:
+    """The lines ``atmospec night`` prints at the end of a run."""
+    lines = [f"{result.n_exposures} exposures: {result.n_run} processed now, "
+             f"{result.n_skipped} already done, {result.n_failed} with a failure "
+             f"({result.wall_s:.0f} s)"]
+    for product in result.calibrations:
+        lines.append(f"calibration {product.path.name}: {product.status} ({product.detail})")
+    for path, reason in result.rejected:
+        lines.append(f"skipped {path.name}: {reason}")
+    failures = {}
+    for o in result.outcomes:
+        if o.status == "failed" and o.obs_id not in failures:
+            failures[o.obs_id] = f"{o.task}: {o.reason}"
+    lines += [f"failed {obs_id}: {reason}" for obs_id, reason in failures.items()]
+    for key, path in result.summary.items():
+        lines.append(f"{key}: {path}")
+    return "\n".join(lines)

@@ -1,0 +1,205 @@
+"""``atmospec extract`` and ``atmospec fit-atmosphere``: the spectrum of a dispersed
+exposure and the atmosphere fitted on it."""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+
+from atmospec.cli._common import EXIT_OK, UsageError
+from atmospec.errors import BadInputError
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``atmospec extract`` and ``atmospec fit-atmosphere``."""
+    _add_extract(sub)
+    _add_fit_atmosphere(sub)
+
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extract", help="first-order spectrum of a dispersed exposure")
+    p.add_argument("image", help="post-ISR image, a raw LATISS file (ISR is run first) or, "
+                   "with --instrument ctio, a reduced CTIO image in ADU")
+    p.add_argument("--target", help="target name (default: the header's OBJECT); a CALSPEC "
+                   "standard")
+    p.add_argument("--disperser", help="disperser (default: the header's GRATING)")
+    p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss")
+    p.add_argument("--xy", help="zeroth-order position X,Y (0-based pixel centres of IMAGE); "
+                   "default: found around the header prior")
+    p.add_argument("--calibs", metavar="REPO", help="with a raw input: calibration repository")
+    p.add_argument("--any-target", action="store_true",
+                   help="accept a target that is not a shipped CALSPEC standard")
+    p.add_argument("--out", required=True, help="spectrum file (Spectractor's FITS layout)")
+    p.add_argument("--plots", action="store_true",
+                   help="also draw the spectrum diagnostics beside the spectrum file")
+    p.set_defaults(func=_cmd_extract)
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from astropy.io import fits
+
+    from atmospec.camera.reduced import read_reduced_image
+    from atmospec.exposure import Exposure
+    from atmospec.io import provenance_cards
+    from atmospec.spectro.chain import SpectroscopyConfig, process_dispersed
+    from spectractor_bridge.spectrum import write_spectrum
+
+    xy = None
+    if args.xy:
+        try:
+            x, y = (float(v) for v in args.xy.split(","))
+        except ValueError:
+            raise UsageError(f"atmospec extract: --xy wants X,Y, got {args.xy!r}") from None
+        xy = (x, y)
+    path = Path(args.image)
+    if not path.is_file():
+        raise BadInputError(path, "no such file")
+    try:
+        with fits.open(path) as hdul:
+            names = {hdu.name for hdu in hdul}
+    except Exception as exc:  # astropy raises many types for damaged files
+        raise BadInputError(path, f"not a readable FITS file ({type(exc).__name__})") from None
+    if "IMAGE" in names:
+        exposure = Exposure.read(path)
+    elif args.instrument == "latiss":
+        exposure = _isr_in_memory(path, args.calibs)
+    else:
+        exposure = read_reduced_image(path, args.instrument)
+    config = SpectroscopyConfig(require_calspec=not args.any_target)
+    spectrum, centroid = process_dispersed(exposure, target=args.target,
+                                           disperser=args.disperser, xy=xy, config=config,
+                                           source=str(path), instrument=args.instrument)
+    out = write_spectrum(spectrum, args.out, provenance_cards("extract", [path], config))
+    if args.plots:
+        from atmospec.plots.spectro import plot_spectrum_diagnostics
+
+        for png in plot_spectrum_diagnostics(spectrum, out.parent, out.with_suffix("").name):
+            print(f"wrote {png}")
+    h = spectrum.header
+    where = (f"found at ({centroid.x:.2f}, {centroid.y:.2f})" if centroid is not None
+             else "given")
+    print(f"wrote {out}: {h['TARGET']} through {h['GRATING']}, zeroth order {where}, "
+          f"{spectrum.n_points} points {spectrum.wavelength[0]:.0f}-"
+          f"{spectrum.wavelength[-1]:.0f} nm, rotation {h['ROTANGLE']:.3f} deg, "
+          f"D2CCD {h['D2CCD']:.2f} mm")
+    return EXIT_OK
+
+
+def _isr_in_memory(path: Path, repo: str | None):
+    """ISR of one raw file with the repository's products (or nominal gains), in memory."""
+    from atmospec.camera.raw import read_raw
+    from atmospec.isr.driver import IsrConfig, run_isr
+    from atmospec.isr.runner import CalibrationFiles, load_calibrations
+
+    raw = read_raw(path)
+    files = CalibrationFiles()
+    if repo:
+        from atmospec.calib.registry import CalibrationRegistry
+
+        files = CalibrationRegistry(repo, create=False).select_all(raw.info)
+    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera)).exposure
+
+
+def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-atmosphere",
+                       help="fit water vapour, ozone and aerosols on a CALSPEC star's spectrum")
+    p.add_argument("spectrum", nargs="+", help="spectrum file(s) (Spectractor's layout: ours "
+                   "or Spectractor's own); several with --joint")
+    p.add_argument("--out", required=True, help="fit results (JSON)")
+    p.add_argument("--joint", action="store_true",
+                   help="joint fit of several spectra: a shared throughput correction and "
+                   "one atmosphere per exposure")
+    p.add_argument("--share-ozone", action="store_true", help="--joint: one ozone column")
+    p.add_argument("--share-vaod", action="store_true",
+                   help="--joint: one aerosol optical depth (stable aerosols)")
+    p.add_argument("--vaod-prior", nargs=3, type=float, action="append", default=[],
+                   metavar=("INDEX", "VAOD", "SIGMA"),
+                   help="--joint: external VAOD of spectrum INDEX (0-based), repeatable")
+    p.add_argument("--throughput-degree", type=int, default=5,
+                   help="--joint: Legendre degree of the throughput correction")
+    p.add_argument("--sed", help="SED file of a non-CALSPEC target (nm, erg/s/cm2/nm)")
+    p.add_argument("--instrument", choices=("latiss", "ctio"),
+                   help="instrument (default: from the spectrum's header)")
+    p.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="wavelength range fitted, nm (default 350 1095)")
+    p.add_argument("--fit-angstrom", action="store_true",
+                   help="also fit the aerosol Angstrom exponent (default: libRadtran's "
+                   "aerosol shape)")
+    p.add_argument("--mode", choices=("1d", "2d", "auto"), default="1d",
+                   help="fit the extracted spectrum (1d, default), the spectrogram's pixels "
+                   "with orders 1 and 2 modelled together (2d; atmospec spectra only), or the "
+                   "spectrum and then the spectrogram if two atmospheric parameters "
+                   "correlate beyond 0.95 (auto)")
+    p.add_argument("--plot", action="store_true",
+                   help="also draw data, model, residuals and correlations beside the JSON")
+    p.set_defaults(func=_cmd_fit_atmosphere)
+
+
+def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from atmospec.atmosphere.spectrum_fit import AtmosphereFitConfig, fit_atmosphere
+    from atmospec.io import write_text_atomic
+    from spectractor_bridge.spectrum import read_spectrum
+
+    config = AtmosphereFitConfig(sed_path=args.sed, instrument=args.instrument,
+                                 fit_angstrom=args.fit_angstrom)
+    if args.range:
+        config = replace(config, wavelength_range_nm=(args.range[0], args.range[1]))
+    if args.joint:
+        return _fit_atmosphere_joint(args, config)
+    if len(args.spectrum) > 1:
+        raise UsageError("atmospec fit-atmosphere: several spectra need --joint")
+    path = args.spectrum[0]
+    spectrum = read_spectrum(path)
+    if args.mode == "1d":
+        fit = fit_atmosphere(spectrum, config, source=str(path))
+    else:
+        from atmospec.atmosphere.spectrogram_fit import (
+            SpectrogramFitConfig,
+            fit_atmosphere_auto,
+            fit_atmosphere_spectrogram,
+        )
+
+        fit2d = fit_atmosphere_spectrogram if args.mode == "2d" else fit_atmosphere_auto
+        fit = fit2d(spectrum, SpectrogramFitConfig(atmosphere=config), source=str(path))
+    out = write_text_atomic(json.dumps(fit.to_dict(), indent=2) + "\n", args.out)
+    v, e = fit.values, fit.errors_scaled
+    print(f"wrote {out}: PWV {v['pwv_mm']:.2f} ± {e['pwv_mm'] or 0:.2f} mm, ozone "
+          f"{v['ozone_du']:.0f} ± {e['ozone_du'] or 0:.0f} DU, VAOD {v['vaod']:.4f} ± "
+          f"{e['vaod'] or 0:.4f}, chi2/ndof {fit.chi2_ndof:.2f}"
+          + (f", order-2 scale {v['order2']:.3f}" if "order2" in v else "")
+          + f" ({fit.info.get('fit', 'spectrum')} fit)")
+    for name, reason in fit.fixed.items():
+        print(f"  {name} fixed: {reason}")
+    if args.plot:
+        from atmospec.plots.atmosphere import plot_atmosphere_fit
+
+        print(f"wrote {plot_atmosphere_fit(fit, Path(out).with_suffix('.png'))}")
+    return EXIT_OK
+
+
+def _fit_atmosphere_joint(args: argparse.Namespace, config) -> int:
+    import json
+
+    from atmospec.atmosphere.joint_fit import JointFitConfig, fit_atmosphere_joint
+    from atmospec.io import to_jsonable, write_text_atomic
+    from spectractor_bridge.spectrum import read_spectrum
+
+    joint = JointFitConfig(spectrum=config, throughput_degree=args.throughput_degree,
+                           share_ozone=args.share_ozone, share_vaod=args.share_vaod,
+                           vaod_priors=tuple((int(i), v, s) for i, v, s in args.vaod_prior))
+    # Read one at a time by the fit (a night of spectra need not be in memory at once).
+    fit = fit_atmosphere_joint([partial(read_spectrum, p) for p in args.spectrum], joint,
+                               sources=[str(p) for p in args.spectrum])
+    out = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
+                            args.out)
+    print(f"wrote {out}: {len(args.spectrum)} spectra, chi2/ndof {fit.chi2_ndof:.2f}, "
+          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}")
+    for path, values, errors in zip(args.spectrum, fit.values, fit.errors, strict=True):
+        print(f"  {Path(path).name}: PWV {values['pwv_mm']:.2f} ± {errors['pwv_mm'] or 0:.2f}"
+              f" mm, ozone {values['ozone_du']:.0f} ± {errors['ozone_du'] or 0:.0f} DU, "
+              f"VAOD {values['vaod']:.4f} ± {errors['vaod'] or 0:.4f}")
+    return EXIT_OK

@@ -1,1 +1,0 @@
-"""Calibration products: combine, bias, dark, flat, defects, PTC, linearity, verification."""

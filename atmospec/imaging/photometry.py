@@ -1,0 +1,506 @@
+"""Source measurements: segment properties, refined centroids and aperture photometry.
+
+* Segment properties come from `photutils.segmentation.SourceCatalog` (only the columns the
+  catalogue keeps are computed: photutils evaluates them lazily).
+* Centroids of point sources are refined with an iterative Gaussian-windowed centroid (the
+  ``XWIN`` scheme of SourceExtractor), vectorised over all sources at once on stacked
+  stamps, then, once the PSF is measured, by a fit of that PSF to every unsaturated star
+  (`psf_centroids`, also vectorised), the maximum-likelihood position; pixels that are
+  masked or belong to another source get zero weight. Each stage falls back to the
+  previous one (photutils' isophotal centroid first) where it fails. On simulated LATISS
+  frames the result is within 0-15 % of the Cramér-Rao bound for S/N ≥ 100 stars.
+  (Deblended stars are then placed by a joint fit of their blend, see
+  `atmospec.imaging.psf.fit_blend`.)
+* Aperture photometry uses `photutils.aperture` on the background-subtracted image
+  (the background map provides the local background), with errors from the exposure's
+  VARIANCE plane; masked pixels are left out of the sums and their share of the aperture
+  is reported.
+
+Coordinates are 0-based pixel centres of the assembled image (photutils' convention).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from photutils.aperture import CircularAperture, aperture_photometry
+from photutils.segmentation import SegmentationImage, SourceCatalog
+from scipy.spatial import cKDTree
+
+from atmospec.imaging.detection import FWHM_PER_SIGMA
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CentroidConfig",
+    "PhotometryConfig",
+    "aperture_fluxes",
+    "gather_stamps",
+    "psf_centroids",
+    "segment_properties",
+    "windowed_centroids",
+]
+
+#: SourceCatalog properties the catalogue keeps, in photutils (>= 3.0) names.
+SEGMENT_PROPERTIES: tuple[str, ...] = (
+    "label", "x_centroid", "y_centroid", "bbox_xmin", "bbox_xmax", "bbox_ymin", "bbox_ymax",
+    "area", "segment_flux", "segment_flux_err", "max_value", "fwhm", "ellipticity",
+    "orientation",
+)
+
+
+@dataclass(frozen=True)
+class CentroidConfig:
+    """Refinement of the centroids."""
+
+    refine: bool = True
+    """Replace the isophotal centroids by Gaussian-windowed ones (then PSF-fitted ones, see
+    `psf_fit`). Saturated sources always keep the isophotal centroid."""
+    psf_fit: bool = True
+    """Once the PSF is measured, fit it to every unsaturated source for its position
+    (`psf_centroids`); the previous centroid is kept where the fit fails."""
+    refine_blended: bool = False
+    """Also apply the windowed centroid to deblended sources (its window catches the
+    neighbour's light); by default they start from their peak in the deblender's filter."""
+    fit_blends: bool = True
+    """Place the stars of each blend by a joint fit with the measured PSF."""
+    max_blend_size: int = 8
+    """Blends with more stars than this are not jointly fitted."""
+    window_fwhm: float = 1.0
+    """FWHM of the Gaussian window, in units of the PSF FWHM."""
+    half_size_fwhm: float = 1.5
+    """Half-size of the stamp used, in PSF FWHM (the window is negligible beyond)."""
+    psf_half_size_fwhm: float = 1.0
+    """Half-size of the stamp of the PSF fit, in PSF FWHM (the position information lies
+    within the core)."""
+    max_iterations: int = 30
+    """Iterations of the windowed centroid (and of the PSF fit) before giving up."""
+    tolerance_px: float = 1e-3
+    """Convergence: largest shift of an iteration, pixels."""
+    max_shift_fwhm: float = 0.5
+    """A refined centroid further than this (in FWHM) from its starting point is rejected
+    (flag ``flag_centroid`` if no stage succeeded): it wandered to a neighbour."""
+
+
+@dataclass(frozen=True)
+class PhotometryConfig:
+    """Aperture photometry and flags."""
+
+    radii_fwhm: tuple[float, ...] = (1.0, 2.0, 3.0)
+    """Aperture radii in units of the PSF FWHM (columns ``aperture_flux_<k>`` in this
+    order)."""
+    kron: bool = True
+    """Measure Kron fluxes (photutils ``kron_flux``; ~0.4 s a LATISS frame, a sixth of
+    the run time)."""
+    method: str = "exact"
+    """How apertures meet pixels: photutils' ``exact``, ``center`` or ``subpixel``."""
+    max_masked_fraction: float = 0.05
+    """``flag_masked`` is set above this fraction of masked pixels in the largest
+    aperture."""
+    mask_planes: tuple[str, ...] = ("BAD", "CR", "NO_DATA")
+    """Planes whose pixels are left out of the sums (saturated pixels stay in: they are
+    the star, flagged instead)."""
+
+
+def segment_properties(
+    data: np.ndarray,
+    segmentation: SegmentationImage,
+    mask: np.ndarray | None,
+    error: np.ndarray | None,
+    kron: bool = True,
+) -> dict[str, np.ndarray]:
+    """Segment-based properties of every source (photutils `SourceCatalog`).
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Background-subtracted image.
+    segmentation : SegmentationImage
+        Sources.
+    mask : numpy.ndarray, optional
+        bool: pixels ignored.
+    error : numpy.ndarray, optional
+        Per-pixel 1-σ error (for ``segment_flux_err`` and ``kron_flux_err``).
+    kron : bool
+        Also compute ``kron_flux`` and ``kron_flux_err``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Plain arrays (no units) keyed by photutils property names, in label order.
+    """
+    with warnings.catch_warnings():
+        # Kron apertures of sources touching masked pixels or edges warn; values are NaN.
+        warnings.simplefilter("ignore")
+        cat = SourceCatalog(data, segmentation, mask=mask, error=error)
+        names = list(SEGMENT_PROPERTIES) + (["kron_flux", "kron_flux_err"] if kron else [])
+        out = {}
+        for name in names:
+            value = getattr(cat, name)
+            out[name] = np.asarray(getattr(value, "value", value), dtype=float)
+    out["label"] = out["label"].astype(int)
+    return out
+
+
+def gather_stamps(
+    image: np.ndarray, x: np.ndarray, y: np.ndarray, half: int, fill: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Square stamps around many positions, stacked into one array.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2D array.
+    x, y : numpy.ndarray
+        Positions (pixel centres); stamps are centred on the nearest pixel.
+    half : int
+        Half-size: stamps are ``2 half + 1`` pixels wide.
+    fill : float
+        Value of the stamp pixels that fall off the image.
+
+    Returns
+    -------
+    stamps : numpy.ndarray
+        ``(n, 2 half + 1, 2 half + 1)``.
+    xs, ys : numpy.ndarray
+        Pixel coordinates of the stamps' columns ``(n, 1, s)`` and rows ``(n, s, 1)``.
+    inside : numpy.ndarray
+        bool ``(n, s, s)``: the pixel is on the image.
+    """
+    offsets = np.arange(-half, half + 1)
+    cx = np.rint(np.asarray(x, dtype=float)).astype(int)
+    cy = np.rint(np.asarray(y, dtype=float)).astype(int)
+    xs = (cx[:, None] + offsets[None, :])[:, None, :]
+    ys = (cy[:, None] + offsets[None, :])[:, :, None]
+    ny, nx = image.shape
+    inside = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    stamps = image[np.clip(ys, 0, ny - 1), np.clip(xs, 0, nx - 1)]
+    if not inside.all():
+        stamps = np.where(inside, stamps, fill)
+    return stamps, xs, ys, inside
+
+
+def windowed_centroids(
+    data: np.ndarray,
+    weight_mask: np.ndarray,
+    segmentation: np.ndarray,
+    labels: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    fwhm_px: float,
+    config: CentroidConfig = CentroidConfig(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Iterative Gaussian-windowed centroids of many sources at once.
+
+    Each iteration moves the window centre by ``2 Σ w I (x - xc) / Σ w I`` (SourceExtractor's
+    ``XWIN`` update, which converges in a few steps when the window matches the PSF); the
+    fixed point is the centre of any symmetric profile.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Background-subtracted image.
+    weight_mask : numpy.ndarray
+        bool: pixels given zero weight (masked).
+    segmentation : numpy.ndarray
+        Segmentation labels; pixels of *other* sources get zero weight.
+    labels : numpy.ndarray
+        Label of each source.
+    x0, y0 : numpy.ndarray
+        Starting positions.
+    fwhm_px : float
+        PSF FWHM, pixels.
+    config : CentroidConfig
+        Window and convergence.
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        Refined centroids (the starting value where the refinement failed).
+    ok : numpy.ndarray
+        bool: the refinement converged within `CentroidConfig.max_shift_fwhm`.
+    """
+    n = len(x0)
+    x0 = np.asarray(x0, dtype=float)
+    y0 = np.asarray(y0, dtype=float)
+    if n == 0:
+        return x0.copy(), y0.copy(), np.zeros(0, dtype=bool)
+    sigma_w = config.window_fwhm * fwhm_px / FWHM_PER_SIGMA
+    half = max(int(np.ceil(config.half_size_fwhm * fwhm_px)), 3)
+    stamps, xs, ys, inside = gather_stamps(data, x0, y0, half)
+    masked, *_ = gather_stamps(weight_mask, x0, y0, half, fill=True)
+    seg, *_ = gather_stamps(segmentation, x0, y0, half)
+    labels = np.asarray(labels)[:, None, None]
+    usable = inside & ~masked.astype(bool) & ((seg == 0) | (seg == labels))
+    image = np.where(usable, stamps, 0.0).astype(float)
+    xs = xs.astype(float)
+    ys = ys.astype(float)
+    xc, yc = x0.copy(), y0.copy()
+    active = np.ones(n, dtype=bool)
+    good = np.ones(n, dtype=bool)
+    inv2s2 = 0.5 / sigma_w**2
+    for _ in range(config.max_iterations):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        dx = xs[idx] - xc[idx, None, None]
+        dy = ys[idx] - yc[idx, None, None]
+        wi = np.exp(-(dx**2 + dy**2) * inv2s2) * image[idx]
+        total = wi.sum(axis=(1, 2))
+        bad = ~(total > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            step_x = 2.0 * (wi * dx).sum(axis=(1, 2)) / total
+            step_y = 2.0 * (wi * dy).sum(axis=(1, 2)) / total
+        bad |= ~np.isfinite(step_x) | ~np.isfinite(step_y)
+        step_x[bad] = step_y[bad] = 0.0
+        xc[idx] += step_x
+        yc[idx] += step_y
+        good[idx[bad]] = False
+        done = bad | (np.hypot(step_x, step_y) < config.tolerance_px)
+        active[idx[done]] = False
+    shift = np.hypot(xc - x0, yc - y0)
+    ny, nx = data.shape
+    ok = (good & ~active & (shift <= config.max_shift_fwhm * fwhm_px)
+          & (xc >= -0.5) & (xc <= nx - 0.5) & (yc >= -0.5) & (yc <= ny - 0.5))
+    xc[~ok] = x0[~ok]
+    yc[~ok] = y0[~ok]
+    return xc, yc, ok
+
+
+def psf_centroids(
+    data: np.ndarray,
+    variance: np.ndarray | None,
+    weight_mask: np.ndarray,
+    segmentation: np.ndarray,
+    labels: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    form: np.ndarray,
+    beta: float,
+    fwhm_px: float,
+    config: CentroidConfig = CentroidConfig(),
+    slope: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions from a fit of the exposure's PSF to every star at once.
+
+    Each star is modelled as ``A (1 + dᵀ M d)^-β`` on a constant background, with the
+    measured PSF shape held fixed (``M``, ``β``): the maximum-likelihood position, which
+    reaches the Cramér-Rao bound where the windowed centroid stays up to ~15 % above it.
+    Stars flagged in ``slope`` (those sitting on a neighbour's wing) get a background
+    plane instead, so that the slope across their stamp does not pull them; isolated stars
+    keep the constant, since a plane's gradient competes with the position and costs them
+    precision. All stars are solved together by damped Gauss-Newton on stacked stamps (a
+    6×6 system per star and iteration), weighted by the inverse variance; masked pixels and
+    pixels of other sources get zero weight.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Background-subtracted image.
+    variance : numpy.ndarray, optional
+        Per-pixel variance (uniform weights if None).
+    weight_mask : numpy.ndarray
+        bool: pixels given zero weight.
+    segmentation : numpy.ndarray
+        Segmentation labels.
+    labels : numpy.ndarray
+        Label of each star.
+    x0, y0 : numpy.ndarray
+        Starting positions (e.g. windowed centroids).
+    form : numpy.ndarray
+        ``(2, 2)`` quadratic form of the PSF.
+    beta : float
+        Moffat index.
+    fwhm_px : float
+        PSF FWHM, pixels (stamp size and the shift limit).
+    config : CentroidConfig
+        Stamp size, iterations, tolerance and shift limit.
+    slope : numpy.ndarray, optional
+        bool per star: fit a background plane rather than a constant.
+
+    Returns
+    -------
+    x, y : numpy.ndarray
+        Fitted positions (the start where the fit failed).
+    ok : numpy.ndarray
+        bool: converged within the shift limit.
+    """
+    n = len(x0)
+    x0 = np.asarray(x0, dtype=float)
+    y0 = np.asarray(y0, dtype=float)
+    if n == 0:
+        return x0.copy(), y0.copy(), np.zeros(0, dtype=bool)
+    half = max(math.ceil(config.psf_half_size_fwhm * fwhm_px), 3)
+    stamps, xs, ys, inside = gather_stamps(data, x0, y0, half)
+    masked, *_ = gather_stamps(weight_mask, x0, y0, half, fill=True)
+    seg, *_ = gather_stamps(segmentation, x0, y0, half)
+    own = np.asarray(labels)[:, None, None]
+    usable = inside & ~masked.astype(bool) & ((seg == 0) | (seg == own))
+    if variance is not None:
+        var, *_ = gather_stamps(variance, x0, y0, half, fill=1.0)
+        usable &= np.isfinite(var) & (var > 0)
+        weight = np.where(usable, 1.0 / np.where(usable, var, 1.0), 0.0)
+    else:
+        weight = usable.astype(float)
+    image = np.where(usable, stamps, 0.0).astype(float)
+    xs = np.broadcast_to(xs, stamps.shape).astype(float)
+    ys = np.broadcast_to(ys, stamps.shape).astype(float)
+    m11, m12, m22 = float(form[0, 0]), float(form[0, 1]), float(form[1, 1])
+    cx, cy = x0.copy(), y0.copy()
+    # Linear start for amplitude and background at the starting position.
+    amp = np.zeros(n)
+    # Background plane b0 + b1·(x - x0) + b2·(y - y0): a neighbour's wing (a saturated
+    # star's halo) is a slope across the stamp, which a constant would turn into a shift.
+    plane = np.zeros((n, 3))
+    use = np.zeros(n) if slope is None else np.asarray(slope, dtype=float)
+    # Plane columns are zero for stars without a slope (their gradient terms stay 0).
+    px = (xs - x0[:, None, None]) * use[:, None, None]
+    py = (ys - y0[:, None, None]) * use[:, None, None]
+    max_step = 0.25 * fwhm_px
+    active = np.ones(n, dtype=bool)
+    good = np.ones(n, dtype=bool)
+    diag = np.arange(6)
+    for iteration in range(config.max_iterations):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        dx = xs[idx] - cx[idx, None, None]
+        dy = ys[idx] - cy[idx, None, None]
+        u = 1.0 + m11 * dx * dx + 2.0 * m12 * dx * dy + m22 * dy * dy
+        profile = u ** (-beta)
+        w = weight[idx].reshape(idx.size, -1, 1)
+        ones = np.ones_like(profile)
+        if iteration == 0:
+            # Linear weighted least squares for the amplitude and the plane at the start.
+            lin = np.stack([profile, ones, px[idx], py[idx]], axis=-1).reshape(idx.size, -1, 4)
+            lw = (lin * w).transpose(0, 2, 1)
+            frozen = np.zeros((idx.size, 4, 4))
+            frozen[:, 2, 2] = frozen[:, 3, 3] = 1.0 - use[idx]
+            try:
+                sol = np.linalg.solve(lw @ lin + frozen + 1e-9 * np.eye(4),
+                                      lw @ image[idx].reshape(idx.size, -1, 1))[..., 0]
+            except np.linalg.LinAlgError:
+                sol = np.full((idx.size, 4), np.nan)
+            amp[idx] = sol[:, 0]
+            plane[idx] = sol[:, 1:]
+        g = 2.0 * beta * amp[idx, None, None] * profile / u
+        jac = np.stack([profile, g * (m11 * dx + m12 * dy), g * (m12 * dx + m22 * dy), ones,
+                        px[idx], py[idx]], axis=-1).reshape(idx.size, -1, 6)
+        model = (amp[idx, None, None] * profile + plane[idx, 0, None, None]
+                 + plane[idx, 1, None, None] * px[idx] + plane[idx, 2, None, None] * py[idx])
+        resid = (image[idx] - model).reshape(idx.size, -1, 1)
+        jwt = (jac * w).transpose(0, 2, 1)
+        normal = jwt @ jac  # batched 6×6 normal matrices (BLAS), not einsum
+        rhs = (jwt @ resid)[..., 0]
+        # Levenberg-style damping of the diagonal keeps faint stars' steps sane.
+        normal[:, diag, diag] *= 1.0 + 1e-3
+        normal[:, 4, 4] += 1.0 - use[idx]  # frozen plane: zero columns, unit diagonal
+        normal[:, 5, 5] += 1.0 - use[idx]
+        try:
+            step = np.linalg.solve(normal, rhs[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = np.full((idx.size, 6), np.nan)
+        bad = ~np.all(np.isfinite(step), axis=1) | ~(amp[idx] > 0)
+        shift = np.hypot(step[:, 1], step[:, 2])
+        scale = np.where(shift > max_step, max_step / np.maximum(shift, 1e-12), 1.0)
+        step *= scale[:, None]
+        step[bad] = 0.0
+        amp[idx] += step[:, 0]
+        cx[idx] += step[:, 1]
+        cy[idx] += step[:, 2]
+        plane[idx] += step[:, 3:]
+        good[idx[bad]] = False
+        done = bad | (shift < config.tolerance_px)
+        active[idx[done]] = False
+    moved = np.hypot(cx - x0, cy - y0)
+    ny, nx = data.shape
+    ok = (good & ~active & (amp > 0) & (moved <= config.max_shift_fwhm * fwhm_px)
+          & (cx >= -0.5) & (cx <= nx - 0.5) & (cy >= -0.5) & (cy <= ny - 0.5))
+    cx[~ok] = x0[~ok]
+    cy[~ok] = y0[~ok]
+    return cx, cy, ok
+
+
+def aperture_fluxes(
+    data: np.ndarray,
+    error: np.ndarray | None,
+    masked: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    radii_px: tuple[float, ...],
+    method: str = "exact",
+    flag_planes: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Circular-aperture fluxes and errors at many positions and radii.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        Background-subtracted image.
+    error : numpy.ndarray, optional
+        Per-pixel 1-σ error.
+    masked : numpy.ndarray
+        bool: pixels left out of the sums.
+    x, y : numpy.ndarray
+        Aperture centres.
+    radii_px : tuple of float
+        Radii, pixels.
+    method : str
+        photutils overlap method.
+    flag_planes : dict of str to numpy.ndarray, optional
+        bool images whose covered fraction of the *largest* aperture is returned as
+        ``fraction_<name>`` (e.g. masked, saturated, edge pixels).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``aperture_flux_<k>``, ``aperture_fluxerr_<k>`` for each radius ``k`` and the
+        requested ``fraction_<name>`` (pixel centres inside the largest aperture over its
+        area); also ``fraction_offimage`` (1 where the largest aperture leaves the image).
+    """
+    out: dict[str, np.ndarray] = {}
+    n = len(x)
+    if n == 0:
+        for k in range(len(radii_px)):
+            out[f"aperture_flux_{k}"] = np.zeros(0)
+            out[f"aperture_fluxerr_{k}"] = np.zeros(0)
+        for name in (flag_planes or {}):
+            out[f"fraction_{name}"] = np.zeros(0)
+        out["fraction_offimage"] = np.zeros(0)
+        return out
+    positions = np.column_stack([x, y])
+    apertures = [CircularAperture(positions, r=float(r)) for r in radii_px]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # apertures off the image: partial sums, flagged
+        table = aperture_photometry(data, apertures, error=error, mask=masked, method=method)
+    for k in range(len(apertures)):
+        flux = table[f"aperture_sum_{k}"]
+        out[f"aperture_flux_{k}"] = np.asarray(getattr(flux, "value", flux), dtype=float)
+        if error is not None:
+            err = table[f"aperture_sum_err_{k}"]
+            out[f"aperture_fluxerr_{k}"] = np.asarray(getattr(err, "value", err), dtype=float)
+        else:
+            out[f"aperture_fluxerr_{k}"] = np.full(n, np.nan)
+    # Shares of the largest aperture: flagged pixels are few, so count the flagged pixel
+    # centres inside the circle with a k-d tree rather than integrating every plane over
+    # every aperture.
+    r_max = float(max(radii_px))
+    area = math.pi * r_max**2
+    ny, nx = data.shape
+    out["fraction_offimage"] = (
+        (x - r_max < -0.5) | (x + r_max > nx - 0.5) | (y - r_max < -0.5)
+        | (y + r_max > ny - 0.5)
+    ).astype(float)
+    for name, plane in (flag_planes or {}).items():
+        py, px = np.nonzero(plane)
+        if px.size == 0:
+            out[f"fraction_{name}"] = np.zeros(n)
+            continue
+        tree = cKDTree(np.column_stack([px, py]))
+        counts = tree.query_ball_point(positions, r_max, return_length=True)
+        out[f"fraction_{name}"] = np.clip(np.asarray(counts, dtype=float) / area, 0.0, 1.0)
+    return out

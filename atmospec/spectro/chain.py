@@ -1,0 +1,523 @@
+"""The spectroscopy chain of one dispersed exposure: zeroth order → extraction (rotation,
+background, chromatic PSF, optimal 1D extraction) → wavelength calibration on spectral
+features (D2CCD and pixel shift) → order-2 correction → `Spectrum`.
+
+One function, `process_dispersed`, used by ``atmospec extract`` and by the night runner's
+``extract`` task, so both give the same spectrum for the same post-ISR exposure.
+
+Frames. The extraction works with the +1 order running along −y (LATISS's assembled frame).
+An instrument whose images have it along +x (CTIO, Spectractor's own frame) is turned by
+``data.T[::-1, ::-1]`` first, and its disperser tables — in the frame of the images as read —
+are then addressed through the same reflection, exactly as LATISS's tables are; positions in
+the output (``TARGETX/Y``, the centroid) are given back in the frame of the input image.
+``ROTANGLE`` follows Spectractor: degrees counter-clockwise from +x in Spectractor's frame,
+which is minus the tilt measured in ours (the turn is a reflection).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+import numpy as np
+from astropy.io import fits
+from scipy.ndimage import gaussian_filter1d
+
+from atmospec.camera.description import load_camera
+from atmospec.camera.spectro import load_spectro_table
+from atmospec.camera.spectrograph import InstrumentProfile, load_instrument
+from atmospec.camera.translator import ObservationInfo, translate_header
+from atmospec.errors import BadInputError
+from atmospec.exposure import Exposure
+from atmospec.spectro.calspec import load_sed, resolve_target, shipped_standards
+from atmospec.spectro.dispersers import Disperser, load_disperser
+from atmospec.spectro.extract import (
+    ExtractionConfig,
+    ExtractionResult,
+    background_covariance,
+    extract_spectrum,
+    result_to_spectrum,
+    with_dispersion,
+)
+from atmospec.spectro.forward_model import ForwardModelConfig, ForwardModelResult, fit_forward_model
+from atmospec.spectro.order2 import correct_extraction, order2_image, with_order2
+from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum
+from atmospec.spectro.wavelength.calibration import (
+    CoarseSearchConfig,
+    FeatureFitConfig,
+    WavelengthSolution,
+    absorption_template,
+    calibrate_on_features,
+    template_dispersion_solution,
+)
+from atmospec.spectro.wavelength.lines import CALIBRATION_FEATURES, in_vacuum
+from atmospec.spectro.zeroth_order import (
+    ZerothOrderConfig,
+    ZerothOrderResult,
+    find_zeroth_order,
+    zeroth_order_prior,
+)
+
+log = logging.getLogger(__name__)
+
+#: Surface pressure when the header has none, hPa (Cerro Pachón; CTIO's 2017 headers ~784).
+_STANDARD_PRESSURE = MappingProxyType({"latiss": 743.0, "ctio": 784.0})
+
+#: Primary-header keys copied from the exposure into the spectrum (Spectractor keeps them).
+_COPIED = ("OBSID", "DAYOBS", "SEQNUM", "DATE-OBS", "DATE-BEG", "DATE-END", "EXPTIME",
+           "DARKTIME", "FILTER", "GRATING", "LINSPOS", "RA", "DEC", "ROTPA", "ELSTART",
+           "AZSTART", "PRESSURE", "AIRTEMP", "HUMIDITY", "INSTRUME", "OBJECT", "CCDSUM")
+
+
+@dataclass(frozen=True)
+class SpectroscopyConfig:
+    """Configuration of the spectroscopy chain of one exposure."""
+
+    zeroth_order: ZerothOrderConfig = field(default_factory=ZerothOrderConfig)
+    """Finding the target's zeroth order (used when no position is given)."""
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    """Trace, background, PSF and 1D extraction."""
+    wavelength_calibration: bool = True
+    """Fit the disperser–CCD distance and the zeroth-order pixel shift on spectral features
+    (Balmer lines, O₂ A and B, H₂O); ``False`` keeps the instrument's distance."""
+    coarse_search: CoarseSearchConfig = field(default_factory=CoarseSearchConfig)
+    """Template scan that gives the line fit its starting solution."""
+    d2ccd_prior_sigma_mm: float = 2.0
+    """Width of the Gaussian prior on the disperser–CCD distance, mm (the instruments'
+    stated errors, 0.05–0.2 mm, are too optimistic: Spectractor's CTIO fit moved it by
+    0.8 mm)."""
+    features: FeatureFitConfig = field(default_factory=FeatureFitConfig)
+    """Measuring each feature against the template and fitting (D2CCD, shift) on them."""
+    forward_model: ForwardModelConfig | None = field(default_factory=ForwardModelConfig)
+    """2D forward model of the spectrogram (Spectractor's PSF2D/FFM): the spectrum, its PSF
+    and covariance then come from it; None keeps the 1D optimal extraction."""
+    order2_correction: bool = True
+    """Remove the second-order light falling on the first order (modelled with the
+    disperser's order-2/order-1 ratio table) and write it as the ``ORDER2`` extension."""
+    require_calspec: bool = True
+    """Refuse a target that is not a shipped CALSPEC standard (the atmosphere fit needs its
+    SED); ``False`` extracts any star and writes its name as given."""
+
+
+def process_dispersed(exposure: Exposure, *, target: str | None = None,
+                      disperser: str | None = None, xy: tuple[float, float] | None = None,
+                      config: SpectroscopyConfig | None = None,
+                      source: str | None = None, instrument: str = "latiss",
+                      timings: dict[str, float] | None = None
+                      ) -> tuple[Spectrum, ZerothOrderResult | None]:
+    """Extract the first-order spectrum of the target of a dispersed post-ISR exposure.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        Post-ISR exposure (electrons, mask and variance planes), binned or not (``CCDSUM``
+        or ``BINX``/``BINY`` in its header).
+    target : str, optional
+        Target name; default: the header's target (``OBJECT``; CTIO: ``TARGET``).
+    disperser : str, optional
+        Disperser name; default: the header's ``GRATING``. A name that contradicts the header
+        is used, with a warning (a header may be wrong; the user knows better).
+    xy : tuple of float, optional
+        Zeroth-order position, 0-based pixel centres of this image; default: found by
+        `find_zeroth_order` around the header prior.
+    config : SpectroscopyConfig, optional
+        Settings.
+    source : str, optional
+        File name for error messages.
+    instrument : str
+        ``latiss`` or ``ctio``: detector, disperser tables, frame.
+    timings : dict, optional
+        Filled with the wall time of each stage, seconds (``zeroth_order``, ``extraction``,
+        ``wavelength_calibration``, ``order2``, ``forward_model``, ``covariance``,
+        ``spectrum``).
+
+    Returns
+    -------
+    spectrum : Spectrum
+        Wavelength (nm), flux (e⁻/nm) and errors, with the PSF table, the lines and the
+        header keys of Spectractor's layout (``TARGET``, ``AIRMASS``, ``EXPTIME``,
+        ``TARGETX/Y``, ``ROTANGLE``, ``D2CCD``, ``PIXSHIFT`` ...).
+    zeroth_order : ZerothOrderResult or None
+        The centroid found, in the input image's pixels (None when ``xy`` was given).
+
+    Raises
+    ------
+    BadInputError
+        Not a dispersed exposure, unknown disperser or target, header of another
+        instrument, no star, spectrum off the detector.
+    """
+    config = config or SpectroscopyConfig()
+    clock = _Clock(timings)
+    name = source or str(exposure.metadata.get("OBSID", "exposure"))
+    profile = _profile(instrument, name)
+    info = translate_header(exposure.metadata, name)
+    if info.instrument.lower() != profile.name:
+        raise BadInputError(name, f"the header is from {info.instrument}, not "
+                                  f"{profile.name} (give --instrument "
+                                  f"{info.instrument.lower()})")
+    binning = _binning(info, name)
+    disperser = disperser or info.disperser
+    if disperser.lower() in ("empty", "empty_1", "none", "unknown", ""):
+        raise BadInputError(name, f"not a dispersed exposure (GRATING={info.disperser}); "
+                                  "give --disperser if the header is wrong")
+    try:
+        disp = load_disperser(disperser, profile.name)
+    except BadInputError as exc:
+        raise BadInputError(name, exc.problem) from None
+    if disperser != info.disperser and info.disperser not in ("unknown", ""):
+        log.warning("%s: header GRATING is %s; using %s as asked", name, info.disperser,
+                    disperser)
+    target_name = target or info.target_name
+    if not target_name:
+        raise BadInputError(name, "no target: the header has no OBJECT; give --target")
+    sed = None
+    if config.require_calspec:
+        try:
+            entry = resolve_target(target_name)
+        except BadInputError:
+            known = ", ".join(e.name for e in shipped_standards())
+            raise BadInputError(name, f"target {target_name!r} is not a CALSPEC standard "
+                                      f"shipped with atmospec (known: {known}); --any-target "
+                                      "extracts it anyway") from None
+        target_name = entry.name
+        sed = load_sed(entry.name)
+
+    frame = _Frame(profile, exposure.image.shape)
+    work = frame.exposure(exposure)
+    disp = frame.disperser(disp)
+    centroid = None
+    clock.lap("setup")
+    if xy is None:
+        centroid = _find_zeroth_order(work, info, disperser, profile, config, name)
+        xy = (centroid.x, centroid.y)
+        centroid = replace(centroid, **dict(zip(("x", "y"), frame.to_input(xy), strict=True)))
+    else:
+        xy = frame.from_input(xy)
+    clock.lap("zeroth_order")
+    result = extract_spectrum(work, xy[0], xy[1], disp, info.linspos, config.extraction,
+                              source=name, binning=binning)
+    clock.lap("extraction")
+    solution = None
+    if config.wavelength_calibration:
+        result, solution = _calibrate(result, disp, sed, info, profile, config, name)
+    clock.lap("wavelength_calibration")
+    model = covariance = contamination = None
+    if config.order2_correction:
+        contamination = correct_extraction(result, disp)
+    clock.lap("order2")
+    if config.forward_model is not None:
+        # The order-2 light is drawn into the background the 2D model sees: it then fits the
+        # first order alone (its flux and its PSF).
+        seen = result if contamination is None else replace(
+            result, background=result.background + order2_image(result, contamination))
+        model = fit_forward_model(work, seen, config.forward_model)
+        clock.lap("forward_model")
+        result, covariance = _with_forward_model(result, model)
+        clock.lap("covariance")
+        log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", name,
+                 model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
+
+    header = _spectrum_header(exposure.metadata, info, target_name, profile, binning,
+                              result)
+    tx, ty = frame.to_input((result.x0, result.y0))
+    spectrum = result_to_spectrum(result, header, extra={
+        "TARGETX": (tx, "zeroth order x (input image, px)"),
+        "TARGETY": (ty, "zeroth order y (input image, px)"),
+    })
+    spectrum = replace(spectrum, spectrogram=frame.spectrogram(work, result, model))
+    frame.spectrogram_header(spectrum.header, result)
+    if model is not None:
+        order = np.argsort(result.wavelength_nm)
+        per_nm = 1.0 / result.dlambda_drow[order]
+        cov = (covariance[np.ix_(order, order)] * np.outer(per_nm, per_nm)
+               + background_covariance(result, order))
+        spectrum = replace(spectrum, covariance=cov, flux_err=np.sqrt(np.diag(cov)))
+        spectrum.header["CHI2_FIT"] = (model.chi2_ndof, "2D model reduced chi2")
+        spectrum.header["PSF_REG"] = (model.regularisation, "2D model regularisation mu")
+        spectrum.header["SPECTYPE"] = ("forward_model", "flux from the 2D forward model")
+    else:
+        spectrum.header["SPECTYPE"] = ("optimal_1d", "flux from the 1D optimal extraction")
+    if solution is not None and spectrum.covariance is not None:
+        spectrum = _with_wavelength_error(spectrum, result, solution)
+    if solution is not None:
+        spectrum.header["D2CCDERR"] = (solution.d2ccd_err_mm, "[mm] D2CCD uncertainty")
+        spectrum.header["PIXSHERR"] = (solution.pixel_shift_err, "[px] PIXSHIFT uncertainty")
+        spectrum = replace(spectrum, lines=solution.lines)
+    if contamination is not None:
+        spectrum = with_order2(spectrum, contamination, subtract=model is None)
+    if frame.turned:
+        spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result))
+    clock.lap("spectrum")
+    return spectrum, centroid
+
+
+class _Clock:
+    """Wall time between successive `lap` calls, into a caller's dictionary (or nowhere)."""
+
+    def __init__(self, out: dict[str, float] | None) -> None:
+        self.out = out
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.out is not None:
+            self.out[name] = self.out.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def _with_wavelength_error(spectrum: Spectrum, result: ExtractionResult,
+                           solution: WavelengthSolution) -> Spectrum:
+    """Add the wavelength solution's uncertainty to the flux covariance: an error δλ of the
+    samples' wavelengths is, at fixed wavelength, a flux error −F′(λ) δλ, smooth along the
+    spectrum (a stretch of the scale tilts the continuum). Rank 2: (D2CCD, shift)."""
+    order = np.argsort(result.wavelength_nm)
+    u = result.distance_px[order]
+    d, s = result.d2ccd_mm, result.pixel_shift
+    disp = result.dispersion
+    pix = disp.instrument.pixel_size_mm(result.binning)
+    kw = {"at": (result.x0, result.y0), "binning": result.binning}
+
+    def law(dd: float, ds: float) -> np.ndarray:
+        return disp.wavelength_nm(u - s - ds, result.order, d + dd, pix, result.theta0_rad,
+                                  **kw)
+
+    jac = np.column_stack([(law(1e-3, 0.0) - law(-1e-3, 0.0)) / 2e-3,
+                           (law(0.0, 0.5) - law(0.0, -0.5))])
+    w, v = np.linalg.eigh(0.5 * (solution.covariance + solution.covariance.T))
+    root = v * np.sqrt(np.clip(w, 0.0, None))
+    # The flux slope from the spectrum smoothed over a resolution element (noise kept out).
+    fwhm_px = float(np.nanmedian(result.fwhm_px))
+    smooth = gaussian_filter1d(spectrum.flux, max(fwhm_px / 2.355, 1.0), mode="nearest")
+    slope = np.gradient(smooth, spectrum.wavelength)
+    factor = -slope[:, None] * (jac @ root)
+    cov = spectrum.covariance + factor @ factor.T
+    return replace(spectrum, covariance=cov, flux_err=np.sqrt(np.diag(cov)))
+
+
+def _spectrum_header(metadata: fits.Header, info: ObservationInfo, target_name: str,
+                     profile: InstrumentProfile, binning: int,
+                     result: ExtractionResult) -> fits.Header:
+    """The exposure's keys Spectractor keeps, and the observing conditions the atmosphere
+    fit reads (airmass, pressure, temperature) from the translated header."""
+    header = fits.Header()
+    for key in _COPIED:
+        if key in metadata:
+            header[key] = metadata[key]
+    header["TARGET"] = (target_name, "target name")
+    if info.airmass is not None:
+        header["AIRMASS"] = (float(info.airmass), "airmass at the start")
+    if info.pressure is not None:
+        header["OUTPRESS"] = (float(info.pressure), "outside pressure, hPa")
+    if info.temperature is not None:
+        header["OUTTEMP"] = (float(info.temperature), "outside temperature, deg C")
+    header["AIRORVAC"] = ("vac", "wavelengths in vacuum (CALSPEC, atmosphere model)")
+    header["LBDA_REF"] = (_reference_wavelength(result), "reference wavelength, nm")
+    header["REBIN"] = (binning, "binning of the image the spectrum comes from")
+    header["INSTRMNT"] = (profile.name, "atmospec instrument profile")
+    return header
+
+
+def _with_forward_model(result: ExtractionResult, model: ForwardModelResult
+                        ) -> tuple[ExtractionResult, np.ndarray]:
+    """The extraction with the 2D model's flux and PSF on its rows, and their covariance
+    (e⁻², rows of ``result``). The trace centre stays the 1D one: the wavelengths were
+    calibrated along it."""
+    idx = np.searchsorted(model.rows, result.rows)
+    new = replace(result, flux_e=model.amplitudes[idx], flux_err_e=model.amplitude_err[idx],
+                  gamma=model.gamma[idx], alpha=model.alpha[idx])
+    return new, model.covariance[np.ix_(idx, idx)]
+
+
+def _profile(instrument: str, name: str) -> InstrumentProfile:
+    try:
+        return load_instrument(instrument)
+    except BadInputError as exc:
+        raise BadInputError(name, exc.problem) from None
+
+
+def _binning(info: ObservationInfo, name: str) -> int:
+    bx, by = info.binning
+    if bx != by:
+        raise BadInputError(name, f"unequal binning {bx}×{by} is not supported")
+    return int(bx)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """The turn from the input image to the extraction's frame (+1 order along −y)."""
+
+    profile: InstrumentProfile
+    shape: tuple[int, ...]
+
+    @property
+    def turned(self) -> bool:
+        direction = self.profile.first_order_direction
+        if direction not in ("-y", "+x"):
+            raise ValueError(f"instrument {self.profile.name}: first_order_direction "
+                             f"{direction!r} is not -y or +x")
+        return direction == "+x"
+
+    def exposure(self, exposure: Exposure) -> Exposure:
+        if not self.turned:
+            return exposure
+
+        def turn(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a.T[::-1, ::-1])
+
+        return Exposure(image=turn(exposure.image), mask=turn(exposure.mask),
+                        variance=turn(exposure.variance), metadata=exposure.metadata,
+                        mask_planes=dict(exposure.mask_planes), unit=exposure.unit)
+
+    def disperser(self, disp: Disperser) -> Disperser:
+        """The disperser addressed in the extraction's frame: tables in the input frame are
+        reached through the turn (a reflection), as LATISS's tables always are."""
+        if not self.turned:
+            return disp
+        if disp.instrument.disperser_table_frame != "identity":
+            raise ValueError(f"{disp.name}: tables of a turned instrument must be in the "
+                             "frame of its images")
+        return replace(disp, instrument=replace(disp.instrument,
+                                                disperser_table_frame="transpose_flip"))
+
+    def _back(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a.T[::-1, ::-1]) if self.turned else a
+
+    def spectrogram(self, work: Exposure, result: ExtractionResult,
+                    model: ForwardModelResult | None) -> Spectrogram:
+        """``S_DATA`` … ``S_RES`` (e⁻) of the extraction cutout, in the input's orientation."""
+        c0, r0 = result.cutout_origin
+        ny, nx = result.background.shape
+        sl = (slice(r0, r0 + ny), slice(c0, c0 + nx))
+        data = np.asarray(work.image[sl], dtype=np.float32)
+        var = np.asarray(work.variance[sl], dtype=np.float32)
+        with np.errstate(invalid="ignore"):
+            err = np.where(var > 0, np.sqrt(var), np.nan).astype(np.float32)
+        unit = fits.Header({"BUNIT": "electron"})
+        planes = {"data": data, "err": err,
+                  "background": np.asarray(result.background, dtype=np.float32)}
+        if model is not None:
+            planes["fit"] = model.model
+            planes["residuals"] = model.residual
+        return Spectrogram(**{k: ImageExtension(self._back(v), unit.copy())
+                              for k, v in planes.items()})
+
+    def spectrogram_header(self, header: fits.Header, result: ExtractionResult) -> None:
+        """``S_XMIN … S_YMAX`` of the cutout in the input image (Spectractor's keys)."""
+        c0, r0 = result.cutout_origin
+        ny, nx = result.background.shape
+        corners = [self.to_input((c0, r0)), self.to_input((c0 + nx - 1, r0 + ny - 1))]
+        xs, ys = sorted(p[0] for p in corners), sorted(p[1] for p in corners)
+        for key, value in (("S_XMIN", xs[0]), ("S_XMAX", xs[1] + 1), ("S_YMIN", ys[0]),
+                           ("S_YMAX", ys[1] + 1)):
+            header[key] = (round(value), "spectrogram cutout in the input image (px)")
+
+    def psf_table(self, table, result: ExtractionResult):
+        """``PSF_TAB`` trace positions moved to the input-oriented cutout."""
+        ny, nx = result.background.shape
+        out = table.copy()
+        # cutout pixel (x, y) of the working frame → (ny − 1 − y, nx − 1 − x) once turned back
+        out["x_c"], out["y_c"] = ny - 1 - table["y_c"], nx - 1 - table["x_c"]
+        return out
+
+    def to_input(self, xy: tuple[float, float]) -> tuple[float, float]:
+        """Extraction-frame position → input-image position."""
+        if not self.turned:
+            return float(xy[0]), float(xy[1])
+        ny, nx = self.shape
+        # work[i, j] = input[nx_in − 1 − j, ny_in − 1 − i] with (ny_in, nx_in) = shape
+        return float(nx - 1 - xy[1]), float(ny - 1 - xy[0])
+
+    def from_input(self, xy: tuple[float, float]) -> tuple[float, float]:
+        """Input-image position → extraction-frame position (the turn is its own inverse)."""
+        if not self.turned:
+            return float(xy[0]), float(xy[1])
+        ny, nx = self.shape
+        return float(ny - 1 - xy[1]), float(nx - 1 - xy[0])
+
+
+def _find_zeroth_order(work: Exposure, info: ObservationInfo, disperser: str,
+                       profile: InstrumentProfile, config: SpectroscopyConfig,
+                       name: str) -> ZerothOrderResult:
+    """The zeroth order near the disperser's nominal position; for an instrument without a
+    table of nominal positions, the brightest compact source of the frame."""
+    cfg = config.zeroth_order
+    if profile.name == "latiss":
+        table = load_spectro_table("latiss")
+        try:
+            table.get(disperser)
+        except KeyError as exc:
+            raise BadInputError(name, str(exc).strip("'\"")) from None
+        prior = zeroth_order_prior(_with_disperser(info, disperser), load_camera("latiss"),
+                                   table)
+    else:
+        ny, nx = work.image.shape
+        prior = ((nx - 1) / 2.0, (ny - 1) / 2.0)
+        far = float(max(profile.detector_shape))
+        # The zeroth-order settings are in LATISS's unbinned pixels; the saturation growth
+        # keeps its size on the sky (2 LATISS px = 0.19″: none on CTIO's 0.8″ binned pixels).
+        latiss_scale = load_instrument("latiss").plate_scale_arcsec
+        grow = round(cfg.sat_grow_px * latiss_scale
+                     / profile.plate_scale_at(_binning(info, name)))
+        cfg = replace(cfg, instrument=profile.name, search_radius_px=far,
+                      prior_sigma_px=1e3 * far, sat_grow_px=grow,
+                      fwhm_guess_px=profile.typical_fwhm_arcsec / profile.plate_scale_arcsec,
+                      saturation_e=None, warn_distance_px=far)
+    return find_zeroth_order(work, cfg, prior, source=name)
+
+
+def _calibrate(result: ExtractionResult, disp: Disperser, sed, info: ObservationInfo,
+               profile: InstrumentProfile, config: SpectroscopyConfig, name: str
+               ) -> tuple[ExtractionResult, WavelengthSolution | None]:
+    """Fit (D2CCD, pixel shift) on the spectrum's features (Balmer lines, O₂ A and B,
+    H₂O).
+
+    The expected spectrum (SED × atmosphere × throughput × disperser transmission at the
+    measured resolution) first gives a start by matching the whole spectrum
+    (`template_dispersion_solution`); then each feature's position is measured against the
+    template's own shape and (D, shift) fitted on them with outlier rejection
+    (`calibrate_on_features`). Wavelengths are thus on the vacuum scale of CALSPEC and of
+    the atmosphere model. When the spectrum shows too few features, the instrument's
+    distance stays and a warning says so: the spectrum is still useful.
+    """
+    u = result.distance_px
+    pixel_mm = disp.instrument.pixel_size_mm(result.binning)
+    at = {"at": (result.x0, result.y0), "binning": result.binning}
+    flux, err = result.flux_e, result.flux_err_e  # per row: features keep their pixel width
+    fwhm_nm = float(np.nanmedian(result.fwhm_px * result.dlambda_drow))
+    grid = np.arange(300.0, 1100.0, 0.1)
+    template = absorption_template(
+        grid, None if sed is None else sed.wavelength_nm, None if sed is None else sed.flux,
+        info.airmass or 1.0, info.pressure or _STANDARD_PRESSURE[profile.name], fwhm_nm)
+    template = template * profile.throughput(grid) * disp.transmission(grid)
+    sigma_d = config.d2ccd_prior_sigma_mm
+    features = in_vacuum(CALIBRATION_FEATURES)
+    try:
+        start = template_dispersion_solution(
+            u, flux, err, grid, template, disp, result.d2ccd_mm, sigma_d, pixel_mm,
+            result.theta0_rad, config.coarse_search, order=result.order, **at)
+        solution = calibrate_on_features(
+            u, flux, err, disp, result.d2ccd_mm, sigma_d, pixel_mm, result.theta0_rad, grid,
+            template, features, fwhm_nm, (start.d2ccd_mm, start.pixel_shift),
+            config.features, order=result.order, **at)
+    except ValueError as exc:
+        log.warning("%s: wavelength calibration failed (%s): D2CCD %.2f mm from the "
+                    "instrument kept", name, exc, result.d2ccd_mm)
+        return result, None
+    log.info("%s: D2CCD %.3f ± %.3f mm, shift %.2f ± %.2f px on %d features (%s; χ²/ndof "
+             "%.2f)", name, solution.d2ccd_mm, solution.d2ccd_err_mm, solution.pixel_shift,
+             solution.pixel_shift_err, solution.n_lines,
+             ", ".join(n for n, k in zip(solution.lines["Name"], solution.lines["Used"],
+                                         strict=True) if k), solution.chisq_reduced)
+    return with_dispersion(result, solution.d2ccd_mm, solution.pixel_shift), solution
+
+
+def _with_disperser(info: ObservationInfo, disperser: str) -> ObservationInfo:
+    return info if info.disperser == disperser else replace(info, disperser=disperser)
+
+
+def _reference_wavelength(result) -> float:
+    """Spectractor's LBDA_REF: the middle of the extracted range."""
+    lam = result.wavelength_nm
+    return float(0.5 * (lam.min() + lam.max()))

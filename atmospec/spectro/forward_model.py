@@ -1,0 +1,852 @@
+"""2D forward model of a first-order slitless spectrogram (Spectractor's PSF2D / "FFM").
+
+The 1D extraction (`atmospec.spectro.extract`) treats every row of the cutout on its own:
+its flux per row is the spectrum *convolved* with the along-trace profile of the PSF, so
+narrow lines come out shallower than they are. Here the whole cutout is modelled at once,
+
+    M(r, c) = B(r, c) + Σ_i A_i · P(c − x_c(ρ_i), r − ρ_i; γ(ρ_i), β(ρ_i)),
+
+one point source per cutout row ρ_i (every row of the cutout, also those the 1D result left
+out), ``B`` the 1D background and ``P`` a circular 2D Moffat
+``(β − 1)/(π γ²) · (1 + (dx² + dy²)/γ²)^(−β)`` **sampled at pixel centres and normalised by
+its analytic integral**, truncated to a disc of radius ``support_fwhm × FWHM``. For the
+FWHM of 5–11 px of LATISS the samples sum to the integral to < 10⁻⁴, so ``A_i`` is the
+total flux of row ρ_i in e⁻, the quantity of ``ExtractionResult.flux_e`` (the light beyond
+the disc, ~1 % at 3 FWHM for β = 3, is in ``A_i`` but not in the model image). The 1D
+profile ``(1 + x²/γ²)^(−α)`` is this PSF's marginal with ``α = β − ½``: the shape is
+parametrised by γ and this α, as in the 1D result.
+
+**Linear amplitudes.** For given shape parameters the ``A_i`` minimise
+``χ² + μ Σ_i (A_i − A⁰_i)² / σ⁰_i²`` with ``χ² = Σ W (D − M)²`` (W = 1/VARIANCE, 0 on
+masked pixels and outliers) and ``A⁰, σ⁰`` the 1D (Horne) extraction redone with the 2D
+fit's pixel mask: the normal matrix ``N = Mᵀ W M`` is banded (sources further apart than
+the PSF diameter do not overlap) and is assembled row by row of the image with batched
+matrix products, then solved by a banded Cholesky (`scipy.linalg.cholesky_banded`).
+
+*Why this regulariser.* The deconvolution is ill-posed only for the high along-trace
+frequencies the PSF wipes out; a ridge toward the 1D extraction fills exactly those modes
+with the 1D values (for a smooth spectrum the 1D flux per row *is* the deconvolved flux, at
+a line it is the blurred one), and leaves the well-measured modes to the data, so lines
+come out at least as deep as in 1D for any μ. A smoothness (second-difference) operator
+toward zero would instead flatten lines as μ grows. Redoing the prior with the 2D mask
+keeps cosmic-ray residue that the 1D extraction missed out of it.
+
+*Choice of μ.* Generalised cross-validation over the pixels,
+``GCV(μ) = n_pix χ²(μ) / (n_pix − τ(μ))²`` with τ the trace of the influence matrix. The
+prior is a linear function of the same data (``A⁰ = H D``), so τ includes that path:
+``τ = tr[(N + μQ)⁻¹ (N + μ Q G)]`` with ``G = H M`` (the 1D extraction of each unit
+source, banded). It is minimised over log μ (bounded Brent); the banded inverse needed for
+the trace comes from a block-tridiagonal recursion (blocks of the band width), O(n·band²).
+
+**Covariance.** ``A = K D`` with ``K = (N + μQ)⁻¹ (Mᵀ W + μ Q H)``, so (shape parameters
+held fixed) ``Cov(A) = C X C`` with ``C = (N + μQ)⁻¹`` and
+``X = N + μ (Gᵀ Q + Q G) + μ² Q Σ⁰ Q`` (Σ⁰ = diag σ⁰², the 1D rows being independent).
+That is exact for the estimator used, including the prior's correlation with the data
+(neglecting it, as ``C N C`` would, underestimates the scatter of the modes the prior
+fills). The diagonal is computed in the fit; the dense matrix on demand.
+
+**Shape parameters.** γ, α and x_c are Legendre polynomials in the normalised row; they
+are fitted by variable projection: Levenberg–Marquardt on the regularised χ² after the
+linear solve, starting from the 1D result, with analytic PSF derivatives. The gradient is
+the exact one of the projected objective (``∂M/∂θ · A`` with A held fixed, A being
+optimal); the Gauss–Newton matrix uses Kaufman's projected Jacobian
+``(1 − M (N + μQ)⁻¹ Mᵀ W) ∂M/∂θ · A`` — the part of a shape change the amplitudes cannot
+absorb — without which the steps are far too short (γ trades with the amplitudes).
+
+**Outliers.** Strong spikes (> 2 × ``clip_sigma``) are first masked on the starting model,
+so that μ is not chosen to follow them; after each fit, pixels with
+``|D − M|/σ > clip_sigma`` are masked and the prior and amplitudes redone (μ and the
+shapes too when more than ``refit_fraction`` of the pixels were newly masked), at most
+``clip_iterations`` times. χ² and ndof count the unmasked pixels of the PSF windows
+(``2R + 3`` columns around the trace, R the PSF radius); ndof subtracts the effective
+number of amplitudes τ and the shape parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from numpy.polynomial import legendre
+from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
+from scipy.optimize import minimize_scalar
+
+from atmospec.errors import BadInputError
+from atmospec.exposure import Exposure
+from atmospec.spectro.extract import ExtractionResult, horne_profile
+from atmospec.spectro.psf import moffat1d_fwhm
+
+__all__ = ["ForwardModelConfig", "ForwardModelResult", "fit_forward_model", "moffat2d_fwhm"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ForwardModelConfig:
+    """Settings of `fit_forward_model`."""
+
+    support_fwhm: float = 3.0
+    """Radius of the disc the 2D PSF is truncated to, in units of the largest starting
+    2D FWHM (β = 3 leaves ~1 % of the flux outside 3 FWHM; it stays in the amplitudes)."""
+    gamma_degree: int = 3
+    """Degree of the Legendre polynomial of γ(row)."""
+    alpha_degree: int = 2
+    """Degree of the polynomial of α(row) (the 1D-marginal index; β = α + ½)."""
+    centre_degree: int = 2
+    """Degree of the polynomial of the trace centre x_c(row)."""
+    regularisation: float | None = None
+    """Fixed μ of the Tikhonov term; None: chosen by generalised cross-validation."""
+    log10_mu_bounds: tuple[float, float] = (-5.0, 2.0)
+    """Search interval of log10 μ for the cross-validation."""
+    log10_mu_tolerance: float = 0.1
+    """Precision of the cross-validated log10 μ."""
+    clip_sigma: float = 5.0
+    """Pixels with ``|data − model| / σ`` above this are masked as outliers."""
+    clip_iterations: int = 3
+    """Refits after outlier masking, at most (stops early when no new pixel is masked)."""
+    max_iterations: int = 12
+    """Levenberg–Marquardt iterations per fit of the shape parameters, at most."""
+    tolerance: float = 0.05
+    """The shape fit stops when an accepted step lowers the regularised χ² by less than
+    this (a shift of the shape parameters well below their errors)."""
+    refit_fraction: float = 1e-3
+    """After outlier masking the shapes are refitted only if this fraction of the modelled
+    pixels was newly masked (otherwise only the amplitudes are redone)."""
+    fit_shape: bool = True
+    """Fit γ, α, x_c (False: keep the 1D result's, solve only the amplitudes)."""
+    gamma_bounds: tuple[float, float] = (0.5, 60.0)
+    """Clip of γ(row), pixels: keeps the PSF away from degenerate shapes."""
+    alpha_bounds: tuple[float, float] = (0.7, 20.0)
+    """Clip of α(row) (β − ½ must stay above ½ for a finite integral)."""
+    min_good_fraction: float = 0.3
+    """Least fraction of usable pixels in the band one (1D) FWHM wide centred on the trace;
+    fewer raise `BadInputError`."""
+
+
+@dataclass(frozen=True)
+class ForwardModelResult:
+    """What `fit_forward_model` measured; per-row arrays run over every cutout row."""
+
+    source: str | None
+    """Name used in error messages (the exposure's OBSID, else the 1D result's)."""
+    rows: np.ndarray
+    """Image rows ρ_i of the point sources (all rows of the cutout)."""
+    amplitudes: np.ndarray
+    """Flux of each row, e⁻ (total of the 2D PSF, comparable to ``flux_e`` in 1D)."""
+    amplitude_err: np.ndarray
+    """One-sigma errors of ``amplitudes`` (diagonal of `covariance`)."""
+    gamma: np.ndarray
+    """Moffat γ at each row, pixels."""
+    alpha: np.ndarray
+    """Index α of the 1D marginal at each row (2D index β = α + ½)."""
+    x_c: np.ndarray
+    """Trace centre at each row, image column."""
+    shape_coefficients: dict[str, np.ndarray]
+    """Legendre coefficients of ``gamma``, ``alpha``, ``x_c`` in ``t = 2 (ρ − ρ₀)/(n − 1)
+    − 1`` over the cutout rows."""
+    wavelength_nm: np.ndarray
+    """λ of each row from the 1D result (NaN beyond its rows)."""
+    dlambda_drow: np.ndarray
+    """|dλ/drow| from the 1D result (NaN beyond its rows)."""
+    prior_e: np.ndarray
+    """The Tikhonov prior: 1D optimal flux per row with the 2D fit's mask, e⁻."""
+    prior_err_e: np.ndarray
+    """Its one-sigma error, e⁻ (NaN where a row had no usable pixel)."""
+    model: np.ndarray
+    """Model of the cutout (background included), e⁻, float32."""
+    residual: np.ndarray
+    """``(data − model)/σ`` over the cutout, float32, NaN where masked."""
+    outliers: np.ndarray
+    """Pixels masked by the outlier clipping (not those of the mask planes)."""
+    chi2: float
+    """χ² over the modelled pixels (within the PSF windows, not masked)."""
+    ndof: float
+    """Modelled pixels − effective number of amplitudes − shape parameters."""
+    regularisation: float
+    """μ used."""
+    effective_parameters: float
+    """Trace of the influence matrix of the amplitudes (≤ number of rows)."""
+    n_iterations: int
+    """Levenberg–Marquardt iterations, all clipping passes together."""
+    n_clip_passes: int
+    """Fits done (1 + refits after outlier masking)."""
+    timings: dict[str, float]
+    """Wall time of the stages, seconds."""
+    cutout_origin: tuple[int, int]
+    """``(x, y)`` of the cutout's first pixel in the image."""
+    config: ForwardModelConfig = field(repr=False)
+    """Settings used."""
+    _cov_parts: tuple[np.ndarray, np.ndarray, np.ndarray] = field(repr=False, compare=False)
+    """``(C, X C, L)``: `covariance` is ``C X C + L Lᵀ`` (regularised estimator at fixed
+    shape, plus the PSF-shape uncertainty)."""
+
+    @property
+    def chi2_ndof(self) -> float:
+        """Reduced χ²."""
+        return self.chi2 / self.ndof if self.ndof > 0 else math.nan
+
+    @property
+    def beta(self) -> np.ndarray:
+        """2D Moffat index at each row (α + ½)."""
+        return self.alpha + 0.5
+
+    @property
+    def fwhm_px(self) -> np.ndarray:
+        """FWHM of the 2D PSF at each row, pixels."""
+        return moffat2d_fwhm(self.gamma, self.beta)
+
+    @property
+    def flux_per_nm(self) -> np.ndarray:
+        """Amplitudes per nm, e⁻/nm (NaN beyond the 1D rows)."""
+        return self.amplitudes / self.dlambda_drow
+
+    @property
+    def flux_per_nm_err(self) -> np.ndarray:
+        """Their one-sigma errors, e⁻/nm."""
+        return self.amplitude_err / self.dlambda_drow
+
+    @cached_property
+    def covariance(self) -> np.ndarray:
+        """Dense covariance of ``amplitudes``, e⁻² (computed on first access: one
+        ``n × n`` matrix product, ~0.5 s for n = 2200 on one core)."""
+        c, xc, shape = self._cov_parts
+        cov = c @ xc
+        cov = 0.5 * (cov + cov.T)
+        cov += shape @ shape.T
+        return cov
+
+
+def moffat2d_fwhm(gamma: np.ndarray | float, beta: np.ndarray | float) -> np.ndarray:
+    """FWHM of a 2D Moffat ``(1 + r²/γ²)^(−β)``: ``2 γ √(2^(1/β) − 1)``."""
+    return 2.0 * np.asarray(gamma) * np.sqrt(2.0 ** (1.0 / np.asarray(beta)) - 1.0)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass
+class _Grid:
+    """Fixed geometry: per image row ``r`` (of the cutout), the sources ``s = r − d``
+    (``|d| ≤ R``) and a window of ``Wc`` columns starting at ``c0[r]`` (cutout columns)."""
+
+    n: int
+    radius: int
+    c0: np.ndarray
+    cols: np.ndarray            # (n, Wc) cutout columns
+    in_cut: np.ndarray          # (n, Wc) column inside the cutout
+    src: np.ndarray             # (n, 2R+1) source index, clipped
+    src_ok: np.ndarray          # (n, 2R+1) source inside the cutout
+
+    @property
+    def width(self) -> int:
+        return self.cols.shape[1]
+
+    def gather(self, image: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Window values of a cutout-shaped array."""
+        nc = image.shape[1]
+        rows = np.arange(self.n)[:, None]
+        out = image[rows, np.clip(self.cols, 0, nc - 1)]
+        return np.where(self.in_cut, out, fill)
+
+
+def _make_grid(n: int, n_cols: int, xc_cut: np.ndarray, radius: int) -> _Grid:
+    width = 2 * radius + 3  # one spare column each side for the drift of x_c over ±R rows
+    c0 = np.round(xc_cut).astype(np.int64) - radius - 1
+    cols = c0[:, None] + np.arange(width)[None, :]
+    in_cut = (cols >= 0) & (cols < n_cols)
+    d = np.arange(-radius, radius + 1)
+    src = np.arange(n)[:, None] - d[None, :]
+    src_ok = (src >= 0) & (src < n)
+    return _Grid(n, radius, c0, cols, in_cut, np.clip(src, 0, n - 1), src_ok)
+
+
+# --------------------------------------------------------------------------- PSF
+
+
+@dataclass
+class _Psf:
+    """The truncated 2D Moffat of every source on the window grid, shape (n, 2R+1, Wc)."""
+
+    p: np.ndarray
+    dx: np.ndarray
+    q: np.ndarray
+
+
+def _psf(grid: _Grid, xc_cut: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> _Psf:
+    # float32 for the big (n, 2R+1, Wc) arrays: half the memory traffic. Only the per-row
+    # products (≤ 2R + 3 terms) are float32; the normal matrix sums them in float64.
+    r = grid.radius
+    s = grid.src
+    f4 = np.float32
+    dy2 = (np.arange(-r, r + 1, dtype=f4) ** 2)[None, :, None]
+    dx = grid.cols.astype(f4)[:, None, :] - xc_cut.astype(f4)[s][:, :, None]
+    rr2 = dx * dx
+    rr2 += dy2
+    inv_g2 = (1.0 / gamma**2).astype(f4)[s][:, :, None]
+    b = beta.astype(f4)[s][:, :, None]
+    outside = rr2 > r * r
+    outside |= ~(grid.src_ok[:, :, None] & grid.in_cut[:, None, :])
+    q = rr2
+    q *= inv_g2
+    q += f4(1.0)
+    p = np.log(q)
+    p *= -b
+    np.exp(p, out=p)
+    p *= ((beta - 1.0) / (math.pi * gamma**2)).astype(f4)[s][:, :, None]
+    p[outside] = 0.0
+    return _Psf(p, dx, q)
+
+
+# --------------------------------------------------------------------------- linear algebra
+
+
+def _band_matvec(ab: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Symmetric banded (lower storage ``ab[u, j] = A[j+u, j]``) matrix times vector."""
+    y = ab[0] * x
+    n = x.size
+    for u in range(1, ab.shape[0]):  # loop over the band's diagonals, not over pixels
+        y[u:] += ab[u, :n - u] * x[:n - u]
+        y[:n - u] += ab[u, :n - u] * x[u:]
+    return y
+
+
+def _blocks(ab: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Block-tridiagonal view (blocks of size ``p`` ≥ the half bandwidth) of a symmetric
+    banded matrix: diagonal blocks (m, p, p), sub-diagonal blocks (m − 1, p, p); the
+    matrix is padded with the identity to ``m p`` rows."""
+    n = ab.shape[1]
+    m = -(-n // p)
+    pad = np.zeros((p + 1, m * p))
+    k = min(ab.shape[0], p + 1)
+    pad[:k, :n] = ab[:k]
+    pad[0, n:] = 1.0
+    i, j = np.indices((p, p))
+    start = (np.arange(m) * p)[:, None, None]
+    diag = pad[np.abs(i - j)[None], start + np.minimum(i, j)[None]]
+    u = p + i - j
+    sub = np.where((u <= p)[None], pad[np.minimum(u, p)[None], start[:-1] + j[None]], 0.0)
+    return diag, sub, m
+
+
+def _block_inverse(diag: np.ndarray, sub: np.ndarray, full: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Inverse of a block-tridiagonal SPD matrix (recursive Green's function).
+
+    Returns its diagonal blocks, its sub-diagonal blocks ``C[k+1, k]`` and, if ``full``,
+    the dense inverse. ``S_k = D_k − L_{k−1} S_{k−1}⁻¹ L_{k−1}ᵀ`` forward, then
+    ``C_kk = S_k⁻¹ + T_k C_{k+1,k+1} T_kᵀ`` and ``C_{k,k+1:} = −T_k C_{k+1,k+1:}`` with
+    ``T_k = S_k⁻¹ L_kᵀ`` backward: O(n p²) for the band, O(n² p) for the dense matrix.
+    """
+    m, p, _ = diag.shape
+    s_inv = np.empty_like(diag)
+    prev = None
+    for k in range(m):  # loop over blocks (n / band width of them)
+        s = diag[k] if prev is None else diag[k] - sub[k - 1] @ prev @ sub[k - 1].T
+        prev = np.linalg.inv(s)
+        s_inv[k] = prev
+    cd = np.empty_like(diag)
+    co = np.empty_like(sub)
+    cd[m - 1] = s_inv[m - 1]
+    dense = None
+    if full:
+        dense = np.empty((m * p, m * p))
+        dense[(m - 1) * p:, (m - 1) * p:] = cd[m - 1]
+    for k in range(m - 2, -1, -1):
+        t = s_inv[k] @ sub[k].T
+        co[k] = -(t @ cd[k + 1]).T
+        cd[k] = s_inv[k] + t @ cd[k + 1] @ t.T
+        if dense is not None:
+            lo, hi = k * p, (k + 1) * p
+            dense[lo:hi, hi:] = -t @ dense[hi:hi + p, hi:]
+            dense[lo:hi, lo:hi] = cd[k]
+            dense[hi:, lo:hi] = dense[lo:hi, hi:].T
+    return cd, co, dense
+
+
+def _band_of_blocks(cd: np.ndarray, co: np.ndarray, n: int, width: int) -> np.ndarray:
+    """Lower band ``[u, j] = C[j+u, j]`` (u ≤ width ≤ p) from the blocks of a symmetric
+    block-tridiagonal-structured inverse."""
+    p = cd.shape[1]
+    u = np.arange(width + 1)[:, None]
+    j = np.arange(n)[None, :]
+    i = np.minimum(j + u, n - 1)
+    bi, bj = i // p, j // p
+    same = bi == bj
+    out = np.where(same, cd[bj, i % p, j % p],
+                   co[np.minimum(bj, co.shape[0] - 1), i % p, j % p] if co.shape[0] else 0.0)
+    return np.where(j + u < n, out, 0.0)
+
+
+def _block_matmul(diag: np.ndarray, sub: np.ndarray, dense: np.ndarray) -> np.ndarray:
+    """Block-tridiagonal matrix (padded size) times a dense matrix with as many rows."""
+    m, p, _ = diag.shape
+    y = dense.reshape(m, p, -1)
+    out = diag @ y
+    out[1:] += sub @ y[:-1]
+    out[:-1] += np.transpose(sub, (0, 2, 1)) @ y[1:]
+    return out.reshape(m * p, -1)
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+@dataclass
+class _Problem:
+    """Data on the window grid and the fixed parts of the regularised problem."""
+
+    grid: _Grid
+    data: np.ndarray       # (n, Wc) data − background
+    weight: np.ndarray     # (n, Wc) 1/variance, 0 where masked
+    bases: dict[str, np.ndarray]
+    prior: np.ndarray
+    prior_q: np.ndarray    # 1/σ⁰² (a weak fallback where a row has no 1D value)
+    prior_var: np.ndarray  # σ⁰², 0 on the fallback rows
+    horne: np.ndarray      # (n, Wc) Horne weights of the prior on the window grid
+    mu: float = 1e-2
+
+
+@dataclass
+class _Eval:
+    theta: np.ndarray
+    amplitudes: np.ndarray
+    objective: float
+    chi2: float
+    model: np.ndarray
+    band: np.ndarray
+    rhs: np.ndarray
+    psf: _Psf
+    jtj: np.ndarray | None = None
+    jtr: np.ndarray | None = None
+    damp: np.ndarray | None = None  # (n, n_theta) (N + μQ)⁻¹ Mᵀ W ∂M/∂θ·A
+
+
+def _shapes(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    ng = prob.bases["gamma"].shape[1]
+    na = prob.bases["alpha"].shape[1]
+    g_raw = prob.bases["gamma"] @ theta[:ng]
+    a_raw = prob.bases["alpha"] @ theta[ng:ng + na]
+    xc = prob.bases["x_c"] @ theta[ng + na:]
+    gamma = np.clip(g_raw, *cfg.gamma_bounds)
+    alpha = np.clip(a_raw, *cfg.alpha_bounds)
+    free_g = (g_raw > cfg.gamma_bounds[0]) & (g_raw < cfg.gamma_bounds[1])
+    free_a = (a_raw > cfg.alpha_bounds[0]) & (a_raw < cfg.alpha_bounds[1])
+    return gamma, alpha, xc, free_g, free_a
+
+
+def _normal(prob: _Problem, psf: _Psf) -> tuple[np.ndarray, np.ndarray]:
+    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D``."""
+    g = prob.grid
+    n, nd = g.n, 2 * g.radius + 1
+    pw = psf.p * prob.weight.astype(np.float32)[:, None, :]
+    blk = pw @ np.transpose(psf.p, (0, 2, 1))
+    # blk[r, a, b] pairs sources r − (a − R) and r − (b − R); for b = a + u it lands on the
+    # lower band at (u, j = r − a − u + R): a sum along skewed diagonals, done with a
+    # strided view of the zero-padded diagonal (loop over the band's 2R + 1 diagonals).
+    r = g.radius
+    band = np.zeros((nd, n))
+    for u in range(nd):
+        diag = np.diagonal(blk, offset=u, axis1=1, axis2=2)
+        padded = np.zeros((n + 2 * r + 1, nd - u))
+        padded[r:r + n] = diag
+        st0, st1 = padded.strides
+        view = np.lib.stride_tricks.as_strided(padded[u:], shape=(n, nd - u),
+                                               strides=(st0, st0 + st1), writeable=False)
+        band[u] = view.sum(axis=1)
+    pwd = (pw @ prob.data.astype(np.float32)[:, :, None])[..., 0]
+    rhs = np.bincount(g.src.ravel(), weights=pwd.ravel(), minlength=n)
+    return band, rhs
+
+
+def _solve(band: np.ndarray, rhs: np.ndarray, prob: _Problem, mu: float) -> np.ndarray:
+    ab = band.copy()
+    ab[0] += mu * prob.prior_q
+    factor = cholesky_banded(ab, lower=True)
+    return cho_solve_banded((factor, True), rhs + mu * prob.prior_q * prob.prior)
+
+
+def _window_model(psf: _Psf, amplitudes: np.ndarray, grid: _Grid) -> np.ndarray:
+    a = (amplitudes[grid.src] * grid.src_ok).astype(np.float32)
+    return (np.transpose(psf.p, (0, 2, 1)) @ a[:, :, None])[..., 0].astype(np.float64)
+
+
+def _evaluate(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig) -> _Eval:
+    gamma, alpha, xc, _, _ = _shapes(theta, prob, cfg)
+    psf = _psf(prob.grid, xc, gamma, alpha + 0.5)
+    band, rhs = _normal(prob, psf)
+    amp = _solve(band, rhs, prob, prob.mu)
+    model = _window_model(psf, amp, prob.grid)
+    res = prob.data - model
+    chi2 = float(np.sum(prob.weight * res * res))
+    obj = chi2 + prob.mu * float(np.sum(prob.prior_q * (amp - prob.prior) ** 2))
+    return _Eval(theta, amp, obj, chi2, model, band, rhs, psf)
+
+
+def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
+    """Kaufman's Jacobian ``∂M/∂θ · A`` and the Gauss–Newton matrices (in place)."""
+    gamma, alpha, _, free_g, free_a = _shapes(ev.theta, prob, cfg)
+    beta = alpha + 0.5
+    g = prob.grid
+    s = g.src
+    f4 = np.float32
+    a = (ev.amplitudes[s] * g.src_ok)[:, :, None]
+    p, dx, q = ev.psf.p, ev.psf.dx, ev.psf.q
+    gs = gamma.astype(f4)[s][:, :, None]
+    bs = beta.astype(f4)[s][:, :, None]
+    parts = []
+    # ∂P/∂γ = P (2β (q − 1)/(q γ) − 2/γ), ∂P/∂β = P (1/(β − 1) − ln q),
+    # ∂P/∂x_c = P 2β dx/(γ² q); each (n, Wc, 2R+1) @ (n, 2R+1, deg + 1)
+    tmp = (q - f4(1.0)) / q
+    tmp *= f4(2.0) * bs / gs
+    tmp -= f4(2.0) / gs
+    tmp *= p
+    basis = (prob.bases["gamma"] * free_g[:, None])[s] * a
+    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
+    np.log(q, out=tmp)
+    np.subtract((1.0 / (beta - 1.0)).astype(f4)[s][:, :, None], tmp, out=tmp)
+    tmp *= p
+    basis = (prob.bases["alpha"] * free_a[:, None])[s] * a
+    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
+    np.divide(dx, q, out=tmp)
+    tmp *= f4(2.0) * bs / (gs * gs)
+    tmp *= p
+    basis = prob.bases["x_c"][s] * a
+    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
+    del tmp
+    jmat = np.concatenate(parts, axis=2).astype(np.float64)  # (n, Wc, n_theta)
+    jw = jmat * prob.weight[:, :, None]
+    # Gradient of the projected objective: exact with A held fixed (A is optimal).
+    ev.jtr = np.einsum("rki,rk->i", jw, prob.data - ev.model)
+    # Kaufman: the Gauss–Newton matrix uses the part of ∂M/∂θ·A the amplitudes cannot
+    # absorb, J − M (N + μQ)⁻¹ Mᵀ W J; without it the steps are far too short.
+    mtwj = np.zeros((g.n, jmat.shape[2]))
+    np.add.at(mtwj, s.ravel(), (p @ jw.astype(f4)).reshape(-1, jmat.shape[2]))
+    ab = ev.band.copy()
+    ab[0] += prob.mu * prob.prior_q
+    dA = cho_solve_banded((cholesky_banded(ab, lower=True), True), mtwj)
+    ev.damp = dA
+    da = (dA[s] * g.src_ok[:, :, None]).astype(f4)
+    jmat -= np.transpose(p, (0, 2, 1)) @ da
+    ev.jtj = np.einsum("rki,rk,rkj->ij", jmat, prob.weight, jmat)
+
+
+def _levenberg_marquardt(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
+                         ) -> tuple[_Eval, int]:
+    _jacobian(ev, prob, cfg)
+    lam = 1e-3
+    n_it = 0
+    for _ in range(cfg.max_iterations):
+        n_it += 1
+        h = ev.jtj
+        scale = np.sqrt(np.maximum(np.diag(h), 1e-300))
+        hn = h / np.outer(scale, scale)
+        try:
+            step = np.linalg.solve(hn + lam * np.eye(h.shape[0]), ev.jtr / scale) / scale
+            if lam <= 1e-3 and float(step @ ev.jtr) < cfg.tolerance:
+                break  # the Gauss–Newton step predicts less than the tolerance: converged
+            trial = _evaluate(ev.theta + step, prob, cfg)
+        except (np.linalg.LinAlgError, LinAlgError):
+            trial = None
+        if trial is not None and np.isfinite(trial.objective) and \
+                trial.objective < ev.objective:
+            gain = ev.objective - trial.objective
+            log.debug("LM: objective %.2f (−%.3g), λ %.1e", trial.objective, gain, lam)
+            ev = trial
+            lam = max(lam / 5.0, 1e-7)
+            if gain < cfg.tolerance:
+                break
+            _jacobian(ev, prob, cfg)
+        else:
+            lam *= 10.0
+            if lam > 1e6:
+                break
+    return ev, n_it
+
+
+def _influence(band: np.ndarray, prob: _Problem, mu: float, horne_g: np.ndarray
+               ) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, int]]:
+    """Amplitudes, trace of the influence matrix and the blocks of ``N + μQ``."""
+    n = band.shape[1]
+    p = band.shape[0] - 1
+    ab = band.copy()
+    ab[0] += mu * prob.prior_q
+    diag, sub, m = _blocks(ab, p)
+    cd, co, _ = _block_inverse(diag, sub, full=False)
+    r = prob.grid.radius
+    cband = _band_of_blocks(cd, co, n, r)
+    c_diag = cband[0]
+    # tr(C Q G) = Σ_{r,d} q_r G[r, r−d] C[r−d, r]
+    g = prob.grid
+    d = np.arange(-r, r + 1)
+    u = np.abs(d)
+    j = np.minimum(np.arange(n)[:, None], g.src)
+    c_rs = cband[u[None, :], j]
+    tr_qg = float(np.sum(prob.prior_q[:, None] * horne_g * c_rs * g.src_ok))
+    tau = n - mu * float(np.sum(prob.prior_q * c_diag)) + mu * tr_qg
+    return c_diag, tau, (diag, sub, m)
+
+
+def _choose_mu(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig, rhs: np.ndarray,
+               horne_g: np.ndarray, dwd: float, n_pix: int) -> tuple[float, float]:
+    """μ minimising the generalised cross-validation of the pixels."""
+
+    def gcv(log_mu: float) -> float:
+        mu = 10.0 ** log_mu
+        amp = _solve(ev.band, rhs, prob, mu)
+        chi2 = dwd - 2.0 * float(amp @ rhs) + float(amp @ _band_matvec(ev.band, amp))
+        _, tau, _ = _influence(ev.band, prob, mu, horne_g)
+        return n_pix * chi2 / max(n_pix - tau, 1.0) ** 2
+
+    lo, hi = cfg.log10_mu_bounds
+    opt = minimize_scalar(gcv, bounds=(lo, hi), method="bounded",
+                          options={"xatol": cfg.log10_mu_tolerance})
+    mu = 10.0 ** float(opt.x)
+    return mu, float(opt.fun)
+
+
+def _horne_prior(sub: np.ndarray, weight: np.ndarray, result: ExtractionResult,
+                 rows: np.ndarray, c_lo: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1D optimal extraction of every cutout row with the 1D result's smoothed profile (as
+    `extract_spectrum` does) and the given weights: flux, variance, Horne weights."""
+    xc = np.interp(rows, result.rows, result.x_trace) - c_lo
+    gamma = np.interp(rows, result.rows, result.gamma)
+    alpha = np.interp(rows, result.rows, result.alpha)
+    _, prof = horne_profile(np.arange(sub.shape[1], dtype=np.float64), xc, gamma, alpha,
+                            result.config.extraction_half_fwhm)
+    pw = prof * weight
+    denom = np.sum(prof * pw, axis=1)
+    ok = denom > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        h = np.where(ok[:, None], pw / denom[:, None], 0.0)
+        var = np.where(ok, 1.0 / denom, np.nan)
+    flux = np.where(ok, np.sum(h * sub, axis=1), np.nan)
+    return flux, var, h
+
+
+def fit_forward_model(exposure: Exposure, result: ExtractionResult,
+                      config: ForwardModelConfig | None = None) -> ForwardModelResult:
+    """Fit the 2D forward model of the first-order spectrogram extracted in ``result``.
+
+    Parameters
+    ----------
+    exposure : Exposure
+        The exposure `extract_spectrum` was run on (e⁻, VARIANCE in e⁻², mask planes).
+    result : ExtractionResult
+        The 1D extraction: cutout, background, starting trace and PSF, prior amplitudes.
+    config : ForwardModelConfig, optional
+        Settings.
+
+    Returns
+    -------
+    ForwardModelResult
+
+    Raises
+    ------
+    BadInputError
+        Too few usable pixels along the trace, or a result that does not match the
+        exposure.
+    """
+    cfg = config or ForwardModelConfig()
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    meta = exposure.metadata or {}
+    src = next((str(meta[k]) for k in ("OBSID", "FILENAME") if meta.get(k)), result.source)
+    c_lo, r_lo = result.cutout_origin
+    n, n_cols = result.background.shape
+    if r_lo < 0 or c_lo < 0 or r_lo + n > exposure.image.shape[0] or \
+            c_lo + n_cols > exposure.image.shape[1]:
+        raise BadInputError(src, "the extraction's cutout does not fit in the exposure")
+    if result.rows.size < 2:
+        raise BadInputError(src, "too few usable pixels along the trace (no extracted row)")
+    sl = (slice(r_lo, r_lo + n), slice(c_lo, c_lo + n_cols))
+    data = np.asarray(exposure.image[sl], dtype=np.float64)
+    var = np.asarray(exposure.variance[sl], dtype=np.float64)
+    good = (~exposure.get_mask(*result.config.bad_planes)[sl]) & np.isfinite(data) \
+        & np.isfinite(var) & (var > 0)
+    sub = np.where(good, data - result.background, 0.0)
+    rows = np.arange(r_lo, r_lo + n, dtype=np.float64)
+
+    # starting shape from the 1D result (flat beyond its rows, as the 1D smoothing does)
+    t = 2.0 * np.arange(n) / max(n - 1, 1) - 1.0
+    x1 = np.interp(rows, result.rows, result.x_trace) - c_lo
+    g1 = np.interp(rows, result.rows, result.gamma)
+    a1 = np.interp(rows, result.rows, result.alpha)
+    core = np.abs(np.arange(n_cols)[None, :] - x1[:, None]) <= 0.5 * moffat1d_fwhm(
+        g1, a1)[:, None]
+    n_core = int(np.count_nonzero(core))
+    frac = np.count_nonzero(good & core) / max(n_core, 1)
+    degrees = {"gamma": cfg.gamma_degree, "alpha": cfg.alpha_degree, "x_c": cfg.centre_degree}
+    n_theta = sum(d + 1 for d in degrees.values())
+    if frac < cfg.min_good_fraction or np.count_nonzero(good & core) < 10 * n_theta:
+        raise BadInputError(src, f"too few usable pixels along the trace for the 2D model "
+                                 f"({100 * frac:.0f} % of the central pixels usable)")
+    bases = {k: legendre.legvander(t, d) for k, d in degrees.items()}
+    theta0 = np.concatenate([np.linalg.lstsq(bases[k], v, rcond=None)[0]
+                             for k, v in (("gamma", g1), ("alpha", a1), ("x_c", x1))])
+    fwhm_max = float(np.max(moffat2d_fwhm(g1, a1 + 0.5)))
+    radius = max(math.ceil(cfg.support_fwhm * fwhm_max), 2)
+    grid = _make_grid(n, n_cols, x1, radius)
+    win_data = grid.gather(sub)
+    win_var = grid.gather(var, 1.0)
+    win_good0 = grid.gather(good.astype(np.float64)) > 0
+    ivar_win = np.where(win_good0, 1.0 / np.where(win_good0, win_var, 1.0), 0.0)
+    timings["setup"] = time.perf_counter() - t_start
+    log.debug("FFM: %d rows, PSF radius %d px, window %d columns", n, radius, grid.width)
+
+    def build(use: np.ndarray, mu: float) -> _Problem:
+        """The regularised problem for the pixels ``use``: weights and the 1D prior."""
+        weight_cut = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
+        prior, prior_var, h = _horne_prior(sub, weight_cut, result, rows, c_lo)
+        ok = np.isfinite(prior)
+        if np.count_nonzero(ok) < 2:
+            raise BadInputError(src, "too few usable pixels along the trace")
+        q = 1.0 / np.where(ok, prior_var, 1.0)
+        # rows without a 1D value: prior interpolated from the neighbours, weakly weighted
+        prior_f = np.where(ok, prior, np.interp(np.arange(n), np.flatnonzero(ok), prior[ok]))
+        q_f = np.where(ok, q, 1e-3 * float(np.min(q[ok])))
+        weight = np.where(grid.gather(use.astype(np.float64)) > 0, ivar_win, 0.0)
+        return _Problem(grid, win_data, weight, bases, prior_f, q_f,
+                        np.where(ok, prior_var, 0.0), grid.gather(h), mu)
+
+    def outliers_of(ev: _Eval, masked: np.ndarray, clip: float) -> np.ndarray:
+        model_cut = _to_cutout(ev.model, grid, n_cols) + result.background
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(data - model_cut) / np.sqrt(var)
+        return good & ~masked & (z > clip)
+
+    theta = theta0
+    mu = cfg.regularisation if cfg.regularisation is not None else 1e-2
+    # Strong spikes (cosmic-ray residue, star cores) are masked on the starting model
+    # first, with a lenient threshold (the starting shape is only the 1D one): otherwise
+    # the cross-validation would choose a small μ to follow them.
+    ev = _evaluate(theta, build(good, mu), cfg)
+    outliers = outliers_of(ev, np.zeros_like(good), 2.0 * cfg.clip_sigma)
+    n_new = int(np.count_nonzero(outliers))
+    n_iter = 0
+    passes = 0
+    t_gcv = t_fit = 0.0
+    prob = None
+    for passes in range(1, cfg.clip_iterations + 2):  # loop over clipping passes
+        prob = build(good & ~outliers, mu)
+        # a handful of new outliers cannot move μ or the few shape parameters: only the
+        # amplitudes are redone then
+        major = passes == 1 or n_new > cfg.refit_fraction * np.count_nonzero(prob.weight)
+        tick = time.perf_counter()
+        ev = _evaluate(theta, prob, cfg)
+        if cfg.regularisation is None and major:
+            horne_g = _horne_of_sources(ev, prob)
+            mu, _ = _choose_mu(ev, prob, cfg, ev.rhs, horne_g,
+                               float(np.sum(prob.weight * win_data**2)),
+                               int(np.count_nonzero(prob.weight > 0)))
+            prob.mu = mu
+            ev = _evaluate(theta, prob, cfg)
+        t_gcv += time.perf_counter() - tick
+        tick = time.perf_counter()
+        if cfg.fit_shape and major:
+            ev, it = _levenberg_marquardt(ev, prob, cfg)
+            n_iter += it
+            theta = ev.theta
+        t_fit += time.perf_counter() - tick
+        new = outliers_of(ev, outliers, cfg.clip_sigma)
+        n_new = int(np.count_nonzero(new))
+        if passes > cfg.clip_iterations or n_new == 0:
+            break
+        log.debug("FFM pass %d: %d new outlier pixels", passes, n_new)
+        outliers |= new
+    timings["regularisation"] = t_gcv
+    timings["shape_fit"] = t_fit
+
+    # final amplitudes, covariance and statistics at the converged shapes
+    tick = time.perf_counter()
+    assert prob is not None and ev is not None
+    gamma, alpha, xc, _, _ = _shapes(theta, prob, cfg)
+    horne_g = _horne_of_sources(ev, prob)
+    _, tau, (diag, sub_blk, _) = _influence(ev.band, prob, mu, horne_g)
+    _, _, c_dense = _block_inverse(diag, sub_blk, full=True)
+    xband = _x_band(ev.band, prob, horne_g, mu)
+    xd, xs, _ = _blocks(xband, diag.shape[1])
+    xc_dense = _block_matmul(xd, xs, c_dense)[:n, :n]
+    c_dense = c_dense[:n, :n]
+    amp_var = np.einsum("ji,ji->i", xc_dense, c_dense)  # diag(C X C), C symmetric
+    shape_part = _shape_covariance_factor(ev, prob, cfg)
+    amp_var += np.einsum("ij,ij->i", shape_part, shape_part)
+    timings["covariance"] = time.perf_counter() - tick
+
+    model_cut = (_to_cutout(ev.model, grid, n_cols) + result.background).astype(np.float32)
+    use = good & ~outliers
+    with np.errstate(invalid="ignore", divide="ignore"):
+        resid = np.where(use, (data - model_cut) / np.sqrt(var), np.nan).astype(np.float32)
+    n_pix = int(np.count_nonzero(prob.weight > 0))
+    ndof = n_pix - tau - theta.size
+    lam = np.interp(rows, result.rows, result.wavelength_nm, left=np.nan, right=np.nan)
+    dlam = np.interp(rows, result.rows, result.dlambda_drow, left=np.nan, right=np.nan)
+    ng, na = cfg.gamma_degree + 1, cfg.alpha_degree + 1
+    coeffs = {"gamma": theta[:ng].copy(), "alpha": theta[ng:ng + na].copy(),
+              "x_c": theta[ng + na:] + np.r_[c_lo, np.zeros(cfg.centre_degree)]}
+    timings["total"] = time.perf_counter() - t_start
+    log.info("FFM: %d rows, χ²/ndof %.3f, μ %.3g, τ %.0f, %d LM iterations, %.2f s",
+             n, ev.chi2 / ndof, mu, tau, n_iter, timings["total"])
+    return ForwardModelResult(
+        source=src, rows=rows, amplitudes=ev.amplitudes,
+        amplitude_err=np.sqrt(np.clip(amp_var, 0.0, None)), gamma=gamma, alpha=alpha,
+        x_c=xc + c_lo, shape_coefficients=coeffs, wavelength_nm=lam, dlambda_drow=dlam,
+        prior_e=prob.prior, prior_err_e=np.sqrt(np.where(prob.prior_var > 0,
+                                                         prob.prior_var, np.nan)),
+        model=model_cut, residual=resid, outliers=outliers, chi2=ev.chi2, ndof=float(ndof),
+        regularisation=float(mu), effective_parameters=float(tau), n_iterations=n_iter,
+        n_clip_passes=passes, timings=timings, cutout_origin=(c_lo, r_lo), config=cfg,
+        _cov_parts=(c_dense, xc_dense, shape_part))
+
+
+def _shape_covariance_factor(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
+                             ) -> np.ndarray:
+    """``L`` with ``L Lᵀ`` the amplitudes' covariance from the PSF-shape uncertainty.
+
+    The amplitudes follow the shape: ``∂Â/∂θ = −(N + μQ)⁻¹ Mᵀ W ∂M/∂θ·A`` (``damp``), and
+    the shape's own covariance is the inverse of Kaufman's Gauss–Newton matrix (the Schur
+    complement of the amplitudes in the joint Fisher matrix). Their product is the
+    second term of the joint fit's amplitude covariance, ``C + D S⁻¹ Dᵀ``: without it a
+    broadband error (a slightly wrong β moves the flux of every row together) is missed.
+    Zero columns when the shapes were not fitted.
+    """
+    if not cfg.fit_shape:
+        return np.zeros((prob.grid.n, 0))
+    if ev.jtj is None or ev.damp is None:
+        _jacobian(ev, prob, cfg)
+    assert ev.jtj is not None and ev.damp is not None
+    # Parameters pinned at a bound have zero columns: the pseudo-inverse leaves them out.
+    w, v = np.linalg.eigh(ev.jtj)
+    keep = w > w.max() * 1e-12
+    return ev.damp @ (v[:, keep] / np.sqrt(w[keep]))
+
+
+def _x_band(band: np.ndarray, prob: _Problem, horne_g: np.ndarray, mu: float) -> np.ndarray:
+    """Lower band of ``X = N + μ (Gᵀ Q + Q G) + μ² Q Σ⁰ Q`` (see the module notes)."""
+    n = band.shape[1]
+    r = prob.grid.radius
+    q = prob.prior_q
+    x = band.copy()
+    x[0] += 2.0 * mu * q * horne_g[:, r] + mu**2 * q * q * prob.prior_var
+    for u in range(1, r + 1):  # G reaches R rows off the diagonal: loop over diagonals
+        j = np.arange(n - u)
+        # G[j+u, j] sits at (r = j+u, d = u); G[j, j+u] at (r = j, d = −u)
+        x[u, :n - u] += mu * (q[j + u] * horne_g[j + u, r + u] + q[j] * horne_g[j, r - u])
+    return x
+
+
+def _horne_of_sources(ev: _Eval, prob: _Problem) -> np.ndarray:
+    """``G = H M`` in the (row, offset) layout: the 1D extraction of each unit source."""
+    hw = prob.horne.astype(np.float32)[:, :, None]
+    return (ev.psf.p @ hw)[..., 0].astype(np.float64)
+
+
+def _to_cutout(window: np.ndarray, grid: _Grid, n_cols: int) -> np.ndarray:
+    out = np.zeros((grid.n, n_cols))
+    rows = np.broadcast_to(np.arange(grid.n)[:, None], grid.cols.shape)
+    keep = grid.in_cut
+    out[rows[keep], grid.cols[keep]] = window[keep]
+    return out
