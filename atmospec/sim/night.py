@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import astropy.units as u
 import numpy as np
@@ -33,7 +33,11 @@ from tqdm import tqdm
 from atmospec.camera.description import load_camera
 from atmospec.camera.spectro import load_spectro_table
 from atmospec.camera.translator import kasten_young_airmass
+from atmospec.exposure import Exposure
 from atmospec.io import atomic_path, to_jsonable, write_text_atomic
+from atmospec.isr.crosstalk import load_crosstalk
+from atmospec.isr.driver import IsrCalibrations
+from atmospec.isr.gain import AmpGains
 from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose
 from atmospec.sim.dispersed import DispersedSpectrumModel, render_dispersed_exposure
 from atmospec.sim.rawfile import primary_header, write_raw
@@ -47,9 +51,6 @@ from atmospec.sim.scenes import (
     illumination,
     render_stars,
 )
-
-if TYPE_CHECKING:
-    from atmospec.isr.driver import IsrCalibrations
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +252,6 @@ class FrameTruth:
         """The products a perfect calibration would give for this frame's sensor: true gains
         and read noise, the shipped crosstalk matrix (the one simulated), the true bias
         structure and dark current, and the frame's flat-field response (if it has one)."""
-        from atmospec.exposure import Exposure
-        from atmospec.isr.crosstalk import load_crosstalk
-        from atmospec.isr.driver import IsrCalibrations
-        from atmospec.isr.gain import AmpGains
-
         def product(a: np.ndarray) -> Exposure:
             return Exposure.from_image(np.asarray(a, dtype=np.float32))
 
