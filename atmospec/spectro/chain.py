@@ -19,14 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 
 import numpy as np
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter1d
 
 from atmospec.camera.description import load_camera
-from atmospec.camera.spectro import load_spectro_table
 from atmospec.camera.spectrograph import InstrumentProfile, load_instrument
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
@@ -61,9 +59,6 @@ from atmospec.spectro.zeroth_order import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Surface pressure when the header has none, hPa (Cerro Pachón; CTIO's 2017 headers ~784).
-_STANDARD_PRESSURE = MappingProxyType({"latiss": 743.0, "ctio": 784.0})
 
 #: Primary-header keys copied from the exposure into the spectrum (Spectractor keeps them).
 _COPIED = ("OBSID", "DAYOBS", "SEQNUM", "DATE-OBS", "DATE-BEG", "DATE-END", "EXPTIME",
@@ -444,13 +439,12 @@ def _find_zeroth_order(work: Exposure, info: ObservationInfo, disperser: str,
     table of nominal positions, the brightest compact source of the frame."""
     cfg = config.zeroth_order
     if profile.name == "latiss":
-        table = load_spectro_table("latiss")
         try:
-            table.get(disperser)
+            profile.disperser_spec(disperser)
         except KeyError as exc:
             raise BadInputError(name, str(exc).strip("'\"")) from None
         prior = zeroth_order_prior(_with_disperser(info, disperser), load_camera("latiss"),
-                                   table)
+                                   profile)
     else:
         ny, nx = work.image.shape
         prior = ((nx - 1) / 2.0, (ny - 1) / 2.0)
@@ -489,7 +483,7 @@ def _calibrate(result: ExtractionResult, disp: Disperser, sed, info: Observation
     grid = np.arange(300.0, 1100.0, 0.1)
     template = absorption_template(
         grid, None if sed is None else sed.wavelength_nm, None if sed is None else sed.flux,
-        info.airmass or 1.0, info.pressure or _STANDARD_PRESSURE[profile.name], fwhm_nm)
+        info.airmass or 1.0, info.pressure or profile.standard_pressure_hpa, fwhm_nm)
     template = template * profile.throughput(grid) * disp.transmission(grid)
     sigma_d = config.d2ccd_prior_sigma_mm
     features = in_vacuum(CALIBRATION_FEATURES)
