@@ -445,7 +445,7 @@ def with_dispersion(result: ExtractionResult, d2ccd_mm: float, pixel_shift: floa
                     calibrated: bool = True) -> ExtractionResult:
     """The extraction with another dispersion solution: wavelengths, |dλ/drow| and the
     PSF bins' wavelengths recomputed with ``D2CCD = d2ccd_mm`` and ``PIXSHIFT =
-    pixel_shift`` (e.g. from `atmospec.spectro.wavelength.calibration.calibrate_wavelength`)."""
+    pixel_shift`` (e.g. from `atmospec.spectro.wavelength.calibration.calibrate_extraction`)."""
     new = replace(result, d2ccd_mm=float(d2ccd_mm), pixel_shift=float(pixel_shift),
                   wavelength_calibrated=calibrated)
     lam = new.law(new.distance_px)
