@@ -9,6 +9,8 @@ noise. The calibration starts from a prior 1.5 mm off, which moves 1000 nm by 7 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -179,3 +181,23 @@ def test_chain_step_calibrates_the_extraction():
     assert abs(result.d2ccd_mm - D_TRUE) < 3 * sol.d2ccd_err_mm
     assert np.sqrt(np.mean((result.wavelength_nm - LAM_TRUE)[IN_RANGE] ** 2)) < 0.1
     assert result_to_spectrum(result).header["WAVECAL"] == "lines"
+
+
+def test_featureless_spectrum_falls_back_flagged(caplog):
+    # A star without features (a flat spectrum, noise only): the grid still has a best node,
+    # but nothing of the template is seen, so the instrument's distance stays, flagged.
+    flat = np.full(DIST.size, 3.0e4)
+    err = np.sqrt(flat + 30.0**2)
+    flux = flat + np.random.default_rng(9).normal(size=flat.size) * err
+    with pytest.raises(ValueError, match="no template feature"):
+        template_dispersion_solution(LAW, DIST, flux, err, GRID, TEMPLATE, D_PRIOR, SIGMA_D)
+    extraction = _extraction(flux, err)
+    with caplog.at_level(logging.WARNING):
+        result, sol = calibrate_extraction(extraction, SED, AIRMASS, PRESSURE,
+                                           d2ccd_sigma_mm=SIGMA_D)
+    assert sol is None and result is extraction
+    assert not result.wavelength_calibrated and result.d2ccd_mm == D_PRIOR
+    assert "synthetic: wavelength calibration failed" in caplog.text
+    assert "D2CCD 187.00 mm from the instrument kept" in caplog.text
+    header = result_to_spectrum(result).header
+    assert header["WAVECAL"] == "prior" and header["D2CCD"] == D_PRIOR

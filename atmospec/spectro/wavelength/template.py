@@ -45,6 +45,11 @@ class CoarseSearchConfig:
     shift_prior_sigma_px: float | None = None
     """Width of a Gaussian prior on the pixel shift (the measured zeroth order is where the
     law starts, to its centroid error and ADR), pixels; None: no prior."""
+    min_match_snr: float = 8.0
+    """Significance the template's features must reach in the spectrum at the solution (their
+    fitted amplitude over its error, scaled by √(χ²/ndof) when above 1); below it the
+    spectrum shows no feature and the search fails. The best of the grid on pure noise
+    reaches ~5."""
 
 
 def _smooth(values: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -253,7 +258,8 @@ def template_dispersion_solution(
     Raises
     ------
     ValueError
-        If the spectrum has too few usable samples or shows no feature of the template.
+        If the spectrum has too few usable samples or shows no feature of the template
+        (``min_match_snr``).
     """
     match = _match(law, distance_px, flux, flux_err, template_wavelength_nm, template_flux,
                    d2ccd_prior_mm, d2ccd_sigma_mm, config)
@@ -280,6 +286,11 @@ def template_dispersion_solution(
     amp = float(np.sum(w * hd * hm) / max(np.sum(w * hm * hm), 1e-300))
     n_used = int(np.count_nonzero(w))
     chi2_red = float(np.sum(w * (hd - amp * hm) ** 2) / max(n_used - 3, 1))
+    # The grid always has a best node, noise or not: the features must be seen.
+    significance = amp * math.sqrt(np.sum(w * hm * hm) / max(chi2_red, 1.0))
+    if not significance >= config.min_match_snr:
+        raise ValueError(f"wavelength search: no template feature found in the spectrum "
+                         f"({significance:.1f} sigma, {config.min_match_snr:g} needed)")
     if chi2_red > 1.0:
         cov = cov * chi2_red
     return TemplateSolution(d2ccd_mm=d_best, pixel_shift=s_best, covariance=cov,
