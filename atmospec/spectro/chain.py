@@ -190,13 +190,17 @@ class _Job:
     name: str
     """Name for messages (the file, or OBSID)."""
     profile: InstrumentProfile
+    """The instrument (`load_instrument`)."""
     info: ObservationInfo
+    """The translated header."""
     binning: int
+    """On-chip binning (equal in x and y)."""
     disperser_name: str
     """Disperser used (the header's, or the one asked for)."""
     disperser: Disperser
     """Its tables, in the frame of the input image."""
     target_name: str
+    """Target name (the CALSPEC name when resolved)."""
     sed: StellarSED | None
     """CALSPEC SED of the target (None without ``require_calspec``)."""
 

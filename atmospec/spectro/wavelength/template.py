@@ -109,7 +109,9 @@ class _Match:
     """The continuum-normalised spectrum and how the template is compared with it."""
 
     law: DispersionLaw
+    """The spectrum's dispersion law."""
     distance_px: np.ndarray
+    """Distances of the samples from the zeroth order, pixels."""
     usable: np.ndarray
     """Samples matched (finite, bright enough, in the wavelength range)."""
     features: np.ndarray
@@ -119,10 +121,15 @@ class _Match:
     sigma_px: float
     """Width of the continuum smoothing, pixels."""
     template_wavelength_nm: np.ndarray
+    """Grid of the expected spectrum, nm."""
     template_flux: np.ndarray
+    """The expected spectrum on it."""
     d2ccd_prior_mm: float
+    """Centre of the Gaussian prior on D2CCD, mm."""
     d2ccd_sigma_mm: float
+    """Its width, mm."""
     shift_prior_sigma_px: float | None
+    """Width of the prior on the shift, pixels (None: none)."""
 
     def template_features(self, d2ccd_mm: float, shifts_px: np.ndarray) -> np.ndarray:
         """The template's features under the law (D, each shift), one row per shift."""
