@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from atmospec.camera.description import load_camera
-from atmospec.camera.spectro import load_spectro_table
 from atmospec.camera.spectrograph import load_instrument
 from atmospec.errors import BadInputError
 from atmospec.spectro.dispersers import (
@@ -76,18 +75,18 @@ def test_sim_helpers_delegate():
         float(grating_wavelength_nm(2000.0, 1, 150.0, 187.0, 0.010)), rel=1e-15)
 
 
-def test_agrees_with_spectro_table():
-    # spectro.py keeps its own N and tilt for the zeroth-order finder: they must agree.
-    table = load_spectro_table("latiss")
+def test_agrees_with_instrument_profile():
+    # The profile keeps a constant tilt per disperser for the simulator: it must agree with
+    # the disperser's tables at the nominal position, as the nominal N with the groove map.
     profile = load_instrument("latiss")
     for name in profile.dispersers:
         d = load_disperser(name)
-        spec = table.get(name)
+        spec = profile.disperser_spec(name)
         x0, y0 = spec.nominal_zeroth_order
-        assert float(d.lines_per_mm_at(x0, y0)) == pytest.approx(spec.lines_per_mm, abs=0.5)
+        assert float(d.lines_per_mm_at(x0, y0)) == pytest.approx(d.lines_per_mm, abs=0.5)
         assert float(d.tilt_deg_at(x0, y0)) == pytest.approx(spec.tilt_deg, abs=0.01)
         for linspos in (None, 68.0):
-            assert d.d2ccd_mm(linspos) == pytest.approx(table.d2ccd_mm(name, linspos))
+            assert d.d2ccd_mm(linspos) == pytest.approx(profile.d2ccd_mm(name, linspos))
 
 
 def test_latiss_frame_and_rotation_map():
@@ -195,6 +194,26 @@ def test_latiss_profile():
     # Binning scales distances: 1 mm is 100 unbinned or 50 binned-2 pixels.
     assert float(p.to_pixels(1.0)) == pytest.approx(100.0)
     assert float(p.to_pixels(1.0, binning=2)) == pytest.approx(50.0)
+
+
+def test_profile_holds_each_spectrograph_fact():
+    latiss, ctio = load_instrument("latiss"), load_instrument("ctio")
+    assert latiss.standard_pressure_hpa == 743.0 and ctio.standard_pressure_hpa == 784.0
+    # holo4_003's 4 mm window is its slot's offset, the one term of the law that differs.
+    assert latiss.disperser_spec("holo4_003").distance_offset_mm == 4.0
+    assert latiss.d2ccd_mm("holo4_003", 68.0) - latiss.d2ccd_mm("ronchi90lpmm", 68.0) == 4.0
+    assert tuple(latiss.dispersers) == ("holo4_003", "ronchi170lpmm", "ronchi90lpmm")
+    # Empty slots share one description; the +1 order runs along -y, turned by the tilt.
+    assert latiss.disperser_spec("empty_1") is latiss.disperser_spec("empty")
+    assert latiss.disperser_spec("empty_2").order_fraction(0) == 1.0
+    dx, dy = latiss.disperser_spec("holo4_003").direction
+    assert dx == pytest.approx(math.sin(math.radians(0.26))) and dy < -0.9999
+    with pytest.raises(KeyError, match="unknown disperser"):
+        latiss.disperser_spec("holo9_999")
+    # CTIO: a fixed distance, no sweet spot, no sky parity, direction +x.
+    holo = ctio.disperser_spec("HoloAmAg")
+    assert holo.nominal_zeroth_order is None and ctio.sky_parity is None
+    assert holo.dispersion_direction == (1.0, 0.0) and ctio.d2ccd_mm("HoloAmAg", 12.0) == 55.45
 
 
 def test_d2ccd_from_observation_info():

@@ -28,7 +28,7 @@ def test_data_files_are_packaged():
     data = resources.files("atmospec.data")
     for name in ("latiss_camera.yaml", "latiss_crosstalk.ecsv", "latiss_defects.ecsv",
                  "latiss_raw_template.fits.gz", "latiss_sensor_qe.ecsv", "ATTRIBUTION.md",
-                 "latiss_spectroscopy.yaml", "dispersers/holo4_003/transmission.txt",
+                 "instruments/latiss.yaml", "dispersers/holo4_003/transmission.txt",
                  "dispersers/HoloAmAg/hologram_grooves_per_mm.txt", "instruments/ctio.yaml",
                  "calspec/hd142331_stis_005.fits.gz", "calspec/getCalspec_calspec_index.csv"):
         assert (data / name).is_file(), name

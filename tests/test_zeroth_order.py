@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from atmospec.camera.description import load_camera
 from atmospec.camera.raw import RawFrame
-from atmospec.camera.spectro import load_spectro_table
+from atmospec.camera.spectrograph import load_instrument
 from atmospec.camera.translator import translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
@@ -45,13 +45,13 @@ from atmospec.spectro.zeroth_order import (
 )
 
 CAMERA = load_camera("latiss")
-TABLE = load_spectro_table("latiss")
+PROFILE = load_instrument("latiss")
 SHAPE = CAMERA.detector_shape
 LINSPOS = 67.0
 FWHM = 11.0  # 1.05" seeing at 500 nm
 SKY_E = 150.0  # 30 s of dark-time sky
 STAR_E = 2.0e7  # a V ~ 9 CALSPEC standard in 30 s
-NOMINAL = TABLE.get("holo4_003").nominal_zeroth_order
+NOMINAL = PROFILE.disperser_spec("holo4_003").nominal_zeroth_order
 
 
 def _header(seq: int, disperser: str) -> fits.Header:
@@ -90,7 +90,7 @@ def holo():
 
 @pytest.fixture(scope="module")
 def ronchi():
-    nominal = TABLE.get("ronchi170lpmm").nominal_zeroth_order
+    nominal = PROFILE.disperser_spec("ronchi170lpmm").nominal_zeroth_order
     raw, truth, _ = _raw(102, "ronchi170lpmm", nominal[0] - 3.62, nominal[1] + 2.45, STAR_E)
     return _isr(raw), truth
 
@@ -236,21 +236,21 @@ def test_score_rule(d_target, d_star, ratio):
 
 def test_prior_binning_and_pointing_offset():
     info = translate_header(_header(106, "holo4_003"))
-    assert zeroth_order_prior(info, CAMERA, TABLE) == pytest.approx(NOMINAL)
+    assert zeroth_order_prior(info, CAMERA, PROFILE) == pytest.approx(NOMINAL)
     binned = replace(info, binning=(2, 2))
-    assert zeroth_order_prior(binned, CAMERA, TABLE) == pytest.approx(
+    assert zeroth_order_prior(binned, CAMERA, PROFILE) == pytest.approx(
         ((NOMINAL[0] + 0.5) / 2 - 0.5, (NOMINAL[1] + 0.5) / 2 - 0.5))
     # Target 10" North of the pointing, position angle 0 (+y North): 105 px up.
     pointed = replace(info, ra=150.0, dec=-30.0, rotation_angle=0.0)
-    x, y = zeroth_order_prior(pointed, CAMERA, TABLE, target_radec=(150.0, -30.0 + 10 / 3600))
+    x, y = zeroth_order_prior(pointed, CAMERA, PROFILE, target_radec=(150.0, -30.0 + 10 / 3600))
     assert (x, y) == pytest.approx((NOMINAL[0], NOMINAL[1] + 10 / 0.0952))
     # A 0/0 placeholder pointing (some real headers) leaves the nominal position.
     unpointed = replace(info, ra=0.0, dec=0.0)
-    assert zeroth_order_prior(unpointed, CAMERA, TABLE, target_radec=(150.0, -30.0)) == (
+    assert zeroth_order_prior(unpointed, CAMERA, PROFILE, target_radec=(150.0, -30.0)) == (
         pytest.approx(NOMINAL))
     empty = replace(info, disperser="empty_1")
-    assert zeroth_order_prior(empty, CAMERA, TABLE) == pytest.approx(
-        TABLE.get("empty").nominal_zeroth_order)
+    assert zeroth_order_prior(empty, CAMERA, PROFILE) == pytest.approx(
+        PROFILE.disperser_spec("empty").nominal_zeroth_order)
 
 
 def test_write_centroid(holo, tmp_path):
@@ -275,7 +275,7 @@ def test_write_centroid(holo, tmp_path):
 
 def test_grating_equation_round_trip_and_holo_span():
     lam = np.linspace(350.0, 1100.0, 76)
-    d2ccd = TABLE.d2ccd_mm("holo4_003", 68.0)
+    d2ccd = PROFILE.d2ccd_mm("holo4_003", 68.0)
     assert d2ccd == pytest.approx(187.0)
     for order in (1, 2, -1):
         u = dispersion_offset_px(lam, order, 150.0, d2ccd, theta0=1e-3)
@@ -303,7 +303,7 @@ def test_rendered_trace_follows_the_truth(holo):
         profile = signal[row, cols]
         x_trace = float((profile * cols).sum() / profile.sum())
         assert x_trace == pytest.approx(first["x"][i] + (row - first["y"][i]) * math.tan(
-            math.radians(TABLE.get("holo4_003").tilt_deg)) * -1, abs=0.2)
+            math.radians(PROFILE.disperser_spec("holo4_003").tilt_deg)) * -1, abs=0.2)
     # The first order runs down (-y) from the zeroth order, 400-1000 nm over ~1100-2900 px.
     i400, i1000 = first["wavelength_nm"].index(400.0), first["wavelength_nm"].index(1000.0)
     assert truth["y0"] - first["y"][i400] == pytest.approx(1120, abs=60)

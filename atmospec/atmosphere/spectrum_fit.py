@@ -98,8 +98,6 @@ log = logging.getLogger(__name__)
 HC_ERG_NM = 1.98644586e-9
 #: FWHM / σ of a Gaussian.
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
-#: Surface pressure used when the header has none, hPa (Cerro Pachón; CTIO Cerro Tololo).
-STANDARD_PRESSURE_HPA = MappingProxyType({"latiss": 743.0, "ctio": 784.0})
 #: Atmospheric parameters, in the order they are reported.
 ATMOSPHERE_PARAMETERS = ("pwv_mm", "ozone_du", "vaod", "angstrom")
 #: Nuisance parameters.
@@ -240,7 +238,7 @@ class SpectrumForwardModel:
         self.airmass = float(airmass)
         pressure = spectrum.get_float("OUTPRESS") or spectrum.get_float("PRESSURE")
         if pressure is None or not pressure > 0:
-            pressure = STANDARD_PRESSURE_HPA.get(self.instrument, 743.0)
+            pressure = load_instrument(self.instrument).standard_pressure_hpa
             log.warning("%s: no OUTPRESS/PRESSURE in the header: using %.1f hPa",
                         self.source, pressure)
         self.pressure_hpa = float(pressure)

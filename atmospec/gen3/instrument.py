@@ -2,8 +2,8 @@
 
 obs_lsst (Rubin's LSST camera package) is not a dependency: the instrument, detector and
 filter records of LATISS and the exposure records of its raws are made here, from the camera
-description (`atmospec.camera.description`), the disperser table
-(``data/latiss_spectroscopy.yaml``) and our header translator
+description (`atmospec.camera.description`), the instrument profile
+(``data/instruments/latiss.yaml``) and our header translator
 (`atmospec.camera.translator`).
 
 Conventions (those of obs_lsst for LATISS where it has one):
@@ -155,10 +155,10 @@ def exposure_record(info: Any) -> dict[str, Any]:
 
 
 def _dispersers() -> list[str]:
-    """Disperser names of our LATISS spectroscopy table, and ``empty``."""
-    from atmospec.camera.spectro import load_spectro_table
+    """Disperser names of our LATISS instrument profile, and ``empty``."""
+    from atmospec.camera.spectrograph import load_instrument
 
-    return sorted({"empty", *load_spectro_table("latiss").dispersers})
+    return sorted({"empty", *load_instrument("latiss").dispersers})
 
 
 class Latiss(Instrument):

@@ -241,12 +241,12 @@ def zeroth_order_result(exposure, config, source: str | None = None):
     atmospec.spectro.zeroth_order.ZerothOrderResult
     """
     from atmospec.camera.description import load_camera
-    from atmospec.camera.spectro import load_spectro_table
+    from atmospec.camera.spectrograph import load_instrument
     from atmospec.camera.translator import translate_header
     from atmospec.spectro.zeroth_order import find_zeroth_order, zeroth_order_prior
 
     info = translate_header(exposure.metadata, source)
-    prior = zeroth_order_prior(info, load_camera("latiss"), load_spectro_table("latiss"))
+    prior = zeroth_order_prior(info, load_camera("latiss"), load_instrument("latiss"))
     return find_zeroth_order(exposure, config=config, prior=prior)
 
 

@@ -7,10 +7,10 @@ dispersion axis, given by the grating equation as Spectractor writes it::
 
     sin θ − sin θ₀ = m N λ,        u · pixel / D = tan θ − tan θ₀
 
-with N the groove density, D the disperser-CCD distance (``115 mm + LINSPOS`` + the
-disperser's offset) and θ₀ the zeroth order's field angle. `dispersion_offset_px` and
-`wavelength_from_offset_px` are that law and its inverse, delegated to
-`atmospec.spectro.dispersers` (the one implementation of the law in atmospec).
+with N the groove density, D the disperser-CCD distance (the instrument's law,
+`atmospec.camera.spectrograph.InstrumentProfile.d2ccd_mm`) and θ₀ the zeroth order's field
+angle. `dispersion_offset_px` and `wavelength_from_offset_px` are that law and its inverse,
+delegated to `atmospec.spectro.dispersers` (the one implementation of the law in atmospec).
 
 Two sources of light share one renderer:
 
@@ -20,7 +20,7 @@ Two sources of light share one renderer:
   `photons_per_nm`, per order m = 0–3, ``CALSPEC F_λ · λ/hc · area · telescope×QE · filter ·
   disperser efficiency η_m(λ) · atmosphere(λ) · exptime``, from `spectractor_bridge`
   (calspec, instrument, dispersers, atmosphere). No disperser ships a zeroth-order table:
-  η₀ is the ``order_fractions[0]`` constant of the spectroscopy YAML. Optional atmospheric
+  η₀ is the ``order_fractions[0]`` constant of the instrument YAML. Optional atmospheric
   differential refraction (`differential_refraction_arcsec`, off by default) moves each
   wavelength towards the zenith.
 
@@ -29,8 +29,9 @@ What the simple scene draws, in the assembled (Rubin) orientation, in electrons:
 * the SED: a blackbody photon spectrum (``temperature_k``) × the LATISS sensor QE × a few
   Gaussian absorption lines, normalised so that ``star_flux_e`` electrons would be
   detected over ``wavelength_range_nm`` without the disperser;
-* each order m gets the constant fraction ``order_fractions[m]`` of the disperser table
-  (``data/latiss_spectroscopy.yaml``);
+* each order m gets the constant fraction ``order_fractions[m]`` of the disperser in the
+  instrument profile (``data/instruments/latiss.yaml``), its groove density N from the
+  disperser's tables (`atmospec.spectro.dispersers`);
 * the PSF is a Moffat (index ``beta``) of FWHM ``fwhm_px · (λ/λ_ref)^-0.2``
   (Kolmogorov seeing);
 * the zeroth order is the sum of such Moffats over wavelength bins (no ADR, so it is
@@ -56,8 +57,7 @@ from typing import Any
 import numpy as np
 
 from atmospec.atmosphere import transmission as _atmosphere
-from atmospec.camera.spectro import DisperserSpec, SpectroTable, load_spectro_table
-from atmospec.camera.spectrograph import load_instrument
+from atmospec.camera.spectrograph import DisperserSpec, InstrumentProfile, load_instrument
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp, qe_curve
 from atmospec.spectro.calspec import load_sed
 from atmospec.spectro.dispersers import (
@@ -115,7 +115,7 @@ class DispersedSceneConfig:
     """``(centre nm, Gaussian sigma nm, relative depth)``: Hγ, Hβ, Hα and the telluric O₂ A
     band, enough for wavelength-calibration tests."""
     orders: tuple[int, ...] | None = None
-    """Orders drawn; None: every order with a non-zero fraction in the disperser table."""
+    """Orders drawn; None: every order with a non-zero fraction in the instrument profile."""
     n_zeroth_bins: int = 8
     """Wavelength bins whose Moffats (each its own seeing) sum to the zeroth order."""
     stamp_floor_e: float = 0.05
@@ -135,7 +135,7 @@ class DispersedSceneConfig:
     plate_scale_arcsec: float = 0.0952
     """Plate scale, arcsec per pixel, for the zeroth order's field angle θ₀."""
     instrument: str = "latiss"
-    """Instrument whose spectroscopy table gives the dispersers."""
+    """Instrument whose profile (`atmospec.camera.spectrograph`) gives the dispersers."""
     truth_step_nm: float = 10.0
     """Spacing of the wavelength → position samples recorded in the truth."""
     truth_spectrum_step_nm: float = 1.0
@@ -272,8 +272,9 @@ class DispersedSpectrumModel:
     """Exposure time, s."""
     airmass: float = 1.0
     """Airmass of the line of sight (≥ 1)."""
-    pressure_hpa: float = 743.0
-    """Surface pressure, hPa (Cerro Pachón ~ 731–745 hPa)."""
+    pressure_hpa: float | None = None
+    """Surface pressure, hPa; None: the instrument's standard pressure
+    (`atmospec.camera.spectrograph.InstrumentProfile.standard_pressure_hpa`)."""
     pwv_mm: float = 3.0
     """Precipitable water vapour, mm (libRadtran scale)."""
     ozone_du: float = 300.0
@@ -309,6 +310,11 @@ class DispersedSpectrumModel:
     the light, though ``airmass`` and ``pressure_hpa`` still drive ADR); None: the model
     `atmospec.atmosphere.transmission.transmission`."""
 
+    def __post_init__(self) -> None:
+        if self.pressure_hpa is None:
+            object.__setattr__(self, "pressure_hpa",
+                               load_instrument(self.instrument).standard_pressure_hpa)
+
 
 def _atmosphere_at(model: DispersedSpectrumModel, lam: np.ndarray) -> np.ndarray:
     """T_atm at ``lam``: ``model.atmosphere_table`` interpolated, else the atmosphere model."""
@@ -322,15 +328,15 @@ def _atmosphere_at(model: DispersedSpectrumModel, lam: np.ndarray) -> np.ndarray
 
 
 def _disperser_efficiency(model: DispersedSpectrumModel, order: int, lam: np.ndarray,
-                          table: SpectroTable | None = None) -> np.ndarray:
+                          profile: InstrumentProfile | None = None) -> np.ndarray:
     """Fraction of the light of wavelength λ sent into ``order`` by the disperser."""
-    table = table or load_spectro_table(model.instrument)
-    spec = table.get(model.disperser)
+    profile = profile or load_instrument(model.instrument)
+    spec = profile.disperser_spec(model.disperser)
     if order == 0:
         frac = (model.zeroth_order_efficiency if model.zeroth_order_efficiency is not None
                 else spec.order_fraction(0))
         return np.full(lam.shape, float(frac))
-    if spec.lines_per_mm <= 0 or model.disperser not in known_dispersers(model.instrument):
+    if model.disperser not in known_dispersers(model.instrument):  # the empty slot
         return np.zeros(lam.shape)
     if order < 0:
         raise ValueError(f"negative orders are not tabulated (order {order})")
@@ -361,7 +367,6 @@ def model_transmissions(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
     sed = load_sed(model.target)
     flux = np.nan_to_num(np.asarray(sed.flux_at(lam), dtype=np.float64), nan=0.0)
     inst = load_instrument(model.instrument)
-    table = load_spectro_table(model.instrument)
     atm = _atmosphere_at(model, lam)
     return {
         "sed_photons": flux * lam / _HC_ERG_NM,
@@ -369,7 +374,7 @@ def model_transmissions(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
         "throughput": np.asarray(inst.throughput(lam), dtype=np.float64),
         "filter": np.asarray(inst.filter_transmission(model.filter_name, lam), dtype=np.float64),
         "atmosphere": np.asarray(atm, dtype=np.float64),
-        "efficiency": {m: _disperser_efficiency(model, m, lam, table) for m in model.orders},
+        "efficiency": {m: _disperser_efficiency(model, m, lam, inst) for m in model.orders},
         "sed_name": sed.name,
         "sed_file": sed.source_file,
     }
@@ -437,7 +442,7 @@ def differential_refraction_arcsec(wavelength_nm: np.ndarray, model: DispersedSp
 
 def star_flux_for_zeroth_peak(
     peak_e: float, fwhm_px: float, disperser: str, config: DispersedSceneConfig | None = None,
-    table: SpectroTable | None = None,
+    profile: InstrumentProfile | None = None,
 ) -> float:
     """Star flux (``star_flux_e`` of `render_dispersed`) whose zeroth order peaks at about
     ``peak_e`` e⁻ per pixel: ask for more than the full well (~130 ke⁻) to saturate it.
@@ -446,7 +451,7 @@ def star_flux_for_zeroth_peak(
     different).
     """
     cfg = config or DispersedSceneConfig()
-    spec = (table or load_spectro_table(cfg.instrument)).get(disperser)
+    spec = (profile or load_instrument(cfg.instrument)).disperser_spec(disperser)
     alpha = moffat_alpha(fwhm_px, cfg.beta)
     peak_fraction = (cfg.beta - 1.0) / (math.pi * alpha**2)
     return peak_e / (peak_fraction * spec.order_fraction(0))
@@ -480,7 +485,7 @@ def render_dispersed(
     disperser : str
         ``GRATING`` name (``holo4_003``, ``ronchi170lpmm``, ``ronchi90lpmm``, ``empty_1``...).
     linspos_mm : float or None
-        ``LINSPOS`` of the disperser stage, mm (None: the table's default distance).
+        ``LINSPOS`` of the disperser stage, mm (None: the instrument's default distance).
     rng : numpy.random.Generator
         Draws the second star's position when it is not given.
     config : DispersedSceneConfig, optional
@@ -504,8 +509,8 @@ def render_dispersed(
         If the disperser is not in the spectroscopy table.
     """
     cfg = config or DispersedSceneConfig()
-    table = load_spectro_table(cfg.instrument)
-    spec = table.get(disperser)
+    profile = load_instrument(cfg.instrument)
+    spec = profile.disperser_spec(disperser)
     lam, _ = _wavelength_grid(cfg)
     sed = stellar_sed(lam, cfg)
     electrons = star_flux_e * sed / sed.sum()  # per wavelength sample, summing to star_flux_e
@@ -514,7 +519,8 @@ def render_dispersed(
     fractions = {m: spec.order_fraction(m) for m in orders if spec.order_fraction(m) > 0}
     per_order = {m: electrons * f for m, f in fractions.items()}
     return _render_scene(shape, x0, y0, lam, per_order, fractions, float(star_flux_e), fwhm_px,
-                         spec, table.d2ccd_mm(disperser, linspos_mm), rng, cfg, None)
+                         _Optics(spec, _groove_density(spec, cfg.instrument),
+                                 profile.d2ccd_mm(disperser, linspos_mm)), rng, cfg, None)
 
 
 def render_dispersed_exposure(
@@ -570,8 +576,8 @@ def render_dispersed_exposure(
         If the disperser is not in the spectroscopy table.
     """
     cfg = config or DispersedSceneConfig()
-    table = load_spectro_table(cfg.instrument)
-    spec = table.get(model.disperser)
+    profile = load_instrument(cfg.instrument)
+    spec = profile.disperser_spec(model.disperser)
     lam, step = _wavelength_grid(cfg)
     t = model_transmissions(model, lam)
     no_disperser = (t["sed_photons"] * t["collecting_area_cm2"] * t["throughput"]
@@ -596,7 +602,9 @@ def render_dispersed_exposure(
             return r * math.cos(angle), r * math.sin(angle)
 
     image, truth = _render_scene(shape, x0, y0, lam, per_order, fractions, reference_e,
-                                 fwhm_px, spec, table.d2ccd_mm(model.disperser, linspos_mm),
+                                 fwhm_px, _Optics(spec, _groove_density(spec, cfg.instrument),
+                                                  profile.d2ccd_mm(model.disperser,
+                                                                   linspos_mm)),
                                  rng, cfg, shift)
     lo, hi = cfg.wavelength_range_nm
     grid = np.arange(lo, hi + 0.5 * cfg.truth_spectrum_step_nm, cfg.truth_spectrum_step_nm)
@@ -624,15 +632,34 @@ def _wavelength_grid(cfg: DispersedSceneConfig) -> tuple[np.ndarray, float]:
 Shift = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None
 
 
+@dataclass(frozen=True)
+class _Optics:
+    """The disperser as drawn: its slot in the instrument, groove density and distance."""
+
+    spec: DisperserSpec
+    """Direction, tilt and order fractions (instrument profile)."""
+    lines_per_mm: float
+    """Groove density N, lines/mm (0: the empty slot)."""
+    d2ccd_mm: float
+    """Disperser-CCD distance D, mm."""
+
+
+def _groove_density(spec: DisperserSpec, instrument: str) -> float:
+    """Nominal N of the disperser's tables (``N.txt``/``.ini``); 0 for the empty slot."""
+    if spec.name not in known_dispersers(instrument):
+        return 0.0
+    return float(load_disperser(spec.name, instrument).lines_per_mm)
+
+
 def _render_scene(shape: tuple[int, int], x0: float, y0: float, lam: np.ndarray,
                   per_order: dict[int, np.ndarray], fractions: dict[int, float],
-                  reference_e: float, fwhm_px: float, spec: DisperserSpec, d2ccd: float,
+                  reference_e: float, fwhm_px: float, optics: _Optics,
                   rng: np.random.Generator, cfg: DispersedSceneConfig, shift: Shift
                   ) -> tuple[np.ndarray, dict[str, Any]]:
     """The target and the optional second star (same light scaled by the flux ratio)."""
     image = np.zeros(shape, dtype=np.float32)
-    truth = _render_star(image, x0, y0, lam, per_order, fractions, reference_e, fwhm_px, spec,
-                         d2ccd, cfg, shift)
+    truth = _render_star(image, x0, y0, lam, per_order, fractions, reference_e, fwhm_px,
+                         optics, cfg, shift)
     truth["second_star"] = None
     if cfg.second_star_flux_ratio is not None:
         if cfg.second_star_offset_px is not None:
@@ -644,20 +671,23 @@ def _render_scene(shape: tuple[int, int], x0: float, y0: float, lam: np.ndarray,
         k = cfg.second_star_flux_ratio
         truth["second_star"] = _render_star(
             image, x0 + dx, y0 + dy, lam, {m: e * k for m, e in per_order.items()}, fractions,
-            reference_e * k, fwhm_px, spec, d2ccd, cfg, shift)
-    truth.update(disperser=spec.name, lines_per_mm=spec.lines_per_mm, d2ccd_mm=d2ccd,
-                 direction=list(spec.direction), tilt_deg=spec.tilt_deg, fwhm_px=fwhm_px)
+            reference_e * k, fwhm_px, optics, cfg, shift)
+    spec = optics.spec
+    truth.update(disperser=spec.name, lines_per_mm=optics.lines_per_mm,
+                 d2ccd_mm=optics.d2ccd_mm, direction=list(spec.direction),
+                 tilt_deg=spec.tilt_deg, fwhm_px=fwhm_px)
     return image, truth
 
 
 def _render_star(image: np.ndarray, x0: float, y0: float, lam: np.ndarray,
                  per_order: dict[int, np.ndarray], fractions: dict[int, float],
-                 flux_e: float, fwhm_px: float, spec: DisperserSpec, d2ccd: float,
+                 flux_e: float, fwhm_px: float, optics: _Optics,
                  cfg: DispersedSceneConfig, shift: Shift) -> dict[str, Any]:
     """Add one star's orders (e⁻ per wavelength sample) to ``image``; return its truth."""
     lo, hi = cfg.wavelength_range_nm
     fwhm = _seeing(lam, fwhm_px, cfg)
-    direction = spec.direction
+    direction = optics.spec.direction
+    n, d2ccd = optics.lines_per_mm, optics.d2ccd_mm
     theta0 = zeroth_order_field_angle(x0, y0, image.shape, direction, cfg.plate_scale_arcsec)
     sx, sy = shift(lam) if shift is not None else (0.0 * lam, 0.0 * lam)
     record: dict[str, Any] = {"x0": float(x0), "y0": float(y0), "star_flux_e": float(flux_e),
@@ -670,14 +700,14 @@ def _render_star(image: np.ndarray, x0: float, y0: float, lam: np.ndarray,
             record["orders"][0] = {"fraction": frac, "flux_e": float(electrons.sum()),
                                    "flux_on_chip_e": on_chip}
             continue
-        if spec.lines_per_mm <= 0:
+        if n <= 0:
             continue
-        u = dispersion_offset_px(lam, m, spec.lines_per_mm, d2ccd, cfg.pixel_size_mm, theta0)
+        u = dispersion_offset_px(lam, m, n, d2ccd, cfg.pixel_size_mm, theta0)
         xs = x0 + u * direction[0] + sx
         ys = y0 + u * direction[1] + sy
         on_chip = _render_trace(image, xs, ys, electrons, fwhm, direction, cfg)
         t_lam = np.arange(lo, hi + 0.5 * cfg.truth_step_nm, cfg.truth_step_nm)
-        t_u = dispersion_offset_px(t_lam, m, spec.lines_per_mm, d2ccd, cfg.pixel_size_mm, theta0)
+        t_u = dispersion_offset_px(t_lam, m, n, d2ccd, cfg.pixel_size_mm, theta0)
         keep = np.isfinite(t_u)
         t_lam, t_u = t_lam[keep], t_u[keep]
         tx, ty = shift(t_lam) if shift is not None else (0.0, 0.0)

@@ -31,7 +31,7 @@ from astropy.time import Time
 from tqdm import tqdm
 
 from atmospec.camera.description import load_camera
-from atmospec.camera.spectro import load_spectro_table
+from atmospec.camera.spectrograph import load_instrument
 from atmospec.camera.translator import kasten_young_airmass
 from atmospec.exposure import Exposure
 from atmospec.io import atomic_path, to_jsonable, write_text_atomic
@@ -139,15 +139,15 @@ class NightConfig:
     dispersed_target: str = "HD142331"
     """OBJECT of the dispersed exposures (a CALSPEC standard)."""
     dispersed_spectrum: DispersedSpectrumModel = field(
-        default_factory=lambda: DispersedSpectrumModel(pressure_hpa=743.0, pwv_mm=3.0,
-                                                       ozone_du=300.0, vaod=0.03,
+        default_factory=lambda: DispersedSpectrumModel(pwv_mm=3.0, ozone_du=300.0, vaod=0.03,
                                                        angstrom=None))
     """Atmosphere and instrument of the dispersed exposures (aerosols with libRadtran's
     default shape, as Spectractor's grids and the atmosphere fit): the CALSPEC SED of
     ``dispersed_target`` × telescope × QE × disperser efficiency per order × atmosphere
     (target, disperser, exposure time, airmass and filter are set per frame)."""
     linspos_mm: float = 68.0
-    """LINSPOS of the dispersed exposures, mm (D2CCD = 115 mm + LINSPOS + window)."""
+    """LINSPOS of the dispersed exposures, mm (D2CCD: the instrument's law, base + LINSPOS +
+    the disperser's offset)."""
     pointing_error_px: float = 20.0
     """Scatter of the standard's position around the nominal zeroth-order position, px."""
     n_corrupt: int = 0
@@ -481,7 +481,7 @@ def simulate_exposure(
                        "saturated": cat["saturated"]})
     elif kind == "dispersed":
         fwhm = float(p.seeing_arcsec) / camera.plate_scale
-        spec = load_spectro_table("latiss").get(p.disperser)
+        spec = load_instrument("latiss").disperser_spec(p.disperser)
         x0, y0 = np.asarray(spec.nominal_zeroth_order) + scene_rng.normal(
             0.0, config.pointing_error_px, 2)
         # The model holds the atmosphere, telescope, QE and disperser efficiencies.

@@ -19,19 +19,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 
 import numpy as np
 from astropy.io import fits
 from scipy.ndimage import gaussian_filter1d
 
 from atmospec.camera.description import load_camera
-from atmospec.camera.spectro import load_spectro_table
 from atmospec.camera.spectrograph import InstrumentProfile, load_instrument
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.spectro.calspec import load_sed, resolve_target, shipped_standards
+from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target, shipped_standards
 from atmospec.spectro.dispersers import Disperser, load_disperser
 from atmospec.spectro.extract import (
     ExtractionConfig,
@@ -39,20 +37,14 @@ from atmospec.spectro.extract import (
     background_covariance,
     extract_spectrum,
     result_to_spectrum,
-    with_dispersion,
 )
 from atmospec.spectro.forward_model import ForwardModelConfig, ForwardModelResult, fit_forward_model
 from atmospec.spectro.order2 import correct_extraction, order2_image, with_order2
 from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum
-from atmospec.spectro.wavelength.calibration import (
-    CoarseSearchConfig,
-    FeatureFitConfig,
-    WavelengthSolution,
-    absorption_template,
-    calibrate_on_features,
-    template_dispersion_solution,
-)
-from atmospec.spectro.wavelength.lines import CALIBRATION_FEATURES, in_vacuum
+from atmospec.spectro.wavelength.calibration import calibrate_extraction
+from atmospec.spectro.wavelength.features import FeatureFitConfig
+from atmospec.spectro.wavelength.solution import WavelengthSolution
+from atmospec.spectro.wavelength.template import CoarseSearchConfig
 from atmospec.spectro.zeroth_order import (
     ZerothOrderConfig,
     ZerothOrderResult,
@@ -61,9 +53,6 @@ from atmospec.spectro.zeroth_order import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Surface pressure when the header has none, hPa (Cerro Pachón; CTIO's 2017 headers ~784).
-_STANDARD_PRESSURE = MappingProxyType({"latiss": 743.0, "ctio": 784.0})
 
 #: Primary-header keys copied from the exposure into the spectrum (Spectractor keeps them).
 _COPIED = ("OBSID", "DAYOBS", "SEQNUM", "DATE-OBS", "DATE-BEG", "DATE-END", "EXPTIME",
@@ -150,6 +139,75 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     """
     config = config or SpectroscopyConfig()
     clock = _Clock(timings)
+    job = _job(exposure, target, disperser, config, source, instrument)
+    frame = _Frame(job.profile, exposure.image.shape)
+    work = frame.exposure(exposure)
+    disp = frame.disperser(job.disperser)
+    clock.lap("setup")
+    centroid = None
+    if xy is None:
+        centroid = _find_zeroth_order(work, job, config)
+        xy = (centroid.x, centroid.y)
+        centroid = replace(centroid, **dict(zip(("x", "y"), frame.to_input(xy), strict=True)))
+    else:
+        xy = frame.from_input(xy)
+    clock.lap("zeroth_order")
+    result = extract_spectrum(work, xy[0], xy[1], disp, job.info.linspos, config.extraction,
+                              source=job.name, binning=job.binning)
+    clock.lap("extraction")
+    solution = None
+    if config.wavelength_calibration:
+        result, solution = calibrate_extraction(
+            result, job.sed, job.info.airmass or 1.0,
+            job.info.pressure or job.profile.standard_pressure_hpa,
+            d2ccd_sigma_mm=config.d2ccd_prior_sigma_mm, coarse=config.coarse_search,
+            features=config.features, source=job.name)
+    clock.lap("wavelength_calibration")
+    contamination = correct_extraction(result, disp) if config.order2_correction else None
+    clock.lap("order2")
+    model = covariance = None
+    if config.forward_model is not None:
+        # The order-2 light is drawn into the background the 2D model sees: it then fits the
+        # first order alone (its flux and its PSF).
+        seen = result if contamination is None else replace(
+            result, background=result.background + order2_image(result, contamination))
+        model = fit_forward_model(work, seen, config.forward_model)
+        clock.lap("forward_model")
+        result, covariance = _with_forward_model(result, model)
+        clock.lap("covariance")
+        log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", job.name,
+                 model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
+    spectrum = _spectrum(exposure, job, frame, work, result,
+                         _Products(model, covariance, solution, contamination))
+    clock.lap("spectrum")
+    return spectrum, centroid
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one exposure is: its instrument, header, binning, disperser and target."""
+
+    name: str
+    """Name for messages (the file, or OBSID)."""
+    profile: InstrumentProfile
+    """The instrument (`load_instrument`)."""
+    info: ObservationInfo
+    """The translated header."""
+    binning: int
+    """On-chip binning (equal in x and y)."""
+    disperser_name: str
+    """Disperser used (the header's, or the one asked for)."""
+    disperser: Disperser
+    """Its tables, in the frame of the input image."""
+    target_name: str
+    """Target name (the CALSPEC name when resolved)."""
+    sed: StellarSED | None
+    """CALSPEC SED of the target (None without ``require_calspec``)."""
+
+
+def _job(exposure: Exposure, target: str | None, disperser: str | None,
+         config: SpectroscopyConfig, source: str | None, instrument: str) -> _Job:
+    """Check the exposure against the instrument and resolve its disperser and target."""
     name = source or str(exposure.metadata.get("OBSID", "exposure"))
     profile = _profile(instrument, name)
     info = translate_header(exposure.metadata, name)
@@ -183,44 +241,31 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
                                       "extracts it anyway") from None
         target_name = entry.name
         sed = load_sed(entry.name)
+    return _Job(name=name, profile=profile, info=info, binning=binning,
+                disperser_name=disperser, disperser=disp, target_name=target_name, sed=sed)
 
-    frame = _Frame(profile, exposure.image.shape)
-    work = frame.exposure(exposure)
-    disp = frame.disperser(disp)
-    centroid = None
-    clock.lap("setup")
-    if xy is None:
-        centroid = _find_zeroth_order(work, info, disperser, profile, config, name)
-        xy = (centroid.x, centroid.y)
-        centroid = replace(centroid, **dict(zip(("x", "y"), frame.to_input(xy), strict=True)))
-    else:
-        xy = frame.from_input(xy)
-    clock.lap("zeroth_order")
-    result = extract_spectrum(work, xy[0], xy[1], disp, info.linspos, config.extraction,
-                              source=name, binning=binning)
-    clock.lap("extraction")
-    solution = None
-    if config.wavelength_calibration:
-        result, solution = _calibrate(result, disp, sed, info, profile, config, name)
-    clock.lap("wavelength_calibration")
-    model = covariance = contamination = None
-    if config.order2_correction:
-        contamination = correct_extraction(result, disp)
-    clock.lap("order2")
-    if config.forward_model is not None:
-        # The order-2 light is drawn into the background the 2D model sees: it then fits the
-        # first order alone (its flux and its PSF).
-        seen = result if contamination is None else replace(
-            result, background=result.background + order2_image(result, contamination))
-        model = fit_forward_model(work, seen, config.forward_model)
-        clock.lap("forward_model")
-        result, covariance = _with_forward_model(result, model)
-        clock.lap("covariance")
-        log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", name,
-                 model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
 
-    header = _spectrum_header(exposure.metadata, info, target_name, profile, binning,
-                              result)
+@dataclass(frozen=True, eq=False)
+class _Products:
+    """What the stages after the extraction produced (None: stage not run or failed)."""
+
+    model: ForwardModelResult | None
+    """The 2D forward model."""
+    covariance: np.ndarray | None
+    """Covariance of its flux on the extraction's rows, e⁻²."""
+    solution: WavelengthSolution | None
+    """The wavelength calibration."""
+    contamination: np.ndarray | None
+    """Order-2 light on the first order (`correct_extraction`)."""
+
+
+def _spectrum(exposure: Exposure, job: _Job, frame: _Frame, work: Exposure,
+              result: ExtractionResult, products: _Products) -> Spectrum:
+    """The `Spectrum` with Spectractor's layout: header, spectrogram, covariance, lines and
+    order 2, positions in the frame of the input image."""
+    model, solution = products.model, products.solution
+    header = _spectrum_header(exposure.metadata, job.info, job.target_name, job.profile,
+                              job.binning, result)
     tx, ty = frame.to_input((result.x0, result.y0))
     spectrum = result_to_spectrum(result, header, extra={
         "TARGETX": (tx, "zeroth order x (input image, px)"),
@@ -231,7 +276,7 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     if model is not None:
         order = np.argsort(result.wavelength_nm)
         per_nm = 1.0 / result.dlambda_drow[order]
-        cov = (covariance[np.ix_(order, order)] * np.outer(per_nm, per_nm)
+        cov = (products.covariance[np.ix_(order, order)] * np.outer(per_nm, per_nm)
                + background_covariance(result, order))
         spectrum = replace(spectrum, covariance=cov, flux_err=np.sqrt(np.diag(cov)))
         spectrum.header["CHI2_FIT"] = (model.chi2_ndof, "2D model reduced chi2")
@@ -245,12 +290,11 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         spectrum.header["D2CCDERR"] = (solution.d2ccd_err_mm, "[mm] D2CCD uncertainty")
         spectrum.header["PIXSHERR"] = (solution.pixel_shift_err, "[px] PIXSHIFT uncertainty")
         spectrum = replace(spectrum, lines=solution.lines)
-    if contamination is not None:
-        spectrum = with_order2(spectrum, contamination, subtract=model is None)
+    if products.contamination is not None:
+        spectrum = with_order2(spectrum, products.contamination, subtract=model is None)
     if frame.turned:
         spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result))
-    clock.lap("spectrum")
-    return spectrum, centroid
+    return spectrum
 
 
 class _Clock:
@@ -437,20 +481,19 @@ class _Frame:
         return float(ny - 1 - xy[1]), float(nx - 1 - xy[0])
 
 
-def _find_zeroth_order(work: Exposure, info: ObservationInfo, disperser: str,
-                       profile: InstrumentProfile, config: SpectroscopyConfig,
-                       name: str) -> ZerothOrderResult:
-    """The zeroth order near the disperser's nominal position; for an instrument without a
-    table of nominal positions, the brightest compact source of the frame."""
+def _find_zeroth_order(work: Exposure, job: _Job, config: SpectroscopyConfig
+                       ) -> ZerothOrderResult:
+    """The zeroth order near the disperser's nominal position; for an instrument without
+    nominal positions, the brightest compact source of the frame."""
     cfg = config.zeroth_order
-    if profile.name == "latiss":
-        table = load_spectro_table("latiss")
-        try:
-            table.get(disperser)
-        except KeyError as exc:
-            raise BadInputError(name, str(exc).strip("'\"")) from None
-        prior = zeroth_order_prior(_with_disperser(info, disperser), load_camera("latiss"),
-                                   table)
+    profile = job.profile
+    try:
+        spec = profile.disperser_spec(job.disperser_name)
+    except KeyError as exc:
+        raise BadInputError(job.name, str(exc).strip("'\"")) from None
+    if spec.nominal_zeroth_order is not None:
+        prior = zeroth_order_prior(_with_disperser(job.info, job.disperser_name),
+                                   load_camera(profile.name), profile)
     else:
         ny, nx = work.image.shape
         prior = ((nx - 1) / 2.0, (ny - 1) / 2.0)
@@ -458,59 +501,12 @@ def _find_zeroth_order(work: Exposure, info: ObservationInfo, disperser: str,
         # The zeroth-order settings are in LATISS's unbinned pixels; the saturation growth
         # keeps its size on the sky (2 LATISS px = 0.19″: none on CTIO's 0.8″ binned pixels).
         latiss_scale = load_instrument("latiss").plate_scale_arcsec
-        grow = round(cfg.sat_grow_px * latiss_scale
-                     / profile.plate_scale_at(_binning(info, name)))
+        grow = round(cfg.sat_grow_px * latiss_scale / profile.plate_scale_at(job.binning))
         cfg = replace(cfg, instrument=profile.name, search_radius_px=far,
                       prior_sigma_px=1e3 * far, sat_grow_px=grow,
                       fwhm_guess_px=profile.typical_fwhm_arcsec / profile.plate_scale_arcsec,
                       saturation_e=None, warn_distance_px=far)
-    return find_zeroth_order(work, cfg, prior, source=name)
-
-
-def _calibrate(result: ExtractionResult, disp: Disperser, sed, info: ObservationInfo,
-               profile: InstrumentProfile, config: SpectroscopyConfig, name: str
-               ) -> tuple[ExtractionResult, WavelengthSolution | None]:
-    """Fit (D2CCD, pixel shift) on the spectrum's features (Balmer lines, O₂ A and B,
-    H₂O).
-
-    The expected spectrum (SED × atmosphere × throughput × disperser transmission at the
-    measured resolution) first gives a start by matching the whole spectrum
-    (`template_dispersion_solution`); then each feature's position is measured against the
-    template's own shape and (D, shift) fitted on them with outlier rejection
-    (`calibrate_on_features`). Wavelengths are thus on the vacuum scale of CALSPEC and of
-    the atmosphere model. When the spectrum shows too few features, the instrument's
-    distance stays and a warning says so: the spectrum is still useful.
-    """
-    u = result.distance_px
-    pixel_mm = disp.instrument.pixel_size_mm(result.binning)
-    at = {"at": (result.x0, result.y0), "binning": result.binning}
-    flux, err = result.flux_e, result.flux_err_e  # per row: features keep their pixel width
-    fwhm_nm = float(np.nanmedian(result.fwhm_px * result.dlambda_drow))
-    grid = np.arange(300.0, 1100.0, 0.1)
-    template = absorption_template(
-        grid, None if sed is None else sed.wavelength_nm, None if sed is None else sed.flux,
-        info.airmass or 1.0, info.pressure or _STANDARD_PRESSURE[profile.name], fwhm_nm)
-    template = template * profile.throughput(grid) * disp.transmission(grid)
-    sigma_d = config.d2ccd_prior_sigma_mm
-    features = in_vacuum(CALIBRATION_FEATURES)
-    try:
-        start = template_dispersion_solution(
-            u, flux, err, grid, template, disp, result.d2ccd_mm, sigma_d, pixel_mm,
-            result.theta0_rad, config.coarse_search, order=result.order, **at)
-        solution = calibrate_on_features(
-            u, flux, err, disp, result.d2ccd_mm, sigma_d, pixel_mm, result.theta0_rad, grid,
-            template, features, fwhm_nm, (start.d2ccd_mm, start.pixel_shift),
-            config.features, order=result.order, **at)
-    except ValueError as exc:
-        log.warning("%s: wavelength calibration failed (%s): D2CCD %.2f mm from the "
-                    "instrument kept", name, exc, result.d2ccd_mm)
-        return result, None
-    log.info("%s: D2CCD %.3f ± %.3f mm, shift %.2f ± %.2f px on %d features (%s; χ²/ndof "
-             "%.2f)", name, solution.d2ccd_mm, solution.d2ccd_err_mm, solution.pixel_shift,
-             solution.pixel_shift_err, solution.n_lines,
-             ", ".join(n for n, k in zip(solution.lines["Name"], solution.lines["Used"],
-                                         strict=True) if k), solution.chisq_reduced)
-    return with_dispersion(result, solution.d2ccd_mm, solution.pixel_shift), solution
+    return find_zeroth_order(work, cfg, prior, source=job.name)
 
 
 def _with_disperser(info: ObservationInfo, disperser: str) -> ObservationInfo:

@@ -318,8 +318,9 @@ class Disperser:
         ----------
         info_or_linspos : ObservationInfo, float or None
             An `atmospec.camera.translator.ObservationInfo` (its ``linspos``), a ``LINSPOS``
-            in mm, or None. LATISS: ``115 + LINSPOS (+ 4 mm for holo4_003)``, the default
-            187.1 mm without LINSPOS; CTIO: always 55.45 mm.
+            in mm, or None. The instrument's law (`InstrumentProfile.d2ccd_mm`): ``base +
+            LINSPOS + the disperser's offset``, the default distance without LINSPOS or
+            without a disperser stage (CTIO).
         """
         linspos = getattr(info_or_linspos, "linspos", info_or_linspos)
         return self.instrument.d2ccd_mm(self.name, None if linspos is None else float(linspos))
@@ -375,7 +376,7 @@ class Disperser:
 
 def known_dispersers(instrument: str = "latiss") -> tuple[str, ...]:
     """Dispersers of ``instrument`` that `load_disperser` accepts."""
-    return load_instrument(instrument).dispersers
+    return tuple(load_instrument(instrument).dispersers)
 
 
 def load_disperser(name: str, instrument: str = "latiss") -> Disperser:

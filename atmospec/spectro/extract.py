@@ -34,8 +34,9 @@ across rows rather than exactly perpendicular to the trace changes widths by
    full assembled detector — along the fitted axis, N from the groove map at the zeroth
    order); flux per nm = flux per row / |dλ/drow|.
 
-Not done here: 2D forward model of the spectrogram, line-based wavelength recalibration,
-second-order correction (holo4_003's order 2 lands on order 1 above ~700 nm), ADR.
+Not done here: 2D forward model of the spectrogram, wavelength calibration on spectral
+features (`atmospec.spectro.wavelength`), second-order correction (holo4_003's order 2 lands
+on order 1 above ~700 nm), ADR.
 """
 
 from __future__ import annotations
@@ -271,6 +272,68 @@ def _bin_ok(fit: MoffatFit, cfg: ExtractionConfig, x_lo: float, x_hi: float) -> 
             & (p[:, 1] > x_lo) & (p[:, 1] < x_hi) & (e[:, 1] > 0) & (fit.ndof > 0))
 
 
+@dataclass(frozen=True, eq=False)
+class _Cutout:
+    """The image around the predicted trace: rows run along it, columns across."""
+
+    rows: np.ndarray
+    """Image rows (y) of the cutout."""
+    xcols: np.ndarray
+    """Image columns (x) of the cutout."""
+    data: np.ndarray
+    """Pixels, e⁻."""
+    var: np.ndarray
+    """Their variance, e⁻²."""
+    good: np.ndarray
+    """Usable pixels: in no bad plane, finite, positive variance."""
+    origin: tuple[int, int]
+    """``(x, y)`` of the first pixel in the image."""
+
+
+def _field_angle(x0: float, y0: float, shape: tuple[int, ...], tilt_deg: float,
+                 plate_arcsec: float) -> float:
+    """θ₀: the zeroth order's field angle along the dispersion axis tilted by ``tilt_deg``
+    (its distance from the centre of the full detector along the axis × the plate scale),
+    radians."""
+    ny, nx = shape
+    t = math.radians(tilt_deg)
+    along = (x0 - (nx - 1) / 2.0) * math.sin(t) - (y0 - (ny - 1) / 2.0) * math.cos(t)
+    return math.radians(along * plate_arcsec / 3600.0)
+
+
+def _cutout(exposure: Exposure, x0: float, y0: float, u_ends: np.ndarray, prior_deg: float,
+            cfg: ExtractionConfig, src: str | None) -> _Cutout:
+    """The rows the predicted trace (distances ``u_ends`` of the wavelength range, tilt
+    ``prior_deg``) spans, ± ``half_width_px`` columns around it (see the module notes,
+    step 1); `BadInputError` when the spectrum leaves the chip or its trace is masked."""
+    ny, nx = exposure.image.shape
+    t_prior = math.radians(prior_deg)
+    y_ends = y0 - u_ends * math.cos(t_prior)
+    y_lo, y_hi = math.floor(y_ends.min()), math.ceil(y_ends.max()) + 1
+    n_pred = y_hi - y_lo
+    r_lo, r_hi = max(y_lo, 0), min(y_hi, ny)
+    slope_prior = -math.tan(t_prior)  # dx/drow
+    xs_pred = x0 + (np.array([r_lo, r_hi - 1]) - y0) * slope_prior
+    c_lo = math.floor(xs_pred.min()) - cfg.half_width_px
+    c_hi = math.ceil(xs_pred.max()) + cfg.half_width_px + 1
+    if r_hi - r_lo < cfg.min_valid_fraction * n_pred or c_lo < 0 or c_hi > nx:
+        raise BadInputError(src, f"zeroth order at ({x0:.0f}, {y0:.0f}) is too close to the "
+                                 f"edge: the order-{cfg.order} spectrum leaves the chip")
+    sl = (slice(r_lo, r_hi), slice(c_lo, c_hi))
+    data = np.asarray(exposure.image[sl], dtype=np.float64)
+    var = np.asarray(exposure.variance[sl], dtype=np.float64)
+    good = (~exposure.get_mask(*cfg.bad_planes)[sl]) & np.isfinite(data) & np.isfinite(var)
+    good &= var > 0
+    rows = np.arange(r_lo, r_hi, dtype=np.float64)
+    xcols = np.arange(c_lo, c_hi, dtype=np.float64)
+    x_prior = x0 + (rows - y0) * slope_prior
+    near = np.abs(xcols[None, :] - x_prior[:, None]) < 3.0
+    if good[near].mean() < cfg.min_valid_fraction:
+        raise BadInputError(src, f"the order-{cfg.order} trace is masked "
+                                 f"({100 * (1 - good[near].mean()):.0f} % of its pixels)")
+    return _Cutout(rows=rows, xcols=xcols, data=data, var=var, good=good, origin=(c_lo, r_lo))
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -317,7 +380,6 @@ def extract_spectrum(
     cfg = config or ExtractionConfig()
     src = _source(exposure, source)
     disp = _disperser(disperser, src)
-    ny, nx = exposure.image.shape
     pixel_mm = disp.instrument.pixel_size_mm(binning)
     plate = disp.instrument.plate_scale_at(binning)
     d2ccd = disp.d2ccd_mm(linspos_mm)
@@ -325,43 +387,19 @@ def extract_spectrum(
 
     # 1. geometry: predicted trace with the prior tilt
     prior = float(disp.tilt_deg_at(x0, y0, binning))
-
-    def theta0_for(tilt_deg: float) -> float:
-        t = math.radians(tilt_deg)
-        along = (x0 - (nx - 1) / 2.0) * math.sin(t) - (y0 - (ny - 1) / 2.0) * math.cos(t)
-        return math.radians(along * plate / 3600.0)
-
     lam_ends = np.asarray(cfg.wavelength_range_nm, dtype=np.float64)
-    u_ends = disp.offset_px(lam_ends, cfg.order, d2ccd, pixel_mm, theta0_for(prior), **at)
+    u_ends = disp.offset_px(lam_ends, cfg.order, d2ccd, pixel_mm,
+                            _field_angle(x0, y0, exposure.image.shape, prior, plate), **at)
     if not np.all(np.isfinite(u_ends)):
         raise BadInputError(src, f"order {cfg.order} does not exist over "
                                  f"{cfg.wavelength_range_nm} nm for {disp.name}")
-    t_prior = math.radians(prior)
-    y_ends = y0 - u_ends * math.cos(t_prior)
-    y_lo, y_hi = math.floor(y_ends.min()), math.ceil(y_ends.max()) + 1
-    n_pred = y_hi - y_lo
-    r_lo, r_hi = max(y_lo, 0), min(y_hi, ny)
-    slope_prior = -math.tan(t_prior)  # dx/drow
-    xs_pred = x0 + (np.array([r_lo, r_hi - 1]) - y0) * slope_prior
-    c_lo = math.floor(xs_pred.min()) - cfg.half_width_px
-    c_hi = math.ceil(xs_pred.max()) + cfg.half_width_px + 1
-    if r_hi - r_lo < cfg.min_valid_fraction * n_pred or c_lo < 0 or c_hi > nx:
-        raise BadInputError(src, f"zeroth order at ({x0:.0f}, {y0:.0f}) is too close to the "
-                                 f"edge: the order-{cfg.order} spectrum leaves the chip")
-    sl = (slice(r_lo, r_hi), slice(c_lo, c_hi))
-    data = np.asarray(exposure.image[sl], dtype=np.float64)
-    var = np.asarray(exposure.variance[sl], dtype=np.float64)
-    good = (~exposure.get_mask(*cfg.bad_planes)[sl]) & np.isfinite(data) & np.isfinite(var)
-    good &= var > 0
-    rows = np.arange(r_lo, r_hi, dtype=np.float64)
-    xcols = np.arange(c_lo, c_hi, dtype=np.float64)
-    x_prior = x0 + (rows - y0) * slope_prior
-    near = np.abs(xcols[None, :] - x_prior[:, None]) < 3.0
-    if good[near].mean() < cfg.min_valid_fraction:
-        raise BadInputError(src, f"the order-{cfg.order} trace is masked "
-                                 f"({100 * (1 - good[near].mean()):.0f} % of its pixels)")
+    slope_prior = -math.tan(math.radians(prior))  # dx/drow
+    cut = _cutout(exposure, x0, y0, u_ends, prior, cfg, src)
+    data, var, good, rows, xcols = cut.data, cut.var, cut.good, cut.rows, cut.xcols
+    c_lo, r_lo = cut.origin
 
     # 2. crude background, bin fits, line → angle
+    x_prior = x0 + (rows - y0) * slope_prior
     outer = np.abs(xcols[None, :] - x_prior[:, None]) > 0.6 * cfg.half_width_px
     crude = np.nanmedian(np.where(good & outer, data, np.nan), axis=1)
     crude = np.where(np.isfinite(crude), crude, np.nanmedian(crude))
@@ -414,7 +452,7 @@ def extract_spectrum(
 
     # 6. wavelengths along the fitted trace
     t = math.radians(angle)
-    theta0 = theta0_for(angle)
+    theta0 = _field_angle(x0, y0, exposure.image.shape, angle, plate)
     u = (xc - x0) * math.sin(t) - (rows - y0) * math.cos(t)
     lam = disp.wavelength_nm(u, cfg.order, d2ccd, pixel_mm, theta0, **at)
     dlam = np.abs(np.gradient(lam, rows))
@@ -445,7 +483,7 @@ def with_dispersion(result: ExtractionResult, d2ccd_mm: float, pixel_shift: floa
                     calibrated: bool = True) -> ExtractionResult:
     """The extraction with another dispersion solution: wavelengths, |dλ/drow| and the
     PSF bins' wavelengths recomputed with ``D2CCD = d2ccd_mm`` and ``PIXSHIFT =
-    pixel_shift`` (e.g. from `atmospec.spectro.wavelength.calibration.calibrate_wavelength`)."""
+    pixel_shift`` (e.g. from `atmospec.spectro.wavelength.calibration.calibrate_extraction`)."""
     new = replace(result, d2ccd_mm=float(d2ccd_mm), pixel_shift=float(pixel_shift),
                   wavelength_calibrated=calibrated)
     lam = new.law(new.distance_px)

@@ -9,7 +9,7 @@ neighbour.
 How it works:
 
 1. **Prior.** `zeroth_order_prior` gives where the target should be: the disperser's nominal
-   position (``data/latiss_spectroscopy.yaml``, where the acquisition puts the target),
+   position (``data/instruments/latiss.yaml``, where the acquisition puts the target),
    scaled by the binning, moved by a pointing offset when one is known.
 2. **Candidates near the prior.** In a window of ``search_radius_px`` around the prior the
    background-subtracted image is smoothed at the PSF scale and its local maxima above
@@ -32,7 +32,8 @@ How it works:
    ``saturation_e``) are left out, so a saturated core is centred by its unsaturated wings.
    Outliers beyond ``clip_nsigma`` are dropped and the fit repeated once.
 
-The instrument table (`SpectroTable`, `load_spectro_table`) is in `atmospec.camera.spectro`.
+The nominal positions and the sky parity are in the instrument profile
+(`atmospec.camera.spectrograph.load_instrument`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from scipy import ndimage
 from scipy.optimize import least_squares
 
 from atmospec.camera.description import Camera, load_camera
-from atmospec.camera.spectro import SpectroTable, load_spectro_table
+from atmospec.camera.spectrograph import InstrumentProfile, load_instrument
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
@@ -74,7 +75,7 @@ log = logging.getLogger(__name__)
 def zeroth_order_prior(
     info: ObservationInfo,
     camera: Camera,
-    spectro_table: SpectroTable,
+    profile: InstrumentProfile,
     *,
     target_radec: tuple[float, float] | None = None,
 ) -> tuple[float, float]:
@@ -93,8 +94,8 @@ def zeroth_order_prior(
         Translated header (disperser, binning, pointing).
     camera : Camera
         Detector shape and plate scale.
-    spectro_table : SpectroTable
-        Nominal positions per disperser.
+    profile : InstrumentProfile
+        Nominal positions per disperser and the sky parity (`load_instrument`).
     target_radec : tuple of float, optional
         Catalogue (RA, Dec) of the target, degrees.
 
@@ -104,24 +105,27 @@ def zeroth_order_prior(
         ``(x, y)`` 0-based pixel centres in the image as read out (binned if binned).
     """
     try:
-        spec = spectro_table.get(info.disperser)
-        x, y = spec.nominal_zeroth_order
+        nominal = profile.disperser_spec(info.disperser).nominal_zeroth_order
     except KeyError:
+        nominal = None
+    if nominal is None:
         ny, nx = camera.detector_shape
-        x, y = (nx - 1) / 2.0, (ny - 1) / 2.0
-        log.warning("%s: disperser %r not in the spectroscopy table: prior at the detector "
-                    "centre", info.obs_id, info.disperser)
-    dx, dy = _pointing_offset_px(info, camera, spectro_table, target_radec)
+        nominal = (nx - 1) / 2.0, (ny - 1) / 2.0
+        log.warning("%s: no nominal position of disperser %r in the instrument profile: "
+                    "prior at the detector centre", info.obs_id, info.disperser)
+    x, y = nominal
+    dx, dy = _pointing_offset_px(info, camera, profile, target_radec)
     x, y = x + dx, y + dy
     bx, by = info.binning
     # Pixel centres: unbinned pixel i lies in binned pixel (i + 0.5) / b - 0.5.
     return (x + 0.5) / bx - 0.5, (y + 0.5) / by - 0.5
 
 
-def _pointing_offset_px(info: ObservationInfo, camera: Camera, table: SpectroTable,
+def _pointing_offset_px(info: ObservationInfo, camera: Camera, profile: InstrumentProfile,
                         target_radec: tuple[float, float] | None) -> tuple[float, float]:
     """Offset (unbinned pixels) of the target from where the pointing puts it, or (0, 0)."""
-    if target_radec is None or info.ra is None or info.dec is None:
+    if (target_radec is None or info.ra is None or info.dec is None
+            or profile.sky_parity is None):
         return 0.0, 0.0
     if info.ra == 0.0 and info.dec == 0.0:  # calibration-era headers write RA = Dec = 0
         return 0.0, 0.0
@@ -131,7 +135,7 @@ def _pointing_offset_px(info: ObservationInfo, camera: Camera, table: SpectroTab
     xi = dra * math.cos(math.radians(info.dec)) * 3600.0  # arcsec towards East
     eta = (dec_t - info.dec) * 3600.0  # arcsec towards North
     # +y points at position angle pa (North through East); +x at pa - 90 deg for parity +1.
-    dx = table.sky_parity * (-xi * math.cos(pa) + eta * math.sin(pa)) / camera.plate_scale
+    dx = profile.sky_parity * (-xi * math.cos(pa) + eta * math.sin(pa)) / camera.plate_scale
     dy = (xi * math.sin(pa) + eta * math.cos(pa)) / camera.plate_scale
     return dx, dy
 
@@ -284,7 +288,7 @@ def find_zeroth_order(
             warnings.append("header not translatable: prior at the image centre")
         else:
             camera = load_camera(cfg.instrument)
-            prior = zeroth_order_prior(info, camera, load_spectro_table(cfg.instrument))
+            prior = zeroth_order_prior(info, camera, load_instrument(cfg.instrument))
     px, py = float(prior[0]), float(prior[1])
 
     image = exposure.image

@@ -8,9 +8,11 @@ Y, Z, the H₂O 935 nm band), interstellar and HgAr lamp lines.
 Wavelengths are in nm, **in air**, as Spectractor tabulates them (Hα 656.3 vs air 656.28 and
 vacuum 656.46; Hg 546.074 and Ar 696.543 are the air values), rounded to 0.1 nm for most
 stellar lines (Hβ 486.3 lies between air 486.13 and vacuum 486.27: the rounding is
-Spectractor's). Stellar and interstellar lines move with the target's radial velocity
-(`Line.observed_nm`); atmospheric lines do not — Spectractor's ``LINES`` table of HD111980
-shows Hα tabulated at 656.639 = 656.3 × (1 + 5.17·10⁻⁴) while O₂ B stays at 687.472.
+Spectractor's). Stellar and interstellar lines move with the target's radial velocity;
+atmospheric lines do not — Spectractor's ``LINES`` table of HD111980 shows Hα tabulated at
+656.639 = 656.3 × (1 + 5.17·10⁻⁴) while O₂ B stays at 687.472. The calibration measures each
+feature against the template's own shape (`atmospec.spectro.wavelength.features`): a
+catalogue wavelength only names the window.
 
 Blends (`CALIBRATION_FEATURES`): at AuxTel/CTIO resolution (≥ 1 nm) the O₂ A doublet
 (760.3, 763.1) is one dip; it is treated as one feature ``O2A`` at the *mean* of the two
@@ -18,8 +20,8 @@ components, 761.7 nm. (Spectractor fits two Gaussians and found 760.02 and 762.8
 spectrum, mean 761.45; the absorption-weighted centroid of libRadtran's O₂ optical depth on
 a 1 nm grid is 762.2.) The H₂O band is one broad feature at Spectractor's 935.0 nm with its
 width bounds 5–30 nm; its effective centre depends on PWV and resolution (±1–2 nm), which is
-why it is not flagged for calibration in the catalogue and gets a systematic error floor in
-`atmospec.spectro.wavelength.calibration`.
+why it is not flagged for calibration in the catalogue; against the template (which has the
+band's shape) it is measured like the others.
 """
 
 from __future__ import annotations
@@ -34,14 +36,12 @@ __all__ = [
     "CALIBRATION_FEATURES",
     "Line",
     "air_to_vacuum_nm",
-    "calibration_lines",
     "in_vacuum",
     "line_catalog",
     "merge_blend",
 ]
 
 _CATALOG = "lines/spectractor_line_catalog.csv"
-_EMISSION_CATALOGS = frozenset({"ISM_LINES", "HGAR_LINES"})
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,11 @@ class Line:
     use_for_calibration: bool = False
     """Spectractor's flag: good enough to calibrate wavelengths on."""
     width_bounds_nm: tuple[float, float] | None = None
-    """Allowed FWHM range, nm, for broad features (H₂O band); None: the detection default."""
+    """Spectractor's allowed FWHM range, nm, of broad features (H₂O band); None: a line."""
     catalogs: tuple[str, ...] = ()
     """Spectractor lists the line belongs to (``HYDROGEN_LINES``, ``ATMOSPHERIC_LINES``...)."""
-    emission: bool = False
-    """Expected in emission (interstellar and lamp lines) rather than absorption."""
     components: tuple[str, ...] = ()
     """Names of the blended catalogue lines for a merged feature (empty for a single line)."""
-
-    def observed_nm(self, redshift: float = 0.0) -> float:
-        """Wavelength expected in the spectrum: ``λ (1 + z)`` unless atmospheric, nm."""
-        return self.wavelength_nm if self.atmospheric else self.wavelength_nm * (1.0 + redshift)
 
 
 def _parse_bounds(text: str) -> tuple[float, float] | None:
@@ -104,7 +98,6 @@ def line_catalog() -> tuple[Line, ...]:
             use_for_calibration=row["use_for_calibration"].strip() == "True",
             width_bounds_nm=_parse_bounds(row["width_bounds_nm"]),
             catalogs=catalogs,
-            emission=bool(catalogs) and set(catalogs) <= _EMISSION_CATALOGS,
         ))
     return tuple(out)
 
@@ -154,17 +147,8 @@ def _features() -> tuple[Line, ...]:
 
 
 CALIBRATION_FEATURES: tuple[Line, ...] = _features()
-"""The features the wavelength calibration uses by default: Hγ, Hβ, Hα, O₂ B, O₂ A (blend at
-761.7 nm) and the H₂O 935 nm band (broad; it gets a larger error floor)."""
-
-
-def calibration_lines(include_water: bool = True, include_hdelta: bool = False
-                      ) -> tuple[Line, ...]:
-    """Features for wavelength calibration: `CALIBRATION_FEATURES` (optionally Hδ, no H₂O)."""
-    out = [ln for ln in CALIBRATION_FEATURES if include_water or ln.name != "H2O_1"]
-    if include_hdelta:
-        out.append(_by_name("HDELTA"))
-    return tuple(sorted(out, key=lambda ln: ln.wavelength_nm))
+"""The features the wavelength calibration uses: Hγ, Hβ, Hα, O₂ B, O₂ A (blend at 761.7 nm)
+and the H₂O 935 nm band (broad)."""
 
 
 def air_to_vacuum_nm(wavelength_air_nm: float) -> float:
