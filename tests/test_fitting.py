@@ -309,3 +309,10 @@ def test_diagonal_whitening_and_fallback(caplog) -> None:
     bad[10, 10] = np.nan
     assert Whitener(bad, err, True, 0.125, "nan").label == (
         "diagonal (covariance has NaN or infinite entries)")
+
+
+def test_schedule_that_would_not_terminate_is_refused() -> None:
+    with pytest.raises(ValueError, match="damping_increase > 1"):
+        LevenbergMarquardtConfig(damping_increase=1.0)
+    with pytest.raises(ValueError, match="damping_start < damping_max"):
+        LevenbergMarquardtConfig(damping_start=1e13)

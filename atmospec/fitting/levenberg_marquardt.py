@@ -146,6 +146,14 @@ class LevenbergMarquardtConfig:
     test (for `LevenbergMarquardtResult.covariance`); False saves that linearisation for a
     caller that does not need it."""
 
+    def __post_init__(self) -> None:
+        # The loop is bounded only if rejections drive λ up to damping_max.
+        if not (self.damping_increase > 1.0 and self.damping_decrease >= 1.0
+                and 0.0 < self.damping_start < self.damping_max and self.max_iterations >= 0):
+            raise ValueError("LevenbergMarquardtConfig needs damping_increase > 1, "
+                             "damping_decrease >= 1, 0 < damping_start < damping_max and "
+                             "max_iterations >= 0")
+
 
 @dataclass(frozen=True)
 class LevenbergMarquardtResult(Generic[S]):

@@ -630,7 +630,7 @@ def _horne_prior(sub: np.ndarray, weight: np.ndarray, result: ExtractionResult,
     return flux, var, h
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Cutout:
     """The exposure's pixels on the extraction's cutout."""
 
@@ -744,7 +744,7 @@ class _Setup:
         return cut.good & ~masked & (z > clip)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Passes:
     """Where the clipping passes ended."""
 
