@@ -24,11 +24,11 @@ from atmospec.atmosphere.joint_fit import (
     EXPOSURE_PARAMETERS,
     JointFitConfig,
     _Block,
-    _Whitener,
     fit_atmosphere_joint,
 )
 from atmospec.atmosphere.spectrum_fit import AtmosphereFitConfig, SpectrumForwardModel
 from atmospec.errors import BadInputError
+from atmospec.fitting import Whitener
 from atmospec.spectro.spectrum import Spectrum
 from spectractor_bridge.spectrum import read_spectrum, write_spectrum
 
@@ -119,7 +119,7 @@ def test_block_matches_forward_model_and_derivatives() -> None:
     sel = np.arange(model.wavelength.size)
     flux = model(4.0, 280.0, 0.05)
     cov = electron_covariance(flux, model.wavelength)
-    whiten = _Whitener(cov, np.sqrt(np.diag(cov)), True, 0.125, "x")
+    whiten = Whitener(cov, np.sqrt(np.diag(cov)), True, 0.125, "x")
     assert whiten.label == "banded (lag <= 4)"
     # Banded whitening equals the dense Cholesky one.
     r = np.random.default_rng(0).standard_normal(flux.size)
@@ -162,15 +162,15 @@ def test_truncated_band_whitening_matches_dense() -> None:
     lags = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
     err = np.linspace(1.0, 3.0, n)
     cov = 0.6 ** lags * np.outer(err, err)
-    band = _Whitener(cov, err, True, 0.125, "ar1", band_tolerance=1e-6)
-    dense = _Whitener(cov, err, True, 0.0, "ar1")
+    band = Whitener(cov, err, True, 0.125, "ar1", band_tolerance=1e-6)
+    dense = Whitener(cov, err, True, 0.0, "ar1")
     assert band.label == "banded (lag <= 27; |ρ| < 1e-06 beyond neglected)", band.label
     assert dense.label == "full"
     r = np.random.default_rng(1).standard_normal((n, 3)) * err[:, None]
     np.testing.assert_allclose(np.sum(band(r) ** 2, axis=0), np.sum(dense(r) ** 2, axis=0),
                                rtol=1e-5)
     ctio = read_spectrum(CTIO_REAL).covariance
-    w = _Whitener(ctio, np.sqrt(np.diag(ctio)), True, 0.125, "ctio", band_tolerance=1e-6)
+    w = Whitener(ctio, np.sqrt(np.diag(ctio)), True, 0.125, "ctio", band_tolerance=1e-6)
     assert w.label == "full"
 
 

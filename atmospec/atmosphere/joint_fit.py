@@ -41,12 +41,13 @@ multiplies the throughput on the fine grid, before the convolution.
 
 Fit
 ---
-Least squares of the whitened residuals ``L_e⁻¹ (d_e − M_e)`` (``C_e = L_e L_eᵀ``, Cholesky of
-each spectrum's covariance restricted to its fitted samples; factored as a band matrix when
-its correlations vanish (below ``covariance_band_tolerance``) beyond a short lag, else dense;
-the same fallbacks as `fit_atmosphere`: NaN samples dropped, a non-positive-definite covariance
-replaced by its diagonal with a warning), plus Gaussian prior terms. Levenberg–Marquardt on
-the normal equations with **analytic derivatives** and the **block structure**: each exposure's
+Least squares of the whitened residuals ``L_e⁻¹ (d_e − M_e)`` (`atmospec.fitting.Whitener`:
+``C_e = L_e L_eᵀ``, Cholesky of each spectrum's covariance restricted to its fitted samples;
+factored as a band matrix when its correlations vanish (below ``covariance_band_tolerance``)
+beyond a short lag, else dense; the same fallbacks as `fit_atmosphere`: NaN samples dropped,
+a non-positive-definite covariance replaced by its diagonal with a warning), plus Gaussian
+prior terms. Levenberg–Marquardt (`atmospec.fitting.levenberg_marquardt`) on the normal
+equations with **analytic derivatives** and the **block structure**: each exposure's
 parameters touch only its spectrum, so ``JᵀJ`` (``n_free²``, a few hundred) is accumulated
 block by block from ``n_e × (6 + n_c)`` whitened Jacobians, never forming the global Jacobian.
 A step that would cross a bound takes the parameter halfway to it (never onto it). Errors
@@ -64,16 +65,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg import (
-    LinAlgError,
-    cho_factor,
-    cho_solve,
-    cholesky,
-    cholesky_banded,
-    null_space,
-    solve_banded,
-    solve_triangular,
-)
+from scipy.linalg import null_space
 from scipy.sparse import csr_matrix
 
 from atmospec.atmosphere.spectrum_fit import (
@@ -82,6 +74,12 @@ from atmospec.atmosphere.spectrum_fit import (
     coverage_fixed,
 )
 from atmospec.errors import BadInputError
+from atmospec.fitting import (
+    LevenbergMarquardtConfig,
+    NormalEquations,
+    Whitener,
+    levenberg_marquardt,
+)
 from atmospec.spectro.spectrum import Spectrum
 
 __all__ = [
@@ -95,7 +93,6 @@ log = logging.getLogger(__name__)
 
 #: Per-exposure parameters, in the order of each block's local derivative columns.
 EXPOSURE_PARAMETERS = ("grey", "pwv_mm", "ozone_du", "vaod", "dlambda_nm", "resolution")
-_SHAREABLE = ("ozone_du", "vaod")
 _JOINT = "joint fit"
 #: Offset (nm) given to convolution-window positions outside the fine grid: zero weight.
 _FAR_NM = 1.0e6
@@ -258,73 +255,12 @@ class JointAtmosphereFit:
         }
 
 
-# ---------------------------------------------------------------------- whitening
-class _Whitener:
-    """``X ↦ L⁻¹ X`` for a covariance ``L Lᵀ`` (dense, banded or diagonal).
-
-    The covariance is treated as banded beyond the last lag with a correlation
-    ``|ρ_ij| ≥ band_tolerance`` (0: beyond its last non-zero) when that band is narrower than
-    ``band_fraction`` of its size; if the truncated band is not positive definite the dense
-    factor is used, and if that fails the diagonal (with a warning).
-    """
-
-    def __init__(self, cov: NDArray[np.float64] | None, err: NDArray[np.float64],
-                 use_cov: bool, band_fraction: float, source: str,
-                 band_tolerance: float = 0.0) -> None:
-        self._inv: NDArray[np.float64] | None = None
-        self._band: tuple[int, NDArray[np.float64]] | None = None
-        self._chol: NDArray[np.float64] | None = None
-        if cov is None or not use_cov:
-            self.label = "diagonal"
-            self._inv = 1.0 / err
-            return
-        n = cov.shape[0]
-        reason = None
-        if not np.all(np.isfinite(cov)):
-            reason = "covariance has NaN or infinite entries"
-        else:
-            d = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-            if band_tolerance > 0 and np.all(d > 0):
-                bw = _bandwidth(np.abs(cov) >= band_tolerance * np.outer(d, d))
-            else:
-                bw = _bandwidth(cov != 0)
-            if bw < band_fraction * n:
-                lower = np.zeros((bw + 1, n))
-                for lag in range(bw + 1):
-                    lower[lag, : n - lag] = np.diagonal(cov, -lag)
-                try:
-                    self._band = (bw, cholesky_banded(lower, lower=True, check_finite=False))
-                    self.label = (f"banded (lag <= {bw}; |ρ| < {band_tolerance:g} beyond "
-                                  "neglected)" if band_tolerance > 0 else f"banded (lag <= {bw})")
-                except LinAlgError:
-                    self._band = None
-            if self._band is None:
-                try:
-                    self._chol = cholesky(cov, lower=True, check_finite=False)
-                    self.label = "full"
-                except LinAlgError:
-                    reason = "covariance is not positive definite"
-        if reason is not None:
-            log.warning("%s: %s: weighting with flux_err² only", source, reason)
-            self.label = f"diagonal ({reason})"
-            self._band = self._chol = None
-            self._inv = 1.0 / err
-
-    def __call__(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
-        if self._inv is not None:
-            return x * (self._inv if x.ndim == 1 else self._inv[:, None])
-        if self._band is not None:
-            bw, ab = self._band
-            return solve_banded((bw, 0), ab, x, check_finite=False)
-        return solve_triangular(self._chol, x, lower=True, check_finite=False)
-
-
 # ---------------------------------------------------------------------- one exposure
 class _Block:
     """Model, analytic derivatives and whitening of one spectrum of the joint fit."""
 
     def __init__(self, model: SpectrumForwardModel, sel: NDArray[np.intp],
-                 flux: NDArray[np.float64], whiten: _Whitener,
+                 flux: NDArray[np.float64], whiten: Whitener,
                  basis_fine: NDArray[np.float64] | None, angstrom: float | None) -> None:
         self.static_fine = model.static_fine
         self.fine_wavelength = model.fine_wavelength
@@ -469,6 +405,332 @@ def _correction_basis(degree: int, lo: float, hi: float, conditions: list[str],
     return basis, q
 
 
+# ---------------------------------------------------------------------- set-up
+@dataclass
+class _Night:
+    """The spectra of the fit, one block each, and what the result reports about them."""
+
+    blocks: list[_Block] = field(default_factory=list)
+    """Per exposure: model, derivatives and whitening of its fitted samples."""
+    fixed: list[dict[str, str]] = field(default_factory=list)
+    """Per exposure: parameters fixed by its coverage or the configuration, and why."""
+    dropped: list[int] = field(default_factory=list)
+    """Per exposure: samples dropped for a non-finite flux or error."""
+    filters: list[str] = field(default_factory=list)
+    """Per exposure: filter name."""
+    targets: list[str | None] = field(default_factory=list)
+    """Per exposure: target name."""
+    instrument: str = ""
+    """Instrument profile (the same for all)."""
+    disperser: str = ""
+    """Disperser (the same for all)."""
+
+
+@dataclass(frozen=True)
+class _Correction:
+    """Range, gauge conditions and basis of the throughput correction ``ln C``."""
+
+    lo: float
+    """λ mapped to x = −1, nm (bluest fitted sample of all spectra)."""
+    hi: float
+    """λ mapped to x = 1, nm (reddest fitted sample)."""
+    conditions: tuple[str, ...]
+    """Gauge conditions (``mean``, ``aerosol``, ``ozone``)."""
+    basis: NDArray[np.float64]
+    """Legendre coefficients of the basis functions, ``(K + 1, n_c)``."""
+    vaod_free: bool
+    """Whether some exposure fits VAOD."""
+    ozone_free: bool
+    """Whether some exposure fits ozone."""
+
+    @property
+    def n_c(self) -> int:
+        return self.basis.shape[1]
+
+
+@dataclass(frozen=True)
+class _Parameters:
+    """The free parameters (correction coefficients, shared, then per exposure) and how each
+    exposure's model reads them."""
+
+    names: tuple[str, ...]
+    """Parameter names (``c0``…, shared ``ozone_du``/``vaod``, ``name[e]``)."""
+    start: NDArray[np.float64]
+    """Starting values."""
+    lower: NDArray[np.float64]
+    """Lower bounds."""
+    upper: NDArray[np.float64]
+    """Upper bounds."""
+    index: tuple[tuple[int, ...], ...]
+    """Per exposure: the parameter of each local column (`EXPOSURE_PARAMETERS`, then the
+    correction coefficients), −1 when the exposure holds it fixed."""
+    constant: tuple[dict[str, float], ...]
+    """Per exposure: the values of the parameters it does not fit (and the starts)."""
+    shared_names: tuple[str, ...]
+    """Parameters shared by the night."""
+    priors: tuple[tuple[int, float, float], ...]
+    """Gaussian priors ``(parameter index, value, σ)``."""
+
+    def of_exposure(self, x: NDArray[np.float64], e: int) -> dict[str, float]:
+        """Exposure ``e``'s parameters at ``x``."""
+        p = dict(self.constant[e])
+        for j, name in enumerate(EXPOSURE_PARAMETERS):
+            k = self.index[e][j]
+            if k >= 0:
+                p[name] = float(x[k])
+        return p
+
+
+def _check_inputs(spectra: Iterable[Spectrum | Callable[[], Spectrum]], config: JointFitConfig,
+                  sources: Sequence[str] | None
+                  ) -> tuple[list[Spectrum | Callable[[], Spectrum]], tuple[str, ...]]:
+    """The spectra as a list and their names, after the checks that need no spectrum."""
+    items = list(spectra)
+    if not items:
+        raise BadInputError(_JOINT, "no spectra given")
+    if len(items) < 2:
+        raise BadInputError(_JOINT, "a joint fit needs at least two spectra (use "
+                                    "fit_atmosphere for one)")
+    names = (tuple(sources) if sources is not None
+             else tuple(f"spectrum {i}" for i in range(len(items))))
+    if len(names) != len(items):
+        raise BadInputError(_JOINT, f"{len(names)} names for {len(items)} spectra")
+    if config.spectrum.fit_angstrom:
+        raise BadInputError(_JOINT, "fit_angstrom is not supported by the joint fit: fix the "
+                                    "Ångström exponent (angstrom=...) or use the default shape")
+    if config.throughput_degree < 0:
+        raise BadInputError(_JOINT, "throughput_degree must be >= 0")
+    for name, priors in (("vaod_priors", config.vaod_priors),
+                         ("ozone_priors", config.ozone_priors)):
+        for prior in priors:
+            if len(prior) != 3:
+                raise BadInputError(_JOINT, f"{name}: {prior!r} is not (index, value, σ)")
+            e, sigma = int(prior[0]), float(prior[2])
+            if not 0 <= e < len(items):
+                raise BadInputError(_JOINT, f"{name} names exposure {e}: only {len(items)} "
+                                            "spectra")
+            if not sigma > 0:
+                raise BadInputError(_JOINT, f"{name}[{e}]: σ must be positive")
+    return items, names
+
+
+def _read_spectra(items: list[Spectrum | Callable[[], Spectrum]], sources: tuple[str, ...],
+                  config: JointFitConfig) -> _Night:
+    """One spectrum at a time: its forward model, samples, fixed parameters, whitening and
+    block; the block keeps what it needs and the model (with its own convolution windows) is
+    released before the next one."""
+    cfg = config.spectrum
+    night = _Night()
+    first: tuple[str, str, bool, str] | None = None
+    for e, src in enumerate(sources):
+        item = items[e]
+        spec = item() if callable(item) else item
+        m = SpectrumForwardModel(
+            spec, sed_path=cfg.sed_path, instrument=cfg.instrument,
+            wavelength_range_nm=cfg.wavelength_range_nm, max_shift_nm=cfg.max_shift_nm,
+            max_resolution=cfg.resolution_bounds[1], fine_step_nm=cfg.fine_step_nm,
+            source=src)
+        if first is None:
+            first = (m.instrument, m.disperser.name, m.electrons, m.flux_unit)
+        else:
+            _check_same_setup(m, first, src, sources[0])
+        block, fixed, n_bad = _block(m, spec, src, config)
+        night.blocks.append(block)
+        night.fixed.append(fixed)
+        night.dropped.append(n_bad)
+        night.filters.append(m.filter_name)
+        night.targets.append(spec.target)
+        del m, spec
+    assert first is not None
+    night.instrument, night.disperser = first[0], first[1]
+    return night
+
+
+def _check_same_setup(m: SpectrumForwardModel, first: tuple[str, str, bool, str], src: str,
+                      first_src: str) -> None:
+    """Refuse a spectrum whose instrument, disperser or flux unit differ from the first's."""
+    if m.instrument != first[0]:
+        raise BadInputError(src, f"instrument {m.instrument!r} differs from {first[0]!r} of "
+                                 f"{first_src}: a joint fit shares one throughput")
+    if m.disperser.name.lower() != first[1].lower():
+        raise BadInputError(src, f"disperser {m.disperser.name!r} differs from {first[1]!r} "
+                                 f"of {first_src}: a joint fit shares one disperser and "
+                                 "throughput")
+    if m.electrons != first[2]:
+        raise BadInputError(src, f"flux unit {m.flux_unit!r} differs from {first[3]!r} of "
+                                 f"{first_src}")
+
+
+def _block(m: SpectrumForwardModel, spec: Spectrum, src: str, config: JointFitConfig
+           ) -> tuple[_Block, dict[str, str], int]:
+    """The block of one spectrum (finite samples, whitening), its fixed parameters and the
+    number of samples dropped."""
+    cfg = config.spectrum
+    idx = m.index
+    flux, err = spec.flux[idx], spec.flux_err[idx]
+    good = np.isfinite(flux) & np.isfinite(err)
+    n_bad = int((~good).sum())
+    if n_bad > cfg.max_bad_fraction * idx.size:
+        raise BadInputError(src, f"{n_bad} of {idx.size} samples have NaN or infinite flux or "
+                                 "error")
+    if n_bad:
+        log.warning("%s: dropping %d samples with NaN or infinite flux or error", src, n_bad)
+    if np.any(err[good] <= 0):
+        raise BadInputError(src, "flux errors must be positive")
+    sel = np.flatnonzero(good)
+    lam = m.wavelength[sel]
+    static = np.interp(lam, m.fine_wavelength, m.static_fine)
+    lit = lam[static > 1e-3 * float(np.max(static))] if np.max(static) > 0 else lam[:0]
+    fixed = coverage_fixed(float(lam[0]), float(lam[-1]), lit, cfg)
+    fixed.pop("angstrom", None)
+    sub = idx[sel]
+    cov = (spec.covariance[np.ix_(sub, sub)] if spec.covariance is not None else None)
+    whiten = Whitener(cov, spec.flux_err[sub], cfg.use_covariance,
+                      config.banded_covariance_fraction, src, config.covariance_band_tolerance)
+    del cov
+    return _Block(m, sel, spec.flux[sub], whiten, None, cfg.angstrom), fixed, n_bad
+
+
+def _correction(night: _Night, config: JointFitConfig) -> _Correction:
+    """The throughput correction's gauge and basis (set on every block's fine grid)."""
+    cfg = config.spectrum
+    lo = min(float(b.wavelength[0]) for b in night.blocks)
+    hi = max(float(b.wavelength[-1]) for b in night.blocks)
+    vaod_free = cfg.fit_vaod and any("vaod" not in f for f in night.fixed)
+    ozone_free = cfg.fit_ozone and any("ozone_du" not in f for f in night.fixed)
+    conditions = ["mean"]
+    if vaod_free and not config.share_vaod and not config.vaod_priors:
+        conditions.append("aerosol")
+    if ozone_free and not config.share_ozone and not config.ozone_priors:
+        conditions.append("ozone")
+    degree = config.throughput_degree
+    if degree + 1 <= len(conditions):
+        basis_leg = np.zeros((degree + 1, 0))
+    else:
+        basis_leg, _ = _correction_basis(degree, lo, hi, conditions, cfg.angstrom)
+    for b in night.blocks:
+        x = 2.0 * (b.fine_wavelength - lo) / (hi - lo) - 1.0
+        b.basis_fine = np.polynomial.legendre.legvander(x, degree) @ basis_leg
+    return _Correction(lo, hi, tuple(conditions), basis_leg, vaod_free, ozone_free)
+
+
+def _parameters(night: _Night, corr: _Correction, config: JointFitConfig,
+                sources: tuple[str, ...]) -> _Parameters:
+    """The parameter table: globals (correction, shared), then per exposure, with starts
+    (the grey from the data / model ratio at the starting atmosphere), bounds and priors."""
+    cfg = config.spectrum
+    n_c = corr.n_c
+    names: list[str] = []
+    start: list[float] = []
+    lower: list[float] = []
+    upper: list[float] = []
+    index = [[-1] * (len(EXPOSURE_PARAMETERS) + n_c) for _ in night.blocks]
+
+    def add(name: str, value: float, bounds: tuple[float, float]) -> int:
+        names.append(name)
+        start.append(value)
+        lower.append(bounds[0])
+        upper.append(bounds[1])
+        return len(names) - 1
+
+    for j in range(n_c):
+        k = add(f"c{j}", 0.0, (-np.inf, np.inf))
+        for cols in index:
+            cols[len(EXPOSURE_PARAMETERS) + j] = k
+    bounds = {"grey": (0.0, np.inf), "pwv_mm": cfg.pwv_bounds, "ozone_du": cfg.ozone_bounds,
+              "vaod": cfg.vaod_bounds, "dlambda_nm": (-cfg.max_shift_nm, cfg.max_shift_nm),
+              "resolution": cfg.resolution_bounds}
+    starts = {"pwv_mm": cfg.pwv_mm, "ozone_du": cfg.ozone_du, "vaod": cfg.vaod,
+              "dlambda_nm": 0.0, "resolution": 1.0}
+    fit_flags = {"ozone_du": corr.ozone_free, "vaod": corr.vaod_free}
+    shared_names = [n for n, s in (("ozone_du", config.share_ozone),
+                                   ("vaod", config.share_vaod)) if s and fit_flags[n]]
+    for name in shared_names:
+        k = add(name, starts[name], bounds[name])
+        for e, cols in enumerate(index):
+            if name not in night.fixed[e]:
+                cols[EXPOSURE_PARAMETERS.index(name)] = k
+    constant: list[dict[str, float]] = []
+    for e, b in enumerate(night.blocks):
+        const = dict(starts)
+        m0 = b.model_flux(dict(starts, grey=1.0), np.zeros(n_c))
+        ratio = b.flux / np.where(m0 > 0, m0, np.nan)
+        grey0 = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else 1.0
+        const["grey"] = grey0 if grey0 > 0 else 1.0
+        for j, name in enumerate(EXPOSURE_PARAMETERS):
+            if name in shared_names or name in night.fixed[e]:
+                continue
+            index[e][j] = add(f"{name}[{e}]", const[name], bounds[name])
+        constant.append(const)
+    priors = _prior_terms(index, config, sources)
+    return _Parameters(tuple(names), np.array(start), np.array(lower), np.array(upper),
+                       tuple(tuple(cols) for cols in index), tuple(constant),
+                       tuple(shared_names), priors)
+
+
+def _prior_terms(index: list[list[int]], config: JointFitConfig, sources: tuple[str, ...]
+                 ) -> tuple[tuple[int, float, float], ...]:
+    """The configuration's VAOD and ozone priors as ``(parameter index, value, σ)``."""
+    priors: list[tuple[int, float, float]] = []
+    for name, table in (("vaod", config.vaod_priors), ("ozone_du", config.ozone_priors)):
+        for which, value, sigma in table:
+            e = int(which)
+            k = index[e][EXPOSURE_PARAMETERS.index(name)]
+            if k < 0:
+                raise BadInputError(sources[e], f"prior on {name}, which is fixed for it")
+            priors.append((k, float(value), float(sigma)))
+    return tuple(priors)
+
+
+# ---------------------------------------------------------------------- the problem
+class _JointProblem:
+    """The joint fit as a `LeastSquaresProblem`: χ² of the whitened residuals of every
+    spectrum plus the priors. Each exposure's parameters touch only its spectrum, so ``JᵀJ``
+    (``n_free²``) is accumulated block by block from ``n_e × (6 + n_c)`` whitened Jacobians,
+    never forming the global Jacobian."""
+
+    def __init__(self, blocks: list[_Block], params: _Parameters, n_c: int) -> None:
+        self.blocks = blocks
+        self.params = params
+        self.n_c = n_c
+        self.nfev = 0
+        """Model evaluations of the whole set of spectra (with or without derivatives)."""
+
+    def chi2(self, x: NDArray[np.float64]) -> tuple[float, list[float]]:
+        """Total χ² (priors included) and the χ² of each spectrum."""
+        self.nfev += 1
+        c = x[:self.n_c]
+        per = [float(np.sum(b.evaluate(self.params.of_exposure(x, e), c, False)[0] ** 2))
+               for e, b in enumerate(self.blocks)]
+        return sum(per) + _prior_chi2(x, self.params.priors), per
+
+    def evaluate(self, x: NDArray[np.float64]) -> tuple[float, None]:
+        """Objective at ``x`` (`LeastSquaresProblem`)."""
+        return self.chi2(x)[0], None
+
+    def normal_equations(self, x: NDArray[np.float64], state: None = None) -> NormalEquations:
+        """``JᵀJ``, ``Jᵀr`` and the χ² (as ``r·r``) at ``x`` (`LeastSquaresProblem`)."""
+        self.nfev += 1
+        c = x[:self.n_c]
+        n_free = x.size
+        hess = np.zeros((n_free, n_free))
+        grad = np.zeros(n_free)
+        chi2 = 0.0
+        for e, b in enumerate(self.blocks):
+            r, jw = b.evaluate(self.params.of_exposure(x, e), c, True)
+            cols = np.array(self.params.index[e])
+            use = cols >= 0
+            jw, cols = jw[:, use], cols[use]
+            hess[np.ix_(cols, cols)] += jw.T @ jw
+            grad[cols] += jw.T @ r
+            chi2 += float(r @ r)
+        for k, value, sigma in self.params.priors:
+            hess[k, k] += 1.0 / sigma ** 2
+            grad[k] += (value - x[k]) / sigma ** 2
+        chi2 += _prior_chi2(x, self.params.priors)
+        return NormalEquations(hess, grad, chi2)
+
+
 # ---------------------------------------------------------------------- the fit
 def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
                          config: JointFitConfig | None = None,
@@ -500,337 +762,90 @@ def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
         exposure, and any per-spectrum problem `fit_atmosphere` refuses.
     """
     config = config or JointFitConfig()
-    cfg = config.spectrum
-    items = list(spectra)
-    if not items:
-        raise BadInputError(_JOINT, "no spectra given")
-    if len(items) < 2:
-        raise BadInputError(_JOINT, "a joint fit needs at least two spectra (use "
-                                    "fit_atmosphere for one)")
-    sources = (tuple(sources) if sources is not None
-               else tuple(f"spectrum {i}" for i in range(len(items))))
-    if len(sources) != len(items):
-        raise BadInputError(_JOINT, f"{len(sources)} names for {len(items)} spectra")
-    if cfg.fit_angstrom:
-        raise BadInputError(_JOINT, "fit_angstrom is not supported by the joint fit: fix the "
-                                    "Ångström exponent (angstrom=...) or use the default shape")
-    if config.throughput_degree < 0:
-        raise BadInputError(_JOINT, "throughput_degree must be >= 0")
-    n_exp = len(items)
-    for name, priors in (("vaod_priors", config.vaod_priors),
-                         ("ozone_priors", config.ozone_priors)):
-        for prior in priors:
-            if len(prior) != 3:
-                raise BadInputError(_JOINT, f"{name}: {prior!r} is not (index, value, σ)")
-            e, sigma = int(prior[0]), float(prior[2])
-            if not 0 <= e < n_exp:
-                raise BadInputError(_JOINT, f"{name} names exposure {e}: only {n_exp} spectra")
-            if not sigma > 0:
-                raise BadInputError(_JOINT, f"{name}[{e}]: σ must be positive")
-
+    items, names = _check_inputs(spectra, config, sources)
     t0 = time.perf_counter()
-    # One spectrum at a time: its forward model, samples, fixed parameters, whitening and
-    # block; the block keeps what it needs and the model (with its own convolution windows)
-    # is released before the next one.
-    blocks: list[_Block] = []
-    fixed_all: list[dict[str, str]] = []
-    dropped: list[int] = []
-    filters: list[str] = []
-    targets: list[str | None] = []
-    first: tuple[str, str, bool, str] | None = None
-    for e, src in enumerate(sources):
-        item = items[e]
-        spec = item() if callable(item) else item
-        m = SpectrumForwardModel(
-            spec, sed_path=cfg.sed_path, instrument=cfg.instrument,
-            wavelength_range_nm=cfg.wavelength_range_nm, max_shift_nm=cfg.max_shift_nm,
-            max_resolution=cfg.resolution_bounds[1], fine_step_nm=cfg.fine_step_nm,
-            source=src)
-        if first is None:
-            first = (m.instrument, m.disperser.name, m.electrons, m.flux_unit)
-        elif m.instrument != first[0]:
-            raise BadInputError(src, f"instrument {m.instrument!r} differs from "
-                                     f"{first[0]!r} of {sources[0]}: a joint fit shares one "
-                                     "throughput")
-        elif m.disperser.name.lower() != first[1].lower():
-            raise BadInputError(src, f"disperser {m.disperser.name!r} differs from "
-                                     f"{first[1]!r} of {sources[0]}: a joint fit shares one "
-                                     "disperser and throughput")
-        elif m.electrons != first[2]:
-            raise BadInputError(src, f"flux unit {m.flux_unit!r} differs from "
-                                     f"{first[3]!r} of {sources[0]}")
-        idx = m.index
-        flux, err = spec.flux[idx], spec.flux_err[idx]
-        good = np.isfinite(flux) & np.isfinite(err)
-        n_bad = int((~good).sum())
-        if n_bad > cfg.max_bad_fraction * idx.size:
-            raise BadInputError(src, f"{n_bad} of {idx.size} samples have NaN or infinite "
-                                     "flux or error")
-        if n_bad:
-            log.warning("%s: dropping %d samples with NaN or infinite flux or error", src,
-                        n_bad)
-        if np.any(err[good] <= 0):
-            raise BadInputError(src, "flux errors must be positive")
-        sel = np.flatnonzero(good)
-        lam = m.wavelength[sel]
-        static = np.interp(lam, m.fine_wavelength, m.static_fine)
-        lit = lam[static > 1e-3 * float(np.max(static))] if np.max(static) > 0 else lam[:0]
-        fixed = coverage_fixed(float(lam[0]), float(lam[-1]), lit, cfg)
-        fixed.pop("angstrom", None)
-        fixed_all.append(fixed)
-        dropped.append(n_bad)
-        filters.append(m.filter_name)
-        sub = idx[sel]
-        cov = (spec.covariance[np.ix_(sub, sub)] if spec.covariance is not None else None)
-        whiten = _Whitener(cov, spec.flux_err[sub], cfg.use_covariance,
-                           config.banded_covariance_fraction, src,
-                           config.covariance_band_tolerance)
-        del cov
-        blocks.append(_Block(m, sel, spec.flux[sub], whiten, None, cfg.angstrom))
-        targets.append(spec.target)
-        del m, spec
-    assert first is not None
-    instrument, disperser = first[0], first[1]
-    airmasses = tuple(b.airmass for b in blocks)
-
-    # Throughput correction basis and gauge.
-    lo = min(float(b.wavelength[0]) for b in blocks)
-    hi = max(float(b.wavelength[-1]) for b in blocks)
-    vaod_free = cfg.fit_vaod and any("vaod" not in f for f in fixed_all)
-    ozone_free = cfg.fit_ozone and any("ozone_du" not in f for f in fixed_all)
-    conditions = ["mean"]
-    if vaod_free and not config.share_vaod and not config.vaod_priors:
-        conditions.append("aerosol")
-    if ozone_free and not config.share_ozone and not config.ozone_priors:
-        conditions.append("ozone")
-    degree = config.throughput_degree
-    if degree + 1 <= len(conditions):
-        basis_leg = np.zeros((degree + 1, 0))
-    else:
-        basis_leg, _ = _correction_basis(degree, lo, hi, conditions, cfg.angstrom)
-    n_c = basis_leg.shape[1]
-    for b in blocks:
-        x = 2.0 * (b.fine_wavelength - lo) / (hi - lo) - 1.0
-        b.basis_fine = np.polynomial.legendre.legvander(x, degree) @ basis_leg
-
-    # Parameter table: globals (correction, shared), then per exposure.
-    names: list[str] = []
-    start: list[float] = []
-    lower: list[float] = []
-    upper: list[float] = []
-    index: list[list[int]] = [[-1] * (len(EXPOSURE_PARAMETERS) + n_c) for _ in range(n_exp)]
-
-    def add(name: str, value: float, bounds: tuple[float, float]) -> int:
-        names.append(name)
-        start.append(value)
-        lower.append(bounds[0])
-        upper.append(bounds[1])
-        return len(names) - 1
-
-    for j in range(n_c):
-        k = add(f"c{j}", 0.0, (-np.inf, np.inf))
-        for e in range(n_exp):
-            index[e][len(EXPOSURE_PARAMETERS) + j] = k
-    bounds = {"grey": (0.0, np.inf), "pwv_mm": cfg.pwv_bounds, "ozone_du": cfg.ozone_bounds,
-              "vaod": cfg.vaod_bounds, "dlambda_nm": (-cfg.max_shift_nm, cfg.max_shift_nm),
-              "resolution": cfg.resolution_bounds}
-    starts = {"pwv_mm": cfg.pwv_mm, "ozone_du": cfg.ozone_du, "vaod": cfg.vaod,
-              "dlambda_nm": 0.0, "resolution": 1.0}
-    fit_flags = {"ozone_du": ozone_free, "vaod": vaod_free}
-    shared_names = [n for n, s in (("ozone_du", config.share_ozone),
-                                   ("vaod", config.share_vaod)) if s and fit_flags[n]]
-    for name in shared_names:
-        k = add(name, starts[name], bounds[name])
-        for e in range(n_exp):
-            if name not in fixed_all[e]:
-                index[e][EXPOSURE_PARAMETERS.index(name)] = k
-    constant: list[dict[str, float]] = []
-    for e, b in enumerate(blocks):
-        const = dict(starts)
-        m0 = b.model_flux(dict(starts, grey=1.0), np.zeros(n_c))
-        ratio = b.flux / np.where(m0 > 0, m0, np.nan)
-        grey0 = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else 1.0
-        const["grey"] = grey0 if grey0 > 0 else 1.0
-        for j, name in enumerate(EXPOSURE_PARAMETERS):
-            if name in shared_names or name in fixed_all[e]:
-                continue
-            index[e][j] = add(f"{name}[{e}]", const[name], bounds[name])
-        constant.append(const)
-    x0 = np.array(start)
-    lo_b, hi_b = np.array(lower), np.array(upper)
-    n_free = x0.size
-    # Priors: (parameter index, value, σ).
-    priors: list[tuple[int, float, float]] = []
-    for name, table in (("vaod", config.vaod_priors), ("ozone_du", config.ozone_priors)):
-        for which, value, sigma in table:
-            e = int(which)
-            k = index[e][EXPOSURE_PARAMETERS.index(name)]
-            if k < 0:
-                raise BadInputError(sources[e], f"prior on {name}, which is fixed for it")
-            priors.append((k, float(value), float(sigma)))
-    n_data = sum(b.n for b in blocks)
-    if n_data + len(priors) < n_free + 5:
+    night = _read_spectra(items, names, config)
+    corr = _correction(night, config)
+    params = _parameters(night, corr, config, names)
+    n_data = sum(b.n for b in night.blocks)
+    n_free = params.start.size
+    if n_data + len(params.priors) < n_free + 5:
         raise BadInputError(_JOINT, f"only {n_data} samples for {n_free} parameters")
     t_setup = time.perf_counter() - t0
 
-    def params_of(x: NDArray[np.float64], e: int) -> dict[str, float]:
-        p = dict(constant[e])
-        for j, name in enumerate(EXPOSURE_PARAMETERS):
-            k = index[e][j]
-            if k >= 0:
-                p[name] = float(x[k])
-        return p
-
-    nfev = 0
-
-    def chi2_only(x: NDArray[np.float64]) -> tuple[float, list[float]]:
-        nonlocal nfev
-        nfev += 1
-        c = x[:n_c]
-        per = [float(np.sum(b.evaluate(params_of(x, e), c, False)[0] ** 2))
-               for e, b in enumerate(blocks)]
-        return sum(per) + _prior_chi2(x, priors), per
-
-    def normal(x: NDArray[np.float64]) -> tuple[float, NDArray[np.float64],
-                                                NDArray[np.float64]]:
-        nonlocal nfev
-        nfev += 1
-        c = x[:n_c]
-        hess = np.zeros((n_free, n_free))
-        grad = np.zeros(n_free)
-        chi2 = 0.0
-        for e, b in enumerate(blocks):
-            r, jw = b.evaluate(params_of(x, e), c, True)
-            cols = np.array(index[e])
-            use = cols >= 0
-            jw, cols = jw[:, use], cols[use]
-            hess[np.ix_(cols, cols)] += jw.T @ jw
-            grad[cols] += jw.T @ r
-            chi2 += float(r @ r)
-        for k, value, sigma in priors:
-            hess[k, k] += 1.0 / sigma ** 2
-            grad[k] += (value - x[k]) / sigma ** 2
-        chi2 += _prior_chi2(x, priors)
-        return chi2, hess, grad
-
     t1 = time.perf_counter()
-    x = np.clip(x0, lo_b, hi_b)
-    chi2, hess, grad = normal(x)
-    lam = 1e-3
-    success, message, it = False, "maximum number of iterations reached", 0
-    for _ in range(config.max_iterations):
-        it += 1
-        diag = np.clip(np.diag(hess), 1e-300, None)
-        accepted = False
-        while lam < 1e12:
-            try:
-                step = cho_solve(cho_factor(hess + lam * np.diag(diag)), grad)
-            except LinAlgError:
-                lam *= 10.0
-                continue
-            x_new = _interior_step(x, step, lo_b, hi_b)
-            chi2_new, _ = chi2_only(x_new)
-            if chi2_new <= chi2:
-                accepted = True
-                break
-            lam *= 10.0
-        if not accepted:
-            success, message = True, "no further decrease of χ² (damping exhausted)"
-            break
-        taken = x_new - x
-        size2 = float(taken @ hess @ taken)
-        decrease = chi2 - chi2_new
-        x = x_new
-        chi2, hess, grad = normal(x)
-        lam = max(lam / 10.0, 1e-9)
-        if decrease < config.tolerance or size2 < config.tolerance ** 2:
-            success, message = True, (f"converged: χ² decrease {decrease:.2g}, step "
-                                      f"{math.sqrt(size2):.2g} σ")
-            break
+    problem = _JointProblem(night.blocks, params, corr.n_c)
+    x0 = np.clip(params.start, params.lower, params.upper)
+    normal0 = problem.normal_equations(x0)
+    assert normal0.objective is not None
+    fit = levenberg_marquardt(
+        problem, x0, LevenbergMarquardtConfig(max_iterations=config.max_iterations,
+                                              tolerance=config.tolerance),
+        bounds=(params.lower, params.upper), start=(normal0.objective, None),
+        start_normal=normal0, name=_JOINT)
     t_fit = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    try:
-        pcov = np.linalg.inv(hess)
-        if not np.all(np.isfinite(pcov)) or np.any(np.diag(pcov) < 0):
-            raise LinAlgError("not positive")
-    except LinAlgError:
-        log.warning("%s: singular normal matrix: errors from its pseudo-inverse", _JOINT)
-        pcov = np.linalg.pinv(hess)
+    x, pcov = fit.x, fit.covariance
     sd = np.sqrt(np.clip(np.diag(pcov), 0.0, None))
-    _, per_exp = chi2_only(x)
-    grid = np.arange(lo, hi + 0.5 * config.correction_grid_step_nm,
+    _, per_exp = problem.chi2(x)
+    grid = np.arange(corr.lo, corr.hi + 0.5 * config.correction_grid_step_nm,
                      config.correction_grid_step_nm)
-    grid = grid[grid <= hi]
-    corr, corr_err = _correction_curve(grid, (lo, hi), basis_leg, x[:n_c], pcov[:n_c, :n_c])
+    grid = grid[grid <= corr.hi]
+    n_c = corr.n_c
+    curve, curve_err = _correction_curve(grid, (corr.lo, corr.hi), corr.basis, x[:n_c],
+                                         pcov[:n_c, :n_c])
     t_err = time.perf_counter() - t2
 
+    values, errors = _exposure_values(params, x, sd, config.spectrum.angstrom)
+    shared = {name: (float(x[params.names.index(name)]), float(sd[params.names.index(name)]))
+              for name in params.shared_names}
+    result = JointAtmosphereFit(
+        sources=names, values=values, errors=errors, fixed=tuple(night.fixed), shared=shared,
+        airmass=tuple(b.airmass for b in night.blocks),
+        correction_wavelength_nm=grid, correction=curve, correction_err=curve_err,
+        correction_coefficients=x[:n_c].copy(), correction_covariance=pcov[:n_c, :n_c].copy(),
+        correction_basis=corr.basis, correction_range_nm=(corr.lo, corr.hi),
+        gauge=corr.conditions if n_c else (),
+        chi2=float(fit.objective), ndof=int(n_data + len(params.priors) - n_free),
+        chi2_exposure=tuple(per_exp), n_samples=tuple(b.n for b in night.blocks),
+        covariance_used=tuple(b.whiten.label for b in night.blocks),
+        parameter_names=params.names, parameter_covariance=pcov, success=fit.success,
+        message=fit.message, n_iterations=fit.iterations, nfev=problem.nfev,
+        timings={"setup": t_setup, "fit": t_fit, "errors": t_err},
+        info={"instrument": night.instrument, "disperser": night.disperser,
+              "filters": night.filters, "targets": night.targets,
+              "dropped_samples": night.dropped, "n_exposures": len(names), "n_free": n_free})
+    log.info("%s: %d spectra, %d parameters, χ²/ndof %.3f, %d iterations (%s), %.1f s",
+             _JOINT, len(names), n_free, result.chi2_ndof, fit.iterations, fit.message,
+             t_setup + t_fit + t_err)
+    return result
+
+
+def _exposure_values(params: _Parameters, x: NDArray[np.float64], sd: NDArray[np.float64],
+                     angstrom: float | None
+                     ) -> tuple[tuple[dict[str, float | None], ...],
+                                tuple[dict[str, float | None], ...]]:
+    """Per exposure: the values of every parameter and the errors of the fitted ones."""
     values, errors = [], []
-    for e in range(n_exp):
-        p = params_of(x, e)
+    for e in range(len(params.index)):
+        p = params.of_exposure(x, e)
         v: dict[str, float | None] = {k: float(p[k]) for k in EXPOSURE_PARAMETERS}
-        v["angstrom"] = cfg.angstrom
+        v["angstrom"] = angstrom
         err: dict[str, float | None] = {k: None for k in EXPOSURE_PARAMETERS}
         for j, name in enumerate(EXPOSURE_PARAMETERS):
-            k = index[e][j]
+            k = params.index[e][j]
             if k >= 0:
                 err[name] = float(sd[k])
         err["angstrom"] = None
         values.append(v)
         errors.append(err)
-    shared = {name: (float(x[names.index(name)]), float(sd[names.index(name)]))
-              for name in shared_names}
-    result = JointAtmosphereFit(
-        sources=sources, values=tuple(values), errors=tuple(errors),
-        fixed=tuple(fixed_all), shared=shared,
-        airmass=airmasses,
-        correction_wavelength_nm=grid, correction=corr, correction_err=corr_err,
-        correction_coefficients=x[:n_c].copy(), correction_covariance=pcov[:n_c, :n_c].copy(),
-        correction_basis=basis_leg, correction_range_nm=(lo, hi),
-        gauge=tuple(conditions) if n_c else (),
-        chi2=float(chi2), ndof=int(n_data + len(priors) - n_free),
-        chi2_exposure=tuple(per_exp), n_samples=tuple(b.n for b in blocks),
-        covariance_used=tuple(b.whiten.label for b in blocks),
-        parameter_names=tuple(names), parameter_covariance=pcov, success=success,
-        message=message, n_iterations=it, nfev=nfev,
-        timings={"setup": t_setup, "fit": t_fit, "errors": t_err},
-        info={"instrument": instrument, "disperser": disperser, "filters": filters,
-              "targets": targets, "dropped_samples": dropped,
-              "n_exposures": n_exp, "n_free": n_free})
-    log.info("%s: %d spectra, %d parameters, χ²/ndof %.3f, %d iterations (%s), %.1f s",
-             _JOINT, n_exp, n_free, result.chi2_ndof, it, message, t_setup + t_fit + t_err)
-    return result
+    return tuple(values), tuple(errors)
 
 
-def _bandwidth(nz: NDArray[np.bool_]) -> int:
-    """Largest ``|i − j|`` with ``nz[i, j]`` true (row by row, without index arrays)."""
-    n = nz.shape[0]
-    has = nz.any(axis=1)
-    if not has.any():
-        return 0
-    rows = np.arange(n)
-    first = np.argmax(nz, axis=1)
-    last = n - 1 - np.argmax(nz[:, ::-1], axis=1)
-    return int(max(np.max((rows - first)[has]), np.max((last - rows)[has])))
-
-
-def _interior_step(x: NDArray[np.float64], step: NDArray[np.float64],
-                   lo: NDArray[np.float64], hi: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``x + step``, except that a parameter whose step would cross a bound goes halfway to it.
-
-    A parameter that only approaches its bound geometrically never sits on it, where some
-    derivatives vanish (water: ``τ_w ∝ PWV^b``, b < 1; resolution: ``σ² = s²ψ² + β²``) and
-    Gauss–Newton could not leave it again.
-    """
-    new = x + step
-    below, above = new < lo, new > hi
-    new[below] = 0.5 * (x[below] + lo[below])
-    new[above] = 0.5 * (x[above] + hi[above])
-    return new
-
-
-def _prior_chi2(x: NDArray[np.float64], priors: list[tuple[int, float, float]]) -> float:
+def _prior_chi2(x: NDArray[np.float64], priors: Sequence[tuple[int, float, float]]) -> float:
     return float(sum(((x[k] - v) / s) ** 2 for k, v, s in priors))
+
 
 
 def _correction_curve(wavelength_nm: NDArray[np.float64], range_nm: tuple[float, float],

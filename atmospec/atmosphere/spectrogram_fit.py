@@ -50,7 +50,9 @@ from atmospec.atmosphere.spectrum_fit import (
     AtmosphereFitConfig,
     SpectrumForwardModel,
     coverage_fixed,
+    lmfit_parameters,
     lmfit_summary,
+    starting_angstrom,
 )
 from atmospec.errors import BadInputError
 from atmospec.spectro.forward_model import _make_grid, _psf, _window_model, moffat2d_fwhm
@@ -162,6 +164,86 @@ def _spectrogram(spectrum: Spectrum, source: str) -> _Spectrogram:
                         on_rows("alpha"))
 
 
+class _PixelModel:
+    """The rows modelled, the PSF of both orders on the window grid and the data there; the
+    image of the spectrogram for given atmosphere and nuisance parameters.
+
+    Rows modelled: the first order's interval (at the largest shift) inside the model's fine
+    grid and the requested range; order 2 is drawn wherever its interval is inside too.
+    """
+
+    def __init__(self, geo: _Spectrogram, model: SpectrumForwardModel,
+                 config: SpectrogramFitConfig, source: str) -> None:
+        acfg = config.atmosphere
+        self.model = model
+        self.acfg = acfg
+        fine = model.fine_wavelength
+        step = model.fine_step_nm
+        f_lo, f_hi = fine[0] - 0.5 * step, fine[-1] + 0.5 * step
+        lo_req, hi_req = acfg.wavelength_range_nm
+        margin = acfg.max_shift_nm
+        in1 = (geo.edges[:, 0] - margin >= f_lo) & (geo.edges[:, 1] + margin <= f_hi) & \
+            (geo.wavelength >= lo_req) & (geo.wavelength <= hi_req)
+        if np.count_nonzero(in1) < 20:
+            raise BadInputError(source, "fewer than 20 spectrogram rows inside the model's "
+                                        "range")
+        first, last = np.flatnonzero(in1)[[0, -1]]
+        sl = slice(first, last + 1)
+        self.wavelength = geo.wavelength[sl]
+        """λ of each modelled row, nm."""
+        self.edges = geo.edges[sl]
+        """Wavelength interval of each row, nm."""
+        lam = self.wavelength
+        xc, gamma, beta = geo.x_c[sl], geo.gamma[sl], geo.alpha[sl] + 0.5
+        # PSF of order 2 at each row: the first order's PSF at λ/2 (PSF_TAB in wavelength).
+        lam2 = 0.5 * lam
+        order_l = np.argsort(geo.wavelength)
+        gamma2 = np.interp(lam2, geo.wavelength[order_l], geo.gamma[order_l])
+        beta2 = np.interp(lam2, geo.wavelength[order_l], geo.alpha[order_l]) + 0.5
+        in2 = (0.5 * self.edges[:, 0] - margin >= f_lo) & \
+            (0.5 * self.edges[:, 1] + margin <= f_hi) & (lam2 >= geo.wavelength.min())
+        self.ratio = np.where(in2, np.clip(model.disperser.ratio_order_2over1(
+            np.where(in2, lam2, lam.min())), 0.0, None), 0.0)
+        """Order-2/order-1 ratio of the disperser at λ/2 (0 where order 2 is not drawn)."""
+        fwhm_max = float(max(np.max(moffat2d_fwhm(gamma, beta)),
+                             np.max(moffat2d_fwhm(gamma2[in2], beta2[in2])) if in2.any()
+                             else 0))
+        self.radius = max(math.ceil(config.support_fwhm * fwhm_max), 2)
+        """Radius of the modelled PSF disc, pixels."""
+        self.grid = _make_grid(lam.size, geo.data.shape[1], xc, self.radius)
+        self.psf1 = _psf(self.grid, xc, gamma, beta)
+        self.psf2 = _psf(self.grid, xc, gamma2, beta2)
+        self.data = self.grid.gather(geo.data[sl])
+        """Data − background on the window grid, e⁻."""
+        self.weight = self.grid.gather(geo.weight[sl])
+        """1/σ² on the window grid, 0 where unusable."""
+        self.use = self.weight > 0
+        """Pixels fitted."""
+
+    def row_flux(self, values: dict[str, float]
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """First- and second-order e⁻ of every row."""
+        model, acfg = self.model, self.acfg
+        fine, step = model.fine_wavelength, model.fine_step_nm
+        ang = values["angstrom"] if acfg.fit_angstrom else acfg.angstrom
+        dens = model.static_fine * model.transmission_fine(values["pwv_mm"],
+                                                           values["ozone_du"],
+                                                           values["vaod"], ang)
+        cum = np.concatenate([[0.0], np.cumsum(dens) * step])
+        grid_edges = np.concatenate([fine - 0.5 * step, [fine[-1] + 0.5 * step]])
+        shift = values["dlambda_nm"]
+        c1 = np.interp(self.edges + shift, grid_edges, cum)
+        c2 = np.interp(0.5 * self.edges + shift, grid_edges, cum)
+        a1 = values["grey"] * (c1[:, 1] - c1[:, 0])
+        a2 = values["grey"] * values["order2"] * self.ratio * (c2[:, 1] - c2[:, 0])
+        return a1, a2
+
+    def image(self, values: dict[str, float]) -> NDArray[np.float64]:
+        """Model of the window grid, both orders, e⁻."""
+        a1, a2 = self.row_flux(values)
+        return _window_model(self.psf1, a1, self.grid) + _window_model(self.psf2, a2, self.grid)
+
+
 def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig | None = None,
                                source: str | None = None) -> AtmosphereFit:
     """Fit PWV, ozone, VAOD, grey, order-2 scale and shift on the spectrogram's pixels.
@@ -200,89 +282,23 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
                                  fine_step_nm=acfg.fine_step_nm, source=source)
     if not model.electrons:
         raise BadInputError(source, "the 2D fit needs a spectrum in e-/nm (atmospec's)")
-    fine = model.fine_wavelength
-    step = model.fine_step_nm
-    f_lo, f_hi = fine[0] - 0.5 * step, fine[-1] + 0.5 * step
-    # Rows modelled: the first order's interval (at the largest shift) inside the fine grid
-    # and the requested range; order 2 is drawn wherever its interval is inside too.
-    lo_req, hi_req = acfg.wavelength_range_nm
-    margin = acfg.max_shift_nm
-    in1 = (geo.edges[:, 0] - margin >= f_lo) & (geo.edges[:, 1] + margin <= f_hi) & \
-        (geo.wavelength >= lo_req) & (geo.wavelength <= hi_req)
-    if np.count_nonzero(in1) < 20:
-        raise BadInputError(source, "fewer than 20 spectrogram rows inside the model's range")
-    first, last = np.flatnonzero(in1)[[0, -1]]
-    sl = slice(first, last + 1)
-    lam = geo.wavelength[sl]
-    edges = geo.edges[sl]
-    n = lam.size
-    n_cols = geo.data.shape[1]
-    xc, gamma, alpha = geo.x_c[sl], geo.gamma[sl], geo.alpha[sl]
-    beta = alpha + 0.5
-    # PSF of order 2 at each row: the first order's PSF at λ/2 (PSF_TAB in wavelength).
-    lam2 = 0.5 * lam
-    order_l = np.argsort(geo.wavelength)
-    gamma2 = np.interp(lam2, geo.wavelength[order_l], geo.gamma[order_l])
-    beta2 = np.interp(lam2, geo.wavelength[order_l], geo.alpha[order_l]) + 0.5
-    in2 = (0.5 * edges[:, 0] - margin >= f_lo) & (0.5 * edges[:, 1] + margin <= f_hi) & \
-        (lam2 >= geo.wavelength.min())
-    ratio = np.where(in2, np.clip(model.disperser.ratio_order_2over1(
-        np.where(in2, lam2, lam.min())), 0.0, None), 0.0)
-    fwhm_max = float(max(np.max(moffat2d_fwhm(gamma, beta)),
-                         np.max(moffat2d_fwhm(gamma2[in2], beta2[in2])) if in2.any() else 0))
-    radius = max(math.ceil(config.support_fwhm * fwhm_max), 2)
-    grid = _make_grid(n, n_cols, xc, radius)
-    psf1 = _psf(grid, xc, gamma, beta)
-    psf2 = _psf(grid, xc, gamma2, beta2)
-    data_w = grid.gather(geo.data[sl])
-    weight_w = grid.gather(geo.weight[sl])
-    use = weight_w > 0
-    sqrt_w = np.sqrt(weight_w[use])
-    d_use = data_w[use]
+    pix = _PixelModel(geo, model, config, source)
+    lam, use = pix.wavelength, pix.use
+    sqrt_w = np.sqrt(pix.weight[use])
+    d_use = pix.data[use]
     n_pix = int(use.sum())
 
-    lit = lam[np.interp(lam, fine, model.static_fine) > 1e-3 * float(np.max(model.static_fine))]
+    lit = lam[np.interp(lam, model.fine_wavelength, model.static_fine)
+              > 1e-3 * float(np.max(model.static_fine))]
     fixed = coverage_fixed(float(lam.min()), float(lam.max()), np.sort(lit), acfg)
     fixed.pop("resolution", None)
-    fit_ang = acfg.fit_angstrom and "angstrom" not in fixed
-    ang0 = acfg.angstrom if acfg.angstrom is not None else 1.3
-
-    def row_flux(values: dict[str, float]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """First- and second-order e⁻ of every row."""
-        ang = values["angstrom"] if acfg.fit_angstrom else acfg.angstrom
-        dens = model.static_fine * model.transmission_fine(values["pwv_mm"],
-                                                           values["ozone_du"],
-                                                           values["vaod"], ang)
-        cum = np.concatenate([[0.0], np.cumsum(dens) * step])
-        grid_edges = np.concatenate([fine - 0.5 * step, [fine[-1] + 0.5 * step]])
-        shift = values["dlambda_nm"]
-        c1 = np.interp(edges + shift, grid_edges, cum)
-        c2 = np.interp(0.5 * edges + shift, grid_edges, cum)
-        a1 = values["grey"] * (c1[:, 1] - c1[:, 0])
-        a2 = values["grey"] * values["order2"] * ratio * (c2[:, 1] - c2[:, 0])
-        return a1, a2
-
-    def image(values: dict[str, float]) -> NDArray[np.float64]:
-        a1, a2 = row_flux(values)
-        return _window_model(psf1, a1, grid) + _window_model(psf2, a2, grid)
-
     start = {"grey": 1.0, "pwv_mm": acfg.pwv_mm, "ozone_du": acfg.ozone_du,
-             "vaod": acfg.vaod, "angstrom": ang0, "dlambda_nm": 0.0, "order2": 1.0}
-    m0 = image(start)[use]
+             "vaod": acfg.vaod, "angstrom": starting_angstrom(acfg), "dlambda_nm": 0.0,
+             "order2": 1.0}
+    m0 = pix.image(start)[use]
     grey0 = float(np.sum(m0 * d_use * sqrt_w**2) / max(np.sum(m0 * m0 * sqrt_w**2), 1e-300))
-    params = lmfit.Parameters()
-    params.add("grey", value=grey0 if grey0 > 0 else 1.0, min=0.0)
-    params.add("pwv_mm", value=acfg.pwv_mm, min=acfg.pwv_bounds[0], max=acfg.pwv_bounds[1],
-               vary="pwv_mm" not in fixed)
-    params.add("ozone_du", value=acfg.ozone_du, min=acfg.ozone_bounds[0],
-               max=acfg.ozone_bounds[1], vary="ozone_du" not in fixed)
-    params.add("vaod", value=acfg.vaod, min=acfg.vaod_bounds[0], max=acfg.vaod_bounds[1],
-               vary="vaod" not in fixed)
-    params.add("angstrom", value=ang0, min=acfg.angstrom_bounds[0],
-               max=acfg.angstrom_bounds[1], vary=fit_ang)
-    params.add("dlambda_nm", value=0.0, min=-acfg.max_shift_nm, max=acfg.max_shift_nm,
-               vary="dlambda_nm" not in fixed)
-    has_order2 = bool(np.any(ratio > 0))
+    params = lmfit_parameters(acfg, fixed, grey0 if grey0 > 0 else 1.0)
+    has_order2 = bool(np.any(pix.ratio > 0))
     params.add("order2", value=1.0, min=config.order2_bounds[0], max=config.order2_bounds[1],
                vary=config.fit_order2 and has_order2)
     if not has_order2:
@@ -291,7 +307,7 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
         fixed["order2"] = "fixed by configuration"
 
     def residual(p: lmfit.Parameters) -> NDArray[np.float64]:
-        return sqrt_w * (d_use - image(p.valuesdict())[use])
+        return sqrt_w * (d_use - pix.image(p.valuesdict())[use])
 
     t0 = time.perf_counter()
     result = lmfit.minimize(residual, params, method="leastsq", scale_covar=False,
@@ -301,15 +317,7 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     free, values, errors, corr = lmfit_summary(result, acfg, source)
     chi2 = float(np.sum(residual(best) ** 2))
     ndof = n_pix - len(free)
-
-    # Per-row summaries for plots: the windows' data and model, per nm.
-    best_image = image(best.valuesdict())
-    dl = np.abs(edges[:, 1] - edges[:, 0])
-    row_data = np.where(use, data_w, 0.0).sum(axis=1) / dl
-    row_model = np.where(use, best_image, 0.0).sum(axis=1) / dl
-    row_err = np.sqrt(np.where(use, 1.0 / np.where(use, weight_w, 1.0), 0.0).sum(axis=1)) / dl
-    covered = use.sum(axis=1) > 0
-    order = np.argsort(lam[covered])
+    rows = _row_summaries(pix, pix.image(best.valuesdict()))
     log.info("%s: spectrogram fit PWV %.2f mm, ozone %.0f DU, VAOD %.4f, A2 %.3f, χ²/ndof "
              "%.3f (%d pixels, %d evaluations, %.2f s)", source, values["pwv_mm"],
              values["ozone_du"], values["vaod"], values["order2"], chi2 / max(ndof, 1),
@@ -319,17 +327,31 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
         "sed": model.sed.source_file, "instrument": model.instrument,
         "disperser": model.disperser.name, "filter": model.filter_name,
         "airmass": model.airmass, "pressure_hpa": model.pressure_hpa,
-        "exptime_s": model.exptime_s, "n_pixels": n_pix, "n_rows": int(n),
-        "psf_radius_px": int(radius),
+        "exptime_s": model.exptime_s, "n_pixels": n_pix, "n_rows": int(lam.size),
+        "psf_radius_px": int(pix.radius),
     }
     return AtmosphereFit(
         values=values, errors=errors, free_parameters=free, correlation=corr, chi2=chi2,
         ndof=ndof, fixed=fixed, wavelength_range_nm=(float(lam.min()), float(lam.max())),
-        wavelength=lam[covered][order], flux=row_data[covered][order],
-        flux_err=row_err[covered][order], model=row_model[covered][order],
+        wavelength=rows[0], flux=rows[1], flux_err=rows[2], model=rows[3],
         flux_unit=spectrum.flux_unit, covariance_used="pixels (S_ERR)",
         success=bool(result.success), message=str(result.message), nfev=int(result.nfev),
         fit_time_s=elapsed, info=info)
+
+
+def _row_summaries(pix: _PixelModel, best_image: NDArray[np.float64]
+                   ) -> tuple[NDArray[np.float64], ...]:
+    """Per row, for plots: wavelength and the windows' data, error and model, per nm, over
+    the rows with a fitted pixel, in increasing wavelength."""
+    use = pix.use
+    dl = np.abs(pix.edges[:, 1] - pix.edges[:, 0])
+    row_data = np.where(use, pix.data, 0.0).sum(axis=1) / dl
+    row_model = np.where(use, best_image, 0.0).sum(axis=1) / dl
+    row_err = np.sqrt(np.where(use, 1.0 / np.where(use, pix.weight, 1.0), 0.0).sum(axis=1)) / dl
+    covered = use.sum(axis=1) > 0
+    order = np.argsort(pix.wavelength[covered])
+    return (pix.wavelength[covered][order], row_data[covered][order],
+            row_err[covered][order], row_model[covered][order])
 
 
 #: Atmospheric parameters whose mutual correlation decides that a 1D fit is degenerate.

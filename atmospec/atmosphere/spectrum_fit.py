@@ -46,7 +46,8 @@ frees a power-law exponent (start 1.3, bounds 0–3) for thick aerosol.
 Fit
 ---
 Weighted least squares with the spectrum's covariance restricted to the fitted range:
-``χ² = rᵀ C⁻¹ r`` computed as ``|L⁻¹ r|²`` with C = L Lᵀ (Cholesky). A covariance that is
+``χ² = rᵀ C⁻¹ r`` computed as ``|L⁻¹ r|²`` with C = L Lᵀ (Cholesky,
+`atmospec.fitting.Whitener`). A covariance that is
 absent uses ``flux_err²``; one with NaNs or not positive definite is **replaced by its
 diagonal with a warning** (``AtmosphereFit.covariance_used`` says so): the fit is still
 meaningful, its errors ignore correlations. Samples with non-finite flux or error are
@@ -73,11 +74,11 @@ from typing import Any
 import lmfit
 import numpy as np
 from numpy.typing import NDArray
-from scipy.linalg import LinAlgError, cholesky, solve_triangular
 
 from atmospec.atmosphere.transmission import AtmosphereModel, load_tables
 from atmospec.camera.spectrograph import load_instrument
 from atmospec.errors import BadInputError
+from atmospec.fitting import Whitener
 from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target
 from atmospec.spectro.dispersers import load_disperser
 from atmospec.spectro.spectrum import Spectrum
@@ -260,9 +261,21 @@ class SpectrumForwardModel:
             raise BadInputError(self.source, f"FILTER {self.filter_name!r}: {exc.problem}"
                                 ) from None
 
-        lam_all = spectrum.wavelength
         self.max_shift_nm = float(max_shift_nm)
         self.max_resolution = float(max_resolution)
+        sig_max, margin = self._select_samples(spectrum, wavelength_range_nm)
+        self._build_fine_grid(fine_step_nm, sig_max, margin)
+        self._kernel_key: tuple[float, float] | None = None
+        self._kernel: NDArray[np.float64] | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _select_samples(self, spectrum: Spectrum,
+                        wavelength_range_nm: tuple[float, float] | None
+                        ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Kernel widths of every sample and the samples modelled: inside the requested range
+        with their widest kernel (largest shift and resolution) inside the tables and the
+        SED. Returns that widest σ and the margin of the modelled samples, nm."""
+        lam_all = spectrum.wavelength
         pix_nm = np.abs(np.gradient(lam_all)) if lam_all.size > 1 else np.ones(1)
         self._psf_sigma_all = _psf_fwhm_px(spectrum, lam_all) * pix_nm / FWHM_PER_SIGMA
         self._box_sigma_all = pix_nm / math.sqrt(12.0)
@@ -287,15 +300,18 @@ class SpectrumForwardModel:
         """Modelled wavelengths, nm."""
         self._psf_sigma = self._psf_sigma_all[keep]
         self._box_sigma = self._box_sigma_all[keep]
+        return sig_max[keep], margin[keep]
 
-        # Fine uniform grid covering every kernel at the largest shift and resolution.
+    def _build_fine_grid(self, fine_step_nm: float | None, sig_max: NDArray[np.float64],
+                         margin: NDArray[np.float64]) -> None:
+        """Fine uniform grid covering every kernel at the largest shift and resolution,
+        everything but the atmosphere on it, and each sample's window of fine cells."""
         if fine_step_nm is None:
             s1 = np.sqrt(self._psf_sigma ** 2 + self._box_sigma ** 2)
             fine_step_nm = float(np.clip(np.min(s1) / 3.0, 0.05, 0.5))
         self.fine_step_nm = float(fine_step_nm)
-        m = margin[keep]
-        f_lo = float(np.min(self.wavelength - m))
-        f_hi = float(np.max(self.wavelength + m))
+        f_lo = float(np.min(self.wavelength - margin))
+        f_hi = float(np.max(self.wavelength + margin))
         # Floor, not ceil: the grid must not step past the tables' last wavelength.
         n_fine = math.floor((f_hi - f_lo) / self.fine_step_nm + 1e-9) + 1
         self.fine_wavelength = f_lo + self.fine_step_nm * np.arange(n_fine)
@@ -307,7 +323,7 @@ class SpectrumForwardModel:
         """Everything but the atmosphere on the fine grid (SED averaged over each cell)."""
         self.atmosphere = AtmosphereModel(self.fine_wavelength)
         """Atmosphere evaluated on the fine grid."""
-        half = math.ceil((4.0 * float(np.max(sig_max[keep])) + self.max_shift_nm)
+        half = math.ceil((4.0 * float(np.max(sig_max)) + self.max_shift_nm)
                          / self.fine_step_nm) + 1
         self._k = np.arange(-half, half + 1)
         centre = np.rint((self.wavelength - f_lo) / self.fine_step_nm).astype(np.int64)
@@ -318,8 +334,6 @@ class SpectrumForwardModel:
         self._outside = (raw < 0) | (raw >= n_fine)
         self._dl = np.where(self._outside, np.inf,
                             self.fine_wavelength[self._idx] - self.wavelength[:, None])
-        self._kernel_key: tuple[float, float] | None = None
-        self._kernel: NDArray[np.float64] | None = None
 
     # ------------------------------------------------------------------ pieces
     def _static_factor(self, lam: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -562,29 +576,6 @@ def _psf_fwhm_px(spectrum: Spectrum, lam: NDArray[np.float64]) -> NDArray[np.flo
     return np.interp(lam, tl[ok][order], tf[ok][order])
 
 
-def _whitener(cov: NDArray[np.float64] | None, err: NDArray[np.float64],
-              use_cov: bool, source: str) -> tuple[Any, str]:
-    """Function r ↦ L⁻¹ r, and a description of the covariance used."""
-    if cov is not None and use_cov:
-        reason = None
-        if not np.all(np.isfinite(cov)):
-            reason = "covariance has NaN or infinite entries"
-        else:
-            try:
-                chol = cholesky(cov, lower=True, check_finite=False)
-            except LinAlgError:
-                reason = "covariance is not positive definite"
-        if reason is None:
-            return (lambda r: solve_triangular(chol, r, lower=True, check_finite=False),
-                    "full")
-        log.warning("%s: %s: weighting with flux_err² only", source, reason)
-        label = f"diagonal ({reason})"
-    else:
-        label = "diagonal"
-    inv = 1.0 / err
-    return (lambda r: r * inv), label
-
-
 def _covers(lit_nm: NDArray[np.float64], w_lo: float, w_hi: float,
             max_gap_nm: float = 10.0) -> bool:
     """Whether the lit samples ``lit_nm`` span ``[w_lo, w_hi]`` without a gap > max_gap_nm."""
@@ -621,6 +612,32 @@ def coverage_fixed(lo: float, hi: float, lit_nm: NDArray[np.float64],
     if not config.fit_resolution:
         fixed["resolution"] = "fixed by configuration"
     return fixed
+
+
+def starting_angstrom(config: AtmosphereFitConfig) -> float:
+    """Starting Ångström exponent when it is fitted: the configuration's, else 1.3."""
+    return config.angstrom if config.angstrom is not None else 1.3
+
+
+def lmfit_parameters(config: AtmosphereFitConfig, fixed: Mapping[str, str], grey: float
+                     ) -> lmfit.Parameters:
+    """The lmfit parameters the spectrum and spectrogram fits share, in this order: grey,
+    PWV, ozone, VAOD, Ångström exponent, shift, with the configuration's starts and bounds;
+    those in ``fixed`` (and the exponent unless ``fit_angstrom``) held at their start."""
+    params = lmfit.Parameters()
+    params.add("grey", value=grey, min=0.0)
+    params.add("pwv_mm", value=config.pwv_mm, min=config.pwv_bounds[0],
+               max=config.pwv_bounds[1], vary="pwv_mm" not in fixed)
+    params.add("ozone_du", value=config.ozone_du, min=config.ozone_bounds[0],
+               max=config.ozone_bounds[1], vary="ozone_du" not in fixed)
+    params.add("vaod", value=config.vaod, min=config.vaod_bounds[0],
+               max=config.vaod_bounds[1], vary="vaod" not in fixed)
+    params.add("angstrom", value=starting_angstrom(config), min=config.angstrom_bounds[0],
+               max=config.angstrom_bounds[1],
+               vary=config.fit_angstrom and "angstrom" not in fixed)
+    params.add("dlambda_nm", value=0.0, min=-config.max_shift_nm, max=config.max_shift_nm,
+               vary="dlambda_nm" not in fixed)
+    return params
 
 
 def lmfit_summary(result: lmfit.minimizer.MinimizerResult, config: AtmosphereFitConfig,
@@ -700,16 +717,14 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
     cov = None
     if spectrum.covariance is not None:
         cov = spectrum.covariance[np.ix_(idx[sel], idx[sel])]
-    whiten, cov_label = _whitener(cov, err, config.use_covariance, source)
+    whiten = Whitener(cov, err, config.use_covariance, source=source)
     lam = model.wavelength[sel]
     lo, hi = float(lam[0]), float(lam[-1])
     static = np.interp(lam, model.fine_wavelength, model.static_fine)
     lit = lam[static > 1e-3 * float(np.max(static))] if np.max(static) > 0 else lam[:0]
     fixed = coverage_fixed(lo, hi, lit, config)
 
-    fit_ang = config.fit_angstrom and "angstrom" not in fixed
-    ang0 = config.angstrom if config.angstrom is not None else 1.3
-    fixed_angstrom = (ang0 if config.fit_angstrom else config.angstrom)
+    fixed_angstrom = (starting_angstrom(config) if config.fit_angstrom else config.angstrom)
 
     # Starting grey: the data / model ratio at the starting atmosphere.
     m0 = model(config.pwv_mm, config.ozone_du, config.vaod, fixed_angstrom)[sel]
@@ -722,18 +737,7 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
                      ("pwv_mm", "ozone_du", "vaod", "angstrom", "dlambda_nm", "resolution"))
     if sel.size < n_free + 5:
         raise BadInputError(source, f"only {sel.size} usable samples for {n_free} parameters")
-    params = lmfit.Parameters()
-    params.add("grey", value=grey0, min=0.0)
-    params.add("pwv_mm", value=config.pwv_mm, min=config.pwv_bounds[0],
-               max=config.pwv_bounds[1], vary="pwv_mm" not in fixed)
-    params.add("ozone_du", value=config.ozone_du, min=config.ozone_bounds[0],
-               max=config.ozone_bounds[1], vary="ozone_du" not in fixed)
-    params.add("vaod", value=config.vaod, min=config.vaod_bounds[0],
-               max=config.vaod_bounds[1], vary="vaod" not in fixed)
-    params.add("angstrom", value=ang0, min=config.angstrom_bounds[0],
-               max=config.angstrom_bounds[1], vary=fit_ang)
-    params.add("dlambda_nm", value=0.0, min=-config.max_shift_nm, max=config.max_shift_nm,
-               vary="dlambda_nm" not in fixed)
+    params = lmfit_parameters(config, fixed, grey0)
     params.add("resolution", value=1.0, min=config.resolution_bounds[0],
                max=config.resolution_bounds[1], vary="resolution" not in fixed)
 
@@ -769,5 +773,5 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
         values=values, errors=errors, free_parameters=free, correlation=corr, chi2=chi2,
         ndof=ndof, fixed=fixed, wavelength_range_nm=(lo, hi), wavelength=lam, flux=flux,
         flux_err=err, model=best_model, flux_unit=spectrum.flux_unit,
-        covariance_used=cov_label, success=bool(result.success),
+        covariance_used=whiten.label, success=bool(result.success),
         message=str(result.message), nfev=int(result.nfev), fit_time_s=elapsed, info=info)

@@ -46,10 +46,10 @@ That is exact for the estimator used, including the prior's correlation with the
 fills). The diagonal is computed in the fit; the dense matrix on demand.
 
 **Shape parameters.** γ, α and x_c are Legendre polynomials in the normalised row; they
-are fitted by variable projection: Levenberg–Marquardt on the regularised χ² after the
-linear solve, starting from the 1D result, with analytic PSF derivatives. The gradient is
-the exact one of the projected objective (``∂M/∂θ · A`` with A held fixed, A being
-optimal); the Gauss–Newton matrix uses Kaufman's projected Jacobian
+are fitted by variable projection: Levenberg–Marquardt (`atmospec.fitting`) on the
+regularised χ² after the linear solve, starting from the 1D result, with analytic PSF
+derivatives. The gradient is the exact one of the projected objective (``∂M/∂θ · A`` with A
+held fixed, A being optimal); the Gauss–Newton matrix uses Kaufman's projected Jacobian
 ``(1 − M (N + μQ)⁻¹ Mᵀ W) ∂M/∂θ · A`` — the part of a shape change the amplitudes cannot
 absorb — without which the steps are far too short (γ trades with the amplitudes).
 
@@ -72,11 +72,12 @@ from functools import cached_property
 
 import numpy as np
 from numpy.polynomial import legendre
-from scipy.linalg import LinAlgError, cho_solve_banded, cholesky_banded
+from scipy.linalg import cho_solve_banded, cholesky_banded
 from scipy.optimize import minimize_scalar
 
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.fitting import LevenbergMarquardtConfig, NormalEquations, levenberg_marquardt
 from atmospec.spectro.extract import ExtractionResult, horne_profile
 from atmospec.spectro.psf import moffat1d_fwhm
 
@@ -534,37 +535,39 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     ev.jtj = np.einsum("rki,rk,rkj->ij", jmat, prob.weight, jmat)
 
 
-def _levenberg_marquardt(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
-                         ) -> tuple[_Eval, int]:
-    _jacobian(ev, prob, cfg)
-    lam = 1e-3
-    n_it = 0
-    for _ in range(cfg.max_iterations):
-        n_it += 1
-        h = ev.jtj
-        scale = np.sqrt(np.maximum(np.diag(h), 1e-300))
-        hn = h / np.outer(scale, scale)
-        try:
-            step = np.linalg.solve(hn + lam * np.eye(h.shape[0]), ev.jtr / scale) / scale
-            if lam <= 1e-3 and float(step @ ev.jtr) < cfg.tolerance:
-                break  # the Gauss–Newton step predicts less than the tolerance: converged
-            trial = _evaluate(ev.theta + step, prob, cfg)
-        except (np.linalg.LinAlgError, LinAlgError):
-            trial = None
-        if trial is not None and np.isfinite(trial.objective) and \
-                trial.objective < ev.objective:
-            gain = ev.objective - trial.objective
-            log.debug("LM: objective %.2f (−%.3g), λ %.1e", trial.objective, gain, lam)
-            ev = trial
-            lam = max(lam / 5.0, 1e-7)
-            if gain < cfg.tolerance:
-                break
-            _jacobian(ev, prob, cfg)
-        else:
-            lam *= 10.0
-            if lam > 1e6:
-                break
-    return ev, n_it
+class _ShapeProblem:
+    """The fit of the shape parameters as a `LeastSquaresProblem` (variable projection): the
+    objective is the regularised χ² after the linear solve of the amplitudes, the normal
+    equations Kaufman's (`_jacobian`)."""
+
+    def __init__(self, prob: _Problem, cfg: ForwardModelConfig) -> None:
+        self.prob = prob
+        self.cfg = cfg
+
+    def evaluate(self, theta: np.ndarray) -> tuple[float, _Eval]:
+        ev = _evaluate(theta, self.prob, self.cfg)
+        return ev.objective, ev
+
+    def normal_equations(self, theta: np.ndarray, ev: _Eval) -> NormalEquations:
+        _jacobian(ev, self.prob, self.cfg)
+        assert ev.jtj is not None and ev.jtr is not None
+        return NormalEquations(ev.jtj, ev.jtr)
+
+
+def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> tuple[_Eval, int]:
+    """Levenberg–Marquardt on the shape parameters from ``ev``: the best evaluation and the
+    number of trial steps."""
+    # The schedule this fit has always used: every trial counts against max_iterations (each
+    # costs a full evaluation), λ ÷5 on success, trials up to λ = 1e6, the Gauss–Newton
+    # prediction trusted as a convergence test; the unit-diagonal (LU) arithmetic.
+    schedule = LevenbergMarquardtConfig(
+        max_iterations=cfg.max_iterations, tolerance=cfg.tolerance, count_rejected=True,
+        step_size_test=False, predicted_decrease_test=True, accept_equal=False,
+        step_solver="normalised", damping_decrease=5.0, damping_min=1e-7,
+        damping_max=math.nextafter(1e6, math.inf), normal_at_solution=False)
+    fit = levenberg_marquardt(_ShapeProblem(prob, cfg), ev.theta, schedule,
+                              start=(ev.objective, ev), name="FFM")
+    return fit.state, fit.iterations
 
 
 def _influence(band: np.ndarray, prob: _Problem, mu: float, horne_g: np.ndarray
@@ -627,6 +630,204 @@ def _horne_prior(sub: np.ndarray, weight: np.ndarray, result: ExtractionResult,
     return flux, var, h
 
 
+@dataclass(frozen=True)
+class _Cutout:
+    """The exposure's pixels on the extraction's cutout."""
+
+    source: str | None
+    """Name used in error messages."""
+    origin: tuple[int, int]
+    """``(x, y)`` of the cutout's first pixel in the image."""
+    data: np.ndarray
+    """Image, e⁻."""
+    var: np.ndarray
+    """Variance, e⁻²."""
+    good: np.ndarray
+    """Usable pixels: not in a bad mask plane, finite, positive variance."""
+    sub: np.ndarray
+    """``data − background``, 0 where not usable."""
+    rows: np.ndarray
+    """Image row of each cutout row."""
+
+
+def _read_cutout(exposure: Exposure, result: ExtractionResult) -> _Cutout:
+    """The cutout of ``result`` in ``exposure``, after the checks that they match."""
+    meta = exposure.metadata or {}
+    src = next((str(meta[k]) for k in ("OBSID", "FILENAME") if meta.get(k)), result.source)
+    c_lo, r_lo = result.cutout_origin
+    n, n_cols = result.background.shape
+    if r_lo < 0 or c_lo < 0 or r_lo + n > exposure.image.shape[0] or \
+            c_lo + n_cols > exposure.image.shape[1]:
+        raise BadInputError(src, "the extraction's cutout does not fit in the exposure")
+    if result.rows.size < 2:
+        raise BadInputError(src, "too few usable pixels along the trace (no extracted row)")
+    sl = (slice(r_lo, r_lo + n), slice(c_lo, c_lo + n_cols))
+    data = np.asarray(exposure.image[sl], dtype=np.float64)
+    var = np.asarray(exposure.variance[sl], dtype=np.float64)
+    good = (~exposure.get_mask(*result.config.bad_planes)[sl]) & np.isfinite(data) \
+        & np.isfinite(var) & (var > 0)
+    sub = np.where(good, data - result.background, 0.0)
+    rows = np.arange(r_lo, r_lo + n, dtype=np.float64)
+    return _Cutout(src, (c_lo, r_lo), data, var, good, sub, rows)
+
+
+def _starting_shape(cut: _Cutout, result: ExtractionResult, cfg: ForwardModelConfig
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, _Grid]:
+    """Legendre bases of the shape polynomials, their starting coefficients (the 1D result's
+    γ, α, x_c, flat beyond its rows as the 1D smoothing does) and the window grid; refuses a
+    trace with too few usable pixels."""
+    n, n_cols = cut.good.shape
+    c_lo = cut.origin[0]
+    t = 2.0 * np.arange(n) / max(n - 1, 1) - 1.0
+    x1 = np.interp(cut.rows, result.rows, result.x_trace) - c_lo
+    g1 = np.interp(cut.rows, result.rows, result.gamma)
+    a1 = np.interp(cut.rows, result.rows, result.alpha)
+    core = np.abs(np.arange(n_cols)[None, :] - x1[:, None]) <= 0.5 * moffat1d_fwhm(
+        g1, a1)[:, None]
+    n_core = int(np.count_nonzero(core))
+    frac = np.count_nonzero(cut.good & core) / max(n_core, 1)
+    degrees = {"gamma": cfg.gamma_degree, "alpha": cfg.alpha_degree, "x_c": cfg.centre_degree}
+    n_theta = sum(d + 1 for d in degrees.values())
+    if frac < cfg.min_good_fraction or np.count_nonzero(cut.good & core) < 10 * n_theta:
+        raise BadInputError(cut.source, f"too few usable pixels along the trace for the 2D "
+                                        f"model ({100 * frac:.0f} % of the central pixels "
+                                        "usable)")
+    bases = {k: legendre.legvander(t, d) for k, d in degrees.items()}
+    theta0 = np.concatenate([np.linalg.lstsq(bases[k], v, rcond=None)[0]
+                             for k, v in (("gamma", g1), ("alpha", a1), ("x_c", x1))])
+    fwhm_max = float(np.max(moffat2d_fwhm(g1, a1 + 0.5)))
+    radius = max(math.ceil(cfg.support_fwhm * fwhm_max), 2)
+    return bases, theta0, _make_grid(n, n_cols, x1, radius)
+
+
+class _Setup:
+    """The data on the window grid, and the regularised problem for a selection of pixels."""
+
+    def __init__(self, cut: _Cutout, result: ExtractionResult, grid: _Grid,
+                 bases: dict[str, np.ndarray]) -> None:
+        self.cut = cut
+        self.result = result
+        self.grid = grid
+        self.bases = bases
+        self.win_data = grid.gather(cut.sub)
+        win_var = grid.gather(cut.var, 1.0)
+        win_good0 = grid.gather(cut.good.astype(np.float64)) > 0
+        self.ivar_win = np.where(win_good0, 1.0 / np.where(win_good0, win_var, 1.0), 0.0)
+
+    def problem(self, use: np.ndarray, mu: float) -> _Problem:
+        """The regularised problem for the pixels ``use``: weights and the 1D prior."""
+        cut, grid = self.cut, self.grid
+        n = grid.n
+        weight_cut = np.where(use, 1.0 / np.where(use, cut.var, 1.0), 0.0)
+        prior, prior_var, h = _horne_prior(cut.sub, weight_cut, self.result, cut.rows,
+                                           cut.origin[0])
+        ok = np.isfinite(prior)
+        if np.count_nonzero(ok) < 2:
+            raise BadInputError(cut.source, "too few usable pixels along the trace")
+        q = 1.0 / np.where(ok, prior_var, 1.0)
+        # rows without a 1D value: prior interpolated from the neighbours, weakly weighted
+        prior_f = np.where(ok, prior, np.interp(np.arange(n), np.flatnonzero(ok), prior[ok]))
+        q_f = np.where(ok, q, 1e-3 * float(np.min(q[ok])))
+        weight = np.where(grid.gather(use.astype(np.float64)) > 0, self.ivar_win, 0.0)
+        return _Problem(grid, self.win_data, weight, self.bases, prior_f, q_f,
+                        np.where(ok, prior_var, 0.0), grid.gather(h), mu)
+
+    def model_cutout(self, ev: _Eval) -> np.ndarray:
+        """Model of the cutout, background included, e⁻."""
+        return _to_cutout(ev.model, self.grid, self.cut.good.shape[1]) + self.result.background
+
+    def outliers(self, ev: _Eval, masked: np.ndarray, clip: float) -> np.ndarray:
+        """Usable pixels not yet ``masked`` whose residual exceeds ``clip`` σ."""
+        cut = self.cut
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(cut.data - self.model_cutout(ev)) / np.sqrt(cut.var)
+        return cut.good & ~masked & (z > clip)
+
+
+@dataclass(frozen=True)
+class _Passes:
+    """Where the clipping passes ended."""
+
+    ev: _Eval
+    """Evaluation at the final shapes and μ."""
+    prob: _Problem
+    """The problem of the last pass (its pixels, prior and μ)."""
+    outliers: np.ndarray
+    """Pixels masked by the clipping."""
+    n_iterations: int
+    """Levenberg–Marquardt iterations, all passes together."""
+    passes: int
+    """Fits done."""
+
+
+def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
+                 timings: dict[str, float]) -> _Passes:
+    """μ, shapes and amplitudes, refitted after each round of outlier masking."""
+    theta = theta0
+    mu = cfg.regularisation if cfg.regularisation is not None else 1e-2
+    good = setup.cut.good
+    # Strong spikes (cosmic-ray residue, star cores) are masked on the starting model
+    # first, with a lenient threshold (the starting shape is only the 1D one): otherwise
+    # the cross-validation would choose a small μ to follow them.
+    ev = _evaluate(theta, setup.problem(good, mu), cfg)
+    outliers = setup.outliers(ev, np.zeros_like(good), 2.0 * cfg.clip_sigma)
+    n_new = int(np.count_nonzero(outliers))
+    n_iter = 0
+    passes = 0
+    t_gcv = t_fit = 0.0
+    prob = None
+    for passes in range(1, cfg.clip_iterations + 2):  # loop over clipping passes
+        prob = setup.problem(good & ~outliers, mu)
+        # a handful of new outliers cannot move μ or the few shape parameters: only the
+        # amplitudes are redone then
+        major = passes == 1 or n_new > cfg.refit_fraction * np.count_nonzero(prob.weight)
+        tick = time.perf_counter()
+        ev = _evaluate(theta, prob, cfg)
+        if cfg.regularisation is None and major:
+            horne_g = _horne_of_sources(ev, prob)
+            mu, _ = _choose_mu(ev, prob, cfg, ev.rhs, horne_g,
+                               float(np.sum(prob.weight * setup.win_data**2)),
+                               int(np.count_nonzero(prob.weight > 0)))
+            prob.mu = mu
+            ev = _evaluate(theta, prob, cfg)
+        t_gcv += time.perf_counter() - tick
+        tick = time.perf_counter()
+        if cfg.fit_shape and major:
+            ev, it = _fit_shapes(ev, prob, cfg)
+            n_iter += it
+            theta = ev.theta
+        t_fit += time.perf_counter() - tick
+        new = setup.outliers(ev, outliers, cfg.clip_sigma)
+        n_new = int(np.count_nonzero(new))
+        if passes > cfg.clip_iterations or n_new == 0:
+            break
+        log.debug("FFM pass %d: %d new outlier pixels", passes, n_new)
+        outliers |= new
+    timings["regularisation"] = t_gcv
+    timings["shape_fit"] = t_fit
+    assert prob is not None
+    return _Passes(ev, prob, outliers, n_iter, passes)
+
+
+def _amplitude_covariance(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
+                          ) -> tuple[float, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Trace of the influence matrix, variances of the amplitudes and the parts of their
+    dense covariance ``(C, X C, L)`` (see `ForwardModelResult`) at the converged shapes."""
+    n = prob.grid.n
+    mu = prob.mu
+    horne_g = _horne_of_sources(ev, prob)
+    _, tau, (diag, sub_blk, _) = _influence(ev.band, prob, mu, horne_g)
+    _, _, c_dense = _block_inverse(diag, sub_blk, full=True)
+    xband = _x_band(ev.band, prob, horne_g, mu)
+    xd, xs, _ = _blocks(xband, diag.shape[1])
+    xc_dense = _block_matmul(xd, xs, c_dense)[:n, :n]
+    c_dense = c_dense[:n, :n]
+    amp_var = np.einsum("ji,ji->i", xc_dense, c_dense)  # diag(C X C), C symmetric
+    shape_part = _shape_covariance_factor(ev, prob, cfg)
+    amp_var += np.einsum("ij,ij->i", shape_part, shape_part)
+    return tau, amp_var, (c_dense, xc_dense, shape_part)
+
+
 def fit_forward_model(exposure: Exposure, result: ExtractionResult,
                       config: ForwardModelConfig | None = None) -> ForwardModelResult:
     """Fit the 2D forward model of the first-order spectrogram extracted in ``result``.
@@ -653,135 +854,32 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
     cfg = config or ForwardModelConfig()
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    meta = exposure.metadata or {}
-    src = next((str(meta[k]) for k in ("OBSID", "FILENAME") if meta.get(k)), result.source)
-    c_lo, r_lo = result.cutout_origin
-    n, n_cols = result.background.shape
-    if r_lo < 0 or c_lo < 0 or r_lo + n > exposure.image.shape[0] or \
-            c_lo + n_cols > exposure.image.shape[1]:
-        raise BadInputError(src, "the extraction's cutout does not fit in the exposure")
-    if result.rows.size < 2:
-        raise BadInputError(src, "too few usable pixels along the trace (no extracted row)")
-    sl = (slice(r_lo, r_lo + n), slice(c_lo, c_lo + n_cols))
-    data = np.asarray(exposure.image[sl], dtype=np.float64)
-    var = np.asarray(exposure.variance[sl], dtype=np.float64)
-    good = (~exposure.get_mask(*result.config.bad_planes)[sl]) & np.isfinite(data) \
-        & np.isfinite(var) & (var > 0)
-    sub = np.where(good, data - result.background, 0.0)
-    rows = np.arange(r_lo, r_lo + n, dtype=np.float64)
-
-    # starting shape from the 1D result (flat beyond its rows, as the 1D smoothing does)
-    t = 2.0 * np.arange(n) / max(n - 1, 1) - 1.0
-    x1 = np.interp(rows, result.rows, result.x_trace) - c_lo
-    g1 = np.interp(rows, result.rows, result.gamma)
-    a1 = np.interp(rows, result.rows, result.alpha)
-    core = np.abs(np.arange(n_cols)[None, :] - x1[:, None]) <= 0.5 * moffat1d_fwhm(
-        g1, a1)[:, None]
-    n_core = int(np.count_nonzero(core))
-    frac = np.count_nonzero(good & core) / max(n_core, 1)
-    degrees = {"gamma": cfg.gamma_degree, "alpha": cfg.alpha_degree, "x_c": cfg.centre_degree}
-    n_theta = sum(d + 1 for d in degrees.values())
-    if frac < cfg.min_good_fraction or np.count_nonzero(good & core) < 10 * n_theta:
-        raise BadInputError(src, f"too few usable pixels along the trace for the 2D model "
-                                 f"({100 * frac:.0f} % of the central pixels usable)")
-    bases = {k: legendre.legvander(t, d) for k, d in degrees.items()}
-    theta0 = np.concatenate([np.linalg.lstsq(bases[k], v, rcond=None)[0]
-                             for k, v in (("gamma", g1), ("alpha", a1), ("x_c", x1))])
-    fwhm_max = float(np.max(moffat2d_fwhm(g1, a1 + 0.5)))
-    radius = max(math.ceil(cfg.support_fwhm * fwhm_max), 2)
-    grid = _make_grid(n, n_cols, x1, radius)
-    win_data = grid.gather(sub)
-    win_var = grid.gather(var, 1.0)
-    win_good0 = grid.gather(good.astype(np.float64)) > 0
-    ivar_win = np.where(win_good0, 1.0 / np.where(win_good0, win_var, 1.0), 0.0)
+    cut = _read_cutout(exposure, result)
+    bases, theta0, grid = _starting_shape(cut, result, cfg)
+    setup = _Setup(cut, result, grid, bases)
     timings["setup"] = time.perf_counter() - t_start
-    log.debug("FFM: %d rows, PSF radius %d px, window %d columns", n, radius, grid.width)
-
-    def build(use: np.ndarray, mu: float) -> _Problem:
-        """The regularised problem for the pixels ``use``: weights and the 1D prior."""
-        weight_cut = np.where(use, 1.0 / np.where(use, var, 1.0), 0.0)
-        prior, prior_var, h = _horne_prior(sub, weight_cut, result, rows, c_lo)
-        ok = np.isfinite(prior)
-        if np.count_nonzero(ok) < 2:
-            raise BadInputError(src, "too few usable pixels along the trace")
-        q = 1.0 / np.where(ok, prior_var, 1.0)
-        # rows without a 1D value: prior interpolated from the neighbours, weakly weighted
-        prior_f = np.where(ok, prior, np.interp(np.arange(n), np.flatnonzero(ok), prior[ok]))
-        q_f = np.where(ok, q, 1e-3 * float(np.min(q[ok])))
-        weight = np.where(grid.gather(use.astype(np.float64)) > 0, ivar_win, 0.0)
-        return _Problem(grid, win_data, weight, bases, prior_f, q_f,
-                        np.where(ok, prior_var, 0.0), grid.gather(h), mu)
-
-    def outliers_of(ev: _Eval, masked: np.ndarray, clip: float) -> np.ndarray:
-        model_cut = _to_cutout(ev.model, grid, n_cols) + result.background
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(data - model_cut) / np.sqrt(var)
-        return good & ~masked & (z > clip)
-
-    theta = theta0
-    mu = cfg.regularisation if cfg.regularisation is not None else 1e-2
-    # Strong spikes (cosmic-ray residue, star cores) are masked on the starting model
-    # first, with a lenient threshold (the starting shape is only the 1D one): otherwise
-    # the cross-validation would choose a small μ to follow them.
-    ev = _evaluate(theta, build(good, mu), cfg)
-    outliers = outliers_of(ev, np.zeros_like(good), 2.0 * cfg.clip_sigma)
-    n_new = int(np.count_nonzero(outliers))
-    n_iter = 0
-    passes = 0
-    t_gcv = t_fit = 0.0
-    prob = None
-    for passes in range(1, cfg.clip_iterations + 2):  # loop over clipping passes
-        prob = build(good & ~outliers, mu)
-        # a handful of new outliers cannot move μ or the few shape parameters: only the
-        # amplitudes are redone then
-        major = passes == 1 or n_new > cfg.refit_fraction * np.count_nonzero(prob.weight)
-        tick = time.perf_counter()
-        ev = _evaluate(theta, prob, cfg)
-        if cfg.regularisation is None and major:
-            horne_g = _horne_of_sources(ev, prob)
-            mu, _ = _choose_mu(ev, prob, cfg, ev.rhs, horne_g,
-                               float(np.sum(prob.weight * win_data**2)),
-                               int(np.count_nonzero(prob.weight > 0)))
-            prob.mu = mu
-            ev = _evaluate(theta, prob, cfg)
-        t_gcv += time.perf_counter() - tick
-        tick = time.perf_counter()
-        if cfg.fit_shape and major:
-            ev, it = _levenberg_marquardt(ev, prob, cfg)
-            n_iter += it
-            theta = ev.theta
-        t_fit += time.perf_counter() - tick
-        new = outliers_of(ev, outliers, cfg.clip_sigma)
-        n_new = int(np.count_nonzero(new))
-        if passes > cfg.clip_iterations or n_new == 0:
-            break
-        log.debug("FFM pass %d: %d new outlier pixels", passes, n_new)
-        outliers |= new
-    timings["regularisation"] = t_gcv
-    timings["shape_fit"] = t_fit
+    log.debug("FFM: %d rows, PSF radius %d px, window %d columns", grid.n, grid.radius,
+              grid.width)
+    fit = _clip_passes(setup, theta0, cfg, timings)
+    ev, prob = fit.ev, fit.prob
+    theta, mu = ev.theta, prob.mu
 
     # final amplitudes, covariance and statistics at the converged shapes
     tick = time.perf_counter()
-    assert prob is not None and ev is not None
     gamma, alpha, xc, _, _ = _shapes(theta, prob, cfg)
-    horne_g = _horne_of_sources(ev, prob)
-    _, tau, (diag, sub_blk, _) = _influence(ev.band, prob, mu, horne_g)
-    _, _, c_dense = _block_inverse(diag, sub_blk, full=True)
-    xband = _x_band(ev.band, prob, horne_g, mu)
-    xd, xs, _ = _blocks(xband, diag.shape[1])
-    xc_dense = _block_matmul(xd, xs, c_dense)[:n, :n]
-    c_dense = c_dense[:n, :n]
-    amp_var = np.einsum("ji,ji->i", xc_dense, c_dense)  # diag(C X C), C symmetric
-    shape_part = _shape_covariance_factor(ev, prob, cfg)
-    amp_var += np.einsum("ij,ij->i", shape_part, shape_part)
+    tau, amp_var, cov_parts = _amplitude_covariance(ev, prob, cfg)
     timings["covariance"] = time.perf_counter() - tick
 
-    model_cut = (_to_cutout(ev.model, grid, n_cols) + result.background).astype(np.float32)
-    use = good & ~outliers
+    n = grid.n
+    c_lo = cut.origin[0]
+    model_cut = setup.model_cutout(ev).astype(np.float32)
+    use = cut.good & ~fit.outliers
     with np.errstate(invalid="ignore", divide="ignore"):
-        resid = np.where(use, (data - model_cut) / np.sqrt(var), np.nan).astype(np.float32)
+        resid = np.where(use, (cut.data - model_cut) / np.sqrt(cut.var), np.nan
+                         ).astype(np.float32)
     n_pix = int(np.count_nonzero(prob.weight > 0))
     ndof = n_pix - tau - theta.size
+    rows = cut.rows
     lam = np.interp(rows, result.rows, result.wavelength_nm, left=np.nan, right=np.nan)
     dlam = np.interp(rows, result.rows, result.dlambda_drow, left=np.nan, right=np.nan)
     ng, na = cfg.gamma_degree + 1, cfg.alpha_degree + 1
@@ -789,17 +887,17 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
               "x_c": theta[ng + na:] + np.r_[c_lo, np.zeros(cfg.centre_degree)]}
     timings["total"] = time.perf_counter() - t_start
     log.info("FFM: %d rows, χ²/ndof %.3f, μ %.3g, τ %.0f, %d LM iterations, %.2f s",
-             n, ev.chi2 / ndof, mu, tau, n_iter, timings["total"])
+             n, ev.chi2 / ndof, mu, tau, fit.n_iterations, timings["total"])
     return ForwardModelResult(
-        source=src, rows=rows, amplitudes=ev.amplitudes,
+        source=cut.source, rows=rows, amplitudes=ev.amplitudes,
         amplitude_err=np.sqrt(np.clip(amp_var, 0.0, None)), gamma=gamma, alpha=alpha,
         x_c=xc + c_lo, shape_coefficients=coeffs, wavelength_nm=lam, dlambda_drow=dlam,
         prior_e=prob.prior, prior_err_e=np.sqrt(np.where(prob.prior_var > 0,
                                                          prob.prior_var, np.nan)),
-        model=model_cut, residual=resid, outliers=outliers, chi2=ev.chi2, ndof=float(ndof),
-        regularisation=float(mu), effective_parameters=float(tau), n_iterations=n_iter,
-        n_clip_passes=passes, timings=timings, cutout_origin=(c_lo, r_lo), config=cfg,
-        _cov_parts=(c_dense, xc_dense, shape_part))
+        model=model_cut, residual=resid, outliers=fit.outliers, chi2=ev.chi2,
+        ndof=float(ndof), regularisation=float(mu), effective_parameters=float(tau),
+        n_iterations=fit.n_iterations, n_clip_passes=fit.passes, timings=timings,
+        cutout_origin=cut.origin, config=cfg, _cov_parts=cov_parts)
 
 
 def _shape_covariance_factor(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
