@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.table import Table
@@ -22,6 +22,9 @@ from atmospec import layout
 from atmospec.errors import BadInputError, short_error
 from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
 from atmospec.plots.exposure import ExposureOutputs
+
+if TYPE_CHECKING:
+    from atmospec.calib.registry import CalibRecord
 
 __all__ = [
     "SUMMARY_FILE",
@@ -69,8 +72,8 @@ class Product:
 
     name: str
     """Page name: the stored file's stem (``bias.f2de856ef7b9``)."""
-    record: Any
-    """`atmospec.calib.registry.CalibRecord` (None for an EO table)."""
+    record: CalibRecord | None
+    """Its registry record (None for an EO table)."""
     path: Path
     """Product file."""
     verification: dict[str, Any] | None
