@@ -14,9 +14,8 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
-import atmospec.calib.registry as registry_module
+import atmospec.calib.registry.repository as repository_module
 from atmospec.calib.registry import (
-    REGISTRY_FILE,
     CalibrationRegistry,
     exposure_time_utc,
     to_utc_iso,
@@ -27,6 +26,7 @@ from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards
 from atmospec.isr.runner import CalibrationFiles
+from atmospec.layout import REGISTRY_FILE
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -322,12 +322,12 @@ def test_interrupted_copy_leaves_nothing(repo: Path, products: Path,
         raise OSError("disk full")
 
     # Failing before the final rename, then after the renames but before the commit.
-    for target in ("replace", "_fsync_directory"):
+    for target in ("replace", "fsync_directory"):
         with monkeypatch.context() as patch:
             if target == "replace":
-                patch.setattr(registry_module.os, "replace", fail)
+                patch.setattr(repository_module.os, "replace", fail)
             else:
-                patch.setattr(registry_module, target, fail)
+                patch.setattr(repository_module, target, fail)
             with pytest.raises(OSError, match="disk full"):
                 reg.register(source)
         assert reg.list() == [], target

@@ -302,16 +302,134 @@ def characterize(
         usable pixel.
     """
     obs_id, exptime = _observation(exposure)
-    image = exposure.image
-    if image.ndim != 2:
-        raise BadInputError(obs_id, f"image has {image.ndim} dimensions, expected 2")
+    if exposure.image.ndim != 2:
+        raise BadInputError(obs_id, f"image has {exposure.image.ndim} dimensions, expected 2")
+    frame = _prepare(exposure, obs_id, exptime, config)
+    found = _detect(frame, config)
+    if found is None:
+        log.warning("%s: no source detected", obs_id)
+        n_radii = len(config.photometry.radii_fwhm)
+        return _finish(exposure, frame, config, None, {}, 0, [math.nan] * n_radii,
+                       summarize_psf(MoffatFit.empty(0)))
+    sources = _measure(frame, found, config)
+    psf = _fit_psf(frame, sources, config)
+    _psf_centroids(frame, sources, psf, config)
+    if sources.parents and config.centroid.fit_blends:
+        with frame.timer("blends"):
+            _fit_blends(frame, sources, psf, config.centroid)
+    with frame.timer("photometry"):
+        radii_px = [r * psf.fwhm_used for r in config.photometry.radii_fwhm]
+        planes = {"masked": frame.phot_masked, "saturated": frame.saturated,
+                  "edge": frame.edge}
+        aper = aperture_fluxes(frame.data, sources.error, frame.phot_masked, sources.x,
+                               sources.y, tuple(radii_px), config.photometry.method, planes)
+    values = _catalog_values(sources, psf, aper, len(radii_px), frame.plate_scale, config)
+    return _finish(exposure, frame, config, sources.segmentation, values, len(sources.labels),
+                   radii_px, psf.summary)
+
+
+@dataclass
+class _Frame:
+    """One exposure made ready for measurement, and the run's bookkeeping."""
+
+    obs_id: str
+    """Observation identifier."""
+    exptime: float
+    """Exposure time, s (NaN if unknown)."""
+    plate_scale: float
+    """Arcsec per pixel."""
+    flux_unit: u.UnitBase
+    """Unit of the image (electron or adu)."""
+    fwhm_guess: float
+    """First PSF FWHM estimate, pixels."""
+    background: BackgroundResult
+    """Sky level and noise maps."""
+    data: np.ndarray
+    """Background-subtracted image (non-finite pixels set to 0)."""
+    variance: np.ndarray
+    """Per-pixel variance (the VARIANCE plane, or a stand-in when it is empty)."""
+    det_masked: np.ndarray
+    """Pixels left out of detection (configured planes, non-finite)."""
+    phot_masked: np.ndarray
+    """Pixels left out of measurements (configured planes, non-finite)."""
+    saturated: np.ndarray
+    """SAT pixels."""
+    edge: np.ndarray
+    """EDGE pixels."""
+    timer: _Timer
+    """Wall time of each stage."""
+    t_start: float
+    """When the run started (`time.perf_counter`)."""
+
+
+@dataclass
+class _Found:
+    """What detection found (the detection's S/N image is not kept: a full frame)."""
+
+    segmentation: SegmentationImage
+    """Segmentation image of the (deblended) sources."""
+    blended_labels: set[int]
+    """Labels split off a blended segment."""
+    parents: dict[int, list[int]]
+    """Children's labels of each deblended segment."""
+    peaks: dict[int, tuple[float, float]]
+    """Peak (x, y) of each deblended child."""
+
+
+@dataclass
+class _Sources:
+    """The detected sources being measured (positions refined in place)."""
+
+    segmentation: SegmentationImage
+    """Segmentation image."""
+    props: dict[str, np.ndarray]
+    """Segment properties (`segment_properties`)."""
+    error: np.ndarray
+    """Per-pixel 1-σ error image."""
+    flag_sat: np.ndarray
+    """bool: the segment touches saturated pixels."""
+    blended: np.ndarray
+    """bool: split off a blended segment."""
+    parents: dict[int, list[int]]
+    """Children's labels of each deblended segment."""
+    x: np.ndarray
+    """Centroid x, refined stage by stage."""
+    y: np.ndarray
+    """Centroid y, refined stage by stage."""
+    centroid_ok: np.ndarray
+    """bool: the latest refinement succeeded (or none was asked)."""
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Segmentation label of each source."""
+        return self.props["label"]
+
+
+@dataclass
+class _PsfModel:
+    """The PSF measured on the exposure, as the later stages use it."""
+
+    chosen: np.ndarray
+    """Indices of the PSF-star candidates."""
+    fit: MoffatFit
+    """Their Moffat fits."""
+    summary: dict[str, float]
+    """`summarize_psf` of the good fits."""
+    fwhm_used: float
+    """The measured FWHM, else the first guess, pixels."""
+    beta: float
+    """The measured Moffat index, else the configured one."""
+    form: np.ndarray
+    """Quadratic form of the PSF (`psf_quadratic_form`)."""
+
+
+def _prepare(exposure: Exposure, obs_id: str, exptime: float,
+             config: CharacterizeConfig) -> _Frame:
+    """Mask planes, background subtraction and the variance to use."""
     timer = _Timer()
     t_start = time.perf_counter()
-    camera = load_camera(config.camera)
-    plate_scale = camera.plate_scale
-    flux_unit = u.electron if exposure.unit == "electron" else u.adu
-    radii_fwhm = tuple(config.photometry.radii_fwhm)
-
+    plate_scale = load_camera(config.camera).plate_scale
+    image = exposure.image
     with timer("masks"):
         nonfinite = ~np.isfinite(image)
         planes = _mask_planes(exposure, {
@@ -324,8 +442,6 @@ def characterize(
         bg_bad = planes["background"] | nonfinite
         det_masked = planes["detection"] | nonfinite
         phot_masked = planes["photometry"] | nonfinite
-        saturated = planes["saturated"]
-        edge = planes["edge"]
 
     with timer("background"):
         bkg = estimate_background(image, bg_bad, config.background, name=obs_id)
@@ -333,7 +449,6 @@ def characterize(
         if nonfinite.any():
             data[nonfinite] = 0.0
 
-    fwhm_guess = config.detection.fwhm_guess_arcsec / plate_scale
     variance = exposure.variance
     if not np.any(variance[::16, ::16] > 0):
         # No VARIANCE plane (e.g. an image wrapped by Exposure.from_image): stand in the sky
@@ -344,39 +459,45 @@ def characterize(
         variance = np.square(bkg.rms)
         if exposure.unit == "electron":
             variance += np.maximum(data, 0.0)
-    with timer("detection"):
-        det: DetectionResult = detect(data, bkg.rms, det_masked, saturated, fwhm_guess,
-                                      config.detection, variance)
-    segm = det.segmentation
-    blended_labels = det.blended_labels
-    parents = det.deblended_parents
-    child_peaks = det.peaks
-    del det  # the S/N image is a full frame: free it now
+    return _Frame(obs_id=obs_id, exptime=exptime, plate_scale=plate_scale,
+                  flux_unit=u.electron if exposure.unit == "electron" else u.adu,
+                  fwhm_guess=config.detection.fwhm_guess_arcsec / plate_scale,
+                  background=bkg, data=data, variance=variance, det_masked=det_masked,
+                  phot_masked=phot_masked, saturated=planes["saturated"],
+                  edge=planes["edge"], timer=timer, t_start=t_start)
 
-    sky = bkg.median
-    sky_per_s = sky / exptime if np.isfinite(exptime) and exptime > 0 else math.nan
-    if segm is None or segm.n_labels == 0:
-        log.warning("%s: no source detected", obs_id)
-        return _finish(exposure, obs_id, exptime, config, bkg, None, {}, 0, radii_fwhm,
-                       [math.nan] * len(radii_fwhm), flux_unit, sky, sky_per_s,
-                       summarize_psf(MoffatFit.empty(0)), plate_scale, timer, t_start, {})
 
-    with timer("measure"):
-        error = np.sqrt(np.maximum(variance, 0))
-        props = segment_properties(data, segm, phot_masked, error,
+def _detect(frame: _Frame, config: CharacterizeConfig) -> _Found | None:
+    """Matched-filter detection and deblending; None when nothing is found."""
+    with frame.timer("detection"):
+        det: DetectionResult = detect(frame.data, frame.background.rms, frame.det_masked,
+                                      frame.saturated, frame.fwhm_guess, config.detection,
+                                      frame.variance)
+    if det.segmentation is None or det.segmentation.n_labels == 0:
+        return None
+    return _Found(det.segmentation, det.blended_labels, det.deblended_parents, det.peaks)
+
+
+def _measure(frame: _Frame, found: _Found, config: CharacterizeConfig) -> _Sources:
+    """Segment properties and flags, then windowed centroids."""
+    segm = found.segmentation
+    with frame.timer("measure"):
+        error = np.sqrt(np.maximum(frame.variance, 0))
+        props = segment_properties(frame.data, segm, frame.phot_masked, error,
                                    kron=config.photometry.kron)
         labels = props["label"]
         n = len(labels)
-        sat_labels = np.unique(segm.data[saturated]) if saturated.any() else np.zeros(0, int)
+        sat_labels = (np.unique(segm.data[frame.saturated]) if frame.saturated.any()
+                      else np.zeros(0, int))
         flag_sat = np.isin(labels, sat_labels)
-        blended = np.isin(labels, np.fromiter(blended_labels, dtype=int))
+        blended = np.isin(labels, np.fromiter(found.blended_labels, dtype=int))
 
-    with timer("centroids"):
+    with frame.timer("centroids"):
         x_iso, y_iso = props["x_centroid"].copy(), props["y_centroid"].copy()
         # A deblended child starts from its peak: its isophotal centroid is pulled
         # towards the brighter neighbour whose wing its segment holds.
         for i in np.flatnonzero(blended):
-            peak = child_peaks.get(int(labels[i]))
+            peak = found.peaks.get(int(labels[i]))
             if peak is not None:
                 x_iso[i], y_iso[i] = peak
         centroid_ok = np.zeros(n, dtype=bool)
@@ -388,59 +509,70 @@ def characterize(
             refine &= ~blended
         centroid_ok[~refine] = True  # nothing to refine: the starting centroid stands
         if refine.any():
-            xr, yr, ok = windowed_centroids(data, phot_masked, segm.data, labels[refine],
-                                            x_iso[refine], y_iso[refine], fwhm_guess,
-                                            config.centroid)
+            xr, yr, ok = windowed_centroids(frame.data, frame.phot_masked, segm.data,
+                                            labels[refine], x_iso[refine], y_iso[refine],
+                                            frame.fwhm_guess, config.centroid)
             x[refine], y[refine], centroid_ok[refine] = xr, yr, ok
+    return _Sources(segm, props, error, flag_sat, blended, found.parents, x, y, centroid_ok)
 
-    with timer("psf"):
+
+def _fit_psf(frame: _Frame, sources: _Sources, config: CharacterizeConfig) -> _PsfModel:
+    """Moffat fits of bright isolated stars, outliers rejected, and their summary."""
+    with frame.timer("psf"):
+        props = sources.props
         with np.errstate(divide="ignore", invalid="ignore"):
             seg_snr = props["segment_flux"] / props["segment_flux_err"]
-        usable = ~flag_sat & ~blended & (centroid_ok | ~config.centroid.refine)
-        chosen = select_psf_stars(x, y, seg_snr, usable, image.shape, fwhm_guess, config.psf)
-        fit = fit_moffat(data, variance, phot_masked, segm.data, labels[chosen], x[chosen],
-                         y[chosen], fwhm_guess, config.psf)
+        usable = (~sources.flag_sat & ~sources.blended
+                  & (sources.centroid_ok | ~config.centroid.refine))
+        chosen = select_psf_stars(sources.x, sources.y, seg_snr, usable, frame.data.shape,
+                                  frame.fwhm_guess, config.psf)
+        fit = fit_moffat(frame.data, frame.variance, frame.phot_masked,
+                         sources.segmentation.data, sources.labels[chosen], sources.x[chosen],
+                         sources.y[chosen], frame.fwhm_guess, config.psf)
         n_out = reject_outliers(fit, config.psf.clip_nsigma)
         if n_out:
-            log.debug("%s: %d PSF stars rejected as outliers", obs_id, n_out)
-        psf_summary = summarize_psf(fit)
-        if psf_summary["n_stars"] == 0:
-            log.warning("%s: no usable PSF star (%d candidates): FWHM unknown", obs_id,
+            log.debug("%s: %d PSF stars rejected as outliers", frame.obs_id, n_out)
+        summary = summarize_psf(fit)
+        if summary["n_stars"] == 0:
+            log.warning("%s: no usable PSF star (%d candidates): FWHM unknown", frame.obs_id,
                         len(chosen))
+    fwhm_px = summary["fwhm_px"]
+    fwhm_used = fwhm_px if np.isfinite(fwhm_px) else frame.fwhm_guess
+    beta = summary["beta"] if np.isfinite(summary["beta"]) else config.psf.beta
+    form = psf_quadratic_form(fwhm_used, summary["ellipticity"],
+                              summary["position_angle_deg"], beta)
+    return _PsfModel(chosen, fit, summary, fwhm_used, beta, form)
 
-    fwhm_px = psf_summary["fwhm_px"]
-    fwhm_used = fwhm_px if np.isfinite(fwhm_px) else fwhm_guess
-    beta = psf_summary["beta"] if np.isfinite(psf_summary["beta"]) else config.psf.beta
-    form = psf_quadratic_form(fwhm_used, psf_summary["ellipticity"],
-                              psf_summary["position_angle_deg"], beta)
-    fit_psf = ~flag_sat if config.centroid.refine else np.zeros(n, dtype=bool)
-    if fit_psf.any() and np.isfinite(fwhm_px) and config.centroid.psf_fit:
-        with timer("centroids"):
-            # Blended stars too: with their neighbours' pixels given no weight, this beats
-            # their peak position (which a bright neighbour's wing curvature moves).
-            xr, yr, ok = psf_centroids(data, variance, phot_masked,
-                                       segm.data, labels[fit_psf], x[fit_psf], y[fit_psf],
-                                       form, beta, fwhm_px, config.centroid,
-                                       slope=blended[fit_psf])
-            x[fit_psf], y[fit_psf] = xr, yr
-            centroid_ok[fit_psf] |= ok
 
-    if parents and config.centroid.fit_blends:
-        with timer("blends"):
-            _fit_blends(data, variance, phot_masked, parents,
-                        labels, props, flag_sat, form, beta, fwhm_used, x, y, centroid_ok,
-                        config.centroid)
+def _psf_centroids(frame: _Frame, sources: _Sources, psf: _PsfModel,
+                   config: CharacterizeConfig) -> None:
+    """Positions of unsaturated sources from a fit of the measured PSF (in place)."""
+    fwhm_px = psf.summary["fwhm_px"]
+    n = len(sources.labels)
+    fit_psf = ~sources.flag_sat if config.centroid.refine else np.zeros(n, dtype=bool)
+    if not (fit_psf.any() and np.isfinite(fwhm_px) and config.centroid.psf_fit):
+        return
+    with frame.timer("centroids"):
+        # Blended stars too: with their neighbours' pixels given no weight, this beats
+        # their peak position (which a bright neighbour's wing curvature moves).
+        xr, yr, ok = psf_centroids(frame.data, frame.variance, frame.phot_masked,
+                                   sources.segmentation.data, sources.labels[fit_psf],
+                                   sources.x[fit_psf], sources.y[fit_psf], psf.form, psf.beta,
+                                   fwhm_px, config.centroid, slope=sources.blended[fit_psf])
+        sources.x[fit_psf], sources.y[fit_psf] = xr, yr
+        sources.centroid_ok[fit_psf] |= ok
 
-    with timer("photometry"):
-        radii_px = [r * fwhm_used for r in radii_fwhm]
-        planes = {"masked": phot_masked, "saturated": saturated, "edge": edge}
-        aper = aperture_fluxes(data, error, phot_masked, x, y, tuple(radii_px),
-                               config.photometry.method, planes)
 
+def _catalog_values(sources: _Sources, psf: _PsfModel, aper: dict[str, np.ndarray],
+                    n_radii: int, plate_scale: float, config: CharacterizeConfig
+                    ) -> dict[str, np.ndarray]:
+    """The catalogue's columns (`catalog_columns`) from every stage's measurements."""
+    props = sources.props
+    n = len(sources.labels)
     values: dict[str, np.ndarray] = {
-        "label": labels,
-        "xcentroid": x,
-        "ycentroid": y,
+        "label": sources.labels,
+        "xcentroid": sources.x,
+        "ycentroid": sources.y,
         "bbox_xmin": props["bbox_xmin"], "bbox_xmax": props["bbox_xmax"],
         "bbox_ymin": props["bbox_ymin"], "bbox_ymax": props["bbox_ymax"],
         "area": props["area"],
@@ -453,75 +585,74 @@ def characterize(
         "ellipticity": props["ellipticity"],
         "orientation": props["orientation"],
     }
-    for k in range(len(radii_px)):
+    for k in range(n_radii):
         values[f"aperture_flux_{k}"] = aper[f"aperture_flux_{k}"]
         values[f"aperture_fluxerr_{k}"] = aper[f"aperture_fluxerr_{k}"]
     with np.errstate(divide="ignore", invalid="ignore"):
         values["snr"] = aper["aperture_flux_0"] / aper["aperture_fluxerr_0"]
     values["masked_fraction"] = aper["fraction_masked"]
-    values["flag_saturated"] = flag_sat | (aper["fraction_saturated"] > 0)
+    values["flag_saturated"] = sources.flag_sat | (aper["fraction_saturated"] > 0)
     values["flag_edge"] = (aper["fraction_offimage"] > 0) | (aper["fraction_edge"] > 0)
-    values["flag_blended"] = blended
+    values["flag_blended"] = sources.blended
     values["flag_masked"] = aper["fraction_masked"] > config.photometry.max_masked_fraction
-    values["flag_centroid"] = ~centroid_ok if config.centroid.refine else np.zeros(n, bool)
+    values["flag_centroid"] = (~sources.centroid_ok if config.centroid.refine
+                               else np.zeros(n, bool))
     psf_star = np.zeros(n, dtype=bool)
-    psf_star[chosen] = fit.ok
+    psf_star[psf.chosen] = psf.fit.ok
     values["psf_star"] = psf_star
+    fit = psf.fit
     for name, arr in (("psf_fwhm", fit.fwhm), ("psf_ellipticity", fit.ellipticity),
                       ("psf_orientation", fit.orientation), ("psf_beta", fit.beta),
                       ("psf_chi2", fit.chi2)):
         column = np.full(n, np.nan)
-        column[chosen] = arr
+        column[psf.chosen] = arr
         values[name] = column
     values["psf_fwhm_arcsec"] = values["psf_fwhm"] * plate_scale
-
-    return _finish(exposure, obs_id, exptime, config, bkg, segm, values, n, radii_fwhm,
-                   radii_px, flux_unit, sky, sky_per_s, psf_summary, plate_scale, timer,
-                   t_start, {"n_saturated": int(values["flag_saturated"].sum())})
+    return values
 
 
-def _fit_blends(data: np.ndarray, variance: np.ndarray | None, masked: np.ndarray,
-                parents: dict[int, list[int]], labels: np.ndarray,
-                props: dict[str, np.ndarray], flag_sat: np.ndarray, form: np.ndarray,
-                beta: float, fwhm_px: float, x: np.ndarray, y: np.ndarray,
-                centroid_ok: np.ndarray, config: CentroidConfig) -> None:
+def _fit_blends(frame: _Frame, sources: _Sources, psf: _PsfModel,
+                config: CentroidConfig) -> None:
     """Positions of deblended stars from a joint PSF fit of each blend (in place).
 
     Blends holding a saturated star are left alone (their core cannot be modelled); a
     star whose fitted position leaves `CentroidConfig.max_shift_fwhm` of its start keeps
     its start and gets ``flag_centroid``.
     """
-    if variance is None:
-        variance = np.ones_like(data)
-    index = {int(lab): i for i, lab in enumerate(labels)}
+    data, props, x, y = frame.data, sources.props, sources.x, sources.y
+    index = {int(lab): i for i, lab in enumerate(sources.labels)}
     ny, nx = data.shape
-    margin = math.ceil(fwhm_px)
-    for children in parents.values():
+    margin = math.ceil(psf.fwhm_used)
+    for children in sources.parents.values():
         rows = np.array([index[c] for c in children if c in index], dtype=int)
-        if len(rows) < 2 or flag_sat[rows].any() or len(rows) > config.max_blend_size:
+        if len(rows) < 2 or sources.flag_sat[rows].any() or len(rows) > config.max_blend_size:
             continue
         y0 = max(int(props["bbox_ymin"][rows].min()) - margin, 0)
         y1 = min(int(props["bbox_ymax"][rows].max()) + margin + 1, ny)
         x0 = max(int(props["bbox_xmin"][rows].min()) - margin, 0)
         x1 = min(int(props["bbox_xmax"][rows].max()) + margin + 1, nx)
-        fx, fy, _, ok = fit_blend(data, variance, masked, (slice(y0, y1), slice(x0, x1)),
-                                  x[rows], y[rows], form, beta)
+        fx, fy, _, ok = fit_blend(data, frame.variance, frame.phot_masked,
+                                  (slice(y0, y1), slice(x0, x1)), x[rows], y[rows], psf.form,
+                                  psf.beta)
         shift = np.hypot(fx - x[rows], fy - y[rows])
-        good = (ok & np.isfinite(shift) & (shift <= config.max_shift_fwhm * fwhm_px)
+        good = (ok & np.isfinite(shift) & (shift <= config.max_shift_fwhm * psf.fwhm_used)
                 & (fx >= -0.5) & (fx <= nx - 0.5) & (fy >= -0.5) & (fy <= ny - 0.5))
         x[rows[good]], y[rows[good]] = fx[good], fy[good]
-        centroid_ok[rows] = good
+        sources.centroid_ok[rows] = good
 
 
-def _finish(exposure: Exposure, obs_id: str, exptime: float, config: CharacterizeConfig,
-            bkg: BackgroundResult, segm: SegmentationImage | None,
-            values: dict[str, np.ndarray], n: int, radii_fwhm: tuple[float, ...],
-            radii_px: list[float], flux_unit: u.UnitBase, sky: float, sky_per_s: float,
-            psf_summary: dict[str, float], plate_scale: float, timer: _Timer,
-            t_start: float, extra: dict[str, int]) -> CharacterizeResult:
+def _finish(exposure: Exposure, frame: _Frame, config: CharacterizeConfig,
+            segm: SegmentationImage | None, values: dict[str, np.ndarray], n: int,
+            radii_px: list[float], psf_summary: dict[str, float]) -> CharacterizeResult:
     """Assemble the table, the summary and the timings; set DETECTED."""
+    timer = frame.timer
+    radii_fwhm = tuple(config.photometry.radii_fwhm)
+    sky = frame.background.median
+    exptime = frame.exptime
+    sky_per_s = sky / exptime if np.isfinite(exptime) and exptime > 0 else math.nan
+    n_saturated = int(values["flag_saturated"].sum()) if "flag_saturated" in values else 0
     with timer("catalog"):
-        table = _build_table(values, len(radii_fwhm), flux_unit, n)
+        table = _build_table(values, len(radii_fwhm), frame.flux_unit, n)
         if config.set_detected_mask:
             # Replace, not add to, the footprints of an earlier run.
             exposure.mask &= np.int32(~exposure.bitmask("DETECTED"))
@@ -529,30 +660,30 @@ def _finish(exposure: Exposure, obs_id: str, exptime: float, config: Characteriz
                 exposure.set_mask("DETECTED", segm.data > 0)
         fwhm_px = psf_summary["fwhm_px"]
         quality = ImageQuality(
-            obs_id=obs_id,
+            obs_id=frame.obs_id,
             fwhm_px=fwhm_px,
-            fwhm_arcsec=fwhm_px * plate_scale,
+            fwhm_arcsec=fwhm_px * frame.plate_scale,
             ellipticity=psf_summary["ellipticity"],
             position_angle_deg=psf_summary["position_angle_deg"],
             moffat_beta=psf_summary["beta"],
             sky_e=sky,
             sky_e_per_s=sky_per_s,
-            background_rms_e=bkg.median_rms,
+            background_rms_e=frame.background.median_rms,
             n_sources=n,
-            n_saturated=extra.get("n_saturated", 0),
+            n_saturated=n_saturated,
             n_psf_stars=int(psf_summary["n_stars"]),
             exptime_s=exptime,
         )
-        table.meta["OBSID"] = obs_id
+        table.meta["OBSID"] = frame.obs_id
         table.meta["image_quality"] = quality.to_dict()
         table.meta["aperture_radii_fwhm"] = [float(r) for r in radii_fwhm]
         table.meta["aperture_radii_px"] = [float(r) for r in radii_px]
-    timer.timings["total"] = time.perf_counter() - t_start
+    timer.timings["total"] = time.perf_counter() - frame.t_start
     log.info("%s: %d sources, FWHM %.2f px (%.2f\"), %d PSF stars, sky %.1f e-, %.2f s",
-             obs_id, n, quality.fwhm_px, quality.fwhm_arcsec, quality.n_psf_stars, sky,
+             frame.obs_id, n, quality.fwhm_px, quality.fwhm_arcsec, quality.n_psf_stars, sky,
              timer.timings["total"])
     return CharacterizeResult(
         catalog=table, image_quality=quality, timings=dict(timer.timings), config=config,
-        background=bkg if config.keep_maps else None,
+        background=frame.background if config.keep_maps else None,
         segmentation=segm if config.keep_maps else None,
     )

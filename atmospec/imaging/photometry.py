@@ -335,20 +335,8 @@ def psf_centroids(
     if n == 0:
         return x0.copy(), y0.copy(), np.zeros(0, dtype=bool)
     half = max(math.ceil(config.psf_half_size_fwhm * fwhm_px), 3)
-    stamps, xs, ys, inside = gather_stamps(data, x0, y0, half)
-    masked, *_ = gather_stamps(weight_mask, x0, y0, half, fill=True)
-    seg, *_ = gather_stamps(segmentation, x0, y0, half)
-    own = np.asarray(labels)[:, None, None]
-    usable = inside & ~masked.astype(bool) & ((seg == 0) | (seg == own))
-    if variance is not None:
-        var, *_ = gather_stamps(variance, x0, y0, half, fill=1.0)
-        usable &= np.isfinite(var) & (var > 0)
-        weight = np.where(usable, 1.0 / np.where(usable, var, 1.0), 0.0)
-    else:
-        weight = usable.astype(float)
-    image = np.where(usable, stamps, 0.0).astype(float)
-    xs = np.broadcast_to(xs, stamps.shape).astype(float)
-    ys = np.broadcast_to(ys, stamps.shape).astype(float)
+    image, weight, xs, ys = _weighted_stamps(data, variance, weight_mask, segmentation,
+                                             labels, x0, y0, half)
     m11, m12, m22 = float(form[0, 0]), float(form[0, 1]), float(form[1, 1])
     cx, cy = x0.copy(), y0.copy()
     # Linear start for amplitude and background at the starting position.
@@ -375,16 +363,8 @@ def psf_centroids(
         w = weight[idx].reshape(idx.size, -1, 1)
         ones = np.ones_like(profile)
         if iteration == 0:
-            # Linear weighted least squares for the amplitude and the plane at the start.
-            lin = np.stack([profile, ones, px[idx], py[idx]], axis=-1).reshape(idx.size, -1, 4)
-            lw = (lin * w).transpose(0, 2, 1)
-            frozen = np.zeros((idx.size, 4, 4))
-            frozen[:, 2, 2] = frozen[:, 3, 3] = 1.0 - use[idx]
-            try:
-                sol = np.linalg.solve(lw @ lin + frozen + 1e-9 * np.eye(4),
-                                      lw @ image[idx].reshape(idx.size, -1, 1))[..., 0]
-            except np.linalg.LinAlgError:
-                sol = np.full((idx.size, 4), np.nan)
+            sol = _linear_start(np.stack([profile, ones, px[idx], py[idx]], axis=-1), w,
+                                image[idx], use[idx])
             amp[idx] = sol[:, 0]
             plane[idx] = sol[:, 1:]
         g = 2.0 * beta * amp[idx, None, None] * profile / u
@@ -423,6 +403,58 @@ def psf_centroids(
     cx[~ok] = x0[~ok]
     cy[~ok] = y0[~ok]
     return cx, cy, ok
+
+
+def _weighted_stamps(data: np.ndarray, variance: np.ndarray | None, weight_mask: np.ndarray,
+                     segmentation: np.ndarray, labels: np.ndarray, x0: np.ndarray,
+                     y0: np.ndarray, half: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stamps of every star for the PSF fit, with their weights and pixel coordinates.
+
+    Returns
+    -------
+    image, weight, xs, ys : numpy.ndarray
+        ``(n, 2 half + 1, 2 half + 1)`` each: the data (0 where unusable), the inverse
+        variance (0 for masked pixels, pixels of other sources and pixels off the image),
+        and the x and y of each pixel.
+    """
+    stamps, xs, ys, inside = gather_stamps(data, x0, y0, half)
+    masked, *_ = gather_stamps(weight_mask, x0, y0, half, fill=True)
+    seg, *_ = gather_stamps(segmentation, x0, y0, half)
+    own = np.asarray(labels)[:, None, None]
+    usable = inside & ~masked.astype(bool) & ((seg == 0) | (seg == own))
+    if variance is not None:
+        var, *_ = gather_stamps(variance, x0, y0, half, fill=1.0)
+        usable &= np.isfinite(var) & (var > 0)
+        weight = np.where(usable, 1.0 / np.where(usable, var, 1.0), 0.0)
+    else:
+        weight = usable.astype(float)
+    image = np.where(usable, stamps, 0.0).astype(float)
+    xs = np.broadcast_to(xs, stamps.shape).astype(float)
+    ys = np.broadcast_to(ys, stamps.shape).astype(float)
+    return image, weight, xs, ys
+
+
+def _linear_start(columns: np.ndarray, w: np.ndarray, image: np.ndarray,
+                  use: np.ndarray) -> np.ndarray:
+    """Weighted linear least squares for the amplitude and the background plane of each
+    star at its starting position.
+
+    ``columns`` stacks, per pixel, the profile, 1 and the plane's x and y terms
+    (``(n, ny, nx, 4)``); ``w`` the weights (``(n, ny nx, 1)``); the plane's slope terms are
+    frozen (zero) for stars whose ``use`` is 0. Returns ``(n, 4)``: amplitude, b0, b1, b2
+    (NaN where a system is singular).
+    """
+    n = len(use)
+    lin = columns.reshape(n, -1, 4)
+    lw = (lin * w).transpose(0, 2, 1)
+    frozen = np.zeros((n, 4, 4))
+    frozen[:, 2, 2] = frozen[:, 3, 3] = 1.0 - use
+    try:
+        return np.linalg.solve(lw @ lin + frozen + 1e-9 * np.eye(4),
+                               lw @ image.reshape(n, -1, 1))[..., 0]
+    except np.linalg.LinAlgError:
+        return np.full((n, 4), np.nan)
 
 
 def aperture_fluxes(

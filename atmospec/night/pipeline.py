@@ -29,10 +29,11 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -144,54 +145,62 @@ def with_overrides(config: Any, overrides: Mapping[str, Any], where: str = "") -
     return dataclasses.replace(config, **changes)
 
 
+#: Scalar field types: whether a YAML value fits, and what the message says was expected.
+#: (YAML's true/false are Python bools, which are ints: refused as numbers.)
+_SCALARS: Mapping[type, tuple[Callable[[Any], bool], str]] = MappingProxyType({
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str: (lambda v: isinstance(v, str), "a string"),
+})
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Turn a YAML value into what a field annotated ``hint`` holds (lists → tuples)."""
-    if hint is None:
-        return value
     origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(errors[0] if errors else f"{where}: bad value {value!r}")
+        return _coerce_union(value, typing.get_args(hint), where)
     if origin is typing.Literal:
+        args = typing.get_args(hint)
         if value not in args:
             raise ValueError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return _coerce_tuple(value, typing.get_args(hint), where)
+    scalar = _SCALARS.get(hint) if isinstance(hint, type) else None
+    if scalar is not None:
+        accepts, expected = scalar
+        if not accepts(value):
+            raise ValueError(f"{where}: expected {expected}, got {value!r}")
+        return float(value) if hint is float else value
+    return value  # no annotation, or a type taken as given
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], where: str) -> Any:
+    """The first member of an ``X | Y | None`` annotation the value fits."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, where)
+        except ValueError as exc:
+            errors.append(str(exc))
+    raise ValueError(errors[0] if errors else f"{where}: bad value {value!r}")
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...], where: str) -> tuple[Any, ...]:
+    """A YAML list as ``tuple[X, ...]`` (any length) or ``tuple[X, Y]`` (that length)."""
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{where}: expected a list, got {value!r}")
+    if (len(args) == 2 and args[1] is Ellipsis) or len(args) <= 1:
         item = args[0] if args else None
-        if (len(args) == 2 and args[1] is Ellipsis) or len(args) <= 1:
-            return tuple(_coerce(v, item, where) for v in value)
-        if len(value) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+        return tuple(_coerce(v, item, where) for v in value)
+    if len(value) != len(args):
+        raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
+    return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
 
 
 def load_pipeline(path: str | Path | None = None) -> PipelineDefinition:

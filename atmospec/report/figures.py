@@ -1,17 +1,104 @@
-"""Drawing the missing figures of many exposures at once, in this process or a process
-pool (one exposure's figures: `atmospec.plots.exposure`)."""
+"""The exposures' figures of the report: which are missing or stale, drawing them (in this
+process or a process pool), and each exposure's figure manifest (one exposure's figures:
+`atmospec.plots.exposure`)."""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import as_completed
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from astropy.table import Table
+
+from atmospec import layout
 from atmospec.errors import short_error
 from atmospec.parallel import open_executor
-from atmospec.plots.exposure import ExposureFigureJob, draw_exposure
+from atmospec.plots.exposure import (
+    ExposureFigureJob,
+    ExposureOutputs,
+    draw_exposure,
+    exposure_groups,
+    is_fresh,
+    read_manifest,
+    write_manifest,
+)
+from atmospec.report.config import ReportConfig
+from atmospec.report.read import calibs_used
 
-__all__ = ["draw_all"]
+__all__ = ["ExposureFigures", "draw_all", "refresh_exposure_figures"]
+
+
+@dataclass(frozen=True)
+class ExposureFigures:
+    """The exposures' outputs, figures and calibrations used, by OBSID."""
+
+    outputs: dict[str, ExposureOutputs]
+    """Output files of each exposure."""
+    manifests: dict[str, dict[str, Any]]
+    """Figure manifest of each exposure (its figure groups, as drawn or cached)."""
+    used: dict[str, dict[str, str]]
+    """Calibration products each exposure's ISR used (kind → file name)."""
+    n_drawn: int
+    """Exposures whose figures were drawn by this run."""
+    draw_s: float
+    """Wall time spent drawing them, s."""
+
+
+def refresh_exposure_figures(repo: Path, out: Path, summary: Table,
+                             config: ReportConfig) -> ExposureFigures:
+    """Draw the missing or stale figures of every exposure of the summary and update their
+    manifests (with the calibrations used, cached there).
+
+    Parameters
+    ----------
+    repo : pathlib.Path
+        The repository.
+    out : pathlib.Path
+        Report directory.
+    summary : astropy.table.Table
+        Night summary (one row per exposure).
+    config : ReportConfig
+        Figures on or off, forced redraw, workers, thumbnail width.
+
+    Returns
+    -------
+    ExposureFigures
+    """
+    outputs: dict[str, ExposureOutputs] = {}
+    manifests: dict[str, dict[str, Any]] = {}
+    jobs: list[ExposureFigureJob] = []
+    for row in summary:
+        obs_id = str(row["obs_id"])
+        outputs[obs_id] = ExposureOutputs.find(layout.exposure_dir(repo, int(row["day_obs"])),
+                                               obs_id)
+        directory = layout.exposure_figure_dir(out, obs_id)
+        # --force forgets the cache records (so every group is drawn again); without
+        # figures the records stay, so the pages keep showing the PNGs they name.
+        forget = config.force and config.figures
+        manifests[obs_id] = {} if forget else read_manifest(directory)
+        if not config.figures:
+            continue
+        stale = tuple(g for g in exposure_groups(outputs[obs_id])
+                      if not is_fresh(manifests[obs_id].get(g.name), g, directory))
+        if stale:
+            jobs.append(ExposureFigureJob(outputs[obs_id], directory, stale,
+                                          config.thumbnail_width))
+    t_draw = time.perf_counter()
+    drawn = draw_all(jobs, config.workers or os.cpu_count() or 1, config.pool_threshold)
+    t_draw = time.perf_counter() - t_draw
+    used: dict[str, dict[str, str]] = {}
+    for obs_id, manifest in manifests.items():
+        before = json.dumps(manifest, sort_keys=True)
+        manifest.update(drawn.get(obs_id, {}))
+        used[obs_id] = calibs_used(outputs[obs_id], manifest)
+        if json.dumps(manifest, sort_keys=True) != before:
+            write_manifest(layout.exposure_figure_dir(out, obs_id), manifest)
+    return ExposureFigures(outputs, manifests, used, len(jobs), t_draw)
 
 
 def draw_all(jobs: Sequence[ExposureFigureJob], workers: int, pool_threshold: int

@@ -8,14 +8,17 @@ relative paths, so the report opens from disk in any browser, without a server o
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Cell", "esc", "figure", "fmt_number", "link", "note", "page", "table"]
+__all__ = ["Cell", "data_value", "esc", "figure", "fmt_number", "link", "note", "page", "rel",
+           "table", "verdict"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.2em 2em;color:#222;
@@ -101,6 +104,29 @@ class Cell:
     """Class of the text (``pass``, ``fail``)."""
     raw_html: bool = False
     """``text`` is already HTML (trusted, built by this package)."""
+
+
+def data_value(value: Any) -> str:
+    """Exact value of a cell for ``data-value`` (what a test or a script compares)."""
+    if value is None:
+        return ""
+    if isinstance(value, np.integer | int) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, np.floating | float):
+        return repr(float(value))
+    return str(value)
+
+
+def verdict(passed: bool | None) -> Cell:
+    """A verification verdict: ``pass``, ``FAIL`` or ``not verified`` (None)."""
+    if passed is None:
+        return Cell("not verified")
+    return Cell("pass" if passed else "FAIL", css="pass" if passed else "fail")
+
+
+def rel(target: Path, start: Path) -> str:
+    """Relative link from a page in ``start`` to ``target`` (POSIX separators)."""
+    return Path(os.path.relpath(target, start)).as_posix()
 
 
 def link(href: str, text: str) -> str:

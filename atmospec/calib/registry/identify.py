@@ -1,0 +1,301 @@
+"""What a calibration product file is, read from its own metadata.
+
+`identify` reads ``OBSTYPE`` (the kind), ``INSTRUME``, ``FILTER`` (flats) and ``CALIBDATE``
+from a product's FITS header or ECSV table meta, with the provenance the product carries;
+`read_verification` reads the verdict of the ``.verify.json`` report beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from astropy.io import fits
+from astropy.table import Table
+
+from atmospec.calib.registry.times import to_utc_iso
+from atmospec.camera.translator import TRANSLATORS, HeaderTranslator
+from atmospec.errors import BadInputError
+
+__all__ = [
+    "FILTER_KINDS",
+    "KINDS",
+    "Identity",
+    "canonical_instrument",
+    "check_kind",
+    "identify",
+    "read_metadata",
+    "read_verification",
+]
+
+#: Product kinds the registry stores: the fields of `CalibrationFiles`, in ISR order.
+KINDS: tuple[str, ...] = ("bias", "dark", "flat", "defects", "ptc", "linearizer", "crosstalk")
+
+#: Kinds whose choice depends on the exposure's filter and disperser.
+FILTER_KINDS: frozenset[str] = frozenset({"flat"})
+
+#: Kinds stored as `Exposure` files (FITS with an IMAGE extension).
+_IMAGE_KINDS = frozenset({"bias", "dark", "flat"})
+
+#: Other ``OBSTYPE`` spellings of a kind (Rubin's linearizer files say ``LINEARITY``).
+_KIND_ALIASES: Mapping[str, str] = MappingProxyType({"linearity": "linearizer"})
+
+#: Header keys copied into the provenance record when present (atmospec's own, then
+#: those of Rubin's calibration products).
+_PROVENANCE_KEYS = ("ATMVERS", "ATMSTAGE", "ATMDATE", "CALIBCLS", "CALIB_ID",
+                    "CALIB_CREATION_DATE", "CALIB_CREATION_TIME")
+
+#: Numbered input-file keys: atmospec's ``ATMIN<i>`` and Rubin's ``CALIB_INPUT_<i>``.
+_INPUT_KEY = re.compile(r"^(?:ATMIN|.*INPUT[_ ]?)(\d+)$")
+
+#: Prefix of the HISTORY cards holding the producing configuration (`provenance_cards`).
+_CONFIG_HISTORY = "atmospec config: "
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a product file says it is."""
+
+    kind: str
+    """Product kind, one of `KINDS`."""
+    instrument: str
+    """Canonical instrument name."""
+    physical_filter: str | None
+    """Normalised ``filter~disperser`` for flats, else None."""
+    disperser: str | None
+    """Disperser for flats, else None."""
+    calib_date: str | None
+    """``CALIBDATE`` as UTC ISO, None when absent."""
+    provenance: dict[str, Any]
+    """Provenance keys, input list and configuration found in the metadata."""
+
+
+def check_kind(kind: str) -> None:
+    """Refuse a kind that is not one of `KINDS`.
+
+    Raises
+    ------
+    ValueError
+        If ``kind`` is unknown.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown calibration kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+def canonical_instrument(name: str) -> str:
+    """Map an ``INSTRUME`` alias (e.g. the 2018 ``LSST_ATISS``) to the canonical name."""
+    upper = name.strip().upper()
+    for translator in TRANSLATORS:
+        if upper in {alias.upper() for alias in translator.instrument_aliases}:
+            return translator.name
+    return upper
+
+
+def _normalise_optic(name: str) -> str:
+    """``empty`` for an empty slot (``""``, ``EMPTY``, ``empty_1``), else the name unchanged."""
+    # The same rule the header translator applies to exposures, so the two compare equal.
+    return "empty" if HeaderTranslator.empty_optic_pattern.match(name.strip()) else name.strip()
+
+
+def _clean(value: Any) -> Any:
+    """None for a missing, undefined or blank metadata value; strings stripped."""
+    if value is None or isinstance(value, fits.card.Undefined):
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
+def read_metadata(path: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """Metadata of a product file, keys upper-cased, and its HDU names (None for ECSV).
+
+    For FITS the primary header is used, or the first extension's when only that one has
+    ``OBSTYPE`` (astropy writes a table's ``meta`` there).
+
+    Raises
+    ------
+    BadInputError
+        If the file is neither a readable FITS file nor a readable ECSV table.
+    """
+    with open(path, "rb") as stream:
+        magic = stream.read(8)
+    if magic.startswith((b"SIMPLE", b"\x1f\x8b")):
+        return _fits_metadata(path)
+    if magic.startswith(b"# %ECSV"):
+        return _ecsv_metadata(path), None
+    raise BadInputError(path, "cannot identify the file: neither FITS nor ECSV")
+
+
+def _fits_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            names = [hdu.name for hdu in hdul]
+            header = hdul[0].header
+            if "OBSTYPE" not in header and len(hdul) > 1 and "OBSTYPE" in hdul[1].header:
+                header = hdul[1].header
+            meta: dict[str, Any] = {
+                key.upper(): value for key, value in header.items()
+                if key not in ("HISTORY", "COMMENT", "")
+            }
+            meta["HISTORY"] = [str(card) for card in header.get("HISTORY", [])]
+    except Exception as exc:  # astropy raises many types for damaged files
+        raise BadInputError(path, f"not a readable FITS file ({exc})") from None
+    return meta, names
+
+
+def _ecsv_metadata(path: Path) -> dict[str, Any]:
+    try:
+        table_meta = Table.read(path, format="ascii.ecsv").meta
+    except Exception as exc:  # as for FITS, the ECSV reader raises many types
+        raise BadInputError(path, f"not a readable ECSV table ({exc})") from None
+    meta = {str(key).upper(): value for key, value in table_meta.items()}
+    history = meta.get("HISTORY") or []
+    meta["HISTORY"] = [history] if isinstance(history, str) else [str(h) for h in history]
+    return meta
+
+
+def _provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Provenance found in product metadata: known keys, ``inputs``, ``config``."""
+    out: dict[str, Any] = {}
+    for key in _PROVENANCE_KEYS:
+        value = _clean(meta.get(key))
+        if value is not None:
+            out[key] = value
+    inputs = sorted((int(match[1]), str(value)) for key, value in meta.items()
+                    if (match := _INPUT_KEY.match(key)) and _clean(value) is not None)
+    if inputs:
+        out["inputs"] = [name for _, name in inputs]
+    config = "".join(h[len(_CONFIG_HISTORY):] for h in meta.get("HISTORY", [])
+                     if h.startswith(_CONFIG_HISTORY))
+    if config:
+        try:
+            out["config"] = json.loads(config)
+        except ValueError:
+            # FITS may strip blanks at the end of a HISTORY chunk; keep the text then.
+            out["config"] = config
+    return out
+
+
+def identify(path: Path, registry_instrument: str) -> Identity:
+    """Read what a product is and check that a registry of ``registry_instrument`` can
+    hold it.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Product file (FITS or ECSV).
+    registry_instrument : str
+        Canonical instrument of the registry.
+
+    Returns
+    -------
+    Identity
+
+    Raises
+    ------
+    BadInputError
+        Unreadable or unidentifiable file, unknown kind, another instrument, a flat
+        without ``FILTER``, an image product without an IMAGE extension, a bad CALIBDATE.
+    """
+    meta, hdu_names = read_metadata(path)
+    kind = _kind(path, meta, hdu_names)
+    instrument = _instrument(path, meta, registry_instrument)
+    physical_filter = disperser = None
+    if kind in FILTER_KINDS:
+        physical_filter, disperser = _physical_filter(path, meta, kind)
+    return Identity(kind, instrument, physical_filter, disperser, _calib_date(path, meta),
+                    _provenance(meta))
+
+
+def _kind(path: Path, meta: Mapping[str, Any], hdu_names: list[str] | None) -> str:
+    """The product kind from ``OBSTYPE``, checked against the file's form."""
+    obstype = _clean(meta.get("OBSTYPE"))
+    if obstype is None:
+        raise BadInputError(path, "cannot identify the product: no OBSTYPE in its metadata")
+    kind = str(obstype).lower()
+    kind = _KIND_ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        raise BadInputError(path, f"OBSTYPE {obstype!r} is not a calibration kind the registry "
+                                  f"knows ({', '.join(KINDS)})")
+    if kind in _IMAGE_KINDS and (hdu_names is None or "IMAGE" not in hdu_names):
+        raise BadInputError(path, f"a {kind} must be an Exposure FITS file with an IMAGE "
+                                  "extension")
+    return kind
+
+
+def _instrument(path: Path, meta: Mapping[str, Any], registry_instrument: str) -> str:
+    """The canonical instrument of ``INSTRUME``, which must be the registry's."""
+    instrument_value = _clean(meta.get("INSTRUME"))
+    if instrument_value is None:
+        raise BadInputError(path, "cannot identify the product: no INSTRUME in its metadata")
+    instrument = canonical_instrument(str(instrument_value))
+    if instrument != registry_instrument:
+        raise BadInputError(path, f"product is for instrument {instrument_value}; this "
+                                  f"registry is for {registry_instrument}")
+    return instrument
+
+
+def _physical_filter(path: Path, meta: Mapping[str, Any], kind: str) -> tuple[str, str]:
+    """Normalised ``filter~disperser`` and the disperser of a filter-dependent product."""
+    filter_value = _clean(meta.get("FILTER"))
+    if filter_value is None:
+        raise BadInputError(path, f"a {kind} needs a FILTER (physical filter) key")
+    band, tilde, grating = str(filter_value).partition("~")
+    if not tilde:
+        # A FILTER without "~" is a raw-style header (the product kept its inputs' keys):
+        # the disperser is then in GRATING, as in raw LATISS headers; none means empty.
+        grating = str(_clean(meta.get("GRATING")) or "")
+    disperser = _normalise_optic(grating)
+    return f"{_normalise_optic(band)}~{disperser}", disperser
+
+
+def _calib_date(path: Path, meta: Mapping[str, Any]) -> str | None:
+    """``CALIBDATE`` as UTC ISO; None when absent."""
+    calib_date_value = _clean(meta.get("CALIBDATE"))
+    if calib_date_value is None:
+        return None
+    try:
+        return to_utc_iso(str(calib_date_value))
+    except BadInputError:
+        raise BadInputError(path, f"CALIBDATE {calib_date_value!r} is not an ISO "
+                                  "date") from None
+
+
+def read_verification(path: Path) -> tuple[bool, tuple[str, ...]]:
+    """Verdict and failed tests of a ``.verify.json`` report (`VerificationReport` form).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The report.
+
+    Returns
+    -------
+    (bool, tuple of str)
+        Whether it passed, and its failed tests as ``amp:test`` names.
+
+    Raises
+    ------
+    BadInputError
+        If the report is unreadable or has no true/false ``pass``.
+    """
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(path, f"unreadable verification report ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("pass"), bool):
+        raise BadInputError(path, "verification report has no true/false 'pass'")
+    failures = doc.get("failures")
+    if failures is None:
+        # Older or hand-written reports: collect the failed tests from the per-amp blocks.
+        blocks = dict(doc.get("amps") or {})
+        blocks["detector"] = doc.get("detector") or {}
+        failures = [f"{where}:{name}" for where, block in blocks.items()
+                    for name, test in (block.get("tests") or {}).items()
+                    if not test.get("pass", True)]
+    return doc["pass"], tuple(str(f) for f in failures)

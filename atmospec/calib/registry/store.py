@@ -1,0 +1,345 @@
+"""The registry's SQLite index: schema, transactions and records.
+
+One table, ``products``, holds a row per stored product; ``schema_version`` and
+``registry_info`` (the instrument) describe the file. Times are the fixed-width UTC strings
+of `atmospec.calib.registry.times`, so intervals compare in SQL; validity is half-open,
+``valid_from <= t < valid_to``, and a NULL ``valid_to`` never ends.
+
+`RegistryIndex` opens (or creates) the file and runs transactions; the functions below
+are the statements the registry runs inside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from atmospec.calib.registry.times import now_utc
+from atmospec.errors import BadInputError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CalibRecord",
+    "RegistryIndex",
+    "candidates",
+    "find_duplicate",
+    "insert_product",
+    "uncertify_overlapping",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version of the SQLite schema written by this code. A schema change bumps it, adds a row
+#: to ``schema_version`` and an upgrade step where `RegistryIndex` finds an older one.
+SCHEMA_VERSION = 1
+
+#: Seconds a writer waits for another writer's transaction before giving up.
+_BUSY_TIMEOUT_S = 60.0
+
+_SCHEMA = """
+CREATE TABLE schema_version (
+    version INTEGER NOT NULL PRIMARY KEY,
+    applied_at TEXT NOT NULL
+);
+CREATE TABLE registry_info (
+    key TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE products (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    physical_filter TEXT,
+    disperser TEXT,
+    valid_from TEXT NOT NULL,
+    valid_to TEXT,
+    calib_date TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL UNIQUE,
+    registered_at TEXT NOT NULL,
+    certified INTEGER NOT NULL DEFAULT 0,
+    provenance TEXT NOT NULL,
+    verification_passed INTEGER,
+    verification_failures TEXT NOT NULL DEFAULT '[]',
+    verification_path TEXT,
+    source TEXT NOT NULL,
+    CHECK (valid_to IS NULL OR valid_to > valid_from)
+);
+CREATE INDEX products_by_configuration ON products (kind, instrument, physical_filter);
+"""
+
+
+@dataclass(frozen=True)
+class CalibRecord:
+    """One registered calibration product, as stored in the index."""
+
+    id: int
+    """Registry identifier (never reused)."""
+    kind: str
+    """Product kind, one of `KINDS`."""
+    instrument: str
+    """Canonical instrument name, e.g. ``"LATISS"``."""
+    physical_filter: str | None
+    """``"<filter>~<disperser>"`` for flats, e.g. ``"SDSSr_65mm~empty"``; None otherwise."""
+    disperser: str | None
+    """Disperser of a flat (``"empty"`` for an imaging flat); None for other kinds."""
+    valid_from: str
+    """Start of validity, UTC ISO (inclusive)."""
+    valid_to: str | None
+    """End of validity, UTC ISO (exclusive); None: open-ended."""
+    calib_date: str
+    """Product date (``CALIBDATE``, else the registered ``valid_from``), UTC ISO."""
+    path: str
+    """Stored file, relative to the repository (POSIX separators)."""
+    sha256: str
+    """SHA-256 of the stored file, hex."""
+    registered_at: str
+    """When the product was registered, UTC ISO."""
+    certified: bool
+    """Whether this is the certified default of its kind and configuration."""
+    provenance: str
+    """JSON object: the product's provenance header keys, ``inputs`` and ``config``."""
+    verification_passed: bool | None
+    """Verdict of the ``.verify.json`` report registered with it; None: no report."""
+    verification_failures: tuple[str, ...]
+    """Failed tests of that report, as ``amp:test`` names."""
+    verification_path: str | None
+    """Stored report, relative to the repository; None when there is none."""
+    source: str
+    """Path the product was registered from (for the record only; it may since be gone)."""
+    absolute_path: Path
+    """Absolute path of the stored file."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable form (provenance parsed, paths as strings).
+
+        Returns
+        -------
+        dict
+            One entry per field.
+        """
+        out = {field.name: getattr(self, field.name) for field in fields(self)}
+        out["provenance"] = json.loads(self.provenance)
+        out["verification_failures"] = list(self.verification_failures)
+        out["absolute_path"] = str(self.absolute_path)
+        return out
+
+
+class RegistryIndex:
+    """The index file of a registry: its schema, transactions and records.
+
+    Parameters
+    ----------
+    db_path : pathlib.Path
+        The SQLite file.
+    repo : pathlib.Path
+        Repository directory (stored paths are relative to it).
+    """
+
+    def __init__(self, db_path: Path, repo: Path) -> None:
+        self.db_path = db_path
+        self.repo = repo
+
+    @contextlib.contextmanager
+    def transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
+        """A connection inside one transaction: committed on success, rolled back on error.
+
+        A write transaction starts with ``BEGIN IMMEDIATE`` so that concurrent writers queue
+        for the lock at the start instead of failing halfway.
+
+        Raises
+        ------
+        BadInputError
+            If the file cannot be opened or is not a usable database.
+        """
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise BadInputError(self.db_path, f"cannot open the registry ({exc})") from None
+        conn.row_factory = sqlite3.Row
+        try:
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError:
+            raise  # a constraint the caller checks for; not a damaged file
+        except sqlite3.DatabaseError as exc:
+            raise BadInputError(self.db_path, f"not a usable calibration registry "
+                                              f"({exc})") from None
+        finally:
+            conn.close()
+
+    def open(self, instrument: str, create: bool) -> str:
+        """Check (or create) the schema; return the registry's instrument.
+
+        Parameters
+        ----------
+        instrument : str
+            Instrument of a registry created now.
+        create : bool
+            Create the schema in an empty file.
+
+        Returns
+        -------
+        str
+            The instrument the file records.
+
+        Raises
+        ------
+        BadInputError
+            An empty file and ``create`` False; not a registry; corrupt; a newer schema.
+        """
+        with self.transaction(write=False) as conn:
+            stored = self._inspect(conn)
+        if stored is not None:
+            return stored
+        if not create:
+            raise BadInputError(self.db_path, "registry file holds no registry")
+        return self._create(instrument)
+
+    def _create(self, instrument: str) -> str:
+        """Write the schema into an empty file (unless another process just did)."""
+        try:
+            wal = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S)
+            # WAL lets readers (ISR runs) go on while a product is registered; the mode
+            # is stored in the file, so setting it once at creation is enough.
+            wal.execute("PRAGMA journal_mode=WAL")
+            wal.close()
+        except sqlite3.DatabaseError as exc:
+            raise BadInputError(self.db_path, f"not a usable calibration registry "
+                                              f"({exc})") from None
+        with self.transaction(write=True) as conn:
+            # Another process may have created it since the caller's check.
+            stored = self._inspect(conn)
+            if stored is None:
+                # Statement by statement: executescript would commit mid-transaction.
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO schema_version VALUES (?, ?)",
+                             (SCHEMA_VERSION, now_utc()))
+                conn.execute("INSERT INTO registry_info VALUES ('instrument', ?)",
+                             (instrument,))
+                log.info("created calibration registry %s for %s", self.db_path, instrument)
+                stored = instrument
+        return stored
+
+    def _inspect(self, conn: sqlite3.Connection) -> str | None:
+        """The stored instrument after checking the schema; None for an empty database."""
+        tables = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            if tables - {"sqlite_sequence"}:
+                raise BadInputError(self.db_path, "not a calibration registry (unexpected "
+                                                  f"tables: {', '.join(sorted(tables))})")
+            return None
+        try:
+            version = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            row = conn.execute(
+                "SELECT value FROM registry_info WHERE key = 'instrument'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise BadInputError(self.db_path, f"corrupt calibration registry ({exc})") from None
+        if not isinstance(version, int) or row is None or "products" not in tables:
+            raise BadInputError(self.db_path, "corrupt calibration registry (no schema version, "
+                                              "instrument or products table)")
+        if version > SCHEMA_VERSION:
+            raise BadInputError(self.db_path, f"registry schema version {version} is newer than "
+                                              f"this atmospec supports ({SCHEMA_VERSION}); "
+                                              "upgrade atmospec")
+        if version < SCHEMA_VERSION:
+            # Only possible once a second schema exists: its upgrade step goes here, and until
+            # then an old registry must be refused rather than misread.
+            raise BadInputError(self.db_path, f"registry schema version {version} needs an "
+                                              "upgrade this atmospec does not provide")
+        return str(row[0])
+
+    def record(self, row: sqlite3.Row) -> CalibRecord:
+        """The record of a ``products`` row."""
+        passed = row["verification_passed"]
+        return CalibRecord(
+            id=int(row["id"]),
+            kind=row["kind"],
+            instrument=row["instrument"],
+            physical_filter=row["physical_filter"],
+            disperser=row["disperser"],
+            valid_from=row["valid_from"],
+            valid_to=row["valid_to"],
+            calib_date=row["calib_date"],
+            path=row["path"],
+            sha256=row["sha256"],
+            registered_at=row["registered_at"],
+            certified=bool(row["certified"]),
+            provenance=row["provenance"],
+            verification_passed=None if passed is None else bool(passed),
+            verification_failures=tuple(json.loads(row["verification_failures"])),
+            verification_path=row["verification_path"],
+            source=row["source"],
+            absolute_path=self.repo / row["path"],
+        )
+
+    def row(self, conn: sqlite3.Connection, product_id: int) -> sqlite3.Row:
+        """The ``products`` row of one id.
+
+        Raises
+        ------
+        BadInputError
+            If there is no product with that id.
+        """
+        row = conn.execute("SELECT * FROM products WHERE id = ?", (product_id,)).fetchone()
+        if row is None:
+            raise BadInputError(self.db_path, f"no calibration product with id {product_id}")
+        return row
+
+
+def find_duplicate(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | None:
+    """The product already stored with this content (``id``, ``kind``, ``path``), if any."""
+    return conn.execute("SELECT id, kind, path FROM products WHERE sha256 = ?",
+                        (sha256,)).fetchone()
+
+
+def insert_product(conn: sqlite3.Connection, values: Mapping[str, Any]) -> int:
+    """Insert a ``products`` row (column → value, ``id`` excluded); return its id."""
+    columns = ", ".join(values)
+    marks = ", ".join(f":{name}" for name in values)
+    cursor = conn.execute(f"INSERT INTO products ({columns}) VALUES ({marks})", values)
+    return int(cursor.lastrowid)
+
+
+def candidates(conn: sqlite3.Connection, kind: str, instrument: str,
+               physical_filter: str | None, stamp: str) -> list[sqlite3.Row]:
+    """Rows of one kind, instrument and configuration whose validity contains ``stamp``."""
+    query = ("SELECT * FROM products WHERE kind = ? AND instrument = ? "
+             "AND physical_filter IS ? AND valid_from <= ? "
+             "AND (valid_to IS NULL OR valid_to > ?)")
+    return conn.execute(query, (kind, instrument, physical_filter, stamp, stamp)).fetchall()
+
+
+def uncertify_overlapping(conn: sqlite3.Connection, row: Mapping[str, Any]) -> list[int]:
+    """Certify ``row``'s product and uncertify those of its kind and configuration whose
+    validity overlaps it; return the ids uncertified.
+
+    Two half-open intervals overlap when each starts before the other ends.
+    """
+    query = (
+        "SELECT id FROM products WHERE certified = 1 AND id != ? AND kind = ? "
+        "AND instrument = ? AND physical_filter IS ? "
+        "AND (? IS NULL OR valid_from < ?) AND (valid_to IS NULL OR valid_to > ?)"
+    )
+    ids = [r[0] for r in conn.execute(query, (
+        row["id"], row["kind"], row["instrument"], row["physical_filter"],
+        row["valid_to"], row["valid_to"], row["valid_from"]))]
+    for other in ids:
+        conn.execute("UPDATE products SET certified = 0 WHERE id = ?", (other,))
+    conn.execute("UPDATE products SET certified = 1 WHERE id = ?", (row["id"],))
+    return ids

@@ -1,0 +1,217 @@
+"""What the report reads from a repository: the night (summary table, task outcomes,
+rejected files, notes on its state), the calibration products (registry records and their
+verification reports, EO tables) and which products each exposure's ISR used.
+
+Nothing here writes, except the calibrations used, which are cached in the exposure's
+figure manifest (the caller writes it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from astropy.table import Table
+
+from atmospec import layout
+from atmospec.errors import BadInputError, short_error
+from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
+from atmospec.plots.exposure import ExposureOutputs
+
+if TYPE_CHECKING:
+    from atmospec.calib.registry import CalibRecord
+
+__all__ = [
+    "SUMMARY_FILE",
+    "Night",
+    "Product",
+    "calibs_used",
+    "check_repo",
+    "read_night",
+    "read_products",
+    "row_value",
+    "summary_is_stale",
+]
+
+log = logging.getLogger(__name__)
+
+#: The night summary the report reads, relative to the repository.
+SUMMARY_FILE = SUMMARY_STEM.with_suffix(".ecsv")
+
+#: Columns of a summary the report reads, for a repository without a night.
+_EMPTY_COLUMNS = ("obs_id", "day_obs", "seq_num", "time_begin", "mjd", "image_type", "target",
+                  "filter", "disperser", "exptime", "airmass", "status", "reason")
+
+
+@dataclass
+class Night:
+    """What the report knows of the night."""
+
+    summary: Table
+    """The summary table (one row per exposure)."""
+    summary_file: Path | None
+    """File it was read from; None when rebuilt in memory."""
+    tasks: dict[str, list] = field(default_factory=dict)
+    """Task records (`atmospec.night.index.TaskRecord`) by OBSID."""
+    rejected: list[tuple[Path, str]] = field(default_factory=list)
+    """Files of the night directory that are not usable raws, with the reason."""
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, sentence) shown at the top of the night page."""
+    indexed: bool = True
+    """Whether the repository has a night (an index or a summary)."""
+
+
+@dataclass(frozen=True)
+class Product:
+    """A registered calibration product and its page."""
+
+    name: str
+    """Page name: the stored file's stem (``bias.f2de856ef7b9``)."""
+    record: CalibRecord | None
+    """Its registry record (None for an EO table)."""
+    path: Path
+    """Product file."""
+    verification: dict[str, Any] | None
+    """Its ``.verify.json`` document."""
+    verification_path: Path | None
+    """That file."""
+    kind: str
+    """Product kind (``eo`` for electro-optical tables)."""
+
+
+def check_repo(repo: str | os.PathLike[str]) -> Path:
+    """The repository as a path, checked to be an atmospec repository.
+
+    Raises
+    ------
+    BadInputError
+        ``repo`` is not a directory, or holds no night index, summary or registry.
+    """
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise BadInputError(repo, "no such directory")
+    if not any((repo / f).is_file() for f in (INDEX_FILE, SUMMARY_FILE, REGISTRY_FILE)):
+        raise BadInputError(repo, f"not an atmospec repository (no {INDEX_FILE}, "
+                                  f"{SUMMARY_FILE} or {REGISTRY_FILE}); run atmospec night "
+                                  "RAWDIR --repo REPO first")
+    return repo
+
+
+def summary_is_stale(saved: Table, fresh: Table) -> bool:
+    """Whether the index now says more than the summary file (exposures, statuses or task
+    times changed): compared by content, since copying a repository changes the files'
+    modification times but not what they hold."""
+    keys = ("obs_id", "status", "duration_s")
+    if len(saved) != len(fresh) or any(k not in saved.colnames for k in keys):
+        return True
+    for key in keys:
+        a, b = list(saved[key]), list(fresh[key])
+        if key == "duration_s":
+            if not np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float),
+                               rtol=1e-9, atol=1e-6, equal_nan=True):
+                return True
+        elif [str(x) for x in a] != [str(x) for x in b]:
+            return True
+    return False
+
+
+def read_night(repo: Path) -> Night:
+    """The night summary (the file, else rebuilt from the index, else empty), its task
+    records and rejected files, with notes on anything unusual."""
+    from atmospec.night.index import NightIndex
+    from atmospec.night.summary import summary_table
+
+    index = NightIndex(repo) if (repo / INDEX_FILE).is_file() else None
+    notes: list[tuple[str, str]] = []
+    summary_file = repo / SUMMARY_FILE
+    if summary_file.is_file():
+        summary = Table.read(summary_file, format="ascii.ecsv")
+        if index is not None and summary_is_stale(summary, summary_table(index)):
+            notes.append(("warn", f"The night index changed after {SUMMARY_FILE} was "
+                                  "written (a run in progress?): the tables show the summary "
+                                  "file; run atmospec night again to refresh it."))
+    elif index is not None:
+        summary, summary_file = summary_table(index), None
+        notes.append(("warn", f"No {SUMMARY_FILE}: the summary was rebuilt from the index."))
+    else:
+        summary, summary_file = Table(names=_EMPTY_COLUMNS,
+                                      dtype=[str if c not in ("day_obs", "seq_num", "mjd",
+                                                              "exptime", "airmass")
+                                             else float for c in _EMPTY_COLUMNS]), None
+        notes.append(("warn", "This repository holds calibration products only: no night "
+                              "was reduced in it."))
+    night = Night(summary, summary_file, notes=notes,
+                  indexed=index is not None or summary_file is not None)
+    if index is not None:
+        for t in index.tasks():
+            night.tasks.setdefault(t.obs_id, []).append(t)
+        night.rejected = index.rejected()
+    return night
+
+
+def read_products(repo: Path) -> tuple[list[Product], list[str]]:
+    """Registered products (and EO tables under ``REPO/calib``), and problems met."""
+    from atmospec.calib.registry import CalibrationRegistry
+
+    products: list[Product] = []
+    problems: list[str] = []
+    if (repo / REGISTRY_FILE).is_file():
+        try:
+            records = CalibrationRegistry(repo, create=False).list()
+        except BadInputError as exc:
+            records = []
+            problems.append(str(exc))
+        for rec in records:
+            verification, vpath = None, None
+            if rec.verification_path:
+                vpath = repo / rec.verification_path
+                try:
+                    verification = json.loads(vpath.read_text())
+                except (OSError, ValueError) as exc:
+                    problems.append(f"{vpath}: unreadable verification report ({exc})")
+            products.append(Product(Path(rec.path).stem, rec, rec.absolute_path, verification,
+                                    vpath, rec.kind))
+    calib_dir = layout.calib_dir(repo)
+    if calib_dir.is_dir():
+        for table in sorted(calib_dir.rglob("eo_figures*.ecsv")):
+            products.append(Product(f"eo_{table.parent.name}_{table.stem}", None, table, None,
+                                    None, "eo"))
+    return products, problems
+
+
+def calibs_used(outputs: ExposureOutputs, manifest: dict[str, Any]) -> dict[str, str]:
+    """Products an exposure's ISR used (kind → file name), from its post-ISR header; kept in
+    the figure manifest so a warm report reads no FITS header."""
+    if outputs.postisr is None:
+        return {}
+    st = outputs.postisr.stat()
+    key = [st.st_size, st.st_mtime]
+    cached = manifest.get("_calibs")
+    if cached and cached.get("postisr") == key:
+        return dict(cached["used"])
+    from astropy.io import fits
+
+    try:
+        header = fits.getheader(outputs.postisr, 0)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: cannot read the header (%s)", outputs.postisr, short_error(exc))
+        return {}
+    used = {k[len("ATM CALIB "):].lower(): str(v) for k, v in header.items()
+            if k.startswith("ATM CALIB ")}
+    if "ATM GAIN SOURCE" in header:
+        used.setdefault("gains", str(header["ATM GAIN SOURCE"]))
+    manifest["_calibs"] = {"postisr": key, "used": used}
+    return used
+
+
+def row_value(row: Any, column: str) -> Any:
+    """A summary row's value in ``column``; None when the column is absent or masked."""
+    if column not in row.colnames:
+        return None
+    value = row[column]
+    return None if value is np.ma.masked else value
