@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 import atmospec.calib.registry as registry_module
+from atmospec.calib.isr_inputs import CalibrationFiles
 from atmospec.calib.registry import (
     REGISTRY_FILE,
     CalibrationRegistry,
@@ -26,7 +27,6 @@ from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards
-from atmospec.isr.runner import CalibrationFiles
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -45,10 +45,10 @@ from astropy.table import Table
 from astropy.time import Time
 from erfa import ErfaWarning
 
+from atmospec.calib.isr_inputs import CalibrationFiles
 from atmospec.calib.verification import verification_name
 from atmospec.camera.translator import TRANSLATORS, HeaderTranslator, ObservationInfo
 from atmospec.errors import BadInputError
-from atmospec.isr.runner import CalibrationFiles
 from atmospec.layout import REGISTRY_FILE, calib_dir
 
 __all__ = [

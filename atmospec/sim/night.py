@@ -251,8 +251,8 @@ class FrameTruth:
         """The products a perfect calibration would give for this frame's sensor: true gains
         and read noise, the shipped crosstalk matrix (the one simulated), the true bias
         structure and dark current, and the frame's flat-field response (if it has one)."""
+        from atmospec.calib.products import Crosstalk
         from atmospec.exposure import Exposure
-        from atmospec.isr.crosstalk import load_crosstalk
         from atmospec.isr.driver import IsrCalibrations
         from atmospec.isr.gain import AmpGains
 
@@ -263,7 +263,7 @@ class FrameTruth:
         return IsrCalibrations(
             gains=AmpGains(np.asarray(det.gains), np.asarray(det.read_noise_e),
                            "simulator truth"),
-            crosstalk=load_crosstalk(), bias=product(det.fixed_pattern_e),
+            crosstalk=Crosstalk.read().matrix(), bias=product(det.fixed_pattern_e),
             dark=product(det.dark_current_e_per_s),
             flat=None if self.illumination is None else product(self.illumination))
 
