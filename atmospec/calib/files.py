@@ -106,14 +106,13 @@ def build_master_file(kind: str, raws: Sequence[str | Path], out: str | Path, *,
     gains = Ptc.read(ptc, camera) if ptc else None
     master_bias = Bias.read(bias, camera, load_variance=False) if bias else None
     master_dark = Dark.read(dark, camera, load_variance=False) if dark else None
-    workdir = None if config and config.workdir else out.parent
     if kind == "bias":
-        product, report = build_bias(raws, config, ptc=gains, workdir=workdir)
+        product, report = build_bias(raws, config, ptc=gains, workdir=out.parent)
     elif kind == "dark":
-        product, report = build_dark(raws, master_bias, config, ptc=gains, workdir=workdir)
+        product, report = build_dark(raws, master_bias, config, ptc=gains, workdir=out.parent)
     elif kind == "flat":
         product, report = build_flat(raws, master_bias, master_dark, config, ptc=gains,
-                                     workdir=workdir)
+                                     workdir=out.parent)
     else:
         raise ValueError(f"unknown master kind {kind!r}")
     return write_product(product, report, out)

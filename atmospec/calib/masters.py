@@ -191,8 +191,8 @@ def build_bias(raws: Sequence[str | Path], config: MasterConfig | None = None, *
     crosstalk : Crosstalk, optional
         Crosstalk matrix; ``None``: the shipped LATISS one.
     workdir : path, optional
-        Parent of the temporary directory of the per-input images (see
-        `MasterConfig.workdir`).
+        Parent of the temporary directory of the per-input images when
+        ``config.workdir`` is None; ``None``: the current directory.
 
     Returns
     -------
@@ -411,7 +411,7 @@ def _build(kind: str, raws: Sequence[str | Path], config: MasterConfig, *,
     isr_config = IsrConfig(steps=steps, overscan=config.overscan, saturation=config.saturation)
     calibs.sources = {p.kind: p.name for p in products}
 
-    workdir = Path(workdir or config.workdir or Path.cwd())
+    workdir = Path(config.workdir or workdir or Path.cwd())
     workdir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     clock = time.perf_counter()
