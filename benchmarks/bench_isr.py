@@ -32,11 +32,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
 
+from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations  # noqa: E402
 from atmospec.camera.description import load_camera  # noqa: E402
 from atmospec.camera.raw import read_raw  # noqa: E402
 from atmospec.exposure import Exposure  # noqa: E402
 from atmospec.isr.driver import STEPS, IsrConfig, run_isr  # noqa: E402
-from atmospec.isr.runner import CalibrationFiles, load_calibrations  # noqa: E402
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure  # noqa: E402
 from atmospec.sim.rawfile import write_raw  # noqa: E402
 

@@ -6,8 +6,8 @@ The 40 raws (uncompressed, 100 e⁻ to 148 ke⁻, 2 % non-linearity) are simulat
 work directory, in a child process so that the simulation's memory does not count. Then, in
 this process, on one core (thread pools limited to 1 before numpy is imported):
 
-1. ``build_ptc`` end to end (header checks → per pair: read, overscan noise, ISR, clipped
-   statistics → fit → write → verification): TOTAL and peak memory (``ru_maxrss``);
+1. ``build_ptc_file`` end to end (header checks → per pair: read, overscan noise, ISR,
+   clipped statistics → fit → verification → write): TOTAL and peak memory (``ru_maxrss``);
 2. the same steps timed phase by phase, and on the same ISR'd amp regions the baseline
    statistics: astropy ``sigma_clipped_stats`` per amp (5σ, 3 iterations, the usual way) and
    plain unclipped ``np.mean``/``np.var``, with the gains each gives against the truth.
@@ -32,10 +32,11 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from astropy.stats import sigma_clipped_stats  # noqa: E402
 
+from atmospec.calib.files import build_ptc_file  # noqa: E402
+from atmospec.calib.products import Ptc  # noqa: E402
 from atmospec.calib.ptc import (  # noqa: E402
     PairStats,
     PtcConfig,
-    build_ptc,
     fit_ptc,
     isr_regions,
     overscan_pair_variance,
@@ -44,10 +45,10 @@ from atmospec.calib.ptc import (  # noqa: E402
     ptc_calibrations,
     ptc_table,
     verify_ptc,
-    write_ptc,
 )
 from atmospec.camera.description import load_camera  # noqa: E402
 from atmospec.camera.raw import read_raw  # noqa: E402
+from atmospec.io import provenance_cards  # noqa: E402
 from atmospec.sim.detector import sensor_model  # noqa: E402
 from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs  # noqa: E402
 
@@ -140,7 +141,7 @@ def phases(paths: list[Path], out: Path, config: PtcConfig) -> tuple[dict[str, f
     table = ptc_table(stats, camera, config)
     add("fit + table", time.perf_counter() - t)
     t = time.perf_counter()
-    write_ptc(table, out, paths, config)
+    Ptc(table).write(out, provenance_cards("ptc", paths, config))
     add("write", time.perf_counter() - t)
     t = time.perf_counter()
     verify_ptc(table, camera, file=out.name).write(out)
@@ -168,7 +169,7 @@ def main() -> None:
 
     mem0 = peak_mib()
     t = time.perf_counter()
-    build_ptc(paths, args.workdir / "ptc.fits", config)
+    build_ptc_file(paths, args.workdir / "ptc.fits", config)
     total = time.perf_counter() - t
     mem = peak_mib()
 

@@ -28,25 +28,23 @@ from atmospec.calib.crosstalk import (
     CrosstalkMeasurement,
     compare_crosstalk,
     measure_crosstalk,
-    write_crosstalk,
 )
 from atmospec.calib.defects import (
     DefectMaps,
     FindDefectsConfig,
-    build_defects,
     detect_defects,
     find_defects,
     mask_to_boxes,
 )
 from atmospec.calib.eo import EO_COLUMNS, eo_figures, write_eo
+from atmospec.calib.files import build_defects_file
+from atmospec.calib.products import Crosstalk, Defects, Ptc
 from atmospec.camera.description import load_camera
 from atmospec.camera.raw import RawFrame
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.isr.crosstalk import load_crosstalk
-from atmospec.isr.defects import defect_mask, load_defects
+from atmospec.isr.defects import defect_mask
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import load_ptc_gains
 from atmospec.isr.overscan import robust_sigma
 from atmospec.plots.eo import plot_eo_summary
 from atmospec.sim.detector import DetectorSimConfig, SensorModel, sensor_model
@@ -117,7 +115,8 @@ def ptc_path(tmp_path_factory) -> Path:
 def calib(ptc_path) -> Calib:
     # Crosstalk is corrected: in a 1200 s dark a 50 e⁻/s hot pixel has 60 ke⁻, whose ghost
     # (up to 1.5e-3 of it) would be a hot pixel of its own in the neighbouring amp.
-    base = IsrCalibrations(gains=load_ptc_gains(ptc_path, CAMERA), crosstalk=load_crosstalk())
+    base = IsrCalibrations(gains=Ptc.read(ptc_path, CAMERA).gains(CAMERA),
+                           crosstalk=Crosstalk.read().matrix())
     bias_raws, biases = [], []
     for seq in _seqs(NIGHT, "bias"):
         raw = _frame(NIGHT, "bias", seq)
@@ -165,8 +164,8 @@ def masters_on_disk(calib, tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def defects_product(masters_on_disk, tmp_path_factory) -> Path:
     dark_path, flat_path = masters_on_disk
-    return build_defects(dark_path, flat_path, tmp_path_factory.mktemp("defects") /
-                         "defects.ecsv")
+    return build_defects_file(dark_path, flat_path, tmp_path_factory.mktemp("defects") /
+                              "defects.ecsv")
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +175,8 @@ def defect_maps(calib) -> DefectMaps:
 
 @pytest.fixture(scope="module")
 def eo_table(calib, ptc_path, defect_maps) -> Table:
-    return eo_figures(calib.bias_raws, calib.flat_raws, calib.dark, calib.flat, ptc_path,
-                      defects=defect_maps)
+    return eo_figures(calib.bias_raws, calib.flat_raws, calib.dark, calib.flat,
+                      Ptc.read(ptc_path, CAMERA), defects=defect_maps)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +201,7 @@ def test_defects_found_against_truth(defects_product, calib):
     excess = sensor.dark_current_e_per_s - DETECTOR.dark_current_e_per_s
     detectable = sensor.hot_pixels | (sensor.response < 0.8)
     simulated = sensor.hot_pixels | (sensor.response < 1.0)
-    table = load_defects(defects_product)
+    table = Defects.read(defects_product).table
     found = defect_mask(table, CAMERA.detector_shape)
     completeness = (found & detectable).sum() / detectable.sum()
     false_fraction = (found & ~simulated).sum() / found.sum()
@@ -220,7 +219,7 @@ def test_defects_found_against_truth(defects_product, calib):
 
 
 def test_defects_product_metadata_and_verification(defects_product, calib):
-    table = load_defects(defects_product)
+    table = Defects.read(defects_product).table
     meta = table.meta
     assert meta["OBSTYPE"] == "defects" and meta["INSTRUME"] == "LATISS"
     assert meta["CALIBDATE"].startswith("2024-06-24")
@@ -296,7 +295,7 @@ def test_mask_to_boxes_is_exact():
 def test_build_defects_rejects_wrong_product(masters_on_disk, tmp_path):
     _, flat_path = masters_on_disk
     with pytest.raises(BadInputError, match="not a dark"):
-        build_defects(flat_path, None, tmp_path / "defects.ecsv")
+        build_defects_file(flat_path, None, tmp_path / "defects.ecsv")
     assert not (tmp_path / "defects.ecsv").exists()
 
 
@@ -380,8 +379,8 @@ def test_crosstalk_recovered(crosstalk):
 
 
 def test_crosstalk_product_roundtrip(crosstalk, tmp_path):
-    path = write_crosstalk(crosstalk, tmp_path / "crosstalk.ecsv")
-    matrix = load_crosstalk(path)
+    path = crosstalk.product().write(tmp_path / "crosstalk.ecsv")
+    matrix = Crosstalk.read(path).matrix()
     assert matrix.units == "adu"
     np.testing.assert_allclose(matrix.coeffs, crosstalk.coeffs, rtol=1e-12)
     table = Table.read(path, format="ascii.ecsv")

@@ -22,26 +22,22 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.calib.combine import CombineConfig, combine_stack
+from atmospec.calib.files import build_master_file, write_product
 from atmospec.calib.masters import (
     DarkConfig,
     FlatConfig,
     MasterConfig,
-    build_bias,
-    build_dark,
-    build_flat,
     build_spectro_flat,
     large_scale_response,
 )
+from atmospec.calib.products import Bias, Crosstalk, Dark, Flat, Ptc
 from atmospec.calib.verify import verify_bias, verify_flat, verify_product
 from atmospec.camera.assembly import assemble
 from atmospec.camera.description import load_camera
 from atmospec.camera.raw import read_raw
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.isr.calibs import load_calibration
-from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import load_ptc_gains
 from atmospec.plots.verify import plot_verification
 from atmospec.sim.detector import DetectorSimConfig, sensor_model
 from atmospec.sim.night import NightConfig, night_plan, simulate_night
@@ -95,19 +91,29 @@ def products(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def master_bias(raws, ptc, products) -> Path:
-    return build_bias(raws["bias"], products / "bias.fits", MasterConfig(ptc=str(ptc)))
+    return build_master_file("bias", raws["bias"], products / "bias.fits", ptc=ptc)
 
 
 @pytest.fixture(scope="module")
 def master_dark(raws, ptc, products, master_bias) -> Path:
-    return build_dark(raws["dark"], products / "dark.fits", master_bias,
-                      DarkConfig(ptc=str(ptc)))
+    return build_master_file("dark", raws["dark"], products / "dark.fits", bias=master_bias,
+                             ptc=ptc, config=DarkConfig())
 
 
 @pytest.fixture(scope="module")
 def master_flat(raws, ptc, products, master_bias, master_dark) -> Path:
-    return build_flat(raws["flat"][:3], products / "flat.fits", master_bias, master_dark,
-                      FlatConfig(ptc=str(ptc)))
+    return build_master_file("flat", raws["flat"][:3], products / "flat.fits",
+                             bias=master_bias, dark=master_dark, ptc=ptc, config=FlatConfig())
+
+
+def _calibrations(ptc: Path, bias: Path, dark: Path, flat: Path) -> IsrCalibrations:
+    """The products built here, read as ISR reads them."""
+    return IsrCalibrations(
+        gains=Ptc.read(ptc, CAMERA).gains(CAMERA), crosstalk=Crosstalk.read().matrix(),
+        bias=Bias.read(bias, CAMERA, load_variance=False).exposure,
+        dark=Dark.read(dark, CAMERA, load_variance=False).exposure,
+        flat=Flat.read(flat, CAMERA, physical_filter="SDSSr_65mm~empty",
+                       load_variance=False).exposure)
 
 
 # --------------------------------------------------------------------------- bias
@@ -198,11 +204,7 @@ def test_master_flat_flattens_an_independent_flat(raws, master_flat, master_bias
                                                   ptc):
     """A fourth flat, not among the inputs, is flat to 0.3 % on 50x50 boxes once divided
     by the master."""
-    calibs = IsrCalibrations(
-        gains=load_ptc_gains(ptc, CAMERA), crosstalk=load_crosstalk(),
-        bias=load_calibration(master_bias, "bias", CAMERA),
-        dark=load_calibration(master_dark, "dark", CAMERA),
-        flat=load_calibration(master_flat, "flat", CAMERA, "SDSSr_65mm~empty"))
+    calibs = _calibrations(ptc, master_bias, master_dark, master_flat)
     raw = read_raw(raws["flat"][3])
     steps = ("overscan", "saturation", "gain", "crosstalk", "bias", "dark", "flat")
     image = run_isr(raw, IsrConfig(steps=steps), calibs).exposure.image
@@ -223,11 +225,7 @@ def test_science_frame_calibrated_with_built_products(master_flat, master_bias, 
     seq = next(p.seq for p in night_plan(night) if p.kind == "science")
     segments, truth, cards = simulate_exposure("science", night, seq)
     raw = raw_frame(segments, cards, CAMERA)
-    calibs = IsrCalibrations(
-        gains=load_ptc_gains(ptc, CAMERA), crosstalk=load_crosstalk(),
-        bias=load_calibration(master_bias, "bias", CAMERA),
-        dark=load_calibration(master_dark, "dark", CAMERA),
-        flat=load_calibration(master_flat, "flat", CAMERA, "SDSSr_65mm~empty"))
+    calibs = _calibrations(ptc, master_bias, master_dark, master_flat)
     steps = ("overscan", "saturation", "gain", "crosstalk", "bias", "dark", "flat")
     image = run_isr(raw, IsrConfig(steps=steps), calibs).exposure.image
     det = truth.detector
@@ -264,9 +262,11 @@ def test_master_flat_matches_truth_illumination(master_flat):
 def test_spectro_flat_keeps_only_pixel_response(raws, ptc, products, master_bias, master_flat):
     """Large scales divided out (50x50 boxes at 1 within 0.3 %), the pixel response left:
     the difference from the truth's own pixel-scale response is the Poisson noise of the
-    three combined flats (40 000 e- each)."""
-    path = build_spectro_flat(raws["flat"][:3], products / "spectro_flat.fits", master_bias,
-                              config=FlatConfig(ptc=str(ptc)))
+    three combined flats (40 000 e- each). Built in memory, then written."""
+    product, report = build_spectro_flat(
+        raws["flat"][:3], Bias.read(master_bias, CAMERA), ptc=Ptc.read(ptc, CAMERA),
+        workdir=products)
+    path = write_product(product, report, products / "spectro_flat.fits")
     flat = Exposure.read(path)
     assert flat.metadata["SPECTRO"] is True
     good = ~flat.get_mask("NO_DATA")
@@ -335,13 +335,13 @@ def test_verify_product_rejects_other_files(tmp_path):
 
 def test_too_few_frames(raws, tmp_path):
     with pytest.raises(BadInputError, match="at least 3 needed"):
-        build_bias(raws["bias"][:2], tmp_path / "bias.fits")
+        build_master_file("bias", raws["bias"][:2], tmp_path / "bias.fits")
     assert not (tmp_path / "bias.fits").exists()
 
 
 def test_flat_among_biases_is_named(raws, tmp_path):
     with pytest.raises(BadInputError, match="image type flat, expected bias") as err:
-        build_bias([*raws["bias"][:3], raws["flat"][0]], tmp_path / "bias.fits")
+        build_master_file("bias", [*raws["bias"][:3], raws["flat"][0]], tmp_path / "bias.fits")
     assert err.value.path == str(raws["flat"][0])
 
 
@@ -353,7 +353,8 @@ def test_mixed_filters_are_named(raws, master_bias, tmp_path):
         hdul[0].header["OBSID"] = "AT_O_20240624_000099"
         hdul[0].header["SEQNUM"] = 99
     with pytest.raises(BadInputError, match="physical filter SDSSg_65mm~empty") as err:
-        build_flat([*raws["flat"][:3], other], tmp_path / "flat.fits", master_bias)
+        build_master_file("flat", [*raws["flat"][:3], other], tmp_path / "flat.fits",
+                          bias=master_bias, config=FlatConfig())
     assert err.value.path == str(other)
 
 
@@ -364,7 +365,7 @@ def test_wrong_shape_is_named(raws, tmp_path):
         hdul[5].data = hdul[5].data[:-10]
         hdul.writeto(wrong)
     with pytest.raises(BadInputError, match="has shape") as err:
-        build_bias([wrong, *raws["bias"][:3]], tmp_path / "bias.fits")
+        build_master_file("bias", [wrong, *raws["bias"][:3]], tmp_path / "bias.fits")
     assert err.value.path == str(wrong)
 
 
@@ -373,16 +374,17 @@ def test_unreadable_file(raws, ptc, tmp_path, caplog):
     bad.write_bytes(b"SIMPLE  =  this is not a FITS file" * 200)
     inputs = [*raws["bias"][:3], bad]
     with pytest.raises(BadInputError, match="not a readable FITS file") as err:
-        build_bias(inputs, tmp_path / "bias.fits")
+        build_master_file("bias", inputs, tmp_path / "bias.fits")
     assert err.value.path == str(bad)
     # Skipped, but then only two usable frames: still no product.
     with pytest.raises(BadInputError, match="2 usable input frame"):
-        build_bias([*raws["bias"][:2], bad], tmp_path / "bias.fits",
-                   MasterConfig(skip_bad=True))
+        build_master_file("bias", [*raws["bias"][:2], bad], tmp_path / "bias.fits",
+                          config=MasterConfig(skip_bad=True))
 
     out = tmp_path / "bias_skipped.fits"
     with caplog.at_level(logging.WARNING, logger="atmospec.calib.masters"):
-        build_bias(inputs, out, MasterConfig(skip_bad=True, ptc=str(ptc), verify=False))
+        build_master_file("bias", inputs, out, ptc=ptc,
+                          config=MasterConfig(skip_bad=True, verify=False))
     assert any(bad.name in r.getMessage() and r.levelno == logging.WARNING
                for r in caplog.records)
     h = fits.getheader(out)

@@ -2,8 +2,8 @@
 
 One simulated sequence of 11 flat pairs (full 16-amp frames, 100 e⁻ to 148 ke⁻, 2 %
 non-linearity, 2 % gain scatter, cosmic rays) is written to disk once and reduced with
-`build_ptc` and `build_linearizer`; the tests compare the products with the true gains, read
-noise, full well and response. Input checks use header-only files, which the PTC rejects
+`build_ptc_file` and `build_linearizer_file`; the tests compare the products with the true
+gains, read noise, full well and response. Input checks use header-only files, which the PTC rejects
 before reading any pixels.
 """
 
@@ -19,26 +19,24 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from atmospec.calib.files import build_linearizer_file, build_ptc_file
 from atmospec.calib.linearity import (
     LinearityConfig,
     apply_correction,
-    build_linearizer,
     fit_linearity,
 )
+from atmospec.calib.products import Crosstalk, Linearizer, Ptc
 from atmospec.calib.ptc import (
     PtcConfig,
     astier_model,
-    build_ptc,
     fit_ptc,
     pair_flats,
     verify_ptc,
 )
 from atmospec.camera.description import load_camera
 from atmospec.errors import BadInputError
-from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import load_ptc_gains, nominal_gains
-from atmospec.isr.linearity import load_linearizer
+from atmospec.isr.gain import nominal_gains
 from atmospec.plots.ptc import plot_linearity, plot_ptc
 from atmospec.sim.rawfile import primary_header
 from atmospec.sim.sequences import (
@@ -101,8 +99,8 @@ def run(tmp_path_factory) -> Run:
     junk.write_bytes(b"this is not FITS" * 300)
     bad = [junk, _header_only(work / "bias.fits", 900, "BIAS", 0.0),
            _header_only(work / "lone.fits", 901, "FLAT", 7.777)]
-    ptc = build_ptc([*raws, *bad], work / "ptc.fits", skip_bad=True)
-    lin = build_linearizer(ptc, work / "linearizer.fits")
+    ptc = build_ptc_file([*raws, *bad], work / "ptc.fits", skip_bad=True)
+    lin = build_linearizer_file(ptc, work / "linearizer.fits")
     yield Run(ptc, lin, Table.read(ptc), truth, bad)
     for p in raws:  # 1.7 GB of uncompressed raws
         p.unlink()
@@ -169,7 +167,7 @@ def test_product_format_and_gain_loading(run):
     assert t.meta["OBSTYPE"] == "ptc" and t.meta["INSTRUME"] == "LATISS"
     assert t.meta["NPAIRS"] == N_PAIRS
     assert t.meta["CALIBDATE"].startswith("2024-06-24")
-    gains = load_ptc_gains(run.ptc, CAMERA)
+    gains = Ptc.read(run.ptc, CAMERA).gains(CAMERA)
     np.testing.assert_allclose(gains.gain, t["GAIN"])
     np.testing.assert_allclose(gains.read_noise, t["READ_NOISE"])
 
@@ -187,7 +185,7 @@ def test_verification_passes_then_fails_on_bad_gain(run):
     """The good PTC passes DMTN-101 checks; a gain 10 % off nominal on one amp fails it."""
     report = json.loads(run.ptc.with_name("ptc.verify.json").read_text())
     assert report["pass"] is True and report["product"] == "ptc"
-    assert verify_ptc(run.ptc, CAMERA).passed
+    assert verify_ptc(Ptc.read(run.ptc, CAMERA).table, CAMERA).passed
     bad = run.table.copy()
     bad["GAIN"][3] *= 1.10
     report = verify_ptc(bad, CAMERA)
@@ -209,7 +207,7 @@ def check_flat():
 def _residual_vs_truth(flat, linearizer) -> np.ndarray:
     """Per amp: mean of the ISR'd flat (ADU) / mean of the true linear signal (ADU) − 1."""
     steps = ("overscan", "crosstalk") + (("linearity",) if linearizer else ())
-    calibs = IsrCalibrations(gains=nominal_gains(CAMERA), crosstalk=load_crosstalk(),
+    calibs = IsrCalibrations(gains=nominal_gains(CAMERA), crosstalk=Crosstalk.read().matrix(),
                              linearizer=linearizer)
     image = run_isr(raw_frame(flat), IsrConfig(steps=steps), calibs).exposure.image
     det = flat.truth.detector
@@ -227,9 +225,9 @@ def _residual_vs_truth(flat, linearizer) -> np.ndarray:
 def test_linearizer_restores_linearity(run, check_flat, tmp_path, kind):
     """Through the ISR's linearity step, a 105 ke⁻ flat matches the true linear signal within
     0.2 % on every amp (uncorrected it is 1.5–3 % low)."""
-    path = run.linearizer if kind == "POLYNOMIAL" else build_linearizer(
+    path = run.linearizer if kind == "POLYNOMIAL" else build_linearizer_file(
         run.ptc, tmp_path / "lin_spline.fits", LinearityConfig(kind="SPLINE"))
-    linearizer = load_linearizer(path, CAMERA)
+    linearizer = Linearizer.read(path, CAMERA).correction(CAMERA)
     assert set(linearizer.kinds) == {kind}
     raw_resid = _residual_vs_truth(check_flat, None)
     assert np.all(raw_resid < -0.01), raw_resid
@@ -310,13 +308,13 @@ def _flats(tmp_path: Path, n_pairs: int) -> list[Path]:
 
 def test_too_few_pairs(tmp_path):
     with pytest.raises(BadInputError, match="at least 5"):
-        build_ptc(_flats(tmp_path, 4), tmp_path / "ptc.fits")
+        build_ptc_file(_flats(tmp_path, 4), tmp_path / "ptc.fits")
 
 
 def test_non_flat_is_named(tmp_path):
     bias = _header_only(tmp_path / "bias.fits", 99, "BIAS", 0.0)
     with pytest.raises(BadInputError, match="not a flat") as info:
-        build_ptc([*_flats(tmp_path, 5), bias], tmp_path / "ptc.fits")
+        build_ptc_file([*_flats(tmp_path, 5), bias], tmp_path / "ptc.fits")
     assert info.value.path == str(bias)
 
 
@@ -324,14 +322,14 @@ def test_unreadable_file_is_named(tmp_path):
     junk = tmp_path / "junk.fits"
     junk.write_bytes(b"\x00" * 5000)
     with pytest.raises(BadInputError, match="not a readable FITS") as info:
-        build_ptc([*_flats(tmp_path, 5), junk], tmp_path / "ptc.fits")
+        build_ptc_file([*_flats(tmp_path, 5), junk], tmp_path / "ptc.fits")
     assert info.value.path == str(junk)
 
 
 def test_unpaired_exposure_time_is_named(tmp_path):
     lone = _header_only(tmp_path / "lone.fits", 99, "FLAT", 42.0)
     with pytest.raises(BadInputError, match="no partner") as info:
-        build_ptc([*_flats(tmp_path, 5), lone], tmp_path / "ptc.fits")
+        build_ptc_file([*_flats(tmp_path, 5), lone], tmp_path / "ptc.fits")
     assert info.value.path == str(lone)
 
 
@@ -340,7 +338,7 @@ def test_missing_pixels_are_named(tmp_path):
     written."""
     flats = _flats(tmp_path, 5)
     with pytest.raises(BadInputError, match="missing amplifier HDU") as info:
-        build_ptc(flats, tmp_path / "ptc.fits")
+        build_ptc_file(flats, tmp_path / "ptc.fits")
     assert info.value.path == str(flats[0])
     assert not (tmp_path / "ptc.fits").exists()
 

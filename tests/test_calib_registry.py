@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 import atmospec.calib.registry.repository as repository_module
+from atmospec.calib.isr_inputs import CalibrationFiles
 from atmospec.calib.registry import (
     CalibrationRegistry,
     exposure_time_utc,
@@ -25,7 +26,6 @@ from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards
-from atmospec.isr.runner import CalibrationFiles
 from atmospec.layout import REGISTRY_FILE
 
 # ---------------------------------------------------------------------------- helpers

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
+from atmospec.calib.products import Crosstalk, Linearizer
 from atmospec.camera.description import load_camera
-from atmospec.isr.crosstalk import crosstalk_signal, load_crosstalk
+from atmospec.isr.crosstalk import crosstalk_signal
 from atmospec.isr.driver import STEPS, resolve_steps
 from atmospec.isr.interpolate import InterpolationConfig, fill_masked
-from atmospec.isr.linearity import load_linearizer
 from atmospec.isr.masking import grow_mask
 from atmospec.isr.overscan import OverscanConfig, subtract_overscan
 
@@ -92,7 +92,7 @@ def test_grow_mask():
 
 
 def test_real_crosstalk_matrix():
-    xt = load_crosstalk()
+    xt = Crosstalk.read().matrix()
     assert xt.coeffs.shape == (16, 16)
     assert np.all(np.diag(xt.coeffs) == 0)
     assert xt.units == "adu"
@@ -112,7 +112,7 @@ def test_linearizer_polynomial_and_spline(tmp_path):
                "COEFFS": [np.array([1e-6, 0.0, 0.0, 0.0])] * 15 + [np.array([0, 1e5, 0, 500.])]})
     path = tmp_path / "lin.fits"
     t.write(path)
-    lin = load_linearizer(path, CAMERA)
+    lin = Linearizer.read(path, CAMERA).correction(CAMERA)
     x = np.array([0.0, 1e4, 5e4], np.float32)
     np.testing.assert_allclose(lin.correct(x, 0), x + 1e-6 * x**2, rtol=1e-6)
     np.testing.assert_allclose(lin.correct(x, 15), x + 500.0 * x / 1e5, rtol=1e-6)

@@ -11,10 +11,10 @@ import pytest
 from astropy.table import Table
 from scipy import ndimage
 
+from atmospec.calib.products import Crosstalk, Ptc
 from atmospec.camera.description import load_camera
-from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import AmpGains, load_ptc_gains
+from atmospec.isr.gain import AmpGains
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure
 from atmospec.sim.rawfile import raw_frame
 
@@ -42,7 +42,7 @@ def truth_gains(tmp_path_factory) -> AmpGains:
     path = tmp_path_factory.mktemp("ptc") / "ptc.fits"
     Table({"AMP": list(CAMERA.amp_names), "GAIN": truth.detector.gains,
            "READ_NOISE": truth.detector.read_noise_e}, meta={"INSTRUME": "LATISS"}).write(path)
-    return load_ptc_gains(path, CAMERA)
+    return Ptc.read(path, CAMERA).gains(CAMERA)
 
 
 def test_overscan_gain_assembly_bias_frame(truth_gains):
@@ -89,7 +89,7 @@ def test_overscan_gain_assembly_science_frame(truth_gains):
 def test_crosstalk_removed(truth_gains):
     """At least 95 % of the simulated crosstalk ghost flux is removed."""
     raw, truth = _frame("science", _seqs("science")[0])
-    calibs = IsrCalibrations(gains=truth_gains, crosstalk=load_crosstalk())
+    calibs = IsrCalibrations(gains=truth_gains, crosstalk=Crosstalk.read().matrix())
     without = _isr(_frame("science", _seqs("science")[0])[0], calibs, "overscan", "gain")
     with_xt = _isr(raw, calibs, "overscan", "gain", "crosstalk")
     ghost = truth.detector.crosstalk_e

@@ -9,11 +9,11 @@ import pytest
 from astropy.io import fits
 from scipy import ndimage
 
+from atmospec.calib.products import Crosstalk
 from atmospec.camera.assembly import assemble, disassemble
 from atmospec.camera.description import load_camera
 from atmospec.camera.raw import read_raw
 from atmospec.camera.translator import translate_header
-from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.sim.detector import DetectorSimConfig, bleed, expose, sensor_model
 from atmospec.sim.night import NightConfig, night_plan, simulate_exposure, simulate_night
 from atmospec.sim.rawfile import primary_header, write_raw
@@ -265,7 +265,7 @@ def test_saturated_star_bleeds_and_conserves_charge(science):
 
 
 def test_crosstalk_ghost_of_saturated_star():
-    coeffs = load_crosstalk().coeffs
+    coeffs = Crosstalk.read().matrix().coeffs
     target, source = np.unravel_index(np.argmax(coeffs), coeffs.shape)
     amp = CAMERA.amplifiers[source]
     ys, xs = CAMERA.amp_slices(amp)

@@ -21,14 +21,13 @@ A source landing on a star of the target biases the pair by up to a few 1e-5 in 
 frames of several fields are needed for coefficients below ~1e-4.
 
 The matrix is ``coeffs[target, source]`` in ADU ratios, the convention of
-`atmospec.isr.crosstalk`. `write_crosstalk` stores it in the layout of Rubin's
-CrosstalkCalib ECSV (``CT_COEFFS`` in [source, target] order, 256 values for LATISS), which
-`atmospec.isr.crosstalk.load_crosstalk` reads back into the same matrix.
+`atmospec.isr.crosstalk`. `CrosstalkMeasurement.product` makes it the crosstalk product
+(`atmospec.calib.products.Crosstalk`, the layout of Rubin's CrosstalkCalib ECSV: ``CT_COEFFS``
+in [source, target] order, 256 values for LATISS), whose ``matrix()`` is the same matrix.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 from collections.abc import Sequence
@@ -42,10 +41,10 @@ import numpy as np
 from astropy.table import Table
 from scipy import ndimage
 
+from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, as_raw
-from atmospec.io import write_text_atomic
-from atmospec.isr.crosstalk import CrosstalkMatrix, load_crosstalk
+from atmospec.isr.crosstalk import CrosstalkMatrix
 from atmospec.isr.overscan import OverscanConfig, subtract_overscan
 from atmospec.stats import robust_sigma
 
@@ -57,7 +56,6 @@ __all__ = [
     "compare_crosstalk",
     "crosstalk_ratios",
     "measure_crosstalk",
-    "write_crosstalk",
 ]
 
 
@@ -125,6 +123,48 @@ class CrosstalkMeasurement:
     def matrix(self) -> CrosstalkMatrix:
         """As the matrix type used by ISR."""
         return CrosstalkMatrix(self.coeffs.copy(), self.units)
+
+    def product(self, camera: Camera | None = None) -> Crosstalk:
+        """The crosstalk product of this measurement (Rubin CrosstalkCalib-like), dated now.
+
+        The n×n arrays are stored flattened in Rubin's [source, target] order (the
+        transpose of `coeffs`), as `atmospec.calib.products.Crosstalk.matrix` expects.
+
+        Parameters
+        ----------
+        camera : Camera, optional
+            Instrument and detector metadata; LATISS by default.
+
+        Returns
+        -------
+        Crosstalk
+        """
+        camera = camera or load_camera("latiss")
+        n = camera.n_amps
+
+        def stored(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a.T).reshape(1, n * n)
+
+        table = Table()
+        table["CT_COEFFS"] = stored(self.coeffs.astype(np.float64))
+        table["CT_ERRORS"] = stored(np.nan_to_num(self.errors, nan=0.0))
+        table["CT_COUNTS"] = stored(self.counts.astype(np.int64))
+        table["CT_VALID"] = stored(self.valid.astype(bool))
+        table.meta.update({
+            "OBSTYPE": "CROSSTALK",
+            "INSTRUME": camera.name,
+            "DETECTOR": 0,
+            "DETECTOR_SERIAL": camera.detector_serial,
+            "CALIBDATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            "CROSSTALK_SCHEMA": "Gen3 Crosstalk",
+            "CROSSTALK_SHAPE": [n, n],
+            "CROSSTALK_RATIOS_UNITS": self.units,
+            "HAS_CROSSTALK": True,
+            "NAMP": n,
+            "N_FRAMES": self.n_frames,
+            "AMP_NAMES": list(camera.amp_names),
+        })
+        return Crosstalk(table)
 
 
 def _fill_empty_blocks(grid: np.ndarray, fallback: np.ndarray, max_iter: int = 50) -> np.ndarray:
@@ -383,8 +423,8 @@ def compare_crosstalk(measured: CrosstalkMeasurement, reference: CrosstalkMatrix
     measured : CrosstalkMeasurement
         Measurement.
     reference : CrosstalkMatrix, optional
-        Reference matrix; `atmospec.isr.crosstalk.load_crosstalk` () by default. Must be in
-        ADU ratios.
+        Reference matrix; the shipped LATISS one (`atmospec.calib.products.Crosstalk`) by
+        default. Must be in ADU ratios.
     camera : Camera, optional
         Amp names; LATISS by default.
 
@@ -396,7 +436,7 @@ def compare_crosstalk(measured: CrosstalkMeasurement, reference: CrosstalkMatrix
         ``n_sigma`` ((measured − reference) / error), ``count``.
     """
     camera = camera or load_camera("latiss")
-    reference = reference or load_crosstalk(n_amps=camera.n_amps)
+    reference = reference or Crosstalk.read(n_amps=camera.n_amps).matrix(camera.n_amps)
     if reference.units != "adu":
         raise ValueError("the reference matrix must be in ADU ratios")
     t, s = np.nonzero(measured.valid)
@@ -412,57 +452,3 @@ def compare_crosstalk(measured: CrosstalkMeasurement, reference: CrosstalkMatrix
                    "count": measured.counts[t, s]})
     table.sort("reference", reverse=True)
     return table
-
-
-def write_crosstalk(measured: CrosstalkMeasurement, path: str | Path,
-                    camera: Camera | None = None) -> Path:
-    """Write the crosstalk product (Rubin CrosstalkCalib-like ECSV), atomically.
-
-    The 16×16 arrays are stored flattened in Rubin's [source, target] order (the transpose
-    of `CrosstalkMeasurement.coeffs`), as `atmospec.isr.crosstalk.load_crosstalk` expects.
-
-    Parameters
-    ----------
-    measured : CrosstalkMeasurement
-        Measurement to store.
-    path : path
-        Output ``.ecsv``.
-    camera : Camera, optional
-        Instrument and detector metadata; LATISS by default.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-    """
-    camera = camera or load_camera("latiss")
-    n = camera.n_amps
-
-    def stored(a: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(a.T).reshape(1, n * n)
-
-    table = Table()
-    table["CT_COEFFS"] = stored(measured.coeffs.astype(np.float64))
-    table["CT_ERRORS"] = stored(np.nan_to_num(measured.errors, nan=0.0))
-    table["CT_COUNTS"] = stored(measured.counts.astype(np.int64))
-    table["CT_VALID"] = stored(measured.valid.astype(bool))
-    now = datetime.now(UTC)
-    table.meta.update({
-        "OBSTYPE": "CROSSTALK",
-        "INSTRUME": camera.name,
-        "DETECTOR": 0,
-        "DETECTOR_SERIAL": camera.detector_serial,
-        "CALIBDATE": now.strftime("%Y-%m-%dT%H:%M:%S"),
-        "CROSSTALK_SCHEMA": "Gen3 Crosstalk",
-        "CROSSTALK_SHAPE": [n, n],
-        "CROSSTALK_RATIOS_UNITS": measured.units,
-        "HAS_CROSSTALK": True,
-        "NAMP": n,
-        "N_FRAMES": measured.n_frames,
-        "AMP_NAMES": list(camera.amp_names),
-    })
-    buf = io.StringIO()
-    table.write(buf, format="ascii.ecsv")
-    out = write_text_atomic(buf.getvalue(), path)
-    log.info("wrote %s (%d valid pairs)", out, int(measured.valid.sum()))
-    return out

@@ -20,30 +20,29 @@ The search follows Rubin's cp_pipe (MeasureDefectsTask), amplifier by amplifier:
 * the union is cut into boxes (runs along rows, merged over consecutive rows with the same
   extent): a column is one box, an isolated pixel another.
 
-The product is an ECSV table with integer columns ``x0, y0, width, height`` in assembled
-pixels (Rubin's "Simple" defects schema), read by `atmospec.isr.defects.load_defects`.
+The product (`atmospec.calib.products.Defects`) is an ECSV table with integer columns ``x0,
+y0, width, height`` in assembled pixels (Rubin's "Simple" defects schema); `build_defects`
+returns it with its verification, in memory.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from astropy.table import Table
 from scipy import ndimage
 
+from atmospec.calib.products import Dark, Defects, Flat
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.io import provenance_cards, write_text_atomic
-from atmospec.isr.calibs import load_calibration
+from atmospec.io import provenance_cards
+from atmospec.isr.defects import defect_mask
 from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
@@ -463,8 +462,6 @@ def verify_defects(table: Table, product_file: str, config: FindDefectsConfig | 
     -------
     VerificationReport
     """
-    from atmospec.isr.defects import defect_mask
-
     config = config or FindDefectsConfig()
     camera = camera or load_camera("latiss")
     mask = defect_mask(table, camera.detector_shape)
@@ -485,19 +482,17 @@ def verify_defects(table: Table, product_file: str, config: FindDefectsConfig | 
     return report
 
 
-def build_defects(dark_path: str | Path | None, flat_path: str | Path | None,
-                  out: str | Path, config: FindDefectsConfig | None = None,
-                  camera: Camera | None = None) -> Path:
-    """Build the defects product from master files and write it with its verification.
+def build_defects(dark: Dark | None, flat: Flat | None,
+                  config: FindDefectsConfig | None = None, camera: Camera | None = None
+                  ) -> tuple[Defects, VerificationReport]:
+    """Build the defects product from a master dark and/or flat, and verify it.
 
     Parameters
     ----------
-    dark_path : path or None
-        Master dark (`Exposure` file, OBSTYPE dark, e⁻/s).
-    flat_path : path or None
-        Master flat (`Exposure` file, OBSTYPE flat, normalised).
-    out : path
-        Output ECSV file; ``<stem>.verify.json`` is written beside it.
+    dark : Dark or None
+        Master dark (e⁻/s).
+    flat : Flat or None
+        Master flat (normalised).
     config : FindDefectsConfig, optional
         Thresholds and options.
     camera : Camera, optional
@@ -505,41 +500,26 @@ def build_defects(dark_path: str | Path | None, flat_path: str | Path | None,
 
     Returns
     -------
-    pathlib.Path
-        ``out``.
+    defects : Defects
+        The product, its provenance cards (the masters' sources) in ``defects.provenance``.
+    report : VerificationReport
+        `verify_defects` of it (``file`` empty: set it when writing).
 
     Raises
     ------
     BadInputError
-        If a master is unreadable, of the wrong kind or shape, or none is given.
+        If neither master is given.
     """
     config = config or FindDefectsConfig()
     camera = camera or load_camera("latiss")
-    if dark_path is None and flat_path is None:
+    if dark is None and flat is None:
         raise BadInputError(None, "defects need a master dark, a master flat or both")
-    dark = load_calibration(dark_path, "dark", camera) if dark_path is not None else None
-    flat = load_calibration(flat_path, "flat", camera) if flat_path is not None else None
-    table = find_defects(dark, flat, config, camera)
-    inputs = [p for p in (dark_path, flat_path) if p is not None]
-    _add_provenance(table.meta, provenance_cards("defects", inputs, config))
-    out = Path(out)
-    buf = io.StringIO()
-    table.write(buf, format="ascii.ecsv")
-    write_text_atomic(buf.getvalue(), out)
-    report = verify_defects(table, out.name, config, camera)
-    report.write(out)
+    table = find_defects(dark.exposure if dark else None, flat.exposure if flat else None,
+                         config, camera)
+    inputs = [p.source for p in (dark, flat) if p is not None]
+    product = Defects(table, provenance=tuple(provenance_cards("defects", inputs, config)))
+    report = verify_defects(table, "", config, camera)
     if not report.passed:
-        log.warning("%s: defects verification failed: %s", out, ", ".join(report.failures()))
-    log.info("wrote %s: %d boxes, %d defective pixels", out, len(table),
-             table.meta["N_DEFECTIVE"])
-    return out
-
-
-def _add_provenance(meta: MutableMapping[str, Any], cards: list[tuple[str, Any, str]]) -> None:
-    """Put provenance cards in a table's metadata (HISTORY lines as a list)."""
-    history = [str(v) for k, v, _ in cards if k == "HISTORY"]
-    for key, value, _ in cards:
-        if key != "HISTORY":
-            meta[key] = value
-    if history:
-        meta["HISTORY"] = history
+        log.warning("defects verification failed: %s", ", ".join(report.failures()))
+    log.info("defects: %d boxes, %d defective pixels", len(table), table.meta["N_DEFECTIVE"])
+    return product, report

@@ -40,12 +40,13 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
+from atmospec.calib.products.ptc import Ptc
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, as_raw
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import write_text_atomic
-from atmospec.isr.gain import AmpGains, load_ptc_gains, nominal_gains
+from atmospec.isr.gain import AmpGains, nominal_gains
 from atmospec.isr.overscan import (
     OverscanConfig,
     overscan_noise,
@@ -255,18 +256,17 @@ def _linearity_residual(times: np.ndarray, means: np.ndarray, lo: float,
     return float(100.0 * np.max(np.abs(m - fit) / fit))
 
 
-def _read_ptc(path: str | Path, camera: Camera, config: EoConfig) -> _Ptc:
+def _read_ptc(ptc: Ptc, camera: Camera, config: EoConfig) -> _Ptc:
     """Gains, turnoff and (if the ramp is there) linearity residual from a PTC table."""
-    path = Path(path)
-    gains = load_ptc_gains(path, camera)
-    table = Table.read(path)
+    gains = ptc.gains(camera)
+    table = ptc.table
     rows = {str(a).strip(): i for i, a in enumerate(table["AMP"])}
     idx = [rows[name] for name in camera.amp_names]
     n = camera.n_amps
     if "TURNOFF" in table.colnames:
         turnoff = np.asarray(table["TURNOFF"], dtype=float)[idx]
     else:
-        log.info("%s: no TURNOFF column: full well left NaN", path.name)
+        log.info("%s: no TURNOFF column: full well left NaN", ptc.name)
         turnoff = np.full(n, np.nan)
     means_col = next((c for c in _RAMP_MEANS if c in table.colnames), None)
     times_col = next((c for c in _RAMP_TIMES if c in table.colnames), None)
@@ -277,13 +277,13 @@ def _read_ptc(path: str | Path, camera: Camera, config: EoConfig) -> _Ptc:
             means = np.asarray(table[means_col][row], dtype=float).ravel()
             times = np.asarray(table[times_col][row], dtype=float).ravel()
             if means.shape != times.shape:
-                raise BadInputError(path, f"{means_col} and {times_col} of amp "
-                                          f"{camera.amp_names[i]} differ in length")
+                raise BadInputError(ptc.source or None, f"{means_col} and {times_col} of amp "
+                                                        f"{camera.amp_names[i]} differ in length")
             g = gains.gain[i]
             hi = hi_e / g if not np.isfinite(turnoff[i]) else min(hi_e / g, turnoff[i])
             linearity[i] = _linearity_residual(times, means, lo_e / g, hi)
     else:
-        log.info("%s: no PTC ramp (%s / %s): linearity residual left NaN", path.name,
+        log.info("%s: no PTC ramp (%s / %s): linearity residual left NaN", ptc.name,
                  "|".join(_RAMP_MEANS), "|".join(_RAMP_TIMES))
     return _Ptc(gains, turnoff, linearity)
 
@@ -304,7 +304,7 @@ def eo_figures(
     flat_raws: Sequence[RawFrame | str | Path],
     dark_master: Exposure | None = None,
     flat_master: Exposure | None = None,
-    ptc: str | Path | None = None,
+    ptc: Ptc | None = None,
     config: EoConfig | None = None,
     camera: Camera | None = None,
     defects: DefectMaps | None = None,
@@ -322,8 +322,8 @@ def eo_figures(
         Master dark in e⁻/s (dark current, bright pixels and columns).
     flat_master : Exposure, optional
         Normalised master flat (dark pixels and columns).
-    ptc : path, optional
-        PTC product: FITS table with ``AMP``, ``GAIN``, ``READ_NOISE``, optionally
+    ptc : Ptc, optional
+        PTC product: table with ``AMP``, ``GAIN``, ``READ_NOISE``, optionally
         ``TURNOFF`` (ADU) and the ramp arrays ``PTC_MEAN`` (ADU) / ``PTC_EXPTIME`` (s)
         (``RAW_MEANS`` / ``RAW_EXP_TIMES`` accepted).
         Without it the nominal gains are used and full well and linearity are NaN.

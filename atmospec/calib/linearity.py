@@ -16,30 +16,29 @@ the PTC turnoff:
 This is exactly the form `atmospec.isr.linearity.Linearizer.correct` applies
 (corrected = μ + Δ(μ)), on overscan-subtracted ADU, before the gain.
 
-The product is a FITS table, one row per amp: ``AMP``, ``TYPE``, ``COEFFS`` and diagnostics
-(``LIN_SLOPE``, ``LIN_MAXDEV`` before and ``LIN_RESID`` after correction); meta
-``OBSTYPE='linearizer'`` and ``LINRESID``, the largest residual of any amp.
+The product (`atmospec.calib.products.Linearizer`) is a FITS table, one row per amp: ``AMP``,
+``TYPE``, ``COEFFS`` and diagnostics (``LIN_SLOPE``, ``LIN_MAXDEV`` before and ``LIN_RESID``
+after correction); meta ``OBSTYPE='linearizer'`` and ``LINRESID``, the largest residual of
+any amp. `build_linearizer` returns it with its verification, in memory.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 from scipy.interpolate import make_lsq_spline
 
+from atmospec.calib.products.linearizer import LINEARIZER_COLUMNS, Linearizer
+from atmospec.calib.products.ptc import Ptc
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
 from atmospec.errors import BadInputError, ProcessingError
-from atmospec.io import add_cards, provenance_cards, write_hdul_atomic
-from atmospec.isr.linearity import Linearizer
+from atmospec.io import provenance_cards
+from atmospec.isr.linearity import Linearizer as LinearityCorrection
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +52,6 @@ __all__ = [
     "linearizer_table",
     "verify_linearizer",
 ]
-
-
-#: Columns of the linearizer product (written as the TTYPEn comments).
-LINEARIZER_COLUMNS: Mapping[str, str] = MappingProxyType({
-    "AMP": "amplifier name",
-    "TYPE": "POLYNOMIAL or SPLINE",
-    "COEFFS": "c2,c3..; or knots, corrections [adu]",
-    "LIN_SLOPE": "[adu/s] linear ramp slope",
-    "LIN_MAXDEV": "max |mu/(s t) - 1| before correction",
-    "LIN_RESID": "max |mu'/(s t) - 1| after correction",
-    "LIN_RMS": "rms of mu'/(s t) - 1 after correction",
-    "LIN_MAX_ADU": "[adu] highest ramp point fitted",
-    "LIN_USED": "ramp point used by the fit",
-})
 
 
 @dataclass(frozen=True)
@@ -145,7 +130,7 @@ def apply_correction(kind: str, coeffs: np.ndarray, mean: np.ndarray) -> np.ndar
         powers = np.arange(2, 2 + len(coeffs))
         return mean + np.sum(np.asarray(coeffs)[:, None] * mean[None, :] ** powers[:, None],
                              axis=0)
-    return Linearizer((kind,), (np.asarray(coeffs, float),)).correct(mean, 0)
+    return LinearityCorrection((kind,), (np.asarray(coeffs, float),)).correct(mean, 0)
 
 
 def _ramp_slope(t: np.ndarray, mean: np.ndarray, w: np.ndarray) -> float:
@@ -256,24 +241,13 @@ def fit_linearity(exptime: np.ndarray, mean: np.ndarray, max_adu: float,
         fit_max_adu=float(np.max(mu_u)))
 
 
-def _read_ptc(ptc: Table | str | Path) -> tuple[Table, str]:
-    if isinstance(ptc, Table):
-        return ptc, str(ptc.meta.get("FILENAME", ""))
-    path = Path(ptc)
-    try:
-        table = Table.read(path)
-    except Exception as exc:
-        raise BadInputError(path, f"not a PTC table ({exc})") from None
-    return table, path.name
-
-
-def linearizer_table(ptc: Table | str | Path, camera: Camera | None = None,
+def linearizer_table(ptc: Ptc, camera: Camera | None = None,
                      config: LinearityConfig | None = None) -> Table:
     """Fit every amp's ramp and assemble the linearizer product table (not yet written).
 
     Parameters
     ----------
-    ptc : astropy.table.Table or path
+    ptc : Ptc
         PTC product with ``AMP``, ``PTC_MEAN``, ``PTC_EXPTIME`` and ``TURNOFF``.
     camera : Camera, optional
         Amp names; LATISS by default.
@@ -289,11 +263,11 @@ def linearizer_table(ptc: Table | str | Path, camera: Camera | None = None,
     Raises
     ------
     BadInputError
-        If the PTC cannot be read, lacks a column or an amplifier.
+        If the PTC lacks a column or an amplifier.
     """
     camera = camera or load_camera("latiss")
     config = config or LinearityConfig()
-    table, name = _read_ptc(ptc)
+    table, name = ptc.table, ptc.name
     missing = {"AMP", "PTC_MEAN", "PTC_EXPTIME", "TURNOFF"} - set(table.colnames)
     if missing:
         raise BadInputError(name or None, f"PTC table lacks column(s) "
@@ -331,17 +305,17 @@ def linearizer_table(ptc: Table | str | Path, camera: Camera | None = None,
     return lin
 
 
-def verify_linearizer(table: Table | str | Path, config: LinearityConfig | None = None, *,
-                      file: str | None = None) -> VerificationReport:
+def verify_linearizer(table: Table, config: LinearityConfig | None = None, *,
+                      file: str = "") -> VerificationReport:
     """Per-amp check that the residual non-linearity after correction is small.
 
     Parameters
     ----------
-    table : astropy.table.Table or path
-        Linearizer product (with ``LIN_RESID``).
+    table : astropy.table.Table
+        Linearizer product's table (with ``LIN_RESID``).
     config : LinearityConfig, optional
         ``max_residual`` limit.
-    file : str, optional
+    file : str
         Product file name for the report.
 
     Returns
@@ -350,10 +324,7 @@ def verify_linearizer(table: Table | str | Path, config: LinearityConfig | None 
         Test ``residual_nonlinearity`` per amp: largest fractional residual ≤ limit.
     """
     config = config or LinearityConfig()
-    if not isinstance(table, Table):
-        file = file or Path(table).name
-        table = Table.read(table)
-    report = VerificationReport("linearity", file or "")
+    report = VerificationReport("linearity", file)
     for row in table:
         report.add(str(row["AMP"]).strip(), TestResult(
             "residual_nonlinearity", float(row["LIN_RESID"]), config.max_residual,
@@ -361,48 +332,38 @@ def verify_linearizer(table: Table | str | Path, config: LinearityConfig | None 
     return report
 
 
-def build_linearizer(ptc: Table | str | Path, out: str | Path,
-                     config: LinearityConfig | None = None, *, camera: Camera | None = None,
-                     verify: bool = True) -> Path:
-    """Fit the linearizer from a PTC and write it (FITS table, atomically, with provenance).
+def build_linearizer(ptc: Ptc, config: LinearityConfig | None = None, *,
+                     camera: Camera | None = None, verify: bool = True
+                     ) -> tuple[Linearizer, VerificationReport | None]:
+    """Fit the linearizer from a PTC's ramp, and verify it.
 
     Parameters
     ----------
-    ptc : astropy.table.Table or path
-        PTC product (from `atmospec.calib.ptc.build_ptc`).
-    out : path
-        Linearizer product (``.fits``), readable by `atmospec.isr.linearity.load_linearizer`.
+    ptc : Ptc
+        PTC product (from `atmospec.calib.ptc.build_ptc`, or read from its file).
     config : LinearityConfig, optional
         Form and ranges of the correction.
     camera : Camera, optional
         Amp names; LATISS by default.
     verify : bool
-        Also write ``<stem>.verify.json`` (residual non-linearity per amp).
+        Verify the product (residual non-linearity per amp).
 
     Returns
     -------
-    pathlib.Path
-        The written product.
+    linearizer : Linearizer
+        The product, its provenance cards (the PTC file, if it was read from one) in
+        ``linearizer.provenance``.
+    report : VerificationReport or None
+        `verify_linearizer` of it (``file`` empty: set it when writing); ``None`` without
+        ``verify``.
     """
     config = config or LinearityConfig()
     table = linearizer_table(ptc, camera, config)
-    out = Path(out)
-    long_keys = {k: table.meta.pop(k) for k in list(table.meta) if len(k) > 8}
-    hdu = fits.table_to_hdu(table)
-    table.meta.update(long_keys)
-    hdu.name = "LINEARIZER"
-    for key, value in long_keys.items():
-        hdu.header[f"HIERARCH {key}"] = value
-    for i, name in enumerate(table.colnames, start=1):
-        hdu.header.comments[f"TTYPE{i}"] = LINEARIZER_COLUMNS.get(name, "")[:40]
-    inputs = [ptc] if isinstance(ptc, str | Path) else []
-    add_cards(hdu.header, provenance_cards("linearity", inputs, config))
-    write_hdul_atomic(fits.HDUList([fits.PrimaryHDU(), hdu]), out)
-    log.info("wrote %s (largest residual non-linearity %.4f %%)", out,
+    log.info("linearizer: largest residual non-linearity %.4f %%",
              100 * table.meta["LINRESID"])
-    if verify:
-        report = verify_linearizer(table, config, file=out.name)
-        report.write(out)
-        if not report.passed:
-            log.warning("linearizer verification failed: %s", ", ".join(report.failures()))
-    return out
+    inputs = [ptc.source] if ptc.source else []
+    product = Linearizer(table, provenance=tuple(provenance_cards("linearity", inputs, config)))
+    report = verify_linearizer(table, config) if verify else None
+    if report is not None and not report.passed:
+        log.warning("linearizer verification failed: %s", ", ".join(report.failures()))
+    return product, report

@@ -1,4 +1,4 @@
-"""Master bias, dark and flat (and spectroscopic flat) from raw LATISS frames.
+"""Master bias, dark and flat (and spectroscopic flat) from raw LATISS frames, in memory.
 
 Every builder follows the same path, Rubin's cpBias / cpDark / cpFlat in spirit:
 
@@ -6,16 +6,21 @@ Every builder follows the same path, Rubin's cpBias / cpDark / cpFlat in spirit:
    filter for flats, a dark time for darks, no duplicates, at least ``min_inputs``);
 2. ISR each input with only the steps the product needs, one frame in memory at a time, and
    store its image as a float32 ``.npy`` file with a boolean ``.npy`` of the pixels it must
-   not contribute (SAT, BAD, NO_DATA; cosmic rays for darks) in a temporary directory;
+   not contribute (SAT, BAD, NO_DATA; cosmic rays for darks) in a temporary working
+   directory (``workdir``: on disk, not in RAM);
 3. combine the stack by row chunks (`atmospec.calib.combine`), so the memory does not grow
    with the number of inputs;
-4. write the master as an `Exposure` (primary header ``OBSTYPE``, ``INSTRUME``, ``FILTER``,
-   ``CALIBDATE``, ``NCOMBINE``, ``COMBMETH``, ``GAINSRC``, provenance), then verify it
-   (`atmospec.calib.verify`) and write ``<stem>.verify.json``.
+4. return the master (`atmospec.calib.products.Bias`, `Dark` or `Flat`: primary header
+   ``OBSTYPE``, ``INSTRUME``, ``FILTER``, ``CALIBDATE``, ``NCOMBINE``, ``COMBMETH``,
+   ``GAINSRC``; its provenance cards ready for ``write``) and its verification
+   (`atmospec.calib.verify`), run on the product in memory.
+
+Writing the product and ``<stem>.verify.json`` is left to the caller
+(`atmospec.calib.files.build_master_file` for the command line and the night runner).
 
 A bad input (unreadable, wrong type, wrong filter, wrong shape) raises `BadInputError`
 naming it, or, with ``skip_bad=True``, is logged and left out; either way no product is
-written from fewer than ``min_inputs`` frames, and the skipped files are recorded in the
+made from fewer than ``min_inputs`` frames, and the skipped files are recorded in the
 product's HISTORY.
 
 Units: bias in e⁻, dark in e⁻/s, flat normalised to median 1 over its good pixels.
@@ -27,7 +32,7 @@ import logging
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -37,17 +42,18 @@ from astropy.io import fits
 from scipy import ndimage
 
 from atmospec.calib.combine import CombineConfig, combine_stack, input_median
+from atmospec.calib.products import Bias, Crosstalk, Dark, Flat, MasterImage, Ptc
+from atmospec.calib.verification import VerificationReport
+from atmospec.calib.verify import verify_bias, verify_dark, verify_flat
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import read_raw
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, short_error
 from atmospec.exposure import Exposure
 from atmospec.io import provenance_cards
-from atmospec.isr.calibs import load_calibration
 from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays
-from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import AmpGains, load_ptc_gains, nominal_gains
+from atmospec.isr.gain import AmpGains, nominal_gains
 from atmospec.isr.masking import grow_mask
 from atmospec.isr.overscan import OverscanConfig
 from atmospec.isr.saturation import SaturationConfig
@@ -75,6 +81,11 @@ _CR_PAD = 4
 UNITS: Mapping[str, str] = MappingProxyType(
     {"bias": "electron", "dark": "electron/s", "flat": "dimensionless"})
 
+#: Product class and verification of each kind.
+_PRODUCTS: Mapping[str, tuple[type[MasterImage], Callable[..., VerificationReport]]] = (
+    MappingProxyType({"bias": (Bias, verify_bias), "dark": (Dark, verify_dark),
+                      "flat": (Flat, verify_flat)}))
+
 #: ISR steps applied to the inputs of each product (assembly is implicit).
 ISR_STEPS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "bias": ("overscan", "saturation", "gain", "crosstalk"),
@@ -93,20 +104,19 @@ class MasterConfig:
     """Leave out (and log) unusable inputs instead of raising `BadInputError`."""
     combine: CombineConfig = field(default_factory=CombineConfig)
     """Pixel-by-pixel combination (method, clipping, chunk size, scaling)."""
-    ptc: str | None = None
-    """PTC table giving the gains and read noise; ``None``: the camera's nominal values."""
-    crosstalk: str | None = None
-    """Crosstalk table; ``None``: the shipped LATISS matrix."""
     overscan: OverscanConfig = field(default_factory=OverscanConfig)
     """Overscan subtraction of the inputs."""
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     """Saturation levels (saturated pixels are left out of the combination)."""
     workdir: str | None = None
-    """Parent of the temporary directory of per-input ``.npy`` files; ``None``: the output's
-    directory (``/tmp`` is often a RAM-backed tmpfs, which would defeat the memory bound)."""
+    """Parent of the temporary directory of per-input ``.npy`` files; ``None``: the one the
+    caller gives (the output's directory when a file is written), else the current
+    directory (not the system's temporary directory: ``/tmp`` is often a RAM-backed tmpfs,
+    which would defeat the memory bound)."""
     verify: bool = True
-    """Verify the product and write ``<stem>.verify.json`` (its figure,
-    ``<stem>.verify.png``, is drawn by the apps: `atmospec.plots.verify`)."""
+    """Verify the product (the report is returned; written as ``<stem>.verify.json`` beside
+    a product file, its figure ``<stem>.verify.png`` drawn by the apps:
+    `atmospec.plots.verify`)."""
 
 
 @dataclass(frozen=True)
@@ -161,34 +171,49 @@ class _Input:
     level: float = float("nan")
 
 
-def build_bias(raws: Sequence[str | Path], out: str | Path,
-               config: MasterConfig | None = None) -> Path:
+#: What a builder returns: the product and its verification (``None``: not verified).
+Built = tuple[MasterImage, VerificationReport | None]
+
+
+def build_bias(raws: Sequence[str | Path], config: MasterConfig | None = None, *,
+               ptc: Ptc | None = None, crosstalk: Crosstalk | None = None,
+               workdir: str | Path | None = None) -> tuple[Bias, VerificationReport | None]:
     """Build a master bias (e⁻) from raw bias frames.
 
     Parameters
     ----------
     raws : sequence of path
-        Raw bias files.
-    out : path
-        Product file (an `Exposure`); the verification files go beside it.
+        Raw bias files (read one at a time).
     config : MasterConfig, optional
         Settings.
+    ptc : Ptc, optional
+        Gains and read noise of the ISR of the inputs; ``None``: the camera's nominal values.
+    crosstalk : Crosstalk, optional
+        Crosstalk matrix; ``None``: the shipped LATISS one.
+    workdir : path, optional
+        Parent of the temporary directory of the per-input images when
+        ``config.workdir`` is None; ``None``: the current directory.
 
     Returns
     -------
-    pathlib.Path
-        ``out``.
+    bias : Bias
+        The product, its provenance cards in ``bias.provenance``.
+    report : VerificationReport or None
+        Its verification (``file`` empty: set it when writing); ``None`` without
+        ``config.verify``.
 
     Raises
     ------
     BadInputError
         A bad input (when not skipped) or too few usable inputs.
     """
-    return _build("bias", raws, out, config or MasterConfig())
+    return _build("bias", raws, config or MasterConfig(), ptc=ptc, crosstalk=crosstalk,
+                  workdir=workdir)
 
 
-def build_dark(raws: Sequence[str | Path], out: str | Path, bias: str | Path,
-               config: DarkConfig | None = None) -> Path:
+def build_dark(raws: Sequence[str | Path], bias: Bias, config: DarkConfig | None = None, *,
+               ptc: Ptc | None = None, crosstalk: Crosstalk | None = None,
+               workdir: str | Path | None = None) -> tuple[Dark, VerificationReport | None]:
     """Build a master dark (e⁻/s) from raw dark frames.
 
     Each input is bias-subtracted with ``bias``, its cosmic rays found and left out, and
@@ -198,28 +223,31 @@ def build_dark(raws: Sequence[str | Path], out: str | Path, bias: str | Path,
     ----------
     raws : sequence of path
         Raw dark files.
-    out : path
-        Product file.
-    bias : path
+    bias : Bias
         Master bias (required: the darks' bias structure is far above their dark signal).
     config : DarkConfig, optional
         Settings.
+    ptc, crosstalk, workdir
+        As for `build_bias`.
 
     Returns
     -------
-    pathlib.Path
-        ``out``.
+    dark : Dark
+    report : VerificationReport or None
 
     Raises
     ------
     BadInputError
-        A bad input or master bias, or too few usable inputs.
+        A bad input, or too few usable inputs.
     """
-    return _build("dark", raws, out, config or DarkConfig(), bias=bias)
+    return _build("dark", raws, config or DarkConfig(), bias=bias, ptc=ptc,
+                  crosstalk=crosstalk, workdir=workdir)
 
 
-def build_flat(raws: Sequence[str | Path], out: str | Path, bias: str | Path,
-               dark: str | Path | None = None, config: FlatConfig | None = None) -> Path:
+def build_flat(raws: Sequence[str | Path], bias: Bias, dark: Dark | None = None,
+               config: FlatConfig | None = None, *, ptc: Ptc | None = None,
+               crosstalk: Crosstalk | None = None, workdir: str | Path | None = None
+               ) -> tuple[Flat, VerificationReport | None]:
     """Build a master flat (median 1) from raw flats of one physical filter.
 
     Each input is bias- (and dark-) subtracted and divided by its median; the combination
@@ -231,31 +259,33 @@ def build_flat(raws: Sequence[str | Path], out: str | Path, bias: str | Path,
     ----------
     raws : sequence of path
         Raw flat files, all of the same physical filter (filter and disperser).
-    out : path
-        Product file.
-    bias : path
+    bias : Bias
         Master bias.
-    dark : path, optional
+    dark : Dark, optional
         Master dark (e⁻/s); flats are short and the dark current small, so it is optional.
     config : FlatConfig, optional
         Settings (``spectro=True`` for a spectroscopic flat).
+    ptc, crosstalk, workdir
+        As for `build_bias`.
 
     Returns
     -------
-    pathlib.Path
-        ``out``.
+    flat : Flat
+    report : VerificationReport or None
 
     Raises
     ------
     BadInputError
-        A bad input or product, mixed filters (when not skipped), or too few usable inputs.
+        A bad input, mixed filters (when not skipped), or too few usable inputs.
     """
-    return _build("flat", raws, out, config or FlatConfig(), bias=bias, dark=dark)
+    return _build("flat", raws, config or FlatConfig(), bias=bias, dark=dark, ptc=ptc,
+                  crosstalk=crosstalk, workdir=workdir)
 
 
-def build_spectro_flat(raws: Sequence[str | Path], out: str | Path, bias: str | Path,
-                       dark: str | Path | None = None,
-                       config: FlatConfig | None = None) -> Path:
+def build_spectro_flat(raws: Sequence[str | Path], bias: Bias, dark: Dark | None = None,
+                       config: FlatConfig | None = None, *, ptc: Ptc | None = None,
+                       crosstalk: Crosstalk | None = None, workdir: str | Path | None = None
+                       ) -> tuple[Flat, VerificationReport | None]:
     """Build a spectroscopic flat: `build_flat` with ``spectro=True``.
 
     Only the pixel-scale response remains (the large-scale illumination, divided out, is
@@ -263,15 +293,16 @@ def build_spectro_flat(raws: Sequence[str | Path], out: str | Path, bias: str | 
 
     Parameters
     ----------
-    raws, out, bias, dark, config
+    raws, bias, dark, config, ptc, crosstalk, workdir
         As for `build_flat`.
 
     Returns
     -------
-    pathlib.Path
-        ``out``.
+    flat : Flat
+    report : VerificationReport or None
     """
-    return build_flat(raws, out, bias, dark, replace(config or FlatConfig(), spectro=True))
+    return build_flat(raws, bias, dark, replace(config or FlatConfig(), spectro=True),
+                      ptc=ptc, crosstalk=crosstalk, workdir=workdir)
 
 
 # --------------------------------------------------------------------------- input checks
@@ -356,34 +387,31 @@ def _require_count(kind: str, usable: Sequence[_Input], issues: list[tuple[Path,
 # --------------------------------------------------------------------------- building
 
 
-def _gains(config: MasterConfig, camera: Camera) -> AmpGains:
-    return load_ptc_gains(config.ptc, camera) if config.ptc else nominal_gains(camera)
-
-
-def _build(kind: str, raws: Sequence[str | Path], out: str | Path, config: MasterConfig,
-           bias: str | Path | None = None, dark: str | Path | None = None) -> Path:
-    out = Path(out)
+def _build(kind: str, raws: Sequence[str | Path], config: MasterConfig, *,
+           bias: Bias | None = None, dark: Dark | None = None, ptc: Ptc | None = None,
+           crosstalk: Crosstalk | None = None, workdir: str | Path | None = None) -> Built:
     camera = load_camera("latiss")
     usable, issues = _check_inputs(kind, raws, config, camera)
     _require_count(kind, usable, issues, config)
 
-    calibs = IsrCalibrations(gains=_gains(config, camera),
-                             crosstalk=load_crosstalk(config.crosstalk, camera.n_amps))
+    matrix = (crosstalk or Crosstalk.read(n_amps=camera.n_amps)).matrix(camera.n_amps)
+    calibs = IsrCalibrations(gains=ptc.gains(camera) if ptc else nominal_gains(camera),
+                             crosstalk=matrix)
     steps = ISR_STEPS[kind]
-    products: list[Path] = []
+    products: list[MasterImage] = []
     if kind in ("dark", "flat"):
         if bias is None:
             raise ValueError(f"a master {kind} needs a master bias")
-        calibs.bias = load_calibration(bias, "bias", camera)
-        products.append(Path(bias))
+        calibs.bias = bias.exposure
+        products.append(bias)
     if dark is not None:
-        calibs.dark = load_calibration(dark, "dark", camera)
-        products.append(Path(dark))
+        calibs.dark = dark.exposure
+        products.append(dark)
         steps = (*steps, "dark")
     isr_config = IsrConfig(steps=steps, overscan=config.overscan, saturation=config.saturation)
-    calibs.sources = {k: Path(v).name for k, v in (("bias", bias), ("dark", dark)) if v}
+    calibs.sources = {p.kind: p.name for p in products}
 
-    workdir = Path(config.workdir) if config.workdir else out.parent
+    workdir = Path(config.workdir or workdir or Path.cwd())
     workdir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     clock = time.perf_counter()
@@ -401,21 +429,26 @@ def _build(kind: str, raws: Sequence[str | Path], out: str | Path, config: Maste
         clock = _lap(times, "combine", clock)
     master = _master_exposure(kind, image, variance, n_used, done, calibs, config, camera)
     del image, variance, n_used
-    inputs = [i.path for i in done] + products
-    cards = provenance_cards(f"cpp.{kind}", inputs, config)
+    cards = provenance_cards(f"cpp.{kind}", [i.path for i in done]
+                             + [p.source for p in products], config)
     cards += [("HISTORY", f"skipped {p.name}: {why}"[:72], "") for p, why in issues]
-    master.write(out, cards)
-    del master  # the verification reads the file back: not two copies at once
-    clock = _lap(times, "write", clock)
+    product_class, verify = _PRODUCTS[kind]
+    product = product_class(master, provenance=tuple(cards))
+    report = None
     if config.verify:
-        _verify(out)
+        report = verify(master, camera=camera)
         clock = _lap(times, "verify", clock)
+        if report.passed:
+            log.info("master %s: verification passed", kind)
+        else:
+            log.warning("master %s: verification FAILED: %s", kind,
+                        ", ".join(report.failures()))
     times["frames"] = len(done)
     # The phase times travel as a record attribute too, for benchmarks and monitoring.
-    log.info("master %s %s from %d frames: read+ISR %.1f s, combine %.1f s, write %.1f s, "
-             "verify %.1f s", kind, out.name, len(done), times["isr"], times["combine"],
-             times["write"], times.get("verify", 0.0), extra={"phase_times": times})
-    return out
+    log.info("master %s from %d frames: read+ISR %.1f s, combine %.1f s, verify %.1f s", kind,
+             len(done), times["isr"], times["combine"], times.get("verify", 0.0),
+             extra={"phase_times": times})
+    return product, report
 
 
 def _lap(times: dict[str, float], name: str, start: float) -> float:
@@ -614,18 +647,6 @@ def _header(kind: str, done: list[_Input], calibs: IsrCalibrations, config: Mast
         h[f"HIERARCH ATM GAIN {amp}"] = (round(float(calibs.gains.gain[i]), 5), "e-/ADU")
         h[f"HIERARCH ATM RDNOISE {amp}"] = (round(float(calibs.gains.read_noise[i]), 3), "e-")
     return h
-
-
-def _verify(out: Path) -> None:
-    """Verify the product and write its report; a failure is logged, not raised."""
-    from atmospec.calib.verify import verify_product
-
-    report = verify_product(out)
-    path = report.write(out)
-    if report.passed:
-        log.info("%s: verification passed (%s)", out.name, path.name)
-    else:
-        log.warning("%s: verification FAILED: %s", out.name, ", ".join(report.failures()))
 
 
 # --------------------------------------------------------------------------- spectro flat

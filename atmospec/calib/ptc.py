@@ -21,8 +21,8 @@ shot noise), and the fit rejects, iteratively, points further than ``n_sigma_fit
 model, which removes the points where saturation has started to pull the variance down. The
 turnoff is the largest mean still used by the fit (as Rubin's cp_pipe defines it).
 
-The product is a FITS binary table, one row per amp (see `PTC_COLUMNS`), written atomically
-with provenance; `verify_ptc` checks it DMTN-101 style.
+`build_ptc` returns the product (`atmospec.calib.products.Ptc`: a FITS binary table, one row
+per amp, see `PTC_COLUMNS`) and its verification (`verify_ptc`, DMTN-101 style), in memory.
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Literal
 
 import lmfit
@@ -42,13 +41,14 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 
+from atmospec.calib.products.crosstalk import Crosstalk
+from atmospec.calib.products.ptc import PTC_COLUMNS, Ptc
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, read_raw
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, ProcessingError
-from atmospec.io import add_cards, provenance_cards, write_hdul_atomic
-from atmospec.isr.crosstalk import load_crosstalk
+from atmospec.io import provenance_cards
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import nominal_gains
 from atmospec.isr.overscan import OverscanConfig
@@ -73,30 +73,7 @@ __all__ = [
     "ptc_calibrations",
     "ptc_table",
     "verify_ptc",
-    "write_ptc",
 ]
-
-#: Columns of the PTC product: name → (unit, description), written as the TTYPEn comments.
-PTC_COLUMNS: Mapping[str, tuple[str, str]] = MappingProxyType({
-    "AMP": ("", "amplifier name"),
-    "GAIN": ("e/adu", "gain from the PTC fit"),
-    "GAIN_ERR": ("e/adu", "1-sigma error of GAIN"),
-    "READ_NOISE": ("e", "read noise (source: RNSOURCE)"),
-    "READ_NOISE_ERR": ("e", "1-sigma error of READ_NOISE"),
-    "TURNOFF": ("adu", "largest mean used by the fit"),
-    "TURNOFF_E": ("e", "TURNOFF x GAIN"),
-    "A00": ("1/e", "a00, Astier+2019 model"),
-    "A00_ERR": ("1/e", "1-sigma error of A00"),
-    "NOISE_FIT": ("e", "sqrt(n) of the fit"),
-    "OVERSCAN_NOISE": ("adu", "read noise in the overscan"),
-    "FIT_CHI2": ("", "reduced chi-square of the fit"),
-    "PTC_MEAN": ("adu", "mean signal per pair"),
-    "PTC_VAR": ("adu2", "variance per pair (diff var/2)"),
-    "PTC_EXPTIME": ("s", "exposure time per pair"),
-    "PTC_NPIX": ("", "pixels in each variance"),
-    "PTC_USED": ("", "pair used by the fit"),
-})
-
 
 @dataclass(frozen=True)
 class PtcConfig:
@@ -328,7 +305,8 @@ def ptc_calibrations(camera: Camera, config: PtcConfig) -> IsrCalibrations:
     -------
     IsrCalibrations
     """
-    xtalk = load_crosstalk(n_amps=camera.n_amps) if config.crosstalk else None
+    xtalk = Crosstalk.read(n_amps=camera.n_amps).matrix(camera.n_amps) if config.crosstalk \
+        else None
     return IsrCalibrations(gains=nominal_gains(camera), crosstalk=xtalk)
 
 
@@ -601,45 +579,6 @@ def ptc_table(pairs: Sequence[PairStats], camera: Camera | None = None,
     return table
 
 
-def write_ptc(table: Table, path: str | Path, inputs: Sequence[str | Path] = (),
-              config: PtcConfig | None = None) -> Path:
-    """Write a PTC table atomically as a FITS binary table with provenance.
-
-    Parameters
-    ----------
-    table : astropy.table.Table
-        From `ptc_table`.
-    path : path
-        Destination ``.fits`` file.
-    inputs : sequence of path
-        Raw files used (recorded as ``ATMINnn`` cards).
-    config : PtcConfig, optional
-        Recorded in ``HISTORY`` cards (the default configuration when omitted).
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-    """
-    config = config or PtcConfig()
-    out = table.copy(copy_data=False)
-    # FITS keys over 8 characters need HIERARCH: set explicitly, so astropy does not warn.
-    long_keys = {k: out.meta.pop(k) for k in list(out.meta) if len(k) > 8}
-    hdu = fits.table_to_hdu(out)
-    hdu.name = "PTC"
-    for key, value in long_keys.items():
-        hdu.header[f"HIERARCH {key}"] = value
-    # Units go in the column comments: FITS has no unit "electron" and astropy would warn.
-    for i, name in enumerate(out.colnames, start=1):
-        unit, description = PTC_COLUMNS.get(name, ("", ""))
-        text = f"[{unit}] {description}" if unit else description
-        hdu.header.comments[f"TTYPE{i}"] = text[:40]
-    add_cards(hdu.header, provenance_cards("ptc", inputs, config))
-    written = write_hdul_atomic(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
-    log.info("wrote %s", written)
-    return written
-
-
 # --------------------------------------------------------------------------- inputs
 
 
@@ -744,10 +683,10 @@ def _check_count(n_pairs: int, paths: Sequence[Path], config: PtcConfig) -> None
                                    f"file(s): a PTC needs at least {config.min_pairs}")
 
 
-def build_ptc(raws: Iterable[str | Path], out: str | Path, config: PtcConfig | None = None,
-              *, camera: Camera | None = None, skip_bad: bool = False,
-              verify: bool = True) -> Path:
-    """Measure, fit and write the PTC product from raw flat pairs, then verify it.
+def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
+              camera: Camera | None = None, skip_bad: bool = False, verify: bool = True
+              ) -> tuple[Ptc, VerificationReport | None]:
+    """Measure and fit the PTC from raw flat pairs, and verify it.
 
     Pairs are read and reduced one at a time, so memory holds two raw frames at most.
 
@@ -755,8 +694,6 @@ def build_ptc(raws: Iterable[str | Path], out: str | Path, config: PtcConfig | N
     ----------
     raws : iterable of path
         Raw flat files: two per exposure time, at least ``min_pairs`` pairs.
-    out : path
-        PTC product (``.fits``); its verification goes to ``<stem>.verify.json``.
     config : PtcConfig, optional
         Measurement and fit settings.
     camera : Camera, optional
@@ -765,12 +702,15 @@ def build_ptc(raws: Iterable[str | Path], out: str | Path, config: PtcConfig | N
         Log and leave out unusable files (and the pair of an unreadable one) instead of
         raising.
     verify : bool
-        Write the verification report.
+        Verify the product.
 
     Returns
     -------
-    pathlib.Path
-        The written product.
+    ptc : Ptc
+        The product, its provenance cards (the raws used) in ``ptc.provenance``.
+    report : VerificationReport or None
+        `verify_ptc` of it (``file`` empty: set it when writing); ``None`` without
+        ``verify``.
 
     Raises
     ------
@@ -804,33 +744,30 @@ def build_ptc(raws: Iterable[str | Path], out: str | Path, config: PtcConfig | N
     if len(filters) > 1:
         log.warning("flats through several filters: %s", ", ".join(sorted(filters)))
     table = ptc_table(stats, camera, config, filter_name=",".join(sorted(filters)))
-    path = write_ptc(table, out, used, config)
-    if verify:
-        report = verify_ptc(table, camera, file=path.name)
-        report.write(path)
-        if not report.passed:
-            log.warning("PTC verification failed: %s", ", ".join(report.failures()))
-    return path
+    product = Ptc(table, provenance=tuple(provenance_cards("ptc", used, config)))
+    report = verify_ptc(table, camera) if verify else None
+    if report is not None and not report.passed:
+        log.warning("PTC verification failed: %s", ", ".join(report.failures()))
+    return product, report
 
 
 # --------------------------------------------------------------------------- verification
 
 
-def verify_ptc(table: Table | str | Path, camera: Camera | None = None,
-               config: PtcVerifyConfig | None = None, *, file: str | None = None
-               ) -> VerificationReport:
+def verify_ptc(table: Table, camera: Camera | None = None,
+               config: PtcVerifyConfig | None = None, *, file: str = "") -> VerificationReport:
     """DMTN-101 checks of a PTC: gain and read noise near nominal, turnoff high enough.
 
     Parameters
     ----------
-    table : astropy.table.Table or path
-        The PTC product.
+    table : astropy.table.Table
+        The PTC product's table.
     camera : Camera, optional
         Nominal gains and read noise; LATISS by default.
     config : PtcVerifyConfig, optional
         Limits.
-    file : str, optional
-        Product file name for the report (default: the path's name, if given).
+    file : str
+        Product file name for the report.
 
     Returns
     -------
@@ -841,10 +778,7 @@ def verify_ptc(table: Table | str | Path, camera: Camera | None = None,
     """
     camera = camera or load_camera("latiss")
     config = config or PtcVerifyConfig()
-    if not isinstance(table, Table):
-        file = file or Path(table).name
-        table = Table.read(table)
-    report = VerificationReport("ptc", file or "")
+    report = VerificationReport("ptc", file)
     rows = {str(a).strip(): i for i, a in enumerate(table["AMP"])}
     for i, name in enumerate(camera.amp_names):
         r = rows.get(name)

@@ -100,7 +100,7 @@ def verify_product(path: str | Path, config: VerifyConfig | None = None) -> Veri
     Parameters
     ----------
     path : path
-        Product written by `atmospec.calib.masters`.
+        Product file (`atmospec.calib.products.Bias`, `Dark` or `Flat`).
     config : VerifyConfig, optional
         Thresholds.
 

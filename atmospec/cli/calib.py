@@ -95,47 +95,47 @@ def print_verification(product: Path, plot: bool = False) -> None:
 
 
 def _cmd_calib_master(args: argparse.Namespace) -> int:
-    from atmospec.calib import masters
+    from atmospec.calib.files import build_master_file
+    from atmospec.calib.masters import DarkConfig, FlatConfig, MasterConfig
 
     if args.kind == "bias":
-        out = masters.build_bias(args.raw, args.out, masters.MasterConfig(
-            ptc=args.ptc, skip_bad=args.skip_bad))
+        kind, config = "bias", MasterConfig(skip_bad=args.skip_bad)
     elif args.kind == "dark":
-        out = masters.build_dark(args.raw, args.out, args.bias, masters.DarkConfig(
-            ptc=args.ptc, skip_bad=args.skip_bad))
+        kind, config = "dark", DarkConfig(skip_bad=args.skip_bad)
     else:
-        build = masters.build_flat if args.kind == "flat" else masters.build_spectro_flat
-        out = build(args.raw, args.out, args.bias, args.dark,
-                    masters.FlatConfig(ptc=args.ptc, skip_bad=args.skip_bad))
+        kind = "flat"
+        config = FlatConfig(skip_bad=args.skip_bad, spectro=args.kind == "spectro-flat")
+    out = build_master_file(kind, args.raw, args.out, bias=getattr(args, "bias", None),
+                            dark=getattr(args, "dark", None), ptc=args.ptc, config=config)
     print(f"wrote {out}")
     print_verification(Path(out), plot=True)
     return EXIT_OK
 
 
 def _cmd_calib_defects(args: argparse.Namespace) -> int:
-    from atmospec.calib.defects import build_defects
+    from atmospec.calib.files import build_defects_file
 
     if not (args.dark or args.flat):
         raise UsageError("atmospec calib defects: give --dark and/or --flat")
-    out = build_defects(args.dark, args.flat, args.out)
+    out = build_defects_file(args.dark, args.flat, args.out)
     print(f"wrote {out}")
     print_verification(Path(out))
     return EXIT_OK
 
 
 def _cmd_calib_ptc(args: argparse.Namespace) -> int:
-    from atmospec.calib.ptc import build_ptc
+    from atmospec.calib.files import build_ptc_file
 
-    out = build_ptc(args.raw, args.out, skip_bad=args.skip_bad)
+    out = build_ptc_file(args.raw, args.out, skip_bad=args.skip_bad)
     print(f"wrote {out}")
     print_verification(Path(out))
     return EXIT_OK
 
 
 def _cmd_calib_linearity(args: argparse.Namespace) -> int:
-    from atmospec.calib.linearity import build_linearizer
+    from atmospec.calib.files import build_linearizer_file
 
-    out = build_linearizer(args.ptc, args.out)
+    out = build_linearizer_file(args.ptc, args.out)
     print(f"wrote {out}")
     print_verification(Path(out))
     return EXIT_OK
@@ -144,11 +144,11 @@ def _cmd_calib_linearity(args: argparse.Namespace) -> int:
 def _cmd_calib_crosstalk(args: argparse.Namespace) -> int:
     import io
 
-    from atmospec.calib.crosstalk import compare_crosstalk, measure_crosstalk, write_crosstalk
+    from atmospec.calib.crosstalk import compare_crosstalk, measure_crosstalk
     from atmospec.io import write_text_atomic
 
     measured = measure_crosstalk(args.raw)
-    out = write_crosstalk(measured, args.out)
+    out = measured.product().write(args.out)
     comparison = compare_crosstalk(measured)
     print(f"wrote {out} ({int(measured.valid.sum())} amp pairs measured)")
     buf = io.StringIO()
@@ -159,14 +159,17 @@ def _cmd_calib_crosstalk(args: argparse.Namespace) -> int:
 
 def _cmd_calib_eo(args: argparse.Namespace) -> int:
     from atmospec.calib.eo import eo_figures, write_eo
+    from atmospec.calib.products import Dark, Flat, Ptc
     from atmospec.camera.description import load_camera
-    from atmospec.isr.calibs import load_calibration
     from atmospec.plots.eo import plot_eo_summary
 
     camera = load_camera("latiss")
-    dark = load_calibration(args.dark_master, "dark", camera) if args.dark_master else None
-    flat = load_calibration(args.flat_master, "flat", camera) if args.flat_master else None
-    table = eo_figures(args.bias, args.flat, dark_master=dark, flat_master=flat, ptc=args.ptc)
+    dark = (Dark.read(args.dark_master, camera, load_variance=False).exposure
+            if args.dark_master else None)
+    flat = (Flat.read(args.flat_master, camera, load_variance=False).exposure
+            if args.flat_master else None)
+    ptc = Ptc.read(args.ptc, camera) if args.ptc else None
+    table = eo_figures(args.bias, args.flat, dark_master=dark, flat_master=flat, ptc=ptc)
     ecsv = write_eo(table, args.out)
     png = plot_eo_summary(table, ecsv.with_suffix(".png"))
     print(f"wrote {ecsv} and {png}")

@@ -16,9 +16,9 @@ from atmospec.errors import BadInputError
 from atmospec.isr import STEPS
 
 if TYPE_CHECKING:
+    from atmospec.calib.isr_inputs import CalibrationFiles
     from atmospec.camera.raw import RawFrame
     from atmospec.isr.driver import IsrCalibrations, IsrConfig
-    from atmospec.isr.runner import CalibrationFiles
 
 log = logging.getLogger("atmospec")
 
@@ -47,8 +47,8 @@ def _add_isr(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_isr(args: argparse.Namespace) -> int:
+    from atmospec.calib.isr_inputs import CalibrationFiles
     from atmospec.isr.driver import StepConfigError, resolve_steps
-    from atmospec.isr.runner import CalibrationFiles
 
     files = CalibrationFiles(bias=args.bias, dark=args.dark, flat=args.flat,
                              defects=args.defects, ptc=args.ptc, linearizer=args.linearizer,
@@ -74,9 +74,9 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
     """
     from dataclasses import fields, replace
 
+    from atmospec.calib.isr_inputs import load_calibrations
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import StepConfigError
-    from atmospec.isr.runner import load_calibrations
 
     registry = None
     if repo:

@@ -90,7 +90,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Simulate a small night, build a PTC, then reduce the whole night with the runner."""
-    from atmospec.calib.ptc import build_ptc
+    from atmospec.calib.files import build_ptc_file
     from atmospec.calib.registry import CalibrationRegistry
     from atmospec.night.runner import NightRunConfig, run_night
     from atmospec.sim.night import NightConfig, simulate_night
@@ -121,7 +121,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 dense_from_e=115_000.0, max_level_e=115_000.0, day_obs=20261123,
                 first_seq=200, start=_day_start_iso(20261123), seed=args.seed,
                 detector=config.detector))
-        ptc = build_ptc(pairs, out / "ptc.fits")
+        ptc = build_ptc_file(pairs, out / "ptc.fits")
         print_verification(ptc)
         registry.register(ptc, valid_from="2026-11-01", certify=True)
     else:

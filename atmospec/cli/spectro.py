@@ -88,9 +88,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _isr_in_memory(path: Path, repo: str | None):
     """ISR of one raw file with the repository's products (or nominal gains), in memory."""
+    from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import IsrConfig, run_isr
-    from atmospec.isr.runner import CalibrationFiles, load_calibrations
 
     raw = read_raw(path)
     files = CalibrationFiles()

@@ -317,33 +317,26 @@ def _timespan(begin: str | None, end: str | None) -> Timespan:
 
 
 def _check_table_product(kind: str, path: Path) -> None:
-    """Read a table product with the loader ISR uses for it; a file of another kind fails.
+    """Read a table product as ISR would (its product class); a file of another kind fails.
 
     Raises
     ------
     BadInputError
         ``<file>: not a <kind> product: <the loader's reason>``, on one line.
     """
+    from atmospec.calib.products import Crosstalk, Defects, Linearizer, Ptc
     from atmospec.camera.description import load_camera
 
     camera = load_camera("latiss")
     try:
         if kind == "ptc":
-            from atmospec.isr.gain import load_ptc_gains
-
-            load_ptc_gains(path, camera)
+            Ptc.read(path, camera).gains(camera)
         elif kind == "linearizer":
-            from atmospec.isr.linearity import load_linearizer
-
-            load_linearizer(path, camera)
+            Linearizer.read(path, camera)
         elif kind == "defects":
-            from atmospec.isr.defects import load_defects
-
-            load_defects(path)
+            Defects.read(path)
         elif kind == "crosstalk":
-            from atmospec.isr.crosstalk import load_crosstalk
-
-            load_crosstalk(path, camera.n_amps)
+            Crosstalk.read(path, camera.n_amps)
     except BadInputError as exc:
         raise BadInputError(path, f"not a {kind} product: {short_error(exc.problem)}") from None
     except Exception as exc:  # a loader tripping over a foreign file
@@ -389,8 +382,8 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
     files : sequence of path
         Product files; a flat's band is the filter of its ``FILTER`` header key. Each is
         checked before anything is ingested: a master by its ``OBSTYPE``, a table product
-        by the loader ISR reads it with (``load_ptc_gains``, ``load_linearizer``,
-        ``load_defects``, ``load_crosstalk``).
+        by its product class as ISR reads it (`atmospec.calib.products`: ``Ptc`` and its
+        gains, ``Linearizer``, ``Defects``, ``Crosstalk``).
     begin, end : str, optional
         Validity range (ISO times, UTC); None: unbounded on that side.
     collection : str

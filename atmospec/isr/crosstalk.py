@@ -4,28 +4,21 @@ Crosstalk happens in the readout electronics, pixel by pixel in readout order, s
 corrected on the raw segments (all in readout orientation) before assembly: no flips needed.
 
 Matrix convention: ``coeffs[target, source]`` is the fraction of the source amp's signal
-that appears in the target amp, both in camera HDU order.
+that appears in the target amp, both in camera HDU order (the product file, in Rubin's
+[source, target] layout, is read by `atmospec.calib.products.Crosstalk`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
-from astropy.table import Table
-
-from atmospec.errors import BadInputError
 
 
 @dataclass(frozen=True)
 class CrosstalkConfig:
     """Configuration of the crosstalk correction."""
 
-    matrix_file: str | None = None
-    """ECSV crosstalk product (Rubin CrosstalkCalib layout); ``None``: the shipped LATISS
-    matrix (ITL-3800C-068, DM-37819)."""
     min_source_level: float = 0.0
     """Only source pixels above this level (e⁻) contribute (0: all positive signal)."""
 
@@ -48,37 +41,6 @@ class CrosstalkMatrix:
             return self.coeffs
         gains = np.asarray(gains, dtype=float)
         return self.coeffs * gains[:, None] / gains[None, :]
-
-
-def load_crosstalk(path: str | Path | None = None, n_amps: int = 16) -> CrosstalkMatrix:
-    """Read a crosstalk product (ECSV with ``CT_COEFFS``, as Rubin's CrosstalkCalib writes).
-
-    Parameters
-    ----------
-    path : path, optional
-        File to read; by default the LATISS matrix shipped in ``data/``.
-    n_amps : int
-        Expected number of amplifiers.
-    """
-    if path is None:
-        ref = resources.files("atmospec.data") / "latiss_crosstalk.ecsv"
-        path = Path(str(ref))
-    path = Path(path)
-    try:
-        table = Table.read(path, format="ascii.ecsv")
-        coeffs = np.asarray(table["CT_COEFFS"][0], dtype=float)
-    except Exception as exc:
-        raise BadInputError(path, f"not a crosstalk table ({exc})") from None
-    if coeffs.size != n_amps * n_amps:
-        raise BadInputError(path, f"crosstalk matrix has {coeffs.size} terms, expected "
-                                  f"{n_amps}x{n_amps}")
-    coeffs = coeffs.reshape(n_amps, n_amps)
-    # Rubin's CrosstalkCalib stores coeffs[i][j] as the crosstalk from source amp i into target
-    # amp j; transposed here to the [target, source] order used for the matrix product.
-    coeffs = np.nan_to_num(coeffs.T)
-    np.fill_diagonal(coeffs, 0.0)
-    units = str(table.meta.get("CROSSTALK_RATIOS_UNITS", "adu")).lower()
-    return CrosstalkMatrix(coeffs, "electron" if units.startswith("electron") else "adu")
 
 
 def subtract_crosstalk(data: np.ndarray, coeffs: np.ndarray, min_level: float = 0.0,

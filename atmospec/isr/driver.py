@@ -215,66 +215,99 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
         If the frame lacks what a step needs (e.g. a dark time).
     """
     steps = resolve_steps(config.steps, calibs.available())
+    timer = _Timer()
+    segments = _segment_steps(raw, steps, config, calibs, timer)
+    exposure = _assemble(raw, segments, config, timer)
+    _product_steps(exposure, raw, steps, calibs, timer)
+    _cleaning_steps(exposure, steps, config, calibs.gains, timer)
+    amp_stats = _amp_stats(exposure, raw.camera, calibs.gains, segments.overscan,
+                           segments.overscan_sigma)
+    _record(exposure, steps, calibs.gains, amp_stats, calibs)
+    log.info("%s: ISR %s in %.2f s", raw.info.obs_id, ",".join(steps),
+             sum(timer.timings.values()))
+    return IsrResult(exposure, steps, segments.overscan, amp_stats, timer.timings)
+
+
+@dataclass
+class _Segments:
+    """What the per-amp steps leave for assembly and the statistics."""
+
+    electrons: bool
+    """The segments were multiplied by the gains."""
+    overscan: dict[str, np.ndarray] = field(default_factory=dict)
+    """Serial and parallel overscan levels (empty without the overscan step)."""
+    overscan_sigma: np.ndarray | None = None
+    """Overscan noise per amp, ADU (NaN without the overscan step)."""
+    saturated: np.ndarray | None = None
+    """SAT pixels of the data sections (without the saturation step: None)."""
+    suspect: np.ndarray | None = None
+    """SUSPECT pixels of the data sections."""
+
+
+def _segment_steps(raw: RawFrame, steps: tuple[str, ...], config: IsrConfig,
+                   calibs: IsrCalibrations, timer: _Timer) -> _Segments:
+    """overscan → saturation → linearity → gain → crosstalk, on the raw segments in place."""
     camera = raw.camera
     seg = raw.segments
-    timer = _Timer()
     gains = calibs.gains
     dsl = (slice(None), *camera.data_bbox.slices)
-    overscan: dict[str, np.ndarray] = {}
-    overscan_sigma = np.full(camera.n_amps, np.nan)
-
+    out = _Segments(electrons="gain" in steps,
+                    overscan_sigma=np.full(camera.n_amps, np.nan))
     if "overscan" in steps:
         with timer("overscan"):
-            overscan = subtract_overscan(seg, camera, config.overscan)
-            overscan_sigma = overscan_noise(seg, camera, config.overscan)
-    sat_seg = sus_seg = None
+            out.overscan = subtract_overscan(seg, camera, config.overscan)
+            out.overscan_sigma = overscan_noise(seg, camera, config.overscan)
     if "saturation" in steps:
         with timer("saturation"):
             sat_level = config.saturation.saturation_adu or camera.saturation_adu
             sus_level = config.saturation.suspect_adu or camera.suspect_adu
-            sat_seg, sus_seg = saturation_masks(seg[dsl], sat_level, sus_level)
+            out.saturated, out.suspect = saturation_masks(seg[dsl], sat_level, sus_level)
     if "linearity" in steps:
         with timer("linearity"):
             for i in range(camera.n_amps):
                 seg[i][camera.data_bbox.slices] = calibs.linearizer.correct(seg[dsl][i], i)
-    electrons = "gain" in steps
-    if electrons:
+    if out.electrons:
         with timer("gain"):
             seg[dsl] *= gains.gain.astype(np.float32)[:, None, None]
     if "crosstalk" in steps:
         with timer("crosstalk"):
-            coeffs = (calibs.crosstalk.in_electrons(gains.gain) if electrons
+            coeffs = (calibs.crosstalk.in_electrons(gains.gain) if out.electrons
                       else calibs.crosstalk.coeffs)
             subtract_crosstalk(seg[dsl], coeffs, config.crosstalk.min_source_level)
+    return out
 
+
+def _assemble(raw: RawFrame, segments: _Segments, config: IsrConfig, timer: _Timer
+              ) -> Exposure:
+    """The detector image of the segments, with the saturation masks."""
+    camera = raw.camera
     with timer("assemble"):
-        image = assemble(seg, camera)
+        image = assemble(raw.segments, camera)
         exposure = Exposure.from_image(image, raw.header.copy(),
-                                       unit="electron" if electrons else "adu")
-        if sat_seg is not None:
-            sat = assemble(sat_seg, camera, trimmed=True)
+                                       unit="electron" if segments.electrons else "adu")
+        if segments.saturated is not None:
+            sat = assemble(segments.saturated, camera, trimmed=True)
             sat = grow_mask(sat, config.saturation.grow)
             exposure.set_mask("SAT", sat)
-            exposure.set_mask("SUSPECT", assemble(sus_seg, camera, trimmed=True) & ~sat)
+            exposure.set_mask("SUSPECT", assemble(segments.suspect, camera, trimmed=True) & ~sat)
+    return exposure
 
+
+def _product_steps(exposure: Exposure, raw: RawFrame, steps: tuple[str, ...],
+                   calibs: IsrCalibrations, timer: _Timer) -> None:
+    """bias → variance → dark → flat → defects, on the assembled exposure in place."""
+    gains = calibs.gains
+    electrons = "gain" in steps
     if "bias" in steps:
         with timer("bias"):
             exposure.image -= calibs.bias.image
     if "variance" in steps:
         with timer("variance"):
-            exposure.variance = variance_plane(exposure.image, camera, gains.read_noise,
+            exposure.variance = variance_plane(exposure.image, raw.camera, gains.read_noise,
                                                None if electrons else gains.gain)
     if "dark" in steps:
         with timer("dark"):
-            dark_time = raw.info.dark_time
-            if dark_time is None:
-                raise BadInputError(raw.path, "no DARKTIME or EXPTIME: cannot scale the dark")
-            # In place (y += a·x): no full-frame temporary. saxpy copies instead when the
-            # target is not a contiguous float32 array, hence the check.
-            out = saxpy(calibs.dark.image.reshape(-1), exposure.image.reshape(-1),
-                        a=-float(dark_time))
-            if not np.shares_memory(out, exposure.image):
-                exposure.image = out.reshape(exposure.shape)
+            _subtract_dark(exposure, raw, calibs.dark)
     if "flat" in steps:
         with timer("flat"):
             flat = calibs.flat_divisor
@@ -286,6 +319,23 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     if "defects" in steps:
         with timer("defects"):
             exposure.set_mask("BAD", defect_mask(calibs.defects, exposure.shape))
+
+
+def _subtract_dark(exposure: Exposure, raw: RawFrame, dark: Exposure) -> None:
+    """Subtract the dark (e⁻/s) scaled by the frame's dark time."""
+    dark_time = raw.info.dark_time
+    if dark_time is None:
+        raise BadInputError(raw.path, "no DARKTIME or EXPTIME: cannot scale the dark")
+    # In place (y += a·x): no full-frame temporary. saxpy copies instead when the target is
+    # not a contiguous float32 array, hence the check.
+    out = saxpy(dark.image.reshape(-1), exposure.image.reshape(-1), a=-float(dark_time))
+    if not np.shares_memory(out, exposure.image):
+        exposure.image = out.reshape(exposure.shape)
+
+
+def _cleaning_steps(exposure: Exposure, steps: tuple[str, ...], config: IsrConfig,
+                    gains: AmpGains, timer: _Timer) -> None:
+    """interpolate → cosmic_rays → edge, on the calibrated exposure in place."""
     if "interpolate" in steps:
         with timer("interpolate"):
             planes = ["BAD"] + (["SAT"] if config.saturation.interpolate else [])
@@ -296,7 +346,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     if "cosmic_rays" in steps:
         with timer("cosmic_rays"):
             rn2 = float(np.median(gains.read_noise) ** 2)
-            if not electrons:
+            if "gain" not in steps:
                 rn2 /= float(np.median(gains.gain) ** 2)
             exclude = exposure.get_mask("BAD", "SAT", "SUSPECT")
             cr, cleaned = find_cosmic_rays(exposure.image, rn2, exclude, config.cosmic_rays)
@@ -305,12 +355,6 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     if "edge" in steps:
         with timer("edge"):
             exposure.set_mask("EDGE", edge_mask(exposure.shape, config.edge.width))
-
-    amp_stats = _amp_stats(exposure, camera, gains, overscan, overscan_sigma)
-    _record(exposure, steps, gains, amp_stats, calibs)
-    log.info("%s: ISR %s in %.2f s", raw.info.obs_id, ",".join(steps),
-             sum(timer.timings.values()))
-    return IsrResult(exposure, steps, overscan, amp_stats, timer.timings)
 
 
 def _amp_stats(exposure: Exposure, camera, gains: AmpGains, overscan: dict[str, np.ndarray],

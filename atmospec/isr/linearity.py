@@ -1,4 +1,5 @@
-"""Linearity correction of raw ADU, per amplifier, from a linearizer product.
+"""Linearity correction of raw ADU, per amplifier, from a linearizer product
+(`atmospec.calib.products.Linearizer`).
 
 The product is a FITS table with one row per amplifier: ``AMP``, ``TYPE`` (``POLYNOMIAL``
 or ``SPLINE``) and ``COEFFS`` (float array). ``POLYNOMIAL``: corrected = x + Σₖ cₖ xᵏ for
@@ -10,13 +11,8 @@ knots and held constant outside.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from astropy.table import Table
-
-from atmospec.camera.description import Camera
-from atmospec.errors import BadInputError
 
 
 @dataclass(frozen=True)
@@ -39,28 +35,3 @@ class Linearizer:
             return out
         n = c.size // 2
         return data + np.interp(data, c[:n], c[n:]).astype(np.float32)
-
-
-def load_linearizer(path: str | Path, camera: Camera) -> Linearizer:
-    """Read a linearizer table; every amplifier must have a row."""
-    path = Path(path)
-    try:
-        table = Table.read(path)
-    except Exception as exc:
-        raise BadInputError(path, f"not a linearizer table ({exc})") from None
-    missing = {"AMP", "TYPE", "COEFFS"} - set(table.colnames)
-    if missing:
-        raise BadInputError(path, f"linearizer lacks column(s) {', '.join(sorted(missing))}")
-    rows = {str(a).strip(): i for i, a in enumerate(table["AMP"])}
-    kinds, coeffs = [], []
-    for name in camera.amp_names:
-        if name not in rows:
-            raise BadInputError(path, f"linearizer has no row for amplifier {name}")
-        kind = str(table["TYPE"][rows[name]]).strip().upper()
-        c = np.asarray(table["COEFFS"][rows[name]], dtype=float).ravel()
-        if kind not in ("POLYNOMIAL", "SPLINE") or (kind == "SPLINE" and c.size % 2):
-            raise BadInputError(path, f"amplifier {name}: bad linearity type {kind!r} or "
-                                      "coefficient count")
-        kinds.append(kind)
-        coeffs.append(c)
-    return Linearizer(tuple(kinds), tuple(coeffs))

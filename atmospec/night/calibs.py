@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from atmospec.calib.isr_inputs import CalibrationFiles
 from atmospec.calib.registry import CalibrationRegistry
 from atmospec.calib.verification import verification_name
 from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError, short_error
-from atmospec.isr.runner import CalibrationFiles
 from atmospec.night.index import NightIndex, RawRecord
 from atmospec.night.pipeline import CalibrationPolicy
 
@@ -119,16 +119,13 @@ def _uncovered(registry: CalibrationRegistry, kind: str,
 def _build(kind: str, raws: list[str], out: Path, bias: str | None, dark: str | None,
            ptc: str | None, min_inputs: int) -> Path:
     """Build one master (runs in a worker); unusable frames are left out and logged."""
-    from atmospec.calib import masters
+    from atmospec.calib.files import build_master_file
+    from atmospec.calib.masters import DarkConfig, FlatConfig, MasterConfig
     from atmospec.plots.verify import plot_verification_file
 
-    common = {"ptc": ptc, "skip_bad": True, "min_inputs": min_inputs}
-    if kind == "bias":
-        path = masters.build_bias(raws, out, masters.MasterConfig(**common))
-    elif kind == "dark":
-        path = masters.build_dark(raws, out, bias, masters.DarkConfig(**common))
-    else:
-        path = masters.build_flat(raws, out, bias, dark, masters.FlatConfig(**common))
+    config_class = {"bias": MasterConfig, "dark": DarkConfig, "flat": FlatConfig}[kind]
+    path = build_master_file(kind, raws, out, bias=bias, dark=dark, ptc=ptc,
+                             config=config_class(skip_bad=True, min_inputs=min_inputs))
     report = path.with_name(verification_name(path))
     if report.is_file():
         plot_verification_file(report)

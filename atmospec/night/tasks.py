@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from atmospec.calib.isr_inputs import CalibrationFiles
 from atmospec.errors import BadInputError, ProcessingError, short_error
 from atmospec.io import provenance_cards, to_jsonable, write_text_atomic
-from atmospec.isr.runner import CalibrationFiles
 from atmospec.layout import exposure_file
 
 log = logging.getLogger(__name__)
@@ -167,8 +167,8 @@ class _Context:
 def _calibrations(files: CalibrationFiles):
     """Products loaded once per worker process and reused by its exposures (a cache, not
     shared state: the key is the immutable file set)."""
+    from atmospec.calib.isr_inputs import load_calibrations
     from atmospec.camera.description import load_camera
-    from atmospec.isr.runner import load_calibrations
 
     return load_calibrations(files, load_camera("latiss"))
 

@@ -21,9 +21,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from atmospec.calib.products import Crosstalk
 from atmospec.camera.assembly import assemble, disassemble
 from atmospec.camera.description import Camera, load_camera
-from atmospec.isr.crosstalk import crosstalk_signal, load_crosstalk
+from atmospec.isr.crosstalk import crosstalk_signal
 from atmospec.sim.scenes import SENSOR_SEED
 
 log = logging.getLogger(__name__)
@@ -261,7 +262,7 @@ def apply_cti(charge: np.ndarray, cti: float, axis: int) -> np.ndarray:
 @lru_cache(maxsize=2)
 def _crosstalk_adu(n_amps: int, gains: tuple[float, ...]) -> np.ndarray:
     """Shipped LATISS crosstalk matrix as ADU ratios (``[target, source]``)."""
-    matrix = load_crosstalk(n_amps=n_amps)
+    matrix = Crosstalk.read(n_amps=n_amps).matrix(n_amps)
     if matrix.units == "adu":
         return matrix.coeffs
     # An electron-unit matrix c_e becomes c_e * g_source / g_target between ADU signals.

@@ -30,12 +30,12 @@ from astropy.table import Table
 from astropy.time import Time
 from tqdm import tqdm
 
+from atmospec.calib.products import Crosstalk
 from atmospec.camera.description import load_camera
 from atmospec.camera.spectrograph import load_instrument
 from atmospec.camera.translator import kasten_young_airmass
 from atmospec.exposure import Exposure
 from atmospec.io import atomic_path, to_jsonable, write_text_atomic
-from atmospec.isr.crosstalk import load_crosstalk
 from atmospec.isr.driver import IsrCalibrations
 from atmospec.isr.gain import AmpGains
 from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose
@@ -259,7 +259,7 @@ class FrameTruth:
         return IsrCalibrations(
             gains=AmpGains(np.asarray(det.gains), np.asarray(det.read_noise_e),
                            "simulator truth"),
-            crosstalk=load_crosstalk(), bias=product(det.fixed_pattern_e),
+            crosstalk=Crosstalk.read().matrix(), bias=product(det.fixed_pattern_e),
             dark=product(det.dark_current_e_per_s),
             flat=None if self.illumination is None else product(self.illumination))
 

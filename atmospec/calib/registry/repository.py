@@ -17,6 +17,7 @@ from typing import Any
 
 from astropy.time import Time
 
+from atmospec.calib.isr_inputs import CalibrationFiles
 from atmospec.calib.registry.identify import (
     FILTER_KINDS,
     KINDS,
@@ -39,7 +40,6 @@ from atmospec.calib.registry.times import exposure_time_utc, format_utc, now_utc
 from atmospec.calib.verification import verification_name
 from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError
-from atmospec.isr.runner import CalibrationFiles
 from atmospec.layout import REGISTRY_FILE, calib_dir
 
 __all__ = ["CalibrationRegistry"]

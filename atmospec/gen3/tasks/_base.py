@@ -1,5 +1,5 @@
 """What every atmospec ``PipelineTask`` shares: exposure classes, data-ID helpers, local
-files of deferred datasets, master builds in a temporary directory, missing-product messages.
+files of deferred datasets, calibration products in and out, missing-product messages.
 
 Only the middleware and the standard library are imported here; the algorithms are imported
 inside the functions that need them, so a quantum process pays only for its own task.
@@ -7,10 +7,8 @@ inside the functions that need them, so a quantum process pays only for its own 
 
 from __future__ import annotations
 
-import json
-import tempfile
-from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +22,14 @@ from lsst.pipe.base import NoWorkFound, PipelineTask, Struct  # noqa: E402
 __all__ = [
     "EXPOSURE_DIMS",
     "applies_to_field",
-    "build_master",
+    "calibration_input",
     "check_applies",
     "exposure_class",
     "local_path",
     "local_paths",
     "missing_calibration",
     "obs_id",
+    "product_outputs",
     "prune_other_classes",
     "single_ref",
 ]
@@ -239,35 +238,61 @@ def missing_calibration(kind: str, info: Any, path: str | Path) -> Exception:
         register=f"atmospec butler certify REPO {kind} FILE"))
 
 
-def build_master(kind: str, build: Callable[[Path], Path], workdir: str | None) -> Struct:
-    """Run a master builder into a temporary directory; read back product and verification.
+def calibration_input(kind: str, butlerQC: Any, ref: Any) -> Any:
+    """A calibration product of the quantum's inputs, read in memory and checked, or None.
 
     Parameters
     ----------
-    kind : str
-        ``bias``, ``dark``, ``flat`` or ``ptc`` (the file name in the directory).
-    build : callable
-        ``build(out)`` writes the product to ``out`` and its ``<stem>.verify.json`` beside it
-        and returns the written path.
-    workdir : str, optional
-        Parent of the temporary directory (default: the system's).
+    kind : {"bias", "dark", "flat", "ptc"}
+        Product kind.
+    butlerQC : lsst.pipe.base.QuantumContext
+        Butler of the quantum.
+    ref : lsst.daf.butler.DatasetRef, list or None
+        ``getattr(inputRefs, connection, None)`` of a deferred-load prerequisite.
+
+    Returns
+    -------
+    atmospec.calib.products.MasterImage or atmospec.calib.products.Ptc or None
+        A master image without its variance (ISR does not use it), named
+        ``<kind>@<dataset id>``; a PTC named by its file (what the products built with its
+        gains record as ``GAINSRC``, as with the native runner).
+
+    Raises
+    ------
+    atmospec.errors.BadInputError
+        A product of another kind, instrument or shape.
+    """
+    ref = single_ref(ref)
+    if ref is None:
+        return None
+    handle = butlerQC.get(ref)
+    if kind == "ptc":
+        from atmospec.calib.products import Ptc
+
+        return Ptc.checked(handle.get(), handle.butler.getURI(handle.ref).basename())
+    from atmospec.calib.isr_inputs import MASTER_CLASSES
+
+    return MASTER_CLASSES[kind].checked(handle.get(parameters={"load_variance": False}),
+                                        f"{kind}@{ref.id}")
+
+
+def product_outputs(product: Any, report: Any, name: str) -> Struct:
+    """The outputs of a calibration task from a product built in memory.
+
+    Parameters
+    ----------
+    product : atmospec.calib.products.MasterImage or atmospec.calib.products.Ptc
+        The product; stored as its file holds it, provenance cards included.
+    report : atmospec.calib.verification.VerificationReport or None
+        Its verification.
+    name : str
+        Output dataset type, recorded as the report's ``file``.
 
     Returns
     -------
     lsst.pipe.base.Struct
         ``outputData`` (`atmospec.exposure.Exposure`, or `astropy.table.Table` for a PTC)
-        and ``verification`` (dict, empty when no report was written).
+        and ``verification`` (dict, empty without a report).
     """
-    with tempfile.TemporaryDirectory(prefix=f"atmospec-cp{kind}-", dir=workdir) as tmp:
-        out = build(Path(tmp) / f"{kind}.fits")
-        if kind == "ptc":
-            from astropy.table import Table
-
-            product: Any = Table.read(out, format="fits")
-        else:
-            from atmospec.exposure import Exposure
-
-            product = Exposure.read(out)
-        report = out.with_name(f"{kind}.verify.json")
-        verification = json.loads(report.read_text()) if report.is_file() else {}
-    return Struct(outputData=product, verification=verification)
+    verification = replace(report, file=name).to_dict() if report is not None else {}
+    return Struct(outputData=product.as_stored(product.provenance), verification=verification)

@@ -1,12 +1,12 @@
-"""Master bias, dark and flat PipelineTasks (Rubin's cpBias, cpDark, cpFlat): the master
-builders of `atmospec.calib.masters`, with the certified PTC's gains when one is found, as the
-native runner builds its products (`atmospec.night.calibs`)."""
+"""Master bias, dark and flat PipelineTasks (Rubin's cpBias, cpDark, cpFlat): the in-memory
+master builders of `atmospec.calib.masters` on the Butler's inputs (raws read one at a time
+from their datastore files, the master bias and dark and the certified PTC read in memory),
+as the native runner builds its products (`atmospec.night.calibs`)."""
 
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atmospec.gen3 import require_gen3
 
@@ -24,10 +24,13 @@ from atmospec.calib.masters import DarkConfig, FlatConfig, MasterConfig  # noqa:
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
 from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
-    build_master,
-    local_path,
+    calibration_input,
     local_paths,
+    product_outputs,
 )
+
+if TYPE_CHECKING:
+    from atmospec.calib.products import Bias, Dark, Ptc
 
 __all__ = [
     "CpBiasTask",
@@ -46,11 +49,9 @@ def _ptc_connection() -> Any:
         dimensions=("instrument", "detector"), isCalibration=True, deferLoad=True, minimum=0)
 
 
-def _with_ptc(config: Any, stack: ExitStack, butlerQC: Any, inputRefs: Any) -> Any:
-    """The builder's dataclass config, its ``ptc`` set to the certified PTC when found."""
-    ptc = local_path(stack, butlerQC, getattr(inputRefs, "ptc", None))
-    dc = to_dataclass(config)
-    return replace(dc, ptc=ptc) if ptc else dc
+def _raw_paths(stack: ExitStack, butlerQC: Any, inputRefs: Any) -> list[str]:
+    """Local files of the raws, in name order: the builder reads them one at a time."""
+    return sorted(local_paths(stack, butlerQC.get(inputRefs.inputExpHandles)))
 
 
 # --------------------------------------------------------------------------- cpBias
@@ -99,20 +100,20 @@ class CpBiasTask(PipelineTask):
         inputRefs, outputRefs : lsst.pipe.base.InputQuantizedConnection
             Dataset references of the connections.
         """
+        ptc = calibration_input("ptc", butlerQC, getattr(inputRefs, "ptc", None))
         with ExitStack() as stack:
-            raws = sorted(local_paths(stack, butlerQC.get(inputRefs.inputExpHandles)))
-            outputs = self.run(raws, _with_ptc(self.config, stack, butlerQC, inputRefs))
+            outputs = self.run(_raw_paths(stack, butlerQC, inputRefs), ptc)
         butlerQC.put(outputs, outputRefs)
 
-    def run(self, raw_paths: list[str], config: MasterConfig | None = None) -> Struct:
+    def run(self, raw_paths: list[str], ptc: Ptc | None = None) -> Struct:
         """Build the master bias.
 
         Parameters
         ----------
         raw_paths : list of str
             Raw bias files.
-        config : MasterConfig, optional
-            Builder settings (default: this task's config).
+        ptc : atmospec.calib.products.Ptc, optional
+            Gains of the ISR of the inputs (default: nominal).
 
         Returns
         -------
@@ -121,9 +122,8 @@ class CpBiasTask(PipelineTask):
         """
         from atmospec.calib.masters import build_bias
 
-        config = config or to_dataclass(self.config)
-        return build_master("bias", lambda out: build_bias(raw_paths, out, config),
-                            config.workdir)
+        bias, report = build_bias(raw_paths, to_dataclass(self.config), ptc=ptc)
+        return product_outputs(bias, report, "bias")
 
 
 # --------------------------------------------------------------------------- cpDark
@@ -168,7 +168,7 @@ class CpDarkTask(PipelineTask):
     _DefaultName = "cpDark"
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
-        """Pass the raw, bias and PTC files to `atmospec.calib.masters.build_dark`.
+        """Pass the raw files, the master bias and the PTC to `run`.
 
         Parameters
         ----------
@@ -177,15 +177,33 @@ class CpDarkTask(PipelineTask):
         inputRefs, outputRefs : lsst.pipe.base.InputQuantizedConnection
             Dataset references of the connections.
         """
+        bias = calibration_input("bias", butlerQC, inputRefs.bias)
+        ptc = calibration_input("ptc", butlerQC, getattr(inputRefs, "ptc", None))
+        with ExitStack() as stack:
+            outputs = self.run(_raw_paths(stack, butlerQC, inputRefs), bias, ptc)
+        butlerQC.put(outputs, outputRefs)
+
+    def run(self, raw_paths: list[str], bias: Bias, ptc: Ptc | None = None) -> Struct:
+        """Build the master dark.
+
+        Parameters
+        ----------
+        raw_paths : list of str
+            Raw dark files.
+        bias : atmospec.calib.products.Bias
+            Master bias.
+        ptc : atmospec.calib.products.Ptc, optional
+            Gains of the ISR of the inputs (default: nominal).
+
+        Returns
+        -------
+        lsst.pipe.base.Struct
+            ``outputData`` (`atmospec.exposure.Exposure`), ``verification`` (dict).
+        """
         from atmospec.calib.masters import build_dark
 
-        with ExitStack() as stack:
-            raws = sorted(local_paths(stack, butlerQC.get(inputRefs.inputExpHandles)))
-            bias = local_path(stack, butlerQC, inputRefs.bias)
-            config = _with_ptc(self.config, stack, butlerQC, inputRefs)
-            outputs = build_master(
-                "dark", lambda out: build_dark(raws, out, bias, config), config.workdir)
-        butlerQC.put(outputs, outputRefs)
+        dark, report = build_dark(raw_paths, bias, to_dataclass(self.config), ptc=ptc)
+        return product_outputs(dark, report, "dark")
 
 
 # --------------------------------------------------------------------------- cpFlat
@@ -235,7 +253,7 @@ class CpFlatTask(PipelineTask):
     _DefaultName = "cpFlat"
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
-        """Pass the raw, bias, dark and PTC files to `atmospec.calib.masters.build_flat`.
+        """Pass the raw files, the master bias and dark and the PTC to `run`.
 
         Parameters
         ----------
@@ -244,13 +262,34 @@ class CpFlatTask(PipelineTask):
         inputRefs, outputRefs : lsst.pipe.base.InputQuantizedConnection
             Dataset references of the connections.
         """
+        bias = calibration_input("bias", butlerQC, inputRefs.bias)
+        dark = calibration_input("dark", butlerQC, getattr(inputRefs, "dark", None))
+        ptc = calibration_input("ptc", butlerQC, getattr(inputRefs, "ptc", None))
+        with ExitStack() as stack:
+            outputs = self.run(_raw_paths(stack, butlerQC, inputRefs), bias, dark, ptc)
+        butlerQC.put(outputs, outputRefs)
+
+    def run(self, raw_paths: list[str], bias: Bias, dark: Dark | None = None,
+            ptc: Ptc | None = None) -> Struct:
+        """Build the master flat.
+
+        Parameters
+        ----------
+        raw_paths : list of str
+            Raw flat files of one physical filter.
+        bias : atmospec.calib.products.Bias
+            Master bias.
+        dark : atmospec.calib.products.Dark, optional
+            Master dark.
+        ptc : atmospec.calib.products.Ptc, optional
+            Gains of the ISR of the inputs (default: nominal).
+
+        Returns
+        -------
+        lsst.pipe.base.Struct
+            ``outputData`` (`atmospec.exposure.Exposure`), ``verification`` (dict).
+        """
         from atmospec.calib.masters import build_flat
 
-        with ExitStack() as stack:
-            raws = sorted(local_paths(stack, butlerQC.get(inputRefs.inputExpHandles)))
-            bias = local_path(stack, butlerQC, inputRefs.bias)
-            dark = local_path(stack, butlerQC, getattr(inputRefs, "dark", None))
-            config = _with_ptc(self.config, stack, butlerQC, inputRefs)
-            outputs = build_master(
-                "flat", lambda out: build_flat(raws, out, bias, dark, config), config.workdir)
-        butlerQC.put(outputs, outputRefs)
+        flat, report = build_flat(raw_paths, bias, dark, to_dataclass(self.config), ptc=ptc)
+        return product_outputs(flat, report, "flat")

@@ -1,6 +1,6 @@
 """Instrument signature removal PipelineTask: `atmospec.isr.driver.run_isr` with every
 calibration product the input CALIBRATION collections hold for the exposure, used as the
-native runner uses them (`atmospec.isr.runner.CalibrationFiles` → ``load_calibrations``)."""
+native runner uses them (`atmospec.calib.isr_inputs.CalibrationFiles` → ``load_calibrations``)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from atmospec.gen3.tasks._base import (  # noqa: E402
     EXPOSURE_DIMS,
     PrunedByClass,
     applies_to_field,
+    calibration_input,
     check_applies,
     local_path,
     missing_calibration,
@@ -34,7 +35,8 @@ from atmospec.isr.driver import IsrConfig  # noqa: E402
 
 __all__ = ["FILE_PRODUCTS", "IMAGE_PRODUCTS", "IsrTask", "IsrTaskConfig"]
 
-#: Master images, read through the Butler (without their variance, as the native runner).
+#: Master images, read through the Butler (without their variance, as the native runner) and
+#: checked as the native runner checks its files.
 IMAGE_PRODUCTS = ("bias", "dark", "flat")
 #: Table products, handed to the native loaders as local files.
 FILE_PRODUCTS = ("ptc", "defects", "linearizer", "crosstalk")
@@ -101,7 +103,8 @@ class IsrTask(PipelineTask):
 
     def runQuantum(self, butlerQC: Any, inputRefs: Any, outputRefs: Any) -> None:
         """Read the raw and the master images (without their variance, as the native
-        runner), find the table products' local files, and put the outputs.
+        runner, and checked as its files are), find the table products' local files, and
+        put the outputs.
 
         Parameters
         ----------
@@ -114,12 +117,8 @@ class IsrTask(PipelineTask):
         raw = butlerQC.get(inputRefs.ccdExposure)
         self.check_required(raw, {k for k in IMAGE_PRODUCTS + FILE_PRODUCTS
                                   if single_ref(getattr(inputRefs, k, None)) is not None})
-        products: dict[str, tuple[Any, str]] = {}
-        for kind in IMAGE_PRODUCTS:
-            ref = single_ref(getattr(inputRefs, kind, None))
-            if ref is not None:
-                image = butlerQC.get(ref).get(parameters={"load_variance": False})
-                products[kind] = (image, f"{kind}@{ref.id}")
+        products = {kind: product for kind in IMAGE_PRODUCTS if (product := calibration_input(
+            kind, butlerQC, getattr(inputRefs, kind, None))) is not None}
         with ExitStack() as stack:
             files = {kind: local_path(stack, butlerQC, getattr(inputRefs, kind, None))
                      for kind in FILE_PRODUCTS}
@@ -147,7 +146,7 @@ class IsrTask(PipelineTask):
             if kind not in found:
                 raise missing_calibration(kind, raw.info, raw.path)
 
-    def run(self, ccdExposure: Any, products: dict[str, tuple[Any, str]] | None = None,
+    def run(self, ccdExposure: Any, products: dict[str, Any] | None = None,
             files: dict[str, str | None] | None = None) -> Struct:
         """ISR of one raw frame.
 
@@ -156,7 +155,7 @@ class IsrTask(PipelineTask):
         ccdExposure : atmospec.camera.raw.RawFrame
             The raw frame.
         products : dict, optional
-            ``bias``/``dark``/``flat`` as ``(Exposure, source name)``.
+            ``bias``/``dark``/``flat`` (`atmospec.calib.products.MasterImage`, checked).
         files : dict, optional
             ``ptc``/``defects``/``linearizer``/``crosstalk`` files (None or absent: the
             native default, i.e. nominal gains, shipped defects and crosstalk, no
@@ -173,10 +172,11 @@ class IsrTask(PipelineTask):
         atmospec.errors.BadInputError
             A required product missing (`check_required`), or a product that is not usable.
         """
+        from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
         from atmospec.camera.description import load_camera
         from atmospec.io import add_cards, provenance_cards
         from atmospec.isr.driver import run_isr
-        from atmospec.isr.runner import CalibrationFiles, load_calibrations, stats_document
+        from atmospec.isr.runner import stats_document
 
         products = products or {}
         files = {k: v for k, v in (files or {}).items() if v}
@@ -184,7 +184,7 @@ class IsrTask(PipelineTask):
         config: IsrConfig = to_dataclass(self.config)
         calibs = load_calibrations(CalibrationFiles(**files), load_camera("latiss"), products)
         result = run_isr(ccdExposure, config, calibs)
-        inputs = ([ccdExposure.path] + [name for _, name in products.values()]
+        inputs = ([ccdExposure.path] + [product.source for product in products.values()]
                   + list(files.values()))
         add_cards(result.exposure.metadata,
                   provenance_cards("isr", inputs, {"steps": result.steps, "config": config}))

@@ -1,5 +1,6 @@
-"""Photon-transfer curve PipelineTask (Rubin's cpPtc): `atmospec.calib.ptc.build_ptc` over the
-raw flat pairs of the data query, one quantum per detector."""
+"""Photon-transfer curve PipelineTask (Rubin's cpPtc): the in-memory `atmospec.calib.ptc.build_ptc`
+over the raw flat pairs of the data query (read a pair at a time from their datastore files),
+one quantum per detector."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from lsst.pipe.base import (  # noqa: E402
 
 from atmospec.calib.ptc import PtcConfig  # noqa: E402
 from atmospec.gen3.config import config_class_from_dataclass, to_dataclass  # noqa: E402
-from atmospec.gen3.tasks._base import EXPOSURE_DIMS, build_master, local_paths  # noqa: E402
+from atmospec.gen3.tasks._base import (  # noqa: E402
+    EXPOSURE_DIMS,
+    local_paths,
+    product_outputs,
+)
 
 __all__ = ["CpPtcTask", "CpPtcTaskConfig"]
 
@@ -52,9 +57,6 @@ class CpPtcTaskConfig(PipelineTaskConfig,
         doc="Log and leave out unusable inputs (unreadable, not a flat, no partner of the "
             "same exposure time) instead of failing, as atmospec calib ptc --skip-bad.",
         default=False)
-    workdir = pexConfig.Field[str](
-        doc="Parent of the temporary directory the product is written to (default: the "
-            "system's).", default=None, optional=True)
 
 
 class CpPtcTask(PipelineTask):
@@ -91,12 +93,12 @@ class CpPtcTask(PipelineTask):
         Returns
         -------
         lsst.pipe.base.Struct
-            ``outputData`` (`astropy.table.Table`, the product as `atmospec.calib.ptc.write_ptc`
-            writes it) and ``verification`` (dict, ``<stem>.verify.json``).
+            ``outputData`` (`astropy.table.Table`, the product as its file holds it:
+            `atmospec.calib.products.Ptc.as_stored`) and ``verification`` (dict, as
+            ``<stem>.verify.json``).
         """
         from atmospec.calib.ptc import build_ptc
 
         config: PtcConfig = to_dataclass(self.config)
-        return build_master("ptc", lambda out: build_ptc(raw_paths, out, config,
-                                                         skip_bad=self.config.skip_bad),
-                            self.config.workdir)
+        ptc, report = build_ptc(raw_paths, config, skip_bad=self.config.skip_bad)
+        return product_outputs(ptc, report, "ptc")

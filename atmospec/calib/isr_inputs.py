@@ -1,0 +1,102 @@
+"""The products of an ISR run: which files (`CalibrationFiles`), read once and checked
+(`load_calibrations`) into what the ISR driver takes (`atmospec.isr.driver.IsrCalibrations`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from atmospec.calib.products import (
+    Bias,
+    Crosstalk,
+    Dark,
+    Defects,
+    Flat,
+    Linearizer,
+    MasterImage,
+    Ptc,
+)
+from atmospec.camera.description import Camera
+from atmospec.isr.driver import IsrCalibrations
+from atmospec.isr.gain import nominal_gains
+
+#: The master images, by kind, in the order ISR applies them.
+MASTER_CLASSES: Mapping[str, type[MasterImage]] = MappingProxyType(
+    {"bias": Bias, "dark": Dark, "flat": Flat})
+
+
+@dataclass(frozen=True)
+class CalibrationFiles:
+    """Calibration product files for an ISR run (``None``: not used, or the shipped default)."""
+
+    bias: str | None = None
+    """Master bias (Exposure file, e⁻)."""
+    dark: str | None = None
+    """Master dark (Exposure file, e⁻/s)."""
+    flat: str | None = None
+    """Master flat (Exposure file, normalised)."""
+    defects: str | None = None
+    """Defects table; ``None``: the shipped LATISS list."""
+    ptc: str | None = None
+    """PTC table giving gains and read noise; ``None``: nominal values."""
+    linearizer: str | None = None
+    """Linearizer table."""
+    crosstalk: str | None = None
+    """Crosstalk table; ``None``: the shipped LATISS matrix."""
+
+
+def load_calibrations(files: CalibrationFiles, camera: Camera,
+                      products: Mapping[str, MasterImage] | None = None) -> IsrCalibrations:
+    """Read every product once (they are shared by all exposures of a run).
+
+    Parameters
+    ----------
+    files : CalibrationFiles
+        Product files (``None``: not used, or the shipped default).
+    camera : Camera
+        The camera.
+    products : mapping, optional
+        Master ``bias``, ``dark``, ``flat`` already in memory and checked (e.g. from a Gen3
+        Butler: `MasterImage.checked`); each takes the place of the file of its kind.
+
+    Returns
+    -------
+    IsrCalibrations
+        ``sources`` names the file (or dataset) of each product used.
+
+    Raises
+    ------
+    BadInputError
+        A product that cannot be read or does not fit ``camera``.
+    """
+    products = products or {}
+    ptc = Ptc.read(files.ptc, camera) if files.ptc else None
+    gains = ptc.gains(camera) if ptc else nominal_gains(camera)
+    crosstalk = Crosstalk.read(files.crosstalk, camera.n_amps)
+    defects = Defects.read(files.defects)
+    linearizer = Linearizer.read(files.linearizer, camera) if files.linearizer else None
+    calibs = IsrCalibrations(
+        gains=gains,
+        crosstalk=crosstalk.matrix(camera.n_amps),
+        defects=defects.table,
+        linearizer=linearizer.correction(camera) if linearizer else None,
+    )
+    sources: dict[str, str] = {}
+    for kind, cls in MASTER_CLASSES.items():
+        path = getattr(files, kind)
+        master = products.get(kind)
+        if master is None and path:
+            # The variance of a master is not used by ISR: not loading it saves 65 MB.
+            master = cls.read(path, camera, load_variance=False)
+        if master is not None:
+            setattr(calibs, kind, master.exposure)
+            sources[kind] = master.name
+    sources["defects"] = defects.name
+    sources["crosstalk"] = crosstalk.name
+    if ptc:
+        sources["ptc"] = ptc.name
+    if linearizer:
+        sources["linearizer"] = linearizer.name
+    calibs.sources = sources
+    return calibs

@@ -1,0 +1,81 @@
+"""Defects product: boxes of bad pixels, integer columns ``x0, y0, width, height`` in
+assembled-image pixels (Rubin's "Simple" defects schema), as ECSV (or FITS)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+from atmospec.calib.products._tables import ecsv_text, read_table, require_columns
+from atmospec.io import write_text_atomic
+from atmospec.isr.defects import defect_mask
+
+Card = tuple[str, Any, str]
+
+#: The defects list shipped for LATISS (obs_lsst_data: one bad-amp box).
+SHIPPED_FILE = "latiss_defects.ecsv"
+
+_COLUMNS = ("x0", "y0", "width", "height")
+
+
+@dataclass(frozen=True)
+class Defects:
+    """A defects table."""
+
+    table: Table
+    """``x0, y0, width, height`` boxes; meta: ``OBSTYPE``, counts (see
+    `atmospec.calib.defects.find_defects`)."""
+    source: str = ""
+    """Where it was read from; empty when built in memory."""
+    provenance: tuple[Card, ...] = ()
+    """Provenance cards of a product built in memory."""
+
+    @classmethod
+    def read(cls, path: str | Path | None = None) -> Defects:
+        """Read a defects table (ECSV, or any format astropy recognises).
+
+        Parameters
+        ----------
+        path : path, optional
+            The file; ``None``: the list shipped for LATISS.
+
+        Raises
+        ------
+        BadInputError
+            Unreadable, or without the box columns.
+        """
+        if path is None:
+            path = Path(str(resources.files("atmospec.data") / SHIPPED_FILE))
+        path = Path(path)
+        table = read_table(path, "defects", "ascii.ecsv" if path.suffix == ".ecsv" else None)
+        return cls.checked(table, str(path))
+
+    @classmethod
+    def checked(cls, table: Table, source: str) -> Defects:
+        """Wrap a table already in memory after the checks of `read`."""
+        require_columns(table, _COLUMNS, source, "defects table")
+        return cls(table, source)
+
+    @property
+    def name(self) -> str:
+        """File name of `source`."""
+        return Path(self.source).name
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """Boolean mask of the boxes on an image of ``shape``."""
+        return defect_mask(self.table, shape)
+
+    def write(self, path: str | Path, provenance: Sequence[Card] = ()) -> Path:
+        """Write the table as ECSV, atomically, with ``provenance`` in its metadata.
+
+        Returns
+        -------
+        pathlib.Path
+        """
+        return write_text_atomic(ecsv_text(self.table, provenance), path)
