@@ -153,7 +153,7 @@ def _process_raw(path: str | Path | RawFrame, out_dir: str | Path, config: IsrCo
     from atmospec.camera.raw import RawFrame, read_raw
     from atmospec.io import provenance_cards, write_text_atomic
     from atmospec.isr.driver import run_isr
-    from atmospec.isr.runner import stats_document
+    from atmospec.isr.statistics import stats_document
     from atmospec.layout import exposure_file
 
     out_dir = Path(out_dir)

@@ -176,7 +176,7 @@ def _calibrations(files: CalibrationFiles):
 def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import run_isr
-    from atmospec.isr.runner import stats_document
+    from atmospec.isr.statistics import stats_document
 
     job = ctx.job
     if job.missing_calibs:

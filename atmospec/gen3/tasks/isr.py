@@ -176,7 +176,7 @@ class IsrTask(PipelineTask):
         from atmospec.camera.description import load_camera
         from atmospec.io import add_cards, provenance_cards
         from atmospec.isr.driver import run_isr
-        from atmospec.isr.runner import stats_document
+        from atmospec.isr.statistics import stats_document
 
         products = products or {}
         files = {k: v for k, v in (files or {}).items() if v}
