@@ -1,29 +1,11 @@
 """The first-order spectrum of a dispersed exposure, in memory: `Spectrum`.
 
-Its content mirrors Spectractor's spectrum FITS file, which is our spectrum file format
-(read and written by `spectractor_bridge.spectrum`):
-
-The layout is the one Spectractor 2.4 writes for a self-contained spectrum (DESIGN.md, "Contracts"):
-
-=========== ================================================================================
-HDU         content
-=========== ================================================================================
-primary     float64 ``(3, N)``: wavelength (``UNIT1``, nanometer), flux (``UNIT2``), error;
-            header ``TARGET, GRATING, D2CCD, PIXSHIFT, ROTANGLE, TARGETX, TARGETY, AIRMASS,
-            EXPTIME, LBDA_REF, UNIT1, UNIT2, S_XMIN, S_YMIN …``
-``SPEC_COV`` float64 ``(N, N)`` covariance of the flux
-``ORDER2``  float64 ``(3, N)``: wavelength, flux, error of the second-order contamination
-``ORDER0``  zeroth-order cutout; ``IM_X0, IM_Y0`` give the star's centre in it
-``S_DATA``  spectrogram cutout (``UNIT1`` = its unit), then ``S_ERR``, ``S_BGD``, ``S_BGD_ER``,
-            ``S_FIT``, ``S_RES``
-``PSF_TAB`` binary table of the per-column trace/PSF parameters
-``LINES``   binary table ``Line, Tabulated, Detected, Shift, Err, FWHM, …`` of fitted lines
-others      kept verbatim in their order (Spectractor 2.4 writes its configuration as ``CONFIG``)
-=========== ================================================================================
-
-Older Spectractor versions write fewer extensions (2021: ``SPEC_COV`` and ``ORDER2`` only;
-late 2023 branch output: plus ``ORDER0``), name the primary HDU ``SPECTRUM`` and store some
-numbers as strings (``REDSHIFT = '0.000517'``); the reader takes all of them.
+Its parts mirror the extensions of Spectractor's spectrum file, which is our spectrum file
+format: wavelength, flux and error (primary ``(3, N)``), the flux covariance (``SPEC_COV``),
+the second order (``ORDER2``), the zeroth-order cutout (``ORDER0``), the spectrogram
+(``S_DATA`` …, `Spectrogram`), the trace/PSF table (``PSF_TAB``) and the fitted lines
+(``LINES``), with the primary header. `spectractor_bridge.spectrum` reads and writes the
+file and documents the layout, HDU by HDU.
 """
 
 from __future__ import annotations
