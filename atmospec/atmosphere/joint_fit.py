@@ -73,6 +73,7 @@ from atmospec.atmosphere.spectrum_fit import (
     SpectrumForwardModel,
     coverage_fixed,
 )
+from atmospec.atmosphere.transmission import AtmosphereModel
 from atmospec.errors import BadInputError
 from atmospec.fitting import (
     LevenbergMarquardtConfig,
@@ -385,8 +386,6 @@ def _correction_basis(degree: int, lo: float, hi: float, conditions: list[str],
     lam = np.linspace(lo, hi, n_grid)
     x = 2.0 * (lam - lo) / (hi - lo) - 1.0
     vander = np.polynomial.legendre.legvander(x, degree)
-    from atmospec.atmosphere.transmission import AtmosphereModel
-
     atm = AtmosphereModel(lam)
     shapes = []
     for name in conditions:

@@ -50,6 +50,7 @@ from atmospec.atmosphere.spectrum_fit import (
     AtmosphereFitConfig,
     SpectrumForwardModel,
     coverage_fixed,
+    fit_atmosphere,
     lmfit_parameters,
     lmfit_summary,
     starting_angstrom,
@@ -397,8 +398,6 @@ def fit_atmosphere_auto(spectrum: Spectrum, config: SpectrogramFitConfig | None 
         ``info["fit"]`` says which (``spectrum`` or ``spectrogram``) and
         ``info["degeneracy"]`` the 1D fit's largest correlation and its pair.
     """
-    from atmospec.atmosphere.spectrum_fit import fit_atmosphere
-
     config = config or SpectrogramFitConfig()
     source = source or "spectrum"
     fit = fit_atmosphere(spectrum, config.atmosphere, source=source)

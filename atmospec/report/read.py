@@ -13,18 +13,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
 
 from atmospec import layout
+from atmospec.calib.registry import CalibrationRegistry, CalibRecord
 from atmospec.errors import BadInputError, short_error
 from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
+from atmospec.night.index import NightIndex
+from atmospec.night.summary import summary_table
 from atmospec.plots.exposure import ExposureOutputs
-
-if TYPE_CHECKING:
-    from atmospec.calib.registry import CalibRecord
 
 __all__ = [
     "SUMMARY_FILE",
@@ -123,8 +123,6 @@ def summary_is_stale(saved: Table, fresh: Table) -> bool:
 def read_night(repo: Path) -> Night:
     """The night summary (the file, else rebuilt from the index, else empty), its task
     records and rejected files, with notes on anything unusual."""
-    from atmospec.night.index import NightIndex
-    from atmospec.night.summary import summary_table
 
     index = NightIndex(repo) if (repo / INDEX_FILE).is_file() else None
     notes: list[tuple[str, str]] = []
@@ -156,7 +154,6 @@ def read_night(repo: Path) -> Night:
 
 def read_products(repo: Path) -> tuple[list[Product], list[str]]:
     """Registered products (and EO tables under ``REPO/calib``), and problems met."""
-    from atmospec.calib.registry import CalibrationRegistry
 
     products: list[Product] = []
     problems: list[str] = []
