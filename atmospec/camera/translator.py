@@ -34,6 +34,7 @@ __all__ = [
     "HeaderTranslator",
     "LatissTranslator",
     "ObservationInfo",
+    "canonical_instrument",
     "kasten_young_airmass",
     "translate_header",
 ]
@@ -720,6 +721,26 @@ class CtioTranslator(HeaderTranslator):
 
 #: Translators tried in order by `translate_header`; append new instruments here.
 TRANSLATORS: tuple[type[HeaderTranslator], ...] = (LatissTranslator, CtioTranslator)
+
+
+def canonical_instrument(name: str) -> str:
+    """Map an ``INSTRUME`` alias (e.g. the 2018 ``LSST_ATISS``) to the canonical name.
+
+    Parameters
+    ----------
+    name : str
+        An ``INSTRUME`` value, any case.
+
+    Returns
+    -------
+    str
+        The translator's name (``LATISS``, ``CTIO``), else ``name`` upper-cased.
+    """
+    upper = name.strip().upper()
+    for translator in TRANSLATORS:
+        if upper in {alias.upper() for alias in translator.instrument_aliases}:
+            return translator.name
+    return upper
 
 
 def translate_header(header: Mapping[str, Any], filename: str | None = None) -> ObservationInfo:

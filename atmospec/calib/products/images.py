@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.translator import canonical_instrument
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import add_cards
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 Card = tuple[str, Any, str]
 
 #: Instrument names a LATISS product may carry (the second is Rubin's older spelling).
-_LATISS_NAMES = ("LSST_ATISS",)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ class MasterImage:
             raise BadInputError(source, f"{kind} has shape {exposure.shape}, expected "
                                         f"{camera.detector_shape} for {camera.name}")
         instrument = exposure.metadata.get("INSTRUME")
-        if instrument and str(instrument).upper() not in (camera.name.upper(), *_LATISS_NAMES):
+        same = canonical_instrument(str(instrument)) == canonical_instrument(camera.name)
+        if instrument and not same:
             raise BadInputError(source, f"{kind} is for instrument {instrument}, not "
                                         f"{camera.name}")
         obstype = str(exposure.metadata.get("OBSTYPE", kind)).strip().lower()

@@ -19,14 +19,13 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.calib.registry.times import to_utc_iso
-from atmospec.camera.translator import TRANSLATORS, HeaderTranslator
+from atmospec.camera.translator import HeaderTranslator, canonical_instrument
 from atmospec.errors import BadInputError
 
 __all__ = [
     "FILTER_KINDS",
     "KINDS",
     "Identity",
-    "canonical_instrument",
     "check_kind",
     "identify",
     "read_metadata",
@@ -85,15 +84,6 @@ def check_kind(kind: str) -> None:
     """
     if kind not in KINDS:
         raise ValueError(f"unknown calibration kind {kind!r} (known: {', '.join(KINDS)})")
-
-
-def canonical_instrument(name: str) -> str:
-    """Map an ``INSTRUME`` alias (e.g. the 2018 ``LSST_ATISS``) to the canonical name."""
-    upper = name.strip().upper()
-    for translator in TRANSLATORS:
-        if upper in {alias.upper() for alias in translator.instrument_aliases}:
-            return translator.name
-    return upper
 
 
 def _normalise_optic(name: str) -> str:

@@ -22,7 +22,6 @@ from atmospec.calib.registry.identify import (
     FILTER_KINDS,
     KINDS,
     Identity,
-    canonical_instrument,
     check_kind,
     identify,
     read_verification,
@@ -38,7 +37,7 @@ from atmospec.calib.registry.store import (
 )
 from atmospec.calib.registry.times import exposure_time_utc, format_utc, now_utc, to_utc_iso
 from atmospec.calib.verification import verification_name
-from atmospec.camera.translator import ObservationInfo
+from atmospec.camera.translator import ObservationInfo, canonical_instrument
 from atmospec.errors import BadInputError
 from atmospec.layout import REGISTRY_FILE, calib_dir
 
