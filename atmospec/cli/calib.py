@@ -89,9 +89,9 @@ def print_verification(product: Path, plot: bool = False) -> None:
         verdict = "PASS" if doc["pass"] else "FAIL: " + ", ".join(doc.get("failures", []))
         print(f"verification {report}: {verdict}")
         if plot:
-            from atmospec.plots.verify import plot_verification
+            from atmospec.plots.verify import plot_verification_file
 
-            plot_verification(doc, report.with_name(report.name[:-len(".json")] + ".png"))
+            plot_verification_file(report)
 
 
 def _cmd_calib_master(args: argparse.Namespace) -> int:
