@@ -16,10 +16,16 @@ the report's), defined once.
 Every function takes the repository (or an output) directory and returns a path below it;
 `exposure_file` makes the name of every per-exposure output, here and for ``atmospec isr``
 (docs/night.md gives the contract of each file).
+
+No value read from a file decides where we write: a name taken from a header (an OBSID) is
+checked by `safe_component` wherever it becomes part of an output path, so it can neither
+leave the output folder (``..``, a path separator) nor name something odd (control
+characters, a leading dot or dash, an empty or very long name).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +42,7 @@ __all__ = [
     "night_build_dir",
     "night_plot_dir",
     "report_dir",
+    "safe_component",
 ]
 
 #: The night index, relative to the repository.
@@ -44,6 +51,42 @@ INDEX_FILE = Path("night") / "index.sqlite3"
 SUMMARY_STEM = Path("night") / "summary"
 #: The calibration registry's database, relative to the repository.
 REGISTRY_FILE = Path("calib") / "registry.sqlite3"
+
+
+#: What a header value may hold to become part of a file name: letters, digits, ``_ . + -``
+#: (every LATISS, ComCam and LSSTCam OBSID is of the form ``AT_O_20250301_000012``), at most
+#: 128 characters, starting with a letter or digit.
+_SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def safe_component(value: object, what: str = "name") -> str:
+    """``value`` as one path component safe to build an output name from.
+
+    Parameters
+    ----------
+    value : object
+        A value read from a file (usually a header's OBSID); converted with ``str``.
+    what : str
+        What the value is, for the message (e.g. ``"OBSID"``).
+
+    Returns
+    -------
+    str
+        The value, unchanged.
+
+    Raises
+    ------
+    ValueError
+        If it is empty, longer than 128 characters, holds ``..``, a path separator, a control
+        or non-ASCII character, or starts with anything but a letter or a digit; the message
+        shows the value (``repr``, cut to 60 characters).
+    """
+    text = str(value)
+    if _SAFE_COMPONENT.fullmatch(text) is None or ".." in text:
+        shown = repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
+        raise ValueError(f"{what} {shown} cannot name an output file (letters, digits and "
+                         "_ . + - only, at most 128, no '..')")
+    return text
 
 
 def calib_dir(repo: Path, kind: str | None = None) -> Path:
@@ -76,7 +119,7 @@ def exposure_figure_dir(report: Path, obs_id: str | None = None) -> Path:
     """``<report>/exposures/<OBSID>``: the figures of one exposure under a report folder
     (``<report>/exposures``, where the exposure pages are, without ``obs_id``)."""
     base = Path(report) / "exposures"
-    return base if obs_id is None else base / obs_id
+    return base if obs_id is None else base / safe_component(obs_id, "OBSID")
 
 
 #: Per-exposure outputs: role -> suffix of ``<OBSID>_<suffix>``.
@@ -87,6 +130,8 @@ EXPOSURE_FILES: Mapping[str, str] = MappingProxyType({
     "centroid": "centroid.json",
     "spectrum": "spectrum.fits",
     "atmosphere": "atmosphere.json",
+    "overscan_plot": "overscan.png",
+    "postisr_plot": "postisr.png",
 })
 
 
@@ -97,5 +142,7 @@ def exposure_file(directory: Path, obs_id: str, role: str) -> Path:
     ------
     KeyError
         For a role that is not one of `EXPOSURE_FILES`.
+    ValueError
+        For an OBSID that cannot name a file (`safe_component`).
     """
-    return Path(directory) / f"{obs_id}_{EXPOSURE_FILES[role]}"
+    return Path(directory) / f"{safe_component(obs_id, 'OBSID')}_{EXPOSURE_FILES[role]}"

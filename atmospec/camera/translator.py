@@ -28,6 +28,7 @@ from astropy.io import fits
 from astropy.time import Time
 
 from atmospec.errors import BadInputError
+from atmospec.layout import safe_component
 
 __all__ = [
     "TRANSLATORS",
@@ -49,6 +50,15 @@ _EARLIEST_PLAUSIBLE_MJD = 51544.0
 #: Above this a "pressure" cannot be in hPa (the record at sea level is ~1084 hPa), so it is
 #: in Pa: since 2023 the LATISS header service writes e.g. 77780.0 for 777.8 hPa.
 _MAX_PRESSURE_HPA = 2000.0
+
+
+def _file_name_safe(obs_id: str) -> str:
+    """The OBSID, refused when it cannot name an output file (it becomes part of every
+    output name: `atmospec.layout.safe_component`)."""
+    try:
+        return safe_component(obs_id, "OBSID")
+    except ValueError as exc:
+        raise BadInputError(None, str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -259,7 +269,7 @@ class HeaderTranslator(ABC):
             disperser = self.to_disperser(header)
             return ObservationInfo(
                 instrument=self.to_instrument(header),
-                obs_id=self.to_obs_id(header),
+                obs_id=_file_name_safe(self.to_obs_id(header)),
                 day_obs=self.to_day_obs(header),
                 seq_num=self.to_seq_num(header),
                 image_type=self.to_image_type(header),

@@ -175,6 +175,7 @@ def _process_raw(path: str | Path | RawFrame, out_dir: str | Path, config: IsrCo
 
         if result.overscan:
             out["overscan_plot"] = plot_overscan_profiles(
-                doc, out_dir / f"{obs_id}_overscan.png", camera=raw.camera)
-        out["image_plot"] = plot_postisr(result.exposure, out_dir / f"{obs_id}_postisr.png")
+                doc, exposure_file(out_dir, obs_id, "overscan_plot"), camera=raw.camera)
+        out["image_plot"] = plot_postisr(result.exposure,
+                                         exposure_file(out_dir, obs_id, "postisr_plot"))
     return out
