@@ -77,6 +77,8 @@ _NOT_PRINTABLE = re.compile(rb"[^\x20-\x7e]")
 # A keyword (columns 1-8) once upper-cased: letters, digits, '-' and '_', left-justified.
 _KEYWORD = re.compile(r"[A-Z0-9_-]*")
 _END_CARD = b"END" + b" " * (_CARD - 3)
+# Keywords whose cards hold text, not a value.
+_COMMENTARY = frozenset({"", "COMMENT", "HISTORY", "CONTINUE"})
 _SKIP_CHUNK = 1 << 20
 
 
@@ -101,6 +103,12 @@ class HduLayout:
         when the HDU has none."""
         value = self.header.get("EXTNAME")
         return value.strip().upper() if isinstance(value, str) else ""
+
+    @property
+    def extname(self) -> str:
+        """``EXTNAME`` as written, stripped; empty when the HDU has none."""
+        value = self.header.get("EXTNAME")
+        return value.strip() if isinstance(value, str) else ""
 
     @property
     def label(self) -> str:
@@ -210,9 +218,9 @@ def scan_fits(path: str | Path, check: Callable[[HduLayout], None] | None = None
     path : path
         A FITS file, plain or gzip-compressed (tile-compressed HDUs are plain FITS).
     check : callable, optional
-        Called with each HDU as soon as its header is read, before the walk moves past its
-        data, so that the caller's own checks report the first problem in file order; it
-        raises `BadInputError` to refuse the file.
+        Called with each HDU as soon as its header is read, before its data are checked to
+        lie inside the file, so that the caller's own checks (e.g. of the image shape) report
+        the first problem in file order; it raises `BadInputError` to refuse the file.
 
     Returns
     -------
@@ -237,8 +245,8 @@ def scan_fits(path: str | Path, check: Callable[[HduLayout], None] | None = None
             first = stream.read(BLOCK)
             if not first:
                 break
-            if hdus and not first.startswith(b"XTENSION"):
-                _check_trailing(stream, first, hdus[-1])
+            if hdus and not first.strip(b"\0"):
+                _check_padding(stream, hdus[-1])
                 break
             if len(hdus) == MAX_HDUS:
                 raise BadInputError(path, f"more than {MAX_HDUS} HDUs: not a camera raw")
@@ -263,17 +271,14 @@ def _read_hdu(stream: _Stream, first: bytes, index: int, start: int,
         if previous is None:
             raise BadInputError(path, "not a readable FITS file (it does not start with "
                                       "a SIMPLE card)")
-        raise BadInputError(path, f"damaged header: no HDU starts at byte {start}, where the "
-                                  f"data of {previous.label} end: one of its size cards "
-                                  "(BITPIX, NAXISn, PCOUNT, GCOUNT) is wrong")
+        raise BadInputError(path, f"damaged: no HDU starts at byte {start}, where the data "
+                                  f"of {previous.label} end (one of its size cards BITPIX, "
+                                  "NAXISn, PCOUNT, GCOUNT is wrong, or what follows is not "
+                                  "FITS)")
     text = _header_text(stream, first, index, start)
     header = _parse_header(path, text, f"HDU {index}")
     size = _data_size(path, header, _label(index, header), primary=index == 0)
-    hdu = HduLayout(index, header, start, start + -(-len(text) // BLOCK) * BLOCK, size)
-    if stream.size is not None and hdu.data_start + size > stream.size:
-        raise BadInputError(path, f"truncated: {stream.size} bytes, the data of {hdu.label} "
-                                  f"end at byte {hdu.data_start + size}")
-    return hdu
+    return HduLayout(index, header, start, start + -(-len(text) // BLOCK) * BLOCK, size)
 
 
 def _header_text(stream: _Stream, first: bytes, index: int, start: int) -> str:
@@ -306,30 +311,36 @@ def _header_text(stream: _Stream, first: bytes, index: int, start: int) -> str:
 
 
 def _show(raw: bytes) -> str:
-    """Bytes of a card shown safely in a one-line message."""
-    return repr(raw.decode("ascii", "backslashreplace").rstrip())
+    """Bytes of a card, quoted, with any unprintable byte escaped: for a one-line message."""
+    return "'" + raw.decode("latin-1").encode("unicode_escape").decode("ascii").rstrip() + "'"
 
 
 def _parse_header(path: Path, text: str, where: str) -> fits.Header:
     """The header of ``text`` (printable ASCII ending in END), every card checked."""
-    cards = [text[i:i + _CARD] for i in range(0, len(text) - _CARD, _CARD)]
-    for number, image in enumerate(cards, start=1):
-        if image.startswith("HIERARCH "):
-            continue  # any case and spaces are legal in the name of a HIERARCH card
-        keyword = image[:8].rstrip()
-        if not _KEYWORD.fullmatch(keyword.upper()):
-            raise BadInputError(path, f"damaged header: {where} card {number}: illegal "
-                                      f"keyword {keyword!r}")
+    images = [text[i:i + _CARD] for i in range(0, len(text) - _CARD, _CARD)]
     with astropy_warnings_as_errors(path, f"damaged header: {where}"):
-        header = fits.Header.fromstring(text)
-        for number, card in enumerate(header.cards, start=1):
-            try:
-                card.value  # noqa: B018 - astropy parses a value when it is first read
-            except (VerifyError, ValueError) as exc:
-                raise BadInputError(path, f"damaged header: {where} card {number} "
-                                          f"({card.keyword}): unparsable value "
-                                          f"({short_error(exc)})") from None
-    return header
+        for number, image in enumerate(images, start=1):
+            problem = _card_problem(image)
+            if problem is not None:
+                raise BadInputError(path, f"damaged header: {where} card {number} {problem}")
+        return fits.Header.fromstring(text)
+
+
+def _card_problem(image: str) -> str | None:
+    """What is wrong with one card (printable ASCII, 80 characters), or None."""
+    keyword = image[:8].rstrip()
+    # Any case and spaces are legal in the name of a HIERARCH card.
+    if not image.startswith("HIERARCH "):
+        if not _KEYWORD.fullmatch(keyword.upper()):
+            return f"({keyword!r}): illegal keyword"
+        # Only commentary cards may go without a value; astropy would warn on the others.
+        if image[8:10] != "= " and keyword.upper() not in _COMMENTARY:
+            return f"({keyword}): no '= ' value indicator in columns 9-10"
+    try:
+        fits.Card.fromstring(image).value  # noqa: B018 - astropy parses a value when read
+    except (VerifyError, ValueError):
+        return f"({keyword}): unparsable value {image[10:].strip()!r}"
+    return None
 
 
 def _data_size(path: Path, header: fits.Header, label: str, *, primary: bool) -> int:
@@ -342,7 +353,7 @@ def _data_size(path: Path, header: fits.Header, label: str, *, primary: bool) ->
     elif header.get("XTENSION") not in _EXTENSIONS:
         raise BadInputError(path, f"{where}: XTENSION = {header.get('XTENSION')!r} is not "
                                   f"one of {', '.join(_EXTENSIONS)}")
-    bitpix = _int_card(path, header, "BITPIX", where)
+    bitpix = _int_card(path, header, "BITPIX", where, low=-64)
     if bitpix not in _BITPIX:
         raise BadInputError(path, f"{where}: BITPIX = {bitpix} is not a FITS pixel type "
                                   f"({', '.join(map(str, _BITPIX))})")
@@ -350,6 +361,11 @@ def _data_size(path: Path, header: fits.Header, label: str, *, primary: bool) ->
     axes = [_int_card(path, header, f"NAXIS{i}", where) for i in range(1, naxis + 1)]
     pcount = _int_card(path, header, "PCOUNT", where, default=0 if primary else None)
     gcount = _int_card(path, header, "GCOUNT", where, low=1, default=1 if primary else None)
+    # The standard fixes them for extensions; only a binary table has a heap (PCOUNT).
+    if not primary and (gcount != 1 or (pcount != 0 and header["XTENSION"] != "BINTABLE")):
+        raise BadInputError(path, f"{where}: {header['XTENSION']} extension with PCOUNT = "
+                                  f"{pcount}, GCOUNT = {gcount} (the standard: PCOUNT 0 but "
+                                  "for a BINTABLE's heap, GCOUNT 1)")
     if naxis == 0:
         return 0
     return abs(bitpix) // 8 * gcount * (pcount + prod(axes))
@@ -373,7 +389,11 @@ def _int_card(path: Path, header: fits.Header, key: str, where: str, *, low: int
 
 def _skip_data(stream: _Stream, hdu: HduLayout) -> None:
     """Move past the data of ``hdu`` and their padding; refuse a stream that ends first."""
-    wanted = hdu.data_start + hdu.data_size - stream.pos
+    end = hdu.data_start + hdu.data_size
+    if stream.size is not None and end > stream.size:
+        raise BadInputError(stream.path, f"truncated: {stream.size} bytes, the data of "
+                                         f"{hdu.label} end at byte {end}")
+    wanted = end - stream.pos
     if stream.skip(wanted) < wanted:
         raise BadInputError(stream.path, f"truncated: the FITS data end at byte {stream.pos}, "
                                          f"inside the data of {hdu.label} (they end at byte "
@@ -382,14 +402,13 @@ def _skip_data(stream: _Stream, hdu: HduLayout) -> None:
     stream.skip(hdu.data_end - stream.pos)
 
 
-def _check_trailing(stream: _Stream, first: bytes, last: HduLayout) -> None:
-    """After the last HDU only zero padding (some writers leave it) may follow."""
-    block = first
-    while block:
+def _check_padding(stream: _Stream, last: HduLayout) -> None:
+    """After the last HDU a block of zeros was read: some writers pad the file so; anything
+    but zeros to the end is refused."""
+    while block := stream.read(_SKIP_CHUNK):
         if block.strip(b"\0"):
-            raise BadInputError(stream.path, f"damaged: the bytes after {last.label} (from "
-                                             f"byte {last.data_end}) are not a FITS header")
-        block = stream.read(_SKIP_CHUNK)
+            raise BadInputError(stream.path, f"damaged: bytes after {last.label} (from byte "
+                                             f"{last.data_end}) are neither zeros nor FITS")
 
 
 @contextmanager

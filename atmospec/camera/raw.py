@@ -135,7 +135,7 @@ class _AmpFinder:
         if not hdu.name:
             return
         if hdu.name in self.by_name:
-            raise BadInputError(self.path, f"duplicated HDU {hdu.name}: HDUs "
+            raise BadInputError(self.path, f"duplicated HDU {hdu.extname}: HDUs "
                                            f"{self.by_name[hdu.name].index} and {hdu.index}")
         self.by_name[hdu.name] = hdu
         assert self.camera is not None
@@ -235,7 +235,7 @@ def _read_segments(layout: RawLayout) -> np.ndarray:
                 data = hdul[amp.index].data
                 if data is None or data.shape != layout.segment_shape:
                     shape = None if data is None else data.shape
-                    raise BadInputError(path, f"{amp.name} has shape {shape}, expected "
+                    raise BadInputError(path, f"{amp.extname} has shape {shape}, expected "
                                               f"{layout.segment_shape}")
                 segments[i] = data
     except BadInputError:
