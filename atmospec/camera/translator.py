@@ -36,6 +36,7 @@ __all__ = [
     "LatissTranslator",
     "ObservationInfo",
     "canonical_instrument",
+    "integration_time",
     "kasten_young_airmass",
     "translate_header",
 ]
@@ -59,6 +60,48 @@ _LIGHT_IMAGE_TYPES = frozenset({"science"})
 #: Above this a "pressure" cannot be in hPa (the record at sea level is ~1084 hPa), so it is
 #: in Pa: since 2023 the LATISS header service writes e.g. 77780.0 for 777.8 hPa.
 _MAX_PRESSURE_HPA = 2000.0
+
+
+def integration_time(key: str, value: Any) -> float | None:
+    """A header's exposure or dark time in seconds, refused when no exposure can last it.
+
+    Parameters
+    ----------
+    key : str
+        The keyword, for the message (``EXPTIME``, ``DARKTIME``).
+    value : Any
+        Its value; None (missing) and NaN give None, as for every float of a header
+        (header dumps write NaN for null; a FITS card cannot hold one).
+
+    Returns
+    -------
+    float or None
+        Seconds, in ``[0, 86400]``.
+
+    Raises
+    ------
+    BadInputError
+        With a None path (the caller names the file): not a number, negative, or longer
+        than a day (`_MAX_INTEGRATION_S`; infinities included).
+    """
+    if value is None or isinstance(value, fits.card.Undefined):
+        return None
+    seconds = None
+    if not isinstance(value, bool):  # an int subclass, but a T/F flag is not a time
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if seconds is None:
+        raise BadInputError(None, f"{key} = {value!r} is not a time in seconds")
+    if math.isnan(seconds):
+        return None
+    if seconds < 0.0:
+        raise BadInputError(None, f"{key} = {value!r} s is negative")
+    if seconds > _MAX_INTEGRATION_S:
+        raise BadInputError(None, f"{key} = {value!r} s is longer than a day "
+                                  f"({_MAX_INTEGRATION_S:.0f} s): not an exposure")
+    return seconds
 
 
 def _file_name_safe(obs_id: str) -> str:
@@ -394,42 +437,13 @@ class HeaderTranslator(ABC):
 
     @classmethod
     def _get_duration(cls, header: Mapping[str, Any], *keys: str) -> float | None:
-        """The first of ``keys`` present, as a time in seconds, or None when all are missing.
-
-        A NaN counts as missing, as for every float of the header (header dumps write NaN
-        for null; a FITS card cannot hold one). Anything else that is not a time an exposure
-        can last is an error: not a number, negative, or longer than `_MAX_INTEGRATION_S`
-        (infinities included).
-
-        Raises
-        ------
-        BadInputError
-            Naming the keyword and its value (with a None path: `translate` adds the file).
-        """
+        """The first of ``keys`` with a value, as a time in seconds (`integration_time`), or
+        None when all are missing or NaN."""
         for key in keys:
-            value = cls._get(header, key)
-            if value is None:
-                continue
-            number = None if isinstance(value, bool) else cls._as_number(value)
-            if number is None:
-                raise BadInputError(None, f"{key} = {value!r} is not a time in seconds")
-            if math.isnan(number):
-                continue
-            if number < 0.0:
-                raise BadInputError(None, f"{key} = {value!r} s is negative")
-            if number > _MAX_INTEGRATION_S:
-                raise BadInputError(None, f"{key} = {value!r} s is longer than a day "
-                                          f"({_MAX_INTEGRATION_S:.0f} s): not an exposure")
-            return number
+            seconds = integration_time(key, cls._get(header, key))
+            if seconds is not None:
+                return seconds
         return None
-
-    @staticmethod
-    def _as_number(value: Any) -> float | None:
-        """``float(value)`` (NaN and infinities included), or None when it is not a number."""
-        try:
-            return float(value)
-        except (TypeError, ValueError, OverflowError):
-            return None
 
     @classmethod
     def _get_str(cls, header: Mapping[str, Any], *keys: str) -> str | None:
