@@ -11,8 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, UsageError
-from atmospec.errors import BadInputError
+from atmospec.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    UsageError,
+    output_folder,
+)
+from atmospec.errors import BadInputError, short_error
 from atmospec.isr import STEPS
 
 if TYPE_CHECKING:
@@ -62,7 +68,8 @@ def _cmd_isr(args: argparse.Namespace) -> int:
             resolve_steps(config.steps, available)
         except StepConfigError as exc:
             raise UsageError(f"atmospec isr: {exc}") from None
-    return _isr_files(args.raw, args.out, config, files, args.plots, repo=args.calibs)
+    return _isr_files(args.raw, output_folder(args.out), config, files, args.plots,
+                      repo=args.calibs)
 
 
 def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
@@ -109,7 +116,8 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
             continue
         except Exception as exc:  # one failed exposure never stops the others
             log.debug("processing failure", exc_info=True)
-            print(f"atmospec: {path}: processing failed: {type(exc).__name__}: {exc}",
+            print(f"atmospec: {path}: processing failed: {type(exc).__name__}: "
+                  f"{short_error(exc)}",
                   file=sys.stderr)
             status = status or EXIT_FAILURE
             continue
