@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.description import (
+    Camera,
+    frame_camera,
+    load_camera,
+    segment_shape_problem,
+)
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, short_error
 
@@ -34,7 +39,7 @@ class RawFrame:
     info: ObservationInfo
     """Translated metadata."""
     camera: Camera
-    """Description of the camera that took the frame."""
+    """Description of the camera that took the frame, at the frame's binning."""
 
 
 def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
@@ -72,6 +77,7 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
                 elif info.instrument.lower() != camera.name.lower():
                     raise BadInputError(path, f"instrument {info.instrument} is not "
                                               f"{camera.name}")
+                camera = frame_camera(camera, info.binning, path)  # BINX/BINY geometry
                 by_name = {h.name.upper(): h for h in hdul[1:]}
                 segments = np.empty((camera.n_amps, *camera.raw_bbox.shape), dtype=np.float32)
                 amp_headers = []
@@ -82,10 +88,8 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
                     data = hdu.data
                     if data is None or data.shape != camera.raw_bbox.shape:
                         shape = None if data is None else data.shape
-                        raise BadInputError(
-                            path, f"{amp.extname} has shape {shape}, expected "
-                                  f"{camera.raw_bbox.shape}"
-                        )
+                        raise BadInputError(path, segment_shape_problem(camera, amp.extname,
+                                                                        shape))
                     segments[i] = data
                     amp_headers.append(hdu.header.copy())
     except BadInputError:
