@@ -118,7 +118,9 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
     A task is skipped when the index records it ``done`` with the same configuration hash
     (its configuration, raw file, calibration files and upstream hashes) and its outputs
     still exist; a task whose input task runs again runs again too. With ``figures_dir``
-    (the report's directory) each job also draws its report figures.
+    (the report's directory) each job also draws its report figures. A raw that can no
+    longer be read (deleted since it was indexed) is recorded as skipped
+    (`NightIndex.withdraw`) and planned no job.
     """
     recorded = index.task_map()
     jobs: list[ExposureJob] = []

@@ -371,6 +371,30 @@ def test_issue16_item9_killed_night_leaves_no_worker_and_next_run_cleans_up(
     _assert_same_outputs(reference, repo)
 
 
+@pytest.mark.timeout(60)
+def test_issue16_item9_watchdog_ends_an_orphan_where_the_kernel_would_not(tmp_path):
+    """The portable fallback of `atmospec.parallel` (no PR_SET_PDEATHSIG): a process
+    watching its parent ends within a watchdog period of becoming an orphan."""
+    child_code = ("import os, sys, threading, time\n"
+                  "from atmospec.parallel import _watch_parent\n"
+                  "threading.Thread(target=_watch_parent, args=(os.getppid(),), "
+                  "daemon=True).start()\n"
+                  "print(os.getpid(), flush=True)\n"
+                  "time.sleep(60)\n")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         f"subprocess.Popen([sys.executable, '-c', {child_code!r}])\n"
+         "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _live_in_session(parent.pid)  # both run
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+    assert _wait_for(lambda: not _live_in_session(parent.pid), 5, 0.1), \
+        f"the orphan {child} outlived its parent"
+
+
 # -- item 10: two nights on one repository --------------------------------------------------
 
 @pytest.mark.timeout(180)
