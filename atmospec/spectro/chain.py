@@ -29,6 +29,7 @@ from atmospec.camera.spectrograph import InstrumentProfile, load_instrument
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.fitting import FitQualityConfig, fit_problems
 from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target, shipped_standards
 from atmospec.spectro.dispersers import Disperser, load_disperser
 from atmospec.spectro.extract import (
@@ -38,7 +39,12 @@ from atmospec.spectro.extract import (
     extract_spectrum,
     result_to_spectrum,
 )
-from atmospec.spectro.forward_model import ForwardModelConfig, ForwardModelResult, fit_forward_model
+from atmospec.spectro.forward_model import (
+    ForwardModelConfig,
+    ForwardModelResult,
+    PsfTooWide,
+    fit_forward_model,
+)
 from atmospec.spectro.order2 import correct_extraction, order2_image, with_order2
 from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum
 from atmospec.spectro.wavelength.calibration import calibrate_extraction
@@ -88,6 +94,10 @@ class SpectroscopyConfig:
     require_calspec: bool = True
     """Refuse a target that is not a shipped CALSPEC standard (the atmosphere fit needs its
     SED); ``False`` extracts any star and writes its name as given."""
+    quality: FitQualityConfig = field(default_factory=FitQualityConfig)
+    """When the 2D forward model counts as failed (`atmospec.fitting.fit_problems`: its
+    shape fit stopped at the iteration bound, or χ²/ndof beyond the limit): the spectrum is
+    still written, with ``FITOK = F`` and the reasons in ``FITPROBS``."""
 
 
 def process_dispersed(exposure: Exposure, *, target: str | None = None,
@@ -171,16 +181,35 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
         # first order alone (its flux and its PSF).
         seen = result if contamination is None else replace(
             result, background=result.background + order2_image(result, contamination))
-        model = fit_forward_model(work, seen, config.forward_model)
+        try:
+            model = fit_forward_model(work, seen, config.forward_model)
+        except PsfTooWide as exc:
+            # Its cost would grow without bound: the 1D optimal extraction stands instead.
+            log.warning("%s; the 1D optimal extraction is kept", exc)
         clock.lap("forward_model")
-        result, covariance = _with_forward_model(result, model)
-        clock.lap("covariance")
-        log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", job.name,
-                 model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
+        if model is not None:
+            result, covariance = _with_forward_model(result, model)
+            clock.lap("covariance")
+            log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", job.name,
+                     model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
     spectrum = _spectrum(exposure, job, frame, work, result,
                          _Products(model, covariance, solution, contamination))
+    _flag_problems(spectrum.header, model, config.quality)
     clock.lap("spectrum")
     return spectrum, centroid
+
+
+def _flag_problems(header: fits.Header, model: ForwardModelResult | None,
+                   quality: FitQualityConfig) -> None:
+    """``FITOK`` and ``FITPROBS``: the quality rule applied to the 2D forward model (a
+    spectrum from the 1D extraction alone has no fit that can fail)."""
+    problems: tuple[str, ...] = ()
+    if model is not None:
+        problems = tuple(f"2D model: {p}" for p in fit_problems(
+            {}, {}, {}, model.chi2_ndof, model.shape_fit_failure, quality))
+    header["FITOK"] = (not problems, "the fits of the extraction are usable")
+    if problems:
+        header["FITPROBS"] = ("; ".join(problems), "why a fit failed")
 
 
 @dataclass(frozen=True)
