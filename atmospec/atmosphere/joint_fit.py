@@ -80,6 +80,7 @@ from atmospec.fitting import (
     LevenbergMarquardtConfig,
     NormalEquations,
     Whitener,
+    bound_reached,
     fit_problems,
     levenberg_marquardt,
     usable_error,
@@ -804,12 +805,16 @@ def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
                                          pcov[:n_c, :n_c])
     t_err = time.perf_counter() - t2
 
-    values, errors = _exposure_values(params, x, sd, config.spectrum.angstrom)
-    shared = {name: (float(x[k]), usable_error(sd[k]))
-              for name, k in ((n, params.names.index(n)) for n in params.shared_names)}
     ndof = int(n_data + len(params.priors) - n_free)
     problems = _problems(params, names, x, sd, float(fit.objective) / ndof if ndof > 0
                          else math.nan, None if fit.success else fit.message, config)
+    # A parameter at a bound has no meaningful symmetric error: reported as None.
+    tol = config.spectrum.quality.bound_tolerance
+    sd = np.where([bool(bound_reached(v, (lo, hi), tol)) for v, lo, hi
+                   in zip(x, params.lower, params.upper, strict=True)], np.nan, sd)
+    values, errors = _exposure_values(params, x, sd, config.spectrum.angstrom)
+    shared = {name: (float(x[k]), usable_error(sd[k]))
+              for name, k in ((n, params.names.index(n)) for n in params.shared_names)}
     result = JointAtmosphereFit(
         sources=names, values=values, errors=errors, fixed=tuple(night.fixed), shared=shared,
         airmass=tuple(b.airmass for b in night.blocks),

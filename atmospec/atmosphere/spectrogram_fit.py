@@ -52,7 +52,7 @@ from atmospec.atmosphere.spectrum_fit import (
     coverage_fixed,
     fit_atmosphere,
     lmfit_parameters,
-    lmfit_problems,
+    lmfit_quality,
     lmfit_summary,
     starting_angstrom,
 )
@@ -336,8 +336,8 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     free, values, errors, corr = lmfit_summary(result, acfg, source)
     chi2 = float(np.sum(residual(best) ** 2))
     ndof = n_pix - len(free)
-    problems = lmfit_problems(result, errors, chi2 / ndof if ndof > 0 else math.nan,
-                              acfg.quality)
+    problems = lmfit_quality(result, errors, chi2 / ndof if ndof > 0 else math.nan,
+                             acfg.quality)
     if problems:
         log.info("%s: spectrogram fit failed: %s", source, "; ".join(problems))
     rows = _row_summaries(pix, pix.image(best.valuesdict()))

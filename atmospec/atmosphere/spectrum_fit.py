@@ -78,7 +78,13 @@ from numpy.typing import NDArray
 from atmospec.atmosphere.transmission import AtmosphereModel, load_tables
 from atmospec.camera.spectrograph import load_instrument
 from atmospec.errors import BadInputError
-from atmospec.fitting import FitQualityConfig, Whitener, fit_problems, usable_error
+from atmospec.fitting import (
+    FitQualityConfig,
+    Whitener,
+    bound_reached,
+    fit_problems,
+    usable_error,
+)
 from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target
 from atmospec.spectro.dispersers import load_disperser
 from atmospec.spectro.spectrum import Spectrum
@@ -91,7 +97,7 @@ __all__ = [
     "SpectrumForwardModel",
     "coverage_fixed",
     "fit_atmosphere",
-    "lmfit_problems",
+    "lmfit_quality",
 ]
 
 log = logging.getLogger(__name__)
@@ -691,15 +697,21 @@ def lmfit_summary(result: lmfit.minimizer.MinimizerResult, config: AtmosphereFit
     return free, values, errors, corr
 
 
-def lmfit_problems(result: lmfit.minimizer.MinimizerResult, errors: Mapping[str, float | None],
-                   chi2_ndof: float, config: FitQualityConfig) -> tuple[str, ...]:
-    """`atmospec.fitting.fit_problems` of an lmfit result: its free parameters, their
-    bounds and errors, its own success flag."""
+def lmfit_quality(result: lmfit.minimizer.MinimizerResult, errors: dict[str, float | None],
+                  chi2_ndof: float, config: FitQualityConfig) -> tuple[str, ...]:
+    """`atmospec.fitting.fit_problems` of an lmfit result (its free parameters, their bounds
+    and errors, its own success flag); the ``errors`` of parameters at a bound are set to
+    None in place."""
     best = result.params
     free = [name for name in best if best[name].vary]
-    return fit_problems({n: float(best[n].value) for n in free}, errors,
-                        {n: (float(best[n].min), float(best[n].max)) for n in free},
-                        chi2_ndof, None if result.success else str(result.message), config)
+    values = {n: float(best[n].value) for n in free}
+    bounds = {n: (float(best[n].min), float(best[n].max)) for n in free}
+    problems = fit_problems(values, errors, bounds, chi2_ndof,
+                            None if result.success else str(result.message), config)
+    for name in free:
+        if bound_reached(values[name], bounds[name], config.bound_tolerance):
+            errors[name] = None
+    return problems
 
 
 def _log_problems(source: str, problems: tuple[str, ...]) -> None:
@@ -802,8 +814,8 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
     log.info("%s: PWV %.2f mm, ozone %.0f DU, VAOD %.4f, χ²/ndof %.2f (%d evaluations, %.2f s)",
              source, values["pwv_mm"], values["ozone_du"], values["vaod"],
              chi2 / max(ndof, 1), result.nfev, elapsed)
-    problems = lmfit_problems(result, errors, chi2 / ndof if ndof > 0 else math.nan,
-                              config.quality)
+    problems = lmfit_quality(result, errors, chi2 / ndof if ndof > 0 else math.nan,
+                             config.quality)
     _log_problems(source, problems)
     info = {
         "source": source, "target": spectrum.target, "sed": model.sed.source_file,

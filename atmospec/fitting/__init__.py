@@ -29,7 +29,7 @@ from atmospec.fitting.levenberg_marquardt import (
     levenberg_marquardt,
     normal_covariance,
 )
-from atmospec.fitting.quality import FitQualityConfig, fit_problems, usable_error
+from atmospec.fitting.quality import FitQualityConfig, bound_reached, fit_problems, usable_error
 from atmospec.fitting.whitening import Whitener
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "LevenbergMarquardtResult",
     "NormalEquations",
     "Whitener",
+    "bound_reached",
     "fit_problems",
     "levenberg_marquardt",
     "normal_covariance",

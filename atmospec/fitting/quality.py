@@ -6,7 +6,8 @@ nothing), when a free parameter has no uncertainty (no covariance, or a zero or 
 variance), or when χ²/ndof exceeds `FitQualityConfig.max_chi2_ndof` (the model does not
 describe the data). `fit_problems` turns a fit into the list of those findings, each a short
 string for a JSON ``problems`` list, a FITS card or a one-line message; an empty list is a
-usable fit.
+usable fit. The uncertainty of a parameter at a bound (`bound_reached`) is reported as None
+(null), like one that could not be estimated: never a 0 that reads as a perfect measurement.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["FitQualityConfig", "fit_problems", "usable_error"]
+__all__ = ["FitQualityConfig", "bound_reached", "fit_problems", "usable_error"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def fit_problems(values: Mapping[str, float], errors: Mapping[str, float | None]
     if optimiser_failure is not None:
         problems.append(f"optimiser failed: {' '.join(str(optimiser_failure).split())}")
     for name, value in values.items():
-        at = _at_bound(float(value), bounds.get(name), cfg.bound_tolerance)
+        at = bound_reached(float(value), bounds.get(name), cfg.bound_tolerance)
         if at:
             problems.append(f"{name} at its {at}")
     missing = [name for name in values if usable_error(errors.get(name)) is None]
@@ -93,8 +94,11 @@ def fit_problems(values: Mapping[str, float], errors: Mapping[str, float | None]
     return tuple(problems)
 
 
-def _at_bound(value: float, bounds: tuple[float, float] | None, tolerance: float) -> str:
-    """``"lower bound 0"`` / ``"upper bound 20"`` when ``value`` sits on one, else ``""``."""
+def bound_reached(value: float, bounds: tuple[float, float] | None,
+                  tolerance: float = FitQualityConfig.bound_tolerance) -> str:
+    """``"lower bound 0"`` / ``"upper bound 20"`` when ``value`` sits on one of ``bounds``
+    (within ``tolerance`` of the range, see `FitQualityConfig.bound_tolerance`), else ``""``.
+    A parameter there has no meaningful symmetric uncertainty: fits report None for it."""
     if bounds is None:
         return ""
     lo, hi = float(bounds[0]), float(bounds[1])
