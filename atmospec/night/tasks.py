@@ -282,6 +282,8 @@ def _run_extract(ctx: _Context, config) -> dict[str, Any]:
     path = write_spectrum(spectrum, exposure_file(ctx.out_dir, job.obs_id, "spectrum"),
                           provenance_cards("extract", [ctx.outputs["isr"]["postisr"]], config))
     ctx.outputs["extract"] = {"spectrum": str(path)}
+    if spectrum.problems:  # written, flagged FITOK = F: the task failed, and says why
+        raise ProcessingError(f"fit failed: {'; '.join(spectrum.problems)}")
     h = spectrum.header
     metrics = {"spectrum_rotangle_deg": float(h["ROTANGLE"]),
                "spectrum_d2ccd_mm": float(h["D2CCD"]),
@@ -306,6 +308,8 @@ def _run_fit_atmosphere(ctx: _Context, config) -> dict[str, Any]:
     path = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
                              exposure_file(ctx.out_dir, job.obs_id, "atmosphere"))
     ctx.outputs["fit_atmosphere"] = {"fit": str(path)}
+    if not fit.success:  # written with success false: the task failed, and says why
+        raise ProcessingError(f"fit failed: {'; '.join(fit.problems)}")
     metrics: dict[str, Any] = {"atmosphere_chi2_ndof": float(fit.chi2_ndof)}
     for key in ("pwv_mm", "ozone_du", "vaod"):
         metrics[f"atmosphere_{key}"] = _number_or_nan(fit.values.get(key))

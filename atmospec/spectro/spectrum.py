@@ -250,6 +250,13 @@ class Spectrum:
         return self.get_float("EXPTIME")
 
     @property
+    def problems(self) -> tuple[str, ...]:
+        """Why a fit of the extraction failed (``FITPROBS``, ``; ``-separated, written with
+        ``FITOK = F``); empty for a usable spectrum."""
+        text = str(self.header.get("FITPROBS", "") or "").strip()
+        return tuple(p.strip() for p in text.split(";") if p.strip())
+
+    @property
     def lambda_ref(self) -> float | None:
         """``LBDA_REF`` in nm: reference wavelength of the chromatic PSF/ADR."""
         return self.get_float("LBDA_REF")
