@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from atmospec.errors import BadInputError
+from atmospec.warnings_log import route_warnings_to_log
 
 __all__ = ["WORKER_ENVIRONMENT", "open_executor"]
 
@@ -112,6 +113,8 @@ def _init_worker(level: int, parent_pid: int) -> None:
     level and format (it starts bare)."""
     _die_with_parent(parent_pid)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s [worker]: %(message)s")
+    # A worker writes to the terminal's stderr: the same no-flood rule as the CLI.
+    route_warnings_to_log()
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from atmospec.calib.isr_inputs import CalibrationFiles
+from atmospec.camera.description import Camera
 from atmospec.errors import BadInputError, ProcessingError, short_error
 from atmospec.io import provenance_cards, to_jsonable, write_text_atomic
 from atmospec.layout import exposure_file
@@ -164,13 +165,13 @@ class _Context:
 
 
 @lru_cache(maxsize=4)
-def _calibrations(files: CalibrationFiles):
+def _calibrations(files: CalibrationFiles, camera: Camera):
     """Products loaded once per worker process and reused by its exposures (a cache, not
-    shared state: the key is the immutable file set)."""
+    shared state: the key is the immutable file set and the frame's geometry, binned or
+    not, which the products must match)."""
     from atmospec.calib.isr_inputs import load_calibrations
-    from atmospec.camera.description import load_camera
 
-    return load_calibrations(files, load_camera("latiss"))
+    return load_calibrations(files, camera)
 
 
 def _run_isr(ctx: _Context, config) -> dict[str, Any]:
@@ -184,7 +185,7 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw = read_raw(job.raw)
     t_read = time.perf_counter() - t0
-    result = run_isr(raw, config, _calibrations(job.calibs))
+    result = run_isr(raw, config, _calibrations(job.calibs, raw.camera))
     t0 = time.perf_counter()
     inputs = [raw.path] + [p for p in vars(job.calibs).values() if p]
     post = result.exposure.write(
