@@ -41,7 +41,7 @@ from astropy.table import Table
 from astropy.units import UnitsWarning
 
 from atmospec.errors import BadInputError
-from atmospec.io import add_cards, atomic_path, provenance_cards
+from atmospec.io import add_cards, provenance_cards, write_hdul_atomic
 from atmospec.spectro.spectrum import (
     SPECTROGRAM_EXTENSIONS,
     ImageExtension,
@@ -156,11 +156,10 @@ def write_spectrum(spectrum: Spectrum, path: str | Path,
         ``path``.
     """
     hdul = to_hdulist(spectrum, provenance)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings():
         # Long COMMENTS strings become CONTINUE cards, as in Spectractor's own files.
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        hdul.writeto(tmp, overwrite=True)
-    return Path(path)
+        return write_hdul_atomic(hdul, path)
 
 
 # --------------------------------------------------------------------------------------------
