@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +124,10 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], list[str] | None]:
 
 def _fits_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
     try:
-        with fits.open(path, memmap=False) as hdul:
+        # Headers only: a truncated or odd file is refused by `check_contents` in one line,
+        # which astropy's warnings would only precede.
+        with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+            warnings.simplefilter("ignore")
             names = [hdu.name for hdu in hdul]
             header = hdul[0].header
             if "OBSTYPE" not in header and len(hdul) > 1 and "OBSTYPE" in hdul[1].header:
