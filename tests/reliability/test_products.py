@@ -216,7 +216,7 @@ def test_issue16_item5_certify_rechecks_the_stored_file(tmp_path):
     damaged = flip_byte(record.absolute_path, tmp_path / "x.fits",
                         data_offset(record.absolute_path, "IMAGE") + 5)
     shutil.copyfile(damaged, record.absolute_path)
-    with pytest.raises(BadInputError, match="not certified.*sha256") as info:
+    with pytest.raises(BadInputError, match=r"not certified.*sha256") as info:
         registry.certify(record.id)
     assert info.value.path == str(record.absolute_path)
     assert not registry.get(record.id).certified
@@ -310,7 +310,7 @@ def test_value_bounds_accept_real_products_and_a_few_bad_pixels():
         Dark.checked(product_exposure("dark", 200.0), "dark@2", CAMERA)
     all_bad = product_exposure("flat", np.nan, physical_filter=FILTER_R)
     all_bad.set_mask("BAD", np.ones(all_bad.shape, bool))
-    with pytest.raises(BadInputError, match="only 0.0% of its pixels are usable"):
+    with pytest.raises(BadInputError, match=r"only 0\.0% of its pixels are usable"):
         Flat.checked(all_bad, "flat@3", CAMERA)
 
 
