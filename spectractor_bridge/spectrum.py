@@ -220,6 +220,15 @@ def read_spectrum(path: str | Path) -> Spectrum:
             raise BadInputError(path, f"cannot read spectrum: {exc}".splitlines()[0]) from None
 
 
+def _copy_without_sums(hdu: fits.hdu.base.ExtensionHDU) -> fits.hdu.base.ExtensionHDU:
+    """A copy of an extension without ``CHECKSUM``/``DATASUM``: they describe the file read;
+    the writer computes new ones."""
+    out = hdu.copy()
+    for key in ("CHECKSUM", "DATASUM"):
+        out.header.remove(key, ignore_missing=True)
+    return out
+
+
 def _from_hdulist(hdul: fits.HDUList, path: Path) -> Spectrum:
     primary = hdul[0]
     raw = primary.data
@@ -254,7 +263,8 @@ def _from_hdulist(hdul: fits.HDUList, path: Path) -> Spectrum:
                                      if name in names})
     psf = _read_table(hdul["PSF_TAB"]) if "PSF_TAB" in names else None
     lines = _read_table(hdul["LINES"]) if "LINES" in names else None
-    extra = tuple(h.copy() for h, n in zip(hdul[1:], names[1:], strict=True) if n not in _KNOWN)
+    extra = tuple(_copy_without_sums(h) for h, n in zip(hdul[1:], names[1:], strict=True)
+                  if n not in _KNOWN)
     try:
         return Spectrum(wavelength=wl, flux=raw[1], flux_err=raw[2],
                         flux_unit=str(header.get("UNIT2", "")),
