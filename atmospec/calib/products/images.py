@@ -63,7 +63,7 @@ class MasterImage:
     pixels it could not combine (its defects) and gives them a neutral value, so an
     unflagged unusable pixel is one a combination or a foreign writer left behind: a few
     (they are then set to `fill_value` and flagged) are tolerated, 0.1 % (16 000 pixels of
-    LATISS, a dozen full columns) is not, and an all-NaN or all-zero flat is far beyond."""
+    LATISS, four full-height columns) is not, and an all-NaN or all-zero flat is far beyond."""
     min_usable_fraction: ClassVar[float] = 0.5
     """Smallest fraction of pixels that must be usable and not flagged: the shipped LATISS
     defects cover one amplifier of 16 (6 %); a product masking half the detector serves no
