@@ -121,6 +121,7 @@ def bias_file(folder: Path) -> Path:
 # ------------------------------------------------------------------------------- item 5
 
 
+@pytest.mark.timeout(60)
 def test_products_are_written_with_checksums(bias_file: Path) -> None:
     with fits.open(bias_file) as hdul:
         assert [hdu.name for hdu in hdul] == ["PRIMARY", "IMAGE", "MASK", "VARIANCE"]
@@ -292,6 +293,7 @@ def test_issue16_item12_night_does_not_certify_a_refused_product(tmp_path):
 # ------------------------------------------------------------------------------- bounds
 
 
+@pytest.mark.timeout(60)
 def test_value_bounds_accept_real_products_and_a_few_bad_pixels():
     """The bounds refuse what cannot be a product and accept what a master looks like: a
     flat with a few NaN pixels (filled, flagged BAD), one with a masked dead amplifier, a
