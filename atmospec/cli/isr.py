@@ -77,11 +77,13 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
     """Process raw files one by one; a bad file is reported and skipped.
 
     Products are loaded once per distinct set of files (with ``repo``, the set chosen for
-    each exposure by the registry: a night usually needs one or two sets).
+    each exposure by the registry: a night usually needs one or two sets), then checked
+    against each exposure (a flat of another filter is refused). A set that was refused is
+    not read again: each exposure that needs it is reported with the same one line.
     """
     from dataclasses import fields, replace
 
-    from atmospec.calib.isr_inputs import load_calibrations
+    from atmospec.calib.isr_inputs import check_exposure, load_calibrations
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import StepConfigError
 
@@ -104,8 +106,15 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
                                             for f in fields(files) if getattr(files, f.name)})
             key = (raw.camera.name, chosen)
             if key not in loaded:
-                loaded[key] = load_calibrations(chosen, raw.camera)
-            outputs = _process_raw(raw, out, config, loaded[key], chosen, plots=plots)
+                try:
+                    loaded[key] = load_calibrations(chosen, raw.camera)
+                except BadInputError as exc:
+                    loaded[key] = exc
+            calibs = loaded[key]
+            if isinstance(calibs, BadInputError):
+                raise calibs
+            check_exposure(calibs, raw.info)
+            outputs = _process_raw(raw, out, config, calibs, chosen, plots=plots)
         except BadInputError as exc:
             print(f"atmospec: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT

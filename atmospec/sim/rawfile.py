@@ -25,7 +25,7 @@ from astropy.time import Time
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame
 from atmospec.camera.translator import translate_header
-from atmospec.io import atomic_path
+from atmospec.io import write_hdul_atomic
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ def write_raw(
         hdus.append(hdu)
     hdul = fits.HDUList([primary, *hdus])
     path = Path(path)
-    with atomic_path(path) as tmp:
-        hdul.writeto(tmp, overwrite=True, checksum=True)
+    write_hdul_atomic(hdul, path)
     log.debug("wrote %s (compress=%s)", path, compress)
     return path
 

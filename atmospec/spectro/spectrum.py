@@ -41,9 +41,11 @@ SPECTROGRAM_EXTENSIONS: Mapping[str, str] = MappingProxyType({
     "S_RES": "residuals",
 })
 
-# Cards astropy regenerates for every HDU: keeping them in our headers would fight the writer.
+# Cards astropy regenerates for every HDU: keeping them in our headers would fight the writer
+# (CHECKSUM and DATASUM: every FITS file is written with them, atmospec.io.write_hdul_atomic).
 _STRUCTURAL = re.compile(
-    r"^(SIMPLE|EXTEND|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|XTENSION|EXTNAME|EXTVER|TFIELDS|"
+    r"^(SIMPLE|EXTEND|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|XTENSION|EXTNAME|EXTVER|TFIELDS|CHECKSUM|"
+    r"DATASUM|"
     r"T(TYPE|FORM|UNIT|DISP|NULL|SCAL|ZERO|DIM)\d+)$"
 )
 # Spectractor writes its plot labels in LaTeX: 'erg/s/cm$^2$/nm'.
