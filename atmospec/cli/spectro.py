@@ -142,7 +142,8 @@ def _isr_in_memory(path: Path, repo: str | None):
         from atmospec.calib.registry import CalibrationRegistry
 
         files = CalibrationRegistry(repo, create=False).select_all(raw.info)
-    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera)).exposure
+    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera, exposure=raw.info)
+                   ).exposure
 
 
 def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:

@@ -175,6 +175,7 @@ def _calibrations(files: CalibrationFiles, camera: Camera):
 
 
 def _run_isr(ctx: _Context, config) -> dict[str, Any]:
+    from atmospec.calib.isr_inputs import check_exposure
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import run_isr
     from atmospec.isr.statistics import stats_document
@@ -185,7 +186,11 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw = read_raw(job.raw)
     t_read = time.perf_counter() - t0
-    result = run_isr(raw, config, _calibrations(job.calibs, raw.camera))
+    calibs = _calibrations(job.calibs, raw.camera)
+    # The registry chose them by this rule; checking costs header reads and catches a
+    # product replaced or re-labelled since.
+    check_exposure(calibs, raw.info)
+    result = run_isr(raw, config, calibs)
     t0 = time.perf_counter()
     inputs = [raw.path] + [p for p in vars(job.calibs).values() if p]
     post = result.exposure.write(
