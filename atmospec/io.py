@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,9 +45,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_hdul_atomic(hdul: fits.HDUList, path: str | Path) -> Path:
-    """Write an HDU list to ``path`` atomically (temporary file + rename)."""
+    """Write an HDU list to ``path`` atomically (temporary file + rename), with checksums.
+
+    Every HDU gets the FITS ``CHECKSUM`` and ``DATASUM`` cards (``hdul``'s headers are
+    updated in place), so that a reader can tell a damaged or truncated file from a good
+    one (`atmospec.calib.products.integrity.check_fits_file` refuses calibration products
+    whose sums do not match). Cost: ~0.35 s more for a 4k×4k post-ISR exposure (195 MB:
+    0.44 s without, 0.78 s with, medians of 10 writes).
+    """
     with atomic_path(path) as tmp:
-        hdul.writeto(tmp, overwrite=True)
+        hdul.writeto(tmp, overwrite=True, checksum=True)
     return Path(path)
 
 
@@ -139,3 +149,54 @@ def add_cards(header: fits.Header, cards: Sequence[tuple[str, Any, str]]) -> Non
             header.add_history(value)
         else:
             header[key] = (value, comment)
+
+
+#: Name of a temporary file `atomic_path` makes beside ``<name>``: ``tempfile.mkstemp`` with
+#: prefix ``.<name>.`` and suffix ``.tmp`` adds 8 random characters (letters, digits, ``_``).
+_ATOMIC_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def is_atomic_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is named as the temporary files of `atomic_path`
+    (``.<name>.<8 random characters>.tmp``)."""
+    return _ATOMIC_TEMPORARY.fullmatch(Path(path).name) is not None
+
+
+def remove_stale_temporaries(root: str | Path, older_than_s: float = 60.0) -> list[Path]:
+    """Remove the temporary files that writers killed inside `atomic_path` left under ``root``.
+
+    A process killed while writing (SIGKILL, power loss) cannot remove its temporary file:
+    a killed night leaves post-ISR images of ~200 MB behind, hidden by their leading dot.
+    Only regular files named as `atomic_path` names them (`is_atomic_temporary`) and not
+    modified for ``older_than_s`` seconds are removed: a live writer touches its file
+    continuously. The caller must know no other process is writing there (the night runner
+    holds the repository's lock).
+
+    Parameters
+    ----------
+    root : path
+        Directory searched recursively (symbolic links are not followed).
+    older_than_s : float
+        Minimum age of a temporary file's last modification, s.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files removed.
+    """
+    cutoff = time.time() - older_than_s
+    removed: list[Path] = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if _ATOMIC_TEMPORARY.fullmatch(name) is None:
+                continue
+            path = Path(folder) / name
+            try:
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
+                    continue
+                path.unlink()
+            except OSError:  # gone meanwhile, or not ours to remove
+                continue
+            removed.append(path)
+    return removed

@@ -4,6 +4,7 @@ the report's), defined once.
 ::
 
     REPO/night/index.sqlite3                 night index: raw files and task status
+    REPO/night/night.lock                    held by the night running on the repository
     REPO/night/summary.ecsv, .parquet        night summary table
     REPO/night/plots/                        night plots
     REPO/calib/registry.sqlite3              calibration registry
@@ -33,6 +34,7 @@ from types import MappingProxyType
 __all__ = [
     "EXPOSURE_FILES",
     "INDEX_FILE",
+    "NIGHT_LOCK_FILE",
     "REGISTRY_FILE",
     "SUMMARY_STEM",
     "calib_dir",
@@ -47,6 +49,8 @@ __all__ = [
 
 #: The night index, relative to the repository.
 INDEX_FILE = Path("night") / "index.sqlite3"
+#: The lock held by the night running on the repository (pid, host and start inside).
+NIGHT_LOCK_FILE = Path("night") / "night.lock"
 #: The night summary table without its suffix (``.ecsv``, ``.parquet``), relative.
 SUMMARY_STEM = Path("night") / "summary"
 #: The calibration registry's database, relative to the repository.

@@ -1,11 +1,23 @@
 """The executors work runs on: a local process pool (the default) or the executor of a
-`dask.distributed` client connected to an existing scheduler."""
+`dask.distributed` client connected to an existing scheduler.
+
+Local workers die with the process that started them: a night killed by SIGKILL (or the
+out-of-memory killer) cannot shut its pool down, and its workers would otherwise run on
+as orphans, finishing exposures nobody records and holding memory and files. On Linux
+each worker asks the kernel for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``);
+elsewhere a watchdog thread notices that its parent changed.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -13,6 +25,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from atmospec.errors import BadInputError
+from atmospec.warnings_log import route_warnings_to_log
 
 __all__ = ["WORKER_ENVIRONMENT", "open_executor"]
 
@@ -69,7 +82,7 @@ def open_executor(workers: int | None = None, executor: Literal["local", "dask"]
     with _worker_environment(WORKER_ENVIRONMENT), ProcessPoolExecutor(
             max_workers=n, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(logging.getLogger("atmospec").getEffectiveLevel(),)) as pool:
+            initargs=(logging.getLogger("atmospec").getEffectiveLevel(), os.getpid())) as pool:
         yield pool
 
 
@@ -88,6 +101,49 @@ def _worker_environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _init_worker(level: int) -> None:
-    """Give a spawned worker the main process's log level and format (it starts bare)."""
+#: ``prctl`` option: the signal a process receives when its parent dies (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
+#: How often a worker without ``PR_SET_PDEATHSIG`` checks that its parent lives, s.
+_WATCHDOG_PERIOD_S = 1.0
+
+
+def _init_worker(level: int, parent_pid: int) -> None:
+    """Tie a spawned worker's life to its parent's, and give it the main process's log
+    level and format (it starts bare)."""
+    _die_with_parent(parent_pid)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s [worker]: %(message)s")
+    # A worker writes to the terminal's stderr: the same no-flood rule as the CLI.
+    route_warnings_to_log()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when ``parent_pid`` (its parent) dies."""
+    if sys.platform.startswith("linux") and _set_parent_death_signal():
+        # The parent may have died before the request: then nobody would send the signal.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        return
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="atmospec-parent-watch",
+                     daemon=True).start()
+
+
+def _set_parent_death_signal() -> bool:
+    """Ask Linux for SIGKILL when the parent dies; False if the request failed.
+
+    The kernel sends it when the *thread* that started this process ends: the pool's
+    workers are started by the main thread or the pool's manager thread, which both live
+    as long as the pool.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Portable fallback: an orphan is adopted by another process, so its parent id changes."""
+    while os.getppid() == parent_pid:
+        time.sleep(_WATCHDOG_PERIOD_S)
+    os._exit(1)

@@ -41,7 +41,7 @@ from astropy.table import Table
 from astropy.units import UnitsWarning
 
 from atmospec.errors import BadInputError
-from atmospec.io import add_cards, atomic_path, provenance_cards
+from atmospec.io import add_cards, provenance_cards, write_hdul_atomic
 from atmospec.spectro.spectrum import (
     SPECTROGRAM_EXTENSIONS,
     ImageExtension,
@@ -156,11 +156,10 @@ def write_spectrum(spectrum: Spectrum, path: str | Path,
         ``path``.
     """
     hdul = to_hdulist(spectrum, provenance)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings():
         # Long COMMENTS strings become CONTINUE cards, as in Spectractor's own files.
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        hdul.writeto(tmp, overwrite=True)
-    return Path(path)
+        return write_hdul_atomic(hdul, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +220,15 @@ def read_spectrum(path: str | Path) -> Spectrum:
             raise BadInputError(path, f"cannot read spectrum: {exc}".splitlines()[0]) from None
 
 
+def _copy_without_sums(hdu: fits.hdu.base.ExtensionHDU) -> fits.hdu.base.ExtensionHDU:
+    """A copy of an extension without ``CHECKSUM``/``DATASUM``: they describe the file read;
+    the writer computes new ones."""
+    out = hdu.copy()
+    for key in ("CHECKSUM", "DATASUM"):
+        out.header.remove(key, ignore_missing=True)
+    return out
+
+
 def _from_hdulist(hdul: fits.HDUList, path: Path) -> Spectrum:
     primary = hdul[0]
     raw = primary.data
@@ -255,7 +263,8 @@ def _from_hdulist(hdul: fits.HDUList, path: Path) -> Spectrum:
                                      if name in names})
     psf = _read_table(hdul["PSF_TAB"]) if "PSF_TAB" in names else None
     lines = _read_table(hdul["LINES"]) if "LINES" in names else None
-    extra = tuple(h.copy() for h, n in zip(hdul[1:], names[1:], strict=True) if n not in _KNOWN)
+    extra = tuple(_copy_without_sums(h) for h, n in zip(hdul[1:], names[1:], strict=True)
+                  if n not in _KNOWN)
     try:
         return Spectrum(wavelength=wl, flux=raw[1], flux_err=raw[2],
                         flux_unit=str(header.get("UNIT2", "")),

@@ -112,8 +112,7 @@ def _calibrations(ptc: Path, bias: Path, dark: Path, flat: Path) -> IsrCalibrati
         gains=Ptc.read(ptc, CAMERA).gains(CAMERA), crosstalk=Crosstalk.read().matrix(),
         bias=Bias.read(bias, CAMERA, load_variance=False).exposure,
         dark=Dark.read(dark, CAMERA, load_variance=False).exposure,
-        flat=Flat.read(flat, CAMERA, physical_filter="SDSSr_65mm~empty",
-                       load_variance=False).exposure)
+        flat=Flat.read(flat, CAMERA, load_variance=False).exposure)
 
 
 # --------------------------------------------------------------------------- bias

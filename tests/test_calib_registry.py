@@ -34,7 +34,8 @@ from atmospec.layout import REGISTRY_FILE
 def image_product(path: Path, obstype: str, calibdate: str, *, filter_name: str | None = None,
                   grating: str | None = None, instrument: str = "LATISS", fill: float = 0.0,
                   provenance: list[tuple[str, Any, str]] | None = None) -> Path:
-    """A tiny bias/dark/flat Exposure file (the registry does not look at the pixels)."""
+    """A tiny bias/dark/flat Exposure file. Registration checks the values (not the shape):
+    a flat's pixels are ``1 + fill`` (a flat of zeros would be refused)."""
     header = fits.Header()
     header["OBSTYPE"] = obstype
     header["INSTRUME"] = instrument
@@ -44,7 +45,8 @@ def image_product(path: Path, obstype: str, calibdate: str, *, filter_name: str 
     if grating is not None:
         header["GRATING"] = grating
     # ``fill`` makes otherwise identical products differ, hence differ in SHA-256.
-    return Exposure.from_image(np.full((10, 10), fill), header).write(path, provenance or [])
+    value = 1.0 + fill if obstype == "flat" else fill
+    return Exposure.from_image(np.full((10, 10), value), header).write(path, provenance or [])
 
 
 def table_product(path: Path, obstype: str, calibdate: str = "2024-01-01T00:00:00",

@@ -288,8 +288,9 @@ def gen3_repo(night_raw_dir: Path, night_reference: tuple[Path, int],
     shutil.rmtree(work, ignore_errors=True)
 
 
+# CHECKSUM and DATASUM describe the file (they change with ATMDATE), not its content.
 _PROVENANCE = ("ATMVERS", "ATMSTAGE", "ATMDATE", "ATMIN", "HISTORY", "COMMENT",
-               "ATM CALIB ")
+               "ATM CALIB ", "CHECKSUM", "DATASUM")
 
 
 def _header_differences(a: fits.Header, b: fits.Header) -> list[str]:

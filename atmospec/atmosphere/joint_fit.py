@@ -61,6 +61,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,10 @@ from atmospec.fitting import (
     LevenbergMarquardtConfig,
     NormalEquations,
     Whitener,
+    bound_reached,
+    fit_problems,
     levenberg_marquardt,
+    usable_error,
 )
 from atmospec.spectro.spectrum import Spectrum
 
@@ -154,8 +158,9 @@ class JointAtmosphereFit:
     including the throughput correction."""
     fixed: tuple[dict[str, str], ...]
     """Per exposure: fixed parameters and why."""
-    shared: dict[str, tuple[float, float]]
-    """Night-wide parameters (``ozone_du``, ``vaod`` when shared): value and error."""
+    shared: dict[str, tuple[float, float | None]]
+    """Night-wide parameters (``ozone_du``, ``vaod`` when shared): value and error (None
+    when not estimated)."""
     airmass: tuple[float, ...]
     """Airmass of each exposure."""
     correction_wavelength_nm: NDArray[np.float64]
@@ -190,7 +195,7 @@ class JointAtmosphereFit:
     parameter_covariance: NDArray[np.float64]
     """Covariance of the free parameters, in `parameter_names` order."""
     success: bool
-    """Whether the fit converged."""
+    """Whether the fit is usable: it converged and `problems` is empty."""
     message: str
     """Why the iterations stopped."""
     n_iterations: int
@@ -202,6 +207,9 @@ class JointAtmosphereFit:
     ``errors``, seconds."""
     info: dict[str, Any] = field(default_factory=dict)
     """Context: instrument, disperser, filters, targets, dropped samples."""
+    problems: tuple[str, ...] = ()
+    """Why the fit failed (`atmospec.fitting.fit_problems`, the spectrum configuration's
+    ``quality``); empty for a usable fit."""
 
     @property
     def chi2_ndof(self) -> float:
@@ -249,7 +257,8 @@ class JointAtmosphereFit:
                 "gauge": list(self.gauge),
             },
             "chi2": num(self.chi2), "ndof": int(self.ndof), "chi2_ndof": num(self.chi2_ndof),
-            "success": bool(self.success), "message": self.message,
+            "success": bool(self.success), "problems": list(self.problems),
+            "message": self.message,
             "n_iterations": int(self.n_iterations), "nfev": int(self.nfev),
             "timings": {k: float(v) for k, v in self.timings.items()},
             "info": self.info,
@@ -796,9 +805,16 @@ def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
                                          pcov[:n_c, :n_c])
     t_err = time.perf_counter() - t2
 
+    ndof = int(n_data + len(params.priors) - n_free)
+    problems = _problems(params, names, x, sd, float(fit.objective) / ndof if ndof > 0
+                         else math.nan, None if fit.success else fit.message, config)
+    # A parameter at a bound has no meaningful symmetric error: reported as None.
+    tol = config.spectrum.quality.bound_tolerance
+    sd = np.where([bool(bound_reached(v, (lo, hi), tol)) for v, lo, hi
+                   in zip(x, params.lower, params.upper, strict=True)], np.nan, sd)
     values, errors = _exposure_values(params, x, sd, config.spectrum.angstrom)
-    shared = {name: (float(x[params.names.index(name)]), float(sd[params.names.index(name)]))
-              for name in params.shared_names}
+    shared = {name: (float(x[k]), usable_error(sd[k]))
+              for name, k in ((n, params.names.index(n)) for n in params.shared_names)}
     result = JointAtmosphereFit(
         sources=names, values=values, errors=errors, fixed=tuple(night.fixed), shared=shared,
         airmass=tuple(b.airmass for b in night.blocks),
@@ -806,11 +822,12 @@ def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
         correction_coefficients=x[:n_c].copy(), correction_covariance=pcov[:n_c, :n_c].copy(),
         correction_basis=corr.basis, correction_range_nm=(corr.lo, corr.hi),
         gauge=corr.conditions if n_c else (),
-        chi2=float(fit.objective), ndof=int(n_data + len(params.priors) - n_free),
+        chi2=float(fit.objective), ndof=ndof,
         chi2_exposure=tuple(per_exp), n_samples=tuple(b.n for b in night.blocks),
         covariance_used=tuple(b.whiten.label for b in night.blocks),
-        parameter_names=params.names, parameter_covariance=pcov, success=fit.success,
-        message=fit.message, n_iterations=fit.iterations, nfev=problem.nfev,
+        parameter_names=params.names, parameter_covariance=pcov,
+        success=fit.success and not problems, problems=problems, message=fit.message,
+        n_iterations=fit.iterations, nfev=problem.nfev,
         timings={"setup": t_setup, "fit": t_fit, "errors": t_err},
         info={"instrument": night.instrument, "disperser": night.disperser,
               "filters": night.filters, "targets": night.targets,
@@ -818,7 +835,25 @@ def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
     log.info("%s: %d spectra, %d parameters, χ²/ndof %.3f, %d iterations (%s), %.1f s",
              _JOINT, len(names), n_free, result.chi2_ndof, fit.iterations, fit.message,
              t_setup + t_fit + t_err)
+    if problems:
+        log.info("%s failed: %s", _JOINT, "; ".join(problems))
     return result
+
+
+def _problems(params: _Parameters, sources: tuple[str, ...], x: NDArray[np.float64],
+              sd: NDArray[np.float64], chi2_ndof: float, optimiser_failure: str | None,
+              config: JointFitConfig) -> tuple[str, ...]:
+    """`atmospec.fitting.fit_problems` of the joint fit, a per-exposure parameter named by
+    its exposure (``pwv_mm of spec_3.fits``) rather than its index."""
+    labels = []
+    for name in params.names:
+        base, _, rest = name.partition("[")
+        labels.append(f"{base} of {Path(sources[int(rest[:-1])]).name}" if rest else name)
+    return fit_problems(dict(zip(labels, x.tolist(), strict=True)),
+                        dict(zip(labels, sd.tolist(), strict=True)),
+                        {k: (float(lo), float(hi)) for k, lo, hi
+                         in zip(labels, params.lower, params.upper, strict=True)},
+                        chi2_ndof, optimiser_failure, config.spectrum.quality)
 
 
 def _exposure_values(params: _Parameters, x: NDArray[np.float64], sd: NDArray[np.float64],
@@ -835,7 +870,7 @@ def _exposure_values(params: _Parameters, x: NDArray[np.float64], sd: NDArray[np
         for j, name in enumerate(EXPOSURE_PARAMETERS):
             k = params.index[e][j]
             if k >= 0:
-                err[name] = float(sd[k])
+                err[name] = usable_error(sd[k])
         err["angstrom"] = None
         values.append(v)
         errors.append(err)

@@ -52,11 +52,20 @@ from atmospec.atmosphere.spectrum_fit import (
     coverage_fixed,
     fit_atmosphere,
     lmfit_parameters,
+    lmfit_quality,
     lmfit_summary,
     starting_angstrom,
 )
 from atmospec.errors import BadInputError
-from atmospec.spectro.forward_model import _make_grid, _psf, _window_model, moffat2d_fwhm
+from atmospec.spectro.forward_model import (
+    ForwardModelConfig,
+    PsfTooWide,
+    _make_grid,
+    _psf,
+    _window_model,
+    moffat2d_fwhm,
+    psf_radius,
+)
 from atmospec.spectro.spectrum import Spectrum
 
 __all__ = ["SpectrogramFitConfig", "degeneracy", "fit_atmosphere_auto",
@@ -79,6 +88,10 @@ class SpectrogramFitConfig:
     support_fwhm: float = 3.0
     """Radius of the modelled PSF disc, in units of the largest FWHM (as the 2D forward
     model)."""
+    max_radius_px: int = ForwardModelConfig.max_radius_px
+    """Largest radius of the disc, pixels (memory and time grow with its square); a PSF
+    (read from ``PSF_TAB``) too wide to span 2 FWHM within it is refused (as the 2D forward
+    model's `ForwardModelConfig.max_radius_px`)."""
     max_nfev: int = 1000
     """Largest number of model evaluations of the minimiser."""
 
@@ -209,7 +222,12 @@ class _PixelModel:
         fwhm_max = float(max(np.max(moffat2d_fwhm(gamma, beta)),
                              np.max(moffat2d_fwhm(gamma2[in2], beta2[in2])) if in2.any()
                              else 0))
-        self.radius = max(math.ceil(config.support_fwhm * fwhm_max), 2)
+        try:
+            self.radius = psf_radius(np.array([fwhm_max]), config.support_fwhm,
+                                     config.max_radius_px,
+                                     ForwardModelConfig.min_support_fwhm, source)
+        except PsfTooWide as exc:
+            raise BadInputError(source, f"PSF_TAB: {str(exc).split(': ', 1)[-1]}") from None
         """Radius of the modelled PSF disc, pixels."""
         self.grid = _make_grid(lam.size, geo.data.shape[1], xc, self.radius)
         self.psf1 = _psf(self.grid, xc, gamma, beta)
@@ -318,6 +336,10 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     free, values, errors, corr = lmfit_summary(result, acfg, source)
     chi2 = float(np.sum(residual(best) ** 2))
     ndof = n_pix - len(free)
+    problems = lmfit_quality(result, errors, chi2 / ndof if ndof > 0 else math.nan,
+                             acfg.quality)
+    if problems:
+        log.info("%s: spectrogram fit failed: %s", source, "; ".join(problems))
     rows = _row_summaries(pix, pix.image(best.valuesdict()))
     log.info("%s: spectrogram fit PWV %.2f mm, ozone %.0f DU, VAOD %.4f, A2 %.3f, χ²/ndof "
              "%.3f (%d pixels, %d evaluations, %.2f s)", source, values["pwv_mm"],
@@ -336,8 +358,8 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
         ndof=ndof, fixed=fixed, wavelength_range_nm=(float(lam.min()), float(lam.max())),
         wavelength=rows[0], flux=rows[1], flux_err=rows[2], model=rows[3],
         flux_unit=spectrum.flux_unit, covariance_used="pixels (S_ERR)",
-        success=bool(result.success), message=str(result.message), nfev=int(result.nfev),
-        fit_time_s=elapsed, info=info)
+        success=bool(result.success) and not problems, message=str(result.message),
+        nfev=int(result.nfev), fit_time_s=elapsed, info=info, problems=problems)
 
 
 def _row_summaries(pix: _PixelModel, best_image: NDArray[np.float64]

@@ -78,7 +78,13 @@ from numpy.typing import NDArray
 from atmospec.atmosphere.transmission import AtmosphereModel, load_tables
 from atmospec.camera.spectrograph import load_instrument
 from atmospec.errors import BadInputError
-from atmospec.fitting import Whitener
+from atmospec.fitting import (
+    FitQualityConfig,
+    Whitener,
+    bound_reached,
+    fit_problems,
+    usable_error,
+)
 from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target
 from atmospec.spectro.dispersers import load_disperser
 from atmospec.spectro.spectrum import Spectrum
@@ -91,6 +97,7 @@ __all__ = [
     "SpectrumForwardModel",
     "coverage_fixed",
     "fit_atmosphere",
+    "lmfit_quality",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,6 +178,10 @@ class AtmosphereFitConfig:
     """Weight with the full covariance (``SPEC_COV``); False: ``flux_err²`` only."""
     max_nfev: int = 2000
     """Largest number of model evaluations of the minimiser."""
+    quality: FitQualityConfig = field(default_factory=FitQualityConfig)
+    """When the fit counts as failed (`atmospec.fitting.fit_problems`: optimiser failure, a
+    free parameter at a bound, no uncertainty, χ²/ndof beyond the limit); used by the 1D,
+    spectrogram and joint fits alike."""
 
 
 @dataclass(frozen=True)
@@ -243,9 +254,7 @@ class SpectrumForwardModel:
             log.warning("%s: no OUTPRESS/PRESSURE in the header: using %.1f hPa",
                         self.source, pressure)
         self.pressure_hpa = float(pressure)
-        self.exptime_s = spectrum.exptime
-        if self.electrons and not (self.exptime_s and self.exptime_s > 0):
-            raise BadInputError(self.source, "EXPTIME missing: needed for a spectrum in e-/nm")
+        self.exptime_s = _exposure_time(spectrum, self.source, needed=self.electrons)
         name = spectrum.disperser
         if not name:
             raise BadInputError(self.source, "no GRATING/DISPERSER in the header")
@@ -441,7 +450,7 @@ class AtmosphereFit:
     dlambda_nm, resolution`` (``angstrom`` None: libRadtran's default aerosol shape)."""
     errors: dict[str, float | None]
     """1σ errors from the covariance (unscaled); None for fixed parameters or when lmfit
-    could not estimate them."""
+    could not estimate them (no covariance, or a zero variance at a bound)."""
     free_parameters: tuple[str, ...]
     """Fitted parameters, in the order of `correlation`."""
     correlation: NDArray[np.float64]
@@ -467,7 +476,7 @@ class AtmosphereFit:
     covariance_used: str
     """``full``, ``diagonal`` or ``diagonal (reason)`` when the covariance was unusable."""
     success: bool
-    """lmfit's success flag."""
+    """Whether the fit is usable: the minimiser succeeded and `problems` is empty."""
     message: str
     """lmfit's message."""
     nfev: int
@@ -477,6 +486,8 @@ class AtmosphereFit:
     info: dict[str, Any] = field(default_factory=dict)
     """Context: source, target, SED file, instrument, disperser, filter, airmass,
     pressure_hpa, exptime_s, dropped samples."""
+    problems: tuple[str, ...] = ()
+    """Why the fit failed (`atmospec.fitting.fit_problems`); empty for a usable fit."""
 
     @property
     def chi2_ndof(self) -> float:
@@ -513,6 +524,7 @@ class AtmosphereFit:
             "wavelength_range_nm": [float(v) for v in self.wavelength_range_nm],
             "covariance_used": self.covariance_used,
             "success": bool(self.success),
+            "problems": list(self.problems),
             "message": self.message,
             "nfev": int(self.nfev),
             "fit_time_s": float(self.fit_time_s),
@@ -537,6 +549,24 @@ def _instrument_name(spectrum: Spectrum, instrument: str | None) -> str:
     if "ctio" in str(spectrum.header.get("TELESCOP", "")).lower():
         return "ctio"
     return "latiss"
+
+
+def _exposure_time(spectrum: Spectrum, source: str, needed: bool) -> float | None:
+    """``EXPTIME`` in seconds; a spectrum in e⁻/nm needs a positive one (the message says
+    whether it is missing or what is wrong with it), others get None when it is unusable."""
+    raw = spectrum.header.get("EXPTIME")
+    try:
+        value = None if raw is None or str(raw).strip() == "" else float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if value is not None and math.isfinite(value) and value > 0:
+        return value
+    if not needed:
+        return None
+    if value is None:
+        raise BadInputError(source, "EXPTIME missing: needed for a spectrum in e-/nm")
+    raise BadInputError(source, f"EXPTIME {raw!r} is not a positive exposure time in "
+                                "seconds: needed for a spectrum in e-/nm")
 
 
 def _load_sed(spectrum: Spectrum, sed_path: str | Path | None, source: str) -> StellarSED:
@@ -657,7 +687,7 @@ def lmfit_summary(result: lmfit.minimizer.MinimizerResult, config: AtmosphereFit
         cv = np.asarray(result.covar)
         sd = np.sqrt(np.clip(np.diag(cv), 0.0, None))
         for i, name in enumerate(result.var_names):
-            errors[name] = float(sd[i])
+            errors[name] = usable_error(sd[i])
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = cv / np.outer(sd, sd)
         order = [result.var_names.index(n) for n in free]
@@ -665,6 +695,28 @@ def lmfit_summary(result: lmfit.minimizer.MinimizerResult, config: AtmosphereFit
     else:
         log.warning("%s: lmfit could not estimate the parameter covariance", source)
     return free, values, errors, corr
+
+
+def lmfit_quality(result: lmfit.minimizer.MinimizerResult, errors: dict[str, float | None],
+                  chi2_ndof: float, config: FitQualityConfig) -> tuple[str, ...]:
+    """`atmospec.fitting.fit_problems` of an lmfit result (its free parameters, their bounds
+    and errors, its own success flag); the ``errors`` of parameters at a bound are set to
+    None in place."""
+    best = result.params
+    free = [name for name in best if best[name].vary]
+    values = {n: float(best[n].value) for n in free}
+    bounds = {n: (float(best[n].min), float(best[n].max)) for n in free}
+    problems = fit_problems(values, errors, bounds, chi2_ndof,
+                            None if result.success else str(result.message), config)
+    for name in free:
+        if bound_reached(values[name], bounds[name], config.bound_tolerance):
+            errors[name] = None
+    return problems
+
+
+def _log_problems(source: str, problems: tuple[str, ...]) -> None:
+    if problems:
+        log.info("%s: fit failed: %s", source, "; ".join(problems))
 
 
 # ---------------------------------------------------------------------- the fit
@@ -762,6 +814,9 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
     log.info("%s: PWV %.2f mm, ozone %.0f DU, VAOD %.4f, χ²/ndof %.2f (%d evaluations, %.2f s)",
              source, values["pwv_mm"], values["ozone_du"], values["vaod"],
              chi2 / max(ndof, 1), result.nfev, elapsed)
+    problems = lmfit_quality(result, errors, chi2 / ndof if ndof > 0 else math.nan,
+                             config.quality)
+    _log_problems(source, problems)
     info = {
         "source": source, "target": spectrum.target, "sed": model.sed.source_file,
         "instrument": model.instrument, "disperser": model.disperser.name,
@@ -773,5 +828,6 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
         values=values, errors=errors, free_parameters=free, correlation=corr, chi2=chi2,
         ndof=ndof, fixed=fixed, wavelength_range_nm=(lo, hi), wavelength=lam, flux=flux,
         flux_err=err, model=best_model, flux_unit=spectrum.flux_unit,
-        covariance_used=whiten.label, success=bool(result.success),
-        message=str(result.message), nfev=int(result.nfev), fit_time_s=elapsed, info=info)
+        covariance_used=whiten.label, success=bool(result.success) and not problems,
+        message=str(result.message), nfev=int(result.nfev), fit_time_s=elapsed, info=info,
+        problems=problems)

@@ -99,22 +99,32 @@ def build_master_file(kind: str, raws: Sequence[str | Path], out: str | Path, *,
     Raises
     ------
     BadInputError
-        A bad input raw or product, or too few usable inputs.
+        A bad input raw or product, too few usable inputs, or a product with values its
+        kind cannot have (`atmospec.calib.products.MasterImage.check_values`; then nothing
+        is written).
     """
     out = Path(out)
     camera = load_camera("latiss")
     gains = Ptc.read(ptc, camera) if ptc else None
     master_bias = Bias.read(bias, camera, load_variance=False) if bias else None
     master_dark = Dark.read(dark, camera, load_variance=False) if dark else None
-    if kind == "bias":
-        product, report = build_bias(raws, config, ptc=gains, workdir=out.parent)
-    elif kind == "dark":
-        product, report = build_dark(raws, master_bias, config, ptc=gains, workdir=out.parent)
-    elif kind == "flat":
-        product, report = build_flat(raws, master_bias, master_dark, config, ptc=gains,
-                                     workdir=out.parent)
-    else:
-        raise ValueError(f"unknown master kind {kind!r}")
+    try:
+        if kind == "bias":
+            product, report = build_bias(raws, config, ptc=gains, workdir=out.parent)
+        elif kind == "dark":
+            product, report = build_dark(raws, master_bias, config, ptc=gains,
+                                         workdir=out.parent)
+        elif kind == "flat":
+            product, report = build_flat(raws, master_bias, master_dark, config, ptc=gains,
+                                         workdir=out.parent)
+        else:
+            raise ValueError(f"unknown master kind {kind!r}")
+    except BadInputError as exc:
+        if exc.path is not None:
+            raise
+        # A problem of the product itself (too few inputs, values out of bounds): name the
+        # file that was not written.
+        raise BadInputError(out, f"{exc.problem}; not written") from None
     return write_product(product, report, out)
 
 

@@ -1,5 +1,6 @@
 """The products of an ISR run: which files (`CalibrationFiles`), read once and checked
-(`load_calibrations`) into what the ISR driver takes (`atmospec.isr.driver.IsrCalibrations`)."""
+(`load_calibrations`) into what the ISR driver takes (`atmospec.isr.driver.IsrCalibrations`),
+and whether they may serve a given exposure (`check_exposure`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from atmospec.calib.products import (
     MasterImage,
     Ptc,
 )
+from atmospec.calib.products.images import check_flat_serves
 from atmospec.camera.description import Camera
+from atmospec.camera.translator import ObservationInfo
 from atmospec.isr.driver import IsrCalibrations
 from atmospec.isr.gain import nominal_gains
 
@@ -47,8 +50,13 @@ class CalibrationFiles:
 
 
 def load_calibrations(files: CalibrationFiles, camera: Camera,
-                      products: Mapping[str, MasterImage] | None = None) -> IsrCalibrations:
+                      products: Mapping[str, MasterImage] | None = None, *,
+                      exposure: ObservationInfo | None = None) -> IsrCalibrations:
     """Read every product once (they are shared by all exposures of a run).
+
+    Each product is checked as its class reads it: the file intact (checksums, not
+    truncated), of its kind, instrument and shape, its values possible
+    (`atmospec.calib.products.MasterImage.check_values`).
 
     Parameters
     ----------
@@ -59,6 +67,9 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     products : mapping, optional
         Master ``bias``, ``dark``, ``flat`` already in memory and checked (e.g. from a Gen3
         Butler: `MasterImage.checked`); each takes the place of the file of its kind.
+    exposure : ObservationInfo, optional
+        An exposure they must serve (`check_exposure`); a run of several exposures loads
+        once and calls `check_exposure` for each.
 
     Returns
     -------
@@ -68,7 +79,8 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     Raises
     ------
     BadInputError
-        A product that cannot be read or does not fit ``camera``.
+        A product that cannot be read, is damaged, has impossible values or does not fit
+        ``camera`` (or ``exposure``); one line naming it.
     """
     products = products or {}
     ptc = Ptc.read(files.ptc, camera) if files.ptc else None
@@ -99,4 +111,30 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     if linearizer:
         sources["linearizer"] = linearizer.name
     calibs.sources = sources
+    if exposure is not None:
+        check_exposure(calibs, exposure)
     return calibs
+
+
+def check_exposure(calibs: IsrCalibrations, info: ObservationInfo) -> None:
+    """Refuse products that cannot serve this exposure: a flat of another filter.
+
+    The products of a run are loaded once (`load_calibrations`) and shared; this is the
+    per-exposure check, cheap (header values only). A registry's selection obeys the same
+    rule (`atmospec.calib.products.images.flat_configurations`), so it matters for products
+    given explicitly.
+
+    Parameters
+    ----------
+    calibs : IsrCalibrations
+        The loaded products (``sources`` names them).
+    info : ObservationInfo
+        The exposure.
+
+    Raises
+    ------
+    BadInputError
+        ``<flat>: flat is for <filter~disperser>; exposure <OBSID> is <filter~disperser>``.
+    """
+    if calibs.flat is not None:
+        check_flat_serves(calibs.flat.metadata, calibs.sources.get("flat"), info)

@@ -433,6 +433,9 @@ def _build(kind: str, raws: Sequence[str | Path], config: MasterConfig, *,
                              + [p.source for p in products], config)
     cards += [("HISTORY", f"skipped {p.name}: {why}"[:72], "") for p, why in issues]
     product_class, verify = _PRODUCTS[kind]
+    # The bounds a reader holds the product to: refused here, it is never written nor
+    # registered (e.g. a flat whose inputs were all saturated, NaN nearly everywhere).
+    product_class.check_values(master, None)
     product = product_class(master, provenance=tuple(cards))
     report = None
     if config.verify:

@@ -6,6 +6,8 @@ positions), not from the raw DETSEC keywords, which give a y-flipped image for I
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import numpy as np
 
 from atmospec.camera.description import Camera
@@ -67,3 +69,65 @@ def disassemble(image: np.ndarray, camera: Camera) -> np.ndarray:
     for i, amp in enumerate(camera.amplifiers):
         out[i] = _oriented(image[camera.amp_slices(amp)], amp.flip_x, amp.flip_y)
     return out
+
+
+#: How the unbinned pixels of a binned pixel combine: charge sums, levels and fractions
+#: average, flags spread to the binned pixel.
+_REDUCERS = MappingProxyType({"sum": np.sum, "mean": np.mean, "any": np.any})
+
+
+def bin_segments(segments: np.ndarray, bx: int, by: int, how: str = "sum") -> np.ndarray:
+    """Combine blocks of ``by`` × ``bx`` pixels of readout-ordered segments, as on chip.
+
+    Blocks start at the first pixel read (index 0 of both axes); trailing pixels that do
+    not fill a block are dropped, as a binned readout of the same length does.
+
+    Parameters
+    ----------
+    segments : numpy.ndarray
+        ``(..., ny, nx)`` in readout orientation.
+    bx, by : int
+        Binning along x and y.
+    how : str
+        ``sum`` (charge), ``mean`` (levels, relative responses) or ``any`` (flags).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(..., ny // by, nx // bx)``.
+    """
+    reduce = _REDUCERS[how]
+    ny, nx = segments.shape[-2] // by, segments.shape[-1] // bx
+    blocks = segments[..., : ny * by, : nx * bx].reshape(
+        *segments.shape[:-2], ny, by, nx, bx)
+    return reduce(blocks, axis=(-3, -1))
+
+
+def bin_image(image: np.ndarray, binned: Camera, how: str = "sum") -> np.ndarray:
+    """The assembled image a ``binned`` readout makes of an unbinned assembled ``image``.
+
+    Each amp's data section is placed back in its raw segment (readout orientation), the
+    segments are binned (`bin_segments`) and the binned data sections assembled: binned
+    pixels straddling the data section's edge are not in the result, as they are not in a
+    binned raw's data section.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Unbinned assembled image (``binned.unbinned.detector_shape``); bool for ``any``.
+    binned : Camera
+        The binned geometry (`Camera.binned`).
+    how : str
+        As `bin_segments`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``binned.detector_shape``.
+    """
+    unbinned = binned.unbinned
+    sections = disassemble(image, unbinned)
+    full = np.zeros((unbinned.n_amps, *unbinned.raw_bbox.shape), dtype=image.dtype)
+    full[(slice(None), *unbinned.data_bbox.slices)] = sections
+    segments = bin_segments(full, *binned.binning, how=how)
+    return assemble(segments, binned)

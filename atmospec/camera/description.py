@@ -2,13 +2,25 @@
 
 An instrument is a data file in ``data/<name>_camera.yaml`` read into a `Camera`. Nothing in
 the pipeline branches on the instrument name: code asks the `Camera` for what it needs.
+
+The file describes the unbinned readout. The geometry of an on-chip binned readout is derived
+from it here and nowhere else (`Camera.binned`): binned pixel ``k`` of a segment sums the
+unbinned pixels ``b·k … b·k + b − 1`` of the serial register (columns) and of the parallel
+transfers (rows), counted from the first pixel read; each box keeps the binned pixels made
+only of its own pixels. For LATISS at 2×2 a segment is 288 × 1024, the data section
+``[2:256) × [0:1000)`` (254 × 1000: the binned pixel holding the last prescan column and the
+first data column belongs to no box), the serial overscan 32 columns, the parallel overscan
+24 rows, and the assembled image 2032 × 2000. No binned LATISS raw is public: this follows
+the sequencer's readout order (see docs/isr.md, "Binned raws").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -44,6 +56,22 @@ class BBox:
     def shape(self) -> tuple[int, int]:
         """Numpy shape ``(ny, nx)``."""
         return self.ny, self.nx
+
+    @property
+    def fits_section(self) -> str:
+        """The box as a 1-based inclusive FITS section, ``[x1:x2,y1:y2]`` (e.g. DATASEC)."""
+        return f"[{self.x0 + 1}:{self.x0 + self.nx},{self.y0 + 1}:{self.y0 + self.ny}]"
+
+    def binned(self, bx: int, by: int) -> BBox:
+        """The binned pixels made only of this box's pixels.
+
+        Binned pixel ``k`` covers unbinned ``b·k … b·k + b − 1``: the box's start rounds up
+        and its end rounds down, so a binned pixel straddling two boxes is in neither (its
+        size may be 0 when the box is narrower than a binned pixel).
+        """
+        x0, y0 = -(-self.x0 // bx), -(-self.y0 // by)
+        x1, y1 = (self.x0 + self.nx) // bx, (self.y0 + self.ny) // by
+        return BBox(x0, y0, max(x1 - x0, 0), max(y1 - y0, 0))
 
 
 @dataclass(frozen=True)
@@ -81,9 +109,10 @@ class Camera:
     pixel_size_mm: float
     """Physical pixel pitch, mm."""
     plate_scale: float
-    """Arcseconds per (unbinned) pixel."""
+    """Arcseconds per unbinned pixel (whatever `binning`; see `pixel_scale`)."""
     raw_bbox: BBox
-    """Full raw segment (all amps have the same layout)."""
+    """Full raw segment (all amps have the same layout), at `binning`, as are the other
+    boxes."""
     data_bbox: BBox
     """Imaging pixels inside a raw segment."""
     serial_prescan_bbox: BBox
@@ -93,11 +122,50 @@ class Camera:
     parallel_overscan_bbox: BBox
     """Parallel overscan rows inside a raw segment."""
     saturation_adu: float
-    """Saturation level, ADU above the overscan level."""
+    """Saturation level, ADU above the overscan level (binned pixels too: the limit is the
+    output chain's, the same for every binning; an assumption, see docs/isr.md)."""
     suspect_adu: float
     """Level above which pixels are flagged SUSPECT (non-linear regime), ADU."""
     amplifiers: tuple[Amplifier, ...]
     """Amplifiers in raw HDU order."""
+    binning: tuple[int, int] = (1, 1)
+    """On-chip binning ``(x, y)`` of the boxes and of `detector_shape`."""
+    base: Camera | None = field(default=None, repr=False, compare=False)
+    """The unbinned description this one was derived from (None: this one is unbinned)."""
+
+    @property
+    def unbinned(self) -> Camera:
+        """The description of the unbinned readout."""
+        return self.base or self
+
+    def binned(self, bx: int, by: int) -> Camera:
+        """The description of a raw read out with on-chip binning ``bx`` × ``by``.
+
+        Derived from the unbinned geometry (`BBox.binned`); amplifiers, gains, read noise
+        and saturation levels are unchanged (a binned pixel is read once).
+
+        Parameters
+        ----------
+        bx, by : int
+            Binning along x (serial) and y (parallel), ≥ 1.
+
+        Returns
+        -------
+        Camera
+            ``self.unbinned`` for 1 × 1; cached, so the same object for the same binning.
+
+        Raises
+        ------
+        ValueError
+            If the binning leaves a segment region (data, an overscan) without pixels.
+        """
+        return _binned_camera(self.unbinned, int(bx), int(by))
+
+    @property
+    def pixel_scale(self) -> float:
+        """Arcseconds per pixel of this binning: `plate_scale` × √(bx·by) (the side of a
+        square of the binned pixel's area)."""
+        return self.plate_scale * math.sqrt(self.binning[0] * self.binning[1])
 
     @property
     def n_amps(self) -> int:
@@ -176,6 +244,59 @@ def _camera_from_dict(d: dict) -> Camera:
         suspect_adu=float(amp["suspect_adu"]),
         amplifiers=amps,
     )
+
+
+_BINNED_BOXES = ("raw_bbox", "data_bbox", "serial_prescan_bbox", "serial_overscan_bbox",
+                 "parallel_overscan_bbox")
+#: Regions ISR reads: a binning leaving one of them empty is not a usable readout.
+_NEEDED_BOXES = ("data_bbox", "serial_overscan_bbox", "parallel_overscan_bbox")
+
+
+@cache
+def _binned_camera(unbinned: Camera, bx: int, by: int) -> Camera:
+    if (bx, by) == (1, 1):
+        return unbinned
+    if bx < 1 or by < 1:
+        raise ValueError(f"binning {bx}×{by}: factors must be at least 1")
+    boxes = {name: getattr(unbinned, name).binned(bx, by) for name in _BINNED_BOXES}
+    empty = [name.removesuffix("_bbox") for name in _NEEDED_BOXES if 0 in boxes[name].shape]
+    if empty:
+        raise ValueError(f"binning {bx}×{by} leaves no {', '.join(empty)} pixels")
+    return replace(unbinned, **boxes, binning=(bx, by), base=unbinned)
+
+
+def frame_camera(camera: Camera, binning: tuple[int, int], source: str | Path) -> Camera:
+    """The geometry of one raw: ``camera`` at the binning its header states.
+
+    Parameters
+    ----------
+    camera : Camera
+        The instrument (any binning: its unbinned description is used).
+    binning : tuple of int
+        ``(BINX, BINY)`` of the frame (`ObservationInfo.binning`).
+    source : path or str
+        The frame, for the message.
+
+    Returns
+    -------
+    Camera
+
+    Raises
+    ------
+    BadInputError
+        When no readout of ``camera`` can have that binning.
+    """
+    try:
+        return camera.binned(*binning)
+    except ValueError as exc:
+        raise BadInputError(source, f"BINX={binning[0]}, BINY={binning[1]}: {exc}") from None
+
+
+def segment_shape_problem(camera: Camera, extname: str, shape: tuple[int, ...] | None) -> str:
+    """The one-line message for an amplifier HDU whose shape is not ``camera``'s segment."""
+    bx, by = camera.binning
+    return (f"{extname} has shape {shape}, expected {camera.raw_bbox.shape} for "
+            f"BINX={bx}, BINY={by}")
 
 
 def load_camera(name: str = "latiss") -> Camera:

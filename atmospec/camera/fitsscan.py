@@ -48,6 +48,7 @@ from astropy.utils.exceptions import AstropyWarning
 from atmospec.errors import BadInputError, short_error
 
 __all__ = [
+    "BITPIX_VALUES",
     "BLOCK",
     "MAX_HDUS",
     "MAX_HEADER_BLOCKS",
@@ -69,7 +70,8 @@ MAX_HEADER_BLOCKS = 64
 #: tables; more means the file is not a raw, and the walk stays short.
 MAX_HDUS = 256
 
-_BITPIX = (8, 16, 32, 64, -32, -64)
+#: The FITS pixel types (``BITPIX``): integers of 8-64 bits, floats of 32 and 64.
+BITPIX_VALUES = (8, 16, 32, 64, -32, -64)
 _EXTENSIONS = ("IMAGE", "BINTABLE", "TABLE")
 _GZIP_MAGIC = b"\x1f\x8b"
 # Printable ASCII (0x20-0x7E): the only bytes a FITS header may hold.
@@ -354,9 +356,9 @@ def _data_size(path: Path, header: fits.Header, label: str, *, primary: bool) ->
         raise BadInputError(path, f"{where}: XTENSION = {header.get('XTENSION')!r} is not "
                                   f"one of {', '.join(_EXTENSIONS)}")
     bitpix = _int_card(path, header, "BITPIX", where, low=-64)
-    if bitpix not in _BITPIX:
+    if bitpix not in BITPIX_VALUES:
         raise BadInputError(path, f"{where}: BITPIX = {bitpix} is not a FITS pixel type "
-                                  f"({', '.join(map(str, _BITPIX))})")
+                                  f"({', '.join(map(str, BITPIX_VALUES))})")
     naxis = _int_card(path, header, "NAXIS", where, high=999)
     axes = [_int_card(path, header, f"NAXIS{i}", where) for i in range(1, naxis + 1)]
     pcount = _int_card(path, header, "PCOUNT", where, default=0 if primary else None)

@@ -23,8 +23,14 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.description import (
+    Camera,
+    frame_camera,
+    load_camera,
+    segment_shape_problem,
+)
 from atmospec.camera.fitsscan import (
+    BITPIX_VALUES,
     FitsLayout,
     HduLayout,
     astropy_warnings_as_errors,
@@ -51,7 +57,7 @@ class RawFrame:
     info: ObservationInfo
     """Translated metadata."""
     camera: Camera
-    """Description of the camera that took the frame."""
+    """Description of the camera that took the frame, at the frame's binning."""
 
 
 @dataclass(frozen=True)
@@ -66,21 +72,13 @@ class RawLayout:
     info: ObservationInfo
     """Translated primary header."""
     camera: Camera
-    """The camera that took the frame."""
+    """The camera that took the frame, at the frame's binning (`frame_camera`)."""
     segment_shape: tuple[int, int]
-    """``(ny, nx)`` of every amplifier segment (`expected_segment_shape`)."""
+    """``(ny, nx)`` of every amplifier segment, at the frame's binning."""
     amp_hdus: tuple[HduLayout, ...]
     """The amplifier HDUs, in the camera's amplifier order."""
     fits: FitsLayout
     """Every HDU of the file."""
-
-
-def expected_segment_shape(camera: Camera, info: ObservationInfo) -> tuple[int, int]:
-    """``(ny, nx)`` of one amplifier segment of a raw from ``camera`` described by ``info``.
-
-    The one place that decides it: the header checks and the pixel reading both use it.
-    """
-    return camera.raw_bbox.shape
 
 
 def check_raw_structure(path: str | Path, camera: Camera | None = None) -> RawLayout:
@@ -154,7 +152,9 @@ class _AmpFinder:
             raise BadInputError(self.path, f"instrument {info.instrument} is not "
                                            f"{self.camera.name}")
         self.info = info
-        self.shape = expected_segment_shape(self.camera, info)
+        # The one place deciding the segment shape: the camera at the header's BINX/BINY.
+        self.camera = frame_camera(self.camera, info.binning, self.path)
+        self.shape = self.camera.raw_bbox.shape
 
     def _segment(self, hdu: HduLayout, extname: str) -> None:
         """An amplifier HDU must be a 2D image (plain or tile-compressed) of the segment
@@ -166,7 +166,7 @@ class _AmpFinder:
                                             "not an image")
         if prefix:
             bitpix = header.get("ZBITPIX")
-            if bitpix not in (8, 16, 32, 64, -32, -64) or isinstance(bitpix, bool):
+            if bitpix not in BITPIX_VALUES or isinstance(bitpix, bool):
                 raise BadInputError(self.path, f"damaged header: {extname}: ZBITPIX = "
                                                f"{bitpix!r} is not a FITS pixel type")
         naxis = header.get(f"{prefix}NAXIS")
@@ -176,8 +176,8 @@ class _AmpFinder:
             raise BadInputError(self.path, f"{extname} is not a 2D image ({prefix}NAXIS = "
                                            f"{naxis!r})")
         if tuple(axes) != self.shape:
-            raise BadInputError(self.path, f"{extname} has shape {tuple(axes)}, expected "
-                                           f"{self.shape}")
+            raise BadInputError(self.path, segment_shape_problem(self.camera, extname,
+                                                                 tuple(axes)))
 
     def amp_hdus(self) -> tuple[HduLayout, ...]:
         """The amplifier HDUs in camera order; refuses a missing one."""
@@ -235,8 +235,8 @@ def _read_segments(layout: RawLayout) -> np.ndarray:
                 data = hdul[amp.index].data
                 if data is None or data.shape != layout.segment_shape:
                     shape = None if data is None else data.shape
-                    raise BadInputError(path, f"{amp.extname} has shape {shape}, expected "
-                                              f"{layout.segment_shape}")
+                    raise BadInputError(path, segment_shape_problem(layout.camera,
+                                                                    amp.extname, shape))
                 segments[i] = data
     except BadInputError:
         raise

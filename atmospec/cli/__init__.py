@@ -1,8 +1,10 @@
 """Command-line interface: ``atmospec <command> ...``.
 
 Exit status: 0 success, 2 bad input or usage (one line on stderr naming the file and the
-problem, no traceback), 1 processing failure. With several inputs, a bad one is reported
-and skipped; the others are still processed.
+problem, no traceback), 1 processing failure (one line too). With several inputs, a bad one
+is reported and skipped; the others are still processed. Python warnings raised while a
+command runs are counted and logged once each at ``INFO`` (`atmospec.warnings_log`): ``-v``
+shows them; they never precede the one-line error.
 
 One module per command family (`isr`, `calib`, `imaging`, `spectro`, `night`, `simulate`,
 `gen3`), each with ``add_parsers(sub)``. The commands import the pipeline when they run, not
@@ -18,7 +20,8 @@ from collections.abc import Sequence
 from atmospec import __version__
 from atmospec.cli import calib, gen3, imaging, isr, night, simulate, spectro
 from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, Parser, UsageError
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, short_error
+from atmospec.warnings_log import collect_warnings
 
 __all__ = ["build_parser", "main"]
 
@@ -57,17 +60,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        with collect_warnings():
+            return args.func(args)
     except UsageError as exc:
-        print(str(exc), file=sys.stderr)
+        print(_one_line(str(exc)), file=sys.stderr)
         return EXIT_BAD_INPUT
     except BadInputError as exc:
-        print(f"atmospec: {exc}", file=sys.stderr)
+        print(_one_line(f"atmospec: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("atmospec: interrupted", file=sys.stderr)
         return 130
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileNotFoundError,
+            FileExistsError) as exc:
+        # A path the user gave that cannot be used (an output folder without write
+        # permission, a file where a folder is needed): bad input, naming the path.
+        log.debug("unusable path", exc_info=True)
+        where = exc.filename if exc.filename is not None else "atmospec"
+        print(_one_line(f"atmospec: {where}: {exc.strerror or short_error(exc)}"),
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     except Exception as exc:
         log.debug("processing failure", exc_info=True)
-        print(f"atmospec: processing failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(_one_line(f"atmospec: processing failed: {type(exc).__name__}: "
+                        f"{short_error(exc)}"), file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _one_line(text: str) -> str:
+    """The first line of a message: what the CLI promises on stderr, whatever the text."""
+    text = text.strip()
+    return text.splitlines()[0] if text else text

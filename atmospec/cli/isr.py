@@ -11,8 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, UsageError
-from atmospec.errors import BadInputError
+from atmospec.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    UsageError,
+    output_folder,
+)
+from atmospec.errors import BadInputError, short_error
 from atmospec.isr import STEPS
 
 if TYPE_CHECKING:
@@ -62,7 +68,8 @@ def _cmd_isr(args: argparse.Namespace) -> int:
             resolve_steps(config.steps, available)
         except StepConfigError as exc:
             raise UsageError(f"atmospec isr: {exc}") from None
-    return _isr_files(args.raw, args.out, config, files, args.plots, repo=args.calibs)
+    return _isr_files(args.raw, output_folder(args.out), config, files, args.plots,
+                      repo=args.calibs)
 
 
 def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
@@ -70,11 +77,13 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
     """Process raw files one by one; a bad file is reported and skipped.
 
     Products are loaded once per distinct set of files (with ``repo``, the set chosen for
-    each exposure by the registry: a night usually needs one or two sets).
+    each exposure by the registry: a night usually needs one or two sets), then checked
+    against each exposure (a flat of another filter is refused). A set that was refused is
+    not read again: each exposure that needs it is reported with the same one line.
     """
     from dataclasses import fields, replace
 
-    from atmospec.calib.isr_inputs import load_calibrations
+    from atmospec.calib.isr_inputs import check_exposure, load_calibrations
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import StepConfigError
 
@@ -97,8 +106,15 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
                                             for f in fields(files) if getattr(files, f.name)})
             key = (raw.camera.name, chosen)
             if key not in loaded:
-                loaded[key] = load_calibrations(chosen, raw.camera)
-            outputs = _process_raw(raw, out, config, loaded[key], chosen, plots=plots)
+                try:
+                    loaded[key] = load_calibrations(chosen, raw.camera)
+                except BadInputError as exc:
+                    loaded[key] = exc
+            calibs = loaded[key]
+            if isinstance(calibs, BadInputError):
+                raise calibs
+            check_exposure(calibs, raw.info)
+            outputs = _process_raw(raw, out, config, calibs, chosen, plots=plots)
         except BadInputError as exc:
             print(f"atmospec: {exc}", file=sys.stderr)
             status = EXIT_BAD_INPUT
@@ -109,7 +125,8 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
             continue
         except Exception as exc:  # one failed exposure never stops the others
             log.debug("processing failure", exc_info=True)
-            print(f"atmospec: {path}: processing failed: {type(exc).__name__}: {exc}",
+            print(f"atmospec: {path}: processing failed: {type(exc).__name__}: "
+                  f"{short_error(exc)}",
                   file=sys.stderr)
             status = status or EXIT_FAILURE
             continue

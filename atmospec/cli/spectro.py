@@ -4,10 +4,13 @@ exposure and the atmosphere fitted on it."""
 from __future__ import annotations
 
 import argparse
+import math
+import sys
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from atmospec.cli._common import EXIT_OK, UsageError
+from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.errors import BadInputError
 
 
@@ -45,13 +48,11 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from atmospec.spectro.chain import SpectroscopyConfig, process_dispersed
     from spectractor_bridge.spectrum import write_spectrum
 
-    xy = None
-    if args.xy:
-        try:
-            x, y = (float(v) for v in args.xy.split(","))
-        except ValueError:
-            raise UsageError(f"atmospec extract: --xy wants X,Y, got {args.xy!r}") from None
-        xy = (x, y)
+    xy = _parse_xy(args.xy) if args.xy is not None else None
+    for option, value in (("--target", args.target), ("--disperser", args.disperser)):
+        if value is not None and not value.strip():
+            raise UsageError(f"atmospec extract: {option} is empty (leave it out to use the "
+                             "header's)")
     path = Path(args.image)
     if not path.is_file():
         raise BadInputError(path, "no such file")
@@ -66,6 +67,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         exposure = _isr_in_memory(path, args.calibs)
     else:
         exposure = read_reduced_image(path, args.instrument)
+    if xy is not None:
+        _check_xy_in_frame(xy, exposure.image.shape)
     config = SpectroscopyConfig(require_calspec=not args.any_target)
     spectrum, centroid = process_dispersed(exposure, target=args.target,
                                            disperser=args.disperser, xy=xy, config=config,
@@ -83,7 +86,48 @@ def _cmd_extract(args: argparse.Namespace) -> int:
           f"{spectrum.n_points} points {spectrum.wavelength[0]:.0f}-"
           f"{spectrum.wavelength[-1]:.0f} nm, rotation {h['ROTANGLE']:.3f} deg, "
           f"D2CCD {h['D2CCD']:.2f} mm")
-    return EXIT_OK
+    return _fit_outcome(path, out, spectrum.problems)
+
+
+def _parse_xy(text: str) -> tuple[float, float]:
+    """``--xy X,Y`` as two finite, non-negative numbers (a usage error otherwise)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        x, y = (float(v) for v in parts)
+    except ValueError:
+        raise UsageError(f"atmospec extract: --xy wants two numbers X,Y, got {text!r}"
+                         ) from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise UsageError(f"atmospec extract: --xy {text!r} is not a finite position")
+    if x < 0 or y < 0:
+        raise UsageError(f"atmospec extract: --xy {text!r} is negative (0-based pixel "
+                         "centres)")
+    return x, y
+
+
+def _check_xy_in_frame(xy: tuple[float, float], shape: Sequence[int]) -> None:
+    """A usage error unless ``xy`` is a pixel centre of an image of ``shape`` (ny, nx)."""
+    ny, nx = int(shape[0]), int(shape[1])
+    if not (xy[0] <= nx - 1 and xy[1] <= ny - 1):
+        raise UsageError(f"atmospec extract: --xy {xy[0]:g},{xy[1]:g} is outside the image "
+                         f"({nx} x {ny} px: X 0-{nx - 1}, Y 0-{ny - 1})")
+
+
+def _fit_outcome(source: str | Path, out: str | Path, problems: Sequence[str]) -> int:
+    """Exit status of a command whose result ``out`` was written: 0, or 1 with ONE stderr
+    line naming the input and why its fit failed (the file says so too)."""
+    if not problems:
+        return EXIT_OK
+    print(f"atmospec: {source}: fit failed ({'; '.join(problems)}); written to {out} "
+          "flagged as failed", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _pm(value: float | None, fmt: str) -> str:
+    """``± err`` or ``± n/a`` when there is no uncertainty (never a fake 0)."""
+    return f"± {value:{fmt}}" if value is not None else "± n/a"
 
 
 def _isr_in_memory(path: Path, repo: str | None):
@@ -98,7 +142,8 @@ def _isr_in_memory(path: Path, repo: str | None):
         from atmospec.calib.registry import CalibrationRegistry
 
         files = CalibrationRegistry(repo, create=False).select_all(raw.info)
-    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera)).exposure
+    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera, exposure=raw.info)
+                   ).exposure
 
 
 def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:
@@ -167,9 +212,9 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
         fit = fit2d(spectrum, SpectrogramFitConfig(atmosphere=config), source=str(path))
     out = write_text_atomic(json.dumps(fit.to_dict(), indent=2) + "\n", args.out)
     v, e = fit.values, fit.errors_scaled
-    print(f"wrote {out}: PWV {v['pwv_mm']:.2f} ± {e['pwv_mm'] or 0:.2f} mm, ozone "
-          f"{v['ozone_du']:.0f} ± {e['ozone_du'] or 0:.0f} DU, VAOD {v['vaod']:.4f} ± "
-          f"{e['vaod'] or 0:.4f}, chi2/ndof {fit.chi2_ndof:.2f}"
+    print(f"wrote {out}: PWV {v['pwv_mm']:.2f} {_pm(e['pwv_mm'], '.2f')} mm, ozone "
+          f"{v['ozone_du']:.0f} {_pm(e['ozone_du'], '.0f')} DU, VAOD {v['vaod']:.4f} "
+          f"{_pm(e['vaod'], '.4f')}, chi2/ndof {fit.chi2_ndof:.2f}"
           + (f", order-2 scale {v['order2']:.3f}" if "order2" in v else "")
           + f" ({fit.info.get('fit', 'spectrum')} fit)")
     for name, reason in fit.fixed.items():
@@ -178,7 +223,7 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
         from atmospec.plots.atmosphere import plot_atmosphere_fit
 
         print(f"wrote {plot_atmosphere_fit(fit, Path(out).with_suffix('.png'))}")
-    return EXIT_OK
+    return _fit_outcome(path, out, fit.problems)
 
 
 def _fit_atmosphere_joint(args: argparse.Namespace, config) -> int:
@@ -199,7 +244,8 @@ def _fit_atmosphere_joint(args: argparse.Namespace, config) -> int:
     print(f"wrote {out}: {len(args.spectrum)} spectra, chi2/ndof {fit.chi2_ndof:.2f}, "
           f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}")
     for path, values, errors in zip(args.spectrum, fit.values, fit.errors, strict=True):
-        print(f"  {Path(path).name}: PWV {values['pwv_mm']:.2f} ± {errors['pwv_mm'] or 0:.2f}"
-              f" mm, ozone {values['ozone_du']:.0f} ± {errors['ozone_du'] or 0:.0f} DU, "
-              f"VAOD {values['vaod']:.4f} ± {errors['vaod'] or 0:.4f}")
-    return EXIT_OK
+        print(f"  {Path(path).name}: PWV {values['pwv_mm']:.2f} "
+              f"{_pm(errors['pwv_mm'], '.2f')} mm, ozone {values['ozone_du']:.0f} "
+              f"{_pm(errors['ozone_du'], '.0f')} DU, VAOD {values['vaod']:.4f} "
+              f"{_pm(errors['vaod'], '.4f')}")
+    return _fit_outcome(", ".join(Path(p).name for p in args.spectrum), out, fit.problems)

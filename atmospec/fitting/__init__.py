@@ -7,6 +7,10 @@
     bound on the iterations and a status; used by the 2D forward model's shape fit
     (`atmospec.spectro.forward_model`) and the joint atmosphere fit
     (`atmospec.atmosphere.joint_fit`).
+``quality``
+    `fit_problems`: when a fit counts as failed (optimiser failure, a parameter at a bound,
+    no uncertainty, χ²/ndof beyond `FitQualityConfig.max_chi2_ndof`), the rule every fitting
+    command applies.
 ``whitening``
     `Whitener`: ``x ↦ L⁻¹ x`` for a data covariance ``L Lᵀ`` (dense, banded or diagonal, with
     the fallback to the diagonal when the covariance is unusable); used by the atmosphere
@@ -25,15 +29,20 @@ from atmospec.fitting.levenberg_marquardt import (
     levenberg_marquardt,
     normal_covariance,
 )
+from atmospec.fitting.quality import FitQualityConfig, bound_reached, fit_problems, usable_error
 from atmospec.fitting.whitening import Whitener
 
 __all__ = [
+    "FitQualityConfig",
     "FitStatus",
     "LeastSquaresProblem",
     "LevenbergMarquardtConfig",
     "LevenbergMarquardtResult",
     "NormalEquations",
     "Whitener",
+    "bound_reached",
+    "fit_problems",
     "levenberg_marquardt",
     "normal_covariance",
+    "usable_error",
 ]

@@ -278,9 +278,14 @@ class FitsTableFormatter(FormatterV2):
         """
         from astropy.io import fits
 
+        from atmospec.io import write_hdul_atomic
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            in_memory_dataset.write(uri.ospath, format="fits", overwrite=True)
+            # As Table.write(format="fits") lays it out, but through the one FITS writer
+            # (atomic, with checksums).
+            hdu = fits.table_to_hdu(in_memory_dataset, character_as_bytes=True)
+            write_hdul_atomic(fits.HDUList([fits.PrimaryHDU(), hdu]), uri.ospath)
 
 
 class JsonRecordFormatter(FormatterV2):

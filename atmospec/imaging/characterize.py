@@ -31,7 +31,7 @@ from astropy import units as u
 from astropy.table import Table
 from photutils.segmentation import SegmentationImage
 
-from atmospec.camera.description import load_camera
+from atmospec.camera.description import frame_camera, load_camera
 from atmospec.camera.translator import translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
@@ -261,21 +261,22 @@ def _mask_planes(exposure: Exposure, wanted: dict[str, tuple[str, ...]]
     return out
 
 
-def _observation(exposure: Exposure) -> tuple[str, float]:
-    """OBSID and exposure time (NaN if unknown) from the metadata."""
+def _observation(exposure: Exposure) -> tuple[str, float, tuple[int, int]]:
+    """OBSID, exposure time (NaN if unknown) and on-chip binning from the metadata."""
     header = exposure.metadata
     try:
         info = translate_header(header)
-        obs_id, exptime = info.obs_id, info.exposure_time
+        obs_id, exptime, binning = info.obs_id, info.exposure_time, info.binning
     except BadInputError:
         # Not a LATISS header (e.g. a synthetic image): fall back to the plain keywords.
         obs_id = str(header.get("OBSID", "unknown"))
         exptime = header.get("EXPTIME")
+        binning = (1, 1)
     try:
         exptime = float(exptime) if exptime is not None else math.nan
     except (TypeError, ValueError):
         exptime = math.nan
-    return obs_id, exptime
+    return obs_id, exptime, binning
 
 
 def characterize(
@@ -301,10 +302,10 @@ def characterize(
         If the image is not 2D, is smaller than a background box or has almost no
         usable pixel.
     """
-    obs_id, exptime = _observation(exposure)
+    obs_id, exptime, binning = _observation(exposure)
     if exposure.image.ndim != 2:
         raise BadInputError(obs_id, f"image has {exposure.image.ndim} dimensions, expected 2")
-    frame = _prepare(exposure, obs_id, exptime, config)
+    frame = _prepare(exposure, obs_id, exptime, binning, config)
     found = _detect(frame, config)
     if found is None:
         log.warning("%s: no source detected", obs_id)
@@ -423,12 +424,13 @@ class _PsfModel:
     """Quadratic form of the PSF (`psf_quadratic_form`)."""
 
 
-def _prepare(exposure: Exposure, obs_id: str, exptime: float,
+def _prepare(exposure: Exposure, obs_id: str, exptime: float, binning: tuple[int, int],
              config: CharacterizeConfig) -> _Frame:
     """Mask planes, background subtraction and the variance to use."""
     timer = _Timer()
     t_start = time.perf_counter()
-    plate_scale = load_camera(config.camera).plate_scale
+    # Arcsec per pixel of this image: a binned pixel is larger on the sky.
+    plate_scale = frame_camera(load_camera(config.camera), binning, obs_id).pixel_scale
     image = exposure.image
     with timer("masks"):
         nonfinite = ~np.isfinite(image)

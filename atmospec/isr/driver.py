@@ -25,13 +25,14 @@ from astropy.table import Table
 from scipy.linalg.blas import saxpy
 
 from atmospec.camera.assembly import assemble
+from atmospec.camera.description import Camera
 from atmospec.camera.raw import RawFrame
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr import STEPS
 from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays
 from atmospec.isr.crosstalk import CrosstalkConfig, CrosstalkMatrix, subtract_crosstalk
-from atmospec.isr.defects import defect_mask
+from atmospec.isr.defects import frame_defect_mask
 from atmospec.isr.edge import EdgeConfig, edge_mask
 from atmospec.isr.gain import AmpGains
 from atmospec.isr.interpolate import InterpolationConfig, fill_masked
@@ -215,17 +216,33 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
         If the frame lacks what a step needs (e.g. a dark time).
     """
     steps = resolve_steps(config.steps, calibs.available())
+    _check_binning(raw, steps, calibs)
     timer = _Timer()
     segments = _segment_steps(raw, steps, config, calibs, timer)
     exposure = _assemble(raw, segments, config, timer)
     _product_steps(exposure, raw, steps, calibs, timer)
-    _cleaning_steps(exposure, steps, config, calibs.gains, timer)
+    _cleaning_steps(exposure, steps, config, calibs.gains, raw.camera, timer)
     amp_stats = _amp_stats(exposure, raw.camera, calibs.gains, segments.overscan,
                            segments.overscan_sigma)
     _record(exposure, steps, calibs.gains, amp_stats, calibs)
     log.info("%s: ISR %s in %.2f s", raw.info.obs_id, ",".join(steps),
              sum(timer.timings.values()))
     return IsrResult(exposure, steps, segments.overscan, amp_stats, timer.timings)
+
+
+def _check_binning(raw: RawFrame, steps: tuple[str, ...], calibs: IsrCalibrations) -> None:
+    """Refuse master images of another shape than the frame (another binning, most often):
+    whoever loaded them, the frame cannot be corrected with them."""
+    camera = raw.camera
+    for kind in ("bias", "dark", "flat"):
+        product = getattr(calibs, kind)
+        if kind not in steps or product is None or product.shape == camera.detector_shape:
+            continue
+        bx, by = camera.binning
+        name = calibs.sources.get(kind, "")
+        raise BadInputError(raw.path, f"{kind} {name} is {product.shape[1]}×{product.shape[0]}"
+                                      f" px, this frame (BINX={bx}, BINY={by}) is "
+                                      f"{camera.detector_shape[1]}×{camera.detector_shape[0]}")
 
 
 @dataclass
@@ -318,7 +335,7 @@ def _product_steps(exposure: Exposure, raw: RawFrame, steps: tuple[str, ...],
         exposure.set_mask("BAD", calibs.bad_pixels)
     if "defects" in steps:
         with timer("defects"):
-            exposure.set_mask("BAD", defect_mask(calibs.defects, exposure.shape))
+            exposure.set_mask("BAD", frame_defect_mask(calibs.defects, raw.camera))
 
 
 def _subtract_dark(exposure: Exposure, raw: RawFrame, dark: Exposure) -> None:
@@ -334,7 +351,7 @@ def _subtract_dark(exposure: Exposure, raw: RawFrame, dark: Exposure) -> None:
 
 
 def _cleaning_steps(exposure: Exposure, steps: tuple[str, ...], config: IsrConfig,
-                    gains: AmpGains, timer: _Timer) -> None:
+                    gains: AmpGains, camera: Camera, timer: _Timer) -> None:
     """interpolate → cosmic_rays → edge, on the calibrated exposure in place."""
     if "interpolate" in steps:
         with timer("interpolate"):
@@ -354,11 +371,13 @@ def _cleaning_steps(exposure: Exposure, steps: tuple[str, ...], config: IsrConfi
             exposure.set_mask("CR", cr)
     if "edge" in steps:
         with timer("edge"):
-            exposure.set_mask("EDGE", edge_mask(exposure.shape, config.edge.width))
+            exposure.set_mask("EDGE", edge_mask(exposure.shape, config.edge.width,
+                                                camera.binning))
 
 
-def _amp_stats(exposure: Exposure, camera, gains: AmpGains, overscan: dict[str, np.ndarray],
-               overscan_noise: np.ndarray) -> dict[str, dict[str, float]]:
+def _amp_stats(exposure: Exposure, camera: Camera, gains: AmpGains,
+               overscan: dict[str, np.ndarray], overscan_noise: np.ndarray
+               ) -> dict[str, dict[str, float]]:
     """Per-amp summary numbers (robust statistics on a 1-in-4 pixel subsample)."""
     stats: dict[str, dict[str, float]] = {}
     planes = {p: exposure.bitmask(p) for p in ("SAT", "BAD", "CR", "SUSPECT")}

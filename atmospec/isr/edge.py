@@ -12,13 +12,32 @@ class EdgeConfig:
     """Width of the masked border."""
 
     width: int = 10
-    """Pixels from each detector edge flagged EDGE."""
+    """Unbinned pixels from each detector edge flagged EDGE (the roll-off is a property of
+    the sensor: a binned frame flags ⌈width / binning⌉ of its pixels)."""
 
 
-def edge_mask(shape: tuple[int, int], width: int) -> np.ndarray:
-    """Boolean mask of a ``width``-pixel border."""
+def edge_mask(shape: tuple[int, int], width: int,
+              binning: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """Boolean mask of a ``width``-pixel border.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Image shape ``(ny, nx)``.
+    width : int
+        Border width in unbinned pixels.
+    binning : tuple of int
+        On-chip binning ``(x, y)`` of the image.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, True on the border.
+    """
     mask = np.zeros(shape, dtype=bool)
-    if width > 0:
-        mask[:width] = mask[-width:] = True
-        mask[:, :width] = mask[:, -width:] = True
+    wx, wy = (-(-int(width) // b) for b in binning)
+    if wy > 0:
+        mask[:wy] = mask[-wy:] = True
+    if wx > 0:
+        mask[:, :wx] = mask[:, -wx:] = True
     return mask

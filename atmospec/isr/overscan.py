@@ -25,7 +25,8 @@ class OverscanConfig:
     """Model of the serial overscan level along the rows: the clipped median of each row
     (Rubin's MEDIAN_PER_ROW), a polynomial in row number, or a least-squares cubic spline."""
     skip: tuple[int, int] = (3, 3)
-    """Leading and trailing serial-overscan columns ignored (deferred charge, settling)."""
+    """Leading and trailing serial-overscan columns ignored (deferred charge, settling), in
+    unbinned pixels: a binned frame ignores ⌈skip / BINX⌉ of its columns."""
     n_sigma: float = 3.0
     """Pixels further than this many robust sigmas from their row's median are rejected."""
     poly_order: int = 3
@@ -35,7 +36,29 @@ class OverscanConfig:
     parallel: bool = True
     """Also subtract the parallel overscan level, column by column."""
     parallel_skip: tuple[int, int] = (3, 3)
-    """Leading and trailing parallel-overscan rows ignored."""
+    """Leading and trailing parallel-overscan rows ignored, in unbinned pixels (⌈skip /
+    BINY⌉ binned rows)."""
+
+
+def _kept(start: int, n: int, skip: tuple[int, int], binning: int) -> slice:
+    """The run ``start … start + n`` without its skipped ends (``skip`` in unbinned pixels,
+    rounded up to whole binned pixels); all of it when the skips would leave nothing."""
+    lo, hi = (-(-int(k) // binning) for k in skip)
+    if n - lo - hi < 1:
+        lo = hi = 0
+    return slice(start + lo, start + n - hi)
+
+
+def serial_overscan_columns(camera: Camera, config: OverscanConfig) -> slice:
+    """Serial-overscan columns (segment coordinates) used for the bias level."""
+    box = camera.serial_overscan_bbox
+    return _kept(box.x0, box.nx, config.skip, camera.binning[0])
+
+
+def parallel_overscan_rows(camera: Camera, config: OverscanConfig) -> slice:
+    """Parallel-overscan rows (segment coordinates) used for the column structure."""
+    box = camera.parallel_overscan_bbox
+    return _kept(box.y0, box.ny, config.parallel_skip, camera.binning[1])
 
 
 def median_last_axis(x: np.ndarray) -> np.ndarray:
@@ -56,9 +79,7 @@ def overscan_noise(segments: np.ndarray, camera: Camera, config: OverscanConfig,
     A standard deviation after clipping at ``n_sigma`` robust sigmas: the MAD alone is
     quantised on integer raw data (it jumps in steps of 1.48 ADU), the clipped σ is not.
     """
-    box = camera.serial_overscan_bbox
-    lo, hi = config.skip
-    region = segments[:, : camera.data_bbox.ny: 2, box.x0 + lo: box.x0 + box.nx - hi]
+    region = segments[:, : camera.data_bbox.ny: 2, serial_overscan_columns(camera, config)]
     flat = region.reshape(region.shape[0], -1).astype(np.float64)
     sigma = np.maximum(robust_sigma(flat, axis=1), 0.5)
     centred = flat - np.median(flat, axis=1, keepdims=True)
@@ -145,9 +166,7 @@ def serial_overscan_level(segments: np.ndarray, camera: Camera,
         ``(n_amps, raw_ny)`` level for every raw row (the overscan box covers the data
         rows; rows beyond it, i.e. the parallel overscan, reuse the last rows' fit).
     """
-    box = camera.serial_overscan_bbox
-    lo, hi = config.skip
-    cols = slice(box.x0 + lo, box.x0 + box.nx - hi)
+    cols = serial_overscan_columns(camera, config)
     # The parallel-overscan rows also carry a serial overscan: use every raw row.
     overscan = segments[:, :, cols]
     level = clipped_row_median(overscan, config.n_sigma)
@@ -169,8 +188,7 @@ def parallel_overscan_level(segments: np.ndarray, camera: Camera,
         ``(n_amps, data_nx)`` level per data column relative to the amp's mean, ADU.
     """
     box = camera.parallel_overscan_bbox
-    lo, hi = config.parallel_skip
-    region = segments[:, box.y0 + lo: box.y0 + box.ny - hi, box.x0: box.x0 + box.nx]
+    region = segments[:, parallel_overscan_rows(camera, config), box.x0: box.x0 + box.nx]
     level = np.median(region, axis=1)
     amp_med = np.median(level, axis=1, keepdims=True)
     sigma = robust_sigma(level, axis=1)[:, None]

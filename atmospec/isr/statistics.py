@@ -25,6 +25,7 @@ def stats_document(raw: RawFrame, result: IsrResult) -> dict:
         "raw": raw.path.name,
         "physical_filter": raw.info.physical_filter,
         "image_type": raw.info.image_type,
+        "binning": list(raw.camera.binning),
         "steps": list(result.steps),
         "unit": result.exposure.unit,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},

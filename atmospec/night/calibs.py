@@ -237,6 +237,11 @@ def _register(registry: CalibrationRegistry, kind: str, filt: str | None, out: P
         record.verification_passed]
     status = "registered"
     if certify and record.verification_passed:
-        registry.certify(record.id)
+        try:
+            registry.certify(record.id)
+        except BadInputError as exc:  # the stored copy changed since registration
+            log.error("certifying %s refused: %s", out.name, exc.problem)
+            return BuiltProduct(kind, filt, out, "registered",
+                                f"id {record.id}, not certified: {exc.problem}")
         status = "certified"
     return BuiltProduct(kind, filt, out, status, f"id {record.id}, {verdict}")

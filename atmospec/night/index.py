@@ -7,7 +7,10 @@ One database per repository, ``REPO/night/index.sqlite3``:
     one row per usable raw file (path, size, modification time, the `ObservationInfo`
     fields used for queries, and the whole record as JSON);
 ``rejected``
-    files that are not usable raw LATISS frames, with the one-line reason (logged too);
+    every file of the night directory that is skipped, with the one-line reason (logged
+    too): not a usable raw LATISS frame, a directory, FIFO or other special file, a
+    dangling symbolic link, unreadable, vanished after indexing, or one of several files
+    with the same OBSID (all of them held back, with that OBSID, until one remains);
 ``tasks``
     one row per (exposure, task): status ``done`` or ``failed``, the reason of a failure,
     start, duration, attempts, the outputs written and the figures the night summary shows.
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,8 +37,9 @@ from astropy.time import Time
 
 from atmospec.camera.raw import check_raw_structure
 from atmospec.camera.translator import ObservationInfo
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, short_error
 from atmospec.layout import INDEX_FILE
+from atmospec.night.lock import not_writable
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +74,8 @@ CREATE TABLE IF NOT EXISTS rejected (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime REAL NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    obs_id TEXT
 );
 CREATE TABLE IF NOT EXISTS tasks (
     obs_id TEXT NOT NULL,
@@ -86,6 +93,17 @@ CREATE TABLE IF NOT EXISTS tasks (
 """
 
 _BUSY_TIMEOUT_S = 60.0
+
+#: Beginnings of the reasons that describe a file's state rather than its content: a file
+#: recorded so is looked at again at every indexing, whatever its size and modification
+#: time (a duplicate OBSID may be gone, a permission granted, a vanished raw back).
+_DUPLICATE = "duplicate OBSID"
+_UNREADABLE = "unreadable"
+_VANISHED = "vanished"
+_STATE_REASONS = (_DUPLICATE, _UNREADABLE, _VANISHED)
+#: A raw that was indexed and is gone: kept as a skip while it is gone (its exposure may
+#: have been processed), where the records of other files that are gone are dropped.
+_GONE_RAW = f"{_VANISHED} after indexing"
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,83 @@ def check_raw_file(path: Path) -> ObservationInfo:
     return check_raw_structure(path).info
 
 
+def _check(path: Path) -> ObservationInfo:
+    """`check_raw_file`, and the frame must be LATISS's."""
+    info = check_raw_file(path)
+    if info.instrument != "LATISS":
+        raise BadInputError(path, f"instrument {info.instrument}, not LATISS")
+    return info
+
+
+def _os_reason(exc: OSError, when: str) -> str:
+    """The recorded reason of a file the system would not give us."""
+    if isinstance(exc, FileNotFoundError):
+        return f"{_VANISHED} {when}"
+    return f"{_UNREADABLE}: {exc.strerror or short_error(exc)}"
+
+
+def _after_indexing(obs_id: str | None) -> str:
+    """When a raw went missing: after indexing, and which exposure it was."""
+    return "after indexing" if obs_id is None else f"after indexing (was {obs_id})"
+
+
+def _special_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is, or None for a regular file."""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _examine(entry: Path) -> tuple[Path, int, float, str | None]:
+    """What an entry of the night directory is, before anything opens it (a FIFO would block
+    the reader): ``(path, size, mtime, reason)``, the path resolved and the reason None for
+    a readable regular file, else the entry's own path and why it is skipped."""
+    try:
+        st = entry.stat()  # through a symbolic link
+    except FileNotFoundError:
+        try:
+            st = entry.lstat()
+            target = os.readlink(entry)
+        except OSError:
+            return entry, -1, -1.0, f"{_VANISHED} while indexing"
+        return entry, st.st_size, st.st_mtime, f"dangling symbolic link (to {target})"
+    except OSError as exc:  # a loop of links, a file system error
+        return entry, -1, -1.0, _os_reason(exc, "while indexing")
+    kind = _special_kind(st.st_mode)
+    if kind is not None:
+        return entry, st.st_size, st.st_mtime, f"{kind}, not a regular file"
+    if not os.access(entry, os.R_OK):
+        return entry, st.st_size, st.st_mtime, f"{_UNREADABLE}: permission denied"
+    try:
+        path = entry.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return entry, -1, -1.0, f"{_VANISHED} while indexing"
+    return path, st.st_size, st.st_mtime, None
+
+
+def _duplicate_reason(obs_id: str, path: Path, others: list[Path]) -> str:
+    """Why a file sharing its OBSID with ``others`` is held back, naming them."""
+    names = ", ".join(o.name if o.parent == path.parent else str(o) for o in sorted(others))
+    return (f"{_DUPLICATE} {obs_id}: also in {names}; none of them is used until only one "
+            "file has this OBSID")
+
+
+def _insert_raw(conn: sqlite3.Connection, path: Path, size: int, mtime: float,
+                info: ObservationInfo) -> None:
+    t = info.datetime_begin
+    conn.execute("DELETE FROM rejected WHERE path = ?", (str(path),))
+    conn.execute(
+        "INSERT OR REPLACE INTO raws VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (str(path), size, mtime, info.obs_id, info.instrument, info.day_obs,
+         info.seq_num, info.image_type, info.target_name, info.physical_filter,
+         info.filter, info.disperser, int(info.is_dispersed), info.exposure_time,
+         info.airmass, None if t is None else float(t.mjd),
+         None if t is None else t.isot, json.dumps(info.to_dict())))
+
+
 class NightIndex:
     """SQLite index of a night's raw files and of the tasks run on them.
 
@@ -176,9 +271,16 @@ class NightIndex:
     def __init__(self, repo: str | Path) -> None:
         self.repo = Path(repo)
         self.db_path = self.repo / INDEX_FILE
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise (not_writable(self.repo, exc) or BadInputError(
+                self.db_path.parent, f"cannot create ({exc.strerror})")) from None
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            # Indexes written before duplicate OBSIDs were held back lack the column.
+            if "obs_id" not in {r["name"] for r in conn.execute("PRAGMA table_info(rejected)")}:
+                conn.execute("ALTER TABLE rejected ADD COLUMN obs_id TEXT")
 
     def __repr__(self) -> str:
         return f"NightIndex({str(self.repo)!r})"
@@ -196,9 +298,20 @@ class NightIndex:
             with conn:  # one transaction: committed on success, rolled back on error
                 yield conn
         except sqlite3.DatabaseError as exc:
-            raise BadInputError(self.db_path, f"damaged night index ({exc})") from None
+            raise self._database_error(exc) from None
         finally:
             conn.close()
+
+    def _database_error(self, exc: sqlite3.DatabaseError) -> BadInputError:
+        """The one-line error for a failed database operation: a repository that cannot be
+        written is not a damaged index."""
+        name = getattr(exc, "sqlite_errorname", "")
+        readonly = name.startswith("SQLITE_READONLY") or (
+            name.startswith("SQLITE_CANTOPEN") and not os.access(self.db_path.parent, os.W_OK))
+        if readonly:
+            return BadInputError(self.db_path, f"night index not writable ({exc}); atmospec "
+                                               "night needs to write its repository")
+        return BadInputError(self.db_path, f"damaged night index ({exc})")
 
     # -- raws ---------------------------------------------------------------------------
 
@@ -227,54 +340,132 @@ class NightIndex:
         raw_dir = Path(raw_dir)
         if not raw_dir.is_dir():
             raise BadInputError(raw_dir, "not a directory")
-        files = sorted({p.resolve() for pat in RAW_PATTERNS for p in raw_dir.glob(pat)
-                        if p.is_file()})
-        with self._connect() as conn:
-            known = {row["path"]: (row["size"], row["mtime"]) for row in
-                     conn.execute("SELECT path, size, mtime FROM raws UNION ALL "
-                                  "SELECT path, size, mtime FROM rejected")}
-        counts = {"added": 0, "unchanged": 0, "rejected": 0}
-        for path in tqdm(files, desc="indexing", unit="file", disable=None if progress else True):
-            stat = path.stat()
-            if known.get(str(path)) == (stat.st_size, stat.st_mtime):
-                counts["unchanged"] += 1
+        entries = sorted({p for pat in RAW_PATTERNS for p in raw_dir.absolute().glob(pat)})
+        counts = {"added": 0, "unchanged": 0, "rejected": self._forget_vanished()}
+        known = self._known()
+        seen: set[Path] = set()
+        candidates: dict[Path, tuple[int, float, ObservationInfo]] = {}
+        for entry in tqdm(entries, desc="indexing", unit="file",
+                          disable=None if progress else True):
+            path, size, mtime, reason = _examine(entry)
+            if path in seen:  # a link to a file of the directory
                 continue
-            try:
-                info = check_raw_file(path)
-                self._add(path, stat.st_size, stat.st_mtime, info)
-                counts["added"] += 1
-            except BadInputError as exc:
-                log.warning("skipped %s", exc)
-                self._reject(path, stat.st_size, stat.st_mtime, exc.problem)
+            seen.add(path)
+            prev = known.get(str(path))
+            if reason is None:
+                if (prev is not None and prev[:2] == (size, mtime)
+                        and not (prev[2] or "").startswith(_STATE_REASONS)):
+                    counts["unchanged"] += 1
+                    continue
+                try:
+                    candidates[path] = (size, mtime, _check(path))
+                    continue
+                except BadInputError as exc:
+                    reason = exc.problem
+                except OSError as exc:  # gone or unreadable since it was examined
+                    reason = _os_reason(exc, "while indexing")
+            if prev == (size, mtime, reason):
+                counts["unchanged"] += 1
+            else:
+                self._reject(path, size, mtime, reason)
                 counts["rejected"] += 1
+        added, withdrawn = self._admit(candidates)
+        counts["added"] += added
+        counts["rejected"] += len(candidates) - added + len(withdrawn)
+        # An indexed raw held back now that another file has its OBSID was counted unchanged.
+        counts["unchanged"] -= len(withdrawn & seen)
         log.info("indexed %s: %d new, %d unchanged, %d rejected", raw_dir, counts["added"],
                  counts["unchanged"], counts["rejected"])
         return counts
 
-    def _add(self, path: Path, size: int, mtime: float, info: ObservationInfo) -> None:
-        if info.instrument != "LATISS":
-            raise BadInputError(path, f"instrument {info.instrument}, not LATISS")
-        t = info.datetime_begin
+    def withdraw(self, path: Path, error: OSError) -> str:
+        """Record an indexed raw that can no longer be read as skipped, and return why.
+
+        For a raw that vanishes (or becomes unreadable) after indexing, e.g. while the night
+        is being planned; the next indexing looks at it again.
+        """
         with self._connect() as conn:
-            other = conn.execute("SELECT path FROM raws WHERE obs_id = ? AND path != ?",
-                                 (info.obs_id, str(path))).fetchone()
-            if other is not None:
-                raise BadInputError(path, f"OBSID {info.obs_id} already indexed from "
-                                          f"{Path(other['path']).name}")
-            conn.execute("DELETE FROM rejected WHERE path = ?", (str(path),))
-            conn.execute(
-                "INSERT OR REPLACE INTO raws VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (str(path), size, mtime, info.obs_id, info.instrument, info.day_obs,
-                 info.seq_num, info.image_type, info.target_name, info.physical_filter,
-                 info.filter, info.disperser, int(info.is_dispersed), info.exposure_time,
-                 info.airmass, None if t is None else float(t.mjd),
-                 None if t is None else t.isot, json.dumps(info.to_dict())))
+            row = conn.execute("SELECT size, mtime, obs_id FROM raws WHERE path = ?",
+                               (str(path),)).fetchone()
+        size, mtime = (row["size"], row["mtime"]) if row else (-1, -1.0)
+        reason = _os_reason(error, _after_indexing(row["obs_id"] if row else None))
+        self._reject(path, size, mtime, reason)
+        return reason
+
+    def _known(self) -> dict[str, tuple[int, float, str | None]]:
+        """(size, mtime, reason of a skip or None) of every recorded file, by path."""
+        with self._connect() as conn:
+            return {row["path"]: (row["size"], row["mtime"], row["reason"]) for row in
+                    conn.execute("SELECT path, size, mtime, NULL AS reason FROM raws UNION ALL "
+                                 "SELECT path, size, mtime, reason FROM rejected")}
+
+    def _forget_vanished(self) -> int:
+        """Records of files that are gone: an indexed raw becomes a skip saying so (counted),
+        other skips are dropped (there is nothing left to skip)."""
+        n = 0
+        with self._connect() as conn:
+            for row in conn.execute("SELECT path, obs_id FROM raws").fetchall():
+                if not os.path.lexists(row["path"]):
+                    reason = f"{_VANISHED} {_after_indexing(row['obs_id'])}"
+                    log.warning("skipped %s: %s", row["path"], reason)
+                    conn.execute("INSERT OR REPLACE INTO rejected (path, size, mtime, reason) "
+                                 "SELECT path, size, mtime, ? FROM raws WHERE path = ?",
+                                 (reason, row["path"]))
+                    conn.execute("DELETE FROM raws WHERE path = ?", (row["path"],))
+                    n += 1
+            for row in conn.execute("SELECT path, reason FROM rejected").fetchall():
+                if not row["reason"].startswith(_GONE_RAW) and not os.path.lexists(row["path"]):
+                    conn.execute("DELETE FROM rejected WHERE path = ?", (row["path"],))
+        return n
+
+    def _admit(self, candidates: dict[Path, tuple[int, float, ObservationInfo]]
+               ) -> tuple[int, set[Path]]:
+        """Index the checked raws, except those sharing an OBSID with another file (indexed,
+        held back or checked now): all of those are held back, each reason naming the
+        others, so that neither the wrong frame nor a frame chosen by its name is reduced.
+        Returns the number of raws added and the indexed raws held back."""
+        by_obs_id: dict[str, list[Path]] = {}
+        for path, (_, _, info) in candidates.items():
+            by_obs_id.setdefault(info.obs_id, []).append(path)
+        added = 0
+        withdrawn: set[Path] = set()
+        with self._connect() as conn:
+            for path in candidates:  # their records are replaced below
+                conn.execute("DELETE FROM raws WHERE path = ?", (str(path),))
+            for obs_id, paths in by_obs_id.items():
+                members = {p: candidates[p][:2] for p in paths}
+                for row in conn.execute(
+                        "SELECT path, size, mtime FROM raws WHERE obs_id = ? UNION ALL "
+                        "SELECT path, size, mtime FROM rejected WHERE obs_id = ?",
+                        (obs_id, obs_id)).fetchall():
+                    if Path(row["path"]) not in candidates:  # else its fresh header decides
+                        members[Path(row["path"])] = (row["size"], row["mtime"])
+                if len(members) == 1:
+                    _insert_raw(conn, paths[0], *candidates[paths[0]])
+                    added += 1
+                    continue
+                indexed = {Path(r["path"]) for r in conn.execute(
+                    "SELECT path FROM raws WHERE obs_id = ?", (obs_id,))}
+                withdrawn |= indexed
+                for path, (size, mtime) in members.items():
+                    reason = _duplicate_reason(obs_id, path, [m for m in members if m != path])
+                    log.warning("skipped %s: %s", path, reason)
+                    conn.execute("DELETE FROM raws WHERE path = ?", (str(path),))
+                    conn.execute("INSERT OR REPLACE INTO rejected (path, size, mtime, reason, "
+                                 "obs_id) VALUES (?,?,?,?,?)",
+                                 (str(path), size, mtime, reason, obs_id))
+        return added, withdrawn
+
+    def _add(self, path: Path, size: int, mtime: float, info: ObservationInfo) -> None:
+        """Index one checked raw (held back if another file has its OBSID)."""
+        self._admit({Path(path): (size, mtime, info)})
 
     def _reject(self, path: Path, size: int, mtime: float, reason: str) -> None:
+        log.warning("skipped %s: %s", path, reason)
         with self._connect() as conn:
             conn.execute("DELETE FROM raws WHERE path = ?", (str(path),))
-            conn.execute("INSERT OR REPLACE INTO rejected VALUES (?,?,?,?)",
-                         (str(path), size, mtime, reason))
+            conn.execute("INSERT OR REPLACE INTO rejected (path, size, mtime, reason) "
+                         "VALUES (?,?,?,?)", (str(path), size, mtime, reason))
 
     def raws(self, *, image_type: str | Iterable[str] | None = None,
              filter: str | None = None, disperser: str | None = None,

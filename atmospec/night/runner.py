@@ -6,6 +6,11 @@ Exposures run as independent jobs (`atmospec.night.tasks.run_job`) on a
 night index, as each job completes, so a run killed at any moment loses at most the jobs in
 flight; every output file is written atomically, and a re-run skips every task recorded
 ``done`` whose configuration, inputs and output files are unchanged.
+
+One night runs on a repository at a time (`atmospec.night.lock`). Holding that lock, the
+runner removes the temporary files a killed run left (`atmospec.io.remove_stale_temporaries`),
+when it starts and again when it ends; the local workers of a killed run die with it
+(`atmospec.parallel`).
 """
 
 from __future__ import annotations
@@ -22,15 +27,23 @@ from tqdm import tqdm
 
 from atmospec.calib.registry import CalibrationRegistry
 from atmospec.errors import short_error
+from atmospec.io import remove_stale_temporaries
 from atmospec.layout import exposure_dir, exposure_figure_dir, night_build_dir, report_dir
 from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
 from atmospec.night.index import NightIndex, RawRecord
+from atmospec.night.lock import night_lock
 from atmospec.night.pipeline import PipelineDefinition, load_pipeline
 from atmospec.night.summary import write_summary
 from atmospec.night.tasks import ExposureJob, TaskOutcome, TaskSpec, run_job, task_hash
 from atmospec.parallel import open_executor
 
 log = logging.getLogger(__name__)
+
+#: Age from which a temporary file of `atomic_path` under the repository is taken for a dead
+#: writer's, s. The night lock excludes another night; the margin is for the other commands
+#: that may write in a repository meanwhile (``atmospec report``): a live writer touches its
+#: temporary file many times a second.
+STALE_TEMPORARY_AGE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,9 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
     A task is skipped when the index records it ``done`` with the same configuration hash
     (its configuration, raw file, calibration files and upstream hashes) and its outputs
     still exist; a task whose input task runs again runs again too. With ``figures_dir``
-    (the report's directory) each job also draws its report figures.
+    (the report's directory) each job also draws its report figures. A raw that can no
+    longer be read (deleted since it was indexed) is recorded as skipped
+    (`NightIndex.withdraw`) and planned no job.
     """
     recorded = index.task_map()
     jobs: list[ExposureJob] = []
@@ -117,9 +132,14 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
         definitions = pipeline.tasks_for(cls)
         if not definitions:
             continue
+        try:
+            raw = _raw_identity(record)
+        except OSError as exc:  # gone since it was indexed: a skip, not the end of the night
+            index.withdraw(record.path, exc)
+            continue
         files, missing = calibration_files(registry, record.info,
                                            pipeline.calibrations.require)
-        identity = {**_raw_identity(record), "calibs": vars(files), "missing": missing}
+        identity = {**raw, "calibs": vars(files), "missing": missing}
         hashes: dict[str, str] = {}
         specs: list[TaskSpec] = []
         done_outputs: dict[str, dict[str, str]] = {}
@@ -169,12 +189,32 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     Raises
     ------
     BadInputError
-        ``raw_dir`` is not a directory, a bad pipeline file, an unreachable scheduler.
+        ``raw_dir`` is not a directory, a bad pipeline file, an unreachable scheduler,
+        a repository that cannot be written, or another night running on it.
     """
     config = config or NightRunConfig()
     t_start = time.perf_counter()
     repo = Path(repo)
     pipeline = load_pipeline(config.pipeline)
+    with night_lock(repo) as holder:
+        log.info("night lock of %s taken (%s)", repo, holder.describe())
+        _remove_stale_temporaries(repo)
+        result = _run_locked(raw_dir, repo, config, pipeline)
+        _remove_stale_temporaries(repo)
+    result.wall_s = time.perf_counter() - t_start
+    return result
+
+
+def _remove_stale_temporaries(repo: Path) -> None:
+    """Remove what killed runs left half-written (only while holding the night lock)."""
+    removed = remove_stale_temporaries(repo, older_than_s=STALE_TEMPORARY_AGE_S)
+    if removed:
+        log.warning("removed %d temporary files a killed run left in %s", len(removed), repo)
+
+
+def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
+                pipeline: PipelineDefinition) -> NightResult:
+    """`run_night`'s work, once the night lock is held."""
     index = NightIndex(repo)
     index.index_directory(raw_dir, progress=config.progress)
     registry = CalibrationRegistry(repo, create=True)
@@ -190,6 +230,7 @@ def run_night(raw_dir: str | Path, repo: str | Path,
         figures = report_dir(repo) if config.plots and config.figures else None
         jobs, result.n_skipped = plan_jobs(index, registry, pipeline, repo,
                                            config.retry_failed, figures)
+        result.rejected = index.rejected()  # with the raws planning found gone
         result.n_exposures = result.n_skipped + len(jobs)
         log.info("%d exposures: %d to run, %d already done", result.n_exposures, len(jobs),
                  result.n_skipped)
@@ -217,7 +258,6 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     failed = {t.obs_id for t in index.tasks() if t.status == "failed"}
     result.n_failed = len(failed)
     result.summary = write_summary(index, repo, plots=config.plots)
-    result.wall_s = time.perf_counter() - t_start
     return result
 
 

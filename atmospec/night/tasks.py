@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from atmospec.calib.isr_inputs import CalibrationFiles
+from atmospec.camera.description import Camera
 from atmospec.errors import BadInputError, ProcessingError, short_error
 from atmospec.io import provenance_cards, to_jsonable, write_text_atomic
 from atmospec.layout import exposure_file
@@ -164,16 +165,17 @@ class _Context:
 
 
 @lru_cache(maxsize=4)
-def _calibrations(files: CalibrationFiles):
+def _calibrations(files: CalibrationFiles, camera: Camera):
     """Products loaded once per worker process and reused by its exposures (a cache, not
-    shared state: the key is the immutable file set)."""
+    shared state: the key is the immutable file set and the frame's geometry, binned or
+    not, which the products must match)."""
     from atmospec.calib.isr_inputs import load_calibrations
-    from atmospec.camera.description import load_camera
 
-    return load_calibrations(files, load_camera("latiss"))
+    return load_calibrations(files, camera)
 
 
 def _run_isr(ctx: _Context, config) -> dict[str, Any]:
+    from atmospec.calib.isr_inputs import check_exposure
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import run_isr
     from atmospec.isr.statistics import stats_document
@@ -184,7 +186,11 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     t0 = time.perf_counter()
     raw = read_raw(job.raw)
     t_read = time.perf_counter() - t0
-    result = run_isr(raw, config, _calibrations(job.calibs))
+    calibs = _calibrations(job.calibs, raw.camera)
+    # The registry chose them by this rule; checking costs header reads and catches a
+    # product replaced or re-labelled since.
+    check_exposure(calibs, raw.info)
+    result = run_isr(raw, config, calibs)
     t0 = time.perf_counter()
     inputs = [raw.path] + [p for p in vars(job.calibs).values() if p]
     post = result.exposure.write(
@@ -282,6 +288,8 @@ def _run_extract(ctx: _Context, config) -> dict[str, Any]:
     path = write_spectrum(spectrum, exposure_file(ctx.out_dir, job.obs_id, "spectrum"),
                           provenance_cards("extract", [ctx.outputs["isr"]["postisr"]], config))
     ctx.outputs["extract"] = {"spectrum": str(path)}
+    if spectrum.problems:  # written, flagged FITOK = F: the task failed, and says why
+        raise ProcessingError(f"fit failed: {'; '.join(spectrum.problems)}")
     h = spectrum.header
     metrics = {"spectrum_rotangle_deg": float(h["ROTANGLE"]),
                "spectrum_d2ccd_mm": float(h["D2CCD"]),
@@ -306,6 +314,8 @@ def _run_fit_atmosphere(ctx: _Context, config) -> dict[str, Any]:
     path = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
                              exposure_file(ctx.out_dir, job.obs_id, "atmosphere"))
     ctx.outputs["fit_atmosphere"] = {"fit": str(path)}
+    if not fit.success:  # written with success false: the task failed, and says why
+        raise ProcessingError(f"fit failed: {'; '.join(fit.problems)}")
     metrics: dict[str, Any] = {"atmosphere_chi2_ndof": float(fit.chi2_ndof)}
     for key in ("pwv_mm", "ozone_du", "vaod"):
         metrics[f"atmosphere_{key}"] = _number_or_nan(fit.values.get(key))

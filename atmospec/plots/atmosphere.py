@@ -129,7 +129,7 @@ def fit_from_document(doc: dict) -> AtmosphereFit:
         flux_unit=str(doc.get("flux_unit", "")), covariance_used=str(doc["covariance_used"]),
         success=bool(doc["success"]), message=str(doc.get("message", "")),
         nfev=int(doc.get("nfev", 0)), fit_time_s=float(doc.get("fit_time_s", 0.0)),
-        info=dict(doc.get("info") or {}))
+        info=dict(doc.get("info") or {}), problems=tuple(doc.get("problems") or ()))
 
 
 def atmosphere_fit_figure(fit: AtmosphereFit) -> Figure:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "check_repo",
     "read_night",
     "read_products",
+    "read_summary",
     "row_value",
     "summary_is_stale",
 ]
@@ -120,6 +122,31 @@ def summary_is_stale(saved: Table, fresh: Table) -> bool:
     return False
 
 
+def read_summary(path: Path) -> Table:
+    """The night summary file, checked to hold the columns the report reads.
+
+    Raises
+    ------
+    BadInputError
+        The file cannot be read as an ECSV table (damaged, truncated, not text) or lacks
+        those columns; the message says how to have it rebuilt from the night index.
+    """
+    rebuild = ("remove it to have the report rebuild it from the night index, or run "
+               "atmospec night again")
+    try:
+        with warnings.catch_warnings():  # the error below says it all, once
+            warnings.simplefilter("ignore")
+            summary = Table.read(path, format="ascii.ecsv")
+    except Exception as exc:  # astropy and the YAML and text decoders raise many types
+        raise BadInputError(path, f"unreadable night summary ({type(exc).__name__}: "
+                                  f"{short_error(exc)}); {rebuild}") from None
+    missing = [c for c in _EMPTY_COLUMNS if c not in summary.colnames]
+    if missing:
+        raise BadInputError(path, f"not a night summary (no column {', '.join(missing)}); "
+                                  f"{rebuild}")
+    return summary
+
+
 def read_night(repo: Path) -> Night:
     """The night summary (the file, else rebuilt from the index, else empty), its task
     records and rejected files, with notes on anything unusual."""
@@ -128,7 +155,7 @@ def read_night(repo: Path) -> Night:
     notes: list[tuple[str, str]] = []
     summary_file = repo / SUMMARY_FILE
     if summary_file.is_file():
-        summary = Table.read(summary_file, format="ascii.ecsv")
+        summary = read_summary(summary_file)
         if index is not None and summary_is_stale(summary, summary_table(index)):
             notes.append(("warn", f"The night index changed after {SUMMARY_FILE} was "
                                   "written (a run in progress?): the tables show the summary "

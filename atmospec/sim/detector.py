@@ -2,10 +2,11 @@
 
 `expose` applies, in the order they happen in the camera: photon (Poisson) noise on the
 illuminated signal plus dark current, charge deposited by cosmic rays, full-well clipping
-with charge bleeding along the columns, conversion to ADU with each amp's true gain (in
-readout orientation), crosstalk between amps, the bias (a per-amp level with a slow drift
-along rows, seen by the overscan, plus a fixed 2D pattern it does not see) and Gaussian read
-noise, then rounding to integers as the ADC does.
+with charge bleeding along the columns, on-chip binning (the charge of ``bx`` × ``by``
+pixels summed before it is read), conversion to ADU with each amp's true gain (in readout
+orientation), crosstalk between amps, the bias (a per-amp level with a slow drift along
+rows, seen by the overscan, plus a fixed 2D pattern it does not see) and Gaussian read
+noise (once per pixel read, binned or not), then rounding to integers as the ADC does.
 
 The sensor's fixed properties (true gains, bias levels, bias structure, hot pixels) are drawn
 from ``DetectorSimConfig.sensor_seed``, so that every frame of a night shares them; the
@@ -22,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from atmospec.calib.products import Crosstalk
-from atmospec.camera.assembly import assemble, disassemble
+from atmospec.camera.assembly import assemble, bin_image, bin_segments, disassemble
 from atmospec.camera.description import Camera, load_camera
 from atmospec.isr.crosstalk import crosstalk_signal
 from atmospec.sim.scenes import SENSOR_SEED
@@ -375,6 +376,22 @@ def row_drift(n_amps: int, n_rows: int, amplitude: float,
     return drift.astype(np.float32)
 
 
+def _binned(image: np.ndarray, frame: Camera, how: str) -> np.ndarray:
+    """An unbinned assembled truth image in the frame's geometry (itself when unbinned)."""
+    return image if frame.binning == (1, 1) else bin_image(image, frame, how)
+
+
+def _fixed_pattern(sensor: SensorModel, frame: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """The sensor's fixed bias pattern as the frame reads it: raw segments (ADU) and the
+    assembled data sections (e⁻). A bias offset is a level, not charge: a binned pixel
+    carries the mean of its pixels' offsets."""
+    if frame.binning == (1, 1):
+        return sensor.fixed_pattern_adu, sensor.fixed_pattern_e
+    adu = bin_segments(sensor.fixed_pattern_adu, *frame.binning, how="mean").astype(np.float32)
+    data = adu[(slice(None), *frame.data_bbox.slices)] * sensor.gains[:, None, None]
+    return adu, assemble(data.astype(np.float32), frame, trimmed=True)
+
+
 def expose(
     signal_e: np.ndarray,
     config: DetectorSimConfig,
@@ -385,6 +402,7 @@ def expose(
     illumination: np.ndarray | None = None,
     deposits_e: np.ndarray | None = None,
     camera: Camera | None = None,
+    binning: tuple[int, int] = (1, 1),
 ) -> tuple[np.ndarray, ExposureTruth]:
     """Read out a sensor exposed to ``signal_e``.
 
@@ -407,16 +425,22 @@ def expose(
         Charge created in the silicon (cosmic rays), e⁻: added after the Poisson draw, not
         multiplied by the illumination.
     camera : Camera, optional
-        Geometry; LATISS by default.
+        Geometry; LATISS by default (its unbinned description is used).
+    binning : tuple of int
+        On-chip binning ``(x, y)`` of the readout: the sensor's pixels (light, dark current,
+        full well) are unbinned; the charge of each block is summed and read once.
 
     Returns
     -------
     segments : numpy.ndarray
-        ``(n_amps, 2048, 576)`` int32 raw segments in HDU order and readout orientation.
+        ``(n_amps, ny, nx)`` int32 raw segments in HDU order and readout orientation,
+        ``camera.binned(*binning).raw_bbox.shape`` (``(2048, 576)`` unbinned).
     truth : ExposureTruth
-        What went in.
+        What went in; its images are in the binned frame's assembled geometry (the truth a
+        post-ISR image of this frame is compared with).
     """
-    camera = camera or load_camera("latiss")
+    camera = (camera or load_camera("latiss")).unbinned
+    frame = camera.binned(*binning)
     if signal_e.shape != camera.detector_shape:
         raise ValueError(f"signal shape {signal_e.shape} is not {camera.detector_shape}")
     sensor = sensor_model(config, camera)
@@ -437,15 +461,19 @@ def expose(
         log.debug("%d pixels at full well, %.3g e- bled", saturated.sum(), moved)
 
     data_adu = disassemble(electrons, camera)
-    raw_ny, raw_nx = camera.raw_bbox.shape
+    raw_ny, raw_nx = frame.raw_bbox.shape
+    data_box = (slice(None), *frame.data_bbox.slices)
     cti_trails = None
-    if config.cti_parallel > 0 or config.cti_serial > 0:
-        # Transfers run over the whole segment: deferred charge reaches the overscans (EPER).
-        full = np.zeros((n, raw_ny, raw_nx), dtype=np.float32)
+    if config.cti_parallel > 0 or config.cti_serial > 0 or frame is not camera:
+        full = np.zeros((n, *camera.raw_bbox.shape), dtype=np.float32)
         full[(slice(None), *camera.data_bbox.slices)] = data_adu
+        full = bin_segments(full, *frame.binning)
+        # Transfers run over the whole segment: deferred charge reaches the overscans (EPER).
         full = apply_cti(apply_cti(full, config.cti_parallel, axis=1), config.cti_serial, axis=2)
-        data_adu = np.ascontiguousarray(full[(slice(None), *camera.data_bbox.slices)])
-        full[(slice(None), *camera.data_bbox.slices)] = 0.0
+        data_adu = np.ascontiguousarray(full[data_box])
+        # What is left is read outside the data section: CTI trails, and the binned pixels
+        # straddling the data section's edge.
+        full[data_box] = 0.0
         cti_trails = full / gains.astype(np.float32)[:, None, None]
     data_adu /= gains.astype(np.float32)[:, None, None]
     if config.nonlinearity > 0:
@@ -462,8 +490,9 @@ def expose(
     seg = rng.standard_normal((n, raw_ny, raw_nx), dtype=np.float32)
     seg *= read_noise_adu.astype(np.float32)[:, None, None]
     seg += (bias.astype(np.float32)[:, None] + drift)[:, :, None]
-    seg += sensor.fixed_pattern_adu
-    seg[(slice(None), *camera.data_bbox.slices)] += data_adu
+    fixed_adu, fixed_e = _fixed_pattern(sensor, frame)
+    seg += fixed_adu
+    seg[data_box] += data_adu
     if cti_trails is not None:
         seg += cti_trails
     np.rint(seg, out=seg)
@@ -472,7 +501,7 @@ def expose(
 
     crosstalk_e = None
     if ghost is not None:
-        crosstalk_e = assemble(ghost * gains.astype(np.float32)[:, None, None], camera,
+        crosstalk_e = assemble(ghost * gains.astype(np.float32)[:, None, None], frame,
                                trimmed=True)
     truth = ExposureTruth(
         gains=gains,
@@ -480,17 +509,17 @@ def expose(
         read_noise_adu=read_noise_adu,
         bias_levels_adu=bias,
         row_drift_adu=drift,
-        expected_e=expected,
-        fixed_pattern_e=sensor.fixed_pattern_e,
-        saturated=saturated,
+        expected_e=_binned(expected, frame, "sum"),
+        fixed_pattern_e=fixed_e,
+        saturated=_binned(saturated, frame, "any"),
         crosstalk_e=crosstalk_e,
-        dark_current_e_per_s=sensor.dark_current_e_per_s,
+        dark_current_e_per_s=_binned(sensor.dark_current_e_per_s, frame, "sum"),
         exptime=float(exptime),
         darktime=float(darktime),
         full_well_e=config.full_well_e,
         bled_e=moved,
-        hot_pixels=sensor.hot_pixels,
-        response=sensor.response,
+        hot_pixels=_binned(sensor.hot_pixels, frame, "any"),
+        response=_binned(sensor.response, frame, "mean"),
         nonlinearity=sensor.nonlinearity if config.nonlinearity > 0 else np.zeros(n),
         cti_serial=config.cti_serial,
         cti_parallel=config.cti_parallel,

@@ -31,6 +31,7 @@ from astropy.time import Time
 from tqdm import tqdm
 
 from atmospec.calib.products import Crosstalk
+from atmospec.camera.assembly import bin_image
 from atmospec.camera.description import load_camera
 from atmospec.camera.spectrograph import load_instrument
 from atmospec.camera.translator import kasten_young_airmass
@@ -165,6 +166,9 @@ class NightConfig:
     """UTC time of the first science frame on the day after ``day_obs``."""
     compress: bool = True
     """Write RICE tile-compressed raws (lossless)."""
+    binning: tuple[int, int] = (1, 1)
+    """On-chip binning ``(BINX, BINY)`` of every frame: the scene is drawn on the unbinned
+    pixels and the charge of each block summed before it is read (`expose`)."""
     detector: DetectorSimConfig = field(default_factory=DetectorSimConfig)
     """Sensor and electronics (gains scatter, bias, dark, full well, crosstalk, sensor seed)."""
     flat_field: IlluminationConfig = field(default_factory=IlluminationConfig)
@@ -247,6 +251,10 @@ class FrameTruth:
     dispersed: dict[str, Any] | None = None
     """Truth of a dispersed scene (zeroth-order position, orders; see
     `atmospec.sim.dispersed.render_dispersed`)."""
+    binning: tuple[int, int] = (1, 1)
+    """On-chip binning of the frame: the images here (`detector`, `cosmic_ray_mask`,
+    `illumination`) are in its binned geometry; star positions, `fwhm_px` and `sky_e` are
+    per unbinned pixel."""
 
     def perfect_calibrations(self) -> IsrCalibrations:
         """The products a perfect calibration would give for this frame's sensor: true gains
@@ -297,6 +305,7 @@ class FrameTruth:
             "sky_e": self.sky_e,
             "fwhm_px": self.fwhm_px,
             "dispersed": self.dispersed,
+            "binning": list(self.binning),
             "n_cosmic_rays": self.n_cosmic_rays,
             "n_cr_pixels": int(self.cosmic_ray_mask.sum()),
             "n_saturated_pixels": det.n_saturated,
@@ -430,7 +439,7 @@ def simulate_exposure(
     Returns
     -------
     segments : numpy.ndarray
-        ``(16, 2048, 576)`` int32 raw segments.
+        ``(16, 2048, 576)`` int32 raw segments (``(16, 1024, 288)`` binned 2 × 2).
     truth : FrameTruth
         What was simulated.
     primary_cards : dict
@@ -499,18 +508,23 @@ def simulate_exposure(
 
     segments, det_truth = expose(signal, det, np.random.default_rng(noise_ss),
                                  exptime=p.exptime, darktime=p.darktime, illumination=illum,
-                                 deposits_e=deposits, camera=camera)
+                                 deposits_e=deposits, camera=camera, binning=config.binning)
+    if config.binning != (1, 1):
+        frame = camera.binned(*config.binning)
+        cr_mask = bin_image(cr_mask, frame, "any")
+        illum = None if illum is None else bin_image(illum, frame, "mean")
     truth = FrameTruth(plan=p, seed=config.seed, sensor_seed=det.sensor_seed,
                        detector=det_truth, stars=stars, cosmic_ray_mask=cr_mask,
                        n_cosmic_rays=n_cr, illumination=illum, sky_e=float(sky),
                        flat_level_e=float(flat_level), fwhm_px=fwhm,
-                       dispersed=to_jsonable(dispersed) if dispersed is not None else None)
+                       dispersed=to_jsonable(dispersed) if dispersed is not None else None,
+                       binning=config.binning)
     target = {"science": config.target, "dispersed": config.dispersed_target}.get(
         kind, "FlatField position")
     cards = primary_header(
         p.obs_id, KINDS[kind], p.exptime, p.darktime, p.filter_name, p.disperser, p.start,
         p.airmass, p.ra, p.dec, target, elevation=p.elevation, azimuth=p.azimuth,
-        seed=config.seed, linspos=config.linspos_mm,
+        seed=config.seed, linspos=config.linspos_mm, binning=config.binning,
     )
     return segments, truth, cards
 
@@ -531,13 +545,15 @@ def simulate_night(out_dir: str | Path, config: NightConfig | None = None) -> li
         The raw files, in SEQNUM order.
     """
     config = config or NightConfig()
+    camera = load_camera("latiss").binned(*config.binning)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     # disable=None: a bar on a terminal, silence in logs and CI.
     for p in tqdm(night_plan(config), desc="simulating", unit="frame", disable=None):
         segments, truth, cards = simulate_exposure(p.kind, config, p.seq)
-        raw = write_raw(out / f"{p.obs_id}.fits", segments, cards, compress=config.compress)
+        raw = write_raw(out / f"{p.obs_id}.fits", segments, cards, compress=config.compress,
+                        camera=camera)
         write_text_atomic(json.dumps(truth.to_json(), indent=1) + "\n",
                           out / f"{p.obs_id}_truth.json")
         log.info("wrote %s (%s, %s, %.1f s) and its truth sidecar", raw, p.kind,

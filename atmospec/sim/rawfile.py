@@ -25,7 +25,7 @@ from astropy.time import Time
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame
 from atmospec.camera.translator import translate_header
-from atmospec.io import atomic_path
+from atmospec.io import write_hdul_atomic
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +99,17 @@ def write_raw(
     path : path
         Destination; written to a temporary file beside it, then renamed.
     segments : numpy.ndarray
-        ``(16, 2048, 576)`` integer raw segments in HDU order.
+        ``(16, 2048, 576)`` integer raw segments in HDU order (``camera.raw_bbox.shape``
+        per amp: ``(1024, 288)`` for a 2 × 2 binned camera).
     primary_cards : Mapping
         Primary header values (e.g. from `primary_header`); a value may also be a
         ``(value, comment)`` tuple.
     compress : bool
         Tile-compress the amp HDUs with lossless RICE (one row per tile, as LATISS does).
     camera : Camera, optional
-        Geometry; LATISS by default.
+        Geometry; LATISS by default. A binned one (`Camera.binned`) rewrites the per-amp
+        DATASEC, DETSEC, CCDSUM and DTV/DTM cards for its binning (the primary BINX/BINY
+        come from ``primary_cards``: `primary_header`).
 
     Returns
     -------
@@ -126,7 +129,7 @@ def write_raw(
     hdus: list[fits.hdu.base.ExtensionHDU] = []
     templates = _template_headers()
     for i, amp in enumerate(camera.amplifiers):
-        header = templates[amp.extname.upper()].copy()
+        header = _binned_amp_header(templates[amp.extname.upper()], camera)
         data = np.ascontiguousarray(segments[i], dtype=np.int32)
         if compress:
             hdu = fits.CompImageHDU(data, header=header, compression_type="RICE_1",
@@ -136,10 +139,37 @@ def write_raw(
         hdus.append(hdu)
     hdul = fits.HDUList([primary, *hdus])
     path = Path(path)
-    with atomic_path(path) as tmp:
-        hdul.writeto(tmp, overwrite=True, checksum=True)
+    write_hdul_atomic(hdul, path)
     log.debug("wrote %s (compress=%s)", path, compress)
     return path
+
+
+def _binned_amp_header(template: fits.Header, camera: Camera) -> fits.Header:
+    """A copy of a real (unbinned) amp header describing ``camera``'s binned readout.
+
+    IRAF mosaic conventions: DATASEC in binned pixels of the segment, DETSEC and DETSIZE in
+    unbinned detector pixels (the part of the detector the binned data section covers),
+    CCDSUM ``"bx by"``, and the transformation DTM·(binned pixel) + DTV to detector pixels.
+    """
+    header = template.copy()
+    bx, by = camera.binning
+    if (bx, by) == (1, 1):
+        return header
+    data = camera.data_bbox
+    header["DATASEC"] = data.fits_section
+    header["CCDSUM"] = f"{bx} {by}"
+    dtm = (float(header["DTM1_1"]), float(header["DTM2_2"]))
+    dtv = (float(header["DTV1"]), float(header["DTV2"]))
+    ends = []
+    for k, (b, lo, n) in enumerate(((bx, data.x0, data.nx), (by, data.y0, data.ny))):
+        # Unbinned 1-based pixels b·lo + 1 … b·(lo + n) of the segment, on the detector.
+        first, last = (dtm[k] * (b * lo + 1) + dtv[k], dtm[k] * (b * (lo + n)) + dtv[k])
+        ends.append(f"{first:.0f}:{last:.0f}")
+        # A binned pixel's centre is the mean of its b unbinned pixels' positions.
+        header[f"DTM{k + 1}_{k + 1}"] = dtm[k] * b
+        header[f"DTV{k + 1}"] = dtv[k] - dtm[k] * (b - 1) / 2.0
+    header["DETSEC"] = f"[{ends[0]},{ends[1]}]"
+    return header
 
 
 def _isot(time: Time) -> str:
@@ -181,6 +211,7 @@ def primary_header(
     linspos: float = 67.0,
     seed: int | None = None,
     readout_s: float = 2.3,
+    binning: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
     """Primary header of a simulated modern (2024) LATISS raw.
 
@@ -212,6 +243,8 @@ def primary_header(
         Recorded as ``SIMSEED``.
     readout_s : float
         Readout time, s, between the end of the exposure and the file date.
+    binning : tuple of int
+        On-chip binning ``(x, y)``: BINX, BINY and CCDSUM.
 
     Returns
     -------
@@ -231,8 +264,8 @@ def primary_header(
     cards: dict[str, Any] = {
         "CCD_MANU": "ITL",
         "CCD_TYPE": "3800C",
-        "BINX": 1,
-        "BINY": 1,
+        "BINX": int(binning[0]),
+        "BINY": int(binning[1]),
         "CCDGAIN": 1.0,
         "CCDNOISE": 10.0,
         "CCDSLOT": "S00",
@@ -288,7 +321,7 @@ def primary_header(
         "HUMIDITY": humidity,
         "FILENAME": f"{obs_id}.fits",
         "HEADVER": 2,
-        "CCDSUM": "1 1",
+        "CCDSUM": f"{int(binning[0])} {int(binning[1])}",
         "DETSIZE": "[1:4072,1:4000]",
         "SIMULATE": True,
         "SIMSEED": seed,
@@ -308,15 +341,16 @@ def raw_frame(segments: np.ndarray, primary_cards: Mapping[str, Any] | fits.Head
     primary_cards : Mapping or astropy.io.fits.Header
         Primary header (e.g. from `primary_header`).
     camera : Camera, optional
-        Geometry; LATISS by default.
+        Geometry; LATISS by default, at the header's binning as `read_raw` does.
 
     Returns
     -------
     RawFrame
         Named ``<OBSID>.fits``, with the translated header.
     """
-    camera = camera or load_camera("latiss")
     header = (primary_cards if isinstance(primary_cards, fits.Header)
               else fits.Header(dict(primary_cards)))
+    info = translate_header(header)
+    camera = (camera or load_camera("latiss")).binned(*info.binning)
     return RawFrame(Path(f"{header['OBSID']}.fits"), header, [],
-                    np.array(segments, dtype=np.float32), translate_header(header), camera)
+                    np.array(segments, dtype=np.float32), info, camera)

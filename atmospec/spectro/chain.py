@@ -29,6 +29,7 @@ from atmospec.camera.spectrograph import InstrumentProfile, load_instrument
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.fitting import FitQualityConfig, fit_problems
 from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target, shipped_standards
 from atmospec.spectro.dispersers import Disperser, load_disperser
 from atmospec.spectro.extract import (
@@ -38,7 +39,12 @@ from atmospec.spectro.extract import (
     extract_spectrum,
     result_to_spectrum,
 )
-from atmospec.spectro.forward_model import ForwardModelConfig, ForwardModelResult, fit_forward_model
+from atmospec.spectro.forward_model import (
+    ForwardModelConfig,
+    ForwardModelResult,
+    PsfTooWide,
+    fit_forward_model,
+)
 from atmospec.spectro.order2 import correct_extraction, order2_image, with_order2
 from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum
 from atmospec.spectro.wavelength.calibration import calibrate_extraction
@@ -88,6 +94,12 @@ class SpectroscopyConfig:
     require_calspec: bool = True
     """Refuse a target that is not a shipped CALSPEC standard (the atmosphere fit needs its
     SED); ``False`` extracts any star and writes its name as given."""
+    quality: FitQualityConfig = field(default_factory=FitQualityConfig)
+    """When the 2D forward model counts as failed (`atmospec.fitting.fit_problems`: χ²/ndof
+    beyond the limit): the spectrum is still written, with ``FITOK = F`` and the reasons in
+    ``FITPROBS``. Its shape fit stopping at its iteration bound is not a failure: it starts
+    from the 1D answer and keeps the best point (a faint spectrum stops there with χ²/ndof
+    1.00); ``FFMCONV`` records it."""
 
 
 def process_dispersed(exposure: Exposure, *, target: str | None = None,
@@ -165,22 +177,45 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     clock.lap("wavelength_calibration")
     contamination = correct_extraction(result, disp) if config.order2_correction else None
     clock.lap("order2")
-    model = covariance = None
+    model = covariance = skipped = None
     if config.forward_model is not None:
         # The order-2 light is drawn into the background the 2D model sees: it then fits the
         # first order alone (its flux and its PSF).
         seen = result if contamination is None else replace(
             result, background=result.background + order2_image(result, contamination))
-        model = fit_forward_model(work, seen, config.forward_model)
+        try:
+            model = fit_forward_model(work, seen, config.forward_model)
+        except PsfTooWide as exc:
+            # Its cost would grow without bound: the 1D optimal extraction stands instead,
+            # flagged (at 3″ seeing its flux is ~20 % high: the wings fit as α → its clip).
+            skipped = f"2D model not drawn: {str(exc).split(': ', 1)[-1]}"
+            log.info("%s: %s; the 1D optimal extraction is kept", job.name, skipped)
         clock.lap("forward_model")
-        result, covariance = _with_forward_model(result, model)
-        clock.lap("covariance")
-        log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", job.name,
-                 model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
+        if model is not None:
+            result, covariance = _with_forward_model(result, model)
+            clock.lap("covariance")
+            log.info("%s: 2D model χ²/ndof %.3f, μ %.3g, %d outlier pixels", job.name,
+                     model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
     spectrum = _spectrum(exposure, job, frame, work, result,
                          _Products(model, covariance, solution, contamination))
+    _flag_problems(spectrum.header, model, skipped, config.quality)
     clock.lap("spectrum")
     return spectrum, centroid
+
+
+def _flag_problems(header: fits.Header, model: ForwardModelResult | None,
+                   skipped: str | None, quality: FitQualityConfig) -> None:
+    """``FITOK`` and ``FITPROBS``: the quality rule applied to the 2D forward model, or why
+    it was not drawn (a spectrum asked of the 1D extraction alone has no fit that fails)."""
+    problems: tuple[str, ...] = (skipped,) if skipped else ()
+    if model is not None:
+        problems = tuple(f"2D model: {p}" for p in fit_problems(
+            {}, {}, {}, model.chi2_ndof, None, quality))
+        header["FFMCONV"] = (model.shape_fit_failure is None,
+                             "2D model shape fit stopped at a minimum")
+    header["FITOK"] = (not problems, "the fits of the extraction are usable")
+    if problems:
+        header["FITPROBS"] = ("; ".join(problems), "why a fit failed")
 
 
 @dataclass(frozen=True)

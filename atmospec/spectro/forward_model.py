@@ -75,13 +75,14 @@ from numpy.polynomial import legendre
 from scipy.linalg import cho_solve_banded, cholesky_banded
 from scipy.optimize import minimize_scalar
 
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, ProcessingError
 from atmospec.exposure import Exposure
 from atmospec.fitting import LevenbergMarquardtConfig, NormalEquations, levenberg_marquardt
 from atmospec.spectro.extract import ExtractionResult, horne_profile
 from atmospec.spectro.psf import moffat1d_fwhm
 
-__all__ = ["ForwardModelConfig", "ForwardModelResult", "fit_forward_model", "moffat2d_fwhm"]
+__all__ = ["ForwardModelConfig", "ForwardModelResult", "PsfTooWide", "fit_forward_model",
+           "moffat2d_fwhm", "psf_radius"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,14 @@ class ForwardModelConfig:
     support_fwhm: float = 3.0
     """Radius of the disc the 2D PSF is truncated to, in units of the largest starting
     2D FWHM (β = 3 leaves ~1 % of the flux outside 3 FWHM; it stays in the amplitudes)."""
+    max_radius_px: int = 60
+    """Largest PSF radius drawn, pixels: the model's cost grows as the cube of the radius
+    (2147 rows of a 4k LATISS frame, one core: 26 px 1 s, 44 px 20 s, 68 px 45 s, 96 px
+    (3″ seeing) over 10 minutes). A wider ``support_fwhm`` disc is cut to this radius."""
+    min_support_fwhm: float = 2.0
+    """Fewest FWHM the disc must still span once cut to `max_radius_px` (β = 3 leaves ~4 %
+    of the flux beyond 2 FWHM); a wider PSF raises `PsfTooWide` (the chain then keeps the
+    1D extraction)."""
     gamma_degree: int = 3
     """Degree of the Legendre polynomial of γ(row)."""
     alpha_degree: int = 2
@@ -175,6 +184,9 @@ class ForwardModelResult:
     """Levenberg–Marquardt iterations, all clipping passes together."""
     n_clip_passes: int
     """Fits done (1 + refits after outlier masking)."""
+    shape_fit_failure: str | None
+    """Why the last fit of the shapes did not reach a minimum (its iteration bound); None
+    when it did (or the shapes were not fitted)."""
     timings: dict[str, float]
     """Wall time of the stages, seconds."""
     cutout_origin: tuple[int, int]
@@ -554,9 +566,10 @@ class _ShapeProblem:
         return NormalEquations(ev.jtj, ev.jtr)
 
 
-def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> tuple[_Eval, int]:
-    """Levenberg–Marquardt on the shape parameters from ``ev``: the best evaluation and the
-    number of trial steps."""
+def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
+                ) -> tuple[_Eval, int, str | None]:
+    """Levenberg–Marquardt on the shape parameters from ``ev``: the best evaluation, the
+    number of trial steps and, when it stopped short of a minimum, why."""
     # The schedule this fit has always used: every trial counts against max_iterations (each
     # costs a full evaluation), λ ÷5 on success, trials up to λ = 1e6, the Gauss–Newton
     # prediction trusted as a convergence test; the unit-diagonal (LU) arithmetic.
@@ -567,7 +580,7 @@ def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> tuple[_Ev
         damping_max=math.nextafter(1e6, math.inf), normal_at_solution=False)
     fit = levenberg_marquardt(_ShapeProblem(prob, cfg), ev.theta, schedule,
                               start=(ev.objective, ev), name="FFM")
-    return fit.state, fit.iterations
+    return fit.state, fit.iterations, None if fit.success else fit.message
 
 
 def _influence(band: np.ndarray, prob: _Problem, mu: float, horne_g: np.ndarray
@@ -695,9 +708,53 @@ def _starting_shape(cut: _Cutout, result: ExtractionResult, cfg: ForwardModelCon
     bases = {k: legendre.legvander(t, d) for k, d in degrees.items()}
     theta0 = np.concatenate([np.linalg.lstsq(bases[k], v, rcond=None)[0]
                              for k, v in (("gamma", g1), ("alpha", a1), ("x_c", x1))])
-    fwhm_max = float(np.max(moffat2d_fwhm(g1, a1 + 0.5)))
-    radius = max(math.ceil(cfg.support_fwhm * fwhm_max), 2)
+    radius = psf_radius(moffat2d_fwhm(g1, a1 + 0.5), cfg.support_fwhm, cfg.max_radius_px,
+                        cfg.min_support_fwhm, cut.source)
     return bases, theta0, _make_grid(n, n_cols, x1, radius)
+
+
+class PsfTooWide(ProcessingError):
+    """The PSF is too wide for the 2D model at a bounded cost (`ForwardModelConfig`)."""
+
+
+def psf_radius(fwhm_px: np.ndarray, support_fwhm: float, max_radius_px: int,
+               min_support_fwhm: float, source: str | None = None) -> int:
+    """Radius of the PSF disc a 2D model draws, pixels: ``support_fwhm`` × the largest
+    2D FWHM, cut to ``max_radius_px`` (see `ForwardModelConfig`).
+
+    Parameters
+    ----------
+    fwhm_px : numpy.ndarray
+        2D FWHM of every row, pixels.
+    support_fwhm : float
+        Radius wanted, in FWHM.
+    max_radius_px : int
+        Largest radius, pixels.
+    min_support_fwhm : float
+        Fewest FWHM the radius may be cut to.
+    source : str, optional
+        Name for the message.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    PsfTooWide
+        When the cut disc would span fewer than ``min_support_fwhm`` FWHM (or the FWHM is not
+        finite): the model's cost is bounded by refusing it, not by waiting.
+    """
+    fwhm_max = float(np.max(fwhm_px)) if np.size(fwhm_px) else math.nan
+    if not math.isfinite(fwhm_max) or min_support_fwhm * fwhm_max > max_radius_px:
+        raise PsfTooWide(f"{source or 'spectrum'}: PSF FWHM up to {fwhm_max:.1f} px is too "
+                         f"wide for a 2D model (a disc of {min_support_fwhm:g} FWHM exceeds "
+                         f"{max_radius_px} px)")
+    wanted = max(math.ceil(support_fwhm * fwhm_max), 2)
+    if wanted > max_radius_px:
+        log.info("%s: PSF disc cut from %d to %d px (%.1f FWHM)", source, wanted,
+                 max_radius_px, max_radius_px / fwhm_max)
+    return min(wanted, max_radius_px)
 
 
 class _Setup:
@@ -756,6 +813,8 @@ class _Passes:
     """Pixels masked by the clipping."""
     n_iterations: int
     """Levenberg–Marquardt iterations, all passes together."""
+    failure: str | None
+    """Why the last shape fit stopped short of a minimum; None when it did not."""
     passes: int
     """Fits done."""
 
@@ -773,6 +832,7 @@ def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
     outliers = setup.outliers(ev, np.zeros_like(good), 2.0 * cfg.clip_sigma)
     n_new = int(np.count_nonzero(outliers))
     n_iter = 0
+    failure = None
     passes = 0
     t_gcv = t_fit = 0.0
     prob = None
@@ -793,7 +853,7 @@ def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
         t_gcv += time.perf_counter() - tick
         tick = time.perf_counter()
         if cfg.fit_shape and major:
-            ev, it = _fit_shapes(ev, prob, cfg)
+            ev, it, failure = _fit_shapes(ev, prob, cfg)
             n_iter += it
             theta = ev.theta
         t_fit += time.perf_counter() - tick
@@ -806,7 +866,7 @@ def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
     timings["regularisation"] = t_gcv
     timings["shape_fit"] = t_fit
     assert prob is not None
-    return _Passes(ev, prob, outliers, n_iter, passes)
+    return _Passes(ev, prob, outliers, n_iter, failure, passes)
 
 
 def _amplitude_covariance(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
@@ -850,6 +910,8 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
     BadInputError
         Too few usable pixels along the trace, or a result that does not match the
         exposure.
+    PsfTooWide
+        A PSF too wide to model within `ForwardModelConfig.max_radius_px`.
     """
     cfg = config or ForwardModelConfig()
     t_start = time.perf_counter()
@@ -896,7 +958,8 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
                                                          prob.prior_var, np.nan)),
         model=model_cut, residual=resid, outliers=fit.outliers, chi2=ev.chi2,
         ndof=float(ndof), regularisation=float(mu), effective_parameters=float(tau),
-        n_iterations=fit.n_iterations, n_clip_passes=fit.passes, timings=timings,
+        n_iterations=fit.n_iterations, n_clip_passes=fit.passes,
+        shape_fit_failure=fit.failure, timings=timings,
         cutout_origin=cut.origin, config=cfg, _cov_parts=cov_parts)
 
 

@@ -41,9 +41,11 @@ SPECTROGRAM_EXTENSIONS: Mapping[str, str] = MappingProxyType({
     "S_RES": "residuals",
 })
 
-# Cards astropy regenerates for every HDU: keeping them in our headers would fight the writer.
+# Cards astropy regenerates for every HDU: keeping them in our headers would fight the writer
+# (CHECKSUM and DATASUM: every FITS file is written with them, atmospec.io.write_hdul_atomic).
 _STRUCTURAL = re.compile(
-    r"^(SIMPLE|EXTEND|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|XTENSION|EXTNAME|EXTVER|TFIELDS|"
+    r"^(SIMPLE|EXTEND|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|XTENSION|EXTNAME|EXTVER|TFIELDS|CHECKSUM|"
+    r"DATASUM|"
     r"T(TYPE|FORM|UNIT|DISP|NULL|SCAL|ZERO|DIM)\d+)$"
 )
 # Spectractor writes its plot labels in LaTeX: 'erg/s/cm$^2$/nm'.
@@ -248,6 +250,13 @@ class Spectrum:
     def exptime(self) -> float | None:
         """``EXPTIME`` in seconds."""
         return self.get_float("EXPTIME")
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why a fit of the extraction failed (``FITPROBS``, ``; ``-separated, written with
+        ``FITOK = F``); empty for a usable spectrum."""
+        text = str(self.header.get("FITPROBS", "") or "").strip()
+        return tuple(p.strip() for p in text.split(";") if p.strip())
 
     @property
     def lambda_ref(self) -> float | None:

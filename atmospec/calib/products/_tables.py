@@ -11,6 +11,7 @@ from typing import Any
 from astropy.io import fits
 from astropy.table import Table
 
+from atmospec.calib.products.integrity import check_fits_file, is_fits
 from atmospec.errors import BadInputError
 from atmospec.io import add_cards
 
@@ -18,11 +19,21 @@ Card = tuple[str, Any, str]
 
 
 def read_table(path: str | Path, what: str, table_format: str | None = None) -> Table:
-    """Read a table file; any failure is a `BadInputError` ``not a <what> table (...)``."""
+    """Read a table file; any failure is a `BadInputError` ``not a <what> table (...)``.
+
+    A FITS file is first checked whole (`check_fits_file`: truncated, checksum mismatch).
+    """
+    if is_fits(path):
+        check_fits_file(path)
     try:
-        return Table.read(path, format=table_format)
+        table = Table.read(path, format=table_format)
     except Exception as exc:  # astropy raises many types for foreign files
         raise BadInputError(path, f"not a {what} table ({exc})") from None
+    # The sums describe the file just read, not the table: a product built from this one
+    # must not carry them on.
+    for key in ("CHECKSUM", "DATASUM"):
+        table.meta.pop(key, None)
+    return table
 
 
 def require_columns(table: Table, columns: Iterable[str], source: str, what: str) -> None:

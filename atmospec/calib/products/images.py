@@ -4,20 +4,32 @@
 ``NONE`` otherwise), ``CALIBDATE`` (start of the first input), ``NCOMBINE``; the builders
 (`atmospec.calib.masters`) add how it was combined. The bias is in e⁻, the dark in e⁻/s, the
 flat normalised to about 1.
+
+A product is refused (`atmospec.errors.BadInputError` naming it) when its file is damaged
+(`atmospec.calib.products.integrity`) or its values cannot be those of its kind
+(`MasterImage.check_values`: the bounds are class attributes, each saying why); a flat
+serves only the exposures of its filter (`check_flat_serves`, the rule the registry's
+selection follows too: `flat_configurations`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
+from astropy.io import fits
 
+from atmospec.calib.products.integrity import check_fits_file
 from atmospec.camera.description import Camera, load_camera
-from atmospec.camera.translator import canonical_instrument
+from atmospec.camera.translator import (
+    HeaderTranslator,
+    ObservationInfo,
+    canonical_instrument,
+)
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import add_cards
@@ -26,7 +38,12 @@ log = logging.getLogger(__name__)
 
 Card = tuple[str, Any, str]
 
-#: Instrument names a LATISS product may carry (the second is Rubin's older spelling).
+#: Mask planes marking pixels a product knows to be unusable (`MasterImage.check_values`).
+_FLAGGED_PLANES = ("BAD", "NO_DATA")
+
+#: Every how many pixels the median of `MasterImage.check_values` is taken: 1 M pixels of a
+#: LATISS image give it to ~0.1 % of the spread, far inside the bounds, in 1/16 of the time.
+_MEDIAN_STRIDE = 16
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,20 @@ class MasterImage:
     """``OBSTYPE`` of the product."""
     fill_value: ClassVar[float] = 0.0
     """Value given to non-finite pixels (which are flagged BAD)."""
+    median_bounds: ClassVar[tuple[float, float]] = (-np.inf, np.inf)
+    """Open interval the median of the usable pixels must lie in (product units); set per
+    kind, each subclass saying why."""
+    max_unflagged_fraction: ClassVar[float] = 1e-3
+    """Largest fraction of pixels that may be unusable (non-finite; for a flat also ≤ 0)
+    without being flagged BAD or NO_DATA in the product's own mask. A master marks the
+    pixels it could not combine (its defects) and gives them a neutral value, so an
+    unflagged unusable pixel is one a combination or a foreign writer left behind: a few
+    (they are then set to `fill_value` and flagged) are tolerated, 0.1 % (16 000 pixels of
+    LATISS, four full-height columns) is not, and an all-NaN or all-zero flat is far beyond."""
+    min_usable_fraction: ClassVar[float] = 0.5
+    """Smallest fraction of pixels that must be usable and not flagged: the shipped LATISS
+    defects cover one amplifier of 16 (6 %); a product masking half the detector serves no
+    exposure (a NaN-filled product whose mask says so is refused here)."""
 
     exposure: Exposure
     """Image (and mask, variance, header) of the product."""
@@ -48,8 +79,8 @@ class MasterImage:
 
     @classmethod
     def read(cls, path: str | Path, camera: Camera | None = None, *,
-             physical_filter: str | None = None, load_variance: bool = True) -> Self:
-        """Read a product file and check it fits ``camera`` (see `checked`).
+             load_variance: bool = True) -> Self:
+        """Read a product file, check it is intact and fits ``camera`` (see `checked`).
 
         Parameters
         ----------
@@ -57,9 +88,6 @@ class MasterImage:
             Product written by `write`.
         camera : Camera, optional
             Camera of the exposures it serves; LATISS by default.
-        physical_filter : str, optional
-            Filter of the exposures it serves; a flat of another filter is used with a
-            warning.
         load_variance : bool
             Read the VARIANCE plane. ISR does not use it: leaving it out saves 65 MB per
             product (``variance`` is then a read-only array of zeros).
@@ -72,28 +100,28 @@ class MasterImage:
         Raises
         ------
         BadInputError
-            Unreadable file, or a product of another kind, instrument or shape.
+            A truncated file or one whose checksums do not match
+            (`atmospec.calib.products.integrity.check_fits_file`), an unreadable file, a
+            product of another kind, instrument or shape, or values it cannot have
+            (`check_values`).
         """
-        return cls.checked(Exposure.read(path, load_variance=load_variance), str(path), camera,
-                           physical_filter=physical_filter)
+        check_fits_file(path)
+        return cls.checked(Exposure.read(path, load_variance=load_variance), str(path), camera)
 
     @classmethod
-    def checked(cls, exposure: Exposure, source: str, camera: Camera | None = None, *,
-                physical_filter: str | None = None) -> Self:
+    def checked(cls, exposure: Exposure, source: str, camera: Camera | None = None) -> Self:
         """Wrap an exposure already in memory (e.g. read by a Butler) after the checks of
-        `read`.
+        `read` (but the file's integrity).
 
         Parameters
         ----------
         exposure : Exposure
-            The product; its non-finite pixels are set in place to 0 (1 for a flat) and
+            The product; its few non-finite pixels are set in place to `fill_value` and
             flagged BAD.
         source : str
             Where it came from, for messages.
         camera : Camera, optional
             Camera of the exposures it serves; LATISS by default.
-        physical_filter : str, optional
-            Filter of the exposures it serves (flats: another filter only warns).
 
         Returns
         -------
@@ -102,7 +130,8 @@ class MasterImage:
         Raises
         ------
         BadInputError
-            Wrong shape, instrument or product type.
+            Wrong shape, instrument or product type, or values outside the bounds of its
+            kind (`check_values`).
         """
         camera = camera or load_camera("latiss")
         kind = cls.kind
@@ -117,16 +146,65 @@ class MasterImage:
         obstype = str(exposure.metadata.get("OBSTYPE", kind)).strip().lower()
         if obstype != kind:
             raise BadInputError(source, f"product is a {obstype}, not a {kind}")
-        if kind == "flat" and physical_filter:
-            flat_filter = exposure.metadata.get("FILTER")
-            if flat_filter and str(flat_filter) != physical_filter:
-                log.warning("%s: flat is for %s, exposure is %s", source, flat_filter,
-                            physical_filter)
+        cls.check_values(exposure, source)
         bad = ~np.isfinite(exposure.image)
         if bad.any():
             exposure.image[bad] = cls.fill_value
             exposure.set_mask("BAD", bad)
         return cls(exposure, source)
+
+    @classmethod
+    def unusable(cls, image: np.ndarray) -> np.ndarray:
+        """Pixels whose value this kind cannot use: non-finite (a flat: also ≤ 0)."""
+        return ~np.isfinite(image)
+
+    @classmethod
+    def check_values(cls, exposure: Exposure, source: str | None) -> None:
+        """Refuse values a product of this kind cannot have (the bounds: class attributes).
+
+        Parameters
+        ----------
+        exposure : Exposure
+            The product's image and mask (not modified).
+        source : str or None
+            Its file or dataset, for the message (None: built in memory).
+
+        Raises
+        ------
+        BadInputError
+            ``<kind> refused: ...`` with the count or median and the bound, when more
+            unusable pixels than `max_unflagged_fraction` lie outside its BAD/NO_DATA mask,
+            fewer than `min_usable_fraction` are usable, or the median of the usable pixels
+            lies outside `median_bounds`.
+        """
+        image = exposure.image
+        n_pixels = image.size
+        if n_pixels == 0:
+            raise BadInputError(source or None, f"{cls.kind} refused: empty image")
+        unusable = cls.unusable(image)
+        flagged = exposure.get_mask(*[p for p in _FLAGGED_PLANES if p in exposure.mask_planes])
+        stray = int(np.count_nonzero(unusable & ~flagged))
+        what = "NaN or <= 0" if cls.kind == "flat" else "not finite"
+        if stray > cls.max_unflagged_fraction * n_pixels:
+            raise BadInputError(source or None,
+                                f"{cls.kind} refused: {stray} pixels ({stray / n_pixels:.1%}) "
+                                f"are {what} outside its BAD mask (at most "
+                                f"{cls.max_unflagged_fraction:.1%})")
+        usable = ~(unusable | flagged)
+        n_usable = int(np.count_nonzero(usable))
+        if n_usable < cls.min_usable_fraction * n_pixels:
+            raise BadInputError(source or None,
+                                f"{cls.kind} refused: only {n_usable / n_pixels:.1%} of its "
+                                f"pixels are usable (at least {cls.min_usable_fraction:.0%})")
+        sample = image.ravel()[::_MEDIAN_STRIDE][usable.ravel()[::_MEDIAN_STRIDE]]
+        if sample.size == 0:
+            sample = image[usable]
+        median = float(np.median(sample))
+        low, high = cls.median_bounds
+        if not low < median < high:
+            raise BadInputError(source or None,
+                                f"{cls.kind} refused: median {median:.4g} {exposure.unit} "
+                                f"outside ({low:g}, {high:g})")
 
     @property
     def name(self) -> str:
@@ -189,6 +267,11 @@ class Bias(MasterImage):
     """Master bias, e⁻."""
 
     kind: ClassVar[str] = "bias"
+    median_bounds: ClassVar[tuple[float, float]] = (-100.0, 100.0)
+    """|median| < 100 e⁻: after overscan subtraction a master bias is ~0 e⁻ (what remains
+    is a 2D structure of a few e⁻), so 100 e⁻ is over ten times LATISS's read noise (6–8
+    e⁻) and still 200 times below the ~20 000 ADU pedestal of a bias whose overscan was
+    not subtracted. LATISS's gain is ~1 e⁻/ADU, so a bias in ADU has the same bound."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +279,10 @@ class Dark(MasterImage):
     """Master dark, e⁻/s (``DARKTIME``: mean dark time of the inputs)."""
 
     kind: ClassVar[str] = "dark"
+    median_bounds: ClassVar[tuple[float, float]] = (-10.0, 10.0)
+    """|median| < 10 e⁻/s: LATISS's cooled CCD has ~0.002 e⁻/s of dark current, so a dark
+    near 10 e⁻/s is not a dark of this camera: one not bias-subtracted (~20 000 e⁻ over
+    tens of seconds: hundreds of e⁻/s), a flat or a light leak."""
 
 
 @dataclass(frozen=True)
@@ -204,3 +291,104 @@ class Flat(MasterImage):
 
     kind: ClassVar[str] = "flat"
     fill_value: ClassVar[float] = 1.0
+    median_bounds: ClassVar[tuple[float, float]] = (0.1, 10.0)
+    """0.1 < median < 10: a flat is normalised to median 1; the interval leaves room for a
+    flat normalised elsewhere (to an amplifier's or a region's mean) and refuses one left
+    in e⁻ (thousands) or nearly empty, by which ISR would scale the exposure wrongly."""
+
+    @classmethod
+    def unusable(cls, image: np.ndarray) -> np.ndarray:
+        """Pixels ISR cannot divide by: non-finite or ≤ 0."""
+        with np.errstate(invalid="ignore"):
+            return ~(image > 0)
+
+
+def flat_configurations(info: ObservationInfo) -> tuple[str, ...]:
+    """Flat configurations (``filter~disperser``) that may serve an exposure, best first.
+
+    An imaging exposure: the flat of its filter without disperser. A dispersed one: the
+    flat of its filter and disperser, then the imaging flat of its filter (the pixel
+    response is the same; only the illumination through the disperser differs).
+
+    Parameters
+    ----------
+    info : ObservationInfo
+        The exposure.
+
+    Returns
+    -------
+    tuple of str
+    """
+    imaging = f"{info.filter}~empty"
+    if info.is_dispersed:
+        return (f"{info.filter}~{info.disperser}", imaging)
+    return (imaging,)
+
+
+def _normalise_optic(name: str) -> str:
+    """``empty`` for an empty slot (``""``, ``EMPTY``, ``empty_1``), else the name unchanged."""
+    # The same rule the header translator applies to exposures, so the two compare equal.
+    return "empty" if HeaderTranslator.empty_optic_pattern.match(name.strip()) else name.strip()
+
+
+def flat_configuration(meta: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Normalised ``filter~disperser`` of a flat and its disperser, from its metadata.
+
+    ``FILTER`` is ``filter~disperser`` as the builders write it; a ``FILTER`` without
+    ``~`` is a raw-style header (a product that kept its inputs' keys), whose disperser is
+    then in ``GRATING`` (none: empty).
+
+    Parameters
+    ----------
+    meta : mapping
+        Header or table metadata (``FILTER``, ``GRATING``).
+
+    Returns
+    -------
+    (str, str) or None
+        None when there is no ``FILTER`` (or it is ``NONE``).
+    """
+    value = _text(meta.get("FILTER"))
+    if value is None or value.upper() == "NONE":
+        return None
+    band, tilde, grating = value.partition("~")
+    if not tilde:
+        grating = _text(meta.get("GRATING")) or ""
+    disperser = _normalise_optic(grating)
+    return f"{_normalise_optic(band)}~{disperser}", disperser
+
+
+def check_flat_serves(meta: Mapping[str, Any], source: str | None,
+                      info: ObservationInfo) -> None:
+    """Refuse a flat of another filter than the exposure's (`flat_configurations`).
+
+    A flat without ``FILTER`` cannot be compared and is accepted.
+
+    Parameters
+    ----------
+    meta : mapping
+        The flat's header.
+    source : str or None
+        The flat, for the message.
+    info : ObservationInfo
+        The exposure.
+
+    Raises
+    ------
+    BadInputError
+        ``flat is for <its filter~disperser>; exposure <OBSID> is <filter~disperser>``.
+    """
+    configuration = flat_configuration(meta)
+    if configuration is None:
+        return
+    allowed = flat_configurations(info)
+    if configuration[0] not in allowed:
+        raise BadInputError(source or None, f"flat is for {configuration[0]}; exposure "
+                                            f"{info.obs_id} is {info.filter}~{info.disperser}")
+
+
+def _text(value: Any) -> str | None:
+    """A metadata value as stripped text; None when missing, undefined or blank."""
+    if value is None or isinstance(value, fits.card.Undefined):
+        return None
+    return str(value).strip() or None

@@ -2,6 +2,7 @@
 
 `identify` reads ``OBSTYPE`` (the kind), ``INSTRUME``, ``FILTER`` (flats) and ``CALIBDATE``
 from a product's FITS header or ECSV table meta, with the provenance the product carries;
+`check_contents` refuses a damaged file or values its kind cannot have;
 `read_verification` reads the verdict of the ``.verify.json`` report beside it.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +20,19 @@ from typing import Any
 from astropy.io import fits
 from astropy.table import Table
 
+from atmospec.calib.isr_inputs import MASTER_CLASSES
+from atmospec.calib.products.images import flat_configuration
+from atmospec.calib.products.integrity import check_fits_file, is_fits
 from atmospec.calib.registry.times import to_utc_iso
-from atmospec.camera.translator import HeaderTranslator, canonical_instrument
+from atmospec.camera.translator import canonical_instrument
 from atmospec.errors import BadInputError
+from atmospec.exposure import Exposure
 
 __all__ = [
     "FILTER_KINDS",
     "KINDS",
     "Identity",
+    "check_contents",
     "check_kind",
     "identify",
     "read_metadata",
@@ -86,12 +93,6 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"unknown calibration kind {kind!r} (known: {', '.join(KINDS)})")
 
 
-def _normalise_optic(name: str) -> str:
-    """``empty`` for an empty slot (``""``, ``EMPTY``, ``empty_1``), else the name unchanged."""
-    # The same rule the header translator applies to exposures, so the two compare equal.
-    return "empty" if HeaderTranslator.empty_optic_pattern.match(name.strip()) else name.strip()
-
-
 def _clean(value: Any) -> Any:
     """None for a missing, undefined or blank metadata value; strings stripped."""
     if value is None or isinstance(value, fits.card.Undefined):
@@ -123,7 +124,10 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], list[str] | None]:
 
 def _fits_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
     try:
-        with fits.open(path, memmap=False) as hdul:
+        # Headers only: a truncated or odd file is refused by `check_contents` in one line,
+        # which astropy's warnings would only precede.
+        with warnings.catch_warnings(), fits.open(path, memmap=False) as hdul:
+            warnings.simplefilter("ignore")
             names = [hdu.name for hdu in hdul]
             header = hdul[0].header
             if "OBSTYPE" not in header and len(hdul) > 1 and "OBSTYPE" in hdul[1].header:
@@ -202,6 +206,33 @@ def identify(path: Path, registry_instrument: str) -> Identity:
                     _provenance(meta))
 
 
+def check_contents(path: Path, kind: str) -> None:
+    """Refuse a product file that is damaged, or whose values its kind cannot have.
+
+    A FITS file must be complete and its checksums match
+    (`atmospec.calib.products.integrity.check_fits_file`); a bias, dark or flat must have
+    values within the bounds of its class (`atmospec.calib.products.MasterImage.
+    check_values`; its shape is not checked: the registry holds products of any size).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The product.
+    kind : str
+        Its kind (`identify`).
+
+    Raises
+    ------
+    BadInputError
+        One line naming the file and the reason.
+    """
+    if is_fits(path):
+        check_fits_file(path)
+    master_class = MASTER_CLASSES.get(kind)
+    if master_class is not None:
+        master_class.check_values(Exposure.read(path, load_variance=False), str(path))
+
+
 def _kind(path: Path, meta: Mapping[str, Any], hdu_names: list[str] | None) -> str:
     """The product kind from ``OBSTYPE``, checked against the file's form."""
     obstype = _clean(meta.get("OBSTYPE"))
@@ -232,16 +263,10 @@ def _instrument(path: Path, meta: Mapping[str, Any], registry_instrument: str) -
 
 def _physical_filter(path: Path, meta: Mapping[str, Any], kind: str) -> tuple[str, str]:
     """Normalised ``filter~disperser`` and the disperser of a filter-dependent product."""
-    filter_value = _clean(meta.get("FILTER"))
-    if filter_value is None:
+    configuration = flat_configuration(meta)
+    if configuration is None:
         raise BadInputError(path, f"a {kind} needs a FILTER (physical filter) key")
-    band, tilde, grating = str(filter_value).partition("~")
-    if not tilde:
-        # A FILTER without "~" is a raw-style header (the product kept its inputs' keys):
-        # the disperser is then in GRATING, as in raw LATISS headers; none means empty.
-        grating = str(_clean(meta.get("GRATING")) or "")
-    disperser = _normalise_optic(grating)
-    return f"{_normalise_optic(band)}~{disperser}", disperser
+    return configuration
 
 
 def _calib_date(path: Path, meta: Mapping[str, Any]) -> str | None:

@@ -18,10 +18,12 @@ from typing import Any
 from astropy.time import Time
 
 from atmospec.calib.isr_inputs import CalibrationFiles
+from atmospec.calib.products.images import flat_configurations
 from atmospec.calib.registry.identify import (
     FILTER_KINDS,
     KINDS,
     Identity,
+    check_contents,
     check_kind,
     identify,
     read_verification,
@@ -119,13 +121,16 @@ class CalibrationRegistry:
         Raises
         ------
         BadInputError
-            Missing or unidentifiable file, unknown kind, another instrument, no usable
-            date, an empty validity interval, or a product already registered.
+            Missing or unidentifiable file, a damaged file or values its kind cannot have
+            (`check_contents`: truncated, checksum mismatch, an all-NaN flat, a bias far
+            from 0 e⁻), unknown kind, another instrument, no usable date, an empty validity
+            interval, or a product already registered.
         """
         source = Path(path)
         if not source.is_file():
             raise BadInputError(source, "no such file")
         ident = identify(source, self.instrument)
+        check_contents(source, ident.kind)
         verify_source = source.with_name(verification_name(source))
         verification = read_verification(verify_source) if verify_source.is_file() else None
         start, end = _validity(source, ident, valid_from, valid_to)
@@ -257,6 +262,10 @@ class CalibrationRegistry:
         for flats) whose validity overlaps this one's are uncertified, so that at any time
         at most one product per kind and configuration is certified.
 
+        The stored file is checked first (`check_stored`): a product that is missing,
+        changed since it was registered, damaged, or with values its kind cannot have is
+        not certified.
+
         Returns
         -------
         CalibRecord
@@ -265,8 +274,9 @@ class CalibrationRegistry:
         Raises
         ------
         BadInputError
-            If there is no product with that id.
+            No product with that id, or ``not certified: <reason>`` naming the stored file.
         """
+        self.check_stored(self.get(product_id))
         with self._index.transaction(write=True) as conn:
             row = self._index.row(conn, product_id)
             replaced = uncertify_overlapping(conn, row)
@@ -277,6 +287,32 @@ class CalibrationRegistry:
             log.warning("certified %s id %d although it failed verification: %s", record.kind,
                         record.id, ", ".join(record.verification_failures))
         return record
+
+    def check_stored(self, record: CalibRecord) -> None:
+        """Refuse a stored product that is not the one registered, or not usable.
+
+        Parameters
+        ----------
+        record : CalibRecord
+            The product.
+
+        Raises
+        ------
+        BadInputError
+            ``not certified: <reason>`` naming the stored file: missing, its SHA-256 not the
+            one recorded at registration, or refused by `check_contents`.
+        """
+        path = record.absolute_path
+        if not path.is_file():
+            raise BadInputError(path, f"not certified: {record.kind} id {record.id} is "
+                                      "missing from the repository")
+        if sha256_file(path) != record.sha256:
+            raise BadInputError(path, f"not certified: {record.kind} id {record.id} changed "
+                                      "since it was registered (sha256 mismatch)")
+        try:
+            check_contents(path, record.kind)
+        except BadInputError as exc:
+            raise BadInputError(path, f"not certified: {exc.problem}") from None
 
     def remove(self, product_id: int) -> CalibRecord:
         """Unregister a product and delete its stored files.
@@ -425,10 +461,7 @@ def _configurations(kind: str, info: ObservationInfo) -> list[str | None]:
     """Physical filters acceptable for ``kind`` and ``info``, best first (None: any)."""
     if kind not in FILTER_KINDS:
         return [None]
-    imaging = f"{info.filter}~empty"
-    if info.is_dispersed:
-        return [f"{info.filter}~{info.disperser}", imaging]
-    return [imaging]
+    return list(flat_configurations(info))
 
 
 def _preference(row: Mapping[str, Any], when: datetime) -> tuple[bool, bool, float, int]:

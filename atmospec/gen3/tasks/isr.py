@@ -173,7 +173,6 @@ class IsrTask(PipelineTask):
             A required product missing (`check_required`), or a product that is not usable.
         """
         from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
-        from atmospec.camera.description import load_camera
         from atmospec.io import add_cards, provenance_cards
         from atmospec.isr.driver import run_isr
         from atmospec.isr.statistics import stats_document
@@ -182,7 +181,7 @@ class IsrTask(PipelineTask):
         files = {k: v for k, v in (files or {}).items() if v}
         self.check_required(ccdExposure, set(products) | set(files))
         config: IsrConfig = to_dataclass(self.config)
-        calibs = load_calibrations(CalibrationFiles(**files), load_camera("latiss"), products)
+        calibs = load_calibrations(CalibrationFiles(**files), ccdExposure.camera, products)
         result = run_isr(ccdExposure, config, calibs)
         inputs = ([ccdExposure.path] + [product.source for product in products.values()]
                   + list(files.values()))
