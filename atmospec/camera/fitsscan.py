@@ -400,8 +400,13 @@ def _skip_data(stream: _Stream, hdu: HduLayout) -> None:
         raise BadInputError(stream.path, f"truncated: the FITS data end at byte {stream.pos}, "
                                          f"inside the data of {hdu.label} (they end at byte "
                                          f"{hdu.data_start + hdu.data_size})")
-    # The padding of the last HDU may be missing; astropy and we read such files.
-    stream.skip(hdu.data_end - stream.pos)
+    # The standard pads every HDU; a file that ends inside the padding was cut short (and
+    # cut exactly there, it would seem to end cleanly without its last HDUs).
+    wanted = hdu.data_end - stream.pos
+    if stream.skip(wanted) < wanted:
+        raise BadInputError(stream.path, f"truncated: the FITS data end at byte {stream.pos}, "
+                                         f"inside the padding of {hdu.label} (it ends at byte "
+                                         f"{hdu.data_end})")
 
 
 def _check_padding(stream: _Stream, last: HduLayout) -> None:

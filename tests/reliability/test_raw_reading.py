@@ -317,6 +317,19 @@ def test_issue16_item6_truncated_gz_and_fz_refused(raw, gz_raw, fz_raw, tmp_path
         _assert_one_line(info.value, bad, needle)
 
 
+@pytest.mark.timeout(60)
+def test_issue16_item6_cut_inside_the_padding_is_truncated(raw, tmp_path):
+    """Cut after an HDU's data but inside its padding: without the padding rule the file
+    would end cleanly there and be reported as missing its last amplifiers."""
+    last = check_raw_structure(raw).fits.hdus[8]
+    bad = tmp_path / NAME
+    bad.write_bytes(raw.read_bytes()[:last.data_start + last.data_size + 100])
+    for check in (check_raw_file, read_raw):
+        with pytest.raises(BadInputError) as info:
+            check(bad)
+        _assert_one_line(info.value, bad, "truncated", "inside the padding of HDU 8")
+
+
 @pytest.mark.timeout(120)
 def test_issue16_item6_damaged_gzip_stream_refused(gz_raw, tmp_path):
     data = bytearray(gz_raw.read_bytes())
