@@ -501,3 +501,25 @@ def test_issue16_item12_negative_exptime_refused_by_isr_index_and_extract(raw, t
     science0 = _with_primary(raw, tmp_path / "zero.fits", EXPTIME=0.0, IMGTYPE="OBJECT")
     status, err, caught = _run(capsys, "isr", str(science0), "--out", str(out), *FAST)
     _assert_refused(status, err, caught, science0, out, "EXPTIME = 0 s on a science frame")
+
+
+@pytest.mark.timeout(60)
+def test_issue16_item3_damaged_post_isr_header_is_one_quiet_reason(tmp_path):
+    """The same flip in a post-ISR file (`Exposure.read`): astropy then parses pixels as a
+    header; its warnings are kept, not printed, and the first is the reason."""
+    from atmospec.exposure import Exposure
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 1.0, (300, 256)).astype(np.float32)
+    path = Exposure(image, np.zeros(image.shape, np.int32), np.ones_like(image), fits.Header(),
+                    ).write(tmp_path / "postisr.fits")
+    offset = _card_offset(path, 1, "NAXIS1")
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(_card("NAXIS1", "257").ljust(80))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(BadInputError) as info:
+            Exposure.read(path)
+    _assert_one_line(info.value, path)
+    assert [str(w.message) for w in caught] == []
