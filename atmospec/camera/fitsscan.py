@@ -207,9 +207,8 @@ class _Stream:
         except EOFError:
             raise BadInputError(self.path, f"truncated gzip stream: it ends after {self.pos} "
                                            "bytes of FITS data") from None
-        except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-            what = "damaged gzip stream" if self.compression == "gzip" else "unreadable"
-            raise BadInputError(self.path, f"{what} ({short_error(exc)})") from None
+        except (gzip.BadGzipFile, zlib.error) as exc:  # before OSError: BadGzipFile is one
+            raise BadInputError(self.path, f"damaged gzip stream ({short_error(exc)})") from None
 
 
 def scan_fits(path: str | Path, check: Callable[[HduLayout], None] | None = None) -> FitsLayout:
@@ -233,10 +232,11 @@ def scan_fits(path: str | Path, check: Callable[[HduLayout], None] | None = None
     BadInputError
         The first problem found: empty, not FITS, a damaged header or size card, truncated,
         a damaged gzip stream, bytes that are not a header after the last HDU.
+    OSError
+        When the file cannot be opened or read (gone, permission denied, an I/O error): the
+        caller knows whether that is bad input or a missing file to record.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BadInputError(path, "no such file")
     if path.stat().st_size == 0:
         raise BadInputError(path, "empty file")
     stream = _Stream(path)

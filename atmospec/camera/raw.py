@@ -105,6 +105,8 @@ def check_raw_structure(path: str | Path, camera: Camera | None = None) -> RawLa
     ------
     BadInputError
         The first problem found, naming the file.
+    OSError
+        When the file cannot be opened or read (`scan_fits`).
     """
     path = Path(path)
     found = _AmpFinder(path, camera)
@@ -212,7 +214,14 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
         checked first (`check_raw_structure`), so a damaged file is refused before its
         pixels are read.
     """
-    layout = check_raw_structure(path, camera)
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(path, "no such file")
+    try:
+        layout = check_raw_structure(path, camera)
+    except OSError as exc:
+        raise BadInputError(path, f"cannot be read ({exc.strerror or short_error(exc)})"
+                            ) from None
     segments = _read_segments(layout)
     camera = layout.camera
     bad = ~np.isfinite(segments)

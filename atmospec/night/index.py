@@ -178,6 +178,8 @@ def check_raw_file(path: Path) -> ObservationInfo:
     BadInputError
         Empty, truncated, not FITS, a damaged header, a foreign instrument, a missing or
         duplicated amplifier HDU, a wrong segment shape.
+    OSError
+        When the file cannot be opened or read (gone, permission denied).
     """
     return check_raw_structure(path).info
 
