@@ -7,6 +7,8 @@ metadata (every raw primary key is kept), then the extensions ``IMAGE`` (float32
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +18,14 @@ from typing import Any
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyError
 from astropy.nddata import CCDData, VarianceUncertainty
+from astropy.utils.exceptions import AstropyWarning
 
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, short_error
 from atmospec.io import add_cards, write_hdul_atomic
+
+log = logging.getLogger(__name__)
 
 #: Rubin's default mask planes and bit numbers.
 DEFAULT_MASK_PLANES: Mapping[str, int] = MappingProxyType({
@@ -152,8 +158,13 @@ class Exposure:
         if not path.is_file():
             raise BadInputError(path, "no such file")
         try:
-            with fits.open(path, memmap=False) as hdul:
+            # A damaged header makes astropy warn (once per garbage card): the warnings are
+            # kept, not printed, and the first one becomes the reason.
+            with warnings.catch_warnings(record=True) as caught, \
+                    fits.open(path, memmap=False) as hdul:
+                warnings.simplefilter("always")
                 names = [h.name for h in hdul]
+                _refuse_damage(path, caught)
                 missing = [n for n in ("IMAGE", "MASK", "VARIANCE") if n not in names]
                 if missing:
                     raise BadInputError(path, f"not a post-ISR exposure: no {', '.join(missing)} "
@@ -169,10 +180,11 @@ class Exposure:
                 }
                 unit = str(hdul["IMAGE"].header.get("BUNIT", "electron"))
                 metadata = hdul[0].header.copy()
+                _refuse_damage(path, caught)
         except BadInputError:
             raise
         except Exception as exc:  # astropy raises many types for damaged files
-            raise BadInputError(path, f"not a readable FITS file ({exc})") from None
+            raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
         if image.ndim != 2 or mask.shape != image.shape or variance.shape != image.shape:
             raise BadInputError(path, f"IMAGE {image.shape}, MASK {mask.shape} and VARIANCE "
                                       f"{variance.shape} differ in shape")
@@ -224,15 +236,63 @@ class Exposure:
         return cls(image, mask, variance, meta, planes, unit)
 
 
+def _refuse_damage(path: Path, caught: list[warnings.WarningMessage]) -> None:
+    """Raise `BadInputError` with the first astropy warning recorded while reading."""
+    damage = next((w for w in caught if issubclass(w.category, AstropyWarning)), None)
+    if damage is not None:
+        raise BadInputError(path, f"damaged FITS file ({short_error(damage.message)})")
+
+
 _STRUCTURAL = frozenset({"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION",
                "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "BSCALE", "BZERO", "EXTNAME"})
 
 
 def _clean_primary(header: fits.Header) -> fits.Header:
-    """Copy of ``header`` without the structural keys astropy must write itself."""
+    """Copy of ``header`` without the structural keys astropy must write itself, every card
+    writable.
+
+    A raw header may hold cards that read well but are not standard FITS, e.g. a keyword in
+    lower case (`atmospec.camera.raw` accepts it: FITS keywords carry no case): written as
+    they are, astropy would refuse the whole file at the end of the work. Such a card is
+    written again from its keyword, value and comment (an exact repair), or dropped when
+    its value does not parse; either way a ``HISTORY`` card of the output says so, and one
+    warning is logged.
+    """
     out = fits.Header()
+    notes = []
     for card in header.cards:
         if card.keyword in _STRUCTURAL:
             continue
-        out.append(card)
+        writable, note = _writable_card(card)
+        if writable is not None:
+            out.append(writable)
+        if note is not None:
+            notes.append(note)
+    for note in notes:
+        out.add_history(note)
+    if notes:
+        log.warning("%d non-standard header card(s) repaired or dropped (HISTORY notes "
+                    "them): %s", len(notes), notes[0])
     return out
+
+
+def _writable_card(card: fits.Card) -> tuple[fits.Card | None, str | None]:
+    """``(card, None)`` for a standard card; ``(repaired, note)``, a new card of the same
+    keyword, value and comment, when that one is standard; ``(None, note)`` when the card
+    cannot be written faithfully (its value does not parse)."""
+    # The verification's report goes to warnings; its outcome is the note returned instead.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            card.verify("exception")
+            return card, None
+        except VerifyError:
+            pass
+        name = card.keyword
+        try:
+            repaired = fits.Card(card.keyword, card.value, card.comment)
+            repaired.verify("exception")
+            return repaired, f"atmospec: repaired non-standard card {name}"
+        except (VerifyError, ValueError):
+            pass
+    return None, f"atmospec: dropped invalid card {name}"

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from astropy.io import fits
 
@@ -74,7 +75,7 @@ def provenance_cards(
     stage : str
         Producing stage, e.g. ``isr``.
     inputs : sequence of path
-        Input files (their base names are recorded).
+        Input files (their base names are recorded, as printable ASCII: `_ascii_name`).
     config : mapping or dataclass, optional
         Configuration used; stored as compact JSON split over ``HISTORY`` cards.
 
@@ -89,12 +90,34 @@ def provenance_cards(
         ("ATMDATE", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "UTC write time"),
     ]
     for i, p in enumerate(inputs):
-        cards.append((f"ATMIN{i}", Path(p).name[:68], "input file"))
+        cards.append((f"ATMIN{i}", _ascii_name(Path(p).name), "input file"))
     if config is not None:
         text = json.dumps(to_jsonable(config), separators=(",", ":"), sort_keys=True)
         cards.extend(("HISTORY", f"atmospec config: {text[i:i + 50]}", "") for i in
                      range(0, len(text), 50))
     return cards
+
+
+#: Characters a FITS string value may hold as they are: printable ASCII, but the escape '%'.
+_CARD_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def _ascii_name(name: str, limit: int = 68) -> str:
+    """A file name as a FITS card can hold it: printable ASCII, at most ``limit`` characters
+    (one card).
+
+    Other characters, and '%', are percent-encoded as UTF-8 (RFC 3986), so a name such as
+    ``AT_é.fits`` is stored as ``AT_%C3%A9.fits`` and `urllib.parse.unquote` gives it back
+    (a name's bytes that are not UTF-8 are encoded as they are); a printable-ASCII name
+    without '%' is stored unchanged. A cut never splits a character's escape.
+    """
+    out = ""
+    for char in name:
+        piece = quote(char, safe=_CARD_SAFE, errors="surrogateescape")
+        if len(out) + len(piece) > limit:
+            break
+        out += piece
+    return out
 
 
 def to_jsonable(obj: Any) -> Any:

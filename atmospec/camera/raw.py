@@ -1,13 +1,22 @@
 """Reading raw multi-extension camera files into per-amp arrays, with checks.
 
-Every problem with a raw file becomes a `BadInputError` naming the file and the problem:
-unreadable or truncated FITS, another instrument, a missing amplifier HDU, a wrong
-segment shape, non-finite pixels.
+Every problem with a raw file becomes a `BadInputError` naming the file and the problem.
+`check_raw_structure` finds it from the headers alone, before any pixel is read (it is also
+the night index's check): a damaged header or size card, a truncated file, another
+instrument, a physically impossible header value, a missing or duplicated amplifier HDU, a
+wrong segment shape. `read_raw` then reads the pixels and refuses non-finite ones.
+
+HDUs are matched to amplifiers by ``EXTNAME``, so their order does not matter. HDUs with a
+name the camera does not know (auxiliary tables some camera software writes) are checked
+as FITS and otherwise ignored. Two HDUs with the same name are refused: which one holds the
+amplifier's pixels cannot be told.
 """
 
 from __future__ import annotations
 
-import warnings
+import gzip
+import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +29,17 @@ from atmospec.camera.description import (
     load_camera,
     segment_shape_problem,
 )
+from atmospec.camera.fitsscan import (
+    BITPIX_VALUES,
+    FitsLayout,
+    HduLayout,
+    astropy_warnings_as_errors,
+    scan_fits,
+)
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, short_error
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,13 +60,146 @@ class RawFrame:
     """Description of the camera that took the frame, at the frame's binning."""
 
 
+@dataclass(frozen=True)
+class RawLayout:
+    """A raw file checked from its headers (`check_raw_structure`): what `read_raw` needs
+    to read its pixels."""
+
+    path: Path
+    """The file."""
+    header: fits.Header
+    """Primary header."""
+    info: ObservationInfo
+    """Translated primary header."""
+    camera: Camera
+    """The camera that took the frame, at the frame's binning (`frame_camera`)."""
+    segment_shape: tuple[int, int]
+    """``(ny, nx)`` of every amplifier segment, at the frame's binning."""
+    amp_hdus: tuple[HduLayout, ...]
+    """The amplifier HDUs, in the camera's amplifier order."""
+    fits: FitsLayout
+    """Every HDU of the file."""
+
+
+def check_raw_structure(path: str | Path, camera: Camera | None = None) -> RawLayout:
+    """Check a raw file from its headers, without reading the pixels.
+
+    Every header is walked and checked by `atmospec.camera.fitsscan.scan_fits` (printable,
+    parsable cards, legal size cards, data inside the file, gzip stream intact); the primary
+    header is translated; every amplifier HDU must be there once, be an image (plain or
+    tile-compressed) of the camera's segment shape. The work is proportional to the file
+    size (see `scan_fits`).
+
+    Parameters
+    ----------
+    path : path
+        Raw file: plain FITS, gzip-compressed (``.fits.gz``) or tile-compressed (``.fz``).
+    camera : Camera, optional
+        Expected camera; by default the one named by the header's instrument.
+
+    Returns
+    -------
+    RawLayout
+
+    Raises
+    ------
+    BadInputError
+        The first problem found, naming the file.
+    OSError
+        When the file cannot be opened or read (`scan_fits`).
+    """
+    path = Path(path)
+    found = _AmpFinder(path, camera)
+    layout = scan_fits(path, found.check)
+    amps = found.amp_hdus()
+    assert found.info is not None and found.camera is not None and found.shape is not None
+    return RawLayout(path, layout.hdus[0].header, found.info, found.camera, found.shape,
+                     amps, layout)
+
+
+class _AmpFinder:
+    """The per-HDU checks of `check_raw_structure`, run as `scan_fits` reads each header
+    (so that the first problem reported is the first in the file)."""
+
+    def __init__(self, path: Path, camera: Camera | None) -> None:
+        self.path = path
+        self.camera = camera
+        self.info: ObservationInfo | None = None
+        self.shape: tuple[int, int] | None = None
+        self.by_name: dict[str, HduLayout] = {}
+
+    def check(self, hdu: HduLayout) -> None:
+        if hdu.index == 0:
+            self._primary(hdu)
+            return
+        if not hdu.name:
+            return
+        if hdu.name in self.by_name:
+            raise BadInputError(self.path, f"duplicated HDU {hdu.extname}: HDUs "
+                                           f"{self.by_name[hdu.name].index} and {hdu.index}")
+        self.by_name[hdu.name] = hdu
+        assert self.camera is not None
+        amp = next((a for a in self.camera.amplifiers if a.extname.upper() == hdu.name), None)
+        if amp is None:
+            log.debug("%s: HDU %d (%s) is not an amplifier: ignored", self.path, hdu.index,
+                      hdu.name)
+            return
+        self._segment(hdu, amp.extname)
+
+    def _primary(self, hdu: HduLayout) -> None:
+        info = translate_header(hdu.header, filename=str(self.path))
+        if self.camera is None:
+            self.camera = load_camera(info.instrument)
+        elif info.instrument.lower() != self.camera.name.lower():
+            raise BadInputError(self.path, f"instrument {info.instrument} is not "
+                                           f"{self.camera.name}")
+        self.info = info
+        # The one place deciding the segment shape: the camera at the header's BINX/BINY.
+        self.camera = frame_camera(self.camera, info.binning, self.path)
+        self.shape = self.camera.raw_bbox.shape
+
+    def _segment(self, hdu: HduLayout, extname: str) -> None:
+        """An amplifier HDU must be a 2D image (plain or tile-compressed) of the segment
+        shape, with a legal pixel type."""
+        header = hdu.header
+        prefix = "Z" if hdu.is_compressed_image else ""
+        if not prefix and header.get("XTENSION") != "IMAGE":
+            raise BadInputError(self.path, f"{extname} is a {header.get('XTENSION')} HDU, "
+                                            "not an image")
+        if prefix:
+            bitpix = header.get("ZBITPIX")
+            if bitpix not in BITPIX_VALUES or isinstance(bitpix, bool):
+                raise BadInputError(self.path, f"damaged header: {extname}: ZBITPIX = "
+                                               f"{bitpix!r} is not a FITS pixel type")
+        naxis = header.get(f"{prefix}NAXIS")
+        axes = [header.get(f"{prefix}NAXIS{i}") for i in (2, 1)]
+        if naxis != 2 or not all(isinstance(n, int) and not isinstance(n, bool)
+                                 for n in axes):
+            raise BadInputError(self.path, f"{extname} is not a 2D image ({prefix}NAXIS = "
+                                           f"{naxis!r})")
+        if tuple(axes) != self.shape:
+            raise BadInputError(self.path, segment_shape_problem(self.camera, extname,
+                                                                 tuple(axes)))
+
+    def amp_hdus(self) -> tuple[HduLayout, ...]:
+        """The amplifier HDUs in camera order; refuses a missing one."""
+        assert self.camera is not None
+        hdus = []
+        for amp in self.camera.amplifiers:
+            hdu = self.by_name.get(amp.extname.upper())
+            if hdu is None:
+                raise BadInputError(self.path, f"missing amplifier HDU {amp.extname}")
+            hdus.append(hdu)
+        return tuple(hdus)
+
+
 def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
     """Read a raw multi-extension file.
 
     Parameters
     ----------
     path : path
-        Raw file (plain or tile-compressed FITS).
+        Raw file: plain FITS, gzip-compressed (``.fits.gz``) or tile-compressed (``.fz``).
     camera : Camera, optional
         Expected camera; by default the one named by the header's instrument.
 
@@ -59,49 +210,61 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
     Raises
     ------
     BadInputError
-        For any file the pipeline cannot use; the message names the file.
+        For any file the pipeline cannot use; the message names the file. The headers are
+        checked first (`check_raw_structure`), so a damaged file is refused before its
+        pixels are read.
     """
     path = Path(path)
     if not path.is_file():
         raise BadInputError(path, "no such file")
     try:
-        with warnings.catch_warnings():
-            # astropy only warns on a truncated file and pads it: that must be an error.
-            warnings.simplefilter("error", fits.verify.VerifyWarning)
-            warnings.filterwarnings("error", message=".*truncated.*")
-            with fits.open(path, memmap=False) as hdul:
-                header = hdul[0].header.copy()
-                info = translate_header(header, filename=str(path))
-                if camera is None:
-                    camera = load_camera(info.instrument)
-                elif info.instrument.lower() != camera.name.lower():
-                    raise BadInputError(path, f"instrument {info.instrument} is not "
-                                              f"{camera.name}")
-                camera = frame_camera(camera, info.binning, path)  # BINX/BINY geometry
-                by_name = {h.name.upper(): h for h in hdul[1:]}
-                segments = np.empty((camera.n_amps, *camera.raw_bbox.shape), dtype=np.float32)
-                amp_headers = []
-                for i, amp in enumerate(camera.amplifiers):
-                    hdu = by_name.get(amp.extname.upper())
-                    if hdu is None:
-                        raise BadInputError(path, f"missing amplifier HDU {amp.extname}")
-                    data = hdu.data
-                    if data is None or data.shape != camera.raw_bbox.shape:
-                        shape = None if data is None else data.shape
-                        raise BadInputError(path, segment_shape_problem(camera, amp.extname,
-                                                                        shape))
-                    segments[i] = data
-                    amp_headers.append(hdu.header.copy())
-    except BadInputError:
-        raise
-    except Exception as exc:  # astropy raises many types for damaged files
-        raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
+        layout = check_raw_structure(path, camera)
+    except OSError as exc:
+        raise BadInputError(path, f"cannot be read ({exc.strerror or short_error(exc)})"
+                            ) from None
+    segments = _read_segments(layout)
+    camera = layout.camera
     bad = ~np.isfinite(segments)
     if bad.any():
         amps = sorted({camera.amplifiers[i].extname for i in np.nonzero(bad.any(axis=(1, 2)))[0]})
-        raise BadInputError(path, f"{int(bad.sum())} non-finite (NaN/inf) raw pixels in "
-                                  f"{', '.join(amps)}")
-    return RawFrame(path, header, amp_headers, segments, info, camera)
+        raise BadInputError(layout.path, f"{int(bad.sum())} non-finite (NaN/inf) raw pixels "
+                                         f"in {', '.join(amps)}")
+    return RawFrame(layout.path, layout.header, [h.header.copy() for h in layout.amp_hdus],
+                    segments, layout.info, camera)
+
+
+def _read_segments(layout: RawLayout) -> np.ndarray:
+    """The amplifier pixels of a checked raw, ``(n_amps, ny, nx)`` float32, camera order."""
+    path = layout.path
+    segments = np.empty((len(layout.amp_hdus), *layout.segment_shape), dtype=np.float32)
+    try:
+        with astropy_warnings_as_errors(path, "damaged pixel data"), \
+                fits.open(_fits_source(layout), memmap=False, lazy_load_hdus=True) as hdul:
+            for i, amp in enumerate(layout.amp_hdus):
+                data = hdul[amp.index].data
+                if data is None or data.shape != layout.segment_shape:
+                    shape = None if data is None else data.shape
+                    raise BadInputError(path, segment_shape_problem(layout.camera,
+                                                                    amp.extname, shape))
+                segments[i] = data
+    except BadInputError:
+        raise
+    except Exception as exc:  # astropy raises many types for damaged (e.g. tile) data
+        raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
+    return segments
+
+
+def _fits_source(layout: RawLayout) -> Path | io.BytesIO:
+    """What astropy reads the pixels from: the file, or for gzip its FITS stream in memory.
+
+    Astropy reads a gzip file's HDUs through seeks on the compressed stream, which restart
+    the decompression: 5-8 s for a LATISS raw against 0.3 s for one pass. The stream was
+    checked, so its length is known and bounds the read.
+    """
+    if layout.fits.compression != "gzip":
+        return layout.path
+    with gzip.open(layout.path, "rb") as stream:
+        return io.BytesIO(stream.read(layout.fits.size))
 
 
 def as_raw(item: RawFrame | str | Path, camera: Camera | None = None) -> RawFrame:

@@ -36,6 +36,7 @@ __all__ = [
     "LatissTranslator",
     "ObservationInfo",
     "canonical_instrument",
+    "integration_time",
     "kasten_young_airmass",
     "translate_header",
 ]
@@ -47,9 +48,60 @@ _NOT_DISPERSED = frozenset({"empty", "unknown", "none"})
 #: epoch, 1970-01-01, in early 2020). 51544.0 is the MJD of 2000-01-01T00:00.
 _EARLIEST_PLAUSIBLE_MJD = 51544.0
 
+#: Longest believable exposure or dark time, s: one day. An exposure is taken within one
+#: night, so a longer integration is a damaged or placeholder value, never a measurement
+#: (LATISS exposures and darks last seconds to minutes); the bound is loose on purpose so
+#: that it never refuses a real frame.
+_MAX_INTEGRATION_S = 86400.0
+
+#: Image types whose pixels must have collected light: a 0 s exposure cannot be one.
+_LIGHT_IMAGE_TYPES = frozenset({"science"})
+
 #: Above this a "pressure" cannot be in hPa (the record at sea level is ~1084 hPa), so it is
 #: in Pa: since 2023 the LATISS header service writes e.g. 77780.0 for 777.8 hPa.
 _MAX_PRESSURE_HPA = 2000.0
+
+
+def integration_time(key: str, value: Any) -> float | None:
+    """A header's exposure or dark time in seconds, refused when no exposure can last it.
+
+    Parameters
+    ----------
+    key : str
+        The keyword, for the message (``EXPTIME``, ``DARKTIME``).
+    value : Any
+        Its value; None (missing) and NaN give None, as for every float of a header
+        (header dumps write NaN for null; a FITS card cannot hold one).
+
+    Returns
+    -------
+    float or None
+        Seconds, in ``[0, 86400]``.
+
+    Raises
+    ------
+    BadInputError
+        With a None path (the caller names the file): not a number, negative, or longer
+        than a day (`_MAX_INTEGRATION_S`; infinities included).
+    """
+    if value is None or isinstance(value, fits.card.Undefined):
+        return None
+    seconds = None
+    if not isinstance(value, bool):  # an int subclass, but a T/F flag is not a time
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    if seconds is None:
+        raise BadInputError(None, f"{key} = {value!r} is not a time in seconds")
+    if math.isnan(seconds):
+        return None
+    if seconds < 0.0:
+        raise BadInputError(None, f"{key} = {value!r} s is negative")
+    if seconds > _MAX_INTEGRATION_S:
+        raise BadInputError(None, f"{key} = {value!r} s is longer than a day "
+                                  f"({_MAX_INTEGRATION_S:.0f} s): not an exposure")
+    return seconds
 
 
 def _file_name_safe(obs_id: str) -> str:
@@ -261,13 +313,15 @@ class HeaderTranslator(ABC):
         Raises
         ------
         BadInputError
-            If the header lacks what identifies the exposure (e.g. no ``OBSID``).
+            If the header lacks what identifies the exposure (e.g. no ``OBSID``) or holds a
+            value no exposure can have (``EXPTIME`` negative, longer than a day, or 0 s on
+            a science frame; likewise ``DARKTIME``).
         """
         try:
             ra, dec = self.to_ra_dec(header)
             filter_name = self.to_filter(header)
             disperser = self.to_disperser(header)
-            return ObservationInfo(
+            info = ObservationInfo(
                 instrument=self.to_instrument(header),
                 obs_id=_file_name_safe(self.to_obs_id(header)),
                 day_obs=self.to_day_obs(header),
@@ -293,11 +347,34 @@ class HeaderTranslator(ABC):
                 binning=self.to_binning(header),
                 detector_serial=self.to_detector_serial(header),
             )
+            self.check_physical(info)
+            return info
         except BadInputError as exc:
             # The to_* methods do not know the file; name it here so the CLI message does.
             if exc.path is None and filename is not None:
                 raise BadInputError(filename, exc.problem) from exc
             raise
+
+    def check_physical(self, info: ObservationInfo) -> None:
+        """Refuse combinations of values that cannot describe a real exposure.
+
+        Each value is checked where it is read (e.g. `to_exposure_time`); this is for rules
+        that need several: a science frame of 0 s collected no light.
+
+        Parameters
+        ----------
+        info : ObservationInfo
+            The translated record.
+
+        Raises
+        ------
+        BadInputError
+            With a None path (`translate` names the file).
+        """
+        if info.image_type in _LIGHT_IMAGE_TYPES and info.exposure_time == 0.0:
+            key = self.exposure_time_keys[0]
+            raise BadInputError(None, f"{key} = 0 s on a {info.image_type} frame: it "
+                                      "collected no light")
 
     # ------------------------------------------------------------------ helpers
 
@@ -357,6 +434,16 @@ class HeaderTranslator(ABC):
             return int(value) if value.is_integer() else None
         text = str(value).strip()
         return int(text) if re.fullmatch(r"[+-]?\d+", text) else None
+
+    @classmethod
+    def _get_duration(cls, header: Mapping[str, Any], *keys: str) -> float | None:
+        """The first of ``keys`` with a value, as a time in seconds (`integration_time`), or
+        None when all are missing or NaN."""
+        for key in keys:
+            seconds = integration_time(key, cls._get(header, key))
+            if seconds is not None:
+                return seconds
+        return None
 
     @classmethod
     def _get_str(cls, header: Mapping[str, Any], *keys: str) -> str | None:
@@ -435,16 +522,23 @@ class HeaderTranslator(ABC):
         return self._get_str(header, *self.target_name_keys)
 
     def to_exposure_time(self, header: Mapping[str, Any]) -> float | None:
-        """Exposure time in seconds."""
-        return self._get_float(header, *self.exposure_time_keys)
+        """Exposure time in seconds; None when missing.
+
+        Raises
+        ------
+        BadInputError
+            When it is not a number, negative, or longer than a day (`_get_duration`).
+        """
+        return self._get_duration(header, *self.exposure_time_keys)
 
     def to_dark_time(self, header: Mapping[str, Any]) -> float | None:
-        """Dark time in seconds; the exposure time when the header's value is missing or <= 0.
+        """Dark time in seconds; the exposure time when the header's value is missing or 0.
 
         A zero dark time is a placeholder (LATISS wrote 0.0 in 2020), never a measurement:
-        the sensor always integrates at least for the exposure time.
+        the sensor always integrates at least for the exposure time. A dark time that is not
+        a number, negative or longer than a day is an error (`_get_duration`).
         """
-        dark = self._get_float(header, *self.dark_time_keys)
+        dark = self._get_duration(header, *self.dark_time_keys)
         if dark is not None and dark > 0.0:
             return dark
         return self.to_exposure_time(header)

@@ -26,7 +26,6 @@ import logging
 import os
 import sqlite3
 import stat
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,10 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from astropy.io import fits
 from astropy.time import Time
 
-from atmospec.camera.translator import ObservationInfo, translate_header
+from atmospec.camera.raw import check_raw_structure
+from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError, short_error
 from atmospec.layout import INDEX_FILE
 from atmospec.night.lock import not_writable
@@ -158,7 +157,11 @@ def info_from_json(text: str) -> ObservationInfo:
 
 
 def check_raw_file(path: Path) -> ObservationInfo:
-    """Read a raw file's headers and check it is complete, without reading the pixels.
+    """Check a raw file from its headers, without reading the pixels.
+
+    The checks are `atmospec.camera.raw.check_raw_structure`'s, the same `read_raw` makes
+    before it reads pixels, for plain, gzip-compressed (``.fits.gz``) and tile-compressed
+    (``.fz``) files alike.
 
     Parameters
     ----------
@@ -173,31 +176,12 @@ def check_raw_file(path: Path) -> ObservationInfo:
     Raises
     ------
     BadInputError
-        Empty, truncated, not FITS, foreign instrument, or not 16 amplifier HDUs.
+        Empty, truncated, not FITS, a damaged header, a foreign instrument, a missing or
+        duplicated amplifier HDU, a wrong segment shape.
+    OSError
+        When the file cannot be opened or read (gone, permission denied).
     """
-    size = path.stat().st_size
-    if size == 0:
-        raise BadInputError(path, "empty file")
-    try:
-        with warnings.catch_warnings(), \
-                fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            # astropy warns of truncation; the check below turns it into the reason.
-            warnings.simplefilter("ignore")
-            info = translate_header(hdul[0].header, str(path))
-            n = len(hdul)  # reads every header (lazily loaded HDUs)
-            # A truncated file still yields its headers; the data of the last HDUs then
-            # end past the end of the file.
-            last = hdul.fileinfo(n - 1)
-            end = last["datLoc"] + last["datSpan"]
-    except BadInputError:
-        raise
-    except Exception as exc:  # astropy raises many types for damaged files
-        raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
-    if end > size:
-        raise BadInputError(path, f"truncated: {size} bytes, the headers need {end}")
-    if n < 17:
-        raise BadInputError(path, f"{n - 1} image extensions; a LATISS raw has 16 amplifiers")
-    return info
+    return check_raw_structure(path).info
 
 
 def _check(path: Path) -> ObservationInfo:
