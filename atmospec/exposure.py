@@ -20,9 +20,9 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 from astropy.nddata import CCDData, VarianceUncertainty
-from astropy.utils.exceptions import AstropyWarning
 
 from atmospec.errors import BadInputError, short_error
+from atmospec.fitsscan import astropy_warnings_as_errors, scan_fits
 from atmospec.io import add_cards, write_hdul_atomic
 
 log = logging.getLogger(__name__)
@@ -158,13 +158,12 @@ class Exposure:
         if not path.is_file():
             raise BadInputError(path, "no such file")
         try:
-            # A damaged header makes astropy warn (once per garbage card): the warnings are
-            # kept, not printed, and the first one becomes the reason.
-            with warnings.catch_warnings(record=True) as caught, \
+            # The headers walked first (bounded, whatever the damage), then read by astropy
+            # with its warnings kept, not printed: the first one is the reason.
+            scan_fits(path)
+            with astropy_warnings_as_errors(path, "damaged FITS file"), \
                     fits.open(path, memmap=False) as hdul:
-                warnings.simplefilter("always")
                 names = [h.name for h in hdul]
-                _refuse_damage(path, caught)
                 missing = [n for n in ("IMAGE", "MASK", "VARIANCE") if n not in names]
                 if missing:
                     raise BadInputError(path, f"not a post-ISR exposure: no {', '.join(missing)} "
@@ -180,7 +179,6 @@ class Exposure:
                 }
                 unit = str(hdul["IMAGE"].header.get("BUNIT", "electron"))
                 metadata = hdul[0].header.copy()
-                _refuse_damage(path, caught)
         except BadInputError:
             raise
         except Exception as exc:  # astropy raises many types for damaged files
@@ -234,13 +232,6 @@ class Exposure:
             variance = np.zeros(image.shape, dtype=np.float32)
         unit = "adu" if ccd.unit == u.adu else "electron"
         return cls(image, mask, variance, meta, planes, unit)
-
-
-def _refuse_damage(path: Path, caught: list[warnings.WarningMessage]) -> None:
-    """Raise `BadInputError` with the first astropy warning recorded while reading."""
-    damage = next((w for w in caught if issubclass(w.category, AstropyWarning)), None)
-    if damage is not None:
-        raise BadInputError(path, f"damaged FITS file ({short_error(damage.message)})")
 
 
 _STRUCTURAL = frozenset({"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEND", "XTENSION",

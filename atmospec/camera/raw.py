@@ -29,15 +29,15 @@ from atmospec.camera.description import (
     load_camera,
     segment_shape_problem,
 )
-from atmospec.camera.fitsscan import (
+from atmospec.camera.translator import ObservationInfo, translate_header
+from atmospec.errors import BadInputError, short_error
+from atmospec.fitsscan import (
     BITPIX_VALUES,
     FitsLayout,
     HduLayout,
     astropy_warnings_as_errors,
     scan_fits,
 )
-from atmospec.camera.translator import ObservationInfo, translate_header
-from atmospec.errors import BadInputError, short_error
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class RawLayout:
 def check_raw_structure(path: str | Path, camera: Camera | None = None) -> RawLayout:
     """Check a raw file from its headers, without reading the pixels.
 
-    Every header is walked and checked by `atmospec.camera.fitsscan.scan_fits` (printable,
+    Every header is walked and checked by `atmospec.fitsscan.scan_fits` (printable,
     parsable cards, legal size cards, data inside the file, gzip stream intact); the primary
     header is translated; every amplifier HDU must be there once, be an image (plain or
     tile-compressed) of the camera's segment shape. The work is proportional to the file

@@ -11,6 +11,7 @@ from astropy.io import fits
 from atmospec.camera.spectrograph import load_instrument
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.fitsscan import astropy_warnings_as_errors, scan_fits
 
 __all__ = ["read_reduced_image"]
 
@@ -40,12 +41,16 @@ def read_reduced_image(path: str | Path, instrument: str) -> Exposure:
         If the file holds no 2-D image.
     """
     profile = load_instrument(instrument)
-    with fits.open(path) as hdul:
-        image_hdus = [h for h in hdul if h.data is not None and np.ndim(h.data) == 2]
-        if not image_hdus:
-            raise BadInputError(path, "no 2-D image in the file")
-        data = np.asarray(image_hdus[0].data, dtype=np.float32)
-        header = hdul[0].header.copy()
+    try:
+        scan_fits(path)  # bounded: a damaged size card is one line, not a parse of the pixels
+        with astropy_warnings_as_errors(path, "damaged FITS file"), fits.open(path) as hdul:
+            image_hdus = [h for h in hdul if h.data is not None and np.ndim(h.data) == 2]
+            if not image_hdus:
+                raise BadInputError(path, "no 2-D image in the file")
+            data = np.asarray(image_hdus[0].data, dtype=np.float32)
+            header = hdul[0].header.copy()
+    except OSError as exc:
+        raise BadInputError(path, f"cannot read ({exc.strerror})") from None
     gain = profile.gain_e_per_adu or 1.0
     exposure = Exposure.from_image(data * gain, metadata=header)
     finite = np.isfinite(exposure.image)

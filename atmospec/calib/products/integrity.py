@@ -2,9 +2,9 @@
 
 Every FITS file atmospec writes carries ``CHECKSUM`` and ``DATASUM`` cards in each HDU
 (`atmospec.io.write_hdul_atomic`). `check_fits_file` refuses a file whose sums do not match,
-and a truncated one, with or without sums: products written before checksums existed have
-none, and a file cut short still yields its headers, so the size the headers need (data
-location plus data span of the last HDU) is compared with the file's.
+and a truncated or damaged one, with or without sums: products written before checksums
+existed have none, so the structure is checked by the bounded header walk raws get too
+(`atmospec.fitsscan.scan_fits`: every header sane, every data unit inside the file).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from astropy.io import fits
 
 from atmospec.errors import BadInputError, short_error
+from atmospec.fitsscan import scan_fits
 
 __all__ = ["check_fits_file", "is_fits"]
 
@@ -53,38 +54,25 @@ def check_fits_file(path: str | Path) -> None:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as stream:
-            compressed = stream.read(2) == _GZIP_MAGIC
+        # The bounded header walk: complete, sane headers and every data unit inside the
+        # file (plain or gzip), before astropy reads anything.
+        scan_fits(path)
     except FileNotFoundError:
         raise BadInputError(path, "no such file") from None
     except OSError as exc:
         raise BadInputError(path, f"cannot read ({short_error(exc)})") from None
-    if size == 0:
-        raise BadInputError(path, "empty file")
     try:
-        # astropy warns of truncation and of odd cards; the checks below say what matters,
-        # in one line, so its warnings would only be noise.
+        # The walk refused what astropy would warn about; what it may still say is noise
+        # beside the one-line verdict below.
         with warnings.catch_warnings(), \
                 fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             warnings.simplefilter("ignore")
-            n_hdus = len(hdul)  # reads every header
-            if not compressed:
-                _check_size(path, hdul, n_hdus, size)
-            for i in range(n_hdus):
+            for i in range(len(hdul)):
                 _check_sums(path, hdul[i], i)
     except BadInputError:
         raise
     except Exception as exc:  # astropy raises many types for damaged files
         raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
-
-
-def _check_size(path: Path, hdul: fits.HDUList, n_hdus: int, size: int) -> None:
-    """Refuse a file shorter than its headers say (the last HDU's data run past its end)."""
-    last = hdul.fileinfo(n_hdus - 1)
-    end = last["datLoc"] + last["datSpan"]
-    if end > size:
-        raise BadInputError(path, f"truncated: {size} bytes, the headers need {end}")
 
 
 def _check_sums(path: Path, hdu: fits.PrimaryHDU | fits.hdu.base.ExtensionHDU,
