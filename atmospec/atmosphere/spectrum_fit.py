@@ -77,6 +77,7 @@ from numpy.typing import NDArray
 
 from atmospec.atmosphere.transmission import AtmosphereModel, load_tables
 from atmospec.camera.spectrograph import load_instrument
+from atmospec.camera.translator import integration_time
 from atmospec.errors import BadInputError
 from atmospec.fitting import (
     FitQualityConfig,
@@ -552,21 +553,28 @@ def _instrument_name(spectrum: Spectrum, instrument: str | None) -> str:
 
 
 def _exposure_time(spectrum: Spectrum, source: str, needed: bool) -> float | None:
-    """``EXPTIME`` in seconds; a spectrum in e⁻/nm needs a positive one (the message says
-    whether it is missing or what is wrong with it), others get None when it is unusable."""
+    """``EXPTIME`` in seconds, by the header rule raws obey
+    (`atmospec.camera.translator.integration_time`); a spectrum in e⁻/nm needs a positive
+    one (the message says whether it is missing or what is wrong with it), others get None
+    when it is unusable."""
     raw = spectrum.header.get("EXPTIME")
+    if isinstance(raw, str) and not raw.strip():
+        raw = None
     try:
-        value = None if raw is None or str(raw).strip() == "" else float(raw)
-    except (TypeError, ValueError):
-        value = math.nan
-    if value is not None and math.isfinite(value) and value > 0:
-        return value
+        seconds = integration_time("EXPTIME", raw)
+    except BadInputError as exc:
+        if not needed:
+            return None
+        raise BadInputError(source, f"{exc.problem}: a spectrum in e-/nm needs a positive "
+                                    "exposure time") from None
+    if seconds is not None and seconds > 0:
+        return seconds
     if not needed:
         return None
-    if value is None:
+    if seconds is None:
         raise BadInputError(source, "EXPTIME missing: needed for a spectrum in e-/nm")
-    raise BadInputError(source, f"EXPTIME {raw!r} is not a positive exposure time in "
-                                "seconds: needed for a spectrum in e-/nm")
+    raise BadInputError(source, f"EXPTIME = {raw!r} s: a spectrum in e-/nm needs a positive "
+                                "exposure time")
 
 
 def _load_sed(spectrum: Spectrum, sed_path: str | Path | None, source: str) -> StellarSED:

@@ -237,9 +237,10 @@ def test_issue16_item12_narrowed_bounds_through_the_config(tmp_path):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("exptime, problem", [
-    (-20.0, "EXPTIME -20.0 is not a positive exposure time"),
-    (0.0, "EXPTIME 0.0 is not a positive exposure time"),
-    ("soon", "EXPTIME 'soon' is not a positive exposure time"),
+    (-20.0, "EXPTIME = -20.0 s is negative"),
+    (0.0, "EXPTIME = 0.0 s: a spectrum in e-/nm needs a positive exposure time"),
+    ("soon", "EXPTIME = 'soon' is not a time in seconds"),
+    (1e300, "EXPTIME = 1e+300 s is longer than a day"),
 ])
 def test_issue16_item12_negative_exptime_says_what_is_wrong(tmp_path, capsys, exptime,
                                                              problem):
