@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import damage
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from reliability import damage
 
 pytestmark = pytest.mark.reliability
 
@@ -643,3 +645,102 @@ def test_case_table_is_what_it_says() -> None:
     for family in ("truncated-", "flip-primary-", "flip-SEGMENT", "value-", "hdu-", "gzip-",
                    "fpack-", "special-", "valid-"):
         assert any(i.startswith(family) for i in ids), family
+
+
+# -- a night with damaged files ------------------------------------------------------------------
+
+NIGHT_TIMEOUT = 1200  # the first test using the night builds it (simulation + reduction)
+
+
+def _mentions(night, name: str) -> int:
+    """Lines of the night's output (stdout and stderr) naming ``name``."""
+    return sum(name in line for line in (night.stdout + night.stderr).splitlines())
+
+
+@pytest.mark.timeout(NIGHT_TIMEOUT)
+def test_night_finishes_without_traceback(damaged_night) -> None:
+    """The night ends with the documented status (1 only when an exposure failed), no
+    traceback and no Python warning on its output."""
+    from atmospec.night.index import NightIndex
+
+    failed = {t.obs_id for t in NightIndex(damaged_night.repo).tasks() if t.status == "failed"}
+    assert damaged_night.status == (1 if failed else 0), damaged_night.stderr[-2000:]
+    for stream in (damaged_night.stdout, damaged_night.stderr):
+        assert "Traceback" not in stream, stream[-3000:]
+        assert "Warning" not in stream, stream[-3000:]
+
+
+@pytest.mark.timeout(NIGHT_TIMEOUT)
+@pytest.mark.parametrize("index", range(3))
+def test_night_good_exposure_done(index: int, damaged_night) -> None:
+    """Every good exposure (the two imaging frames, and a copy under a non-ASCII file name)
+    has all its tasks done and its outputs written."""
+    from atmospec.night.index import NightIndex
+
+    obs_id = damaged_night.good[index]
+    tasks = NightIndex(damaged_night.repo).tasks(obs_id)
+    assert {t.task for t in tasks} == {"isr", "characterize"}, tasks
+    assert all(t.status == "done" for t in tasks), [(t.task, t.reason) for t in tasks]
+    folder = damaged_night.repo / "exposures" / "20250402"
+    for suffix in ("postisr.fits", "sources.ecsv", "isrstats.json"):
+        assert (folder / f"{obs_id}_{suffix}").is_file(), suffix
+
+
+def _night_damage_names() -> list[str]:
+    from reliability.damaged_night import night_damage
+
+    return list(night_damage())
+
+
+@pytest.mark.timeout(NIGHT_TIMEOUT)
+@pytest.mark.parametrize("name", _night_damage_names())
+def test_night_damaged_file_rejected(name: str, damaged_night) -> None:
+    """Every damaged file of the night is in the index's rejected list with a reason, is
+    reported, and is not reported over and over (no flood)."""
+    from atmospec.night.index import NightIndex
+
+    rejected = {p.name: reason for p, reason in NightIndex(damaged_night.repo).rejected()}
+    assert name in rejected, sorted(rejected)
+    assert rejected[name].strip()
+    assert 1 <= _mentions(damaged_night, name) <= 3, (damaged_night.stdout
+                                                      + damaged_night.stderr)[-3000:]
+
+
+@pytest.mark.timeout(NIGHT_TIMEOUT)
+def test_night_vanished_file(damaged_night) -> None:
+    """A raw indexed then deleted: rejected, or its exposure failed with a reason naming
+    the file; never done, and no traceback."""
+    from atmospec.night.index import NightIndex
+    from reliability.damaged_night import VANISHED
+
+    index = NightIndex(damaged_night.repo)
+    name, seq = VANISHED
+    rejected = {p.name for p, _ in index.rejected()}
+    tasks = index.tasks(f"AT_O_20250402_{seq:06d}")
+    assert name in rejected or (
+        tasks and all(t.status == "failed" for t in tasks)
+        and any(name in (t.reason or "") for t in tasks)), (sorted(rejected), tasks)
+
+
+@pytest.mark.timeout(NIGHT_TIMEOUT)
+def test_night_writes_only_in_its_repository(damaged_night) -> None:
+    """The raw folder (and everything beside the repository) is as it was; no temporary
+    file is left; no output is named after the OBSID ``../../etc/passwd``."""
+    from reliability.harness import tree_snapshot
+
+    after = tree_snapshot(damaged_night.root, [damaged_night.repo])
+    assert after == damaged_night.before
+    assert not list(damaged_night.root.rglob("*.tmp"))
+    assert not [p for p in damaged_night.root.rglob("*passwd*")]
+
+
+@pytest.mark.timeout(NIGHT_TIMEOUT)
+def test_night_summary_lists_the_exposures(damaged_night) -> None:
+    """The summary holds the good exposures, done, and no row for a rejected file."""
+    summary = Table.read(damaged_night.repo / "night" / "summary.ecsv")
+    science = summary[summary["image_type"] == "science"]
+    rows = {r["obs_id"]: r["status"] for r in science}
+    for obs_id in damaged_night.good:
+        assert rows.get(obs_id) == "done", rows
+    extra = set(rows) - set(damaged_night.good) - {"AT_O_20250402_000930"}
+    assert not extra, extra
