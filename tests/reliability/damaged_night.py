@@ -97,7 +97,7 @@ def night_damage() -> dict[str, Callable[[Path, Path, str], object]]:
 
 #: A valid exposure under a non-ASCII file name (a renumbered copy): it must be reduced.
 RENAMED = ("nuit_été_観測.fits", 920)
-#: A valid exposure indexed, then deleted before the night runs.
+#: A valid exposure indexed, then deleted before the night runs again (`vanish`).
 VANISHED = ("AT_O_20250402_000930.fits", 930)
 
 
@@ -123,25 +123,15 @@ class DamagedNight:
 
 
 def build_damaged_night(root: Path) -> DamagedNight:
-    """A small simulated night with a dozen and a half damaged files, a valid exposure under
-    a non-ASCII name and one that vanished after indexing, reduced once, in ``root``."""
-    from atmospec.night.index import NightIndex
+    """A small simulated night with a dozen and a half damaged files and a valid exposure
+    under a non-ASCII name, reduced once, in ``root``."""
     from atmospec.sim.night import NightConfig, simulate_night
 
-    raw_dir, repo, staged = root / "raw", root / "repo", root / "staged"
-    raws = simulate_night(staged, NightConfig(**NIGHT))
-    for truth in staged.glob("*_truth.json"):
+    raw_dir, repo = root / "raw", root / "repo"
+    raws = simulate_night(raw_dir, NightConfig(**NIGHT))
+    for truth in raw_dir.glob("*_truth.json"):
         truth.unlink()
     science = [p for p in raws if "_O_" in p.name][-NIGHT["n_science"]:]
-    # The vanished exposure: indexed alone, then deleted before the night runs.
-    raw_dir.mkdir()
-    vanished = _renumbered(science[0], raw_dir / VANISHED[0], VANISHED[1])
-    NightIndex(repo).index_directory(raw_dir, progress=False)
-    vanished.unlink()
-    for path in raws:
-        path.rename(raw_dir / path.name)
-    staged.rmdir()
-    science = [raw_dir / p.name for p in science]
     good = [p.stem for p in science]
     for name, build in night_damage().items():
         build(science[0], raw_dir, name)
@@ -155,3 +145,33 @@ def build_damaged_night(root: Path) -> DamagedNight:
     return DamagedNight(root, raw_dir, repo, run.returncode, run.stdout, run.stderr,
                         time.perf_counter() - t0, tuple(good), tuple(night_damage()),
                         before)
+
+
+def vanish(night: DamagedNight, repo: Path) -> Path:
+    """Index one more valid exposure (a renumbered copy, `VANISHED`) of ``night``'s folder
+    into ``repo``, then delete its file: the index knows a raw that is gone."""
+    from atmospec.night.index import NightIndex
+
+    source = night.raw_dir / f"{night.good[0]}.fits"
+    path = _renumbered(source, night.raw_dir / VANISHED[0], VANISHED[1])
+    try:
+        NightIndex(repo).index_directory(night.raw_dir, progress=False)
+    finally:
+        path.unlink()
+    return path
+
+
+def link_copy(repo: Path, dest: Path) -> Path:
+    """A copy of a repository whose files are hard links (outputs are replaced by rename,
+    never rewritten in place), its SQLite databases real copies."""
+    import os
+    import shutil
+
+    def copy(src: str, dst: str) -> None:
+        if ".sqlite3" in Path(src).name:
+            shutil.copy2(src, dst)
+        else:
+            os.link(src, dst)
+
+    shutil.copytree(repo, dest, copy_function=copy)
+    return dest
