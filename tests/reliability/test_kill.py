@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from night_outputs import assert_same_outputs
+from night_outputs import assert_same_calibrations, assert_same_outputs
 
 from atmospec.night.index import NightIndex
 from reliability.damaged_night import NIGHT_OPTIONS
@@ -119,7 +119,8 @@ def test_night_killed_at_a_random_moment(seed: int, damaged_night, tmp_path: Pat
     assert "Traceback" not in text
     _assert_no_orphan(token)
     assert not tmp_files(repo), tmp_files(repo)
-    assert_same_outputs(reference.repo, repo)
+    assert_same_outputs(reference.repo, repo, rebuilt_calibrations=True)
+    assert_same_calibrations(reference.repo, repo)
     index, ref = NightIndex(repo), NightIndex(reference.repo)
     assert {(t.obs_id, t.task): t.status for t in index.tasks()} == \
         {(t.obs_id, t.task): t.status for t in ref.tasks()}
