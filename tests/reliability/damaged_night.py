@@ -58,6 +58,12 @@ def night_damage() -> dict[str, Callable[[Path, Path, str], object]]:
                 step(path)
         return build
 
+    def duplicate_pair(seq: int):
+        def build(src: Path, folder: Path, name: str) -> None:
+            first = _renumbered(src, folder / f"AT_O_{NIGHT['day_obs']}_{seq:06d}.fits", seq)
+            damage.copy_file(first, folder / name)
+        return build
+
     def half(p: Path) -> None:
         damage.truncate(p, p.stat().st_size // 2)
 
@@ -88,7 +94,9 @@ def night_damage() -> dict[str, Callable[[Path, Path, str], object]]:
             911, lambda p: damage.set_card(p, 0, "EXPTIME", "-30.0")),
         "AT_O_20250402_000912.fits.gz": gz_of_cut,
         "AT_O_20250402_000913.fits": renumbered(913, obs_id="../../etc/passwd"),
-        "AT_O_20250402_000006_copy.fits": lambda s, f, n: damage.copy_file(s, f / n),
+        # Two files with one OBSID (not one of the good exposures: whether the first is
+        # used or both are set aside is the index's policy); the later one is refused.
+        "AT_O_20250402_000940_copy.fits": duplicate_pair(940),
         "dir.fits": lambda s, f, n: damage.directory(f / n),
         "pipe.fits": lambda s, f, n: damage.fifo(f / n),
         "dangling.fits": lambda s, f, n: damage.dangling_symlink(f / n, f / "gone.fits"),
