@@ -163,10 +163,11 @@ _REGISTRY_DAMAGE: dict[str, Damage] = {
 
 _INDEX_DAMAGE: dict[str, Damage] = {
     **_SQLITE_DAMAGE,
-    "raw-row-with-garbage-json": partial(
-        _sql, "INSERT INTO raws VALUES ('/nowhere/x.fits', 1, 1.0, 'AT_O_20250101_000001', "
-              "'LATISS', 20250101, 1, 'science', 'x', 'f', 'f', 'empty', 0, 1.0, 1.0, "
-              "60000.0, '2025-01-02T00:00:00', '{not json')"),
+    # The row's raw exists (the index file itself): only its JSON record is damaged.
+    "raw-row-with-garbage-json": lambda p: _sql(
+        f"INSERT INTO raws VALUES ('{p}', 1, 1.0, 'AT_O_20250101_000001', 'LATISS', "
+        "20250101, 1, 'science', 'x', 'f', 'f', 'empty', 0, 1.0, 1.0, 60000.0, "
+        "'2025-01-02T00:00:00', '{not json')", p),
     "task-row-with-garbage-json": partial(
         _sql, "INSERT INTO tasks VALUES ('AT_O_20250101_000001', 'isr', 'done', NULL, 'h', "
               "'2025-01-02T00:00:00', 1.0, 1, '{broken', '[]')"),
