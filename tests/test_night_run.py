@@ -22,50 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from astropy.table import Table
 from conftest import NIGHT
+from night_outputs import assert_same_outputs
 
 from atmospec.cli import main
 from atmospec.night.index import NightIndex
 from atmospec.night.runner import NightRunConfig, run_night
 
-OUTPUT_GLOBS = ("exposures/*/*_postisr.fits", "exposures/*/*_sources.ecsv",
-                "exposures/*/*_centroid.json", "exposures/*/*_spectrum.fits")
-
 
 def _with_calibs(reference_repo: Path, repo: Path) -> Path:
     shutil.copytree(reference_repo / "calib", repo / "calib")
     return repo
-
-
-def _outputs(repo: Path) -> dict[str, Path]:
-    return {p.name: p for g in OUTPUT_GLOBS for p in repo.glob(g)}
-
-
-def _assert_same_outputs(repo_a: Path, repo_b: Path) -> None:
-    a, b = _outputs(repo_a), _outputs(repo_b)
-    assert sorted(a) == sorted(b)
-    for name, path in a.items():
-        other = b[name]
-        if name.endswith(".fits"):
-            with fits.open(path) as ha, fits.open(other) as hb:
-                for x, y in zip(ha, hb, strict=True):
-                    if x.data is not None:
-                        np.testing.assert_array_equal(x.data, y.data, err_msg=name)
-                    keys = {k for k in x.header if k not in ("ATMDATE", "CHECKSUM", "DATASUM")}
-                    assert {k: x.header[k] for k in keys if k != "HISTORY"} == \
-                        {k: y.header[k] for k in keys if k != "HISTORY"}, name
-        elif name.endswith(".ecsv"):
-            ta, tb = Table.read(path), Table.read(other)
-            assert ta.colnames == tb.colnames
-            for col in ta.colnames:
-                np.testing.assert_array_equal(ta[col], tb[col], err_msg=f"{name}:{col}")
-        else:
-            da, db = json.loads(path.read_text()), json.loads(other.read_text())
-            for doc in (da, db):
-                doc.pop("provenance", None)
-            assert da == db, name
 
 
 def test_reference_night(night_reference, night_raw_dir):
@@ -195,7 +163,7 @@ def test_killed_night_resumes_on_dask_with_identical_outputs(night_reference, ni
         if all((obs, t.task) in done_before for t in tasks if t.obs_id == obs))
     # No temporary file survives the kill.
     assert not list(repo.rglob("*.tmp"))
-    _assert_same_outputs(ref_repo, repo)
+    assert_same_outputs(ref_repo, repo)
 
 
 def test_missing_calibration_fails_the_exposures_with_a_recipe(night_raw_dir, tmp_path):
