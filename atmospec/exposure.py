@@ -22,7 +22,7 @@ from astropy.io.fits.verify import VerifyError
 from astropy.nddata import CCDData, VarianceUncertainty
 
 from atmospec.errors import BadInputError, short_error
-from atmospec.fitsscan import astropy_warnings_as_errors, scan_fits
+from atmospec.fitsscan import astropy_warnings_as_errors, check_hdu_sums, scan_fits
 from atmospec.io import add_cards, write_hdul_atomic
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,8 @@ class Exposure:
         return write_hdul_atomic(hdul, path)
 
     @classmethod
-    def read(cls, path: str | Path, *, load_variance: bool = True) -> Exposure:
+    def read(cls, path: str | Path, *, load_variance: bool = True,
+             check_sums: bool = True) -> Exposure:
         """Read an exposure written by `write` (or by Rubin's ExposureF writer).
 
         Parameters
@@ -148,11 +149,17 @@ class Exposure:
             If false the VARIANCE extension is not read and ``variance`` is a read-only
             array of zeros that takes no memory (for calibration products, whose variance
             ISR does not use).
+        check_sums : bool
+            Check the ``DATASUM`` of the extensions read (~0.03 s per 65 MB plane). False
+            for a caller that has just checked the whole file's sums (a calibration
+            product: `atmospec.calib.products.integrity.check_fits_file`).
 
         Raises
         ------
         BadInputError
-            If the file is missing, unreadable or lacks the IMAGE/MASK/VARIANCE extensions.
+            If the file is missing, unreadable or lacks the IMAGE/MASK/VARIANCE extensions,
+            or the data of an extension read do not match its ``DATASUM`` card (every file
+            atmospec writes has one: `atmospec.io.write_hdul_atomic`).
         """
         path = Path(path)
         if not path.is_file():
@@ -168,6 +175,9 @@ class Exposure:
                 if missing:
                     raise BadInputError(path, f"not a post-ISR exposure: no {', '.join(missing)} "
                                               "extension")
+                if check_sums:
+                    read = ("IMAGE", "MASK", "VARIANCE") if load_variance else ("IMAGE", "MASK")
+                    _check_data_sums(path, hdul, read)
                 image = np.asarray(hdul["IMAGE"].data, dtype=np.float32)
                 mask = np.asarray(hdul["MASK"].data, dtype=np.int32)
                 if load_variance:
@@ -287,3 +297,14 @@ def _writable_card(card: fits.Card) -> tuple[fits.Card | None, str | None]:
         except (VerifyError, ValueError):
             pass
     return None, f"atmospec: dropped invalid card {name}"
+
+
+def _check_data_sums(path: Path, hdul: fits.HDUList, names: Sequence[str]) -> None:
+    """Refuse the file when the data of an HDU of ``names`` do not match its ``DATASUM``.
+
+    Only the data sum: a header edited by hand since (a keyword added) is still a valid
+    exposure, a changed pixel is not. An HDU without the card (a file from elsewhere) is
+    not checked.
+    """
+    for name in names:
+        check_hdu_sums(path, hdul[name], hdul.index_of(name), header=False)

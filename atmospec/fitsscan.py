@@ -55,6 +55,7 @@ __all__ = [
     "FitsLayout",
     "HduLayout",
     "astropy_warnings_as_errors",
+    "check_hdu_sums",
     "scan_fits",
 ]
 
@@ -438,3 +439,45 @@ def astropy_warnings_as_errors(path: str | Path, what: str) -> Iterator[None]:
         others.setdefault((item.category, str(item.message)), item)
     for item in others.values():
         warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+
+
+def check_hdu_sums(path: str | Path, hdu: fits.PrimaryHDU | fits.hdu.base.ExtensionHDU,
+                   index: int, *, header: bool = True) -> None:
+    """Refuse an HDU whose FITS checksums do not match its bytes.
+
+    Parameters
+    ----------
+    path : path
+        The file, for the message.
+    hdu : astropy HDU
+        The HDU as `astropy.io.fits.open` gives it (its data are read here if not yet).
+    index : int
+        Its position in the file, for the message.
+    header : bool
+        Check ``CHECKSUM`` (header and data) when the HDU has it; false: only ``DATASUM``
+        (the data), so that a header edited since (a keyword added by hand) is accepted
+        while a changed pixel is not. An HDU without the card is not checked (files from
+        elsewhere, or written before atmospec wrote sums).
+
+    Raises
+    ------
+    BadInputError
+        ``checksum mismatch in HDU i (NAME): its <header or data|data> changed since it
+        was written``, or ``HDU i is corrupt`` for a header astropy could not parse.
+    """
+    if not hasattr(hdu, "verify_checksum"):
+        # astropy's _CorruptedHDU: a header it could not make sense of.
+        raise BadInputError(path, f"HDU {index} is corrupt")
+    cards = hdu.header
+    # CHECKSUM covers the header and the data (it includes the data sum): one pass over
+    # the data suffices; DATASUM alone is checked only when there is no CHECKSUM.
+    if header and "CHECKSUM" in cards:
+        valid, what = hdu.verify_checksum(), "header or data"
+    elif "DATASUM" in cards:
+        valid, what = hdu.verify_datasum(), "data"
+    else:
+        return
+    if valid == 0:
+        name = hdu.name or "PRIMARY"
+        raise BadInputError(path, f"checksum mismatch in HDU {index} ({name}): its {what} "
+                                  "changed since it was written")

@@ -8,27 +8,45 @@ from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from atmospec.calib.products.integrity import check_fits_file, is_fits
-from atmospec.errors import BadInputError
+from atmospec.calib.products.integrity import check_product_file
+from atmospec.errors import BadInputError, short_error
 from atmospec.io import add_cards
 
 Card = tuple[str, Any, str]
 
 
 def read_table(path: str | Path, what: str, table_format: str | None = None) -> Table:
-    """Read a table file; any failure is a `BadInputError` ``not a <what> table (...)``.
+    """Read a table file; any failure is a one-line `BadInputError` naming it.
 
-    A FITS file is first checked whole (`check_fits_file`: truncated, checksum mismatch).
+    Parameters
+    ----------
+    path : path
+        The file.
+    what : str
+        The product, for messages (``PTC``).
+    table_format : str, optional
+        astropy's format name; ``"fits"`` refuses any other file as ``not a FITS file``;
+        None lets astropy tell from the name and content.
+
+    Raises
+    ------
+    BadInputError
+        Not a non-empty regular file, a damaged FITS file (`check_product_file`:
+        truncated, checksum mismatch), ``not a FITS file``, or ``not a <what> table (...)``
+        with the first line of astropy's reason.
     """
-    if is_fits(path):
-        check_fits_file(path)
+    is_fits = check_product_file(path)
+    if table_format == "fits" and not is_fits:
+        raise BadInputError(path, "not a FITS file")
     try:
         table = Table.read(path, format=table_format)
     except Exception as exc:  # astropy raises many types for foreign files
-        raise BadInputError(path, f"not a {what} table ({exc})") from None
+        # Its first line only: the rest may be a table of every format it knows.
+        raise BadInputError(path, f"not a {what} table ({short_error(exc)})") from None
     # The sums describe the file just read, not the table: a product built from this one
     # must not carry them on.
     for key in ("CHECKSUM", "DATASUM"):
@@ -42,6 +60,17 @@ def require_columns(table: Table, columns: Iterable[str], source: str, what: str
     if missing:
         raise BadInputError(source or None,
                             f"{what} lacks column(s) {', '.join(sorted(missing))}")
+
+
+def require_numeric(table: Table, columns: Iterable[str], source: str, what: str) -> None:
+    """Raise ``<what> column <name> holds <dtype>, not numbers`` for a column of ``columns``
+    that is not real-valued (strings from a foreign writer would fail later, deep in ISR,
+    as a processing error instead of bad input)."""
+    for name in columns:
+        dtype = table[name].dtype
+        if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+            raise BadInputError(source or None,
+                                f"{what} column {name} holds {dtype}, not numbers")
 
 
 def amp_rows(table: Table, amp_names: Sequence[str], source: str, what: str) -> list[int]:

@@ -106,7 +106,9 @@ class MasterImage:
             (`check_values`).
         """
         check_fits_file(path)
-        return cls.checked(Exposure.read(path, load_variance=load_variance), str(path), camera)
+        # Its sums were just checked whole: reading must not check them a second time.
+        exposure = Exposure.read(path, load_variance=load_variance, check_sums=False)
+        return cls.checked(exposure, str(path), camera)
 
     @classmethod
     def checked(cls, exposure: Exposure, source: str, camera: Camera | None = None) -> Self:

@@ -1,4 +1,9 @@
-"""Integrity of a product file: complete, and its FITS checksums matching.
+"""Integrity of a product file: a regular file, complete, and its FITS checksums matching.
+
+Every product read starts with `check_product_file`: the path is examined with ``stat``
+before anything opens it (a FIFO would block the reader forever; a directory or an empty
+file gives astropy's many-line error), then a FITS file is checked whole by
+`check_fits_file`.
 
 Every FITS file atmospec writes carries ``CHECKSUM`` and ``DATASUM`` cards in each HDU
 (`atmospec.io.write_hdul_atomic`). `check_fits_file` refuses a file whose sums do not match,
@@ -9,23 +14,92 @@ existed have none, so the structure is checked by the bounded header walk raws g
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
 from astropy.io import fits
 
 from atmospec.errors import BadInputError, short_error
-from atmospec.fitsscan import scan_fits
+from atmospec.fitsscan import check_hdu_sums, scan_fits
 
-__all__ = ["check_fits_file", "is_fits"]
+__all__ = ["check_fits_file", "check_product_file", "check_regular_file", "is_fits"]
 
 #: First bytes of a plain FITS file (a gzip-compressed one starts with ``1f 8b``).
 _FITS_MAGIC = b"SIMPLE"
 _GZIP_MAGIC = b"\x1f\x8b"
 
+#: What a path that is not a regular file is, by its ``stat`` mode, for the message.
+_SPECIAL_KINDS = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
+                  (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
+                  (stat.S_ISBLK, "is a block device"))
+
+
+def check_regular_file(path: str | Path) -> os.stat_result:
+    """Refuse a path that is not a non-empty regular file, without opening it.
+
+    Opening comes after: a FIFO would block the reader until a writer appears (forever), a
+    directory or an empty file make astropy answer with a table of every format it knows.
+
+    Parameters
+    ----------
+    path : path
+        The product file (a symbolic link is followed).
+
+    Returns
+    -------
+    os.stat_result
+        Its ``stat``, for callers that key a cache on size and modification time.
+
+    Raises
+    ------
+    BadInputError
+        ``no such file`` (a dangling link too), ``cannot stat (...)``, ``is a directory``,
+        ``is a FIFO (named pipe)``, ... ``not a regular file``, or ``empty file``.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise BadInputError(path, "no such file") from None
+    except OSError as exc:
+        raise BadInputError(path, f"cannot stat ({short_error(exc)})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((text for test, text in _SPECIAL_KINDS if test(st.st_mode)), "")
+        raise BadInputError(path, f"{kind}, not a regular file" if kind
+                            else "not a regular file")
+    if st.st_size == 0:
+        raise BadInputError(path, "empty file")
+    return st
+
+
+def check_product_file(path: str | Path) -> bool:
+    """The check every product read starts with: `check_regular_file`, then, for a FITS
+    file, `check_fits_file`.
+
+    Returns
+    -------
+    bool
+        Whether the file is FITS (plain or gzip-compressed); other files (ECSV) are only
+        known to be regular and non-empty.
+
+    Raises
+    ------
+    BadInputError
+        As `check_regular_file` and `check_fits_file`.
+    """
+    check_regular_file(path)
+    if not is_fits(path):
+        return False
+    check_fits_file(path)
+    return True
+
 
 def is_fits(path: str | Path) -> bool:
-    """Whether ``path`` starts like a FITS file (plain or gzip-compressed)."""
+    """Whether ``path`` starts like a FITS file (plain or gzip-compressed).
+
+    It opens ``path``: call it on a path `check_regular_file` accepted (a FIFO blocks).
+    """
     try:
         with open(path, "rb") as stream:
             magic = stream.read(8)
@@ -49,10 +123,12 @@ def check_fits_file(path: str | Path) -> None:
     Raises
     ------
     BadInputError
-        One line naming the file: missing, empty, not readable FITS, ``truncated: N bytes,
-        the headers need M``, or ``checksum mismatch in HDU i (NAME)``.
+        One line naming the file: missing, not a regular file, empty, not readable FITS,
+        ``truncated: N bytes, the headers need M``, or ``checksum mismatch in HDU i
+        (NAME)``.
     """
     path = Path(path)
+    check_regular_file(path)
     try:
         # The bounded header walk: complete, sane headers and every data unit inside the
         # file (plain or gzip), before astropy reads anything.
@@ -68,29 +144,9 @@ def check_fits_file(path: str | Path) -> None:
                 fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             warnings.simplefilter("ignore")
             for i in range(len(hdul)):
-                _check_sums(path, hdul[i], i)
+                check_hdu_sums(path, hdul[i], i)
     except BadInputError:
         raise
     except Exception as exc:  # astropy raises many types for damaged files
         raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
 
-
-def _check_sums(path: Path, hdu: fits.PrimaryHDU | fits.hdu.base.ExtensionHDU,
-                index: int) -> None:
-    """Refuse an HDU whose ``CHECKSUM`` (else ``DATASUM``) does not match its bytes."""
-    header = hdu.header
-    if not hasattr(hdu, "verify_checksum"):
-        # astropy's _CorruptedHDU: a header it could not make sense of.
-        raise BadInputError(path, f"HDU {index} is corrupt")
-    # CHECKSUM covers the header and the data (it includes the data sum): one pass over
-    # the data suffices; DATASUM alone is checked only when there is no CHECKSUM.
-    if "CHECKSUM" in header:
-        valid, what = hdu.verify_checksum(), "header or data"
-    elif "DATASUM" in header:
-        valid, what = hdu.verify_datasum(), "data"
-    else:
-        return
-    if valid == 0:
-        name = hdu.name or "PRIMARY"
-        raise BadInputError(path, f"checksum mismatch in HDU {index} ({name}): its {what} "
-                                  "changed since it was written")

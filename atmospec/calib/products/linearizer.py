@@ -62,10 +62,10 @@ class Linearizer:
         Raises
         ------
         BadInputError
-            Unreadable, a column or an amplifier missing, or an unknown correction type or
-            coefficient count.
+            Not a FITS file, unreadable, a column or an amplifier missing, or an unknown
+            correction type, coefficient count or coefficients that are not numbers.
         """
-        return cls.checked(read_table(path, "linearizer"), str(path), camera)
+        return cls.checked(read_table(path, "linearizer", "fits"), str(path), camera)
 
     @classmethod
     def checked(cls, table: Table, source: str, camera: Camera | None = None) -> Linearizer:
@@ -86,14 +86,22 @@ class Linearizer:
         Raises
         ------
         BadInputError
-            An amplifier without a row, or an unknown type or coefficient count.
+            An amplifier without a row, or an unknown type, coefficient count or
+            coefficients that are not numbers.
         """
         camera = camera or load_camera("latiss")
         rows = amp_rows(self.table, camera.amp_names, self.source, "linearizer")
         kinds, coeffs = [], []
         for name, row in zip(camera.amp_names, rows, strict=True):
             kind = str(self.table["TYPE"][row]).strip().upper()
-            c = np.asarray(self.table["COEFFS"][row], dtype=float).ravel()
+            try:
+                # Per row, not by the column's dtype: spline knots make it a
+                # variable-length (object) column.
+                c = np.asarray(self.table["COEFFS"][row], dtype=float).ravel()
+            except (TypeError, ValueError):
+                raise BadInputError(self.source or None,
+                                    f"linearizer column COEFFS of amplifier {name} holds "
+                                    "values that are not numbers") from None
             if kind not in ("POLYNOMIAL", "SPLINE") or (kind == "SPLINE" and c.size % 2):
                 raise BadInputError(self.source or None,
                                     f"amplifier {name}: bad linearity type {kind!r} or "

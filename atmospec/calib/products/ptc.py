@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from astropy.io import fits
@@ -18,6 +18,7 @@ from atmospec.calib.products._tables import (
     amp_rows,
     read_table,
     require_columns,
+    require_numeric,
     table_hdu,
 )
 from atmospec.camera.description import Camera, load_camera
@@ -64,6 +65,16 @@ class Ptc:
     provenance: tuple[Card, ...] = ()
     """Provenance cards of a product built in memory."""
 
+    gain_bounds: ClassVar[tuple[float, float]] = (0.1, 100.0)
+    """Open interval a gain must lie in, e⁻/ADU. CCD amplifiers are built for a gain of
+    ~0.5-5 e⁻/ADU (LATISS's ITL sensor: ~1): the ADC's range must hold the full well
+    (~10⁵ e⁻) at a step below the read noise. Beyond this interval by a factor of ten or
+    more, the value is a fit gone wrong or the wrong column, not an amplifier."""
+    read_noise_bounds: ClassVar[tuple[float, float]] = (0.0, 1000.0)
+    """Half-open interval [low, high) the read noise must lie in, e⁻: it cannot be negative
+    (0 is what a PTC from elsewhere writes when it did not measure it), and LATISS's is
+    ~5-10 e⁻; a thousand electrons would swamp any signal the camera is used for."""
+
     @classmethod
     def read(cls, path: str | Path, camera: Camera | None = None) -> Ptc:
         """Read a PTC table and check it (see `checked`).
@@ -71,9 +82,10 @@ class Ptc:
         Raises
         ------
         BadInputError
-            Unreadable, without ``AMP``, ``GAIN``, ``READ_NOISE``, or for another instrument.
+            Not a FITS file, unreadable, without ``AMP``, ``GAIN``, ``READ_NOISE`` (or
+            those not numbers), or for another instrument.
         """
-        return cls.checked(read_table(path, "PTC"), str(path), camera)
+        return cls.checked(read_table(path, "PTC", "fits"), str(path), camera)
 
     @classmethod
     def checked(cls, table: Table, source: str, camera: Camera | None = None) -> Ptc:
@@ -81,6 +93,7 @@ class Ptc:
         are checked by `gains`)."""
         camera = camera or load_camera("latiss")
         require_columns(table, _REQUIRED, source, "PTC table")
+        require_numeric(table, _REQUIRED[1:], source, "PTC table")
         instrument = table.meta.get("INSTRUME")
         if instrument and str(instrument).upper() != camera.name.upper():
             raise BadInputError(source or None, f"PTC is for {instrument}, not {camera.name}")
@@ -97,15 +110,32 @@ class Ptc:
         Raises
         ------
         BadInputError
-            An amplifier without a row, or a gain that is not finite and positive.
+            An amplifier without a row, or a value outside `gain_bounds` or
+            `read_noise_bounds` (a NaN too), naming the amplifier.
         """
         camera = camera or load_camera("latiss")
         rows = amp_rows(self.table, camera.amp_names, self.source, "PTC table")
         gain = np.array([float(self.table["GAIN"][r]) for r in rows])
         noise = np.array([float(self.table["READ_NOISE"][r]) for r in rows])
-        if not (np.all(np.isfinite(gain)) and np.all(gain > 0)):
-            raise BadInputError(self.source or None, "PTC gains must be finite and positive")
+        low, high = self.gain_bounds
+        self._check_bounds(camera, gain, low < gain, gain < high,
+                           f"gains must be finite and positive, within ({low:g}, {high:g}) "
+                           "e-/adu")
+        low, high = self.read_noise_bounds
+        self._check_bounds(camera, noise, low <= noise, noise < high,
+                           f"read noise must be within [{low:g}, {high:g}) e-")
         return AmpGains(gain, noise, self.name)
+
+    def _check_bounds(self, camera: Camera, values: np.ndarray, above: np.ndarray,
+                      below: np.ndarray, rule: str) -> None:
+        """Refuse the first amplifier (camera order) whose value is not above and below
+        its bounds (comparisons with NaN are false: a NaN is refused too)."""
+        bad = np.flatnonzero(~(above & below))
+        if bad.size:
+            i = bad[0]
+            raise BadInputError(self.source or None,
+                                f"PTC {rule}: amplifier {camera.amp_names[i]} has "
+                                f"{values[i]:g}")
 
     def hdu(self, provenance: Sequence[Card] = ()) -> fits.BinTableHDU:
         """The ``PTC`` extension as `write` stores it."""

@@ -22,10 +22,10 @@ from astropy.table import Table
 
 from atmospec.calib.isr_inputs import MASTER_CLASSES
 from atmospec.calib.products.images import flat_configuration
-from atmospec.calib.products.integrity import check_fits_file, is_fits
+from atmospec.calib.products.integrity import check_product_file, check_regular_file
 from atmospec.calib.registry.times import to_utc_iso
 from atmospec.camera.translator import canonical_instrument
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, short_error
 from atmospec.exposure import Exposure
 
 __all__ = [
@@ -111,8 +111,10 @@ def read_metadata(path: Path) -> tuple[dict[str, Any], list[str] | None]:
     Raises
     ------
     BadInputError
-        If the file is neither a readable FITS file nor a readable ECSV table.
+        If the file is not a non-empty regular file (`check_regular_file`: examined before
+        it is opened), or neither a readable FITS file nor a readable ECSV table.
     """
+    check_regular_file(path)
     with open(path, "rb") as stream:
         magic = stream.read(8)
     if magic.startswith((b"SIMPLE", b"\x1f\x8b")):
@@ -138,7 +140,7 @@ def _fits_metadata(path: Path) -> tuple[dict[str, Any], list[str]]:
             }
             meta["HISTORY"] = [str(card) for card in header.get("HISTORY", [])]
     except Exception as exc:  # astropy raises many types for damaged files
-        raise BadInputError(path, f"not a readable FITS file ({exc})") from None
+        raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
     return meta, names
 
 
@@ -146,7 +148,7 @@ def _ecsv_metadata(path: Path) -> dict[str, Any]:
     try:
         table_meta = Table.read(path, format="ascii.ecsv").meta
     except Exception as exc:  # as for FITS, the ECSV reader raises many types
-        raise BadInputError(path, f"not a readable ECSV table ({exc})") from None
+        raise BadInputError(path, f"not a readable ECSV table ({short_error(exc)})") from None
     meta = {str(key).upper(): value for key, value in table_meta.items()}
     history = meta.get("HISTORY") or []
     meta["HISTORY"] = [history] if isinstance(history, str) else [str(h) for h in history]
@@ -209,8 +211,8 @@ def identify(path: Path, registry_instrument: str) -> Identity:
 def check_contents(path: Path, kind: str) -> None:
     """Refuse a product file that is damaged, or whose values its kind cannot have.
 
-    A FITS file must be complete and its checksums match
-    (`atmospec.calib.products.integrity.check_fits_file`); a bias, dark or flat must have
+    It must be a non-empty regular file and, if FITS, complete with its checksums matching
+    (`atmospec.calib.products.integrity.check_product_file`); a bias, dark or flat must have
     values within the bounds of its class (`atmospec.calib.products.MasterImage.
     check_values`; its shape is not checked: the registry holds products of any size).
 
@@ -226,11 +228,12 @@ def check_contents(path: Path, kind: str) -> None:
     BadInputError
         One line naming the file and the reason.
     """
-    if is_fits(path):
-        check_fits_file(path)
+    check_product_file(path)
     master_class = MASTER_CLASSES.get(kind)
     if master_class is not None:
-        master_class.check_values(Exposure.read(path, load_variance=False), str(path))
+        # The sums were checked whole by `check_product_file` just before.
+        exposure = Exposure.read(path, load_variance=False, check_sums=False)
+        master_class.check_values(exposure, str(path))
 
 
 def _kind(path: Path, meta: Mapping[str, Any], hdu_names: list[str] | None) -> str:
@@ -302,7 +305,7 @@ def read_verification(path: Path) -> tuple[bool, tuple[str, ...]]:
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise BadInputError(path, f"unreadable verification report ({exc})") from None
+        raise BadInputError(path, f"unreadable verification report ({short_error(exc)})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("pass"), bool):
         raise BadInputError(path, "verification report has no true/false 'pass'")
     failures = doc.get("failures")

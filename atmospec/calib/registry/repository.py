@@ -28,7 +28,13 @@ from atmospec.calib.registry.identify import (
     identify,
     read_verification,
 )
-from atmospec.calib.registry.staging import fsync_directory, sha256_file, stage, stored_stem
+from atmospec.calib.registry.staging import (
+    fsync_directory,
+    sha256_file,
+    stage,
+    stored_sha256,
+    stored_stem,
+)
 from atmospec.calib.registry.store import (
     CalibRecord,
     RegistryIndex,
@@ -40,7 +46,7 @@ from atmospec.calib.registry.store import (
 from atmospec.calib.registry.times import exposure_time_utc, format_utc, now_utc, to_utc_iso
 from atmospec.calib.verification import verification_name
 from atmospec.camera.translator import ObservationInfo, canonical_instrument
-from atmospec.errors import BadInputError
+from atmospec.errors import BadInputError, short_error
 from atmospec.layout import REGISTRY_FILE, calib_dir
 
 __all__ = ["CalibrationRegistry"]
@@ -74,16 +80,41 @@ class CalibrationRegistry:
         self.repo = Path(repo).resolve()
         self.db_path = self.repo / REGISTRY_FILE
         requested = canonical_instrument(instrument) if instrument else None
-        if not self.db_path.is_file() or self.db_path.stat().st_size == 0:
+        if not self.db_path.is_file():
             if not create:
                 raise BadInputError(self.repo, f"no calibration registry here ({REGISTRY_FILE} "
                                                "is missing); register a product first")
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self._index = RegistryIndex(self.db_path, self.repo)
-        self.instrument = self._index.open(requested or "LATISS", create)
+        stored = self._index.stored_instrument()
+        if stored is None:
+            self._refuse_lost_index()
+            if not create:
+                raise BadInputError(self.db_path, "registry file holds no registry")
+            stored = self._index.create(requested or "LATISS")
+        self.instrument = stored
         if requested is not None and requested != self.instrument:
             raise BadInputError(self.db_path, f"registry is for {self.instrument}, not "
                                               f"{requested}")
+
+    def _refuse_lost_index(self) -> None:
+        """Refuse an index file that holds no registry while products are stored.
+
+        A new registry's file is empty only before its first product is stored, so an empty
+        (or table-less) file beside stored products is an index that was lost: creating a
+        fresh one would silently orphan them, and the exposures would be reduced with
+        nominal calibrations.
+
+        Raises
+        ------
+        BadInputError
+            ``holds no registry, but N products are stored ...``, naming the file.
+        """
+        stored = _stored_products(self.repo)
+        if stored:
+            raise BadInputError(self.db_path, f"holds no registry, but {len(stored)} products "
+                                              f"are stored beside it (e.g. {stored[0]}): the "
+                                              "registry is damaged; restore it from a backup")
 
     def __repr__(self) -> str:
         return f"CalibrationRegistry({str(self.repo)!r}, instrument={self.instrument!r})"
@@ -303,13 +334,8 @@ class CalibrationRegistry:
             one recorded at registration, or refused by `check_contents`.
         """
         path = record.absolute_path
-        if not path.is_file():
-            raise BadInputError(path, f"not certified: {record.kind} id {record.id} is "
-                                      "missing from the repository")
-        if sha256_file(path) != record.sha256:
-            raise BadInputError(path, f"not certified: {record.kind} id {record.id} changed "
-                                      "since it was registered (sha256 mismatch)")
         try:
+            _check_unchanged(record)
             check_contents(path, record.kind)
         except BadInputError as exc:
             raise BadInputError(path, f"not certified: {exc.problem}") from None
@@ -387,7 +413,8 @@ class CalibrationRegistry:
         ValueError
             If ``kind`` is not one of `KINDS`.
         BadInputError
-            If the chosen product's file is missing from the repository.
+            A corrupt row in the index (`RegistryIndex.check_rows`), or the chosen product
+            missing from the repository or not the file registered (`check_stored`).
         """
         check_kind(kind)
         if canonical_instrument(info.instrument) != self.instrument:
@@ -398,6 +425,7 @@ class CalibrationRegistry:
         stamp = format_utc(when)
         configurations = _configurations(kind, info)
         with self._index.transaction(write=False) as conn:
+            self._index.check_rows(conn)
             for configuration in configurations:
                 rows = candidates(conn, kind, self.instrument, configuration, stamp)
                 if rows:
@@ -410,9 +438,7 @@ class CalibrationRegistry:
         if configuration != configurations[0]:
             log.info("%s: no %s flat valid at %s; using the %s flat", info.obs_id,
                      configurations[0], stamp, configuration)
-        if not best.absolute_path.is_file():
-            raise BadInputError(best.absolute_path, f"{kind} id {best.id} is registered but "
-                                                    "missing from the repository")
+        _check_unchanged(best)
         log.info("%s: %s id %d (%s)", info.obs_id, kind, best.id, best.path)
         return best
 
@@ -438,6 +464,42 @@ class CalibrationRegistry:
             if record is not None:
                 chosen[kind] = str(record.absolute_path)
         return CalibrationFiles(**chosen)
+
+
+def _check_unchanged(record: CalibRecord) -> None:
+    """Refuse a stored product that is missing, or not the file registered: its SHA-256
+    (`stored_sha256`: hashed once per version of the file per process) differs from the
+    one recorded.
+
+    Raises
+    ------
+    BadInputError
+        ``<kind> id N is registered but missing from the repository``, or ``<kind> id N
+        changed since it was registered (sha256 mismatch)``, naming the stored file.
+    """
+    path = record.absolute_path
+    what = f"{record.kind} id {record.id}"
+    if not path.is_file():
+        raise BadInputError(path, f"{what} is registered but missing from the repository")
+    try:
+        digest = stored_sha256(path)
+    except OSError as exc:
+        raise BadInputError(path, f"{what} cannot be read ({short_error(exc)})") from None
+    if digest != record.sha256:
+        raise BadInputError(path, f"{what} changed since it was registered (sha256 "
+                                  "mismatch)")
+
+
+def _stored_products(repo: Path) -> list[str]:
+    """Products stored in the repository's folders of each kind (relative paths, sorted);
+    the hidden temporaries of an interrupted registration are not products."""
+    found = []
+    for kind in KINDS:
+        folder = calib_dir(repo, kind)
+        if folder.is_dir():
+            found += [p.relative_to(repo).as_posix() for p in folder.iterdir()
+                      if not p.name.startswith(".")]
+    return sorted(found)
 
 
 def _validity(source: Path, ident: Identity,

@@ -14,14 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from atmospec.calib.registry.identify import KINDS
 from atmospec.calib.registry.times import now_utc
 from atmospec.errors import BadInputError
+from atmospec.layout import calib_dir
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -41,6 +44,10 @@ SCHEMA_VERSION = 1
 
 #: Seconds a writer waits for another writer's transaction before giving up.
 _BUSY_TIMEOUT_S = 60.0
+
+#: The registry's time form (`atmospec.calib.registry.times.format_utc`): fixed width, so
+#: that string order is time order, which the selection's SQL comparisons rely on.
+_UTC_FORM = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}")
 
 _SCHEMA = """
 CREATE TABLE schema_version (
@@ -180,36 +187,21 @@ class RegistryIndex:
         finally:
             conn.close()
 
-    def open(self, instrument: str, create: bool) -> str:
-        """Check (or create) the schema; return the registry's instrument.
-
-        Parameters
-        ----------
-        instrument : str
-            Instrument of a registry created now.
-        create : bool
-            Create the schema in an empty file.
-
-        Returns
-        -------
-        str
-            The instrument the file records.
+    def stored_instrument(self) -> str | None:
+        """The instrument the file records after checking its schema; None when the file
+        holds no registry yet (empty, or a database without tables).
 
         Raises
         ------
         BadInputError
-            An empty file and ``create`` False; not a registry; corrupt; a newer schema.
+            Not a registry (a database with other tables); corrupt; a newer schema.
         """
         with self.transaction(write=False) as conn:
-            stored = self._inspect(conn)
-        if stored is not None:
-            return stored
-        if not create:
-            raise BadInputError(self.db_path, "registry file holds no registry")
-        return self._create(instrument)
+            return self._inspect(conn)
 
-    def _create(self, instrument: str) -> str:
-        """Write the schema into an empty file (unless another process just did)."""
+    def create(self, instrument: str) -> str:
+        """Write the schema into a file that holds no registry (unless another process
+        just did); return the instrument the file records."""
         try:
             wal = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S)
             # WAL lets readers (ISR runs) go on while a product is registered; the mode
@@ -264,8 +256,33 @@ class RegistryIndex:
                                               "upgrade this atmospec does not provide")
         return str(row[0])
 
+    def check_rows(self, conn: sqlite3.Connection) -> None:
+        """Refuse the registry when any ``products`` row is corrupt (`check_row`).
+
+        Every row, not only those a query matches: a row whose kind or time was damaged no
+        longer matches any query, and the selection would silently fall back to another
+        product, or to nominal values.
+        """
+        for row in conn.execute("SELECT id, kind, valid_from, valid_to, calib_date, path "
+                                "FROM products"):
+            self.check_row(row)
+
+    def check_row(self, row: Mapping[str, Any]) -> None:
+        """Refuse a ``products`` row whose fields are not what `insert_product` writes.
+
+        Raises
+        ------
+        BadInputError
+            ``corrupt registry: product row id N: <problem>``, naming the index file.
+        """
+        problem = _row_problem(row)
+        if problem is not None:
+            raise BadInputError(self.db_path, f"corrupt registry: product row id {row['id']}: "
+                                              f"{problem}")
+
     def record(self, row: sqlite3.Row) -> CalibRecord:
-        """The record of a ``products`` row."""
+        """The record of a ``products`` row (checked by `check_row`)."""
+        self.check_row(row)
         passed = row["verification_passed"]
         return CalibRecord(
             id=int(row["id"]),
@@ -300,6 +317,26 @@ class RegistryIndex:
         if row is None:
             raise BadInputError(self.db_path, f"no calibration product with id {product_id}")
         return row
+
+
+def _row_problem(row: Mapping[str, Any]) -> str | None:
+    """What is wrong with a row's kind, times and path; None when they are sound."""
+    kind = row["kind"]
+    if kind not in KINDS:
+        return f"unknown kind {kind!r}"
+    for key in ("valid_from", "valid_to", "calib_date"):
+        value = row[key]
+        if not (value is None and key == "valid_to") and \
+                not (isinstance(value, str) and _UTC_FORM.fullmatch(value)):
+            return f"{key} {value!r} is not a registry time (YYYY-MM-DDTHH:MM:SS.sss)"
+    # Where `CalibrationRegistry.register` stores a product: a plain name in its kind's
+    # folder. Anything else (``..``, an absolute path) could make ISR read any file.
+    path = row["path"]
+    stored = PurePosixPath(path) if isinstance(path, str) else None
+    if stored is None or stored.parent != PurePosixPath(calib_dir(Path(), kind).as_posix()) \
+            or stored.name.startswith("."):
+        return f"path {path!r} is not in the repository's {kind} folder"
+    return None
 
 
 def find_duplicate(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | None:
