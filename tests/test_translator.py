@@ -433,10 +433,15 @@ def test_unparseable_day_obs_is_bad_input() -> None:
 def test_identity_from_obsid_and_int_dayobs() -> None:
     info = translate_header(_minimal())
     assert (info.day_obs, info.seq_num) == (20240624, 106)
-    info = translate_header(_minimal(DAYOBS=20240623, SEQNUM="7"))
+    info = translate_header(_minimal(OBSID="AT_O_20240623_000007", DAYOBS=20240623,
+                                     SEQNUM="7"))
     assert (info.day_obs, info.seq_num) == (20240623, 7)
-    # A garbled DAYOBS still leaves the OBSID date to use.
-    assert translate_header(_minimal(DAYOBS="garbage")).day_obs == 20240624
+    # A DAYOBS present but garbled is damage (which card is right?), not a fallback.
+    with pytest.raises(BadInputError, match="DAYOBS"):
+        translate_header(_minimal(DAYOBS="garbage"))
+    # A LATISS OBSID that disagrees with DAYOBS/SEQNUM: one of the cards is damaged.
+    with pytest.raises(BadInputError, match="OBSID"):
+        translate_header(_minimal(DAYOBS=20240623, SEQNUM="7"))
 
 
 # ---------------------------------------------------------------------------- rules

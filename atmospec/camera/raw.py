@@ -4,7 +4,8 @@ Every problem with a raw file becomes a `BadInputError` naming the file and the 
 `check_raw_structure` finds it from the headers alone, before any pixel is read (it is also
 the night index's check): a damaged header or size card, a truncated file, another
 instrument, a physically impossible header value, a missing or duplicated amplifier HDU, a
-wrong segment shape. `read_raw` then reads the pixels and refuses non-finite ones.
+wrong segment shape or a float pixel type, a compressed amplifier not matching its
+DATASUM. `read_raw` then reads the pixels and refuses non-finite ones.
 
 HDUs are matched to amplifiers by ``EXTNAME``, so their order does not matter. HDUs with a
 name the camera does not know (auxiliary tables some camera software writes) are checked
@@ -87,8 +88,9 @@ def check_raw_structure(path: str | Path, camera: Camera | None = None) -> RawLa
     Every header is walked and checked by `atmospec.fitsscan.scan_fits` (printable,
     parsable cards, legal size cards, data inside the file, gzip stream intact); the primary
     header is translated; every amplifier HDU must be there once, be an image (plain or
-    tile-compressed) of the camera's segment shape. The work is proportional to the file
-    size (see `scan_fits`).
+    tile-compressed) of the camera's segment shape with an integer pixel type, and, when
+    tile-compressed with a ``DATASUM``, match it (`_check_compressed_datasums`). The work is
+    proportional to the file size (see `scan_fits`).
 
     Parameters
     ----------
@@ -113,8 +115,10 @@ def check_raw_structure(path: str | Path, camera: Camera | None = None) -> RawLa
     layout = scan_fits(path, found.check)
     amps = found.amp_hdus()
     assert found.info is not None and found.camera is not None and found.shape is not None
-    return RawLayout(path, layout.hdus[0].header, found.info, found.camera, found.shape,
-                     amps, layout)
+    raw = RawLayout(path, layout.hdus[0].header, found.info, found.camera, found.shape,
+                    amps, layout)
+    _check_compressed_datasums(raw)
+    return raw
 
 
 class _AmpFinder:
@@ -160,7 +164,7 @@ class _AmpFinder:
 
     def _segment(self, hdu: HduLayout, extname: str) -> None:
         """An amplifier HDU must be a 2D image (plain or tile-compressed) of the segment
-        shape, with a legal pixel type."""
+        shape, with a legal integer pixel type."""
         header = hdu.header
         prefix = "Z" if hdu.is_compressed_image else ""
         if not prefix and header.get("XTENSION") != "IMAGE":
@@ -171,6 +175,7 @@ class _AmpFinder:
             if bitpix not in BITPIX_VALUES or isinstance(bitpix, bool):
                 raise BadInputError(self.path, f"damaged header: {extname}: ZBITPIX = "
                                                f"{bitpix!r} is not a FITS pixel type")
+        _check_integer_pixels(self.path, extname, f"{prefix}BITPIX", header[f"{prefix}BITPIX"])
         naxis = header.get(f"{prefix}NAXIS")
         axes = [header.get(f"{prefix}NAXIS{i}") for i in (2, 1)]
         if naxis != 2 or not all(isinstance(n, int) and not isinstance(n, bool)
@@ -191,6 +196,48 @@ class _AmpFinder:
                 raise BadInputError(self.path, f"missing amplifier HDU {amp.extname}")
             hdus.append(hdu)
         return tuple(hdus)
+
+
+def _check_integer_pixels(path: Path, extname: str, key: str, bitpix: int) -> None:
+    """Refuse an amplifier HDU whose pixel type is a float.
+
+    A camera digitises integer ADU counts and writes them as integers (LATISS: BITPIX 32,
+    or ZBITPIX 32 tile-compressed). A float type on an amplifier means a damaged BITPIX
+    card: astropy would read the integer bytes as floats (20000 ADU as 2.8e-41) and the
+    reduction would run on garbage without a complaint.
+    """
+    if bitpix < 0:
+        raise BadInputError(path, f"{extname}: {key} = {bitpix} is a float pixel type; a "
+                                  "camera raw holds integer ADU (BITPIX 8, 16, 32 or 64)")
+
+
+def _check_compressed_datasums(layout: RawLayout) -> None:
+    """Verify the ``DATASUM`` of every tile-compressed amplifier HDU that has one.
+
+    The compressed heap is not checked by the header walk, and a changed byte in it
+    decompresses to other pixels (or fails late, in the middle of the reduction). The
+    compressor writes the table's ``DATASUM`` over the heap it wrote, so a mismatch is
+    damage. Plain amplifier HDUs are not checked: their ``DATASUM`` is the camera's, and
+    tools that rewrite the pixels keep it stale (the test template raw does), so a mismatch
+    there does not tell damage from a rewrite.
+
+    Raises
+    ------
+    BadInputError
+        Naming the first HDU whose data do not match their ``DATASUM``.
+    """
+    checked = [hdu for hdu in layout.amp_hdus
+               if hdu.is_compressed_image and "DATASUM" in hdu.header]
+    if not checked:
+        return
+    with astropy_warnings_as_errors(layout.path, "damaged compressed data"), \
+            fits.open(_fits_source(layout), memmap=False, lazy_load_hdus=True,
+                      disable_image_compression=True) as hdul:
+        for hdu in checked:
+            # verify_datasum: 0 mismatch, 1 match, 2 no DATASUM card.
+            if hdul[hdu.index].verify_datasum() == 0:
+                raise BadInputError(layout.path, f"damaged compressed data: {hdu.label} does "
+                                                 "not match its DATASUM")
 
 
 def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:

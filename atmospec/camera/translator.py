@@ -57,6 +57,13 @@ _MAX_INTEGRATION_S = 86400.0
 #: Image types whose pixels must have collected light: a 0 s exposure cannot be one.
 _LIGHT_IMAGE_TYPES = frozenset({"science"})
 
+#: Text header writers put in a card whose value they do not know. Such a card is treated
+#: as missing; any other text that does not parse as the card's kind of value is damage.
+_PLACEHOLDERS = frozenset({"", "n/a", "na", "none", "null", "unknown", "nan"})
+
+#: A FITS date without a time of day (``YYYY-MM-DD``): a legal value, but not a start time.
+_FITS_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
 #: Above this a "pressure" cannot be in hPa (the record at sea level is ~1084 hPa), so it is
 #: in Pa: since 2023 the LATISS header service writes e.g. 77780.0 for 777.8 hPa.
 _MAX_PRESSURE_HPA = 2000.0
@@ -102,6 +109,11 @@ def integration_time(key: str, value: Any) -> float | None:
         raise BadInputError(None, f"{key} = {value!r} s is longer than a day "
                                   f"({_MAX_INTEGRATION_S:.0f} s): not an exposure")
     return seconds
+
+
+def _is_placeholder(value: Any) -> bool:
+    """True for a text value meaning "not known" (`_PLACEHOLDERS`, any case, or blank)."""
+    return isinstance(value, str) and value.strip().lower() in _PLACEHOLDERS
 
 
 def _file_name_safe(obs_id: str) -> str:
@@ -402,6 +414,14 @@ class HeaderTranslator(ABC):
             return value
         return None
 
+    @classmethod
+    def _get_given(cls, header: Mapping[str, Any], key: str) -> Any:
+        """The value of ``key`` when the header gives one: None when the card is missing,
+        null or a placeholder for "not known" (`_is_placeholder`), so that only a value
+        actually written can be refused as damaged."""
+        value = cls._get(header, key)
+        return None if _is_placeholder(value) else value
+
     @staticmethod
     def _as_float(value: Any) -> float | None:
         """Convert a header value to a finite float, or None (missing, text, NaN, inf)."""
@@ -555,29 +575,56 @@ class HeaderTranslator(ABC):
         candidates: list[tuple[str, str]] = [(key, "isot") for key in self.datetime_keys]
         candidates += [(key, "mjd") for key in self.mjd_keys]
         for key, fmt in candidates:
-            time = self._parse_time(self._get(header, key), fmt, scale)
+            time = self._parse_time(key, self._get(header, key), fmt, scale)
             if time is not None and self._is_plausible(time):
                 return time
         exposure = self.to_exposure_time(header)
         for key in self.file_date_keys:
-            written = self._parse_time(self._get(header, key), "isot", scale)
+            written = self._parse_time(key, self._get(header, key), "isot", scale)
             if written is not None and exposure is not None and self._is_plausible(written):
                 return written - exposure * u.s
         return None
 
     @classmethod
-    def _parse_time(cls, value: Any, fmt: str, scale: str) -> Time | None:
-        """Parse one header time (``"isot"`` string or ``"mjd"`` number), or None if invalid."""
-        if value is None or isinstance(value, bool):
+    def _parse_time(cls, key: str, value: Any, fmt: str, scale: str) -> Time | None:
+        """Parse the time card ``key`` (an ``"isot"`` string or an ``"mjd"`` number).
+
+        Returns None when the card gives no value (missing, a placeholder such as ``n/a``,
+        or NaN: header dumps write NaN for null) or gives only a date (FITS allows
+        ``YYYY-MM-DD``; it cannot say when an exposure began).
+
+        Raises
+        ------
+        BadInputError
+            With a None path, when the card holds a value that is not a time: a damaged
+            card (``DATE-OBS = 'yesterday'``) must not be passed over for the next key.
+        """
+        if value is None or _is_placeholder(value):
             return None
+        if fmt == "mjd":
+            return cls._parse_mjd(key, value, scale)
+        text = str(value).strip()
         try:
-            if fmt == "mjd":
-                number = cls._as_float(value)
-                return None if number is None else Time(number, format="mjd", scale=scale)
-            text = str(value).strip()
-            return Time(text, format="isot", scale=scale) if text else None
+            return Time(text, format="isot", scale=scale)
         except ValueError:
+            pass
+        if not isinstance(value, bool) and _FITS_DATE.fullmatch(text):
             return None
+        raise BadInputError(None, f"{key} = {value!r} is not a time (ISO 8601 "
+                                  "YYYY-MM-DDThh:mm:ss)")
+
+    @classmethod
+    def _parse_mjd(cls, key: str, value: Any, scale: str) -> Time | None:
+        """Parse an MJD card: None for NaN (null), refused when not a finite number."""
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        number = cls._as_float(value)
+        try:
+            if number is not None:
+                return Time(number, format="mjd", scale=scale)
+        except (ValueError, OverflowError):
+            pass
+        raise BadInputError(None, f"{key} = {value!r} is not a modified Julian date")
 
     # ------------------------------------------------------------------ optics
 
@@ -707,39 +754,82 @@ class LatissTranslator(HeaderTranslator):
         return None if obs_id is None else self._OBSID_PATTERN.match(obs_id)
 
     def to_obs_id(self, header: Mapping[str, Any]) -> str:
-        """``OBSID``; a header without it cannot be indexed, so that is an error."""
+        """``OBSID``, a string card; a header without it cannot be indexed, so that is an
+        error, and so is a number (``OBSID = 42``): LATISS writes a name, never a number,
+        so a number is a damaged card, not an identifier."""
+        value = self._get(header, "OBSID")
+        if value is not None and not isinstance(value, str):
+            raise BadInputError(None, f"OBSID = {value!r} is not a string")
         obs_id = self._get_str(header, "OBSID")
         if obs_id is None:
             raise BadInputError(None, "LATISS header has no OBSID keyword")
         return obs_id
 
     def to_day_obs(self, header: Mapping[str, Any]) -> int:
-        """``DAYOBS`` (int or string), else the date embedded in ``OBSID``."""
-        day_obs = self._parse_day_obs(self._get(header, "DAYOBS"))
+        """``DAYOBS`` (int or string), else, when it is missing, the date in ``OBSID``.
+
+        Raises
+        ------
+        BadInputError
+            When ``DAYOBS`` is given but is not a calendar date ``YYYYMMDD`` (a damaged
+            card is refused, not replaced by the OBSID's date), or neither gives a date.
+        """
+        given = self._get_given(header, "DAYOBS")
+        if given is not None:
+            day_obs = self._parse_day_obs(given)
+            if day_obs is None:
+                raise BadInputError(None, f"cannot determine day_obs: DAYOBS = {given!r} "
+                                          "is not a date YYYYMMDD")
+            return day_obs
+        match = self._obsid_match(header)
+        day_obs = self._parse_day_obs(match["day"]) if match else None
         if day_obs is None:
-            match = self._obsid_match(header)
-            day_obs = self._parse_day_obs(match["day"]) if match else None
-        if day_obs is None:
-            raise BadInputError(
-                None,
-                f"cannot determine day_obs: DAYOBS={self._get(header, 'DAYOBS')!r}, "
-                f"OBSID={self._get(header, 'OBSID')!r}",
-            )
+            raise BadInputError(None, f"cannot determine day_obs: no DAYOBS, OBSID="
+                                      f"{self._get(header, 'OBSID')!r}")
         return day_obs
 
     def to_seq_num(self, header: Mapping[str, Any]) -> int:
-        """``SEQNUM``, else the sequence number at the end of ``OBSID``."""
-        seq_num = self._as_int(self._get(header, "SEQNUM"))
-        if seq_num is None:
-            match = self._obsid_match(header)
-            seq_num = int(match["seq"]) if match else None
-        if seq_num is None:
-            raise BadInputError(
-                None,
-                f"cannot determine seq_num: SEQNUM={self._get(header, 'SEQNUM')!r}, "
-                f"OBSID={self._get(header, 'OBSID')!r}",
-            )
-        return seq_num
+        """``SEQNUM``, else, when it is missing, the sequence number at the end of ``OBSID``.
+
+        Raises
+        ------
+        BadInputError
+            When ``SEQNUM`` is given but is not a non-negative integer, or neither gives one.
+        """
+        given = self._get_given(header, "SEQNUM")
+        if given is not None:
+            seq_num = self._as_int(given)
+            if seq_num is None or seq_num < 0:
+                raise BadInputError(None, f"cannot determine seq_num: SEQNUM = {given!r} "
+                                          "is not a non-negative integer")
+            return seq_num
+        match = self._obsid_match(header)
+        if match is None:
+            raise BadInputError(None, f"cannot determine seq_num: no SEQNUM, OBSID="
+                                      f"{self._get(header, 'OBSID')!r}")
+        return int(match["seq"])
+
+    def check_physical(self, info: ObservationInfo) -> None:
+        """The base rules, and: an OBSID of the LATISS form agrees with the day and sequence
+        number.
+
+        The OBSID embeds both (``AT_O_20240624_000106``) and names every output, so a
+        disagreement means one card is damaged, and which one cannot be told: the file is
+        refused. (When DAYOBS or SEQNUM is missing it was read from the OBSID, so they
+        agree.) An OBSID of another form names no day or number and is not compared.
+
+        Raises
+        ------
+        BadInputError
+            With a None path (`translate` names the file).
+        """
+        super().check_physical(info)
+        match = self._OBSID_PATTERN.match(info.obs_id)
+        if match is None:
+            return
+        if (match["day"], int(match["seq"])) != (str(info.day_obs), info.seq_num):
+            raise BadInputError(None, f"OBSID {info.obs_id} disagrees with DAYOBS = "
+                                      f"{info.day_obs}, SEQNUM = {info.seq_num}")
 
     def to_ra_dec(self, header: Mapping[str, Any]) -> tuple[float | None, float | None]:
         """Commanded RA/DEC, replaced by the measured RASTART/DECSTART when unusable.

@@ -74,7 +74,8 @@ def _cmd_isr(args: argparse.Namespace) -> int:
 
 def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
                repo: str | None = None) -> int:
-    """Process raw files one by one; a bad file is reported and skipped.
+    """Process raw files one by one; a bad file is reported and skipped, and so is a file
+    whose OBSID an earlier file of the command has (`_claim_obs_id`).
 
     Products are loaded once per distinct set of files (with ``repo``, the set chosen for
     each exposure by the registry: a night usually needs one or two sets), then checked
@@ -93,11 +94,13 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
 
         registry = CalibrationRegistry(repo, create=False)
     loaded: dict = {}
+    claimed: dict[str, str] = {}
     status = EXIT_OK
     for path in raws:
         t0 = time.perf_counter()
         try:
             raw = read_raw(path)
+            _claim_obs_id(claimed, raw, path)
             chosen = files
             if registry is not None:
                 picked = registry.select_all(raw.info)
@@ -134,12 +137,57 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
     return status
 
 
-def _isr_config(steps: str | None, overscan: str):
+def _isr_config(steps: str | None, overscan: str) -> IsrConfig:
+    """The ISR configuration of the command line.
+
+    Parameters
+    ----------
+    steps : str or None
+        ``--steps``, a comma list; None (not given) for every step that applies.
+    overscan : str
+        ``--overscan``, the serial overscan model.
+
+    Returns
+    -------
+    IsrConfig
+
+    Raises
+    ------
+    UsageError
+        When ``--steps`` is given but names no step (``--steps ,`` or ``--steps ""``):
+        an empty list would silently run assembly alone, not what anyone asks for.
+    """
     from atmospec.isr.driver import IsrConfig
     from atmospec.isr.overscan import OverscanConfig
 
-    step_list = tuple(s.strip() for s in steps.split(",") if s.strip()) if steps else None
+    step_list = None
+    if steps is not None:
+        step_list = tuple(s.strip() for s in steps.split(",") if s.strip())
+        if not step_list:
+            raise UsageError(f"atmospec isr: --steps {steps!r} names no ISR step; known: "
+                             f"{','.join(STEPS)}")
     return IsrConfig(steps=step_list, overscan=OverscanConfig(method=overscan))
+
+
+def _claim_obs_id(claimed: dict[str, str], raw: RawFrame, path: str) -> None:
+    """Record that ``path`` writes the outputs of its OBSID in this command; refuse it when
+    an earlier file of the command has that OBSID.
+
+    Outputs are named after the OBSID (`atmospec.layout.exposure_file`), so the second
+    file would silently overwrite the first's. The first keeps its outputs (its fate is
+    its own); the second is bad input naming both.
+
+    Raises
+    ------
+    BadInputError
+        Naming ``path`` and the earlier file.
+    """
+    obs_id = raw.info.obs_id
+    if obs_id in claimed:
+        raise BadInputError(path, f"duplicate OBSID {obs_id}: also in {claimed[obs_id]}, "
+                                  "given earlier in this command (its outputs would be "
+                                  "overwritten)")
+    claimed[obs_id] = path
 
 
 def _process_raw(path: str | Path | RawFrame, out_dir: str | Path, config: IsrConfig,

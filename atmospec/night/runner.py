@@ -26,7 +26,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from atmospec.calib.registry import CalibrationRegistry
-from atmospec.errors import short_error
+from atmospec.errors import BadInputError, short_error
 from atmospec.io import remove_stale_temporaries
 from atmospec.layout import exposure_dir, exposure_figure_dir, night_build_dir, report_dir
 from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
@@ -195,6 +195,7 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     config = config or NightRunConfig()
     t_start = time.perf_counter()
     repo = Path(repo)
+    _check_raw_folder(raw_dir)
     pipeline = load_pipeline(config.pipeline)
     with night_lock(repo) as holder:
         log.info("night lock of %s taken (%s)", repo, holder.describe())
@@ -203,6 +204,28 @@ def run_night(raw_dir: str | Path, repo: str | Path,
         _remove_stale_temporaries(repo)
     result.wall_s = time.perf_counter() - t_start
     return result
+
+
+def _check_raw_folder(raw_dir: str | Path) -> None:
+    """Refuse a raw folder that is not one before anything is created in the repository.
+
+    The night lock and the index are files of the repository; made first, they would be
+    left behind by a refused command (bad input writes nothing). `Path.is_dir` only stats
+    the path, so a FIFO is not opened (opening it would block).
+
+    Raises
+    ------
+    BadInputError
+        ``raw_dir`` is missing (or a dangling link) or is not a directory.
+    """
+    path = Path(raw_dir)
+    if path.is_dir():
+        return
+    if path.is_symlink() and not path.exists():
+        raise BadInputError(path, "not a directory (a symbolic link to nothing)")
+    if not path.exists():
+        raise BadInputError(path, "no such directory")
+    raise BadInputError(path, "not a directory")
 
 
 def _remove_stale_temporaries(repo: Path) -> None:
