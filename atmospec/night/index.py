@@ -17,6 +17,12 @@ One database per repository, ``REPO/night/index.sqlite3``:
 
 Only the night runner's main process writes; workers return results and never touch the
 database, so a cluster worker needs no access to it.
+
+The database says what it is: its SQLite ``application_id`` is `APPLICATION_ID`, set when
+atmospec creates it (an index written before it had one, holding only atmospec's tables, is
+adopted). A database with another identity, or with other tables, is refused rather than
+filled with a night's tables; so is an index path that is not a regular file (examined with
+``stat`` before SQLite opens it) and a row whose JSON record does not decode.
 """
 
 from __future__ import annotations
@@ -93,6 +99,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 """
 
 _BUSY_TIMEOUT_S = 60.0
+
+#: SQLite ``application_id`` of a night index: the bytes ``ATNI`` (AtmoSpec Night Index).
+APPLICATION_ID = int.from_bytes(b"ATNI", "big")
+#: The tables of a night index (`_SCHEMA`).
+_TABLES = frozenset({"raws", "rejected", "tasks"})
 
 #: Beginnings of the reasons that describe a file's state rather than its content: a file
 #: recorded so is looked at again at every indexing, whatever its size and modification
@@ -214,6 +225,34 @@ def _special_kind(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
+def unusable_file(path: Path) -> str | None:
+    """Why a file atmospec keeps (an index, a summary) cannot be opened as one, found with
+    ``stat`` before anything opens it (a FIFO would block its reader).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+
+    Returns
+    -------
+    str or None
+        The problem (``a FIFO (named pipe), not a regular file``, ``dangling symbolic link
+        (to ...)``, ...); None for a regular file, or when there is nothing at ``path``.
+    """
+    try:
+        st = path.stat()  # through a symbolic link
+    except FileNotFoundError:
+        try:
+            return f"dangling symbolic link (to {os.readlink(path)})"
+        except OSError:  # nothing there: the caller decides whether it may be created
+            return None
+    except OSError as exc:  # a loop of links, a file system error
+        return f"{_UNREADABLE}: {exc.strerror or short_error(exc)}"
+    kind = _special_kind(st.st_mode)
+    return None if kind is None else f"{kind}, not a regular file"
+
+
 def _examine(entry: Path) -> tuple[Path, int, float, str | None]:
     """What an entry of the night directory is, before anything opens it (a FIFO would block
     the reader): ``(path, size, mtime, reason)``, the path resolved and the reason None for
@@ -267,36 +306,86 @@ class NightIndex:
     Parameters
     ----------
     repo : path
-        Repository directory; the database is ``REPO/night/index.sqlite3`` (created).
+        Repository directory; the database is ``REPO/night/index.sqlite3``.
+    create : bool
+        Create the index if there is none (and mark an index written before the mark
+        existed); False opens an existing index for reading and changes nothing.
+
+    Raises
+    ------
+    BadInputError
+        The index is not a regular file, not an atmospec night index, damaged, or (with
+        ``create=False``) absent; the repository cannot be written (with ``create``).
     """
 
-    def __init__(self, repo: str | Path) -> None:
+    def __init__(self, repo: str | Path, *, create: bool = True) -> None:
         self.repo = Path(repo)
         self.db_path = self.repo / INDEX_FILE
+        problem = unusable_file(self.db_path)
+        if problem is not None:
+            raise BadInputError(self.db_path, f"unusable night index: {problem}")
+        if not create:
+            if not self.db_path.exists():
+                raise BadInputError(self.db_path, "no night index")
+            self._check_identity(adopt=False)
+            return
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise (not_writable(self.repo, exc) or BadInputError(
                 self.db_path.parent, f"cannot create ({exc.strerror})")) from None
+        self._check_identity(adopt=True)
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
             # Indexes written before duplicate OBSIDs were held back lack the column.
             if "obs_id" not in {r["name"] for r in conn.execute("PRAGMA table_info(rejected)")}:
                 conn.execute("ALTER TABLE rejected ADD COLUMN obs_id TEXT")
 
+    def _check_identity(self, *, adopt: bool) -> None:
+        """Refuse a database that is not a night index, before anything changes it.
+
+        A database marked with `APPLICATION_ID` is ours. An unmarked one holding no table
+        but atmospec's is a new file or an index written before the mark existed: it is
+        marked when ``adopt`` (a reader, the report, leaves it as it is).
+
+        Raises
+        ------
+        BadInputError
+            Another application's mark, or tables atmospec does not write.
+        """
+        # No WAL switch here: it would rewrite the header of someone else's database.
+        with self._connect(wal=False) as conn:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app_id == APPLICATION_ID:
+                return
+            foreign = sorted({r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%'")} - _TABLES)
+            if app_id != 0 or foreign:
+                what = (f"application id {app_id:#010x}" if app_id != 0
+                        else f"tables {', '.join(foreign[:5])}")
+                raise BadInputError(self.db_path, f"not an atmospec night index ({what})")
+            if adopt:
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
     def __repr__(self) -> str:
         return f"NightIndex({str(self.repo)!r})"
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, *, wal: bool = True) -> Iterator[sqlite3.Connection]:
+        """A connection in one transaction; SQLite errors become one-line `BadInputError`.
+
+        ``wal`` switches the database to write-ahead logging (left out only while its
+        identity is unchecked).
+        """
         try:
             conn = sqlite3.connect(self.db_path, timeout=_BUSY_TIMEOUT_S)
         except sqlite3.Error as exc:
             raise BadInputError(self.db_path, f"cannot open the night index ({exc})") from None
         conn.row_factory = sqlite3.Row
         try:
-            # WAL: readers (the report, a second terminal) never block the runner.
-            conn.execute("PRAGMA journal_mode=WAL")
+            if wal:  # readers (the report, a second terminal) never block the runner
+                conn.execute("PRAGMA journal_mode=WAL")
             with conn:  # one transaction: committed on success, rolled back on error
                 yield conn
         except sqlite3.DatabaseError as exc:
@@ -507,12 +596,34 @@ class NightIndex:
                 t = value if isinstance(value, Time) else Time(value, scale="tai")
                 where.append(f"mjd {op} ?")
                 args.append(float(t.tai.mjd))
-        sql = "SELECT path, info FROM raws"
+        sql = "SELECT path, obs_id, info FROM raws"
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self._connect() as conn:
             rows = conn.execute(sql + " ORDER BY day_obs, seq_num", args).fetchall()
-        return [RawRecord(Path(r["path"]), info_from_json(r["info"])) for r in rows]
+        return [self._raw_record(r) for r in rows]
+
+    def _raw_record(self, row: sqlite3.Row) -> RawRecord:
+        """A ``raws`` row decoded; a record that does not decode is a damaged index.
+
+        Raises
+        ------
+        BadInputError
+            The row's JSON record is not an `ObservationInfo`, naming the row's OBSID.
+        """
+        try:
+            return RawRecord(Path(row["path"]), info_from_json(row["info"]))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            # ValueError covers JSONDecodeError and a bad time; the others a record that is
+            # JSON but not an ObservationInfo's.
+            raise self._damaged_row("raws", row["obs_id"], "info",
+                                    f"{type(exc).__name__}: {short_error(exc)}") from None
+
+    def _damaged_row(self, table: str, obs_id: str, column: str, why: str) -> BadInputError:
+        """The one-line error for a row whose JSON column does not decode: the index file,
+        the row's OBSID and what is wrong."""
+        return BadInputError(self.db_path, f"damaged night index: row {obs_id} of table "
+                                           f"{table}, {column} unreadable ({why})")
 
     def rejected(self) -> list[tuple[Path, str]]:
         """Files that are not usable raws, with the reason."""
@@ -547,9 +658,31 @@ class NightIndex:
             sql, args = sql + " WHERE obs_id = ?", (obs_id,)
         with self._connect() as conn:
             rows = conn.execute(sql + " ORDER BY obs_id, started", args).fetchall()
-        return [TaskRecord(r["obs_id"], r["task"], r["status"], r["reason"], r["config_hash"],
-                           r["started"], r["duration_s"], r["attempts"],
-                           json.loads(r["outputs"]), json.loads(r["metrics"])) for r in rows]
+        return [self._task_record(r) for r in rows]
+
+    def _task_record(self, row: sqlite3.Row) -> TaskRecord:
+        """A ``tasks`` row decoded; JSON that does not decode to an object is a damaged
+        index.
+
+        Raises
+        ------
+        BadInputError
+            ``outputs`` or ``metrics`` is not a JSON object, naming the row's OBSID.
+        """
+        decoded = {}
+        for column in ("outputs", "metrics"):
+            try:
+                decoded[column] = json.loads(row[column])
+            except (ValueError, TypeError) as exc:  # ValueError: JSONDecodeError
+                raise self._damaged_row("tasks", row["obs_id"], column,
+                                        f"{type(exc).__name__}: {short_error(exc)}") from None
+            if not isinstance(decoded[column], dict):  # the callers read it as a mapping
+                raise self._damaged_row("tasks", row["obs_id"], column,
+                                        f"a JSON {type(decoded[column]).__name__}, not an "
+                                        "object")
+        return TaskRecord(row["obs_id"], row["task"], row["status"], row["reason"],
+                          row["config_hash"], row["started"], row["duration_s"],
+                          row["attempts"], decoded["outputs"], decoded["metrics"])
 
     def task_map(self) -> dict[tuple[str, str], TaskRecord]:
         """Recorded outcomes keyed by ``(obs_id, task)``."""

@@ -49,8 +49,8 @@ def build_report(repo: str | os.PathLike[str], config: ReportConfig | None = Non
     Raises
     ------
     BadInputError
-        ``repo`` is not a directory or not an atmospec repository, or its night summary
-        cannot be read.
+        ``repo`` is not a directory or not an atmospec repository, or its night index or
+        summary is there but unusable (not a regular file, damaged, not atmospec's).
     """
     config = config or ReportConfig()
     t0 = time.perf_counter()

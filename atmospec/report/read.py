@@ -23,7 +23,7 @@ from atmospec import layout
 from atmospec.calib.registry import CalibrationRegistry, CalibRecord
 from atmospec.errors import BadInputError, short_error
 from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
-from atmospec.night.index import NightIndex
+from atmospec.night.index import NightIndex, unusable_file
 from atmospec.night.summary import summary_table
 from atmospec.plots.exposure import ExposureOutputs
 
@@ -97,7 +97,9 @@ def check_repo(repo: str | os.PathLike[str]) -> Path:
     repo = Path(repo)
     if not repo.is_dir():
         raise BadInputError(repo, "no such directory")
-    if not any((repo / f).is_file() for f in (INDEX_FILE, SUMMARY_FILE, REGISTRY_FILE)):
+    # lexists: an index or summary that is there but unusable (a FIFO, a dangling link) is
+    # reported as such by `read_night`, not taken for a missing night.
+    if not any(os.path.lexists(repo / f) for f in (INDEX_FILE, SUMMARY_FILE, REGISTRY_FILE)):
         raise BadInputError(repo, f"not an atmospec repository (no {INDEX_FILE}, "
                                   f"{SUMMARY_FILE} or {REGISTRY_FILE}); run atmospec night "
                                   "RAWDIR --repo REPO first")
@@ -128,11 +130,16 @@ def read_summary(path: Path) -> Table:
     Raises
     ------
     BadInputError
-        The file cannot be read as an ECSV table (damaged, truncated, not text) or lacks
-        those columns; the message says how to have it rebuilt from the night index.
+        The file is not a regular file (a directory, a FIFO, a dangling link: examined with
+        ``stat`` before it is opened, since a FIFO would block), cannot be read as an ECSV
+        table (damaged, truncated, not text) or lacks those columns; the message says how to
+        have it rebuilt from the night index.
     """
     rebuild = ("remove it to have the report rebuild it from the night index, or run "
                "atmospec night again")
+    problem = unusable_file(path)
+    if problem is not None:
+        raise BadInputError(path, f"unusable night summary ({problem}); {rebuild}")
     try:
         with warnings.catch_warnings():  # the error below says it all, once
             warnings.simplefilter("ignore")
@@ -149,12 +156,19 @@ def read_summary(path: Path) -> Table:
 
 def read_night(repo: Path) -> Night:
     """The night summary (the file, else rebuilt from the index, else empty), its task
-    records and rejected files, with notes on anything unusual."""
+    records and rejected files, with notes on anything unusual.
 
-    index = NightIndex(repo) if (repo / INDEX_FILE).is_file() else None
+    Raises
+    ------
+    BadInputError
+        The index or the summary is there but unusable (not a regular file, damaged, not
+        atmospec's): the report never shows a night without the file that says it.
+    """
+    # lexists, not is_file: anything at those paths is read, and refused when unusable.
+    index = NightIndex(repo, create=False) if os.path.lexists(repo / INDEX_FILE) else None
     notes: list[tuple[str, str]] = []
     summary_file = repo / SUMMARY_FILE
-    if summary_file.is_file():
+    if os.path.lexists(summary_file):
         summary = read_summary(summary_file)
         if index is not None and summary_is_stale(summary, summary_table(index)):
             notes.append(("warn", f"The night index changed after {SUMMARY_FILE} was "
