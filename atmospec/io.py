@@ -200,3 +200,18 @@ def remove_stale_temporaries(root: str | Path, older_than_s: float = 60.0) -> li
                 continue
             removed.append(path)
     return removed
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is (``a directory``, ``a FIFO (named pipe)``,
+    ``a socket``, ``a device``, ``not a regular file``), from its ``stat`` mode; None for a
+    regular file.
+
+    Every reader looks before it opens: a FIFO would block it until a writer appears.
+    """
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):
+        if test(mode):
+            return kind
+    return None if stat.S_ISREG(mode) else "not a regular file"

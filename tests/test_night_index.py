@@ -153,3 +153,35 @@ def test_bad_pipeline_files_name_the_problem(tmp_path, text, message):
     with pytest.raises(BadInputError) as info:
         load_pipeline(path)
     assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_index_identity_adopts_old_indexes_and_refuses_foreign_databases(tmp_path):
+    """An index written before the identity mark is adopted by the night and left untouched
+    by a reader; a database with another application id is refused, not filled."""
+    import sqlite3
+
+    from atmospec.layout import INDEX_FILE
+    from atmospec.night.index import APPLICATION_ID
+
+    repo = tmp_path / "repo"
+    NightIndex(repo)
+    db = repo / INDEX_FILE
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA application_id = 0")
+    conn.close()
+    before = db.read_bytes()
+    NightIndex(repo, create=False)  # the report: reads, never writes
+    assert db.read_bytes() == before
+    NightIndex(repo)  # the night: adopts it
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    conn.close()
+
+    foreign = tmp_path / "foreign"
+    (foreign / INDEX_FILE).parent.mkdir(parents=True)
+    with sqlite3.connect(foreign / INDEX_FILE) as conn:
+        conn.execute("PRAGMA application_id = 1234")
+        conn.execute("CREATE TABLE raws (x)")
+    conn.close()
+    with pytest.raises(BadInputError, match="not an atmospec night index"):
+        NightIndex(foreign)

@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import sqlite3
-import stat
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from astropy.time import Time
 from atmospec.camera.raw import check_raw_structure
 from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError, short_error
+from atmospec.io import special_file_kind
 from atmospec.layout import INDEX_FILE
 from atmospec.night.lock import not_writable
 
@@ -215,16 +215,6 @@ def _after_indexing(obs_id: str | None) -> str:
     return "after indexing" if obs_id is None else f"after indexing (was {obs_id})"
 
 
-def _special_kind(mode: int) -> str | None:
-    """What a file that is not a regular file is, or None for a regular file."""
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device")):
-        if test(mode):
-            return kind
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
 def unusable_file(path: Path) -> str | None:
     """Why a file atmospec keeps (an index, a summary) cannot be opened as one, found with
     ``stat`` before anything opens it (a FIFO would block its reader).
@@ -249,7 +239,7 @@ def unusable_file(path: Path) -> str | None:
             return None
     except OSError as exc:  # a loop of links, a file system error
         return f"{_UNREADABLE}: {exc.strerror or short_error(exc)}"
-    kind = _special_kind(st.st_mode)
+    kind = special_file_kind(st.st_mode)
     return None if kind is None else f"{kind}, not a regular file"
 
 
@@ -268,7 +258,7 @@ def _examine(entry: Path) -> tuple[Path, int, float, str | None]:
         return entry, st.st_size, st.st_mtime, f"dangling symbolic link (to {target})"
     except OSError as exc:  # a loop of links, a file system error
         return entry, -1, -1.0, _os_reason(exc, "while indexing")
-    kind = _special_kind(st.st_mode)
+    kind = special_file_kind(st.st_mode)
     if kind is not None:
         return entry, st.st_size, st.st_mtime, f"{kind}, not a regular file"
     if not os.access(entry, os.R_OK):

@@ -15,7 +15,6 @@ existed have none, so the structure is checked by the bounded header walk raws g
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from astropy.io import fits
 
 from atmospec.errors import BadInputError, short_error
 from atmospec.fitsscan import check_hdu_sums, scan_fits
+from atmospec.io import special_file_kind
 
 __all__ = ["check_fits_file", "check_product_file", "check_regular_file", "is_fits"]
 
@@ -31,11 +31,6 @@ _FITS_MAGIC = b"SIMPLE"
 _GZIP_MAGIC = b"\x1f\x8b"
 
 #: What a path that is not a regular file is, by its ``stat`` mode, for the message.
-_SPECIAL_KINDS = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
-                  (stat.S_ISSOCK, "is a socket"), (stat.S_ISCHR, "is a character device"),
-                  (stat.S_ISBLK, "is a block device"))
-
-
 def check_regular_file(path: str | Path) -> os.stat_result:
     """Refuse a path that is not a non-empty regular file, without opening it.
 
@@ -64,10 +59,10 @@ def check_regular_file(path: str | Path) -> os.stat_result:
         raise BadInputError(path, "no such file") from None
     except OSError as exc:
         raise BadInputError(path, f"cannot stat ({short_error(exc)})") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((text for test, text in _SPECIAL_KINDS if test(st.st_mode)), "")
-        raise BadInputError(path, f"{kind}, not a regular file" if kind
-                            else "not a regular file")
+    kind = special_file_kind(st.st_mode)
+    if kind is not None:
+        raise BadInputError(path, kind if kind == "not a regular file"
+                            else f"is {kind}, not a regular file")
     if st.st_size == 0:
         raise BadInputError(path, "empty file")
     return st
