@@ -361,6 +361,7 @@ def test_wrong_shape_is_named(raws, tmp_path):
     wrong = tmp_path / "AT_O_20240624_000088.fits"
     with fits.open(raws["bias"][4]) as hdul:
         hdul[0].header["OBSID"] = "AT_O_20240624_000088"
+        hdul[0].header["SEQNUM"] = 88  # the OBSID and SEQNUM must agree
         hdul[5].data = hdul[5].data[:-10]
         hdul.writeto(wrong)
     with pytest.raises(BadInputError, match="has shape") as err:
