@@ -107,7 +107,8 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
                 # Products given on the command line win over the registry's choice.
                 chosen = replace(picked, **{f.name: getattr(files, f.name)
                                             for f in fields(files) if getattr(files, f.name)})
-            key = (raw.camera.name, chosen)
+            # The frame's geometry, not its name: a binned frame needs products of its shape.
+            key = (raw.camera, chosen)
             if key not in loaded:
                 try:
                     loaded[key] = load_calibrations(chosen, raw.camera)
