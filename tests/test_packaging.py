@@ -26,7 +26,8 @@ def test_data_files_are_packaged():
     from importlib import resources
 
     data = resources.files("atmospec.data")
-    for name in ("latiss_camera.yaml", "latiss_crosstalk.ecsv", "latiss_defects.ecsv",
+    for name in ("cameras/latiss.yaml", "cameras/sensors.yaml", "cameras/lsstcam_detectors.ecsv",
+                 "latiss_crosstalk.ecsv", "latiss_defects.ecsv",
                  "latiss_raw_template.fits.gz", "latiss_sensor_qe.ecsv", "ATTRIBUTION.md",
                  "instruments/latiss.yaml", "dispersers/holo4_003/transmission.txt",
                  "dispersers/HoloAmAg/hologram_grooves_per_mm.txt", "instruments/ctio.yaml",

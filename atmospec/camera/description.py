@@ -1,7 +1,18 @@
-"""Instrument descriptions: amplifier geometry, placement, gains, read noise, saturation.
+"""Detector descriptions: amplifier geometry, placement, gains, read noise, saturation.
 
-An instrument is a data file in ``data/<name>_camera.yaml`` read into a `Camera`. Nothing in
-the pipeline branches on the instrument name: code asks the `Camera` for what it needs.
+A `Camera` describes one detector (CCD) of one instrument: everything ISR and the products
+need. It is built from three kinds of data file in ``data/cameras/`` and nothing in the
+pipeline branches on the instrument name:
+
+* ``sensors.yaml``: per sensor type (ITL, E2V, the ITL wavefront sensor) the amplifier
+  geometry and placement (obs_lsst ``cameraHeader.yaml``);
+* ``<instrument>.yaml``: pixel, plate scale, default saturation and suspect levels, and the
+  detector table;
+* ``<instrument>_detectors.ecsv``: one row per amplifier of every detector (name such as
+  ``R22_S11``, number, CCD serial, sensor type, nominal gain, read noise, saturation).
+
+LATISS is one instrument of one detector (``RXX_S00``); LSSTCam has 205 (189 science, 8
+guide and 8 wavefront sensors), ComCam 9 and the TS8 raft stand 9 per raft.
 
 The file describes the unbinned readout. The geometry of an on-chip binned readout is derived
 from it here and nowhere else (`Camera.binned`): binned pixel ``k`` of a segment sums the
@@ -17,13 +28,16 @@ the sequencer's readout order (see docs/isr.md, "Binned raws").
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import yaml
+from astropy.table import Table
 
 from atmospec.errors import BadInputError
 
@@ -96,16 +110,19 @@ class Amplifier:
     """Nominal gain, e⁻/ADU."""
     read_noise: float
     """Nominal read noise, e⁻."""
+    saturation_adu: float = math.inf
+    """Saturation level of this amp, ADU above the overscan level (the detector table's,
+    else the instrument's default)."""
 
 
 @dataclass(frozen=True)
 class Camera:
-    """Everything the pipeline needs to know about one single-CCD camera."""
+    """Everything the pipeline needs to know about one detector of one instrument."""
 
     name: str
     """Instrument name, as the header translator reports it (e.g. ``LATISS``)."""
     detector_serial: str
-    """Serial number of the CCD the nominal values belong to."""
+    """Serial number of the CCD (``LSST_NUM``, e.g. ``ITL-3800C-068``)."""
     pixel_size_mm: float
     """Physical pixel pitch, mm."""
     plate_scale: float
@@ -122,12 +139,23 @@ class Camera:
     parallel_overscan_bbox: BBox
     """Parallel overscan rows inside a raw segment."""
     saturation_adu: float
-    """Saturation level, ADU above the overscan level (binned pixels too: the limit is the
-    output chain's, the same for every binning; an assumption, see docs/isr.md)."""
+    """The instrument's default saturation level, ADU above the overscan level, for amps
+    whose detector table gives none (binned pixels too: the limit is the output chain's,
+    the same for every binning; an assumption, see docs/isr.md). Per amp:
+    `saturation_levels`."""
     suspect_adu: float
-    """Level above which pixels are flagged SUSPECT (non-linear regime), ADU."""
+    """Level above which pixels are flagged SUSPECT (non-linear regime), ADU; infinite when
+    the instrument states none."""
     amplifiers: tuple[Amplifier, ...]
     """Amplifiers in raw HDU order."""
+    detector: str = ""
+    """Detector name, raft and slot (``R22_S11``; LATISS ``RXX_S00``)."""
+    detector_id: int = 0
+    """Detector number within the instrument (obs_lsst's: R22_S11 of LSSTCam is 94)."""
+    vendor: str = ""
+    """CCD manufacturer, ``ITL`` or ``E2V`` (as the header's ``CCD_MANU``)."""
+    sensor_type: str = ""
+    """Sensor type of ``data/cameras/sensors.yaml`` (``ITL``, ``E2V``)."""
     binning: tuple[int, int] = (1, 1)
     """On-chip binning ``(x, y)`` of the boxes and of `detector_shape`."""
     base: Camera | None = field(default=None, repr=False, compare=False)
@@ -194,6 +222,16 @@ class Camera:
         """Nominal read noise (e⁻) in HDU order."""
         return np.array([a.read_noise for a in self.amplifiers])
 
+    @property
+    def saturation_levels(self) -> np.ndarray:
+        """Saturation level per amp (ADU above the overscan) in HDU order."""
+        return np.array([a.saturation_adu for a in self.amplifiers])
+
+    @property
+    def label(self) -> str:
+        """``<instrument> <detector>`` for messages (``LSSTCam R22_S11``)."""
+        return f"{self.name} {self.detector}" if self.detector else self.name
+
     def amp_index(self, name: str) -> int:
         """Index (HDU order) of the amplifier called ``name``."""
         try:
@@ -212,38 +250,6 @@ class Camera:
         for i, amp in enumerate(self.amplifiers):
             out[self.amp_slices(amp)] = i
         return out
-
-
-def _camera_from_dict(d: dict) -> Camera:
-    amp = d["amp"]
-    amps = tuple(
-        Amplifier(
-            name=a["name"],
-            extname=a["extname"],
-            hdu=int(a["hdu"]),
-            flip_x=bool(a["flip"][0]),
-            flip_y=bool(a["flip"][1]),
-            ix=int(a["ixy"][0]),
-            iy=int(a["ixy"][1]),
-            gain=float(a["gain"]),
-            read_noise=float(a["read_noise"]),
-        )
-        for a in d["amplifiers"]
-    )
-    return Camera(
-        name=d["name"],
-        detector_serial=d.get("detector_serial", ""),
-        pixel_size_mm=float(d["pixel_size_mm"]),
-        plate_scale=float(d["plate_scale_arcsec_per_pixel"]),
-        raw_bbox=BBox.from_list(amp["raw_bbox"]),
-        data_bbox=BBox.from_list(amp["data_bbox"]),
-        serial_prescan_bbox=BBox.from_list(amp["serial_prescan_bbox"]),
-        serial_overscan_bbox=BBox.from_list(amp["serial_overscan_bbox"]),
-        parallel_overscan_bbox=BBox.from_list(amp["parallel_overscan_bbox"]),
-        saturation_adu=float(amp["saturation_adu"]),
-        suspect_adu=float(amp["suspect_adu"]),
-        amplifiers=amps,
-    )
 
 
 _BINNED_BOXES = ("raw_bbox", "data_bbox", "serial_prescan_bbox", "serial_overscan_bbox",
@@ -299,26 +305,162 @@ def segment_shape_problem(camera: Camera, extname: str, shape: tuple[int, ...] |
             f"BINX={bx}, BINY={by}")
 
 
-def load_camera(name: str = "latiss") -> Camera:
-    """Load the description ``data/<name>_camera.yaml`` shipped with atmospec.
+def load_camera(name: str = "latiss", detector: str | None = None) -> Camera:
+    """The description of one detector of an instrument shipped with atmospec.
 
     Parameters
     ----------
     name : str
-        Instrument name, case-insensitive (``latiss``).
+        Instrument name, case-insensitive (``latiss``, ``lsstcam``, ``lsstcomcam``,
+        ``lsst-ts8``): ``data/cameras/<name>.yaml``.
+    detector : str, optional
+        Detector name (``R22_S11``); may be omitted for an instrument of one detector.
 
     Returns
     -------
     Camera
         The frozen description (cached: the same object on every call).
+
+    Raises
+    ------
+    BadInputError
+        With the instrument as the "file": unknown instrument, unknown detector, a detector
+        omitted for an instrument of several, or a sensor the pipeline does not reduce
+        (the wavefront sensors), each with the reason.
     """
-    return _load_camera(name.lower())
+    instrument = _load_instrument(name.lower())
+    if detector is None:
+        if len(instrument.detectors) != 1:
+            raise BadInputError(instrument.name, f"has {len(instrument.detectors)} "
+                                                 "detectors: name one (e.g. R22_S11)")
+        detector = next(iter(instrument.detectors))
+    return _load_detector(instrument.name.lower(), detector)
+
+
+def list_detectors(name: str) -> tuple[str, ...]:
+    """Names of an instrument's detectors, in detector-number order (all of them, the
+    wavefront sensors included: `load_camera` refuses those)."""
+    detectors = _load_instrument(name.lower()).detectors
+    return tuple(sorted(detectors, key=lambda d: detectors[d].detector_id))
+
+
+@dataclass(frozen=True)
+class DetectorEntry:
+    """One detector of an instrument's table (``data/cameras/<instrument>_detectors.ecsv``)."""
+
+    detector_id: int
+    """Detector number within the instrument."""
+    serial: str
+    """CCD serial (``LSST_NUM``)."""
+    sensor_type: str
+    """Sensor type of ``sensors.yaml`` (``ITL``, ``E2V``, ``ITL_WF``)."""
+    amps: dict[str, tuple[float, float, float]] = field(repr=False)
+    """Amp name → (gain, read noise, saturation ADU or NaN)."""
+
+    @property
+    def vendor(self) -> str:
+        """CCD manufacturer (``ITL``, ``E2V``)."""
+        return str(_sensor_types()[self.sensor_type]["vendor"])
+
+
+def detector_table(name: str) -> Mapping[str, DetectorEntry]:
+    """Every detector of an instrument, by name (``R22_S11``), read-only.
+
+    Parameters
+    ----------
+    name : str
+        Instrument name, case-insensitive (`load_camera`).
+
+    Raises
+    ------
+    BadInputError
+        For an instrument without a camera description.
+    """
+    return MappingProxyType(_load_instrument(name.lower()).detectors)
+
+
+@dataclass(frozen=True)
+class _Instrument:
+    name: str
+    pixel_size_mm: float
+    plate_scale: float
+    saturation_adu: float
+    suspect_adu: float
+    detectors: dict[str, DetectorEntry]
+
+
+def _data_file(name: str):
+    return resources.files("atmospec.data") / "cameras" / name
 
 
 @cache
-def _load_camera(name: str) -> Camera:
-    fname = f"{name}_camera.yaml"
-    ref = resources.files("atmospec.data") / fname
-    if not ref.is_file():
+def _sensor_types() -> dict:
+    return yaml.safe_load(_data_file("sensors.yaml").read_text())
+
+
+@cache
+def _load_instrument(name: str) -> _Instrument:
+    ref = _data_file(f"{name}.yaml")
+    if not _safe_name(name) or not ref.is_file():
         raise BadInputError(name, "unknown instrument (no camera description shipped)")
-    return _camera_from_dict(yaml.safe_load(ref.read_text()))
+    doc = yaml.safe_load(ref.read_text())
+    table = Table.read(_data_file(doc["detectors"]).read_text(), format="ascii.ecsv")
+    detectors: dict[str, DetectorEntry] = {}
+    for row in table:
+        det = str(row["detector"])
+        entry = detectors.get(det)
+        if entry is None:
+            entry = detectors[det] = DetectorEntry(int(row["detector_id"]), str(row["serial"]),
+                                                  str(row["sensor_type"]), {})
+        entry.amps[str(row["amp"])] = (float(row["gain"]), float(row["read_noise"]),
+                                       float(row["saturation_adu"]))
+    suspect = doc.get("suspect_adu")
+    plate_scale = doc.get("plate_scale_arcsec_per_pixel")
+    return _Instrument(
+        name=doc["name"], pixel_size_mm=float(doc["pixel_size_mm"]),
+        plate_scale=math.nan if plate_scale is None else float(plate_scale),
+        saturation_adu=float(doc["saturation_adu"]),
+        suspect_adu=math.inf if suspect is None else float(suspect),
+        detectors=detectors)
+
+
+def _safe_name(name: str) -> bool:
+    return all(c.isalnum() or c in "-_" for c in name) and bool(name)
+
+
+@cache
+def _load_detector(instrument_name: str, detector: str) -> Camera:
+    instrument = _load_instrument(instrument_name)
+    row = instrument.detectors.get(detector)
+    if row is None:
+        raise BadInputError(instrument.name, f"no detector {detector!r} (raft and slot "
+                                             "such as R22_S11)")
+    sensor = _sensor_types()[row.sensor_type]
+    if "unsupported" in sensor:
+        raise BadInputError(instrument.name, f"{detector} is {sensor['unsupported']}")
+    amps = []
+    for hdu, (amp, extname, flip_x, flip_y, ix, iy) in enumerate(sensor["amplifiers"], 1):
+        gain, read_noise, saturation = row.amps[amp]
+        amps.append(Amplifier(
+            name=amp, extname=extname, hdu=hdu, flip_x=bool(flip_x), flip_y=bool(flip_y),
+            ix=int(ix), iy=int(iy), gain=gain, read_noise=read_noise,
+            saturation_adu=instrument.saturation_adu if math.isnan(saturation)
+            else saturation))
+    return Camera(
+        name=instrument.name,
+        detector_serial=row.serial,
+        pixel_size_mm=instrument.pixel_size_mm,
+        plate_scale=instrument.plate_scale,
+        raw_bbox=BBox.from_list(sensor["raw_bbox"]),
+        data_bbox=BBox.from_list(sensor["data_bbox"]),
+        serial_prescan_bbox=BBox.from_list(sensor["serial_prescan_bbox"]),
+        serial_overscan_bbox=BBox.from_list(sensor["serial_overscan_bbox"]),
+        parallel_overscan_bbox=BBox.from_list(sensor["parallel_overscan_bbox"]),
+        saturation_adu=instrument.saturation_adu,
+        suspect_adu=instrument.suspect_adu,
+        amplifiers=tuple(amps),
+        detector=detector,
+        detector_id=row.detector_id,
+        vendor=str(sensor["vendor"]),
+        sensor_type=row.sensor_type,
+    )

@@ -135,7 +135,9 @@ class ObservationInfo:
     instrument: str
     """Canonical instrument name, e.g. ``"LATISS"``."""
     obs_id: str
-    """Unique observation identifier, e.g. ``"AT_O_20240624_000106"``."""
+    """Unique identifier of this raw frame, which names every output: the exposure's
+    `exposure_id` for an instrument of one detector (``"AT_O_20240624_000106"``), followed
+    by ``_<detector>`` for an instrument of several (``"MC_C_20190319_000001_R22_S11"``)."""
     day_obs: int
     """Observing day as ``YYYYMMDD`` (the night's local date, not the UTC date)."""
     seq_num: int
@@ -181,6 +183,31 @@ class ObservationInfo:
     """On-chip binning ``(x, y)``; ``(1, 1)`` when the header does not say."""
     detector_serial: str | None
     """Detector serial (``LSST_NUM`` for LATISS, e.g. ``"ITL-3800C-068"``); None if empty."""
+    exposure_id: str | None = None
+    """The exposure's identifier (``OBSID``), shared by all its detectors' frames; None is
+    filled with `obs_id` (an instrument of one detector)."""
+    detector: str | None = None
+    """Detector name, raft and slot (``"R22_S11"``; a TS8 raft's ``"RTM-010_S11"``), for
+    instruments of several detectors; None for an instrument of one (LATISS)."""
+    detector_id: int | None = None
+    """Detector number within the instrument (obs_lsst's; R22_S11 of LSSTCam is 94)."""
+    vendor: str | None = None
+    """CCD manufacturer from ``CCD_MANU``, upper-case (``"ITL"``, ``"E2V"``); None if absent."""
+    test_stand: str | None = None
+    """Test stand or camera configuration (``TSTAND``: ``"BOT"``, ``"TS8"``,
+    ``"TMAMCv1_SUM"``); None if absent."""
+    run: str | None = None
+    """Test or acquisition run (``RUNNUM``, e.g. ``"6489D"``, ``"13162"``); None if absent."""
+    test_type: str | None = None
+    """EO test type (``TESTTYPE``), upper-case: ``"BIAS"``, ``"DARK"``, ``"FLAT"``,
+    ``"SFLAT"``, ``"LAMBDA"``, ``"FE55"``, ``"SPOT"``, ``"PPUMP"`` …; None if absent."""
+    controller: str | None = None
+    """Controller code of the observation id (``CONTRLLR``: ``O`` on sky, ``C`` camera
+    control in the lab, ``H`` simulated, ``S`` simulator); None if absent."""
+
+    def __post_init__(self) -> None:
+        if self.exposure_id is None:
+            object.__setattr__(self, "exposure_id", self.obs_id)
 
     @property
     def is_dispersed(self) -> bool:

@@ -276,9 +276,13 @@ def _segment_steps(raw: RawFrame, steps: tuple[str, ...], config: IsrConfig,
             out.overscan_sigma = overscan_noise(seg, camera, config.overscan)
     if "saturation" in steps:
         with timer("saturation"):
-            sat_level = config.saturation.saturation_adu or camera.saturation_adu
+            # Per amp: the detector table's levels (LSSTCam gives one per amp), unless the
+            # configuration sets one level for all.
+            sat_level = (np.full(camera.n_amps, config.saturation.saturation_adu)
+                         if config.saturation.saturation_adu else camera.saturation_levels)
             sus_level = config.saturation.suspect_adu or camera.suspect_adu
-            out.saturated, out.suspect = saturation_masks(seg[dsl], sat_level, sus_level)
+            out.saturated, out.suspect = saturation_masks(
+                seg[dsl], sat_level[:, None, None].astype(np.float32), sus_level)
     if "linearity" in steps:
         with timer("linearity"):
             for i in range(camera.n_amps):

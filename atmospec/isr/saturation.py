@@ -21,16 +21,17 @@ class SaturationConfig:
     """Replace saturated pixels by interpolation (and flag them INTRP)."""
 
 
-def saturation_masks(data: np.ndarray, saturation: float,
-                     suspect: float) -> tuple[np.ndarray, np.ndarray]:
+def saturation_masks(data: np.ndarray, saturation: float | np.ndarray,
+                     suspect: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boolean SAT and SUSPECT masks of overscan-subtracted ADU data.
 
     Parameters
     ----------
     data : numpy.ndarray
         Overscan-subtracted data in ADU (any shape).
-    saturation, suspect : float
-        Levels in ADU.
+    saturation, suspect : float or numpy.ndarray
+        Levels in ADU, or arrays broadcasting against ``data`` (one level per amp:
+        ``levels[:, None, None]`` for ``(n_amps, ny, nx)`` segments).
 
     Returns
     -------
