@@ -324,15 +324,15 @@ def load_camera(name: str = "latiss", detector: str | None = None) -> Camera:
     Raises
     ------
     BadInputError
-        With the instrument as the "file": unknown instrument, unknown detector, a detector
-        omitted for an instrument of several, or a sensor the pipeline does not reduce
-        (the wavefront sensors), each with the reason.
+        Without a file (the caller names it): unknown instrument, unknown detector, a
+        detector omitted for an instrument of several, or a sensor the pipeline does not
+        reduce (the wavefront sensors), each with the reason.
     """
     instrument = _load_instrument(name.lower())
     if detector is None:
         if len(instrument.detectors) != 1:
-            raise BadInputError(instrument.name, f"has {len(instrument.detectors)} "
-                                                 "detectors: name one (e.g. R22_S11)")
+            raise BadInputError(None, f"{instrument.name} has {len(instrument.detectors)} "
+                                      "detectors: name one (e.g. R22_S11)")
         detector = next(iter(instrument.detectors))
     return _load_detector(instrument.name.lower(), detector)
 
@@ -402,7 +402,9 @@ def _sensor_types() -> dict:
 def _load_instrument(name: str) -> _Instrument:
     ref = _data_file(f"{name}.yaml")
     if not _safe_name(name) or not ref.is_file():
-        raise BadInputError(name, "unknown instrument (no camera description shipped)")
+        raise BadInputError(None, f"no camera description for instrument {name!r} (known: "
+                                  f"{', '.join(_known_instruments())}): its raws cannot be "
+                                  "reduced")
     doc = yaml.safe_load(ref.read_text())
     table = Table.read(_data_file(doc["detectors"]).read_text(), format="ascii.ecsv")
     detectors: dict[str, DetectorEntry] = {}
@@ -424,6 +426,12 @@ def _load_instrument(name: str) -> _Instrument:
         detectors=detectors)
 
 
+def _known_instruments() -> list[str]:
+    folder = resources.files("atmospec.data") / "cameras"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
+                  if p.name.endswith(".yaml") and p.name != "sensors.yaml")
+
+
 def _safe_name(name: str) -> bool:
     return all(c.isalnum() or c in "-_" for c in name) and bool(name)
 
@@ -433,11 +441,12 @@ def _load_detector(instrument_name: str, detector: str) -> Camera:
     instrument = _load_instrument(instrument_name)
     row = instrument.detectors.get(detector)
     if row is None:
-        raise BadInputError(instrument.name, f"no detector {detector!r} (raft and slot "
-                                             "such as R22_S11)")
+        raise BadInputError(None, f"{instrument.name} has no detector {detector!r} (raft "
+                                  "and slot such as R22_S11)")
     sensor = _sensor_types()[row.sensor_type]
     if "unsupported" in sensor:
-        raise BadInputError(instrument.name, f"{detector} is {sensor['unsupported']}")
+        raise BadInputError(None, f"{instrument.name} {detector} is "
+                                  f"{sensor['unsupported']}")
     amps = []
     for hdu, (amp, extname, flip_x, flip_y, ix, iy) in enumerate(sensor["amplifiers"], 1):
         gain, read_noise, saturation = row.amps[amp]

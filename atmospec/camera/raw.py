@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,10 +154,17 @@ class _AmpFinder:
     def _primary(self, hdu: HduLayout) -> None:
         info = translate_header(hdu.header, filename=str(self.path))
         if self.camera is None:
-            self.camera = load_camera(info.instrument)
+            try:
+                self.camera = load_camera(info.instrument, info.detector)
+            except BadInputError as exc:
+                raise BadInputError(self.path, exc.problem) from None
         elif info.instrument.lower() != self.camera.name.lower():
             raise BadInputError(self.path, f"instrument {info.instrument} is not "
                                            f"{self.camera.name}")
+        elif info.detector is not None and info.detector != self.camera.detector:
+            raise BadInputError(self.path, f"detector {info.detector} is not "
+                                           f"{self.camera.label}")
+        check_sensor(self.path, hdu.header, info, self.camera)
         self.info = info
         # The one place deciding the segment shape: the camera at the header's BINX/BINY.
         self.camera = frame_camera(self.camera, info.binning, self.path)
@@ -196,6 +204,44 @@ class _AmpFinder:
                 raise BadInputError(self.path, f"missing amplifier HDU {amp.extname}")
             hdus.append(hdu)
         return tuple(hdus)
+
+
+#: ``DETSIZE = '[1:4072,1:4000]'``: the assembled detector, 1-based inclusive.
+_DETSIZE = re.compile(r"^\[1:(\d+),1:(\d+)\]$")
+
+
+def check_sensor(path: Path, header: fits.Header, info: ObservationInfo,
+                 camera: Camera) -> None:
+    """Refuse a raw whose header describes another sensor than its detector's.
+
+    The vendor (``CCD_MANU``) decides the amplifier geometry (an e2v segment has 10 prescan
+    columns and 2002 rows of data, an ITL one 3 and 2000): a header naming another vendor
+    than the detector table's, or a ``DETSIZE`` other than the sensor's assembled size,
+    means the file and the description disagree, and reducing it with either geometry would
+    be wrong without a word. A different CCD serial (``LSST_NUM``) is only logged: BOT runs
+    of 2019 held engineering rafts in bays whose CCDs were later replaced, and the nominal
+    values and products follow the detector (raft and slot).
+
+    Raises
+    ------
+    BadInputError
+        Naming the file, the header's value and the detector's.
+    """
+    if info.vendor and camera.vendor and info.vendor.upper() != camera.vendor.upper():
+        raise BadInputError(path, f"CCD_MANU = {info.vendor!r} but {camera.label} is an "
+                                  f"{camera.vendor} sensor ({camera.sensor_type} geometry)")
+    detsize = header.get("DETSIZE")
+    if isinstance(detsize, str) and detsize.strip():
+        match = _DETSIZE.match(detsize.strip())
+        ny, nx = camera.unbinned.detector_shape
+        if match is None or (int(match[1]), int(match[2])) != (nx, ny):
+            raise BadInputError(path, f"DETSIZE = {detsize!r} is not the {nx}×{ny} of "
+                                      f"{camera.label} ({camera.vendor or 'its'} sensor)")
+    if (info.detector_serial and camera.detector_serial
+            and info.detector_serial != camera.detector_serial):
+        log.info("%s: LSST_NUM %s, the detector table has %s for %s: nominal values and "
+                 "products follow the detector", path, info.detector_serial,
+                 camera.detector_serial, camera.label)
 
 
 def _check_integer_pixels(path: Path, extname: str, key: str, bitpix: int) -> None:
