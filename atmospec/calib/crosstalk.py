@@ -436,7 +436,7 @@ def compare_crosstalk(measured: CrosstalkMeasurement, reference: CrosstalkMatrix
         ``n_sigma`` ((measured − reference) / error), ``count``.
     """
     camera = camera or load_camera("latiss")
-    reference = reference or Crosstalk.read(n_amps=camera.n_amps).matrix(camera.n_amps)
+    reference = reference or Crosstalk.default(camera).matrix(camera.n_amps)
     if reference.units != "adu":
         raise ValueError("the reference matrix must be in ADU ratios")
     t, s = np.nonzero(measured.valid)

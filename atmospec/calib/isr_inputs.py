@@ -40,13 +40,13 @@ class CalibrationFiles:
     flat: str | None = None
     """Master flat (Exposure file, normalised)."""
     defects: str | None = None
-    """Defects table; ``None``: the shipped LATISS list."""
+    """Defects table; ``None``: the detector's shipped list (LATISS), else none."""
     ptc: str | None = None
     """PTC table giving gains and read noise; ``None``: nominal values."""
     linearizer: str | None = None
     """Linearizer table."""
     crosstalk: str | None = None
-    """Crosstalk table; ``None``: the shipped LATISS matrix."""
+    """Crosstalk table; ``None``: the detector's shipped matrix (LATISS), else none."""
 
 
 def load_calibrations(files: CalibrationFiles, camera: Camera,
@@ -85,8 +85,9 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     products = products or {}
     ptc = Ptc.read(files.ptc, camera) if files.ptc else None
     gains = ptc.gains(camera) if ptc else nominal_gains(camera)
-    crosstalk = Crosstalk.read(files.crosstalk, camera.n_amps)
-    defects = Defects.read(files.defects)
+    crosstalk = (Crosstalk.read(files.crosstalk, camera.n_amps) if files.crosstalk
+                 else Crosstalk.default(camera))
+    defects = Defects.read(files.defects) if files.defects else Defects.default(camera)
     linearizer = Linearizer.read(files.linearizer, camera) if files.linearizer else None
     calibs = IsrCalibrations(
         gains=gains,

@@ -394,7 +394,7 @@ def _build(kind: str, raws: Sequence[str | Path], config: MasterConfig, *,
     usable, issues = _check_inputs(kind, raws, config, camera)
     _require_count(kind, usable, issues, config)
 
-    matrix = (crosstalk or Crosstalk.read(n_amps=camera.n_amps)).matrix(camera.n_amps)
+    matrix = (crosstalk or Crosstalk.default(camera)).matrix(camera.n_amps)
     calibs = IsrCalibrations(gains=ptc.gains(camera) if ptc else nominal_gains(camera),
                              crosstalk=matrix)
     steps = ISR_STEPS[kind]

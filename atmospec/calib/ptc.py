@@ -305,7 +305,7 @@ def ptc_calibrations(camera: Camera, config: PtcConfig) -> IsrCalibrations:
     -------
     IsrCalibrations
     """
-    xtalk = Crosstalk.read(n_amps=camera.n_amps).matrix(camera.n_amps) if config.crosstalk \
+    xtalk = Crosstalk.default(camera).matrix(camera.n_amps) if config.crosstalk \
         else None
     return IsrCalibrations(gains=nominal_gains(camera), crosstalk=xtalk)
 

@@ -426,6 +426,26 @@ def _load_instrument(name: str) -> _Instrument:
         detectors=detectors)
 
 
+def shipped_product(camera: Camera, kind: str) -> Path | None:
+    """The product of ``kind`` shipped for ``camera``'s detector, or None.
+
+    LATISS ships its measured crosstalk matrix and defect list (``shipped_products`` of
+    ``data/cameras/latiss.yaml``); the LSST cameras ship none, and ISR then applies no
+    crosstalk correction and masks no defect until products are given.
+
+    Parameters
+    ----------
+    camera : Camera
+        The detector.
+    kind : str
+        ``crosstalk`` or ``defects``.
+    """
+    doc = yaml.safe_load(_data_file(f"{camera.name.lower()}.yaml").read_text())
+    shipped = (doc.get("shipped_products") or {}).get(camera.detector, {})
+    name = shipped.get(kind)
+    return None if name is None else Path(str(resources.files("atmospec.data") / name))
+
+
 def _known_instruments() -> list[str]:
     folder = resources.files("atmospec.data") / "cameras"
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()

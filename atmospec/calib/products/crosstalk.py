@@ -18,6 +18,7 @@ import numpy as np
 from astropy.table import Table
 
 from atmospec.calib.products._tables import ecsv_text, read_table
+from atmospec.camera.description import Camera, shipped_product
 from atmospec.errors import BadInputError
 from atmospec.io import write_text_atomic
 from atmospec.isr.crosstalk import CrosstalkMatrix
@@ -59,6 +60,22 @@ class Crosstalk:
         if path is None:
             path = Path(str(resources.files("atmospec.data") / SHIPPED_FILE))
         return cls.checked(read_table(path, "crosstalk", "ascii.ecsv"), str(path), n_amps)
+
+    @classmethod
+    def default(cls, camera: Camera) -> Crosstalk:
+        """The matrix shipped for ``camera``'s detector, else a zero matrix (no correction).
+
+        A matrix measured on one CCD says nothing of another's: the LATISS matrix must never
+        correct an LSSTCam frame, so detectors without a shipped matrix get none.
+        """
+        path = shipped_product(camera, "crosstalk")
+        if path is not None:
+            return cls.read(path, camera.n_amps)
+        n = camera.n_amps
+        table = Table({"CT_COEFFS": np.zeros((1, n * n))})
+        table.meta.update({"OBSTYPE": "CROSSTALK", "INSTRUME": camera.name,
+                           "CROSSTALK_RATIOS_UNITS": "adu"})
+        return cls(table, f"none ({camera.label} ships no crosstalk matrix)")
 
     @classmethod
     def checked(cls, table: Table, source: str, n_amps: int = 16) -> Crosstalk:

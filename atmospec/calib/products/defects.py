@@ -13,6 +13,7 @@ import numpy as np
 from astropy.table import Table
 
 from atmospec.calib.products._tables import ecsv_text, read_table, require_columns
+from atmospec.camera.description import Camera, shipped_product
 from atmospec.io import write_text_atomic
 from atmospec.isr.defects import defect_mask
 
@@ -55,6 +56,16 @@ class Defects:
         path = Path(path)
         table = read_table(path, "defects", "ascii.ecsv" if path.suffix == ".ecsv" else None)
         return cls.checked(table, str(path))
+
+    @classmethod
+    def default(cls, camera: Camera) -> Defects:
+        """The list shipped for ``camera``'s detector, else an empty list (no box masked)."""
+        path = shipped_product(camera, "defects")
+        if path is not None:
+            return cls.read(path)
+        table = Table({name: np.zeros(0, dtype=int) for name in _COLUMNS})
+        table.meta["OBSTYPE"] = "DEFECTS"
+        return cls(table, f"none ({camera.label} ships no defect list)")
 
     @classmethod
     def checked(cls, table: Table, source: str) -> Defects:
