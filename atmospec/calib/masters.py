@@ -308,9 +308,13 @@ def build_spectro_flat(raws: Sequence[str | Path], bias: Bias, dark: Dark | None
 # --------------------------------------------------------------------------- input checks
 
 
-def _check_inputs(kind: str, raws: Sequence[str | Path], config: MasterConfig,
-                  camera: Camera) -> tuple[list[_Input], list[tuple[Path, str]]]:
+def _check_inputs(kind: str, raws: Sequence[str | Path], config: MasterConfig
+                  ) -> tuple[list[_Input], list[tuple[Path, str]]]:
     """Header checks of every input: the usable ones and the (file, problem) of the rest.
+
+    A master belongs to one detector: the detector of most inputs is the product's (a tie
+    goes to the first input's), and frames of another instrument or detector are bad
+    inputs, as frames of another filter are for a flat.
 
     Raises
     ------
@@ -335,9 +339,7 @@ def _check_inputs(kind: str, raws: Sequence[str | Path], config: MasterConfig,
         except BadInputError as exc:
             issues.append((path, exc.problem))
             continue
-        if info.instrument.upper() != camera.name.upper():
-            issues.append((path, f"instrument {info.instrument}, expected {camera.name}"))
-        elif info.image_type != kind:
+        if info.image_type != kind:
             issues.append((path, f"image type {info.image_type}, expected {kind}"))
         elif kind == "dark" and not (info.dark_time and info.dark_time > 0):
             issues.append((path, "no positive dark time: cannot scale to e-/s"))
@@ -346,18 +348,32 @@ def _check_inputs(kind: str, raws: Sequence[str | Path], config: MasterConfig,
         else:
             seen[info.obs_id] = path
             usable.append(_Input(path, info))
-    if kind == "flat" and usable:
-        # The filter of most inputs is the product's; a tie goes to the first input's.
-        counts = Counter(i.info.physical_filter for i in usable)
-        best = max(counts.values())
-        majority = next(i.info.physical_filter for i in usable
-                        if counts[i.info.physical_filter] == best)
-        issues += [(i.path, f"physical filter {i.info.physical_filter}, the other flats "
-                            f"are {majority}") for i in usable
-                   if i.info.physical_filter != majority]
-        usable = [i for i in usable if i.info.physical_filter == majority]
+    usable, issues = _majority(usable, issues, _detector_key, "", "the other frames are")
+    if kind == "flat":
+        usable, issues = _majority(usable, issues, lambda info: info.physical_filter,
+                                   "physical filter ", "the other flats are")
     _handle_issues(issues, config.skip_bad)
     return usable, issues
+
+
+def _detector_key(info: ObservationInfo) -> str:
+    """The instrument and detector of a frame, as a message shows them."""
+    return f"{info.instrument} {info.detector}" if info.detector else info.instrument
+
+
+def _majority(usable: list[_Input], issues: list[tuple[Path, str]],
+              key: Callable[[ObservationInfo], str], prefix: str, what: str
+              ) -> tuple[list[_Input], list[tuple[Path, str]]]:
+    """Keep the inputs of the most common ``key`` (ties: the first input's); the others
+    become issues, ``"<prefix><theirs>, <what> <majority>"``."""
+    if not usable:
+        return usable, issues
+    counts = Counter(key(i.info) for i in usable)
+    best = max(counts.values())
+    majority = next(key(i.info) for i in usable if counts[key(i.info)] == best)
+    issues = issues + [(i.path, f"{prefix}{key(i.info)}, {what} {majority}") for i in usable
+                       if key(i.info) != majority]
+    return [i for i in usable if key(i.info) == majority], issues
 
 
 def _handle_issues(issues: list[tuple[Path, str]], skip_bad: bool) -> None:
@@ -390,9 +406,12 @@ def _require_count(kind: str, usable: Sequence[_Input], issues: list[tuple[Path,
 def _build(kind: str, raws: Sequence[str | Path], config: MasterConfig, *,
            bias: Bias | None = None, dark: Dark | None = None, ptc: Ptc | None = None,
            crosstalk: Crosstalk | None = None, workdir: str | Path | None = None) -> Built:
-    camera = load_camera("latiss")
-    usable, issues = _check_inputs(kind, raws, config, camera)
+    usable, issues = _check_inputs(kind, raws, config)
     _require_count(kind, usable, issues, config)
+    try:
+        camera = load_camera(usable[0].info.instrument, usable[0].info.detector)
+    except BadInputError as exc:
+        raise BadInputError(usable[0].path, exc.problem) from None
 
     matrix = (crosstalk or Crosstalk.default(camera)).matrix(camera.n_amps)
     calibs = IsrCalibrations(gains=ptc.gains(camera) if ptc else nominal_gains(camera),
