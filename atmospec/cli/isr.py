@@ -35,7 +35,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_isr(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("isr", help="instrument signature removal of raw LATISS frames")
+    p = sub.add_parser("isr", help="instrument signature removal of raw frames "
+                                   "(LATISS, LSSTCam, ComCam, TS8)")
     p.add_argument("raw", nargs="+", help="raw multi-extension FITS files")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--steps", help="comma list of ISR steps (default: all that apply); "

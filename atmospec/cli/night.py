@@ -24,7 +24,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_night(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("night", help="reduce a whole night of raw LATISS frames")
+    p = sub.add_parser("night", help="reduce a whole night (or acquisition) of raw frames, "
+                                     "one job per exposure and detector")
     p.add_argument("rawdir", help="directory of the night's raw files")
     p.add_argument("--repo", required=True,
                    help="repository: index, calibration products, outputs (created)")

@@ -86,7 +86,8 @@ class CharacterizeConfig:
     psf: PsfConfig = field(default_factory=PsfConfig)
     """PSF-star selection and Moffat fits."""
     camera: str = "latiss"
-    """Instrument description giving the plate scale."""
+    """Instrument whose plate scale is used for an image whose header names none (a
+    synthetic image); a raw header's own instrument and detector are used otherwise."""
     set_detected_mask: bool = True
     """Set the exposure's DETECTED mask plane to the source footprints (modifies
     ``exposure.mask`` in place, replacing any earlier DETECTED bits; nothing else of the
@@ -261,14 +262,26 @@ def _mask_planes(exposure: Exposure, wanted: dict[str, tuple[str, ...]]
     return out
 
 
-def _observation(exposure: Exposure) -> tuple[str, float, tuple[int, int]]:
-    """OBSID, exposure time (NaN if unknown) and on-chip binning from the metadata."""
+@dataclass(frozen=True)
+class _Observation:
+    obs_id: str
+    exptime: float
+    """NaN if unknown."""
+    binning: tuple[int, int]
+    detector: tuple[str, str | None] | None
+    """``(instrument, detector)`` of the header; None for a header no translator reads."""
+
+
+def _observation(exposure: Exposure) -> _Observation:
+    """OBSID, exposure time, on-chip binning and detector from the metadata."""
     header = exposure.metadata
+    detector: tuple[str, str | None] | None = None
     try:
         info = translate_header(header)
         obs_id, exptime, binning = info.obs_id, info.exposure_time, info.binning
+        detector = (info.instrument, info.detector)
     except BadInputError:
-        # Not a LATISS header (e.g. a synthetic image): fall back to the plain keywords.
+        # Not a raw header (e.g. a synthetic image): fall back to the plain keywords.
         obs_id = str(header.get("OBSID", "unknown"))
         exptime = header.get("EXPTIME")
         binning = (1, 1)
@@ -276,7 +289,7 @@ def _observation(exposure: Exposure) -> tuple[str, float, tuple[int, int]]:
         exptime = float(exptime) if exptime is not None else math.nan
     except (TypeError, ValueError):
         exptime = math.nan
-    return obs_id, exptime, binning
+    return _Observation(obs_id, exptime, binning, detector)
 
 
 def characterize(
@@ -302,10 +315,11 @@ def characterize(
         If the image is not 2D, is smaller than a background box or has almost no
         usable pixel.
     """
-    obs_id, exptime, binning = _observation(exposure)
+    observation = _observation(exposure)
+    obs_id = observation.obs_id
     if exposure.image.ndim != 2:
         raise BadInputError(obs_id, f"image has {exposure.image.ndim} dimensions, expected 2")
-    frame = _prepare(exposure, obs_id, exptime, binning, config)
+    frame = _prepare(exposure, observation, config)
     found = _detect(frame, config)
     if found is None:
         log.warning("%s: no source detected", obs_id)
@@ -424,13 +438,19 @@ class _PsfModel:
     """Quadratic form of the PSF (`psf_quadratic_form`)."""
 
 
-def _prepare(exposure: Exposure, obs_id: str, exptime: float, binning: tuple[int, int],
-             config: CharacterizeConfig) -> _Frame:
+def _prepare(exposure: Exposure, observation: _Observation, config: CharacterizeConfig
+             ) -> _Frame:
     """Mask planes, background subtraction and the variance to use."""
     timer = _Timer()
     t_start = time.perf_counter()
+    instrument, detector = observation.detector or (config.camera, None)
+    try:
+        camera = load_camera(instrument, detector)
+    except BadInputError as exc:
+        raise BadInputError(observation.obs_id, exc.problem) from None
     # Arcsec per pixel of this image: a binned pixel is larger on the sky.
-    plate_scale = frame_camera(load_camera(config.camera), binning, obs_id).pixel_scale
+    obs_id, exptime = observation.obs_id, observation.exptime
+    plate_scale = frame_camera(camera, observation.binning, obs_id).pixel_scale
     image = exposure.image
     with timer("masks"):
         nonfinite = ~np.isfinite(image)
