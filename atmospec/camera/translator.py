@@ -68,6 +68,10 @@ _FITS_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 #: in Pa: since 2023 the LATISS header service writes e.g. 77780.0 for 777.8 hPa.
 _MAX_PRESSURE_HPA = 2000.0
 
+#: A Rubin observation id, ``AT_O_20240624_000106``: camera code (AT LATISS, MC LSSTCam,
+#: CC ComCam, TS test stands), controller, day_obs, sequence number.
+_OBSID_PATTERN = re.compile(r"^(?P<tel>[A-Z]{2})_(?P<ctrl>[A-Z])_(?P<day>\d{8})_(?P<seq>\d+)$")
+
 
 def integration_time(key: str, value: Any) -> float | None:
     """A header's exposure or dark time in seconds, refused when no exposure can last it.
@@ -311,6 +315,11 @@ class HeaderTranslator(ABC):
     humidity_keys: ClassVar[tuple[str, ...]] = ("HUMIDITY",)
     linspos_keys: ClassVar[tuple[str, ...]] = ("LINSPOS",)
     detector_serial_keys: ClassVar[tuple[str, ...]] = ("DETSER",)
+    vendor_keys: ClassVar[tuple[str, ...]] = ("CCD_MANU",)
+    test_stand_keys: ClassVar[tuple[str, ...]] = ("TSTAND",)
+    run_keys: ClassVar[tuple[str, ...]] = ("RUNNUM",)
+    test_type_keys: ClassVar[tuple[str, ...]] = ("TESTTYPE",)
+    controller_keys: ClassVar[tuple[str, ...]] = ("CONTRLLR",)
 
     # ------------------------------------------------------------------ entry points
 
@@ -358,8 +367,7 @@ class HeaderTranslator(ABC):
         """
         try:
             ra, dec = self.to_ra_dec(header)
-            filter_name = self.to_filter(header)
-            disperser = self.to_disperser(header)
+            exposure_id = self.to_exposure_id(header)
             info = ObservationInfo(
                 instrument=self.to_instrument(header),
                 obs_id=_file_name_safe(self.to_obs_id(header)),
@@ -370,9 +378,9 @@ class HeaderTranslator(ABC):
                 exposure_time=self.to_exposure_time(header),
                 dark_time=self.to_dark_time(header),
                 datetime_begin=self.to_datetime_begin(header),
-                physical_filter=f"{filter_name}~{disperser}",
-                filter=filter_name,
-                disperser=disperser,
+                physical_filter=self.to_physical_filter(header),
+                filter=self.to_filter(header),
+                disperser=self.to_disperser(header),
                 airmass=self.to_airmass(header),
                 altitude=self.to_altitude(header),
                 azimuth=self.to_azimuth(header),
@@ -385,6 +393,16 @@ class HeaderTranslator(ABC):
                 linspos=self.to_linspos(header),
                 binning=self.to_binning(header),
                 detector_serial=self.to_detector_serial(header),
+                # Shared by the exposure's frames and a prefix of obs_id, it must name
+                # files as safely.
+                exposure_id=None if exposure_id is None else _file_name_safe(exposure_id),
+                detector=self.to_detector(header),
+                detector_id=self.to_detector_id(header),
+                vendor=self.to_vendor(header),
+                test_stand=self.to_test_stand(header),
+                run=self.to_run(header),
+                test_type=self.to_test_type(header),
+                controller=self.to_controller(header),
             )
             self.check_physical(info)
             return info
@@ -554,6 +572,11 @@ class HeaderTranslator(ABC):
     def to_seq_num(self, header: Mapping[str, Any]) -> int:
         """Sequence number within the day; raise `BadInputError` when it cannot be found."""
 
+    def to_exposure_id(self, header: Mapping[str, Any]) -> str | None:
+        """Identifier of the exposure, shared by its detectors' frames; None (the default)
+        for an instrument of one detector, whose `ObservationInfo` then uses `obs_id`."""
+        return None
+
     # ------------------------------------------------------------------ exposure
 
     def to_image_type(self, header: Mapping[str, Any]) -> str:
@@ -663,6 +686,10 @@ class HeaderTranslator(ABC):
         """Disperser name, ``"empty"`` for an empty slot, ``"unknown"`` when absent."""
         return self._normalise_optic(self._get(header, *self.disperser_keys))
 
+    def to_physical_filter(self, header: Mapping[str, Any]) -> str:
+        """The optical path, ``"<filter>~<disperser>"`` (`to_filter`, `to_disperser`)."""
+        return f"{self.to_filter(header)}~{self.to_disperser(header)}"
+
     def to_linspos(self, header: Mapping[str, Any]) -> float | None:
         """Linear-stage position in mm."""
         return self._get_float(header, *self.linspos_keys)
@@ -742,8 +769,81 @@ class HeaderTranslator(ABC):
         """Detector serial number; None when absent or blank."""
         return self._get_str(header, *self.detector_serial_keys)
 
+    def to_detector(self, header: Mapping[str, Any]) -> str | None:
+        """Detector name (``"R22_S11"``); None (the default) for an instrument of one."""
+        return None
 
-class LatissTranslator(HeaderTranslator):
+    def to_detector_id(self, header: Mapping[str, Any]) -> int | None:
+        """Detector number within the instrument; None (the default) for an instrument of one."""
+        return None
+
+    def to_vendor(self, header: Mapping[str, Any]) -> str | None:
+        """CCD manufacturer (`vendor_keys`), upper-case; None when absent or blank."""
+        vendor = self._get_str(header, *self.vendor_keys)
+        return None if vendor is None else vendor.upper()
+
+    # ------------------------------------------------------------------ test stands
+
+    def to_test_stand(self, header: Mapping[str, Any]) -> str | None:
+        """Test stand or camera configuration (`test_stand_keys`); None when absent."""
+        return self._get_str(header, *self.test_stand_keys)
+
+    def to_run(self, header: Mapping[str, Any]) -> str | None:
+        """Test or acquisition run (`run_keys`) as text (some headers write a number)."""
+        return self._get_str(header, *self.run_keys)
+
+    def to_test_type(self, header: Mapping[str, Any]) -> str | None:
+        """EO test type (`test_type_keys`), upper-case; None when absent or blank."""
+        test_type = self._get_str(header, *self.test_type_keys)
+        return None if test_type is None else test_type.upper()
+
+    def to_controller(self, header: Mapping[str, Any]) -> str | None:
+        """Controller code of the observation id (`controller_keys`); None when absent."""
+        return self._get_str(header, *self.controller_keys)
+
+
+class RubinTranslator(HeaderTranslator):
+    """Keywords shared by Rubin Observatory instruments (LATISS and the LSST Camera family).
+
+    On the summit the header service writes the pointing at the start of the exposure
+    (``RASTART``/``DECSTART``, ``ELSTART``, ``AZSTART``, ``AMSTART``) and the weather, with
+    ``PRESSURE`` in Pa since 2023; lab headers have none of these, which are then None.
+    """
+
+    airmass_keys: ClassVar[tuple[str, ...]] = ("AMSTART",)
+    # The 2020 header comments ELSTART as "Telescope zenith distance", but keyword and values
+    # are elevations (in 2021 ELSTART 70.31 comes with AMSTART 1.063 = sec(19.7 deg)):
+    # trust the value, not the comment.
+    altitude_keys: ClassVar[tuple[str, ...]] = ("ELSTART",)
+    azimuth_keys: ClassVar[tuple[str, ...]] = ("AZSTART",)
+    detector_serial_keys: ClassVar[tuple[str, ...]] = ("LSST_NUM",)
+
+    def to_ra_dec(self, header: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """Commanded RA/DEC, replaced by the measured RASTART/DECSTART when unusable.
+
+        RA/DEC are the commanded target (what the observer asked for) and so preferred,
+        but they are missing in some files and both 0.0 when nothing was commanded (2020
+        engineering data, 2024 darks, LSSTCam frames tracking in az/el) although the
+        telescope pointing was recorded.
+        """
+        ra, dec = super().to_ra_dec(header)
+        unusable = ra is None or dec is None or (ra == 0.0 and dec == 0.0)
+        if unusable:
+            ra_start = self._get_float(header, "RASTART")
+            dec_start = self._get_float(header, "DECSTART")
+            if ra_start is not None and dec_start is not None:
+                return ra_start, dec_start
+        return ra, dec
+
+    def to_pressure(self, header: Mapping[str, Any]) -> float | None:
+        """``PRESSURE`` in hPa: values above 2000 are in Pa (2023+ headers) and divided by 100."""
+        pressure = super().to_pressure(header)
+        if pressure is not None and pressure > _MAX_PRESSURE_HPA:
+            return pressure / 100.0
+        return pressure
+
+
+class LatissTranslator(RubinTranslator):
     """Translator for LATISS, the AuxTel imager/slitless spectrograph (2018 onwards).
 
     Quirks handled, by header era:
@@ -762,18 +862,7 @@ class LatissTranslator(HeaderTranslator):
     # Every LATISS time keyword is TAI; the 2018 files just do not say so.
     default_time_scale: ClassVar[str] = "tai"
 
-    airmass_keys: ClassVar[tuple[str, ...]] = ("AMSTART",)
-    # The 2020 header comments ELSTART as "Telescope zenith distance", but keyword and values
-    # are elevations (in 2021 ELSTART 70.31 comes with AMSTART 1.063 = sec(19.7 deg)):
-    # trust the value, not the comment.
-    altitude_keys: ClassVar[tuple[str, ...]] = ("ELSTART",)
-    azimuth_keys: ClassVar[tuple[str, ...]] = ("AZSTART",)
-    detector_serial_keys: ClassVar[tuple[str, ...]] = ("LSST_NUM",)
-
-    #: ``AT_O_20240624_000106``: telescope code, controller, day_obs, sequence number.
-    _OBSID_PATTERN: ClassVar[re.Pattern[str]] = re.compile(
-        r"^(?P<tel>[A-Z]{2})_(?P<ctrl>[A-Z])_(?P<day>\d{8})_(?P<seq>\d+)$"
-    )
+    _OBSID_PATTERN: ClassVar[re.Pattern[str]] = _OBSID_PATTERN
 
     def _obsid_match(self, header: Mapping[str, Any]) -> re.Match[str] | None:
         """Match ``OBSID`` against the LATISS naming scheme (None if absent or unusual)."""
@@ -858,28 +947,6 @@ class LatissTranslator(HeaderTranslator):
             raise BadInputError(None, f"OBSID {info.obs_id} disagrees with DAYOBS = "
                                       f"{info.day_obs}, SEQNUM = {info.seq_num}")
 
-    def to_ra_dec(self, header: Mapping[str, Any]) -> tuple[float | None, float | None]:
-        """Commanded RA/DEC, replaced by the measured RASTART/DECSTART when unusable.
-
-        RA/DEC are the commanded target (what the observer asked for) and so preferred,
-        but they are missing in some files and both 0.0 when nothing was commanded (2020
-        engineering data, 2024 darks) although the telescope pointing was recorded.
-        """
-        ra, dec = super().to_ra_dec(header)
-        unusable = ra is None or dec is None or (ra == 0.0 and dec == 0.0)
-        if unusable:
-            ra_start = self._get_float(header, "RASTART")
-            dec_start = self._get_float(header, "DECSTART")
-            if ra_start is not None and dec_start is not None:
-                return ra_start, dec_start
-        return ra, dec
-
-    def to_pressure(self, header: Mapping[str, Any]) -> float | None:
-        """``PRESSURE`` in hPa: values above 2000 are in Pa (2023+ headers) and divided by 100."""
-        pressure = super().to_pressure(header)
-        if pressure is not None and pressure > _MAX_PRESSURE_HPA:
-            return pressure / 100.0
-        return pressure
 
 
 class CtioTranslator(HeaderTranslator):
