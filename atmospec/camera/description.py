@@ -463,7 +463,12 @@ def _load_detector(instrument_name: str, detector: str) -> Camera:
     if row is None:
         raise BadInputError(None, f"{instrument.name} has no detector {detector!r} (raft "
                                   "and slot such as R22_S11)")
-    sensor = _sensor_types()[row.sensor_type]
+    return _with_geometry(instrument, detector, row, row.sensor_type)
+
+
+def _with_geometry(instrument: _Instrument, detector: str, row: DetectorEntry,
+                   sensor_type: str) -> Camera:
+    sensor = _sensor_types()[sensor_type]
     if "unsupported" in sensor:
         raise BadInputError(None, f"{instrument.name} {detector} is "
                                   f"{sensor['unsupported']}")
@@ -491,5 +496,41 @@ def _load_detector(instrument_name: str, detector: str) -> Camera:
         detector=detector,
         detector_id=row.detector_id,
         vendor=str(sensor["vendor"]),
-        sensor_type=row.sensor_type,
+        sensor_type=sensor_type,
     )
+
+
+def with_vendor(camera: Camera, vendor: str) -> Camera:
+    """``camera``'s detector holding a CCD of another vendor than its table's.
+
+    The 2019 BOT runs held engineering rafts: bay R22 carried ITL CCDs (ITL-3800C-139 in
+    slot S21) where the focal plane now has e2v ones, and their raws are ITL readouts. The
+    frame keeps its detector (raft and slot), products and nominal values (those of the
+    table's CCD: only approximate for this one), and takes the geometry of its own
+    vendor's sensor.
+
+    Parameters
+    ----------
+    camera : Camera
+        The detector as its instrument's table describes it (unbinned).
+    vendor : str
+        ``ITL`` or ``E2V`` (the header's ``CCD_MANU``).
+
+    Raises
+    ------
+    BadInputError
+        Without a file (the caller names it): a vendor with no sensor description.
+    """
+    vendor = vendor.upper()
+    if vendor == camera.vendor.upper():
+        return camera
+    if vendor not in _sensor_types():
+        raise BadInputError(None, f"CCD_MANU = {vendor!r} is not a sensor vendor atmospec "
+                                  f"knows (ITL, E2V)")
+    return _vendor_camera(camera.name.lower(), camera.detector, vendor)
+
+
+@cache
+def _vendor_camera(instrument_name: str, detector: str, sensor_type: str) -> Camera:
+    instrument = _load_instrument(instrument_name)
+    return _with_geometry(instrument, detector, instrument.detectors[detector], sensor_type)
