@@ -160,11 +160,6 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
     by_type: dict[str, list[RawRecord]] = {}
     for record in index.raws():
         by_type.setdefault(record.info.image_type, []).append(record)
-    ptc_record = None
-    science = by_type.get("science", [])
-    if science:
-        ptc_record = registry.select("ptc", science[0].info)
-    ptc = str(ptc_record.absolute_path) if ptc_record else None
     built: list[BuiltProduct] = []
     nominal_warned = False
 
@@ -179,21 +174,24 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
         users = [r for t in _NEEDED_BY[kind] for r in by_type.get(t, [])
                  if not (kind == "flat" and t == "science" and r.info.is_dispersed
                          and registry.select("flat", r.info) is not None)]
-        groups: dict[str | None, list[RawRecord]] = {}
+        # One product per detector (None: an instrument of one) and, for flats, filter.
+        groups: dict[tuple[str | None, str | None], list[RawRecord]] = {}
         for r in _uncovered(registry, kind, users):
-            groups.setdefault(r.info.filter if kind == "flat" else None, []).append(r)
+            groups.setdefault((r.info.detector, r.info.filter if kind == "flat" else None),
+                              []).append(r)
         futures: list[tuple[str | None, Path, Future]] = []
-        for filt, needing in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            frames = [r for r in by_type.get(kind, [])
-                      if kind != "flat" or (r.info.filter == filt and not r.info.is_dispersed)]
-            what = f"{kind} ({filt})" if filt else kind
+        for (detector, filt), needing in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            frames = [r for r in by_type.get(kind, []) if r.info.detector == detector
+                      and (kind != "flat" or (r.info.filter == filt
+                                              and not r.info.is_dispersed))]
+            what = " ".join(p for p in (kind, detector, f"({filt})" if filt else None) if p)
             if len(frames) < policy.min_frames.get(kind, 1):
                 log.warning("%d exposures need a %s: the repository has none valid and the "
                             "night has %d frames (fewer than %d); not built", len(needing),
                             what, len(frames), policy.min_frames.get(kind, 1))
                 continue
             day_obs = frames[0].info.day_obs
-            name = f"{kind}_{filt}.fits" if filt else f"{kind}.fits"
+            name = "_".join(p for p in (kind, detector, filt) if p) + ".fits"
             out = out_dir / str(day_obs) / name
             # The frames' own products (the dark uses the bias built from the same night).
             bias = product_for("bias", frames) if kind != "bias" else None
@@ -202,6 +200,8 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
                 log.warning("cannot build the %s: no bias valid for its frames", what)
                 built.append(BuiltProduct(kind, filt, out, "failed", "no bias for its frames"))
                 continue
+            # The detector's own gains (a PTC is per detector, as every product).
+            ptc = product_for("ptc", frames)
             if ptc is None and not nominal_warned:
                 # Said aloud: with nominal gains the verification of the built products flags
                 # amps whose true gain differs by more than 5 %, which looks like a bug.

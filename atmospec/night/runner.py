@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -240,7 +241,7 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
     """`run_night`'s work, once the night lock is held."""
     index = NightIndex(repo)
     index.index_directory(raw_dir, progress=config.progress)
-    registry = CalibrationRegistry(repo, create=True)
+    registry = CalibrationRegistry(repo, instrument=_night_instrument(index), create=True)
     result = NightResult(rejected=index.rejected())
     with open_executor(config.workers, config.executor, config.scheduler) as executor:
         t0 = time.perf_counter()
@@ -282,6 +283,17 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
     result.n_failed = len(failed)
     result.summary = write_summary(index, repo, plots=config.plots)
     return result
+
+
+def _night_instrument(index: NightIndex) -> str | None:
+    """The instrument of most of the night's frames: the registry's (a repository holds the
+    products of one instrument; a frame of another finds none and fails saying so)."""
+    counts = Counter(r.info.instrument for r in index.raws())
+    if len(counts) > 1:
+        log.warning("the night mixes instruments (%s): calibrations are those of %s",
+                    ", ".join(f"{n} {name}" for name, n in counts.most_common()),
+                    counts.most_common(1)[0][0])
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def _lost(job: ExposureJob, exc: BaseException) -> list[TaskOutcome]:
