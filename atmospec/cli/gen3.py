@@ -32,14 +32,21 @@ def add_butler_parser(sub: argparse._SubParsersAction) -> None:
                                       "calibrations (needs the [gen3] extra)")
     bsub = p.add_subparsers(dest="butler_command", required=True, metavar="COMMAND")
 
-    q = bsub.add_parser("init", help="create a Butler repository for LATISS (SQLite registry)")
+    q = bsub.add_parser("init", help="create a Butler repository for one instrument "
+                                     "(SQLite registry; LATISS unless --instrument)")
     q.add_argument("repo", help="repository directory (created)")
+    # The names of atmospec.gen3.instrument.INSTRUMENTS (not imported: it needs the extra).
+    q.add_argument("--instrument", default=None,
+                   choices=("LATISS", "LSSTCam", "LSSTComCam", "LSSTCamSim", "LSST-TS8"),
+                   help="instrument of the repository (default LATISS; with --update, the "
+                        "repository's own)")
     q.add_argument("--update", action="store_true",
                    help="on an existing repository: register what this atmospec version adds "
                         "(dataset types, instrument records), keeping everything else")
     q.set_defaults(func=_cmd_init)
 
-    q = bsub.add_parser("ingest", help="ingest raw LATISS files as 'raw' in LATISS/raw/all")
+    q = bsub.add_parser("ingest", help="ingest raw files of the repository's instrument as "
+                                       "'raw' in <instrument>/raw/all (LATISS/raw/all)")
     q.add_argument("repo", help="repository directory")
     q.add_argument("raw", nargs="+", help="raw files or directories of raw files")
     q.add_argument("--transfer", default="auto",
@@ -48,8 +55,8 @@ def add_butler_parser(sub: argparse._SubParsersAction) -> None:
                    help="how files enter the datastore (default auto: copied in)")
     q.set_defaults(func=_cmd_ingest)
 
-    q = bsub.add_parser("certify", help="certify calibration products into LATISS/calib "
-                                        "with a validity range")
+    q = bsub.add_parser("certify", help="certify calibration products into "
+                                        "<instrument>/calib with a validity range")
     q.add_argument("repo", help="repository directory")
     # The keys of atmospec.gen3.repo.CALIB_DATASET_TYPES (not imported: it needs the extra).
     q.add_argument("kind", choices=("bias", "dark", "flat", "ptc", "linearizer", "defects",
@@ -61,8 +68,8 @@ def add_butler_parser(sub: argparse._SubParsersAction) -> None:
                    "(e.g. the -o collection of pipetask run cpBias.yaml)")
     q.add_argument("--begin", help="start of validity, ISO UTC (default: unbounded)")
     q.add_argument("--end", help="end of validity, ISO UTC (default: unbounded)")
-    q.add_argument("--collection", default="LATISS/calib",
-                   help="CALIBRATION collection (default LATISS/calib)")
+    q.add_argument("--collection", default=None,
+                   help="CALIBRATION collection (default <instrument>/calib: LATISS/calib)")
     q.set_defaults(func=_cmd_certify)
 
 
@@ -90,11 +97,17 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from atmospec.gen3 import require_gen3
 
     require_gen3()
-    from atmospec.gen3.repo import init_repo
+    from atmospec.gen3.instrument import instrument_for
+    from atmospec.gen3.repo import init_repo, open_butler, repo_instruments
 
-    path = init_repo(args.repo, update=args.update)
+    path = init_repo(args.repo, instrument=args.instrument, update=args.update)
+    with open_butler(path) as butler:
+        name = repo_instruments(butler)[0]
+    detectors = instrument_for(name).detector_records()
+    what = (f"detector {detectors[0]['id']} {detectors[0]['full_name']}" if len(detectors) == 1
+            else f"{len(detectors)} detectors")
     print(f"{'updated' if args.update else 'created'} Butler repository {path} "
-          "(instrument LATISS, detector 0 RXX_S00)")
+          f"(instrument {name}, {what})")
     return 0
 
 
@@ -107,7 +120,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     result = ingest_raws(args.repo, args.raw, transfer=args.transfer)
     for path, reason in result.rejected:
         print(f"atmospec: {path}: {reason}", file=sys.stderr)
-    print(f"ingested {len(result.ingested)} raws into {RAW_COLLECTION} "
+    print(f"ingested {len(result.ingested)} raws into {result.run or RAW_COLLECTION} "
           f"({len(result.skipped)} already there, {len(result.rejected)} rejected)")
     return 2 if result.rejected else 0
 
@@ -116,18 +129,27 @@ def _cmd_certify(args: argparse.Namespace) -> int:
     from atmospec.gen3 import require_gen3
 
     require_gen3()
-    from atmospec.gen3.repo import certify_files, certify_run
+    from atmospec.gen3.repo import (
+        certify_files,
+        certify_run,
+        open_butler,
+        repo_calib_collection,
+    )
 
     if bool(args.files) == bool(args.from_collection):
         raise BadInputError(None, "give either product FILES or --from-collection COLL")
+    collection = args.collection
+    if collection is None:
+        with open_butler(args.repo) as butler:
+            collection = repo_calib_collection(butler)
     if args.from_collection:
         refs = certify_run(args.repo, args.from_collection, [args.kind], begin=args.begin,
-                           end=args.end, collection=args.collection)
+                           end=args.end, collection=collection)
     else:
         refs = certify_files(args.repo, args.kind, args.files, begin=args.begin,
-                             end=args.end, collection=args.collection)
+                             end=args.end, collection=collection)
     span = f"{args.begin or '-inf'} .. {args.end or '+inf'}"
-    print(f"certified {len(refs)} {args.kind} into {args.collection} (valid {span})")
+    print(f"certified {len(refs)} {args.kind} into {collection} (valid {span})")
     return 0
 
 

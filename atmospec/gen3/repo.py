@@ -1,17 +1,21 @@
-"""Butler repositories for atmospec: create one, ingest LATISS raws, certify calibrations.
+"""Butler repositories for atmospec: create one, ingest raws, certify calibrations.
 
 Only the generic daf_butler API is used (``Butler.makeRepo``, ``insertDimensionData`` /
 ``syncDimensionData``, ``registerDatasetType``, ``Butler.ingest``, ``Registry.certify``); the
-LATISS records come from `atmospec.gen3.instrument`.
+records of the instruments (LATISS, LSSTCam, LSSTComCam, LSSTCamSim, LSST-TS8) come from
+`atmospec.gen3.instrument`.
 
-Collections:
+A repository holds one instrument, registered by `init_repo` (LATISS unless told) or, in a
+repository without one, by the first raws ingested; raws of another instrument are refused.
 
-``LATISS/raw/all``
+Collections, named after the instrument (``LATISS``, ``LSSTCam`` ...):
+
+``<instrument>/raw/all``
     RUN collection of the ingested raws (dataset type ``raw``).
-``LATISS/calib``
+``<instrument>/calib``
     CALIBRATION collection of certified products (``bias``, ``dark``, ``flat``, ``ptc``,
     ``defects``, ``linearizer``, ``crosstalk``), each with its validity range.
-``LATISS/calib/ingest/<kind>``
+``<instrument>/calib/ingest/<kind>``
     RUN collections holding product files ingested by `certify_files`.
 """
 
@@ -43,9 +47,8 @@ from atmospec.gen3.formatters import FORMATTERS, STORAGE_CLASSES  # noqa: E402
 from atmospec.gen3.instrument import (  # noqa: E402
     DETECTOR_ID,
     INSTRUMENT,
-    Latiss,
-    day_obs_record,
-    exposure_record,
+    AtmospecInstrument,
+    instrument_for,
     physical_filter_record,
 )
 
@@ -56,15 +59,20 @@ __all__ = [
     "CALIB_DATASET_TYPES",
     "RAW_COLLECTION",
     "IngestResult",
+    "calib_collection",
     "certify_files",
     "certify_run",
     "dataset_type",
     "ingest_raws",
     "init_repo",
     "open_butler",
+    "raw_collection",
+    "repo_calib_collection",
     "repo_config",
+    "repo_instruments",
 ]
 
+#: The LATISS collections (`raw_collection` and `calib_collection` name any instrument's).
 RAW_COLLECTION = f"{INSTRUMENT}/raw/all"
 CALIB_COLLECTION = f"{INSTRUMENT}/calib"
 
@@ -152,18 +160,99 @@ def dataset_type(butler: Butler, name: str, dimensions: Iterable[str], storage_c
     return dt
 
 
-def init_repo(path: str | Path, *, update: bool = False) -> Path:
-    """Create a Butler repository for LATISS (SQLite registry, POSIX datastore).
+def raw_collection(instrument: str = INSTRUMENT) -> str:
+    """RUN collection of an instrument's raws, ``<instrument>/raw/all``.
+
+    Parameters
+    ----------
+    instrument : str
+        Instrument name (default ``LATISS``).
+
+    Returns
+    -------
+    str
+    """
+    return instrument_for(instrument)().makeDefaultRawIngestRunName()
+
+
+def calib_collection(instrument: str = INSTRUMENT) -> str:
+    """CALIBRATION collection of an instrument, ``<instrument>/calib``.
+
+    Parameters
+    ----------
+    instrument : str
+        Instrument name (default ``LATISS``).
+
+    Returns
+    -------
+    str
+    """
+    return instrument_for(instrument)().makeCalibrationCollectionName()
+
+
+def repo_instruments(butler: Butler) -> list[str]:
+    """Names of the instruments registered in a repository (one for a repository of
+    `init_repo`; none for an empty one).
+
+    Parameters
+    ----------
+    butler : lsst.daf.butler.Butler
+        Butler on the repository.
+
+    Returns
+    -------
+    list of str
+        Sorted.
+    """
+    return sorted(r.name for r in butler.query_dimension_records("instrument", explain=False))
+
+
+def repo_calib_collection(butler: Butler) -> str:
+    """The default CALIBRATION collection of a repository: ``<instrument>/calib`` of its
+    instrument (``LATISS/calib`` when it has none or several).
+
+    Parameters
+    ----------
+    butler : lsst.daf.butler.Butler
+        Butler on the repository.
+
+    Returns
+    -------
+    str
+    """
+    instruments = repo_instruments(butler)
+    return calib_collection(instruments[0]) if len(instruments) == 1 else CALIB_COLLECTION
+
+
+def _register_instrument(butler: Butler, instrument: type[AtmospecInstrument]) -> None:
+    """Register an instrument's records, the ``raw`` and calibration dataset types and its
+    CALIBRATION collection (all idempotent)."""
+    instrument().register(butler.registry)
+    raw = instrument.raw_definition
+    assert raw is not None
+    dataset_type(butler, raw[0], raw[1], raw[2])
+    for name, (dims, storage) in CALIB_DATASET_TYPES.items():
+        dataset_type(butler, name, dims, storage, is_calibration=True)
+    butler.registry.registerCollection(calib_collection(instrument.getName()),
+                                       CollectionType.CALIBRATION)
+
+
+def init_repo(path: str | Path, *, instrument: str | None = None,
+              update: bool = False) -> Path:
+    """Create a Butler repository for one instrument (SQLite registry, POSIX datastore).
 
     Writes ``path/butler.yaml`` with atmospec's storage classes and formatters, registers the
-    instrument, its detector and base physical filters (`atmospec.gen3.instrument.Latiss`),
-    the ``raw`` and calibration dataset types, and the ``LATISS/calib`` CALIBRATION
+    instrument, its detectors and base physical filters (`atmospec.gen3.instrument`), the
+    ``raw`` and calibration dataset types, and the ``<instrument>/calib`` CALIBRATION
     collection.
 
     Parameters
     ----------
     path : path
         Repository root (created).
+    instrument : str, optional
+        ``LATISS`` (default for a new repository), ``LSSTCam``, ``LSSTComCam``,
+        ``LSSTCamSim`` or ``LSST-TS8``. With ``update``, default: the repository's own.
     update : bool
         On an existing repository, keep its configuration and registry and only register
         what this version of atmospec adds (dataset types, instrument records); all of it is
@@ -178,7 +267,8 @@ def init_repo(path: str | Path, *, update: bool = False) -> Path:
     ------
     BadInputError
         A repository already exists at ``path`` (without ``update``), or ``update`` where
-        there is none.
+        there is none; an unknown instrument; ``update`` naming an instrument other than
+        the repository's.
     """
     path = Path(path)
     exists = (path / "butler.yaml").exists()
@@ -187,22 +277,25 @@ def init_repo(path: str | Path, *, update: bool = False) -> Path:
                                   "registers what this atmospec adds to it)")
     if update and not exists:
         raise BadInputError(path, "no Butler repository here to update")
+    if instrument is not None:
+        instrument_for(instrument)  # an unknown name fails before anything is created
     if not exists:
         path.mkdir(parents=True, exist_ok=True)
         Butler.makeRepo(str(path), config=repo_config())
     butler = Butler.from_config(str(path), writeable=True)
     try:
-        Latiss().register(butler.registry)
-        raw = Latiss.raw_definition
-        assert raw is not None
-        dataset_type(butler, raw[0], raw[1], raw[2])
-        for name, (dims, storage) in CALIB_DATASET_TYPES.items():
-            dataset_type(butler, name, dims, storage, is_calibration=True)
-        butler.registry.registerCollection(CALIB_COLLECTION, CollectionType.CALIBRATION)
+        registered = repo_instruments(butler) if exists else []
+        if instrument is None:
+            instrument = registered[0] if len(registered) == 1 else INSTRUMENT
+        if registered and instrument not in registered:
+            raise BadInputError(path, f"this repository is for {', '.join(registered)}, "
+                                      f"not {instrument}")
+        cls = instrument_for(instrument)
+        _register_instrument(butler, cls)
     finally:
         butler.close()
     log.info("%s Butler repository %s (instrument %s)", "updated" if update else "created",
-             path, INSTRUMENT)
+             path, cls.getName())
     return path
 
 
@@ -211,11 +304,15 @@ class IngestResult:
     """What `ingest_raws` did."""
 
     ingested: list[str] = field(default_factory=list)
-    """OBSIDs ingested."""
+    """Frames ingested (their ``obs_id``: the OBSID, with ``_<detector>`` for an
+    instrument of several detectors)."""
     skipped: list[str] = field(default_factory=list)
-    """OBSIDs already in the repository."""
+    """Frames already in the repository."""
     rejected: list[tuple[str, str]] = field(default_factory=list)
-    """Files that are not usable LATISS raws, with the one-line reason."""
+    """Files that are not usable raws of the repository's instrument, with the one-line
+    reason."""
+    run: str | None = None
+    """The RUN collection of the raws (None when no file was usable and none given)."""
 
 
 def _raw_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -229,16 +326,62 @@ def _raw_files(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+@dataclass
+class _Frame:
+    """One checked raw: its file, translated header, instrument, records and data ID."""
+
+    path: Path
+    info: Any
+    instrument: type[AtmospecInstrument]
+    exposure: dict[str, Any]
+    data_id: dict[str, Any]
+
+
+def _check_frame(path: Path) -> _Frame:
+    """Check a raw as the native night index does (`atmospec.camera.raw.
+    check_raw_structure`, which `atmospec.night.index.check_raw_file` runs) and make its
+    exposure record and data ID.
+
+    Raises
+    ------
+    BadInputError
+        Unusable file, an instrument without Gen3 records, no exposure id (naming the file).
+    """
+    from atmospec.camera.raw import check_raw_structure
+
+    if not path.is_file():
+        raise BadInputError(path, "no such file")
+    layout = check_raw_structure(path)
+    info = layout.info
+    try:
+        instrument = instrument_for(info.instrument)
+        date_obs = layout.header.get("DATE-OBS")
+        record = instrument.exposure_record(info, None if date_obs is None else str(date_obs))
+    except BadInputError as exc:
+        raise BadInputError(path, exc.problem) from None
+    # LATISS frames carry no detector id: its only detector is 0.
+    detector = DETECTOR_ID if info.detector_id is None else int(info.detector_id)
+    data_id = {"instrument": instrument.getName(), "detector": detector,
+               "exposure": record["id"]}
+    return _Frame(path, info, instrument, record, data_id)
+
+
 def ingest_raws(repo: str | Path, paths: Sequence[str | Path], *, transfer: str = "auto",
-                run: str = RAW_COLLECTION) -> IngestResult:
-    """Ingest raw LATISS files as ``raw`` datasets, dimension records from our translator.
+                run: str | None = None) -> IngestResult:
+    """Ingest raw files as ``raw`` datasets, dimension records from our translator.
 
     Each file is checked as the native night index checks it
     (`atmospec.night.index.check_raw_file`) and its primary header translated
     (`atmospec.camera.translator.translate_header`) into its ``day_obs``, ``group``,
-    ``physical_filter`` and ``exposure`` records; unusable files (empty, truncated, not FITS,
-    not LATISS) are rejected with their reason and the others still ingested. An exposure
-    already in the repository is skipped.
+    ``physical_filter`` and ``exposure`` records (`atmospec.gen3.instrument`); the data ID
+    is (instrument, detector id, exposure id). Unusable files (empty, truncated, not FITS,
+    an instrument without Gen3 records, or not the repository's instrument) are rejected
+    with their one-line reason and the others still ingested. A frame already in the
+    repository is skipped; the exposure record is written by the first frame of the
+    exposure and shared by its other detectors.
+
+    The repository's instrument decides: raws of another are refused. A repository without
+    an instrument registers the instrument of the first usable raw.
 
     Parameters
     ----------
@@ -249,8 +392,8 @@ def ingest_raws(repo: str | Path, paths: Sequence[str | Path], *, transfer: str 
     transfer : str
         Butler transfer mode: ``auto``, ``direct`` (leave files where they are), ``copy``,
         ``move``, ``symlink``, ``relsymlink``, ``hardlink``, ``link``.
-    run : str
-        RUN collection (default ``LATISS/raw/all``).
+    run : str, optional
+        RUN collection (default ``<instrument>/raw/all``: ``LATISS/raw/all``).
 
     Returns
     -------
@@ -261,51 +404,77 @@ def ingest_raws(repo: str | Path, paths: Sequence[str | Path], *, transfer: str 
     BadInputError
         No repository at ``repo``.
     """
-    from atmospec.night.index import check_raw_file
-
-    result = IngestResult()
+    result = IngestResult(run=run)
     butler = open_butler(repo, writeable=True)
     try:
-        raw_type = butler.get_dataset_type("raw")
         registry = butler.registry
-        registry.registerRun(run)
+        allowed = repo_instruments(butler)
         datasets: list[FileDataset] = []
-        seen: set[int] = set()
+        runs: set[str] = set()
+        seen: set[tuple[int, int]] = set()  # (exposure, detector) of this call
+        synced: dict[int, str] = {}  # exposure id -> OBSID, for records in the registry
         for path in _raw_files(paths):
             try:
-                if not path.is_file():
-                    raise BadInputError(path, "no such file")
-                info = check_raw_file(path)  # the native index's checks
-                if info.instrument != INSTRUMENT:
-                    raise BadInputError(path, f"instrument {info.instrument}, not {INSTRUMENT}")
-                record = exposure_record(info)
+                frame = _check_frame(path)
+                name = frame.instrument.getName()
+                if not allowed:  # an empty repository takes the instrument of its raws
+                    _register_instrument(butler, frame.instrument)
+                    allowed = [name]
+                if name not in allowed:
+                    raise BadInputError(path, f"instrument {name}, not {' or '.join(allowed)}"
+                                              " of this repository (make one for it: atmospec "
+                                              f"butler init REPO --instrument {name})")
+                exposure = frame.exposure
+                if exposure["id"] not in synced:
+                    existing = next(iter(registry.queryDimensionRecords(
+                        "exposure", instrument=name, exposure=exposure["id"])), None)
+                    if existing is not None:
+                        synced[exposure["id"]] = existing.obs_id
+                known = synced.get(exposure["id"], exposure["obs_id"])
+                if known != exposure["obs_id"]:
+                    # Two OBSIDs on one id: a header's day, sequence or controller is wrong.
+                    raise BadInputError(path, f"exposure id {exposure['id']} of "
+                                              f"{exposure['obs_id']} is already exposure "
+                                              f"{known} in this repository")
             except BadInputError as exc:
                 log.warning("not ingested: %s", exc)
                 result.rejected.append((str(path), exc.problem))
                 continue
-            data_id = {"instrument": INSTRUMENT, "detector": DETECTOR_ID,
-                       "exposure": record["id"]}
-            if record["id"] in seen or butler.query_datasets(
-                    raw_type, collections=run, data_id=data_id, explain=False):
+            info, data_id = frame.info, frame.data_id
+            target = run or raw_collection(name)
+            if target not in runs:
+                registry.registerRun(target)
+                runs.add(target)
+            result.run = result.run or target
+            raw_type = butler.get_dataset_type("raw")
+            key = (data_id["exposure"], data_id["detector"])
+            if key in seen or butler.query_datasets(
+                    raw_type, collections=target, data_id=data_id, explain=False):
                 result.skipped.append(info.obs_id)
                 continue
-            seen.add(record["id"])
-            registry.syncDimensionData("day_obs", day_obs_record(info.day_obs))
-            registry.syncDimensionData("group", {"instrument": INSTRUMENT,
-                                                 "name": record["group"]})
-            registry.syncDimensionData("physical_filter",
-                                       physical_filter_record(info.physical_filter))
-            registry.syncDimensionData("exposure", record)
+            seen.add(key)
+            if exposure["id"] not in synced:
+                # The exposure's first frame writes its records and its other detectors
+                # share them, as obs_base does: each CCD's header comes from its own readout
+                # board, and a time differing in the last digit would fail a second sync.
+                cls = frame.instrument
+                registry.syncDimensionData("day_obs", cls.day_obs_record(info.day_obs))
+                registry.syncDimensionData("group", {"instrument": name,
+                                                     "name": exposure["group"]})
+                registry.syncDimensionData("physical_filter",
+                                           cls.physical_filter_record(info.physical_filter))
+                registry.syncDimensionData("exposure", exposure)
+                synced[exposure["id"]] = exposure["obs_id"]
             datasets.append(FileDataset(
                 path=str(path.absolute()),
-                refs=[DatasetRef(raw_type, data_id, run=run)]))
+                refs=[DatasetRef(raw_type, data_id, run=target)]))
             result.ingested.append(info.obs_id)
         if datasets:
             butler.ingest(*datasets, transfer=transfer)
     finally:
         butler.close()
     log.info("ingested %d raws into %s (%d already there, %d rejected)",
-             len(result.ingested), run, len(result.skipped), len(result.rejected))
+             len(result.ingested), result.run, len(result.skipped), len(result.rejected))
     return result
 
 
@@ -369,7 +538,7 @@ def _product_data_id(kind: str, path: Path) -> dict[str, Any]:
 
 def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
                   begin: str | None = None, end: str | None = None,
-                  collection: str = CALIB_COLLECTION, transfer: str = "copy") -> list[DatasetRef]:
+                  collection: str | None = None, transfer: str = "copy") -> list[DatasetRef]:
     """Ingest product files (ours: ``atmospec calib ...`` or the night runner's) and certify
     them into a CALIBRATION collection with a validity range.
 
@@ -386,7 +555,7 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
         gains, ``Linearizer``, ``Defects``, ``Crosstalk``).
     begin, end : str, optional
         Validity range (ISO times, UTC); None: unbounded on that side.
-    collection : str
+    collection : str, optional
         CALIBRATION collection (default ``LATISS/calib``).
     transfer : str
         Butler transfer mode for the files (default ``copy``).
@@ -400,19 +569,28 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
     ------
     BadInputError
         Unknown kind, unreadable file, a product of another kind (one line naming the
-        file; nothing is ingested then).
+        file; nothing is ingested then); a repository of another instrument than LATISS.
     """
     if kind not in CALIB_DATASET_TYPES:
         raise BadInputError(None, f"unknown calibration kind {kind!r} "
                                   f"(known: {', '.join(CALIB_DATASET_TYPES)})")
-    # Every file is checked before the repository is touched: a wrong one changes nothing.
-    checked: list[tuple[Path, dict[str, Any]]] = []
-    for f in map(Path, files):
-        if not f.is_file():
-            raise BadInputError(f, "no such file")
-        checked.append((f, _product_data_id(kind, f)))
     butler = open_butler(repo, writeable=True)
     try:
+        instruments = repo_instruments(butler)
+        if instruments and INSTRUMENT not in instruments:
+            # Product files are checked against the LATISS camera and named by its one
+            # detector: another instrument's would be certified under wrong data IDs.
+            raise BadInputError(repo, f"product files are certified into LATISS repositories "
+                                      f"only; this one is for {', '.join(instruments)} "
+                                      "(certify a pipeline's products with --from-collection)")
+        collection = collection or CALIB_COLLECTION
+        # Every file is checked before the repository is touched: a wrong one changes
+        # nothing.
+        checked: list[tuple[Path, dict[str, Any]]] = []
+        for f in map(Path, files):
+            if not f.is_file():
+                raise BadInputError(f, "no such file")
+            checked.append((f, _product_data_id(kind, f)))
         try:
             dt = butler.get_dataset_type(kind)
         except Exception:  # MissingDatasetTypeError: a repository from an older atmospec
@@ -441,7 +619,7 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
 
 def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *,
                 begin: str | None = None, end: str | None = None,
-                collection: str = CALIB_COLLECTION) -> list[DatasetRef]:
+                collection: str | None = None) -> list[DatasetRef]:
     """Certify products a pipeline wrote (e.g. ``cpBias``'s ``bias``) into a CALIBRATION
     collection, as ``butler certify-calibrations`` does.
 
@@ -455,8 +633,9 @@ def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *
         Dataset types to certify (``bias``, ``dark``, ``flat``, ``ptc``, ...).
     begin, end : str, optional
         Validity range (ISO times, UTC); None: unbounded on that side.
-    collection : str
-        CALIBRATION collection (default ``LATISS/calib``).
+    collection : str, optional
+        CALIBRATION collection (default ``<instrument>/calib`` of the repository's
+        instrument: ``LATISS/calib``, ``LSSTCam/calib`` ...).
 
     Returns
     -------
@@ -469,6 +648,7 @@ def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *
     """
     butler = open_butler(repo, writeable=True)
     try:
+        collection = collection or repo_calib_collection(butler)
         butler.registry.registerCollection(collection, CollectionType.CALIBRATION)
         refs: list[DatasetRef] = []
         for kind in kinds:
