@@ -9,7 +9,21 @@ Each instrument is a subclass of `HeaderTranslator`. The base class owns the gen
 (first non-null keyword, float sanitising, time parsing, airmass from altitude, ...) and
 the order in which fields are built; a subclass only sets keyword tuples and overrides the
 few ``to_<field>`` methods where its headers differ. `translate_header` picks the first
-translator in `TRANSLATORS` that claims the header.
+translator in `TRANSLATORS` that claims the header:
+
+* `LatissTranslator`: LATISS, AuxTel's imager and slitless spectrograph (``LATISS``,
+  ``LSST_ATISS``);
+* `CtioTranslator`: the CTIO 0.9 m imager of Spectractor's 2017 data (``cfccd``);
+* the LSST Camera family, one frame per CCD (`LsstCameraTranslator`: ``obs_id`` is the
+  exposure's OBSID and the detector, ``MC_C_20190319_000001_R22_S21``; never dispersed):
+  `LsstCamTranslator` (``LSSTCam``: BOT lab, summit and simulated frames),
+  `ComCamTranslator` (``LSSTComCam``), `LsstCamSimTranslator` (``LSSTCamSim``),
+  `LsstTs8Translator` (``LSST-TS8``, the raft stand, also files of 2017-2018 without
+  INSTRUME), and the single-sensor stands `Ts3Translator` (``LSST-TS3``, BNL) and
+  `UcdCamTranslator` (``LSST-UCDCam``, UC Davis).
+
+`RubinTranslator` holds what LATISS and the LSST cameras share (OBSID/DAYOBS/SEQNUM, the
+header service's pointing and pressure).
 """
 
 from __future__ import annotations
@@ -27,14 +41,24 @@ import astropy.units as u
 from astropy.io import fits
 from astropy.time import Time
 
+from atmospec.camera.description import DetectorEntry, detector_table
 from atmospec.errors import BadInputError
 from atmospec.layout import safe_component
 
 __all__ = [
     "TRANSLATORS",
+    "ComCamTranslator",
+    "CtioTranslator",
     "HeaderTranslator",
     "LatissTranslator",
+    "LsstCamSimTranslator",
+    "LsstCamTranslator",
+    "LsstCameraTranslator",
+    "LsstTs8Translator",
     "ObservationInfo",
+    "RubinTranslator",
+    "Ts3Translator",
+    "UcdCamTranslator",
     "canonical_instrument",
     "integration_time",
     "kasten_young_airmass",
@@ -67,6 +91,19 @@ _FITS_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 #: Above this a "pressure" cannot be in hPa (the record at sea level is ~1084 hPa), so it is
 #: in Pa: since 2023 the LATISS header service writes e.g. 77780.0 for 777.8 hPa.
 _MAX_PRESSURE_HPA = 2000.0
+
+#: A Rubin observation id, ``AT_O_20240624_000106``: camera code (AT LATISS, MC LSSTCam,
+#: CC ComCam, TS test stands), controller, day_obs, sequence number.
+_OBSID_PATTERN = re.compile(r"^(?P<tel>[A-Z]{2})_(?P<ctrl>[A-Z])_(?P<day>\d{8})_(?P<seq>\d+)$")
+
+#: A raft of the LSST Camera in ``RAFTNAME`` (``LCA-11021_RTM-010-Dev``).
+_RAFT_PATTERN = re.compile(r"RTM-\d{3}")
+
+#: The readout board of a raft on the TS8 stand (``REBNAME = 'R00.Reb0'``).
+_TS8_REB_PATTERN = re.compile(r"R\d\d\.Reb\d")
+
+#: An ISO start time, read to 0.1 s (the groups concatenate to ``YYYYMMDDhhmmss[t]``).
+_ISO_TENTHS = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d)\d*)?")
 
 
 def integration_time(key: str, value: Any) -> float | None:
@@ -154,7 +191,8 @@ class ObservationInfo:
     datetime_begin: Time | None
     """Start of the exposure (TAI for LATISS); None when no usable time is in the header."""
     physical_filter: str
-    """``"<filter>~<disperser>"``, e.g. ``"SDSSr_65mm~empty"``."""
+    """``"<filter>~<disperser>"``, e.g. ``"SDSSr_65mm~empty"``; for the LSST cameras, which have
+    no disperser, ``"<filter>~<second filter>"`` (the BOT's ``"SDSSi~ND_OD0.5"``)."""
     filter: str
     """Filter name, e.g. ``"SDSSr_65mm"``, ``"empty"`` or ``"unknown"``."""
     disperser: str
@@ -311,6 +349,11 @@ class HeaderTranslator(ABC):
     humidity_keys: ClassVar[tuple[str, ...]] = ("HUMIDITY",)
     linspos_keys: ClassVar[tuple[str, ...]] = ("LINSPOS",)
     detector_serial_keys: ClassVar[tuple[str, ...]] = ("DETSER",)
+    vendor_keys: ClassVar[tuple[str, ...]] = ("CCD_MANU",)
+    test_stand_keys: ClassVar[tuple[str, ...]] = ("TSTAND",)
+    run_keys: ClassVar[tuple[str, ...]] = ("RUNNUM",)
+    test_type_keys: ClassVar[tuple[str, ...]] = ("TESTTYPE",)
+    controller_keys: ClassVar[tuple[str, ...]] = ("CONTRLLR",)
 
     # ------------------------------------------------------------------ entry points
 
@@ -358,8 +401,7 @@ class HeaderTranslator(ABC):
         """
         try:
             ra, dec = self.to_ra_dec(header)
-            filter_name = self.to_filter(header)
-            disperser = self.to_disperser(header)
+            exposure_id = self.to_exposure_id(header)
             info = ObservationInfo(
                 instrument=self.to_instrument(header),
                 obs_id=_file_name_safe(self.to_obs_id(header)),
@@ -370,9 +412,9 @@ class HeaderTranslator(ABC):
                 exposure_time=self.to_exposure_time(header),
                 dark_time=self.to_dark_time(header),
                 datetime_begin=self.to_datetime_begin(header),
-                physical_filter=f"{filter_name}~{disperser}",
-                filter=filter_name,
-                disperser=disperser,
+                physical_filter=self.to_physical_filter(header),
+                filter=self.to_filter(header),
+                disperser=self.to_disperser(header),
                 airmass=self.to_airmass(header),
                 altitude=self.to_altitude(header),
                 azimuth=self.to_azimuth(header),
@@ -385,6 +427,16 @@ class HeaderTranslator(ABC):
                 linspos=self.to_linspos(header),
                 binning=self.to_binning(header),
                 detector_serial=self.to_detector_serial(header),
+                # Shared by the exposure's frames and a prefix of obs_id, it must name
+                # files as safely.
+                exposure_id=None if exposure_id is None else _file_name_safe(exposure_id),
+                detector=self.to_detector(header),
+                detector_id=self.to_detector_id(header),
+                vendor=self.to_vendor(header),
+                test_stand=self.to_test_stand(header),
+                run=self.to_run(header),
+                test_type=self.to_test_type(header),
+                controller=self.to_controller(header),
             )
             self.check_physical(info)
             return info
@@ -554,6 +606,11 @@ class HeaderTranslator(ABC):
     def to_seq_num(self, header: Mapping[str, Any]) -> int:
         """Sequence number within the day; raise `BadInputError` when it cannot be found."""
 
+    def to_exposure_id(self, header: Mapping[str, Any]) -> str | None:
+        """Identifier of the exposure, shared by its detectors' frames; None (the default)
+        for an instrument of one detector, whose `ObservationInfo` then uses `obs_id`."""
+        return None
+
     # ------------------------------------------------------------------ exposure
 
     def to_image_type(self, header: Mapping[str, Any]) -> str:
@@ -663,6 +720,10 @@ class HeaderTranslator(ABC):
         """Disperser name, ``"empty"`` for an empty slot, ``"unknown"`` when absent."""
         return self._normalise_optic(self._get(header, *self.disperser_keys))
 
+    def to_physical_filter(self, header: Mapping[str, Any]) -> str:
+        """The optical path, ``"<filter>~<disperser>"`` (`to_filter`, `to_disperser`)."""
+        return f"{self.to_filter(header)}~{self.to_disperser(header)}"
+
     def to_linspos(self, header: Mapping[str, Any]) -> float | None:
         """Linear-stage position in mm."""
         return self._get_float(header, *self.linspos_keys)
@@ -742,25 +803,48 @@ class HeaderTranslator(ABC):
         """Detector serial number; None when absent or blank."""
         return self._get_str(header, *self.detector_serial_keys)
 
+    def to_detector(self, header: Mapping[str, Any]) -> str | None:
+        """Detector name (``"R22_S11"``); None (the default) for an instrument of one."""
+        return None
 
-class LatissTranslator(HeaderTranslator):
-    """Translator for LATISS, the AuxTel imager/slitless spectrograph (2018 onwards).
+    def to_detector_id(self, header: Mapping[str, Any]) -> int | None:
+        """Detector number within the instrument; None (the default) for an instrument of one."""
+        return None
 
-    Quirks handled, by header era:
+    def to_vendor(self, header: Mapping[str, Any]) -> str | None:
+        """CCD manufacturer (`vendor_keys`), upper-case; None when absent or blank."""
+        vendor = self._get_str(header, *self.vendor_keys)
+        return None if vendor is None else vendor.upper()
 
-    * 2018 test-stand files call the instrument ``LSST_ATISS``, have no ``TIMESYS``
-      (their times are still TAI), no ``IMGTYPE`` and no filter/grating keywords.
-    * 2020-01 files have a 1970 ``DATE-OBS``/``DATE-BEG``, ``DARKTIME = 0.0``, RA/DEC
-      both 0.0 with the real pointing in RASTART/DECSTART, and a negative azimuth.
-    * 2023+ files give ``PRESSURE`` in Pa instead of hPa.
-    * 2024 darks have ``AMSTART = 0.0`` and RA/DEC 0.0.
-    * ``SHUTTIME`` is ignored: 2022 files hold a bogus 0.03 s.
+    # ------------------------------------------------------------------ test stands
+
+    def to_test_stand(self, header: Mapping[str, Any]) -> str | None:
+        """Test stand or camera configuration (`test_stand_keys`); None when absent."""
+        return self._get_str(header, *self.test_stand_keys)
+
+    def to_run(self, header: Mapping[str, Any]) -> str | None:
+        """Test or acquisition run (`run_keys`) as text (some headers write a number)."""
+        return self._get_str(header, *self.run_keys)
+
+    def to_test_type(self, header: Mapping[str, Any]) -> str | None:
+        """EO test type (`test_type_keys`), upper-case; None when absent or blank."""
+        test_type = self._get_str(header, *self.test_type_keys)
+        return None if test_type is None else test_type.upper()
+
+    def to_controller(self, header: Mapping[str, Any]) -> str | None:
+        """Controller code of the observation id (`controller_keys`); None when absent."""
+        return self._get_str(header, *self.controller_keys)
+
+
+class RubinTranslator(HeaderTranslator):
+    """Keywords shared by Rubin Observatory instruments (LATISS and the LSST Camera family).
+
+    The exposure is named by ``OBSID`` (``AT_O_20240624_000106``: camera, controller, day,
+    sequence number), with ``DAYOBS`` and ``SEQNUM`` read from it when missing. On the
+    summit the header service writes the pointing at the start of the exposure
+    (``RASTART``/``DECSTART``, ``ELSTART``, ``AZSTART``, ``AMSTART``) and the weather, with
+    ``PRESSURE`` in Pa since 2023; lab headers have none of these, which are then None.
     """
-
-    name: ClassVar[str] = "LATISS"
-    instrument_aliases: ClassVar[tuple[str, ...]] = ("LATISS", "LSST_ATISS")
-    # Every LATISS time keyword is TAI; the 2018 files just do not say so.
-    default_time_scale: ClassVar[str] = "tai"
 
     airmass_keys: ClassVar[tuple[str, ...]] = ("AMSTART",)
     # The 2020 header comments ELSTART as "Telescope zenith distance", but keyword and values
@@ -769,37 +853,40 @@ class LatissTranslator(HeaderTranslator):
     altitude_keys: ClassVar[tuple[str, ...]] = ("ELSTART",)
     azimuth_keys: ClassVar[tuple[str, ...]] = ("AZSTART",)
     detector_serial_keys: ClassVar[tuple[str, ...]] = ("LSST_NUM",)
+    day_obs_offset_hours: ClassVar[float | None] = None
+    """Hours subtracted from the start of the exposure to give ``day_obs`` (the local date at
+    the start of the night) when neither DAYOBS nor OBSID does; None: they must."""
 
-    #: ``AT_O_20240624_000106``: telescope code, controller, day_obs, sequence number.
-    _OBSID_PATTERN: ClassVar[re.Pattern[str]] = re.compile(
-        r"^(?P<tel>[A-Z]{2})_(?P<ctrl>[A-Z])_(?P<day>\d{8})_(?P<seq>\d+)$"
-    )
+    # ------------------------------------------------------------------ identity
 
-    def _obsid_match(self, header: Mapping[str, Any]) -> re.Match[str] | None:
-        """Match ``OBSID`` against the LATISS naming scheme (None if absent or unusual)."""
-        obs_id = self._get_str(header, "OBSID")
-        return None if obs_id is None else self._OBSID_PATTERN.match(obs_id)
+    def _obsid(self, header: Mapping[str, Any]) -> str | None:
+        """``OBSID`` stripped, None when absent or blank.
 
-    def to_obs_id(self, header: Mapping[str, Any]) -> str:
-        """``OBSID``, a string card; a header without it cannot be indexed, so that is an
-        error, and so is a number (``OBSID = 42``): LATISS writes a name, never a number,
-        so a number is a damaged card, not an identifier."""
+        Raises
+        ------
+        BadInputError
+            When it is a number (``OBSID = 42``): Rubin cameras write a name, never a
+            number, so a number is a damaged card, not an identifier.
+        """
         value = self._get(header, "OBSID")
         if value is not None and not isinstance(value, str):
             raise BadInputError(None, f"OBSID = {value!r} is not a string")
+        return self._get_str(header, "OBSID")
+
+    def _obsid_match(self, header: Mapping[str, Any]) -> re.Match[str] | None:
+        """Match ``OBSID`` against the Rubin naming scheme (None if absent or unusual)."""
         obs_id = self._get_str(header, "OBSID")
-        if obs_id is None:
-            raise BadInputError(None, "LATISS header has no OBSID keyword")
-        return obs_id
+        return None if obs_id is None else _OBSID_PATTERN.match(obs_id)
 
     def to_day_obs(self, header: Mapping[str, Any]) -> int:
-        """``DAYOBS`` (int or string), else, when it is missing, the date in ``OBSID``.
+        """``DAYOBS`` (int or string), else, when it is missing, the date in ``OBSID``, else
+        the start time minus `day_obs_offset_hours` (when set).
 
         Raises
         ------
         BadInputError
             When ``DAYOBS`` is given but is not a calendar date ``YYYYMMDD`` (a damaged
-            card is refused, not replaced by the OBSID's date), or neither gives a date.
+            card is refused, not replaced by the OBSID's date), or nothing gives a date.
         """
         given = self._get_given(header, "DAYOBS")
         if given is not None:
@@ -810,6 +897,10 @@ class LatissTranslator(HeaderTranslator):
             return day_obs
         match = self._obsid_match(header)
         day_obs = self._parse_day_obs(match["day"]) if match else None
+        if day_obs is None and self.day_obs_offset_hours is not None:
+            start = self.to_datetime_begin(header)
+            if start is not None:
+                day_obs = int((start - self.day_obs_offset_hours * u.hour).strftime("%Y%m%d"))
         if day_obs is None:
             raise BadInputError(None, f"cannot determine day_obs: no DAYOBS, OBSID="
                                       f"{self._get(header, 'OBSID')!r}")
@@ -836,34 +927,15 @@ class LatissTranslator(HeaderTranslator):
                                       f"{self._get(header, 'OBSID')!r}")
         return int(match["seq"])
 
-    def check_physical(self, info: ObservationInfo) -> None:
-        """The base rules, and: an OBSID of the LATISS form agrees with the day and sequence
-        number.
-
-        The OBSID embeds both (``AT_O_20240624_000106``) and names every output, so a
-        disagreement means one card is damaged, and which one cannot be told: the file is
-        refused. (When DAYOBS or SEQNUM is missing it was read from the OBSID, so they
-        agree.) An OBSID of another form names no day or number and is not compared.
-
-        Raises
-        ------
-        BadInputError
-            With a None path (`translate` names the file).
-        """
-        super().check_physical(info)
-        match = self._OBSID_PATTERN.match(info.obs_id)
-        if match is None:
-            return
-        if (match["day"], int(match["seq"])) != (str(info.day_obs), info.seq_num):
-            raise BadInputError(None, f"OBSID {info.obs_id} disagrees with DAYOBS = "
-                                      f"{info.day_obs}, SEQNUM = {info.seq_num}")
+    # ------------------------------------------------------------------ pointing, weather
 
     def to_ra_dec(self, header: Mapping[str, Any]) -> tuple[float | None, float | None]:
         """Commanded RA/DEC, replaced by the measured RASTART/DECSTART when unusable.
 
         RA/DEC are the commanded target (what the observer asked for) and so preferred,
         but they are missing in some files and both 0.0 when nothing was commanded (2020
-        engineering data, 2024 darks) although the telescope pointing was recorded.
+        engineering data, 2024 darks, LSSTCam frames tracking in az/el) although the
+        telescope pointing was recorded.
         """
         ra, dec = super().to_ra_dec(header)
         unusable = ra is None or dec is None or (ra == 0.0 and dec == 0.0)
@@ -880,6 +952,57 @@ class LatissTranslator(HeaderTranslator):
         if pressure is not None and pressure > _MAX_PRESSURE_HPA:
             return pressure / 100.0
         return pressure
+
+
+class LatissTranslator(RubinTranslator):
+    """Translator for LATISS, the AuxTel imager/slitless spectrograph (2018 onwards).
+
+    Quirks handled, by header era:
+
+    * 2018 test-stand files call the instrument ``LSST_ATISS``, have no ``TIMESYS``
+      (their times are still TAI), no ``IMGTYPE`` and no filter/grating keywords.
+    * 2020-01 files have a 1970 ``DATE-OBS``/``DATE-BEG``, ``DARKTIME = 0.0``, RA/DEC
+      both 0.0 with the real pointing in RASTART/DECSTART, and a negative azimuth.
+    * 2023+ files give ``PRESSURE`` in Pa instead of hPa.
+    * 2024 darks have ``AMSTART = 0.0`` and RA/DEC 0.0.
+    * ``SHUTTIME`` is ignored: 2022 files hold a bogus 0.03 s.
+    """
+
+    name: ClassVar[str] = "LATISS"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("LATISS", "LSST_ATISS")
+    # Every LATISS time keyword is TAI; the 2018 files just do not say so.
+    default_time_scale: ClassVar[str] = "tai"
+
+    def to_obs_id(self, header: Mapping[str, Any]) -> str:
+        """``OBSID``, a string card; a header without it cannot be indexed, so that is an
+        error, and so is a number (``OBSID = 42``): LATISS writes a name, never a number,
+        so a number is a damaged card, not an identifier."""
+        obs_id = self._obsid(header)
+        if obs_id is None:
+            raise BadInputError(None, "LATISS header has no OBSID keyword")
+        return obs_id
+
+    def check_physical(self, info: ObservationInfo) -> None:
+        """The base rules, and: an OBSID of the LATISS form agrees with the day and sequence
+        number.
+
+        The OBSID embeds both (``AT_O_20240624_000106``) and names every output, so a
+        disagreement means one card is damaged, and which one cannot be told: the file is
+        refused. (When DAYOBS or SEQNUM is missing it was read from the OBSID, so they
+        agree.) An OBSID of another form names no day or number and is not compared.
+
+        Raises
+        ------
+        BadInputError
+            With a None path (`translate` names the file).
+        """
+        super().check_physical(info)
+        match = _OBSID_PATTERN.match(info.obs_id)
+        if match is None:
+            return
+        if (match["day"], int(match["seq"])) != (str(info.day_obs), info.seq_num):
+            raise BadInputError(None, f"OBSID {info.obs_id} disagrees with DAYOBS = "
+                                      f"{info.day_obs}, SEQNUM = {info.seq_num}")
 
 
 class CtioTranslator(HeaderTranslator):
@@ -940,8 +1063,323 @@ class CtioTranslator(HeaderTranslator):
         return seq_num
 
 
+class LsstCameraTranslator(RubinTranslator):
+    """Rules shared by the LSST Camera family: LSSTCam, ComCam and the simulated LSSTCam, the
+    TS8 raft stand, and the single-sensor TS3 and UCD stands.
+
+    A frame is one CCD of an exposure: ``exposure_id`` is the exposure's ``OBSID``
+    (``MC_C_20190319_000001``) and ``obs_id`` adds the detector (``..._R22_S21``), the raft
+    and slot of the instrument's detector table (`detector_table_name`, checked there).
+    ``DAYOBS`` is taken as written even when the OBSID's date differs (a real CCS header
+    has DAYOBS 20290319 for OBSID MC_C_20190319_000001), then the OBSID, then the start time
+    minus `day_obs_offset_hours`. Times are TAI unless ``TIMESYS`` says otherwise (obs_lsst
+    reads every LSST camera time as TAI). ``IMGTYPE`` ``object`` and ``skyexp`` are science
+    frames. No camera of the family has a disperser: ``disperser`` is always ``"empty"``,
+    so no frame is ever routed to spectroscopy, and ``physical_filter`` is
+    ``"<FILTER>~<FILTER2>"`` (the BOT's second wheel holds neutral densities, ``ND_OD0.5``).
+    Lab frames have no pointing or weather: those fields are None.
+    """
+
+    default_time_scale: ClassVar[str] = "tai"
+    day_obs_offset_hours: ClassVar[float | None] = 12.0
+    image_type_aliases: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"object": "science", "skyexp": "science"})
+    # "NONE" (2023 BOT) and "unspecified" (2022 TS8) are written for an empty wheel too.
+    empty_optic_pattern: ClassVar[re.Pattern[str]] = re.compile(
+        r"(?i)^(empty(_\d+)?|none|unspecified)?$")
+    second_filter_keys: ClassVar[tuple[str, ...]] = ("FILTER2",)
+    raft_keys: ClassVar[tuple[str, ...]] = ("RAFTBAY",)
+    slot_keys: ClassVar[tuple[str, ...]] = ("CCDSLOT",)
+
+    detector_table_name: ClassVar[str | None] = None
+    """Instrument whose `atmospec.camera.description.detector_table` names the detectors;
+    None for a stand of one sensor (``detector`` None, ``obs_id`` the exposure id)."""
+    exposure_id_fallback: ClassVar[tuple[str, str] | None] = None
+    """``(prefix, keyword)`` naming the exposure of a header without ``OBSID`` as
+    ``<prefix>_<keyword value>_<DATE-OBS to 0.1 s>``; None: ``OBSID`` is required."""
+    generic_instruments: ClassVar[tuple[str, ...]] = ()
+    """``INSTRUME`` values that do not name this instrument alone (a controller's or the
+    whole camera's name; ``""`` for a header without ``INSTRUME``): such a header is claimed
+    only when `claims_by_keys` recognises it."""
+
+    @classmethod
+    def can_translate(cls, header: Mapping[str, Any]) -> bool:
+        """True for an ``INSTRUME`` of `instrument_aliases`, or one of `generic_instruments`
+        on a header `claims_by_keys` recognises."""
+        if super().can_translate(header):
+            return True
+        instrument = cls._get_str(header, "INSTRUME") or ""
+        generic = {name.upper() for name in cls.generic_instruments}
+        return instrument.upper() in generic and cls.claims_by_keys(header)
+
+    @classmethod
+    def claims_by_keys(cls, header: Mapping[str, Any]) -> bool:
+        """Whether a header of a generic ``INSTRUME`` comes from this instrument (never, by
+        default)."""
+        return False
+
+    # ------------------------------------------------------------------ identity
+
+    def to_exposure_id(self, header: Mapping[str, Any]) -> str:
+        """``OBSID``, else (stands without one) built from `exposure_id_fallback`.
+
+        Raises
+        ------
+        BadInputError
+            When neither is possible, or ``DATE-OBS`` is not an ISO time.
+        """
+        obs_id = self._obsid(header)
+        if obs_id is not None:
+            return obs_id
+        if self.exposure_id_fallback is None:
+            raise BadInputError(None, f"{self.name} header has no OBSID keyword")
+        prefix, key = self.exposure_id_fallback
+        part = self._get_str(header, key)
+        stamp = self._date_obs_tenths(header)
+        if part is None or stamp is None:
+            raise BadInputError(None, f"{self.name} header has no OBSID, nor {key} and "
+                                      "DATE-OBS to name the exposure")
+        return f"{prefix}_{part}_{stamp}"
+
+    @classmethod
+    def _date_obs_tenths(cls, header: Mapping[str, Any]) -> str | None:
+        """``DATE-OBS`` as digits to 0.1 s (``201807241028453``), None when absent.
+
+        Test stands number their exposures within a run, not a day (obs_lsst: SEQNUM is not
+        unique per day in TS8 data), so the start to 0.1 s tells two exposures apart; the
+        digits are read from the card, not from a parsed time, to stay the same whatever the
+        time scale.
+        """
+        value = cls._get(header, "DATE-OBS")
+        if value is None or _is_placeholder(value):
+            return None
+        match = _ISO_TENTHS.fullmatch(str(value).strip())
+        if match is None:
+            raise BadInputError(None, f"DATE-OBS = {value!r} is not a time (ISO 8601 "
+                                      "YYYY-MM-DDThh:mm:ss)")
+        return "".join(part or "0" for part in match.groups())
+
+    def to_obs_id(self, header: Mapping[str, Any]) -> str:
+        """The exposure id, followed by ``_<detector>`` for an instrument of several."""
+        exposure_id = self.to_exposure_id(header)
+        detector = self.to_detector(header)
+        return exposure_id if detector is None else f"{exposure_id}_{detector}"
+
+    # ------------------------------------------------------------------ detector
+
+    def _raft_slot(self, header: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """Raft and slot of the frame's CCD (`raft_keys`, `slot_keys`), None when absent."""
+        return self._get_str(header, *self.raft_keys), self._get_str(header, *self.slot_keys)
+
+    def _detector_entry(self, header: Mapping[str, Any]) -> tuple[str, DetectorEntry] | None:
+        """Name and table entry of the frame's detector; None for a stand of one sensor.
+
+        Raises
+        ------
+        BadInputError
+            When the raft and slot name no detector of the table.
+        """
+        if self.detector_table_name is None:
+            return None
+        raft, slot = self._raft_slot(header)
+        name = f"{raft}_{slot}"
+        entry = detector_table(self.detector_table_name).get(name)
+        if raft is None or slot is None or entry is None:
+            raft_key, slot_key = self.raft_keys[0], self.slot_keys[0]
+            raise BadInputError(None, f"{raft_key} = {self._get(header, raft_key)!r}, "
+                                      f"{slot_key} = {self._get(header, slot_key)!r}: no "
+                                      f"such {self.name} detector (raft and slot as R22_S11)")
+        return name, entry
+
+    def to_detector(self, header: Mapping[str, Any]) -> str | None:
+        """``<raft>_<slot>`` (``R22_S11``), a detector of `detector_table_name`."""
+        found = self._detector_entry(header)
+        return None if found is None else found[0]
+
+    def to_detector_id(self, header: Mapping[str, Any]) -> int | None:
+        """The detector's number in `detector_table_name` (R22_S11 of LSSTCam is 94)."""
+        found = self._detector_entry(header)
+        return None if found is None else found[1].detector_id
+
+    def to_detector_serial(self, header: Mapping[str, Any]) -> str | None:
+        """``LSST_NUM`` without the ``-Dev`` suffix some lab files append to it at random
+        (obs_lsst strips it too); None when absent."""
+        serial = super().to_detector_serial(header)
+        return None if serial is None else serial.removesuffix("-Dev").strip() or None
+
+    # ------------------------------------------------------------------ time
+
+    def to_datetime_begin(self, header: Mapping[str, Any]) -> Time | None:
+        """The base rules, and: a ``DATE-OBS`` equal to ``DATE-TRG`` is the end.
+
+        ``DATE-TRG`` is the readout trigger, which ends the exposure; some TS8 and UCD files
+        wrote it as ``DATE-OBS`` too (obs_lsst fixes the TS8 ones the same way). Without a
+        ``DATE-BEG`` the start is then ``DATE-OBS`` minus the exposure time.
+        """
+        start = super().to_datetime_begin(header)
+        date_obs = self._get_str(header, "DATE-OBS")
+        written_at_end = (date_obs is not None and date_obs == self._get_str(header, "DATE-TRG")
+                          and self._get_given(header, "DATE-BEG") is None)
+        exposure = self.to_exposure_time(header)
+        if start is not None and written_at_end and exposure:
+            return start - exposure * u.s
+        return start
+
+    # ------------------------------------------------------------------ optics
+
+    def to_filter(self, header: Mapping[str, Any]) -> str:
+        """``FILTER``; ``"empty"`` also when absent (lab frames without a filter wheel)."""
+        value = self._get(header, *self.filter_keys)
+        return "empty" if value is None else self._normalise_optic(value)
+
+    def to_disperser(self, header: Mapping[str, Any]) -> str:
+        """Always ``"empty"``: no LSST camera has a disperser."""
+        return "empty"
+
+    def to_physical_filter(self, header: Mapping[str, Any]) -> str:
+        """``"<filter>~<FILTER2>"``, the second filter ``"empty"`` unless it names a real
+        element (the BOT's ``ND_OD0.5``)."""
+        second = self._get(header, *self.second_filter_keys)
+        second_name = "empty" if second is None else self._normalise_optic(second)
+        return f"{self.to_filter(header)}~{second_name}"
+
+
+class LsstCamTranslator(LsstCameraTranslator):
+    """Translator for LSSTCam, the LSST Camera: lab frames of the BOT (``TSTAND = 'BOT'``,
+    controller C, 2019-2024 at SLAC), summit frames (``TSTAND = 'TMAMCv1_SUM'``, controller O
+    on sky, C for calibrations) and simulated ones (controller H).
+
+    The 2019 BOT held engineering rafts (``RAFTNAME`` ``..._ETU1``): its CCD in a bay may be
+    another one, of another vendor, than the table's (R22_S21 is an ITL CCD in 2019 and an
+    e2v one in the camera); ``detector_serial`` and ``vendor`` are the header's.
+    """
+
+    name: ClassVar[str] = "LSSTCam"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("LSSTCam",)
+    detector_table_name: ClassVar[str | None] = "LSSTCam"
+
+
+class ComCamTranslator(LsstCameraTranslator):
+    """Translator for LSSTComCam, the commissioning camera (one raft, R22, of 9 ITL CCDs).
+
+    ``INSTRUME`` is ``ComCam`` (any case); lab files of 2019 say ``LSST_CAMERA``, a name
+    any LSST camera could write, and are claimed by their ``CC_`` OBSID.
+    """
+
+    name: ClassVar[str] = "LSSTComCam"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("LSSTComCam", "ComCam")
+    generic_instruments: ClassVar[tuple[str, ...]] = ("LSST_CAMERA",)
+    detector_table_name: ClassVar[str | None] = "LSSTComCam"
+
+    @classmethod
+    def claims_by_keys(cls, header: Mapping[str, Any]) -> bool:
+        """An ``OBSID`` of the ComCam camera code, ``CC_``."""
+        obs_id = cls._get(header, "OBSID")
+        return isinstance(obs_id, str) and obs_id.strip().startswith("CC_")
+
+
+class LsstCamSimTranslator(LsstCameraTranslator):
+    """Translator for LSSTCamSim, LSSTCam simulated by the camera's own software (controller
+    S): LSSTCam's detectors and rules."""
+
+    name: ClassVar[str] = "LSSTCamSim"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("LSSTCamSim",)
+    detector_table_name: ClassVar[str | None] = "LSSTCam"
+
+
+class LsstTs8Translator(LsstCameraTranslator):
+    """Translator for LSST-TS8, the raft test stand at SLAC: one raft of 9 CCDs at a time.
+
+    Detectors are ``<raft>_<slot>`` with the raft of ``RAFTNAME`` (``RTM-010`` from
+    ``LCA-11021_RTM-010-Dev``; ``RAFTBAY`` is where the raft would sit in the camera, not the
+    raft). Files before 2022 have no ``INSTRUME``, ``OBSID``, ``DAYOBS`` nor ``CCDSLOT``
+    (and up to 2017 no ``TSTAND``): they are recognised by their raft and readout board
+    (``REBNAME = 'R00.Reb0'``), the slot is the one whose CCD has the file's ``LSST_NUM`` in
+    the raft, the exposure is ``TS8_<RUNNUM>_<DATE-OBS to 0.1 s>`` and ``day_obs`` the date
+    of the start minus 8 h (obs_lsst's test-stand day, near the Pacific date). Times are UTC
+    (obs_lsst) unless ``TIMESYS`` says otherwise (TAI in 2023).
+    """
+
+    name: ClassVar[str] = "LSST-TS8"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("LSST-TS8",)
+    generic_instruments: ClassVar[tuple[str, ...]] = ("",)
+    default_time_scale: ClassVar[str] = "utc"
+    day_obs_offset_hours: ClassVar[float | None] = 8.0
+    detector_table_name: ClassVar[str | None] = "LSST-TS8"
+    exposure_id_fallback: ClassVar[tuple[str, str] | None] = ("TS8", "RUNNUM")
+    raft_keys: ClassVar[tuple[str, ...]] = ("RAFTNAME",)
+
+    @classmethod
+    def claims_by_keys(cls, header: Mapping[str, Any]) -> bool:
+        """``TSTAND = 'TS8'``, or no ``TSTAND`` but a raft in ``RAFTNAME`` and a TS8 readout
+        board in ``REBNAME``."""
+        test_stand = cls._get_str(header, "TSTAND")
+        if test_stand is not None:
+            return test_stand.upper() == "TS8"
+        raft_name = cls._get_str(header, "RAFTNAME") or ""
+        reb_name = cls._get_str(header, "REBNAME") or ""
+        return bool(_RAFT_PATTERN.search(raft_name) and _TS8_REB_PATTERN.fullmatch(reb_name))
+
+    def _raft_slot(self, header: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """The ``RTM-NNN`` of ``RAFTNAME``, and ``CCDSLOT`` or else the slot of ``LSST_NUM``.
+
+        Raises
+        ------
+        BadInputError
+            When the raft has no CCD of that serial in the detector table.
+        """
+        match = _RAFT_PATTERN.search(self._get_str(header, *self.raft_keys) or "")
+        raft = match.group(0) if match else None
+        slot = self._get_str(header, *self.slot_keys)
+        if raft is None or slot is not None:
+            return raft, slot
+        serial = self.to_detector_serial(header)
+        for name, entry in detector_table(str(self.detector_table_name)).items():
+            if serial is not None and entry.serial == serial and name.startswith(f"{raft}_"):
+                return raft, name.removeprefix(f"{raft}_")
+        raise BadInputError(None, f"RAFTNAME = {self._get(header, 'RAFTNAME')!r}, LSST_NUM = "
+                                  f"{self._get(header, 'LSST_NUM')!r}: raft {raft} of "
+                                  f"{self.name} has no CCD of that serial")
+
+
+class Ts3Translator(LsstCameraTranslator):
+    """Translator for LSST-TS3, the single-sensor test stand at BNL (2016-2018).
+
+    Its files have ``INSTRUME = 'ArchonCCDController'`` (the controller) or none, and are
+    recognised by ``TSTAND`` (``BNL-TS3-2-Janeway``). One sensor: no detector; no ``OBSID``:
+    the frame is ``TS3_<LSST_NUM>_<DATE-OBS to 0.1 s>``. Times are UTC and ``day_obs`` is
+    the start minus 8 h, as obs_lsst reads them.
+    """
+
+    name: ClassVar[str] = "LSST-TS3"
+    generic_instruments: ClassVar[tuple[str, ...]] = ("", "ArchonCCDController")
+    default_time_scale: ClassVar[str] = "utc"
+    day_obs_offset_hours: ClassVar[float | None] = 8.0
+    exposure_id_fallback: ClassVar[tuple[str, str] | None] = ("TS3", "LSST_NUM")
+
+    @classmethod
+    def claims_by_keys(cls, header: Mapping[str, Any]) -> bool:
+        """A ``TSTAND`` of the BNL stand, ``BNL-TS3...``."""
+        test_stand = cls._get_str(header, "TSTAND") or ""
+        return test_stand.upper().startswith("BNL-TS3")
+
+
+class UcdCamTranslator(LsstCameraTranslator):
+    """Translator for LSST-UCDCam, the single-sensor beam simulator at UC Davis (an e2v or,
+    ``LSST-UCDCam-ITL``, an ITL sensor). One sensor: no detector (its ``RAFTBAY`` and
+    ``CCDSLOT`` are the bay the sensor was destined for); ``obs_id`` is ``OBSID``. obs_lsst
+    offsets its day by 0 h."""
+
+    name: ClassVar[str] = "LSST-UCDCam"
+    instrument_aliases: ClassVar[tuple[str, ...]] = ("LSST-UCDCam", "LSST-UCDCam-ITL")
+    day_obs_offset_hours: ClassVar[float | None] = 0.0
+
+
 #: Translators tried in order by `translate_header`; append new instruments here.
-TRANSLATORS: tuple[type[HeaderTranslator], ...] = (LatissTranslator, CtioTranslator)
+TRANSLATORS: tuple[type[HeaderTranslator], ...] = (
+    LatissTranslator, CtioTranslator, LsstCamTranslator, ComCamTranslator,
+    LsstCamSimTranslator, LsstTs8Translator, Ts3Translator, UcdCamTranslator,
+)
 
 
 def canonical_instrument(name: str) -> str:
@@ -955,11 +1393,13 @@ def canonical_instrument(name: str) -> str:
     Returns
     -------
     str
-        The translator's name (``LATISS``, ``CTIO``), else ``name`` upper-cased.
+        The translator's name (``LATISS``, ``CTIO``, ``LSSTCam`` for ``lsstCam``), else
+        ``name`` upper-cased.
     """
     upper = name.strip().upper()
     for translator in TRANSLATORS:
-        if upper in {alias.upper() for alias in translator.instrument_aliases}:
+        names = {translator.name, *translator.instrument_aliases}
+        if upper in {known.upper() for known in names}:
             return translator.name
     return upper
 
