@@ -1,5 +1,5 @@
-"""``atmospec simulate`` and ``atmospec demo``: simulated LATISS data, and the whole chain
-on a small simulated night."""
+"""``atmospec simulate`` and ``atmospec demo``: simulated LATISS data and BOT acquisitions of
+LSST camera detectors, and the whole chain on a small simulated night."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="write realistic simulated LATISS raw frames")
-    p.add_argument("what", choices=("night", "flat-pairs"),
+    p = sub.add_parser("simulate", help="write realistic simulated raw frames (LATISS, or "
+                       "LSST camera detectors on the BOT)")
+    p.add_argument("what", choices=("night", "flat-pairs", "bot"),
                    help="night: biases, darks, flats, star fields; flat-pairs: two flats "
-                   "per level from 100 e- to beyond full well, for a PTC")
+                   "per level from 100 e- to beyond full well, for a PTC; bot: an EO "
+                   "acquisition of LSST camera detectors (biases, darks, flat pairs, "
+                   "superflats, photodiode records) laid out as the BOT writes it")
     p.add_argument("--out", required=True, help="output directory for the raw files")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--day-obs", type=int, default=20261123, help="YYYYMMDD of the night")
@@ -41,12 +44,28 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="flat-pairs: number of levels (pairs), default 25")
     p.add_argument("--no-compress", action="store_true",
                    help="write uncompressed FITS (default: lossless RICE tiles)")
+    bot = p.add_argument_group("bot")
+    bot.add_argument("--instrument", default="LSSTCam",
+                     help="bot: LSSTCam (default), LSSTComCam or LSST-TS8")
+    bot.add_argument("--detectors", default="R22_S11",
+                     help="bot: comma list of detectors and rafts (R22 = its 9 CCDs), "
+                     "default R22_S11")
+    bot.add_argument("--levels", default=None,
+                     help="bot: comma list of flat-pair levels, e- (default 1000,2000,5000,"
+                     "10000,20000,50000,100000; empty for none)")
+    bot.add_argument("--n-sflat", type=int, default=2,
+                     help="bot: low (1 ke-) and high (50 ke-) superflats each, default 2")
+    bot.add_argument("--run", default="13162", help="bot: run number, RUNNUM")
+    bot.add_argument("--interleaved-biases", action="store_true",
+                     help="bot: a bias before every dark, flat pair and superflat")
     p.set_defaults(func=_cmd_simulate)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from atmospec.sim.night import NightConfig, simulate_night
 
+    if args.what == "bot":
+        return _cmd_simulate_bot(args)
     if args.what == "flat-pairs":
         from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
 
@@ -72,6 +91,40 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                          compress=not args.no_compress)
     paths = simulate_night(args.out, config)
     print(f"wrote {len(paths)} raw files to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_simulate_bot(args: argparse.Namespace) -> int:
+    """``atmospec simulate bot``: one frame per detector and exposure, one line each."""
+    from atmospec.errors import BadInputError
+    from atmospec.sim.bot import BotConfig, BotFrame, bot_plan, expand_detectors, write_bot_run
+
+    try:
+        detectors = expand_detectors(args.instrument, args.detectors.split(","))
+        levels = (BotConfig().flat_levels_e if args.levels is None else
+                  tuple(float(v) for v in args.levels.split(",") if v.strip()))
+        config = BotConfig(
+            instrument=args.instrument, detectors=detectors, run=args.run,
+            day_obs=args.day_obs, start=_day_start_iso(args.day_obs), n_bias=args.n_bias,
+            n_dark=args.n_dark, flat_levels_e=levels, n_sflat_low=args.n_sflat,
+            n_sflat_high=args.n_sflat, interleaved_biases=args.interleaved_biases,
+            seed=args.seed, compress=not args.no_compress)
+        plan = bot_plan(config)
+    except (ValueError, BadInputError) as exc:
+        raise UsageError(f"atmospec simulate bot: {exc}") from None
+    total = len(plan) * len(detectors)
+    print(f"{len(plan)} exposure(s) x {len(detectors)} detector(s) of {args.instrument} "
+          f"-> {args.out}")
+    done = 0
+
+    def progress(frame: BotFrame, path: Path) -> None:
+        nonlocal done
+        done += 1
+        print(f"[{done}/{total}] {frame.exposure.folder}/{path.name}", flush=True)
+
+    run = write_bot_run(args.out, config, on_frame=progress)
+    print(f"wrote {len(run.raws)} raw files and {len(run.photodiode_files)} photodiode "
+          f"records; truth: {run.truth}")
     return EXIT_OK
 
 

@@ -1,4 +1,9 @@
-"""The simulated LATISS electronics: from electrons on the sensor to raw ADU segments.
+"""The simulated electronics of one CCD: from electrons on the sensor to raw ADU segments.
+
+Any detector description works (`atmospec.camera.description.Camera`): LATISS's ITL sensor,
+or an ITL or e2v detector of LSSTCam, ComCam or a TS8 raft. The geometry (data section,
+prescan, overscans, flips) and the nominal gains and read noise come from the description;
+the crosstalk matrix from the detector's shipped products.
 
 `expose` applies, in the order they happen in the camera: photon (Poisson) noise on the
 illuminated signal plus dark current, charge deposited by cosmic rays, full-well clipping
@@ -64,7 +69,8 @@ class DetectorSimConfig:
     full_well_e: float = 130_000.0
     """Full-well capacity, e⁻: excess charge bleeds along the column (charge conserved)."""
     crosstalk: bool = True
-    """Add crosstalk with the shipped LATISS matrix (DM-37819)."""
+    """Add crosstalk with the detector's shipped matrix (LATISS: DM-37819). A detector
+    without one (the LSST cameras ship none) gets no crosstalk, as ISR then corrects none."""
     adc_max_adu: int = 2**18 - 1
     """Largest value the 18-bit ADC can output, ADU."""
     sensor_seed: int = SENSOR_SEED
@@ -260,10 +266,13 @@ def apply_cti(charge: np.ndarray, cti: float, axis: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=2)
-def _crosstalk_adu(n_amps: int, gains: tuple[float, ...]) -> np.ndarray:
-    """Shipped LATISS crosstalk matrix as ADU ratios (``[target, source]``)."""
-    matrix = Crosstalk.read(n_amps=n_amps).matrix(n_amps)
+@lru_cache(maxsize=4)
+def _crosstalk_adu(camera: Camera, gains: tuple[float, ...]) -> np.ndarray | None:
+    """The detector's shipped crosstalk matrix as ADU ratios (``[target, source]``); None
+    when it ships none (`Crosstalk.default` gives a zero matrix): no crosstalk to add."""
+    matrix = Crosstalk.default(camera).matrix(camera.n_amps)
+    if not np.any(matrix.coeffs):
+        return None
     if matrix.units == "adu":
         return matrix.coeffs
     # An electron-unit matrix c_e becomes c_e * g_source / g_target between ADU signals.
@@ -480,8 +489,9 @@ def expose(
         f = (sensor.nonlinearity / 1e5).astype(np.float32)[:, None, None]
         data_adu *= 1.0 - f * data_adu
     ghost = None
-    if config.crosstalk:
-        ghost = crosstalk_signal(data_adu, _crosstalk_adu(n, tuple(gains)))
+    coeffs = _crosstalk_adu(camera, tuple(gains)) if config.crosstalk else None
+    if coeffs is not None:
+        ghost = crosstalk_signal(data_adu, coeffs)
         data_adu += ghost
 
     bias = sensor.bias_levels_adu + config.bias_jitter_adu * rng.standard_normal(n)

@@ -1,8 +1,13 @@
-"""Writing simulated LATISS raw files: real per-amp headers, a modern primary header.
+"""Writing simulated raw files of any camera: per-amp headers from the camera's geometry,
+the primary header of LATISS (`primary_header`) or of an LSST camera detector
+(`lsst_primary_header`).
 
-The per-amp headers (EXTNAME, DATASEC, DETSEC, DTV/DTM, the amplifier WCSs) are copied
-from a real LATISS raw shipped as ``data/latiss_raw_template.fits.gz``; the primary
-header follows the keywords and units of 2023–2024 LATISS raws, plus ``SIMULATE``.
+The per-amp headers (`amp_header`) are built from the detector description alone
+(`atmospec.camera.description.Camera`): EXTNAME, CHANNEL, CCDSUM, DATASEC, DETSEC, DETSIZE
+and the DTV/DTM transformation, in the order and with the values real LATISS, LSSTCam and
+ComCam raws carry (tests/test_sim_lsstcam.py compares them card by card with real raws). The
+amplifier, CCD, raft and focal-plane WCSs real raws also carry are left out: nothing reads
+them, and the raft and focal-plane ones depend on where the detector sits.
 """
 
 from __future__ import annotations
@@ -11,8 +16,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from functools import cache
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -22,15 +26,12 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.description import Amplifier, Camera, load_camera
 from atmospec.camera.raw import RawFrame
 from atmospec.camera.translator import translate_header
 from atmospec.io import write_hdul_atomic
 
 log = logging.getLogger(__name__)
-
-#: Statistics of the template's 2018 pixels and its checksums: wrong for simulated pixels.
-_DROPPED_AMP_KEYS = ("AVERAGE", "AVGBIAS", "STDVBIAS", "STDEV", "CHECKSUM", "DATASUM")
 
 #: Site of the Auxiliary Telescope (as in LATISS headers).
 _SITE = MappingProxyType({"OBS-LONG": -70.7476862, "OBS-LAT": -30.2447889, "OBS-ELEV": 2663.0})
@@ -60,28 +61,32 @@ _COMMENTS: Mapping[str, str] = MappingProxyType({
     "PRESSURE": "Outside pressure, Pa",
     "AIRTEMP": "Outside air temperature, deg C",
     "HUMIDITY": "Outside relative humidity, %",
+    "RUNNUM": "The Run Number",
+    "CCD_MANU": "CCD Manufacturer",
+    "CCD_TYPE": "CCD Model Number",
+    "TESTTYPE": "BIAS, DARK, FLAT, SFLAT, LAMBDA, FE55, ...",
+    "DETSIZE": "IRAF detector size",
+    "FILENAME": "Original name of the file",
+    "BINX": "[pixels] binning along X axis",
+    "BINY": "[pixels] binning along Y axis",
+    "CCDGAIN": "Rough guess at system gain (e-/DN)",
+    "CCDNOISE": "Rough guess at system noise (e- rms)",
+    "DATE-TRG": "Date of the image trigger (readout), TAI",
+    "MJD-TRG": "Modified Julian Date of image trigger",
+    "CCDSLOT": "The CCD Slot",
+    "RAFTBAY": "The RAFT Bay",
+    "RAFTNAME": "LSST Assigned Raft name",
+    "CAMCODE": "The code for AuxTel, ComCam, MainCamera",
+    "CONTRLLR": "The controller (e.g. O for OCS, C for CCS)",
+    "HEADVER": "Version number of header",
+    "TSTAND": "Camera test stand BOT or CCOB",
+    "LSST_NUM": "LSST Assigned CCD Number",
+    "TSEQNUM": "Sequence number within current test",
+    "TIMESYS": "Time scale of the dates",
+    "FILTER2": "Neutral density filter of the projector",
     "SIMULATE": "Simulated by atmospec.sim",
     "SIMSEED": "Seed of the simulated frame",
 })
-
-
-@cache
-def _template_headers() -> dict[str, fits.Header]:
-    """Per-amp headers of the shipped real raw, keyed by EXTNAME, cleaned for reuse."""
-    ref = resources.files("atmospec.data") / "latiss_raw_template.fits.gz"
-    out: dict[str, fits.Header] = {}
-    with fits.open(str(ref)) as hdul:
-        for hdu in hdul[1:]:
-            if not isinstance(hdu, fits.ImageHDU):
-                continue
-            header = hdu.header.copy()
-            # Structural keys are rewritten by astropy for the actual data type; BSCALE and
-            # BZERO would turn the int32 pixels into scaled ones.
-            for key in (*_DROPPED_AMP_KEYS, "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2",
-                        "PCOUNT", "GCOUNT", "BSCALE", "BZERO"):
-                header.remove(key, ignore_missing=True, remove_all=True)
-            out[hdu.name.upper()] = header
-    return out
 
 
 def write_raw(
@@ -92,7 +97,7 @@ def write_raw(
     *,
     camera: Camera | None = None,
 ) -> Path:
-    """Write a raw LATISS file atomically.
+    """Write a raw file atomically: the primary header and one HDU per amplifier.
 
     Parameters
     ----------
@@ -102,14 +107,14 @@ def write_raw(
         ``(16, 2048, 576)`` integer raw segments in HDU order (``camera.raw_bbox.shape``
         per amp: ``(1024, 288)`` for a 2 × 2 binned camera).
     primary_cards : Mapping
-        Primary header values (e.g. from `primary_header`); a value may also be a
-        ``(value, comment)`` tuple.
+        Primary header values (`primary_header` for LATISS, `lsst_primary_header` for an
+        LSST camera detector); a value may also be a ``(value, comment)`` tuple.
     compress : bool
-        Tile-compress the amp HDUs with lossless RICE (one row per tile, as LATISS does).
+        Tile-compress the amp HDUs with lossless RICE (one row per tile, as LATISS and the
+        LSST cameras do).
     camera : Camera, optional
-        Geometry; LATISS by default. A binned one (`Camera.binned`) rewrites the per-amp
-        DATASEC, DETSEC, CCDSUM and DTV/DTM cards for its binning (the primary BINX/BINY
-        come from ``primary_cards``: `primary_header`).
+        The detector, at the readout's binning; LATISS by default. Its geometry gives the
+        per-amp headers (`amp_header`); the primary BINX/BINY come from ``primary_cards``.
 
     Returns
     -------
@@ -127,9 +132,8 @@ def write_raw(
         else:
             primary.header[key] = (value, _COMMENTS.get(key, ""))
     hdus: list[fits.hdu.base.ExtensionHDU] = []
-    templates = _template_headers()
     for i, amp in enumerate(camera.amplifiers):
-        header = _binned_amp_header(templates[amp.extname.upper()], camera)
+        header = amp_header(camera, amp)
         data = np.ascontiguousarray(segments[i], dtype=np.int32)
         if compress:
             hdu = fits.CompImageHDU(data, header=header, compression_type="RICE_1",
@@ -144,8 +148,67 @@ def write_raw(
     return path
 
 
+def amp_header(camera: Camera, amp: Amplifier) -> fits.Header:
+    """The header of one amplifier HDU of a raw from ``camera``, as the camera writes it.
+
+    IRAF mosaic conventions, 1-based inclusive sections: DATASEC is the data section in
+    segment pixels; DETSEC the part of the detector it covers, its first and last pixel in
+    readout order (so a mirrored amp reads ``[512:1,...]``); DETSIZE the detector; DTM/DTV
+    the map from segment to detector pixels, ``detector = DTM · segment + DTV`` along each
+    axis. The placement is the camera's (`Camera.amp_slices` and the amp's flips) with the
+    rows counted from the other edge: real LSST raws' DETSEC describe Rubin's assembled
+    image mirrored top to bottom, for ITL and e2v sensors alike (see
+    `atmospec.camera.assembly`), and the cards reproduce theirs exactly.
+
+    Parameters
+    ----------
+    camera : Camera
+        The detector, at the readout's binning (a binned one gets the binned cards of
+        `_binned_amp_header`).
+    amp : Amplifier
+        One of ``camera.amplifiers``.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+        CHANNEL, EXTNAME, CCDSUM, DATASEC, DETSEC, DETSIZE, DTV1, DTV2, DTM1_1, DTM2_2,
+        DTM1_2, DTM2_1.
+    """
+    unbinned = camera.unbinned
+    data = unbinned.data_bbox
+    ny_det, nx_det = unbinned.detector_shape
+    rows, cols = unbinned.amp_slices(amp)
+    # Where the first data pixel read (segment column x0, row y0) lands in the assembled
+    # image: at the far edge of the amp's cell when the amp is mirrored along that axis.
+    x_first = cols.stop - 1 if amp.flip_x else cols.start
+    y_first = ny_det - 1 - (rows.stop - 1 if amp.flip_y else rows.start)
+    dtm1 = -1.0 if amp.flip_x else 1.0
+    # Rows counted from the other edge: a mirror in y of the assembled image is none in
+    # DETSEC, and the reverse.
+    dtm2 = 1.0 if amp.flip_y else -1.0
+    dtv1 = round((x_first + 1) - dtm1 * (data.x0 + 1))
+    dtv2 = round((y_first + 1) - dtm2 * (data.y0 + 1))
+    x_last = round(x_first + 1 + dtm1 * (data.nx - 1))
+    y_last = round(y_first + 1 + dtm2 * (data.ny - 1))
+    header = fits.Header()
+    header["CHANNEL"] = (amp.hdu, "amplifier number (HDU order)")
+    header["EXTNAME"] = amp.extname
+    header["CCDSUM"] = "1 1"
+    header["DATASEC"] = data.fits_section
+    header["DETSEC"] = f"[{x_first + 1}:{x_last},{y_first + 1}:{y_last}]"
+    header["DETSIZE"] = f"[1:{nx_det},1:{ny_det}]"
+    header["DTV1"] = (dtv1, "detector transformation vector")
+    header["DTV2"] = (dtv2, "detector transformation vector")
+    header["DTM1_1"] = (dtm1, "detector transformation matrix")
+    header["DTM2_2"] = (dtm2, "detector transformation matrix")
+    header["DTM1_2"] = (0.0, "detector transformation matrix")
+    header["DTM2_1"] = (0.0, "detector transformation matrix")
+    return _binned_amp_header(header, camera)
+
+
 def _binned_amp_header(template: fits.Header, camera: Camera) -> fits.Header:
-    """A copy of a real (unbinned) amp header describing ``camera``'s binned readout.
+    """A copy of an unbinned amp header (`amp_header`) describing ``camera``'s binned
+    readout.
 
     IRAF mosaic conventions: DATASEC in binned pixels of the segment, DETSEC and DETSIZE in
     unbinned detector pixels (the part of the detector the binned data section covers),
@@ -329,6 +392,186 @@ def primary_header(
     return cards
 
 
+@dataclass(frozen=True)
+class LsstInstrument:
+    """How the headers of one LSST camera name it."""
+
+    instrume: str
+    """``INSTRUME`` as the camera writes it (``lsstCam``, ``ComCam``, ``LSST-TS8``)."""
+    camcode: str
+    """Two-letter code starting the OBSID (``MC``, ``CC``, ``TS``), also ``CAMCODE``."""
+    test_stand: str
+    """Default ``TSTAND``: where the lab acquisitions this simulates were taken."""
+
+
+#: The LSST cameras `lsst_primary_header` writes for, by `Camera.name` (upper case). Values
+#: as in real raws (tests/data/lsstcam/headers): the BOT for LSSTCam, the 2019 Tucson
+#: stand for ComCam, the raft test stand for TS8.
+LSST_INSTRUMENTS: Mapping[str, LsstInstrument] = MappingProxyType({
+    "LSSTCAM": LsstInstrument("lsstCam", "MC", "BOT"),
+    "LSSTCOMCAM": LsstInstrument("ComCam", "CC", "EOCCv0_IR2"),
+    "LSST-TS8": LsstInstrument("LSST-TS8", "TS", "TS8"),
+})
+
+#: CCD_TYPE of each vendor when the serial does not say (``ITL-3800C-083`` does).
+_CCD_TYPES = MappingProxyType({"ITL": "3800C", "E2V": "CCD250"})
+
+
+def lsst_instrument(camera: Camera) -> LsstInstrument:
+    """The header names of ``camera``'s instrument; ValueError for LATISS or another."""
+    try:
+        return LSST_INSTRUMENTS[camera.name.upper()]
+    except KeyError:
+        raise ValueError(f"{camera.name} is not an LSST camera (known: "
+                         f"{', '.join(LSST_INSTRUMENTS)})") from None
+
+
+def _raft_and_slot(camera: Camera) -> dict[str, str]:
+    """RAFTBAY, CCDSLOT (and RAFTNAME for a TS8 raft) of the camera's detector."""
+    raft, _, slot = camera.detector.partition("_")
+    if not raft or not slot:
+        raise ValueError(f"{camera.label}: detector {camera.detector!r} is not RAFT_SLOT")
+    if raft.startswith("RTM-"):
+        # A raft on the TS8 stand sits in its one bay; its name is the raft's serial.
+        return {"CCDSLOT": slot, "RAFTBAY": "R22", "RAFTNAME": f"LCA-11021_{raft}"}
+    return {"CCDSLOT": slot, "RAFTBAY": raft}
+
+
+def lsst_primary_header(
+    camera: Camera,
+    obs_id: str,
+    image_type: str,
+    exptime: float,
+    darktime: float,
+    *,
+    test_type: str | None = None,
+    date: Time | str = "2021-12-13T04:00:00.000",
+    run: str = "13162",
+    test_stand: str | None = None,
+    filter_name: str = "SDSSi",
+    filter2: str = "empty",
+    test_seq: int = 0,
+    seed: int | None = None,
+    readout_s: float = 2.0,
+    binning: tuple[int, int] = (1, 1),
+) -> dict[str, Any]:
+    """Primary header of a simulated lab raw of one LSST camera detector (LSSTCam on the
+    BOT, ComCam, a TS8 raft).
+
+    The keywords and their order are those of real BOT raws (2021–2023, e.g.
+    tests/data/lsstcam/headers/lsstCam_MC_C_20231125_000600_R12_S10.yaml), without what a
+    simulation cannot know (DAQ and firmware versions, REB and CCD manufacturer serials,
+    lamp and projector telemetry); dates are TAI (``TIMESYS``), DATE-OBS = DATE-BEG the
+    start of the integration, DATE-END = DATE-TRG its end (start + dark time, as the BOT
+    writes them), DATE the file's (after the readout).
+
+    Parameters
+    ----------
+    camera : Camera
+        The detector: instrument, raft and slot, serial (``LSST_NUM``), vendor
+        (``CCD_MANU``, ``CCD_TYPE``), size (``DETSIZE``).
+    obs_id : str
+        The exposure's ``MC_C_YYYYMMDD_NNNNNN`` (``CC_…`` for ComCam, ``TS_…`` for TS8);
+        DAYOBS, SEQNUM, CAMCODE and CONTRLLR are taken from it.
+    image_type : str
+        ``IMGTYPE``: ``BIAS``, ``DARK``, ``FLAT`` … (any case).
+    exptime, darktime : float
+        Exposure and dark time, s.
+    test_type : str, optional
+        ``TESTTYPE`` (``BIAS``, ``DARK``, ``FLAT``, ``SFLAT``, ``LAMBDA``, ``FE55`` …);
+        the image type by default.
+    date : astropy.time.Time or str
+        Start of the integration (a string is read as TAI ISO time).
+    run : str
+        ``RUNNUM``, the acquisition run.
+    test_stand : str, optional
+        ``TSTAND``; the instrument's lab stand by default (`LSST_INSTRUMENTS`).
+    filter_name, filter2 : str
+        ``FILTER`` (colour filter of the flat projector) and ``FILTER2`` (its neutral
+        density filter).
+    test_seq : int
+        ``TSEQNUM``: the image's number within the acquisition.
+    seed : int, optional
+        Recorded as ``SIMSEED``.
+    readout_s : float
+        Time from the end of the integration to the file's DATE, s.
+    binning : tuple of int
+        On-chip binning ``(x, y)``: BINX, BINY.
+
+    Returns
+    -------
+    dict
+        Keyword → value, in the order of a real header.
+
+    Raises
+    ------
+    ValueError
+        For a camera that is not an LSST camera, or an ``obs_id`` not of its form.
+    """
+    names = lsst_instrument(camera)
+    match = re.fullmatch(r"([A-Z]{2})_([A-Z])_(\d{8})_(\d{6})", obs_id)
+    if match is None or match[1] != names.camcode:
+        raise ValueError(f"obs_id {obs_id!r} is not of the form "
+                         f"{names.camcode}_C_YYYYMMDD_NNNNNN ({camera.name})")
+    start = Time(date, scale="tai") if isinstance(date, str) else date.tai
+    end = start + darktime * u.s
+    written = end + readout_s * u.s
+    serial_type = camera.detector_serial.split("-")
+    ccd_type = (serial_type[1] if len(serial_type) == 3 and serial_type[0] == camera.vendor
+                else _CCD_TYPES.get(camera.vendor, ""))
+    ny, nx = camera.unbinned.detector_shape
+    kind = image_type.upper()
+    location = _raft_and_slot(camera)
+    cards: dict[str, Any] = {
+        "DATE": _isot(written),
+        "MJD": float(written.mjd),
+        "RUNNUM": str(run),
+        "CCD_MANU": camera.vendor,
+        "CCD_TYPE": ccd_type,
+        "TESTTYPE": (test_type or kind).upper(),
+        "IMGTYPE": kind,
+        "DETSIZE": f"[1:{nx},1:{ny}]",
+        "EXPTIME": float(exptime),
+        "FILENAME": f"{obs_id}_{camera.detector}.fits",
+        "BINX": int(binning[0]),
+        "BINY": int(binning[1]),
+        "CCDGAIN": 1.0,
+        "CCDNOISE": 10.0,
+        "DATE-OBS": _isot(start),
+        "MJD-OBS": float(start.mjd),
+        "DATE-TRG": _isot(end),
+        "MJD-TRG": float(end.mjd),
+        "CCDSLOT": location["CCDSLOT"],
+        "RAFTBAY": location["RAFTBAY"],
+        "OBSID": obs_id,
+        "CAMCODE": match[1],
+        "CONTRLLR": match[2],
+        "DAYOBS": match[3],
+        "SEQNUM": int(match[4]),
+        "HEADVER": 2,
+        "INSTRUME": names.instrume,
+        "TELESCOP": "LSST",
+        "TSTAND": test_stand or names.test_stand,
+        "LSST_NUM": camera.detector_serial,
+    }
+    if "RAFTNAME" in location:
+        cards["RAFTNAME"] = location["RAFTNAME"]
+    cards.update({
+        "DARKTIME": float(darktime),
+        "TSEQNUM": int(test_seq),
+        "DATE-BEG": _isot(start),
+        "MJD-BEG": float(start.mjd),
+        "DATE-END": _isot(end),
+        "MJD-END": float(end.mjd),
+        "TIMESYS": "TAI",
+        "FILTER": filter_name,
+        "FILTER2": filter2,
+        "SIMULATE": True,
+        "SIMSEED": seed,
+    })
+    return cards
+
+
 def raw_frame(segments: np.ndarray, primary_cards: Mapping[str, Any] | fits.Header,
               camera: Camera | None = None) -> RawFrame:
     """The frame `atmospec.camera.raw.read_raw` would return for a file written from
@@ -341,16 +584,18 @@ def raw_frame(segments: np.ndarray, primary_cards: Mapping[str, Any] | fits.Head
     primary_cards : Mapping or astropy.io.fits.Header
         Primary header (e.g. from `primary_header`).
     camera : Camera, optional
-        Geometry; LATISS by default, at the header's binning as `read_raw` does.
+        Geometry; by default the header's instrument and detector (`load_camera`), at the
+        header's binning as `read_raw` does.
 
     Returns
     -------
     RawFrame
-        Named ``<OBSID>.fits``, with the translated header.
+        Named ``<obs_id>.fits`` (``OBSID``, followed by ``_<detector>`` for an instrument of
+        several detectors), with the translated header.
     """
     header = (primary_cards if isinstance(primary_cards, fits.Header)
               else fits.Header(dict(primary_cards)))
     info = translate_header(header)
-    camera = (camera or load_camera("latiss")).binned(*info.binning)
-    return RawFrame(Path(f"{header['OBSID']}.fits"), header, [],
+    camera = (camera or load_camera(info.instrument, info.detector)).binned(*info.binning)
+    return RawFrame(Path(f"{info.obs_id}.fits"), header, [],
                     np.array(segments, dtype=np.float32), info, camera)
