@@ -3,7 +3,9 @@
 The per-amp headers are compared card by card with real LSSTCam and ComCam raws
 (tests/data/lsstcam/raw) and LATISS's template; simulated frames are read back by
 `read_raw`, reduced by ISR and compared with the simulator's truth; the photodiode records
-are integrated as an analysis would; a raft's flat pairs go through the PTC (slow).
+are integrated as an analysis would. The PTC of a simulated raft (9 e2v CCDs, 6 pairs
+each: 108 frames, about 12 minutes) is measured by ``benchmarks/bench_lsstcam.py --ptc``,
+not here: the suite's budget cannot hold it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-import shutil
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,6 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
-from atmospec.calib.ptc import PtcConfig, build_ptc
 from atmospec.camera.assembly import disassemble
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import read_raw
@@ -486,33 +486,3 @@ def test_cli_simulate_bot(tmp_path, capsys):
     assert raw.info.instrument == "LSSTComCam" and raw.camera.vendor == "ITL"
     assert main(["simulate", "bot", "--out", str(out), "--detectors", "R99"]) == 2
     assert "R99" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------- PTC of a raft
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_raft_ptc_gains_within_one_percent(tmp_path):
-    """The 9 e2v CCDs of LSSTCam's R22: 6 flat pairs from 1 to 90 ke⁻ per detector, the
-    PTC of each detector from its files (selected by eotest's pattern) gives every amp its
-    true gain within 1 %."""
-    config = BotConfig(detectors=expand_detectors("LSSTCam", ["R22"]), n_bias=0, n_dark=0,
-                       flat_levels_e=(1_000.0, 3_000.0, 10_000.0, 25_000.0, 50_000.0,
-                                      90_000.0), n_sflat_low=0, n_sflat_high=0, seed=9)
-    run = write_bot_run(tmp_path / "run", config)
-    truth = json.loads(run.truth.read_text())["detectors"]
-    errors = {}
-    for detector in config.detectors:
-        camera = load_camera("LSSTCam", detector)
-        files = sorted(p for folder in run.run_dir.iterdir()
-                       if fnmatch.fnmatch(folder.name, EOTEST_PATTERNS["ptc"])
-                       for p in folder.glob(f"*_{detector}.fits"))
-        assert len(files) == 12
-        ptc, _ = build_ptc(files, PtcConfig(), camera=camera, verify=False)
-        gains = np.asarray(ptc.table["GAIN"])
-        errors[detector] = gains / np.array(truth[detector]["gains"]) - 1
-    shutil.rmtree(run.run_dir)
-    worst = {d: float(np.max(np.abs(e))) for d, e in errors.items()}
-    print("PTC gain errors (max |rel| per detector):", worst)
-    assert all(w < 0.01 for w in worst.values()), worst
