@@ -18,6 +18,8 @@ import numpy as np
 from astropy.table import Table
 
 from atmospec.calib.products._tables import ecsv_text, read_table
+from atmospec.calib.products.detector import check_detector
+from atmospec.camera.description import Camera
 from atmospec.errors import BadInputError
 from atmospec.io import write_text_atomic
 from atmospec.isr.crosstalk import CrosstalkMatrix
@@ -41,7 +43,8 @@ class Crosstalk:
     """Provenance cards of a product built in memory."""
 
     @classmethod
-    def read(cls, path: str | Path | None = None, n_amps: int = 16) -> Crosstalk:
+    def read(cls, path: str | Path | None = None, n_amps: int = 16, *,
+             camera: Camera | None = None) -> Crosstalk:
         """Read a crosstalk table and check its matrix (see `checked`).
 
         Parameters
@@ -50,19 +53,29 @@ class Crosstalk:
             The file; ``None``: the matrix shipped for LATISS.
         n_amps : int
             Expected number of amplifiers.
+        camera : Camera, optional
+            The detector it is to serve; a file given must be for it (the shipped matrix is
+            not checked: it is used whatever the camera, as before products named their
+            detector).
 
         Raises
         ------
         BadInputError
-            Unreadable, without ``CT_COEFFS``, or a matrix of another size.
+            Unreadable, without ``CT_COEFFS``, a matrix of another size, or a file for
+            another instrument or detector than ``camera``'s.
         """
         if path is None:
-            path = Path(str(resources.files("atmospec.data") / SHIPPED_FILE))
-        return cls.checked(read_table(path, "crosstalk", "ascii.ecsv"), str(path), n_amps)
+            path, camera = Path(str(resources.files("atmospec.data") / SHIPPED_FILE)), None
+        return cls.checked(read_table(path, "crosstalk", "ascii.ecsv"), str(path), n_amps,
+                           camera=camera)
 
     @classmethod
-    def checked(cls, table: Table, source: str, n_amps: int = 16) -> Crosstalk:
-        """Wrap a table already in memory after the checks of `read`."""
+    def checked(cls, table: Table, source: str, n_amps: int = 16, *,
+                camera: Camera | None = None) -> Crosstalk:
+        """Wrap a table already in memory after the checks of `read` (its detector only
+        when ``camera`` is given)."""
+        if camera is not None:
+            check_detector(table.meta, camera, source or None, "crosstalk")
         product = cls(table, source)
         product.matrix(n_amps)
         return product
