@@ -11,8 +11,9 @@ Layout of a repository directory ``REPO`` (paths from `atmospec.layout`)::
 ``INSTRUME``, ``DETECTOR``, ``FILTER``, ``CALIBDATE``), stores it under a unique name and
 indexes it with a validity interval. `CalibrationRegistry.select` picks, for one exposure,
 the product of a kind that matches the exposure's instrument, detector and filter
-configuration and whose validity contains the exposure's start time; `CalibrationRegistry.select_all` does that for every
-kind and returns the `CalibrationFiles` ISR takes.
+configuration and whose validity contains the exposure's start time;
+`CalibrationRegistry.select_all` does that for every kind and returns the `CalibrationFiles`
+ISR takes.
 
 Safety: a product is first written under a hidden temporary name, renamed to its final
 name, and only then indexed, all in one write transaction; so the index never names a
