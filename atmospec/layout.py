@@ -8,7 +8,8 @@ the report's), defined once.
     REPO/night/summary.ecsv, .parquet        night summary table
     REPO/night/plots/                        night plots
     REPO/calib/registry.sqlite3              calibration registry
-    REPO/calib/<kind>/                       registered products
+    REPO/calib/<kind>/                       registered products (one detector: LATISS)
+    REPO/calib/<kind>/<detector>/            those of an instrument of several (LSSTCam)
     REPO/calib/night/<day_obs>/              products built from a night, before registration
     REPO/exposures/<day_obs>/<OBSID>_*       per-exposure outputs (post-ISR, catalogue, ...)
     REPO/report/                             HTML report (index.html)
@@ -93,10 +94,24 @@ def safe_component(value: object, what: str = "name") -> str:
     return text
 
 
-def calib_dir(repo: Path, kind: str | None = None) -> Path:
-    """``REPO/calib`` (or the folder of one kind of registered product)."""
+def calib_dir(repo: Path, kind: str | None = None, detector: str | None = None) -> Path:
+    """``REPO/calib``, the folder of one kind of registered product ``REPO/calib/<kind>``,
+    or of one detector's products of that kind ``REPO/calib/<kind>/<detector>``.
+
+    The registry stores the products of an instrument of several detectors (LSSTCam) by
+    detector, so two detectors' biases of one night are apart; an instrument of one
+    (LATISS) keeps ``REPO/calib/<kind>``.
+
+    Raises
+    ------
+    ValueError
+        For a detector that cannot name a folder (`safe_component`).
+    """
     base = Path(repo) / "calib"
-    return base if kind is None else base / kind
+    if kind is None:
+        return base
+    return base / kind if detector is None else base / kind / safe_component(detector,
+                                                                               "detector")
 
 
 def night_build_dir(repo: Path) -> Path:

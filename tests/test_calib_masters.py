@@ -148,6 +148,8 @@ def test_master_bias_header_and_reports(master_bias, raws):
     h = fits.getheader(master_bias)
     assert h["OBSTYPE"] == "bias"
     assert h["INSTRUME"] == "LATISS"
+    # The product names its detector (the registry stores and selects by it).
+    assert (h["DETECTOR"], h["DETSER"]) == ("RXX_S00", load_camera("latiss").detector_serial)
     assert h["NCOMBINE"] == N_BIAS
     assert h["COMBMETH"] == "MEANCLIP"
     assert h["GAINSRC"] == "ptc.fits"

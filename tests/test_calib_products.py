@@ -10,10 +10,11 @@ from astropy.table import Table
 
 from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
 from atmospec.calib.products import Bias, Crosstalk, Defects, Flat, Linearizer, Ptc
+from atmospec.calib.products.detector import check_detector, detector_cards, detector_meta
 from atmospec.camera.description import load_camera
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.io import provenance_cards
+from atmospec.io import add_cards, provenance_cards
 
 CAMERA = load_camera("latiss")
 GAINS = np.linspace(1.1, 1.6, CAMERA.n_amps)
@@ -156,3 +157,48 @@ def test_load_calibrations_names_each_product(tmp_path):
     assert calibs.sources == {"bias": "bias.fits", "flat": "flat@9", "ptc": "ptc.fits",
                               "defects": "latiss_defects.ecsv",
                               "crosstalk": "latiss_crosstalk.ecsv"}
+
+
+def test_product_of_another_detector_is_refused(tmp_path):
+    """Products given explicitly must be for the frame's detector. R22_S11 and R22_S12 are
+    e2v sensors of one shape: only DETECTOR tells their products apart, so the check comes
+    before the shape's. A product naming no detector serves LATISS (one detector), not
+    LSSTCam."""
+    s11, s12 = load_camera("lsstcam", "R22_S11"), load_camera("lsstcam", "R22_S12")
+    assert s11.detector_shape == s12.detector_shape
+
+    def bias(camera, name, shape=(10, 10)):
+        header = fits.Header({"OBSTYPE": "bias"})
+        add_cards(header, detector_cards(camera))
+        return Exposure.from_image(np.zeros(shape, np.float32), header), tmp_path / name
+
+    image, path = bias(s12, "bias_R22_S12.fits")
+    image.write(path)
+    with pytest.raises(BadInputError) as info:
+        load_calibrations(CalibrationFiles(bias=str(path)), s11)
+    assert info.value.path == str(path)
+    assert info.value.problem == "bias is for LSSTCam R22_S12, this frame is R22_S11"
+    # The full-size product of the other detector, in memory: the shape would pass.
+    same_shape, _ = bias(s12, "", s12.detector_shape)
+    with pytest.raises(BadInputError, match="bias is for LSSTCam R22_S12, this frame is "
+                                            "R22_S11"):
+        Bias.checked(same_shape, "bias@R22_S12", s11)
+    assert Bias.checked(same_shape, "bias@R22_S12", s12).exposure.metadata["DETSER"] == \
+        s12.detector_serial
+
+    table = _ptc_table()
+    table.meta.update(detector_meta(s12))
+    table["AMP"] = list(s12.amp_names)[::-1]
+    ptc = Ptc(table).write(tmp_path / "ptc_R22_S12.fits")
+    with pytest.raises(BadInputError, match="PTC is for LSSTCam R22_S12, this frame is R22_S11"):
+        load_calibrations(CalibrationFiles(ptc=str(ptc)), s11)
+    assert load_calibrations(CalibrationFiles(ptc=str(ptc)), s12).sources["ptc"] == ptc.name
+
+    image, path = bias(s11, "bias_anon.fits")
+    del image.metadata["DETECTOR"]
+    image.write(path)
+    with pytest.raises(BadInputError, match="product for LSSTCam names no DETECTOR"):
+        load_calibrations(CalibrationFiles(bias=str(path)), s11)
+    # The same for LATISS serves its only detector (as this file's other products do).
+    image.metadata["INSTRUME"] = "LATISS"
+    check_detector(image.metadata, CAMERA, str(path), "bias")

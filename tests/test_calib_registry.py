@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sqlite3
 import threading
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +16,25 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from astropy.time import Time
 
 import atmospec.calib.registry.repository as repository_module
 from atmospec.calib.isr_inputs import CalibrationFiles
+from atmospec.calib.products import Ptc
+from atmospec.calib.products.detector import detector_cards
+from atmospec.calib.ptc import PairStats, astier_model, ptc_table
 from atmospec.calib.registry import (
+    SCHEMA_VERSION,
     CalibrationRegistry,
     exposure_time_utc,
     to_utc_iso,
 )
 from atmospec.calib.verification import TestResult, VerificationReport
+from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.io import provenance_cards
+from atmospec.io import add_cards, provenance_cards
 from atmospec.layout import REGISTRY_FILE
 
 # ---------------------------------------------------------------------------- helpers
@@ -33,12 +42,17 @@ from atmospec.layout import REGISTRY_FILE
 
 def image_product(path: Path, obstype: str, calibdate: str, *, filter_name: str | None = None,
                   grating: str | None = None, instrument: str = "LATISS", fill: float = 0.0,
-                  provenance: list[tuple[str, Any, str]] | None = None) -> Path:
+                  provenance: list[tuple[str, Any, str]] | None = None,
+                  camera: Camera | None = None) -> Path:
     """A tiny bias/dark/flat Exposure file. Registration checks the values (not the shape):
-    a flat's pixels are ``1 + fill`` (a flat of zeros would be refused)."""
+    a flat's pixels are ``1 + fill`` (a flat of zeros would be refused). With ``camera``,
+    the product names its instrument and detector as every writer does (`detector_cards`);
+    without, it names only ``instrument``, as older products."""
     header = fits.Header()
     header["OBSTYPE"] = obstype
     header["INSTRUME"] = instrument
+    if camera is not None:
+        add_cards(header, detector_cards(camera))
     header["HIERARCH CALIBDATE"] = calibdate
     if filter_name is not None:
         header["FILTER"] = filter_name
@@ -407,10 +421,11 @@ def test_corrupt_or_newer_registry_is_refused(repo: Path) -> None:
     CalibrationRegistry(repo)
     db = repo / REGISTRY_FILE
     conn = sqlite3.connect(db)
-    conn.execute("INSERT INTO schema_version VALUES (2, '2030-01-01T00:00:00.000')")
+    newer = SCHEMA_VERSION + 1
+    conn.execute("INSERT INTO schema_version VALUES (?, '2030-01-01T00:00:00.000')", (newer,))
     conn.commit()
     conn.close()
-    with pytest.raises(BadInputError, match="schema version 2 is newer") as excinfo:
+    with pytest.raises(BadInputError, match=f"schema version {newer} is newer") as excinfo:
         CalibrationRegistry(repo)
     assert excinfo.value.path == str(db.resolve())
 
@@ -453,3 +468,189 @@ def test_time_normalisation() -> None:
     assert to_utc_iso("2024-06-24T03:00:00.5Z") == "2024-06-24T03:00:00.500"
     with pytest.raises(BadInputError, match="'June' is not an ISO date"):
         to_utc_iso("June")
+
+
+# ---------------------------------------------------------------------------- detectors
+
+#: Two science detectors of one LSSTCam raft: the same e2v sensor type, the same shape, so
+#: only the products' DETECTOR tells their products apart.
+R22_S11 = load_camera("lsstcam", "R22_S11")
+R22_S12 = load_camera("lsstcam", "R22_S12")
+
+
+def lsstcam_frame(detector: str, date_beg: str = "2025-05-10T03:00:00") -> ObservationInfo:
+    """One detector's frame of an LSSTCam exposure (a LATISS header's translation
+    relabelled: the LSSTCam translator is not part of this change)."""
+    exposure_id = "MC_O_20250509_000042"
+    return replace(exposure(date_beg, day_obs="20250509"), instrument="LSSTCam",
+                   exposure_id=exposure_id, obs_id=f"{exposure_id}_{detector}",
+                   detector=detector)
+
+
+def ptc_product(path: Path, camera: Camera, gain: float) -> Path:
+    """A PTC file of ``camera`` by the real writer (`ptc_table`), from flat pairs on the
+    Astier curve of ``gain`` (e⁻/ADU), 6 e⁻ read noise and a00 = -2e-6 /e⁻ (an e2v
+    sensor's brighter-fatter level): its fitted gains are ``gain``."""
+    read_noise = 6.0
+    mean = np.geomspace(500.0, 60_000.0, 8)
+    var = astier_model(mean, -2e-6, gain, read_noise**2)
+    n_amps = camera.n_amps
+    pairs = [PairStats(exptime=float(m / 1000.0), obs_ids=(f"a{i}", f"b{i}"),
+                       mean=np.full(n_amps, m), var=np.full(n_amps, v),
+                       n_pixels=np.full(n_amps, 1_000_000), ratio=np.ones(n_amps),
+                       overscan_var=np.full(n_amps, (read_noise / gain) ** 2),
+                       date=Time("2025-05-01T00:00:00", scale="tai"))
+             for i, (m, v) in enumerate(zip(mean, var, strict=True))]
+    return Ptc(ptc_table(pairs, camera)).write(path)
+
+
+def test_each_detector_gets_its_own_products(repo: Path, products: Path) -> None:
+    """Biases and PTCs of two detectors, valid over the same time and both certified: a
+    frame gets its own detector's, which a PTC's gains show."""
+    reg = CalibrationRegistry(repo, instrument="LSSTCam")
+    bias = {cam.detector: reg.register(
+                image_product(products / f"bias_{cam.detector}.fits", "bias", "2025-05-01",
+                              camera=cam, fill=i), certify=True)
+            for i, cam in enumerate((R22_S11, R22_S12))}
+    gains = {"R22_S11": 1.3, "R22_S12": 1.7}
+    ptc = {cam.detector: reg.register(ptc_product(products / f"ptc_{cam.detector}.fits", cam,
+                                                  gains[cam.detector]))
+           for cam in (R22_S11, R22_S12)}
+    assert {d: r.detector for d, r in bias.items()} == {"R22_S11": "R22_S11",
+                                                       "R22_S12": "R22_S12"}
+    # Certification is per detector: certifying R22_S12's left R22_S11's certified.
+    assert all(r.certified for r in reg.list("bias"))
+    # Stored apart: one folder per detector.
+    assert bias["R22_S11"].path.startswith("calib/bias/R22_S11/")
+    assert ptc["R22_S12"].path.startswith("calib/ptc/R22_S12/")
+
+    for cam in (R22_S11, R22_S12):
+        frame = lsstcam_frame(cam.detector)
+        assert reg.select("bias", frame).id == bias[cam.detector].id
+        files = reg.select_all(frame)
+        assert files.bias == str(bias[cam.detector].absolute_path)
+        fitted = Ptc.read(files.ptc, cam).gains(cam).gain
+        np.testing.assert_allclose(fitted, gains[cam.detector], rtol=1e-4)
+    # A detector without products gets none, not a neighbour's.
+    assert reg.select_all(lsstcam_frame("R22_S10")) == CalibrationFiles()
+    # A frame must say which detector it is.
+    with pytest.raises(BadInputError, match="names no detector"):
+        reg.select("bias", replace(lsstcam_frame("R22_S11"), detector=None))
+    assert [r.id for r in reg.list(detector="R22_S12")] == [bias["R22_S12"].id,
+                                                            ptc["R22_S12"].id]
+
+
+def test_detector_of_a_product(repo: Path, products: Path) -> None:
+    """No DETECTOR: the only detector of LATISS, refused for LSSTCam; an unknown one is
+    refused; Rubin's detector number (their shipped LATISS files write DETECTOR: 0) is
+    the detector of that number."""
+    latiss = CalibrationRegistry(repo / "latiss")
+    plain = latiss.register(image_product(products / "old_bias.fits", "bias", "2024-01-01"))
+    assert plain.detector == "RXX_S00"
+    assert plain.path.startswith("calib/bias/old_bias.")  # LATISS keeps its layout
+    rubin = resources.files("atmospec.data") / "latiss_defects.ecsv"
+    shutil.copy(Path(str(rubin)), products / "latiss_defects.ecsv")
+    assert latiss.register(products / "latiss_defects.ecsv").detector == "RXX_S00"
+
+    lsstcam = CalibrationRegistry(repo / "lsstcam", instrument="LSSTCam")
+    cases = {
+        "product for LSSTCam names no DETECTOR":
+            image_product(products / "anon.fits", "bias", "2025-05-01", instrument="LSSTCam"),
+        "DETECTOR 'R99_S99' is not a detector of LSSTCam":
+            table_product(products / "r99.ecsv", "defects", instrument="LSSTCam",
+                          DETECTOR="R99_S99"),
+        "DETECTOR 94 is R22_S11, but DETECTOR_NAME says R22_S12":
+            table_product(products / "mixed.ecsv", "defects", instrument="LSSTCam",
+                          DETECTOR=94, DETECTOR_NAME="R22_S12"),
+    }
+    for problem, path in cases.items():
+        with pytest.raises(BadInputError) as excinfo:
+            lsstcam.register(path)
+        assert excinfo.value.path == str(path)
+        assert excinfo.value.problem.startswith(problem)
+        assert "\n" not in str(excinfo.value)
+    numbered = table_product(products / "rubin.ecsv", "defects", instrument="LSSTCam",
+                             DETECTOR=94)
+    assert lsstcam.register(numbered).detector == "R22_S11"
+
+
+#: The version-1 schema, as atmospec wrote it before products had a detector.
+_V1_DDL = """
+CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, applied_at TEXT NOT NULL);
+CREATE TABLE registry_info (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE products (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    instrument TEXT NOT NULL,
+    physical_filter TEXT,
+    disperser TEXT,
+    valid_from TEXT NOT NULL,
+    valid_to TEXT,
+    calib_date TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL UNIQUE,
+    registered_at TEXT NOT NULL,
+    certified INTEGER NOT NULL DEFAULT 0,
+    provenance TEXT NOT NULL,
+    verification_passed INTEGER,
+    verification_failures TEXT NOT NULL DEFAULT '[]',
+    verification_path TEXT,
+    source TEXT NOT NULL,
+    CHECK (valid_to IS NULL OR valid_to > valid_from)
+);
+CREATE INDEX products_by_configuration ON products (kind, instrument, physical_filter);
+"""
+
+
+def v1_registry(repo: Path, products: Path, instrument: str) -> Path:
+    """A version-1 registry of ``instrument`` holding one bias (id 2; id 3 was removed)."""
+    db = repo / REGISTRY_FILE
+    (repo / "calib" / "bias").mkdir(parents=True)
+    source = image_product(products / "bias.fits", "bias", "2024-01-01")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    stored = f"calib/bias/bias.{digest[:12]}.fits"
+    shutil.copy(source, repo / stored)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(_V1_DDL)
+        conn.execute("INSERT INTO schema_version VALUES (1, '2024-01-02T00:00:00.000')")
+        conn.execute("INSERT INTO registry_info VALUES ('instrument', ?)", (instrument,))
+        conn.execute(
+            "INSERT INTO products (id, kind, instrument, valid_from, calib_date, path, sha256, "
+            "registered_at, certified, provenance, source) VALUES (2, 'bias', ?, "
+            "'2024-01-01T00:00:00.000', '2024-01-01T00:00:00.000', ?, ?, "
+            "'2024-01-02T00:00:00.000', 1, '{}', ?)", (instrument, stored, digest, str(source)))
+        conn.execute("UPDATE sqlite_sequence SET seq = 3 WHERE name = 'products'")
+    conn.close()
+    return db
+
+
+def test_version_1_registry_is_upgraded(repo: Path, products: Path) -> None:
+    db = v1_registry(repo, products, "LATISS")
+    reg = CalibrationRegistry(repo, create=False)
+    [record] = reg.list()
+    assert (record.id, record.detector, record.certified) == (2, "RXX_S00", True)
+    with sqlite3.connect(db) as conn:
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_version ORDER BY 1")] \
+            == [1, 2]
+        columns = {row[1]: row[3] for row in conn.execute("PRAGMA table_info(products)")}
+        assert columns["detector"] == 1  # NOT NULL
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+    assert reg.select("bias", exposure("2024-03-10T02:00:00")).id == 2
+    # The AUTOINCREMENT counter survived the rebuild: the removed id 3 is never reused.
+    new = reg.register(image_product(products / "bias2.fits", "bias", "2024-02-01", fill=1))
+    assert new.id == 4
+    assert CalibrationRegistry(repo, create=False).list() == reg.list()  # upgraded once
+
+
+def test_version_1_registry_of_several_detectors_is_refused(repo: Path,
+                                                            products: Path) -> None:
+    """Impossible for a real version-1 registry (they were LATISS's), but refused clearly,
+    the file left as it was."""
+    db = v1_registry(repo, products, "LSSTCAM")
+    before = db.read_bytes()
+    with pytest.raises(BadInputError, match="its 1 products name no detector and LSSTCAM "
+                                            "has several") as excinfo:
+        CalibrationRegistry(repo, create=False)
+    assert excinfo.value.path == str(db.resolve())
+    assert db.read_bytes() == before

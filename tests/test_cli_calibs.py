@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 
+from atmospec.calib.products.detector import detector_cards
+from atmospec.camera.description import load_camera
 from atmospec.cli import main
 from atmospec.exposure import Exposure
+from atmospec.io import add_cards
 
 
 def _bias(path, level, calibdate):
@@ -65,3 +68,27 @@ def test_calib_usage_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "none" in err and len(err.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())  # nothing written by refused commands
+
+
+def test_register_and_list_per_detector(tmp_path, capsys):
+    """Two LSSTCam detectors' biases of one date: both certified, listed with their
+    detector, and ``--detector`` keeps one."""
+    repo = tmp_path / "repo"
+    for slot in ("R22_S11", "R22_S12"):
+        header = fits.Header({"OBSTYPE": "bias", "CALIBDATE": "2025-05-01"})
+        add_cards(header, detector_cards(load_camera("lsstcam", slot)))
+        # Tiny: registration checks the values, not the shape.
+        path = Exposure.from_image(np.full((8, 8), 0.5 if slot.endswith("1") else 1.5,
+                                           np.float32), header).write(tmp_path / f"{slot}.fits")
+        assert main(["calib", "register", str(path), "--repo", str(repo), "--instrument",
+                     "LSSTCam", "--certify"]) == 0
+    capsys.readouterr()
+    assert main(["calib", "list", "--repo", str(repo)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["id", "kind", "detector"]
+    assert [line.split()[1:3] for line in lines[1:]] == [["bias", "R22_S11"],
+                                                         ["bias", "R22_S12"]]
+    assert all(" yes " in line for line in lines[1:])
+    assert main(["calib", "list", "--repo", str(repo), "--detector", "R22_S12"]) == 0
+    [only] = capsys.readouterr().out.splitlines()[1:]
+    assert "calib/bias/R22_S12/R22_S12." in only

@@ -42,6 +42,7 @@ from astropy.table import Table
 from scipy import ndimage
 
 from atmospec.calib.products.crosstalk import Crosstalk
+from atmospec.calib.products.detector import detector_meta
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, as_raw
 from atmospec.isr.crosstalk import CrosstalkMatrix
@@ -152,9 +153,7 @@ class CrosstalkMeasurement:
         table["CT_VALID"] = stored(self.valid.astype(bool))
         table.meta.update({
             "OBSTYPE": "CROSSTALK",
-            "INSTRUME": camera.name,
-            "DETECTOR": 0,
-            "DETECTOR_SERIAL": camera.detector_serial,
+            **detector_meta(camera),
             "CALIBDATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
             "CROSSTALK_SCHEMA": "Gen3 Crosstalk",
             "CROSSTALK_SHAPE": [n, n],

@@ -37,6 +37,7 @@ from astropy.table import Table
 from scipy import ndimage
 
 from atmospec.calib.products import Dark, Defects, Flat
+from atmospec.calib.products.detector import check_detector, detector_meta
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
 from atmospec.errors import BadInputError
@@ -404,20 +405,27 @@ def find_defects(dark: Exposure | None = None, flat: Exposure | None = None,
     -------
     astropy.table.Table
         ``x0, y0, width, height`` boxes (assembled pixels) with metadata: ``OBSTYPE``
-        (``defects``), ``INSTRUME``, ``CALIBDATE``, the Simple schema keys, total counts
+        (``defects``), ``INSTRUME``, ``DETECTOR``, ``DETSER`` (`detector_meta`: ``camera``'s),
+        ``CALIBDATE``, the Simple schema keys, total counts
         (``N_HOT``, ``N_COLD``, ``N_HOT_COLUMNS``, ``N_COLD_COLUMNS``, ``N_EDGE``,
         ``N_DEFECTIVE``) and per-amp counts in ``AMP_COUNTS``.
+
+    Raises
+    ------
+    BadInputError
+        A master of another instrument or detector than ``camera``
+        (`atmospec.calib.products.detector.check_detector`).
     """
     config = config or FindDefectsConfig()
     camera = camera or load_camera("latiss")
+    for kind, product in (("dark", dark), ("flat", flat)):
+        if product is not None:
+            # The table names ``camera``'s detector: masters of another one would make it lie.
+            check_detector(product.metadata, camera, None, f"master {kind}",
+                           target="the camera")
     if maps is None:
         maps = detect_defects(dark, flat, config, camera)
     table = mask_to_boxes(maps.hot_columns | maps.cold_columns, maps.mask)
-    instrument = camera.name
-    for product in (dark, flat):
-        if product is not None and product.metadata.get("INSTRUME"):
-            instrument = str(product.metadata["INSTRUME"])
-            break
     amp_counts = {
         name: {k: int(s[k]) for k in ("n_hot", "n_cold", "n_hot_columns", "n_cold_columns",
                                       "n_defective")}
@@ -425,9 +433,7 @@ def find_defects(dark: Exposure | None = None, flat: Exposure | None = None,
     }
     table.meta.update({
         "OBSTYPE": "defects",
-        "INSTRUME": instrument,
-        "DETECTOR": 0,
-        "DETECTOR_SERIAL": camera.detector_serial,
+        **detector_meta(camera),
         "CALIBDATE": _calib_date(dark, flat),
         "DEFECTS_SCHEMA": "Simple",
         "DEFECTS_SCHEMA_VERSION": 1,

@@ -40,6 +40,7 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
+from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import Ptc
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, as_raw
@@ -399,8 +400,7 @@ def eo_figures(
             table[name] = MaskedColumn(data, mask=np.full(n, source is None))
         table[name].unit = unit
     table.meta.update({
-        "INSTRUME": camera.name,
-        "DETECTOR_SERIAL": camera.detector_serial,
+        **detector_meta(camera),
         "GAIN_SOURCE": gains.source,
         "N_BIAS": len(bias_raws),
         "N_FLAT": len(flat_raws),

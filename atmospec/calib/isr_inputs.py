@@ -18,6 +18,7 @@ from atmospec.calib.products import (
     MasterImage,
     Ptc,
 )
+from atmospec.calib.products.detector import check_detector
 from atmospec.calib.products.images import check_flat_serves
 from atmospec.camera.description import Camera
 from atmospec.camera.translator import ObservationInfo
@@ -55,8 +56,12 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     """Read every product once (they are shared by all exposures of a run).
 
     Each product is checked as its class reads it: the file intact (checksums, not
-    truncated), of its kind, instrument and shape, its values possible
-    (`atmospec.calib.products.MasterImage.check_values`).
+    truncated), of its kind, instrument, detector and shape, its values possible
+    (`atmospec.calib.products.MasterImage.check_values`). The detector is ``camera``'s
+    (`atmospec.calib.products.detector.check_detector`): ``bias is for LSSTCam R22_S12,
+    this frame is R22_S11`` naming the file; a product that names no detector serves an
+    instrument of one detector (LATISS). The shipped defects and crosstalk of LATISS are
+    not checked.
 
     Parameters
     ----------
@@ -85,9 +90,10 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     products = products or {}
     ptc = Ptc.read(files.ptc, camera) if files.ptc else None
     gains = ptc.gains(camera) if ptc else nominal_gains(camera)
-    crosstalk = (Crosstalk.read(files.crosstalk, camera.n_amps) if files.crosstalk
-                 else Crosstalk.default(camera))
-    defects = Defects.read(files.defects) if files.defects else Defects.default(camera)
+    crosstalk = (Crosstalk.read(files.crosstalk, camera.n_amps, camera=camera)
+                 if files.crosstalk else Crosstalk.default(camera))
+    defects = (Defects.read(files.defects, camera=camera) if files.defects
+               else Defects.default(camera))
     linearizer = Linearizer.read(files.linearizer, camera) if files.linearizer else None
     calibs = IsrCalibrations(
         gains=gains,
@@ -99,7 +105,10 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     for kind, cls in MASTER_CLASSES.items():
         path = getattr(files, kind)
         master = products.get(kind)
-        if master is None and path:
+        if master is not None:
+            # Checked by whoever read it, perhaps for another camera than this one.
+            check_detector(master.exposure.metadata, camera, master.source or None, kind)
+        elif path:
             # The variance of a master is not used by ISR: not loading it saves 65 MB.
             master = cls.read(path, camera, load_variance=False)
         if master is not None:

@@ -32,6 +32,7 @@ import numpy as np
 from astropy.table import Table
 from scipy.interpolate import make_lsq_spline
 
+from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.linearizer import LINEARIZER_COLUMNS, Linearizer
 from atmospec.calib.products.ptc import Ptc
 from atmospec.calib.verification import TestResult, VerificationReport
@@ -258,7 +259,8 @@ def linearizer_table(ptc: Ptc, camera: Camera | None = None,
     -------
     astropy.table.Table
         One row per amp with the `LINEARIZER_COLUMNS`; meta ``OBSTYPE``, ``INSTRUME``,
-        ``CALIBDATE``, ``LINTYPE``, ``LINORDER``, ``NKNOTS``, ``LINRESID``, ``PTCFILE``.
+        ``DETECTOR``, ``DETSER`` (`detector_meta`: ``camera``'s), ``CALIBDATE``, ``LINTYPE``,
+        ``LINORDER``, ``NKNOTS``, ``LINRESID``, ``PTCFILE``.
 
     Raises
     ------
@@ -294,7 +296,7 @@ def linearizer_table(ptc: Ptc, camera: Camera | None = None,
     lin = Table(out)
     lin.meta.update({
         "OBSTYPE": "linearizer",
-        "INSTRUME": str(table.meta.get("INSTRUME", camera.name)),
+        **detector_meta(camera),
         "CALIBDATE": str(table.meta.get("CALIBDATE", "")),
         "LINTYPE": config.kind,
         "LINORDER": config.order if config.kind == "POLYNOMIAL" else 0,

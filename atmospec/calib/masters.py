@@ -11,9 +11,9 @@ Every builder follows the same path, Rubin's cpBias / cpDark / cpFlat in spirit:
 3. combine the stack by row chunks (`atmospec.calib.combine`), so the memory does not grow
    with the number of inputs;
 4. return the master (`atmospec.calib.products.Bias`, `Dark` or `Flat`: primary header
-   ``OBSTYPE``, ``INSTRUME``, ``FILTER``, ``CALIBDATE``, ``NCOMBINE``, ``COMBMETH``,
-   ``GAINSRC``; its provenance cards ready for ``write``) and its verification
-   (`atmospec.calib.verify`), run on the product in memory.
+   ``OBSTYPE``, ``INSTRUME``, ``DETECTOR``, ``DETSER``, ``FILTER``, ``CALIBDATE``,
+   ``NCOMBINE``, ``COMBMETH``, ``GAINSRC``; its provenance cards ready for ``write``) and its
+   verification (`atmospec.calib.verify`), run on the product in memory.
 
 Writing the product and ``<stem>.verify.json`` is left to the caller
 (`atmospec.calib.files.build_master_file` for the command line and the night runner).
@@ -43,6 +43,7 @@ from scipy import ndimage
 
 from atmospec.calib.combine import CombineConfig, combine_stack, input_median
 from atmospec.calib.products import Bias, Crosstalk, Dark, Flat, MasterImage, Ptc
+from atmospec.calib.products.detector import detector_cards
 from atmospec.calib.verification import VerificationReport
 from atmospec.calib.verify import verify_bias, verify_dark, verify_flat
 from atmospec.camera.description import Camera, load_camera
@@ -50,7 +51,7 @@ from atmospec.camera.raw import read_raw
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, short_error
 from atmospec.exposure import Exposure
-from atmospec.io import provenance_cards
+from atmospec.io import add_cards, provenance_cards
 from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import AmpGains, nominal_gains
@@ -639,9 +640,8 @@ def _header(kind: str, done: list[_Input], calibs: IsrCalibrations, config: Mast
         calib_date = f"{d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
     h = fits.Header()
     h["OBSTYPE"] = (kind, "calibration product type")
-    h["INSTRUME"] = (camera.name, "instrument")
+    add_cards(h, detector_cards(camera))
     h["TELESCOP"] = ("Rubin Auxiliary Telescope", "telescope")
-    h["DETSER"] = (camera.detector_serial, "detector serial number")
     if kind == "flat":
         h["FILTER"] = (infos[0].physical_filter, "physical filter (filter~disperser)")
     else:

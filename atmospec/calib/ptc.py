@@ -42,6 +42,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 from atmospec.calib.products.crosstalk import Crosstalk
+from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import PTC_COLUMNS, Ptc
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
@@ -518,7 +519,8 @@ def ptc_table(pairs: Sequence[PairStats], camera: Camera | None = None,
     -------
     astropy.table.Table
         One row per amp with the `PTC_COLUMNS`; meta ``OBSTYPE``, ``INSTRUME``,
-        ``CALIBDATE``, ``NPAIRS``, ``FITTYPE``, ``RNSOURCE``.
+        ``DETECTOR``, ``DETSER`` (`detector_meta`), ``CALIBDATE``, ``NPAIRS``, ``FITTYPE``,
+        ``RNSOURCE``.
     """
     camera = camera or load_camera("latiss")
     config = config or PtcConfig()
@@ -568,8 +570,7 @@ def ptc_table(pairs: Sequence[PairStats], camera: Camera | None = None,
     dates = [s.date for s in pairs if s.date is not None]
     table.meta.update({
         "OBSTYPE": "ptc",
-        "INSTRUME": camera.name,
-        "DETSER": camera.detector_serial,
+        **detector_meta(camera),
         "CALIBDATE": min(dates).tai.isot if dates else "",
         "NPAIRS": len(pairs),
         "FITTYPE": "EXPAPPROXIMATION",

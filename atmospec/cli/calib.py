@@ -66,10 +66,13 @@ def _add_calib(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--valid-from", help="start of validity (default: the product's CALIBDATE)")
     r.add_argument("--valid-to", help="end of validity, exclusive (default: open)")
     r.add_argument("--certify", action="store_true", help="make it the default of its kind")
+    r.add_argument("--instrument", help="instrument of a new repository (default: LATISS); "
+                   "an existing one keeps its own")
     r.set_defaults(func=_cmd_calib_register)
     ls = csub.add_parser("list", help="list the products of a repository")
     ls.add_argument("--repo", required=True)
     ls.add_argument("--kind", help="only this kind")
+    ls.add_argument("--detector", help="only this detector's products (e.g. R22_S11)")
     ls.set_defaults(func=_cmd_calib_list)
     c = csub.add_parser("certify", help="make a registered product the default of its kind")
     c.add_argument("id", type=int, help="product id (see calib list)")
@@ -179,9 +182,9 @@ def _cmd_calib_eo(args: argparse.Namespace) -> int:
 def _cmd_calib_register(args: argparse.Namespace) -> int:
     from atmospec.calib.registry import CalibrationRegistry
 
-    rec = CalibrationRegistry(args.repo).register(
+    rec = CalibrationRegistry(args.repo, instrument=args.instrument).register(
         args.product, valid_from=args.valid_from, valid_to=args.valid_to, certify=args.certify)
-    print(f"registered {args.product} as #{rec.id} ({rec.kind}"
+    print(f"registered {args.product} as #{rec.id} ({rec.kind}, {rec.detector}"
           f"{', ' + rec.physical_filter if rec.physical_filter else ''}, valid from "
           f"{rec.valid_from}{', certified' if rec.certified else ''})")
     return EXIT_OK
@@ -193,14 +196,14 @@ def _cmd_calib_list(args: argparse.Namespace) -> int:
     if args.kind and args.kind not in KINDS:
         raise UsageError(f"atmospec calib list: unknown kind {args.kind!r} "
                           f"(known: {', '.join(KINDS)})")
-    records = CalibrationRegistry(args.repo, create=False).list(args.kind)
-    print(f"{'id':>4} {'kind':<10} {'filter':<24} {'valid from':<23} {'valid to':<23} "
-          f"{'cert':<4} {'verify':<6} file")
+    records = CalibrationRegistry(args.repo, create=False).list(args.kind, args.detector)
+    print(f"{'id':>4} {'kind':<10} {'detector':<11} {'filter':<24} {'valid from':<23} "
+          f"{'valid to':<23} {'cert':<4} {'verify':<6} file")
     for r in records:
         verdict = {True: "pass", False: "FAIL", None: "-"}[r.verification_passed]
-        print(f"{r.id:>4} {r.kind:<10} {r.physical_filter or '-':<24} {r.valid_from:<23} "
-              f"{r.valid_to or '-':<23} {'yes' if r.certified else '':<4} {verdict:<6} "
-              f"{r.path}")
+        print(f"{r.id:>4} {r.kind:<10} {r.detector:<11} {r.physical_filter or '-':<24} "
+              f"{r.valid_from:<23} {r.valid_to or '-':<23} {'yes' if r.certified else '':<4} "
+              f"{verdict:<6} {r.path}")
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from astropy.table import Table
 
 from atmospec.calib.products._tables import ecsv_text, read_table
+from atmospec.calib.products.detector import check_detector
 from atmospec.camera.description import Camera, shipped_product
 from atmospec.errors import BadInputError
 from atmospec.io import write_text_atomic
@@ -42,7 +43,8 @@ class Crosstalk:
     """Provenance cards of a product built in memory."""
 
     @classmethod
-    def read(cls, path: str | Path | None = None, n_amps: int = 16) -> Crosstalk:
+    def read(cls, path: str | Path | None = None, n_amps: int = 16, *,
+             camera: Camera | None = None) -> Crosstalk:
         """Read a crosstalk table and check its matrix (see `checked`).
 
         Parameters
@@ -51,15 +53,21 @@ class Crosstalk:
             The file; ``None``: the matrix shipped for LATISS.
         n_amps : int
             Expected number of amplifiers.
+        camera : Camera, optional
+            The detector it is to serve; a file given must be for it (the shipped matrix is
+            not checked: it is used whatever the camera, as before products named their
+            detector).
 
         Raises
         ------
         BadInputError
-            Unreadable, without ``CT_COEFFS``, or a matrix of another size.
+            Unreadable, without ``CT_COEFFS``, a matrix of another size, or a file for
+            another instrument or detector than ``camera``'s.
         """
         if path is None:
-            path = Path(str(resources.files("atmospec.data") / SHIPPED_FILE))
-        return cls.checked(read_table(path, "crosstalk", "ascii.ecsv"), str(path), n_amps)
+            path, camera = Path(str(resources.files("atmospec.data") / SHIPPED_FILE)), None
+        return cls.checked(read_table(path, "crosstalk", "ascii.ecsv"), str(path), n_amps,
+                           camera=camera)
 
     @classmethod
     def default(cls, camera: Camera) -> Crosstalk:
@@ -70,7 +78,7 @@ class Crosstalk:
         """
         path = shipped_product(camera, "crosstalk")
         if path is not None:
-            return cls.read(path, camera.n_amps)
+            return cls.read(path, camera.n_amps, camera=camera)
         n = camera.n_amps
         table = Table({"CT_COEFFS": np.zeros((1, n * n))})
         table.meta.update({"OBSTYPE": "CROSSTALK", "INSTRUME": camera.name,
@@ -78,8 +86,12 @@ class Crosstalk:
         return cls(table, f"none ({camera.label} ships no crosstalk matrix)")
 
     @classmethod
-    def checked(cls, table: Table, source: str, n_amps: int = 16) -> Crosstalk:
-        """Wrap a table already in memory after the checks of `read`."""
+    def checked(cls, table: Table, source: str, n_amps: int = 16, *,
+                camera: Camera | None = None) -> Crosstalk:
+        """Wrap a table already in memory after the checks of `read` (its detector only
+        when ``camera`` is given)."""
+        if camera is not None:
+            check_detector(table.meta, camera, source or None, "crosstalk")
         product = cls(table, source)
         product.matrix(n_amps)
         return product

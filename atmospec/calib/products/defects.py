@@ -13,6 +13,7 @@ import numpy as np
 from astropy.table import Table
 
 from atmospec.calib.products._tables import ecsv_text, read_table, require_columns
+from atmospec.calib.products.detector import check_detector
 from atmospec.camera.description import Camera, shipped_product
 from atmospec.io import write_text_atomic
 from atmospec.isr.defects import defect_mask
@@ -38,39 +39,48 @@ class Defects:
     """Provenance cards of a product built in memory."""
 
     @classmethod
-    def read(cls, path: str | Path | None = None) -> Defects:
+    def read(cls, path: str | Path | None = None, *, camera: Camera | None = None
+             ) -> Defects:
         """Read a defects table (ECSV, or any format astropy recognises).
 
         Parameters
         ----------
         path : path, optional
             The file; ``None``: the list shipped for LATISS.
+        camera : Camera, optional
+            The detector it is to serve; a file given must be for it (the shipped list is
+            not checked: it is used whatever the camera, as before products named their
+            detector).
 
         Raises
         ------
         BadInputError
-            Unreadable, or without the box columns.
+            Unreadable, without the box columns, or a file for another instrument or
+            detector than ``camera``'s.
         """
         if path is None:
-            path = Path(str(resources.files("atmospec.data") / SHIPPED_FILE))
+            path, camera = Path(str(resources.files("atmospec.data") / SHIPPED_FILE)), None
         path = Path(path)
         table = read_table(path, "defects", "ascii.ecsv" if path.suffix == ".ecsv" else None)
-        return cls.checked(table, str(path))
+        return cls.checked(table, str(path), camera=camera)
 
     @classmethod
     def default(cls, camera: Camera) -> Defects:
         """The list shipped for ``camera``'s detector, else an empty list (no box masked)."""
         path = shipped_product(camera, "defects")
         if path is not None:
-            return cls.read(path)
+            return cls.read(path, camera=camera)
         table = Table({name: np.zeros(0, dtype=int) for name in _COLUMNS})
         table.meta["OBSTYPE"] = "DEFECTS"
         return cls(table, f"none ({camera.label} ships no defect list)")
 
     @classmethod
-    def checked(cls, table: Table, source: str) -> Defects:
-        """Wrap a table already in memory after the checks of `read`."""
+    def checked(cls, table: Table, source: str, *, camera: Camera | None = None) -> Defects:
+        """Wrap a table already in memory after the checks of `read` (its detector only
+        when ``camera`` is given)."""
         require_columns(table, _COLUMNS, source, "defects table")
+        if camera is not None:
+            check_detector(table.meta, camera, source or None, "defects")
         return cls(table, source)
 
     @property

@@ -1,15 +1,17 @@
 """Master bias, dark and flat: an `Exposure` whose primary header says what it is.
 
-``OBSTYPE`` (bias, dark or flat), ``INSTRUME``, ``FILTER`` (the physical filter of a flat,
-``NONE`` otherwise), ``CALIBDATE`` (start of the first input), ``NCOMBINE``; the builders
+``OBSTYPE`` (bias, dark or flat), ``INSTRUME``, ``DETECTOR``, ``DETSER`` (the detector:
+`atmospec.calib.products.detector`), ``FILTER`` (the physical filter of a flat, ``NONE``
+otherwise), ``CALIBDATE`` (start of the first input), ``NCOMBINE``; the builders
 (`atmospec.calib.masters`) add how it was combined. The bias is in e⁻, the dark in e⁻/s, the
 flat normalised to about 1.
 
 A product is refused (`atmospec.errors.BadInputError` naming it) when its file is damaged
 (`atmospec.calib.products.integrity`) or its values cannot be those of its kind
-(`MasterImage.check_values`: the bounds are class attributes, each saying why); a flat
-serves only the exposures of its filter (`check_flat_serves`, the rule the registry's
-selection follows too: `flat_configurations`).
+(`MasterImage.check_values`: the bounds are class attributes, each saying why), or when it
+is for another detector than the frames it is to serve; a flat serves only the exposures of
+its filter (`check_flat_serves`, the rule the registry's selection follows too:
+`flat_configurations`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from astropy.io import fits
 
+from atmospec.calib.products.detector import check_detector
 from atmospec.calib.products.integrity import check_fits_file
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.translator import (
@@ -102,7 +105,7 @@ class MasterImage:
         BadInputError
             A truncated file or one whose checksums do not match
             (`atmospec.calib.products.integrity.check_fits_file`), an unreadable file, a
-            product of another kind, instrument or shape, or values it cannot have
+            product of another kind, instrument, detector or shape, or values it cannot have
             (`check_values`).
         """
         check_fits_file(path)
@@ -132,19 +135,23 @@ class MasterImage:
         Raises
         ------
         BadInputError
-            Wrong shape, instrument or product type, or values outside the bounds of its
-            kind (`check_values`).
+            Wrong instrument, detector (`atmospec.calib.products.detector.check_detector`),
+            shape or product type, or values outside the bounds of its kind
+            (`check_values`).
         """
         camera = camera or load_camera("latiss")
         kind = cls.kind
-        if exposure.shape != camera.detector_shape:
-            raise BadInputError(source, f"{kind} has shape {exposure.shape}, expected "
-                                        f"{camera.detector_shape} for {camera.name}")
         instrument = exposure.metadata.get("INSTRUME")
         same = canonical_instrument(str(instrument)) == canonical_instrument(camera.name)
         if instrument and not same:
             raise BadInputError(source, f"{kind} is for instrument {instrument}, not "
                                         f"{camera.name}")
+        # Before the shape: two detectors of one vendor have the same shape, and a product
+        # of another vendor's detector is better named by its detector than by its shape.
+        check_detector(exposure.metadata, camera, source, kind)
+        if exposure.shape != camera.detector_shape:
+            raise BadInputError(source, f"{kind} has shape {exposure.shape}, expected "
+                                        f"{camera.detector_shape} for {camera.label}")
         obstype = str(exposure.metadata.get("OBSTYPE", kind)).strip().lower()
         if obstype != kind:
             raise BadInputError(source, f"product is a {obstype}, not a {kind}")

@@ -23,6 +23,7 @@ from atmospec.calib.products._tables import (
     require_columns,
     table_hdu,
 )
+from atmospec.calib.products.detector import check_detector
 from atmospec.camera.description import Camera, load_camera
 from atmospec.errors import BadInputError
 from atmospec.io import write_hdul_atomic
@@ -57,21 +58,26 @@ class Linearizer:
 
     @classmethod
     def read(cls, path: str | Path, camera: Camera | None = None) -> Linearizer:
-        """Read a linearizer table; every amplifier of ``camera`` must have a valid row.
+        """Read a linearizer table; every amplifier of ``camera`` (LATISS by default) must
+        have a valid row.
 
         Raises
         ------
         BadInputError
-            Not a FITS file, unreadable, a column or an amplifier missing, or an unknown
-            correction type, coefficient count or coefficients that are not numbers.
+            Not a FITS file, unreadable, a column or an amplifier missing, an unknown
+            correction type, coefficient count or coefficients that are not numbers, or a
+            product of another instrument or detector
+            (`atmospec.calib.products.detector.check_detector`).
         """
         return cls.checked(read_table(path, "linearizer", "fits"), str(path), camera)
 
     @classmethod
     def checked(cls, table: Table, source: str, camera: Camera | None = None) -> Linearizer:
         """Wrap a table already in memory after the checks of `read`."""
+        camera = camera or load_camera("latiss")
         product = cls(table, source)
         require_columns(table, ("AMP", "TYPE", "COEFFS"), source, "linearizer")
+        check_detector(table.meta, camera, source or None, "linearizer")
         product.correction(camera)
         return product
 

@@ -21,6 +21,7 @@ from atmospec.calib.products._tables import (
     require_numeric,
     table_hdu,
 )
+from atmospec.calib.products.detector import check_detector
 from atmospec.camera.description import Camera, load_camera
 from atmospec.errors import BadInputError
 from atmospec.io import write_hdul_atomic
@@ -83,7 +84,8 @@ class Ptc:
         ------
         BadInputError
             Not a FITS file, unreadable, without ``AMP``, ``GAIN``, ``READ_NOISE`` (or
-            those not numbers), or for another instrument.
+            those not numbers), or for another instrument or detector
+            (`atmospec.calib.products.detector.check_detector`).
         """
         return cls.checked(read_table(path, "PTC", "fits"), str(path), camera)
 
@@ -97,6 +99,7 @@ class Ptc:
         instrument = table.meta.get("INSTRUME")
         if instrument and str(instrument).upper() != camera.name.upper():
             raise BadInputError(source or None, f"PTC is for {instrument}, not {camera.name}")
+        check_detector(table.meta, camera, source or None, "PTC")
         return cls(table, source)
 
     @property

@@ -5,13 +5,15 @@ Layout of a repository directory ``REPO`` (paths from `atmospec.layout`)::
     REPO/calib/registry.sqlite3          index (SQLite, WAL mode)
     REPO/calib/<kind>/<stem>.<sha12><ext> the stored products (copies or hard links)
     REPO/calib/<kind>/<stem>.<sha12>.verify.json   their verification reports, if any
+    REPO/calib/<kind>/<detector>/...     the same per detector, for an instrument of several
 
 `CalibrationRegistry.register` reads what a product is from its own metadata (``OBSTYPE``,
-``INSTRUME``, ``FILTER``, ``CALIBDATE``), stores it under a unique name and indexes it with
-a validity interval. `CalibrationRegistry.select` picks, for one exposure, the product of a
-kind that matches the exposure's instrument and filter configuration and whose validity
-contains the exposure's start time; `CalibrationRegistry.select_all` does that for every
-kind and returns the `CalibrationFiles` ISR takes.
+``INSTRUME``, ``DETECTOR``, ``FILTER``, ``CALIBDATE``), stores it under a unique name and
+indexes it with a validity interval. `CalibrationRegistry.select` picks, for one exposure,
+the product of a kind that matches the exposure's instrument, detector and filter
+configuration and whose validity contains the exposure's start time;
+`CalibrationRegistry.select_all` does that for every kind and returns the `CalibrationFiles`
+ISR takes.
 
 Safety: a product is first written under a hidden temporary name, renamed to its final
 name, and only then indexed, all in one write transaction; so the index never names a

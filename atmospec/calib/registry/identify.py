@@ -1,7 +1,8 @@
 """What a calibration product file is, read from its own metadata.
 
-`identify` reads ``OBSTYPE`` (the kind), ``INSTRUME``, ``FILTER`` (flats) and ``CALIBDATE``
-from a product's FITS header or ECSV table meta, with the provenance the product carries;
+`identify` reads ``OBSTYPE`` (the kind), ``INSTRUME``, ``DETECTOR``, ``FILTER`` (flats) and
+``CALIBDATE`` from a product's FITS header or ECSV table meta, with the provenance the
+product carries;
 `check_contents` refuses a damaged file or values its kind cannot have;
 `read_verification` reads the verdict of the ``.verify.json`` report beside it.
 """
@@ -21,6 +22,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.calib.isr_inputs import MASTER_CLASSES
+from atmospec.calib.products.detector import product_detector
 from atmospec.calib.products.images import flat_configuration
 from atmospec.calib.products.integrity import check_product_file, check_regular_file
 from atmospec.calib.registry.times import to_utc_iso
@@ -71,6 +73,8 @@ class Identity:
     """Product kind, one of `KINDS`."""
     instrument: str
     """Canonical instrument name."""
+    detector: str
+    """Detector of the instrument's table (``R22_S11``; LATISS: ``RXX_S00``)."""
     physical_filter: str | None
     """Normalised ``filter~disperser`` for flats, else None."""
     disperser: str | None
@@ -195,17 +199,22 @@ def identify(path: Path, registry_instrument: str) -> Identity:
     Raises
     ------
     BadInputError
-        Unreadable or unidentifiable file, unknown kind, another instrument, a flat
-        without ``FILTER``, an image product without an IMAGE extension, a bad CALIBDATE.
+        Unreadable or unidentifiable file, unknown kind, another instrument, no or an
+        unknown detector (`atmospec.calib.products.detector.product_detector`: a product
+        without ``DETECTOR`` is for the instrument's only detector, and refused for an
+        instrument of several), a flat without ``FILTER``, an image product without an
+        IMAGE extension, a bad CALIBDATE.
     """
     meta, hdu_names = read_metadata(path)
     kind = _kind(path, meta, hdu_names)
     instrument = _instrument(path, meta, registry_instrument)
+    # As written (``LSSTCam``), for the messages; the detector table is looked up by alias.
+    detector = product_detector(meta, str(_clean(meta["INSTRUME"])), path)
     physical_filter = disperser = None
     if kind in FILTER_KINDS:
         physical_filter, disperser = _physical_filter(path, meta, kind)
-    return Identity(kind, instrument, physical_filter, disperser, _calib_date(path, meta),
-                    _provenance(meta))
+    return Identity(kind, instrument, detector, physical_filter, disperser,
+                    _calib_date(path, meta), _provenance(meta))
 
 
 def check_contents(path: Path, kind: str) -> None:

@@ -3,6 +3,10 @@
 The registry ties the other modules of this package together: it identifies a product
 (`identify`), stages its file (`staging`), indexes it (`store`) and selects, for one
 exposure, the product of each kind to use (the rules of `CalibrationRegistry.select`).
+
+Every product is of one detector (``DETECTOR``; a product naming none is for the
+instrument's only detector): a frame gets the products of its own detector, and
+certification and storage are per detector too.
 """
 
 from __future__ import annotations
@@ -130,8 +134,9 @@ class CalibrationRegistry:
         ----------
         path : path
             Product file: an `Exposure` FITS file (bias, dark, flat) or a table (defects,
-            PTC, linearizer, crosstalk) whose metadata gives ``OBSTYPE`` and ``INSTRUME``
-            (flats also ``FILTER``). A ``<stem>.verify.json`` beside it is stored too.
+            PTC, linearizer, crosstalk) whose metadata gives ``OBSTYPE``, ``INSTRUME`` and,
+            for an instrument of several detectors, ``DETECTOR`` (flats also ``FILTER``).
+            A ``<stem>.verify.json`` beside it is stored too.
         valid_from : str, date, datetime or Time, optional
             Start of validity (inclusive, UTC when no zone is given); default: the product's
             ``CALIBDATE``.
@@ -154,8 +159,8 @@ class CalibrationRegistry:
         BadInputError
             Missing or unidentifiable file, a damaged file or values its kind cannot have
             (`check_contents`: truncated, checksum mismatch, an all-NaN flat, a bias far
-            from 0 e⁻), unknown kind, another instrument, no usable date, an empty validity
-            interval, or a product already registered.
+            from 0 e⁻), unknown kind, another instrument, no or an unknown detector, no
+            usable date, an empty validity interval, or a product already registered.
         """
         source = Path(path)
         if not source.is_file():
@@ -167,8 +172,8 @@ class CalibrationRegistry:
         start, end = _validity(source, ident, valid_from, valid_to)
         product_id = self._store(source, ident, verification, (start, end), certify, link)
         record = self.get(product_id)
-        log.info("registered %s id %d (%s, valid %s to %s)%s", record.kind, record.id,
-                 record.physical_filter or "any filter", record.valid_from,
+        log.info("registered %s id %d (%s, %s, valid %s to %s)%s", record.kind, record.id,
+                 record.detector, record.physical_filter or "any filter", record.valid_from,
                  record.valid_to or "open end", ", certified" if record.certified else "")
         if record.verification_passed is False:
             log.warning("%s id %d failed verification: %s", record.kind, record.id,
@@ -180,7 +185,8 @@ class CalibrationRegistry:
                validity: tuple[str, str | None], certify: bool, link: bool) -> int:
         """Stage the product (and its report), rename and index them in one write
         transaction; return the new id. Anything placed is removed when it fails."""
-        directory = calib_dir(self.repo, ident.kind)
+        # Per detector for an instrument of several: two detectors' products apart.
+        directory = self._index.folder(ident.kind, ident.detector)
         staged: list[Path] = []
         placed: list[Path] = []
         committed = False
@@ -230,6 +236,7 @@ class CalibrationRegistry:
         return {
             "kind": ident.kind,
             "instrument": ident.instrument,
+            "detector": ident.detector,
             "physical_filter": ident.physical_filter,
             "disperser": ident.disperser,
             "valid_from": start,
@@ -261,37 +268,46 @@ class CalibrationRegistry:
         with self._index.transaction(write=False) as conn:
             return self._index.record(self._index.row(conn, product_id))
 
-    def list(self, kind: str | None = None) -> list[CalibRecord]:
-        """Registered products, by kind, configuration, start of validity and id.
+    def list(self, kind: str | None = None, detector: str | None = None
+             ) -> list[CalibRecord]:
+        """Registered products, by kind, detector, configuration, start of validity and id.
 
         Parameters
         ----------
         kind : str, optional
             Only this kind (one of `KINDS`).
+        detector : str, optional
+            Only this detector's products (``R22_S11``).
 
         Raises
         ------
         ValueError
             If ``kind`` is not one of `KINDS`.
         """
-        query = "SELECT * FROM products"
-        params: tuple[Any, ...] = ()
+        conditions, params = [], []
         if kind is not None:
             check_kind(kind)
-            query += " WHERE kind = ?"
-            params = (kind,)
-        query += " ORDER BY kind, physical_filter, valid_from, id"
+            conditions.append("kind = ?")
+            params.append(kind)
+        if detector is not None:
+            conditions.append("detector = ?")
+            params.append(detector)
+        query = "SELECT * FROM products"
+        if conditions:
+            query += " WHERE " + " AND ".join(conditions)
+        query += " ORDER BY kind, detector, physical_filter, valid_from, id"
         with self._index.transaction(write=False) as conn:
             records = [self._index.record(row) for row in conn.execute(query, params)]
         order = {name: i for i, name in enumerate(KINDS)}
         return sorted(records, key=lambda r: order[r.kind])  # stable: keeps the SQL order
 
     def certify(self, product_id: int) -> CalibRecord:
-        """Make a product the certified default of its kind and configuration.
+        """Make a product the certified default of its kind, detector and configuration.
 
-        Certified products of the same kind, instrument and configuration (physical filter
-        for flats) whose validity overlaps this one's are uncertified, so that at any time
-        at most one product per kind and configuration is certified.
+        Certified products of the same kind, instrument, detector and configuration
+        (physical filter for flats) whose validity overlaps this one's are uncertified, so
+        that at any time at most one product per kind, detector and configuration is
+        certified.
 
         The stored file is checked first (`check_stored`): a product that is missing,
         changed since it was registered, damaged, or with values its kind cannot have is
@@ -387,8 +403,9 @@ class CalibrationRegistry:
     def select(self, kind: str, info: ObservationInfo) -> CalibRecord | None:
         """The product of ``kind`` to use for one exposure.
 
-        Candidates have the exposure's instrument, a matching configuration and a validity
-        interval containing the exposure time (`exposure_time_utc`). Configuration: for
+        Candidates have the exposure's instrument and detector (`ObservationInfo.detector`;
+        for an instrument of one detector, that one), a matching configuration and a
+        validity interval containing the exposure time (`exposure_time_utc`). Configuration: for
         flats, the same filter with no disperser (``<filter>~empty``) for an imaging
         exposure; for a dispersed exposure the flat with the same filter *and* disperser,
         and only if none is valid then the same filter with ``empty`` disperser; other
@@ -413,26 +430,28 @@ class CalibrationRegistry:
         ValueError
             If ``kind`` is not one of `KINDS`.
         BadInputError
-            A corrupt row in the index (`RegistryIndex.check_rows`), or the chosen product
-            missing from the repository or not the file registered (`check_stored`).
+            A corrupt row in the index (`RegistryIndex.check_rows`), the chosen product
+            missing from the repository or not the file registered (`check_stored`), or an
+            exposure of an instrument of several detectors that names none.
         """
         check_kind(kind)
         if canonical_instrument(info.instrument) != self.instrument:
             log.warning("%s: exposure is from %s; the registry holds %s products",
                         info.obs_id, info.instrument, self.instrument)
             return None
+        detector = self._frame_detector(info)
         when = exposure_time_utc(info)
         stamp = format_utc(when)
         configurations = _configurations(kind, info)
         with self._index.transaction(write=False) as conn:
             self._index.check_rows(conn)
             for configuration in configurations:
-                rows = candidates(conn, kind, self.instrument, configuration, stamp)
+                rows = candidates(conn, kind, self.instrument, detector, configuration, stamp)
                 if rows:
                     break
             else:
-                log.info("%s: no %s valid at %s for %s", info.obs_id, kind, stamp,
-                         " or ".join(str(c) for c in configurations))
+                log.info("%s: no %s of %s valid at %s for %s", info.obs_id, kind, detector,
+                         stamp, " or ".join(str(c) for c in configurations))
                 return None
         best = self._index.record(min(rows, key=lambda row: _preference(row, when)))
         if configuration != configurations[0]:
@@ -441,6 +460,24 @@ class CalibrationRegistry:
         _check_unchanged(best)
         log.info("%s: %s id %d (%s)", info.obs_id, kind, best.id, best.path)
         return best
+
+    def _frame_detector(self, info: ObservationInfo) -> str:
+        """The detector whose products serve ``info``: its own, or the instrument's only
+        one (LATISS frames name none).
+
+        Raises
+        ------
+        BadInputError
+            An exposure of an instrument of several detectors that names none: any one
+            detector's products would be a guess.
+        """
+        if info.detector is not None:
+            return info.detector
+        detectors = self._index.detectors
+        if len(detectors) != 1:
+            raise BadInputError(None, f"{info.obs_id}: a {self.instrument} exposure that "
+                                      "names no detector: its products cannot be chosen")
+        return next(iter(detectors))
 
     def select_all(self, info: ObservationInfo,
                    kinds: Iterable[str] = KINDS) -> CalibrationFiles:
@@ -456,7 +493,8 @@ class CalibrationRegistry:
         Returns
         -------
         CalibrationFiles
-            Absolute paths (str) of the products `select` chose; None where none qualifies.
+            Absolute paths (str) of the products `select` chose (of the exposure's detector);
+            None where none qualifies.
         """
         chosen: dict[str, str] = {}
         for kind in kinds:
@@ -491,14 +529,15 @@ def _check_unchanged(record: CalibRecord) -> None:
 
 
 def _stored_products(repo: Path) -> list[str]:
-    """Products stored in the repository's folders of each kind (relative paths, sorted);
-    the hidden temporaries of an interrupted registration are not products."""
+    """Products stored in the repository's folders of each kind, and of each detector
+    within them (relative paths, sorted); the hidden temporaries of an interrupted
+    registration are not products, nor are the (possibly empty) detector folders."""
     found = []
     for kind in KINDS:
         folder = calib_dir(repo, kind)
         if folder.is_dir():
-            found += [p.relative_to(repo).as_posix() for p in folder.iterdir()
-                      if not p.name.startswith(".")]
+            found += [p.relative_to(repo).as_posix() for p in folder.rglob("*")
+                      if p.is_file() and not p.name.startswith(".")]
     return sorted(found)
 
 

@@ -5,8 +5,12 @@ One table, ``products``, holds a row per stored product; ``schema_version`` and
 of `atmospec.calib.registry.times`, so intervals compare in SQL; validity is half-open,
 ``valid_from <= t < valid_to``, and a NULL ``valid_to`` never ends.
 
-`RegistryIndex` opens (or creates) the file and runs transactions; the functions below
-are the statements the registry runs inside them.
+`RegistryIndex` opens (or creates) the file, upgrades an older schema in place and runs
+transactions; the functions below are the statements the registry runs inside them.
+
+Schema versions: 1, products of an instrument; 2, each product of one detector
+(``products.detector``). A version-1 file is upgraded when opened (`RegistryIndex`): its
+rows get the instrument's only detector (version-1 registries held LATISS products).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 from typing import Any
 
+from atmospec.calib.products.detector import instrument_detectors, only_detector
 from atmospec.calib.registry.identify import KINDS
 from atmospec.calib.registry.times import now_utc
 from atmospec.errors import BadInputError
@@ -39,8 +45,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Version of the SQLite schema written by this code. A schema change bumps it, adds a row
-#: to ``schema_version`` and an upgrade step where `RegistryIndex` finds an older one.
-SCHEMA_VERSION = 1
+#: to ``schema_version`` and an upgrade step where `RegistryIndex` finds an older one
+#: (`_UPGRADES`).
+SCHEMA_VERSION = 2
 
 #: Seconds a writer waits for another writer's transaction before giving up.
 _BUSY_TIMEOUT_S = 60.0
@@ -58,10 +65,15 @@ CREATE TABLE registry_info (
     key TEXT NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE products (
+"""
+
+#: The ``products`` table (``{table}``: its name, another while an upgrade rebuilds it).
+_PRODUCTS_TABLE = """
+CREATE TABLE {table} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
     instrument TEXT NOT NULL,
+    detector TEXT NOT NULL,
     physical_filter TEXT,
     disperser TEXT,
     valid_from TEXT NOT NULL,
@@ -77,9 +89,17 @@ CREATE TABLE products (
     verification_path TEXT,
     source TEXT NOT NULL,
     CHECK (valid_to IS NULL OR valid_to > valid_from)
-);
-CREATE INDEX products_by_configuration ON products (kind, instrument, physical_filter);
+)
 """
+
+_PRODUCTS_INDEX = ("CREATE INDEX products_by_configuration ON products "
+                   "(kind, instrument, detector, physical_filter)")
+
+#: The columns of a version-1 ``products`` row (all but ``detector``), copied by the upgrade.
+_V1_COLUMNS = ("id", "kind", "instrument", "physical_filter", "disperser", "valid_from",
+               "valid_to", "calib_date", "path", "sha256", "registered_at", "certified",
+               "provenance", "verification_passed", "verification_failures",
+               "verification_path", "source")
 
 
 @dataclass(frozen=True)
@@ -92,6 +112,8 @@ class CalibRecord:
     """Product kind, one of `KINDS`."""
     instrument: str
     """Canonical instrument name, e.g. ``"LATISS"``."""
+    detector: str
+    """Detector the product is for (``"R22_S11"``; LATISS: ``"RXX_S00"``)."""
     physical_filter: str | None
     """``"<filter>~<disperser>"`` for flats, e.g. ``"SDSSr_65mm~empty"``; None otherwise."""
     disperser: str | None
@@ -152,6 +174,8 @@ class RegistryIndex:
     def __init__(self, db_path: Path, repo: Path) -> None:
         self.db_path = db_path
         self.repo = repo
+        self._detectors: frozenset[str] | None = None
+        self._instrument: str | None = None
 
     @contextlib.contextmanager
     def transaction(self, write: bool) -> Iterator[sqlite3.Connection]:
@@ -188,16 +212,25 @@ class RegistryIndex:
             conn.close()
 
     def stored_instrument(self) -> str | None:
-        """The instrument the file records after checking its schema; None when the file
-        holds no registry yet (empty, or a database without tables).
+        """The instrument the file records after checking its schema (and upgrading an
+        older one in place); None when the file holds no registry yet (empty, or a database
+        without tables).
 
         Raises
         ------
         BadInputError
-            Not a registry (a database with other tables); corrupt; a newer schema.
+            Not a registry (a database with other tables); corrupt; a newer schema; an
+            older one that cannot be upgraded (`_upgrade`).
         """
         with self.transaction(write=False) as conn:
-            return self._inspect(conn)
+            found = self._inspect(conn)
+        if found is not None and found[1] < SCHEMA_VERSION:
+            # Under the write lock, checked again: another process may have upgraded it.
+            with self.transaction(write=True) as conn:
+                found = self._inspect(conn)
+                if found is not None:
+                    self._upgrade(conn, *found)
+        return self._use(None if found is None else found[0])
 
     def create(self, instrument: str) -> str:
         """Write the schema into a file that holds no registry (unless another process
@@ -213,10 +246,11 @@ class RegistryIndex:
                                               f"({exc})") from None
         with self.transaction(write=True) as conn:
             # Another process may have created it since the caller's check.
-            stored = self._inspect(conn)
-            if stored is None:
+            found = self._inspect(conn)
+            if found is None:
                 # Statement by statement: executescript would commit mid-transaction.
-                for statement in _SCHEMA.split(";"):
+                for statement in (*_SCHEMA.split(";"), _PRODUCTS_TABLE.format(table="products"),
+                                  _PRODUCTS_INDEX):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT INTO schema_version VALUES (?, ?)",
@@ -224,11 +258,14 @@ class RegistryIndex:
                 conn.execute("INSERT INTO registry_info VALUES ('instrument', ?)",
                              (instrument,))
                 log.info("created calibration registry %s for %s", self.db_path, instrument)
-                stored = instrument
-        return stored
+                found = (instrument, SCHEMA_VERSION)
+            else:
+                self._upgrade(conn, *found)
+        return self._use(found[0])
 
-    def _inspect(self, conn: sqlite3.Connection) -> str | None:
-        """The stored instrument after checking the schema; None for an empty database."""
+    def _inspect(self, conn: sqlite3.Connection) -> tuple[str, int] | None:
+        """The stored instrument and schema version after checking the schema; None for an
+        empty database."""
         tables = {row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "schema_version" not in tables:
@@ -249,22 +286,63 @@ class RegistryIndex:
             raise BadInputError(self.db_path, f"registry schema version {version} is newer than "
                                               f"this atmospec supports ({SCHEMA_VERSION}); "
                                               "upgrade atmospec")
-        if version < SCHEMA_VERSION:
-            # Only possible once a second schema exists: its upgrade step goes here, and until
-            # then an old registry must be refused rather than misread.
+        if version not in _UPGRADES and version != SCHEMA_VERSION:
             raise BadInputError(self.db_path, f"registry schema version {version} needs an "
                                               "upgrade this atmospec does not provide")
-        return str(row[0])
+        return str(row[0]), version
+
+    def _upgrade(self, conn: sqlite3.Connection, instrument: str, version: int) -> None:
+        """Bring a schema of ``version`` to `SCHEMA_VERSION`, step by step, inside the
+        caller's write transaction: an upgrade that fails leaves the file as it was."""
+        while version < SCHEMA_VERSION:
+            _UPGRADES[version](conn, instrument, self.db_path)
+            version += 1
+            conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now_utc()))
+            log.info("upgraded calibration registry %s to schema version %d", self.db_path,
+                     version)
+
+    def _use(self, instrument: str | None) -> str | None:
+        """Remember the registry's instrument (its detectors decide the stored layout)."""
+        self._instrument = instrument
+        self._detectors = None
+        return instrument
+
+    @property
+    def detectors(self) -> frozenset[str]:
+        """Detectors of the registry's instrument (empty for an instrument without a camera
+        description: no product of it can be registered)."""
+        if self._detectors is None:
+            try:
+                self._detectors = frozenset(instrument_detectors(self._instrument or ""))
+            except BadInputError:
+                self._detectors = frozenset()
+        return self._detectors
+
+    def folder(self, kind: str, detector: str, repo: Path | None = None) -> Path:
+        """Where products of ``kind`` for ``detector`` are stored (`calib_dir`): a folder
+        per detector for an instrument of several, the kind's folder for one of one.
+
+        Parameters
+        ----------
+        kind : str
+            One of `KINDS`.
+        detector : str
+            The product's detector.
+        repo : pathlib.Path, optional
+            Repository the folder is in; default: this registry's.
+        """
+        base = self.repo if repo is None else repo
+        return calib_dir(base, kind, detector if len(self.detectors) > 1 else None)
 
     def check_rows(self, conn: sqlite3.Connection) -> None:
         """Refuse the registry when any ``products`` row is corrupt (`check_row`).
 
-        Every row, not only those a query matches: a row whose kind or time was damaged no
-        longer matches any query, and the selection would silently fall back to another
-        product, or to nominal values.
+        Every row, not only those a query matches: a row whose kind, detector or time was
+        damaged no longer matches any query, and the selection would silently fall back to
+        another product, or to nominal values.
         """
-        for row in conn.execute("SELECT id, kind, valid_from, valid_to, calib_date, path "
-                                "FROM products"):
+        for row in conn.execute("SELECT id, kind, detector, valid_from, valid_to, calib_date, "
+                                "path FROM products"):
             self.check_row(row)
 
     def check_row(self, row: Mapping[str, Any]) -> None:
@@ -275,10 +353,33 @@ class RegistryIndex:
         BadInputError
             ``corrupt registry: product row id N: <problem>``, naming the index file.
         """
-        problem = _row_problem(row)
+        problem = self._row_problem(row)
         if problem is not None:
             raise BadInputError(self.db_path, f"corrupt registry: product row id {row['id']}: "
                                               f"{problem}")
+
+    def _row_problem(self, row: Mapping[str, Any]) -> str | None:
+        """What is wrong with a row's kind, detector, times and path; None when sound."""
+        kind = row["kind"]
+        if kind not in KINDS:
+            return f"unknown kind {kind!r}"
+        detector = row["detector"]
+        if detector not in self.detectors:
+            return f"detector {detector!r} is not one of {self._instrument}'s"
+        for key in ("valid_from", "valid_to", "calib_date"):
+            value = row[key]
+            if not (value is None and key == "valid_to") and \
+                    not (isinstance(value, str) and _UTC_FORM.fullmatch(value)):
+                return f"{key} {value!r} is not a registry time (YYYY-MM-DDTHH:MM:SS.sss)"
+        # Where `CalibrationRegistry.register` stores a product: a plain name in its kind's
+        # (and detector's) folder. Anything else (``..``, an absolute path) could make ISR
+        # read any file.
+        path = row["path"]
+        stored = PurePosixPath(path) if isinstance(path, str) else None
+        folder = PurePosixPath(self.folder(kind, detector, Path()).as_posix())
+        if stored is None or stored.parent != folder or stored.name.startswith("."):
+            return f"path {path!r} is not in the repository's {folder} folder"
+        return None
 
     def record(self, row: sqlite3.Row) -> CalibRecord:
         """The record of a ``products`` row (checked by `check_row`)."""
@@ -288,6 +389,7 @@ class RegistryIndex:
             id=int(row["id"]),
             kind=row["kind"],
             instrument=row["instrument"],
+            detector=row["detector"],
             physical_filter=row["physical_filter"],
             disperser=row["disperser"],
             valid_from=row["valid_from"],
@@ -319,29 +421,61 @@ class RegistryIndex:
         return row
 
 
-def _row_problem(row: Mapping[str, Any]) -> str | None:
-    """What is wrong with a row's kind, times and path; None when they are sound."""
-    kind = row["kind"]
-    if kind not in KINDS:
-        return f"unknown kind {kind!r}"
-    for key in ("valid_from", "valid_to", "calib_date"):
-        value = row[key]
-        if not (value is None and key == "valid_to") and \
-                not (isinstance(value, str) and _UTC_FORM.fullmatch(value)):
-            return f"{key} {value!r} is not a registry time (YYYY-MM-DDTHH:MM:SS.sss)"
-    # Where `CalibrationRegistry.register` stores a product: a plain name in its kind's
-    # folder. Anything else (``..``, an absolute path) could make ISR read any file.
-    path = row["path"]
-    stored = PurePosixPath(path) if isinstance(path, str) else None
-    if stored is None or stored.parent != PurePosixPath(calib_dir(Path(), kind).as_posix()) \
-            or stored.name.startswith("."):
-        return f"path {path!r} is not in the repository's {kind} folder"
-    return None
+def _upgrade_1_to_2(conn: sqlite3.Connection, instrument: str, db_path: Path) -> None:
+    """Version 2 gives every product a detector: the rows of a version-1 registry get the
+    instrument's only detector (they name none; version-1 registries were LATISS's).
+
+    SQLite cannot add a ``NOT NULL`` column without a default, so the table is rebuilt
+    (copied into the new form, the old one dropped, the new renamed), keeping the ids and
+    the AUTOINCREMENT counter: an id stays never reused.
+
+    Raises
+    ------
+    BadInputError
+        The registry holds products and its instrument has several detectors (or no camera
+        description): which detector each is for cannot be known.
+    """
+    count = conn.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+    detector = ""
+    if count:
+        try:
+            detector = only_detector(instrument) or ""
+        except BadInputError as exc:
+            raise BadInputError(db_path, f"cannot upgrade registry schema version 1: "
+                                         f"{exc.problem}") from None
+        if not detector:
+            raise BadInputError(db_path, f"cannot upgrade registry schema version 1: its "
+                                         f"{count} products name no detector and {instrument} "
+                                         "has several")
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'products'").fetchone()
+    columns = ", ".join(_V1_COLUMNS)
+    conn.execute(_PRODUCTS_TABLE.format(table="products_v2"))
+    conn.execute(f"INSERT INTO products_v2 ({columns}, detector) "
+                 f"SELECT {columns}, ? FROM products", (detector,))
+    conn.execute("DROP TABLE products")  # and its index
+    conn.execute("ALTER TABLE products_v2 RENAME TO products")
+    conn.execute(_PRODUCTS_INDEX)
+    if seq is not None:
+        # The old counter, which may be above every id left (products removed since).
+        conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('products', 'products_v2')")
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('products', ?)",
+                     (seq[0],))
+    log.info("registry %s: %d products given detector %s", db_path, count, detector or "-")
+
+
+#: Upgrade steps: version → the function bringing a schema of that version to the next.
+_UPGRADES: Mapping[int, Callable[[sqlite3.Connection, str, Path], None]] = MappingProxyType(
+    {1: _upgrade_1_to_2})
 
 
 def find_duplicate(conn: sqlite3.Connection, sha256: str) -> sqlite3.Row | None:
-    """The product already stored with this content (``id``, ``kind``, ``path``), if any."""
-    return conn.execute("SELECT id, kind, path FROM products WHERE sha256 = ?",
+    """The product already stored with this content (``id``, ``kind``, ``detector``,
+    ``path``), if any.
+
+    By content over all detectors, as the ``sha256`` column is unique: a product names its
+    detector in its own bytes, so the same bytes are the same detector's product.
+    """
+    return conn.execute("SELECT id, kind, detector, path FROM products WHERE sha256 = ?",
                         (sha256,)).fetchone()
 
 
@@ -353,28 +487,31 @@ def insert_product(conn: sqlite3.Connection, values: Mapping[str, Any]) -> int:
     return int(cursor.lastrowid)
 
 
-def candidates(conn: sqlite3.Connection, kind: str, instrument: str,
+def candidates(conn: sqlite3.Connection, kind: str, instrument: str, detector: str,
                physical_filter: str | None, stamp: str) -> list[sqlite3.Row]:
-    """Rows of one kind, instrument and configuration whose validity contains ``stamp``."""
-    query = ("SELECT * FROM products WHERE kind = ? AND instrument = ? "
+    """Rows of one kind, instrument, detector and configuration whose validity contains
+    ``stamp``."""
+    query = ("SELECT * FROM products WHERE kind = ? AND instrument = ? AND detector = ? "
              "AND physical_filter IS ? AND valid_from <= ? "
              "AND (valid_to IS NULL OR valid_to > ?)")
-    return conn.execute(query, (kind, instrument, physical_filter, stamp, stamp)).fetchall()
+    return conn.execute(query, (kind, instrument, detector, physical_filter, stamp,
+                                stamp)).fetchall()
 
 
 def uncertify_overlapping(conn: sqlite3.Connection, row: Mapping[str, Any]) -> list[int]:
-    """Certify ``row``'s product and uncertify those of its kind and configuration whose
-    validity overlaps it; return the ids uncertified.
+    """Certify ``row``'s product and uncertify those of its kind, detector and configuration
+    whose validity overlaps it; return the ids uncertified.
 
-    Two half-open intervals overlap when each starts before the other ends.
+    Per detector: the bias of R22_S11 and that of R22_S12 are each their detector's
+    default. Two half-open intervals overlap when each starts before the other ends.
     """
     query = (
         "SELECT id FROM products WHERE certified = 1 AND id != ? AND kind = ? "
-        "AND instrument = ? AND physical_filter IS ? "
+        "AND instrument = ? AND detector = ? AND physical_filter IS ? "
         "AND (? IS NULL OR valid_from < ?) AND (valid_to IS NULL OR valid_to > ?)"
     )
     ids = [r[0] for r in conn.execute(query, (
-        row["id"], row["kind"], row["instrument"], row["physical_filter"],
+        row["id"], row["kind"], row["instrument"], row["detector"], row["physical_filter"],
         row["valid_to"], row["valid_to"], row["valid_from"]))]
     for other in ids:
         conn.execute("UPDATE products SET certified = 0 WHERE id = ?", (other,))
