@@ -411,7 +411,7 @@ def test_registry_survives_reopening(repo: Path, products: Path) -> None:
     again = CalibrationRegistry(repo, create=False)
     assert again.list() == [record]
     assert again.instrument == "LATISS"
-    with pytest.raises(BadInputError, match="registry is for LATISS, not LSSTCOMCAM"):
+    with pytest.raises(BadInputError, match="registry is for LATISS, not LSSTComCam"):
         CalibrationRegistry(repo, instrument="LSSTComCam")
     with sqlite3.connect(repo / REGISTRY_FILE) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
