@@ -24,6 +24,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
+from atmospec.calib.products.detector import detector_meta
 from atmospec.camera.assembly import disassemble
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import read_raw
@@ -237,7 +238,7 @@ def _truth_ptc(frame: BotFrame, work: Path) -> Path:
     path = work / f"ptc_{frame.camera.detector}.fits"
     Table({"AMP": list(frame.camera.amp_names), "GAIN": frame.truth.gains,
            "READ_NOISE": frame.truth.read_noise_e},
-          meta={"INSTRUME": frame.camera.name}).write(path, overwrite=True)
+          meta=detector_meta(frame.camera)).write(path, overwrite=True)
     return path
 
 

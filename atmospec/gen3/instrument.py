@@ -43,7 +43,9 @@ LATISS repository made before the LSST cameras came is unchanged).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from atmospec.errors import BadInputError
@@ -611,8 +613,8 @@ class LsstTs8(AtmospecInstrument):
 
 
 #: Every instrument with Gen3 records, by its translator name.
-INSTRUMENTS: dict[str, type[AtmospecInstrument]] = {
-    cls.instrument_name: cls for cls in (Latiss, LsstCam, LsstComCam, LsstCamSim, LsstTs8)}
+INSTRUMENTS: Mapping[str, type[AtmospecInstrument]] = MappingProxyType({
+    cls.instrument_name: cls for cls in (Latiss, LsstCam, LsstComCam, LsstCamSim, LsstTs8)})
 
 
 def instrument_for(name: str) -> type[AtmospecInstrument]:
