@@ -487,3 +487,35 @@ def test_cli_simulate_bot(tmp_path, capsys):
     assert raw.info.instrument == "LSSTComCam" and raw.camera.vendor == "ITL"
     assert main(["simulate", "bot", "--out", str(out), "--detectors", "R99"]) == 2
     assert "R99" in capsys.readouterr().err
+
+
+def test_night_over_a_bot_acquisition_builds_one_master_per_detector(bot_run, tmp_path):
+    """`atmospec night` over a BOT run (one folder per exposure, one raw per detector, an e2v
+    and an ITL detector): every frame is indexed from its folder under its own obs_id, and
+    the bias the flats need is built, verified and registered once per detector."""
+    from atmospec.calib.registry import CalibrationRegistry
+    from atmospec.night.index import NightIndex
+    from atmospec.night.runner import NightRunConfig, run_night
+
+    run, _ = bot_run
+    shipped = Path(resources.files("atmospec.pipelines") / "night.yaml").read_text()
+    pipeline = tmp_path / "night.yaml"
+    pipeline.write_text(shipped.replace("min_frames: {bias: 3,", "min_frames: {bias: 1,"))
+    repo = tmp_path / "repo"
+    result = run_night(run.run_dir, repo, NightRunConfig(workers=1, plots=False,
+                                                         progress=False,
+                                                         pipeline=str(pipeline)))
+    raws = NightIndex(repo, create=False).raws()
+    assert len(raws) == 3 * len(RUN.detectors)  # a bias and a flat pair per detector
+    assert {r.info.detector for r in raws} == set(RUN.detectors)
+    assert len({r.info.obs_id for r in raws}) == len(raws)
+    built = {p.path.name: p.status for p in result.calibrations}
+    assert set(built) == {"bias_R22_S11.fits", "bias_R10_S11.fits"}, built
+    registry = CalibrationRegistry(repo, create=False)
+    assert registry.instrument == "LSSTCam"
+    for detector in RUN.detectors:
+        (record,) = registry.list("bias", detector)
+        assert record.detector == detector
+        with fits.open(record.absolute_path) as hdul:
+            assert hdul[0].header["DETECTOR"] == detector
+            assert hdul[0].header["DETSER"] == load_camera("LSSTCam", detector).detector_serial

@@ -27,6 +27,7 @@ filled with a night's tables; so is an index path that is not a regular file (ex
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -52,6 +53,42 @@ log = logging.getLogger(__name__)
 
 #: File names the indexer looks at in a night directory.
 RAW_PATTERNS = ("*.fits", "*.fits.gz", "*.fits.fz", "*.fz")
+
+#: Folder levels below the night's directory searched for raws (a BOT run has 1, a
+#: Butler-style tree 3 or 4): a bound, so a deep tree cannot make indexing endless.
+MAX_DEPTH = 6
+
+
+def raw_files(raw_dir: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
+    """The files of ``raw_dir`` and its sub-folders whose names match `RAW_PATTERNS`.
+
+    Links to folders are not followed (a loop cannot be walked twice; links to files are
+    listed, and `_examine` resolves them), folders named like a raw are listed (to be
+    refused as folders) but not walked into, hidden folders (``.git``, ``.cache``) and the
+    folders of ``skip`` (the repository, when it sits in the raw folder: its post-ISR
+    images are not raws) are left out, and the walk stops `MAX_DEPTH` levels down.
+
+    Returns
+    -------
+    list of pathlib.Path
+        Absolute paths, sorted.
+    """
+    root = raw_dir.absolute()
+    skipped = {p.absolute() for p in skip}
+    found: set[Path] = set()
+    def is_raw_name(name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pat) for pat in RAW_PATTERNS)
+
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        # A folder named like a raw is listed (and refused as a folder by `_examine`), not
+        # walked into.
+        found.update(here / name for name in (*files, *dirs) if is_raw_name(name))
+        depth = len(here.relative_to(root).parts)
+        dirs[:] = [] if depth >= MAX_DEPTH else sorted(
+            d for d in dirs if not d.startswith(".") and not is_raw_name(d)
+            and here / d not in skipped)
+    return sorted(found)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS raws (
@@ -395,7 +432,13 @@ class NightIndex:
     # -- raws ---------------------------------------------------------------------------
 
     def index_directory(self, raw_dir: str | Path, *, progress: bool = True) -> dict[str, int]:
-        """Index every raw file of a directory (not recursive); unchanged files are skipped.
+        """Index every raw file of a directory and its sub-folders; unchanged files are
+        skipped.
+
+        Real data is laid out in folders: a BOT acquisition has one folder per exposure
+        (``flat_…_flat0_007/MC_C_…_R22_S11.fits``), a Butler-style tree one per day. The walk
+        (`raw_files`) does not follow links to folders, skips hidden folders and the
+        repository itself, and goes `MAX_DEPTH` levels deep at most.
 
         Parameters
         ----------
@@ -419,7 +462,7 @@ class NightIndex:
         raw_dir = Path(raw_dir)
         if not raw_dir.is_dir():
             raise BadInputError(raw_dir, "not a directory")
-        entries = sorted({p for pat in RAW_PATTERNS for p in raw_dir.absolute().glob(pat)})
+        entries = raw_files(raw_dir, skip=(self.repo,))
         counts = {"added": 0, "unchanged": 0, "rejected": self._forget_vanished()}
         known = self._known()
         seen: set[Path] = set()

@@ -29,6 +29,7 @@ from atmospec.errors import BadInputError
 
 __all__ = [
     "check_detector",
+    "clean_meta_value",
     "detector_cards",
     "detector_meta",
     "instrument_detectors",
@@ -133,7 +134,7 @@ def product_detector(meta: Mapping[str, Any], instrument: str,
         an instrument without a camera description.
     """
     table = instrument_detectors(instrument, source)
-    value = _clean(meta.get("DETECTOR"))
+    value = clean_meta_value(meta.get("DETECTOR"))
     if value is None:
         if len(table) == 1:
             return next(iter(table))
@@ -149,7 +150,7 @@ def product_detector(meta: Mapping[str, Any], instrument: str,
         if name not in table:
             raise BadInputError(source, f"DETECTOR {name!r} is not a detector of {instrument} "
                                         "(raft and slot such as R22_S11)")
-    named = _clean(meta.get("DETECTOR_NAME"))
+    named = clean_meta_value(meta.get("DETECTOR_NAME"))
     if named is not None and str(named) != name:
         raise BadInputError(source, f"DETECTOR {value} is {name}, but DETECTOR_NAME says "
                                     f"{named}")
@@ -183,10 +184,10 @@ def check_detector(meta: Mapping[str, Any], camera: Camera, source: str | Path |
         One line naming the product: ``bias is for LSSTCam R22_S12, this frame is R22_S11``
         (another instrument: ``... this frame is LATISS RXX_S00``).
     """
-    written = _clean(meta.get("INSTRUME"))
+    written = clean_meta_value(meta.get("INSTRUME"))
     instrument = camera.name if written is None else str(written)
     if canonical_instrument(instrument) != canonical_instrument(camera.name):
-        detector = _clean(meta.get("DETECTOR"))
+        detector = clean_meta_value(meta.get("DETECTOR"))
         what_for = instrument if detector is None else f"{instrument} {detector}"
         raise BadInputError(source, f"{what} is for {what_for}, {target} is {camera.label}")
     detector = product_detector(meta, instrument, source)
@@ -195,7 +196,7 @@ def check_detector(meta: Mapping[str, Any], camera: Camera, source: str | Path |
                                     f"{camera.detector}")
 
 
-def _clean(value: Any) -> Any:
+def clean_meta_value(value: Any) -> Any:
     """None for a missing, undefined or blank metadata value; strings stripped."""
     if value is None or isinstance(value, fits.card.Undefined):
         return None

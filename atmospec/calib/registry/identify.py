@@ -22,7 +22,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from atmospec.calib.isr_inputs import MASTER_CLASSES
-from atmospec.calib.products.detector import product_detector
+from atmospec.calib.products.detector import clean_meta_value, product_detector
 from atmospec.calib.products.images import flat_configuration
 from atmospec.calib.products.integrity import check_product_file, check_regular_file
 from atmospec.calib.registry.times import to_utc_iso
@@ -97,15 +97,6 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"unknown calibration kind {kind!r} (known: {', '.join(KINDS)})")
 
 
-def _clean(value: Any) -> Any:
-    """None for a missing, undefined or blank metadata value; strings stripped."""
-    if value is None or isinstance(value, fits.card.Undefined):
-        return None
-    if isinstance(value, str):
-        return value.strip() or None
-    return value
-
-
 def read_metadata(path: Path) -> tuple[dict[str, Any], list[str] | None]:
     """Metadata of a product file, keys upper-cased, and its HDU names (None for ECSV).
 
@@ -163,11 +154,11 @@ def _provenance(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Provenance found in product metadata: known keys, ``inputs``, ``config``."""
     out: dict[str, Any] = {}
     for key in _PROVENANCE_KEYS:
-        value = _clean(meta.get(key))
+        value = clean_meta_value(meta.get(key))
         if value is not None:
             out[key] = value
     inputs = sorted((int(match[1]), str(value)) for key, value in meta.items()
-                    if (match := _INPUT_KEY.match(key)) and _clean(value) is not None)
+                    if (match := _INPUT_KEY.match(key)) and clean_meta_value(value) is not None)
     if inputs:
         out["inputs"] = [name for _, name in inputs]
     config = "".join(h[len(_CONFIG_HISTORY):] for h in meta.get("HISTORY", [])
@@ -209,7 +200,7 @@ def identify(path: Path, registry_instrument: str) -> Identity:
     kind = _kind(path, meta, hdu_names)
     instrument = _instrument(path, meta, registry_instrument)
     # As written (``LSSTCam``), for the messages; the detector table is looked up by alias.
-    detector = product_detector(meta, str(_clean(meta["INSTRUME"])), path)
+    detector = product_detector(meta, str(clean_meta_value(meta["INSTRUME"])), path)
     physical_filter = disperser = None
     if kind in FILTER_KINDS:
         physical_filter, disperser = _physical_filter(path, meta, kind)
@@ -247,7 +238,7 @@ def check_contents(path: Path, kind: str) -> None:
 
 def _kind(path: Path, meta: Mapping[str, Any], hdu_names: list[str] | None) -> str:
     """The product kind from ``OBSTYPE``, checked against the file's form."""
-    obstype = _clean(meta.get("OBSTYPE"))
+    obstype = clean_meta_value(meta.get("OBSTYPE"))
     if obstype is None:
         raise BadInputError(path, "cannot identify the product: no OBSTYPE in its metadata")
     kind = str(obstype).lower()
@@ -263,7 +254,7 @@ def _kind(path: Path, meta: Mapping[str, Any], hdu_names: list[str] | None) -> s
 
 def _instrument(path: Path, meta: Mapping[str, Any], registry_instrument: str) -> str:
     """The canonical instrument of ``INSTRUME``, which must be the registry's."""
-    instrument_value = _clean(meta.get("INSTRUME"))
+    instrument_value = clean_meta_value(meta.get("INSTRUME"))
     if instrument_value is None:
         raise BadInputError(path, "cannot identify the product: no INSTRUME in its metadata")
     instrument = canonical_instrument(str(instrument_value))
@@ -283,7 +274,7 @@ def _physical_filter(path: Path, meta: Mapping[str, Any], kind: str) -> tuple[st
 
 def _calib_date(path: Path, meta: Mapping[str, Any]) -> str | None:
     """``CALIBDATE`` as UTC ISO; None when absent."""
-    calib_date_value = _clean(meta.get("CALIBDATE"))
+    calib_date_value = clean_meta_value(meta.get("CALIBDATE"))
     if calib_date_value is None:
         return None
     try:
