@@ -30,6 +30,7 @@ from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import read_raw
 from atmospec.camera.translator import translate_header
 from atmospec.cli import main
+from atmospec.errors import BadInputError
 from atmospec.isr.driver import IsrConfig, run_isr
 from atmospec.isr.overscan import OverscanConfig, parallel_overscan_rows, serial_overscan_columns
 from atmospec.sim.bot import (
@@ -519,3 +520,27 @@ def test_night_over_a_bot_acquisition_builds_one_master_per_detector(bot_run, tm
         with fits.open(record.absolute_path) as hdul:
             assert hdul[0].header["DETECTOR"] == detector
             assert hdul[0].header["DETSER"] == load_camera("LSSTCam", detector).detector_serial
+
+
+def test_master_flat_reads_its_bias_against_the_raws_detector(bot_run, tmp_path):
+    """A flat of LSSTCam R22_S11 is built with R22_S11's bias; R10_S11's bias (an ITL
+    detector: another shape too) is refused in one line naming it, before any work."""
+    from atmospec.calib.files import build_master_file
+    from atmospec.calib.masters import FlatConfig, MasterConfig
+
+    run, _ = bot_run
+    biases, flats = {}, {}
+    for detector in RUN.detectors:
+        biases[detector] = build_master_file(
+            "bias", sorted(run.run_dir.glob(f"bias_bias_*/*_{detector}.fits")),
+            tmp_path / f"bias_{detector}.fits", config=MasterConfig(min_inputs=1))
+        flats[detector] = sorted(run.run_dir.glob(f"flat_*/*_{detector}.fits"))
+    out = build_master_file("flat", flats["R22_S11"], tmp_path / "flat.fits",
+                            bias=biases["R22_S11"], config=FlatConfig(min_inputs=2))
+    with fits.open(out) as hdul:
+        assert hdul[0].header["DETECTOR"] == "R22_S11"
+        assert hdul["IMAGE"].data.shape == (4004, 4096)
+    with pytest.raises(BadInputError, match=r"bias is for LSSTCam R10_S11"):
+        build_master_file("flat", flats["R22_S11"], tmp_path / "flat2.fits",
+                          bias=biases["R10_S11"], config=FlatConfig(min_inputs=2))
+    assert not (tmp_path / "flat2.fits").exists()

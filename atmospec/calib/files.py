@@ -16,7 +16,7 @@ from pathlib import Path
 
 from atmospec.calib.defects import FindDefectsConfig, build_defects
 from atmospec.calib.linearity import LinearityConfig, build_linearizer
-from atmospec.calib.masters import MasterConfig, build_bias, build_dark, build_flat
+from atmospec.calib.masters import MasterConfig, build_bias, build_dark, build_flat, inputs_camera
 from atmospec.calib.products import Bias, Crosstalk, Dark, Defects, Flat, Linearizer, Ptc
 from atmospec.calib.ptc import PtcConfig, build_ptc
 from atmospec.calib.verification import VerificationReport
@@ -104,7 +104,13 @@ def build_master_file(kind: str, raws: Sequence[str | Path], out: str | Path, *,
         is written).
     """
     out = Path(out)
-    camera = load_camera("latiss")
+    try:
+        # The products are read against the raws' detector (a bias of another is refused).
+        camera = inputs_camera(kind, raws, config)
+    except BadInputError as exc:
+        if exc.path is not None:
+            raise
+        raise BadInputError(out, f"{exc.problem}; not written") from None
     gains = Ptc.read(ptc, camera) if ptc else None
     master_bias = Bias.read(bias, camera, load_variance=False) if bias else None
     master_dark = Dark.read(dark, camera, load_variance=False) if dark else None

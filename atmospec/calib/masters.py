@@ -404,15 +404,38 @@ def _require_count(kind: str, usable: Sequence[_Input], issues: list[tuple[Path,
 # --------------------------------------------------------------------------- building
 
 
+def inputs_camera(kind: str, raws: Sequence[str | Path],
+                  config: MasterConfig | None = None) -> Camera:
+    """The detector a master of ``kind`` built from ``raws`` is for, from their headers.
+
+    The detector of most usable inputs (`_check_inputs`): the products a build needs
+    (bias, dark, PTC) are read against it before the build starts.
+
+    Raises
+    ------
+    BadInputError
+        As the build would: bad inputs (unless ``config.skip_bad``), too few usable ones, a
+        detector atmospec cannot reduce.
+    """
+    config = config or MasterConfig()
+    usable, issues = _check_inputs(kind, raws, config)
+    _require_count(kind, usable, issues, config)
+    return _input_camera(usable)
+
+
+def _input_camera(usable: Sequence[_Input]) -> Camera:
+    try:
+        return load_camera(usable[0].info.instrument, usable[0].info.detector)
+    except BadInputError as exc:
+        raise BadInputError(usable[0].path, exc.problem) from None
+
+
 def _build(kind: str, raws: Sequence[str | Path], config: MasterConfig, *,
            bias: Bias | None = None, dark: Dark | None = None, ptc: Ptc | None = None,
            crosstalk: Crosstalk | None = None, workdir: str | Path | None = None) -> Built:
     usable, issues = _check_inputs(kind, raws, config)
     _require_count(kind, usable, issues, config)
-    try:
-        camera = load_camera(usable[0].info.instrument, usable[0].info.detector)
-    except BadInputError as exc:
-        raise BadInputError(usable[0].path, exc.problem) from None
+    camera = _input_camera(usable)
 
     matrix = (crosstalk or Crosstalk.default(camera)).matrix(camera.n_amps)
     calibs = IsrCalibrations(gains=ptc.gains(camera) if ptc else nominal_gains(camera),

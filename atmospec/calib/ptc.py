@@ -46,7 +46,7 @@ from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import PTC_COLUMNS, Ptc
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
-from atmospec.camera.raw import RawFrame, read_raw
+from atmospec.camera.raw import RawFrame, camera_of, read_raw
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, ProcessingError
 from atmospec.io import provenance_cards
@@ -606,12 +606,26 @@ def _scan(path: Path, camera: Camera) -> _Flat:
     info = translate_header(header, filename=str(path))
     if info.instrument.lower() != camera.name.lower():
         raise BadInputError(path, f"instrument {info.instrument} is not {camera.name}")
+    if info.detector is not None and info.detector != camera.detector:
+        raise BadInputError(path, f"detector {info.detector}, the PTC is for {camera.label}")
     if info.image_type != "flat":
         raise BadInputError(path, f"IMGTYPE is {info.image_type!r}, not a flat: a PTC "
                                   "needs flat pairs")
     if info.exposure_time is None or not info.exposure_time > 0:
         raise BadInputError(path, f"flat has no positive EXPTIME ({info.exposure_time})")
     return _Flat(path, info)
+
+
+def _inputs_camera(paths: Sequence[Path], skip_bad: bool) -> Camera:
+    """The detector of the first usable input: the PTC's (inputs of another are refused)."""
+    for path in paths:
+        try:
+            return camera_of(path)
+        except BadInputError as exc:
+            if not skip_bad:
+                raise
+            log.warning("skipping %s", exc)
+    raise BadInputError(None, "PTC: no usable raw flat")
 
 
 def pair_flats(raws: Iterable[str | Path], camera: Camera | None = None,
@@ -624,7 +638,7 @@ def pair_flats(raws: Iterable[str | Path], camera: Camera | None = None,
     raws : iterable of path
         Raw flat files.
     camera : Camera, optional
-        Expected camera; LATISS by default.
+        Expected detector; by default that of the first usable input's header.
     config : PtcConfig, optional
         Exposure-time tolerance and the minimum number of pairs.
     skip_bad : bool
@@ -641,9 +655,9 @@ def pair_flats(raws: Iterable[str | Path], camera: Camera | None = None,
     BadInputError
         Naming the offending file; or when fewer than ``min_pairs`` pairs remain.
     """
-    camera = camera or load_camera("latiss")
     config = config or PtcConfig()
     paths = [Path(p) for p in raws]
+    camera = camera or _inputs_camera(paths, skip_bad)
     flats: list[_Flat] = []
     for path in paths:
         try:
@@ -698,7 +712,7 @@ def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
     config : PtcConfig, optional
         Measurement and fit settings.
     camera : Camera, optional
-        Expected camera; LATISS by default.
+        Expected detector; by default that of the first usable input's header.
     skip_bad : bool
         Log and leave out unusable files (and the pair of an unreadable one) instead of
         raising.
@@ -718,9 +732,9 @@ def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
     BadInputError
         An unusable input (named), or too few pairs.
     """
-    camera = camera or load_camera("latiss")
     config = config or PtcConfig()
     paths = [Path(p) for p in raws]
+    camera = camera or _inputs_camera(paths, skip_bad)
     pairs = pair_flats(paths, camera, config, skip_bad=skip_bad)
     calibs = ptc_calibrations(camera, config)
     stats: list[PairStats] = []

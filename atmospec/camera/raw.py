@@ -258,6 +258,25 @@ def check_sensor(path: Path, header: fits.Header, info: ObservationInfo,
                  camera.detector_serial, camera.label)
 
 
+def camera_of(path: str | Path) -> Camera:
+    """The (unbinned) description of the detector that took a raw, from its headers.
+
+    For builders given raws without a camera (a PTC, a defect search): the instrument and
+    detector of the file's header, checked as `check_raw_structure` checks them.
+
+    Raises
+    ------
+    BadInputError
+        As `read_raw`, naming the file.
+    """
+    path = Path(path)
+    try:
+        return check_raw_structure(path).camera.unbinned
+    except OSError as exc:
+        raise BadInputError(path, f"cannot be read ({exc.strerror or short_error(exc)})"
+                            ) from None
+
+
 def _check_integer_pixels(path: Path, extname: str, key: str, bitpix: int) -> None:
     """Refuse an amplifier HDU whose pixel type is a float.
 
