@@ -46,7 +46,7 @@ from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import PTC_COLUMNS, Ptc
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
-from atmospec.camera.raw import RawFrame, camera_of, read_raw
+from atmospec.camera.raw import RawFrame, camera_for, read_raw
 from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError, ProcessingError
 from atmospec.io import provenance_cards
@@ -593,8 +593,8 @@ class _Flat:
     """Its translated header."""
 
 
-def _scan(path: Path, camera: Camera) -> _Flat:
-    """Header checks of one input (cheap: the pixels are read later, pair by pair)."""
+def _scan_header(path: Path) -> tuple[fits.Header, ObservationInfo]:
+    """The primary header of one input and its translation."""
     if not path.is_file():
         raise BadInputError(path, "no such file")
     try:
@@ -603,7 +603,12 @@ def _scan(path: Path, camera: Camera) -> _Flat:
             header = fits.getheader(path, 0)
     except Exception as exc:  # astropy raises many types for damaged files
         raise BadInputError(path, f"not a readable FITS file ({type(exc).__name__})") from None
-    info = translate_header(header, filename=str(path))
+    return header, translate_header(header, filename=str(path))
+
+
+def _scan(path: Path, camera: Camera) -> _Flat:
+    """Header checks of one input (cheap: the pixels are read later, pair by pair)."""
+    _, info = _scan_header(path)
     if info.instrument.lower() != camera.name.lower():
         raise BadInputError(path, f"instrument {info.instrument} is not {camera.name}")
     if info.detector is not None and info.detector != camera.detector:
@@ -620,7 +625,7 @@ def _inputs_camera(paths: Sequence[Path], skip_bad: bool) -> Camera:
     """The detector of the first usable input: the PTC's (inputs of another are refused)."""
     for path in paths:
         try:
-            return camera_of(path)
+            return camera_for(_scan_header(path)[1], path)
         except BadInputError as exc:
             if not skip_bad:
                 raise

@@ -154,29 +154,14 @@ class _AmpFinder:
 
     def _primary(self, hdu: HduLayout) -> None:
         info = translate_header(hdu.header, filename=str(self.path))
-        if self.camera is None:
-            try:
-                self.camera = load_camera(info.instrument, info.detector)
-            except BadInputError as exc:
-                raise BadInputError(self.path, exc.problem) from None
-        elif info.instrument.lower() != self.camera.name.lower():
-            raise BadInputError(self.path, f"instrument {info.instrument} is not "
-                                           f"{self.camera.name}")
-        elif info.detector is not None and info.detector != self.camera.detector:
-            raise BadInputError(self.path, f"detector {info.detector} is not "
-                                           f"{self.camera.label}")
-        if info.vendor and self.camera.vendor and info.vendor.upper() != self.camera.vendor:
-            # Logged, not warned: every frame of such a run says it (9 per exposure).
-            log.info("%s: CCD_MANU %s in %s, whose table has an %s CCD (%s): reduced with the "
-                     "%s geometry and the slot's nominal values", self.path, info.vendor,
-                     self.camera.label, self.camera.vendor, self.camera.detector_serial,
-                     info.vendor)
-            try:
-                camera = with_vendor(self.camera.unbinned, info.vendor)
-            except BadInputError as exc:
-                raise BadInputError(self.path, exc.problem) from None
-            self.camera = replace(camera, detector_serial=info.detector_serial
-                                  or camera.detector_serial)
+        if self.camera is not None:
+            if info.instrument.lower() != self.camera.name.lower():
+                raise BadInputError(self.path, f"instrument {info.instrument} is not "
+                                               f"{self.camera.name}")
+            if info.detector is not None and info.detector != self.camera.detector:
+                raise BadInputError(self.path, f"detector {info.detector} is not "
+                                               f"{self.camera.label}")
+        self.camera = camera_for(info, self.path, self.camera)
         check_sensor(self.path, hdu.header, info, self.camera)
         self.info = info
         # The one place deciding the segment shape: the camera at the header's BINX/BINY.
@@ -258,23 +243,34 @@ def check_sensor(path: Path, header: fits.Header, info: ObservationInfo,
                  camera.detector_serial, camera.label)
 
 
-def camera_of(path: str | Path) -> Camera:
-    """The (unbinned) description of the detector that took a raw, from its headers.
+def camera_for(info: ObservationInfo, path: str | Path, camera: Camera | None = None
+               ) -> Camera:
+    """The (unbinned) description a frame is read with, from its translated header.
 
-    For builders given raws without a camera (a PTC, a defect search): the instrument and
-    detector of the file's header, checked as `check_raw_structure` checks them.
+    The detector of the header (``camera`` when given: a caller's expected detector), with
+    the geometry of the header's vendor (`with_vendor`: the 2019 engineering rafts held ITL
+    CCDs in bays the focal plane fills with e2v ones; such a frame keeps its detector, its
+    products and the slot's nominal values, and is logged).
 
     Raises
     ------
     BadInputError
-        As `read_raw`, naming the file.
+        Naming ``path``: an instrument or detector without a description, a sensor atmospec
+        does not reduce, an unknown vendor.
     """
-    path = Path(path)
     try:
-        return check_raw_structure(path).camera.unbinned
-    except OSError as exc:
-        raise BadInputError(path, f"cannot be read ({exc.strerror or short_error(exc)})"
-                            ) from None
+        camera = (camera or load_camera(info.instrument, info.detector)).unbinned
+        if info.vendor and camera.vendor and info.vendor.upper() != camera.vendor:
+            # Logged, not warned: every frame of such a run says it (9 per exposure).
+            log.info("%s: CCD_MANU %s in %s, whose table has an %s CCD (%s): reduced with the "
+                     "%s geometry and the slot's nominal values", path, info.vendor,
+                     camera.label, camera.vendor, camera.detector_serial, info.vendor)
+            swapped = with_vendor(camera, info.vendor)
+            camera = replace(swapped, detector_serial=info.detector_serial
+                             or swapped.detector_serial)
+    except BadInputError as exc:
+        raise BadInputError(path, exc.problem) from None
+    return camera
 
 
 def _check_integer_pixels(path: Path, extname: str, key: str, bitpix: int) -> None:
