@@ -387,6 +387,8 @@ class _Instrument:
     saturation_adu: float
     suspect_adu: float
     detectors: dict[str, DetectorEntry]
+    shipped: Mapping[str, Mapping[str, str]]
+    """Detector → product kind → file in ``data/`` (``shipped_products``)."""
 
 
 def _data_file(name: str):
@@ -423,7 +425,7 @@ def _load_instrument(name: str) -> _Instrument:
         plate_scale=math.nan if plate_scale is None else float(plate_scale),
         saturation_adu=float(doc["saturation_adu"]),
         suspect_adu=math.inf if suspect is None else float(suspect),
-        detectors=detectors)
+        detectors=detectors, shipped=doc.get("shipped_products") or {})
 
 
 def shipped_product(camera: Camera, kind: str) -> Path | None:
@@ -440,8 +442,7 @@ def shipped_product(camera: Camera, kind: str) -> Path | None:
     kind : str
         ``crosstalk`` or ``defects``.
     """
-    doc = yaml.safe_load(_data_file(f"{camera.name.lower()}.yaml").read_text())
-    shipped = (doc.get("shipped_products") or {}).get(camera.detector, {})
+    shipped = _load_instrument(camera.name.lower()).shipped.get(camera.detector, {})
     name = shipped.get(kind)
     return None if name is None else Path(str(resources.files("atmospec.data") / name))
 

@@ -379,12 +379,11 @@ def _ptc_then(harm: Damage) -> Callable[[Path], Path]:
 
 def _defects(text_edit: Callable[[str], str]) -> Callable[[Path], Path]:
     """The shipped LATISS defects list, its ECSV text edited."""
-    from importlib import resources
 
-    from atmospec.calib.products.defects import SHIPPED_FILE
+    from atmospec.camera.description import load_camera, shipped_product
 
     def build(path: Path) -> Path:
-        text = (resources.files("atmospec.data") / SHIPPED_FILE).read_text()
+        text = shipped_product(load_camera("latiss"), "defects").read_text()
         path.write_text(text_edit(text))
         return path
 

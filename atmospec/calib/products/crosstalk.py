@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,12 @@ from astropy.table import Table
 
 from atmospec.calib.products._tables import ecsv_text, read_table
 from atmospec.calib.products.detector import check_detector
-from atmospec.camera.description import Camera, shipped_product
+from atmospec.camera.description import Camera, load_camera, shipped_product
 from atmospec.errors import BadInputError
 from atmospec.io import write_text_atomic
 from atmospec.isr.crosstalk import CrosstalkMatrix
 
 Card = tuple[str, Any, str]
-
-#: The matrix shipped for LATISS (ITL-3800C-068, DM-37819).
-SHIPPED_FILE = "latiss_crosstalk.ecsv"
 
 
 @dataclass(frozen=True)
@@ -50,13 +46,12 @@ class Crosstalk:
         Parameters
         ----------
         path : path, optional
-            The file; ``None``: the matrix shipped for LATISS.
+            The file; ``None``: the matrix shipped for LATISS (`shipped_product`; the
+            default of any detector is `default`).
         n_amps : int
             Expected number of amplifiers.
         camera : Camera, optional
-            The detector it is to serve; a file given must be for it (the shipped matrix is
-            not checked: it is used whatever the camera, as before products named their
-            detector).
+            The detector it is to serve; a file given must be for it.
 
         Raises
         ------
@@ -65,7 +60,8 @@ class Crosstalk:
             another instrument or detector than ``camera``'s.
         """
         if path is None:
-            path, camera = Path(str(resources.files("atmospec.data") / SHIPPED_FILE)), None
+            latiss = load_camera("latiss")
+            path, camera = shipped_product(latiss, "crosstalk"), camera or latiss
         return cls.checked(read_table(path, "crosstalk", "ascii.ecsv"), str(path), n_amps,
                            camera=camera)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,11 @@ from astropy.table import Table
 
 from atmospec.calib.products._tables import ecsv_text, read_table, require_columns
 from atmospec.calib.products.detector import check_detector
-from atmospec.camera.description import Camera, shipped_product
+from atmospec.camera.description import Camera, load_camera, shipped_product
 from atmospec.io import write_text_atomic
 from atmospec.isr.defects import defect_mask
 
 Card = tuple[str, Any, str]
-
-#: The defects list shipped for LATISS (obs_lsst_data: one bad-amp box).
-SHIPPED_FILE = "latiss_defects.ecsv"
 
 _COLUMNS = ("x0", "y0", "width", "height")
 
@@ -46,11 +42,10 @@ class Defects:
         Parameters
         ----------
         path : path, optional
-            The file; ``None``: the list shipped for LATISS.
+            The file; ``None``: the list shipped for LATISS (`shipped_product`; the
+            default of any detector is `default`).
         camera : Camera, optional
-            The detector it is to serve; a file given must be for it (the shipped list is
-            not checked: it is used whatever the camera, as before products named their
-            detector).
+            The detector it is to serve; a file given must be for it.
 
         Raises
         ------
@@ -59,7 +54,8 @@ class Defects:
             detector than ``camera``'s.
         """
         if path is None:
-            path, camera = Path(str(resources.files("atmospec.data") / SHIPPED_FILE)), None
+            latiss = load_camera("latiss")
+            path, camera = shipped_product(latiss, "defects"), camera or latiss
         path = Path(path)
         table = read_table(path, "defects", "ascii.ecsv" if path.suffix == ".ecsv" else None)
         return cls.checked(table, str(path), camera=camera)
