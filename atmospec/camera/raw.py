@@ -213,21 +213,18 @@ def check_sensor(path: Path, header: fits.Header, info: ObservationInfo,
     """Refuse a raw whose header describes another sensor than the geometry it is read with.
 
     The vendor (``CCD_MANU``) decides the amplifier geometry (an e2v segment has 10 prescan
-    columns and 2002 rows of data, an ITL one 3 and 2000), and ``camera`` has the header
-    vendor's geometry (`with_vendor`, for the engineering rafts of 2019 whose CCDs were
-    later replaced). A ``DETSIZE`` other than that sensor's assembled size means the header
-    contradicts itself (vendor and geometry disagree), and reducing the file with either
-    geometry would be wrong without a word. A different CCD serial (``LSST_NUM``) is only
-    logged: the nominal values and products follow the detector (raft and slot).
+    columns and 2002 rows of data, an ITL one 3 and 2000), and ``camera`` already has the
+    header vendor's geometry (`camera_for`). A ``DETSIZE`` other than that sensor's
+    assembled size means the header contradicts itself (vendor and geometry disagree),
+    and reducing the file with either geometry would be wrong without a word. A different
+    CCD serial (``LSST_NUM``) is only logged: the nominal values and products follow the
+    detector (raft and slot).
 
     Raises
     ------
     BadInputError
         Naming the file, the header's value and the detector's.
     """
-    if info.vendor and camera.vendor and info.vendor.upper() != camera.vendor.upper():
-        raise BadInputError(path, f"CCD_MANU = {info.vendor!r} but {camera.label} is read "
-                                  f"as an {camera.vendor} sensor")
     detsize = header.get("DETSIZE")
     if isinstance(detsize, str) and detsize.strip():
         match = _DETSIZE.match(detsize.strip())
