@@ -12,7 +12,8 @@ from astropy.io import fits
 
 from atmospec.errors import BadInputError
 from atmospec.isr.driver import IsrConfig
-from atmospec.night.index import NightIndex, check_raw_file
+from atmospec.cli import main
+from atmospec.night.index import NightIndex, check_raw_file, raw_files
 from atmospec.night.pipeline import load_pipeline, with_overrides
 from atmospec.sim.night import NightConfig, night_plan, write_damaged_files
 from atmospec.sim.rawfile import primary_header, write_raw
@@ -51,6 +52,44 @@ def test_index_accepts_raws_and_rejects_damaged_files(night_dir, tmp_path):
     # A second pass reads nothing again.
     assert index.index_directory(night_dir, progress=False) == {
         "added": 0, "unchanged": len(plan) + 4, "rejected": 0}
+
+
+def test_nested_folders_and_patterns(night_dir, tmp_path):
+    """Raws in a Butler-style tree (instrument/raw/day_obs/exposure/file) are all found; a
+    --pattern of the file name or of the path below the folder chooses among them."""
+    plan = night_plan(NIGHT)
+    tree = tmp_path / "tree"
+    for p in plan:
+        folder = tree / "LATISS" / "raw" / str(NIGHT.day_obs) / p.obs_id
+        folder.mkdir(parents=True)
+        os.link(night_dir / f"{p.obs_id}.fits", folder / f"{p.obs_id}.fits")
+    (tree / "LATISS" / "README.txt").write_text("not a raw\n")
+    index = NightIndex(tmp_path / "repo")
+    assert index.index_directory(tree, progress=False) == {
+        "added": len(plan), "unchanged": 0, "rejected": 0}
+    assert sorted(r.obs_id for r in index.raws()) == sorted(p.obs_id for p in plan)
+
+    first_two = tuple(f"{p.obs_id}.fits" for p in plan[:2])
+    assert [p.name for p in raw_files(tree, patterns=first_two)] == list(first_two)
+    by_path = raw_files(tree, patterns=(f"LATISS/raw/*/{plan[-1].obs_id}/*.fits",))
+    assert [p.name for p in by_path] == [f"{plan[-1].obs_id}.fits"]
+
+
+def test_night_on_a_folder_without_raws_is_refused(tmp_path, capsys):
+    """No file matches: one line naming the folder and the patterns, exit 2, and nothing is
+    written in the repository (it used to say "0 exposures" and write an empty report)."""
+    raw = tmp_path / "raw" / "20250301"
+    raw.mkdir(parents=True)
+    (raw / "log.txt").write_text("nothing here\n")
+    repo = tmp_path / "repo"
+    assert main(["night", str(tmp_path / "raw"), "--repo", str(repo)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"atmospec: {tmp_path / 'raw'}: no raw file: nothing matches *.fits, "
+                   "*.fits.gz, *.fits.fz, *.fz in it or its sub-folders (6 levels down)"]
+    assert not repo.exists()
+    assert main(["night", str(tmp_path / "raw"), "--repo", str(repo), "--pattern",
+                 "*.txt", "--no-plots"]) == 0
+    assert "log.txt" in capsys.readouterr().out  # found, and skipped as not FITS
 
 
 def test_index_queries(night_dir, tmp_path):

@@ -190,6 +190,29 @@ def test_missing_calibration_fails_the_exposures_with_a_recipe(night_raw_dir, tm
     assert set(summary["status"]) == {"failed"}
 
 
+def test_failed_calibration_build_fails_the_exposures_that_needed_it(night_raw_dir,
+                                                                      tmp_path, capsys):
+    """The night's dark cannot be built (its bias is not built: too few frames for the
+    pipeline's minimum). The dark is not required, yet the exposures that needed it fail
+    naming the failed build, and the night exits 1: never reduced without a word."""
+    pipeline = tmp_path / "night.yaml"
+    pipeline.write_text("calibrations:\n  build: [bias, dark]\n  require: []\n"
+                        "  min_frames: {bias: 10, dark: 2}\ntasks:\n  isr:\n"
+                        "    applies_to: [imaging, dispersed]\n"
+                        "    config: {steps: [overscan, gain, assemble]}\n")
+    repo = tmp_path / "repo"
+    status = main(["night", str(night_raw_dir), "--repo", str(repo), "--workers", "1",
+                   "--pipeline", str(pipeline), "--no-plots"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "calibration bias.fits: not built (" in out and "fewer than 10" in out
+    assert "calibration dark.fits: failed (no bias for its frames)" in out
+    n_science = NIGHT.n_science + NIGHT.n_dispersed
+    assert f"{n_science} with a failure" in out
+    reasons = {o.reason for o in NightIndex(repo).tasks()}
+    assert reasons == {"calibration dark.fits failed to build (no bias for its frames)"}
+
+
 def test_night_usage_errors(capsys, tmp_path):
     assert main(["night", str(tmp_path), "--repo", str(tmp_path / "r"), "--executor",
                  "dask"]) == 2

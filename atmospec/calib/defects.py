@@ -372,15 +372,11 @@ def mask_to_boxes(*masks: np.ndarray) -> Table:
 
 
 def _calib_date(*products: Exposure | None) -> str:
-    """CALIBDATE of the product: the masters' date if they carry one, else now."""
-    for product in products:
-        if product is None:
-            continue
-        for key in ("CALIBDATE", "DATE-OBS", "DATE-BEG"):
-            value = product.metadata.get(key)
-            if value:
-                return str(value)[:19]
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    """CALIBDATE of the product: the earliest of the masters' (UTC, the start of their first
+    input), else now. Not DATE-OBS: a frame's DATE-OBS is TAI on Rubin's cameras."""
+    dates = [str(p.metadata.get("CALIBDATE")) for p in products
+             if p is not None and p.metadata.get("CALIBDATE")]
+    return min(dates) if dates else datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def find_defects(dark: Exposure | None = None, flat: Exposure | None = None,

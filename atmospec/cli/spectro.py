@@ -4,6 +4,7 @@ exposure and the atmosphere fitted on it."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.errors import BadInputError
+
+log = logging.getLogger("atmospec")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -131,8 +134,14 @@ def _pm(value: float | None, fmt: str) -> str:
 
 
 def _isr_in_memory(path: Path, repo: str | None):
-    """ISR of one raw file with the repository's products (or nominal gains), in memory."""
-    from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
+    """ISR of one raw file with the repository's products (or nominal gains), in memory;
+    a missing product is said in one warning."""
+    from atmospec.calib.isr_inputs import (
+        CalibrationFiles,
+        load_calibrations,
+        missing_products,
+        missing_products_message,
+    )
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import IsrConfig, run_isr
 
@@ -142,8 +151,12 @@ def _isr_in_memory(path: Path, repo: str | None):
         from atmospec.calib.registry import CalibrationRegistry
 
         files = CalibrationRegistry(repo, create=False).select_all(raw.info)
-    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera, exposure=raw.info)
-                   ).exposure
+    calibs = load_calibrations(files, raw.camera, exposure=raw.info)
+    config = IsrConfig()
+    missing = missing_products(calibs, config.steps)
+    if missing:
+        log.warning("atmospec extract: %s", missing_products_message(missing, repo))
+    return run_isr(raw, config, calibs).exposure
 
 
 def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:

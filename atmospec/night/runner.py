@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from atmospec.errors import BadInputError, short_error
 from atmospec.io import remove_stale_temporaries
 from atmospec.layout import exposure_dir, exposure_figure_dir, night_build_dir, report_dir
 from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
-from atmospec.night.index import NightIndex, RawRecord
+from atmospec.night.index import MAX_DEPTH, RAW_PATTERNS, NightIndex, RawRecord, iter_raw_files
 from atmospec.night.lock import night_lock
 from atmospec.night.pipeline import PipelineDefinition, load_pipeline
 from atmospec.night.summary import write_summary
@@ -69,6 +70,9 @@ class NightRunConfig:
     (`atmospec.report.build_report`) only lays them out; only with `plots`."""
     progress: bool = True
     """Progress bars on a terminal."""
+    patterns: tuple[str, ...] = RAW_PATTERNS
+    """Which files of the raw folder and its sub-folders are raws (`raw_files`: a pattern
+    with a ``/`` matches the path relative to the folder, any other the file name)."""
 
 
 @dataclass
@@ -112,7 +116,8 @@ def _raw_identity(record: RawRecord) -> dict[str, object]:
 
 
 def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: PipelineDefinition,
-              repo: Path, retry_failed: bool = True, figures_dir: Path | None = None
+              repo: Path, retry_failed: bool = True, figures_dir: Path | None = None,
+              failed_builds: Sequence[BuiltProduct] = ()
               ) -> tuple[list[ExposureJob], int]:
     """The jobs still to run, and how many exposures are already complete.
 
@@ -121,7 +126,8 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
     still exist; a task whose input task runs again runs again too. With ``figures_dir``
     (the report's directory) each job also draws its report figures. A raw that can no
     longer be read (deleted since it was indexed) is recorded as skipped
-    (`NightIndex.withdraw`) and planned no job.
+    (`NightIndex.withdraw`) and planned no job. An exposure that needed a product whose
+    build failed this run (``failed_builds``) fails saying so (`calibration_files`).
     """
     recorded = index.task_map()
     jobs: list[ExposureJob] = []
@@ -139,7 +145,7 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
             index.withdraw(record.path, exc)
             continue
         files, missing = calibration_files(registry, record.info,
-                                           pipeline.calibrations.require)
+                                           pipeline.calibrations.require, failed_builds)
         identity = {**raw, "calibs": vars(files), "missing": missing}
         hashes: dict[str, str] = {}
         specs: list[TaskSpec] = []
@@ -196,7 +202,7 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     config = config or NightRunConfig()
     t_start = time.perf_counter()
     repo = Path(repo)
-    _check_raw_folder(raw_dir)
+    _check_raw_folder(raw_dir, repo, config.patterns)
     pipeline = load_pipeline(config.pipeline)
     with night_lock(repo) as holder:
         log.info("night lock of %s taken (%s)", repo, holder.describe())
@@ -207,20 +213,27 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     return result
 
 
-def _check_raw_folder(raw_dir: str | Path) -> None:
-    """Refuse a raw folder that is not one before anything is created in the repository.
+def _check_raw_folder(raw_dir: str | Path, repo: Path,
+                      patterns: tuple[str, ...] = RAW_PATTERNS) -> None:
+    """Refuse a raw folder that is not one, or holds no raw, before anything is created in
+    the repository.
 
     The night lock and the index are files of the repository; made first, they would be
     left behind by a refused command (bad input writes nothing). `Path.is_dir` only stats
-    the path, so a FIFO is not opened (opening it would block).
+    the path, so a FIFO is not opened (opening it would block). A folder without any file
+    matching ``patterns`` (`iter_raw_files`, which stops at the first) is refused: "0
+    exposures" and an empty report said nothing of why.
 
     Raises
     ------
     BadInputError
-        ``raw_dir`` is missing (or a dangling link) or is not a directory.
+        ``raw_dir`` is missing (or a dangling link), is not a directory, or has no raw.
     """
     path = Path(raw_dir)
     if path.is_dir():
+        if next(iter_raw_files(path, (repo,), patterns), None) is None:
+            raise BadInputError(path, f"no raw file: nothing matches {', '.join(patterns)} "
+                                      f"in it or its sub-folders ({MAX_DEPTH} levels down)")
         return
     if path.is_symlink() and not path.exists():
         raise BadInputError(path, "not a directory (a symbolic link to nothing)")
@@ -240,7 +253,7 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
                 pipeline: PipelineDefinition) -> NightResult:
     """`run_night`'s work, once the night lock is held."""
     index = NightIndex(repo)
-    index.index_directory(raw_dir, progress=config.progress)
+    index.index_directory(raw_dir, progress=config.progress, patterns=config.patterns)
     registry = CalibrationRegistry(repo, instrument=_night_instrument(index), create=True)
     result = NightResult(rejected=index.rejected())
     with open_executor(config.workers, config.executor, config.scheduler) as executor:
@@ -253,7 +266,7 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
         # finishes: the report at the end only lays them out.
         figures = report_dir(repo) if config.plots and config.figures else None
         jobs, result.n_skipped = plan_jobs(index, registry, pipeline, repo,
-                                           config.retry_failed, figures)
+                                           config.retry_failed, figures, result.calibrations)
         result.rejected = index.rejected()  # with the raws planning found gone
         result.n_exposures = result.n_skipped + len(jobs)
         log.info("%d exposures: %d to run, %d already done", result.n_exposures, len(jobs),
