@@ -20,16 +20,23 @@ def _warnings(caplog) -> list[str]:
 
 
 def test_isr_without_products_warns_once(template_raw: Path, tmp_path: Path, caplog) -> None:
+    """Two frames, no product: one warning, naming what is missing."""
     second = make_template_raw(tmp_path / "AT_C_20180920_000066.fits", seed=1)
     with fits.open(second, mode="update") as hdul:
         hdul[0].header["OBSID"] = "AT_C_20180920_000066"
         hdul[0].header["SEQNUM"] = 66
-    status = main(["isr", str(template_raw), str(second), "--out", str(tmp_path / "out"),
-                   "--steps", "overscan,gain,assemble"])
+    status = main(["isr", str(template_raw), str(second), "--out", str(tmp_path / "out")])
     assert status == 0
-    # Steps asked without bias, dark and flat: only the gains are missing.
-    assert _warnings(caplog) == ["atmospec isr: no ptc (none given (--calibs REPO or --bias "
-                              "...)): nominal gains used; the result is not fully calibrated"]
+    assert _warnings(caplog) == ["atmospec isr: no bias, dark, flat, ptc (none given "
+                                 "(--calibs REPO or --bias ...)): the bias, dark, flat steps "
+                                 "skipped and nominal gains used; the result is not fully "
+                                 "calibrated"]
+    caplog.clear()
+    # Steps asked without bias, dark and flat: nothing is missing (nominal gains are said
+    # only with a missing image product).
+    status = main(["isr", str(template_raw), "--out", str(tmp_path / "out2"),
+                   "--steps", "overscan,gain,assemble"])
+    assert status == 0 and _warnings(caplog) == []
 
 
 def test_isr_with_an_empty_repository_names_it(template_raw: Path, tmp_path: Path,
@@ -49,3 +56,4 @@ def test_missing_products_follows_the_steps_asked() -> None:
     assert missing_products(calibs) == ("bias", "dark", "flat", "ptc")
     assert missing_products(calibs, ("overscan", "assemble")) == ()
     assert missing_products(calibs, ("overscan", "bias", "gain")) == ("bias", "ptc")
+    assert missing_products(calibs, ("overscan", "gain")) == ()

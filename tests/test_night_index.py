@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from atmospec.cli import main
 from atmospec.errors import BadInputError
 from atmospec.isr.driver import IsrConfig
-from atmospec.cli import main
 from atmospec.night.index import NightIndex, check_raw_file, raw_files
 from atmospec.night.pipeline import load_pipeline, with_overrides
 from atmospec.sim.night import NightConfig, night_plan, write_damaged_files
@@ -75,21 +75,24 @@ def test_nested_folders_and_patterns(night_dir, tmp_path):
     assert [p.name for p in by_path] == [f"{plan[-1].obs_id}.fits"]
 
 
-def test_night_on_a_folder_without_raws_is_refused(tmp_path, capsys):
-    """No file matches: one line naming the folder and the patterns, exit 2, and nothing is
-    written in the repository (it used to say "0 exposures" and write an empty report)."""
+def test_night_on_a_folder_without_raws_says_so(tmp_path, capsys):
+    """No file matches: the night says what it searched (it used to say only "0 exposures"
+    and write an empty report); --pattern finds what the defaults do not."""
     raw = tmp_path / "raw" / "20250301"
     raw.mkdir(parents=True)
     (raw / "log.txt").write_text("nothing here\n")
     repo = tmp_path / "repo"
-    assert main(["night", str(tmp_path / "raw"), "--repo", str(repo)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"atmospec: {tmp_path / 'raw'}: no raw file: nothing matches *.fits, "
-                   "*.fits.gz, *.fits.fz, *.fz in it or its sub-folders (6 levels down)"]
-    assert not repo.exists()
+    assert main(["night", str(tmp_path / "raw"), "--repo", str(repo), "--no-plots"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("0 exposures: 0 processed now, 0 already done, 0 with a failure")
+    assert out[1:2] == [f"no raw file in {tmp_path / 'raw'}: nothing matches *.fits, "
+                       "*.fits.gz, *.fits.fz, *.fz in it or its sub-folders (6 levels down; "
+                       "--pattern chooses the files)"]
     assert main(["night", str(tmp_path / "raw"), "--repo", str(repo), "--pattern",
                  "*.txt", "--no-plots"]) == 0
-    assert "log.txt" in capsys.readouterr().out  # found, and skipped as not FITS
+    out = capsys.readouterr().out
+    assert "no raw file" not in out
+    assert "skipped log.txt: not a readable FITS file" in out
 
 
 def test_index_queries(night_dir, tmp_path):

@@ -116,6 +116,8 @@ def night_report_text(result: NightResult) -> str:
     lines = [f"{result.n_exposures} exposures: {result.n_run} processed now, "
              f"{result.n_skipped} already done, {result.n_failed} with a failure "
              f"({result.wall_s:.0f} s)"]
+    if result.no_raw:
+        lines.append(result.no_raw)
     for product in result.calibrations:
         lines.append(f"calibration {product.path.name}: {product.status} ({product.detail})")
     for path, reason in result.rejected:

@@ -32,7 +32,7 @@ from atmospec.errors import BadInputError, short_error
 from atmospec.io import remove_stale_temporaries
 from atmospec.layout import exposure_dir, exposure_figure_dir, night_build_dir, report_dir
 from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
-from atmospec.night.index import MAX_DEPTH, RAW_PATTERNS, NightIndex, RawRecord, iter_raw_files
+from atmospec.night.index import MAX_DEPTH, RAW_PATTERNS, NightIndex, RawRecord
 from atmospec.night.lock import night_lock
 from atmospec.night.pipeline import PipelineDefinition, load_pipeline
 from atmospec.night.summary import write_summary
@@ -101,6 +101,9 @@ class NightResult:
     """Wall time of the calibration stage (selection and building), s."""
     exposures_s: float = 0.0
     """Wall time of the per-exposure stage, s."""
+    no_raw: str | None = None
+    """When the raw folder held no file the patterns match: what was searched (an empty
+    night is not an error, but "0 exposures" alone does not say why)."""
 
 
 def exposure_class(record: RawRecord) -> str | None:
@@ -202,7 +205,7 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     config = config or NightRunConfig()
     t_start = time.perf_counter()
     repo = Path(repo)
-    _check_raw_folder(raw_dir, repo, config.patterns)
+    _check_raw_folder(raw_dir)
     pipeline = load_pipeline(config.pipeline)
     with night_lock(repo) as holder:
         log.info("night lock of %s taken (%s)", repo, holder.describe())
@@ -213,27 +216,20 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     return result
 
 
-def _check_raw_folder(raw_dir: str | Path, repo: Path,
-                      patterns: tuple[str, ...] = RAW_PATTERNS) -> None:
-    """Refuse a raw folder that is not one, or holds no raw, before anything is created in
-    the repository.
+def _check_raw_folder(raw_dir: str | Path) -> None:
+    """Refuse a raw folder that is not one before anything is created in the repository.
 
     The night lock and the index are files of the repository; made first, they would be
     left behind by a refused command (bad input writes nothing). `Path.is_dir` only stats
-    the path, so a FIFO is not opened (opening it would block). A folder without any file
-    matching ``patterns`` (`iter_raw_files`, which stops at the first) is refused: "0
-    exposures" and an empty report said nothing of why.
+    the path, so a FIFO is not opened (opening it would block).
 
     Raises
     ------
     BadInputError
-        ``raw_dir`` is missing (or a dangling link), is not a directory, or has no raw.
+        ``raw_dir`` is missing (or a dangling link) or is not a directory.
     """
     path = Path(raw_dir)
     if path.is_dir():
-        if next(iter_raw_files(path, (repo,), patterns), None) is None:
-            raise BadInputError(path, f"no raw file: nothing matches {', '.join(patterns)} "
-                                      f"in it or its sub-folders ({MAX_DEPTH} levels down)")
         return
     if path.is_symlink() and not path.exists():
         raise BadInputError(path, "not a directory (a symbolic link to nothing)")
@@ -253,9 +249,14 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
                 pipeline: PipelineDefinition) -> NightResult:
     """`run_night`'s work, once the night lock is held."""
     index = NightIndex(repo)
-    index.index_directory(raw_dir, progress=config.progress, patterns=config.patterns)
+    counts = index.index_directory(raw_dir, progress=config.progress,
+                                   patterns=config.patterns)
     registry = CalibrationRegistry(repo, instrument=_night_instrument(index), create=True)
     result = NightResult(rejected=index.rejected())
+    if not any(counts.values()):
+        result.no_raw = (f"no raw file in {raw_dir}: nothing matches "
+                         f"{', '.join(config.patterns)} in it or its sub-folders "
+                         f"({MAX_DEPTH} levels down; --pattern chooses the files)")
     with open_executor(config.workers, config.executor, config.scheduler) as executor:
         t0 = time.perf_counter()
         result.calibrations = prepare_calibrations(index, registry, pipeline.calibrations,

@@ -42,6 +42,7 @@ from atmospec.spectro.extract import (
 from atmospec.spectro.forward_model import (
     ForwardModelConfig,
     ForwardModelResult,
+    ForwardModelTimeout,
     PsfTooWide,
     fit_forward_model,
 )
@@ -190,6 +191,9 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
             # flagged (at 3″ seeing its flux is ~20 % high: the wings fit as α → its clip).
             skipped = f"2D model not drawn: {str(exc).split(': ', 1)[-1]}"
             log.info("%s: %s; the 1D optimal extraction is kept", job.name, skipped)
+        except ForwardModelTimeout as exc:
+            skipped = f"2D model not drawn: {str(exc).split(': ', 1)[-1]}"
+            log.warning("%s: %s; the 1D optimal extraction is kept", job.name, skipped)
         clock.lap("forward_model")
         if model is not None:
             result, covariance = _with_forward_model(result, model)
@@ -208,6 +212,8 @@ def _flag_problems(header: fits.Header, model: ForwardModelResult | None,
     """``FITOK`` and ``FITPROBS``: the quality rule applied to the 2D forward model, or why
     it was not drawn (a spectrum asked of the 1D extraction alone has no fit that fails)."""
     problems: tuple[str, ...] = (skipped,) if skipped else ()
+    if skipped:
+        header["FFMSKIP"] = (skipped[:60], "why the 2D model is not used")
     if model is not None:
         problems = tuple(f"2D model: {p}" for p in fit_problems(
             {}, {}, {}, model.chi2_ndof, None, quality))
