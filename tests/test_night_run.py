@@ -27,6 +27,7 @@ from conftest import NIGHT
 from night_outputs import assert_same_outputs
 
 from atmospec.cli import main
+from atmospec.night.calibs import read_builds
 from atmospec.night.index import NightIndex
 from atmospec.night.runner import NightRunConfig, run_night
 
@@ -211,6 +212,9 @@ def test_failed_calibration_build_fails_the_exposures_that_needed_it(night_raw_d
     assert f"{n_science} with a failure" in out
     reasons = {o.reason for o in NightIndex(repo).tasks()}
     assert reasons == {"calibration dark.fits failed to build (no bias for its frames)"}
+    # Recorded for the report.
+    assert [(b["file"], b["status"]) for b in read_builds(repo)] == [
+        ("bias.fits", "not built"), ("dark.fits", "failed")]
 
 
 def test_night_usage_errors(capsys, tmp_path):

@@ -11,6 +11,7 @@ day 12:00 UTC) and certified when its verification passes.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from atmospec.calib.registry import CalibrationRegistry
 from atmospec.calib.verification import verification_name
 from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError, short_error
+from atmospec.io import write_text_atomic
+from atmospec.layout import CALIBRATION_BUILDS_FILE
 from atmospec.night.index import NightIndex, RawRecord
 from atmospec.night.pipeline import CalibrationPolicy
 
@@ -71,6 +74,28 @@ class BuiltProduct:
         flat, filter)."""
         return (info.detector == self.detector
                 and (self.kind != "flat" or info.filter == self.filter))
+
+
+def write_builds(products: Sequence[BuiltProduct], repo: Path) -> Path:
+    """Record what a night run built (`CALIBRATION_BUILDS_FILE`, JSON, atomic), for the
+    report: a failed or skipped build must be seen there, not only in the terminal."""
+    path = repo / CALIBRATION_BUILDS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"kind": p.kind, "detector": p.detector, "filter": p.filter, "file": p.path.name,
+             "status": p.status, "detail": p.detail} for p in products]
+    return write_text_atomic(json.dumps(rows, indent=1) + "\n", path)
+
+
+def read_builds(repo: Path) -> list[dict[str, str | None]]:
+    """The records `write_builds` wrote; empty when there are none or they are unreadable
+    (the report must not fail on them)."""
+    try:
+        rows = json.loads((repo / CALIBRATION_BUILDS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    keys = ("kind", "detector", "filter", "file", "status", "detail")
+    return [{k: (None if r.get(k) is None else str(r.get(k))) for k in keys}
+            for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 def night_window(day_obs: int) -> tuple[datetime, datetime]:

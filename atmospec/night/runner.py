@@ -31,7 +31,12 @@ from atmospec.calib.registry import CalibrationRegistry
 from atmospec.errors import BadInputError, short_error
 from atmospec.io import remove_stale_temporaries
 from atmospec.layout import exposure_dir, exposure_figure_dir, night_build_dir, report_dir
-from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
+from atmospec.night.calibs import (
+    BuiltProduct,
+    calibration_files,
+    prepare_calibrations,
+    write_builds,
+)
 from atmospec.night.index import MAX_DEPTH, RAW_PATTERNS, NightIndex, RawRecord
 from atmospec.night.lock import night_lock
 from atmospec.night.pipeline import PipelineDefinition, load_pipeline
@@ -262,6 +267,7 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
         result.calibrations = prepare_calibrations(index, registry, pipeline.calibrations,
                                                    executor.submit, night_build_dir(repo))
         result.calibrations_s = time.perf_counter() - t0
+        write_builds(result.calibrations, repo)
         t0 = time.perf_counter()
         # The report's per-exposure figures are drawn by the workers as each exposure
         # finishes: the report at the end only lays them out.
