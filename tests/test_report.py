@@ -277,14 +277,27 @@ def test_calibrations_only_night(night_reference, tmp_path):
     _assert_links_resolve(page.parent)
 
 
-@pytest.mark.parametrize("make", ["missing", "plain_dir"])
-def test_report_cli_bad_repo(tmp_path, capsys, make):
+@pytest.mark.parametrize(("make", "says"), [
+    ("missing", "no such directory"), ("plain_dir", "not an atmospec repository"),
+    ("file", "is a file, not a night repository (expected a directory with"),
+    ("dangling", "a symbolic link to nothing")])
+def test_report_cli_bad_repo(tmp_path, capsys, make, says):
+    """One line naming the path and what it is (issue 21: a file that exists was called
+    "no such directory"), exit status 2."""
     target = tmp_path / "nope"
     if make == "plain_dir":
         target.mkdir()
+    elif make == "file":
+        target = tmp_path / "README.md"
+        target.write_text("# a readme\n")
+    elif make == "dangling":
+        target.symlink_to(tmp_path / "gone")
     assert main(["report", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(target) in err[0] and "Traceback" not in err[0]
+    assert says in err[0]
+    if make == "file":
+        assert "no such directory" not in err[0]
 
 
 def test_calibration_repository_only(night_reference, tmp_path):

@@ -92,11 +92,12 @@ def check_repo(repo: str | os.PathLike[str]) -> Path:
     Raises
     ------
     BadInputError
-        ``repo`` is not a directory, or holds no night index, summary or registry.
+        ``repo`` is not a directory (missing, a file, a dangling link: the message says
+        which), or holds no night index, summary or registry.
     """
     repo = Path(repo)
     if not repo.is_dir():
-        raise BadInputError(repo, "no such directory")
+        raise BadInputError(repo, _not_a_directory(repo))
     # lexists: an index or summary that is there but unusable (a FIFO, a dangling link) is
     # reported as such by `read_night`, not taken for a missing night.
     if not any(os.path.lexists(repo / f) for f in (INDEX_FILE, SUMMARY_FILE, REGISTRY_FILE)):
@@ -104,6 +105,23 @@ def check_repo(repo: str | os.PathLike[str]) -> Path:
                                   f"{SUMMARY_FILE} or {REGISTRY_FILE}); run atmospec night "
                                   "RAWDIR --repo REPO first")
     return repo
+
+
+def _not_a_directory(path: Path) -> str:
+    """Why ``path``, which is not a directory, cannot be a repository (one line).
+
+    ``is_dir`` is False for a file, a FIFO, a dangling link and a missing path alike: saying
+    "no such directory" of a file that is there sends the reader looking for the wrong
+    problem. ``lstat``/``exists`` only stat the path, so a FIFO is never opened.
+    """
+    expected = (f"expected a directory with {INDEX_FILE}, {SUMMARY_FILE} or {REGISTRY_FILE}, "
+                "written by atmospec night RAWDIR --repo REPO")
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to nothing, not a night repository ({expected})"
+    if not path.exists():
+        return f"no such directory ({expected})"
+    kind = "a file" if path.is_file() else "not a regular file or directory"
+    return f"is {kind}, not a night repository ({expected})"
 
 
 def summary_is_stale(saved: Table, fresh: Table) -> bool:
