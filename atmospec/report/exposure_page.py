@@ -24,7 +24,13 @@ _GROUP_CAPTIONS = MappingProxyType({
     "psf.png": "PSF whiskers across the detector and the FWHM histogram of the PSF stars.",
     "spectrum_spectrogram.png": "Spectrogram cutout with the fitted trace.",
     "spectrum_model.png": "Data, 2D forward model and normalised residuals.",
-    "spectrum_psf.png": "PSF parameters against wavelength.",
+    "spectrum_psf.png": "PSF parameters against wavelength: the curve is PSF_TAB (from the "
+                         "2D model when there is one), the points the per-bin 1D Moffat fits, "
+                         "all in cutout pixels; bins beyond the axis are arrows on its edge. "
+                         "In the shaded wavelengths order 2 adds more than 5 % to order 1: "
+                         "the bins, fitted before the order-2 correction, fit both orders "
+                         "(a wider PSF), while the 2D model holds order 2 in its background "
+                         "and follows order 1 alone.",
     "spectrum_lines.png": "Wavelength calibration: line positions minus catalogue values.",
     "spectrum_spectrum.png": "Extracted first-order spectrum with its errors and lines.",
     "atmosphere_fit.png": "Atmosphere fit: data and model, normalised residuals and "
