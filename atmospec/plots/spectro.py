@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.mathtext import MathTextParser
 
-from atmospec.plots.common import DPI, config_colour, save_png, zscale_limits
+from atmospec.plots.common import DPI, config_colour, config_label, save_png, zscale_limits
 from atmospec.plots.limits import mark_outside, robust_limits
 from atmospec.spectro.spectrum import Spectrum
 
@@ -285,10 +285,12 @@ def _nice_step(span: float, target: int = 8) -> float:
 
 
 def _summary(spectrum: Spectrum) -> str:
-    """``target — disperser — airmass — date`` from the header, the parts present."""
+    """``target — filter~disperser — airmass — date`` from the header, the parts present
+    (the configuration named as in the report's tables, `config_label`)."""
     parts = [spectrum.target or "unknown target"]
     if spectrum.disperser:
-        parts.append(spectrum.disperser)
+        parts.append(config_label(str(spectrum.header.get("FILTER", "empty")),
+                                  spectrum.disperser))
     if spectrum.airmass is not None:
         parts.append(f"airmass {spectrum.airmass:.3f}")
     date = spectrum.header.get("DATE-OBS") or spectrum.header.get("DATE")

@@ -26,6 +26,7 @@ from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
 from atmospec.night.index import NightIndex, unusable_file
 from atmospec.night.summary import summary_table
 from atmospec.plots.exposure import ExposureOutputs
+from atmospec.report.truth import read_truth
 
 __all__ = [
     "SUMMARY_FILE",
@@ -66,6 +67,9 @@ class Night:
     """(kind, sentence) shown at the top of the night page."""
     indexed: bool = True
     """Whether the repository has a night (an index or a summary)."""
+    truth: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Simulator truth by OBSID (`atmospec.report.truth.read_truth`); empty for a real
+    night."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ def read_night(repo: Path) -> Night:
         for t in index.tasks():
             night.tasks.setdefault(t.obs_id, []).append(t)
         night.rejected = index.rejected()
+        night.truth = read_truth((r.obs_id, r.path) for r in index.raws())
     return night
 
 
