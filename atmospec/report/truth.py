@@ -52,6 +52,9 @@ def truth_of(doc: Mapping[str, Any]) -> dict[str, float]:
     takes it from the summary row), so truth and measurement share it.
     """
     out: dict[str, float] = {}
+    if doc.get("kind") not in ("science", "dispersed"):
+        # A calibration frame's "sky" of 0 is no measurement's truth.
+        return out
     fwhm = _finite(doc.get("fwhm_px"))
     if fwhm is not None:
         out["fwhm_px"] = fwhm
