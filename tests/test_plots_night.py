@@ -118,3 +118,22 @@ def test_one_display_name_per_configuration() -> None:
         == "empty~holo4_003"
     assert config_label("SDSSr_65mm", "empty_1") == "SDSSr_65mm"
     assert config_colour("empty_1") == config_colour("empty")
+
+
+def test_figures_of_an_older_version_are_stale(tmp_path: Path) -> None:
+    """A figure drawn before `FIGURE_VERSION` (no version recorded) is redrawn though its
+    inputs did not change, so a refreshed report shows the fixed figures without --force;
+    the night figures' sidecars record the version."""
+    from atmospec.plots.common import FIGURE_VERSION
+    from atmospec.plots.exposure import FigureGroup, _identity, is_fresh
+
+    source = tmp_path / "x_sources.ecsv"
+    source.write_text("# a catalogue\n")
+    (tmp_path / "psf.png").write_bytes(b"png")
+    group = FigureGroup("psf", (source,))
+    entry = {"inputs": _identity(group.inputs), "files": ["psf.png"], "error": None}
+    assert not is_fresh(entry, group, tmp_path)
+    assert is_fresh({**entry, "version": FIGURE_VERSION}, group, tmp_path)
+    pnight.plot_source_counts(_summary(), tmp_path / "counts.png", sidecar=True)
+    doc = json.loads((tmp_path / "counts.json").read_text())
+    assert doc["figure_version"] == FIGURE_VERSION and doc["panels"]

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 #: Resolution of every PNG atmospec writes.
 DPI = 100
 
+#: Version of the figures' drawing code, recorded in each exposure's figure manifest and in
+#: the night figures' sidecars: a figure drawn by an older version is stale though its
+#: inputs did not change, so a report refreshed after an upgrade shows the new figures
+#: without ``--force``. Raise it when a figure changes.
+#: 2: issue 21 (PSF figure frames and ranges, thumbnail legend, truth markers, constant
+#: series, one configuration name).
+FIGURE_VERSION = 2
+
 
 def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI, *,
              sidecar: bool = False) -> Path:
@@ -44,7 +52,8 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI, *,
         Resolution.
     sidecar : bool
         Also write ``path`` with the suffix ``.json``: `drawn_data` of the figure, read
-        from its artists after drawing (what a reader of the PNG sees, as numbers).
+        from its artists after drawing (what a reader of the PNG sees, as numbers), and
+        the `FIGURE_VERSION` that drew it (``figure_version``).
     """
     path = Path(path)
     FigureCanvasAgg(fig)
@@ -53,7 +62,8 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI, *,
         fig.savefig(tmp, format="png", dpi=dpi)
     log.info("wrote %s", path)
     if sidecar:
-        write_text_atomic(json.dumps(drawn_data(fig), indent=1) + "\n", path.with_suffix(".json"))
+        doc = {**drawn_data(fig), "figure_version": FIGURE_VERSION}
+        write_text_atomic(json.dumps(doc, indent=1) + "\n", path.with_suffix(".json"))
     return path
 
 

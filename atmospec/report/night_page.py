@@ -4,6 +4,7 @@ spectroscopy, one small function per section."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from astropy.table import Table
 
 import atmospec
 from atmospec import layout
-from atmospec.plots.common import config_label
+from atmospec.plots.common import FIGURE_VERSION, config_label
 from atmospec.plots.exposure import newer_than
 from atmospec.report import html as H
 from atmospec.report.read import SUMMARY_FILE, Night, Product, row_value
@@ -108,12 +109,22 @@ def night_figures(summary: Table, source: Path | None, directory: Path,
             continue
         png = directory / f"{stem}.png"
         fresh = (not force and source is not None and newer_than(png, [source])
-                 and newer_than(png.with_suffix(".json"), [source]))
+                 and newer_than(png.with_suffix(".json"), [source])
+                 and _sidecar_version(png.with_suffix(".json")) == FIGURE_VERSION)
         if not fresh:
             plot: Callable[..., Path] = getattr(night_plots, function)
             plot(summary, png, sidecar=True)
         written[stem] = (png, counts[stem])
     return written
+
+
+def _sidecar_version(sidecar: Path) -> int | None:
+    """The `FIGURE_VERSION` a night figure was drawn by (1 before it was recorded)."""
+    try:
+        doc = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    return int(doc.get("figure_version", 1)) if isinstance(doc, dict) else None
 
 
 def _has(table: Table, column: str, extra: np.ndarray | None = None) -> int:
