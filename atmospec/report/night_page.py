@@ -23,6 +23,7 @@ from atmospec.report.truth import TRUTH_SUFFIX, with_truth
 
 __all__ = ["LOG_COLUMNS", "NIGHT_FIGURES", "LogColumn", "night_figures", "night_page"]
 
+
 @dataclass(frozen=True)
 class LogColumn:
     """One column of the observing log."""
@@ -46,11 +47,12 @@ LOG_COLUMNS: tuple[LogColumn, ...] = (
     LogColumn("target", "target"), LogColumn("filter", "filter~disperser"),
     LogColumn("disperser", "disperser", extra=True),
     LogColumn("exptime", "exptime (s)", 3), LogColumn("airmass", "airmass", 4),
-    LogColumn("fwhm_arcsec", "FWHM (″)", 3), LogColumn("fwhm_px", "FWHM (pixel)", 3, True),
-    LogColumn("ellipticity", "ellipticity", 3, True),
+    LogColumn("fwhm_arcsec", "FWHM (″)", 3), LogColumn("fwhm_px", "FWHM (pixel)", 3, extra=True),
+    LogColumn("ellipticity", "ellipticity", 3, extra=True),
     LogColumn("sky_e_per_s", "sky (e⁻/s/px)", 3), LogColumn("n_sources", "sources", 0),
-    LogColumn("n_saturated", "saturated sources", 0, True), LogColumn("pwv_mm", "PWV (mm)", 3),
-    LogColumn("ozone_du", "ozone (DU)", 4, True), LogColumn("vaod", "VAOD", 3, True),
+    LogColumn("n_saturated", "saturated sources", 0, extra=True),
+    LogColumn("pwv_mm", "PWV (mm)", 3), LogColumn("ozone_du", "ozone (DU)", 4, extra=True),
+    LogColumn("vaod", "VAOD", 3, extra=True),
     LogColumn("status", "status"),
 )
 
@@ -244,7 +246,7 @@ def _log_columns(summary: Table) -> list[LogColumn]:
         out.append(c)
         if c.column + TRUTH_SUFFIX in summary.colnames:
             out.append(LogColumn(c.column + TRUTH_SUFFIX, f"{c.title} truth", c.digits,
-                                 c.column not in _KEY_TRUTH))
+                                 extra=c.column not in _KEY_TRUTH))
     return out
 
 
