@@ -173,6 +173,17 @@ def test_spectrum_output(results, tmp_path):
     assert (row["x_c"] + c0, row["y_c"] + r0) == pytest.approx((r.x_trace[i], r.rows[i]))
     bins = next(h for h in back.extra_hdus if h.name == "PSF_BINS")
     assert len(bins.data) == len(r.psf_bins)
+    # PSF_BINS in PSF_TAB's frame (cutout pixels), not the extraction frame's full-image
+    # pixels (issue 21: the bins were drawn ~1670 px off the trace).
+    order = np.argsort(np.asarray(r.psf_bins["lambdas"]))
+    assert np.asarray(bins.data["x_c"]) + c0 == pytest.approx(
+        np.asarray(r.psf_bins["x_c"])[order], nan_ok=True)
+    assert np.asarray(bins.data["y_c"]) + r0 == pytest.approx(
+        np.asarray(r.psf_bins["row"])[order])
+    used = np.asarray(bins.data["used"], dtype=bool)
+    on_trace = np.interp(bins.data["y_c"][used], back.psf_table["y_c"][::-1],
+                         back.psf_table["x_c"][::-1])
+    assert np.abs(bins.data["x_c"][used] - on_trace).max() < 1.0
 
 
 def test_second_order_contamination_is_present():

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 from scipy.ndimage import gaussian_filter1d
 
 from atmospec.camera.description import load_camera
@@ -334,7 +335,9 @@ def _spectrum(exposure: Exposure, job: _Job, frame: _Frame, work: Exposure,
     if products.contamination is not None:
         spectrum = with_order2(spectrum, products.contamination, subtract=model is None)
     if frame.turned:
-        spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result))
+        spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result),
+                           extra_hdus=tuple(frame.psf_bins_hdu(h, result)
+                                            for h in spectrum.extra_hdus))
     return spectrum
 
 
@@ -504,6 +507,19 @@ class _Frame:
         out = table.copy()
         # cutout pixel (x, y) of the working frame → (ny − 1 − y, nx − 1 − x) once turned back
         out["x_c"], out["y_c"] = ny - 1 - table["y_c"], nx - 1 - table["x_c"]
+        return out
+
+    def psf_bins_hdu(self, hdu: fits.BinTableHDU, result: ExtractionResult
+                     ) -> fits.BinTableHDU:
+        """``PSF_BINS`` turned like ``PSF_TAB`` (`psf_table`), so both stay in one frame;
+        any other extension unchanged."""
+        if hdu.name != "PSF_BINS":
+            return hdu
+        table = self.psf_table(Table.read(hdu), result)
+        # The fitted centre's error follows the centre to the other axis.
+        table.rename_column("x_c_err", "y_c_err")
+        out = fits.table_to_hdu(table)
+        out.name = "PSF_BINS"
         return out
 
     def to_input(self, xy: tuple[float, float]) -> tuple[float, float]:

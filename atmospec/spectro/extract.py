@@ -62,6 +62,7 @@ __all__ = [
     "background_covariance",
     "extract_spectrum",
     "horne_profile",
+    "psf_bins_table",
     "result_to_spectrum",
     "with_dispersion",
 ]
@@ -643,7 +644,8 @@ def result_to_spectrum(result: ExtractionResult, header: fits.Header | None = No
     has one row per spectrum sample as Spectractor's: ``lambdas``, the trace centre
     ``x_c, y_c`` in the extraction cutout's pixels (``S_XMIN``/``S_YMIN`` place it), the
     smoothed ``gamma, alpha, fwhm`` and the optimal ``flux_sum`` (e⁻ per row); the per-bin
-    Moffat fits go to the ``PSF_BINS`` extension. The covariance is the per-row noise plus
+    Moffat fits go to the ``PSF_BINS`` extension, their centres ``x_c, y_c`` in the same
+    cutout pixels as ``PSF_TAB``'s (`psf_bins_table`). The covariance is the per-row noise plus
     the background fit's smooth term (`background_covariance`); ``flux_err`` is its
     diagonal.
     """
@@ -678,14 +680,31 @@ def result_to_spectrum(result: ExtractionResult, header: fits.Header | None = No
         "flux_sum": result.flux_e[order],
         "flux_err": result.flux_err_e[order],
     })
-    bins = result.psf_bins.copy()
-    bins.sort("lambdas")
-    bins_hdu = fits.table_to_hdu(bins)
+    bins_hdu = fits.table_to_hdu(psf_bins_table(result))
     bins_hdu.name = "PSF_BINS"
     cov = np.diag(err**2) + background_covariance(result, order)
     err = np.sqrt(np.diag(cov))
     return Spectrum(wavelength=lam, flux=flux, flux_err=err, flux_unit="electron/nm",
                     header=hdr, covariance=cov, psf_table=psf, extra_hdus=(bins_hdu,))
+
+
+def psf_bins_table(result: ExtractionResult) -> Table:
+    """The per-bin Moffat fits as written to ``PSF_BINS``: wavelengths increasing, the
+    fitted centre ``x_c`` and the bin's row ``y_c`` in cutout pixels, as ``PSF_TAB``'s trace.
+
+    `ExtractionResult.psf_bins` holds them in the extraction frame's full-image pixels
+    (``x_c`` ≈ 1700 on LATISS where ``PSF_TAB``'s is ≈ 60): written as they were, a plot of
+    both against wavelength put them ~1670 px apart (issue 21). ``row`` becomes ``y_c``.
+    """
+    c0, r0 = result.cutout_origin
+    bins = result.psf_bins.copy()
+    bins["x_c"] = bins["x_c"] - c0
+    if "row" in bins.colnames:
+        y_c = bins["row"] - r0
+        bins.replace_column("row", y_c)
+        bins.rename_column("row", "y_c")
+    bins.sort("lambdas")
+    return bins
 
 
 def background_covariance(result: ExtractionResult, order: np.ndarray | None = None
