@@ -30,6 +30,7 @@ from atmospec.cli import main
 from atmospec.night.calibs import read_builds
 from atmospec.night.index import NightIndex
 from atmospec.night.runner import NightRunConfig, run_night
+from atmospec.report import ReportConfig, build_report
 
 
 def _with_calibs(reference_repo: Path, repo: Path) -> Path:
@@ -215,6 +216,9 @@ def test_failed_calibration_build_fails_the_exposures_that_needed_it(night_raw_d
     # Recorded for the report.
     assert [(b["file"], b["status"]) for b in read_builds(repo)] == [
         ("bias.fits", "not built"), ("dark.fits", "failed")]
+    page = build_report(repo, ReportConfig(figures=False, workers=1)).read_text()
+    assert "2 calibration product(s) of the night could not be built" in page
+    assert 'id="builds"' in page and "no bias for its frames" in page
 
 
 def test_night_usage_errors(capsys, tmp_path):

@@ -205,7 +205,7 @@ def night_page(repo: Path, out: Path, night: Night, figures: dict[str, tuple[Pat
             *_observing_log(night, shown, out),
             *_failures(night, status),
             *_image_quality(repo, out, figures),
-            *_calibrations(out, products, calib_pages, used),
+            *_calibrations(out, products, calib_pages, used, night.builds),
             *_spectroscopy(out, shown, figures)]
     return H.page(f"{title} — atmospec report", "\n".join(body), sortable=True)
 
@@ -223,6 +223,11 @@ def _header(repo: Path, night: Night, n: dict[str, int]) -> list[str]:
                               "science exposure, so no image-quality or spectroscopy result."))
     if n["failed"]:
         notes.append(("error", f"{n['failed']} exposure(s) failed: see Failures."))
+    unbuilt = [b for b in night.builds if b["status"] in ("failed", "not built")]
+    if unbuilt:
+        notes.append(("error" if any(b["status"] == "failed" for b in unbuilt) else "warn",
+                      f"{len(unbuilt)} calibration product(s) of the night could not be "
+                      "built: see Calibrations."))
     if n["pending"]:
         notes.append(("warn", f"{n['pending']} exposure(s) not processed yet."))
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -351,10 +356,18 @@ def _image_quality(repo: Path, out: Path, figures: dict[str, tuple[Path, int]]) 
 
 
 def _calibrations(out: Path, products: Sequence[Product], calib_pages: dict[str, Path],
-                  used: dict[str, dict[str, str]]) -> list[str]:
-    """Every product with its validity, verdict and users; then products used from
-    outside the registry."""
+                  used: dict[str, dict[str, str]],
+                  builds: Sequence[dict[str, str | None]] = ()) -> list[str]:
+    """What the night's calibration stage built or could not build; every product with its
+    validity, verdict and users; then products used from outside the registry."""
     body = ['<h2 id="calibrations">Calibrations</h2>']
+    if builds:
+        rows = [[b["file"] or "", b["kind"] or "", b["detector"] or "", b["filter"] or "",
+                 H.Cell(b["status"] or "", css="fail" if b["status"] in ("failed", "not built")
+                        else None), b["detail"] or ""] for b in builds]
+        body.append("<h3>Built from the night's frames</h3>")
+        body.append(H.table(["product", "kind", "detector", "filter", "status", "detail"],
+                            rows, table_id="builds"))
     if products:
         rows = [_product_row(p, out, calib_pages, used) for p in products]
         body.append(H.table(["product", "kind", "filter~disperser", "valid from (UTC)",

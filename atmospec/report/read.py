@@ -23,6 +23,7 @@ from atmospec import layout
 from atmospec.calib.registry import CalibrationRegistry, CalibRecord
 from atmospec.errors import BadInputError, short_error
 from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
+from atmospec.night.calibs import read_builds
 from atmospec.night.index import NightIndex, unusable_file
 from atmospec.night.summary import summary_table
 from atmospec.plots.exposure import ExposureOutputs
@@ -70,6 +71,9 @@ class Night:
     truth: dict[str, dict[str, float]] = field(default_factory=dict)
     """Simulator truth by OBSID (`atmospec.report.truth.read_truth`); empty for a real
     night."""
+    builds: list[dict[str, str | None]] = field(default_factory=list)
+    """What the last night run's calibration stage built, failed or skipped
+    (`atmospec.night.calibs.read_builds`)."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,7 @@ def read_night(repo: Path) -> Night:
             night.tasks.setdefault(t.obs_id, []).append(t)
         night.rejected = index.rejected()
         night.truth = read_truth((r.obs_id, r.path) for r in index.raws())
+    night.builds = read_builds(repo)
     return night
 
 
