@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 from astropy.table import Table
@@ -66,7 +67,8 @@ from atmospec.spectro.wavelength.solution import (
 
 __all__ = ["LINE_MODES", "LineCalibrationConfig", "calibrate_on_lines", "choose_kinds"]
 
-_SIGN = {"emission": 1, "absorption": -1}
+#: The sign of a kind's lines against the continuum.
+_SIGN = MappingProxyType({"emission": 1, "absorption": -1})
 _DTYPES = (str, float, float, float, float, float, float, float, float, str)
 
 
