@@ -379,3 +379,27 @@ def test_chain_refuses_an_unknown_lines_mode(post_isr: Exposure) -> None:
     with pytest.raises(BadInputError, match="lines 'neon' is not one of auto, emission, "
                                             "absorption"):
         process_dispersed(post_isr, config=SpectroscopyConfig(lines="neon"))
+
+
+def test_simulated_targets_and_their_cli_names(tmp_path, capsys) -> None:
+    """The simulator's non-CALSPEC SEDs: lines of the stated flux at the stated vacuum
+    wavelength; ``atmospec simulate night --dispersed-target`` takes their names or a
+    CALSPEC standard, nothing else (one line, exit 2)."""
+    from atmospec.sim.seds import SIMULATED_TARGETS, simulated_sed
+
+    pn = simulated_sed("planetary-nebula")
+    lam, flux = pn.wavelength_nm, pn.flux
+    near = np.abs(lam - 486.268) < 1.0
+    assert np.sum(flux[near]) * (lam[1] - lam[0]) == pytest.approx(1.0e-11, rel=1e-3)
+    assert lam[near][np.argmax(flux[near])] == pytest.approx(486.268, abs=0.011)
+    assert np.all(flux[(lam > 520.0) & (lam < 580.0)] < 1e-20)  # no continuum
+    with_continuum = simulated_sed("planetary-nebula+continuum")
+    assert with_continuum.flux_at(550.0) > 5e-14
+    star = simulated_sed("star")
+    assert star.flux_at(656.461) < 0.6 * star.flux_at(640.0)  # Hα in absorption
+    assert simulated_sed("HD142331") is None and len(SIMULATED_TARGETS) == 3
+    assert main(["simulate", "night", "--out", str(tmp_path / "n"), "--dispersed-target",
+                 "vega"]) == 2
+    err = capsys.readouterr().err
+    assert "--dispersed-target 'vega' is neither" in err and err.count("\n") == 1
+    assert not (tmp_path / "n").exists()

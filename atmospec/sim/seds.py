@@ -22,11 +22,13 @@ from atmospec.spectro.calspec import StellarSED
 
 __all__ = [
     "PLANETARY_NEBULA_LINES",
+    "SIMULATED_TARGETS",
     "STELLAR_ABSORPTION_LINES",
     "AbsorptionLineSED",
     "EmissionLineSED",
     "absorption_line_sed",
     "emission_line_sed",
+    "simulated_sed",
 ]
 
 #: Planck's constant × speed of light / Boltzmann constant, nm·K.
@@ -169,3 +171,33 @@ def absorption_line_sed(config: AbsorptionLineSED = AbsorptionLineSED()) -> Stel
         flux *= 1.0 - depth / (1.0 + ((lam - centre) / hwhm) ** 2)
     zero = np.zeros_like(lam)
     return StellarSED(lam, flux, zero, zero, "simulated", config.name)
+
+
+#: Names of the simulated non-CALSPEC targets `simulated_sed` knows (``atmospec simulate
+#: night --dispersed-target``), each bright enough for the night's 20 s dispersed exposures
+#: without saturating.
+SIMULATED_TARGETS = ("planetary-nebula", "planetary-nebula+continuum", "star")
+
+
+def simulated_sed(name: str) -> StellarSED | None:
+    """The SED of a simulated non-CALSPEC target by name, or None for another name (a
+    CALSPEC standard or an SED file, which `atmospec.spectro.calspec.load_sed` reads).
+
+    Parameters
+    ----------
+    name : str
+        ``planetary-nebula`` (lines only), ``planetary-nebula+continuum`` (with a faint
+        continuum, 1e-13 erg/s/cm²/nm at 500 nm) or ``star`` (the 7500 K star of
+        `AbsorptionLineSED` at V ≈ 10.4).
+
+    Returns
+    -------
+    StellarSED or None
+    """
+    if name == "planetary-nebula":
+        return emission_line_sed(EmissionLineSED(name=name))
+    if name == "planetary-nebula+continuum":
+        return emission_line_sed(EmissionLineSED(continuum_flux=1.0e-13, name=name))
+    if name == "star":
+        return absorption_line_sed(AbsorptionLineSED(flux_550_nm=1.0e-12, name=name))
+    return None
