@@ -59,6 +59,7 @@ from atmospec.spectro.wavelength.lines import (
 from atmospec.spectro.wavelength.peaks import PeakDetectionConfig, Peaks, detect_peaks
 from atmospec.spectro.wavelength.solution import (
     DispersionLaw,
+    PositionFit,
     WavelengthSolution,
     fit_distance_and_shift,
     reject_outliers,
@@ -160,17 +161,29 @@ class _Data:
     """The spectrum as the line calibration sees it (sorted by position)."""
 
     law: DispersionLaw
+    """The spectrum's dispersion law."""
     u: np.ndarray
+    """Distance of each sample from the zeroth order, pixels, increasing."""
     flux: np.ndarray
+    """Flux per sample."""
     err: np.ndarray
+    """Its errors."""
     gamma: np.ndarray
+    """PSF Moffat γ per sample, pixels."""
     alpha: np.ndarray
+    """PSF Moffat index per sample."""
     fwhm_px: float
+    """Median resolution (PSF FWHM), pixels."""
     d2ccd_prior_mm: float
+    """Centre of the prior on D2CCD, mm."""
     d2ccd_sigma_mm: float
+    """Its width, mm."""
     telluric: tuple[np.ndarray, np.ndarray] | None
+    """The atmosphere's expected spectrum (O₂ and H₂O bands of a star), or None."""
     atmosphere: tuple[np.ndarray, np.ndarray] | None
+    """The atmosphere's transmission at the resolution (lines in its bands left out)."""
     config: LineCalibrationConfig
+    """Settings."""
 
     @property
     def usable(self) -> np.ndarray:
@@ -284,16 +297,24 @@ def calibrate_on_lines(law: DispersionLaw, distance_px: np.ndarray, flux: np.nda
 class _Solved:
     """One candidate's final fit and the measurements it rests on."""
 
-    fit: object
+    fit: PositionFit
+    """The last (D2CCD, shift) fit."""
     table: Table
+    """``LINES`` rows of the groups measured."""
     p: np.ndarray
+    """Their positions, pixels."""
     g: np.ndarray
+    """Their offsets for D = 1 mm, pixels."""
     sig: np.ndarray
+    """Their position errors, pixels."""
     err_nm: np.ndarray
+    """The same in nm."""
     used: np.ndarray
+    """Kept by the outlier rejection."""
 
     @property
     def score(self) -> tuple[int, float]:
+        """Lines kept, then minus the χ² per degree of freedom: larger is better."""
         dof = max(int(self.used.sum()) - 1, 1)
         return int(self.used.sum()), -float(self.fit.chisq) / dof
 
