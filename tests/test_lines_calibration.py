@@ -202,19 +202,6 @@ def test_wavelength_error_over_the_lines_used(run: Run) -> None:
     assert abs(float(run.spectrum.header["D2CCD"]) - run.truth["d2ccd_mm"]) < D2CCD_TOL_MM
 
 
-def test_atmosphere_fit_refused_without_sed(run: Run, tmp_path, capsys) -> None:
-    """A non-standard target's spectrum: ``fit-atmosphere`` says so in one line, exit 2."""
-    if run.scene.label != "pnc/holo4_003":
-        pytest.skip("one spectrum is enough")
-    from spectractor_bridge.spectrum import write_spectrum
-
-    path = write_spectrum(run.spectrum, tmp_path / "pn_spectrum.fits")
-    assert main(["fit-atmosphere", str(path), "--out", str(tmp_path / "fit.json")]) == 2
-    err = capsys.readouterr().err
-    assert "'NGC 7009' is not a CALSPEC standard" in err and "--sed" in err
-    assert err.count("\n") == 1 and "Traceback" not in err
-
-
 # --------------------------------------------------------------------------- 2D model
 
 
@@ -373,6 +360,19 @@ def test_extract_cli_any_target_and_bad_input(post_isr: Exposure, tmp_path, caps
         assert main(["extract", str(image), *args, "--out", str(out)]) == 2, args
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_atmosphere_fit_refused_without_sed(post_isr: Exposure, tmp_path, capsys) -> None:
+    """A non-standard target's spectrum: ``fit-atmosphere`` says so in one line, exit 2."""
+    from spectractor_bridge.spectrum import write_spectrum
+
+    spectrum, _ = process_dispersed(post_isr, config=SpectroscopyConfig(forward_model=None))
+    path = write_spectrum(spectrum, tmp_path / "pn_spectrum.fits")
+    assert main(["fit-atmosphere", str(path), "--out", str(tmp_path / "fit.json")]) == 2
+    err = capsys.readouterr().err
+    assert "'NGC 7009' is not a CALSPEC standard" in err and "--sed" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "fit.json").exists()
 
 
 def test_chain_refuses_an_unknown_lines_mode(post_isr: Exposure) -> None:
