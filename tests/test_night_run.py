@@ -290,7 +290,7 @@ def test_extract_cli_matches_the_night_spectrum(night_reference, night_raw_dir, 
                    if p.with_name(p.name.replace("_postisr.fits", "_sources.ecsv")).exists())
     for args, message in (
             ([str(imaging)], "not a dispersed exposure"),
-            ([str(post), "--target", "Vega"], "not a CALSPEC standard"),
+            ([str(post), "--lines", "neon"], "argument --lines: invalid choice"),
             ([str(post), "--instrument", "ctio"], "the header is from LATISS, not ctio"),
             ([str(post), "--disperser", "holo9_999"], "unknown disperser"),
             ([str(post), "--xy", "20,20"], "too close to the edge"),

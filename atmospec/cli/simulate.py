@@ -9,6 +9,7 @@ from pathlib import Path
 from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.cli.calib import print_verification
 from atmospec.cli.night import night_report_text, write_night_report
+from atmospec.errors import BadInputError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-science", type=int, default=4, help="imaging frames of a star field")
     p.add_argument("--n-dispersed", type=int, default=0,
                    help="dispersed (holo4_003) exposures of a standard star, interleaved")
+    p.add_argument("--dispersed-target", default="HD142331",
+                   help="target of the dispersed exposures: a CALSPEC standard (default "
+                   "HD142331) or a simulated non-CALSPEC target: planetary-nebula, "
+                   "planetary-nebula+continuum, star")
     p.add_argument("--dispersed-every", type=int, default=3,
                    help="imaging frames between two dispersed exposures (default 3)")
     p.add_argument("--n-corrupt", type=int, default=0,
@@ -86,6 +91,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                          n_dark=args.n_dark, n_flat=args.n_flat, n_science=args.n_science,
                          n_dispersed=args.n_dispersed, n_corrupt=args.n_corrupt,
                          dispersed_every=args.dispersed_every,
+                         dispersed_target=_dispersed_target(args.dispersed_target),
                          flat_filters=tuple(f.strip() for f in args.flat_filters.split(",")
                                             if f.strip()),
                          compress=not args.no_compress)
@@ -126,6 +132,22 @@ def _cmd_simulate_bot(args: argparse.Namespace) -> int:
     print(f"wrote {len(run.raws)} raw files and {len(run.photodiode_files)} photodiode "
           f"records; truth: {run.truth}")
     return EXIT_OK
+
+
+def _dispersed_target(name: str) -> str:
+    """``--dispersed-target`` checked before any work: a simulated target or a shipped
+    CALSPEC standard (its canonical name), else a usage error (one line, exit 2)."""
+    from atmospec.sim.seds import SIMULATED_TARGETS
+    from atmospec.spectro.calspec import resolve_target
+
+    if name in SIMULATED_TARGETS:
+        return name
+    try:
+        return resolve_target(name).name
+    except BadInputError:
+        raise UsageError(f"atmospec simulate: --dispersed-target {name!r} is neither a "
+                         f"shipped CALSPEC standard nor one of {', '.join(SIMULATED_TARGETS)}"
+                         ) from None
 
 
 def _day_start_iso(day_obs: int) -> str:

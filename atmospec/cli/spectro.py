@@ -13,6 +13,7 @@ from pathlib import Path
 
 from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.errors import BadInputError
+from atmospec.spectro.wavelength.lines import LINE_MODES
 
 log = logging.getLogger("atmospec")
 
@@ -27,15 +28,25 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="first-order spectrum of a dispersed exposure")
     p.add_argument("image", help="post-ISR image, a raw LATISS file (ISR is run first) or, "
                    "with --instrument ctio, a reduced CTIO image in ADU")
-    p.add_argument("--target", help="target name (default: the header's OBJECT); a CALSPEC "
-                   "standard")
+    p.add_argument("--target", help="target name (default: the header's OBJECT): any name; a "
+                   "CALSPEC standard is calibrated on its SED's template, any other target on "
+                   "the lines its spectrum shows")
     p.add_argument("--disperser", help="disperser (default: the header's GRATING)")
     p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss")
     p.add_argument("--xy", help="zeroth-order position X,Y (0-based pixel centres of IMAGE); "
                    "default: found around the header prior")
     p.add_argument("--calibs", metavar="REPO", help="with a raw input: calibration repository")
+    p.add_argument("--sed", metavar="FILE",
+                   help="SED of the target (text: wavelength nm, flux erg/s/cm2/nm; or a "
+                   "CALSPEC-format FITS table): wavelengths calibrated on its template, as "
+                   "for a CALSPEC standard")
+    p.add_argument("--lines", choices=LINE_MODES, default="auto",
+                   help="wavelength calibration: auto (default: the SED's template for a "
+                   "CALSPEC standard or --sed, otherwise the lines the spectrum shows, emission "
+                   "or absorption as detected), emission or absorption (the lines of that "
+                   "kind, whatever the target)")
     p.add_argument("--any-target", action="store_true",
-                   help="accept a target that is not a shipped CALSPEC standard")
+                   help="deprecated, no effect: every target is accepted")
     p.add_argument("--out", required=True, help="spectrum file (Spectractor's FITS layout)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the spectrum diagnostics beside the spectrum file")
@@ -47,6 +58,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from atmospec.exposure import Exposure
     from atmospec.fitsscan import scan_fits
     from atmospec.io import provenance_cards
+    from atmospec.spectro.calspec import load_sed
     from atmospec.spectro.chain import SpectroscopyConfig, process_dispersed
     from spectractor_bridge.spectrum import write_spectrum
 
@@ -55,6 +67,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         if value is not None and not value.strip():
             raise UsageError(f"atmospec extract: {option} is empty (leave it out to use the "
                              "header's)")
+    if args.sed is not None:
+        if not args.sed.strip():
+            raise UsageError("atmospec extract: --sed is empty (give an SED file)")
+        load_sed(Path(args.sed))  # a bad SED is one line before any work (BadInputError)
+    if args.any_target:
+        log.warning("atmospec extract: --any-target is deprecated and has no effect: every "
+                    "target is accepted")
     path = Path(args.image)
     if not path.is_file():
         raise BadInputError(path, "no such file")
@@ -72,7 +91,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         exposure = read_reduced_image(path, args.instrument)
     if xy is not None:
         _check_xy_in_frame(xy, exposure.image.shape)
-    config = SpectroscopyConfig(require_calspec=not args.any_target)
+    config = SpectroscopyConfig(sed_path=args.sed, lines=args.lines)
     spectrum, centroid = process_dispersed(exposure, target=args.target,
                                            disperser=args.disperser, xy=xy, config=config,
                                            source=str(path), instrument=args.instrument)
@@ -88,8 +107,22 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {h['TARGET']} through {h['GRATING']}, zeroth order {where}, "
           f"{spectrum.n_points} points {spectrum.wavelength[0]:.0f}-"
           f"{spectrum.wavelength[-1]:.0f} nm, rotation {h['ROTANGLE']:.3f} deg, "
-          f"D2CCD {h['D2CCD']:.2f} mm")
+          f"D2CCD {h['D2CCD']:.2f} mm ({_wavelength_source(spectrum)})")
     return _fit_outcome(path, out, spectrum.problems)
+
+
+def _wavelength_source(spectrum) -> str:
+    """What the wavelengths rest on, for the summary line: the template, N lines of a kind,
+    or the header's distance (``WAVECAL = 'prior'``)."""
+    h = spectrum.header
+    if h.get("WAVECAL") != "lines":
+        return "header distance: no wavelength calibration"
+    method = h.get("WAVEMETH", "template")
+    if method == "template" or spectrum.lines is None:
+        return "calibrated on the SED's template"
+    n = int(sum(bool(u) for u in spectrum.lines["Used"])) if "Used" in \
+        spectrum.lines.colnames else len(spectrum.lines)
+    return f"calibrated on {n} {method} lines"
 
 
 def _parse_xy(text: str) -> tuple[float, float]:

@@ -52,6 +52,7 @@ from atmospec.sim.scenes import (
     illumination,
     render_stars,
 )
+from atmospec.sim.seds import simulated_sed
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,9 @@ class NightConfig:
     dispersed_exptime: float = 20.0
     """Exposure time of the dispersed exposures, s."""
     dispersed_target: str = "HD142331"
-    """OBJECT of the dispersed exposures (a CALSPEC standard)."""
+    """OBJECT of the dispersed exposures: a CALSPEC standard, or one of the simulated
+    non-CALSPEC targets of `atmospec.sim.seds.simulated_sed` (``planetary-nebula``,
+    ``planetary-nebula+continuum``, ``star``)."""
     dispersed_spectrum: DispersedSpectrumModel = field(
         default_factory=lambda: DispersedSpectrumModel(pwv_mm=3.0, ozone_du=300.0, vaod=0.03,
                                                        angstrom=None))
@@ -494,7 +497,9 @@ def simulate_exposure(
         x0, y0 = np.asarray(spec.nominal_zeroth_order) + scene_rng.normal(
             0.0, config.pointing_error_px, 2)
         # The model holds the atmosphere, telescope, QE and disperser efficiencies.
-        model = replace(config.dispersed_spectrum, target=config.dispersed_target,
+        sed = simulated_sed(config.dispersed_target)
+        model = replace(config.dispersed_spectrum,
+                        target=config.dispersed_target if sed is None else sed,
                         disperser=p.disperser, exptime_s=p.exptime,
                         airmass=max(p.airmass or 1.0, 1.0), filter_name=p.filter_name)
         signal, dispersed = render_dispersed_exposure(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
@@ -51,6 +52,8 @@ from atmospec.spectro.order2 import correct_extraction, order2_image, with_order
 from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum
 from atmospec.spectro.wavelength.calibration import calibrate_extraction
 from atmospec.spectro.wavelength.features import FeatureFitConfig
+from atmospec.spectro.wavelength.identify import LineCalibrationConfig
+from atmospec.spectro.wavelength.lines import LINE_MODES
 from atmospec.spectro.wavelength.solution import WavelengthSolution
 from atmospec.spectro.wavelength.template import CoarseSearchConfig
 from atmospec.spectro.zeroth_order import (
@@ -93,9 +96,21 @@ class SpectroscopyConfig:
     order2_correction: bool = True
     """Remove the second-order light falling on the first order (modelled with the
     disperser's order-2/order-1 ratio table) and write it as the ``ORDER2`` extension."""
-    require_calspec: bool = True
-    """Refuse a target that is not a shipped CALSPEC standard (the atmosphere fit needs its
-    SED); ``False`` extracts any star and writes its name as given."""
+    require_calspec: bool = False
+    """Refuse a target that is not a shipped CALSPEC standard (unless ``sed_path`` gives its
+    SED); by default any target is extracted, its name written as given, and calibrated on
+    the lines its spectrum shows."""
+    sed_path: str | None = None
+    """SED file of the target (any `atmospec.spectro.calspec.load_sed` format: a text table
+    of wavelength nm and flux, or a CALSPEC-format FITS table): the wavelength calibration
+    then uses the template made from it, as for a CALSPEC standard."""
+    lines: str = "auto"
+    """Wavelength calibration: ``auto`` — the template of the SED for a CALSPEC standard or
+    ``sed_path``, the lines the spectrum shows otherwise (emission or absorption, chosen from
+    what is detected); ``emission`` or ``absorption`` — the line calibration on that kind,
+    whatever the target (`atmospec.spectro.wavelength.identify`)."""
+    line_calibration: LineCalibrationConfig = field(default_factory=LineCalibrationConfig)
+    """Detection, identification and measurement of the lines of a target without SED."""
     quality: FitQualityConfig = field(default_factory=FitQualityConfig)
     """When the 2D forward model counts as failed (`atmospec.fitting.fit_problems`: χ²/ndof
     beyond the limit): the spectrum is still written, with ``FITOK = F`` and the reasons in
@@ -175,7 +190,8 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
             result, job.sed, job.info.airmass or 1.0,
             job.info.pressure or job.profile.standard_pressure_hpa,
             d2ccd_sigma_mm=config.d2ccd_prior_sigma_mm, coarse=config.coarse_search,
-            features=config.features, source=job.name)
+            features=config.features, source=job.name, lines=config.lines,
+            line_config=config.line_calibration)
     clock.lap("wavelength_calibration")
     contamination = correct_extraction(result, disp) if config.order2_correction else None
     clock.lap("order2")
@@ -244,7 +260,8 @@ class _Job:
     target_name: str
     """Target name (the CALSPEC name when resolved)."""
     sed: StellarSED | None
-    """CALSPEC SED of the target (None without ``require_calspec``)."""
+    """SED of the target: its CALSPEC SED, or the ``sed_path`` file; None for any other
+    target (calibrated on its lines)."""
 
 
 def _job(exposure: Exposure, target: str | None, disperser: str | None,
@@ -270,21 +287,38 @@ def _job(exposure: Exposure, target: str | None, disperser: str | None,
         log.warning("%s: header GRATING is %s; using %s as asked", name, info.disperser,
                     disperser)
     target_name = target or info.target_name
-    if not target_name:
+    if not target_name or not target_name.strip():
         raise BadInputError(name, "no target: the header has no OBJECT; give --target")
-    sed = None
-    if config.require_calspec:
-        try:
-            entry = resolve_target(target_name)
-        except BadInputError:
-            known = ", ".join(e.name for e in shipped_standards())
-            raise BadInputError(name, f"target {target_name!r} is not a CALSPEC standard "
-                                      f"shipped with atmospec (known: {known}); --any-target "
-                                      "extracts it anyway") from None
-        target_name = entry.name
-        sed = load_sed(entry.name)
+    if config.lines not in LINE_MODES:
+        raise BadInputError(name, f"lines {config.lines!r} is not one of "
+                                  f"{', '.join(LINE_MODES)}")
+    target_name, sed = _target_sed(target_name, config, name)
     return _Job(name=name, profile=profile, info=info, binning=binning,
                 disperser_name=disperser, disperser=disp, target_name=target_name, sed=sed)
+
+
+def _target_sed(target_name: str, config: SpectroscopyConfig, name: str
+                ) -> tuple[str, StellarSED | None]:
+    """The target's name and SED: the ``sed_path`` file, else the CALSPEC standard of that
+    name, else none (any target: calibrated on its lines; refused with
+    ``require_calspec``)."""
+    if config.sed_path is not None:
+        try:
+            return target_name, load_sed(Path(config.sed_path))
+        except BadInputError as exc:
+            raise BadInputError(config.sed_path, exc.problem) from None
+    try:
+        entry = resolve_target(target_name)
+    except BadInputError:
+        if config.require_calspec:
+            known = ", ".join(e.name for e in shipped_standards())
+            raise BadInputError(name, f"target {target_name!r} is not a CALSPEC standard "
+                                      f"shipped with atmospec (known: {known}); give its "
+                                      "SED") from None
+        log.info("%s: %s is not a CALSPEC standard: wavelengths calibrated on the lines its "
+                 "spectrum shows", name, target_name)
+        return target_name, None
+    return entry.name, load_sed(entry.name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,6 +365,8 @@ def _spectrum(exposure: Exposure, job: _Job, frame: _Frame, work: Exposure,
     if solution is not None:
         spectrum.header["D2CCDERR"] = (solution.d2ccd_err_mm, "[mm] D2CCD uncertainty")
         spectrum.header["PIXSHERR"] = (solution.pixel_shift_err, "[px] PIXSHIFT uncertainty")
+        spectrum.header["WAVEMETH"] = (solution.method, "wavelengths fitted on: template, "
+                                                        "emission or absorption lines")
         spectrum = replace(spectrum, lines=solution.lines)
     if products.contamination is not None:
         spectrum = with_order2(spectrum, products.contamination, subtract=model is None)
