@@ -52,6 +52,7 @@ from atmospec.sim.scenes import (
     illumination,
     render_stars,
 )
+from atmospec.sim.sequences import PtcSequenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +312,46 @@ class FrameTruth:
             "n_saturated_pixels": det.n_saturated,
             "stars": stars,
         }
+
+
+def demo_night_config(seed: int = 1) -> NightConfig:
+    """The night ``atmospec demo`` simulates: 3 biases, 3 darks, 3 flats in SDSSr and in the
+    dispersed exposures' ``empty_1``, 4 star fields, 2 dispersed exposures of HD142331
+    (PWV 3 mm, ozone 300 DU, VAOD 0.03) and 2 damaged files, unbinned.
+
+    Parameters
+    ----------
+    seed : int
+        The night's seed.
+
+    Returns
+    -------
+    NightConfig
+    """
+    return NightConfig(day_obs=20261123, seed=seed, n_bias=3, n_dark=3, n_flat=3,
+                       flat_filters=("SDSSr_65mm", "empty_1"), n_science=4, n_dispersed=2,
+                       n_corrupt=2)
+
+
+def demo_ptc_config(config: NightConfig) -> PtcSequenceConfig:
+    """The flat pairs from which ``atmospec demo`` builds its PTC: 6 pairs of the night's
+    sensor, 1 ke⁻ to 115 ke⁻, on the night's day.
+
+    Parameters
+    ----------
+    config : NightConfig
+        The night (`demo_night_config`): its day, seed and detector.
+
+    Returns
+    -------
+    atmospec.sim.sequences.PtcSequenceConfig
+    """
+    d = str(config.day_obs)
+    return PtcSequenceConfig(
+        n_log_levels=5, n_dense_levels=1, min_level_e=1000.0, dense_from_e=115_000.0,
+        max_level_e=115_000.0, day_obs=config.day_obs, first_seq=200,
+        start=f"{d[:4]}-{d[4:6]}-{d[6:]}T19:00:00.000", seed=config.seed,
+        detector=config.detector)
 
 
 def _gmst_deg(time: Time) -> float:
