@@ -417,7 +417,9 @@ def night_plan(config: NightConfig) -> list[PlannedExposure]:
         t = t0 + i * config.science_cadence_s * u.s
         ha = (_gmst_deg(t) + _LONGITUDE - ra + 180.0) % 360.0 - 180.0
         alt, az = _alt_az(ha, config.target_dec)
-        airmass = kasten_young_airmass(alt)
+        # Kasten & Young's formula gives 0.9997 at the zenith: no light goes through less
+        # than one atmosphere, and the header must say the airmass the light went through.
+        airmass = max(kasten_young_airmass(alt), 1.0)
         if kind == "dispersed":
             filt, disp, exptime = (config.dispersed_filter, config.dispersed_disperser,
                                    config.dispersed_exptime)
@@ -537,7 +539,7 @@ def simulate_exposure(
         # The model holds the atmosphere, telescope, QE and disperser efficiencies.
         model = replace(config.dispersed_spectrum, target=config.dispersed_target,
                         disperser=p.disperser, exptime_s=p.exptime,
-                        airmass=max(p.airmass or 1.0, 1.0), filter_name=p.filter_name)
+                        airmass=p.airmass or 1.0, filter_name=p.filter_name)
         signal, dispersed = render_dispersed_exposure(
             shape, float(x0), float(y0), fwhm, config.linspos_mm, scene_rng, model)
         sky = float(p.sky_e_per_s) * p.exptime
@@ -566,6 +568,8 @@ def simulate_exposure(
         p.obs_id, KINDS[kind], p.exptime, p.darktime, p.filter_name, p.disperser, p.start,
         p.airmass, p.ra, p.dec, target, elevation=p.elevation, azimuth=p.azimuth,
         seed=config.seed, linspos=config.linspos_mm, binning=config.binning,
+        # the pressure the dispersed light went through (hPa → Pa, as LATISS writes it)
+        pressure_pa=100.0 * float(config.dispersed_spectrum.pressure_hpa),
     )
     return segments, truth, cards
 
