@@ -501,10 +501,27 @@ class AtmosphereFit:
         return self.flux - self.model
 
     @property
+    def error_scale(self) -> float:
+        """The factor from `errors` to `errors_scaled`: √(χ²/ndof) when that exceeds 1,
+        else 1 (also for ndof ≤ 0)."""
+        if self.ndof <= 0 or not math.isfinite(self.chi2_ndof):
+            return 1.0
+        return math.sqrt(max(1.0, self.chi2_ndof))
+
+    @property
     def errors_scaled(self) -> dict[str, float | None]:
-        """`errors` × sqrt(max(1, χ²/ndof)): for data the model does not describe to noise."""
-        scale = math.sqrt(max(1.0, self.chi2_ndof)) if self.ndof > 0 else 1.0
+        """`errors` × `error_scale`: for data the model does not describe to noise. The
+        errors every output quotes (the command's line, the plot's title, the night's
+        summary table), labelled by `errors_label`."""
+        scale = self.error_scale
         return {k: (None if v is None else v * scale) for k, v in self.errors.items()}
+
+    @property
+    def errors_label(self) -> str:
+        """How the quoted errors (`errors_scaled`) were made, for a title or a table."""
+        if self.error_scale > 1.0:
+            return f"errors scaled by √(χ²/ndof) = {self.error_scale:.2f}"
+        return f"errors unscaled (χ²/ndof = {self.chi2_ndof:.2f} ≤ 1)"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary of the whole result."""
@@ -515,6 +532,8 @@ class AtmosphereFit:
             "values": {k: num(v) for k, v in self.values.items()},
             "errors": {k: num(v) for k, v in self.errors.items()},
             "errors_scaled": {k: num(v) for k, v in self.errors_scaled.items()},
+            "error_scale": float(self.error_scale),
+            "errors_label": self.errors_label,
             "free_parameters": list(self.free_parameters),
             "correlation": np.where(np.isfinite(self.correlation), self.correlation,
                                     None).tolist(),

@@ -216,7 +216,7 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
           f"{v['ozone_du']:.0f} {_pm(e['ozone_du'], '.0f')} DU, VAOD {v['vaod']:.4f} "
           f"{_pm(e['vaod'], '.4f')}, chi2/ndof {fit.chi2_ndof:.2f}"
           + (f", order-2 scale {v['order2']:.3f}" if "order2" in v else "")
-          + f" ({fit.info.get('fit', 'spectrum')} fit)")
+          + f" ({fit.info.get('fit', 'spectrum')} fit; {fit.errors_label})")
     for name, reason in fit.fixed.items():
         print(f"  {name} fixed: {reason}")
     if args.plot:
@@ -242,7 +242,8 @@ def _fit_atmosphere_joint(args: argparse.Namespace, config) -> int:
     out = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
                             args.out)
     print(f"wrote {out}: {len(args.spectrum)} spectra, chi2/ndof {fit.chi2_ndof:.2f}, "
-          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}")
+          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}; errors "
+          "unscaled (from the covariance)")
     for path, values, errors in zip(args.spectrum, fit.values, fit.errors, strict=True):
         print(f"  {Path(path).name}: PWV {values['pwv_mm']:.2f} "
               f"{_pm(errors['pwv_mm'], '.2f')} mm, ozone {values['ozone_du']:.0f} "

@@ -323,14 +323,24 @@ def _spectroscopy(out: Path, summary: Table, figures: dict[str, tuple[Path, int]
                                                     numeric=True),
                          _plus_minus(row, "pwv_mm"), _plus_minus(row, "ozone_du"),
                          _plus_minus(row, "vaod"),
-                         H.Cell(H.fmt_number(row["atmosphere_chi2_ndof"]), numeric=True)])
+                         H.Cell(H.fmt_number(row["atmosphere_chi2_ndof"]), numeric=True),
+                         H.Cell(_error_scale(row), numeric=True)])
         if rows:
             body.append(H.table(["exposure", "target", "airmass", "PWV (mm)", "ozone (DU)",
-                                 "VAOD", "χ²/ndof"], rows, table_id="atmosphere",
-                                sortable=True))
+                                 "VAOD", "χ²/ndof", "error scale"], rows,
+                                table_id="atmosphere", sortable=True))
+            body.append("<p>Errors as in each exposure's atmosphere plot: the fit's, scaled "
+                        "by √(χ²/ndof) when above 1 (the error scale; 1: unscaled).</p>")
     body.append("<p>Line positions are shown per exposure (wavelength-calibration figure on "
                 "each dispersed exposure's page); the night summary does not carry them.</p>")
     return body
+
+
+def _error_scale(row: Table.Row) -> str:
+    """The summary's ``atmosphere_error_scale`` (absent from a summary written before it)."""
+    if "atmosphere_error_scale" not in row.colnames:
+        return "–"
+    return H.fmt_number(row["atmosphere_error_scale"], 3)
 
 
 def _plus_minus(row: Table.Row, name: str) -> H.Cell:
