@@ -55,7 +55,9 @@ _SPECTRO = (("zeroth_order_x", "zeroth_order_x", u.pix),
 #: What the ``*_err`` columns of the atmosphere are (the same errors as the fit's plot).
 ATMOSPHERE_ERRORS_NOTE = ("pwv_mm_err, ozone_du_err, vaod_err: the fit's errors scaled by "
                           "atmosphere_error_scale = sqrt(chi2/ndof) when above 1 (1: "
-                          "unscaled), as the title of each exposure's atmosphere plot")
+                          "unscaled), plus in quadrature the fit's systematic errors "
+                          "(docs/atmosphere.md), as the title of each exposure's "
+                          "atmosphere plot")
 
 
 def _number(value: Any) -> float:
@@ -83,7 +85,8 @@ def summary_table(index: NightIndex) -> Table:
         exposures the zeroth order, the trace's rotation angle, D2CCD, the extracted flux
         at 450, 650 and 850 nm (e⁻/nm) and the fitted atmosphere (``pwv_mm, ozone_du,
         vaod`` with ``*_err``, ``atmosphere_chi2_ndof``, ``atmosphere_error_scale``: the
-        ``*_err`` are the fit's errors × that scale, `ATMOSPHERE_ERRORS_NOTE`, also in the
+        ``*_err`` are the fit's errors × that scale ⊕ its systematic errors,
+        `ATMOSPHERE_ERRORS_NOTE`, also in the
         table's ``ATMERRS`` meta), ``status`` (``done``, ``failed``,
         ``pending`` or ``calibration``), ``reason`` and ``duration_s`` (sum of the task
         times).

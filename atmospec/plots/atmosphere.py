@@ -67,7 +67,7 @@ def _unit_label(unit: str) -> str:
 
 def _title(fit: AtmosphereFit) -> str:
     # The errors every output quotes, and how they were made (`AtmosphereFit.errors_label`).
-    v, e = fit.values, fit.errors_scaled
+    v, e = fit.values, fit.errors_quoted
 
     def fmt(name: str, unit: str, digits: int) -> str:
         val = v.get(name)
@@ -130,7 +130,8 @@ def fit_from_document(doc: dict) -> AtmosphereFit:
         flux_unit=str(doc.get("flux_unit", "")), covariance_used=str(doc["covariance_used"]),
         success=bool(doc["success"]), message=str(doc.get("message", "")),
         nfev=int(doc.get("nfev", 0)), fit_time_s=float(doc.get("fit_time_s", 0.0)),
-        info=dict(doc.get("info") or {}), problems=tuple(doc.get("problems") or ()))
+        info=dict(doc.get("info") or {}), problems=tuple(doc.get("problems") or ()),
+        systematic=dict(doc.get("systematic_errors") or {}))
 
 
 def atmosphere_fit_figure(fit: AtmosphereFit) -> Figure:

@@ -330,7 +330,8 @@ def _spectroscopy(out: Path, summary: Table, figures: dict[str, tuple[Path, int]
                                  "VAOD", "χ²/ndof", "error scale"], rows,
                                 table_id="atmosphere", sortable=True))
             body.append("<p>Errors as in each exposure's atmosphere plot: the fit's, scaled "
-                        "by √(χ²/ndof) when above 1 (the error scale; 1: unscaled).</p>")
+                        "by √(χ²/ndof) when above 1 (the error scale; 1: unscaled), plus in "
+                        "quadrature the fit's systematic errors (see the plot's title).</p>")
     body.append("<p>Line positions are shown per exposure (wavelength-calibration figure on "
                 "each dispersed exposure's page); the night summary does not carry them.</p>")
     return body
