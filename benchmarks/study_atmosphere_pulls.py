@@ -11,7 +11,11 @@ goes through what ``atmospec demo`` runs on it: the night runner's job
 extraction, atmosphere fit) with the products the night builds from its calibration frames
 (`--calibs night`: master bias, dark and ``empty_1`` flat from the demo's 3 + 3 + 3 frames,
 the demo's PTC; built once). ``--calibs truth`` instead runs ISR with the simulator's
-perfect products (`FrameTruth.perfect_calibrations`), to bisect.
+perfect products (`FrameTruth.perfect_calibrations`), ``--calibs ideal`` skips the detector
+(the light with Poisson and read noise and its true variance is the post-ISR exposure):
+both to bisect. ``--truth PWV OZONE VAOD`` sets another atmosphere than the fit's starting
+values. About 20 s of CPU per exposure, plus ~2 minutes for the products (docs/atmosphere.md
+has the numbers of ``--n 20``).
 
 Printed: one line per exposure (airmass, fitted value and error of PWV, ozone, VAOD, the
 pulls, χ²/ndof) and the summary per parameter: mean value, bias, scatter, mean error, pull
