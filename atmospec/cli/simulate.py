@@ -168,14 +168,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from atmospec.calib.files import build_ptc_file
     from atmospec.calib.registry import CalibrationRegistry
     from atmospec.night.runner import NightRunConfig, run_night
-    from atmospec.sim.night import NightConfig, simulate_night
-    from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
+    from atmospec.sim.night import demo_night_config, demo_ptc_config, simulate_night
+    from atmospec.sim.sequences import write_flat_pairs
 
     out = Path(args.out)
     raw_dir, repo = out / "raw", out / "repo"
-    config = NightConfig(day_obs=20261123, seed=args.seed, n_bias=3, n_dark=3, n_flat=3,
-                         flat_filters=("SDSSr_65mm", "empty_1"), n_science=4, n_dispersed=2,
-                         n_corrupt=2)
+    config = demo_night_config(args.seed)
     raws = sorted(raw_dir.glob("AT_O_*.fits")) if raw_dir.is_dir() else []
     if not raws:
         print(f"1/3 simulating a small LATISS night in {raw_dir}: biases, darks, flats, "
@@ -191,11 +189,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"registered in {repo} ...")
         pairs = sorted(pair_dir.glob("AT_*.fits")) if pair_dir.is_dir() else []
         if not pairs:
-            pairs = write_flat_pairs(pair_dir, PtcSequenceConfig(
-                n_log_levels=5, n_dense_levels=1, min_level_e=1000.0,
-                dense_from_e=115_000.0, max_level_e=115_000.0, day_obs=20261123,
-                first_seq=200, start=_day_start_iso(20261123), seed=args.seed,
-                detector=config.detector))
+            pairs = write_flat_pairs(pair_dir, demo_ptc_config(config))
         ptc = build_ptc_file(pairs, out / "ptc.fits")
         print_verification(ptc)
         registry.register(ptc, valid_from="2026-11-01", certify=True)

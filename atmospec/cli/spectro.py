@@ -257,12 +257,12 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
         fit2d = fit_atmosphere_spectrogram if args.mode == "2d" else fit_atmosphere_auto
         fit = fit2d(spectrum, SpectrogramFitConfig(atmosphere=config), source=str(path))
     out = write_text_atomic(json.dumps(fit.to_dict(), indent=2) + "\n", args.out)
-    v, e = fit.values, fit.errors_scaled
+    v, e = fit.values, fit.errors_quoted
     print(f"wrote {out}: PWV {v['pwv_mm']:.2f} {_pm(e['pwv_mm'], '.2f')} mm, ozone "
           f"{v['ozone_du']:.0f} {_pm(e['ozone_du'], '.0f')} DU, VAOD {v['vaod']:.4f} "
           f"{_pm(e['vaod'], '.4f')}, chi2/ndof {fit.chi2_ndof:.2f}"
           + (f", order-2 scale {v['order2']:.3f}" if "order2" in v else "")
-          + f" ({fit.info.get('fit', 'spectrum')} fit)")
+          + f" ({fit.info.get('fit', 'spectrum')} fit; {fit.errors_label})")
     for name, reason in fit.fixed.items():
         print(f"  {name} fixed: {reason}")
     if args.plot:
@@ -288,8 +288,9 @@ def _fit_atmosphere_joint(args: argparse.Namespace, config) -> int:
     out = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
                             args.out)
     print(f"wrote {out}: {len(args.spectrum)} spectra, chi2/ndof {fit.chi2_ndof:.2f}, "
-          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}")
-    for path, values, errors in zip(args.spectrum, fit.values, fit.errors, strict=True):
+          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}; "
+          f"{fit.errors_label}")
+    for path, values, errors in zip(args.spectrum, fit.values, fit.errors_quoted, strict=True):
         print(f"  {Path(path).name}: PWV {values['pwv_mm']:.2f} "
               f"{_pm(errors['pwv_mm'], '.2f')} mm, ozone {values['ozone_du']:.0f} "
               f"{_pm(errors['ozone_du'], '.0f')} DU, VAOD {values['vaod']:.4f} "

@@ -425,16 +425,29 @@ def _spectroscopy(out: Path, summary: Table, figures: dict[str, tuple[Path, int]
                     cells.append(H.Cell(H.fmt_number(row[name + TRUTH_SUFFIX]), numeric=True,
                                         value=H.data_value(row[name + TRUTH_SUFFIX])))
             rows.append([*cells, H.Cell(H.fmt_number(row["atmosphere_chi2_ndof"]),
-                                        numeric=True)])
+                                        numeric=True),
+                         H.Cell(_error_scale(row), numeric=True)])
         if rows:
-            body.append(H.table([*headers, "χ²/ndof"], rows, table_id="atmosphere",
-                                columns=[*columns, "atmosphere_chi2_ndof"], sortable=True,
+            extra = ["atmosphere_chi2_ndof", "atmosphere_error_scale"]
+            body.append(H.table([*headers, "χ²/ndof", "error scale"], rows,
+                                table_id="atmosphere", columns=[*columns, *extra],
+                                sortable=True,
                                 column_classes=[
                                     "truth" if c.endswith(TRUTH_SUFFIX) else None
-                                    for c in [*columns, "atmosphere_chi2_ndof"]]))
+                                    for c in [*columns, *extra]]))
+            body.append("<p>Errors as in each exposure's atmosphere plot: the fit's, scaled "
+                        "by √(χ²/ndof) when above 1 (the error scale; 1: unscaled), plus in "
+                        "quadrature the fit's systematic errors (see the plot's title).</p>")
     body.append("<p>Line positions are shown per exposure (wavelength-calibration figure on "
                 "each dispersed exposure's page); the night summary does not carry them.</p>")
     return body
+
+
+def _error_scale(row: Table.Row) -> str:
+    """The summary's ``atmosphere_error_scale`` (absent from a summary written before it)."""
+    if "atmosphere_error_scale" not in row.colnames:
+        return "–"
+    return H.fmt_number(row["atmosphere_error_scale"], 3)
 
 
 def _plus_minus(row: Table.Row, name: str) -> H.Cell:

@@ -39,6 +39,7 @@ from atmospec.spectro.extract import (
     ExtractionResult,
     background_covariance,
     extract_spectrum,
+    leave_one_out_variance,
     result_to_spectrum,
 )
 from atmospec.spectro.forward_model import (
@@ -84,6 +85,12 @@ class SpectroscopyConfig:
     (Balmer lines, O₂ A and B, H₂O); ``False`` keeps the instrument's distance."""
     coarse_search: CoarseSearchConfig = field(default_factory=CoarseSearchConfig)
     """Template scan that gives the line fit its starting solution."""
+    variance_half_rows: int = 3
+    """The extraction and the 2D model weight pixels with their variance estimated from
+    the ± this many neighbours along the trace, the pixel itself left out
+    (`atmospec.spectro.extract.leave_one_out_variance`): ISR's plane, made of each pixel's
+    own counts, biases every weighted fit low by about a count per pixel. 0 keeps the
+    plane."""
     d2ccd_prior_sigma_mm: float = 2.0
     """Width of the Gaussian prior on the disperser–CCD distance, mm (the instruments'
     stated errors, 0.05–0.2 mm, are too optimistic: Spectractor's CTIO fit moved it by
@@ -170,7 +177,7 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     clock = _Clock(timings)
     job = _job(exposure, target, disperser, config, source, instrument)
     frame = _Frame(job.profile, exposure.image.shape)
-    work = frame.exposure(exposure)
+    work = _with_expected_variance(frame.exposure(exposure), config)
     disp = frame.disperser(job.disperser)
     clock.lap("setup")
     centroid = None
@@ -222,6 +229,18 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     _flag_problems(spectrum.header, model, skipped, config.quality)
     clock.lap("spectrum")
     return spectrum, centroid
+
+
+def _with_expected_variance(work: Exposure, config: SpectroscopyConfig) -> Exposure:
+    """The exposure (extraction frame) with the leave-one-out variance of
+    `SpectroscopyConfig.variance_half_rows`; the input exposure is left as it is."""
+    if config.variance_half_rows <= 0:
+        return work
+    good = (~work.get_mask(*config.extraction.bad_planes)) & np.isfinite(work.variance) \
+        & (work.variance > 0)
+    variance = leave_one_out_variance(work.variance, good, config.variance_half_rows)
+    return Exposure(image=work.image, mask=work.mask, variance=variance,
+                    metadata=work.metadata, mask_planes=dict(work.mask_planes), unit=work.unit)
 
 
 def _flag_problems(header: fits.Header, model: ForwardModelResult | None,
