@@ -42,7 +42,9 @@ def _add_calib(sub: argparse._SubParsersAction) -> None:
     pt = csub.add_parser("ptc", help="photon-transfer curve from flat pairs")
     pt.add_argument("raw", nargs="+", help="raw flats, two per exposure time")
     pt.add_argument("--out", required=True, help="PTC table (.fits)")
-    pt.add_argument("--skip-bad", action="store_true")
+    pt.add_argument("--skip-bad", action="store_true",
+                    help="log and exclude unusable inputs (and an unpaired flat) instead of "
+                    "stopping")
     pt.set_defaults(func=_cmd_calib_ptc)
     li = csub.add_parser("linearity", help="linearizer from a PTC product's ramp")
     li.add_argument("ptc", help="PTC product")
@@ -70,13 +72,13 @@ def _add_calib(sub: argparse._SubParsersAction) -> None:
                    "an existing one keeps its own")
     r.set_defaults(func=_cmd_calib_register)
     ls = csub.add_parser("list", help="list the products of a repository")
-    ls.add_argument("--repo", required=True)
+    ls.add_argument("--repo", required=True, help="calibration repository directory")
     ls.add_argument("--kind", help="only this kind")
     ls.add_argument("--detector", help="only this detector's products (e.g. R22_S11)")
     ls.set_defaults(func=_cmd_calib_list)
     c = csub.add_parser("certify", help="make a registered product the default of its kind")
     c.add_argument("id", type=int, help="product id (see calib list)")
-    c.add_argument("--repo", required=True)
+    c.add_argument("--repo", required=True, help="calibration repository directory")
     c.set_defaults(func=_cmd_calib_certify)
 
 

@@ -26,35 +26,34 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    "acquisition of LSST camera detectors (biases, darks, flat pairs, "
                    "superflats, photodiode records) laid out as the BOT writes it")
     p.add_argument("--out", required=True, help="output directory for the raw files")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument("--day-obs", type=int, default=20261123, help="YYYYMMDD of the night")
-    p.add_argument("--n-bias", type=int, default=5)
-    p.add_argument("--n-dark", type=int, default=3)
+    p.add_argument("--n-bias", type=int, default=5, help="bias frames")
+    p.add_argument("--n-dark", type=int, default=3, help="dark frames")
     p.add_argument("--n-flat", type=int, default=3, help="flats per filter")
     p.add_argument("--n-science", type=int, default=4, help="imaging frames of a star field")
     p.add_argument("--n-dispersed", type=int, default=0,
                    help="dispersed (holo4_003) exposures of a standard star, interleaved")
     p.add_argument("--dispersed-every", type=int, default=3,
-                   help="imaging frames between two dispersed exposures (default 3)")
+                   help="imaging frames between two dispersed exposures")
     p.add_argument("--n-corrupt", type=int, default=0,
-                   help="damaged files to add (truncated, empty, foreign), default 0")
+                   help="damaged files to add (truncated, empty, foreign)")
     p.add_argument("--flat-filters", default="SDSSr_65mm",
                    help="comma list of flat filters (add empty_1 for dispersed exposures)")
     p.add_argument("--n-pairs", type=int, default=25,
-                   help="flat-pairs: number of levels (pairs), default 25")
+                   help="flat-pairs: number of levels (pairs)")
     p.add_argument("--no-compress", action="store_true",
                    help="write uncompressed FITS (default: lossless RICE tiles)")
     bot = p.add_argument_group("bot")
     bot.add_argument("--instrument", default="LSSTCam",
-                     help="bot: LSSTCam (default), LSSTComCam or LSST-TS8")
+                     help="bot: LSSTCam, LSSTComCam or LSST-TS8")
     bot.add_argument("--detectors", default="R22_S11",
-                     help="bot: comma list of detectors and rafts (R22 = its 9 CCDs), "
-                     "default R22_S11")
+                     help="bot: comma list of detectors and rafts (R22 = its 9 CCDs)")
     bot.add_argument("--levels", default=None,
                      help="bot: comma list of flat-pair levels, e- (default 1000,2000,5000,"
                      "10000,20000,50000,100000; empty for none)")
     bot.add_argument("--n-sflat", type=int, default=2,
-                     help="bot: low (1 ke-) and high (50 ke-) superflats each, default 2")
+                     help="bot: low (1 ke-) and high (50 ke-) superflats each")
     bot.add_argument("--run", default="13162", help="bot: run number, RUNNUM")
     bot.add_argument("--interleaved-biases", action="store_true",
                      help="bot: a bias before every dark, flat pair and superflat")
@@ -137,7 +136,7 @@ def _day_start_iso(day_obs: int) -> str:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulate a small night and reduce it (atmospec night)")
     p.add_argument("--out", default="atmospec-demo", help="working directory")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="random seed of the simulated night")
     p.set_defaults(func=_cmd_demo)
 
 

@@ -27,7 +27,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", help="target name (default: the header's OBJECT); a CALSPEC "
                    "standard")
     p.add_argument("--disperser", help="disperser (default: the header's GRATING)")
-    p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss")
+    p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss",
+                   help="instrument of IMAGE")
     p.add_argument("--xy", help="zeroth-order position X,Y (0-based pixel centres of IMAGE); "
                    "default: found around the header prior")
     p.add_argument("--calibs", metavar="REPO", help="with a raw input: calibration repository")
