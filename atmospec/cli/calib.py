@@ -61,6 +61,8 @@ def _add_calib(sub: argparse._SubParsersAction) -> None:
     eo.add_argument("--flat-master", help="master flat (dark defects)")
     eo.add_argument("--ptc", help="PTC product (gain, full well, linearity residual)")
     eo.add_argument("--out", required=True, help="output directory")
+    eo.add_argument("--skip-bad", action="store_true",
+                    help="log and exclude unusable raw frames instead of stopping")
     eo.set_defaults(func=_cmd_calib_eo)
     r = csub.add_parser("register", help="store a product in a calibration repository")
     r.add_argument("product", help="product file (bias/dark/flat/defects/ptc/...)")
@@ -174,7 +176,8 @@ def _cmd_calib_eo(args: argparse.Namespace) -> int:
     flat = (Flat.read(args.flat_master, camera, load_variance=False).exposure
             if args.flat_master else None)
     ptc = Ptc.read(args.ptc, camera) if args.ptc else None
-    table = eo_figures(args.bias, args.flat, dark_master=dark, flat_master=flat, ptc=ptc)
+    table = eo_figures(args.bias, args.flat, dark_master=dark, flat_master=flat, ptc=ptc,
+                       skip_bad=args.skip_bad)
     ecsv = write_eo(table, args.out)
     png = plot_eo_summary(table, ecsv.with_suffix(".png"))
     print(f"wrote {ecsv} and {png}")
