@@ -70,6 +70,10 @@ def add_butler_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--end", help="end of validity, ISO UTC (default: unbounded)")
     q.add_argument("--collection", default=None,
                    help="CALIBRATION collection (default <instrument>/calib: LATISS/calib)")
+    q.add_argument("--force", action="store_true",
+                   help="certify products whose verification failed (their .verify.json, or "
+                   "the cp*Verify dataset of --from-collection), with a warning; without it "
+                   "they are refused")
     q.set_defaults(func=_cmd_certify)
 
 
@@ -144,10 +148,10 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             collection = repo_calib_collection(butler)
     if args.from_collection:
         refs = certify_run(args.repo, args.from_collection, [args.kind], begin=args.begin,
-                           end=args.end, collection=collection)
+                           end=args.end, collection=collection, force=args.force)
     else:
         refs = certify_files(args.repo, args.kind, args.files, begin=args.begin,
-                             end=args.end, collection=collection)
+                             end=args.end, collection=collection, force=args.force)
     span = f"{args.begin or '-inf'} .. {args.end or '+inf'}"
     print(f"certified {len(refs)} {args.kind} into {collection} (valid {span})")
     return 0
