@@ -38,6 +38,7 @@ import lmfit
 import numpy as np
 from astropy.table import Table
 from astropy.time import Time
+from tqdm import tqdm
 
 from atmospec.calib.inputs import raw_info
 from atmospec.calib.products.crosstalk import Crosstalk
@@ -731,7 +732,9 @@ def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
     stats: list[PairStats] = []
     used: list[Path] = []
     filters: set[str] = set()
-    for k, (pa, pb) in enumerate(pairs):
+    # A bar on a terminal (silent in logs and CI): two raw frames per pair, seconds each.
+    for k, (pa, pb) in enumerate(tqdm(pairs, desc="PTC flat pairs", unit="pair",
+                                      disable=None, leave=False)):
         try:
             first = read_raw(pa, camera)
             second = read_raw(pb, camera)

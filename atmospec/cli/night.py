@@ -58,7 +58,7 @@ def _cmd_night(args: argparse.Namespace) -> int:
     if config.plots and config.figures:
         write_night_report(Path(args.repo), result,
                            workers=args.workers if args.executor == "local" else None)
-    print(night_report_text(result))
+    print(night_report_text(result, args.repo))
     return EXIT_FAILURE if result.n_failed else EXIT_OK
 
 
@@ -105,11 +105,34 @@ def write_night_report(repo: Path, result: NightResult, workers: int | None = No
     return report
 
 
-def night_report_text(result: NightResult) -> str:
-    """The lines ``atmospec night`` prints at the end of a run."""
-    lines = [f"{result.n_exposures} exposures: {result.n_run} processed now, "
-             f"{result.n_skipped} already done, {result.n_failed} with a failure "
-             f"({result.wall_s:.0f} s)"]
+def night_report_text(result: NightResult, repo: str | Path | None = None) -> str:
+    """The lines ``atmospec night`` prints at the end of a run.
+
+    Parameters
+    ----------
+    result : NightResult
+        The run.
+    repo : path, optional
+        Its repository: the first line then counts the exposures as the summary table and
+        the report do (every indexed frame, calibration frames included), and says how many
+        of them the pipeline reduces.
+
+    Returns
+    -------
+    str
+    """
+    counts = f"{result.n_exposures} exposures"
+    if repo is not None:
+        from atmospec.night.index import NightIndex
+
+        types = [r.info.image_type for r in NightIndex(repo, create=False).raws()]
+        n_calib = sum(t in ("bias", "dark", "flat") for t in types)
+        other = len(types) - n_calib - result.n_exposures
+        counts = (f"{len(types)} exposures ({n_calib} calibration frames, "
+                  f"{result.n_exposures} science" + (f", {other} other" if other > 0 else "")
+                  + ")")
+    lines = [f"{counts}: {result.n_run} processed now, {result.n_skipped} already done, "
+             f"{result.n_failed} with a failure ({result.wall_s:.0f} s)"]
     for product in result.calibrations:
         lines.append(f"calibration {product.path.name}: {product.status} ({product.detail})")
     for path, reason in result.rejected:

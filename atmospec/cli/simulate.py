@@ -181,7 +181,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"3/3 reducing the night: atmospec night {raw_dir} --repo {repo}")
     result = run_night(raw_dir, repo, NightRunConfig())
     write_night_report(repo, result)
-    print(night_report_text(result))
+    print(night_report_text(result, repo))
     print(f"\nsummary table: {result.summary['ecsv']}\n"
           f"calibration products: atmospec calib list --repo {repo}\n"
           f"per-exposure outputs: {repo / 'exposures'}")
