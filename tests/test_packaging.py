@@ -31,7 +31,8 @@ def test_data_files_are_packaged():
                  "latiss_raw_template.fits.gz", "latiss_sensor_qe.ecsv", "ATTRIBUTION.md",
                  "instruments/latiss.yaml", "dispersers/holo4_003/transmission.txt",
                  "dispersers/HoloAmAg/hologram_grooves_per_mm.txt", "instruments/ctio.yaml",
-                 "calspec/hd142331_stis_005.fits.gz", "calspec/getCalspec_calspec_index.csv"):
+                 "calspec/hd142331_stis_005.fits.gz", "calspec/getCalspec_calspec_index.csv",
+                 "examples/ctio_20170530_134_HD111980_HoloAmAg.fits.gz"):
         assert (data / name).is_file(), name
 
 
