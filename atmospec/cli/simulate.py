@@ -41,7 +41,11 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flat-filters", default="SDSSr_65mm",
                    help="comma list of flat filters (add empty_1 for dispersed exposures)")
     p.add_argument("--n-pairs", type=int, default=25,
-                   help="flat-pairs: number of levels (pairs)")
+                   help="flat-pairs: number of levels (pairs), from 100 e- to 168 ke-, beyond "
+                   "the full well")
+    p.add_argument("--quick", action="store_true",
+                   help="flat-pairs: 6 pairs from 1 ke- to 115 ke-, below the full well (the "
+                   "demo's: quick to simulate, enough for gains and read noise)")
     p.add_argument("--no-compress", action="store_true",
                    help="write uncompressed FITS (default: lossless RICE tiles)")
     bot = p.add_argument_group("bot")
@@ -66,17 +70,21 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.what == "bot":
         return _cmd_simulate_bot(args)
     if args.what == "flat-pairs":
-        from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
+        from atmospec.sim.sequences import PtcSequenceConfig, quick_sequence, write_flat_pairs
 
-        dense = PtcSequenceConfig().n_dense_levels
-        if args.n_pairs < dense + 2:
-            raise UsageError(f"atmospec simulate flat-pairs: --n-pairs must be at least "
-                              f"{dense + 2}")
-        # The default linear grid above 80 ke- steps over the last few per cent below full
-        # well (slow to simulate, and where the turnoff is found anyway); the extra pairs
-        # go to the log-spaced low levels.
-        seq_config = PtcSequenceConfig(n_log_levels=args.n_pairs - dense, day_obs=args.day_obs,
-                                       start=_day_start_iso(args.day_obs), seed=args.seed)
+        where = {"day_obs": args.day_obs, "start": _day_start_iso(args.day_obs),
+                 "seed": args.seed}
+        if args.quick:
+            seq_config = quick_sequence(**where)
+        else:
+            dense = PtcSequenceConfig().n_dense_levels
+            if args.n_pairs < dense + 2:
+                raise UsageError(f"atmospec simulate flat-pairs: --n-pairs must be at least "
+                                 f"{dense + 2} (or --quick: 6 pairs below the full well)")
+            # The default linear grid above 80 ke- steps over the last few per cent below
+            # full well (slow to simulate, and where the turnoff is found anyway); the extra
+            # pairs go to the log-spaced low levels.
+            seq_config = PtcSequenceConfig(n_log_levels=args.n_pairs - dense, **where)
         paths = write_flat_pairs(args.out, seq_config, compress=not args.no_compress)
         print(f"wrote {len(paths)} raw flats ({len(paths) // 2} pairs) to {args.out}")
         return EXIT_OK
@@ -146,7 +154,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from atmospec.calib.registry import CalibrationRegistry
     from atmospec.night.runner import NightRunConfig, run_night
     from atmospec.sim.night import NightConfig, simulate_night
-    from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
+    from atmospec.sim.sequences import quick_sequence, write_flat_pairs
 
     out = Path(args.out)
     raw_dir, repo = out / "raw", out / "repo"
@@ -168,11 +176,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"registered in {repo} ...")
         pairs = sorted(pair_dir.glob("AT_*.fits")) if pair_dir.is_dir() else []
         if not pairs:
-            pairs = write_flat_pairs(pair_dir, PtcSequenceConfig(
-                n_log_levels=5, n_dense_levels=1, min_level_e=1000.0,
-                dense_from_e=115_000.0, max_level_e=115_000.0, day_obs=20261123,
-                first_seq=200, start=_day_start_iso(20261123), seed=args.seed,
-                detector=config.detector))
+            pairs = write_flat_pairs(pair_dir, quick_sequence(
+                day_obs=20261123, first_seq=200, start=_day_start_iso(20261123),
+                seed=args.seed, detector=config.detector))
         ptc = build_ptc_file(pairs, out / "ptc.fits")
         print_verification(ptc)
         registry.register(ptc, valid_from="2026-11-01", certify=True)
