@@ -86,6 +86,18 @@ def test_cli_without_extra_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 # --------------------------------------------------------------------------- configs
 
 
+def test_bps_config_may_be_a_package_resource() -> None:
+    """``atmospec bps submit resource://atmospec.pipelines/gen3/bps_parsl_local.yaml`` finds
+    the file installed with atmospec (docs/gen3.md runs from any folder)."""
+    from atmospec.cli.gen3 import local_resource
+
+    found = Path(local_resource("resource://atmospec.pipelines/gen3/bps_parsl_local.yaml"))
+    assert found.is_file() and found.name == "bps_parsl_local.yaml"
+    assert local_resource("pipelines/x.yaml") == "pipelines/x.yaml"
+    with pytest.raises(BadInputError, match="no package 'nowhere'"):
+        local_resource("resource://nowhere/x.yaml")
+
+
 @NEEDS_GEN3
 def test_configs_are_generated_from_the_dataclasses() -> None:
     from atmospec.calib.masters import DarkConfig
