@@ -56,6 +56,7 @@ __all__ = [
     "HduLayout",
     "astropy_warnings_as_errors",
     "check_hdu_sums",
+    "primary_header",
     "scan_fits",
 ]
 
@@ -261,6 +262,41 @@ def scan_fits(path: str | Path, check: Callable[[HduLayout], None] | None = None
         if not hdus:
             raise BadInputError(path, "empty file (no FITS data)")
         return FitsLayout(path, stream.compression, tuple(hdus), stream.pos)
+    finally:
+        stream.close()
+
+
+def primary_header(path: str | Path) -> fits.Header:
+    """The primary header of a FITS file, read and checked as `scan_fits` reads every header,
+    without going further into the file.
+
+    For the cheap header checks of a command's inputs (their image type, detector): a
+    damaged or truncated primary header is refused with the message `scan_fits` (and so
+    ``atmospec isr`` and the night index) gives; damage further in is found when the
+    pixels are read.
+
+    Parameters
+    ----------
+    path : path
+        A FITS file, plain or gzip-compressed.
+
+    Returns
+    -------
+    astropy.io.fits.Header
+
+    Raises
+    ------
+    BadInputError
+        Empty, not FITS, a damaged or truncated primary header.
+    OSError
+        When the file cannot be opened or read.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise BadInputError(path, "empty file")
+    stream = _Stream(path)
+    try:
+        return _read_hdu(stream, stream.read(BLOCK), 0, 0, None).header
     finally:
         stream.close()
 

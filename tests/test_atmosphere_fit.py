@@ -451,3 +451,31 @@ def test_spectrogram_fit_refuses_spectractor_files(tmp_path: Path,
                  "--mode", "auto"]) == 0
     saved = json.loads((tmp_path / "a.json").read_text())
     assert saved["info"]["fit"] == "spectrum" and "degeneracy" in saved["info"]
+
+
+def test_range_covering_the_blue_fits_the_angstrom_exponent(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``--range 400 1000 --fit-angstrom`` on a spectrum sampled every 2.4 nm, whose first
+    sample in the range is at 400.6 nm: the Ångström exponent is fitted (it used to be
+    fixed because 400.6 > 400), and recovered; a range starting one step later does not
+    cover the lever arm and fixes it, saying so once."""
+    spec = latiss_spectrum(n=300)
+    model = SpectrumForwardModel(spec)
+    expected = model(3.0, 300.0, 0.08, angstrom=1.0)
+    err = np.sqrt(np.abs(expected) * 0.6 + 400.0) / 0.9
+    noiseless = fill(spec, model, expected, np.diag(err**2))
+    config = AtmosphereFitConfig(wavelength_range_nm=(400.0, 1000.0), fit_angstrom=True)
+    fit = fit_atmosphere(noiseless, config)
+    assert fit.wavelength_range_nm[0] > 400.0
+    assert "angstrom" not in fit.fixed and "angstrom" in fit.free_parameters
+    assert fit.values["angstrom"] == pytest.approx(1.0, abs=0.05)
+    later = fit_atmosphere(noiseless, replace(config, wavelength_range_nm=(404.0, 1000.0)))
+    assert later.fixed["angstrom"].startswith("fitted range 40")
+    # The command prints each fixed parameter's reason once, without "fixed: fixed:".
+    from spectractor_bridge.spectrum import write_spectrum
+
+    path = write_spectrum(noiseless, tmp_path / "spec.fits")
+    assert main(["fit-atmosphere", str(path), "--out", str(tmp_path / "fit.json")]) == 0
+    out = capsys.readouterr().out
+    assert "  angstrom fixed: libRadtran's default aerosol shape" in out
+    assert "fixed: fixed" not in out and "fixed: by configuration" not in out

@@ -176,3 +176,27 @@ def test_psf_bins_in_psf_tab_frame(chain):
     on_trace = np.interp(np.asarray(bins["x_c"])[used], np.asarray(psf["x_c"])[order],
                          np.asarray(psf["y_c"])[order])
     assert np.nanmax(np.abs(np.asarray(bins["y_c"])[used] - on_trace)) < 1.5
+
+
+def test_shipped_example_reads_as_a_2x2_binned_ctio_image():
+    """The example of docs/spectroscopy.md (``data/examples``, made by
+    ``scripts/make_ctio_example.py``): a 2×2 sum of pixels, so saturated at 4 × 60 000 ADU
+    (the zeroth order's core only) and read-noise variance 4 × 12² e⁻²; Spectractor's
+    answers are not in its header."""
+    from atmospec.camera.reduced import read_reduced_image
+
+    # This checkout's file (tests/test_packaging.py checks that it is installed).
+    path = (Path(__file__).parents[1] / "data" / "examples"
+            / "ctio_20170530_134_HD111980_HoloAmAg.fits.gz")
+    exposure = read_reduced_image(path, "ctio")
+    assert exposure.image.shape == (1024, 1024)
+    sat = np.argwhere(exposure.get_mask("SAT"))
+    assert 1 <= len(sat) <= 5 and np.all(np.abs(sat - [341, 372]) <= 1)
+    floor = exposure.variance - np.clip(exposure.image, 0.0, None)
+    assert np.allclose(floor, 4 * 12.0**2)
+    assert not set(ANSWERS) & set(exposure.metadata)
+    with fits.open(V24) as hdul:
+        s_data, h = hdul["S_DATA"].data, hdul[0].header
+    y0, x0 = h["S_YMIN"], h["S_XMIN"]
+    cut = exposure.image[y0:y0 + s_data.shape[0], x0:x0 + s_data.shape[1]] / 3.0
+    assert np.allclose(cut, s_data * h["EXPTIME"], rtol=1e-6)  # the real pixels, in ADU

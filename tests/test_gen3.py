@@ -86,6 +86,18 @@ def test_cli_without_extra_exits_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 # --------------------------------------------------------------------------- configs
 
 
+def test_bps_config_may_be_a_package_resource() -> None:
+    """``atmospec bps submit resource://atmospec.pipelines/gen3/bps_parsl_local.yaml`` finds
+    the file installed with atmospec (docs/gen3.md runs from any folder)."""
+    from atmospec.cli.gen3 import local_resource
+
+    found = Path(local_resource("resource://atmospec.pipelines/gen3/bps_parsl_local.yaml"))
+    assert found.is_file() and found.name == "bps_parsl_local.yaml"
+    assert local_resource("pipelines/x.yaml") == "pipelines/x.yaml"
+    with pytest.raises(BadInputError, match="no package 'nowhere'"):
+        local_resource("resource://nowhere/x.yaml")
+
+
 @NEEDS_GEN3
 def test_configs_are_generated_from_the_dataclasses() -> None:
     from atmospec.calib.masters import DarkConfig
@@ -140,6 +152,67 @@ def test_init_refuses_an_existing_repository_and_updates_it(tmp_path: Path) -> N
         assert set(butler.registry.queryCollections()) == collections
         assert butler.query_dimension_records("detector", instrument="LATISS")[0].full_name \
             == "RXX_S00"
+
+
+@NEEDS_GEN3
+def test_certify_refuses_a_failed_verification_unless_forced(
+        tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A product file whose ``.verify.json`` failed, or a pipeline's product whose
+    ``cp*Verify`` dataset failed, is refused in one line (exit 2, nothing certified);
+    ``--force`` certifies it with one warning line."""
+    import logging
+
+    from lsst.daf.butler import Butler, DatasetType
+
+    from atmospec.cli import main
+    from atmospec.gen3.repo import certify_run, init_repo
+
+    repo = init_repo(tmp_path / "repo")
+    defects = tmp_path / "defects.ecsv"
+    shutil.copy(resources.files("atmospec.data") / "latiss_defects.ecsv", defects)
+    report = {"product": "defects", "pass": False,
+              "failures": ["C00:defect_fraction", "C01:defect_fraction",
+                           "C02:defect_fraction", "C03:defect_fraction"]}
+    (tmp_path / "defects.verify.json").write_text(json.dumps(report))
+    argv = ["butler", "certify", str(repo), "defects", str(defects)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"atmospec: {defects}: verification FAILED (C00:defect_fraction, "
+                   "C01:defect_fraction, C02:defect_fraction and 1 more): not certified; "
+                   "certify it anyway with --force")
+    with Butler.from_config(str(repo)) as butler:
+        assert not butler.query_datasets("defects", collections="LATISS/calib",
+                                         explain=False)
+    with caplog.at_level(logging.WARNING, logger="atmospec.gen3"):
+        assert main([*argv, "--force"]) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{defects}: verification FAILED (C00:defect_fraction, C01:defect_fraction, "
+        "C02:defect_fraction and 1 more): certified anyway (--force)"]
+    # A passing report certifies without a word.
+    crosstalk = tmp_path / "crosstalk.ecsv"
+    shutil.copy(resources.files("atmospec.data") / "latiss_crosstalk.ecsv", crosstalk)
+    (tmp_path / "crosstalk.verify.json").write_text(json.dumps({"pass": True}))
+    caplog.clear()
+    assert main(["butler", "certify", str(repo), "crosstalk", str(crosstalk)]) == 0
+    assert not caplog.records
+
+    # A pipeline's PTC and its failed cpPtcVerify.
+    with Butler.from_config(str(repo), writeable=True) as butler:
+        for name, storage in (("ptc", "AtmospecFitsTable"), ("cpPtcVerify", "AtmospecRecord")):
+            butler.registry.registerDatasetType(DatasetType(
+                name, ("instrument", "detector"), storage,
+                universe=butler.dimensions, isCalibration=name == "ptc"))
+        butler.registry.registerRun("u/test/cpPtc")
+        data_id = {"instrument": "LATISS", "detector": 0}
+        butler.put(Table({"AMP": ["C10"], "GAIN": [1.0]}), "ptc", data_id, run="u/test/cpPtc")
+        butler.put({"pass": False, "failures": ["C10:gain_near_nominal"]}, "cpPtcVerify",
+                   data_id, run="u/test/cpPtc")
+    with pytest.raises(BadInputError, match=r"u/test/cpPtc: ptc \(instrument=LATISS, "
+                       r"detector=0\): verification FAILED \(C10:gain_near_nominal\): not "
+                       "certified"):
+        certify_run(repo, "u/test/cpPtc", ["ptc"])
+    assert len(certify_run(repo, "u/test/cpPtc", ["ptc"], force=True)) == 1
 
 
 # --------------------------------------------------------------------------- end to end
@@ -244,9 +317,12 @@ def gen3_repo(night_raw_dir: Path, night_reference: tuple[Path, int],
          str(night_calib / "flat_SDSSr_65mm.fits"), "--out", str(products["defects"])]],
         work / "native-tables.log")
     ingest_raws(repo, [work / "pairs"], transfer="direct")
-    certify_run(repo, "u/test/cpBias", ["bias"])
-    certify_files(repo, "dark", [night_calib / "dark.fits"], transfer="direct")
-    certify_files(repo, "flat", sorted(night_calib.glob("flat_*.fits")), transfer="direct")
+    # The night's masters, built with the nominal gains, fail their verification (amps whose
+    # true gain is 5 % off): certified anyway, as the native night uses them.
+    certify_run(repo, "u/test/cpBias", ["bias"], force=True)
+    certify_files(repo, "dark", [night_calib / "dark.fits"], transfer="direct", force=True)
+    certify_files(repo, "flat", sorted(night_calib.glob("flat_*.fits")), transfer="direct",
+                  force=True)
     runs = {
         "processStar": _pipetask(
             ["run", *common, "-p", str(PIPELINES / "processStar.yaml"), "-i",
@@ -267,11 +343,11 @@ def gen3_repo(night_raw_dir: Path, night_reference: tuple[Path, int],
                     *[a for k, p in products.items() for a in (f"--{k}", str(p))]]],
                   work / "native-isr.log")
     calib = "u/test/calib-ptc"
-    certify_run(repo, "u/test/cpBias", ["bias"], collection=calib)
+    certify_run(repo, "u/test/cpBias", ["bias"], collection=calib, force=True)
     certify_files(repo, "dark", [night_calib / "dark.fits"], collection=calib,
-                  transfer="direct")
+                  transfer="direct", force=True)
     certify_files(repo, "flat", [night_calib / "flat_SDSSr_65mm.fits"], collection=calib,
-                  transfer="direct")
+                  transfer="direct", force=True)
     for kind in ("ptc", "defects", "linearizer", "crosstalk"):
         certify_files(repo, kind, [products[kind]], collection=calib, transfer="direct")
     both = f"instrument='LATISS' AND exposure IN ({_exposure_id(IMAGING)}, " \

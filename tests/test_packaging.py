@@ -31,8 +31,27 @@ def test_data_files_are_packaged():
                  "latiss_raw_template.fits.gz", "latiss_sensor_qe.ecsv", "ATTRIBUTION.md",
                  "instruments/latiss.yaml", "dispersers/holo4_003/transmission.txt",
                  "dispersers/HoloAmAg/hologram_grooves_per_mm.txt", "instruments/ctio.yaml",
-                 "calspec/hd142331_stis_005.fits.gz", "calspec/getCalspec_calspec_index.csv"):
+                 "calspec/hd142331_stis_005.fits.gz", "calspec/getCalspec_calspec_index.csv",
+                 "examples/ctio_20170530_134_HD111980_HoloAmAg.fits.gz"):
         assert (data / name).is_file(), name
+
+
+def test_every_data_file_is_shipped():
+    """Every file of the data folders is matched by a package-data glob of its package, so
+    an install holds what the source tree does (include-package-data is off: a file no glob
+    matches would silently be left out of the wheel)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["include-package-data"] is False
+    for package, folder in config["package-dir"].items():
+        if not package:
+            continue
+        base = ROOT / folder
+        matched = {f for pattern in config["package-data"].get(package, [])
+                   for f in base.glob(pattern) if f.is_file()}
+        present = {f for f in base.rglob("*") if f.is_file() and f.suffix not in (".py", ".pyc")
+                   and "__pycache__" not in f.parts}
+        missing = sorted(str(f.relative_to(ROOT)) for f in present - matched)
+        assert missing == [], f"add globs for these to package-data of {package}"
 
 
 def test_python_m_atmospec():

@@ -324,7 +324,7 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     if not has_order2:
         fixed["order2"] = "no order-2 light inside the modelled rows"
     elif not config.fit_order2:
-        fixed["order2"] = "fixed by configuration"
+        fixed["order2"] = "by configuration"
 
     def residual(p: lmfit.Parameters) -> NDArray[np.float64]:
         return sqrt_w * (d_use - pix.image(p.valuesdict())[use])

@@ -709,9 +709,10 @@ def _psf_fwhm_px(spectrum: Spectrum, lam: NDArray[np.float64]) -> NDArray[np.flo
 
 
 def _covers(lit_nm: NDArray[np.float64], w_lo: float, w_hi: float,
-            max_gap_nm: float = 10.0) -> bool:
-    """Whether the lit samples ``lit_nm`` span ``[w_lo, w_hi]`` without a gap > max_gap_nm."""
-    if lit_nm.size < 2 or lit_nm[0] > w_lo or lit_nm[-1] < w_hi:
+            max_gap_nm: float = 10.0, edge_nm: float = 0.0) -> bool:
+    """Whether the lit samples ``lit_nm`` span ``[w_lo, w_hi]`` without a gap > max_gap_nm;
+    a first (last) sample at most ``edge_nm`` inside the window reaches its edge."""
+    if lit_nm.size < 2 or lit_nm[0] > w_lo + edge_nm or lit_nm[-1] < w_hi - edge_nm:
         return False
     inside = lit_nm[(lit_nm >= w_lo - max_gap_nm) & (lit_nm <= w_hi + max_gap_nm)]
     return inside.size >= 2 and float(np.max(np.diff(inside))) <= max_gap_nm
@@ -721,7 +722,14 @@ def coverage_fixed(lo: float, hi: float, lit_nm: NDArray[np.float64],
                    config: AtmosphereFitConfig) -> dict[str, str]:
     """Parameters to fix because the fitted range ``[lo, hi]`` or the lit samples
     ``lit_nm`` (light through the filter) do not cover their feature window, with the
-    reason, among those ``config`` asks to fit."""
+    reason, among those ``config`` asks to fit.
+
+    ``lo`` and ``hi`` are the first and last samples fitted: they lie up to one sampling
+    step inside the range asked for (``--range 400 1000`` on a spectrum sampled every 2.4
+    nm starts at 400.3 nm), so a window edge counts as covered by a sample within one step
+    (the median spacing of ``lit_nm``) of it. A reason reads after ``<name> fixed:``.
+    """
+    step = float(np.median(np.diff(lit_nm))) if lit_nm.size > 1 else 0.0
     wanted = {"pwv_mm": config.fit_pwv, "ozone_du": config.fit_ozone,
               "vaod": config.fit_vaod, "angstrom": config.fit_angstrom,
               "dlambda_nm": config.fit_shift}
@@ -729,20 +737,21 @@ def coverage_fixed(lo: float, hi: float, lit_nm: NDArray[np.float64],
     for name, fit in wanted.items():
         if not fit:
             if name == "angstrom":
-                fixed[name] = ("fixed by configuration" if config.angstrom is not None else
-                               "fixed: libRadtran's default aerosol shape")
+                fixed[name] = ("by configuration" if config.angstrom is not None else
+                               "libRadtran's default aerosol shape (--fit-angstrom fits an "
+                               "Ångström exponent)")
             else:
-                fixed[name] = "fixed by configuration"
+                fixed[name] = "by configuration"
             continue
         w_lo, w_hi, what = FEATURE_WINDOWS[name]
-        if lo > w_lo or hi < w_hi:
+        if lo > w_lo + step or hi < w_hi - step:
             fixed[name] = (f"fitted range {lo:.0f}-{hi:.0f} nm does not cover {what}: "
-                           "fixed at its starting value")
-        elif not _covers(lit_nm, w_lo, w_hi):
-            fixed[name] = (f"no light through the instrument/filter over {what}: fixed at "
+                           "held at its starting value")
+        elif not _covers(lit_nm, w_lo, w_hi, edge_nm=step):
+            fixed[name] = (f"no light through the instrument/filter over {what}: held at "
                            "its starting value")
     if not config.fit_resolution:
-        fixed["resolution"] = "fixed by configuration"
+        fixed["resolution"] = "by configuration"
     return fixed
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -40,10 +40,11 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
+from atmospec.calib.inputs import handle_bad_inputs, raw_info
 from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import Ptc
 from atmospec.camera.description import Camera, load_camera
-from atmospec.camera.raw import RawFrame, as_raw
+from atmospec.camera.raw import RawFrame, read_raw
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import write_text_atomic
@@ -309,6 +310,8 @@ def eo_figures(
     config: EoConfig | None = None,
     camera: Camera | None = None,
     defects: DefectMaps | None = None,
+    *,
+    skip_bad: bool = False,
 ) -> Table:
     """Measure the camera team's electro-optical figures of every amplifier.
 
@@ -335,6 +338,10 @@ def eo_figures(
     defects : DefectMaps, optional
         Defects already found in these masters (`atmospec.calib.defects.detect_defects`):
         reused for the counts instead of searching again.
+    skip_bad : bool
+        Log and leave out unusable raw frames (unreadable, damaged, truncated, of another
+        image type) instead of raising, as the other builders do
+        (`atmospec.calib.inputs.handle_bad_inputs`).
 
     Returns
     -------
@@ -359,11 +366,12 @@ def eo_figures(
         full_well = np.full(n, np.nan)
         linearity = np.full(n, np.nan)
 
-    noise_var = [read_noise_adu(as_raw(r, camera), config) ** 2 for r in bias_raws]
+    noise_var = [read_noise_adu(raw, config) ** 2
+                 for raw in _checked_raws(bias_raws, "bias", camera, skip_bad)]
     read_noise = (np.sqrt(np.mean(noise_var, axis=0)) * gains.gain if noise_var
                   else np.full(n, np.nan))
 
-    cti = [eper_cti(as_raw(r, camera), config) for r in flat_raws]
+    cti = [eper_cti(raw, config) for raw in _checked_raws(flat_raws, "flat", camera, skip_bad)]
     if cti:
         cti_serial = np.nanmean([c[0] for c in cti], axis=0)
         cti_parallel = np.nanmean([c[1] for c in cti], axis=0)
@@ -402,8 +410,8 @@ def eo_figures(
     table.meta.update({
         **detector_meta(camera),
         "GAIN_SOURCE": gains.source,
-        "N_BIAS": len(bias_raws),
-        "N_FLAT": len(flat_raws),
+        "N_BIAS": len(noise_var),
+        "N_FLAT": len(cti),
         "EPER_COLUMNS": config.eper_columns,
         "EPER_ROWS": config.eper_rows,
         "REFERENCE_LIMITS": {k: {"comparison": c, "value": v, "label": lbl}
@@ -415,6 +423,43 @@ def eo_figures(
              np.nanmedian(cti_serial) if cti else np.nan,
              np.nanmedian(cti_parallel) if cti else np.nan)
     return table
+
+
+def _checked_raws(raws: Sequence[RawFrame | str | Path], kind: str, camera: Camera,
+                  skip_bad: bool) -> Iterator[RawFrame]:
+    """The usable frames of ``raws``, read one at a time.
+
+    Every file's header is checked first (`atmospec.calib.inputs.raw_info`: readable, a
+    ``kind`` frame), then each is read (`read_raw`: truncated or damaged data); a bad one is
+    refused, or logged and left out with ``skip_bad``, as the masters' inputs are.
+    """
+    checked: list[RawFrame | Path] = []
+    issues: list[tuple[Path, str]] = []
+    for item in raws:
+        if isinstance(item, RawFrame):
+            checked.append(item)
+            continue
+        path = Path(item)
+        try:
+            info = raw_info(path)
+        except BadInputError as exc:
+            issues.append((path, exc.problem))
+            continue
+        if info.image_type != kind:
+            issues.append((path, f"image type {info.image_type}, expected {kind}"))
+        else:
+            checked.append(path)
+    handle_bad_inputs(issues, skip_bad, log)
+    for item in checked:
+        if isinstance(item, RawFrame):
+            yield item
+            continue
+        try:
+            raw = read_raw(item, camera)
+        except BadInputError as exc:
+            handle_bad_inputs([(item, exc.problem)], skip_bad, log)
+            continue
+        yield raw
 
 
 def write_eo(table: Table, out_dir: str | Path, stem: str = "eo_figures") -> Path:

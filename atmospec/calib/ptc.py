@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +36,11 @@ from typing import Literal
 
 import lmfit
 import numpy as np
-from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
+from tqdm import tqdm
 
+from atmospec.calib.inputs import raw_info
 from atmospec.calib.products.calibdate import calib_date
 from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.products.detector import detector_meta
@@ -48,7 +48,7 @@ from atmospec.calib.products.ptc import PTC_COLUMNS, Ptc
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, camera_for, read_raw
-from atmospec.camera.translator import ObservationInfo, translate_header
+from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError, ProcessingError
 from atmospec.io import provenance_cards
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
@@ -594,22 +594,9 @@ class _Flat:
     """Its translated header."""
 
 
-def _scan_header(path: Path) -> tuple[fits.Header, ObservationInfo]:
-    """The primary header of one input and its translation."""
-    if not path.is_file():
-        raise BadInputError(path, "no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            header = fits.getheader(path, 0)
-    except Exception as exc:  # astropy raises many types for damaged files
-        raise BadInputError(path, f"not a readable FITS file ({type(exc).__name__})") from None
-    return header, translate_header(header, filename=str(path))
-
-
 def _scan(path: Path, camera: Camera) -> _Flat:
     """Header checks of one input (cheap: the pixels are read later, pair by pair)."""
-    _, info = _scan_header(path)
+    info = raw_info(path)
     if info.instrument.lower() != camera.name.lower():
         raise BadInputError(path, f"instrument {info.instrument} is not {camera.name}")
     if info.detector is not None and info.detector != camera.detector:
@@ -626,7 +613,7 @@ def _inputs_camera(paths: Sequence[Path], skip_bad: bool) -> Camera:
     """The detector of the first usable input: the PTC's (inputs of another are refused)."""
     for path in paths:
         try:
-            return camera_for(_scan_header(path)[1], path)
+            return camera_for(raw_info(path), path)
         except BadInputError as exc:
             if not skip_bad:
                 raise
@@ -746,7 +733,9 @@ def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
     stats: list[PairStats] = []
     used: list[Path] = []
     filters: set[str] = set()
-    for k, (pa, pb) in enumerate(pairs):
+    # A bar on a terminal (silent in logs and CI): two raw frames per pair, seconds each.
+    for k, (pa, pb) in enumerate(tqdm(pairs, desc="PTC flat pairs", unit="pair",
+                                      disable=None, leave=False)):
         try:
             first = read_raw(pa, camera)
             second = read_raw(pb, camera)

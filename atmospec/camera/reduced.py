@@ -33,7 +33,10 @@ def read_reduced_image(path: str | Path, instrument: str) -> Exposure:
     Exposure
         Image in electrons (gain 1 when the profile gives none), Poisson + read-noise
         variance, NaN pixels masked NO_DATA (infinite variance), pixels at 99 % of the
-        saturation level masked SAT.
+        saturation level masked SAT. A binned image (``BINX``/``BINY``, else ``CCDSUM "x
+        y"``: Spectractor rebins its CTIO images so) sums ``x × y`` pixels, each read once:
+        its read-noise variance and saturation level are that many times the profile's
+        (a 2 × 2 pixel saturates at 4 × 60 000 ADU).
 
     Raises
     ------
@@ -52,11 +55,23 @@ def read_reduced_image(path: str | Path, instrument: str) -> Exposure:
     except OSError as exc:
         raise BadInputError(path, f"cannot read ({exc.strerror})") from None
     gain = profile.gain_e_per_adu or 1.0
+    n_summed = int(np.prod(_binning(header)))
     exposure = Exposure.from_image(data * gain, metadata=header)
     finite = np.isfinite(exposure.image)
     exposure.variance[:] = np.where(finite, np.clip(exposure.image, 0.0, None)
-                                    + (profile.read_noise_e or 0.0) ** 2, np.inf)
+                                    + n_summed * (profile.read_noise_e or 0.0) ** 2, np.inf)
     exposure.set_mask("NO_DATA", ~finite)
     if profile.max_adu:
-        exposure.set_mask("SAT", finite & (data >= 0.99 * profile.max_adu))
+        exposure.set_mask("SAT", finite & (data >= 0.99 * profile.max_adu * n_summed))
     return exposure
+
+
+def _binning(header: fits.Header) -> tuple[int, int]:
+    """``(x, y)`` pixels summed per image pixel: ``BINX``/``BINY``, else ``CCDSUM``, else 1."""
+    binx, biny = header.get("BINX"), header.get("BINY")
+    if isinstance(binx, int) and isinstance(biny, int) and binx > 0 and biny > 0:
+        return binx, biny
+    parts = str(header.get("CCDSUM", "")).split()
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1])
+    return 1, 1

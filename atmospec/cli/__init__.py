@@ -27,10 +27,15 @@ __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("atmospec")
 
+#: What ``atmospec --help`` says first.
+DESCRIPTION = ("Reduction pipeline for the Rubin Auxiliary Telescope (LATISS) and the LSST "
+               "Camera: ``atmospec <command> ...``; ``atmospec <command> --help`` describes "
+               "each command.")
+
 
 def build_parser() -> Parser:
     """The ``atmospec`` argument parser."""
-    parser = Parser(prog="atmospec", description=__doc__.splitlines()[0])
+    parser = Parser(prog="atmospec", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"atmospec {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more logging (-vv for debug)")

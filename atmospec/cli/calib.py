@@ -42,7 +42,9 @@ def _add_calib(sub: argparse._SubParsersAction) -> None:
     pt = csub.add_parser("ptc", help="photon-transfer curve from flat pairs")
     pt.add_argument("raw", nargs="+", help="raw flats, two per exposure time")
     pt.add_argument("--out", required=True, help="PTC table (.fits)")
-    pt.add_argument("--skip-bad", action="store_true")
+    pt.add_argument("--skip-bad", action="store_true",
+                    help="log and exclude unusable inputs (and an unpaired flat) instead of "
+                    "stopping")
     pt.set_defaults(func=_cmd_calib_ptc)
     li = csub.add_parser("linearity", help="linearizer from a PTC product's ramp")
     li.add_argument("ptc", help="PTC product")
@@ -59,6 +61,8 @@ def _add_calib(sub: argparse._SubParsersAction) -> None:
     eo.add_argument("--flat-master", help="master flat (dark defects)")
     eo.add_argument("--ptc", help="PTC product (gain, full well, linearity residual)")
     eo.add_argument("--out", required=True, help="output directory")
+    eo.add_argument("--skip-bad", action="store_true",
+                    help="log and exclude unusable raw frames instead of stopping")
     eo.set_defaults(func=_cmd_calib_eo)
     r = csub.add_parser("register", help="store a product in a calibration repository")
     r.add_argument("product", help="product file (bias/dark/flat/defects/ptc/...)")
@@ -70,13 +74,13 @@ def _add_calib(sub: argparse._SubParsersAction) -> None:
                    "an existing one keeps its own")
     r.set_defaults(func=_cmd_calib_register)
     ls = csub.add_parser("list", help="list the products of a repository")
-    ls.add_argument("--repo", required=True)
+    ls.add_argument("--repo", required=True, help="calibration repository directory")
     ls.add_argument("--kind", help="only this kind")
     ls.add_argument("--detector", help="only this detector's products (e.g. R22_S11)")
     ls.set_defaults(func=_cmd_calib_list)
     c = csub.add_parser("certify", help="make a registered product the default of its kind")
     c.add_argument("id", type=int, help="product id (see calib list)")
-    c.add_argument("--repo", required=True)
+    c.add_argument("--repo", required=True, help="calibration repository directory")
     c.set_defaults(func=_cmd_calib_certify)
 
 
@@ -172,7 +176,8 @@ def _cmd_calib_eo(args: argparse.Namespace) -> int:
     flat = (Flat.read(args.flat_master, camera, load_variance=False).exposure
             if args.flat_master else None)
     ptc = Ptc.read(args.ptc, camera) if args.ptc else None
-    table = eo_figures(args.bias, args.flat, dark_master=dark, flat_master=flat, ptc=ptc)
+    table = eo_figures(args.bias, args.flat, dark_master=dark, flat_master=flat, ptc=ptc,
+                       skip_bad=args.skip_bad)
     ecsv = write_eo(table, args.out)
     png = plot_eo_summary(table, ecsv.with_suffix(".png"))
     print(f"wrote {ecsv} and {png}")

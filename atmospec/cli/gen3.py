@@ -17,7 +17,8 @@ from pathlib import Path
 
 from atmospec.errors import BadInputError
 
-__all__ = ["add_bps_parser", "add_butler_parser", "bps_environment", "bps_submit"]
+__all__ = ["add_bps_parser", "add_butler_parser", "bps_environment", "bps_submit",
+           "local_resource"]
 
 
 def add_butler_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +71,10 @@ def add_butler_parser(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--end", help="end of validity, ISO UTC (default: unbounded)")
     q.add_argument("--collection", default=None,
                    help="CALIBRATION collection (default <instrument>/calib: LATISS/calib)")
+    q.add_argument("--force", action="store_true",
+                   help="certify products whose verification failed (their .verify.json, or "
+                   "the cp*Verify dataset of --from-collection), with a warning; without it "
+                   "they are refused")
     q.set_defaults(func=_cmd_certify)
 
 
@@ -86,7 +91,8 @@ def add_bps_parser(sub: argparse._SubParsersAction) -> None:
     q = bsub.add_parser(
         "submit", help="bps submit with CTRL_MPEXEC_DIR and DAF_BUTLER_DIR set to this "
         "environment (e.g. pipelines/gen3/bps_parsl_local.yaml -b REPO -p PIPELINE ...)")
-    q.add_argument("config", help="BPS submit YAML")
+    q.add_argument("config", help="BPS submit YAML: a file or a package resource, e.g. "
+                   "resource://atmospec.pipelines/gen3/bps_parsl_local.yaml")
     q.add_argument("bps_args", nargs=argparse.REMAINDER,
                    help="further options of 'bps submit' (-b REPO -p PIPELINE -i IN -o OUT "
                    "-d QUERY ...)")
@@ -144,10 +150,10 @@ def _cmd_certify(args: argparse.Namespace) -> int:
             collection = repo_calib_collection(butler)
     if args.from_collection:
         refs = certify_run(args.repo, args.from_collection, [args.kind], begin=args.begin,
-                           end=args.end, collection=collection)
+                           end=args.end, collection=collection, force=args.force)
     else:
         refs = certify_files(args.repo, args.kind, args.files, begin=args.begin,
-                             end=args.end, collection=collection)
+                             end=args.end, collection=collection, force=args.force)
     span = f"{args.begin or '-inf'} .. {args.end or '+inf'}"
     print(f"certified {len(refs)} {args.kind} into {collection} (valid {span})")
     return 0
@@ -192,8 +198,10 @@ def bps_submit(config: str | Path, bps_args: list[str] | None = None,
 
     Parameters
     ----------
-    config : path
-        BPS submit YAML (e.g. ``pipelines/gen3/bps_parsl_local.yaml``).
+    config : path or str
+        BPS submit YAML: a file, or a package resource such as
+        ``resource://atmospec.pipelines/gen3/bps_parsl_local.yaml`` (the one shipped with
+        atmospec, whatever the folder; pipetask reads ``-p resource://...`` pipelines so too).
     bps_args : list of str, optional
         Further ``bps submit`` options.
     cwd : path, optional
@@ -212,6 +220,7 @@ def bps_submit(config: str | Path, bps_args: list[str] | None = None,
     from atmospec.gen3 import require_gen3
 
     require_gen3()
+    config = local_resource(config)
     if not Path(config).is_file():
         raise BadInputError(config, "no such BPS config file")
     env = bps_environment(cwd=cwd)
@@ -224,6 +233,37 @@ def bps_submit(config: str | Path, bps_args: list[str] | None = None,
         raise BadInputError(None, "no bps command: pip install 'atmospec[gen3]'")
     cmd = [bps, "submit", str(config), *(bps_args or [])]
     return subprocess.run(cmd, env=env, cwd=cwd, check=False).returncode
+
+
+def local_resource(name: str | Path) -> str | Path:
+    """The file of a ``resource://<package>/<path>`` name (a file installed with a Python
+    package, as Rubin's ``lsst.resources`` spells it); any other name unchanged.
+
+    Parameters
+    ----------
+    name : str or path
+        A path, or ``resource://atmospec.pipelines/gen3/bps_parsl_local.yaml``.
+
+    Returns
+    -------
+    str or path
+        The local file's path for a resource, else ``name``.
+
+    Raises
+    ------
+    BadInputError
+        A resource whose package cannot be imported.
+    """
+    text = str(name)
+    if not text.startswith("resource://"):
+        return name
+    from importlib.resources import files
+
+    package, _, inner = text[len("resource://"):].partition("/")
+    try:
+        return str(files(package).joinpath(inner))
+    except ModuleNotFoundError:
+        raise BadInputError(text, f"no package {package!r}") from None
 
 
 def _cmd_bps_submit(args: argparse.Namespace) -> int:

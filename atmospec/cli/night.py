@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
+from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.errors import short_error
 
 if TYPE_CHECKING:
@@ -18,8 +18,9 @@ log = logging.getLogger("atmospec")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Add ``atmospec night`` and ``atmospec report``."""
+    """Add ``atmospec night``, ``atmospec raws`` and ``atmospec report``."""
     _add_night(sub)
+    _add_raws(sub)
     _add_report(sub)
 
 
@@ -64,8 +65,68 @@ def _cmd_night(args: argparse.Namespace) -> int:
     if config.plots and config.figures:
         write_night_report(Path(args.repo), result,
                            workers=args.workers if args.executor == "local" else None)
-    print(night_report_text(result))
+    print(night_report_text(result, args.repo))
     return EXIT_FAILURE if result.n_failed else EXIT_OK
+
+
+def _add_raws(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("raws", help="list raw files by image type, filter, disperser, detector "
+                       "(headers only, as atmospec night indexes them)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="raw files, or folders searched as atmospec night searches its raw "
+                   "folder (sub-folders included)")
+    p.add_argument("--type", help="only this image type (bias, dark, flat, science, ...)")
+    p.add_argument("--filter", help="only this filter (SDSSr_65mm, or filter~disperser)")
+    p.add_argument("--disperser", help="only this disperser (holo4_003; empty: none)")
+    p.add_argument("--detector", help="only this detector (R22_S11; LATISS: RXX_S00)")
+    p.add_argument("--long", action="store_true",
+                   help="one line per file with its OBSID, type, filter, disperser and "
+                   "exposure time, instead of the path alone")
+    p.set_defaults(func=_cmd_raws)
+
+
+def _cmd_raws(args: argparse.Namespace) -> int:
+    """Print the matching raws, one path per line (for ``$(atmospec raws ...)``).
+
+    A file found in a folder that is not a usable raw is logged (``skipped``), as the night
+    skips it; a file named on the command line that is not is bad input (exit status 2, the
+    others still listed).
+    """
+    import sys
+
+    from atmospec.errors import BadInputError
+    from atmospec.night.index import check_raw_file, raw_files
+
+    refused = 0
+    for given in map(Path, args.paths):
+        walked = given.is_dir()
+        for path in ([given / p.relative_to(given.absolute()) for p in raw_files(given)]
+                     if walked else [given]):
+            try:
+                info = check_raw_file(path)
+            except (BadInputError, OSError) as exc:
+                problem = exc.problem if isinstance(exc, BadInputError) else (
+                    exc.strerror or short_error(exc))
+                if walked:
+                    log.warning("skipped %s: %s", path, problem)
+                else:
+                    print(f"atmospec: {path}: {problem}", file=sys.stderr)
+                    refused += 1
+                continue
+            if _raw_matches(info, args):
+                exptime = "-" if info.exposure_time is None else f"{info.exposure_time:g} s"
+                print(f"{path}  {info.obs_id}  {info.image_type}  {info.filter}  "
+                      f"{info.disperser}  {exptime}" if args.long else path)
+    return EXIT_BAD_INPUT if refused else EXIT_OK
+
+
+def _raw_matches(info, args: argparse.Namespace) -> bool:
+    """Whether a translated header passes the ``raws`` options."""
+    detector = info.detector or "RXX_S00"
+    return ((args.type is None or info.image_type == args.type.strip().lower())
+            and (args.filter is None or args.filter in (info.filter, info.physical_filter))
+            and (args.disperser is None or info.disperser == args.disperser)
+            and (args.detector is None or detector == args.detector))
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
@@ -111,11 +172,34 @@ def write_night_report(repo: Path, result: NightResult, workers: int | None = No
     return report
 
 
-def night_report_text(result: NightResult) -> str:
-    """The lines ``atmospec night`` prints at the end of a run."""
-    lines = [f"{result.n_exposures} exposures: {result.n_run} processed now, "
-             f"{result.n_skipped} already done, {result.n_failed} with a failure "
-             f"({result.wall_s:.0f} s)"]
+def night_report_text(result: NightResult, repo: str | Path | None = None) -> str:
+    """The lines ``atmospec night`` prints at the end of a run.
+
+    Parameters
+    ----------
+    result : NightResult
+        The run.
+    repo : path, optional
+        Its repository: the first line then counts the exposures as the summary table and
+        the report do (every indexed frame, calibration frames included), and says how many
+        of them the pipeline reduces.
+
+    Returns
+    -------
+    str
+    """
+    counts = f"{result.n_exposures} exposures"
+    if repo is not None:
+        from atmospec.night.index import NightIndex
+
+        types = [r.info.image_type for r in NightIndex(repo, create=False).raws()]
+        n_calib = sum(t in ("bias", "dark", "flat") for t in types)
+        other = len(types) - n_calib - result.n_exposures
+        counts = (f"{len(types)} exposures ({n_calib} calibration frames, "
+                  f"{result.n_exposures} science" + (f", {other} other" if other > 0 else "")
+                  + ")")
+    lines = [f"{counts}: {result.n_run} processed now, {result.n_skipped} already done, "
+             f"{result.n_failed} with a failure ({result.wall_s:.0f} s)"]
     if result.no_raw:
         lines.append(result.no_raw)
     for product in result.calibrations:

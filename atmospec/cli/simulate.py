@@ -27,10 +27,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    "acquisition of LSST camera detectors (biases, darks, flat pairs, "
                    "superflats, photodiode records) laid out as the BOT writes it")
     p.add_argument("--out", required=True, help="output directory for the raw files")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument("--day-obs", type=int, default=20261123, help="YYYYMMDD of the night")
-    p.add_argument("--n-bias", type=int, default=5)
-    p.add_argument("--n-dark", type=int, default=3)
+    p.add_argument("--n-bias", type=int, default=5, help="bias frames")
+    p.add_argument("--n-dark", type=int, default=3, help="dark frames")
     p.add_argument("--n-flat", type=int, default=3, help="flats per filter")
     p.add_argument("--n-science", type=int, default=4, help="imaging frames of a star field")
     p.add_argument("--n-dispersed", type=int, default=0,
@@ -40,26 +40,29 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    "HD142331) or a simulated non-CALSPEC target: planetary-nebula, "
                    "planetary-nebula+continuum, star")
     p.add_argument("--dispersed-every", type=int, default=3,
-                   help="imaging frames between two dispersed exposures (default 3)")
+                   help="imaging frames between two dispersed exposures")
     p.add_argument("--n-corrupt", type=int, default=0,
-                   help="damaged files to add (truncated, empty, foreign), default 0")
+                   help="damaged files to add (truncated, empty, foreign)")
     p.add_argument("--flat-filters", default="SDSSr_65mm",
                    help="comma list of flat filters (add empty_1 for dispersed exposures)")
     p.add_argument("--n-pairs", type=int, default=25,
-                   help="flat-pairs: number of levels (pairs), default 25")
+                   help="flat-pairs: number of levels (pairs), from 100 e- to 168 ke-, beyond "
+                   "the full well")
+    p.add_argument("--quick", action="store_true",
+                   help="flat-pairs: 6 pairs from 1 ke- to 115 ke-, below the full well (the "
+                   "demo's: quick to simulate, enough for gains and read noise)")
     p.add_argument("--no-compress", action="store_true",
                    help="write uncompressed FITS (default: lossless RICE tiles)")
     bot = p.add_argument_group("bot")
     bot.add_argument("--instrument", default="LSSTCam",
-                     help="bot: LSSTCam (default), LSSTComCam or LSST-TS8")
+                     help="bot: LSSTCam, LSSTComCam or LSST-TS8")
     bot.add_argument("--detectors", default="R22_S11",
-                     help="bot: comma list of detectors and rafts (R22 = its 9 CCDs), "
-                     "default R22_S11")
+                     help="bot: comma list of detectors and rafts (R22 = its 9 CCDs)")
     bot.add_argument("--levels", default=None,
                      help="bot: comma list of flat-pair levels, e- (default 1000,2000,5000,"
                      "10000,20000,50000,100000; empty for none)")
     bot.add_argument("--n-sflat", type=int, default=2,
-                     help="bot: low (1 ke-) and high (50 ke-) superflats each, default 2")
+                     help="bot: low (1 ke-) and high (50 ke-) superflats each")
     bot.add_argument("--run", default="13162", help="bot: run number, RUNNUM")
     bot.add_argument("--interleaved-biases", action="store_true",
                      help="bot: a bias before every dark, flat pair and superflat")
@@ -72,17 +75,21 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     if args.what == "bot":
         return _cmd_simulate_bot(args)
     if args.what == "flat-pairs":
-        from atmospec.sim.sequences import PtcSequenceConfig, write_flat_pairs
+        from atmospec.sim.sequences import PtcSequenceConfig, quick_sequence, write_flat_pairs
 
-        dense = PtcSequenceConfig().n_dense_levels
-        if args.n_pairs < dense + 2:
-            raise UsageError(f"atmospec simulate flat-pairs: --n-pairs must be at least "
-                              f"{dense + 2}")
-        # The default linear grid above 80 ke- steps over the last few per cent below full
-        # well (slow to simulate, and where the turnoff is found anyway); the extra pairs
-        # go to the log-spaced low levels.
-        seq_config = PtcSequenceConfig(n_log_levels=args.n_pairs - dense, day_obs=args.day_obs,
-                                       start=_day_start_iso(args.day_obs), seed=args.seed)
+        where = {"day_obs": args.day_obs, "start": _day_start_iso(args.day_obs),
+                 "seed": args.seed}
+        if args.quick:
+            seq_config = quick_sequence(**where)
+        else:
+            dense = PtcSequenceConfig().n_dense_levels
+            if args.n_pairs < dense + 2:
+                raise UsageError(f"atmospec simulate flat-pairs: --n-pairs must be at least "
+                                 f"{dense + 2} (or --quick: 6 pairs below the full well)")
+            # The default linear grid above 80 ke- steps over the last few per cent below
+            # full well (slow to simulate, and where the turnoff is found anyway); the extra
+            # pairs go to the log-spaced low levels.
+            seq_config = PtcSequenceConfig(n_log_levels=args.n_pairs - dense, **where)
         paths = write_flat_pairs(args.out, seq_config, compress=not args.no_compress)
         print(f"wrote {len(paths)} raw flats ({len(paths) // 2} pairs) to {args.out}")
         return EXIT_OK
@@ -159,7 +166,7 @@ def _day_start_iso(day_obs: int) -> str:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulate a small night and reduce it (atmospec night)")
     p.add_argument("--out", default="atmospec-demo", help="working directory")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="random seed of the simulated night")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -198,7 +205,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"3/3 reducing the night: atmospec night {raw_dir} --repo {repo}")
     result = run_night(raw_dir, repo, NightRunConfig())
     write_night_report(repo, result)
-    print(night_report_text(result))
+    print(night_report_text(result, repo))
     print(f"\nsummary table: {result.summary['ecsv']}\n"
           f"calibration products: atmospec calib list --repo {repo}\n"
           f"per-exposure outputs: {repo / 'exposures'}")

@@ -32,7 +32,8 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
                    "CALSPEC standard is calibrated on its SED's template, any other target on "
                    "the lines its spectrum shows")
     p.add_argument("--disperser", help="disperser (default: the header's GRATING)")
-    p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss")
+    p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss",
+                   help="instrument of IMAGE")
     p.add_argument("--xy", help="zeroth-order position X,Y (0-based pixel centres of IMAGE); "
                    "default: found around the header prior")
     p.add_argument("--calibs", metavar="REPO", help="with a raw input: calibration repository")

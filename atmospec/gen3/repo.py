@@ -89,6 +89,12 @@ CALIB_DATASET_TYPES: Mapping[str, tuple[tuple[str, ...], str]] = MappingProxyTyp
     "crosstalk": (("instrument", "detector"), "AtmospecCatalog"),
 })
 
+#: The verification dataset the calibration tasks write beside each product they build
+#: (`atmospec.gen3.tasks`): `certify_run` reads its verdict.
+VERIFY_DATASET_TYPES: Mapping[str, str] = MappingProxyType({
+    "bias": "cpBiasVerify", "dark": "cpDarkVerify", "flat": "cpFlatVerify",
+    "ptc": "cpPtcVerify"})
+
 #: File patterns of raws in a directory given to `ingest_raws`.
 RAW_PATTERNS = ("*.fits", "*.fits.gz", "*.fits.fz", "*.fz")
 
@@ -536,9 +542,53 @@ def _product_data_id(kind: str, path: Path) -> dict[str, Any]:
     return data_id
 
 
+def _verdict_problem(what: str | Path, doc: Mapping[str, Any]) -> str | None:
+    """``verification FAILED (...)`` when a verification document (``.verify.json``, a
+    ``cp*Verify`` dataset) says the product failed, else None."""
+    if doc.get("pass", True) is not False:
+        return None
+    failures = [str(f) for f in doc.get("failures", [])]
+    shown = ", ".join(failures[:3]) + (f" and {len(failures) - 3} more"
+                                       if len(failures) > 3 else "")
+    return f"verification FAILED ({shown or 'no test named'})"
+
+
+def _file_verdict(path: Path) -> str | None:
+    """The failure of a product file's ``<stem>.verify.json`` (written beside it by
+    ``atmospec calib`` and the night runner), None when it passed or there is none."""
+    import json
+
+    from atmospec.calib.verification import verification_name
+
+    report = path.with_name(verification_name(path))
+    if not report.is_file():
+        return None
+    try:
+        doc = json.loads(report.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(report, f"unreadable verification report ({short_error(exc)})"
+                            ) from None
+    return _verdict_problem(report, doc) if isinstance(doc, Mapping) else None
+
+
+def _refuse_failed(failed: Sequence[tuple[str, str]], force: bool) -> None:
+    """Refuse products whose verification failed (one line naming the first), or, with
+    ``force``, log one warning line for each."""
+    if not failed:
+        return
+    if not force:
+        what, problem = failed[0]
+        more = f" (and {len(failed) - 1} more failed)" if len(failed) > 1 else ""
+        raise BadInputError(what, f"{problem}{more}: not certified; certify it anyway with "
+                                  "--force")
+    for what, problem in failed:
+        log.warning("%s: %s: certified anyway (--force)", what, problem)
+
+
 def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
                   begin: str | None = None, end: str | None = None,
-                  collection: str | None = None, transfer: str = "copy") -> list[DatasetRef]:
+                  collection: str | None = None, transfer: str = "copy",
+                  force: bool = False) -> list[DatasetRef]:
     """Ingest product files (ours: ``atmospec calib ...`` or the night runner's) and certify
     them into a CALIBRATION collection with a validity range.
 
@@ -559,6 +609,9 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
         CALIBRATION collection (default ``LATISS/calib``).
     transfer : str
         Butler transfer mode for the files (default ``copy``).
+    force : bool
+        Certify products whose verification report (``<stem>.verify.json`` beside the
+        file) says they failed, with a warning; without it they are refused.
 
     Returns
     -------
@@ -568,8 +621,9 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
     Raises
     ------
     BadInputError
-        Unknown kind, unreadable file, a product of another kind (one line naming the
-        file; nothing is ingested then); a repository of another instrument than LATISS.
+        Unknown kind, unreadable file, a product of another kind, a product that failed
+        its verification without ``force`` (one line naming the file; nothing is ingested
+        then); a repository of another instrument than LATISS.
     """
     if kind not in CALIB_DATASET_TYPES:
         raise BadInputError(None, f"unknown calibration kind {kind!r} "
@@ -587,10 +641,15 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
         # Every file is checked before the repository is touched: a wrong one changes
         # nothing.
         checked: list[tuple[Path, dict[str, Any]]] = []
+        failed: list[tuple[str, str]] = []
         for f in map(Path, files):
             if not f.is_file():
                 raise BadInputError(f, "no such file")
             checked.append((f, _product_data_id(kind, f)))
+            problem = _file_verdict(f)
+            if problem is not None:
+                failed.append((str(f), problem))
+        _refuse_failed(failed, force)
         try:
             dt = butler.get_dataset_type(kind)
         except Exception:  # MissingDatasetTypeError: a repository from an older atmospec
@@ -619,7 +678,7 @@ def certify_files(repo: str | Path, kind: str, files: Sequence[str | Path], *,
 
 def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *,
                 begin: str | None = None, end: str | None = None,
-                collection: str | None = None) -> list[DatasetRef]:
+                collection: str | None = None, force: bool = False) -> list[DatasetRef]:
     """Certify products a pipeline wrote (e.g. ``cpBias``'s ``bias``) into a CALIBRATION
     collection, as ``butler certify-calibrations`` does.
 
@@ -636,6 +695,10 @@ def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *
     collection : str, optional
         CALIBRATION collection (default ``<instrument>/calib`` of the repository's
         instrument: ``LATISS/calib``, ``LSSTCam/calib`` ...).
+    force : bool
+        Certify products whose verification (the ``cp*Verify`` dataset the task wrote
+        beside each, `VERIFY_DATASET_TYPES`) failed, with a warning; without it they are
+        refused.
 
     Returns
     -------
@@ -644,21 +707,48 @@ def certify_run(repo: str | Path, input_collection: str, kinds: Sequence[str], *
     Raises
     ------
     BadInputError
-        Nothing of those kinds in ``input_collection``.
+        Nothing of those kinds in ``input_collection``; a product that failed its
+        verification, without ``force`` (nothing is certified then).
     """
     butler = open_butler(repo, writeable=True)
     try:
         collection = collection or repo_calib_collection(butler)
         butler.registry.registerCollection(collection, CollectionType.CALIBRATION)
         refs: list[DatasetRef] = []
+        failed: list[tuple[str, str]] = []
         for kind in kinds:
             found = butler.query_datasets(kind, collections=input_collection, explain=False,
                                           find_first=True)
             if not found:
                 raise BadInputError(input_collection, f"no {kind} dataset in this collection")
             refs.extend(found)
+            failed += _run_verdicts(butler, kind, found, input_collection)
+        _refuse_failed(failed, force)
         butler.registry.certify(collection, refs, _timespan(begin, end))
     finally:
         butler.close()
     log.info("certified %d datasets of %s into %s", len(refs), input_collection, collection)
     return refs
+
+
+def _run_verdicts(butler: Butler, kind: str, refs: Sequence[DatasetRef],
+                  input_collection: str) -> list[tuple[str, str]]:
+    """(product, failure) of the ``refs`` whose verification dataset in ``input_collection``
+    says they failed; a product without one (not built by our tasks) has no verdict."""
+    verify_type = VERIFY_DATASET_TYPES.get(kind)
+    if verify_type is None:
+        return []
+    failed: list[tuple[str, str]] = []
+    try:
+        butler.get_dataset_type(verify_type)
+    except Exception:  # MissingDatasetTypeError: no task of ours wrote one here
+        return []
+    for ref in refs:
+        found = butler.query_datasets(verify_type, collections=input_collection,
+                                      data_id=ref.dataId, explain=False, find_first=True)
+        for verify_ref in found:
+            problem = _verdict_problem(verify_type, butler.get(verify_ref))
+            if problem is not None:
+                where = ", ".join(f"{k}={v}" for k, v in ref.dataId.required.items())
+                failed.append((f"{input_collection}: {kind} ({where})", problem))
+    return failed

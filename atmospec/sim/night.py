@@ -53,7 +53,7 @@ from atmospec.sim.scenes import (
     render_stars,
 )
 from atmospec.sim.seds import simulated_sed
-from atmospec.sim.sequences import PtcSequenceConfig
+from atmospec.sim.sequences import PtcSequenceConfig, quick_sequence
 
 log = logging.getLogger(__name__)
 
@@ -350,11 +350,9 @@ def demo_ptc_config(config: NightConfig) -> PtcSequenceConfig:
     atmospec.sim.sequences.PtcSequenceConfig
     """
     d = str(config.day_obs)
-    return PtcSequenceConfig(
-        n_log_levels=5, n_dense_levels=1, min_level_e=1000.0, dense_from_e=115_000.0,
-        max_level_e=115_000.0, day_obs=config.day_obs, first_seq=200,
-        start=f"{d[:4]}-{d[4:6]}-{d[6:]}T19:00:00.000", seed=config.seed,
-        detector=config.detector)
+    return quick_sequence(day_obs=config.day_obs, first_seq=200,
+                          start=f"{d[:4]}-{d[4:6]}-{d[6:]}T19:00:00.000", seed=config.seed,
+                          detector=config.detector)
 
 
 def _gmst_deg(time: Time) -> float:

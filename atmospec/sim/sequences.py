@@ -167,6 +167,28 @@ class SimulatedFlat(NamedTuple):
     """What was simulated."""
 
 
+def quick_sequence(**fields: Any) -> PtcSequenceConfig:
+    """The short sequence of ``atmospec demo`` and ``atmospec simulate flat-pairs --quick``.
+
+    Six pairs: five log-spaced levels from 1 ke⁻ and one at 115 ke⁻, below the 130 ke⁻ full
+    well (frames near it are slow to simulate: see `PtcSequenceConfig.max_level_e`). Enough
+    for the gains, read noise and a turnoff above 90 ke⁻ that the PTC's verification asks
+    for; the full ramp, beyond the full well, is `PtcSequenceConfig()`.
+
+    Parameters
+    ----------
+    **fields
+        Other fields of `PtcSequenceConfig` (day, first sequence number, start, seed...).
+
+    Returns
+    -------
+    PtcSequenceConfig
+    """
+    quick = {"n_log_levels": 5, "n_dense_levels": 1, "min_level_e": 1000.0,
+             "dense_from_e": 115_000.0, "max_level_e": 115_000.0}
+    return PtcSequenceConfig(**{**quick, **fields})
+
+
 def ptc_levels(config: PtcSequenceConfig) -> np.ndarray:
     """Flat levels of the sequence, e⁻ at the median illumination, increasing.
 

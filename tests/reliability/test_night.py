@@ -217,7 +217,8 @@ def test_issue16_item1_vanished_raw_is_a_recorded_skip(small_night, tmp_path, ca
     status = main(_night_args(small_night, raw, repo, workers=1))
     out, err = capsys.readouterr()
     assert status == 0, err
-    assert "1 exposures: 1 processed now, 0 already done, 0 with a failure" in out
+    assert ("1 exposures (0 calibration frames, 1 science): 1 processed now, 0 already "
+            "done, 0 with a failure") in out
     assert f"skipped {gone}: vanished after indexing (was {Path(gone).stem})" in out
     index = NightIndex(repo)
     assert [r.path.name for r in index.raws()] == [kept]
