@@ -326,7 +326,7 @@ def test_plot_title_and_outputs_quote_the_same_labelled_errors() -> None:
     for name in ("pwv_mm", "ozone_du", "vaod"):
         assert fit.errors_scaled[name] == pytest.approx(fit.errors[name] * scale)
     assert fit.errors_label.startswith(f"errors scaled by √(χ²/ndof) = {scale:.2f} ⊕ "
-                                       "systematic PWV 0.043 mm, O3 4.5 DU, VAOD 0.0076")
+                                       "systematic PWV 0.039 mm, O3 3.6 DU, VAOD 0.0062")
     config = AtmosphereFitConfig()
     for name, sys in (("pwv_mm", config.systematic_pwv_mm),
                       ("ozone_du", config.systematic_ozone_du), ("vaod", config.systematic_vaod)):

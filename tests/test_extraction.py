@@ -316,6 +316,10 @@ def test_leave_one_out_variance_removes_the_weighting_bias():
     assert bias_plane < -10.0 * sigma_mean
     assert abs(bias_loo) < 4.0 * sigma_mean
     assert abs(bias_true) < 4.0 * sigma_mean
+    # The chain (1D extraction and 2D model alike) weights with it by default.
+    from atmospec.spectro.chain import SpectroscopyConfig
+
+    assert SpectroscopyConfig().variance_half_rows >= 1
 
 
 def test_leave_one_out_variance_skips_masked_neighbours():

@@ -179,12 +179,12 @@ class AtmosphereFitConfig:
     """Weight with the full covariance (``SPEC_COV``); False: ``flux_err²`` only."""
     max_nfev: int = 2000
     """Largest number of model evaluations of the minimiser."""
-    systematic_pwv_mm: float = 0.043
+    systematic_pwv_mm: float = 0.039
     """Systematic error of PWV, mm, added in quadrature to the quoted errors
     (`AtmosphereFit.errors_quoted`); 0: none. See `SYSTEMATICS_NOTE`."""
-    systematic_ozone_du: float = 4.5
+    systematic_ozone_du: float = 3.6
     """Systematic error of the ozone column, DU (as ``systematic_pwv_mm``)."""
-    systematic_vaod: float = 0.0076
+    systematic_vaod: float = 0.0062
     """Systematic error of the VAOD (as ``systematic_pwv_mm``)."""
     quality: FitQualityConfig = field(default_factory=FitQualityConfig)
     """When the fit counts as failed (`atmospec.fitting.fit_problems`: optimiser failure, a
@@ -194,10 +194,10 @@ class AtmosphereFitConfig:
 
 #: Where the default systematic errors of `AtmosphereFitConfig` come from (issue 21).
 SYSTEMATICS_NOTE = (
-    "measured on 20 simulated full-frame holo4_003 exposures of the demo night through the "
+    "measured on 40 simulated full-frame holo4_003 exposures of two demo nights through the "
     "night's chain (ISR with the night's masters, 2D extraction, this fit): beyond the "
     "covariance's errors, the extraction leaves broadband (colour) flux errors that vary "
-    "from exposure to exposure (VAOD scatter 0.0055 against 0.0027 without the detector, "
+    "from exposure to exposure (VAOD scatter 0.0037-0.0055 against 0.0027 without the detector, "
     "the same with perfect calibration products) and the 2D model's line-spread shape "
     "biases PWV by -0.03 to -0.05 mm even without noise; see docs/atmosphere.md")
 
