@@ -33,6 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 __all__ = [
+    "CALIBRATION_BUILDS_FILE",
     "EXPOSURE_FILES",
     "INDEX_FILE",
     "NIGHT_LOCK_FILE",
@@ -56,6 +57,8 @@ NIGHT_LOCK_FILE = Path("night") / "night.lock"
 SUMMARY_STEM = Path("night") / "summary"
 #: The calibration registry's database, relative to the repository.
 REGISTRY_FILE = Path("calib") / "registry.sqlite3"
+#: What the last night run built, failed to build or could not build (JSON list), relative.
+CALIBRATION_BUILDS_FILE = Path("night") / "calibration_builds.json"
 
 
 #: What a header value may hold to become part of a file name: letters, digits, ``_ . + -``

@@ -313,6 +313,36 @@ def test_plot_atmosphere_fit(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
 
 
+def test_plot_title_and_outputs_quote_the_same_labelled_errors() -> None:
+    """Issue 21: the plot's title, the command's line and the night's summary quote one set
+    of errors (`AtmosphereFit.errors_quoted`: scaled ⊕ systematic), labelled with their
+    scale and systematic. The real CTIO spectrum fits at χ²/ndof ≈ 21: its errors are
+    scaled by √21 ≈ 4.6."""
+    from atmospec.plots.atmosphere import atmosphere_fit_figure
+
+    fit = fit_atmosphere(read_spectrum(CTIO_REAL), source=CTIO_REAL.name)
+    scale = fit.error_scale
+    assert scale == pytest.approx(np.sqrt(fit.chi2_ndof)) and scale > 3.0
+    for name in ("pwv_mm", "ozone_du", "vaod"):
+        assert fit.errors_scaled[name] == pytest.approx(fit.errors[name] * scale)
+    assert fit.errors_label.startswith(f"errors scaled by √(χ²/ndof) = {scale:.2f} ⊕ "
+                                       "systematic PWV 0.043 mm, O3 4.5 DU, VAOD 0.0076")
+    config = AtmosphereFitConfig()
+    for name, sys in (("pwv_mm", config.systematic_pwv_mm),
+                      ("ozone_du", config.systematic_ozone_du), ("vaod", config.systematic_vaod)):
+        assert fit.errors_quoted[name] == pytest.approx(np.hypot(fit.errors_scaled[name], sys))
+    title = atmosphere_fit_figure(fit).axes[0].get_title()
+    assert f"± {fit.errors_quoted['vaod']:.4f}" in title
+    assert f"± {fit.errors['vaod']:.4f}" not in title
+    assert fit.errors_label in title
+    doc = fit.to_dict()
+    assert doc["error_scale"] == pytest.approx(scale) and doc["errors_label"] == fit.errors_label
+    assert doc["errors_quoted"]["vaod"] == pytest.approx(fit.errors_quoted["vaod"])
+    unscaled = replace(fit, chi2=0.5 * fit.ndof, systematic={})
+    assert unscaled.error_scale == 1.0 and unscaled.errors_quoted == unscaled.errors
+    assert unscaled.errors_label == "errors unscaled (χ²/ndof = 0.50 ≤ 1)"
+
+
 # ---------------------------------------------------------------------- bad input
 def test_non_calspec_target_needs_sed(tmp_path: Path) -> None:
     spec = read_spectrum(CTIO_REAL)

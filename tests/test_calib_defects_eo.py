@@ -388,3 +388,9 @@ def test_crosstalk_product_roundtrip(crosstalk, tmp_path):
     counts = np.asarray(table["CT_COUNTS"][0]).reshape(16, 16)
     # Stored in Rubin's [source, target] order.
     np.testing.assert_array_equal(counts.T, crosstalk.counts)
+    # Dated by its first frame in UTC (not the clock at building): registered later, it is
+    # still valid for the frames it was measured on.
+    first = min((p.start for night in CROSSTALK_NIGHTS for p in night_plan(night)
+                 if p.kind == "science" and p.seq == _seqs(night, "science")[0]),
+                key=lambda t: t.mjd)
+    assert table.meta["CALIBDATE"] == first.utc.isot

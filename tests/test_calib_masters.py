@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
+from astropy.time import Time
 
 from atmospec.calib.combine import CombineConfig, combine_stack
 from atmospec.calib.files import build_master_file, write_product
@@ -31,10 +32,13 @@ from atmospec.calib.masters import (
     large_scale_response,
 )
 from atmospec.calib.products import Bias, Crosstalk, Dark, Flat, Ptc
+from atmospec.calib.registry import CalibrationRegistry
+from atmospec.calib.registry.times import to_utc_iso
 from atmospec.calib.verify import verify_bias, verify_flat, verify_product
 from atmospec.camera.assembly import assemble
 from atmospec.camera.description import load_camera
 from atmospec.camera.raw import read_raw
+from atmospec.camera.translator import translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
@@ -153,13 +157,28 @@ def test_master_bias_header_and_reports(master_bias, raws):
     assert h["NCOMBINE"] == N_BIAS
     assert h["COMBMETH"] == "MEANCLIP"
     assert h["GAINSRC"] == "ptc.fits"
-    assert h["CALIBDATE"].startswith("2024-06-24T20:00")  # the first bias of the night
+    # The first bias's start, in UTC: its DATE-BEG is TAI, 37 s later.
+    first = fits.getheader(raws["bias"][0])
+    assert first["TIMESYS"] == "TAI"
+    assert h["CALIBDATE"] == Time(first["DATE-BEG"], scale="tai").utc.isot
     assert {h[f"ATMIN{i}"] for i in range(N_BIAS)} == {p.name for p in raws["bias"]}
     report = json.loads(master_bias.with_name("bias.verify.json").read_text())
     assert report["pass"], report["failures"]
     # The figure of the report is drawn by the apps (atmospec.plots.verify), not the builder.
     assert not master_bias.with_name("bias.verify.png").exists()
     assert not list(master_bias.parent.glob(".atmospec-combine-*"))  # temporaries removed
+
+
+def test_master_bias_is_valid_for_its_own_frames(master_bias, raws, tmp_path):
+    """Registered with its own CALIBDATE, a bias covers its first frame and the dark taken
+    seconds after the last bias (a TAI CALIBDATE read as UTC started 37 s too late)."""
+    registry = CalibrationRegistry(tmp_path / "repo", create=True)
+    record = registry.register(master_bias)
+    first_bias = translate_header(fits.getheader(raws["bias"][0]))
+    first_dark = translate_header(fits.getheader(raws["dark"][0]))
+    assert record.valid_from == to_utc_iso(first_bias.datetime_begin)
+    assert registry.select("bias", first_bias).id == record.id
+    assert registry.select("bias", first_dark).id == record.id
 
 
 # --------------------------------------------------------------------------- dark

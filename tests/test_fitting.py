@@ -11,6 +11,7 @@ banded, diagonal, the fallback) gives unit covariance.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -156,6 +157,16 @@ def test_iteration_bound_returns_best_point_so_far() -> None:
                                LevenbergMarquardtConfig(max_iterations=200, tolerance=1e-14))
     assert full.success
     np.testing.assert_allclose(full.x, [1.0, 1.0], atol=1e-6)
+
+
+def test_deadline_stops_at_the_best_point_so_far() -> None:
+    """A deadline already past: no trial is made, the start is returned, not a success."""
+    start = np.array([-1.2, 1.0])
+    fit = levenberg_marquardt(Rosenbrock(), start, LevenbergMarquardtConfig(
+        max_iterations=200, tolerance=1e-14), deadline=time.monotonic() - 1.0)
+    assert fit.status is FitStatus.TIME_LIMIT and not fit.success
+    assert fit.message == "time limit reached"
+    np.testing.assert_array_equal(fit.x, start)
 
 
 class WrongSign(GaussianSlope):

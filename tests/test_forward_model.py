@@ -22,6 +22,7 @@ from atmospec.spectro.extract import ExtractionResult, extract_spectrum
 from atmospec.spectro.forward_model import (
     ForwardModelConfig,
     ForwardModelResult,
+    ForwardModelTimeout,
     fit_forward_model,
     moffat2d_fwhm,
 )
@@ -307,3 +308,14 @@ def test_too_few_usable_pixels(fits_2d, scene):
     with pytest.raises(BadInputError, match="cutout"):
         fit_forward_model(small, r)
     assert c0 > 0
+
+
+def test_wall_time_bound(fits_2d):
+    """Past `max_seconds` the fit stops with `ForwardModelTimeout` naming the exposure (the
+    chain then keeps the 1D extraction); a silly bound is refused."""
+    exp, r, _ = fits_2d[0]
+    with pytest.raises(ForwardModelTimeout, match=r"AT_O_20261123_000042: the 2D model did "
+                                                  r"not finish in 0\.01 s"):
+        fit_forward_model(exp, r, ForwardModelConfig(max_seconds=0.01))
+    with pytest.raises(ValueError, match="max_seconds"):
+        ForwardModelConfig(max_seconds=0.0)

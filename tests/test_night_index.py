@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from atmospec.cli import main
 from atmospec.errors import BadInputError
 from atmospec.isr.driver import IsrConfig
-from atmospec.night.index import NightIndex, check_raw_file
+from atmospec.night.index import NightIndex, check_raw_file, raw_files
 from atmospec.night.pipeline import load_pipeline, with_overrides
 from atmospec.sim.night import NightConfig, night_plan, write_damaged_files
 from atmospec.sim.rawfile import primary_header, write_raw
@@ -51,6 +52,47 @@ def test_index_accepts_raws_and_rejects_damaged_files(night_dir, tmp_path):
     # A second pass reads nothing again.
     assert index.index_directory(night_dir, progress=False) == {
         "added": 0, "unchanged": len(plan) + 4, "rejected": 0}
+
+
+def test_nested_folders_and_patterns(night_dir, tmp_path):
+    """Raws in a Butler-style tree (instrument/raw/day_obs/exposure/file) are all found; a
+    --pattern of the file name or of the path below the folder chooses among them."""
+    plan = night_plan(NIGHT)
+    tree = tmp_path / "tree"
+    for p in plan:
+        folder = tree / "LATISS" / "raw" / str(NIGHT.day_obs) / p.obs_id
+        folder.mkdir(parents=True)
+        os.link(night_dir / f"{p.obs_id}.fits", folder / f"{p.obs_id}.fits")
+    (tree / "LATISS" / "README.txt").write_text("not a raw\n")
+    index = NightIndex(tmp_path / "repo")
+    assert index.index_directory(tree, progress=False) == {
+        "added": len(plan), "unchanged": 0, "rejected": 0}
+    assert sorted(r.obs_id for r in index.raws()) == sorted(p.obs_id for p in plan)
+
+    first_two = tuple(f"{p.obs_id}.fits" for p in plan[:2])
+    assert [p.name for p in raw_files(tree, patterns=first_two)] == list(first_two)
+    by_path = raw_files(tree, patterns=(f"LATISS/raw/*/{plan[-1].obs_id}/*.fits",))
+    assert [p.name for p in by_path] == [f"{plan[-1].obs_id}.fits"]
+
+
+def test_night_on_a_folder_without_raws_says_so(tmp_path, capsys):
+    """No file matches: the night says what it searched (it used to say only "0 exposures"
+    and write an empty report); --pattern finds what the defaults do not."""
+    raw = tmp_path / "raw" / "20250301"
+    raw.mkdir(parents=True)
+    (raw / "log.txt").write_text("nothing here\n")
+    repo = tmp_path / "repo"
+    assert main(["night", str(tmp_path / "raw"), "--repo", str(repo), "--no-plots"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("0 exposures") and "0 with a failure" in out[0]
+    assert out[1:2] == [f"no raw file in {tmp_path / 'raw'}: nothing matches *.fits, "
+                       "*.fits.gz, *.fits.fz, *.fz in it or its sub-folders (6 levels down; "
+                       "--pattern chooses the files)"]
+    assert main(["night", str(tmp_path / "raw"), "--repo", str(repo), "--pattern",
+                 "*.txt", "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "no raw file" not in out
+    assert "skipped log.txt: not a readable FITS file" in out
 
 
 def test_index_queries(night_dir, tmp_path):

@@ -27,8 +27,10 @@ from conftest import NIGHT
 from night_outputs import assert_same_outputs
 
 from atmospec.cli import main
+from atmospec.night.calibs import read_builds
 from atmospec.night.index import NightIndex
 from atmospec.night.runner import NightRunConfig, run_night
+from atmospec.report import ReportConfig, build_report
 
 
 def _with_calibs(reference_repo: Path, repo: Path) -> Path:
@@ -190,6 +192,35 @@ def test_missing_calibration_fails_the_exposures_with_a_recipe(night_raw_dir, tm
     assert set(summary["status"]) == {"failed"}
 
 
+def test_failed_calibration_build_fails_the_exposures_that_needed_it(night_raw_dir,
+                                                                      tmp_path, capsys):
+    """The night's dark cannot be built (its bias is not built: too few frames for the
+    pipeline's minimum). The dark is not required, yet the exposures that needed it fail
+    naming the failed build, and the night exits 1: never reduced without a word."""
+    pipeline = tmp_path / "night.yaml"
+    pipeline.write_text("calibrations:\n  build: [bias, dark]\n  require: []\n"
+                        "  min_frames: {bias: 10, dark: 2}\ntasks:\n  isr:\n"
+                        "    applies_to: [imaging, dispersed]\n"
+                        "    config: {steps: [overscan, gain, assemble]}\n")
+    repo = tmp_path / "repo"
+    status = main(["night", str(night_raw_dir), "--repo", str(repo), "--workers", "1",
+                   "--pipeline", str(pipeline), "--no-plots"])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert "calibration bias.fits: not built (" in out and "fewer than 10" in out
+    assert "calibration dark.fits: failed (no bias for its frames)" in out
+    n_science = NIGHT.n_science + NIGHT.n_dispersed
+    assert f"{n_science} with a failure" in out
+    reasons = {o.reason for o in NightIndex(repo).tasks()}
+    assert reasons == {"calibration dark.fits failed to build (no bias for its frames)"}
+    # Recorded for the report.
+    assert [(b["file"], b["status"]) for b in read_builds(repo)] == [
+        ("bias.fits", "not built"), ("dark.fits", "failed")]
+    page = build_report(repo, ReportConfig(figures=False, workers=1)).read_text()
+    assert "2 calibration product(s) of the night could not be built" in page
+    assert 'id="builds"' in page and "no bias for its frames" in page
+
+
 def test_night_usage_errors(capsys, tmp_path):
     assert main(["night", str(tmp_path), "--repo", str(tmp_path / "r"), "--executor",
                  "dask"]) == 2
@@ -259,7 +290,7 @@ def test_extract_cli_matches_the_night_spectrum(night_reference, night_raw_dir, 
                    if p.with_name(p.name.replace("_postisr.fits", "_sources.ecsv")).exists())
     for args, message in (
             ([str(imaging)], "not a dispersed exposure"),
-            ([str(post), "--target", "Vega"], "not a CALSPEC standard"),
+            ([str(post), "--lines", "neon"], "argument --lines: invalid choice"),
             ([str(post), "--instrument", "ctio"], "the header is from LATISS, not ctio"),
             ([str(post), "--disperser", "holo9_999"], "unknown disperser"),
             ([str(post), "--xy", "20,20"], "too close to the edge"),

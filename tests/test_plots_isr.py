@@ -164,6 +164,44 @@ def test_postisr_rejects_bad_max_size(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_thumbnail_names_curated_defects_and_config(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thumbnail's BAD entry says the curated defect list drew it, and the title names
+    the configuration as the report's tables do (``empty~holo4_003``, not ``empty_1``)."""
+    exp = _exposure()
+    exp.metadata["INSTRUME"] = "LATISS"
+    exp.metadata["FILTER"] = "empty_1"
+    exp.metadata["GRATING"] = "holo4_003"
+    exp.metadata["HIERARCH ATM CALIB DEFECTS"] = "latiss_defects.ecsv"
+    postisr = exp.write(tmp_path / "postisr.fits")
+    drawn = {}
+    monkeypatch.setattr(pisr, "save_png", lambda fig, path, dpi: drawn.setdefault("fig", fig))
+    pisr.plot_postisr_thumbnail(postisr, tmp_path / "thumb.png")
+    fig = drawn["fig"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    bad = next(t for t in labels if t.startswith("BAD:"))
+    # A 400×500 test image is no LATISS detector: the list is named, no amplifier.
+    assert "curated defects" in bad and "latiss_defects.ecsv" in bad and "amp" not in bad
+    assert "mask planes drawn" in fig.legends[0].get_title().get_text()
+    assert "empty~holo4_003" in fig.axes[0].get_title(loc="left")
+    assert "empty_1" not in fig.axes[0].get_title(loc="left")
+
+
+def test_bad_source_names_the_amplifier() -> None:
+    """LATISS's shipped defect box (x 3562–4070, y 0–1999) covers amp C07 of the camera
+    description whole: the legend names it; a partial box names no amplifier."""
+    factor = 8
+    ny, nx = CAMERA.detector_shape
+    bad = np.zeros((ny // factor, nx // factor), dtype=bool)
+    bad[: 2000 // factor, 3562 // factor:] = True
+    meta = {"INSTRUME": "LATISS", "ATM CALIB DEFECTS": "latiss_defects.ecsv"}
+    assert pisr._bad_source(meta, bad, factor) == \
+        "\ncurated defects: amp C07\n(latiss_defects.ecsv)"
+    bad[: 1000 // factor] = False
+    assert pisr._bad_source(meta, bad, factor) == "\ncurated defects\n(latiss_defects.ecsv)"
+    assert pisr._bad_source({"INSTRUME": "LATISS"}, bad, factor) == ""
+
+
 def test_block_mean_and_any() -> None:
     image = np.arange(35, dtype=np.float32).reshape(5, 7)
     image[0, 0] = np.nan

@@ -239,6 +239,82 @@ def test_latiss_psf_bins(latiss: Spectrum) -> None:
     assert all("(" in s for s in _labels(fig))
 
 
+def _with_bins(spectrum: Spectrum, bins: Table, **header: object) -> Spectrum:
+    """``spectrum`` with another PSF_BINS table (and header keys)."""
+    hdu = fits.table_to_hdu(bins)
+    hdu.name = "PSF_BINS"
+    out = Spectrum(spectrum.wavelength, spectrum.flux, spectrum.flux_err,
+                   flux_unit=spectrum.flux_unit, header=spectrum.header.copy(),
+                   order2=spectrum.order2, spectrogram=spectrum.spectrogram,
+                   psf_table=spectrum.psf_table, lines=spectrum.lines, extra_hdus=(hdu,))
+    for key, value in header.items():
+        out.header[key] = value
+    return out
+
+
+def test_psf_axes_robust_to_a_failed_bin(latiss: Spectrum) -> None:
+    """One failed bin (γ 50 ± 170, α 20 ± 130: issue 21) does not set the γ and α ranges:
+    they span the other bins and PSF_TAB, and the failed bin is an arrow on the top edge."""
+    bins = Table.read(next(h for h in latiss.extra_hdus if h.name == "PSF_BINS"))
+    bins["gamma"][0], bins["gamma_err"][0] = 50.0, 170.0
+    bins["alpha"][0], bins["alpha_err"][0] = 20.0, 130.0
+    fig = plot_psf_vs_wavelength(_with_bins(latiss, bins))
+    psf = latiss.psf_table
+    for key in ("gamma", "alpha"):
+        (curve,) = _by_gid(fig, key)
+        low, high = curve.axes.get_ylim()
+        others = np.asarray(bins[key])[1:]
+        assert low <= min(others.min(), np.min(psf[key])) and high >= max(
+            others.max(), np.max(psf[key]))
+        assert high - low < 3.0, (key, low, high)  # not ±150: the trend stays readable
+        (arrow,) = _by_gid(fig, f"bins_{key}_outside_above")
+        assert arrow.get_xdata() == pytest.approx([bins["lambdas"][0]])
+        assert arrow.get_ydata()[0] < high
+    # The data artists keep the true values (the arrow only marks them).
+    used = _by_gid(fig, "bins_gamma_used")[0]
+    assert 50.0 in used.get_ydata()
+    assert "bins outside the axis (arrow at the edge)" in [
+        t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_psf_bins_and_trace_in_one_frame(latiss: Spectrum) -> None:
+    """The trace panel draws PSF_TAB and the bins in the same cutout pixels; a file written
+    before PSF_BINS had y_c (x_c in the image's columns, a ``row`` column) is moved there
+    with S_XMIN."""
+    bins = Table.read(next(h for h in latiss.extra_hdus if h.name == "PSF_BINS"))
+    legacy = bins.copy()
+    legacy["x_c"] = legacy["x_c"] + 1674.0  # the extraction frame: cutout origin + x_c
+    for spectrum in (latiss, _with_bins(latiss, legacy, S_XMIN=1674)):
+        fig = plot_psf_vs_wavelength(spectrum)
+        (trace,) = _by_gid(fig, "trace")
+        points = _by_gid(fig, "bins_trace_used")[0]
+        on_curve = np.interp(points.get_xdata(), trace.get_xdata(), trace.get_ydata())
+        assert np.abs(points.get_ydata() - on_curve).max() < 0.3
+        low, high = trace.axes.get_ylim()
+        assert high - low < 20.0
+        assert "cutout pixel" in trace.axes.get_ylabel()
+
+
+def test_psf_order2_region_shaded(latiss: Spectrum) -> None:
+    """Where ORDER2 exceeds 5 % of the first order the panels are shaded and say why;
+    without it, nothing is shaded."""
+    wl = latiss.wavelength
+    ratio = np.where(wl > 850.0, 0.3, 0.0)
+    order2 = ImageExtension(np.vstack([wl, ratio * latiss.flux, 0.01 * latiss.flux]))
+    shaded = Spectrum(wl, latiss.flux, latiss.flux_err, header=latiss.header.copy(),
+                      order2=order2, psf_table=latiss.psf_table,
+                      extra_hdus=latiss.extra_hdus)
+    fig = plot_psf_vs_wavelength(shaded)
+    (span,) = _by_gid(fig, "order2_fwhm")
+    assert span.get_x() == pytest.approx(wl[wl > 850.0][0])
+    assert span.get_x() + span.get_width() == pytest.approx(wl.max())
+    assert any("order 2 > 5% of order 1" in t.get_text() for t in fig.legends[0].get_texts())
+    weak = ImageExtension(np.vstack([wl, 0.04 * latiss.flux, 0.01 * latiss.flux]))
+    faint = Spectrum(wl, latiss.flux, latiss.flux_err, header=latiss.header.copy(),
+                     order2=weak, psf_table=latiss.psf_table, extra_hdus=latiss.extra_hdus)
+    assert not _by_gid(plot_psf_vs_wavelength(faint), "order2_fwhm")
+
+
 def test_psf_fwhm_from_gamma_alpha(latiss: Spectrum) -> None:
     psf = latiss.psf_table.copy()
     psf.remove_column("fwhm")

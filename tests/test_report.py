@@ -26,8 +26,10 @@ from atmospec.cli import main
 from atmospec.night.index import NightIndex
 from atmospec.night.summary import write_summary
 from atmospec.plots.common import config_label
+from atmospec.plots.night import TRUTH_LABEL
 from atmospec.report import ReportConfig, build_report
 from atmospec.report.html import fmt_number
+from atmospec.report.truth import TRUTH_SUFFIX, read_truth
 
 
 class _Page(HTMLParser):
@@ -129,8 +131,12 @@ def test_report_table_matches_summary(night_reference):
     summary = Table.read(repo / "night" / "summary.ecsv")
     table = _Page(repo / "report" / "index.html").tables["summary"]
     assert len(table["rows"]) == len(summary)
+    assert {"obs_id", "filter", "disperser", "fwhm_arcsec", "sky_e_per_s", "n_sources",
+            "pwv_mm", "status"} <= set(table["columns"])
     for row, cells in zip(summary, table["rows"], strict=True):
         for column, cell in zip(table["columns"], cells, strict=True):
+            if column.endswith(TRUTH_SUFFIX):  # the simulator's, not the summary's
+                continue
             value = row[column]
             assert _same(cell["value"], value), (row["obs_id"], column, cell, value)
             if isinstance(value, float | np.floating):
@@ -181,8 +187,10 @@ def test_plotted_values_equal_summary(night_reference):
                  - origin) * 24.0
         for gid, panel in doc["panels"].items():
             column, axis = gid.split("/")
-            assert set(panel["series"]) == set(labels), (figure, gid)
+            assert set(panel["series"]) - {TRUTH_LABEL} == set(labels), (figure, gid)
             for label, drawn in panel["series"].items():
+                if label == TRUTH_LABEL:  # test_truth_beside_measurements
+                    continue
                 sel = labels == label
                 x = hours[sel] if axis == "time" else np.asarray(rows["airmass"])[sel]
                 y = _column_floats(rows[column])[sel]
@@ -194,6 +202,85 @@ def test_plotted_values_equal_summary(night_reference):
                 n_points += len(drawn["y"])
     assert n_points > 0
     assert any(_drawn_rows(summary, "atmosphere")["pwv_mm"] > 0)
+
+
+def _truth_docs(repo: Path) -> dict[str, dict]:
+    """The simulator's truth sidecars of the night's raws, by OBSID."""
+    docs = {}
+    for record in NightIndex(repo, create=False).raws():
+        path = record.path.parent / f"{record.obs_id}_truth.json"
+        if path.is_file():
+            docs[record.obs_id] = json.loads(path.read_text())
+    return docs
+
+
+def test_truth_beside_measurements(night_reference):
+    """A simulated night shows the simulator's truth beside each measurement it knows: the
+    log (FWHM, sky, PWV...), the atmosphere table, the exposure pages and the night
+    figures (issue 21)."""
+    repo, _ = night_reference
+    report = repo / "report"
+    docs = _truth_docs(repo)
+    summary = Table.read(repo / "night" / "summary.ecsv")
+    parsed = _Page(report / "index.html")
+    log = parsed.tables["summary"]
+    assert {"fwhm_arcsec_truth", "sky_e_per_s_truth", "pwv_mm_truth"} <= set(log["columns"])
+    imaging = summary[np.isfinite(np.asarray(summary["fwhm_px"], dtype=float))]
+    dispersed = summary[np.isfinite(np.asarray(summary["pwv_mm"], dtype=float))]
+    assert len(imaging) and len(dispersed)
+    by_id = {r[log["columns"].index("obs_id")]["value"]: r for r in log["rows"]}
+    for row in imaging:
+        doc = docs[str(row["obs_id"])]
+        cells = by_id[str(row["obs_id"])]
+        scale = float(row["fwhm_arcsec"]) / float(row["fwhm_px"])
+        true_fwhm = float(cells[log["columns"].index("fwhm_arcsec_truth")]["value"])
+        assert true_fwhm == pytest.approx(doc["fwhm_px"] * scale, rel=1e-12)
+        assert float(row["fwhm_arcsec"]) == pytest.approx(true_fwhm, rel=0.05)  # a good sim
+        sky = float(cells[log["columns"].index("sky_e_per_s_truth")]["value"])
+        assert sky == pytest.approx(doc["sky_e"] / doc["exptime"], rel=1e-12)
+    atmosphere = parsed.tables["atmosphere"]
+    for row in atmosphere["rows"]:
+        obs_id = row[0]["text"]
+        model = docs[obs_id]["dispersed"]["spectrum_model"]
+        for column in ("pwv_mm", "ozone_du", "vaod"):
+            cell = row[atmosphere["columns"].index(column + TRUTH_SUFFIX)]
+            assert float(cell["value"]) == model[column]
+        page = _Page(report / "exposures" / f"{obs_id}.html").tables["exposure-summary"]
+        values = {r[0]["text"]: r for r in page["rows"]}
+        assert float(values["pwv_mm"][2]["value"]) == model["pwv_mm"]
+        assert values["mjd"][1]["text"].endswith(" (TAI)") and " d" not in \
+            values["mjd"][1]["text"]
+    assert "simulator truth" in (report / "exposures" / f"{dispersed['obs_id'][0]}.html"
+                                 ).read_text()
+    drawn = json.loads((report / "night" / "atmosphere.json").read_text())["panels"]
+    truth = drawn["pwv_mm/airmass"]["series"][TRUTH_LABEL]
+    np.testing.assert_allclose(_floats(truth["x"]), np.asarray(dispersed["airmass"]))
+    assert truth["y"] == [docs[str(o)]["dispersed"]["spectrum_model"]["pwv_mm"]
+                          for o in dispersed["obs_id"]]
+
+
+def test_real_night_shows_no_truth(night_reference, tmp_path):
+    """Raws without truth sidecars (a real night) add no truth column, figure series or
+    exposure-page column."""
+    reference, _ = night_reference
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for record in NightIndex(reference).raws():
+        # Hard links: the index resolves a symbolic link to the simulated night's folder,
+        # where the truth sidecars are.
+        os.link(record.path, raw / record.path.name)
+    repo = tmp_path / "repo"
+    index = NightIndex(repo)
+    index.index_directory(raw, progress=False)
+    write_summary(index, repo, plots=False)
+    assert read_truth((r.obs_id, r.path) for r in index.raws()) == {}
+    page = build_report(repo, ReportConfig(figures=False))
+    columns = _Page(page).tables["summary"]["columns"]
+    assert not [c for c in columns if c.endswith(TRUTH_SUFFIX)]
+    text = page.read_text()
+    assert "truth</th>" not in text and "simulator" not in text
+    assert not any("simulator truth" in p.read_text()
+                   for p in (page.parent / "exposures").glob("*.html"))
 
 
 def test_report_figures_are_cached(night_reference):
@@ -277,14 +364,27 @@ def test_calibrations_only_night(night_reference, tmp_path):
     _assert_links_resolve(page.parent)
 
 
-@pytest.mark.parametrize("make", ["missing", "plain_dir"])
-def test_report_cli_bad_repo(tmp_path, capsys, make):
+@pytest.mark.parametrize(("make", "says"), [
+    ("missing", "no such directory"), ("plain_dir", "not an atmospec repository"),
+    ("file", "is a file, not a night repository (expected a directory with"),
+    ("dangling", "a symbolic link to nothing")])
+def test_report_cli_bad_repo(tmp_path, capsys, make, says):
+    """One line naming the path and what it is (issue 21: a file that exists was called
+    "no such directory"), exit status 2."""
     target = tmp_path / "nope"
     if make == "plain_dir":
         target.mkdir()
+    elif make == "file":
+        target = tmp_path / "README.md"
+        target.write_text("# a readme\n")
+    elif make == "dangling":
+        target.symlink_to(tmp_path / "gone")
     assert main(["report", str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(target) in err[0] and "Traceback" not in err[0]
+    assert says in err[0]
+    if make == "file":
+        assert "no such directory" not in err[0]
 
 
 def test_calibration_repository_only(night_reference, tmp_path):

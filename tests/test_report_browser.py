@@ -1,10 +1,11 @@
 """Browser test of the HTML night report (issue 7): the report renders in headless Chromium.
 
-The index page and one exposure page (a dispersed one when there is one) of the small simulated
-night are rendered and screenshotted, and every page reachable from the index is checked: it
+The index page, one imaging and one dispersed exposure page of the small simulated night are
+rendered and screenshotted at 1400 px, and every page reachable from the index is checked: it
 loads completely, every image is present, the console shows no error and no link points to a
 missing file; every science exposure of the night summary has its page reachable from the index,
-and no exposure page is an orphan.
+and no exposure page is an orphan. The observing log fits the window: no horizontal overflow, the
+key columns (FWHM, sky, sources, PWV, status...) displayed, the others one click away.
 
 Chromium and chromedriver come from the Debian packages ``chromium`` and ``chromium-driver``,
 installed with apt by the test set-up when missing; the tests are skipped, with the reason,
@@ -242,16 +243,62 @@ def check_report(browser: Browser, repo: Path, shots: Path) -> None:
     problems = [p for report in reports.values() for p in _problems(report)]
     assert not problems, "\n".join(problems)
 
-    # Screenshots of the index and of one exposure page, dispersed when possible.
-    dispersed = science[science["disperser"] != "empty"]
-    obs_id = str((dispersed if len(dispersed) else science)["obs_id"][0])
+    # Screenshots of the index, of one imaging and of one dispersed exposure page.
     index_report = browser.check_page(index, shots / "report_index.png")
-    exposure_report = browser.check_page(pages[obs_id], shots / f"report_{obs_id}.png")
-    for report in (index_report, exposure_report):
+    _assert_log_fits(browser)
+    reports = [index_report]
+    for kind in (science[science["disperser"] == "empty"],
+                 science[science["disperser"] != "empty"]):
+        if len(kind):
+            obs_id = str(kind["obs_id"][0])
+            reports.append(browser.check_page(pages[obs_id], shots / f"report_{obs_id}.png"))
+    for report in reports:
         assert report.ok, _problems(report)
         _assert_rendered(report.screenshot)
-    assert index_report.n_images > 0 and exposure_report.n_images > 0
-    _keep_screenshots(index_report.screenshot, exposure_report.screenshot)
+        assert report.n_images > 0
+        assert report.page_width <= WIDTH, f"{report.path.name} scrolls sideways"
+    _keep_screenshots(*(r.screenshot for r in reports))
+
+
+#: The observing log's columns a reader needs without scrolling or clicking (issue 21).
+KEY_LOG_COLUMNS = ("seq_num", "time_begin", "filter", "fwhm_arcsec", "sky_e_per_s",
+                   "n_sources", "pwv_mm", "status")
+
+#: JavaScript measuring the observing log of the loaded index page: its scrolling box, the
+#: viewport and where each column header is (and whether it is displayed).
+_LOG_LAYOUT_JS = """
+const table = document.querySelector('table#summary');
+const wrap = table.closest('.table-wrap');
+const box = wrap.getBoundingClientRect();
+const columns = {};
+for (const th of table.querySelectorAll('thead th')) {
+  const r = th.getBoundingClientRect();
+  columns[th.dataset.column] = {left: r.left, right: r.right, shown: th.offsetParent !== null};
+}
+return {scrollWidth: wrap.scrollWidth, clientWidth: wrap.clientWidth, boxRight: box.right,
+        viewport: document.documentElement.clientWidth, columns: columns};
+"""
+
+
+def _assert_log_fits(browser: Browser) -> None:
+    """On the loaded index page, at `WIDTH`: the observing log does not overflow its box,
+    its key columns are displayed inside the window, and ticking "show all columns"
+    displays the others (then the log may scroll inside its box, never the page)."""
+    layout = browser.driver.execute_script(_LOG_LAYOUT_JS)
+    assert layout["viewport"] == WIDTH
+    assert layout["scrollWidth"] <= layout["clientWidth"], layout
+    for column in KEY_LOG_COLUMNS:
+        where = layout["columns"][column]
+        assert where["shown"], column
+        assert 0 <= where["left"] < where["right"] <= min(layout["boxRight"], WIDTH), (
+            column, where)
+    hidden = [c for c, w in layout["columns"].items() if not w["shown"]]
+    assert "obs_id" in hidden and "disperser" in hidden
+    browser.driver.find_element("css selector", "label[for=log-all-columns]").click()
+    shown = browser.driver.execute_script(_LOG_LAYOUT_JS)
+    assert all(shown["columns"][c]["shown"] for c in hidden)
+    assert browser.driver.execute_script(
+        "return document.documentElement.scrollWidth") <= WIDTH
 
 
 def test_night_report_in_browser(browser: Browser, night_reference: tuple[Path, int],

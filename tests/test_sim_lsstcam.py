@@ -510,7 +510,7 @@ def test_night_over_a_bot_acquisition_builds_one_master_per_detector(bot_run, tm
     assert len(raws) == 3 * len(RUN.detectors)  # a bias and a flat pair per detector
     assert {r.info.detector for r in raws} == set(RUN.detectors)
     assert len({r.info.obs_id for r in raws}) == len(raws)
-    built = {p.path.name: p.status for p in result.calibrations}
+    built = {p.path.name: p.status for p in result.calibrations if p.status != "not built"}
     assert set(built) == {"bias_R22_S11.fits", "bias_R10_S11.fits"}, built
     registry = CalibrationRegistry(repo, create=False)
     assert registry.instrument == "LSSTCam"

@@ -73,6 +73,9 @@ from atmospec.atmosphere.spectrum_fit import (
     AtmosphereFitConfig,
     SpectrumForwardModel,
     coverage_fixed,
+    errors_label,
+    quoted_errors,
+    systematic_errors,
 )
 from atmospec.atmosphere.transmission import AtmosphereModel
 from atmospec.errors import BadInputError
@@ -210,11 +213,34 @@ class JointAtmosphereFit:
     problems: tuple[str, ...] = ()
     """Why the fit failed (`atmospec.fitting.fit_problems`, the spectrum configuration's
     ``quality``); empty for a usable fit."""
+    systematic: dict[str, float] = field(default_factory=dict)
+    """Systematic errors of each exposure's parameters, added in quadrature to the quoted
+    errors (the spectrum configuration's, `atmospec.atmosphere.spectrum_fit.
+    systematic_errors`): the extraction's exposure-to-exposure errors are not averaged
+    away by fitting the exposures together."""
 
     @property
     def chi2_ndof(self) -> float:
         """χ² / ndof (NaN for ndof ≤ 0)."""
         return self.chi2 / self.ndof if self.ndof > 0 else float("nan")
+
+    @property
+    def error_scale(self) -> float:
+        """√(χ²/ndof) when above 1, else 1 (also for ndof ≤ 0)."""
+        if self.ndof <= 0 or not math.isfinite(self.chi2_ndof):
+            return 1.0
+        return math.sqrt(max(1.0, self.chi2_ndof))
+
+    @property
+    def errors_quoted(self) -> tuple[dict[str, float | None], ...]:
+        """Per exposure, `errors` × `error_scale` ⊕ `systematic`: what the command prints,
+        labelled by `errors_label` (the rule of the single-spectrum fit)."""
+        return tuple(quoted_errors(e, self.error_scale, self.systematic) for e in self.errors)
+
+    @property
+    def errors_label(self) -> str:
+        """How `errors_quoted` were made."""
+        return errors_label(self.error_scale, self.chi2_ndof, self.systematic)
 
     def correction_at(self, wavelength_nm: NDArray[np.float64]
                       ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -238,6 +264,7 @@ class JointAtmosphereFit:
                 "source": src, "airmass": float(self.airmass[e]),
                 "values": {k: num(v) for k, v in self.values[e].items()},
                 "errors": {k: num(v) for k, v in self.errors[e].items()},
+                "errors_quoted": {k: num(v) for k, v in self.errors_quoted[e].items()},
                 "fixed": dict(self.fixed[e]), "chi2": num(self.chi2_exposure[e]),
                 "n_samples": int(self.n_samples[e]),
                 "covariance_used": self.covariance_used[e],
@@ -257,6 +284,8 @@ class JointAtmosphereFit:
                 "gauge": list(self.gauge),
             },
             "chi2": num(self.chi2), "ndof": int(self.ndof), "chi2_ndof": num(self.chi2_ndof),
+            "error_scale": float(self.error_scale),
+            "systematic_errors": dict(self.systematic), "errors_label": self.errors_label,
             "success": bool(self.success), "problems": list(self.problems),
             "message": self.message,
             "n_iterations": int(self.n_iterations), "nfev": int(self.nfev),
@@ -828,6 +857,7 @@ def fit_atmosphere_joint(spectra: Iterable[Spectrum | Callable[[], Spectrum]],
         parameter_names=params.names, parameter_covariance=pcov,
         success=fit.success and not problems, problems=problems, message=fit.message,
         n_iterations=fit.iterations, nfev=problem.nfev,
+        systematic=systematic_errors(config.spectrum),
         timings={"setup": t_setup, "fit": t_fit, "errors": t_err},
         info={"instrument": night.instrument, "disperser": night.disperser,
               "filters": night.filters, "targets": night.targets,

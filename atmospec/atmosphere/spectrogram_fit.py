@@ -55,6 +55,7 @@ from atmospec.atmosphere.spectrum_fit import (
     lmfit_quality,
     lmfit_summary,
     starting_angstrom,
+    systematic_errors,
 )
 from atmospec.errors import BadInputError
 from atmospec.spectro.forward_model import (
@@ -359,7 +360,8 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
         wavelength=rows[0], flux=rows[1], flux_err=rows[2], model=rows[3],
         flux_unit=spectrum.flux_unit, covariance_used="pixels (S_ERR)",
         success=bool(result.success) and not problems, message=str(result.message),
-        nfev=int(result.nfev), fit_time_s=elapsed, info=info, problems=problems)
+        nfev=int(result.nfev), fit_time_s=elapsed, info=info, problems=problems,
+        systematic=systematic_errors(acfg))
 
 
 def _row_summaries(pix: _PixelModel, best_image: NDArray[np.float64]

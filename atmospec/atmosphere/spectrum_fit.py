@@ -179,10 +179,78 @@ class AtmosphereFitConfig:
     """Weight with the full covariance (``SPEC_COV``); False: ``flux_err²`` only."""
     max_nfev: int = 2000
     """Largest number of model evaluations of the minimiser."""
+    systematic_pwv_mm: float = 0.043
+    """Systematic error of PWV, mm, added in quadrature to the quoted errors
+    (`AtmosphereFit.errors_quoted`); 0: none. See `SYSTEMATICS_NOTE`."""
+    systematic_ozone_du: float = 4.5
+    """Systematic error of the ozone column, DU (as ``systematic_pwv_mm``)."""
+    systematic_vaod: float = 0.0076
+    """Systematic error of the VAOD (as ``systematic_pwv_mm``)."""
     quality: FitQualityConfig = field(default_factory=FitQualityConfig)
     """When the fit counts as failed (`atmospec.fitting.fit_problems`: optimiser failure, a
     free parameter at a bound, no uncertainty, χ²/ndof beyond the limit); used by the 1D,
     spectrogram and joint fits alike."""
+
+
+#: Where the default systematic errors of `AtmosphereFitConfig` come from (issue 21).
+SYSTEMATICS_NOTE = (
+    "measured on 20 simulated full-frame holo4_003 exposures of the demo night through the "
+    "night's chain (ISR with the night's masters, 2D extraction, this fit): beyond the "
+    "covariance's errors, the extraction leaves broadband (colour) flux errors that vary "
+    "from exposure to exposure (VAOD scatter 0.0055 against 0.0027 without the detector, "
+    "the same with perfect calibration products) and the 2D model's line-spread shape "
+    "biases PWV by -0.03 to -0.05 mm even without noise; see docs/atmosphere.md")
+
+
+def systematic_errors(config: AtmosphereFitConfig) -> dict[str, float]:
+    """The per-parameter systematic errors of ``config`` (zeros left out).
+
+    Parameters
+    ----------
+    config : AtmosphereFitConfig
+        The fit's settings.
+
+    Returns
+    -------
+    dict
+        ``pwv_mm``, ``ozone_du``, ``vaod`` → error.
+    """
+    terms = {"pwv_mm": config.systematic_pwv_mm, "ozone_du": config.systematic_ozone_du,
+             "vaod": config.systematic_vaod}
+    return {k: float(v) for k, v in terms.items() if v > 0}
+
+
+def quoted_errors(errors: dict[str, float | None], scale: float,
+                  systematic: dict[str, float]) -> dict[str, float | None]:
+    """``errors × scale ⊕ systematic`` per parameter (None stays None: fixed, or no
+    error); the one rule every fit's quoted errors follow.
+
+    Parameters
+    ----------
+    errors : dict
+        Statistical errors (from the covariance).
+    scale : float
+        √(χ²/ndof) when above 1, else 1.
+    systematic : dict
+        Systematic errors by parameter (`systematic_errors`).
+
+    Returns
+    -------
+    dict
+    """
+    return {k: (None if v is None else math.hypot(v * scale, systematic.get(k, 0.0)))
+            for k, v in errors.items()}
+
+
+def errors_label(scale: float, chi2_ndof: float, systematic: dict[str, float]) -> str:
+    """How quoted errors were made (`quoted_errors`), for a title, a table or a line."""
+    text = (f"errors scaled by √(χ²/ndof) = {scale:.2f}" if scale > 1.0
+            else f"errors unscaled (χ²/ndof = {chi2_ndof:.2f} ≤ 1)")
+    if systematic:
+        parts = {"pwv_mm": "PWV {:.3g} mm", "ozone_du": "O3 {:.3g} DU", "vaod": "VAOD {:.2g}"}
+        text += " ⊕ systematic " + ", ".join(parts[k].format(v) for k, v in systematic.items()
+                                              if k in parts)
+    return text
 
 
 @dataclass(frozen=True)
@@ -489,6 +557,8 @@ class AtmosphereFit:
     pressure_hpa, exptime_s, dropped samples."""
     problems: tuple[str, ...] = ()
     """Why the fit failed (`atmospec.fitting.fit_problems`); empty for a usable fit."""
+    systematic: dict[str, float] = field(default_factory=dict)
+    """Systematic errors added in quadrature to the quoted errors (`systematic_errors`)."""
 
     @property
     def chi2_ndof(self) -> float:
@@ -501,10 +571,30 @@ class AtmosphereFit:
         return self.flux - self.model
 
     @property
+    def error_scale(self) -> float:
+        """The factor from `errors` to `errors_scaled`: √(χ²/ndof) when that exceeds 1,
+        else 1 (also for ndof ≤ 0)."""
+        if self.ndof <= 0 or not math.isfinite(self.chi2_ndof):
+            return 1.0
+        return math.sqrt(max(1.0, self.chi2_ndof))
+
+    @property
     def errors_scaled(self) -> dict[str, float | None]:
-        """`errors` × sqrt(max(1, χ²/ndof)): for data the model does not describe to noise."""
-        scale = math.sqrt(max(1.0, self.chi2_ndof)) if self.ndof > 0 else 1.0
+        """`errors` × `error_scale`: for data the model does not describe to noise."""
+        scale = self.error_scale
         return {k: (None if v is None else v * scale) for k, v in self.errors.items()}
+
+    @property
+    def errors_quoted(self) -> dict[str, float | None]:
+        """`errors_scaled` ⊕ `systematic` (`quoted_errors`): the errors every output quotes
+        (the command's line, the plot's title, the night's summary table), labelled by
+        `errors_label`."""
+        return quoted_errors(self.errors, self.error_scale, self.systematic)
+
+    @property
+    def errors_label(self) -> str:
+        """How the quoted errors (`errors_quoted`) were made, for a title or a table."""
+        return errors_label(self.error_scale, self.chi2_ndof, self.systematic)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dictionary of the whole result."""
@@ -515,6 +605,10 @@ class AtmosphereFit:
             "values": {k: num(v) for k, v in self.values.items()},
             "errors": {k: num(v) for k, v in self.errors.items()},
             "errors_scaled": {k: num(v) for k, v in self.errors_scaled.items()},
+            "error_scale": float(self.error_scale),
+            "systematic_errors": dict(self.systematic),
+            "errors_quoted": {k: num(v) for k, v in self.errors_quoted.items()},
+            "errors_label": self.errors_label,
             "free_parameters": list(self.free_parameters),
             "correlation": np.where(np.isfinite(self.correlation), self.correlation,
                                     None).tolist(),
@@ -847,4 +941,4 @@ def fit_atmosphere(spectrum: Spectrum, config: AtmosphereFitConfig | None = None
         flux_err=err, model=best_model, flux_unit=spectrum.flux_unit,
         covariance_used=whiten.label, success=bool(result.success) and not problems,
         message=str(result.message), nfev=int(result.nfev), fit_time_s=elapsed, info=info,
-        problems=problems)
+        problems=problems, systematic=systematic_errors(config))

@@ -41,6 +41,7 @@ import numpy as np
 from astropy.table import Table
 from scipy import ndimage
 
+from atmospec.calib.products.calibdate import calib_date
 from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.products.detector import detector_meta
 from atmospec.camera.description import Camera, load_camera
@@ -120,13 +121,17 @@ class CrosstalkMeasurement:
     """Frames used."""
     units: str = "adu"
     """Unit of the ratios (always ``adu``: ratios of raw signals)."""
+    calib_date: str = ""
+    """Start of the first frame, UTC ISO (`calib_date`): the product's ``CALIBDATE``, so
+    that it is valid for the frames it was measured on; ``""`` when unknown."""
 
     def matrix(self) -> CrosstalkMatrix:
         """As the matrix type used by ISR."""
         return CrosstalkMatrix(self.coeffs.copy(), self.units)
 
     def product(self, camera: Camera | None = None) -> Crosstalk:
-        """The crosstalk product of this measurement (Rubin CrosstalkCalib-like), dated now.
+        """The crosstalk product of this measurement (Rubin CrosstalkCalib-like), dated by its
+        first frame (`calib_date`; now when unknown).
 
         The n×n arrays are stored flattened in Rubin's [source, target] order (the
         transpose of `coeffs`), as `atmospec.calib.products.Crosstalk.matrix` expects.
@@ -154,7 +159,7 @@ class CrosstalkMeasurement:
         table.meta.update({
             "OBSTYPE": "CROSSTALK",
             **detector_meta(camera),
-            "CALIBDATE": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+            "CALIBDATE": self.calib_date or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
             "CROSSTALK_SCHEMA": "Gen3 Crosstalk",
             "CROSSTALK_SHAPE": [n, n],
             "CROSSTALK_RATIOS_UNITS": self.units,
@@ -389,8 +394,11 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
     camera = camera or load_camera("latiss")
     n = camera.n_amps
     pooled: dict[tuple[int, int], list[np.ndarray]] = {}
+    infos = []
     for item in raws:
-        for pair, r in crosstalk_ratios(as_raw(item, camera), config).items():
+        raw = as_raw(item, camera)
+        infos.append(raw.info)
+        for pair, r in crosstalk_ratios(raw, config).items():
             pooled.setdefault(pair, []).append(r)
     coeffs = np.zeros((n, n))
     errors = np.full((n, n), np.nan)
@@ -410,7 +418,8 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
     coeffs[~valid] = 0.0
     log.info("crosstalk from %d frames: %d of %d pairs measured", len(raws),
              int(valid.sum()), n * (n - 1))
-    return CrosstalkMeasurement(coeffs, errors, counts, valid, len(raws))
+    return CrosstalkMeasurement(coeffs, errors, counts, valid, len(raws), calib_date=calib_date(
+        [i.datetime_begin for i in infos], [i.day_obs for i in infos]))
 
 
 def compare_crosstalk(measured: CrosstalkMeasurement, reference: CrosstalkMatrix | None = None,

@@ -34,9 +34,11 @@ from typing import Literal
 
 import numpy as np
 from astropy.table import Table
+from astropy.time import Time
 from scipy import ndimage
 
 from atmospec.calib.products import Dark, Defects, Flat
+from atmospec.calib.products.calibdate import calib_date
 from atmospec.calib.products.detector import check_detector, detector_meta
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
@@ -372,14 +374,23 @@ def mask_to_boxes(*masks: np.ndarray) -> Table:
 
 
 def _calib_date(*products: Exposure | None) -> str:
-    """CALIBDATE of the product: the masters' date if they carry one, else now."""
+    """CALIBDATE of the product: the earliest of the masters' (UTC, the start of their first
+    input), else now. Not DATE-OBS: a frame's DATE-OBS is TAI on Rubin's cameras."""
+    dates = [str(p.metadata.get("CALIBDATE")) for p in products
+             if p is not None and p.metadata.get("CALIBDATE")]
+    if dates:
+        return min(dates)
+    # A master from elsewhere may carry only its frame's date, in its TIMESYS (Rubin: TAI).
     for product in products:
-        if product is None:
-            continue
-        for key in ("CALIBDATE", "DATE-OBS", "DATE-BEG"):
-            value = product.metadata.get(key)
-            if value:
-                return str(value)[:19]
+        value = None if product is None else (product.metadata.get("DATE-BEG")
+                                              or product.metadata.get("DATE-OBS"))
+        scale = str(product.metadata.get("TIMESYS", "TAI")).lower() if product else "tai"
+        if value:
+            try:
+                return calib_date([Time(str(value), scale=scale if scale in ("tai", "utc")
+                                        else "tai")])
+            except ValueError:
+                continue
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 

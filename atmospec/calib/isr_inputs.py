@@ -4,7 +4,7 @@ and whether they may serve a given exposure (`check_exposure`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -124,6 +124,54 @@ def load_calibrations(files: CalibrationFiles, camera: Camera,
     if exposure is not None:
         check_exposure(calibs, exposure)
     return calibs
+
+
+#: The products without which a frame is not calibrated: the ISR skips their steps (nominal
+#: gains without a PTC) and says so (`missing_products`).
+ESSENTIAL_KINDS: tuple[str, ...] = ("bias", "dark", "flat", "ptc")
+
+
+def missing_products(calibs: IsrCalibrations, steps: Sequence[str] | None = None
+                     ) -> tuple[str, ...]:
+    """Which of `ESSENTIAL_KINDS` a run has not got, for the one warning that says so.
+
+    Parameters
+    ----------
+    calibs : IsrCalibrations
+        The loaded products (``sources`` names them).
+    steps : sequence of str, optional
+        The ISR steps asked for (`IsrConfig.steps`); None: every step whose product exists,
+        so that each missing product is a silently skipped step. A product whose step was
+        not asked for is not missing (the PTC's step is ``gain``).
+
+    Returns
+    -------
+    tuple of str
+        Missing kinds, in `ESSENTIAL_KINDS` order; empty when bias, dark and flat are all
+        there (the nominal gains alone are the camera team's measured values, a legitimate
+        choice not worth a warning on every run).
+    """
+    def wanted(kind: str) -> bool:
+        return steps is None or ("gain" if kind == "ptc" else kind) in steps
+
+    missing = tuple(k for k in ESSENTIAL_KINDS if k not in calibs.sources and wanted(k))
+    return () if missing in ((), ("ptc",)) else missing
+
+
+def missing_products_message(missing: Sequence[str], where: str | None = None) -> str:
+    """The one line saying a frame is reduced without some products (`missing_products`).
+
+    ``where``: the repository searched (None: none was given)."""
+    found = f"none valid in {where}" if where else "none given (--calibs REPO or --bias ...)"
+    steps = [k for k in missing if k != "ptc"]
+    consequences = []
+    if steps:
+        consequences.append(f"the {', '.join(steps)} step{'s' if len(steps) > 1 else ''} "
+                            "skipped")
+    if "ptc" in missing:
+        consequences.append("nominal gains used")
+    return (f"no {', '.join(missing)} ({found}): {' and '.join(consequences)}; the result is "
+            "not fully calibrated")
 
 
 def check_exposure(calibs: IsrCalibrations, info: ObservationInfo) -> None:

@@ -45,6 +45,7 @@ from tqdm import tqdm
 from atmospec.calib.combine import CombineConfig, combine_stack, input_median
 from atmospec.calib.inputs import handle_bad_inputs, raw_info
 from atmospec.calib.products import Bias, Crosstalk, Dark, Flat, MasterImage, Ptc
+from atmospec.calib.products.calibdate import calib_date
 from atmospec.calib.products.detector import detector_cards
 from atmospec.calib.verification import VerificationReport
 from atmospec.calib.verify import verify_bias, verify_dark, verify_flat
@@ -643,12 +644,7 @@ def _header(kind: str, done: list[_Input], calibs: IsrCalibrations, config: Mast
             camera: Camera) -> fits.Header:
     """Primary header of a master: what it is, from what, how."""
     infos = [i.info for i in done]
-    starts = [i.datetime_begin for i in infos if i.datetime_begin is not None]
-    if starts:
-        calib_date = min(starts, key=lambda t: t.mjd).isot
-    else:
-        d = min(i.day_obs for i in infos)
-        calib_date = f"{d // 10000:04d}-{d // 100 % 100:02d}-{d % 100:02d}"
+    start = calib_date([i.datetime_begin for i in infos], [i.day_obs for i in infos])
     h = fits.Header()
     h["OBSTYPE"] = (kind, "calibration product type")
     add_cards(h, detector_cards(camera))
@@ -658,7 +654,7 @@ def _header(kind: str, done: list[_Input], calibs: IsrCalibrations, config: Mast
     else:
         h["FILTER"] = ("NONE", "not filter-dependent")
     # Nine letters: a HIERARCH card (set explicitly, so that astropy does not warn).
-    h["HIERARCH CALIBDATE"] = (calib_date, "start of first input")
+    h["HIERARCH CALIBDATE"] = (start, "start of first input, UTC")
     h["NCOMBINE"] = (len(done), "number of frames combined")
     h["COMBMETH"] = ("MEANCLIP" if config.combine.method == "meanclip" else "MEDIAN",
                      "pixel combination")

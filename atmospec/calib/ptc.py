@@ -41,6 +41,7 @@ from astropy.time import Time
 from tqdm import tqdm
 
 from atmospec.calib.inputs import raw_info
+from atmospec.calib.products.calibdate import calib_date
 from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import PTC_COLUMNS, Ptc
@@ -567,11 +568,11 @@ def ptc_table(pairs: Sequence[PairStats], camera: Camera | None = None,
     table = Table(rows)
     for name, (_, description) in PTC_COLUMNS.items():
         table[name].description = description
-    dates = [s.date for s in pairs if s.date is not None]
+    dates = [s.date for s in pairs]
     table.meta.update({
         "OBSTYPE": "ptc",
         **detector_meta(camera),
-        "CALIBDATE": min(dates).tai.isot if dates else "",
+        "CALIBDATE": calib_date(dates),
         "NPAIRS": len(pairs),
         "FITTYPE": "EXPAPPROXIMATION",
         "RNSOURCE": config.read_noise_source,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from types import MappingProxyType
@@ -62,6 +62,7 @@ __all__ = [
     "canonical_instrument",
     "integration_time",
     "kasten_young_airmass",
+    "optic_name",
     "translate_header",
 ]
 
@@ -581,12 +582,7 @@ class HeaderTranslator(ABC):
 
     def _normalise_optic(self, value: Any) -> str:
         """Map a filter/disperser header value to ``"unknown"``, ``"empty"`` or its name."""
-        if value is None:
-            return "unknown"
-        name = str(value).strip()
-        if self.empty_optic_pattern.match(name):
-            return "empty"
-        return name
+        return _optic(value, (self.empty_optic_pattern,))
 
     # ------------------------------------------------------------------ identity
 
@@ -1380,6 +1376,42 @@ TRANSLATORS: tuple[type[HeaderTranslator], ...] = (
     LatissTranslator, CtioTranslator, LsstCamTranslator, ComCamTranslator,
     LsstCamSimTranslator, LsstTs8Translator, Ts3Translator, UcdCamTranslator,
 )
+
+
+def _optic(value: Any, empty_patterns: Sequence[re.Pattern[str]]) -> str:
+    """``"unknown"`` for no value, ``"empty"`` when a pattern matches, else the name."""
+    if value is None:
+        return "unknown"
+    name = str(value).strip()
+    if any(p.match(name) for p in empty_patterns):
+        return "empty"
+    return name
+
+
+def optic_name(value: Any, instrument: str | None = None) -> str:
+    """The name a filter or disperser is shown by: the one `translate_header` gives it.
+
+    A raw or post-ISR header keeps the instrument's own spelling (LATISS writes ``empty_1``
+    for its empty filter slot) while the night summary holds the translated one
+    (``empty``); every title, legend, colour and table goes through this one function so a
+    configuration has one name across the report.
+
+    Parameters
+    ----------
+    value : Any
+        A ``FILTER``/``GRATING`` header value or a summary's ``filter``/``disperser``.
+    instrument : str, optional
+        ``INSTRUME`` of the header (any alias): its translator's empty-slot spellings;
+        None: any translator's.
+
+    Returns
+    -------
+    str
+        ``"empty"`` for an empty slot, ``"unknown"`` for None, else the stripped name.
+    """
+    known = [t for t in TRANSLATORS
+             if instrument is not None and t.name == canonical_instrument(str(instrument))]
+    return _optic(value, [t.empty_optic_pattern for t in known or TRANSLATORS])
 
 
 def canonical_instrument(name: str) -> str:

@@ -85,7 +85,12 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
     """
     from dataclasses import fields, replace
 
-    from atmospec.calib.isr_inputs import check_exposure, load_calibrations
+    from atmospec.calib.isr_inputs import (
+        check_exposure,
+        load_calibrations,
+        missing_products,
+        missing_products_message,
+    )
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import StepConfigError
 
@@ -95,6 +100,7 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
 
         registry = CalibrationRegistry(repo, create=False)
     loaded: dict = {}
+    warned: set[tuple[str, ...]] = set()
     claimed: dict[str, str] = {}
     status = EXIT_OK
     for path in raws:
@@ -118,6 +124,10 @@ def _isr_files(raws: Sequence[str], out: str, config, files, plots: bool,
             calibs = loaded[key]
             if isinstance(calibs, BadInputError):
                 raise calibs
+            missing = missing_products(calibs, config.steps)
+            if missing and missing not in warned:  # once per set, not once per frame
+                warned.add(missing)
+                log.warning("atmospec isr: %s", missing_products_message(missing, repo))
             check_exposure(calibs, raw.info)
             outputs = _process_raw(raw, out, config, calibs, chosen, plots=plots)
         except BadInputError as exc:

@@ -27,7 +27,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _add_night(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("night", help="reduce a whole night (or acquisition) of raw frames, "
                                      "one job per exposure and detector")
-    p.add_argument("rawdir", help="directory of the night's raw files")
+    p.add_argument("rawdir", help="directory of the night's raw files (its sub-folders are "
+                                  "searched too)")
+    p.add_argument("--pattern", action="append", metavar="GLOB",
+                   help="which files are raws, repeatable: a shell pattern of the file name "
+                        "('MC_C_*_R22_S11.fits') or, with a '/', of the path below RAWDIR "
+                        "('2025*/raw/*.fits'); default: *.fits, *.fits.gz, *.fits.fz, *.fz")
     p.add_argument("--repo", required=True,
                    help="repository: index, calibration products, outputs (created)")
     p.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
@@ -54,7 +59,8 @@ def _cmd_night(args: argparse.Namespace) -> int:
     config = NightRunConfig(workers=args.workers, executor=args.executor,
                             scheduler=args.scheduler, pipeline=args.pipeline,
                             retry_failed=not args.no_retry, plots=not args.no_plots,
-                            figures=not args.no_report)
+                            figures=not args.no_report,
+                            **({"patterns": tuple(args.pattern)} if args.pattern else {}))
     result = run_night(args.rawdir, args.repo, config)
     if config.plots and config.figures:
         write_night_report(Path(args.repo), result,
@@ -194,6 +200,8 @@ def night_report_text(result: NightResult, repo: str | Path | None = None) -> st
                   + ")")
     lines = [f"{counts}: {result.n_run} processed now, {result.n_skipped} already done, "
              f"{result.n_failed} with a failure ({result.wall_s:.0f} s)"]
+    if result.no_raw:
+        lines.append(result.no_raw)
     for product in result.calibrations:
         lines.append(f"calibration {product.path.name}: {product.status} ({product.detail})")
     for path, reason in result.rejected:

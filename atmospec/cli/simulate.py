@@ -9,6 +9,7 @@ from pathlib import Path
 from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.cli.calib import print_verification
 from atmospec.cli.night import night_report_text, write_night_report
+from atmospec.errors import BadInputError
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,10 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-science", type=int, default=4, help="imaging frames of a star field")
     p.add_argument("--n-dispersed", type=int, default=0,
                    help="dispersed (holo4_003) exposures of a standard star, interleaved")
+    p.add_argument("--dispersed-target", default="HD142331",
+                   help="target of the dispersed exposures: a CALSPEC standard (default "
+                   "HD142331) or a simulated non-CALSPEC target: planetary-nebula, "
+                   "planetary-nebula+continuum, star")
     p.add_argument("--dispersed-every", type=int, default=3,
                    help="imaging frames between two dispersed exposures")
     p.add_argument("--n-corrupt", type=int, default=0,
@@ -93,6 +98,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                          n_dark=args.n_dark, n_flat=args.n_flat, n_science=args.n_science,
                          n_dispersed=args.n_dispersed, n_corrupt=args.n_corrupt,
                          dispersed_every=args.dispersed_every,
+                         dispersed_target=_dispersed_target(args.dispersed_target),
                          flat_filters=tuple(f.strip() for f in args.flat_filters.split(",")
                                             if f.strip()),
                          compress=not args.no_compress)
@@ -135,6 +141,22 @@ def _cmd_simulate_bot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dispersed_target(name: str) -> str:
+    """``--dispersed-target`` checked before any work: a simulated target or a shipped
+    CALSPEC standard (its canonical name), else a usage error (one line, exit 2)."""
+    from atmospec.sim.seds import SIMULATED_TARGETS
+    from atmospec.spectro.calspec import resolve_target
+
+    if name in SIMULATED_TARGETS:
+        return name
+    try:
+        return resolve_target(name).name
+    except BadInputError:
+        raise UsageError(f"atmospec simulate: --dispersed-target {name!r} is neither a "
+                         f"shipped CALSPEC standard nor one of {', '.join(SIMULATED_TARGETS)}"
+                         ) from None
+
+
 def _day_start_iso(day_obs: int) -> str:
     """ISO time of 19:00 UTC on ``day_obs`` (an afternoon calibration slot)."""
     d = str(day_obs)
@@ -153,14 +175,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from atmospec.calib.files import build_ptc_file
     from atmospec.calib.registry import CalibrationRegistry
     from atmospec.night.runner import NightRunConfig, run_night
-    from atmospec.sim.night import NightConfig, simulate_night
-    from atmospec.sim.sequences import quick_sequence, write_flat_pairs
+    from atmospec.sim.night import demo_night_config, demo_ptc_config, simulate_night
+    from atmospec.sim.sequences import write_flat_pairs
 
     out = Path(args.out)
     raw_dir, repo = out / "raw", out / "repo"
-    config = NightConfig(day_obs=20261123, seed=args.seed, n_bias=3, n_dark=3, n_flat=3,
-                         flat_filters=("SDSSr_65mm", "empty_1"), n_science=4, n_dispersed=2,
-                         n_corrupt=2)
+    config = demo_night_config(args.seed)
     raws = sorted(raw_dir.glob("AT_O_*.fits")) if raw_dir.is_dir() else []
     if not raws:
         print(f"1/3 simulating a small LATISS night in {raw_dir}: biases, darks, flats, "
@@ -176,9 +196,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"registered in {repo} ...")
         pairs = sorted(pair_dir.glob("AT_*.fits")) if pair_dir.is_dir() else []
         if not pairs:
-            pairs = write_flat_pairs(pair_dir, quick_sequence(
-                day_obs=20261123, first_seq=200, start=_day_start_iso(20261123),
-                seed=args.seed, detector=config.detector))
+            pairs = write_flat_pairs(pair_dir, demo_ptc_config(config))
         ptc = build_ptc_file(pairs, out / "ptc.fits")
         print_verification(ptc)
         registry.register(ptc, valid_from="2026-11-01", certify=True)

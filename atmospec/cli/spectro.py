@@ -4,6 +4,7 @@ exposure and the atmosphere fitted on it."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,9 @@ from pathlib import Path
 
 from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.errors import BadInputError
+from atmospec.spectro.wavelength.lines import LINE_MODES
+
+log = logging.getLogger("atmospec")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -24,16 +28,26 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="first-order spectrum of a dispersed exposure")
     p.add_argument("image", help="post-ISR image, a raw LATISS file (ISR is run first) or, "
                    "with --instrument ctio, a reduced CTIO image in ADU")
-    p.add_argument("--target", help="target name (default: the header's OBJECT); a CALSPEC "
-                   "standard")
+    p.add_argument("--target", help="target name (default: the header's OBJECT): any name; a "
+                   "CALSPEC standard is calibrated on its SED's template, any other target on "
+                   "the lines its spectrum shows")
     p.add_argument("--disperser", help="disperser (default: the header's GRATING)")
     p.add_argument("--instrument", choices=("latiss", "ctio"), default="latiss",
                    help="instrument of IMAGE")
     p.add_argument("--xy", help="zeroth-order position X,Y (0-based pixel centres of IMAGE); "
                    "default: found around the header prior")
     p.add_argument("--calibs", metavar="REPO", help="with a raw input: calibration repository")
+    p.add_argument("--sed", metavar="FILE",
+                   help="SED of the target (text: wavelength nm, flux erg/s/cm2/nm; or a "
+                   "CALSPEC-format FITS table): wavelengths calibrated on its template, as "
+                   "for a CALSPEC standard")
+    p.add_argument("--lines", choices=LINE_MODES, default="auto",
+                   help="wavelength calibration: auto (default: the SED's template for a "
+                   "CALSPEC standard or --sed, otherwise the lines the spectrum shows, emission "
+                   "or absorption as detected), emission or absorption (the lines of that "
+                   "kind, whatever the target)")
     p.add_argument("--any-target", action="store_true",
-                   help="accept a target that is not a shipped CALSPEC standard")
+                   help="deprecated, no effect: every target is accepted")
     p.add_argument("--out", required=True, help="spectrum file (Spectractor's FITS layout)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the spectrum diagnostics beside the spectrum file")
@@ -45,6 +59,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from atmospec.exposure import Exposure
     from atmospec.fitsscan import scan_fits
     from atmospec.io import provenance_cards
+    from atmospec.spectro.calspec import load_sed
     from atmospec.spectro.chain import SpectroscopyConfig, process_dispersed
     from spectractor_bridge.spectrum import write_spectrum
 
@@ -53,6 +68,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         if value is not None and not value.strip():
             raise UsageError(f"atmospec extract: {option} is empty (leave it out to use the "
                              "header's)")
+    if args.sed is not None:
+        if not args.sed.strip():
+            raise UsageError("atmospec extract: --sed is empty (give an SED file)")
+        load_sed(Path(args.sed))  # a bad SED is one line before any work (BadInputError)
+    if args.any_target:
+        log.warning("atmospec extract: --any-target is deprecated and has no effect: every "
+                    "target is accepted")
     path = Path(args.image)
     if not path.is_file():
         raise BadInputError(path, "no such file")
@@ -70,7 +92,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         exposure = read_reduced_image(path, args.instrument)
     if xy is not None:
         _check_xy_in_frame(xy, exposure.image.shape)
-    config = SpectroscopyConfig(require_calspec=not args.any_target)
+    config = SpectroscopyConfig(sed_path=args.sed, lines=args.lines)
     spectrum, centroid = process_dispersed(exposure, target=args.target,
                                            disperser=args.disperser, xy=xy, config=config,
                                            source=str(path), instrument=args.instrument)
@@ -86,8 +108,22 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {h['TARGET']} through {h['GRATING']}, zeroth order {where}, "
           f"{spectrum.n_points} points {spectrum.wavelength[0]:.0f}-"
           f"{spectrum.wavelength[-1]:.0f} nm, rotation {h['ROTANGLE']:.3f} deg, "
-          f"D2CCD {h['D2CCD']:.2f} mm")
+          f"D2CCD {h['D2CCD']:.2f} mm ({_wavelength_source(spectrum)})")
     return _fit_outcome(path, out, spectrum.problems)
+
+
+def _wavelength_source(spectrum) -> str:
+    """What the wavelengths rest on, for the summary line: the template, N lines of a kind,
+    or the header's distance (``WAVECAL = 'prior'``)."""
+    h = spectrum.header
+    if h.get("WAVECAL") != "lines":
+        return "header distance: no wavelength calibration"
+    method = h.get("WAVEMETH", "template")
+    if method == "template" or spectrum.lines is None:
+        return "calibrated on the SED's template"
+    n = int(sum(bool(u) for u in spectrum.lines["Used"])) if "Used" in \
+        spectrum.lines.colnames else len(spectrum.lines)
+    return f"calibrated on {n} {method} lines"
 
 
 def _parse_xy(text: str) -> tuple[float, float]:
@@ -132,8 +168,14 @@ def _pm(value: float | None, fmt: str) -> str:
 
 
 def _isr_in_memory(path: Path, repo: str | None):
-    """ISR of one raw file with the repository's products (or nominal gains), in memory."""
-    from atmospec.calib.isr_inputs import CalibrationFiles, load_calibrations
+    """ISR of one raw file with the repository's products (or nominal gains), in memory;
+    a missing product is said in one warning."""
+    from atmospec.calib.isr_inputs import (
+        CalibrationFiles,
+        load_calibrations,
+        missing_products,
+        missing_products_message,
+    )
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import IsrConfig, run_isr
 
@@ -143,8 +185,12 @@ def _isr_in_memory(path: Path, repo: str | None):
         from atmospec.calib.registry import CalibrationRegistry
 
         files = CalibrationRegistry(repo, create=False).select_all(raw.info)
-    return run_isr(raw, IsrConfig(), load_calibrations(files, raw.camera, exposure=raw.info)
-                   ).exposure
+    calibs = load_calibrations(files, raw.camera, exposure=raw.info)
+    config = IsrConfig()
+    missing = missing_products(calibs, config.steps)
+    if missing:
+        log.warning("atmospec extract: %s", missing_products_message(missing, repo))
+    return run_isr(raw, config, calibs).exposure
 
 
 def _add_fit_atmosphere(sub: argparse._SubParsersAction) -> None:
@@ -212,12 +258,12 @@ def _cmd_fit_atmosphere(args: argparse.Namespace) -> int:
         fit2d = fit_atmosphere_spectrogram if args.mode == "2d" else fit_atmosphere_auto
         fit = fit2d(spectrum, SpectrogramFitConfig(atmosphere=config), source=str(path))
     out = write_text_atomic(json.dumps(fit.to_dict(), indent=2) + "\n", args.out)
-    v, e = fit.values, fit.errors_scaled
+    v, e = fit.values, fit.errors_quoted
     print(f"wrote {out}: PWV {v['pwv_mm']:.2f} {_pm(e['pwv_mm'], '.2f')} mm, ozone "
           f"{v['ozone_du']:.0f} {_pm(e['ozone_du'], '.0f')} DU, VAOD {v['vaod']:.4f} "
           f"{_pm(e['vaod'], '.4f')}, chi2/ndof {fit.chi2_ndof:.2f}"
           + (f", order-2 scale {v['order2']:.3f}" if "order2" in v else "")
-          + f" ({fit.info.get('fit', 'spectrum')} fit)")
+          + f" ({fit.info.get('fit', 'spectrum')} fit; {fit.errors_label})")
     for name, reason in fit.fixed.items():
         print(f"  {name} fixed: {reason}")
     if args.plot:
@@ -243,8 +289,9 @@ def _fit_atmosphere_joint(args: argparse.Namespace, config) -> int:
     out = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
                             args.out)
     print(f"wrote {out}: {len(args.spectrum)} spectra, chi2/ndof {fit.chi2_ndof:.2f}, "
-          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}")
-    for path, values, errors in zip(args.spectrum, fit.values, fit.errors, strict=True):
+          f"throughput correction gauge: {', '.join(fit.gauge) or 'none'}; "
+          f"{fit.errors_label}")
+    for path, values, errors in zip(args.spectrum, fit.values, fit.errors_quoted, strict=True):
         print(f"  {Path(path).name}: PWV {values['pwv_mm']:.2f} "
               f"{_pm(errors['pwv_mm'], '.2f')} mm, ozone {values['ozone_du']:.0f} "
               f"{_pm(errors['ozone_du'], '.0f')} DU, VAOD {values['vaod']:.4f} "

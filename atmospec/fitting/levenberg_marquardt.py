@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Generic, Literal, Protocol, TypeVar
@@ -76,6 +77,8 @@ class FitStatus(enum.Enum):
     precision."""
     MAX_ITERATIONS = "maximum number of iterations"
     """The iteration bound was reached (the result is the best point found)."""
+    TIME_LIMIT = "time limit"
+    """The caller's deadline passed (the result is the best point found)."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ class LevenbergMarquardtResult(Generic[S]):
     @property
     def success(self) -> bool:
         """Whether the fit stopped at a minimum (converged or damping exhausted)."""
-        return self.status is not FitStatus.MAX_ITERATIONS
+        return self.status in (FitStatus.CONVERGED, FitStatus.DAMPING_EXHAUSTED)
 
     @cached_property
     def covariance(self) -> NDArray[np.float64]:
@@ -224,7 +227,8 @@ def levenberg_marquardt(problem: LeastSquaresProblem[S], x0: NDArray[np.float64]
                         bounds: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None,
                         start: tuple[float, S] | None = None,
                         start_normal: NormalEquations | None = None,
-                        name: str = "fit") -> LevenbergMarquardtResult[S]:
+                        name: str = "fit", deadline: float | None = None
+                        ) -> LevenbergMarquardtResult[S]:
     """Minimise ``problem``'s objective from ``x0`` (see the module notes).
 
     Parameters
@@ -243,6 +247,9 @@ def levenberg_marquardt(problem: LeastSquaresProblem[S], x0: NDArray[np.float64]
         Normal equations at ``x0`` when the caller has formed them already.
     name : str
         Name of the fit in messages.
+    deadline : float, optional
+        `time.monotonic` value after which no new trial starts (status ``TIME_LIMIT``): a
+        bound in wall time, for problems whose evaluations can be slow.
 
     Returns
     -------
@@ -269,6 +276,9 @@ def levenberg_marquardt(problem: LeastSquaresProblem[S], x0: NDArray[np.float64]
                 break
             iterations += 1
             fresh = False
+        if deadline is not None and time.monotonic() > deadline:
+            status, message = FitStatus.TIME_LIMIT, "time limit reached"
+            break
         assert normal is not None
         step = _damped_step(normal, lam, cfg.step_solver)
         trial = None

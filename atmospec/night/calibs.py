@@ -11,10 +11,12 @@ day 12:00 UTC) and certified when its verification passes.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
@@ -24,6 +26,8 @@ from atmospec.calib.registry import CalibrationRegistry
 from atmospec.calib.verification import verification_name
 from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError, short_error
+from atmospec.io import write_text_atomic
+from atmospec.layout import CALIBRATION_BUILDS_FILE
 from atmospec.night.index import NightIndex, RawRecord
 from atmospec.night.pipeline import CalibrationPolicy
 
@@ -58,9 +62,40 @@ class BuiltProduct:
     path: Path
     """Product file."""
     status: str
-    """``registered``, ``certified``, ``reused`` (built by an earlier run) or ``failed``."""
+    """``registered``, ``certified``, ``failed`` (the build failed: the exposures that
+    needed it fail, `calibration_files`) or ``not built`` (too few frames of the kind)."""
     detail: str
     """Registry id and verification verdict, or the reason of the failure."""
+    detector: str | None = None
+    """Detector of the product (None: an instrument of one detector)."""
+
+    def serves(self, info: ObservationInfo) -> bool:
+        """Whether this product was meant for the exposure (same detector and, for a
+        flat, filter)."""
+        return (info.detector == self.detector
+                and (self.kind != "flat" or info.filter == self.filter))
+
+
+def write_builds(products: Sequence[BuiltProduct], repo: Path) -> Path:
+    """Record what a night run built (`CALIBRATION_BUILDS_FILE`, JSON, atomic), for the
+    report: a failed or skipped build must be seen there, not only in the terminal."""
+    path = repo / CALIBRATION_BUILDS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"kind": p.kind, "detector": p.detector, "filter": p.filter, "file": p.path.name,
+             "status": p.status, "detail": p.detail} for p in products]
+    return write_text_atomic(json.dumps(rows, indent=1) + "\n", path)
+
+
+def read_builds(repo: Path) -> list[dict[str, str | None]]:
+    """The records `write_builds` wrote; empty when there are none or they are unreadable
+    (the report must not fail on them)."""
+    try:
+        rows = json.loads((repo / CALIBRATION_BUILDS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    keys = ("kind", "detector", "filter", "file", "status", "detail")
+    return [{k: (None if r.get(k) is None else str(r.get(k))) for k in keys}
+            for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
 
 
 def night_window(day_obs: int) -> tuple[datetime, datetime]:
@@ -85,7 +120,8 @@ def missing_message(kind: str, info: ObservationInfo, repo: Path | str, *,
 
 
 def calibration_files(registry: CalibrationRegistry, info: ObservationInfo,
-                      require: tuple[str, ...]) -> tuple[CalibrationFiles, str | None]:
+                      require: tuple[str, ...], failed: Sequence[BuiltProduct] = ()
+                      ) -> tuple[CalibrationFiles, str | None]:
     """Products for one exposure, and the message for a missing required one.
 
     Parameters
@@ -96,15 +132,25 @@ def calibration_files(registry: CalibrationRegistry, info: ObservationInfo,
         The exposure.
     require : tuple of str
         Kinds that must be found.
+    failed : sequence of BuiltProduct, optional
+        Products of this run whose build failed: an exposure that needed one and has no
+        other product of its kind fails naming the build, even when the kind is not
+        required (reducing it without would be a silent downgrade).
 
     Returns
     -------
     files : CalibrationFiles
         Chosen products (None where none qualifies).
     missing : str or None
+        Why the exposure cannot be calibrated: the first failed build it needed, else the
         `missing_message` of the first required kind not found.
     """
     files = registry.select_all(info)
+    for product in failed:
+        if (product.status == "failed" and product.serves(info)
+                and getattr(files, product.kind) is None):
+            return files, (f"calibration {product.path.name} failed to build "
+                           f"({product.detail})")
     for kind in require:
         if getattr(files, kind) is None:
             return files, missing_message(kind, info, registry.repo)
@@ -164,9 +210,17 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
     nominal_warned = False
 
     def product_for(kind: str, records: list[RawRecord]) -> str | None:
-        chosen = {str(rec.absolute_path) for r in records
-                  if (rec := registry.select(kind, r.info)) is not None}
-        return sorted(chosen)[0] if len(chosen) == 1 else None
+        """The product of ``kind`` valid for most of the frames (the registry's choice per
+        frame; ties to the earliest-named), None when none is valid for any."""
+        chosen = Counter(str(rec.absolute_path) for r in records
+                         if (rec := registry.select(kind, r.info)) is not None)
+        if not chosen:
+            return None
+        path, n = min(chosen.items(), key=lambda kv: (-kv[1], kv[0]))
+        if n < len(records):
+            log.warning("the %s %s is valid for %d of the %d frames it calibrates",
+                        kind, Path(path).name, n, len(records))
+        return path
 
     for kind in ("bias", "dark", "flat"):
         if kind not in policy.build:
@@ -185,20 +239,23 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
                       and (kind != "flat" or (r.info.filter == filt
                                               and not r.info.is_dispersed))]
             what = " ".join(p for p in (kind, detector, f"({filt})" if filt else None) if p)
-            if len(frames) < policy.min_frames.get(kind, 1):
-                log.warning("%d exposures need a %s: the repository has none valid and the "
-                            "night has %d frames (fewer than %d); not built", len(needing),
-                            what, len(frames), policy.min_frames.get(kind, 1))
-                continue
-            day_obs = frames[0].info.day_obs
+            day_obs = (frames or needing)[0].info.day_obs
             name = "_".join(p for p in (kind, detector, filt) if p) + ".fits"
             out = out_dir / str(day_obs) / name
+            if len(frames) < policy.min_frames.get(kind, 1):
+                reason = (f"{len(needing)} exposures need it, the repository has none valid "
+                          f"and the night has {len(frames)} {kind} frames (fewer than "
+                          f"{policy.min_frames.get(kind, 1)})")
+                log.warning("%s not built: %s", what, reason)
+                built.append(BuiltProduct(kind, filt, out, "not built", reason, detector))
+                continue
             # The frames' own products (the dark uses the bias built from the same night).
             bias = product_for("bias", frames) if kind != "bias" else None
             dark = product_for("dark", frames) if kind == "flat" else None
             if kind != "bias" and bias is None:
                 log.warning("cannot build the %s: no bias valid for its frames", what)
-                built.append(BuiltProduct(kind, filt, out, "failed", "no bias for its frames"))
+                built.append(BuiltProduct(kind, filt, out, "failed", "no bias for its frames",
+                                          detector))
                 continue
             # The detector's own gains (a PTC is per detector, as every product).
             ptc = product_for("ptc", frames)
@@ -211,27 +268,30 @@ def prepare_calibrations(index: NightIndex, registry: CalibrationRegistry,
                             registry.repo, registry.repo)
                 nominal_warned = True
             log.info("building the %s from %d frames -> %s", what, len(frames), out)
-            futures.append((filt, out, submit(_build, kind, [str(r.path) for r in frames], out,
-                                              bias, dark, ptc, policy.min_frames.get(kind, 1))))
-        for filt, out, future in futures:
-            built.append(_register(registry, kind, filt, out, future, policy.certify))
+            futures.append((BuiltProduct(kind, filt, out, "", "", detector),
+                            submit(_build, kind, [str(r.path) for r in frames], out,
+                                   bias, dark, ptc, policy.min_frames.get(kind, 1))))
+        for planned, future in futures:
+            built.append(_register(registry, planned, future, policy.certify))
     return built
 
 
-def _register(registry: CalibrationRegistry, kind: str, filt: str | None, out: Path,
-              future: Future, certify: bool) -> BuiltProduct:
+def _register(registry: CalibrationRegistry, planned: BuiltProduct, future: Future,
+              certify: bool) -> BuiltProduct:
+    out = planned.path
     try:
         future.result()
     except Exception as exc:  # a failed build must not stop the night
         reason = short_error(exc)
         log.error("building %s failed: %s", out.name, reason)
-        return BuiltProduct(kind, filt, out, "failed", reason)
+        return replace(planned, status="failed", detail=reason)
     day_obs = int(out.parent.name)
     start, end = night_window(day_obs)
     try:
         record = registry.register(out, valid_from=start, valid_to=end)
     except BadInputError as exc:
-        return BuiltProduct(kind, filt, out, "failed", exc.problem)
+        log.error("registering %s failed: %s", out.name, exc.problem)
+        return replace(planned, status="failed", detail=exc.problem)
     verdict = {None: "not verified", True: "verification passed",
                False: "verification FAILED: " + ", ".join(record.verification_failures)}[
         record.verification_passed]
@@ -241,7 +301,7 @@ def _register(registry: CalibrationRegistry, kind: str, filt: str | None, out: P
             registry.certify(record.id)
         except BadInputError as exc:  # the stored copy changed since registration
             log.error("certifying %s refused: %s", out.name, exc.problem)
-            return BuiltProduct(kind, filt, out, "registered",
-                                f"id {record.id}, not certified: {exc.problem}")
+            return replace(planned, status="registered",
+                           detail=f"id {record.id}, not certified: {exc.problem}")
         status = "certified"
-    return BuiltProduct(kind, filt, out, status, f"id {record.id}, {verdict}")
+    return replace(planned, status=status, detail=f"id {record.id}, {verdict}")

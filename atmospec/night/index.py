@@ -59,8 +59,9 @@ RAW_PATTERNS = ("*.fits", "*.fits.gz", "*.fits.fz", "*.fz")
 MAX_DEPTH = 6
 
 
-def raw_files(raw_dir: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
-    """The files of ``raw_dir`` and its sub-folders whose names match `RAW_PATTERNS`.
+def raw_files(raw_dir: Path, skip: tuple[Path, ...] = (),
+              patterns: tuple[str, ...] = RAW_PATTERNS) -> list[Path]:
+    """The files of ``raw_dir`` and its sub-folders matching ``patterns``.
 
     Links to folders are not followed (a loop cannot be walked twice; links to files are
     listed, and `_examine` resolves them), folders named like a raw are listed (to be
@@ -68,27 +69,49 @@ def raw_files(raw_dir: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
     folders of ``skip`` (the repository, when it sits in the raw folder: its post-ISR
     images are not raws) are left out, and the walk stops `MAX_DEPTH` levels down.
 
+    Parameters
+    ----------
+    raw_dir : pathlib.Path
+        The night's directory.
+    skip : tuple of pathlib.Path
+        Folders not walked.
+    patterns : tuple of str
+        Shell patterns (`fnmatch`, case-sensitive) of the raws: a pattern with a ``/``
+        matches the path relative to ``raw_dir`` (``*/raw/*.fits``), any other the file
+        name (``MC_C_*_R22_S11.fits``). Default `RAW_PATTERNS`.
+
     Returns
     -------
     list of pathlib.Path
         Absolute paths, sorted.
     """
+    return sorted(iter_raw_files(raw_dir, skip, patterns))
+
+
+def iter_raw_files(raw_dir: Path, skip: tuple[Path, ...] = (),
+                   patterns: tuple[str, ...] = RAW_PATTERNS) -> Iterator[Path]:
+    """`raw_files` as they are found (unsorted), for a caller that needs only the first."""
     root = raw_dir.absolute()
     skipped = {p.absolute() for p in skip}
-    found: set[Path] = set()
-    def is_raw_name(name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pat) for pat in RAW_PATTERNS)
+    by_name = tuple(p for p in patterns if "/" not in p)
+    by_path = tuple(p for p in patterns if "/" in p)
+
+    def is_raw(here: Path, name: str) -> bool:
+        if any(fnmatch.fnmatchcase(name, pat) for pat in by_name):
+            return True
+        relative = (here / name).relative_to(root).as_posix()
+        return any(fnmatch.fnmatchcase(relative, pat) for pat in by_path)
 
     for folder, dirs, files in os.walk(root, followlinks=False):
         here = Path(folder)
         # A folder named like a raw is listed (and refused as a folder by `_examine`), not
         # walked into.
-        found.update(here / name for name in (*files, *dirs) if is_raw_name(name))
+        yield from (here / name for name in (*files, *dirs) if is_raw(here, name))
         depth = len(here.relative_to(root).parts)
         dirs[:] = [] if depth >= MAX_DEPTH else sorted(
-            d for d in dirs if not d.startswith(".") and not is_raw_name(d)
+            d for d in dirs if not d.startswith(".") and not is_raw(here, d)
             and here / d not in skipped)
-    return sorted(found)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS raws (
@@ -431,7 +454,8 @@ class NightIndex:
 
     # -- raws ---------------------------------------------------------------------------
 
-    def index_directory(self, raw_dir: str | Path, *, progress: bool = True) -> dict[str, int]:
+    def index_directory(self, raw_dir: str | Path, *, progress: bool = True,
+                        patterns: tuple[str, ...] = RAW_PATTERNS) -> dict[str, int]:
         """Index every raw file of a directory and its sub-folders; unchanged files are
         skipped.
 
@@ -446,6 +470,8 @@ class NightIndex:
             The night's directory.
         progress : bool
             Show a progress bar on a terminal.
+        patterns : tuple of str
+            Which files are raws (`raw_files`).
 
         Returns
         -------
@@ -462,7 +488,7 @@ class NightIndex:
         raw_dir = Path(raw_dir)
         if not raw_dir.is_dir():
             raise BadInputError(raw_dir, "not a directory")
-        entries = raw_files(raw_dir, skip=(self.repo,))
+        entries = raw_files(raw_dir, skip=(self.repo,), patterns=patterns)
         counts = {"added": 0, "unchanged": 0, "rejected": self._forget_vanished()}
         known = self._known()
         seen: set[Path] = set()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,8 +31,13 @@ from atmospec.calib.registry import CalibrationRegistry
 from atmospec.errors import BadInputError, short_error
 from atmospec.io import remove_stale_temporaries
 from atmospec.layout import exposure_dir, exposure_figure_dir, night_build_dir, report_dir
-from atmospec.night.calibs import BuiltProduct, calibration_files, prepare_calibrations
-from atmospec.night.index import NightIndex, RawRecord
+from atmospec.night.calibs import (
+    BuiltProduct,
+    calibration_files,
+    prepare_calibrations,
+    write_builds,
+)
+from atmospec.night.index import MAX_DEPTH, RAW_PATTERNS, NightIndex, RawRecord
 from atmospec.night.lock import night_lock
 from atmospec.night.pipeline import PipelineDefinition, load_pipeline
 from atmospec.night.summary import write_summary
@@ -69,6 +75,9 @@ class NightRunConfig:
     (`atmospec.report.build_report`) only lays them out; only with `plots`."""
     progress: bool = True
     """Progress bars on a terminal."""
+    patterns: tuple[str, ...] = RAW_PATTERNS
+    """Which files of the raw folder and its sub-folders are raws (`raw_files`: a pattern
+    with a ``/`` matches the path relative to the folder, any other the file name)."""
 
 
 @dataclass
@@ -97,6 +106,9 @@ class NightResult:
     """Wall time of the calibration stage (selection and building), s."""
     exposures_s: float = 0.0
     """Wall time of the per-exposure stage, s."""
+    no_raw: str | None = None
+    """When the raw folder held no file the patterns match: what was searched (an empty
+    night is not an error, but "0 exposures" alone does not say why)."""
 
 
 def exposure_class(record: RawRecord) -> str | None:
@@ -112,7 +124,8 @@ def _raw_identity(record: RawRecord) -> dict[str, object]:
 
 
 def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: PipelineDefinition,
-              repo: Path, retry_failed: bool = True, figures_dir: Path | None = None
+              repo: Path, retry_failed: bool = True, figures_dir: Path | None = None,
+              failed_builds: Sequence[BuiltProduct] = ()
               ) -> tuple[list[ExposureJob], int]:
     """The jobs still to run, and how many exposures are already complete.
 
@@ -121,7 +134,8 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
     still exist; a task whose input task runs again runs again too. With ``figures_dir``
     (the report's directory) each job also draws its report figures. A raw that can no
     longer be read (deleted since it was indexed) is recorded as skipped
-    (`NightIndex.withdraw`) and planned no job.
+    (`NightIndex.withdraw`) and planned no job. An exposure that needed a product whose
+    build failed this run (``failed_builds``) fails saying so (`calibration_files`).
     """
     recorded = index.task_map()
     jobs: list[ExposureJob] = []
@@ -139,7 +153,7 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
             index.withdraw(record.path, exc)
             continue
         files, missing = calibration_files(registry, record.info,
-                                           pipeline.calibrations.require)
+                                           pipeline.calibrations.require, failed_builds)
         identity = {**raw, "calibs": vars(files), "missing": missing}
         hashes: dict[str, str] = {}
         specs: list[TaskSpec] = []
@@ -240,20 +254,26 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
                 pipeline: PipelineDefinition) -> NightResult:
     """`run_night`'s work, once the night lock is held."""
     index = NightIndex(repo)
-    index.index_directory(raw_dir, progress=config.progress)
+    counts = index.index_directory(raw_dir, progress=config.progress,
+                                   patterns=config.patterns)
     registry = CalibrationRegistry(repo, instrument=_night_instrument(index), create=True)
     result = NightResult(rejected=index.rejected())
+    if not any(counts.values()):
+        result.no_raw = (f"no raw file in {raw_dir}: nothing matches "
+                         f"{', '.join(config.patterns)} in it or its sub-folders "
+                         f"({MAX_DEPTH} levels down; --pattern chooses the files)")
     with open_executor(config.workers, config.executor, config.scheduler) as executor:
         t0 = time.perf_counter()
         result.calibrations = prepare_calibrations(index, registry, pipeline.calibrations,
                                                    executor.submit, night_build_dir(repo))
         result.calibrations_s = time.perf_counter() - t0
+        write_builds(result.calibrations, repo)
         t0 = time.perf_counter()
         # The report's per-exposure figures are drawn by the workers as each exposure
         # finishes: the report at the end only lays them out.
         figures = report_dir(repo) if config.plots and config.figures else None
         jobs, result.n_skipped = plan_jobs(index, registry, pipeline, repo,
-                                           config.retry_failed, figures)
+                                           config.retry_failed, figures, result.calibrations)
         result.rejected = index.rejected()  # with the raws planning found gone
         result.n_exposures = result.n_skipped + len(jobs)
         log.info("%d exposures: %d to run, %d already done", result.n_exposures, len(jobs),

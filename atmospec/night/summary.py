@@ -49,7 +49,15 @@ _SPECTRO = (("zeroth_order_x", "zeroth_order_x", u.pix),
             ("ozone_du_err", "atmosphere_ozone_du_err", None),
             ("vaod", "atmosphere_vaod", u.dimensionless_unscaled),
             ("vaod_err", "atmosphere_vaod_err", u.dimensionless_unscaled),
-            ("atmosphere_chi2_ndof", "atmosphere_chi2_ndof", None))
+            ("atmosphere_chi2_ndof", "atmosphere_chi2_ndof", None),
+            ("atmosphere_error_scale", "atmosphere_error_scale", None))
+
+#: What the ``*_err`` columns of the atmosphere are (the same errors as the fit's plot).
+ATMOSPHERE_ERRORS_NOTE = ("pwv_mm_err, ozone_du_err, vaod_err: the fit's errors scaled by "
+                          "atmosphere_error_scale = sqrt(chi2/ndof) when above 1 (1: "
+                          "unscaled), plus in quadrature the fit's systematic errors "
+                          "(docs/atmosphere.md), as the title of each exposure's "
+                          "atmosphere plot")
 
 
 def _number(value: Any) -> float:
@@ -76,7 +84,10 @@ def summary_table(index: NightIndex) -> Table:
         ellipticity, psf_pa, sky_e, sky_e_per_s, n_sources, n_saturated``), for dispersed
         exposures the zeroth order, the trace's rotation angle, D2CCD, the extracted flux
         at 450, 650 and 850 nm (e⁻/nm) and the fitted atmosphere (``pwv_mm, ozone_du,
-        vaod`` with ``*_err``, ``atmosphere_chi2_ndof``), ``status`` (``done``, ``failed``,
+        vaod`` with ``*_err``, ``atmosphere_chi2_ndof``, ``atmosphere_error_scale``: the
+        ``*_err`` are the fit's errors × that scale ⊕ its systematic errors,
+        `ATMOSPHERE_ERRORS_NOTE`, also in the
+        table's ``ATMERRS`` meta), ``status`` (``done``, ``failed``,
         ``pending`` or ``calibration``), ``reason`` and ``duration_s`` (sum of the task
         times).
     """
@@ -133,6 +144,7 @@ def summary_table(index: NightIndex) -> Table:
                                    name=name)
     table.meta["TIMESYS"] = "TAI"
     table.meta["TIMEREF"] = "time_begin and mjd are the exposure starts, TAI"
+    table.meta["ATMERRS"] = ATMOSPHERE_ERRORS_NOTE
     return table
 
 

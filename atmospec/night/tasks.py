@@ -316,10 +316,12 @@ def _run_fit_atmosphere(ctx: _Context, config) -> dict[str, Any]:
     ctx.outputs["fit_atmosphere"] = {"fit": str(path)}
     if not fit.success:  # written with success false: the task failed, and says why
         raise ProcessingError(f"fit failed: {'; '.join(fit.problems)}")
-    metrics: dict[str, Any] = {"atmosphere_chi2_ndof": float(fit.chi2_ndof)}
+    # The errors the fit's plot quotes (`AtmosphereFit.errors_quoted`), with their factor.
+    metrics: dict[str, Any] = {"atmosphere_chi2_ndof": float(fit.chi2_ndof),
+                               "atmosphere_error_scale": float(fit.error_scale)}
     for key in ("pwv_mm", "ozone_du", "vaod"):
         metrics[f"atmosphere_{key}"] = _number_or_nan(fit.values.get(key))
-        metrics[f"atmosphere_{key}_err"] = _number_or_nan(fit.errors_scaled.get(key))
+        metrics[f"atmosphere_{key}_err"] = _number_or_nan(fit.errors_quoted.get(key))
     metrics["timings_s"] = {"fit_atmosphere": time.perf_counter() - t0}
     return metrics
 

@@ -66,7 +66,8 @@ def _unit_label(unit: str) -> str:
 
 
 def _title(fit: AtmosphereFit) -> str:
-    v, e = fit.values, fit.errors
+    # The errors every output quotes, and how they were made (`AtmosphereFit.errors_label`).
+    v, e = fit.values, fit.errors_quoted
 
     def fmt(name: str, unit: str, digits: int) -> str:
         val = v.get(name)
@@ -84,7 +85,7 @@ def _title(fit: AtmosphereFit) -> str:
             f"{info.get('pressure_hpa', float('nan')):.0f} hPa)\n"
             f"PWV {fmt('pwv_mm', ' mm', 2)},  O$_3$ {fmt('ozone_du', ' DU', 0)},  "
             f"VAOD {fmt('vaod', '', 4)},  χ²/ndof {fit.chi2_ndof:.2f} ({fit.ndof} dof, "
-            f"covariance {fit.covariance_used.split(' ')[0]})")
+            f"covariance {fit.covariance_used.split(' ')[0]}; {fit.errors_label})")
 
 
 def fit_from_document(doc: dict) -> AtmosphereFit:
@@ -129,7 +130,8 @@ def fit_from_document(doc: dict) -> AtmosphereFit:
         flux_unit=str(doc.get("flux_unit", "")), covariance_used=str(doc["covariance_used"]),
         success=bool(doc["success"]), message=str(doc.get("message", "")),
         nfev=int(doc.get("nfev", 0)), fit_time_s=float(doc.get("fit_time_s", 0.0)),
-        info=dict(doc.get("info") or {}), problems=tuple(doc.get("problems") or ()))
+        info=dict(doc.get("info") or {}), problems=tuple(doc.get("problems") or ()),
+        systematic=dict(doc.get("systematic_errors") or {}))
 
 
 def atmosphere_fit_figure(fit: AtmosphereFit) -> Figure:

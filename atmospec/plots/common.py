@@ -18,12 +18,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
+from atmospec.camera.translator import optic_name
 from atmospec.io import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 #: Resolution of every PNG atmospec writes.
 DPI = 100
+
+#: Version of the figures' drawing code, recorded in each exposure's figure manifest and in
+#: the night figures' sidecars: a figure drawn by an older version is stale though its
+#: inputs did not change, so a report refreshed after an upgrade shows the new figures
+#: without ``--force``. Raise it when a figure changes.
+#: 2: issue 21 (PSF figure frames and ranges, thumbnail legend, truth markers, constant
+#: series, one configuration name).
+FIGURE_VERSION = 2
 
 
 def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI, *,
@@ -43,7 +52,8 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI, *,
         Resolution.
     sidecar : bool
         Also write ``path`` with the suffix ``.json``: `drawn_data` of the figure, read
-        from its artists after drawing (what a reader of the PNG sees, as numbers).
+        from its artists after drawing (what a reader of the PNG sees, as numbers), and
+        the `FIGURE_VERSION` that drew it (``figure_version``).
     """
     path = Path(path)
     FigureCanvasAgg(fig)
@@ -52,7 +62,8 @@ def save_png(fig: Figure, path: str | os.PathLike[str], dpi: int = DPI, *,
         fig.savefig(tmp, format="png", dpi=dpi)
     log.info("wrote %s", path)
     if sidecar:
-        write_text_atomic(json.dumps(drawn_data(fig), indent=1) + "\n", path.with_suffix(".json"))
+        doc = {**drawn_data(fig), "figure_version": FIGURE_VERSION}
+        write_text_atomic(json.dumps(doc, indent=1) + "\n", path.with_suffix(".json"))
     return path
 
 
@@ -124,18 +135,27 @@ _FALLBACK = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "
 
 def config_colour(filter_name: str, disperser: str = "empty") -> str:
     """Colour of an instrument configuration: the disperser's for a dispersed exposure, else
-    the filter's; unknown names get a stable colour from their name."""
-    name = disperser if disperser not in ("empty", "unknown", "none", "") else filter_name
+    the filter's; unknown names get a stable colour from their name. Names are taken as
+    `atmospec.camera.translator.optic_name` shows them (``empty_1`` is ``empty``)."""
+    filter_name, disperser = optic_name(filter_name), optic_name(disperser)
+    name = disperser if disperser not in _NO_DISPERSER else filter_name
     if name in _CONFIG_COLOURS:
         return _CONFIG_COLOURS[name]
     return _FALLBACK[sum(name.encode()) % len(_FALLBACK)]
 
 
 def config_label(filter_name: str, disperser: str = "empty") -> str:
-    """Legend label of an instrument configuration, ``filter`` or ``filter~disperser``."""
-    if disperser in ("empty", "unknown", "none", ""):
+    """Label of an instrument configuration, ``filter`` or ``filter~disperser``, in every
+    legend, title and table: the names as `atmospec.camera.translator.optic_name` shows
+    them, so a header's ``empty_1`` and the summary's ``empty`` read alike."""
+    filter_name, disperser = optic_name(filter_name), optic_name(disperser)
+    if disperser in _NO_DISPERSER:
         return filter_name
     return f"{filter_name}~{disperser}"
+
+
+#: Disperser names of an imaging configuration.
+_NO_DISPERSER = frozenset({"empty", "unknown", "none", ""})
 
 
 def zscale_limits(values: np.ndarray) -> tuple[float, float]:

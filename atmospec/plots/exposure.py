@@ -24,6 +24,7 @@ from typing import Any
 from atmospec.errors import short_error
 from atmospec.io import write_text_atomic
 from atmospec.layout import exposure_file
+from atmospec.plots.common import FIGURE_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def is_fresh(entry: dict[str, Any] | None, group: FigureGroup, directory: Path) -> bool:
-    """Whether a group's manifest entry still holds: same inputs (size, mtime), every PNG
-    there and not older than its inputs."""
-    if not entry or entry.get("inputs") != _identity(group.inputs):
+    """Whether a group's manifest entry still holds: drawn by this `FIGURE_VERSION`, same
+    inputs (size, mtime), every PNG there and not older than its inputs."""
+    if not entry or entry.get("version", 1) != FIGURE_VERSION:
+        return False
+    if entry.get("inputs") != _identity(group.inputs):
         return False
     newest_input = max(p.stat().st_mtime for p in group.inputs)
     for name in entry.get("files", []):
@@ -212,7 +215,8 @@ def draw_exposure(job: ExposureFigureJob) -> dict[str, dict[str, Any]]:
                         short_error(exc))
             log.debug("figure failure", exc_info=True)
             files, error = [], f"{type(exc).__name__}: {short_error(exc)}"
-        entries[group.name] = {"inputs": inputs, "files": files, "error": error}
+        entries[group.name] = {"inputs": inputs, "files": files, "error": error,
+                               "version": FIGURE_VERSION}
     return entries
 
 

@@ -26,10 +26,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.translator import optic_name
 from atmospec.errors import BadInputError
 from atmospec.exposure import DEFAULT_MASK_PLANES, Exposure
 from atmospec.io import write_text_atomic
-from atmospec.plots.common import save_png, zscale_limits
+from atmospec.plots.common import config_label, save_png, zscale_limits
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +348,7 @@ def _postisr_title(exposure: Exposure, factor: int) -> str:
     meta = exposure.metadata
     parts = [str(meta["OBSID"]) if meta.get("OBSID") else "post-ISR image"]
     if meta.get("FILTER"):
-        parts.append(f"filter {meta['FILTER']}")
+        parts.append(f"filter {optic_name(meta['FILTER'], meta.get('INSTRUME'))}")
     ny, nx = exposure.image.shape
     size = f"{nx}×{ny} px" + (f", shown as {factor}×{factor} block means" if factor > 1 else "")
     return " — ".join(parts) + "\n" + size
@@ -437,9 +438,12 @@ def plot_postisr_thumbnail(
             small_mask = _block_or(mask, factor)
             counts = _plane_counts(mask, {p: bits[p] for p in planes if p in bits})
             unit = str(image_hdu.header.get("BUNIT", "electron"))
-            meta = hdul[0].header
-            title = " — ".join(str(v) for v in (meta.get("OBSID"), meta.get("FILTER"),
-                                                 meta.get("GRATING")) if v)
+            meta = hdul[0].header.copy()
+            # The configuration as the night summary and the report's tables name it.
+            config = (config_label(optic_name(meta.get("FILTER"), meta.get("INSTRUME")),
+                                   optic_name(meta.get("GRATING"), meta.get("INSTRUME")))
+                      if meta.get("FILTER") or meta.get("GRATING") else None)
+            title = " — ".join(str(v) for v in (meta.get("OBSID"), config) if v)
             del mask
     except (OSError, KeyError, ValueError) as exc:
         raise BadInputError(postisr, f"not a readable post-ISR file ({exc})") from None
@@ -461,8 +465,12 @@ def plot_postisr_thumbnail(
         if plane not in bits:
             continue
         color = PLANE_COLORS.get(plane, _FALLBACK_COLORS[0])
-        overlay[(small_mask & (1 << bits[plane])) != 0] = to_rgba(color, alpha=0.85)
-        handles.append(Patch(color=color, label=f"{plane}: {counts.get(plane, 0):,} px"))
+        on = (small_mask & (1 << bits[plane])) != 0
+        overlay[on] = to_rgba(color, alpha=0.85)
+        label = f"{plane}: {counts.get(plane, 0):,} px"
+        if plane == "BAD":
+            label += _bad_source(meta, on, factor)
+        handles.append(Patch(color=color, label=label))
     handles.reverse()
     if overlay[..., 3].any():
         ax.imshow(overlay, origin="lower", extent=extent, interpolation="nearest",
@@ -476,7 +484,8 @@ def plot_postisr_thumbnail(
                             ms=16, mew=2, label="zeroth order")
         handles.append(marker)
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.80, 0.91), fontsize=8,
-               title="overlays", title_fontsize=9, alignment="left", frameon=False)
+               title="mask planes drawn\n& overlays", title_fontsize=9, alignment="left",
+               frameon=False)
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(-0.5, ny - 0.5)
     ax.set_xlabel("x (pixel)")
@@ -484,6 +493,33 @@ def plot_postisr_thumbnail(
     shown = f"{nx}×{ny} px" + (f", {factor}×{factor} block means" if factor > 1 else "")
     ax.set_title(f"{title or postisr.name}\n{shown}", fontsize=10, loc="left")
     return save_png(fig, path, DPI)
+
+
+def _bad_source(meta: Any, bad: np.ndarray, factor: int) -> str:
+    """Where the BAD plane comes from, for its legend entry: the defect list ISR applied
+    (``ATM CALIB DEFECTS``) and the amplifiers it covers whole (LATISS's shipped list masks
+    amp C10, a 509×2000 block that was otherwise unexplained on every thumbnail).
+
+    ``bad`` is the BAD plane of the ``factor``-binned thumbnail; amps are named from the
+    camera description of ``INSTRUME`` when it is one atmospec ships (else only the list).
+    """
+    source = meta.get("ATM CALIB DEFECTS")
+    if not source:
+        return ""
+    amps: list[str] = []
+    try:
+        camera = load_camera(str(meta.get("INSTRUME", "latiss")))
+        if tuple(d // factor for d in camera.detector_shape) == bad.shape:
+            for amp in camera.amplifiers:
+                rows, cols = camera.amp_slices(amp)
+                block = bad[rows.start // factor:rows.stop // factor,
+                            cols.start // factor:cols.stop // factor]
+                if block.size and block.mean() > 0.9:
+                    amps.append(amp.name)
+    except (BadInputError, KeyError, ValueError, OSError):  # an instrument not described
+        amps = []
+    where = f": amp {', '.join(amps)}" if amps else ""
+    return f"\ncurated defects{where}\n({source})"
 
 
 # ---------------------------------------------------------------------------- amp stats table

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 from astropy.time import Time
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -167,10 +168,18 @@ def plot_atmosphere_series(table: Table, path: str | os.PathLike[str], *,
     return save_png(fig, path, sidecar=sidecar)
 
 
+#: Suffix of a column holding the simulator's truth of another (``pwv_mm_truth``).
+TRUTH_SUFFIX = "_truth"
+#: Legend label (and sidecar series) of the truth markers.
+TRUTH_LABEL = "simulator truth"
+
+
 def _time_airmass_panels(rows: Table, panels: Sequence[tuple[str, str]], *, errors: bool,
                          legend_title: str, empty: str, height: float = 9.0) -> Figure:
     """One row of panels per ``(column, label)``: against time (left) and airmass (right),
-    one colour per filter/disperser; ``errors``: ``<column>_err`` as error bars.
+    one colour per filter/disperser; ``errors``: ``<column>_err`` as error bars. A
+    ``<column>_truth`` column (a simulated night) is drawn as open diamonds, `TRUTH_LABEL`;
+    a series that is constant says so on its panels (`_say_if_constant`).
 
     Each axes gets the gid ``<column>/time`` or ``<column>/airmass`` (for
     `atmospec.plots.common.drawn_data`)."""
@@ -190,6 +199,9 @@ def _time_airmass_panels(rows: Table, panels: Sequence[tuple[str, str]], *, erro
             axes[i, 0].errorbar(hours[sel], y, yerr=err, capsize=2 if errors else 0, **style)
             axes[i, 1].errorbar(airmass[sel], y, yerr=err, capsize=2 if errors else 0,
                                 **style)
+        _draw_truth(axes[i], rows, column, hours, airmass)
+        for ax in axes[i]:
+            _say_if_constant(ax, _as_float(rows, column))
         axes[i, 0].set_ylabel(label)
         axes[i, 1].set_ylabel(label)
         axes[i, 0].set_gid(f"{column}/time")
@@ -201,6 +213,40 @@ def _time_airmass_panels(rows: Table, panels: Sequence[tuple[str, str]], *, erro
     else:
         axes[0, 0].text(0.5, 0.5, empty, ha="center", transform=axes[0, 0].transAxes)
     return fig
+
+
+def _draw_truth(axes: Sequence[Axes], rows: Table, column: str, hours: np.ndarray,
+                airmass: np.ndarray) -> None:
+    """The simulator's value of ``column`` (``<column>_truth``) as open diamonds, where
+    there is one; nothing for a real night."""
+    name = column + TRUTH_SUFFIX
+    if name not in rows.colnames:
+        return
+    truth = _as_float(rows, name)
+    ok = np.isfinite(truth)
+    if not ok.any():
+        return
+    style = {"ls": "none", "marker": "D", "ms": 7, "mfc": "none", "mec": "#000000",
+             "mew": 1.2, "label": TRUTH_LABEL, "zorder": 3}
+    axes[0].plot(hours[ok], truth[ok], **style)
+    axes[1].plot(airmass[ok], truth[ok], **style)
+
+
+def _say_if_constant(ax: Axes, values: np.ndarray) -> None:
+    """A series of two or more points all equal (e.g. 2 saturated sources every exposure, or
+    none) gets an axis from 0 and a sentence saying so: matplotlib would centre a ±0.1
+    range on it (1.9–2.1), drawing a constant as if it were a measured scatter."""
+    finite = values[np.isfinite(values)]
+    if finite.size < 2 or np.ptp(finite) != 0:
+        return
+    value = float(finite[0])
+    top = max(abs(value) * 1.5, 1.0)
+    ax.set_ylim(-top if value < 0 else 0.0, top if value >= 0 else 0.0)
+    text = ("all zero" if value == 0 else f"constant: {value:g}") + \
+        f" in all {finite.size} exposures"
+    ax.text(0.5, 0.85, text, transform=ax.transAxes, ha="center", va="center",
+            fontsize=9, color="#444444", gid="constant_note",
+            bbox={"boxstyle": "round", "fc": "white", "ec": "#cccccc", "alpha": 0.9})
 
 
 def plot_source_positions(table: Table, catalogs: Sequence[str | os.PathLike[str]],
@@ -244,7 +290,10 @@ def plot_source_positions(table: Table, catalogs: Sequence[str | os.PathLike[str
     if ok.any():
         ax.plot(zx[ok], zy[ok], "+", color="red", ms=12, mew=2,
                 label=f"zeroth order ({int(ok.sum())} dispersed exposures)")
-        ax.legend(loc="upper right", fontsize="small")
+        # Below the axes: the zeroth order sits near the top of LATISS's detector, where a
+        # legend inside the panel covered the very markers it names.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), fontsize="small",
+                  frameon=False)
     ax.set_xlim(0, nx)
     ax.set_ylim(0, ny)
     ax.set_aspect("equal")

@@ -10,7 +10,7 @@ global state) and written atomically by `atmospec.plots.common.save_png`.
 * `plot_forward_model`: data, 2D model ``S_FIT`` and normalised residuals, with the residual
   histogram against a unit Gaussian.
 * `plot_psf_vs_wavelength`: FWHM, γ, α and the trace centre against wavelength, with the
-  per-bin fits of ``PSF_BINS`` when present.
+  per-bin fits of ``PSF_BINS`` when present (robust y-ranges, the order-2 region shaded).
 * `plot_wavelength_residuals`: line positions minus their catalogue wavelengths.
 * `plot_spectrum`: the flux with its error band, the detected lines and the second order.
 * `plot_spectrum_diagnostics`: every figure the spectrum's content allows, as PNG files.
@@ -44,9 +44,11 @@ from astropy.table import Table
 from astropy.visualization import AsinhStretch, ImageNormalize
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.mathtext import MathTextParser
 
-from atmospec.plots.common import DPI, config_colour, save_png, zscale_limits
+from atmospec.plots.common import DPI, config_colour, config_label, save_png, zscale_limits
+from atmospec.plots.limits import mark_outside, robust_limits
 from atmospec.spectro.spectrum import Spectrum
 
 log = logging.getLogger(__name__)
@@ -283,10 +285,12 @@ def _nice_step(span: float, target: int = 8) -> float:
 
 
 def _summary(spectrum: Spectrum) -> str:
-    """``target — disperser — airmass — date`` from the header, the parts present."""
+    """``target — filter~disperser — airmass — date`` from the header, the parts present
+    (the configuration named as in the report's tables, `config_label`)."""
     parts = [spectrum.target or "unknown target"]
     if spectrum.disperser:
-        parts.append(spectrum.disperser)
+        parts.append(config_label(str(spectrum.header.get("FILTER", "empty")),
+                                  spectrum.disperser))
     if spectrum.airmass is not None:
         parts.append(f"airmass {spectrum.airmass:.3f}")
     date = spectrum.header.get("DATE-OBS") or spectrum.header.get("DATE")
@@ -507,9 +511,13 @@ def plot_psf_vs_wavelength(spectrum: Spectrum, fig: Figure | None = None) -> Fig
 
     Lines are ``PSF_TAB`` (FWHM from its ``fwhm`` column, else computed from γ and α). The
     trace-centre panel shows the cross-dispersion centre (``x_c`` for a vertical trace, else
-    ``y_c``) minus its median. When the spectrum carries a ``PSF_BINS`` extra HDU its per-bin
-    fits are drawn as points: filled when ``used``, red crosses when rejected, with the
-    ``gamma_err``/``alpha_err`` error bars.
+    ``y_c``, in cutout pixels) minus its median. When the spectrum carries a ``PSF_BINS``
+    extra HDU its per-bin fits are drawn as points, in the same cutout pixels: filled when
+    ``used``, red crosses when rejected, with the ``gamma_err``/``alpha_err`` error bars.
+    Each panel's y-range spans the bulk of the points with sane errors and the whole
+    ``PSF_TAB`` curve (`atmospec.plots.limits.robust_limits`); points beyond are arrows on
+    the edge. Where the ``ORDER2`` light exceeds `ORDER2_SHADE` of the first order the
+    wavelengths are shaded: the bins there are fits of both orders together.
 
     Parameters
     ----------
@@ -537,7 +545,7 @@ def plot_psf_vs_wavelength(spectrum: Spectrum, fig: Figure | None = None) -> Fig
     except ValueError:
         geom = None
     cross_col = None if geom is None else f"{geom.cross_name}_c"
-    bins = _extra_table(spectrum, "PSF_BINS")
+    bins = _psf_bins(spectrum)
 
     panels: list[tuple[str, str, np.ndarray | None]] = [
         ("fwhm", "FWHM (pixel)",
@@ -552,7 +560,8 @@ def plot_psf_vs_wavelength(spectrum: Spectrum, fig: Figure | None = None) -> Fig
     if cross_col is not None:
         cross = _column(psf, cross_col)
         ref = float(np.nanmedian(cross))
-        panels.append(("trace", f"trace centre {cross_col} − {ref:.1f} (pixel)", cross - ref))
+        panels.append(("trace", f"trace centre {cross_col} − {ref:.1f}\n(cutout pixel)",
+                       cross - ref))
     panels = [p for p in panels if p[2] is not None]
     if not panels:
         raise ValueError("PSF_TAB has none of fwhm, gamma, alpha and no trace")
@@ -560,37 +569,99 @@ def plot_psf_vs_wavelength(spectrum: Spectrum, fig: Figure | None = None) -> Fig
         fig = Figure(figsize=(10.0, 2.1 * len(panels) + 1.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
     colour = _colour(spectrum)
+    from_model = spectrum.header.get("SPECTYPE") == "forward_model"
+    tab_label = "PSF_TAB (2D model)" if from_model else "PSF_TAB"
+    shaded = _order2_span(spectrum)
+    n_outside = 0
     for ax, (key, label, values) in zip(axes, panels, strict=True):
         assert values is not None
-        ax.plot(lam[order], values[order], color=colour, lw=1.3, label="PSF_TAB", gid=key)
+        ax.plot(lam[order], values[order], color=colour, lw=1.3, label=tab_label, gid=key)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        if bins is None or "lambdas" not in bins.colnames:
-            continue
-        bcol = {"trace": cross_col}.get(key, key)
-        if bcol is None or bcol not in bins.colnames:
-            if key == "fwhm" and {"gamma", "alpha"} <= set(bins.colnames):
-                by = _fwhm(bins)
-            else:
-                continue
-        else:
-            by = _column(bins, bcol) - (ref if key == "trace" else 0.0)
-        bl = _column(bins, "lambdas")
-        used = (np.asarray(bins["used"], dtype=bool) if "used" in bins.colnames
-                else np.ones(len(bins), dtype=bool))
-        berr = (_column(bins, f"{bcol}_err") if bcol and f"{bcol}_err" in bins.colnames
-                else None)
-        for sel, style, name in ((used, {"fmt": "o", "color": "k", "ms": 3.5}, "used"),
-                                 (~used, {"fmt": "x", "color": "#e02020", "ms": 5},
-                                  "rejected")):
-            if sel.any():
-                ax.errorbar(bl[sel], by[sel], yerr=None if berr is None else berr[sel],
-                            lw=0.8, label=f"PSF_BINS {name} ({int(sel.sum())})",
-                            gid=f"bins_{key}_{name}", **style)
-    axes[0].legend(fontsize=8, loc="best")
+        if shaded is not None:
+            ax.axvspan(*shaded, color="#e07020", alpha=0.12, lw=0, gid=f"order2_{key}",
+                       label=f"order 2 > {ORDER2_SHADE:.0%} of order 1 (bins fit both)")
+        drawn = None if bins is None else _draw_psf_bins(ax, bins, key, cross_col, ref)
+        limits = robust_limits(*(drawn or (values, None)), include=values)
+        if limits is not None:
+            ax.set_ylim(*limits)
+            if drawn is not None:
+                n_outside += mark_outside(ax, bins["lambdas"], drawn[0], limits,
+                                          gid=f"bins_{key}_outside")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if n_outside:
+        handles.append(Line2D([], [], ls="none", marker="^", color="#606060", ms=6))
+        labels.append("bins outside the axis (arrow at the edge)")
+    # Below the panels: inside one, it would hide the points it explains.
+    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=2)
     axes[-1].set_xlabel("wavelength (nm)")
     fig.suptitle(f"{_summary(spectrum)}: PSF along the trace", fontsize=10)
     return fig
+
+
+#: Order-2 light above this fraction of the first order's shades the PSF figure.
+ORDER2_SHADE = 0.05
+
+
+def _order2_span(spectrum: Spectrum) -> tuple[float, float] | None:
+    """The wavelengths from the first where the ``ORDER2`` light exceeds `ORDER2_SHADE` of
+    the first-order flux to the end of the spectrum; None without order 2 there.
+
+    The per-bin Moffat fits (``PSF_BINS``) are made before the order-2 correction, so there
+    they fit the sum of both orders: a wider, second PSF on the first (holo4_003: ~20 % of
+    the light at 850 nm, as much as the first order near 1000 nm)."""
+    o2 = spectrum.order2
+    if o2 is None or o2.data.ndim != 2 or o2.data.shape[0] < 2 or not o2.data.shape[1]:
+        return None
+    wl = np.asarray(spectrum.wavelength, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.interp(wl, o2.data[0], o2.data[1], left=0.0, right=0.0) / np.abs(
+            np.asarray(spectrum.flux, dtype=float))
+    above = np.flatnonzero(np.isfinite(ratio) & (ratio > ORDER2_SHADE))
+    if not above.size:
+        return None
+    return float(wl[above[0]]), float(np.nanmax(wl))
+
+
+def _psf_bins(spectrum: Spectrum) -> Table | None:
+    """``PSF_BINS`` with its centres in ``PSF_TAB``'s cutout pixels.
+
+    Files written before the bins had ``y_c`` (a ``row`` column instead) hold ``x_c`` in
+    the extraction frame's full-image columns: ``S_XMIN`` (the cutout's first column in an
+    unturned frame) takes them to the cutout."""
+    bins = _extra_table(spectrum, "PSF_BINS")
+    if bins is None or "lambdas" not in bins.colnames:
+        return None
+    if "y_c" not in bins.colnames and "row" in bins.colnames and "x_c" in bins.colnames:
+        bins["x_c"] = _column(bins, "x_c") - float(spectrum.header.get("S_XMIN", 0))
+    return bins
+
+
+def _draw_psf_bins(ax: Axes, bins: Table, key: str, cross_col: str | None, ref: float
+                   ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Draw the bins of one panel (used and rejected); return what was drawn, ``(y, yerr)``,
+    or None when the bins have no such column."""
+    bcol = {"trace": cross_col}.get(key, key)
+    if bcol is None or bcol not in bins.colnames:
+        if key == "fwhm" and {"gamma", "alpha"} <= set(bins.colnames):
+            by = _fwhm(bins)
+        else:
+            return None
+    else:
+        by = _column(bins, bcol) - (ref if key == "trace" else 0.0)
+    bl = _column(bins, "lambdas")
+    used = (np.asarray(bins["used"], dtype=bool) if "used" in bins.colnames
+            else np.ones(len(bins), dtype=bool))
+    berr = (_column(bins, f"{bcol}_err") if bcol and f"{bcol}_err" in bins.colnames
+            else None)
+    for sel, style, name in ((used, {"fmt": "o", "color": "k", "ms": 3.5}, "used"),
+                             (~used, {"fmt": "x", "color": "#e02020", "ms": 5},
+                              "rejected")):
+        if sel.any():
+            ax.errorbar(bl[sel], by[sel], yerr=None if berr is None else berr[sel],
+                        lw=0.8, label=f"PSF_BINS {name} ({int(sel.sum())})",
+                        gid=f"bins_{key}_{name}", **style)
+    return by, berr
 
 
 # --------------------------------------------------------------------- wavelength lines

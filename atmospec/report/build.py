@@ -25,6 +25,7 @@ from atmospec.report.exposure_page import exposure_pages
 from atmospec.report.figures import refresh_exposure_figures
 from atmospec.report.night_page import night_figures, night_page
 from atmospec.report.read import check_repo, read_night, read_products
+from atmospec.report.truth import with_truth
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ def build_report(repo: str | os.PathLike[str], config: ReportConfig | None = Non
     night.notes += [("error", p) for p in problems]
 
     exposures = refresh_exposure_figures(repo, out, night.summary, config)
-    figures = (night_figures(night.summary, night.summary_file, out / "night", config.force)
-               if config.figures else {})
+    # The night figures draw the simulator's truth beside the measurements when there is one.
+    figures = (night_figures(with_truth(night.summary, night.truth), night.summary_file,
+                             out / "night", config.force) if config.figures else {})
     calib_pages = calibration_pages(products, exposures.used, out / "calibs", config.force,
                                     config.figures)
     exposure_pages(night, exposures, calib_pages, layout.exposure_figure_dir(out))

@@ -10,21 +10,31 @@ from typing import Any
 import numpy as np
 
 from atmospec.io import write_text_atomic
+from atmospec.plots.common import config_label
 from atmospec.plots.exposure import ExposureOutputs
 from atmospec.report import html as H
 from atmospec.report.figures import ExposureFigures
 from atmospec.report.read import Night, row_value
+from atmospec.report.truth import truth_column
 
 __all__ = ["exposure_pages"]
 
 _GROUP_CAPTIONS = MappingProxyType({
-    "postisr": "Post-ISR image (ZScale, block means) with mask planes, detected sources "
-               "(circles) and the zeroth order (cross); click for the full FITS file.",
+    "postisr": "Post-ISR image (ZScale, block means) with the mask planes named in the "
+               "legend (BAD includes the curated defect list's boxes: on LATISS a whole bad "
+               "amplifier, the solid red block), detected sources (circles) and the zeroth "
+               "order (cross); click for the full FITS file.",
     "sources.png": "Detected sources on the detector (marker area grows with brightness).",
     "psf.png": "PSF whiskers across the detector and the FWHM histogram of the PSF stars.",
     "spectrum_spectrogram.png": "Spectrogram cutout with the fitted trace.",
     "spectrum_model.png": "Data, 2D forward model and normalised residuals.",
-    "spectrum_psf.png": "PSF parameters against wavelength.",
+    "spectrum_psf.png": "PSF parameters against wavelength: the curve is PSF_TAB (from the "
+                         "2D model when there is one), the points the per-bin 1D Moffat fits, "
+                         "all in cutout pixels; bins beyond the axis are arrows on its edge. "
+                         "In the shaded wavelengths order 2 adds more than 5 % to order 1: "
+                         "the bins, fitted before the order-2 correction, fit both orders "
+                         "(a wider PSF), while the 2D model holds order 2 in its background "
+                         "and follows order 1 alone.",
     "spectrum_lines.png": "Wavelength calibration: line positions minus catalogue values.",
     "spectrum_spectrum.png": "Extracted first-order spectrum with its errors and lines.",
     "atmosphere_fit.png": "Atmosphere fit: data and model, normalised residuals and "
@@ -86,18 +96,19 @@ def _exposure_page(row: Any, night: Night, outputs: ExposureOutputs,
     nav = "<nav>" + " ".join(links) + "</nav>"
     kind, sentence = _status_sentence(row, tasks)
     body = [H.note(sentence, kind)]
-    body += _summary_section(row)
+    body += _summary_section(row, night.truth.get(obs_id, {}))
     body += _tasks_section(tasks)
     body += _calibrations_section(used, calib_pages, directory)
     body += _files_section(outputs, directory)
     body.append(_figures_section(obs_id, outputs, manifest, directory, row))
-    return H.page(f"{obs_id} — {row['image_type']}, {row['filter']}"
-                  + (f"~{row['disperser']}" if str(row["disperser"]) not in ("empty", "")
-                     else ""), "\n".join(body), nav=nav)
+    return H.page(f"{obs_id} — {row['image_type']}, "
+                  f"{config_label(str(row['filter']), str(row['disperser']))}",
+                  "\n".join(body), nav=nav)
 
 
-def _summary_section(row: Any) -> list[str]:
-    """What the summary says of the exposure: every column with a value."""
+def _summary_section(row: Any, truth: dict[str, float]) -> list[str]:
+    """What the summary says of the exposure: every column with a value; on a simulated
+    night the simulator's value beside the measured ones it knows (`truth_column`)."""
     cells = []
     for name in row.colnames:
         value = row_value(row, name)
@@ -105,11 +116,26 @@ def _summary_section(row: Any) -> list[str]:
             continue
         if isinstance(value, str | np.str_) and not str(value):
             continue
-        unit = row.table[name].unit
-        text = str(value) if isinstance(value, str | np.str_) else H.fmt_number(value, 6)
-        cells.append([name, H.Cell(text + (f" {unit}" if unit else ""),
-                                   value=H.data_value(value))])
-    return ["<h2>Summary</h2>", H.table(["column", "value"], cells, table_id="exposure-summary")]
+        cell = [name, H.Cell(_summary_text(name, value, row.table[name].unit),
+                             value=H.data_value(value))]
+        if truth:
+            true = truth_column(row, name, truth)
+            cell.append(H.Cell("" if true is None else H.fmt_number(true, 4), numeric=True,
+                               value=None if true is None else H.data_value(true)))
+        cells.append(cell)
+    headers = ["column", "value"] + (["simulator truth"] if truth else [])
+    return ["<h2>Summary</h2>", H.table(headers, cells, table_id="exposure-summary")]
+
+
+def _summary_text(name: str, value: Any, unit: Any) -> str:
+    """A summary value with its unit. An MJD is a plain number to 0.1 s (6 decimals) with
+    its time scale (the summary's are TAI): six significant figures showed "61368.1 d", a
+    2.4 h rounding with a unit that reads like a duration."""
+    if isinstance(value, str | np.str_):
+        return str(value)
+    if name == "mjd":
+        return f"{float(value):.6f} (TAI)"
+    return H.fmt_number(value, 6) + (f" {unit}" if unit else "")
 
 
 def _tasks_section(tasks: list) -> list[str]:

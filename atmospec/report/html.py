@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Cell", "data_value", "esc", "figure", "fmt_number", "link", "note", "page", "rel",
-           "table", "verdict"]
+__all__ = ["Cell", "column_toggle", "data_value", "esc", "figure", "fmt_number", "link", "note",
+           "page", "rel", "table", "verdict"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.2em 2em;color:#222;
@@ -37,6 +37,11 @@ figure{margin:.8em 0}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.85em;color:#555}
 .table-wrap{overflow-x:auto;max-width:100%}
 .swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;vertical-align:middle}
+.more-toggle:not(:checked)~.table-wrap .extra{display:none}
+.with-extra th{white-space:normal;vertical-align:bottom}
+.more-toggle+label{font-size:.85em;color:#333;cursor:pointer;margin-left:.2em}
+td.clip{max-width:11em;overflow:hidden;text-overflow:ellipsis}
+td.truth,th.truth{color:#555;font-style:italic}
 """
 
 #: Sorts a table with class ``sortable`` on a header click, by each cell's ``data-value``
@@ -104,6 +109,8 @@ class Cell:
     """Class of the text (``pass``, ``fail``)."""
     raw_html: bool = False
     """``text`` is already HTML (trusted, built by this package)."""
+    title: str | None = None
+    """Tooltip (``title`` attribute): e.g. the full value of an abbreviated text."""
 
 
 def data_value(value: Any) -> str:
@@ -134,7 +141,7 @@ def link(href: str, text: str) -> str:
     return f'<a href="{esc(href)}">{esc(text)}</a>'
 
 
-def _cell(cell: Cell | str) -> str:
+def _cell(cell: Cell | str, column_class: str | None = None) -> str:
     if not isinstance(cell, Cell):
         cell = Cell(str(cell))
     body = cell.text if cell.raw_html else esc(cell.text)
@@ -142,15 +149,19 @@ def _cell(cell: Cell | str) -> str:
         body = f'<span class="{esc(cell.css)}">{body}</span>'
     if cell.href:
         body = f'<a href="{esc(cell.href)}">{body}</a>'
-    attrs = ' class="num"' if cell.numeric else ""
+    classes = " ".join(c for c in ("num" if cell.numeric else None, column_class) if c)
+    attrs = f' class="{esc(classes)}"' if classes else ""
     if cell.value is not None:
         attrs += f' data-value="{esc(cell.value)}"'
+    if cell.title:
+        attrs += f' title="{esc(cell.title)}"'
     return f"<td{attrs}>{body}</td>"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Cell | str]], *,
           table_id: str | None = None, columns: Sequence[str] | None = None,
-          row_classes: Sequence[str] | None = None, sortable: bool = False) -> str:
+          row_classes: Sequence[str] | None = None, sortable: bool = False,
+          column_classes: Sequence[str | None] | None = None) -> str:
     """An HTML table.
 
     Parameters
@@ -167,19 +178,39 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Cell | str]], *,
         Class of each row (e.g. its status).
     sortable : bool
         Click a header to sort (inline script of `page`).
+    column_classes : sequence of str or None, optional
+        Class of each column's header and cells (e.g. ``extra``: hidden until the reader
+        asks for every column, `column_toggle`).
     """
     attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable
                                                               else "")
-    head = "".join(
-        f'<th data-column="{esc(columns[i])}">{esc(h)}</th>' if columns else f"<th>{esc(h)}</th>"
-        for i, h in enumerate(headers))
+    col_cls = list(column_classes) if column_classes else [None] * len(headers)
+
+    def th(i: int, h: str) -> str:
+        a = f' data-column="{esc(columns[i])}"' if columns else ""
+        a += f' class="{esc(col_cls[i])}"' if col_cls[i] else ""
+        return f"<th{a}>{esc(h)}</th>"
+
+    head = "".join(th(i, h) for i, h in enumerate(headers))
     lines = []
     for i, row in enumerate(rows):
         cls = f' class="{esc(row_classes[i])}"' if row_classes else ""
-        lines.append(f"<tr{cls}>" + "".join(_cell(c) for c in row) + "</tr>")
+        lines.append(f"<tr{cls}>" + "".join(_cell(c, col_cls[j]) for j, c in enumerate(row))
+                     + "</tr>")
     # Wide tables scroll sideways inside the page instead of widening it.
     return (f'<div class="table-wrap"><table{attrs}>\n<thead><tr>{head}</tr></thead>\n'
             "<tbody>\n" + "\n".join(lines) + "\n</tbody>\n</table></div>")
+
+
+def column_toggle(toggle_id: str, label: str, table_html: str) -> str:
+    """A table whose ``extra`` columns show only when a checkbox above it is ticked.
+
+    Pure CSS (``:checked`` and the sibling combinator, rule in the page's style sheet): no
+    script, no server, works from disk; the hidden cells are still in the page, with their
+    ``data-value``, for a script or a test to read."""
+    return (f'<div class="with-extra"><input type="checkbox" id="{esc(toggle_id)}" '
+            f'class="more-toggle"><label for="{esc(toggle_id)}">{esc(label)}</label>\n'
+            f"{table_html}</div>")
 
 
 def figure(src: str, caption: str, *, href: str | None = None, alt: str | None = None) -> str:

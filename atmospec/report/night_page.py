@@ -4,7 +4,9 @@ spectroscopy, one small function per section."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,21 +15,49 @@ from astropy.table import Table
 
 import atmospec
 from atmospec import layout
+from atmospec.plots.common import FIGURE_VERSION, config_label
 from atmospec.plots.exposure import newer_than
 from atmospec.report import html as H
 from atmospec.report.read import SUMMARY_FILE, Night, Product, row_value
+from atmospec.report.truth import TRUTH_SUFFIX, with_truth
 
-__all__ = ["LOG_COLUMNS", "NIGHT_FIGURES", "night_figures", "night_page"]
+__all__ = ["LOG_COLUMNS", "NIGHT_FIGURES", "LogColumn", "night_figures", "night_page"]
 
-#: Columns of the observing log: (summary column, title, digits or None for text).
-LOG_COLUMNS: tuple[tuple[str, str, int | None], ...] = (
-    ("obs_id", "exposure", None), ("time_begin", "start (TAI)", None),
-    ("image_type", "type", None), ("target", "target", None), ("filter", "filter", None),
-    ("disperser", "disperser", None), ("exptime", "exposure time (s)", 3),
-    ("airmass", "airmass", 4), ("fwhm_arcsec", "FWHM (arcsec)", 3),
-    ("ellipticity", "ellipticity", 3), ("sky_e_per_s", "sky (e⁻/s/pixel)", 3),
-    ("n_sources", "sources", 0), ("pwv_mm", "PWV (mm)", 3), ("status", "status", None),
+
+@dataclass(frozen=True)
+class LogColumn:
+    """One column of the observing log."""
+
+    column: str
+    """Summary column (the cells' ``data-value`` and ``data-column``)."""
+    title: str
+    """Header text."""
+    digits: int | None = None
+    """Significant digits of a number; None for text."""
+    extra: bool = False
+    """Hidden until the reader ticks "all columns": the log fits a 1400 px window with the
+    key columns alone (issue 21: 14 columns in a row scrolled sideways)."""
+
+
+#: Columns of the observing log, in order. Truth columns (`TRUTH_SUFFIX`) are added after
+#: their measurement on a simulated night.
+LOG_COLUMNS: tuple[LogColumn, ...] = (
+    LogColumn("seq_num", "seq"), LogColumn("obs_id", "exposure", extra=True),
+    LogColumn("time_begin", "start (TAI)"), LogColumn("image_type", "type"),
+    LogColumn("target", "target"), LogColumn("filter", "filter~disperser"),
+    LogColumn("disperser", "disperser", extra=True),
+    LogColumn("exptime", "exptime (s)", 3), LogColumn("airmass", "airmass", 4),
+    LogColumn("fwhm_arcsec", "FWHM (″)", 3), LogColumn("fwhm_px", "FWHM (pixel)", 3, extra=True),
+    LogColumn("ellipticity", "ellipticity", 3, extra=True),
+    LogColumn("sky_e_per_s", "sky (e⁻/s/px)", 3), LogColumn("n_sources", "sources", 0),
+    LogColumn("n_saturated", "saturated sources", 0, extra=True),
+    LogColumn("pwv_mm", "PWV (mm)", 3), LogColumn("ozone_du", "ozone (DU)", 4, extra=True),
+    LogColumn("vaod", "VAOD", 3, extra=True),
+    LogColumn("status", "status"),
 )
+
+#: Truth columns shown with the key columns (beside FWHM and PWV); the others are extra.
+_KEY_TRUTH = frozenset({"fwhm_arcsec", "pwv_mm"})
 
 #: Night figures: (file stem, plot function name in atmospec.plots.night, caption, section).
 NIGHT_FIGURES: tuple[tuple[str, str, str, str], ...] = (
@@ -81,12 +111,22 @@ def night_figures(summary: Table, source: Path | None, directory: Path,
             continue
         png = directory / f"{stem}.png"
         fresh = (not force and source is not None and newer_than(png, [source])
-                 and newer_than(png.with_suffix(".json"), [source]))
+                 and newer_than(png.with_suffix(".json"), [source])
+                 and _sidecar_version(png.with_suffix(".json")) == FIGURE_VERSION)
         if not fresh:
             plot: Callable[..., Path] = getattr(night_plots, function)
             plot(summary, png, sidecar=True)
         written[stem] = (png, counts[stem])
     return written
+
+
+def _sidecar_version(sidecar: Path) -> int | None:
+    """The `FIGURE_VERSION` a night figure was drawn by (1 before it was recorded)."""
+    try:
+        doc = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    return int(doc.get("figure_version", 1)) if isinstance(doc, dict) else None
 
 
 def _has(table: Table, column: str, extra: np.ndarray | None = None) -> int:
@@ -160,12 +200,13 @@ def night_page(repo: Path, out: Path, night: Night, figures: dict[str, tuple[Pat
     counts = {s: int((status == s).sum()) for s in _STATES}
     day_obs = sorted({int(d) for d in summary["day_obs"]}) if len(summary) else []
     title = f"Night {', '.join(map(str, day_obs))}" if day_obs else "atmospec report"
+    shown = with_truth(summary, night.truth)  # a real night: the summary itself
     body = [*_header(repo, night, counts),
-            *_observing_log(night, out),
+            *_observing_log(night, shown, out),
             *_failures(night, status),
             *_image_quality(repo, out, figures),
-            *_calibrations(out, products, calib_pages, used),
-            *_spectroscopy(out, summary, figures)]
+            *_calibrations(out, products, calib_pages, used, night.builds),
+            *_spectroscopy(out, shown, figures)]
     return H.page(f"{title} — atmospec report", "\n".join(body), sortable=True)
 
 
@@ -182,6 +223,11 @@ def _header(repo: Path, night: Night, n: dict[str, int]) -> list[str]:
                               "science exposure, so no image-quality or spectroscopy result."))
     if n["failed"]:
         notes.append(("error", f"{n['failed']} exposure(s) failed: see Failures."))
+    unbuilt = [b for b in night.builds if b["status"] in ("failed", "not built")]
+    if unbuilt:
+        notes.append(("error" if any(b["status"] == "failed" for b in unbuilt) else "warn",
+                      f"{len(unbuilt)} calibration product(s) of the night could not be "
+                      "built: see Calibrations."))
     if n["pending"]:
         notes.append(("warn", f"{n['pending']} exposure(s) not processed yet."))
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -196,35 +242,72 @@ def _header(repo: Path, night: Night, n: dict[str, int]) -> list[str]:
     return body
 
 
-def _observing_log(night: Night, out: Path) -> list[str]:
-    """One sortable row per exposure of the summary (`LOG_COLUMNS`)."""
-    summary = night.summary
+def _log_columns(summary: Table) -> list[LogColumn]:
+    """`LOG_COLUMNS` the summary has, each followed by its truth column when there is one."""
+    out = []
+    for c in LOG_COLUMNS:
+        if c.column not in summary.colnames:
+            continue
+        out.append(c)
+        if c.column + TRUTH_SUFFIX in summary.colnames:
+            out.append(LogColumn(c.column + TRUTH_SUFFIX, f"{c.title} truth", c.digits,
+                                 extra=c.column not in _KEY_TRUTH))
+    return out
+
+
+def _observing_log(night: Night, summary: Table, out: Path) -> list[str]:
+    """One sortable row per exposure of the summary: the key columns of `LOG_COLUMNS`,
+    the others behind a pure-CSS toggle. ``summary`` is the night's with its truth columns
+    (`atmospec.report.truth.with_truth`)."""
     body = ['<h2 id="log">Observing log</h2>']
     if night.summary_file is not None:
         body.append(f"<p>From {H.link(H.rel(night.summary_file, out), SUMMARY_FILE.as_posix())}; "
-                    "click a column title to sort, an exposure to open its page.</p>")
+                    "click a column title to sort, an exposure to open its page"
+                    + ("; <i>truth</i> columns: the simulator's values" if night.truth else "")
+                    + ".</p>")
     if not len(summary):
         body.append("<p>No exposures.</p>")
         return body
-    rows = [[_log_cell(row, column, digits) for column, _, digits in LOG_COLUMNS]
-            for row in summary]
+    columns = _log_columns(summary)
+    rows = [[_log_cell(row, c) for c in columns] for row in summary]
     classes = [str(row["status"]) for row in summary]
-    body.append(H.table([t for _, t, _ in LOG_COLUMNS], rows, table_id="summary",
-                        columns=[c for c, _, _ in LOG_COLUMNS], row_classes=classes,
-                        sortable=True))
+    extra = [c.title for c in columns if c.extra]
+    table = H.table([c.title for c in columns], rows, table_id="summary",
+                    columns=[c.column for c in columns], row_classes=classes, sortable=True,
+                    column_classes=[_column_class(c) for c in columns])
+    body.append(H.column_toggle("log-all-columns", f"show all columns ({', '.join(extra)})",
+                                table) if extra else table)
     return body
 
 
-def _log_cell(row: Table.Row, column: str, digits: int | None) -> H.Cell:
-    value = row_value(row, column)
-    if column == "obs_id":
+def _column_class(c: LogColumn) -> str | None:
+    classes = [name for name, on in (("extra", c.extra), ("clip", c.column == "target"),
+                                     ("truth", c.column.endswith(TRUTH_SUFFIX))) if on]
+    return " ".join(classes) or None
+
+
+def _log_cell(row: Table.Row, c: LogColumn) -> H.Cell:
+    value = row_value(row, c.column)
+    if c.column == "seq_num":  # short, and a link to the page named by the OBSID
+        obs_id = str(row["obs_id"])
+        return H.Cell(str(value), value=H.data_value(value), href=f"exposures/{obs_id}.html",
+                      numeric=True, title=obs_id)
+    if c.column == "obs_id":
         return H.Cell(str(value), value=str(value), href=f"exposures/{value}.html")
-    if column == "filter":  # the configuration's colour in every plot
-        return H.Cell(_swatch(str(row["filter"]), str(row["disperser"])) + H.esc(value),
+    if c.column == "time_begin":  # the date is the night's; the full time is the tooltip
+        text = str(value or "")
+        return H.Cell(text.partition("T")[2][:8] or text, value=H.data_value(value),
+                      title=text)
+    if c.column == "filter":  # the configuration's name and colour in every plot
+        label = config_label(str(row["filter"]), str(row["disperser"]))
+        return H.Cell(_swatch(str(row["filter"]), str(row["disperser"])) + H.esc(label),
                       value=str(value), raw_html=True)
-    if digits is None:
+    if c.column == "target":
+        return H.Cell(str(value or ""), value=H.data_value(value), title=str(value or ""))
+    if c.digits is None:
         return H.Cell(str(value) if value is not None else "", value=H.data_value(value))
-    return H.Cell(H.fmt_number(value, max(digits, 1)), value=H.data_value(value), numeric=True)
+    return H.Cell(H.fmt_number(value, max(c.digits, 1)), value=H.data_value(value),
+                  numeric=True)
 
 
 def _swatch(filter_name: str, disperser: str) -> str:
@@ -273,10 +356,18 @@ def _image_quality(repo: Path, out: Path, figures: dict[str, tuple[Path, int]]) 
 
 
 def _calibrations(out: Path, products: Sequence[Product], calib_pages: dict[str, Path],
-                  used: dict[str, dict[str, str]]) -> list[str]:
-    """Every product with its validity, verdict and users; then products used from
-    outside the registry."""
+                  used: dict[str, dict[str, str]],
+                  builds: Sequence[dict[str, str | None]] = ()) -> list[str]:
+    """What the night's calibration stage built or could not build; every product with its
+    validity, verdict and users; then products used from outside the registry."""
     body = ['<h2 id="calibrations">Calibrations</h2>']
+    if builds:
+        rows = [[b["file"] or "", b["kind"] or "", b["detector"] or "", b["filter"] or "",
+                 H.Cell(b["status"] or "", css="fail" if b["status"] in ("failed", "not built")
+                        else None), b["detail"] or ""] for b in builds]
+        body.append("<h3>Built from the night's frames</h3>")
+        body.append(H.table(["product", "kind", "detector", "filter", "status", "detail"],
+                            rows, table_id="builds"))
     if products:
         rows = [_product_row(p, out, calib_pages, used) for p in products]
         body.append(H.table(["product", "kind", "filter~disperser", "valid from (UTC)",
@@ -315,22 +406,48 @@ def _spectroscopy(out: Path, summary: Table, figures: dict[str, tuple[Path, int]
     body += _figure_html(figures, out, "spectro",
                          "No spectrum was extracted this night: no spectroscopy plot.")
     if len(summary) and "pwv_mm" in summary.colnames:
+        # Each fitted parameter, then the simulator's value beside it on a simulated night.
+        params = (("pwv_mm", "PWV (mm)"), ("ozone_du", "ozone (DU)"), ("vaod", "VAOD"))
+        truths = {name for name, _ in params if name + TRUTH_SUFFIX in summary.colnames}
+        headers = ["exposure", "target", "airmass"]
+        columns = ["obs_id", "target", "airmass"]
+        for name, title in params:
+            headers += [title] + ([f"{title} truth"] if name in truths else [])
+            columns += [name] + ([name + TRUTH_SUFFIX] if name in truths else [])
         rows = []
         for row in summary[np.isfinite(np.asarray(summary["pwv_mm"], dtype=float))]:
             obs_id = str(row["obs_id"])
-            rows.append([H.Cell(obs_id, href=f"exposures/{obs_id}.html"),
-                         str(row["target"]), H.Cell(H.fmt_number(row["airmass"], 4),
-                                                    numeric=True),
-                         _plus_minus(row, "pwv_mm"), _plus_minus(row, "ozone_du"),
-                         _plus_minus(row, "vaod"),
-                         H.Cell(H.fmt_number(row["atmosphere_chi2_ndof"]), numeric=True)])
+            cells = [H.Cell(obs_id, href=f"exposures/{obs_id}.html"), str(row["target"]),
+                     H.Cell(H.fmt_number(row["airmass"], 4), numeric=True)]
+            for name, _ in params:
+                cells.append(_plus_minus(row, name))
+                if name in truths:
+                    cells.append(H.Cell(H.fmt_number(row[name + TRUTH_SUFFIX]), numeric=True,
+                                        value=H.data_value(row[name + TRUTH_SUFFIX])))
+            rows.append([*cells, H.Cell(H.fmt_number(row["atmosphere_chi2_ndof"]),
+                                        numeric=True),
+                         H.Cell(_error_scale(row), numeric=True)])
         if rows:
-            body.append(H.table(["exposure", "target", "airmass", "PWV (mm)", "ozone (DU)",
-                                 "VAOD", "χ²/ndof"], rows, table_id="atmosphere",
-                                sortable=True))
+            extra = ["atmosphere_chi2_ndof", "atmosphere_error_scale"]
+            body.append(H.table([*headers, "χ²/ndof", "error scale"], rows,
+                                table_id="atmosphere", columns=[*columns, *extra],
+                                sortable=True,
+                                column_classes=[
+                                    "truth" if c.endswith(TRUTH_SUFFIX) else None
+                                    for c in [*columns, *extra]]))
+            body.append("<p>Errors as in each exposure's atmosphere plot: the fit's, scaled "
+                        "by √(χ²/ndof) when above 1 (the error scale; 1: unscaled), plus in "
+                        "quadrature the fit's systematic errors (see the plot's title).</p>")
     body.append("<p>Line positions are shown per exposure (wavelength-calibration figure on "
                 "each dispersed exposure's page); the night summary does not carry them.</p>")
     return body
+
+
+def _error_scale(row: Table.Row) -> str:
+    """The summary's ``atmosphere_error_scale`` (absent from a summary written before it)."""
+    if "atmosphere_error_scale" not in row.colnames:
+        return "–"
+    return H.fmt_number(row["atmosphere_error_scale"], 3)
 
 
 def _plus_minus(row: Table.Row, name: str) -> H.Cell:

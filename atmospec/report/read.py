@@ -23,9 +23,11 @@ from atmospec import layout
 from atmospec.calib.registry import CalibrationRegistry, CalibRecord
 from atmospec.errors import BadInputError, short_error
 from atmospec.layout import INDEX_FILE, REGISTRY_FILE, SUMMARY_STEM
+from atmospec.night.calibs import read_builds
 from atmospec.night.index import NightIndex, unusable_file
 from atmospec.night.summary import summary_table
 from atmospec.plots.exposure import ExposureOutputs
+from atmospec.report.truth import read_truth
 
 __all__ = [
     "SUMMARY_FILE",
@@ -66,6 +68,12 @@ class Night:
     """(kind, sentence) shown at the top of the night page."""
     indexed: bool = True
     """Whether the repository has a night (an index or a summary)."""
+    truth: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Simulator truth by OBSID (`atmospec.report.truth.read_truth`); empty for a real
+    night."""
+    builds: list[dict[str, str | None]] = field(default_factory=list)
+    """What the last night run's calibration stage built, failed or skipped
+    (`atmospec.night.calibs.read_builds`)."""
 
 
 @dataclass(frozen=True)
@@ -92,11 +100,12 @@ def check_repo(repo: str | os.PathLike[str]) -> Path:
     Raises
     ------
     BadInputError
-        ``repo`` is not a directory, or holds no night index, summary or registry.
+        ``repo`` is not a directory (missing, a file, a dangling link: the message says
+        which), or holds no night index, summary or registry.
     """
     repo = Path(repo)
     if not repo.is_dir():
-        raise BadInputError(repo, "no such directory")
+        raise BadInputError(repo, _not_a_directory(repo))
     # lexists: an index or summary that is there but unusable (a FIFO, a dangling link) is
     # reported as such by `read_night`, not taken for a missing night.
     if not any(os.path.lexists(repo / f) for f in (INDEX_FILE, SUMMARY_FILE, REGISTRY_FILE)):
@@ -104,6 +113,23 @@ def check_repo(repo: str | os.PathLike[str]) -> Path:
                                   f"{SUMMARY_FILE} or {REGISTRY_FILE}); run atmospec night "
                                   "RAWDIR --repo REPO first")
     return repo
+
+
+def _not_a_directory(path: Path) -> str:
+    """Why ``path``, which is not a directory, cannot be a repository (one line).
+
+    ``is_dir`` is False for a file, a FIFO, a dangling link and a missing path alike: saying
+    "no such directory" of a file that is there sends the reader looking for the wrong
+    problem. ``lstat``/``exists`` only stat the path, so a FIFO is never opened.
+    """
+    expected = (f"expected a directory with {INDEX_FILE}, {SUMMARY_FILE} or {REGISTRY_FILE}, "
+                "written by atmospec night RAWDIR --repo REPO")
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to nothing, not a night repository ({expected})"
+    if not path.exists():
+        return f"no such directory ({expected})"
+    kind = "a file" if path.is_file() else "not a regular file or directory"
+    return f"is {kind}, not a night repository ({expected})"
 
 
 def summary_is_stale(saved: Table, fresh: Table) -> bool:
@@ -190,6 +216,8 @@ def read_night(repo: Path) -> Night:
         for t in index.tasks():
             night.tasks.setdefault(t.obs_id, []).append(t)
         night.rejected = index.rejected()
+        night.truth = read_truth((r.obs_id, r.path) for r in index.raws())
+    night.builds = read_builds(repo)
     return night
 
 

@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,7 @@ import numpy as np
 from atmospec.atmosphere import transmission as _atmosphere
 from atmospec.camera.spectrograph import DisperserSpec, InstrumentProfile, load_instrument
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp, qe_curve
-from atmospec.spectro.calspec import load_sed
+from atmospec.spectro.calspec import StellarSED, load_sed
 from atmospec.spectro.dispersers import (
     grating_offset_px,
     grating_wavelength_nm,
@@ -264,8 +264,9 @@ class DispersedSpectrumModel:
     `render_dispersed_exposure` draws them.
     """
 
-    target: str = "HD142331"
-    """CALSPEC standard (any name `atmospec.spectro.calspec.load_sed` accepts) or SED file."""
+    target: str | StellarSED = "HD142331"
+    """CALSPEC standard (any name `atmospec.spectro.calspec.load_sed` accepts), SED file, or
+    an SED itself (e.g. `atmospec.sim.seds.emission_line_sed`: a planetary nebula)."""
     disperser: str = "holo4_003"
     """``GRATING`` name; its order efficiencies come from `atmospec.spectro.dispersers`."""
     exptime_s: float = 30.0
@@ -364,7 +365,7 @@ def model_transmissions(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
         ``sed_name``, ``sed_file``.
     """
     lam = np.asarray(wavelength_nm, dtype=np.float64)
-    sed = load_sed(model.target)
+    sed = model.target if isinstance(model.target, StellarSED) else load_sed(model.target)
     flux = np.nan_to_num(np.asarray(sed.flux_at(lam), dtype=np.float64), nan=0.0)
     inst = load_instrument(model.instrument)
     atm = _atmosphere_at(model, lam)
@@ -610,7 +611,10 @@ def render_dispersed_exposure(
     grid = np.arange(lo, hi + 0.5 * cfg.truth_spectrum_step_nm, cfg.truth_spectrum_step_nm)
     grid = grid[grid <= hi]
     epn = electrons_per_nm(model, grid)
-    truth["spectrum_model"] = {**asdict(model), "orders": list(model.orders),
+    # An SED given as such is recorded by name (the truth stays small and serialisable).
+    named = replace(model, target=t["sed_name"]) if isinstance(model.target, StellarSED) \
+        else model
+    truth["spectrum_model"] = {**asdict(named), "orders": list(model.orders),
                                "sed_name": t["sed_name"], "sed_file": t["sed_file"]}
     truth["spectrum"] = {
         "wavelength_nm": grid.round(4).tolist(),

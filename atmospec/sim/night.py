@@ -52,6 +52,8 @@ from atmospec.sim.scenes import (
     illumination,
     render_stars,
 )
+from atmospec.sim.seds import simulated_sed
+from atmospec.sim.sequences import PtcSequenceConfig, quick_sequence
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,9 @@ class NightConfig:
     dispersed_exptime: float = 20.0
     """Exposure time of the dispersed exposures, s."""
     dispersed_target: str = "HD142331"
-    """OBJECT of the dispersed exposures (a CALSPEC standard)."""
+    """OBJECT of the dispersed exposures: a CALSPEC standard, or one of the simulated
+    non-CALSPEC targets of `atmospec.sim.seds.simulated_sed` (``planetary-nebula``,
+    ``planetary-nebula+continuum``, ``star``)."""
     dispersed_spectrum: DispersedSpectrumModel = field(
         default_factory=lambda: DispersedSpectrumModel(pwv_mm=3.0, ozone_du=300.0, vaod=0.03,
                                                        angstrom=None))
@@ -313,6 +317,44 @@ class FrameTruth:
         }
 
 
+def demo_night_config(seed: int = 1) -> NightConfig:
+    """The night ``atmospec demo`` simulates: 3 biases, 3 darks, 3 flats in SDSSr and in the
+    dispersed exposures' ``empty_1``, 4 star fields, 2 dispersed exposures of HD142331
+    (PWV 3 mm, ozone 300 DU, VAOD 0.03) and 2 damaged files, unbinned.
+
+    Parameters
+    ----------
+    seed : int
+        The night's seed.
+
+    Returns
+    -------
+    NightConfig
+    """
+    return NightConfig(day_obs=20261123, seed=seed, n_bias=3, n_dark=3, n_flat=3,
+                       flat_filters=("SDSSr_65mm", "empty_1"), n_science=4, n_dispersed=2,
+                       n_corrupt=2)
+
+
+def demo_ptc_config(config: NightConfig) -> PtcSequenceConfig:
+    """The flat pairs from which ``atmospec demo`` builds its PTC: 6 pairs of the night's
+    sensor, 1 ke⁻ to 115 ke⁻, on the night's day.
+
+    Parameters
+    ----------
+    config : NightConfig
+        The night (`demo_night_config`): its day, seed and detector.
+
+    Returns
+    -------
+    atmospec.sim.sequences.PtcSequenceConfig
+    """
+    d = str(config.day_obs)
+    return quick_sequence(day_obs=config.day_obs, first_seq=200,
+                          start=f"{d[:4]}-{d[4:6]}-{d[6:]}T19:00:00.000", seed=config.seed,
+                          detector=config.detector)
+
+
 def _gmst_deg(time: Time) -> float:
     """Greenwich mean sidereal time, degrees (IAU 1982 linear term; UT1 ≈ UTC is enough)."""
     return (280.46061837 + 360.98564736629 * (time.utc.jd - 2451545.0)) % 360.0
@@ -376,7 +418,9 @@ def night_plan(config: NightConfig) -> list[PlannedExposure]:
         t = t0 + i * config.science_cadence_s * u.s
         ha = (_gmst_deg(t) + _LONGITUDE - ra + 180.0) % 360.0 - 180.0
         alt, az = _alt_az(ha, config.target_dec)
-        airmass = kasten_young_airmass(alt)
+        # Kasten & Young's formula gives 0.9997 at the zenith: no light goes through less
+        # than one atmosphere, and the header must say the airmass the light went through.
+        airmass = max(kasten_young_airmass(alt), 1.0)
         if kind == "dispersed":
             filt, disp, exptime = (config.dispersed_filter, config.dispersed_disperser,
                                    config.dispersed_exptime)
@@ -494,9 +538,11 @@ def simulate_exposure(
         x0, y0 = np.asarray(spec.nominal_zeroth_order) + scene_rng.normal(
             0.0, config.pointing_error_px, 2)
         # The model holds the atmosphere, telescope, QE and disperser efficiencies.
-        model = replace(config.dispersed_spectrum, target=config.dispersed_target,
+        sed = simulated_sed(config.dispersed_target)
+        model = replace(config.dispersed_spectrum,
+                        target=config.dispersed_target if sed is None else sed,
                         disperser=p.disperser, exptime_s=p.exptime,
-                        airmass=max(p.airmass or 1.0, 1.0), filter_name=p.filter_name)
+                        airmass=p.airmass or 1.0, filter_name=p.filter_name)
         signal, dispersed = render_dispersed_exposure(
             shape, float(x0), float(y0), fwhm, config.linspos_mm, scene_rng, model)
         sky = float(p.sky_e_per_s) * p.exptime
@@ -525,6 +571,8 @@ def simulate_exposure(
         p.obs_id, KINDS[kind], p.exptime, p.darktime, p.filter_name, p.disperser, p.start,
         p.airmass, p.ra, p.dec, target, elevation=p.elevation, azimuth=p.azimuth,
         seed=config.seed, linspos=config.linspos_mm, binning=config.binning,
+        # the pressure the dispersed light went through (hPa → Pa, as LATISS writes it)
+        pressure_pa=100.0 * float(config.dispersed_spectrum.pressure_hpa),
     )
     return segments, truth, cards
 

@@ -431,7 +431,8 @@ def _read_text(path: Path) -> tuple[np.ndarray, ...]:
     """ECSV (units honoured when given) or whitespace/comma text: wavelength (nm), flux
     (erg/s/cm²/nm) and an optional third column, the 1σ (statistical) error."""
     try:
-        head = path.read_text(encoding="utf-8", errors="replace")[:2000]
+        text = path.read_text(encoding="utf-8", errors="replace")
+        head = text[:2000]
     except OSError as exc:
         raise BadInputError(path, f"cannot read file ({exc})") from exc
     units: list[u.UnitBase | None] = [None, None, None]
@@ -445,6 +446,10 @@ def _read_text(path: Path) -> tuple[np.ndarray, ...]:
             data_lines = [ln for ln in head.splitlines() if ln.strip()
                           and not ln.lstrip().startswith("#")]
             delimiter = "," if data_lines and "," in data_lines[0] else None
+            if not data_lines and not any(ln.strip() and not ln.lstrip().startswith("#")
+                                          for ln in text.splitlines()):
+                # Before numpy's own "empty input" warning and a misleading column count.
+                raise BadInputError(path, "SED file has no data rows (empty or comments only)")
             array = np.loadtxt(path, comments="#", delimiter=delimiter, ndmin=2)
             columns = list(array.T)
     except (ValueError, TypeError, OSError) as exc:

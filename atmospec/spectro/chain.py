@@ -19,9 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 from scipy.ndimage import gaussian_filter1d
 
 from atmospec.camera.description import load_camera
@@ -37,11 +39,13 @@ from atmospec.spectro.extract import (
     ExtractionResult,
     background_covariance,
     extract_spectrum,
+    leave_one_out_variance,
     result_to_spectrum,
 )
 from atmospec.spectro.forward_model import (
     ForwardModelConfig,
     ForwardModelResult,
+    ForwardModelTimeout,
     PsfTooWide,
     fit_forward_model,
 )
@@ -49,6 +53,8 @@ from atmospec.spectro.order2 import correct_extraction, order2_image, with_order
 from atmospec.spectro.spectrum import ImageExtension, Spectrogram, Spectrum
 from atmospec.spectro.wavelength.calibration import calibrate_extraction
 from atmospec.spectro.wavelength.features import FeatureFitConfig
+from atmospec.spectro.wavelength.identify import LineCalibrationConfig
+from atmospec.spectro.wavelength.lines import LINE_MODES
 from atmospec.spectro.wavelength.solution import WavelengthSolution
 from atmospec.spectro.wavelength.template import CoarseSearchConfig
 from atmospec.spectro.zeroth_order import (
@@ -79,6 +85,12 @@ class SpectroscopyConfig:
     (Balmer lines, O₂ A and B, H₂O); ``False`` keeps the instrument's distance."""
     coarse_search: CoarseSearchConfig = field(default_factory=CoarseSearchConfig)
     """Template scan that gives the line fit its starting solution."""
+    variance_half_rows: int = 3
+    """The extraction and the 2D model weight pixels with their variance estimated from
+    the ± this many neighbours along the trace, the pixel itself left out
+    (`atmospec.spectro.extract.leave_one_out_variance`): ISR's plane, made of each pixel's
+    own counts, biases every weighted fit low by about a count per pixel. 0 keeps the
+    plane."""
     d2ccd_prior_sigma_mm: float = 2.0
     """Width of the Gaussian prior on the disperser–CCD distance, mm (the instruments'
     stated errors, 0.05–0.2 mm, are too optimistic: Spectractor's CTIO fit moved it by
@@ -91,9 +103,21 @@ class SpectroscopyConfig:
     order2_correction: bool = True
     """Remove the second-order light falling on the first order (modelled with the
     disperser's order-2/order-1 ratio table) and write it as the ``ORDER2`` extension."""
-    require_calspec: bool = True
-    """Refuse a target that is not a shipped CALSPEC standard (the atmosphere fit needs its
-    SED); ``False`` extracts any star and writes its name as given."""
+    require_calspec: bool = False
+    """Refuse a target that is not a shipped CALSPEC standard (unless ``sed_path`` gives its
+    SED); by default any target is extracted, its name written as given, and calibrated on
+    the lines its spectrum shows."""
+    sed_path: str | None = None
+    """SED file of the target (any `atmospec.spectro.calspec.load_sed` format: a text table
+    of wavelength nm and flux, or a CALSPEC-format FITS table): the wavelength calibration
+    then uses the template made from it, as for a CALSPEC standard."""
+    lines: str = "auto"
+    """Wavelength calibration: ``auto`` — the template of the SED for a CALSPEC standard or
+    ``sed_path``, the lines the spectrum shows otherwise (emission or absorption, chosen from
+    what is detected); ``emission`` or ``absorption`` — the line calibration on that kind,
+    whatever the target (`atmospec.spectro.wavelength.identify`)."""
+    line_calibration: LineCalibrationConfig = field(default_factory=LineCalibrationConfig)
+    """Detection, identification and measurement of the lines of a target without SED."""
     quality: FitQualityConfig = field(default_factory=FitQualityConfig)
     """When the 2D forward model counts as failed (`atmospec.fitting.fit_problems`: χ²/ndof
     beyond the limit): the spectrum is still written, with ``FITOK = F`` and the reasons in
@@ -153,7 +177,7 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     clock = _Clock(timings)
     job = _job(exposure, target, disperser, config, source, instrument)
     frame = _Frame(job.profile, exposure.image.shape)
-    work = frame.exposure(exposure)
+    work = _with_expected_variance(frame.exposure(exposure), config)
     disp = frame.disperser(job.disperser)
     clock.lap("setup")
     centroid = None
@@ -173,7 +197,8 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
             result, job.sed, job.info.airmass or 1.0,
             job.info.pressure or job.profile.standard_pressure_hpa,
             d2ccd_sigma_mm=config.d2ccd_prior_sigma_mm, coarse=config.coarse_search,
-            features=config.features, source=job.name)
+            features=config.features, source=job.name, lines=config.lines,
+            line_config=config.line_calibration)
     clock.lap("wavelength_calibration")
     contamination = correct_extraction(result, disp) if config.order2_correction else None
     clock.lap("order2")
@@ -190,6 +215,9 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
             # flagged (at 3″ seeing its flux is ~20 % high: the wings fit as α → its clip).
             skipped = f"2D model not drawn: {str(exc).split(': ', 1)[-1]}"
             log.info("%s: %s; the 1D optimal extraction is kept", job.name, skipped)
+        except ForwardModelTimeout as exc:
+            skipped = f"2D model not drawn: {str(exc).split(': ', 1)[-1]}"
+            log.warning("%s: %s; the 1D optimal extraction is kept", job.name, skipped)
         clock.lap("forward_model")
         if model is not None:
             result, covariance = _with_forward_model(result, model)
@@ -203,11 +231,25 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     return spectrum, centroid
 
 
+def _with_expected_variance(work: Exposure, config: SpectroscopyConfig) -> Exposure:
+    """The exposure (extraction frame) with the leave-one-out variance of
+    `SpectroscopyConfig.variance_half_rows`; the input exposure is left as it is."""
+    if config.variance_half_rows <= 0:
+        return work
+    good = (~work.get_mask(*config.extraction.bad_planes)) & np.isfinite(work.variance) \
+        & (work.variance > 0)
+    variance = leave_one_out_variance(work.variance, good, config.variance_half_rows)
+    return Exposure(image=work.image, mask=work.mask, variance=variance,
+                    metadata=work.metadata, mask_planes=dict(work.mask_planes), unit=work.unit)
+
+
 def _flag_problems(header: fits.Header, model: ForwardModelResult | None,
                    skipped: str | None, quality: FitQualityConfig) -> None:
     """``FITOK`` and ``FITPROBS``: the quality rule applied to the 2D forward model, or why
     it was not drawn (a spectrum asked of the 1D extraction alone has no fit that fails)."""
     problems: tuple[str, ...] = (skipped,) if skipped else ()
+    if skipped:
+        header["FFMSKIP"] = (skipped[:60], "why the 2D model is not used")
     if model is not None:
         problems = tuple(f"2D model: {p}" for p in fit_problems(
             {}, {}, {}, model.chi2_ndof, None, quality))
@@ -237,7 +279,8 @@ class _Job:
     target_name: str
     """Target name (the CALSPEC name when resolved)."""
     sed: StellarSED | None
-    """CALSPEC SED of the target (None without ``require_calspec``)."""
+    """SED of the target: its CALSPEC SED, or the ``sed_path`` file; None for any other
+    target (calibrated on its lines)."""
 
 
 def _job(exposure: Exposure, target: str | None, disperser: str | None,
@@ -263,21 +306,38 @@ def _job(exposure: Exposure, target: str | None, disperser: str | None,
         log.warning("%s: header GRATING is %s; using %s as asked", name, info.disperser,
                     disperser)
     target_name = target or info.target_name
-    if not target_name:
+    if not target_name or not target_name.strip():
         raise BadInputError(name, "no target: the header has no OBJECT; give --target")
-    sed = None
-    if config.require_calspec:
-        try:
-            entry = resolve_target(target_name)
-        except BadInputError:
-            known = ", ".join(e.name for e in shipped_standards())
-            raise BadInputError(name, f"target {target_name!r} is not a CALSPEC standard "
-                                      f"shipped with atmospec (known: {known}); --any-target "
-                                      "extracts it anyway") from None
-        target_name = entry.name
-        sed = load_sed(entry.name)
+    if config.lines not in LINE_MODES:
+        raise BadInputError(name, f"lines {config.lines!r} is not one of "
+                                  f"{', '.join(LINE_MODES)}")
+    target_name, sed = _target_sed(target_name, config, name)
     return _Job(name=name, profile=profile, info=info, binning=binning,
                 disperser_name=disperser, disperser=disp, target_name=target_name, sed=sed)
+
+
+def _target_sed(target_name: str, config: SpectroscopyConfig, name: str
+                ) -> tuple[str, StellarSED | None]:
+    """The target's name and SED: the ``sed_path`` file, else the CALSPEC standard of that
+    name, else none (any target: calibrated on its lines; refused with
+    ``require_calspec``)."""
+    if config.sed_path is not None:
+        try:
+            return target_name, load_sed(Path(config.sed_path))
+        except BadInputError as exc:
+            raise BadInputError(config.sed_path, exc.problem) from None
+    try:
+        entry = resolve_target(target_name)
+    except BadInputError:
+        if config.require_calspec:
+            known = ", ".join(e.name for e in shipped_standards())
+            raise BadInputError(name, f"target {target_name!r} is not a CALSPEC standard "
+                                      f"shipped with atmospec (known: {known}); give its "
+                                      "SED") from None
+        log.info("%s: %s is not a CALSPEC standard: wavelengths calibrated on the lines its "
+                 "spectrum shows", name, target_name)
+        return target_name, None
+    return entry.name, load_sed(entry.name)
 
 
 @dataclass(frozen=True, eq=False)
@@ -324,11 +384,15 @@ def _spectrum(exposure: Exposure, job: _Job, frame: _Frame, work: Exposure,
     if solution is not None:
         spectrum.header["D2CCDERR"] = (solution.d2ccd_err_mm, "[mm] D2CCD uncertainty")
         spectrum.header["PIXSHERR"] = (solution.pixel_shift_err, "[px] PIXSHIFT uncertainty")
+        spectrum.header["WAVEMETH"] = (solution.method, "wavelengths fitted on: template, "
+                                                        "emission or absorption lines")
         spectrum = replace(spectrum, lines=solution.lines)
     if products.contamination is not None:
         spectrum = with_order2(spectrum, products.contamination, subtract=model is None)
     if frame.turned:
-        spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result))
+        spectrum = replace(spectrum, psf_table=frame.psf_table(spectrum.psf_table, result),
+                           extra_hdus=tuple(frame.psf_bins_hdu(h, result)
+                                            for h in spectrum.extra_hdus))
     return spectrum
 
 
@@ -498,6 +562,19 @@ class _Frame:
         out = table.copy()
         # cutout pixel (x, y) of the working frame → (ny − 1 − y, nx − 1 − x) once turned back
         out["x_c"], out["y_c"] = ny - 1 - table["y_c"], nx - 1 - table["x_c"]
+        return out
+
+    def psf_bins_hdu(self, hdu: fits.BinTableHDU, result: ExtractionResult
+                     ) -> fits.BinTableHDU:
+        """``PSF_BINS`` turned like ``PSF_TAB`` (`psf_table`), so both stay in one frame;
+        any other extension unchanged."""
+        if hdu.name != "PSF_BINS":
+            return hdu
+        table = self.psf_table(Table.read(hdu), result)
+        # The fitted centre's error follows the centre to the other axis.
+        table.rename_column("x_c_err", "y_c_err")
+        out = fits.table_to_hdu(table)
+        out.name = "PSF_BINS"
         return out
 
     def to_input(self, xy: tuple[float, float]) -> tuple[float, float]:

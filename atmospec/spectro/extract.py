@@ -62,6 +62,8 @@ __all__ = [
     "background_covariance",
     "extract_spectrum",
     "horne_profile",
+    "leave_one_out_variance",
+    "psf_bins_table",
     "result_to_spectrum",
     "with_dispersion",
 ]
@@ -332,6 +334,50 @@ def _cutout(exposure: Exposure, x0: float, y0: float, u_ends: np.ndarray, prior_
         raise BadInputError(src, f"the order-{cfg.order} trace is masked "
                                  f"({100 * (1 - good[near].mean()):.0f} % of its pixels)")
     return _Cutout(rows=rows, xcols=xcols, data=data, var=var, good=good, origin=(c_lo, r_lo))
+
+
+def leave_one_out_variance(variance: np.ndarray, good: np.ndarray, half_rows: int
+                           ) -> np.ndarray:
+    """Each pixel's variance estimated from its neighbours along the columns (axis 0, the
+    dispersion axis of the extraction frame), the pixel itself left out.
+
+    ISR's VARIANCE plane is the pixel's own counts plus the read noise: a low fluctuation
+    gets a low variance, hence a high weight, and every fit weighted by the plane (the
+    background bands, the Horne extraction, the 2D model) is biased low by about one count
+    per pixel — on the demo night's full-frame spectra, where the blue and red ends have a
+    few hundred e⁻ per pixel, the fitted ozone by −9 DU (2σ) and PWV by +0.03 mm. The mean
+    of the ``2 × half_rows`` neighbours of the same column (along the trace, where the PSF
+    spreads the light over ~10 rows, so the expected counts hardly change) estimates the
+    same variance without that pixel's noise: the weights are then independent of the data
+    they weight.
+
+    Parameters
+    ----------
+    variance : numpy.ndarray
+        The VARIANCE plane (any shape ``(ny, nx)``).
+    good : numpy.ndarray
+        bool, pixels whose variance may be used (not masked, finite, positive).
+    half_rows : int
+        Neighbours taken on each side; 0 returns ``variance`` unchanged.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32; the plane's own value where no neighbour is usable.
+    """
+    from scipy.ndimage import uniform_filter1d
+
+    if half_rows <= 0:
+        return variance
+    var = np.where(good, variance, 0.0).astype(np.float64)
+    weight = good.astype(np.float64)
+    size = 2 * half_rows + 1
+    total = uniform_filter1d(var, size, axis=0, mode="constant") * size - var
+    count = uniform_filter1d(weight, size, axis=0, mode="constant") * size - weight
+    count = np.rint(count)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, total / np.where(count > 0, count, 1.0), variance)
+    return out.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- main
@@ -643,7 +689,8 @@ def result_to_spectrum(result: ExtractionResult, header: fits.Header | None = No
     has one row per spectrum sample as Spectractor's: ``lambdas``, the trace centre
     ``x_c, y_c`` in the extraction cutout's pixels (``S_XMIN``/``S_YMIN`` place it), the
     smoothed ``gamma, alpha, fwhm`` and the optimal ``flux_sum`` (e⁻ per row); the per-bin
-    Moffat fits go to the ``PSF_BINS`` extension. The covariance is the per-row noise plus
+    Moffat fits go to the ``PSF_BINS`` extension, their centres ``x_c, y_c`` in the same
+    cutout pixels as ``PSF_TAB``'s (`psf_bins_table`). The covariance is the per-row noise plus
     the background fit's smooth term (`background_covariance`); ``flux_err`` is its
     diagonal.
     """
@@ -678,14 +725,32 @@ def result_to_spectrum(result: ExtractionResult, header: fits.Header | None = No
         "flux_sum": result.flux_e[order],
         "flux_err": result.flux_err_e[order],
     })
-    bins = result.psf_bins.copy()
-    bins.sort("lambdas")
-    bins_hdu = fits.table_to_hdu(bins)
+    bins_hdu = fits.table_to_hdu(psf_bins_table(result))
     bins_hdu.name = "PSF_BINS"
     cov = np.diag(err**2) + background_covariance(result, order)
     err = np.sqrt(np.diag(cov))
     return Spectrum(wavelength=lam, flux=flux, flux_err=err, flux_unit="electron/nm",
                     header=hdr, covariance=cov, psf_table=psf, extra_hdus=(bins_hdu,))
+
+
+def psf_bins_table(result: ExtractionResult) -> Table:
+    """The per-bin Moffat fits as written to ``PSF_BINS``: wavelengths increasing, the
+    fitted centre ``x_c`` and the bin's row ``y_c`` in cutout pixels, as ``PSF_TAB``'s trace.
+
+    `ExtractionResult.psf_bins` holds them in the extraction frame's full-image pixels
+    (``x_c`` ≈ 1700 on LATISS where ``PSF_TAB``'s is ≈ 60): written as they were, a plot of
+    both against wavelength put them ~1670 px apart (issue 21). ``row`` becomes ``y_c``.
+    """
+    c0, r0 = result.cutout_origin
+    bins = result.psf_bins.copy()
+    if "x_c" in bins.colnames:  # a table of bins without fits (a built result) has none
+        bins["x_c"] = bins["x_c"] - c0
+    if "row" in bins.colnames:
+        y_c = bins["row"] - r0
+        bins.replace_column("row", y_c)
+        bins.rename_column("row", "y_c")
+    bins.sort("lambdas")
+    return bins
 
 
 def background_covariance(result: ExtractionResult, order: np.ndarray | None = None

@@ -77,11 +77,16 @@ from scipy.optimize import minimize_scalar
 
 from atmospec.errors import BadInputError, ProcessingError
 from atmospec.exposure import Exposure
-from atmospec.fitting import LevenbergMarquardtConfig, NormalEquations, levenberg_marquardt
+from atmospec.fitting import (
+    LevenbergMarquardtConfig,
+    NormalEquations,
+    levenberg_marquardt,
+)
 from atmospec.spectro.extract import ExtractionResult, horne_profile
 from atmospec.spectro.psf import moffat1d_fwhm
 
-__all__ = ["ForwardModelConfig", "ForwardModelResult", "PsfTooWide", "fit_forward_model",
+__all__ = ["ForwardModelConfig", "ForwardModelResult", "ForwardModelTimeout", "PsfTooWide",
+           "fit_forward_model",
            "moffat2d_fwhm", "psf_radius"]
 
 log = logging.getLogger(__name__)
@@ -120,6 +125,11 @@ class ForwardModelConfig:
     """Refits after outlier masking, at most (stops early when no new pixel is masked)."""
     max_iterations: int = 12
     """Levenberg–Marquardt iterations per fit of the shape parameters, at most."""
+    max_seconds: float = 60.0
+    """Wall-time bound of the whole fit, s: past it `ForwardModelTimeout` is raised (the
+    chain then keeps the 1D extraction, flagged). A spectrogram of a few narrow emission
+    lines can make each evaluation slow; at the default settings a full-frame LATISS
+    spectrogram takes 2–4 s."""
     tolerance: float = 0.05
     """The shape fit stops when an accepted step lowers the regularised χ² by less than
     this (a shift of the shape parameters well below their errors)."""
@@ -135,6 +145,12 @@ class ForwardModelConfig:
     min_good_fraction: float = 0.3
     """Least fraction of usable pixels in the band one (1D) FWHM wide centred on the trace;
     fewer raise `BadInputError`."""
+
+    def __post_init__(self) -> None:
+        if not (self.max_seconds > 0 and self.max_iterations >= 0
+                and self.clip_iterations >= 0):
+            raise ValueError("ForwardModelConfig: max_seconds must be > 0, max_iterations "
+                             "and clip_iterations >= 0")
 
 
 @dataclass(frozen=True)
@@ -566,7 +582,7 @@ class _ShapeProblem:
         return NormalEquations(ev.jtj, ev.jtr)
 
 
-def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
+def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig, deadline: float
                 ) -> tuple[_Eval, int, str | None]:
     """Levenberg–Marquardt on the shape parameters from ``ev``: the best evaluation, the
     number of trial steps and, when it stopped short of a minimum, why."""
@@ -579,7 +595,7 @@ def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
         step_solver="normalised", damping_decrease=5.0, damping_min=1e-7,
         damping_max=math.nextafter(1e6, math.inf), normal_at_solution=False)
     fit = levenberg_marquardt(_ShapeProblem(prob, cfg), ev.theta, schedule,
-                              start=(ev.objective, ev), name="FFM")
+                              start=(ev.objective, ev), name="FFM", deadline=deadline)
     return fit.state, fit.iterations, None if fit.success else fit.message
 
 
@@ -713,6 +729,10 @@ def _starting_shape(cut: _Cutout, result: ExtractionResult, cfg: ForwardModelCon
     return bases, theta0, _make_grid(n, n_cols, x1, radius)
 
 
+class ForwardModelTimeout(ProcessingError):
+    """The 2D model did not finish within `ForwardModelConfig.max_seconds`."""
+
+
 class PsfTooWide(ProcessingError):
     """The PSF is too wide for the 2D model at a bounded cost (`ForwardModelConfig`)."""
 
@@ -820,8 +840,17 @@ class _Passes:
 
 
 def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
-                 timings: dict[str, float]) -> _Passes:
-    """μ, shapes and amplitudes, refitted after each round of outlier masking."""
+                 timings: dict[str, float], deadline: float) -> _Passes:
+    """μ, shapes and amplitudes, refitted after each round of outlier masking.
+
+    Raises `ForwardModelTimeout` once the `time.monotonic` ``deadline`` has passed (checked
+    between the passes' steps and between the shape fit's trials)."""
+
+    def check_time(where: str) -> None:
+        if time.monotonic() > deadline:
+            raise ForwardModelTimeout(f"{setup.cut.source or 'spectrum'}: the 2D model did not "
+                                      f"finish in {cfg.max_seconds:g} s ({where})")
+
     theta = theta0
     mu = cfg.regularisation if cfg.regularisation is not None else 1e-2
     good = setup.cut.good
@@ -837,6 +866,7 @@ def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
     t_gcv = t_fit = 0.0
     prob = None
     for passes in range(1, cfg.clip_iterations + 2):  # loop over clipping passes
+        check_time(f"clipping pass {passes}")
         prob = setup.problem(good & ~outliers, mu)
         # a handful of new outliers cannot move μ or the few shape parameters: only the
         # amplitudes are redone then
@@ -851,11 +881,13 @@ def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
             prob.mu = mu
             ev = _evaluate(theta, prob, cfg)
         t_gcv += time.perf_counter() - tick
+        check_time(f"regularisation of pass {passes}")
         tick = time.perf_counter()
         if cfg.fit_shape and major:
-            ev, it, failure = _fit_shapes(ev, prob, cfg)
+            ev, it, failure = _fit_shapes(ev, prob, cfg, deadline)
             n_iter += it
             theta = ev.theta
+            check_time(f"shape fit of pass {passes}, {n_iter} iterations")
         t_fit += time.perf_counter() - tick
         new = setup.outliers(ev, outliers, cfg.clip_sigma)
         n_new = int(np.count_nonzero(new))
@@ -912,6 +944,8 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
         exposure.
     PsfTooWide
         A PSF too wide to model within `ForwardModelConfig.max_radius_px`.
+    ForwardModelTimeout
+        Not finished within `ForwardModelConfig.max_seconds`.
     """
     cfg = config or ForwardModelConfig()
     t_start = time.perf_counter()
@@ -922,7 +956,9 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
     timings["setup"] = time.perf_counter() - t_start
     log.debug("FFM: %d rows, PSF radius %d px, window %d columns", grid.n, grid.radius,
               grid.width)
-    fit = _clip_passes(setup, theta0, cfg, timings)
+    fit = _clip_passes(setup, theta0, cfg, timings,
+                       deadline=time.monotonic() - (time.perf_counter() - t_start)
+                       + cfg.max_seconds)
     ev, prob = fit.ev, fit.prob
     theta, mu = ev.theta, prob.mu
 

@@ -25,7 +25,7 @@ from atmospec.camera.description import load_camera
 from atmospec.cli import main
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
-from atmospec.night.calibs import _register
+from atmospec.night.calibs import BuiltProduct, _register
 
 pytestmark = pytest.mark.reliability
 
@@ -284,7 +284,8 @@ def test_issue16_item12_night_does_not_certify_a_refused_product(tmp_path):
     built: Future = Future()
     built.set_result(out)
     registry = CalibrationRegistry(tmp_path / "repo")
-    product = _register(registry, "flat", "SDSSr_65mm", out, built, certify=True)
+    product = _register(registry, BuiltProduct("flat", "SDSSr_65mm", out, "", ""), built,
+                        certify=True)
     assert product.status == "failed"
     assert "flat refused" in product.detail and "\n" not in product.detail
     assert registry.list() == []

@@ -7,6 +7,12 @@
 3. Each feature's position against the template's own shape and (D2CCD, pixel shift)
    fitted on them with outlier rejection (`atmospec.spectro.wavelength.features`).
 
+A target without an SED — a planetary nebula, an emission-line star, a star that is not a
+CALSPEC standard — is calibrated on the lines its spectrum shows instead
+(`atmospec.spectro.wavelength.identify`: emission or absorption lines detected, identified
+and measured one by one; ``lines`` forces the kind, and the line calibration even for a star
+with an SED).
+
 Wavelengths are thus on the vacuum scale of CALSPEC and of the atmosphere model. When the
 spectrum shows too few features, the instrument's distance stays, flagged (the extraction's
 ``wavelength_calibrated`` stays False: ``WAVECAL = 'prior'`` in the spectrum) and a warning
@@ -16,6 +22,7 @@ says so: the spectrum is still useful.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
@@ -25,7 +32,8 @@ from atmospec.spectro.calspec import StellarSED
 from atmospec.spectro.dispersers import Disperser, load_disperser
 from atmospec.spectro.extract import ExtractionResult, with_dispersion
 from atmospec.spectro.wavelength.features import FeatureFitConfig, calibrate_on_features
-from atmospec.spectro.wavelength.lines import CALIBRATION_FEATURES, in_vacuum
+from atmospec.spectro.wavelength.identify import LineCalibrationConfig, calibrate_on_lines
+from atmospec.spectro.wavelength.lines import CALIBRATION_FEATURES, LINE_MODES, in_vacuum
 from atmospec.spectro.wavelength.solution import DispersionLaw, WavelengthSolution
 from atmospec.spectro.wavelength.template import (
     CoarseSearchConfig,
@@ -110,9 +118,14 @@ def calibrate_extraction(result: ExtractionResult, sed: StellarSED | None, airma
                          pressure_hpa: float, *, d2ccd_sigma_mm: float,
                          coarse: CoarseSearchConfig | None = None,
                          features: FeatureFitConfig | None = None,
-                         source: str | None = None
+                         source: str | None = None, lines: str = "auto",
+                         line_config: LineCalibrationConfig | None = None
                          ) -> tuple[ExtractionResult, WavelengthSolution | None]:
     """Fit (D2CCD, pixel shift) on the features of an extracted spectrum.
+
+    With an SED and ``lines='auto'``: against the expected spectrum (template search, then
+    each feature against the template's shape). Without an SED, or with ``lines`` forced to
+    ``emission`` or ``absorption``: on the lines the spectrum shows (`calibrate_on_lines`).
 
     Parameters
     ----------
@@ -130,6 +143,11 @@ def calibrate_extraction(result: ExtractionResult, sed: StellarSED | None, airma
         The fit on features.
     source : str, optional
         Name for the log messages (default the extraction's).
+    lines : str
+        ``auto`` (the template with an SED, the lines of the kind the spectrum shows
+        without), ``emission`` or ``absorption`` (the line calibration on that kind).
+    line_config : LineCalibrationConfig, optional
+        The line calibration's settings.
 
     Returns
     -------
@@ -137,8 +155,16 @@ def calibrate_extraction(result: ExtractionResult, sed: StellarSED | None, airma
         The extraction with the fitted dispersion (`with_dispersion`), or unchanged when the
         spectrum shows too few features (``wavelength_calibrated`` False).
     solution : WavelengthSolution or None
-        The fit, None when it fell back to the instrument's distance.
+        The fit (its ``method``: ``template``, ``emission`` or ``absorption``), None when it
+        fell back to the instrument's distance.
+
+    Raises
+    ------
+    ValueError
+        If ``lines`` is not one of `LINE_MODES`.
     """
+    if lines not in LINE_MODES:
+        raise ValueError(f"lines {lines!r} is not one of {', '.join(LINE_MODES)}")
     name = source or result.source
     disp = result.dispersion or load_disperser(result.disperser, result.instrument)
     law = DispersionLaw(disp, disp.instrument.pixel_size_mm(result.binning), result.theta0_rad,
@@ -146,6 +172,10 @@ def calibrate_extraction(result: ExtractionResult, sed: StellarSED | None, airma
     u = result.distance_px
     flux, err = result.flux_e, result.flux_err_e  # per row: features keep their pixel width
     fwhm_nm = float(np.nanmedian(result.fwhm_px * result.dlambda_drow))
+    if sed is None or lines != "auto":
+        return _calibrate_on_lines(result, law, disp, airmass, pressure_hpa, fwhm_nm,
+                                   d2ccd_sigma_mm, lines, line_config or LineCalibrationConfig(),
+                                   name)
     grid, template = expected_spectrum(disp, sed, airmass, pressure_hpa, fwhm_nm)
     try:
         start = template_dispersion_solution(law, u, flux, err, grid, template,
@@ -162,6 +192,33 @@ def calibrate_extraction(result: ExtractionResult, sed: StellarSED | None, airma
     log.info("%s: D2CCD %.3f ± %.3f mm, shift %.2f ± %.2f px on %d features (%s; χ²/ndof "
              "%.2f)", name, solution.d2ccd_mm, solution.d2ccd_err_mm, solution.pixel_shift,
              solution.pixel_shift_err, solution.n_lines,
+             ", ".join(n for n, k in zip(solution.lines["Name"], solution.lines["Used"],
+                                         strict=True) if k), solution.chisq_reduced)
+    return with_dispersion(result, solution.d2ccd_mm, solution.pixel_shift), solution
+
+
+def _calibrate_on_lines(result: ExtractionResult, law: DispersionLaw, disp: Disperser,
+                        airmass: float, pressure_hpa: float, fwhm_nm: float,
+                        d2ccd_sigma_mm: float, lines: str, config: LineCalibrationConfig,
+                        name: str | None) -> tuple[ExtractionResult, WavelengthSolution | None]:
+    """`calibrate_extraction` on the spectrum's own lines (`calibrate_on_lines`); a star's
+    O₂ and H₂O bands are measured against the atmosphere's expected spectrum."""
+    telluric = expected_spectrum(disp, None, airmass, pressure_hpa, fwhm_nm)
+    atmosphere = (telluric[0], absorption_template(telluric[0], None, None, airmass,
+                                                   pressure_hpa, fwhm_nm))
+    try:
+        solution, kind = calibrate_on_lines(
+            law, result.distance_px, result.flux_e, result.flux_err_e, result.gamma,
+            result.alpha, result.d2ccd_mm, d2ccd_sigma_mm, lines, config, telluric,
+            atmosphere)
+    except ValueError as exc:
+        log.warning("%s: wavelength calibration on the spectrum's lines failed (%s): D2CCD "
+                    "%.2f mm from the instrument kept", name, exc, result.d2ccd_mm)
+        return result, None
+    solution = replace(solution, method=kind)
+    log.info("%s: D2CCD %.3f ± %.3f mm, shift %.2f ± %.2f px on %d %s lines (%s; χ²/ndof "
+             "%.2f)", name, solution.d2ccd_mm, solution.d2ccd_err_mm, solution.pixel_shift,
+             solution.pixel_shift_err, solution.n_lines, kind,
              ", ".join(n for n, k in zip(solution.lines["Name"], solution.lines["Used"],
                                          strict=True) if k), solution.chisq_reduced)
     return with_dispersion(result, solution.d2ccd_mm, solution.pixel_shift), solution

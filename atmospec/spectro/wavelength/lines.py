@@ -34,14 +34,24 @@ from importlib import resources
 
 __all__ = [
     "CALIBRATION_FEATURES",
+    "LINE_KINDS",
+    "LINE_MODES",
+    "TELLURIC_FEATURES",
     "Line",
     "air_to_vacuum_nm",
     "in_vacuum",
     "line_catalog",
     "merge_blend",
+    "rest_lines",
 ]
 
 _CATALOG = "lines/spectractor_line_catalog.csv"
+_REST_LINES = "lines/rest_lines.csv"
+#: The kinds of spectra `rest_lines` has lines for.
+LINE_KINDS = ("emission", "absorption")
+#: What the wavelength calibration's ``lines`` setting (``--lines``) accepts: the kind chosen
+#: from what the spectrum shows, or forced.
+LINE_MODES = ("auto", *LINE_KINDS)
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,14 @@ class Line:
     """Names of the blended catalogue lines for a merged feature (empty for a single line)."""
 
 
+def _data_rows(relative: str) -> list[dict[str, str]]:
+    """Rows of a shipped CSV table (``#`` lines are comments)."""
+    ref = resources.files("atmospec.data").joinpath(*relative.split("/"))
+    text = ref.read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO("".join(
+        ln for ln in text.splitlines(keepends=True) if not ln.startswith("#")))))
+
+
 def _parse_bounds(text: str) -> tuple[float, float] | None:
     text = text.strip()
     if not text:
@@ -83,12 +101,8 @@ def line_catalog() -> tuple[Line, ...]:
     tuple of Line
         The 89 lines of ``data/lines/spectractor_line_catalog.csv``.
     """
-    ref = resources.files("atmospec.data").joinpath(*_CATALOG.split("/"))
-    text = ref.read_text(encoding="utf-8")
-    rows = csv.DictReader(io.StringIO("".join(
-        ln for ln in text.splitlines(keepends=True) if not ln.startswith("#"))))
     out = []
-    for row in rows:
+    for row in _data_rows(_CATALOG):
         catalogs = tuple(c for c in row["catalog"].split(";") if c)
         out.append(Line(
             name=row["name"],
@@ -149,6 +163,48 @@ def _features() -> tuple[Line, ...]:
 CALIBRATION_FEATURES: tuple[Line, ...] = _features()
 """The features the wavelength calibration uses: Hγ, Hβ, Hα, O₂ B, O₂ A (blend at 761.7 nm)
 and the H₂O 935 nm band (broad)."""
+
+
+TELLURIC_FEATURES: tuple[Line, ...] = tuple(ln for ln in CALIBRATION_FEATURES if ln.atmospheric)
+"""The atmosphere's features of `CALIBRATION_FEATURES`: O₂ B, O₂ A (blend) and H₂O 935 nm,
+measured against the atmosphere model's shape (no tabulated centre describes a band)."""
+
+
+@cache
+def rest_lines(kind: str) -> tuple[Line, ...]:
+    """Lines of one kind of spectrum from ``data/lines/rest_lines.csv``, by wavelength.
+
+    The list holds accurate air wavelengths (NIST ASD, 0.001 nm; the Spectractor
+    catalogue rounds most stellar lines to 0.1 nm, which the template calibration does not
+    mind but a line-centre fit does): Balmer lines, [O II], [Ne III], [O III], He I, He II,
+    [N II], [O I], [S II], [S III], [Ar III] and Paschen lines for ``emission``; Balmer,
+    Ca II H and K and Na I D for ``absorption``.
+
+    Parameters
+    ----------
+    kind : str
+        ``emission`` or ``absorption`` (`LINE_KINDS`).
+
+    Returns
+    -------
+    tuple of Line
+        Wavelengths in air (`in_vacuum` moves them), ``use_for_calibration`` True,
+        ``catalogs`` the kinds the line belongs to.
+
+    Raises
+    ------
+    ValueError
+        For another kind.
+    """
+    if kind not in LINE_KINDS:
+        raise ValueError(f"line kind {kind!r} is not one of {', '.join(LINE_KINDS)}")
+    out = []
+    for row in _data_rows(_REST_LINES):
+        kinds = tuple(k for k in row["kinds"].split(";") if k)
+        if kind in kinds:
+            out.append(Line(name=row["name"], wavelength_nm=float(row["wavelength_nm"]),
+                            label=row["label"], use_for_calibration=True, catalogs=kinds))
+    return tuple(sorted(out, key=lambda ln: ln.wavelength_nm))
 
 
 def air_to_vacuum_nm(wavelength_air_nm: float) -> float:

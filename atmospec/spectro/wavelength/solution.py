@@ -57,10 +57,14 @@ class DispersionLaw:
                                             self.pixel_mm, self.theta0, at=self.at,
                                             binning=self.binning)
 
-    def unit_offset_px(self, wavelength_nm: np.ndarray | float) -> np.ndarray:
-        """``g(λ)``: the distance from the zeroth order where λ lands for D = 1 mm, pixels."""
-        return self.disperser.offset_px(wavelength_nm, self.order, 1.0, self.pixel_mm,
-                                        self.theta0, at=self.at, binning=self.binning)
+    def unit_offset_px(self, wavelength_nm: np.ndarray | float,
+                       order: int | None = None) -> np.ndarray:
+        """``g(λ)``: the distance from the zeroth order where λ lands for D = 1 mm, pixels,
+        in the spectrum's order or in ``order`` (the law is ``u = D g(λ) + s`` in every
+        order: a line's second-order image calibrates like a line)."""
+        return self.disperser.offset_px(wavelength_nm, self.order if order is None else order,
+                                        1.0, self.pixel_mm, self.theta0, at=self.at,
+                                        binning=self.binning)
 
 
 @dataclass(frozen=True, eq=False)
@@ -179,6 +183,10 @@ class WavelengthSolution:
     """Degrees of freedom: features used + 1 (prior) − 2."""
     n_lines: int
     """Number of features used."""
+    method: str = "template"
+    """What the solution was fitted on: ``template`` (features against the expected
+    spectrum), ``emission`` or ``absorption`` (the lines the spectrum shows,
+    `atmospec.spectro.wavelength.identify`); written as ``WAVEMETH``."""
 
     @property
     def chisq_reduced(self) -> float:
