@@ -73,6 +73,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if {"night_reference", "night_raw_dir"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("night"))
             night.append(item)
+        elif item.get_closest_marker("xdist_group") is not None:
+            rest.append(item)  # a group of its own choosing (tests/test_docs.py: one per guide)
         else:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.partition("::")[0]))
             rest.append(item)

@@ -4,20 +4,27 @@ night's frames)."""
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
-from conftest import make_template_raw
 
 from atmospec.cli import main
 
 
 def _raw(folder: Path, seq: int, imgtype: str, filt: str, grating: str) -> Path:
-    path = make_template_raw(folder / f"AT_O_20240624_{seq:06d}.fits", seed=seq)
-    with fits.open(path, mode="update") as hdul:
-        h = hdul[0].header
+    """A raw of the real LATISS header template, with these keys (constant pixels: only the
+    headers are read)."""
+    path = folder / f"AT_O_20240624_{seq:06d}.fits"
+    with fits.open(resources.files("atmospec.data") / "latiss_raw_template.fits.gz") as hdul:
+        h = hdul[0].header.copy()
         h["OBSID"], h["DAYOBS"], h["SEQNUM"] = f"AT_O_20240624_{seq:06d}", "20240624", seq
         h["IMGTYPE"], h["FILTER"], h["GRATING"] = imgtype, filt, grating
+        out = fits.HDUList([fits.PrimaryHDU(header=h)])
+        out += [fits.ImageHDU(np.full(hdu.data.shape, 20000, np.int32), header=hdu.header,
+                              name=hdu.name) for hdu in hdul[1:17]]
+    out.writeto(path, output_verify="fix")
     return path
 
 
