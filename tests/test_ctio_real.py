@@ -94,9 +94,6 @@ def chain(tmp_path_factory) -> dict:
             "dir": tmp}
 
 
-@pytest.mark.xfail(reason="regression from the atmosphere-coverage merge (issue 21): TARGETX "
-                   "372.0 vs Spectractor 371.62 (integer: the zeroth-order refinement no "
-                   "longer moves); to fix first next session", strict=False)
 def test_geometry_matches_spectractor(chain):
     ours, ref = chain["ours"], chain["ref"]
     # Zeroth order found by the chain (saturated core, Moffat on the wings).

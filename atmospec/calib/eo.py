@@ -40,7 +40,7 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
-from atmospec.calib.inputs import handle_bad_inputs, raw_info
+from atmospec.calib.inputs import frames_of_kind, handle_bad_inputs
 from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import Ptc
 from atmospec.camera.description import Camera, load_camera
@@ -429,26 +429,14 @@ def _checked_raws(raws: Sequence[RawFrame | str | Path], kind: str, camera: Came
                   skip_bad: bool) -> Iterator[RawFrame]:
     """The usable frames of ``raws``, read one at a time.
 
-    Every file's header is checked first (`atmospec.calib.inputs.raw_info`: readable, a
+    Every file's header is checked first (`atmospec.calib.inputs.frames_of_kind`: readable, a
     ``kind`` frame), then each is read (`read_raw`: truncated or damaged data); a bad one is
     refused, or logged and left out with ``skip_bad``, as the masters' inputs are.
     """
-    checked: list[RawFrame | Path] = []
-    issues: list[tuple[Path, str]] = []
-    for item in raws:
-        if isinstance(item, RawFrame):
-            checked.append(item)
-            continue
-        path = Path(item)
-        try:
-            info = raw_info(path)
-        except BadInputError as exc:
-            issues.append((path, exc.problem))
-            continue
-        if info.image_type != kind:
-            issues.append((path, f"image type {info.image_type}, expected {kind}"))
-        else:
-            checked.append(path)
+    frames = [item for item in raws if isinstance(item, RawFrame)]
+    usable, issues = frames_of_kind([item for item in raws if not isinstance(item, RawFrame)],
+                                    kind)
+    checked: list[RawFrame | Path] = [*frames, *(path for path, _ in usable)]
     handle_bad_inputs(issues, skip_bad, log)
     for item in checked:
         if isinstance(item, RawFrame):

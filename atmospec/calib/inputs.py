@@ -20,7 +20,7 @@ from atmospec.fitsscan import primary_header
 
 log = logging.getLogger(__name__)
 
-__all__ = ["handle_bad_inputs", "raw_info"]
+__all__ = ["frames_of_kind", "handle_bad_inputs", "raw_info"]
 
 
 def raw_info(path: str | Path) -> ObservationInfo:
@@ -53,6 +53,40 @@ def raw_info(path: str | Path) -> ObservationInfo:
         raise BadInputError(path, f"cannot read ({exc.strerror or short_error(exc)})"
                             ) from None
     return translate_header(header, filename=str(path))
+
+
+def frames_of_kind(paths: Sequence[str | Path], kind: str
+                   ) -> tuple[list[tuple[Path, ObservationInfo]], list[tuple[Path, str]]]:
+    """Header checks of a builder's inputs: `raw_info` of each and its image type.
+
+    Parameters
+    ----------
+    paths : sequence of path
+        The raw inputs, in order.
+    kind : str
+        The image type they must have (``bias``, ``dark``, ``flat``).
+
+    Returns
+    -------
+    usable : list of (pathlib.Path, ObservationInfo)
+        The inputs whose header reads and says ``kind``, in input order.
+    issues : list of (pathlib.Path, str)
+        The others and their problems, for `handle_bad_inputs`.
+    """
+    usable: list[tuple[Path, ObservationInfo]] = []
+    issues: list[tuple[Path, str]] = []
+    for item in paths:
+        path = Path(item)
+        try:
+            info = raw_info(path)
+        except BadInputError as exc:
+            issues.append((path, exc.problem))
+            continue
+        if info.image_type != kind:
+            issues.append((path, f"image type {info.image_type}, expected {kind}"))
+        else:
+            usable.append((path, info))
+    return usable, issues
 
 
 def handle_bad_inputs(issues: Sequence[tuple[Path, str]], skip_bad: bool,

@@ -43,7 +43,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from atmospec.calib.combine import CombineConfig, combine_stack, input_median
-from atmospec.calib.inputs import handle_bad_inputs, raw_info
+from atmospec.calib.inputs import frames_of_kind, handle_bad_inputs
 from atmospec.calib.products import Bias, Crosstalk, Dark, Flat, MasterImage, Ptc
 from atmospec.calib.products.calibdate import calib_date
 from atmospec.calib.products.detector import detector_cards
@@ -326,18 +326,10 @@ def _check_inputs(kind: str, raws: Sequence[str | Path], config: MasterConfig
         Naming the bad file(s), unless ``config.skip_bad``.
     """
     usable: list[_Input] = []
-    issues: list[tuple[Path, str]] = []
     seen: dict[str, Path] = {}
-    for raw in raws:
-        path = Path(raw)
-        try:
-            info = raw_info(path)
-        except BadInputError as exc:
-            issues.append((path, exc.problem))
-            continue
-        if info.image_type != kind:
-            issues.append((path, f"image type {info.image_type}, expected {kind}"))
-        elif kind == "dark" and not (info.dark_time and info.dark_time > 0):
+    typed, issues = frames_of_kind(raws, kind)
+    for path, info in typed:
+        if kind == "dark" and not (info.dark_time and info.dark_time > 0):
             issues.append((path, "no positive dark time: cannot scale to e-/s"))
         elif info.obs_id in seen:
             issues.append((path, f"duplicate of {seen[info.obs_id].name} ({info.obs_id})"))

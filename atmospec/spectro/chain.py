@@ -177,12 +177,15 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     clock = _Clock(timings)
     job = _job(exposure, target, disperser, config, source, instrument)
     frame = _Frame(job.profile, exposure.image.shape)
-    work = _with_expected_variance(frame.exposure(exposure), config)
+    framed = frame.exposure(exposure)
+    work = _with_expected_variance(framed, config)
     disp = frame.disperser(job.disperser)
     clock.lap("setup")
     centroid = None
     if xy is None:
-        centroid = _find_zeroth_order(work, job, config)
+        # On the pixels' own variance: the leave-one-out estimate, made for the smooth
+        # trace, under-weights a compact star's core and its Moffat fit fails.
+        centroid = _find_zeroth_order(framed, job, config)
         xy = (centroid.x, centroid.y)
         centroid = replace(centroid, **dict(zip(("x", "y"), frame.to_input(xy), strict=True)))
     else:
