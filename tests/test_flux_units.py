@@ -114,7 +114,7 @@ def test_bad_conversions() -> None:
     spec = _electron_spectrum()
     header = spec.header.copy()
     del header["EXPTIME"]
-    with pytest.raises(BadInputError, match="x.fits: EXPTIME missing"):
+    with pytest.raises(BadInputError, match=r"x\.fits: EXPTIME missing"):
         to_flam(replace(spec, header=header), source="x.fits")
     with pytest.raises(BadInputError, match="'ADU/s' is not e-/nm"):
         to_flam(replace(spec, flux_unit="ADU/s"), source="x.fits")
