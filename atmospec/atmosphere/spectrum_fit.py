@@ -102,6 +102,7 @@ __all__ = [
     "FEATURE_WINDOWS",
     "AtmosphereFit",
     "AtmosphereFitConfig",
+    "NoReferenceSED",
     "SpectrumForwardModel",
     "coverage_fixed",
     "fit_atmosphere",
@@ -638,6 +639,12 @@ class AtmosphereFit:
 
 
 # ---------------------------------------------------------------------- helpers
+class NoReferenceSED(BadInputError):
+    """The spectrum's target has no SED to fit the atmosphere against: no target name, or
+    not a shipped CALSPEC standard, and no SED file given. The command refuses it (exit 2);
+    a night records its atmosphere fit as skipped with this note, not as a failure."""
+
+
 def _load_sed(spectrum: Spectrum, sed_path: str | Path | None, source: str) -> StellarSED:
     if sed_path is not None:
         try:
@@ -646,11 +653,12 @@ def _load_sed(spectrum: Spectrum, sed_path: str | Path | None, source: str) -> S
             raise BadInputError(sed_path, exc.problem) from None
     target = spectrum.target
     if not target:
-        raise BadInputError(source, "no TARGET/OBJECT in the header: give the star's SED file")
+        raise NoReferenceSED(source, "no TARGET/OBJECT in the header: give the star's SED "
+                                     "file")
     try:
         entry = resolve_target(target)
     except BadInputError:
-        raise BadInputError(source, f"target {target!r} is not a CALSPEC standard shipped "
+        raise NoReferenceSED(source, f"target {target!r} is not a CALSPEC standard shipped "
                                     "with atmospec: the atmosphere fit needs the star's SED "
                                     "above the atmosphere; give it as a file (sed_path, "
                                     "--sed)") from None
