@@ -268,3 +268,15 @@ def test_shipped_example_reads_as_a_2x2_binned_ctio_image():
     y0, x0 = h["S_YMIN"], h["S_XMIN"]
     cut = exposure.image[y0:y0 + s_data.shape[0], x0:x0 + s_data.shape[1]] / 3.0
     assert np.allclose(cut, s_data * h["EXPTIME"], rtol=1e-6)  # the real pixels, in ADU
+
+
+def test_spectrogram_fit_reads_the_flam_file(chain):
+    """The 2D atmosphere fit of our flam file (converted back to e⁻/nm: its spectrogram is in
+    electrons) is the fit of the e⁻ spectrum."""
+    from atmospec.atmosphere.spectrogram_fit import fit_atmosphere_spectrogram
+
+    from_flam = fit_atmosphere_spectrogram(chain["ours"], source="flam")
+    from_e = fit_atmosphere_spectrogram(chain["ours_e"], source="e")
+    for key in ("pwv_mm", "ozone_du", "vaod"):
+        assert from_flam.values[key] == pytest.approx(from_e.values[key], rel=1e-6, abs=1e-9)
+    assert from_flam.flux_unit == "electron/nm"
