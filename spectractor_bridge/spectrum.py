@@ -49,6 +49,7 @@ from atmospec.spectro.spectrum import (
     Spectrum,
     find_line,
 )
+from atmospec.spectro.units import is_flam_unit
 
 __all__ = [
     # The in-memory types, here too: a spectrum is what this module reads and writes (and
@@ -58,6 +59,7 @@ __all__ = [
     "Spectrum",
     "find_line",
     "read_spectrum",
+    "spectractor_cards",
     "to_hdulist",
     "write_spectrum",
 ]
@@ -114,6 +116,12 @@ def to_hdulist(spectrum: Spectrum,
             header.append(card, end=True)
     header["UNIT1"] = spectrum.wavelength_unit
     header["UNIT2"] = spectrum.flux_unit
+    if is_flam_unit(spectrum.flux_unit):
+        # A file in Spectractor's units is meant for its tools: the keys its reader takes
+        # from the primary header (Spectrum.load_spectrum's mapping) that ours derive.
+        for key, value, comment in spectractor_cards(spectrum):
+            if key not in header:
+                header[key] = (value, comment)
     if "COMMENTS" not in header:
         header["COMMENTS"] = _DEFAULT_COMMENTS
     add_cards(header, provenance if provenance is not None else provenance_cards("spectrum"))
@@ -133,6 +141,40 @@ def to_hdulist(spectrum: Spectrum,
         hdul.append(_table_hdu("LINES", spectrum.lines))
     hdul.extend(h.copy() for h in spectrum.extra_hdus)
     return hdul
+
+
+def spectractor_cards(spectrum: Spectrum) -> list[tuple[str, Any, str]]:
+    """Primary-header cards Spectractor's reader takes that atmospec's header implies
+    under other names: the spectrogram's size (``S_NX``, ``S_NY``: columns and rows of
+    ``S_DATA``), the zeroth order in the spectrogram's frame (``S_X0 = TARGETX − S_XMIN``,
+    ``S_Y0``), the order (``S_ORDER``), the binning (``CCDREBIN``) and the humidity
+    (``OUTHUM``); a card whose source is absent is left out.
+
+    Parameters
+    ----------
+    spectrum : Spectrum
+        Its header and spectrogram.
+
+    Returns
+    -------
+    list of (key, value, comment)
+    """
+    h = spectrum.header
+    cards: list[tuple[str, Any, str]] = []
+    if spectrum.spectrogram is not None and spectrum.spectrogram.data.data.ndim == 2:
+        ny, nx = spectrum.spectrogram.data.data.shape
+        cards += [("S_NX", int(nx), "spectrogram columns"), ("S_NY", int(ny), "spectrogram rows")]
+    xy, origin = spectrum.target_xy, spectrum.spectrogram_origin
+    if xy is not None and origin is not None:
+        cards += [("S_X0", xy[0] - origin[0], "zeroth order x in the spectrogram (px)"),
+                  ("S_Y0", xy[1] - origin[1], "zeroth order y in the spectrogram (px)")]
+    if "SPECORD" in h:
+        cards.append(("S_ORDER", int(h["SPECORD"]), "diffraction order of the spectrum"))
+    if "REBIN" in h:
+        cards.append(("CCDREBIN", int(h["REBIN"]), "binning of the image"))
+    if "HUMIDITY" in h:
+        cards.append(("OUTHUM", h["HUMIDITY"], "outside humidity (%)"))
+    return cards
 
 
 def write_spectrum(spectrum: Spectrum, path: str | Path,

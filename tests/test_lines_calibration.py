@@ -336,12 +336,17 @@ def post_isr(tmp_path_factory: pytest.TempPathFactory) -> Exposure:
 def test_extract_cli_any_target_and_bad_input(post_isr: Exposure, tmp_path, capsys,
                                               caplog) -> None:
     """``atmospec extract`` of a planetary nebula by name (``--any-target`` accepted as a
-    no-op); bad ``--target``, ``--sed`` and ``--lines``: one line naming the problem, exit 2."""
+    no-op), in Spectractor's units; bad ``--target``, ``--sed``, ``--lines`` and ``--units``:
+    one line naming the problem, exit 2."""
+    from spectractor_bridge.spectrum import read_spectrum
+
     image = post_isr.write(tmp_path / "pn_postisr.fits")
     out = tmp_path / "pn_spectrum.fits"
     assert main(["extract", str(image), "--target", "NGC 7009", "--any-target",
-                 "--out", str(out)]) == 0
+                 "--units", "flam", "--out", str(out)]) == 0
     captured = capsys.readouterr()
+    written = read_spectrum(out)
+    assert written.flux_unit == "erg/s/cm$^2$/nm" and written.header["S_NX"] > 0
     assert "NGC 7009 through holo4_003" in captured.out
     assert "emission lines)" in captured.out
     assert "--any-target is deprecated" in caplog.text
@@ -356,7 +361,8 @@ def test_extract_cli_any_target_and_bad_input(post_isr: Exposure, tmp_path, caps
             (["--sed", str(nan)], "nan.txt: SED flux is NaN or infinite"),
             (["--sed", str(tmp_path / "none.txt")], "none.txt: SED file not found"),
             (["--sed", ""], "--sed is empty"),
-            (["--lines", "neon"], "argument --lines: invalid choice: 'neon'")):
+            (["--lines", "neon"], "argument --lines: invalid choice: 'neon'"),
+            (["--units", "kelvin"], "argument --units: invalid choice: 'kelvin'")):
         assert main(["extract", str(image), *args, "--out", str(out)]) == 2, args
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err

@@ -227,3 +227,45 @@ def test_index_identity_adopts_old_indexes_and_refuses_foreign_databases(tmp_pat
     conn.close()
     with pytest.raises(BadInputError, match="not an atmospec night index"):
         NightIndex(foreign)
+
+
+def test_atmosphere_fit_of_a_target_without_sed_is_skipped_with_a_note(night_dir, tmp_path):
+    """A night's dispersed exposure of a target that is neither a CALSPEC standard nor given
+    an SED: its atmosphere fit is recorded ``done`` with a ``skipped: …`` note (no file, no
+    failure), and the summary's row is ``done`` with that note as its reason."""
+    from datetime import UTC, datetime
+
+    from atmospec.atmosphere.spectrum_fit import AtmosphereFitConfig
+    from atmospec.calib.isr_inputs import CalibrationFiles
+    from atmospec.night.summary import summary_table
+    from atmospec.night.tasks import ExposureJob, TaskSpec, run_job
+    from atmospec.spectro.spectrum import Spectrum
+    from spectractor_bridge.spectrum import write_spectrum
+
+    index = NightIndex(tmp_path / "repo")
+    index.index_directory(night_dir, progress=False)
+    (record,) = index.raws(dispersed=True)
+    obs_id = record.info.obs_id
+    lam = np.linspace(400.0, 1000.0, 50)
+    spectrum = write_spectrum(Spectrum(
+        wavelength=lam, flux=np.ones(50), flux_err=np.ones(50), flux_unit="electron/nm",
+        header=fits.Header({"TARGET": "NGC 7009", "AIRMASS": 1.2, "EXPTIME": 30.0})),
+        tmp_path / "pn_spectrum.fits")
+    job = ExposureJob(obs_id=obs_id, raw=str(record.path), out_dir=str(tmp_path / "out"),
+                      tasks=(TaskSpec("fit_atmosphere", AtmosphereFitConfig(), "h",
+                                      ("extract",)),),
+                      calibs=CalibrationFiles(),
+                      done_outputs={"extract": {"spectrum": str(spectrum)}})
+    (outcome,) = run_job(job)
+    assert outcome.status == "done" and outcome.outputs == {}
+    assert outcome.reason.startswith("skipped: target 'NGC 7009' is not a CALSPEC standard")
+    assert "\n" not in outcome.reason and not list((tmp_path / "out").iterdir())
+    now = datetime.now(UTC)
+    index.record_task(obs_id, "extract", status="done", config_hash="e", started=now,
+                      duration_s=1.0, outputs={"spectrum": str(spectrum)})
+    index.record_task(obs_id, outcome.task, status=outcome.status, reason=outcome.reason,
+                      config_hash="h", started=now, duration_s=outcome.duration_s)
+    (row,) = [r for r in summary_table(index) if r["obs_id"] == obs_id]
+    assert row["status"] == "done"
+    assert row["reason"].startswith("fit_atmosphere: skipped: target 'NGC 7009'")
+    assert np.isnan(row["pwv_mm"])

@@ -31,7 +31,9 @@ carries it for the 1D fit). Pixels: those of the PSF windows with a finite ``S_E
 when ``S_RES`` is present, a finite residual (the 2D forward model's mask and outliers).
 χ² = Σ (D − M)² / S_ERR²; errors from the Jacobian (lmfit, unscaled). Only spectra written
 by atmospec (``S_DATA`` in electrons) can be fitted: Spectractor's own files keep their
-spectrogram in ADU/s without the PSF of each row.
+spectrogram in ADU/s without the PSF of each row. An atmospec spectrum written in
+Spectractor's units (``extract --units flam``) is converted back to e⁻/nm first
+(`atmospec.spectro.units.to_electrons`): its spectrogram stays in electrons.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from atmospec.spectro.forward_model import (
     psf_radius,
 )
 from atmospec.spectro.spectrum import Spectrum
+from atmospec.spectro.units import to_electrons
 
 __all__ = ["SpectrogramFitConfig", "degeneracy", "fit_atmosphere_auto",
            "fit_atmosphere_spectrogram"]
@@ -295,7 +298,9 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     config = config or SpectrogramFitConfig()
     acfg = config.atmosphere
     source = source or "spectrum"
-    geo = _spectrogram(spectrum, source)
+    geo = _spectrogram(spectrum, source)  # refuses a spectrogram not in electrons
+    # atmospec's flam export: flux in erg/s/cm2/nm beside a spectrogram in electrons.
+    spectrum = to_electrons(spectrum, source=source)
     model = SpectrumForwardModel(spectrum, sed_path=acfg.sed_path, instrument=acfg.instrument,
                                  wavelength_range_nm=acfg.wavelength_range_nm,
                                  max_shift_nm=acfg.max_shift_nm, max_resolution=1.0,

@@ -77,7 +77,6 @@ from numpy.typing import NDArray
 
 from atmospec.atmosphere.transmission import AtmosphereModel, load_tables
 from atmospec.camera.spectrograph import load_instrument
-from atmospec.camera.translator import integration_time
 from atmospec.errors import BadInputError
 from atmospec.fitting import (
     FitQualityConfig,
@@ -89,12 +88,21 @@ from atmospec.fitting import (
 from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target
 from atmospec.spectro.dispersers import load_disperser
 from atmospec.spectro.spectrum import Spectrum
+from atmospec.spectro.units import (
+    FLAM_UNIT,
+    HC_ERG_NM,
+    exposure_time_s,
+    instrument_name,
+    is_electron_unit,
+    is_flam_unit,
+)
 
 __all__ = [
     "ATMOSPHERE_PARAMETERS",
     "FEATURE_WINDOWS",
     "AtmosphereFit",
     "AtmosphereFitConfig",
+    "NoReferenceSED",
     "SpectrumForwardModel",
     "coverage_fixed",
     "fit_atmosphere",
@@ -103,8 +111,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Planck's constant × speed of light, erg·nm (as in `atmospec.sim.dispersed`).
-HC_ERG_NM = 1.98644586e-9
 #: FWHM / σ of a Gaussian.
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Atmospheric parameters, in the order they are reported.
@@ -119,8 +125,6 @@ FEATURE_WINDOWS: Mapping[str, tuple[float, float, str]] = MappingProxyType({
     "angstrom": (400.0, 950.0, "the aerosol colour lever arm (400-950 nm)"),
     "dlambda_nm": (755.0, 770.0, "the O2 A band (760 nm)"),
 })
-_ERG_UNIT = "erg/s/cm$^2$/nm"
-_ELECTRON_UNITS = ("electron/nm", "e-/nm", "electron / nm")
 
 
 @dataclass(frozen=True)
@@ -302,16 +306,16 @@ class SpectrumForwardModel:
                  fine_step_nm: float | None = None, source: str | None = None) -> None:
         self.source = source or str(spectrum.header.get("FILENAME", "spectrum"))
         self.spectrum = spectrum
-        self.instrument = _instrument_name(spectrum, instrument)
+        self.instrument = instrument_name(spectrum, instrument)
         self.flux_unit = spectrum.flux_unit
         unit = spectrum.flux_unit.strip()
-        if unit in _ELECTRON_UNITS:
+        if is_electron_unit(unit):
             self.electrons = True
-        elif unit.replace(" ", "") in (_ERG_UNIT, "erg/s/cm2/nm", "erg/(s*cm2*nm)"):
+        elif is_flam_unit(unit):
             self.electrons = False
         else:
             raise BadInputError(self.source, f"flux unit {unit!r} is neither e-/nm nor "
-                                             f"{_ERG_UNIT}: cannot model it")
+                                             f"{FLAM_UNIT}: cannot model it")
         self.sed = _load_sed(spectrum, sed_path, self.source)
         airmass = spectrum.airmass
         if airmass is None or not airmass >= 1.0:
@@ -323,7 +327,7 @@ class SpectrumForwardModel:
             log.warning("%s: no OUTPRESS/PRESSURE in the header: using %.1f hPa",
                         self.source, pressure)
         self.pressure_hpa = float(pressure)
-        self.exptime_s = _exposure_time(spectrum, self.source, needed=self.electrons)
+        self.exptime_s = exposure_time_s(spectrum, self.source, needed=self.electrons)
         name = spectrum.disperser
         if not name:
             raise BadInputError(self.source, "no GRATING/DISPERSER in the header")
@@ -635,40 +639,10 @@ class AtmosphereFit:
 
 
 # ---------------------------------------------------------------------- helpers
-def _instrument_name(spectrum: Spectrum, instrument: str | None) -> str:
-    if instrument:
-        return instrument.strip().lower()
-    name = str(spectrum.header.get("INSTRMNT", "") or "").strip().lower()
-    if name:
-        return name
-    if "ctio" in str(spectrum.header.get("TELESCOP", "")).lower():
-        return "ctio"
-    return "latiss"
-
-
-def _exposure_time(spectrum: Spectrum, source: str, needed: bool) -> float | None:
-    """``EXPTIME`` in seconds, by the header rule raws obey
-    (`atmospec.camera.translator.integration_time`); a spectrum in e⁻/nm needs a positive
-    one (the message says whether it is missing or what is wrong with it), others get None
-    when it is unusable."""
-    raw = spectrum.header.get("EXPTIME")
-    if isinstance(raw, str) and not raw.strip():
-        raw = None
-    try:
-        seconds = integration_time("EXPTIME", raw)
-    except BadInputError as exc:
-        if not needed:
-            return None
-        raise BadInputError(source, f"{exc.problem}: a spectrum in e-/nm needs a positive "
-                                    "exposure time") from None
-    if seconds is not None and seconds > 0:
-        return seconds
-    if not needed:
-        return None
-    if seconds is None:
-        raise BadInputError(source, "EXPTIME missing: needed for a spectrum in e-/nm")
-    raise BadInputError(source, f"EXPTIME = {raw!r} s: a spectrum in e-/nm needs a positive "
-                                "exposure time")
+class NoReferenceSED(BadInputError):
+    """The spectrum's target has no SED to fit the atmosphere against: no target name, or
+    not a shipped CALSPEC standard, and no SED file given. The command refuses it (exit 2);
+    a night records its atmosphere fit as skipped with this note, not as a failure."""
 
 
 def _load_sed(spectrum: Spectrum, sed_path: str | Path | None, source: str) -> StellarSED:
@@ -679,11 +653,12 @@ def _load_sed(spectrum: Spectrum, sed_path: str | Path | None, source: str) -> S
             raise BadInputError(sed_path, exc.problem) from None
     target = spectrum.target
     if not target:
-        raise BadInputError(source, "no TARGET/OBJECT in the header: give the star's SED file")
+        raise NoReferenceSED(source, "no TARGET/OBJECT in the header: give the star's SED "
+                                     "file")
     try:
         entry = resolve_target(target)
     except BadInputError:
-        raise BadInputError(source, f"target {target!r} is not a CALSPEC standard shipped "
+        raise NoReferenceSED(source, f"target {target!r} is not a CALSPEC standard shipped "
                                     "with atmospec: the atmosphere fit needs the star's SED "
                                     "above the atmosphere; give it as a file (sed_path, "
                                     "--sed)") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from atmospec.cli._common import EXIT_FAILURE, EXIT_OK, UsageError
 from atmospec.errors import BadInputError
+from atmospec.spectro.units import FLUX_UNITS
 from atmospec.spectro.wavelength.lines import LINE_MODES
 
 log = logging.getLogger("atmospec")
@@ -48,6 +49,11 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
                    "kind, whatever the target)")
     p.add_argument("--any-target", action="store_true",
                    help="deprecated, no effect: every target is accepted")
+    p.add_argument("--units", choices=FLUX_UNITS, default="electron",
+                   help="flux unit of the spectrum: electron (default: e-/nm collected in "
+                   "the exposure, what the night writes) or flam (Spectractor's erg/s/cm2/nm: "
+                   "e-/s/nm x hc/lambda / collecting area, not divided by the instrument "
+                   "throughput, with Spectractor's header keys)")
     p.add_argument("--out", required=True, help="spectrum file (Spectractor's FITS layout)")
     p.add_argument("--plots", action="store_true",
                    help="also draw the spectrum diagnostics beside the spectrum file")
@@ -61,6 +67,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from atmospec.io import provenance_cards
     from atmospec.spectro.calspec import load_sed
     from atmospec.spectro.chain import SpectroscopyConfig, process_dispersed
+    from atmospec.spectro.units import with_flux_unit
     from spectractor_bridge.spectrum import write_spectrum
 
     xy = _parse_xy(args.xy) if args.xy is not None else None
@@ -96,6 +103,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     spectrum, centroid = process_dispersed(exposure, target=args.target,
                                            disperser=args.disperser, xy=xy, config=config,
                                            source=str(path), instrument=args.instrument)
+    spectrum = with_flux_unit(spectrum, args.units, source=str(path))
     out = write_spectrum(spectrum, args.out, provenance_cards("extract", [path], config))
     if args.plots:
         from atmospec.plots.spectro import plot_spectrum_diagnostics

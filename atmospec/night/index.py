@@ -203,7 +203,8 @@ class TaskRecord:
     status: str
     """``done`` or ``failed``."""
     reason: str | None
-    """One-line reason of a failure."""
+    """One-line reason of a failure, or the note of a task skipped as not applicable
+    (``done``, ``skipped: …``)."""
     config_hash: str
     """Hash of the task's configuration and inputs; a change makes the task run again."""
     started: str

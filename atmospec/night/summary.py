@@ -88,8 +88,9 @@ def summary_table(index: NightIndex) -> Table:
         ``*_err`` are the fit's errors × that scale ⊕ its systematic errors,
         `ATMOSPHERE_ERRORS_NOTE`, also in the
         table's ``ATMERRS`` meta), ``status`` (``done``, ``failed``,
-        ``pending`` or ``calibration``), ``reason`` and ``duration_s`` (sum of the task
-        times).
+        ``pending`` or ``calibration``), ``reason`` (of the failure; of a ``done`` exposure
+        the notes of its skipped tasks, e.g. ``fit_atmosphere: skipped: target … is not a
+        CALSPEC standard``) and ``duration_s`` (sum of the task times).
     """
     tasks: dict[str, list] = {}
     for t in index.tasks():
@@ -119,7 +120,9 @@ def summary_table(index: NightIndex) -> Table:
             "filter": info.filter, "disperser": info.disperser,
             "exptime": _number(info.exposure_time), "airmass": _number(info.airmass),
             "status": status,
-            "reason": "; ".join(f"{t.task}: {t.reason}" for t in failed),
+            # A failure's reason; else the notes of tasks skipped as not applicable.
+            "reason": "; ".join(f"{t.task}: {t.reason}" for t in (
+                failed or [t for t in mine if t.status == "done" and t.reason])),
             "duration_s": float(sum(t.duration_s for t in mine)),
         }
         for column, key, _ in _QUALITY:

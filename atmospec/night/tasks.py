@@ -36,6 +36,12 @@ from atmospec.layout import exposure_file
 log = logging.getLogger(__name__)
 
 
+class TaskSkipped(Exception):
+    """Raised by a task that does not apply to its exposure (the atmosphere fit of a target
+    with no SED): recorded ``done``, its message the note in ``reason``, not a failure; the
+    tasks reading its output are skipped too."""
+
+
 @dataclass(frozen=True)
 class TaskType:
     """A task a pipeline can name."""
@@ -105,7 +111,8 @@ class TaskOutcome:
     status: str
     """``done`` or ``failed``."""
     reason: str | None
-    """One-line reason of a failure."""
+    """One-line reason of a failure, or the note of a skipped task (``done``, ``skipped:
+    …``)."""
     config_hash: str
     """`TaskSpec.config_hash`."""
     started: datetime
@@ -304,13 +311,18 @@ def _run_extract(ctx: _Context, config) -> dict[str, Any]:
 
 #: The tasks a pipeline definition may name.
 def _run_fit_atmosphere(ctx: _Context, config) -> dict[str, Any]:
-    from atmospec.atmosphere.spectrum_fit import fit_atmosphere
+    from atmospec.atmosphere.spectrum_fit import NoReferenceSED, fit_atmosphere
     from spectractor_bridge.spectrum import read_spectrum
 
     job = ctx.job
     t0 = time.perf_counter()
     spectrum_path = ctx.outputs["extract"]["spectrum"]
-    fit = fit_atmosphere(read_spectrum(spectrum_path), config, source=spectrum_path)
+    try:
+        fit = fit_atmosphere(read_spectrum(spectrum_path), config, source=spectrum_path)
+    except NoReferenceSED as exc:
+        # Nights hold targets that are no standards (commissioning, emission-line objects):
+        # their spectra are the product; no atmosphere can be fitted without an SED.
+        raise TaskSkipped(" ".join(exc.problem.split())) from None
     path = write_text_atomic(json.dumps(to_jsonable(fit.to_dict()), indent=2) + "\n",
                              exposure_file(ctx.out_dir, job.obs_id, "atmosphere"))
     ctx.outputs["fit_atmosphere"] = {"fit": str(path)}
@@ -359,18 +371,23 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
     ctx = _Context(job)
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
+    skipped: set[str] = set()
     outcomes = []
     for spec in job.tasks:
         started = datetime.now(UTC)
         t0 = time.perf_counter()
         metrics: dict[str, Any] = {}
-        reason = None
+        reason = note = None
         upstream = [dep for dep in spec.inputs if dep in failed]
         if upstream:
             reason = f"not run: {upstream[0]} failed"
+        elif upstream := [dep for dep in spec.inputs if dep in skipped]:
+            note = f"skipped: {upstream[0]} skipped"
         else:
             try:
                 metrics = TASKS[spec.name].run(ctx, spec.config)
+            except TaskSkipped as exc:
+                note = f"skipped: {exc}"
             except BadInputError as exc:
                 # The raw file is the row's own: name only other files (products, outputs).
                 where = "" if exc.path in (None, job.raw) else f"{exc.path}: "
@@ -384,10 +401,14 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
                 log.debug("%s %s failed:\n%s", job.obs_id, spec.name, traceback.format_exc())
         if reason is not None:
             failed[spec.name] = reason
+        if note is not None:
+            skipped.add(spec.name)
+            log.info("%s %s %s", job.obs_id, spec.name, note)
         outcomes.append(TaskOutcome(
-            job.obs_id, spec.name, "failed" if reason else "done", reason, spec.config_hash,
-            started, time.perf_counter() - t0,
-            ctx.outputs.get(spec.name, {}) if reason is None else {}, metrics))
+            job.obs_id, spec.name, "failed" if reason else "done", reason or note,
+            spec.config_hash, started, time.perf_counter() - t0,
+            ctx.outputs.get(spec.name, {}) if reason is None and note is None else {},
+            metrics))
     if job.figure_dir is not None:
         from atmospec.plots.exposure import refresh_figures  # matplotlib: only when drawing
 

@@ -66,6 +66,7 @@ from atmospec.spectro.dispersers import (
     known_dispersers,
     load_disperser,
 )
+from atmospec.spectro.units import HC_ERG_NM
 
 __all__ = [
     "DispersedSceneConfig",
@@ -87,8 +88,6 @@ log = logging.getLogger(__name__)
 
 #: Planck's constant × speed of light / Boltzmann constant, in nm·K (hc/k = 1.4388 cm K).
 _HC_OVER_K_NM_K = 1.438777e7
-#: Planck's constant × speed of light, erg·nm (6.62607015e-27 erg s × 2.99792458e17 nm/s).
-_HC_ERG_NM = 1.98644586e-9
 #: Radians to arcseconds.
 _ARCSEC_PER_RAD = 206264.806
 
@@ -370,7 +369,7 @@ def model_transmissions(model: DispersedSpectrumModel, wavelength_nm: np.ndarray
     inst = load_instrument(model.instrument)
     atm = _atmosphere_at(model, lam)
     return {
-        "sed_photons": flux * lam / _HC_ERG_NM,
+        "sed_photons": flux * lam / HC_ERG_NM,
         "collecting_area_cm2": float(inst.collecting_area_cm2),
         "throughput": np.asarray(inst.throughput(lam), dtype=np.float64),
         "filter": np.asarray(inst.filter_transmission(model.filter_name, lam), dtype=np.float64),

@@ -323,7 +323,7 @@ def _solve(data: _Data, peaks: Peaks, kind: str) -> _Solved:
     """Identify the kind's lines among ``peaks`` and fit the law on them."""
     cfg = data.config
     lines = _entries(data, kind)
-    candidates = _scan(data, peaks, lines)
+    candidates = _scan(data, peaks, _scan_entries(data, kind, lines))
     if not candidates:
         raise ValueError(f"{peaks.size} detection(s), no line identified")
     # Each candidate gets one measure-and-fit pass; the best is iterated.
@@ -352,6 +352,20 @@ def _entries(data: _Data, kind: str) -> tuple[_Entry, ...]:
             if math.isfinite(g):
                 out.append(_Entry(ln, order, g))
     return tuple(sorted(out, key=lambda e: e.g))
+
+
+def _scan_entries(data: _Data, kind: str, lines: tuple[_Entry, ...]) -> tuple[_Entry, ...]:
+    """The identification's catalogue: the kind's lines and, for a star seen through the
+    atmosphere (``absorption`` with ``telluric`` and its template), the O₂ B, O₂ A and H₂O
+    bands. They are a star's deepest dips; a scan blind to them pins the stellar lines on
+    them (the real CTIO HD111980 frame: Hα on O₂ B, D2CCD 0.2 mm and the shift 15 px off,
+    two lines measured). They are measured against the atmosphere model (`_telluric`), not
+    as lines."""
+    if kind != "absorption" or not data.config.telluric or data.telluric is None:
+        return lines
+    bands = [_Entry(ln, 1, g) for ln in in_vacuum(TELLURIC_FEATURES)
+             if math.isfinite(g := float(data.law.unit_offset_px(ln.wavelength_nm, 1)))]
+    return tuple(sorted((*lines, *bands), key=lambda e: e.g))
 
 
 def _scan(data: _Data, peaks: Peaks, lines: Sequence[_Entry]) -> list[tuple[float, float]]:
