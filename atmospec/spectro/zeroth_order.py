@@ -524,6 +524,20 @@ def _measure(image: np.ndarray, bad: np.ndarray, sat: np.ndarray, x: float, y: f
     return _Candidate(mx, my, flux, math.sqrt(lam1), math.sqrt(lam2), n_sat, sat_radius)
 
 
+#: Range of ln α (α from 0.02 to 3000 px) and of ln(β − 1) (β up to ~150) the Moffat is
+#: evaluated at: a trial step of the solver far outside it would divide by α² = 0 or
+#: overflow; the solver sees a flat cost there and steps back.
+_LN_ALPHA = (-4.0, 8.0)
+_LN_BETA_M1 = (-8.0, 5.0)
+
+
+def _alpha2_beta(la: float, lb: float) -> tuple[float, float]:
+    """α² and β of the Moffat's log parameters, kept in `_LN_ALPHA` and `_LN_BETA_M1`."""
+    la = min(max(la, _LN_ALPHA[0]), _LN_ALPHA[1])
+    lb = min(max(lb, _LN_BETA_M1[0]), _LN_BETA_M1[1])
+    return math.exp(2.0 * la), 1.0 + math.exp(lb)
+
+
 def _moffat(params: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Moffat profile plus a plane: ``A (1 + r²/α²)^-β + b0 + bx dx + by dy``.
 
@@ -531,7 +545,7 @@ def _moffat(params: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     β > 1 without bounds, so the fast unbounded Levenberg-Marquardt solver can be used.
     """
     x0, y0, amp, la, lb, b0, bx, by = params
-    alpha2, beta = math.exp(2.0 * la), 1.0 + math.exp(lb)
+    alpha2, beta = _alpha2_beta(la, lb)
     r2 = (xx - x0) ** 2 + (yy - y0) ** 2
     return amp * (1.0 + r2 / alpha2) ** (-beta) + b0 + bx * (xx - x0) + by * (yy - y0)
 
@@ -539,7 +553,7 @@ def _moffat(params: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
 def _moffat_jac(params: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarray:
     """Analytic derivatives of `_moffat` with respect to its 8 parameters, ``(n, 8)``."""
     x0, y0, amp, la, lb, _, bx, by = params
-    alpha2, beta = math.exp(2.0 * la), 1.0 + math.exp(lb)
+    alpha2, beta = _alpha2_beta(la, lb)
     dx, dy = xx - x0, yy - y0
     r2 = dx * dx + dy * dy
     q = 1.0 + r2 / alpha2
