@@ -18,8 +18,8 @@ bright_pixels      pix        hot pixels of the master dark outside bright colum
 bright_columns                columns masked whole in the dark
 dark_pixels        pix        cold pixels of the master flat outside dark columns
 dark_columns                  columns masked whole in the flat
-defect_fraction    %          pixels of the amp in any defect, columns counted whole
-                              (CCD-012)
+defect_fraction    %          pixels of the amp that are bright or dark pixels or in a
+                              bright or dark column (CCD-012)
 cti_serial                    EPER on flat raws: charge in the first ``eper_columns``
                               serial-overscan columns / (last data column level × number
                               of serial transfers of that column)
@@ -479,7 +479,11 @@ def eo_figures(
                   "dark_pixels": "n_cold", "dark_columns": "n_cold_columns"}
         counts = {col: np.array([s[key] for s in stats], dtype=np.int64)
                   for col, key in counts.items()}
-        values["defect_fraction"] = np.array([100.0 * s["defect_fraction"] for s in stats])
+        # Bright and dark pixels and columns only: pixels the masters have no data for
+        # (e.g. lost to cosmic rays in every dark) are not defects of the sensor.
+        defective = maps.hot | maps.cold
+        values["defect_fraction"] = np.array([100.0 * float(defective[camera.amp_slices(a)]
+                                                            .mean()) for a in camera.amplifiers])
     for name, unit in EO_COLUMNS:
         if name == "defect_fraction":
             data = values.get(name, np.full(n, np.nan))

@@ -39,7 +39,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
-from atmospec.calib.defects import FindDefectsConfig, detect_defects
+from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
 from atmospec.calib.eo import EoConfig, eo_figures, eper_cti, max_fractional_deviation
 from atmospec.calib.inputs import raw_info
 from atmospec.calib.masters import (
@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BOT_PATTERNS",
     "EO_RUN_COLUMNS",
+    "DetectorEo",
     "EoFrames",
     "EoRunConfig",
     "classify_bot_run",
@@ -282,6 +283,17 @@ def _cti(paths: Iterable[Path], camera: Camera, config: EoConfig
     return serial, parallel
 
 
+@dataclass(frozen=True)
+class DetectorEo:
+    """One detector's EO measurement."""
+
+    figures: Table
+    """One row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then `EO_RUN_COLUMNS`."""
+    defects: DefectMaps
+    """The defects by the camera team's definitions (bright and dark pixels and columns),
+    whose counts and fraction are in the table."""
+
+
 def _require(frames: EoFrames, role: str, pattern: str) -> tuple[Path, ...]:
     files = getattr(frames, role)
     if not files:
@@ -291,7 +303,7 @@ def _require(frames: EoFrames, role: str, pattern: str) -> tuple[Path, ...]:
 
 
 def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
-                     config: EoRunConfig | None = None) -> Table:
+                     config: EoRunConfig | None = None) -> DetectorEo:
     """Measure every EO figure of one detector from its frames of a BOT acquisition.
 
     Parameters
@@ -308,9 +320,10 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
 
     Returns
     -------
-    astropy.table.Table
-        One row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then `EO_RUN_COLUMNS`
-        (units attached); ``meta``: the detector, vendor, frame counts and phase timings.
+    DetectorEo
+        The table, one row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then
+        `EO_RUN_COLUMNS` (units attached), ``meta`` the detector, vendor, frame counts and
+        phase timings; and the defect maps.
 
     Raises
     ------
@@ -351,7 +364,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
                        flat_master=sflat.exposure, ptc=ptc, config=config.eo, camera=camera,
                        defects=maps)
     lap("figures")
-    del bias, dark, sflat, maps
+    del bias, dark, sflat
     serial_h, parallel_h = _cti(sflats, camera, config.eo)
     serial_l, parallel_l = _cti(frames.sflat_low, camera, config.eo)
     lap("cti")
@@ -385,4 +398,4 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     })
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    return table
+    return DetectorEo(table, maps)

@@ -41,7 +41,7 @@ from atmospec.calib.eo_run import (
     classify_bot_run,
     detector_figures,
 )
-from atmospec.calib.eo_specs import spec_by_id, verdict_table
+from atmospec.calib.eo_specs import verdict_table
 from atmospec.calib.inputs import raw_info
 from atmospec.camera.raw import camera_for
 from atmospec.errors import BadInputError, short_error
@@ -115,32 +115,31 @@ def detector_summary(verdicts: Table) -> dict[str, Any]:
 
 
 def summary_line(detector: str, vendor: str, summary: dict[str, Any]) -> str:
-    """``R22_S11 (e2v): 16 amps, 15 pass all, C07 fails CCD-010 cti_serial_high 7.1e-06``.
+    """``R22_S11 (e2v): 16 amps, 15 pass all, C07 fails CCD-010 (cti_serial_high 7.1e-06)``.
 
-    A specification failed by every amp is named once (``all amps fail PTC-A00``); at most
-    four failures are named, the others counted.
+    Failures are grouped by amp (one figure per specification); a specification failed by
+    every amp is named once (``all amps fail PTC-A00``); at most four amps are named, the
+    others counted.
     """
     n_amps = summary["n_amps"]
     text = f"{detector} ({vendor}): {n_amps} amps, {summary['n_pass_all']} pass all"
-    by_spec: dict[str, list[dict[str, Any]]] = {}
+    amps_of: dict[str, set[str]] = {}
     for f in summary["failures"]:
-        by_spec.setdefault(f["spec"], []).append(f)
-    items = []
-    for spec, rows in by_spec.items():
-        title = spec_by_id(spec).title.split(" <")[0].split(" within")[0].split(" in ")[0]
-        if len({r["amp"] for r in rows}) == n_amps > 1:
-            items.append(f"all amps fail {spec} {title}")
-            continue
-        seen: set[str] = set()
-        for r in rows:
-            if r["amp"] in seen:  # one figure per amp and specification is enough
-                continue
-            seen.add(r["amp"])
-            items.append(f"{r['amp']} fails {spec} {r['figure']} {_fmt(r['value'])}")
+        amps_of.setdefault(f["spec"], set()).add(f["amp"])
+    everywhere = [s for s, amps in amps_of.items() if n_amps > 1 and len(amps) == n_amps]
+    by_amp: dict[str, dict[str, dict[str, Any]]] = {}
+    for f in summary["failures"]:
+        if f["spec"] not in everywhere:
+            by_amp.setdefault(f["amp"], {}).setdefault(f["spec"], f)
+    items = [f"all amps fail {spec}" for spec in everywhere]
+    for amp, specs in by_amp.items():
+        what = ", ".join(f"{spec} ({f['figure']} {_fmt(f['value'])})"
+                         for spec, f in specs.items())
+        items.append(f"{amp} fails {what}")
     if items:
         shown = items[:_MAX_NAMED]
         more = len(items) - len(shown)
-        text += ", " + ", ".join(shown) + (f", and {more} more" if more else "")
+        text += ", " + ", ".join(shown) + (f", and {more} more amps" if more else "")
     if summary["not_measured"]:
         figures = sorted({m["figure"] for m in summary["not_measured"]})
         text += f"; not measured: {', '.join(figures)}"
@@ -183,7 +182,7 @@ def _reduce(frames: EoFrames, repo: Path, config: EoRunConfig) -> DetectorOutcom
         camera = camera_for(raw_info(first), first)
         folder = eo_dir(repo, detector)
         folder.mkdir(parents=True, exist_ok=True)
-        figures = detector_figures(frames, camera, folder, config)
+        figures = detector_figures(frames, camera, folder, config).figures
         verdicts = verdict_table(figures, detector, camera.vendor)
         summary = detector_summary(verdicts)
         _write(repo, detector, figures, verdicts, summary)
