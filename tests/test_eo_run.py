@@ -6,11 +6,15 @@ biases, 2 darks of 300 s, 6 flat pairs from 1 to 100 ke⁻, one low- and one hig
 superflat (19 raws, uncompressed), with serial CTI injected on two amps (C07 at 8e-6, out
 of specification; C06 at 4e-6, within), cold pixels, bright pixels above 8 e⁻/s, bright
 half-columns and a 2 % non-linearity. The simulation and the reduction take minutes (full
-4k × 4k frames): the module is marked slow, apart from the PTC and specification tests.
+4k × 4k frames; the run is reduced once, by ``atmospec eo``, whose in-memory result the
+truth tests read): the module is marked slow, apart from the PTC and specification tests.
 """
 
 from __future__ import annotations
 
+import configparser
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -19,11 +23,12 @@ import pytest
 from astropy.table import Table
 
 from atmospec.calib.eo import REFERENCE_LIMITS, max_fractional_deviation
-from atmospec.calib.eo_run import classify_bot_run, detector_figures
+from atmospec.calib.eo_run import BOT_PATTERNS, DetectorEo, classify_bot_run
 from atmospec.calib.eo_specs import load_specs, spec_by_id, specs_for, verdict_table
 from atmospec.calib.ptc import fit_ptc
 from atmospec.camera.description import load_camera
 from atmospec.cli import main
+from atmospec.night import eo as eo_app
 from atmospec.sim.bot import BotConfig, detector_config, write_bot_run
 from atmospec.sim.detector import DetectorSimConfig, sensor_model
 
@@ -61,6 +66,20 @@ def test_specification_table():
     assert REFERENCE_LIMITS["read_noise"][:2] == ("<", 8.0)
     assert REFERENCE_LIMITS["full_well"][:2] == ("<", 175_000.0)
     assert all(s.source for s in load_specs())
+
+
+def test_bot_patterns_are_eotests():
+    """The roles' folder patterns are those of eotest's BOT job harness configuration."""
+    ini = configparser.ConfigParser()
+    ini.read(DATA / "lsstcam" / "eotest" / "BOT_jh_glob_patterns.ini")
+    eotest = ini["BOT_acq"]
+    assert dict(BOT_PATTERNS) == {
+        "bias": eotest["bias_frame"], "read_noise": eotest["read_noise"],
+        "dark": eotest["dark_current"], "flat_pairs": eotest["flat_pairs"],
+        "sflat_high": eotest["cte_high"], "sflat_low": eotest["cte_low"]}
+    assert eotest["dark_defects"] == BOT_PATTERNS["sflat_high"]
+    assert eotest["bright_defects"] == BOT_PATTERNS["dark"]
+    assert eotest["ptc"] == BOT_PATTERNS["flat_pairs"]
 
 
 def test_verdict_table_statuses():
@@ -126,10 +145,27 @@ def camera():
 
 
 @pytest.fixture(scope="module")
-def measured(run, camera, tmp_path_factory):
-    frames = classify_bot_run(sorted(run.glob("*/*.fits")))
-    assert list(frames) == [DET]
-    return detector_figures(frames[DET], camera, tmp_path_factory.mktemp("work"))
+def cli_run(run, tmp_path_factory) -> tuple[Path, int, str, DetectorEo]:
+    """``atmospec eo RUN --repo REPO`` once; the detector's in-memory measurement (its
+    defect maps are not written) is kept on the way, so that the run is reduced once."""
+    repo = tmp_path_factory.mktemp("repo")
+    kept: dict[str, DetectorEo] = {}
+    real = eo_app.detector_figures
+
+    def keep(frames, camera, workdir, config=None):
+        kept[frames.detector] = real(frames, camera, workdir, config)
+        return kept[frames.detector]
+
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(eo_app, "detector_figures", keep)
+        status = main(["eo", str(run), "--repo", str(repo)])
+    return repo, status, out.getvalue(), kept[DET]
+
+
+@pytest.fixture(scope="module")
+def measured(cli_run) -> DetectorEo:
+    return cli_run[3]
 
 
 @pytest.mark.slow
@@ -265,11 +301,12 @@ def test_verdicts_right_for_every_amp(measured, truth, camera):
 
 
 @pytest.mark.slow
-def test_cli_run_rerun_and_bad_input(run, tmp_path, capsys):
-    """One line per detector, files written, a re-run skips, bad input is one line."""
-    repo = tmp_path / "repo"
-    assert main(["eo", str(run), "--repo", str(repo)]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
+def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
+    """One line per detector, files written, a re-run skips, a failing detector is reported
+    without stopping the others, bad input is one line (exit 2)."""
+    repo, status, printed, _ = cli_run
+    assert status == 0
+    out = printed.strip().splitlines()
     assert len(out) == 1
     assert out[0].startswith(f"{DET} (ITL): 16 amps, 12 pass all, C07 fails CCD-007 "
                              "(read_noise 9.")
@@ -277,33 +314,37 @@ def test_cli_run_rerun_and_bad_input(run, tmp_path, capsys):
     per_det = repo / "eo" / DET / "eo_figures.ecsv"
     doc = json.loads((repo / "eo" / DET / "eo_figures.json").read_text())
     assert doc["summary"]["n_pass_all"] == 12
+    assert {f["spec"] for f in doc["summary"]["failures"]} == {"CCD-007", "CCD-010"}
+    long = Table.read(per_det)
+    assert set(long["status"]) == {"pass", "fail", "no spec"}
     run_wide = Table.read(repo / "eo" / "eo_figures.ecsv")
-    assert set(run_wide["detector"]) == {DET}
+    assert set(run_wide["detector"]) == {DET} and len(run_wide) == len(long)
     mtime = per_det.stat().st_mtime_ns
     assert main(["eo", str(run), "--repo", str(repo)]) == 0
     assert capsys.readouterr().out.strip().endswith("(done before)")
     assert per_det.stat().st_mtime_ns == mtime
 
-    # A detector of the run that fails (biases only) is reported, the other one is not
-    # stopped; two workers.
-    write_bot_run(run.parent / "run_b", BotConfig(
-        detectors=("R10_S10",), n_bias=3, n_dark=0, flat_levels_e=(), n_sflat_low=0,
-        n_sflat_high=0, compress=False))
-    for folder in (run.parent / "run_b").iterdir():
-        if folder.is_dir():
-            (run / folder.name).mkdir(exist_ok=True)
-            for f in folder.iterdir():
-                if f.suffix == ".fits":
-                    (run / folder.name / f.name).symlink_to(f)
-    assert main(["eo", str(run), "--repo", str(repo), "--workers", "2"]) == 1
+    # Two more detectors with biases only (in a copy of the run holding all three), on two
+    # worker processes: each reported as failed with its reason, the first one still done.
+    both = tmp_path / "both"
+    write_bot_run(tmp_path / "run_b", BotConfig(
+        detectors=("R10_S10", "R10_S12"), n_bias=2, n_dark=0, flat_levels_e=(),
+        n_sflat_low=0, n_sflat_high=0, compress=False))
+    for source in (run, tmp_path / "run_b"):
+        for raw in source.glob("*/*.fits"):
+            (both / raw.parent.name).mkdir(parents=True, exist_ok=True)
+            (both / raw.parent.name / raw.name).symlink_to(raw)
+    assert main(["eo", str(both), "--repo", str(repo), "--workers", "2"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("R10_S10: FAILED: ") and "flat pairs" in lines[0]
+    assert [line.split(":")[0].split()[0] for line in lines] == ["R10_S10", DET, "R10_S12"]
+    for line in (lines[0], lines[2]):
+        assert "FAILED: " in line and "no flat pairs frames" in line
     assert lines[1].endswith("(done before)")
 
+    (tmp_path / "empty").mkdir()
     for args, what in (([str(tmp_path / "empty")], "no raw frame"),
                        ([str(run), "--detectors", "R22_S11"], "no frames of detector R22_S11"),
                        ([str(run), "--workers", "0"], "--workers")):
-        (tmp_path / "empty").mkdir(exist_ok=True)
         assert main(["eo", *args, "--repo", str(repo)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and what in err[0]

@@ -75,9 +75,10 @@ __all__ = [
     "photodiode_linearity",
 ]
 
-#: Folder-name patterns of each role (eotest ``BOT_jh_glob_patterns.ini``, section
-#: ``BOT_acq``: ``bias_frame``, ``read_noise``, ``dark_current``, ``flat_pairs``,
-#: ``cte_high``, ``cte_low``).
+#: Folder-name patterns of each role: those the camera team's EO job harness gives eotest
+#: (``lsst-camera-dh/EO-analysis-jobs`` ``data/BOT_jh_glob_patterns.ini``, section ``BOT_acq``:
+#: ``bias_frame``, ``read_noise``, ``dark_current``, ``flat_pairs``, ``cte_high``,
+#: ``cte_low``; tests/test_eo_run.py compares them with the file).
 BOT_PATTERNS: Mapping[str, str] = MappingProxyType({
     "bias": "*_bias_*",
     "read_noise": "bias_bias_*",
