@@ -124,6 +124,28 @@ def test_ptc_fit_on_eotest_real_e2v_points():
     assert 160_000 < fit.turnoff < 200_000
 
 
+def test_real_ts8_amplifier_cti_and_noise():
+    """The real e2v amplifier of a TS8 flat (RTM-010 S11, run 6006D, Segment00 = C00; the
+    other segments are zeroed): 20 740 ADU above a 27 026 ADU bias, its serial overscan
+    trail 4, 2, 1 ADU in the first three columns. Serial EPER CTI 6.3e-7, parallel 2e-8
+    (within CCD-010 and CCD-011); read noise 6.38 ADU (overscan-subtracted), total noise
+    6.43 ADU (the shared data manifest: overscan σ ≈ 6.4 ADU)."""
+    from atmospec.calib.eo import eper_cti, read_noise_adu, total_noise_adu
+    from atmospec.calib.eo_run import EoRunConfig
+    from atmospec.camera.raw import read_raw
+
+    raw = read_raw(DATA / "lsstcam" / "raw" /
+                   "ts8_6006D_201807241028453-RTM-010-S11-det067_one_real_amp.fits")
+    i = list(raw.camera.amp_names).index("C00")
+    config = EoRunConfig().eo
+    serial, parallel = eper_cti(raw, config)
+    assert serial[i] == pytest.approx(6.3e-7, rel=0.05)
+    assert abs(parallel[i]) < 1e-7
+    assert spec_by_id("CCD-010").passes(float(serial[i]))
+    assert read_noise_adu(raw, config)[i] == pytest.approx(6.38, rel=0.01)
+    assert total_noise_adu(raw, config)[i] == pytest.approx(6.43, rel=0.01)
+
+
 # --------------------------------------------------------------------------- simulated run
 
 
