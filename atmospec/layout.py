@@ -12,6 +12,8 @@ the report's), defined once.
     REPO/calib/<kind>/<detector>/            those of an instrument of several (LSSTCam)
     REPO/calib/night/<day_obs>/              products built from a night, before registration
     REPO/exposures/<day_obs>/<OBSID>_*       per-exposure outputs (post-ISR, catalogue, ...)
+    REPO/eo/<detector>/eo_figures.ecsv, .json  one detector's EO figures and verdicts
+    REPO/eo/eo_figures.ecsv                  every detector's, the run-wide table
     REPO/report/                             HTML report (index.html)
     REPO/report/exposures/<OBSID>/           figures of one exposure (and figures.json)
 
@@ -34,12 +36,14 @@ from types import MappingProxyType
 
 __all__ = [
     "CALIBRATION_BUILDS_FILE",
+    "EO_FIGURES_STEM",
     "EXPOSURE_FILES",
     "INDEX_FILE",
     "NIGHT_LOCK_FILE",
     "REGISTRY_FILE",
     "SUMMARY_STEM",
     "calib_dir",
+    "eo_dir",
     "exposure_dir",
     "exposure_figure_dir",
     "exposure_file",
@@ -59,6 +63,10 @@ SUMMARY_STEM = Path("night") / "summary"
 REGISTRY_FILE = Path("calib") / "registry.sqlite3"
 #: What the last night run built, failed to build or could not build (JSON list), relative.
 CALIBRATION_BUILDS_FILE = Path("night") / "calibration_builds.json"
+
+
+#: Base name of the EO figures tables (``.ecsv``, ``.json``) in `eo_dir`.
+EO_FIGURES_STEM = "eo_figures"
 
 
 #: What a header value may hold to become part of a file name: letters, digits, ``_ . + -``
@@ -115,6 +123,18 @@ def calib_dir(repo: Path, kind: str | None = None, detector: str | None = None) 
         return base
     return base / kind if detector is None else base / kind / safe_component(detector,
                                                                                "detector")
+
+
+def eo_dir(repo: Path, detector: str | None = None) -> Path:
+    """``REPO/eo`` (the run-wide EO table), or ``REPO/eo/<detector>`` (one detector's).
+
+    Raises
+    ------
+    ValueError
+        For a detector that cannot name a folder (`safe_component`).
+    """
+    base = Path(repo) / "eo"
+    return base if detector is None else base / safe_component(detector, "detector")
 
 
 def night_build_dir(repo: Path) -> Path:

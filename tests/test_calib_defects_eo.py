@@ -353,7 +353,7 @@ def test_write_eo(eo_table, tmp_path):
     back = Table.read(ecsv, format="ascii.ecsv")
     np.testing.assert_allclose(back["cti_serial"], eo_table["cti_serial"])
     assert back["read_noise"].unit == "electron"
-    assert back.meta["REFERENCE_LIMITS"]["read_noise"]["value"] == 9.0
+    assert back.meta["REFERENCE_LIMITS"]["read_noise"]["value"] == 8.0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -32,7 +32,7 @@ def test_data_files_are_packaged():
                  "instruments/latiss.yaml", "dispersers/holo4_003/transmission.txt",
                  "dispersers/HoloAmAg/hologram_grooves_per_mm.txt", "instruments/ctio.yaml",
                  "calspec/hd142331_stis_005.fits.gz", "calspec/getCalspec_calspec_index.csv",
-                 "examples/ctio_20170530_134_HD111980_HoloAmAg.fits.gz"):
+                 "examples/ctio_20170530_134_HD111980_HoloAmAg.fits.gz", "eo/specs.ecsv"):
         assert (data / name).is_file(), name
 
 

@@ -90,6 +90,9 @@ class FindDefectsConfig:
     """Clipping passes of the local background."""
     bad_column_fraction: float = 0.25
     """An amp column with more than this fraction of its pixels defective is masked whole."""
+    min_column_pixels: int | None = None
+    """An amp column with at least this many defective pixels is masked whole as well (the
+    camera team's bright and dark columns: 20 pixels, eotest); ``None``: no such rule."""
     n_sigma_column: float | None = 10.0
     """A column whose median residual is this many σ (of the amp's column medians) above
     (dark) or below (flat) the others is masked whole; ``None``: no column test."""
@@ -222,7 +225,10 @@ def _find_in_amp(image: np.ndarray, good: np.ndarray, kind: Literal["dark", "fla
         pixels = good & (image < threshold)
 
     ny = image.shape[0]
-    columns = pixels.sum(axis=0) > config.bad_column_fraction * ny
+    counts = pixels.sum(axis=0)
+    columns = counts > config.bad_column_fraction * ny
+    if config.min_column_pixels is not None:
+        columns |= counts >= config.min_column_pixels
     if config.n_sigma_column is not None:
         columns |= _column_outliers(resid, good, config.n_sigma_column, sign,
                                     config.column_min_depth * depth)

@@ -8,12 +8,18 @@ column             unit       how
 gain               e⁻/ADU     PTC product (``GAIN``), else the camera's nominal gain
 read_noise         e⁻         clipped σ of the overscan-subtracted serial overscan of the
                               bias frames (RMS over frames) × gain
+total_noise        e⁻         median over boxes of `EoConfig.noise_box_rows` rows of the
+                              σ of the raw serial overscan (no overscan subtraction: row
+                              drifts and pickup stay in), RMS over the bias frames, × gain
 full_well          e⁻         PTC ``TURNOFF`` (ADU) × gain; NaN without a PTC
 dark_current       e⁻/s/px    median of the amp in the master dark
+dark_current_95    e⁻/s/px    95th percentile of the amp in the master dark (CCD-014)
 bright_pixels      pix        hot pixels of the master dark outside bright columns
 bright_columns                columns masked whole in the dark
 dark_pixels        pix        cold pixels of the master flat outside dark columns
 dark_columns                  columns masked whole in the flat
+defect_fraction    %          pixels of the amp that are bright or dark pixels or in a
+                              bright or dark column (CCD-012)
 cti_serial                    EPER on flat raws: charge in the first ``eper_columns``
                               serial-overscan columns / (last data column level × number
                               of serial transfers of that column)
@@ -23,7 +29,10 @@ linearity_residual %          max |fractional residual| of a straight line fitte
                               PTC ramp (``PTC_MEAN`` vs ``PTC_EXPTIME``); NaN without
 ================== ========== ==========================================================
 
-`REFERENCE_LIMITS` holds the values drawn as reference lines in the summary plot.
+`REFERENCE_LIMITS` holds the values drawn as reference lines in the summary plot: the
+specifications of `atmospec.calib.eo_specs` (the shipped table ``data/eo/specs.ecsv``),
+never numbers of their own. No figure passes or fails here: `atmospec.calib.eo_specs
+.verdict_table` judges them.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from astropy import units as u
 from astropy.table import MaskedColumn, Table
 
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
+from atmospec.calib.eo_specs import spec_by_id, specs_for
 from atmospec.calib.inputs import frames_of_kind, handle_bad_inputs
 from atmospec.calib.products.detector import detector_meta
 from atmospec.calib.products.ptc import Ptc
@@ -53,6 +63,7 @@ from atmospec.isr.overscan import (
     OverscanConfig,
     overscan_noise,
     robust_sigma,
+    serial_overscan_columns,
     subtract_overscan,
 )
 
@@ -64,36 +75,53 @@ __all__ = [
     "EoConfig",
     "eo_figures",
     "eper_cti",
+    "max_fractional_deviation",
     "read_noise_adu",
     "reference_limits",
+    "total_noise_adu",
     "write_eo",
 ]
 
-#: Reference limits drawn on the summary plot: column -> (comparison, value, label). They
-#: are the LSST Camera sensor acceptance values as the camera team's eotest reports quote
-#: them (LCA-57 / LCA-128: read noise < 9 e⁻, dark current < 0.2 e⁻/s/px, serial CTI
-#: < 5e-6, parallel CTI < 3e-6, full well > 90 ke⁻, max non-linearity < 2 %), shown for
-#: orientation only: no figure passes or fails here. Defect counts are limited by
-#: `DEFECT_REFERENCE_FRACTION` of an amp's pixels (see `reference_limits`).
-REFERENCE_LIMITS: Mapping[str, tuple[str, float, str]] = MappingProxyType({
-    "read_noise": ("<", 9.0, "reference < 9 e⁻"),
-    "dark_current": ("<", 0.2, "reference < 0.2 e⁻/s"),
-    "cti_serial": ("<", 5.0e-6, "reference < 5e-6"),
-    "cti_parallel": ("<", 3.0e-6, "reference < 3e-6"),
-    "full_well": (">", 90_000.0, "reference > 90 ke⁻"),
-    "linearity_residual": ("<", 2.0, "reference < 2 %"),
+#: The specification each reference line of the summary plot shows: column -> spec id.
+#: ``cti_serial``/``cti_parallel`` (EPER on any flats) are judged as the superflats'
+#: figures are; ``linearity_residual`` (against exposure time) stands in for the
+#: photodiode-based figure of CCD-009 when there is no photodiode.
+_REFERENCE_SPECS: Mapping[str, str] = MappingProxyType({
+    "read_noise": "CCD-007",
+    "dark_current_95": "CCD-014",
+    "cti_serial": "CCD-010",
+    "cti_parallel": "CCD-011",
+    "full_well": "CCD-008",
+    "linearity_residual": "CCD-009",
 })
 
+
+def _reference(column: str, spec_id: str) -> tuple[str, float, str]:
+    # The row written for this very figure if there is one (its title says which frames).
+    own = [s for s in specs_for(column) if s.spec == spec_id]
+    spec = own[0] if own else spec_by_id(spec_id)
+    return spec.comparison, spec.threshold, f"{spec.spec}: {spec.title}"
+
+
+#: Reference limits drawn on the summary plot: column -> (comparison, value, label), from
+#: the specification table (`atmospec.calib.eo_specs`): read noise < 8 e⁻ (CCD-007), dark
+#: current 95th percentile < 0.2 e⁻/s (CCD-014), serial CTI < 5e-6 (CCD-010), parallel
+#: < 3e-6 (CCD-011), full well < 175 ke⁻ (CCD-008, the blooming full well eotest compares
+#: its PTC full well with), non-linearity < 2 % (CCD-009). Defect counts are limited by
+#: `DEFECT_REFERENCE_FRACTION` of an amp's pixels (see `reference_limits`).
+REFERENCE_LIMITS: Mapping[str, tuple[str, float, str]] = MappingProxyType(
+    {column: _reference(column, spec_id) for column, spec_id in _REFERENCE_SPECS.items()})
+
 #: Reference limit of the bright (and of the dark) defective pixels of an amp, as a fraction
-#: of its pixels (the camera team's "< 0.5 % defective pixels").
-DEFECT_REFERENCE_FRACTION = 0.005
+#: of its pixels (CCD-012, "< 0.5 % defective pixels").
+DEFECT_REFERENCE_FRACTION = spec_by_id("CCD-012").threshold / 100.0
 
 
 def reference_limits(camera: Camera | None = None) -> dict[str, tuple[str, float, str]]:
     """`REFERENCE_LIMITS` plus the defect-count limits for ``camera``'s amp size."""
     camera = camera or load_camera("latiss")
     n_pix = camera.data_bbox.nx * camera.data_bbox.ny
-    label = f"reference < {100 * DEFECT_REFERENCE_FRACTION:g} % of amp"
+    label = f"CCD-012: < {100 * DEFECT_REFERENCE_FRACTION:g} % of amp"
     limit = DEFECT_REFERENCE_FRACTION * n_pix
     return {**REFERENCE_LIMITS, "bright_pixels": ("<", limit, label),
             "dark_pixels": ("<", limit, label)}
@@ -102,12 +130,15 @@ def reference_limits(camera: Camera | None = None) -> dict[str, tuple[str, float
 EO_COLUMNS: tuple[tuple[str, u.UnitBase | None], ...] = (
     ("gain", u.electron / u.adu),
     ("read_noise", u.electron),
+    ("total_noise", u.electron),
     ("full_well", u.electron),
     ("dark_current", u.electron / u.s),
+    ("dark_current_95", u.electron / u.s),
     ("bright_pixels", u.pix),
     ("bright_columns", None),
     ("dark_pixels", u.pix),
     ("dark_columns", None),
+    ("defect_fraction", u.percent),
     ("cti_serial", None),
     ("cti_parallel", None),
     ("linearity_residual", u.percent),
@@ -120,6 +151,11 @@ class EoConfig:
 
     overscan: OverscanConfig = field(default_factory=OverscanConfig)
     """Overscan subtraction of the bias frames before their noise is measured."""
+    noise_box_rows: int = 100
+    """Rows of each box of the serial overscan whose σ gives the total noise (eotest's read
+    noise boxes; the median over the boxes is kept)."""
+    dark_percentile: float = 95.0
+    """Percentile of the master dark's pixels reported as ``dark_current_95`` (CCD-014)."""
     eper_columns: int = 3
     """Serial-overscan columns right after the data summed for the serial EPER."""
     eper_rows: int = 3
@@ -148,6 +184,25 @@ def read_noise_adu(raw: RawFrame, config: EoConfig | None = None) -> np.ndarray:
     segments = np.array(raw.segments, dtype=np.float32, copy=True)
     subtract_overscan(segments, raw.camera, config.overscan)
     return overscan_noise(segments, raw.camera, config.overscan)
+
+
+def total_noise_adu(raw: RawFrame, config: EoConfig | None = None) -> np.ndarray:
+    """Total noise of every amp of one bias frame, ADU: the σ of the raw serial overscan in
+    boxes of ``noise_box_rows`` rows, median over the boxes.
+
+    Nothing is subtracted but each box's mean, so what varies along the rows within a box
+    (bias drifts, pickup) counts, as in the camera team's total noise; the read noise
+    (`read_noise_adu`) is that noise after the row-by-row overscan subtraction.
+    """
+    config = config or EoConfig()
+    camera = raw.camera
+    ny = camera.data_bbox.ny
+    rows = max(2, min(config.noise_box_rows, ny))
+    n_box = ny // rows
+    cols = serial_overscan_columns(camera, config.overscan)
+    region = np.asarray(raw.segments[:, : n_box * rows, cols], dtype=np.float64)
+    boxes = region.reshape(camera.n_amps, n_box, -1)
+    return np.median(np.std(boxes, axis=2, ddof=1), axis=1)
 
 
 def _clipped_ratio(num: np.ndarray, den: np.ndarray, n_sigma: float) -> np.ndarray:
@@ -241,17 +296,34 @@ class _Ptc:
     linearity_pct: np.ndarray
 
 
-def _linearity_residual(times: np.ndarray, means: np.ndarray, lo: float,
-                        hi: float) -> float:
+def max_fractional_deviation(x: np.ndarray, means: np.ndarray, lo: float, hi: float
+                             ) -> float:
     """Max |fractional residual| (%) of a line fitted to a ramp between ``lo`` and ``hi``.
 
+    Parameters
+    ----------
+    x : numpy.ndarray
+        What the signal should be proportional to: exposure time, or the photodiode charge
+        (the camera team's linearity, CCD-009).
+    means : numpy.ndarray
+        Mean signal of each point, ADU.
+    lo, hi : float
+        Range of ``means`` fitted and judged, ADU.
+
+    Returns
+    -------
+    float
+        %, NaN with fewer than 3 points in the range.
+
+    Notes
+    -----
     The fit minimises the fractional residuals (weights 1/signal), as the figure of merit
     is fractional; an intercept absorbs a shutter-timing offset.
     """
-    ok = np.isfinite(times) & np.isfinite(means) & (means >= lo) & (means <= hi)
+    ok = np.isfinite(x) & np.isfinite(means) & (means >= lo) & (means <= hi)
     if ok.sum() < 3:
         return float("nan")
-    t, m = times[ok], means[ok]
+    t, m = x[ok], means[ok]
     design = np.column_stack([t, np.ones_like(t)]) / m[:, None]
     coef, *_ = np.linalg.lstsq(design, np.ones_like(m), rcond=None)
     fit = coef[0] * t + coef[1]
@@ -283,7 +355,7 @@ def _read_ptc(ptc: Ptc, camera: Camera, config: EoConfig) -> _Ptc:
                                                         f"{camera.amp_names[i]} differ in length")
             g = gains.gain[i]
             hi = hi_e / g if not np.isfinite(turnoff[i]) else min(hi_e / g, turnoff[i])
-            linearity[i] = _linearity_residual(times, means, lo_e / g, hi)
+            linearity[i] = max_fractional_deviation(times, means, lo_e / g, hi)
     else:
         log.info("%s: no PTC ramp (%s / %s): linearity residual left NaN", ptc.name,
                  "|".join(_RAMP_MEANS), "|".join(_RAMP_TIMES))
@@ -366,10 +438,14 @@ def eo_figures(
         full_well = np.full(n, np.nan)
         linearity = np.full(n, np.nan)
 
-    noise_var = [read_noise_adu(raw, config) ** 2
-                 for raw in _checked_raws(bias_raws, "bias", camera, skip_bad)]
+    noise_var, total_var = [], []
+    for raw in _checked_raws(bias_raws, "bias", camera, skip_bad):
+        noise_var.append(read_noise_adu(raw, config) ** 2)
+        total_var.append(total_noise_adu(raw, config) ** 2)
     read_noise = (np.sqrt(np.mean(noise_var, axis=0)) * gains.gain if noise_var
                   else np.full(n, np.nan))
+    total_noise = (np.sqrt(np.mean(total_var, axis=0)) * gains.gain if total_var
+                   else np.full(n, np.nan))
 
     cti = [eper_cti(raw, config) for raw in _checked_raws(flat_raws, "flat", camera, skip_bad)]
     if cti:
@@ -379,15 +455,19 @@ def eo_figures(
         cti_serial = cti_parallel = np.full(n, np.nan)
 
     dark_current = np.full(n, np.nan)
+    dark_95 = np.full(n, np.nan)
     if dark_master is not None:
         for i, amp in enumerate(camera.amplifiers):
             values = dark_master.image[camera.amp_slices(amp)]
-            dark_current[i] = float(np.median(values[np.isfinite(values)]))
+            values = values[np.isfinite(values)]
+            dark_current[i] = float(np.median(values))
+            dark_95[i] = float(np.percentile(values, config.dark_percentile))
 
     table = Table()
     table["amp"] = np.array(camera.amp_names, dtype=str)
-    values = {"gain": gains.gain, "read_noise": read_noise, "full_well": full_well,
-              "dark_current": dark_current, "cti_serial": cti_serial,
+    values = {"gain": gains.gain, "read_noise": read_noise, "total_noise": total_noise,
+              "full_well": full_well, "dark_current": dark_current,
+              "dark_current_95": dark_95, "cti_serial": cti_serial,
               "cti_parallel": cti_parallel, "linearity_residual": linearity}
     counts: dict[str, np.ndarray] = {}
     if dark_master is not None or flat_master is not None:
@@ -399,8 +479,16 @@ def eo_figures(
                   "dark_pixels": "n_cold", "dark_columns": "n_cold_columns"}
         counts = {col: np.array([s[key] for s in stats], dtype=np.int64)
                   for col, key in counts.items()}
+        # Bright and dark pixels and columns only: pixels the masters have no data for
+        # (e.g. lost to cosmic rays in every dark) are not defects of the sensor.
+        defective = maps.hot | maps.cold
+        values["defect_fraction"] = np.array([100.0 * float(defective[camera.amp_slices(a)]
+                                                            .mean()) for a in camera.amplifiers])
     for name, unit in EO_COLUMNS:
-        if name in values:
+        if name == "defect_fraction":
+            data = values.get(name, np.full(n, np.nan))
+            table[name] = MaskedColumn(data, mask=~np.isfinite(data))
+        elif name in values:
             table[name] = np.asarray(values[name], dtype=np.float64)
         else:
             source = dark_master if name.startswith("bright") else flat_master

@@ -6,9 +6,9 @@ is reported and skipped; the others are still processed. Python warnings raised 
 command runs are counted and logged once each at ``INFO`` (`atmospec.warnings_log`): ``-v``
 shows them; they never precede the one-line error.
 
-One module per command family (`isr`, `calib`, `imaging`, `spectro`, `night`, `simulate`,
-`gen3`), each with ``add_parsers(sub)``. The commands import the pipeline when they run, not
-when the parser is built, so ``atmospec --help`` answers at once.
+One module per command family (`isr`, `calib`, `eo`, `imaging`, `spectro`, `night`,
+`simulate`, `gen3`), each with ``add_parsers(sub)``. The commands import the pipeline when
+they run, not when the parser is built, so ``atmospec --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from atmospec import __version__
-from atmospec.cli import calib, gen3, imaging, isr, night, simulate, spectro
+from atmospec.cli import calib, eo, gen3, imaging, isr, night, simulate, spectro
 from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, Parser, UsageError
 from atmospec.errors import BadInputError, short_error
 from atmospec.warnings_log import collect_warnings
@@ -42,6 +42,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     isr.add_parsers(sub)
     calib.add_parsers(sub)
+    eo.add_parsers(sub)
     imaging.add_parsers(sub)
     spectro.add_parsers(sub)
     night.add_parsers(sub)

@@ -55,7 +55,13 @@ from astropy.time import Time
 from atmospec.camera.description import Camera, list_detectors, load_camera
 from atmospec.errors import BadInputError
 from atmospec.io import write_text_atomic
-from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose, sensor_model
+from atmospec.sim.detector import (
+    DetectorSimConfig,
+    ExposureTruth,
+    expose,
+    sensor_model,
+    serial_cti_per_amp,
+)
 from atmospec.sim.rawfile import lsst_instrument, lsst_primary_header, write_raw
 from atmospec.sim.scenes import (
     SENSOR_SEED,
@@ -528,6 +534,9 @@ def _detector_truth(camera: Camera, config: BotConfig, first: BotFrame) -> dict[
             float(np.mean(dark[camera.amp_slices(a)], dtype=np.float64))
             for a in camera.amplifiers],
         "full_well_e": det.full_well_e,
+        "cti_serial": serial_cti_per_amp(config.detector, camera).tolist(),
+        "cti_parallel": [config.detector.cti_parallel] * camera.n_amps,
+        "nonlinearity": np.asarray(det.nonlinearity, dtype=float).tolist(),
         "frames": [],
     }
 
@@ -564,7 +573,8 @@ def write_bot_run(run_dir: str | Path, config: BotConfig | None = None, *,
     The truth file holds the configuration, ``photodiode_c_per_e``, per exposure its
     folder, OBSID, type, times, target and true illumination and photodiode charge, and
     per detector its serial, vendor, true and nominal gains, read noise, sensor bias levels,
-    dark current (and its per-amp mean with hot pixels), full well and per frame the bias
+    dark current (and its per-amp mean with hot pixels), full well, per-amp serial and
+    parallel CTI and non-linearity (`DetectorSimConfig.nonlinearity`), and per frame the bias
     levels, mean true signal per amp and cosmic-ray count.
     """
     config = config or BotConfig()

@@ -83,6 +83,9 @@ class DetectorSimConfig:
     ε·n of its charge to the next one read, n its number of transfers)."""
     cti_parallel: float = 0.0
     """Parallel charge-transfer inefficiency per transfer (same model along columns)."""
+    cti_serial_by_amp: tuple[tuple[str, float], ...] = ()
+    """Serial CTI of named amps, ``(("C07", 8e-6), …)``, replacing ``cti_serial`` for them
+    (an amp out of specification among good ones)."""
     cold_pixel_fraction: float = 0.0
     """Fraction of pixels with a low response to light (0.2–0.7 of normal)."""
 
@@ -230,7 +233,25 @@ def sensor_model(config: DetectorSimConfig, camera: Camera) -> SensorModel:
     return model
 
 
-def apply_cti(charge: np.ndarray, cti: float, axis: int) -> np.ndarray:
+def serial_cti_per_amp(config: DetectorSimConfig, camera: Camera) -> np.ndarray:
+    """Serial CTI of every amp (HDU order): ``cti_serial`` but where ``cti_serial_by_amp``
+    names the amp.
+
+    Raises
+    ------
+    ValueError
+        For an amp name the detector does not have.
+    """
+    cti = np.full(camera.n_amps, config.cti_serial, dtype=np.float64)
+    names = list(camera.amp_names)
+    for name, value in config.cti_serial_by_amp:
+        if name not in names:
+            raise ValueError(f"cti_serial_by_amp: {camera.label} has no amp {name!r}")
+        cti[names.index(name)] = value
+    return cti
+
+
+def apply_cti(charge: np.ndarray, cti: float | np.ndarray, axis: int) -> np.ndarray:
     """First-order charge-transfer inefficiency along ``axis`` of readout-ordered segments.
 
     The pixel at index i along ``axis`` is transferred i + 1 times and leaves a fraction
@@ -241,8 +262,8 @@ def apply_cti(charge: np.ndarray, cti: float, axis: int) -> np.ndarray:
     ----------
     charge : numpy.ndarray
         ``(n_amps, ny, nx)`` charge in readout orientation (index 0 read first).
-    cti : float
-        Inefficiency per transfer.
+    cti : float or numpy.ndarray
+        Inefficiency per transfer, one value or one per amp (first axis).
     axis : int
         1 for parallel transfers (rows), 2 for serial transfers (columns).
 
@@ -251,12 +272,14 @@ def apply_cti(charge: np.ndarray, cti: float, axis: int) -> np.ndarray:
     numpy.ndarray
         The charge after transfer (a new array; total charge conserved within the array).
     """
-    if cti <= 0.0:
+    per_amp = np.broadcast_to(np.asarray(cti, dtype=np.float32), (charge.shape[0],))
+    if not np.any(per_amp > 0.0):
         return charge
     n = charge.shape[axis]
     shape = [1, 1, 1]
     shape[axis] = n
-    lost = charge * (np.float32(cti) * np.arange(1, n + 1, dtype=np.float32).reshape(shape))
+    lost = charge * (per_amp[:, None, None]
+                     * np.arange(1, n + 1, dtype=np.float32).reshape(shape))
     out = charge - lost
     idx_to = [slice(None)] * 3
     idx_from = [slice(None)] * 3
@@ -473,12 +496,13 @@ def expose(
     raw_ny, raw_nx = frame.raw_bbox.shape
     data_box = (slice(None), *frame.data_bbox.slices)
     cti_trails = None
-    if config.cti_parallel > 0 or config.cti_serial > 0 or frame is not camera:
+    cti_serial = serial_cti_per_amp(config, camera)
+    if config.cti_parallel > 0 or np.any(cti_serial > 0) or frame is not camera:
         full = np.zeros((n, *camera.raw_bbox.shape), dtype=np.float32)
         full[(slice(None), *camera.data_bbox.slices)] = data_adu
         full = bin_segments(full, *frame.binning)
         # Transfers run over the whole segment: deferred charge reaches the overscans (EPER).
-        full = apply_cti(apply_cti(full, config.cti_parallel, axis=1), config.cti_serial, axis=2)
+        full = apply_cti(apply_cti(full, config.cti_parallel, axis=1), cti_serial, axis=2)
         data_adu = np.ascontiguousarray(full[data_box])
         # What is left is read outside the data section: CTI trails, and the binned pixels
         # straddling the data section's edge.
