@@ -13,11 +13,13 @@ on the meridian, North of the zenith: parallactic angle 180°), ``ROTPA = 30°``
 angle ``ROTPA``, East towards −x) the zenith, at position angle 180°, is at 240° in the
 image, as drawn.
 
-Only orders 0 and 1 are drawn (and the chain's order-2 correction is off): order 2's light
-at a row is λ/2, refracted more, so with ADR it lands a few px beside order 1's across the
-dispersion and blends into the measured centroid above ~750 nm (up to ~1 binned px at
-900 nm on holo4_003 at airmass 2 with all orders, ADR modelled or not); modelling order 2's
-own refracted trace in the centre fit is not done.
+For the trace, orders 0 and 1 are drawn (and the chain's order-2 correction is off):
+order 2's light at a row is λ/2, refracted more, so with ADR it lands a few px beside order
+1's across the dispersion and blends into the measured centroid above ~750 nm (up to ~1
+binned px at 900 nm on holo4_003 at airmass 2 with all orders, ADR modelled or not);
+modelling order 2's own refracted trace in the centre fit is not done. One more exposure at
+airmass 2 draws orders 0–3: its order-2 correction places order 2 with its own refraction
+(`atmospec.spectro.order2.correct_extraction`), and its flux and wavelengths are checked.
 
 Measured by `process_dispersed` (zeroth order found, wavelengths calibrated, 2D model), with
 ADR modelled and with it switched off (`AdrConfig(enabled=False)`), against the truth:
@@ -137,14 +139,15 @@ class Run:
     without_adr: Spectrum
 
 
-def _observe(airmass: float, seed: int) -> tuple[Exposure, dict]:
+def _observe(airmass: float, seed: int, orders: tuple[int, ...] | None = (0, 1)
+             ) -> tuple[Exposure, dict]:
     model = DispersedSpectrumModel(
         target="HD142331", disperser="holo4_003", exptime_s=6.0 * airmass, airmass=airmass,
         pressure_hpa=PRESSURE_HPA, temperature_c=TEMPERATURE_C, relative_humidity=HUMIDITY,
         adr=True, adr_zenith_angle_deg=ZENITH_IN_IMAGE)
     signal, truth = render_dispersed_exposure(
         SHAPE, 1745.2, 3702.7, 0.75 / 0.0952 * airmass**0.6, 68.6,
-        np.random.default_rng(seed), model, config=DispersedSceneConfig(orders=(0, 1)))
+        np.random.default_rng(seed), model, config=DispersedSceneConfig(orders=orders))
     signal += np.float32(8.0 * model.exptime_s)  # sky
     rng = np.random.default_rng(seed + 1)
     image = rng.poisson(signal).astype(np.float32)
@@ -163,6 +166,31 @@ def _observe(airmass: float, seed: int) -> tuple[Exposure, dict]:
     exposure = Exposure.from_image(bin2(image), metadata=header)
     exposure.variance[:] = bin2(signal + np.float32(81.0))
     return exposure, truth
+
+
+@pytest.fixture(scope="module")
+def all_orders() -> Run:
+    """Airmass 2, orders 0–3 drawn, the chain's order-2 correction on."""
+    exposure, truth = _observe(2.0, 511, orders=None)
+    spectra = [process_dispersed(exposure, config=SpectroscopyConfig(
+        adr=AdrConfig(enabled=on)))[0] for on in (True, False)]
+    return Run(2.0, exposure, truth, *spectra)
+
+
+def test_all_orders_flux_and_wavelengths(all_orders):
+    """With order 2 on the trace (refracted by its own amount): flux within 1 % and
+    wavelengths within 0.3 nm RMS with ADR, both measurably worse without."""
+    r = all_orders
+    on, off = flux_deviation(r.with_adr, r.truth), flux_deviation(r.without_adr, r.truth)
+    rms = []
+    for spectrum in (r.with_adr, r.without_adr):
+        _, dl, lam_true = trace_and_wavelength_errors(spectrum, r.truth)
+        sel = (lam_true > 400) & (lam_true < 1000)
+        rms.append(float(np.sqrt(np.mean(dl[sel] ** 2))))
+    print(f"\nX=2.0, orders 0-3: flux median |ratio-1| with ADR {on:.4f}, without {off:.4f}; "
+          f"wavelength RMS with {rms[0]:.3f} nm, without {rms[1]:.3f} nm")
+    assert on <= FLUX_TOL and off > 2.0 * on
+    assert rms[0] <= 0.3 < rms[1]
 
 
 @pytest.fixture(scope="module")
