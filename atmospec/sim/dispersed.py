@@ -60,6 +60,7 @@ from atmospec.atmosphere import refraction as _refraction
 from atmospec.atmosphere import transmission as _atmosphere
 from atmospec.camera.spectrograph import DisperserSpec, InstrumentProfile, load_instrument
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp, qe_curve
+from atmospec.spectro.adr import TraceRefraction, zeroth_order_reference_nm
 from atmospec.spectro.calspec import StellarSED, load_sed
 from atmospec.spectro.dispersers import (
     grating_offset_px,
@@ -427,6 +428,25 @@ def differential_refraction_arcsec(wavelength_nm: np.ndarray, model: DispersedSp
     return _refraction.differential_refraction_arcsec(
         wavelength_nm, model.adr_reference_nm, model.airmass, model.pressure_hpa,
         model.temperature_c, vapour)
+
+
+def adr_reference_of_zeroth_order(model: DispersedSpectrumModel,
+                                  config: DispersedSceneConfig | None = None) -> float:
+    """The wavelength whose refraction is the zeroth order's flux-weighted mean, nm.
+
+    Drawn with ``adr_reference_nm`` at this value, the zeroth order's centroid sits at the
+    position given to the renderer (the same rule as the extraction's,
+    `atmospec.spectro.adr.zeroth_order_reference_nm`, on the zeroth order's own light).
+    """
+    cfg = config or DispersedSceneConfig()
+    lam, _ = _wavelength_grid(cfg)
+    zeroth = electrons_per_nm(replace(model, orders=(0,)), lam)[0]
+    refraction = TraceRefraction(
+        airmass=model.airmass, pressure_hpa=float(model.pressure_hpa),  # type: ignore[arg-type]
+        temperature_c=model.temperature_c, relative_humidity=model.relative_humidity,
+        zenith_angle_deg=model.adr_zenith_angle_deg, plate_scale_arcsec=cfg.plate_scale_arcsec,
+        reference_nm=model.adr_reference_nm)
+    return zeroth_order_reference_nm(refraction, lam, zeroth)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -60,6 +60,7 @@ __all__ = [
     "TraceRefraction",
     "refraction_from_header",
     "solve_wavelength",
+    "zenith_in_image_deg",
     "zeroth_order_reference_nm",
 ]
 
@@ -147,6 +148,39 @@ class TraceRefraction:
         return cards
 
 
+def zenith_in_image_deg(altitude_deg: float, azimuth_deg: float, rotation_angle_deg: float,
+                        profile: InstrumentProfile) -> tuple[float, float]:
+    """Direction of the zenith in the images as read, and the parallactic angle.
+
+    Parameters
+    ----------
+    altitude_deg, azimuth_deg : float
+        Telescope altitude and azimuth (North through East), degrees.
+    rotation_angle_deg : float
+        ``ROTPA``: position angle of the image's +y, degrees.
+    profile : InstrumentProfile
+        Site latitude and sky orientation (`InstrumentProfile.sky_to_image`).
+
+    Returns
+    -------
+    zenith_deg : float
+        Degrees counter-clockwise from +x, in (−180, 180].
+    parallactic_deg : float
+        The parallactic angle, degrees.
+
+    Raises
+    ------
+    ValueError
+        Without the profile's latitude or sky parity, or at the zenith.
+    """
+    if profile.site_latitude_deg is None:
+        raise ValueError(f"instrument {profile.name}: site latitude not known")
+    parallactic = parallactic_angle_deg(altitude_deg, azimuth_deg, profile.site_latitude_deg)
+    q = math.radians(parallactic)  # the zenith seen from the star: (East, North) = (sin, cos)
+    dx, dy = profile.sky_to_image(math.sin(q), math.cos(q), rotation_angle_deg)
+    return math.degrees(math.atan2(float(dy), float(dx))), parallactic
+
+
 def refraction_from_header(info: ObservationInfo, profile: InstrumentProfile, binning: int,
                            config: AdrConfig | None = None, source: str | None = None,
                            to_frame: Callable[[float, float], tuple[float, float]] | None
@@ -199,16 +233,14 @@ def refraction_from_header(info: ObservationInfo, profile: InstrumentProfile, bi
         if info.altitude is None or info.azimuth is None or info.rotation_angle is None:
             return None, "no altitude, azimuth or ROTPA in the header (zenith direction)"
         try:
-            parallactic = parallactic_angle_deg(info.altitude, info.azimuth,
-                                                profile.site_latitude_deg)
+            zenith, parallactic = zenith_in_image_deg(info.altitude, info.azimuth,
+                                                      info.rotation_angle, profile)
         except ValueError as exc:
             return None, str(exc)
-        # The zenith seen from the star, a unit vector on the sky (East, North).
-        q = math.radians(parallactic)
-        dx, dy = profile.sky_to_image(math.sin(q), math.cos(q), info.rotation_angle)
-        vx, vy = (float(dx), float(dy)) if to_frame is None else to_frame(float(dx),
-                                                                          float(dy))
-        zenith = math.degrees(math.atan2(vy, vx))
+        if to_frame is not None:
+            phi = math.radians(zenith)
+            vx, vy = to_frame(math.cos(phi), math.sin(phi))
+            zenith = math.degrees(math.atan2(vy, vx))
     log.debug("%s: ADR at airmass %.3f, %.1f hPa, %.1f °C, zenith at %.1f° in the image",
               source, airmass, info.pressure, temperature, zenith)
     return TraceRefraction(airmass=airmass, pressure_hpa=float(info.pressure),  # type: ignore[arg-type]

@@ -36,9 +36,11 @@ across rows rather than exactly perpendicular to the trace changes widths by
 
 **Differential refraction** (given a `atmospec.spectro.adr.TraceRefraction`): the trace is
 not straight — at the row where λ lands its centre is moved by the refraction's offset
-(`TraceRefraction.trace_offsets`, up to ~15 px at 350 nm and airmass 2). The fits of steps
-2 and 4 are made on the centres minus those offsets (the line and the polynomial describe
-the optics, the offsets the atmosphere), and the offsets are added back to ``x_c``. Along
+(`TraceRefraction.trace_offsets`, up to ~15 px at 350 nm and airmass 2). The centre fits of
+steps 2 and 4 are made on the centres minus those offsets, with a line (the optics; the
+offsets are the atmosphere) and on the bins below `ExtractionConfig.adr_centre_max_nm`
+only: beyond, order 2's light (λ/2, refracted more) lies a few pixels beside order 1's and
+would pull the centres; the offsets are added back to ``x_c``. Along
 the axis, the wavelength of a distance u solves ``u = law⁻¹(λ) + a(λ)``
 (`atmospec.spectro.adr.solve_wavelength`); the refraction's reference wavelength is set
 from the extracted spectrum to the zeroth order's (`zeroth_order_reference_nm`), after
@@ -116,6 +118,12 @@ class ExtractionConfig:
     """Levenberg–Marquardt iterations of the batched Moffat fits."""
     min_valid_fraction: float = 0.3
     """Least fraction of the predicted trace rows that must be on the chip and usable."""
+    adr_centre_max_nm: float = 680.0
+    """With differential refraction modelled, the trace centre — a line plus the
+    refraction's bend — is fitted on the bins below this wavelength: beyond it (twice the
+    bluest light, ~340 nm) order 2's light of λ/2, refracted more, lies beside order 1's
+    across the dispersion and would pull the fitted centres (by ~1 px at 900 nm, airmass 2,
+    holo4_003). Without ADR both orders share one line and every bin is used."""
     bad_planes: tuple[str, ...] = ("BAD", "SAT", "CR", "EDGE", "NO_DATA")
     """Mask planes whose pixels are ignored."""
 
@@ -498,9 +506,10 @@ def extract_spectrum(
     if ok0.sum() < 5:
         raise BadInputError(src, f"no order-{cfg.order} spectrum found along the predicted "
                                  f"trace ({ok0.sum()} usable bins)")
-    line, keep_line = _poly_fit(brow[ok0], fit0.params[ok0, 1] - off_prior[ok0],
-                                fit0.errors[ok0, 1], 1, cfg.clip_sigma)
-    slope, angle_err = _slope_and_error(line, brow[ok0][keep_line], fit0.errors[ok0, 1][
+    sel0 = ok0 & geo.clean(brow, prior, cfg)
+    line, keep_line = _poly_fit(brow[sel0], fit0.params[sel0, 1] - off_prior[sel0],
+                                fit0.errors[sel0, 1], 1, cfg.clip_sigma)
+    slope, angle_err = _slope_and_error(line, brow[sel0][keep_line], fit0.errors[sel0, 1][
         keep_line])
     angle = -math.degrees(math.atan(slope))
     fwhm0 = float(np.nanmedian(fit0.fwhm[ok0]))
@@ -523,8 +532,8 @@ def extract_spectrum(
     if ok.sum() < max(cfg.shape_degree, cfg.centre_degree) + 2:
         raise BadInputError(src, f"too few usable order-{cfg.order} bins ({ok.sum()})")
     p, e = fit.params, fit.errors
-    pc, kc = _poly_fit(brow[ok], p[ok, 1] - off_bins[ok], e[ok, 1], cfg.centre_degree,
-                       cfg.clip_sigma)
+    pc, kc = _fit_centre(brow, p[:, 1] - off_bins, e[:, 1], ok, geo.clean(brow, angle, cfg),
+                         cfg.centre_degree if refraction is None else 1, cfg.clip_sigma)
     pg, kg = _poly_fit(brow[ok], p[ok, 2], e[ok, 2], cfg.shape_degree, cfg.clip_sigma)
     pa, ka = _poly_fit(brow[ok], p[ok, 3], e[ok, 3], cfg.shape_degree, cfg.clip_sigma)
     used = np.zeros(ok.shape, dtype=bool)
@@ -570,6 +579,20 @@ def extract_spectrum(
         instrument=disp.instrument.name, dispersion=disp, refraction=refraction)
 
 
+def _fit_centre(brow: np.ndarray, centre: np.ndarray, err: np.ndarray, ok: np.ndarray,
+                clean: np.ndarray, degree: int, clip: float
+                ) -> tuple[np.polynomial.Polynomial, np.ndarray]:
+    """The trace-centre polynomial fitted on the bins ``ok & clean``, and which of the
+    ``ok`` bins it kept. With refraction the centre is a line plus the bend (degree 1:
+    the optics' straight trace; the bend is the atmosphere's), fitted where order 2 does
+    not lie beside order 1."""
+    sel = ok & clean
+    poly, kept = _poly_fit(brow[sel], centre[sel], err[sel], degree, clip)
+    kept_all = np.zeros(ok.shape, dtype=bool)
+    kept_all[np.flatnonzero(sel)] = kept
+    return poly, kept_all[ok]
+
+
 @dataclass(frozen=True, eq=False)
 class _Geometry:
     """The dispersion law around one zeroth order and the refraction's bend of the trace."""
@@ -591,6 +614,16 @@ class _Geometry:
         return lambda u: self.disp.wavelength_nm(u, self.order, self.d2ccd, self.pixel_mm,
                                                  theta, at=(self.x0, self.y0),
                                                  binning=self.binning)
+
+    def clean(self, rows: np.ndarray, angle_deg: float, cfg: ExtractionConfig) -> np.ndarray:
+        """Rows whose trace centre fits may be used: all without refraction; with it those
+        below `ExtractionConfig.adr_centre_max_nm` (all, if fewer than 5 bins are)."""
+        if self.refraction is None:
+            return np.ones(np.shape(rows), dtype=bool)
+        u = -(np.asarray(rows, dtype=np.float64) - self.y0) / math.cos(math.radians(angle_deg))
+        lam = self.law(angle_deg)(u)
+        keep = np.isfinite(lam) & (lam < cfg.adr_centre_max_nm)
+        return keep if np.count_nonzero(keep) >= 5 else np.ones(np.shape(rows), dtype=bool)
 
     def offsets(self, rows: np.ndarray, angle_deg: float) -> np.ndarray:
         """The refraction's offset of the trace centre at ``rows`` (λ from the straight
