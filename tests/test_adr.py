@@ -314,3 +314,35 @@ def test_header_without_pressure_falls_back(runs, caplog):
     warnings = [rec for rec in caplog.records if "differential refraction" in rec.message]
     assert len(warnings) == 1 and "pressure" in warnings[0].message
     assert spectrum.header["ADR"] is False
+
+
+def test_refraction_from_header_needs_and_reasons():
+    """What the header must give, and the reason recorded when it does not."""
+    from dataclasses import replace
+
+    from atmospec.camera.spectrograph import load_instrument
+    from atmospec.camera.translator import translate_header
+    from atmospec.spectro.adr import refraction_from_header, zenith_in_image_deg
+
+    latiss = load_instrument("latiss")
+    header = fits.Header({
+        "OBSID": "AT_O_20261123_000001", "INSTRUME": "LATISS", "DAYOBS": "20261123",
+        "SEQNUM": 1, "DATE-OBS": "2026-11-24T03:00:00", "EXPTIME": 1.0, "AMSTART": 1.5,
+        "ELSTART": 41.81, "AZSTART": 0.0, "ROTPA": ROTPA, "PRESSURE": 74300.0})
+    info = translate_header(header)
+    refraction, reason = refraction_from_header(info, latiss, 2)
+    assert reason is None and refraction is not None
+    assert refraction.pressure_hpa == pytest.approx(743.0)  # Pa in the header
+    assert refraction.temperature_c == AdrConfig().default_temperature_c
+    assert refraction.plate_scale_arcsec == pytest.approx(2 * latiss.plate_scale_arcsec)
+    assert refraction.zenith_angle_deg % 360.0 == pytest.approx(ZENITH_IN_IMAGE, abs=1e-6)
+    # North at the star's meridian side: ROTPA = 0 puts the zenith (PA 180°) towards −y.
+    assert zenith_in_image_deg(41.81, 0.0, 0.0, latiss)[0] == pytest.approx(-90.0, abs=1e-6)
+    for change, words in ((dict(pressure=None), "pressure"), (dict(airmass=None), "airmass"),
+                          (dict(rotation_angle=None), "ROTPA")):
+        none, why = refraction_from_header(replace(info, **change), latiss, 2)
+        assert none is None and words in why
+    assert refraction_from_header(info, latiss, 2, AdrConfig(enabled=False)) == (
+        None, "switched off")
+    none, why = refraction_from_header(info, load_instrument("ctio"), 1)
+    assert none is None and "ctio" in why
