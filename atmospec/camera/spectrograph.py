@@ -179,7 +179,11 @@ class InstrumentProfile:
     ``data.T[::-1, ::-1]`` before extraction, Spectractor's own frame)."""
     sky_parity: int | None
     """+1: with the position angle 0 (+y North) East is towards -x; -1: towards +x; None:
-    not known (no pointing offset is applied to the zeroth-order prior)."""
+    not known (no pointing offset is applied to the zeroth-order prior, no differential
+    refraction is modelled)."""
+    site_latitude_deg: float | None
+    """Latitude of the site, degrees (South negative): the parallactic angle of the
+    differential refraction; None: not known."""
     typical_fwhm_arcsec: float
     """Typical seeing FWHM, arcsec: the starting width of the zeroth-order search."""
     throughput_file: str
@@ -208,6 +212,30 @@ class InstrumentProfile:
         """Detector shape ``(ny, nx)`` after binning (partial edge pixels dropped)."""
         b = _check_binning(binning)
         return (self.detector_shape[0] // b, self.detector_shape[1] // b)
+
+    def sky_to_image(self, east: float | np.ndarray, north: float | np.ndarray,
+                     rotation_angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
+        """A vector on the sky (towards East and North) as ``(dx, dy)`` in the images as read.
+
+        The one place of the sky orientation of the images: +y points at the position angle
+        ``rotation_angle_deg`` (``ROTPA``, North through East) and +x at
+        ``rotation_angle_deg − 90°`` for `sky_parity` +1 (East towards −x when North is
+        +y, as on the sky seen from the ground), ``+ 90°`` for −1. Units are kept (arcsec in,
+        arcsec out).
+
+        Raises
+        ------
+        ValueError
+            When the profile does not know its parity (`sky_parity` None).
+        """
+        if self.sky_parity is None:
+            raise ValueError(f"instrument {self.name}: sky parity not known")
+        pa = math.radians(rotation_angle_deg)
+        e = np.asarray(east, dtype=np.float64)
+        n = np.asarray(north, dtype=np.float64)
+        dx = self.sky_parity * (-e * math.cos(pa) + n * math.sin(pa))
+        dy = e * math.sin(pa) + n * math.cos(pa)
+        return dx, dy
 
     def to_pixels(self, distance_mm: float | np.ndarray, binning: int = 1) -> np.ndarray:
         """A distance on the detector, mm, in (binned) pixels."""
@@ -361,6 +389,7 @@ def _load(name: str) -> InstrumentProfile:
         disperser_table_frame=str(raw["disperser_table_frame"]),
         first_order_direction=first,
         sky_parity=None if parity is None else int(parity),
+        site_latitude_deg=_opt(raw.get("site_latitude_deg")),
         typical_fwhm_arcsec=float(raw["typical_fwhm_arcsec"]),
         throughput_file=str(raw["throughput_file"]),
         filter_files=MappingProxyType({str(k): str(v) for k, v in raw["filters"].items()}),

@@ -47,6 +47,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
                    "CALSPEC standard or --sed, otherwise the lines the spectrum shows, emission "
                    "or absorption as detected), emission or absorption (the lines of that "
                    "kind, whatever the target)")
+    p.add_argument("--no-adr", action="store_true",
+                   help="do not model the atmospheric differential refraction (default: "
+                   "modelled when the header gives airmass, pressure and the zenith "
+                   "direction)")
     p.add_argument("--any-target", action="store_true",
                    help="deprecated, no effect: every target is accepted")
     p.add_argument("--units", choices=FLUX_UNITS, default="electron",
@@ -65,6 +69,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from atmospec.exposure import Exposure
     from atmospec.fitsscan import scan_fits
     from atmospec.io import provenance_cards
+    from atmospec.spectro.adr import AdrConfig
     from atmospec.spectro.calspec import load_sed
     from atmospec.spectro.chain import SpectroscopyConfig, process_dispersed
     from atmospec.spectro.units import with_flux_unit
@@ -99,7 +104,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         exposure = read_reduced_image(path, args.instrument)
     if xy is not None:
         _check_xy_in_frame(xy, exposure.image.shape)
-    config = SpectroscopyConfig(sed_path=args.sed, lines=args.lines)
+    config = SpectroscopyConfig(sed_path=args.sed, lines=args.lines,
+                                adr=AdrConfig(enabled=not args.no_adr))
     spectrum, centroid = process_dispersed(exposure, target=args.target,
                                            disperser=args.disperser, xy=xy, config=config,
                                            source=str(path), instrument=args.instrument)

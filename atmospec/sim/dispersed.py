@@ -56,9 +56,11 @@ from typing import Any
 
 import numpy as np
 
+from atmospec.atmosphere import refraction as _refraction
 from atmospec.atmosphere import transmission as _atmosphere
 from atmospec.camera.spectrograph import DisperserSpec, InstrumentProfile, load_instrument
 from atmospec.sim.scenes import moffat_alpha, moffat_stamp, qe_curve
+from atmospec.spectro.adr import TraceRefraction, zeroth_order_reference_nm
 from atmospec.spectro.calspec import StellarSED, load_sed
 from atmospec.spectro.dispersers import (
     grating_offset_px,
@@ -88,9 +90,6 @@ log = logging.getLogger(__name__)
 
 #: Planck's constant × speed of light / Boltzmann constant, in nm·K (hc/k = 1.4388 cm K).
 _HC_OVER_K_NM_K = 1.438777e7
-#: Radians to arcseconds.
-_ARCSEC_PER_RAD = 206264.806
-
 
 @dataclass(frozen=True)
 class DispersedSceneConfig:
@@ -303,6 +302,8 @@ class DispersedSpectrumModel:
     blue light towards it)."""
     temperature_c: float = 10.0
     """Air temperature, °C (ADR only)."""
+    relative_humidity: float = 0.0
+    """Relative humidity, % (ADR only: water vapour lowers the refractivity slightly)."""
     atmosphere_table: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     """``(wavelength nm, transmission)`` used instead of the atmosphere model, e.g. a
     libRadtran output (linear interpolation, end values held outside the table; ``airmass``,
@@ -417,24 +418,34 @@ def differential_refraction_arcsec(wavelength_nm: np.ndarray, model: DispersedSp
                                    ) -> np.ndarray:
     """Atmospheric refraction at λ minus that at ``model.adr_reference_nm``, arcsec.
 
-    Refraction ``R(λ) = (n(λ) − 1) tan z`` (plane parallel, ``tan z = √(X² − 1)``) with the
-    refractivity of dry air of Edlén (1953) at 15 °C and 760 mmHg,
-    ``(n − 1)·10⁶ = 64.328 + 29498.1/(146 − σ²) + 255.4/(41 − σ²)`` (σ = 1/λ in µm⁻¹),
-    scaled to pressure P (mmHg) and temperature T (°C) by
-    ``P (1 + (1.049 − 0.0157 T)·10⁻⁶ P) / (720.883 (1 + 0.003661 T))`` (Filippenko 1982,
-    PASP 94, 715; water vapour neglected, a < 1 % change). Positive: towards the zenith.
+    The law of `atmospec.atmosphere.refraction.differential_refraction_arcsec` (Edlén's
+    refractivity as Filippenko 1982 writes it, plane parallel) at the model's airmass,
+    pressure, temperature and relative humidity. Positive: towards the zenith.
     """
-    def refractivity(lam_nm: np.ndarray) -> np.ndarray:
-        s2 = (1e3 / np.asarray(lam_nm, dtype=np.float64)) ** 2
-        n15 = 64.328 + 29498.1 / (146.0 - s2) + 255.4 / (41.0 - s2)
-        p = model.pressure_hpa * 0.750062  # mmHg
-        t = model.temperature_c
-        return 1e-6 * n15 * p * (1.0 + (1.049 - 0.0157 * t) * 1e-6 * p) / (
-            720.883 * (1.0 + 0.003661 * t))
+    vapour = _refraction.water_vapour_pressure_hpa(model.temperature_c,
+                                                   model.relative_humidity)
+    return _refraction.differential_refraction_arcsec(
+        wavelength_nm, model.adr_reference_nm, model.airmass, model.pressure_hpa,
+        model.temperature_c, vapour)
 
-    tan_z = math.sqrt(max(model.airmass**2 - 1.0, 0.0))
-    return _ARCSEC_PER_RAD * tan_z * (refractivity(wavelength_nm)
-                                      - refractivity(np.asarray(model.adr_reference_nm)))
+
+def adr_reference_of_zeroth_order(model: DispersedSpectrumModel,
+                                  config: DispersedSceneConfig | None = None) -> float:
+    """The wavelength whose refraction is the zeroth order's flux-weighted mean, nm.
+
+    Drawn with ``adr_reference_nm`` at this value, the zeroth order's centroid sits at the
+    position given to the renderer (the same rule as the extraction's,
+    `atmospec.spectro.adr.zeroth_order_reference_nm`, on the zeroth order's own light).
+    """
+    cfg = config or DispersedSceneConfig()
+    lam, _ = _wavelength_grid(cfg)
+    zeroth = electrons_per_nm(replace(model, orders=(0,)), lam)[0]
+    refraction = TraceRefraction(
+        airmass=model.airmass, pressure_hpa=float(model.pressure_hpa),  # type: ignore[arg-type]
+        temperature_c=model.temperature_c, relative_humidity=model.relative_humidity,
+        zenith_angle_deg=model.adr_zenith_angle_deg, plate_scale_arcsec=cfg.plate_scale_arcsec,
+        reference_nm=model.adr_reference_nm)
+    return zeroth_order_reference_nm(refraction, lam, zeroth)
 
 
 # --------------------------------------------------------------------------- rendering

@@ -40,7 +40,11 @@ from atmospec.io import atomic_path, to_jsonable, write_text_atomic
 from atmospec.isr.driver import IsrCalibrations
 from atmospec.isr.gain import AmpGains
 from atmospec.sim.detector import DetectorSimConfig, ExposureTruth, expose
-from atmospec.sim.dispersed import DispersedSpectrumModel, render_dispersed_exposure
+from atmospec.sim.dispersed import (
+    DispersedSpectrumModel,
+    adr_reference_of_zeroth_order,
+    render_dispersed_exposure,
+)
 from atmospec.sim.rawfile import primary_header, write_raw
 from atmospec.sim.scenes import (
     CosmicRayConfig,
@@ -54,6 +58,7 @@ from atmospec.sim.scenes import (
 )
 from atmospec.sim.seds import simulated_sed
 from atmospec.sim.sequences import PtcSequenceConfig, quick_sequence
+from atmospec.spectro.adr import zenith_in_image_deg
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ _REFERENCE_FILTER = "SDSSr_65mm"
 
 #: Site latitude / longitude of the Auxiliary Telescope, degrees.
 _LATITUDE = -30.2447889
+#: ``ROTPA`` of the simulated frames, degrees (position angle of the image's +y).
+_ROTPA = 0.0
 _LONGITUDE = -70.7476862
 
 #: Where the telescope parks for calibrations (flat-field screen), degrees.
@@ -145,11 +152,16 @@ class NightConfig:
     ``planetary-nebula+continuum``, ``star``)."""
     dispersed_spectrum: DispersedSpectrumModel = field(
         default_factory=lambda: DispersedSpectrumModel(pwv_mm=3.0, ozone_du=300.0, vaod=0.03,
-                                                       angstrom=None))
+                                                       angstrom=None, adr=True,
+                                                       relative_humidity=20.0))
     """Atmosphere and instrument of the dispersed exposures (aerosols with libRadtran's
     default shape, as Spectractor's grids and the atmosphere fit): the CALSPEC SED of
     ``dispersed_target`` × telescope × QE × disperser efficiency per order × atmosphere
-    (target, disperser, exposure time, airmass and filter are set per frame)."""
+    (target, disperser, exposure time, airmass and filter are set per frame), and the
+    differential refraction of the frame's pointing (``adr``: the zenith direction from its
+    altitude, azimuth and ``ROTPA`` = 0 by the instrument's convention,
+    `atmospec.spectro.adr.zenith_in_image_deg`, the zeroth order at the frame's position;
+    the header carries the model's pressure, temperature and humidity)."""
     linspos_mm: float = 68.0
     """LINSPOS of the dispersed exposures, mm (D2CCD: the instrument's law, base + LINSPOS +
     the disperser's offset)."""
@@ -360,6 +372,19 @@ def _gmst_deg(time: Time) -> float:
     return (280.46061837 + 360.98564736629 * (time.utc.jd - 2451545.0)) % 360.0
 
 
+def _with_refraction(model: DispersedSpectrumModel, p: PlannedExposure
+                     ) -> DispersedSpectrumModel:
+    """The model with the frame's differential refraction (`NightConfig.dispersed_spectrum`):
+    the zenith in the image from the frame's pointing, the zeroth order at the reference
+    wavelength of its own light; none at the zenith."""
+    if not model.adr or p.elevation is None or p.azimuth is None or model.airmass <= 1.0 + 1e-9:
+        return replace(model, adr=False)
+    zenith, _ = zenith_in_image_deg(p.elevation, p.azimuth, _ROTPA,
+                                    load_instrument(model.instrument))
+    model = replace(model, adr_zenith_angle_deg=zenith)
+    return replace(model, adr_reference_nm=adr_reference_of_zeroth_order(model))
+
+
 def _alt_az(ha_deg: float, dec_deg: float) -> tuple[float, float]:
     """Altitude and azimuth (N through E), degrees, of a source at the site."""
     ha, dec, lat = map(math.radians, (ha_deg, dec_deg, _LATITUDE))
@@ -543,6 +568,7 @@ def simulate_exposure(
                         target=config.dispersed_target if sed is None else sed,
                         disperser=p.disperser, exptime_s=p.exptime,
                         airmass=p.airmass or 1.0, filter_name=p.filter_name)
+        model = _with_refraction(model, p)
         signal, dispersed = render_dispersed_exposure(
             shape, float(x0), float(y0), fwhm, config.linspos_mm, scene_rng, model)
         sky = float(p.sky_e_per_s) * p.exptime
@@ -571,8 +597,10 @@ def simulate_exposure(
         p.obs_id, KINDS[kind], p.exptime, p.darktime, p.filter_name, p.disperser, p.start,
         p.airmass, p.ra, p.dec, target, elevation=p.elevation, azimuth=p.azimuth,
         seed=config.seed, linspos=config.linspos_mm, binning=config.binning,
-        # the pressure the dispersed light went through (hPa → Pa, as LATISS writes it)
+        # the air the dispersed light went through (pressure hPa → Pa, as LATISS writes it)
         pressure_pa=100.0 * float(config.dispersed_spectrum.pressure_hpa),
+        air_temp_c=config.dispersed_spectrum.temperature_c,
+        humidity=config.dispersed_spectrum.relative_humidity, rotpa=_ROTPA,
     )
     return segments, truth, cards
 

@@ -32,6 +32,7 @@ from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.fitting import FitQualityConfig, fit_problems
+from atmospec.spectro.adr import AdrConfig, TraceRefraction, refraction_from_header
 from atmospec.spectro.calspec import StellarSED, load_sed, resolve_target, shipped_standards
 from atmospec.spectro.dispersers import Disperser, load_disperser
 from atmospec.spectro.extract import (
@@ -80,6 +81,11 @@ class SpectroscopyConfig:
     """Finding the target's zeroth order (used when no position is given)."""
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     """Trace, background, PSF and 1D extraction."""
+    adr: AdrConfig = field(default_factory=AdrConfig)
+    """Atmospheric differential refraction in the trace of the extraction and of the 2D
+    model (`atmospec.spectro.adr`): on when the header gives airmass, pressure and the
+    zenith direction; ``AdrConfig(enabled=False)`` switches it off. ``ADR = T/F`` and the
+    values used are written in the spectrum header."""
     wavelength_calibration: bool = True
     """Fit the disperser–CCD distance and the zeroth-order pixel shift on spectral features
     (Balmer lines, O₂ A and B, H₂O); ``False`` keeps the instrument's distance."""
@@ -191,8 +197,9 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     else:
         xy = frame.from_input(xy)
     clock.lap("zeroth_order")
+    refraction = _refraction(job, frame, config.adr)
     result = extract_spectrum(work, xy[0], xy[1], disp, job.info.linspos, config.extraction,
-                              source=job.name, binning=job.binning)
+                              source=job.name, binning=job.binning, refraction=refraction)
     clock.lap("extraction")
     solution = None
     if config.wavelength_calibration:
@@ -232,6 +239,16 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     _flag_problems(spectrum.header, model, skipped, config.quality)
     clock.lap("spectrum")
     return spectrum, centroid
+
+
+def _refraction(job: _Job, frame: _Frame, config: AdrConfig) -> TraceRefraction | None:
+    """The exposure's differential refraction in the extraction's frame, or None (one
+    warning when the header lacks what it needs; switched off: none)."""
+    refraction, reason = refraction_from_header(job.info, job.profile, job.binning, config,
+                                                job.name, frame.vector_from_input)
+    if refraction is None and config.enabled:
+        log.warning("%s: differential refraction not modelled: %s", job.name, reason)
+    return refraction
 
 
 def _with_expected_variance(work: Exposure, config: SpectroscopyConfig) -> Exposure:
@@ -460,6 +477,10 @@ def _spectrum_header(metadata: fits.Header, info: ObservationInfo, target_name: 
         header["OUTTEMP"] = (float(info.temperature), "outside temperature, deg C")
     header["AIRORVAC"] = ("vac", "wavelengths in vacuum (CALSPEC, atmosphere model)")
     header["LBDA_REF"] = (_reference_wavelength(result), "reference wavelength, nm")
+    header["ADR"] = (result.refraction is not None, "differential refraction modelled")
+    if result.refraction is not None:
+        for key, card in result.refraction.header_cards().items():
+            header[key] = card
     header["REBIN"] = (binning, "binning of the image the spectrum comes from")
     header["INSTRMNT"] = (profile.name, "atmospec instrument profile")
     return header
@@ -588,6 +609,11 @@ class _Frame:
         # work[i, j] = input[nx_in − 1 − j, ny_in − 1 − i] with (ny_in, nx_in) = shape
         return float(nx - 1 - xy[1]), float(ny - 1 - xy[0])
 
+    def vector_from_input(self, dx: float, dy: float) -> tuple[float, float]:
+        """A displacement of the input image in the extraction's frame (the turn maps
+        ``(x, y)`` to ``(ny − 1 − y, nx − 1 − x)``, so a vector to ``(−dy, −dx)``)."""
+        return (float(dx), float(dy)) if not self.turned else (-float(dy), -float(dx))
+
     def from_input(self, xy: tuple[float, float]) -> tuple[float, float]:
         """Input-image position → extraction-frame position (the turn is its own inverse)."""
         if not self.turned:
@@ -628,7 +654,10 @@ def _with_disperser(info: ObservationInfo, disperser: str) -> ObservationInfo:
     return info if info.disperser == disperser else replace(info, disperser=disperser)
 
 
-def _reference_wavelength(result) -> float:
-    """Spectractor's LBDA_REF: the middle of the extracted range."""
+def _reference_wavelength(result: ExtractionResult) -> float:
+    """Spectractor's LBDA_REF: the wavelength of the differential refraction's reference
+    (the zeroth order's), else the middle of the extracted range."""
+    if result.refraction is not None:
+        return float(result.refraction.reference_nm)
     lam = result.wavelength_nm
     return float(0.5 * (lam.min() + lam.max()))

@@ -34,9 +34,22 @@ across rows rather than exactly perpendicular to the trace changes widths by
    full assembled detector — along the fitted axis, N from the groove map at the zeroth
    order); flux per nm = flux per row / |dλ/drow|.
 
+**Differential refraction** (given a `atmospec.spectro.adr.TraceRefraction`): the trace is
+not straight — at the row where λ lands its centre is moved by the refraction's offset
+(`TraceRefraction.trace_offsets`, up to ~15 px at 350 nm and airmass 2). The centre fits of
+steps 2 and 4 are made on the centres minus those offsets, with a line (the optics; the
+offsets are the atmosphere) and on the bins below `ExtractionConfig.adr_centre_max_nm`
+only: beyond, order 2's light (λ/2, refracted more) lies a few pixels beside order 1's and
+would pull the centres; the offsets are added back to ``x_c``. Along
+the axis, the wavelength of a distance u solves ``u = law⁻¹(λ) + a(λ)``
+(`atmospec.spectro.adr.solve_wavelength`); the refraction's reference wavelength is set
+from the extracted spectrum to the zeroth order's (`zeroth_order_reference_nm`), after
+which `ExtractionResult.distance_px` is the distance the dispersion law sees (refraction
+removed), the one the wavelength calibration fits.
+
 Not done here: 2D forward model of the spectrogram, wavelength calibration on spectral
 features (`atmospec.spectro.wavelength`), second-order correction (holo4_003's order 2 lands
-on order 1 above ~700 nm), ADR.
+on order 1 above ~700 nm).
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ from astropy.table import Table
 
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.spectro.adr import TraceRefraction, solve_wavelength, zeroth_order_reference_nm
 from atmospec.spectro.dispersers import Disperser, load_disperser
 from atmospec.spectro.psf import MoffatFit, fit_moffat_batch, moffat1d, moffat1d_fwhm
 from atmospec.spectro.spectrum import Spectrum
@@ -104,6 +118,12 @@ class ExtractionConfig:
     """Levenberg–Marquardt iterations of the batched Moffat fits."""
     min_valid_fraction: float = 0.3
     """Least fraction of the predicted trace rows that must be on the chip and usable."""
+    adr_centre_max_nm: float = 680.0
+    """With differential refraction modelled, the trace centre — a line plus the
+    refraction's bend — is fitted on the bins below this wavelength: beyond it (twice the
+    bluest light, ~340 nm) order 2's light of λ/2, refracted more, lies beside order 1's
+    across the dispersion and would pull the fitted centres (by ~1 px at 900 nm, airmass 2,
+    holo4_003). Without ADR both orders share one line and every bin is used."""
     bad_planes: tuple[str, ...] = ("BAD", "SAT", "CR", "EDGE", "NO_DATA")
     """Mask planes whose pixels are ignored."""
 
@@ -177,13 +197,34 @@ class ExtractionResult:
     flux_background_factor: np.ndarray | None = field(default=None, repr=False, compare=False)
     """``F`` (rows × k, e⁻) with ``F Fᵀ`` the covariance the background fit adds to
     ``flux_e``: smooth along the trace, it is not in ``flux_err_e``."""
+    refraction: TraceRefraction | None = field(default=None, compare=False)
+    """The differential refraction modelled (None: none; see the module notes)."""
+
+    @property
+    def measured_distance_px(self) -> np.ndarray:
+        """Distance of each row's trace point from the measured zeroth order along the
+        fitted dispersion axis, pixels, refraction included."""
+        t = math.radians(self.angle_deg)
+        return (self.x_trace - self.x0) * math.sin(t) - (self.rows - self.y0) * math.cos(t)
 
     @property
     def distance_px(self) -> np.ndarray:
-        """Distance u of each row's trace point from the measured zeroth order along the
-        fitted dispersion axis, pixels (before the pixel shift)."""
-        t = math.radians(self.angle_deg)
-        return (self.x_trace - self.x0) * math.sin(t) - (self.rows - self.y0) * math.cos(t)
+        """Distance u of each row's light from the measured zeroth order as the dispersion
+        law sees it (`measured_distance_px` minus the refraction along the axis at the row's
+        wavelength), pixels (before the pixel shift): ``law(distance_px)`` is
+        ``wavelength_nm``."""
+        u = self.measured_distance_px
+        if self.refraction is None:
+            return u
+        return u - self.refraction.along_px(self.wavelength_nm, self.angle_deg)
+
+    @property
+    def trace_offset_px(self) -> np.ndarray:
+        """The refraction's offset of the trace centre at each row (`TraceRefraction.
+        trace_offsets`), pixels; zeros without refraction."""
+        if self.refraction is None:
+            return np.zeros(self.rows.shape)
+        return self.refraction.trace_offsets(self.wavelength_nm, self.angle_deg)
 
     def law(self, distance_px: np.ndarray, order: int | None = None,
             disperser: Disperser | None = None) -> np.ndarray:
@@ -393,6 +434,7 @@ def extract_spectrum(
     *,
     source: str | Path | None = None,
     binning: int = 1,
+    refraction: TraceRefraction | None = None,
 ) -> ExtractionResult:
     """Extract the first-order spectrum of the star whose zeroth order is at ``(x0, y0)``.
 
@@ -413,6 +455,9 @@ def extract_spectrum(
     binning : int
         On-chip binning of the image: pixel pitch and plate scale are multiplied by it, the
         groove and tilt maps are read at the unbinned position.
+    refraction : TraceRefraction, optional
+        The differential refraction of the exposure, in this image's frame
+        (`atmospec.spectro.adr.refraction_from_header`); None: a straight trace.
 
     Returns
     -------
@@ -444,22 +489,27 @@ def extract_spectrum(
     data, var, good, rows, xcols = cut.data, cut.var, cut.good, cut.rows, cut.xcols
     c_lo, r_lo = cut.origin
 
+    geo = _Geometry(disp, x0, y0, exposure.image.shape, plate, cfg.order, d2ccd, pixel_mm,
+                    binning, refraction)
+
     # 2. crude background, bin fits, line → angle
-    x_prior = x0 + (rows - y0) * slope_prior
+    x_prior = x0 + (rows - y0) * slope_prior + geo.offsets(rows, prior)
     outer = np.abs(xcols[None, :] - x_prior[:, None]) > 0.6 * cfg.half_width_px
     crude = np.nanmedian(np.where(good & outer, data, np.nan), axis=1)
     crude = np.where(np.isfinite(crude), crude, np.nanmedian(crude))
     bd, bv, brow_local = _bin_rows(data - crude[:, None], var, good, cfg.bin_rows)
     brow = rows[0] + brow_local
-    fit0 = _fit_bins(xcols, bd, bv, x0 + (brow - y0) * slope_prior, 3.0, 2.5,
+    off_prior = geo.offsets(brow, prior)
+    fit0 = _fit_bins(xcols, bd, bv, x0 + (brow - y0) * slope_prior + off_prior, 3.0, 2.5,
                      cfg.moffat_iterations)
     ok0 = _bin_ok(fit0, cfg, xcols[0], xcols[-1])
     if ok0.sum() < 5:
         raise BadInputError(src, f"no order-{cfg.order} spectrum found along the predicted "
                                  f"trace ({ok0.sum()} usable bins)")
-    line, keep_line = _poly_fit(brow[ok0], fit0.params[ok0, 1], fit0.errors[ok0, 1], 1,
-                                cfg.clip_sigma)
-    slope, angle_err = _slope_and_error(line, brow[ok0][keep_line], fit0.errors[ok0, 1][
+    sel0 = ok0 & geo.clean(brow, prior, cfg)
+    line, keep_line = _poly_fit(brow[sel0], fit0.params[sel0, 1] - off_prior[sel0],
+                                fit0.errors[sel0, 1], 1, cfg.clip_sigma)
+    slope, angle_err = _slope_and_error(line, brow[sel0][keep_line], fit0.errors[sel0, 1][
         keep_line])
     angle = -math.degrees(math.atan(slope))
     fwhm0 = float(np.nanmedian(fit0.fwhm[ok0]))
@@ -467,26 +517,30 @@ def extract_spectrum(
     alpha0 = float(np.nanmedian(fit0.params[ok0, 3]))
 
     # 3. background in side bands
-    x_line = line(rows)
+    off_rows = geo.offsets(rows, angle)
+    off_bins = geo.offsets(brow, angle)
+    x_line = line(rows) + off_rows
     background, bkg_factor = _background(data, var, good, xcols, x_line, fwhm0, rows,
                                          cfg)
     sub = data - background
 
     # 4. chromatic PSF: bin fits on the subtracted data, smoothed in row
     bd, bv, _ = _bin_rows(sub, var, good, cfg.bin_rows)
-    fit = _fit_bins(xcols, bd, bv, line(brow), gamma0, alpha0, cfg.moffat_iterations)
+    fit = _fit_bins(xcols, bd, bv, line(brow) + off_bins, gamma0, alpha0,
+                    cfg.moffat_iterations)
     ok = _bin_ok(fit, cfg, xcols[0], xcols[-1])
     if ok.sum() < max(cfg.shape_degree, cfg.centre_degree) + 2:
         raise BadInputError(src, f"too few usable order-{cfg.order} bins ({ok.sum()})")
     p, e = fit.params, fit.errors
-    pc, kc = _poly_fit(brow[ok], p[ok, 1], e[ok, 1], cfg.centre_degree, cfg.clip_sigma)
+    pc, kc = _fit_centre(brow, p[:, 1] - off_bins, e[:, 1], ok, geo.clean(brow, angle, cfg),
+                         cfg.centre_degree if refraction is None else 1, cfg.clip_sigma)
     pg, kg = _poly_fit(brow[ok], p[ok, 2], e[ok, 2], cfg.shape_degree, cfg.clip_sigma)
     pa, ka = _poly_fit(brow[ok], p[ok, 3], e[ok, 3], cfg.shape_degree, cfg.clip_sigma)
     used = np.zeros(ok.shape, dtype=bool)
     used[np.flatnonzero(ok)] = kc & kg & ka
     span = brow[ok][kg & ka]
     rows_c = np.clip(rows, span.min(), span.max())  # no extrapolation of the shape
-    xc = pc(rows)
+    xc = pc(rows) + off_rows
     gamma = np.clip(pg(rows_c), 0.3, None)
     alpha = np.clip(pa(rows_c), 0.6, None)
 
@@ -500,12 +554,12 @@ def extract_spectrum(
     t = math.radians(angle)
     theta0 = _field_angle(x0, y0, exposure.image.shape, angle, plate)
     u = (xc - x0) * math.sin(t) - (rows - y0) * math.cos(t)
-    lam = disp.wavelength_nm(u, cfg.order, d2ccd, pixel_mm, theta0, **at)
+    law = geo.law(angle)
+    lam, refraction = _wavelengths(law, u, rows, flux, disp, cfg.order, refraction, angle)
     dlam = np.abs(np.gradient(lam, rows))
 
-    lam_bins = disp.wavelength_nm(
-        (pc(brow) - x0) * math.sin(t) - (brow - y0) * math.cos(t), cfg.order, d2ccd,
-        pixel_mm, theta0, **at)
+    u_bins = (pc(brow) + off_bins - x0) * math.sin(t) - (brow - y0) * math.cos(t)
+    lam_bins = solve_wavelength(law, u_bins, refraction, angle)
     psf_bins = Table({
         "row": brow, "lambdas": lam_bins, "x_c": p[:, 1], "x_c_err": e[:, 1],
         "amplitude": p[:, 0], "amplitude_err": e[:, 0], "gamma": p[:, 2],
@@ -522,7 +576,90 @@ def extract_spectrum(
         aperture_flux_e=ap[finite], aperture_err_e=aperr[finite], psf_bins=psf_bins,
         background=background, cutout_origin=(c_lo, r_lo), config=cfg, binning=binning,
         flux_background_factor=(bkg_factor * gain[:, None])[finite],
-        instrument=disp.instrument.name, dispersion=disp)
+        instrument=disp.instrument.name, dispersion=disp, refraction=refraction)
+
+
+def _fit_centre(brow: np.ndarray, centre: np.ndarray, err: np.ndarray, ok: np.ndarray,
+                clean: np.ndarray, degree: int, clip: float
+                ) -> tuple[np.polynomial.Polynomial, np.ndarray]:
+    """The trace-centre polynomial fitted on the bins ``ok & clean``, and which of the
+    ``ok`` bins it kept. With refraction the centre is a line plus the bend (degree 1:
+    the optics' straight trace; the bend is the atmosphere's), fitted where order 2 does
+    not lie beside order 1."""
+    sel = ok & clean
+    poly, kept = _poly_fit(brow[sel], centre[sel], err[sel], degree, clip)
+    kept_all = np.zeros(ok.shape, dtype=bool)
+    kept_all[np.flatnonzero(sel)] = kept
+    return poly, kept_all[ok]
+
+
+@dataclass(frozen=True, eq=False)
+class _Geometry:
+    """The dispersion law around one zeroth order and the refraction's bend of the trace."""
+
+    disp: Disperser
+    x0: float
+    y0: float
+    shape: tuple[int, ...]
+    plate: float
+    order: int
+    d2ccd: float
+    pixel_mm: float
+    binning: int
+    refraction: TraceRefraction | None
+
+    def law(self, angle_deg: float) -> Any:
+        """Distance along the axis of tilt ``angle_deg`` → λ (nm), no refraction."""
+        theta = _field_angle(self.x0, self.y0, self.shape, angle_deg, self.plate)
+        return lambda u: self.disp.wavelength_nm(u, self.order, self.d2ccd, self.pixel_mm,
+                                                 theta, at=(self.x0, self.y0),
+                                                 binning=self.binning)
+
+    def clean(self, rows: np.ndarray, angle_deg: float, cfg: ExtractionConfig) -> np.ndarray:
+        """Rows whose trace centre fits may be used: all without refraction; with it those
+        below `ExtractionConfig.adr_centre_max_nm` (all, if fewer than 5 bins are)."""
+        if self.refraction is None:
+            return np.ones(np.shape(rows), dtype=bool)
+        u = -(np.asarray(rows, dtype=np.float64) - self.y0) / math.cos(math.radians(angle_deg))
+        lam = self.law(angle_deg)(u)
+        keep = np.isfinite(lam) & (lam < cfg.adr_centre_max_nm)
+        return keep if np.count_nonzero(keep) >= 5 else np.ones(np.shape(rows), dtype=bool)
+
+    def offsets(self, rows: np.ndarray, angle_deg: float) -> np.ndarray:
+        """The refraction's offset of the trace centre at ``rows`` (λ from the straight
+        trace of tilt ``angle_deg``: ``u = −(row − y0) / cos t``); zeros without it."""
+        if self.refraction is None:
+            return np.zeros(np.shape(rows))
+        u = -(np.asarray(rows, dtype=np.float64) - self.y0) / math.cos(math.radians(angle_deg))
+        lam = solve_wavelength(self.law(angle_deg), u, self.refraction, angle_deg)
+        lam = np.where(np.isfinite(lam), lam, self.refraction.reference_nm)
+        return self.refraction.trace_offsets(lam, angle_deg)
+
+
+def _wavelengths(law: Any, u: np.ndarray, rows: np.ndarray, flux: np.ndarray,
+                 disp: Disperser, order: int, refraction: TraceRefraction | None,
+                 angle: float) -> tuple[np.ndarray, TraceRefraction | None]:
+    """λ of each row (distances ``u`` along the axis), and the refraction with the zeroth
+    order's own reference wavelength: the zeroth order marks its mean refraction, so the
+    reference moves there once the spectrum (its light per nm) is known."""
+    lam = solve_wavelength(law, u, refraction, angle)
+    if refraction is None:
+        return lam, None
+    dlam = np.abs(np.gradient(lam, rows))
+    refraction = replace(refraction, reference_nm=zeroth_order_reference_nm(
+        refraction, lam, flux / dlam / _order_efficiency(disp, order, lam)))
+    return solve_wavelength(law, u, refraction, angle, start_nm=lam), refraction
+
+
+def _order_efficiency(disp: Disperser, order: int, lam: np.ndarray) -> np.ndarray:
+    """The disperser's efficiency in ``order`` (1 where it has no usable table): the
+    zeroth order's light is the first order's divided by it."""
+    try:
+        eff = np.asarray(disp.order_efficiency(order, np.where(np.isfinite(lam), lam, 500.0)),
+                         dtype=np.float64)
+    except ValueError:
+        return np.ones(np.shape(lam))
+    return np.where(np.isfinite(eff) & (eff > 0), eff, np.nan)
 
 
 def with_dispersion(result: ExtractionResult, d2ccd_mm: float, pixel_shift: float,
@@ -532,12 +669,15 @@ def with_dispersion(result: ExtractionResult, d2ccd_mm: float, pixel_shift: floa
     pixel_shift`` (e.g. from `atmospec.spectro.wavelength.calibration.calibrate_extraction`)."""
     new = replace(result, d2ccd_mm=float(d2ccd_mm), pixel_shift=float(pixel_shift),
                   wavelength_calibrated=calibrated)
-    lam = new.law(new.distance_px)
+    lam = solve_wavelength(new.law, new.measured_distance_px, new.refraction, new.angle_deg,
+                           start_nm=result.wavelength_nm)
     dlam = np.abs(np.gradient(lam, new.rows))
     t = math.radians(new.angle_deg)
     bins = new.psf_bins.copy()
     xb = np.interp(bins["row"], new.rows, new.x_trace)
-    bins["lambdas"] = new.law((xb - new.x0) * math.sin(t) - (bins["row"] - new.y0) * math.cos(t))
+    bins["lambdas"] = solve_wavelength(
+        new.law, (xb - new.x0) * math.sin(t) - (bins["row"] - new.y0) * math.cos(t),
+        new.refraction, new.angle_deg)
     return replace(new, wavelength_nm=lam, dlambda_drow=dlam, psf_bins=bins)
 
 

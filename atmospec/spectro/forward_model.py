@@ -45,7 +45,9 @@ That is exact for the estimator used, including the prior's correlation with the
 (neglecting it, as ``C N C`` would, underestimates the scatter of the modes the prior
 fills). The diagonal is computed in the fit; the dense matrix on demand.
 
-**Shape parameters.** γ, α and x_c are Legendre polynomials in the normalised row; they
+**Shape parameters.** γ, α and x_c are Legendre polynomials in the normalised row (x_c
+plus the fixed bend of the atmosphere's differential refraction that the 1D extraction
+modelled, `atmospec.spectro.extract.ExtractionResult.trace_offset_px`); they
 are fitted by variable projection: Levenberg–Marquardt (`atmospec.fitting`) on the
 regularised χ² after the linear solve, starting from the 1D result, with analytic PSF
 derivatives. The gradient is the exact one of the projected objective (``∂M/∂θ · A`` with A
@@ -170,10 +172,11 @@ class ForwardModelResult:
     alpha: np.ndarray
     """Index α of the 1D marginal at each row (2D index β = α + ½)."""
     x_c: np.ndarray
-    """Trace centre at each row, image column."""
+    """Trace centre at each row, image column (the refraction's bend included)."""
     shape_coefficients: dict[str, np.ndarray]
     """Legendre coefficients of ``gamma``, ``alpha``, ``x_c`` in ``t = 2 (ρ − ρ₀)/(n − 1)
-    − 1`` over the cutout rows."""
+    − 1`` over the cutout rows (``x_c``'s without the refraction's fixed bend,
+    `atmospec.spectro.extract.ExtractionResult.trace_offset_px`)."""
     wavelength_nm: np.ndarray
     """λ of each row from the 1D result (NaN beyond its rows)."""
     dlambda_drow: np.ndarray
@@ -436,6 +439,7 @@ class _Problem:
     prior_var: np.ndarray  # σ⁰², 0 on the fallback rows
     horne: np.ndarray      # (n, Wc) Horne weights of the prior on the window grid
     mu: float = 1e-2
+    x_offset: np.ndarray | float = 0.0  # (n,) fixed refraction bend of x_c (1D result's)
 
 
 @dataclass
@@ -459,7 +463,7 @@ def _shapes(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig
     na = prob.bases["alpha"].shape[1]
     g_raw = prob.bases["gamma"] @ theta[:ng]
     a_raw = prob.bases["alpha"] @ theta[ng:ng + na]
-    xc = prob.bases["x_c"] @ theta[ng + na:]
+    xc = prob.bases["x_c"] @ theta[ng + na:] + prob.x_offset
     gamma = np.clip(g_raw, *cfg.gamma_bounds)
     alpha = np.clip(a_raw, *cfg.alpha_bounds)
     free_g = (g_raw > cfg.gamma_bounds[0]) & (g_raw < cfg.gamma_bounds[1])
@@ -701,9 +705,11 @@ def _read_cutout(exposure: Exposure, result: ExtractionResult) -> _Cutout:
 
 
 def _starting_shape(cut: _Cutout, result: ExtractionResult, cfg: ForwardModelConfig
-                    ) -> tuple[dict[str, np.ndarray], np.ndarray, _Grid]:
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, _Grid, np.ndarray]:
     """Legendre bases of the shape polynomials, their starting coefficients (the 1D result's
-    γ, α, x_c, flat beyond its rows as the 1D smoothing does) and the window grid; refuses a
+    γ, α, x_c, flat beyond its rows as the 1D smoothing does), the window grid and the
+    refraction's fixed bend of the trace (`ExtractionResult.trace_offset_px`, flat beyond
+    the 1D rows: the polynomial of x_c is the optics, the bend the atmosphere); refuses a
     trace with too few usable pixels."""
     n, n_cols = cut.good.shape
     c_lo = cut.origin[0]
@@ -722,11 +728,12 @@ def _starting_shape(cut: _Cutout, result: ExtractionResult, cfg: ForwardModelCon
                                         f"model ({100 * frac:.0f} % of the central pixels "
                                         "usable)")
     bases = {k: legendre.legvander(t, d) for k, d in degrees.items()}
+    bend = np.interp(cut.rows, result.rows, result.trace_offset_px)
     theta0 = np.concatenate([np.linalg.lstsq(bases[k], v, rcond=None)[0]
-                             for k, v in (("gamma", g1), ("alpha", a1), ("x_c", x1))])
+                             for k, v in (("gamma", g1), ("alpha", a1), ("x_c", x1 - bend))])
     radius = psf_radius(moffat2d_fwhm(g1, a1 + 0.5), cfg.support_fwhm, cfg.max_radius_px,
                         cfg.min_support_fwhm, cut.source)
-    return bases, theta0, _make_grid(n, n_cols, x1, radius)
+    return bases, theta0, _make_grid(n, n_cols, x1, radius), bend
 
 
 class ForwardModelTimeout(ProcessingError):
@@ -781,11 +788,12 @@ class _Setup:
     """The data on the window grid, and the regularised problem for a selection of pixels."""
 
     def __init__(self, cut: _Cutout, result: ExtractionResult, grid: _Grid,
-                 bases: dict[str, np.ndarray]) -> None:
+                 bases: dict[str, np.ndarray], bend: np.ndarray) -> None:
         self.cut = cut
         self.result = result
         self.grid = grid
         self.bases = bases
+        self.bend = bend
         self.win_data = grid.gather(cut.sub)
         win_var = grid.gather(cut.var, 1.0)
         win_good0 = grid.gather(cut.good.astype(np.float64)) > 0
@@ -807,7 +815,7 @@ class _Setup:
         q_f = np.where(ok, q, 1e-3 * float(np.min(q[ok])))
         weight = np.where(grid.gather(use.astype(np.float64)) > 0, self.ivar_win, 0.0)
         return _Problem(grid, self.win_data, weight, self.bases, prior_f, q_f,
-                        np.where(ok, prior_var, 0.0), grid.gather(h), mu)
+                        np.where(ok, prior_var, 0.0), grid.gather(h), mu, self.bend)
 
     def model_cutout(self, ev: _Eval) -> np.ndarray:
         """Model of the cutout, background included, e⁻."""
@@ -951,8 +959,8 @@ def fit_forward_model(exposure: Exposure, result: ExtractionResult,
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     cut = _read_cutout(exposure, result)
-    bases, theta0, grid = _starting_shape(cut, result, cfg)
-    setup = _Setup(cut, result, grid, bases)
+    bases, theta0, grid, bend = _starting_shape(cut, result, cfg)
+    setup = _Setup(cut, result, grid, bases, bend)
     timings["setup"] = time.perf_counter() - t_start
     log.debug("FFM: %d rows, PSF radius %d px, window %d columns", grid.n, grid.radius,
               grid.width)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
+from atmospec.spectro.adr import solve_wavelength
 from atmospec.spectro.dispersers import Disperser, load_disperser
 from atmospec.spectro.spectrum import ImageExtension, Spectrum
 
@@ -145,6 +146,7 @@ def correct_order2(
     at: tuple[float, float] | None = None,
     binning: int = 1,
     iterations: int = 6,
+    order2_distance_px: np.ndarray | None = None,
 ) -> Order2Correction:
     """Remove the second order of λ/2 from a first-order spectrum.
 
@@ -164,6 +166,10 @@ def correct_order2(
         Dispersion-law parameters, as `Disperser.wavelength_nm`.
     iterations : int
         Fixed-point steps.
+    order2_distance_px : array_like, optional
+        The distances the order-2 law sees at the same samples, when they differ from
+        ``distance_px`` (the atmosphere refracts λ/2 more than λ:
+        `correct_extraction`); None: ``distance_px``.
 
     Returns
     -------
@@ -178,10 +184,11 @@ def correct_order2(
         return lambda d: disp.wavelength_nm(d, m, d2ccd_mm, pixel_mm, theta0, at=at,
                                             binning=binning)
 
+    u2 = u if order2_distance_px is None else np.asarray(order2_distance_px, dtype=np.float64)
     lam1 = law(1)(u)
-    lam2 = law(2)(u)
+    lam2 = law(2)(u2)
     d1 = _abs_derivative(law(1), u)
-    d2 = _abs_derivative(law(2), u)
+    d2 = _abs_derivative(law(2), u2)
     obs_nm = obs / d1
     err_nm = err / d1
     order = np.argsort(lam1)
@@ -230,8 +237,21 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
     d1 = _abs_derivative(
         lambda d: disp.wavelength_nm(d, result.order, result.d2ccd_mm, pixel_mm,
                                      result.theta0_rad, **at), u)
+    u2 = None
+    if result.refraction is not None:
+        # Order 2's light at a row is λ₂ ≈ λ/2, refracted by its own amount: its law
+        # sees the measured distance minus the refraction at λ₂.
+        lam2 = solve_wavelength(
+            lambda d: disp.wavelength_nm(d, 2 * result.order, result.d2ccd_mm, pixel_mm,
+                                         result.theta0_rad, **at),
+            result.measured_distance_px - result.pixel_shift, result.refraction,
+            result.angle_deg)
+        ok = np.isfinite(lam2)
+        u2 = u + result.refraction.along_px(result.wavelength_nm, result.angle_deg)
+        u2[ok] -= result.refraction.along_px(lam2[ok], result.angle_deg)
     return correct_order2(u, result.flux_per_nm * d1, result.flux_per_nm_err * d1, disp,
-                          result.d2ccd_mm, pixel_mm, result.theta0_rad, **at, **kwargs)
+                          result.d2ccd_mm, pixel_mm, result.theta0_rad, **at, **kwargs,
+                          order2_distance_px=u2)
 
 
 def with_order2(spectrum: Spectrum, correction: Order2Correction,
@@ -330,6 +350,10 @@ def order2_image(result, correction: Order2Correction, support_fwhm: float = 3.0
     beta = np.interp(lam2[on], lam_sorted, result.alpha[order]) + 0.5
     flux = per_row[on]
     xc = result.x_trace[on] - c0
+    if result.refraction is not None:
+        # Order 2's light is λ₂: its refraction bends it by its own amount across.
+        xc = xc + (result.refraction.trace_offsets(lam2[on], result.angle_deg)
+                   - result.trace_offset_px[on])
     rc = np.rint(result.rows[on] - r0).astype(int)
     fwhm = 2.0 * gamma * np.sqrt(2.0 ** (1.0 / beta) - 1.0)
     radius = max(math.ceil(support_fwhm * float(fwhm.max())), 1)

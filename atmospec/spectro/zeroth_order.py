@@ -129,15 +129,12 @@ def _pointing_offset_px(info: ObservationInfo, camera: Camera, profile: Instrume
         return 0.0, 0.0
     if info.ra == 0.0 and info.dec == 0.0:  # calibration-era headers write RA = Dec = 0
         return 0.0, 0.0
-    pa = math.radians(info.rotation_angle or 0.0)
     ra_t, dec_t = target_radec
     dra = ((ra_t - info.ra + 180.0) % 360.0) - 180.0
     xi = dra * math.cos(math.radians(info.dec)) * 3600.0  # arcsec towards East
     eta = (dec_t - info.dec) * 3600.0  # arcsec towards North
-    # +y points at position angle pa (North through East); +x at pa - 90 deg for parity +1.
-    dx = profile.sky_parity * (-xi * math.cos(pa) + eta * math.sin(pa)) / camera.plate_scale
-    dy = (xi * math.sin(pa) + eta * math.cos(pa)) / camera.plate_scale
-    return dx, dy
+    dx, dy = profile.sky_to_image(xi, eta, info.rotation_angle or 0.0)
+    return float(dx) / camera.plate_scale, float(dy) / camera.plate_scale
 
 
 # --------------------------------------------------------------------------- config, result
