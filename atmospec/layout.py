@@ -46,6 +46,7 @@ __all__ = [
     "calib_dir",
     "eo_dir",
     "eo_plot_dir",
+    "eo_run_table",
     "exposure_dir",
     "exposure_figure_dir",
     "exposure_file",
@@ -137,6 +138,11 @@ def eo_dir(repo: Path, detector: str | None = None) -> Path:
     """
     base = Path(repo) / "eo"
     return base if detector is None else base / safe_component(detector, "detector")
+
+
+def eo_run_table(repo: Path) -> Path:
+    """``REPO/eo/eo_figures.ecsv``: every detector's EO figures and verdicts, stacked."""
+    return eo_dir(repo) / f"{EO_FIGURES_STEM}.ecsv"
 
 
 def eo_plot_dir(repo: Path) -> Path:

@@ -50,7 +50,7 @@ from atmospec.calib.inputs import raw_info
 from atmospec.camera.raw import camera_for
 from atmospec.errors import BadInputError, short_error
 from atmospec.io import to_jsonable, write_text_atomic
-from atmospec.layout import EO_FIGURES_STEM, eo_dir, eo_plot_dir
+from atmospec.layout import EO_FIGURES_STEM, eo_dir, eo_plot_dir, eo_run_table
 from atmospec.night.index import raw_files
 from atmospec.parallel import open_executor
 
@@ -313,7 +313,7 @@ def write_eo_plots(repo: str | Path) -> dict[str, tuple[Path, Path]]:
     from atmospec.plots.eo_mosaic import plot_eo_figures
 
     repo = Path(repo)
-    source = eo_dir(repo) / f"{EO_FIGURES_STEM}.ecsv"
+    source = eo_run_table(repo)
     folder = eo_plot_dir(repo)
     if not source.is_file():
         return {}
@@ -344,6 +344,6 @@ def _write_run_table(repo: Path, detectors: Sequence[str]) -> Path | None:
     table = vstack(tables, metadata_conflicts="silent")
     buf = io.StringIO()
     table.write(buf, format="ascii.ecsv")
-    out = write_text_atomic(buf.getvalue(), folder / f"{EO_FIGURES_STEM}.ecsv")
+    out = write_text_atomic(buf.getvalue(), eo_run_table(repo))
     log.info("wrote %s (%d detectors measured in this run)", out, len(detectors))
     return out
