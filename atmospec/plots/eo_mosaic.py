@@ -276,9 +276,18 @@ def eo_mosaic_figure(table: Table, figure: str) -> Figure:
     cmap = colormaps["viridis"].with_extremes(bad=_MISSING)
     origins = detector_origins(a.detector for a in amps)
 
-    fig = Figure(figsize=(9.0, 7.5) if len(origins) > 1 else (9.0, 4.5))
-    ax = fig.add_axes((0.04, 0.06, 0.74, 0.84))
-    cax = fig.add_axes((0.82, 0.1, 0.03, 0.76))
+    xs = [x for x, _ in origins.values()]
+    ys = [y for _, y in origins.values()]
+    xlim = (min(xs) - 0.05, max(xs) + 1.05)
+    ylim = (min(ys) - 0.05, max(ys) + 1.12)
+    # The axes keep the mosaic's aspect: 5.5 in high, as wide as the detectors need.
+    ax_h = 5.5
+    ax_w = float(np.clip(ax_h * (xlim[1] - xlim[0]) / (ylim[1] - ylim[0]), 4.0, 12.0))
+    width, height = ax_w + 2.2, ax_h + 1.6
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((0.3 / width, 1.0 / height, ax_w / width, ax_h / height))
+    cax = fig.add_axes(((0.3 + ax_w + 0.5) / width, 1.2 / height, 0.25 / width,
+                        (ax_h - 0.4) / height))
     boxes = [_amp_box(origins[a.detector], a.vendor, a.amp) for a in amps]
     patches = [Rectangle(xy, AMP_WIDTH, AMP_HEIGHT) for xy in boxes]
     shown = np.ma.masked_invalid(np.where(values > 0, values, np.nan) if log_scale
@@ -291,7 +300,7 @@ def eo_mosaic_figure(table: Table, figure: str) -> Figure:
     failing = [Rectangle(xy, AMP_WIDTH, AMP_HEIGHT)
                for xy, a in zip(boxes, amps, strict=True) if a.failed]
     outline = PatchCollection(failing, facecolor="none", edgecolor=FAIL_COLOUR,
-                              linewidth=1.6, hatch="///" if len(origins) == 1 else None)
+                              linewidth=1.6)
     outline.set_gid("failing")
     ax.add_collection(outline)
 
@@ -301,12 +310,13 @@ def eo_mosaic_figure(table: Table, figure: str) -> Figure:
                 fontsize=10 if single else 6)
     if single:
         for (x, y), a in zip(boxes, amps, strict=True):
+            # Dark text on the bright end of viridis, light on the dark end.
+            bright = np.isfinite(a.value) and float(norm(a.value)) > 0.6
             ax.text(x + AMP_WIDTH / 2, y + AMP_HEIGHT / 2, a.amp, ha="center", va="center",
-                    fontsize=8, color="white" if np.isfinite(a.value) else "0.3")
-    xs = [x for x, _ in origins.values()]
-    ys = [y for _, y in origins.values()]
-    ax.set_xlim(min(xs) - 0.05, max(xs) + 1.05)
-    ax.set_ylim(min(ys) - 0.05, max(ys) + 1.12)
+                    fontsize=8, color="black" if bright or not np.isfinite(a.value)
+                    else "white")
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
     ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
