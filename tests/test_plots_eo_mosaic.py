@@ -221,6 +221,8 @@ def test_focal_plane_places_rafts(raft):
                         2 * M.RAFT_PITCH - M.DETECTOR_PITCH)
     fig = M.eo_mosaic_figure(table, "read_noise")
     assert len(_by_gid(fig.axes[0], "amps").get_paths()) == 11 * 16
+    # Several rafts: each raft is named above its detectors.
+    assert {t.get_text() for t in fig.axes[0].texts} == {"R22", "R10", "R01"}
 
 
 def test_mixed_vendor_limits(raft):

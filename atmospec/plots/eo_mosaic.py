@@ -203,14 +203,17 @@ def _norm(values: np.ndarray, limits: Iterable[SpecLimit], log_scale: bool
     if points.size == 0:
         return Normalize(0.0, 1.0)
     lo, hi = float(points.min()), float(points.max())
+    # A margin of 3 % of the range on each side: a limit at an end stays visible.
     if log_scale:
         if not hi > lo:
             lo, hi = lo / 2, hi * 2
-        return LogNorm(lo, hi)
+        pad = (hi / lo) ** 0.03
+        return LogNorm(lo / pad, hi * pad)
     if not hi > lo:
         half = 0.5 * abs(lo) if lo else 0.5
         lo, hi = lo - half, hi + half
-    return Normalize(lo, hi)
+    pad = 0.03 * (hi - lo)
+    return Normalize(lo - pad, hi + pad)
 
 
 def _log_scale(figure: str, values: np.ndarray) -> bool:
@@ -280,8 +283,10 @@ def eo_mosaic_figure(table: Table, figure: str) -> Figure:
     ys = [y for _, y in origins.values()]
     xlim = (min(xs) - 0.05, max(xs) + 1.05)
     ylim = (min(ys) - 0.05, max(ys) + 1.12)
-    # The axes keep the mosaic's aspect: 5.5 in high, as wide as the detectors need.
-    ax_h = 5.5
+    # The axes keep the mosaic's aspect: 5.5 in high for a raft or less, 9.5 for several
+    # rafts; as wide as the detectors need.
+    rafts = {detector_place(d).raft for d in origins}
+    ax_h = 5.5 if len(rafts) == 1 else 9.5
     ax_w = float(np.clip(ax_h * (xlim[1] - xlim[0]) / (ylim[1] - ylim[0]), 4.0, 12.0))
     width, height = ax_w + 2.2, ax_h + 1.6
     fig = Figure(figsize=(width, height))
@@ -305,9 +310,16 @@ def eo_mosaic_figure(table: Table, figure: str) -> Figure:
     ax.add_collection(outline)
 
     single = len(origins) == 1
-    for det, (x, y) in origins.items():
-        ax.text(x + 0.5, y + 1.0 + 0.01, det, ha="center", va="bottom",
-                fontsize=10 if single else 6)
+    if len(rafts) == 1:  # one raft or less: every detector named
+        for det, (x, y) in origins.items():
+            ax.text(x + 0.5, y + 1.0 + 0.01, det, ha="center", va="bottom",
+                    fontsize=10 if single else 6)
+    else:  # several: each raft named above its detectors
+        for raft in sorted(rafts):
+            mine = [origins[d] for d in origins if detector_place(d).raft == raft]
+            x = (min(p[0] for p in mine) + max(p[0] for p in mine) + 1.0) / 2
+            ax.text(x, max(p[1] for p in mine) + 1.01, raft, ha="center", va="bottom",
+                    fontsize=8)
     if single:
         for (x, y), a in zip(boxes, amps, strict=True):
             # Dark text on the bright end of viridis, light on the dark end.
@@ -336,7 +348,7 @@ def eo_mosaic_figure(table: Table, figure: str) -> Figure:
                       label=f"limit on the colour bar: {s.label}") for s in limits]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, -0.005), ncol=2,
               fontsize=7, frameon=False)
-    ax.set_title(_title(table, figure, amps), fontsize=10)
+    ax.set_title(_title(table, figure, amps), fontsize=10, pad=6 if len(rafts) == 1 else 16)
     return fig
 
 
