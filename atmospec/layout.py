@@ -14,6 +14,7 @@ the report's), defined once.
     REPO/exposures/<day_obs>/<OBSID>_*       per-exposure outputs (post-ISR, catalogue, ...)
     REPO/eo/<detector>/eo_figures.ecsv, .json  one detector's EO figures and verdicts
     REPO/eo/eo_figures.ecsv                  every detector's, the run-wide table
+    REPO/eo/plots/<figure>_mosaic.png, _hist.png  its mosaic and histogram of each figure
     REPO/report/                             HTML report (index.html)
     REPO/report/exposures/<OBSID>/           figures of one exposure (and figures.json)
 
@@ -44,6 +45,8 @@ __all__ = [
     "SUMMARY_STEM",
     "calib_dir",
     "eo_dir",
+    "eo_plot_dir",
+    "eo_run_table",
     "exposure_dir",
     "exposure_figure_dir",
     "exposure_file",
@@ -135,6 +138,17 @@ def eo_dir(repo: Path, detector: str | None = None) -> Path:
     """
     base = Path(repo) / "eo"
     return base if detector is None else base / safe_component(detector, "detector")
+
+
+def eo_run_table(repo: Path) -> Path:
+    """``REPO/eo/eo_figures.ecsv``: every detector's EO figures and verdicts, stacked."""
+    return eo_dir(repo) / f"{EO_FIGURES_STEM}.ecsv"
+
+
+def eo_plot_dir(repo: Path) -> Path:
+    """``REPO/eo/plots``: the mosaic and the histogram of each EO figure of the run-wide
+    table (``<figure>_mosaic.png``, ``<figure>_hist.png``)."""
+    return eo_dir(repo) / "plots"
 
 
 def night_build_dir(repo: Path) -> Path:

@@ -341,6 +341,11 @@ def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     assert set(long["status"]) == {"pass", "fail", "no spec"}
     run_wide = Table.read(repo / "eo" / "eo_figures.ecsv")
     assert set(run_wide["detector"]) == {DET} and len(run_wide) == len(long)
+    # The mosaic and the histogram of every measured figure (atmospec.plots.eo_mosaic).
+    plots = repo / "eo" / "plots"
+    assert {p.name for p in plots.glob("*.png")} == {
+        f"{f}_{kind}.png" for f in dict.fromkeys(run_wide["figure"])
+        for kind in ("mosaic", "hist")}
     mtime = per_det.stat().st_mtime_ns
     assert main(["eo", str(run), "--repo", str(repo)]) == 0
     assert capsys.readouterr().out.strip().endswith("(done before)")

@@ -399,3 +399,76 @@ def test_calibration_repository_only(night_reference, tmp_path):
     assert len(parsed.tables["calibrations"]["rows"]) == len(list((page.parent / "calibs")
                                                                   .glob("*.html")))
     _assert_links_resolve(page.parent)
+
+
+def _eo_table() -> Table:
+    """A run-wide EO table of two detectors (in memory, the real verdicts): R22_S11 with
+    two amps above CCD-007's 8 e⁻, R22_S00 within it; the gain has no specification."""
+    from atmospec.calib.eo_specs import verdict_table
+    from atmospec.camera.description import load_camera
+
+    amps = list(load_camera("lsstcam", "R22_S11").amp_names)
+    tables = []
+    for det, noisy in (("R22_S11", {"C03": 8.6, "C14": 9.2}), ("R22_S00", {})):
+        figures = Table({"amp": amps,
+                         "read_noise": [noisy.get(a, 6.0 + 0.1 * i) for i, a in
+                                        enumerate(amps)],
+                         "gain": np.linspace(1.4, 1.6, len(amps))})
+        figures["read_noise"].unit = "electron"
+        tables.append(verdict_table(figures, det, "E2V"))
+    from astropy.table import vstack
+
+    return vstack(tables)
+
+
+def test_eo_section(tmp_path):
+    """With REPO/eo/eo_figures.ecsv: a section with a table per detector and every
+    measured figure's mosaic and histogram; without it: no section at all."""
+    repo = tmp_path / "repo"
+    NightIndex(repo)
+    page = build_report(repo)
+    assert 'id="eo"' not in page.read_text()
+    assert "Electro-optical" not in page.read_text()
+
+    table = _eo_table()
+    (repo / "eo").mkdir()
+    table.write(repo / "eo" / "eo_figures.ecsv", format="ascii.ecsv")
+    page = build_report(repo)
+    text = page.read_text()
+    assert '<h2 id="eo">Electro-optical tests</h2>' in text
+    assert '<a href="#eo">' in text
+    parsed = _Page(page)
+    rows = {r[0]["text"]: r for r in parsed.tables["eo-R22_S11"]["rows"]}
+    assert set(rows) == {"read_noise", "gain"}
+    noise = rows["read_noise"]
+    # figure, unit, measured, pass, fail, worst amp, worst value, median, specification
+    assert [c["value"] for c in noise[2:5]] == ["16", "14", "2"]
+    assert noise[5]["text"] == "C14" and float(noise[6]["value"]) == 9.2
+    assert noise[8]["text"] == "CCD-007 < 8"
+    assert [c["value"] for c in parsed.tables["eo-R22_S00"]["rows"][0][2:5]] == ["16", "16",
+                                                                                 "0"]
+    assert rows["gain"][8]["text"] == "no specification"
+    assert "R22_S11 (E2V): 16 amps, 14 pass every specification" in text
+    for figure in ("read_noise", "gain"):
+        for kind in ("mosaic", "hist"):
+            assert f"eo/{figure}_{kind}.png" in parsed.srcs
+    _assert_links_resolve(page.parent)
+
+    # Figures are kept while the table is unchanged.
+    mosaic = page.parent / "eo" / "read_noise_mosaic.png"
+    stamp = mosaic.stat().st_mtime_ns
+    build_report(repo)
+    assert mosaic.stat().st_mtime_ns == stamp
+
+
+def test_eo_only_repository(tmp_path):
+    """A repository where only atmospec eo ran is reported; a damaged table is a sentence."""
+    repo = tmp_path / "repo"
+    (repo / "eo").mkdir(parents=True)
+    _eo_table().write(repo / "eo" / "eo_figures.ecsv", format="ascii.ecsv")
+    text = build_report(repo, ReportConfig(figures=False)).read_text()
+    assert "electro-optical test results only" in text
+    assert "eo-R22_S11" in text and "<img" not in text
+    (repo / "eo" / "eo_figures.ecsv").write_text("# %ECSV 1.0\nnot a table\n")
+    text = build_report(repo, ReportConfig(figures=False)).read_text()
+    assert '<h2 id="eo">' in text and "unreadable EO table" in text

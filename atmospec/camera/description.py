@@ -535,3 +535,81 @@ def with_vendor(camera: Camera, vendor: str) -> Camera:
 def _vendor_camera(instrument_name: str, detector: str, sensor_type: str) -> Camera:
     instrument = _load_instrument(instrument_name)
     return _with_geometry(instrument, detector, instrument.detectors[detector], sensor_type)
+
+
+@dataclass(frozen=True)
+class DetectorPlace:
+    """Where a detector sits: its raft's bay in the focal plane and its slot in the raft.
+
+    The LSST Camera names a detector ``R<row><column>_S<row><column>``: the raft's bay in
+    the 5 × 5 grid of the focal plane and the CCD's slot in the raft's 3 × 3 grid, both
+    counted from the lower left (obs_lsst's raft geometry: ``S01`` is right of ``S00``,
+    ``S10`` above it). This is the one reading of those names.
+    """
+
+    raft: str
+    """Raft part of the name (``R22``; a TS8 raft's ``RTM-010``; LATISS ``RXX``)."""
+    slot: str
+    """Slot part of the name (``S11``; a corner raft's ``SG0``)."""
+    bay: tuple[int, int] | None
+    """``(column, row)`` of the raft's bay in the focal plane; None for a raft that names
+    no bay (a TS8 raft, LATISS's ``RXX``)."""
+    cell: tuple[int, int] | None
+    """``(column, row)`` of the slot in its raft; None for the corner rafts' guide and
+    wavefront sensors (``SG0``, ``SG1``, ``SW0``, ``SW1``), whose placement in a rotated
+    corner raft is not described here."""
+
+
+def _grid_digits(text: str, letter: str) -> tuple[int, int] | None:
+    """``(column, row)`` of ``R<row><column>`` / ``S<row><column>``, or None."""
+    if len(text) == 3 and text[0] == letter and text[1:].isdigit():
+        return int(text[2]), int(text[1])
+    return None
+
+
+def detector_place(detector: str) -> DetectorPlace:
+    """The raft bay and slot of a detector named ``<raft>_<slot>``.
+
+    Parameters
+    ----------
+    detector : str
+        ``R22_S11``, ``RTM-010_S11`` (TS8), ``RXX_S00`` (LATISS).
+
+    Returns
+    -------
+    DetectorPlace
+
+    Raises
+    ------
+    ValueError
+        For a name without a raft and a slot.
+    """
+    raft, sep, slot = detector.rpartition("_")
+    if not sep or not raft or not slot:
+        raise ValueError(f"{detector!r} names no raft and slot (such as R22_S11)")
+    return DetectorPlace(raft, slot, _grid_digits(raft, "R"), _grid_digits(slot, "S"))
+
+
+def amp_grid(vendor: str | None) -> Mapping[str, tuple[int, int]]:
+    """Where each amplifier of a sensor sits in its assembled image.
+
+    Parameters
+    ----------
+    vendor : str or None
+        Sensor vendor or type, case-insensitive (``ITL``, ``e2v``); None or unknown: the
+        first 16-amplifier sensor type of ``sensors.yaml`` (the ITL and e2v grids are the
+        same: C10 … C17 along the top from the left, C07 … C00 along the bottom from the
+        right).
+
+    Returns
+    -------
+    Mapping
+        Amplifier name → ``(ix, iy)``, in units of the data section, ``iy = 0`` at the
+        bottom (`Amplifier.ix`, `Amplifier.iy`).
+    """
+    types = _sensor_types()
+    key = (vendor or "").upper()
+    if key not in types or "amplifiers" not in types[key]:
+        key = next(k for k, v in types.items() if "amplifiers" in v)
+    return MappingProxyType({str(a[0]): (int(a[4]), int(a[5]))
+                             for a in types[key]["amplifiers"]})

@@ -15,7 +15,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Reduce a BOT-style EO acquisition (one folder per exposure, named as "
         "the BOT's scripts name them) detector by detector and write, per detector, "
         "REPO/eo/<DET>/eo_figures.ecsv and .json (one row per amp, figure and "
-        "specification, with its verdict) and the run-wide REPO/eo/eo_figures.ecsv. "
+        "specification, with its verdict), the run-wide REPO/eo/eo_figures.ecsv, and "
+        "the focal-plane mosaic and histogram of every measured figure in REPO/eo/plots/. "
         "Detectors already measured are skipped. Exit 1 if a detector failed.")
     p.add_argument("rundir", help="the acquisition's folder")
     p.add_argument("--repo", required=True, help="output repository")

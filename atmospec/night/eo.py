@@ -16,7 +16,11 @@ whose two tables exist is skipped (``redo`` measures it again). Outputs (`atmosp
     the same rows, the detector's summary (amps, amps passing every specification, the
     failures), its frame counts and phase timings;
 ``REPO/eo/eo_figures.ecsv``
-    every detector's rows, stacked (rewritten at each run from the detectors' tables).
+    every detector's rows, stacked (rewritten at each run from the detectors' tables);
+``REPO/eo/plots/<figure>_mosaic.png``, ``<figure>_hist.png``
+    of every figure measured on some amp of that table, its focal-plane mosaic and its
+    histogram over the amps (`atmospec.plots.eo_mosaic`); a figure that cannot be drawn
+    is a warning, never a failed run.
 """
 
 from __future__ import annotations
@@ -46,13 +50,14 @@ from atmospec.calib.inputs import raw_info
 from atmospec.camera.raw import camera_for
 from atmospec.errors import BadInputError, short_error
 from atmospec.io import to_jsonable, write_text_atomic
-from atmospec.layout import EO_FIGURES_STEM, eo_dir
+from atmospec.layout import EO_FIGURES_STEM, eo_dir, eo_plot_dir, eo_run_table
 from atmospec.night.index import raw_files
 from atmospec.parallel import open_executor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DetectorOutcome", "detector_summary", "run_eo", "summary_line"]
+__all__ = ["DetectorOutcome", "detector_summary", "run_eo", "summary_line",
+           "write_eo_plots"]
 
 #: Failures named on a detector's line before the rest are counted.
 _MAX_NAMED = 4
@@ -205,8 +210,8 @@ def _skipped(repo: Path, detector: str) -> DetectorOutcome:
 
 
 def run_eo(run_dir: str | Path, repo: str | Path, detectors: Sequence[str] | None = None, *,
-           workers: int = 1, redo: bool = False, config: EoRunConfig | None = None
-           ) -> list[DetectorOutcome]:
+           workers: int = 1, redo: bool = False, config: EoRunConfig | None = None,
+           plots: bool = True) -> list[DetectorOutcome]:
     """Measure and judge the EO figures of the detectors of a BOT acquisition.
 
     Parameters
@@ -224,6 +229,9 @@ def run_eo(run_dir: str | Path, repo: str | Path, detectors: Sequence[str] | Non
         Measure detectors whose tables exist again.
     config : EoRunConfig, optional
         Measurement settings.
+    plots : bool
+        Draw the mosaic and the histogram of every measured figure of the run-wide table
+        (`write_eo_plots`).
 
     Returns
     -------
@@ -279,8 +287,47 @@ def run_eo(run_dir: str | Path, repo: str | Path, detectors: Sequence[str] | Non
         for frames in todo:
             outcomes[frames.detector] = _reduce(frames, repo, config)
     ordered = [outcomes[f.detector] for f in selected]
-    _write_run_table(repo, [o.detector for o in ordered if o.status != "failed"])
+    table = _write_run_table(repo, [o.detector for o in ordered if o.status != "failed"])
+    if plots and table is not None:
+        write_eo_plots(repo)
     return ordered
+
+
+def write_eo_plots(repo: str | Path) -> dict[str, tuple[Path, Path]]:
+    """Draw ``REPO/eo/plots/<figure>_mosaic.png`` and ``_hist.png`` from the run table.
+
+    Figures measured on no amp are not drawn, and their earlier plots are removed. A
+    failure to draw is logged as a warning (the tables are the result).
+
+    Parameters
+    ----------
+    repo : path
+        Repository holding ``REPO/eo/eo_figures.ecsv``.
+
+    Returns
+    -------
+    dict
+        Figure → (mosaic, histogram); empty without a table or when drawing failed.
+    """
+    # matplotlib only when drawing: the detectors' worker processes import this module.
+    from atmospec.plots.eo_mosaic import plot_eo_figures
+
+    repo = Path(repo)
+    source = eo_run_table(repo)
+    folder = eo_plot_dir(repo)
+    if not source.is_file():
+        return {}
+    try:
+        drawn = plot_eo_figures(Table.read(source, format="ascii.ecsv"), folder)
+    except Exception as exc:  # a figure is never worth a failed run
+        log.warning("EO plots not drawn: %s: %s", type(exc).__name__, short_error(exc))
+        return {}
+    keep = {p.name for pair in drawn.values() for p in pair}
+    for old in [*folder.glob("*_mosaic.png"), *folder.glob("*_hist.png")]:
+        if old.name not in keep:
+            old.unlink()
+    log.info("EO plots of %d figures in %s", len(drawn), folder)
+    return drawn
 
 
 def _write_run_table(repo: Path, detectors: Sequence[str]) -> Path | None:
@@ -297,6 +344,6 @@ def _write_run_table(repo: Path, detectors: Sequence[str]) -> Path | None:
     table = vstack(tables, metadata_conflicts="silent")
     buf = io.StringIO()
     table.write(buf, format="ascii.ecsv")
-    out = write_text_atomic(buf.getvalue(), folder / f"{EO_FIGURES_STEM}.ecsv")
+    out = write_text_atomic(buf.getvalue(), eo_run_table(repo))
     log.info("wrote %s (%d detectors measured in this run)", out, len(detectors))
     return out

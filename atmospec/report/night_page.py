@@ -1,5 +1,6 @@
 """The night page of the report (``index.html``) and its figures: a header with notes on
-anything unusual, then the observing log, failures, image quality, calibrations and
+anything unusual, then the observing log, failures, image quality, calibrations, the
+electro-optical tests when the repository has them (`atmospec.report.eo_section`) and
 spectroscopy, one small function per section."""
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _figure_html(figures: dict[str, tuple[Path, int]], out: Path, section: str,
 
 def night_page(repo: Path, out: Path, night: Night, figures: dict[str, tuple[Path, int]],
                products: Sequence[Product], calib_pages: dict[str, Path],
-               used: dict[str, dict[str, str]]) -> str:
+               used: dict[str, dict[str, str]], eo: Sequence[str] = ()) -> str:
     """The HTML of the night page.
 
     Parameters
@@ -189,6 +190,8 @@ def night_page(repo: Path, out: Path, night: Night, figures: dict[str, tuple[Pat
         Calibration pages by product file name.
     used : dict
         Calibrations used, by OBSID (kind → file name).
+    eo : sequence of str
+        The electro-optical section (`atmospec.report.eo_section.eo_section`); empty: none.
 
     Returns
     -------
@@ -201,16 +204,17 @@ def night_page(repo: Path, out: Path, night: Night, figures: dict[str, tuple[Pat
     day_obs = sorted({int(d) for d in summary["day_obs"]}) if len(summary) else []
     title = f"Night {', '.join(map(str, day_obs))}" if day_obs else "atmospec report"
     shown = with_truth(summary, night.truth)  # a real night: the summary itself
-    body = [*_header(repo, night, counts),
+    body = [*_header(repo, night, counts, bool(eo)),
             *_observing_log(night, shown, out),
             *_failures(night, status),
             *_image_quality(repo, out, figures),
             *_calibrations(out, products, calib_pages, used, night.builds),
+            *eo,
             *_spectroscopy(out, shown, figures)]
     return H.page(f"{title} — atmospec report", "\n".join(body), sortable=True)
 
 
-def _header(repo: Path, night: Night, n: dict[str, int]) -> list[str]:
+def _header(repo: Path, night: Night, n: dict[str, int], eo: bool = False) -> list[str]:
     """Counts, generation stamp, notes on anything unusual and the section links."""
     summary = night.summary
     notes = list(night.notes)
@@ -238,7 +242,8 @@ def _header(repo: Path, night: Night, n: dict[str, int]) -> list[str]:
     body += [H.note(text, kind) for kind, text in notes]
     body.append('<nav><a href="#log">observing log</a><a href="#failures">failures</a>'
                 '<a href="#quality">image quality</a><a href="#calibrations">calibrations</a>'
-                '<a href="#spectro">spectroscopy</a></nav>')
+                + ('<a href="#eo">electro-optical tests</a>' if eo else "")
+                + '<a href="#spectro">spectroscopy</a></nav>')
     return body
 
 

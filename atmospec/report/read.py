@@ -35,6 +35,7 @@ __all__ = [
     "Product",
     "calibs_used",
     "check_repo",
+    "read_eo",
     "read_night",
     "read_products",
     "read_summary",
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 
 #: The night summary the report reads, relative to the repository.
 SUMMARY_FILE = SUMMARY_STEM.with_suffix(".ecsv")
+
+#: The run-wide table of ``atmospec eo``, relative to the repository.
+EO_TABLE = layout.eo_run_table(Path())
 
 #: Columns of a summary the report reads, for a repository without a night.
 _EMPTY_COLUMNS = ("obs_id", "day_obs", "seq_num", "time_begin", "mjd", "image_type", "target",
@@ -101,17 +105,18 @@ def check_repo(repo: str | os.PathLike[str]) -> Path:
     ------
     BadInputError
         ``repo`` is not a directory (missing, a file, a dangling link: the message says
-        which), or holds no night index, summary or registry.
+        which), or holds no night index, summary, registry or EO table.
     """
     repo = Path(repo)
     if not repo.is_dir():
         raise BadInputError(repo, _not_a_directory(repo))
     # lexists: an index or summary that is there but unusable (a FIFO, a dangling link) is
     # reported as such by `read_night`, not taken for a missing night.
-    if not any(os.path.lexists(repo / f) for f in (INDEX_FILE, SUMMARY_FILE, REGISTRY_FILE)):
+    if not any(os.path.lexists(repo / f) for f in (INDEX_FILE, SUMMARY_FILE, REGISTRY_FILE,
+                                                    EO_TABLE)):
         raise BadInputError(repo, f"not an atmospec repository (no {INDEX_FILE}, "
-                                  f"{SUMMARY_FILE} or {REGISTRY_FILE}); run atmospec night "
-                                  "RAWDIR --repo REPO first")
+                                  f"{SUMMARY_FILE}, {REGISTRY_FILE} or {EO_TABLE}); run "
+                                  "atmospec night RAWDIR --repo REPO first")
     return repo
 
 
@@ -208,8 +213,10 @@ def read_night(repo: Path) -> Night:
                                       dtype=[str if c not in ("day_obs", "seq_num", "mjd",
                                                               "exptime", "airmass")
                                              else float for c in _EMPTY_COLUMNS]), None
-        notes.append(("warn", "This repository holds calibration products only: no night "
-                              "was reduced in it."))
+        held = ("electro-optical test results" if not (repo / REGISTRY_FILE).exists()
+                and os.path.lexists(repo / EO_TABLE) else "calibration products")
+        notes.append(("warn", f"This repository holds {held} only: no night was reduced in "
+                              "it."))
     night = Night(summary, summary_file, notes=notes,
                   indexed=index is not None or summary_file is not None)
     if index is not None:
@@ -219,6 +226,29 @@ def read_night(repo: Path) -> Night:
         night.truth = read_truth((r.obs_id, r.path) for r in index.raws())
     night.builds = read_builds(repo)
     return night
+
+
+def read_eo(repo: Path) -> tuple[Table | None, str | None]:
+    """The run-wide EO table of ``atmospec eo`` (``REPO/eo/eo_figures.ecsv``).
+
+    Returns
+    -------
+    table : astropy.table.Table or None
+        None when there is none, or when it cannot be read.
+    problem : str or None
+        Why a table that is there could not be read (one line), else None.
+    """
+    path = repo / EO_TABLE
+    if not os.path.lexists(path):
+        return None, None
+    try:
+        table = Table.read(path, format="ascii.ecsv")
+    except Exception as exc:  # a damaged table is a sentence, never a failed report
+        return None, f"{path}: unreadable EO table ({short_error(exc)})"
+    missing = {"detector", "vendor", "amp", "figure", "value", "status"} - set(table.colnames)
+    if missing:
+        return None, f"{path}: not an EO figures table (no {', '.join(sorted(missing))})"
+    return table, None
 
 
 def read_products(repo: Path) -> tuple[list[Product], list[str]]:
