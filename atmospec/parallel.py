@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from atmospec.errors import BadInputError
+from atmospec.memory import keep_freed_memory
 from atmospec.warnings_log import route_warnings_to_log
 
 __all__ = ["WORKER_ENVIRONMENT", "open_executor"]
@@ -109,9 +110,11 @@ _WATCHDOG_PERIOD_S = 1.0
 
 
 def _init_worker(level: int, parent_pid: int) -> None:
-    """Tie a spawned worker's life to its parent's, and give it the main process's log
-    level and format (it starts bare)."""
+    """Tie a spawned worker's life to its parent's, keep its freed memory for reuse
+    (`atmospec.memory`), and give it the main process's log level and format (it starts
+    bare)."""
     _die_with_parent(parent_pid)
+    keep_freed_memory()
     logging.basicConfig(level=level, format="%(levelname)s %(name)s [worker]: %(message)s")
     # A worker writes to the terminal's stderr: the same no-flood rule as the CLI.
     route_warnings_to_log()

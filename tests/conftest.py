@@ -12,9 +12,13 @@ import pytest
 from astropy.io import fits
 
 from atmospec.cli import main
+from atmospec.memory import keep_freed_memory
 from atmospec.sim.night import NightConfig, simulate_night
 
 DATA = Path(__file__).parent / "data"
+
+# The tests run the pipeline in this process too (the CLI does the same at its start).
+keep_freed_memory()
 
 
 def make_template_raw(path: Path, *, seed: int = 0, level: float = 20000.0,

@@ -21,6 +21,7 @@ from atmospec import __version__
 from atmospec.cli import calib, eo, gen3, imaging, isr, night, simulate, spectro
 from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, Parser, UsageError
 from atmospec.errors import BadInputError, short_error
+from atmospec.memory import keep_freed_memory
 from atmospec.warnings_log import collect_warnings
 
 __all__ = ["build_parser", "main"]
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()
     try:
         with collect_warnings():
             return args.func(args)
