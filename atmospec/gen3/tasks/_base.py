@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from atmospec.gen3 import require_gen3
+from atmospec.memory import keep_freed_memory
 
 require_gen3()
+# The processes that load the tasks (pipetask's quanta) reduce full frames: keep their freed
+# memory for reuse, as the command line and the night's workers do (atmospec.memory).
+keep_freed_memory()
 
 import lsst.pex.config as pexConfig  # noqa: E402
 from lsst.pipe.base import NoWorkFound, PipelineTask, Struct  # noqa: E402
