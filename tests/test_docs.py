@@ -28,7 +28,14 @@ need what a test machine has not (a Dask cluster, a browser, the source checkout
 data), or developer commands of the checkout. Every other block must run as written, and
 small: a guide's examples simulate the least data that shows what the guide says.
 
-The test of each guide is marked ``slow``, one per guide in an xdist group of its own, so
+**A guide that starts from what another makes** says so on a line of its own (an HTML
+comment, invisible on the page): ``<!-- docs-test: continues README.md -->``. It is then
+run after that guide, in the folder that guide left, as by a reader who read the two in
+order: its commands that remake the same data (the same simulated night, the same night
+run) find it made (the simulation copied from the cache, the night resumed), so the
+guides' shared example is reduced once. The guides of one such chain are one test.
+
+The test of each guide (or chain) is marked ``slow``, in an xdist group of its own, so
 ``-n auto`` spreads them. Its cost per block is printed (``-s``) and written to
 ``test_docs_costs.json`` in the session's temporary folder.
 """
@@ -56,6 +63,9 @@ GUIDES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs")
 SHELL = ("bash", "sh", "console")
 #: The marker of a block that is not run, with its reason: ``<!-- no-test: REASON -->``.
 NO_TEST = re.compile(r"<!--\s*no-test:\s*(?P<reason>.+?)\s*-->")
+#: The marker of a guide run after another, in its folder (module docstring).
+CONTINUES = re.compile(r"^<!--\s*docs-test:\s*continues\s+(?P<guide>\S+)\s*-->\s*$",
+                       re.MULTILINE)
 #: Guides that need the Gen3 extra.
 NEEDS_GEN3 = {"docs/gen3.md"}
 #: Longest a guide may run, s: a guard against a hang (the Gen3 guide takes ~10 min on a
@@ -124,6 +134,65 @@ def test_shell_blocks_are_parsed():
     assert [(b.line, b.language, b.script, b.skip) for b in blocks] == [
         (2, "bash", "echo a\n", None), (8, "sh", "serve\n", "a server"),
         (14, "console", "echo b\n", None)]
+
+
+def continued_guide(text: str) -> str | None:
+    """The guide a page continues (``<!-- docs-test: continues GUIDE -->``), or None."""
+    marks = CONTINUES.findall(text)
+    if len(marks) > 1:
+        raise ValueError(f"a guide continues one other guide, not {marks}")
+    return marks[0] if marks else None
+
+
+def guide_chains(guides: list[str], texts: dict[str, str]) -> list[tuple[str, ...]]:
+    """The guides as chains run in one folder: each guide that continues none, followed by
+    those that continue it (and theirs), in the order of ``guides``.
+
+    Raises
+    ------
+    ValueError
+        A guide continues one that is not in ``guides``, or guides continue each other in a
+        circle.
+    """
+    after = {g: c for g in guides if (c := continued_guide(texts[g])) is not None}
+    for g, c in after.items():
+        if c not in guides:
+            raise ValueError(f"{g} continues {c}, which is not a guide")
+    chains: list[tuple[str, ...]] = []
+    placed: set[str] = set()
+
+    def follow(guide: str, chain: list[str]) -> None:
+        chain.append(guide)
+        placed.add(guide)
+        for g in guides:
+            if after.get(g) == guide:
+                follow(g, chain)
+
+    for head in (g for g in guides if g not in after):
+        chain: list[str] = []
+        follow(head, chain)
+        chains.append(tuple(chain))
+    if len(placed) != len(guides):
+        raise ValueError(f"guides continue each other in a circle: {sorted(set(guides) - placed)}")
+    return chains
+
+
+CHAINS = guide_chains(GUIDES, {g: (ROOT / g).read_text() for g in GUIDES})
+
+
+def test_guide_chains():
+    texts = {"a.md": "", "b.md": "<!-- docs-test: continues a.md -->\n", "c.md": "",
+             "d.md": "x\n<!-- docs-test: continues b.md -->\n",
+             "e.md": "<!-- docs-test: continues a.md -->\n"}
+    assert guide_chains(list(texts), texts) == [("a.md", "b.md", "d.md", "e.md"), ("c.md",)]
+    with pytest.raises(ValueError, match="not a guide"):
+        guide_chains(["b.md"], texts)
+    circle = {"a.md": "<!-- docs-test: continues b.md -->\n",
+              "b.md": "<!-- docs-test: continues a.md -->\n"}
+    with pytest.raises(ValueError, match="circle"):
+        guide_chains(list(circle), circle)
+    # Every guide of the project is in exactly one chain.
+    assert sorted(g for chain in CHAINS for g in chain) == sorted(GUIDES)
 
 
 @pytest.mark.parametrize("guide", GUIDES)
@@ -247,18 +316,31 @@ def _block_costs(marks: Path) -> list[tuple[int, float, float]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT_S)
-@pytest.mark.parametrize("guide", [pytest.param(g, marks=pytest.mark.xdist_group(f"docs:{g}"))
-                                   for g in GUIDES])
-def test_guide_runs(guide, tmp_path_factory):
-    """Every shell block of ``guide`` runs, in order, in a fresh folder, exit status 0."""
-    if guide in NEEDS_GEN3 and not gen3_available():
+@pytest.mark.parametrize("chain", [
+    pytest.param(c, id="+".join(c), marks=pytest.mark.xdist_group(f"docs:{c[0]}"))
+    for c in CHAINS])
+def test_guide_runs(chain, tmp_path_factory):
+    """Every shell block of each guide of ``chain`` runs, in order, exit status 0: the first
+    guide in a fresh folder, each next one in the folder the previous left."""
+    if set(chain) & NEEDS_GEN3 and not gen3_available():
         pytest.skip("the [gen3] extra is not installed")
-    blocks = shell_blocks((ROOT / guide).read_text(), guide)
-    work = tmp_path_factory.mktemp(Path(guide).stem)
+    work = tmp_path_factory.mktemp(Path(chain[0]).stem)
     env = _environment(work)
     env["ATMOSPEC_DOCS_SIM_CACHE"] = str(_sim_cache(tmp_path_factory))
+    try:
+        for guide in chain:
+            _run_guide(guide, work, env, tmp_path_factory)
+    finally:
+        shutil.rmtree(work, onerror=_writable_and_retry)
+
+
+def _run_guide(guide: str, work: Path, env: dict[str, str],
+               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Run one guide's blocks as one shell session in ``work``; fail naming the block."""
+    blocks = shell_blocks((ROOT / guide).read_text(), guide)
     marks = work / ".docs-blocks"
-    env["DOCS_MARKS"] = str(marks)
+    marks.unlink(missing_ok=True)
+    env = {**env, "DOCS_MARKS": str(marks)}
     costs: list[tuple[int, float, float]] = []
     try:
         run = subprocess.run(["bash", "-c", guide_script(blocks)], cwd=work, env=env,
@@ -274,7 +356,6 @@ def test_guide_runs(guide, tmp_path_factory):
                         pytrace=False)
     finally:
         _record(guide, blocks, costs, tmp_path_factory)
-        shutil.rmtree(work, onerror=_writable_and_retry)
 
 
 def _record(guide: str, blocks: list[Block], costs: list[tuple[int, float, float]],
