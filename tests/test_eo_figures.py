@@ -306,3 +306,33 @@ def test_pair_covariances_and_brighter_fatter_coefficients():
     # Too few usable pairs: NaN, not a number from nothing.
     assert np.isnan(covariance_coefficients(np.array(means[:3]), covs[:3], gain,
                                             np.full(3, 4e5))).all()
+
+
+# --------------------------------------------------------------------------- cp_verify per frame
+
+
+def test_verify_frame_per_amp():
+    """A residual bias frame of 5 e⁻ noise: amp 1 left 6 e⁻ above 0 fails
+    ``mean_below_sigma``; amp 2 with 10 % more noise fails ``noise_matches_read_noise``;
+    amp 3 with a 40-pixel cosmic ray of 2000 e⁻ fails ``cr_noise_consistent`` (its clipped
+    noise still matches), which a dark's check without CR test lets pass; all else passes."""
+    from atmospec.calib.verify import FRAME_TESTS, verify_frame
+    from atmospec.exposure import Exposure
+
+    camera = tiny_camera(ny=200, nx=100)
+    rng = np.random.default_rng(17)
+    segs = rng.normal(0.0, 5.0, (camera.n_amps, 200, 100)).astype(np.float32)
+    segs[1] += 6.0
+    segs[2] *= 1.1
+    segs[3, 50:55, 20:28] += 2000.0
+    image = assemble(segs, camera, trimmed=True)
+    exposure = Exposure(image, np.zeros(image.shape, np.int32), np.ones_like(image),
+                        unit="electron")
+    result = verify_frame(exposure, np.full(camera.n_amps, 5.0), camera)
+    failed = {t: list(np.flatnonzero(~result[t])) for t in FRAME_TESTS}
+    assert failed == {"mean_below_sigma": [1], "noise_matches_read_noise": [2],
+                      "cr_noise_consistent": [3]}
+    assert list(np.flatnonzero(~result["passed"])) == [1, 2, 3]
+    np.testing.assert_allclose(result["mean"][[0, 1]], [0.0, 6.0], atol=0.1)
+    lenient = verify_frame(exposure, np.full(camera.n_amps, 5.0), camera, cr_check=False)
+    assert list(np.flatnonzero(~lenient["passed"])) == [1, 2]

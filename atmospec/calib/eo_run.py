@@ -23,7 +23,10 @@ detector, in memory, with the builders the ``atmospec calib`` commands use:
    coefficients a_10, a_01 from the pairs' covariances (`atmospec.calib.ptc`);
 7. bias stability, bias shifts and the amps' noise correlations on the ``bias_bias_*``
    frames (`atmospec.calib.eo_bias`); PRNU (CCD-027) and the divisadero response of the
-   master superflat, tearing on each high-flux superflat (`atmospec.calib.eo_flat`).
+   master superflat, tearing on each high-flux superflat (`atmospec.calib.eo_flat`);
+8. cp_verify's per-exposure tests of each ``bias_bias_*`` frame and each dark reduced with
+   the run's own masters (`atmospec.calib.verify.verify_frame`): the fraction of the
+   frames each amp passes.
 
 Each frame is read once: the per-frame figures run inside the loops of the builders that
 read it (`atmospec.calib.ptc.build_ptc`'s ``on_pair``, `atmospec.calib.eo.eo_figures`'s
@@ -62,6 +65,7 @@ from atmospec.calib.eo_flat import (
 )
 from atmospec.calib.inputs import raw_info
 from atmospec.calib.masters import (
+    ISR_STEPS,
     DarkConfig,
     FlatConfig,
     MasterConfig,
@@ -75,12 +79,17 @@ from atmospec.calib.photodiode import (
     photodiode_file_for,
     read_photodiode,
 )
+from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.products.ptc import Ptc
 from atmospec.calib.ptc import PtcConfig, build_ptc, covariance_coefficients
+from atmospec.calib.verify import FRAME_TESTS, VerifyConfig, overscan_noise_factor, verify_frame
 from atmospec.camera.description import Camera
 from atmospec.camera.raw import RawFrame, read_raw
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
+from atmospec.isr.gain import AmpGains
+from atmospec.isr.overscan import OverscanConfig
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +137,8 @@ EO_RUN_COLUMNS: tuple[tuple[str, u.UnitBase | None], ...] = (
     ("divisadero_max", None),
     ("tearing_detections", None),
     *((name, None if unit is None else u.Unit(unit)) for name, unit in BIAS_COLUMNS),
+    ("verify_bias_pass", None),
+    ("verify_dark_pass", None),
 )
 
 
@@ -243,6 +254,9 @@ class EoRunConfig:
     """Response of the master superflat at the amp boundaries."""
     tearing: TearingConfig = field(default_factory=TearingConfig)
     """Tearing statistic of each high-flux superflat."""
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    """cp_verify's per-exposure tests of the biases and darks re-processed with the run's
+    masters (tolerances)."""
 
 
 def photodiode_linearity(ptc: Ptc, flats: Iterable[Path], camera: Camera,
@@ -388,6 +402,82 @@ def _flat_level_adu(raw: RawFrame) -> np.ndarray:
     return np.asarray(signal - bias, dtype=float)
 
 
+class _FrameVerification:
+    """cp_verify's per-exposure tests (`atmospec.calib.verify.verify_frame`) of the run's
+    biases and darks, each re-processed with the run's own masters."""
+
+    def __init__(self, camera: Camera, gains: AmpGains, bias: Exposure, overscan: OverscanConfig,
+                 config: VerifyConfig) -> None:
+        self.camera = camera
+        self.config = config
+        self.overscan = overscan
+        self.calibs = IsrCalibrations(
+            gains=gains, crosstalk=Crosstalk.default(camera).matrix(camera.n_amps), bias=bias)
+        self.read_noise = np.asarray(gains.read_noise, dtype=float)
+        self.os_factor = overscan_noise_factor(camera, overscan)
+        self.n_bias = int(bias.metadata.get("NCOMBINE", 1))
+        self._rows: list[tuple] = []
+
+    def _record(self, kind: str, frame: str, result: dict[str, np.ndarray],
+                expected: np.ndarray) -> None:
+        for i, amp in enumerate(self.camera.amp_names):
+            self._rows.append((frame, kind, amp, float(result["mean"][i]),
+                               float(result["sigma"][i]), float(result["sigma_plain"][i]),
+                               float(expected[i]),
+                               *(bool(result[t][i]) for t in FRAME_TESTS),
+                               bool(result["passed"][i])))
+
+    def bias(self, raw: RawFrame) -> None:
+        """Verify one bias frame, an input of the master bias (a copy is reduced)."""
+        steps = (*ISR_STEPS["bias"], "bias")
+        result = run_isr(replace(raw, segments=raw.segments.copy()),
+                         IsrConfig(steps=steps, overscan=self.overscan), self.calibs)
+        # The master holds 1/n of this frame's noise, which its subtraction removes.
+        expected = self.read_noise * np.sqrt((1.0 + self.os_factor)
+                                             * (1.0 - 1.0 / max(self.n_bias, 2)))
+        self._record("bias", raw.path.name, verify_frame(result.exposure, expected,
+                                                         self.camera, self.config), expected)
+
+    def darks(self, paths: Iterable[Path], dark: Exposure) -> None:
+        """Verify the darks, the inputs of the master ``dark`` (e⁻/s)."""
+        calibs = replace(self.calibs, dark=dark)
+        steps = (*ISR_STEPS["dark"], "dark")
+        n_dark = int(dark.metadata.get("NCOMBINE", 1))
+        rate = np.array([np.nanmedian(dark.image[self.camera.amp_slices(a)])
+                         for a in self.camera.amplifiers])
+        for path in paths:
+            raw = read_raw(path, self.camera)
+            darktime = float(raw.info.dark_time or 0.0)
+            result = run_isr(raw, IsrConfig(steps=steps, overscan=self.overscan), calibs)
+            variance = self.read_noise**2 * (1.0 + self.os_factor) + np.maximum(
+                rate * darktime, 0.0)
+            expected = np.sqrt(variance * (1.0 - 1.0 / max(n_dark, 2)))
+            # Every dark has cosmic rays, which the ISR does not repair here: no CR test.
+            self._record("dark", path.name, verify_frame(result.exposure, expected,
+                                                         self.camera, self.config,
+                                                         cr_check=False), expected)
+
+    def table(self) -> Table:
+        """One row per (frame, amp): ``frame``, ``kind``, ``amp``, ``mean``, ``sigma``,
+        ``sigma_plain``, ``expected`` (e⁻), each test and ``passed``."""
+        names = ("frame", "kind", "amp", "mean", "sigma", "sigma_plain", "expected",
+                 *FRAME_TESTS, "passed")
+        if not self._rows:
+            return Table(names=names, dtype=(str, str, str, float, float, float, float,
+                                             bool, bool, bool, bool))
+        return Table(rows=self._rows, names=names)
+
+    def pass_fraction(self, kind: str) -> np.ndarray:
+        """Per amp, the fraction of the frames of ``kind`` that pass every test (NaN
+        without any)."""
+        out = np.full(self.camera.n_amps, np.nan)
+        for i, amp in enumerate(self.camera.amp_names):
+            passed = [r[-1] for r in self._rows if r[1] == kind and r[2] == amp]
+            if passed:
+                out[i] = float(np.mean(passed))
+        return out
+
+
 @dataclass(frozen=True)
 class DetectorEo:
     """One detector's EO measurement."""
@@ -401,7 +491,8 @@ class DetectorEo:
     """The detector's further tables, by name: ``bias_stability`` (per frame and amp),
     ``bias_shifts`` (one row per shift), ``amp_correlation`` (16 × 16), ``cti_vs_signal``
     (per flat pair and amp), ``covariances`` (a_ij per amp and lag), ``tearing`` (per
-    high-flux superflat and amp)."""
+    high-flux superflat and amp), ``frame_verification`` (cp_verify's tests per bias or
+    dark and amp)."""
 
 
 def _require(frames: EoFrames, role: str, pattern: str) -> tuple[Path, ...]:
@@ -530,15 +621,26 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
                           reject_cosmic_rays=config.reject_cosmic_rays)
     dark, _ = build_dark(darks, bias, dark_config, ptc=ptc, workdir=workdir)
     lap("dark")
+    verification = _FrameVerification(camera, ptc.gains(camera), bias.exposure,
+                                       master.overscan, config.verify)
+    verification.darks(darks, dark.exposure)
+    lap("verify_darks")
     flat_config = replace(FlatConfig(), min_inputs=min(config.min_master_inputs, len(sflats)),
                           verify=False)
     sflat, _ = build_flat(sflats, bias, dark, flat_config, ptc=ptc, workdir=workdir)
     lap("superflat")
     maps = detect_defects(dark.exposure, sflat.exposure, config.eo.defects, camera)
     bias_sequence = BiasSequence(camera, config.bias)
+    sequence_add = timed("bias_sequence", bias_sequence.add)
+    verify_bias = timed("verify_biases", verification.bias)
+
+    def per_bias(raw: RawFrame) -> None:
+        sequence_add(raw)
+        verify_bias(raw)
+
     table = eo_figures(noise_frames, (), dark_master=dark.exposure,
                        flat_master=sflat.exposure, ptc=ptc, config=config.eo, camera=camera,
-                       defects=maps, on_bias=timed("bias_sequence", bias_sequence.add))
+                       defects=maps, on_bias=per_bias)
     lap("figures")
     ptc_rows = {str(a).strip(): i for i, a in enumerate(ptc.table["AMP"])}
     idx = [ptc_rows[name] for name in camera.amp_names]
@@ -562,7 +664,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     lap("covariances")
     for name in ("ptc", "figures", "cti"):
         # What ran in the builders' loops is booked under its own name.
-        booked = {"ptc": ("cti_vs_signal",), "figures": ("bias_sequence",),
+        booked = {"ptc": ("cti_vs_signal",), "figures": ("bias_sequence", "verify_biases"),
                   "cti": ("tearing",)}[name]
         timings[name] = round(timings[name] - sum(hooks[k] for k in booked), 2)
     timings.update({k: round(v, 2) for k, v in hooks.items()})
@@ -589,6 +691,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "tearing_detections": (np.sum(tearing, axis=0).astype(float) if tearing
                                else np.full(camera.n_amps, np.nan)),
         **bias_figures.figures,
+        "verify_bias_pass": verification.pass_fraction("bias"),
+        "verify_dark_pass": verification.pass_fraction("dark"),
     }
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values[name], dtype=np.float64)
@@ -603,7 +707,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     tables = {"bias_stability": bias_figures.series, "bias_shifts": bias_figures.shifts,
               "amp_correlation": bias_figures.correlation,
               "cti_vs_signal": cti_ramp.table(ptc_col("GAIN")),
-              "covariances": covariances, "tearing": tearing_table}
+              "covariances": covariances, "tearing": tearing_table,
+              "frame_verification": verification.table()}
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return DetectorEo(table, maps, tables)
