@@ -544,14 +544,67 @@ def _covariance_table(ptc: Ptc, idx: list[int], camera: Camera) -> Table:
     return Table(rows=rows, names=names)
 
 
-def _tearing_table(counts: list[np.ndarray], paths: tuple[Path, ...], camera: Camera
-                   ) -> Table:
-    """One row per (high-flux superflat, amp): ``frame``, ``amp``, ``detections``."""
-    rows = [(path.name, amp, int(c[i])) for path, c in zip(paths, counts, strict=True)
-            for i, amp in enumerate(camera.amp_names)]
-    names = ("frame", "amp", "detections")
-    return Table(rows=rows, names=names) if rows else Table(names=names,
-                                                            dtype=(str, str, int))
+class _Tearing:
+    """Tearing detections of each high-flux superflat (`tearing_counts`), frame by frame."""
+
+    def __init__(self, camera: Camera, config: TearingConfig) -> None:
+        self.camera = camera
+        self.config = config
+        self._counts: list[tuple[str, np.ndarray]] = []
+
+    def add(self, raw: RawFrame) -> None:
+        """Count the detections of one raw superflat (not modified)."""
+        self._counts.append((raw.path.name, tearing_counts(raw.segments, self.camera,
+                                                           self.config)))
+
+    def detections(self) -> np.ndarray:
+        """Per amp, the detections summed over the frames (NaN without any frame)."""
+        if not self._counts:
+            return np.full(self.camera.n_amps, np.nan)
+        return np.sum([c for _, c in self._counts], axis=0).astype(float)
+
+    def torn_frames(self) -> int:
+        """Frames whose amps total more than ``min_detections`` (eotest's ``has_tearing``)."""
+        return sum(int(c.sum() > self.config.min_detections) for _, c in self._counts)
+
+    def table(self) -> Table:
+        """One row per (frame, amp): ``frame``, ``amp``, ``detections``."""
+        rows = [(name, amp, int(c[i])) for name, c in self._counts
+                for i, amp in enumerate(self.camera.amp_names)]
+        names = ("frame", "amp", "detections")
+        return Table(rows=rows, names=names) if rows else Table(names=names,
+                                                                dtype=(str, str, int))
+
+
+class _Clock:
+    """Wall time of each phase of a detector's measurement, s.
+
+    The per-frame figures run inside the loops of the builders that read the frames
+    (`timed`): their time is booked under their own name and taken off the phase they
+    ran in.
+    """
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+        self._inside: dict[str, float] = defaultdict(float)
+
+    def lap(self, name: str) -> None:
+        """End phase ``name``."""
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._start - self._inside.pop(name, 0.0), 2)
+        self._start = now
+
+    def timed(self, name: str, function: Callable[..., None], within: str
+              ) -> Callable[..., None]:
+        """``function``, its time added to ``name`` and taken off phase ``within``."""
+        def call(*args: RawFrame) -> None:
+            start = time.perf_counter()
+            function(*args)
+            spent = time.perf_counter() - start
+            self.timings[name] = round(self.timings.get(name, 0.0) + spent, 2)
+            self._inside[within] += spent
+        return call
 
 
 def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
@@ -590,29 +643,11 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     darks = _require(frames, "dark", p["dark"])
     sflats = _require(frames, "sflat_high", p["sflat_high"])
     noise_frames = frames.read_noise or biases
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        timings[name] = round(now - t0, 2)
-        t0 = now
-
-    hooks: dict[str, float] = defaultdict(float)
-
-    def timed(name: str, function: Callable[..., None]) -> Callable[..., None]:
-        # The per-frame figures run inside the builders' loops (each frame read once):
-        # their time is booked apart from the builder's.
-        def call(*args: RawFrame) -> None:
-            start = time.perf_counter()
-            function(*args)
-            hooks[name] += time.perf_counter() - start
-        return call
-
+    clock = _Clock()
+    lap = clock.lap
     cti_ramp = _CtiVsSignal(camera, config.eo)
     ptc, _ = build_ptc(pairs, config.ptc, camera=camera, verify=False,
-                       on_pair=timed("cti_vs_signal", cti_ramp.add))
+                       on_pair=clock.timed("cti_vs_signal", cti_ramp.add, within="ptc"))
     lap("ptc")
     master = MasterConfig(min_inputs=config.min_master_inputs, verify=False)
     bias, _ = build_bias(biases, master, ptc=ptc, workdir=workdir)
@@ -631,8 +666,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     lap("superflat")
     maps = detect_defects(dark.exposure, sflat.exposure, config.eo.defects, camera)
     bias_sequence = BiasSequence(camera, config.bias)
-    sequence_add = timed("bias_sequence", bias_sequence.add)
-    verify_bias = timed("verify_biases", verification.bias)
+    sequence_add = clock.timed("bias_sequence", bias_sequence.add, within="figures")
+    verify_bias = clock.timed("verify_biases", verification.bias, within="figures")
 
     def per_bias(raw: RawFrame) -> None:
         sequence_add(raw)
@@ -652,27 +687,19 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
                                              camera, config)
     lap("prnu_divisadero")
     del bias, dark, sflat
-    tearing: list[np.ndarray] = []
-    serial_h, parallel_h = _cti(sflats, camera, config.eo, also=timed(
-        "tearing", lambda raw: tearing.append(tearing_counts(raw.segments, camera,
-                                                             config.tearing))))
+    tearing = _Tearing(camera, config.tearing)
+    serial_h, parallel_h = _cti(sflats, camera, config.eo,
+                                also=clock.timed("tearing", tearing.add, within="cti"))
     serial_l, parallel_l = _cti(frames.sflat_low, camera, config.eo)
     lap("cti")
     linearity = photodiode_linearity(ptc, pairs, camera, config)
     lap("linearity")
     covariances = _covariance_table(ptc, idx, camera)
     lap("covariances")
-    for name in ("ptc", "figures", "cti"):
-        # What ran in the builders' loops is booked under its own name.
-        booked = {"ptc": ("cti_vs_signal",), "figures": ("bias_sequence", "verify_biases"),
-                  "cti": ("tearing",)}[name]
-        timings[name] = round(timings[name] - sum(hooks[k] for k in booked), 2)
-    timings.update({k: round(v, 2) for k, v in hooks.items()})
+    timings = clock.timings
 
     bias_figures = bias_sequence.result()
     lowest_serial, lowest_parallel = cti_ramp.lowest()
-    tearing_table = _tearing_table(tearing, sflats, camera)
-    torn_frames = sum(int(t.sum() > config.tearing.min_detections) for t in tearing)
     a_matrix = {(int(r["lag_x"]), int(r["lag_y"]), str(r["amp"])): float(r["a"])
                 for r in covariances}
     values = {
@@ -688,8 +715,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "linearity_max_frac_dev": linearity,
         "cti_serial_lowest": lowest_serial, "cti_parallel_lowest": lowest_parallel,
         "prnu": prnu, "divisadero_max": divisadero,
-        "tearing_detections": (np.sum(tearing, axis=0).astype(float) if tearing
-                               else np.full(camera.n_amps, np.nan)),
+        "tearing_detections": tearing.detections(),
         **bias_figures.figures,
         "verify_bias_pass": verification.pass_fraction("bias"),
         "verify_dark_pass": verification.pass_fraction("dark"),
@@ -702,12 +728,12 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": len(darks),
         "N_FLAT_PAIRS": len(pairs) // 2, "N_SFLAT_HIGH": len(sflats),
         "N_SFLAT_LOW": len(frames.sflat_low), "TIMINGS_S": timings,
-        "TEARING_FRAMES": torn_frames,
+        "TEARING_FRAMES": tearing.torn_frames(),
     })
     tables = {"bias_stability": bias_figures.series, "bias_shifts": bias_figures.shifts,
               "amp_correlation": bias_figures.correlation,
               "cti_vs_signal": cti_ramp.table(ptc_col("GAIN")),
-              "covariances": covariances, "tearing": tearing_table,
+              "covariances": covariances, "tearing": tearing.table(),
               "frame_verification": verification.table()}
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

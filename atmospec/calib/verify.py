@@ -49,6 +49,11 @@ Tests (per amp; good pixels are those without NO_DATA or BAD):
     ``|amp median / median of the amp medians − 1| ≤ 5 %``.
 
 Detector-wide, for every product: ``no_data_fraction`` ≤ 1 % (pixels with no input).
+
+`verify_frame` runs cp_verify's tests the other way, on one input re-processed with the
+master (the EO run's biases and darks, `atmospec.calib.eo_run`): ``mean_below_sigma``,
+``noise_matches_read_noise`` against the noise the residual should have, and
+``cr_noise_consistent`` as the σ of every pixel against the clipped σ.
 """
 
 from __future__ import annotations
