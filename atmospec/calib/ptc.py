@@ -282,12 +282,23 @@ def difference_covariances(diff: np.ndarray, max_lag: int, n_sigma: float = 5.0
     d -= mean.astype(d.dtype)[:, None, None]
     d *= keep
     ny, nx = diff.shape[1:]
+    # The few pixels left out, as coordinates: each lag's count of pairs is its area less
+    # the pairs they touch (counting them on the full boolean images would cost more than
+    # the products themselves).
+    bad_k, bad_y, bad_x = np.nonzero(~keep)
     out = np.full((n_amps, max_lag + 1, max_lag + 1), np.nan)
     for i in range(max_lag + 1):
         for j in range(max_lag + 1):
             a = (slice(None), slice(0, ny - j), slice(0, nx - i))
             b = (slice(None), slice(j, ny), slice(i, nx))
-            count = np.count_nonzero(keep[a] & keep[b], axis=(1, 2))
+            first = (bad_y < ny - j) & (bad_x < nx - i)
+            second = (bad_y >= j) & (bad_x >= i)
+            both = np.intersect1d((bad_k[first] * ny + bad_y[first]) * nx + bad_x[first],
+                                  (bad_k[second] * ny + bad_y[second] - j) * nx
+                                  + bad_x[second] - i)
+            count = ((ny - j) * (nx - i) - np.bincount(bad_k[first], minlength=n_amps)
+                     - np.bincount(bad_k[second], minlength=n_amps)
+                     + np.bincount(both // (ny * nx), minlength=n_amps))
             total = np.einsum("kyx,kyx->k", d[a], d[b], dtype=np.float64)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out[:, i, j] = np.where(count > 0, total / count, np.nan)
