@@ -13,6 +13,8 @@ the report's), defined once.
     REPO/calib/night/<day_obs>/              products built from a night, before registration
     REPO/exposures/<day_obs>/<OBSID>_*       per-exposure outputs (post-ISR, catalogue, ...)
     REPO/eo/<detector>/eo_figures.ecsv, .json  one detector's EO figures and verdicts
+    REPO/eo/<detector>/eo_<table>.ecsv       its further tables (bias stability, CTI
+                                             against signal, amp correlations, ...)
     REPO/eo/eo_figures.ecsv                  every detector's, the run-wide table
     REPO/eo/plots/<figure>_mosaic.png, _hist.png  its mosaic and histogram of each figure
     REPO/report/                             HTML report (index.html)
@@ -47,6 +49,7 @@ __all__ = [
     "eo_dir",
     "eo_plot_dir",
     "eo_run_table",
+    "eo_table",
     "exposure_dir",
     "exposure_figure_dir",
     "exposure_file",
@@ -143,6 +146,18 @@ def eo_dir(repo: Path, detector: str | None = None) -> Path:
 def eo_run_table(repo: Path) -> Path:
     """``REPO/eo/eo_figures.ecsv``: every detector's EO figures and verdicts, stacked."""
     return eo_dir(repo) / f"{EO_FIGURES_STEM}.ecsv"
+
+
+def eo_table(repo: Path, detector: str, name: str) -> Path:
+    """``REPO/eo/<detector>/eo_<name>.ecsv``: one of a detector's further EO tables
+    (``bias_stability``, ``cti_vs_signal``, ...; `atmospec.calib.eo_run.DetectorEo.tables`).
+
+    Raises
+    ------
+    ValueError
+        For a detector or a table name that cannot name a file (`safe_component`).
+    """
+    return eo_dir(repo, detector) / f"eo_{safe_component(name, 'table')}.ecsv"
 
 
 def eo_plot_dir(repo: Path) -> Path:

@@ -17,6 +17,13 @@ R22_S11 (e2v), one worker: simulation 310 s; ``atmospec eo`` 159 s (PTC of 20 pa
 master bias 12 s, master dark 19 s, superflat 15 s, noise/dark/defect figures 16 s, EPER on
 4 superflats 6 s, photodiode linearity 0.2 s), peak memory 885 MB. Issue 18 asks ≤ 2 min on
 one idle core.
+
+With issue 18's further figures (same raws, load average 5.5–6.9, so the totals move by
+tens of seconds with the machine's load: before 222 s, after 234 s), the phases they add:
+cp_verify on the 3 darks re-read 12 s and on the 5 biases 9 s, bias stability, shifts and
+amp correlations 10 s, EPER of the 40 ramp flats 2 s, PRNU and divisadero 2 s, tearing,
+a_ij and the CTI table < 0.1 s; the pair covariances inside the PTC ~0.5 s per pair;
+peak memory 1089 MB (the re-processed bias beside the masters).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from atmospec.camera.description import load_camera
 from atmospec.errors import BadInputError
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import nominal_gains
+from atmospec.isr.overscan import OverscanConfig, parallel_overscan_rows, serial_overscan_columns
 from atmospec.plots.ptc import plot_linearity, plot_ptc
 from atmospec.sim.rawfile import primary_header
 from atmospec.sim.sequences import (
@@ -162,6 +163,20 @@ def test_product_format_and_gain_loading(run):
     assert list(t["AMP"]) == list(CAMERA.amp_names)
     assert t["PTC_MEAN"].shape == (16, N_PAIRS)
     assert t["PTC_USED"].dtype == bool
+    # The pairs' covariances at lags 0–2: lag 0 is the variance (the same clipping). The
+    # simulated sensor has no brighter-fatter effect: what neighbours share is the noise of
+    # the overscan levels subtracted, the same for a whole row (the median of its 58
+    # serial-overscan columns: (π/2)·RN²/58 ADU² along x) or column (of 42 parallel-overscan
+    # rows, along y); on the faintest pair, within 4σ of the estimate (C_00/√N).
+    assert t["PTC_COV"].shape == (16, N_PAIRS, 3, 3)
+    np.testing.assert_allclose(t["PTC_COV"][:, :, 0, 0], t["PTC_VAR"], rtol=2e-3)
+    rn2 = (run.truth.read_noise_e / run.truth.gains) ** 2
+    config = OverscanConfig()
+    cols, rows = serial_overscan_columns(CAMERA, config), parallel_overscan_rows(CAMERA, config)
+    error = 4 * t["PTC_VAR"][:, 0] / np.sqrt(t["PTC_NPIX"][:, 0])
+    for lag, n in (((1, 0), cols.stop - cols.start), ((0, 1), rows.stop - rows.start)):
+        assert np.all(np.abs(t["PTC_COV"][:, 0, lag[0], lag[1]] - np.pi / 2 * rn2 / n)
+                      < error), lag
     np.testing.assert_allclose(t["PTC_EXPTIME"][0], ptc_exposure_times(SEQ))
     np.testing.assert_allclose(t["TURNOFF_E"], t["TURNOFF"] * t["GAIN"])
     assert t.meta["OBSTYPE"] == "ptc" and t.meta["INSTRUME"] == "LATISS"

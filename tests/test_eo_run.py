@@ -66,6 +66,11 @@ def test_specification_table():
     assert REFERENCE_LIMITS["read_noise"][:2] == ("<", 8.0)
     assert REFERENCE_LIMITS["full_well"][:2] == ("<", 175_000.0)
     assert all(s.source for s in load_specs())
+    # Issue 18's figures: PRNU's camera specification, eo_pipe's divisadero scale.
+    assert [s.spec for s in specs_for("prnu")] == ["CCD-027"]
+    assert specs_for("prnu")[0].upper == 5.0
+    assert spec_by_id("DIVISADERO").figure == "divisadero_max"
+    assert spec_by_id("DIVISADERO").upper == 0.05
 
 
 def test_bot_patterns_are_eotests():
@@ -219,6 +224,61 @@ def test_figures_against_truth(measured, truth, camera):
 
 
 @pytest.mark.slow
+def test_bias_figures_against_truth(measured, truth, camera):
+    """Bias stability: the range of each amp's bias level over the three ``bias_bias``
+    frames is the truth's (the simulator's per-frame level, 1 ADU of jitter) within 0.3
+    ADU (the share of the row drift in the data rows, ≲ 0.1 ADU, and the noise); the σ of
+    the frames is the same (scatter < 0.05 ADU). No shift (the simulated drifts are slow
+    waves, none abrupt); the amps' noise is independent (|ρ| < 0.01); every bias and dark
+    passes cp_verify's per-frame tests."""
+    t = measured.figures
+    det = truth["detectors"][DET]
+    levels = np.array([f["bias_levels_adu"] for f in det["frames"]
+                       if f["folder"].startswith("bias_bias")])
+    assert levels.shape == (3, 16)
+    np.testing.assert_allclose(t["bias_mean_range"], np.ptp(levels, axis=0), atol=0.3)
+    np.testing.assert_allclose(t["bias_overscan_range"], np.ptp(levels, axis=0), atol=0.3)
+    assert np.all(t["bias_stdev_scatter"] < 0.05)
+    assert np.all(t["bias_shifts"] == 0) and np.all(t["bias_shift_max"] == 0)
+    assert len(measured.tables["bias_shifts"]) == 0
+    assert np.all(t["amp_correlation_max"] < 0.01)
+    assert len(measured.tables["bias_stability"]) == 3 * 16
+    np.testing.assert_array_equal(t["verify_bias_pass"], 1.0)
+    np.testing.assert_array_equal(t["verify_dark_pass"], 1.0)
+
+
+@pytest.mark.slow
+def test_flat_figures_against_truth(measured, truth, camera):
+    """PRNU: the simulated sensor's 0.7 % (within 0.02 %: the 2 % non-linearity scales it
+    by 0.993); no divisadero (< 0.005), no tearing; no brighter-fatter (|a_10|, |a_01| <
+    2e-7, 0 on average); the serial CTI at the faintest pair (1 ke⁻) within 30 % of the
+    injected, and at every pair from 8 ke⁻ within 10 %."""
+    t = measured.figures
+    det = truth["detectors"][DET]
+    np.testing.assert_allclose(t["prnu"], 100 * BOT.flat_field.prnu, atol=0.02)
+    assert np.all(t["divisadero_max"] < 0.005)
+    assert np.all(t["tearing_detections"] == 0) and t.meta["TEARING_FRAMES"] == 0
+    assert det["tearing"] is None and det["brighter_fatter"]["a01"] == 0.0
+    # Each a_ij from 6 pairs of 650 000 pixels is known to 4e-8 (a Monte Carlo of the fit
+    # on pure Poisson pairs: σ 3.9e-8, 4.2e-8): within 5σ each, their mean over the 16 amps
+    # within 6σ of 0.
+    for name in ("ptc_a10", "ptc_a01"):
+        assert np.all(np.abs(t[name]) < 2e-7) and abs(np.mean(t[name])) < 6e-8, name
+    cti = np.asarray(det["cti_serial"])
+    injected = cti > 0
+    np.testing.assert_allclose(t["cti_serial_lowest"][injected], cti[injected], rtol=0.3)
+    ramp = measured.tables["cti_vs_signal"]
+    assert len(ramp) == len(BOT.flat_levels_e) * 16
+    for i, amp in enumerate(camera.amp_names):
+        rows = ramp[(ramp["amp"] == amp) & (ramp["level_e"] > 7000)]
+        assert len(rows) == 4
+        if injected[i]:
+            np.testing.assert_allclose(rows["cti_serial"], cti[i], rtol=0.1)
+        else:
+            assert np.all(np.abs(rows["cti_serial"]) < 5e-7)
+
+
+@pytest.mark.slow
 def test_dark_current_95_against_truth(measured, truth, camera):
     """DC95 within 5 % of its prediction from the truth.
 
@@ -319,7 +379,8 @@ def test_verdicts_right_for_every_amp(measured, truth, camera):
     assert failed == _expected_failures(truth)
     specs = set(table["spec"]) - {""}
     assert {"CCD-007", "CCD-008", "CCD-009", "CCD-010", "CCD-011", "CCD-012", "CCD-014",
-            "PTC-GAIN", "PTC-NOISE", "PTC-TURNOFF", "PTC-A00"} <= specs
+            "CCD-027", "PTC-GAIN", "PTC-NOISE", "PTC-TURNOFF", "PTC-A00",
+            "DIVISADERO"} <= specs
 
 
 @pytest.mark.slow
@@ -339,6 +400,15 @@ def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     assert {f["spec"] for f in doc["summary"]["failures"]} == {"CCD-007", "CCD-010"}
     long = Table.read(per_det)
     assert set(long["status"]) == {"pass", "fail", "no spec"}
+    # The further tables, in the JSON and beside it.
+    assert set(doc["tables"]) == {"bias_stability", "bias_shifts", "amp_correlation",
+                                  "cti_vs_signal", "covariances", "tearing",
+                                  "frame_verification"}
+    for name, rows in doc["tables"].items():
+        assert len(Table.read(repo / "eo" / DET / f"eo_{name}.ecsv")) == len(rows)
+    assert doc["summary"]["tearing_frames"] == 0 and "tearing" not in out[0]
+    assert {"CCD-027", "DIVISADERO"} <= {str(v) for v in long["spec"]
+                                          if v is not np.ma.masked}
     run_wide = Table.read(repo / "eo" / "eo_figures.ecsv")
     assert set(run_wide["detector"]) == {DET} and len(run_wide) == len(long)
     # The mosaic and the histogram of every measured figure (atmospec.plots.eo_mosaic).

@@ -544,3 +544,40 @@ def test_master_flat_reads_its_bias_against_the_raws_detector(bot_run, tmp_path)
         build_master_file("flat", flats["R22_S11"], tmp_path / "flat2.fits",
                           bias=biases["R10_S11"], config=FlatConfig(min_inputs=2))
     assert not (tmp_path / "flat2.fits").exists()
+
+
+def test_tearing_on_one_ccd_is_flagged_and_not_the_others():
+    """`BotConfig.tearing` on R10_S11 only: its high-flux superflat has two tearing
+    detections per amp (the edge columns' ratio steps to (1 + 0.04)/(1 − 0.04) = 1.083 in
+    the first 400 rows), 32 > eotest's 10 per frame; R10_S10's, simulated alike, none. The
+    truth records it for the torn detector only. Two 4k × 4k frames: ~10 s."""
+    from atmospec.calib.eo_flat import TearingConfig, tearing_counts
+    from atmospec.sim.bot import _detector_truth, bot_plan, simulate_bot_frame, tearing_pattern
+
+    config = BotConfig(detectors=("R10_S11", "R10_S10"), n_bias=0, n_dark=0,
+                       flat_levels_e=(), n_sflat_low=0, n_sflat_high=1,
+                       tearing=("R10_S11",))
+    sflat, = bot_plan(config)
+    limit = TearingConfig().min_detections
+    for detector, torn in (("R10_S11", True), ("R10_S10", False)):
+        camera = load_camera("LSSTCam", detector)
+        frame = simulate_bot_frame(sflat, camera, config)
+        counts = tearing_counts(frame.segments, camera)
+        truth = _detector_truth(camera, config, frame)["tearing"]
+        if torn:
+            assert list(counts) == [2] * 16 and counts.sum() > limit
+            assert truth == {"amplitude": 0.04, "rows": 400}
+        else:
+            assert not counts.any() and truth is None
+    # The pattern: in readout order, the edge columns of every amp in the first rows only.
+    camera = load_camera("LSSTCam", "R10_S11")
+    seg = disassemble(tearing_pattern(camera, 0.04, 400), camera)
+    np.testing.assert_allclose(seg[:, :400, [0, -1]], 0.96)
+    np.testing.assert_allclose(seg[:, :400, [1, -2]], 1.04)
+    assert np.all(seg[:, 400:] == 1.0) and np.all(seg[:, :, 2:-2] == 1.0)
+    with pytest.raises(ValueError, match="tearing on R22_S11"):
+        BotConfig(detectors=("R10_S11",), tearing=("R22_S11",))
+    assert main(["simulate", "bot", "--out", "unused", "--detectors", "R10_S11",
+                 "--tearing", "R99"]) == 2
+    assert main(["simulate", "bot", "--out", "unused", "--detectors", "R10_S11",
+                 "--brighter-fatter", "1e-7"]) == 2

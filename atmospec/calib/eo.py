@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -265,11 +265,12 @@ def eper_cti(raw: RawFrame, config: EoConfig | None = None) -> tuple[np.ndarray,
     serial = _clipped_ratio(trail_rows, level_rows, config.eper_clip_sigma) / first_col
 
     cols = slice(data.x0, data.x0 + data.nx)
-    sub = seg[:, :, cols] - row_bias[:, :, None]
-    col_bias = np.median(sub[:, pov.y0 + config.eper_bias_skip: pov.y0 + pov.ny], axis=1)
-    level_cols = sub[:, first_row - 1] - col_bias
-    trail_cols = (sub[:, first_row: first_row + config.eper_rows]
-                  - col_bias[:, None, :]).sum(axis=1)
+    # Only the last data row and the parallel overscan: not a copy of the whole segment.
+    top = slice(first_row - 1, pov.y0 + pov.ny)
+    sub = seg[:, top, cols] - row_bias[:, top, None]
+    col_bias = np.median(sub[:, 1 + config.eper_bias_skip:], axis=1)
+    level_cols = sub[:, 0] - col_bias
+    trail_cols = (sub[:, 1: 1 + config.eper_rows] - col_bias[:, None, :]).sum(axis=1)
     parallel = _clipped_ratio(trail_cols, level_cols, config.eper_clip_sigma) / first_row
 
     faint_s = np.median(level_rows, axis=1) < config.eper_min_level_adu
@@ -384,6 +385,7 @@ def eo_figures(
     defects: DefectMaps | None = None,
     *,
     skip_bad: bool = False,
+    on_bias: Callable[[RawFrame], None] | None = None,
 ) -> Table:
     """Measure the camera team's electro-optical figures of every amplifier.
 
@@ -414,6 +416,9 @@ def eo_figures(
         Log and leave out unusable raw frames (unreadable, damaged, truncated, of another
         image type) instead of raising, as the other builders do
         (`atmospec.calib.inputs.handle_bad_inputs`).
+    on_bias : callable, optional
+        Called with each bias frame once read (not to be modified): further per-frame
+        figures (`atmospec.calib.eo_bias.BiasSequence.add`) without reading it again.
 
     Returns
     -------
@@ -442,6 +447,8 @@ def eo_figures(
     for raw in _checked_raws(bias_raws, "bias", camera, skip_bad):
         noise_var.append(read_noise_adu(raw, config) ** 2)
         total_var.append(total_noise_adu(raw, config) ** 2)
+        if on_bias is not None:
+            on_bias(raw)
     read_noise = (np.sqrt(np.mean(noise_var, axis=0)) * gains.gain if noise_var
                   else np.full(n, np.nan))
     total_noise = (np.sqrt(np.mean(total_var, axis=0)) * gains.gain if total_var

@@ -16,9 +16,21 @@ detector, in memory, with the builders the ``atmospec calib`` commands use:
 4. `atmospec.calib.eo.eo_figures` on the ``bias_bias_*`` frames and those products: read
    and total noise, gain, full well, dark current median and 95th percentile, defect
    counts and fraction;
-5. serial and parallel EPER CTI on the high- and the low-flux superflats separately;
-6. the PTC checks of cp_verify, and the linearity against the photodiode charge of each
-   flat pair (maximum fractional deviation from a line, CCD-009).
+5. serial and parallel EPER CTI on the high- and the low-flux superflats separately, and
+   on every flat of the PTC ramp (CTI against signal; the figure at the faintest level);
+6. the PTC checks of cp_verify, the linearity against the photodiode charge of each flat
+   pair (maximum fractional deviation from a line, CCD-009), and the brighter-fatter
+   coefficients a_10, a_01 from the pairs' covariances (`atmospec.calib.ptc`);
+7. bias stability, bias shifts and the amps' noise correlations on the ``bias_bias_*``
+   frames (`atmospec.calib.eo_bias`); PRNU (CCD-027) and the divisadero response of the
+   master superflat, tearing on each high-flux superflat (`atmospec.calib.eo_flat`);
+8. cp_verify's per-exposure tests of each ``bias_bias_*`` frame and each dark reduced with
+   the run's own masters (`atmospec.calib.verify.verify_frame`): the fraction of the
+   frames each amp passes.
+
+Each frame is read once: the per-frame figures run inside the loops of the builders that
+read it (`atmospec.calib.ptc.build_ptc`'s ``on_pair``, `atmospec.calib.eo.eo_figures`'s
+``on_bias``), their time booked under their own names.
 
 The specification and verdict of each figure are `atmospec.calib.eo_specs.verdict_table`'s;
 nothing is written here (the app writes the tables: `atmospec.night.eo`).
@@ -30,7 +42,7 @@ import fnmatch
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -41,8 +53,19 @@ from astropy.table import Table
 
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
 from atmospec.calib.eo import EoConfig, eo_figures, eper_cti, max_fractional_deviation
+from atmospec.calib.eo_bias import BIAS_COLUMNS, BiasFiguresConfig, BiasSequence
+from atmospec.calib.eo_flat import (
+    DivisaderoConfig,
+    PrnuConfig,
+    TearingConfig,
+    divisadero_response,
+    master_flat_noise,
+    prnu_percent,
+    tearing_counts,
+)
 from atmospec.calib.inputs import raw_info
 from atmospec.calib.masters import (
+    ISR_STEPS,
     DarkConfig,
     FlatConfig,
     MasterConfig,
@@ -56,11 +79,17 @@ from atmospec.calib.photodiode import (
     photodiode_file_for,
     read_photodiode,
 )
+from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.products.ptc import Ptc
-from atmospec.calib.ptc import PtcConfig, build_ptc
+from atmospec.calib.ptc import PtcConfig, build_ptc, covariance_coefficients
+from atmospec.calib.verify import FRAME_TESTS, VerifyConfig, overscan_noise_factor, verify_frame
 from atmospec.camera.description import Camera
-from atmospec.camera.raw import read_raw
+from atmospec.camera.raw import RawFrame, read_raw
 from atmospec.errors import BadInputError
+from atmospec.exposure import Exposure
+from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
+from atmospec.isr.gain import AmpGains
+from atmospec.isr.overscan import OverscanConfig
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +128,17 @@ EO_RUN_COLUMNS: tuple[tuple[str, u.UnitBase | None], ...] = (
     ("ptc_noise_vs_nominal", None),
     ("ptc_a00", 1 / u.electron),
     ("ptc_turnoff_e", u.electron),
+    ("ptc_a10", 1 / u.electron),
+    ("ptc_a01", 1 / u.electron),
     ("linearity_max_frac_dev", u.percent),
+    ("cti_serial_lowest", None),
+    ("cti_parallel_lowest", None),
+    ("prnu", u.percent),
+    ("divisadero_max", None),
+    ("tearing_detections", None),
+    *((name, None if unit is None else u.Unit(unit)) for name, unit in BIAS_COLUMNS),
+    ("verify_bias_pass", None),
+    ("verify_dark_pass", None),
 )
 
 
@@ -207,6 +246,17 @@ class EoRunConfig:
     pixel)."""
     photodiode: PhotodiodeConfig = field(default_factory=PhotodiodeConfig)
     """Integration of the photodiode records."""
+    bias: BiasFiguresConfig = field(default_factory=BiasFiguresConfig)
+    """Bias stability, shifts and amp correlations of the ``bias_bias_*`` frames."""
+    prnu: PrnuConfig = field(default_factory=PrnuConfig)
+    """PRNU of the master superflat."""
+    divisadero: DivisaderoConfig = field(default_factory=DivisaderoConfig)
+    """Response of the master superflat at the amp boundaries."""
+    tearing: TearingConfig = field(default_factory=TearingConfig)
+    """Tearing statistic of each high-flux superflat."""
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    """cp_verify's per-exposure tests of the biases and darks re-processed with the run's
+    masters (tolerances)."""
 
 
 def photodiode_linearity(ptc: Ptc, flats: Iterable[Path], camera: Camera,
@@ -271,10 +321,17 @@ def photodiode_linearity(ptc: Ptc, flats: Iterable[Path], camera: Camera,
     return out
 
 
-def _cti(paths: Iterable[Path], camera: Camera, config: EoConfig
-         ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean serial and parallel EPER CTI of the frames (NaN without any)."""
-    results = [eper_cti(read_raw(p, camera), config) for p in paths]
+def _cti(paths: Iterable[Path], camera: Camera, config: EoConfig,
+         also: Callable[[RawFrame], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean serial and parallel EPER CTI of the frames (NaN without any); ``also`` is
+    called with each frame read (not to be modified)."""
+    results = []
+    for path in paths:
+        raw = read_raw(path, camera)
+        results.append(eper_cti(raw, config))
+        if also is not None:
+            also(raw)
+        del raw
     if not results:
         nan = np.full(camera.n_amps, np.nan)
         return nan, nan.copy()
@@ -282,6 +339,143 @@ def _cti(paths: Iterable[Path], camera: Camera, config: EoConfig
         serial = np.nanmean([r[0] for r in results], axis=0)
         parallel = np.nanmean([r[1] for r in results], axis=0)
     return serial, parallel
+
+
+class _CtiVsSignal:
+    """Serial and parallel EPER CTI of every flat of the PTC ramp, pair by pair (called by
+    `atmospec.calib.ptc.build_ptc` with each pair's raws before it reduces them)."""
+
+    def __init__(self, camera: Camera, config: EoConfig) -> None:
+        self.camera = camera
+        self.config = config
+        self._pairs: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, first: RawFrame, second: RawFrame) -> None:
+        """EPER of both flats of a pair, and their signal level (ADU)."""
+        cti = [eper_cti(raw, self.config) for raw in (first, second)]
+        levels = [_flat_level_adu(raw) for raw in (first, second)]
+        with np.errstate(all="ignore"):
+            serial = np.nanmean([c[0] for c in cti], axis=0)
+            parallel = np.nanmean([c[1] for c in cti], axis=0)
+        self._pairs.append((float(first.info.exposure_time or 0.0),
+                            np.mean(levels, axis=0), serial, parallel))
+
+    def _by_level(self) -> list[tuple[float, np.ndarray, np.ndarray, np.ndarray]]:
+        return sorted(self._pairs, key=lambda p: float(np.nanmedian(p[1])))
+
+    def table(self, gains: np.ndarray) -> Table:
+        """One row per (pair, amp) in order of signal: ``exptime`` (s), ``amp``,
+        ``level_e`` (the amp's mean signal, e⁻), ``cti_serial``, ``cti_parallel``."""
+        rows = []
+        for exptime, level, serial, parallel in self._by_level():
+            for i, amp in enumerate(self.camera.amp_names):
+                rows.append((exptime, amp, float(level[i] * gains[i]), float(serial[i]),
+                             float(parallel[i])))
+        names = ("exptime", "amp", "level_e", "cti_serial", "cti_parallel")
+        if not rows:
+            return Table(names=names, dtype=(float, str, float, float, float))
+        return Table(rows=rows, names=names)
+
+    def lowest(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per amp, the serial and the parallel CTI at the faintest pair that gives one
+        (fainter flats are NaN: below `EoConfig.eper_min_level_adu`)."""
+        n = self.camera.n_amps
+        out = (np.full(n, np.nan), np.full(n, np.nan))
+        for _, _, serial, parallel in self._by_level():
+            for values, found in ((serial, out[0]), (parallel, out[1])):
+                fill = np.isnan(found) & np.isfinite(values)
+                found[fill] = values[fill]
+        return out
+
+
+def _flat_level_adu(raw: RawFrame) -> np.ndarray:
+    """Mean signal of every amp of a raw flat above its serial overscan, ADU (medians of
+    a 1-in-64 sample of the data section, and of the overscan)."""
+    camera = raw.camera
+    data = camera.data_bbox
+    rows = slice(data.y0, data.y0 + data.ny, 8)
+    signal = np.median(raw.segments[:, rows, data.x0: data.x0 + data.nx: 8]
+                       .reshape(camera.n_amps, -1), axis=1)
+    sov = camera.serial_overscan_bbox
+    bias = np.median(raw.segments[:, rows, sov.x0 + 3: sov.x0 + sov.nx - 3]
+                     .reshape(camera.n_amps, -1), axis=1)
+    return np.asarray(signal - bias, dtype=float)
+
+
+class _FrameVerification:
+    """cp_verify's per-exposure tests (`atmospec.calib.verify.verify_frame`) of the run's
+    biases and darks, each re-processed with the run's own masters."""
+
+    def __init__(self, camera: Camera, gains: AmpGains, bias: Exposure, overscan: OverscanConfig,
+                 config: VerifyConfig) -> None:
+        self.camera = camera
+        self.config = config
+        self.overscan = overscan
+        self.calibs = IsrCalibrations(
+            gains=gains, crosstalk=Crosstalk.default(camera).matrix(camera.n_amps), bias=bias)
+        self.read_noise = np.asarray(gains.read_noise, dtype=float)
+        self.os_factor = overscan_noise_factor(camera, overscan)
+        self.n_bias = int(bias.metadata.get("NCOMBINE", 1))
+        self._rows: list[tuple] = []
+
+    def _record(self, kind: str, frame: str, result: dict[str, np.ndarray],
+                expected: np.ndarray) -> None:
+        for i, amp in enumerate(self.camera.amp_names):
+            self._rows.append((frame, kind, amp, float(result["mean"][i]),
+                               float(result["sigma"][i]), float(result["sigma_plain"][i]),
+                               float(expected[i]),
+                               *(bool(result[t][i]) for t in FRAME_TESTS),
+                               bool(result["passed"][i])))
+
+    def bias(self, raw: RawFrame) -> None:
+        """Verify one bias frame, an input of the master bias (a copy is reduced)."""
+        steps = (*ISR_STEPS["bias"], "bias")
+        result = run_isr(replace(raw, segments=raw.segments.copy()),
+                         IsrConfig(steps=steps, overscan=self.overscan), self.calibs)
+        # The master holds 1/n of this frame's noise, which its subtraction removes.
+        expected = self.read_noise * np.sqrt((1.0 + self.os_factor)
+                                             * (1.0 - 1.0 / max(self.n_bias, 2)))
+        self._record("bias", raw.path.name, verify_frame(result.exposure, expected,
+                                                         self.camera, self.config), expected)
+
+    def darks(self, paths: Iterable[Path], dark: Exposure) -> None:
+        """Verify the darks, the inputs of the master ``dark`` (e⁻/s)."""
+        calibs = replace(self.calibs, dark=dark)
+        steps = (*ISR_STEPS["dark"], "dark")
+        n_dark = int(dark.metadata.get("NCOMBINE", 1))
+        rate = np.array([np.nanmedian(dark.image[self.camera.amp_slices(a)])
+                         for a in self.camera.amplifiers])
+        for path in paths:
+            raw = read_raw(path, self.camera)
+            darktime = float(raw.info.dark_time or 0.0)
+            result = run_isr(raw, IsrConfig(steps=steps, overscan=self.overscan), calibs)
+            variance = self.read_noise**2 * (1.0 + self.os_factor) + np.maximum(
+                rate * darktime, 0.0)
+            expected = np.sqrt(variance * (1.0 - 1.0 / max(n_dark, 2)))
+            # Every dark has cosmic rays, which the ISR does not repair here: no CR test.
+            self._record("dark", path.name, verify_frame(result.exposure, expected,
+                                                         self.camera, self.config,
+                                                         cr_check=False), expected)
+
+    def table(self) -> Table:
+        """One row per (frame, amp): ``frame``, ``kind``, ``amp``, ``mean``, ``sigma``,
+        ``sigma_plain``, ``expected`` (e⁻), each test and ``passed``."""
+        names = ("frame", "kind", "amp", "mean", "sigma", "sigma_plain", "expected",
+                 *FRAME_TESTS, "passed")
+        if not self._rows:
+            return Table(names=names, dtype=(str, str, str, float, float, float, float,
+                                             bool, bool, bool, bool))
+        return Table(rows=self._rows, names=names)
+
+    def pass_fraction(self, kind: str) -> np.ndarray:
+        """Per amp, the fraction of the frames of ``kind`` that pass every test (NaN
+        without any)."""
+        out = np.full(self.camera.n_amps, np.nan)
+        for i, amp in enumerate(self.camera.amp_names):
+            passed = [r[-1] for r in self._rows if r[1] == kind and r[2] == amp]
+            if passed:
+                out[i] = float(np.mean(passed))
+        return out
 
 
 @dataclass(frozen=True)
@@ -293,6 +487,12 @@ class DetectorEo:
     defects: DefectMaps
     """The defects by the camera team's definitions (bright and dark pixels and columns),
     whose counts and fraction are in the table."""
+    tables: Mapping[str, Table] = field(default_factory=dict)
+    """The detector's further tables, by name: ``bias_stability`` (per frame and amp),
+    ``bias_shifts`` (one row per shift), ``amp_correlation`` (16 × 16), ``cti_vs_signal``
+    (per flat pair and amp), ``covariances`` (a_ij per amp and lag), ``tearing`` (per
+    high-flux superflat and amp), ``frame_verification`` (cp_verify's tests per bias or
+    dark and amp)."""
 
 
 def _require(frames: EoFrames, role: str, pattern: str) -> tuple[Path, ...]:
@@ -301,6 +501,110 @@ def _require(frames: EoFrames, role: str, pattern: str) -> tuple[Path, ...]:
         raise BadInputError(None, f"{frames.detector}: no {role.replace('_', ' ')} frames "
                                   f"(folders {pattern})")
     return files
+
+
+def _superflat_figures(flat: Exposure, maps: DefectMaps, read_noise_e: np.ndarray,
+                       camera: Camera, config: EoRunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """PRNU (%) and the divisadero maximum of every amp of the master superflat.
+
+    The noise the master carries is the shot and read noise of its inputs averaged: one
+    input's level on an amp is the amp's median × ``FLATNORM`` × ``FLATLVL`` (the master
+    is the inputs divided by their medians, combined, then by ``FLATNORM``).
+    """
+    h = flat.metadata
+    good = ~(maps.mask | flat.get_mask("NO_DATA", "BAD")) & np.isfinite(flat.image)
+    medians = np.array([np.median(flat.image[camera.amp_slices(a)][good[camera.amp_slices(a)]])
+                        if good[camera.amp_slices(a)].any() else np.nan
+                        for a in camera.amplifiers])
+    level = medians * float(h.get("FLATNORM", 1.0)) * float(h.get("FLATLVL", np.nan))
+    noise = master_flat_noise(level, read_noise_e, int(h.get("NCOMBINE", 1)),
+                              str(h.get("COMBMETH", "")).upper() == "MEDIAN")
+    prnu = prnu_percent(flat.image, good, camera, noise, config.prnu)
+    divisadero, _ = divisadero_response(flat.image, camera, config.divisadero)
+    return prnu, divisadero
+
+
+def _covariance_table(ptc: Ptc, idx: list[int], camera: Camera) -> Table:
+    """a_ij of every amp and lag from the PTC's pair covariances
+    (`atmospec.calib.ptc.covariance_coefficients`): ``amp``, ``lag_x``, ``lag_y``, ``a``
+    (1/e⁻); empty without ``PTC_COV``."""
+    names = ("amp", "lag_x", "lag_y", "a")
+    t = ptc.table
+    if "PTC_COV" not in t.colnames:
+        return Table(names=names, dtype=(str, int, int, float))
+    rows = []
+    for amp, row in zip(camera.amp_names, idx, strict=True):
+        a = covariance_coefficients(np.asarray(t["PTC_MEAN"][row], float),
+                                    np.asarray(t["PTC_COV"][row], float),
+                                    float(t["GAIN"][row]),
+                                    np.asarray(t["PTC_NPIX"][row], float),
+                                    np.asarray(t["PTC_USED"][row], bool))
+        rows.extend((amp, i, j, float(a[i, j])) for i in range(a.shape[0])
+                    for j in range(a.shape[1]))
+    return Table(rows=rows, names=names)
+
+
+class _Tearing:
+    """Tearing detections of each high-flux superflat (`tearing_counts`), frame by frame."""
+
+    def __init__(self, camera: Camera, config: TearingConfig) -> None:
+        self.camera = camera
+        self.config = config
+        self._counts: list[tuple[str, np.ndarray]] = []
+
+    def add(self, raw: RawFrame) -> None:
+        """Count the detections of one raw superflat (not modified)."""
+        self._counts.append((raw.path.name, tearing_counts(raw.segments, self.camera,
+                                                           self.config)))
+
+    def detections(self) -> np.ndarray:
+        """Per amp, the detections summed over the frames (NaN without any frame)."""
+        if not self._counts:
+            return np.full(self.camera.n_amps, np.nan)
+        return np.sum([c for _, c in self._counts], axis=0).astype(float)
+
+    def torn_frames(self) -> int:
+        """Frames whose amps total more than ``min_detections`` (eotest's ``has_tearing``)."""
+        return sum(int(c.sum() > self.config.min_detections) for _, c in self._counts)
+
+    def table(self) -> Table:
+        """One row per (frame, amp): ``frame``, ``amp``, ``detections``."""
+        rows = [(name, amp, int(c[i])) for name, c in self._counts
+                for i, amp in enumerate(self.camera.amp_names)]
+        names = ("frame", "amp", "detections")
+        return Table(rows=rows, names=names) if rows else Table(names=names,
+                                                                dtype=(str, str, int))
+
+
+class _Clock:
+    """Wall time of each phase of a detector's measurement, s.
+
+    The per-frame figures run inside the loops of the builders that read the frames
+    (`timed`): their time is booked under their own name and taken off the phase they
+    ran in.
+    """
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+        self._inside: dict[str, float] = defaultdict(float)
+
+    def lap(self, name: str) -> None:
+        """End phase ``name``."""
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._start - self._inside.pop(name, 0.0), 2)
+        self._start = now
+
+    def timed(self, name: str, function: Callable[..., None], within: str
+              ) -> Callable[..., None]:
+        """``function``, its time added to ``name`` and taken off phase ``within``."""
+        def call(*args: RawFrame) -> None:
+            start = time.perf_counter()
+            function(*args)
+            spent = time.perf_counter() - start
+            self.timings[name] = round(self.timings.get(name, 0.0) + spent, 2)
+            self._inside[within] += spent
+        return call
 
 
 def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
@@ -323,8 +627,9 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     -------
     DetectorEo
         The table, one row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then
-        `EO_RUN_COLUMNS` (units attached), ``meta`` the detector, vendor, frame counts and
-        phase timings; and the defect maps.
+        `EO_RUN_COLUMNS` (units attached), ``meta`` the detector, vendor, frame counts,
+        phase timings and ``TEARING_FRAMES`` (high-flux superflats with tearing); the defect
+        maps; and the further tables (`DetectorEo.tables`).
 
     Raises
     ------
@@ -338,16 +643,11 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     darks = _require(frames, "dark", p["dark"])
     sflats = _require(frames, "sflat_high", p["sflat_high"])
     noise_frames = frames.read_noise or biases
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t0
-        now = time.perf_counter()
-        timings[name] = round(now - t0, 2)
-        t0 = now
-
-    ptc, _ = build_ptc(pairs, config.ptc, camera=camera, verify=False)
+    clock = _Clock()
+    lap = clock.lap
+    cti_ramp = _CtiVsSignal(camera, config.eo)
+    ptc, _ = build_ptc(pairs, config.ptc, camera=camera, verify=False,
+                       on_pair=clock.timed("cti_vs_signal", cti_ramp.add, within="ptc"))
     lap("ptc")
     master = MasterConfig(min_inputs=config.min_master_inputs, verify=False)
     bias, _ = build_bias(biases, master, ptc=ptc, workdir=workdir)
@@ -356,28 +656,52 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
                           reject_cosmic_rays=config.reject_cosmic_rays)
     dark, _ = build_dark(darks, bias, dark_config, ptc=ptc, workdir=workdir)
     lap("dark")
+    verification = _FrameVerification(camera, ptc.gains(camera), bias.exposure,
+                                       master.overscan, config.verify)
+    verification.darks(darks, dark.exposure)
+    lap("verify_darks")
     flat_config = replace(FlatConfig(), min_inputs=min(config.min_master_inputs, len(sflats)),
                           verify=False)
     sflat, _ = build_flat(sflats, bias, dark, flat_config, ptc=ptc, workdir=workdir)
     lap("superflat")
     maps = detect_defects(dark.exposure, sflat.exposure, config.eo.defects, camera)
+    bias_sequence = BiasSequence(camera, config.bias)
+    sequence_add = clock.timed("bias_sequence", bias_sequence.add, within="figures")
+    verify_bias = clock.timed("verify_biases", verification.bias, within="figures")
+
+    def per_bias(raw: RawFrame) -> None:
+        sequence_add(raw)
+        verify_bias(raw)
+
     table = eo_figures(noise_frames, (), dark_master=dark.exposure,
                        flat_master=sflat.exposure, ptc=ptc, config=config.eo, camera=camera,
-                       defects=maps)
+                       defects=maps, on_bias=per_bias)
     lap("figures")
-    del bias, dark, sflat
-    serial_h, parallel_h = _cti(sflats, camera, config.eo)
-    serial_l, parallel_l = _cti(frames.sflat_low, camera, config.eo)
-    lap("cti")
-    linearity = photodiode_linearity(ptc, pairs, camera, config)
-    lap("linearity")
-
     ptc_rows = {str(a).strip(): i for i, a in enumerate(ptc.table["AMP"])}
     idx = [ptc_rows[name] for name in camera.amp_names]
 
     def ptc_col(name: str) -> np.ndarray:
         return np.asarray(ptc.table[name], dtype=float)[idx]
 
+    prnu, divisadero = _superflat_figures(sflat.exposure, maps, ptc_col("READ_NOISE"),
+                                             camera, config)
+    lap("prnu_divisadero")
+    del bias, dark, sflat
+    tearing = _Tearing(camera, config.tearing)
+    serial_h, parallel_h = _cti(sflats, camera, config.eo,
+                                also=clock.timed("tearing", tearing.add, within="cti"))
+    serial_l, parallel_l = _cti(frames.sflat_low, camera, config.eo)
+    lap("cti")
+    linearity = photodiode_linearity(ptc, pairs, camera, config)
+    lap("linearity")
+    covariances = _covariance_table(ptc, idx, camera)
+    lap("covariances")
+    timings = clock.timings
+
+    bias_figures = bias_sequence.result()
+    lowest_serial, lowest_parallel = cti_ramp.lowest()
+    a_matrix = {(int(r["lag_x"]), int(r["lag_y"]), str(r["amp"])): float(r["a"])
+                for r in covariances}
     values = {
         "cti_serial_high": serial_h, "cti_parallel_high": parallel_h,
         "cti_serial_low": serial_l, "cti_parallel_low": parallel_l,
@@ -386,7 +710,15 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "ptc_noise_vs_nominal": ptc_col("READ_NOISE") / camera.nominal_read_noise - 1.0,
         "ptc_a00": ptc_col("A00"),
         "ptc_turnoff_e": ptc_col("TURNOFF_E"),
+        "ptc_a10": np.array([a_matrix.get((1, 0, a), np.nan) for a in camera.amp_names]),
+        "ptc_a01": np.array([a_matrix.get((0, 1, a), np.nan) for a in camera.amp_names]),
         "linearity_max_frac_dev": linearity,
+        "cti_serial_lowest": lowest_serial, "cti_parallel_lowest": lowest_parallel,
+        "prnu": prnu, "divisadero_max": divisadero,
+        "tearing_detections": tearing.detections(),
+        **bias_figures.figures,
+        "verify_bias_pass": verification.pass_fraction("bias"),
+        "verify_dark_pass": verification.pass_fraction("dark"),
     }
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values[name], dtype=np.float64)
@@ -396,7 +728,13 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": len(darks),
         "N_FLAT_PAIRS": len(pairs) // 2, "N_SFLAT_HIGH": len(sflats),
         "N_SFLAT_LOW": len(frames.sflat_low), "TIMINGS_S": timings,
+        "TEARING_FRAMES": tearing.torn_frames(),
     })
+    tables = {"bias_stability": bias_figures.series, "bias_shifts": bias_figures.shifts,
+              "amp_correlation": bias_figures.correlation,
+              "cti_vs_signal": cti_ramp.table(ptc_col("GAIN")),
+              "covariances": covariances, "tearing": tearing.table(),
+              "frame_verification": verification.table()}
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    return DetectorEo(table, maps)
+    return DetectorEo(table, maps, tables)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,7 +54,7 @@ from atmospec.io import provenance_cards
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import nominal_gains
 from atmospec.isr.overscan import OverscanConfig
-from atmospec.stats import robust_sigma
+from atmospec.stats import clipped_mean_var, robust_sigma
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ __all__ = [
     "PtcVerifyConfig",
     "astier_model",
     "build_ptc",
+    "covariance_coefficients",
+    "difference_covariances",
     "fit_ptc",
     "isr_regions",
     "measure_pair",
@@ -74,6 +76,7 @@ __all__ = [
     "pair_statistics",
     "ptc_calibrations",
     "ptc_table",
+    "region_shape",
     "verify_ptc",
 ]
 
@@ -112,6 +115,10 @@ class PtcConfig:
     and column (a few per cent more)."""
     max_pair_mismatch: float = 0.05
     """A pair whose two means differ by more than this fraction is logged (lamp drift)."""
+    covariance_lags: int = 2
+    """Largest lag, pixels along x and along y, of the covariances of each pair's
+    difference (`difference_covariances`, ``PTC_COV``; Astier et al. 2019); 0 keeps only
+    the variance."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,11 @@ class PairStats:
     """Start of the first exposure."""
     timings: dict[str, float] = field(default_factory=dict)
     """Wall time of each phase of the measurement, s."""
+    cov: np.ndarray | None = None
+    """``(n_amps, L + 1, L + 1)`` covariances of the scaled difference / 2, ADU², at lags
+    ``(i, j)`` = (along x, along y) up to ``L`` = `PtcConfig.covariance_lags`
+    (`difference_covariances`); ``[0, 0]`` is `var` up to the clipping. None: not
+    measured."""
 
 
 @dataclass
@@ -213,51 +225,84 @@ def astier_model(mean: np.ndarray, a00: float, gain: float, noise: float) -> np.
 # --------------------------------------------------------------------------- pair statistics
 
 
-#: Every n-th pixel of an amp's region sets the clipping limits (tens of thousands of pixels
-#: give σ to 0.4 %, i.e. a 5σ limit to 0.02σ: an irrelevant change in what is kept).
-_SUBSAMPLE = 16
-
-
-def _clipped_mean_var(x: np.ndarray, n_sigma: float, n_iter: int
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sigma-clipped mean, variance and count of each row of ``x`` (amps × pixels).
-
-    The limits are found on a 1-in-16 subsample: median and MAD, then ``n_iter`` rounds of
-    clipped mean and standard deviation. A single pass over every pixel then applies them,
-    with sums of values centred on the subsample's mean (no cancellation in float32, and
-    numpy's pairwise summation along contiguous rows keeps the sums accurate to ~1e-6).
-    """
-    sub = np.ascontiguousarray(x[:, ::_SUBSAMPLE], dtype=np.float64)
-    centre = np.median(sub, axis=1)
-    # Integer-valued, nearly noiseless data can have a MAD of 0: floor the first σ.
-    sigma = np.maximum(robust_sigma(sub, axis=1), 0.5)
-    for _ in range(n_iter):
-        keep = np.abs(sub - centre[:, None]) <= n_sigma * sigma[:, None]
-        n = np.maximum(keep.sum(axis=1), 2)
-        centre = np.where(keep, sub, 0.0).sum(axis=1) / n
-        dev = np.where(keep, sub - centre[:, None], 0.0)
-        sigma = np.maximum(np.sqrt((dev * dev).sum(axis=1) / (n - 1)), 1e-3)
-    y = x - centre.astype(x.dtype)[:, None]
-    keep = np.abs(y) <= (n_sigma * sigma).astype(x.dtype)[:, None]
-    count = keep.sum(axis=1)
-    y *= keep
-    s1 = y.sum(axis=1, dtype=np.float64)
-    np.square(y, out=y)
-    s2 = y.sum(axis=1, dtype=np.float64)
-    n = np.maximum(count, 2)
-    mean = centre + s1 / n
-    var = (s2 - s1 * s1 / n) / (n - 1)
-    return mean, var, count
-
-
-def _amp_regions(image: np.ndarray, camera: Camera, fraction: float) -> np.ndarray:
-    """``(n_amps, ny·nx)`` float32 stack of the central region of every amp."""
+def region_shape(camera: Camera, fraction: float) -> tuple[int, int]:
+    """``(ny, nx)`` of the central region of an amp the PTC statistics use."""
     ny, nx = camera.data_bbox.shape
     my = round(ny * (1.0 - fraction) / 2)
     mx = round(nx * (1.0 - fraction) / 2)
-    regions = [image[camera.amp_slices(a)][my: ny - my, mx: nx - mx]
+    return ny - 2 * my, nx - 2 * mx
+
+
+def _amp_regions(image: np.ndarray, camera: Camera, fraction: float) -> np.ndarray:
+    """``(n_amps, ny·nx)`` float32 stack of the central region of every amp (assembled
+    orientation: x along the serial register, y along the columns)."""
+    ny, nx = camera.data_bbox.shape
+    ry, rx = region_shape(camera, fraction)
+    my, mx = (ny - ry) // 2, (nx - rx) // 2
+    regions = [image[camera.amp_slices(a)][my: my + ry, mx: mx + rx]
                for a in camera.amplifiers]
     return np.stack(regions).reshape(camera.n_amps, -1).astype(np.float32, copy=False)
+
+
+def difference_covariances(diff: np.ndarray, max_lag: int, n_sigma: float = 5.0
+                           ) -> np.ndarray:
+    """Covariances of each amp's difference image between pixels ``(i, j)`` apart.
+
+    ``C_ij = <(d(x, y) − d̄)·(d(x + i, y + j) − d̄)>`` over the pairs of pixels both within
+    ``n_sigma`` robust σ of the amp's mean (cosmic rays, defects left out), by direct
+    products of the shifted image (for lags of a few pixels cheaper than an FFT, and exact).
+    For a flat pair's difference ``a − b`` this is twice the covariance of one flat
+    (Astier et al. 2019, A&A 629, A36, sect. 4): the pair's shot noise (``C_00``) and its
+    correlations between neighbours (brighter-fatter: ``C_10``, ``C_01`` > 0).
+
+    Parameters
+    ----------
+    diff : numpy.ndarray
+        ``(n_amps, ny, nx)`` difference images (x along the serial register).
+    max_lag : int
+        Largest lag along each axis.
+    n_sigma : float
+        Clipping, robust σ.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps, max_lag + 1, max_lag + 1)`` float64, indexed ``[amp, i, j]``: ``i`` the
+        lag along x, ``j`` along y; NaN where no pair of pixels is left.
+    """
+    n_amps = diff.shape[0]
+    flat = diff.reshape(n_amps, -1)
+    sub = flat[:, ::16].astype(np.float64)
+    centre = np.median(sub, axis=1)
+    sigma = np.maximum(robust_sigma(sub, axis=1), 1e-6)
+    d = diff - centre.astype(diff.dtype)[:, None, None]
+    keep = np.abs(d) <= (n_sigma * sigma).astype(diff.dtype)[:, None, None]
+    d *= keep
+    mean = d.sum(axis=(1, 2), dtype=np.float64) / np.maximum(keep.sum(axis=(1, 2)), 1)
+    d -= mean.astype(d.dtype)[:, None, None]
+    d *= keep
+    ny, nx = diff.shape[1:]
+    # The few pixels left out, as coordinates: each lag's count of pairs is its area less
+    # the pairs they touch (counting them on the full boolean images would cost more than
+    # the products themselves).
+    bad_k, bad_y, bad_x = np.nonzero(~keep)
+    out = np.full((n_amps, max_lag + 1, max_lag + 1), np.nan)
+    for i in range(max_lag + 1):
+        for j in range(max_lag + 1):
+            a = (slice(None), slice(0, ny - j), slice(0, nx - i))
+            b = (slice(None), slice(j, ny), slice(i, nx))
+            first = (bad_y < ny - j) & (bad_x < nx - i)
+            second = (bad_y >= j) & (bad_x >= i)
+            both = np.intersect1d((bad_k[first] * ny + bad_y[first]) * nx + bad_x[first],
+                                  (bad_k[second] * ny + bad_y[second] - j) * nx
+                                  + bad_x[second] - i)
+            count = ((ny - j) * (nx - i) - np.bincount(bad_k[first], minlength=n_amps)
+                     - np.bincount(bad_k[second], minlength=n_amps)
+                     + np.bincount(both // (ny * nx), minlength=n_amps))
+            total = np.einsum("kyx,kyx->k", d[a], d[b], dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[:, i, j] = np.where(count > 0, total / count, np.nan)
+    return out
 
 
 def overscan_pair_variance(first: np.ndarray, second: np.ndarray, camera: Camera,
@@ -288,7 +333,7 @@ def overscan_pair_variance(first: np.ndarray, second: np.ndarray, camera: Camera
     diff = first[sl].astype(np.float32) - second[sl].astype(np.float32)
     diff -= diff.mean(axis=2, keepdims=True)
     m = diff.shape[2]
-    _, var, _ = _clipped_mean_var(diff.reshape(camera.n_amps, -1), config.n_sigma_pixels,
+    _, var, _ = clipped_mean_var(diff.reshape(camera.n_amps, -1), config.n_sigma_pixels,
                                   config.n_clip_iter)
     return var * m / (m - 1) / 2.0
 
@@ -358,13 +403,13 @@ def pair_statistics(a: np.ndarray, b: np.ndarray, config: PtcConfig
     ratio : numpy.ndarray
         ``μa/μb``.
     """
-    mu_a, _, _ = _clipped_mean_var(a, config.n_sigma_pixels, config.n_clip_iter)
-    mu_b, _, _ = _clipped_mean_var(b, config.n_sigma_pixels, config.n_clip_iter)
+    mu_a, _, _ = clipped_mean_var(a, config.n_sigma_pixels, config.n_clip_iter)
+    mu_b, _, _ = clipped_mean_var(b, config.n_sigma_pixels, config.n_clip_iter)
     # Scaling b to a's level cancels a lamp change between the two exposures, which would
     # otherwise leave a copy of the flat-field pattern in the difference.
     ratio = mu_a / np.where(mu_b != 0, mu_b, 1.0)
     a -= b * ratio.astype(np.float32)[:, None]
-    _, dvar, npix = _clipped_mean_var(a, config.n_sigma_pixels, config.n_clip_iter)
+    _, dvar, npix = clipped_mean_var(a, config.n_sigma_pixels, config.n_clip_iter)
     return 0.5 * (mu_a + mu_b), dvar / 2.0, npix, ratio
 
 
@@ -384,7 +429,8 @@ def measure_pair(first: RawFrame, second: RawFrame, config: PtcConfig | None = N
     Returns
     -------
     PairStats
-        Per-amp mean (ADU), variance (ADU²), pixel count and overscan read-noise variance.
+        Per-amp mean (ADU), variance (ADU²), pixel count, overscan read-noise variance and
+        the covariances of the difference at lags up to ``config.covariance_lags``.
     """
     config = config or PtcConfig()
     camera = first.camera
@@ -397,6 +443,12 @@ def measure_pair(first: RawFrame, second: RawFrame, config: PtcConfig | None = N
     b = isr_regions(second, config, calibs)
     t2 = time.perf_counter()
     mean, var, npix, ratio = pair_statistics(a, b, config)
+    # ``a`` is now the scaled difference: its covariances at small lags (brighter-fatter).
+    cov = None
+    if config.covariance_lags > 0:
+        shape = (camera.n_amps, *region_shape(camera, config.region_fraction))
+        cov = difference_covariances(a.reshape(shape), config.covariance_lags,
+                                     config.n_sigma_pixels) / 2.0
     t3 = time.perf_counter()
     if np.any((np.abs(ratio - 1.0) > config.max_pair_mismatch) & (mean > 100.0)):
         log.warning("%s / %s: pair means differ by up to %.1f %% (lamp drift?)",
@@ -404,7 +456,8 @@ def measure_pair(first: RawFrame, second: RawFrame, config: PtcConfig | None = N
     exptime = float(first.info.exposure_time or 0.0)
     return PairStats(exptime, (first.info.obs_id, second.info.obs_id), mean, var, npix,
                      overscan_var, ratio, first.info.datetime_begin,
-                     {"overscan noise": t1 - t0, "isr": t2 - t1, "statistics": t3 - t2})
+                     {"overscan noise": t1 - t0, "isr": t2 - t1, "statistics": t3 - t2},
+                     cov)
 
 
 # --------------------------------------------------------------------------- fit
@@ -498,6 +551,60 @@ def fit_ptc(mean: np.ndarray, var: np.ndarray, n_pixels: np.ndarray,
         turnoff=float(np.max(mean[used])), used=used, chi2=float(result.redchi))
 
 
+def covariance_coefficients(mean: np.ndarray, cov: np.ndarray, gain: float,
+                            n_pixels: np.ndarray, used: np.ndarray | None = None
+                            ) -> np.ndarray:
+    """The a_ij of Astier et al. 2019 from the covariances of a PTC's pairs.
+
+    To second order in the signal μ (e⁻), the covariance of a flat between pixels ``(i,
+    j)`` apart is ``C_ij = μ·δ_ij + a_ij·μ² + c_ij·μ³ + n_ij`` (their eq. 20 expanded; ``n_ij``
+    the read noise's covariance, ``c_ij`` the next order, ``(2/3)[a⊗a]_ij`` for a pure
+    brighter-fatter effect). The three coefficients are fitted by weighted least squares
+    over the pairs below the turnoff, each covariance's error ∝ ``(μ + n_00)/√N`` (N its
+    pixels): a_ij is the slope of ``C_ij/μ`` at small μ. a_00 < 0 (pixels that collect more
+    charge shrink), a_10 and a_01 > 0 (their neighbours grow), and the a_ij sum to ~0.
+
+    Parameters
+    ----------
+    mean : numpy.ndarray
+        ``(n_pairs,)`` mean signal of each pair, ADU.
+    cov : numpy.ndarray
+        ``(n_pairs, L + 1, L + 1)`` covariances, ADU² (``PTC_COV``, lag along x first).
+    gain : float
+        e⁻/ADU.
+    n_pixels : numpy.ndarray
+        ``(n_pairs,)`` pixels of each measurement.
+    used : numpy.ndarray, optional
+        bool per pair: the points the PTC fit kept (those beyond the turnoff are not).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(L + 1, L + 1)`` a_ij, 1/e⁻; NaN with fewer than four usable pairs.
+    """
+    mean = np.asarray(mean, dtype=float)
+    cov = np.asarray(cov, dtype=float)
+    ok = np.isfinite(mean) & (mean > 0) & np.all(np.isfinite(cov), axis=(1, 2))
+    if used is not None:
+        ok &= np.asarray(used, dtype=bool)
+    out = np.full(cov.shape[1:], np.nan)
+    if ok.sum() < 4 or not (np.isfinite(gain) and gain > 0):
+        return out
+    mu = mean[ok] * gain
+    c = cov[ok] * gain**2
+    sigma = (mu + max(float(np.median(c[:, 0, 0] - mu)), 0.0)) \
+        / np.sqrt(np.asarray(n_pixels, dtype=float)[ok])
+    design = np.column_stack([np.ones_like(mu), mu**2, mu**3]) / sigma[:, None]
+    # Scaled columns: μ² and μ³ differ by 10⁵ at 100 ke⁻; lstsq is happier at unit scale.
+    scale = np.sqrt((design**2).sum(axis=0))
+    for i in range(cov.shape[1]):
+        for j in range(cov.shape[2]):
+            y = c[:, i, j] - (mu if i == 0 and j == 0 else 0.0)
+            coef, *_ = np.linalg.lstsq(design / scale, y / sigma, rcond=None)
+            out[i, j] = coef[1] / scale[1]
+    return out
+
+
 # --------------------------------------------------------------------------- product
 
 
@@ -533,8 +640,15 @@ def ptc_table(pairs: Sequence[PairStats], camera: Camera | None = None,
     npix = np.array([s.n_pixels for s in pairs]).T
     os_var = np.array([s.overscan_var for s in pairs]).T
     exptime = np.array([s.exptime for s in pairs])
+    n_lag = config.covariance_lags + 1
+    # (n_amps, n_pairs, lag x, lag y); NaN for a pair measured without covariances.
+    cov = np.stack([s.cov[:, :n_lag, :n_lag] if s.cov is not None
+                    and s.cov.shape[1] >= n_lag else np.full((camera.n_amps, n_lag, n_lag),
+                                                             np.nan)
+                    for s in pairs], axis=1) if config.covariance_lags > 0 else None
 
-    rows = {name: [] for name in PTC_COLUMNS}
+    rows: dict[str, list] = {name: [] for name in PTC_COLUMNS
+                             if name != "PTC_COV" or config.covariance_lags > 0}
     for i, amp in enumerate(camera.amp_names):
         fit = fit_ptc(mean[i], var[i], npix[i], config)
         # Overscan noise does not depend on the signal: the median over pairs is robust
@@ -560,6 +674,8 @@ def ptc_table(pairs: Sequence[PairStats], camera: Camera | None = None,
             "PTC_MEAN": mean[i], "PTC_VAR": var[i], "PTC_EXPTIME": exptime,
             "PTC_NPIX": npix[i], "PTC_USED": fit.used,
         }
+        if cov is not None:
+            values["PTC_COV"] = cov[i]
         for name, value in values.items():
             rows[name].append(value)
         log.info("%s: gain %.4f ± %.4f e-/ADU, read noise %.2f e-, turnoff %.0f ADU "
@@ -567,7 +683,8 @@ def ptc_table(pairs: Sequence[PairStats], camera: Camera | None = None,
                  fit.used.sum(), len(fit.used))
     table = Table(rows)
     for name, (_, description) in PTC_COLUMNS.items():
-        table[name].description = description
+        if name in table.colnames:
+            table[name].description = description
     dates = [s.date for s in pairs]
     table.meta.update({
         "OBSTYPE": "ptc",
@@ -692,7 +809,8 @@ def _check_count(n_pairs: int, paths: Sequence[Path], config: PtcConfig) -> None
 
 
 def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
-              camera: Camera | None = None, skip_bad: bool = False, verify: bool = True
+              camera: Camera | None = None, skip_bad: bool = False, verify: bool = True,
+              on_pair: Callable[[RawFrame, RawFrame], None] | None = None
               ) -> tuple[Ptc, VerificationReport | None]:
     """Measure and fit the PTC from raw flat pairs, and verify it.
 
@@ -711,6 +829,10 @@ def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
         raising.
     verify : bool
         Verify the product.
+    on_pair : callable, optional
+        Called with each pair's two raws once read, before their reduction (which modifies
+        them; the callable must not): further figures of the flats (EPER at every level)
+        without reading them again.
 
     Returns
     -------
@@ -744,6 +866,8 @@ def build_ptc(raws: Iterable[str | Path], config: PtcConfig | None = None, *,
                 raise
             log.warning("skipping the pair %s, %s: %s", pa.name, pb.name, exc)
             continue
+        if on_pair is not None:
+            on_pair(first, second)
         stats.append(measure_pair(first, second, config, calibs))
         filters.update((first.info.physical_filter, second.info.physical_filter))
         used.extend((pa, pb))

@@ -49,6 +49,11 @@ Tests (per amp; good pixels are those without NO_DATA or BAD):
     ``|amp median / median of the amp medians − 1| ≤ 5 %``.
 
 Detector-wide, for every product: ``no_data_fraction`` ≤ 1 % (pixels with no input).
+
+`verify_frame` runs cp_verify's tests the other way, on one input re-processed with the
+master (the EO run's biases and darks, `atmospec.calib.eo_run`): ``mean_below_sigma``,
+``noise_matches_read_noise`` against the noise the residual should have, and
+``cr_noise_consistent`` as the σ of every pixel against the clipped σ.
 """
 
 from __future__ import annotations
@@ -59,17 +64,19 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from scipy.special import gammaincinv
+from scipy.special import erf, gammaincinv
 
 from atmospec.calib.verification import TestResult, VerificationReport
 from atmospec.camera.description import Camera, load_camera
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
+from atmospec.isr.overscan import OverscanConfig, parallel_overscan_rows, serial_overscan_columns
 from atmospec.stats import robust_sigma
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VerifyConfig", "verify_bias", "verify_dark", "verify_flat", "verify_product"]
+__all__ = ["FRAME_TESTS", "VerifyConfig", "overscan_noise_factor", "verify_bias",
+           "verify_dark", "verify_flat", "verify_frame", "verify_product"]
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,111 @@ def verify_flat(exposure: Exposure, file: str = "", config: VerifyConfig | None 
                                     config.amp_scatter, "|value| <= threshold"))
     _add_no_data(report, exposure, config)
     return report
+
+
+#: The per-exposure tests of `verify_frame`, in order.
+FRAME_TESTS = ("mean_below_sigma", "noise_matches_read_noise", "cr_noise_consistent")
+
+
+def overscan_noise_factor(camera: Camera, overscan: OverscanConfig) -> float:
+    """Variance the overscan subtraction adds to a pixel, as a fraction of the read noise's:
+    the row's median of the serial overscan and (if subtracted) the column's of the
+    parallel overscan, each a median of n pixels with a variance of (π/2)·σ²/n."""
+    n_cols = len(range(*serial_overscan_columns(camera, overscan).indices(
+        camera.raw_bbox.nx)))
+    factor = np.pi / 2 / n_cols
+    if overscan.parallel:
+        n_rows = len(range(*parallel_overscan_rows(camera, overscan).indices(
+            camera.raw_bbox.ny)))
+        factor += np.pi / 2 / n_rows
+    return float(factor)
+
+
+def _clipped_gaussian_sigma(k: float, max_iter: int = 50) -> float:
+    """σ of unit Gaussian noise after clipping at ``k`` times its own clipped σ until it
+    no longer changes (what `_clipped_stats` converges to): the fixed point of
+    ``s = √(1 − 2kₛφ(kₛ)/(2Φ(kₛ) − 1))``, ``kₛ = k·s``."""
+    s = 1.0
+    for _ in range(max_iter):
+        ks = k * s
+        inside = erf(ks / np.sqrt(2.0))
+        new = float(np.sqrt(max(1.0 - 2.0 * ks * np.exp(-0.5 * ks * ks) / np.sqrt(2 * np.pi)
+                                / inside, 1e-12)))
+        if abs(new - s) < 1e-10:
+            return new
+        s = new
+    # Not converged (only for k ≲ 1): the last value, within 1e-4 of the limit.
+    return s
+
+
+def verify_frame(exposure: Exposure, expected_noise: np.ndarray,
+                 camera: Camera | None = None, config: VerifyConfig | None = None, *,
+                 cr_check: bool = True) -> dict[str, np.ndarray]:
+    """cp_verify's tests of one ISR-processed bias or dark (its master subtracted), per amp.
+
+    cp_verify runs its tests on the inputs re-processed with the new master, one exposure
+    at a time (`verify_bias` and `verify_dark` judge the master from its variance plane
+    instead). On the amp's good pixels (no NO_DATA, BAD, SAT):
+
+    ``mean_below_sigma``
+        ``|clipped mean| ≤ clipped σ``: nothing is left of the bias (or dark) level;
+    ``noise_matches_read_noise``
+        ``|σ / expected − 1| ≤ noise_tolerance``: σ the clipped σ over what clipping leaves
+        of a Gaussian's (0.985 at 3σ), ``expected_noise`` the per-pixel
+        noise the residual should have (the caller's: read noise, overscan subtraction,
+        the master's own noise or, for a frame that is one of the master's inputs, the
+        share of its noise the master removes);
+    ``cr_noise_consistent``
+        ``σ of every good pixel / clipped σ − 1 ≤ cr_noise_tolerance``: no transient (a
+        cosmic ray, a glitch) left in the frame (its CR-rejected noise is its noise). Not
+        run with ``cr_check=False`` (a dark whose cosmic rays are not repaired: each
+        exposure has some).
+
+    Parameters
+    ----------
+    exposure : Exposure
+        The post-ISR residual frame, e⁻.
+    expected_noise : numpy.ndarray
+        Per amp (HDU order), e⁻.
+    camera : Camera, optional
+        Amp layout; LATISS by default.
+    config : VerifyConfig, optional
+        Clipping and tolerances.
+    cr_check : bool
+        Run ``cr_noise_consistent``.
+
+    Returns
+    -------
+    dict
+        Per amp (arrays in HDU order): ``mean``, ``sigma``, ``sigma_plain`` (e⁻), each test
+        of `FRAME_TESTS` (bool; ``cr_noise_consistent`` True when not run) and ``passed``
+        (all of them).
+    """
+    config = config or VerifyConfig()
+    camera = camera or load_camera("latiss")
+    good = _good(exposure) & ~exposure.get_mask("SAT")
+    n = camera.n_amps
+    mean, sigma, plain = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    for i, amp in enumerate(camera.amplifiers):
+        sl = camera.amp_slices(amp)
+        pixels = exposure.image[sl][good[sl]]
+        mean[i], sigma[i] = _clipped_stats(pixels, config)
+        if pixels.size > 1:
+            plain[i] = float(np.std(pixels, ddof=1, dtype=np.float64))
+    expected = np.asarray(expected_noise, dtype=float)
+    # The clipped σ of Gaussian noise is short of its σ by the clipping (1.5 % at 3σ).
+    noise = sigma / _clipped_gaussian_sigma(config.clip_sigma)
+    with np.errstate(invalid="ignore"):
+        out = {
+            "mean": mean, "sigma": sigma, "sigma_plain": plain,
+            "mean_below_sigma": np.abs(mean) <= sigma,
+            "noise_matches_read_noise": np.abs(noise / expected - 1.0)
+            <= config.noise_tolerance,
+            "cr_noise_consistent": (plain / sigma - 1.0 <= config.cr_noise_tolerance)
+            if cr_check else np.ones(n, dtype=bool),
+        }
+    out["passed"] = np.logical_and.reduce([out[t] for t in FRAME_TESTS])
+    return out
 
 
 def _verify_noise_product(kind: str, exposure: Exposure, file: str, config: VerifyConfig,

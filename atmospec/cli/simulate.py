@@ -66,6 +66,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     bot.add_argument("--run", default="13162", help="bot: run number, RUNNUM")
     bot.add_argument("--interleaved-biases", action="store_true",
                      help="bot: a bias before every dark, flat pair and superflat")
+    bot.add_argument("--tearing", default="",
+                     help="bot: comma list of detectors whose flats show tearing (4 %% of "
+                          "the edge columns' charge moved in the first 400 rows read)")
+    bot.add_argument("--brighter-fatter", default=None, metavar="AX,AY",
+                     help="bot: charge redistribution alpha_x,alpha_y (1/e-): "
+                          "a10 = 2 alpha_x, a01 = 2 alpha_y, a00 = -4 (alpha_x + alpha_y)")
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -111,17 +117,23 @@ def _cmd_simulate_bot(args: argparse.Namespace) -> int:
     """``atmospec simulate bot``: one frame per detector and exposure, one line each."""
     from atmospec.errors import BadInputError
     from atmospec.sim.bot import BotConfig, BotFrame, bot_plan, expand_detectors, write_bot_run
+    from atmospec.sim.detector import DetectorSimConfig
 
     try:
         detectors = expand_detectors(args.instrument, args.detectors.split(","))
         levels = (BotConfig().flat_levels_e if args.levels is None else
                   tuple(float(v) for v in args.levels.split(",") if v.strip()))
+        tearing = expand_detectors(args.instrument, args.tearing.split(","))
+        sensor = DetectorSimConfig()
+        if args.brighter_fatter is not None:
+            ax, ay = (float(v) for v in args.brighter_fatter.split(","))
+            sensor = DetectorSimConfig(brighter_fatter=(ax, ay))
         config = BotConfig(
             instrument=args.instrument, detectors=detectors, run=args.run,
             day_obs=args.day_obs, start=_day_start_iso(args.day_obs), n_bias=args.n_bias,
             n_dark=args.n_dark, flat_levels_e=levels, n_sflat_low=args.n_sflat,
             n_sflat_high=args.n_sflat, interleaved_biases=args.interleaved_biases,
-            seed=args.seed, compress=not args.no_compress)
+            seed=args.seed, compress=not args.no_compress, tearing=tearing, detector=sensor)
         plan = bot_plan(config)
     except (ValueError, BadInputError) as exc:
         raise UsageError(f"atmospec simulate bot: {exc}") from None

@@ -14,7 +14,11 @@ whose two tables exist is skipped (``redo`` measures it again). Outputs (`atmosp
     status (`atmospec.calib.eo_specs.verdict_table`);
 ``REPO/eo/<DET>/eo_figures.json``
     the same rows, the detector's summary (amps, amps passing every specification, the
-    failures), its frame counts and phase timings;
+    failures, the high-flux superflats with tearing), its frame counts and phase timings,
+    and its further tables (``tables``: bias stability, bias shifts, amp correlations, CTI
+    against signal, covariances, tearing);
+``REPO/eo/<DET>/eo_<table>.ecsv``
+    each further table (`atmospec.calib.eo_run.DetectorEo.tables`);
 ``REPO/eo/eo_figures.ecsv``
     every detector's rows, stacked (rewritten at each run from the detectors' tables);
 ``REPO/eo/plots/<figure>_mosaic.png``, ``<figure>_hist.png``
@@ -30,7 +34,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +54,7 @@ from atmospec.calib.inputs import raw_info
 from atmospec.camera.raw import camera_for
 from atmospec.errors import BadInputError, short_error
 from atmospec.io import to_jsonable, write_text_atomic
-from atmospec.layout import EO_FIGURES_STEM, eo_dir, eo_plot_dir, eo_run_table
+from atmospec.layout import EO_FIGURES_STEM, eo_dir, eo_plot_dir, eo_run_table, eo_table
 from atmospec.night.index import raw_files
 from atmospec.parallel import open_executor
 
@@ -148,6 +152,8 @@ def summary_line(detector: str, vendor: str, summary: dict[str, Any]) -> str:
     if summary["not_measured"]:
         figures = sorted({m["figure"] for m in summary["not_measured"]})
         text += f"; not measured: {', '.join(figures)}"
+    if summary.get("tearing_frames"):
+        text += f"; tearing in {summary['tearing_frames']} high-flux superflat(s)"
     return text
 
 
@@ -162,19 +168,29 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write(repo: Path, detector: str, figures: Table, verdicts: Table,
-           summary: dict[str, Any]) -> None:
-    ecsv, js = _outputs(repo, detector)
+def _rows(table: Table) -> list[dict[str, Any]]:
+    return [{name: to_jsonable(row[name]) for name in table.colnames} for row in table]
+
+
+def _ecsv(table: Table) -> str:
     buf = io.StringIO()
-    verdicts.write(buf, format="ascii.ecsv")
-    rows = [{name: to_jsonable(row[name]) for name in verdicts.colnames} for row in verdicts]
+    table.write(buf, format="ascii.ecsv")
+    return buf.getvalue()
+
+
+def _write(repo: Path, detector: str, figures: Table, verdicts: Table,
+           summary: dict[str, Any], tables: Mapping[str, Table]) -> None:
+    ecsv, js = _outputs(repo, detector)
     meta = {k: to_jsonable(v) for k, v in figures.meta.items()}
     doc = {"detector": detector, "vendor": meta.get("VENDOR", ""), "summary": summary,
            "frames": {k: v for k, v in meta.items() if k.startswith("N_")},
-           "timings_s": meta.get("TIMINGS_S", {}), "figures": rows}
-    # The JSON first: the ECSV's presence marks the detector done.
+           "timings_s": meta.get("TIMINGS_S", {}), "figures": _rows(verdicts),
+           "tables": {name: _rows(t) for name, t in tables.items()}}
+    for name, t in tables.items():
+        write_text_atomic(_ecsv(t), eo_table(repo, detector, name))
+    # The JSON, then the figures: the ECSV's presence marks the detector done.
     write_text_atomic(json.dumps(_json_safe(doc), indent=1) + "\n", js)
-    write_text_atomic(buf.getvalue(), ecsv)
+    write_text_atomic(_ecsv(verdicts), ecsv)
 
 
 def _reduce(frames: EoFrames, repo: Path, config: EoRunConfig) -> DetectorOutcome:
@@ -187,10 +203,12 @@ def _reduce(frames: EoFrames, repo: Path, config: EoRunConfig) -> DetectorOutcom
         camera = camera_for(raw_info(first), first)
         folder = eo_dir(repo, detector)
         folder.mkdir(parents=True, exist_ok=True)
-        figures = detector_figures(frames, camera, folder, config).figures
+        measured = detector_figures(frames, camera, folder, config)
+        figures = measured.figures
         verdicts = verdict_table(figures, detector, camera.vendor)
         summary = detector_summary(verdicts)
-        _write(repo, detector, figures, verdicts, summary)
+        summary["tearing_frames"] = int(figures.meta.get("TEARING_FRAMES", 0))
+        _write(repo, detector, figures, verdicts, summary, measured.tables)
     except Exception as exc:  # one bad detector never stops the others
         reason = str(exc) if isinstance(exc, BadInputError) else \
             f"{type(exc).__name__}: {short_error(exc)}"
@@ -202,10 +220,16 @@ def _reduce(frames: EoFrames, repo: Path, config: EoRunConfig) -> DetectorOutcom
 
 
 def _skipped(repo: Path, detector: str) -> DetectorOutcome:
-    ecsv, _ = _outputs(repo, detector)
+    ecsv, js = _outputs(repo, detector)
     verdicts = Table.read(ecsv, format="ascii.ecsv")
     vendor = str(verdicts["vendor"][0]) if len(verdicts) else ""
-    line = summary_line(detector, vendor, detector_summary(verdicts))
+    summary = detector_summary(verdicts)
+    try:
+        summary["tearing_frames"] = int(json.loads(js.read_text())["summary"]
+                                        .get("tearing_frames", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        log.debug("%s: no tearing count in %s", detector, js)
+    line = summary_line(detector, vendor, summary)
     return DetectorOutcome(detector, "skipped", f"{line} (done before)")
 
 

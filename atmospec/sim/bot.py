@@ -52,6 +52,7 @@ import astropy.units as u
 import numpy as np
 from astropy.time import Time
 
+from atmospec.camera.assembly import assemble
 from atmospec.camera.description import Camera, list_detectors, load_camera
 from atmospec.errors import BadInputError
 from atmospec.io import write_text_atomic
@@ -175,6 +176,15 @@ class BotConfig:
     """Relative flat-field response: the projector's fall-off and the sensors' PRNU."""
     cosmics: CosmicRayConfig = field(default_factory=CosmicRayConfig)
     """Cosmic-ray physics."""
+    tearing: tuple[str, ...] = ()
+    """Detectors whose lit frames show tearing (`tearing_pattern`): in the first
+    ``tearing_rows`` rows read, the outermost imaging column at each edge of every amp hands
+    ``tearing_amplitude`` of its charge to its neighbour."""
+    tearing_amplitude: float = 0.04
+    """Fraction of the edge column's charge moved to its neighbour where there is tearing
+    (their ratio becomes (1 + f)/(1 − f) ≈ 1.083 instead of 1)."""
+    tearing_rows: int = 400
+    """Rows, from the first read, with tearing."""
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -189,6 +199,13 @@ class BotConfig:
             raise ValueError("BotConfig: signal levels, flux and dark time must be positive")
         if not 19_000_101 <= self.day_obs <= 29_991_231:
             raise ValueError(f"BotConfig: day_obs {self.day_obs} is not YYYYMMDD")
+        unknown = sorted(set(self.tearing) - set(self.detectors))
+        if unknown:
+            raise ValueError(f"BotConfig: tearing on {', '.join(unknown)}, not a detector "
+                             "of the run")
+        if not 0.0 <= self.tearing_amplitude < 0.5 or self.tearing_rows < 1:
+            raise ValueError("BotConfig: tearing_amplitude must be in [0, 0.5) and "
+                             "tearing_rows positive")
 
     @property
     def photodiode_c_per_e(self) -> float:
@@ -455,6 +472,41 @@ class BotFrame:
         }
 
 
+def tearing_pattern(camera: Camera, amplitude: float, rows: int) -> np.ndarray:
+    """The response of a detector with tearing, assembled (1 where there is none).
+
+    Tearing (charge moved between the columns next to an amp's edges while the first rows
+    are clocked out, LSSTTD-1273) is drawn as a step-like pattern: in the first ``rows``
+    rows read (readout order), the outermost imaging column at each side of every amp
+    keeps ``1 − amplitude`` of its charge and its neighbour receives the rest, so that
+    their ratio (Antilogus' statistic, `atmospec.calib.eo_flat.tearing_counts`) steps from
+    1 to ``(1 + amplitude)/(1 − amplitude)`` and back.
+
+    Parameters
+    ----------
+    camera : Camera
+        The detector.
+    amplitude : float
+        Fraction of the edge column's charge moved.
+    rows : int
+        Rows with tearing, from the first read.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 multiplicative response, ``camera.detector_shape``.
+    """
+    n = camera.n_amps
+    ny, nx = camera.data_bbox.shape
+    seg = np.ones((n, ny, nx), dtype=np.float32)
+    r = slice(0, min(rows, ny))
+    seg[:, r, 0] -= amplitude
+    seg[:, r, 1] += amplitude
+    seg[:, r, nx - 1] -= amplitude
+    seg[:, r, nx - 2] += amplitude
+    return assemble(seg, camera, trimmed=True)
+
+
 def simulate_bot_frame(exposure: BotExposure, camera: Camera, config: BotConfig) -> BotFrame:
     """Simulate one detector's raw of one exposure.
 
@@ -484,6 +536,9 @@ def simulate_bot_frame(exposure: BotExposure, camera: Camera, config: BotConfig)
         signal += np.float32(exposure.illumination_e)
         response = illumination(shape, config.filter_name, config=config.flat_field,
                                 sensor_seed=sensor.sensor_seed)
+        if camera.detector in config.tearing and config.tearing_amplitude > 0:
+            response = response * tearing_pattern(camera, config.tearing_amplitude,
+                                                  config.tearing_rows)
     segments, truth = expose(signal, sensor, np.random.default_rng(noise_ss),
                              exptime=exposure.exptime, darktime=exposure.darktime,
                              illumination=response, deposits_e=deposits, camera=camera)
@@ -537,8 +592,20 @@ def _detector_truth(camera: Camera, config: BotConfig, first: BotFrame) -> dict[
         "cti_serial": serial_cti_per_amp(config.detector, camera).tolist(),
         "cti_parallel": [config.detector.cti_parallel] * camera.n_amps,
         "nonlinearity": np.asarray(det.nonlinearity, dtype=float).tolist(),
+        "brighter_fatter": _brighter_fatter_truth(config.detector),
+        "tearing": ({"amplitude": config.tearing_amplitude, "rows": config.tearing_rows}
+                    if camera.detector in config.tearing and config.tearing_amplitude > 0
+                    else None),
         "frames": [],
     }
+
+
+def _brighter_fatter_truth(sensor: DetectorSimConfig) -> dict[str, float]:
+    """Astier's coefficients of the simulated brighter-fatter effect (first order,
+    `atmospec.sim.detector.brighter_fatter`), 1/e⁻."""
+    ax, ay = sensor.brighter_fatter
+    return {"alpha_x": ax, "alpha_y": ay, "a00": -4.0 * (ax + ay), "a10": 2.0 * ax,
+            "a01": 2.0 * ay}
 
 
 def sensor_bias_levels(config: BotConfig, camera: Camera) -> np.ndarray:
@@ -574,8 +641,10 @@ def write_bot_run(run_dir: str | Path, config: BotConfig | None = None, *,
     folder, OBSID, type, times, target and true illumination and photodiode charge, and
     per detector its serial, vendor, true and nominal gains, read noise, sensor bias levels,
     dark current (and its per-amp mean with hot pixels), full well, per-amp serial and
-    parallel CTI and non-linearity (`DetectorSimConfig.nonlinearity`), and per frame the bias
-    levels, mean true signal per amp and cosmic-ray count.
+    parallel CTI, non-linearity (`DetectorSimConfig.nonlinearity`), brighter-fatter
+    coefficients (`DetectorSimConfig.brighter_fatter`) and tearing (amplitude and rows, or
+    null; `BotConfig.tearing`), and per frame the bias levels, mean true signal per amp
+    and cosmic-ray count.
     """
     config = config or BotConfig()
     run_dir = Path(run_dir)

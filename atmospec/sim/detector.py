@@ -88,6 +88,11 @@ class DetectorSimConfig:
     (an amp out of specification among good ones)."""
     cold_pixel_fraction: float = 0.0
     """Fraction of pixels with a low response to light (0.2–0.7 of normal)."""
+    brighter_fatter: tuple[float, float] = (0.0, 0.0)
+    """``(α_x, α_y)``, 1/e⁻: charge redistribution of strength ∝ signal (`brighter_fatter`):
+    a flat of μ e⁻ gets covariances a_10·μ² and a_01·μ² between neighbours along x and y
+    and a variance μ + a_00·μ², with a_10 = 2α_x, a_01 = 2α_y, a_00 = −4(α_x + α_y)
+    (Astier et al. 2019's coefficients, to first order). (0, 0): no effect."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +384,51 @@ def _fill(q: np.ndarray, amount: float, fw: float) -> None:
     q[k] += amount - (cum[k - 1] if k > 0 else 0.0)
 
 
+def brighter_fatter(electrons: np.ndarray, expected: np.ndarray, alpha_x: float,
+                    alpha_y: float) -> np.ndarray:
+    """A brighter-fatter-like charge redistribution with known covariances.
+
+    Each pixel hands a fraction ``b = α·L`` of its charge to each of its two neighbours
+    along x (``α_x``) and along y (``α_y``), ``L`` its expected (noiseless) level: the
+    more charge a region collects, the more of it ends up next door. For Poisson charge of
+    mean μ this is a linear filter of the noise whose covariances are, to first order in
+    b, ``Var = μ(1 − 4(b_x + b_y))`` and ``Cov(x, x ± 1) = 2b_x·μ``, ``Cov(y, y ± 1) =
+    2b_y·μ``: Astier et al. 2019's ``a_00 = −4(α_x + α_y)``, ``a_10 = 2α_x``, ``a_01 =
+    2α_y``, which sum to zero as theirs do. Charge is conserved but at the image's edges
+    (what would leave it stays). The mean image is smoothed by the same filter (a
+    fraction ~4b of the PRNU's variance is lost).
+
+    Parameters
+    ----------
+    electrons : numpy.ndarray
+        Collected charge (Poisson draws), assembled, e⁻.
+    expected : numpy.ndarray
+        Its expectation, e⁻.
+    alpha_x, alpha_y : float
+        Strength, 1/e⁻.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the redistributed charge.
+    """
+    bx = (np.float32(alpha_x) * expected).astype(np.float32)
+    by = (np.float32(alpha_y) * expected).astype(np.float32)
+    gx = bx * electrons
+    gy = by * electrons
+    out = electrons - 2.0 * (gx + gy)
+    out[:, 1:] += gx[:, :-1]
+    out[:, :-1] += gx[:, 1:]
+    out[1:, :] += gy[:-1, :]
+    out[:-1, :] += gy[1:, :]
+    # At the edges the charge with no neighbour to go to stays.
+    out[:, 0] += gx[:, 0]
+    out[:, -1] += gx[:, -1]
+    out[0, :] += gy[0, :]
+    out[-1, :] += gy[-1, :]
+    return out
+
+
 def row_drift(n_amps: int, n_rows: int, amplitude: float,
               rng: np.random.Generator) -> np.ndarray:
     """Slow zero-mean bias variation along rows: two sinusoids with random periods/phases.
@@ -486,6 +536,8 @@ def expose(
         expected = expected * sensor.response
     expected = expected + sensor.dark_current_e_per_s * np.float32(darktime)
     electrons = rng.poisson(expected).astype(np.float32)
+    if any(config.brighter_fatter):
+        electrons = brighter_fatter(electrons, expected, *config.brighter_fatter)
     if deposits_e is not None:
         electrons += deposits_e
     electrons, saturated, moved = bleed(electrons, config.full_well_e)

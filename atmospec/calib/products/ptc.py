@@ -48,6 +48,7 @@ PTC_COLUMNS: Mapping[str, tuple[str, str]] = MappingProxyType({
     "PTC_EXPTIME": ("s", "exposure time per pair"),
     "PTC_NPIX": ("", "pixels in each variance"),
     "PTC_USED": ("", "pair used by the fit"),
+    "PTC_COV": ("adu2", "covariances per pair, lag [x, y]"),
 })
 
 #: What ISR needs of a PTC.
