@@ -27,6 +27,7 @@ from scipy.linalg.blas import saxpy
 from atmospec.camera.assembly import assemble
 from atmospec.camera.description import Camera
 from atmospec.camera.raw import RawFrame
+from atmospec.compression import CompressionConfig
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr import STEPS
@@ -74,6 +75,9 @@ class IsrConfig:
     """Cosmic-ray detection."""
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     """Edge mask."""
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    """How the post-ISR exposure is written: image and variance quantised at a step of
+    their noise / 10, tile-compressed (``enabled: false``, ``--lossless``: as computed)."""
 
 
 @dataclass
@@ -207,6 +211,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     Returns
     -------
     IsrResult
+        Its exposure carries ``config.compression``: `Exposure.write` stores it so.
 
     Raises
     ------
@@ -225,6 +230,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     amp_stats = _amp_stats(exposure, raw.camera, calibs.gains, segments.overscan,
                            segments.overscan_sigma)
     _record(exposure, steps, calibs.gains, amp_stats, calibs)
+    exposure.compression = config.compression
     log.info("%s: ISR %s in %.2f s", raw.info.obs_id, ",".join(steps),
              sum(timer.timings.values()))
     return IsrResult(exposure, steps, segments.overscan, amp_stats, timer.timings)
