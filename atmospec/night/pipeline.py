@@ -97,6 +97,19 @@ class PipelineDefinition:
         """The tasks that run on one class of exposure, in order."""
         return tuple(t for t in self.tasks if exposure_class in t.applies_to)
 
+    def with_task_config(self, name: str, overrides: Mapping[str, Any]) -> PipelineDefinition:
+        """A copy with the configuration of task ``name`` overridden (`with_overrides`);
+        the same definition when the pipeline has no such task.
+
+        For the options of a command that override the pipeline file (``atmospec night
+        --lossless``): they are part of the task's configuration, so its hash, and a
+        change re-runs it.
+        """
+        tasks = tuple(dataclasses.replace(t, config=with_overrides(t.config, overrides,
+                                                                   f"tasks.{name}.config"))
+                      if t.name == name else t for t in self.tasks)
+        return dataclasses.replace(self, tasks=tasks)
+
 
 def default_pipeline_path() -> Path:
     """``pipelines/night.yaml`` shipped with the package."""
