@@ -200,11 +200,15 @@ class Exposure:
                                            ("VARIANCE", self.variance, h_variance, sigmas[1])):
             step = sigma / q
             if not quantizable(plane, step):
-                # No noise to scale a step from (a constant plane), or values no int32 can
-                # hold at that step: stored as they are, and the header says so.
-                log.warning("%s written losslessly: no quantisation step fits it (noise %g)",
-                            name, sigma)
-                planes[name] = fits.ImageHDU(plane, header=header)
+                # No noise to scale a step from (a constant plane: the zero variance of an
+                # ISR without the variance step), or values no int32 holds at that step:
+                # compressed losslessly (GZIP_2), without ATMQSTEP.
+                if sigma > 0:
+                    log.warning("%s written losslessly: its values do not fit a quantisation "
+                                "at step %g (infinite, or beyond 2**30 steps)", name, step)
+                planes[name] = fits.CompImageHDU(plane, header=header, compression_type="GZIP_2",
+                                                 quantize_level=0.0,
+                                                 tile_shape=(config.tile_rows, plane.shape[1]))
                 continue
             header["ATMQSTEP"] = (step, f"quantisation step, {header['BUNIT']}: ATMQSIG/q")
             header["ATMQSIG"] = (sigma, f"noise the step is scaled from, {header['BUNIT']}")

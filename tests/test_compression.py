@@ -192,17 +192,25 @@ def test_deterministic(written, tmp_path):
 
 
 def test_plane_without_noise_stays_lossless(tmp_path, caplog):
-    """A plane with no noise to scale a step from (a constant variance) is written as it is,
-    and its header has no step."""
+    """A plane with no noise to scale a step from (a constant variance, the zero one of an
+    ISR without the variance step) is compressed losslessly, without a step in its header
+    or a warning; one with values no int32 holds at its step, losslessly with a warning."""
     exp = _frame(shape=(64, 96), stars=())
     exp.variance[:] = 100.0
     exp.write(tmp_path / "e.fits")
     back = Exposure.read(tmp_path / "e.fits")
     assert np.array_equal(back.variance, np.full((64, 96), 100.0, np.float32))
     with fits.open(tmp_path / "e.fits") as hdul:
+        assert isinstance(hdul["VARIANCE"], fits.CompImageHDU)
         assert "ATMQSTEP" not in hdul["VARIANCE"].header
         assert "ATMQSTEP" in hdul["IMAGE"].header
-    assert "VARIANCE written losslessly" in caplog.text
+    assert "losslessly" not in caplog.text
+    exp = _frame(shape=(64, 96), stars=())
+    exp.image[5, 5] = np.inf
+    truth = exp.image.copy()
+    exp.write(tmp_path / "inf.fits")
+    assert np.array_equal(Exposure.read(tmp_path / "inf.fits").image, truth, equal_nan=True)
+    assert "IMAGE written losslessly" in caplog.text
 
 
 def test_uncompressed_files_still_read(written):
