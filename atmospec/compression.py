@@ -24,7 +24,7 @@ see a larger fraction: ``σ_q / σ_pixel = σ / (σ_pixel q √12)``.
 
 The image's ``σ`` is the square root of the median of the variance plane (the expected
 pixel noise); the variance plane's is its own pixel-to-pixel scatter, measured robustly
-(first differences of a 1-in-4 subsample). The ISR variance is computed from the noisy image,
+(first differences of a 1-in-8 subsample). The ISR variance is computed from the noisy image,
 so that scatter is the image's ``σ`` in units of e⁻² and the variance's relative error is
 ``σ_q / V``: 0.17 % at a 300 e⁻² sky.
 """
@@ -127,7 +127,8 @@ def plane_noise(image: np.ndarray, variance: np.ndarray) -> tuple[float, float]:
     Parameters
     ----------
     image, variance : numpy.ndarray
-        The planes (a 1-in-4 subsample of each is used).
+        The planes (a 1-in-8 subsample of each is used: 250 000 pixels of a 4k×4k frame,
+        a noise known to 0.2 %).
 
     Returns
     -------
@@ -136,16 +137,20 @@ def plane_noise(image: np.ndarray, variance: np.ndarray) -> tuple[float, float]:
         robust scatter when there is none), and the variance plane's robust scatter; 0 when
         a plane has no usable noise (it is then written losslessly).
     """
-    var = variance[::4, ::4]
-    positive = var[np.isfinite(var) & (var > 0)]
+    var = variance[::_SUBSAMPLE, ::_SUBSAMPLE]
+    positive = var[var > 0]  # NaN compares false
     sigma_image = float(np.sqrt(np.median(positive))) if positive.size else _scatter(image)
     return sigma_image, _scatter(variance)
 
 
+#: Pixels between the samples of `plane_noise`, along each axis.
+_SUBSAMPLE = 8
+
+
 def _scatter(plane: np.ndarray) -> float:
-    """Robust pixel-to-pixel scatter: 1.4826 MAD of the differences of neighbours 4 px
-    apart on a 1-in-4 subsample, over √2 (smooth structure cancels in the differences)."""
-    sub = np.asarray(plane[::4, ::4], dtype=np.float64)
+    """Robust pixel-to-pixel scatter: 1.4826 MAD of the differences of neighbours 8 px
+    apart on a 1-in-8 subsample, over √2 (smooth structure cancels in the differences)."""
+    sub = np.asarray(plane[::_SUBSAMPLE, ::_SUBSAMPLE], dtype=np.float64)
     diff = np.diff(sub, axis=-1).ravel()
     diff = diff[np.isfinite(diff)]
     if diff.size == 0:
@@ -205,10 +210,13 @@ def quantizable(plane: np.ndarray, step: float) -> bool:
     value is infinite, which has no quantised form)."""
     if not (math.isfinite(step) and step > 0):
         return False
-    lo = float(np.fmin.reduce(plane, axis=None))
-    hi = float(np.fmax.reduce(plane, axis=None))
-    if math.isnan(lo):  # every pixel NaN
-        return True
+    lo, hi = float(plane.min()), float(plane.max())
+    if math.isnan(lo) or math.isnan(hi):
+        # NaN pixels (kept as NaN): the range of the others, by the slower NaN-skipping pass.
+        lo = float(np.fmin.reduce(plane, axis=None))
+        hi = float(np.fmax.reduce(plane, axis=None))
+        if math.isnan(lo):  # every pixel NaN
+            return True
     return math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) / step < MAX_LEVELS
 
 

@@ -104,9 +104,10 @@ def test_standard_tile_compressed_layout(written):
         assert all(isinstance(hdul[n], fits.CompImageHDU) for n in ("IMAGE", "MASK", "VARIANCE"))
         assert hdul["IMAGE"].data.dtype.kind == "f" and hdul["MASK"].data.dtype.kind == "i"
         assert hdul["MASK"].header["MP_BAD"] == 0 and hdul["IMAGE"].header["BUNIT"] == "electron"
-        # The image's step is its median noise over q: √median(variance) / 10.
-        sigma = math.sqrt(float(np.median(truth.variance[::4, ::4])))
-        assert hdul["IMAGE"].header["ATMQSIG"] == pytest.approx(sigma)
+        # The image's step is its median noise over q: √median(variance) / 10 (the median
+        # of a subsample, within its sampling error: 1 % here).
+        sigma = math.sqrt(float(np.median(truth.variance)))
+        assert hdul["IMAGE"].header["ATMQSIG"] == pytest.approx(sigma, rel=0.01)
 
 
 def test_memory_equals_file(written):
@@ -150,8 +151,9 @@ def test_image_statistics_within_the_budget(written):
     assert abs(np.median(b) - np.median(a)) <= step / 2 + np.spacing(np.float32(np.median(a)))
     sigma = a.std()
     assert abs((b.var() - a.var()) - sigma_q**2) <= 5 * 2 * sigma * sigma_q / math.sqrt(n)
-    # σ_q is the promised fraction of the median pixel noise.
-    assert sigma_q / math.sqrt(np.median(truth.variance)) == pytest.approx(F, rel=1e-3)
+    # σ_q is the promised fraction of the median pixel noise (the step comes from the
+    # median of a subsample: within its sampling error, 1 % here).
+    assert sigma_q / math.sqrt(np.median(truth.variance)) == pytest.approx(F, rel=0.01)
 
 
 def test_variance_relative_error_small(written):

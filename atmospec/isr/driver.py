@@ -42,7 +42,7 @@ from atmospec.isr.masking import grow_mask
 from atmospec.isr.overscan import OverscanConfig, overscan_noise, subtract_overscan
 from atmospec.isr.saturation import SaturationConfig, saturation_masks
 from atmospec.isr.variance import variance_plane
-from atmospec.stats import robust_sigma
+from atmospec.stats import median_and_robust_sigma
 
 log = logging.getLogger(__name__)
 
@@ -397,17 +397,18 @@ def _amp_stats(exposure: Exposure, camera: Camera, gains: AmpGains,
         img = exposure.image[sl][::4, ::4]
         good = (exposure.mask[sl][::4, ::4] & any_bad) == 0
         vals = img[good] if good.any() else img.ravel()
-        m = exposure.mask[sl]
+        median, robust_std = median_and_robust_sigma(vals)
         entry = {
             "gain": float(gains.gain[i]),
             "read_noise_e": float(gains.read_noise[i]),
-            "median": float(np.median(vals)),
-            "robust_std": float(robust_sigma(vals)),
+            "median": median,
+            "robust_std": robust_std,
             "overscan_level_adu": float(np.median(overscan["serial"][i])) if overscan else
             float("nan"),
             "overscan_noise_adu": float(overscan_noise[i]),
             "overscan_noise_e": float(overscan_noise[i] * gains.gain[i]),
         }
+        m = exposure.mask[sl]
         for p, bit in planes.items():
             entry[f"n_{p.lower()}"] = int(np.count_nonzero(m & bit))
         stats[amp.name] = entry
