@@ -322,3 +322,30 @@ def test_extraction_equal_within_the_budget(tmp_path):
     assert np.all(np.abs(b.flux_e[ok] - a.flux_e[ok]) <= K * a.flux_err_e[ok])
     total_err = math.sqrt(np.sum(a.flux_err_e[ok] ** 2))
     assert abs(b.flux_e[ok].sum() - a.flux_e[ok].sum()) <= K * total_err
+
+
+# ------------------------------------------------------------------------- the options
+
+
+def test_lossless_options_reach_the_isr_config():
+    """``atmospec isr --lossless`` and ``atmospec night --lossless`` (the night's
+    configuration, which ``atmospec watch`` shares) turn the quantisation off; the setting
+    is part of the ISR task's hash, so changing it re-runs ISR, and of nothing else."""
+    from atmospec.cli import build_parser
+    from atmospec.cli.isr import _isr_config
+    from atmospec.night.runner import NightRunConfig, night_pipeline
+    from atmospec.night.tasks import task_hash
+
+    args = build_parser().parse_args(["isr", "raw.fits", "--out", "o", "--lossless"])
+    assert not _isr_config(args.steps, args.overscan, args.lossless).compression.enabled
+    args = build_parser().parse_args(["isr", "raw.fits", "--out", "o"])
+    assert _isr_config(args.steps, args.overscan, args.lossless).compression.enabled
+    args = build_parser().parse_args(["night", "raw", "--repo", "r", "--lossless"])
+    assert args.lossless
+
+    default = {t.name: t.config for t in night_pipeline(NightRunConfig()).tasks}
+    lossless = {t.name: t.config for t in night_pipeline(NightRunConfig(lossless=True)).tasks}
+    assert default["isr"].compression.enabled and not lossless["isr"].compression.enabled
+    assert task_hash("isr", default["isr"], {}) != task_hash("isr", lossless["isr"], {})
+    assert {k: v for k, v in default.items() if k != "isr"} == \
+        {k: v for k, v in lossless.items() if k != "isr"}
