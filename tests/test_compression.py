@@ -328,12 +328,14 @@ def test_extraction_equal_within_the_budget(tmp_path):
 
 
 def test_lossless_options_reach_the_isr_config():
-    """``atmospec isr --lossless`` and ``atmospec night --lossless`` (the night's
-    configuration, which ``atmospec watch`` shares) turn the quantisation off; the setting
-    is part of the ISR task's hash, so changing it re-runs ISR, and of nothing else."""
+    """``atmospec isr --lossless`` and ``atmospec night --lossless`` (`NightRunConfig`,
+    applied by `load_pipeline`, which ``atmospec watch`` calls too) turn the quantisation
+    off; the setting is part of the ISR task's hash, so changing it re-runs ISR, and of
+    nothing else."""
     from atmospec.cli import build_parser
     from atmospec.cli.isr import _isr_config
-    from atmospec.night.runner import NightRunConfig, night_pipeline
+    from atmospec.night.pipeline import load_pipeline
+    from atmospec.night.runner import NightRunConfig
     from atmospec.night.tasks import task_hash
 
     args = build_parser().parse_args(["isr", "raw.fits", "--out", "o", "--lossless"])
@@ -341,10 +343,10 @@ def test_lossless_options_reach_the_isr_config():
     args = build_parser().parse_args(["isr", "raw.fits", "--out", "o"])
     assert _isr_config(args.steps, args.overscan, args.lossless).compression.enabled
     args = build_parser().parse_args(["night", "raw", "--repo", "r", "--lossless"])
-    assert args.lossless
+    assert args.lossless and NightRunConfig(lossless=args.lossless).lossless
 
-    default = {t.name: t.config for t in night_pipeline(NightRunConfig()).tasks}
-    lossless = {t.name: t.config for t in night_pipeline(NightRunConfig(lossless=True)).tasks}
+    default = {t.name: t.config for t in load_pipeline().tasks}
+    lossless = {t.name: t.config for t in load_pipeline(lossless=True).tasks}
     assert default["isr"].compression.enabled and not lossless["isr"].compression.enabled
     assert task_hash("isr", default["isr"], {}) != task_hash("isr", lossless["isr"], {})
     assert {k: v for k, v in default.items() if k != "isr"} == \

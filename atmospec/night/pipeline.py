@@ -216,13 +216,17 @@ def _coerce_tuple(value: Any, args: tuple[Any, ...], where: str) -> tuple[Any, .
     return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
 
 
-def load_pipeline(path: str | Path | None = None) -> PipelineDefinition:
+def load_pipeline(path: str | Path | None = None, *, lossless: bool = False
+                  ) -> PipelineDefinition:
     """Read a pipeline definition.
 
     Parameters
     ----------
     path : path, optional
         YAML file; default `default_pipeline_path`.
+    lossless : bool
+        A run's ``--lossless`` (``atmospec night``, ``atmospec watch``): the ``isr`` task's
+        ``compression.enabled`` set to false whatever the file says (`with_task_config`).
 
     Returns
     -------
@@ -273,8 +277,11 @@ def load_pipeline(path: str | Path | None = None) -> PipelineDefinition:
             tasks.append(TaskDefinition(name, applies, inputs, config))
     except ValueError as exc:
         raise BadInputError(path, str(exc)) from None
-    return PipelineDefinition(path.stem, str(doc.get("description", "")).strip(), policy,
-                              tuple(tasks))
+    pipeline = PipelineDefinition(path.stem, str(doc.get("description", "")).strip(), policy,
+                                  tuple(tasks))
+    if lossless:
+        pipeline = pipeline.with_task_config("isr", {"compression": {"enabled": False}})
+    return pipeline
 
 
 def _policy(doc: Mapping[str, Any]) -> CalibrationPolicy:

@@ -81,7 +81,7 @@ class NightRunConfig:
     lossless: bool = False
     """Write the post-ISR images as computed (float32, uncompressed, ~200 MB a LATISS
     frame) instead of quantised at noise / 10 and tile-compressed (~8× smaller): sets the
-    pipeline's ``isr`` ``compression.enabled`` to false (`night_pipeline`), so a change
+    pipeline's ``isr`` ``compression.enabled`` to false (`load_pipeline`), so a change
     re-runs ISR and the tasks after it."""
 
 
@@ -121,21 +121,6 @@ def exposure_class(record: RawRecord) -> str | None:
     if record.info.image_type != "science":
         return None
     return "dispersed" if record.info.is_dispersed else "imaging"
-
-
-def night_pipeline(config: NightRunConfig) -> PipelineDefinition:
-    """The pipeline a night runs: ``config.pipeline`` (or the shipped one) with the run's
-    own options applied (``lossless``).
-
-    Raises
-    ------
-    BadInputError
-        A bad pipeline file (`load_pipeline`).
-    """
-    pipeline = load_pipeline(config.pipeline)
-    if config.lossless:
-        pipeline = pipeline.with_task_config("isr", {"compression": {"enabled": False}})
-    return pipeline
 
 
 def _raw_identity(record: RawRecord) -> dict[str, object]:
@@ -231,7 +216,7 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     t_start = time.perf_counter()
     repo = Path(repo)
     _check_raw_folder(raw_dir)
-    pipeline = night_pipeline(config)
+    pipeline = load_pipeline(config.pipeline, lossless=config.lossless)
     with night_lock(repo) as holder:
         log.info("night lock of %s taken (%s)", repo, holder.describe())
         _remove_stale_temporaries(repo)
