@@ -46,13 +46,12 @@ from astropy.io import fits
 from astropy.io.fits.hdu.compressed._codecs import Rice1
 
 __all__ = [
-    "QUANTIZATION_NOISE_FRACTION",
     "CompressionConfig",
-    "PlaneQuantization",
     "compressed_hdu",
     "dither_seed",
     "noise_fraction",
     "plane_noise",
+    "quantizable",
 ]
 
 #: Length of the FITS standard's dither sequence.
@@ -107,21 +106,6 @@ class CompressionConfig:
 def noise_fraction(quantize_level: float) -> float:
     """Quantisation noise as a fraction of the pixel noise: ``1 / (q √12)``."""
     return 1.0 / (quantize_level * math.sqrt(12.0))
-
-
-#: `noise_fraction` at the default level (0.0289).
-QUANTIZATION_NOISE_FRACTION = noise_fraction(CompressionConfig.quantize_level)
-
-
-@dataclass(frozen=True)
-class PlaneQuantization:
-    """The quantisation of one plane."""
-
-    sigma: float
-    """The plane's noise the step is taken from (image: √median variance; variance: its
-    robust pixel-to-pixel scatter), in the plane's unit."""
-    step: float
-    """Quantisation step, ``sigma / q``."""
 
 
 def plane_noise(image: np.ndarray, variance: np.ndarray) -> tuple[float, float]:
