@@ -2,7 +2,9 @@
 
 On disk an `Exposure` uses the layout of Rubin's ExposureF files: the primary HDU holds the
 metadata (every raw primary key is kept), then the extensions ``IMAGE`` (float32),
-``MASK`` (int32, ``MP_<PLANE>`` keys give bit numbers) and ``VARIANCE`` (float32).
+``MASK`` (int32, ``MP_<PLANE>`` keys give bit numbers) and ``VARIANCE`` (float32). Post-ISR
+exposures are written tile-compressed by default, image and variance quantised
+(`atmospec.compression`); `Exposure.read` reads either layout.
 """
 
 from __future__ import annotations
@@ -21,8 +23,21 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 from astropy.nddata import CCDData, VarianceUncertainty
 
+from atmospec.compression import (
+    CompressionConfig,
+    compressed_hdu,
+    dither_seed,
+    plane_noise,
+    quantizable,
+)
 from atmospec.errors import BadInputError, short_error
-from atmospec.fitsscan import astropy_warnings_as_errors, check_hdu_sums, scan_fits
+from atmospec.fitsscan import (
+    FitsLayout,
+    astropy_warnings_as_errors,
+    check_compressed_sums,
+    check_hdu_sums,
+    scan_fits,
+)
 from atmospec.io import add_cards, write_hdul_atomic
 
 log = logging.getLogger(__name__)
@@ -61,6 +76,9 @@ class Exposure:
     """Plane name to bit number."""
     unit: str = "electron"
     """Unit of ``image`` (``electron`` or ``adu``)."""
+    compression: CompressionConfig | None = None
+    """How `write` stores the planes: None, as they are (calibration products, an exposure
+    read from a file); the ISR gives its output its configuration's (`run_isr`)."""
 
     def __post_init__(self) -> None:
         if self.mask.shape != self.image.shape or self.variance.shape != self.image.shape:
@@ -98,8 +116,15 @@ class Exposure:
         return value
 
     def set_mask(self, plane: str, where: np.ndarray) -> None:
-        """Set ``plane`` on the pixels where ``where`` is true."""
-        self.mask[where] |= np.int32(self.bitmask(plane))
+        """Set ``plane`` on the pixels where ``where`` is true (a boolean array of the
+        image's shape, or any index of the mask)."""
+        bit = np.int32(self.bitmask(plane))
+        if isinstance(where, np.ndarray) and where.dtype == bool and where.shape == self.shape:
+            # One pass, no gather and scatter of the pixels set: 10x faster than indexing
+            # for a sparse plane (SAT, BAD) on a 4k x 4k frame.
+            np.bitwise_or(self.mask, bit, out=self.mask, where=where)
+        else:
+            self.mask[where] |= bit
 
     def get_mask(self, *planes: str) -> np.ndarray:
         """Boolean array: pixels with any of ``planes`` set."""
@@ -107,23 +132,44 @@ class Exposure:
 
     # --- FITS I/O -------------------------------------------------------------------------
 
-    def to_hdulist(self) -> fits.HDUList:
-        """Build the Rubin-layout HDU list (no file is written)."""
-        primary = fits.PrimaryHDU(header=_clean_primary(self.metadata))
-        image = fits.ImageHDU(self.image.astype(np.float32, copy=False), name="IMAGE")
-        mask = fits.ImageHDU(self.mask.astype(np.int32, copy=False), name="MASK")
-        variance = fits.ImageHDU(self.variance.astype(np.float32, copy=False), name="VARIANCE")
-        for hdu, exttype in ((image, "IMAGE"), (mask, "MASK"), (variance, "VARIANCE")):
-            hdu.header["EXTTYPE"] = exttype
-            hdu.header["INHERIT"] = True
-        image.header["BUNIT"] = self.unit
-        variance.header["BUNIT"] = f"{self.unit}**2"
+    def _plane_headers(self) -> tuple[fits.Header, fits.Header, fits.Header]:
+        """The cards of the IMAGE, MASK and VARIANCE HDUs (names, types, units, planes)."""
+        headers = []
+        for exttype in ("IMAGE", "MASK", "VARIANCE"):
+            h = fits.Header()
+            h["EXTNAME"] = exttype
+            h["EXTTYPE"] = exttype
+            h["INHERIT"] = True
+            headers.append(h)
+        image, mask, variance = headers
+        image["BUNIT"] = self.unit
+        variance["BUNIT"] = f"{self.unit}**2"
         for name, bit in sorted(self.mask_planes.items(), key=lambda kv: kv[1]):
-            mask.header[f"HIERARCH MP_{name}" if len(name) > 5 else f"MP_{name}"] = bit
-        return fits.HDUList([primary, image, mask, variance])
+            mask[f"HIERARCH MP_{name}" if len(name) > 5 else f"MP_{name}"] = bit
+        return image, mask, variance
 
-    def write(self, path: str | Path, provenance: Sequence[tuple[str, Any, str]] = ()) -> Path:
-        """Write atomically to ``path`` in the Rubin ExposureF layout.
+    def to_hdulist(self) -> fits.HDUList:
+        """Build the Rubin-layout HDU list, uncompressed (no file is written)."""
+        primary = fits.PrimaryHDU(header=_clean_primary(self.metadata))
+        h_image, h_mask, h_variance = self._plane_headers()
+        return fits.HDUList([
+            primary,
+            fits.ImageHDU(self.image.astype(np.float32, copy=False), header=h_image),
+            fits.ImageHDU(self.mask.astype(np.int32, copy=False), header=h_mask),
+            fits.ImageHDU(self.variance.astype(np.float32, copy=False), header=h_variance),
+        ])
+
+    def write(self, path: str | Path, provenance: Sequence[tuple[str, Any, str]] = ()
+              ) -> Path:
+        """Write atomically to ``path`` in the Rubin ExposureF layout, as `compression` says.
+
+        With `compression` enabled (post-ISR exposures, by default) image and variance are
+        quantised, **in this exposure too**: its arrays then hold the values the file holds,
+        so that work done on it after the write equals work done on the file; the three
+        planes are tile-compressed. The primary header then says ``ATMCMPRS = 'QUANTIZED'``
+        with the level ``ATMQLEVL``, each quantised plane its step ``ATMQSTEP`` and the
+        noise it was scaled from ``ATMQSIG``. Not enabled (``--lossless``): the planes as
+        they are, ``ATMCMPRS = 'LOSSLESS'``. None: the planes as they are, no card.
 
         Parameters
         ----------
@@ -131,15 +177,65 @@ class Exposure:
             Output file.
         provenance : sequence of (key, value, comment)
             Cards added to the primary header (see `atmospec.io.provenance_cards`).
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
         """
-        hdul = self.to_hdulist()
+        compression = self.compression
+        if compression is not None and compression.enabled:
+            hdul = self._compressed_hdulist(compression)
+        else:
+            hdul = self.to_hdulist()
+            if compression is not None:
+                hdul[0].header["ATMCMPRS"] = ("LOSSLESS", "post-ISR planes stored as computed")
         add_cards(hdul[0].header, provenance)
         return write_hdul_atomic(hdul, path)
+
+    def _compressed_hdulist(self, config: CompressionConfig) -> fits.HDUList:
+        """The HDU list with quantised, tile-compressed planes (this exposure's image and
+        variance quantised in place)."""
+        self.image = _writable_float32(self.image)
+        self.variance = _writable_float32(self.variance)
+        h_image, h_mask, h_variance = self._plane_headers()
+        sigmas = plane_noise(self.image, self.variance)
+        q = config.quantize_level
+        primary = fits.PrimaryHDU(header=_clean_primary(self.metadata))
+        planes = {}
+        for name, plane, header, sigma in (("IMAGE", self.image, h_image, sigmas[0]),
+                                           ("VARIANCE", self.variance, h_variance, sigmas[1])):
+            step = sigma / q
+            if not quantizable(plane, step):
+                # No noise to scale a step from (a constant plane: the zero variance of an
+                # ISR without the variance step), or values no int32 holds at that step:
+                # compressed losslessly (GZIP_2), without ATMQSTEP.
+                if sigma > 0:
+                    log.warning("%s written losslessly: its values do not fit a quantisation "
+                                "at step %g (infinite, or beyond 2**30 steps)", name, step)
+                planes[name] = fits.CompImageHDU(plane, header=header, compression_type="GZIP_2",
+                                                 quantize_level=0.0,
+                                                 tile_shape=(config.tile_rows, plane.shape[1]))
+                continue
+            header["ATMQSTEP"] = (step, f"quantisation step, {header['BUNIT']}: ATMQSIG/q")
+            header["ATMQSIG"] = (sigma, f"noise the step is scaled from, {header['BUNIT']}")
+            seed = config.dither_seed or dither_seed(plane)
+            planes[name] = compressed_hdu(plane, header, step=step, seed=seed,
+                                          tile_rows=config.tile_rows)
+        mask = np.ascontiguousarray(self.mask, dtype=np.int32)
+        planes["MASK"] = compressed_hdu(mask, h_mask, step=None, seed=1,
+                                        tile_rows=config.tile_rows)
+        quantised = any("ATMQSTEP" in h for h in (h_image, h_variance))
+        primary.header["ATMCMPRS"] = ("QUANTIZED" if quantised else "LOSSLESS",
+                                      "IMAGE, VARIANCE quantised; MASK lossless")
+        primary.header["ATMQLEVL"] = (q, "quantisation level q: step = noise / q")
+        return fits.HDUList([primary, planes["IMAGE"], planes["MASK"], planes["VARIANCE"]])
 
     @classmethod
     def read(cls, path: str | Path, *, load_variance: bool = True,
              check_sums: bool = True) -> Exposure:
-        """Read an exposure written by `write` (or by Rubin's ExposureF writer).
+        """Read an exposure written by `write` (or by Rubin's ExposureF writer), its planes
+        plain or tile-compressed.
 
         Parameters
         ----------
@@ -167,7 +263,7 @@ class Exposure:
         try:
             # The headers walked first (bounded, whatever the damage), then read by astropy
             # with its warnings kept, not printed: the first one is the reason.
-            scan_fits(path)
+            layout = scan_fits(path)
             with astropy_warnings_as_errors(path, "damaged FITS file"), \
                     fits.open(path, memmap=False) as hdul:
                 names = [h.name for h in hdul]
@@ -177,7 +273,7 @@ class Exposure:
                                               "extension")
                 if check_sums:
                     read = ("IMAGE", "MASK", "VARIANCE") if load_variance else ("IMAGE", "MASK")
-                    _check_data_sums(path, hdul, read)
+                    _check_data_sums(path, hdul, read, layout)
                 image = np.asarray(hdul["IMAGE"].data, dtype=np.float32)
                 mask = np.asarray(hdul["MASK"].data, dtype=np.int32)
                 if load_variance:
@@ -299,12 +395,26 @@ def _writable_card(card: fits.Card) -> tuple[fits.Card | None, str | None]:
     return None, f"atmospec: dropped invalid card {name}"
 
 
-def _check_data_sums(path: Path, hdul: fits.HDUList, names: Sequence[str]) -> None:
+def _check_data_sums(path: Path, hdul: fits.HDUList, names: Sequence[str],
+                     layout: FitsLayout) -> None:
     """Refuse the file when the data of an HDU of ``names`` do not match its ``DATASUM``.
 
     Only the data sum: a header edited by hand since (a keyword added) is still a valid
     exposure, a changed pixel is not. An HDU without the card (a file from elsewhere) is
-    not checked.
+    not checked. A tile-compressed plane's sum is that of its compressed table and heap
+    (`atmospec.fitsscan.check_compressed_sums`).
     """
-    for name in names:
-        check_hdu_sums(path, hdul[name], hdul.index_of(name), header=False)
+    indices = [hdul.index_of(name) for name in names]
+    check_compressed_sums(path, [layout.hdus[i] for i in indices
+                                 if layout.hdus[i].is_compressed_image])
+    for name, index in zip(names, indices, strict=True):
+        if not layout.hdus[index].is_compressed_image:
+            check_hdu_sums(path, hdul[name], index, header=False)
+
+
+def _writable_float32(plane: np.ndarray) -> np.ndarray:
+    """``plane`` itself when it is a writable C-contiguous float32 array, else a copy that
+    is (a read-only zero variance, another dtype)."""
+    if plane.dtype == np.float32 and plane.flags.c_contiguous and plane.flags.writeable:
+        return plane
+    return np.array(plane, dtype=np.float32, order="C")

@@ -34,7 +34,7 @@ import os
 import re
 import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from math import prod
@@ -55,6 +55,7 @@ __all__ = [
     "FitsLayout",
     "HduLayout",
     "astropy_warnings_as_errors",
+    "check_compressed_sums",
     "check_hdu_sums",
     "primary_header",
     "scan_fits",
@@ -517,3 +518,33 @@ def check_hdu_sums(path: str | Path, hdu: fits.PrimaryHDU | fits.hdu.base.Extens
         name = hdu.name or "PRIMARY"
         raise BadInputError(path, f"checksum mismatch in HDU {index} ({name}): its {what} "
                                   "changed since it was written")
+
+
+def check_compressed_sums(path: str | Path, hdus: Sequence[HduLayout]) -> None:
+    """Refuse a file whose tile-compressed HDUs' data do not match their ``DATASUM``.
+
+    astropy opens a tile-compressed image as the image it holds, without the sums of the
+    table that stores it: the table is opened as a table here (only the HDUs given are
+    read), and its ``DATASUM``, over the compressed tiles and their heap, checked as
+    `check_hdu_sums` checks a plain HDU's (``header=False``). A changed byte of a tile
+    would otherwise decompress to other pixels, or fail in the middle of the work.
+
+    Parameters
+    ----------
+    path : path
+        A plain (not gzip-compressed) FITS file.
+    hdus : sequence of HduLayout
+        Its tile-compressed HDUs to check, as `scan_fits` found them.
+
+    Raises
+    ------
+    BadInputError
+        ``checksum mismatch in HDU i (NAME): its data changed since it was written``.
+    """
+    if not hdus:
+        return
+    with astropy_warnings_as_errors(path, "damaged compressed data"), \
+            fits.open(path, memmap=False, lazy_load_hdus=True,
+                      disable_image_compression=True) as hdul:
+        for hdu in hdus:
+            check_hdu_sums(path, hdul[hdu.index], hdu.index, header=False)

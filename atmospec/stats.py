@@ -72,3 +72,10 @@ def clipped_mean_var(x: np.ndarray, n_sigma: float, n_iter: int = 3, *,
     mean = centre + s1 / n
     var = (s2 - s1 * s1 / n) / (n - 1)
     return mean, var, count
+
+
+def median_and_robust_sigma(x: np.ndarray) -> tuple[float, float]:
+    """The median of ``x`` and `robust_sigma` of it, the median computed once (`robust_sigma`
+    computes it too: asking for both separately partitions the values three times)."""
+    median = np.median(x)
+    return float(median), float(1.4826 * np.median(np.abs(x - median)))

@@ -6,7 +6,9 @@ Both pipelines run in this process, on one core (thread pools limited to 1 befor
 imported), on the same simulated raw frame and master products:
 
 * atmospec: read raw → overscan → saturation → gain → crosstalk → assemble → bias →
-  variance → dark → flat → defects → interpolate → edge → write (cosmic rays timed apart);
+  variance → dark → flat → defects → interpolate → edge → write (quantised and
+  tile-compressed, the default; `bench_write.py` compares it with the uncompressed write;
+  cosmic rays timed apart);
 * ccdproc: per amp CCDData from the raw HDU → subtract_overscan (median per row) →
   trim_image → gain_correct; assemble; subtract_bias → subtract_dark (exposure scaled) →
   flat_correct → defect mask → create_deviation → write. ccdproc has no crosstalk or
@@ -146,7 +148,8 @@ def main() -> None:
     print(f"  {'cosmic rays':<12s} {cr * 1000:8.1f} ms (astroscrappy, separate, incl. "
           "overscan+gain)")
     print(f"ccdproc sequence (less work: no crosstalk/saturation/interp.): {t_base:.2f} s")
-    print(f"SUMMARY: atmospec ISR {t_ours:.2f} s (goal <= 1 s), ccdproc {t_base:.2f} s, "
+    print(f"SUMMARY: atmospec ISR {t_ours:.2f} s (goal <= 0.6 s with the write), ccdproc "
+          f"{t_base:.2f} s, "
           f"ratio {t_base / t_ours:.1f}x (goal >= 5x), peak memory {peak / 2**20:.0f} MiB "
           "(goal <= 1024)")
 

@@ -46,6 +46,10 @@ def _add_night(sub: argparse._SubParsersAction) -> None:
                    help="skip the night plots and the HTML report")
     p.add_argument("--no-report", action="store_true",
                    help="skip the HTML report (REPO/report/) at the end")
+    p.add_argument("--lossless", action="store_true",
+                   help="write the post-ISR images as computed (float32, uncompressed, "
+                   "~200 MB a LATISS frame) instead of quantised at noise/10 and "
+                   "tile-compressed (~8x smaller); a change re-runs ISR")
     p.set_defaults(func=_cmd_night)
 
 
@@ -59,7 +63,7 @@ def _cmd_night(args: argparse.Namespace) -> int:
     config = NightRunConfig(workers=args.workers, executor=args.executor,
                             scheduler=args.scheduler, pipeline=args.pipeline,
                             retry_failed=not args.no_retry, plots=not args.no_plots,
-                            figures=not args.no_report,
+                            figures=not args.no_report, lossless=args.lossless,
                             **({"patterns": tuple(args.pattern)} if args.pattern else {}))
     result = run_night(args.rawdir, args.repo, config)
     if config.plots and config.figures:

@@ -27,6 +27,7 @@ from scipy.linalg.blas import saxpy
 from atmospec.camera.assembly import assemble
 from atmospec.camera.description import Camera
 from atmospec.camera.raw import RawFrame
+from atmospec.compression import CompressionConfig
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr import STEPS
@@ -41,7 +42,7 @@ from atmospec.isr.masking import grow_mask
 from atmospec.isr.overscan import OverscanConfig, overscan_noise, subtract_overscan
 from atmospec.isr.saturation import SaturationConfig, saturation_masks
 from atmospec.isr.variance import variance_plane
-from atmospec.stats import robust_sigma
+from atmospec.stats import median_and_robust_sigma
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class IsrConfig:
     """Cosmic-ray detection."""
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     """Edge mask."""
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    """How the post-ISR exposure is written: image and variance quantised at a step of
+    their noise / 10, tile-compressed (``enabled: false``, ``--lossless``: as computed)."""
 
 
 @dataclass
@@ -207,6 +211,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     Returns
     -------
     IsrResult
+        Its exposure carries ``config.compression``: `Exposure.write` stores it so.
 
     Raises
     ------
@@ -225,6 +230,7 @@ def run_isr(raw: RawFrame, config: IsrConfig, calibs: IsrCalibrations) -> IsrRes
     amp_stats = _amp_stats(exposure, raw.camera, calibs.gains, segments.overscan,
                            segments.overscan_sigma)
     _record(exposure, steps, calibs.gains, amp_stats, calibs)
+    exposure.compression = config.compression
     log.info("%s: ISR %s in %.2f s", raw.info.obs_id, ",".join(steps),
              sum(timer.timings.values()))
     return IsrResult(exposure, steps, segments.overscan, amp_stats, timer.timings)
@@ -391,17 +397,18 @@ def _amp_stats(exposure: Exposure, camera: Camera, gains: AmpGains,
         img = exposure.image[sl][::4, ::4]
         good = (exposure.mask[sl][::4, ::4] & any_bad) == 0
         vals = img[good] if good.any() else img.ravel()
-        m = exposure.mask[sl]
+        median, robust_std = median_and_robust_sigma(vals)
         entry = {
             "gain": float(gains.gain[i]),
             "read_noise_e": float(gains.read_noise[i]),
-            "median": float(np.median(vals)),
-            "robust_std": float(robust_sigma(vals)),
+            "median": median,
+            "robust_std": robust_std,
             "overscan_level_adu": float(np.median(overscan["serial"][i])) if overscan else
             float("nan"),
             "overscan_noise_adu": float(overscan_noise[i]),
             "overscan_noise_e": float(overscan_noise[i] * gains.gain[i]),
         }
+        m = exposure.mask[sl]
         for p, bit in planes.items():
             entry[f"n_{p.lower()}"] = int(np.count_nonzero(m & bit))
         stats[amp.name] = entry

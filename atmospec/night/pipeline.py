@@ -97,6 +97,19 @@ class PipelineDefinition:
         """The tasks that run on one class of exposure, in order."""
         return tuple(t for t in self.tasks if exposure_class in t.applies_to)
 
+    def with_task_config(self, name: str, overrides: Mapping[str, Any]) -> PipelineDefinition:
+        """A copy with the configuration of task ``name`` overridden (`with_overrides`);
+        the same definition when the pipeline has no such task.
+
+        For the options of a command that override the pipeline file (``atmospec night
+        --lossless``): they are part of the task's configuration, so its hash, and a
+        change re-runs it.
+        """
+        tasks = tuple(dataclasses.replace(t, config=with_overrides(t.config, overrides,
+                                                                   f"tasks.{name}.config"))
+                      if t.name == name else t for t in self.tasks)
+        return dataclasses.replace(self, tasks=tasks)
+
 
 def default_pipeline_path() -> Path:
     """``pipelines/night.yaml`` shipped with the package."""
@@ -203,13 +216,17 @@ def _coerce_tuple(value: Any, args: tuple[Any, ...], where: str) -> tuple[Any, .
     return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
 
 
-def load_pipeline(path: str | Path | None = None) -> PipelineDefinition:
+def load_pipeline(path: str | Path | None = None, *, lossless: bool = False
+                  ) -> PipelineDefinition:
     """Read a pipeline definition.
 
     Parameters
     ----------
     path : path, optional
         YAML file; default `default_pipeline_path`.
+    lossless : bool
+        A run's ``--lossless`` (``atmospec night``, ``atmospec watch``): the ``isr`` task's
+        ``compression.enabled`` set to false whatever the file says (`with_task_config`).
 
     Returns
     -------
@@ -260,8 +277,11 @@ def load_pipeline(path: str | Path | None = None) -> PipelineDefinition:
             tasks.append(TaskDefinition(name, applies, inputs, config))
     except ValueError as exc:
         raise BadInputError(path, str(exc)) from None
-    return PipelineDefinition(path.stem, str(doc.get("description", "")).strip(), policy,
-                              tuple(tasks))
+    pipeline = PipelineDefinition(path.stem, str(doc.get("description", "")).strip(), policy,
+                                  tuple(tasks))
+    if lossless:
+        pipeline = pipeline.with_task_config("isr", {"compression": {"enabled": False}})
+    return pipeline
 
 
 def _policy(doc: Mapping[str, Any]) -> CalibrationPolicy:

@@ -78,6 +78,11 @@ class NightRunConfig:
     patterns: tuple[str, ...] = RAW_PATTERNS
     """Which files of the raw folder and its sub-folders are raws (`raw_files`: a pattern
     with a ``/`` matches the path relative to the folder, any other the file name)."""
+    lossless: bool = False
+    """Write the post-ISR images as computed (float32, uncompressed, ~200 MB a LATISS
+    frame) instead of quantised at noise / 10 and tile-compressed (~8× smaller): sets the
+    pipeline's ``isr`` ``compression.enabled`` to false (`load_pipeline`), so a change
+    re-runs ISR and the tasks after it."""
 
 
 @dataclass
@@ -211,7 +216,7 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     t_start = time.perf_counter()
     repo = Path(repo)
     _check_raw_folder(raw_dir)
-    pipeline = load_pipeline(config.pipeline)
+    pipeline = load_pipeline(config.pipeline, lossless=config.lossless)
     with night_lock(repo) as holder:
         log.info("night lock of %s taken (%s)", repo, holder.describe())
         _remove_stale_temporaries(repo)
