@@ -389,8 +389,10 @@ class LivePage:
 
     def __call__(self, update: WatchUpdate) -> None:
         """Write the page for ``update``, then redraw the trends it changed when due (and
-        write the page again with them)."""
-        write_live(live_document(update, self.out, self.config), self.out, self.config)
+        write the page again with them); the last update draws them first, and writes the
+        page once, complete."""
+        if not update.final:
+            write_live(live_document(update, self.out, self.config), self.out, self.config)
         self.published += 1
         for obs_id in update.finished:
             rows = update.summary[update.summary["obs_id"] == obs_id]
@@ -398,7 +400,8 @@ class LivePage:
                 dispersed = is_dispersed_name(_text(rows[0], "disperser"))
                 self.stale |= {stem for stem, _, _, imaging in _TRENDS if imaging != dispersed}
         due = update.final or time.monotonic() - self.drawn_at >= self.config.trend_interval_s
-        if self.stale and due and self._draw_trends(update.summary):
+        drawn = bool(self.stale) and due and self._draw_trends(update.summary)
+        if drawn or update.final:
             write_live(live_document(update, self.out, self.config), self.out, self.config)
 
     def _draw_trends(self, summary: Table) -> bool:
