@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ from atmospec.night.runner import (
 from atmospec.night.summary import summary_row, table_of_rows, write_summary
 from atmospec.night.tasks import ExposureJob, run_job
 from atmospec.parallel import open_executor
+from atmospec.plots.exposure import refresh_figures
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class WatchConfig:
     file systems: NFS, SMB, some FUSE mounts deliver no events)."""
     poll_interval_s: float = 1.0
     """Time between two polls of the directory, s (with `poll`)."""
-    settle_s: float = 0.5
+    settle_s: float = 0.3
     """A file is looked at once its size and modification time did not change over two
     looks this far apart, s."""
     incomplete_timeout_s: float = 60.0
@@ -130,6 +131,12 @@ class WatchConfig:
     """Run again the tasks that failed in an earlier run (at start, as ``atmospec night``)."""
     figures: bool = True
     """Workers draw each exposure's report figures (the live page shows them)."""
+    live_figures: tuple[str, ...] = ("postisr", "atmosphere")
+    """The figure groups (`atmospec.plots.exposure`) drawn with an exposure's tasks, before
+    its outcome comes back: the quick look and the atmosphere fit (the spectrum with its
+    model), what the live page shows first. The others (sources, PSF, the spectrum's five
+    diagnostics) are drawn next, when no exposure waits for a worker, and at the latest
+    when the watch stops; the page is written again as they come."""
     progress: bool = True
     """Progress bar of the initial indexing on a terminal."""
     alerts: AlertConfig = field(default_factory=AlertConfig)
@@ -393,6 +400,8 @@ class _Watch:
         self.ready: deque[RawRecord] = deque()  # science frames to plan, in arrival order
         self.jobs: deque[ExposureJob] = deque()  # planned, not submitted
         self.running: dict[Future, ExposureJob] = {}
+        self.later: deque[ExposureJob] = deque()  # reduced, figures still to draw
+        self.drawing: dict[Future, ExposureJob] = {}
         self.submitted = 0
         self.calibrations_wanted = True  # calibration frames arrived since the last build
         self.rows: dict[str, tuple[tuple[int, int], RawRecord, dict[str, Any]]] = {}
@@ -414,7 +423,8 @@ class _Watch:
                 log.info("watch stopping: %d exposures running finish", len(self.running))
                 for future in list(self.running):
                     future.cancel()  # not started yet: left pending for the next run
-                while self.running:
+                while self.running or self.later or self.drawing:
+                    self._submit_figures(pool, stopping=True)
                     self._collect(pool, self.config.tick_s)
         finally:
             observer.stop()
@@ -429,7 +439,8 @@ class _Watch:
         if c.stop_after is not None and self.result.n_run >= c.stop_after:
             log.info("%d exposures reduced (--stop-after): stopping", self.result.n_run)
             return True
-        idle = not (self.running or self.jobs or self.ready or self.files.pending)
+        idle = not (self.running or self.jobs or self.ready or self.files.pending
+                    or self.later or self.drawing)
         if (c.idle_exit_s is not None and idle
                 and time.monotonic() - self.last_activity >= c.idle_exit_s):
             log.info("nothing new for %.0f s (--idle-exit): stopping", c.idle_exit_s)
@@ -541,6 +552,8 @@ class _Watch:
                             self.config.retry_failed, self.figures, self.result.calibrations,
                             records=records)
         queued = {j.obs_id for j in self.jobs} | {j.obs_id for j in self.running.values()}
+        if self.figures is not None:
+            jobs = [replace(j, figure_groups=self.config.live_figures) for j in jobs]
         self.jobs.extend(j for j in jobs if j.obs_id not in queued)
 
     def _submit(self, pool: _Pool) -> None:
@@ -552,18 +565,35 @@ class _Watch:
             job = self.jobs.popleft()
             self.running[pool.submit(run_job, job)] = job
             self.submitted += 1
+        self._submit_figures(pool)
+
+    def _submit_figures(self, pool: _Pool, stopping: bool = False) -> None:
+        """Draw the rest of the reduced exposures' figures when no exposure waits for a
+        worker (or the watch stops: the repository is left complete)."""
+        free = (self.config.workers or os.cpu_count() or 1) - len(self.running)
+        while self.later and (stopping or (not self.jobs and len(self.drawing) < free)):
+            job = self.later.popleft()
+            assert job.figure_dir is not None
+            future = pool.submit(refresh_figures, Path(job.out_dir), job.obs_id,
+                                 Path(job.figure_dir))
+            self.drawing[future] = job
 
     def _collect(self, pool: _Pool, timeout: float) -> None:
         """Record the jobs that finished within ``timeout`` and publish them."""
-        if not self.running:
+        if not (self.running or self.drawing):
             self.stop.wait(timeout)  # an idle tick, cut short by a stop
             return
-        finished, _ = wait(list(self.running), timeout=timeout, return_when=FIRST_COMPLETED)
-        if not finished:
-            return
-        done_ids = []
+        finished, _ = wait([*self.running, *self.drawing], timeout=timeout,
+                           return_when=FIRST_COMPLETED)
         broken = False
-        for future in sorted(finished, key=lambda f: self.running[f].obs_id):
+        drawn = [f for f in finished if f in self.drawing]
+        for future in drawn:
+            del self.drawing[future]  # refresh_figures never raises: a dead worker might
+            broken |= not future.cancelled() and isinstance(future.exception(),
+                                                            BrokenProcessPool)
+        done_ids = []
+        for future in sorted((f for f in finished if f in self.running),
+                             key=lambda f: self.running[f].obs_id):
             job = self.running.pop(future)
             if future.cancelled():
                 continue
@@ -571,8 +601,14 @@ class _Watch:
             self.result.outcomes.extend(record_outcomes(self.index, job, future))
             self.result.n_run += 1
             done_ids.append(job.obs_id)
+            if job.figure_dir is not None and job.figure_groups is not None:
+                self.later.append(job)
         if broken:
             pool.reopen()
+        if not done_ids:
+            if drawn and not self.stop.is_set():
+                self._publish(())  # the page shows the figures just drawn
+            return
         self.last_activity = time.monotonic()
         self._refresh_rows([self.rows[o][1] for o in done_ids if o in self.rows])
         self._publish(tuple(done_ids))

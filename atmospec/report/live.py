@@ -72,9 +72,11 @@ class LiveConfig:
 
     refresh_s: float = 2.0
     """How often an open page looks for an update, s."""
-    trend_interval_s: float = 20.0
+    trend_interval_s: float = 60.0
     """Shortest time between two drawings of the trend figures, s (an exposure's update
-    is written first, with the trends as they were; the last update redraws them all)."""
+    is written first, with the trends as they were; the last update redraws them all).
+    Drawing the three costs ~4 s of CPU in the watch's own process: every 60 s, a few
+    per cent of a core, taken from the workers."""
     recent: int = 12
     """Science exposures in the table of recent exposures."""
     rejected: int = 10
@@ -201,7 +203,7 @@ def _spectrum_section(out: Path, row: Any | None) -> list[str]:
         body.append(H.note(_text(row, "reason"), "warn"))
     captions = {"spectrum_spectrum.png": "Extracted first-order spectrum.",
                 "atmosphere_fit.png": "Atmosphere fit: data, model and residuals."}
-    for png, _ in _figures(out, obs_id, ("spectrum", "atmosphere")):
+    for png, _ in _figures(out, obs_id, ("atmosphere", "spectrum")):
         if png.name in captions:
             body.append(H.figure(_versioned(png, out), captions[png.name],
                                  href=H.rel(png, out)))
@@ -388,12 +390,28 @@ class LivePage:
         self.published = 0
 
     def __call__(self, update: WatchUpdate) -> None:
-        """Write the page for ``update``, then redraw the trends it changed when due (and
-        write the page again with them); the last update draws them first, and writes the
-        page once, complete."""
+        """Write the page for ``update`` (`write`), then redraw the trends it changed when
+        due and write the page again with them (`refresh_trends`); the last update draws
+        them first and writes the page once, complete."""
         if not update.final:
-            write_live(live_document(update, self.out, self.config), self.out, self.config)
+            self.write(update)
+        self.refresh_trends(update)
+
+    def write(self, update: WatchUpdate) -> Path:
+        """Write the page for ``update`` with the trends as they are.
+
+        Returns
+        -------
+        pathlib.Path
+            The page.
+        """
         self.published += 1
+        return write_live(live_document(update, self.out, self.config), self.out,
+                          self.config)
+
+    def refresh_trends(self, update: WatchUpdate) -> bool:
+        """Redraw the trends ``update`` changed when due (always for the last update) and
+        write the page again if any was; whether it was written."""
         for obs_id in update.finished:
             rows = update.summary[update.summary["obs_id"] == obs_id]
             if len(rows):
@@ -402,7 +420,8 @@ class LivePage:
         due = update.final or time.monotonic() - self.drawn_at >= self.config.trend_interval_s
         drawn = bool(self.stale) and due and self._draw_trends(update.summary)
         if drawn or update.final:
-            write_live(live_document(update, self.out, self.config), self.out, self.config)
+            self.write(update)
+        return drawn or update.final
 
     def _draw_trends(self, summary: Table) -> bool:
         """Draw the stale trend figures that have something to show; whether any was."""
