@@ -182,8 +182,9 @@ def watch_night(raw_dir: str | Path, repo: str | Path, config: WatchConfig | Non
     config : WatchConfig, optional
         Workers, detection of new files, when to stop.
     publish : callable, optional
-        Called with a `WatchUpdate` after each exposure (and each rejected file), and once
-        more when stopping (``final``).
+        Called with a `WatchUpdate` at the start, after each exposure, each file indexed or
+        rejected and each exposure's later figures, and once more when stopping
+        (``final``).
     stop : threading.Event, optional
         Set to stop cleanly (as SIGINT does); for a watch run in a thread. Signal handlers
         are installed only when this runs in the main thread.
@@ -547,14 +548,17 @@ class _Watch:
         return self.registry
 
     def _plan(self, records: list[RawRecord] | None) -> None:
-        """Queue the jobs of ``records`` (None: every raw of the night) not queued yet."""
+        """Queue the jobs of ``records`` (None: every raw of the night) but those running; a
+        job planned again replaces the one queued (the calibrations may have changed)."""
         jobs, _ = plan_jobs(self.index, self._registry(), self.pipeline, self.repo,
                             self.config.retry_failed, self.figures, self.result.calibrations,
                             records=records)
-        queued = {j.obs_id for j in self.jobs} | {j.obs_id for j in self.running.values()}
         if self.figures is not None:
             jobs = [replace(j, figure_groups=self.config.live_figures) for j in jobs]
-        self.jobs.extend(j for j in jobs if j.obs_id not in queued)
+        running = {j.obs_id for j in self.running.values()}
+        planned = {j.obs_id for j in jobs}
+        self.jobs = deque(j for j in self.jobs if j.obs_id not in planned)
+        self.jobs.extend(j for j in jobs if j.obs_id not in running)
 
     def _submit(self, pool: _Pool) -> None:
         limit = self.config.max_in_flight or 2 * (self.config.workers or os.cpu_count() or 1)
