@@ -1,12 +1,13 @@
 """Follow a night as it is taken: ``atmospec watch``.
 
-The night's directory is watched for new raw files (file-system events from ``watchdog``,
-or polling on network file systems that deliver no events). A new file is taken once it is
-complete: its size and modification time unchanged over two looks `WatchConfig.settle_s`
-apart, and its structure whole (`atmospec.night.index.check_raw_file`: every HDU's header
-and data inside the file, every amplifier there; a file still being written fails it). A
-file that stays incomplete or damaged for `WatchConfig.incomplete_timeout_s` is recorded
-as rejected in the index with its reason, once, and looked at again only if it changes.
+The night's directory is watched for new raw files (`atmospec.night.arrivals`: file-system
+events from ``watchdog``, or polling on network file systems that deliver no events). A
+new file is taken once it is complete: its size and modification time unchanged over two
+looks `WatchConfig.settle_s` apart, and its structure whole
+(`atmospec.night.index.check_raw_file`: every HDU's header and data inside the file, every
+amplifier there; a file still being written fails it). A file that stays incomplete or
+damaged for `WatchConfig.incomplete_timeout_s` is recorded as rejected in the index with
+its reason, once, and looked at again only if it changes.
 
 Each complete raw is indexed (`NightIndex.index_files`), planned with the night runner's
 `plan_jobs` and run on the worker pool (`run_job`, which also draws the exposure's report
@@ -35,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -48,19 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from astropy.table import Table
-from watchdog.events import (
-    EVENT_TYPE_CLOSED,
-    EVENT_TYPE_CREATED,
-    EVENT_TYPE_EVENTS_LOST,
-    EVENT_TYPE_MODIFIED,
-    EVENT_TYPE_MOVED,
-)
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
 
 from atmospec.calib.registry import CalibrationRegistry
 from atmospec.layout import night_build_dir, report_dir
 from atmospec.night.alerts import AlertConfig, live_alerts
+from atmospec.night.arrivals import Arrivals, EventQueue, start_observer
 from atmospec.night.calibs import prepare_calibrations, write_builds
 from atmospec.night.index import (
     RAW_PATTERNS,
@@ -88,10 +80,6 @@ from atmospec.plots.exposure import refresh_figures
 log = logging.getLogger(__name__)
 
 __all__ = ["WatchConfig", "WatchUpdate", "watch_night"]
-
-#: File events that may mean a raw arrived or changed (a move: its destination).
-_FILE_CHANGES = frozenset({EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_MOVED,
-                           EVENT_TYPE_CLOSED})
 
 #: Image types whose frames build the masters.
 _CALIBRATION_TYPES = frozenset({"bias", "dark", "flat"})
@@ -239,72 +227,6 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-@dataclass
-class _Candidate:
-    """A file seen by the watch, not yet indexed."""
-
-    identity: tuple[int, int] | None
-    """(size, mtime in ns) at the last look; None before the first."""
-    since: float
-    """When that identity was first seen (monotonic clock), s."""
-    failed: tuple[int, int] | None = None
-    """The identity that last failed the completeness check (not checked again until it
-    changes or times out)."""
-
-
-class _Files:
-    """The files seen and not yet indexed, and when each is due for a look."""
-
-    def __init__(self, settle_s: float, timeout_s: float) -> None:
-        self.settle_s = settle_s
-        self.timeout_s = timeout_s
-        self.pending: dict[Path, _Candidate] = {}
-
-    def note(self, path: Path, now: float) -> None:
-        """A file was created, changed or moved in."""
-        if path not in self.pending:
-            self.pending[path] = _Candidate(None, now)
-
-    def due(self, now: float) -> list[Path]:
-        """The files to index now: stable for `settle_s` and not already refused as they
-        are, or refused for `timeout_s` (then their rejection is recorded)."""
-        out = []
-        for path, c in list(self.pending.items()):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                if not path.is_symlink():  # gone (a dangling link is the index's to record)
-                    del self.pending[path]
-                    continue
-                identity = (-1, -1)
-            except OSError:
-                identity = (-1, -1)  # unreadable: the index records why
-            else:
-                identity = (st.st_size, st.st_mtime_ns)
-            if identity != c.identity:
-                c.identity, c.since = identity, now
-                continue
-            waited = now - c.since
-            if (waited >= self.settle_s and identity != c.failed) or waited >= self.timeout_s:
-                out.append(path)
-        return out
-
-    def defer(self, path: Path, reason: str) -> bool:
-        """`NightIndex.index_files`'s question for a file that is not a usable raw: wait
-        for it (True) until it timed out."""
-        c = self.pending.get(path)
-        if c is None or time.monotonic() - c.since >= self.timeout_s:
-            return False
-        if c.failed != c.identity:
-            log.debug("%s not complete yet (%s)", path, reason)
-        c.failed = c.identity
-        return True
-
-    def done(self, path: Path) -> None:
-        """Indexed or rejected: no longer watched."""
-        self.pending.pop(path, None)
-
-
 class _Pool:
     """The worker pool (a context manager), opened again if a worker's death broke it."""
 
@@ -338,51 +260,6 @@ class _Pool:
             return self.executor.submit(fn, *args)
 
 
-class _Events:
-    """Paths named by file-system events, handed from the observer's thread."""
-
-    def __init__(self) -> None:
-        self.paths: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
-
-    def dispatch(self, event: Any) -> None:
-        """watchdog's handler interface: every event names a path (a move, two); None asks
-        for a full look at the directory (events were lost, or a folder arrived whole)."""
-        kind = event.event_type
-        if kind == EVENT_TYPE_EVENTS_LOST or (event.is_directory and kind in (
-                EVENT_TYPE_CREATED, EVENT_TYPE_MOVED)):
-            self.paths.put(None)
-            return
-        if event.is_directory or kind not in _FILE_CHANGES:
-            return
-        path = getattr(event, "dest_path", "") or event.src_path
-        self.paths.put(Path(os.fsdecode(path)).absolute())
-
-    def drain(self) -> Iterator[Path | None]:
-        while True:
-            try:
-                yield self.paths.get_nowait()
-            except queue.Empty:
-                return
-
-
-def _start_observer(raw_dir: Path, events: _Events, config: WatchConfig) -> Any:
-    """A started watchdog observer of ``raw_dir`` (polling when asked, or when the system
-    refuses file-system events: inotify's watch limit)."""
-    if not config.poll:
-        observer = Observer()
-        try:
-            observer.schedule(events, str(raw_dir), recursive=True)
-            observer.start()
-            return observer
-        except OSError as exc:
-            log.warning("no file-system events for %s (%s): polling every %.1f s instead",
-                        raw_dir, exc.strerror or exc, config.poll_interval_s)
-    observer = PollingObserver(timeout=config.poll_interval_s)
-    observer.schedule(events, str(raw_dir), recursive=True)
-    observer.start()
-    return observer
-
-
 class _Watch:
     """The state of one watch (a loop on the main thread; the observer's thread only
     queues paths)."""
@@ -394,8 +271,8 @@ class _Watch:
         self.pipeline, self.publish_to, self.stop = pipeline, publish, stop
         self.index = NightIndex(repo)
         self.registry: CalibrationRegistry | None = None
-        self.files = _Files(config.settle_s, config.incomplete_timeout_s)
-        self.events = _Events()
+        self.files = Arrivals(config.settle_s, config.incomplete_timeout_s)
+        self.events = EventQueue()
         self.result = NightResult()
         self.figures = report_dir(repo) if config.figures else None
         self.ready: deque[RawRecord] = deque()  # science frames to plan, in arrival order
@@ -413,7 +290,8 @@ class _Watch:
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> NightResult:
-        observer = _start_observer(self.raw_dir, self.events, self.config)
+        observer = start_observer(self.raw_dir, self.events, self.config.poll,
+                                  self.config.poll_interval_s)
         try:
             with _Pool(self.config.workers) as pool:
                 self._start(pool)
