@@ -19,6 +19,8 @@ the report's), defined once.
     REPO/eo/plots/<figure>_mosaic.png, _hist.png  its mosaic and histogram of each figure
     REPO/report/                             HTML report (index.html)
     REPO/report/exposures/<OBSID>/           figures of one exposure (and figures.json)
+    REPO/report/live.html, live.json, live.js  the live page of ``atmospec watch``
+    REPO/report/live/                        its trend figures
 
 Every function takes the repository (or an output) directory and returns a path below it;
 `exposure_file` makes the name of every per-exposure output, here and for ``atmospec isr``
@@ -42,6 +44,7 @@ __all__ = [
     "EO_FIGURES_STEM",
     "EXPOSURE_FILES",
     "INDEX_FILE",
+    "LIVE_FILES",
     "NIGHT_LOCK_FILE",
     "REGISTRY_FILE",
     "SUMMARY_STEM",
@@ -53,6 +56,7 @@ __all__ = [
     "exposure_dir",
     "exposure_figure_dir",
     "exposure_file",
+    "live_file",
     "night_build_dir",
     "night_plot_dir",
     "report_dir",
@@ -191,6 +195,25 @@ def exposure_figure_dir(report: Path, obs_id: str | None = None) -> Path:
     (``<report>/exposures``, where the exposure pages are, without ``obs_id``)."""
     base = Path(report) / "exposures"
     return base if obs_id is None else base / safe_component(obs_id, "OBSID")
+
+
+#: The live page of ``atmospec watch`` in a report folder: role -> name. ``page`` is the
+#: HTML, ``data`` its content as JSON, ``script`` the same wrapped in a call (what the page
+#: loads to update itself: a script loads from ``file://``, where a fetch is refused),
+#: ``figures`` the folder of its trend figures.
+LIVE_FILES: Mapping[str, str] = MappingProxyType({
+    "page": "live.html", "data": "live.json", "script": "live.js", "figures": "live"})
+
+
+def live_file(report: Path, role: str) -> Path:
+    """``<report>/<name>`` of one role of the live page (`LIVE_FILES`).
+
+    Raises
+    ------
+    KeyError
+        For a role that is not one of `LIVE_FILES`.
+    """
+    return Path(report) / LIVE_FILES[role]
 
 
 #: Per-exposure outputs: role -> suffix of ``<OBSID>_<suffix>``.

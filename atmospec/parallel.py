@@ -10,6 +10,7 @@ elsewhere a watchdog thread notices that its parent changed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -42,7 +43,8 @@ WORKER_ENVIRONMENT: Mapping[str, str] = MappingProxyType({
 
 @contextmanager
 def open_executor(workers: int | None = None, executor: Literal["local", "dask"] = "local",
-                  scheduler: str | None = None) -> Iterator[Executor]:
+                  scheduler: str | None = None, *, ignore_interrupt: bool = False
+                  ) -> Iterator[Executor]:
     """An executor, closed on exit.
 
     Parameters
@@ -53,6 +55,11 @@ def open_executor(workers: int | None = None, executor: Literal["local", "dask"]
         A local process pool or a Dask cluster.
     scheduler : str, optional
         Address of the Dask scheduler (``tcp://host:8786``); required with ``dask``.
+    ignore_interrupt : bool
+        Local workers ignore SIGINT. A Ctrl-C in a terminal reaches every process of the
+        foreground group: ``atmospec watch`` stops on the first one by letting the running
+        exposures finish, which the workers must survive. A `KeyboardInterrupt` leaving
+        the block (the second Ctrl-C) then ends them at once.
 
     Raises
     ------
@@ -83,8 +90,14 @@ def open_executor(workers: int | None = None, executor: Literal["local", "dask"]
     with _worker_environment(WORKER_ENVIRONMENT), ProcessPoolExecutor(
             max_workers=n, mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(logging.getLogger("atmospec").getEffectiveLevel(), os.getpid())) as pool:
-        yield pool
+            initargs=(logging.getLogger("atmospec").getEffectiveLevel(), os.getpid(),
+                      ignore_interrupt)) as pool:
+        try:
+            yield pool
+        except KeyboardInterrupt:
+            if ignore_interrupt:  # they would finish their jobs before the pool closes
+                _terminate_workers(pool)
+            raise
 
 
 @contextmanager
@@ -109,12 +122,25 @@ _PR_SET_PDEATHSIG = 1
 _WATCHDOG_PERIOD_S = 1.0
 
 
-def _init_worker(level: int, parent_pid: int) -> None:
+def _terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """End a pool's worker processes now and drop its queued work (an abort)."""
+    # The executor has no public way to end running work: its processes, by their pids
+    # (taken first: shutdown forgets them).
+    pids = list(getattr(pool, "_processes", None) or ())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
+def _init_worker(level: int, parent_pid: int, ignore_interrupt: bool = False) -> None:
     """Tie a spawned worker's life to its parent's, keep its freed memory for reuse
     (`atmospec.memory`), and give it the main process's log level and format (it starts
-    bare)."""
+    bare); with ``ignore_interrupt`` it ignores SIGINT."""
     _die_with_parent(parent_pid)
     keep_freed_memory()
+    if ignore_interrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s [worker]: %(message)s")
     # A worker writes to the terminal's stderr: the same no-flood rule as the CLI.
     route_warnings_to_log()

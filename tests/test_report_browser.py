@@ -16,9 +16,11 @@ hand-written pages, so that the report checks cannot pass vacuously. Set
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,3 +309,78 @@ def test_night_report_in_browser(browser: Browser, night_reference: tuple[Path, 
     repo, status = night_reference
     assert status == 0
     check_report(browser, repo, tmp_path)
+
+
+# --- the live page of atmospec watch -------------------------------------------------------
+
+
+#: Whether every image of the page has loaded (an image still loading counts as not yet).
+_IMAGES_LOADED_JS = """
+for (const i of document.images) { if (i.loading === 'lazy') { i.loading = 'eager'; } }
+return Array.from(document.images).every(i => i.complete);
+"""
+
+
+def _wait_for(browser: Browser, script: str, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not browser.driver.execute_script(script):
+        assert time.monotonic() < deadline, f"{what} not within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
+def test_live_page_updates_in_browser(browser: Browser, night_reference: tuple[Path, int],
+                                      tmp_path: Path) -> None:
+    """The live page opened from disk follows the night: each update replaces its content in
+    place (no reload), the latest exposure's quick look, the latest spectrum and the trends
+    show, with no console error and no broken image."""
+    from atmospec.night.watch import WatchUpdate
+    from atmospec.report.live import LiveConfig, LivePage
+
+    repo, status = night_reference
+    assert status == 0
+    out = tmp_path / "report"
+    # The exposures' figures, as the watch's workers draw them.
+    shutil.copytree(repo / "report" / "exposures", out / "exposures")
+    summary = Table.read(repo / "night" / "summary.ecsv")
+    science = [i for i, row in enumerate(summary) if row["image_type"] == "science"]
+    page = LivePage(repo, LiveConfig(refresh_s=0.2, trend_interval_s=3600.0), out=out)
+
+    def arrive(n: int, final: bool = False) -> str | None:
+        """Publish the night with its first ``n`` science exposures reduced; their last."""
+        night = summary.copy()
+        for i in science[n:]:
+            night["status"][i] = "pending"
+        latest = str(summary["obs_id"][science[n - 1]]) if n else None
+        page(WatchUpdate(repo, night, (latest,) if latest else (), (), (), final))
+        return latest
+
+    arrive(0)
+    first = browser.check_page(out / "live.html", tmp_path / "live_start.png")
+    assert first.ok, _problems(first)
+    assert "No exposure reduced yet" in browser.driver.find_element("id", "live").text
+    browser.driver.execute_script("window.notReloaded = true;")
+    for n in range(1, len(science) + 1):
+        latest = arrive(n, final=n == len(science))
+        heading = json.dumps(f"Latest exposure: {latest}")
+        _wait_for(browser, "return Array.from(document.querySelectorAll('#live h2'))"
+                  f".some(h => h.textContent === {heading});", f"the page showing {latest}")
+    _wait_for(browser, "return document.getElementById('state').dataset.final === '1';",
+              "the final update")
+    assert browser.driver.execute_script("return window.notReloaded === true;"), "reloaded"
+    _wait_for(browser, _IMAGES_LOADED_JS, "the images")
+    info = browser.driver.execute_script(harness._INSPECT_JS)
+    errors = [e["message"] for e in browser.driver.get_log("browser")
+              if e.get("level") == "SEVERE"]
+    assert info["broken"] == [] and errors == [], (info["broken"], errors)
+    text = browser.driver.find_element("id", "live").text
+    dispersed = [str(summary["obs_id"][i]) for i in science
+                 if summary["disperser"][i] != "empty"]
+    assert f"Latest spectrum: {dispersed[-1]}" in text
+    sources = [img.split("?")[0] for img in browser.driver.execute_script(
+        "return Array.from(document.images).map(i => i.getAttribute('src'));")]
+    assert {"live/image_quality.png", "live/spectra.png", "live/atmosphere.png"} <= set(sources)
+    assert any(s.endswith("/postisr.png") for s in sources)
+    assert any(s.endswith("/atmosphere_fit.png") for s in sources)
+    shot = browser.screenshot(tmp_path / "live_final.png")
+    _assert_rendered(shot)
+    _keep_screenshots(first.screenshot, shot)

@@ -49,7 +49,7 @@ from atmospec.calib.products.calibdate import calib_date
 from atmospec.calib.products.detector import detector_cards
 from atmospec.calib.verification import VerificationReport
 from atmospec.calib.verify import verify_bias, verify_dark, verify_flat
-from atmospec.camera.description import Camera, load_camera
+from atmospec.camera.description import Camera, frame_camera, load_camera
 from atmospec.camera.raw import read_raw
 from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError
@@ -397,10 +397,14 @@ def inputs_camera(kind: str, raws: Sequence[str | Path],
 
 
 def _input_camera(usable: Sequence[_Input]) -> Camera:
+    """The inputs' detector at their binning (the products it reads must match the frames:
+    a 2×2-binned night's bias is 2×2-binned)."""
+    first = usable[0]
     try:
-        return load_camera(usable[0].info.instrument, usable[0].info.detector)
+        return frame_camera(load_camera(first.info.instrument, first.info.detector),
+                            first.info.binning, first.path)
     except BadInputError as exc:
-        raise BadInputError(usable[0].path, exc.problem) from None
+        raise BadInputError(first.path, exc.problem) from None
 
 
 def _build(kind: str, raws: Sequence[str | Path], config: MasterConfig, *,

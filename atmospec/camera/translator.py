@@ -61,6 +61,7 @@ __all__ = [
     "UcdCamTranslator",
     "canonical_instrument",
     "integration_time",
+    "is_dispersed_name",
     "kasten_young_airmass",
     "optic_name",
     "translate_header",
@@ -68,6 +69,13 @@ __all__ = [
 
 #: Disperser (or filter) names meaning "no optical element in the beam".
 _NOT_DISPERSED = frozenset({"empty", "unknown", "none"})
+
+
+def is_dispersed_name(disperser: str) -> bool:
+    """Whether a disperser name (a header's or the night summary's) means a dispersed
+    exposure: False for ``"empty"``, ``"unknown"`` and ``"none"`` (any case)."""
+    return str(disperser).lower() not in _NOT_DISPERSED
+
 
 #: Any start time before this is a placeholder, not an observation (LATISS wrote the Unix
 #: epoch, 1970-01-01, in early 2020). 51544.0 is the MJD of 2000-01-01T00:00.
@@ -257,7 +265,7 @@ class ObservationInfo:
         bool
             False for ``"empty"``, ``"unknown"`` and ``"none"`` dispersers.
         """
-        return self.disperser.lower() not in _NOT_DISPERSED
+        return is_dispersed_name(self.disperser)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-serialisable dictionary.

@@ -7,7 +7,7 @@ command runs are counted and logged once each at ``INFO`` (`atmospec.warnings_lo
 shows them; they never precede the one-line error.
 
 One module per command family (`isr`, `calib`, `eo`, `imaging`, `spectro`, `night`,
-`simulate`, `gen3`), each with ``add_parsers(sub)``. The commands import the pipeline when
+`watch`, `simulate`, `gen3`), each with ``add_parsers(sub)``. The commands import the pipeline when
 they run, not when the parser is built, so ``atmospec --help`` answers at once.
 """
 
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from atmospec import __version__
-from atmospec.cli import calib, eo, gen3, imaging, isr, night, simulate, spectro
+from atmospec.cli import calib, eo, gen3, imaging, isr, night, simulate, spectro, watch
 from atmospec.cli._common import EXIT_BAD_INPUT, EXIT_FAILURE, Parser, UsageError
 from atmospec.errors import BadInputError, short_error
 from atmospec.memory import keep_freed_memory
@@ -47,6 +47,7 @@ def build_parser() -> Parser:
     imaging.add_parsers(sub)
     spectro.add_parsers(sub)
     night.add_parsers(sub)
+    watch.add_parsers(sub)
     simulate.add_parsers(sub)
     # The Gen3 path: its commands say so when the extra is missing.
     gen3.add_butler_parser(sub)

@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,14 +93,9 @@ def iter_raw_files(raw_dir: Path, skip: tuple[Path, ...] = (),
     """`raw_files` as they are found (unsorted), for a caller that needs only the first."""
     root = raw_dir.absolute()
     skipped = {p.absolute() for p in skip}
-    by_name = tuple(p for p in patterns if "/" not in p)
-    by_path = tuple(p for p in patterns if "/" in p)
 
     def is_raw(here: Path, name: str) -> bool:
-        if any(fnmatch.fnmatchcase(name, pat) for pat in by_name):
-            return True
-        relative = (here / name).relative_to(root).as_posix()
-        return any(fnmatch.fnmatchcase(relative, pat) for pat in by_path)
+        return _matches(root, here / name, patterns)
 
     for folder, dirs, files in os.walk(root, followlinks=False):
         here = Path(folder)
@@ -111,6 +106,52 @@ def iter_raw_files(raw_dir: Path, skip: tuple[Path, ...] = (),
         dirs[:] = [] if depth >= MAX_DEPTH else sorted(
             d for d in dirs if not d.startswith(".") and not is_raw(here, d)
             and here / d not in skipped)
+
+
+def _matches(root: Path, path: Path, patterns: tuple[str, ...]) -> bool:
+    """Whether ``path`` (below ``root``) is named like a raw: a pattern with a ``/`` matches
+    its path relative to ``root``, any other its name."""
+    if any(fnmatch.fnmatchcase(path.name, pat) for pat in patterns if "/" not in pat):
+        return True
+    relative = path.relative_to(root).as_posix()
+    return any(fnmatch.fnmatchcase(relative, pat) for pat in patterns if "/" in pat)
+
+
+def is_raw_path(raw_dir: Path, path: Path, skip: tuple[Path, ...] = (),
+                patterns: tuple[str, ...] = RAW_PATTERNS) -> bool:
+    """Whether `raw_files` would list ``path``: for a file reported by a file-system event.
+
+    Parameters
+    ----------
+    raw_dir : pathlib.Path
+        The night's directory.
+    path : pathlib.Path
+        A path below it.
+    skip : tuple of pathlib.Path
+        Folders not walked (their files are not raws).
+    patterns : tuple of str
+        Shell patterns of the raws (`raw_files`).
+
+    Returns
+    -------
+    bool
+        False for a path outside ``raw_dir``, below a hidden or skipped folder, below a
+        folder named like a raw, deeper than `MAX_DEPTH` levels, or not matching.
+    """
+    root = raw_dir.absolute()
+    path = path.absolute()
+    if not path.is_relative_to(root) or path == root:
+        return False
+    skipped = {p.absolute() for p in skip}
+    parents = path.relative_to(root).parts[:-1]
+    if len(parents) > MAX_DEPTH:
+        return False
+    here = root
+    for part in parents:
+        here = here / part
+        if part.startswith(".") or here in skipped or _matches(root, here, patterns):
+            return False
+    return _matches(root, path, patterns)
 
 
 _SCHEMA = """
@@ -172,6 +213,9 @@ _DUPLICATE = "duplicate OBSID"
 _UNREADABLE = "unreadable"
 _VANISHED = "vanished"
 _STATE_REASONS = (_DUPLICATE, _UNREADABLE, _VANISHED)
+#: ``defer(path, reason) -> bool``: whether to leave a file that is not a usable raw unrecorded.
+Defer = Callable[[Path, str], bool]
+
 #: A raw that was indexed and is gone: kept as a skip while it is gone (its exposure may
 #: have been processed), where the records of other files that are gone are dropped.
 _GONE_RAW = f"{_VANISHED} after indexing"
@@ -456,7 +500,8 @@ class NightIndex:
     # -- raws ---------------------------------------------------------------------------
 
     def index_directory(self, raw_dir: str | Path, *, progress: bool = True,
-                        patterns: tuple[str, ...] = RAW_PATTERNS) -> dict[str, int]:
+                        patterns: tuple[str, ...] = RAW_PATTERNS,
+                        defer: Defer | None = None) -> dict[str, int]:
         """Index every raw file of a directory and its sub-folders; unchanged files are
         skipped.
 
@@ -473,38 +518,80 @@ class NightIndex:
             Show a progress bar on a terminal.
         patterns : tuple of str
             Which files are raws (`raw_files`).
+        defer : callable, optional
+            ``defer(path, reason) -> bool``, asked about each file that is not a usable raw:
+            True leaves it unrecorded (``atmospec watch``: a file that may still be being
+            written), counted ``deferred``.
 
         Returns
         -------
         dict
-            Counts: ``added``, ``unchanged``, ``rejected``.
+            Counts: ``added``, ``unchanged``, ``rejected`` (and ``deferred`` with
+            ``defer``).
 
         Raises
         ------
         BadInputError
             If ``raw_dir`` is not a directory.
         """
-        from tqdm import tqdm
-
         raw_dir = Path(raw_dir)
         if not raw_dir.is_dir():
             raise BadInputError(raw_dir, "not a directory")
         entries = raw_files(raw_dir, skip=(self.repo,), patterns=patterns)
-        counts = {"added": 0, "unchanged": 0, "rejected": self._forget_vanished()}
+        vanished = self._forget_vanished()
+        states = self._index_entries(entries, progress=progress, defer=defer)
+        counts = {"added": 0, "unchanged": 0, "rejected": vanished}
+        if defer is not None:
+            counts["deferred"] = 0
+        for state in states.values():
+            counts[state] += 1
+        log.info("indexed %s: %d new, %d unchanged, %d rejected", raw_dir, counts["added"],
+                 counts["unchanged"], counts["rejected"])
+        return counts
+
+    def index_files(self, paths: Iterable[str | Path], *,
+                    defer: Defer | None = None) -> dict[Path, str]:
+        """Index the given files, as `index_directory` indexes those it finds.
+
+        For ``atmospec watch``, which learns of each new file from the file system and
+        indexes it alone, without walking the night's directory again.
+
+        Parameters
+        ----------
+        paths : iterable of path
+            Files (as `raw_files` lists them: links are resolved, special files refused).
+        defer : callable, optional
+            ``defer(path, reason) -> bool``: True leaves a file that is not a usable raw
+            unrecorded (`index_directory`).
+
+        Returns
+        -------
+        dict
+            The state of each file, by the path given: ``added``, ``unchanged``,
+            ``rejected`` (refused, or held back as a duplicate OBSID) or ``deferred``.
+        """
+        return self._index_entries([Path(p) for p in paths], progress=False, defer=defer)
+
+    def _index_entries(self, entries: list[Path], *, progress: bool,
+                       defer: Defer | None) -> dict[Path, str]:
+        """`index_files`: examine, check and record each entry; the state of each."""
+        from tqdm import tqdm
+
         known = self._known()
-        seen: set[Path] = set()
+        seen: dict[Path, Path] = {}  # resolved path -> the entry it was found as
+        states: dict[Path, str] = {}
         candidates: dict[Path, tuple[int, float, ObservationInfo]] = {}
         for entry in tqdm(entries, desc="indexing", unit="file",
                           disable=None if progress else True):
             path, size, mtime, reason = _examine(entry)
             if path in seen:  # a link to a file of the directory
                 continue
-            seen.add(path)
+            seen[path] = entry
             prev = known.get(str(path))
             if reason is None:
                 if (prev is not None and prev[:2] == (size, mtime)
                         and not (prev[2] or "").startswith(_STATE_REASONS)):
-                    counts["unchanged"] += 1
+                    states[entry] = "unchanged"
                     continue
                 try:
                     candidates[path] = (size, mtime, _check(path))
@@ -514,18 +601,23 @@ class NightIndex:
                 except OSError as exc:  # gone or unreadable since it was examined
                     reason = _os_reason(exc, "while indexing")
             if prev == (size, mtime, reason):
-                counts["unchanged"] += 1
+                states[entry] = "unchanged"
+            elif defer is not None and defer(entry, reason):
+                states[entry] = "deferred"
             else:
                 self._reject(path, size, mtime, reason)
-                counts["rejected"] += 1
-        added, withdrawn = self._admit(candidates)
-        counts["added"] += added
-        counts["rejected"] += len(candidates) - added + len(withdrawn)
-        # An indexed raw held back now that another file has its OBSID was counted unchanged.
-        counts["unchanged"] -= len(withdrawn & seen)
-        log.info("indexed %s: %d new, %d unchanged, %d rejected", raw_dir, counts["added"],
-                 counts["unchanged"], counts["rejected"])
-        return counts
+                states[entry] = "rejected"
+        _, held_back = self._admit(candidates)
+        with self._connect() as conn:
+            indexed = {row["path"] for row in conn.execute("SELECT path FROM raws")}
+        for path in candidates:
+            states[seen[path]] = "added" if str(path) in indexed else "rejected"
+        # An indexed raw held back now that another file has its OBSID: no longer usable.
+        for path in held_back:
+            entry = seen.get(path, path)
+            if states.get(entry, "unchanged") == "unchanged":
+                states[entry] = "rejected"
+        return states
 
     def withdraw(self, path: Path, error: OSError) -> str:
         """Record an indexed raw that can no longer be read as skipped, and return why.
@@ -619,7 +711,8 @@ class NightIndex:
     def raws(self, *, image_type: str | Iterable[str] | None = None,
              filter: str | None = None, disperser: str | None = None,
              dispersed: bool | None = None, start: Time | str | None = None,
-             end: Time | str | None = None) -> list[RawRecord]:
+             end: Time | str | None = None,
+             paths: Iterable[str | Path] | None = None) -> list[RawRecord]:
         """Indexed raw files, in (day_obs, seq_num) order.
 
         Parameters
@@ -632,12 +725,18 @@ class NightIndex:
             Only dispersed (True) or only imaging (False) exposures.
         start, end : Time or str, optional
             Exposure start in ``[start, end)`` (strings are read as TAI ISO times).
+        paths : iterable of path, optional
+            Only these files (absolute, resolved: as `index_files` records them).
 
         Returns
         -------
         list of RawRecord
         """
         where, args = [], []
+        if paths is not None:
+            wanted = [str(p) for p in paths]
+            where.append(f"path IN ({','.join('?' * len(wanted))})")
+            args += wanted
         if image_type is not None:
             types = [image_type] if isinstance(image_type, str) else list(image_type)
             where.append(f"image_type IN ({','.join('?' * len(types))})")

@@ -130,7 +130,8 @@ def _raw_identity(record: RawRecord) -> dict[str, object]:
 
 def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: PipelineDefinition,
               repo: Path, retry_failed: bool = True, figures_dir: Path | None = None,
-              failed_builds: Sequence[BuiltProduct] = ()
+              failed_builds: Sequence[BuiltProduct] = (),
+              records: Sequence[RawRecord] | None = None
               ) -> tuple[list[ExposureJob], int]:
     """The jobs still to run, and how many exposures are already complete.
 
@@ -141,11 +142,17 @@ def plan_jobs(index: NightIndex, registry: CalibrationRegistry, pipeline: Pipeli
     longer be read (deleted since it was indexed) is recorded as skipped
     (`NightIndex.withdraw`) and planned no job. An exposure that needed a product whose
     build failed this run (``failed_builds``) fails saying so (`calibration_files`).
+    ``records`` plans only those raws (``atmospec watch``: the frames that just arrived),
+    default every raw of the index.
     """
-    recorded = index.task_map()
+    if records is None:
+        records = index.raws()
+        recorded = index.task_map()
+    else:
+        recorded = {(t.obs_id, t.task): t for r in records for t in index.tasks(r.obs_id)}
     jobs: list[ExposureJob] = []
     complete = 0
-    for record in index.raws():
+    for record in records:
         cls = exposure_class(record)
         if cls is None:
             continue
@@ -215,18 +222,18 @@ def run_night(raw_dir: str | Path, repo: str | Path,
     config = config or NightRunConfig()
     t_start = time.perf_counter()
     repo = Path(repo)
-    _check_raw_folder(raw_dir)
+    check_raw_folder(raw_dir)
     pipeline = load_pipeline(config.pipeline, lossless=config.lossless)
     with night_lock(repo) as holder:
         log.info("night lock of %s taken (%s)", repo, holder.describe())
-        _remove_stale_temporaries(repo)
+        clean_stale_temporaries(repo)
         result = _run_locked(raw_dir, repo, config, pipeline)
-        _remove_stale_temporaries(repo)
+        clean_stale_temporaries(repo)
     result.wall_s = time.perf_counter() - t_start
     return result
 
 
-def _check_raw_folder(raw_dir: str | Path) -> None:
+def check_raw_folder(raw_dir: str | Path) -> None:
     """Refuse a raw folder that is not one before anything is created in the repository.
 
     The night lock and the index are files of the repository; made first, they would be
@@ -248,7 +255,7 @@ def _check_raw_folder(raw_dir: str | Path) -> None:
     raise BadInputError(path, "not a directory")
 
 
-def _remove_stale_temporaries(repo: Path) -> None:
+def clean_stale_temporaries(repo: Path) -> None:
     """Remove what killed runs left half-written (only while holding the night lock)."""
     removed = remove_stale_temporaries(repo, older_than_s=STALE_TEMPORARY_AGE_S)
     if removed:
@@ -261,7 +268,7 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
     index = NightIndex(repo)
     counts = index.index_directory(raw_dir, progress=config.progress,
                                    patterns=config.patterns)
-    registry = CalibrationRegistry(repo, instrument=_night_instrument(index), create=True)
+    registry = CalibrationRegistry(repo, instrument=night_instrument(index), create=True)
     result = NightResult(rejected=index.rejected())
     if not any(counts.values()):
         result.no_raw = (f"no raw file in {raw_dir}: nothing matches "
@@ -288,17 +295,7 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
         bar = tqdm(total=len(futures), desc="exposures", unit="exp",
                    disable=None if config.progress else True)
         for future in as_completed(futures):
-            job = futures[future]
-            try:
-                outcomes = future.result()
-            except Exception as exc:  # the worker died (killed, out of memory, crash)
-                outcomes = _lost(job, exc)
-            for o in outcomes:
-                index.record_task(o.obs_id, o.task, status=o.status, config_hash=o.config_hash,
-                                  started=o.started, duration_s=o.duration_s, reason=o.reason,
-                                  outputs=o.outputs, metrics=o.metrics)
-                if o.status == "failed":
-                    log.warning("%s %s failed: %s", o.obs_id, o.task, o.reason)
+            outcomes = record_outcomes(index, futures[future], future)
             result.outcomes.extend(outcomes)
             result.n_run += 1
             bar.update(1)
@@ -310,7 +307,7 @@ def _run_locked(raw_dir: str | Path, repo: Path, config: NightRunConfig,
     return result
 
 
-def _night_instrument(index: NightIndex) -> str | None:
+def night_instrument(index: NightIndex) -> str | None:
     """The instrument of most of the night's frames: the registry's (a repository holds the
     products of one instrument; a frame of another finds none and fails saying so)."""
     counts = Counter(r.info.instrument for r in index.raws())
@@ -319,6 +316,40 @@ def _night_instrument(index: NightIndex) -> str | None:
                     ", ".join(f"{n} {name}" for name, n in counts.most_common()),
                     counts.most_common(1)[0][0])
     return counts.most_common(1)[0][0] if counts else None
+
+
+def record_outcomes(index: NightIndex, job: ExposureJob, future: Future
+                    ) -> list[TaskOutcome]:
+    """Record in the index what a finished job did, and return its outcomes.
+
+    The one place outcomes are recorded (``atmospec night`` and ``atmospec watch``): a
+    failed task is logged with its reason; a job whose worker died (killed, out of memory,
+    a crash: the future raises) fails every one of its tasks, saying so.
+
+    Parameters
+    ----------
+    index : NightIndex
+        The night (written by this process only).
+    job : ExposureJob
+        The job the future ran.
+    future : concurrent.futures.Future
+        Its finished future.
+
+    Returns
+    -------
+    list of TaskOutcome
+    """
+    try:
+        outcomes = future.result()
+    except Exception as exc:  # the worker died (killed, out of memory, crash)
+        outcomes = _lost(job, exc)
+    for o in outcomes:
+        index.record_task(o.obs_id, o.task, status=o.status, config_hash=o.config_hash,
+                          started=o.started, duration_s=o.duration_s, reason=o.reason,
+                          outputs=o.outputs, metrics=o.metrics)
+        if o.status == "failed":
+            log.warning("%s %s failed: %s", o.obs_id, o.task, o.reason)
+    return outcomes
 
 
 def _lost(job: ExposureJob, exc: BaseException) -> list[TaskOutcome]:

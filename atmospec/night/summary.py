@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from astropy.table import MaskedColumn, Table
 
 from atmospec.io import atomic_path, provenance_cards
 from atmospec.layout import SUMMARY_STEM, night_plot_dir
-from atmospec.night.index import NightIndex
+from atmospec.night.index import NightIndex, RawRecord, TaskRecord
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ _QUALITY = (
 #: Columns from the zeroth-order and extract tasks: (column, metric key, unit).
 _SPECTRO = (("zeroth_order_x", "zeroth_order_x", u.pix),
             ("zeroth_order_y", "zeroth_order_y", u.pix),
+            ("zeroth_order_saturated", "zeroth_order_saturated", None),
             ("rotation_angle", "spectrum_rotangle_deg", u.deg),
             ("d2ccd", "spectrum_d2ccd_mm", u.mm),
             ("flux_450nm", "spectrum_flux_450nm", u.electron / u.nm),
@@ -82,7 +84,9 @@ def summary_table(index: NightIndex) -> Table:
         Columns ``obs_id, day_obs, seq_num, time_begin, mjd, image_type, target, filter,
         disperser, exptime, airmass``, the image-quality figures (``fwhm_px, fwhm_arcsec,
         ellipticity, psf_pa, sky_e, sky_e_per_s, n_sources, n_saturated``), for dispersed
-        exposures the zeroth order, the trace's rotation angle, D2CCD, the extracted flux
+        exposures the zeroth order (``zeroth_order_x, zeroth_order_y``, and
+        ``zeroth_order_saturated``: 1 when its core had saturated pixels, else 0), the
+        trace's rotation angle, D2CCD, the extracted flux
         at 450, 650 and 850 nm (e⁻/nm) and the fitted atmosphere (``pwv_mm, ozone_du,
         vaod`` with ``*_err``, ``atmosphere_chi2_ndof``, ``atmosphere_error_scale``: the
         ``*_err`` are the fit's errors × that scale ⊕ its systematic errors,
@@ -92,48 +96,83 @@ def summary_table(index: NightIndex) -> Table:
         the notes of its skipped tasks, e.g. ``fit_atmosphere: skipped: target … is not a
         CALSPEC standard``) and ``duration_s`` (sum of the task times).
     """
-    tasks: dict[str, list] = {}
+    tasks: dict[str, list[TaskRecord]] = {}
     for t in index.tasks():
         tasks.setdefault(t.obs_id, []).append(t)
-    rows = []
-    for record in index.raws():
-        info = record.info
-        mine = tasks.get(info.obs_id, [])
-        metrics: dict[str, Any] = {}
-        for t in mine:
-            metrics.update(t.metrics)
-        failed = [t for t in mine if t.status == "failed"]
-        if info.image_type in ("bias", "dark", "flat"):
-            status = "calibration"
-        elif failed:
-            status = "failed"
-        elif mine:
-            status = "done"
-        else:
-            status = "pending"
-        row = {
-            "obs_id": info.obs_id, "day_obs": info.day_obs, "seq_num": info.seq_num,
-            "time_begin": info.datetime_begin.isot if info.datetime_begin is not None else "",
-            "mjd": float(info.datetime_begin.mjd) if info.datetime_begin is not None
-            else math.nan,
-            "image_type": info.image_type, "target": info.target_name or "",
-            "filter": info.filter, "disperser": info.disperser,
-            "exptime": _number(info.exposure_time), "airmass": _number(info.airmass),
-            "status": status,
-            # A failure's reason; else the notes of tasks skipped as not applicable.
-            "reason": "; ".join(f"{t.task}: {t.reason}" for t in (
-                failed or [t for t in mine if t.status == "done" and t.reason])),
-            "duration_s": float(sum(t.duration_s for t in mine)),
-        }
-        for column, key, _ in _QUALITY:
-            row[column] = _number(metrics.get(key))
-        for column, key, _ in _SPECTRO:
-            row[column] = _number(metrics.get(key))
-        rows.append(row)
-    names = (["obs_id", "day_obs", "seq_num", "time_begin", "mjd", "image_type", "target",
-              "filter", "disperser", "exptime", "airmass"]
-             + [c for c, _, _ in _QUALITY] + [c for c, _, _ in _SPECTRO]
-             + ["status", "reason", "duration_s"])
+    return table_of_rows([summary_row(r, tasks.get(r.obs_id, [])) for r in index.raws()])
+
+
+#: The summary's columns, in order.
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "obs_id", "day_obs", "seq_num", "time_begin", "mjd", "image_type", "target", "filter",
+    "disperser", "exptime", "airmass", *(c for c, _, _ in _QUALITY),
+    *(c for c, _, _ in _SPECTRO), "status", "reason", "duration_s")
+
+
+def summary_row(record: RawRecord, tasks: Sequence[TaskRecord]) -> dict[str, Any]:
+    """One exposure's row of the summary (`summary_table`), from its raw's record and its
+    tasks' records.
+
+    Parameters
+    ----------
+    record : RawRecord
+        The indexed raw.
+    tasks : sequence of TaskRecord
+        The tasks recorded for it (`NightIndex.tasks` of its OBSID).
+
+    Returns
+    -------
+    dict
+        Column → value, every column of `SUMMARY_COLUMNS`.
+    """
+    info = record.info
+    metrics: dict[str, Any] = {}
+    for t in tasks:
+        metrics.update(t.metrics)
+    failed = [t for t in tasks if t.status == "failed"]
+    if info.image_type in ("bias", "dark", "flat"):
+        status = "calibration"
+    elif failed:
+        status = "failed"
+    elif tasks:
+        status = "done"
+    else:
+        status = "pending"
+    row = {
+        "obs_id": info.obs_id, "day_obs": info.day_obs, "seq_num": info.seq_num,
+        "time_begin": info.datetime_begin.isot if info.datetime_begin is not None else "",
+        "mjd": float(info.datetime_begin.mjd) if info.datetime_begin is not None
+        else math.nan,
+        "image_type": info.image_type, "target": info.target_name or "",
+        "filter": info.filter, "disperser": info.disperser,
+        "exptime": _number(info.exposure_time), "airmass": _number(info.airmass),
+        "status": status,
+        # A failure's reason; else the notes of tasks skipped as not applicable.
+        "reason": "; ".join(f"{t.task}: {t.reason}" for t in (
+            failed or [t for t in tasks if t.status == "done" and t.reason])),
+        "duration_s": float(sum(t.duration_s for t in tasks)),
+    }
+    for column, key, _ in _QUALITY:
+        row[column] = _number(metrics.get(key))
+    for column, key, _ in _SPECTRO:
+        row[column] = _number(metrics.get(key))
+    return row
+
+
+def table_of_rows(rows: Sequence[dict[str, Any]]) -> Table:
+    """The summary table of rows made by `summary_row`, in their order (`summary_table`'s
+    units, masks and meta).
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        `summary_row` results.
+
+    Returns
+    -------
+    astropy.table.Table
+    """
+    names = list(SUMMARY_COLUMNS)
     table = Table(rows=[[r[n] for n in names] for r in rows], names=names) if rows else \
         Table(names=names, dtype=[_dtype(n) for n in names])
     units = {"exptime": u.s, "mjd": u.day, "duration_s": u.s,
@@ -160,7 +199,8 @@ def _dtype(name: str) -> type:
     return np.float64
 
 
-def write_summary(index: NightIndex, repo: str | Path, *, plots: bool = True) -> dict[str, Path]:
+def write_summary(index: NightIndex, repo: str | Path, *, plots: bool = True,
+                  table: Table | None = None) -> dict[str, Path]:
     """Write ``REPO/night/summary.ecsv`` and ``.parquet`` (and the plots).
 
     Parameters
@@ -171,6 +211,9 @@ def write_summary(index: NightIndex, repo: str | Path, *, plots: bool = True) ->
         Repository.
     plots : bool
         Also draw the night plots into ``REPO/night/plots/``.
+    table : astropy.table.Table, optional
+        The summary, when the caller keeps it up to date row by row (``atmospec watch``);
+        default: `summary_table` of the index.
 
     Returns
     -------
@@ -178,7 +221,7 @@ def write_summary(index: NightIndex, repo: str | Path, *, plots: bool = True) ->
         ``ecsv``, ``parquet`` and plot paths.
     """
     repo = Path(repo)
-    table = summary_table(index)
+    table = summary_table(index) if table is None else table.copy(copy_data=False)
     for key, value, _ in provenance_cards("night_summary"):
         if key != "HISTORY":
             table.meta[key] = value

@@ -98,6 +98,9 @@ class ExposureJob:
     figure_dir: str | None = None
     """Where the report's figures of the exposure go, drawn by the worker right after its
     tasks (`atmospec.plots.exposure.refresh_figures`); None: not drawn here."""
+    figure_groups: tuple[str, ...] | None = None
+    """The figure groups drawn with the tasks (``atmospec watch``: those its live page
+    shows, the others drawn later); None: all of them."""
 
 
 @dataclass(frozen=True)
@@ -412,5 +415,6 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
     if job.figure_dir is not None:
         from atmospec.plots.exposure import refresh_figures  # matplotlib: only when drawing
 
-        refresh_figures(ctx.out_dir, job.obs_id, Path(job.figure_dir))
+        refresh_figures(ctx.out_dir, job.obs_id, Path(job.figure_dir),
+                        groups=job.figure_groups)
     return outcomes

@@ -221,7 +221,8 @@ def draw_exposure(job: ExposureFigureJob) -> dict[str, dict[str, Any]]:
 
 
 def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
-                    thumbnail_width: int = 1000) -> list[str]:
+                    thumbnail_width: int = 1000, groups: tuple[str, ...] | None = None
+                    ) -> list[str]:
     """Draw the stale figures of one exposure and update its manifest; never raises.
 
     The night's workers call this right after an exposure's tasks, so the figures are drawn
@@ -237,6 +238,8 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
         Its figure directory (``REPO/report/exposures/<OBSID>``).
     thumbnail_width : int
         Largest width of the post-ISR thumbnail, pixels.
+    groups : tuple of str, optional
+        Only these groups (``postisr``, ``psf``, ``spectrum``, ``atmosphere``); default all.
 
     Returns
     -------
@@ -247,7 +250,8 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
         outputs = ExposureOutputs.find(exposure_dir, obs_id)
         manifest = read_manifest(directory)
         stale = tuple(g for g in exposure_groups(outputs)
-                      if not is_fresh(manifest.get(g.name), g, directory))
+                      if (groups is None or g.name in groups)
+                      and not is_fresh(manifest.get(g.name), g, directory))
         if not stale:
             return []
         manifest.update(draw_exposure(ExposureFigureJob(outputs, directory, stale,

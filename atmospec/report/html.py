@@ -225,10 +225,13 @@ def note(text: str, kind: str = "") -> str:
     return f'<p class="note {esc(kind)}">{esc(text)}</p>'
 
 
-def page(title: str, body: str, *, nav: str = "", sortable: bool = False) -> str:
-    """A complete HTML document (inline CSS; the table sorter when ``sortable``)."""
-    script = f"<script>{_SORT_JS}</script>" if sortable else ""
+def page(title: str, body: str, *, nav: str = "", sortable: bool = False, head: str = "",
+         script: str = "") -> str:
+    """A complete HTML document (inline CSS; the table sorter when ``sortable``; ``head``
+    added to the head, ``script`` an inline script at the end of the body)."""
+    scripts = "".join(f"<script>{js}</script>" for js in (_SORT_JS if sortable else "", script)
+                      if js)
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            f"{nav}\n<h1>{esc(title)}</h1>\n{body}\n{nav}\n{script}\n</body>\n</html>\n")
+            f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n{head}</head>\n<body>\n"
+            f"{nav}\n<h1>{esc(title)}</h1>\n{body}\n{nav}\n{scripts}\n</body>\n</html>\n")
