@@ -82,4 +82,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.partition("::")[0]))
             rest.append(item)
+    rest.sort(key=_heaviness_rank)  # stable: the others keep their order
     items[:] = night + rest
+
+
+#: Tests of the longest groups after the night's (measured, --durations), longest first:
+#: xdist hands out groups in the order of their first test, so these start at once rather
+#: than end the run alone on one worker.
+LONGEST_FIRST = (
+    "tests/test_docs.py::test_guide_runs[docs/gen3.md]",
+    "tests/reliability/test_damaged_raws.py",  # the damaged night, and the kill tests on it
+    "tests/reliability/test_kill.py",
+    "tests/test_docs.py::test_guide_runs[README.md",
+    "tests/test_docs.py::test_guide_runs[docs/calibrations.md]",
+    "tests/test_calib_ptc.py",
+    "tests/test_calib_masters.py",
+    "tests/test_eo_run.py",
+    "tests/test_sim_lsstcam.py",
+    "tests/test_atmosphere_chain.py",
+    "tests/test_docs.py::test_guide_runs[docs/lsstcam.md]",
+)
+
+
+def _heaviness_rank(item: pytest.Item) -> int:
+    return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                len(LONGEST_FIRST))
