@@ -32,8 +32,9 @@ small: a guide's examples simulate the least data that shows what the guide says
 comment, invisible on the page): ``<!-- docs-test: continues README.md -->``. It is then
 run after that guide, in the folder that guide left, as by a reader who read the two in
 order: its commands that remake the same data (the same simulated night, the same night
-run) find it made (the simulation copied from the cache, the night resumed), so the
-guides' shared example is reduced once. The guides of one such chain are one test.
+run) find it made (the simulation is copied from the cache with the files' times, so the
+night finds its raws unchanged and resumes), so the guides' shared example is reduced
+once. The guides of one such chain are one test.
 
 The test of each guide (or chain) is marked ``slow``, in an xdist group of its own, so
 ``-n auto`` spreads them. Its cost per block is printed (``-s``) and written to
