@@ -87,8 +87,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 #: Tests of the longest groups after the night's (measured, --durations), longest first:
-#: xdist hands out groups in the order of their first test, so these start at once rather
-#: than end the run alone on one worker.
+#: with xdist's reordering off (`pytest_configure`) groups are handed out in the order of
+#: their first test, so these start at once rather than end the run alone on one worker.
 LONGEST_FIRST = (
     "tests/test_docs.py::test_guide_runs[docs/gen3.md]",
     "tests/reliability/test_damaged_raws.py",  # the damaged night, and the kill tests on it
@@ -107,3 +107,11 @@ LONGEST_FIRST = (
 def _heaviness_rank(item: pytest.Item) -> int:
     return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
                 len(LONGEST_FIRST))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep our order of xdist's groups: by default (``--loadscope-reorder``) xdist hands out
+    the groups with the most tests first, which sends every one-test group (each guide of
+    tests/test_docs.py, the longest items of the suite) last, to end the run one at a time."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False

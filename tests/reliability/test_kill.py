@@ -1,9 +1,9 @@
-"""A night killed at a random moment: ``atmospec night`` on the damaged night's folder, its
-whole process group sent SIGKILL after a delay drawn from a seeded RNG (anywhere in the
-length of the uninterrupted run: indexing, calibrations, exposures, summary), then run
-again to the end. Afterwards: no process of the killed run is left, every file it left is
-whole, the re-run leaves no temporary file and its outputs equal the uninterrupted run's
-(`night_outputs.assert_same_outputs`).
+"""A night killed at random moments: ``atmospec night`` on the damaged night's folder, its
+whole process group sent SIGKILL after a delay drawn from a seeded RNG (anywhere in what is
+left of the run: indexing, calibrations, exposures, summary), the resumed run killed in turn
+once per seed, then a run to the end. After every kill: no process of the killed run is
+left and every file it left is whole; at the end: no temporary file and outputs equal to the
+uninterrupted run's (`night_outputs.assert_same_outputs`).
 """
 
 from __future__ import annotations
@@ -86,36 +86,53 @@ def _night(raw_dir: Path, repo: Path, env: dict[str, str], **kwargs) -> subproce
 
 
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("seed", SEEDS)
-def test_night_killed_at_a_random_moment(seed: int, damaged_night, tmp_path: Path) -> None:
-    """SIGKILL the night's process group after a seeded random delay, run it again: no
-    orphan, nothing half-written, no temporary left, the uninterrupted run's outcome."""
-    reference = damaged_night
-    delay = random.Random(seed).uniform(1.0, 0.9 * reference.wall_s)
-    token = f"{os.getpid()}-{seed}-{time.monotonic_ns()}"
-    env = {**os.environ, MARK: token}
-    repo = tmp_path / "repo"
-    log = tmp_path / "killed.log"
-    with open(log, "w") as out:
-        proc = _night(reference.raw_dir, repo, env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    _assert_no_orphan(token)
-    if repo.exists():
-        _assert_whole(repo)
+def test_night_killed_at_random_moments(damaged_night, tmp_path: Path) -> None:
+    """SIGKILL the night's process group after a seeded random delay, resume, kill the
+    resumed run too, and so on for each seed; then run it to the end: after every kill no
+    orphan and nothing half-written; at the end no temporary left and the uninterrupted
+    run's outcome.
 
+    The kills are successive in one repository (each run resumes what the one before left),
+    so three kill points cost about one night and a half instead of three nights, and the
+    later kills land in a resumed run, the case a user meets after a crash.
+    """
+    reference = damaged_night
+    repo = tmp_path / "repo"
+    env = {**os.environ}
+    delays: list[float] = []
+    done_s = 0.0  # the uninterrupted run's time the killed runs have covered, roughly
+    for seed in SEEDS:
+        # Anywhere in what is left of the run: a resumed run skips what is done.
+        left_s = max(reference.wall_s - done_s, 5.0)
+        delay = random.Random(seed).uniform(1.0, 0.9 * left_s)
+        delays.append(delay)
+        token = f"{os.getpid()}-{seed}-{time.monotonic_ns()}"
+        with open(tmp_path / f"killed-{seed}.log", "w") as out:
+            proc = _night(reference.raw_dir, repo, {**env, MARK: token}, stdout=out,
+                          stderr=subprocess.STDOUT)
+            started = time.monotonic()
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                pass
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            done_s += time.monotonic() - started
+        _assert_no_orphan(token)
+        if repo.exists():
+            _assert_whole(repo)
+
+    token = f"{os.getpid()}-rerun-{time.monotonic_ns()}"
+    env = {**env, MARK: token}
     with open(tmp_path / "rerun.log", "w") as out:
         rerun = _night(reference.raw_dir, repo, env, stdout=out, stderr=subprocess.STDOUT)
         status = rerun.wait(timeout=1200)
     text = (tmp_path / "rerun.log").read_text()
     # The same outcome as the uninterrupted run: status, tasks, rejected files, outputs.
-    assert status == reference.status, f"killed after {delay:.1f} s; re-run:\n{text[-3000:]}"
+    assert status == reference.status, \
+        f"killed after {[round(d, 1) for d in delays]} s; re-run:\n{text[-3000:]}"
     assert "Traceback" not in text
     _assert_no_orphan(token)
     assert not tmp_files(repo), tmp_files(repo)
