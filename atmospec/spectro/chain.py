@@ -109,6 +109,11 @@ class SpectroscopyConfig:
     order2_correction: bool = True
     """Remove the second-order light falling on the first order (modelled with the
     disperser's order-2/order-1 ratio table) and write it as the ``ORDER2`` extension."""
+    order3_correction: bool = True
+    """With the order-2 correction, remove (and draw into the 2D model's background) the
+    third order of λ/3 too, for a disperser whose order-3/order-2 ratio is given
+    (holo4_003's ``ratio_order_3over2.txt``; ``ORD3CORR`` in the header); a disperser
+    without it has no third order modelled whatever this says."""
     require_calspec: bool = False
     """Refuse a target that is not a shipped CALSPEC standard (unless ``sed_path`` gives its
     SED); by default any target is extracted, its name written as given, and calibrated on
@@ -210,12 +215,14 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
             features=config.features, source=job.name, lines=config.lines,
             line_config=config.line_calibration)
     clock.lap("wavelength_calibration")
-    contamination = correct_extraction(result, disp) if config.order2_correction else None
+    contamination = correct_extraction(
+        result, disp, max_order=3 if config.order3_correction else 2
+    ) if config.order2_correction else None
     clock.lap("order2")
     model = covariance = skipped = None
     if config.forward_model is not None:
-        # The order-2 light is drawn into the background the 2D model sees: it then fits the
-        # first order alone (its flux and its PSF).
+        # The order-2 (and order-3) light is drawn into the background the 2D model sees:
+        # it then fits the first order alone (its flux and its PSF).
         seen = result if contamination is None else replace(
             result, background=result.background + order2_image(result, contamination))
         try:
@@ -371,7 +378,7 @@ class _Products:
     solution: WavelengthSolution | None
     """The wavelength calibration."""
     contamination: np.ndarray | None
-    """Order-2 light on the first order (`correct_extraction`)."""
+    """Order-2 (and order-3) light on the first order (`correct_extraction`)."""
 
 
 def _spectrum(exposure: Exposure, job: _Job, frame: _Frame, work: Exposure,
