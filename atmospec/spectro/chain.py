@@ -192,17 +192,18 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     work = _with_expected_variance(framed, config)
     disp = frame.disperser(job.disperser)
     clock.lap("setup")
+    refraction = _refraction(job, frame, config.adr)
     centroid = None
     if xy is None:
         # On the pixels' own variance: the leave-one-out estimate, made for the smooth
-        # trace, under-weights a compact star's core and its Moffat fit fails.
-        centroid = _find_zeroth_order(framed, job, config)
+        # trace, under-weights a compact star's core and its Moffat fit fails. With
+        # refraction, the zeroth order is smeared and its flux centroid is measured.
+        centroid = _find_zeroth_order(framed, job, config, refraction)
         xy = (centroid.x, centroid.y)
         centroid = replace(centroid, **dict(zip(("x", "y"), frame.to_input(xy), strict=True)))
     else:
         xy = frame.from_input(xy)
     clock.lap("zeroth_order")
-    refraction = _refraction(job, frame, config.adr)
     result = extract_spectrum(work, xy[0], xy[1], disp, job.info.linspos, config.extraction,
                               source=job.name, binning=job.binning, refraction=refraction)
     clock.lap("extraction")
@@ -629,8 +630,8 @@ class _Frame:
         return float(ny - 1 - xy[1]), float(nx - 1 - xy[0])
 
 
-def _find_zeroth_order(work: Exposure, job: _Job, config: SpectroscopyConfig
-                       ) -> ZerothOrderResult:
+def _find_zeroth_order(work: Exposure, job: _Job, config: SpectroscopyConfig,
+                       refraction: TraceRefraction | None) -> ZerothOrderResult:
     """The zeroth order near the disperser's nominal position; for an instrument without
     nominal positions, the brightest compact source of the frame."""
     cfg = config.zeroth_order
@@ -654,7 +655,7 @@ def _find_zeroth_order(work: Exposure, job: _Job, config: SpectroscopyConfig
                       prior_sigma_px=1e3 * far, sat_grow_px=grow,
                       fwhm_guess_px=profile.typical_fwhm_arcsec / profile.plate_scale_arcsec,
                       saturation_e=None, warn_distance_px=far)
-    return find_zeroth_order(work, cfg, prior, source=job.name)
+    return find_zeroth_order(work, cfg, prior, source=job.name, refraction=refraction)
 
 
 def _with_disperser(info: ObservationInfo, disperser: str) -> ObservationInfo:
