@@ -346,3 +346,41 @@ def test_refraction_from_header_needs_and_reasons():
         None, "switched off")
     none, why = refraction_from_header(info, load_instrument("ctio"), 1)
     assert none is None and "ctio" in why
+
+
+def test_spectractor_full_load_extras(all_orders, tmp_path):
+    """What Spectractor's ``Spectrum.load_spectrum`` reads beyond the rest, with our values:
+    ``S_SAT`` the lowest LATISS amplifier's saturation (110 000 ADU × 1.047 e⁻/ADU of C11,
+    ``data/cameras/latiss*.``), ``S_DEG`` the 2D model's highest shape degree (γ: 3),
+    ``S_BGD_ER`` the background pixels' noise (sky 8 e⁻/s × 12 s + read noise 9 e⁻ per
+    unbinned pixel, 4 summed: √708 = 26.6 e⁻) and ``ORDER0`` the background-subtracted
+    zeroth order with the star at ``IM_X0, IM_Y0``."""
+    from spectractor_bridge.spectrum import read_spectrum, write_spectrum
+
+    path = write_spectrum(all_orders.with_adr, tmp_path / "spec.fits")
+    with fits.open(path) as hdul:
+        names = [h.name for h in hdul]
+        assert {"ORDER0", "S_BGD_ER"} <= set(names)
+        assert hdul[0].header["S_DEG"] == 3
+        assert hdul[0].header["S_SAT"] == pytest.approx(110000.0 * 1.047)
+        assert hdul["S_BGD_ER"].data.shape == hdul["S_DATA"].data.shape
+    back = read_spectrum(path)
+    rms = np.asarray(back.spectrogram.background_err.data)
+    assert np.nanmedian(rms) == pytest.approx(math.sqrt(4.0 * (8.0 * 12.0 + 81.0)), rel=0.03)
+    order0 = back.order0
+    x0, y0 = order0.header["IM_X0"], order0.header["IM_Y0"]
+    img = np.asarray(order0.data)
+    ny, nx = img.shape
+    assert 20 <= nx == ny <= 200
+    yy, xx = np.mgrid[:ny, :nx]
+    core = np.hypot(xx - x0, yy - y0) < 0.4 * nx
+    w = np.where(core & np.isfinite(img), img, 0.0)
+    cx, cy = (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
+    print(f"\nORDER0 {nx}x{ny}: light centroid - (IM_X0, IM_Y0) = ({cx - x0:+.3f}, "
+          f"{cy - y0:+.3f}) px; S_BGD_ER median {np.nanmedian(rms):.2f} e-")
+    # The star at IM_X0, IM_Y0: the finder's position, here the Moffat fit of the wings (the
+    # 2x2 sums peak above the finder's 100 ke- saturation level), which the refraction's
+    # smear puts ~0.3 px from the light's centroid (docs/spectroscopy.md, ADR).
+    assert math.hypot(cx - x0, cy - y0) < 0.5
+    ring = ~core & np.isfinite(img)
+    assert abs(np.median(img[ring])) < 0.1 * np.nanmedian(rms)  # background removed

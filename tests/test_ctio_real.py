@@ -277,3 +277,30 @@ def test_spectrogram_fit_reads_the_flam_file(chain):
     for key in ("pwv_mm", "ozone_du", "vaod"):
         assert from_flam.values[key] == pytest.approx(from_e.values[key], rel=1e-6, abs=1e-9)
     assert from_flam.flux_unit == "electron/nm"
+
+
+def test_spectractor_full_load_extras(chain):
+    """``ORDER0``, ``S_BGD_ER``, ``S_DEG`` and ``S_SAT`` against Spectractor's own file of
+    the same exposure (its cutouts are in ADU/s: × 120 s × 3 e⁻/ADU). ``S_SAT``: CTIO's
+    60 000 ADU per pixel, 4 pixels summed — Spectractor's 2000 ADU/s exactly; ``S_DEG``:
+    our 2D model's highest shape degree (Spectractor's is 4)."""
+    ours, ref = chain["ours"], chain["ref"]
+    k = float(ref.header["EXPTIME"]) * 3.0
+    assert ours.header["S_SAT"] == pytest.approx(ref.header["S_SAT"] * k, rel=1e-12)
+    assert ours.header["S_DEG"] == 3 and ours.header["SPECTYPE"] == "forward_model"
+    # Background noise of the spectrogram: both from the same pixels.
+    ratio = (np.nanmedian(ours.spectrogram.background_err.data)
+             / (np.nanmedian(ref.spectrogram.background_err.data) * k))
+    # The zeroth order: ours is cut from the frame rebuilt with Spectractor's ORDER0 on the
+    # star; the light within 4 px of the star in both.
+    fluxes = []
+    for o0, scale in ((ours.order0, 1.0), (ref.order0, k)):
+        img = np.asarray(o0.data, dtype=np.float64) * scale
+        yy, xx = np.mgrid[:img.shape[0], :img.shape[1]]
+        near = np.hypot(xx - o0.header["IM_X0"], yy - o0.header["IM_Y0"]) < 4.0
+        fluxes.append(float(np.nansum(img[near])))
+    print(f"\nS_BGD_ER median ours / Spectractor's {ratio:.3f}; ORDER0 light within 4 px "
+          f"ours / Spectractor's {fluxes[0] / fluxes[1]:.4f}")
+    assert ratio == pytest.approx(1.0, abs=0.15)
+    assert fluxes[0] / fluxes[1] == pytest.approx(1.0, abs=0.02)
+    assert ours.spectrogram.background_err.data.shape == ours.spectrogram.data.data.shape

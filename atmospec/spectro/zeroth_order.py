@@ -75,6 +75,7 @@ __all__ = [
     "centroid_record",
     "find_zeroth_order",
     "write_centroid",
+    "zeroth_order_cutout",
     "zeroth_order_prior",
 ]
 
@@ -783,6 +784,50 @@ def _fwhm(params: np.ndarray) -> float:
     """FWHM of the Moffat of `_moffat` parameters."""
     alpha, beta = math.exp(params[3]), 1.0 + math.exp(params[4])
     return 2.0 * alpha * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+
+
+# --------------------------------------------------------------------------- cutout
+
+
+def zeroth_order_cutout(image: np.ndarray, usable: np.ndarray, x: float, y: float,
+                        half_size: int) -> tuple[np.ndarray, float, float, float]:
+    """The background-subtracted image around the zeroth order (Spectractor's ``ORDER0``).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        The image (e⁻).
+    usable : numpy.ndarray
+        Pixels that may set the background level (not masked, finite).
+    x, y : float
+        The zeroth order, 0-based pixel centres.
+    half_size : int
+        Half-size of the square cutout, pixels (cut at the image's edges, as Spectractor's).
+
+    Returns
+    -------
+    cutout : numpy.ndarray
+        float64, the image minus the background level, every pixel as it is (a saturated
+        core too, as Spectractor's target image; non-finite pixels stay NaN).
+    x0, y0 : float
+        The zeroth order in the cutout (Spectractor's ``IM_X0``, ``IM_Y0``).
+    level : float
+        The background level subtracted: the median of the usable pixels of the cutout's
+        outer ring (beyond 80 % of ``half_size``), else of all its usable pixels.
+    """
+    ny, nx = image.shape
+    h = max(int(half_size), 1)
+    ix, iy = round(x), round(y)
+    xs = slice(max(ix - h, 0), min(ix + h, nx))
+    ys = slice(max(iy - h, 0), min(iy + h, ny))
+    data = np.asarray(image[ys, xs], dtype=np.float64)
+    ok = np.asarray(usable[ys, xs], dtype=bool) & np.isfinite(data)
+    if not ok.any():
+        raise ValueError(f"no usable pixel around the zeroth order ({x:.1f}, {y:.1f})")
+    yy, xx = np.mgrid[ys, xs]
+    ring = ok & (np.hypot(xx - x, yy - y) > 0.8 * h)
+    level = float(np.median(data[ring] if ring.sum() >= 20 else data[ok]))
+    return data - level, x - xs.start, y - ys.start, level
 
 
 # --------------------------------------------------------------------------- output
