@@ -42,6 +42,7 @@ from astropy.io import fits
 from atmospec.atmosphere.refraction import (
     differential_refraction_arcsec,
     parallactic_angle_deg,
+    parallactic_angle_from_hour_angle_deg,
     refractivity,
     water_vapour_pressure_hpa,
 )
@@ -123,6 +124,40 @@ def test_parallactic_angle_matches_the_hour_angle_formula(ha_h, dec):
                     math.sin(d) * math.cos(p) - math.cos(d) * math.cos(h) * math.sin(p))
     got = parallactic_angle_deg(math.degrees(alt), math.degrees(az), lat)
     assert got == pytest.approx(expected, abs=1e-9)
+    assert parallactic_angle_from_hour_angle_deg(15.0 * ha_h, dec, lat) == pytest.approx(
+        expected, abs=1e-9)
+
+
+def test_ctio_header_gives_the_zenith_direction():
+    """A CTIO header (an equatorial mount: hour angle and declination, no altitude nor
+    ROTPA) with the profile's fixed orientation: the parallactic angle of the shipped
+    HD111980 frame is Spectractor's ``PARANGLE`` for it (119.807°), and the zenith, North
+    being −y and East −x, points at 180° − 29.81° in the image. ``HA`` as the telescope
+    writes it (sexagesimal hours) and as Spectractor does (degrees) give the same."""
+    from importlib import resources
+
+    from atmospec.camera.spectrograph import load_instrument
+    from atmospec.camera.translator import translate_header
+    from atmospec.spectro.adr import refraction_from_header
+
+    ctio = load_instrument("ctio")
+    path = resources.files("atmospec.data") / "examples" / \
+        "ctio_20170530_134_HD111980_HoloAmAg.fits.gz"
+    header = fits.getheader(str(path))
+    info = translate_header(header)
+    assert info.hour_angle == pytest.approx(28.17883333) and info.altitude is None
+    refraction, why = refraction_from_header(info, ctio, 2)
+    assert why is None
+    assert refraction.parallactic_angle_deg == pytest.approx(119.807018791209, abs=1e-6)
+    assert refraction.zenith_angle_deg == pytest.approx(180.0 - (119.807018791209 - 90.0),
+                                                        abs=1e-6)
+    assert refraction.plate_scale_arcsec == pytest.approx(2 * ctio.plate_scale_arcsec)
+    raw = header.copy()
+    raw["HA"], raw["DEC"] = "01:52:42.92", "-18:33:27.78"
+    info_raw = translate_header(raw)
+    assert info_raw.hour_angle == pytest.approx(28.17883333, abs=1e-5)
+    assert info_raw.dec == pytest.approx(-18.55771667, abs=1e-6)
+    assert info_raw.ra == pytest.approx(15.0 * (12 + 53 / 60 + 8.10 / 3600))
 
 
 # --------------------------------------------------------------------------- simulated
@@ -344,7 +379,8 @@ def test_refraction_from_header_needs_and_reasons():
         assert none is None and words in why
     assert refraction_from_header(info, latiss, 2, AdrConfig(enabled=False)) == (
         None, "switched off")
-    none, why = refraction_from_header(info, load_instrument("ctio"), 1)
+    none, why = refraction_from_header(info, replace(load_instrument("ctio"), sky_parity=None),
+                                       1)
     assert none is None and "ctio" in why
 
 

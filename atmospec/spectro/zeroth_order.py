@@ -145,7 +145,7 @@ def _pointing_offset_px(info: ObservationInfo, camera: Camera, profile: Instrume
     dra = ((ra_t - info.ra + 180.0) % 360.0) - 180.0
     xi = dra * math.cos(math.radians(info.dec)) * 3600.0  # arcsec towards East
     eta = (dec_t - info.dec) * 3600.0  # arcsec towards North
-    dx, dy = profile.sky_to_image(xi, eta, info.rotation_angle or 0.0)
+    dx, dy = profile.sky_to_image(xi, eta, profile.rotation_angle(info.rotation_angle) or 0.0)
     return float(dx) / camera.plate_scale, float(dy) / camera.plate_scale
 
 
