@@ -42,6 +42,7 @@ from astropy.io import fits
 from atmospec.atmosphere.refraction import (
     differential_refraction_arcsec,
     parallactic_angle_deg,
+    parallactic_angle_from_hour_angle_deg,
     refractivity,
     water_vapour_pressure_hpa,
 )
@@ -123,6 +124,40 @@ def test_parallactic_angle_matches_the_hour_angle_formula(ha_h, dec):
                     math.sin(d) * math.cos(p) - math.cos(d) * math.cos(h) * math.sin(p))
     got = parallactic_angle_deg(math.degrees(alt), math.degrees(az), lat)
     assert got == pytest.approx(expected, abs=1e-9)
+    assert parallactic_angle_from_hour_angle_deg(15.0 * ha_h, dec, lat) == pytest.approx(
+        expected, abs=1e-9)
+
+
+def test_ctio_header_gives_the_zenith_direction():
+    """A CTIO header (an equatorial mount: hour angle and declination, no altitude nor
+    ROTPA) with the profile's fixed orientation: the parallactic angle of the shipped
+    HD111980 frame is Spectractor's ``PARANGLE`` for it (119.807°), and the zenith, North
+    being −y and East −x, points at 180° − 29.81° in the image. ``HA`` as the telescope
+    writes it (sexagesimal hours) and as Spectractor does (degrees) give the same."""
+    from importlib import resources
+
+    from atmospec.camera.spectrograph import load_instrument
+    from atmospec.camera.translator import translate_header
+    from atmospec.spectro.adr import refraction_from_header
+
+    ctio = load_instrument("ctio")
+    path = resources.files("atmospec.data") / "examples" / \
+        "ctio_20170530_134_HD111980_HoloAmAg.fits.gz"
+    header = fits.getheader(str(path))
+    info = translate_header(header)
+    assert info.hour_angle == pytest.approx(28.17883333) and info.altitude is None
+    refraction, why = refraction_from_header(info, ctio, 2)
+    assert why is None
+    assert refraction.parallactic_angle_deg == pytest.approx(119.807018791209, abs=1e-6)
+    assert refraction.zenith_angle_deg == pytest.approx(180.0 - (119.807018791209 - 90.0),
+                                                        abs=1e-6)
+    assert refraction.plate_scale_arcsec == pytest.approx(2 * ctio.plate_scale_arcsec)
+    raw = header.copy()
+    raw["HA"], raw["DEC"] = "01:52:42.92", "-18:33:27.78"
+    info_raw = translate_header(raw)
+    assert info_raw.hour_angle == pytest.approx(28.17883333, abs=1e-5)
+    assert info_raw.dec == pytest.approx(-18.55771667, abs=1e-6)
+    assert info_raw.ra == pytest.approx(15.0 * (12 + 53 / 60 + 8.10 / 3600))
 
 
 # --------------------------------------------------------------------------- simulated
@@ -344,5 +379,44 @@ def test_refraction_from_header_needs_and_reasons():
         assert none is None and words in why
     assert refraction_from_header(info, latiss, 2, AdrConfig(enabled=False)) == (
         None, "switched off")
-    none, why = refraction_from_header(info, load_instrument("ctio"), 1)
+    none, why = refraction_from_header(info, replace(load_instrument("ctio"), sky_parity=None),
+                                       1)
     assert none is None and "ctio" in why
+
+
+def test_spectractor_full_load_extras(all_orders, tmp_path):
+    """What Spectractor's ``Spectrum.load_spectrum`` reads beyond the rest, with our values:
+    ``S_SAT`` the lowest LATISS amplifier's saturation (110 000 ADU × 1.047 e⁻/ADU of C11,
+    ``data/cameras/latiss*.``), ``S_DEG`` the 2D model's highest shape degree (γ: 3),
+    ``S_BGD_ER`` the background pixels' noise (sky 8 e⁻/s × 12 s + read noise 9 e⁻ per
+    unbinned pixel, 4 summed: √708 = 26.6 e⁻) and ``ORDER0`` the background-subtracted
+    zeroth order with the star at ``IM_X0, IM_Y0``."""
+    from spectractor_bridge.spectrum import read_spectrum, write_spectrum
+
+    path = write_spectrum(all_orders.with_adr, tmp_path / "spec.fits")
+    with fits.open(path) as hdul:
+        names = [h.name for h in hdul]
+        assert {"ORDER0", "S_BGD_ER"} <= set(names)
+        assert hdul[0].header["S_DEG"] == 3
+        assert hdul[0].header["S_SAT"] == pytest.approx(110000.0 * 1.047)
+        assert hdul["S_BGD_ER"].data.shape == hdul["S_DATA"].data.shape
+    back = read_spectrum(path)
+    rms = np.asarray(back.spectrogram.background_err.data)
+    assert np.nanmedian(rms) == pytest.approx(math.sqrt(4.0 * (8.0 * 12.0 + 81.0)), rel=0.03)
+    order0 = back.order0
+    x0, y0 = order0.header["IM_X0"], order0.header["IM_Y0"]
+    img = np.asarray(order0.data)
+    ny, nx = img.shape
+    assert 20 <= nx == ny <= 200
+    yy, xx = np.mgrid[:ny, :nx]
+    core = np.hypot(xx - x0, yy - y0) < 0.4 * nx
+    w = np.where(core & np.isfinite(img), img, 0.0)
+    cx, cy = (w * xx).sum() / w.sum(), (w * yy).sum() / w.sum()
+    print(f"\nORDER0 {nx}x{ny}: light centroid - (IM_X0, IM_Y0) = ({cx - x0:+.3f}, "
+          f"{cy - y0:+.3f}) px; S_BGD_ER median {np.nanmedian(rms):.2f} e-")
+    # The star at IM_X0, IM_Y0: the finder's position, here the Moffat fit of the wings (the
+    # 2x2 sums peak above the finder's 100 ke- saturation level), which the refraction's
+    # smear puts ~0.3 px from the light's centroid (docs/spectroscopy.md, ADR).
+    assert math.hypot(cx - x0, cy - y0) < 0.5
+    ring = ~core & np.isfinite(img)
+    assert abs(np.median(img[ring])) < 0.1 * np.nanmedian(rms)  # background removed

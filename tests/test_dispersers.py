@@ -210,9 +210,13 @@ def test_profile_holds_each_spectrograph_fact():
     assert dx == pytest.approx(math.sin(math.radians(0.26))) and dy < -0.9999
     with pytest.raises(KeyError, match="unknown disperser"):
         latiss.disperser_spec("holo9_999")
-    # CTIO: a fixed distance, no sweet spot, no sky parity, direction +x.
+    # CTIO: a fixed distance, no sweet spot, direction +x; a fixed sky orientation (North
+    # towards -y, East towards -x: Spectractor's ctio.ini and the image's WCS).
     holo = ctio.disperser_spec("HoloAmAg")
-    assert holo.nominal_zeroth_order is None and ctio.sky_parity is None
+    assert holo.nominal_zeroth_order is None
+    assert ctio.sky_parity == -1 and ctio.rotation_angle(None) == 180.0
+    east, north = ctio.sky_to_image(1.0, 0.0, 180.0), ctio.sky_to_image(0.0, 1.0, 180.0)
+    assert np.allclose(east, (-1.0, 0.0)) and np.allclose(north, (0.0, -1.0))
     assert holo.dispersion_direction == (1.0, 0.0) and ctio.d2ccd_mm("HoloAmAg", 12.0) == 55.45
 
 

@@ -162,8 +162,10 @@ def test_subtracted_model_matches_disperser_table(runs, truth_per_nm):
 
 
 def test_fixed_point_on_a_synthetic_spectrum():
-    """Exact inversion of the forward model on a smooth spectrum, any sample order."""
+    """Exact inversion of the forward model (orders 2 and 3 of holo4_003, whose r₃₂ table
+    gives the third) on a smooth spectrum, any sample order."""
     disp = load_disperser("holo4_003")
+    assert disp.has_order3
     d2ccd, pix, theta0 = disp.d2ccd_mm(LINSPOS), 0.010, 1e-4
     u = np.arange(3200.0, 400.0, -1.0)  # rows run from red to blue, as on LATISS
 
@@ -176,17 +178,43 @@ def test_fixed_point_on_a_synthetic_spectrum():
     def f1(x):
         return 1e4 * np.exp(-0.5 * ((x - 550.0) / 200.0) ** 2) + 50.0 * (x > 0)
 
-    lam1, lam2 = lam(1), lam(2)
-    inside = lam2 >= lam1.min()
-    contam = np.where(inside, disp.ratio_order_2over1(lam2) * f1(lam2), 0.0) * dl(2)
-    obs = f1(lam1) * dl(1) + contam
+    lam1, lam2, lam3 = lam(1), lam(2), lam(3)
+    contam = np.where(lam2 >= lam1.min(), disp.ratio_order_2over1(lam2) * f1(lam2), 0.0) * dl(2)
+    contam3 = np.where(lam3 >= lam1.min(), disp.order_efficiency(3, lam3)
+                       / disp.transmission(lam3) * f1(lam3), 0.0) * dl(3)
+    assert np.count_nonzero(contam3) > 100  # order 3 is on these samples
+    obs = f1(lam1) * dl(1) + contam + contam3
     c = correct_order2(u, obs, np.sqrt(obs), disp, d2ccd, pix, theta0)
     assert np.allclose(c.order2_per_px, contam, rtol=2e-3, atol=1e-6)
+    assert np.allclose(c.order3_per_px, contam3, rtol=2e-3, atol=1e-6)
     assert np.allclose(c.flux_per_nm, f1(lam1), rtol=2e-3)
+    assert c.has_order3
 
     # The linear operator reproduces the contamination the fixed point subtracted.
     k = c.operator()
-    assert np.allclose(k @ c.flux_per_nm, c.order2_per_nm, rtol=1e-10, atol=1e-9)
+    assert np.allclose(k @ c.flux_per_nm, c.order2_per_nm + c.order3_per_nm, rtol=1e-10,
+                       atol=1e-9)
+    # Order 3 left out: its light stays in the corrected flux.
+    c2 = correct_order2(u, obs, np.sqrt(obs), disp, d2ccd, pix, theta0, max_order=2)
+    assert not c2.has_order3 and np.all(c2.order3_per_px == 0.0)
+    third = contam3 > 0.01 * obs
+    assert np.all(c2.flux_per_px[third] - f1(lam1[third]) * dl(1)[third]
+                  > 0.5 * contam3[third])
+
+
+def test_no_third_order_without_a_table():
+    """ronchi170lpmm ships no r₃₂: the correction is the order-2 one, exactly."""
+    disp = load_disperser("ronchi170lpmm")
+    assert not disp.has_order3
+    d2ccd, pix = disp.d2ccd_mm(LINSPOS), 0.010
+    u = np.arange(3200.0, 400.0, -1.0)
+    lam1 = disp.wavelength_nm(u, 1, d2ccd, pix, 0.0)
+    obs = 1e4 * np.exp(-0.5 * ((lam1 - 550.0) / 200.0) ** 2) + 50.0
+    c3 = correct_order2(u, obs, np.sqrt(obs), disp, d2ccd, pix)
+    c2 = correct_order2(u, obs, np.sqrt(obs), disp, d2ccd, pix, max_order=2)
+    assert not c3.has_order3 and np.all(np.isnan(c3.wavelength_order3_nm))
+    np.testing.assert_array_equal(c3.flux_per_px, c2.flux_per_px)
+    np.testing.assert_array_equal(c3.flux_err_per_px, c2.flux_err_per_px)
 
 
 def test_order2_covariance_matches_monte_carlo():

@@ -36,8 +36,10 @@ Checked against Filippenko's Table 1 (2 km altitude: 600 mmHg, 7 °C, f = 8 mmHg
 Where the zenith is
 -------------------
 `parallactic_angle_deg` gives the position angle of the zenith seen from the star (North
-through East) from the telescope's altitude and azimuth and the site's latitude; the
-instrument turns it into a direction in the image (`atmospec.spectro.adr`).
+through East) from the telescope's altitude and azimuth and the site's latitude
+(`parallactic_angle_from_hour_angle_deg` from the hour angle and declination, for an
+equatorial telescope's header); the instrument turns it into a direction in the image
+(`atmospec.spectro.adr`).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ __all__ = [
     "ARCSEC_PER_RAD",
     "differential_refraction_arcsec",
     "parallactic_angle_deg",
+    "parallactic_angle_from_hour_angle_deg",
     "refraction_arcsec",
     "refractivity",
     "saturation_vapour_pressure_hpa",
@@ -213,3 +216,38 @@ def parallactic_angle_deg(altitude_deg: float, azimuth_deg: float,
     east /= norm
     north = np.cross(east, star)
     return math.degrees(math.atan2(float(up @ east), float(up @ north)))
+
+
+def parallactic_angle_from_hour_angle_deg(hour_angle_deg: float, declination_deg: float,
+                                          latitude_deg: float) -> float:
+    """Parallactic angle from the hour angle and declination (an equatorial mount's header).
+
+    ``q = atan2(sin H, cos δ tan φ − sin δ cos H)``: the position angle (North through
+    East) of the zenith seen from the star, as `parallactic_angle_deg` gives it from the
+    altitude and azimuth.
+
+    Parameters
+    ----------
+    hour_angle_deg : float
+        Hour angle, degrees (West of the meridian positive).
+    declination_deg : float
+        Declination of the star, degrees.
+    latitude_deg : float
+        Latitude of the site, degrees (South negative).
+
+    Returns
+    -------
+    float
+        Degrees in (−180, 180].
+
+    Raises
+    ------
+    ValueError
+        At the zenith or the pole, where the angle is undefined.
+    """
+    h, d, p = (math.radians(v) for v in (hour_angle_deg, declination_deg, latitude_deg))
+    y = math.sin(h)
+    x = math.cos(d) * math.tan(p) - math.sin(d) * math.cos(h)
+    if math.hypot(x, y) < 1e-12:
+        raise ValueError("the parallactic angle is undefined at the zenith or the pole")
+    return math.degrees(math.atan2(y, x))

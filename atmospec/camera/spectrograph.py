@@ -184,6 +184,10 @@ class InstrumentProfile:
     site_latitude_deg: float | None
     """Latitude of the site, degrees (South negative): the parallactic angle of the
     differential refraction; None: not known."""
+    sky_rotation_deg: float | None
+    """Position angle of the images' +y (North through East), degrees, for an instrument
+    whose camera does not rotate and whose headers give no ``ROTPA`` (CTIO: 180°, North
+    towards −y); None: the header's ``ROTPA`` (`rotation_angle`)."""
     typical_fwhm_arcsec: float
     """Typical seeing FWHM, arcsec: the starting width of the zeroth-order search."""
     throughput_file: str
@@ -236,6 +240,12 @@ class InstrumentProfile:
         dx = self.sky_parity * (-e * math.cos(pa) + n * math.sin(pa))
         dy = e * math.sin(pa) + n * math.cos(pa)
         return dx, dy
+
+    def rotation_angle(self, header_rotation_deg: float | None) -> float | None:
+        """Position angle of the images' +y: the header's ``ROTPA`` when it gives one, else
+        the profile's fixed `sky_rotation_deg` (None when neither is known)."""
+        return header_rotation_deg if header_rotation_deg is not None \
+            else self.sky_rotation_deg
 
     def to_pixels(self, distance_mm: float | np.ndarray, binning: int = 1) -> np.ndarray:
         """A distance on the detector, mm, in (binned) pixels."""
@@ -390,6 +400,7 @@ def _load(name: str) -> InstrumentProfile:
         first_order_direction=first,
         sky_parity=None if parity is None else int(parity),
         site_latitude_deg=_opt(raw.get("site_latitude_deg")),
+        sky_rotation_deg=_opt(raw.get("sky_rotation_deg")),
         typical_fwhm_arcsec=float(raw["typical_fwhm_arcsec"]),
         throughput_file=str(raw["throughput_file"]),
         filter_files=MappingProxyType({str(k): str(v) for k, v in raw["filters"].items()}),

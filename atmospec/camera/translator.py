@@ -251,6 +251,9 @@ class ObservationInfo:
     controller: str | None = None
     """Controller code of the observation id (``CONTRLLR``: ``O`` on sky, ``C`` camera
     control in the lab, ``H`` simulated, ``S`` simulator); None if absent."""
+    hour_angle: float | None = None
+    """Hour angle of the pointing at the start, degrees (West of the meridian positive);
+    None when the header does not give it (LATISS gives altitude and azimuth instead)."""
 
     def __post_init__(self) -> None:
         if self.exposure_id is None:
@@ -446,6 +449,7 @@ class HeaderTranslator(ABC):
                 run=self.to_run(header),
                 test_type=self.to_test_type(header),
                 controller=self.to_controller(header),
+                hour_angle=self.to_hour_angle(header),
             )
             self.check_physical(info)
             return info
@@ -774,6 +778,10 @@ class HeaderTranslator(ABC):
         """Instrument position angle on the sky, in degrees."""
         return self._get_float(header, *self.rotation_angle_keys)
 
+    def to_hour_angle(self, header: Mapping[str, Any]) -> float | None:
+        """Hour angle of the pointing, degrees; None unless a subclass reads one."""
+        return None
+
     # ------------------------------------------------------------------ weather
 
     def to_pressure(self, header: Mapping[str, Any]) -> float | None:
@@ -1009,6 +1017,19 @@ class LatissTranslator(RubinTranslator):
                                       f"{info.day_obs}, SEQNUM = {info.seq_num}")
 
 
+def _sexagesimal(text: str, unit_deg: float) -> float | None:
+    """``'±a:b:c'`` as ``±(a + b/60 + c/3600) × unit_deg`` degrees; None when malformed."""
+    parts = text.strip().split(":")
+    try:
+        a, b, c = (float(v) for v in [*parts, "0", "0"][:3])
+    except ValueError:
+        return None
+    if len(parts) > 3 or not all(math.isfinite(v) for v in (a, b, c)):
+        return None
+    sign = -1.0 if text.strip().startswith("-") else 1.0
+    return sign * (abs(a) + b / 60.0 + c / 3600.0) * unit_deg
+
+
 class CtioTranslator(HeaderTranslator):
     """Translator for the CTIO 0.9 m Cassegrain imager (``INSTRUME = 'cfccd'``, Tek2K CCD),
     the bench of Spectractor's 2017 holographic-disperser data.
@@ -1035,6 +1056,25 @@ class CtioTranslator(HeaderTranslator):
     # ALT holds a string such as '-45.84' in the real files: not a usable elevation.
     altitude_keys: ClassVar[tuple[str, ...]] = ()
     empty_optic_pattern: ClassVar[re.Pattern[str]] = re.compile(r"(?i)^(dia|empty|open)?$")
+
+    def to_hour_angle(self, header: Mapping[str, Any]) -> float | None:
+        """``HA`` in degrees: a sexagesimal string is hours (``'01:52:42.9'``, the
+        telescope's), a number is degrees (as Spectractor writes ``HA`` in its spectra and
+        the frames rebuilt from them: 28.1788 for 1 h 52 m 43 s)."""
+        value = self._get(header, "HA")
+        if isinstance(value, str) and ":" in value:
+            return _sexagesimal(value, 15.0)
+        return self._as_float(value)
+
+    def to_ra_dec(self, header: Mapping[str, Any]) -> tuple[float | None, float | None]:
+        """``RA`` (``'12:53:8.10'``: hours) and ``DEC`` (a number, or ``'-18:33:27.8'``:
+        degrees), in degrees."""
+        ra, dec = self._get(header, "RA"), self._get(header, "DEC")
+        ra_deg = _sexagesimal(ra, 15.0) if isinstance(ra, str) and ":" in ra \
+            else self._as_float(ra)
+        dec_deg = _sexagesimal(dec, 1.0) if isinstance(dec, str) and ":" in dec \
+            else self._as_float(dec)
+        return ra_deg, dec_deg
 
     def _record(self, header: Mapping[str, Any]) -> re.Match[str] | None:
         recid = self._get_str(header, "RECID")

@@ -259,11 +259,16 @@ def zeroth_order_result(exposure, config, source: str | None = None):
     from atmospec.camera.description import load_camera
     from atmospec.camera.spectrograph import load_instrument
     from atmospec.camera.translator import translate_header
+    from atmospec.spectro.adr import refraction_from_header
     from atmospec.spectro.zeroth_order import find_zeroth_order, zeroth_order_prior
 
     info = translate_header(exposure.metadata, source)
-    prior = zeroth_order_prior(info, load_camera("latiss"), load_instrument("latiss"))
-    return find_zeroth_order(exposure, config=config, prior=prior)
+    profile = load_instrument("latiss")
+    prior = zeroth_order_prior(info, load_camera("latiss"), profile)
+    # The header's refraction smears the zeroth order: its flux centroid is then measured,
+    # the position the extraction's ADR refers to (as `process_dispersed` finds it).
+    refraction, _ = refraction_from_header(info, profile, int(info.binning[0]))
+    return find_zeroth_order(exposure, config=config, prior=prior, refraction=refraction)
 
 
 def _run_zeroth_order(ctx: _Context, config) -> dict[str, Any]:

@@ -24,8 +24,12 @@ zeroth-order prior uses for pointing offsets). LATISS's parity (+1) is the profi
 assumption, not checked on a real LATISS WCS; Spectractor (``load_AUXTEL_image``: camera
 angle ``270° − ROTPA`` in its turned frame, North-up East-left parity) implies the other
 parity in Rubin's frame, which flips the along-dispersion component of the ADR and leaves
-the across-dispersion one (the bend of the trace) unchanged. An instrument whose profile
-gives no parity or latitude (CTIO) gets no ADR.
+the across-dispersion one (the bend of the trace) unchanged. An equatorial telescope's
+header (CTIO) gives the hour angle and declination instead of the altitude and azimuth
+(`atmospec.atmosphere.refraction.parallactic_angle_from_hour_angle_deg`), and a camera that
+does not rotate has its fixed position angle in its profile
+(`InstrumentProfile.sky_rotation_deg`). An instrument whose profile gives no parity or
+latitude gets no ADR.
 
 On the trace
 ------------
@@ -50,6 +54,7 @@ import numpy as np
 from atmospec.atmosphere.refraction import (
     differential_refraction_arcsec,
     parallactic_angle_deg,
+    parallactic_angle_from_hour_angle_deg,
     water_vapour_pressure_hpa,
 )
 from atmospec.camera.spectrograph import InstrumentProfile
@@ -176,9 +181,16 @@ def zenith_in_image_deg(altitude_deg: float, azimuth_deg: float, rotation_angle_
     if profile.site_latitude_deg is None:
         raise ValueError(f"instrument {profile.name}: site latitude not known")
     parallactic = parallactic_angle_deg(altitude_deg, azimuth_deg, profile.site_latitude_deg)
-    q = math.radians(parallactic)  # the zenith seen from the star: (East, North) = (sin, cos)
+    return _zenith_direction_deg(parallactic, rotation_angle_deg, profile), parallactic
+
+
+def _zenith_direction_deg(parallactic_deg: float, rotation_angle_deg: float,
+                          profile: InstrumentProfile) -> float:
+    """The zenith at position angle ``parallactic_deg`` as a direction in the images as
+    read, degrees counter-clockwise from +x."""
+    q = math.radians(parallactic_deg)  # the zenith seen from the star: (East, North) = (sin, cos)
     dx, dy = profile.sky_to_image(math.sin(q), math.cos(q), rotation_angle_deg)
-    return math.degrees(math.atan2(float(dy), float(dx))), parallactic
+    return math.degrees(math.atan2(float(dy), float(dx)))
 
 
 def refraction_from_header(info: ObservationInfo, profile: InstrumentProfile, binning: int,
@@ -229,12 +241,21 @@ def refraction_from_header(info: ObservationInfo, profile: InstrumentProfile, bi
         else cfg.default_relative_humidity
     parallactic = None
     zenith = 0.0
+    rotation = profile.rotation_angle(info.rotation_angle)
     if airmass > 1.0 + 1e-9:
-        if info.altitude is None or info.azimuth is None or info.rotation_angle is None:
-            return None, "no altitude, azimuth or ROTPA in the header (zenith direction)"
+        hadec = info.hour_angle is not None and info.dec is not None
+        if rotation is None or not ((info.altitude is not None and info.azimuth is not None)
+                                    or hadec):
+            return None, ("no altitude and azimuth (nor hour angle and declination) or ROTPA "
+                          "in the header (zenith direction)")
         try:
-            zenith, parallactic = zenith_in_image_deg(info.altitude, info.azimuth,
-                                                      info.rotation_angle, profile)
+            if info.altitude is not None and info.azimuth is not None:
+                zenith, parallactic = zenith_in_image_deg(info.altitude, info.azimuth,
+                                                          rotation, profile)
+            else:
+                parallactic = parallactic_angle_from_hour_angle_deg(
+                    info.hour_angle, info.dec, profile.site_latitude_deg)  # type: ignore[arg-type]
+                zenith = _zenith_direction_deg(parallactic, rotation, profile)
         except ValueError as exc:
             return None, str(exc)
         if to_frame is not None:

@@ -17,6 +17,7 @@ which is minus the tilt measured in ours (the turn is a reflection).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,6 +63,7 @@ from atmospec.spectro.zeroth_order import (
     ZerothOrderConfig,
     ZerothOrderResult,
     find_zeroth_order,
+    zeroth_order_cutout,
     zeroth_order_prior,
 )
 
@@ -109,6 +111,14 @@ class SpectroscopyConfig:
     order2_correction: bool = True
     """Remove the second-order light falling on the first order (modelled with the
     disperser's order-2/order-1 ratio table) and write it as the ``ORDER2`` extension."""
+    order3_correction: bool = True
+    """With the order-2 correction, remove (and draw into the 2D model's background) the
+    third order of λ/3 too, for a disperser whose order-3/order-2 ratio is given
+    (holo4_003's ``ratio_order_3over2.txt``; ``ORD3CORR`` in the header); a disperser
+    without it has no third order modelled whatever this says."""
+    order0_half_size_fwhm: float = 5.0
+    """Half-size of the zeroth-order cutout written as ``ORDER0`` (Spectractor's target
+    image), in FWHM of the zeroth order (at least 10 px)."""
     require_calspec: bool = False
     """Refuse a target that is not a shipped CALSPEC standard (unless ``sed_path`` gives its
     SED); by default any target is extracted, its name written as given, and calibrated on
@@ -187,17 +197,18 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
     work = _with_expected_variance(framed, config)
     disp = frame.disperser(job.disperser)
     clock.lap("setup")
+    refraction = _refraction(job, frame, config.adr)
     centroid = None
     if xy is None:
         # On the pixels' own variance: the leave-one-out estimate, made for the smooth
-        # trace, under-weights a compact star's core and its Moffat fit fails.
-        centroid = _find_zeroth_order(framed, job, config)
+        # trace, under-weights a compact star's core and its Moffat fit fails. With
+        # refraction, the zeroth order is smeared and its flux centroid is measured.
+        centroid = _find_zeroth_order(framed, job, config, refraction)
         xy = (centroid.x, centroid.y)
         centroid = replace(centroid, **dict(zip(("x", "y"), frame.to_input(xy), strict=True)))
     else:
         xy = frame.from_input(xy)
     clock.lap("zeroth_order")
-    refraction = _refraction(job, frame, config.adr)
     result = extract_spectrum(work, xy[0], xy[1], disp, job.info.linspos, config.extraction,
                               source=job.name, binning=job.binning, refraction=refraction)
     clock.lap("extraction")
@@ -210,12 +221,14 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
             features=config.features, source=job.name, lines=config.lines,
             line_config=config.line_calibration)
     clock.lap("wavelength_calibration")
-    contamination = correct_extraction(result, disp) if config.order2_correction else None
+    contamination = correct_extraction(
+        result, disp, max_order=3 if config.order3_correction else 2
+    ) if config.order2_correction else None
     clock.lap("order2")
     model = covariance = skipped = None
     if config.forward_model is not None:
-        # The order-2 light is drawn into the background the 2D model sees: it then fits the
-        # first order alone (its flux and its PSF).
+        # The order-2 (and order-3) light is drawn into the background the 2D model sees:
+        # it then fits the first order alone (its flux and its PSF).
         seen = result if contamination is None else replace(
             result, background=result.background + order2_image(result, contamination))
         try:
@@ -236,9 +249,65 @@ def process_dispersed(exposure: Exposure, *, target: str | None = None,
                      model.chi2_ndof, model.regularisation, int(model.outliers.sum()))
     spectrum = _spectrum(exposure, job, frame, work, result,
                          _Products(model, covariance, solution, contamination))
+    spectrum = _with_spectractor_extras(spectrum, exposure, job, result, centroid, config,
+                                        model is not None)
     _flag_problems(spectrum.header, model, skipped, config.quality)
     clock.lap("spectrum")
     return spectrum, centroid
+
+
+def _with_spectractor_extras(spectrum: Spectrum, exposure: Exposure, job: _Job,
+                             result: ExtractionResult, centroid: ZerothOrderResult | None,
+                             config: SpectroscopyConfig, forward_model: bool) -> Spectrum:
+    """What Spectractor's full ``Spectrum.load_spectrum`` reads beyond the rest: ``ORDER0``
+    (the background-subtracted zeroth order, star at ``IM_X0, IM_Y0``, input orientation),
+    ``S_DEG`` (the degree of the PSF-shape polynomials along the trace: the highest of
+    γ, α and the centre's, so that Spectractor's one degree holds them all) and ``S_SAT``
+    (the saturation level of a spectrogram pixel, e⁻: `saturation_e`)."""
+    tx, ty = float(spectrum.header["TARGETX"]), float(spectrum.header["TARGETY"])
+    fwhm = centroid.fwhm if centroid is not None else float(np.nanmedian(result.fwhm_px))
+    half = max(math.ceil(config.order0_half_size_fwhm * fwhm), 10)
+    usable = ~exposure.get_mask(*config.extraction.bad_planes) & np.isfinite(exposure.image)
+    try:
+        cutout, x0, y0, level = zeroth_order_cutout(exposure.image, usable, tx, ty, half)
+    except ValueError as exc:
+        log.warning("%s: no ORDER0 written: %s", job.name, exc)
+        order0 = None
+    else:
+        hdr = fits.Header()
+        hdr["IM_X0"] = (x0, "zeroth order x in this cutout (px)")
+        hdr["IM_Y0"] = (y0, "zeroth order y in this cutout (px)")
+        hdr["BUNIT"] = ("electron", "background-subtracted")
+        hdr["BGDLEVEL"] = (level, "background level subtracted (e-/px)")
+        order0 = ImageExtension(cutout, hdr)
+    if forward_model and config.forward_model is not None:
+        fm = config.forward_model
+        degree = max(fm.gamma_degree, fm.alpha_degree, fm.centre_degree)
+    else:
+        degree = max(config.extraction.shape_degree, config.extraction.centre_degree)
+    header = spectrum.header.copy()
+    header["S_DEG"] = (int(degree), "degree of the PSF-shape polynomials along the trace")
+    header["S_SAT"] = (saturation_e(job.profile, job.binning),
+                       "saturation of a spectrogram pixel (e-)")
+    return replace(spectrum, order0=order0, header=header)
+
+
+def saturation_e(profile: InstrumentProfile, binning: int) -> float:
+    """The level at which a pixel of an image of ``profile`` at ``binning`` saturates, e⁻.
+
+    With a camera description (LATISS): the lowest amplifier's ``saturation_adu × gain``
+    (the level ISR flags SAT at), the same for a binned pixel (read once,
+    `atmospec.camera.description.Camera.binned`). Without one (CTIO's reduced images):
+    the profile's ``max_adu × gain_e_per_adu`` per summed pixel, as
+    `atmospec.camera.reduced.read_reduced_image` flags SAT (Spectractor's
+    ``CCD_MAXADU × CCD_REBIN²``, there per second).
+    """
+    try:
+        camera = load_camera(profile.name)
+    except BadInputError:
+        return float((profile.max_adu or np.inf) * (profile.gain_e_per_adu or 1.0)
+                     * int(binning) ** 2)
+    return float(np.min(camera.saturation_levels * camera.nominal_gains))
 
 
 def _refraction(job: _Job, frame: _Frame, config: AdrConfig) -> TraceRefraction | None:
@@ -371,7 +440,7 @@ class _Products:
     solution: WavelengthSolution | None
     """The wavelength calibration."""
     contamination: np.ndarray | None
-    """Order-2 light on the first order (`correct_extraction`)."""
+    """Order-2 (and order-3) light on the first order (`correct_extraction`)."""
 
 
 def _spectrum(exposure: Exposure, job: _Job, frame: _Frame, work: Exposure,
@@ -564,6 +633,8 @@ class _Frame:
         unit = fits.Header({"BUNIT": "electron"})
         planes = {"data": data, "err": err,
                   "background": np.asarray(result.background, dtype=np.float32)}
+        if result.background_rms is not None:
+            planes["background_err"] = np.asarray(result.background_rms, dtype=np.float32)
         if model is not None:
             planes["fit"] = model.model
             planes["residuals"] = model.residual
@@ -622,8 +693,8 @@ class _Frame:
         return float(ny - 1 - xy[1]), float(nx - 1 - xy[0])
 
 
-def _find_zeroth_order(work: Exposure, job: _Job, config: SpectroscopyConfig
-                       ) -> ZerothOrderResult:
+def _find_zeroth_order(work: Exposure, job: _Job, config: SpectroscopyConfig,
+                       refraction: TraceRefraction | None) -> ZerothOrderResult:
     """The zeroth order near the disperser's nominal position; for an instrument without
     nominal positions, the brightest compact source of the frame."""
     cfg = config.zeroth_order
@@ -647,7 +718,7 @@ def _find_zeroth_order(work: Exposure, job: _Job, config: SpectroscopyConfig
                       prior_sigma_px=1e3 * far, sat_grow_px=grow,
                       fwhm_guess_px=profile.typical_fwhm_arcsec / profile.plate_scale_arcsec,
                       saturation_e=None, warn_distance_px=far)
-    return find_zeroth_order(work, cfg, prior, source=job.name)
+    return find_zeroth_order(work, cfg, prior, source=job.name, refraction=refraction)
 
 
 def _with_disperser(info: ObservationInfo, disperser: str) -> ObservationInfo:

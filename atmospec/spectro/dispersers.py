@@ -291,6 +291,13 @@ class Disperser:
         """Order 3 / order 2 flux ratio at λ."""
         return self._curve(self.ratio_3over2_table, self.ratio_3over2_constant)(wavelength_nm)
 
+    @property
+    def has_order3(self) -> bool:
+        """Whether the disperser gives a third order (an r₃₂ table or a non-zero ``.ini``
+        constant): without one Spectractor, the simulator and the contamination model draw
+        none."""
+        return self.ratio_3over2_table is not None or self.ratio_3over2_constant > 0
+
     def order_efficiency(self, order: int, wavelength_nm: np.ndarray | float) -> np.ndarray:
         """Efficiency of order 1, 2 or 3: T, T·r₂₁, T·r₂₁·r₃₂ (Spectractor's chain)."""
         if order not in (1, 2, 3):

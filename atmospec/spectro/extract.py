@@ -197,6 +197,9 @@ class ExtractionResult:
     flux_background_factor: np.ndarray | None = field(default=None, repr=False, compare=False)
     """``F`` (rows × k, e⁻) with ``F Fᵀ`` the covariance the background fit adds to
     ``flux_e``: smooth along the trace, it is not in ``flux_err_e``."""
+    background_rms: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Per-pixel RMS of the background over the cutout, e⁻ (``background``'s shape): the
+    noise of a background pixel (Spectractor's ``S_BGD_ER``), not the model's error."""
     refraction: TraceRefraction | None = field(default=None, compare=False)
     """The differential refraction modelled (None: none; see the module notes)."""
 
@@ -520,8 +523,8 @@ def extract_spectrum(
     off_rows = geo.offsets(rows, angle)
     off_bins = geo.offsets(brow, angle)
     x_line = line(rows) + off_rows
-    background, bkg_factor = _background(data, var, good, xcols, x_line, fwhm0, rows,
-                                         cfg)
+    background, bkg_factor, bkg_rms = _background(data, var, good, xcols, x_line, fwhm0,
+                                                  rows, cfg)
     sub = data - background
 
     # 4. chromatic PSF: bin fits on the subtracted data, smoothed in row
@@ -576,6 +579,7 @@ def extract_spectrum(
         aperture_flux_e=ap[finite], aperture_err_e=aperr[finite], psf_bins=psf_bins,
         background=background, cutout_origin=(c_lo, r_lo), config=cfg, binning=binning,
         flux_background_factor=(bkg_factor * gain[:, None])[finite],
+        background_rms=bkg_rms.astype(np.float32),
         instrument=disp.instrument.name, dispersion=disp, refraction=refraction)
 
 
@@ -710,11 +714,14 @@ def _slope_and_error(line: np.polynomial.Polynomial, t: np.ndarray, sig: np.ndar
 
 def _background(data: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.ndarray,
                 x_line: np.ndarray, fwhm: float, rows: np.ndarray, cfg: ExtractionConfig
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Side-band background model over the cutout (see the module notes, step 3), and a
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Side-band background model over the cutout (see the module notes, step 3), a
     factor ``G`` (rows × k) of the covariance of the model at the trace, ``G Gᵀ`` (e⁻² per
     pixel): the bands' polynomial coefficients are uncertain, and that error is smooth along
-    the trace — it moves broad spectral shapes, which no per-pixel error describes.
+    the trace — it moves broad spectral shapes, which no per-pixel error describes — and
+    the background's per-pixel RMS over the cutout (Spectractor's ``S_BGD_ER``, photutils'
+    ``background_rms``): each row's band pixels' noise from the VARIANCE plane, interpolated
+    across the cutout as the level is.
 
     Each row's band pixels are clipped around their median at ``background_clip_sigma``
     times their own noise (VARIANCE plane) and averaged; the row's error comes from the
@@ -728,7 +735,7 @@ def _background(data: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.n
     if outer - inner < 3:
         inner = max(outer - cfg.background_width_px, 2.0 * fwhm)
     sigma = np.sqrt(np.where(good, var, np.nan))
-    levels, centres, factors = [], [], []
+    levels, centres, factors, rms = [], [], [], []
     for side in (-1.0, 1.0):
         band = good & (side * dx >= inner) & (side * dx < outer)
         raw = np.where(band, data, np.nan)
@@ -747,16 +754,20 @@ def _background(data: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.n
             continue
         poly, keep = _poly_fit(rows, mean, err, cfg.background_degree, cfg.clip_sigma)
         levels.append(poly(rows))
+        side_rms = np.sqrt(np.sum(np.where(kept, var, 0.0), axis=1) / np.maximum(n, 1))
+        rms.append(np.where(n > 0, side_rms, float(np.median(side_rms[n > 0]))))
         centres.append(x_line + side * 0.5 * (inner + outer))
         factors.append(_poly_error_factor(poly, rows[keep], mean[keep], err[keep], rows))
     if not levels:
-        return np.zeros_like(data), np.zeros((rows.size, 0))
+        return np.zeros_like(data), np.zeros((rows.size, 0)), np.full(data.shape, np.nan)
     if len(levels) == 1:
-        return np.broadcast_to(levels[0][:, None], data.shape).copy(), factors[0]
+        return (np.broadcast_to(levels[0][:, None], data.shape).copy(), factors[0],
+                np.broadcast_to(rms[0][:, None], data.shape).copy())
     frac = (xcols[None, :] - centres[0][:, None]) / (centres[1] - centres[0])[:, None]
     f_trace = ((x_line - centres[0]) / (centres[1] - centres[0]))[:, None]
     factor = np.hstack([(1.0 - f_trace) * factors[0], f_trace * factors[1]])
-    return levels[0][:, None] + frac * (levels[1] - levels[0])[:, None], factor
+    return (levels[0][:, None] + frac * (levels[1] - levels[0])[:, None], factor,
+            rms[0][:, None] + np.clip(frac, 0.0, 1.0) * (rms[1] - rms[0])[:, None])
 
 
 def _poly_error_factor(poly: np.polynomial.Polynomial, t: np.ndarray, v: np.ndarray,

@@ -1,31 +1,35 @@
-"""Second-order contamination of an extracted first-order spectrum.
+"""Second- and third-order contamination of an extracted first-order spectrum.
 
 A disperser sends the light of λ into every order m at the distance ``u_m(λ)`` of its
 dispersion law (`atmospec.spectro.dispersers`). On LATISS the orders share one trace, so
-at a distance ``u`` from the zeroth order the first order of ``λ₁(u)`` and the second order
-of ``λ₂(u) ≈ λ₁(u)/2`` land on the same pixels; with the extraction range 350–1100 nm the
-second order appears from λ₁ ≈ 700 nm. Summed across the trace, the flux per pixel of
-distance is::
+at a distance ``u`` from the zeroth order the first order of ``λ₁(u)``, the second order
+of ``λ₂(u) ≈ λ₁(u)/2`` and the third of ``λ₃(u) ≈ λ₁(u)/3`` land on the same pixels; with
+the extraction range 350–1100 nm the second order appears from λ₁ ≈ 700 nm, the third from
+λ₁ ≈ 1050 nm. Summed across the trace, the flux per pixel of distance is::
 
-    F_obs(u) = F₁(λ₁) |dλ₁/du| + r₂₁(λ₂) F₁(λ₂) |dλ₂/du|
+    F_obs(u) = F₁(λ₁) |dλ₁/du| + Σ_{m=2,3} r_m1(λ_m) F₁(λ_m) |dλ_m/du|
 
-with F₁ the true first-order e⁻ per nm and r₂₁ the disperser's order-2/order-1 ratio
-(`Disperser.ratio_order_2over1`; the simulator and Spectractor draw order 2 as
-``r₂₁ · order 1``). Per nm of λ₁::
+with F₁ the true first-order e⁻ per nm, r₂₁ the disperser's order-2/order-1 ratio
+(`Disperser.ratio_order_2over1`) and r₃₁ = r₂₁ · r₃₂ (`Disperser.ratio_order_3over2`; the
+simulator and Spectractor draw order m as ``r_m1 · order 1``). Per nm of λ₁::
 
-    F_obs(λ₁) = F₁(λ₁) + r₂₁(λ₂) J(u) F₁(λ₂),      J = |dλ₂/du| / |dλ₁/du|  (≈ ½)
+    F_obs(λ₁) = F₁(λ₁) + Σ_m r_m1(λ_m) J_m(u) F₁(λ_m),   J_m = |dλ_m/du| / |dλ₁/du| (≈ 1/m)
 
-`correct_order2` solves this by a fixed point, ``F ← F_obs − r₂₁ J F(λ₂)``, with F at λ₂
-interpolated in the spectrum itself. Each step multiplies the error by ``r₂₁ J`` of the
-contaminating light (a few %), so it converges in a few steps; it is exact where λ₂ lies below
-the contamination onset (the blue part is uncontaminated) and, by recursion, everywhere.
+`correct_order2` solves this by a fixed point, ``F ← F_obs − Σ_m r_m1 J_m F(λ_m)``, with F at
+λ_m interpolated in the spectrum itself. Each step multiplies the error by the ``r J`` of the
+contaminating light (a few %), so it converges in a few steps; it is exact where λ_m lies
+below the contamination onset (the blue part is uncontaminated) and, by recursion,
+everywhere. Order 3 is modelled only for a disperser whose r₃₂ is given (holo4_003's
+``ratio_order_3over2.txt``); for the others (``Disperser.has_order3`` false) nothing about it
+is computed and the result is the order-2 one.
 
-Approximations: F₁(λ₂) is the *extracted* first-order spectrum, whose resolution in nm is
-about twice coarser than the second order's at λ₂ (same PSF in pixels, twice the dispersion),
-so the subtracted model is slightly smoother than the true contamination near strong lines;
-no light is assumed below the bluest extracted wavelength (the contamination from λ₂ below it
-is left in); the third order (r₃₂ · r₂₁ of λ/3) is not corrected; the transverse PSF width
-difference between the orders is ignored (fluxes summed across the trace do not depend on it).
+Approximations: F₁(λ_m) is the *extracted* first-order spectrum, whose resolution in nm is
+about m times coarser than order m's at λ_m (same PSF in pixels, m times the dispersion), so
+the subtracted model is slightly smoother than the true contamination near strong lines; no
+light is assumed below the bluest extracted wavelength (the contamination from λ_m below it
+is left in: with the default 350 nm, order 3's light of 300–350 nm, which lands at
+900–1050 nm, is not modelled); the transverse PSF width difference between the orders is
+ignored (fluxes summed across the trace do not depend on it).
 """
 
 from __future__ import annotations
@@ -43,10 +47,14 @@ from atmospec.spectro.spectrum import ImageExtension, Spectrum
 __all__ = ["Order2Correction", "correct_extraction", "correct_order2", "order2_image",
            "with_order2"]
 
+#: Contaminating orders a correction can model (order 3 where the disperser gives r₃₂).
+CONTAMINATING_ORDERS = (2, 3)
+
 
 @dataclass(frozen=True)
 class Order2Correction:
-    """Result of `correct_order2`; arrays run over the input samples."""
+    """Result of `correct_order2`; arrays run over the input samples. The ``order3_*``
+    arrays are zero (wavelengths NaN) where order 3 is not modelled."""
 
     distance_px: np.ndarray
     """Distance from the zeroth order along the dispersion axis, pixels (input)."""
@@ -68,33 +76,62 @@ class Order2Correction:
     order2_err_per_px: np.ndarray
     """Its one-sigma error (propagated from F₁(λ₂)), e⁻ per pixel."""
     flux_per_px: np.ndarray
-    """Corrected first-order flux, e⁻ per pixel."""
+    """Corrected first-order flux (orders 2 and 3 removed), e⁻ per pixel."""
     flux_err_per_px: np.ndarray
     """Its one-sigma error, e⁻ per pixel."""
     iterations: int
     """Fixed-point steps done."""
     gain: np.ndarray
-    """``r₂₁ J`` at each sample: contamination per nm of λ₁ per e⁻/nm at λ₂ (0 where
-    λ₂ is outside the spectrum)."""
+    """``r₂₁ J₂`` at each sample: order-2 contamination per nm of λ₁ per e⁻/nm at λ₂ (0
+    where λ₂ is outside the spectrum)."""
+    wavelength_order3_nm: np.ndarray
+    """Third-order wavelength λ₃ landing at each sample, nm (NaN where order 3 does not
+    exist or is not modelled)."""
+    ratio_3over1: np.ndarray
+    """r₃₁ = r₂₁(λ₃) r₃₂(λ₃) used at each sample (0 where λ₃ is outside the spectrum)."""
+    dlambda3_du: np.ndarray
+    """|dλ₃/du|, nm per pixel (0 where order 3 is not modelled)."""
+    order3_per_px: np.ndarray
+    """Third-order model, e⁻ per pixel: ``r₃₁(λ₃) F₁(λ₃) |dλ₃/du|``."""
+    order3_err_per_px: np.ndarray
+    """Its one-sigma error, e⁻ per pixel."""
+    gain3: np.ndarray
+    """``r₃₁ J₃`` at each sample (0 where order 3 is absent)."""
+
+    @property
+    def has_order3(self) -> bool:
+        """Whether any order-3 light was modelled on these samples."""
+        return bool(np.any(self.gain3 > 0))
 
     def operator(self) -> sparse.csr_array:
         """``K`` (samples × samples, input order): the contamination per nm of λ₁ is
-        ``K F₁`` with F₁ the first-order flux per nm — ``r₂₁ J`` times the linear
-        interpolation of F₁ at λ₂ that `correct_order2` uses (two entries per row)."""
+        ``K F₁`` with F₁ the first-order flux per nm — ``r_m1 J_m`` times the linear
+        interpolation of F₁ at λ_m that `correct_order2` uses (two entries per row and
+        contaminating order)."""
         lam1 = self.wavelength_nm
         n = lam1.size
         order = np.argsort(lam1)
         ls = lam1[order]
-        on = self.gain > 0
-        x = np.clip(np.where(on, self.wavelength_order2_nm, ls[0]), ls[0], ls[-1])
-        j = np.clip(np.searchsorted(ls, x, side="right") - 1, 0, max(n - 2, 0))
-        span = ls[np.minimum(j + 1, n - 1)] - ls[j]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w = np.where(span > 0, (x - ls[j]) / span, 0.0)
-        rows = np.repeat(np.flatnonzero(on), 2)
-        cols = np.stack([order[j[on]], order[np.minimum(j[on] + 1, n - 1)]], axis=1).ravel()
-        vals = (self.gain[on, None] * np.stack([1.0 - w[on], w[on]], axis=1)).ravel()
-        return sparse.csr_array((vals, (rows, cols)), shape=(n, n))
+        rows, cols, vals = [], [], []
+        for gain, lam_m in ((self.gain, self.wavelength_order2_nm),
+                            (self.gain3, self.wavelength_order3_nm)):
+            on = gain > 0
+            if not on.any():
+                continue
+            x = np.clip(np.where(on, lam_m, ls[0]), ls[0], ls[-1])
+            j = np.clip(np.searchsorted(ls, x, side="right") - 1, 0, max(n - 2, 0))
+            span = ls[np.minimum(j + 1, n - 1)] - ls[j]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = np.where(span > 0, (x - ls[j]) / span, 0.0)
+            rows.append(np.repeat(np.flatnonzero(on), 2))
+            cols.append(np.stack([order[j[on]], order[np.minimum(j[on] + 1, n - 1)]],
+                                 axis=1).ravel())
+            vals.append((gain[on, None] * np.stack([1.0 - w[on], w[on]], axis=1)).ravel())
+        if not rows:
+            return sparse.csr_array((n, n))
+        # duplicates (two orders on one sample) are summed by the constructor
+        return sparse.csr_array((np.concatenate(vals), (np.concatenate(rows),
+                                                        np.concatenate(cols))), shape=(n, n))
 
     @property
     def flux_per_nm(self) -> np.ndarray:
@@ -112,6 +149,11 @@ class Order2Correction:
         return self.order2_per_px / self.dlambda1_du
 
     @property
+    def order3_per_nm(self) -> np.ndarray:
+        """Third-order contamination per nm of λ₁."""
+        return self.order3_per_px / self.dlambda1_du
+
+    @property
     def order2_spectrum_per_nm(self) -> np.ndarray:
         """Second-order spectrum in e⁻ per nm of its own wavelength λ₂:
         ``r₂₁(λ₂) F₁(λ₂)``."""
@@ -119,8 +161,9 @@ class Order2Correction:
             return np.where(self.dlambda2_du > 0, self.order2_per_px / self.dlambda2_du, 0.0)
 
     def order2_extension(self) -> ImageExtension:
-        """Spectractor's ``ORDER2`` HDU: ``(3, N)`` λ₁ (increasing), the contamination in e⁻
-        per nm of λ₁, its error."""
+        """Spectractor's ``ORDER2`` HDU: ``(3, N)`` λ₁ (increasing), the order-2
+        contamination in e⁻ per nm of λ₁, its error (order 3, when modelled, is not in it:
+        ``ORD3CORR`` in the header says it was removed too)."""
         idx = np.argsort(self.wavelength_nm)
         data = np.stack([self.wavelength_nm[idx], self.order2_per_nm[idx],
                          (self.order2_err_per_px / self.dlambda1_du)[idx]])
@@ -132,6 +175,22 @@ class Order2Correction:
 
 def _abs_derivative(law, u: np.ndarray, h: float = 0.5) -> np.ndarray:
     return np.abs(law(u + h) - law(u - h)) / (2.0 * h)
+
+
+@dataclass(frozen=True)
+class _Contaminant:
+    """One contaminating order at the samples: its wavelength, |dλ/du| and ``r J``."""
+
+    wavelength_nm: np.ndarray
+    dlambda_du: np.ndarray
+    ratio: np.ndarray
+    gain: np.ndarray
+    inside: np.ndarray
+
+    @classmethod
+    def absent(cls, n: int) -> _Contaminant:
+        z = np.zeros(n)
+        return cls(np.full(n, np.nan), z, z, z, np.zeros(n, dtype=bool))
 
 
 def correct_order2(
@@ -147,8 +206,10 @@ def correct_order2(
     binning: int = 1,
     iterations: int = 6,
     order2_distance_px: np.ndarray | None = None,
+    order3_distance_px: np.ndarray | None = None,
+    max_order: int = 3,
 ) -> Order2Correction:
-    """Remove the second order of λ/2 from a first-order spectrum.
+    """Remove the second order of λ/2 (and the third of λ/3) from a first-order spectrum.
 
     Parameters
     ----------
@@ -161,20 +222,25 @@ def correct_order2(
     flux_err : array_like
         Its one-sigma error, same unit.
     disperser : str or Disperser
-        ``GRATING`` name or a loaded `Disperser` (law and r₂₁).
+        ``GRATING`` name or a loaded `Disperser` (law, r₂₁ and r₃₂).
     d2ccd_mm, pixel_mm, theta0, at, binning
         Dispersion-law parameters, as `Disperser.wavelength_nm`.
     iterations : int
-        Fixed-point steps.
-    order2_distance_px : array_like, optional
-        The distances the order-2 law sees at the same samples, when they differ from
-        ``distance_px`` (the atmosphere refracts λ/2 more than λ:
+        Fixed-point steps (a bound: the loop stops earlier once a step changes nothing).
+    order2_distance_px, order3_distance_px : array_like, optional
+        The distances the order-2 and order-3 laws see at the same samples, when they differ
+        from ``distance_px`` (the atmosphere refracts λ/2 and λ/3 more than λ:
         `correct_extraction`); None: ``distance_px``.
+    max_order : int
+        Highest contaminating order modelled: 3 (order 3 where the disperser gives r₃₂,
+        `Disperser.has_order3`) or 2.
 
     Returns
     -------
     Order2Correction
     """
+    if max_order not in (2, 3):
+        raise ValueError(f"max_order must be 2 or 3, not {max_order}")
     disp = disperser if isinstance(disperser, Disperser) else load_disperser(disperser)
     u = np.asarray(distance_px, dtype=np.float64)
     obs = np.asarray(flux_e_per_px, dtype=np.float64)
@@ -184,40 +250,57 @@ def correct_order2(
         return lambda d: disp.wavelength_nm(d, m, d2ccd_mm, pixel_mm, theta0, at=at,
                                             binning=binning)
 
-    u2 = u if order2_distance_px is None else np.asarray(order2_distance_px, dtype=np.float64)
     lam1 = law(1)(u)
-    lam2 = law(2)(u2)
     d1 = _abs_derivative(law(1), u)
-    d2 = _abs_derivative(law(2), u2)
     obs_nm = obs / d1
     err_nm = err / d1
     order = np.argsort(lam1)
     ls = lam1[order]
     lo, hi = ls[0], ls[-1]
-    inside = np.isfinite(lam2) & (lam2 >= lo) & (lam2 <= hi)
-    ratio = np.where(inside, disp.ratio_order_2over1(np.where(inside, lam2, lo)), 0.0)
-    ratio = np.clip(ratio, 0.0, None)
-    gain = ratio * d2 / d1  # r₂₁ J: contamination per nm of λ₁ per e⁻/nm at λ₂
-    lam2_safe = np.where(inside, lam2, lo)
+
+    def contaminant(m: int, um: np.ndarray | None) -> _Contaminant:
+        um = u if um is None else np.asarray(um, dtype=np.float64)
+        lam = law(m)(um)
+        inside = np.isfinite(lam) & (lam >= lo) & (lam <= hi)
+        safe = np.where(inside, lam, lo)
+        ratio = disp.ratio_order_2over1(safe)
+        if m == 3:
+            ratio = ratio * disp.ratio_order_3over2(safe)
+        ratio = np.clip(np.where(inside, ratio, 0.0), 0.0, None)
+        dm = _abs_derivative(law(m), um)
+        return _Contaminant(lam, dm, ratio, ratio * dm / d1, inside)
+
+    c2 = contaminant(2, order2_distance_px)
+    c3 = (contaminant(3, order3_distance_px) if max_order >= 3 and disp.has_order3
+          else _Contaminant.absent(u.size))
+    zero = np.zeros_like(obs_nm)
+
+    def contamination(c: _Contaminant, f_sorted: np.ndarray) -> np.ndarray:
+        if not c.inside.any():
+            return zero
+        return c.gain * np.interp(np.where(c.inside, c.wavelength_nm, lo), ls, f_sorted)
 
     f = obs_nm.copy()
     n_done = 0
     for _ in range(max(int(iterations), 1)):
-        f_new = obs_nm - gain * np.interp(lam2_safe, ls, f[order])
+        f_new = obs_nm - contamination(c2, f[order]) - contamination(c3, f[order])
         change = np.nanmax(np.abs(f_new - f)) if f.size else 0.0
         f = f_new
         n_done += 1
         if change <= 1e-9 * max(float(np.nanmax(np.abs(obs_nm))), 1e-300):
             break
-    contam_nm = gain * np.interp(lam2_safe, ls, f[order])
-    contam_err_nm = gain * np.interp(lam2_safe, ls, err_nm[order])
-    corr_err_nm = np.sqrt(err_nm**2 + contam_err_nm**2)
+    contam2, contam3 = contamination(c2, f[order]), contamination(c3, f[order])
+    contam2_err = contamination(c2, err_nm[order])
+    contam3_err = contamination(c3, err_nm[order])
+    corr_err_nm = np.sqrt(err_nm**2 + contam2_err**2 + contam3_err**2)
     return Order2Correction(
-        distance_px=u, wavelength_nm=lam1, wavelength_order2_nm=lam2, ratio_2over1=ratio,
-        dlambda1_du=d1, dlambda2_du=d2, observed_per_px=obs,
-        order2_per_px=contam_nm * d1, order2_err_per_px=contam_err_nm * d1,
+        distance_px=u, wavelength_nm=lam1, wavelength_order2_nm=c2.wavelength_nm,
+        ratio_2over1=c2.ratio, dlambda1_du=d1, dlambda2_du=c2.dlambda_du, observed_per_px=obs,
+        order2_per_px=contam2 * d1, order2_err_per_px=contam2_err * d1,
         flux_per_px=f * d1, flux_err_per_px=corr_err_nm * d1, iterations=n_done,
-        gain=gain)
+        gain=c2.gain, wavelength_order3_nm=c3.wavelength_nm, ratio_3over1=c3.ratio,
+        dlambda3_du=c3.dlambda_du, order3_per_px=contam3 * d1,
+        order3_err_per_px=contam3_err * d1, gain3=c3.gain)
 
 
 def correct_extraction(result, disperser: str | Disperser | None = None,
@@ -226,7 +309,10 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
 
     The distance of each row is measured along the fitted trace as the extraction does; the
     per-row flux is converted to e⁻ per pixel of distance through the extraction's own
-    e⁻/nm, so ``flux_per_nm`` is directly comparable with ``result.flux_per_nm``.
+    e⁻/nm, so ``flux_per_nm`` is directly comparable with ``result.flux_per_nm``. With
+    refraction each contaminating order is placed with its own: its light at a row is λ/m,
+    refracted more than λ. ``kwargs`` go to `correct_order2` (``max_order``,
+    ``iterations``).
     """
     disp = disperser if isinstance(disperser, Disperser) else load_disperser(
         disperser or result.disperser, result.instrument)
@@ -237,21 +323,32 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
     d1 = _abs_derivative(
         lambda d: disp.wavelength_nm(d, result.order, result.d2ccd_mm, pixel_mm,
                                      result.theta0_rad, **at), u)
-    u2 = None
+    distances = {}
     if result.refraction is not None:
-        # Order 2's light at a row is λ₂ ≈ λ/2, refracted by its own amount: its law
-        # sees the measured distance minus the refraction at λ₂.
-        lam2 = solve_wavelength(
-            lambda d: disp.wavelength_nm(d, 2 * result.order, result.d2ccd_mm, pixel_mm,
-                                         result.theta0_rad, **at),
-            result.measured_distance_px - result.pixel_shift, result.refraction,
-            result.angle_deg)
-        ok = np.isfinite(lam2)
-        u2 = u + result.refraction.along_px(result.wavelength_nm, result.angle_deg)
-        u2[ok] -= result.refraction.along_px(lam2[ok], result.angle_deg)
+        for m in CONTAMINATING_ORDERS:
+            if m == 3 and (kwargs.get("max_order", 3) < 3 or not disp.has_order3):
+                continue
+            distances[f"order{m}_distance_px"] = _refracted_distance(result, disp, m, u,
+                                                                     pixel_mm, at)
     return correct_order2(u, result.flux_per_nm * d1, result.flux_per_nm_err * d1, disp,
                           result.d2ccd_mm, pixel_mm, result.theta0_rad, **at, **kwargs,
-                          order2_distance_px=u2)
+                          **distances)
+
+
+def _refracted_distance(result, disp: Disperser, m: int, u: np.ndarray, pixel_mm: float,
+                        at: dict) -> np.ndarray:
+    """The distance order ``m``'s law sees at each row: order m's light there is λ_m ≈
+    λ/m, refracted by its own amount, so its law sees the measured distance minus the
+    refraction at λ_m."""
+    lam_m = solve_wavelength(
+        lambda d: disp.wavelength_nm(d, m * result.order, result.d2ccd_mm, pixel_mm,
+                                     result.theta0_rad, **at),
+        result.measured_distance_px - result.pixel_shift, result.refraction,
+        result.angle_deg)
+    ok = np.isfinite(lam_m)
+    um = u + result.refraction.along_px(result.wavelength_nm, result.angle_deg)
+    um[ok] -= result.refraction.along_px(lam_m[ok], result.angle_deg)
+    return um
 
 
 def with_order2(spectrum: Spectrum, correction: Order2Correction,
@@ -260,8 +357,8 @@ def with_order2(spectrum: Spectrum, correction: Order2Correction,
     ``ORDER2`` extension and the contamination's error propagated into the covariance.
 
     ``subtract=True`` replaces the flux by the corrected one (a 1D extraction, which
-    contains the order-2 light); ``False`` keeps the flux (a forward model that already
-    modelled the order-2 light, `order2_image`).
+    contains the order-2 and order-3 light); ``False`` keeps the flux (a forward model that
+    already modelled that light, `order2_image`).
 
     The contamination is a linear map ``K`` of the spectrum's own blue part
     (`Order2Correction.operator`), so its error is not independent of the first-order
@@ -293,13 +390,14 @@ def with_order2(spectrum: Spectrum, correction: Order2Correction,
     hdr = spectrum.header.copy()
     hdr["ORD2CORR"] = (True, "order-2 contamination subtracted" if subtract
                        else "order-2 light modelled in the 2D fit")
+    hdr["ORD3CORR"] = (correction.has_order3, "order-3 light (r32 table) modelled too")
     return replace(spectrum, wavelength=correction.wavelength_nm[idx], flux=flux, flux_err=err,
                    covariance=cov, order2=correction.order2_extension(), header=hdr)
 
 
 def _inverse_of_identity_plus(k: sparse.csr_array, max_terms: int = 16) -> sparse.csr_array:
-    """``(I + K)⁻¹ = I − K + K² − …`` for a contamination operator: K maps λ to λ/2, so its
-    powers vanish once λ/2ⁿ leaves the spectrum (K² = 0 for 350–1100 nm)."""
+    """``(I + K)⁻¹ = I − K + K² − …`` for a contamination operator: K maps λ to λ/2 and λ/3,
+    so its powers vanish once λ/2ⁿ leaves the spectrum (K² = 0 for 350–1100 nm)."""
     out = sparse.eye_array(k.shape[0], format="csr")
     term = out
     for _ in range(max_terms):
@@ -313,14 +411,15 @@ def _inverse_of_identity_plus(k: sparse.csr_array, max_terms: int = 16) -> spars
 
 def order2_image(result, correction: Order2Correction, support_fwhm: float = 3.0
                  ) -> np.ndarray:
-    """The second-order light on the extraction cutout, e⁻ per pixel.
+    """The second- and third-order light on the extraction cutout, e⁻ per pixel.
 
-    Each row's contamination (``correction``, from `correct_extraction`) is drawn as a
-    normalised circular 2D Moffat centred on the trace (order 2 of λ/2 lands where order 1
-    of λ does) with the PSF of its own wavelength λ₂ — read from the extraction's PSF at the
-    row where the first order has λ₂ — truncated at ``support_fwhm`` FWHM. A forward model
-    given ``background + order2_image`` then fits the first order alone, with the first
-    order's PSF where half of the light is order 2 (holo4_003 and HoloAmAg beyond ~850 nm).
+    Each row's contamination of order m (``correction``, from `correct_extraction`) is drawn
+    as a normalised circular 2D Moffat centred on the trace (order m of λ/m lands where
+    order 1 of λ does, refracted by its own amount across) with the PSF of its own
+    wavelength λ_m — read from the extraction's PSF at the row where the first order has
+    λ_m — truncated at ``support_fwhm`` FWHM. A forward model given ``background +
+    order2_image`` then fits the first order alone, with the first order's PSF where half
+    of the light is order 2 (holo4_003 and HoloAmAg beyond ~850 nm).
 
     Parameters
     ----------
@@ -336,23 +435,32 @@ def order2_image(result, correction: Order2Correction, support_fwhm: float = 3.0
     numpy.ndarray
         Image of ``result.background``'s shape.
     """
-    ny, nx = result.background.shape
+    image = np.zeros(result.background.shape)
+    for per_px, lam_m in ((correction.order2_per_px, correction.wavelength_order2_nm),
+                          (correction.order3_per_px, correction.wavelength_order3_nm)):
+        per_row = per_px * result.dlambda_drow / correction.dlambda1_du
+        _draw_order(image, result, per_row, lam_m, support_fwhm)
+    return image
+
+
+def _draw_order(image: np.ndarray, result, per_row: np.ndarray, lam_m: np.ndarray,
+                support_fwhm: float) -> None:
+    """Add one contaminating order's light (e⁻ per row, at wavelengths ``lam_m``) to
+    ``image`` (`order2_image`)."""
+    ny, nx = image.shape
     c0, r0 = result.cutout_origin
-    image = np.zeros((ny, nx))
-    per_row = correction.order2_per_px * result.dlambda_drow / correction.dlambda1_du
-    lam2 = correction.wavelength_order2_nm
-    on = np.isfinite(per_row) & (per_row > 0) & np.isfinite(lam2)
+    on = np.isfinite(per_row) & (per_row > 0) & np.isfinite(lam_m)
     if not on.any():
-        return image
+        return
     order = np.argsort(result.wavelength_nm)
     lam_sorted = result.wavelength_nm[order]
-    gamma = np.interp(lam2[on], lam_sorted, result.gamma[order])
-    beta = np.interp(lam2[on], lam_sorted, result.alpha[order]) + 0.5
+    gamma = np.interp(lam_m[on], lam_sorted, result.gamma[order])
+    beta = np.interp(lam_m[on], lam_sorted, result.alpha[order]) + 0.5
     flux = per_row[on]
     xc = result.x_trace[on] - c0
     if result.refraction is not None:
-        # Order 2's light is λ₂: its refraction bends it by its own amount across.
-        xc = xc + (result.refraction.trace_offsets(lam2[on], result.angle_deg)
+        # Order m's light is λ_m: its refraction bends it by its own amount across.
+        xc = xc + (result.refraction.trace_offsets(lam_m[on], result.angle_deg)
                    - result.trace_offset_px[on])
     rc = np.rint(result.rows[on] - r0).astype(int)
     fwhm = 2.0 * gamma * np.sqrt(2.0 ** (1.0 / beta) - 1.0)
@@ -366,4 +474,3 @@ def order2_image(result, correction: Order2Correction, support_fwhm: float = 3.0
         stamp = norm[ok, None] * (1.0 + r2 / gamma[ok, None] ** 2) ** (-beta[ok, None])
         stamp[r2 > (support_fwhm * fwhm[ok, None]) ** 2] = 0.0
         image[target[ok]] += stamp  # one source per row: the target rows are distinct
-    return image

@@ -31,6 +31,16 @@ How it works:
    BAD, SAT, SUSPECT, CR, INTRP, NO_DATA and EDGE pixels (and pixels above
    ``saturation_e``) are left out, so a saturated core is centred by its unsaturated wings.
    Outliers beyond ``clip_nsigma`` are dropped and the fit repeated once.
+7. **Differential refraction.** At high airmass the zeroth order, made of every wavelength,
+   is smeared towards the zenith (blue light refracted more: ~3″ between 350 and 1100 nm at
+   airmass 2, a few LATISS pixels of flux-weighted spread). Given the exposure's
+   `atmospec.spectro.adr.TraceRefraction`, the shape test forgives the elongation the smear
+   gives along the zenith (the moments along it are deconvolved by the smear's variance,
+   never below the moment across it), and the position is the flux centroid (first
+   moments in an aperture, re-centred until it stops moving), not the Moffat's peak, which
+   sits ~1 px from it on the red side: the centroid is what the ADR model of the trace
+   refers to (`atmospec.spectro.adr.zeroth_order_reference_nm`). A saturated or masked core
+   keeps the Moffat fit of its wings.
 
 The nominal positions and the sky parity are in the instrument profile
 (`atmospec.camera.spectrograph.load_instrument`).
@@ -56,6 +66,7 @@ from atmospec.camera.translator import ObservationInfo, translate_header
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import write_text_atomic
+from atmospec.spectro.adr import TraceRefraction
 from atmospec.stats import robust_sigma
 
 __all__ = [
@@ -64,6 +75,7 @@ __all__ = [
     "centroid_record",
     "find_zeroth_order",
     "write_centroid",
+    "zeroth_order_cutout",
     "zeroth_order_prior",
 ]
 
@@ -133,7 +145,7 @@ def _pointing_offset_px(info: ObservationInfo, camera: Camera, profile: Instrume
     dra = ((ra_t - info.ra + 180.0) % 360.0) - 180.0
     xi = dra * math.cos(math.radians(info.dec)) * 3600.0  # arcsec towards East
     eta = (dec_t - info.dec) * 3600.0  # arcsec towards North
-    dx, dy = profile.sky_to_image(xi, eta, info.rotation_angle or 0.0)
+    dx, dy = profile.sky_to_image(xi, eta, profile.rotation_angle(info.rotation_angle) or 0.0)
     return float(dx) / camera.plate_scale, float(dy) / camera.plate_scale
 
 
@@ -179,6 +191,12 @@ class ZerothOrderConfig:
     excluded_planes: tuple[str, ...] = ("BAD", "SAT", "SUSPECT", "CR", "INTRP", "NO_DATA",
                                         "EDGE")
     """Mask planes left out of the fit."""
+    adr_centroid_radius_fwhm: float = 3.0
+    """With refraction, radius of the flux-centroid aperture in fitted FWHM (plus three
+    smear sigmas): the Moffat (β ≈ 3) wings beyond 3 FWHM hold 0.2 % of the light."""
+    adr_centroid_iterations: int = 8
+    """With refraction, most re-centrings of the flux-centroid aperture (it stops once a
+    step moves it by less than 10⁻³ px; without convergence the last position is kept)."""
     clip_nsigma: float = 6.0
     """Pixels whose fit residual exceeds this many sigmas are dropped and the fit repeated."""
     warn_distance_px: float = 100.0
@@ -206,7 +224,8 @@ class ZerothOrderResult:
     saturated: bool
     """True when the core had saturated pixels (the centroid comes from the wings)."""
     method: str
-    """``moffat_fit``, ``moffat_fit_masked_core`` or ``moments`` (when the fit failed)."""
+    """``moffat_fit``, ``moffat_fit_masked_core``, ``flux_centroid`` (a refraction-smeared
+    zeroth order) or ``moments`` (when the fit failed)."""
     prior_x: float
     """Column of the prior."""
     prior_y: float
@@ -249,6 +268,7 @@ def find_zeroth_order(
     prior: tuple[float, float] | None = None,
     *,
     source: str | Path | None = None,
+    refraction: TraceRefraction | None = None,
 ) -> ZerothOrderResult:
     """Find the target's zeroth order on a dispersed post-ISR exposure.
 
@@ -262,6 +282,10 @@ def find_zeroth_order(
         Expected ``(x, y)``; by default `zeroth_order_prior` of the exposure's header.
     source : str or path, optional
         Name used in error messages; by default the header's ``OBSID``.
+    refraction : TraceRefraction, optional
+        The exposure's differential refraction in this image's frame and plate scale
+        (`atmospec.spectro.adr.refraction_from_header`): the zeroth order is then expected
+        smeared towards the zenith, and its flux centroid is measured (step 7 above).
 
     Returns
     -------
@@ -294,8 +318,9 @@ def find_zeroth_order(
     if cfg.saturation_e is not None:
         sat = sat | (image >= cfg.saturation_e)
     fwhm = cfg.fwhm_guess_px * scale
+    smear = _smear(refraction, cfg.instrument)
     shape_cfg = _ShapeLimits(cfg.min_peak_snr, cfg.min_sigma_px * scale, cfg.max_sigma_px * scale,
-                             cfg.max_elongation, cfg.shape_level)
+                             cfg.max_elongation, cfg.shape_level, smear)
 
     radius = cfg.search_radius_px * scale
     cands = _detect(image, bad, (px, py), radius, fwhm, cfg, binning=1)
@@ -329,6 +354,14 @@ def find_zeroth_order(
     else:
         x, y, x_err, y_err, flux, fit_fwhm = fit
         method = "moffat_fit_masked_core" if best.n_sat else "moffat_fit"
+        if smear is not None and not best.n_sat:
+            centred = _flux_centroid(exposure, sat, x, y, fit_fwhm, smear, cfg)
+            if centred is None:
+                warnings.append("refraction-smeared zeroth order with masked pixels: the "
+                                "Moffat peak is kept, not the flux centroid")
+            else:
+                x, y, x_err, y_err = centred
+                method = "flux_centroid"
     distance = math.hypot(x - px, y - py)
     if distance > cfg.warn_distance_px * scale:
         warnings.append(f"zeroth order {distance:.0f} px from the expected position "
@@ -353,12 +386,46 @@ def _info(header: Any) -> ObservationInfo | None:
 
 
 @dataclass(frozen=True)
+class _Smear:
+    """The zeroth order's spread by differential refraction: its variance along the zenith."""
+
+    variance_px2: float
+    """Flux-weighted variance of the wavelengths' positions along the zenith, px²."""
+    direction: tuple[float, float]
+    """Unit vector towards the zenith in the image."""
+
+
+#: Wavelengths of the zeroth order's smear (`_smear`), nm: LATISS's sensitive range.
+_SMEAR_NM = np.arange(350.0, 1101.0, 5.0)
+
+
+def _smear(refraction: TraceRefraction | None, instrument: str) -> _Smear | None:
+    """The smear of a zeroth order under ``refraction``, or None (none, or no airmass).
+
+    Its light per nm is taken as the instrument's throughput times λ (photons of a flat
+    F_λ): the variance only sets how much elongation the shape test forgives, and the
+    position is the measured flux centroid, whatever the star's colour.
+    """
+    if refraction is None or refraction.airmass <= 1.0 + 1e-9:
+        return None
+    weights = np.asarray(load_instrument(instrument).throughput(_SMEAR_NM),
+                         dtype=np.float64) * _SMEAR_NM
+    dx, dy = refraction.shift_px(_SMEAR_NM)
+    phi = math.radians(refraction.zenith_angle_deg)
+    offsets = dx * math.cos(phi) + dy * math.sin(phi)  # towards the zenith, px
+    mean = float(np.sum(weights * offsets) / np.sum(weights))
+    var = float(np.sum(weights * (offsets - mean) ** 2) / np.sum(weights))
+    return _Smear(var, (math.cos(phi), math.sin(phi)))
+
+
+@dataclass(frozen=True)
 class _ShapeLimits:
     min_snr: float
     min_sigma: float
     max_sigma: float
     max_elongation: float
     level: float
+    smear: _Smear | None = None
 
 
 def _detect(image: np.ndarray, bad: np.ndarray, centre: tuple[float, float] | None,
@@ -510,6 +577,8 @@ def _measure(image: np.ndarray, bad: np.ndarray, sat: np.ndarray, x: float, y: f
     ixx = float((w * dx * dx).sum() / tot)
     iyy = float((w * dy * dy).sum() / tot)
     ixy = float((w * dx * dy).sum() / tot)
+    if limits.smear is not None:
+        ixx, iyy, ixy = _deconvolved(ixx, iyy, ixy, limits.smear)
     tr, det = ixx + iyy, ixx * iyy - ixy * ixy
     disc = math.sqrt(max(tr * tr / 4.0 - det, 0.0))
     lam1, lam2 = tr / 2.0 + disc, max(tr / 2.0 - disc, 0.0)
@@ -519,6 +588,65 @@ def _measure(image: np.ndarray, bad: np.ndarray, sat: np.ndarray, x: float, y: f
     in_ap = (np.hypot(xx - mx, yy - my) <= ap) & ~unusable
     flux = float(np.where(in_ap, v, 0.0).sum())
     return _Candidate(mx, my, flux, math.sqrt(lam1), math.sqrt(lam2), n_sat, sat_radius)
+
+
+def _deconvolved(ixx: float, iyy: float, ixy: float, smear: _Smear
+                 ) -> tuple[float, float, float]:
+    """Second moments with the refraction smear's variance taken off along the zenith, never
+    below the moment across it: the smear forgives elongation along the zenith only."""
+    cz, sz = smear.direction
+    m_zz = cz * cz * ixx + 2.0 * cz * sz * ixy + sz * sz * iyy
+    m_pp = sz * sz * ixx - 2.0 * cz * sz * ixy + cz * cz * iyy
+    m_zp = cz * sz * (iyy - ixx) + (cz * cz - sz * sz) * ixy
+    m_zz = max(m_zz - smear.variance_px2, min(m_pp, m_zz))
+    # back to x, y: M = R diag-ish R^T with R = [[cz, -sz], [sz, cz]]
+    return (cz * cz * m_zz - 2.0 * cz * sz * m_zp + sz * sz * m_pp,
+            sz * sz * m_zz + 2.0 * cz * sz * m_zp + cz * cz * m_pp,
+            cz * sz * (m_zz - m_pp) + (cz * cz - sz * sz) * m_zp)
+
+
+def _flux_centroid(exposure: Exposure, sat: np.ndarray, x: float, y: float, fwhm: float,
+                   smear: _Smear, cfg: ZerothOrderConfig
+                   ) -> tuple[float, float, float, float] | None:
+    """First moments of the background-subtracted light in a circular aperture re-centred
+    on them, and their errors from the variance plane; None when a masked or saturated
+    pixel is in the aperture (its light would be missing from one side)."""
+    image = exposure.image
+    ny, nx = image.shape
+    radius = cfg.adr_centroid_radius_fwhm * fwhm + 3.0 * math.sqrt(smear.variance_px2)
+    h = math.ceil(1.5 * radius) + 1
+    bits = exposure.bitmask(*cfg.excluded_planes)
+    cx, cy = x, y
+    out = None
+    for _ in range(max(int(cfg.adr_centroid_iterations), 1)):
+        ix, iy = round(cx), round(cy)
+        if ix - h < 0 or iy - h < 0 or ix + h >= nx or iy + h >= ny:
+            return None  # the aperture and its sky ring must lie on the image
+        ys, xs = slice(iy - h, iy + h + 1), slice(ix - h, ix + h + 1)
+        data = image[ys, xs].astype(np.float64)
+        yy, xx = np.mgrid[ys, xs]
+        rr = np.hypot(xx - cx, yy - cy)
+        unusable = ((exposure.mask[ys, xs] & bits) != 0) | sat[ys, xs] | ~np.isfinite(data)
+        inside = rr <= radius
+        if unusable[inside].any():
+            return None
+        ring = (rr > radius) & (rr <= 1.5 * radius) & ~unusable
+        if ring.sum() < 20:
+            return None
+        v = data - float(np.median(data[ring]))
+        w = np.where(inside, v, 0.0)
+        total = float(w.sum())
+        if not total > 0:
+            return None
+        nxc, nyc = float((w * xx).sum() / total), float((w * yy).sum() / total)
+        var = np.where(inside, exposure.variance[ys, xs].astype(np.float64), 0.0)
+        out = (nxc, nyc, math.sqrt(float((var * (xx - nxc) ** 2).sum())) / total,
+               math.sqrt(float((var * (yy - nyc) ** 2).sum())) / total)
+        moved = math.hypot(nxc - cx, nyc - cy)
+        cx, cy = nxc, nyc
+        if moved < 1e-3:
+            break
+    return out
 
 
 #: Range of ln α (α from 0.02 to 3000 px) and of ln(β − 1) (β up to ~150) the Moffat is
@@ -656,6 +784,50 @@ def _fwhm(params: np.ndarray) -> float:
     """FWHM of the Moffat of `_moffat` parameters."""
     alpha, beta = math.exp(params[3]), 1.0 + math.exp(params[4])
     return 2.0 * alpha * math.sqrt(2.0 ** (1.0 / beta) - 1.0)
+
+
+# --------------------------------------------------------------------------- cutout
+
+
+def zeroth_order_cutout(image: np.ndarray, usable: np.ndarray, x: float, y: float,
+                        half_size: int) -> tuple[np.ndarray, float, float, float]:
+    """The background-subtracted image around the zeroth order (Spectractor's ``ORDER0``).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        The image (e⁻).
+    usable : numpy.ndarray
+        Pixels that may set the background level (not masked, finite).
+    x, y : float
+        The zeroth order, 0-based pixel centres.
+    half_size : int
+        Half-size of the square cutout, pixels (cut at the image's edges, as Spectractor's).
+
+    Returns
+    -------
+    cutout : numpy.ndarray
+        float64, the image minus the background level, every pixel as it is (a saturated
+        core too, as Spectractor's target image; non-finite pixels stay NaN).
+    x0, y0 : float
+        The zeroth order in the cutout (Spectractor's ``IM_X0``, ``IM_Y0``).
+    level : float
+        The background level subtracted: the median of the usable pixels of the cutout's
+        outer ring (beyond 80 % of ``half_size``), else of all its usable pixels.
+    """
+    ny, nx = image.shape
+    h = max(int(half_size), 1)
+    ix, iy = round(x), round(y)
+    xs = slice(max(ix - h, 0), min(ix + h, nx))
+    ys = slice(max(iy - h, 0), min(iy + h, ny))
+    data = np.asarray(image[ys, xs], dtype=np.float64)
+    ok = np.asarray(usable[ys, xs], dtype=bool) & np.isfinite(data)
+    if not ok.any():
+        raise ValueError(f"no usable pixel around the zeroth order ({x:.1f}, {y:.1f})")
+    yy, xx = np.mgrid[ys, xs]
+    ring = ok & (np.hypot(xx - x, yy - y) > 0.8 * h)
+    level = float(np.median(data[ring] if ring.sum() >= 20 else data[ok]))
+    return data - level, x - xs.start, y - ys.start, level
 
 
 # --------------------------------------------------------------------------- output
