@@ -88,7 +88,7 @@ from atmospec.camera.raw import RawFrame, read_raw
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import AmpGains
+from atmospec.isr.gain import AmpGains, nominal_gains
 from atmospec.isr.overscan import OverscanConfig
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,9 @@ class EoRunConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     """cp_verify's per-exposure tests of the biases and darks re-processed with the run's
     masters (tolerances)."""
+    verify_frames: bool = True
+    """Run those tests (``verify_bias_pass``, ``verify_dark_pass``); off, a run of biases
+    only needs no master bias, a third of its cost (a focal plane's read noise)."""
 
 
 def photodiode_linearity(ptc: Ptc, flats: Iterable[Path], camera: Camera,
@@ -484,9 +487,9 @@ class DetectorEo:
 
     figures: Table
     """One row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then `EO_RUN_COLUMNS`."""
-    defects: DefectMaps
+    defects: DefectMaps | None
     """The defects by the camera team's definitions (bright and dark pixels and columns),
-    whose counts and fraction are in the table."""
+    whose counts and fraction are in the table; None without darks and flats."""
     tables: Mapping[str, Table] = field(default_factory=dict)
     """The detector's further tables, by name: ``bias_stability`` (per frame and amp),
     ``bias_shifts`` (one row per shift), ``amp_correlation`` (16 × 16), ``cti_vs_signal``
@@ -634,10 +637,13 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     Raises
     ------
     BadInputError
-        A role without frames, a bad raw, too few frames for a product.
+        A role without frames (biases only are a run: `_bias_only_figures`), a bad raw,
+        too few frames for a product.
     """
     config = config or EoRunConfig()
     p = BOT_PATTERNS
+    if not (frames.flat_pairs or frames.dark or frames.sflat_high or frames.sflat_low):
+        return _bias_only_figures(frames, camera, workdir, config)
     pairs = _require(frames, "flat_pairs", p["flat_pairs"])
     biases = _require(frames, "bias", p["bias"])
     darks = _require(frames, "dark", p["dark"])
@@ -658,7 +664,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     lap("dark")
     verification = _FrameVerification(camera, ptc.gains(camera), bias.exposure,
                                        master.overscan, config.verify)
-    verification.darks(darks, dark.exposure)
+    if config.verify_frames:
+        verification.darks(darks, dark.exposure)
     lap("verify_darks")
     flat_config = replace(FlatConfig(), min_inputs=min(config.min_master_inputs, len(sflats)),
                           verify=False)
@@ -671,7 +678,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
 
     def per_bias(raw: RawFrame) -> None:
         sequence_add(raw)
-        verify_bias(raw)
+        if config.verify_frames:
+            verify_bias(raw)
 
     table = eo_figures(noise_frames, (), dark_master=dark.exposure,
                        flat_master=sflat.exposure, ptc=ptc, config=config.eo, camera=camera,
@@ -738,3 +746,70 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return DetectorEo(table, maps, tables)
+
+
+#: Figures of `atmospec.calib.eo.eo_figures` a BOT run never measures: its EPER on any
+#: flats and its linearity against exposure time give way to the superflats' EPER and the
+#: photodiode's linearity (`EO_RUN_COLUMNS`).
+_NOT_RUN_FIGURES = ("cti_serial", "cti_parallel", "linearity_residual")
+
+
+def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
+                       config: EoRunConfig) -> DetectorEo:
+    """What biases alone support: read and total noise, bias stability, shifts and amp
+    correlations, and cp_verify's tests of each bias against the master of the others.
+
+    Without flat pairs there is no PTC: the noises are converted to e⁻ with the camera
+    description's nominal gains (``meta["GAIN_SOURCE"]`` says so) and the ``gain`` column
+    is NaN, as is every figure that needs darks or flats; ``meta["NOT_MEASURED"]`` names
+    those, for the verdicts (`atmospec.calib.eo_specs.verdict_table`). A single bias gives
+    no master: no frame verification then (nor with ``config.verify_frames`` off).
+    """
+    biases = _require(frames, "bias", BOT_PATTERNS["bias"])
+    noise_frames = frames.read_noise or biases
+    clock = _Clock()
+    gains = nominal_gains(camera)
+    verification = None
+    if config.verify_frames and len(biases) >= config.min_master_inputs:
+        master = MasterConfig(min_inputs=config.min_master_inputs, verify=False)
+        bias, _ = build_bias(biases, master, workdir=workdir)
+        verification = _FrameVerification(camera, gains, bias.exposure, master.overscan,
+                                           config.verify)
+        del bias
+    clock.lap("bias")
+    bias_sequence = BiasSequence(camera, config.bias)
+    calls = [clock.timed("bias_sequence", bias_sequence.add, within="figures")]
+    if verification is not None:
+        calls.append(clock.timed("verify_biases", verification.bias, within="figures"))
+
+    def per_bias(raw: RawFrame) -> None:
+        for call in calls:
+            call(raw)
+
+    table = eo_figures(noise_frames, (), config=config.eo, camera=camera, on_bias=per_bias)
+    clock.lap("figures")
+    table["gain"] = np.full(camera.n_amps, np.nan)  # not measured: no PTC
+    bias_figures = bias_sequence.result()
+    nan = np.full(camera.n_amps, np.nan)
+    values = {**bias_figures.figures,
+              "verify_bias_pass": (verification.pass_fraction("bias")
+                                   if verification is not None else nan)}
+    for name, unit in EO_RUN_COLUMNS:
+        table[name] = np.asarray(values.get(name, nan), dtype=np.float64)
+        table[name].unit = unit
+    not_measured = [name for name in table.colnames[1:] if name not in _NOT_RUN_FIGURES
+                    and not np.isfinite(np.ma.filled(np.asarray(table[name], float), np.nan)
+                                        ).any()]
+    table.meta.update({
+        "DETECTOR": frames.detector, "VENDOR": camera.vendor, "GAIN_SOURCE": gains.source,
+        "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": 0,
+        "N_FLAT_PAIRS": 0, "N_SFLAT_HIGH": 0, "N_SFLAT_LOW": 0,
+        "TIMINGS_S": clock.timings, "TEARING_FRAMES": 0, "NOT_MEASURED": not_measured,
+    })
+    tables = {"bias_stability": bias_figures.series, "bias_shifts": bias_figures.shifts,
+              "amp_correlation": bias_figures.correlation}
+    if verification is not None:
+        tables["frame_verification"] = verification.table()
+    log.info("%s: bias figures only (no flat pairs, darks or superflats) in %.0f s",
+             frames.detector, sum(clock.timings.values()))
+    return DetectorEo(table, None, tables)

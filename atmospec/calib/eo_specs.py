@@ -137,7 +137,8 @@ def _float(value: object) -> float:
 
 
 def verdict_table(figures: Table, detector: str, vendor: str | None,
-                  skip: Iterable[str] = ("amp",)) -> Table:
+                  skip: Iterable[str] = ("amp",), not_measured: Iterable[str] = ()
+                  ) -> Table:
     """The long table of one detector's figures with their specifications and verdicts.
 
     Parameters
@@ -150,6 +151,9 @@ def verdict_table(figures: Table, detector: str, vendor: str | None,
         Sensor vendor (selects the vendor-specific limits).
     skip : iterable of str
         Columns that are not figures.
+    not_measured : iterable of str
+        Figures the run could not measure (a run without flats has no CTI): those with a
+        specification keep their rows, status ``not measured``, even when NaN on every amp.
 
     Returns
     -------
@@ -157,20 +161,22 @@ def verdict_table(figures: Table, detector: str, vendor: str | None,
         Columns ``detector, vendor, amp, figure, value, unit, spec, lower, upper, status``,
         one row per (amp, figure, applicable specification); a figure with no
         specification has one row with ``spec`` empty and status ``no spec``; a figure
-        not measured on any amp of the detector (all NaN or masked) is left out. Status:
+        not measured on any amp of the detector (all NaN or masked) is left out, unless
+        named in ``not_measured`` and specified. Status:
         ``pass``, ``fail``, ``not measured`` (NaN for this amp), ``no spec``.
     """
     skipped = set(skip)
+    missing = set(not_measured)
     rows: list[tuple] = []
     for name in figures.colnames:
         if name in skipped:
             continue
         column = figures[name]
         values = [_float(v) for v in column]
-        if not any(math.isfinite(v) for v in values):
+        limits = specs_for(name, vendor)
+        if not any(math.isfinite(v) for v in values) and not (name in missing and limits):
             continue
         unit = "" if column.unit is None else column.unit.to_string()
-        limits = specs_for(name, vendor)
         for amp, value in zip(figures["amp"], values, strict=True):
             if not limits:
                 rows.append((detector, vendor or "", str(amp), name, value, unit, "",
