@@ -28,6 +28,7 @@ from atmospec.calib.eo_specs import load_specs, spec_by_id, specs_for, verdict_t
 from atmospec.calib.ptc import fit_ptc
 from atmospec.camera.description import load_camera
 from atmospec.cli import main
+from atmospec.isr.defects import defect_mask
 from atmospec.night import eo as eo_app
 from atmospec.sim.bot import BotConfig, detector_config, write_bot_run
 from atmospec.sim.detector import DetectorSimConfig, sensor_model
@@ -418,9 +419,14 @@ def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     # The further tables, in the JSON and beside it.
     assert set(doc["tables"]) == {"bias_stability", "bias_shifts", "amp_correlation",
                                   "cti_vs_signal", "covariances", "tearing",
-                                  "frame_verification"}
+                                  "frame_verification", "bright_defects", "dark_defects"}
     for name, rows in doc["tables"].items():
         assert len(Table.read(repo / "eo" / DET / f"eo_{name}.ecsv")) == len(rows)
+    # The defect boxes written are the defects found.
+    maps = cli_run[3].defects
+    for name, found in (("bright_defects", maps.hot), ("dark_defects", maps.cold)):
+        boxes = Table.read(repo / "eo" / DET / f"eo_{name}.ecsv")
+        np.testing.assert_array_equal(defect_mask(boxes, found.shape), found)
     assert doc["summary"]["tearing_frames"] == 0 and "tearing" not in out[0]
     assert {"CCD-027", "DIVISADERO"} <= {str(v) for v in long["spec"]
                                           if v is not np.ma.masked}

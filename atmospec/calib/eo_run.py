@@ -51,7 +51,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
-from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
+from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects, mask_to_boxes
 from atmospec.calib.eo import EoConfig, eo_figures, eper_cti, max_fractional_deviation
 from atmospec.calib.eo_bias import BIAS_COLUMNS, BiasFiguresConfig, BiasSequence
 from atmospec.calib.eo_flat import (
@@ -495,7 +495,9 @@ class DetectorEo:
     ``bias_shifts`` (one row per shift), ``amp_correlation`` (16 × 16), ``cti_vs_signal``
     (per flat pair and amp), ``covariances`` (a_ij per amp and lag), ``tearing`` (per
     high-flux superflat and amp), ``frame_verification`` (cp_verify's tests per bias or
-    dark and amp)."""
+    dark and amp), ``bright_defects`` and ``dark_defects`` (boxes ``x0, y0, width,
+    height`` of assembled pixels covering the defects, `atmospec.calib.defects
+    .mask_to_boxes`)."""
 
 
 def _require(frames: EoFrames, role: str, pattern: str) -> tuple[Path, ...]:
@@ -742,7 +744,11 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
               "amp_correlation": bias_figures.correlation,
               "cti_vs_signal": cti_ramp.table(ptc_col("GAIN")),
               "covariances": covariances, "tearing": tearing.table(),
-              "frame_verification": verification.table()}
+              "frame_verification": verification.table(),
+              # The defects themselves, as the camera team's masks (whole columns first:
+              # one box each).
+              "bright_defects": mask_to_boxes(maps.hot_columns, maps.hot),
+              "dark_defects": mask_to_boxes(maps.cold_columns, maps.cold)}
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return DetectorEo(table, maps, tables)
