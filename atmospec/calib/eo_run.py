@@ -25,7 +25,8 @@ detector, in memory, with the builders the ``atmospec calib`` commands use:
    frames (`atmospec.calib.eo_bias`); PRNU (CCD-027) and the divisadero response of the
    master superflat, tearing on each high-flux superflat (`atmospec.calib.eo_flat`);
 8. cp_verify's per-exposure tests of each ``bias_bias_*`` frame and each dark reduced with
-   the run's own masters (`atmospec.calib.verify.verify_frame`): the fraction of the
+   the run's own masters (`atmospec.calib.verify.verify_frame`; a dark's noise after its
+   cosmic rays are rejected, found with each amp's read noise): the fraction of the
    frames each amp passes.
 
 Each frame is read once: the per-frame figures run inside the loops of the builders that
@@ -72,6 +73,7 @@ from atmospec.calib.masters import (
     build_bias,
     build_dark,
     build_flat,
+    cosmic_ray_mask,
 )
 from atmospec.calib.photodiode import (
     PhotodiodeConfig,
@@ -89,6 +91,7 @@ from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
 from atmospec.isr.gain import AmpGains, nominal_gains
+from atmospec.isr.masking import grow_mask
 from atmospec.isr.overscan import OverscanConfig
 
 log = logging.getLogger(__name__)
@@ -410,10 +413,12 @@ class _FrameVerification:
     biases and darks, each re-processed with the run's own masters."""
 
     def __init__(self, camera: Camera, gains: AmpGains, bias: Exposure, overscan: OverscanConfig,
-                 config: VerifyConfig) -> None:
+                 config: VerifyConfig, dark: DarkConfig | None = None) -> None:
         self.camera = camera
         self.config = config
         self.overscan = overscan
+        dark = dark or DarkConfig()
+        self.cosmic_rays, self.cr_grow = dark.cosmic_rays, dark.cr_grow
         self.calibs = IsrCalibrations(
             gains=gains, crosstalk=Crosstalk.default(camera).matrix(camera.n_amps), bias=bias)
         self.read_noise = np.asarray(gains.read_noise, dtype=float)
@@ -455,10 +460,14 @@ class _FrameVerification:
             variance = self.read_noise**2 * (1.0 + self.os_factor) + np.maximum(
                 rate * darktime, 0.0)
             expected = np.sqrt(variance * (1.0 - 1.0 / max(n_dark, 2)))
-            # Every dark has cosmic rays, which the ISR does not repair here: no CR test.
+            # Every dark has cosmic rays: cp_verify's CR test takes the noise once they are
+            # rejected (found with each amp's read noise, grown as the master dark's are).
+            cosmic_rays = grow_mask(cosmic_ray_mask(result.exposure, self.read_noise,
+                                                    self.camera, self.cosmic_rays),
+                                    self.cr_grow)
             self._record("dark", path.name, verify_frame(result.exposure, expected,
                                                          self.camera, self.config,
-                                                         cr_check=False), expected)
+                                                         cosmic_rays=cosmic_rays), expected)
 
     def table(self) -> Table:
         """One row per (frame, amp): ``frame``, ``kind``, ``amp``, ``mean``, ``sigma``,
@@ -665,7 +674,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     dark, _ = build_dark(darks, bias, dark_config, ptc=ptc, workdir=workdir)
     lap("dark")
     verification = _FrameVerification(camera, ptc.gains(camera), bias.exposure,
-                                       master.overscan, config.verify)
+                                       master.overscan, config.verify, dark_config)
     if config.verify_frames:
         verification.darks(darks, dark.exposure)
     lap("verify_darks")
