@@ -107,6 +107,34 @@ def test_verdict_table_statuses():
     assert ("C00", "dark_current", "") not in status  # no specification: left out
 
 
+def test_ccd012_over_the_ccd_beside_the_amps():
+    """eotest judges CCD-012 on the defect fraction of the whole CCD: a detector-level row
+    (amp ``CCD``) beside the amps'. One amp at 2 % fails per amp while the CCD (0.22 %)
+    passes; half the amps at 1 % make the CCD fail (0.55 %). The row judges no amp (16
+    amps in the summary) and is not drawn among them."""
+    from atmospec.calib.eo_specs import DETECTOR_AMP
+    from atmospec.plots import eo_mosaic
+
+    amps = list(load_camera("LSSTCam", DET).amp_names)
+    for per_amp, whole, status in (([0.1] * 15 + [2.0], 0.21875, "pass"),
+                                   ([1.0] * 8 + [0.1] * 8, 0.55, "fail")):
+        figures = Table({"amp": amps, "defect_fraction": per_amp})
+        figures["defect_fraction"].unit = "percent"
+        table = verdict_table(figures, DET, "ITL",
+                              detector_values={"defect_fraction": whole})
+        ccd = table[table["amp"] == DETECTOR_AMP]
+        assert len(ccd) == 1 and ccd["spec"][0] == "CCD-012"
+        assert ccd["value"][0] == whole and ccd["status"][0] == status
+        summary = eo_app.detector_summary(table)
+        n_failing = sum(v > 0.5 for v in per_amp)
+        assert summary["n_amps"] == 16 and summary["n_pass_all"] == 16 - n_failing
+        line = eo_app.summary_line(DET, "ITL", summary)
+        assert (f"CCD fails CCD-012 (defect_fraction {whole:.3g})" in line) == (
+            status == "fail")
+        title = eo_mosaic.eo_histogram_figure(table, "defect_fraction").axes[0].get_title()
+        assert title.startswith(f"defect_fraction: {n_failing} of 16 amps fail")
+
+
 def test_dask_run_needs_a_scheduler(tmp_path, capsys):
     """``--executor dask`` without ``--scheduler``: one line, exit 2, before any work."""
     assert main(["eo", str(tmp_path), "--repo", str(tmp_path / "repo"),
@@ -339,6 +367,9 @@ def test_defects_against_truth(measured, camera):
         fraction = 100 * ((sensor.dark_current_e_per_s[sl] > 5.0)
                           | (sensor.response[sl] < 0.8)).sum() / n_pix
         assert measured.figures["defect_fraction"][i] == pytest.approx(fraction, abs=0.005)
+    # CCD-012 as eotest judges it: the whole CCD's fraction, the mean of the equal amps'.
+    assert measured.figures.meta["DETECTOR_FIGURES"]["defect_fraction"] == pytest.approx(
+        float(np.mean(measured.figures["defect_fraction"])), rel=1e-9)
 
 
 @pytest.mark.slow

@@ -495,7 +495,9 @@ class DetectorEo:
     """One detector's EO measurement."""
 
     figures: Table
-    """One row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then `EO_RUN_COLUMNS`."""
+    """One row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then `EO_RUN_COLUMNS`;
+    ``meta["DETECTOR_FIGURES"]`` the figures over the whole detector (``defect_fraction``
+    of the CCD, CCD-012 as eotest judges it)."""
     defects: DefectMaps | None
     """The defects by the camera team's definitions (bright and dark pixels and columns),
     whose counts and fraction are in the table; None without darks and flats."""
@@ -748,6 +750,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "N_FLAT_PAIRS": len(pairs) // 2, "N_SFLAT_HIGH": len(sflats),
         "N_SFLAT_LOW": len(frames.sflat_low), "TIMINGS_S": timings,
         "TEARING_FRAMES": tearing.torn_frames(),
+        # CCD-012 as eotest judges it: the defective fraction of the whole CCD.
+        "DETECTOR_FIGURES": {"defect_fraction": 100.0 * float((maps.hot | maps.cold).mean())},
     })
     tables = {"bias_stability": bias_figures.series, "bias_shifts": bias_figures.shifts,
               "amp_correlation": bias_figures.correlation,

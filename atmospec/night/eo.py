@@ -51,7 +51,7 @@ from atmospec.calib.eo_run import (
     classify_bot_run,
     detector_figures,
 )
-from atmospec.calib.eo_specs import verdict_table
+from atmospec.calib.eo_specs import DETECTOR_AMP, verdict_table
 from atmospec.calib.inputs import raw_info
 from atmospec.camera.raw import camera_for
 from atmospec.errors import BadInputError, short_error
@@ -107,9 +107,10 @@ def detector_summary(verdicts: Table) -> dict[str, Any]:
     dict
         ``n_amps``, ``n_pass_all`` (amps with no ``fail`` and no ``not measured``
         specification), ``failures`` (``amp, spec, figure, value`` of every failing row, in
-        table order) and ``not_measured`` (the same for the specified figures left NaN).
+        table order; a detector-level row's amp is `DETECTOR_AMP`) and ``not_measured``
+        (the same for the specified figures left NaN).
     """
-    amps = list(dict.fromkeys(str(a) for a in verdicts["amp"]))
+    amps = list(dict.fromkeys(str(a) for a in verdicts["amp"] if str(a) != DETECTOR_AMP))
     bad: set[str] = set()
     failures, missing = [], []
     for row in verdicts:
@@ -121,6 +122,7 @@ def detector_summary(verdicts: Table) -> dict[str, Any]:
         elif row["status"] == "not measured":
             missing.append(entry)
             bad.add(entry["amp"])
+    # A detector-level row (CCD-012 over the CCD) judges no amp.
     return {"n_amps": len(amps), "n_pass_all": len([a for a in amps if a not in bad]),
             "failures": failures, "not_measured": missing}
 
@@ -129,18 +131,21 @@ def summary_line(detector: str, vendor: str, summary: dict[str, Any]) -> str:
     """``R22_S11 (e2v): 16 amps, 15 pass all, C07 fails CCD-010 (cti_serial_high 7.1e-06)``.
 
     Failures are grouped by amp (one figure per specification); a specification failed by
-    every amp is named once (``all amps fail PTC-A00``); at most four amps are named, the
-    others counted.
+    every amp is named once (``all amps fail PTC-A00``); the whole detector's failures
+    come first (``CCD fails CCD-012 (defect_fraction 0.55)``); at most four amps are named,
+    the others counted.
     """
     n_amps = summary["n_amps"]
     text = f"{detector} ({vendor}): {n_amps} amps, {summary['n_pass_all']} pass all"
     amps_of: dict[str, set[str]] = {}
     for f in summary["failures"]:
-        amps_of.setdefault(f["spec"], set()).add(f["amp"])
+        if f["amp"] != DETECTOR_AMP:
+            amps_of.setdefault(f["spec"], set()).add(f["amp"])
     everywhere = [s for s, amps in amps_of.items() if n_amps > 1 and len(amps) == n_amps]
+    # The whole detector's verdicts first (CCD-012 over the CCD), then the amps'.
     by_amp: dict[str, dict[str, dict[str, Any]]] = {}
-    for f in summary["failures"]:
-        if f["spec"] not in everywhere:
+    for f in sorted(summary["failures"], key=lambda f: f["amp"] != DETECTOR_AMP):
+        if f["amp"] == DETECTOR_AMP or f["spec"] not in everywhere:
             by_amp.setdefault(f["amp"], {}).setdefault(f["spec"], f)
     items = [f"all amps fail {spec}" for spec in everywhere]
     for amp, specs in by_amp.items():
@@ -208,7 +213,8 @@ def _reduce(frames: EoFrames, repo: Path, config: EoRunConfig) -> DetectorOutcom
         measured = detector_figures(frames, camera, folder, config)
         figures = measured.figures
         verdicts = verdict_table(figures, detector, camera.vendor,
-                                 not_measured=figures.meta.get("NOT_MEASURED", ()))
+                                 not_measured=figures.meta.get("NOT_MEASURED", ()),
+                                 detector_values=figures.meta.get("DETECTOR_FIGURES"))
         summary = detector_summary(verdicts)
         summary["tearing_frames"] = int(figures.meta.get("TEARING_FRAMES", 0))
         _write(repo, detector, figures, verdicts, summary, measured.tables)
