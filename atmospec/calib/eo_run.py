@@ -816,9 +816,10 @@ def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values.get(name, nan), dtype=np.float64)
         table[name].unit = unit
+    # Masked counts (no dark, no flat) are not measured either.
     not_measured = [name for name in table.colnames[1:] if name not in _NOT_RUN_FIGURES
-                    and not np.isfinite(np.ma.filled(np.asarray(table[name], float), np.nan)
-                                        ).any()]
+                    and not np.isfinite(np.ma.filled(np.ma.asarray(table[name], dtype=float),
+                                                     np.nan)).any()]
     table.meta.update({
         "DETECTOR": frames.detector, "VENDOR": camera.vendor, "GAIN_SOURCE": gains.source,
         "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": 0,
