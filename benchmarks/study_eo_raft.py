@@ -157,16 +157,20 @@ class Worst:
     def add(self, name: str, errors: np.ndarray, labels: list[str], tol: float | None,
             unit: str = "") -> None:
         errors = np.asarray(errors, dtype=float)
-        i = int(np.nanargmax(np.abs(errors)))
         prev = self.rows.get(name)
-        if prev is None or abs(errors[i]) > abs(prev[0]):
+        if not np.isfinite(errors).any():  # not measured: shown as NaN, never hidden
+            if prev is None:
+                self.rows[name] = [float("nan"), "not measured", tol, unit]
+            return
+        i = int(np.nanargmax(np.abs(errors)))
+        if prev is None or not np.isfinite(prev[0]) or abs(errors[i]) > abs(prev[0]):
             self.rows[name] = [float(errors[i]), labels[i], tol, unit]
 
     def print(self) -> int:
         bad = 0
         print(f"{'figure':34s} {'worst error':>14s} {'where':>14s} {'tolerance':>10s}  ok")
         for name, (err, where, tol, unit) in self.rows.items():
-            ok = "-" if tol is None else ("yes" if abs(err) <= tol else "NO")
+            ok = "-" if tol is None else ("yes" if abs(err) <= tol else "NO")  # NaN: NO
             bad += ok == "NO"
             scale, u = (100.0, "%") if unit == "%" else (1.0, unit)
             tol_s = "-" if tol is None else f"{scale * tol:.3g}{u}"
