@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from atmospec.calib.eo_bias import BiasFiguresConfig, BiasSequence, find_bias_shifts
 from atmospec.calib.eo_flat import (
@@ -336,3 +337,64 @@ def test_verify_frame_per_amp():
     np.testing.assert_allclose(result["mean"][[0, 1]], [0.0, 6.0], atol=0.1)
     lenient = verify_frame(exposure, np.full(camera.n_amps, 5.0), camera, cr_check=False)
     assert list(np.flatnonzero(~lenient["passed"])) == [1, 2]
+
+
+def test_dark_cosmic_rays_per_amp_and_cr_rejected_noise():
+    """A dark residual whose amps' read noise alternates between 4 and 12 e⁻, with cosmic
+    rays on five amps and one track across an amp boundary, and, on amp 8, a smooth glow
+    of 30 e⁻ that no cosmic-ray finder flags.
+
+    Each amp searched with its own read noise (`cosmic_ray_mask`), every cosmic-ray pixel
+    is found and almost no noise pixel flagged; with one read noise for the detector (the
+    master dark's former way: the median, 8 e⁻) the 12 e⁻ amps' noise peaks are flagged.
+    cp_verify's noise after cosmic-ray rejection then matches the clipped noise on every
+    amp but the glowing one; without the rejection the amps with cosmic rays fail too."""
+    from atmospec.calib.masters import cosmic_ray_mask
+    from atmospec.calib.verify import verify_frame
+    from atmospec.exposure import Exposure
+    from atmospec.isr.cosmic_rays import CosmicRayConfig
+
+    camera = tiny_camera(ny=200, nx=100)
+    rng = np.random.default_rng(23)
+    rn = np.where(np.arange(camera.n_amps) % 2, 12.0, 4.0)
+    segs = (rng.standard_normal((camera.n_amps, 200, 100)) * rn[:, None, None]
+            ).astype(np.float32)
+    truth = np.zeros(segs.shape, bool)
+    for amp, (y, x0, x1) in zip((0, 4, 7, 12, 15), ((40, 10, 40), (120, 50, 51),
+                                                     (80, 20, 60), (150, 5, 25),
+                                                     (30, 70, 90)), strict=True):
+        segs[amp, y, x0:x1] += 2500.0
+        segs[amp, y + 1, x0:x1] += 600.0
+        truth[amp, y: y + 2, x0:x1] = True
+    yy, xx = np.mgrid[:200, :100]
+    segs[8] += (30.0 * np.exp(-((yy - 100) ** 2 + (xx - 50) ** 2) / (2 * 25.0**2))
+                ).astype(np.float32)
+    image = assemble(segs, camera, trimmed=True)
+    true_cr = assemble(truth, camera, trimmed=True)
+    # A track across the boundary of two amps of the top row (assembled columns 99/100).
+    image[300, 90:110] += 2500.0
+    true_cr[300, 90:110] = True
+    exposure = Exposure(image, np.zeros(image.shape, np.int32), np.ones_like(image),
+                        unit="electron")
+    config = CosmicRayConfig()
+
+    per_amp = cosmic_ray_mask(exposure, rn, camera, config)
+    one = cosmic_ray_mask(exposure, np.full(camera.n_amps, np.median(rn)), camera, config)
+    halo = ndimage.binary_dilation(true_cr, iterations=1)
+    assert per_amp[true_cr].all() and one[true_cr].all()
+    # L.A.Cosmic's own rate at the true noise (~1e-5 of the pixels: 2 here), against
+    # hundreds of noise peaks of the 12 e⁻ amps judged at 8 e⁻.
+    assert int((per_amp & ~halo).sum()) <= 5
+    noisy = np.zeros(image.shape, bool)
+    for i in np.flatnonzero(rn > np.median(rn)):
+        noisy[camera.amp_slices(camera.amplifiers[i])] = True
+    assert int((one & ~halo & noisy).sum()) > 50
+
+    expected = rn
+    rejected = verify_frame(exposure, expected, camera, cosmic_rays=per_amp)
+    assert list(np.flatnonzero(~rejected["cr_noise_consistent"])) == [8]
+    assert list(np.flatnonzero(~rejected["passed"])) == [8]
+    raw_noise = verify_frame(exposure, expected, camera)
+    hit = sorted({0, 4, 7, 8, 12, 15} | {i for i, a in enumerate(camera.amplifiers)
+                                         if true_cr[camera.amp_slices(a)].any()})
+    assert list(np.flatnonzero(~raw_noise["cr_noise_consistent"])) == hit

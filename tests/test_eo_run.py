@@ -28,6 +28,7 @@ from atmospec.calib.eo_specs import load_specs, spec_by_id, specs_for, verdict_t
 from atmospec.calib.ptc import fit_ptc
 from atmospec.camera.description import load_camera
 from atmospec.cli import main
+from atmospec.isr.defects import defect_mask
 from atmospec.night import eo as eo_app
 from atmospec.sim.bot import BotConfig, detector_config, write_bot_run
 from atmospec.sim.detector import DetectorSimConfig, sensor_model
@@ -98,6 +99,49 @@ def test_verdict_table_statuses():
     assert status[("C01", "cti_serial_high")] == "not measured"
     assert status[("C00", "gain")] == "no spec"
     assert ("C00", "dark_current") not in status  # measured on no amp: left out
+    # Unless the run could not measure it (biases only): then "not measured" if specified.
+    figures["dark_current_95"] = [float("nan")] * 2
+    table = verdict_table(figures, DET, "ITL", not_measured=("dark_current", "dark_current_95"))
+    status = {(r["amp"], r["figure"], r["spec"]): r["status"] for r in table}
+    assert status[("C01", "dark_current_95", "CCD-014")] == "not measured"
+    assert ("C00", "dark_current", "") not in status  # no specification: left out
+
+
+def test_ccd012_over_the_ccd_beside_the_amps():
+    """eotest judges CCD-012 on the defect fraction of the whole CCD: a detector-level row
+    (amp ``CCD``) beside the amps'. One amp at 2 % fails per amp while the CCD (0.22 %)
+    passes; half the amps at 1 % make the CCD fail (0.55 %). The row judges no amp (16
+    amps in the summary) and is not drawn among them."""
+    from atmospec.calib.eo_specs import DETECTOR_AMP
+    from atmospec.plots import eo_mosaic
+
+    amps = list(load_camera("LSSTCam", DET).amp_names)
+    for per_amp, whole, status in (([0.1] * 15 + [2.0], 0.21875, "pass"),
+                                   ([1.0] * 8 + [0.1] * 8, 0.55, "fail")):
+        figures = Table({"amp": amps, "defect_fraction": per_amp})
+        figures["defect_fraction"].unit = "percent"
+        table = verdict_table(figures, DET, "ITL",
+                              detector_values={"defect_fraction": whole})
+        ccd = table[table["amp"] == DETECTOR_AMP]
+        assert len(ccd) == 1 and ccd["spec"][0] == "CCD-012"
+        assert ccd["value"][0] == whole and ccd["status"][0] == status
+        summary = eo_app.detector_summary(table)
+        n_failing = sum(v > 0.5 for v in per_amp)
+        assert summary["n_amps"] == 16 and summary["n_pass_all"] == 16 - n_failing
+        line = eo_app.summary_line(DET, "ITL", summary)
+        assert (f"CCD fails CCD-012 (defect_fraction {whole:.3g})" in line) == (
+            status == "fail")
+        title = eo_mosaic.eo_histogram_figure(table, "defect_fraction").axes[0].get_title()
+        assert title.startswith(f"defect_fraction: {n_failing} of 16 amps fail")
+
+
+def test_dask_run_needs_a_scheduler(tmp_path, capsys):
+    """``--executor dask`` without ``--scheduler``: one line, exit 2, before any work."""
+    assert main(["eo", str(tmp_path), "--repo", str(tmp_path / "repo"),
+                 "--executor", "dask"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["atmospec eo: --executor dask needs --scheduler ADDR"]
+    assert not (tmp_path / "repo").exists()
 
 
 def test_ptc_fit_on_eotest_real_e2v_points():
@@ -323,6 +367,9 @@ def test_defects_against_truth(measured, camera):
         fraction = 100 * ((sensor.dark_current_e_per_s[sl] > 5.0)
                           | (sensor.response[sl] < 0.8)).sum() / n_pix
         assert measured.figures["defect_fraction"][i] == pytest.approx(fraction, abs=0.005)
+    # CCD-012 as eotest judges it: the whole CCD's fraction, the mean of the equal amps'.
+    assert measured.figures.meta["DETECTOR_FIGURES"]["defect_fraction"] == pytest.approx(
+        float(np.mean(measured.figures["defect_fraction"])), rel=1e-9)
 
 
 @pytest.mark.slow
@@ -403,9 +450,14 @@ def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     # The further tables, in the JSON and beside it.
     assert set(doc["tables"]) == {"bias_stability", "bias_shifts", "amp_correlation",
                                   "cti_vs_signal", "covariances", "tearing",
-                                  "frame_verification"}
+                                  "frame_verification", "bright_defects", "dark_defects"}
     for name, rows in doc["tables"].items():
         assert len(Table.read(repo / "eo" / DET / f"eo_{name}.ecsv")) == len(rows)
+    # The defect boxes written are the defects found.
+    maps = cli_run[3].defects
+    for name, found in (("bright_defects", maps.hot), ("dark_defects", maps.cold)):
+        boxes = Table.read(repo / "eo" / DET / f"eo_{name}.ecsv")
+        np.testing.assert_array_equal(defect_mask(boxes, found.shape), found)
     assert doc["summary"]["tearing_frames"] == 0 and "tearing" not in out[0]
     assert {"CCD-027", "DIVISADERO"} <= {str(v) for v in long["spec"]
                                           if v is not np.ma.masked}
@@ -422,26 +474,68 @@ def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     assert per_det.stat().st_mtime_ns == mtime
 
     # Two more detectors with biases only (in a copy of the run holding all three), on two
-    # worker processes: each reported as failed with its reason, the first one still done.
+    # worker processes. R10_S10 has biases only: what biases support is measured, the other
+    # specified figures are "not measured". R10_S12 has one bias seen as a dark too (a
+    # partial run, no flat pairs): failed with its reason; the first detector done before.
     both = tmp_path / "both"
-    write_bot_run(tmp_path / "run_b", BotConfig(
+    run_b = tmp_path / "run_b"
+    write_bot_run(run_b, BotConfig(
         detectors=("R10_S10", "R10_S12"), n_bias=2, n_dark=0, flat_levels_e=(),
         n_sflat_low=0, n_sflat_high=0, compress=False))
-    for source in (run, tmp_path / "run_b"):
+    for source in (run, run_b):
         for raw in source.glob("*/*.fits"):
             (both / raw.parent.name).mkdir(parents=True, exist_ok=True)
             (both / raw.parent.name / raw.name).symlink_to(raw)
+    partial = next(run_b.glob("bias_bias_000/*R10_S12.fits"))
+    (both / "dark_dark_999").mkdir()
+    (both / "dark_dark_999" / partial.name).symlink_to(partial)
     assert main(["eo", str(both), "--repo", str(repo), "--workers", "2"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(":")[0].split()[0] for line in lines] == ["R10_S10", DET, "R10_S12"]
-    for line in (lines[0], lines[2]):
-        assert "FAILED: " in line and "no flat pairs frames" in line
+    # R10_S10's nominal read noise is 9.5-12.9 e⁻: every amp fails CCD-007.
+    assert lines[0].startswith("R10_S10 (ITL): 16 amps, 0 pass all, all amps fail CCD-007; "
+                               "not measured: ")
+    missing = set(lines[0].split("not measured: ")[1].split(", "))
+    assert {"cti_serial_high", "dark_current_95", "defect_fraction", "ptc_turnoff_e",
+            "linearity_max_frac_dev", "prnu"} <= missing and "read_noise" not in missing
+    assert "FAILED: " in lines[2] and "no flat pairs frames" in lines[2]
     assert lines[1].endswith("(done before)")
+    biases_only = Table.read(repo / "eo" / "R10_S10" / "eo_figures.ecsv")
+    status: dict[tuple[str, str], set[str]] = {}
+    for r in biases_only:
+        spec = "" if np.ma.is_masked(r["spec"]) else str(r["spec"])  # empty reads masked
+        status.setdefault((str(r["figure"]), spec), set()).add(str(r["status"]))
+    assert status[("read_noise", "CCD-007")] == {"fail"}
+    assert status[("cti_serial_high", "CCD-010")] == {"not measured"}
+    assert status[("dark_current_95", "CCD-014")] == {"not measured"}
+    assert {"total_noise", "bias_mean_range", "amp_correlation_max",
+            "verify_bias_pass"} <= set(biases_only["figure"])
+    truth_b = json.loads((run_b / "truth.json").read_text())["detectors"]["R10_S10"]
+    noise = {str(r["amp"]): float(r["value"]) for r in biases_only
+             if r["figure"] == "read_noise"}
+    nominal = load_camera("LSSTCam", "R10_S10").nominal_gains
+    # In e⁻ with the nominal gains (no PTC): against the true noise in ADU.
+    assert np.allclose([noise[a] / g for a, g in zip(truth_b["amps"], nominal, strict=True)],
+                       truth_b["read_noise_adu"], rtol=0.03)
+
+    # The same detector on a Dask cluster of two workers: the same table.
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        assert main(["eo", str(both), "--repo", str(tmp_path / "dask_repo"), "--detectors",
+                     "R10_S10", "--executor", "dask", "--scheduler",
+                     cluster.scheduler_address]) == 0
+    on_dask = Table.read(tmp_path / "dask_repo" / "eo" / "R10_S10" / "eo_figures.ecsv")
+    assert (on_dask.pformat(max_lines=-1, max_width=-1)
+            == biases_only.pformat(max_lines=-1, max_width=-1))
+    capsys.readouterr()
 
     (tmp_path / "empty").mkdir()
     for args, what in (([str(tmp_path / "empty")], "no raw frame"),
                        ([str(run), "--detectors", "R22_S11"], "no frames of detector R22_S11"),
-                       ([str(run), "--workers", "0"], "--workers")):
+                       ([str(run), "--workers", "0"], "--workers"),
+                       ([str(run), "--executor", "dask"], "--scheduler")):
         assert main(["eo", *args, "--repo", str(repo)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and what in err[0]

@@ -581,3 +581,32 @@ def test_tearing_on_one_ccd_is_flagged_and_not_the_others():
                  "--tearing", "R99"]) == 2
     assert main(["simulate", "bot", "--out", "unused", "--detectors", "R10_S11",
                  "--brighter-fatter", "1e-7"]) == 2
+
+
+def test_parallel_cti_and_dark_columns_by_amp():
+    """Parallel CTI on named amps (the others keep ``cti_parallel``), an unknown amp refused;
+    dark columns: each one amp's half of a column, its whole height, response 0.3–0.7, and
+    nothing else of the sensor changed by adding them."""
+    from atmospec.sim.detector import DetectorSimConfig, parallel_cti_per_amp
+
+    camera = load_camera("LSSTCam", "R22_S11")
+    config = DetectorSimConfig(cti_parallel=1e-7, cti_parallel_by_amp=(("C03", 6e-6),))
+    cti = parallel_cti_per_amp(config, camera)
+    names = list(camera.amp_names)
+    assert cti[names.index("C03")] == 6e-6
+    assert np.all(np.delete(cti, names.index("C03")) == 1e-7)
+    with pytest.raises(ValueError, match="C99"):
+        parallel_cti_per_amp(DetectorSimConfig(cti_parallel_by_amp=(("C99", 1e-6),)), camera)
+
+    plain = sensor_model(DetectorSimConfig(sensor_seed=11), camera)
+    dark = sensor_model(DetectorSimConfig(sensor_seed=11, n_cold_columns=2), camera)
+    low = dark.response < 0.8
+    columns = np.flatnonzero(low.any(axis=0))
+    half = camera.detector_shape[0] // 2
+    assert len(columns) == 2 and low.sum() == 2 * half
+    for col in columns:
+        values = dark.response[low[:, col], col]
+        assert values.size == half and np.all((values >= 0.3) & (values <= 0.7))
+    np.testing.assert_array_equal(plain.dark_current_e_per_s, dark.dark_current_e_per_s)
+    np.testing.assert_array_equal(plain.gains, dark.gains)
+    assert not (plain.response < 1).any()

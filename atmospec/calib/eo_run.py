@@ -25,7 +25,8 @@ detector, in memory, with the builders the ``atmospec calib`` commands use:
    frames (`atmospec.calib.eo_bias`); PRNU (CCD-027) and the divisadero response of the
    master superflat, tearing on each high-flux superflat (`atmospec.calib.eo_flat`);
 8. cp_verify's per-exposure tests of each ``bias_bias_*`` frame and each dark reduced with
-   the run's own masters (`atmospec.calib.verify.verify_frame`): the fraction of the
+   the run's own masters (`atmospec.calib.verify.verify_frame`; a dark's noise after its
+   cosmic rays are rejected, found with each amp's read noise): the fraction of the
    frames each amp passes.
 
 Each frame is read once: the per-frame figures run inside the loops of the builders that
@@ -51,7 +52,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
-from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects
+from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects, mask_to_boxes
 from atmospec.calib.eo import EoConfig, eo_figures, eper_cti, max_fractional_deviation
 from atmospec.calib.eo_bias import BIAS_COLUMNS, BiasFiguresConfig, BiasSequence
 from atmospec.calib.eo_flat import (
@@ -72,6 +73,7 @@ from atmospec.calib.masters import (
     build_bias,
     build_dark,
     build_flat,
+    cosmic_ray_mask,
 )
 from atmospec.calib.photodiode import (
     PhotodiodeConfig,
@@ -88,7 +90,8 @@ from atmospec.camera.raw import RawFrame, read_raw
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import AmpGains
+from atmospec.isr.gain import AmpGains, nominal_gains
+from atmospec.isr.masking import grow_mask
 from atmospec.isr.overscan import OverscanConfig
 
 log = logging.getLogger(__name__)
@@ -257,6 +260,9 @@ class EoRunConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     """cp_verify's per-exposure tests of the biases and darks re-processed with the run's
     masters (tolerances)."""
+    verify_frames: bool = True
+    """Run those tests (``verify_bias_pass``, ``verify_dark_pass``); off, a run of biases
+    only needs no master bias, a third of its cost (a focal plane's read noise)."""
 
 
 def photodiode_linearity(ptc: Ptc, flats: Iterable[Path], camera: Camera,
@@ -407,10 +413,12 @@ class _FrameVerification:
     biases and darks, each re-processed with the run's own masters."""
 
     def __init__(self, camera: Camera, gains: AmpGains, bias: Exposure, overscan: OverscanConfig,
-                 config: VerifyConfig) -> None:
+                 config: VerifyConfig, dark: DarkConfig | None = None) -> None:
         self.camera = camera
         self.config = config
         self.overscan = overscan
+        dark = dark or DarkConfig()
+        self.cosmic_rays, self.cr_grow = dark.cosmic_rays, dark.cr_grow
         self.calibs = IsrCalibrations(
             gains=gains, crosstalk=Crosstalk.default(camera).matrix(camera.n_amps), bias=bias)
         self.read_noise = np.asarray(gains.read_noise, dtype=float)
@@ -452,10 +460,14 @@ class _FrameVerification:
             variance = self.read_noise**2 * (1.0 + self.os_factor) + np.maximum(
                 rate * darktime, 0.0)
             expected = np.sqrt(variance * (1.0 - 1.0 / max(n_dark, 2)))
-            # Every dark has cosmic rays, which the ISR does not repair here: no CR test.
+            # Every dark has cosmic rays: cp_verify's CR test takes the noise once they are
+            # rejected (found with each amp's read noise, grown as the master dark's are).
+            cosmic_rays = grow_mask(cosmic_ray_mask(result.exposure, self.read_noise,
+                                                    self.camera, self.cosmic_rays),
+                                    self.cr_grow)
             self._record("dark", path.name, verify_frame(result.exposure, expected,
                                                          self.camera, self.config,
-                                                         cr_check=False), expected)
+                                                         cosmic_rays=cosmic_rays), expected)
 
     def table(self) -> Table:
         """One row per (frame, amp): ``frame``, ``kind``, ``amp``, ``mean``, ``sigma``,
@@ -483,16 +495,20 @@ class DetectorEo:
     """One detector's EO measurement."""
 
     figures: Table
-    """One row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then `EO_RUN_COLUMNS`."""
-    defects: DefectMaps
+    """One row per amp: ``amp``, `atmospec.calib.eo.EO_COLUMNS` then `EO_RUN_COLUMNS`;
+    ``meta["DETECTOR_FIGURES"]`` the figures over the whole detector (``defect_fraction``
+    of the CCD, CCD-012 as eotest judges it)."""
+    defects: DefectMaps | None
     """The defects by the camera team's definitions (bright and dark pixels and columns),
-    whose counts and fraction are in the table."""
+    whose counts and fraction are in the table; None without darks and flats."""
     tables: Mapping[str, Table] = field(default_factory=dict)
     """The detector's further tables, by name: ``bias_stability`` (per frame and amp),
     ``bias_shifts`` (one row per shift), ``amp_correlation`` (16 × 16), ``cti_vs_signal``
     (per flat pair and amp), ``covariances`` (a_ij per amp and lag), ``tearing`` (per
     high-flux superflat and amp), ``frame_verification`` (cp_verify's tests per bias or
-    dark and amp)."""
+    dark and amp), ``bright_defects`` and ``dark_defects`` (boxes ``x0, y0, width,
+    height`` of assembled pixels covering the defects, `atmospec.calib.defects
+    .mask_to_boxes`)."""
 
 
 def _require(frames: EoFrames, role: str, pattern: str) -> tuple[Path, ...]:
@@ -634,10 +650,13 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     Raises
     ------
     BadInputError
-        A role without frames, a bad raw, too few frames for a product.
+        A role without frames (biases only are a run: `_bias_only_figures`), a bad raw,
+        too few frames for a product.
     """
     config = config or EoRunConfig()
     p = BOT_PATTERNS
+    if not (frames.flat_pairs or frames.dark or frames.sflat_high or frames.sflat_low):
+        return _bias_only_figures(frames, camera, workdir, config)
     pairs = _require(frames, "flat_pairs", p["flat_pairs"])
     biases = _require(frames, "bias", p["bias"])
     darks = _require(frames, "dark", p["dark"])
@@ -657,8 +676,9 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     dark, _ = build_dark(darks, bias, dark_config, ptc=ptc, workdir=workdir)
     lap("dark")
     verification = _FrameVerification(camera, ptc.gains(camera), bias.exposure,
-                                       master.overscan, config.verify)
-    verification.darks(darks, dark.exposure)
+                                       master.overscan, config.verify, dark_config)
+    if config.verify_frames:
+        verification.darks(darks, dark.exposure)
     lap("verify_darks")
     flat_config = replace(FlatConfig(), min_inputs=min(config.min_master_inputs, len(sflats)),
                           verify=False)
@@ -671,7 +691,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
 
     def per_bias(raw: RawFrame) -> None:
         sequence_add(raw)
-        verify_bias(raw)
+        if config.verify_frames:
+            verify_bias(raw)
 
     table = eo_figures(noise_frames, (), dark_master=dark.exposure,
                        flat_master=sflat.exposure, ptc=ptc, config=config.eo, camera=camera,
@@ -729,12 +750,86 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "N_FLAT_PAIRS": len(pairs) // 2, "N_SFLAT_HIGH": len(sflats),
         "N_SFLAT_LOW": len(frames.sflat_low), "TIMINGS_S": timings,
         "TEARING_FRAMES": tearing.torn_frames(),
+        # CCD-012 as eotest judges it: the defective fraction of the whole CCD.
+        "DETECTOR_FIGURES": {"defect_fraction": 100.0 * float((maps.hot | maps.cold).mean())},
     })
     tables = {"bias_stability": bias_figures.series, "bias_shifts": bias_figures.shifts,
               "amp_correlation": bias_figures.correlation,
               "cti_vs_signal": cti_ramp.table(ptc_col("GAIN")),
               "covariances": covariances, "tearing": tearing.table(),
-              "frame_verification": verification.table()}
+              "frame_verification": verification.table(),
+              # The defects themselves, as the camera team's masks (whole columns first:
+              # one box each).
+              "bright_defects": mask_to_boxes(maps.hot_columns, maps.hot),
+              "dark_defects": mask_to_boxes(maps.cold_columns, maps.cold)}
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return DetectorEo(table, maps, tables)
+
+
+#: Figures of `atmospec.calib.eo.eo_figures` a BOT run never measures: its EPER on any
+#: flats and its linearity against exposure time give way to the superflats' EPER and the
+#: photodiode's linearity (`EO_RUN_COLUMNS`).
+_NOT_RUN_FIGURES = ("cti_serial", "cti_parallel", "linearity_residual")
+
+
+def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
+                       config: EoRunConfig) -> DetectorEo:
+    """What biases alone support: read and total noise, bias stability, shifts and amp
+    correlations, and cp_verify's tests of each bias against the master of the others.
+
+    Without flat pairs there is no PTC: the noises are converted to e⁻ with the camera
+    description's nominal gains (``meta["GAIN_SOURCE"]`` says so) and the ``gain`` column
+    is NaN, as is every figure that needs darks or flats; ``meta["NOT_MEASURED"]`` names
+    those, for the verdicts (`atmospec.calib.eo_specs.verdict_table`). A single bias gives
+    no master: no frame verification then (nor with ``config.verify_frames`` off).
+    """
+    biases = _require(frames, "bias", BOT_PATTERNS["bias"])
+    noise_frames = frames.read_noise or biases
+    clock = _Clock()
+    gains = nominal_gains(camera)
+    verification = None
+    if config.verify_frames and len(biases) >= config.min_master_inputs:
+        master = MasterConfig(min_inputs=config.min_master_inputs, verify=False)
+        bias, _ = build_bias(biases, master, workdir=workdir)
+        verification = _FrameVerification(camera, gains, bias.exposure, master.overscan,
+                                           config.verify)
+        del bias
+    clock.lap("bias")
+    bias_sequence = BiasSequence(camera, config.bias)
+    calls = [clock.timed("bias_sequence", bias_sequence.add, within="figures")]
+    if verification is not None:
+        calls.append(clock.timed("verify_biases", verification.bias, within="figures"))
+
+    def per_bias(raw: RawFrame) -> None:
+        for call in calls:
+            call(raw)
+
+    table = eo_figures(noise_frames, (), config=config.eo, camera=camera, on_bias=per_bias)
+    clock.lap("figures")
+    table["gain"] = np.full(camera.n_amps, np.nan)  # not measured: no PTC
+    bias_figures = bias_sequence.result()
+    nan = np.full(camera.n_amps, np.nan)
+    values = {**bias_figures.figures,
+              "verify_bias_pass": (verification.pass_fraction("bias")
+                                   if verification is not None else nan)}
+    for name, unit in EO_RUN_COLUMNS:
+        table[name] = np.asarray(values.get(name, nan), dtype=np.float64)
+        table[name].unit = unit
+    # Masked counts (no dark, no flat) are not measured either.
+    not_measured = [name for name in table.colnames[1:] if name not in _NOT_RUN_FIGURES
+                    and not np.isfinite(np.ma.filled(np.ma.asarray(table[name], dtype=float),
+                                                     np.nan)).any()]
+    table.meta.update({
+        "DETECTOR": frames.detector, "VENDOR": camera.vendor, "GAIN_SOURCE": gains.source,
+        "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": 0,
+        "N_FLAT_PAIRS": 0, "N_SFLAT_HIGH": 0, "N_SFLAT_LOW": 0,
+        "TIMINGS_S": clock.timings, "TEARING_FRAMES": 0, "NOT_MEASURED": not_measured,
+    })
+    tables = {"bias_stability": bias_figures.series, "bias_shifts": bias_figures.shifts,
+              "amp_correlation": bias_figures.correlation}
+    if verification is not None:
+        tables["frame_verification"] = verification.table()
+    log.info("%s: bias figures only (no flat pairs, darks or superflats) in %.0f s",
+             frames.detector, sum(clock.timings.values()))
+    return DetectorEo(table, None, tables)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -25,6 +25,7 @@ import numpy as np
 from astropy.table import Table
 
 __all__ = [
+    "DETECTOR_AMP",
     "SPECS_FILE",
     "STATUSES",
     "Spec",
@@ -39,6 +40,11 @@ SPECS_FILE = "eo/specs.ecsv"
 
 #: Values of the ``status`` column of `verdict_table`.
 STATUSES = ("pass", "fail", "not measured", "no spec")
+
+#: ``amp`` of the rows of `verdict_table` that judge the whole detector: eotest judges
+#: CCD-012 on the defect fraction of the CCD, beside which the per-amp rows show where the
+#: defects are.
+DETECTOR_AMP = "CCD"
 
 
 @dataclass(frozen=True)
@@ -136,8 +142,14 @@ def _float(value: object) -> float:
     return float(value)  # type: ignore[arg-type]
 
 
+def _status(spec: Spec, value: float) -> str:
+    verdict = spec.passes(value)
+    return "not measured" if verdict is None else "pass" if verdict else "fail"
+
+
 def verdict_table(figures: Table, detector: str, vendor: str | None,
-                  skip: Iterable[str] = ("amp",)) -> Table:
+                  skip: Iterable[str] = ("amp",), not_measured: Iterable[str] = (),
+                  detector_values: Mapping[str, float] | None = None) -> Table:
     """The long table of one detector's figures with their specifications and verdicts.
 
     Parameters
@@ -150,6 +162,13 @@ def verdict_table(figures: Table, detector: str, vendor: str | None,
         Sensor vendor (selects the vendor-specific limits).
     skip : iterable of str
         Columns that are not figures.
+    not_measured : iterable of str
+        Figures the run could not measure (a run without flats has no CTI): those with a
+        specification keep their rows, status ``not measured``, even when NaN on every amp.
+    detector_values : mapping, optional
+        Figure → its value over the whole detector (``defect_fraction`` of the CCD, as
+        eotest judges CCD-012): one row each per specification, ``amp`` `DETECTOR_AMP`,
+        after the figure's amp rows.
 
     Returns
     -------
@@ -157,30 +176,34 @@ def verdict_table(figures: Table, detector: str, vendor: str | None,
         Columns ``detector, vendor, amp, figure, value, unit, spec, lower, upper, status``,
         one row per (amp, figure, applicable specification); a figure with no
         specification has one row with ``spec`` empty and status ``no spec``; a figure
-        not measured on any amp of the detector (all NaN or masked) is left out. Status:
-        ``pass``, ``fail``, ``not measured`` (NaN for this amp), ``no spec``.
+        not measured on any amp of the detector (all NaN or masked) is left out, unless
+        named in ``not_measured`` and specified. Status:
+        ``pass``, ``fail``, ``not measured`` (NaN for this amp), ``no spec``. Rows of
+        ``detector_values`` have ``amp`` `DETECTOR_AMP`.
     """
     skipped = set(skip)
+    missing = set(not_measured)
     rows: list[tuple] = []
     for name in figures.colnames:
         if name in skipped:
             continue
         column = figures[name]
         values = [_float(v) for v in column]
-        if not any(math.isfinite(v) for v in values):
+        limits = specs_for(name, vendor)
+        if not any(math.isfinite(v) for v in values) and not (name in missing and limits):
             continue
         unit = "" if column.unit is None else column.unit.to_string()
-        limits = specs_for(name, vendor)
         for amp, value in zip(figures["amp"], values, strict=True):
             if not limits:
                 rows.append((detector, vendor or "", str(amp), name, value, unit, "",
                              float("nan"), float("nan"), "no spec"))
             for s in limits:
-                verdict = s.passes(value)
-                status = ("not measured" if verdict is None
-                          else "pass" if verdict else "fail")
                 rows.append((detector, vendor or "", str(amp), name, value, unit, s.spec,
-                             s.lower, s.upper, status))
+                             s.lower, s.upper, _status(s, value)))
+        if detector_values and name in detector_values:
+            value = float(detector_values[name])
+            rows.extend((detector, vendor or "", DETECTOR_AMP, name, value, unit, s.spec,
+                         s.lower, s.upper, _status(s, value)) for s in limits)
     names = ("detector", "vendor", "amp", "figure", "value", "unit", "spec", "lower",
              "upper", "status")
     if not rows:

@@ -55,9 +55,9 @@ from atmospec.camera.translator import ObservationInfo
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.io import add_cards, provenance_cards
-from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays
+from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays_by_region
 from atmospec.isr.driver import IsrCalibrations, IsrConfig, run_isr
-from atmospec.isr.gain import AmpGains, nominal_gains
+from atmospec.isr.gain import nominal_gains
 from atmospec.isr.masking import grow_mask
 from atmospec.isr.overscan import OverscanConfig
 from atmospec.isr.saturation import SaturationConfig
@@ -72,6 +72,7 @@ __all__ = [
     "build_dark",
     "build_flat",
     "build_spectro_flat",
+    "cosmic_ray_mask",
     "large_scale_response",
 ]
 
@@ -506,7 +507,8 @@ def _isr_inputs(kind: str, usable: list[_Input], issues: list[tuple[Path, str]],
         item.image, item.mask = tmp / f"{n:04d}_image.npy", tmp / f"{n:04d}_mask.npy"
         if kind == "dark" and isinstance(config, DarkConfig) and config.reject_cosmic_rays:
             item.cr = tmp / f"{n:04d}_cr.npy"
-            np.save(item.cr, _cosmic_rays(exposure, calibs.gains, config.cosmic_rays))
+            np.save(item.cr, cosmic_ray_mask(exposure, calibs.gains.read_noise, camera,
+                                             config.cosmic_rays))
         if kind == "flat":
             item.level = input_median(exposure.image, exclude)
             if not (np.isfinite(item.level) and item.level > 0):
@@ -526,24 +528,40 @@ def _skip(path: Path, problem: str, issues: list[tuple[Path, str]], skip_bad: bo
     issues.append((path, problem))
 
 
-def _cosmic_rays(exposure: Exposure, gains: AmpGains, config: CosmicRayConfig) -> np.ndarray:
-    """Cosmic-ray mask of one post-ISR dark.
+def cosmic_ray_mask(exposure: Exposure, read_noise_e: np.ndarray, camera: Camera,
+                    config: CosmicRayConfig) -> np.ndarray:
+    """Cosmic-ray mask of one post-ISR dark (or dark residual), e⁻.
 
     Detected here rather than by the ISR ``cosmic_rays`` step, which replaces the flagged
     pixels by interpolated values: in a dark L.A.Cosmic flags the (sharp, single-pixel) hot
     pixels too, and their true values must reach the combination once they are recognised
-    as persistent (`_exclude_cosmic_rays`).
+    as persistent (`_exclude_cosmic_rays`). Each amp is searched with its own read noise
+    (`atmospec.isr.cosmic_rays.find_cosmic_rays_by_region`): with one value for the
+    detector, the noise peaks of its noisy amps were flagged (R10_S11, 5.95–9.45 e⁻).
+
+    Parameters
+    ----------
+    exposure : Exposure
+        The frame, e⁻.
+    read_noise_e : numpy.ndarray
+        Read noise of each amp (HDU order), e⁻.
+    camera : Camera
+        Amp layout.
+    config : CosmicRayConfig
+        Detection parameters.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, the frame's shape.
     """
-    rn2 = float(np.median(gains.read_noise) ** 2)
-    # astroscrappy never flags the outermost pixels of its image: padded with the median
-    # level, the detector's edge pixels are found like the others (on a simulated 150 s
-    # dark: all 25 cosmic-ray pixels within 3 px of the edges, against none unpadded).
-    p = _CR_PAD
-    image = np.pad(exposure.image, p, mode="constant",
-                   constant_values=float(np.median(exposure.image[::4, ::4])))
-    exclude = np.pad(exposure.get_mask("BAD", "SAT", "SUSPECT"), p)
-    mask, _ = find_cosmic_rays(image, rn2, exclude, config)
-    mask = np.ascontiguousarray(mask[p:-p, p:-p])
+    # Each amp padded with its median level: astroscrappy never flags the outermost pixels
+    # of its image, which then are found like the others (on a simulated 150 s dark: all
+    # 25 cosmic-ray pixels within 3 px of the detector's edges, against none unpadded).
+    mask = find_cosmic_rays_by_region(
+        exposure.image, [camera.amp_slices(a) for a in camera.amplifiers],
+        np.square(np.asarray(read_noise_e, dtype=float)),
+        exposure.get_mask("BAD", "SAT", "SUSPECT"), config, pad=_CR_PAD)
     log.debug("%d cosmic-ray pixels", int(mask.sum()))
     return mask
 

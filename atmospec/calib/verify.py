@@ -53,7 +53,8 @@ Detector-wide, for every product: ``no_data_fraction`` ≤ 1 % (pixels with no i
 `verify_frame` runs cp_verify's tests the other way, on one input re-processed with the
 master (the EO run's biases and darks, `atmospec.calib.eo_run`): ``mean_below_sigma``,
 ``noise_matches_read_noise`` against the noise the residual should have, and
-``cr_noise_consistent`` as the σ of every pixel against the clipped σ.
+``cr_noise_consistent`` as the σ of every pixel against the clipped σ (for a dark, of every
+pixel but its cosmic rays: cp_verify's CR-rejected noise).
 """
 
 from __future__ import annotations
@@ -261,7 +262,8 @@ def _clipped_gaussian_sigma(k: float, max_iter: int = 50) -> float:
 
 def verify_frame(exposure: Exposure, expected_noise: np.ndarray,
                  camera: Camera | None = None, config: VerifyConfig | None = None, *,
-                 cr_check: bool = True) -> dict[str, np.ndarray]:
+                 cr_check: bool = True, cosmic_rays: np.ndarray | None = None
+                 ) -> dict[str, np.ndarray]:
     """cp_verify's tests of one ISR-processed bias or dark (its master subtracted), per amp.
 
     cp_verify runs its tests on the inputs re-processed with the new master, one exposure
@@ -278,9 +280,12 @@ def verify_frame(exposure: Exposure, expected_noise: np.ndarray,
         share of its noise the master removes);
     ``cr_noise_consistent``
         ``σ of every good pixel / clipped σ − 1 ≤ cr_noise_tolerance``: no transient (a
-        cosmic ray, a glitch) left in the frame (its CR-rejected noise is its noise). Not
-        run with ``cr_check=False`` (a dark whose cosmic rays are not repaired: each
-        exposure has some).
+        cosmic ray, a glitch) left in the frame (its CR-rejected noise is its noise). For a
+        dark, every exposure has cosmic rays: given their mask (``cosmic_rays``, e.g.
+        `atmospec.calib.masters.cosmic_ray_mask`), the σ is that of the good pixels
+        outside it, cp_verify's ``CR_NOISE`` (the σ after cosmic-ray rejection), which must
+        then be the clipped σ: what is left is read and dark noise, no transient the
+        rejection missed. Not run with ``cr_check=False``.
 
     Parameters
     ----------
@@ -294,11 +299,15 @@ def verify_frame(exposure: Exposure, expected_noise: np.ndarray,
         Clipping and tolerances.
     cr_check : bool
         Run ``cr_noise_consistent``.
+    cosmic_rays : numpy.ndarray, optional
+        bool, the frame's shape: pixels left out of ``sigma_plain`` (the cosmic rays
+        rejected); None: every good pixel counts.
 
     Returns
     -------
     dict
-        Per amp (arrays in HDU order): ``mean``, ``sigma``, ``sigma_plain`` (e⁻), each test
+        Per amp (arrays in HDU order): ``mean``, ``sigma``, ``sigma_plain`` (e⁻; without
+        the ``cosmic_rays``), each test
         of `FRAME_TESTS` (bool; ``cr_noise_consistent`` True when not run) and ``passed``
         (all of them).
     """
@@ -311,6 +320,8 @@ def verify_frame(exposure: Exposure, expected_noise: np.ndarray,
         sl = camera.amp_slices(amp)
         pixels = exposure.image[sl][good[sl]]
         mean[i], sigma[i] = _clipped_stats(pixels, config)
+        if cosmic_rays is not None:
+            pixels = exposure.image[sl][good[sl] & ~cosmic_rays[sl]]
         if pixels.size > 1:
             plain[i] = float(np.std(pixels, ddof=1, dtype=np.float64))
     expected = np.asarray(expected_noise, dtype=float)

@@ -24,6 +24,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "of the run), e.g. R22_S11,R22_S10")
     p.add_argument("--workers", type=int, default=1,
                    help="detectors measured at once (local processes)")
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help="local process pool (default) or an existing Dask cluster (one "
+                   "task per detector; run and repository on a shared file system)")
+    p.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786")
     p.add_argument("--redo", action="store_true",
                    help="measure again the detectors whose tables exist")
     p.set_defaults(func=_cmd_eo)
@@ -32,6 +36,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _cmd_eo(args: argparse.Namespace) -> int:
     from atmospec.night.eo import run_eo
 
+    if args.executor == "dask" and not args.scheduler:
+        raise UsageError("atmospec eo: --executor dask needs --scheduler ADDR")
     if args.workers < 1:
         raise UsageError("atmospec eo: --workers must be at least 1")
     detectors = None
@@ -40,7 +46,7 @@ def _cmd_eo(args: argparse.Namespace) -> int:
         if not detectors:
             raise UsageError("atmospec eo: --detectors names no detector")
     outcomes = run_eo(args.rundir, args.repo, detectors, workers=args.workers,
-                      redo=args.redo)
+                      executor=args.executor, scheduler=args.scheduler, redo=args.redo)
     for outcome in outcomes:
         print(outcome.line)
     return EXIT_FAILURE if any(o.status == "failed" for o in outcomes) else EXIT_OK

@@ -6,7 +6,9 @@ sorted by detector and role by eotest's folder patterns
 (`atmospec.calib.eo_run.classify_bot_run`). Each detector is one job
 (`atmospec.calib.eo_run.detector_figures`, then
 `atmospec.calib.eo_specs.verdict_table`), on the project's executor (`atmospec.parallel`);
-a detector that fails is reported with its reason and never stops the others. A detector
+a detector that fails is reported with its reason and never stops the others. On a Dask
+cluster each detector is a task; its workers read the run and write the repository, so
+both must be on a file system they share with this process. A detector
 whose two tables exist is skipped (``redo`` measures it again). Outputs (`atmospec.layout`):
 
 ``REPO/eo/<DET>/eo_figures.ecsv``
@@ -38,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from astropy.table import Table, vstack
 
@@ -49,7 +51,7 @@ from atmospec.calib.eo_run import (
     classify_bot_run,
     detector_figures,
 )
-from atmospec.calib.eo_specs import verdict_table
+from atmospec.calib.eo_specs import DETECTOR_AMP, verdict_table
 from atmospec.calib.inputs import raw_info
 from atmospec.camera.raw import camera_for
 from atmospec.errors import BadInputError, short_error
@@ -105,9 +107,10 @@ def detector_summary(verdicts: Table) -> dict[str, Any]:
     dict
         ``n_amps``, ``n_pass_all`` (amps with no ``fail`` and no ``not measured``
         specification), ``failures`` (``amp, spec, figure, value`` of every failing row, in
-        table order) and ``not_measured`` (the same for the specified figures left NaN).
+        table order; a detector-level row's amp is `DETECTOR_AMP`) and ``not_measured``
+        (the same for the specified figures left NaN).
     """
-    amps = list(dict.fromkeys(str(a) for a in verdicts["amp"]))
+    amps = list(dict.fromkeys(str(a) for a in verdicts["amp"] if str(a) != DETECTOR_AMP))
     bad: set[str] = set()
     failures, missing = [], []
     for row in verdicts:
@@ -119,6 +122,7 @@ def detector_summary(verdicts: Table) -> dict[str, Any]:
         elif row["status"] == "not measured":
             missing.append(entry)
             bad.add(entry["amp"])
+    # A detector-level row (CCD-012 over the CCD) judges no amp.
     return {"n_amps": len(amps), "n_pass_all": len([a for a in amps if a not in bad]),
             "failures": failures, "not_measured": missing}
 
@@ -127,18 +131,21 @@ def summary_line(detector: str, vendor: str, summary: dict[str, Any]) -> str:
     """``R22_S11 (e2v): 16 amps, 15 pass all, C07 fails CCD-010 (cti_serial_high 7.1e-06)``.
 
     Failures are grouped by amp (one figure per specification); a specification failed by
-    every amp is named once (``all amps fail PTC-A00``); at most four amps are named, the
-    others counted.
+    every amp is named once (``all amps fail PTC-A00``); the whole detector's failures
+    come first (``CCD fails CCD-012 (defect_fraction 0.55)``); at most four amps are named,
+    the others counted.
     """
     n_amps = summary["n_amps"]
     text = f"{detector} ({vendor}): {n_amps} amps, {summary['n_pass_all']} pass all"
     amps_of: dict[str, set[str]] = {}
     for f in summary["failures"]:
-        amps_of.setdefault(f["spec"], set()).add(f["amp"])
+        if f["amp"] != DETECTOR_AMP:
+            amps_of.setdefault(f["spec"], set()).add(f["amp"])
     everywhere = [s for s, amps in amps_of.items() if n_amps > 1 and len(amps) == n_amps]
+    # The whole detector's verdicts first (CCD-012 over the CCD), then the amps'.
     by_amp: dict[str, dict[str, dict[str, Any]]] = {}
-    for f in summary["failures"]:
-        if f["spec"] not in everywhere:
+    for f in sorted(summary["failures"], key=lambda f: f["amp"] != DETECTOR_AMP):
+        if f["amp"] == DETECTOR_AMP or f["spec"] not in everywhere:
             by_amp.setdefault(f["amp"], {}).setdefault(f["spec"], f)
     items = [f"all amps fail {spec}" for spec in everywhere]
     for amp, specs in by_amp.items():
@@ -205,7 +212,9 @@ def _reduce(frames: EoFrames, repo: Path, config: EoRunConfig) -> DetectorOutcom
         folder.mkdir(parents=True, exist_ok=True)
         measured = detector_figures(frames, camera, folder, config)
         figures = measured.figures
-        verdicts = verdict_table(figures, detector, camera.vendor)
+        verdicts = verdict_table(figures, detector, camera.vendor,
+                                 not_measured=figures.meta.get("NOT_MEASURED", ()),
+                                 detector_values=figures.meta.get("DETECTOR_FIGURES"))
         summary = detector_summary(verdicts)
         summary["tearing_frames"] = int(figures.meta.get("TEARING_FRAMES", 0))
         _write(repo, detector, figures, verdicts, summary, measured.tables)
@@ -234,8 +243,9 @@ def _skipped(repo: Path, detector: str) -> DetectorOutcome:
 
 
 def run_eo(run_dir: str | Path, repo: str | Path, detectors: Sequence[str] | None = None, *,
-           workers: int = 1, redo: bool = False, config: EoRunConfig | None = None,
-           plots: bool = True) -> list[DetectorOutcome]:
+           workers: int = 1, executor: Literal["local", "dask"] = "local",
+           scheduler: str | None = None, redo: bool = False,
+           config: EoRunConfig | None = None, plots: bool = True) -> list[DetectorOutcome]:
     """Measure and judge the EO figures of the detectors of a BOT acquisition.
 
     Parameters
@@ -248,7 +258,12 @@ def run_eo(run_dir: str | Path, repo: str | Path, detectors: Sequence[str] | Non
         Only these detectors (default: every detector with frames in the run).
     workers : int
         Detectors measured at once (local processes, `atmospec.parallel.open_executor`);
-        1 measures them in this process.
+        1 measures them in this process. Ignored with Dask.
+    executor : {"local", "dask"}
+        Local processes, or the Dask cluster at ``scheduler`` (every detector is a task
+        there, whatever their number).
+    scheduler : str, optional
+        Address of the Dask scheduler (``tcp://host:8786``); required with ``dask``.
     redo : bool
         Measure detectors whose tables exist again.
     config : EoRunConfig, optional
@@ -266,10 +281,12 @@ def run_eo(run_dir: str | Path, repo: str | Path, detectors: Sequence[str] | Non
     ------
     BadInputError
         ``run_dir`` is not a folder or holds no frame of any EO role; a requested detector
-        has no frames in it.
+        has no frames in it; a Dask run without a scheduler, or one that cannot be reached.
     """
     run_dir, repo = Path(run_dir), Path(repo)
     config = config or EoRunConfig()
+    if executor == "dask" and not scheduler:
+        raise BadInputError("--scheduler", "a Dask run needs the scheduler address")
     if not run_dir.is_dir():
         raise BadInputError(run_dir, "no such folder (an EO acquisition: one folder per "
                                      "exposure)")
@@ -296,8 +313,8 @@ def run_eo(run_dir: str | Path, repo: str | Path, detectors: Sequence[str] | Non
         else:
             todo.append(frames)
     log.info("EO run %s: %d detectors, %d to measure", run_dir, len(selected), len(todo))
-    if todo and workers > 1 and len(todo) > 1:
-        with open_executor(min(workers, len(todo))) as pool:
+    if todo and (executor == "dask" or (workers > 1 and len(todo) > 1)):
+        with open_executor(min(workers, len(todo)), executor, scheduler) as pool:
             futures: list[tuple[str, Future]] = [
                 (f.detector, pool.submit(_reduce, f, repo, config)) for f in todo]
             for detector, future in futures:

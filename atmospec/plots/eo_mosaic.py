@@ -36,6 +36,7 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from atmospec.calib.eo_specs import DETECTOR_AMP
 from atmospec.camera.description import amp_grid, detector_place
 from atmospec.plots.common import save_png
 
@@ -129,7 +130,10 @@ def _float(value: object) -> float:
 
 
 def _rows(table: Table, figure: str) -> Table:
-    return table[np.asarray(table["figure"], dtype=str) == figure]
+    """The amps' rows of ``figure``: rows judging a whole detector (CCD-012 over the CCD,
+    amp `DETECTOR_AMP`) have no place among the amps."""
+    return table[(np.asarray(table["figure"], dtype=str) == figure)
+                 & (np.asarray(table["amp"], dtype=str) != DETECTOR_AMP)]
 
 
 def amp_values(table: Table, figure: str) -> list[AmpValue]:
@@ -185,7 +189,8 @@ def drawn_figures(table: Table) -> list[str]:
     """Figures of the table measured on at least one amp, in table order."""
     names = np.asarray(table["figure"], dtype=str)
     values = np.array([_float(v) for v in table["value"]], dtype=float)
-    return [f for f in dict.fromkeys(names) if np.isfinite(values[names == f]).any()]
+    amps = np.asarray(table["amp"], dtype=str) != DETECTOR_AMP
+    return [f for f in dict.fromkeys(names) if np.isfinite(values[(names == f) & amps]).any()]
 
 
 def _unit(table: Table, figure: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from astropy.table import Table
 
+from atmospec.calib.eo_specs import DETECTOR_AMP
 from atmospec.plots.exposure import newer_than
 from atmospec.report import html as H
 
@@ -69,7 +70,8 @@ def figure_rows(table: Table, detector: str) -> list[EoFigureRow]:
     (``upper − value``, ``value − lower``): the largest value under an upper limit, the
     smallest over a lower one.
     """
-    rows = table[np.asarray(table["detector"], dtype=str) == detector]
+    rows = table[(np.asarray(table["detector"], dtype=str) == detector)
+                 & (np.asarray(table["amp"], dtype=str) != DETECTOR_AMP)]
     figures = np.asarray(rows["figure"], dtype=str)
     out = []
     for figure in dict.fromkeys(figures):
@@ -190,13 +192,17 @@ def eo_section(table: Table | None, problem: str | None, out: Path,
     for det in detectors:
         rows = figure_rows(table, det)
         amps = {_text(a) for a, d in zip(table["amp"], table["detector"], strict=True)
-                if _text(d) == det}
+                if _text(d) == det} - {DETECTOR_AMP}
         failing = {_text(a) for a, d, s in zip(table["amp"], table["detector"],
                                                 table["status"], strict=True)
                    if _text(d) == det and _text(s) == "fail"}
         vendor = f" ({vendors[det]})" if vendors.get(det) else ""
+        whole = "".join(f"; {_text(r['spec'])} over the CCD ({_text(r['figure'])} "
+                        f"{_float(r['value']):.3g}): {_text(r['status'])}"
+                        for r in table if _text(r["detector"]) == det
+                        and _text(r["amp"]) == DETECTOR_AMP)
         body.append(f"<h3>{H.esc(det)}{H.esc(vendor)}: {len(amps)} amps, "
-                    f"{len(amps - failing)} pass every specification</h3>")
+                    f"{len(amps - failing)} pass every specification{H.esc(whole)}</h3>")
         body.append(_detector_table(rows, det))
     if figures:
         body.append("<h3>Mosaics and histograms</h3>")

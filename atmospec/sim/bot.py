@@ -60,6 +60,7 @@ from atmospec.sim.detector import (
     DetectorSimConfig,
     ExposureTruth,
     expose,
+    parallel_cti_per_amp,
     sensor_model,
     serial_cti_per_amp,
 )
@@ -590,7 +591,7 @@ def _detector_truth(camera: Camera, config: BotConfig, first: BotFrame) -> dict[
             for a in camera.amplifiers],
         "full_well_e": det.full_well_e,
         "cti_serial": serial_cti_per_amp(config.detector, camera).tolist(),
-        "cti_parallel": [config.detector.cti_parallel] * camera.n_amps,
+        "cti_parallel": parallel_cti_per_amp(config.detector, camera).tolist(),
         "nonlinearity": np.asarray(det.nonlinearity, dtype=float).tolist(),
         "brighter_fatter": _brighter_fatter_truth(config.detector),
         "tearing": ({"amplitude": config.tearing_amplitude, "rows": config.tearing_rows}

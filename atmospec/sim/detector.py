@@ -86,8 +86,13 @@ class DetectorSimConfig:
     cti_serial_by_amp: tuple[tuple[str, float], ...] = ()
     """Serial CTI of named amps, ``(("C07", 8e-6), …)``, replacing ``cti_serial`` for them
     (an amp out of specification among good ones)."""
+    cti_parallel_by_amp: tuple[tuple[str, float], ...] = ()
+    """Parallel CTI of named amps, replacing ``cti_parallel`` for them."""
     cold_pixel_fraction: float = 0.0
     """Fraction of pixels with a low response to light (0.2–0.7 of normal)."""
+    n_cold_columns: int = 0
+    """Number of dark column segments (one amp's half of a column each, its whole height),
+    of response 0.3–0.7: the camera team's dark columns."""
     brighter_fatter: tuple[float, float] = (0.0, 0.0)
     """``(α_x, α_y)``, 1/e⁻: charge redistribution of strength ∝ signal (`brighter_fatter`):
     a flat of μ e⁻ gets covariances a_10·μ² and a_01·μ² between neighbours along x and y
@@ -228,6 +233,12 @@ def sensor_model(config: DetectorSimConfig, camera: Camera) -> SensorModel:
     if n_cold:
         cold_idx = rng2.choice(response.size, n_cold, replace=False)
         response.ravel()[cold_idx] = rng2.uniform(0.2, 0.7, n_cold).astype(np.float32)
+    # Dark columns: a stream of their own again (adding them changes nothing else).
+    rng3 = np.random.default_rng([config.sensor_seed, 4])
+    for _ in range(config.n_cold_columns):
+        col = int(rng3.integers(0, shape[1]))
+        rows = slice(half, None) if rng3.integers(0, 2) else slice(0, half)
+        response[rows, col] = np.float32(rng3.uniform(0.3, 0.7))
     hot = dark >= np.float32(config.dark_current_e_per_s + 0.05)
 
     model = SensorModel(gains, camera.nominal_read_noise.copy(), bias, fixed, fixed_e, dark,
@@ -247,11 +258,29 @@ def serial_cti_per_amp(config: DetectorSimConfig, camera: Camera) -> np.ndarray:
     ValueError
         For an amp name the detector does not have.
     """
-    cti = np.full(camera.n_amps, config.cti_serial, dtype=np.float64)
+    return _per_amp(config.cti_serial, config.cti_serial_by_amp, "cti_serial_by_amp", camera)
+
+
+def parallel_cti_per_amp(config: DetectorSimConfig, camera: Camera) -> np.ndarray:
+    """Parallel CTI of every amp (HDU order): ``cti_parallel`` but where
+    ``cti_parallel_by_amp`` names the amp.
+
+    Raises
+    ------
+    ValueError
+        For an amp name the detector does not have.
+    """
+    return _per_amp(config.cti_parallel, config.cti_parallel_by_amp, "cti_parallel_by_amp",
+                    camera)
+
+
+def _per_amp(default: float, by_amp: tuple[tuple[str, float], ...], what: str,
+             camera: Camera) -> np.ndarray:
+    cti = np.full(camera.n_amps, default, dtype=np.float64)
     names = list(camera.amp_names)
-    for name, value in config.cti_serial_by_amp:
+    for name, value in by_amp:
         if name not in names:
-            raise ValueError(f"cti_serial_by_amp: {camera.label} has no amp {name!r}")
+            raise ValueError(f"{what}: {camera.label} has no amp {name!r}")
         cti[names.index(name)] = value
     return cti
 
@@ -532,7 +561,7 @@ def expose(
     expected = np.asarray(signal_e, dtype=np.float32)
     if illumination is not None:
         expected = expected * illumination
-    if config.cold_pixel_fraction > 0:
+    if config.cold_pixel_fraction > 0 or config.n_cold_columns > 0:
         expected = expected * sensor.response
     expected = expected + sensor.dark_current_e_per_s * np.float32(darktime)
     electrons = rng.poisson(expected).astype(np.float32)
@@ -549,12 +578,13 @@ def expose(
     data_box = (slice(None), *frame.data_bbox.slices)
     cti_trails = None
     cti_serial = serial_cti_per_amp(config, camera)
-    if config.cti_parallel > 0 or np.any(cti_serial > 0) or frame is not camera:
+    cti_parallel = parallel_cti_per_amp(config, camera)
+    if np.any(cti_parallel > 0) or np.any(cti_serial > 0) or frame is not camera:
         full = np.zeros((n, *camera.raw_bbox.shape), dtype=np.float32)
         full[(slice(None), *camera.data_bbox.slices)] = data_adu
         full = bin_segments(full, *frame.binning)
         # Transfers run over the whole segment: deferred charge reaches the overscans (EPER).
-        full = apply_cti(apply_cti(full, config.cti_parallel, axis=1), cti_serial, axis=2)
+        full = apply_cti(apply_cti(full, cti_parallel, axis=1), cti_serial, axis=2)
         data_adu = np.ascontiguousarray(full[data_box])
         # What is left is read outside the data section: CTI trails, and the binned pixels
         # straddling the data section's edge.
