@@ -363,6 +363,10 @@ def _block_or(mask: np.ndarray, factor: int) -> np.ndarray:
     return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
 
 
+#: Mask pixels histogrammed at a time by `_plane_counts`.
+_COUNT_CHUNK = 1 << 20
+
+
 def _plane_counts(mask: np.ndarray, planes: Mapping[str, int]) -> dict[str, int]:
     """Full-resolution pixel count of every plane, from one histogram of the mask values
     (one pass, rather than one pass per plane)."""
@@ -370,7 +374,10 @@ def _plane_counts(mask: np.ndarray, planes: Mapping[str, int]) -> dict[str, int]
     top = int(flat.max(initial=0))
     if int(flat.min(initial=0)) < 0 or top >= 1 << 16:  # bit 31 or high planes: per plane
         return {p: int(np.count_nonzero(flat & (1 << b))) for p, b in planes.items()}
-    histogram = np.bincount(flat, minlength=top + 1)
+    # In chunks: bincount copies its input to int64 (128 MB for a 4k×4k mask at once).
+    histogram = np.zeros(top + 1, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        histogram += np.bincount(flat[start:start + _COUNT_CHUNK], minlength=top + 1)
     values = np.arange(histogram.size)
     return {p: int(histogram[(values & (1 << b)) != 0].sum()) for p, b in planes.items()}
 
