@@ -122,6 +122,8 @@ def synthetic_night(source: Path, out: Path, n: int) -> tuple[int, int]:
 
 #: The issue's goal: a cold rebuild of a 300-exposure night's report on 2 cores, s.
 COLD_GOAL_S = 60.0
+#: The night of that goal, exposures (a smaller ``--n`` is held to its share of it).
+GOAL_EXPOSURES = 300
 
 
 def cpu_seconds() -> float:
@@ -172,25 +174,27 @@ def main() -> None:
         print(f"figures of one {kind} exposure, drawn here: {per_kind[kind]:.2f} s CPU "
               f"({split})")
     need = n_imaging * per_kind.get("imaging", 0.0) + n_dispersed * per_kind.get("dispersed", 0.0)
+    goal = COLD_GOAL_S * args.n / GOAL_EXPOSURES
     print(f"    the night's figures at these costs: {need:.0f} s CPU = {need / 2:.0f} s on 2 "
-          f"busy cores (goal {COLD_GOAL_S:.0f} s: needs <= {2 * COLD_GOAL_S / args.n:.2f} s "
-          "CPU per exposure)", flush=True)
+          f"busy cores (goal {goal:.0f} s for {args.n} exposures: <= "
+          f"{2 * COLD_GOAL_S / GOAL_EXPOSURES:.2f} s CPU per exposure)", flush=True)
     config = ReportConfig(workers=args.workers)
     load = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), cpu_seconds()
     build_report(night, config)
     cold, cold_cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    verdict = "met" if cold <= COLD_GOAL_S else f"MISSED ({cold / COLD_GOAL_S:.1f}x)"
+    verdict = "met" if cold <= goal else f"MISSED ({cold / goal:.1f}x)"
     print(f"cold report (every figure drawn, {args.workers} workers): {cold:.1f} s; goal <= "
-          f"{COLD_GOAL_S:.0f} s for 300 exposures on 2 cores: {verdict}; CPU {cold_cpu:.0f} s "
+          f"{goal:.0f} s ({COLD_GOAL_S:.0f} s for {GOAL_EXPOSURES} exposures on 2 cores): "
+          f"{verdict}; CPU {cold_cpu:.0f} s "
           f"= {cold_cpu / args.n:.2f} s per exposure; load average {load:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end", flush=True)
     t0, c0 = time.perf_counter(), cpu_seconds()
     build_report(night, config)
     warm, warm_cpu = time.perf_counter() - t0, cpu_seconds() - c0
     print(f"warm report (figures cached): {warm:.1f} s (CPU {warm_cpu:.1f} s) = "
-          f"{1000 * warm / args.n:.1f} ms per exposure; goal <= {COLD_GOAL_S:.0f} s: "
-          f"{'met' if warm <= COLD_GOAL_S else 'MISSED'}")
+          f"{1000 * warm / args.n:.1f} ms per exposure; goal <= {goal:.0f} s: "
+          f"{'met' if warm <= goal else 'MISSED'}")
     print("at the end of `atmospec night` the report is the warm case: the night's workers "
           "draw each exposure's figures as soon as its tasks are done (the cold cost per "
           "exposure above, spent in parallel with the reduction of the others)")
