@@ -11,14 +11,17 @@ Run: ``python benchmarks/bench_report.py [--workdir DIR] [--source REPO] [--n 30
    hard-linked (no copy of the 200 MB post-ISR images), a night index holding their raw
    records and task outcomes, and its summary table. The calibration registry is
    hard-linked too.
-3. ``build_report`` is timed twice: cold (``report/`` removed: every figure drawn, in a
+3. Where a cold rebuild's CPU goes: each figure group of one exposure of each kind drawn
+   here (CPU time of this process), and the CPU the night's exposures need at those costs.
+4. ``build_report`` is timed twice: cold (``report/`` removed: every figure drawn, in a
    process pool of ``--workers``) and warm (nothing changed: every figure cached).
 
-Printed: both wall times, the cold cost per exposure (wall and CPU = wall × workers), the
-mix of imaging and dispersed exposures, and whether the warm report meets the 60 s target.
-The warm case is what ``atmospec night`` meets at its end: its workers draw each exposure's
-figures (`atmospec.plots.exposure.refresh_figures`) as soon as that exposure's tasks are
-done, so the report only lays them out and draws the night-level figures.
+Printed: both wall times against the issue's goal (a cold rebuild of 300 exposures in
+≤ 60 s on 2 cores), the CPU time of the cold one (this process and its workers), the mix of
+imaging and dispersed exposures, and the load average. The warm case is what
+``atmospec night`` meets at its end: its workers draw each exposure's figures
+(`atmospec.plots.exposure.refresh_figures`) as soon as that exposure's tasks are done, so
+the report only lays them out and draws the night-level figures.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
@@ -39,6 +43,12 @@ from astropy.time import TimeDelta  # noqa: E402
 
 from atmospec.night.index import NightIndex  # noqa: E402
 from atmospec.night.summary import write_summary  # noqa: E402
+from atmospec.plots.exposure import (  # noqa: E402
+    ExposureFigureJob,
+    ExposureOutputs,
+    draw_exposure,
+    exposure_groups,
+)
 from atmospec.report import ReportConfig, build_report  # noqa: E402
 
 #: Output files of an exposure, by suffix (docs/night.md).
@@ -110,6 +120,39 @@ def synthetic_night(source: Path, out: Path, n: int) -> tuple[int, int]:
     return counts[0], counts[1]
 
 
+#: The issue's goal: a cold rebuild of a 300-exposure night's report on 2 cores, s.
+COLD_GOAL_S = 60.0
+#: The night of that goal, exposures (a smaller ``--n`` is held to its share of it).
+GOAL_EXPOSURES = 300
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the report's pool), s."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def group_costs(source: Path, workdir: Path) -> dict[str, dict[str, float]]:
+    """CPU seconds of each figure group of the source's first imaging and first dispersed
+    exposure, drawn here (the second of two draws: imports and caches warm)."""
+    costs: dict[str, dict[str, float]] = {}
+    for record in NightIndex(source).raws(image_type="science"):
+        kind = "dispersed" if record.info.is_dispersed else "imaging"
+        if kind in costs:
+            continue
+        outputs = ExposureOutputs.find(source / "exposures" / str(record.info.day_obs),
+                                       record.obs_id)
+        costs[kind] = {}
+        for group in exposure_groups(outputs):
+            job = ExposureFigureJob(outputs, workdir / "sample" / record.obs_id, (group,))
+            for _ in range(2):
+                t0 = time.process_time()
+                draw_exposure(job)
+                costs[kind][group.name] = time.process_time() - t0
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="bench-work/report")
@@ -124,18 +167,34 @@ def main() -> None:
     n_imaging, n_dispersed = synthetic_night(source, night, args.n)
     print(f"synthetic night: {args.n} exposures ({n_imaging} imaging, {n_dispersed} dispersed) "
           f"from {source}, built in {time.perf_counter() - t0:.1f} s", flush=True)
+    costs = group_costs(source, workdir)
+    per_kind = {k: sum(v.values()) for k, v in costs.items()}
+    for kind, groups in costs.items():
+        split = ", ".join(f"{g} {s:.2f} s" for g, s in groups.items())
+        print(f"figures of one {kind} exposure, drawn here: {per_kind[kind]:.2f} s CPU "
+              f"({split})")
+    need = n_imaging * per_kind.get("imaging", 0.0) + n_dispersed * per_kind.get("dispersed", 0.0)
+    goal = COLD_GOAL_S * args.n / GOAL_EXPOSURES
+    print(f"    the night's figures at these costs: {need:.0f} s CPU = {need / 2:.0f} s on 2 "
+          f"busy cores (goal {goal:.0f} s for {args.n} exposures: <= "
+          f"{2 * COLD_GOAL_S / GOAL_EXPOSURES:.2f} s CPU per exposure)", flush=True)
     config = ReportConfig(workers=args.workers)
-    t0 = time.perf_counter()
+    load = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), cpu_seconds()
     build_report(night, config)
-    cold = time.perf_counter() - t0
-    print(f"cold report (every figure drawn, {args.workers} workers): {cold:.1f} s = "
-          f"{cold / args.n:.2f} s wall, {cold * args.workers / args.n:.2f} s CPU per exposure",
-          flush=True)
-    t0 = time.perf_counter()
+    cold, cold_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    verdict = "met" if cold <= goal else f"MISSED ({cold / goal:.1f}x)"
+    print(f"cold report (every figure drawn, {args.workers} workers): {cold:.1f} s; goal <= "
+          f"{goal:.0f} s ({COLD_GOAL_S:.0f} s for {GOAL_EXPOSURES} exposures on 2 cores): "
+          f"{verdict}; CPU {cold_cpu:.0f} s "
+          f"= {cold_cpu / args.n:.2f} s per exposure; load average {load:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end", flush=True)
+    t0, c0 = time.perf_counter(), cpu_seconds()
     build_report(night, config)
-    warm = time.perf_counter() - t0
-    print(f"warm report (figures cached): {warm:.1f} s = {1000 * warm / args.n:.1f} ms per "
-          f"exposure; target 60 s for 300 exposures: {'met' if warm <= 60 else 'MISSED'}")
+    warm, warm_cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    print(f"warm report (figures cached): {warm:.1f} s (CPU {warm_cpu:.1f} s) = "
+          f"{1000 * warm / args.n:.1f} ms per exposure; goal <= {goal:.0f} s: "
+          f"{'met' if warm <= goal else 'MISSED'}")
     print("at the end of `atmospec night` the report is the warm case: the night's workers "
           "draw each exposure's figures as soon as its tasks are done (the cold cost per "
           "exposure above, spent in parallel with the reduction of the others)")

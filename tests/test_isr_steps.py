@@ -127,3 +127,36 @@ def test_resolve_steps():
         resolve_steps(("gain", "dark"), {"bias"})
     with pytest.raises(ValueError, match="add step 'gain'"):
         resolve_steps(("overscan", "bias"), {"bias"})
+
+
+def test_defect_mask_cached_per_table_and_geometry(tmp_path):
+    """The binned defect mask is computed once per product and binning, and a new defects
+    product (a new file: a new set of products for the night's workers) or a new table on
+    the same products never reuses the old mask."""
+    from atmospec.calib.isr_inputs import CalibrationFiles
+    from atmospec.calib.products import Defects
+    from atmospec.isr.defects import frame_defect_mask
+    from atmospec.night.tasks import _calibrations
+
+    camera = load_camera("latiss")
+    binned = camera.binned(2, 2)
+    boxes = {"a": Table({"x0": [10], "y0": [20], "width": [3], "height": [2]},
+                        meta={"OBSTYPE": "defects"}),
+             "b": Table({"x0": [1000], "y0": [0], "width": [1], "height": [4000]},
+                        meta={"OBSTYPE": "defects"})}
+    files = {k: CalibrationFiles(defects=str(Defects(t).write(tmp_path / f"{k}.ecsv")))
+             for k, t in boxes.items()}
+    calibs = _calibrations(files["a"], binned)
+    first = calibs.defect_mask(binned)
+    assert calibs.defect_mask(binned) is first and not first.flags.writeable
+    np.testing.assert_array_equal(first, frame_defect_mask(boxes["a"], binned))
+    assert first.sum() == 2  # x 10–12, y 20–21 unbinned: binned columns 5–6 of row 10
+    unbinned = calibs.defect_mask(camera)  # another geometry: its own mask
+    assert unbinned.shape == camera.detector_shape and unbinned.sum() == 3 * 2
+    # A new product: its own mask, not the cached one.
+    other = _calibrations(files["b"], binned).defect_mask(binned)
+    np.testing.assert_array_equal(other, frame_defect_mask(boxes["b"], binned))
+    assert other.sum() == 2000 and not other[10, 5]
+    # A table replaced on the same products.
+    calibs.defects = boxes["b"]
+    np.testing.assert_array_equal(calibs.defect_mask(binned), other)

@@ -187,6 +187,41 @@ def test_thumbnail_names_curated_defects_and_config(tmp_path: Path,
     assert "empty_1" not in fig.axes[0].get_title(loc="left")
 
 
+def test_thumbnail_from_memory_equals_from_file(tmp_path: Path) -> None:
+    """The night's worker draws the thumbnail from the exposure it just wrote (no read
+    back): the PNG equals the one drawn from the file, quantised and tile-compressed, also
+    after characterize set a plane the thumbnail does not draw (DETECTED) in memory."""
+    from atmospec.compression import CompressionConfig
+
+    exp = _exposure()
+    exp.variance[...] = 25.0
+    exp.metadata["INSTRUME"] = "LATISS"
+    exp.metadata["HIERARCH ATM CALIB DEFECTS"] = "latiss_defects.ecsv"
+    exp.compression = CompressionConfig()
+    postisr = exp.write(tmp_path / "postisr.fits")  # quantises exp's planes as stored
+    exp.set_mask("DETECTED", exp.image > 110.0)
+    sources = (np.array([50.0, 320.5]), np.array([60.0, 200.0]))
+    from_file = pisr.plot_postisr_thumbnail(postisr, tmp_path / "file.png", sources=sources,
+                                            max_width=400)
+    from_memory = pisr.plot_postisr_thumbnail(exp, tmp_path / "memory.png", sources=sources,
+                                              max_width=400)
+    np.testing.assert_array_equal(_check_png(from_memory), _check_png(from_file))
+
+
+def test_plane_counts_over_chunks() -> None:
+    """The per-plane pixel counts, histogrammed in chunks, equal a count per plane (a mask
+    of more than one chunk, and one with bits beyond the histogram's range)."""
+    rng = np.random.default_rng(4)
+    mask = rng.integers(0, 64, (1100, 1000)).astype(np.int32)  # 1.1 chunks
+    planes = {"BAD": 0, "CR": 3, "EDGE": 5}
+    expected = {p: int(np.count_nonzero(mask & (1 << b))) for p, b in planes.items()}
+    assert pisr._plane_counts(mask, planes) == expected
+    mask[0, 0] = 1 << 20  # a high plane: counted plane by plane
+    planes["HIGH"] = 20
+    expected = {p: int(np.count_nonzero(mask & (1 << b))) for p, b in planes.items()}
+    assert expected["HIGH"] == 1 and pisr._plane_counts(mask, planes) == expected
+
+
 def test_bad_source_names_the_amplifier() -> None:
     """LATISS's shipped defect box (x 3562–4070, y 0–1999) covers amp C07 of the camera
     description whole: the legend names it; a partial box names no amplifier."""

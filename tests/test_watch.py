@@ -2,20 +2,20 @@
 
 The small simulated night of the shared fixtures (`conftest.NIGHT`) is fed into an empty
 watched directory one file by one, 0.2 s apart, by a feeder thread: the calibration frames,
-the night's three damaged files (a truncated raw, an empty file, a foreign FITS file) and,
-last, an imaging frame written slowly in six chunks (complete only after ~5 s: it must not
-be taken half-written). The watch runs as the command a user types, in a subprocess, and
-is stopped with SIGINT once that exposure's job has started: it must finish and record it,
-then exit 0. Its repository starts with a copy of the reference night's calibration
-products (the "certified products" path, as the night runner's resume test does: building
-them again would double the test's cost), so every output can be compared plane by plane
-with ``atmospec night``'s on the same raws.
+the night's dispersed exposure, its three damaged files (a truncated raw, an empty file, a
+foreign FITS file) and, last, an imaging frame written slowly in six chunks (complete only
+after ~5 s: it must not be taken half-written). The watch runs as the command a user types,
+in a subprocess, and is stopped with SIGINT once that imaging exposure's job is running:
+it must finish and record the exposures running, then exit 0. Its repository starts with a
+copy of the reference night's calibration products (the "certified products" path, as the
+night runner's resume test does: building them again would double the test's cost), so
+every output can be compared plane by plane with ``atmospec night``'s on the same raws.
 
-The night's other science frames are not fed: a dispersed exposure alone costs more CPU
-than this module may (its path through the watch is the imaging frame's: the same
-`plan_jobs`, `run_job` and `record_outcomes`; ``benchmarks/bench_watch.py`` runs both
-kinds). The live page's alerts are tested on synthetic summary rows; the page itself,
-with a dispersed exposure's spectrum, in a browser in ``tests/test_report_browser.py``.
+The dispersed exposure is the shared night's (full frame): the reference night reduced it
+already, and a 2×2-binned one would cost more here, its simulation alone ~7.5 s of CPU
+plus 2×2 masters the fixtures do not hold (a product must match the frame's binning). The
+night's other imaging frame is not fed. The live page's alerts are tested on synthetic
+summary rows; the page itself in a browser in ``tests/test_report_browser.py``.
 """
 
 from __future__ import annotations
@@ -44,9 +44,10 @@ from atmospec.night.runner import NightRunConfig, run_night
 from atmospec.night.watch import WatchConfig, watch_night
 from atmospec.parallel import WORKER_ENVIRONMENT
 
-#: The frames fed, by SEQNUM: 1–12 calibration frames, 16–18 the damaged files, then 13, the
-#: imaging frame, written slowly.
+#: The frames fed, by SEQNUM: 1–12 calibration frames, 14 the dispersed exposure, 16–18 the
+#: damaged files, then 13, the imaging frame, written slowly.
 SLOW = "AT_O_20250301_000013.fits"
+DISPERSED = "AT_O_20250301_000014.fits"
 DAMAGED = ("AT_O_20250301_000016.fits", "AT_O_20250301_000017.fits",
            "CC_O_20250301_000018.fits")
 CADENCE_S = 0.2
@@ -60,7 +61,7 @@ TIMEOUT_S = 3.0
 def _feed_order(raw: Path) -> list[str]:
     names = sorted(p.name for p in raw.glob("*.fits"))
     calibration = [n for n in names if int(n[-10:-5]) <= 12 and n.startswith("AT_")]
-    return [*calibration, *DAMAGED, SLOW]
+    return [*calibration, DISPERSED, *DAMAGED, SLOW]
 
 
 class Feeder(threading.Thread):
@@ -137,11 +138,12 @@ def watched(night_raw_dir: Path, night_reference: tuple[Path, int],
         feeder.start()
         feeder.join(timeout=120)
         assert not feeder.is_alive() and feeder.error is None, feeder.error
-        # Stop once the damaged files were reported and the exposure's job started (its
-        # worker made its output folder): the job must finish and be recorded.
-        started = repo / "exposures" / "20250301"
+        # Stop once the damaged files were reported and the slow exposure's job is running
+        # (its ISR wrote the post-ISR image; characterize and the figures follow): the jobs
+        # running must finish and be recorded.
+        postisr = repo / "exposures" / "20250301" / f"{SLOW.removesuffix('.fits')}_postisr.fits"
         while len(json.loads(live.read_text())["rejected"]) < len(DAMAGED) or \
-                not started.is_dir():
+                not postisr.is_file():
             assert proc.poll() is None and time.monotonic() < deadline + 60
             time.sleep(0.05)
             feeder.sample()
@@ -161,30 +163,44 @@ def watched(night_raw_dir: Path, night_reference: tuple[Path, int],
 
 
 def test_watch_reduces_each_exposure_as_it_arrives(watched):
-    """Exit 0 after SIGINT with the running exposure finished; every frame has its summary
-    row, the science exposure its figures; the live page showed it."""
+    """Exit 0 after SIGINT with the running exposures finished; every frame has its summary
+    row, each science exposure its figures (the dispersed one its spectrum's and its
+    atmosphere fit's); the live page showed them."""
     repo, watched_dir, feeder, status, out, err, running = watched
     assert status == 0, err
     assert running, "the exposure had finished before SIGINT: nothing to check"
     assert "stopping" in err and "Traceback" not in err
-    assert "1 processed now" in out
+    assert "2 processed now" in out
     summary = Table.read(repo / "night" / "summary.ecsv")
     fed = [n.removesuffix(".fits") for n in _feed_order(watched_dir) if n not in DAMAGED]
     assert sorted(summary["obs_id"]) == sorted(fed)
     science = summary[summary["image_type"] == "science"]
-    assert list(science["obs_id"]) == [SLOW.removesuffix(".fits")]
-    assert list(science["status"]) == ["done"] and science["n_sources"][0] > 100
-    figures = repo / "report" / "exposures" / SLOW.removesuffix(".fits")
-    manifest = json.loads((figures / "figures.json").read_text())
-    drawn = [name for group in manifest.values() for name in group["files"]]
-    assert {"postisr.png", "sources.png", "psf.png"} <= set(drawn)
-    assert all((figures / name).stat().st_size > 1000 for name in drawn)
-    # The page had no exposure, then this one.
-    assert feeder.latest_seen == [SLOW.removesuffix(".fits")]
+    slow, dispersed = SLOW.removesuffix(".fits"), DISPERSED.removesuffix(".fits")
+    assert list(science["obs_id"]) == [slow, dispersed]
+    assert list(science["status"]) == ["done", "done"] and science["n_sources"][0] > 100
+    # The dispersed exposure's row: its zeroth order, spectrum and atmosphere.
+    row = science[1]
+    assert np.isfinite(row["zeroth_order_x"]) and np.isfinite(row["zeroth_order_y"])
+    assert np.isfinite(row["flux_650nm"]) and row["flux_650nm"] > 0
+    assert np.isfinite(row["pwv_mm"]) and np.isfinite(row["pwv_mm_err"])
+    expected = {slow: {"postisr.png", "sources.png", "psf.png"},
+                dispersed: {"postisr.png", "atmosphere_fit.png", "spectrum_spectrum.png",
+                            "spectrum_spectrogram.png"}}
+    for obs_id, names in expected.items():
+        figures = repo / "report" / "exposures" / obs_id
+        manifest = json.loads((figures / "figures.json").read_text())
+        drawn = [name for group in manifest.values() for name in group["files"]]
+        assert names <= set(drawn), obs_id
+        assert all((figures / name).stat().st_size > 1000 for name in drawn)
+    # The page had no exposure, then these (the newest by SEQNUM shown: the dispersed one).
+    assert feeder.latest_seen and feeder.latest_seen[-1] == dispersed
+    assert set(feeder.latest_seen) <= {slow, dispersed}
     live = json.loads((repo / "report" / "live.json").read_text())
-    assert live["final"] and live["latest"] == SLOW.removesuffix(".fits")
+    assert live["final"] and live["latest"] == dispersed
+    assert live["latest_spectrum"] == dispersed
     page = (repo / "report" / "live.html").read_text()
-    assert f"Latest exposure: {SLOW.removesuffix('.fits')}" in page
+    assert f"Latest exposure: {dispersed}" in page
+    assert f"Latest spectrum: {dispersed}" in page and "atmosphere_fit.png" in page
     assert (repo / "report" / "live" / "image_quality.png").stat().st_size > 10_000
 
 
@@ -235,10 +251,10 @@ def test_a_later_watch_or_night_resumes_with_nothing_to_do(watched):
     before = {(t.obs_id, t.task): t.attempts for t in NightIndex(repo).tasks()}
     result = watch_night(watched_dir, repo, WatchConfig(workers=1, idle_exit_s=0.2,
                                                         progress=False))
-    assert result.n_run == 0 and result.n_skipped == 1 and result.n_exposures == 1
+    assert result.n_run == 0 and result.n_skipped == 2 and result.n_exposures == 2
     result = run_night(watched_dir, repo, NightRunConfig(workers=1, plots=False,
                                                          progress=False))
-    assert result.n_run == 0 and result.n_skipped == 1
+    assert result.n_run == 0 and result.n_skipped == 2
     assert {(t.obs_id, t.task): t.attempts for t in NightIndex(repo).tasks()} == before
 
 

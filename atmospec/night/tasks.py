@@ -420,6 +420,7 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
     if job.figure_dir is not None:
         from atmospec.plots.exposure import refresh_figures  # matplotlib: only when drawing
 
+        # The post-ISR exposure this job wrote (or read) is passed on, not read back.
         refresh_figures(ctx.out_dir, job.obs_id, Path(job.figure_dir),
-                        groups=job.figure_groups)
+                        groups=job.figure_groups, postisr=ctx.postisr)
     return outcomes

@@ -19,12 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atmospec.errors import short_error
 from atmospec.io import write_text_atomic
 from atmospec.layout import exposure_file
 from atmospec.plots.common import FIGURE_VERSION
+
+if TYPE_CHECKING:
+    from atmospec.exposure import Exposure
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,7 @@ class GroupResult:
     """Why it could not be drawn."""
 
 
-def _draw_postisr(job: ExposureFigureJob) -> list[str]:
+def _draw_postisr(job: ExposureFigureJob, postisr: Exposure | None) -> list[str]:
     import numpy as np
     from astropy.table import Table
 
@@ -158,12 +161,15 @@ def _draw_postisr(job: ExposureFigureJob) -> list[str]:
     if out.centroid is not None:
         doc = json.loads(out.centroid.read_text())
         zeroth = (float(doc["x"]), float(doc["y"]))
-    plot_postisr_thumbnail(out.postisr, job.directory / "postisr.png", sources=sources,
+    # The exposure in memory holds what its file holds: decompressing the file again
+    # would cost a worker ~0.3 s per frame.
+    plot_postisr_thumbnail(out.postisr if postisr is None else postisr,
+                           job.directory / "postisr.png", sources=sources,
                            zeroth_order=zeroth, max_width=job.thumbnail_width)
     return ["postisr.png"]
 
 
-def _draw_psf(job: ExposureFigureJob) -> list[str]:
+def _draw_psf(job: ExposureFigureJob, postisr: Exposure | None) -> list[str]:
     from atmospec.imaging.catalog import read_catalog
     from atmospec.plots.characterize import plot_psf, plot_sources
 
@@ -173,7 +179,7 @@ def _draw_psf(job: ExposureFigureJob) -> list[str]:
     return ["sources.png", "psf.png"]
 
 
-def _draw_spectrum(job: ExposureFigureJob) -> list[str]:
+def _draw_spectrum(job: ExposureFigureJob, postisr: Exposure | None) -> list[str]:
     from atmospec.plots.spectro import plot_spectrum_diagnostics
     from spectractor_bridge.spectrum import read_spectrum
 
@@ -182,7 +188,7 @@ def _draw_spectrum(job: ExposureFigureJob) -> list[str]:
     return [p.name for p in written]
 
 
-def _draw_atmosphere(job: ExposureFigureJob) -> list[str]:
+def _draw_atmosphere(job: ExposureFigureJob, postisr: Exposure | None) -> list[str]:
     from atmospec.plots.atmosphere import fit_from_document, plot_atmosphere_fit
 
     doc = json.loads(job.outputs.atmosphere.read_text())
@@ -190,14 +196,25 @@ def _draw_atmosphere(job: ExposureFigureJob) -> list[str]:
     return ["atmosphere_fit.png"]
 
 
-_DRAW: Mapping[str, Callable[[ExposureFigureJob], list[str]]] = MappingProxyType({
+#: Each group's drawing: ``draw(job, postisr)``, ``postisr`` the post-ISR exposure in memory
+#: when the caller holds it (else None: its file is read).
+_DRAW: Mapping[str, Callable[[ExposureFigureJob, Exposure | None], list[str]]] = MappingProxyType({
     "postisr": _draw_postisr, "psf": _draw_psf, "spectrum": _draw_spectrum,
     "atmosphere": _draw_atmosphere,
 })
 
 
-def draw_exposure(job: ExposureFigureJob) -> dict[str, dict[str, Any]]:
+def draw_exposure(job: ExposureFigureJob, postisr: Exposure | None = None
+                  ) -> dict[str, dict[str, Any]]:
     """Draw the groups of one exposure (in a worker process or here); never raises.
+
+    Parameters
+    ----------
+    job : ExposureFigureJob
+        What to draw, where.
+    postisr : Exposure, optional
+        The exposure of ``job.outputs.postisr`` in memory, as written (the night's worker
+        right after its ISR): drawn from instead of reading the file back.
 
     Returns
     -------
@@ -209,7 +226,7 @@ def draw_exposure(job: ExposureFigureJob) -> dict[str, dict[str, Any]]:
     for group in job.groups:
         inputs = _identity(group.inputs)  # before drawing: a later change stays visible
         try:
-            files, error = _DRAW[group.name](job), None
+            files, error = _DRAW[group.name](job, postisr), None
         except Exception as exc:  # one unreadable output costs its figure, not the report
             log.warning("%s: no %s figure (%s)", job.outputs.obs_id, group.name,
                         short_error(exc))
@@ -221,8 +238,8 @@ def draw_exposure(job: ExposureFigureJob) -> dict[str, dict[str, Any]]:
 
 
 def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
-                    thumbnail_width: int = 1000, groups: tuple[str, ...] | None = None
-                    ) -> list[str]:
+                    thumbnail_width: int = 1000, groups: tuple[str, ...] | None = None,
+                    postisr: Exposure | None = None) -> list[str]:
     """Draw the stale figures of one exposure and update its manifest; never raises.
 
     The night's workers call this right after an exposure's tasks, so the figures are drawn
@@ -240,6 +257,8 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
         Largest width of the post-ISR thumbnail, pixels.
     groups : tuple of str, optional
         Only these groups (``postisr``, ``psf``, ``spectrum``, ``atmosphere``); default all.
+    postisr : Exposure, optional
+        The exposure of the post-ISR file in memory, exactly as written (`draw_exposure`).
 
     Returns
     -------
@@ -255,7 +274,7 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
         if not stale:
             return []
         manifest.update(draw_exposure(ExposureFigureJob(outputs, directory, stale,
-                                                        thumbnail_width)))
+                                                        thumbnail_width), postisr))
         write_manifest(directory, manifest)
         return [g.name for g in stale]
     except Exception as exc:  # figures are a convenience: the report redraws what is missing

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -362,6 +363,10 @@ def _block_or(mask: np.ndarray, factor: int) -> np.ndarray:
     return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
 
 
+#: Mask pixels histogrammed at a time by `_plane_counts`.
+_COUNT_CHUNK = 1 << 20
+
+
 def _plane_counts(mask: np.ndarray, planes: Mapping[str, int]) -> dict[str, int]:
     """Full-resolution pixel count of every plane, from one histogram of the mask values
     (one pass, rather than one pass per plane)."""
@@ -369,13 +374,87 @@ def _plane_counts(mask: np.ndarray, planes: Mapping[str, int]) -> dict[str, int]
     top = int(flat.max(initial=0))
     if int(flat.min(initial=0)) < 0 or top >= 1 << 16:  # bit 31 or high planes: per plane
         return {p: int(np.count_nonzero(flat & (1 << b))) for p, b in planes.items()}
-    histogram = np.bincount(flat, minlength=top + 1)
+    # In chunks: bincount copies its input to int64 (128 MB for a 4k×4k mask at once).
+    histogram = np.zeros(top + 1, dtype=np.int64)
+    for start in range(0, flat.size, _COUNT_CHUNK):
+        histogram += np.bincount(flat[start:start + _COUNT_CHUNK], minlength=top + 1)
     values = np.arange(histogram.size)
     return {p: int(histogram[(values & (1 << b)) != 0].sum()) for p, b in planes.items()}
 
 
+def _thumbnail_factor(shape: tuple[int, int], max_width: int) -> int:
+    """Display block size of the thumbnail of an image of ``shape``."""
+    ny, nx = shape
+    # The figure is ~9.6 in wide at DPI with the image ~6.6 in of it: no need for more
+    # displayed pixels than the image gets in the PNG.
+    factor = max(1, math.ceil(max(ny, nx) / (0.66 * max_width)))
+    # A factor dividing both sides avoids padding (a copy of the whole plane): LATISS's
+    # 4072×4000 takes 8 where 7 would do.
+    return next((f for f in range(factor, factor + 3) if ny % f == 0 and nx % f == 0), factor)
+
+
+def _thumbnail_title(meta: Mapping[str, Any]) -> str:
+    """OBSID and the configuration as the night summary and the report's tables name it."""
+    config = (config_label(optic_name(meta.get("FILTER"), meta.get("INSTRUME")),
+                           optic_name(meta.get("GRATING"), meta.get("INSTRUME")))
+              if meta.get("FILTER") or meta.get("GRATING") else None)
+    return " — ".join(str(v) for v in (meta.get("OBSID"), config) if v)
+
+
+@dataclass(frozen=True)
+class _ThumbnailInputs:
+    """What the thumbnail shows of a post-ISR exposure (read once)."""
+
+    small: np.ndarray
+    """Block means of the image."""
+    small_mask: np.ndarray
+    """Bitwise OR of the mask bits per block."""
+    factor: int
+    """Block size."""
+    shape: tuple[int, int]
+    """Full-resolution image shape ``(ny, nx)``."""
+    bits: dict[str, int]
+    """Mask plane bits."""
+    counts: dict[str, int]
+    """Full-resolution pixel count of the planes drawn."""
+    unit: str
+    """Image unit."""
+    meta: Any
+    """Primary header (metadata)."""
+
+
+def _thumbnail_inputs(image: np.ndarray, mask: np.ndarray, bits: dict[str, int], unit: str,
+                      meta: Any, planes: Sequence[str], max_width: int) -> _ThumbnailInputs:
+    bits = bits or dict(DEFAULT_MASK_PLANES)
+    shape = (int(image.shape[0]), int(image.shape[1]))
+    factor = _thumbnail_factor(shape, max_width)
+    return _ThumbnailInputs(
+        _block_mean(image, factor), _block_or(mask, factor), factor, shape, bits,
+        _plane_counts(mask, {p: bits[p] for p in planes if p in bits}), unit, meta)
+
+
+def _thumbnail_inputs_from_file(postisr: Path, planes: Sequence[str], max_width: int
+                                ) -> _ThumbnailInputs:
+    """`_thumbnail_inputs` of a post-ISR file (IMAGE and MASK memory-mapped when stored
+    plain; the VARIANCE not read)."""
+    from astropy.io import fits
+
+    try:
+        with fits.open(postisr, memmap=True) as hdul:
+            image_hdu, mask_hdu = hdul["IMAGE"], hdul["MASK"]
+            bits = {k[3:]: int(v) for k, v in mask_hdu.header.items() if k.startswith("MP_")}
+            mask = mask_hdu.data
+            inputs = _thumbnail_inputs(image_hdu.data, mask, bits,
+                                       str(image_hdu.header.get("BUNIT", "electron")),
+                                       hdul[0].header.copy(), planes, max_width)
+            del mask
+    except (OSError, KeyError, ValueError) as exc:
+        raise BadInputError(postisr, f"not a readable post-ISR file ({exc})") from None
+    return inputs
+
+
 def plot_postisr_thumbnail(
-    postisr: str | os.PathLike[str],
+    postisr: str | os.PathLike[str] | Exposure,
     path: str | os.PathLike[str],
     *,
     sources: tuple[np.ndarray, np.ndarray] | None = None,
@@ -383,18 +462,21 @@ def plot_postisr_thumbnail(
     planes: Sequence[str] = ("BAD", "SAT", "CR", "INTRP", "EDGE", "SUSPECT"),
     max_width: int = 1000,
 ) -> Path:
-    """A small view of a post-ISR file with its mask planes and detections overlaid.
+    """A small view of a post-ISR exposure with its mask planes and detections overlaid.
 
-    For reports of many exposures: the file's IMAGE and MASK are memory-mapped and each is
-    read once (block mean of the image, bitwise OR of the mask bits per block, one
-    histogram of the mask values for the per-plane counts); the VARIANCE is not read. The
-    PNG is at most ``max_width`` pixels wide. Sources are drawn as open circles, the zeroth
-    order of a dispersed exposure as a cross. ZScale display limits.
+    For reports of many exposures: image and mask are each read once (block mean of the
+    image, bitwise OR of the mask bits per block, one histogram of the mask values for the
+    per-plane counts); the variance is not used. The PNG is at most ``max_width`` pixels
+    wide. Sources are drawn as open circles, the zeroth order of a dispersed exposure as a
+    cross. ZScale display limits.
 
     Parameters
     ----------
-    postisr : path
-        Post-ISR exposure (Rubin ExposureF layout).
+    postisr : path or Exposure
+        Post-ISR exposure: a file (Rubin ExposureF layout; IMAGE and MASK memory-mapped
+        when stored plain), or the exposure in memory, as written (the night's worker
+        right after ISR: reading the file back would decompress it again). Both give the
+        same figure.
     path : path
         Output PNG (written atomically).
     sources : (x, y) arrays, optional
@@ -417,36 +499,17 @@ def plot_postisr_thumbnail(
     BadInputError
         The file is missing or has no IMAGE/MASK extension.
     """
-    from astropy.io import fits
-
-    postisr = Path(postisr)
-    try:
-        with fits.open(postisr, memmap=True) as hdul:
-            image_hdu, mask_hdu = hdul["IMAGE"], hdul["MASK"]
-            ny, nx = image_hdu.shape
-            # The figure is ~9.6 in wide at DPI with the image ~6.6 in of it: no need for
-            # more displayed pixels than the image gets in the PNG.
-            factor = max(1, math.ceil(max(ny, nx) / (0.66 * max_width)))
-            # A factor dividing both sides avoids padding (a copy of the whole plane):
-            # LATISS's 4072×4000 takes 8 where 7 would do.
-            factor = next((f for f in range(factor, factor + 3)
-                           if ny % f == 0 and nx % f == 0), factor)
-            small = _block_mean(image_hdu.data, factor)
-            mask = mask_hdu.data
-            bits = {k[3:]: int(v) for k, v in mask_hdu.header.items() if k.startswith("MP_")}
-            bits = bits or dict(DEFAULT_MASK_PLANES)
-            small_mask = _block_or(mask, factor)
-            counts = _plane_counts(mask, {p: bits[p] for p in planes if p in bits})
-            unit = str(image_hdu.header.get("BUNIT", "electron"))
-            meta = hdul[0].header.copy()
-            # The configuration as the night summary and the report's tables name it.
-            config = (config_label(optic_name(meta.get("FILTER"), meta.get("INSTRUME")),
-                                   optic_name(meta.get("GRATING"), meta.get("INSTRUME")))
-                      if meta.get("FILTER") or meta.get("GRATING") else None)
-            title = " — ".join(str(v) for v in (meta.get("OBSID"), config) if v)
-            del mask
-    except (OSError, KeyError, ValueError) as exc:
-        raise BadInputError(postisr, f"not a readable post-ISR file ({exc})") from None
+    if isinstance(postisr, Exposure):
+        inputs = _thumbnail_inputs(postisr.image, postisr.mask, dict(postisr.mask_planes),
+                                   postisr.unit, postisr.metadata, planes, max_width)
+        name = "post-ISR exposure"
+    else:
+        postisr = Path(postisr)
+        inputs = _thumbnail_inputs_from_file(postisr, planes, max_width)
+        name = postisr.name
+    small, small_mask, factor, bits = (inputs.small, inputs.small_mask, inputs.factor,
+                                       inputs.bits)
+    counts, unit, meta, (ny, nx) = inputs.counts, inputs.unit, inputs.meta, inputs.shape
     vmin, vmax = zscale_limits(small)
     extent = (-0.5, small.shape[1] * factor - 0.5, -0.5, small.shape[0] * factor - 0.5)
 
@@ -491,7 +554,7 @@ def plot_postisr_thumbnail(
     ax.set_xlabel("x (pixel)")
     ax.set_ylabel("y (pixel)")
     shown = f"{nx}×{ny} px" + (f", {factor}×{factor} block means" if factor > 1 else "")
-    ax.set_title(f"{title or postisr.name}\n{shown}", fontsize=10, loc="left")
+    ax.set_title(f"{_thumbnail_title(meta) or name}\n{shown}", fontsize=10, loc="left")
     return save_png(fig, path, DPI)
 
 
