@@ -202,6 +202,12 @@ class ExtractionResult:
     noise of a background pixel (Spectractor's ``S_BGD_ER``), not the model's error."""
     refraction: TraceRefraction | None = field(default=None, compare=False)
     """The differential refraction modelled (None: none; see the module notes)."""
+    profile_weights: np.ndarray | None = field(default=None, repr=False, compare=False)
+    """Each row's optimal-extraction weights over the cutout's columns, ``P/V / Σ P²/V``
+    (rows of ``rows`` × columns of ``background``, float32; zero off the window and on
+    masked pixels): ``flux_e`` is ``Σ weights × (data − background)`` over the row, so the
+    flux a light of another transverse profile adds is ``Σ weights × profile``
+    (`atmospec.spectro.order2.capture_fraction`). None: not kept."""
 
     @property
     def measured_distance_px(self) -> np.ndarray:
@@ -548,8 +554,8 @@ def extract_spectrum(
     alpha = np.clip(pa(rows_c), 0.6, None)
 
     # 5. optimal and aperture extraction
-    flux, ferr, ap, aperr, gain = _horne(sub, var, good, xcols, xc, gamma, alpha,
-                                         cfg.extraction_half_fwhm)
+    flux, ferr, ap, aperr, gain, weights = _horne(sub, var, good, xcols, xc, gamma, alpha,
+                                                  cfg.extraction_half_fwhm)
     if not np.any(np.isfinite(flux)):
         raise BadInputError(src, f"no usable pixel on the order-{cfg.order} trace")
 
@@ -580,7 +586,8 @@ def extract_spectrum(
         background=background, cutout_origin=(c_lo, r_lo), config=cfg, binning=binning,
         flux_background_factor=(bkg_factor * gain[:, None])[finite],
         background_rms=bkg_rms.astype(np.float32),
-        instrument=disp.instrument.name, dispersion=disp, refraction=refraction)
+        instrument=disp.instrument.name, dispersion=disp, refraction=refraction,
+        profile_weights=weights[finite])
 
 
 def _fit_centre(brow: np.ndarray, centre: np.ndarray, err: np.ndarray, ok: np.ndarray,
@@ -804,25 +811,28 @@ def horne_profile(xcols: np.ndarray, xc: np.ndarray, gamma: np.ndarray, alpha: n
 
 def _horne(sub: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.ndarray,
            xc: np.ndarray, gamma: np.ndarray, alpha: np.ndarray, half_fwhm: float
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Optimal (Horne 1986) and aperture extraction of every row at once; the last array is
-    each row's response to a uniform background error (Σ P/V / Σ P²/V, pixels)."""
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Optimal (Horne 1986) and aperture extraction of every row at once; the fifth array
+    is each row's response to a uniform background error (Σ P/V / Σ P²/V, pixels), the
+    last the optimal weights ``P/V / Σ P²/V`` (rows × columns, float32)."""
     window, prof = horne_profile(xcols, xc, gamma, alpha, half_fwhm)
     use = window & good
     with np.errstate(invalid="ignore", divide="ignore"):
         ivar = np.where(use, 1.0 / var, 0.0)
         d = np.where(use, sub, 0.0)
         denom = np.sum(prof**2 * ivar, axis=1)
-        flux = np.sum(prof * d * ivar, axis=1) / denom
+        weights = prof * ivar / denom[:, None]
+        flux = np.sum(weights * d, axis=1)
         ferr = np.sqrt(1.0 / denom)
         # aperture: masked pixels of the window filled with the optimal model
         fill = window & ~good
         ap = np.sum(d, axis=1) + np.sum(np.where(fill, prof, 0.0), axis=1) * flux
         aperr = np.sqrt(np.sum(np.where(use, var, 0.0), axis=1))
-        gain = np.sum(prof * ivar, axis=1) / denom
+        gain = np.sum(weights, axis=1)
     bad = ~(denom > 0)
     flux[bad] = ferr[bad] = ap[bad] = aperr[bad] = gain[bad] = np.nan
-    return flux, ferr, ap, aperr, gain
+    weights[bad] = 0.0
+    return flux, ferr, ap, aperr, gain, weights.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- Spectrum

@@ -23,13 +23,24 @@ everywhere. Order 3 is modelled only for a disperser whose r₃₂ is given (hol
 ``ratio_order_3over2.txt``); for the others (``Disperser.has_order3`` false) nothing about it
 is computed and the result is the order-2 one.
 
+What the 1D flux holds of it. With differential refraction order m's light at a row is
+λ_m, refracted more than λ₁: it lies beside the first order across the dispersion (a few
+pixels at airmass 2 beyond 900 nm), where the extraction's profile weights are lower. The
+1D flux then holds only a fraction ``c_m`` of it — the extraction's response to the row's
+transverse profile moved to order m's centre, over its response to the same profile on the
+trace (`capture_fraction`, from the extraction's own weights) — and that fraction is what
+is subtracted: ``F₁ = F_obs − Σ_m c_m r_m1 J_m F₁(λ_m)``. Without refraction (or at airmass
+1) the orders coincide and ``c_m = 1``. The full light (``order2_per_px``) is what the 2D
+model draws (`order2_image`): it places order m where it lies.
+
 Approximations: F₁(λ_m) is the *extracted* first-order spectrum, whose resolution in nm is
 about m times coarser than order m's at λ_m (same PSF in pixels, m times the dispersion), so
 the subtracted model is slightly smoother than the true contamination near strong lines; no
 light is assumed below the bluest extracted wavelength (the contamination from λ_m below it
 is left in: with the default 350 nm, order 3's light of 300–350 nm, which lands at
 900–1050 nm, is not modelled); the transverse PSF width difference between the orders is
-ignored (fluxes summed across the trace do not depend on it).
+ignored (fluxes summed across the trace do not depend on it; ``c_m`` moves the row's own
+profile).
 """
 
 from __future__ import annotations
@@ -42,10 +53,11 @@ from scipy import sparse
 
 from atmospec.spectro.adr import solve_wavelength
 from atmospec.spectro.dispersers import Disperser, load_disperser
+from atmospec.spectro.psf import moffat1d
 from atmospec.spectro.spectrum import ImageExtension, Spectrum
 
-__all__ = ["Order2Correction", "correct_extraction", "correct_order2", "order2_image",
-           "with_order2"]
+__all__ = ["Order2Correction", "capture_fraction", "correct_extraction", "correct_order2",
+           "order2_image", "with_order2"]
 
 #: Contaminating orders a correction can model (order 3 where the disperser gives r₃₂).
 CONTAMINATING_ORDERS = (2, 3)
@@ -72,11 +84,13 @@ class Order2Correction:
     observed_per_px: np.ndarray
     """Input flux, e⁻ per pixel of distance."""
     order2_per_px: np.ndarray
-    """Second-order model, e⁻ per pixel: ``r₂₁(λ₂) F₁(λ₂) |dλ₂/du|``."""
+    """Second-order model, e⁻ per pixel: ``r₂₁(λ₂) F₁(λ₂) |dλ₂/du|`` — all of its light,
+    as the 2D model draws it; the 1D flux held ``capture2`` of it."""
     order2_err_per_px: np.ndarray
     """Its one-sigma error (propagated from F₁(λ₂)), e⁻ per pixel."""
     flux_per_px: np.ndarray
-    """Corrected first-order flux (orders 2 and 3 removed), e⁻ per pixel."""
+    """Corrected first-order flux (the captured part of orders 2 and 3 removed), e⁻ per
+    pixel."""
     flux_err_per_px: np.ndarray
     """Its one-sigma error, e⁻ per pixel."""
     iterations: int
@@ -97,24 +111,32 @@ class Order2Correction:
     """Its one-sigma error, e⁻ per pixel."""
     gain3: np.ndarray
     """``r₃₁ J₃`` at each sample (0 where order 3 is absent)."""
+    capture2: np.ndarray
+    """Fraction of the order-2 light at each sample that the input flux held, relative to
+    order 1's (`capture_fraction`; 1 where the orders coincide)."""
+    capture3: np.ndarray
+    """The same for order 3."""
 
     @property
     def has_order3(self) -> bool:
         """Whether any order-3 light was modelled on these samples."""
         return bool(np.any(self.gain3 > 0))
 
-    def operator(self) -> sparse.csr_array:
+    def operator(self, captured: bool = True) -> sparse.csr_array:
         """``K`` (samples × samples, input order): the contamination per nm of λ₁ is
         ``K F₁`` with F₁ the first-order flux per nm — ``r_m1 J_m`` times the linear
         interpolation of F₁ at λ_m that `correct_order2` uses (two entries per row and
-        contaminating order)."""
+        contaminating order), times ``capture_m`` when ``captured`` (what the input flux
+        held: the 1D subtraction) or not (all the light: the 2D model's)."""
         lam1 = self.wavelength_nm
         n = lam1.size
         order = np.argsort(lam1)
         ls = lam1[order]
         rows, cols, vals = [], [], []
-        for gain, lam_m in ((self.gain, self.wavelength_order2_nm),
-                            (self.gain3, self.wavelength_order3_nm)):
+        for gain, lam_m in ((self.gain * self.capture2 if captured else self.gain,
+                             self.wavelength_order2_nm),
+                            (self.gain3 * self.capture3 if captured else self.gain3,
+                             self.wavelength_order3_nm)):
             on = gain > 0
             if not on.any():
                 continue
@@ -208,6 +230,8 @@ def correct_order2(
     order2_distance_px: np.ndarray | None = None,
     order3_distance_px: np.ndarray | None = None,
     max_order: int = 3,
+    capture2: np.ndarray | None = None,
+    capture3: np.ndarray | None = None,
 ) -> Order2Correction:
     """Remove the second order of λ/2 (and the third of λ/3) from a first-order spectrum.
 
@@ -234,6 +258,10 @@ def correct_order2(
     max_order : int
         Highest contaminating order modelled: 3 (order 3 where the disperser gives r₃₂,
         `Disperser.has_order3`) or 2.
+    capture2, capture3 : array_like, optional
+        Fraction of order 2's (3's) light at each sample that ``flux_e_per_px`` holds,
+        relative to order 1's (`capture_fraction`: refraction moves it beside the
+        extraction's profile); None: 1, all of it.
 
     Returns
     -------
@@ -274,6 +302,7 @@ def correct_order2(
     c3 = (contaminant(3, order3_distance_px) if max_order >= 3 and disp.has_order3
           else _Contaminant.absent(u.size))
     zero = np.zeros_like(obs_nm)
+    cap2, cap3 = _capture(capture2, u.size), _capture(capture3, u.size)
 
     def contamination(c: _Contaminant, f_sorted: np.ndarray) -> np.ndarray:
         if not c.inside.any():
@@ -283,7 +312,8 @@ def correct_order2(
     f = obs_nm.copy()
     n_done = 0
     for _ in range(max(int(iterations), 1)):
-        f_new = obs_nm - contamination(c2, f[order]) - contamination(c3, f[order])
+        f_new = (obs_nm - cap2 * contamination(c2, f[order])
+                 - cap3 * contamination(c3, f[order]))
         change = np.nanmax(np.abs(f_new - f)) if f.size else 0.0
         f = f_new
         n_done += 1
@@ -292,7 +322,7 @@ def correct_order2(
     contam2, contam3 = contamination(c2, f[order]), contamination(c3, f[order])
     contam2_err = contamination(c2, err_nm[order])
     contam3_err = contamination(c3, err_nm[order])
-    corr_err_nm = np.sqrt(err_nm**2 + contam2_err**2 + contam3_err**2)
+    corr_err_nm = np.sqrt(err_nm**2 + (cap2 * contam2_err)**2 + (cap3 * contam3_err)**2)
     return Order2Correction(
         distance_px=u, wavelength_nm=lam1, wavelength_order2_nm=c2.wavelength_nm,
         ratio_2over1=c2.ratio, dlambda1_du=d1, dlambda2_du=c2.dlambda_du, observed_per_px=obs,
@@ -300,7 +330,17 @@ def correct_order2(
         flux_per_px=f * d1, flux_err_per_px=corr_err_nm * d1, iterations=n_done,
         gain=c2.gain, wavelength_order3_nm=c3.wavelength_nm, ratio_3over1=c3.ratio,
         dlambda3_du=c3.dlambda_du, order3_per_px=contam3 * d1,
-        order3_err_per_px=contam3_err * d1, gain3=c3.gain)
+        order3_err_per_px=contam3_err * d1, gain3=c3.gain, capture2=cap2, capture3=cap3)
+
+
+def _capture(capture: np.ndarray | None, n: int) -> np.ndarray:
+    """A capture fraction per sample (`correct_order2`): ones when not given."""
+    if capture is None:
+        return np.ones(n)
+    out = np.asarray(capture, dtype=np.float64)
+    if out.shape != (n,):
+        raise ValueError(f"capture fraction of shape {out.shape}, expected ({n},)")
+    return out
 
 
 def correct_extraction(result, disperser: str | Disperser | None = None,
@@ -311,8 +351,9 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
     per-row flux is converted to e⁻ per pixel of distance through the extraction's own
     e⁻/nm, so ``flux_per_nm`` is directly comparable with ``result.flux_per_nm``. With
     refraction each contaminating order is placed with its own: its light at a row is λ/m,
-    refracted more than λ. ``kwargs`` go to `correct_order2` (``max_order``,
-    ``iterations``).
+    refracted more than λ, along the dispersion (its law's distance) and across it, where
+    the extraction's weights caught only part of it (`capture_fraction`, when the result
+    keeps its weights). ``kwargs`` go to `correct_order2` (``max_order``, ``iterations``).
     """
     disp = disperser if isinstance(disperser, Disperser) else load_disperser(
         disperser or result.disperser, result.instrument)
@@ -323,32 +364,103 @@ def correct_extraction(result, disperser: str | Disperser | None = None,
     d1 = _abs_derivative(
         lambda d: disp.wavelength_nm(d, result.order, result.d2ccd_mm, pixel_mm,
                                      result.theta0_rad, **at), u)
-    distances = {}
+    extra: dict[str, np.ndarray] = {}
     if result.refraction is not None:
+        order = np.argsort(result.wavelength_nm)
+        lam_sorted = result.wavelength_nm[order]
+        lo, hi = lam_sorted[0], lam_sorted[-1]
         for m in CONTAMINATING_ORDERS:
             if m == 3 and (kwargs.get("max_order", 3) < 3 or not disp.has_order3):
                 continue
-            distances[f"order{m}_distance_px"] = _refracted_distance(result, disp, m, u,
-                                                                     pixel_mm, at)
+            um, lam_m = _refracted_distance(result, disp, m, u, pixel_mm, at)
+            extra[f"order{m}_distance_px"] = um
+            if result.profile_weights is not None:
+                # Where order m's light exists (its gain is zero elsewhere); the PSF of a
+                # λ_m just outside the spectrum is its end's.
+                on = np.isfinite(lam_m)
+                safe = np.clip(np.where(on, lam_m, lo), lo, hi)
+                offset = np.zeros(u.shape)
+                offset[on] = (result.refraction.trace_offsets(lam_m[on], result.angle_deg)
+                              - result.trace_offset_px[on])
+                # its PSF where the first order has λ_m, as `order2_image` draws it
+                extra[f"capture{m}"] = capture_fraction(
+                    result, offset, np.interp(safe, lam_sorted, result.gamma[order]),
+                    np.interp(safe, lam_sorted, result.alpha[order]), on)
     return correct_order2(u, result.flux_per_nm * d1, result.flux_per_nm_err * d1, disp,
                           result.d2ccd_mm, pixel_mm, result.theta0_rad, **at, **kwargs,
-                          **distances)
+                          **extra)
+
+
+def capture_fraction(result, offset_px: np.ndarray, gamma: np.ndarray | None = None,
+                     alpha: np.ndarray | None = None, rows: np.ndarray | None = None
+                     ) -> np.ndarray:
+    """The share of a light beside the trace that the optimal 1D extraction holds.
+
+    At each row, the extraction's response (its weights, `ExtractionResult.
+    profile_weights`) to the light's transverse profile (a Moffat γ, α: the extraction's
+    own profile model) centred ``offset_px`` from the trace centre, over its response to
+    the same profile on the trace: 1 at zero offset, exactly (the same sums), falling as
+    the light moves off the weights' core and out of the window.
+
+    Parameters
+    ----------
+    result : atmospec.spectro.extract.ExtractionResult
+        The extraction, with its ``profile_weights``.
+    offset_px : array_like
+        Offset across the dispersion (x, cutout columns) of the light's centre from the
+        trace centre at each of ``result.rows``, pixels.
+    gamma, alpha : array_like, optional
+        The light's Moffat γ (pixels) and α at each row; default the row's own
+        (``result.gamma``, ``result.alpha``). Order m's light of λ_m has the PSF the
+        extraction measured where the first order has λ_m (`correct_extraction`): at the
+        row itself the fit blends both orders and comes out wider.
+    rows : array_like of bool, optional
+        Rows to compute (the others get 1); default all.
+
+    Returns
+    -------
+    numpy.ndarray
+        One fraction per row (1 where the row has no usable weights).
+    """
+    weights = result.profile_weights
+    if weights is None:
+        raise ValueError("the extraction kept no profile weights")
+    offset = np.asarray(offset_px, dtype=np.float64)
+    on = np.ones(offset.shape, dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    out = np.ones(offset.shape)
+    if not on.any():
+        return out
+    cols = result.cutout_origin[0] + np.arange(weights.shape[1], dtype=np.float64)
+    w = weights[on]
+    g = np.asarray(result.gamma if gamma is None else gamma, dtype=np.float64)[on, None]
+    a = np.asarray(result.alpha if alpha is None else alpha, dtype=np.float64)[on, None]
+    xc = result.x_trace[on, None]
+    on_trace = np.sum(w * moffat1d(cols[None, :], 1.0, xc, g, a), axis=1)
+    beside = np.sum(w * moffat1d(cols[None, :], 1.0, xc + offset[on, None], g, a), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = beside / on_trace
+    out[on] = np.where(np.isfinite(frac) & (on_trace > 0), frac, 1.0)
+    return out
 
 
 def _refracted_distance(result, disp: Disperser, m: int, u: np.ndarray, pixel_mm: float,
-                        at: dict) -> np.ndarray:
-    """The distance order ``m``'s law sees at each row: order m's light there is λ_m ≈
-    λ/m, refracted by its own amount, so its law sees the measured distance minus the
-    refraction at λ_m."""
+                        at: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The distance order ``m``'s law sees at each row, and the wavelength λ_m of order
+    m's light there: λ_m ≈ λ/m, refracted by its own amount, so its law sees the measured
+    distance minus the refraction at λ_m (NaN where it lies well below the spectrum: none
+    of its light is there, and at the ~170 nm of order 2's blue end the solve diverges —
+    it gave −61 nm, whose distance landed order 2 of 373 nm on a 353 nm row)."""
     lam_m = solve_wavelength(
         lambda d: disp.wavelength_nm(d, m * result.order, result.d2ccd_mm, pixel_mm,
                                      result.theta0_rad, **at),
         result.measured_distance_px - result.pixel_shift, result.refraction,
         result.angle_deg)
-    ok = np.isfinite(lam_m)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(lam_m) & (lam_m >= 0.95 * np.nanmin(result.wavelength_nm))
+    lam_m = np.where(ok, lam_m, np.nan)
     um = u + result.refraction.along_px(result.wavelength_nm, result.angle_deg)
     um[ok] -= result.refraction.along_px(lam_m[ok], result.angle_deg)
-    return um
+    return um, lam_m
 
 
 def with_order2(spectrum: Spectrum, correction: Order2Correction,
@@ -361,18 +473,20 @@ def with_order2(spectrum: Spectrum, correction: Order2Correction,
     already modelled that light, `order2_image`).
 
     The contamination is a linear map ``K`` of the spectrum's own blue part
-    (`Order2Correction.operator`), so its error is not independent of the first-order
-    noise: the corrected flux is ``(I + K)⁻¹ F_obs`` (``subtract=True``) or, for a forward
-    model whose background held ``K F_1D``, ``F − K F_1D`` with the 1D and 2D fluxes of the
-    same photons taken as equally noisy at the scales ``K`` spreads them over (≈ 2 samples).
-    The covariance becomes ``A C Aᵀ`` with ``A = (I + K)⁻¹`` or ``I − K``: besides the
-    contamination's own variance at the red end it carries the negative red–blue
-    correlation that a diagonal term leaves out, which matters for broadband quantities
-    such as the aerosol depth.
+    (`Order2Correction.operator`: the part the 1D flux held when ``subtract``, all of the
+    light for the forward model, whose background drew it all), so its error is not
+    independent of the first-order noise: the corrected flux is ``(I + K)⁻¹ F_obs``
+    (``subtract=True``) or, for a forward model whose background held ``K F_1D``,
+    ``F − K F_1D`` with the 1D and 2D fluxes of the same photons taken as equally noisy at
+    the scales ``K`` spreads them over (≈ 2 samples). The covariance becomes ``A C Aᵀ``
+    with ``A = (I + K)⁻¹`` or ``I − K``: besides the contamination's own variance at the
+    red end it carries the negative red–blue correlation that a diagonal term leaves out,
+    which matters for broadband quantities such as the aerosol depth.
     """
     from dataclasses import replace
     idx = np.argsort(correction.wavelength_nm)
-    k = correction.operator()[idx][:, idx]
+    # the 1D flux held the captured part of the light; a 2D model's background all of it
+    k = correction.operator(captured=subtract)[idx][:, idx]
     if subtract:
         flux = correction.flux_per_nm[idx]
         a = _inverse_of_identity_plus(k)
