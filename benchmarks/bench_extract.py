@@ -77,26 +77,34 @@ def simulate(workdir: Path) -> None:
     signal, _ = render_dispersed_exposure(SHAPE, 1745.2, 3702.7, 8.7, 68.6,
                                           np.random.default_rng(1), model)
     signal += np.float32(8.0 * model.exptime_s)  # sky, e⁻/px
-    rng = np.random.default_rng(2)
-    image = rng.poisson(signal).astype(np.float32)
-    image += rng.normal(0.0, 9.0, SHAPE).astype(np.float32)
     header = fits.Header({
         "OBSID": "AT_O_20261123_000300", "INSTRUME": "LATISS", "DAYOBS": "20261123",
         "SEQNUM": 300, "DATE-OBS": "2026-11-24T03:00:00", "EXPTIME": model.exptime_s,
         "GRATING": "holo4_003", "FILTER": "empty_1", "LINSPOS": 68.0, "OBJECT": TARGET,
         "AIRMASS": model.airmass, "AMSTART": model.airmass,  # LATISS's own key
     })
+    write_frame_pair(workdir, "dispersed", signal, header, np.random.default_rng(2))
+
+
+def write_frame_pair(workdir: Path, stem: str, signal: np.ndarray, header: fits.Header,
+                     rng: np.random.Generator) -> None:
+    """Write ``signal`` (e⁻, sky included) with Poisson and 9 e⁻ read noise as
+    ``STEM_1x1.fits`` and its 2×2-binned sum as ``STEM_2x2.fits`` (``CCDSUM`` set)."""
+    image = rng.poisson(signal).astype(np.float32)
+    image += rng.normal(0.0, 9.0, signal.shape).astype(np.float32)
     exp = Exposure.from_image(image, metadata=header)
     exp.variance[:] = signal + np.float32(81.0)
-    exp.write(workdir / "dispersed_1x1.fits")
+    exp.write(workdir / f"{stem}_1x1.fits")
 
     def bin2(a: np.ndarray) -> np.ndarray:
-        return a.reshape(SHAPE[0] // 2, 2, SHAPE[1] // 2, 2).sum(axis=(1, 3))
+        ny, nx = a.shape
+        return a.reshape(ny // 2, 2, nx // 2, 2).sum(axis=(1, 3))
 
-    header["CCDSUM"] = "2 2"
-    binned = Exposure.from_image(bin2(image), metadata=header)
+    binned_header = header.copy()
+    binned_header["CCDSUM"] = "2 2"
+    binned = Exposure.from_image(bin2(image), metadata=binned_header)
     binned.variance[:] = bin2(np.asarray(exp.variance))
-    binned.write(workdir / "dispersed_2x2.fits")
+    binned.write(workdir / f"{stem}_2x2.fits")
 
 
 def prepare(workdir: Path) -> dict[str, Path]:

@@ -38,6 +38,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from astropy.io import fits  # noqa: E402
+from bench_extract import write_frame_pair  # noqa: E402 (the same frame writer)
 
 from atmospec.exposure import Exposure  # noqa: E402
 from atmospec.spectro.chain import SpectroscopyConfig, process_dispersed  # noqa: E402
@@ -65,9 +66,6 @@ def simulate(workdir: Path) -> None:
         SHAPE, 1745.2, 3702.7, 0.75 / 0.0952 * AIRMASS**0.6, 68.6,
         np.random.default_rng(511), model, config=DispersedSceneConfig(orders=None))
     signal += np.float32(8.0 * model.exptime_s)
-    rng = np.random.default_rng(512)
-    image = rng.poisson(signal).astype(np.float32)
-    image += rng.normal(0.0, 9.0, SHAPE).astype(np.float32)
     header = fits.Header({
         "OBSID": "AT_O_20261123_000511", "INSTRUME": "LATISS", "DAYOBS": "20261123",
         "SEQNUM": 511, "DATE-OBS": "2026-11-24T03:00:00", "EXPTIME": model.exptime_s,
@@ -75,17 +73,7 @@ def simulate(workdir: Path) -> None:
         "AMSTART": AIRMASS, "ELSTART": 90.0 - math.degrees(math.acos(1.0 / AIRMASS)),
         "AZSTART": 0.0, "ROTPA": ROTPA, "PRESSURE": PRESSURE_HPA * 100.0,
         "AIRTEMP": TEMPERATURE_C, "HUMIDITY": HUMIDITY})
-    exp = Exposure.from_image(image, metadata=header)
-    exp.variance[:] = signal + np.float32(81.0)
-    exp.write(workdir / "adr_1x1.fits")
-
-    def bin2(a: np.ndarray) -> np.ndarray:
-        return a.reshape(SHAPE[0] // 2, 2, SHAPE[1] // 2, 2).sum(axis=(1, 3))
-
-    header["CCDSUM"] = "2 2"
-    binned = Exposure.from_image(bin2(image), metadata=header)
-    binned.variance[:] = bin2(np.asarray(exp.variance))
-    binned.write(workdir / "adr_2x2.fits")
+    write_frame_pair(workdir, "adr", signal, header, np.random.default_rng(512))
 
 
 def cpu(fn, repeat: int) -> tuple[float, object]:
