@@ -218,3 +218,34 @@ def test_small_images_and_fallback():
         mask, cleaned = find_cosmic_rays(tiny, 81.0, np.zeros(shape, bool), BLOCKWISE)
         assert mask.shape == shape and not mask.any()
     assert margin_px(2) == 20 and margin_px(4) == 40
+
+
+def test_astroscrappy_runs_on_one_openmp_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """astroscrappy's OpenMP runtime is held at one thread while it runs, and given back its
+    setting after: on the boxes a second thread only spins (measured 18× the CPU time on a
+    loaded 2-core machine, benchmarks/bench_cosmic_rays.py --threads 2)."""
+    import astroscrappy
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def openmp_threads() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+
+    seen: list[list[int]] = []
+    real = astroscrappy.detect_cosmics
+
+    def spy(*args, **kwargs):
+        seen.append(openmp_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(astroscrappy, "detect_cosmics", spy)
+    rng = np.random.default_rng(5)
+    image = rng.normal(100.0, 5.0, (200, 200)).astype(np.float32)
+    image[50, 60:63] += 2000.0  # a short track
+    with threadpool_limits(limits=2, user_api="openmp"):
+        before = openmp_threads()
+        mask, _ = find_cosmic_rays(image, 25.0, np.zeros(image.shape, bool), BLOCKWISE)
+        after = openmp_threads()
+    assert before and set(before) == {2}  # astroscrappy's runtime is loaded and seen
+    assert seen and all(set(s) == {1} for s in seen)
+    assert after == before
+    assert mask[50, 60:63].all() and mask.sum() < 10

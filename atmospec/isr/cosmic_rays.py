@@ -24,19 +24,30 @@ pixel only at 10σ and otherwise wants a second bright pixel beside it, as a cos
 spreads its charge over several pixels. The block-wise mask is therefore a subset of the
 full-frame one that holds the same real detections (on simulated frames, every flagged
 pixel within 3 px of a true cosmic ray) and 4–7 times fewer false ones.
+
+astroscrappy runs on one OpenMP thread (`OPENMP_THREADS`). Its parallel loops are too short on
+the boxes for a second thread to do more than spin while it waits for work, and atmospec
+runs exposures, not pixels, in parallel (`atmospec.parallel`). Measured on a simulated
+LATISS dark, per amp as the master dark does it, on a loaded 2-core machine: 0.79 s of CPU
+(3.7 s wall) on one thread against 17.8 s (65 s wall) on two, with the same mask
+(``benchmarks/bench_cosmic_rays.py --threads 2``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import astroscrappy
 import numpy as np
 from scipy import ndimage
+from threadpoolctl import ThreadpoolController
 
 #: Rows per band of the pre-screen's first stage: its temporaries (~1 MB each) stay in cache.
 _BAND_ROWS = 64
+#: OpenMP threads of astroscrappy (module docstring); a benchmark's baseline may raise it.
+OPENMP_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -326,22 +337,31 @@ def cosmic_ray_boxes(image: np.ndarray, variance_floor: float, exclude: np.ndarr
     return boxes
 
 
+@cache
+def _openmp() -> ThreadpoolController:
+    """The thread pools of this process, astroscrappy's OpenMP runtime among them (looked up
+    once: astroscrappy is imported above, so its runtime is loaded)."""
+    return ThreadpoolController()
+
+
 def _lacosmic(image: np.ndarray, exclude: np.ndarray, variance_floor: float,
               config: CosmicRayConfig) -> tuple[np.ndarray, np.ndarray]:
-    """astroscrappy on one contiguous array (whole frame or box)."""
-    mask, cleaned = astroscrappy.detect_cosmics(
-        np.ascontiguousarray(image, dtype=np.float32),
-        inmask=np.ascontiguousarray(exclude, dtype=bool),
-        sigclip=config.sigclip,
-        sigfrac=config.sigfrac,
-        objlim=config.objlim,
-        gain=1.0,
-        readnoise=float(np.sqrt(variance_floor)),
-        satlevel=np.inf,
-        niter=config.niter,
-        sepmed=True,
-        cleantype="meanmask",
-        fsmode="median",
-        verbose=False,
-    )
+    """astroscrappy on one contiguous array (whole frame or box), on one OpenMP thread
+    (module docstring)."""
+    with _openmp().limit(limits=OPENMP_THREADS, user_api="openmp"):
+        mask, cleaned = astroscrappy.detect_cosmics(
+            np.ascontiguousarray(image, dtype=np.float32),
+            inmask=np.ascontiguousarray(exclude, dtype=bool),
+            sigclip=config.sigclip,
+            sigfrac=config.sigfrac,
+            objlim=config.objlim,
+            gain=1.0,
+            readnoise=float(np.sqrt(variance_floor)),
+            satlevel=np.inf,
+            niter=config.niter,
+            sepmed=True,
+            cleantype="meanmask",
+            fsmode="median",
+            verbose=False,
+        )
     return mask, cleaned.astype(np.float32)
