@@ -4,21 +4,30 @@ and report tests."""
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
+from threadpoolctl import threadpool_limits
 
 from atmospec.cli import main
 from atmospec.memory import keep_freed_memory
+from atmospec.parallel import WORKER_ENVIRONMENT
 from atmospec.sim.night import NightConfig, simulate_night
 
 DATA = Path(__file__).parent / "data"
 
 # The tests run the pipeline in this process too (the CLI does the same at its start).
 keep_freed_memory()
+# One thread per numerical library, in this process and in the commands the tests start, as
+# in the night's workers: `make test` runs one pytest worker per core, and a second BLAS or
+# OpenMP thread per worker only spins waiting for a core (tests/test_forward_model.py on a
+# loaded 2-core machine: 13.4 s of CPU on one OpenBLAS thread, 34.8 s on two).
+os.environ.update(WORKER_ENVIRONMENT)
+threadpool_limits(limits=1)  # the libraries this process has loaded already
 
 
 def make_template_raw(path: Path, *, seed: int = 0, level: float = 20000.0,
