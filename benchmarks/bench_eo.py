@@ -86,8 +86,11 @@ def main() -> None:
         if doc_path.is_file():
             doc = json.loads(doc_path.read_text())
             phases = ", ".join(f"{k} {v:.0f} s" for k, v in doc["timings_s"].items())
-            print(f"{det}: {sum(doc['timings_s'].values()):.0f} s ({phases}); "
+            print(f"{det}: wall {sum(doc['timings_s'].values()):.0f} s ({phases}); "
                   f"frames {doc['frames']}")
+            cpu = doc.get("cpu_s", {})
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items())
+            print(f"{det}: CPU {sum(cpu.values()):.0f} s ({phases})")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak memory: this process {own:.0f} MB; largest child (the workers, and the "
