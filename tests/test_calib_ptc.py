@@ -304,11 +304,11 @@ def test_a00_from_simulated_brighter_fatter_pairs():
 
     Each pair's variance follows the Astier model at the true a00 within 4σ of its
     statistical error √(2/N). The fitted a00 within 0.18e-6 of the truth and the gain within
-    0.6 %: a Monte Carlo of this set-up over 16 seeds gives a00 − truth = +0.04e-6 on
-    average, scatter 0.045e-6 (the fit's own error 0.049e-6), worst 0.107e-6, and the gain
-    +0.10 %, scatter 0.17 % — bias + 3σ. The simulator's earlier kernel (variance
-    μ(1 − 4b)² + 4b²μ, right to first order only) put a00 0.37e-6 and the gain 0.5 % low
-    here, which is what this test would see again."""
+    0.6 %: Monte Carlos of this set-up give a00 − truth = +0.039e-6 ± 0.011e-6 (16 seeds)
+    and +0.008e-6 ± 0.010e-6 (24 others), scatter 0.045e-6 (the fit's own error 0.049e-6),
+    worst 0.107e-6, and the gain +0.10 %, scatter 0.17 % — the larger bias + 3σ. The
+    simulator's earlier kernel (variance μ(1 − 4b)² + 4b²μ, right to first order only) put
+    a00 0.37e-6 and the gain 0.5 % low here, which is what this test would see again."""
     from atmospec.calib.ptc import pair_statistics
     from atmospec.sim.detector import brighter_fatter
 
