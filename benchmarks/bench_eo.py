@@ -24,6 +24,16 @@ cp_verify on the 3 darks re-read 12 s and on the 5 biases 9 s, bias stability, s
 amp correlations 10 s, EPER of the 40 ramp flats 2 s, PRNU and divisadero 2 s, tearing,
 a_ij and the CTI table < 0.1 s; the pair covariances inside the PTC ~0.5 s per pair;
 peak memory 1089 MB (the re-processed bias beside the masters).
+
+December 2026: each phase's CPU time (user + sys, ``cpu_s``) is printed beside its wall
+time; on this machine (load average 7–10 on 2 cores) the wall times of one suite ranged
+101–229 s, its CPU time 65–73 s. Runs alternating the PTC's ISR with and without the
+per-amp summary statistics and overscan noise (``IsrConfig.amp_stats``, results
+identical): before 70 and 71 s of CPU (PTC 36.5 and 38.4 s), after 65 and 67 s (PTC 33.0
+and 33.9 s); the process's own user + sys 78.8 s before, 74.5 s after (imports
+included). Within issue 18's 2 minutes on one core. The PTC is still the largest phase;
+half of it is astropy decompressing the 40 flats (~0.9 s of CPU per raw, 0.13 s of it the
+RICE decoding, the rest its Python loop over 32 768 one-row tiles).
 """
 
 from __future__ import annotations
@@ -86,8 +96,11 @@ def main() -> None:
         if doc_path.is_file():
             doc = json.loads(doc_path.read_text())
             phases = ", ".join(f"{k} {v:.0f} s" for k, v in doc["timings_s"].items())
-            print(f"{det}: {sum(doc['timings_s'].values()):.0f} s ({phases}); "
+            print(f"{det}: wall {sum(doc['timings_s'].values()):.0f} s ({phases}); "
                   f"frames {doc['frames']}")
+            cpu = doc.get("cpu_s", {})
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items())
+            print(f"{det}: CPU {sum(cpu.values()):.0f} s ({phases})")
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak memory: this process {own:.0f} MB; largest child (the workers, and the "

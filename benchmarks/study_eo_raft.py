@@ -53,9 +53,32 @@ errors: gain 0.98 %, read noise 1.56 %, PTC noise 1.22 %, DC95 3.57 %, CTI high 
 absolute; defects 18509/18509 bright and 12995/12995 dark found, 0 false; tearing flagged
 on S00 only (32 detections). Outside: the parallel CTI of the 1 ke⁻ superflat at 2e-6
 (+46 %: one frame's EPER noise is ~1–2e-6, as the non-injected amps show). Verdicts:
-723 judged, every wrong one PTC-A00 (42 of 48 amps): the fitted a00 is ~1e-6 below the
-brighter-fatter truth (−3.04e-6); the non-linearity accounts for −0.35 to −0.48e-6 of
-it (``truth_values``), the rest (up to −0.62e-6) is not explained here.
+723 judged, 42 wrong, all PTC-A00: the fitted a00 ~1e-6 below the brighter-fatter truth.
+
+Why, found on one amp without non-linearity or CTI (16–20 flat pairs, 4–16 seeds): the
+simulator's brighter-fatter filter had the right a00 to first order only (variance
+μ[(1 − 4b)² + 4b²], b = α·μ, which curves less than Astier's eq. 16): the PTC fit put a00
+0.37e-6 and the gain 0.5 % low, −0.43e-6 even on the noiseless curve at these six levels.
+The simulator now sets b so that the variance is eq. 16 exactly
+(`atmospec.sim.detector.brighter_fatter_strength`); the same amp then gives a00 − truth =
++0.02e-6 ± 0.007e-6 over 40 seeds (scatter 0.045e-6, the fit's own error). The rest was
+this script's truth: the non-linearity's share of a00 was taken to first order (−3c/g),
+which misses a further −0.10 to −0.17e-6 at 100 kADU; `expected_ptc_a00` now fits the
+noiseless raw ramp.
+
+Run again after both (same CCDs, load average 1.8 → 7.8): simulation 291 s wall, 136 s CPU;
+``atmospec eo --workers 2`` 307 s wall, 116 s CPU, 1.45 GB peak. a00 against the expected
+raw ramp: +0.04e-6 ± 0.035e-6 on the amps without injected CTI (worst +0.10e-6), up to
++0.14e-6 on those with (S00 C03); against the brighter-fatter truth alone −0.43 to −0.69e-6,
+the non-linearity's share. Gain within 0.53 % on the amps without injected CTI; those with
+are high by ≈ 2·CTI·transfers (deferred charge smooths a flat's noise): +1.2 to +1.6 % at
+parallel 6e-6 (C03), +0.6 to +0.7 % at serial 8e-6 (C07) — the earlier −0.5 % bias hid it.
+Other figures as before (read noise 1.27 %, PTC noise 1.85 %, DC95 4.21 %, CTI 0.93 % /
+2.1 %, linearity 0.118 %, defects all found and none false, tearing on S00 only; the 1 ke⁻
+parallel CTI still +46 %). Verdicts: 723 judged, 14 wrong (13 PTC-A00, 1 PTC-GAIN), every
+one on an amp whose truth lies within the measurement tolerance of the limit (46 such:
+42 PTC-A00 — the raw ramp's a00 here, −3.47 to −3.73e-6, straddles e2v's −3.52e-6 —,
+3 CCD-010, 1 PTC-GAIN), 0 wrong elsewhere.
 """
 
 from __future__ import annotations
@@ -75,6 +98,7 @@ from astropy.table import Table
 
 from atmospec.calib.eo import max_fractional_deviation
 from atmospec.calib.eo_specs import DETECTOR_AMP
+from atmospec.calib.ptc import astier_model, fit_ptc
 from atmospec.camera.description import Camera, load_camera
 from atmospec.isr.defects import defect_mask
 from atmospec.layout import EO_FIGURES_STEM, eo_dir, eo_table
@@ -93,6 +117,12 @@ LEVELS = (1000.0, 3000.0, 8000.0, 20000.0, 45000.0, 100000.0)
 #: Tolerances of issue 18 (relative unless said).
 TOL = {"gain": 0.01, "read_noise": 0.03, "dark_current_95": 0.05, "cti": 0.10,
        "cti_low": 0.25, "linearity_abs": 0.2, "found": 0.99, "false": 0.005}
+
+#: Absolute measurement tolerances of figures judged against a limit, to call a truth "at
+#: the limit": a00 0.15e-6 /e⁻ (fitted − expected on this run's amps without injected CTI:
+#: +0.04e-6 ± 0.035e-6, worst +0.10e-6; with CTI up to +0.14e-6), the gain's 1 % on
+#: ``ptc_gain_vs_nominal``.
+ABS_TOL = {"ptc_a00": 0.15e-6, "ptc_gain_vs_nominal": TOL["gain"]}
 
 
 ALL_SLOTS = tuple(f"S{r}{c}" for r in range(3) for c in range(3))
@@ -268,13 +298,30 @@ def truth_values(det: dict, sensor, camera: Camera, config: BotConfig, dc95: np.
                                 - 1, None),
         "ptc_noise_vs_nominal": (rn / camera.nominal_read_noise - 1, None),
         "ptc_turnoff_e": (np.full(n, top), None),
-        # The PTC sees the raw (not linearised) ramp: a response x(1 − c·x), c = f/1e5 per
-        # ADU, turns var = x/g + a00·x² into m/g + (a00 − 3c/g)·m² to first order.
-        "ptc_a00": (det["brighter_fatter"]["a00"]
-                    - 3.0 * np.asarray(det["nonlinearity"]) / 1e5 / np.asarray(det["gains"]),
-                    None),
+        "ptc_a00": (expected_ptc_a00(det), None),
         "divisadero_max": (np.full(n, divisadero), None),
     }
+
+
+def expected_ptc_a00(det: dict) -> np.ndarray:
+    """The a00 the PTC fit gives on each amp's noiseless raw ramp, 1/e⁻.
+
+    The PTC sees the raw (not linearised) ramp: the true signal x (ADU) has the Astier
+    variance of the brighter-fatter a00 (the simulator's, exact), the response
+    m = x(1 − c·x) (c = f/1e5 per ADU) makes it var·(1 − 2c·x)² at mean m. To first order
+    that is m/g + (a00 − 3c/g)·m², but at 100 ke⁻ (c·x up to 0.024) the higher orders move
+    the fitted a00 by a further −0.10 to −0.17e-6: the truth is the fit
+    (`atmospec.calib.ptc.fit_ptc`) of that noiseless curve at the run's levels."""
+    gains = np.asarray(det["gains"])
+    c = np.asarray(det["nonlinearity"]) / 1e5
+    rn = np.asarray(det["read_noise_e"])
+    a00 = det["brighter_fatter"]["a00"]
+    out = []
+    for g, ci, r in zip(gains, c, rn, strict=True):
+        x = np.asarray(LEVELS) / g
+        var = astier_model(x, a00, g, r * r) * (1.0 - 2.0 * ci * x) ** 2
+        out.append(fit_ptc(x * (1.0 - ci * x), var, np.full(x.size, 1e6)).a00)
+    return np.array(out)
 
 
 def judge(repo: Path, name: str, amps: list[str],
@@ -297,8 +344,9 @@ def judge(repo: Path, name: str, amps: list[str],
         judged += 1
         if r["status"] != expected_status(t, float(r["lower"]), float(r["upper"])):
             wrong.append((name, amp, f"{r['spec']} {figure} truth {t:.4g}", r["status"]))
-        if tol and any(np.isfinite(lim) and abs(t - lim) <= tol * abs(lim)
-                       for lim in (float(r["lower"]), float(r["upper"]))):
+        if (tol or figure in ABS_TOL) and any(
+                np.isfinite(lim) and abs(t - lim) <= ABS_TOL.get(figure, (tol or 0) * abs(lim))
+                for lim in (float(r["lower"]), float(r["upper"]))):
             marginal.append((name, amp, str(r["spec"]), t))
     return judged
 
@@ -327,7 +375,14 @@ def check(run: Path, repo: Path, config: BotConfig) -> None:
         dc95 = predicted_dc95(sensor, camera, det, darktime, config.n_dark, config.n_bias, rng)
         lin = expected_linearity(truth, det)
         cti_s, cti_p = np.asarray(det["cti_serial"]), np.asarray(det["cti_parallel"])
-        worst.add("gain", measured("gain") / gains - 1, labels, TOL["gain"], "%")
+        # Deferred charge smooths the noise of a flat (by ≈ 2·CTI·transfers): the PTC gain
+        # of an amp with injected CTI is high by that much (parallel 6e-6: ~1.2 %).
+        clean = (np.asarray(det["cti_serial"]) == 0) & (np.asarray(det["cti_parallel"]) == 0)
+        gain_err = measured("gain") / gains - 1
+        worst.add("gain (no injected CTI)", gain_err[clean],
+                  [lb for lb, c in zip(labels, clean, strict=True) if c], TOL["gain"], "%")
+        worst.add("gain (injected CTI)", gain_err[~clean],
+                  [lb for lb, c in zip(labels, clean, strict=True) if not c], None, "%")
         worst.add("read_noise", measured("read_noise") / rn - 1, labels, TOL["read_noise"],
                   "%")
         worst.add("ptc_noise", measured("ptc_noise") / rn - 1, labels, TOL["read_noise"], "%")
@@ -350,7 +405,7 @@ def check(run: Path, repo: Path, config: BotConfig) -> None:
         for key in ("a00", "a10", "a01"):
             worst.add(f"ptc_{key} vs brighter-fatter (abs, 1/e-)",
                       measured(f"ptc_{key}") - bf[key], labels, None)
-        worst.add("ptc_a00 vs BF + non-linearity (abs, 1/e-)", measured("ptc_a00")
+        worst.add("ptc_a00 vs expected raw ramp (abs, 1/e-)", measured("ptc_a00")
                   - truth_values(det, sensor, camera, config, dc95, lin)["ptc_a00"][0],
                   labels, None)
         # Defects: the maps `atmospec eo` wrote against the sensor's truth.
@@ -383,10 +438,12 @@ def check(run: Path, repo: Path, config: BotConfig) -> None:
     bad = worst.print()
     for note in notes:
         print(note)
+    at_limit = {(m[0], m[1], m[2]) for m in marginal}
+    clear = [w for w in wrong if (w[0], w[1], str(w[2]).split()[0]) not in at_limit]
     print(f"verdicts: {judged} (amp, specification) judged on "
           f"{16 * len(config.detectors)} amps, "
           f"{len(wrong)} wrong; {len(marginal)} with the truth within the tolerance of a "
-          f"limit")
+          f"limit; {len(clear)} wrong outside those")
     for w in wrong[:20]:
         print(f"  WRONG {w}")
     for m in marginal[:10]:

@@ -28,7 +28,7 @@ from atmospec.calib.ptc import covariance_coefficients, difference_covariances
 from atmospec.camera.assembly import assemble, disassemble
 from atmospec.camera.description import BBox, load_camera
 from atmospec.isr.overscan import OverscanConfig
-from atmospec.sim.detector import brighter_fatter
+from atmospec.sim.detector import brighter_fatter, brighter_fatter_strength
 
 
 def tiny_camera(ny: int = 300, nx: int = 60, n_serial: int = 64, n_parallel: int = 48):
@@ -289,10 +289,10 @@ def test_pair_covariances_and_brighter_fatter_coefficients():
         means.append(0.5 * (frames[0].mean() + frames[1].mean()))
         covs.append(cov)
     covs = np.array(covs)
-    # The model's exact variance and neighbour covariance (b = α·μ): μ[(1 − 2b_x − 2b_y)²
-    # + 2b_x² + 2b_y²] + RN² and 2b_x(1 − 2b_x − 2b_y)μ, e⁻².
+    # The filter's exact variance and neighbour covariance (b = α·μ to first order):
+    # μ[(1 − 2b_x − 2b_y)² + 2b_x² + 2b_y²] + RN² and 2b_x(1 − 2b_x − 2b_y)μ, e⁻².
     mu = np.array(means) * gain
-    bx, by = ax * mu, ay * mu
+    bx, by = (b.astype(float) for b in brighter_fatter_strength(mu, ax, ay))
     np.testing.assert_allclose(covs[:, 0, 0] * gain**2,
                                mu * ((1 - 2 * bx - 2 * by) ** 2 + 2 * bx**2 + 2 * by**2) + 25.0,
                                rtol=0.005)

@@ -375,7 +375,9 @@ def isr_regions(raw: RawFrame, config: PtcConfig, calibs: IsrCalibrations) -> np
         ``(n_amps, n_pixels)`` float32, camera HDU order.
     """
     steps = ("overscan", "crosstalk") if config.crosstalk else ("overscan",)
-    result = run_isr(raw, IsrConfig(steps=steps, overscan=config.overscan), calibs)
+    # Only the pixels are used: no per-amp summary statistics.
+    result = run_isr(raw, IsrConfig(steps=steps, overscan=config.overscan, amp_stats=False),
+                     calibs)
     if result.exposure.unit != "adu":  # a PTC must never see a gain
         raise ProcessingError(f"{raw.path}: ISR for the PTC returned {result.exposure.unit}")
     return _amp_regions(result.exposure.image, raw.camera, config.region_fraction)

@@ -191,7 +191,8 @@ def _write(repo: Path, detector: str, figures: Table, verdicts: Table,
     meta = {k: to_jsonable(v) for k, v in figures.meta.items()}
     doc = {"detector": detector, "vendor": meta.get("VENDOR", ""), "summary": summary,
            "frames": {k: v for k, v in meta.items() if k.startswith("N_")},
-           "timings_s": meta.get("TIMINGS_S", {}), "figures": _rows(verdicts),
+           "timings_s": meta.get("TIMINGS_S", {}), "cpu_s": meta.get("CPU_S", {}),
+           "figures": _rows(verdicts),
            "tables": {name: _rows(t) for name, t in tables.items()}}
     for name, t in tables.items():
         write_text_atomic(_ecsv(t), eo_table(repo, detector, name))

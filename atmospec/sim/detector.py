@@ -94,10 +94,11 @@ class DetectorSimConfig:
     """Number of dark column segments (one amp's half of a column each, its whole height),
     of response 0.3–0.7: the camera team's dark columns."""
     brighter_fatter: tuple[float, float] = (0.0, 0.0)
-    """``(α_x, α_y)``, 1/e⁻: charge redistribution of strength ∝ signal (`brighter_fatter`):
-    a flat of μ e⁻ gets covariances a_10·μ² and a_01·μ² between neighbours along x and y
-    and a variance μ + a_00·μ², with a_10 = 2α_x, a_01 = 2α_y, a_00 = −4(α_x + α_y)
-    (Astier et al. 2019's coefficients, to first order). (0, 0): no effect."""
+    """``(α_x, α_y)``, 1/e⁻ (≥ 0): charge redistribution of strength ∝ signal
+    (`brighter_fatter`): a flat of μ e⁻ gets the variance of Astier et al. 2019's eq. 16,
+    ``(exp(2·a00·μ) − 1)/(2·a00)`` with a_00 = −4(α_x + α_y), exactly, and covariances
+    a_10·μ² and a_01·μ² between neighbours along x and y, a_10 = 2α_x, a_01 = 2α_y (to
+    first order). (0, 0): no effect."""
 
 
 @dataclass(frozen=True)
@@ -413,19 +414,69 @@ def _fill(q: np.ndarray, amount: float, fw: float) -> None:
     q[k] += amount - (cum[k - 1] if k > 0 else 0.0)
 
 
+def brighter_fatter_strength(level: np.ndarray | float, alpha_x: float, alpha_y: float
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """Fractions ``(b_x, b_y)`` of its charge a pixel at ``level`` e⁻ hands to each
+    neighbour along x and along y (`brighter_fatter`).
+
+    The filter of `brighter_fatter` turns Poisson noise of mean μ into a variance
+    ``μ·[(1 − 2s)² + 2b_x² + 2b_y²]`` (``s = b_x + b_y``). With ``b = α·μ`` that is
+    ``μ − 4(α_x + α_y)μ² + O(μ³)``, right to first order only: its μ³ term is not that of a
+    charge that builds up over the exposure (Astier et al. 2019, eq. 16, what a PTC is
+    fitted with), and the fit of that model moved a00 by −0.4e-6 and the gain by −0.6 %
+    at a00 = −3e-6 up to 100 ke⁻. Here ``s`` solves the quadratic so that the variance is
+    eq. 16 exactly, ``(exp(2·a00·μ) − 1)/(2·a00)`` with ``a00 = −4(α_x + α_y)``, at every
+    level; ``b_x : b_y = α_x : α_y``; ``s = (α_x + α_y)·μ`` to first order.
+
+    Parameters
+    ----------
+    level : numpy.ndarray or float
+        Expected (noiseless) charge, e⁻.
+    alpha_x, alpha_y : float
+        Strength, 1/e⁻, both ≥ 0.
+
+    Returns
+    -------
+    b_x, b_y : numpy.ndarray
+        float32, the shape of ``level``.
+    """
+    if alpha_x < 0 or alpha_y < 0:
+        raise ValueError(f"brighter-fatter strengths must be >= 0, got {alpha_x}, {alpha_y}")
+    level = np.asarray(level, dtype=np.float32)
+    total = alpha_x + alpha_y
+    if total == 0:
+        zero = np.zeros_like(level)
+        return zero, zero.copy()
+    rx, ry = alpha_x / total, alpha_y / total
+    k = np.float32(4.0 + 2.0 * (rx * rx + ry * ry))
+    x = np.float32(-8.0 * total) * level  # 2·a00·μ ≤ 0
+    small = np.abs(x) < 1e-4
+    # 1 − expm1(x)/x, the variance deficit d; its series where x → 0 (float32 cancels).
+    deficit = np.where(small, -0.5 * x - x * x / 6.0,
+                       1.0 - np.expm1(x) / np.where(small, np.float32(1.0), x))
+    # Past |a00|·μ ≈ 1.4 (far beyond full well at real a00) no filter of this shape reaches
+    # the deficit: the strongest one (zero discriminant) stands in.
+    deficit = np.minimum(deficit, 4.0 / k).astype(np.float32)
+    # The small root of k·s² − 4s + d = 0, written without cancellation.
+    s = deficit / (2.0 + np.sqrt(np.maximum(4.0 - k * deficit, 0.0)))
+    return (np.float32(rx) * s).astype(np.float32), (np.float32(ry) * s).astype(np.float32)
+
+
 def brighter_fatter(electrons: np.ndarray, expected: np.ndarray, alpha_x: float,
                     alpha_y: float) -> np.ndarray:
     """A brighter-fatter-like charge redistribution with known covariances.
 
-    Each pixel hands a fraction ``b = α·L`` of its charge to each of its two neighbours
-    along x (``α_x``) and along y (``α_y``), ``L`` its expected (noiseless) level: the
-    more charge a region collects, the more of it ends up next door. For Poisson charge of
-    mean μ this is a linear filter of the noise whose covariances are, to first order in
-    b, ``Var = μ(1 − 4(b_x + b_y))`` and ``Cov(x, x ± 1) = 2b_x·μ``, ``Cov(y, y ± 1) =
-    2b_y·μ``: Astier et al. 2019's ``a_00 = −4(α_x + α_y)``, ``a_10 = 2α_x``, ``a_01 =
-    2α_y``, which sum to zero as theirs do. Charge is conserved but at the image's edges
-    (what would leave it stays). The mean image is smoothed by the same filter (a
-    fraction ~4b of the PRNU's variance is lost).
+    Each pixel hands a fraction ``b_x`` of its charge to each of its two neighbours along
+    x and ``b_y`` to each along y, growing with its expected (noiseless) level ``L``
+    (`brighter_fatter_strength`: ``b = α·L`` to first order): the more charge a region
+    collects, the more of it ends up next door. For Poisson charge of mean μ this is a
+    linear filter of the noise: its variance is Astier et al. 2019's eq. 16 exactly,
+    ``(exp(2·a00·μ) − 1)/(2·a00)`` with ``a_00 = −4(α_x + α_y)``, and its neighbour
+    covariances ``Cov(x, x ± 1) = 2b_x(1 − 2b_x − 2b_y)·μ``, ``Cov(y, y ± 1) =
+    2b_y(1 − 2b_x − 2b_y)·μ``: ``a_10 = 2α_x``, ``a_01 = 2α_y`` to first order, the a_ij
+    summing to zero as theirs do. Charge is conserved but at the image's edges (what would
+    leave it stays). The mean image is smoothed by the same filter (a fraction ~4b of the
+    PRNU's variance is lost).
 
     Parameters
     ----------
@@ -434,15 +485,14 @@ def brighter_fatter(electrons: np.ndarray, expected: np.ndarray, alpha_x: float,
     expected : numpy.ndarray
         Its expectation, e⁻.
     alpha_x, alpha_y : float
-        Strength, 1/e⁻.
+        Strength, 1/e⁻, both ≥ 0.
 
     Returns
     -------
     numpy.ndarray
         float32, the redistributed charge.
     """
-    bx = (np.float32(alpha_x) * expected).astype(np.float32)
-    by = (np.float32(alpha_y) * expected).astype(np.float32)
+    bx, by = brighter_fatter_strength(expected, alpha_x, alpha_y)
     gx = bx * electrons
     gy = by * electrons
     out = electrons - 2.0 * (gx + gy)
