@@ -34,6 +34,7 @@ so that scatter is the image's ``σ`` in units of e⁻² and the variance's rela
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -43,11 +44,12 @@ from astropy.io import fits
 
 # astropy's RICE_1 coder (cfitsio's, in C) is the one the reader uses; it has no public
 # name, hence this single import of a private module.
-from astropy.io.fits.hdu.compressed._codecs import Rice1
+from astropy.io.fits.hdu.compressed._codecs import Rice1, decompress_rice_1_c
 
 __all__ = [
     "CompressionConfig",
     "compressed_hdu",
+    "decompress_rice_image",
     "dither_seed",
     "noise_fraction",
     "plane_noise",
@@ -316,3 +318,87 @@ def _quantise_tile(rows: np.ndarray, step: float, dither: np.ndarray
         ints[nan] = NULL_VALUE
         x[nan] = np.nan
     return ints, has_null
+
+
+#: ``TFORM`` of the tile column: a variable-length byte array with 32- (P) or 64-bit (Q)
+#: descriptors.
+_TILE_FORM = re.compile(r"^1?([PQ])B(\(\d+\))?$")
+
+
+def decompress_rice_image(data: bytes | memoryview, header: fits.Header) -> np.ndarray | None:
+    """The image of a lossless RICE_1 tile-compressed integer HDU, decoded tile by tile.
+
+    The raws of LATISS and of the LSST cameras are compressed so, one row per tile: astropy
+    spends ~0.3 s of Python per 4k×4k LATISS raw (~0.8 s per LSSTCam raw) handling the
+    32 768 rows of the tile table, around 0.13 s of decoding. Here the table's descriptors
+    are read as one array and each tile goes straight to the same C decoder, so the pixels
+    are those astropy returns.
+
+    Parameters
+    ----------
+    data : bytes or memoryview
+        The HDU's data: the tile table followed by its heap (``NAXIS1 · NAXIS2 + PCOUNT``
+        bytes at least, as the header declares).
+    header : astropy.io.fits.Header
+        The binary table's header (``ZIMAGE = T``).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(ZNAXIS2, ZNAXIS1)`` int16 or int32; None when the HDU is not of that simple kind
+        (another algorithm, quantised or scaled values, null values, tiles not whole rows,
+        an extra column): read it with astropy then.
+
+    Raises
+    ------
+    ValueError
+        When the tile table or a tile contradicts the header (a damaged file).
+    """
+    form = _TILE_FORM.match(str(header.get("TFORM1", "")).strip())
+    bitpix = header.get("ZBITPIX")
+    settings = {str(header.get(f"ZNAME{i}", "")).strip().upper(): header.get(f"ZVAL{i}")
+                for i in range(1, 10) if f"ZNAME{i}" in header}
+    simple = (form is not None and header.get("ZIMAGE") is True
+              and str(header.get("ZCMPTYPE", "")).strip() in ("RICE_1", "RICE_ONE")
+              and header.get("ZNAXIS") == 2 and header.get("TFIELDS") == 1
+              and str(header.get("TTYPE1", "")).strip().upper() == "COMPRESSED_DATA"
+              and bitpix in (16, 32)
+              and settings.get("BYTEPIX", bitpix // 8) == bitpix // 8
+              and not any(k in header for k in ("ZBLANK", "ZSCALE", "ZZERO", "ZQUANTIZ",
+                                                "BZERO", "BSCALE", "BLANK"))
+              and header.get("ZTILE1", header.get("ZNAXIS1")) == header.get("ZNAXIS1"))
+    if not simple:
+        return None
+    nx, ny = int(header["ZNAXIS1"]), int(header["ZNAXIS2"])
+    rows = int(header.get("ZTILE2", 1))
+    blocksize = int(settings.get("BLOCKSIZE", RICE_BLOCK))
+    bytepix = bitpix // 8
+    n_tiles = -(-ny // rows) if rows > 0 else -1
+    width = 8 if form.group(1) == "P" else 16
+    if rows < 1 or header.get("NAXIS2") != n_tiles or header.get("NAXIS1") != width:
+        raise ValueError(f"the tile table ({header.get('NAXIS2')} rows of "
+                         f"{header.get('NAXIS1')} bytes) does not fit a {ny}x{nx} image in "
+                         f"tiles of {rows} rows")
+    table = n_tiles * width
+    heap_start = int(header.get("THEAP", table))
+    heap_end = heap_start + int(header.get("PCOUNT", 0))
+    buffer = memoryview(data)
+    if heap_start < table or heap_end > len(buffer):
+        raise ValueError(f"the heap ({heap_start}-{heap_end}) is not within the "
+                         f"{len(buffer)} bytes of data")
+    descriptors = np.frombuffer(buffer[:table], dtype=">i4" if width == 8 else ">i8")
+    counts, offsets = descriptors.reshape(n_tiles, 2).astype(np.int64).T
+    starts = heap_start + offsets
+    if (counts <= 0).any() or (offsets < 0).any() or (starts + counts > heap_end).any():
+        raise ValueError("a tile lies outside the heap or is empty")
+    image = np.empty(ny * nx, dtype=f"i{bytepix}")
+    for k in range(n_tiles):
+        first = k * rows * nx
+        size = min(rows * nx, image.size - first)
+        decoded = decompress_rice_1_c(bytes(buffer[starts[k]:starts[k] + counts[k]]),
+                                      blocksize, bytepix, size)
+        if len(decoded) != size * bytepix:
+            raise ValueError(f"tile {k + 1} decodes to {len(decoded)} bytes, not "
+                             f"{size * bytepix}")
+        image[first:first + size] = np.frombuffer(decoded, dtype=f"i{bytepix}")
+    return image.reshape(ny, nx)

@@ -351,3 +351,76 @@ def test_lossless_options_reach_the_isr_config():
     assert task_hash("isr", default["isr"], {}) != task_hash("isr", lossless["isr"], {})
     assert {k: v for k, v in default.items() if k != "isr"} == \
         {k: v for k, v in lossless.items() if k != "isr"}
+
+
+# --------------------------------------------------------------------------- raw tiles
+
+
+def _hdu_bytes(path, index: int) -> tuple[bytes, fits.Header]:
+    """The data (tile table and heap) and the header of HDU ``index`` of ``path``."""
+    from atmospec.fitsscan import scan_fits
+
+    hdu = scan_fits(path).hdus[index]
+    with open(path, "rb") as f:
+        f.seek(hdu.data_start)
+        return f.read(hdu.data_size), hdu.header
+
+
+@pytest.mark.parametrize(("dtype", "tile_rows"), [(np.int32, 1), (np.int32, 7), (np.int16, 1)])
+def test_rice_tiles_decoded_as_astropy_does(tmp_path, dtype, tile_rows):
+    """Lossless RICE images (LATISS and LSST raws: one row per tile) decode to astropy's
+    pixels, with a last tile shorter than the others and negative values."""
+    from atmospec.compression import decompress_rice_image
+
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    image = rng.normal(0.0, 900.0, (101, 37)).astype(dtype)
+    image[0, :3] = (info.min, info.max, 0)
+    path = tmp_path / "rice.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+        image, compression_type="RICE_1", tile_shape=(tile_rows, 37))]).writeto(path)
+    data, header = _hdu_bytes(path, 1)
+    decoded = decompress_rice_image(data, header)
+    with fits.open(path) as hdul:
+        expected = hdul[1].data
+    assert decoded is not None and decoded.dtype == expected.dtype.newbyteorder("=")
+    assert np.array_equal(decoded, expected) and np.array_equal(decoded, image)
+
+
+def test_rice_fast_path_declines_other_kinds_and_refuses_bad_tables(tmp_path):
+    """Quantised floats, GZIP tiles and tiles that are not whole rows go to astropy (None);
+    a descriptor pointing outside the heap is a ValueError."""
+    from atmospec.compression import decompress_rice_image
+
+    rng = np.random.default_rng(4)
+    ints = rng.integers(0, 5000, (40, 30)).astype(np.int32)
+    cases = {"float": fits.CompImageHDU(ints.astype(np.float32), compression_type="RICE_1"),
+             "gzip": fits.CompImageHDU(ints, compression_type="GZIP_2"),
+             "blocks": fits.CompImageHDU(ints, compression_type="RICE_1", tile_shape=(8, 10))}
+    for name, hdu in cases.items():
+        path = tmp_path / f"{name}.fits"
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+        assert decompress_rice_image(*_hdu_bytes(path, 1)) is None, name
+    path = tmp_path / "rows.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(
+        ints, compression_type="RICE_1", tile_shape=(1, 30))]).writeto(path)
+    data, header = _hdu_bytes(path, 1)
+    damaged = bytearray(data)
+    damaged[4:8] = (10**6).to_bytes(4, "big")  # first tile's heap offset
+    with pytest.raises(ValueError, match="outside the heap"):
+        decompress_rice_image(bytes(damaged), header)
+
+
+def test_raw_read_equals_astropy(tmp_path, monkeypatch):
+    """A simulated RICE-compressed LATISS raw reads to the same pixels through the fast
+    path and through astropy alone."""
+    from atmospec.camera import raw as raw_module
+    from atmospec.sim.night import NightConfig, simulate_night
+
+    night = NightConfig(n_bias=1, n_dark=0, n_flat=0, n_science=0, n_dispersed=0,
+                        compress=True)
+    path = next(p for p in simulate_night(tmp_path, night) if p.suffix == ".fits")
+    layout = raw_module.check_raw_structure(path)
+    fast = raw_module._read_segments(layout)
+    monkeypatch.setattr(raw_module, "_decoded_tiles", lambda source, hdu: None)
+    assert np.array_equal(fast, raw_module._read_segments(layout))

@@ -33,6 +33,7 @@ from atmospec.camera.description import (
     with_vendor,
 )
 from atmospec.camera.translator import ObservationInfo, translate_header
+from atmospec.compression import decompress_rice_image
 from atmospec.errors import BadInputError, short_error
 from atmospec.fitsscan import (
     BITPIX_VALUES,
@@ -358,14 +359,22 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
 
 
 def _read_segments(layout: RawLayout) -> np.ndarray:
-    """The amplifier pixels of a checked raw, ``(n_amps, ny, nx)`` float32, camera order."""
+    """The amplifier pixels of a checked raw, ``(n_amps, ny, nx)`` float32, camera order.
+
+    Lossless RICE tiles (how LATISS and the LSST cameras write raws) are decoded by
+    `atmospec.compression.decompress_rice_image`, ~4× faster than astropy with the same
+    pixels; any other HDU is read by astropy.
+    """
     path = layout.path
     segments = np.empty((len(layout.amp_hdus), *layout.segment_shape), dtype=np.float32)
+    source = _fits_source(layout)
     try:
         with astropy_warnings_as_errors(path, "damaged pixel data"), \
-                fits.open(_fits_source(layout), memmap=False, lazy_load_hdus=True) as hdul:
+                fits.open(source, memmap=False, lazy_load_hdus=True) as hdul:
             for i, amp in enumerate(layout.amp_hdus):
-                data = hdul[amp.index].data
+                data = _decoded_tiles(source, amp) if amp.is_compressed_image else None
+                if data is None:
+                    data = hdul[amp.index].data
                 if data is None or data.shape != layout.segment_shape:
                     shape = None if data is None else data.shape
                     raise BadInputError(path, segment_shape_problem(layout.camera,
@@ -376,6 +385,24 @@ def _read_segments(layout: RawLayout) -> np.ndarray:
     except Exception as exc:  # astropy raises many types for damaged (e.g. tile) data
         raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
     return segments
+
+
+def _decoded_tiles(source: Path | io.BytesIO, hdu: HduLayout) -> np.ndarray | None:
+    """The image of a tile-compressed HDU of a file if `decompress_rice_image` decodes its
+    kind; None leaves the HDU to astropy: a gzip stream in memory (rare, and read once
+    already), another kind of compression, or a tile table the fast path finds inconsistent,
+    so that what is accepted or refused, and with which message, stays astropy's (the
+    zeroed real LSSTCam raws of the test data have garbage tile descriptors that astropy
+    reads as zeros)."""
+    if isinstance(source, io.BytesIO):
+        return None
+    with open(source, "rb") as f:
+        f.seek(hdu.data_start)
+        data = f.read(hdu.data_size)
+    try:
+        return decompress_rice_image(data, hdu.header)
+    except ValueError:
+        return None
 
 
 def _fits_source(layout: RawLayout) -> Path | io.BytesIO:
