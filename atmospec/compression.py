@@ -391,14 +391,16 @@ def decompress_rice_image(data: bytes | memoryview, header: fits.Header) -> np.n
     starts = heap_start + offsets
     if (counts <= 0).any() or (offsets < 0).any() or (starts + counts > heap_end).any():
         raise ValueError("a tile lies outside the heap or is empty")
-    image = np.empty(ny * nx, dtype=f"i{bytepix}")
-    for k in range(n_tiles):
-        first = k * rows * nx
-        size = min(rows * nx, image.size - first)
-        decoded = decompress_rice_1_c(bytes(buffer[starts[k]:starts[k] + counts[k]]),
-                                      blocksize, bytepix, size)
-        if len(decoded) != size * bytepix:
-            raise ValueError(f"tile {k + 1} decodes to {len(decoded)} bytes, not "
-                             f"{size * bytepix}")
-        image[first:first + size] = np.frombuffer(decoded, dtype=f"i{bytepix}")
-    return image.reshape(ny, nx)
+    # Python ints and one output buffer: per tile, one C call and one copy of its bytes.
+    out = bytearray(ny * nx * bytepix)
+    view = memoryview(out)
+    tile_bytes = rows * nx * bytepix
+    for k, (start, count) in enumerate(zip(starts.tolist(), counts.tolist(), strict=True)):
+        first = k * tile_bytes
+        size = min(tile_bytes, len(out) - first)
+        decoded = decompress_rice_1_c(bytes(buffer[start:start + count]), blocksize, bytepix,
+                                      size // bytepix)
+        if len(decoded) != size:
+            raise ValueError(f"tile {k + 1} decodes to {len(decoded)} bytes, not {size}")
+        view[first:first + size] = decoded
+    return np.frombuffer(out, dtype=f"i{bytepix}").reshape(ny, nx)
