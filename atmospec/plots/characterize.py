@@ -51,8 +51,13 @@ def _flags(table: Table, name: str) -> np.ndarray:
 
 
 def _shape(table: Table, shape: tuple[int, int] | None) -> tuple[int, int]:
+    """The frame of the catalogue's coordinates: ``shape``, else the one it records
+    (``image_shape``: a 2×2-binned frame is half the detector), else LATISS's detector."""
     if shape is not None:
         return shape
+    recorded = table.meta.get("image_shape")
+    if isinstance(recorded, list | tuple) and len(recorded) == 2:
+        return int(recorded[0]), int(recorded[1])
     return load_camera("latiss").detector_shape
 
 
@@ -81,7 +86,8 @@ def plot_sources(
     path : path
         Output PNG (written atomically).
     shape : tuple of int, optional
-        Detector shape ``(ny, nx)``; LATISS by default.
+        Frame shape ``(ny, nx)``; by default the catalogue's ``image_shape`` (written by
+        `atmospec.imaging.characterize`), else LATISS's detector.
 
     Returns
     -------
@@ -159,7 +165,8 @@ def plot_psf(
     path : path
         Output PNG (written atomically).
     shape : tuple of int, optional
-        Detector shape ``(ny, nx)``; LATISS by default.
+        Frame shape ``(ny, nx)``; by default the catalogue's ``image_shape`` (written by
+        `atmospec.imaging.characterize`), else LATISS's detector.
     whisker_scale : float, optional
         Whisker length per unit ellipticity, pixels; by default an ellipticity of 0.05
         draws a tenth of the detector's long side.
