@@ -32,7 +32,8 @@ DPI = 100
 #: without ``--force``. Raise it when a figure changes.
 #: 2: issue 21 (PSF figure frames and ranges, thumbnail legend, truth markers, constant
 #: series, one configuration name).
-#: 3: issue 20 (the spectrum figures laid out with fixed margins, `fixed_margins`).
+#: 3: issue 20 (the spectrum, atmosphere fit, sources and PSF figures laid out with fixed
+#: margins, `fixed_margins`; a binned exposure's sources and PSF figures in its frame).
 FIGURE_VERSION = 3
 
 
