@@ -12,6 +12,8 @@ the report's), defined once.
     REPO/calib/<kind>/<detector>/            those of an instrument of several (LSSTCam)
     REPO/calib/night/<day_obs>/              products built from a night, before registration
     REPO/exposures/<day_obs>/<OBSID>_*       per-exposure outputs (post-ISR, catalogue, ...)
+    REPO/exposures/<day_obs>/figures/<OBSID>/  its figures as drawn by the night (and
+                                             figures.json): what a report links
     REPO/eo/<detector>/eo_figures.ecsv, .json  one detector's EO figures and verdicts
     REPO/eo/<detector>/eo_<table>.ecsv       its further tables (bias stability, CTI
                                              against signal, amp correlations, ...)
@@ -55,6 +57,7 @@ __all__ = [
     "eo_table",
     "exposure_dir",
     "exposure_figure_dir",
+    "exposure_figure_store",
     "exposure_file",
     "live_file",
     "night_build_dir",
@@ -195,6 +198,14 @@ def exposure_figure_dir(report: Path, obs_id: str | None = None) -> Path:
     (``<report>/exposures``, where the exposure pages are, without ``obs_id``)."""
     base = Path(report) / "exposures"
     return base if obs_id is None else base / safe_component(obs_id, "OBSID")
+
+
+def exposure_figure_store(directory: Path, obs_id: str) -> Path:
+    """``<directory>/figures/<OBSID>`` beside an exposure's outputs (``directory`` is
+    ``REPO/exposures/<day_obs>``): its figures as the night drew them, a product of the night
+    like its catalogue, which every report (even one whose folder was deleted) links
+    instead of drawing them again."""
+    return Path(directory) / "figures" / safe_component(obs_id, "OBSID")
 
 
 #: The live page of ``atmospec watch`` in a report folder: role -> name. ``page`` is the

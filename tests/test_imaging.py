@@ -306,6 +306,8 @@ def test_catalog_round_trip_and_plots(frame, tmp_path):
         assert back[name].unit == cat[name].unit, name
         np.testing.assert_array_equal(np.asarray(back[name]), np.asarray(cat[name]), name)
     assert back.meta["OBSID"] == cat.meta["OBSID"]
+    # The frame of the coordinates, which the figures draw (a binned frame's is smaller).
+    assert back.meta["image_shape"] == list(frame["exposure"].image.shape)
     iq_back, iq = back.meta["image_quality"], result.image_quality.to_dict()
     assert iq_back.keys() == iq.keys()
     for key, value in iq.items():

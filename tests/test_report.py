@@ -295,6 +295,31 @@ def test_report_figures_are_cached(night_reference):
     assert elapsed < 10.0
 
 
+def test_cold_report_links_the_nights_figures(night_reference, tmp_path):
+    """A report into an empty folder (a cold rebuild: the report folder deleted, the night's
+    products there) draws no exposure figure: it links those the night's workers drew into
+    each exposure's figure store, and the pages show them."""
+    repo, _ = night_reference
+    stores = sorted((repo / "exposures").glob("*/figures/*/figures.json"))
+    assert stores
+    stored = {p: p.stat().st_mtime_ns for p in (repo / "exposures").rglob("figures/*/*.png")}
+    assert stored
+    out = tmp_path / "cold"
+    build_report(repo, ReportConfig(out=out, workers=1))
+    assert {p: p.stat().st_mtime_ns for p in stored} == stored  # nothing drawn again
+    for manifest in stores:
+        obs_id = manifest.parent.name
+        shown = out / "exposures" / obs_id
+        entries = json.loads((shown / "figures.json").read_text())
+        names = [n for g in entries.values() if isinstance(g, dict) and "files" in g
+                 for n in g["files"]]
+        assert names
+        for name in names:
+            assert os.path.samefile(shown / name, manifest.parent / name)
+        assert f"{obs_id}/{names[0]}" in (out / "exposures" / f"{obs_id}.html").read_text()
+    _assert_links_resolve(out)
+
+
 def _night_copy(reference: Path, repo: Path) -> Path:
     """A repository sharing the reference's outputs (links), with its own index."""
     repo.mkdir(parents=True)

@@ -700,6 +700,8 @@ def _finish(exposure: Exposure, frame: _Frame, config: CharacterizeConfig,
         table.meta["image_quality"] = quality.to_dict()
         table.meta["aperture_radii_fwhm"] = [float(r) for r in radii_fwhm]
         table.meta["aperture_radii_px"] = [float(r) for r in radii_px]
+        # The frame the coordinates are in (a binned frame's is smaller than the detector).
+        table.meta["image_shape"] = [int(n) for n in exposure.image.shape]
     timer.timings["total"] = time.perf_counter() - frame.t_start
     log.info("%s: %d sources, FWHM %.2f px (%.2f\"), %d PSF stars, sky %.1f e-, %.2f s",
              frame.obs_id, n, quality.fwhm_px, quality.fwhm_arcsec, quality.n_psf_stars, sky,

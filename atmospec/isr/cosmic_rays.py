@@ -36,7 +36,7 @@ LATISS dark, per amp as the master dark does it, on a loaded 2-core machine: 0.7
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 import astroscrappy
@@ -85,13 +85,25 @@ class CosmicRayConfig:
     """Pixels around the candidates of a cluster that belong to its box's core, for the
     faint pixels along a track and its diffusion wings that the detection grows into."""
     cluster_px: int = 16
-    """Cell size (pixels) of the grid on which candidates are grouped: candidates within
-    three cells of each other along a row or column share a box, four or more cells apart
-    never, so that close neighbours do not each pay for a margin while distant ones do
-    not make a large box."""
+    """Cell size (unbinned pixels) of the grid on which candidates are grouped: candidates
+    within three cells of each other along a row or column share a box, four or more cells
+    apart never, so that close neighbours do not each pay for a margin while distant ones
+    do not make a large box. A binned frame's cells are ``cluster_px`` over the larger
+    binning factor (`binned_config`): on a 2×2 LATISS frame 16 binned pixels made boxes
+    covering 0.24 of the frame, 8 cover 0.19 (0.65 → 0.51 s of CPU), with the same mask
+    but for one false positive pixel (1333 → 1332 flagged, recall 0.9417 both)."""
     max_box_fraction: float = 0.5
     """If the boxes cover more than this fraction of the frame (a crowded field, a frame
     full of sharp features), run on the whole frame instead: one pass is cheaper."""
+
+
+def binned_config(config: CosmicRayConfig, binning: tuple[int, int]) -> CosmicRayConfig:
+    """``config`` for a frame of on-chip ``binning``: its clustering cells in binned pixels
+    (`CosmicRayConfig.cluster_px`). The same config for an unbinned frame."""
+    factor = max(int(b) for b in binning)
+    if factor <= 1:
+        return config
+    return replace(config, cluster_px=max(int(config.cluster_px) // factor, 4))
 
 
 def find_cosmic_rays(image: np.ndarray, variance_floor: float, exclude: np.ndarray,

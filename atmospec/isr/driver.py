@@ -31,7 +31,7 @@ from atmospec.compression import CompressionConfig
 from atmospec.errors import BadInputError
 from atmospec.exposure import Exposure
 from atmospec.isr import STEPS
-from atmospec.isr.cosmic_rays import CosmicRayConfig, find_cosmic_rays
+from atmospec.isr.cosmic_rays import CosmicRayConfig, binned_config, find_cosmic_rays
 from atmospec.isr.crosstalk import CrosstalkConfig, CrosstalkMatrix, subtract_crosstalk
 from atmospec.isr.defects import frame_defect_mask
 from atmospec.isr.edge import EdgeConfig, edge_mask
@@ -402,7 +402,8 @@ def _cleaning_steps(exposure: Exposure, steps: tuple[str, ...], config: IsrConfi
             if "gain" not in steps:
                 rn2 /= float(np.median(gains.gain) ** 2)
             exclude = exposure.get_mask("BAD", "SAT", "SUSPECT")
-            cr, cleaned = find_cosmic_rays(exposure.image, rn2, exclude, config.cosmic_rays)
+            cr, cleaned = find_cosmic_rays(exposure.image, rn2, exclude,
+                                           binned_config(config.cosmic_rays, camera.binning))
             exposure.image[cr] = cleaned[cr]
             exposure.set_mask("CR", cr)
     if "edge" in steps:

@@ -8,6 +8,12 @@ spectrum diagnostics, several PNGs from one spectrum file) is redrawn only when 
 input files changed (size or modification time) or one of its PNGs is gone: each exposure's
 directory holds a manifest, ``figures.json``, recording for every group its inputs and the
 files written (or why it could not be drawn).
+
+Figures are drawn into the exposure's figure store beside its outputs
+(`atmospec.layout.exposure_figure_store`, ``REPO/exposures/<day_obs>/figures/<OBSID>``), a
+product of the night, and published into a report folder by hard links (`publish_figures`):
+a report rebuilt after its folder was deleted links the night's figures instead of drawing
+them again (~3 s of CPU per exposure).
 """
 
 from __future__ import annotations
@@ -15,15 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from atmospec.errors import short_error
-from atmospec.io import write_text_atomic
-from atmospec.layout import exposure_file
+from atmospec.io import atomic_path, write_text_atomic
+from atmospec.layout import exposure_figure_store, exposure_file
 from atmospec.plots.common import FIGURE_VERSION
 
 if TYPE_CHECKING:
@@ -240,7 +247,8 @@ def draw_exposure(job: ExposureFigureJob, postisr: Exposure | None = None
 def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
                     thumbnail_width: int = 1000, groups: tuple[str, ...] | None = None,
                     postisr: Exposure | None = None) -> list[str]:
-    """Draw the stale figures of one exposure and update its manifest; never raises.
+    """Draw the stale figures of one exposure into its figure store and publish them into a
+    report folder (`publish_figures`); never raises.
 
     The night's workers call this right after an exposure's tasks, so the figures are drawn
     in parallel with the rest of the night and the report at its end only lays them out.
@@ -248,11 +256,12 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
     Parameters
     ----------
     exposure_dir : Path
-        Directory of the exposure's stage outputs (``REPO/exposures/<day_obs>``).
+        Directory of the exposure's stage outputs (``REPO/exposures/<day_obs>``); its figure
+        store is `atmospec.layout.exposure_figure_store` of it.
     obs_id : str
         Exposure.
     directory : Path
-        Its figure directory (``REPO/report/exposures/<OBSID>``).
+        Its figure directory in the report (``REPO/report/exposures/<OBSID>``).
     thumbnail_width : int
         Largest width of the post-ISR thumbnail, pixels.
     groups : tuple of str, optional
@@ -267,19 +276,77 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
     """
     try:
         outputs = ExposureOutputs.find(exposure_dir, obs_id)
-        manifest = read_manifest(directory)
-        stale = tuple(g for g in exposure_groups(outputs)
-                      if (groups is None or g.name in groups)
-                      and not is_fresh(manifest.get(g.name), g, directory))
-        if not stale:
-            return []
-        manifest.update(draw_exposure(ExposureFigureJob(outputs, directory, stale,
-                                                        thumbnail_width), postisr))
-        write_manifest(directory, manifest)
+        store = exposure_figure_store(exposure_dir, obs_id)
+        manifest = read_manifest(store)
+        wanted = [g for g in exposure_groups(outputs) if groups is None or g.name in groups]
+        stale = tuple(g for g in wanted if not is_fresh(manifest.get(g.name), g, store))
+        if stale:
+            manifest.update(draw_exposure(ExposureFigureJob(outputs, store, stale,
+                                                            thumbnail_width), postisr))
+            write_manifest(store, manifest)
+        publish_figures(store, directory, wanted)
         return [g.name for g in stale]
     except Exception as exc:  # figures are a convenience: the report redraws what is missing
         log.warning("%s: report figures not drawn (%s)", obs_id, short_error(exc))
         return []
+
+
+def publish_figures(store: Path, directory: Path, groups: Iterable[FigureGroup]
+                    ) -> dict[str, dict[str, Any]]:
+    """Link the fresh figures of ``groups`` from an exposure's figure store into a figure
+    directory of a report and record them in its manifest.
+
+    A PNG is hard-linked (copied, with its modification time, where a link cannot be made:
+    another file system); one already there as the same file is left alone. Stale groups
+    of the store, and groups the store could not draw, are not published: the caller
+    draws them.
+
+    Parameters
+    ----------
+    store : pathlib.Path
+        The exposure's figure store (`atmospec.layout.exposure_figure_store`).
+    directory : pathlib.Path
+        The report's figure directory of the exposure.
+    groups : iterable of FigureGroup
+        The groups to publish when the store holds them fresh.
+
+    Returns
+    -------
+    dict
+        The manifest entries published, by group.
+    """
+    stored = read_manifest(store)
+    published: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        entry = stored.get(group.name)
+        if entry is None or entry.get("error") or not is_fresh(entry, group, store):
+            continue
+        if Path(store).resolve() != Path(directory).resolve():
+            for name in entry.get("files", []):
+                _link(store / name, directory / name)
+        published[group.name] = entry
+    if published and Path(store).resolve() != Path(directory).resolve():
+        manifest = read_manifest(directory)
+        if any(manifest.get(k) != v for k, v in published.items()):
+            manifest.update(published)
+            write_manifest(directory, manifest)
+    return published
+
+
+def _link(source: Path, target: Path) -> None:
+    """``target`` the same file as ``source``, replaced atomically (a hard link, else a
+    copy keeping the modification time, by which freshness is judged)."""
+    try:
+        if target.exists() and os.path.samefile(source, target):
+            return
+    except OSError:
+        pass
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or links refused
+            shutil.copy2(source, tmp)
 
 
 def write_manifest(directory: Path, entries: dict[str, Any]) -> None:

@@ -47,7 +47,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.mathtext import MathTextParser
 
-from atmospec.plots.common import DPI, config_colour, config_label, save_png, zscale_limits
+from atmospec.plots.common import (
+    DPI,
+    config_colour,
+    config_label,
+    fixed_margins,
+    save_png,
+    zscale_limits,
+)
 from atmospec.plots.limits import mark_outside, robust_limits
 from atmospec.spectro.spectrum import Spectrum
 
@@ -336,9 +343,10 @@ def plot_spectrogram(spectrum: Spectrum, ax: Axes | None = None) -> Figure:
     geom = _geometry(spectrum)
     if ax is None:
         width = 13.0
-        fig = Figure(figsize=(width, _strip_height(geom, data.shape, 11.0) + 1.6),
-                     layout="constrained")
+        fig = Figure(figsize=(width, _strip_height(geom, data.shape, 11.0) + 1.6))
         ax = fig.add_subplot()
+        # Below: the axis label; above: two title lines and the wavelength axis.
+        fixed_margins(fig, left=0.8, right=0.1, bottom=0.55, top=1.05)
     else:
         fig = ax.get_figure()
     small, extent, factor = _shown(data, geom)
@@ -443,8 +451,12 @@ def plot_forward_model(spectrum: Spectrum, fig: Figure | None = None) -> Figure:
         geom = _Geometry(vertical, True, np.zeros(2), np.zeros(2), np.zeros(2))
     panel_h = _strip_height(geom, data.shape, 9.0)
     if fig is None:
-        fig = Figure(figsize=(13.0, 3 * panel_h + 1.4), layout="constrained")
+        fig = Figure(figsize=(13.0, 3 * panel_h + 1.4))
     axes = fig.subplots(3, 2, width_ratios=(3.2, 1.0), sharex="col")
+    # Room for the panel titles between the rows, the colour bars' labels and the
+    # histogram's axis label between the columns.
+    fixed_margins(fig, left=0.8, right=0.15, bottom=0.55, top=0.45, hspace=0.35,
+                  wspace=0.85)
     for a in axes[1:, 1]:
         a.remove()
     hist_ax = axes[0, 1]
@@ -566,8 +578,10 @@ def plot_psf_vs_wavelength(spectrum: Spectrum, fig: Figure | None = None) -> Fig
     if not panels:
         raise ValueError("PSF_TAB has none of fwhm, gamma, alpha and no trace")
     if fig is None:
-        fig = Figure(figsize=(10.0, 2.1 * len(panels) + 1.0), layout="constrained")
+        fig = Figure(figsize=(10.0, 2.1 * len(panels) + 1.0))
     axes = np.atleast_1d(fig.subplots(len(panels), 1, sharex=True))
+    # Below the panels: the axis label, then the legend (up to three rows).
+    fixed_margins(fig, left=1.0, right=0.15, bottom=1.25, top=0.4, hspace=0.12)
     colour = _colour(spectrum)
     from_model = spectrum.header.get("SPECTYPE") == "forward_model"
     tab_label = "PSF_TAB (2D model)" if from_model else "PSF_TAB"
@@ -593,7 +607,7 @@ def plot_psf_vs_wavelength(spectrum: Spectrum, fig: Figure | None = None) -> Fig
         handles.append(Line2D([], [], ls="none", marker="^", color="#606060", ms=6))
         labels.append("bins outside the axis (arrow at the edge)")
     # Below the panels: inside one, it would hide the points it explains.
-    fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncols=2)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncols=2)
     axes[-1].set_xlabel("wavelength (nm)")
     fig.suptitle(f"{_summary(spectrum)}: PSF along the trace", fontsize=10)
     return fig
@@ -710,8 +724,9 @@ def plot_wavelength_residuals(spectrum: Spectrum, ax: Axes | None = None) -> Fig
             else np.ones(len(lines), dtype=bool))
     names = [str(n) for n in lines["Line"]] if "Line" in lines.colnames else [""] * len(lines)
     if ax is None:
-        fig = Figure(figsize=(10.0, 5.0), layout="constrained")
+        fig = Figure(figsize=(10.0, 5.0))
         ax = fig.add_subplot()
+        fixed_margins(fig, left=0.8, right=0.15, bottom=0.55, top=0.6)
     else:
         fig = ax.get_figure()
     colour = _colour(spectrum)
@@ -767,8 +782,9 @@ def plot_spectrum(spectrum: Spectrum, ax: Axes | None = None) -> Figure:
     if spectrum.n_points == 0:
         raise ValueError("the spectrum has no wavelength point")
     if ax is None:
-        fig = Figure(figsize=(11.0, 5.5), layout="constrained")
+        fig = Figure(figsize=(11.0, 5.5))
         ax = fig.add_subplot()
+        fixed_margins(fig, left=0.9, right=0.15, bottom=0.55, top=0.4)
     else:
         fig = ax.get_figure()
     wl, flux, err = spectrum.wavelength, spectrum.flux, spectrum.flux_err

@@ -77,7 +77,8 @@ def build_report(repo: str | os.PathLike[str], config: ReportConfig | None = Non
     write_text_atomic(night_page(repo, out, night, figures, products, calib_pages,
                                  exposures.used, eo_section(eo_table, eo_problem, out, eo_drawn)),
                       index)
-    log.info("report %s: %d exposures (%d with figures drawn now, %.1f s), %d calibration "
-             "pages, %.1f s", index, len(night.summary), exposures.n_drawn, exposures.draw_s,
-             len(calib_pages), time.perf_counter() - t0)
+    log.info("report %s: %d exposures (%d with figures drawn now, %.1f s; %d linked from "
+             "the night's), %d calibration pages, %.1f s", index, len(night.summary),
+             exposures.n_drawn, exposures.draw_s, exposures.n_linked, len(calib_pages),
+             time.perf_counter() - t0)
     return index

@@ -1,6 +1,7 @@
-"""The exposures' figures of the report: which are missing or stale, drawing them (in this
-process or a process pool), and each exposure's figure manifest (one exposure's figures:
-`atmospec.plots.exposure`)."""
+"""The exposures' figures of the report: which are missing or stale, linking those the
+night drew (each exposure's figure store, `atmospec.layout.exposure_figure_store`), drawing
+the others (in this process or a process pool) into that store, and each exposure's figure
+manifest (one exposure's figures: `atmospec.plots.exposure`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from atmospec.plots.exposure import (
     draw_exposure,
     exposure_groups,
     is_fresh,
+    publish_figures,
     read_manifest,
     write_manifest,
 )
@@ -47,12 +49,19 @@ class ExposureFigures:
     """Exposures whose figures were drawn by this run."""
     draw_s: float
     """Wall time spent drawing them, s."""
+    n_linked: int = 0
+    """Exposures whose figures (some or all) were linked from their figure store."""
 
 
 def refresh_exposure_figures(repo: Path, out: Path, summary: Table,
                              config: ReportConfig) -> ExposureFigures:
-    """Draw the missing or stale figures of every exposure of the summary and update their
-    manifests (with the calibrations used, cached there).
+    """Bring the figures of every exposure of the summary up to date in the report folder
+    and update their manifests (with the calibrations used, cached there).
+
+    A missing or stale group is linked from the exposure's figure store when the store
+    holds it fresh (drawn by the night's workers, or by an earlier report); else it is drawn
+    into the store (into the report folder when the repository cannot be written), then
+    linked. ``--force`` draws every group again.
 
     Parameters
     ----------
@@ -72,10 +81,12 @@ def refresh_exposure_figures(repo: Path, out: Path, summary: Table,
     outputs: dict[str, ExposureOutputs] = {}
     manifests: dict[str, dict[str, Any]] = {}
     jobs: list[ExposureFigureJob] = []
+    stores: dict[str, Path] = {}
+    n_linked = 0
     for row in summary:
         obs_id = str(row["obs_id"])
-        outputs[obs_id] = ExposureOutputs.find(layout.exposure_dir(repo, int(row["day_obs"])),
-                                               obs_id)
+        exposure_dir = layout.exposure_dir(repo, int(row["day_obs"]))
+        outputs[obs_id] = ExposureOutputs.find(exposure_dir, obs_id)
         directory = layout.exposure_figure_dir(out, obs_id)
         # --force forgets the cache records (so every group is drawn again); without
         # figures the records stay, so the pages keep showing the PNGs they name.
@@ -83,14 +94,39 @@ def refresh_exposure_figures(repo: Path, out: Path, summary: Table,
         manifests[obs_id] = {} if forget else read_manifest(directory)
         if not config.figures:
             continue
-        stale = tuple(g for g in exposure_groups(outputs[obs_id])
-                      if not is_fresh(manifests[obs_id].get(g.name), g, directory))
+        stale = [g for g in exposure_groups(outputs[obs_id])
+                 if not is_fresh(manifests[obs_id].get(g.name), g, directory)]
+        if not stale:
+            continue
+        store = layout.exposure_figure_store(exposure_dir, obs_id)
+        if not forget:
+            # What the night (or an earlier report) drew and is still good: linked, not
+            # drawn again (a cold report is mostly this).
+            linked = publish_figures(store, directory, stale)
+            if linked:
+                n_linked += 1
+                manifests[obs_id].update(linked)
+                stale = [g for g in stale if g.name not in linked]
         if stale:
-            jobs.append(ExposureFigureJob(outputs[obs_id], directory, stale,
+            target = store if _writable(store) else directory
+            stores[obs_id] = target
+            jobs.append(ExposureFigureJob(outputs[obs_id], target, tuple(stale),
                                           config.thumbnail_width))
     t_draw = time.perf_counter()
     drawn = draw_all(jobs, config.workers or os.cpu_count() or 1, config.pool_threshold)
     t_draw = time.perf_counter() - t_draw
+    for obs_id, entries in drawn.items():
+        directory = layout.exposure_figure_dir(out, obs_id)
+        target = stores[obs_id]
+        if target != directory:
+            # Drawn into the store: its manifest records them, then they are linked here
+            # (a group that failed is recorded here only, with its reason).
+            stored = read_manifest(target)
+            stored.update({k: v for k, v in entries.items() if not v.get("error")})
+            write_manifest(target, stored)
+            groups = [g for g in exposure_groups(outputs[obs_id]) if g.name in entries]
+            entries = {**entries, **publish_figures(target, directory, groups)}
+        drawn[obs_id] = entries
     used: dict[str, dict[str, str]] = {}
     for obs_id, manifest in manifests.items():
         before = json.dumps(manifest, sort_keys=True)
@@ -98,7 +134,17 @@ def refresh_exposure_figures(repo: Path, out: Path, summary: Table,
         used[obs_id] = calibs_used(outputs[obs_id], manifest)
         if json.dumps(manifest, sort_keys=True) != before:
             write_manifest(layout.exposure_figure_dir(out, obs_id), manifest)
-    return ExposureFigures(outputs, manifests, used, len(jobs), t_draw)
+    return ExposureFigures(outputs, manifests, used, len(jobs), t_draw, n_linked)
+
+
+def _writable(store: Path) -> bool:
+    """Whether figures can be drawn into an exposure's figure store (a read-only
+    repository: no, they are drawn into the report folder)."""
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(store, os.W_OK)
 
 
 def draw_all(jobs: Sequence[ExposureFigureJob], workers: int, pool_threshold: int
