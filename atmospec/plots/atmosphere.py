@@ -81,11 +81,13 @@ def _title(fit: AtmosphereFit) -> str:
     info = fit.info
     head = " · ".join(str(x) for x in (info.get("source"), info.get("target"),
                                          info.get("disperser")) if x)
+    # Three lines: as two, the second (with the errors' label) was wider than the panel and
+    # its start, the fitted values, was cut off at the figure's left edge.
     return (f"{head}  (airmass {info.get('airmass', float('nan')):.3f}, "
             f"{info.get('pressure_hpa', float('nan')):.0f} hPa)\n"
             f"PWV {fmt('pwv_mm', ' mm', 2)},  O$_3$ {fmt('ozone_du', ' DU', 0)},  "
             f"VAOD {fmt('vaod', '', 4)},  χ²/ndof {fit.chi2_ndof:.2f} ({fit.ndof} dof, "
-            f"covariance {fit.covariance_used.split(' ')[0]}; {fit.errors_label})")
+            f"covariance {fit.covariance_used.split(' ')[0]})\n{fit.errors_label}")
 
 
 def fit_from_document(doc: dict) -> AtmosphereFit:
@@ -153,7 +155,7 @@ def atmosphere_fit_figure(fit: AtmosphereFit) -> Figure:
     w, h = fig.get_size_inches()
     grid = fig.add_gridspec(2, 2, width_ratios=(3.0, 1.2), height_ratios=(2.2, 1.0),
                             left=0.9 / w, right=1 - 0.9 / w, bottom=0.6 / h,
-                            top=1 - 0.45 / h, hspace=0.06, wspace=0.22)
+                            top=1 - 0.75 / h, hspace=0.06, wspace=0.22)
     ax = fig.add_subplot(grid[0, 0])
     axr = fig.add_subplot(grid[1, 0], sharex=ax)
     axc = fig.add_subplot(grid[:, 1])
