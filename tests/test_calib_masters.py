@@ -338,6 +338,8 @@ def test_binned_master_bias_noise_includes_overscan(ptc, tmp_path):
     assert len(values) == CAMERA.n_amps
     assert abs(float(np.median(values))) < 0.02, values
     assert report["pass"], report["failures"]
+    # Verified again from its file: the 2×2 amp layout, found from the image's shape.
+    assert verify_product(path).to_dict() == report
 
 
 def test_verification_fails_bias_with_offset_amp(master_bias, tmp_path):
@@ -365,6 +367,9 @@ def test_verify_product_rejects_other_files(tmp_path):
     path = tmp_path / "science.fits"
     Exposure.from_image(np.zeros((10, 10)), fits.Header({"OBSTYPE": "science"})).write(path)
     with pytest.raises(BadInputError, match="not a bias, dark or flat"):
+        verify_product(path)
+    Exposure.from_image(np.zeros((10, 10)), fits.Header({"OBSTYPE": "bias"})).write(path)
+    with pytest.raises(BadInputError, match=r"10×10 image is no binning of LATISS"):
         verify_product(path)
 
 

@@ -130,7 +130,29 @@ def verify_product(path: str | Path, config: VerifyConfig | None = None) -> Veri
     functions = {"bias": verify_bias, "dark": verify_dark, "flat": verify_flat}
     if kind not in functions:
         raise BadInputError(path, f"OBSTYPE {kind or 'missing'}: not a bias, dark or flat")
-    return functions[kind](exposure, path.name, config)
+    return functions[kind](exposure, path.name, config, _product_camera(path, exposure))
+
+
+def _product_camera(path: Path, exposure: Exposure) -> Camera:
+    """The amp layout of a product file: its ``INSTRUME`` and ``DETECTOR`` at the binning
+    whose detector has the image's shape (products carry no ``BINX``/``BINY``)."""
+    h = exposure.metadata
+    instrument = str(h.get("INSTRUME") or "latiss").strip()
+    detector = str(h.get("DETECTOR") or "").strip() or None
+    try:
+        unbinned = load_camera(instrument, detector).unbinned
+    except BadInputError as exc:
+        raise BadInputError(path, exc.problem) from None
+    for b in range(1, 9):
+        try:
+            camera = unbinned.binned(b, b)
+        except ValueError:
+            continue
+        if camera.detector_shape == exposure.image.shape:
+            return camera
+    raise BadInputError(path, f"a {exposure.image.shape[1]}×{exposure.image.shape[0]} image is "
+                              f"no binning of {unbinned.label} "
+                              f"({unbinned.detector_shape[1]}×{unbinned.detector_shape[0]})")
 
 
 def verify_bias(exposure: Exposure, file: str = "", config: VerifyConfig | None = None,
