@@ -46,7 +46,7 @@ from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.products.detector import detector_meta
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, as_raw
-from atmospec.isr.crosstalk import CrosstalkMatrix
+from atmospec.isr.crosstalk import CrosstalkMatrix, subtract_crosstalk
 from atmospec.isr.overscan import OverscanConfig, subtract_overscan
 from atmospec.stats import robust_sigma
 
@@ -64,6 +64,10 @@ __all__ = [
 #: Standard deviation of a unit Gaussian truncated at ±k σ (to undo the shrinking of σ by
 #: the clipping): sqrt(1 - 2 k φ(k) / (2 Φ(k) - 1)).
 _CLIPPED_STD = MappingProxyType({2.0: 0.8796, 2.5: 0.9546, 3.0: 0.9866})
+
+
+#: Block rows kept either side of the source pixels' rows for the targets' background.
+_BAND_MARGIN_BLOCKS = 3
 
 
 @dataclass(frozen=True)
@@ -290,7 +294,8 @@ def _masks(data: np.ndarray, config: CrosstalkExtractConfig) -> tuple[np.ndarray
     return exclude, zones
 
 
-def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None
+def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None,
+                     correction: np.ndarray | None = None
                      ) -> dict[tuple[int, int], np.ndarray]:
     """Crosstalk ratios of one frame, per (target, source) pair.
 
@@ -300,6 +305,10 @@ def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None
         Raw frame with bright (saturated) sources; not modified.
     config : CrosstalkExtractConfig, optional
         Thresholds and background.
+    correction : numpy.ndarray, optional
+        ``[target, source]`` ADU matrix removed from the overscan-subtracted segments
+        (`atmospec.isr.crosstalk.subtract_crosstalk`, as ISR removes it) before the ratios
+        are taken: the ratios are then the crosstalk left after that correction.
 
     Returns
     -------
@@ -312,10 +321,25 @@ def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None
     segments = np.array(raw.segments, dtype=np.float32, copy=True)
     subtract_overscan(segments, camera, config.overscan)
     data = segments[(slice(None), *camera.data_bbox.slices)]
+    if correction is not None:
+        subtract_crosstalk(data, np.asarray(correction, dtype=np.float64))
     n_amp = data.shape[0]
 
     exclude, zones = _masks(data, config)
-    grid, yc, xc = _block_background(data, exclude, config.background_block)
+    # The background is needed only around the source pixels: the band of block rows that
+    # holds them, with a margin of blocks for the interpolation and the filling of the
+    # blocks under the sources (a spot frame's band is a tenth of the rows; block medians
+    # are most of a frame's cost).
+    by = config.background_block[0]
+    rows = np.flatnonzero((data > config.source_threshold_adu).any(axis=(0, 2)))
+    r0, r1 = 0, data.shape[1]
+    if rows.size:
+        margin = _BAND_MARGIN_BLOCKS * by
+        r0 = max(0, (int(rows[0]) - margin) // by * by)
+        r1 = min(r1, -(-(int(rows[-1]) + 1 + margin) // by) * by)
+    grid, yc, xc = _block_background(data[:, r0:r1], exclude[:, r0:r1],
+                                     config.background_block)
+    yc = yc + r0
 
     flat = data.reshape(n_amp, -1)
     # A position bright in two amps (a bleed trail crossing the middle of the CCD lands at
@@ -366,7 +390,8 @@ def _combine(ratios: np.ndarray, config: CrosstalkExtractConfig) -> tuple[float,
 
 def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
                       config: CrosstalkExtractConfig | None = None,
-                      camera: Camera | None = None) -> CrosstalkMeasurement:
+                      camera: Camera | None = None,
+                      correction: np.ndarray | None = None) -> CrosstalkMeasurement:
     """Measure the crosstalk matrix from frames with saturated stars.
 
     The ratios of all frames are pooled per pair. The error of a coefficient is the larger
@@ -384,6 +409,9 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
         Extraction settings.
     camera : Camera, optional
         Camera of path inputs; LATISS by default.
+    correction : numpy.ndarray, optional
+        ``[target, source]`` ADU matrix removed from every frame first (`crosstalk_ratios`):
+        the residual crosstalk after that correction.
 
     Returns
     -------
@@ -398,7 +426,7 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
     for item in raws:
         raw = as_raw(item, camera)
         infos.append(raw.info)
-        for pair, r in crosstalk_ratios(raw, config).items():
+        for pair, r in crosstalk_ratios(raw, config, correction).items():
             pooled.setdefault(pair, []).append(r)
     coeffs = np.zeros((n, n))
     errors = np.full((n, n), np.nan)

@@ -55,6 +55,7 @@ from astropy.table import Table
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects, mask_to_boxes
 from atmospec.calib.eo import EoConfig, eo_figures, eper_cti, max_fractional_deviation
 from atmospec.calib.eo_bias import BIAS_COLUMNS, BiasFiguresConfig, BiasSequence
+from atmospec.calib.eo_crosstalk import EoCrosstalkConfig, eo_crosstalk
 from atmospec.calib.eo_flat import (
     DivisaderoConfig,
     PrnuConfig,
@@ -118,6 +119,9 @@ BOT_PATTERNS: Mapping[str, str] = MappingProxyType({
     "flat_pairs": "flat_*_flat?_*",
     "sflat_high": "sflat_flat_*H*",
     "sflat_low": "sflat_flat_*L*",
+    # Not in eotest's file (its BOT harness measured crosstalk in separate jobs): the spot
+    # frames `atmospec.sim.bot` writes, one aggressor amp each.
+    "xtalk": "xtalk_*",
 })
 
 #: Columns `detector_figures` adds to `atmospec.calib.eo.EO_COLUMNS`: (name, unit).
@@ -142,7 +146,13 @@ EO_RUN_COLUMNS: tuple[tuple[str, u.UnitBase | None], ...] = (
     *((name, None if unit is None else u.Unit(unit)) for name, unit in BIAS_COLUMNS),
     ("verify_bias_pass", None),
     ("verify_dark_pass", None),
+    ("crosstalk_max", u.percent),
+    ("verify_crosstalk_pass", None),
 )
+
+#: Figures of the spot frames only (`atmospec.calib.eo_crosstalk`): a run without spot
+#: frames leaves them out rather than counting them not measured.
+_SPOT_FIGURES = ("crosstalk_max", "verify_crosstalk_pass")
 
 
 @dataclass(frozen=True)
@@ -163,12 +173,14 @@ class EoFrames:
     """High-flux superflats (``sflat_flat_*H*``): dark defects, CTI."""
     sflat_low: tuple[Path, ...] = ()
     """Low-flux superflats (``sflat_flat_*L*``): CTI."""
+    xtalk: tuple[Path, ...] = ()
+    """Crosstalk spot frames (``xtalk_*``), one aggressor amp each: CCD-013."""
 
     @property
     def n_frames(self) -> int:
         """Distinct raws."""
         return len({*self.bias, *self.read_noise, *self.dark, *self.flat_pairs,
-                    *self.sflat_high, *self.sflat_low})
+                    *self.sflat_high, *self.sflat_low, *self.xtalk})
 
 
 def classify_bot_run(paths: Iterable[str | Path], *, skip_bad: bool = True
@@ -260,6 +272,8 @@ class EoRunConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     """cp_verify's per-exposure tests of the biases and darks re-processed with the run's
     masters (tolerances)."""
+    crosstalk: EoCrosstalkConfig = field(default_factory=EoCrosstalkConfig)
+    """Crosstalk of the spot frames and its residual after correction."""
     verify_frames: bool = True
     """Run those tests (``verify_bias_pass``, ``verify_dark_pass``); off, a run of biases
     only needs no master bias, a third of its cost (a focal plane's read noise)."""
@@ -725,6 +739,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     lap("linearity")
     covariances = _covariance_table(ptc, idx, camera)
     lap("covariances")
+    xtalk = eo_crosstalk(frames.xtalk, camera, config.crosstalk) if frames.xtalk else None
+    lap("crosstalk")
     timings = clock.timings
 
     bias_figures = bias_sequence.result()
@@ -748,6 +764,10 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         **bias_figures.figures,
         "verify_bias_pass": verification.pass_fraction("bias"),
         "verify_dark_pass": verification.pass_fraction("dark"),
+        "crosstalk_max": (xtalk.crosstalk_max() if xtalk is not None
+                          else np.full(camera.n_amps, np.nan)),
+        "verify_crosstalk_pass": (xtalk.amp_pass() if xtalk is not None
+                                  else np.full(camera.n_amps, np.nan)),
     }
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values[name], dtype=np.float64)
@@ -756,7 +776,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "DETECTOR": frames.detector, "VENDOR": camera.vendor,
         "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": len(darks),
         "N_FLAT_PAIRS": len(pairs) // 2, "N_SFLAT_HIGH": len(sflats),
-        "N_SFLAT_LOW": len(frames.sflat_low), "TIMINGS_S": timings,
+        "N_SFLAT_LOW": len(frames.sflat_low), "N_XTALK": len(frames.xtalk),
+        "TIMINGS_S": timings,
         "CPU_S": clock.cpu,
         "TEARING_FRAMES": tearing.torn_frames(),
         # CCD-012 as eotest judges it: the defective fraction of the whole CCD.
@@ -771,6 +792,12 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
               # one box each).
               "bright_defects": mask_to_boxes(maps.hot_columns, maps.hot),
               "dark_defects": mask_to_boxes(maps.cold_columns, maps.cold)}
+    if xtalk is not None:
+        table.meta["CROSSTALK_RESIDUAL"] = xtalk.summary()
+        # The product (Rubin's CrosstalkCalib layout, `Crosstalk.read` reads it back) and
+        # its pairs with their residuals after correction.
+        tables["crosstalk"] = xtalk.measurement.product(camera).table
+        tables["crosstalk_pairs"] = xtalk.pairs(camera)
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return DetectorEo(table, maps, tables)
@@ -826,7 +853,8 @@ def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         table[name] = np.asarray(values.get(name, nan), dtype=np.float64)
         table[name].unit = unit
     # Masked counts (no dark, no flat) are not measured either.
-    not_measured = [name for name in table.colnames[1:] if name not in _NOT_RUN_FIGURES
+    not_measured = [name for name in table.colnames[1:]
+                    if name not in _NOT_RUN_FIGURES and name not in _SPOT_FIGURES
                     and not np.isfinite(np.ma.filled(np.ma.asarray(table[name], dtype=float),
                                                      np.nan)).any()]
     table.meta.update({
