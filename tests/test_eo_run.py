@@ -3,9 +3,10 @@ truth, their verdicts against the specifications, and eotest's real e2v PTC poin
 
 One small acquisition of one ITL detector (R10_S11) is simulated once for the module: 3
 biases, 2 darks of 300 s, 6 flat pairs from 1 to 100 ke⁻, one low- and one high-flux
-superflat (19 raws, uncompressed), with serial CTI injected on two amps (C07 at 8e-6, out
-of specification; C06 at 4e-6, within), cold pixels, bright pixels above 8 e⁻/s, bright
-half-columns and a 2 % non-linearity. The simulation and the reduction take minutes (full
+superflat and a crosstalk spot frame per amp (35 raws, uncompressed), with serial CTI
+injected on two amps (C07 at 8e-6, out of specification; C06 at 4e-6, within), cold
+pixels, bright pixels above 8 e⁻/s, bright half-columns, a 2 % non-linearity and crosstalk
+of ~3e-4 between neighbouring amps. The simulation and the reduction take minutes (full
 4k × 4k frames; the run is reduced once, by ``atmospec eo``, whose in-memory result the
 truth tests read): the module is marked slow, apart from the PTC and specification tests.
 """
@@ -26,6 +27,7 @@ from atmospec.calib.eo import REFERENCE_LIMITS, max_fractional_deviation
 from atmospec.calib.eo_crosstalk import eo_crosstalk
 from atmospec.calib.eo_run import BOT_PATTERNS, DetectorEo, classify_bot_run
 from atmospec.calib.eo_specs import load_specs, spec_by_id, specs_for, verdict_table
+from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.ptc import fit_ptc
 from atmospec.camera.description import load_camera
 from atmospec.cli import main
@@ -43,7 +45,8 @@ SIM = DetectorSimConfig(
     hot_pixel_rate_e_per_s=(8.0, 50.0), hot_column_rate_e_per_s=(6.0, 10.0))
 BOT = BotConfig(detectors=(DET,), n_bias=3, n_dark=2, dark_exptime_s=300.0,
                 flat_levels_e=(1000.0, 3000.0, 8000.0, 20000.0, 45000.0, 100000.0),
-                n_sflat_low=1, n_sflat_high=1, compress=False, detector=SIM)
+                n_sflat_low=1, n_sflat_high=1, n_xtalk=1, crosstalk=3e-4, compress=False,
+                detector=SIM)
 
 
 # --------------------------------------------------------------------------- no frames needed
@@ -307,6 +310,7 @@ def test_classification(run):
     frames = classify_bot_run(sorted(run.glob("*/*.fits")))[DET]
     assert (len(frames.bias), len(frames.read_noise), len(frames.dark)) == (3, 3, 2)
     assert (len(frames.flat_pairs), len(frames.sflat_high), len(frames.sflat_low)) == (12, 1, 1)
+    assert len(frames.xtalk) == 16
 
 
 @pytest.mark.slow
@@ -494,6 +498,30 @@ def test_verdicts_right_for_every_amp(measured, truth, camera):
 
 
 @pytest.mark.slow
+def test_crosstalk_written_and_against_truth(cli_run, truth, camera):
+    """The spot frames of the full run: the whole matrix against the truth (the tolerance
+    of `test_crosstalk_of_spot_frames_against_truth`), CCD-013 on every amp, the product
+    written and read back, the residual check passed and in the detector's line."""
+    repo, _, printed, measured = cli_run
+    coeffs = np.array(truth["detectors"][DET]["crosstalk"])
+    product = Crosstalk.read(repo / "eo" / DET / "eo_crosstalk.ecsv", camera.n_amps)
+    matrix = product.matrix(camera.n_amps).coeffs
+    assert np.abs(matrix - coeffs).max() < 1.5e-5
+    pairs = Table.read(repo / "eo" / DET / "eo_crosstalk_pairs.ecsv")
+    assert len(pairs) == 240 and not pairs["significant"].any()
+    doc = json.loads((repo / "eo" / DET / "eo_figures.json").read_text())
+    residual = doc["summary"]["crosstalk_residual"]
+    assert residual["passed"] is True and residual["n_pairs"] == 240
+    assert "crosstalk residual passes (0 of 240 pairs" in printed
+    rows = Table.read(repo / "eo" / DET / "eo_figures.ecsv")
+    ccd013 = rows[rows["figure"] == "crosstalk_max"]
+    assert len(ccd013) == 16 and set(ccd013["status"]) == {"pass"}
+    np.testing.assert_allclose(np.asarray(ccd013["value"]),
+                               100 * np.abs(coeffs).max(axis=0), atol=100 * 1.5e-5)
+    assert set(measured.figures["verify_crosstalk_pass"]) == {1.0}
+
+
+@pytest.mark.slow
 def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     """One line per detector, files written, a re-run skips, a failing detector is reported
     without stopping the others, bad input is one line (exit 2)."""
@@ -513,7 +541,8 @@ def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     # The further tables, in the JSON and beside it.
     assert set(doc["tables"]) == {"bias_stability", "bias_shifts", "amp_correlation",
                                   "cti_vs_signal", "covariances", "tearing",
-                                  "frame_verification", "bright_defects", "dark_defects"}
+                                  "frame_verification", "bright_defects", "dark_defects",
+                                  "crosstalk", "crosstalk_pairs"}
     for name, rows in doc["tables"].items():
         assert len(Table.read(repo / "eo" / DET / f"eo_{name}.ecsv")) == len(rows)
     # The defect boxes written are the defects found.

@@ -27,10 +27,14 @@ detector, in memory, with the builders the ``atmospec calib`` commands use:
 8. cp_verify's per-exposure tests of each ``bias_bias_*`` frame and each dark reduced with
    the run's own masters (`atmospec.calib.verify.verify_frame`; a dark's noise after its
    cosmic rays are rejected, found with each amp's read noise): the fraction of the
-   frames each amp passes.
+   frames each amp passes;
+9. with spot frames (``xtalk_*``, biases-only runs too), the crosstalk matrix, CCD-013's
+   largest coupling per aggressor amp and cp_verify's residual after correction
+   (`atmospec.calib.eo_crosstalk`).
 
-Each frame is read once: the per-frame figures run inside the loops of the builders that
-read it (`atmospec.calib.ptc.build_ptc`'s ``on_pair``, `atmospec.calib.eo.eo_figures`'s
+Each frame is read once (the spot frames twice: before and after correction): the
+per-frame figures run inside the loops of the builders that read it
+(`atmospec.calib.ptc.build_ptc`'s ``on_pair``, `atmospec.calib.eo.eo_figures`'s
 ``on_bias``), their time booked under their own names.
 
 The specification and verdict of each figure are `atmospec.calib.eo_specs.verdict_table`'s;
@@ -55,7 +59,7 @@ from astropy.table import Table
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects, mask_to_boxes
 from atmospec.calib.eo import EoConfig, eo_figures, eper_cti, max_fractional_deviation
 from atmospec.calib.eo_bias import BIAS_COLUMNS, BiasFiguresConfig, BiasSequence
-from atmospec.calib.eo_crosstalk import EoCrosstalkConfig, eo_crosstalk
+from atmospec.calib.eo_crosstalk import EoCrosstalk, EoCrosstalkConfig, eo_crosstalk
 from atmospec.calib.eo_flat import (
     DivisaderoConfig,
     PrnuConfig,
@@ -764,10 +768,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         **bias_figures.figures,
         "verify_bias_pass": verification.pass_fraction("bias"),
         "verify_dark_pass": verification.pass_fraction("dark"),
-        "crosstalk_max": (xtalk.crosstalk_max() if xtalk is not None
-                          else np.full(camera.n_amps, np.nan)),
-        "verify_crosstalk_pass": (xtalk.amp_pass() if xtalk is not None
-                                  else np.full(camera.n_amps, np.nan)),
+        **_crosstalk_figures(xtalk, camera),
     }
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values[name], dtype=np.float64)
@@ -792,12 +793,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
               # one box each).
               "bright_defects": mask_to_boxes(maps.hot_columns, maps.hot),
               "dark_defects": mask_to_boxes(maps.cold_columns, maps.cold)}
-    if xtalk is not None:
-        table.meta["CROSSTALK_RESIDUAL"] = xtalk.summary()
-        # The product (Rubin's CrosstalkCalib layout, `Crosstalk.read` reads it back) and
-        # its pairs with their residuals after correction.
-        tables["crosstalk"] = xtalk.measurement.product(camera).table
-        tables["crosstalk_pairs"] = xtalk.pairs(camera)
+    _add_crosstalk(xtalk, camera, table, tables)
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return DetectorEo(table, maps, tables)
@@ -807,6 +803,26 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
 #: flats and its linearity against exposure time give way to the superflats' EPER and the
 #: photodiode's linearity (`EO_RUN_COLUMNS`).
 _NOT_RUN_FIGURES = ("cti_serial", "cti_parallel", "linearity_residual")
+
+
+def _crosstalk_figures(xtalk: EoCrosstalk | None, camera: Camera) -> dict[str, np.ndarray]:
+    """The spot frames' per-amp figures (NaN without spot frames)."""
+    if xtalk is None:
+        nan = np.full(camera.n_amps, np.nan)
+        return {"crosstalk_max": nan, "verify_crosstalk_pass": nan}
+    return {"crosstalk_max": xtalk.crosstalk_max(), "verify_crosstalk_pass": xtalk.amp_pass()}
+
+
+def _add_crosstalk(xtalk: EoCrosstalk | None, camera: Camera, table: Table,
+                   tables: dict[str, Table]) -> None:
+    """The residual check's summary in ``table.meta``; the crosstalk product (Rubin's
+    CrosstalkCalib layout: `atmospec.calib.products.Crosstalk.read` reads it back) and its
+    pairs with their residuals after correction in ``tables``."""
+    if xtalk is None:
+        return
+    table.meta["CROSSTALK_RESIDUAL"] = xtalk.summary()
+    tables["crosstalk"] = xtalk.measurement.product(camera).table
+    tables["crosstalk_pairs"] = xtalk.pairs(camera)
 
 
 def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
@@ -843,12 +859,15 @@ def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
 
     table = eo_figures(noise_frames, (), config=config.eo, camera=camera, on_bias=per_bias)
     clock.lap("figures")
+    xtalk = eo_crosstalk(frames.xtalk, camera, config.crosstalk) if frames.xtalk else None
+    clock.lap("crosstalk")
     table["gain"] = np.full(camera.n_amps, np.nan)  # not measured: no PTC
     bias_figures = bias_sequence.result()
     nan = np.full(camera.n_amps, np.nan)
     values = {**bias_figures.figures,
               "verify_bias_pass": (verification.pass_fraction("bias")
-                                   if verification is not None else nan)}
+                                   if verification is not None else nan),
+              **_crosstalk_figures(xtalk, camera)}
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values.get(name, nan), dtype=np.float64)
         table[name].unit = unit
@@ -860,7 +879,7 @@ def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     table.meta.update({
         "DETECTOR": frames.detector, "VENDOR": camera.vendor, "GAIN_SOURCE": gains.source,
         "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": 0,
-        "N_FLAT_PAIRS": 0, "N_SFLAT_HIGH": 0, "N_SFLAT_LOW": 0,
+        "N_FLAT_PAIRS": 0, "N_SFLAT_HIGH": 0, "N_SFLAT_LOW": 0, "N_XTALK": len(frames.xtalk),
         "TIMINGS_S": clock.timings, "CPU_S": clock.cpu, "TEARING_FRAMES": 0,
         "NOT_MEASURED": not_measured,
     })
@@ -868,6 +887,7 @@ def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
               "amp_correlation": bias_figures.correlation}
     if verification is not None:
         tables["frame_verification"] = verification.table()
+    _add_crosstalk(xtalk, camera, table, tables)
     log.info("%s: bias figures only (no flat pairs, darks or superflats) in %.0f s",
              frames.detector, sum(clock.timings.values()))
     return DetectorEo(table, None, tables)
