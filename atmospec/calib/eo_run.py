@@ -32,10 +32,10 @@ detector, in memory, with the builders the ``atmospec calib`` commands use:
    largest coupling per aggressor amp and cp_verify's residual after correction
    (`atmospec.calib.eo_crosstalk`).
 
-Each frame is read once (the spot frames twice: before and after correction): the
-per-frame figures run inside the loops of the builders that read it
-(`atmospec.calib.ptc.build_ptc`'s ``on_pair``, `atmospec.calib.eo.eo_figures`'s
-``on_bias``), their time booked under their own names.
+Each frame is read once (of a spot frame, the rows around its spot are kept for the
+residual after correction): the per-frame figures run inside the loops of the builders
+that read it (`atmospec.calib.ptc.build_ptc`'s ``on_pair``,
+`atmospec.calib.eo.eo_figures`'s ``on_bias``), their time booked under their own names.
 
 The specification and verdict of each figure are `atmospec.calib.eo_specs.verdict_table`'s;
 nothing is written here (the app writes the tables: `atmospec.night.eo`).
