@@ -3,9 +3,10 @@ truth, their verdicts against the specifications, and eotest's real e2v PTC poin
 
 One small acquisition of one ITL detector (R10_S11) is simulated once for the module: 3
 biases, 2 darks of 300 s, 6 flat pairs from 1 to 100 ke⁻, one low- and one high-flux
-superflat (19 raws, uncompressed), with serial CTI injected on two amps (C07 at 8e-6, out
-of specification; C06 at 4e-6, within), cold pixels, bright pixels above 8 e⁻/s, bright
-half-columns and a 2 % non-linearity. The simulation and the reduction take minutes (full
+superflat and a crosstalk spot frame per amp (35 raws, uncompressed), with serial CTI
+injected on two amps (C07 at 8e-6, out of specification; C06 at 4e-6, within), cold
+pixels, bright pixels above 8 e⁻/s, bright half-columns, a 2 % non-linearity and crosstalk
+of ~3e-4 between neighbouring amps. The simulation and the reduction take minutes (full
 4k × 4k frames; the run is reduced once, by ``atmospec eo``, whose in-memory result the
 truth tests read): the module is marked slow, apart from the PTC and specification tests.
 """
@@ -23,8 +24,10 @@ import pytest
 from astropy.table import Table
 
 from atmospec.calib.eo import REFERENCE_LIMITS, max_fractional_deviation
+from atmospec.calib.eo_crosstalk import eo_crosstalk
 from atmospec.calib.eo_run import BOT_PATTERNS, DetectorEo, classify_bot_run
 from atmospec.calib.eo_specs import load_specs, spec_by_id, specs_for, verdict_table
+from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.ptc import fit_ptc
 from atmospec.camera.description import load_camera
 from atmospec.cli import main
@@ -42,7 +45,8 @@ SIM = DetectorSimConfig(
     hot_pixel_rate_e_per_s=(8.0, 50.0), hot_column_rate_e_per_s=(6.0, 10.0))
 BOT = BotConfig(detectors=(DET,), n_bias=3, n_dark=2, dark_exptime_s=300.0,
                 flat_levels_e=(1000.0, 3000.0, 8000.0, 20000.0, 45000.0, 100000.0),
-                n_sflat_low=1, n_sflat_high=1, compress=False, detector=SIM)
+                n_sflat_low=1, n_sflat_high=1, n_xtalk=1, crosstalk=3e-4, compress=False,
+                detector=SIM)
 
 
 # --------------------------------------------------------------------------- no frames needed
@@ -79,7 +83,8 @@ def test_bot_patterns_are_eotests():
     ini = configparser.ConfigParser()
     ini.read(DATA / "lsstcam" / "eotest" / "BOT_jh_glob_patterns.ini")
     eotest = ini["BOT_acq"]
-    assert dict(BOT_PATTERNS) == {
+    # The crosstalk spot frames are ours: eotest's file names no such acquisition.
+    assert {k: v for k, v in BOT_PATTERNS.items() if k != "xtalk"} == {
         "bias": eotest["bias_frame"], "read_noise": eotest["read_noise"],
         "dark": eotest["dark_current"], "flat_pairs": eotest["flat_pairs"],
         "sflat_high": eotest["cte_high"], "sflat_low": eotest["cte_low"]}
@@ -195,6 +200,67 @@ def test_real_ts8_amplifier_cti_and_noise():
     assert total_noise_adu(raw, config)[i] == pytest.approx(6.43, rel=0.01)
 
 
+# --------------------------------------------------------------------------- crosstalk
+
+#: Two spot frames (aggressors C12 and C03: 30 of the 240 pairs), crosstalk of ~3e-4
+#: between neighbouring amps: a few seconds, unlike the full acquisition below.
+SPOTS = BotConfig(detectors=(DET,), n_bias=0, n_dark=0, flat_levels_e=(), n_sflat_low=0,
+                  n_sflat_high=0, n_xtalk=1, xtalk_amps=("C12", "C03"), crosstalk=3e-4,
+                  compress=False)
+
+
+@pytest.fixture(scope="module")
+def spot_run(tmp_path_factory) -> tuple[list[Path], np.ndarray]:
+    run_dir = tmp_path_factory.mktemp("spots") / "run"
+    write_bot_run(run_dir, SPOTS)
+    truth = json.loads((run_dir / "truth.json").read_text())["detectors"][DET]
+    frames = classify_bot_run(sorted(run_dir.glob("*/*.fits")))[DET]
+    return list(frames.xtalk), np.array(truth["crosstalk"])
+
+
+def test_crosstalk_of_spot_frames_against_truth(spot_run, camera):
+    """The matrix measured on the spot frames is the injected one; removed from them, no
+    significant residual is left (cp_verify's check), and without the correction the same
+    check fails.
+
+    Tolerance: a pair's ratio is measured at the ~2300 pixels of a 100 ke⁻ spot; the read
+    noise (6–9.5 e⁻ on R10_S11) gives one pixel's ratio an error of ~8e-5, 1.7e-6 on the
+    median of them all (its reported error). The simulated bias has column-to-column
+    offsets of 1 ADU (σ) that overscan subtraction leaves: the spot's ~55 columns average
+    them to ~0.13 ADU, 2e-6 of the ~65 kADU spot, the same in all its pixels. Together
+    ~3e-6: 1.5e-5 (5 % of the neighbours' coupling) is 5 of them.
+    """
+    spots, truth = spot_run
+    assert len(spots) == 2
+    result = eo_crosstalk(spots, camera)
+    m = result.measurement
+    names = camera.amp_names
+    sources = [names.index("C12"), names.index("C03")]
+    assert sorted(np.unique(np.nonzero(m.valid)[1])) == sorted(sources)
+    assert m.valid.sum() == 30
+    error = (m.coeffs - truth)[m.valid]
+    assert np.abs(error).max() < 1.5e-5
+    assert np.median(m.errors[m.valid]) < 3e-6
+    # Every neighbour found, at its coupling (1.5e-4 to 4.5e-4): 5 % is the tolerance.
+    neighbours = m.valid & (truth > 1e-4)
+    assert neighbours.sum() == 4
+    # CCD-013 per aggressor: the largest coupling, percent.
+    xmax = result.crosstalk_max()
+    assert np.isnan(np.delete(xmax, sources)).all()
+    np.testing.assert_allclose(xmax[sources], 100 * np.abs(truth[:, sources]).max(axis=0),
+                               atol=100 * 1.5e-5)
+    # After correction: no pair further than 3 errors from zero.
+    summary = result.summary()
+    assert summary["passed"] is True and summary["n_pairs"] == 30
+    assert summary["n_significant"] == 0 and summary["max_sigma"] < 3.0
+    assert np.array_equal(result.amp_pass()[sources], [1.0, 1.0])
+    # Without it, the neighbours' ghosts are tens of errors from zero.
+    skipped = eo_crosstalk(spots, camera, correct=False)
+    assert skipped.passed() is False
+    assert skipped.summary()["n_significant"] >= 4
+    assert np.array_equal(skipped.amp_pass()[sources], [0.0, 0.0])
+
+
 # --------------------------------------------------------------------------- simulated run
 
 
@@ -244,6 +310,7 @@ def test_classification(run):
     frames = classify_bot_run(sorted(run.glob("*/*.fits")))[DET]
     assert (len(frames.bias), len(frames.read_noise), len(frames.dark)) == (3, 3, 2)
     assert (len(frames.flat_pairs), len(frames.sflat_high), len(frames.sflat_low)) == (12, 1, 1)
+    assert len(frames.xtalk) == 16
 
 
 @pytest.mark.slow
@@ -431,6 +498,30 @@ def test_verdicts_right_for_every_amp(measured, truth, camera):
 
 
 @pytest.mark.slow
+def test_crosstalk_written_and_against_truth(cli_run, truth, camera):
+    """The spot frames of the full run: the whole matrix against the truth (the tolerance
+    of `test_crosstalk_of_spot_frames_against_truth`), CCD-013 on every amp, the product
+    written and read back, the residual check passed and in the detector's line."""
+    repo, _, printed, measured = cli_run
+    coeffs = np.array(truth["detectors"][DET]["crosstalk"])
+    product = Crosstalk.read(repo / "eo" / DET / "eo_crosstalk.ecsv", camera.n_amps)
+    matrix = product.matrix(camera.n_amps).coeffs
+    assert np.abs(matrix - coeffs).max() < 1.5e-5
+    pairs = Table.read(repo / "eo" / DET / "eo_crosstalk_pairs.ecsv")
+    assert len(pairs) == 240 and not pairs["significant"].any()
+    doc = json.loads((repo / "eo" / DET / "eo_figures.json").read_text())
+    residual = doc["summary"]["crosstalk_residual"]
+    assert residual["passed"] is True and residual["n_pairs"] == 240
+    assert "crosstalk residual passes (0 of 240 pairs" in printed
+    rows = Table.read(repo / "eo" / DET / "eo_figures.ecsv")
+    ccd013 = rows[rows["figure"] == "crosstalk_max"]
+    assert len(ccd013) == 16 and set(ccd013["status"]) == {"pass"}
+    np.testing.assert_allclose(np.asarray(ccd013["value"]),
+                               100 * np.abs(coeffs).max(axis=0), atol=100 * 1.5e-5)
+    assert set(measured.figures["verify_crosstalk_pass"]) == {1.0}
+
+
+@pytest.mark.slow
 def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     """One line per detector, files written, a re-run skips, a failing detector is reported
     without stopping the others, bad input is one line (exit 2)."""
@@ -450,7 +541,8 @@ def test_cli_run_rerun_and_bad_input(cli_run, run, tmp_path, capsys):
     # The further tables, in the JSON and beside it.
     assert set(doc["tables"]) == {"bias_stability", "bias_shifts", "amp_correlation",
                                   "cti_vs_signal", "covariances", "tearing",
-                                  "frame_verification", "bright_defects", "dark_defects"}
+                                  "frame_verification", "bright_defects", "dark_defects",
+                                  "crosstalk", "crosstalk_pairs"}
     for name, rows in doc["tables"].items():
         assert len(Table.read(repo / "eo" / DET / f"eo_{name}.ecsv")) == len(rows)
     # The defect boxes written are the defects found.

@@ -46,7 +46,8 @@ from atmospec.calib.products.crosstalk import Crosstalk
 from atmospec.calib.products.detector import detector_meta
 from atmospec.camera.description import Camera, load_camera
 from atmospec.camera.raw import RawFrame, as_raw
-from atmospec.isr.crosstalk import CrosstalkMatrix
+from atmospec.camera.translator import ObservationInfo
+from atmospec.isr.crosstalk import CrosstalkMatrix, subtract_crosstalk
 from atmospec.isr.overscan import OverscanConfig, subtract_overscan
 from atmospec.stats import robust_sigma
 
@@ -58,12 +59,17 @@ __all__ = [
     "compare_crosstalk",
     "crosstalk_ratios",
     "measure_crosstalk",
+    "measure_crosstalk_and_residual",
 ]
 
 
 #: Standard deviation of a unit Gaussian truncated at ±k σ (to undo the shrinking of σ by
 #: the clipping): sqrt(1 - 2 k φ(k) / (2 Φ(k) - 1)).
 _CLIPPED_STD = MappingProxyType({2.0: 0.8796, 2.5: 0.9546, 3.0: 0.9866})
+
+
+#: Block rows kept either side of the source pixels' rows for the targets' background.
+_BAND_MARGIN_BLOCKS = 3
 
 
 @dataclass(frozen=True)
@@ -255,7 +261,14 @@ def _bilinear(grid: np.ndarray, yc: np.ndarray, xc: np.ndarray, y: np.ndarray,
             + wy * (1 - wx) * grid[:, iy1, ix] + wy * wx * grid[:, iy1, ix1])
 
 
-def _masks(data: np.ndarray, config: CrosstalkExtractConfig) -> tuple[np.ndarray, np.ndarray]:
+def _noise_stats(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each amp's median and robust σ (from one pixel in 64), shaped ``(n_amps, 1, 1)``."""
+    sub = data[:, ::8, ::8].reshape(data.shape[0], -1)
+    return np.median(sub, axis=1)[:, None, None], robust_sigma(sub, axis=1)[:, None, None]
+
+
+def _masks(data: np.ndarray, config: CrosstalkExtractConfig,
+           stats: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Pixels left out of each amp's background, and each amp's own-star zones.
 
     The background leaves out positions where *any* amp is bright (they hold the ghosts
@@ -269,10 +282,7 @@ def _masks(data: np.ndarray, config: CrosstalkExtractConfig) -> tuple[np.ndarray
     exclude, zones : numpy.ndarray
         bool ``(n_amps, ny, nx)`` each.
     """
-    n_amp = data.shape[0]
-    sub = data[:, ::8, ::8].reshape(n_amp, -1)
-    level = np.median(sub, axis=1)[:, None, None]
-    sigma = robust_sigma(sub, axis=1)[:, None, None]
+    level, sigma = stats
     bright = (data > config.bright_level_adu).any(axis=0)
     # Grow within each amp only: no connectivity along the amp axis.
     plane = np.zeros((3, 3, 3), dtype=bool)
@@ -290,7 +300,8 @@ def _masks(data: np.ndarray, config: CrosstalkExtractConfig) -> tuple[np.ndarray
     return exclude, zones
 
 
-def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None
+def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None,
+                     correction: np.ndarray | None = None
                      ) -> dict[tuple[int, int], np.ndarray]:
     """Crosstalk ratios of one frame, per (target, source) pair.
 
@@ -300,6 +311,10 @@ def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None
         Raw frame with bright (saturated) sources; not modified.
     config : CrosstalkExtractConfig, optional
         Thresholds and background.
+    correction : numpy.ndarray, optional
+        ``[target, source]`` ADU matrix removed from the overscan-subtracted segments
+        (`atmospec.isr.crosstalk.subtract_crosstalk`, as ISR removes it) before the ratios
+        are taken: the ratios are then the crosstalk left after that correction.
 
     Returns
     -------
@@ -308,38 +323,83 @@ def crosstalk_ratios(raw: RawFrame, config: CrosstalkExtractConfig | None = None
         source pixel kept; pairs without source pixels are absent.
     """
     config = config or CrosstalkExtractConfig()
-    camera = raw.camera
-    segments = np.array(raw.segments, dtype=np.float32, copy=True)
-    subtract_overscan(segments, camera, config.overscan)
-    data = segments[(slice(None), *camera.data_bbox.slices)]
-    n_amp = data.shape[0]
-
-    exclude, zones = _masks(data, config)
-    grid, yc, xc = _block_background(data, exclude, config.background_block)
-
-    flat = data.reshape(n_amp, -1)
-    # A position bright in two amps (a bleed trail crossing the middle of the CCD lands at
-    # the same readout coordinates in the two amps facing each other) sends both ghosts to
-    # every target: only positions where the source alone is bright are used.
-    alone = (flat > config.bright_level_adu).sum(axis=0) == 1
-    out: dict[tuple[int, int], np.ndarray] = {}
-    for source in range(n_amp):
-        idx = np.flatnonzero((flat[source] > config.source_threshold_adu) & alone)
-        if idx.size == 0:
-            continue
-        y, x = np.divmod(idx, data.shape[2])
-        src = flat[source, idx].astype(np.float64)
-        target_signal = flat[:, idx] - _bilinear(grid, yc, xc, y, x)
-        ratios = target_signal / src[None, :]
-        on_star = zones.reshape(n_amp, -1)[:, idx]
-        for target in range(n_amp):
-            if target == source:
-                continue
-            r = ratios[target]
-            out[(target, source)] = r[(np.abs(r) < config.max_ratio) & ~on_star[target]]
+    band = _SourceBand.of(raw, config)
+    if correction is not None:
+        band.correct(correction)
+    out = band.ratios(config)
     log.debug("%s: crosstalk sources in %d amps", raw.path.name,
               len({s for _, s in out}))
     return out
+
+
+@dataclass
+class _SourceBand:
+    """The rows of a frame's overscan-subtracted data sections that hold its sources, with
+    a margin of background blocks (`_BAND_MARGIN_BLOCKS`), and the frame's noise statistics.
+
+    Everything the ratios need lies in the band: the sources, the background blocks
+    around them (the band starts on a block boundary, so its blocks are the frame's), the
+    masks' growth. A spot frame's band is a tenth of its rows, small enough to keep in
+    memory for a second pass (the residual after correction) without reading it again.
+    """
+
+    data: np.ndarray
+    """``(n_amps, rows, nx)`` float32 overscan-subtracted data sections of the band."""
+    stats: tuple[np.ndarray, np.ndarray]
+    """Each amp's median and robust σ over the whole frame (`_noise_stats`)."""
+
+    @classmethod
+    def of(cls, raw: RawFrame, config: CrosstalkExtractConfig) -> _SourceBand:
+        camera = raw.camera
+        segments = np.array(raw.segments, dtype=np.float32, copy=True)
+        subtract_overscan(segments, camera, config.overscan)
+        data = segments[(slice(None), *camera.data_bbox.slices)]
+        by = config.background_block[0]
+        rows = np.flatnonzero((data > config.source_threshold_adu).any(axis=(0, 2)))
+        r0, r1 = 0, 0  # no source: an empty band
+        if rows.size:
+            r1 = data.shape[1]
+            margin = _BAND_MARGIN_BLOCKS * by
+            r0 = max(0, (int(rows[0]) - margin) // by * by)
+            r1 = min(r1, -(-(int(rows[-1]) + 1 + margin) // by) * by)
+        band = data[:, r0:r1] if (r0, r1) == (0, data.shape[1]) else data[:, r0:r1].copy()
+        return cls(band, _noise_stats(data))
+
+    def correct(self, coeffs: np.ndarray) -> None:
+        """Remove crosstalk ``[target, source]`` (ADU ratios) as ISR does
+        (`atmospec.isr.crosstalk.subtract_crosstalk`: pixel by pixel in readout order, so a
+        band of rows is corrected as in the whole frame)."""
+        subtract_crosstalk(self.data, np.asarray(coeffs, dtype=np.float64))
+
+    def ratios(self, config: CrosstalkExtractConfig) -> dict[tuple[int, int], np.ndarray]:
+        """Target / source ratios per ``(target, source)`` pair (`crosstalk_ratios`)."""
+        data = self.data
+        n_amp = data.shape[0]
+        if data.shape[1] == 0:
+            return {}
+        exclude, zones = _masks(data, config, self.stats)
+        grid, yc, xc = _block_background(data, exclude, config.background_block)
+        flat = data.reshape(n_amp, -1)
+        # A position bright in two amps (a bleed trail crossing the middle of the CCD lands
+        # at the same readout coordinates in the two amps facing each other) sends both
+        # ghosts to every target: only positions where the source alone is bright are used.
+        alone = (flat > config.bright_level_adu).sum(axis=0) == 1
+        out: dict[tuple[int, int], np.ndarray] = {}
+        for source in range(n_amp):
+            idx = np.flatnonzero((flat[source] > config.source_threshold_adu) & alone)
+            if idx.size == 0:
+                continue
+            y, x = np.divmod(idx, data.shape[2])
+            src = flat[source, idx].astype(np.float64)
+            target_signal = flat[:, idx] - _bilinear(grid, yc, xc, y, x)
+            ratios = target_signal / src[None, :]
+            on_star = zones.reshape(n_amp, -1)[:, idx]
+            for target in range(n_amp):
+                if target == source:
+                    continue
+                r = ratios[target]
+                out[(target, source)] = r[(np.abs(r) < config.max_ratio) & ~on_star[target]]
+        return out
 
 
 def _combine(ratios: np.ndarray, config: CrosstalkExtractConfig) -> tuple[float, float]:
@@ -366,7 +426,8 @@ def _combine(ratios: np.ndarray, config: CrosstalkExtractConfig) -> tuple[float,
 
 def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
                       config: CrosstalkExtractConfig | None = None,
-                      camera: Camera | None = None) -> CrosstalkMeasurement:
+                      camera: Camera | None = None,
+                      correction: np.ndarray | None = None) -> CrosstalkMeasurement:
     """Measure the crosstalk matrix from frames with saturated stars.
 
     The ratios of all frames are pooled per pair. The error of a coefficient is the larger
@@ -384,6 +445,9 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
         Extraction settings.
     camera : Camera, optional
         Camera of path inputs; LATISS by default.
+    correction : numpy.ndarray, optional
+        ``[target, source]`` ADU matrix removed from every frame first (`crosstalk_ratios`):
+        the residual crosstalk after that correction.
 
     Returns
     -------
@@ -398,8 +462,15 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
     for item in raws:
         raw = as_raw(item, camera)
         infos.append(raw.info)
-        for pair, r in crosstalk_ratios(raw, config).items():
+        for pair, r in crosstalk_ratios(raw, config, correction).items():
             pooled.setdefault(pair, []).append(r)
+    return _pooled_measurement(pooled, n, config, infos)
+
+
+def _pooled_measurement(pooled: dict[tuple[int, int], list[np.ndarray]], n: int,
+                        config: CrosstalkExtractConfig, infos: Sequence[ObservationInfo]
+                        ) -> CrosstalkMeasurement:
+    """The matrix from each pair's ratios of every frame (`measure_crosstalk`)."""
     coeffs = np.zeros((n, n))
     errors = np.full((n, n), np.nan)
     counts = np.zeros((n, n), dtype=np.int64)
@@ -416,10 +487,66 @@ def measure_crosstalk(raws: Sequence[RawFrame | str | Path],
     valid = counts >= config.min_pixels
     np.fill_diagonal(valid, False)
     coeffs[~valid] = 0.0
-    log.info("crosstalk from %d frames: %d of %d pairs measured", len(raws),
+    log.info("crosstalk from %d frames: %d of %d pairs measured", len(infos),
              int(valid.sum()), n * (n - 1))
-    return CrosstalkMeasurement(coeffs, errors, counts, valid, len(raws), calib_date=calib_date(
+    return CrosstalkMeasurement(coeffs, errors, counts, valid, len(infos), calib_date=calib_date(
         [i.datetime_begin for i in infos], [i.day_obs for i in infos]))
+
+
+def measure_crosstalk_and_residual(
+        raws: Sequence[RawFrame | str | Path], config: CrosstalkExtractConfig | None = None,
+        camera: Camera | None = None, *, max_band_rows: int | None = None,
+) -> tuple[CrosstalkMeasurement, CrosstalkMeasurement]:
+    """The crosstalk matrix of ``raws`` (`measure_crosstalk`) and what is left of it once
+    that matrix is removed from them (`atmospec.isr.crosstalk.subtract_crosstalk`, as ISR
+    removes it): cp_verify's residual after correction.
+
+    Each frame is read once: the band of rows holding its sources (with the background
+    blocks around them) is kept for the second pass, where it is corrected and measured
+    again, the same as reading the frame again (`measure_crosstalk` with ``correction``)
+    but for the noise statistics of the own-light masks, taken before the correction.
+    A frame whose band is taller than ``max_band_rows`` (sources all over it: saturated
+    stars) is read again instead.
+
+    Parameters
+    ----------
+    raws : sequence of RawFrame or path
+        Spot frames (or frames with saturated stars).
+    config : CrosstalkExtractConfig, optional
+        Extraction settings.
+    camera : Camera, optional
+        Camera of path inputs; LATISS by default.
+    max_band_rows : int, optional
+        Tallest band kept in memory; a quarter of the data section's rows by default.
+
+    Returns
+    -------
+    measured, residual : CrosstalkMeasurement
+    """
+    config = config or CrosstalkExtractConfig()
+    camera = camera or load_camera("latiss")
+    n = camera.n_amps
+    limit = max_band_rows if max_band_rows is not None else camera.data_bbox.shape[0] // 4
+    pooled: dict[tuple[int, int], list[np.ndarray]] = {}
+    kept: list[_SourceBand | RawFrame | str | Path] = []
+    infos = []
+    for item in raws:
+        raw = as_raw(item, camera)
+        infos.append(raw.info)
+        band = _SourceBand.of(raw, config)
+        for pair, r in band.ratios(config).items():
+            pooled.setdefault(pair, []).append(r)
+        kept.append(band if band.data.shape[1] <= limit else item)
+        del raw
+    measured = _pooled_measurement(pooled, n, config, infos)
+    pooled = {}
+    for entry in kept:
+        if not isinstance(entry, _SourceBand):
+            entry = _SourceBand.of(as_raw(entry, camera), config)
+        entry.correct(measured.coeffs)
+        for pair, r in entry.ratios(config).items():
+            pooled.setdefault(pair, []).append(r)
+    return measured, _pooled_measurement(pooled, n, config, infos)
 
 
 def compare_crosstalk(measured: CrosstalkMeasurement, reference: CrosstalkMatrix | None = None,

@@ -27,11 +27,15 @@ detector, in memory, with the builders the ``atmospec calib`` commands use:
 8. cp_verify's per-exposure tests of each ``bias_bias_*`` frame and each dark reduced with
    the run's own masters (`atmospec.calib.verify.verify_frame`; a dark's noise after its
    cosmic rays are rejected, found with each amp's read noise): the fraction of the
-   frames each amp passes.
+   frames each amp passes;
+9. with spot frames (``xtalk_*``, biases-only runs too), the crosstalk matrix, CCD-013's
+   largest coupling per aggressor amp and cp_verify's residual after correction
+   (`atmospec.calib.eo_crosstalk`).
 
-Each frame is read once: the per-frame figures run inside the loops of the builders that
-read it (`atmospec.calib.ptc.build_ptc`'s ``on_pair``, `atmospec.calib.eo.eo_figures`'s
-``on_bias``), their time booked under their own names.
+Each frame is read once (of a spot frame, the rows around its spot are kept for the
+residual after correction): the per-frame figures run inside the loops of the builders
+that read it (`atmospec.calib.ptc.build_ptc`'s ``on_pair``,
+`atmospec.calib.eo.eo_figures`'s ``on_bias``), their time booked under their own names.
 
 The specification and verdict of each figure are `atmospec.calib.eo_specs.verdict_table`'s;
 nothing is written here (the app writes the tables: `atmospec.night.eo`).
@@ -55,6 +59,7 @@ from astropy.table import Table
 from atmospec.calib.defects import DefectMaps, FindDefectsConfig, detect_defects, mask_to_boxes
 from atmospec.calib.eo import EoConfig, eo_figures, eper_cti, max_fractional_deviation
 from atmospec.calib.eo_bias import BIAS_COLUMNS, BiasFiguresConfig, BiasSequence
+from atmospec.calib.eo_crosstalk import EoCrosstalk, EoCrosstalkConfig, eo_crosstalk
 from atmospec.calib.eo_flat import (
     DivisaderoConfig,
     PrnuConfig,
@@ -118,6 +123,9 @@ BOT_PATTERNS: Mapping[str, str] = MappingProxyType({
     "flat_pairs": "flat_*_flat?_*",
     "sflat_high": "sflat_flat_*H*",
     "sflat_low": "sflat_flat_*L*",
+    # Not in eotest's file (its BOT harness measured crosstalk in separate jobs): the spot
+    # frames `atmospec.sim.bot` writes, one aggressor amp each.
+    "xtalk": "xtalk_*",
 })
 
 #: Columns `detector_figures` adds to `atmospec.calib.eo.EO_COLUMNS`: (name, unit).
@@ -142,7 +150,13 @@ EO_RUN_COLUMNS: tuple[tuple[str, u.UnitBase | None], ...] = (
     *((name, None if unit is None else u.Unit(unit)) for name, unit in BIAS_COLUMNS),
     ("verify_bias_pass", None),
     ("verify_dark_pass", None),
+    ("crosstalk_max", u.percent),
+    ("verify_crosstalk_pass", None),
 )
+
+#: Figures of the spot frames only (`atmospec.calib.eo_crosstalk`): a run without spot
+#: frames leaves them out rather than counting them not measured.
+_SPOT_FIGURES = ("crosstalk_max", "verify_crosstalk_pass")
 
 
 @dataclass(frozen=True)
@@ -163,12 +177,14 @@ class EoFrames:
     """High-flux superflats (``sflat_flat_*H*``): dark defects, CTI."""
     sflat_low: tuple[Path, ...] = ()
     """Low-flux superflats (``sflat_flat_*L*``): CTI."""
+    xtalk: tuple[Path, ...] = ()
+    """Crosstalk spot frames (``xtalk_*``), one aggressor amp each: CCD-013."""
 
     @property
     def n_frames(self) -> int:
         """Distinct raws."""
         return len({*self.bias, *self.read_noise, *self.dark, *self.flat_pairs,
-                    *self.sflat_high, *self.sflat_low})
+                    *self.sflat_high, *self.sflat_low, *self.xtalk})
 
 
 def classify_bot_run(paths: Iterable[str | Path], *, skip_bad: bool = True
@@ -260,6 +276,8 @@ class EoRunConfig:
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     """cp_verify's per-exposure tests of the biases and darks re-processed with the run's
     masters (tolerances)."""
+    crosstalk: EoCrosstalkConfig = field(default_factory=EoCrosstalkConfig)
+    """Crosstalk of the spot frames and its residual after correction."""
     verify_frames: bool = True
     """Run those tests (``verify_bias_pass``, ``verify_dark_pass``); off, a run of biases
     only needs no master bias, a third of its cost (a focal plane's read noise)."""
@@ -725,6 +743,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
     lap("linearity")
     covariances = _covariance_table(ptc, idx, camera)
     lap("covariances")
+    xtalk = eo_crosstalk(frames.xtalk, camera, config.crosstalk) if frames.xtalk else None
+    lap("crosstalk")
     timings = clock.timings
 
     bias_figures = bias_sequence.result()
@@ -748,6 +768,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         **bias_figures.figures,
         "verify_bias_pass": verification.pass_fraction("bias"),
         "verify_dark_pass": verification.pass_fraction("dark"),
+        **_crosstalk_figures(xtalk, camera),
     }
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values[name], dtype=np.float64)
@@ -756,7 +777,8 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
         "DETECTOR": frames.detector, "VENDOR": camera.vendor,
         "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": len(darks),
         "N_FLAT_PAIRS": len(pairs) // 2, "N_SFLAT_HIGH": len(sflats),
-        "N_SFLAT_LOW": len(frames.sflat_low), "TIMINGS_S": timings,
+        "N_SFLAT_LOW": len(frames.sflat_low), "N_XTALK": len(frames.xtalk),
+        "TIMINGS_S": timings,
         "CPU_S": clock.cpu,
         "TEARING_FRAMES": tearing.torn_frames(),
         # CCD-012 as eotest judges it: the defective fraction of the whole CCD.
@@ -771,6 +793,7 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
               # one box each).
               "bright_defects": mask_to_boxes(maps.hot_columns, maps.hot),
               "dark_defects": mask_to_boxes(maps.cold_columns, maps.cold)}
+    _add_crosstalk(xtalk, camera, table, tables)
     log.info("%s: EO figures in %.0f s (%s)", frames.detector, sum(timings.values()),
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return DetectorEo(table, maps, tables)
@@ -780,6 +803,26 @@ def detector_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
 #: flats and its linearity against exposure time give way to the superflats' EPER and the
 #: photodiode's linearity (`EO_RUN_COLUMNS`).
 _NOT_RUN_FIGURES = ("cti_serial", "cti_parallel", "linearity_residual")
+
+
+def _crosstalk_figures(xtalk: EoCrosstalk | None, camera: Camera) -> dict[str, np.ndarray]:
+    """The spot frames' per-amp figures (NaN without spot frames)."""
+    if xtalk is None:
+        nan = np.full(camera.n_amps, np.nan)
+        return {"crosstalk_max": nan, "verify_crosstalk_pass": nan}
+    return {"crosstalk_max": xtalk.crosstalk_max(), "verify_crosstalk_pass": xtalk.amp_pass()}
+
+
+def _add_crosstalk(xtalk: EoCrosstalk | None, camera: Camera, table: Table,
+                   tables: dict[str, Table]) -> None:
+    """The residual check's summary in ``table.meta``; the crosstalk product (Rubin's
+    CrosstalkCalib layout: `atmospec.calib.products.Crosstalk.read` reads it back) and its
+    pairs with their residuals after correction in ``tables``."""
+    if xtalk is None:
+        return
+    table.meta["CROSSTALK_RESIDUAL"] = xtalk.summary()
+    tables["crosstalk"] = xtalk.measurement.product(camera).table
+    tables["crosstalk_pairs"] = xtalk.pairs(camera)
 
 
 def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
@@ -816,23 +859,27 @@ def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
 
     table = eo_figures(noise_frames, (), config=config.eo, camera=camera, on_bias=per_bias)
     clock.lap("figures")
+    xtalk = eo_crosstalk(frames.xtalk, camera, config.crosstalk) if frames.xtalk else None
+    clock.lap("crosstalk")
     table["gain"] = np.full(camera.n_amps, np.nan)  # not measured: no PTC
     bias_figures = bias_sequence.result()
     nan = np.full(camera.n_amps, np.nan)
     values = {**bias_figures.figures,
               "verify_bias_pass": (verification.pass_fraction("bias")
-                                   if verification is not None else nan)}
+                                   if verification is not None else nan),
+              **_crosstalk_figures(xtalk, camera)}
     for name, unit in EO_RUN_COLUMNS:
         table[name] = np.asarray(values.get(name, nan), dtype=np.float64)
         table[name].unit = unit
     # Masked counts (no dark, no flat) are not measured either.
-    not_measured = [name for name in table.colnames[1:] if name not in _NOT_RUN_FIGURES
+    not_measured = [name for name in table.colnames[1:]
+                    if name not in _NOT_RUN_FIGURES and name not in _SPOT_FIGURES
                     and not np.isfinite(np.ma.filled(np.ma.asarray(table[name], dtype=float),
                                                      np.nan)).any()]
     table.meta.update({
         "DETECTOR": frames.detector, "VENDOR": camera.vendor, "GAIN_SOURCE": gains.source,
         "N_BIAS": len(biases), "N_READ_NOISE": len(noise_frames), "N_DARK": 0,
-        "N_FLAT_PAIRS": 0, "N_SFLAT_HIGH": 0, "N_SFLAT_LOW": 0,
+        "N_FLAT_PAIRS": 0, "N_SFLAT_HIGH": 0, "N_SFLAT_LOW": 0, "N_XTALK": len(frames.xtalk),
         "TIMINGS_S": clock.timings, "CPU_S": clock.cpu, "TEARING_FRAMES": 0,
         "NOT_MEASURED": not_measured,
     })
@@ -840,6 +887,7 @@ def _bias_only_figures(frames: EoFrames, camera: Camera, workdir: str | Path,
               "amp_correlation": bias_figures.correlation}
     if verification is not None:
         tables["frame_verification"] = verification.table()
+    _add_crosstalk(xtalk, camera, table, tables)
     log.info("%s: bias figures only (no flat pairs, darks or superflats) in %.0f s",
              frames.detector, sum(clock.timings.values()))
     return DetectorEo(table, None, tables)

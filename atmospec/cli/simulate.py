@@ -72,6 +72,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     bot.add_argument("--brighter-fatter", default=None, metavar="AX,AY",
                      help="bot: charge redistribution alpha_x,alpha_y (1/e-): "
                           "a10 = 2 alpha_x, a01 = 2 alpha_y, a00 = -4 (alpha_x + alpha_y)")
+    bot.add_argument("--n-xtalk", type=int, default=0,
+                     help="bot: sets of crosstalk spot frames, one per amp (xtalk_<amp>_NNN: "
+                          "a 100 ke- spot in that amp only); default none")
+    bot.add_argument("--crosstalk", type=float, default=0.0, metavar="C",
+                     help="bot: inject crosstalk, neighbouring amps coupled by ~C (ADU "
+                          "ratio, e.g. 3e-4; each detector its own matrix, in truth.json); "
+                          "default the detector's shipped matrix (none for LSST cameras)")
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -133,7 +140,8 @@ def _cmd_simulate_bot(args: argparse.Namespace) -> int:
             day_obs=args.day_obs, start=_day_start_iso(args.day_obs), n_bias=args.n_bias,
             n_dark=args.n_dark, flat_levels_e=levels, n_sflat_low=args.n_sflat,
             n_sflat_high=args.n_sflat, interleaved_biases=args.interleaved_biases,
-            seed=args.seed, compress=not args.no_compress, tearing=tearing, detector=sensor)
+            seed=args.seed, compress=not args.no_compress, tearing=tearing, detector=sensor,
+            n_xtalk=args.n_xtalk, crosstalk=args.crosstalk)
         plan = bot_plan(config)
     except (ValueError, BadInputError) as exc:
         raise UsageError(f"atmospec simulate bot: {exc}") from None

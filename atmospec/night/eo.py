@@ -161,6 +161,11 @@ def summary_line(detector: str, vendor: str, summary: dict[str, Any]) -> str:
         text += f"; not measured: {', '.join(figures)}"
     if summary.get("tearing_frames"):
         text += f"; tearing in {summary['tearing_frames']} high-flux superflat(s)"
+    xtalk = summary.get("crosstalk_residual")
+    if xtalk and xtalk.get("passed") is not None:
+        text += (f"; crosstalk residual {'passes' if xtalk['passed'] else 'FAILS'} "
+                 f"({xtalk['n_significant']} of {xtalk['n_pairs']} pairs beyond "
+                 f"{xtalk['threshold_sigma']:g} sigma)")
     return text
 
 
@@ -218,6 +223,8 @@ def _reduce(frames: EoFrames, repo: Path, config: EoRunConfig) -> DetectorOutcom
                                  detector_values=figures.meta.get("DETECTOR_FIGURES"))
         summary = detector_summary(verdicts)
         summary["tearing_frames"] = int(figures.meta.get("TEARING_FRAMES", 0))
+        if "CROSSTALK_RESIDUAL" in figures.meta:
+            summary["crosstalk_residual"] = figures.meta["CROSSTALK_RESIDUAL"]
         _write(repo, detector, figures, verdicts, summary, measured.tables)
     except Exception as exc:  # one bad detector never stops the others
         reason = str(exc) if isinstance(exc, BadInputError) else \

@@ -16,6 +16,7 @@ detectors of both vendors, ComCam's 9) and writes it as the BOT's acquisition sc
     RUNDIR/flat_empty_SDSSi_1000.0_flat0_007/Photodiode_Readings_20211212_000307.txt
     RUNDIR/sflat_flat_SDSSi_L_021/…                                sflat_flat_*L*
     RUNDIR/sflat_flat_SDSSi_H_023/…                                sflat_flat_*H*
+    RUNDIR/xtalk_C10_025/…                                         xtalk_*
     RUNDIR/truth.json
 
 Each folder holds one raw per detector, ``<OBSID>_<detector>.fits`` (the exposure's OBSID
@@ -28,6 +29,9 @@ the dark baseline, is the charge the photodiode collected, and that charge is
 ``photodiode_c_per_e`` × the flat's true illumination (e⁻ per pixel at the median flat-field
 response). The lamp's flux varies from exposure to exposure (``lamp_jitter``): the two
 flats of a pair differ slightly, and the photodiode follows.
+
+The crosstalk spot frames (``n_xtalk``) have no photodiode record: each is dark but for
+one bright spot at the centre of one amp, the aggressor its folder names.
 
 Every detector is its own sensor: its fixed properties (true gains, bias levels and
 structure, hot pixels, flat-field response) are drawn from the CCD's serial number, so the
@@ -60,6 +64,7 @@ from atmospec.sim.detector import (
     DetectorSimConfig,
     ExposureTruth,
     expose,
+    injected_crosstalk,
     parallel_cti_per_amp,
     sensor_model,
     serial_cti_per_amp,
@@ -186,13 +191,26 @@ class BotConfig:
     (their ratio becomes (1 + f)/(1 − f) ≈ 1.083 instead of 1)."""
     tearing_rows: int = 400
     """Rows, from the first read, with tearing."""
+    n_xtalk: int = 0
+    """Sets of crosstalk spot frames, taken last: one frame per amp (``xtalk_<amp>_NNN``),
+    dark but for a bright spot at the centre of that amp (the aggressor) only."""
+    xtalk_amps: tuple[str, ...] = ()
+    """Aggressor amps of the spot frames (names, HDU order kept); empty: every amp."""
+    xtalk_spot_e: float = 100_000.0
+    """Peak signal of a spot, e⁻ (below the full well: no bleeding)."""
+    xtalk_spot_radius_px: float = 25.0
+    """Radius of a spot's flat top, px (~2000 pixels above 90 % of the peak)."""
+    crosstalk: float = 0.0
+    """Typical coupling between amps read next to each other, ADU ratio: every detector
+    gets its own `synthetic_crosstalk` matrix (the LSST cameras ship none to simulate
+    with); 0: the detector's shipped matrix, if any (`DetectorSimConfig.crosstalk`)."""
 
     def __post_init__(self) -> None:
         if not self.detectors:
             raise ValueError("BotConfig: no detectors")
         if len(set(self.detectors)) != len(self.detectors):
             raise ValueError(f"BotConfig: a detector is listed twice: {self.detectors}")
-        counts = (self.n_bias, self.n_dark, self.n_sflat_low, self.n_sflat_high)
+        counts = (self.n_bias, self.n_dark, self.n_sflat_low, self.n_sflat_high, self.n_xtalk)
         if min(counts) < 0:
             raise ValueError("BotConfig: frame counts must not be negative")
         levels = (*self.flat_levels_e, self.sflat_low_e, self.sflat_high_e)
@@ -204,6 +222,9 @@ class BotConfig:
         if unknown:
             raise ValueError(f"BotConfig: tearing on {', '.join(unknown)}, not a detector "
                              "of the run")
+        if self.xtalk_spot_e <= 0 or self.xtalk_spot_radius_px <= 0 or self.crosstalk < 0:
+            raise ValueError("BotConfig: the spots' signal and radius must be positive and "
+                             "crosstalk not negative")
         if not 0.0 <= self.tearing_amplitude < 0.5 or self.tearing_rows < 1:
             raise ValueError("BotConfig: tearing_amplitude must be in [0, 0.5) and "
                              "tearing_rows positive")
@@ -244,6 +265,8 @@ class BotExposure:
     e⁻ per pixel at the median response (0 without light)."""
     pair: int | None = None
     """0 or 1 within a flat pair; None otherwise."""
+    spot_amp: str | None = None
+    """The amp lit by a crosstalk spot frame's spot (``C10``); None otherwise."""
 
     @property
     def has_light(self) -> bool:
@@ -262,8 +285,9 @@ class BotExposure:
 def bot_plan(config: BotConfig) -> tuple[BotExposure, ...]:
     """The exposures of the acquisition, in the order they are taken (no pixels).
 
-    Biases, darks, the flat pairs by increasing level, the low then the high superflats;
-    with ``interleaved_biases`` a bias before each dark, pair and superflat.
+    Biases, darks, the flat pairs by increasing level, the low then the high superflats,
+    then the crosstalk spot frames (amps in HDU order); with ``interleaved_biases`` a bias
+    before each dark, pair and superflat.
 
     Parameters
     ----------
@@ -280,7 +304,7 @@ def bot_plan(config: BotConfig) -> tuple[BotExposure, ...]:
     start = Time(config.start, scale="tai")
 
     def add(folder: str, test_type: str, image_type: str, exptime: float, level: float,
-            pair: int | None = None) -> None:
+            pair: int | None = None, spot_amp: str | None = None) -> None:
         nonlocal start
         index = len(exposures)
         seq = config.first_seq + index
@@ -293,7 +317,8 @@ def bot_plan(config: BotConfig) -> tuple[BotExposure, ...]:
             index=index, seq_num=seq, obs_id=f"{camcode}_C_{config.day_obs}_{seq:06d}",
             folder=f"{folder}_{index:03d}", test_type=test_type, image_type=image_type,
             exptime=exptime, darktime=darktime, start=str(start.isot), level_e=level,
-            illumination_e=flux * exptime if level > 0 else 0.0, pair=pair))
+            illumination_e=flux * exptime if level > 0 and spot_amp is None else 0.0,
+            pair=pair, spot_amp=spot_amp))
         start = start + (darktime + _OVERHEAD_S) * u.s
 
     def lit_exptime(level: float) -> float:
@@ -324,6 +349,16 @@ def bot_plan(config: BotConfig) -> tuple[BotExposure, ...]:
             bias("sflat")
             add(f"sflat_flat_{config.filter_name}_{tag}", "SFLAT", "FLAT",
                 lit_exptime(level), level)
+    amps = load_camera(config.instrument, config.detectors[0]).amp_names
+    unknown = sorted(set(config.xtalk_amps) - set(amps))
+    if unknown:
+        raise ValueError(f"xtalk_amps: {', '.join(unknown)} not amps of {config.instrument}")
+    amps = tuple(a for a in amps if a in config.xtalk_amps) if config.xtalk_amps else amps
+    spot_time = lit_exptime(config.xtalk_spot_e)
+    for _ in range(config.n_xtalk):
+        for amp in amps:
+            add(f"xtalk_{amp}", "SPOT", "SPOT", spot_time, config.xtalk_spot_e,
+                spot_amp=amp)
     return tuple(exposures)
 
 
@@ -428,8 +463,69 @@ def detector_sensor_seed(config: BotConfig, camera: Camera) -> int:
 
 
 def detector_config(config: BotConfig, camera: Camera) -> DetectorSimConfig:
-    """``config.detector`` with the detector's own sensor seed."""
-    return replace(config.detector, sensor_seed=detector_sensor_seed(config, camera))
+    """``config.detector`` with the detector's own sensor seed, and its own
+    `synthetic_crosstalk` matrix when ``config.crosstalk`` is set."""
+    seed = detector_sensor_seed(config, camera)
+    sensor = replace(config.detector, sensor_seed=seed)
+    if config.crosstalk > 0 and not sensor.crosstalk_coeffs:
+        coeffs = synthetic_crosstalk(camera, config.crosstalk, seed)
+        sensor = replace(sensor, crosstalk=True,
+                         crosstalk_coeffs=tuple(tuple(map(float, row)) for row in coeffs))
+    return sensor
+
+
+def synthetic_crosstalk(camera: Camera, coupling: float, seed: int) -> np.ndarray:
+    """A detector's crosstalk matrix drawn from ``coupling``, ``[target, source]`` ADU
+    ratios in HDU order.
+
+    The LSST cameras' measured matrices are largest between amps read next to each other
+    (the same half of the CCD, neighbouring HDUs) and an order of magnitude smaller beyond:
+    neighbours get ``coupling`` × U(0.5, 1.5), the amps two apart ± 0.1 × ``coupling`` ×
+    U(0, 1), the others nothing.
+
+    Parameters
+    ----------
+    camera : Camera
+        The detector (its amps: two rows of ``n_amps / 2``).
+    coupling : float
+        Typical neighbours' coupling (e.g. 3e-4).
+    seed : int
+        The detector's sensor seed.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_amps, n_amps)``, zero diagonal.
+    """
+    n = camera.n_amps
+    rng = np.random.default_rng([seed, 13])
+    i, j = np.indices((n, n))
+    same_row = (i // (n // 2)) == (j // (n // 2))
+    distance = np.where(same_row, np.abs(i - j), n)
+    near = coupling * rng.uniform(0.5, 1.5, (n, n))
+    far = 0.1 * coupling * rng.uniform(-1.0, 1.0, (n, n))
+    return np.where(distance == 1, near, np.where(distance == 2, far, 0.0))
+
+
+def spot_image(camera: Camera, amp: str, peak_e: float, radius_px: float) -> np.ndarray:
+    """A crosstalk spot: a flat-topped disc of ``peak_e`` at the centre of ``amp`` with a
+    Gaussian edge (σ 2 px), assembled, zero elsewhere (every other amp dark).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, ``camera.detector_shape``.
+    """
+    ys, xs = camera.amp_slices(camera.amplifiers[camera.amp_names.index(amp)])
+    yc, xc = (ys.start + ys.stop - 1) / 2.0, (xs.start + xs.stop - 1) / 2.0
+    half = math.ceil(radius_px + 10)
+    y0, x0 = int(yc) - half, int(xc) - half
+    y, x = np.mgrid[y0:y0 + 2 * half + 1, x0:x0 + 2 * half + 1]
+    r = np.hypot(y - yc, x - xc)
+    disc = peak_e * np.exp(-0.5 * (np.clip(r - radius_px, 0.0, None) / 2.0) ** 2)
+    out = np.zeros(camera.detector_shape, dtype=np.float32)
+    out[y0:y0 + 2 * half + 1, x0:x0 + 2 * half + 1] = disc
+    return out
 
 
 @dataclass
@@ -533,6 +629,9 @@ def simulate_bot_frame(exposure: BotExposure, camera: Camera, config: BotConfig)
     deposits, cr_mask = cosmic_rays(shape, n_cr, cr_rng, config.cosmics)
     response = None
     signal = np.zeros(shape, dtype=np.float32)
+    if exposure.spot_amp is not None:
+        signal += spot_image(camera, exposure.spot_amp, exposure.level_e,
+                             config.xtalk_spot_radius_px)
     if exposure.has_light:
         signal += np.float32(exposure.illumination_e)
         response = illumination(shape, config.filter_name, config=config.flat_field,
@@ -594,11 +693,20 @@ def _detector_truth(camera: Camera, config: BotConfig, first: BotFrame) -> dict[
         "cti_parallel": parallel_cti_per_amp(config.detector, camera).tolist(),
         "nonlinearity": np.asarray(det.nonlinearity, dtype=float).tolist(),
         "brighter_fatter": _brighter_fatter_truth(config.detector),
+        "crosstalk": _crosstalk_truth(config, camera, det.gains),
         "tearing": ({"amplitude": config.tearing_amplitude, "rows": config.tearing_rows}
                     if camera.detector in config.tearing and config.tearing_amplitude > 0
                     else None),
         "frames": [],
     }
+
+
+def _crosstalk_truth(config: BotConfig, camera: Camera, gains: np.ndarray
+                     ) -> list[list[float]] | None:
+    """The crosstalk matrix injected in every frame of the detector, ``[target, source]``
+    ADU ratios in HDU order; None without crosstalk."""
+    coeffs = injected_crosstalk(detector_config(config, camera), camera, gains)
+    return None if coeffs is None else np.asarray(coeffs, dtype=float).tolist()
 
 
 def _brighter_fatter_truth(sensor: DetectorSimConfig) -> dict[str, float]:
@@ -643,7 +751,8 @@ def write_bot_run(run_dir: str | Path, config: BotConfig | None = None, *,
     per detector its serial, vendor, true and nominal gains, read noise, sensor bias levels,
     dark current (and its per-amp mean with hot pixels), full well, per-amp serial and
     parallel CTI, non-linearity (`DetectorSimConfig.nonlinearity`), brighter-fatter
-    coefficients (`DetectorSimConfig.brighter_fatter`) and tearing (amplitude and rows, or
+    coefficients (`DetectorSimConfig.brighter_fatter`), crosstalk (the injected
+    ``[target, source]`` ADU matrix in HDU order, or null) and tearing (amplitude and rows, or
     null; `BotConfig.tearing`), and per frame the bias levels, mean true signal per amp
     and cosmic-ray count.
     """

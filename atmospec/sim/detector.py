@@ -71,6 +71,10 @@ class DetectorSimConfig:
     crosstalk: bool = True
     """Add crosstalk with the detector's shipped matrix (LATISS: DM-37819). A detector
     without one (the LSST cameras ship none) gets no crosstalk, as ISR then corrects none."""
+    crosstalk_coeffs: tuple[tuple[float, ...], ...] = ()
+    """``[target, source]`` matrix of ADU ratios (HDU order) replacing the shipped one when
+    ``crosstalk`` is on (a detector that ships none: `atmospec.sim.bot.synthetic_crosstalk`);
+    empty: the shipped matrix."""
     adc_max_adu: int = 2**18 - 1
     """Largest value the 18-bit ADC can output, ADU."""
     sensor_seed: int = SENSOR_SEED
@@ -336,6 +340,35 @@ def _crosstalk_adu(camera: Camera, gains: tuple[float, ...]) -> np.ndarray | Non
     # An electron-unit matrix c_e becomes c_e * g_source / g_target between ADU signals.
     g = np.asarray(gains)
     return matrix.coeffs * g[None, :] / g[:, None]
+
+
+def injected_crosstalk(config: DetectorSimConfig, camera: Camera, gains: np.ndarray
+                       ) -> np.ndarray | None:
+    """The crosstalk `expose` adds: ``[target, source]`` ADU ratios, HDU order.
+
+    Parameters
+    ----------
+    config : DetectorSimConfig
+        ``crosstalk`` and ``crosstalk_coeffs``.
+    camera : Camera
+        The detector (its shipped matrix when ``crosstalk_coeffs`` is empty).
+    gains : numpy.ndarray
+        True gains, e⁻/ADU (to convert a shipped matrix in electrons).
+
+    Returns
+    -------
+    numpy.ndarray or None
+        None when no crosstalk is added.
+    """
+    if not config.crosstalk:
+        return None
+    if not config.crosstalk_coeffs:
+        return _crosstalk_adu(camera, tuple(np.asarray(gains, dtype=float)))
+    coeffs = np.asarray(config.crosstalk_coeffs, dtype=np.float64)
+    n = camera.n_amps
+    if coeffs.shape != (n, n):
+        raise ValueError(f"crosstalk_coeffs is {coeffs.shape}, not ({n}, {n})")
+    return coeffs
 
 
 def bleed(image_e: np.ndarray, full_well_e: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -645,7 +678,7 @@ def expose(
         f = (sensor.nonlinearity / 1e5).astype(np.float32)[:, None, None]
         data_adu *= 1.0 - f * data_adu
     ghost = None
-    coeffs = _crosstalk_adu(camera, tuple(gains)) if config.crosstalk else None
+    coeffs = injected_crosstalk(config, camera, gains)
     if coeffs is not None:
         ghost = crosstalk_signal(data_adu, coeffs)
         data_adu += ghost
