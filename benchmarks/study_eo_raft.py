@@ -79,6 +79,19 @@ parallel CTI still +46 %). Verdicts: 723 judged, 14 wrong (13 PTC-A00, 1 PTC-GAI
 one on an amp whose truth lies within the measurement tolerance of the limit (46 such:
 42 PTC-A00 — the raw ramp's a00 here, −3.47 to −3.73e-6, straddles e2v's −3.52e-6 —,
 3 CCD-010, 1 PTC-GAIN), 0 wrong elsewhere.
+
+Run on the whole raft (9 CCDs, 2026-12-07, at nice 10 beside the test suite, load average
+2.8 at the start): simulation 2001 s wall, 373 s CPU; ``atmospec eo --workers 2`` 160 s
+wall, 223 s CPU, 1.54 GB peak per process (load 3.5). Worst errors: gain +0.76 % (no
+injected CTI; +1.61 % at parallel CTI 6e-6, as above), read noise +1.46 %, PTC noise
++2.02 %, DC95 +4.21 %, CTI high flux on the injected amps serial +1.05 %, parallel +3.86 %
+(others < 6e-8), serial CTI at 1 ke⁻ −22.5 %, linearity 0.118 % absolute; bright defects
+55527 of 55527 found with 1 false (0.002 %), dark 38987 of 38987 with none; tearing
+flagged on S00 only. Outside its tolerance: the 1 ke⁻ superflat's parallel CTI at 2e-6
+(+74 % on S20 C02, one low-flux frame's EPER noise, as before). Verdicts: 2169 judged on
+144 amps, 38 wrong, 37 of them on the 150 amps whose truth lies within the measurement
+tolerance of a limit (PTC-A00 and PTC-GAIN); the one wrong elsewhere is that same S20 C02
+parallel CTI at 1 ke⁻ (CCD-011 failed at 3.48e-6 against a truth of 2e-6).
 """
 
 from __future__ import annotations
