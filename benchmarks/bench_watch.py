@@ -63,7 +63,10 @@ def prepare(workdir: Path, binning: int, n_imaging: int, n_dispersed: int
                          n_dispersed=n_dispersed, dispersed_every=3,
                          # A binned pixel collects b² pixels' charge: the same flat
                          # exposure would saturate it.
-                         flat_level_e=40_000.0 / binning**2, binning=(binning, binning))
+                         flat_level_e=40_000.0 / binning**2, binning=(binning, binning),
+                         # The frames' times fit in 6 h of the target above the horizon
+                         # (the feeder, not this cadence, sets when they land).
+                         science_cadence_s=min(900.0, 6 * 3600.0 / (n_imaging + n_dispersed)))
     raw = workdir / f"raw{binning}"
     expected = len(night_plan(config))
     if len(list(raw.glob("AT_O_*.fits"))) != expected:

@@ -352,3 +352,27 @@ def test_simulate_night_writes_raws_and_sidecars(tmp_path):
         np.testing.assert_array_equal(hdul["Segment00"].data, segments[15])
     with pytest.raises(ValueError):
         simulate_exposure("flat", cfg, 2)
+
+
+def test_a_night_the_target_outlasts_is_refused(tmp_path, capsys):
+    """50 on-sky exposures 900 s apart last 12 h: the target sets part-way. The plan says so
+    in words (it was a ValueError of the airmass formula); the command is a usage error,
+    one line, exit 2, nothing written; a shorter cadence makes the same night."""
+    from atmospec.cli import main
+
+    with pytest.raises(ValueError, match=r"50 on-sky exposures every 900 s span 12\.2 h: the "
+                                         r"target \(dec -30 deg\) has set by exposure \d+"):
+        night_plan(NightConfig(n_bias=0, n_dark=0, n_flat=0, n_science=50))
+    plan = night_plan(NightConfig(n_bias=0, n_dark=0, n_flat=0, n_science=50,
+                                  science_cadence_s=300.0))
+    assert len(plan) == 50 and min(p.elevation for p in plan) > 20.0
+    out = tmp_path / "raw"
+    base = ["simulate", "night", "--out", str(out), "--n-bias", "0", "--n-dark", "0",
+            "--n-flat", "0", "--n-science", "50"]
+    for extra, message in (([], "has set by exposure"),
+                           (["--science-cadence", "0"], "--science-cadence must be positive")):
+        capsys.readouterr()
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("atmospec simulate night: ") and message in err
+        assert "\n" not in err and not out.exists()

@@ -41,6 +41,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    "planetary-nebula+continuum, star")
     p.add_argument("--dispersed-every", type=int, default=3,
                    help="imaging frames between two dispersed exposures")
+    p.add_argument("--science-cadence", type=float, default=900.0, metavar="S",
+                   help="seconds between the starts of two on-sky exposures (default 900); "
+                   "the target must stay above the horizon over the night")
     p.add_argument("--n-corrupt", type=int, default=0,
                    help="damaged files to add (truncated, empty, foreign)")
     p.add_argument("--flat-filters", default="SDSSr_65mm",
@@ -83,7 +86,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from atmospec.sim.night import NightConfig, simulate_night
+    from atmospec.sim.night import NightConfig, night_plan, simulate_night
 
     if args.what == "bot":
         return _cmd_simulate_bot(args)
@@ -114,7 +117,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                          dispersed_target=_dispersed_target(args.dispersed_target),
                          flat_filters=tuple(f.strip() for f in args.flat_filters.split(",")
                                             if f.strip()),
+                         science_cadence_s=args.science_cadence,
                          compress=not args.no_compress)
+    if not args.science_cadence > 0:
+        raise UsageError(f"atmospec simulate night: --science-cadence must be positive, got "
+                         f"{args.science_cadence:g}")
+    try:
+        night_plan(config)  # a night the sky cannot hold is a usage error, before any work
+    except ValueError as exc:
+        raise UsageError(f"atmospec simulate night: {exc}") from None
     paths = simulate_night(args.out, config)
     print(f"wrote {len(paths)} raw files to {args.out}")
     return EXIT_OK

@@ -443,6 +443,12 @@ def night_plan(config: NightConfig) -> list[PlannedExposure]:
         t = t0 + i * config.science_cadence_s * u.s
         ha = (_gmst_deg(t) + _LONGITUDE - ra + 180.0) % 360.0 - 180.0
         alt, az = _alt_az(ha, config.target_dec)
+        if alt <= 0.0:
+            raise ValueError(
+                f"{n_slots} on-sky exposures every {config.science_cadence_s:g} s span "
+                f"{(n_slots - 1) * config.science_cadence_s / 3600.0:.1f} h: the target (dec "
+                f"{config.target_dec:g} deg) has set by exposure {i + 1}; ask for fewer "
+                "exposures or a shorter science cadence")
         # Kasten & Young's formula gives 0.9997 at the zenith: no light goes through less
         # than one atmosphere, and the header must say the airmass the light went through.
         airmass = max(kasten_young_airmass(alt), 1.0)
