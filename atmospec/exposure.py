@@ -150,7 +150,7 @@ class Exposure:
 
     def to_hdulist(self) -> fits.HDUList:
         """Build the Rubin-layout HDU list, uncompressed (no file is written)."""
-        primary = fits.PrimaryHDU(header=_clean_primary(self.metadata))
+        primary = fits.PrimaryHDU(header=clean_primary(self.metadata))
         h_image, h_mask, h_variance = self._plane_headers()
         return fits.HDUList([
             primary,
@@ -201,7 +201,7 @@ class Exposure:
         h_image, h_mask, h_variance = self._plane_headers()
         sigmas = plane_noise(self.image, self.variance)
         q = config.quantize_level
-        primary = fits.PrimaryHDU(header=_clean_primary(self.metadata))
+        primary = fits.PrimaryHDU(header=clean_primary(self.metadata))
         planes = {}
         for name, plane, header, sigma in (("IMAGE", self.image, h_image, sigmas[0]),
                                            ("VARIANCE", self.variance, h_variance, sigmas[1])):
@@ -344,7 +344,7 @@ _STRUCTURAL = frozenset({"SIMPLE", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "EXTEN
                "PCOUNT", "GCOUNT", "CHECKSUM", "DATASUM", "BSCALE", "BZERO", "EXTNAME"})
 
 
-def _clean_primary(header: fits.Header) -> fits.Header:
+def clean_primary(header: fits.Header) -> fits.Header:
     """Copy of ``header`` without the structural keys astropy must write itself, every card
     writable.
 

@@ -230,6 +230,7 @@ def live_file(report: Path, role: str) -> Path:
 #: Per-exposure outputs: role -> suffix of ``<OBSID>_<suffix>``.
 EXPOSURE_FILES: Mapping[str, str] = MappingProxyType({
     "postisr": "postisr.fits",
+    "preview": "preview.fits",
     "isrstats": "isrstats.json",
     "catalog": "sources.ecsv",
     "centroid": "centroid.json",

@@ -16,7 +16,8 @@ from astropy.io import fits
 from astropy.table import Table
 
 #: The per-exposure outputs compared, relative to the repository.
-OUTPUT_GLOBS = ("exposures/*/*_postisr.fits", "exposures/*/*_sources.ecsv",
+OUTPUT_GLOBS = ("exposures/*/*_postisr.fits", "exposures/*/*_preview.fits",
+                "exposures/*/*_sources.ecsv",
                 "exposures/*/*_centroid.json", "exposures/*/*_spectrum.fits")
 
 #: Header cards that differ between two runs of the same reduction (time, checksums).

@@ -17,6 +17,7 @@ from matplotlib.image import imread
 
 from atmospec.camera.description import load_camera
 from atmospec.exposure import Exposure
+from atmospec.isr.preview import make_preview, read_preview, write_preview
 from atmospec.plots import isr as pisr
 from atmospec.plots.isr import (
     amp_stats_table,
@@ -190,7 +191,8 @@ def test_thumbnail_names_curated_defects_and_config(tmp_path: Path,
 def test_thumbnail_from_memory_equals_from_file(tmp_path: Path) -> None:
     """The night's worker draws the thumbnail from the exposure it just wrote (no read
     back): the PNG equals the one drawn from the file, quantised and tile-compressed, also
-    after characterize set a plane the thumbnail does not draw (DETECTED) in memory."""
+    after characterize set a plane the thumbnail does not draw (DETECTED) in memory; and
+    from the exposure's preview file."""
     from atmospec.compression import CompressionConfig
 
     exp = _exposure()
@@ -206,20 +208,48 @@ def test_thumbnail_from_memory_equals_from_file(tmp_path: Path) -> None:
     from_memory = pisr.plot_postisr_thumbnail(exp, tmp_path / "memory.png", sources=sources,
                                               max_width=400)
     np.testing.assert_array_equal(_check_png(from_memory), _check_png(from_file))
+    # From the preview the night's ISR writes beside the post-ISR file: the same figure.
+    preview = write_preview(make_preview(exp.image, exp.mask, dict(exp.mask_planes), exp.unit,
+                                         exp.metadata, max_width=400),
+                            tmp_path / "preview.fits")
+    from_preview = pisr.plot_postisr_thumbnail(read_preview(preview), tmp_path / "preview.png",
+                                               sources=sources, max_width=400)
+    np.testing.assert_array_equal(_check_png(from_preview), _check_png(from_file))
 
 
-def test_plane_counts_over_chunks() -> None:
-    """The per-plane pixel counts, histogrammed in chunks, equal a count per plane (a mask
-    of more than one chunk, and one with bits beyond the histogram's range)."""
-    rng = np.random.default_rng(4)
-    mask = rng.integers(0, 64, (1100, 1000)).astype(np.int32)  # 1.1 chunks
-    planes = {"BAD": 0, "CR": 3, "EDGE": 5}
-    expected = {p: int(np.count_nonzero(mask & (1 << b))) for p, b in planes.items()}
-    assert pisr._plane_counts(mask, planes) == expected
-    mask[0, 0] = 1 << 20  # a high plane: counted plane by plane
-    planes["HIGH"] = 20
-    expected = {p: int(np.count_nonzero(mask & (1 << b))) for p, b in planes.items()}
-    assert expected["HIGH"] == 1 and pisr._plane_counts(mask, planes) == expected
+def test_report_draws_the_thumbnail_from_the_preview(tmp_path: Path, monkeypatch) -> None:
+    """A report of a night whose figures were not drawn (``--no-report``) draws each
+    thumbnail from ``<OBSID>_preview.fits``, not by decompressing the post-ISR file; a
+    preview older than its post-ISR file (an ISR re-run stopped between the two writes) is
+    not used."""
+    import os
+
+    from atmospec.compression import CompressionConfig
+    from atmospec.plots.exposure import read_manifest, refresh_figures
+
+    exp = _exposure()
+    exp.variance[...] = 25.0
+    exp.compression = CompressionConfig()
+    obs_id = exp.metadata["OBSID"]
+    postisr = exp.write(tmp_path / f"{obs_id}_postisr.fits")
+    preview = write_preview(make_preview(exp.image, exp.mask, dict(exp.mask_planes), exp.unit,
+                                         exp.metadata), tmp_path / f"{obs_id}_preview.fits")
+    reference = pisr.plot_postisr_thumbnail(postisr, tmp_path / "reference.png")
+
+    def no_file(*args, **kwargs):
+        raise AssertionError("the post-ISR file was read")
+
+    monkeypatch.setattr(pisr, "_preview_of_file", no_file)
+    assert refresh_figures(tmp_path, obs_id, tmp_path / "report") == ["postisr"]
+    shown = tmp_path / "report" / "postisr.png"
+    np.testing.assert_array_equal(_check_png(shown), _check_png(reference))
+
+    stamp = postisr.stat().st_mtime
+    os.utime(preview, (stamp - 10.0, stamp - 10.0))  # older than the post-ISR file
+    os.utime(postisr, (stamp + 1.0, stamp + 1.0))  # and the figure now stale
+    assert refresh_figures(tmp_path, obs_id, tmp_path / "report") == ["postisr"]
+    store = next(tmp_path.glob(f"figures/{obs_id}"))
+    assert "the post-ISR file was read" in read_manifest(store)["postisr"]["error"]
 
 
 def test_bad_source_names_the_amplifier() -> None:
@@ -235,23 +265,6 @@ def test_bad_source_names_the_amplifier() -> None:
     bad[: 1000 // factor] = False
     assert pisr._bad_source(meta, bad, factor) == "\ncurated defects\n(latiss_defects.ecsv)"
     assert pisr._bad_source({"INSTRUME": "LATISS"}, bad, factor) == ""
-
-
-def test_block_mean_and_any() -> None:
-    image = np.arange(35, dtype=np.float32).reshape(5, 7)
-    image[0, 0] = np.nan
-    mean = pisr._block_mean(image, 3)
-    assert mean.shape == (2, 3)  # padded, not cropped: the edge pixels are kept
-    np.testing.assert_allclose(mean[0, 0], np.nanmean(image[:3, :3]))
-    np.testing.assert_allclose(mean[1, 2], image[3:5, 6].mean())
-    assert np.isnan(pisr._block_mean(np.full((4, 4), np.nan), 2)).all()
-
-    flags = np.zeros((5, 7), dtype=bool)
-    flags[4, 6] = True
-    flagged = pisr._block_any(flags, 3)
-    assert flagged.shape == (2, 3)
-    assert flagged.sum() == 1 and flagged[1, 2]
-    np.testing.assert_array_equal(pisr._block_any(flags, 1), flags)
 
 
 # ------------------------------------------------------------------------------- amp table

@@ -161,6 +161,9 @@ class _Context:
         self.postisr = None
         """The post-ISR exposure once this job's ISR ran or it was read (kept in memory for
         the tasks after ISR: reading 200 MB back would cost ~0.5 s per task)."""
+        self.preview = None
+        """Its preview (`atmospec.isr.preview`) once this job's ISR wrote it: what the
+        exposure's thumbnail draws."""
 
     def exposure(self):
         """The post-ISR exposure: from this job's ISR, else read from the earlier output."""
@@ -188,6 +191,7 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     from atmospec.calib.isr_inputs import check_exposure
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import run_isr
+    from atmospec.isr.preview import make_preview, write_preview
     from atmospec.isr.statistics import stats_document
 
     job = ctx.job
@@ -209,10 +213,19 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     stats = write_text_atomic(json.dumps(stats_document(raw, result), indent=1),
                               exposure_file(ctx.out_dir, job.obs_id, "isrstats"))
     t_write = time.perf_counter() - t0
-    ctx.postisr = result.exposure
-    ctx.outputs["isr"] = {"postisr": str(post), "stats": str(stats)}
+    # The quick look's block means and mask, from the exposure as written (~0.1 s): the
+    # worker's figure and a later report draw from them, not from the 25 MB file.
+    t0 = time.perf_counter()
+    exposure = result.exposure
+    ctx.preview = make_preview(exposure.image, exposure.mask, dict(exposure.mask_planes),
+                               exposure.unit, exposure.metadata)
+    preview = write_preview(ctx.preview, exposure_file(ctx.out_dir, job.obs_id, "preview"),
+                            provenance_cards("isr", [post]))
+    t_preview = time.perf_counter() - t0
+    ctx.postisr = exposure
+    ctx.outputs["isr"] = {"postisr": str(post), "stats": str(stats), "preview": str(preview)}
     timings = {"read_raw": t_read, **{f"isr.{k}": v for k, v in result.timings.items()},
-               "write_postisr": t_write}
+               "write_postisr": t_write, "preview": t_preview}
     return {"steps": list(result.steps), "timings_s": timings}
 
 
@@ -422,5 +435,6 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
 
         # The post-ISR exposure this job wrote (or read) is passed on, not read back.
         refresh_figures(ctx.out_dir, job.obs_id, Path(job.figure_dir),
-                        groups=job.figure_groups, postisr=ctx.postisr)
+                        groups=job.figure_groups,
+                        postisr=ctx.preview if ctx.preview is not None else ctx.postisr)
     return outcomes

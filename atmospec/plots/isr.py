@@ -13,7 +13,6 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -31,6 +30,13 @@ from atmospec.camera.translator import optic_name
 from atmospec.errors import BadInputError
 from atmospec.exposure import DEFAULT_MASK_PLANES, Exposure
 from atmospec.io import write_text_atomic
+from atmospec.isr.preview import (
+    PREVIEW_WIDTH,
+    Preview,
+    block_any,
+    block_mean,
+    make_preview,
+)
 from atmospec.plots.common import config_label, save_png, zscale_limits
 
 log = logging.getLogger(__name__)
@@ -115,43 +121,6 @@ def _amp_order(stats_amps: Mapping[str, Any], camera: Camera) -> list[str]:
     if extra:
         log.warning("ISR stats name amps unknown to %s: %s", camera.name, ", ".join(extra))
     return known + extra
-
-
-def _pad_to_blocks(a: np.ndarray, factor: int, fill: Any) -> np.ndarray:
-    """Pad ``a`` at the top/right with ``fill`` so both sides are multiples of ``factor``."""
-    ny, nx = a.shape
-    pad_y, pad_x = (-ny) % factor, (-nx) % factor
-    if pad_y == 0 and pad_x == 0:
-        return a
-    return np.pad(a, ((0, pad_y), (0, pad_x)), constant_values=fill)
-
-
-def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean of the finite pixels in each ``factor``×``factor`` block (NaN if none are).
-
-    The image is padded rather than cropped so that no edge row or column is dropped; the
-    padding is non-finite and so does not enter the means.
-    """
-    if factor == 1:
-        return np.where(np.isfinite(image), image, np.nan).astype(np.float32)
-    padded = _pad_to_blocks(image.astype(np.float32, copy=False), factor, np.nan)
-    ny, nx = padded.shape[0] // factor, padded.shape[1] // factor
-    blocks = padded.reshape(ny, factor, nx, factor)
-    finite = np.isfinite(blocks)
-    count = finite.sum(axis=(1, 3))
-    total = np.where(finite, blocks, 0).sum(axis=(1, 3), dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / count
-    return mean.astype(np.float32)
-
-
-def _block_any(flags: np.ndarray, factor: int) -> np.ndarray:
-    """True for each ``factor``×``factor`` block holding at least one true pixel."""
-    if factor == 1:
-        return flags.astype(bool, copy=False)
-    padded = _pad_to_blocks(flags.astype(bool, copy=False), factor, False)
-    ny, nx = padded.shape[0] // factor, padded.shape[1] // factor
-    return padded.reshape(ny, factor, nx, factor).any(axis=(1, 3))
 
 
 # ------------------------------------------------------------------------ overscan profiles
@@ -280,7 +249,7 @@ def plot_postisr(
         raise ValueError(f"max_size must be positive, got {max_size}")
     ny, nx = exposure.image.shape
     factor = max(1, math.ceil(max(ny, nx) / max_size))
-    small = _block_mean(exposure.image, factor)
+    small = block_mean(exposure.image, factor)
     vmin, vmax = zscale_limits(small)
     # A downsampled pixel (i, j) covers full-resolution pixels [i*f, (i+1)*f), whose centres
     # run from i*f to (i+1)*f - 1; with edges at -0.5 the axes read in full-res pixel indices.
@@ -318,7 +287,7 @@ def plot_postisr(
         n_flagged = int(np.count_nonzero(flagged))
         if n_flagged:
             overlay = np.zeros((*small.shape, 4), dtype=np.float32)
-            overlay[_block_any(flagged, factor)] = to_rgba(colors[plane], alpha=0.85)
+            overlay[block_any(flagged, factor)] = to_rgba(colors[plane], alpha=0.85)
             ax.imshow(overlay, origin="lower", extent=extent, interpolation="nearest",
                       aspect="auto")
         handles.append(Patch(color=colors[plane], label=f"{plane}: {n_flagged:,} px"))
@@ -355,44 +324,6 @@ def _postisr_title(exposure: Exposure, factor: int) -> str:
     return " — ".join(parts) + "\n" + size
 
 
-def _block_or(mask: np.ndarray, factor: int) -> np.ndarray:
-    """Bitwise OR of the mask bits in each ``factor``×``factor`` block (one pass)."""
-    padded = _pad_to_blocks(np.asarray(mask, dtype=np.int32), factor, 0)
-    ny, nx = padded.shape[0] // factor, padded.shape[1] // factor
-    blocks = padded.reshape(ny, factor, nx, factor)
-    return np.bitwise_or.reduce(np.bitwise_or.reduce(blocks, axis=3), axis=1)
-
-
-#: Mask pixels histogrammed at a time by `_plane_counts`.
-_COUNT_CHUNK = 1 << 20
-
-
-def _plane_counts(mask: np.ndarray, planes: Mapping[str, int]) -> dict[str, int]:
-    """Full-resolution pixel count of every plane, from one histogram of the mask values
-    (one pass, rather than one pass per plane)."""
-    flat = np.asarray(mask).reshape(-1)
-    top = int(flat.max(initial=0))
-    if int(flat.min(initial=0)) < 0 or top >= 1 << 16:  # bit 31 or high planes: per plane
-        return {p: int(np.count_nonzero(flat & (1 << b))) for p, b in planes.items()}
-    # In chunks: bincount copies its input to int64 (128 MB for a 4k×4k mask at once).
-    histogram = np.zeros(top + 1, dtype=np.int64)
-    for start in range(0, flat.size, _COUNT_CHUNK):
-        histogram += np.bincount(flat[start:start + _COUNT_CHUNK], minlength=top + 1)
-    values = np.arange(histogram.size)
-    return {p: int(histogram[(values & (1 << b)) != 0].sum()) for p, b in planes.items()}
-
-
-def _thumbnail_factor(shape: tuple[int, int], max_width: int) -> int:
-    """Display block size of the thumbnail of an image of ``shape``."""
-    ny, nx = shape
-    # The figure is ~9.6 in wide at DPI with the image ~6.6 in of it: no need for more
-    # displayed pixels than the image gets in the PNG.
-    factor = max(1, math.ceil(max(ny, nx) / (0.66 * max_width)))
-    # A factor dividing both sides avoids padding (a copy of the whole plane): LATISS's
-    # 4072×4000 takes 8 where 7 would do.
-    return next((f for f in range(factor, factor + 3) if ny % f == 0 and nx % f == 0), factor)
-
-
 def _thumbnail_title(meta: Mapping[str, Any]) -> str:
     """OBSID and the configuration as the night summary and the report's tables name it."""
     config = (config_label(optic_name(meta.get("FILTER"), meta.get("INSTRUME")),
@@ -401,66 +332,31 @@ def _thumbnail_title(meta: Mapping[str, Any]) -> str:
     return " — ".join(str(v) for v in (meta.get("OBSID"), config) if v)
 
 
-@dataclass(frozen=True)
-class _ThumbnailInputs:
-    """What the thumbnail shows of a post-ISR exposure (read once)."""
-
-    small: np.ndarray
-    """Block means of the image."""
-    small_mask: np.ndarray
-    """Bitwise OR of the mask bits per block."""
-    factor: int
-    """Block size."""
-    shape: tuple[int, int]
-    """Full-resolution image shape ``(ny, nx)``."""
-    bits: dict[str, int]
-    """Mask plane bits."""
-    counts: dict[str, int]
-    """Full-resolution pixel count of the planes drawn."""
-    unit: str
-    """Image unit."""
-    meta: Any
-    """Primary header (metadata)."""
-
-
-def _thumbnail_inputs(image: np.ndarray, mask: np.ndarray, bits: dict[str, int], unit: str,
-                      meta: Any, planes: Sequence[str], max_width: int) -> _ThumbnailInputs:
-    bits = bits or dict(DEFAULT_MASK_PLANES)
-    shape = (int(image.shape[0]), int(image.shape[1]))
-    factor = _thumbnail_factor(shape, max_width)
-    return _ThumbnailInputs(
-        _block_mean(image, factor), _block_or(mask, factor), factor, shape, bits,
-        _plane_counts(mask, {p: bits[p] for p in planes if p in bits}), unit, meta)
-
-
-def _thumbnail_inputs_from_file(postisr: Path, planes: Sequence[str], max_width: int
-                                ) -> _ThumbnailInputs:
-    """`_thumbnail_inputs` of a post-ISR file (IMAGE and MASK memory-mapped when stored
-    plain; the VARIANCE not read)."""
+def _preview_of_file(postisr: Path, max_width: int) -> Preview:
+    """The preview of a post-ISR file (IMAGE and MASK memory-mapped when stored plain; the
+    VARIANCE not read)."""
     from astropy.io import fits
 
     try:
         with fits.open(postisr, memmap=True) as hdul:
             image_hdu, mask_hdu = hdul["IMAGE"], hdul["MASK"]
             bits = {k[3:]: int(v) for k, v in mask_hdu.header.items() if k.startswith("MP_")}
-            mask = mask_hdu.data
-            inputs = _thumbnail_inputs(image_hdu.data, mask, bits,
-                                       str(image_hdu.header.get("BUNIT", "electron")),
-                                       hdul[0].header.copy(), planes, max_width)
-            del mask
+            return make_preview(image_hdu.data, mask_hdu.data,
+                                bits or dict(DEFAULT_MASK_PLANES),
+                                str(image_hdu.header.get("BUNIT", "electron")),
+                                hdul[0].header.copy(), max_width)
     except (OSError, KeyError, ValueError) as exc:
         raise BadInputError(postisr, f"not a readable post-ISR file ({exc})") from None
-    return inputs
 
 
 def plot_postisr_thumbnail(
-    postisr: str | os.PathLike[str] | Exposure,
+    postisr: str | os.PathLike[str] | Exposure | Preview,
     path: str | os.PathLike[str],
     *,
     sources: tuple[np.ndarray, np.ndarray] | None = None,
     zeroth_order: tuple[float, float] | None = None,
     planes: Sequence[str] = ("BAD", "SAT", "CR", "INTRP", "EDGE", "SUSPECT"),
-    max_width: int = 1000,
+    max_width: int = PREVIEW_WIDTH,
 ) -> Path:
     """A small view of a post-ISR exposure with its mask planes and detections overlaid.
 
@@ -472,10 +368,11 @@ def plot_postisr_thumbnail(
 
     Parameters
     ----------
-    postisr : path or Exposure
+    postisr : path, Exposure or Preview
         Post-ISR exposure: a file (Rubin ExposureF layout; IMAGE and MASK memory-mapped
-        when stored plain), or the exposure in memory, as written (the night's worker
-        right after ISR: reading the file back would decompress it again). Both give the
+        when stored plain), the exposure in memory, as written (the night's worker right
+        after ISR: reading the file back would decompress it again), or its preview
+        (`atmospec.isr.preview`, e.g. read from ``<OBSID>_preview.fits``). All give the
         same figure.
     path : path
         Output PNG (written atomically).
@@ -499,17 +396,19 @@ def plot_postisr_thumbnail(
     BadInputError
         The file is missing or has no IMAGE/MASK extension.
     """
-    if isinstance(postisr, Exposure):
-        inputs = _thumbnail_inputs(postisr.image, postisr.mask, dict(postisr.mask_planes),
-                                   postisr.unit, postisr.metadata, planes, max_width)
+    if isinstance(postisr, Preview):
+        preview, name = postisr, "post-ISR preview"
+    elif isinstance(postisr, Exposure):
+        preview = make_preview(postisr.image, postisr.mask,
+                               dict(postisr.mask_planes) or dict(DEFAULT_MASK_PLANES),
+                               postisr.unit, postisr.metadata, max_width)
         name = "post-ISR exposure"
     else:
         postisr = Path(postisr)
-        inputs = _thumbnail_inputs_from_file(postisr, planes, max_width)
-        name = postisr.name
-    small, small_mask, factor, bits = (inputs.small, inputs.small_mask, inputs.factor,
-                                       inputs.bits)
-    counts, unit, meta, (ny, nx) = inputs.counts, inputs.unit, inputs.meta, inputs.shape
+        preview, name = _preview_of_file(postisr, max_width), postisr.name
+    small, small_mask, factor = preview.image, preview.mask, preview.factor
+    bits = preview.bits
+    counts, unit, meta, (ny, nx) = preview.counts, preview.unit, preview.metadata, preview.shape
     vmin, vmax = zscale_limits(small)
     extent = (-0.5, small.shape[1] * factor - 0.5, -0.5, small.shape[0] * factor - 0.5)
 
