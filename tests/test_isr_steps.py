@@ -160,3 +160,26 @@ def test_defect_mask_cached_per_table_and_geometry(tmp_path):
     # A table replaced on the same products.
     calibs.defects = boxes["b"]
     np.testing.assert_array_equal(calibs.defect_mask(binned), other)
+
+
+def test_isrstats_text_layout() -> None:
+    """``<OBSID>_isrstats.json``: the document read back exactly (NaN included), one line
+    per top-level key and per amplifier, whatever the length of its lists."""
+    import json
+    import math
+
+    from atmospec.isr.statistics import stats_json
+
+    doc = {"obs_id": "AT_O_20250301_000010", "binning": [1, 1], "timings_s": {"bias": 0.01},
+           "amps": {f"C{i:02d}": {"gain": 1.1 + i, "median": math.nan,
+                                  "overscan_rows_adu": [20000.125 + k for k in range(2048)]}
+                    for i in range(3)}}
+    text = stats_json(doc)
+    back = json.loads(text)
+    for name, entry in doc["amps"].items():
+        assert math.isnan(back["amps"][name].pop("median"))
+        entry.pop("median")
+    assert back == doc
+    lines = text.splitlines()
+    assert len(lines) == 1 + 3 + 1 + 3 + 1 + 1  # braces, keys, "amps": {, amps, }, }
+    assert sum(line.startswith('  "C0') for line in lines) == 3

@@ -130,3 +130,4 @@ def test_preview_refuses_other_files(tmp_path: Path) -> None:
         read_preview(path)
     with pytest.raises(BadInputError, match="not a readable preview"):
         read_preview(tmp_path / "missing.fits")
+

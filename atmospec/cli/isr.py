@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -238,7 +237,7 @@ def _process_raw(path: str | Path | RawFrame, out_dir: str | Path, config: IsrCo
     from atmospec.camera.raw import RawFrame, read_raw
     from atmospec.io import provenance_cards, write_text_atomic
     from atmospec.isr.driver import run_isr
-    from atmospec.isr.statistics import stats_document
+    from atmospec.isr.statistics import stats_document, stats_json
     from atmospec.layout import exposure_file
 
     out_dir = Path(out_dir)
@@ -253,7 +252,7 @@ def _process_raw(path: str | Path | RawFrame, out_dir: str | Path, config: IsrCo
         ),
     }
     doc = stats_document(raw, result)
-    out["stats"] = write_text_atomic(json.dumps(doc, indent=1),
+    out["stats"] = write_text_atomic(stats_json(doc),
                                      exposure_file(out_dir, obs_id, "isrstats"))
     if plots:
         from atmospec.plots.isr import plot_overscan_profiles, plot_postisr

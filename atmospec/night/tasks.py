@@ -192,7 +192,7 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     from atmospec.camera.raw import read_raw
     from atmospec.isr.driver import run_isr
     from atmospec.isr.preview import make_preview, write_preview
-    from atmospec.isr.statistics import stats_document
+    from atmospec.isr.statistics import stats_document, stats_json
 
     job = ctx.job
     if job.missing_calibs:
@@ -210,7 +210,7 @@ def _run_isr(ctx: _Context, config) -> dict[str, Any]:
     post = result.exposure.write(
         exposure_file(ctx.out_dir, job.obs_id, "postisr"),
         provenance_cards("isr", inputs, {"steps": result.steps, "config": config}))
-    stats = write_text_atomic(json.dumps(stats_document(raw, result), indent=1),
+    stats = write_text_atomic(stats_json(stats_document(raw, result)),
                               exposure_file(ctx.out_dir, job.obs_id, "isrstats"))
     t_write = time.perf_counter() - t0
     # The quick look's block means and mask, from the exposure as written (~0.1 s): the
