@@ -45,7 +45,7 @@ from pathlib import Path  # noqa: E402
 
 from astropy.time import TimeDelta  # noqa: E402
 
-from atmospec.layout import exposure_figure_store  # noqa: E402
+from atmospec.layout import EXPOSURE_FILES, exposure_figure_store  # noqa: E402
 from atmospec.night.index import NightIndex  # noqa: E402
 from atmospec.night.summary import write_summary  # noqa: E402
 from atmospec.plots.exposure import (  # noqa: E402
@@ -56,9 +56,8 @@ from atmospec.plots.exposure import (  # noqa: E402
 )
 from atmospec.report import ReportConfig, build_report  # noqa: E402
 
-#: Output files of an exposure, by suffix (docs/night.md).
-SUFFIXES = ("postisr.fits", "isrstats.json", "sources.ecsv", "centroid.json", "spectrum.fits",
-            "atmosphere.json")
+#: Output files of an exposure, by suffix (docs/night.md; those present are replicated).
+SUFFIXES = tuple(EXPOSURE_FILES.values())
 
 
 def source_night(workdir: Path) -> Path:
