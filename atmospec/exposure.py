@@ -126,9 +126,12 @@ class Exposure:
         else:
             self.mask[where] |= bit
 
-    def get_mask(self, *planes: str) -> np.ndarray:
-        """Boolean array: pixels with any of ``planes`` set."""
-        return (self.mask & self.bitmask(*planes)) != 0
+    def get_mask(self, *planes: str, region: tuple[slice, slice] | None = None
+                 ) -> np.ndarray:
+        """Boolean array: pixels with any of ``planes`` set, over the whole image or over
+        ``region`` (``(rows, columns)`` slices: no full-frame temporary for a cutout)."""
+        mask = self.mask if region is None else self.mask[region]
+        return (mask & self.bitmask(*planes)) != 0
 
     # --- FITS I/O -------------------------------------------------------------------------
 
