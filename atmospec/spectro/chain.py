@@ -270,9 +270,9 @@ def _with_spectractor_extras(spectrum: Spectrum, exposure: Exposure, job: _Job,
     tx, ty = float(spectrum.header["TARGETX"]), float(spectrum.header["TARGETY"])
     fwhm = centroid.fwhm if centroid is not None else float(np.nanmedian(result.fwhm_px))
     half = max(math.ceil(config.order0_half_size_fwhm * fwhm), 10)
-    usable = ~exposure.get_mask(*config.extraction.bad_planes) & np.isfinite(exposure.image)
     try:
-        cutout, x0, y0, level = zeroth_order_cutout(exposure.image, usable, tx, ty, half)
+        cutout, x0, y0, level = zeroth_order_cutout(exposure, config.extraction.bad_planes,
+                                                    tx, ty, half)
     except ValueError as exc:
         log.warning("%s: no ORDER0 written: %s", job.name, exc)
         order0 = None

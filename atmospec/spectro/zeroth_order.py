@@ -789,16 +789,17 @@ def _fwhm(params: np.ndarray) -> float:
 # --------------------------------------------------------------------------- cutout
 
 
-def zeroth_order_cutout(image: np.ndarray, usable: np.ndarray, x: float, y: float,
+def zeroth_order_cutout(exposure: Exposure, bad_planes: Sequence[str], x: float, y: float,
                         half_size: int) -> tuple[np.ndarray, float, float, float]:
     """The background-subtracted image around the zeroth order (Spectractor's ``ORDER0``).
 
     Parameters
     ----------
-    image : numpy.ndarray
-        The image (e⁻).
-    usable : numpy.ndarray
-        Pixels that may set the background level (not masked, finite).
+    exposure : Exposure
+        The exposure (e⁻); only the cutout's pixels are read.
+    bad_planes : sequence of str
+        Mask planes of the pixels that may not set the background level (non-finite
+        pixels may not either).
     x, y : float
         The zeroth order, 0-based pixel centres.
     half_size : int
@@ -815,13 +816,13 @@ def zeroth_order_cutout(image: np.ndarray, usable: np.ndarray, x: float, y: floa
         The background level subtracted: the median of the usable pixels of the cutout's
         outer ring (beyond 80 % of ``half_size``), else of all its usable pixels.
     """
-    ny, nx = image.shape
+    ny, nx = exposure.image.shape
     h = max(int(half_size), 1)
     ix, iy = round(x), round(y)
     xs = slice(max(ix - h, 0), min(ix + h, nx))
     ys = slice(max(iy - h, 0), min(iy + h, ny))
-    data = np.asarray(image[ys, xs], dtype=np.float64)
-    ok = np.asarray(usable[ys, xs], dtype=bool) & np.isfinite(data)
+    data = np.asarray(exposure.image[ys, xs], dtype=np.float64)
+    ok = ~exposure.get_mask(*bad_planes, region=(ys, xs)) & np.isfinite(data)
     if not ok.any():
         raise ValueError(f"no usable pixel around the zeroth order ({x:.1f}, {y:.1f})")
     yy, xx = np.mgrid[ys, xs]
