@@ -578,7 +578,10 @@ def _with_forward_model(result: ExtractionResult, model: ForwardModelResult
     idx = np.searchsorted(model.rows, result.rows)
     new = replace(result, flux_e=model.amplitudes[idx], flux_err_e=model.amplitude_err[idx],
                   gamma=model.gamma[idx], alpha=model.alpha[idx])
-    return new, model.covariance[np.ix_(idx, idx)]
+    cov = model.covariance
+    if not np.array_equal(idx, np.arange(cov.shape[0])):  # not every row of the 2D model
+        cov = cov[np.ix_(idx, idx)]
+    return new, cov
 
 
 def _profile(instrument: str, name: str) -> InstrumentProfile:

@@ -787,23 +787,28 @@ def _background(data: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.n
     levels, centres, factors, rms = [], [], [], []
     for side in (-1.0, 1.0):
         band = good & (side * dx >= inner) & (side * dx < outer)
-        raw = np.where(band, data, np.nan)
+        # The band's columns only (a fifth of the cutout's): the medians and sums below
+        # ignore the pixels outside the band anyway.
+        in_band = np.flatnonzero(np.any(band, axis=0))
+        cs = slice(in_band[0], in_band[-1] + 1) if in_band.size else slice(0, 0)
+        band, b_var = band[:, cs], var[:, cs]
+        raw = np.where(band, data[:, cs], np.nan)
         vals = raw
         for _ in range(3):
             med = np.nanmedian(vals, axis=1, keepdims=True)
-            vals = np.where(np.abs(raw - med) <= cfg.background_clip_sigma * sigma, raw,
-                            np.nan)
+            vals = np.where(np.abs(raw - med) <= cfg.background_clip_sigma * sigma[:, cs],
+                            raw, np.nan)
         kept = np.isfinite(vals)
         n = np.sum(kept, axis=1)
         mean = np.nanmean(vals, axis=1) if n.any() else np.full(rows.shape, np.nan)
-        err = np.sqrt(np.sum(np.where(kept, var, 0.0), axis=1)) / np.maximum(n, 1)
+        err = np.sqrt(np.sum(np.where(kept, b_var, 0.0), axis=1)) / np.maximum(n, 1)
         err = np.where(n > 2, err, np.nan)
         if np.count_nonzero(np.isfinite(mean) & np.isfinite(err) & (err > 0)) <= \
                 cfg.background_degree:
             continue
         poly, keep = _poly_fit(rows, mean, err, cfg.background_degree, cfg.clip_sigma)
         levels.append(poly(rows))
-        side_rms = np.sqrt(np.sum(np.where(kept, var, 0.0), axis=1) / np.maximum(n, 1))
+        side_rms = np.sqrt(np.sum(np.where(kept, b_var, 0.0), axis=1) / np.maximum(n, 1))
         rms.append(np.where(n > 0, side_rms, float(np.median(side_rms[n > 0]))))
         centres.append(x_line + side * 0.5 * (inner + outer))
         factors.append(_poly_error_factor(poly, rows[keep], mean[keep], err[keep], rows))
