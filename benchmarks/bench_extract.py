@@ -11,7 +11,9 @@ e⁻ and variance) is written beside it.
 Then, in this process, on one core (thread pools limited to 1 before numpy is imported):
 
 1. ``process_dispersed`` (the function ``atmospec extract`` and the night runner call)
-   followed by ``write_spectrum``, ``--repeat`` times: the median is the total wall time;
+   followed by ``write_spectrum``, ``--repeat`` times: the medians are the total wall and
+   CPU times (on a machine shared with other work the wall time follows the load: compare
+   CPU);
 2. the chain's own split (``process_dispersed(..., timings=)``: zeroth order, extraction,
    wavelength calibration, order-2 estimate, 2D forward model, its covariance, spectrum
    assembly) and the write, median over the runs per stage;
@@ -118,15 +120,16 @@ def prepare(workdir: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- chain
 
 
-def run_chain(exposure: Exposure, out: Path) -> tuple[float, dict[str, float]]:
-    """One ``process_dispersed`` + write: total wall time and the chain's own stage split."""
+def run_chain(exposure: Exposure, out: Path) -> tuple[float, float, dict[str, float]]:
+    """One ``process_dispersed`` + write: total wall and CPU time, and the chain's own stage
+    split (wall)."""
     stages: dict[str, float] = {}
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     spectrum, _ = process_dispersed(exposure, config=CONFIG, timings=stages)
     t_write = time.perf_counter()
     write_spectrum(spectrum, out)
     stages["write"] = time.perf_counter() - t_write
-    return time.perf_counter() - t, stages
+    return time.perf_counter() - t, time.process_time() - cpu, stages
 
 
 # --------------------------------------------------------------------------- report
@@ -142,7 +145,8 @@ def bench(label: str, path: Path, out: Path, repeat: int) -> dict[str, float]:
     size = exposure.image.nbytes + exposure.variance.nbytes + exposure.mask.nbytes
     runs = [run_chain(exposure, out) for _ in range(repeat)]
     total = statistics.median(r[0] for r in runs)
-    stages = {k: statistics.median(r[1][k] for r in runs) for k in runs[0][1]}
+    cpu = statistics.median(r[1] for r in runs)
+    stages = {k: statistics.median(r[2][k] for r in runs) for k in runs[0][2]}
     tracemalloc.start()
     run_chain(exposure, out)
     _, peak = tracemalloc.get_traced_memory()
@@ -155,6 +159,8 @@ def bench(label: str, path: Path, out: Path, repeat: int) -> dict[str, float]:
         print(f"  {name:<20s} {t * 1000:9.1f} ms")
     print(f"  {'sum of stages':<20s} {sum(stages.values()) * 1000:9.1f} ms")
     print(f"  {'process_dispersed+write':<20s} {total * 1000:9.1f} ms (total wall)")
+    print(f"  {'process_dispersed+write':<20s} {cpu * 1000:9.1f} ms (total CPU: on a loaded "
+          "machine, the figure to compare)")
     print(f"  memory: tracemalloc peak {peak / 2**20:.0f} MiB (input exposure "
           f"{size / 2**20:.0f} MiB not included), ru_maxrss {rss / 2**20:.0f} MiB "
           "(whole process so far)")

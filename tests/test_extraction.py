@@ -337,3 +337,40 @@ def test_leave_one_out_variance_skips_masked_neighbours():
     lonely[4, 1] = True
     assert leave_one_out_variance(var, lonely, 2)[4, 1] == pytest.approx(1e6)
     assert leave_one_out_variance(var, good, 0) is var
+
+
+def test_extraction_window_is_the_cutout(results):
+    """`extraction_window` names the pixels `extract_spectrum` cut out (the chain prepares
+    their variance there only)."""
+    from atmospec.spectro.extract import extraction_window
+
+    rows, cols = extraction_window(SHAPE, X0, Y0, "holo4_003", LINSPOS)
+    c0, r0 = results[0].cutout_origin
+    ny, nx = results[0].background.shape
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (r0, r0 + ny, c0, c0 + nx)
+
+
+@pytest.mark.parametrize("rows", [slice(40, 300), slice(0, 120), slice(380, 400)])
+def test_windowed_leave_one_out_variance_equals_the_full_frame(rows):
+    """The chain's leave-one-out variance on the extraction window (computed on the window
+    and `variance_half_rows` rows either side, also at the image's edges) equals the
+    whole frame's there; outside the window the plane is kept."""
+    from atmospec.spectro.chain import SpectroscopyConfig, _with_expected_variance
+    from atmospec.spectro.extract import leave_one_out_variance
+
+    rng = np.random.default_rng(5)
+    exp = Exposure.from_image(rng.normal(0.0, 1.0, (400, 90)))
+    exp.variance[:] = rng.uniform(50.0, 500.0, exp.shape).astype(np.float32)
+    exp.variance[rng.uniform(size=exp.shape) < 0.01] = np.nan
+    exp.set_mask("CR", rng.uniform(size=exp.shape) < 0.02)
+    config = SpectroscopyConfig()
+    window = (rows, slice(20, 70))
+    out = _with_expected_variance(exp, config, window)
+    good = (~exp.get_mask(*config.extraction.bad_planes) & np.isfinite(exp.variance)
+            & (exp.variance > 0))
+    full = leave_one_out_variance(exp.variance, good, config.variance_half_rows)
+    assert np.allclose(out.variance[window], full[window], rtol=1e-6, equal_nan=True)
+    outside = np.ones(exp.shape, dtype=bool)
+    outside[window] = False
+    assert np.array_equal(out.variance[outside], exp.variance[outside], equal_nan=True)
+    assert not np.allclose(out.variance[window], exp.variance[window], equal_nan=True)

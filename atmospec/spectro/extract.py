@@ -75,6 +75,7 @@ __all__ = [
     "ExtractionResult",
     "background_covariance",
     "extract_spectrum",
+    "extraction_window",
     "horne_profile",
     "leave_one_out_variance",
     "psf_bins_table",
@@ -353,13 +354,50 @@ def _field_angle(x0: float, y0: float, shape: tuple[int, ...], tilt_deg: float,
     return math.radians(along * plate_arcsec / 3600.0)
 
 
-def _cutout(exposure: Exposure, x0: float, y0: float, u_ends: np.ndarray, prior_deg: float,
-            cfg: ExtractionConfig, src: str | None) -> _Cutout:
-    """The rows the predicted trace (distances ``u_ends`` of the wavelength range, tilt
-    ``prior_deg``) spans, ± ``half_width_px`` columns around it (see the module notes,
-    step 1); `BadInputError` when the spectrum leaves the chip or its trace is masked."""
-    ny, nx = exposure.image.shape
-    t_prior = math.radians(prior_deg)
+def extraction_window(shape: tuple[int, ...], x0: float, y0: float,
+                      disperser: str | Disperser | None, linspos_mm: float | None = None,
+                      config: ExtractionConfig | None = None, *, binning: int = 1,
+                      source: str | Path | None = None) -> tuple[slice, slice]:
+    """The rows and columns of an image of ``shape`` that `extract_spectrum` cuts out for
+    the zeroth order at ``(x0, y0)`` (the same arguments): the pixels it, and the 2D model
+    after it, read — e.g. to prepare their variance there only.
+
+    Returns
+    -------
+    tuple of slice
+        ``(rows, columns)``.
+
+    Raises
+    ------
+    BadInputError
+        As `extract_spectrum` for the geometry: not a dispersed exposure, no such order
+        over the wavelength range, spectrum leaving the chip.
+    """
+    cfg = config or ExtractionConfig()
+    src = None if source is None else str(source)
+    disp = _disperser(disperser, src)
+    return _predicted_window(shape, x0, y0, disp, disp.d2ccd_mm(linspos_mm), cfg, binning,
+                             src)[1]
+
+
+def _predicted_window(shape: tuple[int, ...], x0: float, y0: float, disp: Disperser,
+                      d2ccd: float, cfg: ExtractionConfig, binning: int, src: str | None
+                      ) -> tuple[float, tuple[slice, slice]]:
+    """The prior tilt (degrees) and the cutout: the rows the predicted trace of the
+    wavelength range spans with that tilt, ± ``half_width_px`` columns around it (see the
+    module notes, step 1); `BadInputError` when the spectrum leaves the chip."""
+    pixel_mm = disp.instrument.pixel_size_mm(binning)
+    plate = disp.instrument.plate_scale_at(binning)
+    prior = float(disp.tilt_deg_at(x0, y0, binning))
+    lam_ends = np.asarray(cfg.wavelength_range_nm, dtype=np.float64)
+    u_ends = disp.offset_px(lam_ends, cfg.order, d2ccd, pixel_mm,
+                            _field_angle(x0, y0, shape, prior, plate), at=(x0, y0),
+                            binning=binning)
+    if not np.all(np.isfinite(u_ends)):
+        raise BadInputError(src, f"order {cfg.order} does not exist over "
+                                 f"{cfg.wavelength_range_nm} nm for {disp.name}")
+    ny, nx = shape
+    t_prior = math.radians(prior)
     y_ends = y0 - u_ends * math.cos(t_prior)
     y_lo, y_hi = math.floor(y_ends.min()), math.ceil(y_ends.max()) + 1
     n_pred = y_hi - y_lo
@@ -371,10 +409,20 @@ def _cutout(exposure: Exposure, x0: float, y0: float, u_ends: np.ndarray, prior_
     if r_hi - r_lo < cfg.min_valid_fraction * n_pred or c_lo < 0 or c_hi > nx:
         raise BadInputError(src, f"zeroth order at ({x0:.0f}, {y0:.0f}) is too close to the "
                                  f"edge: the order-{cfg.order} spectrum leaves the chip")
-    sl = (slice(r_lo, r_hi), slice(c_lo, c_hi))
+    return prior, (slice(r_lo, r_hi), slice(c_lo, c_hi))
+
+
+def _cutout(exposure: Exposure, x0: float, y0: float, window: tuple[slice, slice],
+            prior_deg: float, cfg: ExtractionConfig, src: str | None) -> _Cutout:
+    """The pixels of the ``window`` of `_predicted_window`; `BadInputError` when the trace
+    is masked."""
+    sl = window
+    r_lo, r_hi, c_lo, c_hi = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+    slope_prior = -math.tan(math.radians(prior_deg))  # dx/drow
     data = np.asarray(exposure.image[sl], dtype=np.float64)
     var = np.asarray(exposure.variance[sl], dtype=np.float64)
-    good = (~exposure.get_mask(*cfg.bad_planes)[sl]) & np.isfinite(data) & np.isfinite(var)
+    good = (~exposure.get_mask(*cfg.bad_planes, region=sl)) & np.isfinite(data) \
+        & np.isfinite(var)
     good &= var > 0
     rows = np.arange(r_lo, r_hi, dtype=np.float64)
     xcols = np.arange(c_lo, c_hi, dtype=np.float64)
@@ -483,18 +531,12 @@ def extract_spectrum(
     pixel_mm = disp.instrument.pixel_size_mm(binning)
     plate = disp.instrument.plate_scale_at(binning)
     d2ccd = disp.d2ccd_mm(linspos_mm)
-    at = {"at": (x0, y0), "binning": binning}
 
     # 1. geometry: predicted trace with the prior tilt
-    prior = float(disp.tilt_deg_at(x0, y0, binning))
-    lam_ends = np.asarray(cfg.wavelength_range_nm, dtype=np.float64)
-    u_ends = disp.offset_px(lam_ends, cfg.order, d2ccd, pixel_mm,
-                            _field_angle(x0, y0, exposure.image.shape, prior, plate), **at)
-    if not np.all(np.isfinite(u_ends)):
-        raise BadInputError(src, f"order {cfg.order} does not exist over "
-                                 f"{cfg.wavelength_range_nm} nm for {disp.name}")
+    prior, window = _predicted_window(exposure.image.shape, x0, y0, disp, d2ccd, cfg,
+                                      binning, src)
     slope_prior = -math.tan(math.radians(prior))  # dx/drow
-    cut = _cutout(exposure, x0, y0, u_ends, prior, cfg, src)
+    cut = _cutout(exposure, x0, y0, window, prior, cfg, src)
     data, var, good, rows, xcols = cut.data, cut.var, cut.good, cut.rows, cut.xcols
     c_lo, r_lo = cut.origin
 
@@ -745,23 +787,28 @@ def _background(data: np.ndarray, var: np.ndarray, good: np.ndarray, xcols: np.n
     levels, centres, factors, rms = [], [], [], []
     for side in (-1.0, 1.0):
         band = good & (side * dx >= inner) & (side * dx < outer)
-        raw = np.where(band, data, np.nan)
+        # The band's columns only (a fifth of the cutout's): the medians and sums below
+        # ignore the pixels outside the band anyway.
+        in_band = np.flatnonzero(np.any(band, axis=0))
+        cs = slice(in_band[0], in_band[-1] + 1) if in_band.size else slice(0, 0)
+        band, b_var = band[:, cs], var[:, cs]
+        raw = np.where(band, data[:, cs], np.nan)
         vals = raw
         for _ in range(3):
             med = np.nanmedian(vals, axis=1, keepdims=True)
-            vals = np.where(np.abs(raw - med) <= cfg.background_clip_sigma * sigma, raw,
-                            np.nan)
+            vals = np.where(np.abs(raw - med) <= cfg.background_clip_sigma * sigma[:, cs],
+                            raw, np.nan)
         kept = np.isfinite(vals)
         n = np.sum(kept, axis=1)
         mean = np.nanmean(vals, axis=1) if n.any() else np.full(rows.shape, np.nan)
-        err = np.sqrt(np.sum(np.where(kept, var, 0.0), axis=1)) / np.maximum(n, 1)
+        err = np.sqrt(np.sum(np.where(kept, b_var, 0.0), axis=1)) / np.maximum(n, 1)
         err = np.where(n > 2, err, np.nan)
         if np.count_nonzero(np.isfinite(mean) & np.isfinite(err) & (err > 0)) <= \
                 cfg.background_degree:
             continue
         poly, keep = _poly_fit(rows, mean, err, cfg.background_degree, cfg.clip_sigma)
         levels.append(poly(rows))
-        side_rms = np.sqrt(np.sum(np.where(kept, var, 0.0), axis=1) / np.maximum(n, 1))
+        side_rms = np.sqrt(np.sum(np.where(kept, b_var, 0.0), axis=1) / np.maximum(n, 1))
         rms.append(np.where(n > 0, side_rms, float(np.median(side_rms[n > 0]))))
         centres.append(x_line + side * 0.5 * (inner + outer))
         factors.append(_poly_error_factor(poly, rows[keep], mean[keep], err[keep], rows))

@@ -69,11 +69,24 @@ def _clean_header(header: fits.Header | None, keep_extname: bool = False) -> fit
 
 
 def _float_array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    arr = np.array(value, dtype=np.float64)  # native byte order, a private copy
+    if _is_frozen_float(value):
+        # Already a frozen private array (another `Spectrum`'s, passed on by
+        # `dataclasses.replace`): shared, not copied — a chain's seven replacements copied
+        # its 2k × 2k covariance seven times.
+        arr = value
+    else:
+        arr = np.array(value, dtype=np.float64)  # native byte order, a private copy
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     arr.setflags(write=False)  # the dataclass is frozen: so are its arrays
     return arr
+
+
+def _is_frozen_float(value: Any) -> bool:
+    """A float64 array (native byte order) that owns its data and is read-only, as
+    `_float_array` makes them."""
+    return (isinstance(value, np.ndarray) and value.dtype == np.float64
+            and value.dtype.isnative and value.flags.owndata and not value.flags.writeable)
 
 
 @dataclass(frozen=True)

@@ -313,10 +313,8 @@ def find_zeroth_order(
     px, py = float(prior[0]), float(prior[1])
 
     image = exposure.image
-    bad = exposure.get_mask("BAD", "NO_DATA", "EDGE") | ~np.isfinite(image)
-    sat = exposure.get_mask("SAT")
-    if cfg.saturation_e is not None:
-        sat = sat | (image >= cfg.saturation_e)
+    bad = _PixelFlags(exposure, ("BAD", "NO_DATA", "EDGE"), nonfinite=True)
+    sat = _PixelFlags(exposure, ("SAT",), level=cfg.saturation_e)
     fwhm = cfg.fwhm_guess_px * scale
     smear = _smear(refraction, cfg.instrument)
     shape_cfg = _ShapeLimits(cfg.min_peak_snr, cfg.min_sigma_px * scale, cfg.max_sigma_px * scale,
@@ -377,6 +375,33 @@ def find_zeroth_order(
     return result
 
 
+class _PixelFlags:
+    """A boolean plane of an exposure — pixels in any of mask ``planes``, or not finite
+    (``nonfinite``), or at or above ``level`` — evaluated on the region indexed only
+    (``flags[rows, columns]``, as an array would be): the search reads a few boxes of a
+    frame, and the whole planes of a 4k frame cost 50 ms."""
+
+    def __init__(self, exposure: Exposure, planes: Sequence[str], *, nonfinite: bool = False,
+                 level: float | None = None) -> None:
+        self.exposure = exposure
+        self.planes = tuple(planes)
+        self.nonfinite = nonfinite
+        self.level = level
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.exposure.image.shape
+
+    def __getitem__(self, region: tuple[slice, slice]) -> np.ndarray:
+        flags = self.exposure.get_mask(*self.planes, region=region)
+        image = self.exposure.image[region]
+        if self.nonfinite:
+            flags |= ~np.isfinite(image)
+        if self.level is not None:
+            flags |= image >= self.level
+        return flags
+
+
 def _info(header: Any) -> ObservationInfo | None:
     """Translated header, or None when it cannot be translated (a bare Exposure)."""
     try:
@@ -428,7 +453,7 @@ class _ShapeLimits:
     smear: _Smear | None = None
 
 
-def _detect(image: np.ndarray, bad: np.ndarray, centre: tuple[float, float] | None,
+def _detect(image: np.ndarray, bad: _PixelFlags, centre: tuple[float, float] | None,
             radius: float | None, fwhm: float, cfg: ZerothOrderConfig,
             binning: int) -> list[tuple[float, float, float]]:
     """Local maxima of the PSF-smoothed image: ``(x, y, height)`` in full-resolution pixels.
@@ -487,7 +512,7 @@ def _detect(image: np.ndarray, bad: np.ndarray, centre: tuple[float, float] | No
     return out[: cfg.max_candidates]
 
 
-def _compact(image: np.ndarray, bad: np.ndarray, sat: np.ndarray,
+def _compact(image: np.ndarray, bad: _PixelFlags, sat: _PixelFlags,
              candidates: Sequence[tuple[float, float, float]], fwhm: float,
              limits: _ShapeLimits, sat_grow: int) -> list[_Candidate]:
     """Measure each candidate's shape and keep the round, resolved ones (merged if close)."""
@@ -510,7 +535,7 @@ def _compact(image: np.ndarray, bad: np.ndarray, sat: np.ndarray,
     return kept
 
 
-def _measure(image: np.ndarray, bad: np.ndarray, sat: np.ndarray, x: float, y: float,
+def _measure(image: np.ndarray, bad: _PixelFlags, sat: _PixelFlags, x: float, y: float,
              fwhm: float, limits: _ShapeLimits, sat_grow: int) -> _Candidate | None:
     """Second moments and aperture flux of the source near ``(x, y)``.
 
@@ -605,7 +630,7 @@ def _deconvolved(ixx: float, iyy: float, ixy: float, smear: _Smear
             cz * sz * (m_zz - m_pp) + (cz * cz - sz * sz) * m_zp)
 
 
-def _flux_centroid(exposure: Exposure, sat: np.ndarray, x: float, y: float, fwhm: float,
+def _flux_centroid(exposure: Exposure, sat: _PixelFlags, x: float, y: float, fwhm: float,
                    smear: _Smear, cfg: ZerothOrderConfig
                    ) -> tuple[float, float, float, float] | None:
     """First moments of the background-subtracted light in a circular aperture re-centred
@@ -696,7 +721,7 @@ def _moffat_jac(params: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndarra
     return jac
 
 
-def _refine(exposure: Exposure, sat: np.ndarray, cand: _Candidate, fwhm: float,
+def _refine(exposure: Exposure, sat: _PixelFlags, cand: _Candidate, fwhm: float,
             cfg: ZerothOrderConfig) -> tuple[float, float, float, float, float, float] | None:
     """Fit a Moffat on a cutout around the candidate; None when the fit fails."""
     image = exposure.image
@@ -789,16 +814,17 @@ def _fwhm(params: np.ndarray) -> float:
 # --------------------------------------------------------------------------- cutout
 
 
-def zeroth_order_cutout(image: np.ndarray, usable: np.ndarray, x: float, y: float,
+def zeroth_order_cutout(exposure: Exposure, bad_planes: Sequence[str], x: float, y: float,
                         half_size: int) -> tuple[np.ndarray, float, float, float]:
     """The background-subtracted image around the zeroth order (Spectractor's ``ORDER0``).
 
     Parameters
     ----------
-    image : numpy.ndarray
-        The image (e⁻).
-    usable : numpy.ndarray
-        Pixels that may set the background level (not masked, finite).
+    exposure : Exposure
+        The exposure (e⁻); only the cutout's pixels are read.
+    bad_planes : sequence of str
+        Mask planes of the pixels that may not set the background level (non-finite
+        pixels may not either).
     x, y : float
         The zeroth order, 0-based pixel centres.
     half_size : int
@@ -815,13 +841,13 @@ def zeroth_order_cutout(image: np.ndarray, usable: np.ndarray, x: float, y: floa
         The background level subtracted: the median of the usable pixels of the cutout's
         outer ring (beyond 80 % of ``half_size``), else of all its usable pixels.
     """
-    ny, nx = image.shape
+    ny, nx = exposure.image.shape
     h = max(int(half_size), 1)
     ix, iy = round(x), round(y)
     xs = slice(max(ix - h, 0), min(ix + h, nx))
     ys = slice(max(iy - h, 0), min(iy + h, ny))
-    data = np.asarray(image[ys, xs], dtype=np.float64)
-    ok = np.asarray(usable[ys, xs], dtype=bool) & np.isfinite(data)
+    data = np.asarray(exposure.image[ys, xs], dtype=np.float64)
+    ok = ~exposure.get_mask(*bad_planes, region=(ys, xs)) & np.isfinite(data)
     if not ok.any():
         raise ValueError(f"no usable pixel around the zeroth order ({x:.1f}, {y:.1f})")
     yy, xx = np.mgrid[ys, xs]

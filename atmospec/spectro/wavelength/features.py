@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from astropy import units as u
 from astropy.table import Table
 
 from atmospec.spectro.wavelength.lines import Line
@@ -27,12 +28,16 @@ from atmospec.spectro.wavelength.solution import (
     wavelength_solution,
 )
 
-__all__ = ["LINE_COLUMNS", "FeatureFitConfig", "calibrate_on_features",
+__all__ = ["CHISQ_UNIT", "LINE_COLUMNS", "FeatureFitConfig", "calibrate_on_features",
            "measure_feature_shifts"]
 
 #: Columns of Spectractor's ``LINES`` table, in its order.
 LINE_COLUMNS = ("Line", "Tabulated", "Detected", "Shift", "Err", "FWHM", "Amplitude", "SNR",
                 "Chisq", "Name")
+#: Spectractor's unit of ``Chisq``, not a FITS unit: given as astropy's unrecognised unit,
+#: which the string would be parsed into (each parse of it costs ~4 ms, mostly the search
+#: for a "did you mean").
+CHISQ_UNIT = u.UnrecognizedUnit("reduced")
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def measure_feature_shifts(wavelength_nm: np.ndarray, flux: np.ndarray, flux_err
                   dtype=(str, float, float, float, float, float, float, float, float, str))
     for col in ("Tabulated", "Detected", "Shift", "Err", "FWHM"):
         table[col].unit = "nm"
-    table["Chisq"].unit = "reduced"
+    table["Chisq"].unit = CHISQ_UNIT
     return table
 
 

@@ -45,6 +45,7 @@ from scipy.optimize import least_squares
 
 from atmospec.spectro.psf import moffat1d_fwhm
 from atmospec.spectro.wavelength.features import (
+    CHISQ_UNIT,
     LINE_COLUMNS,
     FeatureFitConfig,
     measure_feature_shifts,
@@ -479,7 +480,7 @@ def _refine(data: _Data, lines: Sequence[_Entry], kind: str, d: float, s: float,
     table = Table(rows=rows, names=LINE_COLUMNS, dtype=_DTYPES)
     for col in ("Tabulated", "Detected", "Shift", "Err", "FWHM"):
         table[col].unit = "nm"
-    table["Chisq"].unit = "reduced"
+    table["Chisq"].unit = CHISQ_UNIT
     return _Solved(fit=fit, table=table, p=pa, g=ga, sig=sa, err_nm=np.array(err_nm),
                    used=used)
 
