@@ -362,3 +362,38 @@ def test_alerts_of_dispersed_frames_and_failures():
     bias = {**_imaging(5, float("nan")), "image_type": "bias", "status": "failed",
             "reason": "isr: broken"}
     assert live_alerts([bias]) == []
+
+
+def test_arrivals_take_a_closed_file_at_once(tmp_path):
+    """A file whose writer closed it (or that was moved in) is due at its first look; one
+    only seen changing waits `settle_s` with the same size and time; a closed file that
+    fails the completeness check waits for a change, not for the next look."""
+    from atmospec.night.arrivals import Arrivals
+
+    closed, written = tmp_path / "a.fits", tmp_path / "b.fits"
+    for p in (closed, written):
+        p.write_bytes(b"x" * 2880)
+    files = Arrivals(settle_s=0.3, timeout_s=60.0)
+    t0 = time.monotonic()  # `Arrivals.defer` reads the clock itself
+    files.note(closed, t0, closed=True)
+    files.note(written, t0)
+    assert files.due(t0 + 0.05) == [closed]
+    assert files.defer(closed, "truncated")  # the check failed: wait for it
+    assert files.due(t0 + 0.2) == []
+    assert files.due(t0 + 0.4) == [written]  # unchanged for 0.35 s
+    closed.write_bytes(b"x" * 5760)  # the writer went on: changed, then closed again
+    files.note(closed, t0 + 0.5, closed=True)
+    assert closed in files.due(t0 + 0.55)
+
+
+def test_event_queue_says_which_events_finish_a_file(tmp_path):
+    from watchdog.events import FileClosedEvent, FileModifiedEvent, FileMovedEvent
+
+    from atmospec.night.arrivals import EventQueue
+
+    events = EventQueue()
+    a = str(tmp_path / "a.fits")
+    events.dispatch(FileModifiedEvent(a))
+    events.dispatch(FileClosedEvent(a))
+    events.dispatch(FileMovedEvent(str(tmp_path / ".a.part"), a))
+    assert list(events.drain()) == [(Path(a), False), (Path(a), True), (Path(a), True)]

@@ -4,9 +4,12 @@ A file-system observer (``watchdog``: inotify on Linux, or polling for network f
 that deliver no events) hands the paths of its events to an `EventQueue` from its thread;
 the watch's loop notes them in `Arrivals`, which says when each file is due for the
 completeness check: its size and modification time unchanged over two looks ``settle_s``
-apart. The check itself is the night index's (`NightIndex.index_files`, whose ``defer``
-question `Arrivals.defer` answers): a file that fails it is waited for until it changes,
-or until ``timeout_s`` after its last change, when it is recorded as rejected.
+apart, or at once when its writer closed it or it was moved in (inotify's close-after-write,
+or a rename into the folder, as atomic writers and transfer tools finish: no writer holds it
+any more, which is what the wait guesses; 0.3 s less latency per exposure). The check
+itself is the night index's (`NightIndex.index_files`, whose ``defer`` question
+`Arrivals.defer` answers): a file that fails it is waited for until it changes, or until
+``timeout_s`` after its last change, when it is recorded as rejected.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class _Candidate:
     failed: tuple[int, int] | None = None
     """The identity that last failed the completeness check (not checked again until it
     changes or times out)."""
+    closed: bool = False
+    """Its writer closed it, or it was moved in, since the last look: due at once."""
 
 
 class Arrivals:
@@ -69,14 +74,18 @@ class Arrivals:
         self.timeout_s = timeout_s
         self.pending: dict[Path, _Candidate] = {}
 
-    def note(self, path: Path, now: float) -> None:
-        """A file was created, changed or moved in."""
-        if path not in self.pending:
-            self.pending[path] = _Candidate(None, now)
+    def note(self, path: Path, now: float, closed: bool = False) -> None:
+        """A file was created, changed or moved in; ``closed``: its writer closed it or it
+        was moved in (it is due at the next look, without waiting `settle_s`)."""
+        c = self.pending.get(path)
+        if c is None:
+            c = self.pending[path] = _Candidate(None, now)
+        c.closed |= closed
 
     def due(self, now: float) -> list[Path]:
-        """The files to index now: stable for `settle_s` and not already refused as they
-        are, or refused for `timeout_s` (then their rejection is recorded)."""
+        """The files to index now: stable for `settle_s`, or closed by their writer (or moved
+        in) since the last look, and not already refused as they are; or refused for
+        `timeout_s` (then their rejection is recorded)."""
         out = []
         for path, c in list(self.pending.items()):
             try:
@@ -92,9 +101,12 @@ class Arrivals:
                 identity = (st.st_size, st.st_mtime_ns)
             if identity != c.identity:
                 c.identity, c.since = identity, now
-                continue
+                if not c.closed:
+                    continue
             waited = now - c.since
-            if (waited >= self.settle_s and identity != c.failed) or waited >= self.timeout_s:
+            settled = c.closed or waited >= self.settle_s
+            c.closed = False  # a closed file that fails the check waits for a change
+            if (settled and identity != c.failed) or waited >= self.timeout_s:
                 out.append(path)
         return out
 
@@ -119,11 +131,12 @@ class EventQueue:
     loop (watchdog's event-handler interface: `dispatch`)."""
 
     def __init__(self) -> None:
-        self.paths: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self.paths: queue.SimpleQueue[tuple[Path, bool] | None] = queue.SimpleQueue()
 
     def dispatch(self, event: Any) -> None:
-        """watchdog's handler interface: every event names a path (a move, two); None asks
-        for a full look at the directory (events were lost, or a folder arrived whole)."""
+        """watchdog's handler interface: every event names a path (a move, two), with
+        whether the file is finished (closed after writing, or moved in); None asks for a
+        full look at the directory (events were lost, or a folder arrived whole)."""
         kind = event.event_type
         if kind == EVENT_TYPE_EVENTS_LOST or (event.is_directory and kind in (
                 EVENT_TYPE_CREATED, EVENT_TYPE_MOVED)):
@@ -132,9 +145,10 @@ class EventQueue:
         if event.is_directory or kind not in _FILE_CHANGES:
             return
         path = getattr(event, "dest_path", "") or event.src_path
-        self.paths.put(Path(os.fsdecode(path)).absolute())
+        self.paths.put((Path(os.fsdecode(path)).absolute(),
+                        kind in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED)))
 
-    def drain(self) -> Iterator[Path | None]:
+    def drain(self) -> Iterator[tuple[Path, bool] | None]:
         while True:
             try:
                 yield self.paths.get_nowait()

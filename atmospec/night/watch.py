@@ -3,7 +3,8 @@
 The night's directory is watched for new raw files (`atmospec.night.arrivals`: file-system
 events from ``watchdog``, or polling on network file systems that deliver no events). A
 new file is taken once it is complete: its size and modification time unchanged over two
-looks `WatchConfig.settle_s` apart, and its structure whole
+looks `WatchConfig.settle_s` apart (or at once when its writer closed it or it was moved
+in), and its structure whole
 (`atmospec.night.index.check_raw_file`: every HDU's header and data inside the file, every
 amplifier there; a file still being written fails it). A file that stays incomplete or
 damaged for `WatchConfig.incomplete_timeout_s` is recorded as rejected in the index with
@@ -104,7 +105,8 @@ class WatchConfig:
     """Time between two polls of the directory, s (with `poll`)."""
     settle_s: float = 0.3
     """A file is looked at once its size and modification time did not change over two
-    looks this far apart, s."""
+    looks this far apart, s; at once when a close-after-write or a move into the folder was
+    seen (inotify; a polling observer sees neither)."""
     incomplete_timeout_s: float = 60.0
     """A file that is still incomplete or damaged this long after its last change is
     recorded as rejected, s (a transfer that stalls longer than this is taken for a damaged
@@ -391,12 +393,12 @@ class _Watch:
         """Follow the files the observer named (all of the directory's after lost events
         or a folder moved in whole: its files raise no event of their own)."""
         rescan = False
-        for path in self.events.drain():
+        for event in self.events.drain():
             self.last_activity = now
-            if path is None:
+            if event is None:
                 rescan = True
-            elif is_raw_path(self.raw_dir, path, (self.repo,), self.config.patterns):
-                self.files.note(path, now)
+            elif is_raw_path(self.raw_dir, event[0], (self.repo,), self.config.patterns):
+                self.files.note(event[0], now, closed=event[1])
         if rescan:
             for path in iter_raw_files(self.raw_dir, (self.repo,), self.config.patterns):
                 self.files.note(path, now)
