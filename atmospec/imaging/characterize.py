@@ -239,12 +239,15 @@ class _Timer:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _mask_planes(exposure: Exposure, wanted: dict[str, tuple[str, ...]]
+def _mask_planes(exposure: Exposure, wanted: dict[str, tuple[str, ...]],
+                 nonfinite: np.ndarray | None = None, with_nonfinite: tuple[str, ...] = ()
                  ) -> dict[str, np.ndarray]:
     """Boolean images of several plane combinations from one pass over the mask.
 
     Flagged pixels are a few per cent of a frame: their indices are found once and each
     combination is scattered into a fresh array, instead of one full-frame test each.
+    The flat indices ``nonfinite`` are added to the combinations named in
+    ``with_nonfinite``.
     """
     mask = exposure.mask.reshape(-1)
     flagged = np.flatnonzero(mask)
@@ -258,6 +261,8 @@ def _mask_planes(exposure: Exposure, wanted: dict[str, tuple[str, ...]]
                 value |= 1 << exposure.mask_planes[plane]
         plane_mask = np.zeros(mask.size, dtype=bool)
         plane_mask[flagged[(bits & value) != 0]] = True
+        if nonfinite is not None and name in with_nonfinite:
+            plane_mask[nonfinite] = True
         out[name] = plane_mask.reshape(exposure.mask.shape)
     return out
 
@@ -453,23 +458,24 @@ def _prepare(exposure: Exposure, observation: _Observation, config: Characterize
     plate_scale = frame_camera(camera, observation.binning, obs_id).pixel_scale
     image = exposure.image
     with timer("masks"):
-        nonfinite = ~np.isfinite(image)
+        # A NaN or an infinity anywhere makes the sum non-finite: the usual finite image
+        # costs one reduction, not a boolean image and three full-frame ORs.
+        nonfinite = (None if np.isfinite(np.sum(image))
+                     else np.flatnonzero(~np.isfinite(image)))
         planes = _mask_planes(exposure, {
             "background": config.background.mask_planes,
             "detection": config.detection.mask_planes,
             "photometry": config.photometry.mask_planes,
             "saturated": ("SAT",),
             "edge": ("EDGE",),
-        })
-        bg_bad = planes["background"] | nonfinite
-        det_masked = planes["detection"] | nonfinite
-        phot_masked = planes["photometry"] | nonfinite
+        }, nonfinite, ("background", "detection", "photometry"))
 
     with timer("background"):
-        bkg = estimate_background(image, bg_bad, config.background, name=obs_id)
+        bkg = estimate_background(image, planes["background"], config.background,
+                                  name=obs_id)
         data = image - bkg.background
-        if nonfinite.any():
-            data[nonfinite] = 0.0
+        if nonfinite is not None:
+            data.reshape(-1)[nonfinite] = 0.0
 
     variance = exposure.variance
     if not np.any(variance[::16, ::16] > 0):
@@ -484,8 +490,9 @@ def _prepare(exposure: Exposure, observation: _Observation, config: Characterize
     return _Frame(obs_id=obs_id, exptime=exptime, plate_scale=plate_scale,
                   flux_unit=u.electron if exposure.unit == "electron" else u.adu,
                   fwhm_guess=config.detection.fwhm_guess_arcsec / plate_scale,
-                  background=bkg, data=data, variance=variance, det_masked=det_masked,
-                  phot_masked=phot_masked, saturated=planes["saturated"],
+                  background=bkg, data=data, variance=variance,
+                  det_masked=planes["detection"], phot_masked=planes["photometry"],
+                  saturated=planes["saturated"],
                   edge=planes["edge"], timer=timer, t_start=t_start)
 
 

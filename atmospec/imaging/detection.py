@@ -226,12 +226,24 @@ def _peak_markers(
     ``sat_radius`` pixels is one marker (label 1). Segments with fewer than two maxima of
     a ``window``-pixel neighbourhood are skipped before the (costlier) h-maximum transform.
     """
-    local_max = snr == ndimage.maximum_filter(snr, size=window)
-    candidates = local_max & inside & (snr > threshold)
     has_sat = saturated is not None and bool((saturated & inside).any())
-    if np.count_nonzero(candidates) < 2 and not has_sat:
-        # One local maximum: nothing to split (the costly h-maximum transform is skipped).
-        return np.zeros(snr.shape, dtype=np.int32)
+    if not has_sat:
+        above = inside & (snr > threshold)
+        rows, cols = np.nonzero(above)
+        if rows.size < 2:
+            return np.zeros(snr.shape, dtype=np.int32)
+        # Local maxima are needed only where the segment is above the threshold: filter
+        # the box of those pixels with a half-window margin (within which every window
+        # is whole, or meets the cutout's edge as it would in the whole cutout).
+        h = window // 2
+        box = (slice(max(rows.min() - h, 0), rows.max() + h + 1),
+               slice(max(cols.min() - h, 0), cols.max() + h + 1))
+        sub = snr[box]
+        candidates = (sub == ndimage.maximum_filter(sub, size=window)) & above[box]
+        if np.count_nonzero(candidates) < 2:
+            # One local maximum: nothing to split (the costly h-maximum transform is
+            # skipped).
+            return np.zeros(snr.shape, dtype=np.int32)
     peaks = h_maxima(np.where(inside, snr, np.min(snr)), prominence).astype(bool)
     peaks &= inside & (snr > threshold)
     markers = np.zeros(snr.shape, dtype=np.int32)
@@ -294,6 +306,8 @@ def deblend_segments(
     fwhm_px: float,
     noise_correction: float,
     config: DetectionConfig,
+    *,
+    in_place: bool = False,
 ) -> tuple[SegmentationImage, dict[int, list[int]], dict[int, tuple[float, float]]]:
     """Split blended segments (see the module notes).
 
@@ -315,11 +329,15 @@ def deblend_segments(
         Measured over predicted noise of filtered images (applied to the peak filter too).
     config : DetectionConfig
         Deblending settings.
+    in_place : bool
+        Write the children's labels into ``segmentation.data`` rather than into a copy
+        (for a caller that owns the array: saves a full-frame copy).
 
     Returns
     -------
     segmentation : SegmentationImage
-        New segmentation (the input is not modified); children get new labels.
+        New segmentation (the input is not modified unless ``in_place``); children get
+        new labels.
     parents : dict of int to list of int
         Children labels of each parent that was split.
     peaks : dict of int to tuple of float
@@ -382,7 +400,8 @@ def deblend_segments(
         if len(kids) < 2:
             continue
         if new is None:
-            new = seg.copy()
+            # Safe in place too: later segments look only for their own (older) labels.
+            new = seg if in_place else seg.copy()
         view = new[box]
         children = []
         has_sat = sat is not None and bool((sat & inside).any())
@@ -479,8 +498,13 @@ def detect(
     b = max(int(config.bin_factor), 1)
     if fwhm_px / b < config.min_fwhm_binned:
         b = 1
-    work = np.where(masked | ~np.isfinite(data), np.float32(0.0), data).astype(
-        np.float32, copy=False)
+    work = np.where(masked, np.float32(0.0), data).astype(np.float32, copy=False)
+    # Non-finite pixels left unmasked make the sum non-finite: zero them too (the usual
+    # finite image costs one reduction, not a boolean image of the non-finite pixels).
+    if not np.isfinite(np.sum(work)):
+        invalid = ~np.isfinite(work)
+        work[invalid] = 0.0
+        masked = masked | invalid
     rms = np.broadcast_to(np.asarray(rms, dtype=np.float32), data.shape)
     if b > 1:
         # Block means: the noise of a mean of b² pixels is rms / b.
@@ -519,8 +543,8 @@ def detect(
         n_before = segm.n_labels
         noise2 = variance if variance is not None else np.square(rms)
         result.segmentation, result.deblended_parents, result.peaks = deblend_segments(
-            data, masked | ~np.isfinite(data), segm, noise2, saturated, fwhm_px, correction,
-            config)
+            data, masked, segm, noise2, saturated, fwhm_px, correction, config,
+            in_place=True)  # the segmentation was made here
         log.debug("%d segments, %d split, %d after", n_before, len(result.deblended_parents),
                   result.segmentation.n_labels)
     return result
