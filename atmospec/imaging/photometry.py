@@ -498,27 +498,35 @@ def psf_centroids(
     active = np.ones(n, dtype=bool)
     good = np.ones(n, dtype=bool)
     diag = np.arange(6)
+    # Jacobian columns: profile, d/dx, d/dy, then the background's 1, x, y (constant).
+    jac_all = np.empty((*image.shape, 6))
+    jac_all[..., 3] = 1.0
+    jac_all[..., 4] = px
+    jac_all[..., 5] = py
     for iteration in range(config.max_iterations):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        dx = xs[idx] - cx[idx, None, None]
-        dy = ys[idx] - cy[idx, None, None]
+        # Row and column offsets broadcast: the stamps' grids need not be stored whole.
+        dx = xs[idx] - cx[idx, None, None]  # (k, 1, s)
+        dy = ys[idx] - cy[idx, None, None]  # (k, s, 1)
         u = 1.0 + m11 * dx * dx + 2.0 * m12 * dx * dy + m22 * dy * dy
-        profile = u ** (-beta)
+        jac = jac_all[idx]
+        profile = jac[..., 0]
+        np.power(u, -beta, out=profile)
         w = weight[idx].reshape(idx.size, -1, 1)
-        ones = np.ones_like(profile)
         if iteration == 0:
-            sol = _linear_start(np.stack([profile, ones, px[idx], py[idx]], axis=-1), w,
-                                image[idx], use[idx])
+            sol = _linear_start(jac[..., [0, 3, 4, 5]], w, image[idx], use[idx])
             amp[idx] = sol[:, 0]
             plane[idx] = sol[:, 1:]
         g = 2.0 * beta * amp[idx, None, None] * profile / u
-        jac = np.stack([profile, g * (m11 * dx + m12 * dy), g * (m12 * dx + m22 * dy), ones,
-                        px[idx], py[idx]], axis=-1).reshape(idx.size, -1, 6)
+        np.multiply(g, m11 * dx + m12 * dy, out=jac[..., 1])
+        np.multiply(g, m12 * dx + m22 * dy, out=jac[..., 2])
         model = (amp[idx, None, None] * profile + plane[idx, 0, None, None]
-                 + plane[idx, 1, None, None] * px[idx] + plane[idx, 2, None, None] * py[idx])
+                 + plane[idx, 1, None, None] * jac[..., 4]
+                 + plane[idx, 2, None, None] * jac[..., 5])
         resid = (image[idx] - model).reshape(idx.size, -1, 1)
+        jac = jac.reshape(idx.size, -1, 6)
         jwt = (jac * w).transpose(0, 2, 1)
         normal = jwt @ jac  # batched 6×6 normal matrices (BLAS), not einsum
         rhs = (jwt @ resid)[..., 0]
@@ -559,10 +567,12 @@ def _weighted_stamps(data: np.ndarray, variance: np.ndarray | None, weight_mask:
 
     Returns
     -------
-    image, weight, xs, ys : numpy.ndarray
-        ``(n, 2 half + 1, 2 half + 1)`` each: the data (0 where unusable), the inverse
-        variance (0 for masked pixels, pixels of other sources and pixels off the image),
-        and the x and y of each pixel.
+    image, weight : numpy.ndarray
+        ``(n, 2 half + 1, 2 half + 1)`` each: the data (0 where unusable) and the inverse
+        variance (0 for masked pixels, pixels of other sources and pixels off the image).
+    xs, ys : numpy.ndarray
+        x of each stamp column ``(n, 1, 2 half + 1)`` and y of each row
+        ``(n, 2 half + 1, 1)``.
     """
     stamps, xs, ys, inside = gather_stamps(data, x0, y0, half)
     masked, *_ = gather_stamps(weight_mask, x0, y0, half, fill=True)
@@ -576,9 +586,7 @@ def _weighted_stamps(data: np.ndarray, variance: np.ndarray | None, weight_mask:
     else:
         weight = usable.astype(float)
     image = np.where(usable, stamps, 0.0).astype(float)
-    xs = np.broadcast_to(xs, stamps.shape).astype(float)
-    ys = np.broadcast_to(ys, stamps.shape).astype(float)
-    return image, weight, xs, ys
+    return image, weight, xs.astype(float), ys.astype(float)
 
 
 def _linear_start(columns: np.ndarray, w: np.ndarray, image: np.ndarray,
