@@ -511,7 +511,8 @@ def _measure(frame: _Frame, found: _Found, config: CharacterizeConfig) -> _Sourc
     """Segment properties and flags, then windowed centroids."""
     segm = found.segmentation
     with frame.timer("measure"):
-        error = np.sqrt(np.maximum(frame.variance, 0))
+        error = np.maximum(frame.variance, 0)
+        np.sqrt(error, out=error)  # in place: one full-frame array, not two
         props = segment_properties(frame.data, segm, frame.phot_masked, error,
                                    kron=config.photometry.kron)
         labels = props["label"]
