@@ -96,7 +96,7 @@ class PhotometryConfig:
     """Aperture radii in units of the PSF FWHM (columns ``aperture_flux_<k>`` in this
     order)."""
     kron: bool = True
-    """Measure Kron fluxes (photutils' Kron apertures and sums; ~0.1 s of CPU a LATISS
+    """Measure Kron fluxes (photutils' Kron apertures and sums; ~0.15 s of CPU a LATISS
     frame)."""
     method: str = "exact"
     """How apertures meet pixels: photutils' ``exact``, ``center`` or ``subpixel``."""
