@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,6 +170,23 @@ def select_psf_stars(
     return idx[: config.max_stars]
 
 
+class _Memo:
+    """A model-and-Jacobian function that remembers its last evaluation: the solver asks
+    for the residuals and then the Jacobian at the same parameters, which one evaluation
+    gives (half the model evaluations of the PSF and blend fits)."""
+
+    def __init__(self, func: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> None:
+        self.func = func
+        self.p: np.ndarray | None = None
+        self.value: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __call__(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.value is None or self.p is None or not np.array_equal(p, self.p):
+            self.value = self.func(p)
+            self.p = np.array(p, copy=True)
+        return self.value
+
+
 def _model_and_jacobian(p: np.ndarray, dx0: np.ndarray, dy0: np.ndarray,
                         fit_beta: bool, beta0: float) -> tuple[np.ndarray, np.ndarray]:
     """Moffat model on the stamp and its Jacobian (columns in parameter order)."""
@@ -266,13 +284,14 @@ def fit_moffat(
         if config.fit_beta:
             p0.append(config.beta)
 
-        def resid(p, dx0=dx0, dy0=dy0, img=img, w=w):
-            model, _ = _model_and_jacobian(p, dx0, dy0, config.fit_beta, config.beta)
-            return (model - img) * w
+        evaluate = _Memo(lambda p, dx0=dx0, dy0=dy0: _model_and_jacobian(
+            p, dx0, dy0, config.fit_beta, config.beta))
 
-        def jac(p, dx0=dx0, dy0=dy0, w=w):
-            _, j = _model_and_jacobian(p, dx0, dy0, config.fit_beta, config.beta)
-            return j * w[:, None]
+        def resid(p, img=img, w=w, evaluate=evaluate):
+            return (evaluate(p)[0] - img) * w
+
+        def jac(p, w=w, evaluate=evaluate):
+            return evaluate(p)[1] * w[:, None]
 
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -455,8 +474,9 @@ def fit_blend(
         try:
             # Levenberg-Marquardt (MINPACK): no bounds needed from a good start, and much
             # cheaper per iteration than the bounded trust-region solver.
-            fit = least_squares(lambda p: (model(p)[0] - values) * w, p0,
-                                jac=lambda p: model(p)[1] * w[:, None], method="lm",
+            evaluate = _Memo(model)
+            fit = least_squares(lambda p: (evaluate(p)[0] - values) * w, p0,
+                                jac=lambda p: evaluate(p)[1] * w[:, None], method="lm",
                                 x_scale="jac", max_nfev=100)
         except (ValueError, np.linalg.LinAlgError) as exc:
             log.debug("blend fit failed: %s", exc)
