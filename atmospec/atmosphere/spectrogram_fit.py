@@ -234,8 +234,12 @@ class _PixelModel:
             raise BadInputError(source, f"PSF_TAB: {str(exc).split(': ', 1)[-1]}") from None
         """Radius of the modelled PSF disc, pixels."""
         self.grid = _make_grid(lam.size, geo.data.shape[1], xc, self.radius)
-        self.psf1 = _psf(self.grid, xc, gamma, beta)
-        self.psf2 = _psf(self.grid, xc, gamma2, beta2)
+        # float64, unlike the 2D forward model's float32: lmfit differentiates this model by
+        # finite differences of relative step ~1.5e-8, below float32's rounding (6e-8), so a
+        # float32 image makes the Jacobian noise and the fit stop σ-scale away from its
+        # optimum, wherever the rounding happens to fall.
+        self.psf1 = _psf(self.grid, xc, gamma, beta, dtype=np.float64)
+        self.psf2 = _psf(self.grid, xc, gamma2, beta2, dtype=np.float64)
         self.data = self.grid.gather(geo.data[sl])
         """Data − background on the window grid, e⁻."""
         self.weight = self.grid.gather(geo.weight[sl])
