@@ -19,6 +19,8 @@ trace centre per sample, as the 2D forward model fitted them), and
 * ``a₁ᵢ = A1 ∫ S(λ) T_atm(λ; θ) dλ`` over the row's wavelength interval shifted by δλ — the
   first-order e⁻ of that row, ``S`` everything but the atmosphere
   (`SpectrumForwardModel.static_fine`: SED × area × throughput × filter × η₁ × t_exp);
+  ``S T_atm`` is read as linear between the fine grid's cell centres (a quarter of a row
+  apart by default), so that the integral, hence the image, is C¹ in δλ;
 * ``a₂ᵢ = A2 · r₂₁(λᵢ/2) ∫ S T_atm dλ`` over half the row's interval: the grating
   equation puts order 2 of λ/2 exactly where order 1 of λ lands, the disperser's
   order-2/order-1 ratio ``r₂₁`` scales it (as the simulator and Spectractor draw it) and
@@ -29,7 +31,8 @@ order-2 scale A2 (1 = the disperser table) and the shift δλ; the PSF is held a
 spectrum's (its uncertainty is not propagated here — the 2D forward model's covariance
 carries it for the 1D fit). Pixels: those of the PSF windows with a finite ``S_ERR`` and,
 when ``S_RES`` is present, a finite residual (the 2D forward model's mask and outliers).
-χ² = Σ (D − M)² / S_ERR²; errors from the Jacobian (lmfit, unscaled). Only spectra written
+χ² = Σ (D − M)² / S_ERR²; errors from the Jacobian (lmfit, unscaled; its finite
+differences need the image in float64 and C¹, see `_PixelModel`). Only spectra written
 by atmospec (``S_DATA`` in electrons) can be fitted: Spectractor's own files keep their
 spectrogram in ADU/s without the PSF of each row. An atmospec spectrum written in
 Spectractor's units (``extract --units flam``) is converted back to e⁻/nm first
@@ -245,7 +248,17 @@ class _PixelModel:
         # float32 image makes the Jacobian noise and the fit stop σ-scale away from its
         # optimum, wherever the rounding happens to fall.
         self.psf1 = _psf(self.grid, xc, gamma, beta, dtype=np.float64)
-        self.psf2 = _psf(self.grid, xc, gamma2, beta2, dtype=np.float64)
+        # Order 2 is drawn on its own grid, the rows it lights and R rows each side (on
+        # holo4_003 about half the rows): the rest of its image is zero.
+        lit2 = np.flatnonzero(self.ratio > 0)
+        lo2, hi2 = ((max(lit2[0] - self.radius, 0), min(lit2[-1] + self.radius + 1, lam.size))
+                    if lit2.size else (0, 0))
+        self.rows2 = slice(lo2, hi2)
+        """Window rows of the order-2 grid."""
+        self.grid2 = _make_grid(hi2 - lo2, geo.data.shape[1], xc[self.rows2], self.radius) \
+            if lit2.size else None
+        self.psf2 = _psf(self.grid2, xc[self.rows2], gamma2[self.rows2], beta2[self.rows2],
+                         dtype=np.float64) if self.grid2 is not None else None
         self.data = self.grid.gather(geo.data[sl])
         """Data − background on the window grid, e⁻."""
         self.weight = self.grid.gather(geo.weight[sl])
@@ -289,7 +302,10 @@ class _PixelModel:
     def image(self, values: dict[str, float]) -> NDArray[np.float64]:
         """Model of the window grid, both orders, e⁻."""
         a1, a2 = self.row_flux(values)
-        return _window_model(self.psf1, a1, self.grid) + _window_model(self.psf2, a2, self.grid)
+        image = _window_model(self.psf1, a1, self.grid)
+        if self.psf2 is not None and self.grid2 is not None:
+            image[self.rows2] += _window_model(self.psf2, a2[self.rows2], self.grid2)
+        return image
 
 
 def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig | None = None,
