@@ -19,6 +19,8 @@ trace centre per sample, as the 2D forward model fitted them), and
 * ``a₁ᵢ = A1 ∫ S(λ) T_atm(λ; θ) dλ`` over the row's wavelength interval shifted by δλ — the
   first-order e⁻ of that row, ``S`` everything but the atmosphere
   (`SpectrumForwardModel.static_fine`: SED × area × throughput × filter × η₁ × t_exp);
+  ``S T_atm`` is read as linear between the fine grid's cell centres (a quarter of a row
+  apart by default), so that the integral, hence the image, is C¹ in δλ;
 * ``a₂ᵢ = A2 · r₂₁(λᵢ/2) ∫ S T_atm dλ`` over half the row's interval: the grating
   equation puts order 2 of λ/2 exactly where order 1 of λ lands, the disperser's
   order-2/order-1 ratio ``r₂₁`` scales it (as the simulator and Spectractor draw it) and
@@ -29,7 +31,8 @@ order-2 scale A2 (1 = the disperser table) and the shift δλ; the PSF is held a
 spectrum's (its uncertainty is not propagated here — the 2D forward model's covariance
 carries it for the 1D fit). Pixels: those of the PSF windows with a finite ``S_ERR`` and,
 when ``S_RES`` is present, a finite residual (the 2D forward model's mask and outliers).
-χ² = Σ (D − M)² / S_ERR²; errors from the Jacobian (lmfit, unscaled). Only spectra written
+χ² = Σ (D − M)² / S_ERR²; errors from the Jacobian (lmfit, unscaled; its finite
+differences need the image in float64 and C¹, see `_PixelModel`). Only spectra written
 by atmospec (``S_DATA`` in electrons) can be fitted: Spectractor's own files keep their
 spectrogram in ADU/s without the PSF of each row. An atmospec spectrum written in
 Spectractor's units (``extract --units flam``) is converted back to e⁻/nm first
@@ -84,7 +87,9 @@ class SpectrogramFitConfig:
 
     atmosphere: AtmosphereFitConfig = field(default_factory=AtmosphereFitConfig)
     """Fitted wavelength range, starting values, bounds, SED and which atmospheric
-    parameters are free (``fit_resolution`` is ignored: the PSF sets the resolution)."""
+    parameters are free (``fit_resolution`` is ignored: the PSF sets the resolution;
+    ``fine_step_nm`` None here means a quarter of the narrowest row's wavelength interval,
+    within 0.05–0.5 nm: the rows, not the 1D kernel, are what the fine grid must resolve)."""
     fit_order2: bool = True
     """Fit the order-2 scale A2 (else fixed at 1: the disperser's ratio table)."""
     order2_bounds: tuple[float, float] = (0.0, 3.0)
@@ -198,6 +203,10 @@ class _PixelModel:
         fine = model.fine_wavelength
         step = model.fine_step_nm
         f_lo, f_hi = fine[0] - 0.5 * step, fine[-1] + 0.5 * step
+        self._nodes = np.concatenate([[f_lo], fine, [f_hi]])
+        """Nodes of the piecewise-linear density (`_cumulative`): the cell centres and the
+        grid's two outer edges, nm."""
+        self._segment = np.diff(self._nodes)
         lo_req, hi_req = acfg.wavelength_range_nm
         margin = acfg.max_shift_nm
         in1 = (geo.edges[:, 0] - margin >= f_lo) & (geo.edges[:, 1] + margin <= f_hi) & \
@@ -234,8 +243,22 @@ class _PixelModel:
             raise BadInputError(source, f"PSF_TAB: {str(exc).split(': ', 1)[-1]}") from None
         """Radius of the modelled PSF disc, pixels."""
         self.grid = _make_grid(lam.size, geo.data.shape[1], xc, self.radius)
-        self.psf1 = _psf(self.grid, xc, gamma, beta)
-        self.psf2 = _psf(self.grid, xc, gamma2, beta2)
+        # float64, unlike the 2D forward model's float32: lmfit differentiates this model by
+        # finite differences of relative step ~1.5e-8, below float32's rounding (6e-8), so a
+        # float32 image makes the Jacobian noise and the fit stop σ-scale away from its
+        # optimum, wherever the rounding happens to fall.
+        self.psf1 = _psf(self.grid, xc, gamma, beta, dtype=np.float64)
+        # Order 2 is drawn on its own grid, the rows it lights and R rows each side (on
+        # holo4_003 about half the rows): the rest of its image is zero.
+        lit2 = np.flatnonzero(self.ratio > 0)
+        lo2, hi2 = ((max(lit2[0] - self.radius, 0), min(lit2[-1] + self.radius + 1, lam.size))
+                    if lit2.size else (0, 0))
+        self.rows2 = slice(lo2, hi2)
+        """Window rows of the order-2 grid."""
+        self.grid2 = _make_grid(hi2 - lo2, geo.data.shape[1], xc[self.rows2], self.radius) \
+            if lit2.size else None
+        self.psf2 = _psf(self.grid2, xc[self.rows2], gamma2[self.rows2], beta2[self.rows2],
+                         dtype=np.float64) if self.grid2 is not None else None
         self.data = self.grid.gather(geo.data[sl])
         """Data − background on the window grid, e⁻."""
         self.weight = self.grid.gather(geo.weight[sl])
@@ -247,24 +270,42 @@ class _PixelModel:
                  ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """First- and second-order e⁻ of every row."""
         model, acfg = self.model, self.acfg
-        fine, step = model.fine_wavelength, model.fine_step_nm
         ang = values["angstrom"] if acfg.fit_angstrom else acfg.angstrom
         dens = model.static_fine * model.transmission_fine(values["pwv_mm"],
                                                            values["ozone_du"],
                                                            values["vaod"], ang)
-        cum = np.concatenate([[0.0], np.cumsum(dens) * step])
-        grid_edges = np.concatenate([fine - 0.5 * step, [fine[-1] + 0.5 * step]])
         shift = values["dlambda_nm"]
-        c1 = np.interp(self.edges + shift, grid_edges, cum)
-        c2 = np.interp(0.5 * self.edges + shift, grid_edges, cum)
+        c1 = self._cumulative(dens, self.edges + shift)
+        c2 = self._cumulative(dens, 0.5 * self.edges + shift)
         a1 = values["grey"] * (c1[:, 1] - c1[:, 0])
         a2 = values["grey"] * values["order2"] * self.ratio * (c2[:, 1] - c2[:, 0])
         return a1, a2
 
+    def _cumulative(self, dens: NDArray[np.float64], x: NDArray[np.float64]
+                    ) -> NDArray[np.float64]:
+        """∫ from the grid's first edge to ``x`` of the density given at the fine cell
+        centres, read as linear between centres (constant over the two outer half cells).
+
+        A piecewise-constant density (cells as steps) makes a row's flux piecewise linear in
+        the shift with a jump of its derivative whenever a row edge crosses a cell edge: at
+        759 nm (O₂ A band) one such jump changed d(flux)/dδλ of a row by 6000 e⁻/nm, and the
+        χ² along δλ had kinks of 0.2 per σ. The linear density makes the integral C¹ in
+        ``x``, hence in δλ.
+        """
+        nodes, seg = self._nodes, self._segment
+        d = np.concatenate([dens[:1], dens, dens[-1:]])
+        cum = np.concatenate([[0.0], np.cumsum(0.5 * (d[1:] + d[:-1]) * seg)])
+        k = np.clip(np.searchsorted(nodes, x, side="right") - 1, 0, seg.size - 1)
+        t = x - nodes[k]
+        return cum[k] + t * (d[k] + 0.5 * t * (d[k + 1] - d[k]) / seg[k])
+
     def image(self, values: dict[str, float]) -> NDArray[np.float64]:
         """Model of the window grid, both orders, e⁻."""
         a1, a2 = self.row_flux(values)
-        return _window_model(self.psf1, a1, self.grid) + _window_model(self.psf2, a2, self.grid)
+        image = _window_model(self.psf1, a1, self.grid)
+        if self.psf2 is not None and self.grid2 is not None:
+            image[self.rows2] += _window_model(self.psf2, a2[self.rows2], self.grid2)
+        return image
 
 
 def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig | None = None,
@@ -301,10 +342,12 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     geo = _spectrogram(spectrum, source)  # refuses a spectrogram not in electrons
     # atmospec's flam export: flux in erg/s/cm2/nm beside a spectrogram in electrons.
     spectrum = to_electrons(spectrum, source=source)
+    row_width = float(np.min(geo.edges[:, 1] - geo.edges[:, 0]))
+    fine_step = acfg.fine_step_nm or float(np.clip(row_width / 4.0, 0.05, 0.5))
     model = SpectrumForwardModel(spectrum, sed_path=acfg.sed_path, instrument=acfg.instrument,
                                  wavelength_range_nm=acfg.wavelength_range_nm,
                                  max_shift_nm=acfg.max_shift_nm, max_resolution=1.0,
-                                 fine_step_nm=acfg.fine_step_nm, source=source)
+                                 fine_step_nm=fine_step, source=source)
     if not model.electrons:
         raise BadInputError(source, "the 2D fit needs a spectrum in e-/nm (atmospec's)")
     pix = _PixelModel(geo, model, config, source)

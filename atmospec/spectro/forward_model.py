@@ -315,27 +315,30 @@ class _Psf:
     q: np.ndarray
 
 
-def _psf(grid: _Grid, xc_cut: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> _Psf:
-    # float32 for the big (n, 2R+1, Wc) arrays: half the memory traffic. Only the per-row
-    # products (≤ 2R + 3 terms) are float32; the normal matrix sums them in float64.
+def _psf(grid: _Grid, xc_cut: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+         dtype: type[np.floating] = np.float32) -> _Psf:
+    # float32 by default for the big (n, 2R+1, Wc) arrays: half the memory traffic. Only the
+    # per-row products (≤ 2R + 3 terms) are float32; the normal matrix sums them in float64.
+    # A model differentiated by finite differences (the spectrogram atmosphere fit) needs
+    # float64: float32 rounding (6e-8) is larger than the model's change over lmfit's step.
     r = grid.radius
     s = grid.src
-    f4 = np.float32
-    dy2 = (np.arange(-r, r + 1, dtype=f4) ** 2)[None, :, None]
-    dx = grid.cols.astype(f4)[:, None, :] - xc_cut.astype(f4)[s][:, :, None]
+    ft = dtype
+    dy2 = (np.arange(-r, r + 1, dtype=ft) ** 2)[None, :, None]
+    dx = grid.cols.astype(ft)[:, None, :] - xc_cut.astype(ft)[s][:, :, None]
     rr2 = dx * dx
     rr2 += dy2
-    inv_g2 = (1.0 / gamma**2).astype(f4)[s][:, :, None]
-    b = beta.astype(f4)[s][:, :, None]
+    inv_g2 = (1.0 / gamma**2).astype(ft)[s][:, :, None]
+    b = beta.astype(ft)[s][:, :, None]
     outside = rr2 > r * r
     outside |= ~(grid.src_ok[:, :, None] & grid.in_cut[:, None, :])
     q = rr2
     q *= inv_g2
-    q += f4(1.0)
+    q += ft(1.0)
     p = np.log(q)
     p *= -b
     np.exp(p, out=p)
-    p *= ((beta - 1.0) / (math.pi * gamma**2)).astype(f4)[s][:, :, None]
+    p *= ((beta - 1.0) / (math.pi * gamma**2)).astype(ft)[s][:, :, None]
     p[outside] = 0.0
     return _Psf(p, dx, q)
 
@@ -534,8 +537,9 @@ def _solve(band: np.ndarray, rhs: np.ndarray, prob: _Problem, mu: float) -> np.n
 
 
 def _window_model(psf: _Psf, amplitudes: np.ndarray, grid: _Grid) -> np.ndarray:
-    a = (amplitudes[grid.src] * grid.src_ok).astype(np.float32)
-    return (np.transpose(psf.p, (0, 2, 1)) @ a[:, :, None])[..., 0].astype(np.float64)
+    a = (amplitudes[grid.src] * grid.src_ok).astype(psf.p.dtype)
+    model = (np.transpose(psf.p, (0, 2, 1)) @ a[:, :, None])[..., 0]
+    return model.astype(np.float64, copy=False)
 
 
 def _evaluate(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig,
