@@ -81,7 +81,7 @@ PARAMETERS = ("pwv_mm", "ozone_du", "vaod")
 #: said (rows clipped on the sample MAD and weighted by their own scatter). With all four,
 #: the pull width is 1.37 on these 20 realisations and 1.25 on 40.
 #: The spectrogram fit holds the PSF and the side-band background at the spectrum's: its
-#: VAOD error misses both broadband terms (pull width 1.83 here, against 1.38 for the 1D fit
+#: VAOD error misses both broadband terms (pull width 1.81 here, against 1.38 for the 1D fit
 #: whose spectrum covariance carries them; 1.95 while the spectrogram model was float32 and
 #: its finite-difference Jacobian noise).
 SPECTROGRAM_VAOD_ERRORS = pytest.mark.xfail(

@@ -529,3 +529,28 @@ def test_config_is_frozen_and_documented():
     assert "aperture_flux_0" in result.catalog.colnames
     assert "aperture_flux_1" not in result.catalog.colnames
     assert np.all(np.isnan(result.catalog["kron_flux"]))
+
+
+def test_known_segmentation_falls_back_to_photutils(monkeypatch):
+    """Detection hands photutils the labels and boxes it knows by setting attributes of
+    `SegmentationImage`; a photutils that refuses them gets the plain constructor, with
+    the same labels and boxes."""
+    from atmospec.imaging import detection
+
+    data = np.zeros((40, 50), dtype=np.int32)
+    data[5:9, 10:20] = 1
+    data[30:35, 2:4] = 2
+    boxes = {1: (slice(5, 9), slice(10, 20)), 2: (slice(30, 35), slice(2, 4))}
+    fast = detection._known_segmentation(data, boxes)
+    assert isinstance(fast, detection._KnownSegmentation)
+
+    def refuse(self, data, boxes):
+        raise AttributeError("can't set attribute 'labels'")
+
+    monkeypatch.setattr(detection._KnownSegmentation, "__init__", refuse)
+    plain = detection._known_segmentation(data, boxes)
+    assert not isinstance(plain, detection._KnownSegmentation)
+    for segm in (fast, plain):
+        np.testing.assert_array_equal(segm.labels, [1, 2])
+        assert list(segm.slices) == [boxes[1], boxes[2]]
+        np.testing.assert_array_equal(segm.data, data)

@@ -21,7 +21,7 @@ trace centre per sample, as the 2D forward model fitted them), and
   (`SpectrumForwardModel.static_fine`: SED × area × throughput × filter × η₁ × t_exp);
   ``S T_atm`` is read as linear between the fine grid's cell centres (a quarter of a row
   apart by default), so that the integral, hence the image, is C¹ in δλ;
-* ``a₂ᵢ = A2 · r₂₁(λᵢ/2) ∫ S T_atm dλ`` over half the row's interval: the grating
+* ``a₂ᵢ = A2 · r₂₁(λᵢ/2) ∫ S T_atm dλ`` over half the row's shifted interval: the grating
   equation puts order 2 of λ/2 exactly where order 1 of λ lands, the disperser's
   order-2/order-1 ratio ``r₂₁`` scales it (as the simulator and Spectractor draw it) and
   its PSF is the one of its own wavelength λ/2.
@@ -276,7 +276,9 @@ class _PixelModel:
                                                            values["vaod"], ang)
         shift = values["dlambda_nm"]
         c1 = self._cumulative(dens, self.edges + shift)
-        c2 = self._cumulative(dens, 0.5 * self.edges + shift)
+        # δλ corrects the wavelength solution: the row's order-1 light is of edges + δλ,
+        # its order-2 light of half that (grating equation), not of edges / 2 + δλ.
+        c2 = self._cumulative(dens, 0.5 * (self.edges + shift))
         a1 = values["grey"] * (c1[:, 1] - c1[:, 0])
         a2 = values["grey"] * values["order2"] * self.ratio * (c2[:, 1] - c2[:, 0])
         return a1, a2
