@@ -127,8 +127,9 @@ class WatchConfig:
     """The figure groups (`atmospec.plots.exposure`) drawn with an exposure's tasks, before
     its outcome comes back: the quick look and the atmosphere fit (the spectrum with its
     model), what the live page shows first. The others (sources, PSF, the spectrum's five
-    diagnostics) are drawn next, when no exposure waits for a worker, and at the latest
-    when the watch stops; the page is written again as they come."""
+    diagnostics) are drawn next, when no exposure waits for a worker (on all workers but
+    one, kept for the next arrival), and at the latest when the watch stops; the page is
+    written again as they come."""
     progress: bool = True
     """Progress bar of the initial indexing on a terminal."""
     alerts: AlertConfig = field(default_factory=AlertConfig)
@@ -455,8 +456,12 @@ class _Watch:
 
     def _submit_figures(self, pool: _Pool, stopping: bool = False) -> None:
         """Draw the rest of the reduced exposures' figures when no exposure waits for a
-        worker (or the watch stops: the repository is left complete)."""
-        free = (self.config.workers or os.cpu_count() or 1) - len(self.running)
+        worker (or the watch stops: the repository is left complete), keeping one worker
+        free for the next arrival when there are two or more: a drawing cannot be
+        interrupted, and an exposure landing while every worker drew (the spectrum's five
+        figures take ~1 s) waited for them."""
+        workers = self.config.workers or os.cpu_count() or 1
+        free = workers - len(self.running) - (1 if workers > 1 else 0)
         while self.later and (stopping or (not self.jobs and len(self.drawing) < free)):
             job = self.later.popleft()
             assert job.figure_dir is not None
