@@ -220,8 +220,8 @@ def test_thumbnail_from_memory_equals_from_file(tmp_path: Path) -> None:
 def test_report_draws_the_thumbnail_from_the_preview(tmp_path: Path, monkeypatch) -> None:
     """A report of a night whose figures were not drawn (``--no-report``) draws each
     thumbnail from ``<OBSID>_preview.fits``, not by decompressing the post-ISR file; a
-    preview older than its post-ISR file (an ISR re-run stopped between the two writes) is
-    not used."""
+    preview binned too coarsely for the thumbnail's width, or older than its post-ISR file
+    (an ISR re-run stopped between the two writes), is not used."""
     import os
 
     from atmospec.compression import CompressionConfig
@@ -244,11 +244,23 @@ def test_report_draws_the_thumbnail_from_the_preview(tmp_path: Path, monkeypatch
     shown = tmp_path / "report" / "postisr.png"
     np.testing.assert_array_equal(_check_png(shown), _check_png(reference))
 
+    # A preview binned for narrower thumbnails (4×4 blocks, where 1000 px need none) is
+    # too coarse for this one: the post-ISR file is read.
+    write_preview(make_preview(exp.image, exp.mask, dict(exp.mask_planes), exp.unit,
+                               exp.metadata, max_width=200), preview)
+    assert read_preview(preview).factor == 4
+    assert refresh_figures(tmp_path, obs_id, tmp_path / "report") == ["postisr"]
+    store = next(tmp_path.glob(f"figures/{obs_id}"))
+    assert "the post-ISR file was read" in read_manifest(store)["postisr"]["error"]
+
+    write_preview(make_preview(exp.image, exp.mask, dict(exp.mask_planes), exp.unit,
+                               exp.metadata), preview)
+    assert refresh_figures(tmp_path, obs_id, tmp_path / "report") == ["postisr"]
+    assert read_manifest(store)["postisr"]["error"] is None
     stamp = postisr.stat().st_mtime
     os.utime(preview, (stamp - 10.0, stamp - 10.0))  # older than the post-ISR file
     os.utime(postisr, (stamp + 1.0, stamp + 1.0))  # and the figure now stale
     assert refresh_figures(tmp_path, obs_id, tmp_path / "report") == ["postisr"]
-    store = next(tmp_path.glob(f"figures/{obs_id}"))
     assert "the post-ISR file was read" in read_manifest(store)["postisr"]["error"]
 
 

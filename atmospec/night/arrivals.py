@@ -131,7 +131,7 @@ class EventQueue:
     loop (watchdog's event-handler interface: `dispatch`)."""
 
     def __init__(self) -> None:
-        self.paths: queue.SimpleQueue[tuple[Path, bool] | None] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[tuple[Path, bool] | None] = queue.SimpleQueue()
 
     def dispatch(self, event: Any) -> None:
         """watchdog's handler interface: every event names a path (a move, two), with
@@ -140,18 +140,18 @@ class EventQueue:
         kind = event.event_type
         if kind == EVENT_TYPE_EVENTS_LOST or (event.is_directory and kind in (
                 EVENT_TYPE_CREATED, EVENT_TYPE_MOVED)):
-            self.paths.put(None)
+            self.events.put(None)
             return
         if event.is_directory or kind not in _FILE_CHANGES:
             return
         path = getattr(event, "dest_path", "") or event.src_path
-        self.paths.put((Path(os.fsdecode(path)).absolute(),
+        self.events.put((Path(os.fsdecode(path)).absolute(),
                         kind in (EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED)))
 
     def drain(self) -> Iterator[tuple[Path, bool] | None]:
         while True:
             try:
-                yield self.paths.get_nowait()
+                yield self.events.get_nowait()
             except queue.Empty:
                 return
 

@@ -157,22 +157,29 @@ class GroupResult:
     """Why it could not be drawn."""
 
 
-def _thumbnail_source(out: ExposureOutputs, postisr: Exposure | Preview | None
-                      ) -> Path | Exposure | Preview:
+def _thumbnail_source(out: ExposureOutputs, postisr: Exposure | Preview | None,
+                      max_width: int) -> Path | Exposure | Preview:
     """What the thumbnail is drawn from: the exposure or its preview in memory (the night's
     worker right after ISR), else the preview file when it is not older than the post-ISR
-    file (~0.3 MB to read instead of decompressing ~25 MB), else the post-ISR file. All give
-    the same figure."""
-    from atmospec.isr.preview import read_preview
+    file (~1 MB to read instead of decompressing ~25 MB), else the post-ISR file. All give
+    the same figure. A preview binned more coarsely than a thumbnail ``max_width`` pixels
+    wide needs (a report asked for wider thumbnails) is not used."""
+    from atmospec.isr.preview import Preview, preview_factor, read_preview
 
-    if postisr is not None:
+    def fine_enough(preview: Preview) -> bool:
+        return preview.factor <= preview_factor(preview.shape, max_width)
+
+    if postisr is not None and not (isinstance(postisr, Preview) and not fine_enough(postisr)):
         return postisr
     if out.preview is not None and out.postisr is not None and \
             out.preview.stat().st_mtime >= out.postisr.stat().st_mtime:
         try:
-            return read_preview(out.preview)
+            preview = read_preview(out.preview)
         except BadInputError as exc:
             log.info("%s: preview not used (%s)", out.obs_id, exc)
+        else:
+            if fine_enough(preview):
+                return preview
     return out.postisr
 
 
@@ -192,7 +199,8 @@ def _draw_postisr(job: ExposureFigureJob, postisr: Exposure | Preview | None) ->
     if out.centroid is not None:
         doc = json.loads(out.centroid.read_text())
         zeroth = (float(doc["x"]), float(doc["y"]))
-    plot_postisr_thumbnail(_thumbnail_source(out, postisr), job.directory / "postisr.png",
+    plot_postisr_thumbnail(_thumbnail_source(out, postisr, job.thumbnail_width),
+                           job.directory / "postisr.png",
                            sources=sources, zeroth_order=zeroth, max_width=job.thumbnail_width)
     return ["postisr.png"]
 
