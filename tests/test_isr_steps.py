@@ -183,3 +183,46 @@ def test_isrstats_text_layout() -> None:
     lines = text.splitlines()
     assert len(lines) == 1 + 3 + 1 + 3 + 1 + 1  # braces, keys, "amps": {, amps, }, }
     assert sum(line.startswith('  "C0') for line in lines) == 3
+
+
+@pytest.mark.parametrize("binning", [(1, 1), (2, 2), (4, 1)])
+def test_edge_regions_cover_the_border_only(binning) -> None:
+    """The EDGE border as slices (set without a full-frame pass) flags exactly the pixels
+    within ⌈10 / binning⌉ of an edge, corners once; an image narrower than the border is
+    flagged whole."""
+    from atmospec.isr.edge import edge_mask, edge_regions
+
+    ny, nx = 37, 53
+    wx, wy = -(-10 // binning[0]), -(-10 // binning[1])
+    yy, xx = np.mgrid[:ny, :nx]
+    expected = (xx < wx) | (xx >= nx - wx) | (yy < wy) | (yy >= ny - wy)
+    mask = np.zeros((ny, nx), dtype=np.int32)
+    for region in edge_regions((ny, nx), 10, binning):
+        mask[region] |= 4
+    np.testing.assert_array_equal(mask == 4, expected)
+    np.testing.assert_array_equal(edge_mask((ny, nx), 10, binning), expected)
+    assert edge_mask((6, 30), 10).all()
+    assert edge_regions((ny, nx), 0) == []
+
+
+def test_amp_stats_plane_counts() -> None:
+    """Per-amp mask-plane counts of the ISR statistics (counted among the flagged pixels
+    only) equal a direct count of each plane's bit, planes overlapping."""
+    from atmospec.exposure import Exposure
+    from atmospec.isr.driver import _amp_stats
+    from atmospec.isr.gain import AmpGains
+
+    camera = load_camera("latiss").binned(8, 8)
+    rng = np.random.default_rng(3)
+    exp = Exposure.from_image(rng.normal(100.0, 5.0, camera.detector_shape).astype(np.float32))
+    for plane, fraction in (("SAT", 0.01), ("BAD", 0.05), ("CR", 0.02), ("SUSPECT", 0.03),
+                            ("EDGE", 0.1)):
+        exp.set_mask(plane, rng.random(camera.detector_shape) < fraction)
+    n = camera.n_amps
+    gains = AmpGains(gain=np.ones(n), read_noise=np.full(n, 5.0), source="test")
+    stats = _amp_stats(exp, camera, gains, {}, np.full(n, np.nan))
+    for amp in camera.amplifiers:
+        m = exp.mask[camera.amp_slices(amp)]
+        for plane in ("SAT", "BAD", "CR", "SUSPECT"):
+            assert stats[amp.name][f"n_{plane.lower()}"] == np.count_nonzero(
+                m & exp.bitmask(plane))

@@ -34,7 +34,7 @@ from atmospec.isr import STEPS
 from atmospec.isr.cosmic_rays import CosmicRayConfig, binned_config, find_cosmic_rays
 from atmospec.isr.crosstalk import CrosstalkConfig, CrosstalkMatrix, subtract_crosstalk
 from atmospec.isr.defects import frame_defect_mask
-from atmospec.isr.edge import EdgeConfig, edge_mask
+from atmospec.isr.edge import EdgeConfig, edge_regions
 from atmospec.isr.gain import AmpGains
 from atmospec.isr.interpolate import InterpolationConfig, fill_masked
 from atmospec.isr.linearity import Linearizer
@@ -408,8 +408,8 @@ def _cleaning_steps(exposure: Exposure, steps: tuple[str, ...], config: IsrConfi
             exposure.set_mask("CR", cr)
     if "edge" in steps:
         with timer("edge"):
-            exposure.set_mask("EDGE", edge_mask(exposure.shape, config.edge.width,
-                                                camera.binning))
+            for region in edge_regions(exposure.shape, config.edge.width, camera.binning):
+                exposure.set_mask("EDGE", region)
 
 
 def _amp_stats(exposure: Exposure, camera: Camera, gains: AmpGains,
@@ -419,6 +419,7 @@ def _amp_stats(exposure: Exposure, camera: Camera, gains: AmpGains,
     stats: dict[str, dict[str, float]] = {}
     planes = {p: exposure.bitmask(p) for p in ("SAT", "BAD", "CR", "SUSPECT")}
     any_bad = exposure.bitmask("SAT", "BAD", "CR", "EDGE")
+    any_plane = exposure.bitmask(*planes)
     for i, amp in enumerate(camera.amplifiers):
         sl = camera.amp_slices(amp)
         img = exposure.image[sl][::4, ::4]
@@ -435,9 +436,12 @@ def _amp_stats(exposure: Exposure, camera: Camera, gains: AmpGains,
             "overscan_noise_adu": float(overscan_noise[i]),
             "overscan_noise_e": float(overscan_noise[i] * gains.gain[i]),
         }
+        # The flagged pixels once, then each plane's bit among them: one pass over the amp's
+        # mask instead of one per plane (masks are sparse, but for a defect box).
         m = exposure.mask[sl]
+        flagged = m[(m & any_plane) != 0]
         for p, bit in planes.items():
-            entry[f"n_{p.lower()}"] = int(np.count_nonzero(m & bit))
+            entry[f"n_{p.lower()}"] = int(np.count_nonzero(flagged & bit))
         stats[amp.name] = entry
     return stats
 
