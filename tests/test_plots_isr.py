@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,36 @@ def test_report_draws_the_thumbnail_from_the_preview(tmp_path: Path, monkeypatch
     os.utime(postisr, (stamp + 1.0, stamp + 1.0))  # and the figure now stale
     assert refresh_figures(tmp_path, obs_id, tmp_path / "report") == ["postisr"]
     assert "the post-ISR file was read" in read_manifest(store)["postisr"]["error"]
+
+
+def test_thumbnail_sources_from_memory_equal_the_catalogue(tmp_path: Path) -> None:
+    """The night's worker passes the centroids of the catalogue it just wrote instead of
+    parsing the file back: the thumbnail equals the one a report draws from the catalogue
+    (whose circles it does draw: a thumbnail without them differs)."""
+    from astropy.table import Table
+
+    from atmospec.imaging.catalog import write_catalog
+    from atmospec.plots.exposure import refresh_figures
+
+    exp = _exposure()
+    obs_id = exp.metadata["OBSID"]
+    exp.write(tmp_path / f"{obs_id}_postisr.fits")
+    rng = np.random.default_rng(5)
+    table = Table({"label": np.arange(1, 41), "xcentroid": rng.uniform(0, 500, 40),
+                   "ycentroid": rng.uniform(0, 400, 40)})
+    write_catalog(table, tmp_path / f"{obs_id}_sources.ecsv")
+    memory = (np.asarray(table["xcentroid"]), np.asarray(table["ycentroid"]))
+    drawn = {}
+    for name, sources in (("file", None), ("memory", memory), ("none", (memory[0][:0],) * 2)):
+        report = tmp_path / name
+        store = next(tmp_path.glob(f"figures/{obs_id}"), None)
+        if store is not None:  # draw again: the figure store holds the last one
+            shutil.rmtree(store)
+        assert refresh_figures(tmp_path, obs_id, report, groups=("postisr",),
+                               sources=sources) == ["postisr"]
+        drawn[name] = _check_png(report / "postisr.png")
+    np.testing.assert_array_equal(drawn["memory"], drawn["file"])
+    assert not np.array_equal(drawn["none"], drawn["file"])
 
 
 def test_bad_source_names_the_amplifier() -> None:

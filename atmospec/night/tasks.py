@@ -164,6 +164,9 @@ class _Context:
         self.preview = None
         """Its preview (`atmospec.isr.preview`) once this job's ISR wrote it: what the
         exposure's thumbnail draws."""
+        self.sources: tuple[np.ndarray, np.ndarray] | None = None
+        """The centroids of the catalogue this job's `characterize` wrote (the thumbnail's
+        circles, not parsed back from the file)."""
 
     def exposure(self):
         """The post-ISR exposure: from this job's ISR, else read from the earlier output."""
@@ -242,6 +245,8 @@ def _run_characterize(ctx: _Context, config) -> dict[str, Any]:
                          provenance=provenance_cards(
                              "characterize", [ctx.outputs["isr"]["postisr"]], config))
     ctx.outputs["characterize"] = {"catalog": str(path)}
+    ctx.sources = (np.asarray(result.catalog["xcentroid"], dtype=float),
+                   np.asarray(result.catalog["ycentroid"], dtype=float))
     metrics = dict(result.image_quality.to_dict())
     timings = {f"characterize.{k}": v for k, v in result.timings.items()}
     if t_read > 0.05:
@@ -436,5 +441,6 @@ def run_job(job: ExposureJob) -> list[TaskOutcome]:
         # The post-ISR exposure this job wrote (or read) is passed on, not read back.
         refresh_figures(ctx.out_dir, job.obs_id, Path(job.figure_dir),
                         groups=job.figure_groups,
-                        postisr=ctx.preview if ctx.preview is not None else ctx.postisr)
+                        postisr=ctx.preview if ctx.preview is not None else ctx.postisr,
+                        sources=ctx.sources)
     return outcomes

@@ -34,6 +34,8 @@ from atmospec.layout import exposure_figure_store, exposure_file
 from atmospec.plots.common import FIGURE_VERSION
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from atmospec.exposure import Exposure
     from atmospec.isr.preview import Preview
 
@@ -145,6 +147,10 @@ class ExposureFigureJob:
     """Groups to (re)draw."""
     thumbnail_width: int = 1000
     """Largest width of the post-ISR thumbnail, pixels."""
+    sources: tuple[np.ndarray, np.ndarray] | None = None
+    """The catalogue's source centroids ``(x, y)`` when the caller holds them (the night's
+    worker right after `characterize`: the values the catalogue file holds, not parsed back
+    from it); None: read from the catalogue."""
 
 
 @dataclass
@@ -190,8 +196,8 @@ def _draw_postisr(job: ExposureFigureJob, postisr: Exposure | Preview | None) ->
     from atmospec.plots.isr import plot_postisr_thumbnail
 
     out = job.outputs
-    sources = None
-    if out.catalog is not None:
+    sources = job.sources
+    if sources is None and out.catalog is not None:
         cat = Table.read(out.catalog, format="ascii.ecsv")
         sources = (np.asarray(cat["xcentroid"], dtype=float),
                    np.asarray(cat["ycentroid"], dtype=float))
@@ -277,7 +283,8 @@ def draw_exposure(job: ExposureFigureJob, postisr: Exposure | Preview | None = N
 
 def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
                     thumbnail_width: int = 1000, groups: tuple[str, ...] | None = None,
-                    postisr: Exposure | Preview | None = None) -> list[str]:
+                    postisr: Exposure | Preview | None = None,
+                    sources: tuple[np.ndarray, np.ndarray] | None = None) -> list[str]:
     """Draw the stale figures of one exposure into its figure store and publish them into a
     report folder (`publish_figures`); never raises.
 
@@ -300,6 +307,8 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
     postisr : Exposure or Preview, optional
         The exposure of the post-ISR file in memory, exactly as written, or its preview
         (`draw_exposure`).
+    sources : (x, y) arrays, optional
+        The centroids of the exposure's catalogue in memory (`ExposureFigureJob.sources`).
 
     Returns
     -------
@@ -313,8 +322,8 @@ def refresh_figures(exposure_dir: Path, obs_id: str, directory: Path,
         wanted = [g for g in exposure_groups(outputs) if groups is None or g.name in groups]
         stale = tuple(g for g in wanted if not is_fresh(manifest.get(g.name), g, store))
         if stale:
-            manifest.update(draw_exposure(ExposureFigureJob(outputs, store, stale,
-                                                            thumbnail_width), postisr))
+            job = ExposureFigureJob(outputs, store, stale, thumbnail_width, sources)
+            manifest.update(draw_exposure(job, postisr))
             write_manifest(store, manifest)
         publish_figures(store, directory, wanted)
         return [g.name for g in stale]
