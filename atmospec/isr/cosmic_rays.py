@@ -41,6 +41,7 @@ from functools import cache
 
 import astroscrappy
 import numpy as np
+from astroscrappy import utils as _ascr
 from scipy import ndimage
 from threadpoolctl import ThreadpoolController
 
@@ -137,14 +138,16 @@ def find_cosmic_rays(image: np.ndarray, variance_floor: float, exclude: np.ndarr
         return _lacosmic(image, exclude, variance_floor, config)
     mask = np.zeros(image.shape, dtype=bool)
     cleaned = image.copy()
-    for core, box_y, box_x in boxes:
-        box = (box_y, box_x)
-        sub_mask, sub_clean = _lacosmic(image[box], exclude[box], variance_floor, config)
-        # Only the core is exact; cores of different boxes may overlap, and agree there.
-        local = (slice(core[0].start - box_y.start, core[0].stop - box_y.start),
-                 slice(core[1].start - box_x.start, core[1].stop - box_x.start))
-        mask[core] |= sub_mask[local]
-        cleaned[core] = np.where(sub_mask[local], sub_clean[local], cleaned[core])
+    limits = _LaCosmicLimits.of(config, variance_floor)
+    with _openmp().limit(limits=OPENMP_THREADS, user_api="openmp"):
+        for core, box_y, box_x in boxes:
+            found = _lacosmic_core(image, exclude, core, (box_y, box_x), limits)
+            if found is None:
+                continue
+            # Cores of different boxes may overlap, and agree there.
+            core_mask, core_clean = found
+            mask[core] |= core_mask
+            cleaned[core] = np.where(core_mask, core_clean, cleaned[core])
     return mask, cleaned
 
 
@@ -347,6 +350,243 @@ def cosmic_ray_boxes(image: np.ndarray, variance_floor: float, exclude: np.ndarr
                       slice(max(core[0].start - margin, 0), min(core[0].stop + margin, ny)),
                       slice(max(core[1].start - margin, 0), min(core[1].stop + margin, nx))))
     return boxes
+
+
+@dataclass(frozen=True)
+class _LaCosmicLimits:
+    """The numbers of one L.A.Cosmic run as astroscrappy holds them: its parameters are
+    single-precision C floats, rounded to float32 here for the same thresholds and noise
+    map to the last bit."""
+
+    sigclip: float
+    """Laplacian-to-noise threshold of a cosmic-ray pixel."""
+    sigclip_low: float
+    """Threshold of the pixels beside one, ``sigfrac·sigclip`` (a float32 product)."""
+    objlim: float
+    """Minimum contrast between the Laplacian and the fine structure."""
+    read_variance: float
+    """Read-noise variance added to the image for its noise map: ``rn·rn`` in float32, with
+    ``rn`` the float32 square root of the variance floor."""
+    niter: int
+    """Iterations."""
+
+    @classmethod
+    def of(cls, config: CosmicRayConfig, variance_floor: float) -> _LaCosmicLimits:
+        """The limits of ``config`` on an image of read-noise variance ``variance_floor``."""
+        f32 = np.float32
+        read_noise = f32(np.sqrt(variance_floor))
+        return cls(sigclip=float(f32(config.sigclip)),
+                   sigclip_low=float(f32(config.sigfrac) * f32(config.sigclip)),
+                   objlim=float(f32(config.objlim)),
+                   read_variance=float(read_noise * read_noise),
+                   niter=max(int(config.niter), 1))
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Rows ``y0:y1`` and columns ``x0:x1`` of an array of ``shape``."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    shape: tuple[int, int]
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+    def grown(self, margin: int) -> _Window:
+        """Grown by ``margin`` pixels on each side, clipped to the array."""
+        return _Window(max(self.y0 - margin, 0), min(self.y1 + margin, self.shape[0]),
+                       max(self.x0 - margin, 0), min(self.x1 + margin, self.shape[1]),
+                       self.shape)
+
+    def within(self, other: _Window) -> _Window:
+        """The part inside ``other`` (may be empty)."""
+        return _Window(max(self.y0, other.y0), min(self.y1, other.y1),
+                       max(self.x0, other.x0), min(self.x1, other.x1), self.shape)
+
+    def relative_to(self, outer: _Window) -> tuple[slice, slice]:
+        """Slices of this window in the array cut out by ``outer``, which holds it."""
+        return (slice(self.y0 - outer.y0, self.y1 - outer.y0),
+                slice(self.x0 - outer.x0, self.x1 - outer.x0))
+
+    def bounding(self, mask: np.ndarray) -> _Window | None:
+        """Bounding window of the True pixels of ``mask`` cut out by this window, if any."""
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            return None
+        cols = np.flatnonzero(mask.any(axis=0))
+        return _Window(self.y0 + int(rows[0]), self.y0 + int(rows[-1]) + 1,
+                       self.x0 + int(cols[0]), self.x0 + int(cols[-1]) + 1, self.shape)
+
+
+def _lacosmic_core(image: np.ndarray, exclude: np.ndarray, core: tuple[slice, slice],
+                   box: tuple[slice, slice], limits: _LaCosmicLimits,
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """L.A.Cosmic on ``box`` of a float32 image, exact inside ``core``: the core's mask and
+    repaired image, or None when nothing in the core is flagged.
+
+    astroscrappy's iterations (module docstring) built from its filters, each run only
+    where its result can still reach the core. Iteration ``k`` of ``n`` needs its mask on
+    the core grown by ``2 + 10·(n − k)``: the final repair reads the mask 2 pixels around a
+    core pixel, and each later iteration reads the state 8 pixels around its mask pixels,
+    that state the mask 2 pixels further. The first iteration needs the box less 8 pixels.
+    A later iteration's input differs from the first's only on the pixels flagged so far
+    (the repaired ones), so its detections can differ only within 8 pixels of them: it
+    runs on their bounding window grown by 8 (and clipped to what it needs), and not at
+    all when none is within reach, where astroscrappy's later iterations would find what
+    the earlier found.
+    """
+    box_y, box_x = box
+    original = np.ascontiguousarray(image[box_y, box_x])
+    whole = _Window(0, original.shape[0], 0, original.shape[1], original.shape)
+    # astroscrappy grows the bad pixels by one before it starts.
+    good = ~_ascr.dilate3(np.ascontiguousarray(exclude[box_y, box_x]))
+    variance = original + limits.read_variance
+    levels = _FallbackLevels(original, variance, good)
+    core_w = _Window(core[0].start - box_y.start, core[0].stop - box_y.start,
+                     core[1].start - box_x.start, core[1].stop - box_x.start, whole.shape)
+    flagged = _detect(original, variance, good, core_w.grown(2 + 10 * (limits.niter - 1)),
+                      limits)
+    for k in range(2, limits.niter + 1):
+        need = core_w.grown(2 + 10 * (limits.niter - k))
+        reach = need.grown(8)
+        changed = reach.bounding(flagged[reach.slices])
+        if changed is None:
+            break
+        target = changed.grown(8).within(need)
+        if target.y0 >= target.y1 or target.x0 >= target.x1:
+            break
+        window = target.grown(8)
+        clean = original[window.slices].copy()
+        var = variance[window.slices].copy()
+        _repair_into(clean, var, original, variance, flagged | ~good, flagged, window,
+                     levels)
+        found = _detect(clean, var, np.ascontiguousarray(good[window.slices]),
+                        _Window(target.y0 - window.y0, target.y1 - window.y0,
+                                target.x0 - window.x0, target.x1 - window.x0,
+                                clean.shape), limits)
+        flagged[target.slices] |= found[target.relative_to(window)]
+    core_flags = flagged[core_w.slices]
+    if not core_flags.any():
+        return None
+    core_clean = original[core_w.slices].copy()
+    _repair_into(core_clean, None, original, variance, flagged | ~good, flagged, core_w,
+                 levels)
+    return core_flags, core_clean
+
+
+class _FallbackLevels:
+    """The box medians of the image and of its variance over the good pixels, astroscrappy's
+    repair of a pixel whose 5×5 neighbourhood is all flagged or bad (computed when first
+    asked for: rarely needed)."""
+
+    def __init__(self, image: np.ndarray, variance: np.ndarray, good: np.ndarray) -> None:
+        self._arrays = (image, variance)
+        self._good = good
+        self._levels: dict[int, float] = {}
+
+    def level(self, which: int) -> float:
+        """Median of the image (0) or of the variance (1)."""
+        if which not in self._levels:
+            values = np.ascontiguousarray(self._arrays[which][self._good])
+            self._levels[which] = float(_ascr.median(values, values.size))
+        return self._levels[which]
+
+
+def _repair_into(clean: np.ndarray, var: np.ndarray | None, original: np.ndarray,
+                 variance: np.ndarray, excluded: np.ndarray, flagged: np.ndarray,
+                 window: _Window, levels: _FallbackLevels) -> None:
+    """Repair the flagged pixels of ``window`` in ``clean`` (and ``var``), cut-outs of the
+    box's ``original`` image (and ``variance``) by ``window``, as astroscrappy's
+    ``meanmask`` does: the mean over the 5×5 neighbourhood of the pixels not ``excluded``
+    (flagged or bad), summed in float32 row by row (astroscrappy's order), or the box's
+    median where none is left. The pixels within 2 of the box's edges are left as they
+    are, as astroscrappy leaves them.
+
+    Non-flagged pixels are never repaired, so the neighbours read are always original
+    values: the order of the repairs does not matter.
+    """
+    ny, nx = original.shape
+    inner = window.within(_Window(2, ny - 2, 2, nx - 2, original.shape))
+    if inner.y0 >= inner.y1 or inner.x0 >= inner.x1:
+        return
+    ys, xs = np.nonzero(flagged[inner.slices])
+    if ys.size == 0:
+        return
+    ys += inner.y0
+    xs += inner.x0
+    dy, dx = np.mgrid[-2:3, -2:3]
+    rows = ys[:, None] + dy.ravel()[None, :]
+    cols = xs[:, None] + dx.ravel()[None, :]
+    usable = ~excluded[rows, cols]
+    count = usable.sum(axis=1)
+    at = (ys - window.y0, xs - window.x0)
+    for which, (out, values) in enumerate(((clean, original), (var, variance))):
+        if out is None:
+            continue
+        # A running float32 sum over the 25 pixels in astroscrappy's order; an excluded
+        # pixel adds an exact zero.
+        total = np.cumsum(np.where(usable, values[rows, cols], np.float32(0.0)), axis=1,
+                          dtype=np.float32)[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # float32 sum over an integer count in double, rounded once to float32 (as
+            # astroscrappy's C division and store).
+            mean = (total / count).astype(np.float32)
+        if not count.all():
+            mean[count == 0] = levels.level(which)
+        out[at] = mean
+
+
+def _detect(clean: np.ndarray, variance: np.ndarray, good: np.ndarray, need: _Window,
+            limits: _LaCosmicLimits) -> np.ndarray:
+    """One L.A.Cosmic detection (van Dokkum 2001, astroscrappy's ``sepmed`` variant) on
+    contiguous float32 arrays: the pixels flagged, exact within ``need`` (False outside
+    ``need`` grown by 2).
+
+    Laplacian-to-noise ratio ``s`` of the 2× sub-sampled image (clipped at 0, rebinned)
+    over twice the square root of the 7×7 separable median of the variance; ``sp = s −
+    median₇ₓ₇(s)``; seeds where ``sp > sigclip`` and ``sp`` over the fine structure
+    (5×5 then 9×9 separable medians, over the noise, clipped at 0.01) exceeds ``objlim``;
+    grown once among the pixels with ``sp > sigclip``, once more among those with ``sp >
+    sigclip_low``, bad pixels never flagged. The 7×7 median of ``s`` and the fine
+    structure run only around the pixels that can be seeds: ``s ≥ sp`` as ``s ≥ 0``, so a
+    seed has ``s > sigclip``.
+    """
+    conved = _ascr.laplaceconvolve(_ascr.subsample(clean))
+    conved[conved < 0] = 0.0
+    ratio = _ascr.rebin(conved)
+    noise = _ascr.sepmedfilt7(variance)
+    noise[noise < 0.00001] = 0.00001
+    noise = np.sqrt(noise)
+    ratio /= 2.0 * noise
+    flagged = np.zeros(clean.shape, dtype=bool)
+    # Seeds that can reach ``need``: within 2 pixels of it.
+    reach = need.grown(2)
+    cut = reach.slices
+    seeds_at = reach.bounding((ratio[cut] > limits.sigclip) & good[cut])
+    if seeds_at is None:
+        return flagged
+    # sp on the seeds' window grown by the two growths and one more pixel, as dilate3
+    # copies its border pixels instead of growing them.
+    grow = seeds_at.grown(3)
+    around = grow.grown(3)
+    smooth = _ascr.sepmedfilt7(np.ascontiguousarray(ratio[around.slices]))
+    sp = ratio[grow.slices] - smooth[grow.relative_to(around)]
+    fine_w = seeds_at.grown(6)
+    fine = _ascr.sepmedfilt5(np.ascontiguousarray(clean[fine_w.slices]))
+    fine = ((fine - _ascr.sepmedfilt9(fine)) / noise[fine_w.slices])[seeds_at.relative_to(fine_w)]
+    fine[fine < 0.01] = 0.01
+    good_g = good[grow.slices]
+    seeds = np.zeros(sp.shape, dtype=bool)
+    inner = seeds_at.relative_to(grow)
+    sp_inner = sp[inner]
+    seeds[inner] = (sp_inner > limits.sigclip) & good_g[inner] & (sp_inner / fine > limits.objlim)
+    grown = _ascr.dilate3(seeds) & good_g & (sp > limits.sigclip)
+    flagged[grow.slices] = _ascr.dilate3(grown) & good_g & (sp > limits.sigclip_low)
+    return flagged
 
 
 @cache
