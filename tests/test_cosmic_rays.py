@@ -6,6 +6,9 @@ takes ~17 s of this file's ~30 s); a dark frame checks recall and false positive
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import astroscrappy
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -190,6 +193,95 @@ def test_dark_frame():
         np.testing.assert_array_equal(block[c], full[c])
         np.testing.assert_array_equal(block_clean[c], full_clean[c])
     assert not (block & ~full).any()
+
+
+def _cores(image, rn2, exclude, config):
+    """The boxes of ``config`` on ``image`` and the union of their cores."""
+    boxes = cosmic_ray_boxes(image, rn2, exclude, config)
+    core = np.zeros(image.shape, bool)
+    for c, _, _ in boxes:
+        core[c] = True
+    return boxes, core
+
+
+def test_blockwise_iterations_equal_full_frame_in_cores():
+    """Each iteration of the block-wise path runs only where it can reach a core; inside the
+    cores its mask and repaired image are still those of full-frame L.A.Cosmic, for 2 and 3
+    iterations, on a frame where the last iteration flags pixels the earlier ones did not
+    (faint wings of tracks and blobs, found once the bright pixels beside them are
+    repaired), with a bad column and hits at the frame's edges."""
+    rng = np.random.default_rng(11)
+    shape = (300, 320)
+    image = (rng.poisson(300.0, shape) + rng.normal(0.0, 8.0, shape)).astype(np.float32)
+    exclude = np.zeros(shape, bool)
+    exclude[:, 151] = True
+    starts = [(40, 30), (60, 140), (120, 250), (200, 60), (250, 180), (280, 300), (3, 100),
+              (150, 5)]
+    for i, (y, x) in enumerate(starts):  # tracks with a faint wing below
+        n = 6 + 3 * i
+        ys = np.clip(y + (np.arange(n) * 0.4).astype(int), 0, shape[0] - 1)
+        xs = np.clip(x + np.arange(n), 0, shape[1] - 1)
+        image[ys, xs] += rng.uniform(800.0, 4000.0, n).astype(np.float32)
+        image[np.clip(ys + 1, 0, shape[0] - 1), xs] += rng.uniform(60.0, 200.0, n).astype(
+            np.float32)
+    for y, x in [(90, 90), (180, 240), (230, 120)]:  # 3×3 blobs with a faint halo
+        image[y:y + 3, x:x + 3] += rng.uniform(1500.0, 3000.0, (3, 3)).astype(np.float32)
+        image[y - 1:y + 4, x - 1:x + 4] += np.float32(150.0)
+    rn2 = 64.0
+    for niter in (2, 3):
+        # max_box_fraction=1: the block-wise path whatever the boxes cover.
+        config = CosmicRayConfig(niter=niter, max_box_fraction=1.0)
+        boxes, core = _cores(image, rn2, exclude, config)
+        area = sum((by.stop - by.start) * (bx.stop - bx.start) for _, by, bx in boxes)
+        assert len(boxes) >= 5 and area < 0.8 * image.size
+        earlier, _ = find_cosmic_rays(image, rn2, exclude,
+                                      replace(config, niter=niter - 1, blockwise=False))
+        full, full_clean = find_cosmic_rays(image, rn2, exclude,
+                                            replace(config, blockwise=False))
+        block, block_clean = find_cosmic_rays(image, rn2, exclude, config)
+        added = full & ~earlier & core
+        print(f"niter {niter}: {len(boxes)} boxes covering {area / image.size:.2f}; "
+              f"{int(block.sum())} px flagged, {int(added.sum())} by the last iteration")
+        assert added.sum() >= (20 if niter == 2 else 3)
+        np.testing.assert_array_equal(block[core], full[core])
+        np.testing.assert_array_equal(block_clean[core], full_clean[core])
+        assert not (block & ~core).any()
+
+
+def test_blockwise_equals_astroscrappy_on_its_boxes():
+    """Inside each core, the block-wise result is astroscrappy's on the box, to the bit:
+    also where a pixel's whole 5×5 neighbourhood is flagged or bad, which astroscrappy
+    repairs with the median of the good pixels of the image it is given (the box's)."""
+    rng = np.random.default_rng(5)
+    shape = (200, 220)
+    image = (rng.poisson(300.0, shape) + rng.normal(0.0, 8.0, shape)).astype(np.float32)
+    exclude = np.zeros(shape, bool)
+    exclude[120:126, 30:60] = True
+    for y, x, size in [(50, 60, 9), (140, 150, 11), (2, 200, 5), (127, 40, 5)]:
+        image[y:y + size, x:x + size] += rng.uniform(3000.0, 9000.0, (size, size)).astype(
+            np.float32)
+    rn2 = 64.0
+    config = CosmicRayConfig(objlim=1.5, max_box_fraction=1.0)
+    mask, cleaned = find_cosmic_rays(image, rn2, exclude, config)
+    boxes, core = _cores(image, rn2, exclude, config)
+    assert len(boxes) == 4 and not (mask & ~core).any()
+    fallback = 0
+    for c, box_y, box_x in boxes:
+        box = (box_y, box_x)
+        ref, ref_clean = astroscrappy.detect_cosmics(
+            image[box], inmask=exclude[box], sigclip=config.sigclip, sigfrac=config.sigfrac,
+            objlim=config.objlim, gain=1.0, readnoise=float(np.sqrt(rn2)), satlevel=np.inf,
+            niter=config.niter, sepmed=True, cleantype="meanmask", fsmode="median")
+        local = (slice(c[0].start - box_y.start, c[0].stop - box_y.start),
+                 slice(c[1].start - box_x.start, c[1].stop - box_x.start))
+        np.testing.assert_array_equal(mask[c], ref[local])
+        np.testing.assert_array_equal(cleaned[c], np.where(ref[local], ref_clean[local],
+                                                           image[c]))
+        good = image[box][~ndimage.binary_dilation(exclude[box], np.ones((3, 3), bool))]
+        level = astroscrappy.utils.median(np.ascontiguousarray(good), good.size)
+        fallback += int((mask[c] & (cleaned[c] == np.float32(level))).sum())
+    # The blob against the bad rows has pixels with nothing usable around them.
+    assert fallback >= 1
 
 
 def test_small_images_and_fallback():
