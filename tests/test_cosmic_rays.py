@@ -227,6 +227,9 @@ def test_blockwise_iterations_equal_full_frame_in_cores():
     for y, x in [(90, 90), (180, 240), (230, 120)]:  # 3×3 blobs with a faint halo
         image[y:y + 3, x:x + 3] += rng.uniform(1500.0, 3000.0, (3, 3)).astype(np.float32)
         image[y - 1:y + 4, x - 1:x + 4] += np.float32(150.0)
+    # Hits at the edges, which L.A.Cosmic leaves (its 7×7 median copies the border).
+    image[1, 200:203] += np.float32(2500.0)
+    image[160:162, 318] += np.float32(2500.0)
     rn2 = 64.0
     for niter in (2, 3):
         # max_box_fraction=1: the block-wise path whatever the boxes cover.
@@ -314,34 +317,40 @@ def test_small_images_and_fallback():
 
 
 def test_astroscrappy_runs_on_one_openmp_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """astroscrappy's OpenMP runtime is held at one thread while it runs, and given back its
+    """astroscrappy's OpenMP runtime is held at one thread while its filters run, block-wise
+    (its ``utils`` filters) or on the whole frame (``detect_cosmics``), and given back its
     setting after: on the boxes a second thread only spins (measured 18× the CPU time on a
     loaded 2-core machine, benchmarks/bench_cosmic_rays.py --threads 2)."""
-    import astroscrappy
     from threadpoolctl import threadpool_info, threadpool_limits
 
     def openmp_threads() -> list[int]:
         return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
 
-    seen: list[list[int]] = []
-    real = astroscrappy.detect_cosmics
+    seen: dict[str, list[list[int]]] = {"filter": [], "frame": []}
 
-    def spy(*args, **kwargs):
-        seen.append(openmp_threads())
-        return real(*args, **kwargs)
+    def spy(kind, real):
+        def wrapped(*args, **kwargs):
+            seen[kind].append(openmp_threads())
+            return real(*args, **kwargs)
+        return wrapped
 
-    monkeypatch.setattr(astroscrappy, "detect_cosmics", spy)
+    monkeypatch.setattr(astroscrappy.utils, "sepmedfilt7",
+                        spy("filter", astroscrappy.utils.sepmedfilt7))
+    monkeypatch.setattr(astroscrappy, "detect_cosmics", spy("frame", astroscrappy.detect_cosmics))
     rng = np.random.default_rng(5)
     image = rng.normal(100.0, 5.0, (200, 200)).astype(np.float32)
     image[50, 60:63] += 2000.0  # a short track
+    exclude = np.zeros(image.shape, bool)
     with threadpool_limits(limits=2, user_api="openmp"):
         before = openmp_threads()
-        mask, _ = find_cosmic_rays(image, 25.0, np.zeros(image.shape, bool), BLOCKWISE)
+        mask, _ = find_cosmic_rays(image, 25.0, exclude, BLOCKWISE)
+        full, _ = find_cosmic_rays(image, 25.0, exclude, FULL_FRAME)
         after = openmp_threads()
     assert before and set(before) == {2}  # astroscrappy's runtime is loaded and seen
-    assert seen and all(set(s) == {1} for s in seen)
+    for calls in seen.values():
+        assert calls and all(set(s) == {1} for s in calls)
     assert after == before
-    assert mask[50, 60:63].all() and mask.sum() < 10
+    assert mask[50, 60:63].all() and mask.sum() < 10 and full[50, 60:63].all()
 
 
 def test_binned_frame_cells_in_binned_pixels():

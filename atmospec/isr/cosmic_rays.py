@@ -569,9 +569,10 @@ def _detect(clean: np.ndarray, variance: np.ndarray, good: np.ndarray, need: _Wi
     seeds_at = reach.bounding((ratio[cut] > limits.sigclip) & good[cut])
     if seeds_at is None:
         return flagged
-    # sp on the seeds' window grown by the two growths and one more pixel, as dilate3
-    # copies its border pixels instead of growing them.
-    grow = seeds_at.grown(3)
+    # The first growth keeps pixels with sp > sigclip, so s > sigclip: inside ``seeds_at``
+    # (those that can reach ``need``). The second reaches one pixel further, and dilate3
+    # copies its array's border pixels instead of growing them: sp on ``seeds_at`` + 2.
+    grow = seeds_at.grown(2)
     around = grow.grown(3)
     smooth = _ascr.sepmedfilt7(np.ascontiguousarray(ratio[around.slices]))
     sp = ratio[grow.slices] - smooth[grow.relative_to(around)]
