@@ -577,22 +577,37 @@ def _detect(clean: np.ndarray, variance: np.ndarray, good: np.ndarray, need: _Wi
     median₇ₓ₇(s)``; seeds where ``sp > sigclip`` and ``sp`` over the fine structure
     (5×5 then 9×9 separable medians, over the noise, clipped at 0.01) exceeds ``objlim``;
     grown once among the pixels with ``sp > sigclip``, once more among those with ``sp >
-    sigclip_low``, bad pixels never flagged. The 7×7 median of ``s`` and the fine
-    structure run only around the pixels that can be seeds: ``s ≥ sp`` as ``s ≥ 0``, so a
-    seed has ``s > sigclip``.
+    sigclip_low``, bad pixels never flagged.
+
+    The median filters run only around the pixels that can be seeds, those with ``s >
+    sigclip`` (``sp ≤ s`` as ``s ≥ 0``). To find them without the noise map everywhere, a
+    bound first: the 7×7 median of the variance is one of its values, at least the
+    array's least, so ``s`` computed with that least value (the same float32 steps) is at
+    least the true ``s``, pixel by pixel.
     """
     conved = _ascr.laplaceconvolve(_ascr.subsample(clean))
     conved[conved < 0] = 0.0
-    ratio = _ascr.rebin(conved)
-    noise = _ascr.sepmedfilt7(variance)
-    noise[noise < 0.00001] = 0.00001
-    noise = np.sqrt(noise)
-    ratio /= 2.0 * noise
+    laplacian = _ascr.rebin(conved)
     flagged = np.zeros(clean.shape, dtype=bool)
-    # Seeds that can reach ``need``: within 2 pixels of it.
+    # Seeds that can reach ``need``: within 2 pixels of it. fmin ignores NaN: a NaN median
+    # gives a NaN ratio, never above the threshold.
     reach = need.grown(2)
     cut = reach.slices
-    seeds_at = reach.bounding((ratio[cut] > limits.sigclip) & good[cut])
+    least = np.fmax(np.fmin.reduce(variance, axis=None), np.float32(0.00001))
+    bound = laplacian[cut] / (2.0 * np.sqrt(least))
+    maybe = reach.bounding((bound > limits.sigclip) & good[cut])
+    if maybe is None:
+        return flagged
+    # The noise map and ``s`` where the windows below can reach: 6 pixels around.
+    noise_w = maybe.grown(6)
+    noise_in = noise_w.grown(3)
+    noise = _ascr.sepmedfilt7(np.ascontiguousarray(variance[noise_in.slices]))
+    noise = noise[noise_w.relative_to(noise_in)]
+    noise[noise < 0.00001] = 0.00001
+    noise = np.sqrt(noise)
+    ratio = laplacian[noise_w.slices] / (2.0 * noise)
+    inside = maybe.relative_to(noise_w)
+    seeds_at = maybe.bounding((ratio[inside] > limits.sigclip) & good[maybe.slices])
     if seeds_at is None:
         return flagged
     # The first growth keeps pixels with sp > sigclip, so s > sigclip: inside ``seeds_at``
@@ -600,17 +615,19 @@ def _detect(clean: np.ndarray, variance: np.ndarray, good: np.ndarray, need: _Wi
     # copies its array's border pixels instead of growing them: sp on ``seeds_at`` + 2.
     grow = seeds_at.grown(2)
     around = grow.grown(3)
-    smooth = _ascr.sepmedfilt7(np.ascontiguousarray(ratio[around.slices]))
-    sp = ratio[grow.slices] - smooth[grow.relative_to(around)]
+    smooth = _ascr.sepmedfilt7(np.ascontiguousarray(ratio[around.relative_to(noise_w)]))
+    sp = ratio[grow.relative_to(noise_w)] - smooth[grow.relative_to(around)]
     fine_w = seeds_at.grown(6)
     fine = _ascr.sepmedfilt5(np.ascontiguousarray(clean[fine_w.slices]))
-    fine = ((fine - _ascr.sepmedfilt9(fine)) / noise[fine_w.slices])[seeds_at.relative_to(fine_w)]
+    fine = (fine - _ascr.sepmedfilt9(fine)) / noise[fine_w.relative_to(noise_w)]
+    fine = fine[seeds_at.relative_to(fine_w)]
     fine[fine < 0.01] = 0.01
     good_g = good[grow.slices]
     seeds = np.zeros(sp.shape, dtype=bool)
     inner = seeds_at.relative_to(grow)
     sp_inner = sp[inner]
-    seeds[inner] = (sp_inner > limits.sigclip) & good_g[inner] & (sp_inner / fine > limits.objlim)
+    seeds[inner] = ((sp_inner > limits.sigclip) & good_g[inner]
+                    & (sp_inner / fine > limits.objlim))
     grown = _ascr.dilate3(seeds) & good_g & (sp > limits.sigclip)
     flagged[grow.slices] = _ascr.dilate3(grown) & good_g & (sp > limits.sigclip_low)
     return flagged
