@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="block-wise runs per frame")
     parser.add_argument("--full-repeat", type=int, default=1,
-                        help="full-frame runs per frame (~15–20 s each)")
+                        help="full-frame runs per frame (~12 s of CPU each)")
     parser.add_argument("--threads", type=int, default=1,
                         help="also time the by-amp search on this many OpenMP threads")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """Cosmic-ray detection and repair: van Dokkum's (2001) L.A.Cosmic as astroscrappy runs it.
 
-L.A.Cosmic costs ~8 s per iteration on a full 4000×4072 LATISS frame, although cosmic rays
-cover ~2·10⁻⁴ of it. By default (``CosmicRayConfig.blockwise``) a cheap vectorised
+L.A.Cosmic costs ~6 s of CPU per iteration on a full 4000×4072 LATISS frame, although
+cosmic rays cover ~2·10⁻⁴ of it. By default (``CosmicRayConfig.blockwise``) a cheap vectorised
 pre-screen finds the pixels that could hold a cosmic ray, groups them into clusters, and
 L.A.Cosmic runs only on each cluster's bounding box (its core) grown by a margin wide
 enough that, inside the core, its result is the same as on the whole frame.
@@ -22,11 +22,10 @@ What one iteration hands the next (astroscrappy's ``detect_cosmics``): the union
 flags so far, and the image and its variance map (the image plus the read-noise variance)
 with every flagged pixel replaced by the mean of the pixels of its 5×5 neighbourhood that
 are neither flagged nor bad (the bad pixels grown by one pixel before the first
-iteration).
-Earlier flags are not excluded from new detections; only bad pixels are. A pixel never
-flagged keeps its value, so a repair reads original values only: the repaired image after
-any iteration is that mean over the input with the current mask. astroscrappy stops when
-an iteration flags nothing, where the next would find the same.
+iteration). Earlier flags are not excluded from new detections; only bad pixels are. A
+pixel never flagged keeps its value, so a repair reads original values only: the repaired
+image after any iteration is that mean over the input with the current mask. astroscrappy
+stops when an iteration flags nothing, where the next would find the same.
 
 The block-wise path therefore does not call ``detect_cosmics``: it runs the same steps
 with astroscrappy's own filters (``astroscrappy.utils``), in the same float32 operations
@@ -35,13 +34,16 @@ and order, each only where it can reach the core (`_lacosmic_core`). Iteration `
 2 pixels around a core pixel, each later iteration 10), so the first runs on the whole
 box and the second of two on the core grown by 10 at most: only around the pixels the
 first flagged (within 8 pixels of them), as elsewhere its input is the first's, and not
-at all when the first flagged nothing within reach. Within an iteration the 7×7 median of
-the Laplacian-to-noise ratio ``s`` and the fine structure, the costliest filters, run only
-around the pixels with ``s`` above ``sigclip``, the only possible seeds (the ratio less its
-median is at most ``s``, as ``s ≥ 0``). Mask and repaired values are astroscrappy's on the
-box to the bit (tests/test_cosmic_rays.py), at {NEW} s of CPU instead of {OLD} s on a
-simulated full-frame science frame after ISR ({NBOX} boxes; the pre-screen {SCREEN} s
-more), ``benchmarks/bench_cosmic_rays.py``.
+at all when the first flagged nothing within reach. Within an iteration the median
+filters (noise map, 7×7 median of the Laplacian-to-noise ratio ``s``, fine structure) run
+only around the pixels that can be seeds, those with ``s`` above ``sigclip`` (the ratio
+less its median is at most ``s``, as ``s ≥ 0``), found first with a bound on ``s``
+(`_detect`). Each window is what is needed grown by the reach of the filters run on it,
+or ends at the box's edge, so that edge handling never reaches a needed pixel either.
+Mask and repaired values are astroscrappy's on the box to the bit
+(tests/test_cosmic_rays.py; ``benchmarks/bench_cosmic_rays.py`` times both), at 0.13 s of
+CPU instead of 0.45 s on a simulated full-frame science frame after ISR (217 boxes; the
+pre-screen 0.07 s more).
 
 Full-frame L.A.Cosmic also flags noise: lone pixels whose Laplacian reaches 4.5σ (~3·10⁻⁵
 of sky pixels, ~500 per frame; more in darks, with hot pixels). The pre-screen keeps a lone
@@ -50,11 +52,12 @@ spreads its charge over several pixels. The block-wise mask is therefore a subse
 full-frame one that holds the same real detections (on simulated frames, every flagged
 pixel within 3 px of a true cosmic ray) and 4–7 times fewer false ones.
 
-astroscrappy runs on one OpenMP thread (`OPENMP_THREADS`). Its parallel loops are too short on
-the boxes for a second thread to do more than spin while it waits for work, and atmospec
-runs exposures, not pixels, in parallel (`atmospec.parallel`). Measured on a simulated
-LATISS dark, per amp as the master dark does it, on a loaded 2-core machine: 0.79 s of CPU
-(3.7 s wall) on one thread against 17.8 s (65 s wall) on two, with the same mask
+astroscrappy runs on one OpenMP thread (`OPENMP_THREADS`). Its parallel loops are too short
+on the boxes for a second thread to do more than spin while it waits for work, and
+atmospec runs exposures, not pixels, in parallel (`atmospec.parallel`). Measured on
+simulated LATISS frames, per amp as the master dark does it, on a loaded 2-core machine:
+0.23–0.27 s of CPU (0.26–0.35 s wall) on one thread against 0.44–1.9 s (0.24–2.8 s wall)
+on two, as the load varies, with the same mask
 (``benchmarks/bench_cosmic_rays.py --threads 2``).
 """
 
@@ -90,12 +93,12 @@ class CosmicRayConfig:
     """Minimum contrast between the Laplacian and the fine structure: larger values keep
     more star cores (LATISS PSFs are well sampled, FWHM ≈ 8–15 px)."""
     niter: int = 2
-    """Detection iterations. Each costs ~8 s on a full LATISS frame (block-wise, the whole
-    step takes ~1 s); on simulated frames two give a pixel recall of 0.958 against 0.960
+    """Detection iterations. Each costs ~6 s of CPU on a full LATISS frame (block-wise, the
+    whole step takes ~0.2 s); on simulated frames two give a pixel recall of 0.958 against 0.960
     for four. Each iteration widens the margin of the boxes by 10 pixels."""
     blockwise: bool = True
     """Run L.A.Cosmic only on boxes around pre-screened candidates (the same result as on
-    the whole frame inside the boxes, ~15–20× faster on LATISS frames); ``False`` runs it
+    the whole frame inside the boxes, ~50–60× faster on LATISS frames); ``False`` runs it
     on the whole frame (the reference)."""
     screen_sigma: float = 4.0
     """Pre-screen, first stage: a pixel is a candidate when its 4-neighbour Laplacian,
@@ -118,7 +121,7 @@ class CosmicRayConfig:
     apart never, so that close neighbours do not each pay for a margin while distant ones
     do not make a large box. A binned frame's cells are ``cluster_px`` over the larger
     binning factor (`binned_config`): on a 2×2 LATISS frame 16 binned pixels made boxes
-    covering 0.24 of the frame, 8 cover 0.19 (0.65 → 0.51 s of CPU), with the same mask
+    covering 0.24 of the frame, 8 cover 0.19 (0.22 → 0.13 s of CPU), with the same mask
     but for one false positive pixel (1333 → 1332 flagged, recall 0.9417 both)."""
     max_box_fraction: float = 0.5
     """If the boxes cover more than this fraction of the frame (a crowded field, a frame
