@@ -436,6 +436,7 @@ class _Window:
 
     @property
     def slices(self) -> tuple[slice, slice]:
+        """Row and column slices."""
         return slice(self.y0, self.y1), slice(self.x0, self.x1)
 
     def grown(self, margin: int) -> _Window:
@@ -448,6 +449,11 @@ class _Window:
         """The part inside ``other`` (may be empty)."""
         return _Window(max(self.y0, other.y0), min(self.y1, other.y1),
                        max(self.x0, other.x0), min(self.x1, other.x1), self.shape)
+
+    def local_to(self, outer: _Window) -> _Window:
+        """This window in the array cut out by ``outer``, which holds it."""
+        return _Window(self.y0 - outer.y0, self.y1 - outer.y0, self.x0 - outer.x0,
+                       self.x1 - outer.x0, (outer.y1 - outer.y0, outer.x1 - outer.x0))
 
     def relative_to(self, outer: _Window) -> tuple[slice, slice]:
         """Slices of this window in the array cut out by ``outer``, which holds it."""
@@ -484,13 +490,13 @@ def _lacosmic_core(image: np.ndarray, exclude: np.ndarray, core: tuple[slice, sl
     """
     box_y, box_x = box
     original = np.ascontiguousarray(image[box_y, box_x])
-    whole = _Window(0, original.shape[0], 0, original.shape[1], original.shape)
     # astroscrappy grows the bad pixels by one before it starts.
     good = ~_ascr.dilate3(np.ascontiguousarray(exclude[box_y, box_x]))
     variance = original + limits.read_variance
     levels = _FallbackLevels(original, variance, good)
     core_w = _Window(core[0].start - box_y.start, core[0].stop - box_y.start,
-                     core[1].start - box_x.start, core[1].stop - box_x.start, whole.shape)
+                     core[1].start - box_x.start, core[1].stop - box_x.start,
+                     original.shape)
     flagged = _detect(original, variance, good, core_w.grown(2 + 10 * (limits.niter - 1)),
                       limits)
     for k in range(2, limits.niter + 1):
@@ -508,9 +514,7 @@ def _lacosmic_core(image: np.ndarray, exclude: np.ndarray, core: tuple[slice, sl
         _repair_into(clean, var, original, variance, flagged | ~good, flagged, window,
                      levels)
         found = _detect(clean, var, np.ascontiguousarray(good[window.slices]),
-                        _Window(target.y0 - window.y0, target.y1 - window.y0,
-                                target.x0 - window.x0, target.x1 - window.x0,
-                                clean.shape), limits)
+                        target.local_to(window), limits)
         flagged[target.slices] |= found[target.relative_to(window)]
     core_flags = flagged[core_w.slices]
     if not core_flags.any():
@@ -570,9 +574,10 @@ def _repair_into(clean: np.ndarray, var: np.ndarray | None, original: np.ndarray
         if out is None:
             continue
         # A running float32 sum over the 25 pixels in astroscrappy's order; an excluded
-        # pixel adds an exact zero.
+        # pixel adds an exact zero. astroscrappy's sum starts from +0, so a sum of zeros
+        # is +0: the final +0 turns a -0 into it and changes nothing else.
         total = np.cumsum(np.where(usable, values[rows, cols], np.float32(0.0)), axis=1,
-                          dtype=np.float32)[:, -1]
+                          dtype=np.float32)[:, -1] + np.float32(0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             # float32 sum over an integer count in double, rounded once to float32 (as
             # astroscrappy's C division and store).
