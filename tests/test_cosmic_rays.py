@@ -287,6 +287,36 @@ def test_blockwise_equals_astroscrappy_on_its_boxes():
     assert fallback >= 1
 
 
+def test_prescreen_first_stage_is_its_definition():
+    """The first stage (``screen_single_sigma=0`` keeps all it finds) selects exactly the
+    pixels whose 4-neighbour Laplacian exceeds ``screen_sigma`` times the noise of the
+    darkest pixel of their 3×3 neighbourhood, computed here pixel by pixel: its bound on
+    that pixel drops none, on frames of stars, hits, bad pixels and NaN, of any shape."""
+    rng = np.random.default_rng(2)
+    config = CosmicRayConfig(screen_single_sigma=0.0)
+    scale = np.float32(16.0 * config.screen_sigma**2)
+    for ny, nx in [(3, 3), (5, 80), (70, 4), (150, 130)]:
+        yy, xx = np.mgrid[:ny, :nx]
+        image = rng.normal(rng.uniform(0.0, 500.0), 20.0, (ny, nx))
+        image += 5e4 * np.exp(-((yy - ny / 2) ** 2 + (xx - nx / 3) ** 2) / 8.0)
+        image[rng.random((ny, nx)) < 0.02] += 800.0
+        image = image.astype(np.float32)
+        image[rng.random((ny, nx)) < 0.01] = np.nan
+        exclude = rng.random((ny, nx)) < 0.02
+        floor = np.float32(49.0)
+        expected = []
+        for y in range(1, ny - 1):
+            for x in range(1, nx - 1):
+                v = image[y - 1:y + 2, x - 1:x + 2]
+                lap = v[1, 1] * np.float32(4.0) - v[0, 1] - v[2, 1] - v[1, 0] - v[1, 2]
+                var = np.maximum(np.min(v), np.float32(0.0)) + floor
+                if lap > 0 and np.square(lap) > var * scale and not exclude[y, x]:
+                    expected.append((y, x))
+        ys, xs = screen_candidates(image, 49.0, exclude, config)
+        assert list(zip(ys.tolist(), xs.tolist(), strict=True)) == expected
+        assert len(expected) > (200 if ny * nx > 10000 else 0)
+
+
 def test_small_images_and_fallback():
     """No candidate: nothing flagged; too many boxes: the whole-frame path; tiny frames."""
     rng = np.random.default_rng(3)
