@@ -56,9 +56,9 @@ pixel within 3 px of a true cosmic ray) and 4–7 times fewer false ones.
 astroscrappy runs on one OpenMP thread (`OPENMP_THREADS`). Its parallel loops are too short
 on the boxes for a second thread to do more than spin while it waits for work, and
 atmospec runs exposures, not pixels, in parallel (`atmospec.parallel`). Measured on
-simulated LATISS frames, per amp as the master dark does it, on a loaded 2-core machine:
-0.23–0.27 s of CPU (0.26–0.35 s wall) on one thread against 0.44–1.9 s (0.24–2.8 s wall)
-on two, as the load varies, with the same mask
+simulated LATISS frames, per amp as the master dark does it, on a shared 2-core machine:
+0.20–0.25 s of CPU on one thread against 0.35–0.41 s on two for 0.01–0.02 s less wall
+time, and up to 8× the CPU and wall time when the machine is busier, with the same mask
 (``benchmarks/bench_cosmic_rays.py --threads 2``).
 """
 
@@ -99,7 +99,7 @@ class CosmicRayConfig:
     for four. Each iteration widens the margin of the boxes by 10 pixels."""
     blockwise: bool = True
     """Run L.A.Cosmic only on boxes around pre-screened candidates (the same result as on
-    the whole frame inside the boxes, ~50–60× faster on LATISS frames); ``False`` runs it
+    the whole frame inside the boxes, ~60–70× faster on LATISS frames); ``False`` runs it
     on the whole frame (the reference)."""
     screen_sigma: float = 4.0
     """Pre-screen, first stage: a pixel is a candidate when its 4-neighbour Laplacian,
