@@ -632,28 +632,34 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     p, dx, q = ev.psf.p, ev.psf.dx, ev.psf.q
     gs = gamma.astype(f4)[s][:, :, None]
     bs = beta.astype(f4)[s][:, :, None]
-    parts = []
     # ∂P/∂γ = P (2β (q − 1)/(q γ) − 2/γ), ∂P/∂β = P (1/(β − 1) − ln q),
-    # ∂P/∂x_c = P 2β dx/(γ² q); each (n, Wc, 2R+1) @ (n, 2R+1, deg + 1)
-    tmp = (q - f4(1.0)) / q
-    tmp *= f4(2.0) * bs / gs
-    tmp -= f4(2.0) / gs
-    tmp *= p
-    basis = (prob.bases["gamma"] * free_g[:, None])[s] * a
-    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
-    np.log(q, out=tmp)
-    np.subtract((1.0 / (beta - 1.0)).astype(f4)[s][:, :, None], tmp, out=tmp)
-    tmp *= p
-    basis = (prob.bases["alpha"] * free_a[:, None])[s] * a
-    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
-    np.divide(dx, q, out=tmp)
-    tmp *= f4(2.0) * bs / (gs * gs)
-    tmp *= p
-    basis = prob.bases["x_c"][s] * a
-    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
-    del tmp
-    jmat = np.concatenate(parts, axis=2).astype(np.float64)  # (n, Wc, n_theta)
-    n_theta = jmat.shape[2]
+    # ∂P/∂x_c = P 2β dx/(γ² q); each (n, Wc, 2R+1) @ (n, 2R+1, deg + 1), chunk by chunk
+    # of window rows (`_CHUNK_ELEMENTS`)
+    fg, two_g = f4(2.0) * bs / gs, f4(2.0) / gs
+    inv_b1 = (1.0 / (beta - 1.0)).astype(f4)[s][:, :, None]
+    fx = f4(2.0) * bs / (gs * gs)
+    bases = [((prob.bases["gamma"] * free_g[:, None])[s] * a).astype(f4),
+             ((prob.bases["alpha"] * free_a[:, None])[s] * a).astype(f4),
+             (prob.bases["x_c"][s] * a).astype(f4)]
+    edges = np.cumsum([0] + [b.shape[2] for b in bases])
+    n_theta = int(edges[-1])
+    jmat = np.empty((g.n, g.width, n_theta))
+    for lo, hi in _row_chunks(g):
+        pc, qc = p[lo:hi], q[lo:hi]
+        tmp = (qc - f4(1.0)) / qc
+        tmp *= fg[lo:hi]
+        tmp -= two_g[lo:hi]
+        tmp *= pc
+        tmp_t = np.transpose(tmp, (0, 2, 1))
+        jmat[lo:hi, :, edges[0]:edges[1]] = tmp_t @ bases[0][lo:hi]
+        np.log(qc, out=tmp)
+        np.subtract(inv_b1[lo:hi], tmp, out=tmp)
+        tmp *= pc
+        jmat[lo:hi, :, edges[1]:edges[2]] = tmp_t @ bases[1][lo:hi]
+        np.divide(dx[lo:hi], qc, out=tmp)
+        tmp *= fx[lo:hi]
+        tmp *= pc
+        jmat[lo:hi, :, edges[2]:edges[3]] = tmp_t @ bases[2][lo:hi]
     jw = jmat * prob.weight[:, :, None]
     # Gradient of the projected objective: exact with A held fixed (A is optimal).
     ev.jtr = jw.reshape(-1, n_theta).T @ (prob.data - ev.model).ravel()
@@ -661,7 +667,11 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     # absorb, J − M (N + μQ)⁻¹ Mᵀ W J; without it the steps are far too short. Mᵀ W J sums
     # each window row's terms onto its sources (zero for the sources outside the cutout,
     # whose PSF is zero).
-    per_src = (p @ jw.astype(f4)).reshape(-1, n_theta)
+    jw4 = jw.astype(f4)
+    per_src = np.empty((g.n, 2 * g.radius + 1, n_theta), f4)
+    for lo, hi in _row_chunks(g):
+        per_src[lo:hi] = p[lo:hi] @ jw4[lo:hi]
+    per_src = per_src.reshape(-1, n_theta)
     src = s.ravel()
     mtwj = np.column_stack([np.bincount(src, weights=per_src[:, i], minlength=g.n)
                             for i in range(n_theta)])
@@ -670,7 +680,8 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     dA = cho_solve_banded((cholesky_banded(ab, lower=True), True), mtwj)
     ev.damp = dA
     da = (dA[s] * g.src_ok[:, :, None]).astype(f4)
-    jmat -= np.transpose(p, (0, 2, 1)) @ da
+    for lo, hi in _row_chunks(g):
+        jmat[lo:hi] -= np.transpose(p[lo:hi], (0, 2, 1)) @ da[lo:hi]
     jflat = jmat.reshape(-1, n_theta)
     ev.jtj = (jflat * prob.weight.reshape(-1, 1)).T @ jflat
 
