@@ -323,11 +323,13 @@ class _Psf:
 _CHUNK_ELEMENTS = 1 << 20
 
 
-def _row_chunks(grid: _Grid) -> Iterator[tuple[int, int]]:
-    """``(lo, hi)`` of the chunks of window rows (`_CHUNK_ELEMENTS`)."""
+def _row_chunks(grid: _Grid, lo: int = 0, hi: int | None = None
+                ) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` of the chunks of the window rows ``lo:hi`` (`_CHUNK_ELEMENTS`)."""
+    hi = grid.n if hi is None else hi
     step = max(1, _CHUNK_ELEMENTS // ((2 * grid.radius + 1) * grid.width))
-    for lo in range(0, grid.n, step):
-        yield lo, min(lo + step, grid.n)
+    for start in range(lo, hi, step):
+        yield start, min(start + step, hi)
 
 
 def _psf(grid: _Grid, xc_cut: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
@@ -533,20 +535,24 @@ def _shapes(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig
 
 
 class _NormalSum:
-    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D``, summed chunk by chunk of window rows
-    (`add`) while each chunk's PSF is in the cache."""
+    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D`` from the window rows ``lo:hi``, summed
+    chunk by chunk of rows (`add`) while each chunk's PSF is in the cache.
 
-    def __init__(self, prob: _Problem) -> None:
+    Band column ``j`` (and source ``j`` of ``Mᵀ W D``) sums the rows ``j − R … j + R``: it
+    is complete when they are all in ``lo:hi`` (`complete`)."""
+
+    def __init__(self, prob: _Problem, lo: int = 0, hi: int | None = None) -> None:
         g = prob.grid
         self.prob = prob
+        self.rows = (lo, g.n if hi is None else hi)
         nd = 2 * g.radius + 1
         # band columns shifted by nd: a chunk's skewed diagonals reach up to nd − 1 columns
         # beyond the cutout's sources on each side (they carry zeros: sources outside)
         self._band = np.zeros((nd, g.n + 2 * nd))
-        self._pwd = np.empty((g.n, nd), np.float32)
+        self._pwd = np.zeros((g.n, nd), np.float32)
 
     def add(self, lo: int, hi: int, p: np.ndarray) -> None:
-        """Add the window rows ``lo:hi`` whose PSF is ``p``."""
+        """Add the window rows ``lo:hi`` (in increasing order) whose PSF is ``p``."""
         prob = self.prob
         r = prob.grid.radius
         nd = 2 * r + 1
@@ -564,21 +570,57 @@ class _NormalSum:
             j0 = lo - b + r + nd
             band[:b + 1, j0:j0 + m] += blk[:, b::-1, b].T
 
+    def complete(self) -> slice:
+        """Band columns (sources) whose rows were all added."""
+        g = self.prob.grid
+        lo, hi = self.rows
+        return slice(lo + g.radius if lo > 0 else 0, hi - g.radius if hi < g.n else g.n)
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(band, rhs)`` once every window row was added."""
+        """``(band, rhs)`` once the rows were added (exact in the `complete` columns)."""
         g = self.prob.grid
         nd = self._band.shape[0]
+        lo, hi = self.rows
         band = np.ascontiguousarray(self._band[:, nd:nd + g.n])
-        rhs = np.bincount(g.src.ravel(), weights=self._pwd.ravel(), minlength=g.n)
+        rhs = np.bincount(g.src[lo:hi].ravel(), weights=self._pwd[lo:hi].ravel(),
+                          minlength=g.n)
         return band, rhs
 
 
-def _normal(prob: _Problem, psf: _Psf) -> tuple[np.ndarray, np.ndarray]:
-    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D``."""
-    acc = _NormalSum(prob)
-    for lo, hi in _row_chunks(prob.grid):
-        acc.add(lo, hi, psf.p[lo:hi])
-    return acc.result()
+def _normal(prob: _Problem, psf: _Psf, lo: int = 0, hi: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, slice]:
+    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D`` from the window rows ``lo:hi`` and the
+    columns they complete (`_NormalSum`)."""
+    acc = _NormalSum(prob, lo, hi)
+    lo, hi = acc.rows
+    for a, b in _row_chunks(prob.grid, lo, hi):
+        acc.add(a, b, psf.p[a:b])
+    return *acc.result(), acc.complete()
+
+
+def _renormal(prob: _Problem, like: _Eval) -> tuple[np.ndarray, np.ndarray]:
+    """``Mᵀ W M`` and ``Mᵀ W D`` of ``like``'s PSF with the weights of ``prob``: only the
+    band columns and sources that see a window row whose weights changed are summed again
+    (from the rows ±2R around it), the rest kept. Masking a few outlier pixels then costs
+    a few hundred rows, not all of them; the numbers are those of the full sum."""
+    g = prob.grid
+    r = g.radius
+    changed = np.flatnonzero(np.any(like.weight != prob.weight, axis=1))
+    # rows to sum again: ±2R around each changed row, overlapping ranges merged
+    starts = np.maximum(changed - 2 * r, 0)
+    ends = np.minimum(changed + 2 * r + 1, g.n)
+    first = np.r_[True, starts[1:] > ends[:-1]]
+    last = np.r_[first[1:], True]
+    ranges = list(zip(starts[first].tolist(), ends[last].tolist(), strict=True))
+    if sum(hi - lo for lo, hi in ranges) > g.n // 2:
+        band, rhs, _ = _normal(prob, like.psf)
+        return band, rhs
+    band, rhs = like.band.copy(), like.rhs.copy()
+    for lo, hi in ranges:
+        part_band, part_rhs, done = _normal(prob, like.psf, lo, hi)
+        band[:, done] = part_band[:, done]
+        rhs[done] = part_rhs[done]
+    return band, rhs
 
 
 def _solve(band: np.ndarray, rhs: np.ndarray, prob: _Problem, mu: float) -> np.ndarray:
@@ -607,7 +649,7 @@ def _evaluate(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig,
         if like.weight is prob.weight or np.array_equal(like.weight, prob.weight):
             band, rhs = like.band, like.rhs
         else:
-            band, rhs = _normal(prob, psf)
+            band, rhs = _renormal(prob, like)
     else:
         gamma, alpha, xc, _, _ = _shapes(theta, prob, cfg)
         acc = _NormalSum(prob)
