@@ -461,20 +461,6 @@ def _block_solve(diag: np.ndarray, sub: np.ndarray, rhs: np.ndarray) -> np.ndarr
     return y.reshape(m * p, -1)
 
 
-def _band_of_blocks(cd: np.ndarray, co: np.ndarray, n: int, width: int) -> np.ndarray:
-    """Lower band ``[u, j] = C[j+u, j]`` (u ≤ width ≤ p) from the blocks of a symmetric
-    block-tridiagonal-structured inverse."""
-    p = cd.shape[1]
-    u = np.arange(width + 1)[:, None]
-    j = np.arange(n)[None, :]
-    i = np.minimum(j + u, n - 1)
-    bi, bj = i // p, j // p
-    same = bi == bj
-    out = np.where(same, cd[bj, i % p, j % p],
-                   co[np.minimum(bj, co.shape[0] - 1), i % p, j % p] if co.shape[0] else 0.0)
-    return np.where(j + u < n, out, 0.0)
-
-
 def _block_matmul(diag: np.ndarray, sub: np.ndarray, dense: np.ndarray) -> np.ndarray:
     """Block-tridiagonal matrix (padded size) times a dense matrix with as many rows."""
     m, p, _ = diag.shape
@@ -686,6 +672,7 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     edges = np.cumsum([0] + [b.shape[2] for b in bases])
     n_theta = int(edges[-1])
     jmat = np.empty((g.n, g.width, n_theta))
+    per_src = np.empty((g.n, 2 * g.radius + 1, n_theta), f4)
     for lo, hi in _row_chunks(g):
         pc, qc = p[lo:hi], q[lo:hi]
         tmp = (qc - f4(1.0)) / qc
@@ -702,6 +689,8 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
         tmp *= fx[lo:hi]
         tmp *= pc
         jmat[lo:hi, :, edges[2]:edges[3]] = tmp_t @ bases[2][lo:hi]
+        # Mᵀ W J of these rows' sources while their PSF is in the cache (see below)
+        per_src[lo:hi] = pc @ (jmat[lo:hi] * prob.weight[lo:hi, :, None]).astype(f4)
     jw = jmat * prob.weight[:, :, None]
     # Gradient of the projected objective: exact with A held fixed (A is optimal).
     ev.jtr = jw.reshape(-1, n_theta).T @ (prob.data - ev.model).ravel()
@@ -709,10 +698,6 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     # absorb, J − M (N + μQ)⁻¹ Mᵀ W J; without it the steps are far too short. Mᵀ W J sums
     # each window row's terms onto its sources (zero for the sources outside the cutout,
     # whose PSF is zero).
-    jw4 = jw.astype(f4)
-    per_src = np.empty((g.n, 2 * g.radius + 1, n_theta), f4)
-    for lo, hi in _row_chunks(g):
-        per_src[lo:hi] = p[lo:hi] @ jw4[lo:hi]
     per_src = per_src.reshape(-1, n_theta)
     src = s.ravel()
     mtwj = np.column_stack([np.bincount(src, weights=per_src[:, i], minlength=g.n)
@@ -764,38 +749,73 @@ def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig, deadline: fl
     return fit.state, fit.iterations, None if fit.success else fit.message
 
 
+class _Influence:
+    """Trace of the influence matrix and the blocks of ``N + μQ`` as functions of μ, for one
+    normal matrix ``N``: its blocks (`_blocks`) and the indices that read the band of
+    ``(N + μQ)⁻¹`` and the trace are made once, for all of the cross-validation's values of
+    μ (each then adds ``μQ`` to the diagonal, as ``N + μQ`` would have it)."""
+
+    def __init__(self, band: np.ndarray, prob: _Problem, horne_g: np.ndarray) -> None:
+        n = band.shape[1]
+        p = band.shape[0] - 1
+        self.prob = prob
+        self.n = n
+        self.diag0, self.sub, self.m = _blocks(band, p)
+        rows = np.arange(n)
+        self._dpos = (rows // p, rows % p, rows % p)
+        # band [u, j] = C[j+u, j] (u ≤ R) of the inverse, read from its diagonal blocks or
+        # from its sub-diagonal ones
+        r = prob.grid.radius
+        u = np.arange(r + 1)[:, None]
+        j = rows[None, :]
+        i = np.minimum(j + u, n - 1)
+        bj = j // p
+        self._same = (i // p) == bj
+        self._inside = j + u < n
+        self._d_idx = (bj * p + i % p) * p + j % p
+        self._o_idx = (np.minimum(bj, max(self.m - 2, 0)) * p + i % p) * p + j % p
+        # tr(C Q G) = Σ_{r,d} q_r G[r, r−d] C[r−d, r]: C[r−d, r] is band [|d|, min(r, r−d)]
+        g = prob.grid
+        d = np.arange(-r, r + 1)
+        self._c_idx = (np.abs(d)[None, :], np.minimum(rows[:, None], g.src))
+        self._qg = prob.prior_q[:, None] * horne_g
+
+    def __call__(self, mu: float) -> tuple[np.ndarray, float,
+                                            tuple[np.ndarray, np.ndarray, int]]:
+        """Diagonal of ``(N + μQ)⁻¹``, trace of the influence matrix and the blocks of
+        ``N + μQ``."""
+        prob = self.prob
+        diag = self.diag0.copy()
+        diag[self._dpos] += mu * prob.prior_q
+        cd, co, _ = _block_inverse(diag, self.sub, full=False)
+        other = co.ravel()[self._o_idx] if co.shape[0] else 0.0
+        cband = np.where(self._inside, np.where(self._same, cd.ravel()[self._d_idx], other),
+                         0.0)
+        c_diag = cband[0]
+        c_rs = cband[self._c_idx]
+        tr_qg = float(np.sum(self._qg * c_rs * prob.grid.src_ok))
+        tau = self.n - mu * float(np.sum(prob.prior_q * c_diag)) + mu * tr_qg
+        return c_diag, tau, (diag, self.sub, self.m)
+
+
 def _influence(band: np.ndarray, prob: _Problem, mu: float, horne_g: np.ndarray
                ) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, int]]:
-    """Amplitudes, trace of the influence matrix and the blocks of ``N + μQ``."""
-    n = band.shape[1]
-    p = band.shape[0] - 1
-    ab = band.copy()
-    ab[0] += mu * prob.prior_q
-    diag, sub, m = _blocks(ab, p)
-    cd, co, _ = _block_inverse(diag, sub, full=False)
-    r = prob.grid.radius
-    cband = _band_of_blocks(cd, co, n, r)
-    c_diag = cband[0]
-    # tr(C Q G) = Σ_{r,d} q_r G[r, r−d] C[r−d, r]
-    g = prob.grid
-    d = np.arange(-r, r + 1)
-    u = np.abs(d)
-    j = np.minimum(np.arange(n)[:, None], g.src)
-    c_rs = cband[u[None, :], j]
-    tr_qg = float(np.sum(prob.prior_q[:, None] * horne_g * c_rs * g.src_ok))
-    tau = n - mu * float(np.sum(prob.prior_q * c_diag)) + mu * tr_qg
-    return c_diag, tau, (diag, sub, m)
+    """Diagonal of ``(N + μQ)⁻¹``, trace of the influence matrix and the blocks of
+    ``N + μQ`` (`_Influence`)."""
+    return _Influence(band, prob, horne_g)(mu)
 
 
 def _choose_mu(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig, rhs: np.ndarray,
                horne_g: np.ndarray, dwd: float, n_pix: int) -> tuple[float, float]:
     """μ minimising the generalised cross-validation of the pixels."""
 
+    influence = _Influence(ev.band, prob, horne_g)
+
     def gcv(log_mu: float) -> float:
         mu = 10.0 ** log_mu
         amp = _solve(ev.band, rhs, prob, mu)
         chi2 = dwd - 2.0 * float(amp @ rhs) + float(amp @ _band_matvec(ev.band, amp))
-        _, tau, _ = _influence(ev.band, prob, mu, horne_g)
+        _, tau, _ = influence(mu)
         return n_pix * chi2 / max(n_pix - tau, 1.0) ** 2
 
     lo, hi = cfg.log10_mu_bounds
