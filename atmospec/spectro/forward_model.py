@@ -21,7 +21,9 @@ parametrised by γ and this α, as in the 1D result.
 masked pixels and outliers) and ``A⁰, σ⁰`` the 1D (Horne) extraction redone with the 2D
 fit's pixel mask: the normal matrix ``N = Mᵀ W M`` is banded (sources further apart than
 the PSF diameter do not overlap) and is assembled row by row of the image with batched
-matrix products, then solved by a banded Cholesky (`scipy.linalg.cholesky_banded`).
+matrix products, a chunk of rows at a time while the chunk's PSF is in the CPU cache
+(`_NormalSum`; masking a few outlier pixels sums again only the columns their rows reach,
+`_renormal`), then solved by a banded Cholesky (`scipy.linalg.cholesky_banded`).
 
 *Why this regulariser.* The deconvolution is ill-posed only for the high along-trace
 frequencies the PSF wipes out; a ridge toward the 1D extraction fills exactly those modes
@@ -103,9 +105,10 @@ class ForwardModelConfig:
     """Radius of the disc the 2D PSF is truncated to, in units of the largest starting
     2D FWHM (β = 3 leaves ~1 % of the flux outside 3 FWHM; it stays in the amplitudes)."""
     max_radius_px: int = 60
-    """Largest PSF radius drawn, pixels: the model's cost grows as the cube of the radius
-    (2147 rows of a 4k LATISS frame, one core: 26 px 1 s, 44 px 20 s, 68 px 45 s, 96 px
-    (3″ seeing) over 10 minutes). A wider ``support_fwhm`` disc is cut to this radius."""
+    """Largest PSF radius drawn, pixels: the model's cost grows faster than the square of
+    the radius (2147 rows of a 4k LATISS frame, one core, CPU with the dense covariance:
+    28 px 0.7 s, 43 px 1.4 s, 69 px 3.8 s). A wider ``support_fwhm`` disc is cut to this
+    radius."""
     min_support_fwhm: float = 2.0
     """Fewest FWHM the disc must still span once cut to `max_radius_px` (β = 3 leaves ~4 %
     of the flux beyond 2 FWHM); a wider PSF raises `PsfTooWide` (the chain then keeps the
@@ -132,8 +135,8 @@ class ForwardModelConfig:
     """Wall-time bound of the whole fit, s: past it `ForwardModelTimeout` is raised (the
     chain then keeps the 1D extraction, flagged). A spectrogram of a few narrow emission
     lines can make each evaluation slow; at the default settings a full-frame LATISS
-    spectrogram (2147 rows, PSF radius 28 px) takes 0.6 s of CPU, 0.1 s more for its
-    dense covariance."""
+    spectrogram (2147 rows) takes 0.7 s of CPU with its dense covariance at 0.85″ seeing
+    (PSF radius 28 px), 1.4 s at 1.3″ (43 px)."""
     tolerance: float = 0.05
     """The shape fit stops when an accepted step lowers the regularised χ² by less than
     this (a shift of the shape parameters well below their errors)."""
