@@ -680,29 +680,30 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     fg, two_g = f4(2.0) * bs / gs, f4(2.0) / gs
     inv_b1 = (1.0 / (beta - 1.0)).astype(f4)[s][:, :, None]
     fx = f4(2.0) * bs / (gs * gs)
-    bases = [((prob.bases["gamma"] * free_g[:, None])[s] * a).astype(f4),
-             ((prob.bases["alpha"] * free_a[:, None])[s] * a).astype(f4),
-             (prob.bases["x_c"][s] * a).astype(f4)]
-    edges = np.cumsum([0] + [b.shape[2] for b in bases])
+    # each basis times the amplitudes at the sources, gathered chunk by chunk below
+    coefs = [prob.bases["gamma"] * free_g[:, None], prob.bases["alpha"] * free_a[:, None],
+             prob.bases["x_c"]]
+    edges = np.cumsum([0] + [c.shape[1] for c in coefs])
     n_theta = int(edges[-1])
     jmat = np.empty((g.n, g.width, n_theta))
     per_src = np.empty((g.n, 2 * g.radius + 1, n_theta), f4)
     for lo, hi in _row_chunks(g):
         pc, qc = p[lo:hi], q[lo:hi]
+        bases = [(c[s[lo:hi]] * a[lo:hi]).astype(f4) for c in coefs]
         tmp = (qc - f4(1.0)) / qc
         tmp *= fg[lo:hi]
         tmp -= two_g[lo:hi]
         tmp *= pc
         tmp_t = np.transpose(tmp, (0, 2, 1))
-        jmat[lo:hi, :, edges[0]:edges[1]] = tmp_t @ bases[0][lo:hi]
+        jmat[lo:hi, :, edges[0]:edges[1]] = tmp_t @ bases[0]
         np.log(qc, out=tmp)
         np.subtract(inv_b1[lo:hi], tmp, out=tmp)
         tmp *= pc
-        jmat[lo:hi, :, edges[1]:edges[2]] = tmp_t @ bases[1][lo:hi]
+        jmat[lo:hi, :, edges[1]:edges[2]] = tmp_t @ bases[1]
         np.divide(dx[lo:hi], qc, out=tmp)
         tmp *= fx[lo:hi]
         tmp *= pc
-        jmat[lo:hi, :, edges[2]:edges[3]] = tmp_t @ bases[2][lo:hi]
+        jmat[lo:hi, :, edges[2]:edges[3]] = tmp_t @ bases[2]
         # Mᵀ W J of these rows' sources while their PSF is in the cache (see below)
         per_src[lo:hi] = pc @ (jmat[lo:hi] * prob.weight[lo:hi, :, None]).astype(f4)
     jw = jmat * prob.weight[:, :, None]
