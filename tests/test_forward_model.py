@@ -319,3 +319,205 @@ def test_wall_time_bound(fits_2d):
         fit_forward_model(exp, r, ForwardModelConfig(max_seconds=0.01))
     with pytest.raises(ValueError, match="max_seconds"):
         ForwardModelConfig(max_seconds=0.0)
+
+
+# --------------------------------------------------------------------------- internals:
+# the chunked sums and the cross-validation's trace against dense matrices on a small grid
+
+
+def _small_problem(seed: int = 3, n: int = 60, n_cols: int = 34, radius: int = 6):
+    """A problem on a small window grid: a tilted trace running off the cutout's left edge
+    at the top, random data, weights with masked pixels, a 1D prior and Horne weights."""
+    from atmospec.spectro.forward_model import _make_grid, _Problem
+
+    rng = np.random.default_rng(seed)
+    xc = 3.0 + 0.4 * np.arange(n) + 0.3 * np.sin(np.arange(n) / 5.0)
+    grid = _make_grid(n, n_cols, xc, radius)
+    shape = grid.cols.shape
+    weight = np.where(rng.random(shape) < 0.05, 0.0, rng.uniform(0.5, 2.0, shape))
+    weight = np.where(grid.in_cut, weight, 0.0)
+    data = rng.normal(10.0, 3.0, shape)
+    nd = 2 * radius + 1
+    prob = _Problem(grid, data, weight, {}, rng.uniform(50, 100, n), rng.uniform(0.5, 2, n),
+                    rng.uniform(0.5, 2, n), rng.uniform(0, 0.1, shape), mu=0.3)
+    gamma = rng.uniform(2.0, 3.0, n)
+    beta = rng.uniform(2.5, 3.5, n)
+    return prob, xc, gamma, beta, rng.uniform(0, 0.2, (n, nd))
+
+
+def _dense_design(prob, p: np.ndarray) -> np.ndarray:
+    """M[(row, window column), source] of the PSF ``p`` (n, 2R+1, Wc)."""
+    g = prob.grid
+    n, wc = g.n, g.width
+    m = np.zeros((n * wc, n))
+    for r in range(n):
+        for k in range(2 * g.radius + 1):
+            if g.src_ok[r, k]:
+                m[r * wc:(r + 1) * wc, g.src[r, k]] += p[r, k]
+    return m
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_psf_chunks_give_the_same_bits(monkeypatch, dtype):
+    """The PSF computed chunk by chunk of rows is the one computed in one piece, bit for
+    bit, and a truncated, normalised Moffat: zero outside the disc and outside the cutout."""
+    import atmospec.spectro.forward_model as fm
+
+    prob, xc, gamma, beta, _ = _small_problem()
+    whole = fm._psf(prob.grid, xc, gamma, beta, dtype=dtype)
+    monkeypatch.setattr(fm, "_CHUNK_ELEMENTS", 3 * (2 * 6 + 1) * prob.grid.width)
+    chunks = []
+    parts = fm._psf(prob.grid, xc, gamma, beta, dtype=dtype,
+                    each=lambda lo, hi, p: chunks.append((lo, hi, p.copy())))
+    for name in ("p", "dx", "q"):
+        assert np.array_equal(getattr(whole, name), getattr(parts, name))
+    assert [c[:2] for c in chunks] == [(lo, min(lo + 3, 60)) for lo in range(0, 60, 3)]
+    assert all(np.array_equal(p, whole.p[lo:hi]) for lo, hi, p in chunks)
+    g = prob.grid
+    r, k, c = 30, 6 + 2, 10  # source 28, two rows above
+    s = g.src[r, k]
+    dx = g.cols[r, c] - xc[s]
+    expected = (beta[s] - 1) / (np.pi * gamma[s] ** 2) * (1 + (dx**2 + 4) / gamma[s] ** 2) ** (
+        -beta[s])
+    assert whole.p[r, k, c] == pytest.approx(expected, rel=1e-6)
+    dx_all = g.cols[:, None, :] - xc[g.src][:, :, None]
+    dy = np.arange(-6, 7)[None, :, None]
+    outside = (dx_all**2 + dy**2 > 36) | ~g.in_cut[:, None, :] | ~g.src_ok[:, :, None]
+    assert np.all(whole.p[outside] == 0) and np.all(whole.p[~outside] > 0)
+
+
+def test_normal_matrix_against_dense_product(monkeypatch):
+    """The banded ``Mᵀ W M`` and ``Mᵀ W D`` summed chunk by chunk are those of the dense
+    design matrix, and the same bits whatever the chunk size."""
+    import atmospec.spectro.forward_model as fm
+
+    prob, xc, gamma, beta, _ = _small_problem()
+    psf = fm._psf(prob.grid, xc, gamma, beta)
+    band, rhs, done = fm._normal(prob, psf)
+    assert done == slice(0, prob.grid.n)
+    m = _dense_design(prob, psf.p.astype(np.float64))
+    w = prob.weight.ravel()
+    dense = m.T @ (w[:, None] * m)
+    n, nd = prob.grid.n, 2 * prob.grid.radius + 1
+    assert band.shape == (nd, n)  # sources up to 2R apart share pixels
+    assert not np.any(np.diagonal(dense, -nd))
+    for u in range(nd):
+        expected = np.r_[np.diagonal(dense, -u), np.zeros(u)]
+        np.testing.assert_allclose(band[u], expected, rtol=2e-6,
+                                   atol=2e-6 * np.abs(dense).max())
+    np.testing.assert_allclose(rhs, m.T @ (w * prob.data.ravel()), rtol=2e-6,
+                               atol=1e-6 * np.abs(rhs).max())
+    # the same bits as one sum along each skewed diagonal of the row blocks at once (the
+    # earlier implementation): rows summed in increasing order, in float64
+    p32 = psf.p
+    blk = (p32 * prob.weight.astype(np.float32)[:, None, :]) @ np.transpose(p32, (0, 2, 1))
+    r = prob.grid.radius
+    for u in range(nd):
+        padded = np.zeros((n + 2 * r + 1, nd - u))
+        padded[r:r + n] = np.diagonal(blk, offset=u, axis1=1, axis2=2)
+        st0, st1 = padded.strides
+        view = np.lib.stride_tricks.as_strided(padded[u:], shape=(n, nd - u),
+                                               strides=(st0, st0 + st1), writeable=False)
+        assert np.array_equal(band[u], view.sum(axis=1))
+    for rows in (1, 7, 1000):
+        monkeypatch.setattr(fm, "_CHUNK_ELEMENTS", rows * nd * prob.grid.width)
+        b2, r2, _ = fm._normal(prob, psf)
+        assert np.array_equal(b2, band) and np.array_equal(r2, rhs)
+        acc = fm._NormalSum(prob)
+        fm._psf(prob.grid, xc, gamma, beta, each=acc.add)
+        b3, r3 = acc.result()
+        assert np.array_equal(b3, band) and np.array_equal(r3, rhs)
+
+
+@pytest.mark.parametrize("masked_rows", [[0], [29], [59], [5, 9, 50], list(range(0, 60, 4))])
+def test_renormal_is_the_full_sum(masked_rows):
+    """Masking pixels sums again only the band columns their rows reach: the same bits as
+    the whole sum with the new weights (few rows, rows at the edges, rows close together,
+    and so many that the whole sum is redone)."""
+    import dataclasses
+
+    import atmospec.spectro.forward_model as fm
+
+    prob, xc, gamma, beta, _ = _small_problem()
+    psf = fm._psf(prob.grid, xc, gamma, beta)
+    band, rhs, _ = fm._normal(prob, psf)
+    like = fm._Eval(np.zeros(1), np.zeros(prob.grid.n), 0.0, 0.0, np.zeros(1), band, rhs,
+                    psf, prob.weight)
+    weight = prob.weight.copy()
+    for r in masked_rows:
+        weight[r, np.flatnonzero(weight[r])[:2]] = 0.0
+    masked = dataclasses.replace(prob, weight=weight)
+    new_band, new_rhs = fm._renormal(masked, like)
+    full_band, full_rhs, _ = fm._normal(masked, psf)
+    assert np.array_equal(new_band, full_band) and np.array_equal(new_rhs, full_rhs)
+    assert not np.array_equal(new_band, band)
+    # the old evaluation's arrays are left alone
+    assert np.array_equal(like.band, fm._normal(prob, psf)[0])
+
+
+@pytest.mark.parametrize("mu", [1e-4, 0.3, 30.0])
+def test_influence_trace_against_dense_inverse(mu):
+    """τ = tr[(N + μQ)⁻¹ (N + μ Q G)] and the diagonal of (N + μQ)⁻¹ from the
+    block-tridiagonal recursion match dense linear algebra; one `_Influence` serves every μ
+    with the numbers `_influence` gives for that μ alone."""
+    import atmospec.spectro.forward_model as fm
+
+    prob, xc, gamma, beta, horne_g = _small_problem()
+    psf = fm._psf(prob.grid, xc, gamma, beta)
+    band, _, _ = fm._normal(prob, psf)
+    g = prob.grid
+    n = g.n
+    dense = np.zeros((n, n))
+    for u in range(band.shape[0]):
+        idx = np.arange(n - u)
+        dense[idx + u, idx] = band[u, :n - u]
+        dense[idx, idx + u] = band[u, :n - u]
+    gmat = np.zeros((n, n))
+    rows = np.broadcast_to(np.arange(n)[:, None], g.src.shape)
+    gmat[rows[g.src_ok], g.src[g.src_ok]] = horne_g[g.src_ok]
+    q = np.diag(prob.prior_q)
+    c = np.linalg.inv(dense + mu * q)
+    tau = np.trace(c @ (dense + mu * q @ gmat))
+    influence = fm._Influence(band, prob, horne_g)
+    for m in (7.0, mu):  # an earlier μ must not leave anything behind
+        c_diag, t, blocks = influence(m)
+    assert t == pytest.approx(tau, rel=1e-9)
+    np.testing.assert_allclose(c_diag, np.diag(c), rtol=1e-9)
+    alone = fm._influence(band, prob, mu, horne_g)
+    assert np.array_equal(alone[0], c_diag) and alone[1] == t
+    assert all(np.array_equal(a, b) for a, b in zip(alone[2][:2], blocks[:2], strict=True))
+
+
+def test_jacobian_gradient_and_chunks(monkeypatch):
+    """The shape Jacobian's gradient ``Jᵀ W (D − M)`` is −½ the derivative of the projected
+    objective along γ and α (central differences; along x_c pixels cross the truncated
+    disc's edge and the objective jumps), and the Gauss–Newton matrices are the same bits
+    whatever the chunk size."""
+    from numpy.polynomial import legendre
+
+    import atmospec.spectro.forward_model as fm
+
+    prob, xc, gamma, beta, _ = _small_problem()
+    n = prob.grid.n
+    t = np.linspace(-1.0, 1.0, n)
+    prob.bases = {"gamma": legendre.legvander(t, 3), "alpha": legendre.legvander(t, 2),
+                  "x_c": legendre.legvander(t, 2)}
+    theta = np.concatenate([np.linalg.lstsq(prob.bases[k], v, rcond=None)[0]
+                            for k, v in (("gamma", gamma), ("alpha", beta - 0.5),
+                                         ("x_c", xc))])
+    cfg = ForwardModelConfig()
+    ev = fm._evaluate(theta, prob, cfg)
+    fm._jacobian(ev, prob, cfg)
+    for i in (0, 1, 3, 4, 5, 6):  # γ and α coefficients
+        h = np.zeros_like(theta)
+        h[i] = 1e-3
+        slope = (fm._evaluate(theta + h, prob, cfg).objective
+                 - fm._evaluate(theta - h, prob, cfg).objective) / 2e-3
+        assert -2.0 * ev.jtr[i] == pytest.approx(slope, rel=1e-3, abs=0.5)
+    monkeypatch.setattr(fm, "_CHUNK_ELEMENTS", 5 * 13 * prob.grid.width)
+    other = fm._evaluate(theta, prob, cfg)
+    fm._jacobian(other, prob, cfg)
+    assert np.array_equal(other.band, ev.band) and np.array_equal(other.amplitudes,
+                                                                  ev.amplitudes)
+    for name in ("jtj", "jtr", "damp"):
+        assert np.array_equal(getattr(other, name), getattr(ev, name))

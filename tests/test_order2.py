@@ -262,3 +262,41 @@ def test_order2_hdu_round_trip(runs, tmp_path):
     assert np.all(np.diff(data[0]) > 0)
     assert np.allclose(np.sort(c.wavelength_nm), data[0])
     assert np.allclose(back.flux, np.asarray(spec.flux))
+
+
+def test_drawn_order_against_pixel_by_pixel_moffat():
+    """`order2_image`'s drawing of one order: every source's truncated, normalised Moffat
+    added pixel by pixel, discs crossing the cutout's four edges included (those pixels
+    must not be lost nor land elsewhere)."""
+    from types import SimpleNamespace
+
+    from atmospec.spectro.order2 import _draw_order
+
+    ny, nx, n = 70, 40, 60
+    rng = np.random.default_rng(4)
+    rows = np.arange(4, 4 + n, dtype=float)  # cutout rows 4 … 63 of a cutout at (3, 0)
+    lam = np.linspace(400.0, 1000.0, n)
+    result = SimpleNamespace(
+        cutout_origin=(3, 0), rows=rows, wavelength_nm=lam, refraction=None,
+        gamma=rng.uniform(2.0, 3.0, n), alpha=rng.uniform(2.0, 2.5, n),
+        x_trace=np.linspace(3.0 - 2.0, 3.0 + nx + 1.0, n))  # off the left, then the right
+    per_row = rng.uniform(10.0, 100.0, n)
+    per_row[7] = 0.0  # not drawn
+    lam_m = lam / 2.0 + 1.0
+    image = np.full((ny, nx), 0.5)
+    _draw_order(image, result, per_row, lam_m, 2.5)
+    # reference: the same PSF read at λ_m, drawn source by source on every pixel
+    expected = np.full((ny, nx), 0.5)
+    gamma = np.interp(lam_m, lam, result.gamma)
+    beta = np.interp(lam_m, lam, result.alpha) + 0.5
+    fwhm = 2.0 * gamma * np.sqrt(2.0 ** (1.0 / beta) - 1.0)
+    yy, xx = np.mgrid[:ny, :nx]
+    for i in np.flatnonzero(per_row > 0):
+        r2 = (xx - (result.x_trace[i] - 3.0)) ** 2 + (yy - rows[i]) ** 2
+        psf = (beta[i] - 1.0) / (np.pi * gamma[i] ** 2) * (1.0 + r2 / gamma[i] ** 2) ** (
+            -beta[i])
+        expected += np.where(r2 <= (2.5 * fwhm[i]) ** 2, per_row[i] * psf, 0.0)
+    np.testing.assert_allclose(image, expected, rtol=1e-12, atol=1e-12)
+    # the discs of the first and last sources reach past the cutout's edges
+    assert expected[:, 0].max() > 1.0 and expected[:, -1].max() > 1.0
+    assert expected[-1].max() > 0.51 and expected[0].max() > 0.51

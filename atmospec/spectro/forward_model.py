@@ -21,7 +21,9 @@ parametrised by γ and this α, as in the 1D result.
 masked pixels and outliers) and ``A⁰, σ⁰`` the 1D (Horne) extraction redone with the 2D
 fit's pixel mask: the normal matrix ``N = Mᵀ W M`` is banded (sources further apart than
 the PSF diameter do not overlap) and is assembled row by row of the image with batched
-matrix products, then solved by a banded Cholesky (`scipy.linalg.cholesky_banded`).
+matrix products, a chunk of rows at a time while the chunk's PSF is in the CPU cache
+(`_NormalSum`; masking a few outlier pixels sums again only the columns their rows reach,
+`_renormal`), then solved by a banded Cholesky (`scipy.linalg.cholesky_banded`).
 
 *Why this regulariser.* The deconvolution is ill-posed only for the high along-trace
 frequencies the PSF wipes out; a ridge toward the 1D extraction fills exactly those modes
@@ -69,6 +71,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -102,9 +105,10 @@ class ForwardModelConfig:
     """Radius of the disc the 2D PSF is truncated to, in units of the largest starting
     2D FWHM (β = 3 leaves ~1 % of the flux outside 3 FWHM; it stays in the amplitudes)."""
     max_radius_px: int = 60
-    """Largest PSF radius drawn, pixels: the model's cost grows as the cube of the radius
-    (2147 rows of a 4k LATISS frame, one core: 26 px 1 s, 44 px 20 s, 68 px 45 s, 96 px
-    (3″ seeing) over 10 minutes). A wider ``support_fwhm`` disc is cut to this radius."""
+    """Largest PSF radius drawn, pixels: the model's cost grows faster than the square of
+    the radius (2147 rows of a 4k LATISS frame, one core, CPU with the dense covariance:
+    28 px 0.7 s, 43 px 1.4 s, 69 px 3.8 s). A wider ``support_fwhm`` disc is cut to this
+    radius."""
     min_support_fwhm: float = 2.0
     """Fewest FWHM the disc must still span once cut to `max_radius_px` (β = 3 leaves ~4 %
     of the flux beyond 2 FWHM); a wider PSF raises `PsfTooWide` (the chain then keeps the
@@ -131,8 +135,8 @@ class ForwardModelConfig:
     """Wall-time bound of the whole fit, s: past it `ForwardModelTimeout` is raised (the
     chain then keeps the 1D extraction, flagged). A spectrogram of a few narrow emission
     lines can make each evaluation slow; at the default settings a full-frame LATISS
-    spectrogram (2147 rows, PSF radius 28 px) takes 0.6 s of CPU, 0.1 s more for its
-    dense covariance."""
+    spectrogram (2147 rows) takes 0.7 s of CPU with its dense covariance at 0.85″ seeing
+    (PSF radius 28 px), 1.4 s at 1.3″ (43 px)."""
     tolerance: float = 0.05
     """The shape fit stops when an accepted step lowers the regularised χ² by less than
     this (a shift of the shape parameters well below their errors)."""
@@ -213,11 +217,12 @@ class ForwardModelResult:
     """``(x, y)`` of the cutout's first pixel in the image."""
     config: ForwardModelConfig = field(repr=False)
     """Settings used."""
-    _cov_parts: tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray] = field(
-        repr=False, compare=False)
-    """``((D, S), X C, L)``: `covariance` is ``C X C + L Lᵀ`` (regularised estimator at
-    fixed shape, plus the PSF-shape uncertainty) with ``C = (N + μQ)⁻¹``, ``N + μQ`` given
-    by its diagonal and sub-diagonal blocks ``(D, S)`` (`_blocks`)."""
+    _cov_parts: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], np.ndarray, np.ndarray] = \
+        field(repr=False, compare=False)
+    """``((D, S, S⁻¹), X C, L)``: `covariance` is ``C X C + L Lᵀ`` (regularised estimator
+    at fixed shape, plus the PSF-shape uncertainty) with ``C = (N + μQ)⁻¹``, ``N + μQ``
+    given by its diagonal and sub-diagonal blocks ``(D, S)`` (`_blocks`) and the inverses
+    of its block LU's pivots ``S⁻¹`` (`_schur_inverses`)."""
 
     @property
     def chi2_ndof(self) -> float:
@@ -248,13 +253,15 @@ class ForwardModelResult:
     def covariance(self) -> np.ndarray:
         """Dense covariance of ``amplitudes``, e⁻² (computed on first access). ``C (X C)``
         is a block-tridiagonal solve of ``X C`` (O(n² p), p the band width), not the dense
-        product by ``C`` (O(n³)): 0.05 s instead of 0.6 s for n = 2147 rows on one core."""
-        (diag, sub), xc, shape = self._cov_parts
+        product by ``C`` (O(n³), ~20 GFLOP for n = 2147 rows): 0.1 s of CPU for 2147 rows
+        and R = 43 on one core, solved in place with the block LU the fit already made."""
+        (diag, sub, s_inv), xc, shape = self._cov_parts
         n = xc.shape[0]
         rhs = np.zeros((diag.shape[0] * diag.shape[1], n))
         rhs[:n] = xc
-        cov = _block_solve(diag, sub, rhs)[:n]
-        cov = 0.5 * (cov + cov.T)
+        cov = _block_solve(diag, sub, rhs, s_inv=s_inv, overwrite=True)[:n]
+        cov = cov + cov.T
+        cov *= 0.5
         cov += shape @ shape.T
         return cov
 
@@ -315,8 +322,28 @@ class _Psf:
     q: np.ndarray
 
 
+#: Elements of the (rows, 2R+1, Wc) arrays worked on at once (4 MB in float32): a chunk of
+#: window rows whose temporaries stay in the CPU cache, instead of a dozen passes over
+#: arrays of 66 MB (2147 rows, R = 43) that each go through main memory. Every element is
+#: computed by the same operations as in one piece: the results are the same bits.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _row_chunks(grid: _Grid, lo: int = 0, hi: int | None = None
+                ) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` of the chunks of the window rows ``lo:hi`` (`_CHUNK_ELEMENTS`)."""
+    hi = grid.n if hi is None else hi
+    step = max(1, _CHUNK_ELEMENTS // ((2 * grid.radius + 1) * grid.width))
+    for start in range(lo, hi, step):
+        yield start, min(start + step, hi)
+
+
 def _psf(grid: _Grid, xc_cut: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
-         dtype: type[np.floating] = np.float32) -> _Psf:
+         dtype: type[np.floating] = np.float32,
+         each: Callable[[int, int, np.ndarray], None] | None = None) -> _Psf:
+    """The PSF of every source on the window grid, computed chunk by chunk of window rows;
+    ``each(lo, hi, p)`` is called with every chunk's PSF while it is in the cache (the
+    normal matrix is summed there, `_NormalSum`)."""
     # float32 by default for the big (n, 2R+1, Wc) arrays: half the memory traffic. Only the
     # per-row products (≤ 2R + 3 terms) are float32; the normal matrix sums them in float64.
     # A model differentiated by finite differences (the spectrogram atmosphere fit) needs
@@ -325,21 +352,29 @@ def _psf(grid: _Grid, xc_cut: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     s = grid.src
     ft = dtype
     dy2 = (np.arange(-r, r + 1, dtype=ft) ** 2)[None, :, None]
-    dx = grid.cols.astype(ft)[:, None, :] - xc_cut.astype(ft)[s][:, :, None]
-    rr2 = dx * dx
-    rr2 += dy2
+    cols = grid.cols.astype(ft)[:, None, :]
+    xs = xc_cut.astype(ft)[s][:, :, None]
     inv_g2 = (1.0 / gamma**2).astype(ft)[s][:, :, None]
-    b = beta.astype(ft)[s][:, :, None]
-    outside = rr2 > r * r
-    outside |= ~(grid.src_ok[:, :, None] & grid.in_cut[:, None, :])
-    q = rr2
-    q *= inv_g2
-    q += ft(1.0)
-    p = np.log(q)
-    p *= -b
-    np.exp(p, out=p)
-    p *= ((beta - 1.0) / (math.pi * gamma**2)).astype(ft)[s][:, :, None]
-    p[outside] = 0.0
+    neg_b = -beta.astype(ft)[s][:, :, None]
+    norm = ((beta - 1.0) / (math.pi * gamma**2)).astype(ft)[s][:, :, None]
+    shape = (grid.n, 2 * r + 1, grid.width)
+    p, dx, q = np.empty(shape, ft), np.empty(shape, ft), np.empty(shape, ft)
+    for lo, hi in _row_chunks(grid):
+        dxc, qc, pc = dx[lo:hi], q[lo:hi], p[lo:hi]
+        np.subtract(cols[lo:hi], xs[lo:hi], out=dxc)
+        np.multiply(dxc, dxc, out=qc)
+        qc += dy2
+        outside = qc > r * r
+        outside |= ~(grid.src_ok[lo:hi, :, None] & grid.in_cut[lo:hi, None, :])
+        qc *= inv_g2[lo:hi]
+        qc += ft(1.0)
+        np.log(qc, out=pc)
+        pc *= neg_b[lo:hi]
+        np.exp(pc, out=pc)
+        pc *= norm[lo:hi]
+        np.copyto(pc, 0.0, where=outside)
+        if each is not None:
+            each(lo, hi, pc)
     return _Psf(p, dx, q)
 
 
@@ -374,17 +409,20 @@ def _blocks(ab: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, int]:
     return diag, sub, m
 
 
-def _block_inverse(diag: np.ndarray, sub: np.ndarray, full: bool
+def _block_inverse(diag: np.ndarray, sub: np.ndarray, full: bool,
+                   s_inv: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Inverse of a block-tridiagonal SPD matrix (recursive Green's function).
 
     Returns its diagonal blocks, its sub-diagonal blocks ``C[k+1, k]`` and, if ``full``,
-    the dense inverse. ``S_k = D_k − L_{k−1} S_{k−1}⁻¹ L_{k−1}ᵀ`` forward, then
+    the dense inverse; ``s_inv``: its `_schur_inverses` when already made.
+    ``S_k = D_k − L_{k−1} S_{k−1}⁻¹ L_{k−1}ᵀ`` forward, then
     ``C_kk = S_k⁻¹ + T_k C_{k+1,k+1} T_kᵀ`` and ``C_{k,k+1:} = −T_k C_{k+1,k+1:}`` with
     ``T_k = S_k⁻¹ L_kᵀ`` backward: O(n p²) for the band, O(n² p) for the dense matrix.
     """
     m, p, _ = diag.shape
-    s_inv = _schur_inverses(diag, sub)
+    if s_inv is None:
+        s_inv = _schur_inverses(diag, sub)
     cd = np.empty_like(diag)
     co = np.empty_like(sub)
     cd[m - 1] = s_inv[m - 1]
@@ -416,34 +454,25 @@ def _schur_inverses(diag: np.ndarray, sub: np.ndarray) -> np.ndarray:
     return s_inv
 
 
-def _block_solve(diag: np.ndarray, sub: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+def _block_solve(diag: np.ndarray, sub: np.ndarray, rhs: np.ndarray,
+                 s_inv: np.ndarray | None = None, overwrite: bool = False) -> np.ndarray:
     """``A⁻¹ B`` for a block-tridiagonal SPD ``A`` (blocks of `_blocks`) and a dense ``B``
     of ``m p`` rows: block LU forward, then back substitution, four ``p × p`` by
-    ``p × ncol`` products per block (O(m p² ncol))."""
+    ``p × ncol`` products per block (O(m p² ncol)). ``s_inv``: `_schur_inverses` of ``A``
+    when already made; ``overwrite``: solve in ``rhs``'s own memory (C-contiguous), its
+    blocks replaced one by one (Z_k, then Y_k) as the recursions no longer need them."""
     m, p, _ = diag.shape
-    s_inv = _schur_inverses(diag, sub)
-    z = rhs.reshape(m, p, -1).copy()
+    if s_inv is None:
+        s_inv = _schur_inverses(diag, sub)
+    z = rhs.reshape(m, p, -1)
+    if not overwrite or not np.shares_memory(z, rhs):
+        z = z.copy()
     for k in range(1, m):  # forward: Z_k = B_k − L_{k−1} S_{k−1}⁻¹ Z_{k−1}
         z[k] -= sub[k - 1] @ (s_inv[k - 1] @ z[k - 1])
-    y = np.empty_like(z)
-    y[m - 1] = s_inv[m - 1] @ z[m - 1]
+    z[m - 1] = s_inv[m - 1] @ z[m - 1]
     for k in range(m - 2, -1, -1):  # back: Y_k = S_k⁻¹ (Z_k − L_kᵀ Y_{k+1})
-        y[k] = s_inv[k] @ (z[k] - sub[k].T @ y[k + 1])
-    return y.reshape(m * p, -1)
-
-
-def _band_of_blocks(cd: np.ndarray, co: np.ndarray, n: int, width: int) -> np.ndarray:
-    """Lower band ``[u, j] = C[j+u, j]`` (u ≤ width ≤ p) from the blocks of a symmetric
-    block-tridiagonal-structured inverse."""
-    p = cd.shape[1]
-    u = np.arange(width + 1)[:, None]
-    j = np.arange(n)[None, :]
-    i = np.minimum(j + u, n - 1)
-    bi, bj = i // p, j // p
-    same = bi == bj
-    out = np.where(same, cd[bj, i % p, j % p],
-                   co[np.minimum(bj, co.shape[0] - 1), i % p, j % p] if co.shape[0] else 0.0)
-    return np.where(j + u < n, out, 0.0)
+        z[k] = s_inv[k] @ (z[k] - sub[k].T @ z[k + 1])
+    return z.reshape(m * p, -1)
 
 
 def _block_matmul(diag: np.ndarray, sub: np.ndarray, dense: np.ndarray) -> np.ndarray:
@@ -505,27 +534,92 @@ def _shapes(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig
     return gamma, alpha, xc, free_g, free_a
 
 
-def _normal(prob: _Problem, psf: _Psf) -> tuple[np.ndarray, np.ndarray]:
-    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D``."""
+class _NormalSum:
+    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D`` from the window rows ``lo:hi``, summed
+    chunk by chunk of rows (`add`) while each chunk's PSF is in the cache.
+
+    Band column ``j`` (and source ``j`` of ``Mᵀ W D``) sums the rows ``j − R … j + R``: it
+    is complete when they are all in ``lo:hi`` (`complete`)."""
+
+    def __init__(self, prob: _Problem, lo: int = 0, hi: int | None = None) -> None:
+        g = prob.grid
+        self.prob = prob
+        self.rows = (lo, g.n if hi is None else hi)
+        nd = 2 * g.radius + 1
+        # band columns shifted by nd: a chunk's skewed diagonals reach up to nd − 1 columns
+        # beyond the cutout's sources on each side (they carry zeros: sources outside)
+        self._band = np.zeros((nd, g.n + 2 * nd))
+        self._pwd = np.zeros((g.n, nd), np.float32)
+
+    def add(self, lo: int, hi: int, p: np.ndarray) -> None:
+        """Add the window rows ``lo:hi`` (in increasing order) whose PSF is ``p``."""
+        prob = self.prob
+        r = prob.grid.radius
+        nd = 2 * r + 1
+        pw = p * prob.weight[lo:hi].astype(np.float32)[:, None, :]
+        blk = pw @ np.transpose(p, (0, 2, 1))
+        self._pwd[lo:hi] = (pw @ prob.data[lo:hi].astype(np.float32)[:, :, None])[..., 0]
+        # blk[r, a, b] pairs sources r − (a − R) and r − (b − R): for b = a + u it lands on
+        # the lower band at (u, j = r − b + R). Column b of every row's block goes, reversed,
+        # to diagonals 0 … b of band columns lo − b + R …: each band element is summed over
+        # increasing rows, as one sum along its skewed diagonal would (loop over the 2R + 1
+        # columns of the blocks, not over pixels).
+        band = self._band
+        m = hi - lo
+        for b in range(nd):
+            j0 = lo - b + r + nd
+            band[:b + 1, j0:j0 + m] += blk[:, b::-1, b].T
+
+    def complete(self) -> slice:
+        """Band columns (sources) whose rows were all added."""
+        g = self.prob.grid
+        lo, hi = self.rows
+        return slice(lo + g.radius if lo > 0 else 0, hi - g.radius if hi < g.n else g.n)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(band, rhs)`` once the rows were added (exact in the `complete` columns)."""
+        g = self.prob.grid
+        nd = self._band.shape[0]
+        lo, hi = self.rows
+        band = np.ascontiguousarray(self._band[:, nd:nd + g.n])
+        rhs = np.bincount(g.src[lo:hi].ravel(), weights=self._pwd[lo:hi].ravel(),
+                          minlength=g.n)
+        return band, rhs
+
+
+def _normal(prob: _Problem, psf: _Psf, lo: int = 0, hi: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray, slice]:
+    """Lower band of ``Mᵀ W M`` and ``Mᵀ W D`` from the window rows ``lo:hi`` and the
+    columns they complete (`_NormalSum`)."""
+    acc = _NormalSum(prob, lo, hi)
+    lo, hi = acc.rows
+    for a, b in _row_chunks(prob.grid, lo, hi):
+        acc.add(a, b, psf.p[a:b])
+    return *acc.result(), acc.complete()
+
+
+def _renormal(prob: _Problem, like: _Eval) -> tuple[np.ndarray, np.ndarray]:
+    """``Mᵀ W M`` and ``Mᵀ W D`` of ``like``'s PSF with the weights of ``prob``: only the
+    band columns and sources that see a window row whose weights changed are summed again
+    (from the rows ±2R around it), the rest kept. Masking a few outlier pixels then costs
+    a few hundred rows, not all of them; the numbers are those of the full sum."""
     g = prob.grid
-    n, nd = g.n, 2 * g.radius + 1
-    pw = psf.p * prob.weight.astype(np.float32)[:, None, :]
-    blk = pw @ np.transpose(psf.p, (0, 2, 1))
-    # blk[r, a, b] pairs sources r − (a − R) and r − (b − R); for b = a + u it lands on the
-    # lower band at (u, j = r − a − u + R): a sum along skewed diagonals, done with a
-    # strided view of the zero-padded diagonal (loop over the band's 2R + 1 diagonals).
     r = g.radius
-    band = np.zeros((nd, n))
-    for u in range(nd):
-        diag = np.diagonal(blk, offset=u, axis1=1, axis2=2)
-        padded = np.zeros((n + 2 * r + 1, nd - u))
-        padded[r:r + n] = diag
-        st0, st1 = padded.strides
-        view = np.lib.stride_tricks.as_strided(padded[u:], shape=(n, nd - u),
-                                               strides=(st0, st0 + st1), writeable=False)
-        band[u] = view.sum(axis=1)
-    pwd = (pw @ prob.data.astype(np.float32)[:, :, None])[..., 0]
-    rhs = np.bincount(g.src.ravel(), weights=pwd.ravel(), minlength=n)
+    changed = np.flatnonzero(np.any(like.weight != prob.weight, axis=1))
+    # rows to sum again: ±2R around each changed row, overlapping ranges merged
+    starts = np.maximum(changed - 2 * r, 0)
+    ends = np.minimum(changed + 2 * r + 1, g.n)
+    first = np.r_[True, starts[1:] > ends[:-1]]
+    last = np.r_[first[1:], True]
+    ranges = list(zip(starts[first].tolist(), ends[last].tolist(), strict=True))
+    if sum(hi - lo for lo, hi in ranges) > g.n // 2:
+        band, rhs, _ = _normal(prob, like.psf)
+        return band, rhs
+    band, rhs = like.band.copy(), like.rhs.copy()
+    for lo, hi in ranges:
+        part_band, part_rhs, done = _normal(prob, like.psf, lo, hi)
+        band[:, done] = part_band[:, done]
+        rhs[done] = part_rhs[done]
     return band, rhs
 
 
@@ -555,11 +649,12 @@ def _evaluate(theta: np.ndarray, prob: _Problem, cfg: ForwardModelConfig,
         if like.weight is prob.weight or np.array_equal(like.weight, prob.weight):
             band, rhs = like.band, like.rhs
         else:
-            band, rhs = _normal(prob, psf)
+            band, rhs = _renormal(prob, like)
     else:
         gamma, alpha, xc, _, _ = _shapes(theta, prob, cfg)
-        psf = _psf(prob.grid, xc, gamma, alpha + 0.5)
-        band, rhs = _normal(prob, psf)
+        acc = _NormalSum(prob)
+        psf = _psf(prob.grid, xc, gamma, alpha + 0.5, each=acc.add)
+        band, rhs = acc.result()
     amp = _solve(band, rhs, prob, prob.mu)
     model = _window_model(psf, amp, prob.grid)
     res = prob.data - model
@@ -579,28 +674,38 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     p, dx, q = ev.psf.p, ev.psf.dx, ev.psf.q
     gs = gamma.astype(f4)[s][:, :, None]
     bs = beta.astype(f4)[s][:, :, None]
-    parts = []
     # ∂P/∂γ = P (2β (q − 1)/(q γ) − 2/γ), ∂P/∂β = P (1/(β − 1) − ln q),
-    # ∂P/∂x_c = P 2β dx/(γ² q); each (n, Wc, 2R+1) @ (n, 2R+1, deg + 1)
-    tmp = (q - f4(1.0)) / q
-    tmp *= f4(2.0) * bs / gs
-    tmp -= f4(2.0) / gs
-    tmp *= p
-    basis = (prob.bases["gamma"] * free_g[:, None])[s] * a
-    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
-    np.log(q, out=tmp)
-    np.subtract((1.0 / (beta - 1.0)).astype(f4)[s][:, :, None], tmp, out=tmp)
-    tmp *= p
-    basis = (prob.bases["alpha"] * free_a[:, None])[s] * a
-    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
-    np.divide(dx, q, out=tmp)
-    tmp *= f4(2.0) * bs / (gs * gs)
-    tmp *= p
-    basis = prob.bases["x_c"][s] * a
-    parts.append(np.transpose(tmp, (0, 2, 1)) @ basis.astype(f4))
-    del tmp
-    jmat = np.concatenate(parts, axis=2).astype(np.float64)  # (n, Wc, n_theta)
-    n_theta = jmat.shape[2]
+    # ∂P/∂x_c = P 2β dx/(γ² q); each (n, Wc, 2R+1) @ (n, 2R+1, deg + 1), chunk by chunk
+    # of window rows (`_CHUNK_ELEMENTS`)
+    fg, two_g = f4(2.0) * bs / gs, f4(2.0) / gs
+    inv_b1 = (1.0 / (beta - 1.0)).astype(f4)[s][:, :, None]
+    fx = f4(2.0) * bs / (gs * gs)
+    # each basis times the amplitudes at the sources, gathered chunk by chunk below
+    coefs = [prob.bases["gamma"] * free_g[:, None], prob.bases["alpha"] * free_a[:, None],
+             prob.bases["x_c"]]
+    edges = np.cumsum([0] + [c.shape[1] for c in coefs])
+    n_theta = int(edges[-1])
+    jmat = np.empty((g.n, g.width, n_theta))
+    per_src = np.empty((g.n, 2 * g.radius + 1, n_theta), f4)
+    for lo, hi in _row_chunks(g):
+        pc, qc = p[lo:hi], q[lo:hi]
+        bases = [(c[s[lo:hi]] * a[lo:hi]).astype(f4) for c in coefs]
+        tmp = (qc - f4(1.0)) / qc
+        tmp *= fg[lo:hi]
+        tmp -= two_g[lo:hi]
+        tmp *= pc
+        tmp_t = np.transpose(tmp, (0, 2, 1))
+        jmat[lo:hi, :, edges[0]:edges[1]] = tmp_t @ bases[0]
+        np.log(qc, out=tmp)
+        np.subtract(inv_b1[lo:hi], tmp, out=tmp)
+        tmp *= pc
+        jmat[lo:hi, :, edges[1]:edges[2]] = tmp_t @ bases[1]
+        np.divide(dx[lo:hi], qc, out=tmp)
+        tmp *= fx[lo:hi]
+        tmp *= pc
+        jmat[lo:hi, :, edges[2]:edges[3]] = tmp_t @ bases[2]
+        # Mᵀ W J of these rows' sources while their PSF is in the cache (see below)
+        per_src[lo:hi] = pc @ (jmat[lo:hi] * prob.weight[lo:hi, :, None]).astype(f4)
     jw = jmat * prob.weight[:, :, None]
     # Gradient of the projected objective: exact with A held fixed (A is optimal).
     ev.jtr = jw.reshape(-1, n_theta).T @ (prob.data - ev.model).ravel()
@@ -608,7 +713,7 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     # absorb, J − M (N + μQ)⁻¹ Mᵀ W J; without it the steps are far too short. Mᵀ W J sums
     # each window row's terms onto its sources (zero for the sources outside the cutout,
     # whose PSF is zero).
-    per_src = (p @ jw.astype(f4)).reshape(-1, n_theta)
+    per_src = per_src.reshape(-1, n_theta)
     src = s.ravel()
     mtwj = np.column_stack([np.bincount(src, weights=per_src[:, i], minlength=g.n)
                             for i in range(n_theta)])
@@ -617,7 +722,8 @@ def _jacobian(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig) -> None:
     dA = cho_solve_banded((cholesky_banded(ab, lower=True), True), mtwj)
     ev.damp = dA
     da = (dA[s] * g.src_ok[:, :, None]).astype(f4)
-    jmat -= np.transpose(p, (0, 2, 1)) @ da
+    for lo, hi in _row_chunks(g):
+        jmat[lo:hi] -= np.transpose(p[lo:hi], (0, 2, 1)) @ da[lo:hi]
     jflat = jmat.reshape(-1, n_theta)
     ev.jtj = (jflat * prob.weight.reshape(-1, 1)).T @ jflat
 
@@ -658,38 +764,74 @@ def _fit_shapes(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig, deadline: fl
     return fit.state, fit.iterations, None if fit.success else fit.message
 
 
+class _Influence:
+    """Trace of the influence matrix and the blocks of ``N + μQ`` as functions of μ, for one
+    normal matrix ``N``: its blocks (`_blocks`) and the indices that read the band of
+    ``(N + μQ)⁻¹`` and the trace are made once, for all of the cross-validation's values of
+    μ (each then adds ``μQ`` to the diagonal, as ``N + μQ`` would have it)."""
+
+    def __init__(self, band: np.ndarray, prob: _Problem, horne_g: np.ndarray) -> None:
+        n = band.shape[1]
+        p = band.shape[0] - 1
+        self.prob = prob
+        self.n = n
+        self.diag0, self.sub, self.m = _blocks(band, p)
+        rows = np.arange(n)
+        self._dpos = (rows // p, rows % p, rows % p)
+        # band [u, j] = C[j+u, j] (u ≤ R) of the inverse, read from its diagonal blocks or
+        # from its sub-diagonal ones
+        r = prob.grid.radius
+        u = np.arange(r + 1)[:, None]
+        j = rows[None, :]
+        i = np.minimum(j + u, n - 1)
+        bj = j // p
+        self._same = (i // p) == bj
+        self._inside = j + u < n
+        self._d_idx = (bj * p + i % p) * p + j % p
+        self._o_idx = (np.minimum(bj, max(self.m - 2, 0)) * p + i % p) * p + j % p
+        # tr(C Q G) = Σ_{r,d} q_r G[r, r−d] C[r−d, r]: C[r−d, r] is band [|d|, min(r, r−d)]
+        g = prob.grid
+        d = np.arange(-r, r + 1)
+        self._c_idx = (np.abs(d)[None, :], np.minimum(rows[:, None], g.src))
+        self._qg = prob.prior_q[:, None] * horne_g
+
+    def __call__(self, mu: float) -> tuple[np.ndarray, float,
+                                            tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Diagonal of ``(N + μQ)⁻¹``, trace of the influence matrix and the blocks of
+        ``N + μQ`` with its `_schur_inverses`."""
+        prob = self.prob
+        diag = self.diag0.copy()
+        diag[self._dpos] += mu * prob.prior_q
+        s_inv = _schur_inverses(diag, self.sub)
+        cd, co, _ = _block_inverse(diag, self.sub, False, s_inv)
+        other = co.ravel()[self._o_idx] if co.shape[0] else 0.0
+        cband = np.where(self._inside, np.where(self._same, cd.ravel()[self._d_idx], other),
+                         0.0)
+        c_diag = cband[0]
+        c_rs = cband[self._c_idx]
+        tr_qg = float(np.sum(self._qg * c_rs * prob.grid.src_ok))
+        tau = self.n - mu * float(np.sum(prob.prior_q * c_diag)) + mu * tr_qg
+        return c_diag, tau, (diag, self.sub, s_inv)
+
+
 def _influence(band: np.ndarray, prob: _Problem, mu: float, horne_g: np.ndarray
-               ) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, int]]:
-    """Amplitudes, trace of the influence matrix and the blocks of ``N + μQ``."""
-    n = band.shape[1]
-    p = band.shape[0] - 1
-    ab = band.copy()
-    ab[0] += mu * prob.prior_q
-    diag, sub, m = _blocks(ab, p)
-    cd, co, _ = _block_inverse(diag, sub, full=False)
-    r = prob.grid.radius
-    cband = _band_of_blocks(cd, co, n, r)
-    c_diag = cband[0]
-    # tr(C Q G) = Σ_{r,d} q_r G[r, r−d] C[r−d, r]
-    g = prob.grid
-    d = np.arange(-r, r + 1)
-    u = np.abs(d)
-    j = np.minimum(np.arange(n)[:, None], g.src)
-    c_rs = cband[u[None, :], j]
-    tr_qg = float(np.sum(prob.prior_q[:, None] * horne_g * c_rs * g.src_ok))
-    tau = n - mu * float(np.sum(prob.prior_q * c_diag)) + mu * tr_qg
-    return c_diag, tau, (diag, sub, m)
+               ) -> tuple[np.ndarray, float, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Diagonal of ``(N + μQ)⁻¹``, trace of the influence matrix and the blocks of
+    ``N + μQ`` with its `_schur_inverses` (`_Influence`)."""
+    return _Influence(band, prob, horne_g)(mu)
 
 
 def _choose_mu(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig, rhs: np.ndarray,
                horne_g: np.ndarray, dwd: float, n_pix: int) -> tuple[float, float]:
     """μ minimising the generalised cross-validation of the pixels."""
 
+    influence = _Influence(ev.band, prob, horne_g)
+
     def gcv(log_mu: float) -> float:
         mu = 10.0 ** log_mu
         amp = _solve(ev.band, rhs, prob, mu)
         chi2 = dwd - 2.0 * float(amp @ rhs) + float(amp @ _band_matvec(ev.band, amp))
-        _, tau, _ = _influence(ev.band, prob, mu, horne_g)
+        _, tau, _ = influence(mu)
         return n_pix * chi2 / max(n_pix - tau, 1.0) ** 2
 
     lo, hi = cfg.log10_mu_bounds
@@ -966,16 +1108,16 @@ def _clip_passes(setup: _Setup, theta0: np.ndarray, cfg: ForwardModelConfig,
 
 def _amplitude_covariance(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
                           ) -> tuple[float, np.ndarray,
-                                     tuple[tuple[np.ndarray, np.ndarray], np.ndarray,
-                                           np.ndarray]]:
+                                     tuple[tuple[np.ndarray, np.ndarray, np.ndarray],
+                                           np.ndarray, np.ndarray]]:
     """Trace of the influence matrix, variances of the amplitudes and the parts of their
-    dense covariance ``((D, S), X C, L)`` (see `ForwardModelResult`) at the converged
+    dense covariance ``((D, S, S⁻¹), X C, L)`` (see `ForwardModelResult`) at the converged
     shapes."""
     n = prob.grid.n
     mu = prob.mu
     horne_g = _horne_of_sources(ev, prob)
-    _, tau, (diag, sub_blk, _) = _influence(ev.band, prob, mu, horne_g)
-    _, _, c_dense = _block_inverse(diag, sub_blk, full=True)
+    _, tau, (diag, sub_blk, s_inv) = _influence(ev.band, prob, mu, horne_g)
+    _, _, c_dense = _block_inverse(diag, sub_blk, True, s_inv)
     xband = _x_band(ev.band, prob, horne_g, mu)
     xd, xs, _ = _blocks(xband, diag.shape[1])
     xc_dense = _block_matmul(xd, xs, c_dense)[:n, :n]
@@ -983,7 +1125,7 @@ def _amplitude_covariance(ev: _Eval, prob: _Problem, cfg: ForwardModelConfig
     amp_var = np.einsum("ji,ji->i", xc_dense, c_dense)  # diag(C X C), C symmetric
     shape_part = _shape_covariance_factor(ev, prob, cfg)
     amp_var += np.einsum("ij,ij->i", shape_part, shape_part)
-    return tau, amp_var, ((diag, sub_blk), xc_dense, shape_part)
+    return tau, amp_var, ((diag, sub_blk, s_inv), xc_dense, shape_part)
 
 
 def fit_forward_model(exposure: Exposure, result: ExtractionResult,
