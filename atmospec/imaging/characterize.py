@@ -244,32 +244,54 @@ class _Timer:
             self.cpu[stage] = self.cpu.get(stage, 0.0) + time.process_time() - c0
 
 
+@dataclass(frozen=True)
+class _Flagged:
+    """The pixels of an exposure that have any mask bit set."""
+
+    index: np.ndarray
+    """Their flat indices, increasing."""
+    bits: np.ndarray
+    """Their mask values."""
+
+    def select(self, value: int) -> np.ndarray:
+        """Flat indices of the pixels with any bit of ``value`` set."""
+        return self.index[(self.bits & value) != 0]
+
+
 def _mask_planes(exposure: Exposure, wanted: dict[str, tuple[str, ...]],
                  nonfinite: np.ndarray | None = None, with_nonfinite: tuple[str, ...] = ()
-                 ) -> dict[str, np.ndarray]:
+                 ) -> tuple[dict[str, np.ndarray], _Flagged]:
     """Boolean images of several plane combinations from one pass over the mask.
 
     Flagged pixels are a few per cent of a frame: their indices are found once and each
-    combination is scattered into a fresh array, instead of one full-frame test each.
-    The flat indices ``nonfinite`` are added to the combinations named in
-    ``with_nonfinite``.
+    combination is scattered into a fresh array, instead of one full-frame test each;
+    combinations of the same planes share one array. The flat indices ``nonfinite`` are
+    added to the combinations named in ``with_nonfinite``. Also returns the flagged
+    pixels, for later look-ups that need no image (e.g. the labels under SAT pixels).
     """
     mask = exposure.mask.reshape(-1)
-    flagged = np.flatnonzero(mask)
+    # On a boolean image nonzero is ~4x faster than on the int32 mask (1 M flagged
+    # pixels: 8 ms instead of 32 ms, the test included).
+    flagged = np.flatnonzero(mask != 0)
     bits = mask[flagged]
-    out = {}
+    out: dict[str, np.ndarray] = {}
+    made: dict[tuple[int, bool], np.ndarray] = {}
     for name, planes in wanted.items():
         # Planes the exposure does not have are simply absent (the mask is not extended).
         value = 0
         for plane in planes:
             if plane in exposure.mask_planes:
                 value |= 1 << exposure.mask_planes[plane]
-        plane_mask = np.zeros(mask.size, dtype=bool)
-        plane_mask[flagged[(bits & value) != 0]] = True
-        if nonfinite is not None and name in with_nonfinite:
-            plane_mask[nonfinite] = True
-        out[name] = plane_mask.reshape(exposure.mask.shape)
-    return out
+        add_nonfinite = nonfinite is not None and name in with_nonfinite
+        key = (value, add_nonfinite)
+        if key not in made:
+            plane_mask = np.zeros(mask.size, dtype=bool)
+            plane_mask[flagged[(bits & value) != 0]] = True
+            if add_nonfinite:
+                plane_mask[nonfinite] = True
+            made[key] = plane_mask.reshape(exposure.mask.shape)
+        out[name] = made[key]
+    return out, _Flagged(flagged, bits)
 
 
 @dataclass(frozen=True)
@@ -379,8 +401,12 @@ class _Frame:
     """Pixels left out of measurements (configured planes, non-finite)."""
     saturated: np.ndarray
     """SAT pixels."""
+    saturated_index: np.ndarray
+    """Flat indices of the SAT pixels."""
     edge: np.ndarray
     """EDGE pixels."""
+    flagged: _Flagged
+    """Pixels with any mask bit set when the run started."""
     timer: _Timer
     """Wall time of each stage."""
     t_start: float
@@ -469,13 +495,15 @@ def _prepare(exposure: Exposure, observation: _Observation, config: Characterize
         # costs one reduction, not a boolean image and three full-frame ORs.
         nonfinite = (None if np.isfinite(np.sum(image))
                      else np.flatnonzero(~np.isfinite(image)))
-        planes = _mask_planes(exposure, {
+        planes, flagged = _mask_planes(exposure, {
             "background": config.background.mask_planes,
             "detection": config.detection.mask_planes,
             "photometry": config.photometry.mask_planes,
             "saturated": ("SAT",),
             "edge": ("EDGE",),
         }, nonfinite, ("background", "detection", "photometry"))
+        saturated_index = flagged.select(1 << exposure.mask_planes["SAT"]
+                                         if "SAT" in exposure.mask_planes else 0)
 
     with timer("background"):
         bkg = estimate_background(image, planes["background"], config.background,
@@ -500,7 +528,8 @@ def _prepare(exposure: Exposure, observation: _Observation, config: Characterize
                   background=bkg, data=data, variance=variance,
                   det_masked=planes["detection"], phot_masked=planes["photometry"],
                   saturated=planes["saturated"],
-                  edge=planes["edge"], timer=timer, t_start=t_start,
+                  saturated_index=saturated_index,
+                  edge=planes["edge"], flagged=flagged, timer=timer, t_start=t_start,
                   c_start=c_start)
 
 
@@ -525,8 +554,8 @@ def _measure(frame: _Frame, found: _Found, config: CharacterizeConfig) -> _Sourc
                                    kron=config.photometry.kron)
         labels = props["label"]
         n = len(labels)
-        sat_labels = (np.unique(segm.data[frame.saturated]) if frame.saturated.any()
-                      else np.zeros(0, int))
+        sat_labels = (np.unique(segm.data.reshape(-1)[frame.saturated_index])
+                      if frame.saturated_index.size else np.zeros(0, int))
         flag_sat = np.isin(labels, sat_labels)
         blended = np.isin(labels, np.fromiter(found.blended_labels, dtype=int))
 
@@ -679,6 +708,26 @@ def _fit_blends(frame: _Frame, sources: _Sources, psf: _PsfModel,
         sources.centroid_ok[rows] = good
 
 
+def _set_detected(exposure: Exposure, flagged: _Flagged, segm: SegmentationImage | None,
+                  values: dict[str, np.ndarray]) -> None:
+    """Set the DETECTED plane to the footprints of the segments (and nowhere else).
+
+    An earlier run's footprints are cleared only if the mask has any (the flagged pixels
+    say so), and the new ones are set segment box by segment box: no full-frame pass.
+    """
+    bit = exposure.bitmask("DETECTED")
+    if np.any(flagged.bits & bit):
+        exposure.mask &= np.int32(~bit)
+    if segm is None or "bbox_xmin" not in values:
+        return
+    seg, mask = segm.data, exposure.mask
+    for x0, x1, y0, y1 in zip(values["bbox_xmin"], values["bbox_xmax"], values["bbox_ymin"],
+                              values["bbox_ymax"], strict=True):
+        box = (slice(int(y0), int(y1) + 1), slice(int(x0), int(x1) + 1))
+        view = mask[box]
+        np.bitwise_or(view, np.int32(bit), out=view, where=seg[box] > 0)
+
+
 def _finish(exposure: Exposure, frame: _Frame, config: CharacterizeConfig,
             segm: SegmentationImage | None, values: dict[str, np.ndarray], n: int,
             radii_px: list[float], psf_summary: dict[str, float]) -> CharacterizeResult:
@@ -692,10 +741,7 @@ def _finish(exposure: Exposure, frame: _Frame, config: CharacterizeConfig,
     with timer("catalog"):
         table = _build_table(values, len(radii_fwhm), frame.flux_unit, n)
         if config.set_detected_mask:
-            # Replace, not add to, the footprints of an earlier run.
-            exposure.mask &= np.int32(~exposure.bitmask("DETECTED"))
-            if segm is not None:
-                exposure.set_mask("DETECTED", segm.data > 0)
+            _set_detected(exposure, frame.flagged, segm, values)
         fwhm_px = psf_summary["fwhm_px"]
         quality = ImageQuality(
             obs_id=frame.obs_id,

@@ -60,7 +60,7 @@ from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from atmospec.imaging.background import block_sum
+from atmospec.imaging.background import masked_block_sum
 
 log = logging.getLogger(__name__)
 
@@ -531,20 +531,25 @@ def detect(
     b = max(int(config.bin_factor), 1)
     if fwhm_px / b < config.min_fwhm_binned:
         b = 1
-    work = np.where(masked, np.float32(0.0), data).astype(np.float32, copy=False)
-    # Non-finite pixels left unmasked make the sum non-finite: zero them too (the usual
-    # finite image costs one reduction, not a boolean image of the non-finite pixels).
-    if not np.isfinite(np.sum(work)):
-        invalid = ~np.isfinite(work)
-        work[invalid] = 0.0
-        masked = masked | invalid
     rms = np.broadcast_to(np.asarray(rms, dtype=np.float32), data.shape)
     if b > 1:
-        # Block means: the noise of a mean of b² pixels is rms / b.
-        work = block_sum(work, b)
+        # Block means, the masked pixels zeroed (the noise of a mean of b² pixels is
+        # rms / b).
+        work = masked_block_sum(data, masked, b, 0.0)
+        # Non-finite pixels left unmasked make their block's sum, and so the total, non-
+        # finite: zero them too (the usual finite image costs one reduction, not a boolean
+        # image of the non-finite pixels).
+        if not np.isfinite(np.sum(work)):
+            masked = masked | ~np.isfinite(data)
+            work = masked_block_sum(data, masked, b, 0.0)
         work *= np.float32(1.0 / b**2)
         rms_small = rms[b // 2::b, b // 2::b][: work.shape[0], : work.shape[1]] / np.float32(b)
     else:
+        work = np.where(masked, np.float32(0.0), data).astype(np.float32, copy=False)
+        if not np.isfinite(np.sum(work)):
+            invalid = ~np.isfinite(work)
+            work[invalid] = 0.0
+            masked = masked | invalid
         rms_small = rms
     sigma = fwhm_px / FWHM_PER_SIGMA / b
     snr = ndimage.gaussian_filter(work, sigma, truncate=config.truncate)
