@@ -23,6 +23,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from astropy.stats import SigmaClip
@@ -74,12 +75,12 @@ class BackgroundConfig:
 
 @dataclass
 class BackgroundResult:
-    """Full-resolution background and noise maps with their low-resolution meshes."""
+    """Low-resolution meshes of the sky level and noise, and their full-resolution maps.
 
-    background: np.ndarray
-    """Sky level, image units (e⁻), float32, full resolution."""
-    rms: np.ndarray
-    """Per-pixel sky noise, image units, float32, full resolution."""
+    The maps are interpolated when first asked for (64 MB each for a LATISS frame):
+    `subtract_from` and `rms_at` give what a caller needs without them.
+    """
+
     mesh: np.ndarray
     """Box values of the level (after the median filter)."""
     rms_mesh: np.ndarray
@@ -88,6 +89,18 @@ class BackgroundResult:
     """Full-resolution row coordinate of each mesh row's centre."""
     mesh_x: np.ndarray
     """Full-resolution column coordinate of each mesh column's centre."""
+    shape: tuple[int, int]
+    """Shape of the image."""
+
+    @cached_property
+    def background(self) -> np.ndarray:
+        """Sky level, image units (e⁻), float32, full resolution."""
+        return expand_mesh(self.mesh, self.mesh_y, self.mesh_x, self.shape)
+
+    @cached_property
+    def rms(self) -> np.ndarray:
+        """Per-pixel sky noise, image units, float32, full resolution."""
+        return expand_mesh(self.rms_mesh, self.mesh_y, self.mesh_x, self.shape)
 
     @property
     def median(self) -> float:
@@ -98,6 +111,32 @@ class BackgroundResult:
     def median_rms(self) -> float:
         """Median per-pixel noise over the boxes, image units."""
         return float(np.median(self.rms_mesh))
+
+    def subtract_from(self, image: np.ndarray) -> np.ndarray:
+        """``image - background`` (the same values), without the full-resolution map.
+
+        The map is interpolated band by band of rows, each band subtracted while it is in
+        cache: no 64 MB temporary for a LATISS frame.
+        """
+        if "background" in self.__dict__:
+            return image - self.background
+        ay = _spline_matrix(self.mesh_y, np.arange(self.shape[0], dtype=float))
+        ax = _spline_matrix(self.mesh_x, np.arange(self.shape[1], dtype=float))
+        rows = ay @ self.mesh.astype(np.float32)  # as in expand_mesh
+        out = np.empty(np.broadcast_shapes(image.shape, self.shape),
+                       dtype=np.result_type(image, np.float32))
+        for start in range(0, self.shape[0], _BAND_ROWS):
+            band = slice(start, start + _BAND_ROWS)
+            np.subtract(image[band], rows[band] @ ax.T, out=out[band])
+        return out
+
+    def rms_at(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The noise map at rows ``y`` and columns ``x`` (``(len(y), len(x))``, float32):
+        the values of `rms` there, interpolated only there."""
+        if "rms" in self.__dict__:
+            return self.rms[np.ix_(y, x)]
+        return expand_mesh(self.rms_mesh, self.mesh_y, self.mesh_x, (len(y), len(x)),
+                           np.asarray(y, dtype=float), np.asarray(x, dtype=float))
 
 
 def bin_image(image: np.ndarray, bad: np.ndarray, factor: int) -> np.ndarray:
@@ -367,8 +406,6 @@ def estimate_background(
         log.warning("%s: background second pass failed (too many source pixels); "
                     "using the first pass", name or "exposure")
         rms_mesh = rms_mesh * factor
-    background = expand_mesh(mesh, mesh_y, mesh_x, image.shape)
-    rms = expand_mesh(rms_mesh, mesh_y, mesh_x, image.shape)
     log.debug("background: median %.2f, rms %.2f (%d x %d boxes)", float(np.median(mesh)),
               float(np.median(rms_mesh)), *mesh.shape)
-    return BackgroundResult(background, rms, mesh, rms_mesh, mesh_y, mesh_x)
+    return BackgroundResult(mesh, rms_mesh, mesh_y, mesh_x, image.shape)

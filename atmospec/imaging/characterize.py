@@ -93,8 +93,9 @@ class CharacterizeConfig:
     ``exposure.mask`` in place, replacing any earlier DETECTED bits; nothing else of the
     exposure is changed)."""
     keep_maps: bool = False
-    """Keep the background maps and the segmentation image in the result (about 200 MB for
-    a LATISS frame); off by default so that a night's results stay small."""
+    """Keep the background estimate and the segmentation image in the result (the
+    background's full-resolution maps, 64 MB each for a LATISS frame, are interpolated
+    when first read); off by default so that a night's results stay small."""
 
 
 @dataclass(frozen=True)
@@ -508,7 +509,7 @@ def _prepare(exposure: Exposure, observation: _Observation, config: Characterize
     with timer("background"):
         bkg = estimate_background(image, planes["background"], config.background,
                                   name=obs_id)
-        data = image - bkg.background
+        data = bkg.subtract_from(image)
         if nonfinite is not None:
             data.reshape(-1)[nonfinite] = 0.0
 
@@ -536,7 +537,7 @@ def _prepare(exposure: Exposure, observation: _Observation, config: Characterize
 def _detect(frame: _Frame, config: CharacterizeConfig) -> _Found | None:
     """Matched-filter detection and deblending; None when nothing is found."""
     with frame.timer("detection"):
-        det: DetectionResult = detect(frame.data, frame.background.rms, frame.det_masked,
+        det: DetectionResult = detect(frame.data, frame.background, frame.det_masked,
                                       frame.saturated, frame.fwhm_guess, config.detection,
                                       frame.variance)
     if det.segmentation is None or det.segmentation.n_labels == 0:
