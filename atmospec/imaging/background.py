@@ -73,6 +73,12 @@ class BackgroundConfig:
     own: it is filled from its neighbours."""
 
 
+#: Rows of the bands in which `BackgroundResult.subtract_from` interpolates the level (a
+#: LATISS band, 4 MB, stays in cache; smaller bands repeat BLAS's packing of the columns'
+#: spline matrix too often).
+_SUBTRACT_ROWS = 256
+
+
 @dataclass
 class BackgroundResult:
     """Low-resolution meshes of the sky level and noise, and their full-resolution maps.
@@ -125,8 +131,8 @@ class BackgroundResult:
         rows = ay @ self.mesh.astype(np.float32)  # as in expand_mesh
         out = np.empty(np.broadcast_shapes(image.shape, self.shape),
                        dtype=np.result_type(image, np.float32))
-        for start in range(0, self.shape[0], _BAND_ROWS):
-            band = slice(start, start + _BAND_ROWS)
+        for start in range(0, self.shape[0], _SUBTRACT_ROWS):
+            band = slice(start, start + _SUBTRACT_ROWS)
             np.subtract(image[band], rows[band] @ ax.T, out=out[band])
         return out
 

@@ -549,8 +549,7 @@ def _measure(frame: _Frame, found: _Found, config: CharacterizeConfig) -> _Sourc
     """Segment properties and flags, then windowed centroids."""
     segm = found.segmentation
     with frame.timer("measure"):
-        error = np.maximum(frame.variance, 0)
-        np.sqrt(error, out=error)  # in place: one full-frame array, not two
+        error = _error_image(frame.variance)
         props = segment_properties(frame.data, segm, frame.phot_masked, error,
                                    kron=config.photometry.kron)
         labels = props["label"]
@@ -582,6 +581,17 @@ def _measure(frame: _Frame, found: _Found, config: CharacterizeConfig) -> _Sourc
                                             frame.fwhm_guess, config.centroid)
             x[refine], y[refine], centroid_ok[refine] = xr, yr, ok
     return _Sources(segm, props, error, flag_sat, blended, found.parents, x, y, centroid_ok)
+
+
+def _error_image(variance: np.ndarray, rows: int = 64) -> np.ndarray:
+    """``sqrt(max(variance, 0))``, band by band of rows: each band's two passes run in
+    cache, and no full-frame temporary is made."""
+    error = np.empty(variance.shape, dtype=np.result_type(variance, 0))
+    for start in range(0, variance.shape[0], rows):
+        band = slice(start, start + rows)
+        np.maximum(variance[band], 0, out=error[band])
+        np.sqrt(error[band], out=error[band])
+    return error
 
 
 def _fit_psf(frame: _Frame, sources: _Sources, config: CharacterizeConfig) -> _PsfModel:
