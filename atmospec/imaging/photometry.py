@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 from astropy import units as u
 from numpy.lib.stride_tricks import sliding_window_view
-from photutils.aperture import CircularAperture
 from photutils.geometry import circular_overlap_grid
 from photutils.segmentation import SegmentationImage, SourceCatalog
 
@@ -150,14 +149,40 @@ def segment_properties(
             out[name] = np.asarray(getattr(value, "value", value), dtype=float)
         if kron:
             out["kron_flux"], out["kron_flux_err"] = _kron_photometry(
-                data, error, mask, segmentation.data, cat.labels, cat.kron_aperture)
+                data, error, mask, segmentation.data, cat.labels, _kron_ellipses(cat, out))
     out["label"] = out["label"].astype(int)
     return out
 
 
+def _kron_ellipses(cat: SourceCatalog, props: dict[str, np.ndarray]
+                   ) -> tuple[np.ndarray, ...]:
+    """photutils' Kron apertures (`SourceCatalog.kron_aperture`) as arrays: centre ``x``,
+    ``y``, semi-axes ``a``, ``b`` and angle ``theta`` (radians), the same numbers without
+    the aperture objects (15 ms a LATISS frame). ``a`` is NaN where photutils has no
+    aperture; its circle of radius ``kron_params[2]`` has ``a = b`` and ``theta = 0``.
+
+    ``props`` holds ``x_centroid``, ``y_centroid`` and ``area`` (NaN for a segment with
+    every pixel masked), already computed.
+    """
+    kron_params = cat.kron_params
+    scale = np.atleast_1d(cat.kron_radius.value) * kron_params[0]
+    a = np.atleast_1d(cat.semimajor_axis.value) * scale
+    b = np.atleast_1d(cat.semiminor_axis.value) * scale
+    theta = np.atleast_1d(cat.orientation.to(u.radian).value)
+    x, y = props["x_centroid"], props["y_centroid"]
+    valid = (~np.isnan(props["area"]) & np.isfinite(x) & np.isfinite(y) & np.isfinite(a)
+             & np.isfinite(b) & np.isfinite(theta))
+    circle = valid & (a == 0) & (b == 0)
+    if circle.any():
+        a[circle] = b[circle] = kron_params[2] if len(kron_params) == 3 else 0.0
+        theta[circle] = 0.0
+    a[~valid] = np.nan
+    return x, y, a, b, theta
+
+
 def _kron_photometry(data: np.ndarray, error: np.ndarray | None, mask: np.ndarray | None,
-                     segmentation: np.ndarray, labels: np.ndarray, apertures: list
-                     ) -> tuple[np.ndarray, np.ndarray]:
+                     segmentation: np.ndarray, labels: np.ndarray,
+                     ellipses: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Flux and error in photutils' Kron apertures, as `SourceCatalog.kron_flux` sums them.
 
     Same cutouts, same neighbour correction (pixels of other segments replaced by their
@@ -166,23 +191,14 @@ def _kron_photometry(data: np.ndarray, error: np.ndarray | None, mask: np.ndarra
     aperture's box (0.15 s a LATISS frame), here only the pixels its boundary crosses are
     integrated (`_ellipse_overlap`), the others being wholly in (1) or out (0).
     """
-    n = len(apertures)
+    n = len(labels)
     flux = np.full(n, np.nan)
     flux_err = np.full(n, np.nan)
     ny, nx = data.shape
-    for k, (label, aperture) in enumerate(zip(labels, apertures, strict=True)):
-        if aperture is None:
-            continue
-        xc, yc = (float(v) for v in np.ravel(aperture.positions))
-        if isinstance(aperture, CircularAperture):
-            a = b = float(aperture.r)
-            theta = 0.0
-        else:
-            a, b = float(aperture.a), float(aperture.b)
-            theta = aperture.theta
-            theta = float(theta.to_value(u.rad) if hasattr(theta, "to_value") else theta)
+    for k, (label, xc, yc, a, b, theta) in enumerate(zip(
+            labels, *(v.tolist() for v in ellipses), strict=True)):
         if not (a > 0 and b > 0):
-            continue  # a degenerate aperture covers no pixel
+            continue  # no aperture, or a degenerate one that covers no pixel
         cos_t, sin_t = math.cos(theta), math.sin(theta)
         x_ext = math.hypot(a * cos_t, b * sin_t)
         y_ext = math.hypot(a * sin_t, b * cos_t)
