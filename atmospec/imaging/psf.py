@@ -207,7 +207,8 @@ def levenberg_marquardt(
     residuals : callable
         ``residuals(p)``: the weighted residuals, shape ``(m,)``.
     jacobian : callable
-        ``jacobian(p)``: their derivatives, shape ``(m, n)``.
+        ``jacobian(p)``: their derivatives, one row per parameter, shape ``(n, m)`` (the
+        layout MINPACK takes without a transposed copy; rows are written faster too).
     p0 : numpy.ndarray
         Start, shape ``(n,)``.
     max_nfev : int
@@ -235,14 +236,14 @@ def levenberg_marquardt(
     if f0.size < p0.size:
         raise ValueError("fewer residuals than parameters")
     p, _, info, _, status = leastsq(residuals, p0, Dfun=jacobian, full_output=True,
-                                    col_deriv=False, ftol=1e-8, xtol=1e-8, gtol=1e-8,
+                                    col_deriv=True, ftol=1e-8, xtol=1e-8, gtol=1e-8,
                                     maxfev=max_nfev, factor=100.0, diag=None)
     return p, info["fvec"], status in (1, 2, 3, 4)
 
 
 def _model_and_jacobian(p: np.ndarray, dx0: np.ndarray, dy0: np.ndarray,
                         fit_beta: bool, beta0: float) -> tuple[np.ndarray, np.ndarray]:
-    """Moffat model on the stamp and its Jacobian (columns in parameter order)."""
+    """Moffat model on the stamp and its Jacobian (one row per parameter, in order)."""
     amp, x0, y0, bkg, l1, l2, l3 = p[:7]
     beta = p[7] if fit_beta else beta0
     dx = dx0 - x0
@@ -264,7 +265,7 @@ def _model_and_jacobian(p: np.ndarray, dx0: np.ndarray, dy0: np.ndarray,
     ]
     if fit_beta:
         cols.append(-amp * ub * np.log(u))
-    return model, np.stack(cols, axis=-1)
+    return model, np.array(cols)
 
 
 def fit_moffat(
@@ -344,7 +345,7 @@ def fit_moffat(
             return (evaluate(p)[0] - img) * w
 
         def jac(p, w=w, evaluate=evaluate):
-            return evaluate(p)[1] * w[:, None]
+            return evaluate(p)[1] * w
 
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -509,11 +510,12 @@ def fit_blend(
         u = 1.0 + m11 * dx * dx + 2.0 * m12 * dx * dy + m22 * dy * dy
         ub = u ** (-beta)
         g = 2.0 * beta * amp[:, None] * ub / u
-        jac = np.empty((len(values), 3 * n + 1))
-        jac[:, 0:n] = ub.T
-        jac[:, n:2 * n] = (g * (m11 * dx + m12 * dy)).T
-        jac[:, 2 * n:3 * n] = (g * (m12 * dx + m22 * dy)).T
-        jac[:, 3 * n] = 1.0
+        # One row per parameter (`levenberg_marquardt`): written whole, not by columns.
+        jac = np.empty((3 * n + 1, len(values)))
+        jac[0:n] = ub
+        np.multiply(g, m11 * dx + m12 * dy, out=jac[n:2 * n])
+        np.multiply(g, m12 * dx + m22 * dy, out=jac[2 * n:3 * n])
+        jac[3 * n] = 1.0
         return (amp[:, None] * ub).sum(axis=0) + bkg, jac
 
     ix = np.clip(np.rint(x).astype(int) - box[1].start, 0, img.shape[1] - 1)
@@ -527,8 +529,7 @@ def fit_blend(
             # cheaper per iteration than the bounded trust-region solver.
             evaluate = _Memo(model)
             p, _, success = levenberg_marquardt(
-                lambda p: (evaluate(p)[0] - values) * w, lambda p: evaluate(p)[1] * w[:, None],
-                p0, 100)
+                lambda p: (evaluate(p)[0] - values) * w, lambda p: evaluate(p)[1] * w, p0, 100)
         except (ValueError, np.linalg.LinAlgError) as exc:
             log.debug("blend fit failed: %s", exc)
             return x, y, np.full(n, np.nan), False
