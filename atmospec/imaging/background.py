@@ -309,6 +309,21 @@ def _nanstd(data: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.n
         return np.nanstd(data, axis=axis)
 
 
+def _grow_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` (the 4-connected cross,
+    nothing beyond the edges), the same pixels, by shifted ORs: 1 ms instead of 8-16 ms for
+    a binned LATISS frame."""
+    out = mask
+    for _ in range(iterations):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out.copy() if out is mask else out
+
+
 def _box_statistics(binned: np.ndarray, mask: np.ndarray, box: int,
                     config: BackgroundConfig) -> tuple[np.ndarray, np.ndarray]:
     """Sigma-clipped median and standard deviation of each box, NaN boxes filled, filtered.
@@ -393,7 +408,7 @@ def estimate_background(
     with np.errstate(invalid="ignore"):
         sources = binned > level + np.float32(config.source_nsigma) * noise
     if config.source_grow > 0:
-        sources = ndimage.binary_dilation(sources, iterations=config.source_grow)
+        sources = _grow_cross(sources, config.source_grow)
     try:
         mesh, _ = _box_statistics(binned, invalid | sources, box, config)
         if factor > 1:
