@@ -143,14 +143,56 @@ def segment_properties(
         # Kron apertures of sources touching masked pixels or edges warn; values are NaN.
         warnings.simplefilter("ignore")
         cat = SourceCatalog(data, segmentation, mask=mask, error=error)
-        out = {}
+        out = _segment_sums(data, segmentation, mask, error)
         for name in SEGMENT_PROPERTIES:
-            value = getattr(cat, name)
-            out[name] = np.asarray(getattr(value, "value", value), dtype=float)
+            if name not in out:
+                value = getattr(cat, name)
+                out[name] = np.asarray(getattr(value, "value", value), dtype=float)
         if kron:
             out["kron_flux"], out["kron_flux_err"] = _kron_photometry(
                 data, error, mask, segmentation.data, cat.labels, _kron_ellipses(cat, out))
     out["label"] = out["label"].astype(int)
+    return out
+
+
+def _segment_sums(data: np.ndarray, segmentation: SegmentationImage, mask: np.ndarray | None,
+                  error: np.ndarray | None) -> dict[str, np.ndarray]:
+    """``area``, ``segment_flux``, ``segment_flux_err`` and ``max_value`` as
+    `SourceCatalog` computes them (no local background), bit for bit.
+
+    The same unmasked values of each segment (its cut-out's pixels of its own label with
+    a finite value and not masked, in row order; a lone NaN for a wholly masked segment)
+    reduced by the same calls, without photutils' masked arrays (15 ms a LATISS frame).
+    """
+    values, errors, empty = [], [], []
+    seg = segmentation.data
+    for label, box in zip(segmentation.labels, segmentation.slices, strict=True):
+        cut = data[box]
+        use = seg[box] == label
+        use &= np.isfinite(cut)
+        if mask is not None:
+            use &= ~mask[box]
+        empty.append(not use.any())
+        if empty[-1]:
+            values.append(np.array([np.nan]))
+            errors.append(np.array([np.nan]))
+            continue
+        values.append(cut[use].astype(float))
+        if error is not None:
+            errors.append(error[box][use])
+    sizes = np.array([len(v) for v in values])
+    starts = np.concatenate(([0], np.cumsum(sizes[:-1])))
+    flat = np.concatenate(values)
+    area = sizes.astype(float)
+    area[np.array(empty, dtype=bool)] = np.nan
+    out = {"area": area,
+           "segment_flux": np.add.reduceat(flat, starts),
+           "max_value": np.maximum.reduceat(flat, starts)}
+    if error is None:
+        out["segment_flux_err"] = np.full(len(sizes), np.nan)
+    else:
+        out["segment_flux_err"] = np.sqrt(np.add.reduceat(np.square(np.concatenate(errors)),
+                                                          starts)).astype(float)
     return out
 
 
@@ -295,7 +337,9 @@ def _polygon_in_unit_circle(px: np.ndarray, py: np.ndarray) -> np.ndarray:
     circle: the chord part of the edge inside the circle contributes its triangle, the
     parts outside contribute circular sectors.
     """
-    qx, qy = np.roll(px, -1, axis=-1), np.roll(py, -1, axis=-1)
+    # The next vertex of each (np.roll's copy, without its per-call overhead).
+    nxt = [*range(1, px.shape[-1]), 0]
+    qx, qy = px[..., nxt], py[..., nxt]
     dx, dy = qx - px, qy - py
     aa = dx * dx + dy * dy
     bb = px * dx + py * dy
