@@ -156,20 +156,21 @@ def test_segment_properties_are_photutils():
     """Sums, areas, maxima and Kron fluxes as photutils' `SourceCatalog` gives them (one
     segment wholly masked, NaN pixels, neighbours in each other's Kron aperture)."""
     data, variance, mask, segm = _scene()
-    labels = segm.data.copy()
-    hidden = labels[50, 40]
-    mask |= labels == hidden
-    segm = SegmentationImage(labels)
     error = np.sqrt(variance)
-    ours = segment_properties(data, segm, mask, error)
+    hidden = segm.data[50, 40]
+    # Without and with a wholly masked segment (whose NaN makes photutils' sums float64).
+    for masked in (mask, mask | (segm.data == hidden)):
+        ours = segment_properties(data, segm, masked, error)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cat = SourceCatalog(data, segm, mask=masked, error=error)
+            for name in ("area", "segment_flux", "segment_flux_err", "max_value"):
+                value = getattr(cat, name)
+                np.testing.assert_array_equal(
+                    ours[name], np.asarray(getattr(value, "value", value), float))
+    assert np.isnan(ours["area"][segm.get_index(hidden)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cat = SourceCatalog(data, segm, mask=mask, error=error)
-        for name in ("area", "segment_flux", "segment_flux_err", "max_value"):
-            value = getattr(cat, name)
-            np.testing.assert_array_equal(ours[name],
-                                          np.asarray(getattr(value, "value", value), float))
-        assert np.isnan(ours["area"][segm.get_index(hidden)])
         # Kron apertures: the same ellipses as photutils' aperture objects.
         x, y, a, b, theta = photometry._kron_ellipses(cat, ours)
         for k, aperture in enumerate(cat.kron_aperture):
