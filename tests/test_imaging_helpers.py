@@ -8,7 +8,6 @@ the image edges) with the code they replace (photutils, scipy, numpy on the full
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
@@ -29,10 +28,11 @@ from atmospec.imaging.background import (
     masked_block_sum,
 )
 from atmospec.imaging.background import _grow_cross as grow_cross
-from atmospec.imaging.characterize import _error_image, _mask_planes, _set_detected
+from atmospec.imaging.characterize import _mask_planes, _set_detected
 from atmospec.imaging.detection import DetectionConfig, detect
 from atmospec.imaging.photometry import (
     CentroidConfig,
+    VarianceError,
     circular_photometry,
     gather_stamps,
     psf_centroids,
@@ -257,8 +257,20 @@ def test_mask_planes_and_detected_plane():
     np.testing.assert_array_equal((exposure.mask & detected) != 0, labels > 0)
 
 
-def test_error_image():
-    variance = np.random.default_rng(7).normal(5.0, 4.0, (130, 20)).astype(np.float32)
-    np.testing.assert_array_equal(_error_image(variance, rows=16),
-                                  np.sqrt(np.maximum(variance, 0)))
-    assert math.isfinite(float(_error_image(variance).sum()))
+def test_error_from_variance():
+    """Cut-outs of `VarianceError` are those of the error image; the measurements given it
+    equal those given the full error image."""
+    data, variance, mask, segm = _scene()
+    variance[3:9, 100:140] = -1.0  # no variance: zero error
+    error = np.sqrt(np.maximum(variance, 0))
+    lazy = VarianceError(variance)
+    box = (slice(2, 30), slice(90, 150))
+    np.testing.assert_array_equal(lazy[box], error[box])
+    assert lazy.shape == error.shape
+    ours, reference = (segment_properties(data, segm, mask, e) for e in (lazy, error))
+    for name in reference:
+        np.testing.assert_array_equal(ours[name], reference[name])
+    x, y = np.array([40.2, 150.3, 2.4, 120.0]), np.array([50.7, 120.3, 190.0, 5.0])
+    for ours, reference in zip(circular_photometry(data, lazy, mask, x, y, 9.0),
+                               circular_photometry(data, error, mask, x, y, 9.0), strict=True):
+        np.testing.assert_array_equal(ours, reference)

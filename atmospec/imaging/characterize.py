@@ -44,6 +44,7 @@ from atmospec.imaging.detection import DetectionConfig, DetectionResult, detect
 from atmospec.imaging.photometry import (
     CentroidConfig,
     PhotometryConfig,
+    VarianceError,
     aperture_fluxes,
     psf_centroids,
     segment_properties,
@@ -438,8 +439,8 @@ class _Sources:
     """Segmentation image."""
     props: dict[str, np.ndarray]
     """Segment properties (`segment_properties`)."""
-    error: np.ndarray
-    """Per-pixel 1-σ error image."""
+    error: VarianceError
+    """Per-pixel 1-σ error (made from the variance cut-out by cut-out)."""
     flag_sat: np.ndarray
     """bool: the segment touches saturated pixels."""
     blended: np.ndarray
@@ -549,7 +550,7 @@ def _measure(frame: _Frame, found: _Found, config: CharacterizeConfig) -> _Sourc
     """Segment properties and flags, then windowed centroids."""
     segm = found.segmentation
     with frame.timer("measure"):
-        error = _error_image(frame.variance)
+        error = VarianceError(frame.variance)
         props = segment_properties(frame.data, segm, frame.phot_masked, error,
                                    kron=config.photometry.kron)
         labels = props["label"]
@@ -581,17 +582,6 @@ def _measure(frame: _Frame, found: _Found, config: CharacterizeConfig) -> _Sourc
                                             frame.fwhm_guess, config.centroid)
             x[refine], y[refine], centroid_ok[refine] = xr, yr, ok
     return _Sources(segm, props, error, flag_sat, blended, found.parents, x, y, centroid_ok)
-
-
-def _error_image(variance: np.ndarray, rows: int = 64) -> np.ndarray:
-    """``sqrt(max(variance, 0))``, band by band of rows: each band's two passes run in
-    cache, and no full-frame temporary is made."""
-    error = np.empty(variance.shape, dtype=np.result_type(variance, 0))
-    for start in range(0, variance.shape[0], rows):
-        band = slice(start, start + rows)
-        np.maximum(variance[band], 0, out=error[band])
-        np.sqrt(error[band], out=error[band])
-    return error
 
 
 def _fit_psf(frame: _Frame, sources: _Sources, config: CharacterizeConfig) -> _PsfModel:
