@@ -171,8 +171,10 @@ def test_segment_properties_are_photutils():
     assert np.isnan(ours["area"][segm.get_index(hidden)])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Kron apertures: the same ellipses as photutils' aperture objects.
-        x, y, a, b, theta = photometry._kron_ellipses(cat, ours)
+        # Kron radii and apertures: photutils' numbers.
+        radius = photometry._kron_radius(data, masked, segm, cat, ours)
+        np.testing.assert_array_equal(radius, cat.kron_radius.value)
+        x, y, a, b, theta = photometry._kron_ellipses(cat, ours, radius)
         for k, aperture in enumerate(cat.kron_aperture):
             if aperture is None:
                 assert np.isnan(a[k])

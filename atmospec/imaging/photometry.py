@@ -172,8 +172,10 @@ def segment_properties(
                 value = getattr(cat, name)
                 out[name] = np.asarray(getattr(value, "value", value), dtype=float)
         if kron:
+            radius = _kron_radius(data, mask, segmentation, cat, out)
             out["kron_flux"], out["kron_flux_err"] = _kron_photometry(
-                data, error, mask, segmentation.data, cat.labels, _kron_ellipses(cat, out))
+                data, error, mask, segmentation.data, cat.labels,
+                _kron_ellipses(cat, out, radius))
     out["label"] = out["label"].astype(int)
     return out
 
@@ -219,7 +221,86 @@ def _segment_sums(data: np.ndarray, segmentation: SegmentationImage, mask: np.nd
     return out
 
 
-def _kron_ellipses(cat: SourceCatalog, props: dict[str, np.ndarray]
+def _kron_radius(data: np.ndarray, mask: np.ndarray | None, segmentation: SegmentationImage,
+                 cat: SourceCatalog, props: dict[str, np.ndarray]) -> np.ndarray:
+    """photutils' (unscaled) Kron radius, `SourceCatalog.kron_radius`, bit for bit.
+
+    The same first moment of the radius over the same pixels (within six times the
+    segment's moment ellipse, neighbours' pixels replaced by their mirror image through
+    the centroid, masked and non-finite pixels left out), then the same limits; the
+    mirror copy is skipped where the cut-out holds no neighbour (it would be the cut-out
+    itself), which is most sources (20 ms less for a LATISS frame).
+
+    ``props`` holds ``x_centroid``, ``y_centroid`` and ``area`` (NaN for a segment with
+    every pixel masked), already computed.
+    """
+    scale = 6.0
+    kron_min = cat.kron_params[1]
+    min_circ_radius = cat.kron_params[2] if len(cat.kron_params) == 3 else 0.0
+    semimajor = np.atleast_1d(cat.semimajor_axis.value)
+    semiminor = np.atleast_1d(cat.semiminor_axis.value)
+    columns = (props["x_centroid"], props["y_centroid"], semimajor * scale, semiminor * scale,
+               np.atleast_1d(cat.orientation.to(u.radian).value),
+               np.atleast_1d(cat.ellipse_cxx.value), np.atleast_1d(cat.ellipse_cxy.value),
+               np.atleast_1d(cat.ellipse_cyy.value))
+    seg = segmentation.data
+    ny, nx = data.shape
+    max_size = max(data.size, 1_000_000)
+    radius = np.full(len(semimajor), np.nan)
+    for k, (label, masked, xc, yc, a, b, theta, cxx, cxy, cyy) in enumerate(zip(
+            segmentation.labels, np.isnan(props["area"]), *columns, strict=True)):
+        if masked or not (math.isfinite(xc) and math.isfinite(yc) and math.isfinite(a)
+                          and math.isfinite(b) and math.isfinite(theta)):
+            continue
+        if a == 0 and b == 0:
+            if min_circ_radius <= 0:
+                continue
+            half_w = half_h = min_circ_radius
+        else:
+            cos_t, sin_t = math.cos(theta), math.sin(theta)
+            half_w = math.sqrt(a * a * cos_t * cos_t + b * b * sin_t * sin_t)
+            half_h = math.sqrt(a * a * sin_t * sin_t + b * b * cos_t * cos_t)
+        ixmin, ixmax = math.floor(xc - half_w + 0.5), math.floor(xc + half_w + 0.5) + 1
+        iymin, iymax = math.floor(yc - half_h + 0.5), math.floor(yc + half_h + 0.5) + 1
+        if (ixmax - ixmin) * (iymax - iymin) > max_size:
+            continue
+        x0, x1 = max(ixmin, 0), min(ixmax, nx)
+        y0, y1 = max(iymin, 0), min(iymax, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        box = (slice(y0, y1), slice(x0, x1))
+        cut = data[box].astype(float)
+        bad = ~np.isfinite(cut)
+        if mask is not None:
+            bad |= mask[box]
+        cut_seg = seg[box]
+        others = (cut_seg != label) & (cut_seg != 0)
+        if others.any():
+            cut = _mirror_into(cut, others, (xc - max(0, ixmin), yc - max(0, iymin)), bad)
+        xx = (np.arange(x1 - x0) - (xc - x0))[np.newaxis, :]
+        yy = (np.arange(y1 - y0) - (yc - y0))[:, np.newaxis]
+        rr = np.sqrt(np.maximum(cxx * xx * xx + cxy * xx * yy + cyy * yy * yy, 0.0))
+        if a == 0 and b == 0:
+            use = ((xx * xx + yy * yy) <= min_circ_radius * min_circ_radius) & ~bad
+        else:
+            use = (rr <= scale) & ~bad
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            numerator = np.sum(cut[use] * rr[use])
+            denominator = np.sum(cut[use])
+        radius[k] = (kron_min if numerator <= 0 or denominator <= 0
+                     else numerator / denominator)
+    # photutils' limits: beyond the measuring ellipse is no radius; the minimum radius;
+    # a circle below the minimum circular radius.
+    radius[radius > scale] = np.nan
+    radius[radius < kron_min] = kron_min
+    if len(cat.kron_params) == 3:
+        circle = cat.kron_params[0] * radius * np.sqrt(semimajor * semiminor)
+        radius[circle <= cat.kron_params[2]] = 0.0
+    return radius
+
+
+def _kron_ellipses(cat: SourceCatalog, props: dict[str, np.ndarray], radius: np.ndarray
                    ) -> tuple[np.ndarray, ...]:
     """photutils' Kron apertures (`SourceCatalog.kron_aperture`) as arrays: centre ``x``,
     ``y``, semi-axes ``a``, ``b`` and angle ``theta`` (radians), the same numbers without
@@ -227,10 +308,10 @@ def _kron_ellipses(cat: SourceCatalog, props: dict[str, np.ndarray]
     aperture; its circle of radius ``kron_params[2]`` has ``a = b`` and ``theta = 0``.
 
     ``props`` holds ``x_centroid``, ``y_centroid`` and ``area`` (NaN for a segment with
-    every pixel masked), already computed.
+    every pixel masked), already computed; ``radius`` is `_kron_radius`.
     """
     kron_params = cat.kron_params
-    scale = np.atleast_1d(cat.kron_radius.value) * kron_params[0]
+    scale = radius * kron_params[0]
     a = np.atleast_1d(cat.semimajor_axis.value) * scale
     b = np.atleast_1d(cat.semiminor_axis.value) * scale
     theta = np.atleast_1d(cat.orientation.to(u.radian).value)
