@@ -1,9 +1,12 @@
 """Source measurements: segment properties, refined centroids and aperture photometry.
 
 * Segment properties come from `photutils.segmentation.SourceCatalog` (only the columns the
-  catalogue keeps are computed: photutils evaluates them lazily). Kron fluxes are summed
-  here in photutils' Kron apertures, the same way, but with the exact pixel weights
-  computed only where the ellipse's boundary crosses a pixel (`_kron_photometry`).
+  catalogue keeps are computed: photutils evaluates them lazily), but for those made here
+  with photutils' own arithmetic, bit for bit, and less work: the segment sums
+  (`_segment_sums`, no masked arrays), the Kron radius (`_kron_radius`) and the Kron
+  fluxes in photutils' Kron apertures, with the exact pixel weights computed only where
+  the ellipse's boundary crosses a pixel (`_kron_photometry`). The error is read as the
+  square root of the variance, cut-out by cut-out (`VarianceError`).
 * Centroids of point sources are refined with an iterative Gaussian-windowed centroid (the
   ``XWIN`` scheme of SourceExtractor), vectorised over all sources at once on stacked
   stamps, then, once the PSF is measured, by a fit of that PSF to every unsaturated star
@@ -14,11 +17,10 @@
   (Deblended stars are then placed by a joint fit of their blend, see
   `atmospec.imaging.psf.fit_blend`.)
 * Aperture photometry sums photutils' exact circular pixel weights
-  (`photutils.geometry.circular_overlap_grid`, as `photutils.aperture` does:
-  `circular_photometry`) on the background-subtracted image (the background map
-  provides the local background), with errors from the exposure's
-  VARIANCE plane; masked pixels are left out of the sums and their share of the aperture
-  is reported.
+  (`photutils.geometry.circular_overlap_grid`) as `photutils.aperture` does
+  (`circular_photometry`), on the background-subtracted image (the background map
+  provides the local background), with errors from the exposure's VARIANCE plane;
+  masked pixels are left out of the sums and their share of the aperture is reported.
 
 Coordinates are 0-based pixel centres of the assembled image (photutils' convention).
 """
