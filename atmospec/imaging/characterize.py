@@ -5,8 +5,8 @@
 bright isolated stars (`psf`), PSF-fitted centroids of every unsaturated source, joint
 PSF fits of each blend, aperture photometry in radii given in FWHM, flags, and the
 image-quality summary. It returns the source catalogue (an `astropy.table.Table` with
-units), the `ImageQuality` summary and the wall and CPU time of each stage (about 1.15
-s of CPU for a full LATISS frame on one core, `benchmarks/bench_characterize.py`).
+units), the `ImageQuality` summary and the wall and CPU time of each stage (about 0.9 s
+of CPU for a full LATISS frame on one core, `benchmarks/bench_characterize.py`).
 
 Catalogue columns follow photutils' names where photutils has the quantity, in the
 spelling of photutils < 3 (``xcentroid``, ``segment_fluxerr``, ``kron_fluxerr``; photutils

@@ -103,8 +103,8 @@ class PhotometryConfig:
     """Aperture radii in units of the PSF FWHM (columns ``aperture_flux_<k>`` in this
     order)."""
     kron: bool = True
-    """Measure Kron fluxes (photutils' Kron apertures and sums; ~0.15 s of CPU a LATISS
-    frame)."""
+    """Measure Kron fluxes (photutils' Kron radii, apertures and sums; ~0.13 s of CPU a
+    LATISS frame)."""
     method: str = "exact"
     """How apertures meet pixels: photutils' ``exact``, ``center`` or ``subpixel``."""
     max_masked_fraction: float = 0.05
