@@ -199,8 +199,8 @@ def levenberg_marquardt(
 
     The same routine with the same tolerances (1e-8), step bound and scaling, hence the
     same iterates, reached through `scipy.optimize.leastsq`: ``least_squares`` wraps the
-    functions in objects that copy the parameters and the Jacobian at every call (~0.5 ms
-    a fit, a third of a PSF star's fit).
+    functions in objects that copy the parameters and the Jacobian at every call (~0.3 ms
+    a fit, 15 % of a PSF star's).
 
     Parameters
     ----------
