@@ -685,7 +685,8 @@ def psf_centroids(
     labels = np.asarray(labels)
     slope = np.zeros(n, dtype=bool) if slope is None else np.asarray(slope, dtype=bool)
     # Every star is fitted on its own: batches of stars give the same results, with
-    # stacked arrays that stay in cache (a LATISS frame's 400 stars: 17 MB each).
+    # stacked arrays that stay in cache (a LATISS frame's 400 stars: 17 MB each). A
+    # singular system (a star without usable pixels) now fails its batch only.
     parts = [_psf_centroids_batch(data, variance, weight_mask, segmentation, labels[part],
                                   x0[part], y0[part], form, beta, fwhm_px, config,
                                   slope[part])
