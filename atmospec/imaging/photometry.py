@@ -979,15 +979,19 @@ def aperture_fluxes(
         (x - r_max < -0.5) | (x + r_max > nx - 0.5) | (y - r_max < -0.5)
         | (y + r_max > ny - 0.5)
     ).astype(float)
-    if flag_planes:
-        half = math.ceil(r_max) + 1
-        # Stamp pixel centres inside the circle (pixels off the image count as unflagged).
-        offsets = np.arange(-half, half + 1)
-        dx = (np.rint(x)[:, None] + offsets - x[:, None])[:, None, :]
-        dy = (np.rint(y)[:, None] + offsets - y[:, None])[:, :, None]
-        inside = dx * dx + dy * dy <= r_max * r_max
-    for name, plane in (flag_planes or {}).items():
-        flagged, *_ = gather_stamps(plane, x, y, half, fill=False)
-        counts = np.count_nonzero(flagged & inside, axis=(1, 2))
+    half = math.ceil(r_max) + 1
+    stamps = {name: gather_stamps(plane, x, y, half, fill=False)[0]
+              for name, plane in (flag_planes or {}).items()}
+    # Stamp pixel centres inside the circle (pixels off the image count as unflagged),
+    # only for the sources with a flagged pixel on their stamp: most have none.
+    near = {name: flagged.reshape(n, -1).any(axis=1) for name, flagged in stamps.items()}
+    some = np.logical_or.reduce(list(near.values())) if near else np.zeros(n, dtype=bool)
+    offsets = np.arange(-half, half + 1)
+    dx = (np.rint(x[some])[:, None] + offsets - x[some, None])[:, None, :]
+    dy = (np.rint(y[some])[:, None] + offsets - y[some, None])[:, :, None]
+    inside = dx * dx + dy * dy <= r_max * r_max
+    for name, flagged in stamps.items():
+        counts = np.zeros(n, dtype=int)
+        counts[some] = np.count_nonzero(flagged[some] & inside, axis=(1, 2))
         out[f"fraction_{name}"] = np.clip(counts / area, 0.0, 1.0)
     return out
