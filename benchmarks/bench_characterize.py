@@ -22,31 +22,34 @@ the runs, the file's reading left out, against the goal of issue 20 (1.0 s per f
 frame, for the live quick look's 3 s per exposure on 2 cores at 40 exposures/min). The
 baseline runs once.
 
-Measured on 2026-12-08 (2 cores shared, load average 2-3; CPU s per stage, least of 3
-rounds of 3 runs, the code before and after run alternately), on this frame and on a
-night's own post-ISR frame (``atmospec night``: master flat from the night, 1 M BAD
-pixels):
+Measured on 2026-12-08 (2 cores shared, load average 1-2; CPU s per stage, medians of 5
+runs, the code before and after this round run alternately in one process), on this frame
+and on a night's own post-ISR frame (``atmospec night``: master flat from the night, 1 M
+BAD pixels; AT_O_20250301_000012):
 
 =============  ===============  ===============
 stage          benchmark frame  night's frame
 =============  ===============  ===============
-masks          0.060 -> 0.043   0.082 -> 0.062
-background     0.210 -> 0.205   0.202 -> 0.198
-detection      0.384 -> 0.276   0.386 -> 0.265
-measure        0.367 -> 0.220   0.344 -> 0.206
-centroids      0.114 -> 0.104   0.111 -> 0.104
-psf            0.094 -> 0.076   0.097 -> 0.079
-blends         0.130 -> 0.098   0.110 -> 0.084
-photometry     0.179 -> 0.111   0.389 -> 0.105
-total          1.56 -> 1.16     1.74 -> 1.14
+masks          0.049 -> 0.022   0.071 -> 0.042
+background     0.224 -> 0.153   0.202 -> 0.147
+detection      0.323 -> 0.250   0.276 -> 0.251
+measure        0.238 -> 0.169   0.220 -> 0.174
+centroids      0.138 -> 0.076   0.114 -> 0.089
+psf            0.076 -> 0.055   0.081 -> 0.059
+blends         0.098 -> 0.074   0.095 -> 0.072
+photometry     0.112 -> 0.066   0.116 -> 0.070
+total          1.30 -> 0.88     1.20 -> 0.91
 =============  ===============  ===============
 
-The catalogue is the same (sources, labels and every column bit for bit but Kron fluxes,
-within 2e-15 relative, and one centroid within 1e-15 px, on these and the three test
-frames). About 0.1 s of each total is the kernel's: page faults of the full-frame
-temporaries, which glibc returns to the system when they are freed (with
-``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=4294967296`` in the
-environment it is ~0 after the first frame).
+(the night's frame 000014: 1.24 -> 0.92; the code before this round varies most from run
+to run, 1.16-1.52 s on these frames, the new 0.87-0.99 s). The catalogue is the same,
+every column bit for bit, and so are the image-quality figures and the DETECTED plane, on
+these frames and on the three test frames: what was redundant or made on more pixels
+than needed is gone (no full-frame error image, background maps or masked copies; stamps
+copied as windows; photutils' aperture objects, masked arrays and least_squares wrapping
+replaced by the same arithmetic; the PSF centroid fits in cache-sized batches; aperture
+flags counted only near flagged pixels). Peak memory 634 -> 406 MiB. The kernel's share
+(page faults of full-frame arrays) is now ~0.03 s of each total.
 """
 
 from __future__ import annotations

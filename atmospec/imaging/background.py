@@ -23,6 +23,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from astropy.stats import SigmaClip
@@ -41,6 +42,7 @@ __all__ = [
     "block_sum",
     "estimate_background",
     "expand_mesh",
+    "masked_block_sum",
 ]
 
 
@@ -71,14 +73,20 @@ class BackgroundConfig:
     own: it is filled from its neighbours."""
 
 
+#: Rows of the bands in which `BackgroundResult.subtract_from` interpolates the level (a
+#: LATISS band, 4 MB, stays in cache; smaller bands repeat BLAS's packing of the columns'
+#: spline matrix too often).
+_SUBTRACT_ROWS = 256
+
+
 @dataclass
 class BackgroundResult:
-    """Full-resolution background and noise maps with their low-resolution meshes."""
+    """Low-resolution meshes of the sky level and noise, and their full-resolution maps.
 
-    background: np.ndarray
-    """Sky level, image units (e⁻), float32, full resolution."""
-    rms: np.ndarray
-    """Per-pixel sky noise, image units, float32, full resolution."""
+    The maps are interpolated when first asked for (64 MB each for a LATISS frame):
+    `subtract_from` and `rms_at` give what a caller needs without them.
+    """
+
     mesh: np.ndarray
     """Box values of the level (after the median filter)."""
     rms_mesh: np.ndarray
@@ -87,6 +95,18 @@ class BackgroundResult:
     """Full-resolution row coordinate of each mesh row's centre."""
     mesh_x: np.ndarray
     """Full-resolution column coordinate of each mesh column's centre."""
+    shape: tuple[int, int]
+    """Shape of the image."""
+
+    @cached_property
+    def background(self) -> np.ndarray:
+        """Sky level, image units (e⁻), float32, full resolution."""
+        return expand_mesh(self.mesh, self.mesh_y, self.mesh_x, self.shape)
+
+    @cached_property
+    def rms(self) -> np.ndarray:
+        """Per-pixel sky noise, image units, float32, full resolution."""
+        return expand_mesh(self.rms_mesh, self.mesh_y, self.mesh_x, self.shape)
 
     @property
     def median(self) -> float:
@@ -97,6 +117,32 @@ class BackgroundResult:
     def median_rms(self) -> float:
         """Median per-pixel noise over the boxes, image units."""
         return float(np.median(self.rms_mesh))
+
+    def subtract_from(self, image: np.ndarray) -> np.ndarray:
+        """``image - background`` (the same values), without the full-resolution map.
+
+        The map is interpolated band by band of rows, each band subtracted while it is in
+        cache: no 64 MB temporary for a LATISS frame.
+        """
+        if "background" in self.__dict__:
+            return image - self.background
+        ay = _spline_matrix(self.mesh_y, np.arange(self.shape[0], dtype=float))
+        ax = _spline_matrix(self.mesh_x, np.arange(self.shape[1], dtype=float))
+        rows = ay @ self.mesh.astype(np.float32)  # as in expand_mesh
+        out = np.empty(np.broadcast_shapes(image.shape, self.shape),
+                       dtype=np.result_type(image, np.float32))
+        for start in range(0, self.shape[0], _SUBTRACT_ROWS):
+            band = slice(start, start + _SUBTRACT_ROWS)
+            np.subtract(image[band], rows[band] @ ax.T, out=out[band])
+        return out
+
+    def rms_at(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The noise map at rows ``y`` and columns ``x`` (``(len(y), len(x))``, float32):
+        the values of `rms` there, interpolated only there."""
+        if "rms" in self.__dict__:
+            return self.rms[np.ix_(y, x)]
+        return expand_mesh(self.rms_mesh, self.mesh_y, self.mesh_x, (len(y), len(x)),
+                           np.asarray(y, dtype=float), np.asarray(x, dtype=float))
 
 
 def bin_image(image: np.ndarray, bad: np.ndarray, factor: int) -> np.ndarray:
@@ -117,13 +163,10 @@ def bin_image(image: np.ndarray, bad: np.ndarray, factor: int) -> np.ndarray:
         float32 image of shape ``(ny // factor, nx // factor)``; a block holding any bad or
         non-finite pixel is NaN (so the per-block noise stays that of ``factor²`` pixels).
     """
-    ny, nx = (s // factor * factor for s in image.shape)
-    # NaN in a bad pixel propagates to its block's sum, which marks the block.
-    work = np.where(bad[:ny, :nx], np.float32(np.nan), image[:ny, :nx]).astype(
-        np.float32, copy=False)
     if factor == 1:
-        return work
-    summed = block_sum(work, factor)
+        return np.where(bad, np.float32(np.nan), image).astype(np.float32, copy=False)
+    # NaN in a bad pixel propagates to its block's sum, which marks the block.
+    summed = masked_block_sum(image, bad, factor, np.nan)
     summed *= np.float32(1.0 / factor**2)
     return summed
 
@@ -140,6 +183,49 @@ def block_sum(image: np.ndarray, factor: int) -> np.ndarray:
         for j in range(factor):
             if i or j:
                 out += image[i:ny:factor, j:nx:factor]
+    return out
+
+
+#: Rows of the bands in which `masked_block_sum` works (a band of a LATISS frame, 0.5 MB,
+#: stays in cache).
+_BAND_ROWS = 32
+
+
+def masked_block_sum(image: np.ndarray, bad: np.ndarray, factor: int, fill: float
+                     ) -> np.ndarray:
+    """`block_sum` of ``image`` (as float32) with its ``bad`` pixels replaced by ``fill``.
+
+    The same sums as ``block_sum(np.where(bad, fill, image).astype(np.float32), factor)``,
+    bit for bit, computed in bands of rows copied into one small buffer: no full-frame
+    temporary (a 4k × 4k frame: 13 ms instead of 36 ms).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2D image.
+    bad : numpy.ndarray
+        bool, same shape: pixels replaced by ``fill``.
+    factor : int
+        Block size (rows and columns beyond the last whole block are dropped).
+    fill : float
+        Value of the bad pixels (0, or NaN to mark their blocks).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, ``(ny // factor, nx // factor)``.
+    """
+    ny, nx = (s // factor * factor for s in image.shape)
+    out = np.empty((ny // factor, nx // factor), dtype=np.float32)
+    rows = max(_BAND_ROWS // factor, 1) * factor
+    buffer = np.empty((min(rows, ny), nx), dtype=np.float32)
+    for start in range(0, ny, rows):
+        stop = min(start + rows, ny)
+        work = buffer[: stop - start]
+        # The cast rounds as astype(np.float32) would.
+        np.copyto(work, image[start:stop, :nx], casting="unsafe")
+        work[bad[start:stop, :nx]] = fill
+        out[start // factor: stop // factor] = block_sum(work, factor)
     return out
 
 
@@ -221,6 +307,21 @@ def _nanstd(data: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.n
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # boxes with no value left: NaN
         return np.nanstd(data, axis=axis)
+
+
+def _grow_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``scipy.ndimage.binary_dilation(mask, iterations=iterations)`` (the 4-connected cross,
+    nothing beyond the edges), the same pixels, by shifted ORs: 1 ms instead of 8-16 ms for
+    a binned LATISS frame."""
+    out = mask
+    for _ in range(iterations):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        out = grown
+    return out.copy() if out is mask else out
 
 
 def _box_statistics(binned: np.ndarray, mask: np.ndarray, box: int,
@@ -307,7 +408,7 @@ def estimate_background(
     with np.errstate(invalid="ignore"):
         sources = binned > level + np.float32(config.source_nsigma) * noise
     if config.source_grow > 0:
-        sources = ndimage.binary_dilation(sources, iterations=config.source_grow)
+        sources = _grow_cross(sources, config.source_grow)
     try:
         mesh, _ = _box_statistics(binned, invalid | sources, box, config)
         if factor > 1:
@@ -326,8 +427,6 @@ def estimate_background(
         log.warning("%s: background second pass failed (too many source pixels); "
                     "using the first pass", name or "exposure")
         rms_mesh = rms_mesh * factor
-    background = expand_mesh(mesh, mesh_y, mesh_x, image.shape)
-    rms = expand_mesh(rms_mesh, mesh_y, mesh_x, image.shape)
     log.debug("background: median %.2f, rms %.2f (%d x %d boxes)", float(np.median(mesh)),
               float(np.median(rms_mesh)), *mesh.shape)
-    return BackgroundResult(background, rms, mesh, rms_mesh, mesh_y, mesh_x)
+    return BackgroundResult(mesh, rms_mesh, mesh_y, mesh_x, image.shape)

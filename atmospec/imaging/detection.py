@@ -60,7 +60,7 @@ from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
-from atmospec.imaging.background import block_sum
+from atmospec.imaging.background import BackgroundResult, masked_block_sum
 
 log = logging.getLogger(__name__)
 
@@ -494,9 +494,16 @@ def _expand_labels(labels: np.ndarray, factor: int, shape: tuple[int, int]) -> n
     return out
 
 
+def _full_rms(rms: np.ndarray | BackgroundResult, shape: tuple[int, ...]) -> np.ndarray:
+    """The noise at every pixel (float32, read-only: a broadcast view for a scalar)."""
+    if isinstance(rms, BackgroundResult):
+        return rms.rms
+    return np.broadcast_to(np.asarray(rms, dtype=np.float32), shape)
+
+
 def detect(
     data: np.ndarray,
-    rms: np.ndarray,
+    rms: np.ndarray | BackgroundResult,
     masked: np.ndarray,
     saturated: np.ndarray | None,
     fwhm_px: float,
@@ -509,8 +516,9 @@ def detect(
     ----------
     data : numpy.ndarray
         Background-subtracted image (float32); not modified.
-    rms : numpy.ndarray
-        Per-pixel background noise, same shape.
+    rms : numpy.ndarray or BackgroundResult
+        Per-pixel background noise, same shape (or broadcastable); or the background
+        estimate, whose noise map is then interpolated only where it is needed.
     masked : numpy.ndarray
         bool: pixels that must not contribute (set to zero before filtering).
     saturated : numpy.ndarray, optional
@@ -531,21 +539,32 @@ def detect(
     b = max(int(config.bin_factor), 1)
     if fwhm_px / b < config.min_fwhm_binned:
         b = 1
-    work = np.where(masked, np.float32(0.0), data).astype(np.float32, copy=False)
-    # Non-finite pixels left unmasked make the sum non-finite: zero them too (the usual
-    # finite image costs one reduction, not a boolean image of the non-finite pixels).
-    if not np.isfinite(np.sum(work)):
-        invalid = ~np.isfinite(work)
-        work[invalid] = 0.0
-        masked = masked | invalid
-    rms = np.broadcast_to(np.asarray(rms, dtype=np.float32), data.shape)
     if b > 1:
-        # Block means: the noise of a mean of b² pixels is rms / b.
-        work = block_sum(work, b)
+        # Block means, the masked pixels zeroed (the noise of a mean of b² pixels is
+        # rms / b).
+        work = masked_block_sum(data, masked, b, 0.0)
+        # Non-finite pixels left unmasked make their block's sum, and so the total, non-
+        # finite: zero them too (the usual finite image costs one reduction, not a boolean
+        # image of the non-finite pixels).
+        if not np.isfinite(np.sum(work)):
+            masked = masked | ~np.isfinite(data)
+            work = masked_block_sum(data, masked, b, 0.0)
         work *= np.float32(1.0 / b**2)
-        rms_small = rms[b // 2::b, b // 2::b][: work.shape[0], : work.shape[1]] / np.float32(b)
+        # The noise at the centre of each block (interpolated only there from a mesh).
+        rows = np.arange(work.shape[0]) * b + b // 2
+        cols = np.arange(work.shape[1]) * b + b // 2
+        if isinstance(rms, BackgroundResult):
+            rms_small = rms.rms_at(rows, cols) / np.float32(b)
+        else:
+            rms = np.broadcast_to(np.asarray(rms, dtype=np.float32), data.shape)
+            rms_small = rms[np.ix_(rows, cols)] / np.float32(b)
     else:
-        rms_small = rms
+        work = np.where(masked, np.float32(0.0), data).astype(np.float32, copy=False)
+        if not np.isfinite(np.sum(work)):
+            invalid = ~np.isfinite(work)
+            work[invalid] = 0.0
+            masked = masked | invalid
+        rms_small = _full_rms(rms, data.shape)
     sigma = fwhm_px / FWHM_PER_SIGMA / b
     snr = ndimage.gaussian_filter(work, sigma, truncate=config.truncate)
     del work
@@ -574,7 +593,7 @@ def detect(
         return result
     if config.deblend:
         n_before = segm.n_labels
-        noise2 = variance if variance is not None else np.square(rms)
+        noise2 = variance if variance is not None else np.square(_full_rms(rms, data.shape))
         result.segmentation, result.deblended_parents, result.peaks = deblend_segments(
             data, masked, segm, noise2, saturated, fwhm_px, correction, config,
             in_place=True)  # the segmentation was made here
