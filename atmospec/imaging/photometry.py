@@ -31,6 +31,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from astropy import units as u
@@ -843,7 +844,7 @@ def _linear_start(columns: np.ndarray, w: np.ndarray, image: np.ndarray,
 
 
 #: photutils' overlap methods as ``(use_exact, subpixels)`` of `circular_overlap_grid`.
-_OVERLAP_METHODS = {"exact": (1, 1), "center": (0, 1), "subpixel": (0, 5)}
+_OVERLAP_METHODS = MappingProxyType({"exact": (1, 1), "center": (0, 1), "subpixel": (0, 5)})
 
 
 def circular_photometry(
