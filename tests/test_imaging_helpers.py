@@ -38,7 +38,8 @@ from atmospec.imaging.photometry import (
     psf_centroids,
     segment_properties,
 )
-from atmospec.imaging.psf import levenberg_marquardt, psf_quadratic_form
+from atmospec.imaging.psf import _minpack_fit as minpack_fit
+from atmospec.imaging.psf import psf_quadratic_form
 from atmospec.sim.scenes import moffat_stamp
 
 STARS = [(40.2, 50.7, 4e4), (150.0, 120.3, 1e5), (163.6, 131.1, 3e4), (2.4, 190.0, 5e4),
@@ -189,7 +190,7 @@ def test_segment_properties_are_photutils():
         np.testing.assert_allclose(ours["kron_flux"], cat.kron_flux, rtol=1e-12)
 
 
-def test_levenberg_marquardt_is_least_squares_lm():
+def test_minpack_fit_is_least_squares_lm():
     """The same iterates as least_squares(method="lm", x_scale="jac"): equal solutions."""
     rng = np.random.default_rng(5)
     t = np.linspace(0.0, 4.0, 80)
@@ -203,14 +204,14 @@ def test_levenberg_marquardt_is_least_squares_lm():
         return np.array([e, -p[0] * t * e, np.ones_like(t)])
 
     p0 = np.array([1.0, 0.5, 0.0])
-    ours, fun, success = levenberg_marquardt(residuals, jacobian_rows, p0, 200)
+    ours, fun, success = minpack_fit(residuals, jacobian_rows, p0, 200)
     reference = least_squares(residuals, p0, jac=lambda p: jacobian_rows(p).T, method="lm",
                               x_scale="jac", max_nfev=200)
     assert success == reference.success
     np.testing.assert_array_equal(ours, reference.x)
     np.testing.assert_array_equal(fun, reference.fun)
     with pytest.raises(ValueError, match="not finite"):
-        levenberg_marquardt(lambda p: residuals(p) * np.nan, jacobian_rows, p0, 200)
+        minpack_fit(lambda p: residuals(p) * np.nan, jacobian_rows, p0, 200)
 
 
 def test_psf_centroids_in_batches_equal_one_batch(monkeypatch):

@@ -19,7 +19,7 @@ in (-90°, 90°].
 
 The model is evaluated at pixel centres; integrating it over the pixels would widen a
 10-pixel FWHM by about 0.2 %. Each fit is MINPACK's Levenberg-Marquardt
-(`levenberg_marquardt`, analytic Jacobian) on a square stamp weighted by the inverse
+(`_minpack_fit`, analytic Jacobian) on a square stamp weighted by the inverse
 variance, with masked pixels and pixels of other sources given zero weight: about a
 millisecond per star. Outliers in FWHM or ellipticity (a faint companion, the halo of a
 saturated star) are dropped before the robust summary (`reject_outliers`).
@@ -50,7 +50,6 @@ __all__ = [
     "PsfConfig",
     "fit_blend",
     "fit_moffat",
-    "levenberg_marquardt",
     "moffat_fwhm",
     "psf_quadratic_form",
     "reject_outliers",
@@ -188,7 +187,7 @@ class _Memo:
         return self.value
 
 
-def levenberg_marquardt(
+def _minpack_fit(
     residuals: Callable[[np.ndarray], np.ndarray],
     jacobian: Callable[[np.ndarray], np.ndarray],
     p0: np.ndarray,
@@ -200,7 +199,9 @@ def levenberg_marquardt(
     The same routine with the same tolerances (1e-8), step bound and scaling, hence the
     same iterates, reached through `scipy.optimize.leastsq`: ``least_squares`` wraps the
     functions in objects that copy the parameters and the Jacobian at every call (~0.3 ms
-    a fit, 15 % of a PSF star's).
+    a fit, 15 % of a PSF star's). Not `atmospec.fitting.levenberg_marquardt`, the
+    project's solver on normal equations: these fits keep MINPACK's iterates, so their
+    results are those of the ``least_squares`` call they replace, to the bit.
 
     Parameters
     ----------
@@ -351,7 +352,7 @@ def fit_moffat(
             warnings.simplefilter("ignore")
             try:
                 # Levenberg-Marquardt from a close start: bounds are checked afterwards.
-                p, fun, success = levenberg_marquardt(resid, jac, np.asarray(p0), 200)
+                p, fun, success = _minpack_fit(resid, jac, np.asarray(p0), 200)
             except (ValueError, np.linalg.LinAlgError) as exc:
                 log.debug("Moffat fit of star %d failed: %s", k, exc)
                 continue
@@ -510,7 +511,7 @@ def fit_blend(
         u = 1.0 + m11 * dx * dx + 2.0 * m12 * dx * dy + m22 * dy * dy
         ub = u ** (-beta)
         g = 2.0 * beta * amp[:, None] * ub / u
-        # One row per parameter (`levenberg_marquardt`): written whole, not by columns.
+        # One row per parameter (`_minpack_fit`): written whole, not by columns.
         jac = np.empty((3 * n + 1, len(values)))
         jac[0:n] = ub
         np.multiply(g, m11 * dx + m12 * dy, out=jac[n:2 * n])
@@ -528,7 +529,7 @@ def fit_blend(
             # Levenberg-Marquardt (MINPACK): no bounds needed from a good start, and much
             # cheaper per iteration than the bounded trust-region solver.
             evaluate = _Memo(model)
-            p, _, success = levenberg_marquardt(
+            p, _, success = _minpack_fit(
                 lambda p: (evaluate(p)[0] - values) * w, lambda p: evaluate(p)[1] * w, p0, 100)
         except (ValueError, np.linalg.LinAlgError) as exc:
             log.debug("blend fit failed: %s", exc)

@@ -52,16 +52,8 @@ def edge_regions(shape: tuple[int, int], width: int,
 
 def edge_mask(shape: tuple[int, int], width: int,
               binning: tuple[int, int] = (1, 1)) -> np.ndarray:
-    """Boolean mask of a ``width``-pixel border (`edge_regions` as an image).
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Image shape ``(ny, nx)``.
-    width : int
-        Border width in unbinned pixels.
-    binning : tuple of int
-        On-chip binning ``(x, y)`` of the image.
+    """Boolean mask of a ``width``-pixel border: `edge_regions` (same parameters) as an
+    image.
 
     Returns
     -------
