@@ -54,6 +54,7 @@ __all__ = [
     "noise_fraction",
     "plane_noise",
     "quantizable",
+    "value_range",
 ]
 
 #: Length of the FITS standard's dither sequence.
@@ -194,23 +195,38 @@ def _tile_dither(tile: int, seed: int, n: int) -> np.ndarray:
     return np.concatenate(parts)[:n] if len(parts) > 1 else parts[0][:n]
 
 
-def quantizable(plane: np.ndarray, step: float) -> bool:
+def value_range(plane: np.ndarray) -> tuple[float, float, bool]:
+    """The smallest and largest non-NaN values of a float plane, and whether it holds a NaN.
+
+    Returns
+    -------
+    lo, hi : float
+        NaN when every pixel is NaN; infinite values count.
+    has_nan : bool
+        Whether any pixel is NaN (`compressed_hdu` then tests its tiles for them).
+    """
+    lo, hi = float(plane.min()), float(plane.max())
+    if not (math.isnan(lo) or math.isnan(hi)):
+        return lo, hi, False
+    # NaN pixels (kept as NaN): the range of the others, by the slower NaN-skipping pass.
+    return float(np.fmin.reduce(plane, axis=None)), float(np.fmax.reduce(plane, axis=None)), True
+
+
+def quantizable(plane: np.ndarray, step: float,
+                values: tuple[float, float, bool] | None = None) -> bool:
     """Whether every finite value of ``plane`` fits the int32 range at ``step`` (and no
-    value is infinite, which has no quantised form)."""
+    value is infinite, which has no quantised form); ``values``: the plane's `value_range`,
+    if the caller has it."""
     if not (math.isfinite(step) and step > 0):
         return False
-    lo, hi = float(plane.min()), float(plane.max())
-    if math.isnan(lo) or math.isnan(hi):
-        # NaN pixels (kept as NaN): the range of the others, by the slower NaN-skipping pass.
-        lo = float(np.fmin.reduce(plane, axis=None))
-        hi = float(np.fmax.reduce(plane, axis=None))
-        if math.isnan(lo):  # every pixel NaN
-            return True
+    lo, hi, _ = value_range(plane) if values is None else values
+    if math.isnan(lo):  # every pixel NaN
+        return True
     return math.isfinite(lo) and math.isfinite(hi) and max(-lo, hi) / step < MAX_LEVELS
 
 
 def compressed_hdu(plane: np.ndarray, header: fits.Header, *, step: float | None,
-                   seed: int, tile_rows: int) -> fits.BinTableHDU:
+                   seed: int, tile_rows: int, has_nan: bool = True) -> fits.BinTableHDU:
     """One plane as a RICE_1 tile-compressed HDU.
 
     Parameters
@@ -228,6 +244,9 @@ def compressed_hdu(plane: np.ndarray, header: fits.Header, *, step: float | None
         ``ZDITHER0``.
     tile_rows : int
         Rows per tile.
+    has_nan : bool
+        False when the caller knows a float plane holds no NaN (`value_range`): its tiles
+        are then not tested for NaN pixels (two passes of the eight of a quantisation).
 
     Returns
     -------
@@ -247,7 +266,8 @@ def compressed_hdu(plane: np.ndarray, header: fits.Header, *, step: float | None
     for k, start in enumerate(range(0, ny, tile_rows)):
         rows = plane[start:start + tile_rows]
         if quantised:
-            ints, has_null = _quantise_tile(rows, step, _tile_dither(k, seed, rows.size))
+            ints, has_null = _quantise_tile(rows, step, _tile_dither(k, seed, rows.size),
+                                             has_nan)
             any_null |= has_null
         else:
             ints = np.ascontiguousarray(rows, dtype=np.int32).reshape(-1)
@@ -289,10 +309,10 @@ def compressed_hdu(plane: np.ndarray, header: fits.Header, *, step: float | None
     return hdu
 
 
-def _quantise_tile(rows: np.ndarray, step: float, dither: np.ndarray
+def _quantise_tile(rows: np.ndarray, step: float, dither: np.ndarray, has_nan: bool = True
                    ) -> tuple[np.ndarray, bool]:
     """Quantise one tile (``rows``, float32) in place; its integers and whether a pixel is
-    NaN.
+    NaN (tested only if the plane ``has_nan``).
 
     ``i = floor(x / step + r)`` is the nearest integer to ``x / step + r - 0.5``, the
     standard's rule; the value written back is the decoder's ``(i - r + 0.5) · step``
@@ -302,8 +322,8 @@ def _quantise_tile(rows: np.ndarray, step: float, dither: np.ndarray
     y = np.multiply(x, 1.0 / step, dtype=np.float64)
     y += dither
     np.floor(y, out=y)
-    nan = np.isnan(x)
-    has_null = bool(nan.any())
+    nan = np.isnan(x) if has_nan else None
+    has_null = nan is not None and bool(nan.any())
     if has_null:
         y[nan] = 0.0
     ints = y.astype(np.int32)

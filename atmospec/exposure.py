@@ -29,6 +29,7 @@ from atmospec.compression import (
     dither_seed,
     plane_noise,
     quantizable,
+    value_range,
 )
 from atmospec.errors import BadInputError, short_error
 from atmospec.fitsscan import (
@@ -223,7 +224,8 @@ class Exposure:
         for name, plane, header, sigma in (("IMAGE", self.image, h_image, sigmas[0]),
                                            ("VARIANCE", self.variance, h_variance, sigmas[1])):
             step = sigma / q
-            if not quantizable(plane, step):
+            values = value_range(plane)
+            if not quantizable(plane, step, values):
                 # No noise to scale a step from (a constant plane: the zero variance of an
                 # ISR without the variance step), or values no int32 holds at that step:
                 # compressed losslessly (GZIP_2), without ATMQSTEP.
@@ -238,7 +240,7 @@ class Exposure:
             header["ATMQSIG"] = (sigma, f"noise the step is scaled from, {header['BUNIT']}")
             seed = config.dither_seed or dither_seed(plane)
             planes[name] = compressed_hdu(plane, header, step=step, seed=seed,
-                                          tile_rows=config.tile_rows)
+                                          tile_rows=config.tile_rows, has_nan=values[2])
         mask = np.ascontiguousarray(self.mask, dtype=np.int32)
         planes["MASK"] = compressed_hdu(mask, h_mask, step=None, seed=1,
                                         tile_rows=config.tile_rows)

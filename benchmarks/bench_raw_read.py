@@ -33,7 +33,7 @@ def cpu(repeat: int, layout: raw_module.RawLayout) -> tuple[float, float, bool]:
         for name in ("fast", "astropy"):
             raw_module._decoded_tiles = fast_path if name == "fast" else (lambda s, h: None)
             c0 = time.process_time()
-            pixels[name] = raw_module._read_segments(layout)
+            pixels[name] = raw_module._read_segments(layout)[0]
             times[name].append(time.process_time() - c0)
     raw_module._decoded_tiles = fast_path
     return (statistics.median(times["fast"]), statistics.median(times["astropy"]),

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.table import Table
+from scipy import ndimage
 
 from atmospec.calib.products import Crosstalk, Linearizer
 from atmospec.camera.description import load_camera
 from atmospec.isr.crosstalk import crosstalk_signal
 from atmospec.isr.driver import STEPS, resolve_steps
 from atmospec.isr.interpolate import InterpolationConfig, fill_masked
-from atmospec.isr.masking import grow_mask
+from atmospec.isr.masking import grow_mask, mask_coordinates
 from atmospec.isr.overscan import OverscanConfig, subtract_overscan
 
 CAMERA = load_camera("latiss")
@@ -89,6 +90,18 @@ def test_grow_mask():
     m[10, 10] = True
     g = grow_mask(m, 2)
     assert g.sum() == 25 and g[8:13, 8:13].all()
+    # Near an edge the square is cut, as a dilation of the image would cut it.
+    m[0, 29] = True
+    assert np.array_equal(grow_mask(m, 1), ndimage.binary_dilation(m, np.ones((3, 3), bool)))
+
+
+def test_mask_coordinates_as_nonzero():
+    rng = np.random.default_rng(3)
+    mask = rng.random((40, 57)) < 0.05
+    for m in (mask, mask[5:30, 3:50], np.zeros((4, 6), bool)):  # a view, none set
+        ys, xs = mask_coordinates(m)
+        ref = np.nonzero(m)
+        assert np.array_equal(ys, ref[0]) and np.array_equal(xs, ref[1])
 
 
 def test_real_crosstalk_matrix():

@@ -347,10 +347,10 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
     except OSError as exc:
         raise BadInputError(path, f"cannot be read ({exc.strerror or short_error(exc)})"
                             ) from None
-    segments = _read_segments(layout)
+    segments, floating = _read_segments(layout)
     camera = layout.camera
-    bad = ~np.isfinite(segments)
-    if bad.any():
+    bad = ~np.isfinite(segments) if floating else None  # integers are always finite
+    if bad is not None and bad.any():
         amps = sorted({camera.amplifiers[i].extname for i in np.nonzero(bad.any(axis=(1, 2)))[0]})
         raise BadInputError(layout.path, f"{int(bad.sum())} non-finite (NaN/inf) raw pixels "
                                          f"in {', '.join(amps)}")
@@ -358,8 +358,10 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
                     segments, layout.info, camera)
 
 
-def _read_segments(layout: RawLayout) -> np.ndarray:
-    """The amplifier pixels of a checked raw, ``(n_amps, ny, nx)`` float32, camera order.
+def _read_segments(layout: RawLayout) -> tuple[np.ndarray, bool]:
+    """The amplifier pixels of a checked raw, ``(n_amps, ny, nx)`` float32, camera order,
+    and whether any amp's pixels were floating-point values (integers need no test for
+    NaN and infinities).
 
     Lossless RICE tiles (how LATISS and the LSST cameras write raws) are decoded by
     `atmospec.compression.decompress_rice_image`, with 2.7× less CPU than astropy and the same
@@ -368,6 +370,7 @@ def _read_segments(layout: RawLayout) -> np.ndarray:
     path = layout.path
     segments = np.empty((len(layout.amp_hdus), *layout.segment_shape), dtype=np.float32)
     source = _fits_source(layout)
+    floating = False
     try:
         with astropy_warnings_as_errors(path, "damaged pixel data"), \
                 fits.open(source, memmap=False, lazy_load_hdus=True) as hdul:
@@ -380,11 +383,12 @@ def _read_segments(layout: RawLayout) -> np.ndarray:
                     raise BadInputError(path, segment_shape_problem(layout.camera,
                                                                     amp.extname, shape))
                 segments[i] = data
+                floating |= data.dtype.kind not in "iub"
     except BadInputError:
         raise
     except Exception as exc:  # astropy raises many types for damaged (e.g. tile) data
         raise BadInputError(path, f"not a readable FITS file ({short_error(exc)})") from None
-    return segments
+    return segments, floating
 
 
 def _decoded_tiles(source: Path | io.BytesIO, hdu: HduLayout) -> np.ndarray | None:
