@@ -22,8 +22,8 @@ hidden temporary name, then a rename: the moment of landing is the rename's):
    300-exposure night it projects to.
 
 Each figure is printed with its goal (issue 20): imaging ≤ 5 s, dispersed ≤ 6 s,
-≥ 40 exposures per minute on 2 cores. The CPU of the process and of its workers is
-printed at the end.
+≥ 40 exposures per minute on 2 cores, a 300-exposure night in ≤ 8 min. The CPU of the
+process and of its workers is printed at the end.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ from atmospec.sim.night import NightConfig, night_plan, simulate_night  # noqa: 
 
 GOALS = {"imaging": 5.0, "dispersed": 6.0}
 RATE_GOAL = 40.0
+#: The issue's budget for a 300-exposure night, minutes ("≥ 40 exposures per minute
+#: (≤ 8 min for the night, with calibrations prepared)").
+NIGHT_GOAL_MIN = 8.0
 #: Frames of each kind timed one at a time.
 N_LATENCY = 3
 
@@ -201,8 +204,10 @@ def sustained(timed: TimedPage, watched: Path, imaging: list[Path], dispersed: l
     print(f"\nsustained: {len(rest)} exposures ({len(rest) - n_disp} imaging, {n_disp} "
           f"dispersed) in {t_last - t_first:.1f} s = {rate:.1f} exposures/min on "
           f"{workers} workers; goal >= {RATE_GOAL:.0f}/min: {verdict}")
-    print(f"    a 300-exposure night at this rate: {300 / rate:.1f} min of reduction "
-          f"(goal {300 / RATE_GOAL:.1f} min)")
+    night = 300 / rate
+    print(f"    a 300-exposure night at this rate: {night:.1f} min of reduction (goal <= "
+          f"{NIGHT_GOAL_MIN:.0f} min: {'met' if night <= NIGHT_GOAL_MIN else 'MISSED'}; "
+          f"{300 / RATE_GOAL:.1f} min at 40/min)")
     bound = 60.0 * min(workers, os.cpu_count() or 1) / cpu
     print(f"    CPU per exposure (workers and watch): {cpu:.2f} s; the most 2 idle cores "
           f"allow: {bound:.1f} exposures/min (the goal needs <= "

@@ -397,3 +397,35 @@ def test_event_queue_says_which_events_finish_a_file(tmp_path):
     events.dispatch(FileClosedEvent(a))
     events.dispatch(FileMovedEvent(str(tmp_path / ".a.part"), a))
     assert list(events.drain()) == [(Path(a), False), (Path(a), True), (Path(a), True)]
+
+
+def test_summary_files_coalesced_while_a_backlog_waits(tmp_path, monkeypatch):
+    """While exposures wait for a worker the summary files are written at most every
+    `summary_interval_s`; the update left out is written once none waits (or when due)."""
+    from collections import deque
+
+    from atmospec.night import watch as watch_module
+    from atmospec.night.pipeline import load_pipeline
+
+    written: list[int] = []
+    monkeypatch.setattr(watch_module, "write_summary",
+                        lambda index, repo, plots, table: written.append(len(table)) or {})
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    w = watch_module._Watch(raw, tmp_path / "repo", WatchConfig(summary_interval_s=3600.0),
+                            load_pipeline(), None, threading.Event())
+    w._publish(())  # nothing waits: written at once
+    assert len(written) == 1 and not w.summary_stale
+    w.jobs = deque(["an exposure waiting"])
+    w._publish(())
+    w._publish(())
+    assert len(written) == 1 and w.summary_stale  # a backlog within the interval: coalesced
+    w._write_summary()
+    assert len(written) == 1  # still waiting, still not due
+    w.jobs.clear()
+    w._write_summary()  # the backlog drained: the last update is written
+    assert len(written) == 2 and not w.summary_stale
+    w.jobs = deque(["an exposure waiting"])
+    w.summary_at -= 3600.0  # the interval has passed: due even with a backlog
+    w._publish(())
+    assert len(written) == 3
