@@ -6,7 +6,7 @@ spectrum's blue half. Where that estimate matters — the red end, where on holo
 HoloAmAg half of the light beyond ~850 nm is order 2 — the 1D fit cannot tell an error of
 the order-2 subtraction from water vapour or from the aerosol colour, and its parameters
 become strongly correlated. Here the pixels of the spectrogram are modelled directly from
-the atmosphere, first and second order together:
+the atmosphere, first, second (and third) order together:
 
     D(r, c) = B(r, c) + Σ_i [a₁ᵢ(θ) · P(c − x_cᵢ, r − ρᵢ; γ(λᵢ), β(λᵢ))
                               + a₂ᵢ(θ) · P(c − x_cᵢ, r − ρᵢ; γ(λᵢ/2), β(λᵢ/2))]
@@ -29,9 +29,9 @@ trace centre per sample, as the 2D forward model fitted them), and
   interval, with the PSF of λ/3, for a disperser with an order-3/order-2 ratio
   (holo4_003's ``ratio_order_3over2.txt``, `Disperser.has_order3`): the simulator, the
   chain's order-2 correction and the 2D forward model draw that light (r₃₁ = r₂₁ r₃₂), on
-  holo4_003 +56 % of order 1 at 1050–1100 nm. Left out, the fit must explain it with order 2
-  and the atmosphere: on the chain test's scene it made the PWV +0.19 mm and the ozone
-  −17 DU biased (`SpectrogramFitConfig.order3`).
+  holo4_003 +56 % of order 1 at 1050–1100 nm. Left out (`SpectrogramFitConfig.order3`),
+  it is taken up by A2 (1.018) and through it by the atmosphere: on the chain test's scene
+  PWV +0.19 mm and ozone −17 DU biased, against +0.07 mm and −5.7 DU with it drawn.
 
 Orders 2 and 3 are drawn on the rows where λ/m lies inside ``PSF_TAB`` (the chain's order-2
 correction likewise assumes no light below the bluest extracted wavelength), whatever the
@@ -219,7 +219,7 @@ class _HigherOrder:
 
 
 class _PixelModel:
-    """The rows modelled, the PSF of both orders on the window grid and the data there; the
+    """The rows modelled, the PSF of every order on the window grid and the data there; the
     image of the spectrogram for given atmosphere and nuisance parameters.
 
     Rows modelled: the first order's interval (at the largest shift) inside the model's fine
