@@ -6,13 +6,13 @@ spectrum's blue half. Where that estimate matters — the red end, where on holo
 HoloAmAg half of the light beyond ~850 nm is order 2 — the 1D fit cannot tell an error of
 the order-2 subtraction from water vapour or from the aerosol colour, and its parameters
 become strongly correlated. Here the pixels of the spectrogram are modelled directly from
-the atmosphere, first and second order together:
+the atmosphere, first, second (and third) order together:
 
     D(r, c) = B(r, c) + Σ_i [a₁ᵢ(θ) · P(c − x_cᵢ, r − ρᵢ; γ(λᵢ), β(λᵢ))
                               + a₂ᵢ(θ) · P(c − x_cᵢ, r − ρᵢ; γ(λᵢ/2), β(λᵢ/2))]
 
-with one source per row ρᵢ of the cutout (wavelength λᵢ), ``B`` the side-band background
-(``S_BGD``), ``P`` the truncated 2D Moffat of the 2D forward model
+(+ the third order, below) with one source per row ρᵢ of the cutout (wavelength λᵢ), ``B``
+the side-band background (``S_BGD``), ``P`` the truncated 2D Moffat of the 2D forward model
 (`atmospec.spectro.forward_model`) with the PSF of the spectrum's ``PSF_TAB`` (γ, α = β − ½ and the
 trace centre per sample, as the 2D forward model fitted them), and
 
@@ -24,7 +24,18 @@ trace centre per sample, as the 2D forward model fitted them), and
 * ``a₂ᵢ = A2 · r₂₁(λᵢ/2) ∫ S T_atm dλ`` over half the row's shifted interval: the grating
   equation puts order 2 of λ/2 exactly where order 1 of λ lands, the disperser's
   order-2/order-1 ratio ``r₂₁`` scales it (as the simulator and Spectractor draw it) and
-  its PSF is the one of its own wavelength λ/2.
+  its PSF is the one of its own wavelength λ/2;
+* ``a₃ᵢ = A2 · r₂₁(λᵢ/3) r₃₂(λᵢ/3) ∫ S T_atm dλ`` over a third of the row's shifted
+  interval, with the PSF of λ/3, for a disperser with an order-3/order-2 ratio
+  (holo4_003's ``ratio_order_3over2.txt``, `Disperser.has_order3`): the simulator, the
+  chain's order-2 correction and the 2D forward model draw that light (r₃₁ = r₂₁ r₃₂), on
+  holo4_003 +56 % of order 1 at 1050–1100 nm. Left out (`SpectrogramFitConfig.order3`),
+  it is taken up by A2 (1.018) and through it by the atmosphere: on the chain test's scene
+  PWV +0.19 mm and ozone −17 DU biased, against +0.07 mm and −5.7 DU with it drawn.
+
+Orders 2 and 3 are drawn on the rows where λ/m lies inside ``PSF_TAB`` (the chain's order-2
+correction likewise assumes no light below the bluest extracted wavelength), whatever the
+fitted range: the fine grid reaches λ/3 of the bluest fitted row.
 
 Free: PWV, ozone, VAOD (and the Ångström exponent if asked), the grey scale A1, the
 order-2 scale A2 (1 = the disperser table) and the shift δλ; the PSF is held at the
@@ -66,7 +77,9 @@ from atmospec.errors import BadInputError
 from atmospec.spectro.forward_model import (
     ForwardModelConfig,
     PsfTooWide,
+    _Grid,
     _make_grid,
+    _Psf,
     _psf,
     _window_model,
     moffat2d_fwhm,
@@ -103,6 +116,11 @@ class SpectrogramFitConfig:
     model's `ForwardModelConfig.max_radius_px`)."""
     max_nfev: int = 1000
     """Largest number of model evaluations of the minimiser."""
+    order3: bool = True
+    """Draw the third order (λ/3 on the first order's λ, scaled by A2 like order 2) when
+    the disperser has an order-3/order-2 ratio (`Disperser.has_order3`); False leaves its
+    light unmodelled (the fit was biased so before: PWV +0.19 mm, ozone −17 DU on the chain
+    test's holo4_003 scene)."""
 
 
 @dataclass(frozen=True)
@@ -187,12 +205,26 @@ def _spectrogram(spectrum: Spectrum, source: str) -> _Spectrogram:
                         on_rows("alpha"))
 
 
+@dataclass(frozen=True)
+class _HigherOrder:
+    """Order m ≥ 2 as the pixel model draws it."""
+
+    m: int
+    ratio: NDArray[np.float64]
+    """r_m1(λ/m) of every modelled row (r₂₁, or r₂₁ r₃₂), 0 where order m is not drawn."""
+    rows: slice
+    """Window rows of its grid."""
+    grid: _Grid | None
+    psf: _Psf | None
+
+
 class _PixelModel:
-    """The rows modelled, the PSF of both orders on the window grid and the data there; the
+    """The rows modelled, the PSF of every order on the window grid and the data there; the
     image of the spectrogram for given atmosphere and nuisance parameters.
 
     Rows modelled: the first order's interval (at the largest shift) inside the model's fine
-    grid and the requested range; order 2 is drawn wherever its interval is inside too.
+    grid and the requested range; orders 2 and 3 are drawn wherever their interval is inside
+    too and λ/m inside ``PSF_TAB`` (the grid reaches λ/3 of the bluest row).
     """
 
     def __init__(self, geo: _Spectrogram, model: SpectrumForwardModel,
@@ -222,19 +254,28 @@ class _PixelModel:
         """Wavelength interval of each row, nm."""
         lam = self.wavelength
         xc, gamma, beta = geo.x_c[sl], geo.gamma[sl], geo.alpha[sl] + 0.5
-        # PSF of order 2 at each row: the first order's PSF at λ/2 (PSF_TAB in wavelength).
-        lam2 = 0.5 * lam
+        # The PSF of order m at each row is the first order's at λ/m (PSF_TAB in wavelength).
+        # Order m is drawn where λ/m is inside PSF_TAB, as the chain's order-2 correction
+        # assumes no light below the bluest extracted wavelength.
         order_l = np.argsort(geo.wavelength)
-        gamma2 = np.interp(lam2, geo.wavelength[order_l], geo.gamma[order_l])
-        beta2 = np.interp(lam2, geo.wavelength[order_l], geo.alpha[order_l]) + 0.5
-        in2 = (0.5 * self.edges[:, 0] - margin >= f_lo) & \
-            (0.5 * self.edges[:, 1] + margin <= f_hi) & (lam2 >= geo.wavelength.min())
-        self.ratio = np.where(in2, np.clip(model.disperser.ratio_order_2over1(
-            np.where(in2, lam2, lam.min())), 0.0, None), 0.0)
-        """Order-2/order-1 ratio of the disperser at λ/2 (0 where order 2 is not drawn)."""
-        fwhm_max = float(max(np.max(moffat2d_fwhm(gamma, beta)),
-                             np.max(moffat2d_fwhm(gamma2[in2], beta2[in2])) if in2.any()
-                             else 0))
+        lam_sorted = geo.wavelength[order_l]
+        disp = model.disperser
+        orders = (2, 3) if config.order3 and disp.has_order3 else (2,)
+        higher = []
+        for m in orders:
+            lam_m = lam / m
+            inside = (self.edges[:, 0] / m - margin >= f_lo) & \
+                (self.edges[:, 1] / m + margin <= f_hi) & (lam_m >= lam_sorted[0])
+            safe = np.where(inside, lam_m, lam.min())
+            ratio = disp.ratio_order_2over1(safe)
+            if m == 3:
+                ratio = ratio * disp.ratio_order_3over2(safe)
+            ratio = np.where(inside, np.clip(ratio, 0.0, None), 0.0)
+            higher.append((m, ratio, np.interp(lam_m, lam_sorted, geo.gamma[order_l]),
+                           np.interp(lam_m, lam_sorted, geo.alpha[order_l]) + 0.5))
+        fwhm_all = [moffat2d_fwhm(gamma, beta)] + [
+            moffat2d_fwhm(g[r > 0], b[r > 0]) for _, r, g, b in higher]
+        fwhm_max = float(max(np.max(f) for f in fwhm_all if f.size))
         try:
             self.radius = psf_radius(np.array([fwhm_max]), config.support_fwhm,
                                      config.max_radius_px,
@@ -248,17 +289,9 @@ class _PixelModel:
         # float32 image makes the Jacobian noise and the fit stop σ-scale away from its
         # optimum, wherever the rounding happens to fall.
         self.psf1 = _psf(self.grid, xc, gamma, beta, dtype=np.float64)
-        # Order 2 is drawn on its own grid, the rows it lights and R rows each side (on
-        # holo4_003 about half the rows): the rest of its image is zero.
-        lit2 = np.flatnonzero(self.ratio > 0)
-        lo2, hi2 = ((max(lit2[0] - self.radius, 0), min(lit2[-1] + self.radius + 1, lam.size))
-                    if lit2.size else (0, 0))
-        self.rows2 = slice(lo2, hi2)
-        """Window rows of the order-2 grid."""
-        self.grid2 = _make_grid(hi2 - lo2, geo.data.shape[1], xc[self.rows2], self.radius) \
-            if lit2.size else None
-        self.psf2 = _psf(self.grid2, xc[self.rows2], gamma2[self.rows2], beta2[self.rows2],
-                         dtype=np.float64) if self.grid2 is not None else None
+        self.higher = tuple(self._higher_order(m, ratio, g, b, xc, geo.data.shape[1])
+                            for m, ratio, g, b in higher)
+        """Orders 2 (and 3) as drawn."""
         self.data = self.grid.gather(geo.data[sl])
         """Data − background on the window grid, e⁻."""
         self.weight = self.grid.gather(geo.weight[sl])
@@ -266,9 +299,29 @@ class _PixelModel:
         self.use = self.weight > 0
         """Pixels fitted."""
 
+    def _higher_order(self, m: int, ratio: NDArray[np.float64], gamma: NDArray[np.float64],
+                      beta: NDArray[np.float64], xc: NDArray[np.float64], n_cols: int
+                      ) -> _HigherOrder:
+        """Order ``m`` on its own grid: the rows it lights and R rows each side (on holo4_003
+        about half the rows for order 2, a tenth for order 3); the rest of its image is
+        zero."""
+        lit = np.flatnonzero(ratio > 0)
+        if not lit.size:
+            return _HigherOrder(m, ratio, slice(0, 0), None, None)
+        lo, hi = max(lit[0] - self.radius, 0), min(lit[-1] + self.radius + 1, ratio.size)
+        rows = slice(lo, hi)
+        grid = _make_grid(hi - lo, n_cols, xc[rows], self.radius)
+        return _HigherOrder(m, ratio, rows, grid,
+                            _psf(grid, xc[rows], gamma[rows], beta[rows], dtype=np.float64))
+
+    @property
+    def has_order2(self) -> bool:
+        """Whether any modelled row gets order-2 (or order-3) light."""
+        return any(bool(np.any(h.ratio > 0)) for h in self.higher)
+
     def row_flux(self, values: dict[str, float]
-                 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """First- and second-order e⁻ of every row."""
+                 ) -> tuple[NDArray[np.float64], dict[int, NDArray[np.float64]]]:
+        """First-order e⁻ of every row, and those of each higher order drawn."""
         model, acfg = self.model, self.acfg
         ang = values["angstrom"] if acfg.fit_angstrom else acfg.angstrom
         dens = model.static_fine * model.transmission_fine(values["pwv_mm"],
@@ -276,12 +329,15 @@ class _PixelModel:
                                                            values["vaod"], ang)
         shift = values["dlambda_nm"]
         c1 = self._cumulative(dens, self.edges + shift)
-        # δλ corrects the wavelength solution: the row's order-1 light is of edges + δλ,
-        # its order-2 light of half that (grating equation), not of edges / 2 + δλ.
-        c2 = self._cumulative(dens, 0.5 * (self.edges + shift))
         a1 = values["grey"] * (c1[:, 1] - c1[:, 0])
-        a2 = values["grey"] * values["order2"] * self.ratio * (c2[:, 1] - c2[:, 0])
-        return a1, a2
+        # δλ corrects the wavelength solution: the row's order-1 light is of edges + δλ,
+        # its order-m light of 1/m of that (grating equation), not of edges / m + δλ.
+        # A2 scales r₂₁, hence order 3's r₃₁ = r₂₁ r₃₂ too.
+        am: dict[int, NDArray[np.float64]] = {}
+        for h in self.higher:
+            cm = self._cumulative(dens, (self.edges + shift) / h.m)
+            am[h.m] = values["grey"] * values["order2"] * h.ratio * (cm[:, 1] - cm[:, 0])
+        return a1, am
 
     def _cumulative(self, dens: NDArray[np.float64], x: NDArray[np.float64]
                     ) -> NDArray[np.float64]:
@@ -302,11 +358,12 @@ class _PixelModel:
         return cum[k] + t * (d[k] + 0.5 * t * (d[k + 1] - d[k]) / seg[k])
 
     def image(self, values: dict[str, float]) -> NDArray[np.float64]:
-        """Model of the window grid, both orders, e⁻."""
-        a1, a2 = self.row_flux(values)
+        """Model of the window grid, every order drawn, e⁻."""
+        a1, am = self.row_flux(values)
         image = _window_model(self.psf1, a1, self.grid)
-        if self.psf2 is not None and self.grid2 is not None:
-            image[self.rows2] += _window_model(self.psf2, a2[self.rows2], self.grid2)
+        for h in self.higher:
+            if h.psf is not None and h.grid is not None:
+                image[h.rows] += _window_model(h.psf, am[h.m][h.rows], h.grid)
         return image
 
 
@@ -346,8 +403,12 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     spectrum = to_electrons(spectrum, source=source)
     row_width = float(np.min(geo.edges[:, 1] - geo.edges[:, 0]))
     fine_step = acfg.fine_step_nm or float(np.clip(row_width / 4.0, 0.05, 0.5))
+    # The fine grid reaches down to λ/3 of the bluest fitted row (as far as the spectrum
+    # goes): orders 2 and 3 of that light land on the fitted rows. Cut at the fitted range,
+    # a fit of 450-1095 nm drew no order 2 on its 700-900 nm rows (ozone at its bound).
+    lo_req, hi_req = acfg.wavelength_range_nm
     model = SpectrumForwardModel(spectrum, sed_path=acfg.sed_path, instrument=acfg.instrument,
-                                 wavelength_range_nm=acfg.wavelength_range_nm,
+                                 wavelength_range_nm=(lo_req / 3.0, hi_req),
                                  max_shift_nm=acfg.max_shift_nm, max_resolution=1.0,
                                  fine_step_nm=fine_step, source=source)
     if not model.electrons:
@@ -368,7 +429,7 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
     m0 = pix.image(start)[use]
     grey0 = float(np.sum(m0 * d_use * sqrt_w**2) / max(np.sum(m0 * m0 * sqrt_w**2), 1e-300))
     params = lmfit_parameters(acfg, fixed, grey0 if grey0 > 0 else 1.0)
-    has_order2 = bool(np.any(pix.ratio > 0))
+    has_order2 = pix.has_order2
     params.add("order2", value=1.0, min=config.order2_bounds[0], max=config.order2_bounds[1],
                vary=config.fit_order2 and has_order2)
     if not has_order2:
@@ -402,6 +463,7 @@ def fit_atmosphere_spectrogram(spectrum: Spectrum, config: SpectrogramFitConfig 
         "disperser": model.disperser.name, "filter": model.filter_name,
         "airmass": model.airmass, "pressure_hpa": model.pressure_hpa,
         "exptime_s": model.exptime_s, "n_pixels": n_pix, "n_rows": int(lam.size),
+        "orders": [1] + [h.m for h in pix.higher if np.any(h.ratio > 0)],
         "psf_radius_px": int(pix.radius),
     }
     return AtmosphereFit(
