@@ -34,6 +34,7 @@ ozone, VAOD, the order-2 scale and χ²/ndof of each.
 from __future__ import annotations
 
 import os
+import sys
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
@@ -67,20 +68,25 @@ from atmospec.sim.dispersed import (  # noqa: E402
 from atmospec.spectro.chain import process_dispersed  # noqa: E402
 from atmospec.spectro.spectrum import ImageExtension, Spectrum  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-NODES = ROOT / "tests" / "data" / "atmosphere" / "ctio_134_libradtran_nodes.npz"
-NODE = 0
-SHAPE = (4000, 4072)
-TARGET = "HD142331"
-DISPERSER = "holo4_003"
-EXPTIME_S = 6.0
-LINSPOS_TRUE = 68.6
-LINSPOS_HEADER = 68.0
-X0, Y0 = 1745.2, 3702.7
-READ_NOISE = 9.0
-SKY_E_PER_S = 8.0
+# The scene is the chain test's: its numbers are read from it, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_atmosphere_chain import (  # noqa: E402
+    DISPERSER,
+    EXPTIME_S,
+    LINSPOS_HEADER,
+    LINSPOS_TRUE,
+    NODE,
+    NODES,
+    PARAMETERS,
+    READ_NOISE,
+    SHAPE,
+    SKY_E_PER_S,
+    TARGET,
+    X0,
+    Y0,
+)
+
 BETA = DispersedSceneConfig().beta
-PARAMETERS = ("pwv_mm", "ozone_du", "vaod")
 
 
 # --------------------------------------------------------------------------- the scene
