@@ -620,8 +620,11 @@ def check_compressed_sums(path: str | Path, hdus: Sequence[HduLayout]) -> None:
     BadInputError
         ``checksum mismatch in HDU i (NAME): its data changed since it was written``.
     """
-    for hdu in hdus:
-        if data_sum_matches(path, path, hdu) is False:
-            raise BadInputError(path, f"checksum mismatch in HDU {hdu.index} "
-                                      f"({hdu.name or 'PRIMARY'}): its data changed since "
-                                      "it was written")
+    if not hdus:
+        return
+    with open(path, "rb") as f:  # once for all the HDUs
+        for hdu in hdus:
+            if data_sum_matches(path, f, hdu) is False:
+                raise BadInputError(path, f"checksum mismatch in HDU {hdu.index} "
+                                          f"({hdu.name or 'PRIMARY'}): its data changed "
+                                          "since it was written")

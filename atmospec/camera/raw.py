@@ -15,6 +15,7 @@ amplifier's pixels cannot be told.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import logging
@@ -310,10 +311,11 @@ def _check_compressed_datasums(layout: RawLayout) -> None:
     if not checked:
         return
     source = _fits_source(layout)
-    for hdu in checked:
-        if data_sum_matches(layout.path, source, hdu) is False:
-            raise BadInputError(layout.path, f"damaged compressed data: {hdu.label} does "
-                                             "not match its DATASUM")
+    with open(source, "rb") if isinstance(source, Path) else contextlib.nullcontext(source) as f:
+        for hdu in checked:
+            if data_sum_matches(layout.path, f, hdu) is False:
+                raise BadInputError(layout.path, f"damaged compressed data: {hdu.label} does "
+                                                 "not match its DATASUM")
 
 
 def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
@@ -347,11 +349,13 @@ def read_raw(path: str | Path, camera: Camera | None = None) -> RawFrame:
                             ) from None
     segments, floating = _read_segments(layout)
     camera = layout.camera
-    bad = ~np.isfinite(segments) if floating else None  # integers are always finite
-    if bad is not None and bad.any():
-        amps = sorted({camera.amplifiers[i].extname for i in np.nonzero(bad.any(axis=(1, 2)))[0]})
-        raise BadInputError(layout.path, f"{int(bad.sum())} non-finite (NaN/inf) raw pixels "
-                                         f"in {', '.join(amps)}")
+    if floating:  # integer pixels are always finite
+        bad = ~np.isfinite(segments)
+        if bad.any():
+            amps = sorted({camera.amplifiers[i].extname
+                           for i in np.nonzero(bad.any(axis=(1, 2)))[0]})
+            raise BadInputError(layout.path, f"{int(bad.sum())} non-finite (NaN/inf) raw "
+                                             f"pixels in {', '.join(amps)}")
     return RawFrame(layout.path, layout.header, [h.header.copy() for h in layout.amp_hdus],
                     segments, layout.info, camera)
 
